@@ -1,0 +1,457 @@
+//! `crow`: CROW's command line.
+
+mod bench;
+mod demo;
+mod output;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use crow_lake::Lake;
+use crow_schemas::config::Config;
+use output::Format;
+
+/// CROW: an open interaction-analytics lakehouse.
+#[derive(Debug, Parser)]
+#[command(name = "crow", version, about, propagate_version = true)]
+struct Cli {
+    /// Lake URI: a local folder (default ./crow-data) or s3://bucket/prefix.
+    #[arg(long, global = true, env = "CROW_LAKE")]
+    lake: Option<String>,
+    /// Configuration file (TOML).
+    #[arg(long, global = true, env = "CROW_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args, Clone, Copy)]
+struct FormatArg {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the lake and every table (running it again changes nothing).
+    Init(FormatArg),
+    /// Each table with its version, files, rows and bytes.
+    Tables(FormatArg),
+    /// Run SQL over the lake.
+    Sql {
+        /// The query.
+        query: String,
+        /// Time travel: every table as of this time (RFC 3339, e.g.
+        /// 2026-11-28T08:00:00Z).
+        #[arg(long)]
+        as_of: Option<String>,
+        /// Time travel: one table at a Delta version, as TABLE=VERSION
+        /// (repeatable).
+        #[arg(long = "table-version", value_name = "TABLE=VERSION")]
+        versions: Vec<String>,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// The commit history of a table.
+    History {
+        /// Table name.
+        table: String,
+        /// Show at most this many commits.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// Compact small files (all tables, or one).
+    Optimize {
+        /// Table name (default: every table).
+        table: Option<String>,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// Delete files no version within the retention period needs.
+    Vacuum {
+        /// Table name (default: every table).
+        table: Option<String>,
+        /// Keep files needed by versions of the last HOURS hours.
+        #[arg(long, default_value_t = 168)]
+        retention_hours: u64,
+        /// Only list what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// Write a checkpoint of the Delta log (all tables, or one).
+    Checkpoint {
+        /// Table name (default: every table).
+        table: Option<String>,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// Organizations (tenants).
+    #[command(subcommand)]
+    Orgs(OrgsCommand),
+    /// Generate a synthetic brand with a week of activity and land it.
+    Demo {
+        /// Visitors to generate.
+        #[arg(long, default_value_t = 400)]
+        visitors: usize,
+        /// Days of activity, ending yesterday.
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+        /// Random seed (same seed, same data).
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// Configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Benchmarks (see BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Run the server: the collector (Segment-compatible ingest) with its WAL
+    /// and flusher.
+    Serve {
+        /// Listen address (default: server.listen, 127.0.0.1:8080).
+        #[arg(long, env = "CROW_LISTEN")]
+        listen: Option<String>,
+        /// Write-ahead log folder (default: <lake>/_wal for a local lake,
+        /// ./crow-wal otherwise).
+        #[arg(long, env = "CROW_WAL_DIR")]
+        wal_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OrgsCommand {
+    /// Create an organization and its ingest write key (shown once).
+    Create {
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Primary web domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Context about the brand for the AI provider.
+        #[arg(long)]
+        context: Option<String>,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// List organizations.
+    List(FormatArg),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Durable ingest throughput and latency over real HTTP (a collector in
+    /// this process, over a temp lake unless --lake is given).
+    Ingest {
+        /// Batch sizes to measure.
+        #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+        batch: Vec<usize>,
+        /// Concurrent HTTP clients.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// Seconds per batch size.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration (secrets masked).
+    Show,
+    /// Print a crow.toml with every key at its default.
+    Default,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Serve { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CROW_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<Config> {
+    let text = match &cli.config {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading config {}", p.display()))?,
+        ),
+        None => match std::fs::read_to_string("crow.toml") {
+            Ok(t) => Some(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).context("reading ./crow.toml"),
+        },
+    };
+    let mut cfg = Config::load(text.as_deref(), std::env::vars())?;
+    if let Some(lake) = &cli.lake {
+        cfg.lake.uri = lake.clone();
+        cfg.validate()?;
+    }
+    Ok(cfg)
+}
+
+async fn open_lake(cfg: &Config) -> Result<Lake> {
+    Ok(Lake::open(&cfg.lake).await?)
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let cfg = load_config(&cli)?;
+    match cli.command {
+        Command::Init(f) => {
+            let lake = open_lake(&cfg).await?;
+            let report = lake.init().await?;
+            let rows: Vec<serde_json::Value> = report
+                .iter()
+                .map(|(t, created)| {
+                    serde_json::json!({"table": t, "status": if *created { "created" } else { "exists" }})
+                })
+                .collect();
+            output::print_rows(f.format, &["table", "status"], &rows)
+        }
+        Command::Tables(f) => {
+            let lake = open_lake(&cfg).await?;
+            let mut rows = Vec::new();
+            for def in crow_schemas::ALL_TABLES {
+                let s = lake.stats(def.name).await?;
+                rows.push(serde_json::json!({
+                    "table": def.name, "schema_version": def.version, "version": s.version,
+                    "files": s.files, "rows": s.rows, "bytes": s.bytes,
+                }));
+            }
+            output::print_rows(
+                f.format,
+                &[
+                    "table",
+                    "schema_version",
+                    "version",
+                    "files",
+                    "rows",
+                    "bytes",
+                ],
+                &rows,
+            )
+        }
+        Command::Sql {
+            query,
+            as_of,
+            versions,
+            format,
+        } => {
+            let lake = open_lake(&cfg).await?;
+            let ctx = match as_of {
+                Some(t) => {
+                    let ts = chrono::DateTime::parse_from_rfc3339(&t)
+                        .with_context(|| format!("--as-of `{t}` is not an RFC 3339 time"))?;
+                    lake.session_as_of(crow_lake::AsOf::Timestamp(ts.with_timezone(&chrono::Utc)))
+                        .await?
+                }
+                None => {
+                    let mut pins = Vec::new();
+                    for v in &versions {
+                        let (t, n) = v
+                            .split_once('=')
+                            .and_then(|(t, n)| n.parse::<u64>().ok().map(|n| (t, n)))
+                            .with_context(|| {
+                                format!("--table-version `{v}` is not TABLE=VERSION")
+                            })?;
+                        pins.push((t.to_string(), crow_lake::AsOf::Version(n)));
+                    }
+                    lake.session_with(&pins).await?
+                }
+            };
+            let (schema, batches) = crow_lake::run_read_only(&ctx, &query).await?;
+            output::print_batches(format.format, &schema, &batches)
+        }
+        Command::History {
+            table,
+            limit,
+            format,
+        } => {
+            let lake = open_lake(&cfg).await?;
+            let rows = lake.history(&table, limit).await?;
+            output::print_rows(
+                format.format,
+                &[
+                    "version",
+                    "timestamp",
+                    "operation",
+                    "rows_added",
+                    "files_added",
+                    "files_removed",
+                ],
+                &rows,
+            )
+        }
+        Command::Optimize { table, format } => {
+            let lake = open_lake(&cfg).await?;
+            let mut rows = Vec::new();
+            for t in tables_arg(table.as_deref())? {
+                let m = lake.optimize(t).await?;
+                rows.push(serde_json::json!({"table": t, "files_removed": m.files_removed, "files_added": m.files_added, "version": m.version}));
+            }
+            output::print_rows(
+                format.format,
+                &["table", "files_removed", "files_added", "version"],
+                &rows,
+            )
+        }
+        Command::Vacuum {
+            table,
+            retention_hours,
+            dry_run,
+            format,
+        } => {
+            let lake = open_lake(&cfg).await?;
+            let mut rows = Vec::new();
+            for t in tables_arg(table.as_deref())? {
+                let n = lake.vacuum(t, retention_hours, dry_run).await?;
+                rows.push(serde_json::json!({"table": t, "files_deleted": n, "dry_run": dry_run}));
+            }
+            output::print_rows(format.format, &["table", "files_deleted", "dry_run"], &rows)
+        }
+        Command::Checkpoint { table, format } => {
+            let lake = open_lake(&cfg).await?;
+            let mut rows = Vec::new();
+            for t in tables_arg(table.as_deref())? {
+                let v = lake.checkpoint(t).await?;
+                rows.push(serde_json::json!({"table": t, "checkpoint_version": v}));
+            }
+            output::print_rows(format.format, &["table", "checkpoint_version"], &rows)
+        }
+        Command::Orgs(OrgsCommand::Create {
+            name,
+            domain,
+            context,
+            format,
+        }) => {
+            let lake = open_lake(&cfg).await?;
+            let created =
+                crow_lake::orgs::create(&lake, &name, domain.as_deref(), context.as_deref())
+                    .await?;
+            let obj = serde_json::json!({
+                "org_id": created.org.org_id, "name": created.org.name, "domain": created.org.domain,
+                "write_key": created.write_key, "created_at": created.org.created_at,
+            });
+            output::print_object(
+                format.format,
+                &["org_id", "name", "domain", "write_key", "created_at"],
+                &obj,
+            )
+        }
+        Command::Orgs(OrgsCommand::List(f)) => {
+            let lake = open_lake(&cfg).await?;
+            let orgs = crow_lake::orgs::list(&lake).await?;
+            let rows: Vec<serde_json::Value> = orgs
+                .iter()
+                .map(|o| {
+                    serde_json::json!({
+                        "org_id": o.org_id, "name": o.name, "domain": o.domain, "status": o.status,
+                        "write_key_prefix": o.write_key_prefix, "created_at": o.created_at,
+                    })
+                })
+                .collect();
+            output::print_rows(
+                f.format,
+                &[
+                    "org_id",
+                    "name",
+                    "domain",
+                    "status",
+                    "write_key_prefix",
+                    "created_at",
+                ],
+                &rows,
+            )
+        }
+        Command::Demo {
+            visitors,
+            days,
+            seed,
+            format,
+        } => {
+            let lake = open_lake(&cfg).await?;
+            demo::run(&lake, visitors, days, seed, format.format).await
+        }
+        Command::Config(ConfigCommand::Show) => {
+            let mut shown = cfg.clone();
+            if !shown.lake.s3.secret_access_key.is_empty() {
+                shown.lake.s3.secret_access_key = "********".into();
+            }
+            print!("{}", shown.to_toml());
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Ingest {
+            batch,
+            clients,
+            seconds,
+        }) => {
+            bench::ingest(
+                cfg,
+                cli.lake.is_some(),
+                bench::BenchArgs {
+                    batches: batch,
+                    concurrency: clients.max(1),
+                    seconds: seconds.max(1),
+                },
+            )
+            .await
+        }
+        Command::Serve { listen, wal_dir } => {
+            let lake = open_lake(&cfg).await?;
+            serve::run(lake, cfg, listen, wal_dir).await
+        }
+        Command::Config(ConfigCommand::Default) => {
+            print!("{}", crow_schemas::config::default_toml());
+            Ok(())
+        }
+    }
+}
+
+fn tables_arg(table: Option<&str>) -> Result<Vec<&'static str>> {
+    match table {
+        Some(t) => {
+            let def = crow_schemas::table(t)
+                .ok_or_else(|| crow_lake::Error::UnknownTable(t.to_string()))?;
+            Ok(vec![def.name])
+        }
+        None => Ok(crow_schemas::ALL_TABLES.iter().map(|d| d.name).collect()),
+    }
+}

@@ -1,0 +1,215 @@
+//! Social captures, CCTV transcripts and failed events: their JSON contracts
+//! and rows.
+//!
+//! `POST /v1/social/captures`:
+//! `{"run_id": "…", "captures": [{"platform": "instagram", "url": "…",
+//! "canonical_url"?, "author"?, "published_at"?, "captured_at"?, "text"?,
+//! "metrics"?: {…}, "capture_id"?}]}` — one collector run is one session.
+//!
+//! `POST /v1/cctv/transcripts`:
+//! `{"segments": [{"store_id": "…", "camera_id": "…", "segment_start": "…",
+//! "segment_end": "…", "text": "…", "observations"?: any, "model"?,
+//! "segment_id"?}]}` — each camera-hour becomes one session.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::normalize::{days_since_epoch, parse_time, Rejection};
+
+/// A `failed_events` row.
+#[derive(Debug, Clone, Serialize)]
+#[allow(missing_docs)]
+pub struct FailedEventRow {
+    pub org_id: Option<String>,
+    pub failure_id: String,
+    pub source: String,
+    pub channel: Option<String>,
+    pub message_id: Option<String>,
+    pub reason_code: String,
+    pub reason: String,
+    pub payload: Option<String>,
+    pub failed_at: i64,
+    pub event_date: i32,
+}
+
+impl FailedEventRow {
+    /// A failure with its reason and original payload.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        org_id: Option<&str>,
+        source: &str,
+        channel: Option<&str>,
+        message_id: Option<String>,
+        code: &str,
+        reason: &str,
+        payload: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            org_id: org_id.map(str::to_string),
+            failure_id: crow_lake::ids::new_id("fail"),
+            source: source.to_string(),
+            channel: channel.map(str::to_string),
+            message_id,
+            reason_code: code.to_string(),
+            reason: reason.to_string(),
+            payload: payload.map(str::to_string),
+            failed_at: now.timestamp_micros(),
+            event_date: days_since_epoch(now),
+        }
+    }
+}
+
+/// A `raw_social_captures` row.
+#[derive(Debug, Clone, Serialize)]
+#[allow(missing_docs)]
+pub struct SocialCaptureRow {
+    pub org_id: String,
+    pub capture_id: String,
+    pub run_id: String,
+    pub platform: String,
+    pub url: String,
+    pub canonical_url: Option<String>,
+    pub author: Option<String>,
+    pub published_at: Option<i64>,
+    pub captured_at: i64,
+    pub text: Option<String>,
+    pub content_hash: String,
+    pub metrics: Option<String>,
+    pub received_at: i64,
+    pub event_date: i32,
+}
+
+/// A `raw_cctv_transcripts` row.
+#[derive(Debug, Clone, Serialize)]
+#[allow(missing_docs)]
+pub struct CctvTranscriptRow {
+    pub org_id: String,
+    pub segment_id: String,
+    pub store_id: String,
+    pub camera_id: String,
+    pub segment_start: i64,
+    pub segment_end: i64,
+    pub text: String,
+    pub observations: Option<String>,
+    pub model: Option<String>,
+    pub received_at: i64,
+    pub event_date: i32,
+}
+
+fn reject(code: &'static str, reason: impl Into<String>) -> Rejection {
+    Rejection {
+        code,
+        reason: reason.into(),
+    }
+}
+
+fn text(item: &Value, key: &str, required: bool) -> Result<Option<String>, Rejection> {
+    match item.get(key) {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.clone())),
+        None | Some(Value::Null) | Some(Value::String(_)) if !required => Ok(None),
+        None | Some(Value::Null) | Some(Value::String(_)) => {
+            Err(reject("missing_field", format!("`{key}` is required")))
+        }
+        Some(_) => Err(reject("invalid_field", format!("`{key}` must be a string"))),
+    }
+}
+
+fn time(item: &Value, key: &str) -> Result<Option<DateTime<Utc>>, Rejection> {
+    match text(item, key, false)? {
+        None => Ok(None),
+        Some(s) => parse_time(&s).map(Some).ok_or_else(|| {
+            reject(
+                "invalid_timestamp",
+                format!("`{key}` is not an ISO-8601 time"),
+            )
+        }),
+    }
+}
+
+/// Validate one social capture.
+pub fn social_row(
+    org: &str,
+    run_id: Option<&Value>,
+    item: &Value,
+    now: DateTime<Utc>,
+) -> Result<SocialCaptureRow, Rejection> {
+    if !item.is_object() {
+        return Err(reject("not_an_object", "a capture must be a JSON object"));
+    }
+    let run_id = match run_id {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        _ => text(item, "run_id", true)?.unwrap_or_default(),
+    };
+    let platform = text(item, "platform", true)?
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let url = text(item, "url", true)?.unwrap_or_default();
+    let body = text(item, "text", false)?;
+    let captured = time(item, "captured_at")?.unwrap_or(now);
+    let metrics = match item.get("metrics") {
+        None | Some(Value::Null) => None,
+        Some(m @ Value::Object(_)) => Some(m.to_string()),
+        Some(_) => return Err(reject("invalid_field", "`metrics` must be an object")),
+    };
+    let content_hash = crow_lake::ids::sha256_hex(body.as_deref().unwrap_or(&url).as_bytes());
+    Ok(SocialCaptureRow {
+        org_id: org.to_string(),
+        capture_id: text(item, "capture_id", false)?
+            .unwrap_or_else(|| crow_lake::ids::new_id("cap")),
+        run_id,
+        platform,
+        url,
+        canonical_url: text(item, "canonical_url", false)?,
+        author: text(item, "author", false)?,
+        published_at: time(item, "published_at")?.map(|t| t.timestamp_micros()),
+        captured_at: captured.timestamp_micros(),
+        text: body,
+        content_hash,
+        metrics,
+        received_at: now.timestamp_micros(),
+        event_date: days_since_epoch(captured),
+    })
+}
+
+/// Validate one CCTV transcript segment.
+pub fn cctv_row(
+    org: &str,
+    item: &Value,
+    now: DateTime<Utc>,
+) -> Result<CctvTranscriptRow, Rejection> {
+    if !item.is_object() {
+        return Err(reject("not_an_object", "a segment must be a JSON object"));
+    }
+    let store_id = text(item, "store_id", true)?.unwrap_or_default();
+    let camera_id = text(item, "camera_id", true)?.unwrap_or_default();
+    let start = time(item, "segment_start")?
+        .ok_or_else(|| reject("missing_field", "`segment_start` is required"))?;
+    let end = time(item, "segment_end")?
+        .ok_or_else(|| reject("missing_field", "`segment_end` is required"))?;
+    if end < start {
+        return Err(reject(
+            "invalid_field",
+            "`segment_end` is before `segment_start`",
+        ));
+    }
+    let body = text(item, "text", true)?.unwrap_or_default();
+    Ok(CctvTranscriptRow {
+        org_id: org.to_string(),
+        segment_id: text(item, "segment_id", false)?
+            .unwrap_or_else(|| crow_lake::ids::new_id("seg")),
+        store_id,
+        camera_id,
+        segment_start: start.timestamp_micros(),
+        segment_end: end.timestamp_micros(),
+        text: body,
+        observations: item
+            .get("observations")
+            .filter(|v| !v.is_null())
+            .map(Value::to_string),
+        model: text(item, "model", false)?,
+        received_at: now.timestamp_micros(),
+        event_date: days_since_epoch(start),
+    })
+}

@@ -1,0 +1,473 @@
+//! A synthetic brand: a product catalog and visitors' activity as
+//! Segment-spec events, deterministic for a seed.
+//!
+//! Used by `crow demo` and the benchmarks. Visitors arrive from search,
+//! social, email and direct traffic on desktop, mobile and tablet; some come
+//! back on later days; each visit walks the e-commerce funnel (page views,
+//! searches, product views, cart, checkout, payment, order) and drops off
+//! along the way with realistic rates. Buyers identify themselves at
+//! checkout, so anonymous ids stitch to user ids.
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+/// A product of the synthetic catalog.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DemoProduct {
+    /// Product id.
+    pub product_id: String,
+    /// SKU.
+    pub sku: String,
+    /// Name.
+    pub name: String,
+    /// Category.
+    pub category: String,
+    /// Price in `USD`.
+    pub price: f64,
+    /// Product page URL.
+    pub url: String,
+    /// Description.
+    pub description: String,
+}
+
+/// The demo brand's name.
+pub const BRAND_NAME: &str = "Northwind Audio";
+/// The demo brand's domain.
+pub const BRAND_DOMAIN: &str = "northwind-audio.example";
+/// What the brand is, for the AI provider.
+pub const BRAND_CONTEXT: &str =
+    "Northwind Audio sells headphones, earbuds, speakers and accessories online to music lovers and commuters.";
+
+const CATALOG: &[(&str, &str, f64, &str)] = &[
+    (
+        "Aria Over-Ear Wireless Headphones",
+        "Headphones",
+        249.0,
+        "Noise-cancelling over-ear headphones with 40 h battery.",
+    ),
+    (
+        "Aria Lite On-Ear Headphones",
+        "Headphones",
+        129.0,
+        "Lightweight foldable on-ear headphones.",
+    ),
+    (
+        "Studio Monitor Headphones MK2",
+        "Headphones",
+        199.0,
+        "Closed-back studio headphones for mixing.",
+    ),
+    (
+        "Pulse ANC Earbuds",
+        "Earbuds",
+        179.0,
+        "True wireless earbuds with adaptive noise cancelling.",
+    ),
+    (
+        "Pulse Sport Earbuds",
+        "Earbuds",
+        99.0,
+        "Sweat-proof earbuds with ear hooks.",
+    ),
+    (
+        "Pulse Mini Earbuds",
+        "Earbuds",
+        59.0,
+        "Compact everyday earbuds.",
+    ),
+    (
+        "Boom Portable Speaker",
+        "Speakers",
+        89.0,
+        "Waterproof portable speaker, 12 h playback.",
+    ),
+    (
+        "Boom Max Party Speaker",
+        "Speakers",
+        299.0,
+        "Loud party speaker with light show.",
+    ),
+    (
+        "Hearth Smart Home Speaker",
+        "Speakers",
+        149.0,
+        "Wi-Fi smart speaker with multi-room audio.",
+    ),
+    (
+        "Hearth Soundbar 5.1",
+        "Speakers",
+        449.0,
+        "Soundbar with wireless subwoofer.",
+    ),
+    (
+        "Carry Case for Aria",
+        "Accessories",
+        29.0,
+        "Hard-shell case for Aria headphones.",
+    ),
+    (
+        "Braided USB-C Cable",
+        "Accessories",
+        15.0,
+        "1.5 m braided charging cable.",
+    ),
+    (
+        "Replacement Ear Cushions",
+        "Accessories",
+        25.0,
+        "Memory-foam cushions for Aria.",
+    ),
+    (
+        "Wireless Charging Pad",
+        "Accessories",
+        39.0,
+        "Qi charging pad for Pulse cases.",
+    ),
+    (
+        "Aux Adapter Kit",
+        "Accessories",
+        12.0,
+        "3.5 mm and airplane adapters.",
+    ),
+    (
+        "Turntable Classic",
+        "Hi-Fi",
+        349.0,
+        "Belt-drive turntable with built-in preamp.",
+    ),
+    (
+        "Bookshelf Speakers Pair",
+        "Hi-Fi",
+        399.0,
+        "Passive bookshelf speakers.",
+    ),
+    (
+        "Desktop DAC/Amp",
+        "Hi-Fi",
+        189.0,
+        "USB DAC and headphone amplifier.",
+    ),
+];
+
+/// The synthetic catalog.
+pub fn catalog() -> Vec<DemoProduct> {
+    CATALOG
+        .iter()
+        .enumerate()
+        .map(|(i, (name, category, price, description))| {
+            let slug: String = name
+                .to_ascii_lowercase()
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                .collect::<String>()
+                .split('-')
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join("-");
+            DemoProduct {
+                product_id: format!("nw-{:04}", 1001 + i),
+                sku: format!("NW-{}-{:03}", &category[..2].to_ascii_uppercase(), i + 1),
+                name: (*name).to_string(),
+                category: (*category).to_string(),
+                price: *price,
+                url: format!("https://{BRAND_DOMAIN}/products/{slug}"),
+                description: (*description).to_string(),
+            }
+        })
+        .collect()
+}
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    /// Number of distinct visitors.
+    pub visitors: usize,
+    /// First day of activity.
+    pub first_day: NaiveDate,
+    /// Number of days.
+    pub days: u32,
+    /// Random seed.
+    pub seed: u64,
+}
+
+/// Generate Segment-spec events (JSON objects as the SDK would send them),
+/// ordered by visitor then time. Message ids are deterministic for the seed.
+pub fn events(opts: &GenerateOptions) -> Vec<Value> {
+    let products = catalog();
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    let mut out = Vec::new();
+    let mut msg = 0u64;
+    let devices = [("desktop", 0.48), ("mobile", 0.44), ("tablet", 0.08)];
+    let sources = [
+        ("google", "cpc", 0.35),
+        ("instagram", "social", 0.2),
+        ("newsletter", "email", 0.15),
+        ("", "", 0.3),
+    ];
+    for v in 0..opts.visitors {
+        let anon = format!("anon-{:08x}-{v:06}", rng.random::<u32>());
+        let device = pick(&mut rng, &devices.map(|(d, w)| (d, w)));
+        let (source, medium) = {
+            let i = pick_index(&mut rng, &sources.map(|s| s.2));
+            (sources[i].0, sources[i].1)
+        };
+        let ua = match device {
+            "mobile" => "Mozilla/5.0 (iPhone; CPU iPhone OS 18_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148",
+            "tablet" => "Mozilla/5.0 (iPad; CPU OS 18_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148",
+            _ => "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/131.0 Safari/537.36",
+        };
+        // 1 visit for most, up to 3 for returning visitors.
+        let visits = match rng.random_range(0..100) {
+            0..=71 => 1,
+            72..=91 => 2,
+            _ => 3,
+        };
+        let mut user_id: Option<String> = None;
+        let mut days: Vec<u32> = (0..visits)
+            .map(|_| rng.random_range(0..opts.days.max(1)))
+            .collect();
+        days.sort_unstable();
+        for day in days {
+            let Some(date) = opts
+                .first_day
+                .checked_add_days(chrono::Days::new(u64::from(day)))
+            else {
+                continue;
+            };
+            let Some(start) = date.and_hms_opt(0, 0, 0) else {
+                continue;
+            };
+            // Traffic peaks in the evening.
+            let hour = pick_index(&mut rng, &HOUR_WEIGHTS) as i64;
+            let mut t: DateTime<Utc> = start.and_utc()
+                + Duration::hours(hour)
+                + Duration::seconds(rng.random_range(0..3600));
+            let mut emit = |rng: &mut StdRng,
+                            t: &mut DateTime<Utc>,
+                            user_id: Option<&str>,
+                            body: Value| {
+                msg += 1;
+                let mut e = body;
+                let page_url = e
+                    .get("properties")
+                    .and_then(|p| p.get("url"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                let Some(obj) = e.as_object_mut() else { return };
+                obj.insert(
+                    "messageId".into(),
+                    json!(format!("demo-{}-{msg:09}", opts.seed)),
+                );
+                obj.insert("anonymousId".into(), json!(anon));
+                if let Some(u) = user_id {
+                    obj.insert("userId".into(), json!(u));
+                }
+                obj.insert(
+                    "timestamp".into(),
+                    json!(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                );
+                let mut context = json!({
+                    "userAgent": ua,
+                    "device": {"type": device},
+                    "library": {"name": "crow.js", "version": "0.1.0"},
+                    "page": {"url": page_url, "referrer": if source == "google" { "https://www.google.com/" } else { "" }},
+                });
+                if !source.is_empty() {
+                    context["campaign"] =
+                        json!({"source": source, "medium": medium, "name": "autumn-sale"});
+                }
+                obj.insert("context".into(), context);
+                out.push(e);
+                *t += Duration::seconds(rng.random_range(8..150));
+            };
+            let home = format!("https://{BRAND_DOMAIN}/");
+            emit(
+                &mut rng,
+                &mut t,
+                user_id.as_deref(),
+                json!({"type": "page", "name": "Home", "properties": {"url": home, "path": "/", "title": BRAND_NAME}}),
+            );
+            // Interest: a category, sometimes via search.
+            let focus = rng.random_range(0..products.len());
+            if rng.random_bool(0.35) {
+                let q = products[focus].category.to_ascii_lowercase();
+                emit(
+                    &mut rng,
+                    &mut t,
+                    user_id.as_deref(),
+                    json!({"type": "track", "event": "Products Searched", "properties": {"query": q}}),
+                );
+            }
+            if rng.random_bool(0.18) {
+                continue; // bounced
+            }
+            let similar: Vec<&DemoProduct> = products
+                .iter()
+                .filter(|p| p.category == products[focus].category)
+                .collect();
+            let n_views = rng.random_range(1..=3.min(similar.len()));
+            let mut viewed = Vec::new();
+            for i in 0..n_views {
+                let p = similar[(focus + i) % similar.len()];
+                viewed.push(p);
+                let path = p
+                    .url
+                    .trim_start_matches(&format!("https://{BRAND_DOMAIN}"))
+                    .to_string();
+                emit(
+                    &mut rng,
+                    &mut t,
+                    user_id.as_deref(),
+                    json!({"type": "page", "name": "Product", "properties": {"url": p.url, "path": path, "title": p.name}}),
+                );
+                emit(
+                    &mut rng,
+                    &mut t,
+                    user_id.as_deref(),
+                    json!({"type": "track", "event": "Product Viewed", "properties": product_props(p, 1)}),
+                );
+            }
+            if !rng.random_bool(if device == "mobile" { 0.30 } else { 0.36 }) {
+                continue;
+            }
+            let chosen = viewed[rng.random_range(0..viewed.len())];
+            let qty = if rng.random_bool(0.85) { 1 } else { 2 };
+            emit(
+                &mut rng,
+                &mut t,
+                user_id.as_deref(),
+                json!({"type": "track", "event": "Product Added", "properties": product_props(chosen, qty)}),
+            );
+            let mut cart = vec![(chosen, qty)];
+            if rng.random_bool(0.25) {
+                let acc = &products[rng.random_range(10..15)];
+                emit(
+                    &mut rng,
+                    &mut t,
+                    user_id.as_deref(),
+                    json!({"type": "track", "event": "Product Added", "properties": product_props(acc, 1)}),
+                );
+                cart.push((acc, 1));
+            }
+            emit(
+                &mut rng,
+                &mut t,
+                user_id.as_deref(),
+                json!({"type": "track", "event": "Cart Viewed", "properties": {"products": cart.iter().map(|(p, q)| product_props(p, *q)).collect::<Vec<_>>()}}),
+            );
+            if !rng.random_bool(0.62) {
+                continue;
+            }
+            let total: f64 = cart.iter().map(|(p, q)| p.price * f64::from(*q)).sum();
+            emit(
+                &mut rng,
+                &mut t,
+                user_id.as_deref(),
+                json!({"type": "track", "event": "Checkout Started", "properties": {"value": total, "currency": "USD", "products": cart.iter().map(|(p, q)| product_props(p, *q)).collect::<Vec<_>>()}}),
+            );
+            if user_id.is_none() {
+                let uid = format!("user-{v:06}");
+                user_id = Some(uid.clone());
+                emit(
+                    &mut rng,
+                    &mut t,
+                    user_id.as_deref(),
+                    json!({"type": "identify", "traits": {"email_domain": "example.com", "plan": "guest"}}),
+                );
+            }
+            emit(
+                &mut rng,
+                &mut t,
+                user_id.as_deref(),
+                json!({"type": "track", "event": "Checkout Step Viewed", "properties": {"step": 2, "shipping_method": "standard"}}),
+            );
+            if !rng.random_bool(0.75) {
+                continue;
+            }
+            emit(
+                &mut rng,
+                &mut t,
+                user_id.as_deref(),
+                json!({"type": "track", "event": "Payment Info Entered", "properties": {"step": 3, "payment_method": "card"}}),
+            );
+            if !rng.random_bool(0.85) {
+                emit(
+                    &mut rng,
+                    &mut t,
+                    user_id.as_deref(),
+                    json!({"type": "track", "event": "Payment Failed", "properties": {"reason": "card_declined"}}),
+                );
+                continue;
+            }
+            let order_id = format!("ord-{}-{v:06}-{day}", opts.seed);
+            emit(
+                &mut rng,
+                &mut t,
+                user_id.as_deref(),
+                json!({"type": "track", "event": "Order Completed", "properties": {
+                "order_id": order_id, "total": total, "revenue": total, "currency": "USD",
+                "products": cart.iter().map(|(p, q)| product_props(p, *q)).collect::<Vec<_>>()}}),
+            );
+        }
+    }
+    out
+}
+
+/// Relative traffic by hour of day (UTC).
+const HOUR_WEIGHTS: [f64; 24] = [
+    1.0, 0.6, 0.4, 0.3, 0.3, 0.5, 1.0, 1.8, 2.4, 2.6, 2.7, 2.9, 3.2, 3.0, 2.8, 2.8, 3.0, 3.4, 4.0,
+    4.6, 4.8, 4.2, 3.0, 1.8,
+];
+
+fn product_props(p: &DemoProduct, qty: u32) -> Value {
+    json!({"product_id": p.product_id, "sku": p.sku, "name": p.name, "category": p.category,
+           "price": p.price, "currency": "USD", "quantity": qty, "url": p.url})
+}
+
+fn pick_index(rng: &mut StdRng, weights: &[f64]) -> usize {
+    let total: f64 = weights.iter().sum();
+    let mut x = rng.random::<f64>() * total;
+    for (i, w) in weights.iter().enumerate() {
+        if x < *w {
+            return i;
+        }
+        x -= w;
+    }
+    weights.len() - 1
+}
+
+fn pick<'a>(rng: &mut StdRng, items: &[(&'a str, f64)]) -> &'a str {
+    let w: Vec<f64> = items.iter().map(|i| i.1).collect();
+    items[pick_index(rng, &w)].0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deterministic_and_funnel_shaped() {
+        let opts = GenerateOptions {
+            visitors: 300,
+            first_day: NaiveDate::from_ymd_opt(2026, 1, 5).unwrap(),
+            days: 7,
+            seed: 1,
+        };
+        let a = events(&opts);
+        assert_eq!(a, events(&opts));
+        let count = |name: &str| a.iter().filter(|e| e["event"] == name).count();
+        let views = count("Product Viewed");
+        let added = count("Product Added");
+        let orders = count("Order Completed");
+        assert!(
+            views > added && added > orders && orders > 0,
+            "{views} {added} {orders}"
+        );
+        let ids: std::collections::HashSet<_> =
+            a.iter().map(|e| e["messageId"].to_string()).collect();
+        assert_eq!(ids.len(), a.len());
+    }
+}

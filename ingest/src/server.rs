@@ -1,0 +1,816 @@
+//! The collector's HTTP surface (axum).
+//!
+//! Segment HTTP Tracking API: `POST /v1/batch` (and `/v1/import`),
+//! `/v1/track`, `/v1/page`, `/v1/screen`, `/v1/identify`, `/v1/group`,
+//! `/v1/alias`; CROW's own `POST /v1/social/captures` and
+//! `POST /v1/cctv/transcripts`; `/healthz`, `/readyz`, `/metrics` and the
+//! browser SDK at `/sdk/crow.js`.
+//!
+//! A request is answered 2xx only after its rows — accepted events and
+//! rejected ones alike — are fsync'd in the WAL. Rejected events go to
+//! `failed_events` with their reason and payload and are listed in the
+//! response; the valid events of the same batch are accepted.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use crow_lake::Lake;
+use crow_schemas::config::IngestConfig;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use tokio::sync::RwLock;
+
+use crate::channels::{self, FailedEventRow};
+use crate::metrics::Metrics;
+use crate::normalize::{hash_ip, normalize, NormalizeContext};
+use crate::wal::{Wal, WalError, WalRecord, WalTable};
+
+/// The browser SDK, served at `/sdk/crow.js`.
+pub const SDK_JS: &str = include_str!("../sdk/crow.js");
+
+/// Everything the handlers share.
+pub struct IngestState {
+    /// The write-ahead log.
+    pub wal: Wal,
+    /// Telemetry.
+    pub metrics: Arc<Metrics>,
+    /// Collector settings.
+    pub cfg: IngestConfig,
+    /// Salt for IP hashes.
+    pub ip_salt: String,
+    keys: KeyCache,
+}
+
+impl IngestState {
+    /// Shared state for the collector's handlers.
+    pub fn new(
+        wal: Wal,
+        metrics: Arc<Metrics>,
+        cfg: IngestConfig,
+        ip_salt: String,
+        lake: Lake,
+    ) -> Arc<IngestState> {
+        Arc::new(IngestState {
+            wal,
+            metrics,
+            cfg,
+            ip_salt,
+            keys: KeyCache::new(lake),
+        })
+    }
+}
+
+/// Write key → organization, loaded from the `organizations` table. The whole
+/// (small) table is cached and refreshed at most once per second on a miss
+/// and every 30 s otherwise, so hostile clients guessing keys cost no lake
+/// reads.
+struct KeyCache {
+    lake: Lake,
+    inner: RwLock<KeyMap>,
+}
+
+struct KeyMap {
+    by_hash: HashMap<String, String>,
+    loaded: Option<Instant>,
+}
+
+impl KeyCache {
+    fn new(lake: Lake) -> Self {
+        Self {
+            lake,
+            inner: RwLock::new(KeyMap {
+                by_hash: HashMap::new(),
+                loaded: None,
+            }),
+        }
+    }
+
+    async fn org_for(&self, write_key: &str) -> Result<Option<String>, crow_lake::Error> {
+        let hash = crow_lake::ids::sha256_hex(write_key.as_bytes());
+        {
+            let m = self.inner.read().await;
+            if let Some(org) = m.by_hash.get(&hash) {
+                if m.loaded
+                    .is_some_and(|t| t.elapsed() < Duration::from_secs(30))
+                {
+                    return Ok(Some(org.clone()));
+                }
+            } else if m
+                .loaded
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+            {
+                return Ok(None);
+            }
+        }
+        let mut m = self.inner.write().await;
+        if m.loaded
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            let orgs = crow_lake::orgs::list(&self.lake).await?;
+            m.by_hash = orgs
+                .into_iter()
+                .filter(|o| o.status == "active")
+                .map(|o| (o.write_key_hash, o.org_id))
+                .collect();
+            m.loaded = Some(Instant::now());
+        }
+        Ok(m.by_hash.get(&hash).cloned())
+    }
+
+    async fn ready(&self) -> bool {
+        self.inner.read().await.loaded.is_some() || self.org_for("").await.is_ok()
+    }
+}
+
+/// The collector's routes.
+pub fn router(state: Arc<IngestState>) -> Router {
+    let cors = tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([
+            axum::http::Method::POST,
+            axum::http::Method::GET,
+            axum::http::Method::OPTIONS,
+        ])
+        .allow_headers(tower_http::cors::Any)
+        .max_age(Duration::from_secs(86_400));
+    Router::new()
+        .route("/v1/batch", post(batch))
+        .route("/v1/import", post(batch))
+        .route("/v1/social/captures", post(social))
+        .route("/v1/cctv/transcripts", post(cctv))
+        .route("/v1/{kind}", post(single))
+        .route("/sdk/crow.js", get(sdk))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        // Bodies are read with our own bound (see `read_body`), so an
+        // oversized request gets the same JSON refusal as every other error.
+        .layer(DefaultBodyLimit::disable())
+        .layer(cors)
+        .with_state(state)
+}
+
+/// A whole-request refusal, as JSON with a stable code.
+#[derive(Debug)]
+pub struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let mut r = (
+            self.status,
+            Json(json!({"success": false, "code": self.code, "message": self.message})),
+        )
+            .into_response();
+        if let Some(s) = self.retry_after {
+            if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        r
+    }
+}
+
+fn refuse(
+    state: &IngestState,
+    status: StatusCode,
+    code: &'static str,
+    message: impl Into<String>,
+) -> Refusal {
+    state.metrics.requests_refused.inc_by(code, 1);
+    Refusal::new(status, code, message)
+}
+
+/// Read the body, at most the request limit (plus slack for gzip framing).
+async fn body_bytes(state: &IngestState, body: Body) -> Result<Bytes, Refusal> {
+    let limit = state.cfg.max_request_bytes;
+    axum::body::to_bytes(body, limit + 1024).await.map_err(|_| {
+        refuse(
+            state,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!("the request is larger than {limit} bytes"),
+        )
+    })
+}
+
+/// Decompress (gzip), check size and UTF-8.
+fn read_body(state: &IngestState, headers: &HeaderMap, body: &Bytes) -> Result<Vec<u8>, Refusal> {
+    let limit = state.cfg.max_request_bytes;
+    let gzip = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"))
+        || body.starts_with(&[0x1f, 0x8b]);
+    let raw = if gzip {
+        let mut out = Vec::new();
+        let mut dec = flate2::read::GzDecoder::new(&body[..]).take(limit as u64 + 1);
+        dec.read_to_end(&mut out).map_err(|e| {
+            refuse(
+                state,
+                StatusCode::BAD_REQUEST,
+                "invalid_gzip",
+                format!("the gzip body is invalid: {e}"),
+            )
+        })?;
+        out
+    } else {
+        body.to_vec()
+    };
+    if raw.len() > limit {
+        return Err(refuse(
+            state,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!("the request is larger than {limit} bytes"),
+        ));
+    }
+    if std::str::from_utf8(&raw).is_err() {
+        return Err(refuse(
+            state,
+            StatusCode::BAD_REQUEST,
+            "invalid_utf8",
+            "the body is not valid UTF-8",
+        ));
+    }
+    Ok(raw)
+}
+
+fn json_refusal(state: &IngestState, e: &serde_json::Error) -> Refusal {
+    if e.to_string().contains("recursion limit") {
+        refuse(
+            state,
+            StatusCode::BAD_REQUEST,
+            "too_deep",
+            "the JSON is nested too deeply",
+        )
+    } else {
+        refuse(
+            state,
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("invalid JSON: {e}"),
+        )
+    }
+}
+
+fn basic_key(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = v.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let user = text.split(':').next().unwrap_or_default();
+    (!user.is_empty()).then(|| user.to_string())
+}
+
+async fn authorize(
+    state: &IngestState,
+    headers: &HeaderMap,
+    body_key: Option<&str>,
+) -> Result<String, Refusal> {
+    let key = basic_key(headers).or_else(|| body_key.filter(|k| !k.is_empty()).map(str::to_string));
+    let Some(key) = key else {
+        return Err(refuse(
+            state,
+            StatusCode::UNAUTHORIZED,
+            "missing_write_key",
+            "a write key is required (HTTP Basic user name, or `writeKey` in the body)",
+        ));
+    };
+    match state.keys.org_for(&key).await {
+        Ok(Some(org)) => Ok(org),
+        Ok(None) => Err(refuse(
+            state,
+            StatusCode::UNAUTHORIZED,
+            "invalid_write_key",
+            "unknown write key",
+        )),
+        Err(e) => {
+            tracing::error!(error = %e, "write key lookup failed");
+            let mut r = refuse(
+                state,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the lake is unavailable; retry later",
+            );
+            r.retry_after = Some(5);
+            Err(r)
+        }
+    }
+}
+
+fn client_ip(headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<String> {
+    headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| peer.map(|p| p.ip().to_string()))
+}
+
+/// One rejected event in a response.
+#[derive(Debug, Serialize)]
+struct Rejected {
+    index: usize,
+    #[serde(rename = "messageId", skip_serializing_if = "Option::is_none")]
+    message_id: Option<String>,
+    code: &'static str,
+    reason: String,
+}
+
+async fn commit(
+    state: &IngestState,
+    records: Vec<WalRecord>,
+    started: Instant,
+) -> Result<(), Refusal> {
+    match state.wal.append(records).await {
+        Ok(()) => {
+            state
+                .metrics
+                .ack_seconds
+                .observe(started.elapsed().as_secs_f64());
+            Ok(())
+        }
+        Err(WalError::Backpressure) => {
+            state.metrics.backpressure.inc();
+            let mut r = refuse(
+                state,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "backpressure",
+                "the collector is catching up; retry later",
+            );
+            r.retry_after = Some(1);
+            Err(r)
+        }
+        Err(WalError::Unavailable(e)) => {
+            tracing::error!(error = %e, "WAL append failed");
+            let mut r = refuse(
+                state,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the collector cannot store events now; retry later",
+            );
+            r.retry_after = Some(5);
+            Err(r)
+        }
+    }
+}
+
+fn respond(accepted: usize, rejected: Vec<Rejected>, single: bool) -> Response {
+    if rejected.is_empty() {
+        return (
+            StatusCode::OK,
+            Json(json!({"success": true, "accepted": accepted})),
+        )
+            .into_response();
+    }
+    // Nothing accepted: 400 (SDKs must not retry). The body also carries
+    // Segment's error shape (`code`, `message`), which SDKs parse.
+    let status = if accepted == 0 {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    let message = match (rejected.len(), single) {
+        (_, true) => rejected
+            .first()
+            .map(|r| r.reason.clone())
+            .unwrap_or_default(),
+        (n, false) => format!("{n} event(s) rejected; see `rejected`"),
+    };
+    (
+        status,
+        Json(
+            json!({"success": accepted > 0, "accepted": accepted, "rejected": rejected,
+            "code": "invalid_events", "message": message}),
+        ),
+    )
+        .into_response()
+}
+
+struct Prepared {
+    records: Vec<WalRecord>,
+    accepted: usize,
+    rejected: Vec<Rejected>,
+}
+
+fn failed_record(
+    org: &str,
+    channel: &str,
+    message_id: Option<String>,
+    code: &'static str,
+    reason: &str,
+    payload: &str,
+    now: DateTime<Utc>,
+) -> WalRecord {
+    let row = FailedEventRow::new(
+        Some(org),
+        "collector",
+        Some(channel),
+        message_id,
+        code,
+        reason,
+        Some(payload),
+        now,
+    );
+    WalRecord {
+        table: WalTable::FailedEvents,
+        json: serde_json::to_vec(&row).unwrap_or_default(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn prepare_web(
+    state: &IngestState,
+    org: &str,
+    events: &[&RawValue],
+    default_type: Option<&str>,
+    batch_sent_at: Option<&Value>,
+    batch_context: Option<&Value>,
+    ip_hash: Option<String>,
+    now: DateTime<Utc>,
+) -> Prepared {
+    let ctx = NormalizeContext {
+        org_id: org,
+        received_at: now,
+        ip_hash,
+        strip_query_params: &state.cfg.strip_query_params,
+        ip_salt: &state.ip_salt,
+    };
+    let mut out = Prepared {
+        records: Vec::with_capacity(events.len()),
+        accepted: 0,
+        rejected: Vec::new(),
+    };
+    for (index, raw) in events.iter().enumerate() {
+        let text = raw.get();
+        let mut reject = |code: &'static str, reason: String, message_id: Option<String>| {
+            state.metrics.events_rejected.inc_by(code, 1);
+            out.records.push(failed_record(
+                org,
+                "web",
+                message_id.clone(),
+                code,
+                &reason,
+                text,
+                now,
+            ));
+            out.rejected.push(Rejected {
+                index,
+                message_id,
+                code,
+                reason,
+            });
+        };
+        if text.len() > state.cfg.max_event_bytes {
+            reject(
+                "event_too_large",
+                format!(
+                    "the event is larger than {} bytes",
+                    state.cfg.max_event_bytes
+                ),
+                None,
+            );
+            continue;
+        }
+        let mut event: Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) if e.to_string().contains("recursion limit") => {
+                reject("too_deep", "the event is nested too deeply".into(), None);
+                continue;
+            }
+            Err(e) => {
+                reject("invalid_json", e.to_string(), None);
+                continue;
+            }
+        };
+        if let Some(obj) = event.as_object_mut() {
+            if let Some(s) = batch_sent_at {
+                obj.entry("sentAt").or_insert_with(|| s.clone());
+            }
+            if let Some(Value::Object(bc)) = batch_context {
+                let c = obj.entry("context").or_insert_with(|| json!({}));
+                if let Value::Object(c) = c {
+                    for (k, v) in bc {
+                        c.entry(k.clone()).or_insert_with(|| v.clone());
+                    }
+                }
+            }
+        }
+        let message_id = event
+            .get("messageId")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        match normalize(&event, default_type, &ctx) {
+            Ok(row) => match serde_json::to_vec(&row) {
+                Ok(json) => {
+                    out.records.push(WalRecord {
+                        table: WalTable::RawWebEvents,
+                        json,
+                    });
+                    out.accepted += 1;
+                }
+                Err(e) => reject(
+                    "internal",
+                    format!("could not encode the event: {e}"),
+                    message_id,
+                ),
+            },
+            Err(r) => reject(r.code, r.reason, message_id),
+        }
+    }
+    if out.accepted > 0 {
+        state
+            .metrics
+            .events_accepted
+            .inc_by("web", out.accepted as u64);
+    }
+    out
+}
+
+#[derive(serde::Deserialize)]
+struct BatchBody<'a> {
+    #[serde(borrow)]
+    batch: Option<Vec<&'a RawValue>>,
+    #[serde(rename = "writeKey")]
+    write_key: Option<String>,
+    #[serde(rename = "sentAt")]
+    sent_at: Option<Value>,
+    context: Option<Value>,
+}
+
+async fn batch(
+    State(state): State<Arc<IngestState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Refusal> {
+    let started = Instant::now();
+    let now = Utc::now();
+    let body = body_bytes(&state, body).await?;
+    let raw = read_body(&state, &headers, &body)?;
+    let parsed: BatchBody<'_> =
+        serde_json::from_slice(&raw).map_err(|e| json_refusal(&state, &e))?;
+    let org = authorize(&state, &headers, parsed.write_key.as_deref()).await?;
+    let Some(events) = parsed.batch else {
+        return Err(refuse(
+            &state,
+            StatusCode::BAD_REQUEST,
+            "missing_batch",
+            "`batch` must be an array of events",
+        ));
+    };
+    let ip_hash = client_ip(&headers, Some(peer)).map(|ip| hash_ip(&state.ip_salt, &ip));
+    let prepared = prepare_web(
+        &state,
+        &org,
+        &events,
+        None,
+        parsed.sent_at.as_ref(),
+        parsed.context.as_ref(),
+        ip_hash,
+        now,
+    );
+    commit(&state, prepared.records, started).await?;
+    Ok(respond(prepared.accepted, prepared.rejected, false))
+}
+
+async fn single(
+    State(state): State<Arc<IngestState>>,
+    Path(kind): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Refusal> {
+    let started = Instant::now();
+    let now = Utc::now();
+    let body = body_bytes(&state, body).await?;
+    let kind = match kind.as_str() {
+        "track" | "page" | "screen" | "identify" | "group" | "alias" => kind,
+        "t" | "p" | "i" | "g" | "a" | "s" => match kind.as_str() {
+            "t" => "track",
+            "p" => "page",
+            "i" => "identify",
+            "g" => "group",
+            "a" => "alias",
+            _ => "screen",
+        }
+        .to_string(),
+        _ => {
+            return Err(refuse(
+                &state,
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no endpoint /v1/{kind}"),
+            ))
+        }
+    };
+    let raw = read_body(&state, &headers, &body)?;
+    if raw.len() > state.cfg.max_event_bytes {
+        return Err(refuse(
+            &state,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "event_too_large",
+            format!(
+                "the event is larger than {} bytes",
+                state.cfg.max_event_bytes
+            ),
+        ));
+    }
+    let text = std::str::from_utf8(&raw)
+        .map_err(|_| refuse(&state, StatusCode::BAD_REQUEST, "invalid_utf8", "not UTF-8"))?;
+    let event: &RawValue = serde_json::from_str(text).map_err(|e| json_refusal(&state, &e))?;
+    let write_key = serde_json::from_str::<Value>(text).ok().and_then(|v| {
+        v.get("writeKey")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
+    let org = authorize(&state, &headers, write_key.as_deref()).await?;
+    let ip_hash = client_ip(&headers, Some(peer)).map(|ip| hash_ip(&state.ip_salt, &ip));
+    let prepared = prepare_web(
+        &state,
+        &org,
+        &[event],
+        Some(&kind),
+        None,
+        None,
+        ip_hash,
+        now,
+    );
+    commit(&state, prepared.records, started).await?;
+    Ok(respond(prepared.accepted, prepared.rejected, true))
+}
+
+async fn social(
+    State(state): State<Arc<IngestState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Refusal> {
+    other_channel(state, headers, body, "social").await
+}
+
+async fn cctv(
+    State(state): State<Arc<IngestState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Refusal> {
+    other_channel(state, headers, body, "cctv").await
+}
+
+async fn other_channel(
+    state: Arc<IngestState>,
+    headers: HeaderMap,
+    body: Body,
+    channel: &'static str,
+) -> Result<Response, Refusal> {
+    let started = Instant::now();
+    let now = Utc::now();
+    let body = body_bytes(&state, body).await?;
+    let raw = read_body(&state, &headers, &body)?;
+    let parsed: Value = serde_json::from_slice(&raw).map_err(|e| json_refusal(&state, &e))?;
+    let org = authorize(
+        &state,
+        &headers,
+        parsed.get("writeKey").and_then(Value::as_str),
+    )
+    .await?;
+    let (list_key, table) = match channel {
+        "social" => ("captures", WalTable::RawSocialCaptures),
+        _ => ("segments", WalTable::RawCctvTranscripts),
+    };
+    let Some(items) = parsed.get(list_key).and_then(Value::as_array) else {
+        return Err(refuse(
+            &state,
+            StatusCode::BAD_REQUEST,
+            "missing_items",
+            format!("`{list_key}` must be an array"),
+        ));
+    };
+    let mut records = Vec::with_capacity(items.len());
+    let mut accepted = 0;
+    let mut rejected = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        let row = match channel {
+            "social" => channels::social_row(&org, parsed.get("run_id"), item, now).and_then(|r| {
+                serde_json::to_vec(&r).map_err(|e| crate::normalize::Rejection {
+                    code: "internal",
+                    reason: e.to_string(),
+                })
+            }),
+            _ => channels::cctv_row(&org, item, now).and_then(|r| {
+                serde_json::to_vec(&r).map_err(|e| crate::normalize::Rejection {
+                    code: "internal",
+                    reason: e.to_string(),
+                })
+            }),
+        };
+        match row {
+            Ok(json) => {
+                records.push(WalRecord { table, json });
+                accepted += 1;
+            }
+            Err(r) => {
+                state.metrics.events_rejected.inc_by(r.code, 1);
+                let id = item
+                    .get(if channel == "social" {
+                        "capture_id"
+                    } else {
+                        "segment_id"
+                    })
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                records.push(failed_record(
+                    &org,
+                    channel,
+                    id.clone(),
+                    r.code,
+                    &r.reason,
+                    &item.to_string(),
+                    now,
+                ));
+                rejected.push(Rejected {
+                    index,
+                    message_id: id,
+                    code: r.code,
+                    reason: r.reason,
+                });
+            }
+        }
+    }
+    if accepted > 0 {
+        state
+            .metrics
+            .events_accepted
+            .inc_by(channel, accepted as u64);
+    }
+    commit(&state, records, started).await?;
+    Ok(respond(accepted, rejected, false))
+}
+
+async fn sdk() -> impl IntoResponse {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                "application/javascript; charset=utf-8",
+            ),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        SDK_JS,
+    )
+}
+
+async fn readyz(State(state): State<Arc<IngestState>>) -> Response {
+    let pending = state
+        .wal
+        .stats()
+        .pending_bytes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if pending > state.cfg.max_pending_bytes {
+        return (StatusCode::SERVICE_UNAVAILABLE, "flushing is behind").into_response();
+    }
+    if !state.keys.ready().await {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the lake is unreachable").into_response();
+    }
+    (StatusCode::OK, "ready").into_response()
+}
+
+async fn metrics(State(state): State<Arc<IngestState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(state.wal.stats()),
+    )
+}

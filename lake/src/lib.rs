@@ -1,0 +1,765 @@
+//! CROW's storage layer: every table is a Delta table under one lake root.
+//!
+//! The lake root is a local folder (default `./crow-data`) or an
+//! S3-compatible prefix (`s3://bucket/prefix`: AWS S3, Cloudflare R2, MinIO,
+//! …). This is the only crate that touches object storage.
+//!
+//! Invariants:
+//! - **Commits are atomic and safe without a lock service.** Every commit is a
+//!   conditional put of the next `_delta_log` entry (`If-None-Match: *` on S3
+//!   and R2, create-new on a local folder); a writer that loses the race
+//!   re-reads the log, checks for a logical conflict and retries. Concurrent
+//!   blind appends from many processes all land.
+//! - **Exactly once.** [`Lake::append_once`] records an application
+//!   transaction (app id + version) in the same commit as the data, so a
+//!   retried or replayed append with the same id lands once.
+//! - **Windows are replaced exactly.** [`Lake::replace_where`] atomically
+//!   removes the rows matching a predicate and adds new rows that all match
+//!   it — the primitive behind idempotent jobs.
+#![warn(missing_docs)]
+
+pub mod batch;
+mod error;
+pub mod ids;
+pub mod orgs;
+pub mod products;
+
+use std::collections::HashMap;
+use std::num::NonZeroU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use arrow;
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use chrono::{DateTime, Utc};
+use crow_schemas::config::LakeConfig;
+use crow_schemas::TableDef;
+pub use datafusion;
+use datafusion::execution::context::SQLOptions;
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
+pub use deltalake;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::{StructType, Transaction};
+use deltalake::operations::optimize::OptimizeType;
+use deltalake::operations::vacuum::VacuumMode;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+pub use error::{Error, ErrorKind, Result};
+use futures::TryStreamExt;
+use url::Url;
+
+static COMMIT_RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Operations this process retried after losing a commit race (for metrics).
+pub fn commit_retries_total() -> u64 {
+    COMMIT_RETRIES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Key under which a table's schema version is recorded in its Delta
+/// configuration.
+pub const SCHEMA_VERSION_KEY: &str = "crow.schema.version";
+
+/// Size, shape and version of one table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TableStats {
+    /// Current Delta version.
+    pub version: u64,
+    /// Active data files.
+    pub files: usize,
+    /// Rows, from the files' statistics.
+    pub rows: u64,
+    /// Bytes of the active data files.
+    pub bytes: u64,
+}
+
+/// What an optimize did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct OptimizeSummary {
+    /// Small files rewritten.
+    pub files_removed: u64,
+    /// Compacted files written.
+    pub files_added: u64,
+    /// Table version after the optimize.
+    pub version: u64,
+}
+
+/// A point in a table's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    /// The latest version.
+    Latest,
+    /// A Delta version.
+    Version(u64),
+    /// The version current at a time.
+    Timestamp(DateTime<Utc>),
+}
+
+/// A lake: a root URI plus the storage options to reach it.
+#[derive(Debug, Clone)]
+pub struct Lake {
+    root: Url,
+    display: String,
+    options: HashMap<String, String>,
+    commit_retries: usize,
+}
+
+impl Lake {
+    /// Open the lake described by `cfg`. A local folder is created if missing;
+    /// nothing else is touched until a table is used.
+    pub async fn open(cfg: &LakeConfig) -> Result<Lake> {
+        deltalake::aws::register_handlers(None);
+        let uri = cfg.uri.trim();
+        let root = parse_root(uri).await?;
+        let mut options = HashMap::new();
+        if matches!(root.scheme(), "s3" | "s3a") {
+            let s3 = &cfg.s3;
+            let mut put = |k: &str, v: &str| {
+                if !v.is_empty() {
+                    options.insert(k.to_string(), v.to_string());
+                }
+            };
+            put("AWS_ENDPOINT_URL", &s3.endpoint);
+            put("AWS_REGION", &s3.region);
+            put("AWS_ACCESS_KEY_ID", &s3.access_key_id);
+            put("AWS_SECRET_ACCESS_KEY", &s3.secret_access_key);
+            if s3.allow_http {
+                put("AWS_ALLOW_HTTP", "true");
+            }
+            put("aws_conditional_put", &s3.conditional_put);
+            if s3.path_style {
+                put("aws_virtual_hosted_style_request", "false");
+            }
+            // Fill what the config left unset from the standard variables,
+            // so one place (this map) decides.
+            for key in [
+                "AWS_ENDPOINT_URL",
+                "AWS_REGION",
+                "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY",
+                "AWS_SESSION_TOKEN",
+                "AWS_ALLOW_HTTP",
+            ] {
+                if !options.contains_key(key) {
+                    if let Ok(v) = std::env::var(key) {
+                        if !v.is_empty() {
+                            options.insert(key.to_string(), v);
+                        }
+                    }
+                }
+            }
+            options
+                .entry("AWS_REGION".into())
+                .or_insert_with(|| "us-east-1".into());
+        }
+        for (k, v) in &cfg.options {
+            options.insert(k.clone(), v.clone());
+        }
+        Ok(Lake {
+            display: if root.scheme() == "file" {
+                root.to_file_path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| root.to_string())
+            } else {
+                root.to_string()
+            },
+            root,
+            options,
+            commit_retries: cfg.commit_retries as usize,
+        })
+    }
+
+    /// The lake root as given to people (a path for local lakes).
+    pub fn uri(&self) -> &str {
+        &self.display
+    }
+
+    /// Whether the lake is a local folder.
+    pub fn is_local(&self) -> bool {
+        self.root.scheme() == "file"
+    }
+
+    /// The local folder of a local lake.
+    pub fn local_path(&self) -> Option<std::path::PathBuf> {
+        if self.is_local() {
+            self.root.to_file_path().ok()
+        } else {
+            None
+        }
+    }
+
+    /// The storage options used for every table.
+    pub fn storage_options(&self) -> &HashMap<String, String> {
+        &self.options
+    }
+
+    /// URL of a table's folder.
+    pub fn table_url(&self, name: &str) -> Result<Url> {
+        let def = def(name)?;
+        self.root
+            .join(&format!("{}/", def.name))
+            .map_err(|e| Error::InvalidUri {
+                uri: self.root.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    fn builder(&self, name: &str) -> Result<DeltaTableBuilder> {
+        let url = self.table_url(name)?;
+        Ok(DeltaTableBuilder::from_url(url)
+            .map_err(|e| Error::delta(name, e))?
+            .with_storage_options(self.options.clone()))
+    }
+
+    /// Load a table at its latest version.
+    pub async fn table(&self, name: &str) -> Result<DeltaTable> {
+        self.table_as_of(name, AsOf::Latest).await
+    }
+
+    /// Load a table as of a version or a time (time travel).
+    pub async fn table_as_of(&self, name: &str, as_of: AsOf) -> Result<DeltaTable> {
+        let b = self.builder(name)?;
+        let b = match as_of {
+            AsOf::Latest => b,
+            AsOf::Version(v) => b.with_version(v),
+            AsOf::Timestamp(t) => b.with_timestamp(t),
+        };
+        b.load().await.map_err(|e| match e {
+            DeltaTableError::NotATable(_) => Error::TableMissing {
+                table: name.to_string(),
+                uri: self.display.clone(),
+            },
+            e => Error::delta(name, e),
+        })
+    }
+
+    /// Create every table that does not exist yet. Returns each table with
+    /// `true` if this call created it. Running it again changes nothing.
+    pub async fn init(&self) -> Result<Vec<(&'static str, bool)>> {
+        let mut out = Vec::new();
+        for def in crow_schemas::ALL_TABLES {
+            out.push((def.name, self.create_table(def).await?));
+        }
+        Ok(out)
+    }
+
+    async fn create_table(&self, def: &TableDef) -> Result<bool> {
+        let url = self.table_url(def.name)?;
+        if url.scheme() == "file" {
+            if let Ok(p) = url.to_file_path() {
+                tokio::fs::create_dir_all(p).await?;
+            }
+        }
+        let existing = DeltaTable::try_from_url_with_storage_options(url, self.options.clone())
+            .await
+            .map_err(|e| Error::delta(def.name, e))?;
+        if existing.version().is_some() {
+            return Ok(false);
+        }
+        let schema: StructType = def
+            .schema()
+            .as_ref()
+            .try_into_kernel()
+            .map_err(|e: arrow::error::ArrowError| Error::Arrow(e))?;
+        let res = existing
+            .create()
+            .with_columns(schema.fields().cloned())
+            .with_partition_columns(def.partition_by.iter().copied())
+            .with_table_name(def.name)
+            .with_comment(def.doc)
+            .with_raise_if_key_not_exists(false)
+            .with_configuration([(SCHEMA_VERSION_KEY, Some(def.version.to_string()))])
+            .with_save_mode(SaveMode::Ignore)
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            // Another process created it at the same moment: it exists now.
+            Err(e) => {
+                let err = Error::delta(def.name, e);
+                if err.kind() == ErrorKind::Conflict {
+                    Ok(false)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    /// Version, files, rows and bytes of a table.
+    pub async fn stats(&self, name: &str) -> Result<TableStats> {
+        let t = self.table(name).await?;
+        let snap = t.snapshot().map_err(|e| Error::delta(name, e))?;
+        let files = snap.log_data();
+        let (rows, bytes) = files.iter().fold((0u64, 0u64), |(r, b), f| {
+            (
+                r + f.num_records().unwrap_or(0) as u64,
+                b + u64::try_from(f.size()).unwrap_or(0),
+            )
+        });
+        Ok(TableStats {
+            version: snap.version() as u64,
+            files: files.num_files(),
+            rows,
+            bytes,
+        })
+    }
+
+    fn commit_props(&self) -> CommitProperties {
+        CommitProperties::default().with_max_retries(self.commit_retries)
+    }
+
+    /// Append batches to a table (a blind append: never conflicts with other
+    /// appends). Returns the committed version, or the current one when there
+    /// was nothing to write.
+    pub async fn append(&self, name: &str, batches: Vec<RecordBatch>) -> Result<u64> {
+        let batches = non_empty(batches);
+        if batches.is_empty() {
+            return self.table(name).await.map(|t| t.version().unwrap_or(0));
+        }
+        let batches = &batches;
+        self.with_retries(name, || async move {
+            let t = self.table(name).await?;
+            let t = t
+                .write(batches.clone())
+                .with_save_mode(SaveMode::Append)
+                .with_commit_properties(self.commit_props())
+                .await
+                .map_err(|e| Error::delta(name, e))?;
+            Ok(t.version().unwrap_or(0))
+        })
+        .await
+    }
+
+    /// The last version committed by application `app_id` to a table.
+    pub async fn app_version(&self, name: &str, app_id: &str) -> Result<Option<i64>> {
+        let t = self.table(name).await?;
+        let snap = t.snapshot().map_err(|e| Error::delta(name, e))?;
+        snap.transaction_version(t.log_store().as_ref(), app_id)
+            .await
+            .map_err(|e| Error::delta(name, e))
+    }
+
+    /// Append exactly once: commit the batches together with the application
+    /// transaction (`app_id`, `version`), unless that application already
+    /// committed `version` or later. Returns whether this call landed the
+    /// batches.
+    pub async fn append_once(
+        &self,
+        name: &str,
+        batches: Vec<RecordBatch>,
+        app_id: &str,
+        version: i64,
+    ) -> Result<bool> {
+        let batches = &non_empty(batches);
+        self.with_retries(name, || async move {
+            let t = self.table(name).await?;
+            let snap = t.snapshot().map_err(|e| Error::delta(name, e))?;
+            let last = snap
+                .transaction_version(t.log_store().as_ref(), app_id)
+                .await
+                .map_err(|e| Error::delta(name, e))?;
+            if last.is_some_and(|l| l >= version) {
+                return Ok(false);
+            }
+            let props = self
+                .commit_props()
+                .with_application_transaction(Transaction::new(app_id, version));
+            if batches.is_empty() {
+                // Record the transaction even with no rows, so the sequence
+                // advances (an empty WAL segment is still retired once).
+                let empty = RecordBatch::new_empty(def(name)?.schema());
+                t.write(vec![empty])
+                    .with_save_mode(SaveMode::Append)
+                    .with_commit_properties(props)
+                    .await
+                    .map_err(|e| Error::delta(name, e))?;
+            } else {
+                t.write(batches.clone())
+                    .with_save_mode(SaveMode::Append)
+                    .with_commit_properties(props)
+                    .await
+                    .map_err(|e| Error::delta(name, e))?;
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Atomically replace the rows matching `predicate` (SQL over the table's
+    /// columns, e.g. `session_date >= '2026-01-01' AND session_date <
+    /// '2026-01-08'`) with `batches`. Every new row must match the predicate.
+    /// With no batches, the matching rows are deleted.
+    pub async fn replace_where(
+        &self,
+        name: &str,
+        predicate: &str,
+        batches: Vec<RecordBatch>,
+    ) -> Result<u64> {
+        let batches = non_empty(batches);
+        if batches.is_empty() {
+            self.delete_where(name, predicate).await?;
+            return self.table(name).await.map(|t| t.version().unwrap_or(0));
+        }
+        let batches = &batches;
+        self.with_retries(name, || async move {
+            let t = self.table(name).await?;
+            let t = t
+                .write(batches.clone())
+                .with_save_mode(SaveMode::Overwrite)
+                .with_replace_where(predicate.to_string())
+                .with_commit_properties(self.commit_props())
+                .await
+                .map_err(|e| Error::delta(name, e))?;
+            Ok(t.version().unwrap_or(0))
+        })
+        .await
+    }
+
+    /// Delete the rows matching `predicate`. Returns the number deleted.
+    pub async fn delete_where(&self, name: &str, predicate: &str) -> Result<u64> {
+        self.with_retries(name, || async move {
+            let t = self.table(name).await?;
+            let (_, m) = t
+                .delete()
+                .with_predicate(predicate.to_string())
+                .with_commit_properties(self.commit_props())
+                .await
+                .map_err(|e| Error::delta(name, e))?;
+            Ok(m.num_deleted_rows.unwrap_or(0) as u64)
+        })
+        .await
+    }
+
+    /// Upsert: rows of `batches` whose `keys` match an existing row replace
+    /// it; the others are inserted. Returns (inserted, updated).
+    pub async fn merge(
+        &self,
+        name: &str,
+        batches: Vec<RecordBatch>,
+        keys: &[&str],
+    ) -> Result<(u64, u64)> {
+        let def = def(name)?;
+        let batches = non_empty(batches);
+        if batches.is_empty() {
+            return Ok((0, 0));
+        }
+        if keys.is_empty() || keys.iter().any(|k| def.column(k).is_none()) {
+            return Err(Error::Invalid(format!(
+                "merge keys {keys:?} are not columns of {name}"
+            )));
+        }
+        let predicate = keys
+            .iter()
+            .map(|k| format!("target.\"{k}\" = source.\"{k}\""))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let (batches, predicate) = (&batches, &predicate);
+        // `created_at` keeps its first value when a row is updated.
+        let updated: Vec<&str> = def
+            .columns
+            .iter()
+            .map(|c| c.name)
+            .filter(|c| *c != "created_at")
+            .collect();
+        let updated = &updated;
+        self.with_retries(name, || async move {
+            let t = self.table(name).await?;
+            let ctx = SessionContext::new();
+            let source = ctx.read_batches(batches.clone())?;
+            let (_, m) = t
+                .merge(source, predicate.clone())
+                .with_source_alias("source")
+                .with_target_alias("target")
+                .with_commit_properties(self.commit_props())
+                .when_matched_update(|mut u| {
+                    for c in updated {
+                        u = u.update(*c, format!("source.\"{c}\""));
+                    }
+                    u
+                })
+                .and_then(|m| {
+                    m.when_not_matched_insert(|mut i| {
+                        for c in def.columns {
+                            i = i.set(c.name, format!("source.\"{}\"", c.name));
+                        }
+                        i
+                    })
+                })
+                .map_err(|e| Error::delta(name, e))?
+                .await
+                .map_err(|e| Error::delta(name, e))?;
+            Ok((
+                m.num_target_rows_inserted as u64,
+                m.num_target_rows_updated as u64,
+            ))
+        })
+        .await
+    }
+
+    /// Run `op` again when it lost a race with a concurrent writer.
+    async fn with_retries<T, F, Fut>(&self, name: &str, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut attempt = 0usize;
+        loop {
+            match op().await {
+                Err(e) if e.kind() == ErrorKind::Conflict && attempt < self.commit_retries => {
+                    attempt += 1;
+                    COMMIT_RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let backoff =
+                        20u64.saturating_mul(1 << attempt.min(6)) + rand::random_range(0..50);
+                    tracing::debug!(table = name, attempt, error = %e, "commit conflict, retrying");
+                    tokio::time::sleep(Duration::from_millis(backoff)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The commit history, newest first: version, time, operation and its
+    /// metrics, as JSON objects.
+    pub async fn history(&self, name: &str, limit: usize) -> Result<Vec<serde_json::Value>> {
+        let t = self.table(name).await?;
+        let latest = t.version().unwrap_or(0);
+        let commits: Vec<_> = t
+            .history(Some(limit))
+            .try_collect()
+            .await
+            .map_err(|e| Error::delta(name, e))?;
+        Ok(commits
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let metrics = c.info.get("operationMetrics").cloned().unwrap_or_default();
+                let metric = |k: &str| metrics.get(k).cloned().unwrap_or(serde_json::Value::Null);
+                serde_json::json!({
+                    "version": latest.saturating_sub(i as u64),
+                    "timestamp": c.timestamp.and_then(DateTime::<Utc>::from_timestamp_millis)
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                    "operation": c.operation,
+                    "rows_added": metric("num_added_rows"),
+                    "files_added": metric("num_added_files"),
+                    "files_removed": metric("num_removed_files"),
+                    "parameters": c.operation_parameters,
+                })
+            })
+            .collect())
+    }
+
+    /// Compact small files into larger ones.
+    pub async fn optimize(&self, name: &str) -> Result<OptimizeSummary> {
+        let t = self.table(name).await?;
+        let (t, m) = t
+            .optimize()
+            .with_type(OptimizeType::Compact)
+            .with_target_size(NonZeroU64::new(128 * 1024 * 1024).unwrap_or(NonZeroU64::MIN))
+            .with_commit_properties(self.commit_props())
+            .await
+            .map_err(|e| Error::delta(name, e))?;
+        Ok(OptimizeSummary {
+            files_removed: m.num_files_removed,
+            files_added: m.num_files_added,
+            version: t.version().unwrap_or(0),
+        })
+    }
+
+    /// Delete data files that no version within `retention_hours` needs
+    /// (also files orphaned by failed writes). Returns the number of files
+    /// deleted (or that would be, with `dry_run`).
+    pub async fn vacuum(&self, name: &str, retention_hours: u64, dry_run: bool) -> Result<usize> {
+        let t = self.table(name).await?;
+        let (_, m) = t
+            .vacuum()
+            .with_retention_period(chrono::Duration::hours(retention_hours.min(100_000) as i64))
+            .with_enforce_retention_duration(false)
+            .with_mode(VacuumMode::Full)
+            .with_dry_run(dry_run)
+            .with_commit_properties(self.commit_props())
+            .await
+            .map_err(|e| Error::delta(name, e))?;
+        Ok(m.files_deleted.len())
+    }
+
+    /// Write a checkpoint of the table's log at its current version.
+    pub async fn checkpoint(&self, name: &str) -> Result<u64> {
+        let t = self.table(name).await?;
+        deltalake::checkpoints::create_checkpoint(&t, None)
+            .await
+            .map_err(|e| Error::delta(name, e))?;
+        Ok(t.version().unwrap_or(0))
+    }
+
+    /// A DataFusion session with every table registered under its name, at
+    /// its latest version.
+    pub async fn session(&self) -> Result<SessionContext> {
+        self.session_as_of(AsOf::Latest).await
+    }
+
+    /// A DataFusion session with every table registered as of a time
+    /// (tables that did not exist then are empty).
+    pub async fn session_as_of(&self, as_of: AsOf) -> Result<SessionContext> {
+        let ctx = new_context();
+        for def in crow_schemas::ALL_TABLES {
+            self.register(&ctx, def.name, def.name, as_of).await?;
+        }
+        Ok(ctx)
+    }
+
+    /// A DataFusion session with every table at its latest version, except
+    /// the tables pinned to a version or time in `pins`.
+    pub async fn session_with(&self, pins: &[(String, AsOf)]) -> Result<SessionContext> {
+        for (t, _) in pins {
+            def(t)?;
+        }
+        let ctx = new_context();
+        for def in crow_schemas::ALL_TABLES {
+            let as_of = pins
+                .iter()
+                .find(|(t, _)| t == def.name)
+                .map_or(AsOf::Latest, |(_, a)| *a);
+            self.register(&ctx, def.name, def.name, as_of).await?;
+        }
+        Ok(ctx)
+    }
+
+    /// Register table `name` as `alias` in `ctx` as of a point in time. A
+    /// time before the table existed gives an empty table.
+    pub async fn register(
+        &self,
+        ctx: &SessionContext,
+        alias: &str,
+        name: &str,
+        as_of: AsOf,
+    ) -> Result<()> {
+        let provider: Arc<dyn datafusion::catalog::TableProvider> = match self
+            .table_as_of(name, as_of)
+            .await
+        {
+            Ok(t) => t.table_provider().await?,
+            Err(e) => match as_of {
+                AsOf::Timestamp(ts) if self.created_after(name, ts).await? => empty_provider(name)?,
+                AsOf::Version(v) => {
+                    let latest = self.table(name).await?.version().unwrap_or(0);
+                    return Err(Error::Invalid(format!(
+                        "table `{name}` has no version {v} (latest is {latest}): {e}"
+                    )));
+                }
+                _ => return Err(e),
+            },
+        };
+        ctx.register_table(alias, provider)?;
+        Ok(())
+    }
+
+    /// Whether table `name`'s first commit is after `ts`.
+    async fn created_after(&self, name: &str, ts: DateTime<Utc>) -> Result<bool> {
+        let t = match self.table(name).await {
+            Ok(t) => t,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(true),
+            Err(e) => return Err(e),
+        };
+        let latest = t.version().unwrap_or(0) as usize;
+        let commits: Vec<_> = t
+            .history(Some(latest + 1))
+            .try_collect()
+            .await
+            .map_err(|e| Error::delta(name, e))?;
+        Ok(commits
+            .last()
+            .and_then(|c| c.timestamp)
+            .is_some_and(|first| first > ts.timestamp_millis()))
+    }
+
+    /// Run a read-only SQL query over the lake (DDL, DML and SET are refused).
+    pub async fn sql(&self, query: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let ctx = self.session().await?;
+        run_read_only(&ctx, query).await
+    }
+
+    /// A DataFrame over one table at its latest version.
+    pub async fn dataframe(&self, name: &str) -> Result<DataFrame> {
+        let ctx = new_context();
+        self.register(&ctx, name, name, AsOf::Latest).await?;
+        Ok(ctx.table(name).await?)
+    }
+}
+
+/// Run a read-only query in `ctx`, collecting the result.
+pub async fn run_read_only(
+    ctx: &SessionContext,
+    query: &str,
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let opts = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let df = ctx.sql_with_options(query, opts).await?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await?;
+    Ok((schema, batches))
+}
+
+fn new_context() -> SessionContext {
+    let cfg = SessionConfig::new()
+        .with_information_schema(true)
+        .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
+    SessionContext::new_with_config(cfg)
+}
+
+fn empty_provider(name: &str) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
+    let schema = def(name)?.schema();
+    Ok(Arc::new(datafusion::datasource::MemTable::try_new(
+        schema,
+        vec![vec![]],
+    )?))
+}
+
+fn def(name: &str) -> Result<&'static TableDef> {
+    crow_schemas::table(name).ok_or_else(|| Error::UnknownTable(name.to_string()))
+}
+
+fn non_empty(batches: Vec<RecordBatch>) -> Vec<RecordBatch> {
+    batches.into_iter().filter(|b| b.num_rows() > 0).collect()
+}
+
+async fn parse_root(uri: &str) -> Result<Url> {
+    let invalid = |reason: String| Error::InvalidUri {
+        uri: uri.to_string(),
+        reason,
+    };
+    if uri.is_empty() {
+        return Err(invalid("empty".into()));
+    }
+    let mut url = if uri.contains("://") {
+        Url::parse(uri).map_err(|e| invalid(e.to_string()))?
+    } else {
+        let path = std::path::Path::new(uri);
+        tokio::fs::create_dir_all(path).await?;
+        let abs = tokio::fs::canonicalize(path).await?;
+        Url::from_directory_path(&abs).map_err(|_| invalid("not an absolute folder path".into()))?
+    };
+    match url.scheme() {
+        "file" => {
+            let p = url
+                .to_file_path()
+                .map_err(|_| invalid("not a local path".into()))?;
+            tokio::fs::create_dir_all(&p).await?;
+        }
+        "s3" | "s3a" | "memory" => {
+            if url.scheme() != "memory" && url.host_str().is_none_or(str::is_empty) {
+                return Err(invalid(
+                    "an s3 URI needs a bucket: s3://bucket/prefix".into(),
+                ));
+            }
+        }
+        other => return Err(invalid(format!("unsupported scheme `{other}`"))),
+    }
+    if !url.path().ends_with('/') {
+        let p = format!("{}/", url.path());
+        url.set_path(&p);
+    }
+    Ok(url)
+}

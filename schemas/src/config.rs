@@ -1,0 +1,625 @@
+//! CROW configuration: `crow.toml` plus `CROW_*` environment variables.
+//!
+//! Layering, lowest first: built-in defaults → the TOML file → environment
+//! variables → [`Config::validate`]. Every leaf key `section.key` can be set
+//! from the environment as `CROW_SECTION_KEY` (e.g. `ai.provider` →
+//! `CROW_AI_PROVIDER`, `lake.s3.endpoint` → `CROW_LAKE_S3_ENDPOINT`); the lake
+//! URI is also `CROW_LAKE`. An unknown key or an invalid value is an error
+//! that names the key.
+//!
+//! This module parses text; reading the file is the caller's job.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A configuration error, always naming the offending key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The key, e.g. `ai.concurrency` or `CROW_AI_CONCURRENCY`.
+    pub key: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid configuration `{}`: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the lake lives and how to reach it.
+    pub lake: LakeConfig,
+    /// The HTTP server (collector and query API).
+    pub server: ServerConfig,
+    /// The collector.
+    pub ingest: IngestConfig,
+    /// Batch jobs.
+    pub jobs: JobsConfig,
+    /// The AI provider.
+    pub ai: AiConfig,
+    /// The price book.
+    pub billing: BillingConfig,
+}
+
+/// Lake location and storage options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LakeConfig {
+    /// Lake URI: a local folder (`./crow-data`, `file:///…`) or
+    /// `s3://bucket/prefix` (AWS S3, Cloudflare R2, any S3-compatible store).
+    pub uri: String,
+    /// S3 / R2 settings, used for `s3://` URIs. Unset fields fall back to the
+    /// standard `AWS_*` environment variables.
+    pub s3: S3Config,
+    /// Extra object_store / delta-rs storage options, passed through as is.
+    pub options: BTreeMap<String, String>,
+    /// How often a writer retries a commit that lost an optimistic
+    /// concurrency race before giving up.
+    pub commit_retries: u32,
+}
+
+impl Default for LakeConfig {
+    fn default() -> Self {
+        Self {
+            uri: "./crow-data".into(),
+            s3: S3Config::default(),
+            options: BTreeMap::new(),
+            commit_retries: 15,
+        }
+    }
+}
+
+/// S3-compatible storage settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// Endpoint URL, e.g. `https://<account>.r2.cloudflarestorage.com`.
+    /// Empty: `AWS_ENDPOINT_URL`, else AWS.
+    pub endpoint: String,
+    /// Region (`auto` for R2). Empty: `AWS_REGION`, else `us-east-1`.
+    pub region: String,
+    /// Access key id. Empty: `AWS_ACCESS_KEY_ID`.
+    pub access_key_id: String,
+    /// Secret access key. Empty: `AWS_SECRET_ACCESS_KEY`. Prefer the
+    /// environment variable to keeping secrets in a file.
+    pub secret_access_key: String,
+    /// Allow plain HTTP endpoints (local test servers). Also `AWS_ALLOW_HTTP`.
+    pub allow_http: bool,
+    /// Commit safety without DynamoDB: `etag` uses conditional writes
+    /// (If-Match / If-None-Match), which R2 and current S3 support.
+    pub conditional_put: String,
+    /// Use path-style requests (`endpoint/bucket/key`), needed by many local
+    /// S3-compatible servers.
+    pub path_style: bool,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            region: String::new(),
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            allow_http: false,
+            conditional_put: "etag".into(),
+            path_style: false,
+        }
+    }
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Listen address of `crow serve`.
+    pub listen: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+        }
+    }
+}
+
+/// Collector settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Write-ahead log folder on local disk. Empty: `<data dir>/wal`, where the
+    /// data dir is the lake folder for a local lake and `./crow-wal` otherwise.
+    pub wal_dir: String,
+    /// Largest accepted event, in bytes (Segment: 32 KB).
+    pub max_event_bytes: usize,
+    /// Largest accepted request body, in bytes (Segment: 500 KB).
+    pub max_request_bytes: usize,
+    /// Flush WAL segments to the lake at least this often, in milliseconds.
+    pub flush_interval_ms: u64,
+    /// Flush as soon as this many rows are pending.
+    pub flush_max_rows: usize,
+    /// Above this many un-flushed WAL bytes the collector answers 503 with
+    /// Retry-After instead of growing.
+    pub max_pending_bytes: u64,
+    /// Salt for hashing client IPs (raw IPs are never stored). Empty: a random
+    /// salt kept beside the WAL.
+    pub ip_salt: String,
+    /// URL query parameters removed from page URLs and referrers before
+    /// storage (exact names; `*` removes every query string).
+    pub strip_query_params: Vec<String>,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            wal_dir: String::new(),
+            max_event_bytes: 32 * 1024,
+            max_request_bytes: 500 * 1024,
+            flush_interval_ms: 2_000,
+            flush_max_rows: 50_000,
+            max_pending_bytes: 256 * 1024 * 1024,
+            ip_salt: String::new(),
+            strip_query_params: vec![
+                "email".into(),
+                "token".into(),
+                "password".into(),
+                "gclid".into(),
+                "fbclid".into(),
+            ],
+        }
+    }
+}
+
+/// Batch job settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// A web session ends after this many minutes without events.
+    pub session_gap_minutes: u32,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            session_gap_minutes: 60,
+        }
+    }
+}
+
+/// AI provider settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AiConfig {
+    /// `offline` (deterministic, no network), `gemini` or `openai`.
+    pub provider: String,
+    /// Model name. Empty: the provider's default.
+    pub model: String,
+    /// Base URL of the provider's API. Empty: the provider's public endpoint.
+    pub base_url: String,
+    /// Maximum concurrent provider calls.
+    pub concurrency: usize,
+    /// Retries per call on 429/5xx/malformed output.
+    pub max_retries: u32,
+    /// Per-organization daily token budget (0: unlimited).
+    pub daily_token_budget: u64,
+}
+
+impl Default for AiConfig {
+    fn default() -> Self {
+        Self {
+            provider: "offline".into(),
+            model: String::new(),
+            base_url: String::new(),
+            concurrency: 8,
+            max_retries: 4,
+            daily_token_budget: 0,
+        }
+    }
+}
+
+/// The price book.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BillingConfig {
+    /// ISO 4217 currency of every price.
+    pub currency: String,
+    /// Price per interaction.
+    pub per_interaction: f64,
+    /// Price per pattern.
+    pub per_pattern: f64,
+    /// Price per 1,000 raw events ingested.
+    pub per_1000_events: f64,
+    /// Price per 1,000 AI input tokens (pass-through).
+    pub per_1000_input_tokens: f64,
+    /// Price per 1,000 AI output tokens (pass-through).
+    pub per_1000_output_tokens: f64,
+}
+
+impl Default for BillingConfig {
+    fn default() -> Self {
+        Self {
+            currency: "USD".into(),
+            per_interaction: 0.002,
+            per_pattern: 0.05,
+            per_1000_events: 0.01,
+            per_1000_input_tokens: 0.0003,
+            per_1000_output_tokens: 0.0025,
+        }
+    }
+}
+
+impl Config {
+    /// Parse a TOML document (unknown keys are errors).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str::<Config>(text).map_err(|e| {
+            let mut ce = toml_error(&e);
+            if let Some(key) = e.span().and_then(|span| key_at(text, span.start)) {
+                if ce.key == "crow.toml" {
+                    ce.key = key;
+                }
+            }
+            ce
+        })
+    }
+
+    /// Defaults, then `toml` (if any), then the `CROW_*` variables in `env`,
+    /// then validation.
+    pub fn load<I, K, V>(toml_text: Option<&str>, env: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let base = match toml_text {
+            Some(t) => Config::from_toml(t)?,
+            None => Config::default(),
+        };
+        let cfg = base.with_env(env)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Apply `CROW_*` environment variables on top of this configuration.
+    pub fn with_env<I, K, V>(self, env: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut tree = toml::Value::try_from(&self).map_err(|e| err("config", e.to_string()))?;
+        let mut leaves = Vec::new();
+        collect_leaves(&tree, &mut Vec::new(), &mut leaves);
+        let mut changed = false;
+        for (k, v) in env {
+            let (k, v) = (k.as_ref(), v.as_ref());
+            let Some(rest) = k.strip_prefix("CROW_") else {
+                continue;
+            };
+            if ENV_IGNORED.contains(&k) {
+                continue;
+            }
+            let path: Vec<String> = if rest == "LAKE" {
+                vec!["lake".into(), "uri".into()]
+            } else if let Some(p) = leaves.iter().find(|p| env_name(p) == k) {
+                p.clone()
+            } else if let Some(opt) = rest.strip_prefix("LAKE_OPTIONS_") {
+                vec!["lake".into(), "options".into(), opt.to_ascii_lowercase()]
+            } else {
+                // Unknown CROW_* variables are not ours to reject (tools and
+                // tests set their own); they are simply not configuration.
+                continue;
+            };
+            set_leaf(&mut tree, &path, k, v)?;
+            changed = true;
+        }
+        if !changed {
+            return Ok(self);
+        }
+        tree.try_into::<Config>().map_err(|e| toml_error(&e))
+    }
+
+    /// Check values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.lake.uri.trim().is_empty() {
+            return Err(err("lake.uri", "must not be empty"));
+        }
+        if let Some((scheme, _)) = self.lake.uri.split_once("://") {
+            if !matches!(scheme, "file" | "s3" | "s3a" | "memory") {
+                return Err(err(
+                    "lake.uri",
+                    format!("unsupported scheme `{scheme}://` (use a folder, file://, or s3://)"),
+                ));
+            }
+        }
+        if !matches!(
+            self.lake.s3.conditional_put.as_str(),
+            "" | "etag" | "disabled"
+        ) {
+            return Err(err(
+                "lake.s3.conditional_put",
+                "must be `etag` or `disabled`",
+            ));
+        }
+        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(err(
+                "server.listen",
+                format!(
+                    "`{}` is not an address like 127.0.0.1:8080",
+                    self.server.listen
+                ),
+            ));
+        }
+        if self.ingest.max_event_bytes == 0
+            || self.ingest.max_event_bytes > self.ingest.max_request_bytes
+        {
+            return Err(err(
+                "ingest.max_event_bytes",
+                "must be positive and at most ingest.max_request_bytes",
+            ));
+        }
+        if self.ingest.flush_max_rows == 0 {
+            return Err(err("ingest.flush_max_rows", "must be positive"));
+        }
+        if self.jobs.session_gap_minutes == 0 {
+            return Err(err("jobs.session_gap_minutes", "must be positive"));
+        }
+        if !matches!(self.ai.provider.as_str(), "offline" | "gemini" | "openai") {
+            return Err(err(
+                "ai.provider",
+                format!(
+                    "`{}` is not one of offline, gemini, openai",
+                    self.ai.provider
+                ),
+            ));
+        }
+        if self.ai.concurrency == 0 {
+            return Err(err("ai.concurrency", "must be positive"));
+        }
+        if self.billing.currency.len() != 3
+            || !self
+                .billing
+                .currency
+                .chars()
+                .all(|c| c.is_ascii_uppercase())
+        {
+            return Err(err(
+                "billing.currency",
+                "must be an ISO 4217 code such as USD",
+            ));
+        }
+        for (key, v) in [
+            ("billing.per_interaction", self.billing.per_interaction),
+            ("billing.per_pattern", self.billing.per_pattern),
+            ("billing.per_1000_events", self.billing.per_1000_events),
+            (
+                "billing.per_1000_input_tokens",
+                self.billing.per_1000_input_tokens,
+            ),
+            (
+                "billing.per_1000_output_tokens",
+                self.billing.per_1000_output_tokens,
+            ),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(err(key, "must be a non-negative number"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `CROW_*` variables that are flags of the CLI, not configuration keys.
+const ENV_IGNORED: &[&str] = &["CROW_CONFIG", "CROW_LOG", "CROW_FORMAT"];
+
+fn env_name(path: &[String]) -> String {
+    format!("CROW_{}", path.join("_").to_ascii_uppercase())
+}
+
+fn collect_leaves(v: &toml::Value, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, child) in t {
+                prefix.push(k.clone());
+                collect_leaves(child, prefix, out);
+                prefix.pop();
+            }
+        }
+        _ => out.push(prefix.clone()),
+    }
+}
+
+fn set_leaf(
+    tree: &mut toml::Value,
+    path: &[String],
+    env_key: &str,
+    raw: &str,
+) -> Result<(), ConfigError> {
+    let dotted = path.join(".");
+    let mut cur = tree;
+    for (i, part) in path.iter().enumerate() {
+        let toml::Value::Table(t) = cur else {
+            return Err(err(env_key, format!("`{dotted}` is not a table")));
+        };
+        if i + 1 == path.len() {
+            let new = match t.get(part) {
+                Some(toml::Value::Integer(_)) => raw
+                    .trim()
+                    .parse::<i64>()
+                    .map(toml::Value::Integer)
+                    .map_err(|_| {
+                        err(env_key, format!("`{raw}` is not an integer (for {dotted})"))
+                    })?,
+                Some(toml::Value::Float(_)) => raw
+                    .trim()
+                    .parse::<f64>()
+                    .map(toml::Value::Float)
+                    .map_err(|_| err(env_key, format!("`{raw}` is not a number (for {dotted})")))?,
+                Some(toml::Value::Boolean(_)) => match raw.trim().to_ascii_lowercase().as_str() {
+                    "1" | "true" | "yes" | "on" => toml::Value::Boolean(true),
+                    "0" | "false" | "no" | "off" => toml::Value::Boolean(false),
+                    _ => {
+                        return Err(err(
+                            env_key,
+                            format!("`{raw}` is not a boolean (for {dotted})"),
+                        ))
+                    }
+                },
+                Some(toml::Value::Array(_)) => toml::Value::Array(
+                    raw.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| toml::Value::String(s.to_string()))
+                        .collect(),
+                ),
+                _ => toml::Value::String(raw.to_string()),
+            };
+            t.insert(part.clone(), new);
+            return Ok(());
+        }
+        cur = t
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::map::Map::new()));
+    }
+    Ok(())
+}
+
+/// The dotted key (`section.key`) whose line holds byte `pos` of `text`.
+fn key_at(text: &str, pos: usize) -> Option<String> {
+    let before = text.get(..pos.min(text.len()))?;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next()?;
+    let key = line.split_once('=')?.0.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('[') {
+        return None;
+    }
+    let section = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    Some(match section {
+        Some(s) if !s.is_empty() => format!("{s}.{key}"),
+        _ => key.to_string(),
+    })
+}
+
+fn toml_error(e: &toml::de::Error) -> ConfigError {
+    // toml's messages name the key ("unknown field `x`", "for key `ai.concurrency`").
+    let msg = e.message().to_string();
+    let key = msg
+        .split('`')
+        .nth(1)
+        .filter(|_| msg.contains("unknown field"))
+        .map(str::to_string)
+        .unwrap_or_else(|| "crow.toml".to_string());
+    let mut m = e.to_string().trim().replace('\n', " ");
+    while m.contains("  ") {
+        m = m.replace("  ", " ");
+    }
+    err(key, m)
+}
+
+/// A `crow.toml` holding every key at its default.
+pub fn default_toml() -> String {
+    Config::default().to_toml()
+}
+
+impl Config {
+    /// This configuration as a TOML document.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c.lake.uri, "./crow-data");
+        assert_eq!(c.ai.provider, "offline");
+        assert_eq!(c.jobs.session_gap_minutes, 60);
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let c = Config::load(
+            Some("[ai]\nprovider = \"gemini\"\nconcurrency = 2\n"),
+            env(&[
+                ("CROW_AI_CONCURRENCY", "16"),
+                ("CROW_LAKE", "s3://bucket/p"),
+                ("CROW_LAKE_S3_ALLOW_HTTP", "true"),
+                ("CROW_INGEST_STRIP_QUERY_PARAMS", "a, b"),
+                ("CROW_LAKE_OPTIONS_AWS_S3_ADDRESSING_STYLE", "path"),
+                ("CROW_SOMETHING_ELSE", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.ai.provider, "gemini");
+        assert_eq!(c.ai.concurrency, 16);
+        assert_eq!(c.lake.uri, "s3://bucket/p");
+        assert!(c.lake.s3.allow_http);
+        assert_eq!(c.ingest.strip_query_params, vec!["a", "b"]);
+        assert_eq!(c.lake.options["aws_s3_addressing_style"], "path");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = Config::load(Some("[ai]\nconcurrency = \"many\"\n"), env(&[])).unwrap_err();
+        assert_eq!(e.key, "ai.concurrency", "{e}");
+        let e = Config::load(Some("[ai]\nprovidr = \"gemini\"\n"), env(&[])).unwrap_err();
+        assert_eq!(e.key, "providr", "{e}");
+        let e = Config::load(None, env(&[("CROW_AI_CONCURRENCY", "lots")])).unwrap_err();
+        assert_eq!(e.key, "CROW_AI_CONCURRENCY");
+        let e = Config::load(None, env(&[("CROW_AI_PROVIDER", "skynet")])).unwrap_err();
+        assert_eq!(e.key, "ai.provider");
+        let e = Config::load(Some("[server]\nlisten = \"here\"\n"), env(&[])).unwrap_err();
+        assert_eq!(e.key, "server.listen");
+        let e = Config::load(None, env(&[("CROW_LAKE_S3_ALLOW_HTTP", "perhaps")])).unwrap_err();
+        assert_eq!(e.key, "CROW_LAKE_S3_ALLOW_HTTP");
+    }
+
+    #[test]
+    fn example_configs_parse() {
+        for name in ["crow.local.toml", "crow.r2.toml"] {
+            let path = format!("{}/../deploy/{name}", env!("CARGO_MANIFEST_DIR"));
+            let text = std::fs::read_to_string(&path).unwrap();
+            let c = Config::load(Some(&text), env(&[])).unwrap_or_else(|e| panic!("{name}: {e}"));
+            if name.contains("r2") {
+                assert!(c.lake.uri.starts_with("s3://"));
+                assert_eq!(c.lake.s3.region, "auto");
+                assert_eq!(c.lake.s3.conditional_put, "etag");
+            }
+        }
+    }
+
+    #[test]
+    fn default_toml_round_trips() {
+        let text = default_toml();
+        assert_eq!(Config::from_toml(&text).unwrap(), Config::default());
+    }
+}

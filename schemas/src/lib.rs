@@ -1,0 +1,849 @@
+//! CROW's table contracts.
+//!
+//! Every table CROW writes is a Delta table whose Arrow schema is defined
+//! here, once. Column names are a public contract: analysts' SQL, exports and
+//! external readers (Spark, DuckDB, polars, the Python `deltalake` package)
+//! depend on them. A change to a table bumps its [`TableDef::version`], which
+//! is recorded in the Delta table's configuration (`crow.schema.version`).
+//!
+//! Conventions that hold for every table:
+//! - every row carries `org_id` (the tenant);
+//! - timestamps are UTC microseconds (`Timestamp(Microsecond, "UTC")`);
+//! - large tables are partitioned by a date column, never by `org_id`
+//!   (thousands of tenants would make thousands of tiny files);
+//! - nested, schema-less payloads (`properties`, `context`, `evidence`, …)
+//!   are JSON text so every reader can open them.
+//!
+//! This crate does no I/O.
+#![warn(missing_docs)]
+
+pub mod config;
+
+use std::sync::Arc;
+
+pub use arrow_schema;
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+/// The logical type of a column, mapped to one Arrow type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    /// UTF-8 text.
+    Text,
+    /// 64-bit signed integer.
+    Int64,
+    /// 32-bit signed integer.
+    Int32,
+    /// 64-bit float.
+    Float64,
+    /// Boolean.
+    Bool,
+    /// UTC timestamp in microseconds.
+    Timestamp,
+    /// Calendar date (days since the epoch).
+    Date,
+    /// List of UTF-8 text values.
+    TextList,
+}
+
+impl ColumnType {
+    /// The Arrow data type of this column type.
+    pub fn data_type(self) -> DataType {
+        match self {
+            ColumnType::Text => DataType::Utf8,
+            ColumnType::Int64 => DataType::Int64,
+            ColumnType::Int32 => DataType::Int32,
+            ColumnType::Float64 => DataType::Float64,
+            ColumnType::Bool => DataType::Boolean,
+            ColumnType::Timestamp => timestamp_type(),
+            ColumnType::Date => DataType::Date32,
+            ColumnType::TextList => {
+                DataType::List(Arc::new(Field::new("element", DataType::Utf8, true)))
+            }
+        }
+    }
+
+    /// A short name for documentation.
+    pub fn doc_name(self) -> &'static str {
+        match self {
+            ColumnType::Text => "string",
+            ColumnType::Int64 => "bigint",
+            ColumnType::Int32 => "int",
+            ColumnType::Float64 => "double",
+            ColumnType::Bool => "boolean",
+            ColumnType::Timestamp => "timestamp (UTC, µs)",
+            ColumnType::Date => "date",
+            ColumnType::TextList => "array<string>",
+        }
+    }
+}
+
+/// The Arrow type of every CROW timestamp: UTC microseconds.
+pub fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// One column of a table contract.
+#[derive(Debug, Clone, Copy)]
+pub struct ColumnDef {
+    /// Column name (snake_case, stable).
+    pub name: &'static str,
+    /// Logical type.
+    pub ty: ColumnType,
+    /// Whether the column may be null.
+    pub nullable: bool,
+    /// What the column means.
+    pub doc: &'static str,
+}
+
+const fn req(name: &'static str, ty: ColumnType, doc: &'static str) -> ColumnDef {
+    ColumnDef {
+        name,
+        ty,
+        nullable: false,
+        doc,
+    }
+}
+
+const fn opt(name: &'static str, ty: ColumnType, doc: &'static str) -> ColumnDef {
+    ColumnDef {
+        name,
+        ty,
+        nullable: true,
+        doc,
+    }
+}
+
+/// A table contract: name, version, columns and partitioning.
+#[derive(Debug, Clone, Copy)]
+pub struct TableDef {
+    /// Table name (plural snake_case); also its folder in the lake and its
+    /// name in SQL.
+    pub name: &'static str,
+    /// Schema version; bumped on every change to the columns.
+    pub version: u32,
+    /// What one row is.
+    pub doc: &'static str,
+    /// Columns in order.
+    pub columns: &'static [ColumnDef],
+    /// Partition columns (dates), empty for small tables.
+    pub partition_by: &'static [&'static str],
+    /// Columns holding secrets that are never readable through the query API.
+    pub secret_columns: &'static [&'static str],
+}
+
+impl TableDef {
+    /// The Arrow schema of this table.
+    pub fn schema(&self) -> SchemaRef {
+        Arc::new(Schema::new(
+            self.columns
+                .iter()
+                .map(|c| Field::new(c.name, c.ty.data_type(), c.nullable))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    /// The column named `name`, if any.
+    pub fn column(&self, name: &str) -> Option<&ColumnDef> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+use ColumnType::*;
+
+/// `organizations`: one row per tenant (a brand).
+pub const ORGANIZATIONS: TableDef = TableDef {
+    name: "organizations",
+    version: 1,
+    doc: "One row per organization (a brand, the tenant).",
+    columns: &[
+        req("org_id", Text, "Organization id (`org_` + 26 characters)."),
+        req("name", Text, "Display name."),
+        opt("domain", Text, "The brand's primary web domain."),
+        req(
+            "write_key_hash",
+            Text,
+            "SHA-256 (hex) of the ingest write key; the key itself is shown once and never stored.",
+        ),
+        req(
+            "write_key_prefix",
+            Text,
+            "First characters of the write key, to recognise it.",
+        ),
+        opt(
+            "context",
+            Text,
+            "Free text about the brand, given to the AI provider as context.",
+        ),
+        req("status", Text, "'active' or 'disabled'."),
+        req(
+            "created_at",
+            Timestamp,
+            "When the organization was created.",
+        ),
+        req("updated_at", Timestamp, "Last change."),
+    ],
+    partition_by: &[],
+    secret_columns: &["write_key_hash"],
+};
+
+/// `api_keys`: query API keys (hash only).
+pub const API_KEYS: TableDef = TableDef {
+    name: "api_keys",
+    version: 1,
+    doc: "One row per query API key. Only a hash of the secret is stored.",
+    columns: &[
+        req("org_id", Text, "Organization the key belongs to."),
+        req("key_id", Text, "Public key id (`key_` + 26 characters)."),
+        req(
+            "key_hash",
+            Text,
+            "SHA-256 (hex) of the secret. Never readable through the API.",
+        ),
+        req(
+            "key_prefix",
+            Text,
+            "First characters of the secret, to recognise it.",
+        ),
+        req("scope", Text, "'read', 'export' or 'admin'."),
+        opt("name", Text, "Optional label."),
+        req("created_at", Timestamp, "When the key was created."),
+        opt(
+            "expires_at",
+            Timestamp,
+            "Expiry; null for a key that never expires.",
+        ),
+        opt(
+            "revoked_at",
+            Timestamp,
+            "When the key was revoked; null while valid.",
+        ),
+    ],
+    partition_by: &[],
+    secret_columns: &["key_hash"],
+};
+
+/// `products`: the brand's catalog.
+pub const PRODUCTS: TableDef = TableDef {
+    name: "products",
+    version: 1,
+    doc: "The brand's product catalog, one row per product (unique per org by sku, else url).",
+    columns: &[
+        req("org_id", Text, "Organization."),
+        req(
+            "product_id",
+            Text,
+            "Stable product id (the brand's own id, else derived from sku/url).",
+        ),
+        opt("sku", Text, "Stock keeping unit."),
+        req("name", Text, "Product name."),
+        opt("url", Text, "Canonical product page URL."),
+        opt(
+            "category",
+            Text,
+            "Category path, e.g. 'Audio > Headphones'.",
+        ),
+        opt("brand", Text, "Brand name."),
+        opt("price", Float64, "Current price."),
+        opt("currency", Text, "ISO 4217 currency of `price`."),
+        opt("description", Text, "Product description."),
+        opt("image_url", Text, "Main image URL."),
+        req("source", Text, "'import', 'crawl' or 'demo'."),
+        req("created_at", Timestamp, "First seen."),
+        req("updated_at", Timestamp, "Last upsert."),
+    ],
+    partition_by: &[],
+    secret_columns: &[],
+};
+
+/// `raw_web_events`: web/app events as received by the collector.
+pub const RAW_WEB_EVENTS: TableDef = TableDef {
+    name: "raw_web_events",
+    version: 1,
+    doc:
+        "One row per received Segment-style event, as received (deduplication happens downstream).",
+    columns: &[
+        req("org_id", Text, "Organization (from the write key)."),
+        req(
+            "message_id",
+            Text,
+            "Segment `messageId`; generated by the collector when absent.",
+        ),
+        req(
+            "type",
+            Text,
+            "'track', 'page', 'screen', 'identify', 'group' or 'alias'.",
+        ),
+        opt(
+            "event",
+            Text,
+            "Event name for track calls, e.g. 'Product Viewed'.",
+        ),
+        opt("name", Text, "Page or screen name."),
+        opt("anonymous_id", Text, "Segment `anonymousId`."),
+        opt("user_id", Text, "Segment `userId`."),
+        opt("group_id", Text, "Segment `groupId` (group calls)."),
+        opt("previous_id", Text, "Segment `previousId` (alias calls)."),
+        req(
+            "occurred_at",
+            Timestamp,
+            "When the event happened: `timestamp` corrected for client clock skew.",
+        ),
+        opt(
+            "original_timestamp",
+            Timestamp,
+            "The client's `timestamp` as sent.",
+        ),
+        opt("sent_at", Timestamp, "The client's `sentAt`."),
+        req(
+            "received_at",
+            Timestamp,
+            "When the collector received the request.",
+        ),
+        req(
+            "timestamp_corrected",
+            Bool,
+            "True when a future timestamp was clamped to the receive time.",
+        ),
+        opt(
+            "page_url",
+            Text,
+            "Page URL (query parameters stripped as configured).",
+        ),
+        opt("page_path", Text, "Page path."),
+        opt("page_referrer", Text, "Referrer URL."),
+        opt("page_title", Text, "Page title."),
+        opt("user_agent", Text, "User agent."),
+        opt(
+            "ip_hash",
+            Text,
+            "Salted SHA-256 of the client IP; the raw IP is never stored.",
+        ),
+        opt(
+            "device_type",
+            Text,
+            "`context.device.type` ('mobile', 'desktop', 'tablet', …).",
+        ),
+        opt(
+            "campaign_source",
+            Text,
+            "`context.campaign.source` (utm_source).",
+        ),
+        opt("campaign_medium", Text, "`context.campaign.medium`."),
+        opt("campaign_name", Text, "`context.campaign.name`."),
+        opt("product_id", Text, "E-commerce `properties.product_id`."),
+        opt("product_sku", Text, "E-commerce `properties.sku`."),
+        opt("product_name", Text, "E-commerce `properties.name`."),
+        opt("product_price", Float64, "E-commerce `properties.price`."),
+        opt(
+            "product_quantity",
+            Int64,
+            "E-commerce `properties.quantity`.",
+        ),
+        opt(
+            "product_category",
+            Text,
+            "E-commerce `properties.category`.",
+        ),
+        opt("currency", Text, "E-commerce `properties.currency`."),
+        opt("order_id", Text, "E-commerce `properties.order_id`."),
+        opt(
+            "revenue",
+            Float64,
+            "E-commerce `properties.revenue` / `total`.",
+        ),
+        opt("properties", Text, "`properties` as JSON text."),
+        opt("traits", Text, "`traits` as JSON text."),
+        opt("context", Text, "`context` as JSON text (IP removed)."),
+        opt("integrations", Text, "`integrations` as JSON text."),
+        req(
+            "event_date",
+            Date,
+            "UTC date of `occurred_at` (partition column).",
+        ),
+    ],
+    partition_by: &["event_date"],
+    secret_columns: &[],
+};
+
+/// `raw_social_captures`: social media posts and pages captured.
+pub const RAW_SOCIAL_CAPTURES: TableDef = TableDef {
+    name: "raw_social_captures",
+    version: 1,
+    doc: "One row per captured social post or page.",
+    columns: &[
+        req("org_id", Text, "Organization."),
+        req(
+            "capture_id",
+            Text,
+            "Capture id (client-supplied or generated).",
+        ),
+        req(
+            "run_id",
+            Text,
+            "The collector run that captured it (one run is one session).",
+        ),
+        req(
+            "platform",
+            Text,
+            "e.g. 'instagram', 'tiktok', 'x', 'reddit', 'web'.",
+        ),
+        req("url", Text, "URL as captured."),
+        opt("canonical_url", Text, "Canonical URL."),
+        opt("author", Text, "Author handle or name."),
+        opt("published_at", Timestamp, "When the post was published."),
+        req("captured_at", Timestamp, "When it was captured."),
+        opt("text", Text, "Text content."),
+        req(
+            "content_hash",
+            Text,
+            "SHA-256 of the text, for deduplication.",
+        ),
+        opt(
+            "metrics",
+            Text,
+            "Engagement metrics as JSON text (likes, shares, …).",
+        ),
+        req("received_at", Timestamp, "When the collector received it."),
+        req(
+            "event_date",
+            Date,
+            "UTC date of `captured_at` (partition column).",
+        ),
+    ],
+    partition_by: &["event_date"],
+    secret_columns: &[],
+};
+
+/// `raw_cctv_transcripts`: CCTV transcript segments from stores.
+pub const RAW_CCTV_TRANSCRIPTS: TableDef = TableDef {
+    name: "raw_cctv_transcripts",
+    version: 1,
+    doc: "One row per CCTV transcript segment.",
+    columns: &[
+        req("org_id", Text, "Organization."),
+        req(
+            "segment_id",
+            Text,
+            "Segment id (client-supplied or generated).",
+        ),
+        req("store_id", Text, "Store."),
+        req("camera_id", Text, "Camera."),
+        req(
+            "segment_start",
+            Timestamp,
+            "Start of the transcribed segment.",
+        ),
+        req("segment_end", Timestamp, "End of the transcribed segment."),
+        req("text", Text, "Transcript text."),
+        opt(
+            "observations",
+            Text,
+            "Structured observations as JSON text.",
+        ),
+        opt("model", Text, "The model that produced the transcript."),
+        req("received_at", Timestamp, "When the collector received it."),
+        req(
+            "event_date",
+            Date,
+            "UTC date of `segment_start` (partition column).",
+        ),
+    ],
+    partition_by: &["event_date"],
+    secret_columns: &[],
+};
+
+/// `failed_events`: everything that could not be accepted, with the reason.
+pub const FAILED_EVENTS: TableDef = TableDef {
+    name: "failed_events",
+    version: 1,
+    doc: "Anything the collector or a job could not accept, with the reason and the original payload. Nothing is dropped silently.",
+    columns: &[
+        opt("org_id", Text, "Organization, when known."),
+        req("failure_id", Text, "Failure id."),
+        req("source", Text, "Who rejected it: 'collector' or 'job:<name>'."),
+        opt("channel", Text, "'web', 'social' or 'cctv'."),
+        opt("message_id", Text, "The rejected event's message id, when it had one."),
+        req("reason_code", Text, "Stable machine-readable reason, e.g. 'missing_field'."),
+        req("reason", Text, "Human-readable reason."),
+        opt("payload", Text, "The original payload, as received."),
+        req("failed_at", Timestamp, "When it was rejected."),
+        req("event_date", Date, "UTC date of `failed_at` (partition column)."),
+    ],
+    partition_by: &["event_date"],
+    secret_columns: &[],
+};
+
+/// `sessions`: one row per closed session of any channel.
+pub const SESSIONS: TableDef = TableDef {
+    name: "sessions",
+    version: 1,
+    doc: "One row per closed session of any channel, with a compact timeline.",
+    columns: &[
+        req("org_id", Text, "Organization."),
+        req("session_id", Text, "Deterministic session id (same input, same id)."),
+        req("channel", Text, "'web', 'social' or 'cctv'."),
+        opt("visitor_id", Text, "Web: the stitched visitor (user id, else anonymous id). CCTV: store/camera. Social: platform."),
+        opt("user_id", Text, "Known user id, if any."),
+        opt("anonymous_ids", TextList, "Anonymous ids stitched into this session."),
+        req("started_at", Timestamp, "First activity."),
+        req("ended_at", Timestamp, "Last activity."),
+        req("event_count", Int64, "Number of source events."),
+        opt("page_views", Int64, "Page and screen views (web)."),
+        opt("product_ids", TextList, "Product ids referenced by the events."),
+        opt("device_type", Text, "Device type (web)."),
+        opt("traffic_source", Text, "Traffic source (web: utm source, referrer host or 'direct')."),
+        opt("is_returning", Bool, "Web: whether the visitor had an earlier session."),
+        opt("converted", Bool, "Whether the session includes an order."),
+        opt("source_ref", Text, "CCTV: store/camera; social: run id."),
+        req("timeline", Text, "Compact timeline as JSON text: [[offset_s, kind, detail], …]."),
+        req("source_ids", TextList, "Message/segment/capture ids of the source rows (lineage)."),
+        req("job_run_id", Text, "The job run that wrote the row."),
+        req("session_date", Date, "UTC date of `started_at` (partition column)."),
+    ],
+    partition_by: &["session_date"],
+    secret_columns: &[],
+};
+
+/// `interactions`: AI-written records of what a person did.
+pub const INTERACTIONS: TableDef = TableDef {
+    name: "interactions",
+    version: 1,
+    doc: "One AI-written record per session: what happened, with which products, and full lineage.",
+    columns: &[
+        req("org_id", Text, "Organization."),
+        req("interaction_id", Text, "Interaction id."),
+        req("session_id", Text, "Source session."),
+        req("channel", Text, "'web', 'social' or 'cctv'."),
+        req("started_at", Timestamp, "Session start."),
+        req("ended_at", Timestamp, "Session end."),
+        req(
+            "description",
+            Text,
+            "What happened, in one or two sentences.",
+        ),
+        opt(
+            "intent",
+            Text,
+            "What the person wanted ('research', 'purchase', …).",
+        ),
+        opt("sentiment", Text, "'positive', 'neutral' or 'negative'."),
+        opt(
+            "outcome",
+            Text,
+            "How it ended ('purchased', 'abandoned_cart', …).",
+        ),
+        req("product_ids", TextList, "Catalog products involved."),
+        opt("confidence", Float64, "Model confidence, 0..1."),
+        req("source_ids", TextList, "Source event ids (lineage)."),
+        req(
+            "provider",
+            Text,
+            "AI provider ('offline', 'gemini', 'openai').",
+        ),
+        req("model", Text, "Model name."),
+        req("prompt_version", Text, "Prompt template version."),
+        req("prompt_hash", Text, "SHA-256 of the full prompt."),
+        req("input_tokens", Int64, "Prompt tokens."),
+        req("output_tokens", Int64, "Completion tokens."),
+        req("created_at", Timestamp, "When it was written."),
+        req(
+            "session_date",
+            Date,
+            "UTC date of `started_at` (partition column).",
+        ),
+    ],
+    partition_by: &["session_date"],
+    secret_columns: &[],
+};
+
+/// `patterns`: what stands out per day, week, month, year and all time.
+pub const PATTERNS: TableDef = TableDef {
+    name: "patterns",
+    version: 1,
+    doc: "One row per significant pattern of one period.",
+    columns: &[
+        req("org_id", Text, "Organization."),
+        req("pattern_id", Text, "Pattern id."),
+        req(
+            "period_kind",
+            Text,
+            "'day', 'week', 'month', 'year' or 'all'.",
+        ),
+        req("period_start", Date, "First day of the period."),
+        req(
+            "period_end",
+            Date,
+            "Day after the last day of the period (exclusive).",
+        ),
+        req(
+            "kind",
+            Text,
+            "Pattern kind: 'volume', 'funnel', 'transition', 'errors', 'product_trend', …",
+        ),
+        opt(
+            "segment",
+            Text,
+            "Segment, e.g. 'device_type=mobile'; null for all traffic.",
+        ),
+        req("title", Text, "One-line title."),
+        req("description", Text, "Narrative over the evidence."),
+        req("product_ids", TextList, "Products involved."),
+        req(
+            "support",
+            Int64,
+            "Number of sessions or events supporting the pattern.",
+        ),
+        opt(
+            "significance",
+            Float64,
+            "Statistical significance (e.g. |z| or -log10 p).",
+        ),
+        req(
+            "evidence",
+            Text,
+            "JSON text: metric values, baseline, significance, sample interaction ids.",
+        ),
+        req("provider", Text, "Who wrote the description."),
+        req("model", Text, "Model name."),
+        req("created_at", Timestamp, "When it was written."),
+    ],
+    partition_by: &["period_kind"],
+    secret_columns: &[],
+};
+
+/// `usage_daily`: per org per day usage and its priced amount.
+pub const USAGE_DAILY: TableDef = TableDef {
+    name: "usage_daily",
+    version: 1,
+    doc: "Per organization per day: what was ingested and produced, and its priced amount.",
+    columns: &[
+        req("org_id", Text, "Organization."),
+        req("usage_date", Date, "UTC day."),
+        req("events", Int64, "Raw events ingested (all channels)."),
+        req("sessions", Int64, "Sessions written."),
+        req("interactions", Int64, "Interactions written."),
+        req("patterns", Int64, "Patterns written."),
+        req("ai_input_tokens", Int64, "AI prompt tokens."),
+        req("ai_output_tokens", Int64, "AI completion tokens."),
+        req(
+            "amount_micros",
+            Int64,
+            "Priced amount in millionths of the currency unit.",
+        ),
+        req("currency", Text, "ISO 4217 currency."),
+        req("computed_at", Timestamp, "When the row was computed."),
+    ],
+    partition_by: &[],
+    secret_columns: &[],
+};
+
+/// `job_runs`: every job execution.
+pub const JOB_RUNS: TableDef = TableDef {
+    name: "job_runs",
+    version: 1,
+    doc: "One row per job execution (the run ledger); watermarks derive from it.",
+    columns: &[
+        req(
+            "org_id",
+            Text,
+            "Organization, or '*' for a run over all organizations.",
+        ),
+        req("run_id", Text, "Run id."),
+        req(
+            "job",
+            Text,
+            "'sessionize', 'enrich', 'patterns', 'billing', …",
+        ),
+        req("window_start", Timestamp, "Window start (inclusive)."),
+        req("window_end", Timestamp, "Window end (exclusive)."),
+        req("status", Text, "'running', 'succeeded' or 'failed'."),
+        req("trigger", Text, "'cli', 'schedule' or 'backfill'."),
+        req("attempt", Int32, "Attempt number, from 1."),
+        req("started_at", Timestamp, "Start."),
+        opt("finished_at", Timestamp, "End."),
+        opt("rows_in", Int64, "Rows read."),
+        opt("rows_out", Int64, "Rows written."),
+        opt("error", Text, "Error message of a failed run."),
+        opt("host", Text, "Host that ran it."),
+    ],
+    partition_by: &[],
+    secret_columns: &[],
+};
+
+/// `llm_cache`: AI responses by provider, model and prompt hash.
+pub const LLM_CACHE: TableDef = TableDef {
+    name: "llm_cache",
+    version: 1,
+    doc: "AI responses keyed by provider + model + prompt hash, so a re-run costs nothing.",
+    columns: &[
+        req("org_id", Text, "Organization."),
+        req(
+            "cache_key",
+            Text,
+            "SHA-256 of provider, model and prompt hash.",
+        ),
+        req("provider", Text, "AI provider."),
+        req("model", Text, "Model name."),
+        req("prompt_hash", Text, "SHA-256 of the prompt."),
+        req("response", Text, "Validated response as JSON text."),
+        req("input_tokens", Int64, "Prompt tokens of the original call."),
+        req(
+            "output_tokens",
+            Int64,
+            "Completion tokens of the original call.",
+        ),
+        req("created_at", Timestamp, "When it was cached."),
+    ],
+    partition_by: &[],
+    secret_columns: &[],
+};
+
+/// Every table, in creation order.
+pub const ALL_TABLES: &[TableDef] = &[
+    ORGANIZATIONS,
+    API_KEYS,
+    PRODUCTS,
+    RAW_WEB_EVENTS,
+    RAW_SOCIAL_CAPTURES,
+    RAW_CCTV_TRANSCRIPTS,
+    FAILED_EVENTS,
+    SESSIONS,
+    INTERACTIONS,
+    PATTERNS,
+    USAGE_DAILY,
+    JOB_RUNS,
+    LLM_CACHE,
+];
+
+/// The table named `name`, if it is one of CROW's.
+pub fn table(name: &str) -> Option<&'static TableDef> {
+    ALL_TABLES.iter().find(|t| t.name == name)
+}
+
+/// Markdown reference of every table (the source of `docs/TABLES.md`).
+pub fn tables_markdown() -> String {
+    let mut out = String::from(
+        "# CROW tables\n\nGenerated from `crow-schemas` (`cargo test -p crow-schemas` checks it is current).\n\
+         Every table is a Delta table under the lake root, named as below. Timestamps are UTC microseconds.\n",
+    );
+    for t in ALL_TABLES {
+        out.push_str(&format!(
+            "\n## `{}` (schema v{})\n\n{}\n\n",
+            t.name, t.version, t.doc
+        ));
+        if !t.partition_by.is_empty() {
+            out.push_str(&format!(
+                "Partitioned by `{}`.\n\n",
+                t.partition_by.join("`, `")
+            ));
+        }
+        out.push_str("| column | type | null | meaning |\n|---|---|---|---|\n");
+        for c in t.columns {
+            out.push_str(&format!(
+                "| `{}` | {} | {} | {} |\n",
+                c.name,
+                c.ty.doc_name(),
+                if c.nullable { "yes" } else { "no" },
+                c.doc.replace('|', "\\|")
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn has(t: &TableDef, cols: &[&str]) {
+        for c in cols {
+            assert!(
+                t.column(c).is_some(),
+                "{} lacks contract column {c}",
+                t.name
+            );
+        }
+    }
+
+    #[test]
+    fn contract_columns_exist() {
+        for t in ALL_TABLES {
+            has(t, &["org_id"]);
+            for p in t.partition_by {
+                assert!(t.column(p).is_some(), "{}: partition column {p}", t.name);
+            }
+        }
+        has(
+            &RAW_WEB_EVENTS,
+            &[
+                "message_id",
+                "type",
+                "event",
+                "anonymous_id",
+                "user_id",
+                "occurred_at",
+                "received_at",
+            ],
+        );
+        has(
+            &SESSIONS,
+            &["session_id", "channel", "started_at", "ended_at"],
+        );
+        has(
+            &INTERACTIONS,
+            &[
+                "interaction_id",
+                "session_id",
+                "channel",
+                "started_at",
+                "ended_at",
+                "description",
+                "product_ids",
+                "provider",
+                "model",
+            ],
+        );
+        has(
+            &PATTERNS,
+            &[
+                "period_kind",
+                "period_start",
+                "period_end",
+                "title",
+                "description",
+                "product_ids",
+                "evidence",
+            ],
+        );
+    }
+
+    #[test]
+    fn names_are_unique_and_snake_case() {
+        let mut seen = std::collections::HashSet::new();
+        for t in ALL_TABLES {
+            assert!(seen.insert(t.name));
+            let mut cols = std::collections::HashSet::new();
+            for c in t.columns {
+                assert!(cols.insert(c.name), "{}.{} twice", t.name, c.name);
+                assert!(c
+                    .name
+                    .chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_'));
+            }
+        }
+    }
+
+    #[test]
+    fn docs_tables_md_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/TABLES.md");
+        let current = std::fs::read_to_string(path).unwrap_or_default();
+        let want = tables_markdown();
+        if current != want {
+            if std::env::var_os("CROW_BLESS").is_some() {
+                std::fs::write(path, want).expect("write docs/TABLES.md");
+            } else {
+                panic!("docs/TABLES.md is stale: run `CROW_BLESS=1 cargo test -p crow-schemas`");
+            }
+        }
+    }
+}

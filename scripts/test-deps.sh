@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what CROW's tests need on a fresh machine, idempotently:
+# a Python virtualenv with the independent Delta readers (deltalake, polars,
+# pyarrow) and moto's S3-compatible server. Prints the venv's path.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+venv="${CROW_TEST_VENV:-$root/.venv}"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv" >&2
+fi
+want="deltalake==1.6.6 polars==2.1.0 pyarrow moto[server]==5.* segment-analytics-python==2.4.0 rudder-sdk-python==2.1.9 playwright==1.65.2"
+stamp="$venv/.crow-deps"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check $want >&2
+  echo "$want" > "$stamp"
+fi
+# Debian's Chromium for the browser SDK test (driven by Playwright, which
+# must not download a browser of its own).
+if ! command -v chromium >/dev/null 2>&1; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  log="$(mktemp)"
+  if ! ($sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) >"$log" 2>&1; then
+    cat "$log" >&2; exit 1
+  fi
+  rm -f "$log"
+fi
+echo "$venv"

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# CROW's test command: everything the tests need, then every test.
+#
+#   scripts/test.sh            # lint + build + all tests
+#   CROW_TEST_SKIP_LINT=1 scripts/test.sh   # skip fmt/clippy while iterating
+#
+# It installs the Python test dependencies into .venv (independent Delta
+# readers: deltalake, polars; the S3 server: moto), starts a local
+# S3-compatible server for the S3 backend tests, builds the `crow` binary and
+# runs the whole workspace's tests against it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+echo "== test dependencies"
+venv="$(bash scripts/test-deps.sh)"
+
+echo "== local S3 server"
+read -r s3_pid s3_port < <(bash scripts/s3-server.sh "$venv")
+trap 'kill "$s3_pid" 2>/dev/null || true' EXIT
+export CROW_TEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
+export CROW_TEST_PYTHON="$venv/bin/python"
+echo "moto S3 server on $CROW_TEST_S3_ENDPOINT"
+
+if [ -z "${CROW_TEST_SKIP_LINT:-}" ]; then
+  echo "== cargo fmt"
+  cargo fmt --all -- --check
+fi
+
+echo "== build"
+cargo build --workspace --all-targets --locked
+
+if [ -z "${CROW_TEST_SKIP_LINT:-}" ]; then
+  echo "== cargo clippy"
+  cargo clippy --workspace --all-targets --locked -- -D warnings
+fi
+
+echo "== one copy each of the data stack"
+for c in datafusion arrow parquet object_store deltalake-core; do
+  n=$(grep -c "^name = \"$c\"$" Cargo.lock || true)
+  if [ "$n" != 1 ]; then echo "Cargo.lock holds $n copies of $c" >&2; exit 1; fi
+done
+
+echo "== browser SDK unit tests (node, no DOM)"
+node --test ingest/sdk/test
+
+echo "== tests"
+log="$(mktemp)"
+set +e
+cargo test --workspace --all-targets --locked -- "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) passed.*/\1/' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) failed.*/\1/' | awk '{s+=$1} END {print s+0}')
+rm -f "$log"
+echo
+echo "$passed passed, $failed failed"
+exit "$status"

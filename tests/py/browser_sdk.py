@@ -1,0 +1,75 @@
+"""Drive CROW's browser SDK in headless Chromium (Debian's, via Playwright).
+
+usage: browser_sdk.py COLLECTOR_URL WRITE_KEY
+
+Serves a shop page from another origin (so requests are cross-origin, as on
+a real site), loads /sdk/crow.js from the collector, views a product, adds it
+to the cart, navigates like a single-page app, queues one more event and
+closes the page, so that the page-hide beacon must deliver it. Prints the
+visitor's anonymousId.
+"""
+import http.server
+import sys
+import threading
+
+from playwright.sync_api import sync_playwright
+
+PAGE = """<!doctype html>
+<html><head><title>Northwind Shop</title>
+<script src="{collector}/sdk/crow.js"></script>
+<script>
+  crow.load({{writeKey: "{key}", host: "{collector}", flushInterval: 200, flushAt: 50}});
+</script></head>
+<body>
+<h1>Aria Over-Ear</h1>
+<button id="view" onclick="crow.productViewed({{product_id: 'nw-1001', sku: 'NW-HE-001', name: 'Aria Over-Ear', price: 249, currency: 'USD'}})">view</button>
+<button id="add" onclick="crow.productAdded({{product_id: 'nw-1001', sku: 'NW-HE-001', name: 'Aria Over-Ear', price: 249, quantity: 1}})">add</button>
+<button id="nav" onclick="history.pushState({{}}, '', '/cart')">cart</button>
+</body></html>
+"""
+
+
+def main():
+    collector, key = sys.argv[1].rstrip("/"), sys.argv[2]
+    html = PAGE.format(collector=collector, key=key).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(html)
+
+        def log_message(self, *args):
+            pass
+
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    origin = f"http://127.0.0.1:{site.server_address[1]}"
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        )
+        page = browser.new_page()
+        page.goto(origin + "/product/aria")
+        page.click("#view")
+        page.click("#add")
+        page.click("#nav")
+        # Everything so far is delivered by fetch batches.
+        page.wait_for_function("crow.queue.length === 0 && !crow.sending", timeout=15000)
+        anon = page.evaluate("crow.anonymousId")
+        # Queue one more event that only the page-hide beacon can deliver.
+        page.evaluate("crow.options.flushInterval = 600000; crow.track('Checkout Abandoned', {step: 1})")
+        assert page.evaluate("crow.queue.length") == 1
+        page.close(run_before_unload=True)
+        browser.close()
+    site.shutdown()
+    print(anon)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,682 @@
+//! The collector over real HTTP: Segment compatibility, hostile input,
+//! durability under kill -9, backpressure, the other channels, metrics.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use crow_lake::batch::batches_to_json;
+use crow_lake::Lake;
+use serde_json::{json, Value};
+
+use crate::support::{Backend, Server};
+
+/// Create an organization with the CLI; returns (org_id, write_key).
+pub fn create_org(b: &Backend, name: &str) -> (String, String) {
+    b.crow_ok(&["init"]);
+    let org = b.crow_json(&["orgs", "create", "--name", name]);
+    (
+        org["org_id"].as_str().expect("org_id").to_string(),
+        org["write_key"].as_str().expect("write_key").to_string(),
+    )
+}
+
+pub async fn query(lake: &Lake, sql: &str) -> Vec<Value> {
+    let (_, batches) = lake.sql(sql).await.expect("query");
+    batches_to_json(&batches)
+        .expect("json")
+        .into_iter()
+        .map(Value::Object)
+        .collect()
+}
+
+/// Poll until `sql`'s first column equals `want`; returns how long it took.
+pub async fn wait_count(lake: &Lake, sql: &str, want: i64, timeout: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let rows = query(lake, sql).await;
+        let n = rows[0]
+            .as_object()
+            .and_then(|m| m.values().next())
+            .and_then(Value::as_i64)
+            .unwrap_or(-1);
+        if n == want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "`{sql}` is {n}, expected {want} after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn basic(key: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
+    )
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).expect("gzip");
+    e.finish().expect("gzip")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_speaks_segment() {
+    let b = Backend::local();
+    let (org, key) = create_org(&b, "Segment Co");
+    let wal = tempfile::tempdir().expect("wal");
+    let server = Server::start(&b, wal.path(), &[("CROW_INGEST_FLUSH_INTERVAL_MS", "500")]);
+    let http = reqwest::Client::new();
+
+    // Basic auth, application/json.
+    let r = http
+        .post(server.url("/v1/track"))
+        .header("Authorization", basic(&key))
+        .json(&json!({"userId": "u1", "event": "Product Viewed", "messageId": "t-1",
+            "properties": {"product_id": "p1", "price": 12.5, "sku": "S-1"},
+            "context": {"device": {"type": "mobile"}, "page": {"url": "https://shop.example/p1?email=x@y.z&ref=ad"}}}))
+        .send()
+        .await
+        .expect("track");
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    // writeKey in the body, text/plain (sendBeacon).
+    let r = http
+        .post(server.url("/v1/page"))
+        .header("Content-Type", "text/plain")
+        .body(
+            json!({"writeKey": key, "anonymousId": "a1", "name": "Home", "messageId": "t-2"})
+                .to_string(),
+        )
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(r.status(), 200);
+    // gzip.
+    let body = gzip(
+        json!({"userId": "u1", "traits": {"plan": "pro"}, "messageId": "t-3"})
+            .to_string()
+            .as_bytes(),
+    );
+    let r = http
+        .post(server.url("/v1/identify"))
+        .header("Authorization", basic(&key))
+        .header("Content-Encoding", "gzip")
+        .body(body)
+        .send()
+        .await
+        .expect("identify");
+    assert_eq!(r.status(), 200);
+    // A batch whose client clock runs one hour behind.
+    let now = chrono::Utc::now();
+    let client_now = now - chrono::Duration::hours(1);
+    let ts = |d: chrono::Duration| (client_now - d).to_rfc3339();
+    let r = http
+        .post(server.url("/v1/batch"))
+        .header("Authorization", basic(&key))
+        .json(&json!({"sentAt": client_now.to_rfc3339(), "batch": [
+            {"type": "track", "event": "Product Added", "anonymousId": "a1", "messageId": "t-4", "timestamp": ts(chrono::Duration::seconds(10))},
+            {"type": "screen", "name": "Cart", "anonymousId": "a1", "messageId": "t-5"},
+            {"type": "group", "groupId": "g1", "userId": "u1", "messageId": "t-6"},
+            {"type": "alias", "previousId": "a1", "userId": "u1", "messageId": "t-7"}
+        ]}))
+        .send()
+        .await
+        .expect("batch");
+    assert_eq!(r.status(), 200);
+    // CORS preflight.
+    let r = http
+        .request(reqwest::Method::OPTIONS, server.url("/v1/batch"))
+        .header("Origin", "https://shop.example")
+        .header("Access-Control-Request-Method", "POST")
+        .header(
+            "Access-Control-Request-Headers",
+            "authorization,content-type",
+        )
+        .send()
+        .await
+        .expect("preflight");
+    assert!(r.status().is_success());
+    assert_eq!(
+        r.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap_or("")),
+        Some("*")
+    );
+    // The SDK is served.
+    let sdk = http
+        .get(server.url("/sdk/crow.js"))
+        .send()
+        .await
+        .expect("sdk");
+    assert_eq!(sdk.status(), 200);
+    assert!(sdk.text().await.expect("text").contains("sendBeacon"));
+
+    let lake = b.lake().await;
+    let took = wait_count(
+        &lake,
+        "select count(*) from raw_web_events",
+        7,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(took < Duration::from_secs(20));
+    let rows = query(&lake, &format!(
+        "select message_id, type, org_id, page_url, device_type, product_price, ip_hash, context, \
+         cast(occurred_at as bigint) as occ, cast(received_at as bigint) as rec from raw_web_events where org_id = '{org}' order by message_id"
+    ))
+    .await;
+    assert_eq!(rows.len(), 7);
+    let t1 = &rows[0];
+    assert_eq!(
+        t1["page_url"], "https://shop.example/p1?ref=ad",
+        "configured query parameters are stripped"
+    );
+    assert_eq!(t1["device_type"], "mobile");
+    assert_eq!(t1["product_price"], 12.5);
+    assert!(
+        t1["ip_hash"].as_str().is_some_and(|h| h.len() == 64),
+        "a salted IP hash is kept"
+    );
+    for r in &rows {
+        assert!(
+            !r.to_string().contains("127.0.0.1"),
+            "the raw IP is never stored: {r}"
+        );
+    }
+    // Skew: occurred ≈ received - 10 s, though the client's clock said an hour earlier.
+    let t4 = rows.iter().find(|r| r["message_id"] == "t-4").expect("t-4");
+    let lag = t4["rec"].as_i64().expect("rec") - t4["occ"].as_i64().expect("occ");
+    assert!(
+        (9_000_000..=12_000_000).contains(&lag),
+        "skew corrected: lag {lag} µs"
+    );
+    let types: HashSet<&str> = rows.iter().filter_map(|r| r["type"].as_str()).collect();
+    assert_eq!(types.len(), 6, "{types:?}");
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_clearly_and_nothing_is_lost() {
+    let b = Backend::local();
+    let (_, key) = create_org(&b, "Hostile Co");
+    let wal = tempfile::tempdir().expect("wal");
+    let server = Server::start(&b, wal.path(), &[("CROW_INGEST_FLUSH_INTERVAL_MS", "300")]);
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Vec<u8>, auth: Option<&str>| {
+        let mut r = http
+            .post(server.url(path))
+            .body(body)
+            .header("Content-Type", "application/json");
+        if let Some(k) = auth {
+            r = r.header("Authorization", basic(k));
+        }
+        r.send()
+    };
+
+    // A mixed batch: the good land, the bad are reported and kept.
+    let r = post(
+        "/v1/batch",
+        json!({"batch": [
+            {"type": "track", "event": "Good", "userId": "u", "messageId": "g-1"},
+            {"type": "track", "userId": "u", "messageId": "bad-1"},
+            {"type": "track", "event": "No identity", "messageId": "bad-2"},
+            {"type": "page", "userId": "u", "timestamp": "not a time", "messageId": "bad-3"},
+            "not an object",
+            {"type": "track", "event": "Good", "anonymousId": "a", "messageId": "g-2"}
+        ]})
+        .to_string()
+        .into_bytes(),
+        Some(&key),
+    )
+    .await
+    .expect("batch");
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["accepted"], 2);
+    let codes: Vec<&str> = body["rejected"]
+        .as_array()
+        .expect("rejected")
+        .iter()
+        .filter_map(|r| r["code"].as_str())
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "missing_field",
+            "missing_identity",
+            "invalid_timestamp",
+            "not_an_object"
+        ]
+    );
+
+    // Whole-request errors.
+    let big_event = json!({"type": "track", "event": "x", "userId": "u", "properties": {"blob": "x".repeat(40_000)}});
+    let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+    let cases: Vec<(&str, Vec<u8>, Option<&str>, u16)> = vec![
+        ("/v1/batch", b"{not json".to_vec(), Some(&key), 400),
+        ("/v1/batch", vec![b'{', 0xff, 0xfe, b'}'], Some(&key), 400),
+        (
+            "/v1/batch",
+            json!({"batch": []}).to_string().into_bytes(),
+            None,
+            401,
+        ),
+        (
+            "/v1/batch",
+            json!({"batch": []}).to_string().into_bytes(),
+            Some("wk_wrong"),
+            401,
+        ),
+        (
+            "/v1/track",
+            big_event.to_string().into_bytes(),
+            Some(&key),
+            413,
+        ),
+        (
+            "/v1/batch",
+            json!({"batch": [{"x": "y".repeat(600_000)}]})
+                .to_string()
+                .into_bytes(),
+            Some(&key),
+            413,
+        ),
+        (
+            "/v1/batch",
+            format!("{{\"batch\": {deep}}}").into_bytes(),
+            Some(&key),
+            400,
+        ),
+        (
+            "/v1/track",
+            json!({"event": "x"}).to_string().into_bytes(),
+            Some(&key),
+            400,
+        ),
+        ("/v1/nope", b"{}".to_vec(), Some(&key), 404),
+    ];
+    for (path, body, auth, want) in cases {
+        let r = post(path, body, auth).await.expect("request");
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap_or_default();
+        assert_eq!(status, want, "{path}: {text}");
+        if want != 404 {
+            let v: Value = serde_json::from_str(&text).expect("a JSON error");
+            assert!(v["code"].is_string() && v["message"].is_string(), "{text}");
+        }
+    }
+
+    // Still serving, and a good event still lands.
+    let r = http
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(r.status(), 200);
+    let r = post(
+        "/v1/track",
+        json!({"event": "After", "userId": "u", "messageId": "g-3"})
+            .to_string()
+            .into_bytes(),
+        Some(&key),
+    )
+    .await
+    .expect("track");
+    assert_eq!(r.status(), 200);
+
+    let lake = b.lake().await;
+    wait_count(
+        &lake,
+        "select count(*) from raw_web_events",
+        3,
+        Duration::from_secs(20),
+    )
+    .await;
+    // Rejected events of authenticated, parseable requests are in failed_events with
+    // reason and payload: 4 from the mixed batch, the absurdly nested batch item, and
+    // the single track without a user.
+    wait_count(
+        &lake,
+        "select count(*) from failed_events",
+        6,
+        Duration::from_secs(20),
+    )
+    .await;
+    let failed = query(
+        &lake,
+        "select message_id, reason_code, reason, payload from failed_events order by failed_at",
+    )
+    .await;
+    assert!(failed
+        .iter()
+        .any(|f| f["message_id"] == "bad-1" && f["reason_code"] == "missing_field"));
+    assert!(failed
+        .iter()
+        .all(|f| f["reason"].as_str().is_some_and(|r| !r.is_empty())));
+    assert!(failed.iter().any(|f| f["payload"] == "\"not an object\""));
+    assert!(failed.iter().any(|f| f["reason_code"] == "too_deep"));
+
+    let metrics = http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("crow_ingest_events_rejected_total{reason=\"missing_identity\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("crow_ingest_events_accepted_total{channel=\"web\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("crow_ingest_requests_refused_total{reason=\"invalid_write_key\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("crow_ingest_wal_fsyncs_total"));
+    assert!(metrics.contains("crow_ingest_flush_seconds_count"));
+}
+
+async fn kill9(b: Backend) {
+    let (_, key) = create_org(&b, "Durable Co");
+    let wal = tempfile::tempdir().expect("wal");
+    let mut server = Server::start(&b, wal.path(), &[("CROW_INGEST_FLUSH_INTERVAL_MS", "400")]);
+    let url = server.url("/v1/batch");
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..6 {
+        let (url, key, acked, stop) = (url.clone(), key.clone(), acked.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let ids: Vec<String> = (0..10).map(|k| format!("c{c}-{i}-{k}")).collect();
+                let batch: Vec<Value> = ids
+                    .iter()
+                    .map(|id| json!({"type": "track", "event": "Load", "anonymousId": format!("v{c}"), "messageId": id}))
+                    .collect();
+                i += 1;
+                match http.post(&url).header("Authorization", basic(&key)).json(&json!({"batch": batch})).send().await {
+                    Ok(r) if r.status() == 200 => acked.lock().expect("acked").extend(ids),
+                    _ => {}
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    server.kill9();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        let _ = c.await;
+    }
+    let acked: Vec<String> = acked.lock().expect("acked").clone();
+    assert!(
+        acked.len() > 200,
+        "{}: the load must get going ({} acked)",
+        b.name,
+        acked.len()
+    );
+
+    // Restart on the same WAL: recovery replays what was not committed.
+    let mut server = Server::start(&b, wal.path(), &[("CROW_INGEST_FLUSH_INTERVAL_MS", "400")]);
+    let lake = b.lake().await;
+    let start = Instant::now();
+    loop {
+        let rows = query(&lake, "select message_id from raw_web_events").await;
+        let ids: HashSet<String> = rows
+            .iter()
+            .filter_map(|r| r["message_id"].as_str().map(str::to_string))
+            .collect();
+        let missing = acked.iter().filter(|id| !ids.contains(*id)).count();
+        if missing == 0 {
+            assert_eq!(ids.len(), rows.len(), "{}: no event lands twice", b.name);
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{}: {missing} acknowledged events missing",
+            b.name
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    server.stop();
+    // After a clean stop, everything is committed and the WAL is empty.
+    let dup = query(&lake, "select count(*) as n from (select message_id from raw_web_events group by message_id having count(*) > 1)").await;
+    assert_eq!(dup[0]["n"], 0);
+    let left: Vec<_> = std::fs::read_dir(wal.path())
+        .expect("wal dir")
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name().to_string_lossy().ends_with(".sealed")
+                || e.file_name().to_string_lossy().ends_with(".open")
+        })
+        .collect();
+    assert!(
+        left.is_empty(),
+        "{}: segments left after a clean stop: {left:?}",
+        b.name
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_loses_no_acknowledged_event_local() {
+    kill9(Backend::local()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_loses_no_acknowledged_event_s3() {
+    kill9(Backend::s3()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn social_and_cctv_land() {
+    let b = Backend::local();
+    let (org, key) = create_org(&b, "Stores Co");
+    let wal = tempfile::tempdir().expect("wal");
+    let server = Server::start(&b, wal.path(), &[("CROW_INGEST_FLUSH_INTERVAL_MS", "300")]);
+    let http = reqwest::Client::new();
+    let r = http
+        .post(server.url("/v1/social/captures"))
+        .header("Authorization", basic(&key))
+        .json(&json!({"run_id": "run-1", "captures": [
+            {"platform": "instagram", "url": "https://instagram.example/p/1", "author": "@fan", "text": "Love my Aria headphones",
+             "published_at": "2026-11-01T10:00:00Z", "metrics": {"likes": 12}},
+            {"platform": "x", "text": "no url"}
+        ]}))
+        .send()
+        .await
+        .expect("social");
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["accepted"], 1);
+    assert_eq!(v["rejected"][0]["code"], "missing_field");
+    let r = http
+        .post(server.url("/v1/cctv/transcripts"))
+        .header("Authorization", basic(&key))
+        .json(&json!({"segments": [
+            {"store_id": "s1", "camera_id": "c1", "segment_start": "2026-11-01T10:00:00Z", "segment_end": "2026-11-01T10:05:00Z",
+             "text": "A shopper picks up the Boom speaker and asks staff about battery life.", "observations": {"people": 1}, "model": "whisper-x"},
+            {"store_id": "s1", "camera_id": "c1", "segment_start": "2026-11-01T10:10:00Z", "segment_end": "2026-11-01T10:05:00Z", "text": "backwards"}
+        ]}))
+        .send()
+        .await
+        .expect("cctv");
+    assert_eq!(r.status(), 200);
+    let lake = b.lake().await;
+    wait_count(
+        &lake,
+        "select count(*) from raw_social_captures",
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+    wait_count(
+        &lake,
+        "select count(*) from raw_cctv_transcripts",
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+    wait_count(
+        &lake,
+        "select count(*) from failed_events",
+        2,
+        Duration::from_secs(20),
+    )
+    .await;
+    let s = query(
+        &lake,
+        "select org_id, run_id, platform, metrics from raw_social_captures",
+    )
+    .await;
+    assert_eq!(s[0]["org_id"], org.as_str());
+    assert_eq!(s[0]["run_id"], "run-1");
+    assert_eq!(s[0]["metrics"], "{\"likes\":12}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backpressure_answers_503_with_retry_after() {
+    let b = Backend::local();
+    let (_, key) = create_org(&b, "Busy Co");
+    let wal = tempfile::tempdir().expect("wal");
+    // Flushing "never" happens and almost nothing may wait: the second request must be refused.
+    let server = Server::start(
+        &b,
+        wal.path(),
+        &[
+            ("CROW_INGEST_FLUSH_INTERVAL_MS", "600000"),
+            ("CROW_INGEST_MAX_PENDING_BYTES", "100"),
+        ],
+    );
+    let http = reqwest::Client::new();
+    let send = || {
+        http.post(server.url("/v1/track"))
+            .header("Authorization", basic(&key))
+            .json(&json!({"event": "x", "userId": "u"}))
+            .send()
+    };
+    assert_eq!(send().await.expect("first").status(), 200);
+    let r = send().await.expect("second");
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("retry-after").is_some());
+    let m = http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(m.contains("crow_ingest_backpressure_total 1"), "{m}");
+    let ready = http
+        .get(server.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 503);
+}
+
+fn python(script: &str, args: &[&str]) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("py")
+        .join(script);
+    let out = std::process::Command::new(crate::support::python())
+        .arg(path)
+        .args(args)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{script} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_and_rudderstack_sdks_work_unchanged() {
+    let b = Backend::local();
+    let (_, key) = create_org(&b, "SDK Co");
+    let wal = tempfile::tempdir().expect("wal");
+    let server = Server::start(&b, wal.path(), &[("CROW_INGEST_FLUSH_INTERVAL_MS", "300")]);
+    let host = format!("http://{}", server.addr);
+    let sent = python("segment_sdks.py", &[&host, &key]);
+    let ids: Vec<&str> = sent.lines().collect();
+    assert_eq!(ids.len(), 5);
+    let lake = b.lake().await;
+    wait_count(
+        &lake,
+        "select count(*) from raw_web_events",
+        5,
+        Duration::from_secs(20),
+    )
+    .await;
+    let rows = query(&lake, "select message_id, type, event, user_id, product_id, revenue from raw_web_events order by message_id").await;
+    let got: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r["message_id"].as_str())
+        .collect();
+    assert_eq!(got, ["rs-1", "rs-2", "seg-1", "seg-2", "seg-3"]);
+    assert_eq!(rows[0]["revenue"], 42.0, "RudderStack's gzip batch decoded");
+    assert_eq!(rows[2]["product_id"], "nw-1001");
+    assert_eq!(rows[2]["user_id"], "seg-user");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_sdk_in_chromium() {
+    let b = Backend::local();
+    let (_, key) = create_org(&b, "Browser Co");
+    let wal = tempfile::tempdir().expect("wal");
+    let server = Server::start(&b, wal.path(), &[("CROW_INGEST_FLUSH_INTERVAL_MS", "300")]);
+    let anon = python(
+        "browser_sdk.py",
+        &[&format!("http://{}", server.addr), &key],
+    );
+    assert!(!anon.is_empty());
+    let lake = b.lake().await;
+    let q = format!("select count(*) from raw_web_events where anonymous_id = '{anon}'");
+    wait_count(&lake, &q, 5, Duration::from_secs(20)).await;
+    let rows = query(
+        &lake,
+        &format!("select type, event, page_path, product_id, device_type, user_agent from raw_web_events where anonymous_id = '{anon}' order by occurred_at"),
+    )
+    .await;
+    let kinds: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{}:{}",
+                r["type"].as_str().unwrap_or(""),
+                r["event"]
+                    .as_str()
+                    .or(r["page_path"].as_str())
+                    .unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "page:/product/aria",
+            "track:Product Viewed",
+            "track:Product Added",
+            "page:/cart",
+            "track:Checkout Abandoned"
+        ],
+        "page view, product view, add to cart, SPA navigation, and the page-hide beacon"
+    );
+    assert_eq!(rows[1]["product_id"], "nw-1001");
+    assert!(rows[0]["user_agent"]
+        .as_str()
+        .is_some_and(|ua| ua.contains("Chrome")));
+}

@@ -1,0 +1,393 @@
+//! The lake suite, run on every backend (local folder and S3-compatible).
+
+use chrono::{DateTime, TimeZone, Utc};
+use crow_ingest::normalize::{normalize, NormalizeContext, RawWebEventRow};
+use crow_lake::batch::{batches_to_json, rows_to_batch};
+use crow_lake::{AsOf, Lake};
+use crow_schemas::RAW_WEB_EVENTS;
+use serde_json::json;
+
+use crate::support::Backend;
+
+pub fn events(org: &str, prefix: &str, day: u32, n: usize) -> Vec<RawWebEventRow> {
+    let received: DateTime<Utc> = Utc
+        .with_ymd_and_hms(2026, 3, day, 12, 0, 0)
+        .single()
+        .expect("date");
+    let ctx = NormalizeContext {
+        org_id: org,
+        received_at: received,
+        ip_hash: None,
+        strip_query_params: &[],
+        ip_salt: "s",
+    };
+    (0..n)
+        .map(|i| {
+            let e = json!({"type": "track", "event": "Product Viewed", "anonymousId": format!("a{}", i % 7),
+                "messageId": format!("{prefix}-{day}-{i}"), "properties": {"product_id": format!("p{}", i % 3)}});
+            normalize(&e, None, &ctx).expect("valid event")
+        })
+        .collect()
+}
+
+pub async fn count(lake: &Lake, sql: &str) -> i64 {
+    let (_, batches) = lake.sql(sql).await.expect("query");
+    let rows = batches_to_json(&batches).expect("json");
+    rows[0]
+        .values()
+        .next()
+        .and_then(serde_json::Value::as_i64)
+        .expect("a count")
+}
+
+fn batch(rows: &[RawWebEventRow]) -> arrow::array::RecordBatch {
+    rows_to_batch(&RAW_WEB_EVENTS, rows).expect("batch")
+}
+
+async fn suite(b: Backend) {
+    let lake = b.lake().await;
+    let created = lake.init().await.expect("init");
+    assert!(
+        created.iter().all(|(_, c)| *c),
+        "{}: first init creates every table",
+        b.name
+    );
+    assert_eq!(created.len(), crow_schemas::ALL_TABLES.len());
+    let again = lake.init().await.expect("init again");
+    assert!(
+        again.iter().all(|(_, c)| !*c),
+        "{}: second init changes nothing",
+        b.name
+    );
+    assert_eq!(
+        lake.stats("raw_web_events").await.expect("stats").version,
+        0
+    );
+
+    // append
+    let v1 = lake
+        .append("raw_web_events", vec![batch(&events("o1", "a", 1, 50))])
+        .await
+        .expect("append");
+    let v2 = lake
+        .append("raw_web_events", vec![batch(&events("o1", "a", 2, 30))])
+        .await
+        .expect("append");
+    assert_eq!((v1, v2), (1, 2));
+    assert_eq!(
+        count(&lake, "select count(*) from raw_web_events").await,
+        80
+    );
+    let before_replace = Utc::now();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+
+    // exactly-once append
+    let rows = batch(&events("o1", "x", 3, 10));
+    assert!(lake
+        .append_once("raw_web_events", vec![rows.clone()], "wal-test", 1)
+        .await
+        .expect("once"));
+    assert!(!lake
+        .append_once("raw_web_events", vec![rows.clone()], "wal-test", 1)
+        .await
+        .expect("twice"));
+    assert!(!lake
+        .append_once("raw_web_events", vec![rows], "wal-test", 0)
+        .await
+        .expect("older"));
+    assert_eq!(
+        lake.app_version("raw_web_events", "wal-test")
+            .await
+            .expect("txn"),
+        Some(1)
+    );
+    assert_eq!(
+        count(&lake, "select count(*) from raw_web_events").await,
+        90
+    );
+
+    // replace-where: exactly one day's rows change
+    lake.replace_where(
+        "raw_web_events",
+        "event_date = '2026-03-01'",
+        vec![batch(&events("o1", "r", 1, 5))],
+    )
+    .await
+    .expect("replace");
+    assert_eq!(
+        count(
+            &lake,
+            "select count(*) from raw_web_events where event_date = '2026-03-01'"
+        )
+        .await,
+        5
+    );
+    assert_eq!(
+        count(&lake, "select count(*) from raw_web_events where event_date = '2026-03-01' and message_id like 'r-%'").await,
+        5
+    );
+    assert_eq!(
+        count(
+            &lake,
+            "select count(*) from raw_web_events where event_date = '2026-03-02'"
+        )
+        .await,
+        30
+    );
+    // A row outside the window is refused, and nothing changes.
+    let bad = lake
+        .replace_where(
+            "raw_web_events",
+            "event_date = '2026-03-01'",
+            vec![batch(&events("o1", "z", 2, 1))],
+        )
+        .await;
+    assert!(
+        bad.is_err(),
+        "{}: rows outside the window must be refused",
+        b.name
+    );
+    assert_eq!(
+        count(&lake, "select count(*) from raw_web_events").await,
+        45
+    );
+
+    // delete-where
+    let deleted = lake
+        .delete_where("raw_web_events", "message_id like 'x-%'")
+        .await
+        .expect("delete");
+    assert_eq!(deleted, 10);
+    assert_eq!(
+        count(&lake, "select count(*) from raw_web_events").await,
+        35
+    );
+
+    // time travel: by version and by timestamp
+    let ctx = lake
+        .session_with(&[("raw_web_events".to_string(), AsOf::Version(2))])
+        .await
+        .expect("as of v2");
+    let (_, bs) = crow_lake::run_read_only(&ctx, "select count(*) as n from raw_web_events")
+        .await
+        .expect("q");
+    assert_eq!(batches_to_json(&bs).expect("json")[0]["n"], 80);
+    let ctx = lake
+        .session_as_of(AsOf::Timestamp(before_replace))
+        .await
+        .expect("as of time");
+    let (_, bs) = crow_lake::run_read_only(&ctx, "select count(*) as n from raw_web_events")
+        .await
+        .expect("q");
+    assert_eq!(
+        batches_to_json(&bs).expect("json")[0]["n"],
+        80,
+        "{}: timestamp travel",
+        b.name
+    );
+    // Before the lake existed, every table is empty.
+    let ctx = lake
+        .session_as_of(AsOf::Timestamp(Utc::now() - chrono::Duration::days(1)))
+        .await
+        .expect("before");
+    let (_, bs) = crow_lake::run_read_only(&ctx, "select count(*) as n from raw_web_events")
+        .await
+        .expect("q");
+    assert_eq!(batches_to_json(&bs).expect("json")[0]["n"], 0);
+    assert!(lake
+        .session_with(&[("raw_web_events".to_string(), AsOf::Version(999))])
+        .await
+        .is_err());
+
+    // history, newest first
+    let h = lake.history("raw_web_events", 100).await.expect("history");
+    assert_eq!(
+        h[0]["version"],
+        lake.stats("raw_web_events").await.expect("stats").version
+    );
+    assert_eq!(h.last().expect("first commit")["version"], 0);
+
+    // merge / upsert
+    let product = |id: &str, name: &str| crow_lake::products::Product {
+        org_id: "o1".into(),
+        product_id: id.into(),
+        sku: None,
+        name: name.into(),
+        url: None,
+        category: None,
+        brand: None,
+        price: Some(10.0),
+        currency: None,
+        description: None,
+        image_url: None,
+        source: "import".into(),
+    };
+    let r = crow_lake::products::upsert(&lake, &[product("p1", "One"), product("p2", "Two")])
+        .await
+        .expect("merge");
+    assert_eq!(r, (2, 0));
+    let (_, bs) = lake
+        .sql("select created_at from products where product_id = 'p1'")
+        .await
+        .expect("q");
+    let created_p1 = batches_to_json(&bs).expect("json")[0]["created_at"].clone();
+    let r = crow_lake::products::upsert(&lake, &[product("p1", "One v2"), product("p3", "Three")])
+        .await
+        .expect("merge");
+    assert_eq!(r, (1, 1));
+    assert_eq!(count(&lake, "select count(*) from products").await, 3);
+    let (_, bs) = lake
+        .sql("select name, created_at from products where product_id = 'p1'")
+        .await
+        .expect("q");
+    let p1 = &batches_to_json(&bs).expect("json")[0];
+    assert_eq!(p1["name"], "One v2");
+    assert_eq!(
+        p1["created_at"], created_p1,
+        "created_at survives an update"
+    );
+
+    // optimize compacts, rows unchanged; vacuum removes the replaced files
+    for i in 0..4 {
+        lake.append(
+            "raw_web_events",
+            vec![batch(&events("o2", &format!("o{i}"), 4, 3))],
+        )
+        .await
+        .expect("append");
+    }
+    let before = lake.stats("raw_web_events").await.expect("stats");
+    let m = lake.optimize("raw_web_events").await.expect("optimize");
+    assert!(
+        m.files_removed >= 4 && m.files_added >= 1,
+        "{}: {m:?}",
+        b.name
+    );
+    let after = lake.stats("raw_web_events").await.expect("stats");
+    assert_eq!(after.rows, before.rows);
+    assert!(after.files < before.files);
+    let would = lake
+        .vacuum("raw_web_events", 0, true)
+        .await
+        .expect("dry run");
+    assert!(
+        would >= 4,
+        "{}: vacuum dry run lists the compacted files ({would})",
+        b.name
+    );
+    let deleted = lake
+        .vacuum("raw_web_events", 0, false)
+        .await
+        .expect("vacuum");
+    assert_eq!(deleted, would);
+    assert_eq!(
+        count(&lake, "select count(*) from raw_web_events").await,
+        after.rows as i64
+    );
+
+    // checkpoint, then the table still loads at the same version
+    let v = lake.checkpoint("raw_web_events").await.expect("checkpoint");
+    assert_eq!(
+        lake.stats("raw_web_events").await.expect("stats").version,
+        v
+    );
+    assert_eq!(
+        count(&lake, "select count(*) from raw_web_events").await,
+        after.rows as i64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lake_suite_local() {
+    suite(Backend::local()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lake_suite_s3() {
+    suite(Backend::s3()).await;
+}
+
+const CHILD_BATCHES: usize = 8;
+const CHILD_ROWS: usize = 25;
+
+/// Two processes append to one table at the same time: both land.
+async fn concurrent(b: Backend) {
+    let lake = b.lake().await;
+    lake.init().await.expect("init");
+    let exe = std::env::current_exe().expect("exe");
+    let children: Vec<_> = ["w1", "w2"]
+        .iter()
+        .map(|id| {
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.args([
+                "--exact",
+                "lake::writer_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("CROW_CHILD_LAKE", &b.uri)
+            .env("CROW_CHILD_ID", id);
+            for (k, v) in &b.env {
+                cmd.env(k, v);
+            }
+            cmd.spawn().expect("spawn writer")
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().expect("writer");
+        assert!(out.status.success(), "{}: a writer process failed", b.name);
+    }
+    let expected = (2 * CHILD_BATCHES * CHILD_ROWS) as i64;
+    assert_eq!(
+        count(&lake, "select count(*) from raw_web_events").await,
+        expected,
+        "{}",
+        b.name
+    );
+    assert_eq!(
+        count(
+            &lake,
+            "select count(distinct message_id) from raw_web_events"
+        )
+        .await,
+        expected
+    );
+    assert_eq!(
+        lake.stats("raw_web_events").await.expect("stats").version,
+        (2 * CHILD_BATCHES) as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_local() {
+    concurrent(Backend::local()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_s3() {
+    concurrent(Backend::s3()).await;
+}
+
+/// The writer process of `concurrent_writers_*` (run by them, not alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of concurrent_writers_*"]
+async fn writer_child() {
+    let uri = std::env::var("CROW_CHILD_LAKE").expect("CROW_CHILD_LAKE");
+    let id = std::env::var("CROW_CHILD_ID").expect("CROW_CHILD_ID");
+    let mut cfg = crow_schemas::config::LakeConfig {
+        uri,
+        ..Default::default()
+    };
+    if let Ok(e) = std::env::var("AWS_ENDPOINT_URL") {
+        cfg.s3.endpoint = e;
+        cfg.s3.allow_http = true;
+    }
+    let lake = Lake::open(&cfg).await.expect("open");
+    for i in 0..CHILD_BATCHES {
+        let rows = events("o1", &format!("{id}-{i}"), 5, CHILD_ROWS);
+        lake.append("raw_web_events", vec![batch(&rows)])
+            .await
+            .expect("append");
+    }
+}

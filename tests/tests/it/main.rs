@@ -1,0 +1,9 @@
+//! CROW's end-to-end tests: one binary (see STYLE.md), real storage backends,
+//! the real `crow` binary, independent readers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod cli;
+mod ingest;
+mod lake;
+mod readers;
+mod support;

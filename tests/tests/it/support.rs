@@ -1,0 +1,256 @@
+//! Shared test support: storage backends, the `crow` binary, Python readers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crow_lake::Lake;
+use crow_schemas::config::LakeConfig;
+
+/// A lake location under test: a temp folder or a prefix on the local
+/// S3-compatible server that the test command started.
+pub struct Backend {
+    pub name: &'static str,
+    pub uri: String,
+    pub env: Vec<(String, String)>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Backend {
+    pub fn local() -> Backend {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Backend {
+            name: "local",
+            uri: dir.path().join("lake").display().to_string(),
+            env: Vec::new(),
+            _dir: Some(dir),
+        }
+    }
+
+    /// A fresh prefix in the test bucket of the S3 server at
+    /// `CROW_TEST_S3_ENDPOINT` (started by `scripts/test.sh`).
+    pub fn s3() -> Backend {
+        let endpoint = std::env::var("CROW_TEST_S3_ENDPOINT").unwrap_or_else(|_| {
+            panic!("CROW_TEST_S3_ENDPOINT is not set: run the tests with scripts/test.sh, which starts a local S3 server")
+        });
+        let bucket = std::env::var("CROW_TEST_S3_BUCKET").unwrap_or_else(|_| "crow-test".into());
+        Backend {
+            name: "s3",
+            uri: format!("s3://{bucket}/{}", uuid::Uuid::new_v4().simple()),
+            env: vec![
+                ("AWS_ENDPOINT_URL".into(), endpoint),
+                ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
+                ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
+                ("AWS_REGION".into(), "us-east-1".into()),
+                ("AWS_ALLOW_HTTP".into(), "true".into()),
+            ],
+            _dir: None,
+        }
+    }
+
+    pub fn lake_config(&self) -> LakeConfig {
+        let mut cfg = LakeConfig {
+            uri: self.uri.clone(),
+            ..LakeConfig::default()
+        };
+        for (k, v) in &self.env {
+            match k.as_str() {
+                "AWS_ENDPOINT_URL" => cfg.s3.endpoint = v.clone(),
+                "AWS_ACCESS_KEY_ID" => cfg.s3.access_key_id = v.clone(),
+                "AWS_SECRET_ACCESS_KEY" => cfg.s3.secret_access_key = v.clone(),
+                "AWS_REGION" => cfg.s3.region = v.clone(),
+                "AWS_ALLOW_HTTP" => cfg.s3.allow_http = true,
+                _ => {}
+            }
+        }
+        cfg
+    }
+
+    pub async fn lake(&self) -> Lake {
+        Lake::open(&self.lake_config()).await.expect("open lake")
+    }
+
+    /// Run the `crow` binary against this lake.
+    pub fn crow(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(crow_bin());
+        cmd.arg("--lake").arg(&self.uri).args(args);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.env_remove("CROW_CONFIG").env_remove("CROW_LAKE");
+        cmd.output().expect("run crow")
+    }
+
+    /// Run `crow`, assert success, return stdout.
+    pub fn crow_ok(&self, args: &[&str]) -> String {
+        let out = self.crow(args);
+        assert!(
+            out.status.success(),
+            "crow {args:?} on {} failed: {}\n{}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 stdout")
+    }
+
+    /// Run `crow ... --format json`, parse stdout.
+    pub fn crow_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.extend(["--format", "json"]);
+        let out = self.crow_ok(&a);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("crow {a:?}: not JSON ({e}): {out}"))
+    }
+}
+
+/// The `crow` binary built beside this test binary (`cargo build -p
+/// crow-cli` first; scripts/test.sh does).
+pub fn crow_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("CROW_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/it-xxxx → target/<profile>/crow
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join(format!("crow{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} does not exist: build it with `cargo build -p crow-cli` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// The Python interpreter of the test virtualenv (scripts/test-deps.sh).
+pub fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("CROW_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    assert!(
+        venv.exists(),
+        "{} is missing: run scripts/test-deps.sh (scripts/test.sh does)",
+        venv.display()
+    );
+    venv
+}
+
+/// Read a table with an independent Python reader; rows as JSON objects.
+pub fn python_read(
+    backend: &Backend,
+    engine: &str,
+    table: &str,
+    cols: &[&str],
+) -> Vec<serde_json::Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/read_table.py");
+    let uri = if backend.uri.starts_with("s3://") {
+        format!("{}/{table}", backend.uri)
+    } else {
+        Path::new(&backend.uri).join(table).display().to_string()
+    };
+    let mut cmd = Command::new(python());
+    cmd.arg(script).arg(engine).arg(&uri).arg(cols.join(","));
+    for (k, v) in &backend.env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run python");
+    assert!(
+        out.status.success(),
+        "{engine} failed to read {uri}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}
+
+/// A running `crow serve` child process.
+pub struct Server {
+    pub child: std::process::Child,
+    pub addr: String,
+    pub logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Start `crow serve` on a free port against `backend`, with extra
+    /// environment variables, and wait until it listens.
+    pub fn start(backend: &Backend, wal_dir: &Path, env: &[(&str, &str)]) -> Server {
+        use std::io::BufRead;
+        let mut cmd = Command::new(crow_bin());
+        cmd.args([
+            "--lake",
+            &backend.uri,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--wal-dir",
+        ])
+        .arg(wal_dir)
+        .env_remove("CROW_CONFIG")
+        .env_remove("CROW_LAKE")
+        .env("CROW_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+        for (k, v) in &backend.env {
+            cmd.env(k, v);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn crow serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let l = logs.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(a) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(a.trim().to_string());
+                }
+                l.lock().expect("logs").push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("crow serve did not start: {:?}", logs.lock().expect("logs"));
+            }
+        };
+        Server { child, addr, logs }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a graceful exit.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Ok(logs) = self.logs.lock() {
+                eprintln!("--- crow serve log ---\n{}", logs.join("\n"));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
