@@ -83,27 +83,29 @@ impl Flusher {
         for (seq, path) in self.wal.sealed_segments()? {
             let started = Instant::now();
             let p = path.clone();
-            let records = tokio::task::spawn_blocking(move || read_segment(&p))
+            let decoded = tokio::task::spawn_blocking(move || decode_segment(&p))
                 .await
-                .map_err(|e| crow_lake::Error::Invalid(format!("WAL reader panicked: {e}")))??;
-            let mut by_table: BTreeMap<WalTable, Vec<u8>> = BTreeMap::new();
-            let mut counts: BTreeMap<WalTable, u64> = BTreeMap::new();
-            for (table, json) in records {
-                let buf = by_table.entry(table).or_default();
-                buf.extend_from_slice(&json);
-                buf.push(b'\n');
-                *counts.entry(table).or_default() += 1;
-            }
-            for (table, json) in by_table {
+                .map_err(|e| crow_lake::Error::Invalid(format!("WAL decoder panicked: {e}")))?;
+            let tables = match decoded {
+                Ok(t) => t,
+                Err(e) => {
+                    // A segment that cannot be read back (disk corruption, or a
+                    // bug) must not block every later one: set it aside, loudly.
+                    let kept = path.with_extension("corrupt");
+                    tracing::error!(seq, error = %e, kept = %kept.display(),
+                        "WAL segment cannot be decoded; quarantined for inspection");
+                    self.metrics.segments_quarantined.inc();
+                    self.wal.quarantine(&path, &kept)?;
+                    continue;
+                }
+            };
+            for (table, batch) in tables {
                 let name = table.table_name();
-                let batch = tokio::task::spawn_blocking(move || decode(name, &json))
-                    .await
-                    .map_err(|e| crow_lake::Error::Invalid(format!("decoder panicked: {e}")))??;
+                let n = batch.num_rows() as u64;
                 let landed = self
                     .lake
                     .append_once(name, vec![batch], &self.app_id, seq as i64)
                     .await?;
-                let n = counts.get(&table).copied().unwrap_or(0);
                 if landed {
                     total += n;
                     self.metrics.rows_committed.inc_by(name, n);
@@ -123,6 +125,22 @@ impl Flusher {
         }
         Ok(total)
     }
+}
+
+/// Read a sealed segment and decode each table's rows into one batch.
+fn decode_segment(
+    path: &std::path::Path,
+) -> Result<Vec<(WalTable, RecordBatch)>, crow_lake::Error> {
+    let mut by_table: BTreeMap<WalTable, Vec<u8>> = BTreeMap::new();
+    for (table, json) in read_segment(path)? {
+        let buf = by_table.entry(table).or_default();
+        buf.extend_from_slice(&json);
+        buf.push(b'\n');
+    }
+    by_table
+        .into_iter()
+        .map(|(table, json)| Ok((table, decode(table.table_name(), &json)?)))
+        .collect()
 }
 
 /// Decode newline-delimited JSON rows into one batch of `table`'s schema,
@@ -158,4 +176,88 @@ fn decode(table: &str, json: &[u8]) -> Result<RecordBatch, crow_lake::Error> {
     };
     let idx = sort_to_indices(batch.column(org), Some(SortOptions::default()), None)?;
     Ok(take_record_batch(&batch, &idx)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::{WalOptions, WalRecord};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replays_once_and_quarantines_undecodable_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crow_schemas::config::LakeConfig {
+            uri: dir.path().join("lake").display().to_string(),
+            ..Default::default()
+        };
+        let lake = Lake::open(&cfg).await.unwrap();
+        lake.init().await.unwrap();
+        let wal = Wal::open(WalOptions {
+            dir: dir.path().join("wal"),
+            seal_interval: Duration::from_secs(3600),
+            seal_rows: 1_000_000,
+            seal_bytes: 1 << 30,
+            max_pending_bytes: 1 << 30,
+            queue: 16,
+        })
+        .unwrap();
+        let failed = crate::channels::FailedEventRow::new(
+            Some("o1"),
+            "collector",
+            Some("web"),
+            Some("m1".into()),
+            "missing_field",
+            "why",
+            Some("{}"),
+            chrono::Utc::now(),
+        );
+        let good = WalRecord {
+            table: WalTable::FailedEvents,
+            json: serde_json::to_vec(&failed).unwrap(),
+        };
+        wal.append(vec![good.clone()]).await.unwrap();
+        wal.seal_now().await.unwrap();
+        // A row with a column the table does not have cannot be decoded.
+        let bad = WalRecord {
+            table: WalTable::FailedEvents,
+            json: br#"{"org_id":"o1","no_such_column":1}"#.to_vec(),
+        };
+        wal.append(vec![bad]).await.unwrap();
+        wal.seal_now().await.unwrap();
+        wal.append(vec![good]).await.unwrap();
+        wal.seal_now().await.unwrap();
+
+        let first = dir.path().join("wal").join(format!("{:020}.sealed", 1));
+        let copy = dir.path().join("segment-1.copy");
+        std::fs::copy(&first, &copy).unwrap();
+
+        let metrics = Arc::new(Metrics::default());
+        let f = Flusher::new(
+            wal.clone(),
+            lake.clone(),
+            "test",
+            metrics.clone(),
+            Duration::from_secs(1),
+        );
+        assert_eq!(f.flush_sealed().await.unwrap(), 2);
+        assert_eq!(metrics.segments_quarantined.get(), 1);
+        assert!(wal.sealed_segments().unwrap().is_empty());
+        assert!(dir
+            .path()
+            .join("wal")
+            .join(format!("{:020}.corrupt", 2))
+            .exists());
+        assert_eq!(lake.stats("failed_events").await.unwrap().rows, 2);
+        let app = "crow-collector/test";
+        assert_eq!(
+            lake.app_version("failed_events", app).await.unwrap(),
+            Some(3)
+        );
+        // A crash after the commit but before the segment was deleted: the
+        // replay lands nothing twice.
+        std::fs::copy(&copy, &first).unwrap();
+        assert_eq!(f.flush_sealed().await.unwrap(), 0);
+        assert!(!first.exists());
+        assert_eq!(lake.stats("failed_events").await.unwrap().rows, 2);
+    }
 }

@@ -122,6 +122,8 @@ pub struct Metrics {
     pub rows_committed: LabeledCounter,
     /// Segments flushed.
     pub segments_flushed: Counter,
+    /// Segments set aside because they could not be decoded.
+    pub segments_quarantined: Counter,
     /// Failed flush attempts (retried).
     pub flush_failures: Counter,
     /// Time to flush one segment.
@@ -139,6 +141,7 @@ impl Default for Metrics {
             backpressure: Counter::default(),
             rows_committed: LabeledCounter::default(),
             segments_flushed: Counter::default(),
+            segments_quarantined: Counter::default(),
             flush_failures: Counter::default(),
             flush_seconds: Histogram::new(LATENCY),
             ack_seconds: Histogram::new(LATENCY),
@@ -189,6 +192,12 @@ impl Metrics {
             "crow_ingest_segments_flushed_total",
             "WAL segments committed and retired.",
             self.segments_flushed.get(),
+        );
+        counter(
+            &mut out,
+            "crow_ingest_segments_quarantined_total",
+            "WAL segments that could not be decoded, kept aside as <seq>.corrupt.",
+            self.segments_quarantined.get(),
         );
         counter(
             &mut out,

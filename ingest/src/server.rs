@@ -158,6 +158,8 @@ pub fn router(state: Arc<IngestState>) -> Router {
         // Bodies are read with our own bound (see `read_body`), so an
         // oversized request gets the same JSON refusal as every other error.
         .layer(DefaultBodyLimit::disable())
+        // A slow or stalled client cannot hold a request open: 408 after 30 s.
+        .layer(axum::middleware::from_fn(request_timeout))
         .layer(cors)
         .with_state(state)
 }
@@ -561,6 +563,13 @@ fn prepare_web(
     out
 }
 
+/// Only the write key of a body (every other field is skipped unparsed).
+#[derive(serde::Deserialize)]
+struct WriteKeyOnly {
+    #[serde(rename = "writeKey")]
+    write_key: Option<String>,
+}
+
 #[derive(serde::Deserialize)]
 struct BatchBody<'a> {
     #[serde(borrow)]
@@ -653,11 +662,9 @@ async fn single(
     let text = std::str::from_utf8(&raw)
         .map_err(|_| refuse(&state, StatusCode::BAD_REQUEST, "invalid_utf8", "not UTF-8"))?;
     let event: &RawValue = serde_json::from_str(text).map_err(|e| json_refusal(&state, &e))?;
-    let write_key = serde_json::from_str::<Value>(text).ok().and_then(|v| {
-        v.get("writeKey")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    });
+    let write_key = serde_json::from_str::<WriteKeyOnly>(text)
+        .ok()
+        .and_then(|k| k.write_key);
     let org = authorize(&state, &headers, write_key.as_deref()).await?;
     let ip_hash = client_ip(&headers, Some(peer)).map(|ip| hash_ip(&state.ip_salt, &ip));
     let prepared = prepare_web(
@@ -724,18 +731,10 @@ async fn other_channel(
     let mut rejected = Vec::new();
     for (index, item) in items.iter().enumerate() {
         let row = match channel {
-            "social" => channels::social_row(&org, parsed.get("run_id"), item, now).and_then(|r| {
-                serde_json::to_vec(&r).map_err(|e| crate::normalize::Rejection {
-                    code: "internal",
-                    reason: e.to_string(),
-                })
-            }),
-            _ => channels::cctv_row(&org, item, now).and_then(|r| {
-                serde_json::to_vec(&r).map_err(|e| crate::normalize::Rejection {
-                    code: "internal",
-                    reason: e.to_string(),
-                })
-            }),
+            "social" => {
+                channels::social_row(&org, parsed.get("run_id"), item, now).and_then(|r| encode(&r))
+            }
+            _ => channels::cctv_row(&org, item, now).and_then(|r| encode(&r)),
         };
         match row {
             Ok(json) => {
@@ -778,6 +777,26 @@ async fn other_channel(
     }
     commit(&state, records, started).await?;
     Ok(respond(accepted, rejected, false))
+}
+
+/// Answer 408 when a request (including reading its body) takes over 30 s.
+async fn request_timeout(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match tokio::time::timeout(Duration::from_secs(30), next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => Refusal::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request took longer than 30 s",
+        )
+        .into_response(),
+    }
+}
+
+fn encode<T: Serialize>(row: &T) -> Result<Vec<u8>, crate::normalize::Rejection> {
+    serde_json::to_vec(row).map_err(|e| crate::normalize::Rejection {
+        code: "internal",
+        reason: format!("could not encode the row: {e}"),
+    })
 }
 
 async fn sdk() -> impl IntoResponse {

@@ -215,13 +215,24 @@ impl Wal {
     /// can commit everything acknowledged so far.
     pub async fn seal_now(&self) -> Result<(), WalError> {
         let (ack, done) = oneshot::channel();
-        self.tx
-            .send(Request {
-                records: Vec::new(),
-                ack,
-                seal: true,
-            })
-            .map_err(|_| WalError::Unavailable("the WAL writer stopped".into()))?;
+        let mut req = Request {
+            records: Vec::new(),
+            ack,
+            seal: true,
+        };
+        // Never block the async runtime on a full queue: wait and retry.
+        loop {
+            match self.tx.try_send(req) {
+                Ok(()) => break,
+                Err(TrySendError::Full(r)) => {
+                    req = r;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    return Err(WalError::Unavailable("the WAL writer stopped".into()))
+                }
+            }
+        }
         match done.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(WalError::Unavailable(e)),
@@ -253,18 +264,36 @@ impl Wal {
             .collect())
     }
 
+    /// Set aside a segment that cannot be decoded (renamed, kept for
+    /// inspection), and update the counters.
+    pub fn quarantine(&self, path: &Path, to: &Path) -> std::io::Result<()> {
+        let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        std::fs::rename(path, to)?;
+        sync_dir(&self.dir)?;
+        self.forget(len);
+        Ok(())
+    }
+
+    fn forget(&self, len: u64) {
+        let _ = self
+            .stats
+            .pending_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(len))
+            });
+        let _ =
+            self.stats
+                .pending_segments
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                    Some(v.saturating_sub(1))
+                });
+    }
+
     /// Forget a flushed segment: delete it and update the counters.
     pub fn retire(&self, path: &Path) -> std::io::Result<()> {
         let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         std::fs::remove_file(path)?;
-        self.stats.pending_bytes.fetch_sub(
-            len.min(self.stats.pending_bytes.load(Ordering::Relaxed)),
-            Ordering::Relaxed,
-        );
-        let segs = self.stats.pending_segments.load(Ordering::Relaxed);
-        self.stats
-            .pending_segments
-            .store(segs.saturating_sub(1), Ordering::Relaxed);
+        self.forget(len);
         Ok(())
     }
 }

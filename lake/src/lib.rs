@@ -313,19 +313,33 @@ impl Lake {
     /// appends). Returns the committed version, or the current one when there
     /// was nothing to write.
     pub async fn append(&self, name: &str, batches: Vec<RecordBatch>) -> Result<u64> {
-        let batches = non_empty(batches);
+        self.write(name, non_empty(batches), None).await
+    }
+
+    /// Commit `batches`: an append, or with `replace` an overwrite of the rows
+    /// matching that predicate. Retried when a concurrent writer wins.
+    async fn write(
+        &self,
+        name: &str,
+        batches: Vec<RecordBatch>,
+        replace: Option<&str>,
+    ) -> Result<u64> {
         if batches.is_empty() {
             return self.table(name).await.map(|t| t.version().unwrap_or(0));
         }
         let batches = &batches;
         self.with_retries(name, || async move {
             let t = self.table(name).await?;
-            let t = t
+            let mut w = t
                 .write(batches.clone())
-                .with_save_mode(SaveMode::Append)
-                .with_commit_properties(self.commit_props())
-                .await
-                .map_err(|e| Error::delta(name, e))?;
+                .with_commit_properties(self.commit_props());
+            w = match replace {
+                Some(p) => w
+                    .with_save_mode(SaveMode::Overwrite)
+                    .with_replace_where(p.to_string()),
+                None => w.with_save_mode(SaveMode::Append),
+            };
+            let t = w.await.map_err(|e| Error::delta(name, e))?;
             Ok(t.version().unwrap_or(0))
         })
         .await
@@ -401,19 +415,7 @@ impl Lake {
             self.delete_where(name, predicate).await?;
             return self.table(name).await.map(|t| t.version().unwrap_or(0));
         }
-        let batches = &batches;
-        self.with_retries(name, || async move {
-            let t = self.table(name).await?;
-            let t = t
-                .write(batches.clone())
-                .with_save_mode(SaveMode::Overwrite)
-                .with_replace_where(predicate.to_string())
-                .with_commit_properties(self.commit_props())
-                .await
-                .map_err(|e| Error::delta(name, e))?;
-            Ok(t.version().unwrap_or(0))
-        })
-        .await
+        self.write(name, batches, Some(predicate)).await
     }
 
     /// Delete the rows matching `predicate`. Returns the number deleted.
