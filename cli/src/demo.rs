@@ -113,7 +113,7 @@ pub async fn run(lake: &Lake, visitors: usize, days: u32, seed: u64, format: For
             "were already in the lake"
         },
         first_day,
-        today,
+        today.pred_opt().unwrap_or(today),
     );
     if let Some(k) = write_key {
         eprintln!("ingest write key (shown once): {k}");

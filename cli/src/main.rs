@@ -176,10 +176,12 @@ enum ConfigCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // delta-kernel logs an ERROR whenever it probes a folder that is not a
+    // table yet (every `crow init`); the caller handles that case.
     let default_level = if matches!(cli.command, Command::Serve { .. }) {
-        "info"
+        "info,buoyant_kernel::snapshot::builder=off,deltalake_core::operations::merge=error"
     } else {
-        "warn"
+        "warn,buoyant_kernel::snapshot::builder=off,deltalake_core::operations::merge=error"
     };
     tracing_subscriber::fmt()
         .with_env_filter(
