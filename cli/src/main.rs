@@ -178,15 +178,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // delta-kernel logs an ERROR whenever it probes a folder that is not a
     // table yet (every `crow init`); the caller handles that case.
-    let default_level = if matches!(cli.command, Command::Serve { .. }) {
-        "info,buoyant_kernel::snapshot::builder=off,deltalake_core::operations::merge=error"
+    const QUIET: &str =
+        "buoyant_kernel::snapshot::builder=off,deltalake_core::operations::merge=error";
+    let level = if matches!(cli.command, Command::Serve { .. }) {
+        "info"
     } else {
-        "warn,buoyant_kernel::snapshot::builder=off,deltalake_core::operations::merge=error"
+        "warn"
     };
+    let default_level = format!("{level},{QUIET}");
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CROW_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
