@@ -2,7 +2,11 @@
 
 mod bench;
 mod demo;
+mod export;
+mod jobs;
+mod keys;
 mod output;
+mod products;
 mod serve;
 
 use std::path::PathBuf;
@@ -29,10 +33,10 @@ struct Cli {
 }
 
 #[derive(Debug, Args, Clone, Copy)]
-struct FormatArg {
+pub struct FormatArg {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
-    format: Format,
+    pub format: Format,
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,6 +100,17 @@ enum Command {
     /// Organizations (tenants).
     #[command(subcommand)]
     Orgs(OrgsCommand),
+    /// Query API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Export a table (one organization's rows) to Parquet, CSV or JSON lines.
+    Export(export::ExportArgs),
+    /// Batch jobs: sessionize, enrich (run now, status).
+    #[command(subcommand)]
+    Jobs(jobs::JobsCommand),
+    /// The product catalog: import, crawl, list.
+    #[command(subcommand)]
+    Products(products::ProductsCommand),
     /// Generate a synthetic brand with a week of activity and land it.
     Demo {
         /// Visitors to generate.
@@ -126,6 +141,46 @@ enum Command {
         /// ./crow-wal otherwise).
         #[arg(long, env = "CROW_WAL_DIR")]
         wal_dir: Option<PathBuf>,
+        /// Serve only one part (for separate scaling): `api` or `ingest`.
+        /// Default: both on one listener.
+        #[arg(long, env = "CROW_SERVE_ONLY", value_enum)]
+        only: Option<serve::Only>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create an API key (the secret is shown once; only its hash is stored).
+    Create {
+        /// Organization id or name.
+        #[arg(long)]
+        org: String,
+        /// What the key may do.
+        #[arg(long, value_parser = ["read", "export", "admin"], default_value = "read")]
+        scope: String,
+        /// Expire after this many days (default: never).
+        #[arg(long, value_name = "DAYS")]
+        expires: Option<u32>,
+        /// A label.
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// List API keys (never their secrets or hashes).
+    List {
+        /// Only this organization's keys (id or name).
+        #[arg(long)]
+        org: Option<String>,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// Revoke an API key by id (enforced by servers within api.key_cache_seconds).
+    Revoke {
+        /// Key id (`key_…`).
+        id: String,
+        #[command(flatten)]
+        format: FormatArg,
     },
 }
 
@@ -439,9 +494,47 @@ async fn run(cli: Cli) -> Result<()> {
             )
             .await
         }
-        Command::Serve { listen, wal_dir } => {
+        Command::Serve {
+            listen,
+            wal_dir,
+            only,
+        } => {
             let lake = open_lake(&cfg).await?;
-            serve::run(lake, cfg, listen, wal_dir).await
+            serve::run(lake, cfg, listen, wal_dir, only).await
+        }
+        Command::Keys(KeysCommand::Create {
+            org,
+            scope,
+            expires,
+            name,
+            format,
+        }) => {
+            let lake = open_lake(&cfg).await?;
+            keys::create(&lake, &org, &scope, expires, name.as_deref(), format.format).await
+        }
+        Command::Keys(KeysCommand::List { org, format }) => {
+            let lake = open_lake(&cfg).await?;
+            keys::list(&lake, org.as_deref(), format.format).await
+        }
+        Command::Keys(KeysCommand::Revoke { id, format }) => {
+            let lake = open_lake(&cfg).await?;
+            keys::revoke(&lake, &id, format.format).await
+        }
+        Command::Export(args) => {
+            let lake = open_lake(&cfg).await?;
+            export::run(&lake, args).await
+        }
+        Command::Jobs(jobs::JobsCommand::Run(args)) => {
+            let lake = open_lake(&cfg).await?;
+            jobs::run(&lake, &cfg, args).await
+        }
+        Command::Jobs(jobs::JobsCommand::Status { limit, format }) => {
+            let lake = open_lake(&cfg).await?;
+            jobs::status(&lake, limit, format.format).await
+        }
+        Command::Products(cmd) => {
+            let lake = open_lake(&cfg).await?;
+            products::run(&lake, cmd).await
         }
         Command::Config(ConfigCommand::Default) => {
             print!("{}", crow_schemas::config::default_toml());

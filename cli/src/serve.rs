@@ -1,4 +1,5 @@
-//! `crow serve`: the collector on one listener, with graceful shutdown.
+//! `crow serve`: the collector and the query API on one listener (or one of
+//! them with `--only`), with graceful shutdown.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,11 +9,21 @@ use crow_ingest::Collector;
 use crow_lake::Lake;
 use crow_schemas::config::Config;
 
+/// Which part of the server to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Only {
+    /// The query API (`/api/v1/…`) only.
+    Api,
+    /// The collector only.
+    Ingest,
+}
+
 pub async fn run(
     lake: Lake,
     mut cfg: Config,
     listen: Option<String>,
     wal_dir: Option<PathBuf>,
+    only: Option<Only>,
 ) -> Result<()> {
     if let Some(l) = listen {
         cfg.server.listen = l;
@@ -25,10 +36,49 @@ pub async fn run(
     })?;
     lake.init().await.context("preparing the lake")?;
     let wal_dir = wal_dir.unwrap_or_else(|| crow_ingest::service::wal_dir(&cfg.ingest, &lake));
-    let collector = Collector::start(lake.clone(), cfg.ingest.clone(), wal_dir.clone())
-        .await
-        .with_context(|| format!("starting the collector (WAL in {})", wal_dir.display()))?;
-    let app = collector.router.clone();
+    let collector = if only == Some(Only::Api) {
+        None
+    } else {
+        Some(
+            Collector::start(lake.clone(), cfg.ingest.clone(), wal_dir.clone())
+                .await
+                .with_context(|| {
+                    format!("starting the collector (WAL in {})", wal_dir.display())
+                })?,
+        )
+    };
+    let api = if only == Some(Only::Ingest) {
+        None
+    } else {
+        Some(
+            crow_query_api::ApiState::new(lake.clone(), cfg.api.clone())
+                .context("starting the query API")?,
+        )
+    };
+    let app = match (&collector, &api) {
+        (Some(c), Some(a)) => c
+            .router
+            .clone()
+            .merge(crow_query_api::router(a.clone()))
+            .layer(axum::middleware::from_fn_with_state(
+                a.metrics.clone(),
+                append_api_metrics,
+            )),
+        (Some(c), None) => c.router.clone(),
+        (None, Some(a)) => {
+            let m = a.metrics.clone();
+            crow_query_api::router(a.clone())
+                .route("/healthz", axum::routing::get(|| async { "ok" }))
+                .route(
+                    "/metrics",
+                    axum::routing::get(move || {
+                        let m = m.clone();
+                        async move { m.render() }
+                    }),
+                )
+        }
+        (None, None) => anyhow::bail!("nothing to serve"),
+    };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -42,9 +92,34 @@ pub async fn run(
     .with_graceful_shutdown(shutdown_signal())
     .await
     .context("server error")?;
-    tracing::info!("shutting down: flushing the WAL");
-    collector.shutdown().await;
+    if let Some(c) = collector {
+        tracing::info!("shutting down: flushing the WAL");
+        c.shutdown().await;
+    }
     Ok(())
+}
+
+/// `/metrics` of the combined server: the collector's metrics followed by
+/// the API's.
+async fn append_api_metrics(
+    axum::extract::State(m): axum::extract::State<
+        std::sync::Arc<crow_query_api::metrics::ApiMetrics>,
+    >,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if req.uri().path() != "/metrics" {
+        return next.run(req).await;
+    }
+    let r = next.run(req).await;
+    let (mut parts, body) = r.into_parts();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    let mut text = match axum::body::to_bytes(body, 64 * 1024 * 1024).await {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(_) => String::new(),
+    };
+    text.push_str(&m.render());
+    axum::response::Response::from_parts(parts, axum::body::Body::from(text))
 }
 
 async fn shutdown_signal() {

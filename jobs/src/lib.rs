@@ -1,1 +1,163 @@
-//! placeholder
+//! CROW's batch jobs.
+//!
+//! Every job processes a *window* of time and replaces exactly that window's
+//! output (Delta replace-where), so running it twice, or backfilling it,
+//! yields the same tables. The run ledger ([`runs`], table `job_runs`)
+//! records every execution and derives the watermarks that incremental runs
+//! start from.
+//!
+//! - [`sessionize`]: raw events of all channels → `sessions`.
+//! - [`enrich`]: sessions → AI-written `interactions`, through [`ai`].
+//! - [`catalog`]: the product catalog: import from CSV / JSON lines, crawl
+//!   a site's sitemap for schema.org products.
+#![warn(missing_docs)]
+
+pub mod ai;
+pub mod catalog;
+pub mod enrich;
+pub mod runs;
+pub mod sessionize;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use std::sync::Arc;
+
+/// What can go wrong in a job.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The lake failed (storage, Delta, query).
+    #[error(transparent)]
+    Lake(#[from] crow_lake::Error),
+    /// A DataFusion query failed.
+    #[error("query failed: {0}")]
+    Query(Box<crow_lake::datafusion::error::DataFusionError>),
+    /// The arguments or configuration are not usable.
+    #[error("{0}")]
+    Invalid(String),
+    /// An AI provider could not be set up.
+    #[error("AI provider: {0}")]
+    Ai(String),
+    /// Input that could not be read (a file, a site).
+    #[error("{0}")]
+    Input(String),
+}
+
+impl From<crow_lake::datafusion::error::DataFusionError> for Error {
+    fn from(e: crow_lake::datafusion::error::DataFusionError) -> Self {
+        Error::Query(Box::new(e))
+    }
+}
+
+impl From<crow_lake::arrow::error::ArrowError> for Error {
+    fn from(e: crow_lake::arrow::error::ArrowError) -> Self {
+        Error::Query(Box::new(e.into()))
+    }
+}
+
+/// Result of a job operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A half-open time window `[start, end)`, UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Inclusive start.
+    pub start: DateTime<Utc>,
+    /// Exclusive end.
+    pub end: DateTime<Utc>,
+}
+
+impl Window {
+    /// The window of whole UTC days `[from, to)`.
+    pub fn days(from: NaiveDate, to: NaiveDate) -> Result<Window> {
+        if to <= from {
+            return Err(Error::Invalid(format!(
+                "--to {to} must be after --from {from} (from is inclusive, to exclusive)"
+            )));
+        }
+        Ok(Window {
+            start: from.and_time(chrono::NaiveTime::MIN).and_utc(),
+            end: to.and_time(chrono::NaiveTime::MIN).and_utc(),
+        })
+    }
+
+    /// Whether the window holds no time at all.
+    pub fn is_empty(&self) -> bool {
+        self.end <= self.start
+    }
+}
+
+impl std::fmt::Display for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "[{}, {})",
+            self.start.format("%Y-%m-%dT%H:%M:%SZ"),
+            self.end.format("%Y-%m-%dT%H:%M:%SZ")
+        )
+    }
+}
+
+/// How a run was started; recorded in `job_runs.trigger`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// `crow jobs run` without a window: incremental, moves the watermark.
+    Cli,
+    /// The scheduler inside `crow serve`: incremental.
+    Schedule,
+    /// An explicit window (`--from/--to`, `crow backfill`): replaces that
+    /// window and leaves the watermark alone.
+    Backfill,
+}
+
+impl Trigger {
+    /// The ledger's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Cli => "cli",
+            Trigger::Schedule => "schedule",
+            Trigger::Backfill => "backfill",
+        }
+    }
+}
+
+/// Progress of a long run, shown by the CLI as a progress bar.
+pub trait Progress: Send + Sync {
+    /// A new phase with `len` steps (0 when unknown).
+    fn phase(&self, name: &str, len: u64);
+    /// `n` more steps done.
+    fn inc(&self, n: u64);
+}
+
+/// Progress that goes nowhere.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn phase(&self, _: &str, _: u64) {}
+    fn inc(&self, _: u64) {}
+}
+
+/// Shared progress handle.
+pub type ProgressRef = Arc<dyn Progress>;
+
+/// SQL literal for a timestamp, comparable with CROW's timestamp columns.
+pub(crate) fn ts_lit(t: DateTime<Utc>) -> String {
+    format!("'{}'", t.format("%Y-%m-%dT%H:%M:%S%.6fZ"))
+}
+
+/// SQL string literal (single quotes doubled).
+pub(crate) fn str_lit(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The host name recorded with runs.
+pub(crate) fn host() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}

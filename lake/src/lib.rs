@@ -48,6 +48,7 @@ use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 pub use error::{Error, ErrorKind, Result};
 use futures::TryStreamExt;
+pub use object_store;
 use url::Url;
 
 static COMMIT_RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -679,6 +680,25 @@ impl Lake {
     pub async fn sql(&self, query: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         let ctx = self.session().await?;
         run_read_only(&ctx, query).await
+    }
+
+    /// An object store and path for `url` (a file:// or s3:// URL), with this
+    /// lake's storage options (S3 endpoint, credentials). Used for files
+    /// beside the tables, such as exports.
+    pub fn store_for(
+        &self,
+        url: &Url,
+    ) -> Result<(Box<dyn object_store::ObjectStore>, object_store::path::Path)> {
+        Ok(object_store::parse_url_opts(url, self.options.clone())?)
+    }
+
+    /// The URL of `rel` (a relative path such as `_exports/x.parquet`) under
+    /// the lake root.
+    pub fn url_of(&self, rel: &str) -> Result<Url> {
+        self.root.join(rel).map_err(|e| Error::InvalidUri {
+            uri: format!("{}{rel}", self.root),
+            reason: e.to_string(),
+        })
     }
 
     /// A DataFrame over one table at its latest version.

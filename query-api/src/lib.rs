@@ -1,1 +1,201 @@
-//! placeholder
+//! CROW's query API: API keys, tenant-isolated read-only SQL, REST resources.
+//!
+//! Invariants:
+//! - **A key sees only its organization's rows.** Every read runs in a fresh
+//!   DataFusion session whose catalog holds only org-filtered, secret-free
+//!   views of CROW's tables ([`tenant`]); the filter is in the query plan, not
+//!   in rewritten SQL, so joins, unions, CTEs, subqueries, `information_schema`
+//!   and time travel all stay inside the tenant.
+//! - **Read-only.** DDL, DML, COPY, SET and other statements are refused with
+//!   400 before anything runs; no file-reading table function exists.
+//! - **Keys are hashes.** Only a SHA-256 of a key is stored; lookups are
+//!   cached at most `api.key_cache_seconds` (≤ 60 s), so a revocation is
+//!   enforced within that time.
+//! - **Errors are problem details** with stable codes; internal causes are
+//!   logged, never sent.
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod error;
+pub mod export;
+pub mod keys;
+pub mod metrics;
+pub mod rest;
+pub mod sql;
+pub mod tenant;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use axum::body::Bytes;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use crow_lake::Lake;
+use crow_schemas::config::ApiConfig;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+
+use crate::error::{ApiError, ApiResult};
+use crate::keys::Scope;
+
+/// Everything the handlers share.
+pub struct ApiState {
+    /// The lake.
+    pub lake: Lake,
+    /// Settings.
+    pub cfg: ApiConfig,
+    /// API keys by hash.
+    pub keys: auth::KeyCache,
+    /// Per-key token buckets.
+    pub limiter: auth::RateLimiter,
+    /// Telemetry.
+    pub metrics: Arc<metrics::ApiMetrics>,
+    /// Memory pool (spilling) and disk manager shared by every query.
+    pub runtime: Arc<RuntimeEnv>,
+}
+
+impl ApiState {
+    /// Build the shared state.
+    pub fn new(lake: Lake, cfg: ApiConfig) -> datafusion::error::Result<Arc<ApiState>> {
+        let disk = if cfg.spill_dir.is_empty() {
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::OsTmpDirectory)
+        } else {
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![cfg
+                .spill_dir
+                .clone()
+                .into()]))
+        };
+        let pool_bytes =
+            usize::try_from(cfg.memory_limit_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(FairSpillPool::new(pool_bytes)))
+            .with_disk_manager_builder(disk)
+            .build_arc()?;
+        Ok(Arc::new(ApiState {
+            keys: auth::KeyCache::new(lake.clone(), Duration::from_secs(cfg.key_cache_seconds)),
+            limiter: auth::RateLimiter::new(cfg.rate_limit_per_second, cfg.rate_limit_burst),
+            metrics: Arc::new(metrics::ApiMetrics::default()),
+            runtime,
+            lake,
+            cfg,
+        }))
+    }
+
+    fn query_timeout(&self) -> Duration {
+        Duration::from_secs(self.cfg.query_timeout_seconds)
+    }
+}
+
+/// The API's routes, all under `/api/v1/` (mounted by `crow serve` beside
+/// the collector). `/metrics` is not among them: see [`ApiState::metrics`].
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/api/v1/sql", post(sql_handler))
+        .route("/api/v1/organization", get(rest::organization))
+        .route("/api/v1/products", get(rest::products))
+        .route("/api/v1/sessions", get(rest::sessions))
+        .route("/api/v1/interactions", get(rest::interactions))
+        .route("/api/v1/insights", get(rest::insights))
+        .route("/api/v1/usage", get(rest::usage))
+        .route("/api/v1/exports", post(export::create))
+        .route("/api/v1/exports/{id}", get(export::get))
+        .route("/api/v1/exports/{id}/download", get(export::download))
+        .route("/api/v1/health", get(health))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+async fn not_found(req: Request) -> Response {
+    if req.uri().path().starts_with("/api/") {
+        ApiError::not_found(format!("no such resource: {}", req.uri().path())).into_response()
+    } else {
+        (axum::http::StatusCode::NOT_FOUND, "not found").into_response()
+    }
+}
+
+async fn count_requests(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let r = next.run(req).await;
+    st.metrics.request(&route, r.status().as_u16());
+    r
+}
+
+async fn health(State(st): State<Arc<ApiState>>) -> Response {
+    if st.keys.ready().await {
+        axum::Json(serde_json::json!({"status": "ok"})).into_response()
+    } else {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the lake is not reachable",
+        )
+        .into_response()
+    }
+}
+
+async fn sql_handler(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: Bytes) -> Response {
+    match run_sql(&st, &headers, &body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn run_sql(st: &ApiState, headers: &HeaderMap, body: &[u8]) -> ApiResult<Response> {
+    let started = Instant::now();
+    let p = auth::authenticate(&st.keys, &st.limiter, headers, Scope::Read).await?;
+    let req: sql::SqlRequest = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_body",
+            format!("the body must be JSON like {{\"sql\": \"select 1\"}}: {e}"),
+        )
+    })?;
+    let format = sql::ResultFormat::negotiate(headers)?;
+    let (as_of, pins) = sql::pins(&req)?;
+    let (ctx, schema) =
+        tenant::tenant_context(&st.lake, st.runtime.clone(), &p.org_id, as_of, pins, 8192);
+    let planned = tokio::time::timeout(
+        st.query_timeout(),
+        sql::plan_query(st, &ctx, &schema, &req.sql),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            "query_timeout",
+            "planning the query took too long",
+        )
+    })??;
+    tracing::debug!(org = %p.org_id, key = %p.key_id, "sql query");
+    sql::respond(st, planned, schema, format, started).await
+}
+
+/// Record batches as JSON row objects (nulls explicit).
+pub fn json_rows(batches: &[RecordBatch]) -> ApiResult<Vec<serde_json::Value>> {
+    let mut w = arrow::json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, arrow::json::writer::JsonArray>(Vec::new());
+    for b in batches {
+        w.write(b)
+            .map_err(|e| ApiError::internal("encoding rows as JSON", &e))?;
+    }
+    w.finish()
+        .map_err(|e| ApiError::internal("encoding rows as JSON", &e))?;
+    let buf = w.into_inner();
+    if buf.is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_slice(&buf).map_err(|e| ApiError::internal("encoding rows as JSON", &e))
+}

@@ -53,6 +53,8 @@ pub struct Config {
     pub ai: AiConfig,
     /// The price book.
     pub billing: BillingConfig,
+    /// The query API.
+    pub api: ApiConfig,
 }
 
 /// Lake location and storage options.
@@ -262,6 +264,46 @@ impl Default for BillingConfig {
     }
 }
 
+/// Query API settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// How long an API key lookup is cached, in seconds (1..=60): a revoked
+    /// key is refused within this time.
+    pub key_cache_seconds: u64,
+    /// Sustained requests per second allowed per API key (token bucket).
+    pub rate_limit_per_second: f64,
+    /// Burst size of the per-key token bucket.
+    pub rate_limit_burst: u32,
+    /// A SQL query (planning, execution and streaming) is cancelled after
+    /// this many seconds.
+    pub query_timeout_seconds: u64,
+    /// Largest result a SQL query may return, in rows.
+    pub max_result_rows: u64,
+    /// Memory shared by all running queries, in MiB; operators that need
+    /// more spill to disk.
+    pub memory_limit_mb: u64,
+    /// Folder for spill files. Empty: the OS temp folder.
+    pub spill_dir: String,
+    /// Largest page of a REST listing.
+    pub max_page_size: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            key_cache_seconds: 60,
+            rate_limit_per_second: 10.0,
+            rate_limit_burst: 50,
+            query_timeout_seconds: 60,
+            max_result_rows: 1_000_000,
+            memory_limit_mb: 1024,
+            spill_dir: String::new(),
+            max_page_size: 1000,
+        }
+    }
+}
+
 impl Config {
     /// Parse a TOML document (unknown keys are errors).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
@@ -400,6 +442,26 @@ impl Config {
                 "billing.currency",
                 "must be an ISO 4217 code such as USD",
             ));
+        }
+        if !(1..=60).contains(&self.api.key_cache_seconds) {
+            return Err(err("api.key_cache_seconds", "must be between 1 and 60"));
+        }
+        if !self.api.rate_limit_per_second.is_finite() || self.api.rate_limit_per_second <= 0.0 {
+            return Err(err(
+                "api.rate_limit_per_second",
+                "must be a positive number",
+            ));
+        }
+        for (key, v) in [
+            ("api.rate_limit_burst", u64::from(self.api.rate_limit_burst)),
+            ("api.query_timeout_seconds", self.api.query_timeout_seconds),
+            ("api.max_result_rows", self.api.max_result_rows),
+            ("api.memory_limit_mb", self.api.memory_limit_mb),
+            ("api.max_page_size", u64::from(self.api.max_page_size)),
+        ] {
+            if v == 0 {
+                return Err(err(key, "must be positive"));
+            }
         }
         for (key, v) in [
             ("billing.per_interaction", self.billing.per_interaction),
@@ -585,6 +647,16 @@ mod tests {
         assert!(c.lake.s3.allow_http);
         assert_eq!(c.ingest.strip_query_params, vec!["a", "b"]);
         assert_eq!(c.lake.options["aws_s3_addressing_style"], "path");
+        let c = Config::load(
+            Some("[api]\nkey_cache_seconds = 30\n"),
+            env(&[
+                ("CROW_API_KEY_CACHE_SECONDS", "2"),
+                ("CROW_API_RATE_LIMIT_PER_SECOND", "0.5"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.api.key_cache_seconds, 2);
+        assert_eq!(c.api.rate_limit_per_second, 0.5);
     }
 
     #[test]
@@ -601,6 +673,10 @@ mod tests {
         assert_eq!(e.key, "server.listen");
         let e = Config::load(None, env(&[("CROW_LAKE_S3_ALLOW_HTTP", "perhaps")])).unwrap_err();
         assert_eq!(e.key, "CROW_LAKE_S3_ALLOW_HTTP");
+        let e = Config::load(None, env(&[("CROW_API_KEY_CACHE_SECONDS", "600")])).unwrap_err();
+        assert_eq!(e.key, "api.key_cache_seconds");
+        let e = Config::load(Some("[api]\nrate_limit_burst = 0\n"), env(&[])).unwrap_err();
+        assert_eq!(e.key, "api.rate_limit_burst");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! the real `crow` binary, independent readers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod api;
 mod cli;
 mod ingest;
 mod lake;

@@ -1,0 +1,244 @@
+//! `crow jobs`: run a job now, show runs, watermarks and failures.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use chrono::{NaiveDate, Utc};
+use clap::{Args, Subcommand, ValueEnum};
+use crow_jobs::{ai, enrich, runs, sessionize, ProgressRef, Trigger, Window};
+use crow_lake::Lake;
+use crow_schemas::config::Config;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::output::{self, Format};
+use crate::FormatArg;
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Run one job now: incrementally from its watermark, or over an
+    /// explicit window of UTC days [--from, --to).
+    Run(RunArgs),
+    /// Recent runs, each job's watermark, and recent job failures.
+    Status {
+        /// Show this many runs.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JobName {
+    /// Raw events of all channels → sessions.
+    Sessionize,
+    /// Sessions → AI-written interactions.
+    Enrich,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The job.
+    #[arg(value_enum)]
+    pub job: JobName,
+    /// First UTC day of the window (inclusive), YYYY-MM-DD.
+    #[arg(long, requires = "to")]
+    pub from: Option<NaiveDate>,
+    /// Day after the window (exclusive), YYYY-MM-DD.
+    #[arg(long, requires = "from")]
+    pub to: Option<NaiveDate>,
+    /// Only this organization (id or name).
+    #[arg(long)]
+    pub org: Option<String>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// A progress bar for job phases.
+struct Bar(ProgressBar);
+
+impl crow_jobs::Progress for Bar {
+    fn phase(&self, name: &str, len: u64) {
+        if len > 0 {
+            self.0.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} {msg} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta})",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+        } else {
+            self.0.set_style(
+                ProgressStyle::with_template("{spinner} {msg} {pos}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+        }
+        self.0.set_length(len);
+        self.0.set_position(0);
+        self.0.set_message(name.to_string());
+    }
+
+    fn inc(&self, n: u64) {
+        self.0.inc(n);
+    }
+}
+
+pub fn progress(quiet: bool) -> (ProgressRef, ProgressBar) {
+    let pb = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new_spinner()
+    };
+    pb.enable_steady_tick(std::time::Duration::from_millis(150));
+    (Arc::new(Bar(pb.clone())), pb)
+}
+
+pub async fn resolve_org(lake: &Lake, org: Option<&str>) -> Result<Option<String>> {
+    Ok(match org {
+        Some(o) => Some(crow_query_api::keys::resolve_org(lake, o).await?.org_id),
+        None => None,
+    })
+}
+
+pub async fn run(lake: &Lake, cfg: &Config, args: RunArgs) -> Result<()> {
+    lake.init().await.context("preparing the lake")?;
+    let org = resolve_org(lake, args.org.as_deref()).await?;
+    let window = match (args.from, args.to) {
+        (Some(f), Some(t)) => Some(Window::days(f, t)?),
+        _ => None,
+    };
+    let trigger = if window.is_some() {
+        Trigger::Backfill
+    } else {
+        Trigger::Cli
+    };
+    let (progress, pb) = progress(args.quiet);
+    let report = match args.job {
+        JobName::Sessionize => {
+            let opts = sessionize::Options {
+                org,
+                window,
+                gap: chrono::Duration::minutes(i64::from(cfg.jobs.session_gap_minutes)),
+                now: Utc::now(),
+                trigger,
+            };
+            serde_json::to_value(sessionize::run(lake, &opts, &progress).await?)?
+        }
+        JobName::Enrich => {
+            let provider = ai::from_config(&cfg.ai)?;
+            let opts = enrich::Options {
+                org,
+                window,
+                trigger,
+                policy: ai::RetryPolicy::new(cfg.ai.max_retries),
+                concurrency: cfg.ai.concurrency,
+                daily_token_budget: cfg.ai.daily_token_budget,
+            };
+            serde_json::to_value(enrich::run(lake, provider, &opts, &progress).await?)?
+        }
+    };
+    pb.finish_and_clear();
+    print_report(args.format.format, &report)
+}
+
+/// A report as key/value rows (table/csv) or one JSON object.
+pub fn print_report(format: Format, report: &serde_json::Value) -> Result<()> {
+    if format == Format::Json {
+        return output::print_object(format, &[], report);
+    }
+    let rows: Vec<serde_json::Value> = report
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        serde_json::Value::Null => String::new(),
+                        other => other.to_string(),
+                    };
+                    serde_json::json!({"field": k, "value": v})
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    output::print_rows(format, &["field", "value"], &rows)
+}
+
+pub async fn status(lake: &Lake, limit: usize, format: Format) -> Result<()> {
+    lake.init().await.context("preparing the lake")?;
+    let recent = runs::recent(lake, limit).await?;
+    let fmt_t =
+        |t: Option<chrono::DateTime<Utc>>| t.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string());
+    let run_rows: Vec<serde_json::Value> = recent
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "job": r.job,
+                "org_id": r.org_id,
+                "trigger": r.trigger,
+                "status": r.status,
+                "window_start": fmt_t(Some(r.window_start)),
+                "window_end": fmt_t(Some(r.window_end)),
+                "started_at": fmt_t(Some(r.started_at)),
+                "seconds": r.finished_at.map(|f| (f - r.started_at).num_milliseconds() as f64 / 1000.0),
+                "rows_in": r.rows_in,
+                "rows_out": r.rows_out,
+                "error": r.error,
+            })
+        })
+        .collect();
+    let mut marks = Vec::new();
+    for job in [sessionize::JOB, enrich::JOB] {
+        let w = runs::watermark(lake, job).await?;
+        let last = runs::last_succeeded(lake, job).await?;
+        marks.push(serde_json::json!({
+            "job": job,
+            "watermark": fmt_t(w),
+            "last_success": last.as_ref().and_then(|r| fmt_t(r.finished_at)),
+        }));
+    }
+    let (_, batches) = lake
+        .sql(
+            "SELECT source, reason_code, count(*) AS failures, CAST(max(failed_at) AS VARCHAR) AS last_failed_at
+             FROM failed_events WHERE source LIKE 'job:%'
+             GROUP BY source, reason_code ORDER BY failures DESC",
+        )
+        .await?;
+    let failures: Vec<serde_json::Value> = crow_lake::batch::batches_to_json(&batches)?
+        .into_iter()
+        .map(serde_json::Value::Object)
+        .collect();
+    if format == Format::Json {
+        let obj = serde_json::json!({"runs": run_rows, "watermarks": marks, "failures": failures});
+        return output::print_object(format, &[], &obj);
+    }
+    println!("Runs:");
+    output::print_rows(
+        format,
+        &[
+            "job",
+            "org_id",
+            "trigger",
+            "status",
+            "window_start",
+            "window_end",
+            "started_at",
+            "seconds",
+            "rows_in",
+            "rows_out",
+            "error",
+        ],
+        &run_rows,
+    )?;
+    println!("\nWatermarks:");
+    output::print_rows(format, &["job", "watermark", "last_success"], &marks)?;
+    println!("\nJob failures (sessions retried on the next run):");
+    output::print_rows(
+        format,
+        &["source", "reason_code", "failures", "last_failed_at"],
+        &failures,
+    )
+}

@@ -1,0 +1,389 @@
+//! The AI provider layer: one trait, three providers.
+//!
+//! - [`offline`] (default): deterministic and network-free; writes its
+//!   answers from the structured input of the request.
+//! - [`gemini`]: Google's REST `generateContent` with a JSON response
+//!   schema. The base URL is the part before `/v1beta/models/…`, so Google's
+//!   endpoint and a Cloudflare AI Gateway URL both work.
+//! - [`openai`]: OpenAI-compatible chat completions (OpenAI, Ollama, vLLM,
+//!   gateways) with a JSON-schema response format.
+//!
+//! What all providers share lives here: [`call_validated`] retries
+//! transient failures with exponential backoff and full jitter, honouring
+//! `Retry-After`, and re-asks when an answer does not validate. The response
+//! cache and the per-org token budget live in the jobs that call it (see
+//! [`crate::enrich`]).
+
+pub mod gemini;
+pub mod offline;
+pub mod openai;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use crow_schemas::config::AiConfig;
+use serde_json::Value;
+
+use crate::{Error, Result};
+
+/// One request to a model.
+#[derive(Debug, Clone)]
+pub struct AiRequest {
+    /// System instruction.
+    pub system: String,
+    /// The user prompt.
+    pub prompt: String,
+    /// JSON Schema of the expected answer (an object).
+    pub schema: Value,
+    /// The same input, structured (the offline provider writes from this).
+    pub input: Value,
+}
+
+/// A model's raw answer and its token usage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AiAnswer {
+    /// The answer text (JSON expected).
+    pub text: String,
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Completion tokens.
+    pub output_tokens: u64,
+}
+
+/// A failed call.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AiError {
+    /// Worth retrying: 429, 5xx, timeouts, connection errors.
+    #[error("{message}")]
+    Transient {
+        /// What happened.
+        message: String,
+        /// The provider's `Retry-After`, when it sent one.
+        retry_after: Option<Duration>,
+    },
+    /// The answer could not be read (truncated or malformed JSON, no
+    /// candidates): worth asking again.
+    #[error("malformed answer: {0}")]
+    Malformed(String),
+    /// Retrying will not help (bad key, bad request, unknown model).
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// An AI provider.
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// 'offline', 'gemini' or 'openai'.
+    fn name(&self) -> &str;
+    /// The model.
+    fn model(&self) -> &str;
+    /// Whether answers are worth caching (the offline provider costs
+    /// nothing and is not cached).
+    fn cacheable(&self) -> bool {
+        true
+    }
+    /// Ask once.
+    async fn generate(&self, req: &AiRequest) -> std::result::Result<AiAnswer, AiError>;
+}
+
+/// The provider the configuration selects. Keys come from
+/// `GEMINI_API_KEY` / `OPENAI_API_KEY`.
+pub fn from_config(cfg: &AiConfig) -> Result<Arc<dyn Provider>> {
+    let model = |default: &str| {
+        if cfg.model.is_empty() {
+            default.to_string()
+        } else {
+            cfg.model.clone()
+        }
+    };
+    let base = |default: &str| {
+        if cfg.base_url.is_empty() {
+            default.to_string()
+        } else {
+            cfg.base_url.trim_end_matches('/').to_string()
+        }
+    };
+    let timeout = Duration::from_secs(120);
+    match cfg.provider.as_str() {
+        "offline" => Ok(Arc::new(offline::Offline::new(&model(offline::MODEL)))),
+        "gemini" => {
+            let key = std::env::var("GEMINI_API_KEY").unwrap_or_default();
+            if key.is_empty() {
+                return Err(Error::Ai(
+                    "ai.provider is 'gemini' but GEMINI_API_KEY is not set".into(),
+                ));
+            }
+            Ok(Arc::new(gemini::Gemini::new(
+                &base(gemini::DEFAULT_BASE_URL),
+                &model(gemini::DEFAULT_MODEL),
+                &key,
+                timeout,
+            )?))
+        }
+        "openai" => {
+            let key = std::env::var("OPENAI_API_KEY")
+                .ok()
+                .filter(|k| !k.is_empty());
+            Ok(Arc::new(openai::OpenAi::new(
+                &base(openai::DEFAULT_BASE_URL),
+                &model(openai::DEFAULT_MODEL),
+                key.as_deref(),
+                timeout,
+            )?))
+        }
+        other => Err(Error::Invalid(format!(
+            "ai.provider: unknown provider `{other}` (expected offline, gemini or openai)"
+        ))),
+    }
+}
+
+/// Retries and backoff.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// First backoff; doubles each retry (full jitter).
+    pub base: Duration,
+    /// Longest backoff.
+    pub cap: Duration,
+    /// Longest `Retry-After` honoured within a run; a provider asking for
+    /// more makes the call fail (and the session is retried next run).
+    pub max_retry_after: Duration,
+}
+
+impl RetryPolicy {
+    /// The policy for `ai.max_retries`.
+    pub fn new(max_retries: u32) -> Self {
+        RetryPolicy {
+            max_retries,
+            base: Duration::from_millis(500),
+            cap: Duration::from_secs(30),
+            max_retry_after: Duration::from_secs(120),
+        }
+    }
+
+    fn backoff(&self, retry: u32) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32 << retry.min(16))
+            .min(self.cap);
+        // Full jitter: uniform in [exp/2, exp].
+        let ms = exp.as_millis() as u64;
+        Duration::from_millis(ms / 2 + rand::random_range(0..=ms / 2))
+    }
+}
+
+/// The result of a validated call: the value or why it failed, with the
+/// tokens spent on every attempt.
+#[derive(Debug)]
+pub struct Outcome<T> {
+    /// The validated value, or (reason code, reason).
+    pub value: std::result::Result<T, (&'static str, String)>,
+    /// The validated answer text (for the cache).
+    pub text: Option<String>,
+    /// The last answer text that failed validation (for failed_events).
+    pub last_bad_answer: Option<String>,
+    /// Prompt tokens over all attempts.
+    pub input_tokens: u64,
+    /// Completion tokens over all attempts.
+    pub output_tokens: u64,
+    /// Provider calls made.
+    pub calls: u32,
+}
+
+/// Ask `provider` until `validate` accepts the answer, retrying transient
+/// errors (honouring `Retry-After`) and malformed answers up to the policy's
+/// limit. Never panics, never gives up silently: a failure says why.
+pub async fn call_validated<T, F>(
+    provider: &dyn Provider,
+    req: &AiRequest,
+    policy: RetryPolicy,
+    validate: F,
+) -> Outcome<T>
+where
+    F: Fn(&str) -> std::result::Result<T, String>,
+{
+    let mut out = Outcome {
+        value: Err(("ai_error", String::new())),
+        text: None,
+        last_bad_answer: None,
+        input_tokens: 0,
+        output_tokens: 0,
+        calls: 0,
+    };
+    let mut retry = 0u32;
+    loop {
+        out.calls += 1;
+        let wait = match provider.generate(req).await {
+            Ok(answer) => {
+                out.input_tokens += answer.input_tokens;
+                out.output_tokens += answer.output_tokens;
+                match validate(&answer.text) {
+                    Ok(v) => {
+                        out.value = Ok(v);
+                        out.text = Some(answer.text);
+                        return out;
+                    }
+                    Err(why) => {
+                        tracing::debug!(provider = provider.name(), %why, "answer failed validation");
+                        out.value = Err(("ai_malformed_output", why));
+                        out.last_bad_answer = Some(answer.text);
+                        policy.backoff(retry)
+                    }
+                }
+            }
+            Err(AiError::Malformed(why)) => {
+                out.value = Err(("ai_malformed_output", why));
+                policy.backoff(retry)
+            }
+            Err(AiError::Fatal(why)) => {
+                out.value = Err(("ai_request_refused", why));
+                return out;
+            }
+            Err(AiError::Transient {
+                message,
+                retry_after,
+            }) => {
+                out.value = Err(("ai_unavailable", message));
+                match retry_after {
+                    Some(ra) if ra > policy.max_retry_after => {
+                        if let Err((_, m)) = &mut out.value {
+                            m.push_str(&format!(
+                                " (Retry-After {}s is longer than this run waits)",
+                                ra.as_secs()
+                            ));
+                        }
+                        return out;
+                    }
+                    Some(ra) => ra,
+                    None => policy.backoff(retry),
+                }
+            }
+        };
+        if retry >= policy.max_retries {
+            return out;
+        }
+        retry += 1;
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Parse a `Retry-After` header: delta-seconds or an HTTP date.
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    if let Ok(secs) = v.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Some(Duration::from_secs_f64(secs));
+        }
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let d = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    Some(d.to_std().unwrap_or(Duration::ZERO))
+}
+
+/// Shared HTTP handling of the network providers: POST JSON, map statuses.
+pub(crate) async fn post_json(
+    client: &reqwest::Client,
+    req: reqwest::RequestBuilder,
+    provider: &str,
+) -> std::result::Result<Value, AiError> {
+    let _ = client;
+    let resp = req.send().await.map_err(|e| AiError::Transient {
+        message: format!("{provider}: request failed: {}", redact(&e.to_string())),
+        retry_after: None,
+    })?;
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    let body = resp.bytes().await.map_err(|e| AiError::Transient {
+        message: format!(
+            "{provider}: reading the answer failed: {}",
+            redact(&e.to_string())
+        ),
+        retry_after: None,
+    })?;
+    if status.as_u16() == 429 || status.is_server_error() || status.as_u16() == 408 {
+        return Err(AiError::Transient {
+            message: format!("{provider}: HTTP {status}: {}", snippet(&body)),
+            retry_after,
+        });
+    }
+    if !status.is_success() {
+        return Err(AiError::Fatal(format!(
+            "{provider}: HTTP {status}: {}",
+            snippet(&body)
+        )));
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        AiError::Malformed(format!(
+            "{provider}: the response is not JSON ({e}): {}",
+            snippet(&body)
+        ))
+    })
+}
+
+/// The start of a body, for error messages.
+fn snippet(body: &[u8]) -> String {
+    let s = String::from_utf8_lossy(body);
+    let s: String = s.chars().take(300).collect();
+    redact(&s)
+}
+
+/// Remove anything that looks like an API key from a message.
+fn redact(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for (i, part) in s.split("key=").enumerate() {
+        if i == 0 {
+            out.push_str(part);
+        } else {
+            out.push_str("key=***");
+            let rest: String = part
+                .chars()
+                .skip_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                .collect();
+            out.push_str(&rest);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn keys_are_redacted_from_messages() {
+        assert_eq!(
+            redact("GET https://x/y?key=AIzaSyABC-123_x&alt=json"),
+            "GET https://x/y?key=***&alt=json"
+        );
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = RetryPolicy::new(5);
+        for r in 0..10 {
+            let b = p.backoff(r);
+            assert!(b <= p.cap, "{b:?}");
+        }
+        assert!(p.backoff(0) <= Duration::from_millis(500));
+    }
+}

@@ -1,0 +1,597 @@
+//! The offline provider: deterministic, network-free, and useful.
+//!
+//! It reads the structured input of a request (the session's timeline and
+//! the candidate products from the catalog) and writes the same JSON answer
+//! a model would: a plain-language description ("compared two headphones,
+//! added one to the cart, left at shipping"), intent, sentiment, outcome,
+//! the products involved and a confidence. Same input, same answer. It
+//! reports zero tokens: it costs nothing.
+
+use async_trait::async_trait;
+
+use super::{AiAnswer, AiError, AiRequest, Provider};
+use crate::enrich::{Answer, Candidate, EnrichInput};
+
+/// The offline provider's model name.
+pub const MODEL: &str = "crow-offline-1";
+
+/// The offline provider.
+#[derive(Debug, Clone)]
+pub struct Offline {
+    model: String,
+}
+
+impl Offline {
+    /// An offline provider reporting `model` as its model name.
+    pub fn new(model: &str) -> Self {
+        Offline {
+            model: model.to_string(),
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for Offline {
+    fn name(&self) -> &str {
+        "offline"
+    }
+
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn cacheable(&self) -> bool {
+        false
+    }
+
+    async fn generate(&self, req: &AiRequest) -> Result<AiAnswer, AiError> {
+        match req.input.get("task").and_then(|t| t.as_str()) {
+            Some("enrich") => {
+                let input: EnrichInput = serde_json::from_value(req.input.clone())
+                    .map_err(|e| AiError::Fatal(format!("offline: unreadable input: {e}")))?;
+                let answer = enrich_answer(&input);
+                let text = serde_json::to_string(&answer)
+                    .map_err(|e| AiError::Fatal(format!("offline: {e}")))?;
+                Ok(AiAnswer {
+                    text,
+                    input_tokens: 0,
+                    output_tokens: 0,
+                })
+            }
+            other => Err(AiError::Fatal(format!(
+                "offline: no writer for task {other:?}"
+            ))),
+        }
+    }
+}
+
+/// The offline answer for one session.
+pub fn enrich_answer(input: &EnrichInput) -> Answer {
+    match input.channel.as_str() {
+        "web" => web(input),
+        _ => transcript(input),
+    }
+}
+
+fn candidate<'a>(input: &'a EnrichInput, token: &str) -> Option<&'a Candidate> {
+    input.candidates.iter().find(|c| {
+        c.product_id == token
+            || c.sku
+                .as_deref()
+                .is_some_and(|s| s.eq_ignore_ascii_case(token))
+    })
+}
+
+fn name_of(input: &EnrichInput, id: &str) -> String {
+    input
+        .candidates
+        .iter()
+        .find(|c| c.product_id == id)
+        .map(|c| c.name.clone())
+        .unwrap_or_else(|| id.to_string())
+}
+
+fn push_unique(v: &mut Vec<String>, s: &str) {
+    if !v.iter().any(|x| x == s) {
+        v.push(s.to_string());
+    }
+}
+
+fn list(names: &[String]) -> String {
+    match names.len() {
+        0 => String::new(),
+        1 => names[0].clone(),
+        2 => format!("{} and {}", names[0], names[1]),
+        _ => format!(
+            "{} and {}",
+            names[..names.len() - 1].join(", "),
+            names[names.len() - 1]
+        ),
+    }
+}
+
+fn number_word(n: usize) -> String {
+    match n {
+        2 => "two".into(),
+        3 => "three".into(),
+        4 => "four".into(),
+        5 => "five".into(),
+        n => n.to_string(),
+    }
+}
+
+/// The common category word of products ("headphones"), if they share one.
+fn shared_category(input: &EnrichInput, ids: &[String]) -> Option<String> {
+    let cats: Vec<String> = ids
+        .iter()
+        .filter_map(|id| input.candidates.iter().find(|c| &c.product_id == id))
+        .filter_map(|c| c.category.as_deref())
+        .map(|c| c.rsplit('>').next().unwrap_or(c).trim().to_lowercase())
+        .collect();
+    if cats.len() == ids.len() && !cats.is_empty() && cats.iter().all(|c| *c == cats[0]) {
+        Some(cats[0].clone())
+    } else {
+        None
+    }
+}
+
+fn web(input: &EnrichInput) -> Answer {
+    let mut viewed = Vec::new();
+    let mut added = Vec::new();
+    let mut removed = Vec::new();
+    let mut ordered = Vec::new();
+    let mut searches = Vec::new();
+    let mut pages = Vec::new();
+    let (mut checkout, mut shipping, mut payment, mut order) = (false, false, false, None);
+    let mut failures = Vec::new();
+    let mut support = false;
+    for (_, kind, detail) in &input.timeline {
+        let first = detail.split_whitespace().next().unwrap_or("");
+        let product = candidate(input, first).map(|c| c.product_id.clone());
+        let k = kind.to_lowercase();
+        match kind.as_str() {
+            "page" | "screen" => push_unique(&mut pages, detail),
+            "Products Searched" => {
+                if let Some(q) = detail.strip_prefix("query=") {
+                    push_unique(&mut searches, q);
+                }
+            }
+            "Product Viewed" | "Product Clicked" => {
+                if let Some(p) = product {
+                    push_unique(&mut viewed, &p);
+                }
+            }
+            "Product Added" => {
+                if let Some(p) = product {
+                    push_unique(&mut added, &p);
+                }
+            }
+            "Product Removed" => {
+                if let Some(p) = product {
+                    push_unique(&mut removed, &p);
+                }
+            }
+            "Checkout Started" => checkout = true,
+            "Checkout Step Viewed" | "Checkout Step Completed" => {
+                checkout = true;
+                if detail.contains("shipping") || detail.contains("step=2") {
+                    shipping = true;
+                }
+                if detail.contains("payment") || detail.contains("step=3") {
+                    payment = true;
+                }
+            }
+            "Payment Info Entered" => {
+                checkout = true;
+                payment = true;
+            }
+            "Order Completed" => {
+                order = Some(detail.clone());
+                for id in added.iter().chain(viewed.iter()) {
+                    push_unique(&mut ordered, id);
+                }
+            }
+            _ if k.contains("fail") || k.contains("error") || k.contains("declin") => {
+                failures.push(kind.clone());
+            }
+            _ if k.contains("support") || k.contains("contact") || k.contains("help") => {
+                support = true;
+            }
+            _ => {}
+        }
+    }
+    // What was bought: what was in the cart (less what was removed).
+    let cart: Vec<String> = added
+        .iter()
+        .filter(|p| !removed.contains(p))
+        .cloned()
+        .collect();
+    let mut parts: Vec<String> = Vec::new();
+    if !searches.is_empty() {
+        let qs: Vec<String> = searches.iter().map(|q| format!("\"{q}\"")).collect();
+        parts.push(format!("searched for {}", list(&qs)));
+    }
+    let names = |ids: &[String]| -> Vec<String> { ids.iter().map(|i| name_of(input, i)).collect() };
+    match viewed.len() {
+        0 => {}
+        1 => parts.push(format!("viewed {}", name_of(input, &viewed[0]))),
+        n if n <= 4 => {
+            let what = shared_category(input, &viewed).unwrap_or_else(|| "products".into());
+            parts.push(format!(
+                "compared {} {what} ({})",
+                number_word(n),
+                list(&names(&viewed))
+            ));
+        }
+        n => parts.push(format!("browsed {n} products")),
+    }
+    if !cart.is_empty() {
+        let what = if cart.len() == 1 && viewed.len() > 1 && viewed.contains(&cart[0]) {
+            format!("one ({})", name_of(input, &cart[0]))
+        } else {
+            list(&names(&cart))
+        };
+        parts.push(format!("added {what} to the cart"));
+    }
+    if !removed.is_empty() {
+        parts.push(format!("removed {}", list(&names(&removed))));
+    }
+    for f in &failures {
+        parts.push(format!("hit \"{f}\""));
+    }
+    if support {
+        parts.push("looked for help".into());
+    }
+    let outcome = if let Some(o) = &order {
+        let amount = o
+            .split_whitespace()
+            .nth(2)
+            .map(|a| format!(" for {a}"))
+            .unwrap_or_default();
+        parts.push(format!("completed the order{amount}"));
+        "purchased"
+    } else if checkout {
+        let at = if payment {
+            "payment"
+        } else if shipping {
+            "shipping"
+        } else {
+            "the start of checkout"
+        };
+        parts.push(format!("left at {at}"));
+        "abandoned_checkout"
+    } else if !cart.is_empty() {
+        parts.push("left without checking out".into());
+        "abandoned_cart"
+    } else if support {
+        "support"
+    } else if viewed.is_empty() && searches.is_empty() && pages.len() <= 1 {
+        if let Some(p) = pages.first() {
+            parts.push(format!("opened {p} and left"));
+        }
+        "bounced"
+    } else {
+        if viewed.is_empty() && !pages.is_empty() {
+            parts.push(format!(
+                "read {} pages ({})",
+                pages.len(),
+                list(&pages.iter().take(3).cloned().collect::<Vec<_>>())
+            ));
+        }
+        "browsed"
+    };
+    let intent = if order.is_some() || checkout || !cart.is_empty() {
+        "purchase"
+    } else if support {
+        "support"
+    } else if viewed.len() >= 2 || !searches.is_empty() {
+        "research"
+    } else {
+        "browse"
+    };
+    let sentiment = if !failures.is_empty() && order.is_none() || support && order.is_none() {
+        "negative"
+    } else if order.is_some() {
+        "positive"
+    } else {
+        "neutral"
+    };
+    let mut product_ids = Vec::new();
+    for id in ordered.iter().chain(cart.iter()).chain(viewed.iter()) {
+        push_unique(&mut product_ids, id);
+    }
+    let who = match input.is_returning {
+        Some(true) => "A returning visitor",
+        Some(false) => "A new visitor",
+        None => "A visitor",
+    };
+    let device = input
+        .device_type
+        .as_deref()
+        .map(|d| format!(" on {d}"))
+        .unwrap_or_default();
+    let source = input
+        .traffic_source
+        .as_deref()
+        .filter(|s| *s != "direct")
+        .map(|s| format!(" from {s}"))
+        .unwrap_or_default();
+    let what = if parts.is_empty() {
+        format!(
+            "had {} events without product activity",
+            input.timeline.len()
+        )
+    } else {
+        parts.join(", ")
+    };
+    let description = format!("{who}{device}{source} {what}.");
+    let confidence = match outcome {
+        "purchased" | "abandoned_checkout" | "abandoned_cart" => 0.9,
+        "browsed" if !viewed.is_empty() => 0.75,
+        "bounced" => 0.6,
+        _ => 0.65,
+    };
+    Answer {
+        description,
+        intent: intent.into(),
+        sentiment: sentiment.into(),
+        outcome: outcome.into(),
+        product_ids,
+        confidence,
+    }
+}
+
+pub(crate) fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+const POSITIVE: &[&str] = &[
+    "love",
+    "great",
+    "amazing",
+    "happy",
+    "excellent",
+    "perfect",
+    "awesome",
+    "recommend",
+    "best",
+    "nice",
+    "like it",
+    "impressed",
+];
+const NEGATIVE: &[&str] = &[
+    "broken",
+    "hate",
+    "bad",
+    "refund",
+    "disappointed",
+    "terrible",
+    "awful",
+    "worst",
+    "return it",
+    "too expensive",
+    "complain",
+    "angry",
+    "doesn't work",
+    "does not work",
+    "stopped working",
+];
+const BOUGHT: &[&str] = &[
+    "bought", "paid", "purchase", "checkout", "till", "receipt", "ordered",
+];
+const HELP: &[&str] = &[
+    "asked",
+    "question",
+    "help",
+    "staff",
+    "assistant",
+    "where is",
+];
+const TRIED: &[&str] = &[
+    "tried",
+    "picked up",
+    "looked at",
+    "tested",
+    "held",
+    "compared",
+];
+
+fn has_any(text: &str, words: &[&str]) -> usize {
+    words.iter().filter(|w| text.contains(*w)).count()
+}
+
+/// CCTV and social sessions: what the text says about which products.
+fn transcript(input: &EnrichInput) -> Answer {
+    let text: String = input
+        .timeline
+        .iter()
+        .map(|(_, _, d)| d.to_lowercase())
+        .collect::<Vec<_>>()
+        .join(" \n ");
+    let mut product_ids = Vec::new();
+    for c in &input.candidates {
+        let name = c.name.to_lowercase();
+        let sku_hit = c
+            .sku
+            .as_deref()
+            .is_some_and(|s| s.len() >= 3 && text.contains(&s.to_lowercase()));
+        if (name.len() >= 4 && text.contains(&name)) || sku_hit {
+            push_unique(&mut product_ids, &c.product_id);
+        }
+    }
+    let (pos, neg) = (has_any(&text, POSITIVE), has_any(&text, NEGATIVE));
+    let sentiment = if neg > pos {
+        "negative"
+    } else if pos > neg {
+        "positive"
+    } else {
+        "neutral"
+    };
+    let names: Vec<String> = product_ids.iter().map(|i| name_of(input, i)).collect();
+    let mentions = if names.is_empty() {
+        "no catalog product".to_string()
+    } else {
+        list(&names)
+    };
+    let n = input.timeline.len();
+    let (description, intent, outcome) = if input.channel == "cctv" {
+        let place = input.source_ref.as_deref().unwrap_or("a camera");
+        let bought = has_any(&text, BOUGHT) > 0;
+        let help = has_any(&text, HELP) > 0;
+        let tried = has_any(&text, TRIED) > 0;
+        let what = if bought {
+            "shoppers bought"
+        } else if tried {
+            "shoppers tried"
+        } else if help {
+            "shoppers asked about"
+        } else {
+            "shoppers were near"
+        };
+        (
+            format!(
+                "In-store at {place}: over {n} transcript segment{}, {what} {mentions}; the tone was {sentiment}.",
+                if n == 1 { "" } else { "s" }
+            ),
+            if bought {
+                "purchase"
+            } else if help {
+                "support"
+            } else if tried {
+                "research"
+            } else {
+                "browse"
+            },
+            if bought { "purchased" } else { "engaged" },
+        )
+    } else {
+        let platform = input.visitor_id.as_deref().unwrap_or("social media");
+        (
+            format!(
+                "{n} {platform} post{} captured in one run mention {mentions}; the tone was {sentiment}.",
+                if n == 1 { "" } else { "s" }
+            ),
+            "engagement",
+            if product_ids.is_empty() {
+                "mentioned"
+            } else {
+                "engaged"
+            },
+        )
+    };
+    Answer {
+        description: capitalize(&description),
+        intent: intent.into(),
+        sentiment: sentiment.into(),
+        outcome: outcome.into(),
+        confidence: if product_ids.is_empty() { 0.5 } else { 0.7 },
+        product_ids,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(id: &str, name: &str, cat: &str) -> Candidate {
+        Candidate {
+            product_id: id.into(),
+            name: name.into(),
+            sku: Some(format!("SKU-{id}")),
+            category: Some(cat.into()),
+            price: Some(199.0),
+            currency: Some("USD".into()),
+            url: None,
+        }
+    }
+
+    fn input(timeline: Vec<(i64, &str, &str)>) -> EnrichInput {
+        EnrichInput {
+            task: "enrich".into(),
+            channel: "web".into(),
+            organization: "Northwind Audio".into(),
+            organization_context: None,
+            visitor_id: Some("v1".into()),
+            source_ref: None,
+            started_at: "2026-11-01T10:00:00Z".into(),
+            duration_s: 600,
+            device_type: Some("mobile".into()),
+            traffic_source: Some("google".into()),
+            is_returning: Some(false),
+            timeline: timeline
+                .into_iter()
+                .map(|(o, k, d)| (o, k.to_string(), d.to_string()))
+                .collect(),
+            candidates: vec![
+                cand("p1", "Aria Headphones", "Audio > Headphones"),
+                cand("p2", "Nimbus Headphones", "Audio > Headphones"),
+            ],
+        }
+    }
+
+    #[test]
+    fn an_abandoned_checkout_reads_like_a_person_wrote_it() {
+        let a = enrich_answer(&input(vec![
+            (0, "page", "/"),
+            (10, "Product Viewed", "p1 Aria Headphones"),
+            (40, "Product Viewed", "p2 Nimbus Headphones"),
+            (90, "Product Added", "p1 Aria Headphones"),
+            (120, "Checkout Started", ""),
+            (
+                150,
+                "Checkout Step Viewed",
+                "step=2 shipping_method=standard",
+            ),
+        ]));
+        assert_eq!(
+            a.description,
+            "A new visitor on mobile from google compared two headphones (Aria Headphones and Nimbus Headphones), added one (Aria Headphones) to the cart, left at shipping."
+        );
+        assert_eq!(a.outcome, "abandoned_checkout");
+        assert_eq!(a.intent, "purchase");
+        assert_eq!(a.product_ids, vec!["p1", "p2"]);
+    }
+
+    #[test]
+    fn same_input_same_answer_and_orders_are_purchases() {
+        let i = input(vec![
+            (0, "Product Viewed", "p2 Nimbus Headphones"),
+            (5, "Product Added", "p2 Nimbus Headphones"),
+            (9, "Payment Failed", "reason=card_declined"),
+            (20, "Order Completed", "order o-1 249.00"),
+        ]);
+        let a = enrich_answer(&i);
+        assert_eq!(a, enrich_answer(&i));
+        assert_eq!(a.outcome, "purchased");
+        assert_eq!(a.sentiment, "positive");
+        assert!(
+            a.description.contains("completed the order for 249.00"),
+            "{}",
+            a.description
+        );
+        assert!(
+            a.description.contains("Payment Failed"),
+            "{}",
+            a.description
+        );
+    }
+
+    #[test]
+    fn transcripts_find_catalog_products_by_name() {
+        let mut i = input(vec![(
+            0,
+            "segment",
+            "A shopper tried the Aria Headphones and said they love them",
+        )]);
+        i.channel = "cctv".into();
+        i.source_ref = Some("store-1/cam-2".into());
+        let a = enrich_answer(&i);
+        assert_eq!(a.product_ids, vec!["p1"]);
+        assert_eq!(a.sentiment, "positive");
+        assert_eq!(a.intent, "research");
+    }
+}

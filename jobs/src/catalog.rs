@@ -1,0 +1,977 @@
+//! The product catalog: import from CSV / JSON lines, crawl a site.
+//!
+//! Products are upserted per organization by product id. A product without
+//! an explicit id takes the id of the catalog product with the same SKU,
+//! else the same URL, else its SKU, else an id derived from its URL — so a
+//! re-import or re-crawl updates products instead of duplicating them.
+//!
+//! The crawler is polite: it reads `robots.txt` (our user agent's group,
+//! else `*`; `Allow`/`Disallow` with longest-match precedence; `Crawl-delay`;
+//! `Sitemap`), walks the sitemaps (sitemap indexes, gzip), and fetches
+//! product pages with bounded concurrency, a minimum interval between
+//! requests, timeouts and a clear user agent. Each page yields a product
+//! from schema.org `Product` JSON-LD, else from OpenGraph / product meta
+//! tags.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crow_lake::products::Product;
+use crow_lake::Lake;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use url::Url;
+
+use crate::{Error, ProgressRef, Result};
+
+/// The crawler's user agent.
+pub const USER_AGENT: &str = concat!(
+    "CROW-catalog-crawler/",
+    env!("CARGO_PKG_VERSION"),
+    " (+https://github.com/crow-analytics/crow)"
+);
+/// Token matched against robots.txt `User-agent` lines.
+const ROBOTS_TOKEN: &str = "crow";
+
+/// One product as a file row (CSV header names or JSON keys).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportRow {
+    #[serde(default)]
+    product_id: Option<String>,
+    #[serde(default)]
+    sku: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    category: Option<String>,
+    #[serde(default)]
+    brand: Option<String>,
+    #[serde(default)]
+    price: Option<Value>,
+    #[serde(default)]
+    currency: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    image_url: Option<String>,
+}
+
+fn clean(s: Option<String>) -> Option<String> {
+    s.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+fn row_to_product(
+    org_id: &str,
+    r: ImportRow,
+    source: &str,
+) -> std::result::Result<Product, String> {
+    let name = clean(r.name).ok_or("`name` is missing")?;
+    let price = match r.price {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(Value::String(s)) if s.trim().is_empty() => None,
+        Some(Value::String(s)) => Some(
+            s.trim()
+                .parse::<f64>()
+                .map_err(|_| format!("`price` {s:?} is not a number"))?,
+        ),
+        Some(other) => return Err(format!("`price` {other} is not a number")),
+    };
+    if price.is_some_and(|p| !p.is_finite() || p < 0.0) {
+        return Err("`price` must be a non-negative number".into());
+    }
+    let url = clean(r.url);
+    if let Some(u) = &url {
+        Url::parse(u).map_err(|e| format!("`url` {u:?} is not a URL: {e}"))?;
+    }
+    let (product_id, sku) = (clean(r.product_id), clean(r.sku));
+    if product_id.is_none() && sku.is_none() && url.is_none() {
+        return Err("a product needs `product_id`, `sku` or `url`".into());
+    }
+    Ok(Product {
+        org_id: org_id.to_string(),
+        product_id: product_id.unwrap_or_default(),
+        sku,
+        name,
+        url,
+        category: clean(r.category),
+        brand: clean(r.brand),
+        price,
+        currency: clean(r.currency).map(|c| c.to_uppercase()),
+        description: clean(r.description),
+        image_url: clean(r.image_url),
+        source: source.to_string(),
+    })
+}
+
+/// Read products from a CSV file (header row) or JSON lines. Every bad row
+/// is reported by line number; nothing is imported when any row is bad.
+pub fn read_file(path: &std::path::Path, org_id: &str) -> Result<Vec<Product>> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| Error::Input(format!("{} is not UTF-8 text", path.display())))?;
+    let is_json = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e, "jsonl" | "ndjson" | "json"))
+        || text.trim_start().starts_with('{');
+    let mut products = Vec::new();
+    let mut errors = Vec::new();
+    if is_json {
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<ImportRow>(line)
+                .map_err(|e| e.to_string())
+                .and_then(|r| row_to_product(org_id, r, "import"))
+            {
+                Ok(p) => products.push(p),
+                Err(e) => errors.push(format!("line {}: {e}", i + 1)),
+            }
+        }
+    } else {
+        let mut rd = csv::ReaderBuilder::new()
+            .trim(csv::Trim::All)
+            .from_reader(text.as_bytes());
+        let headers = rd
+            .headers()
+            .map_err(|e| Error::Input(format!("{}: bad CSV header: {e}", path.display())))?
+            .clone();
+        let known = [
+            "product_id",
+            "sku",
+            "name",
+            "url",
+            "category",
+            "brand",
+            "price",
+            "currency",
+            "description",
+            "image_url",
+        ];
+        for h in headers.iter() {
+            if !known.contains(&h) {
+                return Err(Error::Input(format!(
+                    "{}: unknown column `{h}` (known: {})",
+                    path.display(),
+                    known.join(", ")
+                )));
+            }
+        }
+        for (i, rec) in rd.records().enumerate() {
+            let line = i + 2;
+            let rec = match rec {
+                Ok(r) => r,
+                Err(e) => {
+                    errors.push(format!("line {line}: {e}"));
+                    continue;
+                }
+            };
+            let mut row = ImportRow::default();
+            for (h, v) in headers.iter().zip(rec.iter()) {
+                let v = Some(v.to_string());
+                match h {
+                    "product_id" => row.product_id = v,
+                    "sku" => row.sku = v,
+                    "name" => row.name = v,
+                    "url" => row.url = v,
+                    "category" => row.category = v,
+                    "brand" => row.brand = v,
+                    "price" => row.price = v.map(Value::String),
+                    "currency" => row.currency = v,
+                    "description" => row.description = v,
+                    _ => row.image_url = v,
+                }
+            }
+            match row_to_product(org_id, row, "import") {
+                Ok(p) => products.push(p),
+                Err(e) => errors.push(format!("line {line}: {e}")),
+            }
+        }
+    }
+    if !errors.is_empty() {
+        let shown: Vec<_> = errors.iter().take(20).cloned().collect();
+        return Err(Error::Input(format!(
+            "{}: {} bad row(s), nothing imported:\n  {}",
+            path.display(),
+            errors.len(),
+            shown.join("\n  ")
+        )));
+    }
+    Ok(products)
+}
+
+/// Give every product its id: an explicit id stays; otherwise the id of
+/// the org's catalog product with the same SKU, else the same URL; else the
+/// SKU; else `p_` + a hash of the URL.
+pub async fn assign_ids(lake: &Lake, org_id: &str, products: &mut [Product]) -> Result<()> {
+    let sql = format!(
+        "SELECT product_id, sku, url FROM products WHERE org_id = {}",
+        crate::str_lit(org_id)
+    );
+    let (_, batches) = lake.sql(&sql).await?;
+    #[derive(Deserialize)]
+    struct Existing {
+        product_id: String,
+        sku: Option<String>,
+        url: Option<String>,
+    }
+    let existing: Vec<Existing> = crow_lake::batch::batches_to_rows(&batches)?;
+    let by_sku: HashMap<&str, &str> = existing
+        .iter()
+        .filter_map(|e| e.sku.as_deref().map(|s| (s, e.product_id.as_str())))
+        .collect();
+    let by_url: HashMap<&str, &str> = existing
+        .iter()
+        .filter_map(|e| e.url.as_deref().map(|u| (u, e.product_id.as_str())))
+        .collect();
+    for p in products.iter_mut() {
+        if !p.product_id.is_empty() {
+            continue;
+        }
+        let found = p
+            .sku
+            .as_deref()
+            .and_then(|s| by_sku.get(s))
+            .or_else(|| p.url.as_deref().and_then(|u| by_url.get(u)));
+        p.product_id = match (found, &p.sku, &p.url) {
+            (Some(id), _, _) => id.to_string(),
+            (None, Some(sku), _) => sku.clone(),
+            (None, None, Some(u)) => {
+                format!("p_{}", &crow_lake::ids::sha256_hex(u.as_bytes())[..16])
+            }
+            (None, None, None) => {
+                format!("p_{}", &crow_lake::ids::sha256_hex(p.name.as_bytes())[..16])
+            }
+        };
+    }
+    Ok(())
+}
+
+/// Drop earlier duplicates (same product id) so a merge sees each id once.
+pub fn dedup_last_wins(products: Vec<Product>) -> Vec<Product> {
+    let mut seen = HashSet::new();
+    let mut out: Vec<Product> = products
+        .into_iter()
+        .rev()
+        .filter(|p| seen.insert(p.product_id.clone()))
+        .collect();
+    out.reverse();
+    out
+}
+
+/// Crawler settings.
+#[derive(Debug, Clone)]
+pub struct CrawlOptions {
+    /// Pages fetched at once.
+    pub concurrency: usize,
+    /// Minimum time between two requests (robots.txt `Crawl-delay` may
+    /// raise it).
+    pub min_interval: Duration,
+    /// Timeout of each request.
+    pub timeout: Duration,
+    /// Product pages fetched at most.
+    pub max_pages: usize,
+}
+
+impl Default for CrawlOptions {
+    fn default() -> Self {
+        CrawlOptions {
+            concurrency: 4,
+            min_interval: Duration::from_millis(250),
+            timeout: Duration::from_secs(20),
+            max_pages: 5_000,
+        }
+    }
+}
+
+/// What a crawl found.
+#[derive(Debug, Default, Serialize)]
+pub struct CrawlReport {
+    /// Sitemaps read.
+    pub sitemaps: usize,
+    /// Page URLs listed by the sitemaps.
+    pub pages_listed: usize,
+    /// Pages robots.txt disallows (not fetched).
+    pub disallowed: usize,
+    /// Pages fetched.
+    pub pages_fetched: usize,
+    /// Products found.
+    #[serde(skip)]
+    pub products: Vec<Product>,
+    /// Pages that failed, with the reason.
+    pub errors: Vec<(String, String)>,
+}
+
+/// robots.txt rules for one user agent.
+#[derive(Debug, Default, Clone)]
+pub struct Robots {
+    rules: Vec<(bool, String)>,
+    /// `Crawl-delay`, if any.
+    pub crawl_delay: Option<Duration>,
+    /// `Sitemap` lines.
+    pub sitemaps: Vec<String>,
+}
+
+impl Robots {
+    /// Parse robots.txt for `token` (falls back to the `*` group).
+    pub fn parse(text: &str, token: &str) -> Robots {
+        let token = token.to_lowercase();
+        type Group = (Vec<String>, Vec<(bool, String)>, Option<Duration>);
+        let mut groups: Vec<Group> = Vec::new();
+        let mut sitemaps = Vec::new();
+        let mut in_agents = false;
+        for line in text.lines() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            let Some((k, v)) = line.split_once(':') else {
+                continue;
+            };
+            let (k, v) = (k.trim().to_lowercase(), v.trim().to_string());
+            match k.as_str() {
+                "user-agent" => {
+                    if !in_agents {
+                        groups.push((Vec::new(), Vec::new(), None));
+                    }
+                    in_agents = true;
+                    if let Some(g) = groups.last_mut() {
+                        g.0.push(v.to_lowercase());
+                    }
+                }
+                "allow" | "disallow" => {
+                    in_agents = false;
+                    if let Some(g) = groups.last_mut() {
+                        if !(k == "disallow" && v.is_empty()) {
+                            g.1.push((k == "allow", v));
+                        }
+                    }
+                }
+                "crawl-delay" => {
+                    in_agents = false;
+                    if let Some(g) = groups.last_mut() {
+                        g.2 = v
+                            .parse::<f64>()
+                            .ok()
+                            .filter(|d| d.is_finite() && *d >= 0.0)
+                            .map(|d| Duration::from_secs_f64(d.min(60.0)));
+                    }
+                }
+                "sitemap" => sitemaps.push(v),
+                _ => in_agents = false,
+            }
+        }
+        let pick = groups
+            .iter()
+            .find(|g| g.0.iter().any(|a| a != "*" && token.contains(a.as_str())))
+            .or_else(|| groups.iter().find(|g| g.0.iter().any(|a| a == "*")));
+        let (rules, crawl_delay) = pick.map(|g| (g.1.clone(), g.2)).unwrap_or_default();
+        Robots {
+            rules,
+            crawl_delay,
+            sitemaps,
+        }
+    }
+
+    /// Whether `path` (with query) may be fetched: the longest matching
+    /// rule wins, Allow on ties; `*` and `$` are understood.
+    pub fn allowed(&self, path: &str) -> bool {
+        let mut best: Option<(usize, bool)> = None;
+        for (allow, pat) in &self.rules {
+            if pattern_matches(pat, path) {
+                let len = pat.len();
+                if best.is_none_or(|(l, a)| len > l || (len == l && *allow && !a)) {
+                    best = Some((len, *allow));
+                }
+            }
+        }
+        best.is_none_or(|(_, a)| a)
+    }
+}
+
+fn pattern_matches(pat: &str, path: &str) -> bool {
+    let (pat, anchored) = match pat.strip_suffix('$') {
+        Some(p) => (p, true),
+        None => (pat, false),
+    };
+    let parts: Vec<&str> = pat.split('*').collect();
+    let mut pos = 0;
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            if !path.starts_with(part) {
+                return false;
+            }
+            pos = part.len();
+        } else if let Some(found) = path[pos..].find(part) {
+            pos += found + part.len();
+        } else {
+            return false;
+        }
+    }
+    !anchored || pos == path.len() || (parts.len() > 1 && parts.last() == Some(&""))
+}
+
+/// Spaces requests at least `interval` apart.
+struct Pacer {
+    interval: Duration,
+    next: tokio::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Pacer {
+    async fn wait(&self) {
+        let slot = {
+            let mut next = self.next.lock().await;
+            let now = tokio::time::Instant::now();
+            let slot = (*next).max(now);
+            *next = slot + self.interval;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+}
+
+async fn fetch(
+    client: &reqwest::Client,
+    pacer: &Pacer,
+    url: &str,
+) -> std::result::Result<Vec<u8>, String> {
+    pacer.wait().await;
+    let resp = client.get(url).send().await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(format!("HTTP {status}"));
+    }
+    let body = resp.bytes().await.map_err(|e| e.to_string())?;
+    if body.len() > 50 << 20 {
+        return Err("larger than 50 MB".into());
+    }
+    Ok(body.to_vec())
+}
+
+fn gunzip_if_needed(bytes: Vec<u8>) -> std::result::Result<Vec<u8>, String> {
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&bytes[..])
+            .take(200 << 20)
+            .read_to_end(&mut out)
+            .map_err(|e| format!("bad gzip: {e}"))?;
+        Ok(out)
+    } else {
+        Ok(bytes)
+    }
+}
+
+/// The `<loc>` values of a sitemap and whether it is a sitemap index.
+pub fn parse_sitemap(xml: &str) -> (bool, Vec<String>) {
+    let is_index = xml.contains("<sitemapindex");
+    let mut locs = Vec::new();
+    let mut rest = xml;
+    while let Some(i) = rest.find("<loc>") {
+        rest = &rest[i + 5..];
+        let Some(j) = rest.find("</loc>") else { break };
+        let v = rest[..j].trim();
+        let v = v
+            .strip_prefix("<![CDATA[")
+            .and_then(|v| v.strip_suffix("]]>"))
+            .unwrap_or(v);
+        locs.push(decode_entities(v.trim()));
+        rest = &rest[j + 6..];
+    }
+    (is_index, locs)
+}
+
+/// Crawl the site of `start` for products of `org_id`.
+pub async fn crawl(
+    start: &str,
+    org_id: &str,
+    opts: &CrawlOptions,
+    progress: &ProgressRef,
+) -> Result<CrawlReport> {
+    let start =
+        Url::parse(start).map_err(|e| Error::Invalid(format!("`{start}` is not a URL: {e}")))?;
+    if !matches!(start.scheme(), "http" | "https") {
+        return Err(Error::Invalid(format!("`{start}` is not an http(s) URL")));
+    }
+    let client = reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .timeout(opts.timeout)
+        .redirect(reqwest::redirect::Policy::limited(5))
+        .build()
+        .map_err(|e| Error::Input(e.to_string()))?;
+    let origin = start.origin().ascii_serialization();
+    let mut pacer = Pacer {
+        interval: opts.min_interval,
+        next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+    };
+    progress.phase("reading robots.txt and sitemaps", 0);
+    let robots = match fetch(&client, &pacer, &format!("{origin}/robots.txt")).await {
+        Ok(b) => Robots::parse(&String::from_utf8_lossy(&b), ROBOTS_TOKEN),
+        Err(e) => {
+            tracing::info!(error = %e, "no robots.txt; crawling without rules");
+            Robots::default()
+        }
+    };
+    if let Some(d) = robots.crawl_delay {
+        pacer.interval = pacer.interval.max(d);
+    }
+    let mut report = CrawlReport::default();
+    let mut queue: Vec<(String, usize)> =
+        if start.path().ends_with(".xml") || start.path().ends_with(".xml.gz") {
+            vec![(start.to_string(), 0)]
+        } else if !robots.sitemaps.is_empty() {
+            robots.sitemaps.iter().map(|s| (s.clone(), 0)).collect()
+        } else {
+            vec![(format!("{origin}/sitemap.xml"), 0)]
+        };
+    let mut seen_maps = HashSet::new();
+    let mut pages: Vec<String> = Vec::new();
+    let mut seen_pages = HashSet::new();
+    while let Some((map, depth)) = queue.pop() {
+        if !seen_maps.insert(map.clone()) || seen_maps.len() > 200 {
+            continue;
+        }
+        let xml = match fetch(&client, &pacer, &map)
+            .await
+            .and_then(gunzip_if_needed)
+        {
+            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+            Err(e) => {
+                report.errors.push((map.clone(), e));
+                continue;
+            }
+        };
+        report.sitemaps += 1;
+        let (is_index, locs) = parse_sitemap(&xml);
+        for loc in locs {
+            if is_index {
+                if depth < 4 {
+                    queue.push((loc, depth + 1));
+                }
+            } else if seen_pages.insert(loc.clone()) {
+                pages.push(loc);
+            }
+        }
+    }
+    report.pages_listed = pages.len();
+    let pages: Vec<String> = pages
+        .into_iter()
+        .filter(|p| {
+            let ok = Url::parse(p).is_ok_and(|u| {
+                let path = match u.query() {
+                    Some(q) => format!("{}?{q}", u.path()),
+                    None => u.path().to_string(),
+                };
+                robots.allowed(&path)
+            });
+            if !ok {
+                report.disallowed += 1;
+            }
+            ok
+        })
+        .take(opts.max_pages)
+        .collect();
+    if report.sitemaps == 0 && pages.is_empty() {
+        return Err(Error::Input(format!(
+            "no sitemap could be read from {origin}: {}",
+            report
+                .errors
+                .iter()
+                .map(|(u, e)| format!("{u}: {e}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )));
+    }
+    progress.phase("fetching product pages", pages.len() as u64);
+    let pacer = Arc::new(pacer);
+    let results: Vec<(String, std::result::Result<Option<Product>, String>)> =
+        futures::stream::iter(pages.into_iter().map(|page| {
+            let client = client.clone();
+            let pacer = pacer.clone();
+            async move {
+                let r = fetch(&client, &pacer, &page).await.map(|b| {
+                    let html = String::from_utf8_lossy(&b);
+                    extract_product(&html, &page, org_id)
+                });
+                progress.inc(1);
+                (page, r)
+            }
+        }))
+        .buffer_unordered(opts.concurrency.max(1))
+        .collect()
+        .await;
+    for (page, r) in results {
+        match r {
+            Ok(Some(p)) => {
+                report.pages_fetched += 1;
+                report.products.push(p);
+            }
+            Ok(None) => report.pages_fetched += 1,
+            Err(e) => report.errors.push((page, e)),
+        }
+    }
+    report.products.sort_by(|a, b| a.url.cmp(&b.url));
+    Ok(report)
+}
+
+/// The product a page describes: schema.org Product JSON-LD first, else
+/// OpenGraph / product meta tags. None when the page is not a product.
+pub fn extract_product(html: &str, page_url: &str, org_id: &str) -> Option<Product> {
+    let base = Url::parse(page_url).ok();
+    let abs = |u: &str| -> String {
+        base.as_ref()
+            .and_then(|b| b.join(u).ok())
+            .map_or_else(|| u.to_string(), |u| u.to_string())
+    };
+    for block in script_blocks(html) {
+        let Ok(v) = serde_json::from_str::<Value>(block.trim()) else {
+            continue;
+        };
+        if let Some(p) = find_product(&v) {
+            let name = p["name"].as_str().map(|s| decode_entities(s.trim()))?;
+            let offer = match &p["offers"] {
+                Value::Array(a) => a.first().cloned().unwrap_or(Value::Null),
+                o => o.clone(),
+            };
+            let price = ["price", "lowPrice"].iter().find_map(|k| match &offer[*k] {
+                Value::Number(n) => n.as_f64(),
+                Value::String(s) => s.trim().parse::<f64>().ok(),
+                _ => None,
+            });
+            let image = match &p["image"] {
+                Value::String(s) => Some(s.clone()),
+                Value::Array(a) => a.iter().find_map(|i| {
+                    i.as_str()
+                        .map(str::to_string)
+                        .or_else(|| i["url"].as_str().map(str::to_string))
+                }),
+                Value::Object(o) => o.get("url").and_then(|u| u.as_str()).map(str::to_string),
+                _ => None,
+            };
+            let brand = match &p["brand"] {
+                Value::String(s) => Some(s.clone()),
+                b => b["name"].as_str().map(str::to_string),
+            };
+            let sku = ["sku", "productID", "mpn"]
+                .iter()
+                .find_map(|k| match &p[*k] {
+                    Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+                    Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                });
+            let url = p["url"].as_str().map(abs).unwrap_or_else(|| {
+                canonical(html).map_or_else(|| page_url.to_string(), |c| abs(&c))
+            });
+            return Some(Product {
+                org_id: org_id.to_string(),
+                product_id: String::new(),
+                sku,
+                name,
+                url: Some(url),
+                category: p["category"].as_str().map(decode_entities),
+                brand,
+                price,
+                currency: offer["priceCurrency"].as_str().map(|c| c.to_uppercase()),
+                description: p["description"].as_str().map(|s| decode_entities(s.trim())),
+                image_url: image.map(|i| abs(&i)),
+                source: "crawl".into(),
+            });
+        }
+    }
+    let meta = meta_tags(html);
+    let get = |k: &str| meta.get(k).cloned().filter(|v| !v.is_empty());
+    let og_type = get("og:type").unwrap_or_default().to_lowercase();
+    let price = get("product:price:amount")
+        .or_else(|| get("og:price:amount"))
+        .and_then(|p| p.parse::<f64>().ok());
+    if !(og_type.contains("product") || price.is_some()) {
+        return None;
+    }
+    let name = get("og:title").or_else(|| title(html))?;
+    Some(Product {
+        org_id: org_id.to_string(),
+        product_id: String::new(),
+        sku: get("product:retailer_item_id").or_else(|| get("product:sku")),
+        name,
+        url: Some(
+            get("og:url")
+                .or_else(|| canonical(html))
+                .map_or_else(|| page_url.to_string(), |u| abs(&u)),
+        ),
+        category: get("product:category"),
+        brand: get("product:brand").or_else(|| get("og:site_name")),
+        price,
+        currency: get("product:price:currency")
+            .or_else(|| get("og:price:currency"))
+            .map(|c| c.to_uppercase()),
+        description: get("og:description").or_else(|| get("description")),
+        image_url: get("og:image").map(|i| abs(&i)),
+        source: "crawl".into(),
+    })
+}
+
+fn is_product_type(t: &Value) -> bool {
+    match t {
+        Value::String(s) => s == "Product" || s.ends_with("/Product"),
+        Value::Array(a) => a.iter().any(is_product_type),
+        _ => false,
+    }
+}
+
+fn find_product(v: &Value) -> Option<&Value> {
+    match v {
+        Value::Object(o) => {
+            if o.get("@type").is_some_and(is_product_type) {
+                return Some(v);
+            }
+            if let Some(g) = o.get("@graph") {
+                return find_product(g);
+            }
+            if let Some(m) = o.get("mainEntity") {
+                return find_product(m);
+            }
+            None
+        }
+        Value::Array(a) => a.iter().find_map(find_product),
+        _ => None,
+    }
+}
+
+/// Contents of `<script type="application/ld+json">` blocks.
+fn script_blocks(html: &str) -> Vec<&str> {
+    let lower = html.to_ascii_lowercase();
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while let Some(i) = lower[pos..].find("<script") {
+        let start = pos + i;
+        let Some(tag_end) = lower[start..].find('>') else {
+            break;
+        };
+        let tag = &lower[start..start + tag_end];
+        let body_start = start + tag_end + 1;
+        let Some(close) = lower[body_start..].find("</script") else {
+            break;
+        };
+        if tag.contains("ld+json") {
+            out.push(&html[body_start..body_start + close]);
+        }
+        pos = body_start + close;
+    }
+    out
+}
+
+/// `<meta property|name=K content=V>` pairs (keys lower-cased).
+fn meta_tags(html: &str) -> HashMap<String, String> {
+    let lower = html.to_ascii_lowercase();
+    let mut out = HashMap::new();
+    let mut pos = 0;
+    while let Some(i) = lower[pos..].find("<meta") {
+        let start = pos + i;
+        let Some(end) = lower[start..].find('>') else {
+            break;
+        };
+        let attrs = attributes(&html[start + 5..start + end]);
+        let key = attrs
+            .get("property")
+            .or_else(|| attrs.get("name"))
+            .map(|k| k.to_lowercase());
+        if let (Some(k), Some(v)) = (key, attrs.get("content")) {
+            out.entry(k).or_insert_with(|| v.clone());
+        }
+        pos = start + end;
+    }
+    out
+}
+
+fn canonical(html: &str) -> Option<String> {
+    let lower = html.to_ascii_lowercase();
+    let mut pos = 0;
+    while let Some(i) = lower[pos..].find("<link") {
+        let start = pos + i;
+        let end = lower[start..].find('>')?;
+        let attrs = attributes(&html[start + 5..start + end]);
+        if attrs
+            .get("rel")
+            .is_some_and(|r| r.eq_ignore_ascii_case("canonical"))
+        {
+            return attrs.get("href").cloned();
+        }
+        pos = start + end;
+    }
+    None
+}
+
+fn title(html: &str) -> Option<String> {
+    let lower = html.to_ascii_lowercase();
+    let i = lower.find("<title")?;
+    let s = i + lower[i..].find('>')? + 1;
+    let e = s + lower[s..].find("</title")?;
+    Some(decode_entities(html[s..e].trim())).filter(|t| !t.is_empty())
+}
+
+/// Attributes of a tag body (`name="v"`, `name='v'`, `name=v`).
+fn attributes(s: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        while i < b.len() && (b[i].is_ascii_whitespace() || b[i] == b'/') {
+            i += 1;
+        }
+        let ns = i;
+        while i < b.len() && !b[i].is_ascii_whitespace() && b[i] != b'=' && b[i] != b'/' {
+            i += 1;
+        }
+        let name = s[ns..i].to_ascii_lowercase();
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i < b.len() && b[i] == b'=' {
+            i += 1;
+            while i < b.len() && b[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            let v = if i < b.len() && (b[i] == b'"' || b[i] == b'\'') {
+                let q = b[i];
+                let vs = i + 1;
+                i = vs;
+                while i < b.len() && b[i] != q {
+                    i += 1;
+                }
+                let v = &s[vs..i.min(s.len())];
+                i += 1;
+                v
+            } else {
+                let vs = i;
+                while i < b.len() && !b[i].is_ascii_whitespace() {
+                    i += 1;
+                }
+                &s[vs..i]
+            };
+            if !name.is_empty() {
+                out.insert(name, decode_entities(v));
+            }
+        } else if !name.is_empty() {
+            out.insert(name, String::new());
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+fn decode_entities(s: &str) -> String {
+    if !s.contains('&') {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('&') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        let end = rest.find(';').filter(|e| *e <= 10);
+        let decoded = end.and_then(|e| {
+            let ent = &rest[1..e];
+            let c = match ent {
+                "amp" => Some('&'),
+                "lt" => Some('<'),
+                "gt" => Some('>'),
+                "quot" => Some('"'),
+                "apos" | "#39" => Some('\''),
+                "nbsp" => Some(' '),
+                _ if ent.starts_with("#x") || ent.starts_with("#X") => {
+                    u32::from_str_radix(&ent[2..], 16)
+                        .ok()
+                        .and_then(char::from_u32)
+                }
+                _ if ent.starts_with('#') => ent[1..].parse().ok().and_then(char::from_u32),
+                _ => None,
+            };
+            c.map(|c| (c, e))
+        });
+        match decoded {
+            Some((c, e)) => {
+                out.push(c);
+                rest = &rest[e + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn robots_longest_match_wins_and_our_group_is_preferred() {
+        let r = Robots::parse(
+            "User-agent: *\nDisallow: /\n\nUser-agent: crow\nDisallow: /private/\nAllow: /private/ok$\nCrawl-delay: 2\nSitemap: https://x/s.xml\n",
+            ROBOTS_TOKEN,
+        );
+        assert!(r.allowed("/products/a"));
+        assert!(!r.allowed("/private/x"));
+        assert!(r.allowed("/private/ok"));
+        assert!(!r.allowed("/private/ok/more"));
+        assert_eq!(r.crawl_delay, Some(Duration::from_secs(2)));
+        assert_eq!(r.sitemaps, vec!["https://x/s.xml"]);
+        let star = Robots::parse("User-agent: *\nDisallow: /*.pdf$\n", ROBOTS_TOKEN);
+        assert!(!star.allowed("/a/b.pdf"));
+        assert!(star.allowed("/a/b.pdf.html"));
+    }
+
+    #[test]
+    fn json_ld_products_are_read_from_graphs_and_offers() {
+        let html = r#"<html><head><script type="application/ld+json">
+        {"@context":"https://schema.org","@graph":[{"@type":"WebSite"},
+         {"@type":["Product"],"name":"Aria &amp; Co Headphones","sku":"AR-1",
+          "offers":[{"@type":"Offer","price":"199.00","priceCurrency":"usd"}],
+          "image":["/img/aria.jpg"],"brand":{"@type":"Brand","name":"Northwind"}}]}
+        </script></head></html>"#;
+        let p = extract_product(html, "https://shop.example/p/aria", "org").unwrap();
+        assert_eq!(p.name, "Aria & Co Headphones");
+        assert_eq!(p.sku.as_deref(), Some("AR-1"));
+        assert_eq!(p.price, Some(199.0));
+        assert_eq!(p.currency.as_deref(), Some("USD"));
+        assert_eq!(
+            p.image_url.as_deref(),
+            Some("https://shop.example/img/aria.jpg")
+        );
+        assert_eq!(p.brand.as_deref(), Some("Northwind"));
+        assert_eq!(p.url.as_deref(), Some("https://shop.example/p/aria"));
+    }
+
+    #[test]
+    fn open_graph_is_the_fallback_and_other_pages_are_not_products() {
+        let html = r#"<meta property="og:type" content="product"><meta property='og:title' content='Boom Speaker'>
+        <meta property="product:price:amount" content="89.5"><meta property="product:price:currency" content="EUR">"#;
+        let p = extract_product(html, "https://shop.example/boom", "org").unwrap();
+        assert_eq!((p.name.as_str(), p.price), ("Boom Speaker", Some(89.5)));
+        assert!(
+            extract_product("<title>About us</title>", "https://shop.example/about", "o").is_none()
+        );
+    }
+
+    #[test]
+    fn sitemaps_and_indexes_list_their_locations() {
+        let (idx, locs) = parse_sitemap(
+            "<sitemapindex><sitemap><loc> https://x/a.xml.gz </loc></sitemap></sitemapindex>",
+        );
+        assert!(idx);
+        assert_eq!(locs, vec!["https://x/a.xml.gz"]);
+        let (idx, locs) =
+            parse_sitemap("<urlset><url><loc>https://x/p?a=1&amp;b=2</loc></url></urlset>");
+        assert!(!idx);
+        assert_eq!(locs, vec!["https://x/p?a=1&b=2"]);
+    }
+}

@@ -1,0 +1,904 @@
+//! Enrich: sessions → AI-written `interactions`.
+//!
+//! For each session of the window the job builds one prompt — the
+//! organization's name and context, the session's channel, times, device,
+//! source and timeline, and candidate products from the catalog (ids the
+//! session referenced, product pages it visited, product names or SKUs its
+//! text mentions) — and asks the configured provider for a JSON answer
+//! (description, intent, sentiment, outcome, product ids, confidence),
+//! validated against [`answer_schema`]. Answers of paid providers are cached
+//! in `llm_cache` by provider, model and prompt hash: a re-run over the same
+//! input makes zero provider calls. Each org has a daily token budget
+//! (`ai.daily_token_budget`, 0 = unlimited).
+//!
+//! A session whose answer stays malformed after the retries, whose provider
+//! refuses, or whose org is over budget gets no interaction: the failure is
+//! written to `failed_events` (source `job:enrich`, the session id as
+//! `message_id`) and the next incremental run retries it. The window's
+//! interactions are replaced exactly (replace-where on `started_at`), so a
+//! re-run with another provider or model replaces them and the previous
+//! version stays reachable by time travel.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use crow_lake::batch::{batches_to_rows, rows_to_batch, ts_micros};
+use crow_lake::ids::sha256_hex;
+use crow_lake::Lake;
+use crow_schemas::{FAILED_EVENTS, INTERACTIONS, LLM_CACHE};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::ai::{call_validated, AiRequest, Provider, RetryPolicy};
+use crate::{runs, sessionize, str_lit, ts_lit, ProgressRef, Result, Trigger, Window};
+
+/// Name of the job in the ledger.
+pub const JOB: &str = "enrich";
+/// Version of the prompt template; part of every prompt hash.
+pub const PROMPT_VERSION: &str = "enrich-v1";
+/// Candidate products given to the model per session.
+pub const MAX_CANDIDATES: usize = 20;
+/// Timeline entries put into a prompt.
+pub const MAX_PROMPT_TIMELINE: usize = 120;
+
+/// Allowed intents.
+pub const INTENTS: &[&str] = &[
+    "purchase",
+    "research",
+    "browse",
+    "support",
+    "engagement",
+    "other",
+];
+/// Allowed sentiments.
+pub const SENTIMENTS: &[&str] = &["positive", "neutral", "negative"];
+/// Allowed outcomes.
+pub const OUTCOMES: &[&str] = &[
+    "purchased",
+    "abandoned_checkout",
+    "abandoned_cart",
+    "browsed",
+    "bounced",
+    "support",
+    "engaged",
+    "mentioned",
+    "other",
+];
+
+/// A catalog product offered to the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct Candidate {
+    pub product_id: String,
+    pub name: String,
+    pub sku: Option<String>,
+    pub category: Option<String>,
+    pub price: Option<f64>,
+    pub currency: Option<String>,
+    pub url: Option<String>,
+}
+
+/// The structured input of one enrich request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct EnrichInput {
+    pub task: String,
+    pub channel: String,
+    pub organization: String,
+    pub organization_context: Option<String>,
+    pub visitor_id: Option<String>,
+    pub source_ref: Option<String>,
+    pub started_at: String,
+    pub duration_s: i64,
+    pub device_type: Option<String>,
+    pub traffic_source: Option<String>,
+    pub is_returning: Option<bool>,
+    /// `[offset_s, kind, detail]` entries.
+    pub timeline: Vec<(i64, String, String)>,
+    pub candidates: Vec<Candidate>,
+}
+
+/// The answer every provider must give.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct Answer {
+    pub description: String,
+    pub intent: String,
+    pub sentiment: String,
+    pub outcome: String,
+    pub product_ids: Vec<String>,
+    pub confidence: f64,
+}
+
+/// JSON Schema of [`Answer`].
+pub fn answer_schema() -> serde_json::Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "description": {"type": "string", "description": "What the person did, with which products, in one or two plain sentences."},
+            "intent": {"type": "string", "enum": INTENTS},
+            "sentiment": {"type": "string", "enum": SENTIMENTS},
+            "outcome": {"type": "string", "enum": OUTCOMES},
+            "product_ids": {"type": "array", "items": {"type": "string"}, "description": "Ids of the candidate products involved; only ids from the candidate list."},
+            "confidence": {"type": "number", "description": "0 to 1."}
+        },
+        "required": ["description", "intent", "sentiment", "outcome", "product_ids", "confidence"],
+        "additionalProperties": false
+    })
+}
+
+/// Check an answer text against the schema and the session's candidates.
+pub fn validate(text: &str, candidates: &[Candidate]) -> std::result::Result<Answer, String> {
+    let text = text.trim();
+    // Some models wrap JSON in a code fence despite the response format.
+    let text = text
+        .strip_prefix("```json")
+        .or_else(|| text.strip_prefix("```"))
+        .and_then(|t| t.strip_suffix("```"))
+        .map_or(text, str::trim);
+    let a: Answer =
+        serde_json::from_str(text).map_err(|e| format!("not the expected JSON object: {e}"))?;
+    if a.description.trim().is_empty() {
+        return Err("description is empty".into());
+    }
+    if a.description.chars().count() > 2000 {
+        return Err("description is longer than 2000 characters".into());
+    }
+    if !INTENTS.contains(&a.intent.as_str()) {
+        return Err(format!("intent `{}` is not one of {INTENTS:?}", a.intent));
+    }
+    if !SENTIMENTS.contains(&a.sentiment.as_str()) {
+        return Err(format!(
+            "sentiment `{}` is not one of {SENTIMENTS:?}",
+            a.sentiment
+        ));
+    }
+    if !OUTCOMES.contains(&a.outcome.as_str()) {
+        return Err(format!(
+            "outcome `{}` is not one of {OUTCOMES:?}",
+            a.outcome
+        ));
+    }
+    if !(0.0..=1.0).contains(&a.confidence) || !a.confidence.is_finite() {
+        return Err(format!("confidence {} is not within 0..1", a.confidence));
+    }
+    for p in &a.product_ids {
+        if !candidates.iter().any(|c| &c.product_id == p) {
+            return Err(format!("product id `{p}` is not one of the candidates"));
+        }
+    }
+    Ok(a)
+}
+
+/// What to enrich.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Only this organization (None: all).
+    pub org: Option<String>,
+    /// Explicit window of session starts (None: incremental).
+    pub window: Option<Window>,
+    /// How the run was started.
+    pub trigger: Trigger,
+    /// Retries per call.
+    pub policy: RetryPolicy,
+    /// Concurrent provider calls.
+    pub concurrency: usize,
+    /// Tokens per org per UTC day (0: unlimited).
+    pub daily_token_budget: u64,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// The run id (empty when there was nothing to do).
+    pub run_id: String,
+    /// Window start.
+    pub window_start: Option<DateTime<Utc>>,
+    /// Window end.
+    pub window_end: Option<DateTime<Utc>>,
+    /// Provider.
+    pub provider: String,
+    /// Model.
+    pub model: String,
+    /// Sessions in the window.
+    pub sessions: u64,
+    /// Interactions written.
+    pub interactions: u64,
+    /// Answers taken from the cache.
+    pub cache_hits: u64,
+    /// Calls made to the provider (retries included).
+    pub provider_calls: u64,
+    /// Sessions that got no interaction (recorded in failed_events).
+    pub failures: u64,
+    /// Prompt tokens spent by this run.
+    pub input_tokens: u64,
+    /// Completion tokens spent by this run.
+    pub output_tokens: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct SessionIn {
+    org_id: String,
+    session_id: String,
+    channel: String,
+    visitor_id: Option<String>,
+    source_ref: Option<String>,
+    #[serde(with = "ts_micros")]
+    started_at: DateTime<Utc>,
+    #[serde(with = "ts_micros")]
+    ended_at: DateTime<Utc>,
+    device_type: Option<String>,
+    traffic_source: Option<String>,
+    is_returning: Option<bool>,
+    #[serde(default)]
+    product_ids: Option<Vec<String>>,
+    timeline: String,
+    #[serde(default)]
+    source_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct OrgIn {
+    org_id: String,
+    name: String,
+    context: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct ProductIn {
+    org_id: String,
+    product_id: String,
+    sku: Option<String>,
+    name: String,
+    url: Option<String>,
+    category: Option<String>,
+    price: Option<f64>,
+    currency: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct InteractionRow {
+    org_id: String,
+    interaction_id: String,
+    session_id: String,
+    channel: String,
+    started_at: i64,
+    ended_at: i64,
+    description: String,
+    intent: Option<String>,
+    sentiment: Option<String>,
+    outcome: Option<String>,
+    product_ids: Vec<String>,
+    confidence: Option<f64>,
+    source_ids: Vec<String>,
+    provider: String,
+    model: String,
+    prompt_version: String,
+    prompt_hash: String,
+    input_tokens: i64,
+    output_tokens: i64,
+    created_at: i64,
+    session_date: i32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CacheRow {
+    org_id: String,
+    cache_key: String,
+    provider: String,
+    model: String,
+    prompt_hash: String,
+    response: String,
+    input_tokens: i64,
+    output_tokens: i64,
+    #[serde(with = "ts_micros")]
+    created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize)]
+struct FailedRow {
+    org_id: Option<String>,
+    failure_id: String,
+    source: String,
+    channel: Option<String>,
+    message_id: Option<String>,
+    reason_code: String,
+    reason: String,
+    payload: Option<String>,
+    failed_at: i64,
+    event_date: i32,
+}
+
+/// Run the enrich job with `provider`.
+pub async fn run(
+    lake: &Lake,
+    provider: Arc<dyn Provider>,
+    opts: &Options,
+    progress: &ProgressRef,
+) -> Result<Report> {
+    let org = opts.org.as_deref();
+    let window = match opts.window {
+        Some(w) => w,
+        None => match incremental_window(lake, org).await? {
+            Some(w) => w,
+            None => {
+                tracing::info!("enrich: no new sessions");
+                return Ok(Report {
+                    provider: provider.name().into(),
+                    model: provider.model().into(),
+                    ..Report::default()
+                });
+            }
+        },
+    };
+    let run = runs::start(lake, JOB, org, window, opts.trigger, 1).await?;
+    match enrich_window(lake, provider, opts, window, run.id(), progress).await {
+        Ok(mut report) => {
+            report.run_id = run.id().to_string();
+            run.succeed(report.sessions, report.interactions).await?;
+            Ok(report)
+        }
+        Err(e) => {
+            if let Err(le) = run.fail(&e.to_string()).await {
+                tracing::error!(error = %le, "could not record the failed run");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The incremental window: from the enrich watermark — moved back to the
+/// earliest window sessionize rewrote since the last enrich run, and to
+/// the earliest session still without an interaction — up to the
+/// sessionize watermark.
+async fn incremental_window(lake: &Lake, org: Option<&str>) -> Result<Option<Window>> {
+    let Some(end) = runs::watermark(lake, sessionize::JOB).await? else {
+        return Ok(None);
+    };
+    let org_cond = org
+        .map(|o| format!(" AND s.org_id = {}", str_lit(o)))
+        .unwrap_or_default();
+    let mut start = runs::watermark(lake, JOB).await?;
+    let last = runs::last_succeeded(lake, JOB).await?;
+    let rewritten = match &last {
+        Some(r) => runs::succeeded_since(lake, sessionize::JOB, r.started_at).await?,
+        None => Vec::new(),
+    };
+    for r in &rewritten {
+        start = Some(start.map_or(r.window_start, |s| s.min(r.window_start)));
+    }
+    // Sessions without an interaction (new, or failed last time).
+    let sql = format!(
+        "SELECT min(s.started_at) AS t FROM sessions s
+         WHERE s.started_at < {} {org_cond}
+           AND NOT EXISTS (SELECT 1 FROM interactions i WHERE i.session_id = s.session_id)",
+        ts_lit(end)
+    );
+    let (_, batches) = lake.sql(&sql).await?;
+    #[derive(Deserialize)]
+    struct T {
+        #[serde(with = "ts_micros::option", default)]
+        t: Option<DateTime<Utc>>,
+    }
+    let missing = batches_to_rows::<T>(&batches)?
+        .into_iter()
+        .next()
+        .and_then(|t| t.t);
+    if let Some(m) = missing {
+        let m = m.duration_trunc(Duration::days(1)).unwrap_or(m);
+        start = Some(start.map_or(m, |s| s.min(m)));
+    }
+    Ok(start
+        .map(|start| Window { start, end })
+        .filter(|w| !w.is_empty()))
+}
+
+async fn enrich_window(
+    lake: &Lake,
+    provider: Arc<dyn Provider>,
+    opts: &Options,
+    window: Window,
+    run_id: &str,
+    progress: &ProgressRef,
+) -> Result<Report> {
+    let org_cond = opts
+        .org
+        .as_deref()
+        .map(|o| format!(" AND org_id = {}", str_lit(o)))
+        .unwrap_or_default();
+    let ctx = lake.session().await?;
+    let sql = format!(
+        "SELECT org_id, session_id, channel, visitor_id, source_ref, started_at, ended_at,
+                device_type, traffic_source, is_returning, product_ids, timeline, source_ids
+         FROM sessions WHERE started_at >= {} AND started_at < {} {org_cond}
+         ORDER BY org_id, started_at, session_id",
+        ts_lit(window.start),
+        ts_lit(window.end)
+    );
+    let batches = ctx.sql(&sql).await?.collect().await?;
+    let sessions: Vec<SessionIn> = batches_to_rows(&batches)?;
+    let orgs: HashMap<String, OrgIn> = batches_to_rows::<OrgIn>(
+        &ctx.sql("SELECT org_id, name, context FROM organizations")
+            .await?
+            .collect()
+            .await?,
+    )?
+    .into_iter()
+    .map(|o| (o.org_id.clone(), o))
+    .collect();
+    let mut catalog: HashMap<String, Vec<ProductIn>> = HashMap::new();
+    for p in batches_to_rows::<ProductIn>(
+        &ctx.sql(&format!(
+            "SELECT org_id, product_id, sku, name, url, category, price, currency FROM products WHERE TRUE {org_cond}"
+        ))
+        .await?
+        .collect()
+        .await?,
+    )? {
+        catalog.entry(p.org_id.clone()).or_default().push(p);
+    }
+
+    let (pname, model) = (provider.name().to_string(), provider.model().to_string());
+    let cacheable = provider.cacheable();
+    let mut cache: HashMap<String, CacheRow> = HashMap::new();
+    let mut used: HashMap<String, u64> = HashMap::new();
+    if cacheable {
+        let rows: Vec<CacheRow> = batches_to_rows(
+            &ctx.sql(&format!(
+                "SELECT * FROM llm_cache WHERE provider = {} AND model = {} {org_cond}",
+                str_lit(&pname),
+                str_lit(&model)
+            ))
+            .await?
+            .collect()
+            .await?,
+        )?;
+        let today = Utc::now()
+            .duration_trunc(Duration::days(1))
+            .unwrap_or_else(|_| Utc::now());
+        #[derive(Deserialize)]
+        struct Used {
+            org_id: String,
+            t: Option<i64>,
+        }
+        for u in batches_to_rows::<Used>(
+            &ctx.sql(&format!(
+                "SELECT org_id, CAST(sum(input_tokens + output_tokens) AS BIGINT) AS t FROM llm_cache
+                 WHERE created_at >= {} GROUP BY org_id",
+                ts_lit(today)
+            ))
+            .await?
+            .collect()
+            .await?,
+        )? {
+            used.insert(u.org_id, u.t.unwrap_or(0).max(0) as u64);
+        }
+        cache = rows.into_iter().map(|r| (r.cache_key.clone(), r)).collect();
+    }
+    let used = Arc::new(Mutex::new(used));
+    let cache = Arc::new(cache);
+
+    progress.phase(
+        &format!("enriching sessions with {pname}/{model}"),
+        sessions.len() as u64,
+    );
+    let schema = answer_schema();
+    let n_sessions = sessions.len() as u64;
+    let now = Utc::now();
+    let tasks = sessions.into_iter().map(|s| {
+        let provider = provider.clone();
+        let cache = cache.clone();
+        let used = used.clone();
+        let org = orgs.get(&s.org_id).cloned();
+        let products = catalog.get(&s.org_id).map(Vec::as_slice).unwrap_or(&[]);
+        let candidates = candidates(&s, products);
+        let schema = schema.clone();
+        let (pname, model) = (pname.clone(), model.clone());
+        async move {
+            let input = build_input(&s, org.as_ref(), candidates);
+            let (system, prompt) = render_prompt(&input);
+            let prompt_hash = sha256_hex(
+                format!("{PROMPT_VERSION}\u{0}{system}\u{0}{prompt}\u{0}{schema}").as_bytes(),
+            );
+            let cache_key = sha256_hex(format!("{pname}\u{0}{model}\u{0}{prompt_hash}").as_bytes());
+            if let Some(hit) = cache.get(&cache_key) {
+                if let Ok(answer) = validate(&hit.response, &input.candidates) {
+                    return Done {
+                        session: s,
+                        prompt_hash,
+                        result: Ok(answer),
+                        tokens: (
+                            hit.input_tokens.max(0) as u64,
+                            hit.output_tokens.max(0) as u64,
+                        ),
+                        spent: (0, 0),
+                        calls: 0,
+                        cache_row: None,
+                        cached: true,
+                        bad_answer: None,
+                    };
+                }
+            }
+            if opts.daily_token_budget > 0 {
+                let spent = used
+                    .lock()
+                    .map(|u| u.get(&s.org_id).copied().unwrap_or(0))
+                    .unwrap_or(0);
+                if spent >= opts.daily_token_budget {
+                    return Done {
+                        session: s,
+                        prompt_hash,
+                        result: Err((
+                            "ai_budget_exhausted",
+                            format!(
+                                "the organization used {spent} of its {} AI tokens today",
+                                opts.daily_token_budget
+                            ),
+                        )),
+                        tokens: (0, 0),
+                        spent: (0, 0),
+                        calls: 0,
+                        cache_row: None,
+                        cached: false,
+                        bad_answer: None,
+                    };
+                }
+            }
+            let req = AiRequest {
+                system,
+                prompt,
+                schema,
+                input: serde_json::to_value(&input).unwrap_or_default(),
+            };
+            let cands = input.candidates.clone();
+            let out = call_validated(provider.as_ref(), &req, opts.policy, |t| {
+                validate(t, &cands)
+            })
+            .await;
+            if let Ok(mut u) = used.lock() {
+                *u.entry(s.org_id.clone()).or_default() += out.input_tokens + out.output_tokens;
+            }
+            let cache_row = match (&out.value, &out.text) {
+                (Ok(_), Some(text)) if cacheable => Some(CacheRow {
+                    org_id: s.org_id.clone(),
+                    cache_key,
+                    provider: pname.clone(),
+                    model: model.clone(),
+                    prompt_hash: prompt_hash.clone(),
+                    response: text.clone(),
+                    input_tokens: out.input_tokens as i64,
+                    output_tokens: out.output_tokens as i64,
+                    created_at: Utc::now(),
+                }),
+                _ => None,
+            };
+            Done {
+                session: s,
+                prompt_hash,
+                result: out.value,
+                tokens: (out.input_tokens, out.output_tokens),
+                spent: (out.input_tokens, out.output_tokens),
+                calls: out.calls,
+                cache_row,
+                cached: false,
+                bad_answer: out.last_bad_answer,
+            }
+        }
+    });
+    let mut stream = futures::stream::iter(tasks).buffer_unordered(opts.concurrency.max(1));
+    let mut report = Report {
+        provider: pname.clone(),
+        model: model.clone(),
+        window_start: Some(window.start),
+        window_end: Some(window.end),
+        sessions: n_sessions,
+        ..Report::default()
+    };
+    let mut rows = Vec::new();
+    let mut cache_rows = Vec::new();
+    let mut failed = Vec::new();
+    while let Some(done) = stream.next().await {
+        progress.inc(1);
+        report.provider_calls += u64::from(done.calls);
+        report.input_tokens += done.spent.0;
+        report.output_tokens += done.spent.1;
+        if done.cached {
+            report.cache_hits += 1;
+        }
+        if let Some(c) = done.cache_row {
+            cache_rows.push(c);
+        }
+        let s = done.session;
+        match done.result {
+            Ok(a) => rows.push(InteractionRow {
+                interaction_id: format!(
+                    "int_{}",
+                    &sha256_hex(format!("{}\u{0}{pname}\u{0}{model}", s.session_id).as_bytes())
+                        [..26]
+                ),
+                org_id: s.org_id,
+                session_id: s.session_id,
+                channel: s.channel,
+                started_at: s.started_at.timestamp_micros(),
+                ended_at: s.ended_at.timestamp_micros(),
+                description: a.description,
+                intent: Some(a.intent),
+                sentiment: Some(a.sentiment),
+                outcome: Some(a.outcome),
+                product_ids: a.product_ids,
+                confidence: Some(a.confidence),
+                source_ids: s.source_ids,
+                provider: pname.clone(),
+                model: model.clone(),
+                prompt_version: PROMPT_VERSION.into(),
+                prompt_hash: done.prompt_hash,
+                input_tokens: done.tokens.0 as i64,
+                output_tokens: done.tokens.1 as i64,
+                created_at: now.timestamp_micros(),
+                session_date: s
+                    .started_at
+                    .date_naive()
+                    .signed_duration_since(
+                        chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default(),
+                    )
+                    .num_days() as i32,
+            }),
+            Err((code, reason)) => {
+                report.failures += 1;
+                tracing::warn!(session = %s.session_id, code, %reason, "enrich: session left for the next run");
+                failed.push(FailedRow {
+                    org_id: Some(s.org_id.clone()),
+                    failure_id: crow_lake::ids::new_id("fail"),
+                    source: format!("job:{JOB}"),
+                    channel: Some(s.channel.clone()),
+                    message_id: Some(s.session_id.clone()),
+                    reason_code: code.into(),
+                    reason: reason.chars().take(2000).collect(),
+                    payload: Some(
+                        json!({
+                            "session_id": s.session_id,
+                            "run_id": run_id,
+                            "provider": pname,
+                            "model": model,
+                            "prompt_hash": done.prompt_hash,
+                            "answer": done.bad_answer,
+                        })
+                        .to_string(),
+                    ),
+                    failed_at: now.timestamp_micros(),
+                    event_date: (now.timestamp_micros().div_euclid(86_400_000_000)) as i32,
+                });
+            }
+        }
+    }
+    progress.phase("writing interactions", 0);
+    // Paid answers are kept first, whatever happens next.
+    if !cache_rows.is_empty() {
+        let b = rows_to_batch(&LLM_CACHE, &cache_rows)?;
+        lake.merge(LLM_CACHE.name, vec![b], &["cache_key"]).await?;
+    }
+    report.interactions = rows.len() as u64;
+    rows.sort_by(|a, b| {
+        (a.session_date, &a.org_id, a.started_at).cmp(&(b.session_date, &b.org_id, b.started_at))
+    });
+    let mut batches = Vec::new();
+    for chunk in rows.chunks(50_000) {
+        batches.push(rows_to_batch(&INTERACTIONS, chunk)?);
+    }
+    let last_day = (window.end - Duration::microseconds(1)).date_naive();
+    let predicate = format!(
+        "session_date >= '{}' AND session_date <= '{}' AND started_at >= {} AND started_at < {}{}",
+        window.start.date_naive().format("%Y-%m-%d"),
+        last_day.format("%Y-%m-%d"),
+        ts_lit(window.start),
+        ts_lit(window.end),
+        org_cond
+    );
+    lake.replace_where(INTERACTIONS.name, &predicate, batches)
+        .await?;
+    if !failed.is_empty() {
+        let b = rows_to_batch(&FAILED_EVENTS, &failed)?;
+        lake.append(FAILED_EVENTS.name, vec![b]).await?;
+    }
+    Ok(report)
+}
+
+struct Done {
+    session: SessionIn,
+    prompt_hash: String,
+    result: std::result::Result<Answer, (&'static str, String)>,
+    /// Tokens recorded on the interaction (the original call's, for hits).
+    tokens: (u64, u64),
+    /// Tokens this run spent.
+    spent: (u64, u64),
+    calls: u32,
+    cache_row: Option<CacheRow>,
+    cached: bool,
+    bad_answer: Option<String>,
+}
+
+/// Candidate products for a session: ids and SKUs it referenced, product
+/// pages it visited, names and SKUs its text mentions.
+fn candidates(s: &SessionIn, products: &[ProductIn]) -> Vec<Candidate> {
+    let mut out: Vec<Candidate> = Vec::new();
+    let mut add = |p: &ProductIn| {
+        if out.len() < MAX_CANDIDATES && !out.iter().any(|c| c.product_id == p.product_id) {
+            out.push(Candidate {
+                product_id: p.product_id.clone(),
+                name: p.name.clone(),
+                sku: p.sku.clone(),
+                category: p.category.clone(),
+                price: p.price,
+                currency: p.currency.clone(),
+                url: p.url.clone(),
+            });
+        }
+    };
+    for id in s.product_ids.iter().flatten() {
+        if let Some(p) = products
+            .iter()
+            .find(|p| &p.product_id == id || p.sku.as_ref() == Some(id))
+        {
+            add(p);
+        }
+    }
+    let timeline: Vec<(i64, String, String)> =
+        serde_json::from_str(&s.timeline).unwrap_or_default();
+    let text = timeline
+        .iter()
+        .map(|(_, _, d)| d.to_lowercase())
+        .collect::<Vec<_>>()
+        .join("\n");
+    for p in products {
+        let path_hit = p
+            .url
+            .as_deref()
+            .and_then(|u| url::Url::parse(u).ok())
+            .map(|u| u.path().to_lowercase())
+            .is_some_and(|path| {
+                path.len() > 1
+                    && timeline
+                        .iter()
+                        .any(|(_, k, d)| (k == "page" || k == "screen") && d.to_lowercase() == path)
+            });
+        let name = p.name.to_lowercase();
+        let name_hit = name.len() >= 4 && text.contains(&name);
+        let sku_hit = p
+            .sku
+            .as_deref()
+            .is_some_and(|k| k.len() >= 3 && text.contains(&k.to_lowercase()));
+        if path_hit || name_hit || sku_hit {
+            add(p);
+        }
+    }
+    out
+}
+
+fn build_input(s: &SessionIn, org: Option<&OrgIn>, candidates: Vec<Candidate>) -> EnrichInput {
+    let mut timeline: Vec<(i64, String, String)> =
+        serde_json::from_str(&s.timeline).unwrap_or_default();
+    if timeline.len() > MAX_PROMPT_TIMELINE {
+        let skipped = timeline.len() - MAX_PROMPT_TIMELINE;
+        let tail = timeline.split_off(timeline.len() - 20);
+        timeline.truncate(MAX_PROMPT_TIMELINE - 20);
+        timeline.push((
+            tail.first().map_or(0, |t| t.0),
+            "skipped".into(),
+            format!("{skipped} entries"),
+        ));
+        timeline.extend(tail);
+    }
+    EnrichInput {
+        task: "enrich".into(),
+        channel: s.channel.clone(),
+        organization: org.map_or_else(|| s.org_id.clone(), |o| o.name.clone()),
+        organization_context: org.and_then(|o| o.context.clone()),
+        visitor_id: s.visitor_id.clone(),
+        source_ref: s.source_ref.clone(),
+        started_at: s.started_at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        duration_s: (s.ended_at - s.started_at).num_seconds(),
+        device_type: s.device_type.clone(),
+        traffic_source: s.traffic_source.clone(),
+        is_returning: s.is_returning,
+        timeline,
+        candidates,
+    }
+}
+
+/// The system instruction and the prompt for one session.
+pub fn render_prompt(i: &EnrichInput) -> (String, String) {
+    let system = format!(
+        "You are an analyst for a brand. You read one session of a person's activity \
+         (web events, in-store CCTV transcript segments, or social media posts) and write \
+         one interaction record as JSON. Describe what the person did and with which \
+         products, in one or two plain sentences, without inventing anything that is not \
+         in the session. intent is one of {INTENTS:?}; sentiment one of {SENTIMENTS:?}; \
+         outcome one of {OUTCOMES:?}. product_ids lists only ids from the candidate \
+         products that the session involves. confidence is 0..1."
+    );
+    let mut p = String::new();
+    p.push_str(&format!("Organization: {}\n", i.organization));
+    if let Some(c) = &i.organization_context {
+        p.push_str(&format!("About the organization: {c}\n"));
+    }
+    p.push_str(&format!(
+        "Channel: {}\nStarted: {} (lasted {} s)\n",
+        i.channel, i.started_at, i.duration_s
+    ));
+    for (label, v) in [
+        ("Visitor", &i.visitor_id),
+        ("Source", &i.source_ref),
+        ("Device", &i.device_type),
+        ("Traffic source", &i.traffic_source),
+    ] {
+        if let Some(v) = v {
+            p.push_str(&format!("{label}: {v}\n"));
+        }
+    }
+    if let Some(r) = i.is_returning {
+        p.push_str(&format!(
+            "Visitor type: {}\n",
+            if r { "returning" } else { "new" }
+        ));
+    }
+    p.push_str("\nCandidate products (id | name | sku | category | price):\n");
+    if i.candidates.is_empty() {
+        p.push_str("(none)\n");
+    }
+    for c in &i.candidates {
+        p.push_str(&format!(
+            "- {} | {} | {} | {} | {}\n",
+            c.product_id,
+            c.name,
+            c.sku.as_deref().unwrap_or("-"),
+            c.category.as_deref().unwrap_or("-"),
+            c.price
+                .map(|x| format!("{x:.2} {}", c.currency.as_deref().unwrap_or("")))
+                .unwrap_or_else(|| "-".into())
+        ));
+    }
+    p.push_str("\nTimeline (seconds from start | what | detail):\n");
+    for (o, k, d) in &i.timeline {
+        p.push_str(&format!("{o} | {k} | {d}\n"));
+    }
+    (system, p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cands() -> Vec<Candidate> {
+        vec![Candidate {
+            product_id: "p1".into(),
+            name: "Aria".into(),
+            sku: None,
+            category: None,
+            price: None,
+            currency: None,
+            url: None,
+        }]
+    }
+
+    #[test]
+    fn validation_accepts_good_answers_and_names_what_is_wrong() {
+        let good = r#"{"description":"Viewed Aria.","intent":"research","sentiment":"neutral","outcome":"browsed","product_ids":["p1"],"confidence":0.8}"#;
+        assert!(validate(good, &cands()).is_ok());
+        let fenced = format!("```json\n{good}\n```");
+        assert!(validate(&fenced, &cands()).is_ok());
+        let bad_intent = good.replace("research", "shopping");
+        assert!(validate(&bad_intent, &cands())
+            .unwrap_err()
+            .contains("intent"));
+        let unknown = good.replace("[\"p1\"]", "[\"p9\"]");
+        assert!(validate(&unknown, &cands()).unwrap_err().contains("p9"));
+        let truncated = &good[..good.len() - 10];
+        assert!(validate(truncated, &cands()).is_err());
+        let conf = good.replace("0.8", "7");
+        assert!(validate(&conf, &cands())
+            .unwrap_err()
+            .contains("confidence"));
+    }
+}

@@ -1,0 +1,177 @@
+//! The run ledger: one `job_runs` row per execution.
+//!
+//! A run is appended as `running` when it starts and updated (merge on
+//! `run_id`) to `succeeded` or `failed` when it ends. A job's *watermark* is
+//! the largest `window_end` of its succeeded incremental runs over all
+//! organizations (`org_id = '*'`, trigger `cli` or `schedule`); explicit
+//! windows (trigger `backfill`) replace their window without moving it.
+
+use chrono::{DateTime, Utc};
+use crow_lake::batch::{batches_to_rows, rows_to_batch, ts_micros};
+use crow_lake::Lake;
+use crow_schemas::JOB_RUNS;
+use serde::{Deserialize, Serialize};
+
+use crate::{str_lit, Result, Trigger, Window};
+
+/// One row of `job_runs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct RunRecord {
+    pub org_id: String,
+    pub run_id: String,
+    pub job: String,
+    #[serde(with = "ts_micros")]
+    pub window_start: DateTime<Utc>,
+    #[serde(with = "ts_micros")]
+    pub window_end: DateTime<Utc>,
+    pub status: String,
+    pub trigger: String,
+    pub attempt: i32,
+    #[serde(with = "ts_micros")]
+    pub started_at: DateTime<Utc>,
+    #[serde(with = "ts_micros::option", default)]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub rows_in: Option<i64>,
+    #[serde(default)]
+    pub rows_out: Option<i64>,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+/// A run in progress.
+#[derive(Debug)]
+pub struct Run {
+    lake: Lake,
+    /// Its ledger row.
+    pub record: RunRecord,
+}
+
+/// Record the start of a run of `job` over `window` (`org` None: all
+/// organizations).
+pub async fn start(
+    lake: &Lake,
+    job: &str,
+    org: Option<&str>,
+    window: Window,
+    trigger: Trigger,
+    attempt: i32,
+) -> Result<Run> {
+    let record = RunRecord {
+        org_id: org.unwrap_or("*").to_string(),
+        run_id: crow_lake::ids::new_id("run"),
+        job: job.to_string(),
+        window_start: window.start,
+        window_end: window.end,
+        status: "running".into(),
+        trigger: trigger.as_str().into(),
+        attempt,
+        started_at: Utc::now(),
+        finished_at: None,
+        rows_in: None,
+        rows_out: None,
+        error: None,
+        host: Some(crate::host()),
+    };
+    lake.append(
+        JOB_RUNS.name,
+        vec![rows_to_batch(&JOB_RUNS, std::slice::from_ref(&record))?],
+    )
+    .await?;
+    Ok(Run {
+        lake: lake.clone(),
+        record,
+    })
+}
+
+impl Run {
+    /// The run id.
+    pub fn id(&self) -> &str {
+        &self.record.run_id
+    }
+
+    /// Change the window (incremental runs learn their end while running).
+    pub fn set_window(&mut self, window: Window) {
+        self.record.window_start = window.start;
+        self.record.window_end = window.end;
+    }
+
+    /// Record success.
+    pub async fn succeed(mut self, rows_in: u64, rows_out: u64) -> Result<RunRecord> {
+        self.record.status = "succeeded".into();
+        self.record.finished_at = Some(Utc::now());
+        self.record.rows_in = Some(rows_in as i64);
+        self.record.rows_out = Some(rows_out as i64);
+        self.finish().await
+    }
+
+    /// Record failure with its error.
+    pub async fn fail(mut self, error: &str) -> Result<RunRecord> {
+        self.record.status = "failed".into();
+        self.record.finished_at = Some(Utc::now());
+        self.record.error = Some(error.chars().take(4000).collect());
+        self.finish().await
+    }
+
+    async fn finish(self) -> Result<RunRecord> {
+        let batch = rows_to_batch(&JOB_RUNS, std::slice::from_ref(&self.record))?;
+        self.lake
+            .merge(JOB_RUNS.name, vec![batch], &["run_id"])
+            .await?;
+        Ok(self.record)
+    }
+}
+
+/// Runs matching a SQL condition over `job_runs`, newest first.
+pub async fn query(lake: &Lake, condition: &str, limit: usize) -> Result<Vec<RunRecord>> {
+    let sql =
+        format!("SELECT * FROM job_runs WHERE {condition} ORDER BY started_at DESC LIMIT {limit}");
+    let (_, batches) = lake.sql(&sql).await?;
+    Ok(batches_to_rows(&batches)?)
+}
+
+/// The most recent runs of every job.
+pub async fn recent(lake: &Lake, limit: usize) -> Result<Vec<RunRecord>> {
+    query(lake, "TRUE", limit).await
+}
+
+/// The watermark of `job`: the end of its last succeeded incremental run
+/// over all organizations.
+pub async fn watermark(lake: &Lake, job: &str) -> Result<Option<DateTime<Utc>>> {
+    let cond = format!(
+        "job = {} AND org_id = '*' AND status = 'succeeded' AND \"trigger\" IN ('cli', 'schedule')",
+        str_lit(job)
+    );
+    let sql = format!("SELECT max(window_end) AS w FROM job_runs WHERE {cond}");
+    let (_, batches) = lake.sql(&sql).await?;
+    #[derive(Deserialize)]
+    struct W {
+        #[serde(with = "ts_micros::option", default)]
+        w: Option<DateTime<Utc>>,
+    }
+    let rows: Vec<W> = batches_to_rows(&batches)?;
+    Ok(rows.into_iter().next().and_then(|r| r.w))
+}
+
+/// Succeeded runs of `job` that finished after `since`.
+pub async fn succeeded_since(
+    lake: &Lake,
+    job: &str,
+    since: DateTime<Utc>,
+) -> Result<Vec<RunRecord>> {
+    let cond = format!(
+        "job = {} AND status = 'succeeded' AND finished_at > '{}'",
+        str_lit(job),
+        since.format("%Y-%m-%dT%H:%M:%S%.6fZ")
+    );
+    query(lake, &cond, 10_000).await
+}
+
+/// The last succeeded run of `job` (any trigger, any org).
+pub async fn last_succeeded(lake: &Lake, job: &str) -> Result<Option<RunRecord>> {
+    let cond = format!("job = {} AND status = 'succeeded'", str_lit(job));
+    Ok(query(lake, &cond, 1).await?.into_iter().next())
+}

@@ -1,0 +1,1084 @@
+//! Sessionize: raw activity of all three channels → `sessions`.
+//!
+//! Rules (see the README's "Jobs" section):
+//! - **Web.** Events are deduplicated by `(org_id, message_id)` (the first
+//!   received copy wins). Identity is stitched: an anonymous id seen together
+//!   with a user id (any event carrying both, or an `alias` call's
+//!   `previous_id`) belongs to that user — the earliest such user id wins —
+//!   and the visitor is `user_id`, else the stitched user, else the anonymous
+//!   id. A visitor's session ends after `jobs.session_gap_minutes` (default
+//!   60) without events.
+//! - **CCTV.** Each camera-hour (store, camera, UTC hour of the segment
+//!   start) is one session; segments are deduplicated by `segment_id`.
+//! - **Social.** Each collector run (`run_id`) is one session; captures are
+//!   deduplicated by `capture_id`.
+//! - **Closed sessions only.** A web or social session is closed once its
+//!   last event is at least one gap older than the watermark (the run's
+//!   clock); a camera-hour once the hour is over. Open sessions are left for
+//!   a later run.
+//! - **Windows.** A run writes the sessions whose `started_at` falls in its
+//!   window `[start, end)` and replaces exactly that window of the table.
+//!   An incremental run starts at the watermark and ends at the earliest
+//!   start of a session still open (at most watermark − gap), so no session
+//!   is ever cut or skipped.
+//! - **Late events.** An incremental run also looks for events *received*
+//!   since the previous run started (minus a 10 minute allowance for the
+//!   collector's flush delay) that *occurred* before its window. The run's
+//!   window then starts at the UTC midnight of the earliest such event, so
+//!   the affected days are sessionized again: late events join the session
+//!   they belong to (which may merge or extend sessions) or form their own.
+//!   Explicit windows (`--from/--to`, backfills) always read everything that
+//!   has arrived.
+
+use std::collections::{BTreeSet, HashSet};
+
+use chrono::{DateTime, Duration, DurationRound, NaiveDate, Utc};
+use crow_lake::arrow::array::{Array, AsArray, RecordBatch};
+use crow_lake::arrow::compute::cast;
+use crow_lake::arrow::datatypes::DataType;
+use crow_lake::batch::rows_to_batch;
+use crow_lake::datafusion::prelude::SessionContext;
+use crow_lake::Lake;
+use crow_schemas::SESSIONS;
+use futures::StreamExt;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::runs;
+use crate::{str_lit, ts_lit, Error, ProgressRef, Result, Trigger, Window};
+
+/// Name of the job in the ledger.
+pub const JOB: &str = "sessionize";
+/// Timeline entries kept per session; longer sessions end with a
+/// `truncated` entry.
+pub const MAX_TIMELINE: usize = 300;
+/// How long before the previous run's start a received event still counts
+/// as possibly unseen (collector flush delay).
+const LATE_ALLOWANCE_MINUTES: i64 = 10;
+
+/// What to sessionize.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Only this organization (None: all).
+    pub org: Option<String>,
+    /// Explicit window of session starts (None: incremental from the
+    /// watermark).
+    pub window: Option<Window>,
+    /// Inactivity gap that ends a web session.
+    pub gap: Duration,
+    /// The run's clock: sessions must be closed by this time.
+    pub now: DateTime<Utc>,
+    /// How the run was started.
+    pub trigger: Trigger,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// The run id in `job_runs` (empty when there was nothing to do).
+    pub run_id: String,
+    /// Window start (RFC 3339).
+    pub window_start: Option<DateTime<Utc>>,
+    /// Window end.
+    pub window_end: Option<DateTime<Utc>>,
+    /// Source rows read (after deduplication).
+    pub events_read: u64,
+    /// Duplicate source rows dropped.
+    pub duplicates: u64,
+    /// Sessions written, all channels.
+    pub sessions: u64,
+    /// Web / social / CCTV sessions written.
+    pub web_sessions: u64,
+    /// Social sessions written.
+    pub social_sessions: u64,
+    /// CCTV sessions written.
+    pub cctv_sessions: u64,
+    /// Sessions still open, left for a later run.
+    pub open_sessions: u64,
+    /// Days recomputed because late events arrived for them.
+    pub late_days: Vec<NaiveDate>,
+}
+
+/// One row of `sessions`.
+#[derive(Debug, Clone, Serialize)]
+#[allow(missing_docs)]
+pub struct SessionRow {
+    pub org_id: String,
+    pub session_id: String,
+    pub channel: &'static str,
+    pub visitor_id: Option<String>,
+    pub user_id: Option<String>,
+    pub anonymous_ids: Option<Vec<String>>,
+    pub started_at: i64,
+    pub ended_at: i64,
+    pub event_count: i64,
+    pub page_views: Option<i64>,
+    pub product_ids: Option<Vec<String>>,
+    pub device_type: Option<String>,
+    pub traffic_source: Option<String>,
+    pub is_returning: Option<bool>,
+    pub converted: Option<bool>,
+    pub source_ref: Option<String>,
+    pub timeline: String,
+    pub source_ids: Vec<String>,
+    pub job_run_id: String,
+    pub session_date: i32,
+}
+
+/// Sessions computed over one read of the raw tables.
+#[derive(Default)]
+struct Built {
+    rows: Vec<SessionRow>,
+    /// Earliest start of a session not yet closed at the read end.
+    open_min_start: Option<i64>,
+    open: u64,
+    events: u64,
+    duplicates: u64,
+}
+
+impl Built {
+    fn open_session(&mut self, start: i64) {
+        self.open += 1;
+        self.open_min_start = Some(self.open_min_start.map_or(start, |m| m.min(start)));
+    }
+}
+
+/// Run the sessionize job.
+pub async fn run(lake: &Lake, opts: &Options, progress: &ProgressRef) -> Result<Report> {
+    let org = opts.org.as_deref();
+    let (mut run, from, explicit_end, late_days) = match opts.window {
+        Some(w) => {
+            let run = runs::start(lake, JOB, org, w, opts.trigger, 1).await?;
+            (run, w.start, Some(w.end), Vec::new())
+        }
+        None => {
+            let (from, late_days) = match incremental_start(lake, org).await? {
+                Some(s) => s,
+                None => {
+                    tracing::info!("sessionize: no raw activity yet, nothing to do");
+                    return Ok(Report::default());
+                }
+            };
+            let w = Window {
+                start: from,
+                end: from,
+            };
+            let run = runs::start(lake, JOB, org, w, opts.trigger, 1).await?;
+            (run, from, None, late_days)
+        }
+    };
+    let result = sessionize(lake, opts, from, explicit_end, progress, run.id()).await;
+    match result {
+        Ok((window, built)) => {
+            run.set_window(window);
+            let mut report = Report {
+                run_id: run.id().to_string(),
+                window_start: Some(window.start),
+                window_end: Some(window.end),
+                events_read: built.events,
+                duplicates: built.duplicates,
+                open_sessions: built.open,
+                late_days,
+                ..Report::default()
+            };
+            for r in &built.rows {
+                match r.channel {
+                    "web" => report.web_sessions += 1,
+                    "social" => report.social_sessions += 1,
+                    _ => report.cctv_sessions += 1,
+                }
+            }
+            report.sessions = built.rows.len() as u64;
+            progress.phase("writing sessions", 0);
+            write(lake, org, window, built.rows).await?;
+            run.succeed(report.events_read, report.sessions).await?;
+            Ok(report)
+        }
+        Err(e) => {
+            if let Err(le) = run.fail(&e.to_string()).await {
+                tracing::error!(error = %le, "could not record the failed run");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Where an incremental run starts: the watermark, moved back to midnight
+/// of the earliest late event; or, on a first run, midnight of the earliest
+/// activity. None when there is no activity at all.
+async fn incremental_start(
+    lake: &Lake,
+    org: Option<&str>,
+) -> Result<Option<(DateTime<Utc>, Vec<NaiveDate>)>> {
+    let org_cond = org_filter(org);
+    let Some(wm) = runs::watermark(lake, JOB).await? else {
+        let sql = format!(
+            "SELECT min(t) AS t FROM (
+               SELECT min(occurred_at) AS t FROM raw_web_events WHERE TRUE {org_cond}
+               UNION ALL SELECT min(captured_at) FROM raw_social_captures WHERE TRUE {org_cond}
+               UNION ALL SELECT min(segment_start) FROM raw_cctv_transcripts WHERE TRUE {org_cond})"
+        );
+        return Ok(min_time(lake, &sql)
+            .await?
+            .map(|t| (midnight(t), Vec::new())));
+    };
+    let last = runs::last_succeeded(lake, JOB).await?;
+    let since = last
+        .map(|r| r.started_at - Duration::minutes(LATE_ALLOWANCE_MINUTES))
+        .unwrap_or(wm);
+    let (since, wm_lit) = (ts_lit(since), ts_lit(wm));
+    let sql = format!(
+        "SELECT DISTINCT d FROM (
+           SELECT date_trunc('day', occurred_at) AS d FROM raw_web_events
+             WHERE received_at >= {since} AND occurred_at < {wm_lit} {org_cond}
+           UNION ALL SELECT date_trunc('day', captured_at) FROM raw_social_captures
+             WHERE received_at >= {since} AND captured_at < {wm_lit} {org_cond}
+           UNION ALL SELECT date_trunc('day', segment_start) FROM raw_cctv_transcripts
+             WHERE received_at >= {since} AND segment_start < {wm_lit} {org_cond})
+         ORDER BY d"
+    );
+    let (_, batches) = lake.sql(&sql).await?;
+    let mut days = Vec::new();
+    for b in &batches {
+        let c = cast(b.column(0), &DataType::Int64)?;
+        let c = c.as_primitive::<crow_lake::arrow::datatypes::Int64Type>();
+        for i in 0..c.len() {
+            if c.is_valid(i) {
+                if let Some(t) = DateTime::from_timestamp_micros(c.value(i)) {
+                    days.push(t.date_naive());
+                }
+            }
+        }
+    }
+    days.sort();
+    days.dedup();
+    let start = days
+        .first()
+        .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc())
+        .map_or(wm, |d| d.min(wm));
+    if !days.is_empty() {
+        tracing::info!(
+            ?days,
+            "sessionize: late events arrived, recomputing their days"
+        );
+    }
+    Ok(Some((start, days)))
+}
+
+async fn min_time(lake: &Lake, sql: &str) -> Result<Option<DateTime<Utc>>> {
+    let (_, batches) = lake.sql(sql).await?;
+    for b in &batches {
+        if b.num_rows() == 0 {
+            continue;
+        }
+        let c = cast(b.column(0), &DataType::Int64)?;
+        let c = c.as_primitive::<crow_lake::arrow::datatypes::Int64Type>();
+        if c.is_valid(0) {
+            return Ok(DateTime::from_timestamp_micros(c.value(0)));
+        }
+    }
+    Ok(None)
+}
+
+fn midnight(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.duration_trunc(Duration::days(1)).unwrap_or(t)
+}
+
+fn org_filter(org: Option<&str>) -> String {
+    org.map(|o| format!(" AND org_id = {}", str_lit(o)))
+        .unwrap_or_default()
+}
+
+/// Compute the sessions starting at or after `from` (and before
+/// `explicit_end`, when given); returns the window actually covered.
+async fn sessionize(
+    lake: &Lake,
+    opts: &Options,
+    from: DateTime<Utc>,
+    explicit_end: Option<DateTime<Utc>>,
+    progress: &ProgressRef,
+    run_id: &str,
+) -> Result<(Window, Built)> {
+    let now = opts.now;
+    let read_start = from - opts.gap;
+    // Explicit windows read a day past their end first and widen the read
+    // while a session starting inside is still going at the read's end.
+    let mut read_end = match explicit_end {
+        Some(end) => (end + Duration::days(1)).min(now),
+        None => now,
+    };
+    loop {
+        let ctx = lake.session().await?;
+        let returning = earlier_visitors(&ctx, opts.org.as_deref(), from).await?;
+        let mut built = Built::default();
+        progress.phase("sessionizing web events", 0);
+        web(
+            &ctx, opts, read_start, read_end, &returning, run_id, &mut built, progress,
+        )
+        .await?;
+        progress.phase("sessionizing CCTV transcripts", 0);
+        cctv(&ctx, opts, read_start, read_end, run_id, &mut built).await?;
+        progress.phase("sessionizing social captures", 0);
+        social(&ctx, opts, read_start, read_end, run_id, &mut built).await?;
+        let end = match explicit_end {
+            Some(end) => {
+                let still_open = built
+                    .open_min_start
+                    .is_some_and(|s| s < end.timestamp_micros());
+                if still_open && read_end < now {
+                    read_end = (read_end + Duration::days(7)).min(now);
+                    continue;
+                }
+                end
+            }
+            None => {
+                let mut end = now - opts.gap;
+                if let Some(s) = built
+                    .open_min_start
+                    .and_then(DateTime::from_timestamp_micros)
+                {
+                    end = end.min(s);
+                }
+                end.max(from)
+            }
+        };
+        let (s, e) = (from.timestamp_micros(), end.timestamp_micros());
+        built.rows.retain(|r| r.started_at >= s && r.started_at < e);
+        // Sessions open inside the window are reported; those after it are
+        // simply not due yet.
+        return Ok((Window { start: from, end }, built));
+    }
+}
+
+/// Visitors (org \u{1} visitor) with a web session before `before`.
+async fn earlier_visitors(
+    ctx: &SessionContext,
+    org: Option<&str>,
+    before: DateTime<Utc>,
+) -> Result<HashSet<String>> {
+    let sql = format!(
+        "SELECT DISTINCT org_id, visitor_id FROM sessions
+         WHERE channel = 'web' AND visitor_id IS NOT NULL AND started_at < {} {}",
+        ts_lit(before),
+        org_filter(org)
+    );
+    let batches = ctx.sql(&sql).await?.collect().await?;
+    let mut out = HashSet::new();
+    for b in &batches {
+        let (o, v) = (text(b, "org_id")?, text(b, "visitor_id")?);
+        for i in 0..b.num_rows() {
+            out.insert(format!("{}\u{1}{}", o.value(i), v.value(i)));
+        }
+    }
+    Ok(out)
+}
+
+/// A text column as Utf8 (whatever string type the scan produced).
+fn text(b: &RecordBatch, name: &str) -> Result<crow_lake::arrow::array::StringArray> {
+    let c = b
+        .column_by_name(name)
+        .ok_or_else(|| Error::Invalid(format!("column {name} missing from the scan")))?;
+    let c = cast(c, &DataType::Utf8)?;
+    Ok(c.as_string::<i32>().clone())
+}
+
+fn micros(b: &RecordBatch, name: &str) -> Result<crow_lake::arrow::array::Int64Array> {
+    let c = b
+        .column_by_name(name)
+        .ok_or_else(|| Error::Invalid(format!("column {name} missing from the scan")))?;
+    let c = cast(c, &DataType::Int64)?;
+    Ok(c.as_primitive::<crow_lake::arrow::datatypes::Int64Type>()
+        .clone())
+}
+
+fn float(b: &RecordBatch, name: &str) -> Result<crow_lake::arrow::array::Float64Array> {
+    let c = b
+        .column_by_name(name)
+        .ok_or_else(|| Error::Invalid(format!("column {name} missing from the scan")))?;
+    let c = cast(c, &DataType::Float64)?;
+    Ok(c.as_primitive::<crow_lake::arrow::datatypes::Float64Type>()
+        .clone())
+}
+
+fn opt_str(a: &crow_lake::arrow::array::StringArray, i: usize) -> Option<String> {
+    a.is_valid(i).then(|| a.value(i).to_string())
+}
+
+/// Deterministic session id: same org, channel, key and start → same id.
+fn session_id(org: &str, channel: &str, key: &str, start: i64) -> String {
+    let mut h = Sha256::new();
+    h.update(org.as_bytes());
+    h.update([0]);
+    h.update(channel.as_bytes());
+    h.update([0]);
+    h.update(key.as_bytes());
+    h.update([0]);
+    h.update(start.to_le_bytes());
+    let hex = hex::encode(h.finalize());
+    format!("ses_{}", &hex[..26])
+}
+
+fn day_of(micros: i64) -> i32 {
+    micros.div_euclid(86_400_000_000) as i32
+}
+
+/// A web event as the sessionizer needs it.
+struct WebEvent {
+    message_id: String,
+    kind: String,
+    event: Option<String>,
+    name: Option<String>,
+    user_id: Option<String>,
+    anonymous_id: Option<String>,
+    occurred: i64,
+    page_path: Option<String>,
+    page_url: Option<String>,
+    referrer: Option<String>,
+    device_type: Option<String>,
+    campaign_source: Option<String>,
+    product_id: Option<String>,
+    product_sku: Option<String>,
+    product_name: Option<String>,
+    order_id: Option<String>,
+    revenue: Option<f64>,
+    props: Option<String>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn web(
+    ctx: &SessionContext,
+    opts: &Options,
+    read_start: DateTime<Utc>,
+    read_end: DateTime<Utc>,
+    returning: &HashSet<String>,
+    run_id: &str,
+    built: &mut Built,
+    progress: &ProgressRef,
+) -> Result<()> {
+    let org = org_filter(opts.org.as_deref());
+    let (a, b) = (ts_lit(read_start), ts_lit(read_end));
+    let (da, db) = (
+        read_start.date_naive().format("%Y-%m-%d"),
+        read_end.date_naive().format("%Y-%m-%d"),
+    );
+    let sql = format!(
+        "WITH links AS (
+           SELECT org_id, anonymous_id AS anon, user_id AS uid, occurred_at FROM raw_web_events
+            WHERE user_id IS NOT NULL AND anonymous_id IS NOT NULL AND occurred_at < {b} {org}
+           UNION ALL
+           SELECT org_id, previous_id AS anon, user_id AS uid, occurred_at FROM raw_web_events
+            WHERE type = 'alias' AND previous_id IS NOT NULL AND user_id IS NOT NULL AND occurred_at < {b} {org}
+         ),
+         ids AS (
+           SELECT org_id, anon, first_value(uid ORDER BY occurred_at, uid) AS uid
+           FROM links GROUP BY org_id, anon
+         ),
+         numbered AS (
+           SELECT org_id, message_id, type, event, name, anonymous_id, user_id, occurred_at,
+                  page_path, page_url, page_referrer, device_type, campaign_source,
+                  product_id, product_sku, product_name, order_id, revenue,
+                  CASE WHEN event IN ('Products Searched', 'Checkout Step Viewed', 'Checkout Step Completed')
+                       THEN properties END AS props,
+                  row_number() OVER (PARTITION BY org_id, message_id ORDER BY received_at, occurred_at) AS rn
+           FROM raw_web_events
+           WHERE event_date >= DATE '{da}' AND event_date <= DATE '{db}'
+             AND occurred_at >= {a} AND occurred_at < {b} {org}
+         ),
+         ev AS (SELECT * FROM numbered WHERE rn = 1)
+         SELECT ev.*, COALESCE(ev.user_id, ids.uid, ev.anonymous_id) AS visitor_id
+         FROM ev LEFT JOIN ids ON ev.org_id = ids.org_id AND ev.anonymous_id = ids.anon
+         WHERE COALESCE(ev.user_id, ids.uid, ev.anonymous_id) IS NOT NULL
+         ORDER BY ev.org_id, visitor_id, ev.occurred_at, ev.message_id"
+    );
+    let count_sql = format!(
+        "SELECT count(*) AS n FROM raw_web_events
+         WHERE event_date >= DATE '{da}' AND event_date <= DATE '{db}'
+           AND occurred_at >= {a} AND occurred_at < {b} {org}"
+    );
+    let counted = ctx.sql(&count_sql).await?.collect().await?;
+    let total = match counted.first().filter(|d| d.num_rows() > 0) {
+        Some(d) => micros(d, "n")?.value(0).max(0) as u64,
+        None => 0,
+    };
+    let events_before = built.events;
+
+    let gap = opts.gap.num_microseconds().unwrap_or(i64::MAX);
+    let read_end = read_end.timestamp_micros();
+    let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
+    let mut cur_key: Option<(String, String)> = None;
+    let mut events: Vec<WebEvent> = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        progress.inc(batch.num_rows() as u64);
+        built.events += batch.num_rows() as u64;
+        let org_c = text(&batch, "org_id")?;
+        let visitor = text(&batch, "visitor_id")?;
+        let message_id = text(&batch, "message_id")?;
+        let kind = text(&batch, "type")?;
+        let event = text(&batch, "event")?;
+        let name = text(&batch, "name")?;
+        let user_id = text(&batch, "user_id")?;
+        let anonymous_id = text(&batch, "anonymous_id")?;
+        let occurred = micros(&batch, "occurred_at")?;
+        let page_path = text(&batch, "page_path")?;
+        let page_url = text(&batch, "page_url")?;
+        let referrer = text(&batch, "page_referrer")?;
+        let device_type = text(&batch, "device_type")?;
+        let campaign_source = text(&batch, "campaign_source")?;
+        let product_id = text(&batch, "product_id")?;
+        let product_sku = text(&batch, "product_sku")?;
+        let product_name = text(&batch, "product_name")?;
+        let order_id = text(&batch, "order_id")?;
+        let revenue = float(&batch, "revenue")?;
+        let props = text(&batch, "props")?;
+        for i in 0..batch.num_rows() {
+            let (o, v) = (org_c.value(i), visitor.value(i));
+            if cur_key.as_ref().is_none_or(|(co, cv)| co != o || cv != v) {
+                if let Some((co, cv)) = cur_key.take() {
+                    flush_visitor(
+                        &co,
+                        &cv,
+                        std::mem::take(&mut events),
+                        gap,
+                        read_end,
+                        returning,
+                        run_id,
+                        built,
+                    );
+                }
+                cur_key = Some((o.to_string(), v.to_string()));
+            }
+            events.push(WebEvent {
+                message_id: message_id.value(i).to_string(),
+                kind: kind.value(i).to_string(),
+                event: opt_str(&event, i),
+                name: opt_str(&name, i),
+                user_id: opt_str(&user_id, i),
+                anonymous_id: opt_str(&anonymous_id, i),
+                occurred: occurred.value(i),
+                page_path: opt_str(&page_path, i),
+                page_url: opt_str(&page_url, i),
+                referrer: opt_str(&referrer, i),
+                device_type: opt_str(&device_type, i),
+                campaign_source: opt_str(&campaign_source, i),
+                product_id: opt_str(&product_id, i),
+                product_sku: opt_str(&product_sku, i),
+                product_name: opt_str(&product_name, i),
+                order_id: opt_str(&order_id, i),
+                revenue: revenue.is_valid(i).then(|| revenue.value(i)),
+                props: opt_str(&props, i),
+            });
+        }
+    }
+    if let Some((co, cv)) = cur_key.take() {
+        flush_visitor(&co, &cv, events, gap, read_end, returning, run_id, built);
+    }
+    built.duplicates += total.saturating_sub(built.events - events_before);
+    Ok(())
+}
+
+/// Split one visitor's time-ordered events into sessions.
+#[allow(clippy::too_many_arguments)]
+fn flush_visitor(
+    org: &str,
+    visitor: &str,
+    events: Vec<WebEvent>,
+    gap: i64,
+    read_end: i64,
+    returning: &HashSet<String>,
+    run_id: &str,
+    built: &mut Built,
+) {
+    let mut seen_before = returning.contains(&format!("{org}\u{1}{visitor}"));
+    let mut start = 0;
+    for i in 1..=events.len() {
+        let split = i == events.len() || events[i].occurred - events[i - 1].occurred > gap;
+        if !split {
+            continue;
+        }
+        let part = &events[start..i];
+        start = i;
+        let (first, last) = (part[0].occurred, part[part.len() - 1].occurred);
+        if last.saturating_add(gap) > read_end {
+            built.open_session(first);
+            continue;
+        }
+        built
+            .rows
+            .push(web_session(org, visitor, part, seen_before, run_id));
+        seen_before = true;
+    }
+}
+
+fn web_session(
+    org: &str,
+    visitor: &str,
+    events: &[WebEvent],
+    is_returning: bool,
+    run_id: &str,
+) -> SessionRow {
+    let started = events[0].occurred;
+    let ended = events[events.len() - 1].occurred;
+    let mut anonymous_ids = BTreeSet::new();
+    let mut product_ids: Vec<String> = Vec::new();
+    let mut user_id = None;
+    let mut page_views = 0i64;
+    let mut converted = false;
+    let mut timeline = Vec::with_capacity(events.len().min(MAX_TIMELINE + 1));
+    for e in events {
+        if let Some(a) = &e.anonymous_id {
+            anonymous_ids.insert(a.clone());
+        }
+        if e.user_id.is_some() {
+            user_id.clone_from(&e.user_id);
+        }
+        if let Some(p) = e.product_id.as_ref().or(e.product_sku.as_ref()) {
+            if !product_ids.contains(p) {
+                product_ids.push(p.clone());
+            }
+        }
+        if e.kind == "page" || e.kind == "screen" {
+            page_views += 1;
+        }
+        if e.event.as_deref() == Some("Order Completed") {
+            converted = true;
+        }
+        if timeline.len() < MAX_TIMELINE {
+            let offset = (e.occurred - started) / 1_000_000;
+            let (kind, detail) = timeline_entry(e);
+            timeline.push(serde_json::json!([offset, kind, detail]));
+        }
+    }
+    if events.len() > MAX_TIMELINE {
+        let offset = (ended - started) / 1_000_000;
+        timeline.push(serde_json::json!([
+            offset,
+            "truncated",
+            format!("{} more events", events.len() - MAX_TIMELINE)
+        ]));
+    }
+    let first = &events[0];
+    let device_type = events.iter().find_map(|e| e.device_type.clone());
+    SessionRow {
+        org_id: org.to_string(),
+        session_id: session_id(org, "web", visitor, started),
+        channel: "web",
+        visitor_id: Some(visitor.to_string()),
+        user_id: user_id
+            .or_else(|| (!anonymous_ids.contains(visitor)).then(|| visitor.to_string())),
+        anonymous_ids: Some(anonymous_ids.into_iter().collect()),
+        started_at: started,
+        ended_at: ended,
+        event_count: events.len() as i64,
+        page_views: Some(page_views),
+        product_ids: Some(product_ids),
+        device_type,
+        traffic_source: Some(traffic_source(first)),
+        is_returning: Some(is_returning),
+        converted: Some(converted),
+        source_ref: None,
+        timeline: serde_json::Value::Array(timeline).to_string(),
+        source_ids: events.iter().map(|e| e.message_id.clone()).collect(),
+        job_run_id: run_id.to_string(),
+        session_date: day_of(started),
+    }
+}
+
+/// utm source, else the referrer's host when it is another site, else
+/// 'direct'.
+fn traffic_source(e: &WebEvent) -> String {
+    if let Some(s) = e.campaign_source.as_ref().filter(|s| !s.is_empty()) {
+        return s.to_lowercase();
+    }
+    let own_host = e
+        .page_url
+        .as_deref()
+        .and_then(|u| url::Url::parse(u).ok())
+        .and_then(|u| u.host_str().map(str::to_string));
+    if let Some(host) = e
+        .referrer
+        .as_deref()
+        .and_then(|r| url::Url::parse(r).ok())
+        .and_then(|u| u.host_str().map(str::to_string))
+    {
+        if Some(&host) != own_host.as_ref() {
+            return host.trim_start_matches("www.").to_string();
+        }
+    }
+    "direct".into()
+}
+
+fn timeline_entry(e: &WebEvent) -> (String, String) {
+    match e.kind.as_str() {
+        "page" | "screen" => (
+            e.kind.clone(),
+            e.page_path
+                .clone()
+                .or_else(|| e.name.clone())
+                .unwrap_or_default(),
+        ),
+        "track" => {
+            let name = e.event.clone().unwrap_or_else(|| "track".into());
+            let detail = if let Some(order) = &e.order_id {
+                match e.revenue {
+                    Some(r) => format!("order {order} {r:.2}"),
+                    None => format!("order {order}"),
+                }
+            } else if let Some(p) = e.product_id.as_ref().or(e.product_sku.as_ref()) {
+                match &e.product_name {
+                    Some(n) => format!("{p} {n}"),
+                    None => p.clone(),
+                }
+            } else if let Some(props) = &e.props {
+                compact_props(props)
+            } else {
+                String::new()
+            };
+            (name, detail)
+        }
+        other => (other.to_string(), e.user_id.clone().unwrap_or_default()),
+    }
+}
+
+/// The interesting bits of search / checkout-step properties.
+fn compact_props(props: &str) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(props) else {
+        return String::new();
+    };
+    let mut parts = Vec::new();
+    for key in ["query", "step", "shipping_method", "payment_method"] {
+        if let Some(x) = v.get(key) {
+            match x {
+                serde_json::Value::String(s) => parts.push(format!("{key}={s}")),
+                serde_json::Value::Number(n) => parts.push(format!("{key}={n}")),
+                _ => {}
+            }
+        }
+    }
+    parts.join(" ")
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(max).collect();
+        t.push('…');
+        t
+    }
+}
+
+async fn cctv(
+    ctx: &SessionContext,
+    opts: &Options,
+    read_start: DateTime<Utc>,
+    read_end: DateTime<Utc>,
+    run_id: &str,
+    built: &mut Built,
+) -> Result<()> {
+    // A camera-hour starting before the window start belongs to an earlier
+    // window, so the read starts at the hour of `read_start + gap`.
+    let org = org_filter(opts.org.as_deref());
+    let (a, b) = (ts_lit(read_start), ts_lit(read_end));
+    let sql = format!(
+        "SELECT * FROM (
+           SELECT org_id, segment_id, store_id, camera_id, segment_start, segment_end, text,
+                  row_number() OVER (PARTITION BY org_id, segment_id ORDER BY received_at) AS rn
+           FROM raw_cctv_transcripts
+           WHERE segment_start >= {a} AND segment_start < {b} {org})
+         WHERE rn = 1
+         ORDER BY org_id, store_id, camera_id, segment_start, segment_id"
+    );
+    let hour = 3_600_000_000i64;
+    let read_end = read_end.timestamp_micros();
+    let batches = ctx.sql(&sql).await?.collect().await?;
+    struct Seg {
+        id: String,
+        start: i64,
+        end: i64,
+        text: String,
+    }
+    type CameraHour = (String, String, String, i64);
+    let mut groups: Vec<(CameraHour, Vec<Seg>)> = Vec::new();
+    for batch in &batches {
+        built.events += batch.num_rows() as u64;
+        let (o, id, st, cam) = (
+            text(batch, "org_id")?,
+            text(batch, "segment_id")?,
+            text(batch, "store_id")?,
+            text(batch, "camera_id")?,
+        );
+        let (s, e, t) = (
+            micros(batch, "segment_start")?,
+            micros(batch, "segment_end")?,
+            text(batch, "text")?,
+        );
+        for i in 0..batch.num_rows() {
+            let h = s.value(i).div_euclid(hour) * hour;
+            let key = (
+                o.value(i).to_string(),
+                st.value(i).to_string(),
+                cam.value(i).to_string(),
+                h,
+            );
+            let seg = Seg {
+                id: id.value(i).to_string(),
+                start: s.value(i),
+                end: e.value(i),
+                text: t.value(i).to_string(),
+            };
+            match groups.last_mut() {
+                Some((k, v)) if *k == key => v.push(seg),
+                _ => groups.push((key, vec![seg])),
+            }
+        }
+    }
+    for ((org, store, camera, h), segs) in groups {
+        if h + hour > read_end {
+            built.open_session(h);
+            continue;
+        }
+        let started = segs.iter().map(|s| s.start).min().unwrap_or(h);
+        let ended = segs.iter().map(|s| s.end).max().unwrap_or(h);
+        let source = format!("{store}/{camera}");
+        let timeline: Vec<serde_json::Value> = segs
+            .iter()
+            .take(MAX_TIMELINE)
+            .map(|s| {
+                serde_json::json!([
+                    (s.start - started) / 1_000_000,
+                    "segment",
+                    truncate(&s.text, 500)
+                ])
+            })
+            .collect();
+        built.rows.push(SessionRow {
+            session_id: session_id(&org, "cctv", &source, h),
+            org_id: org,
+            channel: "cctv",
+            visitor_id: Some(source.clone()),
+            user_id: None,
+            anonymous_ids: None,
+            started_at: started,
+            ended_at: ended,
+            event_count: segs.len() as i64,
+            page_views: None,
+            product_ids: None,
+            device_type: None,
+            traffic_source: None,
+            is_returning: None,
+            converted: None,
+            source_ref: Some(source),
+            timeline: serde_json::Value::Array(timeline).to_string(),
+            source_ids: segs.iter().map(|s| s.id.clone()).collect(),
+            job_run_id: run_id.to_string(),
+            session_date: day_of(started),
+        });
+    }
+    Ok(())
+}
+
+async fn social(
+    ctx: &SessionContext,
+    opts: &Options,
+    read_start: DateTime<Utc>,
+    read_end: DateTime<Utc>,
+    run_id: &str,
+    built: &mut Built,
+) -> Result<()> {
+    let org = org_filter(opts.org.as_deref());
+    let (a, b) = (ts_lit(read_start), ts_lit(read_end));
+    let sql = format!(
+        "SELECT * FROM (
+           SELECT org_id, capture_id, run_id, platform, url, author, captured_at, text,
+                  row_number() OVER (PARTITION BY org_id, capture_id ORDER BY received_at) AS rn
+           FROM raw_social_captures
+           WHERE captured_at >= {a} AND captured_at < {b} {org})
+         WHERE rn = 1
+         ORDER BY org_id, run_id, captured_at, capture_id"
+    );
+    let gap = opts.gap.num_microseconds().unwrap_or(i64::MAX);
+    let read_end = read_end.timestamp_micros();
+    let batches = ctx.sql(&sql).await?.collect().await?;
+    struct Cap {
+        id: String,
+        platform: String,
+        url: String,
+        author: Option<String>,
+        at: i64,
+        text: Option<String>,
+    }
+    let mut groups: Vec<((String, String), Vec<Cap>)> = Vec::new();
+    for batch in &batches {
+        built.events += batch.num_rows() as u64;
+        let (o, id, r, p, u, au, t) = (
+            text(batch, "org_id")?,
+            text(batch, "capture_id")?,
+            text(batch, "run_id")?,
+            text(batch, "platform")?,
+            text(batch, "url")?,
+            text(batch, "author")?,
+            text(batch, "text")?,
+        );
+        let at = micros(batch, "captured_at")?;
+        for i in 0..batch.num_rows() {
+            let key = (o.value(i).to_string(), r.value(i).to_string());
+            let cap = Cap {
+                id: id.value(i).to_string(),
+                platform: p.value(i).to_string(),
+                url: u.value(i).to_string(),
+                author: opt_str(&au, i),
+                at: at.value(i),
+                text: opt_str(&t, i),
+            };
+            match groups.last_mut() {
+                Some((k, v)) if *k == key => v.push(cap),
+                _ => groups.push((key, vec![cap])),
+            }
+        }
+    }
+    for ((org, run), caps) in groups {
+        let started = caps.iter().map(|c| c.at).min().unwrap_or(0);
+        let ended = caps.iter().map(|c| c.at).max().unwrap_or(0);
+        if ended.saturating_add(gap) > read_end {
+            built.open_session(started);
+            continue;
+        }
+        let platforms: BTreeSet<&str> = caps.iter().map(|c| c.platform.as_str()).collect();
+        let platform = if platforms.len() == 1 {
+            platforms.iter().next().map(|p| p.to_string())
+        } else {
+            Some("mixed".to_string())
+        };
+        let timeline: Vec<serde_json::Value> = caps
+            .iter()
+            .take(MAX_TIMELINE)
+            .map(|c| {
+                let who = c.author.as_deref().unwrap_or("unknown");
+                let body = c.text.as_deref().unwrap_or(&c.url);
+                serde_json::json!([
+                    (c.at - started) / 1_000_000,
+                    c.platform,
+                    format!("@{who}: {}", truncate(body, 500))
+                ])
+            })
+            .collect();
+        built.rows.push(SessionRow {
+            session_id: session_id(&org, "social", &run, 0),
+            org_id: org,
+            channel: "social",
+            visitor_id: platform,
+            user_id: None,
+            anonymous_ids: None,
+            started_at: started,
+            ended_at: ended,
+            event_count: caps.len() as i64,
+            page_views: None,
+            product_ids: None,
+            device_type: None,
+            traffic_source: None,
+            is_returning: None,
+            converted: None,
+            source_ref: Some(run),
+            timeline: serde_json::Value::Array(timeline).to_string(),
+            source_ids: caps.iter().map(|c| c.id.clone()).collect(),
+            job_run_id: run_id.to_string(),
+            session_date: day_of(started),
+        });
+    }
+    Ok(())
+}
+
+/// Replace the window's sessions (of one org, or all) with `rows`.
+async fn write(
+    lake: &Lake,
+    org: Option<&str>,
+    window: Window,
+    mut rows: Vec<SessionRow>,
+) -> Result<()> {
+    if window.is_empty() {
+        return Ok(());
+    }
+    rows.sort_by(|a, b| {
+        (a.session_date, &a.org_id, a.started_at).cmp(&(b.session_date, &b.org_id, b.started_at))
+    });
+    let mut batches = Vec::new();
+    for chunk in rows.chunks(50_000) {
+        batches.push(rows_to_batch(&SESSIONS, chunk)?);
+    }
+    let last_day = (window.end - Duration::microseconds(1)).date_naive();
+    let predicate = format!(
+        "session_date >= '{}' AND session_date <= '{}' AND started_at >= {} AND started_at < {}{}",
+        window.start.date_naive().format("%Y-%m-%d"),
+        last_day.format("%Y-%m-%d"),
+        ts_lit(window.start),
+        ts_lit(window.end),
+        org_filter(org)
+    );
+    lake.replace_where(SESSIONS.name, &predicate, batches)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(id: &str, t: i64) -> WebEvent {
+        WebEvent {
+            message_id: id.into(),
+            kind: "track".into(),
+            event: Some("Product Viewed".into()),
+            name: None,
+            user_id: None,
+            anonymous_id: Some("a1".into()),
+            occurred: t,
+            page_path: None,
+            page_url: Some("https://shop.example/p/1".into()),
+            referrer: Some("https://www.google.com/".into()),
+            device_type: Some("mobile".into()),
+            campaign_source: None,
+            product_id: Some("p1".into()),
+            product_sku: None,
+            product_name: Some("Headphones".into()),
+            order_id: None,
+            revenue: None,
+            props: None,
+        }
+    }
+
+    const MIN: i64 = 60_000_000;
+
+    #[test]
+    fn a_gap_longer_than_the_limit_splits_sessions_and_open_ones_wait() {
+        let events = vec![
+            ev("m1", 0),
+            ev("m2", 30 * MIN),
+            ev("m3", 30 * MIN + 60 * MIN + 1),
+            ev("m4", 200 * MIN),
+        ];
+        let mut built = Built::default();
+        let read_end = 200 * MIN + 59 * MIN; // m4's session is still open
+        flush_visitor(
+            "o",
+            "a1",
+            events,
+            60 * MIN,
+            read_end,
+            &HashSet::new(),
+            "run",
+            &mut built,
+        );
+        assert_eq!(built.rows.len(), 2);
+        assert_eq!(built.rows[0].source_ids, vec!["m1", "m2"]);
+        assert_eq!(built.rows[1].source_ids, vec!["m3"]);
+        assert_eq!(built.rows[0].is_returning, Some(false));
+        assert_eq!(built.rows[1].is_returning, Some(true));
+        assert_eq!(built.open, 1);
+        assert_eq!(built.open_min_start, Some(200 * MIN));
+        assert_eq!(built.rows[0].traffic_source.as_deref(), Some("google.com"));
+        assert_ne!(built.rows[0].session_id, built.rows[1].session_id);
+        // Same input, same id.
+        assert_eq!(built.rows[0].session_id, session_id("o", "web", "a1", 0));
+    }
+}

@@ -1,0 +1,596 @@
+//! `POST /api/v1/sql`: read-only, tenant-isolated SQL with streamed results.
+//!
+//! The statement is planned in a tenant session ([`crate::tenant`]); a plan
+//! that is not a query (DDL, DML, COPY, SET and other statements, EXPLAIN) is
+//! refused with 400 before anything runs. The query runs under the shared
+//! memory pool (spilling to disk), a timeout and a row cap. Results are
+//! encoded batch by batch in the format the `Accept` header asks for. The
+//! first batches are fetched before the status line is sent, so a query that
+//! fails early (or is small) gets a proper problem response; a large result
+//! that breaks a limit mid-stream is aborted (the client sees an incomplete
+//! response), never silently truncated.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, StringBuilder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use crow_lake::AsOf;
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::SQLOptions;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::{DataFrame, SessionContext};
+use futures::StreamExt;
+use serde::Deserialize;
+
+use crate::error::{ApiError, ApiResult};
+use crate::tenant::{Pins, TenantSchema};
+use crate::ApiState;
+
+/// Body of `POST /api/v1/sql`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlRequest {
+    /// One SQL query.
+    pub sql: String,
+    /// Time travel: every table as of this time (RFC 3339).
+    #[serde(default)]
+    pub as_of: Option<String>,
+    /// Time travel: tables pinned to Delta versions, `{"products": 3}`.
+    #[serde(default)]
+    pub versions: std::collections::BTreeMap<String, u64>,
+}
+
+/// A result format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultFormat {
+    /// `application/json`: an array of row objects.
+    Json,
+    /// `application/x-ndjson`: one row object per line.
+    Ndjson,
+    /// `text/csv` with a header row.
+    Csv,
+    /// `application/vnd.apache.arrow.stream`.
+    Arrow,
+    /// `application/vnd.apache.parquet`.
+    Parquet,
+}
+
+impl ResultFormat {
+    /// Its media type.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            ResultFormat::Json => "application/json",
+            ResultFormat::Ndjson => "application/x-ndjson",
+            ResultFormat::Csv => "text/csv; charset=utf-8",
+            ResultFormat::Arrow => "application/vnd.apache.arrow.stream",
+            ResultFormat::Parquet => "application/vnd.apache.parquet",
+        }
+    }
+
+    fn from_media(m: &str) -> Option<Self> {
+        Some(match m {
+            "application/json" | "application/*" | "*/*" => ResultFormat::Json,
+            "application/x-ndjson" | "application/jsonl" | "application/ndjson" => {
+                ResultFormat::Ndjson
+            }
+            "text/csv" | "text/*" => ResultFormat::Csv,
+            "application/vnd.apache.arrow.stream" => ResultFormat::Arrow,
+            "application/vnd.apache.parquet" | "application/parquet" => ResultFormat::Parquet,
+            _ => return None,
+        })
+    }
+
+    /// The format an `Accept` header asks for (highest q first); JSON when
+    /// absent.
+    pub fn negotiate(headers: &HeaderMap) -> ApiResult<Self> {
+        let Some(accept) = headers.get(header::ACCEPT) else {
+            return Ok(ResultFormat::Json);
+        };
+        let accept = accept.to_str().unwrap_or("");
+        if accept.trim().is_empty() {
+            return Ok(ResultFormat::Json);
+        }
+        let mut offers: Vec<(f32, usize, &str)> = accept
+            .split(',')
+            .enumerate()
+            .map(|(i, part)| {
+                let mut it = part.split(';');
+                let media = it.next().unwrap_or("").trim();
+                let q = it
+                    .filter_map(|p| p.trim().strip_prefix("q="))
+                    .find_map(|q| q.trim().parse::<f32>().ok())
+                    .unwrap_or(1.0);
+                (q, i, media)
+            })
+            .filter(|(q, _, _)| *q > 0.0)
+            .collect();
+        offers.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        offers
+            .iter()
+            .find_map(|(_, _, m)| ResultFormat::from_media(&m.to_ascii_lowercase()))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_ACCEPTABLE,
+                    "not_acceptable",
+                    "supported result formats: application/json, application/x-ndjson, text/csv, \
+                     application/vnd.apache.arrow.stream, application/vnd.apache.parquet",
+                )
+            })
+    }
+}
+
+/// Parse the time-travel fields of a request.
+pub fn pins(req: &SqlRequest) -> ApiResult<(AsOf, Pins)> {
+    let default = match req.as_of.as_deref() {
+        None => AsOf::Latest,
+        Some(t) => {
+            let ts = DateTime::parse_from_rfc3339(t).map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_as_of",
+                    format!("`as_of` {t:?} is not an RFC 3339 time such as 2026-11-28T08:00:00Z"),
+                )
+            })?;
+            AsOf::Timestamp(ts.with_timezone(&Utc))
+        }
+    };
+    let mut pins = Pins::new();
+    for (table, v) in &req.versions {
+        if crow_schemas::table(table).is_none() {
+            return Err(ApiError::bad_request(
+                "unknown_table",
+                format!("`versions` names `{table}`, which is not a CROW table"),
+            ));
+        }
+        pins.insert(table.clone(), AsOf::Version(*v));
+    }
+    Ok((default, pins))
+}
+
+/// Why a plan is refused, if it is not a plain query.
+fn refusal(plan: &LogicalPlan) -> Option<(&'static str, &'static str)> {
+    match plan {
+        LogicalPlan::Ddl(_) => Some((
+            "ddl_not_allowed",
+            "DDL (CREATE, DROP, CREATE EXTERNAL TABLE, …) is not allowed: the API is read-only",
+        )),
+        LogicalPlan::Dml(_) => Some((
+            "dml_not_allowed",
+            "INSERT, UPDATE, DELETE and COPY are not allowed: the API is read-only",
+        )),
+        LogicalPlan::Copy(_) => Some((
+            "dml_not_allowed",
+            "COPY is not allowed: the API is read-only (use exports)",
+        )),
+        LogicalPlan::Statement(_) => Some((
+            "statement_not_allowed",
+            "SET, transactions and prepared statements are not allowed; send one query",
+        )),
+        LogicalPlan::Explain(_) | LogicalPlan::Analyze(_) => Some((
+            "statement_not_allowed",
+            "EXPLAIN is not available through the API",
+        )),
+        _ => None,
+    }
+}
+
+/// Turn a DataFusion error into an answer: the caller's mistakes are shown,
+/// storage and internal failures are logged and hidden.
+pub fn df_error(e: &DataFusionError, schema: Option<&TenantSchema>) -> ApiError {
+    if let Some(f) = schema.and_then(|s| s.failure.lock().ok().and_then(|mut f| f.take())) {
+        return ApiError::from_lake("resolving a table for a query", &f);
+    }
+    match e.find_root() {
+        DataFusionError::Plan(_)
+        | DataFusionError::SQL(..)
+        | DataFusionError::SchemaError(..)
+        | DataFusionError::NotImplemented(_)
+        | DataFusionError::Configuration(_)
+        | DataFusionError::Execution(_)
+        | DataFusionError::ArrowError(..) => {
+            ApiError::bad_request("invalid_query", e.find_root().to_string())
+        }
+        DataFusionError::ResourcesExhausted(_) => ApiError::bad_request(
+            "resources_exhausted",
+            "the query needs more memory than the API allows; aggregate more or add a LIMIT",
+        ),
+        _ => ApiError::internal("query failed", e),
+    }
+}
+
+/// Plan `sql` in `ctx` and refuse anything but a query.
+pub async fn plan_query(
+    state: &ApiState,
+    ctx: &SessionContext,
+    schema: &TenantSchema,
+    sql: &str,
+) -> ApiResult<DataFrame> {
+    if sql.trim().is_empty() {
+        return Err(ApiError::bad_request("invalid_query", "`sql` is empty"));
+    }
+    let plan = ctx
+        .state()
+        .create_logical_plan(sql)
+        .await
+        .map_err(|e| df_error(&e, Some(schema)))?;
+    if let Some((code, msg)) = refusal(&plan) {
+        state.metrics.refused(code);
+        return Err(ApiError::bad_request(code, msg));
+    }
+    let opts = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    if let Err(e) = opts.verify_plan(&plan) {
+        state.metrics.refused("statement_not_allowed");
+        return Err(ApiError::bad_request(
+            "statement_not_allowed",
+            format!("only read-only queries are allowed: {}", e.find_root()),
+        ));
+    }
+    ctx.execute_logical_plan(plan)
+        .await
+        .map_err(|e| df_error(&e, Some(schema)))
+}
+
+/// Bytes fetched before the response starts: errors within them get a
+/// proper status.
+const PREFETCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Run a planned query and stream its result as `format`.
+pub async fn respond(
+    state: &ApiState,
+    df: DataFrame,
+    schema: Arc<TenantSchema>,
+    format: ResultFormat,
+    started: std::time::Instant,
+) -> ApiResult<Response> {
+    let max_rows = state.cfg.max_result_rows;
+    let deadline = tokio::time::Instant::from_std(started) + state.query_timeout();
+    let df = df
+        .limit(
+            0,
+            Some(usize::try_from(max_rows.saturating_add(1)).unwrap_or(usize::MAX)),
+        )
+        .map_err(|e| df_error(&e, Some(&schema)))?;
+    let out_schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let timeout = || {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "query_timeout",
+            format!(
+                "the query ran longer than {} s and was cancelled",
+                state.cfg.query_timeout_seconds
+            ),
+        )
+    };
+    let mut stream = tokio::time::timeout_at(deadline, df.execute_stream())
+        .await
+        .map_err(|_| timeout())?
+        .map_err(|e| df_error(&e, Some(&schema)))?;
+    let mut pending = VecDeque::new();
+    let (mut rows, mut bytes, mut ended) = (0u64, 0usize, false);
+    while bytes < PREFETCH_BYTES {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) => return Err(timeout()),
+            Ok(None) => {
+                ended = true;
+                break;
+            }
+            Ok(Some(Err(e))) => return Err(df_error(&e, Some(&schema))),
+            Ok(Some(Ok(b))) => {
+                rows += b.num_rows() as u64;
+                bytes += b.get_array_memory_size();
+                pending.push_back(b);
+                if rows > max_rows {
+                    return Err(too_large(max_rows));
+                }
+            }
+        }
+    }
+    state.metrics.query_seconds(started.elapsed().as_secs_f64());
+    let enc = Encoder::new(format, &out_schema).map_err(|e| ApiError::internal("encoder", &e))?;
+    let streamer = Streamer {
+        stream,
+        pending,
+        ended,
+        enc: Some(enc),
+        rows,
+        max_rows,
+        deadline,
+        started: false,
+        _schema: schema,
+    };
+    let body = futures::stream::unfold(streamer, |mut s| async move {
+        s.next_chunk().await.map(|c| (c, s))
+    });
+    let mut r = Response::new(Body::from_stream(body));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.media_type()),
+    );
+    Ok(r)
+}
+
+fn too_large(max_rows: u64) -> ApiError {
+    ApiError::bad_request(
+        "result_too_large",
+        format!(
+            "the result has more than {max_rows} rows; aggregate, add a LIMIT, or use an export"
+        ),
+    )
+}
+
+struct Streamer {
+    stream: SendableRecordBatchStream,
+    pending: VecDeque<RecordBatch>,
+    ended: bool,
+    enc: Option<Encoder>,
+    rows: u64,
+    max_rows: u64,
+    deadline: tokio::time::Instant,
+    started: bool,
+    // Keeps the tenant schema (and so its loaded views) alive while streaming.
+    _schema: Arc<TenantSchema>,
+}
+
+impl Streamer {
+    fn abort(&mut self, why: &str) -> Option<Result<Bytes, std::io::Error>> {
+        tracing::warn!(reason = why, "aborting a streamed SQL result");
+        self.enc = None;
+        Some(Err(std::io::Error::other(why.to_string())))
+    }
+
+    async fn next_chunk(&mut self) -> Option<Result<Bytes, std::io::Error>> {
+        loop {
+            let enc = self.enc.as_mut()?;
+            if !self.started {
+                self.started = true;
+                let head = enc.start();
+                if !head.is_empty() {
+                    return Some(Ok(head));
+                }
+            }
+            let batch = match self.pending.pop_front() {
+                Some(b) => b,
+                None if self.ended => {
+                    let enc = self.enc.take()?;
+                    return match enc.finish() {
+                        Ok(b) => Some(Ok(b)),
+                        Err(e) => self.abort(&format!("encoding failed: {e}")),
+                    };
+                }
+                None => match tokio::time::timeout_at(self.deadline, self.stream.next()).await {
+                    Err(_) => return self.abort("query timeout"),
+                    Ok(None) => {
+                        self.ended = true;
+                        continue;
+                    }
+                    Ok(Some(Err(e))) => return self.abort(&format!("query failed: {e}")),
+                    Ok(Some(Ok(b))) => {
+                        self.rows += b.num_rows() as u64;
+                        if self.rows > self.max_rows {
+                            return self.abort("result larger than api.max_result_rows");
+                        }
+                        b
+                    }
+                },
+            };
+            match enc.batch(&batch) {
+                Ok(b) if b.is_empty() => continue,
+                Ok(b) => return Some(Ok(b)),
+                Err(e) => return self.abort(&format!("encoding failed: {e}")),
+            }
+        }
+    }
+}
+
+/// Encodes record batches into one of the result formats, chunk by chunk.
+pub enum Encoder {
+    /// JSON array; whether a row was written.
+    Json(bool),
+    /// NDJSON.
+    Ndjson,
+    /// CSV; whether the header was written.
+    Csv(bool, SchemaRef),
+    /// Arrow IPC stream.
+    Arrow(Box<arrow::ipc::writer::StreamWriter<Vec<u8>>>),
+    /// Parquet.
+    Parquet(Box<parquet::arrow::ArrowWriter<Vec<u8>>>),
+}
+
+type EncResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+impl Encoder {
+    /// A new encoder for batches of `schema`.
+    pub fn new(format: ResultFormat, schema: &SchemaRef) -> EncResult<Self> {
+        Ok(match format {
+            ResultFormat::Json => Encoder::Json(false),
+            ResultFormat::Ndjson => Encoder::Ndjson,
+            ResultFormat::Csv => Encoder::Csv(false, csv_schema(schema)),
+            ResultFormat::Arrow => Encoder::Arrow(Box::new(
+                arrow::ipc::writer::StreamWriter::try_new(Vec::new(), schema)?,
+            )),
+            ResultFormat::Parquet => Encoder::Parquet(Box::new(
+                parquet::arrow::ArrowWriter::try_new(Vec::new(), schema.clone(), None)?,
+            )),
+        })
+    }
+
+    /// Bytes before the first batch.
+    pub fn start(&mut self) -> Bytes {
+        match self {
+            Encoder::Json(_) => Bytes::from_static(b"["),
+            Encoder::Arrow(w) => Bytes::from(std::mem::take(w.get_mut())),
+            _ => Bytes::new(),
+        }
+    }
+
+    /// The bytes of one batch (may be empty while a writer buffers).
+    pub fn batch(&mut self, b: &RecordBatch) -> EncResult<Bytes> {
+        Ok(match self {
+            Encoder::Json(wrote) => {
+                let lines = ndjson(b)?;
+                let mut out = Vec::with_capacity(lines.len() + 16);
+                for line in lines.split(|c| *c == b'\n').filter(|l| !l.is_empty()) {
+                    if *wrote {
+                        out.push(b',');
+                    }
+                    *wrote = true;
+                    out.extend_from_slice(line);
+                }
+                Bytes::from(out)
+            }
+            Encoder::Ndjson => Bytes::from(ndjson(b)?),
+            Encoder::Csv(header_done, schema) => {
+                let b = csv_batch(b, schema)?;
+                let mut w = arrow::csv::WriterBuilder::new()
+                    .with_header(!*header_done)
+                    .build(Vec::new());
+                w.write(&b)?;
+                *header_done = true;
+                Bytes::from(w.into_inner())
+            }
+            Encoder::Arrow(w) => {
+                w.write(b)?;
+                Bytes::from(std::mem::take(w.get_mut()))
+            }
+            Encoder::Parquet(w) => {
+                w.write(b)?;
+                Bytes::from(std::mem::take(w.inner_mut()))
+            }
+        })
+    }
+
+    /// The closing bytes.
+    pub fn finish(self) -> EncResult<Bytes> {
+        Ok(match self {
+            Encoder::Json(_) => Bytes::from_static(b"]"),
+            Encoder::Ndjson => Bytes::new(),
+            Encoder::Csv(header_done, schema) => {
+                if header_done {
+                    Bytes::new()
+                } else {
+                    let mut w = arrow::csv::WriterBuilder::new()
+                        .with_header(true)
+                        .build(Vec::new());
+                    w.write(&RecordBatch::new_empty(schema))?;
+                    Bytes::from(w.into_inner())
+                }
+            }
+            Encoder::Arrow(mut w) => {
+                w.finish()?;
+                Bytes::from(std::mem::take(w.get_mut()))
+            }
+            Encoder::Parquet(w) => Bytes::from(w.into_inner()?),
+        })
+    }
+}
+
+fn ndjson(b: &RecordBatch) -> EncResult<Vec<u8>> {
+    let mut w = arrow::json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, arrow::json::writer::LineDelimited>(Vec::new());
+    w.write(b)?;
+    w.finish()?;
+    Ok(w.into_inner())
+}
+
+fn csv_unsupported(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::List(_)
+            | DataType::LargeList(_)
+            | DataType::FixedSizeList(..)
+            | DataType::Struct(_)
+            | DataType::Map(..)
+            | DataType::Union(..)
+            | DataType::Binary
+            | DataType::LargeBinary
+            | DataType::BinaryView
+    )
+}
+
+/// CSV cannot hold nested values: those columns become text.
+fn csv_schema(schema: &SchemaRef) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| {
+                if csv_unsupported(f.data_type()) {
+                    Field::new(f.name(), DataType::Utf8, true)
+                } else {
+                    f.as_ref().clone()
+                }
+            })
+            .collect::<Vec<_>>(),
+    ))
+}
+
+fn csv_batch(b: &RecordBatch, schema: &SchemaRef) -> EncResult<RecordBatch> {
+    if !b
+        .schema()
+        .fields()
+        .iter()
+        .any(|f| csv_unsupported(f.data_type()))
+    {
+        return Ok(b.clone());
+    }
+    let opts = FormatOptions::default();
+    let cols: Vec<ArrayRef> = b
+        .columns()
+        .iter()
+        .map(|c| -> EncResult<ArrayRef> {
+            if !csv_unsupported(c.data_type()) {
+                return Ok(c.clone());
+            }
+            let f = ArrayFormatter::try_new(c.as_ref(), &opts)?;
+            let mut s = StringBuilder::new();
+            for i in 0..c.len() {
+                if c.is_null(i) {
+                    s.append_null();
+                } else {
+                    s.append_value(f.value(i).to_string());
+                }
+            }
+            Ok(Arc::new(s.finish()))
+        })
+        .collect::<EncResult<_>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), cols)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(v: &str) -> ApiResult<ResultFormat> {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, v.parse().unwrap());
+        ResultFormat::negotiate(&h)
+    }
+
+    #[test]
+    fn accept_negotiation() {
+        assert_eq!(
+            ResultFormat::negotiate(&HeaderMap::new()).unwrap(),
+            ResultFormat::Json
+        );
+        assert_eq!(accept("text/csv").unwrap(), ResultFormat::Csv);
+        assert_eq!(
+            accept("application/xml;q=0.9, application/x-ndjson").unwrap(),
+            ResultFormat::Ndjson
+        );
+        assert_eq!(
+            accept("text/csv;q=0.1, application/vnd.apache.parquet").unwrap(),
+            ResultFormat::Parquet
+        );
+        assert_eq!(accept("application/xml").unwrap_err().status, 406);
+    }
+}

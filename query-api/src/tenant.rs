@@ -1,0 +1,160 @@
+//! Tenant-scoped DataFusion sessions: the isolation boundary of the API.
+//!
+//! A fresh [`SessionContext`] is built per request. Its only catalog is
+//! `datafusion`, whose only schema `public` is a [`TenantSchema`]: each CROW
+//! table name resolves to a *view* whose plan is the Delta table filtered to
+//! `org_id = <the key's org>` with the table's secret columns removed. The
+//! unfiltered Delta providers are never registered under any name, so no
+//! SQL — joins, unions, CTEs, subqueries, `information_schema`, time travel —
+//! can reach another organization's rows. No file-reading table functions
+//! are registered and URL tables are off, so `SELECT * FROM 'file.parquet'`
+//! and `read_parquet(...)` resolve to nothing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use crow_lake::{AsOf, Lake};
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, SchemaProvider, TableProvider};
+use datafusion::error::DataFusionError;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::{col, lit, SessionConfig, SessionContext};
+
+/// Table functions an API query may call: none of them reads files.
+pub const ALLOWED_TABLE_FUNCTIONS: &[&str] = &["generate_series", "range"];
+
+/// A table's point in history for one query.
+pub type Pins = HashMap<String, AsOf>;
+
+/// The `public` schema of a tenant session: CROW's tables, org-filtered.
+#[derive(Debug)]
+pub struct TenantSchema {
+    lake: Lake,
+    org_id: String,
+    pins: Pins,
+    default_as_of: AsOf,
+    loaded: tokio::sync::Mutex<HashMap<String, Arc<dyn TableProvider>>>,
+    /// The first storage failure while resolving a table (logged and
+    /// answered as a server error, never shown to the client).
+    pub failure: Mutex<Option<crow_lake::Error>>,
+}
+
+impl TenantSchema {
+    fn new(lake: Lake, org_id: String, default_as_of: AsOf, pins: Pins) -> Self {
+        Self {
+            lake,
+            org_id,
+            pins,
+            default_as_of,
+            loaded: tokio::sync::Mutex::new(HashMap::new()),
+            failure: Mutex::new(None),
+        }
+    }
+
+    /// The org-filtered, secret-free view of table `name`.
+    async fn view(&self, name: &str) -> crow_lake::Result<Arc<dyn TableProvider>> {
+        let def = crow_schemas::table(name)
+            .ok_or_else(|| crow_lake::Error::UnknownTable(name.to_string()))?;
+        let as_of = self.pins.get(name).copied().unwrap_or(self.default_as_of);
+        // A private context holds the raw provider only while the view's
+        // plan is built; it is dropped before the query runs.
+        let private = SessionContext::new();
+        self.lake.register(&private, "raw", name, as_of).await?;
+        let columns: Vec<&str> = def
+            .columns
+            .iter()
+            .map(|c| c.name)
+            .filter(|c| !def.secret_columns.contains(c))
+            .collect();
+        let df = private
+            .table("raw")
+            .await?
+            .filter(col("org_id").eq(lit(self.org_id.as_str())))?
+            .select_columns(&columns)?;
+        Ok(df.into_view())
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for TenantSchema {
+    fn table_names(&self) -> Vec<String> {
+        crow_schemas::ALL_TABLES
+            .iter()
+            .map(|t| t.name.to_string())
+            .collect()
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
+        if crow_schemas::table(name).is_none() {
+            return Ok(None);
+        }
+        let mut loaded = self.loaded.lock().await;
+        if let Some(t) = loaded.get(name) {
+            return Ok(Some(t.clone()));
+        }
+        match self.view(name).await {
+            Ok(t) => {
+                loaded.insert(name.to_string(), t.clone());
+                Ok(Some(t))
+            }
+            Err(e) => {
+                let msg = match (&e, self.pins.get(name)) {
+                    // A pinned version that does not exist is the caller's
+                    // mistake; say so.
+                    (crow_lake::Error::Invalid(_), Some(AsOf::Version(v))) => {
+                        format!("table `{name}` has no version {v}")
+                    }
+                    _ => format!("table `{name}` is unavailable"),
+                };
+                if let Ok(mut f) = self.failure.lock() {
+                    if f.is_none() && !matches!(e, crow_lake::Error::Invalid(_)) {
+                        *f = Some(e);
+                    }
+                }
+                Err(DataFusionError::Plan(msg))
+            }
+        }
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        crow_schemas::table(name).is_some()
+    }
+}
+
+/// A session over `org_id`'s rows only.
+pub fn tenant_context(
+    lake: &Lake,
+    runtime: Arc<RuntimeEnv>,
+    org_id: &str,
+    default_as_of: AsOf,
+    pins: Pins,
+    batch_size: usize,
+) -> (SessionContext, Arc<TenantSchema>) {
+    let config = SessionConfig::new()
+        .with_information_schema(true)
+        .with_create_default_catalog_and_schema(false)
+        .with_default_catalog_and_schema("datafusion", "public")
+        .with_batch_size(batch_size)
+        .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let mut builder = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features();
+    if let Some(fns) = builder.table_functions() {
+        fns.retain(|name, _| ALLOWED_TABLE_FUNCTIONS.contains(&name.as_str()));
+    }
+    let ctx = SessionContext::new_with_state(builder.build());
+    let schema = Arc::new(TenantSchema::new(
+        lake.clone(),
+        org_id.to_string(),
+        default_as_of,
+        pins,
+    ));
+    let catalog = MemoryCatalogProvider::new();
+    // Cannot fail for a memory catalog; a failure would leave the session
+    // without tables, which only makes queries fail.
+    let _ = catalog.register_schema("public", schema.clone());
+    ctx.register_catalog("datafusion", Arc::new(catalog));
+    (ctx, schema)
+}

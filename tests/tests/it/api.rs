@@ -1,0 +1,753 @@
+//! The query API over real HTTP against the real `crow serve`: tenant
+//! isolation under hostile SQL, read-only enforcement, key revocation within
+//! the cache bound, rate limits, result formats, REST resources, exports read
+//! back by pyarrow, metrics and `--only api`.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crow_lake::batch::rows_to_batch;
+use crow_schemas::{ColumnType, TableDef};
+use serde_json::{json, Map, Value};
+
+use crate::support::{python, Backend, Server};
+
+/// Text that appears in every text column of org B's rows: if it ever shows
+/// up in an answer to org A's key, isolation is broken.
+const B_MARK: &str = "BETAMARK";
+
+/// Tables that get rows of both organizations.
+const DATA_TABLES: &[&str] = &[
+    "products",
+    "raw_web_events",
+    "raw_social_captures",
+    "raw_cctv_transcripts",
+    "failed_events",
+    "sessions",
+    "interactions",
+    "patterns",
+    "usage_daily",
+    "job_runs",
+    "llm_cache",
+];
+
+const BASE_MICROS: i64 = 1_794_960_000_000_000; // 2026-11-18T00:00:00Z
+const BASE_DAY: i64 = BASE_MICROS / 86_400_000_000;
+
+/// One row of `def` for organization `org` (tag marks its text).
+fn row(def: &TableDef, org: Option<&str>, tag: &str, i: usize) -> Value {
+    let mut m = Map::new();
+    for c in def.columns {
+        let v = match (c.name, c.ty) {
+            ("org_id", _) => org.map_or(Value::Null, |o| json!(o)),
+            ("channel", _) => json!("web"),
+            ("period_kind", _) => json!("day"),
+            ("product_id", _) => json!(format!("{tag}-prod-{i}")),
+            (_, ColumnType::Text) => json!(format!("{tag}-{}-{}-{i}", def.name, c.name)),
+            (_, ColumnType::Int64 | ColumnType::Int32) => json!(i + 1),
+            (_, ColumnType::Float64) => json!(1.5),
+            (_, ColumnType::Bool) => json!(false),
+            (_, ColumnType::Timestamp) => json!(BASE_MICROS + i as i64 * 3_600_000_000),
+            (_, ColumnType::Date) => json!(BASE_DAY + i as i64),
+            (_, ColumnType::TextList) => json!([format!("{tag}-prod-{i}")]),
+        };
+        m.insert(c.name.to_string(), v);
+    }
+    Value::Object(m)
+}
+
+struct World {
+    b: Backend,
+    _wal: tempfile::TempDir,
+    server: Server,
+    org_a: String,
+    org_b: String,
+    key_a: String,
+    key_b: String,
+    /// Everything that must never reach org A's key.
+    forbidden: Vec<String>,
+    /// Rows org A owns per table.
+    a_rows: usize,
+    http: reqwest::Client,
+}
+
+impl World {
+    async fn post_sql(&self, key: &str, body: Value, accept: Option<&str>) -> reqwest::Response {
+        let mut r = self
+            .http
+            .post(self.server.url("/api/v1/sql"))
+            .bearer_auth(key)
+            .json(&body);
+        if let Some(a) = accept {
+            r = r.header("accept", a);
+        }
+        r.send().await.expect("POST /api/v1/sql")
+    }
+
+    /// Run `sql` with org A's key; assert no answer leaks org B or a secret.
+    /// Returns (status, body text).
+    async fn hostile(&self, body: Value) -> (u16, String) {
+        let r = self.post_sql(&self.key_a, body.clone(), None).await;
+        let status = r.status().as_u16();
+        let text = r.text().await.expect("body");
+        assert!(
+            status == 200 || status == 400,
+            "{body}: expected 200 or 400, got {status}: {text}"
+        );
+        for f in &self.forbidden {
+            assert!(
+                !text.contains(f.as_str()),
+                "{body}: answer leaks `{f}`: {text}"
+            );
+        }
+        if status == 200 {
+            let rows: Vec<Value> = serde_json::from_str(&text).expect("JSON array");
+            for r in &rows {
+                if let Some(o) = r.get("org_id").and_then(Value::as_str) {
+                    assert_eq!(o, self.org_a, "{body}: row of another org: {r}");
+                }
+            }
+        } else {
+            let p: Value = serde_json::from_str(&text).expect("problem JSON");
+            assert_eq!(p["status"], 400, "{text}");
+            assert!(p["code"].is_string() && p["title"].is_string() && p["type"].is_string());
+        }
+        (status, text)
+    }
+
+    async fn rows(&self, sql: &str) -> Vec<Value> {
+        let (status, text) = self.hostile(json!({ "sql": sql })).await;
+        assert_eq!(status, 200, "{sql}: {text}");
+        serde_json::from_str(&text).expect("rows")
+    }
+
+    async fn refused(&self, sql: &str) -> String {
+        let (status, text) = self.hostile(json!({ "sql": sql })).await;
+        assert_eq!(status, 400, "`{sql}` must be refused: {text}");
+        let p: Value = serde_json::from_str(&text).expect("problem");
+        p["code"].as_str().unwrap_or_default().to_string()
+    }
+
+    async fn get(&self, key: &str, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(self.server.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("GET");
+        let s = r.status().as_u16();
+        let text = r.text().await.expect("body");
+        for f in &self.forbidden {
+            assert!(
+                !text.contains(f.as_str()),
+                "{path}: answer leaks `{f}`: {text}"
+            );
+        }
+        (
+            s,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+}
+
+async fn world(server_env: &[(&str, &str)]) -> World {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    let a = b.crow_json(&["orgs", "create", "--name", "Alpha Audio"]);
+    let bo = b.crow_json(&["orgs", "create", "--name", "Beta Bikes"]);
+    let org_a = a["org_id"].as_str().expect("org").to_string();
+    let org_b = bo["org_id"].as_str().expect("org").to_string();
+    let lake = b.lake().await;
+    let a_rows = 3;
+    for t in DATA_TABLES {
+        let def = crow_schemas::table(t).expect("table");
+        let mut rows: Vec<Value> = (0..a_rows)
+            .map(|i| row(def, Some(&org_a), "alpha", i))
+            .collect();
+        rows.extend((0..2).map(|i| row(def, Some(&org_b), B_MARK, i)));
+        if def.column("org_id").is_some_and(|c| c.nullable) {
+            // A failure nobody owns: no tenant may see it.
+            rows.push(row(def, None, B_MARK, 9));
+        }
+        let batch = rows_to_batch(def, &rows).expect("batch");
+        lake.append(t, vec![batch]).await.expect("append");
+    }
+    // Keys by org name and by id.
+    let ka = b.crow_json(&[
+        "keys",
+        "create",
+        "--org",
+        "Alpha Audio",
+        "--scope",
+        "export",
+        "--name",
+        "analyst",
+    ]);
+    let kb = b.crow_json(&["keys", "create", "--org", &org_b, "--scope", "read"]);
+    assert!(ka.is_object(), "a created key prints as one object: {ka}");
+    for k in ["id", "secret", "org_id", "scope", "expires_at"] {
+        assert!(
+            ka.get(k).is_some(),
+            "keys create --format json lacks {k}: {ka}"
+        );
+    }
+    assert_eq!(ka["org_id"], org_a.as_str());
+    assert_eq!(ka["scope"], "export");
+    let key_a = ka["secret"].as_str().expect("secret").to_string();
+    let key_b = kb["secret"].as_str().expect("secret").to_string();
+    let sha = |s: &str| crow_lake::ids::sha256_hex(s.as_bytes());
+    let mut forbidden = vec![
+        B_MARK.to_string(),
+        org_b.clone(),
+        key_a.clone(),
+        key_b.clone(),
+        sha(&key_a),
+        sha(&key_b),
+        sha(a["write_key"].as_str().expect("wk")),
+        sha(bo["write_key"].as_str().expect("wk")),
+    ];
+    forbidden.retain(|f| !f.is_empty());
+    let wal = tempfile::tempdir().expect("wal");
+    let server = Server::start(&b, wal.path(), server_env);
+    World {
+        b,
+        _wal: wal,
+        server,
+        org_a,
+        org_b,
+        key_a,
+        key_b,
+        forbidden,
+        a_rows,
+        http: reqwest::Client::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolation_under_hostile_sql() {
+    let w = world(&[("CROW_API_KEY_CACHE_SECONDS", "2")]).await;
+    let lake_dir = w.b.uri.clone();
+
+    // Every table: only org A's rows, with every column but secrets.
+    for t in DATA_TABLES {
+        let rows = w.rows(&format!("select * from {t}")).await;
+        assert_eq!(rows.len(), w.a_rows, "{t}: {rows:?}");
+    }
+    let n = w
+        .rows("select org_id, count(*) as n from raw_web_events group by org_id")
+        .await;
+    assert_eq!(n, vec![json!({"org_id": w.org_a, "n": w.a_rows})]);
+
+    // Joins, unions, CTEs, subqueries, qualified names, predicates naming B.
+    let hostile = [
+        "select a.org_id, b.message_id from raw_web_events a cross join raw_web_events b".to_string(),
+        "select * from products union all select * from products".to_string(),
+        "select org_id from raw_web_events union select org_id from sessions union select org_id from interactions union select org_id from usage_daily union select org_id from failed_events".to_string(),
+        "with x as (select * from sessions), y as (select * from x) select * from y".to_string(),
+        "select * from interactions where org_id in (select org_id from organizations)".to_string(),
+        "select * from datafusion.public.raw_web_events".to_string(),
+        "select * from public.sessions s join interactions i on s.org_id = i.org_id".to_string(),
+        format!("select * from raw_web_events where org_id = '{}'", w.org_b),
+        format!("select * from raw_web_events where org_id = '{}' or 1 = 1", w.org_b),
+        "select * from failed_events where org_id is null".to_string(),
+        "select * from organizations".to_string(),
+        "select * from api_keys".to_string(),
+        "select * from (select * from llm_cache) t where exists (select 1 from job_runs)".to_string(),
+        "select count(*) over () as n, * from patterns".to_string(),
+        "select * from generate_series(1, 3)".to_string(),
+    ];
+    for q in &hostile {
+        w.rows(q).await;
+    }
+    let orgs = w.rows("select * from organizations").await;
+    assert_eq!(orgs.len(), 1);
+    assert!(orgs[0].get("write_key_hash").is_none(), "{orgs:?}");
+    let keys = w.rows("select * from api_keys").await;
+    assert_eq!(keys.len(), 1, "only org A's key: {keys:?}");
+    assert!(keys[0].get("key_hash").is_none(), "{keys:?}");
+    assert_eq!(
+        w.rows(&format!(
+            "select * from raw_web_events where org_id = '{}'",
+            w.org_b
+        ))
+        .await
+        .len(),
+        0
+    );
+
+    // Secret columns do not exist.
+    for q in [
+        "select key_hash from api_keys",
+        "select write_key_hash from organizations",
+    ] {
+        assert_eq!(w.refused(q).await, "invalid_query", "{q}");
+    }
+
+    // The catalog shows CROW's tables only, without secret columns.
+    let tables = w
+        .rows("select table_name from information_schema.tables where table_schema = 'public'")
+        .await;
+    let names: HashSet<String> = tables
+        .iter()
+        .filter_map(|r| r["table_name"].as_str().map(str::to_string))
+        .collect();
+    let want: HashSet<String> = crow_schemas::ALL_TABLES
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert_eq!(names, want);
+    let cols = w
+        .rows("select table_name, column_name from information_schema.columns")
+        .await;
+    assert!(cols
+        .iter()
+        .all(|c| c["column_name"] != "key_hash" && c["column_name"] != "write_key_hash"));
+    assert!(!w.rows("show tables").await.is_empty());
+    w.rows("describe api_keys").await;
+
+    // Files and file-reading functions resolve to nothing.
+    let parquet = std::fs::read_dir(Path::new(&lake_dir).join("raw_web_events"))
+        .expect("table dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.is_dir() || p.extension().is_some_and(|x| x == "parquet"))
+        .expect("a data path")
+        .display()
+        .to_string();
+    for q in [
+        format!("select * from '{parquet}'"),
+        format!("select * from '{lake_dir}/raw_web_events'"),
+        format!("select * from read_parquet('{parquet}')"),
+        format!("select * from read_csv('{lake_dir}/x.csv')"),
+        format!("select * from read_json('{lake_dir}/x.json')"),
+        format!("select * from parquet_metadata('{parquet}')"),
+        "select * from \"raw\"".to_string(),
+    ] {
+        w.refused(&q).await;
+    }
+
+    // Writes and statements are refused, and nothing is written.
+    let copy_target = Path::new(&lake_dir).join("stolen.csv");
+    for (q, code) in [
+        (
+            format!(
+                "create external table x stored as parquet location '{lake_dir}/raw_web_events'"
+            ),
+            "ddl_not_allowed",
+        ),
+        ("create table t as select 1".to_string(), "ddl_not_allowed"),
+        (
+            "create view v as select * from products".to_string(),
+            "ddl_not_allowed",
+        ),
+        ("drop table products".to_string(), "ddl_not_allowed"),
+        (
+            format!(
+                "copy (select * from raw_web_events) to '{}'",
+                copy_target.display()
+            ),
+            "dml_not_allowed",
+        ),
+        (
+            "insert into products (org_id) values ('x')".to_string(),
+            "dml_not_allowed",
+        ),
+        ("delete from products".to_string(), "dml_not_allowed"),
+        (
+            "set datafusion.execution.batch_size = 1".to_string(),
+            "statement_not_allowed",
+        ),
+        (
+            "explain select * from raw_web_events".to_string(),
+            "statement_not_allowed",
+        ),
+        ("begin transaction".to_string(), "statement_not_allowed"),
+    ] {
+        let got = w.refused(&q).await;
+        // Some statements fail to plan at all (unsupported syntax); either
+        // way they are refused with 400 and nothing runs.
+        assert!(got == code || got == "invalid_query", "`{q}`: {got}");
+    }
+    assert!(!copy_target.exists(), "COPY must not write");
+    let after = w.rows("select count(*) as n from products").await;
+    assert_eq!(after, vec![json!({"n": w.a_rows})]);
+    assert_eq!(w.refused("select 1; select 2").await, "invalid_query");
+
+    // Time travel still goes through the org filter.
+    let now = chrono::Utc::now().to_rfc3339();
+    for body in [
+        json!({"sql": "select * from raw_web_events", "as_of": now}),
+        json!({"sql": "select * from raw_web_events", "versions": {"raw_web_events": 1}}),
+        json!({"sql": "select * from sessions", "versions": {"sessions": 1, "products": 1}}),
+    ] {
+        let (s, text) = w.hostile(body.clone()).await;
+        assert_eq!(s, 200, "{body}: {text}");
+        let rows: Vec<Value> = serde_json::from_str(&text).expect("rows");
+        assert_eq!(rows.len(), w.a_rows, "{body}");
+    }
+    let (s, text) = w
+        .hostile(json!({"sql": "select * from products", "versions": {"products": 99}}))
+        .await;
+    assert_eq!(s, 400, "{text}");
+    let (s, _) = w
+        .hostile(json!({"sql": "select 1", "as_of": "yesterday"}))
+        .await;
+    assert_eq!(s, 400);
+
+    // Org B's key sees B's rows and not A's.
+    let r = w
+        .post_sql(
+            &w.key_b,
+            json!({"sql": "select distinct org_id from sessions"}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let rows: Vec<Value> = r.json().await.expect("rows");
+    assert_eq!(rows, vec![json!({"org_id": w.org_b})]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_formats_rest_exports_and_metrics() {
+    let w = world(&[("CROW_API_KEY_CACHE_SECONDS", "2")]).await;
+
+    // Authentication failures are 401 problem documents.
+    for auth in [None, Some("Bearer ck_doesnotexist"), Some("Basic abc")] {
+        let mut r = w
+            .http
+            .post(w.server.url("/api/v1/sql"))
+            .json(&json!({"sql": "select 1"}));
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        let r = r.send().await.expect("send");
+        assert_eq!(r.status(), 401, "{auth:?}");
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        let p: Value = r.json().await.expect("problem");
+        assert_eq!(p["code"], "unauthorized");
+    }
+
+    // `keys list` never shows secrets or hashes.
+    let listed = w.b.crow_ok(&["keys", "list", "--format", "json"]);
+    for f in &w.forbidden[2..] {
+        assert!(!listed.contains(f.as_str()), "keys list leaks {f}");
+    }
+    let listed: Value = serde_json::from_str(&listed).expect("json");
+    assert_eq!(listed.as_array().map(Vec::len), Some(2));
+    let only_a = w.b.crow_json(&["keys", "list", "--org", &w.org_a]);
+    assert_eq!(only_a.as_array().map(Vec::len), Some(1));
+
+    // Revocation bites within the cache TTL (2 s here; at most 60 s).
+    let kc = w.b.crow_json(&["keys", "create", "--org", &w.org_a]);
+    let secret = kc["secret"].as_str().expect("secret");
+    let r = w
+        .post_sql(secret, json!({"sql": "select 1 as x"}), None)
+        .await;
+    assert_eq!(r.status(), 200);
+    w.b.crow_json(&["keys", "revoke", kc["id"].as_str().expect("id")]);
+    let revoked_at = Instant::now();
+    loop {
+        let r = w
+            .post_sql(secret, json!({"sql": "select 1 as x"}), None)
+            .await;
+        if r.status() == 401 {
+            let p: Value = r.json().await.expect("problem");
+            assert!(
+                p["detail"].as_str().is_some_and(|d| d.contains("revoked")),
+                "{p}"
+            );
+            break;
+        }
+        assert_eq!(r.status(), 200);
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(2 + 3),
+            "a revoked key still works after the cache TTL"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let k = w.b.crow_json(&["keys", "list", "--org", "Alpha Audio"]);
+    assert!(k
+        .as_array()
+        .expect("keys")
+        .iter()
+        .any(|k| k["status"] == "revoked"));
+
+    // Result formats.
+    let q = json!({"sql": "select message_id, event_date, occurred_at from raw_web_events order by message_id"});
+    let r = w
+        .post_sql(&w.key_a, q.clone(), Some("application/x-ndjson"))
+        .await;
+    assert_eq!(r.headers()["content-type"], "application/x-ndjson");
+    let text = r.text().await.expect("ndjson");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("line"))
+        .collect();
+    assert_eq!(lines.len(), w.a_rows);
+    assert_eq!(lines[0]["message_id"], "alpha-raw_web_events-message_id-0");
+    let r = w.post_sql(&w.key_a, q.clone(), Some("text/csv")).await;
+    let csv = r.text().await.expect("csv");
+    let csv_lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(csv_lines[0], "message_id,event_date,occurred_at");
+    assert_eq!(csv_lines.len(), w.a_rows + 1);
+    let lists = w
+        .post_sql(
+            &w.key_a,
+            json!({"sql": "select product_ids from sessions"}),
+            Some("text/csv"),
+        )
+        .await;
+    assert_eq!(lists.status(), 200, "lists become text in CSV");
+    assert!(lists.text().await.expect("csv").contains("alpha-prod-0"));
+    let r = w
+        .post_sql(
+            &w.key_a,
+            q.clone(),
+            Some("application/vnd.apache.arrow.stream"),
+        )
+        .await;
+    let bytes = r.bytes().await.expect("arrow");
+    let reader =
+        arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes.to_vec()), None)
+            .expect("arrow stream");
+    let n: usize = reader.map(|b| b.expect("batch").num_rows()).sum();
+    assert_eq!(n, w.a_rows);
+    let r = w
+        .post_sql(&w.key_a, q.clone(), Some("application/vnd.apache.parquet"))
+        .await;
+    let pq = r.bytes().await.expect("parquet");
+    assert!(pq.starts_with(b"PAR1") && pq.ends_with(b"PAR1"));
+    let dir = tempfile::tempdir().expect("dir");
+    let pq_path = dir.path().join("result.parquet");
+    std::fs::write(&pq_path, &pq).expect("write");
+    let ids = read_parquet(&pq_path, "message_id");
+    assert_eq!(ids.len(), w.a_rows);
+    let r = w
+        .post_sql(&w.key_a, q.clone(), Some("application/xml"))
+        .await;
+    assert_eq!(r.status(), 406);
+
+    // REST resources, filtered by the key's org.
+    let (s, org) = w.get(&w.key_a, "/api/v1/organization").await;
+    assert_eq!(s, 200);
+    assert_eq!(org["org_id"], w.org_a.as_str());
+    assert!(org.get("write_key_hash").is_none());
+    let (s, p1) = w.get(&w.key_a, "/api/v1/products?limit=2").await;
+    assert_eq!(s, 200, "{p1}");
+    assert_eq!(p1["data"].as_array().map(Vec::len), Some(2));
+    let cursor = p1["next_cursor"].as_str().expect("a next page");
+    let (_, p2) = w
+        .get(
+            &w.key_a,
+            &format!("/api/v1/products?limit=2&cursor={cursor}"),
+        )
+        .await;
+    assert_eq!(p2["data"].as_array().map(Vec::len), Some(1));
+    assert!(p2["next_cursor"].is_null());
+    let (_, s1) = w
+        .get(
+            &w.key_a,
+            "/api/v1/sessions?channel=web&from=2026-11-18T00:00:00Z&to=2026-11-18T01:30:00Z",
+        )
+        .await;
+    assert_eq!(s1["data"].as_array().map(Vec::len), Some(2), "{s1}");
+    let (_, i1) = w
+        .get(&w.key_a, "/api/v1/interactions?product=alpha-prod-1")
+        .await;
+    assert_eq!(i1["data"].as_array().map(Vec::len), Some(1), "{i1}");
+    let (_, i2) = w.get(&w.key_a, "/api/v1/interactions?channel=cctv").await;
+    assert_eq!(i2["data"].as_array().map(Vec::len), Some(0));
+    let (_, ins) = w
+        .get(&w.key_a, "/api/v1/insights?period_kind=day&from=2026-11-19")
+        .await;
+    assert_eq!(ins["data"].as_array().map(Vec::len), Some(2), "{ins}");
+    let (_, u) = w.get(&w.key_a, "/api/v1/usage").await;
+    assert_eq!(u["data"].as_array().map(Vec::len), Some(w.a_rows));
+    let (s, bad) = w.get(&w.key_a, "/api/v1/sessions?from=soon").await;
+    assert_eq!(s, 400, "{bad}");
+    assert_eq!(bad["code"], "invalid_parameter");
+
+    // An export through the API, read back by pyarrow.
+    let r = w
+        .http
+        .post(w.server.url("/api/v1/exports"))
+        .bearer_auth(&w.key_a)
+        .json(&json!({"table": "raw_web_events", "format": "parquet"}))
+        .send()
+        .await
+        .expect("export");
+    assert_eq!(r.status(), 202);
+    let e: Value = r.json().await.expect("status");
+    let id = e["id"].as_str().expect("id").to_string();
+    let start = Instant::now();
+    loop {
+        let (s, st) = w.get(&w.key_a, &format!("/api/v1/exports/{id}")).await;
+        assert_eq!(s, 200, "{st}");
+        if st["status"] == "succeeded" {
+            assert_eq!(st["rows"], w.a_rows);
+            break;
+        }
+        assert_eq!(st["status"], "running", "{st}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "export did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (s, _) = w.get(&w.key_b, &format!("/api/v1/exports/{id}")).await;
+    assert_eq!(s, 403, "a read key cannot see exports");
+    let r = w
+        .http
+        .get(w.server.url(&format!("/api/v1/exports/{id}/download")))
+        .bearer_auth(&w.key_a)
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(r.status(), 200);
+    let bytes = r.bytes().await.expect("file");
+    let api_file = dir.path().join("api-export.parquet");
+    std::fs::write(&api_file, &bytes).expect("write");
+    let want: Vec<String> = (0..w.a_rows)
+        .map(|i| format!("alpha-raw_web_events-message_id-{i}"))
+        .collect();
+    assert_eq!(read_parquet(&api_file, "message_id"), want);
+
+    // The same from the CLI, with a time range.
+    let cli_file = dir.path().join("cli-export.parquet");
+    w.b.crow_ok(&[
+        "export",
+        "raw_web_events",
+        "--org",
+        "Alpha Audio",
+        "--from",
+        "2026-11-18T00:00:00Z",
+        "--to",
+        "2026-11-18T01:30:00Z",
+        "--format",
+        "parquet",
+        "--out",
+        &cli_file.display().to_string(),
+    ]);
+    assert_eq!(read_parquet(&cli_file, "message_id"), want[..2].to_vec());
+    let jsonl = dir.path().join("all.jsonl");
+    w.b.crow_ok(&[
+        "export",
+        "api_keys",
+        "--format",
+        "jsonl",
+        "--out",
+        &jsonl.display().to_string(),
+    ]);
+    let text = std::fs::read_to_string(&jsonl).expect("jsonl");
+    assert!(!text.contains("key_hash"), "exports never hold secrets");
+
+    // Metrics: the collector's and the API's on one /metrics.
+    let m = w
+        .http
+        .get(w.server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(m.contains("crow_ingest_"), "{m}");
+    assert!(
+        m.contains("crow_api_requests_total{route=\"/api/v1/sql\",status=\"200\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("crow_api_requests_total{route=\"/api/v1/sql\",status=\"401\"}"),
+        "{m}"
+    );
+    assert!(m.contains("crow_api_query_seconds_count"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_and_only_api() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    let org = b.crow_json(&["orgs", "create", "--name", "Gamma"]);
+    let key = b.crow_json(&["keys", "create", "--org", "Gamma"]);
+    let key = key["secret"].as_str().expect("secret").to_string();
+    let wal = tempfile::tempdir().expect("wal");
+    let server = Server::start(
+        &b,
+        wal.path(),
+        &[
+            ("CROW_SERVE_ONLY", "api"),
+            ("CROW_API_RATE_LIMIT_BURST", "3"),
+            ("CROW_API_RATE_LIMIT_PER_SECOND", "0.2"),
+        ],
+    );
+    let http = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..5 {
+        let r = http
+            .get(server.url("/api/v1/organization"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .expect("send");
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            retry_after = r
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let p: Value = r.json().await.expect("problem");
+            assert_eq!(p["code"], "rate_limited");
+        } else {
+            let o: Value = r.json().await.expect("org");
+            assert_eq!(o["org_id"], org["org_id"]);
+        }
+    }
+    assert_eq!(statuses, vec![200, 200, 200, 429, 429]);
+    assert!(
+        retry_after.is_some_and(|s| (1..=5).contains(&s)),
+        "{retry_after:?}"
+    );
+    // --only api: the collector is not served.
+    let r = http
+        .post(server.url("/v1/batch"))
+        .json(&json!({"batch": []}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 404);
+    let m = http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        m.contains("crow_api_requests_total{route=\"/api/v1/organization\",status=\"429\"} 2"),
+        "{m}"
+    );
+    assert!(!m.contains("crow_ingest_"));
+}
+
+/// Values of one column of a Parquet file, sorted, read by pyarrow.
+fn read_parquet(path: &Path, column: &str) -> Vec<String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/read_parquet.py");
+    let out = std::process::Command::new(python())
+        .arg(script)
+        .arg(path)
+        .arg(column)
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "pyarrow: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Vec<String> = serde_json::from_slice(&out.stdout).expect("json");
+    v
+}
