@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs what CROW's tests need on a fresh machine, idempotently:
 # a Python virtualenv with the independent Delta readers (deltalake, polars,
-# pyarrow) and moto's S3-compatible server. Prints the venv's path.
+# pyarrow), moto's S3-compatible server and schemathesis (the query API's
+# property-based tester). Prints the venv's path.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${CROW_TEST_VENV:-$root/.venv}"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv" >&2
 fi
-want="deltalake==1.6.6 polars==2.1.0 pyarrow moto[server]==5.* segment-analytics-python==2.4.0 rudder-sdk-python==2.1.9 playwright==1.65.2"
+want="deltalake==1.6.6 polars==2.1.0 pyarrow moto[server]==5.* segment-analytics-python==2.4.0 rudder-sdk-python==2.1.9 playwright==1.65.2 schemathesis==4.32.5"
 stamp="$venv/.crow-deps"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check $want >&2

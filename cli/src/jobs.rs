@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use chrono::{NaiveDate, Utc};
+use chrono::{NaiveDate, SubsecRound, Utc};
 use clap::{Args, Subcommand, ValueEnum};
 use crow_jobs::{ai, enrich, runs, sessionize, ProgressRef, Trigger, Window};
 use crow_lake::Lake;
@@ -122,7 +122,7 @@ pub async fn run(lake: &Lake, cfg: &Config, args: RunArgs) -> Result<()> {
                 org,
                 window,
                 gap: chrono::Duration::minutes(i64::from(cfg.jobs.session_gap_minutes)),
-                now: Utc::now(),
+                now: Utc::now().trunc_subsecs(6),
                 trigger,
             };
             serde_json::to_value(sessionize::run(lake, &opts, &progress).await?)?

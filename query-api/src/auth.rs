@@ -2,9 +2,10 @@
 //!
 //! The whole `api_keys` table (small) is cached by hash and reloaded once it
 //! is older than `api.key_cache_seconds` (at most 60 s), so a revocation is
-//! enforced within that time. An unknown secret reloads the table at most once
-//! a second, so guessing keys costs no lake reads. Expiry is checked on every
-//! request against the current time.
+//! enforced within that time. An unknown secret reloads the table, at most
+//! ten times a second in all, so a new key works at once and guessing keys
+//! costs few lake reads. Expiry is checked on every request against the
+//! current time.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -56,7 +57,7 @@ impl KeyCache {
 
     async fn lookup(&self, secret: &str) -> crow_lake::Result<Option<ApiKey>> {
         let hash = crow_lake::ids::sha256_hex(secret.as_bytes());
-        let miss_reload = self.ttl.min(Duration::from_secs(1));
+        let miss_reload = self.ttl.min(Duration::from_millis(100));
         {
             let m = self.inner.read().await;
             if let Some(loaded) = m.loaded {

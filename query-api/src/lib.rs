@@ -20,6 +20,7 @@ pub mod error;
 pub mod export;
 pub mod keys;
 pub mod metrics;
+pub mod openapi;
 pub mod rest;
 pub mod sql;
 pub mod tenant;
@@ -107,6 +108,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/exports/{id}", get(export::get))
         .route("/api/v1/exports/{id}/download", get(export::download))
         .route("/api/v1/health", get(health))
+        .route(
+            "/api/v1/openapi.json",
+            get(|| async { axum::Json(openapi::document()) }),
+        )
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -227,7 +227,11 @@ async fn world(server_env: &[(&str, &str)]) -> World {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolation_under_hostile_sql() {
-    let w = world(&[("CROW_API_KEY_CACHE_SECONDS", "2")]).await;
+    let w = world(&[
+        ("CROW_API_KEY_CACHE_SECONDS", "2"),
+        ("CROW_API_RATE_LIMIT_BURST", "100000"),
+    ])
+    .await;
     let lake_dir = w.b.uri.clone();
 
     // Every table: only org A's rows, with every column but secrets.
@@ -411,7 +415,11 @@ async fn isolation_under_hostile_sql() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_formats_rest_exports_and_metrics() {
-    let w = world(&[("CROW_API_KEY_CACHE_SECONDS", "2")]).await;
+    let w = world(&[
+        ("CROW_API_KEY_CACHE_SECONDS", "2"),
+        ("CROW_API_RATE_LIMIT_BURST", "100000"),
+    ])
+    .await;
 
     // Authentication failures are 401 problem documents.
     for auth in [None, Some("Bearer ck_doesnotexist"), Some("Basic abc")] {
@@ -750,4 +758,50 @@ fn read_parquet(path: &Path, column: &str) -> Vec<String> {
     );
     let v: Vec<String> = serde_json::from_slice(&out.stdout).expect("json");
     v
+}
+
+/// A property-based API tester (schemathesis) against the running server,
+/// driven by the served OpenAPI document: no 5xx, every status, content type,
+/// header and body as documented.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_conformance_under_schemathesis() {
+    let w = world(&[("CROW_API_RATE_LIMIT_BURST", "1000000")]).await;
+    let doc: Value = reqwest::get(w.server.url("/api/v1/openapi.json"))
+        .await
+        .expect("openapi")
+        .json()
+        .await
+        .expect("json");
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    let st = python().with_file_name("schemathesis");
+    assert!(
+        st.exists(),
+        "{} is missing: run scripts/test-deps.sh",
+        st.display()
+    );
+    let out = std::process::Command::new(st)
+        .args(["run", &w.server.url("/api/v1/openapi.json")])
+        .args(["-H", &format!("Authorization: Bearer {}", w.key_a)])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--max-examples",
+            "30",
+            "--seed",
+            "1",
+            "--workers",
+            "2",
+        ])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run schemathesis");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found problems:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("passed"), "{text}");
 }

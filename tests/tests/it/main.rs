@@ -5,6 +5,7 @@
 mod api;
 mod cli;
 mod ingest;
+mod jobs;
 mod lake;
 mod readers;
 mod support;

@@ -1,0 +1,309 @@
+//! The OpenAPI 3 document served at `/api/v1/openapi.json`, built from the
+//! code: row schemas come from the table contracts in `crow-schemas` (secret
+//! columns removed, as the API removes them), result formats from
+//! [`ResultFormat`], export formats and tables from [`crate::export`].
+//!
+//! (utoipa is the usual generator, but it turns on `indexmap/serde`, which
+//! would change the features of crates under DataFusion; building the
+//! document here keeps the dependency tree as it is.)
+
+use serde_json::{json, Map, Value};
+
+use crate::sql::ResultFormat;
+
+fn column_schema(c: &crow_schemas::ColumnDef) -> Value {
+    use crow_schemas::ColumnType as T;
+    let mut s = match c.ty {
+        T::Text => json!({"type": "string"}),
+        T::Int64 | T::Int32 => json!({"type": "integer"}),
+        T::Float64 => json!({"type": "number"}),
+        T::Bool => json!({"type": "boolean"}),
+        T::Timestamp => json!({"type": "string", "format": "date-time"}),
+        T::Date => json!({"type": "string", "format": "date"}),
+        T::TextList => json!({"type": "array", "items": {"type": "string"}}),
+    };
+    if let Value::Object(m) = &mut s {
+        m.insert("description".into(), json!(c.doc));
+        if c.nullable {
+            m.insert("nullable".into(), json!(true));
+        }
+    }
+    s
+}
+
+/// JSON schema of one row of `table` as the API returns it.
+fn row_schema(table: &str, only: Option<&[&str]>) -> Value {
+    let Some(def) = crow_schemas::table(table) else {
+        return json!({"type": "object"});
+    };
+    let mut props = Map::new();
+    let mut required = Vec::new();
+    for c in def.columns {
+        if def.secret_columns.contains(&c.name) || only.is_some_and(|o| !o.contains(&c.name)) {
+            continue;
+        }
+        props.insert(c.name.into(), column_schema(c));
+        required.push(c.name);
+    }
+    json!({"type": "object", "description": def.doc, "properties": props, "required": required})
+}
+
+fn page(item: &str) -> Value {
+    json!({
+        "type": "object",
+        "required": ["data", "next_cursor"],
+        "properties": {
+            "data": {"type": "array", "items": {"$ref": format!("#/components/schemas/{item}")}},
+            "next_cursor": {"type": "string", "nullable": true,
+                "description": "Pass as `cursor` for the next page; null on the last page."}
+        }
+    })
+}
+
+fn problem(desc: &str) -> Value {
+    json!({"description": desc, "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}})
+}
+
+fn errors(codes: &[u16]) -> Map<String, Value> {
+    let mut m = Map::new();
+    for c in codes {
+        let d = match c {
+            400 => "Invalid request (see `code`).",
+            401 => "Missing, unknown, revoked or expired API key.",
+            403 => "The key's scope does not allow this call.",
+            404 => "Not found.",
+            406 => "No supported result format in `Accept`.",
+            408 => "The query ran past the timeout.",
+            409 => "The export is not finished.",
+            429 => "Rate limit exceeded; see Retry-After.",
+            _ => "Error.",
+        };
+        let mut p = problem(d);
+        if *c == 429 {
+            p["headers"] = json!({"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}});
+        }
+        m.insert(c.to_string(), p);
+    }
+    m
+}
+
+fn responses(ok_code: &str, ok: Value, errs: &[u16]) -> Value {
+    let mut m = errors(errs);
+    m.insert(ok_code.into(), ok);
+    Value::Object(m)
+}
+
+fn json_ok(desc: &str, schema: Value) -> Value {
+    json!({"description": desc, "content": {"application/json": {"schema": schema}}})
+}
+
+fn qparam(name: &str, desc: &str, schema: Value) -> Value {
+    json!({"name": name, "in": "query", "required": false, "description": desc, "schema": schema})
+}
+
+fn listing(summary: &str, item: &str, params: &[&str]) -> Value {
+    let mut ps = Vec::new();
+    for p in params {
+        ps.push(match *p {
+            "from" => qparam(
+                "from",
+                "Start of the time range (RFC 3339 or YYYY-MM-DD), inclusive.",
+                json!({"type": "string", "format": "date-time"}),
+            ),
+            "to" => qparam(
+                "to",
+                "End of the time range (RFC 3339 or YYYY-MM-DD), exclusive.",
+                json!({"type": "string", "format": "date-time"}),
+            ),
+            "channel" => qparam(
+                "channel",
+                "Channel.",
+                json!({"type": "string", "enum": ["web", "social", "cctv"]}),
+            ),
+            "product" => qparam(
+                "product",
+                "Only rows involving this product id.",
+                json!({"type": "string"}),
+            ),
+            "period_kind" => qparam(
+                "period_kind",
+                "Period kind.",
+                json!({"type": "string", "enum": ["day", "week", "month", "year", "all"]}),
+            ),
+            "limit" => qparam(
+                "limit",
+                "Page size.",
+                json!({"type": "integer", "minimum": 1, "maximum": 1000}),
+            ),
+            _ => qparam(
+                "cursor",
+                "`next_cursor` of the previous page.",
+                json!({"type": "string", "minLength": 1, "maxLength": 200}),
+            ),
+        });
+    }
+    json!({"get": {
+        "summary": summary, "security": [{"bearer": []}], "parameters": ps,
+        "responses": responses("200", json_ok("A page.", page(item)), &[400, 401, 429]),
+    }})
+}
+
+/// The OpenAPI document.
+pub fn document() -> Value {
+    let formats = [
+        ResultFormat::Json,
+        ResultFormat::Ndjson,
+        ResultFormat::Csv,
+        ResultFormat::Arrow,
+        ResultFormat::Parquet,
+    ];
+    let mut sql_ok = Map::new();
+    for f in formats {
+        let media = f
+            .media_type()
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let schema = if f == ResultFormat::Json {
+            json!({"type": "array", "items": {"type": "object"}})
+        } else {
+            json!({"type": "string", "format": "binary"})
+        };
+        sql_ok.insert(media, json!({"schema": schema}));
+    }
+    let tables: Vec<&str> = crow_schemas::ALL_TABLES.iter().map(|t| t.name).collect();
+    let mut schemas = Map::new();
+    schemas.insert(
+        "Problem".into(),
+        json!({"type": "object", "required": ["type", "title", "status", "detail", "code"], "properties": {
+            "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+            "detail": {"type": "string"}, "code": {"type": "string", "description": "Stable machine-readable code."}}}),
+    );
+    schemas.insert(
+        "SqlRequest".into(),
+        json!({"type": "object", "required": ["sql"], "additionalProperties": false, "properties": {
+            "sql": {"type": "string", "description": "One read-only query."},
+            "as_of": {"type": "string", "format": "date-time", "description": "Time travel: every table as of this time."},
+            "versions": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0},
+                "description": "Time travel: tables pinned to Delta versions."}}}),
+    );
+    schemas.insert(
+        "Organization".into(),
+        row_schema(
+            "organizations",
+            Some(&[
+                "org_id",
+                "name",
+                "domain",
+                "status",
+                "created_at",
+                "updated_at",
+            ]),
+        ),
+    );
+    for (name, table) in [
+        ("Product", "products"),
+        ("Session", "sessions"),
+        ("Interaction", "interactions"),
+        ("Insight", "patterns"),
+        ("Usage", "usage_daily"),
+    ] {
+        schemas.insert(name.into(), row_schema(table, None));
+    }
+    schemas.insert(
+        "ExportRequest".into(),
+        json!({"type": "object", "required": ["format"], "additionalProperties": false, "properties": {
+            "table": {"type": "string", "enum": tables},
+            "sql": {"type": "string"},
+            "from": {"type": "string", "format": "date-time"},
+            "to": {"type": "string", "format": "date-time"},
+            "format": {"type": "string", "enum": ["parquet", "csv", "jsonl"]}},
+            "description": "Exactly one of `table` or `sql`."}),
+    );
+    schemas.insert(
+        "ExportStatus".into(),
+        json!({"type": "object", "required": ["id", "status", "format", "created_at"], "properties": {
+            "id": {"type": "string"},
+            "status": {"type": "string", "enum": ["running", "succeeded", "failed"]},
+            "format": {"type": "string", "enum": ["parquet", "csv", "jsonl"]},
+            "table": {"type": "string", "nullable": true},
+            "rows": {"type": "integer", "nullable": true},
+            "bytes": {"type": "integer", "nullable": true},
+            "error": {"type": "string", "nullable": true},
+            "created_at": {"type": "string", "format": "date-time"},
+            "finished_at": {"type": "string", "format": "date-time", "nullable": true},
+            "download_url": {"type": "string", "nullable": true}}}),
+    );
+    let id_param =
+        json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "CROW query API", "version": env!("CARGO_PKG_VERSION"),
+            "description": "Tenant-isolated, read-only access to one organization's CROW tables."},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": schemas,
+        },
+        "paths": {
+            "/api/v1/sql": {"post": {
+                "summary": "Run one read-only SQL query over the key's organization's rows.",
+                "security": [{"bearer": []}],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SqlRequest"}}}},
+                "responses": responses("200", json!({"description": "The result, in the format `Accept` asks for.", "content": sql_ok}),
+                    &[400, 401, 403, 406, 408, 429]),
+            }},
+            "/api/v1/organization": {"get": {
+                "summary": "The key's organization.", "security": [{"bearer": []}],
+                "responses": responses("200", json_ok("The organization.", json!({"$ref": "#/components/schemas/Organization"})), &[401, 404, 429]),
+            }},
+            "/api/v1/products": listing("The product catalog.", "Product", &["product", "limit", "cursor"]),
+            "/api/v1/sessions": listing("Sessions.", "Session", &["from", "to", "channel", "product", "limit", "cursor"]),
+            "/api/v1/interactions": listing("Interactions.", "Interaction", &["from", "to", "channel", "product", "limit", "cursor"]),
+            "/api/v1/insights": listing("Patterns by period.", "Insight", &["period_kind", "from", "to", "product", "limit", "cursor"]),
+            "/api/v1/usage": listing("Daily usage and its priced amount.", "Usage", &["from", "to", "limit"]),
+            "/api/v1/exports": {"post": {
+                "summary": "Start an export of a table or query (needs scope export).", "security": [{"bearer": []}],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ExportRequest"}}}},
+                "responses": responses("202", json_ok("Started.", json!({"$ref": "#/components/schemas/ExportStatus"})), &[400, 401, 403, 408, 429]),
+            }},
+            "/api/v1/exports/{id}": {"get": {
+                "summary": "An export's status.", "security": [{"bearer": []}], "parameters": id_param,
+                "responses": responses("200", json_ok("Status.", json!({"$ref": "#/components/schemas/ExportStatus"})), &[401, 403, 404, 429]),
+            }},
+            "/api/v1/exports/{id}/download": {"get": {
+                "summary": "Download a finished export.", "security": [{"bearer": []}], "parameters": id_param,
+                "responses": responses("200", json!({"description": "The file.", "content": {
+                    "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
+                    "text/csv": {"schema": {"type": "string"}},
+                    "application/x-ndjson": {"schema": {"type": "string"}}}}), &[401, 403, 404, 409, 429]),
+            }},
+            "/api/v1/health": {"get": {
+                "summary": "Whether the API can read the lake.",
+                "responses": {"200": json_ok("Healthy.", json!({"type": "object"})),
+                              "503": problem("The lake is unreachable.")},
+            }},
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn document_names_every_route_and_no_secret() {
+        let d = super::document();
+        let text = d.to_string();
+        for p in [
+            "/api/v1/sql",
+            "/api/v1/interactions",
+            "/api/v1/exports/{id}/download",
+        ] {
+            assert!(d["paths"].get(p).is_some(), "{p}");
+        }
+        assert!(!text.contains("key_hash") && !text.contains("write_key_hash"));
+        assert_eq!(
+            d["components"]["schemas"]["Session"]["properties"]["product_ids"]["type"],
+            "array"
+        );
+    }
+}

@@ -1,0 +1,919 @@
+//! Jobs end to end: sessionize rules, enrich with each provider over real
+//! HTTP, the product catalog crawler against a site served here.
+
+use std::collections::VecDeque;
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeZone, Utc};
+use crow_ingest::normalize::{normalize, NormalizeContext};
+use crow_lake::batch::rows_to_batch;
+use crow_lake::Lake;
+use serde_json::{json, Value};
+
+use crate::support::{crow_bin, Backend};
+
+/// Run `crow` with extra environment variables.
+fn crow_env(b: &Backend, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(crow_bin());
+    cmd.arg("--lake").arg(&b.uri).args(args);
+    for (k, v) in &b.env {
+        cmd.env(k, v);
+    }
+    cmd.env_remove("CROW_CONFIG").env_remove("CROW_LAKE");
+    for k in [
+        "GEMINI_API_KEY",
+        "OPENAI_API_KEY",
+        "CROW_AI_PROVIDER",
+        "CROW_AI_MODEL",
+        "CROW_AI_BASE_URL",
+    ] {
+        cmd.env_remove(k);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run crow")
+}
+
+fn crow_env_json(b: &Backend, args: &[&str], env: &[(&str, &str)]) -> Value {
+    let mut a = args.to_vec();
+    a.extend(["--format", "json", "--quiet"]);
+    let out = crow_env(b, &a, env);
+    assert!(
+        out.status.success(),
+        "crow {a:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+async fn land_web(lake: &Lake, org: &str, events: &[Value], received: DateTime<Utc>) {
+    let strip: Vec<String> = Vec::new();
+    let ctx = NormalizeContext {
+        org_id: org,
+        received_at: received,
+        ip_hash: None,
+        strip_query_params: &strip,
+        ip_salt: "salt",
+    };
+    let rows: Vec<_> = events
+        .iter()
+        .map(|e| normalize(e, None, &ctx).expect("valid event"))
+        .collect();
+    let batch = rows_to_batch(&crow_schemas::RAW_WEB_EVENTS, &rows).expect("batch");
+    lake.append("raw_web_events", vec![batch])
+        .await
+        .expect("append");
+}
+
+fn t(h: u32, m: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 10, h, m, 0)
+        .single()
+        .expect("time")
+}
+
+fn ev(
+    kind: &str,
+    id: &str,
+    anon: Option<&str>,
+    user: Option<&str>,
+    at: DateTime<Utc>,
+    extra: Value,
+) -> Value {
+    let mut e = json!({
+        "type": kind,
+        "messageId": id,
+        "timestamp": at.to_rfc3339(),
+        "context": {"device": {"type": "mobile"}, "page": {"url": "https://shop.example/", "referrer": "https://www.google.com/"}},
+    });
+    if let Some(a) = anon {
+        e["anonymousId"] = json!(a);
+    }
+    if let Some(u) = user {
+        e["userId"] = json!(u);
+    }
+    if let Value::Object(m) = extra {
+        for (k, v) in m {
+            e[k] = v;
+        }
+    }
+    e
+}
+
+fn sessions(b: &Backend, filter: &str) -> Vec<Value> {
+    let v = b.crow_json(&[
+        "sql",
+        &format!(
+            "SELECT session_id, channel, visitor_id, anonymous_ids, event_count, source_ids, product_ids, \
+             CAST(started_at AS VARCHAR) AS started_at, is_returning, converted, source_ref, timeline \
+             FROM sessions WHERE {filter} ORDER BY started_at, session_id"
+        ),
+    ]);
+    v.as_array().expect("rows").clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessionize_gap_stitching_dedup_windows_and_late_events_local() {
+    sessionize_rules(Backend::local()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessionize_gap_stitching_dedup_windows_and_late_events_s3() {
+    sessionize_rules(Backend::s3()).await;
+}
+
+async fn sessionize_rules(b: Backend) {
+    b.crow_ok(&["init"]);
+    let org = b.crow_json(&["orgs", "create", "--name", "Shop"]);
+    let org = org["org_id"].as_str().expect("org").to_string();
+    let lake = b.lake().await;
+    let recv = t(23, 0);
+    let view = |p: &str| json!({"event": "Product Viewed", "properties": {"product_id": p, "name": format!("Product {p}")}});
+    land_web(
+        &lake,
+        &org,
+        &[
+            // Visitor a1: two sessions (a gap of 70 minutes).
+            ev("page", "m1", Some("a1"), None, t(10, 0), json!({"properties": {"path": "/"}})),
+            ev("track", "m2", Some("a1"), None, t(10, 10), view("p1")),
+            ev("track", "m3", Some("a1"), None, t(11, 20), view("p2")),
+            // The same message twice (a retried batch): counted once.
+            ev("track", "m3", Some("a1"), None, t(11, 20), view("p2")),
+            // a2 identifies as u2; later u2 on another device (a3): one visitor.
+            ev("page", "m4", Some("a2"), None, t(12, 0), json!({})),
+            ev("identify", "m5", Some("a2"), Some("u2"), t(12, 5), json!({"traits": {"email": "x@example.com"}})),
+            ev("track", "m6", Some("a3"), Some("u2"), t(12, 30), json!({"event": "Order Completed", "properties": {"order_id": "o1", "revenue": 99.5}})),
+        ],
+        recv,
+    )
+    .await;
+    // a4 on the next day.
+    land_web(
+        &lake,
+        &org,
+        &[ev(
+            "page",
+            "m7",
+            Some("a4"),
+            None,
+            t(12, 0) + chrono::Duration::days(1),
+            json!({}),
+        )],
+        recv + chrono::Duration::days(1),
+    )
+    .await;
+
+    // An explicit window: the 10th only.
+    let r = b.crow_json(&[
+        "jobs",
+        "run",
+        "sessionize",
+        "--from",
+        "2026-03-10",
+        "--to",
+        "2026-03-11",
+        "--quiet",
+    ]);
+    assert_eq!(r["web_sessions"], 3, "{r}");
+    assert_eq!(r["duplicates"], 1, "{r}");
+    let day = sessions(&b, "session_date = DATE '2026-03-10'");
+    assert_eq!(day.len(), 3, "{day:?}");
+    assert_eq!(day[0]["visitor_id"], "a1");
+    assert_eq!(day[0]["source_ids"], json!(["m1", "m2"]));
+    assert_eq!(day[0]["is_returning"], false);
+    assert_eq!(day[1]["source_ids"], json!(["m3"]), "the duplicate is gone");
+    assert_eq!(day[1]["is_returning"], true);
+    assert_eq!(day[2]["visitor_id"], "u2", "a2 and a3 are stitched to u2");
+    assert_eq!(day[2]["anonymous_ids"], json!(["a2", "a3"]));
+    assert_eq!(day[2]["converted"], true);
+    let timeline: Value =
+        serde_json::from_str(day[0]["timeline"].as_str().expect("timeline")).expect("json");
+    assert_eq!(timeline[1], json!([600, "Product Viewed", "p1 Product p1"]));
+    assert!(
+        sessions(&b, "session_date = DATE '2026-03-11'").is_empty(),
+        "outside the window"
+    );
+    let ids: Vec<Value> = day.iter().map(|s| s["session_id"].clone()).collect();
+
+    // Re-running the window replaces exactly it: same ids, no duplicates.
+    b.crow_json(&[
+        "jobs",
+        "run",
+        "sessionize",
+        "--from",
+        "2026-03-10",
+        "--to",
+        "2026-03-11",
+        "--quiet",
+    ]);
+    let again = sessions(&b, "TRUE");
+    assert_eq!(
+        again
+            .iter()
+            .map(|s| s["session_id"].clone())
+            .collect::<Vec<_>>(),
+        ids
+    );
+
+    // Incremental: from the earliest activity up to now; the 11th is added.
+    let r = b.crow_json(&["jobs", "run", "sessionize", "--quiet"]);
+    assert_eq!(r["web_sessions"], 4, "{r}");
+    assert_eq!(sessions(&b, "TRUE").len(), 4);
+
+    // A late event for the 10th, received now.
+    land_web(
+        &lake,
+        &org,
+        &[ev("track", "m8", Some("a1"), None, t(10, 40), view("p3"))],
+        Utc::now(),
+    )
+    .await;
+    let r = b.crow_json(&["jobs", "run", "sessionize", "--quiet"]);
+    assert_eq!(r["late_days"], json!(["2026-03-10"]), "{r}");
+    // m8 at 10:40 is within an hour of m2 (10:10) and of m3 (11:20): a1's
+    // two sessions become one.
+    let all = sessions(&b, "TRUE");
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert_eq!(all[0]["source_ids"], json!(["m1", "m2", "m8", "m3"]));
+    assert_eq!(all[0]["event_count"], 4, "{all:?}");
+
+    // Activity of the last minutes is an open session: not written yet.
+    let now = Utc::now();
+    land_web(
+        &lake,
+        &org,
+        &[ev(
+            "page",
+            "m9",
+            Some("a9"),
+            None,
+            now - chrono::Duration::minutes(5),
+            json!({}),
+        )],
+        now,
+    )
+    .await;
+    let r = b.crow_json(&["jobs", "run", "sessionize", "--quiet"]);
+    assert_eq!(r["open_sessions"], 1, "{r}");
+    assert!(sessions(&b, "visitor_id = 'a9'").is_empty());
+    let status = b.crow_json(&["jobs", "status"]);
+    let runs = status["runs"].as_array().expect("runs");
+    assert!(runs.iter().all(|r| r["status"] == "succeeded"), "{status}");
+    assert!(status["watermarks"][0]["watermark"].is_string(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cctv_camera_hours_and_social_runs_are_sessions() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    let org = b.crow_json(&["orgs", "create", "--name", "Store"]);
+    let org = org["org_id"].as_str().expect("org").to_string();
+    let lake = b.lake().await;
+    let now = Utc::now();
+    let seg = |id: &str, cam: &str, h: u32, m: u32, text: &str| {
+        crow_ingest::channels::cctv_row(
+            &org,
+            &json!({"segment_id": id, "store_id": "s1", "camera_id": cam,
+                    "segment_start": t(h, m).to_rfc3339(), "segment_end": (t(h, m) + chrono::Duration::minutes(2)).to_rfc3339(),
+                    "text": text}),
+            now,
+        )
+        .expect("segment")
+    };
+    let segs = vec![
+        seg("g1", "c1", 9, 5, "A shopper picks up the Aria Headphones."),
+        seg("g2", "c1", 9, 40, "They ask staff about battery life."),
+        seg("g2", "c1", 9, 40, "They ask staff about battery life."),
+        seg("g3", "c1", 10, 1, "Another shopper walks by."),
+        seg("g4", "c2", 9, 10, "Checkout queue."),
+    ];
+    let batch = rows_to_batch(&crow_schemas::RAW_CCTV_TRANSCRIPTS, &segs).expect("batch");
+    lake.append("raw_cctv_transcripts", vec![batch])
+        .await
+        .expect("append");
+    let cap = |id: &str, run: &str, m: u32| {
+        crow_ingest::channels::social_row(
+            &org,
+            None,
+            &json!({"capture_id": id, "run_id": run, "platform": "instagram", "url": format!("https://instagram.example/p/{id}"),
+                    "author": "fan", "text": "Love my new Aria Headphones", "captured_at": t(14, m).to_rfc3339()}),
+            now,
+        )
+        .expect("capture")
+    };
+    let caps = vec![
+        cap("k1", "run-1", 0),
+        cap("k2", "run-1", 3),
+        cap("k3", "run-2", 30),
+    ];
+    let batch = rows_to_batch(&crow_schemas::RAW_SOCIAL_CAPTURES, &caps).expect("batch");
+    lake.append("raw_social_captures", vec![batch])
+        .await
+        .expect("append");
+
+    let r = b.crow_json(&["jobs", "run", "sessionize", "--quiet"]);
+    assert_eq!(r["cctv_sessions"], 3, "{r}");
+    assert_eq!(r["social_sessions"], 2, "{r}");
+    let cctv = sessions(&b, "channel = 'cctv'");
+    assert_eq!(cctv[0]["source_ref"], "s1/c1");
+    assert_eq!(
+        cctv[0]["source_ids"],
+        json!(["g1", "g2"]),
+        "one camera-hour, deduplicated"
+    );
+    let social = sessions(&b, "channel = 'social'");
+    assert_eq!(social[0]["source_ref"], "run-1");
+    assert_eq!(social[0]["event_count"], 2);
+
+    // Offline enrichment finds the product by name in the text.
+    let csv = tempfile::NamedTempFile::with_suffix(".csv").expect("tmp");
+    std::fs::write(
+        csv.path(),
+        "sku,name,category,price,currency\nAR-1,Aria Headphones,Audio > Headphones,199,usd\n",
+    )
+    .expect("write");
+    let imported = b.crow_json(&[
+        "products",
+        "import",
+        csv.path().to_str().expect("path"),
+        "--org",
+        "Store",
+    ]);
+    assert_eq!(imported["inserted"], 1, "{imported}");
+    let r = crow_env_json(&b, &["jobs", "run", "enrich"], &[]);
+    assert_eq!(r["interactions"], 5, "{r}");
+    let rows = b.crow_json(&["sql", "SELECT channel, product_ids, sentiment, description FROM interactions WHERE channel = 'social' ORDER BY started_at"]);
+    assert_eq!(rows[0]["product_ids"], json!(["AR-1"]), "{rows}");
+    assert_eq!(rows[0]["sentiment"], "positive", "{rows}");
+}
+
+/// A fake model server speaking one provider's wire format, answering from
+/// a script and recording every request.
+#[derive(Clone, Default)]
+struct Fake {
+    script: Arc<Mutex<VecDeque<(u16, Vec<(String, String)>, String)>>>,
+    /// Answer once the script is used up.
+    fallback: Arc<Mutex<Option<(u16, String)>>>,
+    requests: Arc<Mutex<Vec<(String, Vec<(String, String)>, Value)>>>,
+}
+
+impl Fake {
+    fn push(&self, status: u16, headers: &[(&str, &str)], body: &str) {
+        self.script.lock().expect("lock").push_back((
+            status,
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body.to_string(),
+        ));
+    }
+
+    fn calls(&self) -> usize {
+        self.requests.lock().expect("lock").len()
+    }
+
+    async fn serve(&self) -> String {
+        use axum::extract::State;
+        use axum::http::{HeaderMap, StatusCode, Uri};
+        use axum::response::IntoResponse;
+        async fn handle(
+            State(f): State<Fake>,
+            uri: Uri,
+            headers: HeaderMap,
+            body: String,
+        ) -> axum::response::Response {
+            let hs: Vec<(String, String)> = headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                .collect();
+            let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            f.requests
+                .lock()
+                .expect("lock")
+                .push((uri.path().to_string(), hs, body));
+            let next = f.script.lock().expect("lock").pop_front();
+            let (status, headers, text) = match next {
+                Some(n) => n,
+                None => match f.fallback.lock().expect("lock").clone() {
+                    Some((s, t)) => (s, Vec::new(), t),
+                    None => (500, Vec::new(), "script exhausted".into()),
+                },
+            };
+            let mut resp =
+                (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), text).into_response();
+            resp.headers_mut()
+                .insert("content-type", "application/json".parse().expect("hv"));
+            for (k, v) in headers {
+                resp.headers_mut().insert(
+                    axum::http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                    v.parse().expect("value"),
+                );
+            }
+            resp
+        }
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(self.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        format!("http://{addr}")
+    }
+}
+
+const GOOD: &str = r#"{"description":"Viewed a product and left.","intent":"browse","sentiment":"neutral","outcome":"browsed","product_ids":[],"confidence":0.6}"#;
+
+fn gemini_ok(text: &str) -> String {
+    json!({
+        "candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP"}],
+        "usageMetadata": {"promptTokenCount": 120, "candidatesTokenCount": 30, "totalTokenCount": 150}
+    })
+    .to_string()
+}
+
+fn openai_ok(text: &str) -> String {
+    json!({
+        "id": "chatcmpl-1", "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}
+    })
+    .to_string()
+}
+
+fn ai_request() -> crow_jobs::ai::AiRequest {
+    crow_jobs::ai::AiRequest {
+        system: "system".into(),
+        prompt: "prompt".into(),
+        schema: crow_jobs::enrich::answer_schema(),
+        input: json!({}),
+    }
+}
+
+fn policy() -> crow_jobs::ai::RetryPolicy {
+    let mut p = crow_jobs::ai::RetryPolicy::new(4);
+    p.base = Duration::from_millis(50);
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_client_retries_429_503_and_malformed_answers() {
+    let fake = Fake::default();
+    let base = fake.serve().await;
+    fake.push(
+        429,
+        &[("retry-after", "1")],
+        r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED"}}"#,
+    );
+    fake.push(503, &[], r#"{"error":{"code":503,"status":"UNAVAILABLE"}}"#);
+    let ok = gemini_ok(GOOD);
+    fake.push(200, &[], &ok[..ok.len() / 2]); // truncated JSON
+    fake.push(
+        200,
+        &[],
+        &gemini_ok(r#"{"description":"x","intent":"shopping"}"#),
+    ); // schema violation
+    fake.push(200, &[], &gemini_ok(GOOD));
+    let g = crow_jobs::ai::gemini::Gemini::new(
+        &base,
+        "gemini-test",
+        "test-key",
+        Duration::from_secs(10),
+    )
+    .expect("client");
+    let started = Instant::now();
+    let out = crow_jobs::ai::call_validated(&g, &ai_request(), policy(), |t| {
+        crow_jobs::enrich::validate(t, &[])
+    })
+    .await;
+    assert!(out.value.is_ok(), "{:?}", out.value);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After: 1 is honoured"
+    );
+    assert_eq!(out.calls, 5);
+    // Tokens of both answered calls are counted (the invalid one cost too).
+    assert_eq!((out.input_tokens, out.output_tokens), (240, 60));
+    let reqs = fake.requests.lock().expect("lock").clone();
+    assert_eq!(reqs[0].0, "/v1beta/models/gemini-test:generateContent");
+    assert!(reqs[0]
+        .1
+        .iter()
+        .any(|(k, v)| k == "x-goog-api-key" && v == "test-key"));
+    let body = &reqs[0].2;
+    assert_eq!(
+        body["generationConfig"]["responseMimeType"],
+        "application/json"
+    );
+    assert_eq!(body["generationConfig"]["responseSchema"]["type"], "OBJECT");
+    assert_eq!(body["contents"][0]["parts"][0]["text"], "prompt");
+    assert_eq!(body["systemInstruction"]["parts"][0]["text"], "system");
+
+    // A refused request (bad key) is not retried; a long Retry-After gives up.
+    fake.push(
+        403,
+        &[],
+        r#"{"error":{"code":403,"message":"API key not valid"}}"#,
+    );
+    let out = crow_jobs::ai::call_validated(&g, &ai_request(), policy(), |t| {
+        crow_jobs::enrich::validate(t, &[])
+    })
+    .await;
+    assert_eq!(out.calls, 1);
+    assert_eq!(
+        out.value.as_ref().err().map(|e| e.0),
+        Some("ai_request_refused")
+    );
+    fake.push(429, &[("retry-after", "3600")], "{}");
+    let out = crow_jobs::ai::call_validated(&g, &ai_request(), policy(), |t| {
+        crow_jobs::enrich::validate(t, &[])
+    })
+    .await;
+    assert_eq!(out.calls, 1);
+    assert_eq!(
+        out.value.as_ref().err().map(|e| e.0),
+        Some("ai_unavailable")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_client_speaks_chat_completions() {
+    let fake = Fake::default();
+    let base = fake.serve().await;
+    fake.push(500, &[], "upstream error");
+    fake.push(
+        200,
+        &[],
+        r#"{"choices":[{"message":{"role":"assistant","content":"{\"description\": \"cut"}}]"#,
+    );
+    fake.push(200, &[], &openai_ok(GOOD));
+    let o = crow_jobs::ai::openai::OpenAi::new(
+        &format!("{base}/v1"),
+        "llama3",
+        Some("sk-test"),
+        Duration::from_secs(10),
+    )
+    .expect("client");
+    let out = crow_jobs::ai::call_validated(&o, &ai_request(), policy(), |t| {
+        crow_jobs::enrich::validate(t, &[])
+    })
+    .await;
+    assert!(out.value.is_ok(), "{:?}", out.value);
+    assert_eq!(out.calls, 3);
+    assert_eq!((out.input_tokens, out.output_tokens), (100, 20));
+    let reqs = fake.requests.lock().expect("lock").clone();
+    assert_eq!(reqs[0].0, "/v1/chat/completions");
+    assert!(reqs[0]
+        .1
+        .iter()
+        .any(|(k, v)| k == "authorization" && v == "Bearer sk-test"));
+    let body = &reqs[0].2;
+    assert_eq!(body["model"], "llama3");
+    assert_eq!(body["response_format"]["type"], "json_schema");
+    assert_eq!(body["response_format"]["json_schema"]["strict"], true);
+    assert_eq!(body["messages"][0]["role"], "system");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrich_caches_answers_records_failures_and_retries_them_next_run() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    let org = b.crow_json(&[
+        "orgs",
+        "create",
+        "--name",
+        "Shop",
+        "--context",
+        "We sell headphones.",
+    ]);
+    let org = org["org_id"].as_str().expect("org").to_string();
+    let lake = b.lake().await;
+    land_web(
+        &lake,
+        &org,
+        &[
+            ev("page", "w1", Some("a1"), None, t(10, 0), json!({})),
+            ev("page", "w2", Some("a2"), None, t(11, 0), json!({})),
+            ev("page", "w3", Some("a3"), None, t(12, 0), json!({})),
+        ],
+        t(23, 0),
+    )
+    .await;
+    b.crow_json(&["jobs", "run", "sessionize", "--quiet"]);
+
+    // Gemini through a gateway-style base URL; one session's answer stays
+    // malformed through every retry.
+    let fake = Fake::default();
+    let base = format!("{}/v1/acct/gw/google-ai-studio", fake.serve().await);
+    *fake.fallback.lock().expect("lock") = Some((200, gemini_ok(GOOD)));
+    for _ in 0..3 {
+        fake.push(200, &[], &gemini_ok("{not json"));
+    }
+    let env = [
+        ("CROW_AI_PROVIDER", "gemini"),
+        ("CROW_AI_MODEL", "gemini-test"),
+        ("CROW_AI_BASE_URL", base.as_str()),
+        ("GEMINI_API_KEY", "test-key"),
+        ("CROW_AI_CONCURRENCY", "1"),
+        ("CROW_AI_MAX_RETRIES", "2"),
+    ];
+    let r = crow_env_json(&b, &["jobs", "run", "enrich"], &env);
+    assert_eq!(
+        (
+            r["sessions"].as_u64(),
+            r["interactions"].as_u64(),
+            r["failures"].as_u64()
+        ),
+        (Some(3), Some(2), Some(1)),
+        "{r}"
+    );
+    assert!(fake
+        .requests
+        .lock()
+        .expect("lock")
+        .iter()
+        .all(|q| q.0 == "/v1/acct/gw/google-ai-studio/v1beta/models/gemini-test:generateContent"));
+    let failed = b.crow_json(&["sql", "SELECT source, reason_code, message_id, payload FROM failed_events WHERE source = 'job:enrich'"]);
+    assert_eq!(failed.as_array().map(Vec::len), Some(1), "{failed}");
+    assert_eq!(failed[0]["reason_code"], "ai_malformed_output");
+    assert!(
+        failed[0]["payload"]
+            .as_str()
+            .unwrap_or("")
+            .contains("{not json"),
+        "{failed}"
+    );
+    let prompt = fake.requests.lock().expect("lock")[0].2["contents"][0]["parts"][0]["text"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        prompt.contains("We sell headphones."),
+        "the org context is in the prompt: {prompt}"
+    );
+
+    // The next run retries the failed session; the others come from the cache.
+    let before = fake.calls();
+    let r = crow_env_json(&b, &["jobs", "run", "enrich"], &env);
+    assert_eq!(
+        (
+            r["interactions"].as_u64(),
+            r["failures"].as_u64(),
+            r["cache_hits"].as_u64()
+        ),
+        (Some(3), Some(0), Some(2)),
+        "{r}"
+    );
+    assert_eq!(
+        fake.calls() - before,
+        1,
+        "only the failed session is asked again"
+    );
+    let rows = b.crow_json(&["sql", "SELECT provider, model, prompt_version, input_tokens, output_tokens, source_ids FROM interactions ORDER BY started_at"]);
+    assert_eq!(rows.as_array().map(Vec::len), Some(3));
+    assert_eq!(rows[0]["provider"], "gemini");
+    assert_eq!(rows[0]["input_tokens"], 120);
+    assert_eq!(rows[0]["source_ids"], json!(["w1"]));
+
+    // Re-running the same window makes zero provider calls.
+    let before = fake.calls();
+    let r = crow_env_json(
+        &b,
+        &[
+            "jobs",
+            "run",
+            "enrich",
+            "--from",
+            "2026-03-10",
+            "--to",
+            "2026-03-11",
+        ],
+        &env,
+    );
+    assert_eq!(
+        (
+            r["interactions"].as_u64(),
+            r["cache_hits"].as_u64(),
+            r["provider_calls"].as_u64()
+        ),
+        (Some(3), Some(3), Some(0)),
+        "{r}"
+    );
+    assert_eq!(fake.calls(), before);
+
+    // Another provider replaces the window; the Gemini version stays
+    // reachable by time travel.
+    let v = b.crow_json(&["history", "interactions", "--limit", "1"]);
+    let gemini_version = v[0]["version"].as_u64().expect("version");
+    let openai = Fake::default();
+    let obase = format!("{}/v1", openai.serve().await);
+    *openai.fallback.lock().expect("lock") = Some((200, openai_ok(GOOD)));
+    let r = crow_env_json(
+        &b,
+        &[
+            "jobs",
+            "run",
+            "enrich",
+            "--from",
+            "2026-03-10",
+            "--to",
+            "2026-03-11",
+        ],
+        &[
+            ("CROW_AI_PROVIDER", "openai"),
+            ("CROW_AI_MODEL", "llama3"),
+            ("CROW_AI_BASE_URL", obase.as_str()),
+        ],
+    );
+    assert_eq!(r["interactions"], 3, "{r}");
+    let now = b.crow_json(&["sql", "SELECT DISTINCT provider FROM interactions"]);
+    assert_eq!(now, json!([{"provider": "openai"}]));
+    let then = b.crow_json(&[
+        "sql",
+        "SELECT DISTINCT provider FROM interactions",
+        "--table-version",
+        &format!("interactions={gemini_version}"),
+    ]);
+    assert_eq!(then, json!([{"provider": "gemini"}]));
+
+    // A daily token budget stops calls; the sessions wait for the next run.
+    let r = crow_env_json(
+        &b,
+        &[
+            "jobs",
+            "run",
+            "enrich",
+            "--from",
+            "2026-03-10",
+            "--to",
+            "2026-03-11",
+        ],
+        &[
+            ("CROW_AI_PROVIDER", "gemini"),
+            ("CROW_AI_MODEL", "gemini-other"),
+            ("CROW_AI_BASE_URL", base.as_str()),
+            ("GEMINI_API_KEY", "k"),
+            ("CROW_AI_DAILY_TOKEN_BUDGET", "100"),
+        ],
+    );
+    assert_eq!(
+        r["failures"], 3,
+        "the org already spent 450 tokens today: {r}"
+    );
+    let failed = b.crow_json(&[
+        "sql",
+        "SELECT count(*) AS n FROM failed_events WHERE reason_code = 'ai_budget_exhausted'",
+    ]);
+    assert_eq!(failed, json!([{"n": 3}]));
+}
+
+/// A small shop served here: robots.txt, a gzipped sitemap behind an
+/// index, product pages with JSON-LD or OpenGraph, one disallowed page.
+async fn shop() -> (String, Arc<Mutex<Vec<(String, String)>>>) {
+    use axum::extract::State;
+    use axum::http::{HeaderMap, Uri};
+    use axum::response::IntoResponse;
+    use std::io::Write;
+    type Log = Arc<Mutex<Vec<(String, String)>>>;
+    let log: Log = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let b2 = base.clone();
+    async fn handle(
+        State((log, base)): State<(Log, String)>,
+        uri: Uri,
+        headers: HeaderMap,
+    ) -> axum::response::Response {
+        let ua = headers
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        log.lock().expect("lock").push((uri.path().to_string(), ua));
+        let html = |s: String| ([("content-type", "text/html")], s).into_response();
+        match uri.path() {
+            "/robots.txt" => format!("User-agent: *\nDisallow: /private/\nSitemap: {base}/sitemap_index.xml\n").into_response(),
+            "/sitemap_index.xml" => format!("<?xml version=\"1.0\"?><sitemapindex xmlns=\"http://www.sitemaps.org/schemas/sitemap/0.9\"><sitemap><loc>{base}/products.xml.gz</loc></sitemap></sitemapindex>").into_response(),
+            "/products.xml.gz" => {
+                let xml = format!(
+                    "<urlset><url><loc>{base}/p/aria</loc></url><url><loc>{base}/p/boom</loc></url><url><loc>{base}/about</loc></url><url><loc>{base}/private/secret</loc></url></urlset>"
+                );
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                gz.write_all(xml.as_bytes()).expect("gzip");
+                ([("content-type", "application/gzip")], gz.finish().expect("gzip")).into_response()
+            }
+            "/p/aria" => html(r#"<html><head><script type="application/ld+json">{"@context":"https://schema.org","@type":"Product","name":"Aria Headphones","sku":"AR-1","category":"Audio > Headphones","offers":{"@type":"Offer","price":"179.00","priceCurrency":"USD"}}</script></head><body>Aria</body></html>"#.into()),
+            "/p/boom" => html(r#"<html><head><meta property="og:type" content="product"><meta property="og:title" content="Boom Speaker"><meta property="product:price:amount" content="89.00"><meta property="product:price:currency" content="USD"></head></html>"#.into()),
+            "/about" => html("<html><head><title>About</title></head></html>".into()),
+            "/private/secret" => html(r#"<script type="application/ld+json">{"@type":"Product","name":"Secret"}</script>"#.into()),
+            _ => (axum::http::StatusCode::NOT_FOUND, "not found").into_response(),
+        }
+    }
+    let app = axum::Router::new()
+        .fallback(handle)
+        .with_state((log.clone(), b2));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (base, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn products_crawl_import_and_list() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    b.crow_json(&["orgs", "create", "--name", "Shop"]);
+    // The catalog import: a CSV first (Aria with an old price).
+    let csv = tempfile::NamedTempFile::with_suffix(".csv").expect("tmp");
+    std::fs::write(
+        csv.path(),
+        "sku,name,price,currency\nAR-1,Aria Headphones,199.00,USD\n",
+    )
+    .expect("write");
+    let r = b.crow_json(&[
+        "products",
+        "import",
+        csv.path().to_str().expect("path"),
+        "--org",
+        "Shop",
+    ]);
+    assert_eq!(
+        (r["inserted"].as_u64(), r["updated"].as_u64()),
+        (Some(1), Some(0)),
+        "{r}"
+    );
+
+    let (base, log) = shop().await;
+    let out = b.crow(&[
+        "products",
+        "crawl",
+        &base,
+        "--org",
+        "Shop",
+        "--interval-ms",
+        "20",
+        "--format",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        (r["inserted"].as_u64(), r["updated"].as_u64()),
+        (Some(1), Some(1)),
+        "Aria is updated by SKU, Boom is new: {r}"
+    );
+    let requests = log.lock().expect("lock").clone();
+    assert!(
+        requests.iter().all(|(p, _)| !p.starts_with("/private/")),
+        "robots.txt is honoured: {requests:?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .all(|(_, ua)| ua.starts_with("CROW-catalog-crawler/")),
+        "{requests:?}"
+    );
+    assert_eq!(requests[0].0, "/robots.txt");
+
+    let list = b.crow_json(&["products", "list", "--org", "Shop"]);
+    let list = list.as_array().expect("rows");
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert_eq!(list[0]["name"], "Aria Headphones");
+    assert_eq!(list[0]["product_id"], "AR-1");
+    assert_eq!(list[0]["price"], 179.0);
+    assert_eq!(list[0]["source"], "crawl");
+    assert_eq!(list[1]["name"], "Boom Speaker");
+    assert_eq!(list[1]["price"], 89.0);
+
+    // A bad file is refused whole, naming the line and the field.
+    std::fs::write(csv.path(), "sku,name,price\nX-1,Good,10\nX-2,Bad,ten\n").expect("write");
+    let out = b.crow(&[
+        "products",
+        "import",
+        csv.path().to_str().expect("path"),
+        "--org",
+        "Shop",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 3") && err.contains("price"), "{err}");
+    assert_eq!(
+        b.crow_json(&["products", "list", "--org", "Shop"])
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+}
