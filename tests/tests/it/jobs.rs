@@ -352,12 +352,14 @@ async fn cctv_camera_hours_and_social_runs_are_sessions() {
 
 /// A fake model server speaking one provider's wire format, answering from
 /// a script and recording every request.
+type Headers = Vec<(String, String)>;
+
 #[derive(Clone, Default)]
 struct Fake {
-    script: Arc<Mutex<VecDeque<(u16, Vec<(String, String)>, String)>>>,
+    script: Arc<Mutex<VecDeque<(u16, Headers, String)>>>,
     /// Answer once the script is used up.
     fallback: Arc<Mutex<Option<(u16, String)>>>,
-    requests: Arc<Mutex<Vec<(String, Vec<(String, String)>, Value)>>>,
+    requests: Arc<Mutex<Vec<(String, Headers, Value)>>>,
 }
 
 impl Fake {
