@@ -1,16 +1,24 @@
 //! `crow demo`: a synthetic brand with a week of activity, landed in the lake.
 
 use anyhow::{Context, Result};
-use chrono::{Days, Utc};
+use chrono::{Days, SubsecRound, Utc};
 use crow_ingest::generate::{self, GenerateOptions};
 use crow_ingest::normalize::{normalize, NormalizeContext};
 use crow_lake::Lake;
+use crow_schemas::config::Config;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::output::{self, Format};
 
-pub async fn run(lake: &Lake, visitors: usize, days: u32, seed: u64, format: Format) -> Result<()> {
-    let bar = ProgressBar::new(5).with_style(
+pub async fn run(
+    lake: &Lake,
+    cfg: &Config,
+    visitors: usize,
+    days: u32,
+    seed: u64,
+    format: Format,
+) -> Result<()> {
+    let bar = ProgressBar::new(7).with_style(
         ProgressStyle::with_template("{spinner} [{pos}/{len}] {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
@@ -95,6 +103,45 @@ pub async fn run(lake: &Lake, visitors: usize, days: u32, seed: u64, format: For
         .append_once(crow_schemas::RAW_WEB_EVENTS.name, vec![batch], &app_id, 0)
         .await?;
     bar.inc(1);
+
+    // CROW's main job: sessions, then AI-written interactions (incremental,
+    // so running the demo again only processes what is new).
+    bar.set_message("sessionizing");
+    let quiet: crow_jobs::ProgressRef = std::sync::Arc::new(crow_jobs::NoProgress);
+    let sessions = crow_jobs::sessionize::run(
+        lake,
+        &crow_jobs::sessionize::Options {
+            org: None,
+            window: None,
+            gap: chrono::Duration::minutes(i64::from(cfg.jobs.session_gap_minutes)),
+            now: Utc::now().trunc_subsecs(6),
+            trigger: crow_jobs::Trigger::Cli,
+        },
+        &quiet,
+    )
+    .await?;
+    bar.inc(1);
+    let provider = crow_jobs::ai::from_config(&cfg.ai)?;
+    bar.set_message(format!(
+        "enriching sessions ({}/{})",
+        provider.name(),
+        provider.model()
+    ));
+    let enriched = crow_jobs::enrich::run(
+        lake,
+        provider,
+        &crow_jobs::enrich::Options {
+            org: None,
+            window: None,
+            trigger: crow_jobs::Trigger::Cli,
+            policy: crow_jobs::ai::RetryPolicy::new(cfg.ai.max_retries),
+            concurrency: cfg.ai.concurrency,
+            daily_token_budget: cfg.ai.daily_token_budget,
+        },
+        &quiet,
+    )
+    .await?;
+    bar.inc(1);
     bar.finish_and_clear();
 
     eprintln!(
@@ -118,16 +165,46 @@ pub async fn run(lake: &Lake, visitors: usize, days: u32, seed: u64, format: For
     if let Some(k) = write_key {
         eprintln!("ingest write key (shown once): {k}");
     }
+    eprintln!(
+        "sessionize wrote {} sessions ({} still open); enrich wrote {} interactions with {}/{} ({} failures)",
+        sessions.sessions,
+        sessions.open_sessions,
+        enriched.interactions,
+        enriched.provider,
+        enriched.model,
+        enriched.failures
+    );
     eprintln!("lake: {}", lake.uri());
     let sql = format!(
-        "SELECT event_date, count(*) AS events, count(DISTINCT anonymous_id) AS visitors, \
-         sum(CASE WHEN event = 'Product Viewed' THEN 1 ELSE 0 END) AS product_views, \
-         sum(CASE WHEN event = 'Product Added' THEN 1 ELSE 0 END) AS adds_to_cart, \
-         sum(CASE WHEN event = 'Checkout Started' THEN 1 ELSE 0 END) AS checkouts, \
-         sum(CASE WHEN event = 'Order Completed' THEN 1 ELSE 0 END) AS orders, \
-         round(sum(CASE WHEN event = 'Order Completed' THEN revenue ELSE 0 END), 2) AS revenue \
-         FROM raw_web_events WHERE org_id = '{org_id}' GROUP BY event_date ORDER BY event_date"
+        "WITH r AS (
+           SELECT event_date AS d, count(*) AS events, count(DISTINCT anonymous_id) AS visitors,
+             sum(CASE WHEN event = 'Product Viewed' THEN 1 ELSE 0 END) AS product_views,
+             sum(CASE WHEN event = 'Product Added' THEN 1 ELSE 0 END) AS adds_to_cart,
+             sum(CASE WHEN event = 'Checkout Started' THEN 1 ELSE 0 END) AS checkouts,
+             sum(CASE WHEN event = 'Order Completed' THEN 1 ELSE 0 END) AS orders,
+             round(sum(CASE WHEN event = 'Order Completed' THEN revenue ELSE 0 END), 2) AS revenue
+           FROM raw_web_events WHERE org_id = '{org_id}' GROUP BY event_date),
+         s AS (SELECT session_date AS d, count(*) AS sessions FROM sessions
+               WHERE org_id = '{org_id}' GROUP BY session_date),
+         i AS (SELECT session_date AS d, count(*) AS interactions,
+                 sum(CASE WHEN outcome IN ('abandoned_cart', 'abandoned_checkout') THEN 1 ELSE 0 END) AS abandoned
+               FROM interactions WHERE org_id = '{org_id}' GROUP BY session_date)
+         SELECT r.d AS event_date, events, visitors, product_views, adds_to_cart, checkouts, orders,
+                revenue, COALESCE(s.sessions, 0) AS sessions, COALESCE(i.interactions, 0) AS interactions,
+                COALESCE(i.abandoned, 0) AS abandoned
+         FROM r LEFT JOIN s ON r.d = s.d LEFT JOIN i ON r.d = i.d ORDER BY r.d"
     );
     let (schema, batches) = lake.sql(&sql).await?;
-    output::print_batches(format, &schema, &batches)
+    output::print_batches(format, &schema, &batches)?;
+    if format == Format::Table {
+        let sample = format!(
+            "SELECT CAST(started_at AS VARCHAR) AS started_at, outcome, description FROM interactions
+             WHERE org_id = '{org_id}' AND outcome IN ('purchased', 'abandoned_checkout', 'abandoned_cart')
+             ORDER BY started_at DESC LIMIT 5"
+        );
+        let (schema, batches) = lake.sql(&sample).await?;
+        println!("\nLatest interactions (crow sql \"select * from interactions\" for all):");
+        output::print_batches(format, &schema, &batches)?;
+    }
+    Ok(())
 }

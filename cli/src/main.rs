@@ -468,7 +468,7 @@ async fn run(cli: Cli) -> Result<()> {
             format,
         } => {
             let lake = open_lake(&cfg).await?;
-            demo::run(&lake, visitors, days, seed, format.format).await
+            demo::run(&lake, &cfg, visitors, days, seed, format.format).await
         }
         Command::Config(ConfigCommand::Show) => {
             let mut shown = cfg.clone();

@@ -159,6 +159,12 @@ fn demo_lands_a_week_exactly_once_and_maintenance_works() {
         .map(|d| d["orders"].as_i64().expect("orders"))
         .sum();
     assert!(events > 500 && orders > 0, "{out}");
+    // The main job ran: every day has sessions, each with its interaction.
+    assert!(
+        days.iter()
+            .all(|d| d["sessions"].as_i64() > Some(0) && d["interactions"] == d["sessions"]),
+        "{out}"
+    );
     let q = "select count(*) as n, count(distinct message_id) as d from raw_web_events";
     let first = b.crow_json(&["sql", q]);
     assert_eq!(first[0]["n"], events);
