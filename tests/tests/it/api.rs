@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crow_lake::batch::rows_to_batch;
+use crow_lake::object_store::ObjectStoreExt;
 use crow_schemas::{ColumnType, TableDef};
 use serde_json::{json, Map, Value};
 
@@ -153,7 +154,10 @@ impl World {
 }
 
 async fn world(server_env: &[(&str, &str)]) -> World {
-    let b = Backend::local();
+    world_on(Backend::local(), server_env).await
+}
+
+async fn world_on(b: Backend, server_env: &[(&str, &str)]) -> World {
     b.crow_ok(&["init"]);
     let a = b.crow_json(&["orgs", "create", "--name", "Alpha Audio"]);
     let bo = b.crow_json(&["orgs", "create", "--name", "Beta Bikes"]);
@@ -577,6 +581,33 @@ async fn keys_formats_rest_exports_and_metrics() {
     assert_eq!(s, 400, "{bad}");
     assert_eq!(bad["code"], "invalid_parameter");
 
+    exports(&w, dir.path()).await;
+
+    // Metrics: the collector's and the API's on one /metrics.
+    let m = w
+        .http
+        .get(w.server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(m.contains("crow_ingest_"), "{m}");
+    assert!(
+        m.contains("crow_api_requests_total{route=\"/api/v1/sql\",status=\"200\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("crow_api_requests_total{route=\"/api/v1/sql\",status=\"401\"}"),
+        "{m}"
+    );
+    assert!(m.contains("crow_api_query_seconds_count"), "{m}");
+}
+
+/// An API export (status, download) and a CLI export with a time range, both
+/// read back by pyarrow; on S3 lakes the CLI writes to an s3:// URL.
+async fn exports(w: &World, dir: &Path) {
     // An export through the API, read back by pyarrow.
     let r = w
         .http
@@ -615,15 +646,22 @@ async fn keys_formats_rest_exports_and_metrics() {
         .expect("download");
     assert_eq!(r.status(), 200);
     let bytes = r.bytes().await.expect("file");
-    let api_file = dir.path().join("api-export.parquet");
+    let api_file = dir.join("api-export.parquet");
     std::fs::write(&api_file, &bytes).expect("write");
     let want: Vec<String> = (0..w.a_rows)
         .map(|i| format!("alpha-raw_web_events-message_id-{i}"))
         .collect();
     assert_eq!(read_parquet(&api_file, "message_id"), want);
 
-    // The same from the CLI, with a time range.
-    let cli_file = dir.path().join("cli-export.parquet");
+    // The same from the CLI, with a time range (to an s3:// URL on S3).
+    let cli_file = dir.join("cli-export.parquet");
+    let s3_out =
+        w.b.uri
+            .starts_with("s3://")
+            .then(|| format!("{}/cli-out/export.parquet", w.b.uri));
+    let out = s3_out
+        .clone()
+        .unwrap_or_else(|| cli_file.display().to_string());
     w.b.crow_ok(&[
         "export",
         "raw_web_events",
@@ -636,10 +674,22 @@ async fn keys_formats_rest_exports_and_metrics() {
         "--format",
         "parquet",
         "--out",
-        &cli_file.display().to_string(),
+        &out,
     ]);
+    if let Some(url) = &s3_out {
+        let lake = w.b.lake().await;
+        let (store, path) = lake.store_for(&url.parse().expect("url")).expect("store");
+        let bytes = store
+            .get(&path)
+            .await
+            .expect("s3 object")
+            .bytes()
+            .await
+            .expect("bytes");
+        std::fs::write(&cli_file, &bytes).expect("write");
+    }
     assert_eq!(read_parquet(&cli_file, "message_id"), want[..2].to_vec());
-    let jsonl = dir.path().join("all.jsonl");
+    let jsonl = dir.join("all.jsonl");
     w.b.crow_ok(&[
         "export",
         "api_keys",
@@ -650,27 +700,6 @@ async fn keys_formats_rest_exports_and_metrics() {
     ]);
     let text = std::fs::read_to_string(&jsonl).expect("jsonl");
     assert!(!text.contains("key_hash"), "exports never hold secrets");
-
-    // Metrics: the collector's and the API's on one /metrics.
-    let m = w
-        .http
-        .get(w.server.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    assert!(m.contains("crow_ingest_"), "{m}");
-    assert!(
-        m.contains("crow_api_requests_total{route=\"/api/v1/sql\",status=\"200\"}"),
-        "{m}"
-    );
-    assert!(
-        m.contains("crow_api_requests_total{route=\"/api/v1/sql\",status=\"401\"}"),
-        "{m}"
-    );
-    assert!(m.contains("crow_api_query_seconds_count"), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -758,6 +787,17 @@ fn read_parquet(path: &Path, column: &str) -> Vec<String> {
     );
     let v: Vec<String> = serde_json::from_slice(&out.stdout).expect("json");
     v
+}
+
+/// Exports on an S3 lake: the API writes into the lake's `_exports/` area on
+/// S3, the CLI to an s3:// URL; pyarrow reads back exactly org A's rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_on_s3() {
+    let w = world_on(Backend::s3(), &[("CROW_API_RATE_LIMIT_BURST", "100000")]).await;
+    let dir = tempfile::tempdir().expect("dir");
+    exports(&w, dir.path()).await;
+    let rows = w.rows("select count(*) as n from sessions").await;
+    assert_eq!(rows, vec![json!({"n": w.a_rows})]);
 }
 
 /// A property-based API tester (schemathesis) against the running server,
