@@ -249,3 +249,226 @@ async fn wait_drained(c: &Collector) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `crow bench generate`: land synthetic web events (the demo brand's
+/// funnel, through the collector's normalization) for the job benchmarks.
+pub async fn generate(lake: &Lake, events: u64, days: u32, seed: u64) -> Result<()> {
+    use crow_ingest::generate::{self, GenerateOptions};
+    use crow_ingest::normalize::{normalize, NormalizeContext};
+    use indicatif::{ProgressBar, ProgressStyle};
+    lake.init().await?;
+    let org = crow_lake::orgs::create(lake, "Bench Co", None, None).await?;
+    let org_id = org.org.org_id;
+    crow_lake::products::upsert(
+        lake,
+        &generate::catalog()
+            .into_iter()
+            .map(|p| crow_lake::products::Product {
+                org_id: org_id.clone(),
+                product_id: p.product_id,
+                sku: Some(p.sku),
+                name: p.name,
+                url: Some(p.url),
+                category: Some(p.category),
+                brand: None,
+                price: Some(p.price),
+                currency: Some("USD".into()),
+                description: None,
+                image_url: None,
+                source: "demo".into(),
+            })
+            .collect::<Vec<_>>(),
+    )
+    .await?;
+    let today = chrono::Utc::now().date_naive();
+    let first_day = today
+        .checked_sub_days(chrono::Days::new(u64::from(days.max(1))))
+        .context("date out of range")?;
+    let bar = ProgressBar::new(events).with_style(
+        ProgressStyle::with_template(
+            "{spinner} generating [{bar:30}] {pos}/{len} events ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let received_at = chrono::Utc::now();
+    let ctx = NormalizeContext {
+        org_id: &org_id,
+        received_at,
+        ip_hash: None,
+        strip_query_params: &[],
+        ip_salt: "bench",
+    };
+    let (mut landed, mut visitors, mut chunk) = (0u64, 0u64, 0u64);
+    // About 8.5 events per visitor; chunks of 50k visitors keep memory flat.
+    while landed < events {
+        let remaining = events - landed;
+        let n_visitors = ((remaining as f64 / 8.5).ceil() as usize).clamp(1, 50_000);
+        let generated = generate::events(&GenerateOptions {
+            visitors: n_visitors,
+            first_day,
+            days: days.max(1),
+            seed: seed.wrapping_add(chunk),
+        });
+        let mut rows = Vec::with_capacity(generated.len());
+        for e in generated.iter().take(remaining as usize) {
+            let row = normalize(e, None, &ctx)
+                .map_err(|r| anyhow::anyhow!("generated event rejected: {}", r.reason))?;
+            rows.push(row);
+        }
+        drop(generated);
+        rows.sort_by_key(|r| r.event_date);
+        let batch = crow_lake::batch::rows_to_batch(&crow_schemas::RAW_WEB_EVENTS, &rows)?;
+        lake.append(crow_schemas::RAW_WEB_EVENTS.name, vec![batch])
+            .await?;
+        landed += rows.len() as u64;
+        visitors += n_visitors as u64;
+        chunk += 1;
+        bar.set_position(landed);
+    }
+    bar.finish_and_clear();
+    let out = json!({
+        "org_id": org_id,
+        "events": landed,
+        "visitors": visitors,
+        "from": first_day.to_string(),
+        "to": today.to_string(),
+        "lake": lake.uri(),
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+/// `crow bench enrich`: enrichment throughput against a local
+/// OpenAI-compatible server that answers after a fixed latency, compared
+/// with the ideal `concurrency / latency`.
+pub async fn enrich(
+    cfg: Config,
+    sessions_wanted: usize,
+    latency_ms: u64,
+    concurrency: usize,
+) -> Result<()> {
+    use crow_jobs::{ai, enrich, sessionize, NoProgress, ProgressRef, Trigger};
+    let tmp = tempfile::tempdir()?;
+    let mut cfg = cfg;
+    cfg.lake.uri = tmp.path().join("lake").display().to_string();
+    let lake = Lake::open(&cfg.lake).await?;
+    lake.init().await?;
+    // Sessions come from generated activity: about 1.1 sessions per visitor.
+    let org = crow_lake::orgs::create(&lake, "Bench Co", None, None).await?;
+    let ctx = crow_ingest::normalize::NormalizeContext {
+        org_id: &org.org.org_id,
+        received_at: chrono::Utc::now(),
+        ip_hash: None,
+        strip_query_params: &[],
+        ip_salt: "bench",
+    };
+    let today = chrono::Utc::now().date_naive();
+    let events = crow_ingest::generate::events(&crow_ingest::generate::GenerateOptions {
+        visitors: sessions_wanted,
+        first_day: today
+            .checked_sub_days(chrono::Days::new(7))
+            .context("date")?,
+        days: 7,
+        seed: 11,
+    });
+    let rows = events
+        .iter()
+        .map(|e| crow_ingest::normalize::normalize(e, None, &ctx))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|r| anyhow::anyhow!("generated event rejected: {}", r.reason))?;
+    let batch = crow_lake::batch::rows_to_batch(&crow_schemas::RAW_WEB_EVENTS, &rows)?;
+    lake.append(crow_schemas::RAW_WEB_EVENTS.name, vec![batch])
+        .await?;
+    let quiet: ProgressRef = Arc::new(NoProgress);
+    let s = sessionize::run(
+        &lake,
+        &sessionize::Options {
+            org: None,
+            window: None,
+            gap: chrono::Duration::minutes(60),
+            now: chrono::Utc::now(),
+            trigger: Trigger::Cli,
+        },
+        &quiet,
+    )
+    .await?;
+
+    // The fake provider: OpenAI wire format, a fixed latency, valid answers.
+    let calls = Arc::new(AtomicU64::new(0));
+    let in_flight = Arc::new(AtomicU64::new(0));
+    let max_in_flight = Arc::new(AtomicU64::new(0));
+    let app = {
+        let (calls, in_flight, max_in_flight) =
+            (calls.clone(), in_flight.clone(), max_in_flight.clone());
+        axum::Router::new().route(
+            "/v1/chat/completions",
+            axum::routing::post(move || {
+                let (calls, in_flight, max_in_flight) =
+                    (calls.clone(), in_flight.clone(), max_in_flight.clone());
+                async move {
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    let now = in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+                    max_in_flight.fetch_max(now, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(latency_ms)).await;
+                    in_flight.fetch_sub(1, Ordering::Relaxed);
+                    let answer = r#"{"description":"Viewed products.","intent":"browse","sentiment":"neutral","outcome":"browsed","product_ids":[],"confidence":0.5}"#;
+                    axum::Json(json!({
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 400, "completion_tokens": 40}
+                    }))
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let provider: Arc<dyn ai::Provider> = Arc::new(ai::openai::OpenAi::new(
+        &format!("http://{addr}/v1"),
+        "bench-model",
+        None,
+        Duration::from_secs(30),
+    )?);
+    let opts = enrich::Options {
+        org: None,
+        window: None,
+        trigger: Trigger::Cli,
+        policy: ai::RetryPolicy::new(2),
+        concurrency,
+        daily_token_budget: 0,
+    };
+    let started = Instant::now();
+    let r = enrich::run(&lake, provider.clone(), &opts, &quiet).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let ideal = r.sessions as f64 * latency_ms as f64 / 1000.0 / concurrency as f64;
+    let calls_first = calls.load(Ordering::Relaxed);
+    // Again over the same window: every answer comes from the cache.
+    let again_opts = enrich::Options {
+        window: Some(crow_jobs::Window {
+            start: r.window_start.context("window")?,
+            end: r.window_end.context("window")?,
+        }),
+        trigger: Trigger::Backfill,
+        ..opts
+    };
+    let started = Instant::now();
+    let again = enrich::run(&lake, provider, &again_opts, &quiet).await?;
+    let cached_s = started.elapsed().as_secs_f64();
+    server.abort();
+    println!("| sessions | latency ms | concurrency | max in flight | seconds | ideal seconds | efficiency | sessions/s | cached re-run s | provider calls on re-run |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {} | {latency_ms} | {concurrency} | {} | {elapsed:.2} | {ideal:.2} | {:.0}% | {:.1} | {cached_s:.2} | {} |",
+        r.sessions,
+        max_in_flight.load(Ordering::Relaxed),
+        100.0 * ideal / elapsed,
+        r.sessions as f64 / elapsed,
+        calls.load(Ordering::Relaxed) - calls_first,
+    );
+    eprintln!(
+        "sessionized {} sessions; enrich wrote {} interactions ({} failures); the re-run hit the cache {} times",
+        s.sessions, r.interactions, r.failures, again.cache_hits
+    );
+    Ok(())
+}

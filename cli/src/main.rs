@@ -206,6 +206,32 @@ enum OrgsCommand {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// Land synthetic web events (the demo funnel) into the lake for the
+    /// job benchmarks.
+    Generate {
+        /// Events to land.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Days of activity, ending yesterday.
+        #[arg(long, default_value_t = 28)]
+        days: u32,
+        /// Random seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Enrichment throughput against a local OpenAI-compatible server with
+    /// a fixed latency (a temp lake).
+    Enrich {
+        /// About this many sessions.
+        #[arg(long, default_value_t = 500)]
+        sessions: usize,
+        /// Provider latency per call.
+        #[arg(long, default_value_t = 300)]
+        latency_ms: u64,
+        /// Concurrent provider calls.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
     /// Durable ingest throughput and latency over real HTTP (a collector in
     /// this process, over a temp lake unless --lake is given).
     Ingest {
@@ -478,6 +504,15 @@ async fn run(cli: Cli) -> Result<()> {
             print!("{}", shown.to_toml());
             Ok(())
         }
+        Command::Bench(BenchCommand::Generate { events, days, seed }) => {
+            let lake = open_lake(&cfg).await?;
+            bench::generate(&lake, events, days, seed).await
+        }
+        Command::Bench(BenchCommand::Enrich {
+            sessions,
+            latency_ms,
+            concurrency,
+        }) => bench::enrich(cfg, sessions.max(1), latency_ms, concurrency.max(1)).await,
         Command::Bench(BenchCommand::Ingest {
             batch,
             clients,

@@ -422,8 +422,41 @@ async fn keys_formats_rest_exports_and_metrics() {
     let w = world(&[
         ("CROW_API_KEY_CACHE_SECONDS", "2"),
         ("CROW_API_RATE_LIMIT_BURST", "100000"),
+        ("CROW_API_QUERY_TIMEOUT_SECONDS", "3"),
+        ("CROW_API_MAX_RESULT_ROWS", "1000"),
+        ("CROW_API_MEMORY_LIMIT_MB", "32"),
     ])
     .await;
+
+    // Limits: timeout, row cap, and a memory pool that spills.
+    let t = Instant::now();
+    let r = w
+        .post_sql(
+            &w.key_a,
+            json!({"sql": "select count(*) as n from generate_series(1, 100000000000)"}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 408);
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let p: Value = r.json().await.expect("problem");
+    assert_eq!(p["code"], "query_timeout");
+    assert_eq!(
+        w.refused("select * from generate_series(1, 5000)").await,
+        "result_too_large"
+    );
+    assert_eq!(
+        w.rows("select * from generate_series(1, 1000)").await.len(),
+        1000
+    );
+    let groups = w
+        .rows("select count(*) as g from (select v, count(*) as c from (select value % 3000000 as v from generate_series(1, 6000000)) group by v)")
+        .await;
+    assert_eq!(
+        groups,
+        vec![json!({"g": 3_000_000})],
+        "3M groups in a 32 MiB pool"
+    );
 
     // Authentication failures are 401 problem documents.
     for auth in [None, Some("Bearer ck_doesnotexist"), Some("Basic abc")] {
@@ -814,6 +847,7 @@ async fn openapi_conformance_under_schemathesis() {
         .expect("json");
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
     let st = python().with_file_name("schemathesis");
+    let scratch = tempfile::tempdir().expect("scratch dir");
     assert!(
         st.exists(),
         "{} is missing: run scripts/test-deps.sh",
@@ -835,6 +869,8 @@ async fn openapi_conformance_under_schemathesis() {
             "2",
         ])
         .env("NO_COLOR", "1")
+        // schemathesis keeps a cache in its working directory: not in the repo.
+        .current_dir(scratch.path())
         .output()
         .expect("run schemathesis");
     let text = String::from_utf8_lossy(&out.stdout);
