@@ -15,6 +15,7 @@
 pub mod ai;
 pub mod catalog;
 pub mod enrich;
+pub mod patterns;
 pub mod runs;
 pub mod sessionize;
 
