@@ -309,6 +309,7 @@ pub async fn generate(lake: &Lake, events: u64, days: u32, seed: u64) -> Result<
             first_day,
             days: days.max(1),
             seed: seed.wrapping_add(chunk),
+            incidents: Vec::new(),
         });
         let mut rows = Vec::with_capacity(generated.len());
         for e in generated.iter().take(remaining as usize) {
@@ -371,6 +372,7 @@ pub async fn enrich(
             .context("date")?,
         days: 7,
         seed: 11,
+        incidents: Vec::new(),
     });
     let rows = events
         .iter()

@@ -1,9 +1,9 @@
-//! `crow demo`: a synthetic brand with a week of activity, landed in the lake.
+//! `crow demo`: a synthetic brand with weeks of activity sent through the
+//! real collector, then CROW's jobs over it: sessionize, enrich, patterns.
 
 use anyhow::{Context, Result};
 use chrono::{Days, SubsecRound, Utc};
-use crow_ingest::generate::{self, GenerateOptions};
-use crow_ingest::normalize::{normalize, NormalizeContext};
+use crow_ingest::generate::{self, GenerateOptions, Incident};
 use crow_lake::Lake;
 use crow_schemas::config::Config;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -71,37 +71,53 @@ pub async fn run(
     let first_day = today
         .checked_sub_days(Days::new(u64::from(days.max(1))))
         .context("date out of range")?;
+    // Three weeks or more of activity get incidents for the patterns job
+    // to find: a week of failing mobile payments (the last week) and a
+    // product going viral for three days before it.
+    let incidents = if days >= 21 {
+        vec![
+            Incident::MobilePaymentOutage {
+                from_day: days - 7,
+                days: 7,
+            },
+            Incident::ViralProduct {
+                product: 7,
+                from_day: days - 12,
+                days: 3,
+            },
+        ]
+    } else {
+        Vec::new()
+    };
     let events = generate::events(&GenerateOptions {
         visitors,
         first_day,
         days: days.max(1),
         seed,
+        incidents,
     });
-    let received_at = Utc::now();
-    let ctx = NormalizeContext {
-        org_id: &org_id,
-        received_at,
-        ip_hash: None,
-        strip_query_params: &[],
-        ip_salt: "crow-demo",
-    };
-    let mut rows = Vec::with_capacity(events.len());
-    for e in &events {
-        // The generator only produces valid events; a rejection is a bug.
-        let row = normalize(e, None, &ctx)
-            .map_err(|r| anyhow::anyhow!("generated event rejected: {}", r.reason))?;
-        rows.push(row);
-    }
     bar.inc(1);
 
-    bar.set_message(format!("landing {} events", rows.len()));
-    // Exactly once: the same demo (org, seed, days, visitors) lands once,
-    // however often `crow demo` runs.
-    let app_id = format!("crow-demo/{org_id}/{seed}/{first_day}/{days}/{visitors}");
-    let batch = crow_lake::batch::rows_to_batch(&crow_schemas::RAW_WEB_EVENTS, &rows)?;
-    let landed = lake
-        .append_once(crow_schemas::RAW_WEB_EVENTS.name, vec![batch], &app_id, 0)
-        .await?;
+    // Through the real collector (durable WAL, exactly-once flusher), unless
+    // this demo already landed.
+    let landed_before = demo_events_landed(lake, &org_id, seed).await?;
+    let landed = landed_before < events.len() as u64;
+    let mut shown_key = write_key.clone();
+    if landed {
+        let write_key = match write_key.clone() {
+            Some(k) => k,
+            None => {
+                let k = crow_lake::orgs::rotate_write_key(lake, &org_id).await?;
+                shown_key = Some(k.clone());
+                k
+            }
+        };
+        bar.set_message(format!(
+            "sending {} events through the collector",
+            events.len()
+        ));
+        send_through_collector(lake, cfg, &write_key, &events).await?;
+    }
     bar.inc(1);
 
     // CROW's main job: sessions, then AI-written interactions (incremental,
@@ -142,6 +158,21 @@ pub async fn run(
     )
     .await?;
     bar.inc(1);
+    bar.set_message("finding patterns");
+    let provider = crow_jobs::ai::from_config(&cfg.ai)?;
+    let patterns = crow_jobs::patterns::run(
+        lake,
+        provider,
+        &crow_jobs::patterns::Options {
+            org: None,
+            window: None,
+            trigger: crow_jobs::Trigger::Cli,
+            now: Utc::now().trunc_subsecs(6),
+        },
+        &quiet,
+    )
+    .await?;
+    bar.inc(1);
     bar.finish_and_clear();
 
     eprintln!(
@@ -153,7 +184,7 @@ pub async fn run(
         },
         generate::BRAND_NAME,
         products.len(),
-        rows.len(),
+        events.len(),
         if landed {
             "landed"
         } else {
@@ -162,7 +193,7 @@ pub async fn run(
         first_day,
         today.pred_opt().unwrap_or(today),
     );
-    if let Some(k) = write_key {
+    if let Some(k) = shown_key {
         eprintln!("ingest write key (shown once): {k}");
     }
     eprintln!(
@@ -173,6 +204,10 @@ pub async fn run(
         enriched.provider,
         enriched.model,
         enriched.failures
+    );
+    eprintln!(
+        "patterns wrote {} findings ({} day, {} week, {} month, {} year, {} all time)",
+        patterns.patterns, patterns.day, patterns.week, patterns.month, patterns.year, patterns.all
     );
     eprintln!("lake: {}", lake.uri());
     let sql = format!(
@@ -205,6 +240,94 @@ pub async fn run(
         let (schema, batches) = lake.sql(&sample).await?;
         println!("\nLatest interactions (crow sql \"select * from interactions\" for all):");
         output::print_batches(format, &schema, &batches)?;
+        let week = format!(
+            "SELECT CAST(period_start AS VARCHAR) AS week_of, kind, segment, title, round(significance, 1) AS z
+             FROM patterns WHERE org_id = '{org_id}' AND period_kind = 'week'
+               AND period_start = (SELECT max(period_start) FROM patterns WHERE org_id = '{org_id}' AND period_kind = 'week')
+             ORDER BY significance DESC LIMIT 8"
+        );
+        let (schema, batches) = lake.sql(&week).await?;
+        println!("\nTop patterns of the week (crow sql \"select * from patterns\" for all):");
+        output::print_batches(format, &schema, &batches)?;
     }
+    Ok(())
+}
+
+/// How many of this demo's events (seed) are already in the lake.
+async fn demo_events_landed(lake: &Lake, org_id: &str, seed: u64) -> Result<u64> {
+    let (_, batches) = lake
+        .sql(&format!(
+            "SELECT count(DISTINCT message_id) AS n FROM raw_web_events
+             WHERE org_id = '{}' AND message_id LIKE 'demo-{seed}-%'",
+            org_id.replace('\'', "''")
+        ))
+        .await?;
+    let rows = crow_lake::batch::batches_to_json(&batches)?;
+    Ok(rows
+        .first()
+        .and_then(|r| r.get("n"))
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0))
+}
+
+/// Send events to a collector started in this process, over HTTP with the
+/// write key, as an SDK would; then flush its WAL into the lake.
+async fn send_through_collector(
+    lake: &Lake,
+    cfg: &Config,
+    write_key: &str,
+    events: &[serde_json::Value],
+) -> Result<()> {
+    use futures::StreamExt;
+    let wal_dir = crow_ingest::service::wal_dir(&cfg.ingest, lake);
+    let collector = crow_ingest::Collector::start(lake.clone(), cfg.ingest.clone(), wal_dir)
+        .await
+        .context("starting the collector")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = collector.router.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+    });
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/v1/batch");
+    let results: Vec<Result<()>> = futures::stream::iter(events.chunks(200).map(|chunk| {
+        let (client, url) = (client.clone(), url.clone());
+        let body = serde_json::json!({"batch": chunk, "sentAt": Utc::now().to_rfc3339()});
+        async move {
+            for attempt in 0..20u64 {
+                let resp = client
+                    .post(&url)
+                    .basic_auth(write_key, Some(""))
+                    .json(&body)
+                    .send()
+                    .await?;
+                let status = resp.status();
+                if status.is_success() {
+                    return Ok(());
+                }
+                if status.as_u16() == 429 || status.as_u16() == 503 {
+                    // Backpressure: the flusher is catching up.
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * (attempt + 1))).await;
+                    continue;
+                }
+                let text = resp.text().await.unwrap_or_default();
+                anyhow::bail!("the collector answered {status}: {text}");
+            }
+            anyhow::bail!("the collector stayed busy")
+        }
+    }))
+    .buffer_unordered(4)
+    .collect()
+    .await;
+    for r in results {
+        r?;
+    }
+    server.abort();
+    collector.shutdown().await;
     Ok(())
 }

@@ -34,6 +34,22 @@ pub enum JobName {
     Sessionize,
     /// Sessions → AI-written interactions.
     Enrich,
+    /// Sessions and interactions → patterns per day, week, month, year, all.
+    Patterns,
+    /// Usage per organization per day → usage_daily (priced).
+    Billing,
+}
+
+impl JobName {
+    /// The job's name in the ledger.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobName::Sessionize => sessionize::JOB,
+            JobName::Enrich => enrich::JOB,
+            JobName::Patterns => crow_jobs::patterns::JOB,
+            JobName::Billing => crow_jobs::billing::JOB,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -83,6 +99,10 @@ impl crow_jobs::Progress for Bar {
 
     fn inc(&self, n: u64) {
         self.0.inc(n);
+    }
+
+    fn message(&self, msg: &str) {
+        self.0.set_message(msg.to_string());
     }
 }
 
@@ -139,6 +159,26 @@ pub async fn run(lake: &Lake, cfg: &Config, args: RunArgs) -> Result<()> {
             };
             serde_json::to_value(enrich::run(lake, provider, &opts, &progress).await?)?
         }
+        JobName::Patterns => {
+            let provider = ai::from_config(&cfg.ai)?;
+            let opts = crow_jobs::patterns::Options {
+                org,
+                window,
+                trigger,
+                now: Utc::now().trunc_subsecs(6),
+            };
+            serde_json::to_value(crow_jobs::patterns::run(lake, provider, &opts, &progress).await?)?
+        }
+        JobName::Billing => {
+            let opts = crow_jobs::billing::Options {
+                org,
+                window,
+                trigger,
+                now: Utc::now().trunc_subsecs(6),
+                prices: crow_jobs::billing::Prices::from_config(&cfg.billing)?,
+            };
+            serde_json::to_value(crow_jobs::billing::run(lake, &opts, &progress).await?)?
+        }
     };
     pb.finish_and_clear();
     print_report(args.format.format, &report)
@@ -167,7 +207,7 @@ pub fn print_report(format: Format, report: &serde_json::Value) -> Result<()> {
     output::print_rows(format, &["field", "value"], &rows)
 }
 
-pub async fn status(lake: &Lake, limit: usize, format: Format) -> Result<()> {
+pub async fn status(lake: &Lake, cfg: &Config, limit: usize, format: Format) -> Result<()> {
     lake.init().await.context("preparing the lake")?;
     let recent = runs::recent(lake, limit).await?;
     let fmt_t =
@@ -179,6 +219,8 @@ pub async fn status(lake: &Lake, limit: usize, format: Format) -> Result<()> {
                 "job": r.job,
                 "org_id": r.org_id,
                 "trigger": r.trigger,
+                "attempt": r.attempt,
+                "host": r.host,
                 "status": r.status,
                 "window_start": fmt_t(Some(r.window_start)),
                 "window_end": fmt_t(Some(r.window_end)),
@@ -191,7 +233,7 @@ pub async fn status(lake: &Lake, limit: usize, format: Format) -> Result<()> {
         })
         .collect();
     let mut marks = Vec::new();
-    for job in [sessionize::JOB, enrich::JOB] {
+    for job in crow_jobs::backfill::CHAIN {
         let w = runs::watermark(lake, job).await?;
         let last = runs::last_succeeded(lake, job).await?;
         marks.push(serde_json::json!({
@@ -211,8 +253,29 @@ pub async fn status(lake: &Lake, limit: usize, format: Format) -> Result<()> {
         .into_iter()
         .map(serde_json::Value::Object)
         .collect();
+    let now = Utc::now();
+    let schedule: Vec<serde_json::Value> = crow_jobs::scheduler::status(lake, cfg, now)
+        .await?
+        .into_iter()
+        .map(|j| {
+            let lease = j.lease.as_ref();
+            serde_json::json!({
+                "job": j.job,
+                "schedule": j.schedule,
+                "next_run": fmt_t(j.next_run),
+                "last_slot": lease.map(|l| l.slot.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
+                "attempt": lease.map(|l| l.attempt),
+                "state": lease.map(|l| if l.state == "running" && !l.held(now) { "expired".to_string() } else { l.state.clone() }),
+                "holder": lease.filter(|l| l.held(now)).map(|l| l.holder.clone()),
+                "retry_at": lease.and_then(|l| fmt_t(l.retry_at)),
+            })
+        })
+        .collect();
     if format == Format::Json {
-        let obj = serde_json::json!({"runs": run_rows, "watermarks": marks, "failures": failures});
+        let obj = serde_json::json!({
+            "runs": run_rows, "watermarks": marks, "failures": failures,
+            "schedule": schedule, "scheduler_enabled": cfg.schedule.enabled,
+        });
         return output::print_object(format, &[], &obj);
     }
     println!("Runs:");
@@ -222,6 +285,7 @@ pub async fn status(lake: &Lake, limit: usize, format: Format) -> Result<()> {
             "job",
             "org_id",
             "trigger",
+            "attempt",
             "status",
             "window_start",
             "window_end",
@@ -235,6 +299,28 @@ pub async fn status(lake: &Lake, limit: usize, format: Format) -> Result<()> {
     )?;
     println!("\nWatermarks:");
     output::print_rows(format, &["job", "watermark", "last_success"], &marks)?;
+    println!(
+        "\nSchedule (crow serve; {}):",
+        if cfg.schedule.enabled {
+            "enabled"
+        } else {
+            "disabled by schedule.enabled"
+        }
+    );
+    output::print_rows(
+        format,
+        &[
+            "job",
+            "schedule",
+            "next_run",
+            "last_slot",
+            "attempt",
+            "state",
+            "holder",
+            "retry_at",
+        ],
+        &schedule,
+    )?;
     println!("\nJob failures (sessions retried on the next run):");
     output::print_rows(
         format,

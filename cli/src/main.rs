@@ -1,6 +1,8 @@
 //! `crow`: CROW's command line.
 
+mod backfill;
 mod bench;
+mod billing;
 mod demo;
 mod export;
 mod jobs;
@@ -105,19 +107,27 @@ enum Command {
     Keys(KeysCommand),
     /// Export a table (one organization's rows) to Parquet, CSV or JSON lines.
     Export(export::ExportArgs),
-    /// Batch jobs: sessionize, enrich (run now, status).
+    /// Batch jobs: sessionize, enrich, patterns, billing (run now, status).
     #[command(subcommand)]
     Jobs(jobs::JobsCommand),
     /// The product catalog: import, crawl, list.
     #[command(subcommand)]
     Products(products::ProductsCommand),
-    /// Generate a synthetic brand with a week of activity and land it.
+    /// Recompute a range of days with a job and the jobs downstream of it
+    /// (sessionize → enrich → patterns → billing).
+    Backfill(backfill::BackfillArgs),
+    /// Invoices from metered usage.
+    #[command(subcommand)]
+    Billing(billing::BillingCommand),
+    /// The whole pipeline on a synthetic brand: five weeks of activity (with
+    /// incidents to find) sent through the collector, then sessionize,
+    /// enrich and patterns.
     Demo {
-        /// Visitors to generate.
-        #[arg(long, default_value_t = 400)]
+        /// Visitors to generate (over all days).
+        #[arg(long, default_value_t = 12_000)]
         visitors: usize,
-        /// Days of activity, ending yesterday.
-        #[arg(long, default_value_t = 7)]
+        /// Days of activity, ending yesterday (21 or more plant incidents).
+        #[arg(long, default_value_t = 35)]
         days: u32,
         /// Random seed (same seed, same data).
         #[arg(long, default_value_t = 7)]
@@ -132,7 +142,7 @@ enum Command {
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Run the server: the collector (Segment-compatible ingest) with its WAL
-    /// and flusher.
+    /// and flusher, the query API, and the job scheduler.
     Serve {
         /// Listen address (default: server.listen, 127.0.0.1:8080).
         #[arg(long, env = "CROW_LISTEN")]
@@ -141,8 +151,9 @@ enum Command {
         /// ./crow-wal otherwise).
         #[arg(long, env = "CROW_WAL_DIR")]
         wal_dir: Option<PathBuf>,
-        /// Serve only one part (for separate scaling): `api` or `ingest`.
-        /// Default: both on one listener.
+        /// Serve only one part (for separate scaling): `api` (no scheduler)
+        /// or `ingest` (with the scheduler). Default: both on one listener,
+        /// with the scheduler.
         #[arg(long, env = "CROW_SERVE_ONLY", value_enum)]
         only: Option<serve::Only>,
     },
@@ -565,11 +576,19 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Jobs(jobs::JobsCommand::Status { limit, format }) => {
             let lake = open_lake(&cfg).await?;
-            jobs::status(&lake, limit, format.format).await
+            jobs::status(&lake, &cfg, limit, format.format).await
         }
         Command::Products(cmd) => {
             let lake = open_lake(&cfg).await?;
             products::run(&lake, cmd).await
+        }
+        Command::Backfill(args) => {
+            let lake = open_lake(&cfg).await?;
+            backfill::run(&lake, &cfg, args).await
+        }
+        Command::Billing(cmd) => {
+            let lake = open_lake(&cfg).await?;
+            billing::run(&lake, &cfg, cmd).await
         }
         Command::Config(ConfigCommand::Default) => {
             print!("{}", crow_schemas::config::default_toml());

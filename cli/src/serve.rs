@@ -1,5 +1,7 @@
 //! `crow serve`: the collector and the query API on one listener (or one of
-//! them with `--only`), with graceful shutdown.
+//! them with `--only`), with graceful shutdown; and the job scheduler
+//! (unless `--only api` or `schedule.enabled = false`), on its own runtime
+//! so jobs never compete with request handling for the HTTP runtime.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -79,6 +81,12 @@ pub async fn run(
         }
         (None, None) => anyhow::bail!("nothing to serve"),
     };
+    let scheduler = if only != Some(Only::Api) && cfg.schedule.enabled {
+        Some(start_scheduler(lake.clone(), cfg.clone())?)
+    } else {
+        tracing::info!("scheduler off (--only api or schedule.enabled = false)");
+        None
+    };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -92,11 +100,41 @@ pub async fn run(
     .with_graceful_shutdown(shutdown_signal())
     .await
     .context("server error")?;
+    if let Some((stop, thread)) = scheduler {
+        tracing::info!("shutting down: stopping the scheduler (a running job is finished first)");
+        let _ = stop.send(true);
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
     if let Some(c) = collector {
         tracing::info!("shutting down: flushing the WAL");
         c.shutdown().await;
     }
     Ok(())
+}
+
+/// Start the scheduler on a thread with its own runtime; returns its stop
+/// signal and thread.
+fn start_scheduler(
+    lake: Lake,
+    cfg: Config,
+) -> Result<(
+    tokio::sync::watch::Sender<bool>,
+    std::thread::JoinHandle<()>,
+)> {
+    let scheduler =
+        crow_jobs::scheduler::Scheduler::new(lake, cfg).context("starting the scheduler")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("crow-jobs")
+        .enable_all()
+        .build()
+        .context("starting the scheduler's runtime")?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let thread = std::thread::Builder::new()
+        .name("crow-scheduler".into())
+        .spawn(move || runtime.block_on(scheduler.run(stopped)))
+        .context("starting the scheduler thread")?;
+    Ok((stop, thread))
 }
 
 /// `/metrics` of the combined server: the collector's metrics followed by

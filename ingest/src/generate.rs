@@ -190,6 +190,54 @@ pub struct GenerateOptions {
     pub days: u32,
     /// Random seed.
     pub seed: u64,
+    /// Incidents planted in the data (none by default).
+    pub incidents: Vec<Incident>,
+}
+
+/// Something that goes wrong (or right) for a while, for the patterns job
+/// to find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Incident {
+    /// Card payments on mobile fail (declined, retried, declined again) on
+    /// days `[from_day, from_day + days)` of the range: mobile conversion
+    /// from payment to order collapses while desktop is normal.
+    MobilePaymentOutage {
+        /// First affected day (0 = the first day of the range).
+        from_day: u32,
+        /// Number of affected days.
+        days: u32,
+    },
+    /// One product goes viral: on the affected days, a third of visitors
+    /// come for it.
+    ViralProduct {
+        /// Index into [`catalog`].
+        product: usize,
+        /// First affected day.
+        from_day: u32,
+        /// Number of affected days.
+        days: u32,
+    },
+}
+
+impl GenerateOptions {
+    fn payment_outage(&self, day: u32, device: &str) -> bool {
+        device == "mobile"
+            && self.incidents.iter().any(|i| {
+                matches!(i, Incident::MobilePaymentOutage { from_day, days }
+                    if day >= *from_day && day < from_day + days)
+            })
+    }
+
+    fn viral(&self, day: u32) -> Option<usize> {
+        self.incidents.iter().find_map(|i| match i {
+            Incident::ViralProduct {
+                product,
+                from_day,
+                days,
+            } if day >= *from_day && day < from_day + days => Some(*product),
+            _ => None,
+        })
+    }
 }
 
 /// Generate Segment-spec events (JSON objects as the SDK would send them),
@@ -291,7 +339,12 @@ pub fn events(opts: &GenerateOptions) -> Vec<Value> {
                 json!({"type": "page", "name": "Home", "properties": {"url": home, "path": "/", "title": BRAND_NAME}}),
             );
             // Interest: a category, sometimes via search.
-            let focus = rng.random_range(0..products.len());
+            let mut focus = rng.random_range(0..products.len());
+            if let Some(p) = opts.viral(day) {
+                if p < products.len() && rng.random_bool(0.33) {
+                    focus = p;
+                }
+            }
             if rng.random_bool(0.35) {
                 let q = products[focus].category.to_ascii_lowercase();
                 emit(
@@ -393,6 +446,18 @@ pub fn events(opts: &GenerateOptions) -> Vec<Value> {
                 user_id.as_deref(),
                 json!({"type": "track", "event": "Payment Info Entered", "properties": {"step": 3, "payment_method": "card"}}),
             );
+            if opts.payment_outage(day, device) && !rng.random_bool(0.08) {
+                // Declined, retried, declined again: the shopper gives up.
+                for _ in 0..rng.random_range(2..=3) {
+                    emit(
+                        &mut rng,
+                        &mut t,
+                        user_id.as_deref(),
+                        json!({"type": "track", "event": "Payment Failed", "properties": {"reason": "processor_error"}}),
+                    );
+                }
+                continue;
+            }
             if !rng.random_bool(0.85) {
                 emit(
                     &mut rng,
@@ -455,6 +520,7 @@ mod tests {
             first_day: NaiveDate::from_ymd_opt(2026, 1, 5).unwrap(),
             days: 7,
             seed: 1,
+            incidents: Vec::new(),
         };
         let a = events(&opts);
         assert_eq!(a, events(&opts));

@@ -8,15 +8,23 @@
 //!
 //! - [`sessionize`]: raw events of all channels → `sessions`.
 //! - [`enrich`]: sessions → AI-written `interactions`, through [`ai`].
+//! - [`billing`]: usage per org per day → `usage_daily`, monthly invoices.
+//! - [`scheduler`]: cron schedules inside `crow serve`, one run at a time
+//!   per job across servers through a [`lease`] in the lake.
+//! - [`backfill`]: recompute a range of days, cascading downstream.
 //! - [`catalog`]: the product catalog: import from CSV / JSON lines, crawl
 //!   a site's sitemap for schema.org products.
 #![warn(missing_docs)]
 
 pub mod ai;
+pub mod backfill;
+pub mod billing;
 pub mod catalog;
 pub mod enrich;
+pub mod lease;
 pub mod patterns;
 pub mod runs;
+pub mod scheduler;
 pub mod sessionize;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -126,6 +134,8 @@ pub trait Progress: Send + Sync {
     fn phase(&self, name: &str, len: u64);
     /// `n` more steps done.
     fn inc(&self, n: u64);
+    /// What the current step is (shown beside the bar).
+    fn message(&self, _msg: &str) {}
 }
 
 /// Progress that goes nowhere.
@@ -139,6 +149,22 @@ impl Progress for NoProgress {
 
 /// Shared progress handle.
 pub type ProgressRef = Arc<dyn Progress>;
+
+tokio::task_local! {
+    /// The attempt number of the scheduled run executing in this task.
+    static ATTEMPT: i32;
+}
+
+/// Run `f` as attempt `attempt` of a run: every `job_runs` row started
+/// inside records that attempt number (the scheduler's retries).
+pub async fn with_attempt<F: std::future::Future>(attempt: i32, f: F) -> F::Output {
+    ATTEMPT.scope(attempt, f).await
+}
+
+/// The attempt set by [`with_attempt`], else `default`.
+pub(crate) fn attempt_or(default: i32) -> i32 {
+    ATTEMPT.try_with(|a| *a).unwrap_or(default)
+}
 
 /// SQL literal for a timestamp, comparable with CROW's timestamp columns.
 pub(crate) fn ts_lit(t: DateTime<Utc>) -> String {

@@ -1,16 +1,74 @@
 //! Patterns: what stands out and what changed, per day, week, month, year
-//! and all time (work in progress: the statistics land in the next commit).
+//! and all time.
+//!
+//! **Days.** For each organization and day, metrics are computed from the
+//! day's sessions (their timelines) and compared with a trailing baseline of
+//! the previous 28 days:
+//! - *volume*: sessions (overall and per segment), visitors, events by type;
+//! - *funnel*: step-to-step conversion (product view → cart → checkout →
+//!   payment → order, and view → order) per segment;
+//! - *transition*: how often one event follows another, and loops (the same
+//!   event three or more times in a row);
+//! - *errors*: sessions hitting failure events per segment, and failure
+//!   events by type;
+//! - *product_trend*: product views rising or falling, products viewed but
+//!   not bought (view → order conversion per product), products bought
+//!   together more often than chance.
+//!
+//! Segments are device type, traffic source and new vs returning visitors.
+//! Counts are tested against the baseline's mean and spread (Poisson floor);
+//! rates with a two-proportion z-test against the pooled baseline. A finding
+//! is reported only with |z| ≥ 3.5, enough sessions (20 on the day, 60 in
+//! the baseline, or a count of 10), and a relative change of 30 % or more.
+//!
+//! **Roll-ups.** A week is tested the same way from its days pooled, against
+//! the four weeks before; a month from its days pooled, against the three
+//! months before. Each period also carries the findings of its parts: a week
+//! those of its days, a month those of its weeks, a year those of its
+//! months, all time those of its years (per metric and segment, the
+//! strongest). Running the job for a range computes its days and every
+//! period above them that the range touches; periods in progress are
+//! computed over what exists and recomputed as they fill.
+//!
+//! The description is written from the statistics by the offline provider;
+//! with Gemini or an OpenAI-compatible model, the model writes the title and
+//! narrative from the same facts and every number it writes must be one of
+//! the facts' numbers — otherwise the statistical text is kept and the
+//! rejection is recorded in `failed_events`.
 
-use chrono::{DateTime, Utc};
-use crow_lake::Lake;
-use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use crate::ai::Provider;
-use crate::{ProgressRef, Result, Trigger, Window};
+use chrono::{DateTime, Datelike, Days, Months, NaiveDate, Utc};
+use crow_lake::batch::{batches_to_rows, rows_to_batch};
+use crow_lake::ids::sha256_hex;
+use crow_lake::Lake;
+use crow_schemas::{FAILED_EVENTS, PATTERNS};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::ai::{call_validated, AiRequest, Provider, RetryPolicy};
+use crate::{enrich, runs, str_lit, Error, ProgressRef, Result, Trigger, Window};
 
 /// Name of the job in the ledger.
 pub const JOB: &str = "patterns";
+/// Days in a day's baseline.
+pub const BASELINE_DAYS: i64 = 28;
+/// Minimum |z| of a finding.
+pub const Z_MIN: f64 = 3.5;
+/// Minimum relative change of a finding.
+pub const MIN_CHANGE: f64 = 0.3;
+/// Findings kept per period (strongest first).
+pub const MAX_PER_PERIOD: usize = 25;
+
+const STEPS: [(&str, &str); 5] = [
+    ("view", "Product Viewed"),
+    ("cart", "Product Added"),
+    ("checkout", "Checkout Started"),
+    ("payment", "Payment Info Entered"),
+    ("order", "Order Completed"),
+];
 
 /// What to compute.
 #[derive(Debug, Clone)]
@@ -34,8 +92,24 @@ pub struct Report {
     pub window_start: Option<DateTime<Utc>>,
     /// Window end.
     pub window_end: Option<DateTime<Utc>>,
+    /// Sessions read (window, its periods and baselines).
+    pub sessions_read: u64,
     /// Patterns written, all period kinds.
     pub patterns: u64,
+    /// Per period kind.
+    pub day: u64,
+    /// Week patterns.
+    pub week: u64,
+    /// Month patterns.
+    pub month: u64,
+    /// Year patterns.
+    pub year: u64,
+    /// All-time patterns.
+    pub all: u64,
+    /// Narratives the provider wrote.
+    pub narratives: u64,
+    /// Narratives rejected (statistical text kept).
+    pub narrative_failures: u64,
 }
 
 /// Run the patterns job.
@@ -45,6 +119,1626 @@ pub async fn run(
     opts: &Options,
     progress: &ProgressRef,
 ) -> Result<Report> {
-    let _ = (lake, provider, opts, progress);
-    Ok(Report::default())
+    let window = match opts.window {
+        Some(w) => w,
+        None => match incremental_window(lake, opts).await? {
+            Some(w) => w,
+            None => {
+                tracing::info!("patterns: no complete day to compute");
+                return Ok(Report::default());
+            }
+        },
+    };
+    let run = runs::start(lake, JOB, opts.org.as_deref(), window, opts.trigger, 1).await?;
+    match compute(lake, provider, opts, window, progress).await {
+        Ok(mut report) => {
+            report.run_id = run.id().to_string();
+            run.succeed(report.sessions_read, report.patterns).await?;
+            Ok(report)
+        }
+        Err(e) => {
+            if let Err(le) = run.fail(&e.to_string()).await {
+                tracing::error!(error = %le, "could not record the failed run");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Complete days since the watermark: from the patterns watermark (or the
+/// first session) to the midnight of the enrich watermark.
+async fn incremental_window(lake: &Lake, opts: &Options) -> Result<Option<Window>> {
+    let Some(enriched) = runs::watermark(lake, enrich::JOB).await? else {
+        return Ok(None);
+    };
+    let end = midnight(enriched.min(opts.now));
+    let start = match runs::watermark(lake, JOB).await? {
+        Some(w) => midnight(w),
+        None => {
+            let (_, b) = lake
+                .sql(&format!(
+                    "SELECT CAST(min(session_date) AS VARCHAR) AS d FROM sessions WHERE TRUE {}",
+                    org_filter(opts.org.as_deref())
+                ))
+                .await?;
+            #[derive(Deserialize)]
+            struct D {
+                d: Option<String>,
+            }
+            let first = batches_to_rows::<D>(&b)?
+                .into_iter()
+                .next()
+                .and_then(|d| d.d)
+                .and_then(|d| NaiveDate::parse_from_str(&d, "%Y-%m-%d").ok());
+            match first {
+                Some(d) => d.and_time(chrono::NaiveTime::MIN).and_utc(),
+                None => return Ok(None),
+            }
+        }
+    };
+    // The last complete day is recomputed as its roll-ups fill.
+    let start = start.min(end - chrono::Duration::days(1));
+    Ok(Some(Window { start, end }).filter(|w| !w.is_empty()))
+}
+
+fn midnight(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.date_naive().and_time(chrono::NaiveTime::MIN).and_utc()
+}
+
+fn org_filter(org: Option<&str>) -> String {
+    org.map(|o| format!(" AND org_id = {}", str_lit(o)))
+        .unwrap_or_default()
+}
+
+/// A period of one kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Period {
+    /// 'day', 'week', 'month', 'year' or 'all'.
+    pub kind: &'static str,
+    /// First day.
+    pub start: NaiveDate,
+    /// Day after the last.
+    pub end: NaiveDate,
+}
+
+impl Period {
+    fn day(d: NaiveDate) -> Period {
+        Period {
+            kind: "day",
+            start: d,
+            end: d + Days::new(1),
+        }
+    }
+
+    fn week(d: NaiveDate) -> Period {
+        let start = d - Days::new(u64::from(d.weekday().num_days_from_monday()));
+        Period {
+            kind: "week",
+            start,
+            end: start + Days::new(7),
+        }
+    }
+
+    fn month(d: NaiveDate) -> Period {
+        let start = d.with_day(1).unwrap_or(d);
+        Period {
+            kind: "month",
+            start,
+            end: start + Months::new(1),
+        }
+    }
+
+    fn year(d: NaiveDate) -> Period {
+        let start = NaiveDate::from_ymd_opt(d.year(), 1, 1).unwrap_or(d);
+        Period {
+            kind: "year",
+            start,
+            end: start + Months::new(12),
+        }
+    }
+
+    fn phrase(&self) -> String {
+        match self.kind {
+            "day" => format!("on {}", self.start),
+            "week" => format!("in the week of {}", self.start),
+            "month" => format!("in {}", self.start.format("%B %Y")),
+            "year" => format!("in {}", self.start.year()),
+            _ => "over all time".into(),
+        }
+    }
+
+    /// The previous `n` periods of the same kind (nearest first).
+    fn previous(&self, n: usize) -> Vec<Period> {
+        let mut out = Vec::new();
+        let mut cur = *self;
+        for _ in 0..n {
+            let p = match cur.kind {
+                "day" => Period::day(cur.start - Days::new(1)),
+                "week" => Period::week(cur.start - Days::new(7)),
+                "month" => Period::month(cur.start - Months::new(1)),
+                _ => return out,
+            };
+            out.push(p);
+            cur = p;
+        }
+        out
+    }
+}
+
+/// A session as the patterns job sees it.
+#[derive(Debug, Clone)]
+struct Sess {
+    id: String,
+    day: NaiveDate,
+    visitor: Option<String>,
+    segments: Vec<String>,
+    kinds: Vec<String>,
+    viewed: Vec<String>,
+    bought: Vec<String>,
+    steps: [bool; 5],
+    failures: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SessionIn {
+    org_id: String,
+    session_id: String,
+    channel: String,
+    session_date: String,
+    visitor_id: Option<String>,
+    device_type: Option<String>,
+    traffic_source: Option<String>,
+    is_returning: Option<bool>,
+    timeline: String,
+}
+
+fn is_failure(kind: &str) -> bool {
+    let k = kind.to_lowercase();
+    k.contains("fail") || k.contains("error") || k.contains("declin")
+}
+
+impl Sess {
+    fn from_row(r: SessionIn) -> Option<Sess> {
+        let day = NaiveDate::parse_from_str(&r.session_date, "%Y-%m-%d").ok()?;
+        let timeline: Vec<(i64, String, String)> =
+            serde_json::from_str(&r.timeline).unwrap_or_default();
+        let mut segments = Vec::new();
+        if r.channel == "web" {
+            if let Some(d) = r.device_type.filter(|d| !d.is_empty()) {
+                segments.push(format!("device_type={d}"));
+            }
+            if let Some(s) = r.traffic_source.filter(|s| !s.is_empty()) {
+                segments.push(format!("traffic_source={s}"));
+            }
+            if let Some(ret) = r.is_returning {
+                segments.push(format!(
+                    "visitor_type={}",
+                    if ret { "returning" } else { "new" }
+                ));
+            }
+        } else {
+            segments.push(format!("channel={}", r.channel));
+        }
+        let mut s = Sess {
+            id: r.session_id,
+            day,
+            visitor: r.visitor_id,
+            segments,
+            kinds: Vec::with_capacity(timeline.len()),
+            viewed: Vec::new(),
+            bought: Vec::new(),
+            steps: [false; 5],
+            failures: Vec::new(),
+        };
+        let mut added = Vec::new();
+        for (_, kind, detail) in &timeline {
+            let first = detail.split_whitespace().next().unwrap_or("").to_string();
+            match kind.as_str() {
+                "Product Viewed" if !first.is_empty() && !s.viewed.contains(&first) => {
+                    s.viewed.push(first)
+                }
+                "Product Added" if !first.is_empty() && !added.contains(&first) => {
+                    added.push(first)
+                }
+                _ => {}
+            }
+            for (i, (_, name)) in STEPS.iter().enumerate() {
+                if kind == name {
+                    s.steps[i] = true;
+                }
+            }
+            if is_failure(kind) {
+                s.failures.push(kind.clone());
+            }
+            s.kinds.push(kind.clone());
+        }
+        if s.steps[4] {
+            s.bought = added;
+        }
+        Some(s)
+    }
+
+    fn loop_kind(&self) -> Option<&str> {
+        let mut run = 1;
+        for w in self.kinds.windows(2) {
+            if w[0] == w[1] && w[0] != "page" && w[0] != "screen" {
+                run += 1;
+                if run >= 3 {
+                    return Some(&w[1]);
+                }
+            } else {
+                run = 1;
+            }
+        }
+        None
+    }
+}
+
+/// Counts (k) or rates (k of n) of one metric in one segment.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cell {
+    k: f64,
+    n: f64,
+}
+
+type Key = (String, String);
+
+/// One period's metrics, with sample sessions (hits, misses) per metric.
+#[derive(Debug, Default, Clone)]
+struct Stats {
+    cells: HashMap<Key, Cell>,
+    samples: HashMap<Key, (Vec<String>, Vec<String>)>,
+    sessions: u64,
+    /// Days with data merged into these stats (counts are compared per day).
+    days: f64,
+}
+
+fn is_count(metric: &str) -> bool {
+    metric == "sessions"
+        || metric == "visitors"
+        || metric.starts_with("event:")
+        || metric.starts_with("error:")
+        || metric.starts_with("product_views:")
+}
+
+impl Stats {
+    fn add(&mut self, metric: String, seg: &str, k: f64, n: f64, sample: Option<(&str, bool)>) {
+        let key = (metric, seg.to_string());
+        let c = self.cells.entry(key.clone()).or_default();
+        c.k += k;
+        c.n += n;
+        if let Some((id, hit)) = sample {
+            let s = self.samples.entry(key).or_default();
+            let v = if hit { &mut s.0 } else { &mut s.1 };
+            if v.len() < 5 {
+                v.push(id.to_string());
+            }
+        }
+    }
+
+    fn merge(&mut self, other: &Stats) {
+        self.sessions += other.sessions;
+        self.days += other.days;
+        for (k, c) in &other.cells {
+            let e = self.cells.entry(k.clone()).or_default();
+            e.k += c.k;
+            e.n += c.n;
+        }
+        for (k, (h, m)) in &other.samples {
+            let e = self.samples.entry(k.clone()).or_default();
+            for x in h {
+                if e.0.len() < 5 {
+                    e.0.push(x.clone());
+                }
+            }
+            for x in m {
+                if e.1.len() < 5 {
+                    e.1.push(x.clone());
+                }
+            }
+        }
+    }
+
+    fn of_day(sessions: &[&Sess]) -> Stats {
+        let mut st = Stats {
+            sessions: sessions.len() as u64,
+            days: 1.0,
+            ..Stats::default()
+        };
+        let mut visitors = BTreeSet::new();
+        for s in sessions {
+            if let Some(v) = &s.visitor {
+                visitors.insert(v.as_str());
+            }
+            let segs: Vec<&str> = std::iter::once("")
+                .chain(s.segments.iter().map(String::as_str))
+                .collect();
+            for seg in &segs {
+                st.add("sessions".into(), seg, 1.0, 0.0, Some((&s.id, true)));
+                // Funnel steps, step to step and view to order.
+                for i in 0..4 {
+                    if s.steps[i] {
+                        let hit = s.steps[i + 1];
+                        st.add(
+                            format!("funnel:{}>{}", STEPS[i].0, STEPS[i + 1].0),
+                            seg,
+                            f64::from(u8::from(hit)),
+                            1.0,
+                            Some((&s.id, hit)),
+                        );
+                    }
+                }
+                if s.steps[0] {
+                    let hit = s.steps[4];
+                    st.add(
+                        "funnel:view>order".into(),
+                        seg,
+                        f64::from(u8::from(hit)),
+                        1.0,
+                        Some((&s.id, hit)),
+                    );
+                }
+                let failed = !s.failures.is_empty();
+                st.add(
+                    "error_sessions".into(),
+                    seg,
+                    f64::from(u8::from(failed)),
+                    1.0,
+                    Some((&s.id, failed)),
+                );
+            }
+            // Overall only: events, failures, transitions, loops, products.
+            let mut kinds_seen = BTreeSet::new();
+            for k in &s.kinds {
+                st.add(format!("event:{k}"), "", 1.0, 0.0, None);
+                kinds_seen.insert(k.as_str());
+            }
+            for f in &s.failures {
+                st.add(format!("error:{f}"), "", 1.0, 0.0, Some((&s.id, true)));
+            }
+            for w in s.kinds.windows(2) {
+                if w[0] == w[1] {
+                    continue;
+                }
+                // Every transition out of w[0] counts toward its base.
+                st.add(
+                    format!("transition:{}>{}", w[0], w[1]),
+                    "",
+                    1.0,
+                    0.0,
+                    Some((&s.id, true)),
+                );
+                st.add(format!("transitions_from:{}", w[0]), "", 1.0, 0.0, None);
+            }
+            let looped = s.loop_kind();
+            for k in kinds_seen {
+                if k == "page" || k == "screen" {
+                    continue;
+                }
+                let hit = looped == Some(k);
+                st.add(
+                    format!("loop:{k}"),
+                    "",
+                    f64::from(u8::from(hit)),
+                    1.0,
+                    Some((&s.id, hit)),
+                );
+            }
+            for p in &s.viewed {
+                st.add(
+                    format!("product_views:{p}"),
+                    "",
+                    1.0,
+                    0.0,
+                    Some((&s.id, true)),
+                );
+                let hit = s.bought.contains(p);
+                st.add(
+                    format!("product_conversion:{p}"),
+                    "",
+                    f64::from(u8::from(hit)),
+                    1.0,
+                    Some((&s.id, hit)),
+                );
+            }
+            for (i, a) in s.bought.iter().enumerate() {
+                st.add(format!("bought:{a}"), "", 1.0, 0.0, None);
+                for b in s.bought.iter().skip(i + 1) {
+                    let (x, y) = if a < b { (a, b) } else { (b, a) };
+                    st.add(format!("pair:{x}|{y}"), "", 1.0, 0.0, Some((&s.id, true)));
+                }
+            }
+            if s.steps[4] {
+                st.add("orders".into(), "", 1.0, 0.0, None);
+            }
+        }
+        st.add("visitors".into(), "", visitors.len() as f64, 0.0, None);
+        // Transitions become rates of their source event.
+        let froms: Vec<(Key, Cell)> = st
+            .cells
+            .iter()
+            .filter(|((m, _), _)| m.starts_with("transitions_from:"))
+            .map(|(k, c)| (k.clone(), *c))
+            .collect();
+        let mut trans: Vec<(Key, Cell)> = Vec::new();
+        for ((m, seg), c) in &st.cells {
+            if let Some(rest) = m.strip_prefix("transition:") {
+                if let Some((from, _)) = rest.split_once('>') {
+                    let base = froms
+                        .iter()
+                        .find(|((fm, _), _)| fm == &format!("transitions_from:{from}"))
+                        .map_or(0.0, |(_, c)| c.k);
+                    trans.push(((m.clone(), seg.clone()), Cell { k: c.k, n: base }));
+                }
+            }
+        }
+        for (k, c) in trans {
+            st.cells.insert(k, c);
+        }
+        st
+    }
+}
+
+/// One finding before it is written.
+#[derive(Debug, Clone)]
+struct Finding {
+    kind: &'static str,
+    metric: String,
+    segment: String,
+    z: f64,
+    support: i64,
+    product_ids: Vec<String>,
+    facts: Value,
+    title: String,
+    description: String,
+    samples: Vec<String>,
+    children: Vec<String>,
+    /// Found by this period's own test (not carried up from a part).
+    own: bool,
+}
+
+fn kind_of(metric: &str) -> &'static str {
+    if metric == "sessions" || metric == "visitors" || metric.starts_with("event:") {
+        "volume"
+    } else if metric.starts_with("funnel:") {
+        "funnel"
+    } else if metric.starts_with("transition:") || metric.starts_with("loop:") {
+        "transition"
+    } else if metric.starts_with("error") {
+        "errors"
+    } else {
+        "product_trend"
+    }
+}
+
+/// Two-sided p-value of a z score.
+fn p_value(z: f64) -> f64 {
+    // Abramowitz–Stegun 7.1.26 for erfc(|z|/√2).
+    let x = z.abs() / std::f64::consts::SQRT_2;
+    let t = 1.0 / (1.0 + 0.327_591_1 * x);
+    let poly = t
+        * (0.254_829_592
+            + t * (-0.284_496_736
+                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    (poly * (-x * x).exp()).clamp(0.0, 1.0)
+}
+
+fn pct(x: f64) -> String {
+    let v = x * 100.0;
+    if v >= 10.0 || v == 0.0 {
+        format!("{v:.0}%")
+    } else {
+        format!("{v:.1}%")
+    }
+}
+
+fn seg_phrase(seg: &str) -> String {
+    match seg.split_once('=') {
+        Some(("device_type", d)) => format!(" on {d}"),
+        Some(("traffic_source", "direct")) => " from direct traffic".into(),
+        Some(("traffic_source", s)) => format!(" from {s}"),
+        Some(("visitor_type", v)) => format!(" among {v} visitors"),
+        Some(("channel", c)) => format!(" in the {c} channel"),
+        _ => String::new(),
+    }
+}
+
+fn seg_title(seg: &str) -> String {
+    match seg.split_once('=') {
+        Some(("device_type", d)) => format!("{}: ", enrich_cap(d)),
+        Some(("traffic_source", s)) => format!("From {s}: "),
+        Some(("visitor_type", v)) => format!("{} visitors: ", enrich_cap(v)),
+        Some(("channel", c)) => format!("{}: ", enrich_cap(c)),
+        _ => String::new(),
+    }
+}
+
+fn enrich_cap(s: &str) -> String {
+    crate::ai::offline::capitalize(s)
+}
+
+fn step_name(s: &str) -> &str {
+    match s {
+        "view" => "product view",
+        other => other,
+    }
+}
+
+/// Test one metric of a period against its baseline; a finding when
+/// significant.
+#[allow(clippy::too_many_arguments)]
+fn test_metric(
+    key: &Key,
+    cur: &Stats,
+    base: &[&Stats],
+    period: &Period,
+    baseline_label: &str,
+    names: &HashMap<String, String>,
+    min_base: usize,
+) -> Option<Finding> {
+    let (metric, seg) = key;
+    let c = cur.cells.get(key).copied().unwrap_or_default();
+    let name_of = |id: &str| names.get(id).cloned().unwrap_or_else(|| id.to_string());
+    let samples = cur.samples.get(key).cloned().unwrap_or_default();
+    if metric.starts_with("transitions_from:")
+        || metric.starts_with("bought:")
+        || metric.starts_with("pair:")
+        || metric == "orders"
+    {
+        return None;
+    }
+    if base.len() < min_base {
+        return None;
+    }
+    if is_count(metric) {
+        // Periods longer than a day (or still in progress) compare their
+        // average per day.
+        let per_day = |st: &Stats, k: f64| {
+            if period.kind == "day" {
+                k
+            } else {
+                k / st.days.max(1.0)
+            }
+        };
+        let hist: Vec<f64> = base
+            .iter()
+            .map(|b| per_day(b, b.cells.get(key).map_or(0.0, |c| c.k)))
+            .collect();
+        let c = Cell {
+            k: per_day(cur, c.k),
+            n: c.n,
+        };
+        let n = hist.len() as f64;
+        let mean = hist.iter().sum::<f64>() / n;
+        let var = hist.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+        let se = var.max(mean).max(1.0).sqrt();
+        let z = (c.k - mean) / se;
+        let change = (c.k - mean).abs() / mean.max(1.0);
+        if z.abs() < Z_MIN || change < MIN_CHANGE || c.k.max(mean) < 10.0 {
+            return None;
+        }
+        let dir = if z > 0.0 { "rose" } else { "fell" };
+        let (what, products) = if metric == "sessions" {
+            (format!("Sessions{}", seg_phrase(seg)), Vec::new())
+        } else if metric == "visitors" {
+            ("Visitors".to_string(), Vec::new())
+        } else if let Some(k) = metric.strip_prefix("event:") {
+            (format!("\"{k}\" events"), Vec::new())
+        } else if let Some(k) = metric.strip_prefix("error:") {
+            (format!("\"{k}\" failures"), Vec::new())
+        } else if let Some(p) = metric.strip_prefix("product_views:") {
+            (format!("Views of {}", name_of(p)), vec![p.to_string()])
+        } else {
+            (metric.clone(), Vec::new())
+        };
+        let (unit, avg) = match period.kind {
+            "day" => ("", ""),
+            _ => (" per day", "an average of "),
+        };
+        let title = format!(
+            "{}{} {dir} to {:.0}{unit} (typically {:.0})",
+            seg_title(seg),
+            what,
+            c.k,
+            mean
+        );
+        let description = format!(
+            "{what} {dir} to {avg}{:.0}{unit} {}, against a typical {:.0} per day over the previous {} (z = {:.1}).",
+            c.k,
+            period.phrase(),
+            mean,
+            baseline_label,
+            z
+        );
+        return Some(Finding {
+            kind: kind_of(metric),
+            metric: metric.clone(),
+            segment: seg.clone(),
+            z,
+            support: c.k as i64,
+            product_ids: products,
+            facts: json!({"value": c.k, "baseline_mean": (mean * 10.0).round() / 10.0,
+                          "baseline_sd": (var.sqrt() * 10.0).round() / 10.0, "baseline_periods": hist.len()}),
+            title,
+            description,
+            samples: if z > 0.0 { samples.0 } else { samples.1 },
+            children: Vec::new(),
+            own: true,
+        });
+    }
+    // Rates: two-proportion z-test against the pooled baseline.
+    let (mut bk, mut bn) = (0.0, 0.0);
+    for b in base {
+        if let Some(x) = b.cells.get(key) {
+            bk += x.k;
+            bn += x.n;
+        }
+    }
+    if c.n < 20.0 || bn < 60.0 {
+        return None;
+    }
+    let (p1, p0) = (c.k / c.n, bk / bn);
+    let p = (c.k + bk) / (c.n + bn);
+    let se = (p * (1.0 - p) * (1.0 / c.n + 1.0 / bn)).sqrt();
+    if se <= 0.0 || !se.is_finite() {
+        return None;
+    }
+    let z = (p1 - p0) / se;
+    let change = (p1 - p0).abs() / p0.max(0.02);
+    if z.abs() < Z_MIN || change < MIN_CHANGE || (p1 - p0).abs() < 0.03 {
+        return None;
+    }
+    let dir = if z > 0.0 { "rose" } else { "fell" };
+    let when = period.phrase();
+    let (title, description, products) = if let Some(rest) = metric.strip_prefix("funnel:") {
+        let (a, b) = rest.split_once('>').unwrap_or((rest, ""));
+        (
+            format!(
+                "{}{} → {} conversion {dir} to {} (from {})",
+                seg_title(seg),
+                enrich_cap(step_name(a)),
+                step_name(b),
+                pct(p1),
+                pct(p0)
+            ),
+            format!(
+                "Conversion from {} to {}{} {dir} to {} ({:.0} of {:.0} sessions) {when}, from {} over the previous {} (z = {:.1}).",
+                step_name(a),
+                step_name(b),
+                seg_phrase(seg),
+                pct(p1),
+                c.k,
+                c.n,
+                pct(p0),
+                baseline_label,
+                z
+            ),
+            Vec::new(),
+        )
+    } else if metric == "error_sessions" {
+        (
+            format!("{}Sessions with failures {dir} to {} (from {})", seg_title(seg), pct(p1), pct(p0)),
+            format!(
+                "{} of sessions{} hit a failure ({:.0} of {:.0}) {when}, against {} over the previous {} (z = {:.1}).",
+                pct(p1),
+                seg_phrase(seg),
+                c.k,
+                c.n,
+                pct(p0),
+                baseline_label,
+                z
+            ),
+            Vec::new(),
+        )
+    } else if let Some(rest) = metric.strip_prefix("transition:") {
+        let (a, b) = rest.split_once('>').unwrap_or((rest, ""));
+        (
+            format!("\"{a}\" → \"{b}\" {dir} to {} (from {})", pct(p1), pct(p0)),
+            format!(
+                "\"{a}\" was followed by \"{b}\" in {} of cases ({:.0} of {:.0}) {when}, against {} over the previous {} (z = {:.1}).",
+                pct(p1),
+                c.k,
+                c.n,
+                pct(p0),
+                baseline_label,
+                z
+            ),
+            Vec::new(),
+        )
+    } else if let Some(k) = metric.strip_prefix("loop:") {
+        (
+            format!("\"{k}\" repeated in a loop in {} of sessions (from {})", pct(p1), pct(p0)),
+            format!(
+                "{} of sessions with \"{k}\" repeated it three or more times in a row ({:.0} of {:.0}) {when}, against {} over the previous {} (z = {:.1}).",
+                pct(p1),
+                c.k,
+                c.n,
+                pct(p0),
+                baseline_label,
+                z
+            ),
+            Vec::new(),
+        )
+    } else if let Some(pid) = metric.strip_prefix("product_conversion:") {
+        let name = name_of(pid);
+        let t = if z < 0.0 {
+            format!(
+                "{name}: viewed but not bought — conversion {dir} to {} (from {})",
+                pct(p1),
+                pct(p0)
+            )
+        } else {
+            format!(
+                "{name}: view → order conversion {dir} to {} (from {})",
+                pct(p1),
+                pct(p0)
+            )
+        };
+        (
+            t,
+            format!(
+                "{name} was viewed in {:.0} sessions and bought in {:.0} ({}) {when}, against {} over the previous {} (z = {:.1}).",
+                c.n,
+                c.k,
+                pct(p1),
+                pct(p0),
+                baseline_label,
+                z
+            ),
+            vec![pid.to_string()],
+        )
+    } else {
+        return None;
+    };
+    Some(Finding {
+        kind: kind_of(metric),
+        metric: metric.clone(),
+        segment: seg.clone(),
+        z,
+        support: c.n as i64,
+        product_ids: products,
+        facts: json!({"value": {"k": c.k, "n": c.n, "rate": (p1 * 10000.0).round() / 10000.0},
+                      "baseline": {"k": bk, "n": bn, "rate": (p0 * 10000.0).round() / 10000.0, "periods": base.len()}}),
+        title,
+        description,
+        samples: if z > 0.0 { samples.0 } else { samples.1 },
+        children: Vec::new(),
+        own: true,
+    })
+}
+
+/// Products bought together more often than chance (no baseline needed).
+fn pairs(cur: &Stats, period: &Period, names: &HashMap<String, String>) -> Vec<Finding> {
+    let orders = cur
+        .cells
+        .get(&("orders".to_string(), String::new()))
+        .map_or(0.0, |c| c.k);
+    let mut out = Vec::new();
+    if orders < 20.0 {
+        return out;
+    }
+    for ((m, seg), c) in &cur.cells {
+        let Some(rest) = m.strip_prefix("pair:") else {
+            continue;
+        };
+        let Some((a, b)) = rest.split_once('|') else {
+            continue;
+        };
+        let get = |p: &str| {
+            cur.cells
+                .get(&(format!("bought:{p}"), String::new()))
+                .map_or(0.0, |c| c.k)
+        };
+        let expected = get(a) * get(b) / orders;
+        if expected <= 0.0 || c.k < 5.0 {
+            continue;
+        }
+        let z = (c.k - expected) / expected.sqrt();
+        let lift = c.k / expected;
+        if z < Z_MIN || lift < 2.0 {
+            continue;
+        }
+        let (na, nb) = (
+            names.get(a).cloned().unwrap_or_else(|| a.to_string()),
+            names.get(b).cloned().unwrap_or_else(|| b.to_string()),
+        );
+        out.push(Finding {
+            kind: "product_trend",
+            metric: m.clone(),
+            segment: seg.clone(),
+            z,
+            support: c.k as i64,
+            product_ids: vec![a.to_string(), b.to_string()],
+            facts: json!({"orders_with_both": c.k, "expected": (expected * 10.0).round() / 10.0,
+                          "lift": (lift * 10.0).round() / 10.0, "orders": orders}),
+            title: format!("{na} and {nb} are bought together ({lift:.1}× chance)"),
+            description: format!(
+                "{na} and {nb} were bought together in {:.0} of {:.0} orders {}, {lift:.1} times more often than chance would give ({expected:.1}; z = {z:.1}).",
+                c.k,
+                orders,
+                period.phrase()
+            ),
+            samples: cur.samples.get(&(m.clone(), seg.clone())).map(|s| s.0.clone()).unwrap_or_default(),
+            children: Vec::new(),
+            own: true,
+        });
+    }
+    out
+}
+
+/// A `patterns` row.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PatternRow {
+    org_id: String,
+    pattern_id: String,
+    period_kind: String,
+    period_start: i32,
+    period_end: i32,
+    kind: String,
+    segment: Option<String>,
+    title: String,
+    description: String,
+    product_ids: Vec<String>,
+    support: i64,
+    significance: Option<f64>,
+    evidence: String,
+    provider: String,
+    model: String,
+    created_at: i64,
+}
+
+fn days_since_epoch(d: NaiveDate) -> i32 {
+    d.signed_duration_since(NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or(d))
+        .num_days() as i32
+}
+
+fn date_of(days: i32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(1970, 1, 1)
+        .unwrap_or_default()
+        .checked_add_signed(chrono::Duration::days(i64::from(days)))
+        .unwrap_or_default()
+}
+
+/// The statistical finding as a pattern row (description not yet by the
+/// provider).
+fn to_row(
+    org: &str,
+    period: &Period,
+    f: &Finding,
+    sid_to_iid: &HashMap<String, String>,
+) -> PatternRow {
+    let samples: Vec<&String> = f
+        .samples
+        .iter()
+        .filter_map(|s| sid_to_iid.get(s))
+        .take(5)
+        .collect();
+    let evidence = json!({
+        "metric": f.metric,
+        "segment": if f.segment.is_empty() { Value::Null } else { json!(f.segment) },
+        "period": {"kind": period.kind, "start": period.start.to_string(), "end": period.end.to_string()},
+        "statistics": f.facts,
+        "z": (f.z * 100.0).round() / 100.0,
+        "p_value": p_value(f.z),
+        "sample_interaction_ids": samples,
+        "sample_session_ids": f.samples.iter().take(5).collect::<Vec<_>>(),
+        "from_periods": f.children,
+    });
+    PatternRow {
+        org_id: org.to_string(),
+        pattern_id: format!(
+            "pat_{}",
+            &sha256_hex(
+                format!(
+                    "{org}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
+                    period.kind, period.start, f.metric, f.segment
+                )
+                .as_bytes()
+            )[..26]
+        ),
+        period_kind: period.kind.to_string(),
+        period_start: days_since_epoch(period.start),
+        period_end: days_since_epoch(period.end),
+        kind: f.kind.to_string(),
+        segment: (!f.segment.is_empty()).then(|| f.segment.clone()),
+        title: f.title.clone(),
+        description: f.description.clone(),
+        product_ids: f.product_ids.clone(),
+        support: f.support,
+        significance: Some((f.z.abs() * 100.0).round() / 100.0),
+        evidence: evidence.to_string(),
+        provider: "offline".into(),
+        model: crate::ai::offline::MODEL.into(),
+        created_at: Utc::now().timestamp_micros(),
+    }
+}
+
+/// A child period's pattern carried up into its parent.
+fn carry(parent: &Period, child: &PatternRow) -> Option<Finding> {
+    let ev: Value = serde_json::from_str(&child.evidence).ok()?;
+    let metric = ev["metric"].as_str()?.to_string();
+    let z = ev["z"].as_f64()?;
+    let child_label = Period {
+        kind: match child.period_kind.as_str() {
+            "day" => "day",
+            "week" => "week",
+            "month" => "month",
+            _ => "year",
+        },
+        start: date_of(child.period_start),
+        end: date_of(child.period_end),
+    };
+    let samples: Vec<String> = ev["sample_session_ids"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let _ = parent;
+    Some(Finding {
+        kind: match child.kind.as_str() {
+            "volume" => "volume",
+            "funnel" => "funnel",
+            "transition" => "transition",
+            "errors" => "errors",
+            _ => "product_trend",
+        },
+        metric,
+        segment: child.segment.clone().unwrap_or_default(),
+        z,
+        support: child.support,
+        product_ids: child.product_ids.clone(),
+        facts: ev["statistics"].clone(),
+        title: child.title.clone(),
+        description: child
+            .description
+            .split(" It stood out ")
+            .next()
+            .unwrap_or(&child.description)
+            .to_string(),
+        samples,
+        children: vec![format!("{}:{}", child.period_kind, child_label.start)],
+        own: false,
+    })
+}
+
+async fn compute(
+    lake: &Lake,
+    provider: Arc<dyn Provider>,
+    opts: &Options,
+    window: Window,
+    progress: &ProgressRef,
+) -> Result<Report> {
+    let first_day = window.start.date_naive();
+    let last_day = (window.end - chrono::Duration::microseconds(1)).date_naive();
+    if last_day < first_day {
+        return Err(Error::Invalid("the patterns window holds no day".into()));
+    }
+    let days: Vec<NaiveDate> = first_day
+        .iter_days()
+        .take_while(|d| *d <= last_day)
+        .collect();
+    let weeks: BTreeSet<Period> = days.iter().map(|d| Period::week(*d)).collect();
+    let months: BTreeSet<Period> = days.iter().map(|d| Period::month(*d)).collect();
+    let years: BTreeSet<Period> = days.iter().map(|d| Period::year(*d)).collect();
+    // Sessions of every touched period and of their baselines.
+    let load_start = [
+        first_day - Days::new(BASELINE_DAYS as u64),
+        weeks
+            .iter()
+            .next()
+            .map_or(first_day, |w| w.start - Days::new(28)),
+        months
+            .iter()
+            .next()
+            .map_or(first_day, |m| m.start - Months::new(3)),
+    ]
+    .into_iter()
+    .min()
+    .unwrap_or(first_day);
+    let load_end = [
+        last_day + Days::new(1),
+        weeks.iter().last().map_or(last_day, |w| w.end),
+        months.iter().last().map_or(last_day, |m| m.end),
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(last_day);
+    let org_cond = org_filter(opts.org.as_deref());
+    let ctx = lake.session().await?;
+    progress.phase("reading sessions", 0);
+    let sql = format!(
+        "SELECT org_id, session_id, channel, CAST(session_date AS VARCHAR) AS session_date, visitor_id,
+                device_type, traffic_source, is_returning, timeline
+         FROM sessions WHERE session_date >= DATE '{load_start}' AND session_date < DATE '{load_end}' {org_cond}"
+    );
+    let mut by_org: BTreeMap<String, Vec<Sess>> = BTreeMap::new();
+    let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
+    let mut sessions_read = 0u64;
+    while let Some(b) = stream.next().await {
+        let b = b?;
+        sessions_read += b.num_rows() as u64;
+        progress.inc(b.num_rows() as u64);
+        for r in batches_to_rows::<SessionIn>(std::slice::from_ref(&b))? {
+            let org = r.org_id.clone();
+            if let Some(s) = Sess::from_row(r) {
+                by_org.entry(org).or_default().push(s);
+            }
+        }
+    }
+    #[derive(Deserialize)]
+    struct Ids {
+        session_id: String,
+        interaction_id: String,
+    }
+    let sid_to_iid: HashMap<String, String> = batches_to_rows::<Ids>(
+        &ctx.sql(&format!(
+            "SELECT session_id, interaction_id FROM interactions
+             WHERE session_date >= DATE '{load_start}' AND session_date < DATE '{load_end}' {org_cond}"
+        ))
+        .await?
+        .collect()
+        .await?,
+    )?
+    .into_iter()
+    .map(|r| (r.session_id, r.interaction_id))
+    .collect();
+    #[derive(Deserialize)]
+    struct Name {
+        product_id: String,
+        name: String,
+    }
+    let names: HashMap<String, String> = batches_to_rows::<Name>(
+        &ctx.sql(&format!(
+            "SELECT product_id, name FROM products WHERE TRUE {org_cond}"
+        ))
+        .await?
+        .collect()
+        .await?,
+    )?
+    .into_iter()
+    .map(|r| (r.product_id, r.name))
+    .collect();
+    // Child patterns already in the table (for the roll-ups' carry-up).
+    let existing: Vec<PatternRow> = batches_to_rows(
+        &ctx.sql(&format!(
+            "SELECT * FROM patterns WHERE period_kind <> 'all' {org_cond}"
+        ))
+        .await?
+        .collect()
+        .await?,
+    )?;
+
+    progress.phase("finding patterns", by_org.len() as u64);
+    let mut rows: Vec<PatternRow> = Vec::new();
+    let mut orgs_done: Vec<String> = Vec::new();
+    for (org, sessions) in &by_org {
+        orgs_done.push(org.clone());
+        let first_data = sessions.iter().map(|s| s.day).min().unwrap_or(first_day);
+        // Per-day stats over the loaded range (days before the first data
+        // day are not a baseline).
+        let mut per_day: BTreeMap<NaiveDate, Vec<&Sess>> = BTreeMap::new();
+        for s in sessions {
+            per_day.entry(s.day).or_default().push(s);
+        }
+        let mut day_stats: BTreeMap<NaiveDate, Stats> = BTreeMap::new();
+        for d in load_start.iter_days().take_while(|d| *d < load_end) {
+            if d < first_data {
+                continue;
+            }
+            let st = per_day.get(&d).map_or_else(
+                || Stats {
+                    days: 1.0,
+                    ..Stats::default()
+                },
+                |v| Stats::of_day(v),
+            );
+            day_stats.insert(d, st);
+        }
+        let period_stats = |p: &Period| -> Option<Stats> {
+            let mut st = Stats::default();
+            let mut any = false;
+            for d in p.start.iter_days().take_while(|d| *d < p.end) {
+                if let Some(s) = day_stats.get(&d) {
+                    st.merge(s);
+                    any = true;
+                }
+            }
+            any.then_some(st)
+        };
+        let findings_for =
+            |p: &Period, cur: &Stats, base: Vec<Stats>, label: &str, min_base: usize| {
+                let base_refs: Vec<&Stats> = base.iter().collect();
+                let mut keys: BTreeSet<&Key> = cur.cells.keys().collect();
+                for b in &base_refs {
+                    for k in b.cells.keys() {
+                        if is_count(&k.0) {
+                            keys.insert(k);
+                        }
+                    }
+                }
+                let mut fs: Vec<Finding> = keys
+                    .into_iter()
+                    .filter_map(|k| test_metric(k, cur, &base_refs, p, label, &names, min_base))
+                    .collect();
+                fs.extend(pairs(cur, p, &names));
+                fs
+            };
+        let mut new_rows: BTreeMap<Period, Vec<PatternRow>> = BTreeMap::new();
+        // Days.
+        for d in &days {
+            let p = Period::day(*d);
+            let Some(cur) = day_stats.get(d) else {
+                new_rows.insert(p, Vec::new());
+                continue;
+            };
+            let base: Vec<Stats> = p
+                .previous(BASELINE_DAYS as usize)
+                .iter()
+                .filter_map(|b| day_stats.get(&b.start).cloned())
+                .collect();
+            let fs = findings_for(&p, cur, base, "28 days", 7);
+            new_rows.insert(
+                p,
+                top(fs)
+                    .iter()
+                    .map(|f| to_row(org, &p, f, &sid_to_iid))
+                    .collect(),
+            );
+        }
+        // Weeks and months: pooled tests plus their parts' findings.
+        for (set, child_kind, n_base, label, min_base) in [
+            (&weeks, "day", 4usize, "4 weeks", 2usize),
+            (&months, "week", 3, "3 months", 1),
+        ] {
+            for p in set.iter() {
+                let mut fs = Vec::new();
+                if let Some(cur) = period_stats(p) {
+                    let base: Vec<Stats> = p
+                        .previous(n_base)
+                        .iter()
+                        .filter(|b| b.start >= first_data)
+                        .filter_map(&period_stats)
+                        .collect();
+                    fs = findings_for(p, &cur, base, label, min_base);
+                }
+                let children = child_rows(org, p, child_kind, &existing, &new_rows);
+                let rows = merge_children(fs, &children);
+                new_rows.insert(
+                    *p,
+                    rows.iter()
+                        .map(|f| to_row(org, p, f, &sid_to_iid))
+                        .collect(),
+                );
+            }
+        }
+        // Years from months, all time from years.
+        for p in &years {
+            let children = child_rows(org, p, "month", &existing, &new_rows);
+            let rows = merge_children(Vec::new(), &children);
+            new_rows.insert(
+                *p,
+                rows.iter()
+                    .map(|f| to_row(org, p, f, &sid_to_iid))
+                    .collect(),
+            );
+        }
+        let all = Period {
+            kind: "all",
+            start: first_data,
+            end: last_day.max(first_data) + Days::new(1),
+        };
+        let mut year_rows: Vec<PatternRow> = existing
+            .iter()
+            .filter(|r| r.org_id == *org && r.period_kind == "year")
+            .filter(|r| {
+                !years
+                    .iter()
+                    .any(|y| days_since_epoch(y.start) == r.period_start)
+            })
+            .cloned()
+            .collect();
+        for (p, rs) in &new_rows {
+            if p.kind == "year" {
+                year_rows.extend(rs.iter().cloned());
+            }
+        }
+        let carried: Vec<Finding> = year_rows.iter().filter_map(|r| carry(&all, r)).collect();
+        let rows_all = merge_children(Vec::new(), &carried);
+        new_rows.insert(
+            all,
+            rows_all
+                .iter()
+                .map(|f| to_row(org, &all, f, &sid_to_iid))
+                .collect(),
+        );
+        for (_, rs) in new_rows {
+            rows.extend(rs);
+        }
+        progress.inc(1);
+    }
+
+    // Narratives by the provider (the offline one keeps the statistical text).
+    let mut report = Report {
+        window_start: Some(window.start),
+        window_end: Some(window.end),
+        sessions_read,
+        ..Report::default()
+    };
+    let mut failed = Vec::new();
+    if provider.name() != "offline" && !rows.is_empty() {
+        progress.phase(
+            &format!("writing narratives with {}", provider.name()),
+            rows.len() as u64,
+        );
+        let policy = RetryPolicy::new(2);
+        let results: Vec<(usize, std::result::Result<(String, String), String>)> =
+            futures::stream::iter(rows.iter().enumerate().map(|(i, r)| {
+                let provider = provider.clone();
+                async move {
+                    let req = narrative_request(r);
+                    let allowed = allowed_numbers(&req.prompt);
+                    let out = call_validated(provider.as_ref(), &req, policy, |t| {
+                        validate_narrative(t, &allowed)
+                    })
+                    .await;
+                    progress.inc(1);
+                    (i, out.value.map_err(|(_, why)| why))
+                }
+            }))
+            .buffer_unordered(4)
+            .collect()
+            .await;
+        for (i, r) in results {
+            match r {
+                Ok((title, description)) => {
+                    rows[i].title = title;
+                    rows[i].description = description;
+                    rows[i].provider = provider.name().to_string();
+                    rows[i].model = provider.model().to_string();
+                    report.narratives += 1;
+                }
+                Err(why) => {
+                    report.narrative_failures += 1;
+                    let now = Utc::now();
+                    failed.push(json!({
+                        "org_id": rows[i].org_id,
+                        "failure_id": crow_lake::ids::new_id("fail"),
+                        "source": format!("job:{JOB}"),
+                        "channel": Value::Null,
+                        "message_id": rows[i].pattern_id,
+                        "reason_code": "ai_narrative_rejected",
+                        "reason": format!("kept the statistical description: {why}"),
+                        "payload": rows[i].evidence,
+                        "failed_at": now.timestamp_micros(),
+                        "event_date": days_since_epoch(now.date_naive()),
+                    }));
+                }
+            }
+        }
+    }
+
+    // Replace exactly the periods this run computed, in one commit.
+    progress.phase("writing patterns", 0);
+    for r in &rows {
+        match r.period_kind.as_str() {
+            "day" => report.day += 1,
+            "week" => report.week += 1,
+            "month" => report.month += 1,
+            "year" => report.year += 1,
+            _ => report.all += 1,
+        }
+    }
+    report.patterns = rows.len() as u64;
+    let span = |set: &BTreeSet<Period>, kind: &str| -> String {
+        match (set.iter().next(), set.iter().last()) {
+            (Some(a), Some(b)) => format!(
+                "(period_kind = '{kind}' AND period_start >= DATE '{}' AND period_start <= DATE '{}')",
+                a.start, b.start
+            ),
+            _ => format!("(period_kind = '{kind}' AND FALSE)"),
+        }
+    };
+    let day_set: BTreeSet<Period> = days.iter().map(|d| Period::day(*d)).collect();
+    // Organizations without sessions in range keep their patterns.
+    let org_pred = match &opts.org {
+        Some(o) => format!(" AND org_id = {}", str_lit(o)),
+        None if orgs_done.is_empty() => " AND FALSE".to_string(),
+        None => format!(
+            " AND org_id IN ({})",
+            orgs_done
+                .iter()
+                .map(|o| str_lit(o))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let predicate = format!(
+        "({} OR {} OR {} OR {} OR period_kind = 'all'){org_pred}",
+        span(&day_set, "day"),
+        span(&weeks, "week"),
+        span(&months, "month"),
+        span(&years, "year"),
+    );
+    let batch = rows_to_batch(&PATTERNS, &rows)?;
+    lake.replace_where(PATTERNS.name, &predicate, vec![batch])
+        .await?;
+    if !failed.is_empty() {
+        let b = rows_to_batch(&FAILED_EVENTS, &failed)?;
+        lake.append(FAILED_EVENTS.name, vec![b]).await?;
+    }
+    Ok(report)
+}
+
+/// The strongest findings first, at most [`MAX_PER_PERIOD`].
+fn top(mut fs: Vec<Finding>) -> Vec<Finding> {
+    fs.sort_by(|a, b| {
+        b.z.abs()
+            .partial_cmp(&a.z.abs())
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then_with(|| a.metric.cmp(&b.metric))
+            .then_with(|| a.segment.cmp(&b.segment))
+    });
+    fs.truncate(MAX_PER_PERIOD);
+    fs
+}
+
+/// The child periods' rows of `parent`: this run's where it computed them,
+/// else the table's.
+fn child_rows(
+    org: &str,
+    parent: &Period,
+    child_kind: &str,
+    existing: &[PatternRow],
+    new_rows: &BTreeMap<Period, Vec<PatternRow>>,
+) -> Vec<Finding> {
+    let (ps, pe) = (days_since_epoch(parent.start), days_since_epoch(parent.end));
+    let fresh: Vec<&Period> = new_rows
+        .keys()
+        .filter(|p| p.kind == child_kind && p.start >= parent.start && p.start < parent.end)
+        .collect();
+    let mut out = Vec::new();
+    for r in existing {
+        if r.org_id == org
+            && r.period_kind == child_kind
+            && r.period_start >= ps
+            && r.period_start < pe
+            && !fresh
+                .iter()
+                .any(|p| days_since_epoch(p.start) == r.period_start)
+        {
+            if let Some(f) = carry(parent, r) {
+                out.push(f);
+            }
+        }
+    }
+    for p in fresh {
+        for r in &new_rows[p] {
+            if let Some(f) = carry(parent, r) {
+                out.push(f);
+            }
+        }
+    }
+    out
+}
+
+/// The period's own findings plus its parts' (per metric and segment: the
+/// period's own test if it found it, else the strongest part), each listing
+/// the parts it stood out in.
+fn merge_children(own: Vec<Finding>, children: &[Finding]) -> Vec<Finding> {
+    let mut by_key: BTreeMap<(String, String), Finding> = BTreeMap::new();
+    for f in own {
+        by_key.insert((f.metric.clone(), f.segment.clone()), f);
+    }
+    for c in children {
+        let key = (c.metric.clone(), c.segment.clone());
+        match by_key.get_mut(&key) {
+            Some(f) => {
+                let mut all = f.children.clone();
+                for ch in &c.children {
+                    if !all.contains(ch) {
+                        all.push(ch.clone());
+                    }
+                }
+                if !f.own && c.z.abs() > f.z.abs() {
+                    *f = c.clone();
+                }
+                f.children = all;
+            }
+            None => {
+                by_key.insert(key, c.clone());
+            }
+        }
+    }
+    let mut out: Vec<Finding> = by_key.into_values().collect();
+    for f in &mut out {
+        f.children.sort();
+        if !f.children.is_empty() {
+            let base = f
+                .description
+                .split(" It stood out ")
+                .next()
+                .unwrap_or(&f.description)
+                .to_string();
+            f.description = format!("{base} It stood out {}.", parts_phrase(&f.children));
+        }
+    }
+    top(out)
+}
+
+/// "on 2026-11-21 and 2026-11-22", "in the weeks of …", "in November 2026".
+fn parts_phrase(children: &[String]) -> String {
+    let kind = children
+        .first()
+        .and_then(|c| c.split(':').next())
+        .unwrap_or("day");
+    let dates: Vec<NaiveDate> = children
+        .iter()
+        .filter_map(|c| c.split(':').nth(1))
+        .filter_map(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+        .collect();
+    let list = |v: Vec<String>| match v.len() {
+        0 => String::new(),
+        1 => v[0].clone(),
+        _ => format!("{} and {}", v[..v.len() - 1].join(", "), v[v.len() - 1]),
+    };
+    match kind {
+        "day" => format!("on {}", list(dates.iter().map(|d| d.to_string()).collect())),
+        "week" if dates.len() == 1 => format!("in the week of {}", dates[0]),
+        "week" => format!(
+            "in the weeks of {}",
+            list(dates.iter().map(|d| d.to_string()).collect())
+        ),
+        "month" => format!(
+            "in {}",
+            list(
+                dates
+                    .iter()
+                    .map(|d| d.format("%B %Y").to_string())
+                    .collect()
+            )
+        ),
+        _ => format!(
+            "in {}",
+            list(dates.iter().map(|d| d.year().to_string()).collect())
+        ),
+    }
+}
+
+/// The request for a pattern's narrative: the facts, as text.
+fn narrative_request(r: &PatternRow) -> AiRequest {
+    let system = "You write one finding of an analytics report for a brand: a short title and \
+                  one or two plain sentences. Use only the facts given. Every number you write \
+                  must appear in the facts exactly as written there; do not compute new numbers."
+        .to_string();
+    let prompt = format!(
+        "Period: {} starting {}\nSegment: {}\nStatistical title: {}\nStatistical description: {}\nEvidence: {}\n",
+        r.period_kind,
+        date_of(r.period_start),
+        r.segment.as_deref().unwrap_or("all traffic"),
+        r.title,
+        r.description,
+        r.evidence
+    );
+    AiRequest {
+        system,
+        prompt,
+        schema: json!({
+            "type": "object",
+            "properties": {
+                "title": {"type": "string"},
+                "description": {"type": "string"}
+            },
+            "required": ["title", "description"],
+            "additionalProperties": false
+        }),
+        input: json!({"task": "pattern", "title": r.title, "description": r.description}),
+    }
+}
+
+/// Numbers as written in a text (digits with inner `.`/`,`), normalised.
+pub fn numbers(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let chars: Vec<char> = text.chars().collect();
+    for (i, c) in chars.iter().enumerate() {
+        let inner = (*c == '.' || *c == ',')
+            && !cur.is_empty()
+            && chars.get(i + 1).is_some_and(char::is_ascii_digit);
+        if c.is_ascii_digit() || inner {
+            cur.push(*c);
+        } else if !cur.is_empty() {
+            out.push(normalise_number(&cur));
+            cur.clear();
+        }
+    }
+    if !cur.is_empty() {
+        out.push(normalise_number(&cur));
+    }
+    out
+}
+
+fn normalise_number(s: &str) -> String {
+    let s = s.replace(',', "");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+fn allowed_numbers(prompt: &str) -> BTreeSet<String> {
+    numbers(prompt).into_iter().collect()
+}
+
+/// A narrative is valid when it is the expected JSON and every number in it
+/// is one of the facts' numbers.
+pub fn validate_narrative(
+    text: &str,
+    allowed: &BTreeSet<String>,
+) -> std::result::Result<(String, String), String> {
+    #[derive(Deserialize)]
+    struct N {
+        title: String,
+        description: String,
+    }
+    let n: N =
+        serde_json::from_str(text.trim()).map_err(|e| format!("not the expected JSON: {e}"))?;
+    if n.title.trim().is_empty() || n.description.trim().is_empty() {
+        return Err("empty title or description".into());
+    }
+    for x in numbers(&n.title).into_iter().chain(numbers(&n.description)) {
+        if !allowed.contains(&x) {
+            return Err(format!("the number {x} is not in the evidence"));
+        }
+    }
+    Ok((n.title, n.description))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invented_numbers_are_rejected() {
+        let allowed = allowed_numbers(
+            "rate 12% of 75 sessions, from 61% (z = -6.1) in the week of 2026-11-16",
+        );
+        assert!(validate_narrative(r#"{"title":"Mobile checkout fell to 12%","description":"Only 12% of 75 sessions, down from 61%."}"#, &allowed).is_ok());
+        let err = validate_narrative(
+            r#"{"title":"Fell","description":"Down 49 points."}"#,
+            &allowed,
+        )
+        .unwrap_err();
+        assert!(err.contains("49"), "{err}");
+    }
+
+    #[test]
+    fn p_values_match_the_normal_distribution() {
+        assert!((p_value(1.96) - 0.05).abs() < 0.001);
+        assert!((p_value(-3.0) - 0.0027).abs() < 0.0002);
+    }
+
+    #[test]
+    fn periods_nest() {
+        let d = NaiveDate::from_ymd_opt(2026, 11, 18).unwrap();
+        assert_eq!(
+            Period::week(d).start,
+            NaiveDate::from_ymd_opt(2026, 11, 16).unwrap()
+        );
+        assert_eq!(
+            Period::month(d).end,
+            NaiveDate::from_ymd_opt(2026, 12, 1).unwrap()
+        );
+        assert_eq!(
+            Period::year(d).start,
+            NaiveDate::from_ymd_opt(2026, 1, 1).unwrap()
+        );
+        assert_eq!(
+            Period::month(d).previous(2)[1].start,
+            NaiveDate::from_ymd_opt(2026, 9, 1).unwrap()
+        );
+    }
 }

@@ -68,7 +68,7 @@ pub async fn start(
         window_end: window.end,
         status: "running".into(),
         trigger: trigger.as_str().into(),
-        attempt,
+        attempt: crate::attempt_or(attempt),
         started_at: Utc::now(),
         finished_at: None,
         rows_in: None,

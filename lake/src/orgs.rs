@@ -81,6 +81,24 @@ pub async fn create(
     Ok(CreatedOrg { org, write_key })
 }
 
+/// Give an organization a new ingest write key (shown once); the old key
+/// stops working as soon as collectors refresh their key cache.
+pub async fn rotate_write_key(lake: &Lake, org_id: &str) -> Result<String> {
+    let Some(mut org) = get(lake, org_id).await? else {
+        return Err(crate::Error::Invalid(format!(
+            "no organization with id `{org_id}`"
+        )));
+    };
+    let write_key = new_secret("wk");
+    org.write_key_hash = sha256_hex(write_key.as_bytes());
+    org.write_key_prefix = write_key.chars().take(8).collect();
+    org.updated_at = Utc::now();
+    let batch = rows_to_batch(&ORGANIZATIONS, std::slice::from_ref(&org))?;
+    lake.merge(ORGANIZATIONS.name, vec![batch], &["org_id"])
+        .await?;
+    Ok(write_key)
+}
+
 /// Every organization, oldest first.
 pub async fn list(lake: &Lake) -> Result<Vec<Organization>> {
     let df = lake.dataframe(ORGANIZATIONS.name).await?;

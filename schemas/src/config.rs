@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub mod cron;
+
 /// A configuration error, always naming the offending key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -55,6 +57,8 @@ pub struct Config {
     pub billing: BillingConfig,
     /// The query API.
     pub api: ApiConfig,
+    /// The scheduler inside `crow serve`.
+    pub schedule: ScheduleConfig,
 }
 
 /// Lake location and storage options.
@@ -304,6 +308,85 @@ impl Default for ApiConfig {
     }
 }
 
+/// The scheduler inside `crow serve`: a cron schedule per job (UTC).
+///
+/// A schedule is a 5-field cron expression (`minute hour day month
+/// weekday`) or a 6-field one with a leading second; `""` or `"off"`
+/// disables the job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Run the scheduler in `crow serve` (never with `--only api`).
+    pub enabled: bool,
+    /// How often the scheduler wakes up to look for due jobs, in seconds.
+    pub tick_seconds: u64,
+    /// A job's lease in the lake lasts this many seconds and is renewed
+    /// every third of it while the job runs; another server takes a lease
+    /// over only after it expired.
+    pub lease_seconds: u64,
+    /// Attempts of one scheduled run (1: no retry).
+    pub max_attempts: u32,
+    /// Wait before the first retry of a failed run, in seconds; doubled for
+    /// each further attempt.
+    pub retry_base_seconds: u64,
+    /// Raw events → sessions.
+    pub sessionize: String,
+    /// Sessions → interactions.
+    pub enrich: String,
+    /// Interactions → patterns (day and every period above it).
+    pub patterns: String,
+    /// Usage → `usage_daily`.
+    pub billing: String,
+    /// Compact small files of every table.
+    pub optimize: String,
+    /// Checkpoint the Delta log of every table.
+    pub checkpoint: String,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            tick_seconds: 15,
+            lease_seconds: 300,
+            max_attempts: 4,
+            retry_base_seconds: 30,
+            sessionize: "*/5 * * * *".into(),
+            enrich: "*/5 * * * *".into(),
+            patterns: "15 0 * * *".into(),
+            billing: "0 * * * *".into(),
+            optimize: "0 3 * * *".into(),
+            checkpoint: "30 3 * * *".into(),
+        }
+    }
+}
+
+impl ScheduleConfig {
+    /// Each schedulable job with its schedule (None: disabled), in the
+    /// order the scheduler runs them when several are due.
+    pub fn jobs(&self) -> Result<Vec<(&'static str, Option<cron::Cron>)>, ConfigError> {
+        [
+            ("sessionize", &self.sessionize),
+            ("enrich", &self.enrich),
+            ("patterns", &self.patterns),
+            ("billing", &self.billing),
+            ("optimize", &self.optimize),
+            ("checkpoint", &self.checkpoint),
+        ]
+        .into_iter()
+        .map(|(job, expr)| {
+            let e = expr.trim();
+            if e.is_empty() || e.eq_ignore_ascii_case("off") {
+                return Ok((job, None));
+            }
+            cron::Cron::parse(e)
+                .map(|c| (job, Some(c)))
+                .map_err(|m| err(format!("schedule.{job}"), m))
+        })
+        .collect()
+    }
+}
+
 impl Config {
     /// Parse a TOML document (unknown keys are errors).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
@@ -442,6 +525,32 @@ impl Config {
                 "billing.currency",
                 "must be an ISO 4217 code such as USD",
             ));
+        }
+        self.schedule.jobs()?;
+        for (key, v, max) in [
+            ("schedule.tick_seconds", self.schedule.tick_seconds, 3600),
+            (
+                "schedule.lease_seconds",
+                self.schedule.lease_seconds,
+                86_400,
+            ),
+            (
+                "schedule.max_attempts",
+                u64::from(self.schedule.max_attempts),
+                100,
+            ),
+            (
+                "schedule.retry_base_seconds",
+                self.schedule.retry_base_seconds,
+                86_400,
+            ),
+        ] {
+            if v == 0 || v > max {
+                return Err(err(key, format!("must be between 1 and {max}")));
+            }
+        }
+        if self.schedule.lease_seconds < 3 {
+            return Err(err("schedule.lease_seconds", "must be at least 3"));
         }
         if !(1..=60).contains(&self.api.key_cache_seconds) {
             return Err(err("api.key_cache_seconds", "must be between 1 and 60"));
@@ -677,6 +786,34 @@ mod tests {
         assert_eq!(e.key, "api.key_cache_seconds");
         let e = Config::load(Some("[api]\nrate_limit_burst = 0\n"), env(&[])).unwrap_err();
         assert_eq!(e.key, "api.rate_limit_burst");
+    }
+
+    #[test]
+    fn schedules() {
+        let c = Config::load(
+            Some("[schedule]\nsessionize = \"* * * * *\"\npatterns = \"off\"\n"),
+            env(&[
+                ("CROW_SCHEDULE_BILLING", ""),
+                ("CROW_SCHEDULE_ENRICH", "*/2 * * * * *"),
+                ("CROW_SCHEDULE_ENABLED", "false"),
+                ("CROW_SCHEDULE_LEASE_SECONDS", "6"),
+            ]),
+        )
+        .unwrap();
+        assert!(!c.schedule.enabled);
+        assert_eq!(c.schedule.lease_seconds, 6);
+        let jobs = c.schedule.jobs().unwrap();
+        let on: Vec<&str> = jobs.iter().filter(|j| j.1.is_some()).map(|j| j.0).collect();
+        assert_eq!(on, ["sessionize", "enrich", "optimize", "checkpoint"]);
+        let e = Config::load(Some("[schedule]\nbilling = \"0 25 * * *\"\n"), env(&[])).unwrap_err();
+        assert_eq!(e.key, "schedule.billing", "{e}");
+        assert!(e.message.contains("hour"), "{e}");
+        let e = Config::load(None, env(&[("CROW_SCHEDULE_ENRICH", "every minute")])).unwrap_err();
+        assert_eq!(e.key, "schedule.enrich", "{e}");
+        let e = Config::load(None, env(&[("CROW_SCHEDULE_TICK_SECONDS", "0")])).unwrap_err();
+        assert_eq!(e.key, "schedule.tick_seconds", "{e}");
+        let e = Config::load(Some("[schedule]\noptimise = \"\"\n"), env(&[])).unwrap_err();
+        assert_eq!(e.key, "optimise", "{e}");
     }
 
     #[test]

@@ -58,6 +58,19 @@ impl Provider for Offline {
                     output_tokens: 0,
                 })
             }
+            Some("pattern") => {
+                // The statistical title and description, as they are.
+                let text = serde_json::json!({
+                    "title": req.input.get("title").cloned().unwrap_or_default(),
+                    "description": req.input.get("description").cloned().unwrap_or_default(),
+                })
+                .to_string();
+                Ok(AiAnswer {
+                    text,
+                    input_tokens: 0,
+                    output_tokens: 0,
+                })
+            }
             other => Err(AiError::Fatal(format!(
                 "offline: no writer for task {other:?}"
             ))),

@@ -1,0 +1,434 @@
+//! The scheduler inside `crow serve`: cron schedules per job, one run at a
+//! time per job across every server of a lake.
+//!
+//! Each tick (`schedule.tick_seconds`, with a little random jitter) the
+//! scheduler looks at the jobs in chain order — sessionize, enrich,
+//! patterns, billing, optimize, checkpoint — and runs those with a due
+//! *slot* (the latest cron time not yet handled; missed slots collapse into
+//! one). To run a slot it takes the job's [`lease`](crate::lease) in the
+//! lake:
+//! - a lease held by another server (running, not expired) means wait;
+//! - a lease whose state is for a later slot, or for this slot and
+//!   `succeeded`, means the slot was run already (by any server): skip it;
+//! - a `failed` attempt of this slot is retried after its backoff
+//!   (`retry_base_seconds × 2^(attempt-1)`) up to `max_attempts`, by
+//!   whichever server gets there first; an expired `running` lease (its
+//!   server died) counts as a failed attempt.
+//!
+//! Taking, renewing (every third of `lease_seconds`) and finishing are
+//! create-only writes of the lease's next state, so exactly one server runs
+//! each slot and no two run the same job at once. A server that loses its
+//! lease while running (it could not renew in time) abandons the run.
+//! Every run is in `job_runs` with trigger `schedule` and its attempt
+//! number. Scheduled runs are incremental: each job starts from its
+//! watermark.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Duration, Utc};
+use crow_lake::Lake;
+use crow_schemas::config::cron::Cron;
+use crow_schemas::config::Config;
+use serde::Serialize;
+use tokio::sync::{watch, Mutex};
+
+use crate::lease::{LeaseState, Leases};
+use crate::{backfill, runs, NoProgress, ProgressRef, Result, Trigger, Window};
+
+/// Jobs the scheduler runs, in the order it runs due jobs.
+pub const JOBS: [&str; 6] = [
+    "sessionize",
+    "enrich",
+    "patterns",
+    "billing",
+    "optimize",
+    "checkpoint",
+];
+
+/// The scheduler of one server.
+pub struct Scheduler {
+    lake: Lake,
+    cfg: Config,
+    leases: Leases,
+    holder: String,
+    jobs: Vec<(&'static str, Cron)>,
+}
+
+enum Outcome {
+    /// The slot is handled (run here or elsewhere, or given up).
+    Done,
+    /// Try again on a later tick.
+    Wait,
+}
+
+/// This process's holder id: host, process id and a random suffix.
+pub fn holder_id() -> String {
+    format!(
+        "{}/{}/{:06x}",
+        crate::host(),
+        std::process::id(),
+        rand::random::<u32>() & 0xff_ffff
+    )
+}
+
+impl Scheduler {
+    /// A scheduler over `lake` with `cfg.schedule`.
+    pub fn new(lake: Lake, cfg: Config) -> Result<Scheduler> {
+        let jobs = cfg
+            .schedule
+            .jobs()
+            .map_err(|e| crate::Error::Invalid(e.to_string()))?
+            .into_iter()
+            .filter_map(|(j, c)| c.map(|c| (j, c)))
+            .collect();
+        Ok(Scheduler {
+            leases: Leases::open(&lake)?,
+            lake,
+            cfg,
+            holder: holder_id(),
+            jobs,
+        })
+    }
+
+    /// Run until `shutdown` turns true. A run in progress is finished first.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let start = Utc::now();
+        let names: Vec<&str> = self.jobs.iter().map(|j| j.0).collect();
+        tracing::info!(holder = %self.holder, jobs = ?names, "scheduler started");
+        let mut next: HashMap<&'static str, Option<DateTime<Utc>>> = self
+            .jobs
+            .iter()
+            .map(|(j, c)| (*j, c.next_after(start)))
+            .collect();
+        let mut pending: HashMap<&'static str, DateTime<Utc>> = HashMap::new();
+        let tick = StdDuration::from_secs(self.cfg.schedule.tick_seconds.max(1));
+        loop {
+            for (job, cron) in &self.jobs {
+                if *shutdown.borrow() {
+                    break;
+                }
+                let now = Utc::now();
+                if let Some(Some(n)) = next.get(job).copied() {
+                    if now >= n {
+                        let slot = cron.last_in(n - Duration::seconds(1), now).unwrap_or(n);
+                        if let Some(old) = pending.insert(job, slot) {
+                            tracing::info!(job, missed = %old, slot = %slot, "scheduler: slot missed, running the latest");
+                        }
+                        next.insert(job, cron.next_after(now));
+                    }
+                }
+                let Some(slot) = pending.get(job).copied() else {
+                    continue;
+                };
+                match self.try_slot(job, slot).await {
+                    Ok(Outcome::Done) => {
+                        pending.remove(job);
+                    }
+                    Ok(Outcome::Wait) => {}
+                    Err(e) => {
+                        tracing::warn!(job, error = %e, "scheduler: could not check the lease; trying again")
+                    }
+                }
+            }
+            // Jitter so servers started together do not always race in the
+            // same order.
+            let jitter = StdDuration::from_millis(rand::random_range(0..=250));
+            tokio::select! {
+                _ = tokio::time::sleep(tick + jitter) => {}
+                _ = shutdown.changed() => {}
+            }
+            if *shutdown.borrow() {
+                tracing::info!("scheduler stopped");
+                return;
+            }
+        }
+    }
+
+    async fn try_slot(&self, job: &'static str, slot: DateTime<Utc>) -> Result<Outcome> {
+        let s = &self.cfg.schedule;
+        let max = s.max_attempts.max(1) as i32;
+        let now = Utc::now();
+        let cur = self.leases.current(job).await?;
+        let (seq, attempt) = match &cur {
+            None => (0, 1),
+            Some(l) if l.slot > slot => return Ok(Outcome::Done),
+            Some(l) if l.held(now) => return Ok(Outcome::Wait),
+            Some(l) if l.slot == slot => {
+                if l.state == "succeeded" {
+                    return Ok(Outcome::Done);
+                }
+                if l.attempt >= max {
+                    tracing::error!(job, %slot, attempts = l.attempt, "scheduler: giving up on this slot");
+                    return Ok(Outcome::Done);
+                }
+                if l.state == "failed" && l.retry_at.is_some_and(|r| now < r) {
+                    return Ok(Outcome::Wait);
+                }
+                (l.seq + 1, l.attempt + 1)
+            }
+            Some(l) => (l.seq + 1, 1),
+        };
+        let ttl = Duration::seconds(s.lease_seconds.max(3) as i64);
+        let state = LeaseState {
+            seq,
+            job: job.to_string(),
+            holder: self.holder.clone(),
+            state: "running".into(),
+            slot,
+            attempt,
+            expires_at: now + ttl,
+            written_at: now,
+            retry_at: None,
+            error: None,
+        };
+        if !self.leases.write(&state).await? {
+            tracing::debug!(job, %slot, "scheduler: another server took the lease first");
+            return Ok(Outcome::Wait);
+        }
+        tracing::info!(job, slot = %slot.format("%Y-%m-%dT%H:%M:%SZ"), attempt, holder = %self.holder, "scheduler: run started");
+        let started = std::time::Instant::now();
+        let state = Arc::new(Mutex::new(state));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (lost_tx, mut lost_rx) = watch::channel(false);
+        let renewer = tokio::spawn(renew(
+            self.leases.clone(),
+            state.clone(),
+            ttl,
+            stop_rx,
+            lost_tx,
+        ));
+        let result = tokio::select! {
+            r = crate::with_attempt(attempt, self.run_job(job, slot)) => r,
+            _ = lost_rx.wait_for(|l| *l) => Err(crate::Error::Invalid(format!(
+                "lost the lease of {job} (could not renew it in time); run abandoned"
+            ))),
+        };
+        let _ = stop_tx.send(true);
+        let _ = renewer.await;
+        let mut st = state.lock().await;
+        let now = Utc::now();
+        st.seq += 1;
+        st.written_at = now;
+        st.expires_at = now;
+        let outcome = match &result {
+            Ok(summary) => {
+                tracing::info!(job, slot = %slot.format("%Y-%m-%dT%H:%M:%SZ"), attempt, seconds = started.elapsed().as_secs_f64(), %summary, "scheduler: run succeeded");
+                st.state = "succeeded".into();
+                Outcome::Done
+            }
+            Err(e) => {
+                let backoff = s
+                    .retry_base_seconds
+                    .saturating_mul(1u64 << (attempt - 1).clamp(0, 20));
+                let retry_at = now + Duration::seconds(backoff.min(86_400) as i64);
+                tracing::error!(job, slot = %slot.format("%Y-%m-%dT%H:%M:%SZ"), attempt, error = %e, retry_at = %retry_at, "scheduler: run failed");
+                st.state = "failed".into();
+                st.retry_at = Some(retry_at);
+                st.error = Some(e.to_string().chars().take(2000).collect());
+                if attempt >= max {
+                    Outcome::Done
+                } else {
+                    Outcome::Wait
+                }
+            }
+        };
+        if !*lost_rx.borrow() {
+            match self.leases.write(&st).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(
+                        job,
+                        "scheduler: the lease changed hands before the run ended"
+                    )
+                }
+                Err(e) => {
+                    tracing::warn!(job, error = %e, "scheduler: could not release the lease; it expires on its own")
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Run `job` once, incrementally; a short summary.
+    async fn run_job(&self, job: &str, slot: DateTime<Utc>) -> Result<String> {
+        let progress: ProgressRef = Arc::new(NoProgress);
+        match job {
+            "optimize" | "checkpoint" => {
+                let w = Window {
+                    start: slot,
+                    end: slot,
+                };
+                let run = runs::start(&self.lake, job, None, w, Trigger::Schedule, 1).await?;
+                let mut done = 0u64;
+                let mut changed = 0u64;
+                let mut result = Ok(());
+                for def in crow_schemas::ALL_TABLES {
+                    let r = if job == "optimize" {
+                        self.lake
+                            .optimize(def.name)
+                            .await
+                            .map(|m| changed += m.files_removed)
+                    } else {
+                        self.lake.checkpoint(def.name).await.map(|_| ())
+                    };
+                    match r {
+                        Ok(()) => done += 1,
+                        Err(e) => {
+                            result = Err(crate::Error::from(e));
+                            break;
+                        }
+                    }
+                }
+                match result {
+                    Ok(()) => {
+                        run.succeed(done, changed).await?;
+                        Ok(format!("{done} tables"))
+                    }
+                    Err(e) => {
+                        if let Err(le) = run.fail(&e.to_string()).await {
+                            tracing::error!(error = %le, "could not record the failed run");
+                        }
+                        Err(e)
+                    }
+                }
+            }
+            _ => {
+                match backfill::run_job(
+                    &self.lake,
+                    &self.cfg,
+                    job,
+                    None,
+                    None,
+                    Trigger::Schedule,
+                    &progress,
+                )
+                .await
+                {
+                    Ok(report) => Ok(summary(&report)),
+                    Err(e) => {
+                        // Failures before the job recorded its run (an AI
+                        // provider that cannot be set up) are recorded here.
+                        if !matches!(e, crate::Error::Lake(_) | crate::Error::Query(_)) {
+                            let w = Window {
+                                start: slot,
+                                end: slot,
+                            };
+                            if let Ok(run) =
+                                runs::start(&self.lake, job, None, w, Trigger::Schedule, 1).await
+                            {
+                                let _ = run.fail(&e.to_string()).await;
+                            }
+                        }
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn summary(report: &serde_json::Value) -> String {
+    report
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(k, v)| {
+                    v.is_number() && !k.starts_with("window") && !k.ends_with("micros")
+                })
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+async fn renew(
+    leases: Leases,
+    state: Arc<Mutex<LeaseState>>,
+    ttl: Duration,
+    mut stop: watch::Receiver<bool>,
+    lost: watch::Sender<bool>,
+) {
+    let every = (ttl / 3).to_std().unwrap_or(StdDuration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let mut st = state.lock().await;
+        let now = Utc::now();
+        let mut next = st.clone();
+        next.seq += 1;
+        next.written_at = now;
+        next.expires_at = now + ttl;
+        match leases.write(&next).await {
+            Ok(true) => *st = next,
+            Ok(false) => {
+                tracing::error!(job = %st.job, "scheduler: lease lost to another server");
+                let _ = lost.send(true);
+                return;
+            }
+            Err(e) => {
+                // Try again at the next renewal; the lease is still ours
+                // until it expires.
+                tracing::warn!(job = %st.job, error = %e, "scheduler: could not renew the lease");
+                if st.expires_at <= now {
+                    let _ = lost.send(true);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A job's schedule as `crow jobs status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobSchedule {
+    /// The job.
+    pub job: String,
+    /// Its cron expression (`off` when disabled).
+    pub schedule: String,
+    /// Its next slot after `now`.
+    pub next_run: Option<DateTime<Utc>>,
+    /// The lease's current state.
+    pub lease: Option<LeaseState>,
+}
+
+/// Every schedulable job with its schedule, next slot and lease.
+pub async fn status(lake: &Lake, cfg: &Config, now: DateTime<Utc>) -> Result<Vec<JobSchedule>> {
+    let leases = Leases::open(lake)?;
+    let jobs = cfg
+        .schedule
+        .jobs()
+        .map_err(|e| crate::Error::Invalid(e.to_string()))?;
+    let mut out = Vec::new();
+    for (job, cron) in jobs {
+        let expr = match job {
+            "sessionize" => &cfg.schedule.sessionize,
+            "enrich" => &cfg.schedule.enrich,
+            "patterns" => &cfg.schedule.patterns,
+            "billing" => &cfg.schedule.billing,
+            "optimize" => &cfg.schedule.optimize,
+            _ => &cfg.schedule.checkpoint,
+        };
+        out.push(JobSchedule {
+            job: job.to_string(),
+            schedule: if cron.is_some() {
+                expr.clone()
+            } else {
+                "off".into()
+            },
+            next_run: cron
+                .as_ref()
+                .filter(|_| cfg.schedule.enabled)
+                .and_then(|c| c.next_after(now)),
+            lease: leases.current(job).await?,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The query benchmark of BENCHMARKS.md ("Query API: analyst queries vs
+# DuckDB"), in one run on this machine:
+#  1. land EVENTS generated web events (default 10 million, 28 days) in a
+#     temp lake with `crow bench generate`;
+#  2. create a read key for its organization and start `crow serve --only api`
+#     (default settings) on a free local port;
+#  3. run scripts/bench/queries.py: about 15 analyst queries, each through
+#     `POST /api/v1/sql` (Arrow IPC stream) and through DuckDB over the same
+#     Parquet files, warm-up then best of RUNS; compares the rows and prints
+#     the table, the geometric mean of the time ratios and CROW's fixed
+#     per-request cost.
+# Usage: scripts/bench-queries.sh   (EVENTS=1000000 for a quick run;
+#        RUNS=5, ONLY=Q05,Q13 to pick queries; KEEP_LAKE=DIR to keep the lake
+#        there for EXPLAIN ANALYZE with `crow --lake DIR sql …`;
+#        CROW_BIN=PATH to use an already built binary instead of building)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EVENTS="${EVENTS:-10000000}"
+RUNS="${RUNS:-3}"
+ONLY="${ONLY:-}"
+venv=.venv
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/pip" install -q duckdb==2.0.0 pyarrow requests
+py="$venv/bin/python"
+if [ -n "${CROW_BIN:-}" ]; then
+  crow="$CROW_BIN"
+else
+  cargo build --release --locked --bin crow
+  crow="$PWD/target/release/crow"
+fi
+work="$(mktemp -d)"
+server=""
+cleanup() {
+  if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+lake="${KEEP_LAKE:-$work/lake}"
+"$crow" --lake "$lake" init >/dev/null
+echo "generating $EVENTS events ..." >&2
+started=$(date +%s)
+"$crow" --lake "$lake" bench generate --events "$EVENTS" --days 28 >"$work/gen.json"
+echo "generated in $(( $(date +%s) - started )) s" >&2
+org=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["org_id"])' "$work/gen.json")
+key=$("$crow" --lake "$lake" keys create --org "$org" --scope read --name bench-queries --format json \
+  | "$py" -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
+port=$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$crow" --lake "$lake" serve --only api --listen "127.0.0.1:$port" --wal-dir "$work/wal" \
+  >"$work/serve.log" 2>&1 &
+server=$!
+for _ in $(seq 1 100); do
+  curl -sf -o /dev/null "http://127.0.0.1:$port/api/v1/openapi.json" && break
+  kill -0 "$server" 2>/dev/null || { cat "$work/serve.log" >&2; exit 1; }
+  sleep 0.2
+done
+files=$(find "$lake/raw_web_events" -name '*.parquet' -not -path '*/_delta_log/*' | wc -l)
+mib=$(du -sm "$lake/raw_web_events" | cut -f1)
+commits=$(find "$lake/raw_web_events/_delta_log" -name '*.json' | wc -l)
+echo
+echo "$EVENTS events, 28 days, $files Parquet files, $mib MiB, $commits Delta commits;" \
+  "$(nproc) cores; DuckDB $("$py" -c 'import duckdb; print(duckdb.__version__)') with $(nproc) threads;" \
+  "best of $RUNS after one warm-up"
+echo
+status=0
+"$py" scripts/bench/queries.py "http://127.0.0.1:$port" "$key" "$lake/raw_web_events" "$org" \
+  --runs "$RUNS" --only "$ONLY" || status=$?
+[ "$status" = 0 ] || echo "some results differ or failed (see above); server log: $(tail -5 "$work/serve.log")" >&2
+exit "$status"
