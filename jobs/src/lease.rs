@@ -140,7 +140,7 @@ impl Leases {
         let body =
             serde_json::to_vec(state).map_err(|e| Error::Invalid(format!("lease state: {e}")))?;
         let opts = PutOptions {
-            mode: PutMode::Create,
+            mode: PutMode::Overwrite,
             ..PutOptions::default()
         };
         match self.store.put_opts(&path, body.into(), opts).await {
@@ -149,7 +149,7 @@ impl Leases {
             | Err(object_store::Error::Precondition { .. }) => return Ok(false),
             Err(e) => return Err(crow_lake::Error::from(e).into()),
         }
-        if state.seq >= KEEP && state.seq % KEEP == 0 {
+        if state.seq >= KEEP && state.seq.is_multiple_of(KEEP) {
             self.prune(&state.job, state.seq - KEEP).await;
         }
         Ok(true)

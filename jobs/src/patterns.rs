@@ -972,7 +972,9 @@ struct PatternRow {
     org_id: String,
     pattern_id: String,
     period_kind: String,
+    #[serde(deserialize_with = "de_days")]
     period_start: i32,
+    #[serde(deserialize_with = "de_days")]
     period_end: i32,
     kind: String,
     segment: Option<String>,
@@ -984,7 +986,29 @@ struct PatternRow {
     evidence: String,
     provider: String,
     model: String,
+    #[serde(deserialize_with = "de_micros")]
     created_at: i64,
+}
+
+/// A date read back as days since the epoch (Arrow's JSON writes text).
+fn de_days<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<i32, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Number(n) => n
+            .as_i64()
+            .map(|x| x as i32)
+            .ok_or_else(|| serde::de::Error::custom("bad date")),
+        Value::String(s) => NaiveDate::parse_from_str(&s, "%Y-%m-%d")
+            .map(days_since_epoch)
+            .map_err(serde::de::Error::custom),
+        other => Err(serde::de::Error::custom(format!("bad date {other}"))),
+    }
+}
+
+/// A timestamp read back as microseconds.
+fn de_micros<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<i64, D::Error> {
+    #[derive(Deserialize)]
+    struct W(#[serde(with = "crow_lake::batch::ts_micros")] DateTime<Utc>);
+    W::deserialize(d).map(|w| w.0.timestamp_micros())
 }
 
 fn days_since_epoch(d: NaiveDate) -> i32 {
@@ -1373,8 +1397,10 @@ async fn compute(
             &format!("writing narratives with {}", provider.name()),
             rows.len() as u64,
         );
-        let policy = RetryPolicy::new(2);
-        let results: Vec<(usize, std::result::Result<(String, String), String>)> =
+        let mut policy = RetryPolicy::new(2);
+        policy.base = std::time::Duration::from_millis(100);
+        type Narrative = std::result::Result<(String, String), String>;
+        let results: Vec<(usize, Narrative)> =
             futures::stream::iter(rows.iter().enumerate().map(|(i, r)| {
                 let provider = provider.clone();
                 async move {

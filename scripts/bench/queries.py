@@ -8,7 +8,8 @@ For each query and engine: one warm-up run, then RUNS timed runs (the best
 counts, as in ClickBench's hot runs). The two engines alternate query by
 query so both see the same machine load. Both results are normalised
 (numbers as floats, dates and timestamps as ISO text), sorted and compared;
-floats with a relative tolerance (3% for approximate distinct counts).
+floats with a relative tolerance (10% for the approximate distinct counts,
+whose HyperLogLog sketches differ between the engines).
 
 Prints a markdown table (query, CROW ms, DuckDB ms, ratio, same rows), the
 geometric mean of the ratios, and CROW's fixed per-request overhead. Exits 1
@@ -149,7 +150,7 @@ class Duck:
             f"WHERE org_id = '{org_id}'")
 
     def run(self, sql):
-        return self.con.execute(sql).to_arrow_table()
+        return self.con.sql(sql).to_arrow_table()
 
 
 def timed(fn, sql):
@@ -237,7 +238,7 @@ def main():
         if c_res is None:
             same, why = False, "CROW failed"
         else:
-            same, why = same_rows(c_res, d_res, 0.03 if qid in APPROX else 1e-9)
+            same, why = same_rows(c_res, d_res, 0.10 if qid in APPROX else 1e-9)
         if not same:
             ok = False
             print(f"  DIFFERENT: {why}", file=sys.stderr)
@@ -260,7 +261,7 @@ def main():
         ratio = f"{r['ratio']:.2f}" if r["ratio"] else "—"
         same = "yes" if r["same"] else f"**NO** ({r['why'][:80]})"
         if r["same"] and r["id"] in APPROX:
-            same = "yes (±3%, approximate)"
+            same = "yes (±10%, approximate)"
         print(f"| {r['id']} | {r['what']} | {c} | {r['duckdb_ms']:.0f} | {ratio} | {r['rows']} | {same} |")
     ratios = [r["ratio"] for r in results if r["ratio"]]
     geo = math.exp(sum(math.log(x) for x in ratios) / len(ratios)) if ratios else float("nan")

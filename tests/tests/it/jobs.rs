@@ -1,12 +1,12 @@
 //! Jobs end to end: sessionize rules, enrich with each provider over real
 //! HTTP, the product catalog crawler against a site served here.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Datelike, TimeZone, Utc};
 use crow_ingest::normalize::{normalize, NormalizeContext};
 use crow_lake::batch::rows_to_batch;
 use crow_lake::Lake;
@@ -917,5 +917,202 @@ async fn products_crawl_import_and_list() {
             .as_array()
             .map(Vec::len),
         Some(2)
+    );
+}
+
+fn day_offset(days: i64) -> chrono::NaiveDate {
+    Utc::now().date_naive() - chrono::Duration::days(days)
+}
+
+#[test]
+fn patterns_find_the_planted_incident_on_the_right_days_and_segment() {
+    let b = Backend::local();
+    // Five weeks; mobile payments fail during the last seven days.
+    let out = b.crow_json(&["demo", "--visitors", "12000", "--days", "35"]);
+    assert!(out.as_array().map(Vec::len).unwrap_or(0) >= 35, "{out}");
+    let (incident_from, today) = (day_offset(7), day_offset(0));
+    let rows = b.crow_json(&[
+        "sql",
+        "SELECT CAST(period_start AS VARCHAR) AS d, segment, evidence FROM patterns \
+         WHERE period_kind = 'day' AND evidence LIKE '%\"funnel:payment>order\"%' ORDER BY d",
+    ]);
+    let rows = rows.as_array().expect("rows");
+    let mobile_days: BTreeSet<String> = rows
+        .iter()
+        .filter(|r| r["segment"] == "device_type=mobile")
+        .map(|r| r["d"].as_str().unwrap_or("").to_string())
+        .collect();
+    let incident: BTreeSet<String> = (0..7)
+        .map(|i| (incident_from + chrono::Duration::days(i)).to_string())
+        .collect();
+    assert!(
+        mobile_days.is_subset(&incident),
+        "only incident days: {mobile_days:?} vs {incident:?}"
+    );
+    assert!(
+        mobile_days.len() >= 5,
+        "most incident days are found: {mobile_days:?}"
+    );
+    assert!(
+        rows.iter().all(|r| r["segment"] != "device_type=desktop"),
+        "desktop payments are normal: {rows:?}"
+    );
+    // A quiet control period: nothing about mobile payments before it.
+    let before = b.crow_json(&[
+        "sql",
+        &format!(
+            "SELECT count(*) AS n FROM patterns WHERE period_kind = 'day' AND segment = 'device_type=mobile' \
+             AND kind = 'funnel' AND period_start < DATE '{incident_from}'"
+        ),
+    ]);
+    assert_eq!(before, json!([{"n": 0}]));
+    // The evidence names sample interactions: mobile sessions that failed to pay.
+    let ev: Value = serde_json::from_str(
+        rows.iter()
+            .find(|r| r["segment"] == "device_type=mobile")
+            .and_then(|r| r["evidence"].as_str())
+            .expect("evidence"),
+    )
+    .expect("json");
+    assert!(ev["z"].as_f64().unwrap_or(0.0) < -3.5, "{ev}");
+    assert!(ev["p_value"].as_f64().unwrap_or(1.0) < 0.001, "{ev}");
+    let ids = ev["sample_interaction_ids"].as_array().expect("samples");
+    assert!(!ids.is_empty(), "{ev}");
+    let list = ids
+        .iter()
+        .map(|i| format!("'{}'", i.as_str().unwrap_or("")))
+        .collect::<Vec<_>>()
+        .join(",");
+    let samples = b.crow_json(&[
+        "sql",
+        &format!(
+            "SELECT DISTINCT i.outcome, s.device_type FROM interactions i JOIN sessions s ON i.session_id = s.session_id \
+             WHERE i.interaction_id IN ({list})"
+        ),
+    ]);
+    assert_eq!(
+        samples,
+        json!([{"outcome": "abandoned_checkout", "device_type": "mobile"}])
+    );
+
+    // The roll-ups carry it: every week touching the incident, and its month.
+    let carried = b.crow_json(&[
+        "sql",
+        "SELECT period_kind, CAST(period_start AS VARCHAR) AS s FROM patterns \
+         WHERE segment = 'device_type=mobile' AND evidence LIKE '%\"funnel:payment>order\"%' \
+           AND period_kind IN ('week', 'month', 'year', 'all') ORDER BY period_kind, s",
+    ]);
+    let carried = carried.as_array().expect("rows");
+    let kinds: BTreeSet<&str> = carried
+        .iter()
+        .filter_map(|r| r["period_kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains("week")
+            && kinds.contains("month")
+            && kinds.contains("year")
+            && kinds.contains("all"),
+        "{carried:?}"
+    );
+    let week_of = |d: chrono::NaiveDate| {
+        (d - chrono::Duration::days(i64::from(d.weekday().num_days_from_monday()))).to_string()
+    };
+    for d in [incident_from, today - chrono::Duration::days(1)] {
+        assert!(
+            carried
+                .iter()
+                .any(|r| r["period_kind"] == "week" && r["s"] == week_of(d)),
+            "the week of {d} carries it: {carried:?}"
+        );
+    }
+
+    // The viral product shows as a product trend on its first day.
+    let viral = crow_ingest::generate::catalog()[7].product_id.clone();
+    let trend = b.crow_json(&[
+        "sql",
+        &format!(
+            "SELECT CAST(period_start AS VARCHAR) AS d FROM patterns WHERE period_kind = 'day' AND kind = 'product_trend' \
+             AND array_has(product_ids, '{viral}') AND evidence LIKE '%product_views%' ORDER BY d"
+        ),
+    ]);
+    assert_eq!(trend[0]["d"], day_offset(12).to_string(), "{trend}");
+
+    // Idempotent: recomputing the range changes nothing.
+    let q = "SELECT pattern_id, title, significance FROM patterns ORDER BY pattern_id";
+    let first = b.crow_json(&["sql", q]);
+    let from = day_offset(35).to_string();
+    let to = today.to_string();
+    b.crow_json(&[
+        "jobs", "run", "patterns", "--from", &from, "--to", &to, "--quiet",
+    ]);
+    assert_eq!(b.crow_json(&["sql", q]), first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pattern_narratives_by_a_model_cannot_invent_numbers() {
+    let b = Backend::local();
+    b.crow_json(&["demo", "--visitors", "9000", "--days", "28"]);
+    let n = b.crow_json(&["sql", "SELECT count(*) AS n FROM patterns"])[0]["n"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(n > 0);
+    let fake = Fake::default();
+    let base = format!("{}/v1", fake.serve().await);
+    let invented =
+        json!({"title": "Conversion fell 987654 points", "description": "It fell by 987654 points."})
+            .to_string();
+    *fake.fallback.lock().expect("lock") = Some((200, openai_ok(&invented)));
+    let env = [
+        ("CROW_AI_PROVIDER", "openai"),
+        ("CROW_AI_BASE_URL", base.as_str()),
+        ("CROW_AI_MODEL", "writer"),
+    ];
+    let from = day_offset(28).to_string();
+    let to = day_offset(0).to_string();
+    let r = crow_env_json(
+        &b,
+        &["jobs", "run", "patterns", "--from", &from, "--to", &to],
+        &env,
+    );
+    assert_eq!(r["narratives"], 0, "{r}");
+    assert_eq!(r["narrative_failures"], r["patterns"], "{r}");
+    let kept = b.crow_json(&["sql", "SELECT DISTINCT provider FROM patterns"]);
+    assert_eq!(
+        kept,
+        json!([{"provider": "offline"}]),
+        "the statistical text is kept"
+    );
+    let failures = b.crow_json(&[
+        "sql",
+        "SELECT count(*) AS n FROM failed_events WHERE reason_code = 'ai_narrative_rejected'",
+    ]);
+    assert_eq!(failures[0]["n"], r["patterns"]);
+    // A faithful narrative is used, and the prompt carries the evidence.
+    let faithful = json!({"title": "Mobile payments are failing", "description": "Far fewer mobile payments turned into orders than before."}).to_string();
+    *fake.fallback.lock().expect("lock") = Some((200, openai_ok(&faithful)));
+    let r = crow_env_json(
+        &b,
+        &["jobs", "run", "patterns", "--from", &from, "--to", &to],
+        &env,
+    );
+    assert_eq!(r["narratives"], r["patterns"], "{r}");
+    let rows = b.crow_json(&[
+        "sql",
+        "SELECT DISTINCT provider, model, title FROM patterns",
+    ]);
+    assert_eq!(
+        rows,
+        json!([{"provider": "openai", "model": "writer", "title": "Mobile payments are failing"}])
+    );
+    let prompt = fake
+        .requests
+        .lock()
+        .expect("lock")
+        .last()
+        .map(|r| r.2["messages"][1]["content"].clone())
+        .unwrap_or_default();
+    assert!(
+        prompt.as_str().unwrap_or("").contains("Evidence:"),
+        "{prompt}"
     );
 }

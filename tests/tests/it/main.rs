@@ -8,4 +8,5 @@ mod ingest;
 mod jobs;
 mod lake;
 mod readers;
+mod schedule;
 mod support;

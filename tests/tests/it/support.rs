@@ -189,6 +189,8 @@ impl Server {
         .env_remove("CROW_CONFIG")
         .env_remove("CROW_LAKE")
         .env("CROW_LOG", "info")
+        // Tests that want the scheduler turn it on (tests/it/schedule.rs).
+        .env("CROW_SCHEDULE_ENABLED", "false")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
         for (k, v) in &backend.env {

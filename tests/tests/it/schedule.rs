@@ -1,0 +1,823 @@
+//! Billing, backfills and the scheduler end to end: invoices reconcile with
+//! SQL counts over the underlying tables, billing and backfills are
+//! idempotent, two `crow serve` processes on one lake run each job slot
+//! once and never the same job at the same time, failed runs are retried
+//! with backoff.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use crow_ingest::normalize::{normalize, NormalizeContext};
+use crow_lake::batch::rows_to_batch;
+use crow_lake::Lake;
+use serde_json::{json, Value};
+
+use crate::support::{Backend, Server};
+
+async fn land_web(lake: &Lake, org: &str, events: &[Value], received: DateTime<Utc>) {
+    let strip: Vec<String> = Vec::new();
+    let ctx = NormalizeContext {
+        org_id: org,
+        received_at: received,
+        ip_hash: None,
+        strip_query_params: &strip,
+        ip_salt: "salt",
+    };
+    let rows: Vec<_> = events
+        .iter()
+        .map(|e| normalize(e, None, &ctx).expect("valid event"))
+        .collect();
+    let batch = rows_to_batch(&crow_schemas::RAW_WEB_EVENTS, &rows).expect("batch");
+    lake.append("raw_web_events", vec![batch])
+        .await
+        .expect("append");
+}
+
+fn page(id: &str, anon: &str, at: DateTime<Utc>) -> Value {
+    json!({
+        "type": "track", "event": "Product Viewed", "messageId": id, "anonymousId": anon,
+        "timestamp": at.to_rfc3339(),
+        "properties": {"product_id": "p1", "name": "Aria Headphones"},
+        "context": {"device": {"type": "mobile"}},
+    })
+}
+
+/// Visitors with a few events each on `day`, ids prefixed by `tag`.
+fn day_events(tag: &str, day: NaiveDate, visitors: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    for v in 0..visitors {
+        let start = day.and_hms_opt(9, 0, 0).expect("time").and_utc()
+            + chrono::Duration::minutes(37 * v as i64);
+        for k in 0..3 {
+            out.push(page(
+                &format!("{tag}-{v}-{k}"),
+                &format!("{tag}-visitor-{v}"),
+                start + chrono::Duration::minutes(2 * k),
+            ));
+        }
+    }
+    out
+}
+
+fn d(s: &str) -> NaiveDate {
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").expect("date")
+}
+
+fn days_since_epoch(day: NaiveDate) -> i64 {
+    (day - NaiveDate::default()).num_days()
+}
+
+fn sql(b: &Backend, q: &str) -> Vec<Value> {
+    b.crow_json(&["sql", q]).as_array().expect("rows").clone()
+}
+
+fn int(v: &Value) -> i64 {
+    v.as_i64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or_else(|| panic!("not an integer: {v}"))
+}
+
+/// `(quantity × unit + per/2) / per` — the README's pricing rule, in the
+/// test's own integers.
+fn priced(q: i64, unit_micros: i64, per: i64) -> i64 {
+    (q * unit_micros + per / 2) / per
+}
+
+fn table_version(b: &Backend, table: &str) -> i64 {
+    let t = b.crow_json(&["tables"]);
+    t.as_array()
+        .expect("tables")
+        .iter()
+        .find(|r| r["table"] == table)
+        .map(|r| int(&r["version"]))
+        .expect("table listed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn billing_reconciles_with_sql_and_is_idempotent_local() {
+    billing_reconciles(Backend::local()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn billing_reconciles_with_sql_and_is_idempotent_s3() {
+    billing_reconciles(Backend::s3()).await;
+}
+
+async fn billing_reconciles(b: Backend) {
+    b.crow_ok(&["init"]);
+    let a = b.crow_json(&["orgs", "create", "--name", "Alpha"])["org_id"]
+        .as_str()
+        .expect("org")
+        .to_string();
+    let z = b.crow_json(&["orgs", "create", "--name", "Zeta"])["org_id"]
+        .as_str()
+        .expect("org")
+        .to_string();
+    let lake = b.lake().await;
+    let recv = Utc::now() - chrono::Duration::hours(3);
+    // Alpha: two March days and one April day; a retried event twice.
+    let mut alpha = day_events("a1", d("2026-03-10"), 4);
+    alpha.push(alpha[0].clone());
+    alpha.extend(day_events("a2", d("2026-03-11"), 3));
+    alpha.extend(day_events("a3", d("2026-04-01"), 2));
+    land_web(&lake, &a, &alpha, recv).await;
+    land_web(&lake, &z, &day_events("z1", d("2026-03-31"), 5), recv).await;
+    // CCTV and social for Zeta (a duplicate segment).
+    let t0 = Utc
+        .with_ymd_and_hms(2026, 3, 12, 10, 0, 0)
+        .single()
+        .expect("t");
+    let seg = |id: &str| {
+        crow_ingest::channels::cctv_row(
+            &z,
+            &json!({"segment_id": id, "store_id": "s1", "camera_id": "c1",
+                    "segment_start": t0.to_rfc3339(), "segment_end": (t0 + chrono::Duration::minutes(2)).to_rfc3339(),
+                    "text": "A shopper tries the Aria Headphones."}),
+            recv,
+        )
+        .expect("segment")
+    };
+    let segs = vec![seg("g1"), seg("g2"), seg("g2")];
+    lake.append(
+        "raw_cctv_transcripts",
+        vec![rows_to_batch(&crow_schemas::RAW_CCTV_TRANSCRIPTS, &segs).expect("batch")],
+    )
+    .await
+    .expect("append");
+    let cap = crow_ingest::channels::social_row(
+        &z,
+        None,
+        &json!({"capture_id": "k1", "run_id": "r1", "platform": "instagram", "url": "https://instagram.example/p/1",
+                "text": "Love the Aria Headphones", "captured_at": t0.to_rfc3339()}),
+        recv,
+    )
+    .expect("capture");
+    lake.append(
+        "raw_social_captures",
+        vec![rows_to_batch(&crow_schemas::RAW_SOCIAL_CAPTURES, &[cap]).expect("batch")],
+    )
+    .await
+    .expect("append");
+
+    for job in ["sessionize", "enrich"] {
+        b.crow_json(&[
+            "jobs",
+            "run",
+            job,
+            "--from",
+            "2026-03-01",
+            "--to",
+            "2026-04-02",
+            "--quiet",
+        ]);
+    }
+    // Paid AI answers and patterns of every period kind, as a model and the
+    // patterns job would write them.
+    let interaction = |id: &str, day: NaiveDate, i: i64, o: i64| {
+        let at = day
+            .and_hms_opt(12, 0, 0)
+            .expect("t")
+            .and_utc()
+            .timestamp_micros();
+        json!({"org_id": z, "interaction_id": id, "session_id": format!("s-{id}"), "channel": "web",
+               "started_at": at, "ended_at": at, "description": "paid", "intent": "browse",
+               "sentiment": "neutral", "outcome": "browsed", "product_ids": [], "confidence": 0.9,
+               "source_ids": [], "provider": "gemini", "model": "m", "prompt_version": "v", "prompt_hash": "h",
+               "input_tokens": i, "output_tokens": o, "created_at": at, "session_date": days_since_epoch(day)})
+    };
+    let paid = vec![
+        interaction("i1", d("2026-03-20"), 1_234, 321),
+        interaction("i2", d("2026-03-21"), 1_001, 77),
+    ];
+    lake.append(
+        "interactions",
+        vec![rows_to_batch(&crow_schemas::INTERACTIONS, &paid).expect("batch")],
+    )
+    .await
+    .expect("append");
+    let pattern = |id: &str, kind: &str, start: NaiveDate, end: NaiveDate| {
+        json!({"org_id": a, "pattern_id": id, "period_kind": kind,
+               "period_start": days_since_epoch(start), "period_end": days_since_epoch(end),
+               "kind": "volume", "title": "t", "description": "d", "product_ids": [], "support": 10,
+               "evidence": "{}", "provider": "offline", "model": "m", "created_at": 0})
+    };
+    let pats = vec![
+        pattern("p1", "day", d("2026-03-10"), d("2026-03-11")),
+        pattern("p2", "day", d("2026-03-10"), d("2026-03-11")),
+        pattern("p3", "day", d("2026-03-11"), d("2026-03-12")),
+        pattern("p4", "week", d("2026-03-09"), d("2026-03-16")),
+        pattern("p5", "month", d("2026-03-01"), d("2026-04-01")),
+    ];
+    lake.append(
+        "patterns",
+        vec![rows_to_batch(&crow_schemas::PATTERNS, &pats).expect("batch")],
+    )
+    .await
+    .expect("append");
+
+    let r = b.crow_json(&[
+        "jobs",
+        "run",
+        "billing",
+        "--from",
+        "2026-03-01",
+        "--to",
+        "2026-05-01",
+        "--quiet",
+    ]);
+    assert_eq!(r["written"], true, "{r}");
+    assert_eq!(r["days"], 61, "{r}");
+
+    // The counts, straight from SQL over the underlying tables (the
+    // queries the README documents).
+    let month = "BETWEEN DATE '2026-03-01' AND DATE '2026-03-31'";
+    let expected = |org: &str| -> BTreeMap<&'static str, i64> {
+        let q = |s: String| int(&sql(&b, &s)[0]["n"]);
+        let o = format!("org_id = '{org}'");
+        let mut m = BTreeMap::new();
+        m.insert(
+            "events",
+            q(format!("SELECT count(DISTINCT message_id) AS n FROM raw_web_events WHERE {o} AND event_date {month}"))
+                + q(format!("SELECT count(DISTINCT capture_id) AS n FROM raw_social_captures WHERE {o} AND event_date {month}"))
+                + q(format!("SELECT count(DISTINCT segment_id) AS n FROM raw_cctv_transcripts WHERE {o} AND event_date {month}")),
+        );
+        m.insert(
+            "interactions",
+            q(format!(
+                "SELECT count(*) AS n FROM interactions WHERE {o} AND session_date {month}"
+            )),
+        );
+        m.insert(
+            "patterns",
+            q(format!("SELECT count(*) AS n FROM patterns WHERE {o} AND period_kind = 'day' AND period_start {month}")),
+        );
+        m.insert(
+            "ai_input_tokens",
+            q(format!("SELECT coalesce(sum(input_tokens), 0) AS n FROM interactions WHERE {o} AND session_date {month}")),
+        );
+        m.insert(
+            "ai_output_tokens",
+            q(format!("SELECT coalesce(sum(output_tokens), 0) AS n FROM interactions WHERE {o} AND session_date {month}")),
+        );
+        m
+    };
+    let ea = expected(&a);
+    let ez = expected(&z);
+    // The data as planted: Alpha 12 + 9 distinct March events, 3 day
+    // patterns; Zeta 15 web + 2 CCTV + 1 social, 2 paid interactions.
+    assert_eq!(ea["events"], 21, "{ea:?}");
+    assert_eq!(ea["patterns"], 3, "{ea:?}");
+    assert_eq!(ez["events"], 18, "{ez:?}");
+    assert_eq!(ez["ai_input_tokens"], 2_235, "{ez:?}");
+    assert!(ea["interactions"] >= 7, "{ea:?}");
+
+    let invoices = b.crow_json(&["billing", "report", "--month", "2026-03"]);
+    let invoices = invoices.as_array().expect("invoices");
+    assert_eq!(invoices.len(), 2, "{invoices:?}");
+    // The default price book in micros: per 1,000 events 10,000; per
+    // interaction 2,000; per pattern 50,000; per 1,000 input tokens 300,
+    // output 2,500.
+    let prices: BTreeMap<&str, (i64, i64)> = [
+        ("events", (10_000, 1000)),
+        ("interactions", (2_000, 1)),
+        ("patterns", (50_000, 1)),
+        ("ai_input_tokens", (300, 1000)),
+        ("ai_output_tokens", (2_500, 1000)),
+    ]
+    .into_iter()
+    .collect();
+    let invoice = |org: &str| -> Value {
+        invoices
+            .iter()
+            .find(|i| i["org_id"] == org)
+            .unwrap_or_else(|| panic!("no invoice for {org}: {invoices:?}"))
+            .clone()
+    };
+    for (inv, exp) in [(invoice(&a), &ea), (invoice(&z), &ez)] {
+        let org = inv["org_id"].as_str().expect("org");
+        assert_eq!(inv["currency"], "USD");
+        let mut total = 0;
+        for line in inv["lines"].as_array().expect("lines") {
+            let item = line["item"].as_str().expect("item");
+            let (unit, per) = prices[item];
+            assert_eq!(int(&line["quantity"]), exp[item], "{org} {item}: {inv}");
+            assert_eq!(int(&line["unit_price_micros"]), unit, "{item}");
+            let amount = priced(exp[item], unit, per);
+            assert_eq!(int(&line["amount_micros"]), amount, "{org} {item}: {inv}");
+            total += amount;
+        }
+        assert_eq!(int(&inv["total_micros"]), total, "{inv}");
+        assert_eq!(
+            inv["total"],
+            format!("{}.{:06}", total / 1_000_000, total % 1_000_000)
+        );
+    }
+    // Zeta's output tokens: 398 × 2,500 / 1,000 = 995 micros exactly; input
+    // 2,235 × 300 / 1,000 = 670.5 → 671 (half up).
+    let zl = &invoice(&z)["lines"];
+    assert_eq!(int(&zl[3]["amount_micros"]), 671, "{zl}");
+    assert_eq!(int(&zl[4]["amount_micros"]), 995, "{zl}");
+
+    // usage_daily per day equals the same counts per day.
+    let per_day = sql(
+        &b,
+        &format!("SELECT CAST(usage_date AS VARCHAR) AS d, events, patterns FROM usage_daily WHERE org_id = '{a}' ORDER BY usage_date"),
+    );
+    assert_eq!(
+        per_day,
+        vec![
+            json!({"d": "2026-03-10", "events": 12, "patterns": 2}),
+            json!({"d": "2026-03-11", "events": 9, "patterns": 1}),
+            json!({"d": "2026-04-01", "events": 6, "patterns": 0}),
+        ]
+    );
+
+    // Running billing again changes nothing: no new table version, the same
+    // invoices.
+    let v = table_version(&b, "usage_daily");
+    let r = b.crow_json(&[
+        "jobs",
+        "run",
+        "billing",
+        "--from",
+        "2026-03-01",
+        "--to",
+        "2026-05-01",
+        "--quiet",
+    ]);
+    assert_eq!(r["written"], false, "{r}");
+    assert_eq!(table_version(&b, "usage_daily"), v);
+    let again = b.crow_json(&["billing", "report", "--month", "2026-03"]);
+    assert_eq!(&again, &Value::Array(invoices.clone()));
+
+    // New activity is billed by the next incremental run.
+    land_web(&lake, &a, &day_events("a4", d("2026-03-10"), 1), Utc::now()).await;
+    let r = b.crow_json(&["jobs", "run", "billing", "--quiet"]);
+    assert_eq!(r["written"], true, "{r}");
+    let one = b.crow_json(&["billing", "report", "--month", "2026-03", "--org", "Alpha"]);
+    assert_eq!(one.as_array().expect("invoices").len(), 1, "{one}");
+    assert_eq!(
+        int(&one[0]["lines"][0]["quantity"]),
+        ea["events"] + 3,
+        "{one}"
+    );
+
+    // CSV: one row per line item plus the total.
+    let csv = b.crow_ok(&["billing", "report", "--month", "2026-03", "--format", "csv"]);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "org_id,org_name,month,item,quantity,per,unit_price,amount,currency"
+    );
+    assert_eq!(lines.len(), 1 + 2 * 6, "{csv}");
+    assert!(
+        lines[6].starts_with(&format!("{a},Alpha,2026-03,total,,,,")),
+        "{csv}"
+    );
+    let bad = b.crow(&["billing", "report", "--month", "2026-13"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--month `2026-13`"));
+}
+
+/// Sessions, interactions and usage as comparable snapshots.
+fn snapshot(b: &Backend) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
+    (
+        sql(b, "SELECT session_id, event_count, source_ids FROM sessions ORDER BY session_id"),
+        sql(b, "SELECT interaction_id, session_id, description FROM interactions ORDER BY interaction_id"),
+        sql(b, "SELECT org_id, CAST(usage_date AS VARCHAR) AS d, events, sessions, interactions, patterns, amount_micros FROM usage_daily ORDER BY org_id, usage_date"),
+    )
+}
+
+fn backfill_runs(b: &Backend) -> BTreeMap<String, i64> {
+    sql(
+        b,
+        "SELECT job, count(*) AS n FROM job_runs WHERE \"trigger\" = 'backfill' AND status = 'succeeded' GROUP BY job",
+    )
+    .into_iter()
+    .map(|r| (r["job"].as_str().expect("job").to_string(), int(&r["n"])))
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_cascades_and_is_idempotent() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    let org = b.crow_json(&["orgs", "create", "--name", "Shop"])["org_id"]
+        .as_str()
+        .expect("org")
+        .to_string();
+    let lake = b.lake().await;
+    let recv = Utc::now() - chrono::Duration::hours(3);
+    let mut events = Vec::new();
+    for (i, day) in ["2026-02-02", "2026-02-03", "2026-02-04"]
+        .iter()
+        .enumerate()
+    {
+        events.extend(day_events(&format!("e{i}"), d(day), 3 + i));
+    }
+    land_web(&lake, &org, &events, recv).await;
+
+    let steps = b.crow_json(&[
+        "backfill",
+        "sessionize",
+        "--from",
+        "2026-02-02",
+        "--to",
+        "2026-02-05",
+        "--quiet",
+    ]);
+    let jobs: Vec<&str> = steps
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["job"].as_str().expect("job"))
+        .collect();
+    assert_eq!(
+        jobs,
+        [
+            "sessionize",
+            "sessionize",
+            "sessionize",
+            "enrich",
+            "enrich",
+            "enrich",
+            "patterns",
+            "billing"
+        ],
+        "{steps}"
+    );
+    assert_eq!(steps[1]["window_start"], "2026-02-03");
+    let runs = backfill_runs(&b);
+    assert_eq!(runs.get("sessionize"), Some(&3), "{runs:?}");
+    assert_eq!(runs.get("enrich"), Some(&3), "{runs:?}");
+    assert_eq!(runs.get("patterns"), Some(&1), "{runs:?}");
+    assert_eq!(runs.get("billing"), Some(&1), "{runs:?}");
+    let first = snapshot(&b);
+    assert_eq!(
+        first.0.len(),
+        3 + 4 + 5,
+        "one session per visitor: {:?}",
+        first.0
+    );
+    assert_eq!(first.1.len(), 12, "every session enriched");
+    let usage: Vec<(String, i64, i64)> = first
+        .2
+        .iter()
+        .map(|r| {
+            (
+                r["d"].as_str().expect("d").to_string(),
+                int(&r["events"]),
+                int(&r["sessions"]),
+            )
+        })
+        .collect();
+    assert_eq!(
+        usage,
+        [
+            ("2026-02-02".to_string(), 9, 3),
+            ("2026-02-03".to_string(), 12, 4),
+            ("2026-02-04".to_string(), 15, 5)
+        ]
+    );
+
+    // The same backfill again: the same tables.
+    b.crow_json(&[
+        "backfill",
+        "sessionize",
+        "--from",
+        "2026-02-02",
+        "--to",
+        "2026-02-05",
+        "--quiet",
+    ]);
+    assert_eq!(snapshot(&b), first);
+    assert_eq!(backfill_runs(&b).get("billing"), Some(&2));
+
+    // A late visitor on the 3rd: without cascading only sessions change…
+    land_web(&lake, &org, &day_events("late", d("2026-02-03"), 1), recv).await;
+    let steps = b.crow_json(&[
+        "backfill",
+        "sessionize",
+        "--from",
+        "2026-02-03",
+        "--to",
+        "2026-02-04",
+        "--no-cascade",
+        "--quiet",
+    ]);
+    assert_eq!(steps.as_array().expect("steps").len(), 1, "{steps}");
+    let partial = snapshot(&b);
+    assert_eq!(partial.0.len(), 13);
+    assert_eq!(partial.1, first.1, "interactions untouched");
+    assert_eq!(partial.2, first.2, "usage untouched");
+    // …and cascading from enrich brings interactions and usage up to date.
+    b.crow_json(&[
+        "backfill",
+        "enrich",
+        "--from",
+        "2026-02-03",
+        "--to",
+        "2026-02-04",
+        "--quiet",
+    ]);
+    let full = snapshot(&b);
+    assert_eq!(full.1.len(), 13);
+    assert_eq!(int(&full.2[1]["events"]), 15, "{:?}", full.2);
+    assert_eq!(int(&full.2[1]["sessions"]), 5, "{:?}", full.2);
+    assert_eq!(full.2[0], first.2[0], "other days untouched");
+
+    let bad = b.crow(&[
+        "backfill",
+        "sessionize",
+        "--from",
+        "2026-02-05",
+        "--to",
+        "2026-02-02",
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--to 2026-02-02 must be after"));
+}
+
+/// `(job, slot)` of every "run started" line of a server's log.
+fn started(logs: &[String]) -> Vec<(String, String)> {
+    logs.iter()
+        .map(|l| strip_ansi(l))
+        .filter(|l| l.contains("scheduler: run started"))
+        .map(|l| {
+            let field = |name: &str| {
+                l.split(&format!(" {name}="))
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .map(|s| s.trim_matches('"').to_string())
+                    .unwrap_or_else(|| panic!("no {name} in {l}"))
+            };
+            (field("job"), field("slot"))
+        })
+        .collect()
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[derive(Debug)]
+struct RunRow {
+    job: String,
+    status: String,
+    host: String,
+    window: (i64, i64),
+    time: (i64, i64),
+}
+
+fn scheduled_runs(b: &Backend) -> Vec<RunRow> {
+    sql(
+        b,
+        "SELECT job, status, host, \
+                CAST(CAST(window_start AS BIGINT) AS VARCHAR) AS ws, CAST(CAST(window_end AS BIGINT) AS VARCHAR) AS we, \
+                CAST(CAST(started_at AS BIGINT) AS VARCHAR) AS s, CAST(CAST(finished_at AS BIGINT) AS VARCHAR) AS f \
+         FROM job_runs WHERE \"trigger\" = 'schedule' ORDER BY job, started_at",
+    )
+    .into_iter()
+    .map(|r| RunRow {
+        job: r["job"].as_str().expect("job").to_string(),
+        status: r["status"].as_str().expect("status").to_string(),
+        host: r["host"].as_str().unwrap_or_default().to_string(),
+        window: (int(&r["ws"]), int(&r["we"])),
+        time: (int(&r["s"]), r.get("f").map(int).unwrap_or(i64::MAX)),
+    })
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_run_each_job_slot_once_local() {
+    two_servers(Backend::local()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_run_each_job_slot_once_s3() {
+    two_servers(Backend::s3()).await;
+}
+
+async fn two_servers(b: Backend) {
+    b.crow_ok(&["init"]);
+    let org = b.crow_json(&["orgs", "create", "--name", "Shop"])["org_id"]
+        .as_str()
+        .expect("org")
+        .to_string();
+    let lake = b.lake().await;
+    // Activity of the last days, received hours ago (no late events).
+    let today = Utc::now().date_naive();
+    let mut events = Vec::new();
+    for back in 1..=3 {
+        events.extend(day_events(
+            &format!("d{back}"),
+            today - chrono::Days::new(back),
+            4,
+        ));
+    }
+    land_web(
+        &lake,
+        &org,
+        &events,
+        Utc::now() - chrono::Duration::hours(3),
+    )
+    .await;
+
+    let every = "*/4 * * * * *";
+    let env = |host: &'static str| {
+        vec![
+            ("CROW_SCHEDULE_ENABLED", "true"),
+            ("CROW_SCHEDULE_TICK_SECONDS", "1"),
+            ("CROW_SCHEDULE_LEASE_SECONDS", "6"),
+            ("CROW_SCHEDULE_SESSIONIZE", every),
+            ("CROW_SCHEDULE_ENRICH", every),
+            ("CROW_SCHEDULE_PATTERNS", every),
+            ("CROW_SCHEDULE_BILLING", every),
+            ("CROW_SCHEDULE_OPTIMIZE", "off"),
+            ("CROW_SCHEDULE_CHECKPOINT", "off"),
+            ("HOSTNAME", host),
+        ]
+    };
+    let wal_a = tempfile::tempdir().expect("tmp");
+    let wal_b = tempfile::tempdir().expect("tmp");
+    let mut sa = Server::start(&b, wal_a.path(), &env("serve-a"));
+    let mut sb = Server::start(&b, wal_b.path(), &env("serve-b"));
+    let t0 = Instant::now();
+    // Until both servers ran jobs and every job ran a few slots (at most a
+    // minute and a half).
+    loop {
+        std::thread::sleep(Duration::from_secs(3));
+        let runs = scheduled_runs(&b);
+        let per_job = |j: &str| {
+            runs.iter()
+                .filter(|r| r.job == j && r.status == "succeeded")
+                .count()
+        };
+        let hosts: BTreeSet<&str> = runs.iter().map(|r| r.host.as_str()).collect();
+        if (["sessionize", "enrich", "billing"]
+            .iter()
+            .all(|j| per_job(j) >= 4)
+            && hosts.len() == 2)
+            || t0.elapsed() > Duration::from_secs(90)
+        {
+            break;
+        }
+    }
+    sa.stop();
+    sb.stop();
+    let runs = scheduled_runs(&b);
+    let logs_a = sa.logs.lock().expect("logs").clone();
+    let logs_b = sb.logs.lock().expect("logs").clone();
+
+    for job in ["sessionize", "enrich", "patterns", "billing"] {
+        let mine: Vec<&RunRow> = runs.iter().filter(|r| r.job == job).collect();
+        assert!(mine.len() >= 2, "{job} ran {} times: {runs:#?}", mine.len());
+        assert!(
+            mine.iter().all(|r| r.status == "succeeded"),
+            "{job}: {mine:#?}"
+        );
+        // The lease: no two runs of one job at the same time, whichever
+        // server ran them.
+        for w in mine.windows(2) {
+            assert!(
+                w[1].time.0 >= w[0].time.1,
+                "{job} ran twice at once: {:?} and {:?}",
+                w[0],
+                w[1]
+            );
+        }
+    }
+    // Sessionize's incremental windows tile time: each window ran once.
+    let sess: Vec<&RunRow> = runs.iter().filter(|r| r.job == "sessionize").collect();
+    for w in sess.windows(2) {
+        assert!(
+            w[1].window.0 >= w[0].window.1,
+            "sessionize windows overlap: {:?} and {:?}",
+            w[0],
+            w[1]
+        );
+    }
+    let hosts: BTreeSet<&str> = runs.iter().map(|r| r.host.as_str()).collect();
+    assert_eq!(
+        hosts,
+        BTreeSet::from(["serve-a", "serve-b"]),
+        "both servers took part"
+    );
+    // Each slot of each job started once, on one server, and each start is
+    // one ledger row.
+    let (sa_slots, sb_slots) = (started(&logs_a), started(&logs_b));
+    let mut all: Vec<(String, String)> = sa_slots.iter().chain(&sb_slots).cloned().collect();
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), n, "a slot ran twice: {sa_slots:?} {sb_slots:?}");
+    // Every ledger row is one of those starts (a run with nothing to do
+    // writes no row, as with `crow jobs run`).
+    for job in ["sessionize", "enrich", "patterns", "billing"] {
+        let starts = all.iter().filter(|(j, _)| j == job).count();
+        let rows = runs.iter().filter(|r| r.job == job).count();
+        assert!(rows <= starts, "{job}: {rows} runs, {starts} starts");
+    }
+
+    // `crow jobs status` shows the schedule and the leases.
+    let status = b.crow_json(&["jobs", "status"]);
+    let sched = status["schedule"].as_array().expect("schedule");
+    let sess = sched
+        .iter()
+        .find(|s| s["job"] == "sessionize")
+        .expect("row");
+    assert_eq!(sess["schedule"], "*/5 * * * *", "the default: {status}");
+    assert_eq!(sess["state"], "succeeded", "{status}");
+    assert!(sess["last_slot"].is_string(), "{status}");
+    assert!(status["runs"][0]["attempt"].is_number(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_runs_are_retried_with_backoff() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    let wal = tempfile::tempdir().expect("tmp");
+    let mut server = Server::start(
+        &b,
+        wal.path(),
+        &[
+            ("CROW_SCHEDULE_ENABLED", "true"),
+            ("CROW_SCHEDULE_TICK_SECONDS", "1"),
+            ("CROW_SCHEDULE_LEASE_SECONDS", "6"),
+            ("CROW_SCHEDULE_MAX_ATTEMPTS", "3"),
+            ("CROW_SCHEDULE_RETRY_BASE_SECONDS", "2"),
+            ("CROW_SCHEDULE_SESSIONIZE", "off"),
+            ("CROW_SCHEDULE_ENRICH", "*/20 * * * * *"),
+            ("CROW_SCHEDULE_PATTERNS", "off"),
+            ("CROW_SCHEDULE_BILLING", "off"),
+            ("CROW_SCHEDULE_OPTIMIZE", "off"),
+            ("CROW_SCHEDULE_CHECKPOINT", "off"),
+            // Gemini without a key: every attempt fails.
+            ("CROW_AI_PROVIDER", "gemini"),
+            ("GEMINI_API_KEY", ""),
+        ],
+    );
+    let t0 = Instant::now();
+    let failed = || {
+        sql(
+            &b,
+            "SELECT attempt, error, CAST(CAST(window_start AS BIGINT) AS VARCHAR) AS slot, \
+                    CAST(CAST(started_at AS BIGINT) AS VARCHAR) AS s \
+             FROM job_runs WHERE job = 'enrich' AND \"trigger\" = 'schedule' AND status = 'failed' ORDER BY started_at",
+        )
+    };
+    let mut rows = Vec::new();
+    while t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_secs(2));
+        rows = failed();
+        if rows.len() >= 3 {
+            break;
+        }
+    }
+    // Past the last backoff: no fourth attempt for the slot.
+    std::thread::sleep(Duration::from_secs(3));
+    let status = b.crow_json(&["jobs", "status"]);
+    server.stop();
+    let rows_now = failed();
+    assert!(rows.len() >= 3, "{rows:?}");
+    let slot = &rows_now[0]["slot"];
+    let same: Vec<&Value> = rows_now.iter().filter(|r| &r["slot"] == slot).collect();
+    let attempts: Vec<i64> = same.iter().map(|r| int(&r["attempt"])).collect();
+    assert_eq!(attempts, [1, 2, 3], "{rows_now:?}");
+    assert!(
+        same[0]["error"]
+            .as_str()
+            .expect("error")
+            .contains("GEMINI_API_KEY"),
+        "{rows_now:?}"
+    );
+    let s: Vec<i64> = same.iter().map(|r| int(&r["s"])).collect();
+    assert!(s[1] - s[0] >= 2_000_000, "first backoff 2 s: {s:?}");
+    assert!(s[2] - s[1] >= 4_000_000, "second backoff 4 s: {s:?}");
+    let enrich = status["schedule"]
+        .as_array()
+        .expect("schedule")
+        .iter()
+        .find(|s| s["job"] == "enrich")
+        .expect("enrich")
+        .clone();
+    assert_eq!(
+        enrich["schedule"], "*/5 * * * *",
+        "status reads the config it runs with"
+    );
+    assert_eq!(enrich["state"], "failed", "{status}");
+}
