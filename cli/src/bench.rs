@@ -40,16 +40,7 @@ pub async fn ingest(cfg: Config, lake_given: bool, args: BenchArgs) -> Result<()
     );
     let wal_dir = tmp.path().join("wal");
     let collector = Collector::start(lake.clone(), cfg.ingest.clone(), wal_dir).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let app = collector.router.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await
-    });
+    let (addr, server) = collector.serve_on_loopback().await?;
     let url = format!("http://{addr}/v1/batch");
     println!("| batch | clients | requests | events/s | p50 ms | p99 ms | JSON-parse ceiling events/s | ratio |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -259,27 +250,7 @@ pub async fn generate(lake: &Lake, events: u64, days: u32, seed: u64) -> Result<
     lake.init().await?;
     let org = crow_lake::orgs::create(lake, "Bench Co", None, None).await?;
     let org_id = org.org.org_id;
-    crow_lake::products::upsert(
-        lake,
-        &generate::catalog()
-            .into_iter()
-            .map(|p| crow_lake::products::Product {
-                org_id: org_id.clone(),
-                product_id: p.product_id,
-                sku: Some(p.sku),
-                name: p.name,
-                url: Some(p.url),
-                category: Some(p.category),
-                brand: None,
-                price: Some(p.price),
-                currency: Some("USD".into()),
-                description: None,
-                image_url: None,
-                source: "demo".into(),
-            })
-            .collect::<Vec<_>>(),
-    )
-    .await?;
+    crow_lake::products::upsert(lake, &generate::catalog_products(&org_id)).await?;
     let today = chrono::Utc::now().date_naive();
     let first_day = today
         .checked_sub_days(chrono::Days::new(u64::from(days.max(1))))

@@ -46,23 +46,7 @@ pub async fn run(
     bar.inc(1);
 
     bar.set_message("product catalog");
-    let products: Vec<crow_lake::products::Product> = generate::catalog()
-        .into_iter()
-        .map(|p| crow_lake::products::Product {
-            org_id: org_id.clone(),
-            product_id: p.product_id,
-            sku: Some(p.sku),
-            name: p.name,
-            url: Some(p.url),
-            category: Some(p.category),
-            brand: Some(generate::BRAND_NAME.to_string()),
-            price: Some(p.price),
-            currency: Some("USD".into()),
-            description: Some(p.description),
-            image_url: None,
-            source: "demo".into(),
-        })
-        .collect();
+    let products = generate::catalog_products(&org_id);
     crow_lake::products::upsert(lake, &products).await?;
     bar.inc(1);
 
@@ -283,16 +267,7 @@ async fn send_through_collector(
     let collector = crow_ingest::Collector::start(lake.clone(), cfg.ingest.clone(), wal_dir)
         .await
         .context("starting the collector")?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let app = collector.router.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await
-    });
+    let (addr, server) = collector.serve_on_loopback().await?;
     let client = reqwest::Client::new();
     let url = format!("http://{addr}/v1/batch");
     let results: Vec<Result<()>> = futures::stream::iter(events.chunks(200).map(|chunk| {

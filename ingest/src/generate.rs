@@ -240,6 +240,27 @@ impl GenerateOptions {
     }
 }
 
+/// The demo catalog as products of `org_id`.
+pub fn catalog_products(org_id: &str) -> Vec<crow_lake::products::Product> {
+    catalog()
+        .into_iter()
+        .map(|p| crow_lake::products::Product {
+            org_id: org_id.to_string(),
+            product_id: p.product_id,
+            sku: Some(p.sku),
+            name: p.name,
+            url: Some(p.url),
+            category: Some(p.category),
+            brand: Some(BRAND_NAME.to_string()),
+            price: Some(p.price),
+            currency: Some("USD".into()),
+            description: Some(p.description),
+            image_url: None,
+            source: "demo".into(),
+        })
+        .collect()
+}
+
 /// Generate Segment-spec events (JSON objects as the SDK would send them),
 /// ordered by visitor then time. Message ids are deterministic for the seed.
 pub fn events(opts: &GenerateOptions) -> Vec<Value> {

@@ -82,6 +82,27 @@ impl Collector {
         })
     }
 
+    /// Serve the collector's routes on a free loopback port (for the demo and
+    /// the benchmarks, which drive it over real HTTP from the same process).
+    pub async fn serve_on_loopback(
+        &self,
+    ) -> std::io::Result<(
+        std::net::SocketAddr,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    )> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let app = self.router.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .await
+        });
+        Ok((addr, server))
+    }
+
     /// Seal the active segment, commit everything sealed, stop the flusher.
     pub async fn shutdown(self) {
         if let Err(e) = self.wal.seal_now().await {

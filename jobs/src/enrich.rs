@@ -334,19 +334,11 @@ pub async fn run(
         },
     };
     let run = runs::start(lake, JOB, org, window, opts.trigger, 1).await?;
-    match enrich_window(lake, provider, opts, window, run.id(), progress).await {
-        Ok(mut report) => {
-            report.run_id = run.id().to_string();
-            run.succeed(report.sessions, report.interactions).await?;
-            Ok(report)
-        }
-        Err(e) => {
-            if let Err(le) = run.fail(&e.to_string()).await {
-                tracing::error!(error = %le, "could not record the failed run");
-            }
-            Err(e)
-        }
-    }
+    let run_id = run.id().to_string();
+    let result = enrich_window(lake, provider, opts, window, &run_id, progress)
+        .await
+        .map(|report| Report { run_id, ..report });
+    run.record(result, |r| (r.sessions, r.interactions)).await
 }
 
 /// The incremental window: from the enrich watermark — moved back to the

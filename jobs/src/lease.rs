@@ -140,7 +140,7 @@ impl Leases {
         let body =
             serde_json::to_vec(state).map_err(|e| Error::Invalid(format!("lease state: {e}")))?;
         let opts = PutOptions {
-            mode: PutMode::Overwrite,
+            mode: PutMode::Create,
             ..PutOptions::default()
         };
         match self.store.put_opts(&path, body.into(), opts).await {

@@ -130,19 +130,11 @@ pub async fn run(
         },
     };
     let run = runs::start(lake, JOB, opts.org.as_deref(), window, opts.trigger, 1).await?;
-    match compute(lake, provider, opts, window, progress).await {
-        Ok(mut report) => {
-            report.run_id = run.id().to_string();
-            run.succeed(report.sessions_read, report.patterns).await?;
-            Ok(report)
-        }
-        Err(e) => {
-            if let Err(le) = run.fail(&e.to_string()).await {
-                tracing::error!(error = %le, "could not record the failed run");
-            }
-            Err(e)
-        }
-    }
+    let run_id = run.id().to_string();
+    let result = compute(lake, provider, opts, window, progress)
+        .await
+        .map(|report| Report { run_id, ..report });
+    run.record(result, |r| (r.sessions_read, r.patterns)).await
 }
 
 /// Complete days since the watermark: from the patterns watermark (or the

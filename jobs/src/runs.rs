@@ -108,6 +108,29 @@ impl Run {
         self.finish().await
     }
 
+    /// Record the end of the run from its result: `succeeded` with the rows
+    /// `rows` reports (in, out), or `failed` with the error, which is
+    /// returned as it was.
+    pub async fn record<T>(
+        self,
+        result: Result<T>,
+        rows: impl FnOnce(&T) -> (u64, u64),
+    ) -> Result<T> {
+        match result {
+            Ok(v) => {
+                let (rows_in, rows_out) = rows(&v);
+                self.succeed(rows_in, rows_out).await?;
+                Ok(v)
+            }
+            Err(e) => {
+                if let Err(le) = self.fail(&e.to_string()).await {
+                    tracing::error!(error = %le, "could not record the failed run");
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Record failure with its error.
     pub async fn fail(mut self, error: &str) -> Result<RunRecord> {
         self.record.status = "failed".into();

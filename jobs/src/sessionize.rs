@@ -167,40 +167,38 @@ pub async fn run(lake: &Lake, opts: &Options, progress: &ProgressRef) -> Result<
             (run, from, None, late_days)
         }
     };
-    let result = sessionize(lake, opts, from, explicit_end, progress, run.id()).await;
-    match result {
-        Ok((window, built)) => {
-            run.set_window(window);
-            let mut report = Report {
-                run_id: run.id().to_string(),
-                window_start: Some(window.start),
-                window_end: Some(window.end),
-                events_read: built.events,
-                duplicates: built.duplicates,
-                open_sessions: built.open,
-                late_days,
-                ..Report::default()
-            };
-            for r in &built.rows {
-                match r.channel {
-                    "web" => report.web_sessions += 1,
-                    "social" => report.social_sessions += 1,
-                    _ => report.cctv_sessions += 1,
-                }
+    let run_id = run.id().to_string();
+    let result = async {
+        let (window, built) = sessionize(lake, opts, from, explicit_end, progress, &run_id).await?;
+        let mut report = Report {
+            run_id: run_id.clone(),
+            window_start: Some(window.start),
+            window_end: Some(window.end),
+            events_read: built.events,
+            duplicates: built.duplicates,
+            open_sessions: built.open,
+            late_days,
+            ..Report::default()
+        };
+        for r in &built.rows {
+            match r.channel {
+                "web" => report.web_sessions += 1,
+                "social" => report.social_sessions += 1,
+                _ => report.cctv_sessions += 1,
             }
-            report.sessions = built.rows.len() as u64;
-            progress.phase("writing sessions", 0);
-            write(lake, org, window, built.rows).await?;
-            run.succeed(report.events_read, report.sessions).await?;
-            Ok(report)
         }
-        Err(e) => {
-            if let Err(le) = run.fail(&e.to_string()).await {
-                tracing::error!(error = %le, "could not record the failed run");
-            }
-            Err(e)
-        }
+        report.sessions = built.rows.len() as u64;
+        progress.phase("writing sessions", 0);
+        write(lake, org, window, built.rows).await?;
+        Ok((window, report))
     }
+    .await;
+    if let Ok((window, _)) = &result {
+        run.set_window(*window);
+    }
+    run.record(result, |(_, r)| (r.events_read, r.sessions))
+        .await
+        .map(|(_, r)| r)
 }
 
 /// Where an incremental run starts: the watermark, moved back to midnight

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::{post_json, AiAnswer, AiError, AiRequest, Provider};
-use crate::{Error, Result};
+use crate::Result;
 
 /// Google's endpoint.
 pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com";
@@ -39,14 +39,7 @@ impl std::fmt::Debug for Gemini {
 impl Gemini {
     /// A client for `model` at `base`.
     pub fn new(base: &str, model: &str, key: &str, timeout: Duration) -> Result<Self> {
-        let base = base.trim_end_matches('/');
-        url::Url::parse(base)
-            .map_err(|e| Error::Invalid(format!("ai.base_url `{base}` is not a URL: {e}")))?;
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .user_agent(concat!("crow/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::Ai(e.to_string()))?;
+        let (client, base) = super::http_client(base, timeout)?;
         Ok(Gemini {
             client,
             url: format!("{base}/v1beta/models/{model}:generateContent"),
@@ -121,7 +114,7 @@ impl Provider for Gemini {
             .post(&self.url)
             .header("x-goog-api-key", &self.key)
             .json(&body);
-        let v = post_json(&self.client, http, "gemini").await?;
+        let v = post_json(http, "gemini").await?;
         parse_response(&v)
     }
 }

@@ -285,13 +285,24 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
     Some(d.to_std().unwrap_or(Duration::ZERO))
 }
 
+/// The HTTP client of a network provider and its base URL (checked).
+pub(crate) fn http_client(base: &str, timeout: Duration) -> Result<(reqwest::Client, &str)> {
+    let base = base.trim_end_matches('/');
+    url::Url::parse(base)
+        .map_err(|e| Error::Invalid(format!("ai.base_url `{base}` is not a URL: {e}")))?;
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .user_agent(concat!("crow/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| Error::Ai(e.to_string()))?;
+    Ok((client, base))
+}
+
 /// Shared HTTP handling of the network providers: POST JSON, map statuses.
 pub(crate) async fn post_json(
-    client: &reqwest::Client,
     req: reqwest::RequestBuilder,
     provider: &str,
 ) -> std::result::Result<Value, AiError> {
-    let _ = client;
     let resp = req.send().await.map_err(|e| AiError::Transient {
         message: format!("{provider}: request failed: {}", redact(&e.to_string())),
         retry_after: None,

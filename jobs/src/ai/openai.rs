@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::{post_json, AiAnswer, AiError, AiRequest, Provider};
-use crate::{Error, Result};
+use crate::Result;
 
 /// OpenAI's endpoint.
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -38,14 +38,7 @@ impl std::fmt::Debug for OpenAi {
 impl OpenAi {
     /// A client for `model` at `base`.
     pub fn new(base: &str, model: &str, key: Option<&str>, timeout: Duration) -> Result<Self> {
-        let base = base.trim_end_matches('/');
-        url::Url::parse(base)
-            .map_err(|e| Error::Invalid(format!("ai.base_url `{base}` is not a URL: {e}")))?;
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .user_agent(concat!("crow/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::Ai(e.to_string()))?;
+        let (client, base) = super::http_client(base, timeout)?;
         Ok(OpenAi {
             client,
             url: format!("{base}/chat/completions"),
@@ -82,7 +75,7 @@ impl Provider for OpenAi {
         if let Some(k) = &self.key {
             http = http.bearer_auth(k);
         }
-        let v = post_json(&self.client, http, "openai").await?;
+        let v = post_json(http, "openai").await?;
         parse_response(&v)
     }
 }

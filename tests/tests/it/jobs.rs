@@ -103,6 +103,19 @@ fn ev(
     e
 }
 
+/// `crow products import` of a CSV text.
+fn import_csv(b: &Backend, org: &str, csv: &str) -> Value {
+    let file = tempfile::NamedTempFile::with_suffix(".csv").expect("tmp");
+    std::fs::write(file.path(), csv).expect("write");
+    b.crow_json(&[
+        "products",
+        "import",
+        file.path().to_str().expect("path"),
+        "--org",
+        org,
+    ])
+}
+
 fn sessions(b: &Backend, filter: &str) -> Vec<Value> {
     let v = b.crow_json(&[
         "sql",
@@ -329,19 +342,11 @@ async fn cctv_camera_hours_and_social_runs_are_sessions() {
     assert_eq!(social[0]["event_count"], 2);
 
     // Offline enrichment finds the product by name in the text.
-    let csv = tempfile::NamedTempFile::with_suffix(".csv").expect("tmp");
-    std::fs::write(
-        csv.path(),
-        "sku,name,category,price,currency\nAR-1,Aria Headphones,Audio > Headphones,199,usd\n",
-    )
-    .expect("write");
-    let imported = b.crow_json(&[
-        "products",
-        "import",
-        csv.path().to_str().expect("path"),
-        "--org",
+    let imported = import_csv(
+        &b,
         "Store",
-    ]);
+        "sku,name,category,price,currency\nAR-1,Aria Headphones,Audio > Headphones,199,usd\n",
+    );
     assert_eq!(imported["inserted"], 1, "{imported}");
     let r = crow_env_json(&b, &["jobs", "run", "enrich"], &[]);
     assert_eq!(r["interactions"], 5, "{r}");
@@ -835,19 +840,12 @@ async fn products_crawl_import_and_list() {
     b.crow_ok(&["init"]);
     b.crow_json(&["orgs", "create", "--name", "Shop"]);
     // The catalog import: a CSV first (Aria with an old price).
-    let csv = tempfile::NamedTempFile::with_suffix(".csv").expect("tmp");
-    std::fs::write(
-        csv.path(),
-        "sku,name,price,currency\nAR-1,Aria Headphones,199.00,USD\n",
-    )
-    .expect("write");
-    let r = b.crow_json(&[
-        "products",
-        "import",
-        csv.path().to_str().expect("path"),
-        "--org",
+    let r = import_csv(
+        &b,
         "Shop",
-    ]);
+        "sku,name,price,currency\nAR-1,Aria Headphones,199.00,USD\n",
+    );
+    let csv = tempfile::NamedTempFile::with_suffix(".csv").expect("tmp");
     assert_eq!(
         (r["inserted"].as_u64(), r["updated"].as_u64()),
         (Some(1), Some(0)),
