@@ -85,47 +85,50 @@ pub async fn run(lake: &Lake, cfg: &Config, cmd: BillingCommand) -> Result<()> {
                 &rows,
             )
         }
-        Format::Table => {
-            if invoices.is_empty() {
-                println!("No usage in {month} (has `crow jobs run billing` run over it?).");
-            }
-            for i in &invoices {
-                println!(
-                    "Invoice {} for {} ({}), {} days with usage, {} sessions metered",
-                    i.month,
-                    i.org_name.as_deref().unwrap_or("?"),
-                    i.org_id,
-                    i.days,
-                    i.usage.sessions
-                );
-                let mut rows: Vec<serde_json::Value> = i
-                    .lines
-                    .iter()
-                    .map(|l| {
-                        serde_json::json!({
-                            "item": l.item,
-                            "quantity": l.quantity,
-                            "unit_price": if l.per == 1 {
-                                format!("{} {}", format_micros(l.unit_price_micros), i.currency)
-                            } else {
-                                format!("{} {} per {}", format_micros(l.unit_price_micros), i.currency, l.per)
-                            },
-                            "amount": format!("{} {}", format_micros(l.amount_micros), i.currency),
-                        })
-                    })
-                    .collect();
-                rows.push(serde_json::json!({
-                    "item": "total",
-                    "amount": format!("{} {}", format_micros(i.total_micros), i.currency),
-                }));
-                crate::output::print_rows(
-                    Format::Table,
-                    &["item", "quantity", "unit_price", "amount"],
-                    &rows,
-                )?;
-                println!();
-            }
-            Ok(())
-        }
+        Format::Table => print_table(&invoices, &month),
     }
+}
+
+/// Invoices as tables, one per organization.
+pub fn print_table(invoices: &[crow_jobs::billing::Invoice], month: &str) -> Result<()> {
+    if invoices.is_empty() {
+        println!("No usage in {month} (has `crow jobs run billing` run over it?).");
+    }
+    for i in invoices {
+        println!(
+            "Invoice {} for {} ({}), {} days with usage, {} sessions metered",
+            i.month,
+            i.org_name.as_deref().unwrap_or("?"),
+            i.org_id,
+            i.days,
+            i.usage.sessions
+        );
+        let mut rows: Vec<serde_json::Value> = i
+            .lines
+            .iter()
+            .map(|l| {
+                serde_json::json!({
+                    "item": l.item,
+                    "quantity": l.quantity,
+                    "unit_price": if l.per == 1 {
+                        format!("{} {}", format_micros(l.unit_price_micros), i.currency)
+                    } else {
+                        format!("{} {} per {}", format_micros(l.unit_price_micros), i.currency, l.per)
+                    },
+                    "amount": format!("{} {}", format_micros(l.amount_micros), i.currency),
+                })
+            })
+            .collect();
+        rows.push(serde_json::json!({
+            "item": "total",
+            "amount": format!("{} {}", format_micros(i.total_micros), i.currency),
+        }));
+        crate::output::print_rows(
+            Format::Table,
+            &["item", "quantity", "unit_price", "amount"],
+            &rows,
+        )?;
+        println!();
+    }
+    Ok(())
 }

@@ -18,7 +18,7 @@ pub async fn run(
     seed: u64,
     format: Format,
 ) -> Result<()> {
-    let bar = ProgressBar::new(7).with_style(
+    let bar = ProgressBar::new(9).with_style(
         ProgressStyle::with_template("{spinner} [{pos}/{len}] {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
@@ -157,6 +157,21 @@ pub async fn run(
     )
     .await?;
     bar.inc(1);
+    bar.set_message("billing");
+    let prices = crow_jobs::billing::Prices::from_config(&cfg.billing)?;
+    crow_jobs::billing::run(
+        lake,
+        &crow_jobs::billing::Options {
+            org: None,
+            window: None,
+            trigger: crow_jobs::Trigger::Cli,
+            now: Utc::now().trunc_subsecs(6),
+            prices: prices.clone(),
+        },
+        &quiet,
+    )
+    .await?;
+    bar.inc(1);
     bar.finish_and_clear();
 
     eprintln!(
@@ -233,6 +248,14 @@ pub async fn run(
         let (schema, batches) = lake.sql(&week).await?;
         println!("\nTop patterns of the week (crow sql \"select * from patterns\" for all):");
         output::print_batches(format, &schema, &batches)?;
+        let month = today
+            .pred_opt()
+            .unwrap_or(today)
+            .format("%Y-%m")
+            .to_string();
+        let invoices = crow_jobs::billing::invoices(lake, &month, Some(&org_id), &prices).await?;
+        println!("\nThe month's invoice (crow billing report --month {month}):");
+        crate::billing::print_table(&invoices, &month)?;
     }
     Ok(())
 }
