@@ -37,6 +37,7 @@ cleanup() {
 }
 trap cleanup EXIT
 lake="${KEEP_LAKE:-$work/lake}"
+[ ! -e "$lake/raw_web_events" ] || { echo "$lake already holds a lake; KEEP_LAKE must be a new folder" >&2; exit 2; }
 "$crow" --lake "$lake" init >/dev/null
 echo "generating $EVENTS events ..." >&2
 started=$(date +%s)

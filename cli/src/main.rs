@@ -20,6 +20,11 @@ use crow_lake::Lake;
 use crow_schemas::config::Config;
 use output::Format;
 
+/// mimalloc: the ingest path and DataFusion allocate many small objects;
+/// glibc's allocator took a quarter of the collector's CPU in profiles.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// CROW: an open interaction-analytics lakehouse.
 #[derive(Debug, Parser)]
 #[command(name = "crow", version, about, propagate_version = true)]

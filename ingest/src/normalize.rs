@@ -244,18 +244,39 @@ pub fn normalize(
     let strip = |u: Option<String>| u.map(|u| strip_query(&u, ctx.strip_query_params));
 
     // IP: hash whatever the client put in context.ip, else the request's.
-    let mut context_clean = context.cloned();
-    let ip_hash = match context_clean.as_mut().and_then(|c| c.remove("ip")) {
-        Some(Value::String(ip)) if !ip.is_empty() => Some(hash_ip(ctx.ip_salt, &ip)),
-        _ => ctx.ip_hash.clone(),
+    // The stored context never holds the IP, nor stripped query parameters;
+    // it is copied only when something has to go.
+    let page_has_query = |c: &Map<String, Value>| {
+        !ctx.strip_query_params.is_empty()
+            && c.get("page").and_then(Value::as_object).is_some_and(|p| {
+                ["url", "referrer", "search"].iter().any(|k| {
+                    p.get(*k)
+                        .and_then(Value::as_str)
+                        .is_some_and(|u| u.contains('?'))
+                })
+            })
     };
-    if let Some(Value::Object(p)) = context_clean.as_mut().and_then(|c| c.get_mut("page")) {
-        for k in ["url", "referrer", "search"] {
-            if let Some(Value::String(u)) = p.get_mut(k) {
-                *u = strip_query(u, ctx.strip_query_params);
+    let mut ip_hash = ctx.ip_hash.clone();
+    let context_text = match context {
+        Some(c) if c.contains_key("ip") || page_has_query(c) => {
+            let mut c = c.clone();
+            if let Some(Value::String(ip)) = c.remove("ip") {
+                if !ip.is_empty() {
+                    ip_hash = Some(hash_ip(ctx.ip_salt, &ip));
+                }
             }
+            if let Some(Value::Object(p)) = c.get_mut("page") {
+                for k in ["url", "referrer", "search"] {
+                    if let Some(Value::String(u)) = p.get_mut(k) {
+                        *u = strip_query(u, ctx.strip_query_params);
+                    }
+                }
+            }
+            Some(Value::Object(c).to_string())
         }
-    }
+        Some(c) => serde_json::to_string(c).ok(),
+        None => None,
+    };
 
     let product_price = properties.and_then(|p| p.get("price")).and_then(value_f64);
     let revenue = properties
@@ -267,7 +288,7 @@ pub fn normalize(
         .map(|q| q as i64);
 
     let is_view = matches!(kind.as_str(), "page" | "screen");
-    let json = |m: Option<&Map<String, Value>>| m.map(|m| Value::Object(m.clone()).to_string());
+    let json = |m: Option<&Map<String, Value>>| m.and_then(|m| serde_json::to_string(m).ok());
     Ok(RawWebEventRow {
         org_id: ctx.org_id.to_string(),
         message_id,
@@ -304,7 +325,7 @@ pub fn normalize(
         revenue,
         properties: json(properties),
         traits: json(traits),
-        context: context_clean.map(|c| Value::Object(c).to_string()),
+        context: context_text,
         integrations: json(integrations),
         event_date: days_since_epoch(occurred),
     })
