@@ -392,8 +392,10 @@ impl Config {
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         toml::from_str::<Config>(text).map_err(|e| {
             let mut ce = toml_error(&e);
+            // The key with its section (`schedule.optimise`), where the
+            // error points at one.
             if let Some(key) = e.span().and_then(|span| key_at(text, span.start)) {
-                if ce.key == "crow.toml" {
+                if ce.key == "crow.toml" || key.ends_with(&format!(".{}", ce.key)) {
                     ce.key = key;
                 }
             }
@@ -773,7 +775,7 @@ mod tests {
         let e = Config::load(Some("[ai]\nconcurrency = \"many\"\n"), env(&[])).unwrap_err();
         assert_eq!(e.key, "ai.concurrency", "{e}");
         let e = Config::load(Some("[ai]\nprovidr = \"gemini\"\n"), env(&[])).unwrap_err();
-        assert_eq!(e.key, "providr", "{e}");
+        assert_eq!(e.key, "ai.providr", "{e}");
         let e = Config::load(None, env(&[("CROW_AI_CONCURRENCY", "lots")])).unwrap_err();
         assert_eq!(e.key, "CROW_AI_CONCURRENCY");
         let e = Config::load(None, env(&[("CROW_AI_PROVIDER", "skynet")])).unwrap_err();
@@ -813,7 +815,7 @@ mod tests {
         let e = Config::load(None, env(&[("CROW_SCHEDULE_TICK_SECONDS", "0")])).unwrap_err();
         assert_eq!(e.key, "schedule.tick_seconds", "{e}");
         let e = Config::load(Some("[schedule]\noptimise = \"\"\n"), env(&[])).unwrap_err();
-        assert_eq!(e.key, "optimise", "{e}");
+        assert_eq!(e.key, "schedule.optimise", "{e}");
     }
 
     #[test]
