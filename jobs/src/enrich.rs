@@ -688,7 +688,7 @@ async fn enrich_window(
         ts_lit(window.end),
         org_cond
     );
-    lake.replace_where(INTERACTIONS.name, &predicate, batches)
+    lake.replace_where_if_changed(INTERACTIONS.name, &predicate, batches, &["created_at"])
         .await?;
     if !failed.is_empty() {
         let b = rows_to_batch(&FAILED_EVENTS, &failed)?;

@@ -1481,7 +1481,7 @@ async fn compute(
         span(&years, "year"),
     );
     let batch = rows_to_batch(&PATTERNS, &rows)?;
-    lake.replace_where(PATTERNS.name, &predicate, vec![batch])
+    lake.replace_where_if_changed(PATTERNS.name, &predicate, vec![batch], &["created_at"])
         .await?;
     if !failed.is_empty() {
         let b = rows_to_batch(&FAILED_EVENTS, &failed)?;

@@ -1013,7 +1013,7 @@ async fn write(
         ts_lit(window.end),
         org_filter(org)
     );
-    lake.replace_where(SESSIONS.name, &predicate, batches)
+    lake.replace_where_if_changed(SESSIONS.name, &predicate, batches, &["job_run_id"])
         .await?;
     Ok(())
 }

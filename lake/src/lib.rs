@@ -104,6 +104,9 @@ pub struct Lake {
     display: String,
     options: HashMap<String, String>,
     commit_retries: usize,
+    /// Latest snapshots of the tables read through this lake (shared by its
+    /// clones), brought up to date incrementally on every read.
+    snapshots: Arc<tokio::sync::Mutex<HashMap<String, DeltaTable>>>,
 }
 
 impl Lake {
@@ -168,6 +171,7 @@ impl Lake {
             root,
             options,
             commit_retries: cfg.commit_retries as usize,
+            snapshots: Arc::default(),
         })
     }
 
@@ -216,6 +220,30 @@ impl Lake {
     /// Load a table at its latest version.
     pub async fn table(&self, name: &str) -> Result<DeltaTable> {
         self.table_as_of(name, AsOf::Latest).await
+    }
+
+    /// A table at its latest version, for reading. A long-running process
+    /// (the API, the scheduler) keeps each table's snapshot and brings it up
+    /// to date with the commits since it was last read — one listing of the
+    /// log — instead of loading the snapshot and replaying the log again.
+    /// The result is the same table state a fresh load gives.
+    pub async fn table_for_read(&self, name: &str) -> Result<DeltaTable> {
+        let cached = self.snapshots.lock().await.get(name).cloned();
+        let table = match cached {
+            Some(mut t) => match t.update_incremental(None).await {
+                Ok(()) => t,
+                Err(e) => {
+                    tracing::debug!(table = name, error = %e, "snapshot update failed; loading afresh");
+                    self.table(name).await?
+                }
+            },
+            None => self.table(name).await?,
+        };
+        self.snapshots
+            .lock()
+            .await
+            .insert(name.to_string(), table.clone());
+        Ok(table)
     }
 
     /// Load a table as of a version or a time (time travel).
@@ -417,6 +445,54 @@ impl Lake {
             return self.table(name).await.map(|t| t.version().unwrap_or(0));
         }
         self.write(name, batches, Some(predicate)).await
+    }
+
+    /// [`Lake::replace_where`], unless the rows matching `predicate` already
+    /// are exactly `batches` (compared without the `ignore` columns, e.g. a
+    /// run id or a write time): then nothing is committed, so recomputing a
+    /// window that did not change leaves the table identical. Returns
+    /// whether a commit was made.
+    pub async fn replace_where_if_changed(
+        &self,
+        name: &str,
+        predicate: &str,
+        batches: Vec<RecordBatch>,
+        ignore: &[&str],
+    ) -> Result<bool> {
+        let def = def(name)?;
+        let new_rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let ctx = new_context();
+        self.register(&ctx, "t", name, AsOf::Latest).await?;
+        let df = ctx
+            .table("t")
+            .await?
+            .filter(ctx.table("t").await?.parse_sql_expr(predicate)?)?;
+        let old = df.clone().count().await?;
+        if old == new_rows {
+            let columns: Vec<&str> = def
+                .columns
+                .iter()
+                .map(|c| c.name)
+                .filter(|c| !ignore.contains(c))
+                .collect();
+            let canon = |rows: Vec<serde_json::Map<String, serde_json::Value>>| {
+                let mut v: Vec<String> = rows
+                    .into_iter()
+                    .map(|mut r| {
+                        r.retain(|k, _| columns.contains(&k.as_str()));
+                        serde_json::Value::Object(r).to_string()
+                    })
+                    .collect();
+                v.sort_unstable();
+                v
+            };
+            let current = canon(batch::batches_to_json(&df.collect().await?)?);
+            if current == canon(batch::batches_to_json(&batches)?) {
+                return Ok(false);
+            }
+        }
+        self.replace_where(name, predicate, batches).await?;
+        Ok(true)
     }
 
     /// Delete the rows matching `predicate`. Returns the number deleted.
@@ -637,10 +713,11 @@ impl Lake {
         name: &str,
         as_of: AsOf,
     ) -> Result<()> {
-        let provider: Arc<dyn datafusion::catalog::TableProvider> = match self
-            .table_as_of(name, as_of)
-            .await
-        {
+        let loaded = match as_of {
+            AsOf::Latest => self.table_for_read(name).await,
+            _ => self.table_as_of(name, as_of).await,
+        };
+        let provider: Arc<dyn datafusion::catalog::TableProvider> = match loaded {
             Ok(t) => t.table_provider().await?,
             Err(e) => match as_of {
                 AsOf::Timestamp(ts) if self.created_after(name, ts).await? => empty_provider(name)?,

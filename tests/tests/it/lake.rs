@@ -307,6 +307,51 @@ async fn lake_suite_s3() {
     suite(Backend::s3()).await;
 }
 
+/// A long-running reader (the API, the scheduler) keeps snapshots; it must
+/// still see every commit other writers make, including optimize/vacuum.
+async fn cached_reader(b: Backend) {
+    let reader = b.lake().await;
+    reader.init().await.expect("init");
+    let writer = b.lake().await;
+    let q = "select count(*) from raw_web_events";
+    assert_eq!(count(&reader, q).await, 0);
+    for day in 1..=3 {
+        writer
+            .append(
+                "raw_web_events",
+                vec![batch(&events("o", "cache", day, 10))],
+            )
+            .await
+            .expect("append");
+        assert_eq!(count(&reader, q).await, 10 * i64::from(day), "{}", b.name);
+    }
+    writer.optimize("raw_web_events").await.expect("optimize");
+    writer
+        .checkpoint("raw_web_events")
+        .await
+        .expect("checkpoint");
+    writer
+        .delete_where("raw_web_events", "event_date = '2026-03-01'")
+        .await
+        .expect("delete");
+    assert_eq!(count(&reader, q).await, 20, "{}", b.name);
+    writer
+        .append("raw_web_events", vec![batch(&events("o", "cache", 4, 5))])
+        .await
+        .expect("append");
+    assert_eq!(count(&reader, q).await, 25, "{}", b.name);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_reader_sees_every_commit_local() {
+    cached_reader(Backend::local()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_reader_sees_every_commit_s3() {
+    cached_reader(Backend::s3()).await;
+}
+
 const CHILD_BATCHES: usize = 8;
 const CHILD_ROWS: usize = 25;
 
