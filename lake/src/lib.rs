@@ -475,19 +475,29 @@ impl Lake {
                 .map(|c| c.name)
                 .filter(|c| !ignore.contains(c))
                 .collect();
-            let canon = |rows: Vec<serde_json::Map<String, serde_json::Value>>| {
-                let mut v: Vec<String> = rows
-                    .into_iter()
-                    .map(|mut r| {
-                        r.retain(|k, _| columns.contains(&k.as_str()));
-                        serde_json::Value::Object(r).to_string()
-                    })
-                    .collect();
-                v.sort_unstable();
-                v
+            // Rows compared by a hash of their canonical JSON, one batch at a
+            // time, so a large window costs 32 bytes a row, not its text.
+            let hash_rows = |batch: &RecordBatch, out: &mut Vec<[u8; 32]>| -> Result<()> {
+                for mut r in batch::batches_to_json(std::slice::from_ref(batch))? {
+                    r.retain(|k, _| columns.contains(&k.as_str()));
+                    let text = serde_json::Value::Object(r).to_string();
+                    let digest = <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes());
+                    out.push(digest.into());
+                }
+                Ok(())
             };
-            let current = canon(batch::batches_to_json(&df.collect().await?)?);
-            if current == canon(batch::batches_to_json(&batches)?) {
+            let mut current = Vec::with_capacity(old);
+            let mut stream = df.execute_stream().await?;
+            while let Some(b) = stream.try_next().await? {
+                hash_rows(&b, &mut current)?;
+            }
+            let mut wanted = Vec::with_capacity(new_rows);
+            for b in &batches {
+                hash_rows(b, &mut wanted)?;
+            }
+            current.sort_unstable();
+            wanted.sort_unstable();
+            if current == wanted {
                 return Ok(false);
             }
         }
