@@ -7,12 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
-use crow_ingest::normalize::{normalize, NormalizeContext};
 use crow_lake::batch::rows_to_batch;
-use crow_lake::Lake;
 use serde_json::{json, Value};
 
-use crate::support::{crow_bin, Backend};
+use crate::support::{crow_bin, land_web, Backend};
 
 /// Run `crow` with extra environment variables.
 fn crow_env(b: &Backend, args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -48,25 +46,6 @@ fn crow_env_json(b: &Backend, args: &[&str], env: &[(&str, &str)]) -> Value {
         String::from_utf8_lossy(&out.stdout)
     );
     serde_json::from_slice(&out.stdout).expect("json")
-}
-
-async fn land_web(lake: &Lake, org: &str, events: &[Value], received: DateTime<Utc>) {
-    let strip: Vec<String> = Vec::new();
-    let ctx = NormalizeContext {
-        org_id: org,
-        received_at: received,
-        ip_hash: None,
-        strip_query_params: &strip,
-        ip_salt: "salt",
-    };
-    let rows: Vec<_> = events
-        .iter()
-        .map(|e| normalize(e, None, &ctx).expect("valid event"))
-        .collect();
-    let batch = rows_to_batch(&crow_schemas::RAW_WEB_EVENTS, &rows).expect("batch");
-    lake.append("raw_web_events", vec![batch])
-        .await
-        .expect("append");
 }
 
 fn t(h: u32, m: u32) -> DateTime<Utc> {

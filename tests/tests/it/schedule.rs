@@ -8,31 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
-use crow_ingest::normalize::{normalize, NormalizeContext};
 use crow_lake::batch::rows_to_batch;
-use crow_lake::Lake;
 use serde_json::{json, Value};
 
-use crate::support::{Backend, Server};
-
-async fn land_web(lake: &Lake, org: &str, events: &[Value], received: DateTime<Utc>) {
-    let strip: Vec<String> = Vec::new();
-    let ctx = NormalizeContext {
-        org_id: org,
-        received_at: received,
-        ip_hash: None,
-        strip_query_params: &strip,
-        ip_salt: "salt",
-    };
-    let rows: Vec<_> = events
-        .iter()
-        .map(|e| normalize(e, None, &ctx).expect("valid event"))
-        .collect();
-    let batch = rows_to_batch(&crow_schemas::RAW_WEB_EVENTS, &rows).expect("batch");
-    lake.append("raw_web_events", vec![batch])
-        .await
-        .expect("append");
-}
+use crate::support::{land_web, Backend, Server};
 
 fn page(id: &str, anon: &str, at: DateTime<Utc>) -> Value {
     json!({

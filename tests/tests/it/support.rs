@@ -256,3 +256,30 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// Land web events (normalised as the collector does) straight into the
+/// lake, received at `received`.
+pub async fn land_web(
+    lake: &Lake,
+    org: &str,
+    events: &[serde_json::Value],
+    received: chrono::DateTime<chrono::Utc>,
+) {
+    let strip: Vec<String> = Vec::new();
+    let ctx = crow_ingest::normalize::NormalizeContext {
+        org_id: org,
+        received_at: received,
+        ip_hash: None,
+        strip_query_params: &strip,
+        ip_salt: "salt",
+    };
+    let rows: Vec<_> = events
+        .iter()
+        .map(|e| crow_ingest::normalize::normalize(e, None, &ctx).expect("valid event"))
+        .collect();
+    let batch =
+        crow_lake::batch::rows_to_batch(&crow_schemas::RAW_WEB_EVENTS, &rows).expect("batch");
+    lake.append("raw_web_events", vec![batch])
+        .await
+        .expect("append");
+}
