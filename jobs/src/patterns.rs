@@ -1070,7 +1070,7 @@ fn to_row(
 }
 
 /// A child period's pattern carried up into its parent.
-fn carry(parent: &Period, child: &PatternRow) -> Option<Finding> {
+fn carry(child: &PatternRow) -> Option<Finding> {
     let ev: Value = serde_json::from_str(&child.evidence).ok()?;
     let metric = ev["metric"].as_str()?.to_string();
     let z = ev["z"].as_f64()?;
@@ -1092,7 +1092,6 @@ fn carry(parent: &Period, child: &PatternRow) -> Option<Finding> {
                 .collect()
         })
         .unwrap_or_default();
-    let _ = parent;
     Some(Finding {
         kind: match child.kind.as_str() {
             "volume" => "volume",
@@ -1361,7 +1360,7 @@ async fn compute(
                 year_rows.extend(rs.iter().cloned());
             }
         }
-        let carried: Vec<Finding> = year_rows.iter().filter_map(|r| carry(&all, r)).collect();
+        let carried: Vec<Finding> = year_rows.iter().filter_map(carry).collect();
         let rows_all = merge_children(Vec::new(), &carried);
         new_rows.insert(
             all,
@@ -1527,14 +1526,14 @@ fn child_rows(
                 .iter()
                 .any(|p| days_since_epoch(p.start) == r.period_start)
         {
-            if let Some(f) = carry(parent, r) {
+            if let Some(f) = carry(r) {
                 out.push(f);
             }
         }
     }
     for p in fresh {
         for r in &new_rows[p] {
-            if let Some(f) = carry(parent, r) {
+            if let Some(f) = carry(r) {
                 out.push(f);
             }
         }

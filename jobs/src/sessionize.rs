@@ -305,9 +305,11 @@ async fn sessionize(
         Some(end) => (end + Duration::days(1)).min(now),
         None => now,
     };
+    // Who had a session before the window does not depend on how far the
+    // read goes: asked once, not per widening.
+    let returning = earlier_visitors(&lake.session().await?, opts.org.as_deref(), from).await?;
     loop {
         let ctx = lake.session().await?;
-        let returning = earlier_visitors(&ctx, opts.org.as_deref(), from).await?;
         let mut built = Built::default();
         progress.phase("sessionizing web events", 0);
         web(
