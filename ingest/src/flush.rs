@@ -12,12 +12,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::RecordBatch;
+use arrow::array::{Array, RecordBatch};
 use arrow::compute::{sort_to_indices, take_record_batch, SortOptions};
 use crow_lake::Lake;
 
 use crate::metrics::Metrics;
-use crate::wal::{read_segment, Wal, WalTable};
+use crate::wal::{RowFormat, Segment, Wal, WalTable};
 
 /// Flushes sealed WAL segments into the lake.
 #[derive(Clone)]
@@ -78,77 +78,187 @@ impl Flusher {
     }
 
     /// Flush every sealed segment. Returns the number of rows committed.
+    ///
+    /// Consecutive sealed segments are committed together, up to
+    /// [`GROUP_BYTES`] of segment files per commit: one Delta commit per table
+    /// for the whole group, carrying the application transaction version of
+    /// the group's last segment. So a flusher that fell behind (a burst, a
+    /// lake outage) catches up with fewer, larger commits. Exactly once
+    /// still holds per segment: before committing a table, the rows of
+    /// segments at or below that table's recorded version are left out.
     pub async fn flush_sealed(&self) -> Result<u64, crow_lake::Error> {
         let mut total = 0;
-        for (seq, path) in self.wal.sealed_segments()? {
+        let mut sealed = self.wal.sealed_segments()?.into_iter().peekable();
+        while sealed.peek().is_some() {
             let started = Instant::now();
-            let p = path.clone();
-            let decoded = tokio::task::spawn_blocking(move || decode_segment(&p))
-                .await
-                .map_err(|e| crow_lake::Error::Invalid(format!("WAL decoder panicked: {e}")))?;
-            let tables = match decoded {
-                Ok(t) => t,
-                Err(e) => {
-                    // A segment that cannot be read back (disk corruption, or a
-                    // bug) must not block every later one: set it aside, loudly.
-                    let kept = path.with_extension("corrupt");
-                    tracing::error!(seq, error = %e, kept = %kept.display(),
-                        "WAL segment cannot be decoded; quarantined for inspection");
-                    self.metrics.segments_quarantined.inc();
-                    self.wal.quarantine(&path, &kept)?;
-                    continue;
+            let mut group = Vec::new();
+            let mut bytes = 0u64;
+            while let Some((seq, path)) = sealed.next_if(|(_, p)| {
+                let len = std::fs::metadata(p).map_or(0, |m| m.len());
+                let fits = group.is_empty() || bytes + len <= GROUP_BYTES;
+                if fits {
+                    bytes += len;
                 }
+                fits
+            }) {
+                group.push((seq, path));
+            }
+            let paths: Vec<_> = group.clone();
+            let decoded = tokio::task::spawn_blocking(move || {
+                paths
+                    .into_iter()
+                    .map(|(seq, path)| (seq, path.clone(), decode_segment(&path)))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| crow_lake::Error::Invalid(format!("WAL decoder panicked: {e}")))?;
+            let mut by_table: BTreeMap<WalTable, Vec<(u64, RecordBatch)>> = BTreeMap::new();
+            let mut flushed = Vec::new();
+            for (seq, path, tables) in decoded {
+                match tables {
+                    Ok(tables) => {
+                        for (table, batch) in tables {
+                            by_table.entry(table).or_default().push((seq, batch));
+                        }
+                        flushed.push(path);
+                    }
+                    Err(e) => {
+                        // A segment that cannot be read back (disk corruption,
+                        // or a bug) must not block every later one: set it
+                        // aside, loudly.
+                        let kept = path.with_extension("corrupt");
+                        tracing::error!(seq, error = %e, kept = %kept.display(),
+                            "WAL segment cannot be decoded; quarantined for inspection");
+                        self.metrics.segments_quarantined.inc();
+                        self.wal.quarantine(&path, &kept)?;
+                    }
+                }
+            }
+            let Some(last_seq) = group.last().map(|(seq, _)| *seq) else {
+                break;
             };
-            for (table, batch) in tables {
+            for (table, parts) in by_table {
                 let name = table.table_name();
-                let n = batch.num_rows() as u64;
-                let landed = self
-                    .lake
-                    .append_once(name, vec![batch], &self.app_id, seq as i64)
-                    .await?;
-                if landed {
-                    total += n;
-                    self.metrics.rows_committed.inc_by(name, n);
-                } else {
+                let done = self.lake.app_version(name, &self.app_id).await?;
+                let (skipped, fresh): (Vec<_>, Vec<_>) = parts
+                    .into_iter()
+                    .partition(|(seq, _)| done.is_some_and(|d| d >= *seq as i64));
+                for (seq, _) in &skipped {
                     tracing::info!(
                         seq,
                         table = name,
                         "segment already committed (replay): skipped"
                     );
                 }
+                if fresh.is_empty() {
+                    continue;
+                }
+                let batch = cluster(fresh.into_iter().map(|(_, b)| b).collect())?;
+                let n = batch.num_rows() as u64;
+                if self
+                    .lake
+                    .append_once(name, vec![batch], &self.app_id, last_seq as i64)
+                    .await?
+                {
+                    total += n;
+                    self.metrics.rows_committed.inc_by(name, n);
+                }
             }
-            self.wal.retire(&path)?;
+            for path in &flushed {
+                self.wal.retire(path)?;
+                self.metrics.segments_flushed.inc();
+            }
             self.metrics
                 .flush_seconds
                 .observe(started.elapsed().as_secs_f64());
-            self.metrics.segments_flushed.inc();
         }
         Ok(total)
     }
+}
+
+/// The most segment bytes committed together.
+pub const GROUP_BYTES: u64 = 128 * 1024 * 1024;
+
+/// One batch of a table's parts, clustered by `org_id`.
+fn cluster(mut parts: Vec<RecordBatch>) -> Result<RecordBatch, crow_lake::Error> {
+    let batch = match parts.len() {
+        1 => parts.remove(0),
+        _ => {
+            let schema = parts[0].schema();
+            arrow::compute::concat_batches(&schema, &parts)?
+        }
+    };
+    sort_by_org(batch)
 }
 
 /// Read a sealed segment and decode each table's rows into one batch.
 fn decode_segment(
     path: &std::path::Path,
 ) -> Result<Vec<(WalTable, RecordBatch)>, crow_lake::Error> {
-    let mut by_table: BTreeMap<WalTable, Vec<u8>> = BTreeMap::new();
-    for (table, json) in read_segment(path)? {
-        let buf = by_table.entry(table).or_default();
-        buf.extend_from_slice(&json);
-        buf.push(b'\n');
+    let segment = Segment::read(path)?;
+    #[derive(Default)]
+    struct Rows<'a> {
+        json: Vec<u8>,
+        binary: Vec<&'a [u8]>,
+    }
+    let mut by_table: BTreeMap<WalTable, Rows<'_>> = BTreeMap::new();
+    for (table, format, row) in segment.records() {
+        let rows = by_table.entry(table).or_default();
+        match format {
+            RowFormat::Json => {
+                rows.json.extend_from_slice(row);
+                rows.json.push(b'\n');
+            }
+            RowFormat::Binary => rows.binary.push(row),
+        }
     }
     by_table
         .into_iter()
-        .map(|(table, json)| Ok((table, decode(table.table_name(), &json)?)))
+        .map(|(table, rows)| {
+            let name = table.table_name();
+            let def = crow_schemas::table(name)
+                .ok_or_else(|| crow_lake::Error::UnknownTable(name.into()))?;
+            let schema = def.schema();
+            let mut batches = Vec::with_capacity(2);
+            if !rows.json.is_empty() {
+                batches.push(decode_json(&schema, &rows.json)?);
+            }
+            if !rows.binary.is_empty() {
+                batches.push(
+                    crate::rowcodec::decode_rows(&schema, &rows.binary)
+                        .map_err(|e| crow_lake::Error::Invalid(e.to_string()))?,
+                );
+            }
+            let batch = match batches.len() {
+                1 => batches.remove(0),
+                _ => arrow::compute::concat_batches(&schema, &batches)?,
+            };
+            Ok((table, batch))
+        })
         .collect()
 }
 
-/// Decode newline-delimited JSON rows into one batch of `table`'s schema,
-/// sorted by `org_id`.
-fn decode(table: &str, json: &[u8]) -> Result<RecordBatch, crow_lake::Error> {
-    let def =
-        crow_schemas::table(table).ok_or_else(|| crow_lake::Error::UnknownTable(table.into()))?;
-    let schema = def.schema();
+/// Cluster a batch by `org_id` (so Parquet statistics prune by tenant),
+/// unless it already is.
+fn sort_by_org(batch: RecordBatch) -> Result<RecordBatch, crow_lake::Error> {
+    let Ok(org) = batch.schema().index_of("org_id") else {
+        return Ok(batch);
+    };
+    let column = batch.column(org);
+    if let Some(orgs) = column.as_any().downcast_ref::<arrow::array::StringArray>() {
+        if orgs.null_count() == 0 && orgs.iter().is_sorted() {
+            return Ok(batch);
+        }
+    }
+    let idx = sort_to_indices(column, Some(SortOptions::default()), None)?;
+    Ok(take_record_batch(&batch, &idx)?)
+}
+
+/// Decode newline-delimited JSON rows into one batch of `schema`.
+fn decode_json(
+    schema: &arrow::datatypes::SchemaRef,
+    json: &[u8],
+) -> Result<RecordBatch, crow_lake::Error> {
     let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
         .with_batch_size(64 * 1024)
         .with_strict_mode(true)
@@ -170,18 +280,13 @@ fn decode(table: &str, json: &[u8]) -> Result<RecordBatch, crow_lake::Error> {
     if let Some(b) = decoder.flush()? {
         batches.push(b);
     }
-    let batch = arrow::compute::concat_batches(&schema, &batches)?;
-    let Ok(org) = batch.schema().index_of("org_id") else {
-        return Ok(batch);
-    };
-    let idx = sort_to_indices(batch.column(org), Some(SortOptions::default()), None)?;
-    Ok(take_record_batch(&batch, &idx)?)
+    Ok(arrow::compute::concat_batches(schema, &batches)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wal::{WalOptions, WalRecord};
+    use crate::wal::{WalBatch, WalOptions};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn replays_once_and_quarantines_undecodable_segments() {
@@ -211,20 +316,22 @@ mod tests {
             Some("{}"),
             chrono::Utc::now(),
         );
-        let good = WalRecord {
-            table: WalTable::FailedEvents,
-            json: serde_json::to_vec(&failed).unwrap(),
-        };
-        wal.append(vec![good.clone()]).await.unwrap();
+        let mut good = WalBatch::default();
+        good.push_json(
+            WalTable::FailedEvents,
+            &serde_json::to_vec(&failed).unwrap(),
+        );
+        wal.append(good.clone()).await.unwrap();
         wal.seal_now().await.unwrap();
         // A row with a column the table does not have cannot be decoded.
-        let bad = WalRecord {
-            table: WalTable::FailedEvents,
-            json: br#"{"org_id":"o1","no_such_column":1}"#.to_vec(),
-        };
-        wal.append(vec![bad]).await.unwrap();
+        let mut bad = WalBatch::default();
+        bad.push_json(
+            WalTable::FailedEvents,
+            br#"{"org_id":"o1","no_such_column":1}"#,
+        );
+        wal.append(bad).await.unwrap();
         wal.seal_now().await.unwrap();
-        wal.append(vec![good]).await.unwrap();
+        wal.append(good).await.unwrap();
         wal.seal_now().await.unwrap();
 
         let first = dir.path().join("wal").join(format!("{:020}.sealed", 1));

@@ -16,6 +16,7 @@ pub mod flush;
 pub mod generate;
 pub mod metrics;
 pub mod normalize;
+pub mod rowcodec;
 pub mod server;
 pub mod service;
 pub mod wal;

@@ -14,12 +14,21 @@
 //! - privacy: `context.ip` is replaced by a salted hash; configured query
 //!   parameters are stripped from page URLs and referrers.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, NaiveDate, Utc};
-use serde::Serialize;
+use serde::de::{IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+use crate::rowcodec::RowWriter;
 
 /// How far in the future an event's time may be before it is corrected.
 pub const FUTURE_TOLERANCE_MS: i64 = 10 * 60 * 1000;
+
+/// The deepest nesting an event may have (as `serde_json`'s own limit).
+pub const MAX_DEPTH: usize = 128;
 
 /// Why an event was rejected: a stable code and a human-readable reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -54,114 +63,465 @@ pub struct NormalizeContext<'a> {
     pub ip_salt: &'a str,
 }
 
+/// What the request supplies for every event of it: the type implied by the
+/// endpoint (`/v1/track` → "track"), and a batch's `sentAt` and `context`
+/// (raw JSON), which fill in what an event does not say itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Defaults<'a> {
+    /// The endpoint's type, used when an event has none.
+    pub kind: Option<&'a str>,
+    /// The batch's `sentAt` (raw JSON), used when an event has none.
+    pub sent_at: Option<&'a str>,
+    /// The batch's `context` (raw JSON object): its keys are added to each
+    /// event's context where the event has none of its own.
+    pub context: Option<&'a str>,
+}
+
+type Text<'a> = Option<Cow<'a, str>>;
+
 /// One `raw_web_events` row (column names as in `crow_schemas::RAW_WEB_EVENTS`).
 /// Timestamps are microseconds since the epoch, dates days since the epoch.
+/// Text borrows from the request body where it can.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[allow(missing_docs)]
-pub struct RawWebEventRow {
-    pub org_id: String,
-    pub message_id: String,
+pub struct RawWebEventRow<'a> {
+    pub org_id: Cow<'a, str>,
+    pub message_id: Cow<'a, str>,
     #[serde(rename = "type")]
-    pub kind: String,
-    pub event: Option<String>,
-    pub name: Option<String>,
-    pub anonymous_id: Option<String>,
-    pub user_id: Option<String>,
-    pub group_id: Option<String>,
-    pub previous_id: Option<String>,
+    pub kind: Cow<'a, str>,
+    pub event: Text<'a>,
+    pub name: Text<'a>,
+    pub anonymous_id: Text<'a>,
+    pub user_id: Text<'a>,
+    pub group_id: Text<'a>,
+    pub previous_id: Text<'a>,
     pub occurred_at: i64,
     pub original_timestamp: Option<i64>,
     pub sent_at: Option<i64>,
     pub received_at: i64,
     pub timestamp_corrected: bool,
-    pub page_url: Option<String>,
-    pub page_path: Option<String>,
-    pub page_referrer: Option<String>,
-    pub page_title: Option<String>,
-    pub user_agent: Option<String>,
-    pub ip_hash: Option<String>,
-    pub device_type: Option<String>,
-    pub campaign_source: Option<String>,
-    pub campaign_medium: Option<String>,
-    pub campaign_name: Option<String>,
-    pub product_id: Option<String>,
-    pub product_sku: Option<String>,
-    pub product_name: Option<String>,
+    pub page_url: Text<'a>,
+    pub page_path: Text<'a>,
+    pub page_referrer: Text<'a>,
+    pub page_title: Text<'a>,
+    pub user_agent: Text<'a>,
+    pub ip_hash: Text<'a>,
+    pub device_type: Text<'a>,
+    pub campaign_source: Text<'a>,
+    pub campaign_medium: Text<'a>,
+    pub campaign_name: Text<'a>,
+    pub product_id: Text<'a>,
+    pub product_sku: Text<'a>,
+    pub product_name: Text<'a>,
     pub product_price: Option<f64>,
     pub product_quantity: Option<i64>,
-    pub product_category: Option<String>,
-    pub currency: Option<String>,
-    pub order_id: Option<String>,
+    pub product_category: Text<'a>,
+    pub currency: Text<'a>,
+    pub order_id: Text<'a>,
     pub revenue: Option<f64>,
-    pub properties: Option<String>,
-    pub traits: Option<String>,
-    pub context: Option<String>,
-    pub integrations: Option<String>,
+    pub properties: Text<'a>,
+    pub traits: Text<'a>,
+    pub context: Text<'a>,
+    pub integrations: Text<'a>,
     pub event_date: i32,
+}
+
+fn own(t: Text<'_>) -> Text<'static> {
+    t.map(|c| Cow::Owned(c.into_owned()))
+}
+
+impl RawWebEventRow<'_> {
+    /// The row with every text owned (no longer tied to the request body).
+    pub fn into_owned(self) -> RawWebEventRow<'static> {
+        RawWebEventRow {
+            org_id: Cow::Owned(self.org_id.into_owned()),
+            message_id: Cow::Owned(self.message_id.into_owned()),
+            kind: Cow::Owned(self.kind.into_owned()),
+            event: own(self.event),
+            name: own(self.name),
+            anonymous_id: own(self.anonymous_id),
+            user_id: own(self.user_id),
+            group_id: own(self.group_id),
+            previous_id: own(self.previous_id),
+            occurred_at: self.occurred_at,
+            original_timestamp: self.original_timestamp,
+            sent_at: self.sent_at,
+            received_at: self.received_at,
+            timestamp_corrected: self.timestamp_corrected,
+            page_url: own(self.page_url),
+            page_path: own(self.page_path),
+            page_referrer: own(self.page_referrer),
+            page_title: own(self.page_title),
+            user_agent: own(self.user_agent),
+            ip_hash: own(self.ip_hash),
+            device_type: own(self.device_type),
+            campaign_source: own(self.campaign_source),
+            campaign_medium: own(self.campaign_medium),
+            campaign_name: own(self.campaign_name),
+            product_id: own(self.product_id),
+            product_sku: own(self.product_sku),
+            product_name: own(self.product_name),
+            product_price: self.product_price,
+            product_quantity: self.product_quantity,
+            product_category: own(self.product_category),
+            currency: own(self.currency),
+            order_id: own(self.order_id),
+            revenue: self.revenue,
+            properties: own(self.properties),
+            traits: own(self.traits),
+            context: own(self.context),
+            integrations: own(self.integrations),
+            event_date: self.event_date,
+        }
+    }
+
+    /// Append the row in the WAL's binary row format
+    /// ([`crate::rowcodec`]), columns in the table's order.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut w = RowWriter::new(out, 38);
+        w.text(Some(&self.org_id));
+        w.text(Some(&self.message_id));
+        w.text(Some(&self.kind));
+        w.text(self.event.as_deref());
+        w.text(self.name.as_deref());
+        w.text(self.anonymous_id.as_deref());
+        w.text(self.user_id.as_deref());
+        w.text(self.group_id.as_deref());
+        w.text(self.previous_id.as_deref());
+        w.i64(Some(self.occurred_at));
+        w.i64(self.original_timestamp);
+        w.i64(self.sent_at);
+        w.i64(Some(self.received_at));
+        w.bool(Some(self.timestamp_corrected));
+        w.text(self.page_url.as_deref());
+        w.text(self.page_path.as_deref());
+        w.text(self.page_referrer.as_deref());
+        w.text(self.page_title.as_deref());
+        w.text(self.user_agent.as_deref());
+        w.text(self.ip_hash.as_deref());
+        w.text(self.device_type.as_deref());
+        w.text(self.campaign_source.as_deref());
+        w.text(self.campaign_medium.as_deref());
+        w.text(self.campaign_name.as_deref());
+        w.text(self.product_id.as_deref());
+        w.text(self.product_sku.as_deref());
+        w.text(self.product_name.as_deref());
+        w.f64(self.product_price);
+        w.i64(self.product_quantity);
+        w.text(self.product_category.as_deref());
+        w.text(self.currency.as_deref());
+        w.text(self.order_id.as_deref());
+        w.f64(self.revenue);
+        w.text(self.properties.as_deref());
+        w.text(self.traits.as_deref());
+        w.text(self.context.as_deref());
+        w.text(self.integrations.as_deref());
+        w.i32(Some(self.event_date));
+    }
 }
 
 const TYPES: &[&str] = &["track", "page", "screen", "identify", "group", "alias"];
 
-/// Validate and normalise one event. `default_type` is the type implied by the
-/// endpoint (`/v1/track` → "track"); a batch passes `None`.
+/// Validate and normalise one event given as a JSON value (the demo's
+/// generator and tests). The collector uses [`normalize_json`] on the
+/// request text.
 pub fn normalize(
     event: &Value,
     default_type: Option<&str>,
     ctx: &NormalizeContext<'_>,
-) -> Result<RawWebEventRow, Rejection> {
-    let obj = event
-        .as_object()
-        .ok_or_else(|| Rejection::new("not_an_object", "an event must be a JSON object"))?;
-    let kind = match (obj.get("type"), default_type) {
-        (Some(Value::String(t)), _) => t.to_ascii_lowercase(),
-        (None | Some(Value::Null), Some(d)) => d.to_string(),
-        (None | Some(Value::Null), None) => {
+) -> Result<RawWebEventRow<'static>, Rejection> {
+    let text = event.to_string();
+    let defaults = Defaults {
+        kind: default_type,
+        ..Defaults::default()
+    };
+    normalize_json(&text, &defaults, ctx).map(RawWebEventRow::into_owned)
+}
+
+/// A JSON value's text, classified when a field is read.
+#[derive(Debug, Clone, Copy)]
+struct Raw<'a>(&'a str);
+
+enum Scalar<'a> {
+    Null,
+    Str(Cow<'a, str>),
+    Num(&'a str),
+    Bool(bool),
+    Object(&'a str),
+    Array,
+}
+
+impl<'a> Raw<'a> {
+    fn scalar(self) -> Scalar<'a> {
+        let t = self.0.trim_ascii();
+        match t.as_bytes().first() {
+            Some(b'"') => match t.get(1..t.len().saturating_sub(1)) {
+                // No escapes: the text between the quotes is the string.
+                Some(inner) if !inner.contains('\\') => Scalar::Str(Cow::Borrowed(inner)),
+                _ => serde_json::from_str::<String>(t)
+                    .map_or(Scalar::Null, |s| Scalar::Str(Cow::Owned(s))),
+            },
+            Some(b'{') => Scalar::Object(t),
+            Some(b'[') => Scalar::Array,
+            Some(b't') => Scalar::Bool(true),
+            Some(b'f') => Scalar::Bool(false),
+            Some(b'n') | None => Scalar::Null,
+            Some(_) => Scalar::Num(t),
+        }
+    }
+}
+
+/// A map key, borrowed unless it had escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+struct Pick<'k, const N: usize>(&'k [&'k str; N]);
+
+impl<'de, const N: usize> Visitor<'de> for Pick<'_, N> {
+    type Value = [Option<Raw<'de>>; N];
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = [None; N];
+        while let Some(Key(key)) = map.next_key()? {
+            match self.0.iter().position(|k| *k == key) {
+                // A repeated key: the last one wins, as in a parsed object.
+                Some(i) => out[i] = Some(Raw(map.next_value::<&'de RawValue>()?.get())),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The values of `keys` in the JSON object `text`, in one pass and without
+/// building the object: every other member is skipped unparsed.
+fn pick<'a, const N: usize>(
+    text: &'a str,
+    keys: &[&str; N],
+) -> Result<[Option<Raw<'a>>; N], serde_json::Error> {
+    use serde::Deserializer as _;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let out = (&mut de).deserialize_map(Pick(keys))?;
+    de.end()?;
+    Ok(out)
+}
+
+/// Like [`pick`] for an optional member that should be an object: anything
+/// else reads as an empty object.
+fn pick_in<'a, const N: usize>(text: Option<Raw<'a>>, keys: &[&str; N]) -> [Option<Raw<'a>>; N] {
+    match text.map(Raw::scalar) {
+        Some(Scalar::Object(t)) => pick(t, keys).unwrap_or([None; N]),
+        _ => [None; N],
+    }
+}
+
+/// True when `text` nests arrays and objects deeper than `limit`.
+pub fn nested_deeper_than(text: &str, limit: usize) -> bool {
+    let b = text.as_bytes();
+    // Cheap bound first: fewer opening brackets than the limit cannot nest
+    // deeper than it.
+    if memchr::memchr2_iter(b'{', b'[', b).count() <= limit {
+        return false;
+    }
+    let (mut depth, mut in_str, mut escaped) = (0usize, false, false);
+    for &c in b {
+        if in_str {
+            match c {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            b'"' => in_str = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+const EVENT_KEYS: [&str; 15] = [
+    "type",
+    "event",
+    "name",
+    "anonymousId",
+    "userId",
+    "groupId",
+    "previousId",
+    "messageId",
+    "timestamp",
+    "originalTimestamp",
+    "sentAt",
+    "properties",
+    "traits",
+    "context",
+    "integrations",
+];
+const CONTEXT_KEYS: [&str; 5] = ["ip", "userAgent", "device", "campaign", "page"];
+const PAGE_KEYS: [&str; 5] = ["url", "path", "referrer", "title", "search"];
+const CAMPAIGN_KEYS: [&str; 3] = ["source", "medium", "name"];
+const PROPERTY_KEYS: [&str; 14] = [
+    "product_id",
+    "sku",
+    "name",
+    "price",
+    "quantity",
+    "category",
+    "currency",
+    "order_id",
+    "revenue",
+    "total",
+    "url",
+    "path",
+    "referrer",
+    "title",
+];
+
+/// Validate and normalise one event from its JSON text (one element of a
+/// request's `batch`, or a single-event body). The event is read in one
+/// pass: text fields borrow from `text`, `properties`, `traits`, `context`
+/// and `integrations` are kept as the client sent them (the context is
+/// rewritten only when an IP or a stripped query parameter must go).
+pub fn normalize_json<'a>(
+    text: &'a str,
+    defaults: &Defaults<'a>,
+    ctx: &'a NormalizeContext<'_>,
+) -> Result<RawWebEventRow<'a>, Rejection> {
+    if nested_deeper_than(text, MAX_DEPTH) {
+        return Err(Rejection::new("too_deep", "the event is nested too deeply"));
+    }
+    if !text.trim_ascii_start().starts_with('{') {
+        return Err(Rejection::new(
+            "not_an_object",
+            "an event must be a JSON object",
+        ));
+    }
+    let fields =
+        pick(text, &EVENT_KEYS).map_err(|e| Rejection::new("invalid_json", e.to_string()))?;
+    match defaults.context.map(|c| Raw(c).scalar()) {
+        Some(Scalar::Object(batch)) => {
+            // The batch's context fills in the event's: merge, then read the
+            // merged text (owned, since it is built here).
+            let merged = match fields[13].map(Raw::scalar) {
+                None | Some(Scalar::Object(_)) => {
+                    let mut event_ctx: Map<String, Value> = match fields[13] {
+                        Some(r) => serde_json::from_str(r.0)
+                            .map_err(|e| Rejection::new("invalid_json", e.to_string()))?,
+                        None => Map::new(),
+                    };
+                    let batch_ctx: Map<String, Value> = serde_json::from_str(batch)
+                        .map_err(|e| Rejection::new("invalid_json", e.to_string()))?;
+                    for (k, v) in batch_ctx {
+                        event_ctx.entry(k).or_insert(v);
+                    }
+                    Some(Value::Object(event_ctx).to_string())
+                }
+                Some(_) => None,
+            };
+            match merged {
+                Some(m) => {
+                    let mut fields = fields;
+                    fields[13] = Some(Raw(&m));
+                    build(fields, defaults, ctx).map(RawWebEventRow::into_owned)
+                }
+                None => build(fields, defaults, ctx),
+            }
+        }
+        _ => build(fields, defaults, ctx),
+    }
+}
+
+fn build<'a>(
+    f: [Option<Raw<'a>>; 15],
+    defaults: &Defaults<'a>,
+    ctx: &'a NormalizeContext<'_>,
+) -> Result<RawWebEventRow<'a>, Rejection> {
+    let [kind, event, name, anonymous_id, user_id, group_id, previous_id, message_id, timestamp, original_timestamp, sent_at, properties, traits, context, integrations] =
+        f;
+    let kind: &'static str = match (kind.map(Raw::scalar), defaults.kind) {
+        (Some(Scalar::Str(t)), _) => TYPES
+            .iter()
+            .find(|k| k.eq_ignore_ascii_case(&t))
+            .copied()
+            .ok_or_else(|| {
+                Rejection::new(
+                    "invalid_type",
+                    format!("`type` must be one of {}", TYPES.join(", ")),
+                )
+            })?,
+        (None | Some(Scalar::Null), Some(d)) => TYPES
+            .iter()
+            .find(|k| k.eq_ignore_ascii_case(d))
+            .copied()
+            .ok_or_else(|| Rejection::new("invalid_type", format!("unknown type {d:?}")))?,
+        (None | Some(Scalar::Null), None) => {
             return Err(Rejection::new("missing_type", "`type` is required"))
         }
         (Some(_), _) => return Err(Rejection::new("invalid_type", "`type` must be a string")),
     };
-    if !TYPES.contains(&kind.as_str()) {
-        return Err(Rejection::new(
-            "invalid_type",
-            format!("`type` must be one of {}", TYPES.join(", ")),
-        ));
-    }
-    let text = |key: &str| -> Result<Option<String>, Rejection> {
-        match obj.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) if s.is_empty() => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
+    let text = |key: &str, raw: Option<Raw<'a>>, max: usize| -> Result<Text<'a>, Rejection> {
+        match raw.map(Raw::scalar) {
+            None | Some(Scalar::Null) => Ok(None),
+            Some(Scalar::Str(s)) if s.is_empty() => Ok(None),
+            Some(Scalar::Str(s)) if s.len() > max => Err(Rejection::new(
+                "field_too_long",
+                format!("`{key}` is longer than {max} bytes"),
+            )),
+            Some(Scalar::Str(s)) => Ok(Some(s)),
             // Segment accepts numeric ids and stringifies them.
-            Some(Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(Scalar::Num(n)) => Ok(Some(Cow::Borrowed(n))),
             Some(_) => Err(Rejection::new(
                 "invalid_field",
                 format!("`{key}` must be a string"),
             )),
         }
     };
-    let anonymous_id = text("anonymousId")?;
-    let user_id = text("userId")?;
+    const ANY: usize = usize::MAX;
+    let anonymous_id = text("anonymousId", anonymous_id, 512)?;
+    let user_id = text("userId", user_id, 512)?;
     if anonymous_id.is_none() && user_id.is_none() {
         return Err(Rejection::new(
             "missing_identity",
             "`anonymousId` or `userId` is required",
         ));
     }
-    for (key, max) in [("anonymousId", 512), ("userId", 512), ("messageId", 512)] {
-        if let Some(Value::String(s)) = obj.get(key) {
-            if s.len() > max {
-                return Err(Rejection::new(
-                    "field_too_long",
-                    format!("`{key}` is longer than {max} bytes"),
-                ));
-            }
-        }
-    }
-    let event_name = text("event")?;
-    let name = text("name")?;
-    let group_id = text("groupId")?;
-    let previous_id = text("previousId")?;
-    match kind.as_str() {
+    let message_id = text("messageId", message_id, 512)?;
+    let event_name = text("event", event, ANY)?;
+    let name = text("name", name, ANY)?;
+    let group_id = text("groupId", group_id, ANY)?;
+    let previous_id = text("previousId", previous_id, ANY)?;
+    match kind {
         "track" if event_name.is_none() => {
             return Err(Rejection::new("missing_field", "track events need `event`"))
         }
@@ -179,25 +539,25 @@ pub fn normalize(
         }
         _ => {}
     }
-    let object = |key: &str| -> Result<Option<&Map<String, Value>>, Rejection> {
-        match obj.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Object(m)) => Ok(Some(m)),
+    let object = |key: &str, raw: Option<Raw<'a>>| -> Result<Option<&'a str>, Rejection> {
+        match raw.map(Raw::scalar) {
+            None | Some(Scalar::Null) => Ok(None),
+            Some(Scalar::Object(t)) => Ok(Some(t)),
             Some(_) => Err(Rejection::new(
                 "invalid_field",
                 format!("`{key}` must be an object"),
             )),
         }
     };
-    let properties = object("properties")?;
-    let traits = object("traits")?;
-    let context = object("context")?;
-    let integrations = object("integrations")?;
+    let properties = object("properties", properties)?;
+    let traits = object("traits", traits)?;
+    let context = object("context", context)?;
+    let integrations = object("integrations", integrations)?;
 
-    let ts = |key: &str| -> Result<Option<DateTime<Utc>>, Rejection> {
-        match obj.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => parse_time(s).map(Some).ok_or_else(|| {
+    let ts = |key: &str, raw: Option<Raw<'a>>| -> Result<Option<DateTime<Utc>>, Rejection> {
+        match raw.map(Raw::scalar) {
+            None | Some(Scalar::Null) => Ok(None),
+            Some(Scalar::Str(s)) => parse_time(&s).map(Some).ok_or_else(|| {
                 Rejection::new(
                     "invalid_timestamp",
                     format!("`{key}` is not an ISO-8601 time: {s:?}"),
@@ -209,8 +569,8 @@ pub fn normalize(
             )),
         }
     };
-    let original = ts("timestamp")?.or(ts("originalTimestamp")?);
-    let sent_at = ts("sentAt")?;
+    let original = ts("timestamp", timestamp)?.or(ts("originalTimestamp", original_timestamp)?);
+    let sent_at = ts("sentAt", sent_at.or(defaults.sent_at.map(Raw)))?;
     let received = ctx.received_at;
     let mut occurred = match (original, sent_at) {
         (Some(t), Some(s)) => received - (s - t),
@@ -222,47 +582,43 @@ pub fn normalize(
         occurred = received;
         corrected = true;
     }
-
-    let message_id = match text("messageId")? {
+    let message_id = match message_id {
         Some(m) => m,
-        None => format!("crow-{}", uuid::Uuid::now_v7()),
+        None => Cow::Owned(format!("crow-{}", uuid::Uuid::now_v7())),
     };
 
-    let page = context
-        .and_then(|c| c.get("page"))
-        .and_then(Value::as_object);
-    let prop_str = |k: &str| properties.and_then(|p| p.get(k)).and_then(value_text);
-    let page_str =
-        |k: &str| prop_str(k).or_else(|| page.and_then(|p| p.get(k)).and_then(value_text));
-    let ctx_path = |path: &[&str]| -> Option<String> {
-        let mut cur = context?.get(path[0])?;
-        for p in &path[1..] {
-            cur = cur.get(*p)?;
+    let [ip, user_agent, device, campaign, page] = match context {
+        Some(c) => {
+            pick(c, &CONTEXT_KEYS).map_err(|e| Rejection::new("invalid_json", e.to_string()))?
         }
-        value_text(cur)
+        None => [None; 5],
     };
-    let strip = |u: Option<String>| u.map(|u| strip_query(&u, ctx.strip_query_params));
+    let [device_type] = pick_in(device, &["type"]);
+    let [campaign_source, campaign_medium, campaign_name] = pick_in(campaign, &CAMPAIGN_KEYS);
+    let [page_url, page_path, page_referrer, page_title, page_search] = pick_in(page, &PAGE_KEYS);
+    let [p_product_id, p_sku, p_name, p_price, p_quantity, p_category, p_currency, p_order_id, p_revenue, p_total, p_url, p_path, p_referrer, p_title] =
+        match properties {
+            Some(p) => pick(p, &PROPERTY_KEYS)
+                .map_err(|e| Rejection::new("invalid_json", e.to_string()))?,
+            None => [None; 14],
+        };
+    let strip = |u: Text<'a>| u.map(|u| strip_query_cow(u, ctx.strip_query_params));
 
     // IP: hash whatever the client put in context.ip, else the request's.
     // The stored context never holds the IP, nor stripped query parameters;
-    // it is copied only when something has to go.
-    let page_has_query = |c: &Map<String, Value>| {
-        !ctx.strip_query_params.is_empty()
-            && c.get("page").and_then(Value::as_object).is_some_and(|p| {
-                ["url", "referrer", "search"].iter().any(|k| {
-                    p.get(*k)
-                        .and_then(Value::as_str)
-                        .is_some_and(|u| u.contains('?'))
-                })
-            })
-    };
-    let mut ip_hash = ctx.ip_hash.clone();
-    let context_text = match context {
-        Some(c) if c.contains_key("ip") || page_has_query(c) => {
-            let mut c = c.clone();
+    // it is rewritten only when something has to go.
+    let has_query =
+        |r: Option<Raw<'a>>| matches!(r.map(Raw::scalar), Some(Scalar::Str(u)) if u.contains('?'));
+    let page_has_query = !ctx.strip_query_params.is_empty()
+        && (has_query(page_url) || has_query(page_referrer) || has_query(page_search));
+    let mut ip_hash: Text<'a> = ctx.ip_hash.as_deref().map(Cow::Borrowed);
+    let context_text: Text<'a> = match context {
+        Some(c) if ip.is_some() || page_has_query => {
+            let mut c: Map<String, Value> = serde_json::from_str(c)
+                .map_err(|e| Rejection::new("invalid_json", e.to_string()))?;
             if let Some(Value::String(ip)) = c.remove("ip") {
                 if !ip.is_empty() {
-                    ip_hash = Some(hash_ip(ctx.ip_salt, &ip));
+                    ip_hash = Some(Cow::Owned(hash_ip(ctx.ip_salt, &ip)));
                 }
             }
             if let Some(Value::Object(p)) = c.get_mut("page") {
@@ -272,27 +628,17 @@ pub fn normalize(
                     }
                 }
             }
-            Some(Value::Object(c).to_string())
+            Some(Cow::Owned(Value::Object(c).to_string()))
         }
-        Some(c) => serde_json::to_string(c).ok(),
+        Some(c) => Some(Cow::Borrowed(c)),
         None => None,
     };
 
-    let product_price = properties.and_then(|p| p.get("price")).and_then(value_f64);
-    let revenue = properties
-        .and_then(|p| p.get("revenue").or_else(|| p.get("total")))
-        .and_then(value_f64);
-    let quantity = properties
-        .and_then(|p| p.get("quantity"))
-        .and_then(value_f64)
-        .map(|q| q as i64);
-
-    let is_view = matches!(kind.as_str(), "page" | "screen");
-    let json = |m: Option<&Map<String, Value>>| m.and_then(|m| serde_json::to_string(m).ok());
+    let is_view = matches!(kind, "page" | "screen");
     Ok(RawWebEventRow {
-        org_id: ctx.org_id.to_string(),
+        org_id: Cow::Borrowed(ctx.org_id),
         message_id,
-        kind,
+        kind: Cow::Borrowed(kind),
         event: event_name,
         name,
         anonymous_id,
@@ -304,29 +650,35 @@ pub fn normalize(
         sent_at: sent_at.map(|t| t.timestamp_micros()),
         received_at: received.timestamp_micros(),
         timestamp_corrected: corrected,
-        page_url: strip(page_str("url")),
-        page_path: page_str("path"),
-        page_referrer: strip(page_str("referrer")),
-        page_title: page_str("title"),
-        user_agent: ctx_path(&["userAgent"]),
+        page_url: strip(value_text(p_url).or_else(|| value_text(page_url))),
+        page_path: value_text(p_path).or_else(|| value_text(page_path)),
+        page_referrer: strip(value_text(p_referrer).or_else(|| value_text(page_referrer))),
+        page_title: value_text(p_title).or_else(|| value_text(page_title)),
+        user_agent: value_text(user_agent),
         ip_hash,
-        device_type: ctx_path(&["device", "type"]).map(|s| s.to_ascii_lowercase()),
-        campaign_source: ctx_path(&["campaign", "source"]),
-        campaign_medium: ctx_path(&["campaign", "medium"]),
-        campaign_name: ctx_path(&["campaign", "name"]),
-        product_id: prop_str("product_id"),
-        product_sku: prop_str("sku"),
-        product_name: if is_view { None } else { prop_str("name") },
-        product_price,
-        product_quantity: quantity,
-        product_category: prop_str("category"),
-        currency: prop_str("currency"),
-        order_id: prop_str("order_id"),
-        revenue,
-        properties: json(properties),
-        traits: json(traits),
+        device_type: value_text(device_type).map(|s| {
+            if s.bytes().any(|b| b.is_ascii_uppercase()) {
+                Cow::Owned(s.to_ascii_lowercase())
+            } else {
+                s
+            }
+        }),
+        campaign_source: value_text(campaign_source),
+        campaign_medium: value_text(campaign_medium),
+        campaign_name: value_text(campaign_name),
+        product_id: value_text(p_product_id),
+        product_sku: value_text(p_sku),
+        product_name: if is_view { None } else { value_text(p_name) },
+        product_price: value_f64(p_price),
+        product_quantity: value_f64(p_quantity).map(|q| q as i64),
+        product_category: value_text(p_category),
+        currency: value_text(p_currency),
+        order_id: value_text(p_order_id),
+        revenue: value_f64(p_revenue.or(p_total)),
+        properties: properties.map(Cow::Borrowed),
+        traits: traits.map(Cow::Borrowed),
         context: context_text,
-        integrations: json(integrations),
+        integrations: integrations.map(Cow::Borrowed),
         event_date: days_since_epoch(occurred),
     })
 }
@@ -369,6 +721,15 @@ pub fn hash_ip(salt: &str, ip: &str) -> String {
     hex::encode(h.finalize())
 }
 
+/// [`strip_query`], copying only when there is something to strip.
+fn strip_query_cow<'a>(url: Cow<'a, str>, params: &[String]) -> Cow<'a, str> {
+    if params.is_empty() || !url.contains('?') {
+        url
+    } else {
+        Cow::Owned(strip_query(&url, params))
+    }
+}
+
 /// Remove the named query parameters (or all, with `*`) from a URL.
 pub fn strip_query(url: &str, params: &[String]) -> String {
     if params.is_empty() {
@@ -404,19 +765,21 @@ pub fn strip_query(url: &str, params: &[String]) -> String {
     out
 }
 
-fn value_text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
+/// A property as text: strings (non-empty), numbers and booleans.
+fn value_text(v: Option<Raw<'_>>) -> Text<'_> {
+    match v?.scalar() {
+        Scalar::Str(s) if !s.is_empty() => Some(s),
+        Scalar::Num(n) => Some(Cow::Borrowed(n)),
+        Scalar::Bool(b) => Some(Cow::Borrowed(if b { "true" } else { "false" })),
         _ => None,
     }
 }
 
-fn value_f64(v: &Value) -> Option<f64> {
-    match v {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.trim().parse::<f64>().ok().filter(|f| f.is_finite()),
+/// A property as a number: JSON numbers, or strings holding one.
+fn value_f64(v: Option<Raw<'_>>) -> Option<f64> {
+    match v?.scalar() {
+        Scalar::Num(n) => n.parse::<f64>().ok().filter(|f| f.is_finite()),
+        Scalar::Str(s) => s.trim().parse::<f64>().ok().filter(|f| f.is_finite()),
         _ => None,
     }
 }
@@ -500,6 +863,124 @@ mod tests {
         }
         // The endpoint's type applies when the event has none.
         assert!(normalize(&json!({"event":"x","userId":"u"}), Some("track"), &c).is_ok());
+    }
+
+    #[test]
+    fn binary_rows_decode_exactly_like_json_rows() {
+        let c = ctx("2026-01-01T11:00:10Z");
+        let events = [
+            json!({"type":"track","event":"Say \"hi\" ✓","anonymousId":"a","messageId":"m1",
+                "timestamp":"2026-01-01T10:00:00Z","sentAt":"2026-01-01T10:00:05Z",
+                "properties":{"product_id":7,"price":"19.5","quantity":2.0,"name":"Aria","on_sale":true},
+                "context":{"device":{"type":"Mobile"},"campaign":{"source":"google","medium":"cpc","name":"x"},
+                    "page":{"url":"https://x.test/a?email=e&k=1","path":"/a","referrer":"https://r.test/","title":"A"},
+                    "userAgent":"UA","ip":"10.0.0.1"},
+                "traits":{"plan":"pro"},"integrations":{"All":true}}),
+            json!({"type":"page","userId":"u"}),
+            json!({"type":"track","event":"Order Completed","userId":42,
+                "properties":{"order_id":"o1","total":"10.5","currency":"EUR"}}),
+        ];
+        let rows: Vec<_> = events
+            .iter()
+            .map(|e| normalize(e, None, &c).unwrap())
+            .collect();
+        let via_json =
+            crow_lake::batch::rows_to_batch(&crow_schemas::RAW_WEB_EVENTS, &rows).unwrap();
+        let bufs: Vec<Vec<u8>> = rows
+            .iter()
+            .map(|r| {
+                let mut b = Vec::new();
+                r.encode(&mut b);
+                b
+            })
+            .collect();
+        let refs: Vec<&[u8]> = bufs.iter().map(Vec::as_slice).collect();
+        let via_binary =
+            crate::rowcodec::decode_rows(&crow_schemas::RAW_WEB_EVENTS.schema(), &refs).unwrap();
+        assert_eq!(via_json, via_binary);
+        assert_eq!(rows[0].event.as_deref(), Some("Say \"hi\" ✓"));
+        assert_eq!(rows[0].product_id.as_deref(), Some("7"));
+        assert_eq!(rows[0].product_quantity, Some(2));
+        assert_eq!(rows[2].user_id.as_deref(), Some("42"));
+        assert_eq!(rows[2].revenue, Some(10.5));
+        // A truncated row is an error, not a short batch.
+        assert!(crate::rowcodec::decode_rows(
+            &crow_schemas::RAW_WEB_EVENTS.schema(),
+            &[&bufs[0][..bufs[0].len() - 3]]
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn request_text_is_read_in_place() {
+        let c = ctx("2026-01-01T11:00:10Z");
+        // Escaped keys still match; payloads are kept as sent.
+        let text = r#"{"type":"track","event":"E","user\u0049d":"u1","properties": {"sku" : "S-1", "x":[1,{"y":2}]},
+            "context":{"userAgent":"mine","page":{"url":"https://x.test/p"}},"unknown":{"deep":[[[]]]}}"#;
+        let d = Defaults {
+            kind: None,
+            sent_at: Some("\"2026-01-01T10:00:05Z\""),
+            context: None,
+        };
+        let r = normalize_json(text, &d, &c).unwrap();
+        assert_eq!(r.user_id.as_deref(), Some("u1"));
+        assert_eq!(r.product_sku.as_deref(), Some("S-1"));
+        assert_eq!(
+            r.properties.as_deref(),
+            Some(r#"{"sku" : "S-1", "x":[1,{"y":2}]}"#)
+        );
+        assert!(matches!(r.properties, Some(Cow::Borrowed(_))));
+        assert!(matches!(r.context, Some(Cow::Borrowed(_))));
+        assert_eq!(r.page_url.as_deref(), Some("https://x.test/p"));
+        // The batch's sentAt applies (no timestamp: the receive time).
+        assert_eq!(
+            r.sent_at,
+            Some(
+                parse_time("2026-01-01T10:00:05Z")
+                    .unwrap()
+                    .timestamp_micros()
+            )
+        );
+
+        // The batch's context fills in what the event's lacks.
+        let d = Defaults {
+            kind: None,
+            sent_at: None,
+            context: Some(r#"{"userAgent":"batch","device":{"type":"Tablet"},"ip":"1.2.3.4"}"#),
+        };
+        let r = normalize_json(text, &d, &c).unwrap();
+        assert_eq!(r.user_agent.as_deref(), Some("mine"));
+        assert_eq!(r.device_type.as_deref(), Some("tablet"));
+        assert_eq!(
+            r.ip_hash.as_deref(),
+            Some(hash_ip("salt", "1.2.3.4").as_str())
+        );
+        assert!(!r.context.as_deref().unwrap_or_default().contains("1.2.3.4"));
+
+        // Nesting: the bound is exact, and brackets in strings do not count.
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(!nested_deeper_than(&deep(MAX_DEPTH), MAX_DEPTH));
+        assert!(nested_deeper_than(&deep(MAX_DEPTH + 1), MAX_DEPTH));
+        let quoted = format!("{{\"a\":\"{}\"}}", "[".repeat(500));
+        assert!(!nested_deeper_than(&quoted, MAX_DEPTH));
+        let event = format!(
+            r#"{{"type":"page","userId":"u","properties":{{"a":{}}}}}"#,
+            deep(200)
+        );
+        assert_eq!(
+            normalize_json(&event, &Defaults::default(), &c)
+                .unwrap_err()
+                .code,
+            "too_deep"
+        );
+        // A repeated key: the last one wins.
+        let r = normalize_json(
+            r#"{"type":"page","userId":"u1","userId":"u2"}"#,
+            &Defaults::default(),
+            &c,
+        )
+        .unwrap();
+        assert_eq!(r.user_id.as_deref(), Some("u2"));
     }
 
     #[test]

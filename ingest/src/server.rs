@@ -34,8 +34,8 @@ use tokio::sync::RwLock;
 
 use crate::channels::{self, FailedEventRow};
 use crate::metrics::Metrics;
-use crate::normalize::{hash_ip, normalize, NormalizeContext};
-use crate::wal::{Wal, WalError, WalRecord, WalTable};
+use crate::normalize::{hash_ip, normalize_json, Defaults, NormalizeContext};
+use crate::wal::{RowFormat, Wal, WalBatch, WalError, WalTable};
 
 /// The browser SDK, served at `/sdk/crow.js`.
 pub const SDK_JS: &str = include_str!("../sdk/crow.js");
@@ -223,8 +223,9 @@ async fn body_bytes(state: &IngestState, body: Body) -> Result<Bytes, Refusal> {
     })
 }
 
-/// Decompress (gzip), check size and UTF-8.
-fn read_body(state: &IngestState, headers: &HeaderMap, body: &Bytes) -> Result<Vec<u8>, Refusal> {
+/// Decompress (gzip) and check the size. A plain body is not copied;
+/// [`body_text`] checks that it is UTF-8.
+fn read_body(state: &IngestState, headers: &HeaderMap, body: Bytes) -> Result<Bytes, Refusal> {
     let limit = state.cfg.max_request_bytes;
     let gzip = headers
         .get(header::CONTENT_ENCODING)
@@ -242,9 +243,9 @@ fn read_body(state: &IngestState, headers: &HeaderMap, body: &Bytes) -> Result<V
                 format!("the gzip body is invalid: {e}"),
             )
         })?;
-        out
+        Bytes::from(out)
     } else {
-        body.to_vec()
+        body
     };
     if raw.len() > limit {
         return Err(refuse(
@@ -252,14 +253,6 @@ fn read_body(state: &IngestState, headers: &HeaderMap, body: &Bytes) -> Result<V
             StatusCode::PAYLOAD_TOO_LARGE,
             "request_too_large",
             format!("the request is larger than {limit} bytes"),
-        ));
-    }
-    if std::str::from_utf8(&raw).is_err() {
-        return Err(refuse(
-            state,
-            StatusCode::BAD_REQUEST,
-            "invalid_utf8",
-            "the body is not valid UTF-8",
         ));
     }
     Ok(raw)
@@ -353,11 +346,7 @@ struct Rejected {
     reason: String,
 }
 
-async fn commit(
-    state: &IngestState,
-    records: Vec<WalRecord>,
-    started: Instant,
-) -> Result<(), Refusal> {
+async fn commit(state: &IngestState, records: WalBatch, started: Instant) -> Result<(), Refusal> {
     match state.wal.append(records).await {
         Ok(()) => {
             state
@@ -424,12 +413,14 @@ fn respond(accepted: usize, rejected: Vec<Rejected>, single: bool) -> Response {
 }
 
 struct Prepared {
-    records: Vec<WalRecord>,
+    records: WalBatch,
     accepted: usize,
     rejected: Vec<Rejected>,
 }
 
-fn failed_record(
+#[allow(clippy::too_many_arguments)]
+fn push_failed(
+    records: &mut WalBatch,
     org: &str,
     channel: &str,
     message_id: Option<String>,
@@ -437,7 +428,7 @@ fn failed_record(
     reason: &str,
     payload: &str,
     now: DateTime<Utc>,
-) -> WalRecord {
+) {
     let row = FailedEventRow::new(
         Some(org),
         "collector",
@@ -448,20 +439,17 @@ fn failed_record(
         Some(payload),
         now,
     );
-    WalRecord {
-        table: WalTable::FailedEvents,
-        json: serde_json::to_vec(&row).unwrap_or_default(),
-    }
+    // Serialising a struct of strings and numbers into memory cannot fail.
+    let _ = records.push_with(WalTable::FailedEvents, RowFormat::Json, |buf| {
+        serde_json::to_writer(buf, &row)
+    });
 }
 
-#[allow(clippy::too_many_arguments)]
 fn prepare_web(
     state: &IngestState,
     org: &str,
     events: &[&RawValue],
-    default_type: Option<&str>,
-    batch_sent_at: Option<&Value>,
-    batch_context: Option<&Value>,
+    defaults: &Defaults<'_>,
     ip_hash: Option<String>,
     now: DateTime<Utc>,
 ) -> Prepared {
@@ -472,86 +460,59 @@ fn prepare_web(
         strip_query_params: &state.cfg.strip_query_params,
         ip_salt: &state.ip_salt,
     };
+    let bytes: usize = events.iter().map(|e| e.get().len()).sum();
     let mut out = Prepared {
-        records: Vec::with_capacity(events.len()),
+        records: WalBatch::with_capacity(bytes + events.len() * 256),
         accepted: 0,
         rejected: Vec::new(),
     };
     for (index, raw) in events.iter().enumerate() {
         let text = raw.get();
-        let mut reject = |code: &'static str, reason: String, message_id: Option<String>| {
-            state.metrics.events_rejected.inc_by(code, 1);
-            out.records.push(failed_record(
-                org,
-                "web",
-                message_id.clone(),
-                code,
-                &reason,
-                text,
-                now,
-            ));
-            out.rejected.push(Rejected {
-                index,
-                message_id,
-                code,
-                reason,
-            });
-        };
-        if text.len() > state.cfg.max_event_bytes {
-            reject(
-                "event_too_large",
-                format!(
+        let result = if text.len() > state.cfg.max_event_bytes {
+            Err(crate::normalize::Rejection {
+                code: "event_too_large",
+                reason: format!(
                     "the event is larger than {} bytes",
                     state.cfg.max_event_bytes
                 ),
-                None,
-            );
-            continue;
-        }
-        let mut event: Value = match serde_json::from_str(text) {
-            Ok(v) => v,
-            Err(e) if e.to_string().contains("recursion limit") => {
-                reject("too_deep", "the event is nested too deeply".into(), None);
-                continue;
-            }
-            Err(e) => {
-                reject("invalid_json", e.to_string(), None);
-                continue;
-            }
+            })
+        } else {
+            normalize_json(text, defaults, &ctx)
         };
-        if let Some(obj) = event.as_object_mut() {
-            if let Some(s) = batch_sent_at {
-                obj.entry("sentAt").or_insert_with(|| s.clone());
-            }
-            if let Some(Value::Object(bc)) = batch_context {
-                let c = obj.entry("context").or_insert_with(|| json!({}));
-                if let Value::Object(c) = c {
-                    for (k, v) in bc {
-                        c.entry(k.clone()).or_insert_with(|| v.clone());
-                    }
-                }
-            }
-        }
-        let message_id = event
-            .get("messageId")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        match normalize(&event, default_type, &ctx) {
-            Ok(row) => match serde_json::to_vec(&row) {
-                Ok(json) => {
-                    out.records.push(WalRecord {
-                        table: WalTable::RawWebEvents,
-                        json,
+        match result {
+            Ok(row) => {
+                let _ = out
+                    .records
+                    .push_with(WalTable::RawWebEvents, RowFormat::Binary, |buf| {
+                        row.encode(buf);
+                        Ok::<(), std::convert::Infallible>(())
                     });
-                    out.accepted += 1;
-                }
-                Err(e) => reject(
-                    "internal",
-                    format!("could not encode the event: {e}"),
+                out.accepted += 1;
+            }
+            Err(r) => {
+                state.metrics.events_rejected.inc_by(r.code, 1);
+                // The message id, when the event is an object that has one.
+                let message_id = (r.code != "event_too_large" && r.code != "too_deep")
+                    .then(|| serde_json::from_str::<MessageIdOnly>(text).ok())
+                    .flatten()
+                    .and_then(|m| m.message_id);
+                push_failed(
+                    &mut out.records,
+                    org,
+                    "web",
+                    message_id.clone(),
+                    r.code,
+                    &r.reason,
+                    text,
+                    now,
+                );
+                out.rejected.push(Rejected {
+                    index,
                     message_id,
-                ),
-            },
-            Err(r) => reject(r.code, r.reason, message_id),
+                    code: r.code,
+                    reason: r.reason,
+                });
+            }
         }
     }
     if out.accepted > 0 {
@@ -561,6 +522,13 @@ fn prepare_web(
             .inc_by("web", out.accepted as u64);
     }
     out
+}
+
+/// Only the message id of an event (every other field is skipped unparsed).
+#[derive(serde::Deserialize)]
+struct MessageIdOnly {
+    #[serde(rename = "messageId")]
+    message_id: Option<String>,
 }
 
 /// Only the write key of a body (every other field is skipped unparsed).
@@ -576,9 +544,22 @@ struct BatchBody<'a> {
     batch: Option<Vec<&'a RawValue>>,
     #[serde(rename = "writeKey")]
     write_key: Option<String>,
-    #[serde(rename = "sentAt")]
-    sent_at: Option<Value>,
-    context: Option<Value>,
+    #[serde(rename = "sentAt", borrow)]
+    sent_at: Option<&'a RawValue>,
+    #[serde(borrow)]
+    context: Option<&'a RawValue>,
+}
+
+/// The body as text: 400 when it is not UTF-8.
+fn body_text<'b>(state: &IngestState, raw: &'b Bytes) -> Result<&'b str, Refusal> {
+    std::str::from_utf8(raw).map_err(|_| {
+        refuse(
+            state,
+            StatusCode::BAD_REQUEST,
+            "invalid_utf8",
+            "the body is not valid UTF-8",
+        )
+    })
 }
 
 async fn batch(
@@ -590,9 +571,9 @@ async fn batch(
     let started = Instant::now();
     let now = Utc::now();
     let body = body_bytes(&state, body).await?;
-    let raw = read_body(&state, &headers, &body)?;
-    let parsed: BatchBody<'_> =
-        serde_json::from_slice(&raw).map_err(|e| json_refusal(&state, &e))?;
+    let raw = read_body(&state, &headers, body)?;
+    let text = body_text(&state, &raw)?;
+    let parsed: BatchBody<'_> = serde_json::from_str(text).map_err(|e| json_refusal(&state, &e))?;
     let org = authorize(&state, &headers, parsed.write_key.as_deref()).await?;
     let Some(events) = parsed.batch else {
         return Err(refuse(
@@ -603,16 +584,12 @@ async fn batch(
         ));
     };
     let ip_hash = client_ip(&headers, Some(peer)).map(|ip| hash_ip(&state.ip_salt, &ip));
-    let prepared = prepare_web(
-        &state,
-        &org,
-        &events,
-        None,
-        parsed.sent_at.as_ref(),
-        parsed.context.as_ref(),
-        ip_hash,
-        now,
-    );
+    let defaults = Defaults {
+        kind: None,
+        sent_at: parsed.sent_at.map(RawValue::get),
+        context: parsed.context.map(RawValue::get),
+    };
+    let prepared = prepare_web(&state, &org, &events, &defaults, ip_hash, now);
     commit(&state, prepared.records, started).await?;
     Ok(respond(prepared.accepted, prepared.rejected, false))
 }
@@ -647,7 +624,7 @@ async fn single(
             ))
         }
     };
-    let raw = read_body(&state, &headers, &body)?;
+    let raw = read_body(&state, &headers, body)?;
     if raw.len() > state.cfg.max_event_bytes {
         return Err(refuse(
             &state,
@@ -659,24 +636,18 @@ async fn single(
             ),
         ));
     }
-    let text = std::str::from_utf8(&raw)
-        .map_err(|_| refuse(&state, StatusCode::BAD_REQUEST, "invalid_utf8", "not UTF-8"))?;
+    let text = body_text(&state, &raw)?;
     let event: &RawValue = serde_json::from_str(text).map_err(|e| json_refusal(&state, &e))?;
     let write_key = serde_json::from_str::<WriteKeyOnly>(text)
         .ok()
         .and_then(|k| k.write_key);
     let org = authorize(&state, &headers, write_key.as_deref()).await?;
     let ip_hash = client_ip(&headers, Some(peer)).map(|ip| hash_ip(&state.ip_salt, &ip));
-    let prepared = prepare_web(
-        &state,
-        &org,
-        &[event],
-        Some(&kind),
-        None,
-        None,
-        ip_hash,
-        now,
-    );
+    let defaults = Defaults {
+        kind: Some(&kind),
+        ..Defaults::default()
+    };
+    let prepared = prepare_web(&state, &org, &[event], &defaults, ip_hash, now);
     commit(&state, prepared.records, started).await?;
     Ok(respond(prepared.accepted, prepared.rejected, true))
 }
@@ -706,8 +677,9 @@ async fn other_channel(
     let started = Instant::now();
     let now = Utc::now();
     let body = body_bytes(&state, body).await?;
-    let raw = read_body(&state, &headers, &body)?;
-    let parsed: Value = serde_json::from_slice(&raw).map_err(|e| json_refusal(&state, &e))?;
+    let raw = read_body(&state, &headers, body)?;
+    let parsed: Value =
+        serde_json::from_str(body_text(&state, &raw)?).map_err(|e| json_refusal(&state, &e))?;
     let org = authorize(
         &state,
         &headers,
@@ -726,7 +698,7 @@ async fn other_channel(
             format!("`{list_key}` must be an array"),
         ));
     };
-    let mut records = Vec::with_capacity(items.len());
+    let mut records = WalBatch::default();
     let mut accepted = 0;
     let mut rejected = Vec::new();
     for (index, item) in items.iter().enumerate() {
@@ -738,7 +710,7 @@ async fn other_channel(
         };
         match row {
             Ok(json) => {
-                records.push(WalRecord { table, json });
+                records.push_json(table, &json);
                 accepted += 1;
             }
             Err(r) => {
@@ -751,7 +723,8 @@ async fn other_channel(
                     })
                     .and_then(Value::as_str)
                     .map(str::to_string);
-                records.push(failed_record(
+                push_failed(
+                    &mut records,
                     &org,
                     channel,
                     id.clone(),
@@ -759,7 +732,7 @@ async fn other_channel(
                     &r.reason,
                     &item.to_string(),
                     now,
-                ));
+                );
                 rejected.push(Rejected {
                     index,
                     message_id: id,

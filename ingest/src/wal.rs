@@ -10,9 +10,12 @@
 //! Segments are files `<seq>.open` (being written) and `<seq>.sealed` (closed,
 //! waiting for the flusher). A segment is sealed when it reaches the row or
 //! byte bound or when the flush interval passes. Each record is framed as
-//! `[len u32 LE][crc32 u32 LE][table u8][JSON row]`; on start-up an `.open`
-//! segment left by a crash is cut at its last whole record (a torn tail was
-//! never acknowledged) and sealed.
+//! `[len u32 LE][crc32 u32 LE][tag u8][row]`, where the tag names the table
+//! and the row's format: a JSON object, or (high bit set) the binary row
+//! format of [`crate::rowcodec`]. Handlers frame and checksum their records
+//! themselves, so the writer thread only copies bytes and calls `fsync`. On
+//! start-up an `.open` segment left by a crash is cut at its last whole
+//! record (a torn tail was never acknowledged) and sealed.
 //!
 //! The flusher ([`crate::flush`]) commits a sealed segment to the lake with
 //! the Delta application transaction `(crow-collector/<collector id>, seq)`
@@ -20,7 +23,7 @@
 //! replays the segment, and the transaction id makes the replay a no-op.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -72,13 +75,82 @@ impl WalTable {
     ];
 }
 
-/// One row to log: its table and its JSON (columns as in the table contract).
-#[derive(Debug, Clone)]
-pub struct WalRecord {
-    /// Destination table.
-    pub table: WalTable,
-    /// The row as a JSON object.
-    pub json: Vec<u8>,
+/// How a logged row is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowFormat {
+    /// A JSON object (columns as in the table contract).
+    Json,
+    /// The binary row format of [`crate::rowcodec`].
+    Binary,
+}
+
+const BINARY_TAG: u8 = 0x80;
+
+/// The framed records of one request, ready to be logged.
+#[derive(Debug, Clone, Default)]
+pub struct WalBatch {
+    frames: Vec<u8>,
+    rows: usize,
+}
+
+impl WalBatch {
+    /// An empty batch with room for `bytes` of frames.
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self {
+            frames: Vec::with_capacity(bytes),
+            rows: 0,
+        }
+    }
+
+    /// Rows in the batch.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// True when the batch holds no row.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Bytes of frames.
+    pub fn bytes(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Add a row given as JSON.
+    pub fn push_json(&mut self, table: WalTable, json: &[u8]) {
+        let _ = self.push_with(table, RowFormat::Json, |b| {
+            b.extend_from_slice(json);
+            Ok::<(), std::convert::Infallible>(())
+        });
+    }
+
+    /// Add a row written in place by `write` (which appends the row's bytes
+    /// to the buffer it is given). On error nothing is added.
+    pub fn push_with<E>(
+        &mut self,
+        table: WalTable,
+        format: RowFormat,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let start = self.frames.len();
+        self.frames.extend_from_slice(&[0u8; 8]);
+        self.frames.push(match format {
+            RowFormat::Json => table as u8,
+            RowFormat::Binary => table as u8 | BINARY_TAG,
+        });
+        if let Err(e) = write(&mut self.frames) {
+            self.frames.truncate(start);
+            return Err(e);
+        }
+        let body = &self.frames[start + 8..];
+        let len = body.len() as u32;
+        let crc = crc32fast::hash(body);
+        self.frames[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        self.frames[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        self.rows += 1;
+        Ok(())
+    }
 }
 
 /// Why an append was not acknowledged.
@@ -110,7 +182,7 @@ pub struct WalOptions {
 }
 
 struct Request {
-    records: Vec<WalRecord>,
+    records: WalBatch,
     ack: oneshot::Sender<Result<(), String>>,
     /// Seal the active segment after this request (shutdown, tests).
     seal: bool,
@@ -185,7 +257,7 @@ impl Wal {
     }
 
     /// Append records durably: resolves once they are fsync'd.
-    pub async fn append(&self, records: Vec<WalRecord>) -> Result<(), WalError> {
+    pub async fn append(&self, records: WalBatch) -> Result<(), WalError> {
         if records.is_empty() {
             return Ok(());
         }
@@ -216,7 +288,7 @@ impl Wal {
     pub async fn seal_now(&self) -> Result<(), WalError> {
         let (ack, done) = oneshot::channel();
         let mut req = Request {
-            records: Vec::new(),
+            records: WalBatch::default(),
             ack,
             seal: true,
         };
@@ -301,7 +373,7 @@ impl Wal {
 struct Active {
     seq: u64,
     path: PathBuf,
-    file: BufWriter<File>,
+    file: File,
     bytes: u64,
     rows: usize,
     opened: Instant,
@@ -325,12 +397,12 @@ impl Writer {
             match rx.recv_timeout(wait.max(Duration::from_millis(1))) {
                 Ok(first) => {
                     let mut group = vec![first];
-                    let mut bytes: usize = group[0].records.iter().map(|r| r.json.len()).sum();
+                    let mut bytes = group[0].records.bytes();
                     // Group commit: take everything already waiting.
                     while bytes < 8 * 1024 * 1024 {
                         match rx.try_recv() {
                             Ok(r) => {
-                                bytes += r.records.iter().map(|r| r.json.len()).sum::<usize>();
+                                bytes += r.records.bytes();
                                 group.push(r);
                             }
                             Err(_) => break,
@@ -394,7 +466,7 @@ impl Writer {
             self.active = Some(Active {
                 seq,
                 path,
-                file: BufWriter::with_capacity(1 << 20, file),
+                file,
                 bytes: 0,
                 rows: 0,
                 opened: Instant::now(),
@@ -406,22 +478,11 @@ impl Writer {
         let mut written = 0u64;
         let mut rows = 0usize;
         for req in group {
-            for r in &req.records {
-                let len = u32::try_from(r.json.len() + 1)
-                    .map_err(|_| std::io::Error::other("record too large"))?;
-                let mut h = crc32fast::Hasher::new();
-                h.update(&[r.table as u8]);
-                h.update(&r.json);
-                a.file.write_all(&len.to_le_bytes())?;
-                a.file.write_all(&h.finalize().to_le_bytes())?;
-                a.file.write_all(&[r.table as u8])?;
-                a.file.write_all(&r.json)?;
-                written += 8 + u64::from(len);
-                rows += 1;
-            }
+            a.file.write_all(&req.records.frames)?;
+            written += req.records.frames.len() as u64;
+            rows += req.records.rows;
         }
-        a.file.flush()?;
-        a.file.get_ref().sync_data()?;
+        a.file.sync_data()?;
         a.bytes += written;
         a.rows += rows;
         self.stats.syncs.fetch_add(1, Ordering::Relaxed);
@@ -436,12 +497,11 @@ impl Writer {
     }
 
     fn seal(&mut self) {
-        let Some(mut a) = self.active.take() else {
+        let Some(a) = self.active.take() else {
             return;
         };
         let res = (|| -> std::io::Result<()> {
-            a.file.flush()?;
-            a.file.get_ref().sync_all()?;
+            a.file.sync_all()?;
             std::fs::rename(&a.path, self.opts.dir.join(sealed_name(a.seq)))?;
             sync_dir(&self.opts.dir)
         })();
@@ -489,7 +549,7 @@ fn recover_segment(path: &Path) -> std::io::Result<u64> {
     let data = std::fs::read(path)?;
     let mut valid = 0usize;
     let mut count = 0usize;
-    for_each_frame(&data, |_, _| count += 1, &mut valid);
+    for_each_frame(&data, |_, _, _| count += 1, &mut valid);
     if valid < data.len() {
         tracing::warn!(path = %path.display(), kept = valid, dropped = data.len() - valid, records = count,
             "cutting a torn WAL tail (never acknowledged)");
@@ -500,7 +560,13 @@ fn recover_segment(path: &Path) -> std::io::Result<u64> {
     Ok(valid as u64)
 }
 
-fn for_each_frame(data: &[u8], mut f: impl FnMut(WalTable, &[u8]), valid: &mut usize) {
+/// Walk the whole, checksummed records of `data`, giving each one's table,
+/// format and row as a byte range; `valid` ends after the last good one.
+fn for_each_frame(
+    data: &[u8],
+    mut f: impl FnMut(WalTable, RowFormat, std::ops::Range<usize>),
+    valid: &mut usize,
+) {
     let mut pos = 0usize;
     while pos + 8 <= data.len() {
         let len =
@@ -517,29 +583,49 @@ fn for_each_frame(data: &[u8], mut f: impl FnMut(WalTable, &[u8]), valid: &mut u
         if crc32fast::hash(body) != crc {
             break;
         }
-        let Some(table) = WalTable::from_u8(body[0]) else {
+        let format = if body[0] & BINARY_TAG != 0 {
+            RowFormat::Binary
+        } else {
+            RowFormat::Json
+        };
+        let Some(table) = WalTable::from_u8(body[0] & !BINARY_TAG) else {
             break;
         };
-        f(table, &body[1..]);
+        f(table, format, start + 1..end);
         pos = end;
         *valid = pos;
     }
 }
 
-/// Read every record of a sealed segment.
-pub fn read_segment(path: &Path) -> std::io::Result<Vec<(WalTable, Vec<u8>)>> {
-    let mut data = Vec::new();
-    File::open(path)?.read_to_end(&mut data)?;
-    let mut out = Vec::new();
-    let mut valid = 0usize;
-    for_each_frame(&data, |t, json| out.push((t, json.to_vec())), &mut valid);
-    if valid != data.len() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("{}: corrupt record at byte {valid}", path.display()),
-        ));
+/// A sealed segment read into memory.
+pub struct Segment {
+    data: Vec<u8>,
+    records: Vec<(WalTable, RowFormat, std::ops::Range<usize>)>,
+}
+
+impl Segment {
+    /// Read a sealed segment; every record must be whole and checksummed.
+    pub fn read(path: &Path) -> std::io::Result<Segment> {
+        let mut data = Vec::new();
+        File::open(path)?.read_to_end(&mut data)?;
+        let mut valid = 0usize;
+        let mut records = Vec::new();
+        for_each_frame(&data, |t, f, row| records.push((t, f, row)), &mut valid);
+        if valid != data.len() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: corrupt record at byte {valid}", path.display()),
+            ));
+        }
+        Ok(Segment { data, records })
     }
-    Ok(out)
+
+    /// Every record: its table, format and row bytes.
+    pub fn records(&self) -> impl Iterator<Item = (WalTable, RowFormat, &[u8])> + '_ {
+        self.records
+            .iter()
+            .map(|(t, f, row)| (*t, *f, &self.data[row.clone()]))
+    }
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -561,11 +647,12 @@ mod tests {
         }
     }
 
-    fn rec(i: usize) -> WalRecord {
-        WalRecord {
-            table: WalTable::RawWebEvents,
-            json: format!("{{\"i\":{i}}}").into_bytes(),
+    fn rec(ids: &[usize]) -> WalBatch {
+        let mut b = WalBatch::default();
+        for i in ids {
+            b.push_json(WalTable::RawWebEvents, format!("{{\"i\":{i}}}").as_bytes());
         }
+        b
     }
 
     #[tokio::test]
@@ -575,9 +662,9 @@ mod tests {
         let mut handles = Vec::new();
         for i in 0..20 {
             let w = wal.clone();
-            handles.push(tokio::spawn(async move {
-                w.append(vec![rec(i), rec(i + 100)]).await
-            }));
+            handles.push(tokio::spawn(
+                async move { w.append(rec(&[i, i + 100])).await },
+            ));
         }
         for h in handles {
             h.await.unwrap().unwrap();
@@ -587,7 +674,7 @@ mod tests {
         let segs = wal.sealed_segments().unwrap();
         let rows: usize = segs
             .iter()
-            .map(|(_, p)| read_segment(p).unwrap().len())
+            .map(|(_, p)| Segment::read(p).unwrap().records().count())
             .sum();
         assert_eq!(rows, 40);
     }
@@ -609,6 +696,6 @@ mod tests {
         let segs = wal.sealed_segments().unwrap();
         assert_eq!(segs.len(), 1);
         assert_eq!(segs[0].0, 7);
-        assert_eq!(read_segment(&segs[0].1).unwrap().len(), 3);
+        assert_eq!(Segment::read(&segs[0].1).unwrap().records().count(), 3);
     }
 }

@@ -222,8 +222,9 @@ impl Lake {
         self.table_as_of(name, AsOf::Latest).await
     }
 
-    /// A table at its latest version, for reading. A long-running process
-    /// (the API, the scheduler) keeps each table's snapshot and brings it up
+    /// A table at its latest version, for reading (and for the flusher's
+    /// appends). A long-running process (the API, the scheduler, the
+    /// collector) keeps each table's snapshot and brings it up
     /// to date with the commits since it was last read — one listing of the
     /// log — instead of loading the snapshot and replaying the log again.
     /// The result is the same table state a fresh load gives.
@@ -376,7 +377,7 @@ impl Lake {
 
     /// The last version committed by application `app_id` to a table.
     pub async fn app_version(&self, name: &str, app_id: &str) -> Result<Option<i64>> {
-        let t = self.table(name).await?;
+        let t = self.table_for_read(name).await?;
         let snap = t.snapshot().map_err(|e| Error::delta(name, e))?;
         snap.transaction_version(t.log_store().as_ref(), app_id)
             .await
@@ -396,7 +397,10 @@ impl Lake {
     ) -> Result<bool> {
         let batches = &non_empty(batches);
         self.with_retries(name, || async move {
-            let t = self.table(name).await?;
+            // The kept snapshot brought up to date (a listing of the new
+            // commits) instead of a fresh load per call: the collector's
+            // flusher appends every few seconds for as long as it runs.
+            let t = self.table_for_read(name).await?;
             let snap = t.snapshot().map_err(|e| Error::delta(name, e))?;
             let last = snap
                 .transaction_version(t.log_store().as_ref(), app_id)

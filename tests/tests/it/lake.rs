@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::support::Backend;
 
-pub fn events(org: &str, prefix: &str, day: u32, n: usize) -> Vec<RawWebEventRow> {
+pub fn events(org: &str, prefix: &str, day: u32, n: usize) -> Vec<RawWebEventRow<'static>> {
     let received: DateTime<Utc> = Utc
         .with_ymd_and_hms(2026, 3, day, 12, 0, 0)
         .single()
@@ -40,7 +40,7 @@ pub async fn count(lake: &Lake, sql: &str) -> i64 {
         .expect("a count")
 }
 
-fn batch(rows: &[RawWebEventRow]) -> arrow::array::RecordBatch {
+fn batch(rows: &[RawWebEventRow<'_>]) -> arrow::array::RecordBatch {
     rows_to_batch(&RAW_WEB_EVENTS, rows).expect("batch")
 }
 
