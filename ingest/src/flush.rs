@@ -367,4 +367,111 @@ mod tests {
         assert!(!first.exists());
         assert_eq!(lake.stats("failed_events").await.unwrap().rows, 2);
     }
+
+    /// Segments committed together, then replayed after a crash together
+    /// with newer ones: each segment's rows land once, in binary and JSON
+    /// rows alike.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn grouped_commits_land_each_segment_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crow_schemas::config::LakeConfig {
+            uri: dir.path().join("lake").display().to_string(),
+            ..Default::default()
+        };
+        let lake = Lake::open(&cfg).await.unwrap();
+        lake.init().await.unwrap();
+        let wal = Wal::open(WalOptions {
+            dir: dir.path().join("wal"),
+            seal_interval: Duration::from_secs(3600),
+            seal_rows: 1_000_000,
+            seal_bytes: 1 << 30,
+            max_pending_bytes: 1 << 30,
+            queue: 16,
+        })
+        .unwrap();
+        let ctx = crate::normalize::NormalizeContext {
+            org_id: "o1",
+            received_at: chrono::Utc::now(),
+            ip_hash: None,
+            strip_query_params: &[],
+            ip_salt: "s",
+        };
+        let web = |id: &str| {
+            let row = crate::normalize::normalize(
+                &serde_json::json!({"type": "track", "event": "E", "userId": "u", "messageId": id}),
+                None,
+                &ctx,
+            )
+            .unwrap();
+            let mut b = WalBatch::default();
+            b.push_with(WalTable::RawWebEvents, RowFormat::Binary, |buf| {
+                row.encode(buf);
+                Ok::<(), std::convert::Infallible>(())
+            })
+            .unwrap();
+            b
+        };
+        wal.append(web("m1")).await.unwrap();
+        wal.seal_now().await.unwrap();
+        wal.append(web("m2")).await.unwrap();
+        wal.seal_now().await.unwrap();
+        let seg = |n: u64| dir.path().join("wal").join(format!("{n:020}.sealed"));
+        let keep = |n: u64| dir.path().join(format!("segment-{n}.copy"));
+        for n in [1, 2] {
+            std::fs::copy(seg(n), keep(n)).unwrap();
+        }
+        let metrics = Arc::new(Metrics::default());
+        let f = Flusher::new(
+            wal.clone(),
+            lake.clone(),
+            "test",
+            metrics.clone(),
+            Duration::from_secs(1),
+        );
+        // Both segments in one commit, versioned by the last one.
+        let before = lake.table("raw_web_events").await.unwrap().version();
+        assert_eq!(f.flush_sealed().await.unwrap(), 2);
+        let after = lake.table("raw_web_events").await.unwrap().version();
+        assert_eq!(after, before.map(|v| v + 1));
+        let app = "crow-collector/test";
+        assert_eq!(
+            lake.app_version("raw_web_events", app).await.unwrap(),
+            Some(2)
+        );
+        // Crash before the segments were deleted; a third one arrives. The
+        // replayed group lands only the new segment.
+        for n in [1, 2] {
+            std::fs::copy(keep(n), seg(n)).unwrap();
+        }
+        let mut third = web("m3");
+        let mut bad = Vec::new();
+        let failed = crate::channels::FailedEventRow::new(
+            Some("o1"),
+            "collector",
+            Some("web"),
+            None,
+            "missing_field",
+            "why",
+            Some("{}"),
+            chrono::Utc::now(),
+        );
+        serde_json::to_writer(&mut bad, &failed).unwrap();
+        third.push_json(WalTable::FailedEvents, &bad);
+        wal.append(third).await.unwrap();
+        wal.seal_now().await.unwrap();
+        assert_eq!(f.flush_sealed().await.unwrap(), 2);
+        assert!(wal.sealed_segments().unwrap().is_empty());
+        let (_, batches) = lake
+            .sql("select message_id from raw_web_events order by message_id")
+            .await
+            .unwrap();
+        let rows = crow_lake::batch::batches_to_json(&batches).unwrap();
+        let ids: Vec<_> = rows.iter().map(|r| r["message_id"].clone()).collect();
+        assert_eq!(ids, ["m1", "m2", "m3"]);
+        assert_eq!(lake.stats("failed_events").await.unwrap().rows, 1);
+        assert_eq!(
+            lake.app_version("raw_web_events", app).await.unwrap(),
+            Some(3)
+        );
+    }
 }

@@ -362,6 +362,7 @@ impl Lake {
             let t = self.table(name).await?;
             let mut w = t
                 .write(batches.clone())
+                .with_writer_properties(writer_properties(name))
                 .with_commit_properties(self.commit_props());
             w = match replace {
                 Some(p) => w
@@ -423,6 +424,7 @@ impl Lake {
                     .map_err(|e| Error::delta(name, e))?;
             } else {
                 t.write(batches.clone())
+                    .with_writer_properties(writer_properties(name))
                     .with_save_mode(SaveMode::Append)
                     .with_commit_properties(props)
                     .await
@@ -875,4 +877,43 @@ async fn parse_root(uri: &str) -> Result<Url> {
         url.set_path(&p);
     }
     Ok(url)
+}
+
+/// JSON payload columns: written without statistics or dictionaries.
+pub const PAYLOAD_COLUMNS: &[&str] = &[
+    "properties",
+    "traits",
+    "context",
+    "integrations",
+    "payload",
+    "metrics",
+    "observations",
+    "timeline",
+    "evidence",
+];
+
+/// How CROW's Parquet files are written: delta-rs's defaults (Snappy,
+/// dictionaries, page statistics), except for the JSON payload columns of
+/// `table` ([`PAYLOAD_COLUMNS`]), which get neither statistics nor
+/// dictionaries: no query prunes on their min/max, and they are most of a
+/// raw row's bytes.
+fn writer_properties(table: &str) -> parquet::file::properties::WriterProperties {
+    use parquet::file::properties::{EnabledStatistics, WriterProperties};
+    use parquet::schema::types::ColumnPath;
+    let mut b = WriterProperties::builder()
+        .set_created_by(format!("crow {}", env!("CARGO_PKG_VERSION")))
+        .set_compression(parquet::basic::Compression::SNAPPY);
+    if let Some(def) = crow_schemas::table(table) {
+        for c in def
+            .columns
+            .iter()
+            .filter(|c| PAYLOAD_COLUMNS.contains(&c.name))
+        {
+            let path = ColumnPath::from(c.name);
+            b = b
+                .set_column_dictionary_enabled(path.clone(), false)
+                .set_column_statistics_enabled(path, EnabledStatistics::None);
+        }
+    }
+    b.build()
 }
