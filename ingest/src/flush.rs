@@ -288,8 +288,8 @@ mod tests {
     use super::*;
     use crate::wal::{WalBatch, WalOptions};
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn replays_once_and_quarantines_undecodable_segments() {
+    /// A fresh local lake and a WAL that seals only when told to.
+    async fn lake_and_wal() -> (tempfile::TempDir, Lake, Wal) {
         let dir = tempfile::tempdir().unwrap();
         let cfg = crow_schemas::config::LakeConfig {
             uri: dir.path().join("lake").display().to_string(),
@@ -306,6 +306,12 @@ mod tests {
             queue: 16,
         })
         .unwrap();
+        (dir, lake, wal)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replays_once_and_quarantines_undecodable_segments() {
+        let (dir, lake, wal) = lake_and_wal().await;
         let failed = crate::channels::FailedEventRow::new(
             Some("o1"),
             "collector",
@@ -373,22 +379,7 @@ mod tests {
     /// rows alike.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn grouped_commits_land_each_segment_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = crow_schemas::config::LakeConfig {
-            uri: dir.path().join("lake").display().to_string(),
-            ..Default::default()
-        };
-        let lake = Lake::open(&cfg).await.unwrap();
-        lake.init().await.unwrap();
-        let wal = Wal::open(WalOptions {
-            dir: dir.path().join("wal"),
-            seal_interval: Duration::from_secs(3600),
-            seal_rows: 1_000_000,
-            seal_bytes: 1 << 30,
-            max_pending_bytes: 1 << 30,
-            queue: 16,
-        })
-        .unwrap();
+        let (dir, lake, wal) = lake_and_wal().await;
         let ctx = crate::normalize::NormalizeContext {
             org_id: "o1",
             received_at: chrono::Utc::now(),

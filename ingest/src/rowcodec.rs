@@ -54,33 +54,25 @@ impl<'b> RowWriter<'b> {
 
     /// A 64-bit integer or timestamp column.
     pub fn i64(&mut self, v: Option<i64>) {
-        match v {
-            None => self.buf.push(0),
-            Some(x) => {
-                self.buf.push(1);
-                self.buf.extend_from_slice(&x.to_le_bytes());
-            }
-        }
+        self.fixed(v.map(i64::to_le_bytes));
     }
 
     /// A 32-bit integer or date column.
     pub fn i32(&mut self, v: Option<i32>) {
-        match v {
-            None => self.buf.push(0),
-            Some(x) => {
-                self.buf.push(1);
-                self.buf.extend_from_slice(&x.to_le_bytes());
-            }
-        }
+        self.fixed(v.map(i32::to_le_bytes));
     }
 
     /// A float column.
     pub fn f64(&mut self, v: Option<f64>) {
+        self.fixed(v.map(f64::to_le_bytes));
+    }
+
+    fn fixed<const N: usize>(&mut self, v: Option<[u8; N]>) {
         match v {
             None => self.buf.push(0),
-            Some(x) => {
+            Some(bytes) => {
                 self.buf.push(1);
-                self.buf.extend_from_slice(&x.to_le_bytes());
+                self.buf.extend_from_slice(&bytes);
             }
         }
     }
@@ -127,19 +119,18 @@ impl<'a> Reader<'a> {
         Err("varint too long".into())
     }
 
-    fn take<const N: usize>(&mut self) -> Result<[u8; N], String> {
-        let end = self.pos + N;
-        let s = self.data.get(self.pos..end).ok_or("truncated row")?;
-        self.pos = end;
-        let mut out = [0u8; N];
-        out.copy_from_slice(s);
-        Ok(out)
-    }
-
-    fn present(&mut self) -> Result<bool, String> {
+    /// A fixed-width value after its null marker.
+    fn fixed<const N: usize>(&mut self) -> Result<Option<[u8; N]>, String> {
         match self.byte()? {
-            0 => Ok(false),
-            1 => Ok(true),
+            0 => Ok(None),
+            1 => {
+                let end = self.pos + N;
+                let s = self.data.get(self.pos..end).ok_or("truncated row")?;
+                self.pos = end;
+                let mut out = [0u8; N];
+                out.copy_from_slice(s);
+                Ok(Some(out))
+            }
             b => Err(format!("bad null marker {b}")),
         }
     }
@@ -189,36 +180,11 @@ impl Column {
     fn read(&mut self, r: &mut Reader<'_>) -> Result<(), String> {
         match self {
             Column::Text(b) => b.append_option(r.text()?),
-            Column::I64(b) => b.append_option(
-                r.present()?
-                    .then(|| r.take())
-                    .transpose()?
-                    .map(i64::from_le_bytes),
-            ),
-            Column::Ts(b) => b.append_option(
-                r.present()?
-                    .then(|| r.take())
-                    .transpose()?
-                    .map(i64::from_le_bytes),
-            ),
-            Column::I32(b) => b.append_option(
-                r.present()?
-                    .then(|| r.take())
-                    .transpose()?
-                    .map(i32::from_le_bytes),
-            ),
-            Column::Date(b) => b.append_option(
-                r.present()?
-                    .then(|| r.take())
-                    .transpose()?
-                    .map(i32::from_le_bytes),
-            ),
-            Column::F64(b) => b.append_option(
-                r.present()?
-                    .then(|| r.take())
-                    .transpose()?
-                    .map(f64::from_le_bytes),
-            ),
+            Column::I64(b) => b.append_option(r.fixed()?.map(i64::from_le_bytes)),
+            Column::Ts(b) => b.append_option(r.fixed()?.map(i64::from_le_bytes)),
+            Column::I32(b) => b.append_option(r.fixed()?.map(i32::from_le_bytes)),
+            Column::Date(b) => b.append_option(r.fixed()?.map(i32::from_le_bytes)),
+            Column::F64(b) => b.append_option(r.fixed()?.map(f64::from_le_bytes)),
             Column::Bool(b) => b.append_option(match r.byte()? {
                 0 => None,
                 1 => Some(false),
