@@ -164,6 +164,7 @@ impl Flusher {
                     self.metrics.rows_committed.inc_by(name, n);
                 }
             }
+            self.wal.mark_flushed(last_seq)?;
             for path in &flushed {
                 self.wal.retire(path)?;
                 self.metrics.segments_flushed.inc();
@@ -225,7 +226,7 @@ fn decode_segment(
             }
             if !rows.binary.is_empty() {
                 batches.push(
-                    crate::rowcodec::decode_rows(&schema, &rows.binary)
+                    crate::rowcodec::decode_rows(&schema, def.version, &rows.binary)
                         .map_err(|e| crow_lake::Error::Invalid(e.to_string()))?,
                 );
             }
@@ -464,5 +465,55 @@ mod tests {
             lake.app_version("raw_web_events", app).await.unwrap(),
             Some(3)
         );
+    }
+
+    /// Everything flushed, the WAL emptied, the collector restarted: new
+    /// segments are numbered after the flushed ones, so they are not taken
+    /// for replays.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn numbering_goes_on_after_an_emptied_wal() {
+        let (dir, lake, wal) = lake_and_wal().await;
+        let failed = |id: &str| {
+            let row = crate::channels::FailedEventRow::new(
+                Some("o1"),
+                "collector",
+                Some("web"),
+                Some(id.into()),
+                "missing_field",
+                "why",
+                Some("{}"),
+                chrono::Utc::now(),
+            );
+            let mut b = WalBatch::default();
+            b.push_json(WalTable::FailedEvents, &serde_json::to_vec(&row).unwrap());
+            b
+        };
+        let metrics = Arc::new(Metrics::default());
+        for (round, id) in ["f1", "f2"].iter().enumerate() {
+            let wal = if round == 0 {
+                wal.clone()
+            } else {
+                Wal::open(WalOptions {
+                    dir: dir.path().join("wal"),
+                    seal_interval: Duration::from_secs(3600),
+                    seal_rows: 1_000_000,
+                    seal_bytes: 1 << 30,
+                    max_pending_bytes: 1 << 30,
+                    queue: 16,
+                })
+                .unwrap()
+            };
+            wal.append(failed(id)).await.unwrap();
+            wal.seal_now().await.unwrap();
+            let f = Flusher::new(
+                wal.clone(),
+                lake.clone(),
+                "test",
+                metrics.clone(),
+                Duration::from_secs(1),
+            );
+            assert_eq!(f.flush_sealed().await.unwrap(), 1, "round {round}");
+        }
+        assert_eq!(lake.stats("failed_events").await.unwrap().rows, 2);
     }
 }

@@ -178,7 +178,7 @@ impl RawWebEventRow<'_> {
     /// Append the row in the WAL's binary row format
     /// ([`crate::rowcodec`]), columns in the table's order.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let mut w = RowWriter::new(out, 38);
+        let mut w = RowWriter::new(out, crow_schemas::RAW_WEB_EVENTS.version, 38);
         w.text(Some(&self.org_id));
         w.text(Some(&self.message_id));
         w.text(Some(&self.kind));
@@ -295,23 +295,30 @@ impl<'de> Deserialize<'de> for Key<'de> {
 
 struct Pick<'k, const N: usize>(&'k [&'k str; N]);
 
+/// The picked members, and whether one of them was repeated.
+type Picked<'a, const N: usize> = ([Option<Raw<'a>>; N], bool);
+
 impl<'de, const N: usize> Visitor<'de> for Pick<'_, N> {
-    type Value = [Option<Raw<'de>>; N];
+    type Value = Picked<'de, N>;
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out = [None; N];
+        let mut repeated = false;
         while let Some(Key(key)) = map.next_key()? {
             match self.0.iter().position(|k| *k == key) {
                 // A repeated key: the last one wins, as in a parsed object.
-                Some(i) => out[i] = Some(Raw(map.next_value::<&'de RawValue>()?.get())),
+                Some(i) => {
+                    repeated |= out[i].is_some();
+                    out[i] = Some(Raw(map.next_value::<&'de RawValue>()?.get()));
+                }
                 None => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
         }
-        Ok(out)
+        Ok((out, repeated))
     }
 }
 
@@ -320,7 +327,7 @@ impl<'de, const N: usize> Visitor<'de> for Pick<'_, N> {
 fn pick<'a, const N: usize>(
     text: &'a str,
     keys: &[&str; N],
-) -> Result<[Option<Raw<'a>>; N], serde_json::Error> {
+) -> Result<Picked<'a, N>, serde_json::Error> {
     use serde::Deserializer as _;
     let mut de = serde_json::Deserializer::from_str(text);
     let out = (&mut de).deserialize_map(Pick(keys))?;
@@ -330,11 +337,34 @@ fn pick<'a, const N: usize>(
 
 /// Like [`pick`] for an optional member that should be an object: anything
 /// else reads as an empty object.
-fn pick_in<'a, const N: usize>(text: Option<Raw<'a>>, keys: &[&str; N]) -> [Option<Raw<'a>>; N] {
+fn pick_in<'a, const N: usize>(text: Option<Raw<'a>>, keys: &[&str; N]) -> Picked<'a, N> {
     match text.map(Raw::scalar) {
-        Some(Scalar::Object(t)) => pick(t, keys).unwrap_or([None; N]),
-        _ => [None; N],
+        Some(Scalar::Object(t)) => pick(t, keys).unwrap_or(([None; N], false)),
+        _ => ([None; N], false),
     }
+}
+
+/// True when `text` holds a `\uD800`–`\uDFFF` escape: a surrogate, which
+/// must come in a valid pair. Skipping a string does not check that, so such
+/// events are validated in full.
+fn has_surrogate_escape(text: &str) -> bool {
+    let b = text.as_bytes();
+    memchr::memmem::find_iter(b, b"\\u").any(|i| matches!(b.get(i + 2), Some(b'd' | b'D')))
+}
+
+/// A JSON number as id text, written as before this reader existed: integers
+/// as sent, other numbers as `serde_json` prints them (`1e3` → `1000.0`).
+/// `None` for a number no float can hold.
+fn number_text(n: &str) -> Option<Cow<'_, str>> {
+    let b = n.as_bytes();
+    let digits = b.strip_prefix(b"-").unwrap_or(b);
+    if !digits.is_empty() && digits.len() < 19 && digits.iter().all(u8::is_ascii_digit) {
+        // Within i64: printed exactly as sent.
+        return Some(Cow::Borrowed(n));
+    }
+    serde_json::from_str::<serde_json::Number>(n)
+        .ok()
+        .map(|x| Cow::Owned(x.to_string()))
 }
 
 /// True when `text` nests arrays and objects deeper than `limit`.
@@ -427,7 +457,11 @@ pub fn normalize_json<'a>(
             "an event must be a JSON object",
         ));
     }
-    let fields =
+    if has_surrogate_escape(text) {
+        serde_json::from_str::<Value>(text)
+            .map_err(|e| Rejection::new("invalid_json", e.to_string()))?;
+    }
+    let (fields, _) =
         pick(text, &EVENT_KEYS).map_err(|e| Rejection::new("invalid_json", e.to_string()))?;
     match defaults.context.map(|c| Raw(c).scalar()) {
         Some(Scalar::Object(batch)) => {
@@ -500,7 +534,9 @@ fn build<'a>(
             )),
             Some(Scalar::Str(s)) => Ok(Some(s)),
             // Segment accepts numeric ids and stringifies them.
-            Some(Scalar::Num(n)) => Ok(Some(Cow::Borrowed(n))),
+            Some(Scalar::Num(n)) => number_text(n)
+                .map(Some)
+                .ok_or_else(|| Rejection::new("invalid_json", format!("`{key}` is out of range"))),
             Some(_) => Err(Rejection::new(
                 "invalid_field",
                 format!("`{key}` must be a string"),
@@ -573,7 +609,12 @@ fn build<'a>(
     let sent_at = ts("sentAt", sent_at.or(defaults.sent_at.map(Raw)))?;
     let received = ctx.received_at;
     let mut occurred = match (original, sent_at) {
-        (Some(t), Some(s)) => received - (s - t),
+        (Some(t), Some(s)) => received.checked_sub_signed(s - t).ok_or_else(|| {
+            Rejection::new(
+                "invalid_timestamp",
+                "`timestamp` and `sentAt` are too far apart",
+            )
+        })?,
         (Some(t), None) => t,
         (None, _) => received,
     };
@@ -587,21 +628,25 @@ fn build<'a>(
         None => Cow::Owned(format!("crow-{}", uuid::Uuid::now_v7())),
     };
 
-    let [ip, user_agent, device, campaign, page] = match context {
+    let ([ip, user_agent, device, campaign, page], context_repeats) = match context {
         Some(c) => {
             pick(c, &CONTEXT_KEYS).map_err(|e| Rejection::new("invalid_json", e.to_string()))?
         }
-        None => [None; 5],
+        None => ([None; 5], false),
     };
-    let [device_type] = pick_in(device, &["type"]);
-    let [campaign_source, campaign_medium, campaign_name] = pick_in(campaign, &CAMPAIGN_KEYS);
-    let [page_url, page_path, page_referrer, page_title, page_search] = pick_in(page, &PAGE_KEYS);
-    let [p_product_id, p_sku, p_name, p_price, p_quantity, p_category, p_currency, p_order_id, p_revenue, p_total, p_url, p_path, p_referrer, p_title] =
-        match properties {
-            Some(p) => pick(p, &PROPERTY_KEYS)
-                .map_err(|e| Rejection::new("invalid_json", e.to_string()))?,
-            None => [None; 14],
-        };
+    let ([device_type], _) = pick_in(device, &["type"]);
+    let ([campaign_source, campaign_medium, campaign_name], _) = pick_in(campaign, &CAMPAIGN_KEYS);
+    let ([page_url, page_path, page_referrer, page_title, page_search], page_repeats) =
+        pick_in(page, &PAGE_KEYS);
+    let (
+        [p_product_id, p_sku, p_name, p_price, p_quantity, p_category, p_currency, p_order_id, p_revenue, p_total, p_url, p_path, p_referrer, p_title],
+        _,
+    ) = match properties {
+        Some(p) => {
+            pick(p, &PROPERTY_KEYS).map_err(|e| Rejection::new("invalid_json", e.to_string()))?
+        }
+        None => ([None; 14], false),
+    };
     let strip = |u: Text<'a>| u.map(|u| strip_query_cow(u, ctx.strip_query_params));
 
     // IP: hash whatever the client put in context.ip, else the request's.
@@ -613,7 +658,10 @@ fn build<'a>(
         && (has_query(page_url) || has_query(page_referrer) || has_query(page_search));
     let mut ip_hash: Text<'a> = ctx.ip_hash.as_deref().map(Cow::Borrowed);
     let context_text: Text<'a> = match context {
-        Some(c) if ip.is_some() || page_has_query => {
+        // A repeated `ip`, `page` or page field could hide a copy that would
+        // not be stripped: such contexts are rewritten too (parsing keeps
+        // the last copy, the one read above).
+        Some(c) if ip.is_some() || page_has_query || context_repeats || page_repeats => {
             let mut c: Map<String, Value> = serde_json::from_str(c)
                 .map_err(|e| Rejection::new("invalid_json", e.to_string()))?;
             if let Some(Value::String(ip)) = c.remove("ip") {
@@ -769,7 +817,7 @@ pub fn strip_query(url: &str, params: &[String]) -> String {
 fn value_text(v: Option<Raw<'_>>) -> Text<'_> {
     match v?.scalar() {
         Scalar::Str(s) if !s.is_empty() => Some(s),
-        Scalar::Num(n) => Some(Cow::Borrowed(n)),
+        Scalar::Num(n) => number_text(n),
         Scalar::Bool(b) => Some(Cow::Borrowed(if b { "true" } else { "false" })),
         _ => None,
     }
@@ -895,8 +943,12 @@ mod tests {
             })
             .collect();
         let refs: Vec<&[u8]> = bufs.iter().map(Vec::as_slice).collect();
-        let via_binary =
-            crate::rowcodec::decode_rows(&crow_schemas::RAW_WEB_EVENTS.schema(), &refs).unwrap();
+        let via_binary = crate::rowcodec::decode_rows(
+            &crow_schemas::RAW_WEB_EVENTS.schema(),
+            crow_schemas::RAW_WEB_EVENTS.version,
+            &refs,
+        )
+        .unwrap();
         assert_eq!(via_json, via_binary);
         assert_eq!(rows[0].event.as_deref(), Some("Say \"hi\" ✓"));
         assert_eq!(rows[0].product_id.as_deref(), Some("7"));
@@ -906,6 +958,7 @@ mod tests {
         // A truncated row is an error, not a short batch.
         assert!(crate::rowcodec::decode_rows(
             &crow_schemas::RAW_WEB_EVENTS.schema(),
+            crow_schemas::RAW_WEB_EVENTS.version,
             &[&bufs[0][..bufs[0].len() - 3]]
         )
         .is_err());
@@ -981,6 +1034,73 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.user_id.as_deref(), Some("u2"));
+    }
+
+    #[test]
+    fn hostile_events_are_refused_or_cleaned() {
+        let c = ctx("2026-01-01T11:00:10Z");
+        let d = Defaults::default();
+        // A repeated page hides an address in its first copy: the stored
+        // context is rewritten, keeping only the (stripped) last copy.
+        let r = normalize_json(
+            r#"{"type":"page","userId":"u","context":{"page":{"url":"https://s/?email=a@b.c"},"page":{"url":"https://s/?q=1"}}}"#,
+            &d,
+            &c,
+        )
+        .unwrap();
+        let stored = r.context.as_deref().unwrap_or_default();
+        assert!(!stored.contains("a@b.c"), "{stored}");
+        assert_eq!(r.page_url.as_deref(), Some("https://s/?q=1"));
+        let r = normalize_json(
+            r#"{"type":"page","userId":"u","context":{"page":{"url":"https://s/?email=a@b.c","url":"https://s/"}}}"#,
+            &d,
+            &c,
+        )
+        .unwrap();
+        assert!(!r.context.as_deref().unwrap_or_default().contains("a@b.c"));
+        // A lone surrogate is invalid JSON, wherever it is.
+        for text in [
+            r#"{"type":"page","userId":"\ud800"}"#,
+            r#"{"type":"page","userId":"u","properties":{"x":"\uDC00"}}"#,
+        ] {
+            assert_eq!(
+                normalize_json(text, &d, &c).unwrap_err().code,
+                "invalid_json",
+                "{text}"
+            );
+        }
+        // A valid pair is fine.
+        let r = normalize_json(r#"{"type":"page","userId":"\ud83d\ude00"}"#, &d, &c).unwrap();
+        assert_eq!(r.user_id.as_deref(), Some("😀"));
+        // Numeric ids read as before: integers as sent, others as serde_json
+        // prints them; a number no float holds is refused.
+        for (id, want) in [
+            ("42", "42"),
+            ("-7", "-7"),
+            ("1.0", "1.0"),
+            ("1e3", "1000.0"),
+        ] {
+            let text = format!(r#"{{"type":"page","userId":{id}}}"#);
+            let r = normalize_json(&text, &d, &c).unwrap();
+            assert_eq!(r.user_id.as_deref(), Some(want), "{id}");
+        }
+        assert_eq!(
+            normalize_json(r#"{"type":"page","userId":1e400}"#, &d, &c)
+                .unwrap_err()
+                .code,
+            "invalid_json"
+        );
+        // Times so far apart that the skew correction overflows: refused, no panic.
+        assert_eq!(
+            normalize_json(
+                r#"{"type":"page","userId":"u","timestamp":"-200000-01-01T00:00:00","sentAt":"+200000-01-01T00:00:00"}"#,
+                &d,
+                &c
+            )
+            .unwrap_err()
+            .code,
+            "invalid_timestamp"
+        );
     }
 
     #[test]

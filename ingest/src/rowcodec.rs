@@ -1,7 +1,7 @@
 //! The WAL's binary row format, and its decoder into Arrow.
 //!
-//! A row is its column count (LEB128), then every column in the table's
-//! order:
+//! A row is the table's schema version and its column count (both LEB128),
+//! then every column in the table's order:
 //! - text: LEB128 of `length + 1`, then the UTF-8 bytes; `0` is null;
 //! - 64-bit integers, timestamps and floats: `0` for null, or `1` and eight
 //!   little-endian bytes;
@@ -10,8 +10,8 @@
 //!
 //! The decoder is driven by the table's Arrow schema, so the collector
 //! builds record batches straight from the rows it logged, without a JSON
-//! round trip. A row with fewer columns than the schema (written before a
-//! column was added) reads the missing ones as null.
+//! round trip. A row of another schema version is refused (the segment is
+//! then quarantined, loudly, never misread).
 
 use std::sync::Arc;
 
@@ -35,8 +35,9 @@ fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
 }
 
 impl<'b> RowWriter<'b> {
-    /// Start a row of `columns` columns.
-    pub fn new(buf: &'b mut Vec<u8>, columns: usize) -> Self {
+    /// Start a row of `columns` columns of schema version `version`.
+    pub fn new(buf: &'b mut Vec<u8>, version: u32, columns: usize) -> Self {
+        put_varint(buf, u64::from(version));
         put_varint(buf, columns as u64);
         Self { buf }
     }
@@ -195,18 +196,6 @@ impl Column {
         Ok(())
     }
 
-    fn null(&mut self) {
-        match self {
-            Column::Text(b) => b.append_null(),
-            Column::I64(b) => b.append_null(),
-            Column::Ts(b) => b.append_null(),
-            Column::I32(b) => b.append_null(),
-            Column::Date(b) => b.append_null(),
-            Column::F64(b) => b.append_null(),
-            Column::Bool(b) => b.append_null(),
-        }
-    }
-
     fn finish(self) -> ArrayRef {
         match self {
             Column::Text(mut b) => Arc::new(b.finish()),
@@ -220,10 +209,16 @@ impl Column {
     }
 }
 
-/// Decode binary rows into one record batch of `schema`.
-pub fn decode_rows(schema: &SchemaRef, rows: &[&[u8]]) -> Result<RecordBatch, DecodeError> {
+/// Decode binary rows into one record batch of `schema` (schema version
+/// `version`).
+pub fn decode_rows(
+    schema: &SchemaRef,
+    version: u32,
+    rows: &[&[u8]],
+) -> Result<RecordBatch, DecodeError> {
     let fail = |row: usize| move |message: String| DecodeError { row, message };
-    let text_bytes: usize = rows.iter().map(|r| r.len()).sum();
+    // Room for short texts; the long ones (payloads) grow as they come.
+    let text_bytes = rows.len() * 32;
     let mut columns = schema
         .fields()
         .iter()
@@ -232,18 +227,16 @@ pub fn decode_rows(schema: &SchemaRef, rows: &[&[u8]]) -> Result<RecordBatch, De
         .map_err(fail(0))?;
     for (i, row) in rows.iter().enumerate() {
         let mut r = Reader { data: row, pos: 0 };
-        let n = r.varint().map_err(fail(i))? as usize;
-        if n > columns.len() {
+        let v = r.varint().map_err(fail(i))?;
+        let n = r.varint().map_err(fail(i))?;
+        if v != u64::from(version) || n != columns.len() as u64 {
             return Err(fail(i)(format!(
-                "{n} columns, but the table has {}",
+                "schema version {v} with {n} columns, but the table is version {version} with {}",
                 columns.len()
             )));
         }
-        for c in &mut columns[..n] {
+        for c in &mut columns {
             c.read(&mut r).map_err(fail(i))?;
-        }
-        for c in &mut columns[n..] {
-            c.null();
         }
         if r.pos != row.len() {
             return Err(fail(i)(format!("{} bytes left over", row.len() - r.pos)));

@@ -468,7 +468,9 @@ fn prepare_web(
     };
     for (index, raw) in events.iter().enumerate() {
         let text = raw.get();
-        let result = if text.len() > state.cfg.max_event_bytes {
+        // The batch's context is part of every event it fills in.
+        let size = text.len() + defaults.context.map_or(0, str::len);
+        let result = if size > state.cfg.max_event_bytes {
             Err(crate::normalize::Rejection {
                 code: "event_too_large",
                 reason: format!(

@@ -219,7 +219,10 @@ impl Wal {
     pub fn open(opts: WalOptions) -> std::io::Result<Wal> {
         std::fs::create_dir_all(&opts.dir)?;
         let stats = Arc::new(WalStats::default());
-        let mut next_seq = 1;
+        // Numbers are never reused: an emptied WAL (everything flushed)
+        // goes on after the last flushed segment, whose number the lake
+        // holds as this collector's transaction version.
+        let mut next_seq = read_flushed(&opts.dir)? + 1;
         for (seq, path, open) in list_segments(&opts.dir)? {
             next_seq = next_seq.max(seq + 1);
             if open {
@@ -359,6 +362,20 @@ impl Wal {
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
                     Some(v.saturating_sub(1))
                 });
+    }
+
+    /// Record that every segment up to `seq` is committed (durably, before
+    /// they are deleted), so their numbers are never used again.
+    pub fn mark_flushed(&self, seq: u64) -> std::io::Result<()> {
+        if read_flushed(&self.dir)? >= seq {
+            return Ok(());
+        }
+        let tmp = self.dir.join(format!("{FLUSHED}.tmp"));
+        let mut f = File::create(&tmp)?;
+        f.write_all(seq.to_string().as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, self.dir.join(FLUSHED))?;
+        sync_dir(&self.dir)
     }
 
     /// Forget a flushed segment: delete it and update the counters.
@@ -511,6 +528,22 @@ impl Writer {
                 tracing::error!(seq = a.seq, error = %e, "sealing a WAL segment failed; it is recovered on restart")
             }
         }
+    }
+}
+
+/// The file holding the number of the last flushed segment.
+const FLUSHED: &str = "flushed-seq";
+
+fn read_flushed(dir: &Path) -> std::io::Result<u64> {
+    match std::fs::read_to_string(dir.join(FLUSHED)) {
+        Ok(s) => s.trim().parse().map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: not a segment number", dir.join(FLUSHED).display()),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e),
     }
 }
 
