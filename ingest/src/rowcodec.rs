@@ -163,6 +163,21 @@ enum Column {
 }
 
 impl Column {
+    /// The bytes this column's value takes in a row (after its marker), for
+    /// sizing; `None` when the row is malformed (the decoder says why).
+    fn skip(dt: &DataType, r: &mut Reader<'_>) -> Option<usize> {
+        let n = match dt {
+            DataType::Utf8 => return r.text().ok().map(|t| t.map_or(0, str::len)),
+            DataType::Boolean => return r.byte().ok().map(|_| 0),
+            DataType::Int64 | DataType::Float64 | DataType::Timestamp(_, _) => 8,
+            _ => 4,
+        };
+        if r.byte().ok()? == 1 {
+            r.pos += n;
+        }
+        Some(0)
+    }
+
     fn new(dt: &DataType, rows: usize, text_bytes: usize) -> Result<Column, String> {
         Ok(match dt {
             DataType::Utf8 => Column::Text(StringBuilder::with_capacity(rows, text_bytes)),
@@ -217,12 +232,25 @@ pub fn decode_rows(
     rows: &[&[u8]],
 ) -> Result<RecordBatch, DecodeError> {
     let fail = |row: usize| move |message: String| DecodeError { row, message };
-    // Room for short texts; the long ones (payloads) grow as they come.
-    let text_bytes = rows.len() * 32;
+    // Each text column gets exactly the room its values need.
+    let mut text_bytes = vec![0usize; schema.fields().len()];
+    for row in rows {
+        let mut r = Reader { data: row, pos: 0 };
+        if r.varint().and_then(|_| r.varint()).is_err() {
+            break;
+        }
+        for (f, total) in schema.fields().iter().zip(text_bytes.iter_mut()) {
+            match Column::skip(f.data_type(), &mut r) {
+                Some(n) => *total += n,
+                None => break,
+            }
+        }
+    }
     let mut columns = schema
         .fields()
         .iter()
-        .map(|f| Column::new(f.data_type(), rows.len(), text_bytes))
+        .zip(&text_bytes)
+        .map(|(f, bytes)| Column::new(f.data_type(), rows.len(), *bytes))
         .collect::<Result<Vec<_>, _>>()
         .map_err(fail(0))?;
     for (i, row) in rows.iter().enumerate() {
