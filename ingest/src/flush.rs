@@ -489,19 +489,41 @@ mod tests {
             b
         };
         let metrics = Arc::new(Metrics::default());
+        let opts = || WalOptions {
+            dir: dir.path().join("wal"),
+            seal_interval: Duration::from_secs(3600),
+            seal_rows: 1_000_000,
+            seal_bytes: 1 << 30,
+            max_pending_bytes: 1 << 30,
+            queue: 16,
+        };
+        // While a collector holds the folder, a second one is refused.
+        let refused = Wal::open(opts()).err().map(|e| e.to_string());
+        assert!(
+            refused
+                .as_deref()
+                .is_some_and(|e| e.contains("another collector")),
+            "{refused:?}"
+        );
+        let mut first = Some(wal);
         for (round, id) in ["f1", "f2"].iter().enumerate() {
-            let wal = if round == 0 {
-                wal.clone()
-            } else {
-                Wal::open(WalOptions {
-                    dir: dir.path().join("wal"),
-                    seal_interval: Duration::from_secs(3600),
-                    seal_rows: 1_000_000,
-                    seal_bytes: 1 << 30,
-                    max_pending_bytes: 1 << 30,
-                    queue: 16,
-                })
-                .unwrap()
+            let wal = match first.take() {
+                Some(w) => w,
+                // The previous writer lets go of the folder once its handles
+                // are gone.
+                None => {
+                    let mut tries = 0;
+                    loop {
+                        match Wal::open(opts()) {
+                            Ok(w) => break w,
+                            Err(_) if tries < 200 => {
+                                tries += 1;
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                            Err(e) => panic!("reopening the WAL: {e}"),
+                        }
+                    }
+                }
             };
             wal.append(failed(id)).await.unwrap();
             wal.seal_now().await.unwrap();

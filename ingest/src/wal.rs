@@ -218,6 +218,24 @@ impl Wal {
     /// Segments left by an earlier run are sealed for the flusher.
     pub fn open(opts: WalOptions) -> std::io::Result<Wal> {
         std::fs::create_dir_all(&opts.dir)?;
+        // One collector per folder: two would share an identity and segment
+        // numbers, and could commit a segment twice. The lock is held by the
+        // writer thread and released when it ends (or the process dies).
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(opts.dir.join("lock"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(std::io::Error::other(format!(
+                    "{}: another collector is using this WAL folder; give each collector its own --wal-dir",
+                    opts.dir.display()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
         let stats = Arc::new(WalStats::default());
         // Numbers are never reused: an emptied WAL (everything flushed)
         // goes on after the last flushed segment, whose number the lake
@@ -246,6 +264,7 @@ impl Wal {
             sealed: sealed.clone(),
             next_seq,
             active: None,
+            _lock: lock,
         };
         std::thread::Builder::new()
             .name("crow-wal".into())
@@ -402,6 +421,7 @@ struct Writer {
     sealed: Arc<Notify>,
     next_seq: u64,
     active: Option<Active>,
+    _lock: File,
 }
 
 impl Writer {
