@@ -289,6 +289,18 @@ mod tests {
     use super::*;
     use crate::wal::{WalBatch, WalOptions};
 
+    /// WAL options for `<dir>/wal`: seal only when told to.
+    fn wal_options(dir: &tempfile::TempDir) -> WalOptions {
+        WalOptions {
+            dir: dir.path().join("wal"),
+            seal_interval: Duration::from_secs(3600),
+            seal_rows: 1_000_000,
+            seal_bytes: 1 << 30,
+            max_pending_bytes: 1 << 30,
+            queue: 16,
+        }
+    }
+
     /// A fresh local lake and a WAL that seals only when told to.
     async fn lake_and_wal() -> (tempfile::TempDir, Lake, Wal) {
         let dir = tempfile::tempdir().unwrap();
@@ -298,36 +310,41 @@ mod tests {
         };
         let lake = Lake::open(&cfg).await.unwrap();
         lake.init().await.unwrap();
-        let wal = Wal::open(WalOptions {
-            dir: dir.path().join("wal"),
-            seal_interval: Duration::from_secs(3600),
-            seal_rows: 1_000_000,
-            seal_bytes: 1 << 30,
-            max_pending_bytes: 1 << 30,
-            queue: 16,
-        })
-        .unwrap();
+        let wal = Wal::open(wal_options(&dir)).unwrap();
         (dir, lake, wal)
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn replays_once_and_quarantines_undecodable_segments() {
-        let (dir, lake, wal) = lake_and_wal().await;
-        let failed = crate::channels::FailedEventRow::new(
+    /// A WAL batch of one `failed_events` row (JSON).
+    fn failed(message_id: Option<&str>) -> WalBatch {
+        let row = crate::channels::FailedEventRow::new(
             Some("o1"),
             "collector",
             Some("web"),
-            Some("m1".into()),
+            message_id.map(str::to_string),
             "missing_field",
             "why",
             Some("{}"),
             chrono::Utc::now(),
         );
-        let mut good = WalBatch::default();
-        good.push_json(
-            WalTable::FailedEvents,
-            &serde_json::to_vec(&failed).unwrap(),
-        );
+        let mut b = WalBatch::default();
+        b.push_json(WalTable::FailedEvents, &serde_json::to_vec(&row).unwrap());
+        b
+    }
+
+    fn flusher(wal: &Wal, lake: &Lake, metrics: &Arc<Metrics>) -> Flusher {
+        Flusher::new(
+            wal.clone(),
+            lake.clone(),
+            "test",
+            metrics.clone(),
+            Duration::from_secs(1),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replays_once_and_quarantines_undecodable_segments() {
+        let (dir, lake, wal) = lake_and_wal().await;
+        let good = failed(Some("m1"));
         wal.append(good.clone()).await.unwrap();
         wal.seal_now().await.unwrap();
         // A row with a column the table does not have cannot be decoded.
@@ -346,13 +363,7 @@ mod tests {
         std::fs::copy(&first, &copy).unwrap();
 
         let metrics = Arc::new(Metrics::default());
-        let f = Flusher::new(
-            wal.clone(),
-            lake.clone(),
-            "test",
-            metrics.clone(),
-            Duration::from_secs(1),
-        );
+        let f = flusher(&wal, &lake, &metrics);
         assert_eq!(f.flush_sealed().await.unwrap(), 2);
         assert_eq!(metrics.segments_quarantined.get(), 1);
         assert!(wal.sealed_segments().unwrap().is_empty());
@@ -413,13 +424,7 @@ mod tests {
             std::fs::copy(seg(n), keep(n)).unwrap();
         }
         let metrics = Arc::new(Metrics::default());
-        let f = Flusher::new(
-            wal.clone(),
-            lake.clone(),
-            "test",
-            metrics.clone(),
-            Duration::from_secs(1),
-        );
+        let f = flusher(&wal, &lake, &metrics);
         // Both segments in one commit, versioned by the last one.
         let before = lake.table("raw_web_events").await.unwrap().version();
         assert_eq!(f.flush_sealed().await.unwrap(), 2);
@@ -435,21 +440,8 @@ mod tests {
         for n in [1, 2] {
             std::fs::copy(keep(n), seg(n)).unwrap();
         }
-        let mut third = web("m3");
-        let mut bad = Vec::new();
-        let failed = crate::channels::FailedEventRow::new(
-            Some("o1"),
-            "collector",
-            Some("web"),
-            None,
-            "missing_field",
-            "why",
-            Some("{}"),
-            chrono::Utc::now(),
-        );
-        serde_json::to_writer(&mut bad, &failed).unwrap();
-        third.push_json(WalTable::FailedEvents, &bad);
-        wal.append(third).await.unwrap();
+        wal.append(web("m3")).await.unwrap();
+        wal.append(failed(None)).await.unwrap();
         wal.seal_now().await.unwrap();
         assert_eq!(f.flush_sealed().await.unwrap(), 2);
         assert!(wal.sealed_segments().unwrap().is_empty());
@@ -473,30 +465,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn numbering_goes_on_after_an_emptied_wal() {
         let (dir, lake, wal) = lake_and_wal().await;
-        let failed = |id: &str| {
-            let row = crate::channels::FailedEventRow::new(
-                Some("o1"),
-                "collector",
-                Some("web"),
-                Some(id.into()),
-                "missing_field",
-                "why",
-                Some("{}"),
-                chrono::Utc::now(),
-            );
-            let mut b = WalBatch::default();
-            b.push_json(WalTable::FailedEvents, &serde_json::to_vec(&row).unwrap());
-            b
-        };
         let metrics = Arc::new(Metrics::default());
-        let opts = || WalOptions {
-            dir: dir.path().join("wal"),
-            seal_interval: Duration::from_secs(3600),
-            seal_rows: 1_000_000,
-            seal_bytes: 1 << 30,
-            max_pending_bytes: 1 << 30,
-            queue: 16,
-        };
+        let opts = || wal_options(&dir);
         // While a collector holds the folder, a second one is refused.
         let refused = Wal::open(opts()).err().map(|e| e.to_string());
         assert!(
@@ -525,15 +495,9 @@ mod tests {
                     }
                 }
             };
-            wal.append(failed(id)).await.unwrap();
+            wal.append(failed(Some(id))).await.unwrap();
             wal.seal_now().await.unwrap();
-            let f = Flusher::new(
-                wal.clone(),
-                lake.clone(),
-                "test",
-                metrics.clone(),
-                Duration::from_secs(1),
-            );
+            let f = flusher(&wal, &lake, &metrics);
             assert_eq!(f.flush_sealed().await.unwrap(), 1, "round {round}");
         }
         assert_eq!(lake.stats("failed_events").await.unwrap().rows, 2);
