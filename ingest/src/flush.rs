@@ -103,11 +103,16 @@ impl Flusher {
             }) {
                 group.push((seq, path));
             }
-            let paths: Vec<_> = group.clone();
+            let Some(last_seq) = group.last().map(|(seq, _)| *seq) else {
+                break;
+            };
             let decoded = tokio::task::spawn_blocking(move || {
-                paths
+                group
                     .into_iter()
-                    .map(|(seq, path)| (seq, path.clone(), decode_segment(&path)))
+                    .map(|(seq, path)| {
+                        let tables = decode_segment(&path);
+                        (seq, path, tables)
+                    })
                     .collect::<Vec<_>>()
             })
             .await
@@ -134,9 +139,6 @@ impl Flusher {
                     }
                 }
             }
-            let Some(last_seq) = group.last().map(|(seq, _)| *seq) else {
-                break;
-            };
             for (table, parts) in by_table {
                 let name = table.table_name();
                 let done = self.lake.app_version(name, &self.app_id).await?;
