@@ -290,7 +290,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Large stacks (address space, touched only as used): exports and REST
+    // plan user input here; SQL queries run on the query API's own runtime.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(32 * 1024 * 1024)
         .enable_all()
         .build()
     {

@@ -729,6 +729,16 @@ impl Lake {
         name: &str,
         as_of: AsOf,
     ) -> Result<()> {
+        // A version is checked against the latest before anything loads it:
+        // loading a version far beyond the log lists and probes without end.
+        if let AsOf::Version(v) = as_of {
+            let latest = self.table_for_read(name).await?.version().unwrap_or(0);
+            if v > latest {
+                return Err(Error::Invalid(format!(
+                    "table `{name}` has no version {v} (latest is {latest})"
+                )));
+            }
+        }
         let loaded = match as_of {
             AsOf::Latest => self.table_for_read(name).await,
             _ => self.table_as_of(name, as_of).await,

@@ -16,12 +16,16 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod bounded;
 pub mod error;
 pub mod export;
+pub mod guard;
 pub mod keys;
 pub mod metrics;
 pub mod openapi;
 pub mod rest;
+pub mod runtime;
+pub mod slots;
 pub mod sql;
 pub mod tenant;
 
@@ -59,11 +63,16 @@ pub struct ApiState {
     pub metrics: Arc<metrics::ApiMetrics>,
     /// Memory pool (spilling) and disk manager shared by every query.
     pub runtime: Arc<RuntimeEnv>,
+    /// The threads queries are planned and run on.
+    pub query_rt: runtime::QueryRuntime,
+    /// Concurrent queries per key and per organization.
+    pub slots: slots::Slots,
 }
 
 impl ApiState {
     /// Build the shared state.
     pub fn new(lake: Lake, cfg: ApiConfig) -> datafusion::error::Result<Arc<ApiState>> {
+        let query_rt = runtime::QueryRuntime::start()?;
         let disk = if cfg.spill_dir.is_empty() {
             DiskManagerBuilder::default().with_mode(DiskManagerMode::OsTmpDirectory)
         } else {
@@ -83,6 +92,11 @@ impl ApiState {
             limiter: auth::RateLimiter::new(cfg.rate_limit_per_second, cfg.rate_limit_burst),
             metrics: Arc::new(metrics::ApiMetrics::default()),
             runtime,
+            query_rt,
+            slots: slots::Slots::new(
+                cfg.max_concurrent_queries_per_key,
+                cfg.max_concurrent_queries_per_org,
+            ),
             lake,
             cfg,
         }))
@@ -90,6 +104,12 @@ impl ApiState {
 
     fn query_timeout(&self) -> Duration {
         Duration::from_secs(self.cfg.query_timeout_seconds)
+    }
+
+    /// Largest output of one function call, in bytes.
+    pub fn function_cap(&self) -> usize {
+        usize::try_from(self.cfg.max_function_output_mb.saturating_mul(1024 * 1024))
+            .unwrap_or(usize::MAX)
     }
 }
 
@@ -158,7 +178,7 @@ async fn sql_handler(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: 
     }
 }
 
-async fn run_sql(st: &ApiState, headers: &HeaderMap, body: &[u8]) -> ApiResult<Response> {
+async fn run_sql(st: &Arc<ApiState>, headers: &HeaderMap, body: &[u8]) -> ApiResult<Response> {
     let started = Instant::now();
     let p = auth::authenticate(&st.keys, &st.limiter, headers, Scope::Read).await?;
     let req: sql::SqlRequest = serde_json::from_slice(body).map_err(|e| {
@@ -169,22 +189,21 @@ async fn run_sql(st: &ApiState, headers: &HeaderMap, body: &[u8]) -> ApiResult<R
     })?;
     let format = sql::ResultFormat::negotiate(headers)?;
     let (as_of, pins) = sql::pins(&req)?;
-    let (ctx, schema) =
-        tenant::tenant_context(&st.lake, st.runtime.clone(), &p.org_id, as_of, pins, 8192);
-    let planned = tokio::time::timeout(
-        st.query_timeout(),
-        sql::plan_query(st, &ctx, &schema, &req.sql),
-    )
-    .await
-    .map_err(|_| {
-        ApiError::new(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            "query_timeout",
-            "planning the query took too long",
-        )
-    })??;
+    let permits = st.slots.acquire(&p.key_id, &p.org_id)?;
+    let (ctx, schema) = tenant::tenant_context_with(
+        &st.lake,
+        st.runtime.clone(),
+        &p.org_id,
+        as_of,
+        pins,
+        8192,
+        st.function_cap(),
+    );
     tracing::debug!(org = %p.org_id, key = %p.key_id, "sql query");
-    sql::respond(st, planned, schema, format, started).await
+    let deadline = tokio::time::Instant::from_std(started) + st.query_timeout();
+    let limit = usize::try_from(st.cfg.max_result_rows.saturating_add(1)).unwrap_or(usize::MAX);
+    let query = sql::RunningQuery::start(st, ctx, schema, req.sql, Some(limit), deadline).await?;
+    sql::respond(st, query, format, started, permits).await
 }
 
 /// Record batches as JSON row objects (nulls explicit).

@@ -23,13 +23,15 @@ use chrono::{DateTime, Utc};
 use crow_lake::AsOf;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
-use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{DataFrame, SessionContext};
 use futures::StreamExt;
 use serde::Deserialize;
 
 use crate::error::{ApiError, ApiResult};
+use crate::guard;
+use crate::runtime::QueryTask;
+use crate::slots::Permits;
 use crate::tenant::{Pins, TenantSchema};
 use crate::ApiState;
 
@@ -148,6 +150,13 @@ pub fn pins(req: &SqlRequest) -> ApiResult<(AsOf, Pins)> {
                 format!("`versions` names `{table}`, which is not a CROW table"),
             ));
         }
+        // Delta versions are signed 64-bit numbers.
+        if i64::try_from(*v).is_err() {
+            return Err(ApiError::bad_request(
+                "invalid_version",
+                format!("`versions.{table}` = {v} is not a Delta version"),
+            ));
+        }
         pins.insert(table.clone(), AsOf::Version(*v));
     }
     Ok((default, pins))
@@ -196,15 +205,67 @@ pub fn df_error(e: &DataFusionError, schema: Option<&TenantSchema>) -> ApiError 
         | DataFusionError::ArrowError(..) => {
             ApiError::bad_request("invalid_query", e.find_root().to_string())
         }
-        DataFusionError::ResourcesExhausted(_) => ApiError::bad_request(
-            "resources_exhausted",
-            "the query needs more memory than the API allows; aggregate more or add a LIMIT",
-        ),
+        DataFusionError::ResourcesExhausted(m) => resources_exhausted(m),
         _ => ApiError::internal("query failed", e),
     }
 }
 
+fn resources_exhausted(m: &str) -> ApiError {
+    if m.contains("api.max_function_output_mb") {
+        // Our own message: names the function and the limit, no values.
+        ApiError::bad_request("resources_exhausted", m.to_string())
+    } else {
+        ApiError::bad_request(
+            "resources_exhausted",
+            "the query needs more memory than the API allows; aggregate more or add a LIMIT",
+        )
+    }
+}
+
+/// Turn an error raised while a query runs into an answer. Unlike planning
+/// errors, these can quote the values of rows (`Cannot cast string '…'`),
+/// and a query's own predicates may be evaluated before the tenant filter:
+/// so no text of theirs is sent, only what kind of failure it was. The
+/// server log (debug level) has the message.
+pub fn exec_error(e: &DataFusionError, schema: Option<&TenantSchema>) -> ApiError {
+    use arrow::error::ArrowError as A;
+    if let Some(f) = schema.and_then(|s| s.failure.lock().ok().and_then(|mut f| f.take())) {
+        return ApiError::from_lake("reading a table for a query", &f);
+    }
+    let root = e.find_root();
+    tracing::debug!(error = %e, "a query failed while running");
+    let detail = match root {
+        DataFusionError::ResourcesExhausted(m) => return resources_exhausted(m),
+        DataFusionError::ArrowError(a, _) => match a.as_ref() {
+            A::CastError(_) => {
+                "a value could not be cast to the requested type (use try_cast to get null instead)"
+            }
+            A::ParseError(_) => "a value could not be parsed",
+            A::DivideByZero => "division by zero",
+            A::ArithmeticOverflow(_) => "arithmetic overflow",
+            _ => "the query failed while running",
+        },
+        DataFusionError::Execution(m) if m.to_ascii_lowercase().contains("divide by zero") => {
+            "division by zero"
+        }
+        DataFusionError::Execution(_)
+        | DataFusionError::Plan(_)
+        | DataFusionError::NotImplemented(_)
+        | DataFusionError::SchemaError(..)
+        | DataFusionError::Configuration(_) => "the query failed while running",
+        _ => return ApiError::internal("query failed", e),
+    };
+    ApiError::bad_request(
+        "query_failed",
+        format!("{detail}; messages of running queries don't show row values"),
+    )
+}
+
 /// Plan `sql` in `ctx` and refuse anything but a query.
+///
+/// The statement is measured against the configured [`guard::Limits`]
+/// before it is planned: planning a statement beyond them could exhaust a
+/// thread's stack.
 pub async fn plan_query(
     state: &ApiState,
     ctx: &SessionContext,
@@ -214,9 +275,20 @@ pub async fn plan_query(
     if sql.trim().is_empty() {
         return Err(ApiError::bad_request("invalid_query", "`sql` is empty"));
     }
-    let plan = ctx
-        .state()
-        .create_logical_plan(sql)
+    let limits = guard::Limits::from_config(&state.cfg);
+    let refused = |e: ApiError| {
+        state.metrics.refused(e.code);
+        e
+    };
+    guard::check_length(sql, &limits).map_err(refused)?;
+    let session = ctx.state();
+    let dialect = session.config().options().sql_parser.dialect;
+    let statement = session
+        .sql_to_statement(sql, &dialect)
+        .map_err(|e| df_error(&e, Some(schema)))?;
+    guard::check_statement(&statement, &limits).map_err(refused)?;
+    let plan = session
+        .statement_to_plan(statement)
         .await
         .map_err(|e| df_error(&e, Some(schema)))?;
     if let Some((code, msg)) = refusal(&plan) {
@@ -239,51 +311,150 @@ pub async fn plan_query(
         .map_err(|e| df_error(&e, Some(schema)))
 }
 
+/// Batches between the query runtime and the response: a few, so a slow
+/// client holds back the query instead of filling memory.
+const CHANNEL_BATCHES: usize = 2;
+
+/// A query planned and running on the query runtime
+/// ([`crate::runtime`]): its result's schema, then its batches as they are
+/// produced. Dropping it cancels the query.
+pub struct RunningQuery {
+    /// The result's schema.
+    pub schema: SchemaRef,
+    rx: tokio::sync::mpsc::Receiver<Result<RecordBatch, ApiError>>,
+    task: QueryTask<()>,
+    done: bool,
+}
+
+impl RunningQuery {
+    /// Plan `sql` and start it on the query runtime, with at most `limit`
+    /// rows. Returns once the query is planned and executing, or has
+    /// failed; `deadline` bounds the wait (and planning).
+    pub async fn start(
+        state: &Arc<ApiState>,
+        ctx: SessionContext,
+        schema: Arc<TenantSchema>,
+        sql: String,
+        limit: Option<usize>,
+        deadline: tokio::time::Instant,
+    ) -> ApiResult<Self> {
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (tx, rx) = tokio::sync::mpsc::channel(CHANNEL_BATCHES);
+        let st = state.clone();
+        let mut task = state.query_rt.spawn(async move {
+            let started = async {
+                let df = plan_query(&st, &ctx, &schema, &sql).await?;
+                let df = match limit {
+                    Some(n) => df
+                        .limit(0, Some(n))
+                        .map_err(|e| df_error(&e, Some(&schema)))?,
+                    None => df,
+                };
+                let out: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+                let stream = df
+                    .execute_stream()
+                    .await
+                    .map_err(|e| df_error(&e, Some(&schema)))?;
+                Ok::<_, ApiError>((out, stream))
+            };
+            let mut stream = match started.await {
+                Ok((out, stream)) => {
+                    if ready_tx.send(Ok(out)).is_err() {
+                        return;
+                    }
+                    stream
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            while let Some(b) = stream.next().await {
+                let b = b.map_err(|e| exec_error(&e, Some(&schema)));
+                let failed = b.is_err();
+                if tx.send(b).await.is_err() || failed {
+                    return;
+                }
+            }
+            // Keeps the tenant schema (and so its loaded views) alive while
+            // streaming.
+            drop(schema);
+        });
+        let ready = tokio::time::timeout_at(deadline, ready_rx).await;
+        let out = match ready {
+            Err(_) => return Err(query_timeout(state)),
+            Ok(Ok(r)) => r?,
+            // The task ended without answering: it panicked.
+            Ok(Err(_)) => return Err(panicked(task.join().await.err())),
+        };
+        Ok(Self {
+            schema: out,
+            rx,
+            task,
+            done: false,
+        })
+    }
+
+    /// The next batch; `None` at the end. A panic of the query is an error,
+    /// never a silently shortened result.
+    pub async fn next(&mut self) -> Option<Result<RecordBatch, ApiError>> {
+        if self.done {
+            return None;
+        }
+        match self.rx.recv().await {
+            Some(b) => Some(b),
+            None => {
+                self.done = true;
+                match self.task.join().await {
+                    Ok(()) => None,
+                    Err(e) => Some(Err(panicked(Some(e)))),
+                }
+            }
+        }
+    }
+}
+
+fn panicked(e: Option<tokio::task::JoinError>) -> ApiError {
+    let why = e.map_or_else(|| "the query task ended".to_string(), |e| e.to_string());
+    ApiError::internal("a query failed unexpectedly", &why)
+}
+
+fn query_timeout(state: &ApiState) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "query_timeout",
+        format!(
+            "the query ran longer than {} s and was cancelled",
+            state.cfg.query_timeout_seconds
+        ),
+    )
+}
+
 /// Bytes fetched before the response starts: errors within them get a
 /// proper status.
 const PREFETCH_BYTES: usize = 4 * 1024 * 1024;
 
-/// Run a planned query and stream its result as `format`.
+/// Stream a running query's result as `format`.
 pub async fn respond(
     state: &ApiState,
-    df: DataFrame,
-    schema: Arc<TenantSchema>,
+    mut query: RunningQuery,
     format: ResultFormat,
     started: std::time::Instant,
+    permits: Permits,
 ) -> ApiResult<Response> {
     let max_rows = state.cfg.max_result_rows;
     let deadline = tokio::time::Instant::from_std(started) + state.query_timeout();
-    let df = df
-        .limit(
-            0,
-            Some(usize::try_from(max_rows.saturating_add(1)).unwrap_or(usize::MAX)),
-        )
-        .map_err(|e| df_error(&e, Some(&schema)))?;
-    let out_schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-    let timeout = || {
-        ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "query_timeout",
-            format!(
-                "the query ran longer than {} s and was cancelled",
-                state.cfg.query_timeout_seconds
-            ),
-        )
-    };
-    let mut stream = tokio::time::timeout_at(deadline, df.execute_stream())
-        .await
-        .map_err(|_| timeout())?
-        .map_err(|e| df_error(&e, Some(&schema)))?;
+    let out_schema = query.schema.clone();
     let mut pending = VecDeque::new();
     let (mut rows, mut bytes, mut ended) = (0u64, 0usize, false);
     while bytes < PREFETCH_BYTES {
-        match tokio::time::timeout_at(deadline, stream.next()).await {
-            Err(_) => return Err(timeout()),
+        match tokio::time::timeout_at(deadline, query.next()).await {
+            Err(_) => return Err(query_timeout(state)),
             Ok(None) => {
                 ended = true;
                 break;
             }
-            Ok(Some(Err(e))) => return Err(df_error(&e, Some(&schema))),
+            Ok(Some(Err(e))) => return Err(e),
             Ok(Some(Ok(b))) => {
                 rows += b.num_rows() as u64;
                 bytes += b.get_array_memory_size();
@@ -297,7 +468,7 @@ pub async fn respond(
     state.metrics.query_seconds(started.elapsed().as_secs_f64());
     let enc = Encoder::new(format, &out_schema).map_err(|e| ApiError::internal("encoder", &e))?;
     let streamer = Streamer {
-        stream,
+        query,
         pending,
         ended,
         enc: Some(enc),
@@ -305,7 +476,7 @@ pub async fn respond(
         max_rows,
         deadline,
         started: false,
-        _schema: schema,
+        _permits: permits,
     };
     let body = futures::stream::unfold(streamer, |mut s| async move {
         s.next_chunk().await.map(|c| (c, s))
@@ -328,7 +499,7 @@ fn too_large(max_rows: u64) -> ApiError {
 }
 
 struct Streamer {
-    stream: SendableRecordBatchStream,
+    query: RunningQuery,
     pending: VecDeque<RecordBatch>,
     ended: bool,
     enc: Option<Encoder>,
@@ -336,8 +507,8 @@ struct Streamer {
     max_rows: u64,
     deadline: tokio::time::Instant,
     started: bool,
-    // Keeps the tenant schema (and so its loaded views) alive while streaming.
-    _schema: Arc<TenantSchema>,
+    // The query's concurrency slots, held until the answer is sent.
+    _permits: Permits,
 }
 
 impl Streamer {
@@ -366,13 +537,13 @@ impl Streamer {
                         Err(e) => self.abort(&format!("encoding failed: {e}")),
                     };
                 }
-                None => match tokio::time::timeout_at(self.deadline, self.stream.next()).await {
+                None => match tokio::time::timeout_at(self.deadline, self.query.next()).await {
                     Err(_) => return self.abort("query timeout"),
                     Ok(None) => {
                         self.ended = true;
                         continue;
                     }
-                    Ok(Some(Err(e))) => return self.abort(&format!("query failed: {e}")),
+                    Ok(Some(Err(e))) => return self.abort(&format!("query failed: {}", e.detail)),
                     Ok(Some(Ok(b))) => {
                         self.rows += b.num_rows() as u64;
                         if self.rows > self.max_rows {

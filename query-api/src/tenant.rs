@@ -122,6 +122,11 @@ impl SchemaProvider for TenantSchema {
     }
 }
 
+/// Output cap of a text, binary or list function call in sessions built
+/// without a configured one ([`tenant_context`]); the API's is
+/// `api.max_function_output_mb`.
+pub const DEFAULT_FUNCTION_CAP: usize = 64 * 1024 * 1024;
+
 /// A session over `org_id`'s rows only.
 pub fn tenant_context(
     lake: &Lake,
@@ -131,7 +136,37 @@ pub fn tenant_context(
     pins: Pins,
     batch_size: usize,
 ) -> (SessionContext, Arc<TenantSchema>) {
-    let config = SessionConfig::new()
+    tenant_context_with(
+        lake,
+        runtime,
+        org_id,
+        default_as_of,
+        pins,
+        batch_size,
+        DEFAULT_FUNCTION_CAP,
+    )
+}
+
+/// A session over `org_id`'s rows only, whose text, binary and list
+/// functions produce at most `function_cap` bytes per call
+/// ([`crate::bounded`]).
+pub fn tenant_context_with(
+    lake: &Lake,
+    runtime: Arc<RuntimeEnv>,
+    org_id: &str,
+    default_as_of: AsOf,
+    pins: Pins,
+    batch_size: usize,
+    function_cap: usize,
+) -> (SessionContext, Arc<TenantSchema>) {
+    // `DATAFUSION_*` variables tune the engine (e.g.
+    // `DATAFUSION_EXECUTION_PARQUET_PUSHDOWN_FILTERS=true`); what isolation
+    // needs is set after them.
+    let config = SessionConfig::from_env()
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "ignoring invalid DATAFUSION_* settings");
+            SessionConfig::new()
+        })
         .with_information_schema(true)
         .with_create_default_catalog_and_schema(false)
         .with_default_catalog_and_schema("datafusion", "public")
@@ -144,6 +179,7 @@ pub fn tenant_context(
     if let Some(fns) = builder.table_functions() {
         fns.retain(|name, _| ALLOWED_TABLE_FUNCTIONS.contains(&name.as_str()));
     }
+    crate::bounded::bound_functions(&mut builder, function_cap);
     let ctx = SessionContext::new_with_state(builder.build());
     let schema = Arc::new(TenantSchema::new(
         lake.clone(),

@@ -291,6 +291,25 @@ pub struct ApiConfig {
     pub spill_dir: String,
     /// Largest page of a REST listing.
     pub max_page_size: u32,
+    /// Longest SQL statement accepted, in bytes.
+    pub max_sql_bytes: u64,
+    /// Deepest expression in a statement: nesting and chains of operators
+    /// (`a + b + c` is 3 deep, `x or y or z` too) count one level each.
+    pub max_expression_depth: u64,
+    /// Most values in one `IN (…)` list.
+    pub max_in_list: u64,
+    /// Most expressions in one statement (every literal, column and
+    /// operator counts).
+    pub max_expression_nodes: u64,
+    /// Largest output one call of a text, binary or list function
+    /// (`repeat`, `lpad`, `concat`, `range`, `array_repeat`, …) may produce
+    /// for one batch of rows, in MiB; a call that would produce more fails
+    /// before it allocates.
+    pub max_function_output_mb: u64,
+    /// SQL queries one API key may run at a time.
+    pub max_concurrent_queries_per_key: u64,
+    /// SQL queries one organization may run at a time.
+    pub max_concurrent_queries_per_org: u64,
 }
 
 impl Default for ApiConfig {
@@ -304,6 +323,13 @@ impl Default for ApiConfig {
             memory_limit_mb: 1024,
             spill_dir: String::new(),
             max_page_size: 1000,
+            max_sql_bytes: 1024 * 1024,
+            max_expression_depth: 256,
+            max_in_list: 10_000,
+            max_expression_nodes: 100_000,
+            max_function_output_mb: 64,
+            max_concurrent_queries_per_key: 4,
+            max_concurrent_queries_per_org: 8,
         }
     }
 }
@@ -569,6 +595,22 @@ impl Config {
             ("api.max_result_rows", self.api.max_result_rows),
             ("api.memory_limit_mb", self.api.memory_limit_mb),
             ("api.max_page_size", u64::from(self.api.max_page_size)),
+            ("api.max_sql_bytes", self.api.max_sql_bytes),
+            ("api.max_expression_depth", self.api.max_expression_depth),
+            ("api.max_in_list", self.api.max_in_list),
+            ("api.max_expression_nodes", self.api.max_expression_nodes),
+            (
+                "api.max_function_output_mb",
+                self.api.max_function_output_mb,
+            ),
+            (
+                "api.max_concurrent_queries_per_key",
+                self.api.max_concurrent_queries_per_key,
+            ),
+            (
+                "api.max_concurrent_queries_per_org",
+                self.api.max_concurrent_queries_per_org,
+            ),
         ] {
             if v == 0 {
                 return Err(err(key, "must be positive"));

@@ -4,6 +4,7 @@
 
 mod api;
 mod cli;
+mod hostile;
 mod ingest;
 mod jobs;
 mod lake;

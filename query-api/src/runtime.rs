@@ -1,0 +1,105 @@
+//! The query runtime: API queries are planned and run on their own threads,
+//! with large stacks, never on the runtime that serves HTTP.
+//!
+//! - **Isolation from serving.** The collector's acks, `/healthz` and other
+//!   requests stay responsive while queries use the CPU (STYLE: heavy
+//!   DataFusion work on its own runtime).
+//! - **Deep plans fit.** Planning and evaluating an expression recurses; the
+//!   statement guard ([`crate::guard`]) bounds the depth, and these threads'
+//!   stacks ([`QUERY_STACK_BYTES`], reserved, touched only as used) hold far
+//!   more than the guard lets through.
+//! - **A failing query fails alone.** A query is a task: a panic in it ends
+//!   that task, and the request gets a 500; dropping the request (timeout,
+//!   client gone) aborts the task, which stops the query at its next yield.
+
+use std::future::Future;
+use std::sync::mpsc as std_mpsc;
+
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+/// Stack of each query thread. Address space is reserved, not memory: a
+/// thread touches only the pages its deepest call uses.
+pub const QUERY_STACK_BYTES: usize = 256 * 1024 * 1024;
+
+/// A multi-threaded tokio runtime for queries, owned by a thread of its own
+/// so it can be dropped from anywhere (a runtime may not be dropped inside
+/// another runtime).
+#[derive(Debug)]
+pub struct QueryRuntime {
+    handle: Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl QueryRuntime {
+    /// Start the runtime with one worker per core.
+    pub fn start() -> std::io::Result<Self> {
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let (tx, rx) = std_mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("crow-query-rt".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(workers)
+                    .max_blocking_threads(64)
+                    .thread_stack_size(QUERY_STACK_BYTES)
+                    .thread_name("crow-query")
+                    .enable_all()
+                    .build();
+                match rt {
+                    Ok(rt) => {
+                        let _ = tx.send(Ok(rt.handle().clone()));
+                        rt.block_on(async {
+                            let _ = stopped.await;
+                        });
+                        rt.shutdown_background();
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            })?;
+        let handle = rx
+            .recv()
+            .map_err(|_| std::io::Error::other("the query runtime's thread ended"))??;
+        Ok(Self {
+            handle,
+            stop: Some(stop),
+        })
+    }
+
+    /// Run `fut` on a query thread. Dropping the returned task aborts it.
+    pub fn spawn<F>(&self, fut: F) -> QueryTask<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        QueryTask(self.handle.spawn(fut))
+    }
+}
+
+impl Drop for QueryRuntime {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// A task on the query runtime, aborted when dropped.
+#[derive(Debug)]
+pub struct QueryTask<T>(JoinHandle<T>);
+
+impl<T> QueryTask<T> {
+    /// Wait for the task. `Err` if it panicked or was aborted.
+    pub async fn join(&mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for QueryTask<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
