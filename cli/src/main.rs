@@ -4,6 +4,7 @@ mod backfill;
 mod bench;
 mod billing;
 mod demo;
+mod error;
 mod export;
 mod jobs;
 mod keys;
@@ -271,8 +272,15 @@ enum ConfigCommand {
     Default,
 }
 
+/// The exit status of a command whose reader closed the pipe (`crow … |
+/// head`): 128 + SIGPIPE, what a shell reports for a tool SIGPIPE ended.
+const BROKEN_PIPE_EXIT: u8 = 141;
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return argument_error(&e),
+    };
     // delta-kernel logs an ERROR whenever it probes a folder that is not a
     // table yet (every `crow init`); the caller handles that case.
     const QUIET: &str =
@@ -302,12 +310,64 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // Not a failure worth a word: the reader has what it wanted.
+        Err(e) if error::is_broken_pipe(&e) => ExitCode::from(BROKEN_PIPE_EXIT),
         Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {msg}");
+            tracing::debug!("the full chain of causes: {e:?}");
+            eprintln!("error: {}", error::one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Help and version go to stdout as clap writes them; a wrong argument is
+/// one line on stderr, with the hint clap gives, and clap's exit status (2).
+fn argument_error(e: &clap::Error) -> ExitCode {
+    let code = u8::try_from(e.exit_code()).unwrap_or(2);
+    if !e.use_stderr() {
+        // --help, --version: the text is the answer.
+        return match e.print() {
+            Ok(()) => ExitCode::from(code),
+            Err(_) => ExitCode::from(BROKEN_PIPE_EXIT),
+        };
+    }
+    eprintln!("error: {}", one_line_usage(&e.to_string()));
+    ExitCode::from(code)
+}
+
+/// clap's error text in one line: the message, its tips and possible
+/// values, a pointer to `--help` — without the usage block.
+fn one_line_usage(text: &str) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut in_usage = false;
+    // `crow sql` from `Usage: crow sql [OPTIONS] <QUERY>`.
+    let mut command = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() {
+            in_usage = false;
+            continue;
+        }
+        if let Some(usage) = line.strip_prefix("Usage:") {
+            in_usage = true;
+            let words: Vec<&str> = usage
+                .split_whitespace()
+                .take_while(|w| !w.starts_with(['[', '<', '-']))
+                .collect();
+            command = command.or_else(|| (!words.is_empty()).then(|| words.join(" ")));
+            continue;
+        }
+        if in_usage || line.starts_with("For more information, try ") {
+            continue;
+        }
+        parts.push(line.strip_prefix("error: ").unwrap_or(line).to_string());
+    }
+    let mut out = parts.join("; ");
+    out.push_str(&format!(
+        " (see `{} --help`)",
+        command.as_deref().unwrap_or("crow")
+    ));
+    out
 }
 
 fn load_config(cli: &Cli) -> Result<Config> {
@@ -517,8 +577,7 @@ async fn run(cli: Cli) -> Result<()> {
             if !shown.lake.s3.secret_access_key.is_empty() {
                 shown.lake.s3.secret_access_key = "********".into();
             }
-            print!("{}", shown.to_toml());
-            Ok(())
+            output::text(&shown.to_toml())
         }
         Command::Bench(BenchCommand::Generate { events, days, seed }) => {
             let lake = open_lake(&cfg).await?;
@@ -596,8 +655,7 @@ async fn run(cli: Cli) -> Result<()> {
             billing::run(&lake, &cfg, cmd).await
         }
         Command::Config(ConfigCommand::Default) => {
-            print!("{}", crow_schemas::config::default_toml());
-            Ok(())
+            output::text(&crow_schemas::config::default_toml())
         }
     }
 }
