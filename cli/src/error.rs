@@ -59,6 +59,65 @@ pub fn one_line(err: &anyhow::Error) -> String {
     tidy(&parts.join(": "))
 }
 
+/// A wrong command line (clap's error) as one line: the message, the
+/// possible values or tip clap adds, and which `--help` to read — not the
+/// usage block. `command` is the command as typed so far (`crow sql`).
+pub fn argument_error(e: &clap::Error, command: &str) -> String {
+    if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        return format!("`{command}` needs a command (see `{command} --help`)");
+    }
+    let mut out = String::new();
+    let mut in_usage = false;
+    for line in e.to_string().lines() {
+        let line = line.trim();
+        if line.is_empty() {
+            in_usage = false;
+            continue;
+        }
+        if line.starts_with("Usage:") {
+            in_usage = true;
+        }
+        if in_usage || line.starts_with("For more information, try ") {
+            continue;
+        }
+        let line = line.strip_prefix("error: ").unwrap_or(line);
+        // `the following required arguments were not provided:` + `<QUERY>`,
+        // `invalid value 'x' for '--format'` + `[possible values: …]`.
+        let sep = if out.is_empty() {
+            ""
+        } else if out.ends_with(':') || line.starts_with('[') {
+            " "
+        } else {
+            "; "
+        };
+        out.push_str(sep);
+        out.push_str(line);
+    }
+    format!("{out} (see `{command} --help`)")
+}
+
+/// The (sub)command named on a command line: `crow jobs run` from `crow
+/// --lake x jobs run sessionize --from …`.
+pub fn command_path(root: &clap::Command, args: impl IntoIterator<Item = String>) -> String {
+    let mut path = vec![root.get_name().to_string()];
+    let mut cmd = root;
+    for arg in args.into_iter().skip(1) {
+        if arg.starts_with('-') {
+            continue;
+        }
+        match cmd.find_subcommand(&arg) {
+            Some(sub) => {
+                path.push(sub.get_name().to_string());
+                cmd = sub;
+            }
+            // An option's value (`--lake x`) or a positional argument.
+            None if cmd.has_subcommands() => continue,
+            None => break,
+        }
+    }
+    path.join(" ")
+}
+
 /// Whether `err` comes from writing to a pipe whose reader has gone (`crow
 /// … | head`): not a failure of the command, so nothing to report.
 pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
@@ -195,8 +254,10 @@ fn syntax_error(e: &ParserError) -> String {
         .and_then(|w| w.split_once(", found: "))
     {
         let expected = match expected {
-            "an SQL statement" => "a statement",
-            e => e,
+            "an SQL statement" => "a statement".to_string(),
+            // A token: `)` → `")"`.
+            e if !e.contains(' ') && !e.chars().any(char::is_alphanumeric) => format!("\"{e}\""),
+            e => e.to_string(),
         };
         let found = match found {
             "EOF" => "the end of the query".to_string(),
@@ -243,7 +304,11 @@ mod tests {
         );
         assert_eq!(
             one_line(&parse_error("select 1 from")),
-            "SQL syntax: expected identifier at line 1, column 14, found the end of the query"
+            "SQL syntax: expected identifier, found the end of the query"
+        );
+        assert_eq!(
+            one_line(&parse_error("select (1 from t")),
+            "SQL syntax: expected \")\" at line 1, column 11, found \"from\""
         );
     }
 

@@ -331,43 +331,9 @@ fn argument_error(e: &clap::Error) -> ExitCode {
             Err(_) => ExitCode::from(BROKEN_PIPE_EXIT),
         };
     }
-    eprintln!("error: {}", one_line_usage(&e.to_string()));
+    let command = error::command_path(&<Cli as clap::CommandFactory>::command(), std::env::args());
+    eprintln!("error: {}", error::argument_error(e, &command));
     ExitCode::from(code)
-}
-
-/// clap's error text in one line: the message, its tips and possible
-/// values, a pointer to `--help` — without the usage block.
-fn one_line_usage(text: &str) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut in_usage = false;
-    // `crow sql` from `Usage: crow sql [OPTIONS] <QUERY>`.
-    let mut command = None;
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() {
-            in_usage = false;
-            continue;
-        }
-        if let Some(usage) = line.strip_prefix("Usage:") {
-            in_usage = true;
-            let words: Vec<&str> = usage
-                .split_whitespace()
-                .take_while(|w| !w.starts_with(['[', '<', '-']))
-                .collect();
-            command = command.or_else(|| (!words.is_empty()).then(|| words.join(" ")));
-            continue;
-        }
-        if in_usage || line.starts_with("For more information, try ") {
-            continue;
-        }
-        parts.push(line.strip_prefix("error: ").unwrap_or(line).to_string());
-    }
-    let mut out = parts.join("; ");
-    out.push_str(&format!(
-        " (see `{} --help`)",
-        command.as_deref().unwrap_or("crow")
-    ));
-    out
 }
 
 fn load_config(cli: &Cli) -> Result<Config> {
