@@ -167,9 +167,13 @@ pub fn query_error(e: &DataFusionError) -> String {
                 .and_then(|m| m.strip_suffix("' not found"))
             {
                 unknown_table(table)
-            } else if ["DDL not supported", "DML not supported", "Statement not supported"]
-                .iter()
-                .any(|p| msg.starts_with(p))
+            } else if [
+                "DDL not supported",
+                "DML not supported",
+                "Statement not supported",
+            ]
+            .iter()
+            .any(|p| msg.starts_with(p))
             {
                 format!("only read-only queries can run here ({msg})")
             } else {
@@ -229,7 +233,10 @@ fn unknown_column(
     if names.is_empty() {
         format!("no column named {name}{place}")
     } else {
-        format!("no column named {name}{place} (columns: {})", names.join(", "))
+        format!(
+            "no column named {name}{place} (columns: {})",
+            names.join(", ")
+        )
     }
 }
 
@@ -239,7 +246,9 @@ fn unknown_column(
 fn syntax_error(e: &ParserError) -> String {
     let text = match e {
         ParserError::ParserError(s) | ParserError::TokenizerError(s) => s.as_str(),
-        ParserError::RecursionLimitExceeded => return "SQL syntax: the query nests too deeply".into(),
+        ParserError::RecursionLimitExceeded => {
+            return "SQL syntax: the query nests too deeply".into()
+        }
     };
     let (what, at) = match text.rsplit_once(" at Line: ") {
         Some((what, pos)) => match pos.split_once(", Column: ") {
@@ -324,7 +333,10 @@ mod tests {
             line.starts_with("running: no table named nope (tables: "),
             "{line}"
         );
-        assert!(!line.contains("datafusion") && !line.contains("planning"), "{line}");
+        assert!(
+            !line.contains("datafusion") && !line.contains("planning"),
+            "{line}"
+        );
     }
 
     #[test]
@@ -341,15 +353,17 @@ mod tests {
                 Some(&self.0)
             }
         }
-        let e = anyhow::Error::from(Outer(std::io::Error::other("disk on fire")))
-            .context("loading");
+        let e =
+            anyhow::Error::from(Outer(std::io::Error::other("disk on fire"))).context("loading");
         assert_eq!(one_line(&e), "loading: reading x: disk on fire");
     }
 
     #[test]
     fn broken_pipes_are_recognised_through_serde() {
         let io = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
-        assert!(is_broken_pipe(&anyhow::Error::from(serde_json::Error::io(io))));
+        assert!(is_broken_pipe(&anyhow::Error::from(serde_json::Error::io(
+            io
+        ))));
         let other = std::io::Error::from(std::io::ErrorKind::NotFound);
         assert!(!is_broken_pipe(&anyhow::Error::from(other)));
     }

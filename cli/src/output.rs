@@ -121,10 +121,8 @@ pub fn print_rows(format: Format, columns: &[&str], rows: &[serde_json::Value]) 
     let mut out = stdout.lock();
     match format {
         Format::Json => {
-            let rows: Vec<serde_json::Value> = rows
-                .iter()
-                .map(|r| with_every_column(r, columns))
-                .collect();
+            let rows: Vec<serde_json::Value> =
+                rows.iter().map(|r| with_every_column(r, columns)).collect();
             serde_json::to_writer_pretty(&mut out, &rows)?;
             writeln!(out)?;
         }
