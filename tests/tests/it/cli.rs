@@ -232,8 +232,16 @@ fn one_error_line(what: &str, out: &std::process::Output, needle: &str) -> Strin
     assert_eq!(lines.len(), 1, "{what}: one line on stderr, got:\n{err}");
     let line = lines[0];
     assert!(line.starts_with("error: "), "{what}: {line}");
-    for internal in ["datafusion.public", "Error during planning", "ParserError", "sql parser error"] {
-        assert!(!line.contains(internal), "{what}: `{internal}` leaks: {line}");
+    for internal in [
+        "datafusion.public",
+        "Error during planning",
+        "ParserError",
+        "sql parser error",
+    ] {
+        assert!(
+            !line.contains(internal),
+            "{what}: `{internal}` leaks: {line}"
+        );
     }
     assert_eq!(
         line.matches(needle).count(),
@@ -307,7 +315,10 @@ fn errors_say_each_cause_once_in_crow_terms() {
     // one line; help itself is still the full text on stdout.
     let out = crow_with(&["sql", "--format", "yaml", "select 1"], &[]);
     let line = one_error_line("bad --format", &out, "yaml");
-    assert!(line.contains("json") && line.contains("crow sql --help"), "{line}");
+    assert!(
+        line.contains("json") && line.contains("crow sql --help"),
+        "{line}"
+    );
     assert_eq!(out.status.code(), Some(2));
     let out = crow_with(&["sql", "--help"], &[]);
     assert!(out.status.success() && out.stderr.is_empty());
@@ -415,7 +426,11 @@ fn a_closed_stdout_pipe_ends_quietly() {
     let mut stdout = child.stdout.take().expect("stdout");
     let mut head = [0u8; 16];
     stdout.read_exact(&mut head).expect("the first bytes");
-    assert!(head.starts_with(b"value\n1\n"), "{:?}", String::from_utf8_lossy(&head));
+    assert!(
+        head.starts_with(b"value\n1\n"),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
     drop(stdout);
     let out = child.wait_with_output().expect("wait");
     let err = String::from_utf8_lossy(&out.stderr);
