@@ -92,17 +92,19 @@ pub async fn run(lake: &Lake, cfg: &Config, cmd: BillingCommand) -> Result<()> {
 /// Invoices as tables, one per organization.
 pub fn print_table(invoices: &[crow_jobs::billing::Invoice], month: &str) -> Result<()> {
     if invoices.is_empty() {
-        println!("No usage in {month} (has `crow jobs run billing` run over it?).");
+        crate::output::line(format!(
+            "No usage in {month} (has `crow jobs run billing` run over it?)."
+        ))?;
     }
     for i in invoices {
-        println!(
+        crate::output::line(format!(
             "Invoice {} for {} ({}), {} days with usage, {} sessions metered",
             i.month,
             i.org_name.as_deref().unwrap_or("?"),
             i.org_id,
             i.days,
             i.usage.sessions
-        );
+        ))?;
         let mut rows: Vec<serde_json::Value> = i
             .lines
             .iter()
@@ -128,7 +130,7 @@ pub fn print_table(invoices: &[crow_jobs::billing::Invoice], month: &str) -> Res
             &["item", "quantity", "unit_price", "amount"],
             &rows,
         )?;
-        println!();
+        crate::output::line("")?;
     }
     Ok(())
 }

@@ -237,7 +237,7 @@ pub async fn run(
              ORDER BY started_at DESC LIMIT 5"
         );
         let (schema, batches) = lake.sql(&sample).await?;
-        println!("\nLatest interactions (crow sql \"select * from interactions\" for all):");
+        output::line("\nLatest interactions (crow sql \"select * from interactions\" for all):")?;
         output::print_batches(format, &schema, &batches)?;
         let week = format!(
             "SELECT CAST(period_start AS VARCHAR) AS week_of, kind, segment, title, round(significance, 1) AS z
@@ -246,7 +246,7 @@ pub async fn run(
              ORDER BY significance DESC LIMIT 8"
         );
         let (schema, batches) = lake.sql(&week).await?;
-        println!("\nTop patterns of the week (crow sql \"select * from patterns\" for all):");
+        output::line("\nTop patterns of the week (crow sql \"select * from patterns\" for all):")?;
         output::print_batches(format, &schema, &batches)?;
         let month = today
             .pred_opt()
@@ -254,7 +254,9 @@ pub async fn run(
             .format("%Y-%m")
             .to_string();
         let invoices = crow_jobs::billing::invoices(lake, &month, Some(&org_id), &prices).await?;
-        println!("\nThe month's invoice (crow billing report --month {month}):");
+        output::line(format!(
+            "\nThe month's invoice (crow billing report --month {month}):"
+        ))?;
         crate::billing::print_table(&invoices, &month)?;
     }
     Ok(())

@@ -249,10 +249,7 @@ pub async fn status(lake: &Lake, cfg: &Config, limit: usize, format: Format) -> 
              GROUP BY source, reason_code ORDER BY failures DESC",
         )
         .await?;
-    let failures: Vec<serde_json::Value> = crow_lake::batch::batches_to_json(&batches)?
-        .into_iter()
-        .map(serde_json::Value::Object)
-        .collect();
+    let failures = output::json_rows(&batches)?;
     let now = Utc::now();
     let schedule: Vec<serde_json::Value> = crow_jobs::scheduler::status(lake, cfg, now)
         .await?
@@ -278,7 +275,7 @@ pub async fn status(lake: &Lake, cfg: &Config, limit: usize, format: Format) -> 
         });
         return output::print_object(format, &[], &obj);
     }
-    println!("Runs:");
+    output::line("Runs:")?;
     output::print_rows(
         format,
         &[
@@ -297,16 +294,16 @@ pub async fn status(lake: &Lake, cfg: &Config, limit: usize, format: Format) -> 
         ],
         &run_rows,
     )?;
-    println!("\nWatermarks:");
+    output::line("\nWatermarks:")?;
     output::print_rows(format, &["job", "watermark", "last_success"], &marks)?;
-    println!(
+    output::line(format!(
         "\nSchedule (crow serve; {}):",
         if cfg.schedule.enabled {
             "enabled"
         } else {
             "disabled by schedule.enabled"
         }
-    );
+    ))?;
     output::print_rows(
         format,
         &[
@@ -321,7 +318,7 @@ pub async fn status(lake: &Lake, cfg: &Config, limit: usize, format: Format) -> 
         ],
         &schedule,
     )?;
-    println!("\nJob failures (sessions retried on the next run):");
+    output::line("\nJob failures (sessions retried on the next run):")?;
     output::print_rows(
         format,
         &["source", "reason_code", "failures", "last_failed_at"],

@@ -4,6 +4,7 @@ mod backfill;
 mod bench;
 mod billing;
 mod demo;
+mod error;
 mod export;
 mod jobs;
 mod keys;
@@ -271,8 +272,15 @@ enum ConfigCommand {
     Default,
 }
 
+/// The exit status of a command whose reader closed the pipe (`crow … |
+/// head`): 128 + SIGPIPE, what a shell reports for a tool SIGPIPE ended.
+const BROKEN_PIPE_EXIT: u8 = 141;
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return argument_error(&e),
+    };
     // delta-kernel logs an ERROR whenever it probes a folder that is not a
     // table yet (every `crow init`); the caller handles that case.
     const QUIET: &str =
@@ -305,12 +313,30 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // Not a failure worth a word: the reader has what it wanted.
+        Err(e) if error::is_broken_pipe(&e) => ExitCode::from(BROKEN_PIPE_EXIT),
         Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {msg}");
+            tracing::debug!("the full chain of causes: {e:?}");
+            eprintln!("error: {}", error::one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Help and version go to stdout as clap writes them; a wrong argument is
+/// one line on stderr, with the hint clap gives, and clap's exit status (2).
+fn argument_error(e: &clap::Error) -> ExitCode {
+    let code = u8::try_from(e.exit_code()).unwrap_or(2);
+    if !e.use_stderr() {
+        // --help, --version: the text is the answer.
+        return match e.print() {
+            Ok(()) => ExitCode::from(code),
+            Err(_) => ExitCode::from(BROKEN_PIPE_EXIT),
+        };
+    }
+    let command = error::command_path(&<Cli as clap::CommandFactory>::command(), std::env::args());
+    eprintln!("error: {}", error::argument_error(e, &command));
+    ExitCode::from(code)
 }
 
 fn load_config(cli: &Cli) -> Result<Config> {
@@ -520,8 +546,7 @@ async fn run(cli: Cli) -> Result<()> {
             if !shown.lake.s3.secret_access_key.is_empty() {
                 shown.lake.s3.secret_access_key = "********".into();
             }
-            print!("{}", shown.to_toml());
-            Ok(())
+            output::text(&shown.to_toml())
         }
         Command::Bench(BenchCommand::Generate { events, days, seed }) => {
             let lake = open_lake(&cfg).await?;
@@ -599,8 +624,7 @@ async fn run(cli: Cli) -> Result<()> {
             billing::run(&lake, &cfg, cmd).await
         }
         Command::Config(ConfigCommand::Default) => {
-            print!("{}", crow_schemas::config::default_toml());
-            Ok(())
+            output::text(&crow_schemas::config::default_toml())
         }
     }
 }

@@ -1,7 +1,13 @@
 //! Printing records as a table, JSON or CSV.
 //!
 //! JSON is always an array of row objects (or one object for a single
-//! created object); CSV has a header row; tables are for people.
+//! created object) in which every column is present, a null written as
+//! `null` — a script can tell "no value" from "no such column"; CSV has a
+//! header row; tables are for people.
+//!
+//! Everything a command prints to stdout goes through here (or [`line`]), so
+//! a failed write — above all a reader that closed the pipe, as `crow …
+//! | head` does — is an error `main` can recognise, never a panic.
 
 use std::io::Write;
 
@@ -42,11 +48,7 @@ pub fn print_batches(format: Format, schema: &SchemaRef, batches: &[RecordBatch]
             writeln!(out, "({rows} row{})", if rows == 1 { "" } else { "s" })?;
         }
         Format::Json => {
-            let mut w = arrow::json::ArrayWriter::new(Vec::new());
-            let refs: Vec<&RecordBatch> = batches.iter().collect();
-            w.write_batches(&refs)?;
-            w.finish()?;
-            let buf = w.into_inner();
+            let buf = json_array(batches)?;
             if buf.is_empty() {
                 writeln!(out, "[]")?;
             } else {
@@ -72,13 +74,56 @@ pub fn print_batches(format: Format, schema: &SchemaRef, batches: &[RecordBatch]
     Ok(())
 }
 
-/// Print serde rows (objects with the same keys) in `format`.
+/// Record batches as one JSON array of row objects, nulls written as
+/// `null` (empty when there are no batches).
+fn json_array(batches: &[RecordBatch]) -> Result<Vec<u8>> {
+    let mut w = arrow::json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, arrow::json::writer::JsonArray>(Vec::new());
+    let refs: Vec<&RecordBatch> = batches.iter().collect();
+    w.write_batches(&refs)?;
+    w.finish()?;
+    Ok(w.into_inner())
+}
+
+/// Record batches as JSON row objects with every column, nulls as `null`
+/// (for commands that print query results inside a larger JSON object).
+pub fn json_rows(batches: &[RecordBatch]) -> Result<Vec<serde_json::Value>> {
+    let buf = json_array(batches)?;
+    if buf.is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_slice(&buf).context("reading back the JSON of a query result")
+}
+
+/// Print one line of text to stdout (headings between tables, a message).
+pub fn line(text: impl std::fmt::Display) -> Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    writeln!(out, "{text}")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Print text to stdout as it is (a document that ends with its newline).
+pub fn text(text: &str) -> Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Print serde rows (objects with the same keys) in `format`. In JSON every
+/// column in `columns` is present in every row, `null` when a row lacks it.
 pub fn print_rows(format: Format, columns: &[&str], rows: &[serde_json::Value]) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match format {
         Format::Json => {
-            serde_json::to_writer_pretty(&mut out, rows)?;
+            let rows: Vec<serde_json::Value> =
+                rows.iter().map(|r| with_every_column(r, columns)).collect();
+            serde_json::to_writer_pretty(&mut out, &rows)?;
             writeln!(out)?;
         }
         Format::Csv => {
@@ -121,11 +166,23 @@ pub fn print_object(format: Format, columns: &[&str], obj: &serde_json::Value) -
     if format == Format::Json {
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
-        serde_json::to_writer_pretty(&mut out, obj)?;
+        serde_json::to_writer_pretty(&mut out, &with_every_column(obj, columns))?;
         writeln!(out)?;
         return Ok(());
     }
     print_rows(format, columns, std::slice::from_ref(obj))
+}
+
+/// `row` with a `null` for each of `columns` it lacks (rows that are not
+/// objects are left alone).
+fn with_every_column(row: &serde_json::Value, columns: &[&str]) -> serde_json::Value {
+    let mut row = row.clone();
+    if let Some(obj) = row.as_object_mut() {
+        for c in columns {
+            obj.entry(*c).or_insert(serde_json::Value::Null);
+        }
+    }
+    row
 }
 
 fn cell_text(v: Option<&serde_json::Value>) -> String {

@@ -425,6 +425,14 @@ impl Config {
                     ce.key = key;
                 }
             }
+            // Where, as a line and column (not toml's quoted snippet, which
+            // repeats the value on a line of its own).
+            if let Some(before) = e.span().and_then(|span| text.get(..span.start)) {
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                let what = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+                ce.message = format!("{what} (line {line}, column {column})");
+            }
             ce
         })
     }

@@ -209,3 +209,238 @@ fn demo_lands_a_week_exactly_once_and_maintenance_works() {
         "maintenance never changes the rows"
     );
 }
+
+/// `crow` with these arguments and environment on no particular lake.
+fn crow_with(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(crate::support::crow_bin());
+    cmd.args(args)
+        .env_remove("CROW_CONFIG")
+        .env_remove("CROW_LAKE")
+        .env_remove("CROW_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run crow")
+}
+
+/// The one line a failed command wrote on stderr, after checking that it is
+/// one line, says `needle` exactly once and shows no DataFusion internals.
+fn one_error_line(what: &str, out: &std::process::Output, needle: &str) -> String {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{what} must fail; stderr: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{what}: one line on stderr, got:\n{err}");
+    let line = lines[0];
+    assert!(line.starts_with("error: "), "{what}: {line}");
+    for internal in [
+        "datafusion.public",
+        "Error during planning",
+        "ParserError",
+        "sql parser error",
+    ] {
+        assert!(
+            !line.contains(internal),
+            "{what}: `{internal}` leaks: {line}"
+        );
+    }
+    assert_eq!(
+        line.matches(needle).count(),
+        1,
+        "{what}: `{needle}` said exactly once: {line}"
+    );
+    line.to_string()
+}
+
+#[test]
+fn errors_say_each_cause_once_in_crow_terms() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+
+    let line = one_error_line(
+        "unknown table",
+        &b.crow(&["sql", "select * from nonexistent"]),
+        "nonexistent",
+    );
+    assert!(
+        line.starts_with("error: no table named nonexistent (tables: ")
+            && line.contains("raw_web_events")
+            && line.contains("organizations"),
+        "{line}"
+    );
+
+    let line = one_error_line("syntax error", &b.crow(&["sql", "selec 1"]), "selec");
+    assert_eq!(
+        line,
+        "error: SQL syntax: expected a statement at line 1, column 1, found \"selec\""
+    );
+
+    let line = one_error_line(
+        "unknown column",
+        &b.crow(&["sql", "select no_such_col from organizations"]),
+        "no_such_col",
+    );
+    assert!(
+        line.starts_with("error: no column named no_such_col in organizations (columns: ")
+            && line.contains("org_id"),
+        "{line}"
+    );
+
+    let line = one_error_line(
+        "bad lake URI",
+        &crow_with(&["--lake", "ftp://example.com/lake", "tables"], &[]),
+        "ftp://",
+    );
+    assert!(line.contains("lake.uri"), "{line}");
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("crow.toml");
+    std::fs::write(&cfg, "[ai]\nconcurrency = \"lots\"\n").expect("write");
+    let line = one_error_line(
+        "bad config value in the file",
+        &b.crow(&["--config", cfg.to_str().expect("path"), "tables"]),
+        "lots",
+    );
+    assert!(line.contains("ai.concurrency"), "{line}");
+    let line = one_error_line(
+        "bad config value in the environment",
+        &crow_with(
+            &["--lake", &b.uri, "tables"],
+            &[("CROW_AI_PROVIDER", "skynet")],
+        ),
+        "skynet",
+    );
+    assert!(line.contains("ai.provider"), "{line}");
+
+    // A wrong argument: clap's error, its hint and where to read more, in
+    // one line; help itself is still the full text on stdout.
+    let out = crow_with(&["sql", "--format", "yaml", "select 1"], &[]);
+    let line = one_error_line("bad --format", &out, "yaml");
+    assert!(
+        line.contains("json") && line.contains("crow sql --help"),
+        "{line}"
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let out = crow_with(&["sql", "--help"], &[]);
+    assert!(out.status.success() && out.stderr.is_empty());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--table-version"));
+
+    // The full chain only when asked for.
+    let out = crow_with(
+        &["--lake", &b.uri, "sql", "select * from nonexistent"],
+        &[("CROW_LOG", "debug")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("error: no table named nonexistent") && err.contains("Error during planning"),
+        "CROW_LOG=debug shows the full chain: {err}"
+    );
+}
+
+/// `--format json` writes every column of every row, a null as `null`.
+#[test]
+fn json_output_writes_nulls() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+
+    // A null of each kind of column a query can print.
+    let rows = b.crow_json(&[
+        "sql",
+        "select cast(null as varchar) as a, 1 as b, cast(null as bigint) as i, \
+         cast(null as double) as f, cast(null as boolean) as t, cast(null as date) as d, \
+         cast(null as timestamp) as ts, cast(null as decimal(10, 2)) as m, \
+         cast(null as int[]) as l, named_struct('x', cast(null as int)) as s",
+    ]);
+    assert_eq!(
+        rows,
+        serde_json::json!([{
+            "a": null, "b": 1, "i": null, "f": null, "t": null, "d": null,
+            "ts": null, "m": null, "l": null, "s": {"x": null},
+        }])
+    );
+
+    // Rows of CROW's tables: every column of the table, nulls included.
+    let org = b.crow_json(&["orgs", "create", "--name", "Acme"]);
+    assert_eq!(org["domain"], serde_json::Value::Null, "{org}");
+    let columns = |table: &str| -> Vec<String> {
+        let mut c: Vec<String> = crow_schemas::table(table)
+            .expect("table")
+            .columns
+            .iter()
+            .map(|c| c.name.to_string())
+            .collect();
+        c.sort();
+        c
+    };
+    let keys = |row: &serde_json::Value| -> Vec<String> {
+        let mut k: Vec<String> = row.as_object().expect("object").keys().cloned().collect();
+        k.sort();
+        k
+    };
+    let orgs = b.crow_json(&["sql", "select * from organizations"]);
+    assert_eq!(keys(&orgs[0]), columns("organizations"), "{orgs}");
+    assert_eq!(orgs[0]["domain"], serde_json::Value::Null, "{orgs}");
+    let listed = b.crow_json(&["orgs", "list"]);
+    assert_eq!(listed[0]["domain"], serde_json::Value::Null, "{listed}");
+
+    let file = tempfile::NamedTempFile::with_suffix(".csv").expect("tmp");
+    std::fs::write(file.path(), "sku,name\nA-1,Widget\n").expect("write");
+    b.crow_json(&[
+        "products",
+        "import",
+        file.path().to_str().expect("path"),
+        "--org",
+        "Acme",
+    ]);
+    let products = b.crow_json(&["products", "list", "--org", "Acme"]);
+    assert_eq!(products[0]["name"], "Widget", "{products}");
+    for c in ["category", "price", "currency", "url"] {
+        assert!(
+            products[0].get(c) == Some(&serde_json::Value::Null),
+            "products list keeps the null `{c}`: {products}"
+        );
+    }
+}
+
+/// `crow … | head`: the reader closes the pipe; crow stops quietly.
+#[test]
+fn a_closed_stdout_pipe_ends_quietly() {
+    use std::io::Read;
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    // Far more than a pipe holds, so crow is still writing when the pipe
+    // closes.
+    let mut child = std::process::Command::new(crate::support::crow_bin())
+        .args([
+            "--lake",
+            &b.uri,
+            "sql",
+            "--format",
+            "csv",
+            "select * from generate_series(1, 300000)",
+        ])
+        .env_remove("CROW_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn crow");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut head = [0u8; 16];
+    stdout.read_exact(&mut head).expect("the first bytes");
+    assert!(
+        head.starts_with(b"value\n1\n"),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
+    drop(stdout);
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.trim().is_empty(),
+        "nothing on stderr when the reader goes away: {err}"
+    );
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(141)),
+        "{:?}",
+        out.status
+    );
+}
