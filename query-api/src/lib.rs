@@ -59,6 +59,8 @@ pub struct ApiState {
     pub metrics: Arc<metrics::ApiMetrics>,
     /// Memory pool (spilling) and disk manager shared by every query.
     pub runtime: Arc<RuntimeEnv>,
+    /// API exports running in this server.
+    pub exports: export::Exports,
 }
 
 impl ApiState {
@@ -83,6 +85,7 @@ impl ApiState {
             limiter: auth::RateLimiter::new(cfg.rate_limit_per_second, cfg.rate_limit_burst),
             metrics: Arc::new(metrics::ApiMetrics::default()),
             runtime,
+            exports: export::Exports::default(),
             lake,
             cfg,
         }))
@@ -105,7 +108,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/insights", get(rest::insights))
         .route("/api/v1/usage", get(rest::usage))
         .route("/api/v1/exports", post(export::create))
-        .route("/api/v1/exports/{id}", get(export::get))
+        .route(
+            "/api/v1/exports/{id}",
+            get(export::get).delete(export::cancel),
+        )
         .route("/api/v1/exports/{id}/download", get(export::download))
         .route("/api/v1/health", get(health))
         .route(

@@ -4,6 +4,7 @@
 
 mod api;
 mod cli;
+mod exports;
 mod ingest;
 mod jobs;
 mod lake;
