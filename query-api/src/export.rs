@@ -820,7 +820,11 @@ pub async fn cancel(
         s.error = Some(cancelled_reason(&id));
         s.finished_at = Some(Utc::now());
         save_status(&st.lake, &p.org_id, &s).await?;
-        let (store, path) = area(&st.lake, &p.org_id, &format!("{id}.{}", s.format.extension()))?;
+        let (store, path) = area(
+            &st.lake,
+            &p.org_id,
+            &format!("{id}.{}", s.format.extension()),
+        )?;
         remove_data(store.as_ref(), &path, &id).await;
     }
     match s.status.as_str() {

@@ -829,7 +829,10 @@ mod tests {
         let e = Config::load(Some("[api]\nrate_limit_burst = 0\n"), env(&[])).unwrap_err();
         assert_eq!(e.key, "api.rate_limit_burst");
         for (var, key) in [
-            ("CROW_API_EXPORT_TIMEOUT_SECONDS", "api.export_timeout_seconds"),
+            (
+                "CROW_API_EXPORT_TIMEOUT_SECONDS",
+                "api.export_timeout_seconds",
+            ),
             ("CROW_API_EXPORT_MAX_ROWS", "api.export_max_rows"),
             ("CROW_API_EXPORT_MAX_BYTES", "api.export_max_bytes"),
             (

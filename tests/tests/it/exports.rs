@@ -89,7 +89,12 @@ impl World {
         r.json().await.expect("status JSON")
     }
 
-    async fn delete_on(&self, server: &Server, key: &str, id: &str) -> (u16, Option<String>, Value) {
+    async fn delete_on(
+        &self,
+        server: &Server,
+        key: &str,
+        id: &str,
+    ) -> (u16, Option<String>, Value) {
         let r = self
             .http
             .delete(server.url(&format!("/api/v1/exports/{id}")))
@@ -104,7 +109,11 @@ impl World {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let text = r.text().await.expect("body");
-        (s, ct, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            s,
+            ct,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     async fn delete(&self, key: &str, id: &str) -> (u16, Option<String>, Value) {
@@ -162,7 +171,11 @@ impl World {
             .await
             .expect("health");
         assert_eq!(r.status(), 200);
-        assert!(t0.elapsed() < Duration::from_secs(2), "health took {:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "health took {:?}",
+            t0.elapsed()
+        );
         let Some(before) = cpu_seconds(server.child.id()) else {
             return; // no /proc: nothing more to measure
         };
@@ -210,7 +223,10 @@ async fn runaway_export_times_out_and_the_server_goes_idle() {
     assert_eq!(s["status"], "failed", "{s}");
     let why = s["error"].as_str().expect("reason");
     assert!(why.contains("api.export_timeout_seconds"), "{why}");
-    assert!(t0.elapsed() >= Duration::from_secs(3), "stopped before its timeout");
+    assert!(
+        t0.elapsed() >= Duration::from_secs(3),
+        "stopped before its timeout"
+    );
     assert!(s["rows"].is_null() && s["download_url"].is_null(), "{s}");
     w.only_status_left(&id);
     w.idle(&w.server).await;
@@ -253,12 +269,18 @@ async fn row_and_byte_caps_fail_the_export() {
     let s = w.finished(&rows, Duration::from_secs(30)).await;
     assert_eq!(s["status"], "failed", "{s}");
     let why = s["error"].as_str().expect("reason");
-    assert!(why.contains("1000 rows") && why.contains("api.export_max_rows"), "{why}");
+    assert!(
+        why.contains("1000 rows") && why.contains("api.export_max_rows"),
+        "{why}"
+    );
     for id in [&bytes, &parquet] {
         let s = w.finished(id, Duration::from_secs(30)).await;
         assert_eq!(s["status"], "failed", "{s}");
         let why = s["error"].as_str().expect("reason");
-        assert!(why.contains("100000 bytes") && why.contains("api.export_max_bytes"), "{why}");
+        assert!(
+            why.contains("100000 bytes") && why.contains("api.export_max_bytes"),
+            "{why}"
+        );
     }
     let s = w.finished(&fits, Duration::from_secs(30)).await;
     assert_eq!(s["status"], "succeeded", "{s}");
@@ -288,10 +310,17 @@ async fn delete_cancels_a_running_export_of_its_own_org_only() {
     let (s, _, body) = w.delete(&w.key_a, &id).await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["status"], "cancelled", "{body}");
-    assert!(t0.elapsed() < Duration::from_secs(8), "cancel took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "cancel took {:?}",
+        t0.elapsed()
+    );
     let st = w.status(&w.key_a, &id).await;
     assert_eq!(st["status"], "cancelled", "{st}");
-    assert!(st["error"].as_str().is_some_and(|e| e.contains("DELETE")), "{st}");
+    assert!(
+        st["error"].as_str().is_some_and(|e| e.contains("DELETE")),
+        "{st}"
+    );
     w.only_status_left(&id);
     w.idle(&w.server).await;
     assert_eq!(w.status(&w.key_a, &id).await["status"], "cancelled");
@@ -312,7 +341,10 @@ async fn delete_cancels_a_running_export_of_its_own_org_only() {
     let done = w
         .started(&w.key_a, json!({"sql": "select 1 as one", "format": "csv"}))
         .await;
-    assert_eq!(w.finished(&done, Duration::from_secs(30)).await["status"], "succeeded");
+    assert_eq!(
+        w.finished(&done, Duration::from_secs(30)).await["status"],
+        "succeeded"
+    );
     let (s, ct, body) = w.delete(&w.key_a, &done).await;
     assert_eq!(s, 409, "{body}");
     problem(ct.as_deref(), &body, 409, "export_finished");
@@ -323,7 +355,11 @@ async fn delete_cancels_a_running_export_of_its_own_org_only() {
 async fn delete_through_another_server_stops_the_export() {
     let w = world(&[]);
     let wal2 = tempfile::tempdir().expect("wal");
-    let other = Server::start(&w.b, wal2.path(), &[("CROW_API_RATE_LIMIT_BURST", "100000")]);
+    let other = Server::start(
+        &w.b,
+        wal2.path(),
+        &[("CROW_API_RATE_LIMIT_BURST", "100000")],
+    );
     let id = w
         .started(&w.key_a, json!({"sql": RUNAWAY, "format": "jsonl"}))
         .await;
