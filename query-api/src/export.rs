@@ -6,8 +6,29 @@
 //! one folder per organization: `_exports/<org_id>/<export_id>.json` holds the
 //! status, `_exports/<org_id>/<export_id>.<ext>` the data. A key can only
 //! name exports of its own organization's folder.
+//!
+//! Invariants of an API export:
+//! - **Bounded.** It stops after `api.export_timeout_seconds`, past
+//!   `api.export_max_rows` rows or `api.export_max_bytes` bytes, and at most
+//!   `api.max_concurrent_exports_per_org` run per organization in one server
+//!   (beyond it: 429 with Retry-After). A limit ends it `failed`, with a
+//!   reason naming the limit.
+//! - **Stopped means stopped.** A timed-out or cancelled export's writer is
+//!   told to stop (it checks between batches and yields to the scheduler
+//!   regularly, so it cannot hold a worker); if it has not ended after
+//!   [`STOP_GRACE`] its task is aborted. Either way the task, and with it the
+//!   query's stream and every task DataFusion spawned for it, is dropped.
+//! - **No partial files.** Whenever an export does not succeed, its data
+//!   file (or unfinished upload) is removed; the status file stays, with the
+//!   reason.
+//! - **Cancellation** (`DELETE /api/v1/exports/{id}`) stops an export
+//!   running in this server at once. An export running in another server
+//!   over the same lake is marked `cancelled` in the lake; that server reads
+//!   its status every [`STATUS_POLL`] and stops it then.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
 use axum::extract::{Path as UrlPath, State};
@@ -24,11 +45,12 @@ use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
 
 use crate::error::{ApiError, ApiResult};
 use crate::keys::Scope;
 use crate::sql::{Encoder, ResultFormat};
-use crate::tenant::{tenant_context, Pins};
+use crate::tenant::{tenant_context, Pins, TenantSchema};
 use crate::ApiState;
 
 /// Any export failure.
@@ -138,6 +160,60 @@ pub async fn all_orgs_frame(lake: &Lake, table: &str) -> crow_lake::Result<DataF
     Ok(lake.dataframe(table).await?.select_columns(&cols)?)
 }
 
+/// Limits on one export's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most rows written.
+    pub max_rows: u64,
+    /// Most bytes written (for Parquet, also counting the row group still
+    /// buffered in memory).
+    pub max_bytes: u64,
+}
+
+impl Limits {
+    /// No limit (operators' CLI exports).
+    pub const NONE: Limits = Limits {
+        max_rows: u64::MAX,
+        max_bytes: u64::MAX,
+    };
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// Rows.
+    pub rows: u64,
+    /// Bytes of the file.
+    pub bytes: u64,
+}
+
+/// Why writing an export ended without a file.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// More rows than [`Limits::max_rows`].
+    #[error(
+        "the export has more than {0} rows (api.export_max_rows); narrow the time range or the query"
+    )]
+    TooManyRows(u64),
+    /// More bytes than [`Limits::max_bytes`].
+    #[error(
+        "the export is larger than {0} bytes (api.export_max_bytes); narrow the time range or the query"
+    )]
+    TooManyBytes(u64),
+    /// Told to stop (timeout or cancellation).
+    #[error("the export was stopped")]
+    Stopped,
+    /// The query, the encoder or the store failed.
+    #[error("{0}")]
+    Failed(BoxError),
+}
+
+impl WriteError {
+    fn failed(e: impl Into<BoxError>) -> Self {
+        WriteError::Failed(e.into())
+    }
+}
+
 /// Stream `df` as `format` to `path` in `store`. `progress` is called with
 /// the rows written so far. Returns the number of rows.
 pub async fn write(
@@ -145,23 +221,97 @@ pub async fn write(
     format: ExportFormat,
     store: Arc<dyn ObjectStore>,
     path: &StorePath,
-    mut progress: impl FnMut(u64),
+    progress: impl FnMut(u64),
 ) -> Result<u64, BoxError> {
-    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-    let mut stream = df.execute_stream().await?;
-    let mut enc = Encoder::new(format.result_format(), &schema)?;
-    let mut out = BufWriter::new(store, path.clone());
-    out.write_all(&enc.start()).await?;
-    let mut rows = 0u64;
-    while let Some(b) = stream.next().await {
-        let b = b?;
-        rows += b.num_rows() as u64;
-        out.write_all(&enc.batch(&b)?).await?;
-        progress(rows);
+    // The sender lives until the end: nobody stops a CLI export but Ctrl-C.
+    let (_stop, stop_rx) = watch::channel(false);
+    match write_limited(df, format, store, path, Limits::NONE, stop_rx, progress).await {
+        Ok(w) => Ok(w.rows),
+        Err(WriteError::Failed(e)) => Err(e),
+        Err(e) => Err(e.into()),
     }
-    out.write_all(&enc.finish()?).await?;
-    out.shutdown().await?;
-    Ok(rows)
+}
+
+/// [`write`] within `limits`, until `stop` turns true. On any error the
+/// upload is aborted, so no partial file is left behind by this function.
+pub async fn write_limited(
+    df: DataFrame,
+    format: ExportFormat,
+    store: Arc<dyn ObjectStore>,
+    path: &StorePath,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+    progress: impl FnMut(u64),
+) -> Result<Written, WriteError> {
+    let mut out = BufWriter::new(store, path.clone());
+    let result = tokio::select! {
+        biased;
+        true = async { stop.wait_for(|s| *s).await.is_ok() } => Err(WriteError::Stopped),
+        r = encode(df, format, &mut out, limits, progress) => r,
+    };
+    if result.is_err() {
+        if let Err(e) = out.abort().await {
+            tracing::warn!(path = %path, error = %e, "aborting an export upload failed");
+        }
+    }
+    result
+}
+
+async fn encode(
+    df: DataFrame,
+    format: ExportFormat,
+    out: &mut BufWriter,
+    limits: Limits,
+    mut progress: impl FnMut(u64),
+) -> Result<Written, WriteError> {
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let mut stream = df.execute_stream().await.map_err(WriteError::failed)?;
+    let mut enc = Encoder::new(format.result_format(), &schema).map_err(WriteError::Failed)?;
+    let mut w = Written { rows: 0, bytes: 0 };
+    let head = enc.start();
+    put(out, &head, &mut w, 0, limits).await?;
+    while let Some(b) = stream.next().await {
+        let b = b.map_err(WriteError::failed)?;
+        w.rows += b.num_rows() as u64;
+        if w.rows > limits.max_rows {
+            return Err(WriteError::TooManyRows(limits.max_rows));
+        }
+        let chunk = enc.batch(&b).map_err(WriteError::Failed)?;
+        let buffered = match &enc {
+            Encoder::Parquet(p) => p.in_progress_size() as u64,
+            _ => 0,
+        };
+        put(out, &chunk, &mut w, buffered, limits).await?;
+        progress(w.rows);
+        // A query whose batches are always ready (a recursive CTE) and a
+        // buffered writer would otherwise never yield: this lets the task
+        // be stopped or aborted, and other tasks run.
+        tokio::task::consume_budget().await;
+    }
+    let tail = enc.finish().map_err(WriteError::Failed)?;
+    put(out, &tail, &mut w, 0, limits).await?;
+    out.shutdown().await.map_err(WriteError::failed)?;
+    Ok(w)
+}
+
+/// Write `chunk` unless the file would pass `limits.max_bytes` (counting
+/// `buffered` bytes the encoder holds).
+async fn put(
+    out: &mut BufWriter,
+    chunk: &[u8],
+    w: &mut Written,
+    buffered: u64,
+    limits: Limits,
+) -> Result<(), WriteError> {
+    let after = w.bytes.saturating_add(chunk.len() as u64);
+    if after.saturating_add(buffered) > limits.max_bytes {
+        return Err(WriteError::TooManyBytes(limits.max_bytes));
+    }
+    if !chunk.is_empty() {
+        out.write_all(chunk).await.map_err(WriteError::failed)?;
+    }
+    w.bytes = after;
+    Ok(())
 }
 
 /// Body of `POST /api/v1/exports`.
@@ -189,7 +339,7 @@ pub struct ExportRequest {
 pub struct ExportStatus {
     /// Export id.
     pub id: String,
-    /// 'running', 'succeeded' or 'failed'.
+    /// `running`, `succeeded`, `failed` (see `error`) or `cancelled`.
     pub status: String,
     /// The format.
     pub format: ExportFormat,
@@ -199,7 +349,8 @@ pub struct ExportStatus {
     pub rows: Option<u64>,
     /// Bytes of the file (when succeeded).
     pub bytes: Option<u64>,
-    /// Why it failed (safe to show).
+    /// Why it failed or was cancelled (safe to show), e.g. the limit it
+    /// reached.
     pub error: Option<String>,
     /// When it was requested.
     pub created_at: DateTime<Utc>,
@@ -255,6 +406,87 @@ async fn load_status(lake: &Lake, org: &str, id: &str) -> ApiResult<ExportStatus
     }
 }
 
+/// How long a stopped export's writer may take to end by itself before its
+/// task is aborted.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// How often a running export reads its status file, to notice a
+/// cancellation made through another server.
+pub const STATUS_POLL: Duration = Duration::from_secs(2);
+
+/// How long `DELETE` waits for a local export to stop and clean up.
+const CANCEL_WAIT: Duration = Duration::from_secs(30);
+
+/// The exports running in this server, by organization: the concurrency
+/// limit and the cancel switches. A std mutex, never held across `.await`.
+#[derive(Clone, Default)]
+pub struct Exports(Arc<Mutex<HashMap<String, HashMap<String, Running>>>>);
+
+struct Running {
+    /// Set to true to cancel the export.
+    cancel: watch::Sender<bool>,
+    /// Turns true once the export has stopped and its status is final.
+    done: watch::Receiver<bool>,
+}
+
+/// An export's place in [`Exports`]; dropping it frees the place.
+struct Slot {
+    exports: Exports,
+    org: String,
+    id: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut map = self.exports.lock();
+        if let Some(org) = map.get_mut(&self.org) {
+            org.remove(&self.id);
+            if org.is_empty() {
+                map.remove(&self.org);
+            }
+        }
+    }
+}
+
+impl Exports {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, Running>>> {
+        // The map stays consistent under a panic (single inserts/removes).
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Take one of `org`'s `max` places for export `id`, or None when all
+    /// are taken. Returns the place, the cancel switch and the done flag.
+    fn reserve(
+        &self,
+        org: &str,
+        id: &str,
+        max: usize,
+    ) -> Option<(Slot, watch::Receiver<bool>, watch::Sender<bool>)> {
+        let mut map = self.lock();
+        let running = map.entry(org.to_string()).or_default();
+        if running.len() >= max {
+            return None;
+        }
+        let (cancel, cancel_rx) = watch::channel(false);
+        let (done_tx, done) = watch::channel(false);
+        running.insert(id.to_string(), Running { cancel, done });
+        let slot = Slot {
+            exports: self.clone(),
+            org: org.to_string(),
+            id: id.to_string(),
+        };
+        Some((slot, cancel_rx, done_tx))
+    }
+
+    /// Cancel export `id` of `org` if it runs here; returns its done flag.
+    fn cancel(&self, org: &str, id: &str) -> Option<watch::Receiver<bool>> {
+        let map = self.lock();
+        let r = map.get(org)?.get(id)?;
+        r.cancel.send_replace(true);
+        Some(r.done.clone())
+    }
+}
+
 /// `POST /api/v1/exports`: start an export; answers 202 with its status.
 pub async fn create(
     State(st): State<Arc<ApiState>>,
@@ -268,6 +500,23 @@ pub async fn create(
             format!("the body must be JSON like {{\"table\": \"sessions\", \"format\": \"parquet\"}}: {e}"),
         )
     })?;
+    // A place among the organization's running exports first: a refused
+    // export costs no planning.
+    let id = crow_lake::ids::new_id("exp");
+    let max = usize::try_from(st.cfg.max_concurrent_exports_per_org).unwrap_or(usize::MAX);
+    let Some((slot, cancel, done)) = st.exports.reserve(&p.org_id, &id, max) else {
+        tracing::info!(org = %p.org_id, max, "export refused: too many running");
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_exports",
+            format!(
+                "{max} exports of this organization are running \
+                 (api.max_concurrent_exports_per_org); wait for one to finish or cancel one"
+            ),
+        );
+        e.retry_after = Some(st.cfg.export_retry_after_seconds);
+        return Err(e);
+    };
     let (ctx, schema) = tenant_context(
         &st.lake,
         st.runtime.clone(),
@@ -278,41 +527,49 @@ pub async fn create(
     );
     // Plan now, so a bad table or query is a 400 here rather than a failed
     // export later.
-    let df = match (&req.table, &req.sql) {
-        (Some(t), None) => {
-            if crow_schemas::table(t).is_none() {
-                return Err(ApiError::bad_request(
-                    "unknown_table",
-                    format!("`{t}` is not a CROW table"),
-                ));
+    let plan = async {
+        match (&req.table, &req.sql) {
+            (Some(t), None) => {
+                if crow_schemas::table(t).is_none() {
+                    return Err(ApiError::bad_request(
+                        "unknown_table",
+                        format!("`{t}` is not a CROW table"),
+                    ));
+                }
+                let df = ctx
+                    .table(t.as_str())
+                    .await
+                    .map_err(|e| crate::sql::df_error(&e, Some(&schema)))?;
+                in_range(df, t, req.from, req.to)
+                    .map_err(|e| crate::sql::df_error(&e, Some(&schema)))
             }
-            let df = ctx
-                .table(t.as_str())
-                .await
-                .map_err(|e| crate::sql::df_error(&e, Some(&schema)))?;
-            in_range(df, t, req.from, req.to)
-                .map_err(|e| crate::sql::df_error(&e, Some(&schema)))?
-        }
-        (None, Some(q)) => {
-            if req.from.is_some() || req.to.is_some() {
-                return Err(ApiError::bad_request(
-                    "invalid_body",
-                    "`from`/`to` apply to table exports; put the range in the query",
-                ));
+            (None, Some(q)) => {
+                if req.from.is_some() || req.to.is_some() {
+                    return Err(ApiError::bad_request(
+                        "invalid_body",
+                        "`from`/`to` apply to table exports; put the range in the query",
+                    ));
+                }
+                crate::sql::plan_query(&st, &ctx, &schema, q).await
             }
-            crate::sql::plan_query(&st, &ctx, &schema, q).await?
-        }
-        _ => {
-            return Err(ApiError::bad_request(
+            _ => Err(ApiError::bad_request(
                 "invalid_body",
                 "give exactly one of `table` or `sql`",
-            ))
+            )),
         }
     };
-    let id = crow_lake::ids::new_id("exp");
-    let mut status = ExportStatus {
+    let df = tokio::time::timeout(Duration::from_secs(st.cfg.query_timeout_seconds), plan)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "query_timeout",
+                "planning the query took too long",
+            )
+        })??;
+    let status = ExportStatus {
         id: id.clone(),
-        status: "running".into(),
+        status: RUNNING.into(),
         format: req.format,
         table: req.table.clone(),
         rows: None,
@@ -324,35 +581,260 @@ pub async fn create(
     };
     save_status(&st.lake, &p.org_id, &status).await?;
     let answer = status.clone();
-    let (lake, org) = (st.lake.clone(), p.org_id.clone());
-    tokio::spawn(async move {
-        let _keep = schema;
+    let job = Job {
+        lake: st.lake.clone(),
+        org: p.org_id.clone(),
+        status,
+        df,
+        limits: Limits {
+            max_rows: st.cfg.export_max_rows,
+            max_bytes: st.cfg.export_max_bytes,
+        },
+        timeout_seconds: st.cfg.export_timeout_seconds,
+        cancel,
+        done,
+        slot,
+        schema,
+    };
+    tokio::spawn(job.run());
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+}
+
+const RUNNING: &str = "running";
+const SUCCEEDED: &str = "succeeded";
+const FAILED: &str = "failed";
+const CANCELLED: &str = "cancelled";
+
+/// One running API export and what it needs to end properly.
+struct Job {
+    lake: Lake,
+    org: String,
+    status: ExportStatus,
+    df: DataFrame,
+    limits: Limits,
+    timeout_seconds: u64,
+    cancel: watch::Receiver<bool>,
+    done: watch::Sender<bool>,
+    slot: Slot,
+    // Keeps the tenant schema (and so its loaded views) alive while running.
+    schema: Arc<TenantSchema>,
+}
+
+/// How the supervisor saw an export end.
+enum End {
+    Finished(Result<Result<Written, WriteError>, tokio::task::JoinError>),
+    TimedOut,
+    Cancelled,
+    CancelledElsewhere,
+}
+
+impl Job {
+    /// Run the export's writer in its own task and watch it: timeout,
+    /// cancellation, final status, clean-up.
+    async fn run(self) {
+        let Job {
+            lake,
+            org,
+            mut status,
+            df,
+            limits,
+            timeout_seconds,
+            mut cancel,
+            done,
+            slot,
+            schema,
+        } = self;
+        let id = status.id.clone();
         let file = format!("{id}.{}", status.format.extension());
-        let result = match area(&lake, &org, &file) {
-            Ok((store, path)) => write(df, status.format, store.clone(), &path, |_| {})
-                .await
-                .map(|rows| (rows, store, path)),
-            Err(e) => Err(e.to_string().into()),
-        };
-        status.finished_at = Some(Utc::now());
-        match result {
-            Ok((rows, store, path)) => {
-                status.status = "succeeded".into();
-                status.rows = Some(rows);
-                status.bytes = store.head(&path).await.ok().map(|m| m.size);
-                status.download_url = Some(format!("/api/v1/exports/{id}/download"));
+        let end = match area(&lake, &org, &file) {
+            Ok((store, path)) => {
+                let end = watch_writer(
+                    &lake,
+                    &org,
+                    &id,
+                    df,
+                    status.format,
+                    (store.clone(), path.clone()),
+                    limits,
+                    timeout_seconds,
+                    &mut cancel,
+                )
+                .await;
+                Some((end, store, path))
             }
             Err(e) => {
-                tracing::error!(export = %id, error = %e, "export failed");
-                status.status = "failed".into();
+                tracing::error!(export = %id, error = %e, "export area");
+                None
+            }
+        };
+        drop(schema);
+        status.finished_at = Some(Utc::now());
+        let mut keep_file = false;
+        let mut save = true;
+        match &end {
+            Some((End::Finished(Ok(Ok(w))), store, path)) => {
+                // Cancelled through another server just now: stay cancelled.
+                if cancelled_in_lake(&lake, &org, &id).await {
+                    save = false;
+                } else {
+                    keep_file = true;
+                    status.status = SUCCEEDED.into();
+                    status.rows = Some(w.rows);
+                    status.bytes = Some(store.head(path).await.map_or(w.bytes, |m| m.size));
+                    status.download_url = Some(format!("/api/v1/exports/{id}/download"));
+                }
+            }
+            Some((End::Finished(Ok(Err(e))), ..))
+                if matches!(e, WriteError::TooManyRows(_) | WriteError::TooManyBytes(_)) =>
+            {
+                tracing::info!(export = %id, org = %org, reason = %e, "export stopped at a limit");
+                status.status = FAILED.into();
+                status.error = Some(e.to_string());
+            }
+            Some((End::Finished(r), ..)) => {
+                match r {
+                    Ok(Err(e)) => tracing::error!(export = %id, error = %e, "export failed"),
+                    Err(e) => tracing::error!(export = %id, error = %e, "export task failed"),
+                    Ok(Ok(_)) => {}
+                }
+                status.status = FAILED.into();
+                status.error = Some("the export failed; it has been logged".into());
+            }
+            Some((End::TimedOut, ..)) => {
+                tracing::info!(export = %id, org = %org, "export timed out");
+                status.status = FAILED.into();
+                status.error = Some(format!(
+                    "the export ran longer than {timeout_seconds} s \
+                     (api.export_timeout_seconds) and was stopped"
+                ));
+            }
+            Some((End::Cancelled, ..)) => {
+                tracing::info!(export = %id, org = %org, "export cancelled");
+                status.status = CANCELLED.into();
+                status.error = Some(cancelled_reason(&id));
+            }
+            Some((End::CancelledElsewhere, ..)) => {
+                tracing::info!(export = %id, org = %org, "export cancelled through another server");
+                save = false;
+            }
+            None => {
+                status.status = FAILED.into();
                 status.error = Some("the export failed; it has been logged".into());
             }
         }
-        if let Err(e) = save_status(&lake, &org, &status).await {
-            tracing::error!(export = %id, error = %e, "saving export status failed");
+        if let (false, Some((_, store, path))) = (keep_file, &end) {
+            remove_data(store.as_ref(), path, &id).await;
         }
+        if save {
+            if let Err(e) = save_status(&lake, &org, &status).await {
+                tracing::error!(export = %id, error = %e, "saving export status failed");
+            }
+        }
+        // Free the place before announcing the end: whoever waited for it
+        // may start another export at once.
+        drop(slot);
+        done.send_replace(true);
+    }
+}
+
+/// Spawn the writer and wait for it to finish, time out, or be cancelled;
+/// a writer that did not finish has ended (or been aborted) on return.
+#[allow(clippy::too_many_arguments)]
+async fn watch_writer(
+    lake: &Lake,
+    org: &str,
+    id: &str,
+    df: DataFrame,
+    format: ExportFormat,
+    (store, path): (Arc<dyn ObjectStore>, StorePath),
+    limits: Limits,
+    timeout_seconds: u64,
+    cancel: &mut watch::Receiver<bool>,
+) -> End {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_seconds);
+    let (stop, stop_rx) = watch::channel(false);
+    let mut task = tokio::spawn(async move {
+        write_limited(df, format, store, &path, limits, stop_rx, |_| {}).await
     });
-    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+    let mut poll = tokio::time::interval_at(tokio::time::Instant::now() + STATUS_POLL, STATUS_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let end = loop {
+        tokio::select! {
+            r = &mut task => return End::Finished(r),
+            () = tokio::time::sleep_until(deadline) => break End::TimedOut,
+            true = async { cancel.wait_for(|c| *c).await.is_ok() } => break End::Cancelled,
+            _ = poll.tick() => {}
+        }
+        if cancelled_in_lake(lake, org, id).await {
+            break End::CancelledElsewhere;
+        }
+    };
+    stop.send_replace(true);
+    if tokio::time::timeout(STOP_GRACE, &mut task).await.is_err() {
+        tracing::warn!(export = %id, "export writer did not stop; aborting its task");
+        task.abort();
+        let _ = task.await;
+    }
+    end
+}
+
+fn cancelled_reason(id: &str) -> String {
+    format!("cancelled by DELETE /api/v1/exports/{id}")
+}
+
+/// Whether export `id`'s status in the lake says `cancelled`.
+async fn cancelled_in_lake(lake: &Lake, org: &str, id: &str) -> bool {
+    matches!(load_status(lake, org, id).await, Ok(s) if s.status == CANCELLED)
+}
+
+/// Remove an export's data file, if there is one.
+async fn remove_data(store: &dyn ObjectStore, path: &StorePath, id: &str) {
+    match store.delete(path).await {
+        Ok(()) | Err(crow_lake::object_store::Error::NotFound { .. }) => {}
+        Err(e) => tracing::error!(export = %id, error = %e, "removing an export's data failed"),
+    }
+}
+
+/// `DELETE /api/v1/exports/{id}`: cancel a running export; its data is
+/// removed and its status becomes `cancelled`.
+pub async fn cancel(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<Json<ExportStatus>> {
+    let p = crate::auth::authenticate(&st.keys, &st.limiter, &headers, Scope::Export).await?;
+    // Another organization's export is not found: the path is the org's.
+    let mut s = load_status(&st.lake, &p.org_id, &id).await?;
+    if let Some(mut done) = st.exports.cancel(&p.org_id, &id) {
+        if tokio::time::timeout(CANCEL_WAIT, done.wait_for(|d| *d))
+            .await
+            .is_err()
+        {
+            tracing::warn!(export = %id, "a cancelled export has not ended yet");
+        }
+        s = load_status(&st.lake, &p.org_id, &id).await?;
+    } else if s.status == RUNNING {
+        // Running in another server (which notices within STATUS_POLL), or
+        // left `running` by a server that stopped.
+        s.status = CANCELLED.into();
+        s.error = Some(cancelled_reason(&id));
+        s.finished_at = Some(Utc::now());
+        save_status(&st.lake, &p.org_id, &s).await?;
+        let (store, path) = area(
+            &st.lake,
+            &p.org_id,
+            &format!("{id}.{}", s.format.extension()),
+        )?;
+        remove_data(store.as_ref(), &path, &id).await;
+    }
+    match s.status.as_str() {
+        CANCELLED | RUNNING => Ok(Json(s)),
+        other => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "export_finished",
+            format!("export `{id}` has already {other}; only a running export can be cancelled"),
+        )),
+    }
 }
 
 /// `GET /api/v1/exports/{id}`.

@@ -67,6 +67,8 @@ pub struct ApiState {
     pub query_rt: runtime::QueryRuntime,
     /// Concurrent queries per key and per organization.
     pub slots: slots::Slots,
+    /// API exports running in this server.
+    pub exports: export::Exports,
 }
 
 impl ApiState {
@@ -97,6 +99,7 @@ impl ApiState {
                 cfg.max_concurrent_queries_per_key,
                 cfg.max_concurrent_queries_per_org,
             ),
+            exports: export::Exports::default(),
             lake,
             cfg,
         }))
@@ -125,7 +128,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/insights", get(rest::insights))
         .route("/api/v1/usage", get(rest::usage))
         .route("/api/v1/exports", post(export::create))
-        .route("/api/v1/exports/{id}", get(export::get))
+        .route(
+            "/api/v1/exports/{id}",
+            get(export::get).delete(export::cancel),
+        )
         .route("/api/v1/exports/{id}/download", get(export::download))
         .route("/api/v1/health", get(health))
         .route(

@@ -74,8 +74,8 @@ fn errors(codes: &[u16]) -> Map<String, Value> {
             404 => "Not found.",
             406 => "No supported result format in `Accept`.",
             408 => "The query ran past the timeout.",
-            409 => "The export is not finished.",
-            429 => "Rate limit exceeded; see Retry-After.",
+            409 => "The export is not in a state that allows this (see `code`).",
+            429 => "Rate limit or concurrent-export limit exceeded; see Retry-After.",
             _ => "Error.",
         };
         let mut p = problem(d);
@@ -225,12 +225,13 @@ pub fn document() -> Value {
         "ExportStatus".into(),
         json!({"type": "object", "required": ["id", "status", "format", "created_at"], "properties": {
             "id": {"type": "string"},
-            "status": {"type": "string", "enum": ["running", "succeeded", "failed"]},
+            "status": {"type": "string", "enum": ["running", "succeeded", "failed", "cancelled"]},
             "format": {"type": "string", "enum": ["parquet", "csv", "jsonl"]},
             "table": {"type": "string", "nullable": true},
             "rows": {"type": "integer", "nullable": true},
             "bytes": {"type": "integer", "nullable": true},
-            "error": {"type": "string", "nullable": true},
+            "error": {"type": "string", "nullable": true,
+                "description": "Why the export failed or was cancelled, e.g. the limit it reached."},
             "created_at": {"type": "string", "format": "date-time"},
             "finished_at": {"type": "string", "format": "date-time", "nullable": true},
             "download_url": {"type": "string", "nullable": true}}}),
@@ -263,13 +264,17 @@ pub fn document() -> Value {
             "/api/v1/insights": listing("Patterns by period.", "Insight", &["period_kind", "from", "to", "product", "limit", "cursor"]),
             "/api/v1/usage": listing("Daily usage and its priced amount.", "Usage", &["from", "to", "limit"]),
             "/api/v1/exports": {"post": {
-                "summary": "Start an export of a table or query (needs scope export).", "security": [{"bearer": []}],
+                "summary": "Start an export of a table or query (needs scope export). Bounded by api.export_timeout_seconds, api.export_max_rows and api.export_max_bytes; beyond api.max_concurrent_exports_per_org running exports, 429.", "security": [{"bearer": []}],
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ExportRequest"}}}},
                 "responses": responses("202", json_ok("Started.", json!({"$ref": "#/components/schemas/ExportStatus"})), &[400, 401, 403, 408, 429]),
             }},
             "/api/v1/exports/{id}": {"get": {
                 "summary": "An export's status.", "security": [{"bearer": []}], "parameters": id_param,
                 "responses": responses("200", json_ok("Status.", json!({"$ref": "#/components/schemas/ExportStatus"})), &[401, 403, 404, 429]),
+            }, "delete": {
+                "summary": "Cancel a running export: it stops, its data is removed, its status becomes `cancelled` (409 `export_finished` once it succeeded or failed).",
+                "security": [{"bearer": []}], "parameters": id_param,
+                "responses": responses("200", json_ok("The cancelled export's status.", json!({"$ref": "#/components/schemas/ExportStatus"})), &[401, 403, 404, 409, 429]),
             }},
             "/api/v1/exports/{id}/download": {"get": {
                 "summary": "Download a finished export.", "security": [{"bearer": []}], "parameters": id_param,
@@ -300,6 +305,7 @@ mod tests {
         ] {
             assert!(d["paths"].get(p).is_some(), "{p}");
         }
+        assert!(d["paths"]["/api/v1/exports/{id}"].get("delete").is_some());
         assert!(!text.contains("key_hash") && !text.contains("write_key_hash"));
         assert_eq!(
             d["components"]["schemas"]["Session"]["properties"]["product_ids"]["type"],

@@ -310,6 +310,18 @@ pub struct ApiConfig {
     pub max_concurrent_queries_per_key: u64,
     /// SQL queries one organization may run at a time.
     pub max_concurrent_queries_per_org: u64,
+    /// An API export still running after this many seconds is stopped and
+    /// marked `failed`; its partial file is removed.
+    pub export_timeout_seconds: u64,
+    /// Largest API export, in rows; past it the export fails.
+    pub export_max_rows: u64,
+    /// Largest API export file, in bytes; past it the export fails.
+    pub export_max_bytes: u64,
+    /// API exports one organization may run at once in one server; beyond
+    /// it `POST /api/v1/exports` answers 429.
+    pub max_concurrent_exports_per_org: u32,
+    /// The `Retry-After` (seconds) of that 429.
+    pub export_retry_after_seconds: u64,
 }
 
 impl Default for ApiConfig {
@@ -330,6 +342,11 @@ impl Default for ApiConfig {
             max_function_output_mb: 64,
             max_concurrent_queries_per_key: 4,
             max_concurrent_queries_per_org: 8,
+            export_timeout_seconds: 600,
+            export_max_rows: 100_000_000,
+            export_max_bytes: 10 * 1024 * 1024 * 1024,
+            max_concurrent_exports_per_org: 2,
+            export_retry_after_seconds: 30,
         }
     }
 }
@@ -619,9 +636,32 @@ impl Config {
                 "api.max_concurrent_queries_per_org",
                 self.api.max_concurrent_queries_per_org,
             ),
+            ("api.export_max_rows", self.api.export_max_rows),
+            ("api.export_max_bytes", self.api.export_max_bytes),
         ] {
             if v == 0 {
                 return Err(err(key, "must be positive"));
+            }
+        }
+        for (key, v, max) in [
+            (
+                "api.export_timeout_seconds",
+                self.api.export_timeout_seconds,
+                7 * 86_400,
+            ),
+            (
+                "api.max_concurrent_exports_per_org",
+                u64::from(self.api.max_concurrent_exports_per_org),
+                1000,
+            ),
+            (
+                "api.export_retry_after_seconds",
+                self.api.export_retry_after_seconds,
+                3600,
+            ),
+        ] {
+            if v == 0 || v > max {
+                return Err(err(key, format!("must be between 1 and {max}")));
             }
         }
         for (key, v) in [
@@ -838,6 +878,27 @@ mod tests {
         assert_eq!(e.key, "api.key_cache_seconds");
         let e = Config::load(Some("[api]\nrate_limit_burst = 0\n"), env(&[])).unwrap_err();
         assert_eq!(e.key, "api.rate_limit_burst");
+        for (var, key) in [
+            (
+                "CROW_API_EXPORT_TIMEOUT_SECONDS",
+                "api.export_timeout_seconds",
+            ),
+            ("CROW_API_EXPORT_MAX_ROWS", "api.export_max_rows"),
+            ("CROW_API_EXPORT_MAX_BYTES", "api.export_max_bytes"),
+            (
+                "CROW_API_MAX_CONCURRENT_EXPORTS_PER_ORG",
+                "api.max_concurrent_exports_per_org",
+            ),
+            (
+                "CROW_API_EXPORT_RETRY_AFTER_SECONDS",
+                "api.export_retry_after_seconds",
+            ),
+        ] {
+            let e = Config::load(None, env(&[(var, "0")])).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+        }
+        let c = Config::load(None, env(&[("CROW_API_EXPORT_TIMEOUT_SECONDS", "3")])).unwrap();
+        assert_eq!(c.api.export_timeout_seconds, 3);
     }
 
     #[test]

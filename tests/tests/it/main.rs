@@ -4,6 +4,7 @@
 
 mod api;
 mod cli;
+mod exports;
 mod hostile;
 mod ingest;
 mod jobs;
