@@ -576,7 +576,11 @@ fn scheduled_runs(b: &Backend) -> Vec<RunRow> {
         status: r["status"].as_str().expect("status").to_string(),
         host: r["host"].as_str().unwrap_or_default().to_string(),
         window: (int(&r["ws"]), int(&r["we"])),
-        time: (int(&r["s"]), r.get("f").map(int).unwrap_or(i64::MAX)),
+        // A running job has no finish time yet (an explicit null).
+        time: (
+            int(&r["s"]),
+            r.get("f").filter(|v| !v.is_null()).map_or(i64::MAX, int),
+        ),
     })
     .collect()
 }
