@@ -580,7 +580,7 @@ impl Config {
             ));
         }
         self.schedule.jobs()?;
-        for (key, v, max) in [
+        in_range(&[
             ("schedule.tick_seconds", self.schedule.tick_seconds, 3600),
             (
                 "schedule.lease_seconds",
@@ -597,73 +597,11 @@ impl Config {
                 self.schedule.retry_base_seconds,
                 86_400,
             ),
-        ] {
-            if v == 0 || v > max {
-                return Err(err(key, format!("must be between 1 and {max}")));
-            }
-        }
+        ])?;
         if self.schedule.lease_seconds < 3 {
             return Err(err("schedule.lease_seconds", "must be at least 3"));
         }
-        if !(1..=60).contains(&self.api.key_cache_seconds) {
-            return Err(err("api.key_cache_seconds", "must be between 1 and 60"));
-        }
-        if !self.api.rate_limit_per_second.is_finite() || self.api.rate_limit_per_second <= 0.0 {
-            return Err(err(
-                "api.rate_limit_per_second",
-                "must be a positive number",
-            ));
-        }
-        for (key, v) in [
-            ("api.rate_limit_burst", u64::from(self.api.rate_limit_burst)),
-            ("api.query_timeout_seconds", self.api.query_timeout_seconds),
-            ("api.max_result_rows", self.api.max_result_rows),
-            ("api.memory_limit_mb", self.api.memory_limit_mb),
-            ("api.max_page_size", u64::from(self.api.max_page_size)),
-            ("api.max_sql_bytes", self.api.max_sql_bytes),
-            ("api.max_expression_depth", self.api.max_expression_depth),
-            ("api.max_in_list", self.api.max_in_list),
-            ("api.max_expression_nodes", self.api.max_expression_nodes),
-            (
-                "api.max_function_output_mb",
-                self.api.max_function_output_mb,
-            ),
-            (
-                "api.max_concurrent_queries_per_key",
-                self.api.max_concurrent_queries_per_key,
-            ),
-            (
-                "api.max_concurrent_queries_per_org",
-                self.api.max_concurrent_queries_per_org,
-            ),
-            ("api.export_max_rows", self.api.export_max_rows),
-            ("api.export_max_bytes", self.api.export_max_bytes),
-        ] {
-            if v == 0 {
-                return Err(err(key, "must be positive"));
-            }
-        }
-        for (key, v, max) in [
-            (
-                "api.export_timeout_seconds",
-                self.api.export_timeout_seconds,
-                7 * 86_400,
-            ),
-            (
-                "api.max_concurrent_exports_per_org",
-                u64::from(self.api.max_concurrent_exports_per_org),
-                1000,
-            ),
-            (
-                "api.export_retry_after_seconds",
-                self.api.export_retry_after_seconds,
-                3600,
-            ),
-        ] {
-            if v == 0 || v > max {
-                return Err(err(key, format!("must be between 1 and {max}")));
-            }
-        }
+        self.api.validate()?;
         for (key, v) in [
             ("billing.per_interaction", self.billing.per_interaction),
             ("billing.per_pattern", self.billing.per_pattern),
@@ -683,6 +621,75 @@ impl Config {
         }
         Ok(())
     }
+}
+
+impl ApiConfig {
+    /// Check the query API's values (keys named `api.*`).
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=60).contains(&self.key_cache_seconds) {
+            return Err(err("api.key_cache_seconds", "must be between 1 and 60"));
+        }
+        if !self.rate_limit_per_second.is_finite() || self.rate_limit_per_second <= 0.0 {
+            return Err(err(
+                "api.rate_limit_per_second",
+                "must be a positive number",
+            ));
+        }
+        for (key, v) in [
+            ("api.rate_limit_burst", u64::from(self.rate_limit_burst)),
+            ("api.query_timeout_seconds", self.query_timeout_seconds),
+            ("api.max_result_rows", self.max_result_rows),
+            ("api.memory_limit_mb", self.memory_limit_mb),
+            ("api.max_page_size", u64::from(self.max_page_size)),
+            ("api.max_sql_bytes", self.max_sql_bytes),
+            ("api.max_expression_depth", self.max_expression_depth),
+            ("api.max_in_list", self.max_in_list),
+            ("api.max_expression_nodes", self.max_expression_nodes),
+            ("api.max_function_output_mb", self.max_function_output_mb),
+            (
+                "api.max_concurrent_queries_per_key",
+                self.max_concurrent_queries_per_key,
+            ),
+            (
+                "api.max_concurrent_queries_per_org",
+                self.max_concurrent_queries_per_org,
+            ),
+            ("api.export_max_rows", self.export_max_rows),
+            ("api.export_max_bytes", self.export_max_bytes),
+        ] {
+            if v == 0 {
+                return Err(err(key, "must be positive"));
+            }
+        }
+        in_range(&[
+            (
+                "api.export_timeout_seconds",
+                self.export_timeout_seconds,
+                7 * 86_400,
+            ),
+            (
+                "api.max_concurrent_exports_per_org",
+                u64::from(self.max_concurrent_exports_per_org),
+                1000,
+            ),
+            (
+                "api.export_retry_after_seconds",
+                self.export_retry_after_seconds,
+                3600,
+            ),
+        ])?;
+        Ok(())
+    }
+}
+
+/// Each `(key, value, max)` must be between 1 and `max`.
+fn in_range(entries: &[(&str, u64, u64)]) -> Result<(), ConfigError> {
+    for &(key, v, max) in entries {
+        if v == 0 || v > max {
+            return Err(err(key, format!("must be between 1 and {max}")));
+        }
+    }
+    Ok(())
 }
 
 /// `CROW_*` variables that are flags of the CLI, not configuration keys.
