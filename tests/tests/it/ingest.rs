@@ -412,7 +412,14 @@ async fn kill9(b: Backend) {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Kill once the load is well under way (several flushes' worth acked),
+    // not after a fixed time: on a busy 2-core CI machine the first second
+    // of an S3-backed server can be slow, and the point is to kill mid-load.
+    let warmup = Instant::now();
+    while acked.lock().expect("acked").len() < 400 && warmup.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     server.kill9();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for c in clients {
