@@ -6,6 +6,7 @@ mod billing;
 mod demo;
 mod error;
 mod export;
+mod http;
 mod jobs;
 mod keys;
 mod output;
@@ -175,9 +176,12 @@ enum KeysCommand {
         /// What the key may do.
         #[arg(long, value_parser = ["read", "export", "admin"], default_value = "read")]
         scope: String,
-        /// Expire after this many days (default: never).
-        #[arg(long, value_name = "DAYS")]
+        /// Expire after this many days (default: `api.key_default_expiry_days`, 90).
+        #[arg(long, value_name = "DAYS", conflicts_with = "never_expires")]
         expires: Option<u32>,
+        /// Make a key that never expires.
+        #[arg(long)]
+        never_expires: bool,
         /// A label.
         #[arg(long)]
         name: Option<String>,
@@ -585,10 +589,16 @@ async fn run(cli: Cli) -> Result<()> {
             org,
             scope,
             expires,
+            never_expires,
             name,
             format,
         }) => {
             let lake = open_lake(&cfg).await?;
+            let expires = match (expires, never_expires, cfg.api.key_default_expiry_days) {
+                (Some(d), _, _) => Some(d),
+                (None, true, _) | (None, false, 0) => None,
+                (None, false, d) => Some(d),
+            };
             keys::create(&lake, &org, &scope, expires, name.as_deref(), format.format).await
         }
         Command::Keys(KeysCommand::List { org, format }) => {

@@ -57,30 +57,38 @@ pub async fn run(
                 .context("starting the query API")?,
         )
     };
+    let body = crow_query_api::BodyLimits {
+        max_bytes: crow_query_api::api_body_limit(&cfg.api),
+        read_timeout: std::time::Duration::from_secs(cfg.server.body_read_timeout_seconds),
+    };
     let app = match (&collector, &api) {
-        (Some(c), Some(a)) => c
-            .router
-            .clone()
-            .merge(crow_query_api::router(a.clone()))
-            .layer(axum::middleware::from_fn_with_state(
-                a.metrics.clone(),
-                append_api_metrics,
-            )),
-        (Some(c), None) => c.router.clone(),
-        (None, Some(a)) => {
-            let m = a.metrics.clone();
-            crow_query_api::router(a.clone())
-                .route("/healthz", axum::routing::get(|| async { "ok" }))
-                .route(
-                    "/metrics",
-                    axum::routing::get(move || {
-                        let m = m.clone();
-                        async move { m.render() }
-                    }),
-                )
+        (Some(c), Some(a)) => {
+            c.router
+                .clone()
+                .merge(crow_query_api::router(a.clone()).layer(
+                    axum::middleware::from_fn_with_state(body, crow_query_api::bounded_body),
+                ))
         }
+        (Some(c), None) => c.router.clone(),
+        (None, Some(a)) => crow_query_api::router(a.clone())
+            .layer(axum::middleware::from_fn_with_state(
+                body,
+                crow_query_api::bounded_body,
+            ))
+            .route("/healthz", axum::routing::get(|| async { "ok" }))
+            // Answered by `guard_metrics` below.
+            .route("/metrics", axum::routing::get(|| async { "" })),
         (None, None) => anyhow::bail!("nothing to serve"),
     };
+    let conns = std::sync::Arc::new(crate::http::ConnStats::default());
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        std::sync::Arc::new(MetricsAccess {
+            token: cfg.server.metrics_token.clone(),
+            api: api.as_ref().map(|a| a.metrics.clone()),
+            conns: conns.clone(),
+        }),
+        guard_metrics,
+    ));
     let scheduler = if only != Some(Only::Api) && cfg.schedule.enabled {
         Some(start_scheduler(lake.clone(), cfg.clone())?)
     } else {
@@ -93,13 +101,19 @@ pub async fn run(
     let local = listener.local_addr()?;
     tracing::info!(%local, lake = lake.uri(), wal = %wal_dir.display(), "crow serve listening");
     eprintln!("crow serve listening on http://{local}");
-    axum::serve(
+    crate::http::serve(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        app,
+        crate::http::Limits {
+            max_connections: usize::try_from(cfg.server.max_connections).unwrap_or(usize::MAX),
+            header_read_timeout: std::time::Duration::from_secs(
+                cfg.server.header_read_timeout_seconds,
+            ),
+        },
+        conns,
+        shutdown_signal(),
     )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .context("server error")?;
+    .await;
     if let Some((stop, thread)) = scheduler {
         tracing::info!("shutting down: stopping the scheduler (a running job is finished first)");
         let _ = stop.send(true);
@@ -137,27 +151,64 @@ fn start_scheduler(
     Ok((stop, thread))
 }
 
-/// `/metrics` of the combined server: the collector's metrics followed by
-/// the API's.
-async fn append_api_metrics(
-    axum::extract::State(m): axum::extract::State<
-        std::sync::Arc<crow_query_api::metrics::ApiMetrics>,
-    >,
+/// Who may read `/metrics`, and what it adds to the collector's.
+struct MetricsAccess {
+    token: String,
+    api: Option<std::sync::Arc<crow_query_api::metrics::ApiMetrics>>,
+    conns: std::sync::Arc<crate::http::ConnStats>,
+}
+
+/// `/metrics`: answered to clients on this machine, and to others only with
+/// `Authorization: Bearer <server.metrics_token>` (403 otherwise, so a
+/// public listener does not publish CROW's internals). The body is the
+/// collector's metrics (if it runs), then the API's, then the connections'.
+async fn guard_metrics(
+    axum::extract::State(access): axum::extract::State<std::sync::Arc<MetricsAccess>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    use axum::response::IntoResponse;
     if req.uri().path() != "/metrics" {
         return next.run(req).await;
+    }
+    let bearer = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let token_ok = !access.token.is_empty()
+        && bearer.is_some_and(|b| constant_time_eq(b.as_bytes(), access.token.as_bytes()));
+    let local = peer.ip().is_loopback()
+        || matches!(peer.ip(), std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()));
+    if !local && !token_ok {
+        return (
+            axum::http::StatusCode::FORBIDDEN,
+            "metrics are served to this machine only; set server.metrics_token and send it as a Bearer token to read them remotely\n",
+        )
+            .into_response();
     }
     let r = next.run(req).await;
     let (mut parts, body) = r.into_parts();
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    parts.headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
     let mut text = match axum::body::to_bytes(body, 64 * 1024 * 1024).await {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
         Err(_) => String::new(),
     };
-    text.push_str(&m.render());
+    if let Some(m) = &access.api {
+        text.push_str(&m.render());
+    }
+    text.push_str(&access.conns.render());
     axum::response::Response::from_parts(parts, axum::body::Body::from(text))
+}
+
+/// Equality that takes the same time wherever the first difference is.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 async fn shutdown_signal() {

@@ -344,6 +344,91 @@ fn pick_in<'a, const N: usize>(text: Option<Raw<'a>>, keys: &[&str; N]) -> Picke
     }
 }
 
+/// The members of a JSON object in order, values as their raw text.
+struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(Key(k)) = map.next_key()? {
+                    out.push((k, map.next_value::<&'de RawValue>()?));
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+fn members(text: &str) -> Result<Members<'_>, Rejection> {
+    serde_json::from_str(text).map_err(|e| Rejection::new("invalid_json", e.to_string()))
+}
+
+/// Write an object of `(key, raw value)` members: keys in their order,
+/// values exactly as given.
+fn write_object<'v>(members: impl Iterator<Item = (&'v str, Cow<'v, str>)>) -> String {
+    let mut out = String::from("{");
+    for (i, (k, v)) in members.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        // A key serialises infallibly.
+        out.push_str(&serde_json::to_string(k).unwrap_or_default());
+        out.push(':');
+        out.push_str(&v);
+    }
+    out.push('}');
+    out
+}
+
+/// `context` without its `ip` members (every copy) and with query
+/// parameters stripped from every copy of `page.url`, `page.referrer` and
+/// `page.search`. Everything else keeps its order and its exact text
+/// (numbers are not re-printed); returns the text and the last `ip`.
+fn rewrite_context(context: &str, strip: &[String]) -> Result<(String, Option<String>), Rejection> {
+    let Members(top) = members(context)?;
+    let mut ip = None;
+    let mut kept = Vec::with_capacity(top.len());
+    for (k, v) in &top {
+        match k.as_ref() {
+            "ip" => {
+                ip = Some(match Raw(v.get()).scalar() {
+                    Scalar::Str(s) => s.into_owned(),
+                    _ => String::new(),
+                });
+            }
+            "page" if v.get().trim_ascii_start().starts_with('{') => {
+                let Members(page) = members(v.get())?;
+                let page = page.iter().map(|(pk, pv)| {
+                    let raw = Cow::Borrowed(pv.get());
+                    let text = match (pk.as_ref(), Raw(pv.get()).scalar()) {
+                        ("url" | "referrer" | "search", Scalar::Str(u)) => {
+                            let stripped = strip_query(&u, strip);
+                            if stripped == u {
+                                raw
+                            } else {
+                                Cow::Owned(serde_json::to_string(&stripped).unwrap_or_default())
+                            }
+                        }
+                        _ => raw,
+                    };
+                    (pk.as_ref(), text)
+                });
+                kept.push((k.as_ref(), Cow::Owned(write_object(page))));
+            }
+            _ => kept.push((k.as_ref(), Cow::Borrowed(v.get()))),
+        }
+    }
+    Ok((write_object(kept.into_iter()), ip))
+}
+
 /// True when `text` holds a `\uD800`–`\uDFFF` escape: a surrogate, which
 /// must come in a valid pair. Skipping a string does not check that, so such
 /// events are validated in full.
@@ -662,21 +747,11 @@ fn build<'a>(
         // not be stripped: such contexts are rewritten too (parsing keeps
         // the last copy, the one read above).
         Some(c) if ip.is_some() || page_has_query || context_repeats || page_repeats => {
-            let mut c: Map<String, Value> = serde_json::from_str(c)
-                .map_err(|e| Rejection::new("invalid_json", e.to_string()))?;
-            if let Some(Value::String(ip)) = c.remove("ip") {
-                if !ip.is_empty() {
-                    ip_hash = Some(Cow::Owned(hash_ip(ctx.ip_salt, &ip)));
-                }
+            let (text, ip) = rewrite_context(c, ctx.strip_query_params)?;
+            if let Some(ip) = ip.filter(|ip| !ip.is_empty()) {
+                ip_hash = Some(Cow::Owned(hash_ip(ctx.ip_salt, &ip)));
             }
-            if let Some(Value::Object(p)) = c.get_mut("page") {
-                for k in ["url", "referrer", "search"] {
-                    if let Some(Value::String(u)) = p.get_mut(k) {
-                        *u = strip_query(u, ctx.strip_query_params);
-                    }
-                }
-            }
-            Some(Cow::Owned(Value::Object(c).to_string()))
+            Some(Cow::Owned(text))
         }
         Some(c) => Some(Cow::Borrowed(c)),
         None => None,

@@ -50,6 +50,8 @@ pub struct IngestState {
     pub cfg: IngestConfig,
     /// Salt for IP hashes.
     pub ip_salt: String,
+    /// `ingest.trusted_proxies`, parsed.
+    trusted_proxies: Vec<crow_schemas::net::IpRange>,
     keys: KeyCache,
 }
 
@@ -62,11 +64,18 @@ impl IngestState {
         ip_salt: String,
         lake: Lake,
     ) -> Arc<IngestState> {
+        // Validated with the configuration; a bad entry here is skipped.
+        let trusted_proxies = cfg
+            .trusted_proxies
+            .iter()
+            .filter_map(|p| crow_schemas::net::IpRange::parse(p).ok())
+            .collect();
         Arc::new(IngestState {
             wal,
             metrics,
             cfg,
             ip_salt,
+            trusted_proxies,
             keys: KeyCache::new(lake),
         })
     }
@@ -326,14 +335,41 @@ async fn authorize(
     }
 }
 
-fn client_ip(headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<String> {
-    headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .or_else(|| peer.map(|p| p.ip().to_string()))
+/// The client's address: the peer's, unless the peer is a trusted proxy
+/// (`ingest.trusted_proxies`); then the nearest address in
+/// `X-Forwarded-For` that is not itself a trusted proxy. A client cannot
+/// choose its hash by sending the header itself.
+fn client_ip(
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    trusted: &[crow_schemas::net::IpRange],
+) -> Option<String> {
+    let peer = peer?.ip();
+    let is_trusted = |ip: std::net::IpAddr| trusted.iter().any(|r| r.contains(ip));
+    if !is_trusted(peer) {
+        return Some(peer.to_string());
+    }
+    let mut hops: Vec<std::net::IpAddr> = Vec::new();
+    for v in headers.get_all("x-forwarded-for") {
+        let Ok(v) = v.to_str() else {
+            return Some(peer.to_string());
+        };
+        for h in v.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+            match h.parse() {
+                Ok(ip) => hops.push(ip),
+                // A hop we cannot read: stop believing the chain there.
+                Err(_) => return Some(peer.to_string()),
+            }
+        }
+    }
+    let client = hops
+        .iter()
+        .rev()
+        .find(|ip| !is_trusted(**ip))
+        .or(hops.first())
+        .copied()
+        .unwrap_or(peer);
+    Some(client.to_string())
 }
 
 /// One rejected event in a response.
@@ -585,7 +621,8 @@ async fn batch(
             "`batch` must be an array of events",
         ));
     };
-    let ip_hash = client_ip(&headers, Some(peer)).map(|ip| hash_ip(&state.ip_salt, &ip));
+    let ip_hash = client_ip(&headers, Some(peer), &state.trusted_proxies)
+        .map(|ip| hash_ip(&state.ip_salt, &ip));
     let defaults = Defaults {
         kind: None,
         sent_at: parsed.sent_at.map(RawValue::get),
@@ -644,7 +681,8 @@ async fn single(
         .ok()
         .and_then(|k| k.write_key);
     let org = authorize(&state, &headers, write_key.as_deref()).await?;
-    let ip_hash = client_ip(&headers, Some(peer)).map(|ip| hash_ip(&state.ip_salt, &ip));
+    let ip_hash = client_ip(&headers, Some(peer), &state.trusted_proxies)
+        .map(|ip| hash_ip(&state.ip_salt, &ip));
     let defaults = Defaults {
         kind: Some(&kind),
         ..Defaults::default()
@@ -807,4 +845,54 @@ async fn metrics(State(state): State<Arc<IngestState>>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(state.wal.stats()),
     )
+}
+
+#[cfg(test)]
+mod client_ip_tests {
+    use super::*;
+    use crow_schemas::net::IpRange;
+
+    fn headers(xff: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", xff.parse().expect("test header value"));
+        h
+    }
+
+    fn peer(s: &str) -> Option<SocketAddr> {
+        Some(SocketAddr::new(s.parse().expect("test address"), 4000))
+    }
+
+    #[test]
+    fn forwarded_for_only_from_trusted_proxies() {
+        let trusted = [IpRange::parse("10.0.0.0/8").expect("range")];
+        // An untrusted peer cannot pick the address that is hashed.
+        assert_eq!(
+            client_ip(&headers("1.2.3.4"), peer("203.0.113.9"), &trusted).as_deref(),
+            Some("203.0.113.9")
+        );
+        assert_eq!(
+            client_ip(&headers("1.2.3.4"), peer("203.0.113.9"), &[]).as_deref(),
+            Some("203.0.113.9")
+        );
+        // Through the proxy: the nearest untrusted hop, not a spoofed first one.
+        assert_eq!(
+            client_ip(
+                &headers("6.6.6.6, 198.51.100.4, 10.0.0.2"),
+                peer("10.0.0.1"),
+                &trusted
+            )
+            .as_deref(),
+            Some("198.51.100.4")
+        );
+        // Garbage in the chain: the proxy's own address.
+        assert_eq!(
+            client_ip(&headers("not-an-ip"), peer("10.0.0.1"), &trusted).as_deref(),
+            Some("10.0.0.1")
+        );
+        // No header through a proxy: the proxy.
+        assert_eq!(
+            client_ip(&HeaderMap::new(), peer("10.0.0.1"), &trusted).as_deref(),
+            Some("10.0.0.1")
+        );
+    }
 }

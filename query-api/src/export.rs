@@ -525,6 +525,9 @@ pub async fn create(
         Pins::new(),
         8192,
     );
+    if p.scope == crate::keys::Scope::Admin {
+        schema.show_admin_keys();
+    }
     // Plan now, so a bad table or query is a 400 here rather than a failed
     // export later.
     let plan = async {

@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod body;
 pub mod bounded;
 pub mod error;
 pub mod export;
@@ -46,6 +47,7 @@ use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 
+pub use crate::body::{api_body_limit, bounded_body, BodyLimits};
 use crate::error::{ApiError, ApiResult};
 use crate::keys::Scope;
 
@@ -139,6 +141,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
             get(|| async { axum::Json(openapi::document()) }),
         )
         .fallback(not_found)
+        // `bounded_body` (mounted by `crow serve`) reads bodies within this
+        // bound and answers 413 as problem+json; this keeps extractors in step.
+        .layer(axum::extract::DefaultBodyLimit::max(api_body_limit(
+            &state.cfg,
+        )))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             count_requests,
@@ -205,6 +212,9 @@ async fn run_sql(st: &Arc<ApiState>, headers: &HeaderMap, body: &[u8]) -> ApiRes
         8192,
         st.function_cap(),
     );
+    if p.scope == Scope::Admin {
+        schema.show_admin_keys();
+    }
     tracing::debug!(org = %p.org_id, key = %p.key_id, "sql query");
     let deadline = tokio::time::Instant::from_std(started) + st.query_timeout();
     let limit = usize::try_from(st.cfg.max_result_rows.saturating_add(1)).unwrap_or(usize::MAX);

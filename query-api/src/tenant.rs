@@ -35,6 +35,8 @@ pub struct TenantSchema {
     pins: Pins,
     default_as_of: AsOf,
     loaded: tokio::sync::Mutex<HashMap<String, Arc<dyn TableProvider>>>,
+    /// Whether `api_keys` shows admin keys (only to an admin key).
+    admin_keys_visible: std::sync::atomic::AtomicBool,
     /// The first storage failure while resolving a table (logged and
     /// answered as a server error, never shown to the client).
     pub failure: Mutex<Option<crow_lake::Error>>,
@@ -48,8 +50,18 @@ impl TenantSchema {
             pins,
             default_as_of,
             loaded: tokio::sync::Mutex::new(HashMap::new()),
+            admin_keys_visible: std::sync::atomic::AtomicBool::new(false),
             failure: Mutex::new(None),
         }
+    }
+
+    /// Let `api_keys` show the organization's admin keys too. By default
+    /// a session (of a read or export key) sees only read and export keys,
+    /// so a read key cannot enumerate who administers the organization.
+    /// Call before the first query.
+    pub fn show_admin_keys(&self) {
+        self.admin_keys_visible
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The org-filtered, secret-free view of table `name`.
@@ -70,8 +82,17 @@ impl TenantSchema {
         let df = private
             .table("raw")
             .await?
-            .filter(col("org_id").eq(lit(self.org_id.as_str())))?
-            .select_columns(&columns)?;
+            .filter(col("org_id").eq(lit(self.org_id.as_str())))?;
+        let df = if name == "api_keys"
+            && !self
+                .admin_keys_visible
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            df.filter(col("scope").not_eq(lit("admin")))?
+        } else {
+            df
+        };
+        let df = df.select_columns(&columns)?;
         Ok(df.into_view())
     }
 }

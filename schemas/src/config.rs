@@ -133,13 +133,63 @@ impl Default for S3Config {
 pub struct ServerConfig {
     /// Listen address of `crow serve`.
     pub listen: String,
+    /// Most connections open at once; further clients wait in the listen
+    /// backlog until one closes.
+    pub max_connections: u64,
+    /// A connection that has not sent a complete request head (request line
+    /// and headers) this many seconds after it opened, or after its previous
+    /// response, is closed. Idle keep-alive connections close after it too.
+    pub header_read_timeout_seconds: u64,
+    /// Reading a request body may take at most this many seconds; a slower
+    /// client gets 408.
+    pub body_read_timeout_seconds: u64,
+    /// Who may read `/metrics`: clients on this machine (loopback) always;
+    /// others only with `Authorization: Bearer <metrics_token>`. Empty: no
+    /// remote reader.
+    pub metrics_token: String,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
+            max_connections: 1024,
+            header_read_timeout_seconds: 30,
+            body_read_timeout_seconds: 30,
+            metrics_token: String::new(),
         }
+    }
+}
+
+impl ServerConfig {
+    /// Check the server's values (keys named `server.*`).
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(err(
+                "server.listen",
+                format!("`{}` is not an address like 127.0.0.1:8080", self.listen),
+            ));
+        }
+        in_range(&[
+            ("server.max_connections", self.max_connections, 1_000_000),
+            (
+                "server.header_read_timeout_seconds",
+                self.header_read_timeout_seconds,
+                3600,
+            ),
+            (
+                "server.body_read_timeout_seconds",
+                self.body_read_timeout_seconds,
+                3600,
+            ),
+        ])?;
+        if !self.metrics_token.is_empty() && self.metrics_token.len() < 16 {
+            return Err(err(
+                "server.metrics_token",
+                "must be at least 16 characters (or empty)",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -167,6 +217,11 @@ pub struct IngestConfig {
     /// URL query parameters removed from page URLs and referrers before
     /// storage (exact names; `*` removes every query string).
     pub strip_query_params: Vec<String>,
+    /// Reverse proxies (addresses or CIDR ranges such as `10.0.0.0/8`)
+    /// whose `X-Forwarded-For` is believed when hashing the client's IP.
+    /// A request from any other peer is hashed by its own address, whatever
+    /// it claims. Empty: `X-Forwarded-For` is ignored.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for IngestConfig {
@@ -186,6 +241,7 @@ impl Default for IngestConfig {
                 "gclid".into(),
                 "fbclid".into(),
             ],
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -322,6 +378,9 @@ pub struct ApiConfig {
     pub max_concurrent_exports_per_org: u32,
     /// The `Retry-After` (seconds) of that 429.
     pub export_retry_after_seconds: u64,
+    /// A key made without `--expires` (or `--never-expires`) expires after
+    /// this many days; 0: such keys never expire.
+    pub key_default_expiry_days: u32,
 }
 
 impl Default for ApiConfig {
@@ -347,6 +406,7 @@ impl Default for ApiConfig {
             export_max_bytes: 10 * 1024 * 1024 * 1024,
             max_concurrent_exports_per_org: 2,
             export_retry_after_seconds: 30,
+            key_default_expiry_days: 90,
         }
     }
 }
@@ -532,15 +592,7 @@ impl Config {
                 "must be `etag` or `disabled`",
             ));
         }
-        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(err(
-                "server.listen",
-                format!(
-                    "`{}` is not an address like 127.0.0.1:8080",
-                    self.server.listen
-                ),
-            ));
-        }
+        self.server.validate()?;
         if self.ingest.max_event_bytes == 0
             || self.ingest.max_event_bytes > self.ingest.max_request_bytes
         {
@@ -548,6 +600,11 @@ impl Config {
                 "ingest.max_event_bytes",
                 "must be positive and at most ingest.max_request_bytes",
             ));
+        }
+        for p in &self.ingest.trusted_proxies {
+            if let Err(e) = crate::net::IpRange::parse(p) {
+                return Err(err("ingest.trusted_proxies", e));
+            }
         }
         if self.ingest.flush_max_rows == 0 {
             return Err(err("ingest.flush_max_rows", "must be positive"));

@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod net;
 
 use std::sync::Arc;
 

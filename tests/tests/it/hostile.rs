@@ -18,16 +18,16 @@ const B_MARK: &str = "BETAMARK";
 /// The server's memory pool in these tests, in MiB.
 const POOL_MB: u64 = 256;
 
-struct Hostile {
-    _b: Backend,
+pub(crate) struct Hostile {
+    pub(crate) b: Backend,
     _wal: tempfile::TempDir,
-    server: Server,
-    org_a: String,
-    key_a: String,
-    http: reqwest::Client,
+    pub(crate) server: Server,
+    pub(crate) org_a: String,
+    pub(crate) key_a: String,
+    pub(crate) http: reqwest::Client,
 }
 
-async fn hostile_world(env: &[(&str, &str)]) -> Hostile {
+pub(crate) async fn hostile_world(env: &[(&str, &str)]) -> Hostile {
     let b = Backend::local();
     b.crow_ok(&["init"]);
     let a = b.crow_json(&["orgs", "create", "--name", "Alpha Audio"]);
@@ -68,7 +68,7 @@ async fn hostile_world(env: &[(&str, &str)]) -> Hostile {
     all_env.extend_from_slice(env);
     let server = Server::start(&b, wal.path(), &all_env);
     Hostile {
-        _b: b,
+        b,
         _wal: wal,
         server,
         org_a,
@@ -98,13 +98,13 @@ impl Hostile {
         (status, v)
     }
 
-    async fn sql(&self, sql: &str) -> (u16, Value) {
+    pub(crate) async fn sql(&self, sql: &str) -> (u16, Value) {
         self.post(&json!({ "sql": sql })).await
     }
 
     /// The server's process is alive and answers a health check and a
     /// normal query within a second each.
-    async fn still_serving(&mut self, after: &str) {
+    pub(crate) async fn still_serving(&mut self, after: &str) {
         assert!(
             self.server.child.try_wait().expect("wait").is_none(),
             "crow serve died after {after}"

@@ -51,7 +51,7 @@ pub async fn wait_count(lake: &Lake, sql: &str, want: i64, timeout: Duration) ->
     }
 }
 
-fn basic(key: &str) -> String {
+pub fn basic(key: &str) -> String {
     use base64::Engine;
     format!(
         "Basic {}",

@@ -5,6 +5,7 @@
 mod api;
 mod cli;
 mod exports;
+mod hardening;
 mod hostile;
 mod ingest;
 mod jobs;

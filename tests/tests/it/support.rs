@@ -175,6 +175,16 @@ impl Server {
     /// Start `crow serve` on a free port against `backend`, with extra
     /// environment variables, and wait until it listens.
     pub fn start(backend: &Backend, wal_dir: &Path, env: &[(&str, &str)]) -> Server {
+        Self::start_on(backend, wal_dir, "127.0.0.1:0", env)
+    }
+
+    /// [`Server::start`] listening on `listen`.
+    pub fn start_on(
+        backend: &Backend,
+        wal_dir: &Path,
+        listen: &str,
+        env: &[(&str, &str)],
+    ) -> Server {
         use std::io::BufRead;
         let mut cmd = Command::new(crow_bin());
         cmd.args([
@@ -182,7 +192,7 @@ impl Server {
             &backend.uri,
             "serve",
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--wal-dir",
         ])
         .arg(wal_dir)

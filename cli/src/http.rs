@@ -1,0 +1,170 @@
+//! The HTTP loop of `crow serve`: hyper with a header-read timeout (a
+//! client that never finishes its request head, or idles on keep-alive, is
+//! disconnected) and a cap on open connections (further clients wait in the
+//! listen backlog), with graceful shutdown.
+//!
+//! `axum::serve` has neither: it runs hyper without a timer, so a
+//! connection that sends half a request line stays open forever.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tower::ServiceExt;
+
+/// Limits of the loop (from `server.*`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// Longest wait for a complete request head.
+    pub header_read_timeout: Duration,
+}
+
+/// Connection counters, shown on `/metrics`.
+#[derive(Debug, Default)]
+pub struct ConnStats {
+    open: AtomicU64,
+    accepted: AtomicU64,
+    at_capacity: AtomicU64,
+}
+
+impl ConnStats {
+    /// Prometheus text.
+    pub fn render(&self) -> String {
+        format!(
+            "# HELP crow_http_connections_open HTTP connections open now.\n\
+             # TYPE crow_http_connections_open gauge\n\
+             crow_http_connections_open {}\n\
+             # HELP crow_http_connections_accepted_total HTTP connections accepted.\n\
+             # TYPE crow_http_connections_accepted_total counter\n\
+             crow_http_connections_accepted_total {}\n\
+             # HELP crow_http_connections_at_capacity_total Times a new connection waited because server.max_connections were open.\n\
+             # TYPE crow_http_connections_at_capacity_total counter\n\
+             crow_http_connections_at_capacity_total {}\n",
+            self.open.load(Ordering::Relaxed),
+            self.accepted.load(Ordering::Relaxed),
+            self.at_capacity.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Serve `app` on `listener` until `shutdown` completes, then stop
+/// accepting, let open connections finish their requests and return.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    stats: Arc<ConnStats>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    let slots = Arc::new(Semaphore::new(max));
+    let (closing, closing_rx) = watch::channel(false);
+    let mut shutdown = pin!(shutdown);
+    loop {
+        if slots.available_permits() == 0 {
+            stats.at_capacity.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                max_connections = max,
+                "server.max_connections reached; new connections wait"
+            );
+        }
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    // Per-connection failures (reset before accept) are
+                    // normal; running out of file descriptors is not, and
+                    // retrying at once would spin.
+                    if !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionAborted
+                            | std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::ConnectionRefused
+                    ) {
+                        tracing::warn!(error = %e, "accept failed; retrying in 1 s");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        let svc = app
+            .clone()
+            .map_request(move |mut req: axum::http::Request<Incoming>| {
+                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                req
+            });
+        let mut closing = closing_rx.clone();
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            // hyper's header timeout starts with the first byte (the version
+            // sniffing of the auto builder waits for it unbounded): a client
+            // that connects and says nothing is closed here.
+            let mut first = [0u8; 1];
+            if tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut first))
+                .await
+                .is_err()
+            {
+                tracing::debug!(%peer, "closing a connection that sent nothing");
+                stats.open.fetch_sub(1, Ordering::Relaxed);
+                drop(permit);
+                return;
+            }
+            let mut builder = Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout);
+            builder.http2().timer(TokioTimer::new());
+            let mut conn = pin!(builder.serve_connection_with_upgrades(
+                TokioIo::new(stream),
+                TowerToHyperService::new(svc)
+            ));
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+                () = async {
+                    // The guard `wait_for` returns must not live across an await.
+                    let _ = closing.wait_for(|c| *c).await;
+                } => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.as_mut().await;
+                }
+            }
+            stats.open.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+    let _ = closing.send(true);
+    // Every connection holds a slot until it is done: wait for all of them.
+    let _ = slots
+        .acquire_many(u32::try_from(max).unwrap_or(u32::MAX))
+        .await;
+}
