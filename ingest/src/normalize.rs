@@ -20,7 +20,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::rowcodec::RowWriter;
 
@@ -395,10 +395,12 @@ fn write_object<'v>(members: impl Iterator<Item = (&'v str, Cow<'v, str>)>) -> S
 fn rewrite_context(context: &str, strip: &[String]) -> Result<(String, Option<String>), Rejection> {
     let Members(top) = members(context)?;
     let mut ip = None;
+    let mut changed = false;
     let mut kept = Vec::with_capacity(top.len());
     for (k, v) in &top {
         match k.as_ref() {
             "ip" => {
+                changed = true;
                 ip = Some(match Raw(v.get()).scalar() {
                     Scalar::Str(s) => s.into_owned(),
                     _ => String::new(),
@@ -406,25 +408,33 @@ fn rewrite_context(context: &str, strip: &[String]) -> Result<(String, Option<St
             }
             "page" if v.get().trim_ascii_start().starts_with('{') => {
                 let Members(page) = members(v.get())?;
-                let page = page.iter().map(|(pk, pv)| {
-                    let raw = Cow::Borrowed(pv.get());
-                    let text = match (pk.as_ref(), Raw(pv.get()).scalar()) {
-                        ("url" | "referrer" | "search", Scalar::Str(u)) => {
-                            let stripped = strip_query(&u, strip);
-                            if stripped == u {
-                                raw
-                            } else {
-                                Cow::Owned(serde_json::to_string(&stripped).unwrap_or_default())
+                let page: Vec<(&str, Cow<'_, str>)> = page
+                    .iter()
+                    .map(|(pk, pv)| {
+                        let raw = Cow::Borrowed(pv.get());
+                        let text = match (pk.as_ref(), Raw(pv.get()).scalar()) {
+                            ("url" | "referrer" | "search", Scalar::Str(u)) => {
+                                let stripped = strip_query(&u, strip);
+                                if stripped == u {
+                                    raw
+                                } else {
+                                    changed = true;
+                                    Cow::Owned(serde_json::to_string(&stripped).unwrap_or_default())
+                                }
                             }
-                        }
-                        _ => raw,
-                    };
-                    (pk.as_ref(), text)
-                });
-                kept.push((k.as_ref(), Cow::Owned(write_object(page))));
+                            _ => raw,
+                        };
+                        (pk.as_ref(), text)
+                    })
+                    .collect();
+                kept.push((k.as_ref(), Cow::Owned(write_object(page.into_iter()))));
             }
             _ => kept.push((k.as_ref(), Cow::Borrowed(v.get()))),
         }
+    }
+    if !changed {
+        // Nothing had to go: the context stays exactly as sent.
+        return Ok((context.to_string(), None));
     }
     Ok((write_object(kept.into_iter()), ip))
 }
@@ -554,17 +564,31 @@ pub fn normalize_json<'a>(
             // merged text (owned, since it is built here).
             let merged = match fields[13].map(Raw::scalar) {
                 None | Some(Scalar::Object(_)) => {
-                    let mut event_ctx: Map<String, Value> = match fields[13] {
-                        Some(r) => serde_json::from_str(r.0)
-                            .map_err(|e| Rejection::new("invalid_json", e.to_string()))?,
-                        None => Map::new(),
+                    // The event's members as sent, then the batch's members
+                    // the event lacks (a repeated batch key: its last copy).
+                    let event_ctx = match fields[13] {
+                        Some(r) => members(r.0)?.0,
+                        None => Vec::new(),
                     };
-                    let batch_ctx: Map<String, Value> = serde_json::from_str(batch)
-                        .map_err(|e| Rejection::new("invalid_json", e.to_string()))?;
-                    for (k, v) in batch_ctx {
-                        event_ctx.entry(k).or_insert(v);
+                    let Members(batch_ctx) = members(batch)?;
+                    let mut merged: Vec<(&str, Cow<'_, str>)> = event_ctx
+                        .iter()
+                        .map(|(k, v)| (k.as_ref(), Cow::Borrowed(v.get())))
+                        .collect();
+                    let from_event = merged.len();
+                    for (k, v) in &batch_ctx {
+                        if merged[..from_event].iter().any(|(e, _)| *e == k.as_ref()) {
+                            continue;
+                        }
+                        match merged[from_event..]
+                            .iter_mut()
+                            .find(|(e, _)| *e == k.as_ref())
+                        {
+                            Some(slot) => slot.1 = Cow::Borrowed(v.get()),
+                            None => merged.push((k.as_ref(), Cow::Borrowed(v.get()))),
+                        }
                     }
-                    Some(Value::Object(event_ctx).to_string())
+                    Some(write_object(merged.into_iter()))
                 }
                 Some(_) => None,
             };
@@ -921,6 +945,40 @@ mod tests {
             strip_query_params: STRIP.get_or_init(|| vec!["email".to_string()]),
             ip_salt: "salt",
         }
+    }
+
+    #[test]
+    fn context_is_kept_as_sent_unless_something_must_go() {
+        let c = ctx("2026-01-01T11:00:10Z");
+        // A page URL with a query but nothing to strip: byte for byte.
+        let sent = r#"{ "page": {"url": "https://x.test/p?q=1",  "title":"T"}, "locale":"en-GB", "app": {"v": 1.10} }"#;
+        let text = format!(
+            r#"{{"type":"track","event":"E","anonymousId":"a","messageId":"m","context":{sent}}}"#
+        );
+        let r = normalize_json(&text, &Defaults::default(), &c).unwrap();
+        assert_eq!(r.context.as_deref(), Some(sent));
+        // Something to strip: members keep their order and their text.
+        let sent = r#"{"z":1.10,"page":{"url":"https://x.test/p?email=a&q=1","title":"T"},"ip":"1.2.3.4","a":[1, 2]}"#;
+        let text = format!(
+            r#"{{"type":"track","event":"E","anonymousId":"a","messageId":"m","context":{sent}}}"#
+        );
+        let r = normalize_json(&text, &Defaults::default(), &c).unwrap();
+        assert_eq!(
+            r.context.as_deref(),
+            Some(r#"{"z":1.10,"page":{"url":"https://x.test/p?q=1","title":"T"},"a":[1, 2]}"#)
+        );
+        assert!(r.ip_hash.is_some());
+        // A batch's context fills in after the event's own members, in order.
+        let defaults = Defaults {
+            context: Some(r#"{"library":{"name":"sdk"},"locale":"fr","zeta":2.50}"#),
+            ..Defaults::default()
+        };
+        let text = r#"{"type":"track","event":"E","anonymousId":"a","messageId":"m","context":{"locale":"en","b":1.0}}"#;
+        let r = normalize_json(text, &defaults, &c).unwrap();
+        assert_eq!(
+            r.context.as_deref(),
+            Some(r#"{"locale":"en","b":1.0,"library":{"name":"sdk"},"zeta":2.50}"#)
+        );
     }
 
     #[test]
