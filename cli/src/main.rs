@@ -409,10 +409,8 @@ async fn run(cli: Cli) -> Result<()> {
             let lake = open_lake(&cfg).await?;
             let ctx = match as_of {
                 Some(t) => {
-                    let ts = chrono::DateTime::parse_from_rfc3339(&t)
-                        .with_context(|| format!("--as-of `{t}` is not an RFC 3339 time"))?;
-                    lake.session_as_of(crow_lake::AsOf::Timestamp(ts.with_timezone(&chrono::Utc)))
-                        .await?
+                    let ts = crow_schemas::time::parse_time("--as-of", &t)?;
+                    lake.session_as_of(crow_lake::AsOf::Timestamp(ts)).await?
                 }
                 None => {
                     let mut pins = Vec::new();
