@@ -560,3 +560,18 @@ async fn organization_names_are_unique_and_an_ambiguous_org_is_an_error() {
     let k = b.crow_json(&["keys", "create", "--org", &first_id]);
     assert_eq!(k["org_id"], first_id.as_str());
 }
+
+/// `crow jobs run` with nothing to do says so rather than printing a table
+/// of blanks; JSON still prints the (empty) report.
+#[test]
+fn a_job_with_nothing_to_do_says_so() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    let out = b.crow_ok(&["jobs", "run", "sessionize", "--quiet"]);
+    assert!(
+        out.starts_with("nothing to do: sessionize") && out.lines().count() == 1,
+        "{out}"
+    );
+    let report = b.crow_json(&["jobs", "run", "sessionize", "--quiet"]);
+    assert_eq!(report["run_id"], "", "{report}");
+}
