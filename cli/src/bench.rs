@@ -285,8 +285,16 @@ pub async fn generate(lake: &Lake, events: u64, days: u32, seed: u64) -> Result<
     use crow_ingest::normalize::{normalize, NormalizeContext};
     use indicatif::{ProgressBar, ProgressStyle};
     lake.init().await?;
-    let org = crow_lake::orgs::create(lake, "Bench Co", None, None).await?;
-    let org_id = org.org.org_id;
+    // A second run on the same lake adds to the same organization.
+    let org_id = match crow_lake::orgs::find_by_name(lake, "Bench Co").await? {
+        Some(o) => o.org_id,
+        None => {
+            crow_lake::orgs::create(lake, "Bench Co", None, None)
+                .await?
+                .org
+                .org_id
+        }
+    };
     crow_lake::products::upsert(lake, &generate::catalog_products(&org_id)).await?;
     let today = chrono::Utc::now().date_naive();
     let first_day = today

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use crow_lake::{AsOf, Lake};
 use crow_query_api::export::{self, ExportFormat};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -33,14 +33,7 @@ pub struct ExportArgs {
 }
 
 fn time(flag: &str, v: &str) -> Result<DateTime<Utc>> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(v) {
-        return Ok(t.with_timezone(&Utc));
-    }
-    NaiveDate::parse_from_str(v, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|t| t.and_utc())
-        .ok_or_else(|| anyhow!("--{flag} `{v}` is not an RFC 3339 time or a YYYY-MM-DD date"))
+    Ok(crow_schemas::time::parse_time(&format!("--{flag}"), v)?)
 }
 
 pub async fn run(lake: &Lake, a: ExportArgs) -> Result<()> {

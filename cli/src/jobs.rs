@@ -181,7 +181,28 @@ pub async fn run(lake: &Lake, cfg: &Config, args: RunArgs) -> Result<()> {
         }
     };
     pb.finish_and_clear();
+    // Nothing to do (no run was started): a table of blanks would say
+    // nothing, so say why instead. JSON and CSV keep the report's shape.
+    let idle = report["run_id"].as_str() == Some("") && report["window_start"].is_null();
+    if idle && args.format.format == Format::Table {
+        println!("{}", nothing_to_do(args.job));
+        return Ok(());
+    }
     print_report(args.format.format, &report)
+}
+
+/// What `jobs run JOB` says when the job found nothing to do.
+fn nothing_to_do(job: JobName) -> String {
+    let why = match job {
+        JobName::Sessionize => "there is no raw activity to sessionize yet",
+        JobName::Enrich => "no session closed since its last run",
+        JobName::Patterns => "no complete day since its last run",
+        JobName::Billing => "there is no new activity to meter",
+    };
+    format!(
+        "nothing to do: {} ran no window because {why} (see `crow jobs status`; --from/--to recomputes chosen days)",
+        job.as_str()
+    )
 }
 
 /// A report as key/value rows (table/csv) or one JSON object.

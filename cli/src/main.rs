@@ -280,26 +280,51 @@ enum ConfigCommand {
 /// head`): 128 + SIGPIPE, what a shell reports for a tool SIGPIPE ended.
 const BROKEN_PIPE_EXIT: u8 = 141;
 
+/// CROW's own crates, as tracing names them.
+const CROW_TARGETS: [&str; 6] = [
+    "crow",
+    "crow_schemas",
+    "crow_lake",
+    "crow_ingest",
+    "crow_jobs",
+    "crow_query_api",
+];
+
+/// The log filter: `CROW_LOG` (full `EnvFilter` syntax) when set and not
+/// empty; else everything at `warn`, and for `crow serve` CROW's own crates
+/// at `info` (the Delta and DataFusion libraries log every commit and scan
+/// at info: hundreds of lines a minute). delta-kernel logs an ERROR whenever
+/// it probes a folder that is not a table yet (every `crow init`); the
+/// caller handles that case, so it is off by default.
+fn log_filter(serve: bool) -> tracing_subscriber::EnvFilter {
+    if let Ok(v) = std::env::var("CROW_LOG") {
+        if !v.trim().is_empty() {
+            match tracing_subscriber::EnvFilter::try_new(&v) {
+                Ok(f) => return f,
+                Err(e) => eprintln!(
+                    "warning: CROW_LOG `{v}` is not a log filter ({e}); using the default"
+                ),
+            }
+        }
+    }
+    let mut filter =
+        "warn,buoyant_kernel::snapshot::builder=off,deltalake_core::operations::merge=error"
+            .to_string();
+    if serve {
+        for t in CROW_TARGETS {
+            filter.push_str(&format!(",{t}=info"));
+        }
+    }
+    tracing_subscriber::EnvFilter::new(filter)
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return argument_error(&e),
     };
-    // delta-kernel logs an ERROR whenever it probes a folder that is not a
-    // table yet (every `crow init`); the caller handles that case.
-    const QUIET: &str =
-        "buoyant_kernel::snapshot::builder=off,deltalake_core::operations::merge=error";
-    let level = if matches!(cli.command, Command::Serve { .. }) {
-        "info"
-    } else {
-        "warn"
-    };
-    let default_level = format!("{level},{QUIET}");
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CROW_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&default_level)),
-        )
+        .with_env_filter(log_filter(matches!(cli.command, Command::Serve { .. })))
         .with_writer(std::io::stderr)
         .init();
     // Large stacks (address space, touched only as used): exports and REST
@@ -413,10 +438,8 @@ async fn run(cli: Cli) -> Result<()> {
             let lake = open_lake(&cfg).await?;
             let ctx = match as_of {
                 Some(t) => {
-                    let ts = chrono::DateTime::parse_from_rfc3339(&t)
-                        .with_context(|| format!("--as-of `{t}` is not an RFC 3339 time"))?;
-                    lake.session_as_of(crow_lake::AsOf::Timestamp(ts.with_timezone(&chrono::Utc)))
-                        .await?
+                    let ts = crow_schemas::time::parse_time("--as-of", &t)?;
+                    lake.session_as_of(crow_lake::AsOf::Timestamp(ts)).await?
                 }
                 None => {
                     let mut pins = Vec::new();

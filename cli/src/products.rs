@@ -98,7 +98,12 @@ pub async fn run(lake: &Lake, cmd: ProductsCommand) -> Result<()> {
                 report.errors.len()
             );
             let errors = report.errors.len();
-            upsert(lake, &org_id, report.products, errors, format.format).await
+            let incoming = report
+                .products
+                .into_iter()
+                .map(catalog::Incoming::with_fields_present)
+                .collect();
+            upsert(lake, &org_id, incoming, errors, format.format).await
         }
         ProductsCommand::List { org, format } => {
             let org_id = crow_query_api::keys::resolve_org(lake, &org).await?.org_id;
@@ -117,12 +122,11 @@ pub async fn run(lake: &Lake, cmd: ProductsCommand) -> Result<()> {
 async fn upsert(
     lake: &Lake,
     org_id: &str,
-    mut products: Vec<crow_lake::products::Product>,
+    incoming: Vec<catalog::Incoming>,
     errors: usize,
     format: Format,
 ) -> Result<()> {
-    catalog::assign_ids(lake, org_id, &mut products).await?;
-    let products = catalog::dedup_last_wins(products);
+    let products = catalog::prepare(lake, org_id, incoming).await?;
     let (inserted, updated) = crow_lake::products::upsert(lake, &products).await?;
     let obj = serde_json::json!({
         "org_id": org_id,

@@ -529,8 +529,11 @@ fn prepare_web(
             }
             Err(r) => {
                 state.metrics.events_rejected.inc_by(r.code, 1);
-                // The message id, when the event is an object that has one.
-                let message_id = (r.code != "event_too_large" && r.code != "too_deep")
+                // The message id, when the event is an object that has one
+                // (an oversized event too: SDKs match rejections by it; the
+                // rest of it is skipped unparsed, and the request's size is
+                // bounded already).
+                let message_id = (r.code != "too_deep")
                     .then(|| serde_json::from_str::<MessageIdOnly>(text).ok())
                     .flatten()
                     .and_then(|m| m.message_id);

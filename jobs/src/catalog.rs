@@ -5,6 +5,11 @@
 //! else the same URL, else its SKU, else an id derived from its URL — so a
 //! re-import or re-crawl updates products instead of duplicating them.
 //!
+//! An update changes only the fields the row carries: a JSON line without a
+//! `url` key, a CSV file without a `url` column, or a crawled page without a
+//! URL of its own keeps the stored `url`. A field carried empty (JSON `null`
+//! or `""`, an empty CSV cell) clears it on purpose.
+//!
 //! The crawler is polite: it reads `robots.txt` (our user agent's group,
 //! else `*`; `Allow`/`Disallow` with longest-match precedence; `Crawl-delay`;
 //! `Sitemap`), walks the sitemaps (sitemap indexes, gzip), and fetches
@@ -110,9 +115,84 @@ fn row_to_product(
     })
 }
 
+/// The optional fields of a product, as named in files. `name` is always
+/// carried (every row needs one); the ids pick the product.
+pub const OPTIONAL_FIELDS: [&str; 8] = [
+    "sku",
+    "url",
+    "category",
+    "brand",
+    "price",
+    "currency",
+    "description",
+    "image_url",
+];
+
+/// A product read from a file or a page, with the optional fields it
+/// carries: on update, a field it does not carry keeps its stored value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incoming {
+    /// The product as read (fields it does not carry are `None`).
+    pub product: Product,
+    /// Which of [`OPTIONAL_FIELDS`] the row carries.
+    pub carried: Vec<&'static str>,
+}
+
+impl Incoming {
+    /// A product that carries exactly the fields it has (a crawled page: a
+    /// field the page does not show is not a reason to clear it).
+    pub fn with_fields_present(product: Product) -> Incoming {
+        let carried = OPTIONAL_FIELDS
+            .into_iter()
+            .filter(|f| match *f {
+                "sku" => product.sku.is_some(),
+                "url" => product.url.is_some(),
+                "category" => product.category.is_some(),
+                "brand" => product.brand.is_some(),
+                "price" => product.price.is_some(),
+                "currency" => product.currency.is_some(),
+                "description" => product.description.is_some(),
+                _ => product.image_url.is_some(),
+            })
+            .collect();
+        Incoming { product, carried }
+    }
+
+    /// The product to store over `stored` (same id): carried fields from
+    /// this row, the others as stored.
+    pub fn over(mut self, stored: &Product) -> Product {
+        let p = &mut self.product;
+        for f in OPTIONAL_FIELDS {
+            if self.carried.contains(&f) {
+                continue;
+            }
+            match f {
+                "sku" => p.sku.clone_from(&stored.sku),
+                "url" => p.url.clone_from(&stored.url),
+                "category" => p.category.clone_from(&stored.category),
+                "brand" => p.brand.clone_from(&stored.brand),
+                "price" => p.price = stored.price,
+                "currency" => p.currency.clone_from(&stored.currency),
+                "description" => p.description.clone_from(&stored.description),
+                _ => p.image_url.clone_from(&stored.image_url),
+            }
+        }
+        self.product
+    }
+}
+
+/// Which optional fields a set of names (JSON keys, CSV headers) carries.
+fn carried_of<'a>(names: impl Iterator<Item = &'a str>) -> Vec<&'static str> {
+    let names: HashSet<&str> = names.collect();
+    OPTIONAL_FIELDS
+        .into_iter()
+        .filter(|f| names.contains(f))
+        .collect()
+}
+
 /// Read products from a CSV file (header row) or JSON lines. Every bad row
 /// is reported by line number; nothing is imported when any row is bad.
-pub fn read_file(path: &std::path::Path, org_id: &str) -> Result<Vec<Product>> {
+pub fn read_file(path: &std::path::Path, org_id: &str) -> Result<Vec<Incoming>> {
     let bytes = std::fs::read(path)
         .map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?;
     let text = String::from_utf8(bytes)
@@ -129,10 +209,20 @@ pub fn read_file(path: &std::path::Path, org_id: &str) -> Result<Vec<Product>> {
             if line.trim().is_empty() {
                 continue;
             }
-            match serde_json::from_str::<ImportRow>(line)
+            let read = serde_json::from_str::<Value>(line)
                 .map_err(|e| e.to_string())
-                .and_then(|r| row_to_product(org_id, r, "import"))
-            {
+                .and_then(|v| {
+                    let carried = match &v {
+                        Value::Object(m) => carried_of(m.keys().map(String::as_str)),
+                        _ => Vec::new(),
+                    };
+                    let row = ImportRow::deserialize(v).map_err(|e| e.to_string())?;
+                    Ok(Incoming {
+                        product: row_to_product(org_id, row, "import")?,
+                        carried,
+                    })
+                });
+            match read {
                 Ok(p) => products.push(p),
                 Err(e) => errors.push(format!("line {}: {e}", i + 1)),
             }
@@ -166,6 +256,7 @@ pub fn read_file(path: &std::path::Path, org_id: &str) -> Result<Vec<Product>> {
                 )));
             }
         }
+        let carried = carried_of(headers.iter());
         for (i, rec) in rd.records().enumerate() {
             let line = i + 2;
             let rec = match rec {
@@ -192,7 +283,10 @@ pub fn read_file(path: &std::path::Path, org_id: &str) -> Result<Vec<Product>> {
                 }
             }
             match row_to_product(org_id, row, "import") {
-                Ok(p) => products.push(p),
+                Ok(product) => products.push(Incoming {
+                    product,
+                    carried: carried.clone(),
+                }),
                 Err(e) => errors.push(format!("line {line}: {e}")),
             }
         }
@@ -257,15 +351,44 @@ pub async fn assign_ids(lake: &Lake, org_id: &str, products: &mut [Product]) -> 
 }
 
 /// Drop earlier duplicates (same product id) so a merge sees each id once.
-pub fn dedup_last_wins(products: Vec<Product>) -> Vec<Product> {
+pub fn dedup_last_wins(products: Vec<Incoming>) -> Vec<Incoming> {
     let mut seen = HashSet::new();
-    let mut out: Vec<Product> = products
+    let mut out: Vec<Incoming> = products
         .into_iter()
         .rev()
-        .filter(|p| seen.insert(p.product_id.clone()))
+        .filter(|p| seen.insert(p.product.product_id.clone()))
         .collect();
     out.reverse();
     out
+}
+
+/// The products to upsert for `incoming`: ids assigned, one row per id
+/// (the last wins), and each update laid over the stored product so fields
+/// the row does not carry keep their values.
+pub async fn prepare(lake: &Lake, org_id: &str, incoming: Vec<Incoming>) -> Result<Vec<Product>> {
+    let mut incoming = incoming;
+    let mut products: Vec<Product> = incoming.iter().map(|i| i.product.clone()).collect();
+    assign_ids(lake, org_id, &mut products).await?;
+    for (i, p) in incoming.iter_mut().zip(products) {
+        i.product.product_id = p.product_id;
+    }
+    let incoming = dedup_last_wins(incoming);
+    let sql = format!(
+        "SELECT org_id, product_id, sku, name, url, category, brand, price, currency, \
+         description, image_url, source FROM products WHERE org_id = {}",
+        crate::str_lit(org_id)
+    );
+    let (_, batches) = lake.sql(&sql).await?;
+    let stored: Vec<Product> = crow_lake::batch::batches_to_rows(&batches)?;
+    let stored: HashMap<&str, &Product> =
+        stored.iter().map(|p| (p.product_id.as_str(), p)).collect();
+    Ok(incoming
+        .into_iter()
+        .map(|i| match stored.get(i.product.product_id.as_str()) {
+            Some(s) => i.over(s),
+            None => i.product,
+        })
+        .collect())
 }
 
 /// Crawler settings.
@@ -912,6 +1035,59 @@ fn decode_entities(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partial_row_updates_only_the_fields_it_carries() {
+        let dir = std::env::temp_dir().join(format!(
+            "crow-catalog-test-{}-{}",
+            std::process::id(),
+            crow_lake::ids::new_id("t")
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("p.jsonl");
+        std::fs::write(
+            &path,
+            "{\"sku\":\"AC-SP-1\",\"name\":\"Cube Speaker v2\",\"price\":159,\"description\":null}\n",
+        )
+        .expect("write");
+        let rows = read_file(&path, "org").expect("read");
+        assert_eq!(rows[0].carried, vec!["sku", "price", "description"]);
+        let stored = Product {
+            org_id: "org".into(),
+            product_id: "AC-SP-1".into(),
+            sku: Some("AC-SP-1".into()),
+            name: "Cube Speaker".into(),
+            url: Some("https://shop.example/cube".into()),
+            category: Some("Audio".into()),
+            brand: Some("Acme".into()),
+            price: Some(149.0),
+            currency: Some("EUR".into()),
+            description: Some("A cube.".into()),
+            image_url: None,
+            source: "import".into(),
+        };
+        let mut row = rows[0].clone();
+        row.product.product_id = "AC-SP-1".into();
+        let p = row.over(&stored);
+        assert_eq!(p.name, "Cube Speaker v2");
+        assert_eq!(p.price, Some(159.0));
+        assert_eq!(p.description, None, "an explicit null clears");
+        assert_eq!(p.url, stored.url);
+        assert_eq!(p.category, stored.category);
+        assert_eq!(p.brand, stored.brand);
+        assert_eq!(p.currency, stored.currency);
+
+        let csv = dir.join("p.csv");
+        std::fs::write(&csv, "sku,name,brand\nAC-SP-1,Cube Speaker v3,\n").expect("write");
+        let rows = read_file(&csv, "org").expect("read");
+        assert_eq!(rows[0].carried, vec!["sku", "brand"]);
+        let mut row = rows[0].clone();
+        row.product.product_id = "AC-SP-1".into();
+        let p = row.over(&stored);
+        assert_eq!(p.brand, None, "an empty cell of a carried column clears");
+        assert_eq!(p.price, stored.price);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn robots_longest_match_wins_and_our_group_is_preferred() {

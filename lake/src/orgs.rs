@@ -1,5 +1,11 @@
 //! Organizations (tenants) and their ingest write keys.
 //!
+//! Names are unique ignoring case: [`create`] refuses a name an
+//! organization already has. (Two creations racing on different machines
+//! can still both succeed, and lakes made before the check may hold
+//! duplicates; [`named`] returns every match so callers can refuse the
+//! ambiguity rather than pick one.)
+//!
 //! A write key is shown once, at creation; the lake keeps only its SHA-256.
 //! The collector finds the organization of a request by hashing the key it
 //! was sent.
@@ -60,6 +66,12 @@ pub async fn create(
             "an organization needs a non-empty --name".into(),
         ));
     }
+    if let Some(same) = named(lake, name).await?.into_iter().next() {
+        return Err(crate::Error::Invalid(format!(
+            "an organization named `{}` already exists ({}); organization names are unique, ignoring case",
+            same.name, same.org_id
+        )));
+    }
     let write_key = new_secret("wk");
     let now = Utc::now();
     let org = Organization {
@@ -112,6 +124,22 @@ pub async fn list(lake: &Lake) -> Result<Vec<Organization>> {
 /// The organization with this id.
 pub async fn get(lake: &Lake, org_id: &str) -> Result<Option<Organization>> {
     find(lake, col("org_id").eq(lit(org_id))).await
+}
+
+/// Every organization with this name, oldest first: the exact matches if
+/// any, else the matches ignoring case (and surrounding spaces).
+pub async fn named(lake: &Lake, name: &str) -> Result<Vec<Organization>> {
+    let name = name.trim();
+    let all = list(lake).await?;
+    let exact: Vec<Organization> = all.iter().filter(|o| o.name == name).cloned().collect();
+    if !exact.is_empty() {
+        return Ok(exact);
+    }
+    let lower = name.to_lowercase();
+    Ok(all
+        .into_iter()
+        .filter(|o| o.name.trim().to_lowercase() == lower)
+        .collect())
 }
 
 /// The first organization with this exact name.

@@ -324,12 +324,12 @@ pub struct ExportRequest {
     /// A query whose result to export.
     #[serde(default)]
     pub sql: Option<String>,
-    /// Start of the table's time range (RFC 3339), inclusive.
+    /// Start of the table's time range (RFC 3339 time or a date), inclusive.
     #[serde(default)]
-    pub from: Option<DateTime<Utc>>,
+    pub from: Option<String>,
     /// End of the table's time range, exclusive.
     #[serde(default)]
-    pub to: Option<DateTime<Utc>>,
+    pub to: Option<String>,
     /// parquet, csv or jsonl.
     pub format: ExportFormat,
 }
@@ -500,6 +500,13 @@ pub async fn create(
             format!("the body must be JSON like {{\"table\": \"sessions\", \"format\": \"parquet\"}}: {e}"),
         )
     })?;
+    let time = |name: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(|v| crow_schemas::time::parse_time(name, v))
+            .transpose()
+            .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))
+    };
+    let (from, to) = (time("from", &req.from)?, time("to", &req.to)?);
     // A place among the organization's running exports first: a refused
     // export costs no planning.
     let id = crow_lake::ids::new_id("exp");
@@ -543,11 +550,10 @@ pub async fn create(
                     .table(t.as_str())
                     .await
                     .map_err(|e| crate::sql::df_error(&e, Some(&schema)))?;
-                in_range(df, t, req.from, req.to)
-                    .map_err(|e| crate::sql::df_error(&e, Some(&schema)))
+                in_range(df, t, from, to).map_err(|e| crate::sql::df_error(&e, Some(&schema)))
             }
             (None, Some(q)) => {
-                if req.from.is_some() || req.to.is_some() {
+                if from.is_some() || to.is_some() {
                     return Err(ApiError::bad_request(
                         "invalid_body",
                         "`from`/`to` apply to table exports; put the range in the query",

@@ -113,18 +113,29 @@ pub struct CreatedKey {
     pub secret: String,
 }
 
-/// The organization named by `org`: an org id, else an exact name.
+/// The organization named by `org`: an org id, else a name (exact, else
+/// ignoring case). A name that several organizations have is an error
+/// naming their ids: picking one could act on the wrong tenant.
 pub async fn resolve_org(lake: &Lake, org: &str) -> Result<Organization> {
     let org = org.trim();
     if let Some(o) = crow_lake::orgs::get(lake, org).await? {
         return Ok(o);
     }
-    if let Some(o) = crow_lake::orgs::find_by_name(lake, org).await? {
-        return Ok(o);
+    let mut found = crow_lake::orgs::named(lake, org).await?;
+    match found.len() {
+        0 => Err(Error::Invalid(format!(
+            "no organization with id or name `{org}` (see `crow orgs list`)"
+        ))),
+        1 => Ok(found.remove(0)),
+        n => Err(Error::Invalid(format!(
+            "`{org}` is the name of {n} organizations ({}); pass the id instead (see `crow orgs list`)",
+            found
+                .iter()
+                .map(|o| format!("{} `{}`", o.org_id, o.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
     }
-    Err(Error::Invalid(format!(
-        "no organization with id or name `{org}` (see `crow orgs list`)"
-    )))
 }
 
 /// Create a key for `org_id`, valid for `expires_days` days (none: forever).

@@ -132,13 +132,13 @@ fn listing(summary: &str, item: &str, params: &[&str]) -> Value {
             ),
             "limit" => qparam(
                 "limit",
-                "Page size.",
+                "Page size (default 100); outside 1..=api.max_page_size is a 400.",
                 json!({"type": "integer", "minimum": 1, "maximum": 1000}),
             ),
             _ => qparam(
                 "cursor",
-                "`next_cursor` of the previous page.",
-                json!({"type": "string", "minLength": 1, "maxLength": 200}),
+                "`next_cursor` of the previous page, unchanged (any other value is a 400).",
+                json!({"type": "string", "minLength": 1, "maxLength": crate::rest::MAX_CURSOR_LEN}),
             ),
         });
     }
@@ -216,8 +216,8 @@ pub fn document() -> Value {
         json!({"type": "object", "required": ["format"], "additionalProperties": false, "properties": {
             "table": {"type": "string", "enum": tables},
             "sql": {"type": "string"},
-            "from": {"type": "string", "format": "date-time"},
-            "to": {"type": "string", "format": "date-time"},
+            "from": {"type": "string", "description": "Start of a table export's range, inclusive: an RFC 3339 time or a YYYY-MM-DD date (midnight UTC)."},
+            "to": {"type": "string", "description": "End of the range, exclusive (same forms)."},
             "format": {"type": "string", "enum": ["parquet", "csv", "jsonl"]}},
             "description": "Exactly one of `table` or `sql`."}),
     );
@@ -262,7 +262,7 @@ pub fn document() -> Value {
             "/api/v1/sessions": listing("Sessions.", "Session", &["from", "to", "channel", "product", "limit", "cursor"]),
             "/api/v1/interactions": listing("Interactions.", "Interaction", &["from", "to", "channel", "product", "limit", "cursor"]),
             "/api/v1/insights": listing("Patterns by period.", "Insight", &["period_kind", "from", "to", "product", "limit", "cursor"]),
-            "/api/v1/usage": listing("Daily usage and its priced amount.", "Usage", &["from", "to", "limit"]),
+            "/api/v1/usage": listing("Daily usage and its priced amount, by day.", "Usage", &["from", "to", "limit", "cursor"]),
             "/api/v1/exports": {"post": {
                 "summary": "Start an export of a table or query (needs scope export). Bounded by api.export_timeout_seconds, api.export_max_rows and api.export_max_bytes; beyond api.max_concurrent_exports_per_org running exports, 429.", "security": [{"bearer": []}],
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ExportRequest"}}}},

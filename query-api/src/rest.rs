@@ -1,13 +1,19 @@
 //! REST resources under `/api/v1/`. Every read goes through the same tenant
 //! session as SQL ([`crate::tenant`]): the key's organization only, secrets
 //! removed. Listings are ordered and paged with an opaque cursor.
+//!
+//! Paging is the same on every listing: rows are ordered by the listing's
+//! unique key (an id, or the day for usage); a page holds at most `limit`
+//! rows (default [`DEFAULT_PAGE_SIZE`], at most `api.max_page_size`) and
+//! `next_cursor` is set exactly when more rows follow. The cursor names the
+//! listing and the last row's key, so a cursor of another listing or a
+//! hand-made one is refused with 400 rather than silently restarting.
 
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use chrono::{DateTime, NaiveDate, Utc};
 use crow_lake::AsOf;
 use datafusion::prelude::{col, lit, DataFrame, Expr, SessionContext};
 use datafusion::scalar::ScalarValue;
@@ -34,8 +40,9 @@ pub struct ListParams {
     pub product: Option<String>,
     /// Insights: day, week, month, year or all.
     pub period_kind: Option<String>,
-    /// Page size.
-    pub limit: Option<u32>,
+    /// Page size: 1 to `api.max_page_size` (parsed here, so a bad value gets
+    /// a clear message).
+    pub limit: Option<String>,
     /// Cursor from the previous page's `next_cursor`.
     pub cursor: Option<String>,
 }
@@ -46,14 +53,18 @@ struct Listing {
     time_col: Option<&'static str>,
     /// Whether the time column is a date (else a timestamp).
     time_is_date: bool,
-    /// The unique id column (last ordering key).
+    /// The unique key column rows are ordered and paged by.
     id_col: &'static str,
+    /// Whether the key column is a date (else text).
+    id_is_date: bool,
     channel: bool,
     product: ProductFilter,
     period_kind: bool,
 }
 
 enum ProductFilter {
+    /// The listing has no product filter.
+    None,
     Column(&'static str),
     List(&'static str),
 }
@@ -74,30 +85,72 @@ async fn context(
 }
 
 fn parse_time(name: &str, v: &str, as_date: bool) -> ApiResult<ScalarValue> {
-    let bad = || {
-        ApiError::bad_request(
-            "invalid_parameter",
-            format!("`{name}` {v:?} is not an RFC 3339 time or a YYYY-MM-DD date"),
-        )
-    };
-    let t: DateTime<Utc> = match DateTime::parse_from_rfc3339(v) {
-        Ok(t) => t.with_timezone(&Utc),
-        Err(_) => NaiveDate::parse_from_str(v, "%Y-%m-%d")
-            .map_err(|_| bad())?
-            .and_hms_opt(0, 0, 0)
-            .ok_or_else(bad)?
-            .and_utc(),
-    };
-    Ok(if as_date {
-        let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).ok_or_else(bad)?;
-        ScalarValue::Date32(Some(
-            i32::try_from(t.date_naive().signed_duration_since(epoch).num_days())
-                .map_err(|_| bad())?,
-        ))
-    } else {
-        ScalarValue::TimestampMicrosecond(Some(t.timestamp_micros()), Some("UTC".into()))
-    })
+    let t = crow_schemas::time::parse_time(name, v)
+        .map_err(|e| ApiError::bad_request("invalid_parameter", e.to_string()))?;
+    Ok(crate::export::bound(t, as_date))
 }
+
+/// Page size when a request gives no `limit`.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+
+/// The page size asked for: an integer from 1 to `max`.
+fn page_size(limit: Option<&str>, max: u32) -> ApiResult<usize> {
+    let Some(v) = limit else {
+        return Ok(DEFAULT_PAGE_SIZE.min(max) as usize);
+    };
+    match v.trim().parse::<i64>() {
+        Ok(n) if (1..=i64::from(max)).contains(&n) => Ok(n as usize),
+        _ => Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!(
+                "`limit` {v:?} is not a page size: give an integer from 1 to {max} (api.max_page_size)"
+            ),
+        )),
+    }
+}
+
+fn bad_cursor() -> ApiError {
+    ApiError::bad_request(
+        "invalid_parameter",
+        "`cursor` is not a cursor of this listing: pass the `next_cursor` of the previous page unchanged",
+    )
+}
+
+/// A cursor: the listing's table and the last row's key, hex-encoded (so it
+/// is opaque and URL-safe).
+fn encode_cursor(table: &str, last: &str) -> String {
+    use std::fmt::Write;
+    let raw = format!("{table}:{last}");
+    let mut out = String::with_capacity(raw.len() * 2);
+    for b in raw.bytes() {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// The last row's key in a cursor of `table`'s listing.
+fn decode_cursor(table: &str, cursor: &str) -> ApiResult<String> {
+    if cursor.is_empty() || cursor.len() > MAX_CURSOR_LEN || !cursor.len().is_multiple_of(2) {
+        return Err(bad_cursor());
+    }
+    let bytes = (0..cursor.len())
+        .step_by(2)
+        .map(|i| {
+            cursor
+                .get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(bad_cursor)?;
+    let text = String::from_utf8(bytes).map_err(|_| bad_cursor())?;
+    match text.split_once(':') {
+        Some((t, last)) if t == table && !last.is_empty() => Ok(last.to_string()),
+        _ => Err(bad_cursor()),
+    }
+}
+
+/// Longest cursor accepted (a key of up to about 1,000 bytes).
+pub const MAX_CURSOR_LEN: usize = 2048;
 
 async fn list(
     st: &ApiState,
@@ -108,7 +161,7 @@ async fn list(
     let (ctx, schema) = context(st, headers).await?;
     let fail = |e: datafusion::error::DataFusionError| df_error(&e, Some(&schema));
     let mut df: DataFrame = ctx.table(l.table).await.map_err(fail)?;
-    let limit = p.limit.unwrap_or(100).clamp(1, st.cfg.max_page_size) as usize;
+    let limit = page_size(p.limit.as_deref(), st.cfg.max_page_size)?;
     let mut filters: Vec<Expr> = Vec::new();
     if let Some(tc) = l.time_col {
         if let Some(f) = &p.from {
@@ -138,6 +191,12 @@ async fn list(
         (Some(pid), ProductFilter::List(c)) => filters.push(
             datafusion::functions_nested::expr_fn::array_has(col(*c), lit(pid.as_str())),
         ),
+        (Some(_), ProductFilter::None) => {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                "this resource has no `product` filter",
+            ))
+        }
         _ => {}
     }
     match (&p.period_kind, l.period_kind) {
@@ -158,16 +217,16 @@ async fn list(
         }
         _ => {}
     }
-    // Keyset paging: the cursor is the last row's id; rows are ordered by id
-    // (ids are time-ordered where the table has time).
+    // Keyset paging: the cursor holds the last row's key; rows are ordered
+    // by it (ids are time-ordered where the table has time).
     if let Some(c) = &p.cursor {
-        if c.is_empty() || c.len() > 200 {
-            return Err(ApiError::bad_request(
-                "invalid_parameter",
-                "invalid `cursor`",
-            ));
-        }
-        filters.push(col(l.id_col).gt(lit(c.as_str())));
+        let last = decode_cursor(l.table, c)?;
+        let last = if l.id_is_date {
+            parse_time("cursor", &last, true).map_err(|_| bad_cursor())?
+        } else {
+            ScalarValue::Utf8(Some(last))
+        };
+        filters.push(col(l.id_col).gt(lit(last)));
     }
     for f in filters {
         df = df.filter(f).map_err(fail)?;
@@ -184,7 +243,7 @@ async fn list(
         rows.last()
             .and_then(|r| r.get(l.id_col))
             .and_then(Value::as_str)
-            .map(str::to_string)
+            .map(|id| encode_cursor(l.table, id))
     } else {
         None
     };
@@ -244,6 +303,7 @@ listing!(
         time_col: None,
         time_is_date: false,
         id_col: "product_id",
+        id_is_date: false,
         channel: false,
         product: ProductFilter::Column("product_id"),
         period_kind: false,
@@ -257,6 +317,7 @@ listing!(
         time_col: Some("started_at"),
         time_is_date: false,
         id_col: "session_id",
+        id_is_date: false,
         channel: true,
         product: ProductFilter::List("product_ids"),
         period_kind: false,
@@ -270,6 +331,7 @@ listing!(
         time_col: Some("started_at"),
         time_is_date: false,
         id_col: "interaction_id",
+        id_is_date: false,
         channel: true,
         product: ProductFilter::List("product_ids"),
         period_kind: false,
@@ -283,42 +345,53 @@ listing!(
         time_col: Some("period_start"),
         time_is_date: true,
         id_col: "pattern_id",
+        id_is_date: false,
         channel: false,
         product: ProductFilter::List("product_ids"),
         period_kind: true,
     }
 );
 
-/// `GET /api/v1/usage`: daily usage and its priced amount.
-pub async fn usage(
-    State(st): State<Arc<ApiState>>,
-    headers: HeaderMap,
-    q: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Value>> {
-    let Query(p) = q.map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))?;
-    let (ctx, schema) = context(&st, &headers).await?;
-    let fail = |e: datafusion::error::DataFusionError| df_error(&e, Some(&schema));
-    let mut df = ctx.table("usage_daily").await.map_err(fail)?;
-    if let Some(f) = &p.from {
-        df = df
-            .filter(col("usage_date").gt_eq(lit(parse_time("from", f, true)?)))
-            .map_err(fail)?;
+listing!(
+    usage,
+    "`GET /api/v1/usage`: daily usage and its priced amount, by day.",
+    Listing {
+        table: "usage_daily",
+        time_col: Some("usage_date"),
+        time_is_date: true,
+        id_col: "usage_date",
+        id_is_date: true,
+        channel: false,
+        product: ProductFilter::None,
+        period_kind: false,
     }
-    if let Some(t) = &p.to {
-        df = df
-            .filter(col("usage_date").lt(lit(parse_time("to", t, true)?)))
-            .map_err(fail)?;
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_name_their_listing() {
+        let c = encode_cursor("sessions", "ses_01J:x");
+        assert!(c.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(
+            decode_cursor("sessions", &c).ok().as_deref(),
+            Some("ses_01J:x")
+        );
+        for bad in ["", "zz", "abc", "deadbeef", &c[..16], &c[1..]] {
+            assert!(decode_cursor("sessions", bad).is_err(), "{bad}");
+        }
+        assert!(decode_cursor("products", &c).is_err());
     }
-    let limit = p.limit.unwrap_or(366).clamp(1, st.cfg.max_page_size) as usize;
-    let batches = df
-        .sort(vec![col("usage_date").sort(true, false)])
-        .map_err(fail)?
-        .limit(0, Some(limit))
-        .map_err(fail)?
-        .collect()
-        .await
-        .map_err(fail)?;
-    Ok(Json(
-        json!({"data": crate::json_rows(&batches)?, "next_cursor": null}),
-    ))
+
+    #[test]
+    fn page_sizes_are_checked() {
+        assert_eq!(page_size(None, 1000).ok(), Some(100));
+        assert_eq!(page_size(Some("2"), 1000).ok(), Some(2));
+        assert_eq!(page_size(Some("1000"), 1000).ok(), Some(1000));
+        for bad in ["0", "-1", "1001", "99999999999999999999", "two", ""] {
+            assert!(page_size(Some(bad), 1000).is_err(), "{bad}");
+        }
+    }
 }

@@ -19,7 +19,6 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
-use chrono::{DateTime, Utc};
 use crow_lake::AsOf;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
@@ -133,13 +132,9 @@ pub fn pins(req: &SqlRequest) -> ApiResult<(AsOf, Pins)> {
     let default = match req.as_of.as_deref() {
         None => AsOf::Latest,
         Some(t) => {
-            let ts = DateTime::parse_from_rfc3339(t).map_err(|_| {
-                ApiError::bad_request(
-                    "invalid_as_of",
-                    format!("`as_of` {t:?} is not an RFC 3339 time such as 2026-11-28T08:00:00Z"),
-                )
-            })?;
-            AsOf::Timestamp(ts.with_timezone(&Utc))
+            let ts = crow_schemas::time::parse_time("as_of", t)
+                .map_err(|e| ApiError::bad_request("invalid_as_of", e.to_string()))?;
+            AsOf::Timestamp(ts)
         }
     };
     let mut pins = Pins::new();

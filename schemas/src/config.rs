@@ -197,8 +197,8 @@ impl ServerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IngestConfig {
-    /// Write-ahead log folder on local disk. Empty: `<data dir>/wal`, where the
-    /// data dir is the lake folder for a local lake and `./crow-wal` otherwise.
+    /// Write-ahead log folder on local disk. Empty: `<lake>/_wal` for a local
+    /// lake, `./crow-wal` otherwise.
     pub wal_dir: String,
     /// Largest accepted event, in bytes (Segment: 32 KB).
     pub max_event_bytes: usize,

@@ -19,6 +19,7 @@
 
 pub mod config;
 pub mod net;
+pub mod time;
 
 use std::sync::Arc;
 

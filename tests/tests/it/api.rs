@@ -686,6 +686,85 @@ async fn exports(w: &World, dir: &Path) {
         .collect();
     assert_eq!(read_parquet(&api_file, "message_id"), want);
 
+    // Plain dates bound an API export as they bound REST filters and
+    // `crow export`; a time in no accepted form names the field and forms.
+    let r = w
+        .http
+        .post(w.server.url("/api/v1/exports"))
+        .bearer_auth(&w.key_a)
+        .json(&json!({"table": "usage_daily", "from": "2026-11-19", "to": "2026-11-21", "format": "jsonl"}))
+        .send()
+        .await
+        .expect("export");
+    let e: Value = r.json().await.expect("status");
+    let id = e["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a date range is accepted: {e}"));
+    let start = Instant::now();
+    loop {
+        let (_, st) = w.get(&w.key_a, &format!("/api/v1/exports/{id}")).await;
+        if st["status"] == "succeeded" {
+            assert_eq!(st["rows"], 2, "two of the three usage days: {st}");
+            break;
+        }
+        assert_eq!(st["status"], "running", "{st}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "export did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (body, field) in [
+        (
+            json!({"table": "sessions", "from": "25/11/2026", "format": "csv"}),
+            "`from`",
+        ),
+        (
+            json!({"table": "sessions", "to": "2026-11-25 noon", "format": "csv"}),
+            "`to`",
+        ),
+    ] {
+        let r = w
+            .http
+            .post(w.server.url("/api/v1/exports"))
+            .bearer_auth(&w.key_a)
+            .json(&body)
+            .send()
+            .await
+            .expect("export");
+        assert_eq!(r.status(), 400, "{body}");
+        let p: Value = r.json().await.expect("problem");
+        let detail = p["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains(field) && detail.contains("RFC 3339") && detail.contains("2026-11-25"),
+            "{body}: {p}"
+        );
+    }
+    let (s, p) = w.get(&w.key_a, "/api/v1/sessions?from=25/11/2026").await;
+    assert_eq!(s, 400);
+    assert!(
+        p["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("`from`") && d.contains("RFC 3339")),
+        "{p}"
+    );
+    let r = w
+        .post_sql(
+            &w.key_a,
+            json!({"sql": "select 1 as x", "as_of": "yesterday"}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    let p: Value = r.json().await.expect("problem");
+    assert_eq!(p["code"], "invalid_as_of", "{p}");
+    assert!(
+        p["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("`as_of`") && d.contains("RFC 3339")),
+        "{p}"
+    );
+
     // The same from the CLI, with a time range (to an s3:// URL on S3).
     let cli_file = dir.join("cli-export.parquet");
     let s3_out =
@@ -885,4 +964,113 @@ async fn openapi_conformance_under_schemathesis() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("passed"), "{text}");
+}
+
+/// Every listing pages the same way: walked to its end at several page sizes
+/// it yields each of the organization's rows exactly once (as many as SQL
+/// counts), `next_cursor` is set exactly when more rows follow, and a bad
+/// `limit` or `cursor` is a clear 400 problem, never a silent first page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_listing_pages_to_its_end_and_refuses_bad_paging() {
+    let w = world(&[("CROW_API_RATE_LIMIT_BURST", "100000")]).await;
+    let listings = [
+        ("/api/v1/products", "products", "product_id"),
+        ("/api/v1/sessions", "sessions", "session_id"),
+        ("/api/v1/interactions", "interactions", "interaction_id"),
+        ("/api/v1/insights", "patterns", "pattern_id"),
+        ("/api/v1/usage", "usage_daily", "usage_date"),
+    ];
+    let mut first_cursor = None;
+    for (path, table, key) in listings {
+        let counted = w.rows(&format!("select count(*) as n from {table}")).await;
+        let want = counted[0]["n"].as_u64().expect("count") as usize;
+        assert!(want >= 3, "{table}: the world has rows to page through");
+        for limit in [1, 2, 3, 100] {
+            let mut seen: Vec<String> = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let url = match &cursor {
+                    None => format!("{path}?limit={limit}"),
+                    Some(c) => format!("{path}?limit={limit}&cursor={c}"),
+                };
+                let (s, page) = w.get(&w.key_a, &url).await;
+                assert_eq!(s, 200, "{url}: {page}");
+                let data = page["data"].as_array().expect("data");
+                assert!(data.len() <= limit, "{url}: {page}");
+                seen.extend(data.iter().map(|r| r[key].to_string()));
+                match page["next_cursor"].as_str() {
+                    Some(c) => {
+                        assert_eq!(data.len(), limit, "{url}: a page before the last is full");
+                        assert!(seen.len() < want, "{url}: a cursor past the last row");
+                        first_cursor.get_or_insert_with(|| (path, c.to_string()));
+                        cursor = Some(c.to_string());
+                    }
+                    None => break,
+                }
+                assert!(seen.len() <= want, "{path}: paging does not end");
+            }
+            let unique: HashSet<&String> = seen.iter().collect();
+            assert_eq!(unique.len(), seen.len(), "{path} limit {limit}: {seen:?}");
+            assert_eq!(seen.len(), want, "{path} limit {limit}: {seen:?}");
+        }
+    }
+
+    // The billing client's case: usage from a day, two per page.
+    let (s, u1) = w
+        .get(&w.key_a, "/api/v1/usage?from=2026-11-18&limit=2")
+        .await;
+    assert_eq!(s, 200, "{u1}");
+    assert_eq!(u1["data"].as_array().map(Vec::len), Some(2), "{u1}");
+    let c = u1["next_cursor"].as_str().expect("a third day follows");
+    let (_, u2) = w
+        .get(
+            &w.key_a,
+            &format!("/api/v1/usage?from=2026-11-18&limit=2&cursor={c}"),
+        )
+        .await;
+    assert_eq!(u2["data"].as_array().map(Vec::len), Some(1), "{u2}");
+    assert_eq!(u2["data"][0]["usage_date"], "2026-11-20", "{u2}");
+    assert!(u2["next_cursor"].is_null(), "{u2}");
+
+    // Bad paging parameters: 400 problem+json naming the parameter.
+    let (other_path, other_cursor) = first_cursor.expect("some listing had a second page");
+    for (path, _, _) in listings {
+        let mut bad = vec![
+            ("limit=0", "limit"),
+            ("limit=-1", "limit"),
+            ("limit=1001", "limit"),
+            ("limit=99999999999999999999", "limit"),
+            ("limit=ten", "limit"),
+            ("cursor=bogus", "cursor"),
+            ("cursor=", "cursor"),
+            ("cursor=00ff", "cursor"),
+        ];
+        let foreign = format!("cursor={other_cursor}");
+        if path != other_path {
+            bad.push((&foreign, "cursor"));
+        }
+        for (q, field) in bad {
+            let r = w
+                .http
+                .get(w.server.url(&format!("{path}?{q}")))
+                .bearer_auth(&w.key_a)
+                .send()
+                .await
+                .expect("GET");
+            assert_eq!(r.status(), 400, "{path}?{q}");
+            assert_eq!(
+                r.headers()["content-type"],
+                "application/problem+json",
+                "{path}?{q}"
+            );
+            let p: Value = r.json().await.expect("problem");
+            assert_eq!(p["code"], "invalid_parameter", "{path}?{q}: {p}");
+            assert!(
+                p["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains(&format!("`{field}`"))),
+                "{path}?{q}: {p}"
+            );
+        }
+    }
 }

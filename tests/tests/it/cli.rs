@@ -444,3 +444,134 @@ fn a_closed_stdout_pipe_ends_quietly() {
         out.status
     );
 }
+
+/// A product re-import updates the fields its rows carry and keeps the
+/// others; a field carried as null (or an empty CSV cell) is cleared.
+#[test]
+fn product_reimport_updates_only_the_fields_it_carries() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    b.crow_json(&["orgs", "create", "--name", "Acme"]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let import = |name: &str, text: &str| -> serde_json::Value {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        b.crow_json(&[
+            "products",
+            "import",
+            path.to_str().expect("path"),
+            "--org",
+            "Acme",
+        ])
+    };
+    let stored = || -> serde_json::Value {
+        let rows = b.crow_json(&[
+            "sql",
+            "select product_id, name, price, url, category, brand, currency, description \
+             from products",
+        ]);
+        assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+        rows[0].clone()
+    };
+    import(
+        "full.jsonl",
+        r#"{"sku":"AC-SP-1","name":"Cube Speaker","url":"https://acme.example/p/cube","category":"Audio > Speakers","brand":"Acme","price":149,"currency":"eur","description":"A cube that sings."}"#,
+    );
+    let r = import(
+        "v2.jsonl",
+        r#"{"sku":"AC-SP-1","name":"Cube Speaker v2","price":159}"#,
+    );
+    assert_eq!(
+        (r["inserted"].clone(), r["updated"].clone()),
+        (0.into(), 1.into()),
+        "{r}"
+    );
+    assert_eq!(
+        stored(),
+        serde_json::json!({
+            "product_id": "AC-SP-1", "name": "Cube Speaker v2", "price": 159.0,
+            "url": "https://acme.example/p/cube", "category": "Audio > Speakers",
+            "brand": "Acme", "currency": "EUR", "description": "A cube that sings.",
+        })
+    );
+
+    // Clearing on purpose: an explicit null in JSON, an empty cell in CSV.
+    import(
+        "clear.jsonl",
+        r#"{"sku":"AC-SP-1","name":"Cube Speaker v2","description":null}"#,
+    );
+    import("v3.csv", "sku,name,brand\nAC-SP-1,Cube Speaker v3,\n");
+    assert_eq!(
+        stored(),
+        serde_json::json!({
+            "product_id": "AC-SP-1", "name": "Cube Speaker v3", "price": 159.0,
+            "url": "https://acme.example/p/cube", "category": "Audio > Speakers",
+            "brand": null, "currency": "EUR", "description": null,
+        })
+    );
+}
+
+/// Organization names are unique ignoring case; on a lake that already has
+/// two organizations of one name, `--org NAME` is an error naming both ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn organization_names_are_unique_and_an_ambiguous_org_is_an_error() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    let first = b.crow_json(&["orgs", "create", "--name", "Acme Audio"]);
+    let first_id = first["org_id"].as_str().expect("org_id").to_string();
+    let line = one_error_line(
+        "a duplicate name",
+        &b.crow(&["orgs", "create", "--name", "  acme AUDIO "]),
+        "already exists",
+    );
+    assert!(line.contains(&first_id), "{line}");
+    assert_eq!(
+        b.crow_json(&["orgs", "list"]).as_array().map(Vec::len),
+        Some(1)
+    );
+    // A name resolves ignoring case while it is unique.
+    let k = b.crow_json(&["keys", "create", "--org", "ACME audio"]);
+    assert_eq!(k["org_id"], first_id.as_str());
+
+    // A lake written before names were unique: a second "Acme Audio".
+    let lake = b.lake().await;
+    let mut twin = crow_lake::orgs::get(&lake, &first_id)
+        .await
+        .expect("read")
+        .expect("org");
+    twin.org_id = "org_twin_of_acme".into();
+    twin.write_key_hash = crow_lake::ids::sha256_hex(b"another key");
+    let batch =
+        crow_lake::batch::rows_to_batch(&crow_schemas::ORGANIZATIONS, &[twin]).expect("batch");
+    lake.append("organizations", vec![batch])
+        .await
+        .expect("append");
+    for args in [
+        vec!["keys", "create", "--org", "Acme Audio"],
+        vec!["products", "list", "--org", "acme audio"],
+    ] {
+        let line = one_error_line("an ambiguous --org", &b.crow(&args), "org_twin_of_acme");
+        assert!(
+            line.contains(&first_id) && line.contains("2 organizations"),
+            "{args:?}: {line}"
+        );
+    }
+    // The id is never ambiguous.
+    let k = b.crow_json(&["keys", "create", "--org", &first_id]);
+    assert_eq!(k["org_id"], first_id.as_str());
+}
+
+/// `crow jobs run` with nothing to do says so rather than printing a table
+/// of blanks; JSON still prints the (empty) report.
+#[test]
+fn a_job_with_nothing_to_do_says_so() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    let out = b.crow_ok(&["jobs", "run", "sessionize", "--quiet"]);
+    assert!(
+        out.starts_with("nothing to do: sessionize") && out.lines().count() == 1,
+        "{out}"
+    );
+    let report = b.crow_json(&["jobs", "run", "sessionize", "--quiet"]);
+    assert_eq!(report["run_id"], "", "{report}");
+}

@@ -383,6 +383,36 @@ async fn bad_input_is_refused_clearly_and_nothing_is_lost() {
     );
     assert!(metrics.contains("crow_ingest_wal_fsyncs_total"));
     assert!(metrics.contains("crow_ingest_flush_seconds_count"));
+
+    // An oversized event in a batch is rejected with its messageId, so an
+    // SDK can match the rejection.
+    let r = post(
+        "/v1/batch",
+        json!({"batch": [
+            {"type": "track", "event": "Good", "userId": "u", "messageId": "g-4"},
+            {"type": "track", "event": "Huge", "userId": "u", "messageId": "big-1",
+             "properties": {"blob": "x".repeat(40_000)}}
+        ]})
+        .to_string()
+        .into_bytes(),
+        Some(&key),
+    )
+    .await
+    .expect("batch");
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["accepted"], 1, "{body}");
+    assert_eq!(body["rejected"][0]["code"], "event_too_large", "{body}");
+    assert_eq!(body["rejected"][0]["messageId"], "big-1", "{body}");
+    assert_eq!(body["rejected"][0]["index"], 1, "{body}");
+
+    wait_count(
+        &lake,
+        "select count(*) from failed_events where message_id = 'big-1' and reason_code = 'event_too_large'",
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
 }
 
 async fn kill9(b: Backend) {
@@ -686,4 +716,89 @@ async fn browser_sdk_in_chromium() {
     assert!(rows[0]["user_agent"]
         .as_str()
         .is_some_and(|ua| ua.contains("Chrome")));
+}
+
+/// `crow serve` with no `CROW_LOG` logs CROW's own crates at info and every
+/// library at warn: the Delta and DataFusion libraries' info lines (every
+/// commit, every scan) stay out of the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_only_crow_at_info_by_default() {
+    let b = Backend::local();
+    let (_, key) = create_org(&b, "Quiet Co");
+    let api_key = b.crow_json(&["keys", "create", "--org", "Quiet Co"]);
+    let api_key = api_key["secret"].as_str().expect("secret").to_string();
+    let wal = tempfile::tempdir().expect("wal");
+    // An empty CROW_LOG is the same as none: the default filter.
+    let mut server = Server::start(
+        &b,
+        wal.path(),
+        &[("CROW_LOG", ""), ("CROW_INGEST_FLUSH_INTERVAL_MS", "200")],
+    );
+    let http = reqwest::Client::new();
+    for round in 0..3 {
+        let batch: Vec<Value> = (0..5)
+            .map(|i| json!({"type": "track", "event": "Viewed", "userId": "u", "messageId": format!("q-{round}-{i}")}))
+            .collect();
+        let r = http
+            .post(server.url("/v1/batch"))
+            .header("Authorization", basic(&key))
+            .json(&json!({ "batch": batch }))
+            .send()
+            .await
+            .expect("batch");
+        assert_eq!(r.status(), 200);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let lake = b.lake().await;
+    wait_count(
+        &lake,
+        "select count(*) from raw_web_events",
+        15,
+        Duration::from_secs(20),
+    )
+    .await;
+    let r = http
+        .post(server.url("/api/v1/sql"))
+        .bearer_auth(&api_key)
+        .json(&json!({"sql": "select count(*) as n from raw_web_events"}))
+        .send()
+        .await
+        .expect("sql");
+    assert_eq!(r.status(), 200);
+    server.stop();
+    let logs = server.logs.lock().expect("logs").clone();
+    let mut crow_info = 0;
+    for line in &logs {
+        let plain = strip_ansi(line);
+        let words: Vec<&str> = plain.split_whitespace().collect();
+        if let [_, level, target, ..] = words.as_slice() {
+            if matches!(*level, "INFO" | "DEBUG" | "TRACE") {
+                assert!(
+                    target.starts_with("crow"),
+                    "a library logs below warn by default: {plain}\n(all: {logs:#?})"
+                );
+                crow_info += 1;
+            }
+        }
+    }
+    assert!(crow_info > 0, "CROW's own info lines are kept: {logs:#?}");
+    assert!(logs.len() < 60, "a few lines, not a flood: {logs:#?}");
+}
+
+/// A log line without its colour codes.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
