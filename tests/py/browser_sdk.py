@@ -11,6 +11,7 @@ visitor's anonymousId.
 import http.server
 import sys
 import threading
+import time
 
 from playwright.sync_api import sync_playwright
 
@@ -66,6 +67,10 @@ def main():
         page.evaluate("crow.options.flushInterval = 600000; crow.track('Checkout Abandoned', {step: 1})")
         assert page.evaluate("crow.queue.length") == 1
         page.close(run_before_unload=True)
+        # A real browser lives on after a tab closes, so its beacon gets out;
+        # closing the whole browser at once can cancel it in flight on a
+        # busy machine. Give the network service a moment first.
+        time.sleep(1.5)
         browser.close()
     site.shutdown()
     print(anon)
