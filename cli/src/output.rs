@@ -121,10 +121,12 @@ pub fn print_rows(format: Format, columns: &[&str], rows: &[serde_json::Value]) 
     let mut out = stdout.lock();
     match format {
         Format::Json => {
-            let rows: Vec<serde_json::Value> =
-                rows.iter().map(|r| with_every_column(r, columns)).collect();
-            serde_json::to_writer_pretty(&mut out, &rows)?;
-            writeln!(out)?;
+            out.write_all(b"[")?;
+            for (i, r) in rows.iter().enumerate() {
+                out.write_all(if i == 0 { b"\n  " } else { b",\n  " })?;
+                write_ordered(&mut out, &with_every_column(r, columns), columns, "  ")?;
+            }
+            out.write_all(if rows.is_empty() { b"]\n" } else { b"\n]\n" })?;
         }
         Format::Csv => {
             writeln!(out, "{}", columns.join(","))?;
@@ -166,11 +168,51 @@ pub fn print_object(format: Format, columns: &[&str], obj: &serde_json::Value) -
     if format == Format::Json {
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
-        serde_json::to_writer_pretty(&mut out, &with_every_column(obj, columns))?;
+        write_ordered(&mut out, &with_every_column(obj, columns), columns, "")?;
         writeln!(out)?;
+        out.flush()?;
         return Ok(());
     }
     print_rows(format, columns, std::slice::from_ref(obj))
+}
+
+/// Write `v` pretty-printed at `indent`; an object's members come in the
+/// order of `columns` (the order the table shows), then any others.
+fn write_ordered(
+    out: &mut impl Write,
+    v: &serde_json::Value,
+    columns: &[&str],
+    indent: &str,
+) -> Result<()> {
+    let Some(obj) = v.as_object() else {
+        let text = serde_json::to_string_pretty(v)?;
+        out.write_all(text.replace('\n', &format!("\n{indent}")).as_bytes())?;
+        return Ok(());
+    };
+    if obj.is_empty() {
+        out.write_all(b"{}")?;
+        return Ok(());
+    }
+    let mut keys: Vec<&str> = columns
+        .iter()
+        .copied()
+        .filter(|c| obj.contains_key(*c))
+        .collect();
+    keys.extend(
+        obj.keys()
+            .map(String::as_str)
+            .filter(|k| !columns.contains(k)),
+    );
+    out.write_all(b"{")?;
+    let inner = format!("{indent}  ");
+    for (i, k) in keys.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        write!(out, "{sep}\n{inner}{}: ", serde_json::to_string(k)?)?;
+        let value = serde_json::to_string_pretty(&obj[*k])?;
+        out.write_all(value.replace('\n', &format!("\n{inner}")).as_bytes())?;
+    }
+    write!(out, "\n{indent}}}")?;
+    Ok(())
 }
 
 /// `row` with a `null` for each of `columns` it lacks (rows that are not

@@ -154,7 +154,7 @@ pub fn document() -> Value {
         ResultFormat::Json,
         ResultFormat::Ndjson,
         ResultFormat::Csv,
-        ResultFormat::Arrow,
+        ResultFormat::Arrow { plain: false },
         ResultFormat::Parquet,
     ];
     let mut sql_ok = Map::new();

@@ -57,8 +57,13 @@ pub enum ResultFormat {
     Ndjson,
     /// `text/csv` with a header row.
     Csv,
-    /// `application/vnd.apache.arrow.stream`.
-    Arrow,
+    /// `application/vnd.apache.arrow.stream`; with the media-type parameter
+    /// `view_types=false`, text and binary columns come as plain `Utf8` /
+    /// `Binary` instead of `Utf8View` / `BinaryView` (for older readers).
+    Arrow {
+        /// Plain types instead of view types.
+        plain: bool,
+    },
     /// `application/vnd.apache.parquet`.
     Parquet,
 }
@@ -70,7 +75,7 @@ impl ResultFormat {
             ResultFormat::Json => "application/json",
             ResultFormat::Ndjson => "application/x-ndjson",
             ResultFormat::Csv => "text/csv; charset=utf-8",
-            ResultFormat::Arrow => "application/vnd.apache.arrow.stream",
+            ResultFormat::Arrow { .. } => "application/vnd.apache.arrow.stream",
             ResultFormat::Parquet => "application/vnd.apache.parquet",
         }
     }
@@ -82,7 +87,7 @@ impl ResultFormat {
                 ResultFormat::Ndjson
             }
             "text/csv" | "text/*" => ResultFormat::Csv,
-            "application/vnd.apache.arrow.stream" => ResultFormat::Arrow,
+            "application/vnd.apache.arrow.stream" => ResultFormat::Arrow { plain: false },
             "application/vnd.apache.parquet" | "application/parquet" => ResultFormat::Parquet,
             _ => return None,
         })
@@ -98,24 +103,34 @@ impl ResultFormat {
         if accept.trim().is_empty() {
             return Ok(ResultFormat::Json);
         }
-        let mut offers: Vec<(f32, usize, &str)> = accept
+        let mut offers: Vec<(f32, usize, &str, bool)> = accept
             .split(',')
             .enumerate()
             .map(|(i, part)| {
                 let mut it = part.split(';');
                 let media = it.next().unwrap_or("").trim();
-                let q = it
-                    .filter_map(|p| p.trim().strip_prefix("q="))
+                let params: Vec<&str> = it.map(str::trim).collect();
+                let q = params
+                    .iter()
+                    .filter_map(|p| p.strip_prefix("q="))
                     .find_map(|q| q.trim().parse::<f32>().ok())
                     .unwrap_or(1.0);
-                (q, i, media)
+                let plain = params
+                    .iter()
+                    .any(|p| p.eq_ignore_ascii_case("view_types=false"));
+                (q, i, media, plain)
             })
-            .filter(|(q, _, _)| *q > 0.0)
+            .filter(|(q, _, _, _)| *q > 0.0)
             .collect();
         offers.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         offers
             .iter()
-            .find_map(|(_, _, m)| ResultFormat::from_media(&m.to_ascii_lowercase()))
+            .find_map(|(_, _, m, plain)| {
+                ResultFormat::from_media(&m.to_ascii_lowercase()).map(|f| match f {
+                    ResultFormat::Arrow { .. } => ResultFormat::Arrow { plain: *plain },
+                    f => f,
+                })
+            })
             .ok_or_else(|| {
                 ApiError::new(
                     StatusCode::NOT_ACCEPTABLE,
@@ -565,8 +580,12 @@ pub enum Encoder {
     Ndjson,
     /// CSV; whether the header was written.
     Csv(bool, SchemaRef),
-    /// Arrow IPC stream.
-    Arrow(Box<arrow::ipc::writer::StreamWriter<Vec<u8>>>),
+    /// Arrow IPC stream, and the plain schema its batches are cast to
+    /// (`view_types=false`).
+    Arrow(
+        Box<arrow::ipc::writer::StreamWriter<Vec<u8>>>,
+        Option<SchemaRef>,
+    ),
     /// Parquet.
     Parquet(Box<parquet::arrow::ArrowWriter<Vec<u8>>>),
 }
@@ -580,9 +599,17 @@ impl Encoder {
             ResultFormat::Json => Encoder::Json(false),
             ResultFormat::Ndjson => Encoder::Ndjson,
             ResultFormat::Csv => Encoder::Csv(false, csv_schema(schema)),
-            ResultFormat::Arrow => Encoder::Arrow(Box::new(
-                arrow::ipc::writer::StreamWriter::try_new(Vec::new(), schema)?,
-            )),
+            ResultFormat::Arrow { plain } => {
+                let plain = plain.then(|| plain_schema(schema));
+                let written = plain.as_ref().unwrap_or(schema);
+                Encoder::Arrow(
+                    Box::new(arrow::ipc::writer::StreamWriter::try_new(
+                        Vec::new(),
+                        written,
+                    )?),
+                    plain,
+                )
+            }
             ResultFormat::Parquet => Encoder::Parquet(Box::new(
                 parquet::arrow::ArrowWriter::try_new(Vec::new(), schema.clone(), None)?,
             )),
@@ -593,7 +620,7 @@ impl Encoder {
     pub fn start(&mut self) -> Bytes {
         match self {
             Encoder::Json(_) => Bytes::from_static(b"["),
-            Encoder::Arrow(w) => Bytes::from(std::mem::take(w.get_mut())),
+            Encoder::Arrow(w, _) => Bytes::from(std::mem::take(w.get_mut())),
             _ => Bytes::new(),
         }
     }
@@ -623,8 +650,11 @@ impl Encoder {
                 *header_done = true;
                 Bytes::from(w.into_inner())
             }
-            Encoder::Arrow(w) => {
-                w.write(b)?;
+            Encoder::Arrow(w, plain) => {
+                match plain {
+                    Some(schema) => w.write(&cast_to(b, schema)?)?,
+                    None => w.write(b)?,
+                }
                 Bytes::from(std::mem::take(w.get_mut()))
             }
             Encoder::Parquet(w) => {
@@ -650,13 +680,65 @@ impl Encoder {
                     Bytes::from(w.into_inner())
                 }
             }
-            Encoder::Arrow(mut w) => {
+            Encoder::Arrow(mut w, _) => {
                 w.finish()?;
                 Bytes::from(std::mem::take(w.get_mut()))
             }
             Encoder::Parquet(w) => Bytes::from(w.into_inner()?),
         })
     }
+}
+
+/// `Utf8View` → `Utf8`, `BinaryView` → `Binary`, also inside lists,
+/// structs and maps.
+fn plain_type(t: &DataType) -> DataType {
+    let field = |f: &arrow::datatypes::FieldRef| {
+        Arc::new(
+            Field::new(f.name(), plain_type(f.data_type()), f.is_nullable())
+                .with_metadata(f.metadata().clone()),
+        )
+    };
+    match t {
+        DataType::Utf8View => DataType::Utf8,
+        DataType::BinaryView => DataType::Binary,
+        DataType::List(f) => DataType::List(field(f)),
+        DataType::LargeList(f) => DataType::LargeList(field(f)),
+        DataType::FixedSizeList(f, n) => DataType::FixedSizeList(field(f), *n),
+        DataType::Struct(fs) => DataType::Struct(fs.iter().map(field).collect()),
+        DataType::Map(f, sorted) => DataType::Map(field(f), *sorted),
+        other => other.clone(),
+    }
+}
+
+fn plain_schema(schema: &SchemaRef) -> SchemaRef {
+    Arc::new(Schema::new_with_metadata(
+        schema
+            .fields()
+            .iter()
+            .map(|f| {
+                Field::new(f.name(), plain_type(f.data_type()), f.is_nullable())
+                    .with_metadata(f.metadata().clone())
+            })
+            .collect::<Vec<_>>(),
+        schema.metadata().clone(),
+    ))
+}
+
+/// `b` with its columns cast to `schema`'s types.
+fn cast_to(b: &RecordBatch, schema: &SchemaRef) -> EncResult<RecordBatch> {
+    let columns = b
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c.clone())
+            } else {
+                arrow::compute::cast(c, f.data_type())
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
 fn ndjson(b: &RecordBatch) -> EncResult<Vec<u8>> {

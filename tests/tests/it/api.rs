@@ -557,8 +557,46 @@ async fn keys_formats_rest_exports_and_metrics() {
     let reader =
         arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes.to_vec()), None)
             .expect("arrow stream");
+    let view_schema = reader.schema();
     let n: usize = reader.map(|b| b.expect("batch").num_rows()).sum();
     assert_eq!(n, w.a_rows);
+    // Older Arrow readers: `view_types=false` gives plain Utf8 columns.
+    let r = w
+        .post_sql(
+            &w.key_a,
+            q.clone(),
+            Some("application/vnd.apache.arrow.stream; view_types=false"),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let bytes = r.bytes().await.expect("arrow");
+    let reader =
+        arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes.to_vec()), None)
+            .expect("arrow stream");
+    let plain_schema = reader.schema();
+    let id = plain_schema
+        .field_with_name("message_id")
+        .expect("message_id");
+    assert_eq!(
+        id.data_type(),
+        &arrow::datatypes::DataType::Utf8,
+        "{plain_schema:?}"
+    );
+    assert!(
+        plain_schema.fields().iter().all(|f| !matches!(
+            f.data_type(),
+            arrow::datatypes::DataType::Utf8View | arrow::datatypes::DataType::BinaryView
+        )),
+        "{plain_schema:?} (view types by default: {view_schema:?})"
+    );
+    let batches: Vec<_> = reader.map(|b| b.expect("batch")).collect();
+    let n: usize = batches.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(n, w.a_rows);
+    let ids = batches[0]
+        .column_by_name("message_id")
+        .and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>())
+        .expect("a plain string column");
+    assert_eq!(ids.value(0), "alpha-raw_web_events-message_id-0");
     let r = w
         .post_sql(&w.key_a, q.clone(), Some("application/vnd.apache.parquet"))
         .await;

@@ -575,3 +575,47 @@ fn a_job_with_nothing_to_do_says_so() {
     let report = b.crow_json(&["jobs", "run", "sessionize", "--quiet"]);
     assert_eq!(report["run_id"], "", "{report}");
 }
+
+/// JSON output lists each record's fields in the order the table shows
+/// them (not alphabetically), for listings and for created objects.
+#[test]
+fn json_fields_come_in_column_order() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    let org = b.crow_ok(&["orgs", "create", "--name", "Order Co", "--format", "json"]);
+    let pos = |text: &str, k: &str| {
+        text.find(&format!("\"{k}\":"))
+            .unwrap_or_else(|| panic!("no {k} in {text}"))
+    };
+    assert!(
+        pos(&org, "org_id") < pos(&org, "name") && pos(&org, "name") < pos(&org, "write_key"),
+        "{org}"
+    );
+    let tables = b.crow_ok(&["tables", "--format", "json"]);
+    let first = tables.split('}').next().unwrap_or_default();
+    let order: Vec<usize> = [
+        "table",
+        "schema_version",
+        "version",
+        "files",
+        "rows",
+        "bytes",
+    ]
+    .iter()
+    .map(|k| pos(first, k))
+    .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{first}");
+    let v: serde_json::Value = serde_json::from_str(&tables).expect("valid JSON");
+    assert!(v.as_array().is_some_and(|a| !a.is_empty()), "{tables}");
+    b.crow_ok(&["keys", "create", "--org", "Order Co"]);
+    let keys = b.crow_ok(&["keys", "list", "--format", "json"]);
+    assert!(
+        pos(&keys, "id") < pos(&keys, "org_id") && pos(&keys, "scope") < pos(&keys, "created_at"),
+        "{keys}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&keys).expect("valid JSON");
+    assert_eq!(v.as_array().map(Vec::len), Some(1), "{keys}");
+    let empty = b.crow_ok(&["sql", "--format", "json", "select 1 as x where false"]);
+    let v: serde_json::Value = serde_json::from_str(&empty).expect("valid JSON");
+    assert_eq!(v, serde_json::json!([]));
+}
