@@ -16,6 +16,9 @@
 //!   together more often than chance.
 //!
 //! Segments are device type, traffic source and new vs returning visitors.
+//! New vs returning visitors are compared only against baselines that start
+//! [`WARM_UP_DAYS`] or more after the organization's first data (earlier,
+//! visitors whose first visits predate the data look new).
 //! Counts are tested against the baseline's mean and spread (Poisson floor);
 //! rates with a two-proportion z-test against the pooled baseline. A finding
 //! is reported only with |z| ≥ 3.5, enough sessions (20 on the day, 60 in
@@ -85,6 +88,8 @@ pub const BASELINE_DAYS: i64 = 28;
 pub const Z_MIN: f64 = 3.5;
 /// Minimum relative change of a finding.
 pub const MIN_CHANGE: f64 = 0.3;
+/// Days after the first data before new vs returning visitors are compared.
+pub const WARM_UP_DAYS: u64 = 28;
 /// Findings kept per period (strongest first).
 pub const MAX_PER_PERIOD: usize = 25;
 
@@ -749,6 +754,11 @@ struct TestCtx<'a> {
     span: (NaiveDate, NaiveDate),
     /// Product names by id.
     names: &'a HashMap<String, String>,
+    /// Whether new vs returning visitors can be compared: not while the
+    /// baseline reaches into the lake's first [`WARM_UP_DAYS`] (a visitor's
+    /// visits before the data began are unknown, so early visitors look
+    /// new and "new visitors fell" would only say that history grew).
+    visitor_type: bool,
 }
 
 /// Test one metric of a period against its baseline; a finding when
@@ -769,7 +779,7 @@ fn test_metric(key: &Key, cur: &Stats, base: &[&Stats], ctx: &TestCtx) -> Option
     {
         return None;
     }
-    if base.len() < min_base {
+    if base.len() < min_base || (!ctx.visitor_type && seg.starts_with("visitor_type=")) {
         return None;
     }
     if is_count(metric) {
@@ -1689,6 +1699,12 @@ impl<'a> Finder<'a> {
         }
     }
 
+    /// Whether a baseline starting on `from` can compare new vs returning
+    /// visitors.
+    fn visitor_type(&self, from: NaiveDate) -> bool {
+        from >= self.first_data + Days::new(WARM_UP_DAYS)
+    }
+
     /// The complete days `[a, b)` pooled; None unless every one of them is
     /// complete and on or after the first day with data.
     fn span(&self, a: NaiveDate, b: NaiveDate) -> Option<Stats> {
@@ -1737,6 +1753,7 @@ impl<'a> Finder<'a> {
             min_base: 7,
             span: (p.start, p.end),
             names: self.names,
+            visitor_type: self.visitor_type(p.start - Days::new(BASELINE_DAYS as u64)),
         };
         top(one_fact(self.findings(cur, &base, &ctx)))
     }
@@ -1757,10 +1774,15 @@ impl<'a> Finder<'a> {
             "week" => (4, 2, "week"),
             _ => (3, 1, "month"),
         };
+        let mut earliest = p.start;
         let base: Vec<Stats> = p
             .previous(n)
             .iter()
-            .filter_map(|b| self.span(b.start, (b.start + Days::new(elapsed as u64)).min(b.end)))
+            .filter_map(|b| {
+                let st = self.span(b.start, (b.start + Days::new(elapsed as u64)).min(b.end))?;
+                earliest = earliest.min(b.start);
+                Some(st)
+            })
             .collect();
         let base_refs: Vec<&Stats> = base.iter().collect();
         let complete = end >= p.end;
@@ -1791,6 +1813,7 @@ impl<'a> Finder<'a> {
             min_base,
             span: (p.start, end),
             names: self.names,
+            visitor_type: self.visitor_type(earliest),
         };
         self.findings(&cur, &base_refs, &ctx)
     }
@@ -1838,6 +1861,7 @@ impl<'a> Finder<'a> {
                 min_base: 7,
                 span: (a, b),
                 names: self.names,
+                visitor_type: self.visitor_type(from),
             };
             for c in cs {
                 let key = (c.metric.clone(), c.segment.clone());
