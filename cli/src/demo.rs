@@ -23,7 +23,9 @@ pub async fn run(
     // moment): the activity ends the day before it, the jobs run as of it.
     let now = now.trunc_subsecs(6);
     if now > Utc::now() + chrono::Duration::minutes(1) {
-        anyhow::bail!("--now {now} is in the future: the collector would not accept activity from it");
+        anyhow::bail!(
+            "--now {now} is in the future: the collector would not accept activity from it"
+        );
     }
     let bar = ProgressBar::new(9).with_style(
         ProgressStyle::with_template("{spinner} [{pos}/{len}] {msg}")

@@ -842,11 +842,7 @@ fn test_metric(key: &Key, cur: &Stats, base: &[&Stats], ctx: &TestCtx) -> Option
         );
         let description = format!(
             "{what} {dir} to {avg}{:.0}{unit} {}, against a typical {:.0} per day {} (z = {:.1}).",
-            c.k,
-            ctx.when,
-            mean,
-            baseline_label,
-            z
+            c.k, ctx.when, mean, baseline_label, z
         );
         let mut facts = json!({"value": (c.k * 10.0).round() / 10.0, "baseline_mean": (mean * 10.0).round() / 10.0,
                           "baseline_sd": (var.sqrt() * 10.0).round() / 10.0, "baseline_periods": hist.len()});

@@ -1216,7 +1216,11 @@ fn a_provisional_period_becomes_final_and_reruns_change_nothing() {
             sunday.date_naive()
         ),
     ]);
-    assert_eq!(days, json!([{"n": 0}]), "the day in progress is not computed");
+    assert_eq!(
+        days,
+        json!([{"n": 0}]),
+        "the day in progress is not computed"
+    );
 
     // Monday 02:00: Sunday is over and its sessions closed; the next runs
     // make the week final.
