@@ -2,7 +2,7 @@
 //! real collector, then CROW's jobs over it: sessionize, enrich, patterns.
 
 use anyhow::{Context, Result};
-use chrono::{Days, SubsecRound, Utc};
+use chrono::{DateTime, Days, SubsecRound, Utc};
 use crow_ingest::generate::{self, GenerateOptions, Incident};
 use crow_lake::Lake;
 use crow_schemas::config::Config;
@@ -16,8 +16,17 @@ pub async fn run(
     visitors: usize,
     days: u32,
     seed: u64,
+    now: DateTime<Utc>,
     format: Format,
 ) -> Result<()> {
+    // The demo's clock (the current time unless `--now` replays another
+    // moment): the activity ends the day before it, the jobs run as of it.
+    let now = now.trunc_subsecs(6);
+    if now > Utc::now() + chrono::Duration::minutes(1) {
+        anyhow::bail!(
+            "--now {now} is in the future: the collector would not accept activity from it"
+        );
+    }
     let bar = ProgressBar::new(9).with_style(
         ProgressStyle::with_template("{spinner} [{pos}/{len}] {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
@@ -51,7 +60,7 @@ pub async fn run(
     bar.inc(1);
 
     bar.set_message(format!("generating {visitors} visitors over {days} days"));
-    let today = Utc::now().date_naive();
+    let today = now.date_naive();
     let first_day = today
         .checked_sub_days(Days::new(u64::from(days.max(1))))
         .context("date out of range")?;
@@ -114,7 +123,7 @@ pub async fn run(
             org: None,
             window: None,
             gap: chrono::Duration::minutes(i64::from(cfg.jobs.session_gap_minutes)),
-            now: Utc::now().trunc_subsecs(6),
+            now,
             trigger: crow_jobs::Trigger::Cli,
         },
         &quiet,
@@ -151,7 +160,7 @@ pub async fn run(
             org: None,
             window: None,
             trigger: crow_jobs::Trigger::Cli,
-            now: Utc::now().trunc_subsecs(6),
+            now,
         },
         &quiet,
     )
@@ -165,7 +174,7 @@ pub async fn run(
             org: None,
             window: None,
             trigger: crow_jobs::Trigger::Cli,
-            now: Utc::now().trunc_subsecs(6),
+            now,
             prices: prices.clone(),
         },
         &quiet,
@@ -240,7 +249,7 @@ pub async fn run(
         output::line("\nLatest interactions (crow sql \"select * from interactions\" for all):")?;
         output::print_batches(format, &schema, &batches)?;
         let week = format!(
-            "SELECT CAST(period_start AS VARCHAR) AS week_of, kind, segment, title, round(significance, 1) AS z
+            "SELECT CAST(period_start AS VARCHAR) AS week_of, provisional, kind, segment, title, round(significance, 1) AS z
              FROM patterns WHERE org_id = '{org_id}' AND period_kind = 'week'
                AND period_start = (SELECT max(period_start) FROM patterns WHERE org_id = '{org_id}' AND period_kind = 'week')
              ORDER BY significance DESC LIMIT 8"

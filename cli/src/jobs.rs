@@ -69,6 +69,11 @@ pub struct RunArgs {
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// The run's clock, RFC 3339 (default: the current time). Replays a
+    /// run "as of" a moment: which sessions are closed, which days are
+    /// complete, which periods are still in progress.
+    #[arg(long)]
+    pub now: Option<chrono::DateTime<Utc>>,
     #[command(flatten)]
     pub format: FormatArg,
 }
@@ -135,6 +140,7 @@ pub async fn run(lake: &Lake, cfg: &Config, args: RunArgs) -> Result<()> {
     } else {
         Trigger::Cli
     };
+    let now = args.now.unwrap_or_else(Utc::now).trunc_subsecs(6);
     let (progress, pb) = progress(args.quiet);
     let report = match args.job {
         JobName::Sessionize => {
@@ -142,7 +148,7 @@ pub async fn run(lake: &Lake, cfg: &Config, args: RunArgs) -> Result<()> {
                 org,
                 window,
                 gap: chrono::Duration::minutes(i64::from(cfg.jobs.session_gap_minutes)),
-                now: Utc::now().trunc_subsecs(6),
+                now,
                 trigger,
             };
             serde_json::to_value(sessionize::run(lake, &opts, &progress).await?)?
@@ -165,7 +171,7 @@ pub async fn run(lake: &Lake, cfg: &Config, args: RunArgs) -> Result<()> {
                 org,
                 window,
                 trigger,
-                now: Utc::now().trunc_subsecs(6),
+                now,
             };
             serde_json::to_value(crow_jobs::patterns::run(lake, provider, &opts, &progress).await?)?
         }
@@ -174,7 +180,7 @@ pub async fn run(lake: &Lake, cfg: &Config, args: RunArgs) -> Result<()> {
                 org,
                 window,
                 trigger,
-                now: Utc::now().trunc_subsecs(6),
+                now,
                 prices: crow_jobs::billing::Prices::from_config(&cfg.billing)?,
             };
             serde_json::to_value(crow_jobs::billing::run(lake, &opts, &progress).await?)?

@@ -139,6 +139,11 @@ enum Command {
         /// Random seed (same seed, same data).
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// Run the demo as if the clock read this time (RFC 3339, not in
+        /// the future): the activity ends the day before it, and the jobs
+        /// use it as their clock.
+        #[arg(long)]
+        now: Option<chrono::DateTime<chrono::Utc>>,
         #[command(flatten)]
         format: FormatArg,
     },
@@ -563,10 +568,12 @@ async fn run(cli: Cli) -> Result<()> {
             visitors,
             days,
             seed,
+            now,
             format,
         } => {
             let lake = open_lake(&cfg).await?;
-            demo::run(&lake, &cfg, visitors, days, seed, format.format).await
+            let now = now.unwrap_or_else(chrono::Utc::now);
+            demo::run(&lake, &cfg, visitors, days, seed, now, format.format).await
         }
         Command::Config(ConfigCommand::Show) => {
             let mut shown = cfg.clone();

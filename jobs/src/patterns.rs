@@ -16,19 +16,48 @@
 //!   together more often than chance.
 //!
 //! Segments are device type, traffic source and new vs returning visitors.
+//! New vs returning visitors are compared only against baselines that start
+//! [`WARM_UP_DAYS`] or more after the organization's first data (earlier,
+//! visitors whose first visits predate the data look new).
 //! Counts are tested against the baseline's mean and spread (Poisson floor);
 //! rates with a two-proportion z-test against the pooled baseline. A finding
 //! is reported only with |z| ≥ 3.5, enough sessions (20 on the day, 60 in
 //! the baseline, or a count of 10), and a relative change of 30 % or more.
 //!
-//! **Roll-ups.** A week is tested the same way from its days pooled, against
-//! the four weeks before; a month from its days pooled, against the three
-//! months before. Each period also carries the findings of its parts: a week
-//! those of its days, a month those of its weeks, a year those of its
-//! months, all time those of its years (per metric and segment, the
-//! strongest). Running the job for a range computes its days and every
-//! period above them that the range touches; periods in progress are
-//! computed over what exists and recomputed as they fill.
+//! **Complete days only.** The job's *horizon* is the UTC midnight of the
+//! run's clock or of the enrich watermark, whichever is earlier: every day
+//! before it is complete (its sessions are closed and enriched), the day
+//! at the horizon is still filling. A day still filling is never computed
+//! and never part of any period's figure.
+//!
+//! **Roll-ups.** A week is tested the same way from its complete days
+//! pooled, against the same days of the four weeks before (a week in
+//! progress on Monday–Wednesday against the previous Mondays–Wednesdays); a
+//! month from its complete days pooled, against the same first days of the
+//! three months before. Counts are compared as averages per complete day.
+//! A period that is not over yet is *provisional* (`provisional = true`):
+//! it is recomputed as it fills and becomes final on the first run after
+//! its last day is complete.
+//!
+//! A parent period never copies its parts' findings. A finding of a part (a
+//! week's day, a month's week, a year's month, all time's year) is carried
+//! up only when the parent's own data confirms it: the days the finding
+//! covers, tested against the parent's other complete days and the 28 days
+//! before them, in the same direction. The parent's row then holds the
+//! parent's own statistics, and "It stood out …" lists the parts it was
+//! confirmed from. Running the job for a range computes its complete days
+//! and every period above them that the range touches.
+//!
+//! **One fact, one row.** A transition between two consecutive funnel
+//! events ("Payment Info Entered" → "Order Completed") measures the same
+//! thing as the funnel step between them: when both are found for all
+//! traffic, the funnel step is kept and the transition becomes its
+//! supporting evidence (`same_fact` in the statistics).
+//!
+//! **Failures name their cause.** A failure finding names the failing
+//! events and the funnel step at which they occur (the last step reached
+//! before the failure) in its title, description and evidence
+//! (`failing_events`).
 //!
 //! The description is written from the statistics by the offline provider;
 //! with Gemini or an OpenAI-compatible model, the model writes the title and
@@ -59,6 +88,8 @@ pub const BASELINE_DAYS: i64 = 28;
 pub const Z_MIN: f64 = 3.5;
 /// Minimum relative change of a finding.
 pub const MIN_CHANGE: f64 = 0.3;
+/// Days after the first data before new vs returning visitors are compared.
+pub const WARM_UP_DAYS: u64 = 28;
 /// Findings kept per period (strongest first).
 pub const MAX_PER_PERIOD: usize = 25;
 
@@ -268,7 +299,9 @@ struct Sess {
     viewed: Vec<String>,
     bought: Vec<String>,
     steps: [bool; 5],
-    failures: Vec<String>,
+    /// Failure events with the funnel step reached before each (index
+    /// into [`STEPS`]; None before the funnel).
+    failures: Vec<(String, Option<usize>)>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -282,6 +315,42 @@ struct SessionIn {
     traffic_source: Option<String>,
     is_returning: Option<bool>,
     timeline: String,
+}
+
+/// The funnel step a failure occurs at, as stored in `error_at:` metrics.
+fn step_key(step: Option<usize>) -> &'static str {
+    step.and_then(|i| STEPS.get(i)).map_or("start", |s| s.0)
+}
+
+/// "the payment step", "before the funnel".
+fn step_phrase(key: &str) -> String {
+    if key == "start" {
+        "before the funnel".into()
+    } else {
+        format!("at the {} step", step_name(key))
+    }
+}
+
+/// The failing events of a segment (or, with `only`, of one event) and the
+/// steps they occur at, most sessions first.
+fn failing_events(cur: &Stats, seg: &str, only: Option<&str>) -> Vec<(String, String, f64)> {
+    let mut out: Vec<(String, String, f64)> = cur
+        .cells
+        .iter()
+        .filter(|((_, s), _)| s == seg)
+        .filter_map(|((m, _), c)| {
+            let (event, step) = m.strip_prefix("error_at:")?.rsplit_once('@')?;
+            only.is_none_or(|o| o == event)
+                .then(|| (event.to_string(), step.to_string(), c.k))
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.2.partial_cmp(&a.2)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then_with(|| a.0.cmp(&b.0))
+            .then_with(|| a.1.cmp(&b.1))
+    });
+    out
 }
 
 fn is_failure(kind: &str) -> bool {
@@ -323,6 +392,7 @@ impl Sess {
             failures: Vec::new(),
         };
         let mut added = Vec::new();
+        let mut reached: Option<usize> = None;
         for (_, kind, detail) in &timeline {
             let first = detail.split_whitespace().next().unwrap_or("").to_string();
             match kind.as_str() {
@@ -337,10 +407,11 @@ impl Sess {
             for (i, (_, name)) in STEPS.iter().enumerate() {
                 if kind == name {
                     s.steps[i] = true;
+                    reached = Some(reached.map_or(i, |r| r.max(i)));
                 }
             }
             if is_failure(kind) {
-                s.failures.push(kind.clone());
+                s.failures.push((kind.clone(), reached));
             }
             s.kinds.push(kind.clone());
         }
@@ -478,6 +549,14 @@ impl Stats {
                     1.0,
                     Some((&s.id, failed)),
                 );
+                // Which failure, at which step: sessions per (event, step).
+                let mut at: BTreeSet<String> = BTreeSet::new();
+                for (f, step) in &s.failures {
+                    at.insert(format!("error_at:{f}@{}", step_key(*step)));
+                }
+                for m in at {
+                    st.add(m, seg, 1.0, 0.0, None);
+                }
             }
             // Overall only: events, failures, transitions, loops, products.
             let mut kinds_seen = BTreeSet::new();
@@ -485,7 +564,7 @@ impl Stats {
                 st.add(format!("event:{k}"), "", 1.0, 0.0, None);
                 kinds_seen.insert(k.as_str());
             }
-            for f in &s.failures {
+            for (f, _) in &s.failures {
                 st.add(format!("error:{f}"), "", 1.0, 0.0, Some((&s.id, true)));
             }
             for w in s.kinds.windows(2) {
@@ -585,8 +664,10 @@ struct Finding {
     description: String,
     samples: Vec<String>,
     children: Vec<String>,
-    /// Found by this period's own test (not carried up from a part).
+    /// Found by this period's own test (not confirmed from a part).
     own: bool,
+    /// The complete days the finding's figures cover, `[start, end)`.
+    span: (NaiveDate, NaiveDate),
 }
 
 fn kind_of(metric: &str) -> &'static str {
@@ -656,40 +737,59 @@ fn step_name(s: &str) -> &str {
     }
 }
 
+/// How a period (or the days a finding covers) is tested.
+struct TestCtx<'a> {
+    /// "on 2026-11-25", "in the week of 2026-11-23 (its 3 complete days so
+    /// far)", "from 2026-11-25 to 2026-11-27".
+    when: String,
+    /// What the baseline is: "over the previous 28 days", "over the same
+    /// weekdays of the previous 4 weeks", …
+    baseline: String,
+    /// Counts are compared as averages per day (any period longer than a
+    /// day, and every span).
+    per_day: bool,
+    /// Baseline periods (or days) needed for a test.
+    min_base: usize,
+    /// The complete days the current figures cover, `[start, end)`.
+    span: (NaiveDate, NaiveDate),
+    /// Product names by id.
+    names: &'a HashMap<String, String>,
+    /// Whether new vs returning visitors can be compared: not while the
+    /// baseline reaches into the lake's first [`WARM_UP_DAYS`] (a visitor's
+    /// visits before the data began are unknown, so early visitors look
+    /// new and "new visitors fell" would only say that history grew).
+    visitor_type: bool,
+}
+
 /// Test one metric of a period against its baseline; a finding when
 /// significant.
-#[allow(clippy::too_many_arguments)]
-fn test_metric(
-    key: &Key,
-    cur: &Stats,
-    base: &[&Stats],
-    period: &Period,
-    baseline_label: &str,
-    names: &HashMap<String, String>,
-    min_base: usize,
-) -> Option<Finding> {
+fn test_metric(key: &Key, cur: &Stats, base: &[&Stats], ctx: &TestCtx) -> Option<Finding> {
     let (metric, seg) = key;
+    let names = ctx.names;
+    let min_base = ctx.min_base;
+    let baseline_label = ctx.baseline.as_str();
     let c = cur.cells.get(key).copied().unwrap_or_default();
     let name_of = |id: &str| names.get(id).cloned().unwrap_or_else(|| id.to_string());
     let samples = cur.samples.get(key).cloned().unwrap_or_default();
     if metric.starts_with("transitions_from:")
         || metric.starts_with("bought:")
         || metric.starts_with("pair:")
+        || metric.starts_with("error_at:")
         || metric == "orders"
     {
         return None;
     }
-    if base.len() < min_base {
+    if base.len() < min_base || (!ctx.visitor_type && seg.starts_with("visitor_type=")) {
         return None;
     }
     if is_count(metric) {
-        // Periods longer than a day (or still in progress) compare their
-        // average per day.
+        // Periods longer than a day compare their average per complete day
+        // (a period in progress: over its complete days only).
         let per_day = |st: &Stats, k: f64| {
-            if period.kind == "day" {
-                k
-            } else {
+            if ctx.per_day {
                 k / st.days.max(1.0)
+            } else {
+                k
             }
         };
         let hist: Vec<f64> = base
@@ -717,15 +817,21 @@ fn test_metric(
         } else if let Some(k) = metric.strip_prefix("event:") {
             (format!("\"{k}\" events"), Vec::new())
         } else if let Some(k) = metric.strip_prefix("error:") {
-            (format!("\"{k}\" failures"), Vec::new())
+            let at = failing_events(cur, seg, Some(k))
+                .into_iter()
+                .next()
+                .map(|(_, step, _)| format!(" {}", step_phrase(&step)))
+                .unwrap_or_default();
+            (format!("\"{k}\" failures{at}"), Vec::new())
         } else if let Some(p) = metric.strip_prefix("product_views:") {
             (format!("Views of {}", name_of(p)), vec![p.to_string()])
         } else {
             (metric.clone(), Vec::new())
         };
-        let (unit, avg) = match period.kind {
-            "day" => ("", ""),
-            _ => (" per day", "an average of "),
+        let (unit, avg) = if ctx.per_day {
+            (" per day", "an average of ")
+        } else {
+            ("", "")
         };
         let title = format!(
             "{}{} {dir} to {:.0}{unit} (typically {:.0})",
@@ -735,13 +841,14 @@ fn test_metric(
             mean
         );
         let description = format!(
-            "{what} {dir} to {avg}{:.0}{unit} {}, against a typical {:.0} per day over the previous {} (z = {:.1}).",
-            c.k,
-            period.phrase(),
-            mean,
-            baseline_label,
-            z
+            "{what} {dir} to {avg}{:.0}{unit} {}, against a typical {:.0} per day {} (z = {:.1}).",
+            c.k, ctx.when, mean, baseline_label, z
         );
+        let mut facts = json!({"value": (c.k * 10.0).round() / 10.0, "baseline_mean": (mean * 10.0).round() / 10.0,
+                          "baseline_sd": (var.sqrt() * 10.0).round() / 10.0, "baseline_periods": hist.len()});
+        if let Some(k) = metric.strip_prefix("error:") {
+            facts["failing_events"] = failing_json(&failing_events(cur, seg, Some(k)));
+        }
         return Some(Finding {
             kind: kind_of(metric),
             metric: metric.clone(),
@@ -749,13 +856,13 @@ fn test_metric(
             z,
             support: c.k as i64,
             product_ids: products,
-            facts: json!({"value": c.k, "baseline_mean": (mean * 10.0).round() / 10.0,
-                          "baseline_sd": (var.sqrt() * 10.0).round() / 10.0, "baseline_periods": hist.len()}),
+            facts,
             title,
             description,
             samples: if z > 0.0 { samples.0 } else { samples.1 },
             children: Vec::new(),
             own: true,
+            span: ctx.span,
         });
     }
     // Rates: two-proportion z-test against the pooled baseline.
@@ -781,7 +888,7 @@ fn test_metric(
         return None;
     }
     let dir = if z > 0.0 { "rose" } else { "fell" };
-    let when = period.phrase();
+    let when = ctx.when.as_str();
     let (title, description, products) = if let Some(rest) = metric.strip_prefix("funnel:") {
         let (a, b) = rest.split_once('>').unwrap_or((rest, ""));
         (
@@ -794,7 +901,7 @@ fn test_metric(
                 pct(p0)
             ),
             format!(
-                "Conversion from {} to {}{} {dir} to {} ({:.0} of {:.0} sessions) {when}, from {} over the previous {} (z = {:.1}).",
+                "Conversion from {} to {}{} {dir} to {} ({:.0} of {:.0} sessions) {when}, from {} {} (z = {:.1}).",
                 step_name(a),
                 step_name(b),
                 seg_phrase(seg),
@@ -808,10 +915,37 @@ fn test_metric(
             Vec::new(),
         )
     } else if metric == "error_sessions" {
+        // Name the cause: the failing events and the step they occur at.
+        let failing = failing_events(cur, seg, None);
+        let named: Vec<String> = failing
+            .iter()
+            .take(2)
+            .map(|(e, step, _)| format!("\"{e}\" {}", step_phrase(step)))
+            .collect();
+        let cause = if named.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", named.join(" and "))
+        };
+        let detail: Vec<String> = failing
+            .iter()
+            .take(3)
+            .map(|(e, step, k)| format!("\"{e}\" {} in {k:.0} sessions", step_phrase(step)))
+            .collect();
+        let detail = if detail.is_empty() {
+            String::new()
+        } else {
+            format!(" The failures: {}.", detail.join(", "))
+        };
         (
-            format!("{}Sessions with failures {dir} to {} (from {})", seg_title(seg), pct(p1), pct(p0)),
             format!(
-                "{} of sessions{} hit a failure ({:.0} of {:.0}) {when}, against {} over the previous {} (z = {:.1}).",
+                "{}Sessions with failures {dir} to {} (from {}){cause}",
+                seg_title(seg),
+                pct(p1),
+                pct(p0)
+            ),
+            format!(
+                "{} of sessions{} hit a failure ({:.0} of {:.0}) {when}, against {} {} (z = {:.1}).{detail}",
                 pct(p1),
                 seg_phrase(seg),
                 c.k,
@@ -827,7 +961,7 @@ fn test_metric(
         (
             format!("\"{a}\" → \"{b}\" {dir} to {} (from {})", pct(p1), pct(p0)),
             format!(
-                "\"{a}\" was followed by \"{b}\" in {} of cases ({:.0} of {:.0}) {when}, against {} over the previous {} (z = {:.1}).",
+                "\"{a}\" was followed by \"{b}\" in {} of cases ({:.0} of {:.0}) {when}, against {} {} (z = {:.1}).",
                 pct(p1),
                 c.k,
                 c.n,
@@ -841,7 +975,7 @@ fn test_metric(
         (
             format!("\"{k}\" repeated in a loop in {} of sessions (from {})", pct(p1), pct(p0)),
             format!(
-                "{} of sessions with \"{k}\" repeated it three or more times in a row ({:.0} of {:.0}) {when}, against {} over the previous {} (z = {:.1}).",
+                "{} of sessions with \"{k}\" repeated it three or more times in a row ({:.0} of {:.0}) {when}, against {} {} (z = {:.1}).",
                 pct(p1),
                 c.k,
                 c.n,
@@ -869,7 +1003,7 @@ fn test_metric(
         (
             t,
             format!(
-                "{name} was viewed in {:.0} sessions and bought in {:.0} ({}) {when}, against {} over the previous {} (z = {:.1}).",
+                "{name} was viewed in {:.0} sessions and bought in {:.0} ({}) {when}, against {} {} (z = {:.1}).",
                 c.n,
                 c.k,
                 pct(p1),
@@ -882,6 +1016,11 @@ fn test_metric(
     } else {
         return None;
     };
+    let mut facts = json!({"value": {"k": c.k, "n": c.n, "rate": (p1 * 10000.0).round() / 10000.0},
+                  "baseline": {"k": bk, "n": bn, "rate": (p0 * 10000.0).round() / 10000.0, "periods": base.len()}});
+    if metric == "error_sessions" {
+        facts["failing_events"] = failing_json(&failing_events(cur, seg, None));
+    }
     Some(Finding {
         kind: kind_of(metric),
         metric: metric.clone(),
@@ -889,18 +1028,30 @@ fn test_metric(
         z,
         support: c.n as i64,
         product_ids: products,
-        facts: json!({"value": {"k": c.k, "n": c.n, "rate": (p1 * 10000.0).round() / 10000.0},
-                      "baseline": {"k": bk, "n": bn, "rate": (p0 * 10000.0).round() / 10000.0, "periods": base.len()}}),
+        facts,
         title,
         description,
         samples: if z > 0.0 { samples.0 } else { samples.1 },
         children: Vec::new(),
         own: true,
+        span: ctx.span,
     })
 }
 
+/// The failing events as evidence.
+fn failing_json(failing: &[(String, String, f64)]) -> Value {
+    Value::Array(
+        failing
+            .iter()
+            .take(5)
+            .map(|(e, step, k)| json!({"event": e, "step": step, "sessions": k}))
+            .collect(),
+    )
+}
+
 /// Products bought together more often than chance (no baseline needed).
-fn pairs(cur: &Stats, period: &Period, names: &HashMap<String, String>) -> Vec<Finding> {
+fn pairs(cur: &Stats, ctx: &TestCtx) -> Vec<Finding> {
+    let names = ctx.names;
     let orders = cur
         .cells
         .get(&("orders".to_string(), String::new()))
@@ -948,11 +1099,12 @@ fn pairs(cur: &Stats, period: &Period, names: &HashMap<String, String>) -> Vec<F
                 "{na} and {nb} were bought together in {:.0} of {:.0} orders {}, {lift:.1} times more often than chance would give ({expected:.1}; z = {z:.1}).",
                 c.k,
                 orders,
-                period.phrase()
+                ctx.when
             ),
             samples: cur.samples.get(&(m.clone(), seg.clone())).map(|s| s.0.clone()).unwrap_or_default(),
             children: Vec::new(),
             own: true,
+            span: ctx.span,
         });
     }
     out
@@ -980,6 +1132,10 @@ struct PatternRow {
     model: String,
     #[serde(deserialize_with = "de_micros")]
     created_at: i64,
+    /// The period is not over yet (null in rows written before the column
+    /// existed).
+    #[serde(default)]
+    provisional: Option<bool>,
 }
 
 /// A date read back as days since the epoch (Arrow's JSON writes text).
@@ -1022,6 +1178,7 @@ fn to_row(
     period: &Period,
     f: &Finding,
     sid_to_iid: &HashMap<String, String>,
+    provisional: bool,
 ) -> PatternRow {
     let samples: Vec<&String> = f
         .samples
@@ -1033,6 +1190,9 @@ fn to_row(
         "metric": f.metric,
         "segment": if f.segment.is_empty() { Value::Null } else { json!(f.segment) },
         "period": {"kind": period.kind, "start": period.start.to_string(), "end": period.end.to_string()},
+        "provisional": provisional,
+        "span": {"start": f.span.0.to_string(), "end": f.span.1.to_string()},
+        "complete_days": (f.span.1 - f.span.0).num_days(),
         "statistics": f.facts,
         "z": (f.z * 100.0).round() / 100.0,
         "p_value": p_value(f.z),
@@ -1066,57 +1226,66 @@ fn to_row(
         provider: "offline".into(),
         model: crate::ai::offline::MODEL.into(),
         created_at: Utc::now().timestamp_micros(),
+        provisional: Some(provisional),
     }
 }
 
-/// A child period's pattern carried up into its parent.
-fn carry(child: &PatternRow) -> Option<Finding> {
-    let ev: Value = serde_json::from_str(&child.evidence).ok()?;
-    let metric = ev["metric"].as_str()?.to_string();
-    let z = ev["z"].as_f64()?;
-    let child_label = Period {
-        kind: match child.period_kind.as_str() {
-            "day" => "day",
-            "week" => "week",
-            "month" => "month",
-            _ => "year",
-        },
-        start: date_of(child.period_start),
-        end: date_of(child.period_end),
-    };
-    let samples: Vec<String> = ev["sample_session_ids"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
+/// A finding of a part (child period), as its parent re-tests it: which
+/// metric and segment, over which days, in which direction.
+#[derive(Debug, Clone)]
+struct ChildRef {
+    metric: String,
+    segment: String,
+    span: (NaiveDate, NaiveDate),
+    z: f64,
+    /// "day:2026-11-25", "week:2026-11-23", …
+    label: String,
+}
+
+impl ChildRef {
+    fn of_row(r: &PatternRow) -> Option<ChildRef> {
+        let ev: Value = serde_json::from_str(&r.evidence).ok()?;
+        let metric = ev["metric"].as_str()?.to_string();
+        let z = ev["z"].as_f64()?;
+        let (ps, pe) = (date_of(r.period_start), date_of(r.period_end));
+        let day = |v: &Value| {
+            v.as_str()
+                .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+        };
+        // Rows written before spans existed cover their whole period.
+        let span = (
+            day(&ev["span"]["start"]).unwrap_or(ps),
+            day(&ev["span"]["end"]).unwrap_or(pe),
+        );
+        Some(ChildRef {
+            metric,
+            segment: r.segment.clone().unwrap_or_default(),
+            span,
+            z,
+            label: format!("{}:{}", r.period_kind, ps),
         })
-        .unwrap_or_default();
-    Some(Finding {
-        kind: match child.kind.as_str() {
-            "volume" => "volume",
-            "funnel" => "funnel",
-            "transition" => "transition",
-            "errors" => "errors",
-            _ => "product_trend",
-        },
-        metric,
-        segment: child.segment.clone().unwrap_or_default(),
-        z,
-        support: child.support,
-        product_ids: child.product_ids.clone(),
-        facts: ev["statistics"].clone(),
-        title: child.title.clone(),
-        description: child
-            .description
-            .split(" It stood out ")
-            .next()
-            .unwrap_or(&child.description)
-            .to_string(),
-        samples,
-        children: vec![format!("{}:{}", child.period_kind, child_label.start)],
-        own: false,
-    })
+    }
+}
+
+/// "on 2026-11-25", "from 2026-11-25 to 2026-11-27" (`[a, b)`).
+fn span_phrase(a: NaiveDate, b: NaiveDate) -> String {
+    let last = b.pred_opt().unwrap_or(a);
+    if last <= a {
+        format!("on {a}")
+    } else {
+        format!("from {a} to {last}")
+    }
+}
+
+/// The first day that is not complete: the UTC midnight of the run's clock
+/// or of the enrich watermark (sessions still open or not yet enriched
+/// lie after it), whichever is earlier.
+async fn horizon(lake: &Lake, now: DateTime<Utc>) -> Result<NaiveDate> {
+    let t = match runs::watermark(lake, enrich::JOB).await? {
+        Some(w) => w.min(now),
+        None => now,
+    };
+    Ok(t.date_naive())
 }
 
 async fn compute(
@@ -1131,43 +1300,34 @@ async fn compute(
     if last_day < first_day {
         return Err(Error::Invalid("the patterns window holds no day".into()));
     }
+    // Only complete days: a day still filling is never computed, and never
+    // part of a period's figures.
+    let horizon = horizon(lake, opts.now).await?;
     let days: Vec<NaiveDate> = first_day
         .iter_days()
-        .take_while(|d| *d <= last_day)
+        .take_while(|d| *d <= last_day && *d < horizon)
         .collect();
+    let mut report = Report {
+        window_start: Some(window.start),
+        window_end: Some(window.end),
+        ..Report::default()
+    };
+    if days.is_empty() {
+        tracing::info!(%horizon, "patterns: no complete day in the window");
+        return Ok(report);
+    }
     let weeks: BTreeSet<Period> = days.iter().map(|d| Period::week(*d)).collect();
     let months: BTreeSet<Period> = days.iter().map(|d| Period::month(*d)).collect();
     let years: BTreeSet<Period> = days.iter().map(|d| Period::year(*d)).collect();
-    // Sessions of every touched period and of their baselines.
-    let load_start = [
-        first_day - Days::new(BASELINE_DAYS as u64),
-        weeks
-            .iter()
-            .next()
-            .map_or(first_day, |w| w.start - Days::new(28)),
-        months
-            .iter()
-            .next()
-            .map_or(first_day, |m| m.start - Months::new(3)),
-    ]
-    .into_iter()
-    .min()
-    .unwrap_or(first_day);
-    let load_end = [
-        last_day + Days::new(1),
-        weeks.iter().last().map_or(last_day, |w| w.end),
-        months.iter().last().map_or(last_day, |m| m.end),
-    ]
-    .into_iter()
-    .max()
-    .unwrap_or(last_day);
+    // Every complete day: the periods' baselines, and the parents' own
+    // evidence for their parts' findings (a year's, all time's).
     let org_cond = org_filter(opts.org.as_deref());
     let ctx = lake.session().await?;
     progress.phase("reading sessions", 0);
     let sql = format!(
         "SELECT org_id, session_id, channel, CAST(session_date AS VARCHAR) AS session_date, visitor_id,
                 device_type, traffic_source, is_returning, timeline
-         FROM sessions WHERE session_date >= DATE '{load_start}' AND session_date < DATE '{load_end}' {org_cond}"
+         FROM sessions WHERE session_date < DATE '{horizon}' {org_cond}"
     );
     let mut by_org: BTreeMap<String, Vec<Sess>> = BTreeMap::new();
     let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
@@ -1183,6 +1343,12 @@ async fn compute(
             }
         }
     }
+    // The scan's order is not stable; samples must be (re-runs are
+    // idempotent).
+    for v in by_org.values_mut() {
+        v.sort_by(|a, b| (a.day, &a.id).cmp(&(b.day, &b.id)));
+    }
+    report.sessions_read = sessions_read;
     #[derive(Deserialize)]
     struct Ids {
         session_id: String,
@@ -1191,7 +1357,7 @@ async fn compute(
     let sid_to_iid: HashMap<String, String> = batches_to_rows::<Ids>(
         &ctx.sql(&format!(
             "SELECT session_id, interaction_id FROM interactions
-             WHERE session_date >= DATE '{load_start}' AND session_date < DATE '{load_end}' {org_cond}"
+             WHERE session_date < DATE '{horizon}' {org_cond}"
         ))
         .await?
         .collect()
@@ -1216,7 +1382,8 @@ async fn compute(
     .into_iter()
     .map(|r| (r.product_id, r.name))
     .collect();
-    // Child patterns already in the table (for the roll-ups' carry-up).
+    // Child patterns already in the table (parts this run does not
+    // recompute, for the roll-ups to re-test).
     let existing: Vec<PatternRow> = batches_to_rows(
         &ctx.sql(&format!(
             "SELECT * FROM patterns WHERE period_kind <> 'all' {org_cond}"
@@ -1232,141 +1399,42 @@ async fn compute(
     for (org, sessions) in &by_org {
         orgs_done.push(org.clone());
         let first_data = sessions.iter().map(|s| s.day).min().unwrap_or(first_day);
-        // Per-day stats over the loaded range (days before the first data
-        // day are not a baseline).
-        let mut per_day: BTreeMap<NaiveDate, Vec<&Sess>> = BTreeMap::new();
-        for s in sessions {
-            per_day.entry(s.day).or_default().push(s);
-        }
-        let mut day_stats: BTreeMap<NaiveDate, Stats> = BTreeMap::new();
-        for d in load_start.iter_days().take_while(|d| *d < load_end) {
-            if d < first_data {
-                continue;
-            }
-            let st = per_day.get(&d).map_or_else(
-                || Stats {
-                    days: 1.0,
-                    ..Stats::default()
-                },
-                |v| Stats::of_day(v),
-            );
-            day_stats.insert(d, st);
-        }
-        let period_stats = |p: &Period| -> Option<Stats> {
-            let mut st = Stats::default();
-            let mut any = false;
-            for d in p.start.iter_days().take_while(|d| *d < p.end) {
-                if let Some(s) = day_stats.get(&d) {
-                    st.merge(s);
-                    any = true;
-                }
-            }
-            any.then_some(st)
-        };
-        let findings_for =
-            |p: &Period, cur: &Stats, base: Vec<Stats>, label: &str, min_base: usize| {
-                let base_refs: Vec<&Stats> = base.iter().collect();
-                let mut keys: BTreeSet<&Key> = cur.cells.keys().collect();
-                for b in &base_refs {
-                    for k in b.cells.keys() {
-                        if is_count(&k.0) {
-                            keys.insert(k);
-                        }
-                    }
-                }
-                let mut fs: Vec<Finding> = keys
-                    .into_iter()
-                    .filter_map(|k| test_metric(k, cur, &base_refs, p, label, &names, min_base))
-                    .collect();
-                fs.extend(pairs(cur, p, &names));
-                fs
-            };
+        let finder = Finder::new(sessions, first_data, horizon, &names);
         let mut new_rows: BTreeMap<Period, Vec<PatternRow>> = BTreeMap::new();
+        let row = |p: &Period, f: &Finding| to_row(org, p, f, &sid_to_iid, p.end > horizon);
         // Days.
         for d in &days {
             let p = Period::day(*d);
-            let Some(cur) = day_stats.get(d) else {
-                new_rows.insert(p, Vec::new());
-                continue;
-            };
-            let base: Vec<Stats> = p
-                .previous(BASELINE_DAYS as usize)
-                .iter()
-                .filter_map(|b| day_stats.get(&b.start).cloned())
-                .collect();
-            let fs = findings_for(&p, cur, base, "28 days", 7);
-            new_rows.insert(
-                p,
-                top(fs)
-                    .iter()
-                    .map(|f| to_row(org, &p, f, &sid_to_iid))
-                    .collect(),
-            );
+            let fs = finder.day(&p);
+            new_rows.insert(p, fs.iter().map(|f| row(&p, f)).collect());
         }
-        // Weeks and months: pooled tests plus their parts' findings.
-        for (set, child_kind, n_base, label, min_base) in [
-            (&weeks, "day", 4usize, "4 weeks", 2usize),
-            (&months, "week", 3, "3 months", 1),
-        ] {
+        // Weeks and months: their own pooled tests, plus their parts'
+        // findings where the period's own data confirms them.
+        for (set, child_kind) in [(&weeks, "day"), (&months, "week")] {
             for p in set.iter() {
-                let mut fs = Vec::new();
-                if let Some(cur) = period_stats(p) {
-                    let base: Vec<Stats> = p
-                        .previous(n_base)
-                        .iter()
-                        .filter(|b| b.start >= first_data)
-                        .filter_map(&period_stats)
-                        .collect();
-                    fs = findings_for(p, &cur, base, label, min_base);
-                }
-                let children = child_rows(org, p, child_kind, &existing, &new_rows);
-                let rows = merge_children(fs, &children);
-                new_rows.insert(
-                    *p,
-                    rows.iter()
-                        .map(|f| to_row(org, p, f, &sid_to_iid))
-                        .collect(),
-                );
+                let own = finder.own(p);
+                let children = child_refs(org, p, child_kind, &existing, &new_rows);
+                let fs = finder.merge(p, own, &children);
+                new_rows.insert(*p, fs.iter().map(|f| row(p, f)).collect());
             }
         }
-        // Years from months, all time from years.
+        // Years from months, all time from years: confirmed parts only.
         for p in &years {
-            let children = child_rows(org, p, "month", &existing, &new_rows);
-            let rows = merge_children(Vec::new(), &children);
-            new_rows.insert(
-                *p,
-                rows.iter()
-                    .map(|f| to_row(org, p, f, &sid_to_iid))
-                    .collect(),
-            );
+            let children = child_refs(org, p, "month", &existing, &new_rows);
+            let fs = finder.merge(p, Vec::new(), &children);
+            new_rows.insert(*p, fs.iter().map(|f| row(p, f)).collect());
         }
         let all = Period {
             kind: "all",
             start: first_data,
-            end: last_day.max(first_data) + Days::new(1),
+            end: horizon.max(first_data + Days::new(1)),
         };
-        let mut year_rows: Vec<PatternRow> = existing
-            .iter()
-            .filter(|r| r.org_id == *org && r.period_kind == "year")
-            .filter(|r| {
-                !years
-                    .iter()
-                    .any(|y| days_since_epoch(y.start) == r.period_start)
-            })
-            .cloned()
-            .collect();
-        for (p, rs) in &new_rows {
-            if p.kind == "year" {
-                year_rows.extend(rs.iter().cloned());
-            }
-        }
-        let carried: Vec<Finding> = year_rows.iter().filter_map(carry).collect();
-        let rows_all = merge_children(Vec::new(), &carried);
+        let children = child_refs(org, &all, "year", &existing, &new_rows);
+        let fs = finder.merge(&all, Vec::new(), &children);
         new_rows.insert(
             all,
-            rows_all
-                .iter()
-                .map(|f| to_row(org, &all, f, &sid_to_iid))
+            fs.iter()
+                .map(|f| to_row(org, &all, f, &sid_to_iid, false))
                 .collect(),
         );
         for (_, rs) in new_rows {
@@ -1376,12 +1444,6 @@ async fn compute(
     }
 
     // Narratives by the provider (the offline one keeps the statistical text).
-    let mut report = Report {
-        window_start: Some(window.start),
-        window_end: Some(window.end),
-        sessions_read,
-        ..Report::default()
-    };
     let mut failed = Vec::new();
     if provider.name() != "offline" && !rows.is_empty() {
         progress.phase(
@@ -1502,87 +1564,342 @@ fn top(mut fs: Vec<Finding>) -> Vec<Finding> {
     fs
 }
 
-/// The child periods' rows of `parent`: this run's where it computed them,
-/// else the table's.
-fn child_rows(
+/// The findings of `parent`'s parts (`child_kind` periods inside it): this
+/// run's where it computed them, else the table's.
+fn child_refs(
     org: &str,
     parent: &Period,
     child_kind: &str,
     existing: &[PatternRow],
     new_rows: &BTreeMap<Period, Vec<PatternRow>>,
-) -> Vec<Finding> {
+) -> Vec<ChildRef> {
     let (ps, pe) = (days_since_epoch(parent.start), days_since_epoch(parent.end));
     let fresh: Vec<&Period> = new_rows
         .keys()
-        .filter(|p| p.kind == child_kind && p.start >= parent.start && p.start < parent.end)
+        .filter(|p| p.kind == child_kind && p.start < parent.end && p.end > parent.start)
         .collect();
     let mut out = Vec::new();
     for r in existing {
         if r.org_id == org
             && r.period_kind == child_kind
-            && r.period_start >= ps
             && r.period_start < pe
+            && r.period_end > ps
             && !fresh
                 .iter()
                 .any(|p| days_since_epoch(p.start) == r.period_start)
         {
-            if let Some(f) = carry(r) {
-                out.push(f);
-            }
+            out.extend(ChildRef::of_row(r));
         }
     }
     for p in fresh {
-        for r in &new_rows[p] {
-            if let Some(f) = carry(r) {
-                out.push(f);
+        out.extend(new_rows[p].iter().filter_map(ChildRef::of_row));
+    }
+    out
+}
+
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("{n} {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// The transition that states the same fact as a funnel step (the two
+/// consecutive funnel events), as that step's metric.
+fn funnel_of_transition(rest: &str) -> Option<String> {
+    let (a, b) = rest.split_once('>')?;
+    STEPS
+        .windows(2)
+        .find(|w| w[0].1 == a && w[1].1 == b)
+        .map(|w| format!("funnel:{}>{}", w[0].0, w[1].0))
+}
+
+/// One fact, one row: a transition between consecutive funnel events found
+/// together with that funnel step (all traffic) is dropped, and kept as the
+/// step's supporting evidence (`same_fact`).
+fn one_fact(fs: Vec<Finding>) -> Vec<Finding> {
+    let funnels: BTreeSet<String> = fs
+        .iter()
+        .filter(|f| f.segment.is_empty() && f.metric.starts_with("funnel:"))
+        .map(|f| f.metric.clone())
+        .collect();
+    let mut same: BTreeMap<String, Value> = BTreeMap::new();
+    let mut out = Vec::with_capacity(fs.len());
+    for f in fs {
+        let equivalent = f
+            .metric
+            .strip_prefix("transition:")
+            .and_then(funnel_of_transition)
+            .filter(|m| f.segment.is_empty() && funnels.contains(m));
+        match equivalent {
+            Some(m) => {
+                same.insert(
+                    m,
+                    json!({"metric": f.metric, "z": (f.z * 100.0).round() / 100.0, "statistics": f.facts}),
+                );
+            }
+            None => out.push(f),
+        }
+    }
+    for f in &mut out {
+        if f.segment.is_empty() {
+            if let (Some(v), Some(obj)) = (same.remove(&f.metric), f.facts.as_object_mut()) {
+                obj.insert("same_fact".into(), v);
             }
         }
     }
     out
 }
 
-/// The period's own findings plus its parts' (per metric and segment: the
-/// period's own test if it found it, else the strongest part), each listing
-/// the parts it stood out in.
-fn merge_children(own: Vec<Finding>, children: &[Finding]) -> Vec<Finding> {
-    let mut by_key: BTreeMap<(String, String), Finding> = BTreeMap::new();
-    for f in own {
-        by_key.insert((f.metric.clone(), f.segment.clone()), f);
+/// One organization's complete days, and the tests over them.
+struct Finder<'a> {
+    day_stats: BTreeMap<NaiveDate, Stats>,
+    first_data: NaiveDate,
+    horizon: NaiveDate,
+    names: &'a HashMap<String, String>,
+}
+
+impl<'a> Finder<'a> {
+    /// Per-day statistics of every complete day from the first day with
+    /// data (a day without sessions is a complete day with none).
+    fn new(
+        sessions: &[Sess],
+        first_data: NaiveDate,
+        horizon: NaiveDate,
+        names: &'a HashMap<String, String>,
+    ) -> Finder<'a> {
+        let mut per_day: BTreeMap<NaiveDate, Vec<&Sess>> = BTreeMap::new();
+        for s in sessions.iter().filter(|s| s.day < horizon) {
+            per_day.entry(s.day).or_default().push(s);
+        }
+        let day_stats = first_data
+            .iter_days()
+            .take_while(|d| *d < horizon)
+            .map(|d| {
+                let st = per_day.get(&d).map_or_else(
+                    || Stats {
+                        days: 1.0,
+                        ..Stats::default()
+                    },
+                    |v| Stats::of_day(v),
+                );
+                (d, st)
+            })
+            .collect();
+        Finder {
+            day_stats,
+            first_data,
+            horizon,
+            names,
+        }
     }
-    for c in children {
-        let key = (c.metric.clone(), c.segment.clone());
-        match by_key.get_mut(&key) {
-            Some(f) => {
-                let mut all = f.children.clone();
-                for ch in &c.children {
-                    if !all.contains(ch) {
-                        all.push(ch.clone());
+
+    /// Whether a baseline starting on `from` can compare new vs returning
+    /// visitors.
+    fn visitor_type(&self, from: NaiveDate) -> bool {
+        from >= self.first_data + Days::new(WARM_UP_DAYS)
+    }
+
+    /// The complete days `[a, b)` pooled; None unless every one of them is
+    /// complete and on or after the first day with data.
+    fn span(&self, a: NaiveDate, b: NaiveDate) -> Option<Stats> {
+        if a < self.first_data || b > self.horizon || a >= b {
+            return None;
+        }
+        let mut st = Stats::default();
+        for (_, s) in self.day_stats.range(a..b) {
+            st.merge(s);
+        }
+        Some(st)
+    }
+
+    /// Every metric of `cur` (and every count of the baseline) tested.
+    fn findings(&self, cur: &Stats, base: &[&Stats], ctx: &TestCtx) -> Vec<Finding> {
+        let mut keys: BTreeSet<&Key> = cur.cells.keys().collect();
+        for b in base {
+            for k in b.cells.keys() {
+                if is_count(&k.0) {
+                    keys.insert(k);
+                }
+            }
+        }
+        let mut fs: Vec<Finding> = keys
+            .into_iter()
+            .filter_map(|k| test_metric(k, cur, base, ctx))
+            .collect();
+        fs.extend(pairs(cur, ctx));
+        fs
+    }
+
+    /// A complete day against the 28 days before it.
+    fn day(&self, p: &Period) -> Vec<Finding> {
+        let Some(cur) = self.day_stats.get(&p.start) else {
+            return Vec::new();
+        };
+        let base: Vec<&Stats> = p
+            .previous(BASELINE_DAYS as usize)
+            .iter()
+            .filter_map(|b| self.day_stats.get(&b.start))
+            .collect();
+        let ctx = TestCtx {
+            when: p.phrase(),
+            baseline: format!("over the previous {BASELINE_DAYS} days"),
+            per_day: false,
+            min_base: 7,
+            span: (p.start, p.end),
+            names: self.names,
+            visitor_type: self.visitor_type(p.start - Days::new(BASELINE_DAYS as u64)),
+        };
+        top(one_fact(self.findings(cur, &base, &ctx)))
+    }
+
+    /// A week's or month's own test: its complete days pooled against the
+    /// same elapsed days (the same weekdays, the same first days of the
+    /// month) of the periods before it.
+    fn own(&self, p: &Period) -> Vec<Finding> {
+        let end = p.end.min(self.horizon);
+        let elapsed = (end - p.start).num_days();
+        if p.start < self.first_data || elapsed <= 0 {
+            return Vec::new();
+        }
+        let Some(cur) = self.span(p.start, end) else {
+            return Vec::new();
+        };
+        let (n, min_base, unit) = match p.kind {
+            "week" => (4, 2, "week"),
+            _ => (3, 1, "month"),
+        };
+        let mut earliest = p.start;
+        let base: Vec<Stats> = p
+            .previous(n)
+            .iter()
+            .filter_map(|b| {
+                let st = self.span(b.start, (b.start + Days::new(elapsed as u64)).min(b.end))?;
+                earliest = earliest.min(b.start);
+                Some(st)
+            })
+            .collect();
+        let base_refs: Vec<&Stats> = base.iter().collect();
+        let complete = end >= p.end;
+        let previous = plural(base.len(), unit);
+        let last = end.pred_opt().unwrap_or(p.start);
+        let baseline = match (unit, complete) {
+            (_, true) => format!("over the previous {previous}"),
+            ("week", false) => format!(
+                "over the same weekdays ({}–{}) of the previous {previous}",
+                p.start.format("%A"),
+                last.format("%A")
+            ),
+            _ => format!("over the same first {elapsed} days of the previous {previous}"),
+        };
+        let when = if complete {
+            p.phrase()
+        } else {
+            format!(
+                "{} (its {} so far)",
+                p.phrase(),
+                plural(elapsed as usize, "complete day")
+            )
+        };
+        let ctx = TestCtx {
+            when,
+            baseline,
+            per_day: true,
+            min_base,
+            span: (p.start, end),
+            names: self.names,
+            visitor_type: self.visitor_type(earliest),
+        };
+        self.findings(&cur, &base_refs, &ctx)
+    }
+
+    /// The period's own findings, plus its parts' findings that the
+    /// period's own data confirms (per metric and segment: the own test if
+    /// it found it, else the strongest confirmation), strongest first.
+    fn merge(&self, p: &Period, own: Vec<Finding>, children: &[ChildRef]) -> Vec<Finding> {
+        let mut by_key: BTreeMap<Key, Finding> = BTreeMap::new();
+        for f in own {
+            by_key.insert((f.metric.clone(), f.segment.clone()), f);
+        }
+        let mut by_span: BTreeMap<(NaiveDate, NaiveDate), Vec<&ChildRef>> = BTreeMap::new();
+        for c in children {
+            let a = c.span.0.max(p.start).max(self.first_data);
+            let b = c.span.1.min(p.end).min(self.horizon);
+            if a < b && !c.metric.starts_with("pair:") {
+                by_span.entry((a, b)).or_default().push(c);
+            }
+        }
+        for ((a, b), cs) in by_span {
+            let Some(cur) = self.span(a, b) else {
+                continue;
+            };
+            // The parent's own evidence: these days against the parent's
+            // other complete days and the 28 days before them.
+            let from = a
+                .checked_sub_days(Days::new(BASELINE_DAYS as u64))
+                .unwrap_or(a)
+                .max(self.first_data);
+            let to = p.end.min(self.horizon);
+            let base: Vec<&Stats> = self
+                .day_stats
+                .range(from..to)
+                .filter(|(d, _)| **d < a || **d >= b)
+                .map(|(_, s)| s)
+                .collect();
+            let ctx = TestCtx {
+                when: span_phrase(a, b),
+                baseline: format!(
+                    "over the other complete days from {from} to {}",
+                    to.pred_opt().unwrap_or(to)
+                ),
+                per_day: true,
+                min_base: 7,
+                span: (a, b),
+                names: self.names,
+                visitor_type: self.visitor_type(from),
+            };
+            for c in cs {
+                let key = (c.metric.clone(), c.segment.clone());
+                let Some(mut f) = test_metric(&key, &cur, &base, &ctx) else {
+                    continue;
+                };
+                if (f.z > 0.0) != (c.z > 0.0) {
+                    continue;
+                }
+                f.own = false;
+                f.children = vec![c.label.clone()];
+                match by_key.get_mut(&key) {
+                    Some(e) => {
+                        let mut labels = std::mem::take(&mut e.children);
+                        if !labels.contains(&c.label) {
+                            labels.push(c.label.clone());
+                        }
+                        if !e.own && f.z.abs() > e.z.abs() {
+                            *e = f;
+                        }
+                        e.children = labels;
+                    }
+                    None => {
+                        by_key.insert(key, f);
                     }
                 }
-                if !f.own && c.z.abs() > f.z.abs() {
-                    *f = c.clone();
-                }
-                f.children = all;
-            }
-            None => {
-                by_key.insert(key, c.clone());
             }
         }
-    }
-    let mut out: Vec<Finding> = by_key.into_values().collect();
-    for f in &mut out {
-        f.children.sort();
-        if !f.children.is_empty() {
-            let base = f
-                .description
-                .split(" It stood out ")
-                .next()
-                .unwrap_or(&f.description)
-                .to_string();
-            f.description = format!("{base} It stood out {}.", parts_phrase(&f.children));
+        let mut out: Vec<Finding> = by_key.into_values().collect();
+        for f in &mut out {
+            f.children.sort();
+            f.children.dedup();
+            if !f.children.is_empty() {
+                f.description = format!(
+                    "{} It stood out {}.",
+                    f.description,
+                    parts_phrase(&f.children)
+                );
+            }
         }
+        top(one_fact(out))
     }
-    top(out)
 }
 
 /// "on 2026-11-21 and 2026-11-22", "in the weeks of …", "in November 2026".

@@ -285,6 +285,7 @@ impl Lake {
             .await
             .map_err(|e| Error::delta(def.name, e))?;
         if existing.version().is_some() {
+            self.evolve(def, existing).await?;
             return Ok(false);
         }
         let schema: StructType = def
@@ -314,6 +315,74 @@ impl Lake {
                 }
             }
         }
+    }
+
+    /// Bring a table created by an earlier CROW up to its contract: the
+    /// columns added since (always nullable, always at the end) are added
+    /// to its Delta schema — rows written before read them as null, no data
+    /// file is rewritten — and the schema version is recorded. A table that
+    /// already has every column is left untouched (no commit).
+    async fn evolve(&self, def: &TableDef, table: DeltaTable) -> Result<()> {
+        let target: StructType = def
+            .schema()
+            .as_ref()
+            .try_into_kernel()
+            .map_err(|e: arrow::error::ArrowError| Error::Arrow(e))?;
+        let current = table
+            .snapshot()
+            .map_err(|e| Error::delta(def.name, e))?
+            .schema();
+        let missing: Vec<_> = target
+            .fields()
+            .filter(|f| current.field(f.name()).is_none())
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if let Some(f) = missing.iter().find(|f| !f.is_nullable()) {
+            return Err(Error::Invalid(format!(
+                "table {} lacks the required column {}: it cannot be added to existing rows",
+                def.name,
+                f.name()
+            )));
+        }
+        tracing::info!(
+            table = def.name,
+            columns = ?missing.iter().map(|f| f.name().to_string()).collect::<Vec<_>>(),
+            version = def.version,
+            "adding the columns of the table's new schema version"
+        );
+        let added = table
+            .add_columns()
+            .with_fields(missing)
+            .with_commit_properties(self.commit_props())
+            .await;
+        let table = match added {
+            Ok(t) => t,
+            Err(e) => {
+                // Another process evolved it at the same moment.
+                let again = self.table(def.name).await?;
+                let snap = again.snapshot().map_err(|e| Error::delta(def.name, e))?;
+                let schema = snap.schema();
+                if target.fields().all(|f| schema.field(f.name()).is_some()) {
+                    return Ok(());
+                }
+                return Err(Error::delta(def.name, e));
+            }
+        };
+        table
+            .set_tbl_properties()
+            .with_properties(
+                [(SCHEMA_VERSION_KEY.to_string(), def.version.to_string())]
+                    .into_iter()
+                    .collect(),
+            )
+            .with_raise_if_not_exists(false)
+            .with_commit_properties(self.commit_props())
+            .await
+            .map_err(|e| Error::delta(def.name, e))?;
+        Ok(())
     }
 
     /// Version, files, rows and bytes of a table.

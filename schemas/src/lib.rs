@@ -561,7 +561,7 @@ pub const INTERACTIONS: TableDef = TableDef {
 /// `patterns`: what stands out per day, week, month, year and all time.
 pub const PATTERNS: TableDef = TableDef {
     name: "patterns",
-    version: 1,
+    version: 2,
     doc: "One row per significant pattern of one period.",
     columns: &[
         req("org_id", Text, "Organization."),
@@ -608,6 +608,11 @@ pub const PATTERNS: TableDef = TableDef {
         req("provider", Text, "Who wrote the description."),
         req("model", Text, "Model name."),
         req("created_at", Timestamp, "When it was written."),
+        opt(
+            "provisional",
+            Bool,
+            "True while the period is in progress (its figures cover its complete days so far; recomputed as it fills); false once it is over. Added in schema v2: null in rows written before.",
+        ),
     ],
     partition_by: &["period_kind"],
     secret_columns: &[],

@@ -1025,6 +1025,237 @@ fn patterns_find_the_planted_incident_on_the_right_days_and_segment() {
     assert_eq!(b.crow_json(&["sql", q]), first);
 }
 
+/// Metrics the demo never changes on purpose: when one of them "fell" in a
+/// roll-up, the roll-up counted days that had not happened yet.
+const VOLUME_ARTEFACTS: [&str; 5] = [
+    "sessions",
+    "visitors",
+    "event:page",
+    "event:Product Viewed",
+    "event:Products Searched",
+];
+
+/// The latest day before today that satisfies `f`, at `h:m` UTC: a clock in
+/// the past (the collector refuses activity from the future).
+fn recent_clock(f: impl Fn(chrono::NaiveDate) -> bool, h: u32, m: u32) -> DateTime<Utc> {
+    let mut d = day_offset(1);
+    while !f(d) {
+        d -= chrono::Duration::days(1);
+    }
+    d.and_hms_opt(h, m, 0).expect("time").and_utc()
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn evidence(r: &Value) -> Value {
+    serde_json::from_str(r["evidence"].as_str().expect("evidence")).expect("evidence json")
+}
+
+/// The patterns table, read as the demo left it at `clock`, is honest
+/// about what is still in progress.
+fn assert_honest_periods(b: &Backend, clock: DateTime<Utc>) {
+    let today = clock.date_naive();
+    let date = |v: &Value| {
+        chrono::NaiveDate::parse_from_str(v.as_str().unwrap_or(""), "%Y-%m-%d").expect("date")
+    };
+    let rows = b.crow_json(&[
+        "sql",
+        "SELECT period_kind, CAST(period_start AS VARCHAR) AS s, CAST(period_end AS VARCHAR) AS e, \
+         provisional, segment, title, evidence FROM patterns ORDER BY period_kind, s, significance DESC",
+    ]);
+    let rows = rows.as_array().expect("rows");
+    assert!(!rows.is_empty(), "at {clock}: patterns found");
+    for r in rows {
+        let ev = evidence(r);
+        let kind = r["period_kind"].as_str().unwrap_or("");
+        let end = date(&r["e"]);
+        let provisional = r["provisional"]
+            .as_bool()
+            .unwrap_or_else(|| panic!("at {clock}: provisional is set: {r}"));
+        // Only periods not over yet are provisional (a day is computed only
+        // once complete; all time runs to the last complete day).
+        match kind {
+            "day" | "all" => assert!(!provisional, "at {clock}: {r}"),
+            _ if end > today => assert!(provisional, "at {clock}: in progress: {r}"),
+            _ if end < today => assert!(!provisional, "at {clock}: over: {r}"),
+            _ => {}
+        }
+        assert_eq!(ev["provisional"], json!(provisional), "{r}");
+        // No figure covers a day still filling.
+        let span_end = date(&ev["span"]["end"]);
+        assert!(span_end <= today, "at {clock}: {r}");
+        // No roll-up says volume fell because of days that did not happen.
+        let metric = ev["metric"].as_str().unwrap_or("");
+        let title = r["title"].as_str().unwrap_or("");
+        if kind != "day" && VOLUME_ARTEFACTS.contains(&metric) {
+            assert!(!title.contains(" fell "), "at {clock}: an artefact: {r}");
+        }
+    }
+    // One fact, one row: a funnel step for all traffic and the transition
+    // between the same events are never both shown for one period.
+    let mut seen: BTreeSet<(String, String, String)> = BTreeSet::new();
+    for r in rows.iter().filter(|r| r["segment"].is_null()) {
+        let ev = evidence(r);
+        seen.insert((
+            r["period_kind"].as_str().unwrap_or("").to_string(),
+            r["s"].as_str().unwrap_or("").to_string(),
+            ev["metric"].as_str().unwrap_or("").to_string(),
+        ));
+    }
+    for (k, s, m) in &seen {
+        if m == "funnel:payment>order" {
+            assert!(
+                !seen.contains(&(
+                    k.clone(),
+                    s.clone(),
+                    "transition:Payment Info Entered>Order Completed".to_string()
+                )),
+                "at {clock}: {k} {s} states the payment step twice"
+            );
+        }
+    }
+    // The demo's "top patterns of the week": the payment incident leads,
+    // and no volume artefact is among them.
+    let week = b.crow_json(&[
+        "sql",
+        "SELECT title, evidence FROM patterns WHERE period_kind = 'week' \
+           AND period_start = (SELECT max(period_start) FROM patterns WHERE period_kind = 'week') \
+         ORDER BY significance DESC LIMIT 8",
+    ]);
+    let week = week.as_array().expect("rows");
+    assert!(!week.is_empty(), "at {clock}: the week has findings");
+    let metrics: Vec<String> = week
+        .iter()
+        .map(|r| evidence(r)["metric"].as_str().unwrap_or("").to_string())
+        .collect();
+    let top = metrics[0].to_lowercase();
+    assert!(
+        top.contains("payment") || top.contains("order") || top.starts_with("error"),
+        "at {clock}: the payment incident leads the week: {week:?}"
+    );
+    assert!(
+        metrics
+            .iter()
+            .all(|m| !VOLUME_ARTEFACTS.contains(&m.as_str())),
+        "at {clock}: {week:?}"
+    );
+}
+
+#[test]
+fn the_demo_at_any_time_of_day_shows_no_artefact_of_unfinished_days() {
+    // A Thursday afternoon (the week's Monday–Wednesday complete), just
+    // after midnight on a Tuesday (Monday's last sessions still open), and
+    // the morning of a month's 2nd (the month has one complete day).
+    let clocks = [
+        recent_clock(|d| d.weekday() == chrono::Weekday::Thu, 13, 0),
+        recent_clock(|d| d.weekday() == chrono::Weekday::Tue, 0, 20),
+        recent_clock(|d| d.day() == 2, 9, 0),
+    ];
+    for (i, clock) in clocks.into_iter().enumerate() {
+        let b = Backend::local();
+        b.crow_json(&[
+            "demo",
+            "--visitors",
+            "12000",
+            "--days",
+            "35",
+            "--now",
+            &rfc3339(clock),
+        ]);
+        assert_honest_periods(&b, clock);
+        if i == 0 {
+            // A failure finding names the failing event and its step.
+            let rows = b.crow_json(&[
+                "sql",
+                "SELECT title, evidence FROM patterns WHERE period_kind = 'day' \
+                   AND segment = 'device_type=mobile' AND evidence LIKE '%\"error_sessions\"%' \
+                 ORDER BY significance DESC LIMIT 1",
+            ]);
+            let r = &rows[0];
+            let title = r["title"].as_str().unwrap_or("");
+            assert!(
+                title.contains("\"Payment Failed\" at the payment step"),
+                "{r}"
+            );
+            let failing = &evidence(r)["statistics"]["failing_events"][0];
+            assert_eq!(failing["event"], "Payment Failed", "{r}");
+            assert_eq!(failing["step"], "payment", "{r}");
+        }
+    }
+}
+
+#[test]
+fn a_provisional_period_becomes_final_and_reruns_change_nothing() {
+    let b = Backend::local();
+    // Sunday evening: the week (Monday–Saturday complete) is in progress.
+    let sunday = recent_clock(
+        |d| d.weekday() == chrono::Weekday::Sun && d <= day_offset(2),
+        23,
+        30,
+    );
+    b.crow_json(&[
+        "demo",
+        "--visitors",
+        "12000",
+        "--days",
+        "35",
+        "--now",
+        &rfc3339(sunday),
+    ]);
+    let week_start = sunday.date_naive() - chrono::Duration::days(6);
+    let q = format!(
+        "SELECT DISTINCT provisional FROM patterns WHERE period_kind = 'week' AND period_start = DATE '{week_start}'"
+    );
+    assert_eq!(b.crow_json(&["sql", &q]), json!([{"provisional": true}]));
+    let days = b.crow_json(&[
+        "sql",
+        &format!(
+            "SELECT count(*) AS n FROM patterns WHERE period_kind = 'day' AND period_start >= DATE '{}'",
+            sunday.date_naive()
+        ),
+    ]);
+    assert_eq!(
+        days,
+        json!([{"n": 0}]),
+        "the day in progress is not computed"
+    );
+
+    // Monday 02:00: Sunday is over and its sessions closed; the next runs
+    // make the week final.
+    let monday = rfc3339(sunday + chrono::Duration::minutes(150));
+    for job in ["sessionize", "enrich", "patterns"] {
+        let mut args = vec!["jobs", "run", job, "--quiet"];
+        if job != "enrich" {
+            args.extend(["--now", monday.as_str()]);
+        }
+        b.crow_json(&args);
+    }
+    assert_eq!(b.crow_json(&["sql", &q]), json!([{"provisional": false}]));
+
+    // Re-running patterns, incrementally or over the whole range, leaves
+    // the table identical: the same rows, no new Delta version.
+    let snapshot = || {
+        (
+            b.crow_json(&[
+                "sql",
+                "SELECT * EXCLUDE (created_at) FROM patterns ORDER BY pattern_id",
+            ]),
+            b.crow_json(&["history", "patterns", "--limit", "1"])[0]["version"].clone(),
+        )
+    };
+    let before = snapshot();
+    b.crow_json(&["jobs", "run", "patterns", "--now", &monday, "--quiet"]);
+    assert_eq!(snapshot(), before, "an incremental re-run");
+    let from = (sunday.date_naive() - chrono::Duration::days(40)).to_string();
+    let to = (sunday.date_naive() + chrono::Duration::days(1)).to_string();
+    b.crow_json(&[
+        "jobs", "run", "patterns", "--from", &from, "--to", &to, "--now", &monday, "--quiet",
+    ]);
+    assert_eq!(snapshot(), before, "a re-run of the whole range");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pattern_narratives_by_a_model_cannot_invent_numbers() {
     let b = Backend::local();

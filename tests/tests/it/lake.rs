@@ -436,3 +436,94 @@ async fn writer_child() {
             .expect("append");
     }
 }
+
+/// A `patterns` table written by CROW before schema v2 (no `provisional`
+/// column) gains the column on `init`: old rows read it as null, new rows
+/// carry it, and a second `init` commits nothing.
+async fn older_schema_evolves(b: Backend) {
+    use crow_lake::deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+    use crow_lake::deltalake::kernel::StructType;
+    use crow_lake::deltalake::protocol::SaveMode;
+    use crow_lake::deltalake::DeltaTable;
+    use crow_schemas::PATTERNS;
+
+    let lake = b.lake().await;
+    let full = PATTERNS.schema();
+    let keep: Vec<usize> = (0..full.fields().len())
+        .filter(|i| full.field(*i).name() != "provisional")
+        .collect();
+    let v1 = full.project(&keep).expect("v1 schema");
+    let kernel: StructType = (&v1).try_into_kernel().expect("kernel schema");
+    let url = lake.table_url("patterns").expect("url");
+    if let Ok(p) = url.to_file_path() {
+        std::fs::create_dir_all(p).expect("dir");
+    }
+    let t = DeltaTable::try_from_url_with_storage_options(url, lake.storage_options().clone())
+        .await
+        .expect("table");
+    let t = t
+        .create()
+        .with_columns(kernel.fields().cloned())
+        .with_partition_columns(["period_kind"])
+        .with_raise_if_key_not_exists(false)
+        .with_configuration([("crow.schema.version", Some("1"))])
+        .await
+        .expect("create v1");
+    let row = |id: &str, provisional: Option<bool>| {
+        json!({"org_id": "o1", "pattern_id": id, "period_kind": "week",
+               "period_start": 20_000, "period_end": 20_007, "kind": "volume", "title": "t",
+               "description": "d", "product_ids": [], "support": 10, "evidence": "{}",
+               "provider": "offline", "model": "m", "created_at": 0, "provisional": provisional})
+    };
+    let old = rows_to_batch(&PATTERNS, &[row("old", None)])
+        .expect("batch")
+        .project(&keep)
+        .expect("v1 batch");
+    t.write(vec![old])
+        .with_save_mode(SaveMode::Append)
+        .await
+        .expect("write v1 row");
+
+    lake.init().await.expect("init evolves");
+    let version = lake.stats("patterns").await.expect("stats").version;
+    lake.append(
+        "patterns",
+        vec![rows_to_batch(&PATTERNS, &[row("new", Some(true))]).expect("batch")],
+    )
+    .await
+    .expect("append v2 row");
+    let (_, batches) = lake
+        .sql("SELECT pattern_id, provisional FROM patterns ORDER BY pattern_id")
+        // (nulls are omitted from the JSON rows)
+        .await
+        .expect("query");
+    assert_eq!(
+        serde_json::Value::Array(
+            batches_to_json(&batches)
+                .expect("json")
+                .into_iter()
+                .map(serde_json::Value::Object)
+                .collect()
+        ),
+        json!([{"pattern_id": "new", "provisional": true}, {"pattern_id": "old"}]),
+        "{}",
+        b.name
+    );
+    lake.init().await.expect("init again");
+    assert_eq!(
+        lake.stats("patterns").await.expect("stats").version,
+        version + 1,
+        "{}: a second init commits nothing (only the append landed)",
+        b.name
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_schema_evolves_local() {
+    older_schema_evolves(Backend::local()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_schema_evolves_s3() {
+    older_schema_evolves(Backend::s3()).await;
+}
