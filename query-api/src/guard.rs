@@ -19,7 +19,7 @@ use std::ops::ControlFlow;
 
 use crow_schemas::config::ApiConfig;
 use datafusion::sql::parser::{CopyToSource, Statement as DFStatement};
-use datafusion::sql::sqlparser::ast::{Expr, Query, Visit, Visitor};
+use datafusion::sql::sqlparser::ast::{Expr, Query, ValueWithSpan, Visit, Visitor};
 
 use crate::error::ApiError;
 
@@ -84,6 +84,44 @@ pub fn check_statement(stmt: &DFStatement, limits: &Limits) -> Result<(), ApiErr
         ControlFlow::Break(e) => Err(e),
         ControlFlow::Continue(()) => Ok(()),
     }
+}
+
+/// Bytes of all the literals in a statement (text, numbers, …), as written.
+///
+/// A literal in a projection is repeated once per row of every batch
+/// (`select '<500 KB>' from big` builds 500 KB × rows per batch), outside
+/// the memory pool; the caller sizes batches so that this stays bounded
+/// ([`batch_rows_for`]).
+pub fn literal_bytes(stmt: &DFStatement) -> usize {
+    struct Sum(usize);
+    impl Visitor for Sum {
+        type Break = ();
+        fn pre_visit_value(&mut self, v: &ValueWithSpan) -> ControlFlow<()> {
+            self.0 = self.0.saturating_add(v.value.to_string().len());
+            ControlFlow::Continue(())
+        }
+    }
+    let mut sum = Sum(0);
+    let _ = match stmt {
+        DFStatement::Statement(s) => s.visit(&mut sum),
+        DFStatement::CopyTo(c) => match &c.source {
+            CopyToSource::Query(q) => q.visit(&mut sum),
+            CopyToSource::Relation(_) => ControlFlow::Continue(()),
+        },
+        DFStatement::Explain(e) => return literal_bytes(&e.statement),
+        _ => ControlFlow::Continue(()),
+    };
+    sum.0
+}
+
+/// Rows per batch for a statement whose literals take `literal_bytes`:
+/// at most `default_rows`, and few enough that repeating every literal
+/// once per row stays within `budget` bytes per batch (at least one row).
+pub fn batch_rows_for(literal_bytes: usize, budget: usize, default_rows: usize) -> usize {
+    if literal_bytes == 0 {
+        return default_rows;
+    }
+    (budget / literal_bytes).clamp(1, default_rows.max(1))
 }
 
 struct Measure {
@@ -250,5 +288,21 @@ mod tests {
         let deep = chain("+", 150);
         assert!(check(&format!("copy (select {deep}) to 'x.csv'")).is_err());
         assert!(check(&format!("explain select {deep}")).is_err());
+    }
+
+    #[test]
+    fn batches_shrink_with_large_literals() {
+        assert_eq!(batch_rows_for(0, 64 << 20, 8192), 8192);
+        assert_eq!(batch_rows_for(100, 64 << 20, 8192), 8192);
+        assert_eq!(batch_rows_for(500_000, 64 << 20, 8192), 134);
+        assert_eq!(batch_rows_for(1 << 30, 64 << 20, 8192), 1);
+        let stmt = |sql: &str| {
+            datafusion::sql::parser::DFParser::parse_sql(sql)
+                .expect("parse")
+                .pop_front()
+                .expect("one statement")
+        };
+        assert_eq!(literal_bytes(&stmt("select a from t")), 0);
+        assert!(literal_bytes(&stmt(&format!("select '{}' from t", "x".repeat(1000)))) >= 1000);
     }
 }

@@ -297,6 +297,28 @@ pub async fn plan_query(
         .sql_to_statement(sql, &dialect)
         .map_err(|e| df_error(&e, Some(schema)))?;
     guard::check_statement(&statement, &limits).map_err(refused)?;
+    // Literals are repeated per row outside the memory pool: with large
+    // ones, smaller batches keep each batch's copies within the function
+    // output cap (api.max_function_output_mb).
+    let rows = guard::batch_rows_for(
+        guard::literal_bytes(&statement),
+        state.function_cap() / 2,
+        session.config().batch_size(),
+    );
+    let session = match datafusion::common::config::ConfigNonZeroUsize::try_new(rows) {
+        Ok(n) if rows < session.config().batch_size() => {
+            let mut s = session;
+            s.config_mut().options_mut().execution.batch_size = n;
+            ctx.state_ref()
+                .write()
+                .config_mut()
+                .options_mut()
+                .execution
+                .batch_size = n;
+            s
+        }
+        _ => session,
+    };
     let plan = session
         .statement_to_plan(statement)
         .await

@@ -526,3 +526,58 @@ async fn concurrent_queries_are_limited_per_key_and_timeouts_stop_the_work() {
     wait_idle(w.pid(), Duration::from_secs(5), "a timed-out query").await;
     w.still_serving("a timed-out query").await;
 }
+
+/// A large literal in a projection is repeated once per row of a batch,
+/// outside the memory pool: `select '<500 KB>' from big` used to build
+/// 500 KB × 8192 rows per batch (4 GB) on a 256 MiB pool. Batches shrink
+/// with the statement's literals instead, so memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_literals_are_not_broadcast_past_the_memory_limit() {
+    let w = hostile_world(&[]).await;
+    let lake = w.b.lake().await;
+    let at = Utc
+        .with_ymd_and_hms(2026, 11, 21, 10, 0, 0)
+        .single()
+        .expect("time");
+    let many: Vec<Value> = (0..30_000)
+        .map(|i| {
+            json!({"type": "track", "event": "Bulk", "messageId": format!("bulk-{i}"),
+                   "anonymousId": format!("v{}", i % 500), "timestamp": at.to_rfc3339()})
+        })
+        .collect();
+    land_web(&lake, &w.org_a, &many, at).await;
+    let baseline = rss_mb(w.pid());
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(baseline));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (peak, stop, pid) = (peak.clone(), stop.clone(), w.pid());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak.fetch_max(rss_mb(pid), std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let lit = "x".repeat(500_000);
+    let (s, body) = w
+        .sql(&format!(
+            "select count(x) as n, max(length(x)) as l from (select '{lit}' as x from raw_web_events) t"
+        ))
+        .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sampler.join().expect("sampler");
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body, json!([{"n": 30_020, "l": 500_000}]));
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        peak < baseline + POOL_MB,
+        "resident memory peaked at {peak} MiB (baseline {baseline} MiB, pool {POOL_MB} MiB)"
+    );
+    let h = w
+        .http
+        .get(w.server.url("/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(h.status(), 200);
+}
