@@ -66,6 +66,8 @@ fn growth(name: &str) -> Growth {
         "string_to_array" | "string_to_list" | "regexp_match" | "split_part" => Growth::Linear(32),
         // Case mapping can grow a character (ß → SS); encodings grow bytes.
         "upper" | "lower" | "initcap" | "encode" | "to_hex" => Growth::Linear(4),
+        // The text operator `||` ([`crate::concat_op`]): exactly its sides.
+        "||" => Growth::Linear(1),
         _ => Growth::Linear(2),
     }
 }
@@ -100,6 +102,14 @@ impl Bounded {
     fn bound(&self, args: &ScalarFunctionArgs) -> u128 {
         // A constant result is repeated over the batch by a projection.
         let rows = args.number_rows.max(1) as u128;
+        // A fixed-width result (`length`, `strpos`, `ascii`, …) is at most
+        // a few bytes a row, whatever its input.
+        if let Some(w) = args.return_type().primitive_width() {
+            return rows.saturating_mul(w as u128);
+        }
+        if matches!(args.return_type(), DataType::Boolean | DataType::Null) {
+            return rows;
+        }
         let a = &args.args;
         let total = |i: usize| a.get(i).map_or(0, |v| bytes(v, rows));
         let per_row_max = |i: usize| a.get(i).map_or(0, max_len);

@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod body;
 pub mod bounded;
+pub mod concat_op;
 pub mod error;
 pub mod export;
 pub mod guard;

@@ -201,7 +201,12 @@ pub fn tenant_context_with(
         fns.retain(|name, _| ALLOWED_TABLE_FUNCTIONS.contains(&name.as_str()));
     }
     crate::bounded::bound_functions(&mut builder, function_cap);
-    let ctx = SessionContext::new_with_state(builder.build());
+    let mut state = builder.build();
+    // After type coercion: text `||` becomes a bounded function too.
+    state.add_analyzer_rule(Arc::new(crate::concat_op::BoundStringConcat::new(
+        function_cap,
+    )));
+    let ctx = SessionContext::new_with_state(state);
     let schema = Arc::new(TenantSchema::new(
         lake.clone(),
         org_id.to_string(),

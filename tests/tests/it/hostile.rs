@@ -183,6 +183,22 @@ async fn wait_idle(pid: u32, within: Duration, after: &str) {
     }
 }
 
+/// 24 levels of `x || x` over 1,000 bytes: 16 GB if nothing stopped it.
+const DOUBLING_CONCAT: &str = "with t0 as (select repeat('x', 1000) as x), \
+    t1 as (select x || x as x from t0), t2 as (select x || x as x from t1), \
+    t3 as (select x || x as x from t2), t4 as (select x || x as x from t3), \
+    t5 as (select x || x as x from t4), t6 as (select x || x as x from t5), \
+    t7 as (select x || x as x from t6), t8 as (select x || x as x from t7), \
+    t9 as (select x || x as x from t8), t10 as (select x || x as x from t9), \
+    t11 as (select x || x as x from t10), t12 as (select x || x as x from t11), \
+    t13 as (select x || x as x from t12), t14 as (select x || x as x from t13), \
+    t15 as (select x || x as x from t14), t16 as (select x || x as x from t15), \
+    t17 as (select x || x as x from t16), t18 as (select x || x as x from t17), \
+    t19 as (select x || x as x from t18), t20 as (select x || x as x from t19), \
+    t21 as (select x || x as x from t20), t22 as (select x || x as x from t21), \
+    t23 as (select x || x as x from t22), t24 as (select x || x as x from t23) \
+    select length(x) as n from t24";
+
 fn chain(term: &str, op: &str, n: usize) -> String {
     vec![term; n].join(op)
 }
@@ -374,6 +390,8 @@ async fn allocating_functions_are_bounded_and_memory_stays_under_the_limit() {
          select length(concat(s,s,s,s,s,s,s,s,s,s)) as n from d",
         "select length(replace(repeat('x', 30000), 'x', repeat('y', 30000))) as n",
         "select cardinality(string_to_array(repeat(',', 60000000), ',')) as n",
+        // `||` is an operator, not a function: each level doubles the text.
+        DOUBLING_CONCAT,
     ];
     let baseline = rss_mb(w.pid());
     let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(baseline));
@@ -435,6 +453,11 @@ async fn allocating_functions_are_bounded_and_memory_stays_under_the_limit() {
         .await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(body, json!([{"a": 2000, "b": 1000, "c": "007"}]));
+    let (s, body) = w
+        .sql("select 'x' || 'y' as xy, 'a' || null as n, max(length(event || '!')) as l from raw_web_events")
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body, json!([{"xy": "xy", "n": null, "l": 12}]));
 }
 
 /// The error oracle: a cast that fails on another organization's value
@@ -564,10 +587,19 @@ async fn large_literals_are_not_broadcast_past_the_memory_limit() {
             "select count(x) as n, max(length(x)) as l from (select '{lit}' as x from raw_web_events) t"
         ))
         .await;
+    // A length of concatenated copies is a number a row: answered, not
+    // refused as if it were text.
+    let (s2, body2) = w
+        .sql(&format!(
+            "select max(length(x || x)) as l from (select '{lit}' as x from raw_web_events) t"
+        ))
+        .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     sampler.join().expect("sampler");
     assert_eq!(s, 200, "{body}");
     assert_eq!(body, json!([{"n": 30_020, "l": 500_000}]));
+    assert_eq!(s2, 200, "{body2}");
+    assert_eq!(body2, json!([{"l": 1_000_000}]));
     let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
     assert!(
         peak < baseline + POOL_MB,
