@@ -761,7 +761,7 @@ async fn enrich_keeps_interactions_with_unknown_products_dropped_and_counts_retr
         (Some(3), Some(0), Some(3), Some(3), Some(1), Some(4 + 4 + 1)),
         "{r}"
     );
-    let body = &openai.requests.lock().expect("lock")[0].2;
+    let body = openai.requests.lock().expect("lock")[0].2.clone();
     assert_eq!(
         body["response_format"]["json_schema"]["schema"]["properties"]["product_ids"]["items"]
             ["enum"],
