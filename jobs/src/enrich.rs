@@ -11,10 +11,25 @@
 //! input makes zero provider calls. Each org has a daily token budget
 //! (`ai.daily_token_budget`, 0 = unlimited).
 //!
-//! A session whose answer stays malformed after the retries, whose provider
-//! refuses, or whose org is over budget gets no interaction: the failure is
-//! written to `failed_events` (source `job:enrich`, the session id as
-//! `message_id`) and the next incremental run retries it. The window's
+//! The response schema sent to the provider lists the session's candidate
+//! ids as an `enum` of `product_ids` (see [`answer_schema_for`]), so a
+//! provider that honours schemas cannot name another product. An answer
+//! that still names ids outside the candidates is asked again once, with
+//! the reason; if the next answer does too, the unknown ids are dropped and
+//! the interaction is kept. The `interactions` table has no notes column,
+//! so the validation note goes to `failed_events` (reason code
+//! [`UNKNOWN_PRODUCTS_DROPPED`], the session id as `message_id`, and a JSON
+//! `payload` with the interaction id, the dropped and kept ids and the
+//! model's answer); the run report counts these notes.
+//!
+//! Transient errors (429, 5xx, timeouts) are retried and invalid answers
+//! re-asked on separate budgets, counted apart in the report
+//! (`transient_retries`, `reasks`) and in every failure's reason and payload.
+//! A session whose answer stays invalid after its re-asks, whose provider
+//! stays unavailable or refuses, or whose org is over budget gets no
+//! interaction: the failure is written to `failed_events` (source
+//! `job:enrich`, the session id as `message_id`) and the next incremental
+//! run retries it. The window's
 //! interactions are replaced exactly (replace-where on `started_at`), so a
 //! re-run with another provider or model replaces them and the previous
 //! version stays reachable by time travel.
@@ -31,7 +46,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::ai::{call_validated, AiRequest, Provider, RetryPolicy};
+use crate::ai::{call_checked, AiRequest, Check, Provider, RetryPolicy};
 use crate::{runs, sessionize, str_lit, ts_lit, ProgressRef, Result, Trigger, Window};
 
 /// Name of the job in the ledger.
@@ -40,6 +55,9 @@ pub const JOB: &str = "enrich";
 pub const PROMPT_VERSION: &str = "enrich-v1";
 /// Candidate products given to the model per session.
 pub const MAX_CANDIDATES: usize = 20;
+/// Reason code of the validation note written when unknown product ids
+/// were dropped from a kept interaction.
+pub const UNKNOWN_PRODUCTS_DROPPED: &str = "ai_unknown_products_dropped";
 /// Timeline entries put into a prompt.
 pub const MAX_PROMPT_TIMELINE: usize = 120;
 
@@ -129,8 +147,68 @@ pub fn answer_schema() -> serde_json::Value {
     })
 }
 
+/// [`answer_schema`] for one session: `product_ids` may only hold the ids
+/// of its candidates (an `enum`, which Gemini's `responseSchema` and
+/// OpenAI's `json_schema` both enforce). Without candidates the schema is
+/// the general one (an empty `enum` is not accepted by the providers) and
+/// validation drops whatever ids the model names.
+pub fn answer_schema_for(candidates: &[Candidate]) -> serde_json::Value {
+    let mut schema = answer_schema();
+    if !candidates.is_empty() {
+        let ids: Vec<&str> = candidates.iter().map(|c| c.product_id.as_str()).collect();
+        schema["properties"]["product_ids"]["items"]["enum"] = json!(ids);
+    }
+    schema
+}
+
 /// Check an answer text against the schema and the session's candidates.
 pub fn validate(text: &str, candidates: &[Candidate]) -> std::result::Result<Answer, String> {
+    match check(text, candidates) {
+        Check::Valid(a) => Ok(a),
+        Check::Repairable { why, .. } | Check::Invalid(why) => Err(why),
+    }
+}
+
+/// Like [`validate`], but an answer whose only fault is product ids outside
+/// the candidates is [`Check::Repairable`]: the value is the answer without
+/// those ids.
+pub fn check(text: &str, candidates: &[Candidate]) -> Check<Answer> {
+    let mut a = match parse_answer(text) {
+        Ok(a) => a,
+        Err(why) => return Check::Invalid(why),
+    };
+    let unknown = unknown_ids(&a, candidates);
+    if unknown.is_empty() {
+        return Check::Valid(a);
+    }
+    let why = match unknown.as_slice() {
+        [one] => format!("product id `{one}` is not one of the candidates"),
+        many => format!(
+            "product ids {} are not among the candidates",
+            many.iter()
+                .map(|p| format!("`{p}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    a.product_ids
+        .retain(|p| candidates.iter().any(|c| &c.product_id == p));
+    Check::Repairable { value: a, why }
+}
+
+/// The answer's product ids that are not candidates, each once.
+fn unknown_ids(a: &Answer, candidates: &[Candidate]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for p in &a.product_ids {
+        if !candidates.iter().any(|c| &c.product_id == p) && !out.contains(p) {
+            out.push(p.clone());
+        }
+    }
+    out
+}
+
+/// Parse an answer and check everything but its product ids.
+fn parse_answer(text: &str) -> std::result::Result<Answer, String> {
     let text = text.trim();
     // Some models wrap JSON in a code fence despite the response format.
     let text = text
@@ -163,11 +241,6 @@ pub fn validate(text: &str, candidates: &[Candidate]) -> std::result::Result<Ans
     }
     if !(0.0..=1.0).contains(&a.confidence) || !a.confidence.is_finite() {
         return Err(format!("confidence {} is not within 0..1", a.confidence));
-    }
-    for p in &a.product_ids {
-        if !candidates.iter().any(|c| &c.product_id == p) {
-            return Err(format!("product id `{p}` is not one of the candidates"));
-        }
     }
     Ok(a)
 }
@@ -208,8 +281,19 @@ pub struct Report {
     pub interactions: u64,
     /// Answers taken from the cache.
     pub cache_hits: u64,
-    /// Calls made to the provider (retries included).
+    /// Calls made to the provider (retries and re-asks included).
     pub provider_calls: u64,
+    /// Calls repeated after a transient error (429, 5xx, timeouts).
+    pub transient_retries: u64,
+    /// Calls repeated because an answer was invalid (malformed, off schema,
+    /// unknown product ids).
+    pub reasks: u64,
+    /// Interactions kept after dropping product ids that were not among the
+    /// candidates (each noted in failed_events as
+    /// `ai_unknown_products_dropped`).
+    pub validation_notes: u64,
+    /// Product ids dropped from kept interactions.
+    pub dropped_product_ids: u64,
     /// Sessions that got no interaction (recorded in failed_events).
     pub failures: u64,
     /// Prompt tokens spent by this run.
@@ -476,7 +560,6 @@ async fn enrich_window(
         &format!("enriching sessions with {pname}/{model}"),
         sessions.len() as u64,
     );
-    let schema = answer_schema();
     let n_sessions = sessions.len() as u64;
     let now = Utc::now();
     let tasks = sessions.into_iter().map(|s| {
@@ -486,7 +569,7 @@ async fn enrich_window(
         let org = orgs.get(&s.org_id).cloned();
         let products = catalog.get(&s.org_id).map(Vec::as_slice).unwrap_or(&[]);
         let candidates = candidates(&s, products);
-        let schema = schema.clone();
+        let schema = answer_schema_for(&candidates);
         let (pname, model) = (pname.clone(), model.clone());
         async move {
             let input = build_input(&s, org.as_ref(), candidates);
@@ -510,6 +593,9 @@ async fn enrich_window(
                         cache_row: None,
                         cached: true,
                         bad_answer: None,
+                        transient_retries: 0,
+                        reasks: 0,
+                        note: None,
                     };
                 }
             }
@@ -535,6 +621,9 @@ async fn enrich_window(
                         cache_row: None,
                         cached: false,
                         bad_answer: None,
+                        transient_retries: 0,
+                        reasks: 0,
+                        note: None,
                     };
                 }
             }
@@ -545,21 +634,36 @@ async fn enrich_window(
                 input: serde_json::to_value(&input).unwrap_or_default(),
             };
             let cands = input.candidates.clone();
-            let out = call_validated(provider.as_ref(), &req, opts.policy, |t| {
-                validate(t, &cands)
-            })
-            .await;
+            let out =
+                call_checked(provider.as_ref(), &req, opts.policy, |t| check(t, &cands)).await;
+            // A kept answer with dropped ids: the note, the dropped ids and
+            // the model's own text.
+            let note = match (&out.note, &out.text) {
+                (Some(why), Some(text)) => {
+                    let dropped = parse_answer(text)
+                        .map(|a| unknown_ids(&a, &cands))
+                        .unwrap_or_default();
+                    Some((why.clone(), dropped, text.clone()))
+                }
+                _ => None,
+            };
             if let Ok(mut u) = used.lock() {
                 *u.entry(s.org_id.clone()).or_default() += out.input_tokens + out.output_tokens;
             }
             let cache_row = match (&out.value, &out.text) {
-                (Ok(_), Some(text)) if cacheable => Some(CacheRow {
+                (Ok(answer), Some(text)) if cacheable => Some(CacheRow {
                     org_id: s.org_id.clone(),
                     cache_key,
                     provider: pname.clone(),
                     model: model.clone(),
                     prompt_hash: prompt_hash.clone(),
-                    response: text.clone(),
+                    // A repaired answer is cached repaired: a re-run reuses
+                    // it without asking or noting again.
+                    response: if note.is_some() {
+                        serde_json::to_string(answer).unwrap_or_else(|_| text.clone())
+                    } else {
+                        text.clone()
+                    },
                     input_tokens: out.input_tokens as i64,
                     output_tokens: out.output_tokens as i64,
                     created_at: Utc::now(),
@@ -576,6 +680,9 @@ async fn enrich_window(
                 cache_row,
                 cached: false,
                 bad_answer: out.last_bad_answer,
+                transient_retries: out.transient_retries,
+                reasks: out.reasks,
+                note,
             }
         }
     });
@@ -594,6 +701,8 @@ async fn enrich_window(
     while let Some(done) = stream.next().await {
         progress.inc(1);
         report.provider_calls += u64::from(done.calls);
+        report.transient_retries += u64::from(done.transient_retries);
+        report.reasks += u64::from(done.reasks);
         report.input_tokens += done.spent.0;
         report.output_tokens += done.spent.1;
         if done.cached {
@@ -603,13 +712,53 @@ async fn enrich_window(
             cache_rows.push(c);
         }
         let s = done.session;
+        let interaction_id = format!(
+            "int_{}",
+            &sha256_hex(format!("{}\u{0}{pname}\u{0}{model}", s.session_id).as_bytes())[..26]
+        );
+        if let (Ok(a), Some((why, dropped, text))) = (&done.result, &done.note) {
+            report.validation_notes += 1;
+            report.dropped_product_ids += dropped.len() as u64;
+            tracing::info!(session = %s.session_id, %why, "enrich: kept the interaction without unknown product ids");
+            failed.push(FailedRow {
+                org_id: Some(s.org_id.clone()),
+                failure_id: crow_lake::ids::new_id("fail"),
+                source: format!("job:{JOB}"),
+                channel: Some(s.channel.clone()),
+                message_id: Some(s.session_id.clone()),
+                reason_code: UNKNOWN_PRODUCTS_DROPPED.into(),
+                reason: format!(
+                    "interaction kept without the product ids that are not among the candidates: {why} (after {} re-ask{})",
+                    done.reasks,
+                    if done.reasks == 1 { "" } else { "s" }
+                )
+                .chars()
+                .take(2000)
+                .collect(),
+                payload: Some(
+                    json!({
+                        "note": "validation",
+                        "session_id": s.session_id,
+                        "interaction_id": interaction_id,
+                        "run_id": run_id,
+                        "provider": pname,
+                        "model": model,
+                        "prompt_hash": done.prompt_hash,
+                        "dropped_product_ids": dropped,
+                        "kept_product_ids": a.product_ids,
+                        "reasks": done.reasks,
+                        "transient_retries": done.transient_retries,
+                        "answer": text,
+                    })
+                    .to_string(),
+                ),
+                failed_at: now.timestamp_micros(),
+                event_date: (now.timestamp_micros().div_euclid(86_400_000_000)) as i32,
+            });
+        }
         match done.result {
             Ok(a) => rows.push(InteractionRow {
-                interaction_id: format!(
-                    "int_{}",
-                    &sha256_hex(format!("{}\u{0}{pname}\u{0}{model}", s.session_id).as_bytes())
-                        [..26]
-                ),
+                interaction_id,
                 org_id: s.org_id,
                 session_id: s.session_id,
                 channel: s.channel,
@@ -656,6 +805,8 @@ async fn enrich_window(
                             "model": model,
                             "prompt_hash": done.prompt_hash,
                             "answer": done.bad_answer,
+                            "reasks": done.reasks,
+                            "transient_retries": done.transient_retries,
                         })
                         .to_string(),
                     ),
@@ -709,6 +860,13 @@ struct Done {
     cache_row: Option<CacheRow>,
     cached: bool,
     bad_answer: Option<String>,
+    /// Calls repeated after transient errors.
+    transient_retries: u32,
+    /// Calls repeated after invalid answers.
+    reasks: u32,
+    /// Set when unknown product ids were dropped: the note, the dropped
+    /// ids and the model's answer.
+    note: Option<(String, Vec<String>, String)>,
 }
 
 /// Candidate products for a session: ids and SKUs it referenced, product
@@ -888,6 +1046,23 @@ mod tests {
         assert!(validate(&unknown, &cands()).unwrap_err().contains("p9"));
         let truncated = &good[..good.len() - 10];
         assert!(validate(truncated, &cands()).is_err());
+        let two = good.replace("[\"p1\"]", "[\"p9\",\"p1\",\"p8\",\"p9\"]");
+        match check(&two, &cands()) {
+            Check::Repairable { value, why } => {
+                assert_eq!(value.product_ids, vec!["p1".to_string()]);
+                assert!(why.contains("`p9`, `p8`"), "{why}");
+            }
+            other => panic!("expected a repairable answer: {other:?}"),
+        }
+        assert!(matches!(check(truncated, &cands()), Check::Invalid(_)));
+        let schema = answer_schema_for(&cands());
+        assert_eq!(
+            schema["properties"]["product_ids"]["items"]["enum"],
+            json!(["p1"])
+        );
+        assert!(answer_schema_for(&[])["properties"]["product_ids"]["items"]
+            .get("enum")
+            .is_none());
         let conf = good.replace("0.8", "7");
         assert!(validate(&conf, &cands())
             .unwrap_err()

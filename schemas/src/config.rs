@@ -274,7 +274,8 @@ pub struct AiConfig {
     pub base_url: String,
     /// Maximum concurrent provider calls.
     pub concurrency: usize,
-    /// Retries per call on 429/5xx/malformed output.
+    /// Retries per call, for each kind apart: transient errors (429/5xx,
+    /// timeouts) and re-asks after invalid answers.
     pub max_retries: u32,
     /// Per-organization daily token budget (0: unlimited).
     pub daily_token_budget: u64,

@@ -8,9 +8,12 @@
 //! - [`openai`]: OpenAI-compatible chat completions (OpenAI, Ollama, vLLM,
 //!   gateways) with a JSON-schema response format.
 //!
-//! What all providers share lives here: [`call_validated`] retries
+//! What all providers share lives here: [`call_checked`] retries
 //! transient failures with exponential backoff and full jitter, honouring
-//! `Retry-After`, and re-asks when an answer does not validate. The response
+//! `Retry-After`, and re-asks when an answer does not validate; the two
+//! have separate budgets and are counted apart. An answer that can be
+//! repaired (see [`Check::Repairable`]) is asked again once and then kept
+//! repaired, with a note. The response
 //! cache and the per-org token budget live in the jobs that call it (see
 //! [`crate::enrich`]).
 
@@ -141,7 +144,8 @@ pub fn from_config(cfg: &AiConfig) -> Result<Arc<dyn Provider>> {
 /// Retries and backoff.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
-    /// Retries after the first attempt.
+    /// Retries after the first attempt, for each kind apart: transient
+    /// errors, and re-asks after invalid answers.
     pub max_retries: u32,
     /// First backoff; doubles each retry (full jitter).
     pub base: Duration,
@@ -174,13 +178,33 @@ impl RetryPolicy {
     }
 }
 
+/// What a checker makes of one answer text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Check<T> {
+    /// The answer is accepted as it is.
+    Valid(T),
+    /// The answer is wrong in a way that can be repaired (e.g. unknown
+    /// product ids that can be dropped): it is asked again once, and if
+    /// the next answer is still only repairable, the repaired value is
+    /// kept with `why` as its validation note.
+    Repairable {
+        /// The repaired value.
+        value: T,
+        /// What was wrong (the validation note).
+        why: String,
+    },
+    /// The answer is not usable: ask again.
+    Invalid(String),
+}
+
 /// The result of a validated call: the value or why it failed, with the
 /// tokens spent on every attempt.
 #[derive(Debug)]
 pub struct Outcome<T> {
     /// The validated value, or (reason code, reason).
     pub value: std::result::Result<T, (&'static str, String)>,
-    /// The validated answer text (for the cache).
+    /// The accepted answer text (for the cache); for a repaired value, the
+    /// model's text before the repair.
     pub text: Option<String>,
     /// The last answer text that failed validation (for failed_events).
     pub last_bad_answer: Option<String>,
@@ -190,11 +214,20 @@ pub struct Outcome<T> {
     pub output_tokens: u64,
     /// Provider calls made.
     pub calls: u32,
+    /// Calls repeated after a transient error (429, 5xx, timeouts,
+    /// connection errors).
+    pub transient_retries: u32,
+    /// Calls repeated because the answer was invalid (malformed, off
+    /// schema, repairable).
+    pub reasks: u32,
+    /// Set when the value is a repaired answer: what was repaired.
+    pub note: Option<String>,
 }
 
 /// Ask `provider` until `validate` accepts the answer, retrying transient
-/// errors (honouring `Retry-After`) and malformed answers up to the policy's
-/// limit. Never panics, never gives up silently: a failure says why.
+/// errors (honouring `Retry-After`) and re-asking on invalid answers, each
+/// up to the policy's limit. Never panics, never gives up silently: a
+/// failure says why. See [`call_checked`].
 pub async fn call_validated<T, F>(
     provider: &dyn Provider,
     req: &AiRequest,
@@ -204,6 +237,34 @@ pub async fn call_validated<T, F>(
 where
     F: Fn(&str) -> std::result::Result<T, String>,
 {
+    call_checked(provider, req, policy, |t| match validate(t) {
+        Ok(v) => Check::Valid(v),
+        Err(why) => Check::Invalid(why),
+    })
+    .await
+}
+
+/// Ask `provider` until `check` accepts the answer.
+///
+/// Transient errors (429, 5xx, timeouts) and invalid answers have separate
+/// budgets of `policy.max_retries` each and are counted apart
+/// ([`Outcome::transient_retries`], [`Outcome::reasks`]): a 503 does not use
+/// up a re-ask, and a failure is reported with the cause whose budget ran
+/// out, the last invalid answer's reason and the last transient error both
+/// named in the message. A re-ask repeats the prompt with the reason the
+/// previous answer was rejected. A [`Check::Repairable`] answer is asked
+/// again once; when the next answer is repairable too (or no better answer
+/// comes before the budgets run out), the repaired value is kept and
+/// [`Outcome::note`] says what was repaired.
+pub async fn call_checked<T, F>(
+    provider: &dyn Provider,
+    req: &AiRequest,
+    policy: RetryPolicy,
+    check: F,
+) -> Outcome<T>
+where
+    F: Fn(&str) -> Check<T>,
+{
     let mut out = Outcome {
         value: Err(("ai_error", String::new())),
         text: None,
@@ -211,33 +272,59 @@ where
         input_tokens: 0,
         output_tokens: 0,
         calls: 0,
+        transient_retries: 0,
+        reasks: 0,
+        note: None,
     };
-    let mut retry = 0u32;
+    // A repaired answer kept in reserve: (value, note, text).
+    let mut repaired: Option<(T, String, String)> = None;
+    let mut last_invalid: Option<String> = None;
+    let mut last_transient: Option<String> = None;
+    let mut current = req.clone();
+    enum Next {
+        Reask(String),
+        Transient(Duration),
+    }
     loop {
         out.calls += 1;
-        let wait = match provider.generate(req).await {
+        let next = match provider.generate(&current).await {
             Ok(answer) => {
                 out.input_tokens += answer.input_tokens;
                 out.output_tokens += answer.output_tokens;
-                match validate(&answer.text) {
-                    Ok(v) => {
+                match check(&answer.text) {
+                    Check::Valid(v) => {
                         out.value = Ok(v);
                         out.text = Some(answer.text);
                         return out;
                     }
-                    Err(why) => {
+                    Check::Repairable { value, why } => {
+                        tracing::debug!(provider = provider.name(), %why, "answer repairable");
+                        out.last_bad_answer = Some(answer.text.clone());
+                        let asked_again = repaired.is_some();
+                        repaired = Some((value, why.clone(), answer.text));
+                        if asked_again || out.reasks >= policy.max_retries {
+                            return keep_repaired(out, repaired);
+                        }
+                        last_invalid = Some(why.clone());
+                        Next::Reask(why)
+                    }
+                    Check::Invalid(why) => {
                         tracing::debug!(provider = provider.name(), %why, "answer failed validation");
-                        out.value = Err(("ai_malformed_output", why));
                         out.last_bad_answer = Some(answer.text);
-                        policy.backoff(retry)
+                        last_invalid = Some(why.clone());
+                        Next::Reask(why)
                     }
                 }
             }
             Err(AiError::Malformed(why)) => {
-                out.value = Err(("ai_malformed_output", why));
-                policy.backoff(retry)
+                last_invalid = Some(why.clone());
+                Next::Reask(why)
             }
             Err(AiError::Fatal(why)) => {
+                if repaired.is_some() {
+                    return keep_repaired(out, repaired);
+                }
+                let why = explain(why, &out, None, last_transient.as_deref());
                 out.value = Err(("ai_request_refused", why));
                 return out;
             }
@@ -245,28 +332,101 @@ where
                 message,
                 retry_after,
             }) => {
-                out.value = Err(("ai_unavailable", message));
+                last_transient = Some(message.clone());
                 match retry_after {
                     Some(ra) if ra > policy.max_retry_after => {
-                        if let Err((_, m)) = &mut out.value {
-                            m.push_str(&format!(
-                                " (Retry-After {}s is longer than this run waits)",
-                                ra.as_secs()
-                            ));
+                        if repaired.is_some() {
+                            return keep_repaired(out, repaired);
                         }
+                        let why = format!(
+                            "{message} (Retry-After {}s is longer than this run waits)",
+                            ra.as_secs()
+                        );
+                        let why = explain(why, &out, last_invalid.as_deref(), None);
+                        out.value = Err(("ai_unavailable", why));
                         return out;
                     }
-                    Some(ra) => ra,
-                    None => policy.backoff(retry),
+                    Some(ra) => Next::Transient(ra),
+                    None => Next::Transient(policy.backoff(out.transient_retries)),
                 }
             }
         };
-        if retry >= policy.max_retries {
-            return out;
+        match next {
+            Next::Reask(why) => {
+                if out.reasks >= policy.max_retries {
+                    if repaired.is_some() {
+                        return keep_repaired(out, repaired);
+                    }
+                    let why = explain(why, &out, None, last_transient.as_deref());
+                    out.value = Err(("ai_malformed_output", why));
+                    return out;
+                }
+                let wait = policy.backoff(out.reasks);
+                out.reasks += 1;
+                current.prompt = format!(
+                    "{}\n\nYour previous answer was not accepted: {why}. Answer again, \
+                     following the schema and the instructions exactly.",
+                    req.prompt
+                );
+                tokio::time::sleep(wait).await;
+            }
+            Next::Transient(wait) => {
+                if out.transient_retries >= policy.max_retries {
+                    if repaired.is_some() {
+                        return keep_repaired(out, repaired);
+                    }
+                    let why = explain(
+                        last_transient.clone().unwrap_or_default(),
+                        &out,
+                        last_invalid.as_deref(),
+                        None,
+                    );
+                    out.value = Err(("ai_unavailable", why));
+                    return out;
+                }
+                out.transient_retries += 1;
+                tokio::time::sleep(wait).await;
+            }
         }
-        retry += 1;
-        tokio::time::sleep(wait).await;
     }
+}
+
+/// Accept the repaired answer kept in reserve.
+fn keep_repaired<T>(mut out: Outcome<T>, repaired: Option<(T, String, String)>) -> Outcome<T> {
+    if let Some((value, why, text)) = repaired {
+        out.value = Ok(value);
+        out.note = Some(why);
+        out.text = Some(text);
+    }
+    out
+}
+
+/// A failure reason with what was tried: the cause, then the re-asks and
+/// transient retries made and the other kind of error last seen.
+fn explain<T>(
+    cause: String,
+    out: &Outcome<T>,
+    last_invalid: Option<&str>,
+    last_transient: Option<&str>,
+) -> String {
+    let plural = |n: u32, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    let mut s = format!(
+        "{cause} (after {} for invalid answers and {}",
+        plural(out.reasks, "re-ask", "re-asks"),
+        plural(
+            out.transient_retries,
+            "transient retry",
+            "transient retries"
+        )
+    );
+    if let Some(i) = last_invalid {
+        s.push_str(&format!("; last invalid answer: {i}"));
+    }
+    if let Some(t) = last_transient {
+        s.push_str(&format!("; last transient error: {t}"));
+    }
+    s.push(')');
+    s
 }
 
 /// Parse a `Retry-After` header: delta-seconds or an HTTP date.

@@ -567,6 +567,260 @@ async fn openai_client_speaks_chat_completions() {
     assert_eq!(body["messages"][0]["role"], "system");
 }
 
+/// A model that answers in the right shape but names a product that is not
+/// among the candidates: the interaction is kept without it, noted; a
+/// provider answering 503 now and then is retried, and the retries are
+/// counted apart from the re-asks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrich_keeps_interactions_with_unknown_products_dropped_and_counts_retries_apart() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    let org = b.crow_json(&["orgs", "create", "--name", "Shop"]);
+    let org = org["org_id"].as_str().expect("org").to_string();
+    let imported = import_csv(
+        &b,
+        "Shop",
+        "sku,name,category,price,currency\nAR-1,Aria Headphones,Audio,199,usd\nBX-2,Boxer Speaker,Audio,99,usd\n",
+    );
+    assert_eq!(imported["inserted"], 2, "{imported}");
+    let ids = b.crow_json(&["sql", "SELECT product_id FROM products ORDER BY sku"]);
+    let aria = ids[0]["product_id"].as_str().expect("id").to_string();
+    let lake = b.lake().await;
+    let view = |sku: &str| json!({"event": "Product Viewed", "properties": {"product_id": sku, "name": "Aria Headphones"}});
+    land_web(
+        &lake,
+        &org,
+        &[
+            ev("track", "u1", Some("a1"), None, t(10, 0), view("AR-1")),
+            ev("track", "u2", Some("a2"), None, t(11, 0), view("AR-1")),
+            ev("track", "u3", Some("a3"), None, t(12, 0), view("AR-1")),
+        ],
+        t(23, 0),
+    )
+    .await;
+    b.crow_json(&["jobs", "run", "sessionize", "--quiet"]);
+
+    // Every answer names the candidate and one product that is not one.
+    let answer = |ids: Value| {
+        json!({"description": "Looked at the Aria Headphones.", "intent": "research",
+               "sentiment": "neutral", "outcome": "browsed", "product_ids": ids, "confidence": 0.7})
+        .to_string()
+    };
+    let unknown = answer(json!([aria, "ghost-9"]));
+    let fake = Fake::default();
+    let base = fake.serve().await;
+    *fake.fallback.lock().expect("lock") = Some((200, gemini_ok(&unknown)));
+    let env = [
+        ("CROW_AI_PROVIDER", "gemini"),
+        ("CROW_AI_MODEL", "gemini-test"),
+        ("CROW_AI_BASE_URL", base.as_str()),
+        ("GEMINI_API_KEY", "test-key"),
+        ("CROW_AI_CONCURRENCY", "1"),
+        ("CROW_AI_MAX_RETRIES", "2"),
+    ];
+    let r = crow_env_json(&b, &["jobs", "run", "enrich"], &env);
+    assert_eq!(
+        (
+            r["sessions"].as_u64(),
+            r["interactions"].as_u64(),
+            r["failures"].as_u64()
+        ),
+        (Some(3), Some(3), Some(0)),
+        "every session keeps its interaction: {r}"
+    );
+    assert_eq!(
+        (
+            r["reasks"].as_u64(),
+            r["transient_retries"].as_u64(),
+            r["validation_notes"].as_u64(),
+            r["dropped_product_ids"].as_u64(),
+            r["provider_calls"].as_u64()
+        ),
+        (Some(3), Some(0), Some(3), Some(3), Some(6)),
+        "one re-ask per session, then the unknown id is dropped: {r}"
+    );
+    let rows = b.crow_json(&[
+        "sql",
+        "SELECT session_id, interaction_id, product_ids FROM interactions ORDER BY started_at",
+    ]);
+    let rows = rows.as_array().expect("rows").clone();
+    assert_eq!(rows.len(), 3);
+    for row in &rows {
+        assert_eq!(row["product_ids"], json!([aria]), "{row}");
+    }
+    let notes = b.crow_json(&[
+        "sql",
+        "SELECT message_id, reason, payload FROM failed_events \
+         WHERE source = 'job:enrich' AND reason_code = 'ai_unknown_products_dropped' ORDER BY message_id",
+    ]);
+    let notes = notes.as_array().expect("notes").clone();
+    assert_eq!(notes.len(), 3, "{notes:?}");
+    for n in &notes {
+        assert!(
+            n["reason"].as_str().unwrap_or("").contains("ghost-9"),
+            "{n}"
+        );
+        let payload: Value =
+            serde_json::from_str(n["payload"].as_str().expect("payload")).expect("json");
+        assert_eq!(
+            payload["dropped_product_ids"],
+            json!(["ghost-9"]),
+            "{payload}"
+        );
+        assert_eq!(payload["kept_product_ids"], json!([aria]), "{payload}");
+        assert!(
+            rows.iter()
+                .any(|r| r["interaction_id"] == payload["interaction_id"]
+                    && r["session_id"] == n["message_id"]),
+            "the note names its interaction: {payload}"
+        );
+    }
+    // The schema sent constrains product ids to the candidates, and the
+    // re-ask says what was wrong.
+    let reqs = fake.requests.lock().expect("lock").clone();
+    assert_eq!(
+        reqs[0].2["generationConfig"]["responseSchema"]["properties"]["product_ids"]["items"]
+            ["enum"],
+        json!([aria]),
+        "{}",
+        reqs[0].2
+    );
+    assert!(reqs[1].2["contents"][0]["parts"][0]["text"]
+        .as_str()
+        .unwrap_or("")
+        .contains("ghost-9"));
+    // A re-run takes the repaired answers from the cache: no calls, no
+    // new notes.
+    let before = fake.calls();
+    let r = crow_env_json(
+        &b,
+        &[
+            "jobs",
+            "run",
+            "enrich",
+            "--from",
+            "2026-03-10",
+            "--to",
+            "2026-03-11",
+        ],
+        &env,
+    );
+    assert_eq!(
+        (
+            r["interactions"].as_u64(),
+            r["cache_hits"].as_u64(),
+            r["validation_notes"].as_u64()
+        ),
+        (Some(3), Some(3), Some(0)),
+        "{r}"
+    );
+    assert_eq!(fake.calls(), before);
+
+    // OpenAI-compatible, answering 503 now and then: transient retries are
+    // counted apart from re-asks, and a 503 does not use up a re-ask.
+    let openai = Fake::default();
+    let obase = format!("{}/v1", openai.serve().await);
+    let good = answer(json!([aria]));
+    *openai.fallback.lock().expect("lock") = Some((200, openai_ok(&good)));
+    let unavailable = r#"{"error":{"message":"overloaded","code":503}}"#;
+    // Session 1: 503, an unknown id, 503, the unknown id again (kept
+    // without it). Session 2: invalid, invalid, 503, then a good answer.
+    openai.push(503, &[], unavailable);
+    openai.push(200, &[], &openai_ok(&unknown));
+    openai.push(503, &[], unavailable);
+    openai.push(200, &[], &openai_ok(&unknown));
+    openai.push(200, &[], &openai_ok("{not json"));
+    openai.push(200, &[], &openai_ok(r#"{"description":"x"}"#));
+    openai.push(503, &[], unavailable);
+    let oenv = [
+        ("CROW_AI_PROVIDER", "openai"),
+        ("CROW_AI_MODEL", "llama3"),
+        ("CROW_AI_BASE_URL", obase.as_str()),
+        ("CROW_AI_CONCURRENCY", "1"),
+        ("CROW_AI_MAX_RETRIES", "2"),
+    ];
+    let window = [
+        "jobs",
+        "run",
+        "enrich",
+        "--from",
+        "2026-03-10",
+        "--to",
+        "2026-03-11",
+    ];
+    let r = crow_env_json(&b, &window, &oenv);
+    assert_eq!(
+        (
+            r["interactions"].as_u64(),
+            r["failures"].as_u64(),
+            r["transient_retries"].as_u64(),
+            r["reasks"].as_u64(),
+            r["validation_notes"].as_u64(),
+            r["provider_calls"].as_u64()
+        ),
+        (Some(3), Some(0), Some(3), Some(3), Some(1), Some(4 + 4 + 1)),
+        "{r}"
+    );
+    let body = openai.requests.lock().expect("lock")[0].2.clone();
+    assert_eq!(
+        body["response_format"]["json_schema"]["schema"]["properties"]["product_ids"]["items"]
+            ["enum"],
+        json!([aria]),
+        "{body}"
+    );
+
+    // A session whose answers stay invalid fails as invalid, even when a
+    // 503 came in between; the reason says what was tried.
+    let failing = Fake::default();
+    let fbase = format!("{}/v1", failing.serve().await);
+    *failing.fallback.lock().expect("lock") = Some((200, openai_ok(&good)));
+    failing.push(200, &[], &openai_ok("{not json"));
+    failing.push(200, &[], &openai_ok("{not json"));
+    failing.push(503, &[], unavailable);
+    failing.push(200, &[], &openai_ok("{not json"));
+    let fenv = [
+        ("CROW_AI_PROVIDER", "openai"),
+        ("CROW_AI_MODEL", "llama3-other"),
+        ("CROW_AI_BASE_URL", fbase.as_str()),
+        ("CROW_AI_CONCURRENCY", "1"),
+        ("CROW_AI_MAX_RETRIES", "2"),
+    ];
+    let r = crow_env_json(&b, &window, &fenv);
+    assert_eq!(
+        (
+            r["interactions"].as_u64(),
+            r["failures"].as_u64(),
+            r["transient_retries"].as_u64(),
+            r["reasks"].as_u64()
+        ),
+        (Some(2), Some(1), Some(1), Some(2)),
+        "{r}"
+    );
+    let failed = b.crow_json(&[
+        "sql",
+        "SELECT reason_code, reason, payload FROM failed_events \
+         WHERE source = 'job:enrich' AND reason_code <> 'ai_unknown_products_dropped'",
+    ]);
+    assert_eq!(failed.as_array().map(Vec::len), Some(1), "{failed}");
+    assert_eq!(failed[0]["reason_code"], "ai_malformed_output", "{failed}");
+    let reason = failed[0]["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("2 re-asks")
+            && reason.contains("1 transient retry")
+            && reason.contains("503"),
+        "{reason}"
+    );
+    let payload: Value =
+        serde_json::from_str(failed[0]["payload"].as_str().expect("payload")).expect("json");
+    assert_eq!(
+        (
+            payload["reasks"].as_u64(),
+            payload["transient_retries"].as_u64()
+        ),
+        (Some(2), Some(1))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enrich_caches_answers_records_failures_and_retries_them_next_run() {
     let b = Backend::local();
