@@ -302,7 +302,7 @@ pub async fn plan_query(
     // output cap (api.max_function_output_mb).
     let rows = guard::batch_rows_for(
         guard::literal_bytes(&statement),
-        state.function_cap() / 4,
+        state.function_cap() / 8,
         session.config().batch_size(),
     );
     let session = match datafusion::common::config::ConfigNonZeroUsize::try_new(rows) {

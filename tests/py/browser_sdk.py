@@ -12,6 +12,7 @@ import http.server
 import sys
 import threading
 import time
+import urllib.request
 
 from playwright.sync_api import sync_playwright
 
@@ -28,6 +29,15 @@ PAGE = """<!doctype html>
 <button id="nav" onclick="history.pushState({{}}, '', '/cart')">cart</button>
 </body></html>
 """
+
+
+def accepted(collector):
+    """Web events the collector has accepted so far (its /metrics)."""
+    with urllib.request.urlopen(collector + "/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith('crow_ingest_events_accepted_total{channel="web"}'):
+                return int(float(line.split()[-1]))
+    return 0
 
 
 def main():
@@ -66,11 +76,15 @@ def main():
         # Queue one more event that only the page-hide beacon can deliver.
         page.evaluate("crow.options.flushInterval = 600000; crow.track('Checkout Abandoned', {step: 1})")
         assert page.evaluate("crow.queue.length") == 1
+        before = accepted(collector)
         page.close(run_before_unload=True)
         # A real browser lives on after a tab closes, so its beacon gets out;
         # closing the whole browser at once can cancel it in flight on a
-        # busy machine. Give the network service a moment first.
-        time.sleep(1.5)
+        # busy machine. Keep it open until the collector has counted the
+        # beacon's event (or 20 s have passed; the test then fails).
+        deadline = time.time() + 20
+        while accepted(collector) <= before and time.time() < deadline:
+            time.sleep(0.1)
         browser.close()
     site.shutdown()
     print(anon)

@@ -390,8 +390,6 @@ async fn allocating_functions_are_bounded_and_memory_stays_under_the_limit() {
          select length(concat(s,s,s,s,s,s,s,s,s,s)) as n from d",
         "select length(replace(repeat('x', 30000), 'x', repeat('y', 30000))) as n",
         "select cardinality(string_to_array(repeat(',', 60000000), ',')) as n",
-        // `||` is an operator, not a function: each level doubles the text.
-        DOUBLING_CONCAT,
     ];
     let baseline = rss_mb(w.pid());
     let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(baseline));
@@ -612,4 +610,28 @@ async fn large_literals_are_not_broadcast_past_the_memory_limit() {
         .await
         .expect("healthz");
     assert_eq!(h.status(), 200);
+}
+
+/// `||` is an operator, not a function: each level of a CTE chain doubles
+/// the text, and 24 levels would build 16 GB. It is bounded like the text
+/// functions, and keeps its meaning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doubling_concatenation_is_bounded() {
+    let mut w = hostile_world(&[]).await;
+    let baseline = rss_mb(w.pid());
+    let (s, body) = w.sql(DOUBLING_CONCAT).await;
+    assert_eq!(s, 400, "{body}");
+    assert_eq!(body["code"], "resources_exhausted", "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("||") && d.contains("api.max_function_output_mb")),
+        "{body}"
+    );
+    let peak = rss_mb(w.pid());
+    assert!(
+        peak < baseline + POOL_MB,
+        "resident memory at {peak} MiB after the refusal (baseline {baseline} MiB)"
+    );
+    w.still_serving("doubling ||").await;
 }
