@@ -128,7 +128,7 @@ enum Command {
     Billing(billing::BillingCommand),
     /// The whole pipeline on a synthetic brand: five weeks of activity (with
     /// incidents to find) sent through the collector, then sessionize,
-    /// enrich and patterns.
+    /// enrich, patterns and billing.
     Demo {
         /// Visitors to generate (over all days).
         #[arg(long, default_value_t = 12_000)]
