@@ -1615,13 +1615,18 @@ fn funnel_of_transition(rest: &str) -> Option<String> {
         .map(|w| format!("funnel:{}>{}", w[0].0, w[1].0))
 }
 
-/// One fact, one row: a transition between consecutive funnel events found
-/// together with that funnel step (all traffic) is dropped, and kept as the
-/// step's supporting evidence (`same_fact`).
+/// One fact, one row (all traffic): a transition between consecutive
+/// funnel events found together with that funnel step, and a failure
+/// event's volume found together with its failures (which name the step),
+/// are dropped and kept as the surviving row's supporting evidence
+/// (`same_fact`).
 fn one_fact(fs: Vec<Finding>) -> Vec<Finding> {
     let funnels: BTreeSet<String> = fs
         .iter()
-        .filter(|f| f.segment.is_empty() && f.metric.starts_with("funnel:"))
+        .filter(|f| {
+            f.segment.is_empty()
+                && (f.metric.starts_with("funnel:") || f.metric.starts_with("error:"))
+        })
         .map(|f| f.metric.clone())
         .collect();
     let mut same: BTreeMap<String, Value> = BTreeMap::new();
@@ -1631,6 +1636,11 @@ fn one_fact(fs: Vec<Finding>) -> Vec<Finding> {
             .metric
             .strip_prefix("transition:")
             .and_then(funnel_of_transition)
+            .or_else(|| {
+                f.metric
+                    .strip_prefix("event:")
+                    .map(|k| format!("error:{k}"))
+            })
             .filter(|m| f.segment.is_empty() && funnels.contains(m));
         match equivalent {
             Some(m) => {

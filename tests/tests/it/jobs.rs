@@ -1369,6 +1369,13 @@ fn assert_honest_periods(b: &Backend, clock: DateTime<Utc>) {
                 "at {clock}: {k} {s} states the payment step twice"
             );
         }
+        // A failure event's volume and its failures are one fact too.
+        if let Some(event) = m.strip_prefix("error:") {
+            assert!(
+                !seen.contains(&(k.clone(), s.clone(), format!("event:{event}"))),
+                "at {clock}: {k} {s} states \"{event}\" twice (events and failures)"
+            );
+        }
     }
     // The demo's "top patterns of the week": the payment incident leads,
     // and no volume artefact is among them.
