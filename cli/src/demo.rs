@@ -2,7 +2,7 @@
 //! real collector, then CROW's jobs over it: sessionize, enrich, patterns.
 
 use anyhow::{Context, Result};
-use chrono::{DateTime, Days, SubsecRound, Utc};
+use chrono::{DateTime, Datelike, Days, SubsecRound, Utc};
 use crow_ingest::generate::{self, GenerateOptions, Incident};
 use crow_lake::Lake;
 use crow_schemas::config::Config;
@@ -257,16 +257,23 @@ pub async fn run(
         let (schema, batches) = lake.sql(&week).await?;
         output::line("\nTop patterns of the week (crow sql \"select * from patterns\" for all):")?;
         output::print_batches(format, &schema, &batches)?;
-        let month = today
-            .pred_opt()
-            .unwrap_or(today)
-            .format("%Y-%m")
-            .to_string();
-        let invoices = crow_jobs::billing::invoices(lake, &month, Some(&org_id), &prices).await?;
-        output::line(format!(
-            "\nThe month's invoice (crow billing report --month {month}):"
-        ))?;
-        crate::billing::print_table(&invoices, &month)?;
+        // One invoice per month the generated activity touched: from the
+        // first generated day to the last (yesterday).
+        let last_day = today.pred_opt().unwrap_or(today);
+        let mut month_start = first_day.with_day(1).unwrap_or(first_day);
+        while month_start <= last_day {
+            let month = month_start.format("%Y-%m").to_string();
+            let invoices =
+                crow_jobs::billing::invoices(lake, &month, Some(&org_id), &prices).await?;
+            output::line(format!(
+                "\nThe invoice of {month} (crow billing report --month {month}):"
+            ))?;
+            crate::billing::print_table(&invoices, &month)?;
+            month_start = match month_start.checked_add_months(chrono::Months::new(1)) {
+                Some(next) => next,
+                None => break,
+            };
+        }
     }
     Ok(())
 }

@@ -18,14 +18,24 @@ pub enum JobsCommand {
     /// Run one job now: incrementally from its watermark, or over an
     /// explicit window of UTC days [--from, --to).
     Run(RunArgs),
-    /// Recent runs, each job's watermark, and recent job failures.
-    Status {
+    /// One row per job: its schedule, next run and lease, its watermark
+    /// (data time) and last success (wall-clock time), its latest run and
+    /// the failures it recorded.
+    Status(FormatArg),
+    /// The latest runs, newest first (trigger, attempt, window, rows,
+    /// error).
+    Runs {
+        /// Only this job's runs.
+        #[arg(long, value_enum)]
+        job: Option<JobName>,
         /// Show this many runs.
         #[arg(long, default_value_t = 20)]
         limit: usize,
         #[command(flatten)]
         format: FormatArg,
     },
+    /// What the jobs recorded in `failed_events`, by job and reason.
+    Failures(FormatArg),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -234,12 +244,89 @@ pub fn print_report(format: Format, report: &serde_json::Value) -> Result<()> {
     output::print_rows(format, &["field", "value"], &rows)
 }
 
-pub async fn status(lake: &Lake, cfg: &Config, limit: usize, format: Format) -> Result<()> {
+fn fmt_t(t: Option<chrono::DateTime<Utc>>) -> Option<String> {
+    t.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+}
+
+/// Columns of `crow jobs status`, in the order printed.
+const STATUS_COLUMNS: &[&str] = &[
+    "job",
+    "schedule",
+    "next_run",
+    "last_slot",
+    "watermark",
+    "last_success",
+    "last_run",
+    "last_status",
+    "state",
+    "attempt",
+    "holder",
+    "retry_at",
+    "failures",
+];
+
+/// `crow jobs status`: one row per job — its schedule and lease, its
+/// watermark (data time) and last success (wall-clock time), its latest
+/// run and the failures it has recorded.
+pub async fn status(lake: &Lake, cfg: &Config, format: Format) -> Result<()> {
     lake.init().await.context("preparing the lake")?;
-    let recent = runs::recent(lake, limit).await?;
-    let fmt_t =
-        |t: Option<chrono::DateTime<Utc>>| t.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string());
-    let run_rows: Vec<serde_json::Value> = recent
+    let now = Utc::now();
+    let (_, batches) = lake
+        .sql(
+            "SELECT substr(source, 5) AS job, count(*) AS failures
+             FROM failed_events WHERE source LIKE 'job:%' GROUP BY source",
+        )
+        .await?;
+    let failures = output::json_rows(&batches)?;
+    let mut rows = Vec::new();
+    for j in crow_jobs::scheduler::status(lake, cfg, now).await? {
+        let lease = j.lease.as_ref();
+        let chained = crow_jobs::backfill::CHAIN.contains(&j.job.as_str());
+        let (watermark, last_success) = if chained {
+            let w = runs::watermark(lake, &j.job).await?;
+            let last = runs::last_succeeded(lake, &j.job).await?;
+            (fmt_t(w), last.and_then(|r| fmt_t(r.finished_at)))
+        } else {
+            (None, None)
+        };
+        let latest = runs::recent_for(lake, &j.job, 1).await?.into_iter().next();
+        let failed = failures
+            .iter()
+            .find(|f| f["job"] == j.job.as_str())
+            .map(|f| f["failures"].clone())
+            .unwrap_or(serde_json::json!(0));
+        rows.push(serde_json::json!({
+            "job": j.job,
+            "schedule": j.schedule,
+            "next_run": fmt_t(j.next_run),
+            "last_slot": lease.map(|l| l.slot.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
+            "watermark": watermark,
+            "last_success": last_success,
+            "last_run": latest.as_ref().and_then(|r| fmt_t(Some(r.started_at))),
+            "last_status": latest.as_ref().map(|r| r.status.clone()),
+            "state": lease.map(|l| if l.state == "running" && !l.held(now) { "expired".to_string() } else { l.state.clone() }),
+            "attempt": lease.map(|l| l.attempt),
+            "holder": lease.filter(|l| l.held(now)).map(|l| l.holder.clone()),
+            "retry_at": lease.and_then(|l| fmt_t(l.retry_at)),
+            "failures": failed,
+        }));
+    }
+    output::print_rows(format, STATUS_COLUMNS, &rows)
+}
+
+/// `crow jobs runs`: the latest runs, newest first.
+pub async fn list_runs(
+    lake: &Lake,
+    job: Option<JobName>,
+    limit: usize,
+    format: Format,
+) -> Result<()> {
+    lake.init().await.context("preparing the lake")?;
+    let recent = match job {
+        Some(j) => runs::recent_for(lake, j.as_str(), limit).await?,
+        None => runs::recent(lake, limit).await?,
+    };
+    let rows: Vec<serde_json::Value> = recent
         .iter()
         .map(|r| {
             serde_json::json!({
@@ -259,50 +346,6 @@ pub async fn status(lake: &Lake, cfg: &Config, limit: usize, format: Format) -> 
             })
         })
         .collect();
-    let mut marks = Vec::new();
-    for job in crow_jobs::backfill::CHAIN {
-        let w = runs::watermark(lake, job).await?;
-        let last = runs::last_succeeded(lake, job).await?;
-        marks.push(serde_json::json!({
-            "job": job,
-            "watermark": fmt_t(w),
-            "last_success": last.as_ref().and_then(|r| fmt_t(r.finished_at)),
-        }));
-    }
-    let (_, batches) = lake
-        .sql(
-            "SELECT source, reason_code, count(*) AS failures, CAST(max(failed_at) AS VARCHAR) AS last_failed_at
-             FROM failed_events WHERE source LIKE 'job:%'
-             GROUP BY source, reason_code ORDER BY failures DESC",
-        )
-        .await?;
-    let failures = output::json_rows(&batches)?;
-    let now = Utc::now();
-    let schedule: Vec<serde_json::Value> = crow_jobs::scheduler::status(lake, cfg, now)
-        .await?
-        .into_iter()
-        .map(|j| {
-            let lease = j.lease.as_ref();
-            serde_json::json!({
-                "job": j.job,
-                "schedule": j.schedule,
-                "next_run": fmt_t(j.next_run),
-                "last_slot": lease.map(|l| l.slot.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
-                "attempt": lease.map(|l| l.attempt),
-                "state": lease.map(|l| if l.state == "running" && !l.held(now) { "expired".to_string() } else { l.state.clone() }),
-                "holder": lease.filter(|l| l.held(now)).map(|l| l.holder.clone()),
-                "retry_at": lease.and_then(|l| fmt_t(l.retry_at)),
-            })
-        })
-        .collect();
-    if format == Format::Json {
-        let obj = serde_json::json!({
-            "runs": run_rows, "watermarks": marks, "failures": failures,
-            "schedule": schedule, "scheduler_enabled": cfg.schedule.enabled,
-        });
-        return output::print_object(format, &[], &obj);
-    }
-    output::line("Runs:")?;
     output::print_rows(
         format,
         &[
@@ -310,6 +353,7 @@ pub async fn status(lake: &Lake, cfg: &Config, limit: usize, format: Format) -> 
             "org_id",
             "trigger",
             "attempt",
+            "host",
             "status",
             "window_start",
             "window_end",
@@ -319,36 +363,27 @@ pub async fn status(lake: &Lake, cfg: &Config, limit: usize, format: Format) -> 
             "rows_out",
             "error",
         ],
-        &run_rows,
-    )?;
-    output::line("\nWatermarks:")?;
-    output::print_rows(format, &["job", "watermark", "last_success"], &marks)?;
-    output::line(format!(
-        "\nSchedule (crow serve; {}):",
-        if cfg.schedule.enabled {
-            "enabled"
-        } else {
-            "disabled by schedule.enabled"
-        }
-    ))?;
+        &rows,
+    )
+}
+
+/// `crow jobs failures`: what the jobs recorded in `failed_events`, by job
+/// and reason (sessions whose enrichment failed are retried on the next
+/// run; notes are kept beside written rows).
+pub async fn failures(lake: &Lake, format: Format) -> Result<()> {
+    lake.init().await.context("preparing the lake")?;
+    let (_, batches) = lake
+        .sql(
+            "SELECT substr(source, 5) AS job, reason_code, count(*) AS failures,
+                    CAST(max(failed_at) AS VARCHAR) AS last_failed_at
+             FROM failed_events WHERE source LIKE 'job:%'
+             GROUP BY source, reason_code ORDER BY failures DESC, job, reason_code",
+        )
+        .await?;
+    let rows = output::json_rows(&batches)?;
     output::print_rows(
         format,
-        &[
-            "job",
-            "schedule",
-            "next_run",
-            "last_slot",
-            "attempt",
-            "state",
-            "holder",
-            "retry_at",
-        ],
-        &schedule,
-    )?;
-    output::line("\nJob failures (sessions retried on the next run):")?;
-    output::print_rows(
-        format,
-        &["source", "reason_code", "failures", "last_failed_at"],
-        &failures,
+        &["job", "reason_code", "failures", "last_failed_at"],
+        &rows,
     )
 }

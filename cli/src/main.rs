@@ -93,7 +93,8 @@ enum Command {
         /// Keep files needed by versions of the last HOURS hours.
         #[arg(long, default_value_t = 168)]
         retention_hours: u64,
-        /// Only list what would be deleted.
+        /// Only list the files that would be deleted (one row per file),
+        /// deleting nothing.
         #[arg(long)]
         dry_run: bool,
         #[command(flatten)]
@@ -156,12 +157,15 @@ enum Command {
     /// Run the server: the collector (Segment-compatible ingest) with its WAL
     /// and flusher, the query API, and the job scheduler.
     Serve {
-        /// Listen address (default: server.listen, 127.0.0.1:8080).
-        #[arg(long, env = "CROW_LISTEN")]
+        /// Listen address (default: server.listen, 127.0.0.1:8080; also set
+        /// by CROW_LISTEN or CROW_SERVER_LISTEN, which `crow config show`
+        /// reflects).
+        #[arg(long)]
         listen: Option<String>,
-        /// Write-ahead log folder (default: <lake>/_wal for a local lake,
-        /// ./crow-wal otherwise).
-        #[arg(long, env = "CROW_WAL_DIR")]
+        /// Write-ahead log folder (default: ingest.wal_dir, else <lake>/_wal
+        /// for a local lake and ./crow-wal otherwise; also set by
+        /// CROW_WAL_DIR or CROW_INGEST_WAL_DIR).
+        #[arg(long)]
         wal_dir: Option<PathBuf>,
         /// Serve only one part (for separate scaling): `api` (no scheduler)
         /// or `ingest` (with the scheduler). Default: both on one listener,
@@ -505,10 +509,23 @@ async fn run(cli: Cli) -> Result<()> {
             let lake = open_lake(&cfg).await?;
             let mut rows = Vec::new();
             for t in tables_arg(table.as_deref())? {
-                let n = lake.vacuum(t, retention_hours, dry_run).await?;
-                rows.push(serde_json::json!({"table": t, "files_deleted": n, "dry_run": dry_run}));
+                let files = lake.vacuum(t, retention_hours, dry_run).await?;
+                if dry_run {
+                    // What would go, file by file, for a person to check.
+                    rows.extend(
+                        files
+                            .iter()
+                            .map(|f| serde_json::json!({"table": t, "file": f})),
+                    );
+                } else {
+                    rows.push(serde_json::json!({"table": t, "files_deleted": files.len()}));
+                }
             }
-            output::print_rows(format.format, &["table", "files_deleted", "dry_run"], &rows)
+            if dry_run {
+                output::print_rows(format.format, &["table", "file"], &rows)
+            } else {
+                output::print_rows(format.format, &["table", "files_deleted"], &rows)
+            }
         }
         Command::Checkpoint { table, format } => {
             let lake = open_lake(&cfg).await?;
@@ -647,9 +664,17 @@ async fn run(cli: Cli) -> Result<()> {
             let lake = open_lake(&cfg).await?;
             jobs::run(&lake, &cfg, args).await
         }
-        Command::Jobs(jobs::JobsCommand::Status { limit, format }) => {
+        Command::Jobs(jobs::JobsCommand::Status(format)) => {
             let lake = open_lake(&cfg).await?;
-            jobs::status(&lake, &cfg, limit, format.format).await
+            jobs::status(&lake, &cfg, format.format).await
+        }
+        Command::Jobs(jobs::JobsCommand::Runs { job, limit, format }) => {
+            let lake = open_lake(&cfg).await?;
+            jobs::list_runs(&lake, job, limit, format.format).await
+        }
+        Command::Jobs(jobs::JobsCommand::Failures(format)) => {
+            let lake = open_lake(&cfg).await?;
+            jobs::failures(&lake, format.format).await
         }
         Command::Products(cmd) => {
             let lake = open_lake(&cfg).await?;

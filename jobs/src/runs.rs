@@ -161,6 +161,11 @@ pub async fn recent(lake: &Lake, limit: usize) -> Result<Vec<RunRecord>> {
     query(lake, "TRUE", limit).await
 }
 
+/// The latest `limit` runs of `job`, newest first.
+pub async fn recent_for(lake: &Lake, job: &str, limit: usize) -> Result<Vec<RunRecord>> {
+    query(lake, &format!("job = {}", str_lit(job)), limit).await
+}
+
 /// The watermark of `job`: the end of its last succeeded incremental run
 /// over all organizations.
 pub async fn watermark(lake: &Lake, job: &str) -> Result<Option<DateTime<Utc>>> {

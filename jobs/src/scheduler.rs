@@ -38,13 +38,14 @@ use crate::lease::{LeaseState, Leases};
 use crate::{backfill, runs, NoProgress, ProgressRef, Result, Trigger, Window};
 
 /// Jobs the scheduler runs, in the order it runs due jobs.
-pub const JOBS: [&str; 6] = [
+pub const JOBS: [&str; 7] = [
     "sessionize",
     "enrich",
     "patterns",
     "billing",
     "optimize",
     "checkpoint",
+    "vacuum",
 ];
 
 /// The scheduler of one server.
@@ -255,7 +256,7 @@ impl Scheduler {
     async fn run_job(&self, job: &str, slot: DateTime<Utc>) -> Result<String> {
         let progress: ProgressRef = Arc::new(NoProgress);
         match job {
-            "optimize" | "checkpoint" => {
+            "optimize" | "checkpoint" | "vacuum" => {
                 let w = Window {
                     start: slot,
                     end: slot,
@@ -265,13 +266,18 @@ impl Scheduler {
                 let mut changed = 0u64;
                 let mut result = Ok(());
                 for def in crow_schemas::ALL_TABLES {
-                    let r = if job == "optimize" {
-                        self.lake
+                    let r = match job {
+                        "optimize" => self
+                            .lake
                             .optimize(def.name)
                             .await
-                            .map(|m| changed += m.files_removed)
-                    } else {
-                        self.lake.checkpoint(def.name).await.map(|_| ())
+                            .map(|m| changed += m.files_removed),
+                        "vacuum" => self
+                            .lake
+                            .vacuum(def.name, self.cfg.schedule.vacuum_retention_hours, false)
+                            .await
+                            .map(|files| changed += files.len() as u64),
+                        _ => self.lake.checkpoint(def.name).await.map(|_| ()),
                     };
                     match r {
                         Ok(()) => done += 1,
@@ -414,6 +420,7 @@ pub async fn status(lake: &Lake, cfg: &Config, now: DateTime<Utc>) -> Result<Vec
             "patterns" => &cfg.schedule.patterns,
             "billing" => &cfg.schedule.billing,
             "optimize" => &cfg.schedule.optimize,
+            "vacuum" => &cfg.schedule.vacuum,
             _ => &cfg.schedule.checkpoint,
         };
         out.push(JobSchedule {

@@ -47,7 +47,7 @@ use deltalake::operations::vacuum::VacuumMode;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 pub use error::{Error, ErrorKind, Result};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 pub use object_store;
 use url::Url;
 
@@ -731,20 +731,60 @@ impl Lake {
     }
 
     /// Delete data files that no version within `retention_hours` needs
-    /// (also files orphaned by failed writes). Returns the number of files
-    /// deleted (or that would be, with `dry_run`).
-    pub async fn vacuum(&self, name: &str, retention_hours: u64, dry_run: bool) -> Result<usize> {
+    /// (also files orphaned by failed writes). Returns the files deleted
+    /// (or that would be, with `dry_run`), as paths in the table, sorted.
+    ///
+    /// delta-rs counts every expired tombstone of the log as a file to
+    /// delete, even when an earlier vacuum deleted it already; a list
+    /// people check before deleting must name only files that are there,
+    /// so the candidates are checked against the store first.
+    pub async fn vacuum(
+        &self,
+        name: &str,
+        retention_hours: u64,
+        dry_run: bool,
+    ) -> Result<Vec<String>> {
         let t = self.table(name).await?;
-        let (_, m) = t
+        let retention = chrono::Duration::hours(retention_hours.min(100_000) as i64);
+        let (t, plan) = t
             .vacuum()
-            .with_retention_period(chrono::Duration::hours(retention_hours.min(100_000) as i64))
+            .with_retention_period(retention)
             .with_enforce_retention_duration(false)
             .with_mode(VacuumMode::Full)
-            .with_dry_run(dry_run)
+            .with_dry_run(true)
+            .await
+            .map_err(|e| Error::delta(name, e))?;
+        let store = t.object_store();
+        let checks = futures::stream::iter(plan.files_deleted.into_iter().map(|file| {
+            let store = store.clone();
+            async move {
+                let path = object_store::path::Path::from(file.as_str());
+                match object_store::ObjectStoreExt::head(store.as_ref(), &path).await {
+                    Ok(_) => Ok(Some(file)),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
+        }))
+        .buffer_unordered(16)
+        .try_collect::<Vec<Option<String>>>()
+        .await?;
+        let mut present: Vec<String> = checks.into_iter().flatten().collect();
+        present.sort();
+        if dry_run || present.is_empty() {
+            return Ok(present);
+        }
+        let (_, m) = t
+            .vacuum()
+            .with_retention_period(retention)
+            .with_enforce_retention_duration(false)
+            .with_mode(VacuumMode::Full)
             .with_commit_properties(self.commit_props())
             .await
             .map_err(|e| Error::delta(name, e))?;
-        Ok(m.files_deleted.len())
+        let deleted: std::collections::HashSet<String> = m.files_deleted.into_iter().collect();
+        present.retain(|f| deleted.contains(f));
+        Ok(present)
     }
 
     /// Write a checkpoint of the table's log at its current version.

@@ -445,6 +445,12 @@ pub struct ScheduleConfig {
     pub optimize: String,
     /// Checkpoint the Delta log of every table.
     pub checkpoint: String,
+    /// Delete files of every table that no version within
+    /// `vacuum_retention_hours` needs.
+    pub vacuum: String,
+    /// Scheduled vacuums keep the files of this many hours of versions:
+    /// time travel and readers that started earlier work within it.
+    pub vacuum_retention_hours: u64,
 }
 
 impl Default for ScheduleConfig {
@@ -461,6 +467,8 @@ impl Default for ScheduleConfig {
             billing: "0 * * * *".into(),
             optimize: "0 3 * * *".into(),
             checkpoint: "30 3 * * *".into(),
+            vacuum: "0 4 * * 0".into(),
+            vacuum_retention_hours: 168,
         }
     }
 }
@@ -476,6 +484,7 @@ impl ScheduleConfig {
             ("billing", &self.billing),
             ("optimize", &self.optimize),
             ("checkpoint", &self.checkpoint),
+            ("vacuum", &self.vacuum),
         ]
         .into_iter()
         .map(|(job, expr)| {
@@ -553,6 +562,10 @@ impl Config {
             }
             let path: Vec<String> = if rest == "LAKE" {
                 vec!["lake".into(), "uri".into()]
+            } else if rest == "LISTEN" {
+                vec!["server".into(), "listen".into()]
+            } else if rest == "WAL_DIR" {
+                vec!["ingest".into(), "wal_dir".into()]
             } else if let Some(p) = leaves.iter().find(|p| env_name(p) == k) {
                 p.clone()
             } else if let Some(opt) = rest.strip_prefix("LAKE_OPTIONS_") {
@@ -658,6 +671,12 @@ impl Config {
         ])?;
         if self.schedule.lease_seconds < 3 {
             return Err(err("schedule.lease_seconds", "must be at least 3"));
+        }
+        if !(24..=100_000).contains(&self.schedule.vacuum_retention_hours) {
+            return Err(err(
+                "schedule.vacuum_retention_hours",
+                "must be between 24 and 100000 (a scheduled vacuum never deletes files a running job or a reader of the last day may need)",
+            ));
         }
         self.api.validate()?;
         for (key, v) in [
@@ -904,9 +923,19 @@ mod tests {
                 ("CROW_INGEST_STRIP_QUERY_PARAMS", "a, b"),
                 ("CROW_LAKE_OPTIONS_AWS_S3_ADDRESSING_STYLE", "path"),
                 ("CROW_SOMETHING_ELSE", "ignored"),
+                ("CROW_LISTEN", "0.0.0.0:9000"),
+                ("CROW_WAL_DIR", "/var/lib/crow/wal"),
             ]),
         )
         .unwrap();
+        assert_eq!(
+            c.server.listen, "0.0.0.0:9000",
+            "CROW_LISTEN is server.listen"
+        );
+        assert_eq!(
+            c.ingest.wal_dir, "/var/lib/crow/wal",
+            "CROW_WAL_DIR is ingest.wal_dir"
+        );
         assert_eq!(c.ai.provider, "gemini");
         assert_eq!(c.ai.concurrency, 16);
         assert_eq!(c.lake.uri, "s3://bucket/p");
@@ -982,7 +1011,10 @@ mod tests {
         assert_eq!(c.schedule.lease_seconds, 6);
         let jobs = c.schedule.jobs().unwrap();
         let on: Vec<&str> = jobs.iter().filter(|j| j.1.is_some()).map(|j| j.0).collect();
-        assert_eq!(on, ["sessionize", "enrich", "optimize", "checkpoint"]);
+        assert_eq!(
+            on,
+            ["sessionize", "enrich", "optimize", "checkpoint", "vacuum"]
+        );
         let e = Config::load(Some("[schedule]\nbilling = \"0 25 * * *\"\n"), env(&[])).unwrap_err();
         assert_eq!(e.key, "schedule.billing", "{e}");
         assert!(e.message.contains("hour"), "{e}");

@@ -170,8 +170,21 @@ fn demo_lands_a_week_exactly_once_and_maintenance_works() {
     assert_eq!(first[0]["n"], events);
     assert_eq!(first[0]["n"], first[0]["d"]);
     // Again: the same demo lands exactly once.
-    b.crow_ok(&["demo", "--visitors", "120", "--days", "7"]);
+    let shown = b.crow_ok(&["demo", "--visitors", "120", "--days", "7"]);
     assert_eq!(b.crow_json(&["sql", q]), first);
+    // It prints the invoice of every month its week touched.
+    let today = chrono::Utc::now().date_naive();
+    for back in [7, 1] {
+        let month = (today - chrono::Duration::days(back))
+            .format("%Y-%m")
+            .to_string();
+        assert!(
+            shown.contains(&format!(
+                "The invoice of {month} (crow billing report --month {month})"
+            )),
+            "{shown}"
+        );
+    }
     let products = b.crow_json(&["sql", "select count(*) as n from products"]);
     assert_eq!(products[0]["n"], crow_ingest::generate::catalog().len());
     let funnel = b.crow_json(&[
@@ -199,8 +212,20 @@ fn demo_lands_a_week_exactly_once_and_maintenance_works() {
     assert_eq!(hist[0]["operation"], "WRITE");
     let opt = b.crow_json(&["optimize", "products"]);
     assert_eq!(opt[0]["table"], "products");
+    // A dry run lists each file it would delete; the vacuum deletes
+    // exactly those, and nothing is left to delete after it.
+    let would = b.crow_json(&["vacuum", "products", "--retention-hours", "0", "--dry-run"]);
+    let would = would.as_array().expect("rows").clone();
+    assert!(
+        would.iter().all(|r| r["table"] == "products"
+            && r["file"].as_str().is_some_and(|f| f.ends_with(".parquet"))),
+        "{would:?}"
+    );
     let vac = b.crow_json(&["vacuum", "products", "--retention-hours", "0"]);
     assert_eq!(vac[0]["table"], "products");
+    assert_eq!(vac[0]["files_deleted"], would.len(), "{vac}");
+    let again = b.crow_json(&["vacuum", "products", "--retention-hours", "0", "--dry-run"]);
+    assert_eq!(again, serde_json::json!([]), "nothing left to delete");
     let cp = b.crow_json(&["checkpoint", "raw_web_events"]);
     assert_eq!(cp[0]["table"], "raw_web_events");
     assert_eq!(

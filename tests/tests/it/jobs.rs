@@ -251,10 +251,21 @@ async fn sessionize_rules(b: Backend) {
     let r = b.crow_json(&["jobs", "run", "sessionize", "--quiet"]);
     assert_eq!(r["open_sessions"], 1, "{r}");
     assert!(sessions(&b, "visitor_id = 'a9'").is_empty());
+    let runs = b.crow_json(&["jobs", "runs"]);
+    let runs = runs.as_array().expect("runs");
+    assert!(
+        !runs.is_empty() && runs.iter().all(|r| r["status"] == "succeeded"),
+        "{runs:?}"
+    );
     let status = b.crow_json(&["jobs", "status"]);
-    let runs = status["runs"].as_array().expect("runs");
-    assert!(runs.iter().all(|r| r["status"] == "succeeded"), "{status}");
-    assert!(status["watermarks"][0]["watermark"].is_string(), "{status}");
+    let sess = status
+        .as_array()
+        .expect("one row per job")
+        .iter()
+        .find(|s| s["job"] == "sessionize")
+        .expect("sessionize row");
+    assert!(sess["watermark"].is_string(), "{status}");
+    assert_eq!(sess["last_status"], "succeeded", "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
