@@ -9,6 +9,7 @@ mod export;
 mod http;
 mod jobs;
 mod keys;
+mod orgs;
 mod output;
 mod products;
 mod serve;
@@ -109,7 +110,7 @@ enum Command {
     },
     /// Organizations (tenants).
     #[command(subcommand)]
-    Orgs(OrgsCommand),
+    Orgs(orgs::OrgsCommand),
     /// Query API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -212,26 +213,6 @@ enum KeysCommand {
         #[command(flatten)]
         format: FormatArg,
     },
-}
-
-#[derive(Debug, Subcommand)]
-enum OrgsCommand {
-    /// Create an organization and its ingest write key (shown once).
-    Create {
-        /// Display name.
-        #[arg(long)]
-        name: String,
-        /// Primary web domain.
-        #[arg(long)]
-        domain: Option<String>,
-        /// Context about the brand for the AI provider.
-        #[arg(long)]
-        context: Option<String>,
-        #[command(flatten)]
-        format: FormatArg,
-    },
-    /// List organizations.
-    List(FormatArg),
 }
 
 #[derive(Debug, Subcommand)]
@@ -536,50 +517,9 @@ async fn run(cli: Cli) -> Result<()> {
             }
             output::print_rows(format.format, &["table", "checkpoint_version"], &rows)
         }
-        Command::Orgs(OrgsCommand::Create {
-            name,
-            domain,
-            context,
-            format,
-        }) => {
+        Command::Orgs(cmd) => {
             let lake = open_lake(&cfg).await?;
-            let created =
-                crow_lake::orgs::create(&lake, &name, domain.as_deref(), context.as_deref())
-                    .await?;
-            let obj = serde_json::json!({
-                "org_id": created.org.org_id, "name": created.org.name, "domain": created.org.domain,
-                "write_key": created.write_key, "created_at": created.org.created_at,
-            });
-            output::print_object(
-                format.format,
-                &["org_id", "name", "domain", "write_key", "created_at"],
-                &obj,
-            )
-        }
-        Command::Orgs(OrgsCommand::List(f)) => {
-            let lake = open_lake(&cfg).await?;
-            let orgs = crow_lake::orgs::list(&lake).await?;
-            let rows: Vec<serde_json::Value> = orgs
-                .iter()
-                .map(|o| {
-                    serde_json::json!({
-                        "org_id": o.org_id, "name": o.name, "domain": o.domain, "status": o.status,
-                        "write_key_prefix": o.write_key_prefix, "created_at": o.created_at,
-                    })
-                })
-                .collect();
-            output::print_rows(
-                f.format,
-                &[
-                    "org_id",
-                    "name",
-                    "domain",
-                    "status",
-                    "write_key_prefix",
-                    "created_at",
-                ],
-                &rows,
-            )
+            orgs::run(&lake, cmd).await
         }
         Command::Demo {
             visitors,

@@ -91,7 +91,9 @@ struct KeyCache {
 }
 
 struct KeyMap {
-    by_hash: HashMap<String, String>,
+    /// Key hash → (organization, end of the key's grace period if it is a
+    /// rotated-out key).
+    by_hash: HashMap<String, (String, Option<chrono::DateTime<chrono::Utc>>)>,
     loaded: Option<Instant>,
 }
 
@@ -108,13 +110,21 @@ impl KeyCache {
 
     async fn org_for(&self, write_key: &str) -> Result<Option<String>, crow_lake::Error> {
         let hash = crow_lake::ids::sha256_hex(write_key.as_bytes());
+        let now = chrono::Utc::now();
+        let usable = |entry: &(String, Option<chrono::DateTime<chrono::Utc>>)| {
+            entry.1.is_none_or(|until| until > now)
+        };
         {
             let m = self.inner.read().await;
-            if let Some(org) = m.by_hash.get(&hash) {
+            if let Some(entry) = m.by_hash.get(&hash) {
+                if !usable(entry) {
+                    // A rotated-out key past its grace period.
+                    return Ok(None);
+                }
                 if m.loaded
                     .is_some_and(|t| t.elapsed() < Duration::from_secs(30))
                 {
-                    return Ok(Some(org.clone()));
+                    return Ok(Some(entry.0.clone()));
                 }
             } else if m
                 .loaded
@@ -129,13 +139,19 @@ impl KeyCache {
         {
             let orgs = crow_lake::orgs::list(&self.lake).await?;
             m.by_hash = orgs
-                .into_iter()
-                .filter(|o| o.status == "active")
-                .map(|o| (o.write_key_hash, o.org_id))
+                .iter()
+                .flat_map(|o| {
+                    o.accepted_key_hashes(now)
+                        .into_iter()
+                        .map(|(h, until)| (h.to_string(), (o.org_id.clone(), until)))
+                })
                 .collect();
             m.loaded = Some(Instant::now());
         }
-        Ok(m.by_hash.get(&hash).cloned())
+        Ok(m.by_hash
+            .get(&hash)
+            .filter(|e| usable(e))
+            .map(|e| e.0.clone()))
     }
 
     async fn ready(&self) -> bool {

@@ -42,6 +42,33 @@ pub struct Organization {
     /// Last change.
     #[serde(with = "ts_micros")]
     pub updated_at: DateTime<Utc>,
+    /// SHA-256 of the write key the last rotation replaced.
+    #[serde(default)]
+    pub previous_write_key_hash: Option<String>,
+    /// Until when the previous write key is still accepted.
+    #[serde(with = "ts_micros::option", default)]
+    pub previous_write_key_expires_at: Option<DateTime<Utc>>,
+}
+
+impl Organization {
+    /// The hashes of the write keys accepted at `now`: the current key of
+    /// an active organization, and the previous one within its grace
+    /// period. None for a disabled organization.
+    pub fn accepted_key_hashes(&self, now: DateTime<Utc>) -> Vec<(&str, Option<DateTime<Utc>>)> {
+        if self.status != "active" {
+            return Vec::new();
+        }
+        let mut out = vec![(self.write_key_hash.as_str(), None)];
+        if let (Some(h), Some(until)) = (
+            &self.previous_write_key_hash,
+            self.previous_write_key_expires_at,
+        ) {
+            if until > now {
+                out.push((h.as_str(), Some(until)));
+            }
+        }
+        out
+    }
 }
 
 /// A newly created organization with its write key (shown once).
@@ -87,6 +114,8 @@ pub async fn create(
         status: "active".into(),
         created_at: now,
         updated_at: now,
+        previous_write_key_hash: None,
+        previous_write_key_expires_at: None,
     };
     let batch = rows_to_batch(&ORGANIZATIONS, std::slice::from_ref(&org))?;
     lake.append(ORGANIZATIONS.name, vec![batch]).await?;
@@ -96,19 +125,145 @@ pub async fn create(
 /// Give an organization a new ingest write key (shown once); the old key
 /// stops working as soon as collectors refresh their key cache.
 pub async fn rotate_write_key(lake: &Lake, org_id: &str) -> Result<String> {
-    let Some(mut org) = get(lake, org_id).await? else {
-        return Err(crate::Error::Invalid(format!(
-            "no organization with id `{org_id}`"
-        )));
-    };
+    rotate_write_key_with_grace(lake, org_id, chrono::Duration::zero()).await
+}
+
+/// Give an organization a new ingest write key (shown once) and keep
+/// accepting the current one for `grace` (zero: refuse it at once), so
+/// senders can switch without losing events. A key replaced earlier, still
+/// in its own grace period, stops working now: there is one previous key.
+pub async fn rotate_write_key_with_grace(
+    lake: &Lake,
+    org_id: &str,
+    grace: chrono::Duration,
+) -> Result<String> {
+    let mut org = existing(lake, org_id).await?;
     let write_key = new_secret("wk");
+    let now = Utc::now();
+    if grace > chrono::Duration::zero() {
+        org.previous_write_key_hash = Some(org.write_key_hash.clone());
+        org.previous_write_key_expires_at = Some(now + grace);
+    } else {
+        org.previous_write_key_hash = None;
+        org.previous_write_key_expires_at = None;
+    }
     org.write_key_hash = sha256_hex(write_key.as_bytes());
     org.write_key_prefix = write_key.chars().take(8).collect();
+    org.updated_at = now;
+    save(lake, &org).await?;
+    Ok(write_key)
+}
+
+/// What [`update`] changes: each `Some` field is set (an empty domain or
+/// context clears it); `None` leaves the field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct OrgUpdate {
+    /// A new display name (unique, ignoring case).
+    pub name: Option<String>,
+    /// A new primary domain ("" clears it).
+    pub domain: Option<String>,
+    /// New context for the AI provider ("" clears it).
+    pub context: Option<String>,
+}
+
+/// Change an organization's name, domain or context.
+pub async fn update(lake: &Lake, org_id: &str, change: &OrgUpdate) -> Result<Organization> {
+    let mut org = existing(lake, org_id).await?;
+    if let Some(name) = &change.name {
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(crate::Error::Invalid(
+                "an organization needs a non-empty --name".into(),
+            ));
+        }
+        if let Some(same) = named(lake, name)
+            .await?
+            .into_iter()
+            .find(|o| o.org_id != org.org_id)
+        {
+            return Err(crate::Error::Invalid(format!(
+                "an organization named `{}` already exists ({}); organization names are unique, ignoring case",
+                same.name, same.org_id
+            )));
+        }
+        org.name = name.to_string();
+    }
+    let cleared = |v: &str| {
+        let v = v.trim();
+        (!v.is_empty()).then(|| v.to_string())
+    };
+    if let Some(domain) = &change.domain {
+        org.domain = cleared(domain);
+    }
+    if let Some(context) = &change.context {
+        // Kept as written (only an all-blank text clears it).
+        org.context = cleared(context).map(|_| context.clone());
+    }
     org.updated_at = Utc::now();
-    let batch = rows_to_batch(&ORGANIZATIONS, std::slice::from_ref(&org))?;
+    save(lake, &org).await?;
+    Ok(org)
+}
+
+/// Set an organization `active` or `disabled`. A disabled organization's
+/// write keys and API keys are refused (once servers refresh their caches);
+/// its data stays.
+pub async fn set_status(lake: &Lake, org_id: &str, active: bool) -> Result<Organization> {
+    let mut org = existing(lake, org_id).await?;
+    org.status = if active { "active" } else { "disabled" }.into();
+    org.updated_at = Utc::now();
+    save(lake, &org).await?;
+    Ok(org)
+}
+
+/// Rows deleted from one table by [`delete`].
+#[derive(Debug, Clone, Serialize)]
+pub struct Deleted {
+    /// The table.
+    pub table: &'static str,
+    /// Rows deleted.
+    pub rows: u64,
+}
+
+/// Delete a disabled organization and every row of it in every table (its
+/// events, sessions, interactions, patterns, usage, keys, products, job
+/// records), the organization's own row last, so an interrupted delete can
+/// be run again. Deleted rows leave the files of older table versions until
+/// a vacuum past the retention removes them.
+pub async fn delete(lake: &Lake, org_id: &str) -> Result<Vec<Deleted>> {
+    let org = existing(lake, org_id).await?;
+    if org.status == "active" {
+        return Err(crate::Error::Invalid(format!(
+            "organization {} (`{}`) is active: disable it first (`crow orgs disable {}`), so collectors and the API stop accepting it, then delete it",
+            org.org_id, org.name, org.org_id
+        )));
+    }
+    let predicate = format!("org_id = '{}'", org.org_id.replace('\'', "''"));
+    let mut out = Vec::new();
+    for def in crow_schemas::ALL_TABLES
+        .iter()
+        .filter(|d| d.name != ORGANIZATIONS.name)
+        .chain(std::iter::once(&ORGANIZATIONS))
+    {
+        let rows = lake.delete_where(def.name, &predicate).await?;
+        out.push(Deleted {
+            table: def.name,
+            rows,
+        });
+    }
+    Ok(out)
+}
+
+async fn existing(lake: &Lake, org_id: &str) -> Result<Organization> {
+    get(lake, org_id)
+        .await?
+        .ok_or_else(|| crate::Error::Invalid(format!("no organization with id `{org_id}`")))
+}
+
+async fn save(lake: &Lake, org: &Organization) -> Result<()> {
+    let batch = rows_to_batch(&ORGANIZATIONS, std::slice::from_ref(org))?;
     lake.merge(ORGANIZATIONS.name, vec![batch], &["org_id"])
         .await?;
-    Ok(write_key)
+    Ok(())
 }
 
 /// Every organization, oldest first.
@@ -147,16 +302,15 @@ pub async fn find_by_name(lake: &Lake, name: &str) -> Result<Option<Organization
     find(lake, col("name").eq(lit(name))).await
 }
 
-/// The active organization whose write key this is.
+/// The active organization whose write key this is (its current key, or
+/// the previous one within its grace period).
 pub async fn find_by_write_key(lake: &Lake, write_key: &str) -> Result<Option<Organization>> {
     let hash = sha256_hex(write_key.as_bytes());
-    find(
-        lake,
-        col("write_key_hash")
-            .eq(lit(hash))
-            .and(col("status").eq(lit("active"))),
-    )
-    .await
+    let now = Utc::now();
+    Ok(list(lake)
+        .await?
+        .into_iter()
+        .find(|o| o.accepted_key_hashes(now).iter().any(|(h, _)| *h == hash)))
 }
 
 async fn find(lake: &Lake, predicate: datafusion::prelude::Expr) -> Result<Option<Organization>> {

@@ -39,6 +39,8 @@ pub struct KeyCache {
 
 struct KeyMap {
     by_hash: HashMap<String, ApiKey>,
+    /// Organizations that are disabled: their keys are refused.
+    disabled_orgs: std::collections::HashSet<String>,
     loaded: Option<Instant>,
 }
 
@@ -50,19 +52,23 @@ impl KeyCache {
             ttl,
             inner: RwLock::new(KeyMap {
                 by_hash: HashMap::new(),
+                disabled_orgs: Default::default(),
                 loaded: None,
             }),
         }
     }
 
-    async fn lookup(&self, secret: &str) -> crow_lake::Result<Option<ApiKey>> {
+    /// The key with this secret, and whether its organization is disabled.
+    async fn lookup(&self, secret: &str) -> crow_lake::Result<Option<(ApiKey, bool)>> {
         let hash = crow_lake::ids::sha256_hex(secret.as_bytes());
         let miss_reload = self.ttl.min(Duration::from_millis(100));
         {
             let m = self.inner.read().await;
             if let Some(loaded) = m.loaded {
                 match m.by_hash.get(&hash) {
-                    Some(k) if loaded.elapsed() < self.ttl => return Ok(Some(k.clone())),
+                    Some(k) if loaded.elapsed() < self.ttl => {
+                        return Ok(Some((k.clone(), m.disabled_orgs.contains(&k.org_id))))
+                    }
                     None if loaded.elapsed() < miss_reload => return Ok(None),
                     _ => {}
                 }
@@ -76,9 +82,17 @@ impl KeyCache {
         if stale {
             let keys = crate::keys::list(&self.lake, None).await?;
             m.by_hash = keys.into_iter().map(|k| (k.key_hash.clone(), k)).collect();
+            m.disabled_orgs = crow_lake::orgs::list(&self.lake)
+                .await?
+                .into_iter()
+                .filter(|o| o.status != "active")
+                .map(|o| o.org_id)
+                .collect();
             m.loaded = Some(Instant::now());
         }
-        Ok(m.by_hash.get(&hash).cloned())
+        Ok(m.by_hash
+            .get(&hash)
+            .map(|k| (k.clone(), m.disabled_orgs.contains(&k.org_id))))
     }
 
     /// Whether the key table can be read.
@@ -151,6 +165,12 @@ pub async fn authenticate(
         .await
         .map_err(|e| ApiError::from_lake("loading API keys", &e))?
         .ok_or_else(|| ApiError::unauthorized("unknown API key"))?;
+    let (key, org_disabled) = key;
+    if org_disabled {
+        return Err(ApiError::unauthorized(
+            "this API key's organization is disabled",
+        ));
+    }
     if key.revoked_at.is_some() {
         return Err(ApiError::unauthorized("this API key has been revoked"));
     }

@@ -155,7 +155,7 @@ use ColumnType::*;
 /// `organizations`: one row per tenant (a brand).
 pub const ORGANIZATIONS: TableDef = TableDef {
     name: "organizations",
-    version: 1,
+    version: 2,
     doc: "One row per organization (a brand, the tenant).",
     columns: &[
         req("org_id", Text, "Organization id (`org_` + 26 characters)."),
@@ -183,6 +183,16 @@ pub const ORGANIZATIONS: TableDef = TableDef {
             "When the organization was created.",
         ),
         req("updated_at", Timestamp, "Last change."),
+        opt(
+            "previous_write_key_hash",
+            Text,
+            "SHA-256 of the write key replaced by the last rotation, still accepted until `previous_write_key_expires_at` (v2).",
+        ),
+        opt(
+            "previous_write_key_expires_at",
+            Timestamp,
+            "End of the previous write key's grace period (v2).",
+        ),
     ],
     partition_by: &[],
     secret_columns: &["write_key_hash"],

@@ -10,6 +10,7 @@ mod hostile;
 mod ingest;
 mod jobs;
 mod lake;
+mod orgs;
 mod readers;
 mod schedule;
 mod support;
