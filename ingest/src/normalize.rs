@@ -782,6 +782,13 @@ fn build<'a>(
     };
 
     let is_view = matches!(kind, "page" | "screen");
+    // Campaign parameters of the page URL as sent (before any stripping),
+    // for events whose context names no campaign.
+    let utm_url: Text<'a> = if campaign.is_none() {
+        value_text(p_url).or_else(|| value_text(page_url))
+    } else {
+        None
+    };
     Ok(RawWebEventRow {
         org_id: Cow::Borrowed(ctx.org_id),
         message_id,
@@ -803,16 +810,22 @@ fn build<'a>(
         page_title: value_text(p_title).or_else(|| value_text(page_title)),
         user_agent: value_text(user_agent),
         ip_hash,
-        device_type: value_text(device_type).map(|s| {
-            if s.bytes().any(|b| b.is_ascii_uppercase()) {
-                Cow::Owned(s.to_ascii_lowercase())
-            } else {
-                s
-            }
-        }),
-        campaign_source: value_text(campaign_source),
-        campaign_medium: value_text(campaign_medium),
-        campaign_name: value_text(campaign_name),
+        device_type: value_text(device_type)
+            .map(|s| {
+                if s.bytes().any(|b| b.is_ascii_uppercase()) {
+                    Cow::Owned(s.to_ascii_lowercase())
+                } else {
+                    s
+                }
+            })
+            .or_else(|| {
+                value_text(user_agent)
+                    .and_then(|ua| device_from_user_agent(&ua))
+                    .map(Cow::Borrowed)
+            }),
+        campaign_source: value_text(campaign_source).or_else(|| utm(&utm_url, "utm_source")),
+        campaign_medium: value_text(campaign_medium).or_else(|| utm(&utm_url, "utm_medium")),
+        campaign_name: value_text(campaign_name).or_else(|| utm(&utm_url, "utm_campaign")),
         product_id: value_text(p_product_id),
         product_sku: value_text(p_sku),
         product_name: if is_view { None } else { value_text(p_name) },
@@ -869,6 +882,68 @@ pub fn hash_ip(salt: &str, ip: &str) -> String {
 }
 
 /// [`strip_query`], copying only when there is something to strip.
+/// The device class a User-Agent names, for events whose context has no
+/// `device.type`: `tablet` (iPad, Android without "Mobile", "Tablet"),
+/// `mobile` ("Mobi", iPhone, iPod, Android phones), else `desktop`.
+pub fn device_from_user_agent(ua: &str) -> Option<&'static str> {
+    let ua = ua.trim();
+    if ua.is_empty() {
+        return None;
+    }
+    let has = |needle: &str| {
+        ua.as_bytes()
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+    };
+    if has("ipad") || has("tablet") || (has("android") && !has("mobile")) {
+        Some("tablet")
+    } else if has("mobi") || has("iphone") || has("ipod") || has("android") {
+        Some("mobile")
+    } else {
+        Some("desktop")
+    }
+}
+
+/// The value of query parameter `key` in `url` (percent-decoded, `+` as a
+/// space), if present and not empty.
+fn utm<'a>(url: &Text<'_>, key: &str) -> Text<'a> {
+    let url = url.as_deref()?;
+    let query = url.split_once('?')?.1;
+    let query = query.split_once('#').map_or(query, |(q, _)| q);
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        if k != key || v.is_empty() {
+            return None;
+        }
+        Some(Cow::Owned(percent_decode(v)))
+    })
+}
+
+/// `%XX` escapes and `+` decoded; invalid escapes and bytes kept as sent.
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(b[i + 1]), hex(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn strip_query_cow<'a>(url: Cow<'a, str>, params: &[String]) -> Cow<'a, str> {
     if params.is_empty() || !url.contains('?') {
         url
@@ -979,6 +1054,45 @@ mod tests {
             r.context.as_deref(),
             Some(r#"{"locale":"en","b":1.0,"library":{"name":"sdk"},"zeta":2.50}"#)
         );
+    }
+
+    #[test]
+    fn device_and_campaign_are_filled_from_user_agent_and_page_url() {
+        let c = ctx("2026-01-01T11:00:10Z");
+        let phone = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148";
+        let e = json!({"type":"page","anonymousId":"a","messageId":"m",
+            "context":{"userAgent": phone,
+                "page":{"url":"https://x.test/p?utm_source=news%20letter&utm_medium=email&utm_campaign=black+friday&email=a@b.c"}}});
+        let r = normalize(&e, None, &c).unwrap();
+        assert_eq!(r.device_type.as_deref(), Some("mobile"));
+        assert_eq!(r.campaign_source.as_deref(), Some("news letter"));
+        assert_eq!(r.campaign_medium.as_deref(), Some("email"));
+        assert_eq!(r.campaign_name.as_deref(), Some("black friday"));
+        assert_eq!(
+            r.page_url.as_deref(),
+            Some("https://x.test/p?utm_source=news%20letter&utm_medium=email&utm_campaign=black+friday"),
+            "stripping still applies"
+        );
+        // What the client said wins over what CROW would infer.
+        let e = json!({"type":"page","anonymousId":"a","messageId":"m",
+            "context":{"userAgent": phone, "device":{"type":"TV"},
+                "campaign":{"source":"ads"},
+                "page":{"url":"https://x.test/p?utm_source=news&utm_medium=email"}}});
+        let r = normalize(&e, None, &c).unwrap();
+        assert_eq!(r.device_type.as_deref(), Some("tv"));
+        assert_eq!(r.campaign_source.as_deref(), Some("ads"));
+        assert_eq!(r.campaign_medium, None, "context.campaign is taken whole");
+        for (ua, want) in [
+            ("Mozilla/5.0 (iPad; CPU OS 17_0 like Mac OS X)", Some("tablet")),
+            ("Mozilla/5.0 (Linux; Android 14; SM-X710) AppleWebKit/537.36 Safari/537.36", Some("tablet")),
+            ("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 Mobile Safari/537.36", Some("mobile")),
+            ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/131.0 Safari/537.36", Some("desktop")),
+            ("  ", None),
+        ] {
+            assert_eq!(device_from_user_agent(ua), want, "{ua}");
+        }
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode("%zz%41"), "%zzA");
     }
 
     #[test]

@@ -716,6 +716,10 @@ async fn browser_sdk_in_chromium() {
     assert!(rows[0]["user_agent"]
         .as_str()
         .is_some_and(|ua| ua.contains("Chrome")));
+    assert_eq!(
+        rows[0]["device_type"], "desktop",
+        "the device class comes from the browser's User-Agent"
+    );
 }
 
 /// `crow serve` with no `CROW_LOG` logs CROW's own crates at info and every
