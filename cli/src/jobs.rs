@@ -204,7 +204,23 @@ pub async fn run(lake: &Lake, cfg: &Config, args: RunArgs) -> Result<()> {
         println!("{}", nothing_to_do(args.job));
         return Ok(());
     }
-    print_report(args.format.format, &report)
+    print_report(args.format.format, &report)?;
+    if args.job == JobName::Patterns
+        && args.format.format == Format::Table
+        && report["patterns"].as_u64() == Some(0)
+    {
+        output::line(format!(
+            "no patterns: nothing in {} stood out. A finding compares a day with the {} days before it (a week or month with the same days of the periods before) and needs enough sessions in its segment and a large, significant change; a lake with less history or little traffic gives none (see README, `patterns`).",
+            match (report["window_start"].as_str(), report["window_end"].as_str()) {
+                (Some(a), Some(b)) => {
+                    format!("[{}, {})", a.get(..10).unwrap_or(a), b.get(..10).unwrap_or(b))
+                }
+                _ => "the window".to_string(),
+            },
+            crow_jobs::patterns::BASELINE_DAYS
+        ))?;
+    }
+    Ok(())
 }
 
 /// What `jobs run JOB` says when the job found nothing to do.

@@ -599,6 +599,22 @@ fn a_job_with_nothing_to_do_says_so() {
     );
     let report = b.crow_json(&["jobs", "run", "sessionize", "--quiet"]);
     assert_eq!(report["run_id"], "", "{report}");
+    // A patterns run that finds nothing says why, not just "0".
+    let out = b.crow_ok(&[
+        "jobs",
+        "run",
+        "patterns",
+        "--from",
+        "2026-01-01",
+        "--to",
+        "2026-01-03",
+        "--quiet",
+    ]);
+    assert!(
+        out.contains("no patterns: nothing in [2026-01-01, 2026-01-03) stood out")
+            && out.contains("28 days"),
+        "{out}"
+    );
 }
 
 /// JSON output lists each record's fields in the order the table shows
