@@ -2,7 +2,8 @@
 # Installs what CROW's tests need on a fresh machine, idempotently:
 # a Python virtualenv with the independent Delta readers (deltalake, polars,
 # pyarrow), moto's S3-compatible server and schemathesis (the query API's
-# property-based tester). Prints the venv's path.
+# property-based tester), the Segment and RudderStack Node SDKs (npm, under
+# the venv) and Chromium. Prints the venv's path.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${CROW_TEST_VENV:-$root/.venv}"
@@ -14,6 +15,15 @@ stamp="$venv/.crow-deps"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check $want >&2
   echo "$want" > "$stamp"
+fi
+# The official Segment and RudderStack Node SDKs (the README's snippets run
+# as written), in the venv's folder.
+node_want="@segment/analytics-node@3.1.0 @rudderstack/rudder-sdk-node@3.0.13"
+node_stamp="$venv/node/.crow-deps"
+if [ ! -f "$node_stamp" ] || [ "$(cat "$node_stamp")" != "$node_want" ]; then
+  mkdir -p "$venv/node"
+  npm install --silent --no-audit --no-fund --prefix "$venv/node" $node_want >&2
+  echo "$node_want" > "$node_stamp"
 fi
 # Debian's Chromium for the browser SDK test (driven by Playwright, which
 # must not download a browser of its own).

@@ -669,6 +669,63 @@ async fn segment_and_rudderstack_sdks_work_unchanged() {
     assert_eq!(rows[2]["user_id"], "seg-user");
 }
 
+/// The README's Node snippets, run as written: the official Segment and
+/// RudderStack Node SDKs pointed at CROW by host and write key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_node_sdks_send_to_crow() {
+    let b = Backend::local();
+    let (_, key) = create_org(&b, "Node Co");
+    let wal = tempfile::tempdir().expect("wal");
+    let server = Server::start(&b, wal.path(), &[("CROW_INGEST_FLUSH_INTERVAL_MS", "300")]);
+    let host = format!("http://{}", server.addr);
+    let sent = crate::support::node("segment_sdks.js", &[&host, &key]);
+    assert_eq!(
+        sent.lines().collect::<Vec<_>>(),
+        ["node-seg", "node-rudder"]
+    );
+    let lake = b.lake().await;
+    wait_count(
+        &lake,
+        "select count(*) from raw_web_events",
+        5,
+        Duration::from_secs(20),
+    )
+    .await;
+    let rows = query(
+        &lake,
+        "select user_id, type, event, product_id, revenue, campaign_source from raw_web_events \
+         order by user_id, type",
+    )
+    .await;
+    let got: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{}:{}:{}",
+                r["user_id"].as_str().unwrap_or(""),
+                r["type"].as_str().unwrap_or(""),
+                r["event"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "node-rudder:identify:",
+            "node-rudder:track:Order Completed",
+            "node-seg:identify:",
+            "node-seg:page:",
+            "node-seg:track:Product Viewed",
+        ]
+    );
+    assert_eq!(rows[1]["revenue"], 99.0);
+    assert_eq!(
+        rows[3]["campaign_source"], "news",
+        "utm_source of the page URL"
+    );
+    assert_eq!(rows[4]["product_id"], "nw-1001");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_sdk_in_chromium() {
     let b = Backend::local();

@@ -134,6 +134,37 @@ pub fn python() -> PathBuf {
     venv
 }
 
+/// Run `tests/node/SCRIPT` with Node, the npm packages of
+/// scripts/test-deps.sh on its module path; its stdout.
+pub fn node(script: &str, args: &[&str]) -> String {
+    let modules = python()
+        .parent()
+        .and_then(Path::parent)
+        .map(|venv| venv.join("node/node_modules"))
+        .expect("the venv folder");
+    assert!(
+        modules.exists(),
+        "{} is missing: run scripts/test-deps.sh (scripts/test.sh does)",
+        modules.display()
+    );
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("node")
+        .join(script);
+    let out = Command::new("node")
+        .arg(&path)
+        .args(args)
+        .env("NODE_PATH", &modules)
+        .output()
+        .expect("run node");
+    assert!(
+        out.status.success(),
+        "node {script} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// Read a table with an independent Python reader; rows as JSON objects.
 pub fn python_read(
     backend: &Backend,
