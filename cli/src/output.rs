@@ -34,17 +34,29 @@ pub fn print_batches(format: Format, schema: &SchemaRef, batches: &[RecordBatch]
     let mut out = stdout.lock();
     match format {
         Format::Table => {
+            // The same table style as every other command's.
             let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-            if batches.is_empty() || rows == 0 {
-                let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-                let mut t = comfy_table::Table::new();
-                t.load_preset(comfy_table::presets::ASCII_MARKDOWN);
-                t.set_header(names);
-                writeln!(out, "{t}")?;
-            } else {
-                let table = arrow::util::pretty::pretty_format_batches(batches)?;
-                writeln!(out, "{table}")?;
+            let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            let mut t = comfy_table::Table::new();
+            t.load_preset(comfy_table::presets::ASCII_MARKDOWN);
+            t.set_header(names);
+            let options = arrow::util::display::FormatOptions::default();
+            for b in batches {
+                let cells = b
+                    .columns()
+                    .iter()
+                    .map(|c| arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &options))
+                    .collect::<Result<Vec<_>, _>>()?;
+                for row in 0..b.num_rows() {
+                    t.add_row(
+                        cells
+                            .iter()
+                            .map(|f| f.value(row).to_string())
+                            .collect::<Vec<_>>(),
+                    );
+                }
             }
+            writeln!(out, "{t}")?;
             writeln!(out, "({rows} row{})", if rows == 1 { "" } else { "s" })?;
         }
         Format::Json => {

@@ -12,5 +12,6 @@ mod jobs;
 mod lake;
 mod orgs;
 mod readers;
+mod readme;
 mod schedule;
 mod support;

@@ -26,6 +26,16 @@ impl Backend {
         }
     }
 
+    /// A local lake at `path` (a folder the caller owns).
+    pub fn at(path: &Path) -> Backend {
+        Backend {
+            name: "local",
+            uri: path.display().to_string(),
+            env: Vec::new(),
+            _dir: None,
+        }
+    }
+
     /// A fresh prefix in the test bucket of the S3 server at
     /// `CROW_TEST_S3_ENDPOINT` (started by `scripts/test.sh`).
     pub fn s3() -> Backend {
