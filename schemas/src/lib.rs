@@ -195,7 +195,7 @@ pub const ORGANIZATIONS: TableDef = TableDef {
         ),
     ],
     partition_by: &[],
-    secret_columns: &["write_key_hash"],
+    secret_columns: &["write_key_hash", "previous_write_key_hash"],
 };
 
 /// `api_keys`: query API keys (hash only).

@@ -285,12 +285,15 @@ async fn isolation_under_hostile_sql() {
         0
     );
 
-    // Secret columns do not exist.
-    for q in [
-        "select key_hash from api_keys",
-        "select write_key_hash from organizations",
-    ] {
-        assert_eq!(w.refused(q).await, "invalid_query", "{q}");
+    // Secret columns do not exist: every table's, whatever they are.
+    let secrets: Vec<(&str, &str)> = crow_schemas::ALL_TABLES
+        .iter()
+        .flat_map(|t| t.secret_columns.iter().map(move |c| (t.name, *c)))
+        .collect();
+    assert!(secrets.contains(&("organizations", "previous_write_key_hash")));
+    for (table, column) in &secrets {
+        let q = format!("select {column} from {table}");
+        assert_eq!(w.refused(&q).await, "invalid_query", "{q}");
     }
 
     // The catalog shows CROW's tables only, without secret columns.
@@ -309,9 +312,9 @@ async fn isolation_under_hostile_sql() {
     let cols = w
         .rows("select table_name, column_name from information_schema.columns")
         .await;
-    assert!(cols
+    assert!(cols.iter().all(|c| !secrets
         .iter()
-        .all(|c| c["column_name"] != "key_hash" && c["column_name"] != "write_key_hash"));
+        .any(|(t, col)| c["table_name"] == *t && c["column_name"] == *col)));
     assert!(!w.rows("show tables").await.is_empty());
     w.rows("describe api_keys").await;
 
