@@ -13,6 +13,7 @@ mod orgs;
 mod output;
 mod products;
 mod serve;
+mod users;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -111,6 +112,10 @@ enum Command {
     /// Organizations (tenants).
     #[command(subcommand)]
     Orgs(orgs::OrgsCommand),
+    /// Users of an organization: invite, roles, disable, password resets,
+    /// sessions.
+    #[command(subcommand)]
+    Users(users::UsersCommand),
     /// Query API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -520,6 +525,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Orgs(cmd) => {
             let lake = open_lake(&cfg).await?;
             orgs::run(&lake, cmd).await
+        }
+        Command::Users(cmd) => {
+            let lake = open_lake(&cfg).await?;
+            users::run(&lake, cmd).await
         }
         Command::Demo {
             visitors,

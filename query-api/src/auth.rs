@@ -18,22 +18,86 @@ use tokio::sync::RwLock;
 
 use crate::error::{ApiError, ApiResult};
 use crate::keys::{ApiKey, Scope};
+use crate::users::{Role, User, UserSession};
 
-/// Who is calling: a valid key of one organization.
+/// Who is calling: a valid key of one organization, or a signed-in user.
 #[derive(Debug, Clone)]
 pub struct Principal {
-    /// The key's organization: every read is filtered to it.
+    /// The caller's organization: every read is filtered to it.
     pub org_id: String,
-    /// The key id.
+    /// The key id, or the user id of a signed-in user (rate limits and
+    /// concurrency slots count per caller).
     pub key_id: String,
-    /// The key's scope.
+    /// What the caller may do on the data endpoints: the key's scope, or
+    /// the scope of the user's role.
     pub scope: Scope,
+    /// The signed-in user and their session, when authenticated by cookie.
+    pub user: Option<SignedIn>,
 }
 
-/// Cached `api_keys`, by hash.
+/// A user authenticated by their session cookie.
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    /// The user.
+    pub user_id: String,
+    /// Their role.
+    pub role: Role,
+    /// The session.
+    pub session_id: String,
+}
+
+impl Principal {
+    /// The actor as written in `audit_log`: `user:<id>` or `key:<id>`.
+    pub fn actor(&self) -> String {
+        match &self.user {
+            Some(u) => format!("user:{}", u.user_id),
+            None => format!("key:{}", self.key_id),
+        }
+    }
+}
+
+/// Name of the session cookie (HttpOnly).
+pub const SESSION_COOKIE: &str = "crow_session";
+/// Name of the CSRF cookie (readable by the page, sent back as a header).
+pub const CSRF_COOKIE: &str = "crow_csrf";
+/// Header that carries the CSRF token on cookie-authenticated mutations.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The CSRF token of a session: derived from the cookie's secret, so it is
+/// bound to the session and needs no storage.
+pub fn csrf_token(session_secret: &str) -> String {
+    let h = crow_lake::ids::sha256_hex(format!("crow-csrf:{session_secret}").as_bytes());
+    h.chars().take(32).collect()
+}
+
+/// Constant-time equality of two secrets.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The value of cookie `name` in the request.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim())
+        .filter(|v| !v.is_empty())
+}
+
+/// Cached `api_keys` and sign-in sessions, by hash, with the users and the
+/// disabled organizations they depend on.
 pub struct KeyCache {
     lake: Lake,
     ttl: Duration,
+    /// A session ends after this long without a request.
+    pub session_idle: chrono::Duration,
     inner: RwLock<KeyMap>,
 }
 
@@ -41,6 +105,8 @@ struct KeyMap {
     by_hash: HashMap<String, ApiKey>,
     /// Organizations that are disabled: their keys are refused.
     disabled_orgs: std::collections::HashSet<String>,
+    sessions: HashMap<String, UserSession>,
+    users: HashMap<String, User>,
     loaded: Option<Instant>,
 }
 
@@ -50,9 +116,12 @@ impl KeyCache {
         Self {
             lake,
             ttl,
+            session_idle: chrono::Duration::hours(12),
             inner: RwLock::new(KeyMap {
                 by_hash: HashMap::new(),
                 disabled_orgs: Default::default(),
+                sessions: HashMap::new(),
+                users: HashMap::new(),
                 loaded: None,
             }),
         }
@@ -88,11 +157,66 @@ impl KeyCache {
                 .filter(|o| o.status != "active")
                 .map(|o| o.org_id)
                 .collect();
+            m.sessions = crate::users::sessions(&self.lake, None)
+                .await?
+                .into_iter()
+                .map(|s| (s.session_hash.clone(), s))
+                .collect();
+            m.users = crate::users::list(&self.lake, None)
+                .await?
+                .into_iter()
+                .map(|u| (u.user_id.clone(), u))
+                .collect();
             m.loaded = Some(Instant::now());
         }
         Ok(m.by_hash
             .get(&hash)
             .map(|k| (k.clone(), m.disabled_orgs.contains(&k.org_id))))
+    }
+
+    /// The session whose cookie secret this is, its user, and whether the
+    /// organization is disabled. Cached like keys: a revoked session or a
+    /// disabled user is refused within `api.key_cache_seconds`.
+    async fn lookup_session(
+        &self,
+        secret: &str,
+    ) -> crow_lake::Result<Option<(UserSession, User, bool)>> {
+        let hash = crow_lake::ids::sha256_hex(secret.as_bytes());
+        let miss_reload = self.ttl.min(Duration::from_millis(100));
+        let found = |m: &KeyMap| {
+            m.sessions.get(&hash).and_then(|s| {
+                m.users
+                    .get(&s.user_id)
+                    .map(|u| (s.clone(), u.clone(), m.disabled_orgs.contains(&s.org_id)))
+            })
+        };
+        {
+            let m = self.inner.read().await;
+            if let Some(loaded) = m.loaded {
+                match found(&m) {
+                    Some(hit) if loaded.elapsed() < self.ttl => return Ok(Some(hit)),
+                    None if loaded.elapsed() < miss_reload => return Ok(None),
+                    _ => {}
+                }
+            }
+        }
+        // Reload through the key path (one reload serves both).
+        let _ = self.lookup("").await?;
+        let m = self.inner.read().await;
+        Ok(found(&m))
+    }
+
+    /// Note in the cache that a session was used now.
+    async fn seen(&self, session_hash: &str, at: chrono::DateTime<Utc>) {
+        if let Some(s) = self.inner.write().await.sessions.get_mut(session_hash) {
+            s.last_seen_at = at;
+        }
+    }
+
+    /// Forget cached sessions and users (after a sign-out or a change made
+    /// by this server, so it is refused here at once).
+    pub async fn invalidate(&self) {
+        self.inner.write().await.loaded = None;
     }
 
     /// Whether the key table can be read.
@@ -157,9 +281,14 @@ pub async fn authenticate(
     headers: &HeaderMap,
     needed: Scope,
 ) -> ApiResult<Principal> {
-    let secret = bearer(headers).ok_or_else(|| {
-        ApiError::unauthorized("send an API key as `Authorization: Bearer SECRET`")
-    })?;
+    let Some(secret) = bearer(headers) else {
+        return match cookie(headers, SESSION_COOKIE) {
+            Some(secret) => session_principal(keys, limiter, secret, needed).await,
+            None => Err(ApiError::unauthorized(
+                "send an API key as `Authorization: Bearer SECRET`, or sign in",
+            )),
+        };
+    };
     let key = keys
         .lookup(secret)
         .await
@@ -202,6 +331,70 @@ pub async fn authenticate(
         org_id: key.org_id,
         key_id: key.key_id,
         scope,
+        user: None,
+    })
+}
+
+/// A signed-in user's principal from their session cookie.
+async fn session_principal(
+    keys: &KeyCache,
+    limiter: &RateLimiter,
+    secret: &str,
+    needed: Scope,
+) -> ApiResult<Principal> {
+    let ended = || ApiError::unauthorized("your session has ended: sign in again");
+    let (session, user, org_disabled) = keys
+        .lookup_session(secret)
+        .await
+        .map_err(|e| ApiError::from_lake("loading sessions", &e))?
+        .ok_or_else(ended)?;
+    let now = Utc::now();
+    if !session.is_live(now, keys.session_idle) || user.status != "active" || org_disabled {
+        return Err(ended());
+    }
+    if let Err(wait) = limiter.check(&user.user_id) {
+        let mut e = ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("rate limit exceeded; retry in {wait} s"),
+        );
+        e.retry_after = Some(wait);
+        return Err(e);
+    }
+    let role = user.role();
+    let scope = role.scope();
+    if scope < needed {
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "insufficient_role",
+            format!(
+                "your role `{}` does not allow this (it needs the `{}` scope)",
+                role.as_str(),
+                needed.as_str()
+            ),
+        ));
+    }
+    // Idle time counts from the last request; the lake copy is refreshed at
+    // most every five minutes per session.
+    if now - session.last_seen_at > chrono::Duration::minutes(5) {
+        keys.seen(&session.session_hash, now).await;
+        let lake = keys.lake.clone();
+        let s = session.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::users::touch_session(&lake, &s).await {
+                tracing::warn!(error = %e, "could not record a session's last request");
+            }
+        });
+    }
+    Ok(Principal {
+        org_id: user.org_id.clone(),
+        key_id: user.user_id.clone(),
+        scope,
+        user: Some(SignedIn {
+            user_id: user.user_id,
+            role,
+            session_id: session.session_id,
+        }),
     })
 }
 

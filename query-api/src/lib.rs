@@ -15,6 +15,7 @@
 //!   logged, never sent.
 #![warn(missing_docs)]
 
+pub mod account;
 pub mod auth;
 pub mod body;
 pub mod bounded;
@@ -30,6 +31,7 @@ pub mod runtime;
 pub mod slots;
 pub mod sql;
 pub mod tenant;
+pub mod users;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,6 +64,10 @@ pub struct ApiState {
     pub keys: auth::KeyCache,
     /// Per-key token buckets.
     pub limiter: auth::RateLimiter,
+    /// Sign-in attempts per e-mail: 5 at once, then one a minute.
+    pub login_by_email: auth::RateLimiter,
+    /// Sign-in attempts per client address: 30 at once, then one every 2 s.
+    pub login_by_ip: auth::RateLimiter,
     /// Telemetry.
     pub metrics: Arc<metrics::ApiMetrics>,
     /// Memory pool (spilling) and disk manager shared by every query.
@@ -92,8 +98,14 @@ impl ApiState {
             .with_memory_pool(Arc::new(FairSpillPool::new(pool_bytes)))
             .with_disk_manager_builder(disk)
             .build_arc()?;
+        let mut keys =
+            auth::KeyCache::new(lake.clone(), Duration::from_secs(cfg.key_cache_seconds));
+        keys.session_idle =
+            chrono::Duration::minutes(i64::try_from(cfg.session_idle_minutes).unwrap_or(720));
         Ok(Arc::new(ApiState {
-            keys: auth::KeyCache::new(lake.clone(), Duration::from_secs(cfg.key_cache_seconds)),
+            keys,
+            login_by_email: auth::RateLimiter::new(1.0 / 60.0, 5),
+            login_by_ip: auth::RateLimiter::new(0.5, 30),
             limiter: auth::RateLimiter::new(cfg.rate_limit_per_second, cfg.rate_limit_burst),
             metrics: Arc::new(metrics::ApiMetrics::default()),
             runtime,
@@ -136,6 +148,15 @@ pub fn router(state: Arc<ApiState>) -> Router {
             get(export::get).delete(export::cancel),
         )
         .route("/api/v1/exports/{id}/download", get(export::download))
+        .route("/api/v1/auth/login", post(account::login))
+        .route("/api/v1/auth/accept", post(account::accept))
+        .route("/api/v1/auth/logout", post(account::logout))
+        .route("/api/v1/auth/me", get(account::me))
+        .route("/api/v1/auth/sessions", get(account::my_sessions))
+        .route(
+            "/api/v1/auth/sessions/{id}/revoke",
+            post(account::revoke_session),
+        )
         .route("/api/v1/health", get(health))
         .route(
             "/api/v1/openapi.json",
@@ -147,6 +168,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(api_body_limit(
             &state.cfg,
         )))
+        .layer(axum::middleware::from_fn(account::csrf_guard))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             count_requests,

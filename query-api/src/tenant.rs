@@ -24,6 +24,10 @@ use datafusion::prelude::{col, lit, SessionConfig, SessionContext};
 /// Table functions an API query may call: none of them reads files.
 pub const ALLOWED_TABLE_FUNCTIONS: &[&str] = &["generate_series", "range"];
 
+/// Tables whose rows only an admin (key or user) sees; others see them
+/// empty.
+pub const ADMIN_ONLY_TABLES: &[&str] = &["users", "user_sessions", "user_tokens", "audit_log"];
+
 /// A table's point in history for one query.
 pub type Pins = HashMap<String, AsOf>;
 
@@ -83,12 +87,15 @@ impl TenantSchema {
             .table("raw")
             .await?
             .filter(col("org_id").eq(lit(self.org_id.as_str())))?;
-        let df = if name == "api_keys"
-            && !self
-                .admin_keys_visible
-                .load(std::sync::atomic::Ordering::Relaxed)
-        {
+        let admin = self
+            .admin_keys_visible
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let df = if name == "api_keys" && !admin {
             df.filter(col("scope").not_eq(lit("admin")))?
+        } else if ADMIN_ONLY_TABLES.contains(&name) && !admin {
+            // Who the organization's people are, their sessions and the
+            // audit trail: for admins (admin keys, admin and owner users).
+            df.filter(lit(false))?
         } else {
             df
         };

@@ -332,6 +332,13 @@ pub struct ApiConfig {
     /// How long an API key lookup is cached, in seconds (1..=60): a revoked
     /// key is refused within this time.
     pub key_cache_seconds: u64,
+    /// A signed-in session ends after this many minutes without a request.
+    pub session_idle_minutes: u64,
+    /// A signed-in session ends this many hours after sign-in, used or not.
+    pub session_max_hours: u64,
+    /// Mark session cookies `Secure` always (they are also when the request
+    /// came over TLS, by `X-Forwarded-Proto: https` from a proxy).
+    pub cookie_secure: bool,
     /// Sustained requests per second allowed per API key (token bucket).
     pub rate_limit_per_second: f64,
     /// Burst size of the per-key token bucket.
@@ -388,6 +395,9 @@ impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             key_cache_seconds: 60,
+            session_idle_minutes: 720,
+            session_max_hours: 168,
+            cookie_secure: false,
             rate_limit_per_second: 10.0,
             rate_limit_burst: 50,
             query_timeout_seconds: 60,
@@ -705,6 +715,18 @@ impl ApiConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if !(1..=60).contains(&self.key_cache_seconds) {
             return Err(err("api.key_cache_seconds", "must be between 1 and 60"));
+        }
+        if !(1..=43_200).contains(&self.session_idle_minutes) {
+            return Err(err(
+                "api.session_idle_minutes",
+                "must be between 1 and 43200 (30 days)",
+            ));
+        }
+        if !(1..=8_760).contains(&self.session_max_hours) {
+            return Err(err(
+                "api.session_max_hours",
+                "must be between 1 and 8760 (a year)",
+            ));
         }
         if !self.rate_limit_per_second.is_finite() || self.rate_limit_per_second <= 0.0 {
             return Err(err(

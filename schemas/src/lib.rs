@@ -715,6 +715,105 @@ pub const LLM_CACHE: TableDef = TableDef {
     secret_columns: &[],
 };
 
+/// `users`: the people of an organization (one organization per user).
+pub const USERS: TableDef = TableDef {
+    name: "users",
+    version: 1,
+    doc: "One row per user: a person who signs in to one organization with a role. Only an argon2id hash of the password is stored.",
+    columns: &[
+        req("org_id", Text, "The user's organization."),
+        req("user_id", Text, "User id (`usr_` + 26 characters)."),
+        req("email", Text, "E-mail address, lower case; unique across the lake."),
+        opt("display_name", Text, "Name shown in the dashboard."),
+        req("role", Text, "'owner', 'admin', 'analyst' or 'viewer'."),
+        req(
+            "status",
+            Text,
+            "'invited' (no password yet), 'active' or 'disabled'.",
+        ),
+        opt(
+            "password_hash",
+            Text,
+            "argon2id hash (PHC string, per-user salt). Never readable through the API.",
+        ),
+        req("created_at", Timestamp, "When the user was created."),
+        req("updated_at", Timestamp, "Last change."),
+        opt("last_sign_in_at", Timestamp, "Last successful sign-in."),
+    ],
+    partition_by: &[],
+    secret_columns: &["password_hash"],
+};
+
+/// `user_sessions`: signed-in browser sessions (hash of the cookie only).
+pub const USER_SESSIONS: TableDef = TableDef {
+    name: "user_sessions",
+    version: 1,
+    doc: "One row per sign-in session. The cookie holds an opaque random id; only its SHA-256 is stored.",
+    columns: &[
+        req("org_id", Text, "The user's organization."),
+        req("session_id", Text, "Public session id (`ses_` + 26 characters)."),
+        req(
+            "session_hash",
+            Text,
+            "SHA-256 of the cookie's secret. Never readable through the API.",
+        ),
+        req("user_id", Text, "The user."),
+        req("created_at", Timestamp, "Sign-in time."),
+        req("last_seen_at", Timestamp, "Last request (updated at most every few minutes)."),
+        req("expires_at", Timestamp, "Absolute end of the session."),
+        opt("revoked_at", Timestamp, "Sign-out or revocation time."),
+        opt("ip_hash", Text, "Salted hash of the client address at sign-in."),
+        opt("user_agent", Text, "User-Agent at sign-in."),
+    ],
+    partition_by: &[],
+    secret_columns: &["session_hash"],
+};
+
+/// `user_tokens`: one-time invitation and password-reset tokens.
+pub const USER_TOKENS: TableDef = TableDef {
+    name: "user_tokens",
+    version: 1,
+    doc: "One row per invitation or password-reset token: shown once, stored as a hash, valid until it expires or is used.",
+    columns: &[
+        req("org_id", Text, "The user's organization."),
+        req("token_id", Text, "Token id (`tok_` + 26 characters)."),
+        req(
+            "token_hash",
+            Text,
+            "SHA-256 of the token. Never readable through the API.",
+        ),
+        req("user_id", Text, "The user it sets a password for."),
+        req("kind", Text, "'invite' or 'reset'."),
+        req("created_at", Timestamp, "When it was issued."),
+        req("expires_at", Timestamp, "When it stops working."),
+        opt("used_at", Timestamp, "When it was used (it works once)."),
+    ],
+    partition_by: &[],
+    secret_columns: &["token_hash"],
+};
+
+/// `audit_log`: who did what, when, from where, with what outcome.
+pub const AUDIT_LOG: TableDef = TableDef {
+    name: "audit_log",
+    version: 1,
+    doc: "Append-only record of security-relevant actions: sign-ins, user and role changes, key changes, exports, organization changes. No API changes it.",
+    columns: &[
+        req("org_id", Text, "Organization acted on."),
+        req("audit_id", Text, "Entry id (`aud_` + 26 characters)."),
+        req("at", Timestamp, "When."),
+        req("actor", Text, "Who: `user:<id>`, `key:<id>`, `cli` (an operator on the lake) or `anonymous`."),
+        req("action", Text, "What, e.g. `auth.login`, `user.create`, `user.role`, `key.create`, `export.create`."),
+        opt("target", Text, "What it acted on (a user, key or export id, an e-mail)."),
+        req("outcome", Text, "'ok', 'denied' or 'failed'."),
+        opt("ip_hash", Text, "Salted hash of the client address."),
+        opt("user_agent", Text, "User-Agent."),
+        opt("detail", Text, "More, as JSON text."),
+        req("audit_date", Date, "UTC day of `at` (partition)."),
+    ],
+    partition_by: &["audit_date"],
+    secret_columns: &[],
+};
+
 /// Every table, in creation order.
 pub const ALL_TABLES: &[TableDef] = &[
     ORGANIZATIONS,
@@ -730,6 +829,10 @@ pub const ALL_TABLES: &[TableDef] = &[
     USAGE_DAILY,
     JOB_RUNS,
     LLM_CACHE,
+    USERS,
+    USER_SESSIONS,
+    USER_TOKENS,
+    AUDIT_LOG,
 ];
 
 /// The table named `name`, if it is one of CROW's.

@@ -15,3 +15,4 @@ mod readers;
 mod readme;
 mod schedule;
 mod support;
+mod users;

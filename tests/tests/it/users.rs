@@ -1,0 +1,320 @@
+//! People over real HTTP: an invitation sets a password once, sign-in sets
+//! an HttpOnly session cookie, cookie mutations need the CSRF token, wrong
+//! passwords and unknown e-mails get the same answer, repeated failures are
+//! throttled, a disabled user or a revoked session is refused on two
+//! servers within the cache bound, admin-only tables stay empty for an
+//! analyst, and every step is in the audit log.
+
+use std::time::{Duration, Instant};
+
+use reqwest::header::{COOKIE, SET_COOKIE};
+use serde_json::{json, Value};
+
+use crate::support::{Backend, Server};
+
+/// A browser's cookie jar, reduced to what CROW sets.
+#[derive(Default, Clone)]
+struct Jar {
+    session: String,
+    csrf: String,
+}
+
+impl Jar {
+    fn header(&self) -> String {
+        format!("crow_session={}; crow_csrf={}", self.session, self.csrf)
+    }
+}
+
+async fn login(
+    http: &reqwest::Client,
+    s: &Server,
+    email: &str,
+    password: &str,
+) -> (u16, Value, Jar) {
+    let r = http
+        .post(s.url("/api/v1/auth/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .expect("login");
+    let status = r.status().as_u16();
+    let mut jar = Jar::default();
+    for c in r.headers().get_all(SET_COOKIE) {
+        let c = c.to_str().expect("cookie");
+        if let Some(v) = c.strip_prefix("crow_session=") {
+            assert!(c.contains("HttpOnly") && c.contains("SameSite=Lax"), "{c}");
+            jar.session = v.split(';').next().unwrap_or("").to_string();
+        }
+        if let Some(v) = c.strip_prefix("crow_csrf=") {
+            jar.csrf = v.split(';').next().unwrap_or("").to_string();
+        }
+    }
+    let body = r.json().await.unwrap_or(Value::Null);
+    (status, body, jar)
+}
+
+async fn get(http: &reqwest::Client, s: &Server, path: &str, jar: &Jar) -> (u16, Value) {
+    let r = http
+        .get(s.url(path))
+        .header(COOKIE, jar.header())
+        .send()
+        .await
+        .expect("get");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn sql(http: &reqwest::Client, s: &Server, jar: &Jar, csrf: bool, q: &str) -> (u16, Value) {
+    let mut r = http
+        .post(s.url("/api/v1/sql"))
+        .header(COOKIE, jar.header())
+        .json(&json!({"sql": q}));
+    if csrf {
+        r = r.header("X-CSRF-Token", &jar.csrf);
+    }
+    let r = r.send().await.expect("sql");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn crow_stdin(b: &Backend, args: &[&str], stdin: &str) -> Value {
+    use std::io::Write;
+    let mut child = std::process::Command::new(crate::support::crow_bin())
+        .args(["--lake", &b.uri])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("crow");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("crow");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invite_sign_in_csrf_throttle_disable_and_audit() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    b.crow_json(&["orgs", "create", "--name", "Acme"]);
+    let invited = b.crow_json(&[
+        "users",
+        "create",
+        "--org",
+        "Acme",
+        "--email",
+        "Ann@Example.com",
+        "--role",
+        "analyst",
+    ]);
+    assert_eq!(invited["status"], "invited");
+    assert_eq!(invited["email"], "ann@example.com");
+    let token = invited["invitation_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let owner = crow_stdin(
+        &b,
+        &[
+            "users",
+            "create",
+            "--org",
+            "Acme",
+            "--email",
+            "olga@example.com",
+            "--role",
+            "owner",
+            "--password-stdin",
+            "--format",
+            "json",
+        ],
+        "owner password 123\n",
+    );
+    assert_eq!(owner["status"], "active");
+    assert_eq!(owner["invitation_token"], Value::Null);
+    let listed = b.crow_json(&["users", "list", "--org", "Acme"]);
+    assert!(
+        listed
+            .as_array()
+            .expect("rows")
+            .iter()
+            .all(|u| u.get("password_hash").is_none()),
+        "{listed}"
+    );
+
+    let env = [("CROW_API_KEY_CACHE_SECONDS", "1")];
+    let wal_a = tempfile::tempdir().expect("wal");
+    let wal_b = tempfile::tempdir().expect("wal");
+    let a = Server::start(&b, wal_a.path(), &env);
+    let other = Server::start(&b, wal_b.path(), &env);
+    let http = reqwest::Client::new();
+
+    // The invitation sets the password once.
+    let accept = |t: String, p: &'static str| {
+        let http = http.clone();
+        let url = a.url("/api/v1/auth/accept");
+        async move {
+            let r = http
+                .post(url)
+                .json(&json!({"token": t, "password": p}))
+                .send()
+                .await
+                .expect("accept");
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (st, body) = accept(token.clone(), "short").await;
+    assert_eq!(
+        (st, body["code"].as_str()),
+        (400, Some("invalid_password")),
+        "{body}"
+    );
+    let (st, body) = accept(token.clone(), "analyst password 1").await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["user"]["status"], "active");
+    let (st, body) = accept(token.clone(), "another password 2").await;
+    assert_eq!(
+        (st, body["code"].as_str()),
+        (400, Some("invalid_token")),
+        "a token works once: {body}"
+    );
+    let (st, _) = accept("inv_made_up".into(), "another password 2").await;
+    assert_eq!(st, 400);
+
+    // Wrong password and unknown e-mail: the same answer.
+    let (st1, wrong, _) = login(&http, &a, "ann@example.com", "not the password").await;
+    let (st2, unknown, _) = login(&http, &a, "nobody@example.com", "not the password").await;
+    assert_eq!((st1, st2), (401, 401));
+    assert_eq!(
+        wrong, unknown,
+        "the answer does not tell whether the e-mail exists"
+    );
+
+    // Sign in, me, SQL with and without the CSRF token.
+    let (st, body, jar) = login(&http, &a, "ANN@example.com", "analyst password 1").await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["csrf_token"], jar.csrf.as_str());
+    let (st, me) = get(&http, &a, "/api/v1/auth/me", &jar).await;
+    assert_eq!(st, 200, "{me}");
+    assert_eq!(me["user"]["role"], "analyst");
+    assert_eq!(me["organization"]["name"], "Acme");
+    let (st, body) = sql(&http, &a, &jar, false, "select 1 as x").await;
+    assert_eq!(
+        (st, body["code"].as_str()),
+        (403, Some("csrf_token_missing")),
+        "{body}"
+    );
+    let forged = Jar {
+        csrf: "0".repeat(32),
+        ..jar.clone()
+    };
+    let (st, _) = sql(&http, &a, &forged, true, "select 1 as x").await;
+    assert_eq!(st, 403, "a token of another session is refused");
+    let (st, body) = sql(&http, &a, &jar, true, "select 1 as x").await;
+    assert_eq!(st, 200, "{body}");
+    // The other server knows the session too.
+    let (st, _) = get(&http, &other, "/api/v1/auth/me", &jar).await;
+    assert_eq!(st, 200);
+    // An analyst sees no users, sessions or audit rows.
+    for t in ["users", "user_sessions", "audit_log"] {
+        let (st, body) = sql(
+            &http,
+            &a,
+            &jar,
+            true,
+            &format!("select count(*) as n from {t}"),
+        )
+        .await;
+        assert_eq!(st, 200, "{body}");
+        assert_eq!(body, json!([{"n": 0}]), "{t} is for admins");
+    }
+
+    // Throttling: five failures for one e-mail, then 429 with Retry-After,
+    // even with the right password.
+    for _ in 0..6 {
+        login(&http, &a, "olga@example.com", "wrong password!").await;
+    }
+    let r = http
+        .post(a.url("/api/v1/auth/login"))
+        .json(&json!({"email": "olga@example.com", "password": "owner password 123"}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status().as_u16(), 429);
+    assert!(r.headers().get("retry-after").is_some());
+    // Another server has its own buckets; the owner signs in there.
+    let (st, _, owner_jar) = login(&http, &other, "olga@example.com", "owner password 123").await;
+    assert_eq!(st, 200);
+    let (st, body) = sql(
+        &http,
+        &other,
+        &owner_jar,
+        true,
+        "select action, outcome, actor from audit_log order by at",
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let actions: Vec<String> = body
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            format!(
+                "{}:{}",
+                r["action"].as_str().unwrap_or(""),
+                r["outcome"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    for want in [
+        "user.create:ok",
+        "user.password_set:ok",
+        "auth.login:failed",
+        "auth.login:ok",
+    ] {
+        assert!(actions.iter().any(|a| a == want), "{want} in {actions:?}");
+    }
+
+    // Disabled: refused on both servers within the cache bound.
+    b.crow_json(&["users", "disable", "ann@example.com"]);
+    let start = Instant::now();
+    for s in [&a, &other] {
+        loop {
+            let (st, _) = get(&http, s, "/api/v1/auth/me", &jar).await;
+            if st == 401 {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "still {st}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    let (st, _, _) = login(&http, &other, "ann@example.com", "analyst password 1").await;
+    assert_eq!(st, 401, "a disabled user cannot sign in");
+
+    // Logout ends the session (with the CSRF token).
+    let r = http
+        .post(other.url("/api/v1/auth/logout"))
+        .header(COOKIE, owner_jar.header())
+        .header("X-CSRF-Token", &owner_jar.csrf)
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(r.status().as_u16(), 204);
+    let (st, _) = get(&http, &other, "/api/v1/auth/me", &owner_jar).await;
+    assert_eq!(st, 401);
+    let sessions = b.crow_json(&["users", "sessions", "olga@example.com"]);
+    assert_eq!(sessions[0]["status"], "revoked", "{sessions}");
+}
