@@ -243,7 +243,8 @@ pub fn document() -> Value {
         "info": {"title": "CROW query API", "version": env!("CARGO_PKG_VERSION"),
             "description": "Tenant-isolated, read-only access to one organization's CROW tables."},
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                "cookie": {"type": "apiKey", "in": "cookie", "name": "crow_session"}},
             "schemas": schemas,
         },
         "paths": {
@@ -283,6 +284,40 @@ pub fn document() -> Value {
                     "text/csv": {"schema": {"type": "string"}},
                     "application/x-ndjson": {"schema": {"type": "string"}}}}), &[401, 403, 404, 409, 429]),
             }},
+            "/api/v1/auth/login": {"post": {
+                "summary": "Sign in with e-mail and password: sets the `crow_session` (HttpOnly) and `crow_csrf` cookies and answers the CSRF token to send as `X-CSRF-Token` on cookie-authenticated mutations. A wrong password and an unknown e-mail get the same 401; attempts are limited per e-mail and per address (429).",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object",
+                    "required": ["email", "password"], "additionalProperties": false,
+                    "properties": {"email": {"type": "string"}, "password": {"type": "string"}}}}}},
+                "responses": responses("200", json_ok("Signed in.", json!({"type": "object"})), &[400, 401, 429]),
+            }},
+            "/api/v1/auth/accept": {"post": {
+                "summary": "Set a password with a one-time invitation or reset token (`crow users create`, `crow users reset-password`).",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object",
+                    "required": ["token", "password"], "additionalProperties": false,
+                    "properties": {"token": {"type": "string"}, "password": {"type": "string"}}}}}},
+                "responses": responses("200", json_ok("The user, now active.", json!({"type": "object"})), &[400, 429]),
+            }},
+            "/api/v1/auth/logout": {"post": {
+                "summary": "End the signed-in session (needs `X-CSRF-Token`).", "security": [{"cookie": []}],
+                "responses": {"204": {"description": "Signed out; cookies cleared."},
+                              "401": problem("Not signed in."), "403": problem("No or wrong CSRF token.")},
+            }},
+            "/api/v1/auth/me": {"get": {
+                "summary": "The signed-in user, their organization and session.", "security": [{"cookie": []}],
+                "responses": responses("200", json_ok("The user.", json!({"type": "object"})), &[401, 429]),
+            }},
+            "/api/v1/auth/sessions": {"get": {
+                "summary": "The signed-in user's sessions.", "security": [{"cookie": []}],
+                "responses": responses("200", json_ok("Sessions.", json!({"type": "object"})), &[401, 429]),
+            }},
+            "/api/v1/auth/sessions/{id}/revoke": {"post": {
+                "summary": "End one of the signed-in user's sessions (needs `X-CSRF-Token`).", "security": [{"cookie": []}],
+                "parameters": id_param,
+                "responses": {"204": {"description": "Revoked."}, "401": problem("Not signed in."),
+                              "403": problem("No or wrong CSRF token."), "404": problem("No open session of yours has this id."),
+                              "429": problem("Rate limited.")},
+            }},
             "/api/v1/health": {"get": {
                 "summary": "Whether the API can read the lake.",
                 "responses": {"200": json_ok("Healthy.", json!({"type": "object"})),
@@ -302,6 +337,8 @@ mod tests {
             "/api/v1/sql",
             "/api/v1/interactions",
             "/api/v1/exports/{id}/download",
+            "/api/v1/auth/login",
+            "/api/v1/auth/me",
         ] {
             assert!(d["paths"].get(p).is_some(), "{p}");
         }

@@ -121,6 +121,7 @@ fn readme_walkthrough() {
     let wal = home.path().join("crow-data/_wal");
     let mut server: Option<Server> = None;
     let (mut write_key, mut key, mut next) = (String::new(), String::new(), String::new());
+    let mut invitation = String::new();
     let mut ran = 0;
     for cmd in &cmds {
         if cmd.starts_with("scripts/test.sh")
@@ -146,6 +147,11 @@ fn readme_walkthrough() {
             "`{line}` needs a write key no earlier command printed"
         );
         line = line.replace("wk_…", &write_key);
+        assert!(
+            !line.contains("inv_…") || !invitation.is_empty(),
+            "`{line}` needs an invitation token no earlier command printed"
+        );
+        line = line.replace("inv_…", &invitation);
         let out = Command::new("sh")
             .arg("-c")
             .arg(&line)
@@ -171,6 +177,9 @@ fn readme_walkthrough() {
             }
             if let Some(k) = v["secret"].as_str() {
                 key = k.to_string();
+            }
+            if let Some(t) = v["invitation_token"].as_str() {
+                invitation = t.to_string();
             }
             if v.get("next_cursor").is_some() {
                 next = v["next_cursor"].as_str().unwrap_or("").to_string();
@@ -225,6 +234,13 @@ fn readme_walkthrough() {
                     "{stdout}"
                 );
             }
+        }
+        if line.contains("/api/v1/auth/me") {
+            let v = json.as_ref().unwrap_or_else(|| panic!("{stdout}"));
+            assert_eq!(
+                v["user"]["email"], "ann@example.com",
+                "signed in by cookie: {stdout}"
+            );
         }
         if line.contains("anonymous_id = 'visitor-1'") {
             assert!(
