@@ -31,6 +31,14 @@ pub async fn create(
     let org = keys::resolve_org(lake, org).await?;
     let created = keys::create(lake, &org.org_id, scope, expires_days, name).await?;
     let k = &created.key;
+    crate::users::audit_cli(
+        lake,
+        &k.org_id,
+        "key.create",
+        &k.key_id,
+        serde_json::json!({"scope": k.scope}),
+    )
+    .await;
     let obj = serde_json::json!({
         "id": k.key_id,
         "secret": created.secret,
@@ -64,5 +72,13 @@ pub async fn list(lake: &Lake, org: Option<&str>, format: Format) -> Result<()> 
 
 pub async fn revoke(lake: &Lake, id: &str, format: Format) -> Result<()> {
     let k = keys::revoke(lake, id).await?;
+    crate::users::audit_cli(
+        lake,
+        &k.org_id,
+        "key.revoke",
+        &k.key_id,
+        serde_json::json!({}),
+    )
+    .await;
     output::print_object(format, COLUMNS, &k.public_json())
 }

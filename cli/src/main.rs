@@ -528,7 +528,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Users(cmd) => {
             let lake = open_lake(&cfg).await?;
-            users::run(&lake, cmd).await
+            users::run(&lake, &cfg, cmd).await
         }
         Command::Demo {
             visitors,

@@ -187,6 +187,14 @@ pub async fn run(lake: &Lake, cmd: OrgsCommand) -> Result<()> {
                 context,
             };
             let o = orgs::update(lake, &o.org_id, &change).await?;
+            crate::users::audit_cli(
+                lake,
+                &o.org_id,
+                "org.update",
+                &o.org_id,
+                serde_json::json!({}),
+            )
+            .await;
             output::print_object(format.format, SHOWN, &shown(&o))
         }
         OrgsCommand::RotateKey {
@@ -197,6 +205,14 @@ pub async fn run(lake: &Lake, cmd: OrgsCommand) -> Result<()> {
             let o = resolve(lake, &org).await?;
             let grace = chrono::Duration::hours(i64::from(grace_hours));
             let key = orgs::rotate_write_key_with_grace(lake, &o.org_id, grace).await?;
+            crate::users::audit_cli(
+                lake,
+                &o.org_id,
+                "org.rotate_write_key",
+                &o.org_id,
+                serde_json::json!({"grace_hours": grace_hours}),
+            )
+            .await;
             let until = (grace_hours > 0).then(|| chrono::Utc::now() + grace);
             let obj = serde_json::json!({
                 "org_id": o.org_id, "write_key": key, "previous_key_valid_until": until,
@@ -231,6 +247,14 @@ pub async fn run(lake: &Lake, cmd: OrgsCommand) -> Result<()> {
 async fn status(lake: &Lake, org: &str, active: bool, format: Format) -> Result<()> {
     let o = resolve(lake, org).await?;
     let o = orgs::set_status(lake, &o.org_id, active).await?;
+    crate::users::audit_cli(
+        lake,
+        &o.org_id,
+        if active { "org.enable" } else { "org.disable" },
+        &o.org_id,
+        serde_json::json!({}),
+    )
+    .await;
     output::print_object(format, SHOWN, &shown(&o))
 }
 

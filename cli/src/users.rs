@@ -106,7 +106,15 @@ const COLUMNS: &[&str] = &[
     "last_sign_in_at",
 ];
 
-async fn audit(lake: &Lake, org_id: &str, action: &str, target: &str, detail: serde_json::Value) {
+/// Append an entry by the CLI (actor `cli`) to `audit_log`; a failure to
+/// write it is logged, not fatal to the change already made.
+pub async fn audit_cli(
+    lake: &Lake,
+    org_id: &str,
+    action: &str,
+    target: &str,
+    detail: serde_json::Value,
+) {
     let a = Audit {
         org_id,
         actor: "cli",
@@ -122,7 +130,7 @@ async fn audit(lake: &Lake, org_id: &str, action: &str, target: &str, detail: se
 }
 
 /// Run one `crow users` command.
-pub async fn run(lake: &Lake, cmd: UsersCommand) -> Result<()> {
+pub async fn run(lake: &Lake, cfg: &crow_schemas::config::Config, cmd: UsersCommand) -> Result<()> {
     lake.init().await?;
     match cmd {
         UsersCommand::Create {
@@ -156,7 +164,7 @@ pub async fn run(lake: &Lake, cmd: UsersCommand) -> Result<()> {
             )
             .await?;
             let u = &invited.user;
-            audit(
+            audit_cli(
                 lake,
                 &u.org_id,
                 "user.create",
@@ -193,7 +201,7 @@ pub async fn run(lake: &Lake, cmd: UsersCommand) -> Result<()> {
         UsersCommand::SetRole { user, role, format } => {
             let role: Role = role.parse()?;
             let u = users::set_role(lake, &user, role).await?;
-            audit(
+            audit_cli(
                 lake,
                 &u.org_id,
                 "user.role",
@@ -211,7 +219,7 @@ pub async fn run(lake: &Lake, cmd: UsersCommand) -> Result<()> {
                 bail!("user {} is disabled: enable them first", u.email);
             }
             let token = users::issue_token(lake, &u, "reset").await?;
-            audit(
+            audit_cli(
                 lake,
                 &u.org_id,
                 "user.reset_password",
@@ -225,7 +233,9 @@ pub async fn run(lake: &Lake, cmd: UsersCommand) -> Result<()> {
         UsersCommand::Sessions { user, format } => {
             let u = users::find(lake, &user).await?;
             let now = chrono::Utc::now();
-            let idle = chrono::Duration::hours(12);
+            let idle = chrono::Duration::minutes(
+                i64::try_from(cfg.api.session_idle_minutes).unwrap_or(720),
+            );
             let rows: Vec<serde_json::Value> = users::sessions(lake, Some(&u.user_id))
                 .await?
                 .iter()
@@ -253,7 +263,7 @@ pub async fn run(lake: &Lake, cmd: UsersCommand) -> Result<()> {
         } => {
             let u = users::find(lake, &user).await?;
             let n = users::revoke_sessions(lake, &u.user_id, session.as_deref()).await?;
-            audit(
+            audit_cli(
                 lake,
                 &u.org_id,
                 "user.sessions_revoke",
@@ -269,7 +279,7 @@ pub async fn run(lake: &Lake, cmd: UsersCommand) -> Result<()> {
 
 async fn status(lake: &Lake, user: &str, disabled: bool, format: Format) -> Result<()> {
     let u = users::set_disabled(lake, user, disabled).await?;
-    audit(
+    audit_cli(
         lake,
         &u.org_id,
         if disabled {
