@@ -257,6 +257,10 @@ pub async fn run(
         let (schema, batches) = lake.sql(&week).await?;
         output::line("\nTop patterns of the week (crow sql \"select * from patterns\" for all):")?;
         output::print_batches(format, &schema, &batches)?;
+        let (email, password) = demo_owner(lake, &org_id).await?;
+        output::line(format!(
+            "\nSign in as the demo brand's owner (a new password each demo run): `crow serve`, then\n  curl -c cookies localhost:8080/api/v1/auth/login -d '{{\"email\": \"{email}\", \"password\": \"{password}\"}}'"
+        ))?;
         // One invoice per month the generated activity touched: from the
         // first generated day to the last (yesterday).
         let last_day = today.pred_opt().unwrap_or(today);
@@ -276,6 +280,27 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// The demo brand's owner (created once), with a fresh password.
+async fn demo_owner(lake: &Lake, org_id: &str) -> Result<(String, String)> {
+    use crow_query_api::users;
+    let email = "owner@northwind-audio.example";
+    let password = crow_lake::ids::new_secret("pw");
+    if users::find(lake, email).await.is_ok() {
+        users::set_password(lake, email, &password).await?;
+    } else {
+        users::create(
+            lake,
+            org_id,
+            email,
+            users::Role::Owner,
+            Some("Demo owner"),
+            Some(&password),
+        )
+        .await?;
+    }
+    Ok((email.to_string(), password))
 }
 
 /// How many of this demo's events (seed) are already in the lake.

@@ -475,6 +475,21 @@ pub async fn check_login(lake: &Lake, email: &str, password: &str) -> Result<Opt
     Ok(user.filter(|u| matches && u.status == "active" && u.password_hash.is_some()))
 }
 
+/// Set a user's password directly (an operator's or the demo's action):
+/// the user becomes active and their sessions are revoked.
+pub async fn set_password(lake: &Lake, id_or_email: &str, password: &str) -> Result<User> {
+    check_password(password)?;
+    let mut user = find(lake, id_or_email).await?;
+    user.password_hash = Some(hash_password(password)?);
+    if user.status != "disabled" {
+        user.status = "active".into();
+    }
+    user.updated_at = Utc::now();
+    save(lake, &user).await?;
+    revoke_sessions(lake, &user.user_id, None).await?;
+    Ok(user)
+}
+
 /// Change a user's role.
 pub async fn set_role(lake: &Lake, id_or_email: &str, role: Role) -> Result<User> {
     let mut user = find(lake, id_or_email).await?;

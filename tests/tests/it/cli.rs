@@ -172,6 +172,15 @@ fn demo_lands_a_week_exactly_once_and_maintenance_works() {
     // Again: the same demo lands exactly once.
     let shown = b.crow_ok(&["demo", "--visitors", "120", "--days", "7"]);
     assert_eq!(b.crow_json(&["sql", q]), first);
+    // It creates the brand's owner and says how to sign in.
+    assert!(
+        shown.contains("Sign in as the demo brand's owner")
+            && shown.contains("\"email\": \"owner@northwind-audio.example\""),
+        "{shown}"
+    );
+    let owner = b.crow_json(&["users", "list"]);
+    assert_eq!(owner[0]["role"], "owner", "{owner}");
+    assert_eq!(owner[0]["status"], "active", "{owner}");
     // It prints the invoice of every month its week touched.
     let today = chrono::Utc::now().date_naive();
     for back in [7, 1] {
