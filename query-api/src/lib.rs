@@ -142,6 +142,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/interactions", get(rest::interactions))
         .route("/api/v1/insights", get(rest::insights))
         .route("/api/v1/usage", get(rest::usage))
+        .route("/api/v1/audit", get(rest::audit))
         .route("/api/v1/exports", post(export::create))
         .route(
             "/api/v1/exports/{id}",

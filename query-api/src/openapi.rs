@@ -208,6 +208,7 @@ pub fn document() -> Value {
         ("Interaction", "interactions"),
         ("Insight", "patterns"),
         ("Usage", "usage_daily"),
+        ("Audit", "audit_log"),
     ] {
         schemas.insert(name.into(), row_schema(table, None));
     }
@@ -264,6 +265,7 @@ pub fn document() -> Value {
             "/api/v1/interactions": listing("Interactions.", "Interaction", &["from", "to", "channel", "product", "limit", "cursor"]),
             "/api/v1/insights": listing("Patterns by period.", "Insight", &["period_kind", "from", "to", "product", "limit", "cursor"]),
             "/api/v1/usage": listing("Daily usage and its priced amount, by day.", "Usage", &["from", "to", "limit", "cursor"]),
+            "/api/v1/audit": listing("The organization's audit log (admin keys, admin and owner users).", "Audit", &["from", "to", "limit", "cursor"]),
             "/api/v1/exports": {"post": {
                 "summary": "Start an export of a table or query (needs scope export). Bounded by api.export_timeout_seconds, api.export_max_rows and api.export_max_bytes; beyond api.max_concurrent_exports_per_org running exports, 429.", "security": [{"bearer": []}],
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ExportRequest"}}}},

@@ -60,6 +60,9 @@ struct Listing {
     channel: bool,
     product: ProductFilter,
     period_kind: bool,
+    /// The scope the listing needs (admin listings also see admin-only
+    /// tables).
+    needs: Scope,
 }
 
 enum ProductFilter {
@@ -72,16 +75,21 @@ enum ProductFilter {
 async fn context(
     st: &ApiState,
     headers: &HeaderMap,
+    needs: Scope,
 ) -> ApiResult<(SessionContext, Arc<TenantSchema>)> {
-    let p = crate::auth::authenticate(&st.keys, &st.limiter, headers, Scope::Read).await?;
-    Ok(tenant_context(
+    let p = crate::auth::authenticate(&st.keys, &st.limiter, headers, needs).await?;
+    let (ctx, schema) = tenant_context(
         &st.lake,
         st.runtime.clone(),
         &p.org_id,
         AsOf::Latest,
         Pins::new(),
         8192,
-    ))
+    );
+    if needs == Scope::Admin {
+        schema.show_admin_keys();
+    }
+    Ok((ctx, schema))
 }
 
 fn parse_time(name: &str, v: &str, as_date: bool) -> ApiResult<ScalarValue> {
@@ -158,7 +166,7 @@ async fn list(
     l: Listing,
     p: ListParams,
 ) -> ApiResult<Json<Value>> {
-    let (ctx, schema) = context(st, headers).await?;
+    let (ctx, schema) = context(st, headers, l.needs).await?;
     let fail = |e: datafusion::error::DataFusionError| df_error(&e, Some(&schema));
     let mut df: DataFrame = ctx.table(l.table).await.map_err(fail)?;
     let limit = page_size(p.limit.as_deref(), st.cfg.max_page_size)?;
@@ -255,7 +263,7 @@ pub async fn organization(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
-    let (ctx, schema) = context(&st, &headers).await?;
+    let (ctx, schema) = context(&st, &headers, Scope::Read).await?;
     let fail = |e: datafusion::error::DataFusionError| df_error(&e, Some(&schema));
     let df = ctx.table("organizations").await.map_err(fail)?;
     let batches = df
@@ -307,6 +315,7 @@ listing!(
         channel: false,
         product: ProductFilter::Column("product_id"),
         period_kind: false,
+        needs: Scope::Read,
     }
 );
 listing!(
@@ -321,6 +330,7 @@ listing!(
         channel: true,
         product: ProductFilter::List("product_ids"),
         period_kind: false,
+        needs: Scope::Read,
     }
 );
 listing!(
@@ -335,6 +345,7 @@ listing!(
         channel: true,
         product: ProductFilter::List("product_ids"),
         period_kind: false,
+        needs: Scope::Read,
     }
 );
 listing!(
@@ -349,6 +360,7 @@ listing!(
         channel: false,
         product: ProductFilter::List("product_ids"),
         period_kind: true,
+        needs: Scope::Read,
     }
 );
 
@@ -364,6 +376,23 @@ listing!(
         channel: false,
         product: ProductFilter::None,
         period_kind: false,
+        needs: Scope::Read,
+    }
+);
+
+listing!(
+    audit,
+    "`GET /api/v1/audit`: the organization's audit log, oldest first (admins only).",
+    Listing {
+        table: "audit_log",
+        time_col: Some("at"),
+        time_is_date: false,
+        id_col: "audit_id",
+        id_is_date: false,
+        channel: false,
+        product: ProductFilter::None,
+        period_kind: false,
+        needs: Scope::Admin,
     }
 );
 

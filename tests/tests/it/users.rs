@@ -288,6 +288,18 @@ async fn invite_sign_in_csrf_throttle_disable_and_audit() {
         assert!(actions.iter().any(|a| a == want), "{want} in {actions:?}");
     }
 
+    // GET /api/v1/audit: for admins; an analyst is refused with a stable code.
+    let (st, page) = get(&http, &other, "/api/v1/audit?limit=2", &owner_jar).await;
+    assert_eq!(st, 200, "{page}");
+    assert_eq!(page["data"].as_array().map(Vec::len), Some(2), "{page}");
+    assert!(page["next_cursor"].is_string(), "{page}");
+    let (st, body) = get(&http, &a, "/api/v1/audit", &jar).await;
+    assert_eq!(
+        (st, body["code"].as_str()),
+        (403, Some("insufficient_role")),
+        "{body}"
+    );
+
     // Disabled: refused on both servers within the cache bound.
     b.crow_json(&["users", "disable", "ann@example.com"]);
     let start = Instant::now();
