@@ -21,6 +21,7 @@
 pub mod batch;
 mod error;
 pub mod ids;
+pub mod notify;
 pub mod orgs;
 pub mod products;
 

@@ -149,6 +149,26 @@ async fn do_login(
     if org.is_none_or(|o| o.status != "active") {
         return Err(ApiError::unauthorized("wrong e-mail or password"));
     }
+    // A sign-in from a device (User-Agent) this user never signed in from
+    // before is worth telling them about (not the very first sign-in).
+    let earlier = users::sessions(&st.lake, Some(&user.user_id))
+        .await
+        .map_err(|e| ApiError::from_lake("checking a sign-in", &e))?;
+    if !earlier.is_empty() && !earlier.iter().any(|s| s.user_agent == ua) {
+        let notice = crow_lake::notify::Notice {
+            kind: "new_sign_in",
+            title: "New sign-in to your account".into(),
+            body: Some(format!(
+                "A sign-in from a new device ({}). If it was not you, revoke it in your sessions and reset your password.",
+                ua.as_deref().unwrap_or("unknown browser")
+            )),
+            link: Some("/api/v1/auth/sessions".into()),
+        };
+        let to = [(user.org_id.clone(), user.user_id.clone())];
+        if let Err(e) = crow_lake::notify::notify_users(&st.lake, &to, &notice).await {
+            tracing::warn!(error = %e, "could not write a sign-in notification");
+        }
+    }
     let lifetime = chrono::Duration::hours(i64::try_from(st.cfg.session_max_hours).unwrap_or(168));
     let (session, secret) =
         users::open_session(&st.lake, &user, lifetime, Some(ip_hash.clone()), ua.clone())
@@ -411,4 +431,91 @@ pub async fn csrf_guard(req: Request, next: Next) -> Response {
         }
     }
     next.run(req).await
+}
+
+/// Query parameters of `GET /api/v1/notifications`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationParams {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// `GET /api/v1/notifications`: the signed-in user's notifications, unread
+/// first then newest first, paged (`limit`, `cursor`).
+pub async fn notifications(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    q: Result<axum::extract::Query<NotificationParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let run = async {
+        let axum::extract::Query(q) =
+            q.map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))?;
+        let p = signed_in(&st, &headers).await?;
+        let user = p.user.map(|u| u.user_id).unwrap_or_default();
+        let limit = crate::rest::page_size(q.limit.as_deref(), st.cfg.max_page_size)?;
+        let start = match &q.cursor {
+            Some(c) => crate::rest::decode_cursor("notifications", c)?
+                .parse::<usize>()
+                .map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_parameter",
+                        "`cursor` is not a cursor of this listing",
+                    )
+                })?,
+            None => 0,
+        };
+        let all = crow_lake::notify::for_user(&st.lake, &user)
+            .await
+            .map_err(|e| ApiError::from_lake("reading notifications", &e))?;
+        let unread = all.iter().filter(|n| n.read_at.is_none()).count();
+        let ts =
+            |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let page: Vec<serde_json::Value> = all
+            .iter()
+            .skip(start)
+            .take(limit)
+            .map(|n| {
+                json!({"id": n.notification_id, "kind": n.kind, "title": n.title, "body": n.body,
+                       "link": n.link, "created_at": ts(n.created_at), "read_at": n.read_at.map(ts)})
+            })
+            .collect();
+        let next = (start + limit < all.len())
+            .then(|| crate::rest::encode_cursor("notifications", &(start + limit).to_string()));
+        Ok::<_, ApiError>(Json(
+            json!({"data": page, "unread": unread, "next_cursor": next}),
+        ))
+    };
+    match run.await {
+        Ok(r) => r.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /api/v1/notifications/{id}/read` (`all` marks every one read).
+pub async fn notification_read(
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let run = async {
+        let p = signed_in(&st, &headers).await?;
+        let user = p.user.map(|u| u.user_id).unwrap_or_default();
+        let which = (id != "all").then_some(id.as_str());
+        let n = crow_lake::notify::mark_read(&st.lake, &user, which)
+            .await
+            .map_err(|e| ApiError::from_lake("marking notifications read", &e))?;
+        if n == 0 && which.is_some() {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no unread notification of yours has this id",
+            ));
+        }
+        Ok(Json(json!({"marked_read": n})).into_response())
+    };
+    match run.await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
 }

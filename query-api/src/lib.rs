@@ -158,6 +158,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/api/v1/auth/sessions/{id}/revoke",
             post(account::revoke_session),
         )
+        .route("/api/v1/notifications", get(account::notifications))
+        .route(
+            "/api/v1/notifications/{id}/read",
+            post(account::notification_read),
+        )
         .route("/api/v1/health", get(health))
         .route(
             "/api/v1/openapi.json",

@@ -320,6 +320,16 @@ pub fn document() -> Value {
                               "403": problem("No or wrong CSRF token."), "404": problem("No open session of yours has this id."),
                               "429": problem("Rate limited.")},
             }},
+            "/api/v1/notifications": {"get": {
+                "summary": "The signed-in user's notifications, unread first, then newest first.", "security": [{"cookie": []}],
+                "parameters": [qparam("limit", "Page size.", json!({"type": "string"})), qparam("cursor", "The previous page's next_cursor.", json!({"type": "string"}))],
+                "responses": responses("200", json_ok("Notifications.", json!({"type": "object"})), &[400, 401, 429]),
+            }},
+            "/api/v1/notifications/{id}/read": {"post": {
+                "summary": "Mark a notification read (`all`: every one). Needs `X-CSRF-Token`.", "security": [{"cookie": []}],
+                "parameters": id_param,
+                "responses": responses("200", json_ok("How many were marked.", json!({"type": "object"})), &[401, 403, 404, 429]),
+            }},
             "/api/v1/health": {"get": {
                 "summary": "Whether the API can read the lake.",
                 "responses": {"200": json_ok("Healthy.", json!({"type": "object"})),

@@ -102,7 +102,7 @@ fn parse_time(name: &str, v: &str, as_date: bool) -> ApiResult<ScalarValue> {
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 
 /// The page size asked for: an integer from 1 to `max`.
-fn page_size(limit: Option<&str>, max: u32) -> ApiResult<usize> {
+pub(crate) fn page_size(limit: Option<&str>, max: u32) -> ApiResult<usize> {
     let Some(v) = limit else {
         return Ok(DEFAULT_PAGE_SIZE.min(max) as usize);
     };
@@ -126,7 +126,7 @@ fn bad_cursor() -> ApiError {
 
 /// A cursor: the listing's table and the last row's key, hex-encoded (so it
 /// is opaque and URL-safe).
-fn encode_cursor(table: &str, last: &str) -> String {
+pub(crate) fn encode_cursor(table: &str, last: &str) -> String {
     use std::fmt::Write;
     let raw = format!("{table}:{last}");
     let mut out = String::with_capacity(raw.len() * 2);
@@ -137,7 +137,7 @@ fn encode_cursor(table: &str, last: &str) -> String {
 }
 
 /// The last row's key in a cursor of `table`'s listing.
-fn decode_cursor(table: &str, cursor: &str) -> ApiResult<String> {
+pub(crate) fn decode_cursor(table: &str, cursor: &str) -> ApiResult<String> {
     if cursor.is_empty() || cursor.len() > MAX_CURSOR_LEN || !cursor.len().is_multiple_of(2) {
         return Err(bad_cursor());
     }

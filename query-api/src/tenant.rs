@@ -26,7 +26,13 @@ pub const ALLOWED_TABLE_FUNCTIONS: &[&str] = &["generate_series", "range"];
 
 /// Tables whose rows only an admin (key or user) sees; others see them
 /// empty.
-pub const ADMIN_ONLY_TABLES: &[&str] = &["users", "user_sessions", "user_tokens", "audit_log"];
+pub const ADMIN_ONLY_TABLES: &[&str] = &[
+    "users",
+    "user_sessions",
+    "user_tokens",
+    "audit_log",
+    "notifications",
+];
 
 /// A table's point in history for one query.
 pub type Pins = HashMap<String, AsOf>;

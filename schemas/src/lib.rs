@@ -814,6 +814,26 @@ pub const AUDIT_LOG: TableDef = TableDef {
     secret_columns: &[],
 };
 
+/// `notifications`: what the system tells a user.
+pub const NOTIFICATIONS: TableDef = TableDef {
+    name: "notifications",
+    version: 1,
+    doc: "One row per notification to one user: a failed scheduled job, a sign-in from a new device, an export ready.",
+    columns: &[
+        req("org_id", Text, "The user's organization."),
+        req("notification_id", Text, "Id (`ntf_` + 26 characters)."),
+        req("user_id", Text, "The user it is for."),
+        req("kind", Text, "'job_failed', 'new_sign_in', 'export_ready', 'pattern', 'budget_exhausted'."),
+        req("title", Text, "One line."),
+        opt("body", Text, "More."),
+        opt("link", Text, "Where to look (an API path or dashboard route)."),
+        req("created_at", Timestamp, "When."),
+        opt("read_at", Timestamp, "When the user marked it read."),
+    ],
+    partition_by: &[],
+    secret_columns: &[],
+};
+
 /// Every table, in creation order.
 pub const ALL_TABLES: &[TableDef] = &[
     ORGANIZATIONS,
@@ -833,6 +853,7 @@ pub const ALL_TABLES: &[TableDef] = &[
     USER_SESSIONS,
     USER_TOKENS,
     AUDIT_LOG,
+    NOTIFICATIONS,
 ];
 
 /// The table named `name`, if it is one of CROW's.

@@ -735,6 +735,28 @@ async fn two_servers(b: Backend) {
 async fn failed_runs_are_retried_with_backoff() {
     let b = Backend::local();
     b.crow_ok(&["init"]);
+    // An admin to tell when the job gives up, and a viewer not to.
+    b.crow_json(&["orgs", "create", "--name", "Ops Co"]);
+    b.crow_json(&[
+        "users",
+        "create",
+        "--org",
+        "Ops Co",
+        "--email",
+        "ops@example.com",
+        "--role",
+        "admin",
+    ]);
+    b.crow_json(&[
+        "users",
+        "create",
+        "--org",
+        "Ops Co",
+        "--email",
+        "view@example.com",
+        "--role",
+        "viewer",
+    ]);
     let wal = tempfile::tempdir().expect("tmp");
     let mut server = Server::start(
         &b,
@@ -805,6 +827,20 @@ async fn failed_runs_are_retried_with_backoff() {
         "status reads the config it runs with"
     );
     assert_eq!(enrich["state"], "failed", "{status}");
+    // Out of retries: the organization's admins are notified, once per
+    // given-up slot, without the internal error.
+    let notes = sql(
+        &b,
+        "SELECT n.kind, n.title, n.body, u.email FROM notifications n JOIN users u ON n.user_id = u.user_id",
+    );
+    assert!(!notes.is_empty(), "a notification for the admin");
+    assert!(
+        notes.iter().all(|n| n["email"] == "ops@example.com"
+            && n["kind"] == "job_failed"
+            && n["title"].as_str().is_some_and(|t| t.contains("enrich"))
+            && !n["body"].as_str().unwrap_or("").contains("GEMINI_API_KEY")),
+        "{notes:?}"
+    );
 }
 
 /// Vacuum is scheduled like optimize and checkpoint: a scheduled run goes

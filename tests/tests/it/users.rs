@@ -316,6 +316,39 @@ async fn invite_sign_in_csrf_throttle_disable_and_audit() {
     let (st, _, _) = login(&http, &other, "ann@example.com", "analyst password 1").await;
     assert_eq!(st, 401, "a disabled user cannot sign in");
 
+    // A sign-in from a new device is a notification for that user; they
+    // read and mark it over the API.
+    let r = http
+        .post(other.url("/api/v1/auth/login"))
+        .header("User-Agent", "A new browser/1.0")
+        .json(&json!({"email": "olga@example.com", "password": "owner password 123"}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status().as_u16(), 200);
+    let (st, page) = get(&http, &other, "/api/v1/notifications", &owner_jar).await;
+    assert_eq!(st, 200, "{page}");
+    assert_eq!(page["unread"], 1, "{page}");
+    assert_eq!(page["data"][0]["kind"], "new_sign_in", "{page}");
+    assert!(
+        page["data"][0]["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("A new browser/1.0")),
+        "{page}"
+    );
+    let id = page["data"][0]["id"].as_str().expect("id").to_string();
+    let r = http
+        .post(other.url(&format!("/api/v1/notifications/{id}/read")))
+        .header(COOKIE, owner_jar.header())
+        .header("X-CSRF-Token", &owner_jar.csrf)
+        .send()
+        .await
+        .expect("read");
+    assert_eq!(r.status().as_u16(), 200);
+    let (_, page) = get(&http, &other, "/api/v1/notifications", &owner_jar).await;
+    assert_eq!(page["unread"], 0, "{page}");
+    assert!(page["data"][0]["read_at"].is_string(), "{page}");
+
     // Logout ends the session (with the CSRF token).
     let r = http
         .post(other.url("/api/v1/auth/logout"))
@@ -328,5 +361,14 @@ async fn invite_sign_in_csrf_throttle_disable_and_audit() {
     let (st, _) = get(&http, &other, "/api/v1/auth/me", &owner_jar).await;
     assert_eq!(st, 401);
     let sessions = b.crow_json(&["users", "sessions", "olga@example.com"]);
-    assert_eq!(sessions[0]["status"], "revoked", "{sessions}");
+    let status_of = |ua: Value| {
+        sessions
+            .as_array()
+            .expect("rows")
+            .iter()
+            .find(|s| s["user_agent"] == ua)
+            .map(|s| s["status"].clone())
+    };
+    assert_eq!(status_of(Value::Null), Some(json!("revoked")), "{sessions}");
+    assert_eq!(status_of(json!("A new browser/1.0")), Some(json!("active")), "{sessions}");
 }
