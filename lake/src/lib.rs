@@ -37,6 +37,7 @@ use crow_schemas::config::LakeConfig;
 use crow_schemas::TableDef;
 pub use datafusion;
 use datafusion::execution::context::SQLOptions;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 pub use deltalake;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
@@ -772,6 +773,22 @@ impl Lake {
         Ok(ctx)
     }
 
+    /// A DataFusion session like [`Lake::session`], with `config` (start
+    /// from [`session_config`]) on `runtime`: a job gives it a memory pool,
+    /// so its sorts spill to the runtime's disk manager instead of growing.
+    pub async fn session_on(
+        &self,
+        config: SessionConfig,
+        runtime: Arc<RuntimeEnv>,
+    ) -> Result<SessionContext> {
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        for def in crow_schemas::ALL_TABLES {
+            self.register(&ctx, def.name, def.name, AsOf::Latest)
+                .await?;
+        }
+        Ok(ctx)
+    }
+
     /// A DataFusion session with every table at its latest version, except
     /// the tables pinned to a version or time in `pins`.
     pub async fn session_with(&self, pins: &[(String, AsOf)]) -> Result<SessionContext> {
@@ -896,11 +913,16 @@ pub async fn run_read_only(
     Ok((schema, batches))
 }
 
-fn new_context() -> SessionContext {
-    let cfg = SessionConfig::new()
+/// The session configuration of every context the lake makes: the
+/// information schema on, one partition per core.
+pub fn session_config() -> SessionConfig {
+    SessionConfig::new()
         .with_information_schema(true)
-        .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
-    SessionContext::new_with_config(cfg)
+        .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()))
+}
+
+fn new_context() -> SessionContext {
+    SessionContext::new_with_config(session_config())
 }
 
 fn empty_provider(name: &str) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
