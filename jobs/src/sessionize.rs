@@ -52,7 +52,7 @@ use crow_lake::arrow::compute::{cast, filter_record_batch, interleave_record_bat
 use crow_lake::arrow::datatypes::{DataType, Field};
 use crow_lake::datafusion::arrow::compute::SortOptions;
 use crow_lake::datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use crow_lake::datafusion::execution::memory_pool::FairSpillPool;
+use crow_lake::datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use crow_lake::datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use crow_lake::datafusion::execution::SendableRecordBatchStream;
 use crow_lake::datafusion::physical_expr::expressions::col;
@@ -383,11 +383,16 @@ impl SessionBuilder {
 }
 
 /// A runtime whose memory pool holds `mb` MiB; beyond it operators that can
-/// spill write to the OS temp folder.
+/// spill write to the OS temp folder. When the pool runs out, the error
+/// names its largest consumers.
 fn job_runtime(mb: u64) -> Result<Arc<RuntimeEnv>> {
     let bytes = usize::try_from(mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
+    let pool = TrackConsumersPool::new(
+        FairSpillPool::new(bytes),
+        std::num::NonZeroUsize::new(5).unwrap_or(std::num::NonZeroUsize::MIN),
+    );
     Ok(RuntimeEnvBuilder::new()
-        .with_memory_pool(Arc::new(FairSpillPool::new(bytes)))
+        .with_memory_pool(Arc::new(pool))
         .with_disk_manager_builder(
             DiskManagerBuilder::default().with_mode(DiskManagerMode::OsTmpDirectory),
         )
