@@ -1543,8 +1543,8 @@ mod tests {
         assert_eq!(ids(0), vec!["m1", "m2"]);
         assert_eq!(ids(1), vec!["m3"]);
         let returning = b.column_by_name("is_returning").unwrap().as_boolean();
-        assert_eq!(returning.value(0), false);
-        assert_eq!(returning.value(1), true);
+        assert!(!returning.value(0));
+        assert!(returning.value(1));
         assert!(returning.is_valid(0) && returning.is_valid(1));
         let source = text(b, "traffic_source").unwrap();
         assert_eq!(source.value(0), "google.com");
