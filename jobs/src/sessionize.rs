@@ -45,22 +45,35 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, DurationRound, NaiveDate, Utc};
 use crow_lake::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Date32Builder, Int64Builder,
-    ListBuilder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+    Array, ArrayRef, AsArray, BooleanBuilder, Date32Builder, Int64Builder, ListBuilder,
+    RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
 };
-use crow_lake::arrow::compute::{cast, filter_record_batch, interleave_record_batch};
-use crow_lake::arrow::datatypes::{DataType, Field};
+use crow_lake::arrow::compute::cast;
+use crow_lake::arrow::datatypes::{DataType, Field, SchemaRef};
+use crow_lake::arrow::ipc::reader::StreamReader;
+use crow_lake::arrow::ipc::writer::StreamWriter;
 use crow_lake::datafusion::arrow::compute::SortOptions;
-use crow_lake::datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use crow_lake::datafusion::catalog::streaming::StreamingTable;
+use crow_lake::datafusion::common::ScalarValue;
+use crow_lake::datafusion::error::{DataFusionError, Result as DfResult};
+use crow_lake::datafusion::execution::disk_manager::{
+    DiskManager, DiskManagerBuilder, DiskManagerMode,
+};
 use crow_lake::datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use crow_lake::datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use crow_lake::datafusion::execution::spill_file::{SpillFile, SpillWriter};
 use crow_lake::datafusion::execution::SendableRecordBatchStream;
-use crow_lake::datafusion::physical_expr::expressions::col;
+use crow_lake::datafusion::execution::TaskContext;
+use crow_lake::datafusion::functions_aggregate::expr_fn::count;
+use crow_lake::datafusion::physical_expr::expressions::col as physical_col;
 use crow_lake::datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 use crow_lake::datafusion::physical_plan::repartition::RepartitionExec;
 use crow_lake::datafusion::physical_plan::sorts::sort::SortExec;
+use crow_lake::datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use crow_lake::datafusion::physical_plan::streaming::PartitionStream;
 use crow_lake::datafusion::physical_plan::{ExecutionPlan, Partitioning};
-use crow_lake::datafusion::prelude::SessionContext;
+use crow_lake::datafusion::prelude::{col, lit, DataFrame, SessionContext};
+use crow_lake::deltalake::delta_datafusion::DeltaSessionContext;
 use crow_lake::Lake;
 use crow_schemas::SESSIONS;
 use futures::StreamExt;
@@ -80,8 +93,6 @@ pub const MAX_TIMELINE: usize = 300;
 const LATE_ALLOWANCE_MINUTES: i64 = 10;
 /// Sessions per finished Arrow batch.
 pub const CHUNK: usize = 8192;
-/// Sessions per batch handed to the Delta writer.
-const WRITE_BATCH: usize = 50_000;
 
 /// What to sessionize.
 #[derive(Debug, Clone)]
@@ -174,10 +185,11 @@ struct Built {
 }
 
 impl Built {
-    /// Keeping the sessions that start in `[keep.0, keep.1)`.
-    fn new(keep: (i64, i64)) -> Self {
+    /// Keeping the sessions that start in `[keep.0, keep.1)`, spooled to
+    /// `disk` when given.
+    fn new(keep: (i64, i64), disk: Option<Arc<DiskManager>>) -> Self {
         Built {
-            out: SessionBatches::new(keep),
+            out: SessionBatches::new(keep, disk),
             open_min_start: None,
             open: 0,
             events: 0,
@@ -209,19 +221,40 @@ impl Built {
 
 /// `sessions` rows appended straight into Arrow column builders (no
 /// serde/JSON step); every [`CHUNK`] rows the builders are finished into a
-/// batch. Rows starting outside `keep` are dropped on the way in.
+/// batch, which goes to a spool file (an Arrow IPC stream in the runtime's
+/// temp folder) when the run has a disk manager, else stays in memory.
+/// Rows starting outside `keep` are dropped on the way in.
 struct SessionBatches {
     keep: (i64, i64),
     b: SessionBuilder,
     done: Vec<RecordBatch>,
+    disk: Option<Arc<DiskManager>>,
+    spool: Option<SpoolWriter>,
+    files: Vec<Arc<dyn SpillFile>>,
+}
+
+/// The spool file being written.
+struct SpoolWriter {
+    file: Arc<dyn SpillFile>,
+    writer: StreamWriter<Box<dyn SpillWriter>>,
+}
+
+/// What a [`SessionBatches`] made: batches kept in memory and spool files.
+#[derive(Default)]
+struct Sessions {
+    batches: Vec<RecordBatch>,
+    files: Vec<Arc<dyn SpillFile>>,
 }
 
 impl SessionBatches {
-    fn new(keep: (i64, i64)) -> Self {
+    fn new(keep: (i64, i64), disk: Option<Arc<DiskManager>>) -> Self {
         SessionBatches {
             keep,
             b: SessionBuilder::default(),
             done: Vec::new(),
+            disk,
+            spool: None,
+            files: Vec::new(),
         }
     }
 
@@ -231,27 +264,155 @@ impl SessionBatches {
         }
         self.b.append(r);
         if self.b.len >= CHUNK {
-            self.done.push(self.b.finish()?);
+            let batch = self.b.finish()?;
+            self.emit(batch)?;
         }
         Ok(())
     }
 
-    /// Take over another builder's batches (its unfinished rows finished).
-    fn append(&mut self, mut other: SessionBatches) -> Result<()> {
-        if other.b.len > 0 {
-            other.done.push(other.b.finish()?);
+    fn emit(&mut self, batch: RecordBatch) -> Result<()> {
+        let Some(disk) = &self.disk else {
+            self.done.push(batch);
+            return Ok(());
+        };
+        if self.spool.is_none() {
+            let file = disk.create_tmp_file("sessionize output")?;
+            let writer = StreamWriter::try_new(file.open_writer()?, &SESSIONS.schema())?;
+            self.spool = Some(SpoolWriter { file, writer });
         }
-        self.done.append(&mut other.done);
+        if let Some(s) = &mut self.spool {
+            s.writer.write(&batch)?;
+        }
         Ok(())
     }
 
-    /// Every batch, the unfinished rows included.
-    fn finish(mut self) -> Result<Vec<RecordBatch>> {
+    /// Take over another builder's output (its unfinished rows finished).
+    fn append(&mut self, other: SessionBatches) -> Result<()> {
+        let mut out = other.finish()?;
+        self.done.append(&mut out.batches);
+        self.files.append(&mut out.files);
+        Ok(())
+    }
+
+    /// Everything made, the unfinished rows included; spool files closed.
+    fn finish(mut self) -> Result<Sessions> {
         if self.b.len > 0 {
-            self.done.push(self.b.finish()?);
+            let batch = self.b.finish()?;
+            self.emit(batch)?;
         }
-        Ok(self.done)
+        if let Some(s) = self.spool.take() {
+            s.writer.into_inner()?.finish()?;
+            self.files.push(s.file);
+        }
+        Ok(Sessions {
+            batches: self.done,
+            files: self.files,
+        })
     }
+}
+
+/// A spool file read back as one partition of the sessions to write.
+struct SpoolPartition {
+    file: Arc<dyn SpillFile>,
+    schema: SchemaRef,
+}
+
+impl std::fmt::Debug for SpoolPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpoolPartition")
+            .field("path", &self.file.path())
+            .finish()
+    }
+}
+
+impl PartitionStream for SpoolPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        // A local temp file, read a batch at a time.
+        let open = || -> DfResult<_> {
+            let path = self.file.path().ok_or_else(|| {
+                DataFusionError::Execution("sessionize spool file has no local path".into())
+            })?;
+            let file = std::io::BufReader::new(std::fs::File::open(path)?);
+            Ok(StreamReader::try_new(file, None)?)
+        };
+        let batches: Box<dyn Iterator<Item = DfResult<RecordBatch>> + Send> = match open() {
+            Ok(r) => Box::new(r.map(|b| b.map_err(DataFusionError::from))),
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        };
+        Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            futures::stream::iter(batches),
+        ))
+    }
+}
+
+/// Batches kept in memory as one partition of the sessions to write.
+#[derive(Debug)]
+struct MemPartition {
+    batches: Vec<RecordBatch>,
+    schema: SchemaRef,
+}
+
+impl PartitionStream for MemPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let batches: Vec<DfResult<RecordBatch>> = self.batches.iter().cloned().map(Ok).collect();
+        Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            futures::stream::iter(batches),
+        ))
+    }
+}
+
+/// The window's sessions as a DataFusion plan over the spool files (and
+/// in-memory batches): those starting in `[start, end)`, in the table's
+/// file order (day, org, start, id). The sort runs, and spills, under
+/// `ctx`'s memory pool.
+fn sessions_plan(
+    ctx: &SessionContext,
+    out: Sessions,
+    start: i64,
+    end: i64,
+) -> Result<(DataFrame, DataFrame)> {
+    let schema = SESSIONS.schema();
+    let mut parts: Vec<Arc<dyn PartitionStream>> = Vec::new();
+    for file in out.files {
+        parts.push(Arc::new(SpoolPartition {
+            file,
+            schema: schema.clone(),
+        }));
+    }
+    parts.push(Arc::new(MemPartition {
+        batches: out.batches,
+        schema: schema.clone(),
+    }));
+    let ts = |t: i64| {
+        lit(ScalarValue::TimestampMicrosecond(
+            Some(t),
+            Some("UTC".into()),
+        ))
+    };
+    let inside = ctx
+        .read_table(Arc::new(StreamingTable::try_new(schema, parts)?))?
+        .filter(
+            col("started_at")
+                .gt_eq(ts(start))
+                .and(col("started_at").lt(ts(end))),
+        )?;
+    let ordered = inside.clone().sort(
+        ["session_date", "org_id", "started_at", "session_id"]
+            .into_iter()
+            .map(|c| col(c).sort(true, false))
+            .collect(),
+    )?;
+    Ok((inside, ordered))
 }
 
 /// One Arrow builder per `sessions` column, in the table's order.
@@ -399,6 +560,20 @@ fn job_runtime(mb: u64) -> Result<Arc<RuntimeEnv>> {
         .build_arc()?)
 }
 
+/// A session on the job's runtime that the Delta writer can plan with (its
+/// own query planner), with the sort reservations sized to the pool.
+fn writer_context(runtime: &Arc<RuntimeEnv>, pool_bytes: usize) -> SessionContext {
+    let ctx = DeltaSessionContext::with_runtime_env(runtime.clone()).into_inner();
+    {
+        let state = ctx.state_ref();
+        let mut state = state.write();
+        let execution = &mut state.config_mut().options_mut().execution;
+        execution.sort_spill_reservation_bytes = (10 << 20).min(pool_bytes / 16);
+        execution.sort_in_place_threshold_bytes = (1 << 20).min(pool_bytes / 16);
+    }
+    ctx
+}
+
 /// Spill files and bytes of every operator of an executed plan.
 fn spills(plan: &Arc<dyn ExecutionPlan>) -> (u64, u64) {
     let (mut count, mut bytes) = plan.metrics().map_or((0, 0), |m| {
@@ -441,7 +616,7 @@ pub async fn run(lake: &Lake, opts: &Options, progress: &ProgressRef) -> Result<
     };
     let run_id = run.id().to_string();
     let result = async {
-        let (window, built, batches) =
+        let (window, built, inside, ordered) =
             sessionize(lake, opts, from, explicit_end, progress, &run_id).await?;
         let mut report = Report {
             run_id: run_id.clone(),
@@ -455,19 +630,24 @@ pub async fn run(lake: &Lake, opts: &Options, progress: &ProgressRef) -> Result<
             spilled_bytes: built.spilled_bytes,
             ..Report::default()
         };
-        for b in &batches {
-            let channel = text(b, "channel")?;
-            for c in channel.iter().flatten() {
-                match c {
-                    "web" => report.web_sessions += 1,
-                    "social" => report.social_sessions += 1,
-                    _ => report.cctv_sessions += 1,
+        let counts = inside
+            .aggregate(vec![col("channel")], vec![count(lit(1)).alias("n")])?
+            .collect()
+            .await?;
+        for b in &counts {
+            let (channel, n) = (text(b, "channel")?, micros(b, "n")?);
+            for i in 0..b.num_rows() {
+                let n = n.value(i).max(0) as u64;
+                match channel.value(i) {
+                    "web" => report.web_sessions += n,
+                    "social" => report.social_sessions += n,
+                    _ => report.cctv_sessions += n,
                 }
+                report.sessions += n;
             }
-            report.sessions += b.num_rows() as u64;
         }
         progress.phase("writing sessions", 0);
-        write(lake, org, window, batches).await?;
+        write(lake, org, window, ordered).await?;
         Ok((window, report))
     }
     .await;
@@ -567,7 +747,8 @@ fn org_filter(org: Option<&str>) -> String {
 
 /// Compute the sessions starting at or after `from` (and before
 /// `explicit_end`, when given); returns the window actually covered, what
-/// the run counted and the window's sessions.
+/// the run counted, and the window's sessions as a plan: unordered (to
+/// count) and in the table's file order (to write).
 async fn sessionize(
     lake: &Lake,
     opts: &Options,
@@ -575,7 +756,7 @@ async fn sessionize(
     explicit_end: Option<DateTime<Utc>>,
     progress: &ProgressRef,
     run_id: &str,
-) -> Result<(Window, Built, Vec<RecordBatch>)> {
+) -> Result<(Window, Built, DataFrame, DataFrame)> {
     let now = opts.now;
     let read_start = from - opts.gap;
     // Explicit windows read a day past their end first and widen the read
@@ -601,7 +782,7 @@ async fn sessionize(
     let keep = (from.timestamp_micros(), keep_end);
     loop {
         let ctx = session().await?;
-        let mut built = Built::new(keep);
+        let mut built = Built::new(keep, Some(runtime.disk_manager.clone()));
         progress.phase("sessionizing web events", 0);
         web(
             &ctx, opts, read_start, read_end, &returning, run_id, &mut built, progress,
@@ -634,23 +815,11 @@ async fn sessionize(
             }
         };
         let (s, e) = (from.timestamp_micros(), end.timestamp_micros());
-        let out = std::mem::replace(&mut built.out, SessionBatches::new(keep)).finish()?;
-        let mut batches = Vec::with_capacity(out.len());
-        for b in out {
-            let started = micros(&b, "started_at")?;
-            let inside: BooleanArray = started
-                .values()
-                .iter()
-                .map(|&t| Some(t >= s && t < e))
-                .collect();
-            let b = filter_record_batch(&b, &inside)?;
-            if b.num_rows() > 0 {
-                batches.push(b);
-            }
-        }
+        let out = std::mem::replace(&mut built.out, SessionBatches::new(keep, None)).finish()?;
+        let (inside, ordered) = sessions_plan(&writer_context(&runtime, pool_bytes), out, s, e)?;
         // Sessions open inside the window are reported; those after it are
         // simply not due yet.
-        return Ok((Window { start: from, end }, built, batches));
+        return Ok((Window { start: from, end }, built, inside, ordered));
     }
 }
 
@@ -846,7 +1015,10 @@ async fn web(
     let hashed: Arc<dyn ExecutionPlan> = Arc::new(RepartitionExec::try_new(
         plan,
         Partitioning::Hash(
-            vec![col("org_id", &schema)?, col("visitor_id", &schema)?],
+            vec![
+                physical_col("org_id", &schema)?,
+                physical_col("visitor_id", &schema)?,
+            ],
             parts,
         ),
     )?);
@@ -856,7 +1028,7 @@ async fn web(
     };
     let mut order = Vec::new();
     for c in ["org_id", "visitor_id", "occurred_at", "message_id"] {
-        order.push(PhysicalSortExpr::new(col(c, &schema)?, asc));
+        order.push(PhysicalSortExpr::new(physical_col(c, &schema)?, asc));
     }
     let order = LexOrdering::new(order)
         .ok_or_else(|| Error::Invalid("sessionize: empty sort order".into()))?;
@@ -873,6 +1045,7 @@ async fn web(
             run_id: run_id.to_string(),
             progress: progress.clone(),
             keep: built.out.keep,
+            disk: built.out.disk.clone(),
         };
         tasks.push(tokio::spawn(split.run()));
     }
@@ -901,11 +1074,12 @@ struct WebSplit {
     run_id: String,
     progress: ProgressRef,
     keep: (i64, i64),
+    disk: Option<Arc<DiskManager>>,
 }
 
 impl WebSplit {
     async fn run(mut self) -> Result<Built> {
-        let mut built = Built::new(self.keep);
+        let mut built = Built::new(self.keep, self.disk.clone());
         let mut cur_key: Option<(String, String)> = None;
         let mut events: Vec<WebEvent> = Vec::new();
         while let Some(batch) = self.stream.next().await {
@@ -1403,16 +1577,10 @@ async fn social(
 }
 
 /// Replace the window's sessions (of one org, or all) with `rows`.
-async fn write(
-    lake: &Lake,
-    org: Option<&str>,
-    window: Window,
-    batches: Vec<RecordBatch>,
-) -> Result<()> {
+async fn write(lake: &Lake, org: Option<&str>, window: Window, rows: DataFrame) -> Result<()> {
     if window.is_empty() {
         return Ok(());
     }
-    let batches = clustered(batches)?;
     let last_day = (window.end - Duration::microseconds(1)).date_naive();
     let predicate = format!(
         "session_date >= '{}' AND session_date <= '{}' AND started_at >= {} AND started_at < {}{}",
@@ -1422,57 +1590,9 @@ async fn write(
         ts_lit(window.end),
         org_filter(org)
     );
-    lake.replace_where_if_changed(SESSIONS.name, &predicate, batches, &["job_run_id"])
+    lake.replace_where_if_changed_df(SESSIONS.name, &predicate, rows, &["job_run_id"])
         .await?;
     Ok(())
-}
-
-/// The sessions in the table's file order: by day, org and start (session
-/// id breaking ties, so the files do not depend on which task finished
-/// first), in batches of [`WRITE_BATCH`] rows.
-fn clustered(batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
-    use crow_lake::arrow::datatypes::{Date32Type, TimestampMicrosecondType};
-    let column = |b: &RecordBatch, name: &str| -> Result<ArrayRef> {
-        b.column_by_name(name)
-            .cloned()
-            .ok_or_else(|| Error::Invalid(format!("sessions batch without {name}")))
-    };
-    let mut keys = Vec::with_capacity(batches.len());
-    for b in &batches {
-        keys.push((
-            column(b, "session_date")?,
-            column(b, "org_id")?,
-            column(b, "started_at")?,
-            column(b, "session_id")?,
-        ));
-    }
-    let typed: Vec<_> = keys
-        .iter()
-        .map(|(d, o, t, id)| {
-            (
-                d.as_primitive::<Date32Type>(),
-                o.as_string::<i32>(),
-                t.as_primitive::<TimestampMicrosecondType>(),
-                id.as_string::<i32>(),
-            )
-        })
-        .collect();
-    let key = |(b, r): (usize, usize)| {
-        let (d, o, t, id) = &typed[b];
-        (d.value(r), o.value(r), t.value(r), id.value(r))
-    };
-    let mut order: Vec<(usize, usize)> = batches
-        .iter()
-        .enumerate()
-        .flat_map(|(b, batch)| (0..batch.num_rows()).map(move |r| (b, r)))
-        .collect();
-    order.sort_unstable_by(|&x, &y| key(x).cmp(&key(y)));
-    let refs: Vec<&RecordBatch> = batches.iter().collect();
-    let mut out = Vec::with_capacity(order.len().div_ceil(WRITE_BATCH));
-    for chunk in order.chunks(WRITE_BATCH) {
-        out.push(interleave_record_batch(&refs, chunk)?);
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -1512,7 +1632,7 @@ mod tests {
             ev("m3", 30 * MIN + 60 * MIN + 1),
             ev("m4", 200 * MIN),
         ];
-        let mut built = Built::new((i64::MIN, i64::MAX));
+        let mut built = Built::new((i64::MIN, i64::MAX), None);
         let read_end = 200 * MIN + 59 * MIN; // m4's session is still open
         flush_visitor(
             "o",
@@ -1527,7 +1647,7 @@ mod tests {
         .unwrap();
         assert_eq!(built.open, 1);
         assert_eq!(built.open_min_start, Some(200 * MIN));
-        let batches = built.out.finish().unwrap();
+        let batches = built.out.finish().unwrap().batches;
         assert_eq!(batches.len(), 1);
         let b = &batches[0];
         assert_eq!(b.schema(), SESSIONS.schema());
@@ -1559,10 +1679,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn rows_outside_the_kept_range_are_dropped_and_chunks_are_bounded() {
-        let mut out = SessionBatches::new((10, 10 + CHUNK as i64 + 5));
-        let row = |t: i64| SessionRow {
+    fn row(t: i64) -> SessionRow {
+        SessionRow {
             org_id: "o".into(),
             session_id: format!("s{t}"),
             channel: "web",
@@ -1582,14 +1700,19 @@ mod tests {
             timeline: "[]".into(),
             source_ids: vec!["m".into()],
             job_run_id: "run".into(),
-            session_date: 0,
-        };
+            session_date: i32::from(t % 3 == 0),
+        }
+    }
+
+    #[test]
+    fn rows_outside_the_kept_range_are_dropped_and_chunks_are_bounded() {
+        let mut out = SessionBatches::new((10, 10 + CHUNK as i64 + 5), None);
         for t in 0..(CHUNK as i64 + 20) {
             out.push(row(t)).unwrap();
         }
         // One finished chunk while pushing, the rest at the end.
         assert_eq!(out.done.len(), 1);
-        let batches = out.finish().unwrap();
+        let batches = out.finish().unwrap().batches;
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         assert_eq!(rows, CHUNK + 5);
         assert!(batches.iter().all(|b| b.num_rows() <= CHUNK));
@@ -1601,15 +1724,46 @@ mod tests {
             .column_by_name("anonymous_ids")
             .unwrap()
             .is_null(0));
-        // Written in (day, org, start, id) order whatever the input order.
-        let mut reversed = batches.clone();
-        reversed.reverse();
-        let sorted = clustered(reversed).unwrap();
-        let starts: Vec<i64> = sorted
+    }
+
+    #[tokio::test]
+    async fn spooled_chunks_read_back_filtered_and_in_file_order() {
+        let disk = DiskManagerBuilder::default()
+            .with_mode(DiskManagerMode::OsTmpDirectory)
+            .build()
+            .map(Arc::new)
+            .unwrap();
+        let n = 2 * CHUNK as i64 + 7;
+        let mut out = SessionBatches::new((0, n), Some(disk));
+        for t in (0..n).rev() {
+            out.push(row(t)).unwrap();
+        }
+        // Finished chunks went to the spool, not to memory.
+        assert!(out.done.is_empty());
+        let spooled = out.finish().unwrap();
+        assert!(spooled.batches.is_empty());
+        assert_eq!(spooled.files.len(), 1);
+        let ctx = SessionContext::new();
+        let (inside, ordered) = sessions_plan(&ctx, spooled, 5, n - 5).unwrap();
+        assert_eq!(inside.count().await.unwrap(), (n - 10) as usize);
+        let batches = ordered.collect().await.unwrap();
+        let keys: Vec<(i32, i64)> = batches
             .iter()
-            .flat_map(|b| micros(b, "started_at").unwrap().values().to_vec())
+            .flat_map(|b| {
+                let d = b
+                    .column_by_name("session_date")
+                    .unwrap()
+                    .as_primitive::<crow_lake::arrow::datatypes::Date32Type>()
+                    .clone();
+                let t = micros(b, "started_at").unwrap();
+                (0..b.num_rows())
+                    .map(|i| (d.value(i), t.value(i)))
+                    .collect::<Vec<_>>()
+            })
             .collect();
-        assert!(starts.windows(2).all(|w| w[0] <= w[1]));
-        assert_eq!(starts.len(), CHUNK + 5);
+        assert_eq!(keys.len(), (n - 10) as usize);
+        assert!(keys.windows(2).all(|w| w[0] <= w[1]), "not in file order");
+        // Day 0 first (starts not divisible by 3), from the filter's start.
+        assert_eq!(keys.first(), Some(&(0, 5)));
     }
 }
