@@ -36,9 +36,11 @@
 //! task. The queries run under a memory pool of `jobs.memory_limit_mb`, so
 //! the deduplication window and the sorts spill to the OS temp folder
 //! instead of growing. Session rows are appended straight into Arrow column
-//! builders, finished as batches of [`CHUNK`] rows as visitors complete; a
-//! task holds one visitor's events and one unfinished batch. The window's
-//! finished batches are committed together (one atomic replace).
+//! builders, finished as batches of [`CHUNK`] rows as visitors complete and
+//! written to a spool file (Arrow IPC, in the runtime's temp folder); a task
+//! holds one visitor's events and one unfinished batch. The window's
+//! sessions then stream from the spool files, sorted into the table's file
+//! order under the same pool, into one atomic replace commit.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;

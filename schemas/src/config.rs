@@ -256,8 +256,8 @@ pub struct JobsConfig {
     /// sorts and windows spill to the OS temp folder beyond it. Each sort
     /// needs room for a couple of its input batches, so a pool far below
     /// the default fails ("Resources exhausted") instead of spilling. The
-    /// job's own buffers (one visitor's events per core, the sessions of the
-    /// window being committed) come on top.
+    /// job's own buffers (one visitor's events and one chunk of sessions per
+    /// core, the Delta writer's open files) come on top.
     pub memory_limit_mb: u64,
 }
 
