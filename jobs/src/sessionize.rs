@@ -140,10 +140,10 @@ pub struct Report {
     pub open_sessions: u64,
     /// Days recomputed because late events arrived for them.
     pub late_days: Vec<NaiveDate>,
-    /// Spill files the run's queries wrote (0: everything fit in
-    /// `jobs.memory_limit_mb`).
+    /// Spill files the sessionizing sorts (deduplication, visitors) wrote
+    /// (0: everything fit in `jobs.memory_limit_mb`).
     pub spill_count: u64,
-    /// Bytes the run's queries spilled to disk.
+    /// Bytes those sorts spilled to disk.
     pub spilled_bytes: u64,
 }
 
@@ -1037,7 +1037,7 @@ async fn web(
     let sorted: Arc<dyn ExecutionPlan> =
         Arc::new(SortExec::new(order, hashed).with_preserve_partitioning(true));
     let task_ctx = ctx.task_ctx();
-    let mut tasks = Vec::with_capacity(parts);
+    let mut tasks = Tasks(Vec::with_capacity(parts));
     for p in 0..parts {
         let split = WebSplit {
             stream: sorted.execute(p, task_ctx.clone())?,
@@ -1049,10 +1049,10 @@ async fn web(
             keep: built.out.keep,
             disk: built.out.disk.clone(),
         };
-        tasks.push(tokio::spawn(split.run()));
+        tasks.0.push(tokio::spawn(split.run()));
     }
     let mut read = 0;
-    for t in tasks {
+    for t in tasks.0.iter_mut() {
         let part = t
             .await
             .map_err(|e| Error::Invalid(format!("sessionize task failed: {e}")))??;
@@ -1064,6 +1064,18 @@ async fn web(
     built.spilled_bytes += bytes;
     built.duplicates += total.saturating_sub(read);
     Ok(())
+}
+
+/// Tasks aborted when dropped: an error in one partition, or a cancelled
+/// run, stops the others instead of leaving them sorting.
+struct Tasks<T>(Vec<tokio::task::JoinHandle<T>>);
+
+impl<T> Drop for Tasks<T> {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
 }
 
 /// One partition of the web events, sorted by (org, visitor, time), split
