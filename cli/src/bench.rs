@@ -407,6 +407,7 @@ pub async fn enrich(
             gap: chrono::Duration::minutes(60),
             now: chrono::Utc::now(),
             trigger: Trigger::Cli,
+            memory_limit_mb: crow_schemas::config::JobsConfig::default().memory_limit_mb,
         },
         &quiet,
     )

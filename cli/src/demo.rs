@@ -125,6 +125,7 @@ pub async fn run(
             gap: chrono::Duration::minutes(i64::from(cfg.jobs.session_gap_minutes)),
             now,
             trigger: crow_jobs::Trigger::Cli,
+            memory_limit_mb: cfg.jobs.memory_limit_mb,
         },
         &quiet,
     )

@@ -160,6 +160,7 @@ pub async fn run(lake: &Lake, cfg: &Config, args: RunArgs) -> Result<()> {
                 gap: chrono::Duration::minutes(i64::from(cfg.jobs.session_gap_minutes)),
                 now,
                 trigger,
+                memory_limit_mb: cfg.jobs.memory_limit_mb,
             };
             serde_json::to_value(sessionize::run(lake, &opts, &progress).await?)?
         }

@@ -44,6 +44,7 @@ pub async fn run_job(
                 gap: Duration::minutes(i64::from(cfg.jobs.session_gap_minutes)),
                 now,
                 trigger,
+                memory_limit_mb: cfg.jobs.memory_limit_mb,
             };
             json(&sessionize::run(lake, &opts, progress).await?)
         }

@@ -29,15 +29,53 @@
 //!   they belong to (which may merge or extend sessions) or form their own.
 //!   Explicit windows (`--from/--to`, backfills) always read everything that
 //!   has arrived.
+//!
+//! Execution (web): the deduplicated, stitched events are hash-partitioned
+//! by `(org_id, visitor)` into one partition per core; each partition is
+//! sorted by visitor and time on its own and split into sessions by its own
+//! task. The queries run under a memory pool of `jobs.memory_limit_mb`, so
+//! the deduplication window and the sorts spill to the OS temp folder
+//! instead of growing. Session rows are appended straight into Arrow column
+//! builders, finished as batches of [`CHUNK`] rows as visitors complete and
+//! written to a spool file (Arrow IPC, in the runtime's temp folder); a task
+//! holds one visitor's events and one unfinished batch. The window's
+//! sessions then stream from the spool files, sorted into the table's file
+//! order under the same pool, into one atomic replace commit.
 
 use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, DurationRound, NaiveDate, Utc};
-use crow_lake::arrow::array::{Array, AsArray, RecordBatch};
+use crow_lake::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanBuilder, Date32Builder, Int64Builder, ListBuilder,
+    RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+};
 use crow_lake::arrow::compute::cast;
-use crow_lake::arrow::datatypes::DataType;
-use crow_lake::batch::rows_to_batch;
-use crow_lake::datafusion::prelude::SessionContext;
+use crow_lake::arrow::datatypes::{DataType, Field, SchemaRef};
+use crow_lake::arrow::ipc::reader::StreamReader;
+use crow_lake::arrow::ipc::writer::StreamWriter;
+use crow_lake::datafusion::arrow::compute::SortOptions;
+use crow_lake::datafusion::catalog::streaming::StreamingTable;
+use crow_lake::datafusion::common::ScalarValue;
+use crow_lake::datafusion::error::{DataFusionError, Result as DfResult};
+use crow_lake::datafusion::execution::disk_manager::{
+    DiskManager, DiskManagerBuilder, DiskManagerMode,
+};
+use crow_lake::datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+use crow_lake::datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use crow_lake::datafusion::execution::spill_file::{SpillFile, SpillWriter};
+use crow_lake::datafusion::execution::SendableRecordBatchStream;
+use crow_lake::datafusion::execution::TaskContext;
+use crow_lake::datafusion::functions_aggregate::expr_fn::count;
+use crow_lake::datafusion::physical_expr::expressions::col as physical_col;
+use crow_lake::datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
+use crow_lake::datafusion::physical_plan::repartition::RepartitionExec;
+use crow_lake::datafusion::physical_plan::sorts::sort::SortExec;
+use crow_lake::datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use crow_lake::datafusion::physical_plan::streaming::PartitionStream;
+use crow_lake::datafusion::physical_plan::{ExecutionPlan, Partitioning};
+use crow_lake::datafusion::prelude::{col, lit, DataFrame, SessionContext};
+use crow_lake::deltalake::delta_datafusion::DeltaSessionContext;
 use crow_lake::Lake;
 use crow_schemas::SESSIONS;
 use futures::StreamExt;
@@ -55,6 +93,8 @@ pub const MAX_TIMELINE: usize = 300;
 /// How long before the previous run's start a received event still counts
 /// as possibly unseen (collector flush delay).
 const LATE_ALLOWANCE_MINUTES: i64 = 10;
+/// Sessions per finished Arrow batch.
+pub const CHUNK: usize = 8192;
 
 /// What to sessionize.
 #[derive(Debug, Clone)]
@@ -70,6 +110,9 @@ pub struct Options {
     pub now: DateTime<Utc>,
     /// How the run was started.
     pub trigger: Trigger,
+    /// Memory pool of the run's queries in MiB (`jobs.memory_limit_mb`):
+    /// sorts and windows spill to disk beyond it.
+    pub memory_limit_mb: u64,
 }
 
 /// What a run did.
@@ -97,10 +140,15 @@ pub struct Report {
     pub open_sessions: u64,
     /// Days recomputed because late events arrived for them.
     pub late_days: Vec<NaiveDate>,
+    /// Spill files the sessionizing sorts (deduplication, visitors) wrote
+    /// (0: everything fit in `jobs.memory_limit_mb`).
+    pub spill_count: u64,
+    /// Bytes those sorts spilled to disk.
+    pub spilled_bytes: u64,
 }
 
-/// One row of `sessions`.
-#[derive(Debug, Clone, Serialize)]
+/// One row of `sessions`, on its way into [`SessionBatches`].
+#[derive(Debug, Clone)]
 #[allow(missing_docs)]
 pub struct SessionRow {
     pub org_id: String,
@@ -125,22 +173,423 @@ pub struct SessionRow {
     pub session_date: i32,
 }
 
-/// Sessions computed over one read of the raw tables.
-#[derive(Default)]
+/// Sessions computed over one read of the raw tables (by one task, or
+/// merged from all of them).
 struct Built {
-    rows: Vec<SessionRow>,
+    out: SessionBatches,
     /// Earliest start of a session not yet closed at the read end.
     open_min_start: Option<i64>,
     open: u64,
     events: u64,
     duplicates: u64,
+    spill_count: u64,
+    spilled_bytes: u64,
 }
 
 impl Built {
+    /// Keeping the sessions that start in `[keep.0, keep.1)`, spooled to
+    /// `disk` when given.
+    fn new(keep: (i64, i64), disk: Option<Arc<DiskManager>>) -> Self {
+        Built {
+            out: SessionBatches::new(keep, disk),
+            open_min_start: None,
+            open: 0,
+            events: 0,
+            duplicates: 0,
+            spill_count: 0,
+            spilled_bytes: 0,
+        }
+    }
+
     fn open_session(&mut self, start: i64) {
         self.open += 1;
         self.open_min_start = Some(self.open_min_start.map_or(start, |m| m.min(start)));
     }
+
+    /// Add what another task built.
+    fn merge(&mut self, other: Built) -> Result<()> {
+        self.open_min_start = match (self.open_min_start, other.open_min_start) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.open += other.open;
+        self.events += other.events;
+        self.duplicates += other.duplicates;
+        self.spill_count += other.spill_count;
+        self.spilled_bytes += other.spilled_bytes;
+        self.out.append(other.out)
+    }
+}
+
+/// `sessions` rows appended straight into Arrow column builders (no
+/// serde/JSON step); every [`CHUNK`] rows the builders are finished into a
+/// batch, which goes to a spool file (an Arrow IPC stream in the runtime's
+/// temp folder) when the run has a disk manager, else stays in memory.
+/// Rows starting outside `keep` are dropped on the way in.
+struct SessionBatches {
+    keep: (i64, i64),
+    b: SessionBuilder,
+    done: Vec<RecordBatch>,
+    disk: Option<Arc<DiskManager>>,
+    spool: Option<SpoolWriter>,
+    files: Vec<Arc<dyn SpillFile>>,
+}
+
+/// The spool file being written.
+struct SpoolWriter {
+    file: Arc<dyn SpillFile>,
+    writer: StreamWriter<Box<dyn SpillWriter>>,
+}
+
+/// What a [`SessionBatches`] made: batches kept in memory and spool files.
+#[derive(Default)]
+struct Sessions {
+    batches: Vec<RecordBatch>,
+    files: Vec<Arc<dyn SpillFile>>,
+}
+
+impl SessionBatches {
+    fn new(keep: (i64, i64), disk: Option<Arc<DiskManager>>) -> Self {
+        SessionBatches {
+            keep,
+            b: SessionBuilder::default(),
+            done: Vec::new(),
+            disk,
+            spool: None,
+            files: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, r: SessionRow) -> Result<()> {
+        if r.started_at < self.keep.0 || r.started_at >= self.keep.1 {
+            return Ok(());
+        }
+        self.b.append(r);
+        if self.b.len >= CHUNK {
+            let batch = self.b.finish()?;
+            self.emit(batch)?;
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, batch: RecordBatch) -> Result<()> {
+        let Some(disk) = &self.disk else {
+            self.done.push(batch);
+            return Ok(());
+        };
+        if self.spool.is_none() {
+            let file = disk.create_tmp_file("sessionize output")?;
+            let writer = StreamWriter::try_new(file.open_writer()?, &SESSIONS.schema())?;
+            self.spool = Some(SpoolWriter { file, writer });
+        }
+        if let Some(s) = &mut self.spool {
+            s.writer.write(&batch)?;
+        }
+        Ok(())
+    }
+
+    /// Take over another builder's output (its unfinished rows finished).
+    fn append(&mut self, other: SessionBatches) -> Result<()> {
+        let mut out = other.finish()?;
+        self.done.append(&mut out.batches);
+        self.files.append(&mut out.files);
+        Ok(())
+    }
+
+    /// Everything made, the unfinished rows included; spool files closed.
+    fn finish(mut self) -> Result<Sessions> {
+        if self.b.len > 0 {
+            let batch = self.b.finish()?;
+            self.emit(batch)?;
+        }
+        if let Some(s) = self.spool.take() {
+            s.writer.into_inner()?.finish()?;
+            self.files.push(s.file);
+        }
+        Ok(Sessions {
+            batches: self.done,
+            files: self.files,
+        })
+    }
+}
+
+/// A spool file read back as one partition of the sessions to write.
+struct SpoolPartition {
+    file: Arc<dyn SpillFile>,
+    schema: SchemaRef,
+}
+
+impl std::fmt::Debug for SpoolPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpoolPartition")
+            .field("path", &self.file.path())
+            .finish()
+    }
+}
+
+impl PartitionStream for SpoolPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        // A local temp file, read a batch at a time.
+        let open = || -> DfResult<_> {
+            let path = self.file.path().ok_or_else(|| {
+                DataFusionError::Execution("sessionize spool file has no local path".into())
+            })?;
+            let file = std::io::BufReader::new(std::fs::File::open(path)?);
+            Ok(StreamReader::try_new(file, None)?)
+        };
+        let batches: Box<dyn Iterator<Item = DfResult<RecordBatch>> + Send> = match open() {
+            Ok(r) => Box::new(r.map(|b| b.map_err(DataFusionError::from))),
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        };
+        Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            futures::stream::iter(batches),
+        ))
+    }
+}
+
+/// Batches kept in memory as one partition of the sessions to write.
+#[derive(Debug)]
+struct MemPartition {
+    batches: Vec<RecordBatch>,
+    schema: SchemaRef,
+}
+
+impl PartitionStream for MemPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let batches: Vec<DfResult<RecordBatch>> = self.batches.iter().cloned().map(Ok).collect();
+        Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            futures::stream::iter(batches),
+        ))
+    }
+}
+
+/// The window's sessions as a DataFusion plan over the spool files (and
+/// in-memory batches): those starting in `[start, end)`, in the table's
+/// file order (day, org, start, id). The sort runs, and spills, under
+/// `ctx`'s memory pool.
+fn sessions_plan(
+    ctx: &SessionContext,
+    out: Sessions,
+    start: i64,
+    end: i64,
+) -> Result<(DataFrame, DataFrame)> {
+    let schema = SESSIONS.schema();
+    let mut parts: Vec<Arc<dyn PartitionStream>> = Vec::new();
+    for file in out.files {
+        parts.push(Arc::new(SpoolPartition {
+            file,
+            schema: schema.clone(),
+        }));
+    }
+    parts.push(Arc::new(MemPartition {
+        batches: out.batches,
+        schema: schema.clone(),
+    }));
+    let ts = |t: i64| {
+        lit(ScalarValue::TimestampMicrosecond(
+            Some(t),
+            Some("UTC".into()),
+        ))
+    };
+    let inside = ctx
+        .read_table(Arc::new(StreamingTable::try_new(schema, parts)?))?
+        .filter(
+            col("started_at")
+                .gt_eq(ts(start))
+                .and(col("started_at").lt(ts(end))),
+        )?;
+    let ordered = inside.clone().sort(
+        ["session_date", "org_id", "started_at", "session_id"]
+            .into_iter()
+            .map(|c| col(c).sort(true, false))
+            .collect(),
+    )?;
+    Ok((inside, ordered))
+}
+
+/// One Arrow builder per `sessions` column, in the table's order.
+struct SessionBuilder {
+    len: usize,
+    org_id: StringBuilder,
+    session_id: StringBuilder,
+    channel: StringBuilder,
+    visitor_id: StringBuilder,
+    user_id: StringBuilder,
+    anonymous_ids: ListBuilder<StringBuilder>,
+    started_at: TimestampMicrosecondBuilder,
+    ended_at: TimestampMicrosecondBuilder,
+    event_count: Int64Builder,
+    page_views: Int64Builder,
+    product_ids: ListBuilder<StringBuilder>,
+    device_type: StringBuilder,
+    traffic_source: StringBuilder,
+    is_returning: BooleanBuilder,
+    converted: BooleanBuilder,
+    source_ref: StringBuilder,
+    timeline: StringBuilder,
+    source_ids: ListBuilder<StringBuilder>,
+    job_run_id: StringBuilder,
+    session_date: Date32Builder,
+}
+
+impl Default for SessionBuilder {
+    fn default() -> Self {
+        // The list columns' item field as the table declares it.
+        let list = || {
+            ListBuilder::new(StringBuilder::new()).with_field(Arc::new(Field::new(
+                "element",
+                DataType::Utf8,
+                true,
+            )))
+        };
+        let ts = || TimestampMicrosecondBuilder::new().with_timezone("UTC");
+        SessionBuilder {
+            len: 0,
+            org_id: StringBuilder::new(),
+            session_id: StringBuilder::new(),
+            channel: StringBuilder::new(),
+            visitor_id: StringBuilder::new(),
+            user_id: StringBuilder::new(),
+            anonymous_ids: list(),
+            started_at: ts(),
+            ended_at: ts(),
+            event_count: Int64Builder::new(),
+            page_views: Int64Builder::new(),
+            product_ids: list(),
+            device_type: StringBuilder::new(),
+            traffic_source: StringBuilder::new(),
+            is_returning: BooleanBuilder::new(),
+            converted: BooleanBuilder::new(),
+            source_ref: StringBuilder::new(),
+            timeline: StringBuilder::new(),
+            source_ids: list(),
+            job_run_id: StringBuilder::new(),
+            session_date: Date32Builder::new(),
+        }
+    }
+}
+
+impl SessionBuilder {
+    fn append(&mut self, r: SessionRow) {
+        fn list(b: &mut ListBuilder<StringBuilder>, v: Option<Vec<String>>) {
+            match v {
+                Some(v) => {
+                    for s in v {
+                        b.values().append_value(s);
+                    }
+                    b.append(true);
+                }
+                None => b.append(false),
+            }
+        }
+        self.len += 1;
+        self.org_id.append_value(r.org_id);
+        self.session_id.append_value(r.session_id);
+        self.channel.append_value(r.channel);
+        self.visitor_id.append_option(r.visitor_id);
+        self.user_id.append_option(r.user_id);
+        list(&mut self.anonymous_ids, r.anonymous_ids);
+        self.started_at.append_value(r.started_at);
+        self.ended_at.append_value(r.ended_at);
+        self.event_count.append_value(r.event_count);
+        self.page_views.append_option(r.page_views);
+        list(&mut self.product_ids, r.product_ids);
+        self.device_type.append_option(r.device_type);
+        self.traffic_source.append_option(r.traffic_source);
+        self.is_returning.append_option(r.is_returning);
+        self.converted.append_option(r.converted);
+        self.source_ref.append_option(r.source_ref);
+        self.timeline.append_value(r.timeline);
+        list(&mut self.source_ids, Some(r.source_ids));
+        self.job_run_id.append_value(r.job_run_id);
+        self.session_date.append_value(r.session_date);
+    }
+
+    /// The rows appended so far as a batch with exactly the table's schema;
+    /// the builders start over.
+    fn finish(&mut self) -> Result<RecordBatch> {
+        self.len = 0;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.org_id.finish()),
+            Arc::new(self.session_id.finish()),
+            Arc::new(self.channel.finish()),
+            Arc::new(self.visitor_id.finish()),
+            Arc::new(self.user_id.finish()),
+            Arc::new(self.anonymous_ids.finish()),
+            Arc::new(self.started_at.finish()),
+            Arc::new(self.ended_at.finish()),
+            Arc::new(self.event_count.finish()),
+            Arc::new(self.page_views.finish()),
+            Arc::new(self.product_ids.finish()),
+            Arc::new(self.device_type.finish()),
+            Arc::new(self.traffic_source.finish()),
+            Arc::new(self.is_returning.finish()),
+            Arc::new(self.converted.finish()),
+            Arc::new(self.source_ref.finish()),
+            Arc::new(self.timeline.finish()),
+            Arc::new(self.source_ids.finish()),
+            Arc::new(self.job_run_id.finish()),
+            Arc::new(self.session_date.finish()),
+        ];
+        Ok(RecordBatch::try_new(SESSIONS.schema(), columns)?)
+    }
+}
+
+/// A runtime whose memory pool holds `mb` MiB; beyond it operators that can
+/// spill write to the OS temp folder. When the pool runs out, the error
+/// names its largest consumers.
+fn job_runtime(mb: u64) -> Result<Arc<RuntimeEnv>> {
+    let bytes = usize::try_from(mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
+    let pool = TrackConsumersPool::new(
+        FairSpillPool::new(bytes),
+        std::num::NonZeroUsize::new(5).unwrap_or(std::num::NonZeroUsize::MIN),
+    );
+    Ok(RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(pool))
+        .with_disk_manager_builder(
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::OsTmpDirectory),
+        )
+        .build_arc()?)
+}
+
+/// A session on the job's runtime that the Delta writer can plan with (its
+/// own query planner), with the sort reservations sized to the pool.
+fn writer_context(runtime: &Arc<RuntimeEnv>, pool_bytes: usize) -> SessionContext {
+    let ctx = DeltaSessionContext::with_runtime_env(runtime.clone()).into_inner();
+    {
+        let state = ctx.state_ref();
+        let mut state = state.write();
+        let execution = &mut state.config_mut().options_mut().execution;
+        execution.sort_spill_reservation_bytes = (10 << 20).min(pool_bytes / 16);
+        execution.sort_in_place_threshold_bytes = (1 << 20).min(pool_bytes / 16);
+    }
+    ctx
+}
+
+/// Spill files and bytes of every operator of an executed plan.
+fn spills(plan: &Arc<dyn ExecutionPlan>) -> (u64, u64) {
+    let (mut count, mut bytes) = plan.metrics().map_or((0, 0), |m| {
+        (
+            m.spill_count().unwrap_or(0) as u64,
+            m.spilled_bytes().unwrap_or(0) as u64,
+        )
+    });
+    for child in plan.children() {
+        let (c, b) = spills(child);
+        count += c;
+        bytes += b;
+    }
+    (count, bytes)
 }
 
 /// Run the sessionize job.
@@ -169,7 +618,8 @@ pub async fn run(lake: &Lake, opts: &Options, progress: &ProgressRef) -> Result<
     };
     let run_id = run.id().to_string();
     let result = async {
-        let (window, built) = sessionize(lake, opts, from, explicit_end, progress, &run_id).await?;
+        let (window, built, inside, ordered) =
+            sessionize(lake, opts, from, explicit_end, progress, &run_id).await?;
         let mut report = Report {
             run_id: run_id.clone(),
             window_start: Some(window.start),
@@ -178,18 +628,28 @@ pub async fn run(lake: &Lake, opts: &Options, progress: &ProgressRef) -> Result<
             duplicates: built.duplicates,
             open_sessions: built.open,
             late_days,
+            spill_count: built.spill_count,
+            spilled_bytes: built.spilled_bytes,
             ..Report::default()
         };
-        for r in &built.rows {
-            match r.channel {
-                "web" => report.web_sessions += 1,
-                "social" => report.social_sessions += 1,
-                _ => report.cctv_sessions += 1,
+        let counts = inside
+            .aggregate(vec![col("channel")], vec![count(lit(1)).alias("n")])?
+            .collect()
+            .await?;
+        for b in &counts {
+            let (channel, n) = (text(b, "channel")?, micros(b, "n")?);
+            for i in 0..b.num_rows() {
+                let n = n.value(i).max(0) as u64;
+                match channel.value(i) {
+                    "web" => report.web_sessions += n,
+                    "social" => report.social_sessions += n,
+                    _ => report.cctv_sessions += n,
+                }
+                report.sessions += n;
             }
         }
-        report.sessions = built.rows.len() as u64;
         progress.phase("writing sessions", 0);
-        write(lake, org, window, built.rows).await?;
+        write(lake, org, window, ordered).await?;
         Ok((window, report))
     }
     .await;
@@ -288,7 +748,9 @@ fn org_filter(org: Option<&str>) -> String {
 }
 
 /// Compute the sessions starting at or after `from` (and before
-/// `explicit_end`, when given); returns the window actually covered.
+/// `explicit_end`, when given); returns the window actually covered, what
+/// the run counted, and the window's sessions as a plan: unordered (to
+/// count) and in the table's file order (to write).
 async fn sessionize(
     lake: &Lake,
     opts: &Options,
@@ -296,7 +758,7 @@ async fn sessionize(
     explicit_end: Option<DateTime<Utc>>,
     progress: &ProgressRef,
     run_id: &str,
-) -> Result<(Window, Built)> {
+) -> Result<(Window, Built, DataFrame, DataFrame)> {
     let now = opts.now;
     let read_start = from - opts.gap;
     // Explicit windows read a day past their end first and widen the read
@@ -305,12 +767,24 @@ async fn sessionize(
         Some(end) => (end + Duration::days(1)).min(now),
         None => now,
     };
+    let runtime = job_runtime(opts.memory_limit_mb)?;
+    let pool_bytes =
+        usize::try_from(opts.memory_limit_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
+    // A sort sets this much aside for merging its spill files; with a small
+    // pool, a share of it (several sorts run at once).
+    let config = crow_lake::session_config()
+        .with_sort_spill_reservation_bytes((10 << 20).min(pool_bytes / 16))
+        .with_sort_in_place_threshold_bytes((1 << 20).min(pool_bytes / 16));
+    let session = || lake.session_on(config.clone(), runtime.clone());
     // Who had a session before the window does not depend on how far the
     // read goes: asked once, not per widening.
-    let returning = earlier_visitors(&lake.session().await?, opts.org.as_deref(), from).await?;
+    let returning = Arc::new(earlier_visitors(&session().await?, opts.org.as_deref(), from).await?);
+    // Sessions starting after this are never in the window.
+    let keep_end = explicit_end.unwrap_or(now - opts.gap).timestamp_micros();
+    let keep = (from.timestamp_micros(), keep_end);
     loop {
-        let ctx = lake.session().await?;
-        let mut built = Built::default();
+        let ctx = session().await?;
+        let mut built = Built::new(keep, Some(runtime.disk_manager.clone()));
         progress.phase("sessionizing web events", 0);
         web(
             &ctx, opts, read_start, read_end, &returning, run_id, &mut built, progress,
@@ -343,10 +817,11 @@ async fn sessionize(
             }
         };
         let (s, e) = (from.timestamp_micros(), end.timestamp_micros());
-        built.rows.retain(|r| r.started_at >= s && r.started_at < e);
+        let out = std::mem::replace(&mut built.out, SessionBatches::new(keep, None)).finish()?;
+        let (inside, ordered) = sessions_plan(&writer_context(&runtime, pool_bytes), out, s, e)?;
         // Sessions open inside the window are reported; those after it are
         // simply not due yet.
-        return Ok((Window { start: from, end }, built));
+        return Ok((Window { start: from, end }, built, inside, ordered));
     }
 }
 
@@ -422,6 +897,26 @@ fn day_of(micros: i64) -> i32 {
     micros.div_euclid(86_400_000_000) as i32
 }
 
+/// The text columns of `raw_web_events` the sessionizer reads.
+const WEB_TEXT_COLUMNS: [&str; 16] = [
+    "org_id",
+    "message_id",
+    "type",
+    "event",
+    "name",
+    "anonymous_id",
+    "user_id",
+    "page_path",
+    "page_url",
+    "page_referrer",
+    "device_type",
+    "campaign_source",
+    "product_id",
+    "product_sku",
+    "product_name",
+    "order_id",
+];
+
 /// A web event as the sessionizer needs it.
 struct WebEvent {
     message_id: String,
@@ -450,7 +945,7 @@ async fn web(
     opts: &Options,
     read_start: DateTime<Utc>,
     read_end: DateTime<Utc>,
-    returning: &HashSet<String>,
+    returning: &Arc<HashSet<String>>,
     run_id: &str,
     built: &mut Built,
     progress: &ProgressRef,
@@ -461,6 +956,14 @@ async fn web(
         read_start.date_naive().format("%Y-%m-%d"),
         read_end.date_naive().format("%Y-%m-%d"),
     );
+    // Text columns as plain Utf8 before the deduplication sort: the scan's
+    // string views keep whole Parquet pages alive, so every sorted batch
+    // would hold (and the memory pool would count) far more than its rows.
+    let texts = WEB_TEXT_COLUMNS
+        .iter()
+        .map(|c| format!("arrow_cast({c}, 'Utf8') AS {c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let sql = format!(
         "WITH links AS (
            SELECT org_id, anonymous_id AS anon, user_id AS uid, occurred_at FROM raw_web_events
@@ -470,25 +973,28 @@ async fn web(
             WHERE type = 'alias' AND previous_id IS NOT NULL AND user_id IS NOT NULL AND occurred_at < {b} {org}
          ),
          ids AS (
-           SELECT org_id, anon, first_value(uid ORDER BY occurred_at, uid) AS uid
+           SELECT org_id, anon, arrow_cast(first_value(uid ORDER BY occurred_at, uid), 'Utf8') AS uid
            FROM links GROUP BY org_id, anon
          ),
-         numbered AS (
-           SELECT org_id, message_id, type, event, name, anonymous_id, user_id, occurred_at,
-                  page_path, page_url, page_referrer, device_type, campaign_source,
-                  product_id, product_sku, product_name, order_id, revenue,
-                  CASE WHEN event IN ('Products Searched', 'Checkout Step Viewed', 'Checkout Step Completed')
-                       THEN properties END AS props,
-                  row_number() OVER (PARTITION BY org_id, message_id ORDER BY received_at, occurred_at) AS rn
+         base AS (
+           SELECT {texts}, occurred_at, received_at, revenue,
+                  arrow_cast(CASE WHEN event IN ('Products Searched', 'Checkout Step Viewed', 'Checkout Step Completed')
+                       THEN properties END, 'Utf8') AS props
            FROM raw_web_events
            WHERE event_date >= DATE '{da}' AND event_date <= DATE '{db}'
              AND occurred_at >= {a} AND occurred_at < {b} {org}
          ),
+         numbered AS (
+           SELECT org_id, message_id, type, event, name, anonymous_id, user_id, occurred_at,
+                  page_path, page_url, page_referrer, device_type, campaign_source,
+                  product_id, product_sku, product_name, order_id, revenue, props,
+                  row_number() OVER (PARTITION BY org_id, message_id ORDER BY received_at, occurred_at) AS rn
+           FROM base
+         ),
          ev AS (SELECT * FROM numbered WHERE rn = 1)
-         SELECT ev.*, COALESCE(ev.user_id, ids.uid, ev.anonymous_id) AS visitor_id
+         SELECT ev.*, arrow_cast(COALESCE(ev.user_id, ids.uid, ev.anonymous_id), 'Utf8') AS visitor_id
          FROM ev LEFT JOIN ids ON ev.org_id = ids.org_id AND ev.anonymous_id = ids.anon
-         WHERE COALESCE(ev.user_id, ids.uid, ev.anonymous_id) IS NOT NULL
-         ORDER BY ev.org_id, visitor_id, ev.occurred_at, ev.message_id"
+         WHERE COALESCE(ev.user_id, ids.uid, ev.anonymous_id) IS NOT NULL"
     );
     let count_sql = format!(
         "SELECT count(*) AS n FROM raw_web_events
@@ -500,81 +1006,173 @@ async fn web(
         Some(d) => micros(d, "n")?.value(0).max(0) as u64,
         None => 0,
     };
-    let events_before = built.events;
 
     let gap = opts.gap.num_microseconds().unwrap_or(i64::MAX);
     let read_end = read_end.timestamp_micros();
-    let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
-    let mut cur_key: Option<(String, String)> = None;
-    let mut events: Vec<WebEvent> = Vec::new();
-    while let Some(batch) = stream.next().await {
-        let batch = batch?;
-        progress.inc(batch.num_rows() as u64);
-        built.events += batch.num_rows() as u64;
-        let org_c = text(&batch, "org_id")?;
-        let visitor = text(&batch, "visitor_id")?;
-        let message_id = text(&batch, "message_id")?;
-        let kind = text(&batch, "type")?;
-        let event = text(&batch, "event")?;
-        let name = text(&batch, "name")?;
-        let user_id = text(&batch, "user_id")?;
-        let anonymous_id = text(&batch, "anonymous_id")?;
-        let occurred = micros(&batch, "occurred_at")?;
-        let page_path = text(&batch, "page_path")?;
-        let page_url = text(&batch, "page_url")?;
-        let referrer = text(&batch, "page_referrer")?;
-        let device_type = text(&batch, "device_type")?;
-        let campaign_source = text(&batch, "campaign_source")?;
-        let product_id = text(&batch, "product_id")?;
-        let product_sku = text(&batch, "product_sku")?;
-        let product_name = text(&batch, "product_name")?;
-        let order_id = text(&batch, "order_id")?;
-        let revenue = float(&batch, "revenue")?;
-        let props = text(&batch, "props")?;
-        for i in 0..batch.num_rows() {
-            let (o, v) = (org_c.value(i), visitor.value(i));
-            if cur_key.as_ref().is_none_or(|(co, cv)| co != o || cv != v) {
-                if let Some((co, cv)) = cur_key.take() {
-                    flush_visitor(
-                        &co,
-                        &cv,
-                        std::mem::take(&mut events),
-                        gap,
-                        read_end,
-                        returning,
-                        run_id,
-                        built,
-                    );
-                }
-                cur_key = Some((o.to_string(), v.to_string()));
-            }
-            events.push(WebEvent {
-                message_id: message_id.value(i).to_string(),
-                kind: kind.value(i).to_string(),
-                event: opt_str(&event, i),
-                name: opt_str(&name, i),
-                user_id: opt_str(&user_id, i),
-                anonymous_id: opt_str(&anonymous_id, i),
-                occurred: occurred.value(i),
-                page_path: opt_str(&page_path, i),
-                page_url: opt_str(&page_url, i),
-                referrer: opt_str(&referrer, i),
-                device_type: opt_str(&device_type, i),
-                campaign_source: opt_str(&campaign_source, i),
-                product_id: opt_str(&product_id, i),
-                product_sku: opt_str(&product_sku, i),
-                product_name: opt_str(&product_name, i),
-                order_id: opt_str(&order_id, i),
-                revenue: revenue.is_valid(i).then(|| revenue.value(i)),
-                props: opt_str(&props, i),
-            });
+    // One partition per core, by visitor: each is sorted (spilling under the
+    // pool) and split into sessions on its own.
+    let plan = ctx.sql(&sql).await?.create_physical_plan().await?;
+    let schema = plan.schema();
+    let parts = ctx.state().config().target_partitions().max(1);
+    let hashed: Arc<dyn ExecutionPlan> = Arc::new(RepartitionExec::try_new(
+        plan,
+        Partitioning::Hash(
+            vec![
+                physical_col("org_id", &schema)?,
+                physical_col("visitor_id", &schema)?,
+            ],
+            parts,
+        ),
+    )?);
+    let asc = SortOptions {
+        descending: false,
+        nulls_first: false,
+    };
+    let mut order = Vec::new();
+    for c in ["org_id", "visitor_id", "occurred_at", "message_id"] {
+        order.push(PhysicalSortExpr::new(physical_col(c, &schema)?, asc));
+    }
+    let order = LexOrdering::new(order)
+        .ok_or_else(|| Error::Invalid("sessionize: empty sort order".into()))?;
+    let sorted: Arc<dyn ExecutionPlan> =
+        Arc::new(SortExec::new(order, hashed).with_preserve_partitioning(true));
+    let task_ctx = ctx.task_ctx();
+    let mut tasks = Tasks(Vec::with_capacity(parts));
+    for p in 0..parts {
+        let split = WebSplit {
+            stream: sorted.execute(p, task_ctx.clone())?,
+            gap,
+            read_end,
+            returning: returning.clone(),
+            run_id: run_id.to_string(),
+            progress: progress.clone(),
+            keep: built.out.keep,
+            disk: built.out.disk.clone(),
+        };
+        tasks.0.push(tokio::spawn(split.run()));
+    }
+    let mut read = 0;
+    for t in tasks.0.iter_mut() {
+        let part = t
+            .await
+            .map_err(|e| Error::Invalid(format!("sessionize task failed: {e}")))??;
+        read += part.events;
+        built.merge(part)?;
+    }
+    let (count, bytes) = spills(&sorted);
+    built.spill_count += count;
+    built.spilled_bytes += bytes;
+    built.duplicates += total.saturating_sub(read);
+    Ok(())
+}
+
+/// Tasks aborted when dropped: an error in one partition, or a cancelled
+/// run, stops the others instead of leaving them sorting.
+struct Tasks<T>(Vec<tokio::task::JoinHandle<T>>);
+
+impl<T> Drop for Tasks<T> {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
         }
     }
-    if let Some((co, cv)) = cur_key.take() {
-        flush_visitor(&co, &cv, events, gap, read_end, returning, run_id, built);
+}
+
+/// One partition of the web events, sorted by (org, visitor, time), split
+/// into sessions by its own task.
+struct WebSplit {
+    stream: SendableRecordBatchStream,
+    gap: i64,
+    read_end: i64,
+    returning: Arc<HashSet<String>>,
+    run_id: String,
+    progress: ProgressRef,
+    keep: (i64, i64),
+    disk: Option<Arc<DiskManager>>,
+}
+
+impl WebSplit {
+    async fn run(mut self) -> Result<Built> {
+        let mut built = Built::new(self.keep, self.disk.clone());
+        let mut cur_key: Option<(String, String)> = None;
+        let mut events: Vec<WebEvent> = Vec::new();
+        while let Some(batch) = self.stream.next().await {
+            let batch = batch?;
+            self.progress.inc(batch.num_rows() as u64);
+            built.events += batch.num_rows() as u64;
+            let org_c = text(&batch, "org_id")?;
+            let visitor = text(&batch, "visitor_id")?;
+            let message_id = text(&batch, "message_id")?;
+            let kind = text(&batch, "type")?;
+            let event = text(&batch, "event")?;
+            let name = text(&batch, "name")?;
+            let user_id = text(&batch, "user_id")?;
+            let anonymous_id = text(&batch, "anonymous_id")?;
+            let occurred = micros(&batch, "occurred_at")?;
+            let page_path = text(&batch, "page_path")?;
+            let page_url = text(&batch, "page_url")?;
+            let referrer = text(&batch, "page_referrer")?;
+            let device_type = text(&batch, "device_type")?;
+            let campaign_source = text(&batch, "campaign_source")?;
+            let product_id = text(&batch, "product_id")?;
+            let product_sku = text(&batch, "product_sku")?;
+            let product_name = text(&batch, "product_name")?;
+            let order_id = text(&batch, "order_id")?;
+            let revenue = float(&batch, "revenue")?;
+            let props = text(&batch, "props")?;
+            for i in 0..batch.num_rows() {
+                let (o, v) = (org_c.value(i), visitor.value(i));
+                if cur_key.as_ref().is_none_or(|(co, cv)| co != o || cv != v) {
+                    if let Some((co, cv)) = cur_key.take() {
+                        flush_visitor(
+                            &co,
+                            &cv,
+                            std::mem::take(&mut events),
+                            self.gap,
+                            self.read_end,
+                            &self.returning,
+                            &self.run_id,
+                            &mut built,
+                        )?;
+                    }
+                    cur_key = Some((o.to_string(), v.to_string()));
+                }
+                events.push(WebEvent {
+                    message_id: message_id.value(i).to_string(),
+                    kind: kind.value(i).to_string(),
+                    event: opt_str(&event, i),
+                    name: opt_str(&name, i),
+                    user_id: opt_str(&user_id, i),
+                    anonymous_id: opt_str(&anonymous_id, i),
+                    occurred: occurred.value(i),
+                    page_path: opt_str(&page_path, i),
+                    page_url: opt_str(&page_url, i),
+                    referrer: opt_str(&referrer, i),
+                    device_type: opt_str(&device_type, i),
+                    campaign_source: opt_str(&campaign_source, i),
+                    product_id: opt_str(&product_id, i),
+                    product_sku: opt_str(&product_sku, i),
+                    product_name: opt_str(&product_name, i),
+                    order_id: opt_str(&order_id, i),
+                    revenue: revenue.is_valid(i).then(|| revenue.value(i)),
+                    props: opt_str(&props, i),
+                });
+            }
+        }
+        if let Some((co, cv)) = cur_key.take() {
+            flush_visitor(
+                &co,
+                &cv,
+                events,
+                self.gap,
+                self.read_end,
+                &self.returning,
+                &self.run_id,
+                &mut built,
+            )?;
+        }
+        Ok(built)
     }
-    built.duplicates += total.saturating_sub(built.events - events_before);
-    Ok(())
 }
 
 /// Split one visitor's time-ordered events into sessions.
@@ -588,7 +1186,7 @@ fn flush_visitor(
     returning: &HashSet<String>,
     run_id: &str,
     built: &mut Built,
-) {
+) -> Result<()> {
     let mut seen_before = returning.contains(&format!("{org}\u{1}{visitor}"));
     let mut start = 0;
     for i in 1..=events.len() {
@@ -604,10 +1202,11 @@ fn flush_visitor(
             continue;
         }
         built
-            .rows
-            .push(web_session(org, visitor, part, seen_before, run_id));
+            .out
+            .push(web_session(org, visitor, part, seen_before, run_id)?)?;
         seen_before = true;
     }
+    Ok(())
 }
 
 fn web_session(
@@ -616,7 +1215,7 @@ fn web_session(
     events: &[WebEvent],
     is_returning: bool,
     run_id: &str,
-) -> SessionRow {
+) -> Result<SessionRow> {
     let started = events[0].occurred;
     let ended = events[events.len() - 1].occurred;
     let mut anonymous_ids = BTreeSet::new();
@@ -646,20 +1245,20 @@ fn web_session(
         if timeline.len() < MAX_TIMELINE {
             let offset = (e.occurred - started) / 1_000_000;
             let (kind, detail) = timeline_entry(e);
-            timeline.push(serde_json::json!([offset, kind, detail]));
+            timeline.push((offset, kind, detail));
         }
     }
     if events.len() > MAX_TIMELINE {
         let offset = (ended - started) / 1_000_000;
-        timeline.push(serde_json::json!([
+        timeline.push((
             offset,
-            "truncated",
-            format!("{} more events", events.len() - MAX_TIMELINE)
-        ]));
+            "truncated".to_string(),
+            format!("{} more events", events.len() - MAX_TIMELINE),
+        ));
     }
     let first = &events[0];
     let device_type = events.iter().find_map(|e| e.device_type.clone());
-    SessionRow {
+    Ok(SessionRow {
         org_id: org.to_string(),
         session_id: session_id(org, "web", visitor, started),
         channel: "web",
@@ -677,11 +1276,13 @@ fn web_session(
         is_returning: Some(is_returning),
         converted: Some(converted),
         source_ref: None,
-        timeline: serde_json::Value::Array(timeline).to_string(),
+        // `[[offset, kind, detail], …]`: tuples serialize as JSON arrays.
+        timeline: serde_json::to_string(&timeline)
+            .map_err(|e| Error::Invalid(format!("session timeline: {e}")))?,
         source_ids: events.iter().map(|e| e.message_id.clone()).collect(),
         job_run_id: run_id.to_string(),
         session_date: day_of(started),
-    }
+    })
 }
 
 /// utm source, else the referrer's host when it is another site, else
@@ -852,7 +1453,7 @@ async fn cctv(
                 ])
             })
             .collect();
-        built.rows.push(SessionRow {
+        built.out.push(SessionRow {
             session_id: session_id(&org, "cctv", &source, h),
             org_id: org,
             channel: "cctv",
@@ -873,7 +1474,7 @@ async fn cctv(
             source_ids: segs.iter().map(|s| s.id.clone()).collect(),
             job_run_id: run_id.to_string(),
             session_date: day_of(started),
-        });
+        })?;
     }
     Ok(())
 }
@@ -963,7 +1564,7 @@ async fn social(
                 ])
             })
             .collect();
-        built.rows.push(SessionRow {
+        built.out.push(SessionRow {
             session_id: session_id(&org, "social", &run, 0),
             org_id: org,
             channel: "social",
@@ -984,27 +1585,15 @@ async fn social(
             source_ids: caps.iter().map(|c| c.id.clone()).collect(),
             job_run_id: run_id.to_string(),
             session_date: day_of(started),
-        });
+        })?;
     }
     Ok(())
 }
 
 /// Replace the window's sessions (of one org, or all) with `rows`.
-async fn write(
-    lake: &Lake,
-    org: Option<&str>,
-    window: Window,
-    mut rows: Vec<SessionRow>,
-) -> Result<()> {
+async fn write(lake: &Lake, org: Option<&str>, window: Window, rows: DataFrame) -> Result<()> {
     if window.is_empty() {
         return Ok(());
-    }
-    rows.sort_by(|a, b| {
-        (a.session_date, &a.org_id, a.started_at).cmp(&(b.session_date, &b.org_id, b.started_at))
-    });
-    let mut batches = Vec::new();
-    for chunk in rows.chunks(50_000) {
-        batches.push(rows_to_batch(&SESSIONS, chunk)?);
     }
     let last_day = (window.end - Duration::microseconds(1)).date_naive();
     let predicate = format!(
@@ -1015,7 +1604,7 @@ async fn write(
         ts_lit(window.end),
         org_filter(org)
     );
-    lake.replace_where_if_changed(SESSIONS.name, &predicate, batches, &["job_run_id"])
+    lake.replace_where_if_changed_df(SESSIONS.name, &predicate, rows, &["job_run_id"])
         .await?;
     Ok(())
 }
@@ -1057,7 +1646,7 @@ mod tests {
             ev("m3", 30 * MIN + 60 * MIN + 1),
             ev("m4", 200 * MIN),
         ];
-        let mut built = Built::default();
+        let mut built = Built::new((i64::MIN, i64::MAX), None);
         let read_end = 200 * MIN + 59 * MIN; // m4's session is still open
         flush_visitor(
             "o",
@@ -1068,17 +1657,127 @@ mod tests {
             &HashSet::new(),
             "run",
             &mut built,
-        );
-        assert_eq!(built.rows.len(), 2);
-        assert_eq!(built.rows[0].source_ids, vec!["m1", "m2"]);
-        assert_eq!(built.rows[1].source_ids, vec!["m3"]);
-        assert_eq!(built.rows[0].is_returning, Some(false));
-        assert_eq!(built.rows[1].is_returning, Some(true));
+        )
+        .unwrap();
         assert_eq!(built.open, 1);
         assert_eq!(built.open_min_start, Some(200 * MIN));
-        assert_eq!(built.rows[0].traffic_source.as_deref(), Some("google.com"));
-        assert_ne!(built.rows[0].session_id, built.rows[1].session_id);
+        let batches = built.out.finish().unwrap().batches;
+        assert_eq!(batches.len(), 1);
+        let b = &batches[0];
+        assert_eq!(b.schema(), SESSIONS.schema());
+        assert_eq!(b.num_rows(), 2);
+        let source_ids = b.column_by_name("source_ids").unwrap().as_list::<i32>();
+        let ids = |i: usize| -> Vec<String> {
+            let v = source_ids.value(i);
+            v.as_string::<i32>()
+                .iter()
+                .map(|s| s.unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(ids(0), vec!["m1", "m2"]);
+        assert_eq!(ids(1), vec!["m3"]);
+        let returning = b.column_by_name("is_returning").unwrap().as_boolean();
+        assert!(!returning.value(0));
+        assert!(returning.value(1));
+        assert!(returning.is_valid(0) && returning.is_valid(1));
+        let source = text(b, "traffic_source").unwrap();
+        assert_eq!(source.value(0), "google.com");
+        let sid = text(b, "session_id").unwrap();
+        assert_ne!(sid.value(0), sid.value(1));
         // Same input, same id.
-        assert_eq!(built.rows[0].session_id, session_id("o", "web", "a1", 0));
+        assert_eq!(sid.value(0), session_id("o", "web", "a1", 0));
+        let timeline = text(b, "timeline").unwrap();
+        assert_eq!(
+            timeline.value(0),
+            r#"[[0,"Product Viewed","p1 Headphones"],[1800,"Product Viewed","p1 Headphones"]]"#
+        );
+    }
+
+    fn row(t: i64) -> SessionRow {
+        SessionRow {
+            org_id: "o".into(),
+            session_id: format!("s{t}"),
+            channel: "web",
+            visitor_id: None,
+            user_id: None,
+            anonymous_ids: None,
+            started_at: t,
+            ended_at: t,
+            event_count: 1,
+            page_views: None,
+            product_ids: Some(Vec::new()),
+            device_type: None,
+            traffic_source: None,
+            is_returning: None,
+            converted: None,
+            source_ref: None,
+            timeline: "[]".into(),
+            source_ids: vec!["m".into()],
+            job_run_id: "run".into(),
+            session_date: i32::from(t % 3 == 0),
+        }
+    }
+
+    #[test]
+    fn rows_outside_the_kept_range_are_dropped_and_chunks_are_bounded() {
+        let mut out = SessionBatches::new((10, 10 + CHUNK as i64 + 5), None);
+        for t in 0..(CHUNK as i64 + 20) {
+            out.push(row(t)).unwrap();
+        }
+        // One finished chunk while pushing, the rest at the end.
+        assert_eq!(out.done.len(), 1);
+        let batches = out.finish().unwrap().batches;
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        assert_eq!(rows, CHUNK + 5);
+        assert!(batches.iter().all(|b| b.num_rows() <= CHUNK));
+        // An empty list stays an empty list, a missing one is null.
+        let products = batches[0].column_by_name("product_ids").unwrap();
+        assert!(products.is_valid(0));
+        assert_eq!(products.as_list::<i32>().value_length(0), 0);
+        assert!(batches[0]
+            .column_by_name("anonymous_ids")
+            .unwrap()
+            .is_null(0));
+    }
+
+    #[tokio::test]
+    async fn spooled_chunks_read_back_filtered_and_in_file_order() {
+        let disk = DiskManagerBuilder::default()
+            .with_mode(DiskManagerMode::OsTmpDirectory)
+            .build()
+            .map(Arc::new)
+            .unwrap();
+        let n = 2 * CHUNK as i64 + 7;
+        let mut out = SessionBatches::new((0, n), Some(disk));
+        for t in (0..n).rev() {
+            out.push(row(t)).unwrap();
+        }
+        // Finished chunks went to the spool, not to memory.
+        assert!(out.done.is_empty());
+        let spooled = out.finish().unwrap();
+        assert!(spooled.batches.is_empty());
+        assert_eq!(spooled.files.len(), 1);
+        let ctx = SessionContext::new();
+        let (inside, ordered) = sessions_plan(&ctx, spooled, 5, n - 5).unwrap();
+        assert_eq!(inside.count().await.unwrap(), (n - 10) as usize);
+        let batches = ordered.collect().await.unwrap();
+        let keys: Vec<(i32, i64)> = batches
+            .iter()
+            .flat_map(|b| {
+                let d = b
+                    .column_by_name("session_date")
+                    .unwrap()
+                    .as_primitive::<crow_lake::arrow::datatypes::Date32Type>()
+                    .clone();
+                let t = micros(b, "started_at").unwrap();
+                (0..b.num_rows())
+                    .map(|i| (d.value(i), t.value(i)))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(keys.len(), (n - 10) as usize);
+        assert!(keys.windows(2).all(|w| w[0] <= w[1]), "not in file order");
+        // Day 0 first (starts not divisible by 3), from the filter's start.
+        assert_eq!(keys.first(), Some(&(0, 5)));
     }
 }

@@ -38,6 +38,7 @@ use crow_schemas::config::LakeConfig;
 use crow_schemas::TableDef;
 pub use datafusion;
 use datafusion::execution::context::SQLOptions;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 pub use deltalake;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
@@ -535,8 +536,78 @@ impl Lake {
         batches: Vec<RecordBatch>,
         ignore: &[&str],
     ) -> Result<bool> {
-        let def = def(name)?;
         let new_rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let new = futures::stream::iter(batches.iter().cloned().map(Ok));
+        if self
+            .window_holds(name, predicate, new_rows, new, ignore)
+            .await?
+        {
+            return Ok(false);
+        }
+        self.replace_where(name, predicate, batches).await?;
+        Ok(true)
+    }
+
+    /// [`Lake::replace_where_if_changed`] for a window too large to hold in
+    /// memory: its new rows are `rows`, a DataFusion plan (a scan of spooled
+    /// files, say) that is run once to compare and once more to write, on
+    /// its own session's runtime — so its sorts spill under that session's
+    /// memory pool. `rows` must have the table's schema.
+    pub async fn replace_where_if_changed_df(
+        &self,
+        name: &str,
+        predicate: &str,
+        rows: DataFrame,
+        ignore: &[&str],
+    ) -> Result<bool> {
+        let new_rows = rows.clone().count().await?;
+        let new = rows.clone().execute_stream().await?;
+        if self
+            .window_holds(name, predicate, new_rows, new, ignore)
+            .await?
+        {
+            return Ok(false);
+        }
+        if new_rows == 0 {
+            self.delete_where(name, predicate).await?;
+            return Ok(true);
+        }
+        let (state, plan) = rows.into_parts();
+        let session: Arc<dyn datafusion::catalog::Session> = Arc::new(state);
+        let (plan, session) = (&plan, &session);
+        self.with_retries(name, || async move {
+            let t = self.table(name).await?;
+            t.write(Vec::new())
+                .with_input_plan(plan.clone())
+                .with_session_state(session.clone())
+                .with_writer_properties(writer_properties(name))
+                .with_commit_properties(self.commit_props())
+                .with_save_mode(SaveMode::Overwrite)
+                .with_replace_where(predicate.to_string())
+                .await
+                .map_err(|e| Error::delta(name, e))?;
+            Ok(())
+        })
+        .await?;
+        Ok(true)
+    }
+
+    /// Whether the rows matching `predicate` are exactly the `new_rows` rows
+    /// of `new`, compared without the `ignore` columns.
+    async fn window_holds<S>(
+        &self,
+        name: &str,
+        predicate: &str,
+        new_rows: usize,
+        mut new: S,
+        ignore: &[&str],
+    ) -> Result<bool>
+    where
+        S: futures::Stream<
+                Item = std::result::Result<RecordBatch, datafusion::error::DataFusionError>,
+            > + Unpin,
+    {
+        let def = def(name)?;
         let ctx = new_context();
         self.register(&ctx, "t", name, AsOf::Latest).await?;
         let df = ctx
@@ -544,41 +615,38 @@ impl Lake {
             .await?
             .filter(ctx.table("t").await?.parse_sql_expr(predicate)?)?;
         let old = df.clone().count().await?;
-        if old == new_rows {
-            let columns: Vec<&str> = def
-                .columns
-                .iter()
-                .map(|c| c.name)
-                .filter(|c| !ignore.contains(c))
-                .collect();
-            // Rows compared by a hash of their canonical JSON, one batch at a
-            // time, so a large window costs 32 bytes a row, not its text.
-            let hash_rows = |batch: &RecordBatch, out: &mut Vec<[u8; 32]>| -> Result<()> {
-                for mut r in batch::batches_to_json(std::slice::from_ref(batch))? {
-                    r.retain(|k, _| columns.contains(&k.as_str()));
-                    let text = serde_json::Value::Object(r).to_string();
-                    let digest = <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes());
-                    out.push(digest.into());
-                }
-                Ok(())
-            };
-            let mut current = Vec::with_capacity(old);
-            let mut stream = df.execute_stream().await?;
-            while let Some(b) = stream.try_next().await? {
-                hash_rows(&b, &mut current)?;
-            }
-            let mut wanted = Vec::with_capacity(new_rows);
-            for b in &batches {
-                hash_rows(b, &mut wanted)?;
-            }
-            current.sort_unstable();
-            wanted.sort_unstable();
-            if current == wanted {
-                return Ok(false);
-            }
+        if old != new_rows {
+            return Ok(false);
         }
-        self.replace_where(name, predicate, batches).await?;
-        Ok(true)
+        let columns: Vec<&str> = def
+            .columns
+            .iter()
+            .map(|c| c.name)
+            .filter(|c| !ignore.contains(c))
+            .collect();
+        // Rows compared by a hash of their canonical JSON, one batch at a
+        // time, so a large window costs 32 bytes a row, not its text.
+        let hash_rows = |batch: &RecordBatch, out: &mut Vec<[u8; 32]>| -> Result<()> {
+            for mut r in batch::batches_to_json(std::slice::from_ref(batch))? {
+                r.retain(|k, _| columns.contains(&k.as_str()));
+                let text = serde_json::Value::Object(r).to_string();
+                let digest = <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes());
+                out.push(digest.into());
+            }
+            Ok(())
+        };
+        let mut current = Vec::with_capacity(old);
+        let mut stream = df.execute_stream().await?;
+        while let Some(b) = stream.try_next().await? {
+            hash_rows(&b, &mut current)?;
+        }
+        let mut wanted = Vec::with_capacity(new_rows);
+        while let Some(b) = new.try_next().await? {
+            hash_rows(&b, &mut wanted)?;
+        }
+        current.sort_unstable();
+        wanted.sort_unstable();
+        Ok(current == wanted)
     }
 
     /// Delete the rows matching `predicate`. Returns the number deleted.
@@ -813,6 +881,22 @@ impl Lake {
         Ok(ctx)
     }
 
+    /// A DataFusion session like [`Lake::session`], with `config` (start
+    /// from [`session_config`]) on `runtime`: a job gives it a memory pool,
+    /// so its sorts spill to the runtime's disk manager instead of growing.
+    pub async fn session_on(
+        &self,
+        config: SessionConfig,
+        runtime: Arc<RuntimeEnv>,
+    ) -> Result<SessionContext> {
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        for def in crow_schemas::ALL_TABLES {
+            self.register(&ctx, def.name, def.name, AsOf::Latest)
+                .await?;
+        }
+        Ok(ctx)
+    }
+
     /// A DataFusion session with every table at its latest version, except
     /// the tables pinned to a version or time in `pins`.
     pub async fn session_with(&self, pins: &[(String, AsOf)]) -> Result<SessionContext> {
@@ -937,11 +1021,16 @@ pub async fn run_read_only(
     Ok((schema, batches))
 }
 
-fn new_context() -> SessionContext {
-    let cfg = SessionConfig::new()
+/// The session configuration of every context the lake makes: the
+/// information schema on, one partition per core.
+pub fn session_config() -> SessionConfig {
+    SessionConfig::new()
         .with_information_schema(true)
-        .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
-    SessionContext::new_with_config(cfg)
+        .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()))
+}
+
+fn new_context() -> SessionContext {
+    SessionContext::new_with_config(session_config())
 }
 
 fn empty_provider(name: &str) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {

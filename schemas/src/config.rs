@@ -252,12 +252,20 @@ impl Default for IngestConfig {
 pub struct JobsConfig {
     /// A web session ends after this many minutes without events.
     pub session_gap_minutes: u32,
+    /// Memory pool of a job's queries, in MiB (16..=1048576): sessionize's
+    /// sorts and windows spill to the OS temp folder beyond it. Each sort
+    /// needs room for a couple of its input batches, so a pool far below
+    /// the default fails ("Resources exhausted") instead of spilling. The
+    /// job's own buffers (one visitor's events and one chunk of sessions per
+    /// core, the Delta writer's open files) come on top.
+    pub memory_limit_mb: u64,
 }
 
 impl Default for JobsConfig {
     fn default() -> Self {
         Self {
             session_gap_minutes: 60,
+            memory_limit_mb: 2048,
         }
     }
 }
@@ -636,6 +644,12 @@ impl Config {
         if self.jobs.session_gap_minutes == 0 {
             return Err(err("jobs.session_gap_minutes", "must be positive"));
         }
+        if !(16..=1 << 20).contains(&self.jobs.memory_limit_mb) {
+            return Err(err(
+                "jobs.memory_limit_mb",
+                "must be between 16 and 1048576",
+            ));
+        }
         if !matches!(self.ai.provider.as_str(), "offline" | "gemini" | "openai") {
             return Err(err(
                 "ai.provider",
@@ -932,6 +946,7 @@ mod tests {
         assert_eq!(c.lake.uri, "./crow-data");
         assert_eq!(c.ai.provider, "offline");
         assert_eq!(c.jobs.session_gap_minutes, 60);
+        assert_eq!(c.jobs.memory_limit_mb, 2048);
     }
 
     #[test]
@@ -1015,6 +1030,12 @@ mod tests {
         }
         let c = Config::load(None, env(&[("CROW_API_EXPORT_TIMEOUT_SECONDS", "3")])).unwrap();
         assert_eq!(c.api.export_timeout_seconds, 3);
+        for v in ["0", "15", "1048577"] {
+            let e = Config::load(None, env(&[("CROW_JOBS_MEMORY_LIMIT_MB", v)])).unwrap_err();
+            assert_eq!(e.key, "jobs.memory_limit_mb", "{e}");
+        }
+        let c = Config::load(Some("[jobs]\nmemory_limit_mb = 64\n"), env(&[])).unwrap();
+        assert_eq!(c.jobs.memory_limit_mb, 64);
     }
 
     #[test]

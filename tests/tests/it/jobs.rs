@@ -1734,3 +1734,81 @@ fn sessions_match_an_independent_computation_and_reruns_change_nothing() {
     b.crow_json(&enrich);
     assert_eq!(snapshot("interactions"), interactions);
 }
+
+/// Sessionize under a memory pool small enough that its sorts spill to disk
+/// writes exactly the sessions of a run with the default pool, and as many
+/// as the independent computation finds.
+#[test]
+fn sessionize_under_a_small_memory_limit_spills_and_writes_the_same_sessions() {
+    let b = Backend::local();
+    b.crow_json(&["demo", "--visitors", "600", "--days", "10"]);
+    let (from, to) = (day_offset(10), day_offset(1));
+    let (from_s, to_s) = (from.to_string(), to.to_string());
+    let window = [
+        "jobs",
+        "run",
+        "sessionize",
+        "--from",
+        &from_s,
+        "--to",
+        &to_s,
+    ];
+    let roomy = crow_env_json(&b, &window, &[]);
+    assert_eq!(roomy["spill_count"].as_u64(), Some(0), "{roomy}");
+    let snapshot = || {
+        let rows = b.crow_json(&[
+            "sql",
+            "SELECT * EXCLUDE (job_run_id) FROM sessions ORDER BY session_id",
+        ]);
+        let version = b.crow_json(&["history", "sessions", "--limit", "1"])[0]["version"].clone();
+        (rows, version)
+    };
+    let before = snapshot();
+    assert!(
+        before.0.as_array().is_some_and(|r| r.len() > 300),
+        "{}",
+        before.0
+    );
+
+    let tight = crow_env_json(&b, &window, &[("CROW_JOBS_MEMORY_LIMIT_MB", "16")]);
+    assert!(tight["spill_count"].as_u64().unwrap_or(0) > 0, "{tight}");
+    assert!(tight["spilled_bytes"].as_u64().unwrap_or(0) > 0, "{tight}");
+    for k in ["web_sessions", "events_read", "duplicates", "open_sessions"] {
+        assert_eq!(tight[k], roomy[k], "{k}");
+    }
+    // Same rows, so the replace found nothing to change: no new version.
+    assert_eq!(snapshot(), before);
+
+    let raw = crate::support::python_read(
+        &b,
+        "deltalake",
+        "raw_web_events",
+        &[
+            "message_id",
+            "org_id",
+            "anonymous_id",
+            "user_id",
+            "previous_id",
+            "type",
+            "occurred_at",
+            "received_at",
+        ],
+    );
+    let micros = |d: chrono::NaiveDate| {
+        d.and_hms_opt(0, 0, 0)
+            .expect("midnight")
+            .and_utc()
+            .timestamp_micros()
+    };
+    let expected = independent_sessions(&raw, micros(from), micros(to));
+    assert_eq!(tight["web_sessions"].as_u64(), Some(expected as u64));
+
+    // A pool below the floor is refused by name.
+    let out = crow_env(&b, &window, &[("CROW_JOBS_MEMORY_LIMIT_MB", "8")]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("jobs.memory_limit_mb"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
