@@ -14,9 +14,9 @@ use crate::support::{Backend, Server};
 
 /// A browser's cookie jar, reduced to what CROW sets.
 #[derive(Default, Clone)]
-struct Jar {
-    session: String,
-    csrf: String,
+pub struct Jar {
+    pub session: String,
+    pub csrf: String,
 }
 
 impl Jar {
@@ -25,7 +25,7 @@ impl Jar {
     }
 }
 
-async fn login(
+pub async fn login(
     http: &reqwest::Client,
     s: &Server,
     email: &str,
@@ -77,7 +77,7 @@ async fn sql(http: &reqwest::Client, s: &Server, jar: &Jar, csrf: bool, q: &str)
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-fn crow_stdin(b: &Backend, args: &[&str], stdin: &str) -> Value {
+pub fn crow_stdin(b: &Backend, args: &[&str], stdin: &str) -> Value {
     use std::io::Write;
     let mut child = std::process::Command::new(crate::support::crow_bin())
         .args(["--lake", &b.uri])
@@ -370,5 +370,221 @@ async fn invite_sign_in_csrf_throttle_disable_and_audit() {
             .map(|s| s["status"].clone())
     };
     assert_eq!(status_of(Value::Null), Some(json!("revoked")), "{sessions}");
-    assert_eq!(status_of(json!("A new browser/1.0")), Some(json!("active")), "{sessions}");
+    assert_eq!(
+        status_of(json!("A new browser/1.0")),
+        Some(json!("active")),
+        "{sessions}"
+    );
+}
+
+/// Who calls, in the permission matrix.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Who {
+    Nobody,
+    ReadKey,
+    ExportKey,
+    AdminKey,
+    Viewer,
+    Analyst,
+    Admin,
+    Owner,
+}
+
+/// What an endpoint answers a caller: let through (any answer but 401 and
+/// 403), 401, or 403 with a stable code.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Expect {
+    Allowed,
+    Unauthorized,
+    Forbidden,
+}
+
+fn data(w: Who) -> Expect {
+    if w == Who::Nobody {
+        Expect::Unauthorized
+    } else {
+        Expect::Allowed
+    }
+}
+
+fn export(w: Who) -> Expect {
+    match w {
+        Who::Nobody => Expect::Unauthorized,
+        Who::ReadKey | Who::Viewer => Expect::Forbidden,
+        _ => Expect::Allowed,
+    }
+}
+
+fn admin(w: Who) -> Expect {
+    match w {
+        Who::Nobody => Expect::Unauthorized,
+        Who::AdminKey | Who::Admin | Who::Owner => Expect::Allowed,
+        _ => Expect::Forbidden,
+    }
+}
+
+fn user_only(w: Who) -> Expect {
+    match w {
+        Who::Viewer | Who::Analyst | Who::Admin | Who::Owner => Expect::Allowed,
+        _ => Expect::Unauthorized,
+    }
+}
+
+fn public(_: Who) -> Expect {
+    Expect::Allowed
+}
+
+/// The documented permission matrix (README, "Roles and permissions"),
+/// endpoint by endpoint. Every path and method of the OpenAPI document
+/// must have an entry: a new endpoint without one fails this test.
+const MATRIX: &[(&str, &str, fn(Who) -> Expect)] = &[
+    ("post", "/api/v1/sql", data),
+    ("get", "/api/v1/organization", data),
+    ("get", "/api/v1/products", data),
+    ("get", "/api/v1/sessions", data),
+    ("get", "/api/v1/interactions", data),
+    ("get", "/api/v1/insights", data),
+    ("get", "/api/v1/usage", data),
+    ("get", "/api/v1/audit", admin),
+    ("post", "/api/v1/exports", export),
+    ("get", "/api/v1/exports/{id}", export),
+    ("delete", "/api/v1/exports/{id}", export),
+    ("get", "/api/v1/exports/{id}/download", export),
+    ("post", "/api/v1/auth/login", public),
+    ("post", "/api/v1/auth/accept", public),
+    ("get", "/api/v1/auth/me", user_only),
+    ("get", "/api/v1/auth/sessions", user_only),
+    ("post", "/api/v1/auth/sessions/{id}/revoke", user_only),
+    ("get", "/api/v1/notifications", user_only),
+    ("post", "/api/v1/notifications/{id}/read", user_only),
+    ("get", "/api/v1/health", public),
+    ("get", "/api/v1/openapi.json", public),
+    // Last: it ends the caller's session.
+    ("post", "/api/v1/auth/logout", user_only),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_answers_every_role_and_scope_as_documented() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    b.crow_json(&["orgs", "create", "--name", "Matrix"]);
+    let wal = tempfile::tempdir().expect("wal");
+    let s = Server::start(&b, wal.path(), &[]);
+    let http = reqwest::Client::new();
+
+    // The matrix covers the whole API as documented.
+    let doc: Value = http
+        .get(s.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .expect("openapi")
+        .json()
+        .await
+        .expect("json");
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        for method in ops.as_object().expect("ops").keys() {
+            documented.push((method.clone(), path.clone()));
+        }
+    }
+    documented.push(("get".into(), "/api/v1/openapi.json".into()));
+    for (m, p) in &documented {
+        assert!(
+            MATRIX.iter().any(|(mm, pp, _)| mm == m && pp == p),
+            "{} {p} has no entry in the permission matrix",
+            m.to_uppercase()
+        );
+    }
+
+    let mut callers: Vec<(Who, Option<String>, Option<Jar>)> = vec![(Who::Nobody, None, None)];
+    for (who, scope) in [
+        (Who::ReadKey, "read"),
+        (Who::ExportKey, "export"),
+        (Who::AdminKey, "admin"),
+    ] {
+        let k = b.crow_json(&["keys", "create", "--org", "Matrix", "--scope", scope]);
+        callers.push((
+            who,
+            Some(k["secret"].as_str().expect("secret").to_string()),
+            None,
+        ));
+    }
+    for (who, role) in [
+        (Who::Viewer, "viewer"),
+        (Who::Analyst, "analyst"),
+        (Who::Admin, "admin"),
+        (Who::Owner, "owner"),
+    ] {
+        let email = format!("{role}@matrix.example");
+        crow_stdin(
+            &b,
+            &[
+                "users",
+                "create",
+                "--org",
+                "Matrix",
+                "--email",
+                &email,
+                "--role",
+                role,
+                "--password-stdin",
+                "--format",
+                "json",
+            ],
+            "matrix password 1\n",
+        );
+        let (st, body, jar) = login(&http, &s, &email, "matrix password 1").await;
+        assert_eq!(st, 200, "{body}");
+        callers.push((who, None, Some(jar)));
+    }
+
+    let mut wrong = Vec::new();
+    for (who, key, jar) in &callers {
+        for (method, path, rule) in MATRIX {
+            let url = s.url(&path.replace("{id}", "id_that_does_not_exist"));
+            let mut req = match *method {
+                "get" => http.get(&url),
+                "delete" => http.delete(&url),
+                _ => http.post(&url),
+            };
+            if *method == "post" {
+                let body = match *path {
+                    "/api/v1/sql" => json!({"sql": "select 1 as x"}),
+                    "/api/v1/exports" => json!({"table": "products", "format": "csv"}),
+                    _ => json!({}),
+                };
+                req = req.json(&body);
+            }
+            if let Some(k) = key {
+                req = req.bearer_auth(k);
+            }
+            if let Some(j) = jar {
+                req = req
+                    .header(COOKIE, j.header())
+                    .header("X-CSRF-Token", &j.csrf);
+            }
+            let r = req.send().await.expect("request");
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            let got = match status {
+                401 => Expect::Unauthorized,
+                403 => Expect::Forbidden,
+                _ => Expect::Allowed,
+            };
+            let want = rule(*who);
+            if got != want {
+                wrong.push(format!(
+                    "{who:?} {} {path}: {status} {body}, expected {want:?}",
+                    method.to_uppercase()
+                ));
+            }
+            if got == Expect::Forbidden {
+                let code = body["code"].as_str().unwrap_or("");
+                if !["insufficient_scope", "insufficient_role"].contains(&code) {
+                    wrong.push(format!("{who:?} {path}: 403 without a stable code: {body}"));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
