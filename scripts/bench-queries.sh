@@ -13,7 +13,7 @@
 # Usage: scripts/bench-queries.sh   (EVENTS=1000000 for a quick run;
 #        RUNS=5, ONLY=Q05,Q13 to pick queries; KEEP_LAKE=DIR to keep the lake
 #        there for EXPLAIN ANALYZE with `crow --lake DIR sql …`;
-#        CROW_BIN=PATH to use an already built binary instead of building)
+#        CROWTEST_BIN=PATH to use an already built binary instead of building)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS="${EVENTS:-10000000}"
@@ -23,8 +23,8 @@ venv=.venv
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install -q duckdb==2.0.0 pyarrow requests
 py="$venv/bin/python"
-if [ -n "${CROW_BIN:-}" ]; then
-  crow="$CROW_BIN"
+if [ -n "${CROWTEST_BIN:-}" ]; then
+  crow="$CROWTEST_BIN"
 else
   cargo build --release --locked --bin crow
   crow="$PWD/target/release/crow"

@@ -5,16 +5,16 @@
 # the same lake. With BASELINE set, the sessions of the first run of each
 # binary are compared column by column (all but job_run_id).
 #
-#   CROW_BIN=target/debug/crow BASELINE=/tmp/crow-main LIMITS="2048 512" \
+#   CROWTEST_BIN=target/debug/crow BASELINE=/tmp/crow-main LIMITS="2048 512" \
 #     scripts/bench-sessionize.sh
 #
-# CROW_BIN defaults to target/release/crow (build it first); LIMITS are
+# CROWTEST_BIN defaults to target/release/crow (build it first); LIMITS are
 # values of jobs.memory_limit_mb (default: the default). The baseline runs
 # with its own defaults (a build from before the pool ignores the variable).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS="${EVENTS:-1000000}"
-crow="$(realpath "${CROW_BIN:-target/release/crow}")"
+crow="$(realpath "${CROWTEST_BIN:-target/release/crow}")"
 base="${BASELINE:-}"
 limits="${LIMITS:-2048}"
 py="${PYTHON:-python3}"

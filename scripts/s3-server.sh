@@ -4,7 +4,7 @@
 # `PID PORT`. Stop it with `kill PID`.
 set -euo pipefail
 venv="$1"
-port="${CROW_TEST_S3_PORT:-$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}"
+port="${CROWTEST_S3_PORT:-$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}"
 log="${TMPDIR:-/tmp}/crow-moto-$port.log"
 "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
 pid=$!
@@ -18,7 +18,7 @@ PY
   sleep 0.2
 done
 AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 \
-"$venv/bin/python" - "$port" "${CROW_TEST_S3_BUCKET:-crow-test}" <<'PY'
+"$venv/bin/python" - "$port" "${CROWTEST_S3_BUCKET:-crow-test}" <<'PY'
 import sys, boto3
 s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{sys.argv[1]}")
 s3.create_bucket(Bucket=sys.argv[2])

@@ -6,7 +6,7 @@
 # the venv) and Chromium. Prints the venv's path.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-venv="${CROW_TEST_VENV:-$root/.venv}"
+venv="${CROWTEST_VENV:-$root/.venv}"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv" >&2
 fi

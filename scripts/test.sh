@@ -2,7 +2,7 @@
 # CROW's test command: everything the tests need, then every test.
 #
 #   scripts/test.sh            # lint + build + all tests
-#   CROW_TEST_SKIP_LINT=1 scripts/test.sh   # skip fmt/clippy while iterating
+#   CROWTEST_SKIP_LINT=1 scripts/test.sh   # skip fmt/clippy while iterating
 #
 # It installs the Python test dependencies into .venv (independent Delta
 # readers: deltalake, polars; the S3 server: moto), starts a local
@@ -18,11 +18,11 @@ venv="$(bash scripts/test-deps.sh)"
 echo "== local S3 server"
 read -r s3_pid s3_port < <(bash scripts/s3-server.sh "$venv")
 trap 'kill "$s3_pid" 2>/dev/null || true' EXIT
-export CROW_TEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
-export CROW_TEST_PYTHON="$venv/bin/python"
-echo "moto S3 server on $CROW_TEST_S3_ENDPOINT"
+export CROWTEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
+export CROWTEST_PYTHON="$venv/bin/python"
+echo "moto S3 server on $CROWTEST_S3_ENDPOINT"
 
-if [ -z "${CROW_TEST_SKIP_LINT:-}" ]; then
+if [ -z "${CROWTEST_SKIP_LINT:-}" ]; then
   echo "== cargo fmt"
   cargo fmt --all -- --check
 fi
@@ -30,7 +30,7 @@ fi
 echo "== build"
 cargo build --workspace --all-targets --locked
 
-if [ -z "${CROW_TEST_SKIP_LINT:-}" ]; then
+if [ -z "${CROWTEST_SKIP_LINT:-}" ]; then
   echo "== cargo clippy"
   cargo clippy --workspace --all-targets --locked -- -D warnings
 fi

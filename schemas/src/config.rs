@@ -589,9 +589,24 @@ impl Config {
             } else if let Some(opt) = rest.strip_prefix("LAKE_OPTIONS_") {
                 vec!["lake".into(), "options".into(), opt.to_ascii_lowercase()]
             } else {
-                // Unknown CROW_* variables are not ours to reject (tools and
-                // tests set their own); they are simply not configuration.
-                continue;
+                // A CROW_* variable that is no setting is a mistake (a typo
+                // would otherwise be silently ignored): name it, and the
+                // setting it most likely meant.
+                let mut known: Vec<String> = leaves.iter().map(|p| env_name(p)).collect();
+                known.extend(ENV_OTHER.iter().map(|s| s.to_string()));
+                let hint = known
+                    .iter()
+                    .map(|c| (edit_distance(c, k), c))
+                    .filter(|(d, _)| *d <= 3)
+                    .min()
+                    .map(|(_, c)| format!(" (did you mean {c}?)"))
+                    .unwrap_or_default();
+                return Err(err(
+                    k,
+                    format!(
+                        "is not a CROW setting{hint}; settings are CROW_SECTION_KEY (see `crow config default`)"
+                    ),
+                ));
             };
             set_leaf(&mut tree, &path, k, v)?;
             changed = true;
@@ -806,7 +821,33 @@ fn in_range(entries: &[(&str, u64, u64)]) -> Result<(), ConfigError> {
 }
 
 /// `CROW_*` variables that are flags of the CLI, not configuration keys.
-const ENV_IGNORED: &[&str] = &["CROW_CONFIG", "CROW_LOG", "CROW_FORMAT"];
+/// `CROW_*` variables read elsewhere (not settings of the file).
+const ENV_IGNORED: &[&str] = &["CROW_CONFIG", "CROW_LOG", "CROW_SERVE_ONLY"];
+/// Other names a `CROW_*` variable may have (for the typo hint).
+const ENV_OTHER: &[&str] = &[
+    "CROW_CONFIG",
+    "CROW_LOG",
+    "CROW_SERVE_ONLY",
+    "CROW_LAKE",
+    "CROW_LISTEN",
+    "CROW_WAL_DIR",
+];
+
+/// Levenshtein distance of two short ASCII names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
 
 fn env_name(path: &[String]) -> String {
     format!("CROW_{}", path.join("_").to_ascii_uppercase())
@@ -959,7 +1000,6 @@ mod tests {
                 ("CROW_LAKE_S3_ALLOW_HTTP", "true"),
                 ("CROW_INGEST_STRIP_QUERY_PARAMS", "a, b"),
                 ("CROW_LAKE_OPTIONS_AWS_S3_ADDRESSING_STYLE", "path"),
-                ("CROW_SOMETHING_ELSE", "ignored"),
                 ("CROW_LISTEN", "0.0.0.0:9000"),
                 ("CROW_WAL_DIR", "/var/lib/crow/wal"),
             ]),
@@ -989,6 +1029,22 @@ mod tests {
         .unwrap();
         assert_eq!(c.api.key_cache_seconds, 2);
         assert_eq!(c.api.rate_limit_per_second, 0.5);
+        // A CROW_* variable that is no setting names itself, and what it
+        // probably meant; other prefixes are not ours.
+        let e = Config::load(None, env(&[("CROW_AI_PROVDER", "gemini")])).unwrap_err();
+        assert_eq!(e.key, "CROW_AI_PROVDER", "{e}");
+        assert!(e.message.contains("did you mean CROW_AI_PROVIDER?"), "{e}");
+        let e = Config::load(None, env(&[("CROW_SOMETHING_ELSE", "x")])).unwrap_err();
+        assert!(!e.message.contains("did you mean"), "{e}");
+        Config::load(
+            None,
+            env(&[
+                ("CROWTEST_VENV", "x"),
+                ("CROW_LOG", "debug"),
+                ("CROW_SERVE_ONLY", "api"),
+            ]),
+        )
+        .unwrap();
     }
 
     #[test]

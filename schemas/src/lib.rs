@@ -980,10 +980,12 @@ mod tests {
         let current = std::fs::read_to_string(path).unwrap_or_default();
         let want = tables_markdown();
         if current != want {
-            if std::env::var_os("CROW_BLESS").is_some() {
+            if std::env::var_os("CROWTEST_BLESS").is_some() {
                 std::fs::write(path, want).expect("write docs/TABLES.md");
             } else {
-                panic!("docs/TABLES.md is stale: run `CROW_BLESS=1 cargo test -p crow-schemas`");
+                panic!(
+                    "docs/TABLES.md is stale: run `CROWTEST_BLESS=1 cargo test -p crow-schemas`"
+                );
             }
         }
     }

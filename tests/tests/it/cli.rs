@@ -344,6 +344,15 @@ fn errors_say_each_cause_once_in_crow_terms() {
         "skynet",
     );
     assert!(line.contains("ai.provider"), "{line}");
+    let line = one_error_line(
+        "a CROW_* variable that is no setting",
+        &crow_with(
+            &["--lake", &b.uri, "tables"],
+            &[("CROW_AI_PROVDER", "gemini")],
+        ),
+        "CROW_AI_PROVDER",
+    );
+    assert!(line.contains("did you mean CROW_AI_PROVIDER?"), "{line}");
 
     // A wrong argument: clap's error, its hint and where to read more, in
     // one line; help itself is still the full text on stdout.

@@ -371,8 +371,8 @@ async fn concurrent(b: Backend) {
                 "--nocapture",
                 "--test-threads=1",
             ])
-            .env("CROW_CHILD_LAKE", &b.uri)
-            .env("CROW_CHILD_ID", id);
+            .env("CROWTEST_CHILD_LAKE", &b.uri)
+            .env("CROWTEST_CHILD_ID", id);
             for (k, v) in &b.env {
                 cmd.env(k, v);
             }
@@ -418,8 +418,8 @@ async fn concurrent_writers_s3() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "child process of concurrent_writers_*"]
 async fn writer_child() {
-    let uri = std::env::var("CROW_CHILD_LAKE").expect("CROW_CHILD_LAKE");
-    let id = std::env::var("CROW_CHILD_ID").expect("CROW_CHILD_ID");
+    let uri = std::env::var("CROWTEST_CHILD_LAKE").expect("CROWTEST_CHILD_LAKE");
+    let id = std::env::var("CROWTEST_CHILD_ID").expect("CROWTEST_CHILD_ID");
     let mut cfg = crow_schemas::config::LakeConfig {
         uri,
         ..Default::default()

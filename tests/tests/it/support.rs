@@ -37,12 +37,12 @@ impl Backend {
     }
 
     /// A fresh prefix in the test bucket of the S3 server at
-    /// `CROW_TEST_S3_ENDPOINT` (started by `scripts/test.sh`).
+    /// `CROWTEST_S3_ENDPOINT` (started by `scripts/test.sh`).
     pub fn s3() -> Backend {
-        let endpoint = std::env::var("CROW_TEST_S3_ENDPOINT").unwrap_or_else(|_| {
-            panic!("CROW_TEST_S3_ENDPOINT is not set: run the tests with scripts/test.sh, which starts a local S3 server")
+        let endpoint = std::env::var("CROWTEST_S3_ENDPOINT").unwrap_or_else(|_| {
+            panic!("CROWTEST_S3_ENDPOINT is not set: run the tests with scripts/test.sh, which starts a local S3 server")
         });
-        let bucket = std::env::var("CROW_TEST_S3_BUCKET").unwrap_or_else(|_| "crow-test".into());
+        let bucket = std::env::var("CROWTEST_S3_BUCKET").unwrap_or_else(|_| "crow-test".into());
         Backend {
             name: "s3",
             uri: format!("s3://{bucket}/{}", uuid::Uuid::new_v4().simple()),
@@ -115,7 +115,7 @@ impl Backend {
 /// The `crow` binary built beside this test binary (`cargo build -p
 /// crow-cli` first; scripts/test.sh does).
 pub fn crow_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("CROW_BIN") {
+    if let Ok(p) = std::env::var("CROWTEST_BIN") {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current exe");
@@ -132,7 +132,7 @@ pub fn crow_bin() -> PathBuf {
 
 /// The Python interpreter of the test virtualenv (scripts/test-deps.sh).
 pub fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("CROW_TEST_PYTHON") {
+    if let Ok(p) = std::env::var("CROWTEST_PYTHON") {
         return PathBuf::from(p);
     }
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
