@@ -12,27 +12,45 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+# Seconds per phase, printed as a table at the end (pass or fail).
+phases=()
+mark=$SECONDS
+phase() { phases+=("$(printf '%-34s %6d s' "$1" $((SECONDS - mark)))"); mark=$SECONDS; }
+report() {
+  echo
+  echo "== time per phase"
+  printf '%s\n' "${phases[@]}"
+  printf '%-34s %6d s\n' "total" "$SECONDS"
+}
+trap report EXIT
+
+if [ -z "${CROWTEST_SKIP_LINT:-}" ]; then
+  echo "== cargo fmt (first: seconds, and fails early)"
+  cargo fmt --all -- --check
+  phase "cargo fmt"
+fi
+
 echo "== test dependencies"
 venv="$(bash scripts/test-deps.sh)"
+phase "test dependencies"
 
 echo "== local S3 server"
 read -r s3_pid s3_port < <(bash scripts/s3-server.sh "$venv")
-trap 'kill "$s3_pid" 2>/dev/null || true' EXIT
+trap 'kill "$s3_pid" 2>/dev/null || true; report' EXIT
 export CROWTEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
 export CROWTEST_PYTHON="$venv/bin/python"
 echo "moto S3 server on $CROWTEST_S3_ENDPOINT"
+phase "local S3 server"
 
-if [ -z "${CROWTEST_SKIP_LINT:-}" ]; then
-  echo "== cargo fmt"
-  cargo fmt --all -- --check
-fi
 
 echo "== build"
 cargo build --workspace --all-targets --locked
+phase "build"
 
 if [ -z "${CROWTEST_SKIP_LINT:-}" ]; then
   echo "== cargo clippy"
   cargo clippy --workspace --all-targets --locked -- -D warnings
+  phase "cargo clippy"
 fi
 
 echo "== one copy each of the data stack"
@@ -43,6 +61,7 @@ done
 
 echo "== browser SDK unit tests (node, no DOM)"
 node --test ingest/sdk/test
+phase "browser SDK unit tests"
 
 echo "== tests"
 log="$(mktemp)"
@@ -50,6 +69,7 @@ set +e
 cargo test --workspace --all-targets --locked -- "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+phase "tests"
 passed=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) passed.*/\1/' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) failed.*/\1/' | awk '{s+=$1} END {print s+0}')
 rm -f "$log"
