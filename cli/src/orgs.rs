@@ -66,6 +66,20 @@ pub enum OrgsCommand {
         #[command(flatten)]
         format: FormatArg,
     },
+    /// Send the organization's notifications to a URL (POST, JSON, signed
+    /// with HMAC-SHA256; the secret is shown once), or stop (--off).
+    Webhook {
+        /// Organization id or name.
+        org: String,
+        /// The receiving URL (http or https).
+        #[arg(long, conflicts_with = "off", required_unless_present = "off")]
+        url: Option<String>,
+        /// Remove the webhook.
+        #[arg(long)]
+        off: bool,
+        #[command(flatten)]
+        format: FormatArg,
+    },
     /// Stop accepting the organization's events and API calls (its write
     /// keys and API keys are refused); its data stays.
     Disable {
@@ -220,6 +234,33 @@ pub async fn run(lake: &Lake, cmd: OrgsCommand) -> Result<()> {
             output::print_object(
                 format.format,
                 &["org_id", "write_key", "previous_key_valid_until"],
+                &obj,
+            )
+        }
+        OrgsCommand::Webhook {
+            org,
+            url,
+            off,
+            format,
+        } => {
+            let o = resolve(lake, &org).await?;
+            let url = if off { None } else { url };
+            let secret = orgs::set_webhook(lake, &o.org_id, url.as_deref()).await?;
+            crate::users::audit_cli(
+                lake,
+                &o.org_id,
+                "org.webhook",
+                &o.org_id,
+                serde_json::json!({"url": url}),
+            )
+            .await;
+            if format.format != Format::Json && secret.is_some() {
+                eprintln!("The signing secret is shown once: keep it to verify X-Crow-Signature.");
+            }
+            let obj = serde_json::json!({"org_id": o.org_id, "webhook_url": url, "webhook_secret": secret});
+            output::print_object(
+                format.format,
+                &["org_id", "webhook_url", "webhook_secret"],
                 &obj,
             )
         }

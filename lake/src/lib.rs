@@ -18,12 +18,14 @@
 //!   it — the primitive behind idempotent jobs.
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod batch;
 mod error;
 pub mod ids;
 pub mod notify;
 pub mod orgs;
 pub mod products;
+pub mod webhook;
 
 use std::collections::HashMap;
 use std::num::NonZeroU64;

@@ -123,6 +123,27 @@ pub async fn notify_users(
         .collect();
     let batch = rows_to_batch(&NOTIFICATIONS, &rows)?;
     lake.append(NOTIFICATIONS.name, vec![batch]).await?;
+    // One webhook call per organization with a webhook.
+    let mut orgs: Vec<&str> = rows.iter().map(|r| r.org_id.as_str()).collect();
+    orgs.sort_unstable();
+    orgs.dedup();
+    for org_id in orgs {
+        let Some(org) = crate::orgs::get(lake, org_id).await? else {
+            continue;
+        };
+        if let (Some(url), Some(secret)) = (org.webhook_url, org.webhook_secret) {
+            let payload = serde_json::json!({
+                "org_id": org_id,
+                "kind": notice.kind,
+                "title": notice.title,
+                "body": notice.body,
+                "link": notice.link,
+                "created_at": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "users": rows.iter().filter(|r| r.org_id == org_id).count(),
+            });
+            crate::webhook::deliver(lake.clone(), org_id.to_string(), url, secret, payload);
+        }
+    }
     Ok(rows.len())
 }
 

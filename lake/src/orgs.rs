@@ -48,6 +48,12 @@ pub struct Organization {
     /// Until when the previous write key is still accepted.
     #[serde(with = "ts_micros::option", default)]
     pub previous_write_key_expires_at: Option<DateTime<Utc>>,
+    /// Where notifications are POSTed.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// The key that signs webhook bodies.
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
 }
 
 impl Organization {
@@ -116,6 +122,8 @@ pub async fn create(
         updated_at: now,
         previous_write_key_hash: None,
         previous_write_key_expires_at: None,
+        webhook_url: None,
+        webhook_secret: None,
     };
     let batch = rows_to_batch(&ORGANIZATIONS, std::slice::from_ref(&org))?;
     lake.append(ORGANIZATIONS.name, vec![batch]).await?;
@@ -213,6 +221,35 @@ pub async fn set_status(lake: &Lake, org_id: &str, active: bool) -> Result<Organ
     org.updated_at = Utc::now();
     save(lake, &org).await?;
     Ok(org)
+}
+
+/// Set (or, with `None`, remove) the organization's notification webhook.
+/// Returns the signing secret of a new webhook (shown once).
+pub async fn set_webhook(lake: &Lake, org_id: &str, url: Option<&str>) -> Result<Option<String>> {
+    let mut org = existing(lake, org_id).await?;
+    let secret = match url {
+        Some(u) => {
+            let parsed = url::Url::parse(u.trim())
+                .map_err(|e| crate::Error::Invalid(format!("--url `{u}` is not a URL: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(crate::Error::Invalid(format!(
+                    "--url `{u}` must be http:// or https://"
+                )));
+            }
+            let secret = new_secret("whsec");
+            org.webhook_url = Some(parsed.to_string());
+            org.webhook_secret = Some(secret.clone());
+            Some(secret)
+        }
+        None => {
+            org.webhook_url = None;
+            org.webhook_secret = None;
+            None
+        }
+    };
+    org.updated_at = Utc::now();
+    save(lake, &org).await?;
+    Ok(secret)
 }
 
 /// Rows deleted from one table by [`delete`].

@@ -17,12 +17,14 @@ use chrono::{DateTime, Duration, Utc};
 use crow_lake::batch::{batches_to_rows, rows_to_batch, ts_micros};
 use crow_lake::ids::{new_id, new_secret, sha256_hex};
 use crow_lake::{Error, Lake, Result};
-use crow_schemas::{AUDIT_LOG, USERS, USER_SESSIONS, USER_TOKENS};
+use crow_schemas::{USERS, USER_SESSIONS, USER_TOKENS};
 use datafusion::prelude::{col, lit};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::keys::Scope;
+
+pub use crow_lake::audit::{audit, Audit, AuditEntry};
 
 /// Hours an invitation or reset token stays valid.
 pub const TOKEN_LIFETIME_HOURS: i64 = 24;
@@ -593,76 +595,6 @@ pub async fn touch_session(lake: &Lake, session: &UserSession) -> Result<()> {
     let batch = rows_to_batch(&USER_SESSIONS, std::slice::from_ref(&s))?;
     lake.merge(USER_SESSIONS.name, vec![batch], &["session_id"])
         .await?;
-    Ok(())
-}
-
-/// One audit entry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AuditEntry {
-    /// Organization acted on.
-    pub org_id: String,
-    /// Entry id.
-    pub audit_id: String,
-    /// When.
-    #[serde(with = "ts_micros")]
-    pub at: DateTime<Utc>,
-    /// Who.
-    pub actor: String,
-    /// What.
-    pub action: String,
-    /// On what.
-    pub target: Option<String>,
-    /// 'ok', 'denied' or 'failed'.
-    pub outcome: String,
-    /// Client address hash.
-    pub ip_hash: Option<String>,
-    /// User-Agent.
-    pub user_agent: Option<String>,
-    /// More, as JSON text.
-    pub detail: Option<String>,
-    /// Days since the epoch of `at`.
-    pub audit_date: i32,
-}
-
-/// What happened, for [`audit`].
-#[derive(Debug, Clone, Default)]
-pub struct Audit<'a> {
-    /// Organization acted on.
-    pub org_id: &'a str,
-    /// Who (`user:<id>`, `key:<id>`, `cli`, `anonymous`).
-    pub actor: &'a str,
-    /// What.
-    pub action: &'a str,
-    /// On what.
-    pub target: Option<&'a str>,
-    /// 'ok', 'denied' or 'failed'.
-    pub outcome: &'a str,
-    /// Client address hash.
-    pub ip_hash: Option<&'a str>,
-    /// User-Agent.
-    pub user_agent: Option<&'a str>,
-    /// More.
-    pub detail: Option<serde_json::Value>,
-}
-
-/// Append one entry to `audit_log`.
-pub async fn audit(lake: &Lake, a: Audit<'_>) -> Result<()> {
-    let at = Utc::now();
-    let e = AuditEntry {
-        org_id: a.org_id.to_string(),
-        audit_id: new_id("aud"),
-        at,
-        actor: a.actor.to_string(),
-        action: a.action.to_string(),
-        target: a.target.map(str::to_string),
-        outcome: a.outcome.to_string(),
-        ip_hash: a.ip_hash.map(str::to_string),
-        user_agent: a.user_agent.map(|u| u.chars().take(512).collect()),
-        detail: a.detail.map(|d| d.to_string()),
-        audit_date: i32::try_from(at.timestamp().div_euclid(86_400)).unwrap_or(0),
-    };
-    let batch = rows_to_batch(&AUDIT_LOG, std::slice::from_ref(&e))?;
-    lake.append(AUDIT_LOG.name, vec![batch]).await?;
     Ok(())
 }
 

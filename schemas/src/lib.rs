@@ -155,7 +155,7 @@ use ColumnType::*;
 /// `organizations`: one row per tenant (a brand).
 pub const ORGANIZATIONS: TableDef = TableDef {
     name: "organizations",
-    version: 2,
+    version: 3,
     doc: "One row per organization (a brand, the tenant).",
     columns: &[
         req("org_id", Text, "Organization id (`org_` + 26 characters)."),
@@ -193,9 +193,19 @@ pub const ORGANIZATIONS: TableDef = TableDef {
             Timestamp,
             "End of the previous write key's grace period (v2).",
         ),
+        opt(
+            "webhook_url",
+            Text,
+            "Where notifications are POSTed (HMAC-signed), if set (v3).",
+        ),
+        opt(
+            "webhook_secret",
+            Text,
+            "The key that signs webhook bodies. Never readable through the API (v3).",
+        ),
     ],
     partition_by: &[],
-    secret_columns: &["write_key_hash", "previous_write_key_hash"],
+    secret_columns: &["write_key_hash", "previous_write_key_hash", "webhook_secret"],
 };
 
 /// `api_keys`: query API keys (hash only).

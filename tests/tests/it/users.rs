@@ -588,3 +588,167 @@ async fn every_endpoint_answers_every_role_and_scope_as_documented() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// A webhook receiver: answers 500 to the first request, 200 after, and
+/// keeps what it received (headers lower-cased, body).
+fn receiver() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(Vec<(String, String)>, String)>>>,
+) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = got.clone();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut headers = Vec::new();
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = line.trim().split_once(':') {
+                    headers.push((k.trim().to_lowercase(), v.trim().to_string()));
+                }
+            }
+            let len: usize = headers
+                .iter()
+                .find(|(k, _)| k == "content-length")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0u8; len];
+            let _ = reader.read_exact(&mut body);
+            keep.lock()
+                .expect("lock")
+                .push((headers, String::from_utf8_lossy(&body).to_string()));
+            let status = if n == 0 {
+                "500 Internal Server Error"
+            } else {
+                "200 OK"
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    (format!("http://{addr}/hook"), got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_reach_the_webhook_signed_and_retried() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    b.crow_json(&["orgs", "create", "--name", "Hooked"]);
+    let (url, got) = receiver();
+    let hook = b.crow_json(&["orgs", "webhook", "Hooked", "--url", &url]);
+    let secret = hook["webhook_secret"].as_str().expect("secret").to_string();
+    assert!(secret.starts_with("whsec_"), "{hook}");
+    crow_stdin(
+        &b,
+        &[
+            "users",
+            "create",
+            "--org",
+            "Hooked",
+            "--email",
+            "h@example.com",
+            "--role",
+            "owner",
+            "--password-stdin",
+            "--format",
+            "json",
+        ],
+        "hooked password 1\n",
+    );
+    let wal = tempfile::tempdir().expect("wal");
+    let s = Server::start(&b, wal.path(), &[]);
+    let http = reqwest::Client::new();
+    // The secret is never readable through the API, even by an admin key.
+    let admin = b.crow_json(&["keys", "create", "--org", "Hooked", "--scope", "admin"]);
+    let shown: Value = http
+        .post(s.url("/api/v1/sql"))
+        .bearer_auth(admin["secret"].as_str().expect("secret"))
+        .json(&json!({"sql": "select * from organizations"}))
+        .send()
+        .await
+        .expect("sql")
+        .json()
+        .await
+        .expect("json");
+    assert!(shown[0]["webhook_url"].is_string(), "{shown}");
+    assert!(
+        shown[0].get("webhook_secret").is_none() && !shown.to_string().contains(&secret),
+        "{shown}"
+    );
+    for ua in ["first browser", "second browser"] {
+        let r = http
+            .post(s.url("/api/v1/auth/login"))
+            .header("User-Agent", ua)
+            .json(&json!({"email": "h@example.com", "password": "hooked password 1"}))
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    // Delivered on the second attempt (the receiver failed the first).
+    let start = Instant::now();
+    while got.lock().expect("lock").len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no retry arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (headers, body) = got.lock().expect("lock")[1].clone();
+    let header = |k: &str| {
+        headers
+            .iter()
+            .find(|(h, _)| h == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let v: Value = serde_json::from_str(&body).expect("json body");
+    assert_eq!(v["kind"], "new_sign_in", "{v}");
+    // Verified independently: Python's hmac over "<timestamp>.<body>".
+    let check = std::process::Command::new(crate::support::python())
+        .args([
+            "-c",
+            "import hmac,hashlib,sys; print('sha256=' + hmac.new(sys.argv[1].encode(), (sys.argv[2] + '.' + sys.argv[3]).encode(), hashlib.sha256).hexdigest())",
+            &secret,
+            &header("x-crow-timestamp"),
+            &body,
+        ])
+        .output()
+        .expect("python");
+    assert_eq!(
+        String::from_utf8_lossy(&check.stdout).trim(),
+        header("x-crow-signature"),
+        "the signature verifies with the secret"
+    );
+    // The delivery is on record, with its attempts.
+    let start = Instant::now();
+    loop {
+        let rows = b.crow_json(&[
+            "sql",
+            "select outcome, detail from audit_log where action = 'webhook.deliver'",
+        ]);
+        if let Some(r) = rows.as_array().and_then(|r| r.first()) {
+            assert_eq!(r["outcome"], "ok", "{rows}");
+            let d: Value =
+                serde_json::from_str(r["detail"].as_str().unwrap_or("{}")).expect("detail");
+            assert_eq!(d["attempts"], 2, "{d}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no delivery record"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
