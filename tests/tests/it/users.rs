@@ -437,7 +437,9 @@ fn public(_: Who) -> Expect {
 /// The documented permission matrix (README, "Roles and permissions"),
 /// endpoint by endpoint. Every path and method of the OpenAPI document
 /// must have an entry: a new endpoint without one fails this test.
-const MATRIX: &[(&str, &str, fn(Who) -> Expect)] = &[
+type Rule = fn(Who) -> Expect;
+
+const MATRIX: &[(&str, &str, Rule)] = &[
     ("post", "/api/v1/sql", data),
     ("get", "/api/v1/organization", data),
     ("get", "/api/v1/products", data),
@@ -591,10 +593,9 @@ async fn every_endpoint_answers_every_role_and_scope_as_documented() {
 
 /// A webhook receiver: answers 500 to the first request, 200 after, and
 /// keeps what it received (headers lower-cased, body).
-fn receiver() -> (
-    String,
-    std::sync::Arc<std::sync::Mutex<Vec<(Vec<(String, String)>, String)>>>,
-) {
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(Vec<(String, String)>, String)>>>;
+
+fn receiver() -> (String, Received) {
     use std::io::{BufRead, BufReader, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
