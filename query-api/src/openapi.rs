@@ -239,6 +239,13 @@ pub fn document() -> Value {
     );
     let id_param =
         json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    let mut audit = listing(
+        "The organization's audit log (admin keys, admin and owner users).",
+        "Audit",
+        &["from", "to", "limit", "cursor"],
+    );
+    audit["get"]["responses"]["403"] =
+        problem("Needs an admin key, or a signed-in admin or owner (insufficient_scope, insufficient_role).");
     json!({
         "openapi": "3.0.3",
         "info": {"title": "CROW query API", "version": env!("CARGO_PKG_VERSION"),
@@ -265,7 +272,7 @@ pub fn document() -> Value {
             "/api/v1/interactions": listing("Interactions.", "Interaction", &["from", "to", "channel", "product", "limit", "cursor"]),
             "/api/v1/insights": listing("Patterns by period.", "Insight", &["period_kind", "from", "to", "product", "limit", "cursor"]),
             "/api/v1/usage": listing("Daily usage and its priced amount, by day.", "Usage", &["from", "to", "limit", "cursor"]),
-            "/api/v1/audit": listing("The organization's audit log (admin keys, admin and owner users).", "Audit", &["from", "to", "limit", "cursor"]),
+            "/api/v1/audit": audit,
             "/api/v1/exports": {"post": {
                 "summary": "Start an export of a table or query (needs scope export). Bounded by api.export_timeout_seconds, api.export_max_rows and api.export_max_bytes; beyond api.max_concurrent_exports_per_org running exports, 429.", "security": [{"bearer": []}],
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ExportRequest"}}}},
