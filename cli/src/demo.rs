@@ -161,6 +161,7 @@ pub async fn run(
             window: None,
             trigger: crow_jobs::Trigger::Cli,
             now,
+            fdr: cfg.jobs.patterns.fdr,
         },
         &quiet,
     )

@@ -68,7 +68,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use chrono::{DateTime, Datelike, Days, Months, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, Days, Months, NaiveDate, Utc, Weekday};
 use crow_lake::batch::{batches_to_rows, rows_to_batch};
 use crow_lake::ids::sha256_hex;
 use crow_lake::Lake;
@@ -84,8 +84,11 @@ use crate::{enrich, runs, str_lit, Error, ProgressRef, Result, Trigger, Window};
 pub const JOB: &str = "patterns";
 /// Days in a day's baseline.
 pub const BASELINE_DAYS: i64 = 28;
-/// Minimum |z| of a finding.
-pub const Z_MIN: f64 = 3.5;
+/// Minimum |z| of a finding, whatever the multiple-testing correction
+/// allows (p < 0.0027).
+pub const Z_MIN: f64 = 3.0;
+/// Default false discovery rate of one period's tests (`jobs.patterns.fdr`).
+pub const DEFAULT_FDR: f64 = 0.05;
 /// Minimum relative change of a finding.
 pub const MIN_CHANGE: f64 = 0.3;
 /// Days after the first data before new vs returning visitors are compared.
@@ -112,6 +115,8 @@ pub struct Options {
     pub trigger: Trigger,
     /// The run's clock.
     pub now: DateTime<Utc>,
+    /// False discovery rate of one period's tests (Benjamini–Hochberg).
+    pub fdr: f64,
 }
 
 /// What a run did.
@@ -668,6 +673,186 @@ struct Finding {
     own: bool,
     /// The complete days the finding's figures cover, `[start, end)`.
     span: (NaiveDate, NaiveDate),
+    /// Two-sided p-value of `z`.
+    p: f64,
+    /// Large enough to matter (relative and absolute change), whatever its
+    /// significance.
+    notable: bool,
+    /// Estimated difference from the baseline over the span, in `unit`
+    /// (negative: lost), and its standard error.
+    impact: f64,
+    impact_se: f64,
+    /// "orders", "sessions", "visitors", "product views", "events".
+    unit: &'static str,
+}
+
+impl Finding {
+    /// How much it matters, for ranking: the impact it had at least (the
+    /// 95% interval's bound nearest zero), weighted by what its unit is
+    /// worth (an order 10, a session or visitor 1, a product view 0.3, an
+    /// event 0.1) — impact and confidence together, not |z| alone.
+    fn rank_score(&self) -> f64 {
+        (self.impact.abs() - 1.96 * self.impact_se).max(0.0) * unit_weight(self.unit)
+    }
+}
+
+/// What one unit of an impact is worth when findings are ranked.
+pub fn unit_weight(unit: &str) -> f64 {
+    match unit {
+        "orders" => 10.0,
+        "sessions" | "visitors" => 1.0,
+        "product views" => 0.3,
+        _ => 0.1,
+    }
+}
+
+/// The unit of a metric's impact.
+fn unit_of(metric: &str) -> &'static str {
+    if metric == "visitors" {
+        "visitors"
+    } else if metric.starts_with("event:")
+        || metric.starts_with("error:")
+        || metric.starts_with("transition:")
+    {
+        "events"
+    } else if metric.starts_with("product_views:") {
+        "product views"
+    } else if metric.ends_with(">order") || metric.starts_with("product_conversion:") || metric.starts_with("pair:") {
+        "orders"
+    } else {
+        "sessions"
+    }
+}
+
+/// The weekdays of a baseline, and of the days the current figures cover,
+/// for a baseline adjusted to the current span's weekday mix.
+struct Season<'a> {
+    /// Weekday of each baseline entry (aligned with the baseline).
+    base: Vec<Weekday>,
+    /// The current span's days: weekday and statistics.
+    cur: Vec<(Weekday, &'a Stats)>,
+}
+
+fn wd_index(w: Weekday) -> usize {
+    w.num_days_from_monday() as usize
+}
+
+/// Weekday factors (1 = an average day) of a daily series, shrunk toward 1
+/// by how much of the weekdays' differences noise explains (positive-part
+/// James–Stein); None unless every weekday has 3 days or more, or when
+/// noise explains all of it.
+fn weekday_factors(hist: &[f64], wds: &[Weekday]) -> Option<[f64; 7]> {
+    let n = hist.len() as f64;
+    let mean = hist.iter().sum::<f64>() / n.max(1.0);
+    if mean <= 0.0 || hist.len() != wds.len() {
+        return None;
+    }
+    let (mut sum, mut cnt) = ([0.0f64; 7], [0usize; 7]);
+    for (x, w) in hist.iter().zip(wds) {
+        sum[wd_index(*w)] += x;
+        cnt[wd_index(*w)] += 1;
+    }
+    if cnt.iter().any(|c| *c < 3) {
+        return None;
+    }
+    let means: [f64; 7] = std::array::from_fn(|i| sum[i] / cnt[i] as f64);
+    let within = hist
+        .iter()
+        .zip(wds)
+        .map(|(x, w)| (x - means[wd_index(*w)]).powi(2))
+        .sum::<f64>()
+        / (n - 7.0).max(1.0);
+    let noise = within.max(mean) / (n / 7.0);
+    let between = means.iter().map(|m| (m - mean).powi(2)).sum::<f64>() / 6.0;
+    let lambda = if between > 0.0 {
+        (1.0 - noise / between).max(0.0)
+    } else {
+        0.0
+    };
+    if lambda <= 0.0 {
+        return None;
+    }
+    Some(std::array::from_fn(|i| {
+        (1.0 + lambda * (means[i] / mean - 1.0)).max(0.05)
+    }))
+}
+
+/// The baseline rate expected for the current span's weekday mix: each
+/// weekday's pooled rate, shrunk toward the overall rate as noise explains
+/// their differences, weighted by the current days' sizes. None unless
+/// every weekday has 3 baseline days or more.
+fn weekday_rate(key: &Key, base: &[&Stats], season: &Season, p0: f64) -> Option<f64> {
+    let (mut k, mut n, mut days) = ([0.0f64; 7], [0.0f64; 7], [0usize; 7]);
+    for (b, w) in base.iter().zip(&season.base) {
+        days[wd_index(*w)] += 1;
+        if let Some(c) = b.cells.get(key) {
+            k[wd_index(*w)] += c.k;
+            n[wd_index(*w)] += c.n;
+        }
+    }
+    if days.iter().any(|d| *d < 3) || n.iter().any(|x| *x <= 0.0) {
+        return None;
+    }
+    let rates: [f64; 7] = std::array::from_fn(|i| k[i] / n[i]);
+    let noise = (0..7).map(|i| p0 * (1.0 - p0) / n[i]).sum::<f64>() / 7.0;
+    let between = rates.iter().map(|r| (r - p0).powi(2)).sum::<f64>() / 6.0;
+    let lambda = if between > 0.0 {
+        (1.0 - noise / between).max(0.0)
+    } else {
+        0.0
+    };
+    if lambda <= 0.0 {
+        return None;
+    }
+    let (mut num, mut den) = (0.0, 0.0);
+    for (w, st) in &season.cur {
+        let cn = st.cells.get(key).map_or(0.0, |c| c.n);
+        num += cn * (p0 + lambda * (rates[wd_index(*w)] - p0));
+        den += cn;
+    }
+    (den > 0.0).then(|| num / den)
+}
+
+/// Benjamini–Hochberg over one family of tests: the findings whose p-value
+/// is at most `fdr · rank / tests` for the largest such rank, that are also
+/// notable and reach [`Z_MIN`]. `tests` is the family's size (at least the
+/// findings given; every test performed, notable or not, counts).
+fn benjamini_hochberg(mut fs: Vec<Finding>, fdr: f64, tests: usize) -> Vec<Finding> {
+    let m = tests.max(fs.len()).max(1);
+    fs.sort_by(|a, b| {
+        a.p.partial_cmp(&b.p)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then_with(|| a.metric.cmp(&b.metric))
+            .then_with(|| a.segment.cmp(&b.segment))
+    });
+    let mut keep = 0;
+    for (i, f) in fs.iter().enumerate() {
+        if f.p <= fdr * (i + 1) as f64 / m as f64 {
+            keep = i + 1;
+        }
+    }
+    fs.truncate(keep);
+    let threshold = fdr * keep as f64 / m as f64;
+    fs.retain(|f| f.notable && f.z.abs() >= Z_MIN);
+    for f in &mut fs {
+        if let Some(o) = f.facts.as_object_mut() {
+            o.insert(
+                "multiple_testing".into(),
+                json!({"method": "benjamini-hochberg", "fdr": fdr, "tests": m,
+                       "p_threshold": threshold}),
+            );
+        }
+    }
+    fs
+}
+
+/// Whether a metric is tested (the others are parts of other metrics).
+fn testable(metric: &str) -> bool {
+    !(metric.starts_with("transitions_from:")
+        || metric.starts_with("bought:")
+        || metric.starts_with("pair:")
+        || metric.starts_with("error_at:")
+        || metric == "orders")
 }
 
 fn kind_of(metric: &str) -> &'static str {
@@ -759,10 +944,16 @@ struct TestCtx<'a> {
     /// visits before the data began are unknown, so early visitors look
     /// new and "new visitors fell" would only say that history grew).
     visitor_type: bool,
+    /// Weekdays of the baseline and the current days, when the baseline is
+    /// made of single days (None: it is made of the same elapsed spans of
+    /// earlier periods, whose weekdays already match).
+    season: Option<Season<'a>>,
 }
 
-/// Test one metric of a period against its baseline; a finding when
-/// significant.
+/// Test one metric of a period against its baseline: None when it cannot
+/// be tested (too little support or baseline), else the test as a finding
+/// (its p-value, and whether the change is large enough to matter); the
+/// caller corrects the period's tests for multiple comparisons.
 fn test_metric(key: &Key, cur: &Stats, base: &[&Stats], ctx: &TestCtx) -> Option<Finding> {
     let (metric, seg) = key;
     let names = ctx.names;
@@ -771,12 +962,7 @@ fn test_metric(key: &Key, cur: &Stats, base: &[&Stats], ctx: &TestCtx) -> Option
     let c = cur.cells.get(key).copied().unwrap_or_default();
     let name_of = |id: &str| names.get(id).cloned().unwrap_or_else(|| id.to_string());
     let samples = cur.samples.get(key).cloned().unwrap_or_default();
-    if metric.starts_with("transitions_from:")
-        || metric.starts_with("bought:")
-        || metric.starts_with("pair:")
-        || metric.starts_with("error_at:")
-        || metric == "orders"
-    {
+    if !testable(metric) {
         return None;
     }
     if base.len() < min_base || (!ctx.visitor_type && seg.starts_with("visitor_type=")) {
@@ -800,15 +986,34 @@ fn test_metric(key: &Key, cur: &Stats, base: &[&Stats], ctx: &TestCtx) -> Option
             k: per_day(cur, c.k),
             n: c.n,
         };
+        // Weekday seasonality: baseline days scaled to an average day, the
+        // expectation scaled to the current days' weekdays.
+        let factors = ctx
+            .season
+            .as_ref()
+            .and_then(|s| weekday_factors(&hist, &s.base).map(|f| (s, f)));
+        let (hist, scale) = match factors {
+            Some((s, f)) => (
+                hist.iter()
+                    .zip(&s.base)
+                    .map(|(x, w)| x / f[wd_index(*w)])
+                    .collect::<Vec<f64>>(),
+                s.cur.iter().map(|(w, _)| f[wd_index(*w)]).sum::<f64>()
+                    / s.cur.len().max(1) as f64,
+            ),
+            None => (hist, 1.0),
+        };
         let n = hist.len() as f64;
-        let mean = hist.iter().sum::<f64>() / n;
-        let var = hist.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+        let mean = hist.iter().sum::<f64>() / n * scale;
+        let var = hist.iter().map(|x| (x * scale - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
         let se = var.max(mean).max(1.0).sqrt();
         let z = (c.k - mean) / se;
         let change = (c.k - mean).abs() / mean.max(1.0);
-        if z.abs() < Z_MIN || change < MIN_CHANGE || c.k.max(mean) < 10.0 {
+        if c.k.max(mean) < 10.0 {
             return None;
         }
+        let notable = change >= MIN_CHANGE;
+        let span_days = if ctx.per_day { cur.days.max(1.0) } else { 1.0 };
         let dir = if z > 0.0 { "rose" } else { "fell" };
         let (what, products) = if metric == "sessions" {
             (format!("Sessions{}", seg_phrase(seg)), Vec::new())
@@ -840,12 +1045,18 @@ fn test_metric(key: &Key, cur: &Stats, base: &[&Stats], ctx: &TestCtx) -> Option
             c.k,
             mean
         );
+        let adjusted = if factors.is_some() {
+            ", for the same weekdays"
+        } else {
+            ""
+        };
         let description = format!(
-            "{what} {dir} to {avg}{:.0}{unit} {}, against a typical {:.0} per day {} (z = {:.1}).",
+            "{what} {dir} to {avg}{:.0}{unit} {}, against a typical {:.0} per day {}{adjusted} (z = {:.1}).",
             c.k, ctx.when, mean, baseline_label, z
         );
         let mut facts = json!({"value": (c.k * 10.0).round() / 10.0, "baseline_mean": (mean * 10.0).round() / 10.0,
-                          "baseline_sd": (var.sqrt() * 10.0).round() / 10.0, "baseline_periods": hist.len()});
+                          "baseline_sd": (var.sqrt() * 10.0).round() / 10.0, "baseline_periods": hist.len(),
+                          "weekday_adjusted": factors.is_some()});
         if let Some(k) = metric.strip_prefix("error:") {
             facts["failing_events"] = failing_json(&failing_events(cur, seg, Some(k)));
         }
@@ -863,6 +1074,11 @@ fn test_metric(key: &Key, cur: &Stats, base: &[&Stats], ctx: &TestCtx) -> Option
             children: Vec::new(),
             own: true,
             span: ctx.span,
+            p: p_value(z),
+            notable,
+            impact: (c.k - mean) * span_days,
+            impact_se: se * span_days,
+            unit: unit_of(metric),
         });
     }
     // Rates: two-proportion z-test against the pooled baseline.
@@ -876,17 +1092,32 @@ fn test_metric(key: &Key, cur: &Stats, base: &[&Stats], ctx: &TestCtx) -> Option
     if c.n < 20.0 || bn < 60.0 {
         return None;
     }
-    let (p1, p0) = (c.k / c.n, bk / bn);
-    let p = (c.k + bk) / (c.n + bn);
-    let se = (p * (1.0 - p) * (1.0 / c.n + 1.0 / bn)).sqrt();
+    let p1 = c.k / c.n;
+    let pooled = bk / bn;
+    // Weekday seasonality: the rate expected for these days' weekdays.
+    let seasonal = ctx
+        .season
+        .as_ref()
+        .and_then(|s| weekday_rate(key, base, s, pooled));
+    let (p0, se) = match seasonal {
+        Some(p0) => (p0, (p0 * (1.0 - p0) * (1.0 / c.n + 1.0 / bn)).sqrt()),
+        None => {
+            let p = (c.k + bk) / (c.n + bn);
+            (pooled, (p * (1.0 - p) * (1.0 / c.n + 1.0 / bn)).sqrt())
+        }
+    };
     if se <= 0.0 || !se.is_finite() {
         return None;
     }
     let z = (p1 - p0) / se;
     let change = (p1 - p0).abs() / p0.max(0.02);
-    if z.abs() < Z_MIN || change < MIN_CHANGE || (p1 - p0).abs() < 0.03 {
-        return None;
-    }
+    let notable = change >= MIN_CHANGE && (p1 - p0).abs() >= 0.03;
+    let baseline_label = if seasonal.is_some() {
+        format!("{baseline_label}, for the same weekdays")
+    } else {
+        baseline_label.to_string()
+    };
+    let baseline_label = baseline_label.as_str();
     let dir = if z > 0.0 { "rose" } else { "fell" };
     let when = ctx.when.as_str();
     let (title, description, products) = if let Some(rest) = metric.strip_prefix("funnel:") {
@@ -1017,7 +1248,8 @@ fn test_metric(key: &Key, cur: &Stats, base: &[&Stats], ctx: &TestCtx) -> Option
         return None;
     };
     let mut facts = json!({"value": {"k": c.k, "n": c.n, "rate": (p1 * 10000.0).round() / 10000.0},
-                  "baseline": {"k": bk, "n": bn, "rate": (p0 * 10000.0).round() / 10000.0, "periods": base.len()}});
+                  "baseline": {"k": bk, "n": bn, "rate": (p0 * 10000.0).round() / 10000.0, "periods": base.len(),
+                               "weekday_adjusted": seasonal.is_some()}});
     if metric == "error_sessions" {
         facts["failing_events"] = failing_json(&failing_events(cur, seg, None));
     }
@@ -1035,6 +1267,11 @@ fn test_metric(key: &Key, cur: &Stats, base: &[&Stats], ctx: &TestCtx) -> Option
         children: Vec::new(),
         own: true,
         span: ctx.span,
+        p: p_value(z),
+        notable,
+        impact: (p1 - p0) * c.n,
+        impact_se: se * c.n,
+        unit: unit_of(metric),
     })
 }
 
@@ -1078,9 +1315,10 @@ fn pairs(cur: &Stats, ctx: &TestCtx) -> Vec<Finding> {
         }
         let z = (c.k - expected) / expected.sqrt();
         let lift = c.k / expected;
-        if z < Z_MIN || lift < 2.0 {
+        if z <= 0.0 {
             continue;
         }
+        let notable = lift >= 2.0;
         let (na, nb) = (
             names.get(a).cloned().unwrap_or_else(|| a.to_string()),
             names.get(b).cloned().unwrap_or_else(|| b.to_string()),
@@ -1105,6 +1343,11 @@ fn pairs(cur: &Stats, ctx: &TestCtx) -> Vec<Finding> {
             children: Vec::new(),
             own: true,
             span: ctx.span,
+            p: p_value(z),
+            notable,
+            impact: c.k - expected,
+            impact_se: expected.sqrt(),
+            unit: "orders",
         });
     }
     out
@@ -1196,6 +1439,9 @@ fn to_row(
         "statistics": f.facts,
         "z": (f.z * 100.0).round() / 100.0,
         "p_value": p_value(f.z),
+        "impact": {"unit": f.unit, "estimate": (f.impact * 10.0).round() / 10.0,
+                   "low": ((f.impact - 1.96 * f.impact_se) * 10.0).round() / 10.0,
+                   "high": ((f.impact + 1.96 * f.impact_se) * 10.0).round() / 10.0},
         "sample_interaction_ids": samples,
         "sample_session_ids": f.samples.iter().take(5).collect::<Vec<_>>(),
         "from_periods": f.children,
@@ -1399,7 +1645,7 @@ async fn compute(
     for (org, sessions) in &by_org {
         orgs_done.push(org.clone());
         let first_data = sessions.iter().map(|s| s.day).min().unwrap_or(first_day);
-        let finder = Finder::new(sessions, first_data, horizon, &names);
+        let finder = Finder::new(sessions, first_data, horizon, &names, opts.fdr);
         let mut new_rows: BTreeMap<Period, Vec<PatternRow>> = BTreeMap::new();
         let row = |p: &Period, f: &Finding| to_row(org, p, f, &sid_to_iid, p.end > horizon);
         // Days.
@@ -1551,12 +1797,18 @@ async fn compute(
     Ok(report)
 }
 
-/// The strongest findings first, at most [`MAX_PER_PERIOD`].
+/// The findings that matter most first (their impact at least, by what
+/// its unit is worth, then |z|), at most [`MAX_PER_PERIOD`].
 fn top(mut fs: Vec<Finding>) -> Vec<Finding> {
     fs.sort_by(|a, b| {
-        b.z.abs()
-            .partial_cmp(&a.z.abs())
+        b.rank_score()
+            .partial_cmp(&a.rank_score())
             .unwrap_or(std::cmp::Ordering::Equal)
+            .then_with(|| {
+                b.z.abs()
+                    .partial_cmp(&a.z.abs())
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
             .then_with(|| a.metric.cmp(&b.metric))
             .then_with(|| a.segment.cmp(&b.segment))
     });
@@ -1668,6 +1920,8 @@ struct Finder<'a> {
     first_data: NaiveDate,
     horizon: NaiveDate,
     names: &'a HashMap<String, String>,
+    /// False discovery rate of one period's tests.
+    fdr: f64,
 }
 
 impl<'a> Finder<'a> {
@@ -1678,6 +1932,7 @@ impl<'a> Finder<'a> {
         first_data: NaiveDate,
         horizon: NaiveDate,
         names: &'a HashMap<String, String>,
+        fdr: f64,
     ) -> Finder<'a> {
         let mut per_day: BTreeMap<NaiveDate, Vec<&Sess>> = BTreeMap::new();
         for s in sessions.iter().filter(|s| s.day < horizon) {
@@ -1702,6 +1957,7 @@ impl<'a> Finder<'a> {
             first_data,
             horizon,
             names,
+            fdr,
         }
     }
 
@@ -1724,7 +1980,8 @@ impl<'a> Finder<'a> {
         Some(st)
     }
 
-    /// Every metric of `cur` (and every count of the baseline) tested.
+    /// Every metric of `cur` (and every count of the baseline) tested, the
+    /// tests corrected together (Benjamini–Hochberg at the job's FDR).
     fn findings(&self, cur: &Stats, base: &[&Stats], ctx: &TestCtx) -> Vec<Finding> {
         let mut keys: BTreeSet<&Key> = cur.cells.keys().collect();
         for b in base {
@@ -1739,7 +1996,8 @@ impl<'a> Finder<'a> {
             .filter_map(|k| test_metric(k, cur, base, ctx))
             .collect();
         fs.extend(pairs(cur, ctx));
-        fs
+        let tests = fs.len();
+        benjamini_hochberg(fs, self.fdr, tests)
     }
 
     /// A complete day against the 28 days before it.
@@ -1747,11 +2005,11 @@ impl<'a> Finder<'a> {
         let Some(cur) = self.day_stats.get(&p.start) else {
             return Vec::new();
         };
-        let base: Vec<&Stats> = p
+        let (base, base_wd): (Vec<&Stats>, Vec<Weekday>) = p
             .previous(BASELINE_DAYS as usize)
             .iter()
-            .filter_map(|b| self.day_stats.get(&b.start))
-            .collect();
+            .filter_map(|b| Some((self.day_stats.get(&b.start)?, b.start.weekday())))
+            .unzip();
         let ctx = TestCtx {
             when: p.phrase(),
             baseline: format!("over the previous {BASELINE_DAYS} days"),
@@ -1760,6 +2018,10 @@ impl<'a> Finder<'a> {
             span: (p.start, p.end),
             names: self.names,
             visitor_type: self.visitor_type(p.start - Days::new(BASELINE_DAYS as u64)),
+            season: Some(Season {
+                base: base_wd,
+                cur: vec![(p.start.weekday(), cur)],
+            }),
         };
         top(one_fact(self.findings(cur, &base, &ctx)))
     }
@@ -1820,6 +2082,7 @@ impl<'a> Finder<'a> {
             span: (p.start, end),
             names: self.names,
             visitor_type: self.visitor_type(earliest),
+            season: None,
         };
         self.findings(&cur, &base_refs, &ctx)
     }
@@ -1851,11 +2114,16 @@ impl<'a> Finder<'a> {
                 .unwrap_or(a)
                 .max(self.first_data);
             let to = p.end.min(self.horizon);
-            let base: Vec<&Stats> = self
+            let (base, base_wd): (Vec<&Stats>, Vec<Weekday>) = self
                 .day_stats
                 .range(from..to)
                 .filter(|(d, _)| **d < a || **d >= b)
-                .map(|(_, s)| s)
+                .map(|(d, s)| (s, d.weekday()))
+                .unzip();
+            let cur_days: Vec<(Weekday, &Stats)> = self
+                .day_stats
+                .range(a..b)
+                .map(|(d, s)| (d.weekday(), s))
                 .collect();
             let ctx = TestCtx {
                 when: span_phrase(a, b),
@@ -1868,12 +2136,39 @@ impl<'a> Finder<'a> {
                 span: (a, b),
                 names: self.names,
                 visitor_type: self.visitor_type(from),
+                season: Some(Season {
+                    base: base_wd,
+                    cur: cur_days,
+                }),
             };
+            // The confirmations are one family with every metric these
+            // days could test.
+            let tests = cur.cells.keys().filter(|k| testable(&k.0)).count();
+            let mut tested: Vec<(Finding, &ChildRef)> = Vec::new();
             for c in cs {
                 let key = (c.metric.clone(), c.segment.clone());
-                let Some(mut f) = test_metric(&key, &cur, &base, &ctx) else {
+                if let Some(f) = test_metric(&key, &cur, &base, &ctx) {
+                    tested.push((f, c));
+                }
+            }
+            let refs: Vec<(String, String, String, f64)> = tested
+                .iter()
+                .map(|(f, c)| (f.metric.clone(), f.segment.clone(), c.label.clone(), c.z))
+                .collect();
+            let kept = benjamini_hochberg(
+                tested.into_iter().map(|(f, _)| f).collect(),
+                self.fdr,
+                tests,
+            );
+            for mut f in kept {
+                let Some(c) = refs
+                    .iter()
+                    .find(|r| r.0 == f.metric && r.1 == f.segment)
+                    .map(|r| ChildLabel { label: r.2.clone(), z: r.3 })
+                else {
                     continue;
                 };
+                let key = (f.metric.clone(), f.segment.clone());
                 if (f.z > 0.0) != (c.z > 0.0) {
                     continue;
                 }
@@ -1910,6 +2205,12 @@ impl<'a> Finder<'a> {
         }
         top(one_fact(out))
     }
+}
+
+/// A part's label and direction, as its parent confirms it.
+struct ChildLabel {
+    label: String,
+    z: f64,
 }
 
 /// "on 2026-11-21 and 2026-11-22", "in the weeks of …", "in November 2026".

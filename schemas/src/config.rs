@@ -252,13 +252,33 @@ impl Default for IngestConfig {
 pub struct JobsConfig {
     /// A web session ends after this many minutes without events.
     pub session_gap_minutes: u32,
+    /// The patterns job.
+    pub patterns: PatternsConfig,
 }
 
 impl Default for JobsConfig {
     fn default() -> Self {
         Self {
             session_gap_minutes: 60,
+            patterns: PatternsConfig::default(),
         }
+    }
+}
+
+/// Patterns job settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PatternsConfig {
+    /// False discovery rate of one period's tests: the many metrics and
+    /// segments tested for a period are corrected with Benjamini–Hochberg at
+    /// this rate (at most this share of a period's findings are expected to
+    /// be chance). Between 0 and 0.5.
+    pub fdr: f64,
+}
+
+impl Default for PatternsConfig {
+    fn default() -> Self {
+        Self { fdr: 0.05 }
     }
 }
 
@@ -612,6 +632,10 @@ impl Config {
         }
         if self.jobs.session_gap_minutes == 0 {
             return Err(err("jobs.session_gap_minutes", "must be positive"));
+        }
+        let fdr = self.jobs.patterns.fdr;
+        if !(fdr > 0.0 && fdr <= 0.5) {
+            return Err(err("jobs.patterns.fdr", "must be above 0 and at most 0.5"));
         }
         if !matches!(self.ai.provider.as_str(), "offline" | "gemini" | "openai") {
             return Err(err(
