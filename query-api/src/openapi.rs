@@ -207,6 +207,7 @@ pub fn document() -> Value {
         ("Session", "sessions"),
         ("Interaction", "interactions"),
         ("Insight", "patterns"),
+        ("Story", "stories"),
         ("Usage", "usage_daily"),
     ] {
         schemas.insert(name.into(), row_schema(table, None));
@@ -262,6 +263,7 @@ pub fn document() -> Value {
             "/api/v1/sessions": listing("Sessions.", "Session", &["from", "to", "channel", "product", "limit", "cursor"]),
             "/api/v1/interactions": listing("Interactions.", "Interaction", &["from", "to", "channel", "product", "limit", "cursor"]),
             "/api/v1/insights": listing("Patterns by period.", "Insight", &["period_kind", "from", "to", "product", "limit", "cursor"]),
+            "/api/v1/stories": listing("Stories: findings that share a cause, with their start, end or ongoing, segments and estimated impact (`from`/`to` on the start day).", "Story", &["from", "to", "product", "limit", "cursor"]),
             "/api/v1/usage": listing("Daily usage and its priced amount, by day.", "Usage", &["from", "to", "limit", "cursor"]),
             "/api/v1/exports": {"post": {
                 "summary": "Start an export of a table or query (needs scope export). Bounded by api.export_timeout_seconds, api.export_max_rows and api.export_max_bytes; beyond api.max_concurrent_exports_per_org running exports, 429.", "security": [{"bearer": []}],

@@ -72,10 +72,12 @@ use chrono::{DateTime, Datelike, Days, Months, NaiveDate, Utc, Weekday};
 use crow_lake::batch::{batches_to_rows, rows_to_batch};
 use crow_lake::ids::sha256_hex;
 use crow_lake::Lake;
-use crow_schemas::{FAILED_EVENTS, PATTERNS};
+use crow_schemas::{FAILED_EVENTS, PATTERNS, STORIES};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+
+mod stories;
 
 use crate::ai::{call_validated, AiRequest, Provider, RetryPolicy};
 use crate::{enrich, runs, str_lit, Error, ProgressRef, Result, Trigger, Window};
@@ -142,6 +144,8 @@ pub struct Report {
     pub year: u64,
     /// All-time patterns.
     pub all: u64,
+    /// Stories written (every story of the organizations computed).
+    pub stories: u64,
     /// Narratives the provider wrote.
     pub narratives: u64,
     /// Narratives rejected (statistical text kept).
@@ -562,6 +566,9 @@ impl Stats {
                 for m in at {
                     st.add(m, seg, 1.0, 0.0, None);
                 }
+                if s.steps[4] {
+                    st.add("orders".into(), seg, 1.0, 0.0, None);
+                }
             }
             // Overall only: events, failures, transitions, loops, products.
             let mut kinds_seen = BTreeSet::new();
@@ -623,9 +630,6 @@ impl Stats {
                     let (x, y) = if a < b { (a, b) } else { (b, a) };
                     st.add(format!("pair:{x}|{y}"), "", 1.0, 0.0, Some((&s.id, true)));
                 }
-            }
-            if s.steps[4] {
-                st.add("orders".into(), "", 1.0, 0.0, None);
             }
         }
         st.add("visitors".into(), "", visitors.len() as f64, 0.0, None);
@@ -1641,6 +1645,7 @@ async fn compute(
 
     progress.phase("finding patterns", by_org.len() as u64);
     let mut rows: Vec<PatternRow> = Vec::new();
+    let mut story_rows: Vec<stories::StoryRow> = Vec::new();
     let mut orgs_done: Vec<String> = Vec::new();
     for (org, sessions) in &by_org {
         orgs_done.push(org.clone());
@@ -1683,6 +1688,14 @@ async fn compute(
                 .map(|f| to_row(org, &all, f, &sid_to_iid, false))
                 .collect(),
         );
+        // Stories from every day's findings (this run's, else the table's).
+        let fresh: HashMap<NaiveDate, Vec<PatternRow>> = new_rows
+            .iter()
+            .filter(|(p, _)| p.kind == "day")
+            .map(|(p, rs)| (p.start, rs.clone()))
+            .collect();
+        let parts = stories::day_parts(org, &existing, &fresh);
+        story_rows.extend(stories::stories(&finder, org, parts));
         for (_, rs) in new_rows {
             rows.extend(rs);
         }
@@ -1790,6 +1803,16 @@ async fn compute(
     let batch = rows_to_batch(&PATTERNS, &rows)?;
     lake.replace_where_if_changed(PATTERNS.name, &predicate, vec![batch], &["created_at"])
         .await?;
+    // An organization's stories are rewritten whole from its day findings.
+    report.stories = story_rows.len() as u64;
+    let batch = rows_to_batch(&STORIES, &story_rows)?;
+    lake.replace_where_if_changed(
+        STORIES.name,
+        &format!("TRUE{org_pred}"),
+        vec![batch],
+        &["created_at"],
+    )
+    .await?;
     if !failed.is_empty() {
         let b = rows_to_batch(&FAILED_EVENTS, &failed)?;
         lake.append(FAILED_EVENTS.name, vec![b]).await?;
