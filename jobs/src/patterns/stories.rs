@@ -1,13 +1,15 @@
 //! Stories: the day findings that share a cause, told once.
 //!
 //! A day's findings are grouped into one story when they belong to the same
-//! family of metrics and point the same way for the brand, and lie on days
+//! family of metrics (and, for traffic, point the same way), and lie on days
 //! at most [`MAX_GAP_DAYS`] apart (a quiet day inside an incident does not
 //! split it), whatever their segment:
 //! - *conversion*: funnel steps, sessions with failures, failure events,
 //!   loops and transitions of funnel or failure events ("worse" when a
-//!   conversion fell or failures rose, "better" otherwise);
-//! - *traffic*: sessions, visitors and other events ("fell" or "rose");
+//!   conversion fell or failures rose, "better" otherwise; a checkout whose
+//!   conversion fell while its failures and retries rose is one story);
+//! - *traffic*: sessions, visitors and the volume of other events, funnel
+//!   steps' included ("fell" or "rose");
 //! - *product*: one product's views and view → order conversion;
 //! - anything else: its own metric.
 //!
@@ -192,9 +194,6 @@ impl Part {
             if is_failure(k) {
                 return ("conversion".into(), good(false));
             }
-            if step_event(k) {
-                return ("conversion".into(), rose);
-            }
         }
         if m == "sessions" || m == "visitors" || m.starts_with("event:") {
             return ("traffic".into(), rose);
@@ -316,7 +315,7 @@ impl Finder<'_> {
         let hist: Vec<f64> = base.iter().map(|(_, st)| Self::cell(st, &key.0, &key.1).0).collect();
         let wds: Vec<_> = base.iter().map(|(d, _)| d.weekday()).collect();
         let factors = weekday_factors(&hist, &wds);
-        let f = |d: &NaiveDate| factors.map_or(1.0, |f| f[wd_index(d.weekday())]);
+        let f = |d: &NaiveDate| factors.map_or(1.0, |(f, _)| f[wd_index(d.weekday())]);
         let adj: Vec<f64> = hist.iter().zip(base).map(|(x, (d, _))| x / f(d)).collect();
         let n = adj.len() as f64;
         let mean = adj.iter().sum::<f64>() / n;
@@ -435,6 +434,17 @@ impl Finder<'_> {
             .collect();
         let base = self.baseline_days(start);
         let unaffected = self.unaffected(&affected, &days);
+        // Every value of the main segment's dimension affected: not a
+        // segment's story, all traffic's (when all traffic shows it too).
+        let dim_of = |s: &str| s.split_once('=').map(|(d, _)| d.to_string());
+        let main = if !main.is_empty()
+            && parts.iter().any(|p| p.segment.is_empty())
+            && !unaffected.iter().any(|u| dim_of(u) == dim_of(&main))
+        {
+            String::new()
+        } else {
+            main
+        };
         let lead_key: Key = (lead.metric.clone(), main.clone());
         let lead_key = if days
             .iter()
