@@ -272,13 +272,14 @@ pub struct PatternsConfig {
     /// False discovery rate of one period's tests: the many metrics and
     /// segments tested for a period are corrected with Benjamini–Hochberg at
     /// this rate (at most this share of a period's findings are expected to
-    /// be chance). Between 0 and 0.5.
+    /// be chance). Between 0 and 0.5; the default 0.01 keeps quiet data to
+    /// about half a false finding per month (BENCHMARKS.md).
     pub fdr: f64,
 }
 
 impl Default for PatternsConfig {
     fn default() -> Self {
-        Self { fdr: 0.05 }
+        Self { fdr: 0.01 }
     }
 }
 
@@ -1016,6 +1017,20 @@ mod tests {
         assert_eq!(e.key, "schedule.tick_seconds", "{e}");
         let e = Config::load(Some("[schedule]\noptimise = \"\"\n"), env(&[])).unwrap_err();
         assert_eq!(e.key, "schedule.optimise", "{e}");
+    }
+
+    #[test]
+    fn patterns_fdr_is_a_rate() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert!((c.jobs.patterns.fdr - 0.01).abs() < 1e-12);
+        let c = Config::load(None, env(&[("CROW_JOBS_PATTERNS_FDR", "0.05")])).unwrap();
+        assert!((c.jobs.patterns.fdr - 0.05).abs() < 1e-12);
+        let c = Config::load(Some("[jobs.patterns]\nfdr = 0.02\n"), env(&[])).unwrap();
+        assert!((c.jobs.patterns.fdr - 0.02).abs() < 1e-12);
+        for bad in ["0", "0.9", "-0.1"] {
+            let e = Config::load(None, env(&[("CROW_JOBS_PATTERNS_FDR", bad)])).unwrap_err();
+            assert_eq!(e.key, "jobs.patterns.fdr", "{e}");
+        }
     }
 
     #[test]

@@ -167,7 +167,11 @@ pub fn generate(case: &Case, seed: u64) -> (Vec<Sess>, Vec<f64>) {
                 .iter()
                 .position(|c| c.what == w && c.start <= d && d < c.end)
         };
-        let busy = if case.weekday_effect && weekend { 1.5 } else { 1.0 };
+        let busy = if case.weekday_effect && weekend {
+            1.5
+        } else {
+            1.0
+        };
         for (device, share) in devices {
             let mut lambda = BASE_SESSIONS * share * busy;
             if let Some(i) = active(Plant::Spike) {
@@ -368,7 +372,11 @@ pub fn cases(days: u32) -> Vec<Case> {
         name: format!(
             "{}{}",
             what.name(),
-            if weekday_effect { ", weekday effect" } else { "" }
+            if weekday_effect {
+                ", weekday effect"
+            } else {
+                ""
+            }
         ),
         days,
         weekday_effect,
@@ -520,7 +528,11 @@ mod tests {
             let titles: Vec<&String> = o.stories.iter().map(|s| &s.title).collect();
             assert_eq!(o.matches[0].len(), 1, "{}: {titles:#?}", case.name);
             let (start, end) = day_errors(&case, &o, 0).unwrap_or((99, 99));
-            assert!(start <= 1 && end <= 1, "{}: start {start} end {end}: {titles:#?}", case.name);
+            assert!(
+                start <= 1 && end <= 1,
+                "{}: start {start} end {end}: {titles:#?}",
+                case.name
+            );
             // The impact goes the planted way, and its interval holds what
             // the generator counted.
             let s = &o.stories[o.matches[0][0]];

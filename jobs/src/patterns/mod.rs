@@ -764,7 +764,10 @@ fn unit_of(metric: &str) -> &'static str {
         "events"
     } else if metric.starts_with("product_views:") {
         "product views"
-    } else if metric.ends_with(">order") || metric.starts_with("product_conversion:") || metric.starts_with("pair:") {
+    } else if metric.ends_with(">order")
+        || metric.starts_with("product_conversion:")
+        || metric.starts_with("pair:")
+    {
         "orders"
     } else {
         "sessions"
@@ -1050,7 +1053,10 @@ fn test_metric(key: &Key, cur: &Stats, base: &[&Stats], ctx: &TestCtx) -> Option
         }),
         flagged: None,
     };
-    let base2: Vec<&Stats> = (0..base.len()).filter(|i| kept(*i)).map(|i| base[i]).collect();
+    let base2: Vec<&Stats> = (0..base.len())
+        .filter(|i| kept(*i))
+        .map(|i| base[i])
+        .collect();
     let mut f = test_metric_on(key, cur, &base2, &ctx2)?;
     if let Some(o) = f.facts.as_object_mut() {
         o.insert("baseline_days_left_out".into(), json!(excluded));
@@ -2598,7 +2604,10 @@ impl<'a> Finder<'a> {
                 let Some(c) = refs
                     .iter()
                     .find(|r| r.0 == f.metric && r.1 == f.segment)
-                    .map(|r| ChildLabel { label: r.2.clone(), z: r.3 })
+                    .map(|r| ChildLabel {
+                        label: r.2.clone(),
+                        z: r.3,
+                    })
                 else {
                     continue;
                 };

@@ -45,8 +45,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{
-    date_of, days_since_epoch, is_count, is_failure, seg_phrase, unit_of, unit_weight,
-    weekday_factors, wd_index, Finder, Key, PatternRow, Stats, BASELINE_DAYS, STEPS,
+    date_of, days_since_epoch, is_count, is_failure, seg_phrase, unit_of, unit_weight, wd_index,
+    weekday_factors, Finder, Key, PatternRow, Stats, BASELINE_DAYS, STEPS,
 };
 
 /// Days two findings may lie apart and still be one story (1: consecutive;
@@ -122,7 +122,11 @@ impl Part {
                 .unwrap_or_default()
         };
         let im = &ev["impact"];
-        let weight = match (im["estimate"].as_f64(), im["low"].as_f64(), im["high"].as_f64()) {
+        let weight = match (
+            im["estimate"].as_f64(),
+            im["low"].as_f64(),
+            im["high"].as_f64(),
+        ) {
             (Some(e), Some(lo), Some(hi)) => {
                 let at_least = if e < 0.0 { -hi } else { lo };
                 at_least.max(0.0) * unit_weight(im["unit"].as_str().unwrap_or("events"))
@@ -216,9 +220,7 @@ impl Part {
 /// causes), days at most [`MAX_GAP_DAYS`] apart. Each group is sorted by
 /// day, then metric.
 pub(crate) fn group(mut parts: Vec<Part>) -> Vec<(String, &'static str, Vec<Part>)> {
-    parts.sort_by(|a, b| {
-        (a.day, &a.metric, &a.segment).cmp(&(b.day, &b.metric, &b.segment))
-    });
+    parts.sort_by(|a, b| (a.day, &a.metric, &a.segment).cmp(&(b.day, &b.metric, &b.segment)));
     let mut by_cause: BTreeMap<(String, &'static str), Vec<Part>> = BTreeMap::new();
     for p in parts {
         let (family, dir, split) = p.cause();
@@ -273,7 +275,12 @@ impl Finder<'_> {
 
     /// Orders of `seg` over `days`, against the baseline's orders per
     /// session times each day's sessions.
-    fn orders_impact(&self, seg: &str, days: &[(NaiveDate, &Stats)], base: &[(NaiveDate, &Stats)]) -> Option<(Impact, Value)> {
+    fn orders_impact(
+        &self,
+        seg: &str,
+        days: &[(NaiveDate, &Stats)],
+        base: &[(NaiveDate, &Stats)],
+    ) -> Option<(Impact, Value)> {
         let (mut bo, mut bs) = (0.0, 0.0);
         for (_, st) in base {
             bo += Self::cell(st, "orders", seg).0;
@@ -308,11 +315,19 @@ impl Finder<'_> {
 
     /// A count metric of `seg` over `days`, against the baseline's mean per
     /// day (weekday-adjusted when the baseline shows a weekday pattern).
-    fn count_impact(&self, key: &Key, days: &[(NaiveDate, &Stats)], base: &[(NaiveDate, &Stats)]) -> Option<(Impact, Value)> {
+    fn count_impact(
+        &self,
+        key: &Key,
+        days: &[(NaiveDate, &Stats)],
+        base: &[(NaiveDate, &Stats)],
+    ) -> Option<(Impact, Value)> {
         if base.len() < 7 {
             return None;
         }
-        let hist: Vec<f64> = base.iter().map(|(_, st)| Self::cell(st, &key.0, &key.1).0).collect();
+        let hist: Vec<f64> = base
+            .iter()
+            .map(|(_, st)| Self::cell(st, &key.0, &key.1).0)
+            .collect();
         let wds: Vec<_> = base.iter().map(|(d, _)| d.weekday()).collect();
         let factors = weekday_factors(&hist, &wds);
         let f = |d: &NaiveDate| factors.map_or(1.0, |(f, _)| f[wd_index(d.weekday())]);
@@ -333,14 +348,22 @@ impl Finder<'_> {
         // The baseline mean's own uncertainty, for every day at once.
         var += expected_total * expected_total * (var_day / n) / (mean * mean).max(1e-9);
         Some((
-            Impact { estimate: est, se: var.sqrt() },
+            Impact {
+                estimate: est,
+                se: var.sqrt(),
+            },
             json!({"method": "count per day", "metric": key.0, "baseline_mean": (mean * 10.0).round() / 10.0,
                    "weekday_adjusted": factors.is_some(), "days": per_day}),
         ))
     }
 
     /// A rate metric: its hits over `days` against the baseline's rate.
-    fn rate_impact(&self, key: &Key, days: &[(NaiveDate, &Stats)], base: &[(NaiveDate, &Stats)]) -> Option<(Impact, Value)> {
+    fn rate_impact(
+        &self,
+        key: &Key,
+        days: &[(NaiveDate, &Stats)],
+        base: &[(NaiveDate, &Stats)],
+    ) -> Option<(Impact, Value)> {
         let (mut bk, mut bn) = (0.0, 0.0);
         for (_, st) in base {
             let (k, n) = Self::cell(st, &key.0, &key.1);
@@ -360,7 +383,10 @@ impl Finder<'_> {
         }
         var += total * total * p0 * (1.0 - p0) / bn;
         Some((
-            Impact { estimate: est, se: var.sqrt() },
+            Impact {
+                estimate: est,
+                se: var.sqrt(),
+            },
             json!({"method": "rate", "metric": key.0, "baseline_rate": (p0 * 10000.0).round() / 10000.0,
                    "baseline_n": bn, "n": total}),
         ))
@@ -400,19 +426,17 @@ impl Finder<'_> {
         let last = parts.iter().map(|p| p.day).max()?;
         let ongoing = (self.horizon - last).num_days() <= MAX_GAP_DAYS;
         // The lead: the part that matters most (then the strongest).
-        let lead = parts
-            .iter()
-            .max_by(|a, b| {
-                a.weight
-                    .partial_cmp(&b.weight)
-                    .unwrap_or(std::cmp::Ordering::Equal)
-                    .then_with(|| {
-                        a.z.abs()
-                            .partial_cmp(&b.z.abs())
-                            .unwrap_or(std::cmp::Ordering::Equal)
-                    })
-                    .then_with(|| b.pattern_id.cmp(&a.pattern_id))
-            })?;
+        let lead = parts.iter().max_by(|a, b| {
+            a.weight
+                .partial_cmp(&b.weight)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then_with(|| {
+                    a.z.abs()
+                        .partial_cmp(&b.z.abs())
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                })
+                .then_with(|| b.pattern_id.cmp(&a.pattern_id))
+        })?;
         // The main segment: the one whose findings weigh most.
         let mut seg_weight: BTreeMap<&str, f64> = BTreeMap::new();
         for p in parts.iter().filter(|p| !p.segment.is_empty()) {
@@ -446,10 +470,7 @@ impl Finder<'_> {
             main
         };
         let lead_key: Key = (lead.metric.clone(), main.clone());
-        let lead_key = if days
-            .iter()
-            .any(|(_, st)| st.cells.contains_key(&lead_key))
-        {
+        let lead_key = if days.iter().any(|(_, st)| st.cells.contains_key(&lead_key)) {
             lead_key
         } else {
             (lead.metric.clone(), lead.segment.clone())
@@ -457,9 +478,15 @@ impl Finder<'_> {
         let (unit, estimate) = if family == "conversion" {
             ("orders", self.orders_impact(&main, &days, &base))
         } else if is_count(&lead_key.0) {
-            (unit_of(&lead_key.0), self.count_impact(&lead_key, &days, &base))
+            (
+                unit_of(&lead_key.0),
+                self.count_impact(&lead_key, &days, &base),
+            )
         } else {
-            (unit_of(&lead_key.0), self.rate_impact(&lead_key, &days, &base))
+            (
+                unit_of(&lead_key.0),
+                self.rate_impact(&lead_key, &days, &base),
+            )
         };
         let (impact, how) = estimate.unwrap_or((
             Impact {
@@ -511,7 +538,11 @@ impl Finder<'_> {
         } else {
             format!("from {start} to {last}")
         };
-        let lost = if impact.estimate < 0.0 { "lost" } else { "gained" };
+        let lost = if impact.estimate < 0.0 {
+            "lost"
+        } else {
+            "gained"
+        };
         let bound = |x: f64| {
             if x < 0.0 {
                 format!("{:.0} lost", -x)
@@ -534,9 +565,14 @@ impl Finder<'_> {
         } else {
             "impact not estimated (too little baseline)".to_string()
         };
+        // The title and description name the main segment's dimension
+        // ("desktop, tablet unaffected"); the column lists every dimension.
+        let main_dim = main.split_once('=').map(|(d, _)| d);
         let unaffected_words: Vec<String> = unaffected
             .iter()
-            .map(|s| s.split_once('=').map_or(s.clone(), |(_, v)| v.to_string()))
+            .filter_map(|s| s.split_once('='))
+            .filter(|(d, _)| Some(*d) == main_dim)
+            .map(|(_, v)| v.to_string())
             .collect();
         let not_hit = if unaffected_words.is_empty() {
             String::new()

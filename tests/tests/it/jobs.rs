@@ -1281,9 +1281,18 @@ fn patterns_find_the_planted_incident_on_the_right_days_and_segment() {
     assert_eq!(story["ongoing"], true, "{story}");
     assert!(story["e"].is_null(), "{story}");
     let has = |v: &Value, x: &str| v.as_array().is_some_and(|a| a.iter().any(|y| y == x));
-    assert!(has(&story["segments_affected"], "device_type=mobile"), "{story}");
-    assert!(has(&story["segments_unaffected"], "device_type=desktop"), "{story}");
-    assert!(!has(&story["segments_affected"], "device_type=desktop"), "{story}");
+    assert!(
+        has(&story["segments_affected"], "device_type=mobile"),
+        "{story}"
+    );
+    assert!(
+        has(&story["segments_unaffected"], "device_type=desktop"),
+        "{story}"
+    );
+    assert!(
+        !has(&story["segments_affected"], "device_type=desktop"),
+        "{story}"
+    );
     assert!(has(&story["metrics"], "funnel:payment>order"), "{story}");
     assert_eq!(story["impact_unit"], "orders", "{story}");
     let (lo, est, hi) = (
@@ -1291,14 +1300,22 @@ fn patterns_find_the_planted_incident_on_the_right_days_and_segment() {
         story["impact"].as_f64().unwrap_or(0.0),
         story["impact_high"].as_f64().unwrap_or(0.0),
     );
-    assert!(lo <= est && est <= hi && hi < 0.0, "orders were lost: {story}");
     assert!(
-        story["title"].as_str().unwrap_or("").starts_with("Mobile only: "),
+        lo <= est && est <= hi && hi < 0.0,
+        "orders were lost: {story}"
+    );
+    assert!(
+        story["title"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("Mobile only: "),
         "{story}"
     );
     assert!(
         story["pattern_ids"].as_array().map_or(0, Vec::len) >= 5
-            && !story["sample_interaction_ids"].as_array().map_or(true, Vec::is_empty),
+            && !story["sample_interaction_ids"]
+                .as_array()
+                .map_or(true, Vec::is_empty),
         "{story}"
     );
     // No second story of a worse conversion overlaps the incident.
@@ -1462,7 +1479,10 @@ fn assert_honest_periods(b: &Backend, clock: DateTime<Utc>) {
         "at {clock}: {stories}"
     );
     assert_eq!(lead["impact_unit"], "orders", "at {clock}: {stories}");
-    assert!(lead["impact"].as_f64().unwrap_or(0.0) < 0.0, "at {clock}: {stories}");
+    assert!(
+        lead["impact"].as_f64().unwrap_or(0.0) < 0.0,
+        "at {clock}: {stories}"
+    );
 }
 
 #[test]
