@@ -530,7 +530,7 @@ impl Finder<'_> {
         let lead_title = lead_part
             .title
             .strip_prefix(prefix.as_str())
-            .map_or(lead_part.title.clone(), |t| super::enrich_cap(t));
+            .map_or(lead_part.title.clone(), super::enrich_cap);
         let when = if ongoing {
             format!("since {start} (ongoing)")
         } else if start == last {

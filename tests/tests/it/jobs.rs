@@ -1315,7 +1315,7 @@ fn patterns_find_the_planted_incident_on_the_right_days_and_segment() {
         story["pattern_ids"].as_array().map_or(0, Vec::len) >= 5
             && !story["sample_interaction_ids"]
                 .as_array()
-                .map_or(true, Vec::is_empty),
+                .is_none_or(Vec::is_empty),
         "{story}"
     );
     // No second story of a worse conversion overlaps the incident.
