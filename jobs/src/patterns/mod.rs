@@ -2430,10 +2430,12 @@ impl<'a> Finder<'a> {
             }),
             flagged: Some(&flagged),
         };
-        let fs = self.findings(cur, &base, &ctx);
+        let fs = top(one_fact(self.findings(cur, &base, &ctx)));
         drop(flagged);
+        // Exactly the findings written: a later run that reads this day
+        // from the table leaves out the same baseline days.
         self.flag(p.start, &fs);
-        top(one_fact(fs))
+        fs
     }
 
     /// Remember the day's findings: their metric and segment leave this
