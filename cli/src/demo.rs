@@ -162,6 +162,7 @@ pub async fn run(
             window: None,
             trigger: crow_jobs::Trigger::Cli,
             now,
+            fdr: cfg.jobs.patterns.fdr,
         },
         &quiet,
     )
@@ -215,8 +216,8 @@ pub async fn run(
         enriched.failures
     );
     eprintln!(
-        "patterns wrote {} findings ({} day, {} week, {} month, {} year, {} all time)",
-        patterns.patterns, patterns.day, patterns.week, patterns.month, patterns.year, patterns.all
+        "patterns wrote {} findings ({} day, {} week, {} month, {} year, {} all time) and {} stories",
+        patterns.patterns, patterns.day, patterns.week, patterns.month, patterns.year, patterns.all, patterns.stories
     );
     eprintln!("lake: {}", lake.uri());
     let sql = format!(
@@ -249,6 +250,17 @@ pub async fn run(
         let (schema, batches) = lake.sql(&sample).await?;
         output::line("\nLatest interactions (crow sql \"select * from interactions\" for all):")?;
         output::print_batches(format, &schema, &batches)?;
+        // Stories first: what happened this week, by what it cost or gained.
+        let stories = format!(
+            "SELECT CAST(start_date AS VARCHAR) AS since, CASE WHEN ongoing THEN 'ongoing' ELSE CAST(last_date AS VARCHAR) END AS until,
+                    kind, title
+             FROM stories WHERE org_id = '{org_id}'
+               AND last_date >= (SELECT max(period_start) FROM patterns WHERE org_id = '{org_id}' AND period_kind = 'week')
+             ORDER BY rank_score DESC, significance DESC LIMIT 5"
+        );
+        let (schema, batches) = lake.sql(&stories).await?;
+        output::line("\nTop stories of the week (crow sql \"select * from stories\" for all):")?;
+        output::print_batches(format, &schema, &batches)?;
         let week = format!(
             "SELECT CAST(period_start AS VARCHAR) AS week_of, provisional, kind, segment, title, round(significance, 1) AS z
              FROM patterns WHERE org_id = '{org_id}' AND period_kind = 'week'
@@ -256,7 +268,7 @@ pub async fn run(
              ORDER BY significance DESC LIMIT 8"
         );
         let (schema, batches) = lake.sql(&week).await?;
-        output::line("\nTop patterns of the week (crow sql \"select * from patterns\" for all):")?;
+        output::line("\nTop findings of the week, beneath the stories (crow sql \"select * from patterns\" for all):")?;
         output::print_batches(format, &schema, &batches)?;
         let (email, password) = demo_owner(lake, &org_id).await?;
         output::line(format!(

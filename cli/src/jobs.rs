@@ -183,6 +183,7 @@ pub async fn run(lake: &Lake, cfg: &Config, args: RunArgs) -> Result<()> {
                 window,
                 trigger,
                 now,
+                fdr: cfg.jobs.patterns.fdr,
             };
             serde_json::to_value(crow_jobs::patterns::run(lake, provider, &opts, &progress).await?)?
         }

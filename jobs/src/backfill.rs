@@ -67,6 +67,7 @@ pub async fn run_job(
                 window,
                 trigger,
                 now,
+                fdr: cfg.jobs.patterns.fdr,
             };
             json(&patterns::run(lake, provider, &opts, progress).await?)
         }

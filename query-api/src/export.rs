@@ -108,6 +108,7 @@ pub fn time_column(table: &str) -> Option<(&'static str, bool)> {
         "failed_events" => ("failed_at", false),
         "sessions" | "interactions" | "job_runs" => ("started_at", false),
         "patterns" => ("period_start", true),
+        "stories" => ("start_date", true),
         "usage_daily" => ("usage_date", true),
         "organizations" | "api_keys" | "products" | "llm_cache" => ("created_at", false),
         _ => return None,

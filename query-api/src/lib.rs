@@ -141,6 +141,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/sessions", get(rest::sessions))
         .route("/api/v1/interactions", get(rest::interactions))
         .route("/api/v1/insights", get(rest::insights))
+        .route("/api/v1/stories", get(rest::stories))
         .route("/api/v1/usage", get(rest::usage))
         .route("/api/v1/audit", get(rest::audit))
         .route("/api/v1/exports", post(export::create))

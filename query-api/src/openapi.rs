@@ -207,6 +207,7 @@ pub fn document() -> Value {
         ("Session", "sessions"),
         ("Interaction", "interactions"),
         ("Insight", "patterns"),
+        ("Story", "stories"),
         ("Usage", "usage_daily"),
         ("Audit", "audit_log"),
     ] {
@@ -271,6 +272,7 @@ pub fn document() -> Value {
             "/api/v1/sessions": listing("Sessions.", "Session", &["from", "to", "channel", "product", "limit", "cursor"]),
             "/api/v1/interactions": listing("Interactions.", "Interaction", &["from", "to", "channel", "product", "limit", "cursor"]),
             "/api/v1/insights": listing("Patterns by period.", "Insight", &["period_kind", "from", "to", "product", "limit", "cursor"]),
+            "/api/v1/stories": listing("Stories: findings that share a cause, with their start, end or ongoing, segments and estimated impact (`from`/`to` on the start day).", "Story", &["from", "to", "product", "limit", "cursor"]),
             "/api/v1/usage": listing("Daily usage and its priced amount, by day.", "Usage", &["from", "to", "limit", "cursor"]),
             "/api/v1/audit": audit,
             "/api/v1/exports": {"post": {

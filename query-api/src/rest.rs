@@ -365,6 +365,22 @@ listing!(
 );
 
 listing!(
+    stories,
+    "`GET /api/v1/stories`: stories (findings that share a cause) by start day.",
+    Listing {
+        table: "stories",
+        time_col: Some("start_date"),
+        time_is_date: true,
+        id_col: "story_id",
+        id_is_date: false,
+        channel: false,
+        product: ProductFilter::List("product_ids"),
+        period_kind: false,
+        needs: Scope::Read,
+    }
+);
+
+listing!(
     usage,
     "`GET /api/v1/usage`: daily usage and its priced amount, by day.",
     Listing {

@@ -259,6 +259,8 @@ pub struct JobsConfig {
     /// job's own buffers (one visitor's events and one chunk of sessions per
     /// core, the Delta writer's open files) come on top.
     pub memory_limit_mb: u64,
+    /// The patterns job.
+    pub patterns: PatternsConfig,
 }
 
 impl Default for JobsConfig {
@@ -266,7 +268,26 @@ impl Default for JobsConfig {
         Self {
             session_gap_minutes: 60,
             memory_limit_mb: 2048,
+            patterns: PatternsConfig::default(),
         }
+    }
+}
+
+/// Patterns job settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PatternsConfig {
+    /// False discovery rate of one period's tests: the many metrics and
+    /// segments tested for a period are corrected with Benjamini–Hochberg at
+    /// this rate (at most this share of a period's findings are expected to
+    /// be chance). Between 0 and 0.5; the default 0.01 keeps quiet data to
+    /// about half a false finding per month (BENCHMARKS.md).
+    pub fdr: f64,
+}
+
+impl Default for PatternsConfig {
+    fn default() -> Self {
+        Self { fdr: 0.01 }
     }
 }
 
@@ -664,6 +685,10 @@ impl Config {
                 "jobs.memory_limit_mb",
                 "must be between 16 and 1048576",
             ));
+        }
+        let fdr = self.jobs.patterns.fdr;
+        if !(fdr > 0.0 && fdr <= 0.5) {
+            return Err(err("jobs.patterns.fdr", "must be above 0 and at most 0.5"));
         }
         if !matches!(self.ai.provider.as_str(), "offline" | "gemini" | "openai") {
             return Err(err(
@@ -1123,6 +1148,20 @@ mod tests {
         assert_eq!(e.key, "schedule.tick_seconds", "{e}");
         let e = Config::load(Some("[schedule]\noptimise = \"\"\n"), env(&[])).unwrap_err();
         assert_eq!(e.key, "schedule.optimise", "{e}");
+    }
+
+    #[test]
+    fn patterns_fdr_is_a_rate() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert!((c.jobs.patterns.fdr - 0.01).abs() < 1e-12);
+        let c = Config::load(None, env(&[("CROW_JOBS_PATTERNS_FDR", "0.05")])).unwrap();
+        assert!((c.jobs.patterns.fdr - 0.05).abs() < 1e-12);
+        let c = Config::load(Some("[jobs.patterns]\nfdr = 0.02\n"), env(&[])).unwrap();
+        assert!((c.jobs.patterns.fdr - 0.02).abs() < 1e-12);
+        for bad in ["0", "0.9", "-0.1"] {
+            let e = Config::load(None, env(&[("CROW_JOBS_PATTERNS_FDR", bad)])).unwrap_err();
+            assert_eq!(e.key, "jobs.patterns.fdr", "{e}");
+        }
     }
 
     #[test]

@@ -638,6 +638,94 @@ pub const PATTERNS: TableDef = TableDef {
     secret_columns: &[],
 };
 
+/// `stories`: findings that share a cause, told once.
+pub const STORIES: TableDef = TableDef {
+    name: "stories",
+    version: 1,
+    doc: "One row per story: day findings of one organization that share a cause (linked metrics on consecutive days, in any segment) grouped into one account with its start, its end or 'ongoing', the segments affected and not affected, and its estimated impact against the baseline. The patterns job rewrites an organization's stories on every run from its day findings (listed in `pattern_ids`).",
+    columns: &[
+        req("org_id", Text, "Organization."),
+        req(
+            "story_id",
+            Text,
+            "Story id (organization, cause and first day).",
+        ),
+        req(
+            "kind",
+            Text,
+            "The cause's family: 'conversion' (funnel, payments, failures), 'traffic' (sessions, visitors, events), 'product' (one product's views and sales), or the metric's own kind.",
+        ),
+        req(
+            "direction",
+            Text,
+            "'worse' or 'better' for the brand (a conversion that fell and failures that rose are both 'worse'); traffic and products: 'fell' or 'rose'.",
+        ),
+        req("start_date", Date, "First day with a finding."),
+        req("last_date", Date, "Last day with a finding."),
+        opt(
+            "end_date",
+            Date,
+            "Day after the last day (exclusive); null while the story is ongoing.",
+        ),
+        req(
+            "ongoing",
+            Bool,
+            "Found on the last complete day (or the day before): not over yet.",
+        ),
+        req("title", Text, "One-line title, leading with the impact and the segment."),
+        req("description", Text, "What happened, to whom, and what it cost or gained."),
+        req(
+            "segments_affected",
+            TextList,
+            "Segments with findings, e.g. 'device_type=mobile'; empty when only all traffic is.",
+        ),
+        req(
+            "segments_unaffected",
+            TextList,
+            "Other values of the affected segments' dimensions, with data on the story's days and no finding (e.g. 'device_type=desktop').",
+        ),
+        req("product_ids", TextList, "Products involved."),
+        req("metrics", TextList, "Metrics found (e.g. 'funnel:payment>order')."),
+        req(
+            "pattern_ids",
+            TextList,
+            "The day findings the story groups (`patterns.pattern_id`).",
+        ),
+        req("sample_session_ids", TextList, "Sample sessions."),
+        req("sample_interaction_ids", TextList, "Sample interactions."),
+        req(
+            "impact_unit",
+            Text,
+            "Unit of the impact: 'orders', 'sessions', 'visitors', 'product views' or 'events'.",
+        ),
+        req(
+            "impact",
+            Float64,
+            "Estimated difference from the baseline over the story's days (negative: lost).",
+        ),
+        req("impact_low", Float64, "Lower bound of the impact's 95% interval."),
+        req("impact_high", Float64, "Upper bound of the impact's 95% interval."),
+        req(
+            "significance",
+            Float64,
+            "Largest |z| of the story's findings.",
+        ),
+        req(
+            "rank_score",
+            Float64,
+            "What stories are ordered by: the impact at least (the 95% bound nearest zero) times what its unit is worth (order 10, session or visitor 1, product view 0.3, event 0.1).",
+        ),
+        req(
+            "evidence",
+            Text,
+            "JSON text: the lead finding, the segment and baseline the impact was estimated on, per-day figures.",
+        ),
+        req("created_at", Timestamp, "When it was written."),
+    ],
+    partition_by: &[],
+    secret_columns: &[],
+};
+
 /// `usage_daily`: per org per day usage and its priced amount.
 pub const USAGE_DAILY: TableDef = TableDef {
     name: "usage_daily",
@@ -856,6 +944,7 @@ pub const ALL_TABLES: &[TableDef] = &[
     SESSIONS,
     INTERACTIONS,
     PATTERNS,
+    STORIES,
     USAGE_DAILY,
     JOB_RUNS,
     LLM_CACHE,

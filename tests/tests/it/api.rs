@@ -28,6 +28,7 @@ const DATA_TABLES: &[&str] = &[
     "sessions",
     "interactions",
     "patterns",
+    "stories",
     "usage_daily",
     "job_runs",
     "llm_cache",
@@ -1019,6 +1020,7 @@ async fn every_listing_pages_to_its_end_and_refuses_bad_paging() {
         ("/api/v1/sessions", "sessions", "session_id"),
         ("/api/v1/interactions", "interactions", "interaction_id"),
         ("/api/v1/insights", "patterns", "pattern_id"),
+        ("/api/v1/stories", "stories", "story_id"),
         ("/api/v1/usage", "usage_daily", "usage_date"),
     ];
     let mut first_cursor = None;

@@ -1279,15 +1279,78 @@ fn patterns_find_the_planted_incident_on_the_right_days_and_segment() {
     ]);
     assert_eq!(trend[0]["d"], day_offset(12).to_string(), "{trend}");
 
+    // One story tells the incident: mobile (desktop unaffected), from its
+    // first day, ongoing, with the orders it lost; it leads the stories.
+    let stories = b.crow_json(&[
+        "sql",
+        "SELECT kind, direction, CAST(start_date AS VARCHAR) AS s, CAST(end_date AS VARCHAR) AS e, ongoing,            segments_affected, segments_unaffected, impact_unit, impact, impact_low, impact_high, metrics,            pattern_ids, sample_interaction_ids, title          FROM stories ORDER BY rank_score DESC, significance DESC",
+    ]);
+    let story = &stories[0];
+    assert_eq!(story["kind"], "conversion", "{stories}");
+    assert_eq!(story["direction"], "worse", "{story}");
+    assert_eq!(story["s"], incident_from.to_string(), "{story}");
+    assert_eq!(story["ongoing"], true, "{story}");
+    assert!(story["e"].is_null(), "{story}");
+    let has = |v: &Value, x: &str| v.as_array().is_some_and(|a| a.iter().any(|y| y == x));
+    assert!(
+        has(&story["segments_affected"], "device_type=mobile"),
+        "{story}"
+    );
+    assert!(
+        has(&story["segments_unaffected"], "device_type=desktop"),
+        "{story}"
+    );
+    assert!(
+        !has(&story["segments_affected"], "device_type=desktop"),
+        "{story}"
+    );
+    assert!(has(&story["metrics"], "funnel:payment>order"), "{story}");
+    assert_eq!(story["impact_unit"], "orders", "{story}");
+    let (lo, est, hi) = (
+        story["impact_low"].as_f64().unwrap_or(0.0),
+        story["impact"].as_f64().unwrap_or(0.0),
+        story["impact_high"].as_f64().unwrap_or(0.0),
+    );
+    assert!(
+        lo <= est && est <= hi && hi < 0.0,
+        "orders were lost: {story}"
+    );
+    assert!(
+        story["title"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("Mobile only: "),
+        "{story}"
+    );
+    assert!(
+        story["pattern_ids"].as_array().map_or(0, Vec::len) >= 5
+            && !story["sample_interaction_ids"]
+                .as_array()
+                .is_none_or(Vec::is_empty),
+        "{story}"
+    );
+    // No second story of a worse conversion overlaps the incident.
+    let worse = stories
+        .as_array()
+        .expect("stories")
+        .iter()
+        .filter(|r| r["kind"] == "conversion" && r["direction"] == "worse")
+        .filter(|r| r["s"].as_str().unwrap_or("") >= incident_from.to_string().as_str())
+        .count();
+    assert_eq!(worse, 1, "{stories}");
+
     // Idempotent: recomputing the range changes nothing.
     let q = "SELECT pattern_id, title, significance FROM patterns ORDER BY pattern_id";
+    let sq = "SELECT * EXCLUDE (created_at) FROM stories ORDER BY story_id";
     let first = b.crow_json(&["sql", q]);
+    let first_stories = b.crow_json(&["sql", sq]);
     let from = day_offset(35).to_string();
     let to = today.to_string();
     b.crow_json(&[
         "jobs", "run", "patterns", "--from", &from, "--to", &to, "--quiet",
     ]);
     assert_eq!(b.crow_json(&["sql", q]), first);
+    assert_eq!(b.crow_json(&["sql", sq]), first_stories);
 }
 
 /// Metrics the demo never changes on purpose: when one of them "fell" in a
@@ -1413,6 +1476,24 @@ fn assert_honest_periods(b: &Backend, clock: DateTime<Utc>) {
             .all(|m| !VOLUME_ARTEFACTS.contains(&m.as_str())),
         "at {clock}: {week:?}"
     );
+    // The demo's stories of the week: the mobile payment story leads.
+    let stories = b.crow_json(&[
+        "sql",
+        "SELECT kind, segments_affected, impact_unit, impact, title FROM stories          WHERE last_date >= (SELECT max(period_start) FROM patterns WHERE period_kind = 'week')          ORDER BY rank_score DESC, significance DESC LIMIT 5",
+    ]);
+    let lead = &stories[0];
+    assert_eq!(lead["kind"], "conversion", "at {clock}: {stories}");
+    assert!(
+        lead["segments_affected"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|s| s == "device_type=mobile")),
+        "at {clock}: {stories}"
+    );
+    assert_eq!(lead["impact_unit"], "orders", "at {clock}: {stories}");
+    assert!(
+        lead["impact"].as_f64().unwrap_or(0.0) < 0.0,
+        "at {clock}: {stories}"
+    );
 }
 
 #[test]
@@ -1515,6 +1596,11 @@ fn a_provisional_period_becomes_final_and_reruns_change_nothing() {
                 "SELECT * EXCLUDE (created_at) FROM patterns ORDER BY pattern_id",
             ]),
             b.crow_json(&["history", "patterns", "--limit", "1"])[0]["version"].clone(),
+            b.crow_json(&[
+                "sql",
+                "SELECT * EXCLUDE (created_at) FROM stories ORDER BY story_id",
+            ]),
+            b.crow_json(&["history", "stories", "--limit", "1"])[0]["version"].clone(),
         )
     };
     let before = snapshot();

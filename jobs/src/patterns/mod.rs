@@ -19,10 +19,45 @@
 //! New vs returning visitors are compared only against baselines that start
 //! [`WARM_UP_DAYS`] or more after the organization's first data (earlier,
 //! visitors whose first visits predate the data look new).
-//! Counts are tested against the baseline's mean and spread (Poisson floor);
-//! rates with a two-proportion z-test against the pooled baseline. A finding
-//! is reported only with |z| ≥ 3.5, enough sessions (20 on the day, 60 in
-//! the baseline, or a count of 10), and a relative change of 30 % or more.
+//! Counts are tested against the baseline's mean and spread (Poisson floor;
+//! small counts with the exact Poisson tail); rates with a two-proportion
+//! test against the baseline (with few hits or few misses, the exact
+//! conditional binomial test of the rarer outcome). A product's views are a
+//! share of the day's sessions, so more traffic is not a product trend.
+//!
+//! **Noise under control.** The many tests of one period (every metric in
+//! every segment) are one family, corrected with Benjamini–Hochberg at the
+//! false discovery rate `jobs.patterns.fdr` (default [`DEFAULT_FDR`], 1%):
+//! a finding's p-value must be at most `fdr · rank / tests`, its |z| at
+//! least [`Z_MIN`], and it needs enough sessions (20 on the day, 60 in the
+//! baseline, or a count of 10) and a change that matters (30 % or more, and
+//! 3 points for a rate). On the evaluation harness's quiet histories this
+//! gives about half a finding per month (BENCHMARKS.md).
+//!
+//! **Weekdays.** A day is compared with its baseline adjusted to its
+//! weekday: counts through weekday factors, rates through weekday rates,
+//! both estimated from the baseline and shrunk toward no weekday effect as
+//! far as noise explains the weekdays' differences (positive-part
+//! James–Stein; 3 or more of each weekday needed). A span of days (a
+//! roll-up's confirmation) is compared with the same weekday mix. Weeks
+//! and months in progress compare the same elapsed weekdays (below).
+//!
+//! **Baselines without incidents.** A baseline day that had a finding for
+//! the same metric and segment, or that is far from its weekday's typical
+//! value (4 standard errors and the minimum effect), is left out of the
+//! baseline (the evidence says how many): an incident last week must not
+//! make this week's look normal, nor its end look like a recovery.
+//!
+//! **Ranking.** A period's findings are ordered by what they cost or added
+//! at least (the 95% bound of their impact nearest zero, an order worth 10
+//! sessions, a product view 0.3, an event 0.1), then by |z|; the evidence
+//! carries the `impact` with its interval and the `multiple_testing`
+//! correction.
+//!
+//! **Stories** (the `stories` module) group the day findings that share a cause
+//! into one account with its start, end or "ongoing", the segments affected
+//! and not, and its estimated impact; the `stories` table holds every
+//! organization's stories, rewritten whole on every run.
 //!
 //! **Complete days only.** The job's *horizon* is the UTC midnight of the
 //! run's clock or of the enrich watermark, whichever is earlier: every day
@@ -68,14 +103,18 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use chrono::{DateTime, Datelike, Days, Months, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, Days, Months, NaiveDate, Utc, Weekday};
 use crow_lake::batch::{batches_to_rows, rows_to_batch};
 use crow_lake::ids::sha256_hex;
 use crow_lake::Lake;
-use crow_schemas::{FAILED_EVENTS, PATTERNS};
+use crow_schemas::{FAILED_EVENTS, PATTERNS, STORIES};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+
+#[cfg(test)]
+mod eval;
+mod stories;
 
 use crate::ai::{call_validated, AiRequest, Provider, RetryPolicy};
 use crate::{enrich, runs, str_lit, Error, ProgressRef, Result, Trigger, Window};
@@ -84,8 +123,11 @@ use crate::{enrich, runs, str_lit, Error, ProgressRef, Result, Trigger, Window};
 pub const JOB: &str = "patterns";
 /// Days in a day's baseline.
 pub const BASELINE_DAYS: i64 = 28;
-/// Minimum |z| of a finding.
-pub const Z_MIN: f64 = 3.5;
+/// Minimum |z| of a finding, whatever the multiple-testing correction
+/// allows (p < 0.0027).
+pub const Z_MIN: f64 = 3.0;
+/// Default false discovery rate of one period's tests (`jobs.patterns.fdr`).
+pub const DEFAULT_FDR: f64 = 0.01;
 /// Minimum relative change of a finding.
 pub const MIN_CHANGE: f64 = 0.3;
 /// Days after the first data before new vs returning visitors are compared.
@@ -112,6 +154,8 @@ pub struct Options {
     pub trigger: Trigger,
     /// The run's clock.
     pub now: DateTime<Utc>,
+    /// False discovery rate of one period's tests (Benjamini–Hochberg).
+    pub fdr: f64,
 }
 
 /// What a run did.
@@ -137,6 +181,8 @@ pub struct Report {
     pub year: u64,
     /// All-time patterns.
     pub all: u64,
+    /// Stories written (every story of the organizations computed).
+    pub stories: u64,
     /// Narratives the provider wrote.
     pub narratives: u64,
     /// Narratives rejected (statistical text kept).
@@ -461,7 +507,6 @@ fn is_count(metric: &str) -> bool {
         || metric == "visitors"
         || metric.starts_with("event:")
         || metric.starts_with("error:")
-        || metric.starts_with("product_views:")
 }
 
 impl Stats {
@@ -557,6 +602,9 @@ impl Stats {
                 for m in at {
                     st.add(m, seg, 1.0, 0.0, None);
                 }
+                if s.steps[4] {
+                    st.add("orders".into(), seg, 1.0, 0.0, None);
+                }
             }
             // Overall only: events, failures, transitions, loops, products.
             let mut kinds_seen = BTreeSet::new();
@@ -619,11 +667,15 @@ impl Stats {
                     st.add(format!("pair:{x}|{y}"), "", 1.0, 0.0, Some((&s.id, true)));
                 }
             }
-            if s.steps[4] {
-                st.add("orders".into(), "", 1.0, 0.0, None);
-            }
         }
         st.add("visitors".into(), "", visitors.len() as f64, 0.0, None);
+        // A product's views are a share of the day's sessions: more
+        // traffic is not a product trend.
+        for ((m, _), c) in st.cells.iter_mut() {
+            if m.starts_with("product_views:") {
+                c.n = st.sessions as f64;
+            }
+        }
         // Transitions become rates of their source event.
         let froms: Vec<(Key, Cell)> = st
             .cells
@@ -668,6 +720,195 @@ struct Finding {
     own: bool,
     /// The complete days the finding's figures cover, `[start, end)`.
     span: (NaiveDate, NaiveDate),
+    /// Two-sided p-value of `z`.
+    p: f64,
+    /// Large enough to matter (relative and absolute change), whatever its
+    /// significance.
+    notable: bool,
+    /// Estimated difference from the baseline over the span, in `unit`
+    /// (negative: lost), and its standard error.
+    impact: f64,
+    impact_se: f64,
+    /// "orders", "sessions", "visitors", "product views", "events".
+    unit: &'static str,
+}
+
+impl Finding {
+    /// How much it matters, for ranking: the impact it had at least (the
+    /// 95% interval's bound nearest zero), weighted by what its unit is
+    /// worth (an order 10, a session or visitor 1, a product view 0.3, an
+    /// event 0.1) — impact and confidence together, not |z| alone.
+    fn rank_score(&self) -> f64 {
+        (self.impact.abs() - 1.96 * self.impact_se).max(0.0) * unit_weight(self.unit)
+    }
+}
+
+/// What one unit of an impact is worth when findings are ranked.
+pub fn unit_weight(unit: &str) -> f64 {
+    match unit {
+        "orders" => 10.0,
+        "sessions" | "visitors" => 1.0,
+        "product views" => 0.3,
+        _ => 0.1,
+    }
+}
+
+/// The unit of a metric's impact.
+fn unit_of(metric: &str) -> &'static str {
+    if metric == "visitors" {
+        "visitors"
+    } else if metric.starts_with("event:")
+        || metric.starts_with("error:")
+        || metric.starts_with("transition:")
+    {
+        "events"
+    } else if metric.starts_with("product_views:") {
+        "product views"
+    } else if metric.ends_with(">order")
+        || metric.starts_with("product_conversion:")
+        || metric.starts_with("pair:")
+    {
+        "orders"
+    } else {
+        "sessions"
+    }
+}
+
+/// The weekdays of a baseline, and of the days the current figures cover,
+/// for a baseline adjusted to the current span's weekday mix.
+struct Season<'a> {
+    /// Weekday of each baseline entry (aligned with the baseline).
+    base: Vec<Weekday>,
+    /// Date of each baseline entry (aligned with the baseline).
+    base_days: Vec<NaiveDate>,
+    /// The current span's days: weekday and statistics.
+    cur: Vec<(Weekday, &'a Stats)>,
+}
+
+fn wd_index(w: Weekday) -> usize {
+    w.num_days_from_monday() as usize
+}
+
+/// Weekday factors (1 = an average day) of a daily series, shrunk toward 1
+/// by how much of the weekdays' differences noise explains (positive-part
+/// James–Stein over the 7 weekdays); None unless every weekday has 3 days
+/// or more, or when noise explains all of it.
+fn weekday_factors(hist: &[f64], wds: &[Weekday]) -> Option<([f64; 7], f64)> {
+    let n = hist.len() as f64;
+    let mean = hist.iter().sum::<f64>() / n.max(1.0);
+    if mean <= 0.0 || hist.len() != wds.len() {
+        return None;
+    }
+    let (mut sum, mut cnt) = ([0.0f64; 7], [0usize; 7]);
+    for (x, w) in hist.iter().zip(wds) {
+        sum[wd_index(*w)] += x;
+        cnt[wd_index(*w)] += 1;
+    }
+    if cnt.iter().any(|c| *c < 3) {
+        return None;
+    }
+    let means: [f64; 7] = std::array::from_fn(|i| sum[i] / cnt[i] as f64);
+    let within = hist
+        .iter()
+        .zip(wds)
+        .map(|(x, w)| (x - means[wd_index(*w)]).powi(2))
+        .sum::<f64>()
+        / (n - 7.0).max(1.0);
+    let noise = within.max(mean) / (n / 7.0);
+    let between = means.iter().map(|m| (m - mean).powi(2)).sum::<f64>();
+    let lambda = if between > 0.0 {
+        (1.0 - 4.0 * noise / between).max(0.0)
+    } else {
+        0.0
+    };
+    if lambda <= 0.0 {
+        return None;
+    }
+    let factors = std::array::from_fn(|i| (1.0 + lambda * (means[i] / mean - 1.0)).max(0.05));
+    Some((factors, lambda))
+}
+
+/// The baseline rate expected for the current span's weekday mix: each
+/// weekday's pooled rate, shrunk toward the overall rate as noise explains
+/// their differences, weighted by the current days' sizes. None unless
+/// every weekday has 3 baseline days or more. With it, the inverse of the
+/// estimate's effective sample size (a weekday's rate rests on fewer
+/// sessions than the whole baseline).
+fn weekday_rate(key: &Key, base: &[&Stats], season: &Season, p0: f64) -> Option<(f64, f64)> {
+    let (mut k, mut n, mut days) = ([0.0f64; 7], [0.0f64; 7], [0usize; 7]);
+    for (b, w) in base.iter().zip(&season.base) {
+        days[wd_index(*w)] += 1;
+        if let Some(c) = b.cells.get(key) {
+            k[wd_index(*w)] += c.k;
+            n[wd_index(*w)] += c.n;
+        }
+    }
+    if days.iter().any(|d| *d < 3) || n.iter().any(|x| *x <= 0.0) {
+        return None;
+    }
+    let rates: [f64; 7] = std::array::from_fn(|i| k[i] / n[i]);
+    let noise = (0..7).map(|i| p0 * (1.0 - p0) / n[i]).sum::<f64>() / 7.0;
+    let between = rates.iter().map(|r| (r - p0).powi(2)).sum::<f64>();
+    let lambda = if between > 0.0 {
+        (1.0 - 4.0 * noise / between).max(0.0)
+    } else {
+        0.0
+    };
+    if lambda <= 0.0 {
+        return None;
+    }
+    let bn: f64 = n.iter().sum();
+    let (mut num, mut inv, mut den) = (0.0, 0.0, 0.0);
+    for (w, st) in &season.cur {
+        let cn = st.cells.get(key).map_or(0.0, |c| c.n);
+        let i = wd_index(*w);
+        num += cn * (p0 + lambda * (rates[i] - p0));
+        inv += cn * ((1.0 - lambda).powi(2) / bn + lambda * lambda / n[i]);
+        den += cn;
+    }
+    (den > 0.0).then(|| (num / den, inv / den))
+}
+
+/// Benjamini–Hochberg over one family of tests: the findings whose p-value
+/// is at most `fdr · rank / tests` for the largest such rank, that are also
+/// notable and reach [`Z_MIN`]. `tests` is the family's size (at least the
+/// findings given; every test performed, notable or not, counts).
+fn benjamini_hochberg(mut fs: Vec<Finding>, fdr: f64, tests: usize) -> Vec<Finding> {
+    let m = tests.max(fs.len()).max(1);
+    fs.sort_by(|a, b| {
+        a.p.partial_cmp(&b.p)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then_with(|| a.metric.cmp(&b.metric))
+            .then_with(|| a.segment.cmp(&b.segment))
+    });
+    let mut keep = 0;
+    for (i, f) in fs.iter().enumerate() {
+        if f.p <= fdr * (i + 1) as f64 / m as f64 {
+            keep = i + 1;
+        }
+    }
+    fs.truncate(keep);
+    let threshold = fdr * keep as f64 / m as f64;
+    fs.retain(|f| f.notable && f.z.abs() >= Z_MIN);
+    for f in &mut fs {
+        if let Some(o) = f.facts.as_object_mut() {
+            o.insert(
+                "multiple_testing".into(),
+                json!({"method": "benjamini-hochberg", "fdr": fdr, "tests": m,
+                       "p_threshold": threshold}),
+            );
+        }
+    }
+    fs
+}
+
+/// Whether a metric is tested (the others are parts of other metrics).
+fn testable(metric: &str) -> bool {
+    !(metric.starts_with("transitions_from:")
+        || metric.starts_with("bought:")
+        || metric.starts_with("pair:")
+        || metric.starts_with("error_at:")
+        || metric == "orders")
 }
 
 fn kind_of(metric: &str) -> &'static str {
@@ -759,11 +1000,270 @@ struct TestCtx<'a> {
     /// visits before the data began are unknown, so early visitors look
     /// new and "new visitors fell" would only say that history grew).
     visitor_type: bool,
+    /// Weekdays of the baseline and the current days, when the baseline is
+    /// made of single days (None: it is made of the same elapsed spans of
+    /// earlier periods, whose weekdays already match).
+    season: Option<Season<'a>>,
+    /// Days with a finding, per metric and segment: left out of later
+    /// baselines of the same metric and segment.
+    flagged: Option<&'a Flagged>,
 }
 
-/// Test one metric of a period against its baseline; a finding when
-/// significant.
+/// Days with a finding, per metric and segment.
+type Flagged = HashMap<Key, BTreeSet<NaiveDate>>;
+
+/// Test one metric against a baseline of single days, leaving out the
+/// baseline days that are outliers themselves (an incident a few days ago
+/// must not hide one still going on): see [`robust_mask`].
 fn test_metric(key: &Key, cur: &Stats, base: &[&Stats], ctx: &TestCtx) -> Option<Finding> {
+    let Some(season) = ctx.season.as_ref() else {
+        return test_metric_on(key, cur, base, ctx);
+    };
+    let mut keep = robust_mask(key, base, &season.base);
+    if let Some(days) = ctx.flagged.and_then(|f| f.get(key)) {
+        for (k, d) in keep.iter_mut().zip(&season.base_days) {
+            if days.contains(d) {
+                *k = false;
+            }
+        }
+    }
+    let excluded = keep.iter().filter(|k| !**k).count();
+    if excluded == 0 {
+        return test_metric_on(key, cur, base, ctx);
+    }
+    let kept = |i: usize| keep[i];
+    let ctx2 = TestCtx {
+        when: ctx.when.clone(),
+        baseline: ctx.baseline.clone(),
+        per_day: ctx.per_day,
+        min_base: ctx.min_base,
+        span: ctx.span,
+        names: ctx.names,
+        visitor_type: ctx.visitor_type,
+        season: Some(Season {
+            base: (0..base.len())
+                .filter(|i| kept(*i))
+                .map(|i| season.base[i])
+                .collect(),
+            base_days: (0..base.len())
+                .filter(|i| kept(*i))
+                .map(|i| season.base_days[i])
+                .collect(),
+            cur: season.cur.clone(),
+        }),
+        flagged: None,
+    };
+    let base2: Vec<&Stats> = (0..base.len())
+        .filter(|i| kept(*i))
+        .map(|i| base[i])
+        .collect();
+    let mut f = test_metric_on(key, cur, &base2, &ctx2)?;
+    if let Some(o) = f.facts.as_object_mut() {
+        o.insert("baseline_days_left_out".into(), json!(excluded));
+    }
+    Some(f)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Baseline days to keep for one metric: a day is left out when it is far
+/// from its weekday's typical value (counts: the median of the same
+/// weekdays, with 3 or more of them, else of all days; rates: the other
+/// same weekdays pooled) — beyond 4 Poisson/binomial standard errors *and*
+/// by the minimum effect size. Fewer than half of the days are left out
+/// (else all are kept).
+fn robust_mask(key: &Key, base: &[&Stats], wds: &[Weekday]) -> Vec<bool> {
+    let n = base.len();
+    let mut keep = vec![true; n];
+    if n < 7 || wds.len() != n {
+        return keep;
+    }
+    let cells: Vec<Cell> = base
+        .iter()
+        .map(|b| b.cells.get(key).copied().unwrap_or_default())
+        .collect();
+    let same = |i: usize| -> Vec<usize> {
+        let v: Vec<usize> = (0..n).filter(|j| wds[*j] == wds[i]).collect();
+        if v.len() >= 3 {
+            v
+        } else {
+            (0..n).collect()
+        }
+    };
+    if is_count(&key.0) {
+        let x: Vec<f64> = cells.iter().map(|c| c.k).collect();
+        let reference: Vec<f64> = (0..n)
+            .map(|i| median(&same(i).iter().map(|j| x[*j]).collect::<Vec<_>>()))
+            .collect();
+        for i in 0..n {
+            let r = reference[i].max(1.0);
+            let d = (x[i] - reference[i]).abs();
+            if d > 4.0 * r.sqrt() && d > MIN_CHANGE * r {
+                keep[i] = false;
+            }
+        }
+    } else {
+        for i in 0..n {
+            let c = cells[i];
+            if c.n <= 0.0 {
+                continue;
+            }
+            let (k, m) = same(i)
+                .iter()
+                .filter(|j| **j != i)
+                .fold((0.0, 0.0), |(k, m), j| (k + cells[*j].k, m + cells[*j].n));
+            if m < 20.0 {
+                continue;
+            }
+            let p = k / m;
+            let se = (p * (1.0 - p) / c.n).sqrt().max(1e-9);
+            let d = (c.k / c.n - p).abs();
+            if d / se > 4.0 && d >= (MIN_CHANGE * p).max(0.03) {
+                keep[i] = false;
+            }
+        }
+    }
+    if keep.iter().filter(|k| !**k).count() * 2 >= n {
+        return vec![true; n];
+    }
+    keep
+}
+
+/// Two-sided p-value of `k` hits in `m` trials of probability `q`
+/// (binomial, exact).
+fn binomial_p(k: f64, m: f64, q: f64) -> f64 {
+    let (k, m) = (k.round() as u64, m.round() as u64);
+    if m == 0 {
+        return 1.0;
+    }
+    let q = q.clamp(1e-12, 1.0 - 1e-12);
+    let mut pmf = (m as f64 * (1.0 - q).ln()).exp();
+    let (mut lower, mut upper) = (0.0, 0.0);
+    for i in 0..=m {
+        if i <= k {
+            lower += pmf;
+        }
+        if i >= k {
+            upper += pmf;
+        }
+        pmf *= (m - i) as f64 / (i + 1) as f64 * q / (1.0 - q);
+    }
+    (2.0 * lower.min(upper)).min(1.0)
+}
+
+/// Two-sided p-value of a count `k` where `lambda` is expected (Poisson,
+/// exact).
+fn poisson_p(k: f64, lambda: f64) -> f64 {
+    let k = k.round() as u64;
+    let lambda = lambda.max(1e-9);
+    let mut pmf = (-lambda).exp();
+    let mut below = 0.0;
+    for i in 0..k {
+        below += pmf;
+        pmf *= lambda / (i + 1) as f64;
+    }
+    let lower = below + pmf;
+    let upper = (1.0 - below).max(pmf);
+    (2.0 * lower.min(upper)).min(1.0)
+}
+
+/// ln Γ(x) for x > 0 (Lanczos, g = 7).
+fn ln_gamma(x: f64) -> f64 {
+    const G: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        let pi = std::f64::consts::PI;
+        return (pi / (pi * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let mut a = G[0];
+    let t = x + 7.5;
+    for (i, g) in G.iter().enumerate().skip(1) {
+        a += g / (x + i as f64);
+    }
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + a.ln()
+}
+
+/// Two-sided p-value of `k` hits in `n` trials of probability `p`
+/// (binomial, exact, summed outward from `k` in log space).
+fn binomial_tail_p(k: f64, n: f64, p: f64) -> f64 {
+    let (k, n) = (k.round().max(0.0), n.round().max(0.0));
+    if n <= 0.0 || k > n {
+        return 1.0;
+    }
+    let p = p.clamp(1e-12, 1.0 - 1e-12);
+    let ln_pmf = |i: f64| {
+        ln_gamma(n + 1.0) - ln_gamma(i + 1.0) - ln_gamma(n - i + 1.0)
+            + i * p.ln()
+            + (n - i) * (1.0 - p).ln()
+    };
+    let at_k = ln_pmf(k).exp();
+    let tail = |up: bool| {
+        let mut sum = at_k;
+        let mut pmf = at_k;
+        let mut i = k;
+        loop {
+            // pmf(i+1)/pmf(i) = (n-i)/(i+1)·p/(1-p); pmf(i-1)/pmf(i) = i/(n-i+1)·(1-p)/p
+            if up {
+                if i >= n {
+                    break;
+                }
+                pmf *= (n - i) / (i + 1.0) * p / (1.0 - p);
+                i += 1.0;
+            } else {
+                if i <= 0.0 {
+                    break;
+                }
+                pmf *= i / (n - i + 1.0) * (1.0 - p) / p;
+                i -= 1.0;
+            }
+            sum += pmf;
+            if pmf < sum * 1e-15 {
+                break;
+            }
+        }
+        sum
+    };
+    let one = if k >= n * p { tail(true) } else { tail(false) };
+    (2.0 * one).min(1.0)
+}
+
+/// The |z| of a two-sided p-value.
+fn z_of_p(p: f64) -> f64 {
+    let (mut lo, mut hi) = (0.0f64, 40.0f64);
+    for _ in 0..60 {
+        let mid = (lo + hi) / 2.0;
+        if p_value(mid) > p {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    (lo + hi) / 2.0
+}
+
+/// Test one metric of a period against its baseline: None when it cannot
+/// be tested (too little support or baseline), else the test as a finding
+/// (its p-value, and whether the change is large enough to matter); the
+/// caller corrects the period's tests for multiple comparisons.
+fn test_metric_on(key: &Key, cur: &Stats, base: &[&Stats], ctx: &TestCtx) -> Option<Finding> {
     let (metric, seg) = key;
     let names = ctx.names;
     let min_base = ctx.min_base;
@@ -771,12 +1271,7 @@ fn test_metric(key: &Key, cur: &Stats, base: &[&Stats], ctx: &TestCtx) -> Option
     let c = cur.cells.get(key).copied().unwrap_or_default();
     let name_of = |id: &str| names.get(id).cloned().unwrap_or_else(|| id.to_string());
     let samples = cur.samples.get(key).cloned().unwrap_or_default();
-    if metric.starts_with("transitions_from:")
-        || metric.starts_with("bought:")
-        || metric.starts_with("pair:")
-        || metric.starts_with("error_at:")
-        || metric == "orders"
-    {
+    if !testable(metric) {
         return None;
     }
     if base.len() < min_base || (!ctx.visitor_type && seg.starts_with("visitor_type=")) {
@@ -800,15 +1295,52 @@ fn test_metric(key: &Key, cur: &Stats, base: &[&Stats], ctx: &TestCtx) -> Option
             k: per_day(cur, c.k),
             n: c.n,
         };
+        // Weekday seasonality: baseline days scaled to an average day, the
+        // expectation scaled to the current days' weekdays.
+        let factors = ctx
+            .season
+            .as_ref()
+            .and_then(|s| weekday_factors(&hist, &s.base).map(|f| (s, f)));
+        // The weekday factor is estimated from a few days of each weekday:
+        // its own uncertainty widens the test (by λ² / days of the weekday).
+        let (hist, scale, widen) = match factors {
+            Some((s, (f, lambda))) => {
+                let same: f64 = s
+                    .cur
+                    .iter()
+                    .map(|(w, _)| s.base.iter().filter(|b| *b == w).count() as f64)
+                    .sum::<f64>()
+                    / s.cur.len().max(1) as f64;
+                (
+                    hist.iter()
+                        .zip(&s.base)
+                        .map(|(x, w)| x / f[wd_index(*w)])
+                        .collect::<Vec<f64>>(),
+                    s.cur.iter().map(|(w, _)| f[wd_index(*w)]).sum::<f64>()
+                        / s.cur.len().max(1) as f64,
+                    1.0 + lambda * lambda / same.max(1.0),
+                )
+            }
+            None => (hist, 1.0, 1.0),
+        };
         let n = hist.len() as f64;
-        let mean = hist.iter().sum::<f64>() / n;
-        let var = hist.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
-        let se = var.max(mean).max(1.0).sqrt();
+        let mean = hist.iter().sum::<f64>() / n * scale;
+        let var = hist.iter().map(|x| (x * scale - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+        let se = (var.max(mean).max(1.0) * widen).sqrt();
         let z = (c.k - mean) / se;
+        // Small counts in the Poisson regime: the exact tail, not the
+        // normal one.
+        let z = if !ctx.per_day && factors.is_none() && var <= mean && mean < 100.0 {
+            z_of_p(poisson_p(c.k, mean)).copysign(z)
+        } else {
+            z
+        };
         let change = (c.k - mean).abs() / mean.max(1.0);
-        if z.abs() < Z_MIN || change < MIN_CHANGE || c.k.max(mean) < 10.0 {
+        if c.k.max(mean) < 10.0 {
             return None;
         }
+        let notable = change >= MIN_CHANGE;
+        let span_days = if ctx.per_day { cur.days.max(1.0) } else { 1.0 };
         let dir = if z > 0.0 { "rose" } else { "fell" };
         let (what, products) = if metric == "sessions" {
             (format!("Sessions{}", seg_phrase(seg)), Vec::new())
@@ -823,8 +1355,6 @@ fn test_metric(key: &Key, cur: &Stats, base: &[&Stats], ctx: &TestCtx) -> Option
                 .map(|(_, step, _)| format!(" {}", step_phrase(&step)))
                 .unwrap_or_default();
             (format!("\"{k}\" failures{at}"), Vec::new())
-        } else if let Some(p) = metric.strip_prefix("product_views:") {
-            (format!("Views of {}", name_of(p)), vec![p.to_string()])
         } else {
             (metric.clone(), Vec::new())
         };
@@ -840,12 +1370,18 @@ fn test_metric(key: &Key, cur: &Stats, base: &[&Stats], ctx: &TestCtx) -> Option
             c.k,
             mean
         );
+        let adjusted = if factors.is_some() {
+            ", for the same weekdays"
+        } else {
+            ""
+        };
         let description = format!(
-            "{what} {dir} to {avg}{:.0}{unit} {}, against a typical {:.0} per day {} (z = {:.1}).",
+            "{what} {dir} to {avg}{:.0}{unit} {}, against a typical {:.0} per day {}{adjusted} (z = {:.1}).",
             c.k, ctx.when, mean, baseline_label, z
         );
         let mut facts = json!({"value": (c.k * 10.0).round() / 10.0, "baseline_mean": (mean * 10.0).round() / 10.0,
-                          "baseline_sd": (var.sqrt() * 10.0).round() / 10.0, "baseline_periods": hist.len()});
+                          "baseline_sd": (var.sqrt() * 10.0).round() / 10.0, "baseline_periods": hist.len(),
+                          "weekday_adjusted": factors.is_some()});
         if let Some(k) = metric.strip_prefix("error:") {
             facts["failing_events"] = failing_json(&failing_events(cur, seg, Some(k)));
         }
@@ -863,6 +1399,11 @@ fn test_metric(key: &Key, cur: &Stats, base: &[&Stats], ctx: &TestCtx) -> Option
             children: Vec::new(),
             own: true,
             span: ctx.span,
+            p: p_value(z),
+            notable,
+            impact: (c.k - mean) * span_days,
+            impact_se: se * span_days,
+            unit: unit_of(metric),
         });
     }
     // Rates: two-proportion z-test against the pooled baseline.
@@ -876,17 +1417,62 @@ fn test_metric(key: &Key, cur: &Stats, base: &[&Stats], ctx: &TestCtx) -> Option
     if c.n < 20.0 || bn < 60.0 {
         return None;
     }
-    let (p1, p0) = (c.k / c.n, bk / bn);
-    let p = (c.k + bk) / (c.n + bn);
-    let se = (p * (1.0 - p) * (1.0 / c.n + 1.0 / bn)).sqrt();
+    let p1 = c.k / c.n;
+    let pooled = bk / bn;
+    // Weekday seasonality: the rate expected for these days' weekdays.
+    let seasonal = ctx
+        .season
+        .as_ref()
+        .and_then(|s| weekday_rate(key, base, s, pooled));
+    let seasonal_p0 = seasonal.map(|(p, _)| p);
+    let (p0, se) = match seasonal {
+        Some((p0, inv_bn)) => (p0, (p0 * (1.0 - p0) * (1.0 / c.n + inv_bn)).sqrt()),
+        None => {
+            let p = (c.k + bk) / (c.n + bn);
+            (pooled, (p * (1.0 - p) * (1.0 / c.n + 1.0 / bn)).sqrt())
+        }
+    };
     if se <= 0.0 || !se.is_finite() {
         return None;
     }
     let z = (p1 - p0) / se;
+    // Few hits (or few misses): the exact conditional test of the rarer
+    // outcome — given all of them, how many fell on the current days
+    // (binomial with the current days' expected share).
+    let (hits, misses) = (c.k + bk, (c.n - c.k) + (bn - bk));
+    // Skew: the exact binomial tail of the current days at the baseline
+    // rate; the test keeps the larger p-value of the two (the normal one
+    // carries the baseline's own uncertainty).
+    let z_exact = z_of_p(binomial_tail_p(c.k, c.n, p0)).copysign(z);
+    let z = if z_exact.abs() < z.abs() { z_exact } else { z };
+    let z = if hits.min(misses) <= 300.0 {
+        let (k, total, rate, base_k) = if hits <= misses {
+            (c.k, hits, p0, bk)
+        } else {
+            (c.n - c.k, misses, 1.0 - p0, bn - bk)
+        };
+        let q = if seasonal_p0.is_some() && base_k > 0.0 && rate > 0.0 {
+            c.n * rate / (c.n * rate + base_k)
+        } else {
+            c.n / (c.n + bn)
+        };
+        let zc = z_of_p(binomial_p(k, total, q)).copysign(z);
+        if zc.abs() < z.abs() {
+            zc
+        } else {
+            z
+        }
+    } else {
+        z
+    };
     let change = (p1 - p0).abs() / p0.max(0.02);
-    if z.abs() < Z_MIN || change < MIN_CHANGE || (p1 - p0).abs() < 0.03 {
-        return None;
-    }
+    let notable = change >= MIN_CHANGE && (p1 - p0).abs() >= 0.03;
+    let baseline_label = if seasonal.is_some() {
+        format!("{baseline_label}, for the same weekdays")
+    } else {
+        baseline_label.to_string()
+    };
+    let baseline_label = baseline_label.as_str();
     let dir = if z > 0.0 { "rose" } else { "fell" };
     let when = ctx.when.as_str();
     let (title, description, products) = if let Some(rest) = metric.strip_prefix("funnel:") {
@@ -985,6 +1571,25 @@ fn test_metric(key: &Key, cur: &Stats, base: &[&Stats], ctx: &TestCtx) -> Option
             ),
             Vec::new(),
         )
+    } else if let Some(pid) = metric.strip_prefix("product_views:") {
+        let name = name_of(pid);
+        (
+            format!(
+                "Views of {name} {dir} to {} of sessions (from {})",
+                pct(p1),
+                pct(p0)
+            ),
+            format!(
+                "{name} was viewed in {:.0} of {:.0} sessions ({}) {when}, against {} {} (z = {:.1}).",
+                c.k,
+                c.n,
+                pct(p1),
+                pct(p0),
+                baseline_label,
+                z
+            ),
+            vec![pid.to_string()],
+        )
     } else if let Some(pid) = metric.strip_prefix("product_conversion:") {
         let name = name_of(pid);
         let t = if z < 0.0 {
@@ -1017,7 +1622,8 @@ fn test_metric(key: &Key, cur: &Stats, base: &[&Stats], ctx: &TestCtx) -> Option
         return None;
     };
     let mut facts = json!({"value": {"k": c.k, "n": c.n, "rate": (p1 * 10000.0).round() / 10000.0},
-                  "baseline": {"k": bk, "n": bn, "rate": (p0 * 10000.0).round() / 10000.0, "periods": base.len()}});
+                  "baseline": {"k": bk, "n": bn, "rate": (p0 * 10000.0).round() / 10000.0, "periods": base.len(),
+                               "weekday_adjusted": seasonal.is_some()}});
     if metric == "error_sessions" {
         facts["failing_events"] = failing_json(&failing_events(cur, seg, None));
     }
@@ -1035,6 +1641,11 @@ fn test_metric(key: &Key, cur: &Stats, base: &[&Stats], ctx: &TestCtx) -> Option
         children: Vec::new(),
         own: true,
         span: ctx.span,
+        p: p_value(z),
+        notable,
+        impact: (p1 - p0) * c.n,
+        impact_se: se * c.n,
+        unit: unit_of(metric),
     })
 }
 
@@ -1078,9 +1689,10 @@ fn pairs(cur: &Stats, ctx: &TestCtx) -> Vec<Finding> {
         }
         let z = (c.k - expected) / expected.sqrt();
         let lift = c.k / expected;
-        if z < Z_MIN || lift < 2.0 {
+        if z <= 0.0 {
             continue;
         }
+        let notable = lift >= 2.0;
         let (na, nb) = (
             names.get(a).cloned().unwrap_or_else(|| a.to_string()),
             names.get(b).cloned().unwrap_or_else(|| b.to_string()),
@@ -1105,6 +1717,11 @@ fn pairs(cur: &Stats, ctx: &TestCtx) -> Vec<Finding> {
             children: Vec::new(),
             own: true,
             span: ctx.span,
+            p: p_value(z),
+            notable,
+            impact: c.k - expected,
+            impact_se: expected.sqrt(),
+            unit: "orders",
         });
     }
     out
@@ -1196,6 +1813,9 @@ fn to_row(
         "statistics": f.facts,
         "z": (f.z * 100.0).round() / 100.0,
         "p_value": p_value(f.z),
+        "impact": {"unit": f.unit, "estimate": (f.impact * 10.0).round() / 10.0,
+                   "low": ((f.impact - 1.96 * f.impact_se) * 10.0).round() / 10.0,
+                   "high": ((f.impact + 1.96 * f.impact_se) * 10.0).round() / 10.0},
         "sample_interaction_ids": samples,
         "sample_session_ids": f.samples.iter().take(5).collect::<Vec<_>>(),
         "from_periods": f.children,
@@ -1395,11 +2015,19 @@ async fn compute(
 
     progress.phase("finding patterns", by_org.len() as u64);
     let mut rows: Vec<PatternRow> = Vec::new();
+    let mut story_rows: Vec<stories::StoryRow> = Vec::new();
     let mut orgs_done: Vec<String> = Vec::new();
     for (org, sessions) in &by_org {
         orgs_done.push(org.clone());
         let first_data = sessions.iter().map(|s| s.day).min().unwrap_or(first_day);
-        let finder = Finder::new(sessions, first_data, horizon, &names);
+        let finder = Finder::new(sessions, first_data, horizon, &names, opts.fdr);
+        // Days before this run's: their findings, from the table.
+        let earlier: Vec<PatternRow> = existing
+            .iter()
+            .filter(|r| r.org_id == *org && date_of(r.period_start) < first_day)
+            .cloned()
+            .collect();
+        finder.flag_rows(&earlier);
         let mut new_rows: BTreeMap<Period, Vec<PatternRow>> = BTreeMap::new();
         let row = |p: &Period, f: &Finding| to_row(org, p, f, &sid_to_iid, p.end > horizon);
         // Days.
@@ -1437,6 +2065,14 @@ async fn compute(
                 .map(|f| to_row(org, &all, f, &sid_to_iid, false))
                 .collect(),
         );
+        // Stories from every day's findings (this run's, else the table's).
+        let fresh: HashMap<NaiveDate, Vec<PatternRow>> = new_rows
+            .iter()
+            .filter(|(p, _)| p.kind == "day")
+            .map(|(p, rs)| (p.start, rs.clone()))
+            .collect();
+        let parts = stories::day_parts(org, &existing, &fresh);
+        story_rows.extend(stories::stories(&finder, org, parts));
         for (_, rs) in new_rows {
             rows.extend(rs);
         }
@@ -1544,6 +2180,16 @@ async fn compute(
     let batch = rows_to_batch(&PATTERNS, &rows)?;
     lake.replace_where_if_changed(PATTERNS.name, &predicate, vec![batch], &["created_at"])
         .await?;
+    // An organization's stories are rewritten whole from its day findings.
+    report.stories = story_rows.len() as u64;
+    let batch = rows_to_batch(&STORIES, &story_rows)?;
+    lake.replace_where_if_changed(
+        STORIES.name,
+        &format!("TRUE{org_pred}"),
+        vec![batch],
+        &["created_at"],
+    )
+    .await?;
     if !failed.is_empty() {
         let b = rows_to_batch(&FAILED_EVENTS, &failed)?;
         lake.append(FAILED_EVENTS.name, vec![b]).await?;
@@ -1551,12 +2197,18 @@ async fn compute(
     Ok(report)
 }
 
-/// The strongest findings first, at most [`MAX_PER_PERIOD`].
+/// The findings that matter most first (their impact at least, by what
+/// its unit is worth, then |z|), at most [`MAX_PER_PERIOD`].
 fn top(mut fs: Vec<Finding>) -> Vec<Finding> {
     fs.sort_by(|a, b| {
-        b.z.abs()
-            .partial_cmp(&a.z.abs())
+        b.rank_score()
+            .partial_cmp(&a.rank_score())
             .unwrap_or(std::cmp::Ordering::Equal)
+            .then_with(|| {
+                b.z.abs()
+                    .partial_cmp(&a.z.abs())
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
             .then_with(|| a.metric.cmp(&b.metric))
             .then_with(|| a.segment.cmp(&b.segment))
     });
@@ -1668,6 +2320,11 @@ struct Finder<'a> {
     first_data: NaiveDate,
     horizon: NaiveDate,
     names: &'a HashMap<String, String>,
+    /// False discovery rate of one period's tests.
+    fdr: f64,
+    /// Days with a finding, per metric and segment (days are computed in
+    /// order; earlier days' findings come from the table).
+    flagged: std::cell::RefCell<Flagged>,
 }
 
 impl<'a> Finder<'a> {
@@ -1678,6 +2335,7 @@ impl<'a> Finder<'a> {
         first_data: NaiveDate,
         horizon: NaiveDate,
         names: &'a HashMap<String, String>,
+        fdr: f64,
     ) -> Finder<'a> {
         let mut per_day: BTreeMap<NaiveDate, Vec<&Sess>> = BTreeMap::new();
         for s in sessions.iter().filter(|s| s.day < horizon) {
@@ -1702,6 +2360,8 @@ impl<'a> Finder<'a> {
             first_data,
             horizon,
             names,
+            fdr,
+            flagged: std::cell::RefCell::new(HashMap::new()),
         }
     }
 
@@ -1724,7 +2384,8 @@ impl<'a> Finder<'a> {
         Some(st)
     }
 
-    /// Every metric of `cur` (and every count of the baseline) tested.
+    /// Every metric of `cur` (and every count of the baseline) tested, the
+    /// tests corrected together (Benjamini–Hochberg at the job's FDR).
     fn findings(&self, cur: &Stats, base: &[&Stats], ctx: &TestCtx) -> Vec<Finding> {
         let mut keys: BTreeSet<&Key> = cur.cells.keys().collect();
         for b in base {
@@ -1739,7 +2400,8 @@ impl<'a> Finder<'a> {
             .filter_map(|k| test_metric(k, cur, base, ctx))
             .collect();
         fs.extend(pairs(cur, ctx));
-        fs
+        let tests = fs.len();
+        benjamini_hochberg(fs, self.fdr, tests)
     }
 
     /// A complete day against the 28 days before it.
@@ -1747,11 +2409,12 @@ impl<'a> Finder<'a> {
         let Some(cur) = self.day_stats.get(&p.start) else {
             return Vec::new();
         };
-        let base: Vec<&Stats> = p
+        let (base, base_days): (Vec<&Stats>, Vec<NaiveDate>) = p
             .previous(BASELINE_DAYS as usize)
             .iter()
-            .filter_map(|b| self.day_stats.get(&b.start))
-            .collect();
+            .filter_map(|b| Some((self.day_stats.get(&b.start)?, b.start)))
+            .unzip();
+        let flagged = self.flagged.borrow();
         let ctx = TestCtx {
             when: p.phrase(),
             baseline: format!("over the previous {BASELINE_DAYS} days"),
@@ -1760,8 +2423,45 @@ impl<'a> Finder<'a> {
             span: (p.start, p.end),
             names: self.names,
             visitor_type: self.visitor_type(p.start - Days::new(BASELINE_DAYS as u64)),
+            season: Some(Season {
+                base: base_days.iter().map(Datelike::weekday).collect(),
+                base_days,
+                cur: vec![(p.start.weekday(), cur)],
+            }),
+            flagged: Some(&flagged),
         };
-        top(one_fact(self.findings(cur, &base, &ctx)))
+        let fs = top(one_fact(self.findings(cur, &base, &ctx)));
+        drop(flagged);
+        // Exactly the findings written: a later run that reads this day
+        // from the table leaves out the same baseline days.
+        self.flag(p.start, &fs);
+        fs
+    }
+
+    /// Remember the day's findings: their metric and segment leave this
+    /// day out of later baselines (an incident is not what is normal).
+    fn flag(&self, day: NaiveDate, fs: &[Finding]) {
+        let mut flagged = self.flagged.borrow_mut();
+        for f in fs {
+            flagged
+                .entry((f.metric.clone(), f.segment.clone()))
+                .or_default()
+                .insert(day);
+        }
+    }
+
+    /// Remember a day's findings already in the table (days this run does
+    /// not compute).
+    fn flag_rows(&self, rows: &[PatternRow]) {
+        let mut flagged = self.flagged.borrow_mut();
+        for r in rows.iter().filter(|r| r.period_kind == "day") {
+            if let Some(c) = ChildRef::of_row(r) {
+                flagged
+                    .entry((c.metric, c.segment))
+                    .or_default()
+                    .insert(date_of(r.period_start));
+            }
+        }
     }
 
     /// A week's or month's own test: its complete days pooled against the
@@ -1820,6 +2520,8 @@ impl<'a> Finder<'a> {
             span: (p.start, end),
             names: self.names,
             visitor_type: self.visitor_type(earliest),
+            season: None,
+            flagged: None,
         };
         self.findings(&cur, &base_refs, &ctx)
     }
@@ -1840,6 +2542,7 @@ impl<'a> Finder<'a> {
                 by_span.entry((a, b)).or_default().push(c);
             }
         }
+        let flagged = self.flagged.borrow();
         for ((a, b), cs) in by_span {
             let Some(cur) = self.span(a, b) else {
                 continue;
@@ -1851,11 +2554,16 @@ impl<'a> Finder<'a> {
                 .unwrap_or(a)
                 .max(self.first_data);
             let to = p.end.min(self.horizon);
-            let base: Vec<&Stats> = self
+            let (base, base_days): (Vec<&Stats>, Vec<NaiveDate>) = self
                 .day_stats
                 .range(from..to)
                 .filter(|(d, _)| **d < a || **d >= b)
-                .map(|(_, s)| s)
+                .map(|(d, s)| (s, *d))
+                .unzip();
+            let cur_days: Vec<(Weekday, &Stats)> = self
+                .day_stats
+                .range(a..b)
+                .map(|(d, s)| (d.weekday(), s))
                 .collect();
             let ctx = TestCtx {
                 when: span_phrase(a, b),
@@ -1868,12 +2576,44 @@ impl<'a> Finder<'a> {
                 span: (a, b),
                 names: self.names,
                 visitor_type: self.visitor_type(from),
+                season: Some(Season {
+                    base: base_days.iter().map(Datelike::weekday).collect(),
+                    base_days,
+                    cur: cur_days,
+                }),
+                flagged: Some(&flagged),
             };
+            // The confirmations are one family with every metric these
+            // days could test.
+            let tests = cur.cells.keys().filter(|k| testable(&k.0)).count();
+            let mut tested: Vec<(Finding, &ChildRef)> = Vec::new();
             for c in cs {
                 let key = (c.metric.clone(), c.segment.clone());
-                let Some(mut f) = test_metric(&key, &cur, &base, &ctx) else {
+                if let Some(f) = test_metric(&key, &cur, &base, &ctx) {
+                    tested.push((f, c));
+                }
+            }
+            let refs: Vec<(String, String, String, f64)> = tested
+                .iter()
+                .map(|(f, c)| (f.metric.clone(), f.segment.clone(), c.label.clone(), c.z))
+                .collect();
+            let kept = benjamini_hochberg(
+                tested.into_iter().map(|(f, _)| f).collect(),
+                self.fdr,
+                tests,
+            );
+            for mut f in kept {
+                let Some(c) = refs
+                    .iter()
+                    .find(|r| r.0 == f.metric && r.1 == f.segment)
+                    .map(|r| ChildLabel {
+                        label: r.2.clone(),
+                        z: r.3,
+                    })
+                else {
                     continue;
                 };
+                let key = (f.metric.clone(), f.segment.clone());
                 if (f.z > 0.0) != (c.z > 0.0) {
                     continue;
                 }
@@ -1910,6 +2650,12 @@ impl<'a> Finder<'a> {
         }
         top(one_fact(out))
     }
+}
+
+/// A part's label and direction, as its parent confirms it.
+struct ChildLabel {
+    label: String,
+    z: f64,
 }
 
 /// "on 2026-11-21 and 2026-11-22", "in the weeks of …", "in November 2026".
@@ -2057,6 +2803,24 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("49"), "{err}");
+    }
+
+    #[test]
+    fn exact_tails_match_their_distributions() {
+        assert!((ln_gamma(5.0) - 24f64.ln()).abs() < 1e-9);
+        assert!((ln_gamma(0.5) - std::f64::consts::PI.sqrt().ln()).abs() < 1e-9);
+        // 10 heads of 10: 2 / 1024 two-sided.
+        assert!((binomial_tail_p(10.0, 10.0, 0.5) - 2.0 / 1024.0).abs() < 1e-9);
+        assert!((binomial_tail_p(5.0, 10.0, 0.5) - 1.0).abs() < 1e-9);
+        // 0 of 10 at 0.1: 0.9^10 one-sided.
+        assert!((binomial_tail_p(0.0, 10.0, 0.1) - 2.0 * 0.9f64.powi(10)).abs() < 1e-9);
+        // Large n stays finite (no underflow at the start).
+        let p = binomial_tail_p(1700.0, 3000.0, 0.5);
+        assert!(p > 0.0 && p < 1e-10, "{p}");
+        // Poisson: 0 events where 3 are expected, e^-3 one-sided.
+        assert!((poisson_p(0.0, 3.0) - 2.0 * (-3f64).exp()).abs() < 1e-9);
+        assert!((binomial_p(10.0, 10.0, 0.5) - 2.0 / 1024.0).abs() < 1e-9);
+        assert!((z_of_p(0.05) - 1.96).abs() < 0.01);
     }
 
     #[test]

@@ -1,0 +1,555 @@
+//! The patterns evaluation harness: generated histories with planted
+//! changes of known start, end, segment and size, and quiet controls, run
+//! through the same tests and story grouping as the job (in memory, no
+//! lake).
+//!
+//! A history is `days` days of web sessions from day 0: about
+//! [`BASE_SESSIONS`] a day over devices, traffic sources and new/returning
+//! visitors, each browsing pages and products and going down the funnel
+//! (view → cart → checkout → payment → order) at fixed rates, with a rare
+//! payment failure. A *weekday effect* makes weekends busier and better
+//! converting. Planted changes:
+//! - `drop`: mobile sessions halve;
+//! - `spike`: every segment's sessions rise by 70% (a campaign);
+//! - `funnel break`: most mobile payments fail, with retries;
+//! - `viral`: one product is viewed in a third of sessions.
+//!
+//! Measured per case: the stories and findings after the first 28 days
+//! (the baseline's warm-up). A planted change is *found* by a story of its
+//! family whose days overlap it (and whose segments include its segment,
+//! when it has one); precision is the share of stories that found a planted
+//! change; start and end errors are in days (an ongoing change must give an
+//! ongoing story); the impact error compares the story's estimate with the
+//! generator's own count of what the change cost or added. On quiet
+//! histories, every finding (day, week and month) is a false one.
+//!
+//! `cargo test --workspace --lib --locked -- --ignored eval_report
+//! --nocapture` prints the report that BENCHMARKS.md quotes.
+
+use std::collections::HashMap;
+
+use chrono::{Datelike, Days, NaiveDate, Weekday};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+use super::stories::{self, StoryRow};
+use super::{to_row, Finder, Period, Sess, SessionIn, DEFAULT_FDR};
+
+/// Sessions on an ordinary day.
+pub const BASE_SESSIONS: f64 = 320.0;
+/// Days of baseline warm-up before findings are counted.
+const WARM_UP: u32 = 28;
+
+/// A planted change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plant {
+    /// Mobile sessions halve.
+    Drop,
+    /// Every segment's sessions rise by 70%.
+    Spike,
+    /// Most mobile payments fail.
+    FunnelBreak,
+    /// One product is viewed in a third of sessions.
+    Viral,
+}
+
+impl Plant {
+    fn family(self) -> &'static str {
+        match self {
+            Plant::Drop | Plant::Spike => "traffic",
+            Plant::FunnelBreak => "conversion",
+            Plant::Viral => "product",
+        }
+    }
+
+    fn segment(self) -> Option<&'static str> {
+        match self {
+            Plant::Drop | Plant::FunnelBreak => Some("device_type=mobile"),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Plant::Drop => "drop (mobile sessions -50%)",
+            Plant::Spike => "spike (sessions +70%)",
+            Plant::FunnelBreak => "funnel break (mobile payments fail)",
+            Plant::Viral => "viral product (1 in 3 sessions)",
+        }
+    }
+}
+
+/// A change planted on days `[start, end)` (end = the history's length:
+/// still going on).
+#[derive(Debug, Clone, Copy)]
+pub struct Change {
+    /// What.
+    pub what: Plant,
+    /// First day (index from day 0).
+    pub start: u32,
+    /// Day after the last.
+    pub end: u32,
+}
+
+/// A generated history.
+#[derive(Debug, Clone)]
+pub struct Case {
+    /// Name in the report.
+    pub name: String,
+    /// Days of history.
+    pub days: u32,
+    /// Weekends busier (+50% sessions) and converting better (+30% carts).
+    pub weekday_effect: bool,
+    /// Planted changes (none: a quiet control).
+    pub changes: Vec<Change>,
+}
+
+const PRODUCTS: usize = 12;
+const VIRAL: usize = 7;
+
+fn day0() -> NaiveDate {
+    // A Monday.
+    NaiveDate::from_ymd_opt(2026, 1, 5).unwrap_or_default()
+}
+
+fn normal(rng: &mut StdRng) -> f64 {
+    let u1: f64 = rng.random::<f64>().max(1e-12);
+    let u2: f64 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+fn poisson(rng: &mut StdRng, lambda: f64) -> u32 {
+    if lambda < 30.0 {
+        let l = (-lambda).exp();
+        let (mut k, mut p) = (0u32, 1.0);
+        loop {
+            p *= rng.random::<f64>();
+            if p <= l {
+                return k;
+            }
+            k += 1;
+        }
+    }
+    (lambda + lambda.sqrt() * normal(rng)).round().max(0.0) as u32
+}
+
+fn pick<'a>(rng: &mut StdRng, items: &[(&'a str, f64)]) -> &'a str {
+    let mut x: f64 = rng.random();
+    for (v, w) in items {
+        if x < *w {
+            return v;
+        }
+        x -= w;
+    }
+    items[items.len() - 1].0
+}
+
+/// The sessions of a case, and per change what it cost or added (orders
+/// lost, sessions lost or gained, sessions viewing the product added), as
+/// the generator knows it.
+pub fn generate(case: &Case, seed: u64) -> (Vec<Sess>, Vec<f64>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut out = Vec::new();
+    let mut truth = vec![0.0; case.changes.len()];
+    let devices = [("desktop", 0.5), ("mobile", 0.42), ("tablet", 0.08)];
+    let sources = [
+        ("google", 0.4),
+        ("direct", 0.3),
+        ("instagram", 0.2),
+        ("newsletter", 0.1),
+    ];
+    for d in 0..case.days {
+        let day = day0() + Days::new(u64::from(d));
+        let weekend = matches!(day.weekday(), Weekday::Sat | Weekday::Sun);
+        let active = |w: Plant| {
+            case.changes
+                .iter()
+                .position(|c| c.what == w && c.start <= d && d < c.end)
+        };
+        let busy = if case.weekday_effect && weekend {
+            1.5
+        } else {
+            1.0
+        };
+        for (device, share) in devices {
+            let mut lambda = BASE_SESSIONS * share * busy;
+            if let Some(i) = active(Plant::Spike) {
+                truth[i] += lambda * 0.7;
+                lambda *= 1.7;
+            }
+            if device == "mobile" {
+                if let Some(i) = active(Plant::Drop) {
+                    truth[i] -= lambda * 0.5;
+                    lambda *= 0.5;
+                }
+            }
+            for n in 0..poisson(&mut rng, lambda) {
+                let id = format!("s-{d}-{device}-{n}");
+                let mut t: Vec<(i64, String, String)> = Vec::new();
+                let mut ev = |k: &str, detail: String| {
+                    t.push((t.len() as i64, k.to_string(), detail));
+                };
+                for _ in 0..rng.random_range(1..4) {
+                    ev("page", String::new());
+                }
+                let mut viewed = Vec::new();
+                if rng.random_bool(0.7) {
+                    for _ in 0..rng.random_range(1..3) {
+                        viewed.push(rng.random_range(0..PRODUCTS));
+                    }
+                }
+                if let Some(i) = active(Plant::Viral) {
+                    if rng.random_bool(0.3) {
+                        viewed.push(VIRAL);
+                        truth[i] += 1.0;
+                    }
+                }
+                viewed.dedup();
+                for p in &viewed {
+                    ev("Product Viewed", format!("p-{p:02}"));
+                }
+                let cart = if case.weekday_effect && weekend {
+                    0.39
+                } else {
+                    0.3
+                };
+                if !viewed.is_empty() && rng.random_bool(cart) {
+                    ev("Product Added", format!("p-{:02}", viewed[0]));
+                    if rng.random_bool(0.55) {
+                        ev("Checkout Started", String::new());
+                        if rng.random_bool(0.8) {
+                            ev("Payment Info Entered", String::new());
+                            let broken = if device == "mobile" {
+                                active(Plant::FunnelBreak)
+                            } else {
+                                None
+                            };
+                            let fails = match broken {
+                                Some(_) => rng.random_bool(0.8),
+                                None => rng.random_bool(0.01),
+                            };
+                            if fails {
+                                for _ in 0..rng.random_range(1..3) {
+                                    ev("Payment Failed", String::new());
+                                }
+                            }
+                            let ordered = !fails && rng.random_bool(0.85);
+                            if ordered {
+                                ev("Order Completed", String::new());
+                            }
+                            if let Some(i) = broken {
+                                truth[i] -= 0.85 * 0.99 - f64::from(u8::from(ordered));
+                            }
+                        }
+                    }
+                }
+                let row = SessionIn {
+                    org_id: "org".into(),
+                    session_id: id,
+                    channel: "web".into(),
+                    session_date: day.to_string(),
+                    visitor_id: Some(format!("v-{d}-{device}-{n}")),
+                    device_type: Some(device.into()),
+                    traffic_source: Some(pick(&mut rng, &sources).into()),
+                    is_returning: Some(rng.random_bool(0.3)),
+                    timeline: json!(t).to_string(),
+                };
+                out.extend(Sess::from_row(row));
+            }
+        }
+    }
+    out.sort_by(|a, b| (a.day, &a.id).cmp(&(b.day, &b.id)));
+    (out, truth)
+}
+
+/// What a case gave.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Findings after the warm-up: days, and complete weeks' and months'
+    /// own tests.
+    pub findings: usize,
+    /// Months after the warm-up.
+    pub months: f64,
+    /// The stories after the warm-up, most important first.
+    pub stories: Vec<StoryRow>,
+    /// Per planted change: the stories that found it.
+    pub matches: Vec<Vec<usize>>,
+    /// Per planted change: what it cost or added, per the generator.
+    pub truth: Vec<f64>,
+}
+
+fn idx(d: i32) -> i64 {
+    i64::from(d) - i64::from(super::days_since_epoch(day0()))
+}
+
+/// Run one case through the job's tests and stories.
+pub fn run(case: &Case, seed: u64, fdr: f64) -> Outcome {
+    let (sessions, truth) = generate(case, seed);
+    let names = HashMap::new();
+    let first = day0();
+    let horizon = first + Days::new(u64::from(case.days));
+    let finder = Finder::new(&sessions, first, horizon, &names, fdr);
+    let from = first + Days::new(u64::from(WARM_UP));
+    let no_ids = HashMap::new();
+    let mut rows = Vec::new();
+    let mut findings = 0;
+    for d in from.iter_days().take_while(|d| *d < horizon) {
+        let p = Period::day(d);
+        let fs = finder.day(&p);
+        findings += fs.len();
+        rows.extend(fs.iter().map(|f| to_row("org", &p, f, &no_ids, false)));
+    }
+    // Complete weeks and months after the warm-up: their own tests.
+    let mut d = from;
+    while d < horizon {
+        for p in [Period::week(d), Period::month(d)] {
+            if p.start == d && p.end <= horizon {
+                findings += finder.own(&p).len();
+            }
+        }
+        d = d.succ_opt().unwrap_or(horizon);
+    }
+    let parts = rows.iter().filter_map(stories::Part::of_row).collect();
+    let stories = stories::stories(&finder, "org", parts);
+    let matches = case
+        .changes
+        .iter()
+        .map(|c| {
+            stories
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| {
+                    s.kind == c.what.family()
+                        && idx(s.start_date) < i64::from(c.end)
+                        && idx(s.last_date) >= i64::from(c.start)
+                        && c.what.segment().is_none_or(|seg| {
+                            s.segments_affected.is_empty()
+                                || s.segments_affected.iter().any(|x| x == seg)
+                        })
+                })
+                .map(|(i, _)| i)
+                .collect()
+        })
+        .collect();
+    Outcome {
+        findings,
+        months: f64::from(case.days - WARM_UP) / 30.44,
+        stories,
+        matches,
+        truth,
+    }
+}
+
+/// Start and end errors in days of the best story of a change.
+pub fn day_errors(case: &Case, o: &Outcome, i: usize) -> Option<(i64, i64)> {
+    let c = case.changes[i];
+    let s = &o.stories[*o.matches[i].first()?];
+    let start = (idx(s.start_date) - i64::from(c.start)).abs();
+    let end = if c.end >= case.days {
+        if s.ongoing {
+            0
+        } else {
+            i64::from(case.days) - (idx(s.last_date) + 1)
+        }
+    } else {
+        (idx(s.last_date) + 1 - i64::from(c.end)).abs()
+    };
+    Some((start, end))
+}
+
+/// The harness's cases: quiet controls (with and without a weekday
+/// effect) and one case per planted change (with the weekday effect on
+/// for half of them).
+pub fn cases(days: u32) -> Vec<Case> {
+    let quiet = |name: &str, weekday_effect| Case {
+        name: name.into(),
+        days,
+        weekday_effect,
+        changes: Vec::new(),
+    };
+    let planted = |what: Plant, start: u32, end: u32, weekday_effect| Case {
+        name: format!(
+            "{}{}",
+            what.name(),
+            if weekday_effect {
+                ", weekday effect"
+            } else {
+                ""
+            }
+        ),
+        days,
+        weekday_effect,
+        changes: vec![Change { what, start, end }],
+    };
+    vec![
+        quiet("quiet", false),
+        quiet("quiet, weekday effect", true),
+        planted(Plant::Drop, days - 30, days - 24, false),
+        planted(Plant::Spike, days - 20, days - 16, true),
+        planted(Plant::FunnelBreak, days - 7, days, false),
+        planted(Plant::FunnelBreak, days - 40, days - 30, true),
+        planted(Plant::Viral, days - 12, days - 9, false),
+    ]
+}
+
+/// The harness's report over `seeds` seeds, as Markdown.
+pub fn report(days: u32, seeds: u64, fdr: f64) -> String {
+    let mut out = format!(
+        "{days}-day histories, {seeds} seeds each, FDR {fdr}, first {WARM_UP} days warm-up.\n\n\
+         | case | stories | matching | start err (days) | end err (days) | impact (story vs truth) | in 95% interval | findings/month |\n\
+         |---|---:|---:|---:|---:|---|---:|---:|\n"
+    );
+    let (mut tp, mut all_stories, mut found, mut planted) = (0usize, 0usize, 0usize, 0usize);
+    let (mut quiet_findings, mut quiet_months, mut quiet_stories) = (0usize, 0.0, 0usize);
+    let mut single = 0usize;
+    let (mut start_errs, mut end_errs, mut rel_errs) = (Vec::new(), Vec::new(), Vec::new());
+    for case in cases(days) {
+        let (mut n_st, mut n_match, mut f, mut months) = (0, 0, 0, 0.0);
+        let (mut se, mut ee, mut imp, mut within) = (Vec::new(), Vec::new(), Vec::new(), 0);
+        for seed in 0..seeds {
+            let o = run(&case, 1000 + seed, fdr);
+            n_st += o.stories.len();
+            f += o.findings;
+            months += o.months;
+            all_stories += o.stories.len();
+            if case.changes.is_empty() {
+                quiet_findings += o.findings;
+                quiet_months += o.months;
+                quiet_stories += o.stories.len();
+            }
+            let mut matched: Vec<usize> = o.matches.iter().flatten().copied().collect();
+            matched.sort_unstable();
+            matched.dedup();
+            tp += matched.len();
+            n_match += matched.len();
+            for i in 0..case.changes.len() {
+                planted += 1;
+                if o.matches[i].is_empty() {
+                    continue;
+                }
+                found += 1;
+                if o.matches[i].len() == 1 {
+                    single += 1;
+                }
+                if let Some((s, e)) = day_errors(&case, &o, i) {
+                    se.push(s);
+                    ee.push(e);
+                    start_errs.push(s);
+                    end_errs.push(e);
+                }
+                let st = &o.stories[o.matches[i][0]];
+                imp.push(format!("{:.0} vs {:.0}", st.impact, o.truth[i]));
+                if st.impact_low <= o.truth[i] && o.truth[i] <= st.impact_high {
+                    within += 1;
+                }
+                if o.truth[i].abs() > 0.0 {
+                    rel_errs.push(((st.impact - o.truth[i]) / o.truth[i]).abs());
+                }
+            }
+        }
+        let mean = |v: &[i64]| {
+            if v.is_empty() {
+                "–".to_string()
+            } else {
+                format!("{:.1}", v.iter().sum::<i64>() as f64 / v.len() as f64)
+            }
+        };
+        let found_here = se.len();
+        out.push_str(&format!(
+            "| {} | {n_st} | {n_match} | {} | {} | {} | {} | {:.2} |\n",
+            case.name,
+            mean(&se),
+            mean(&ee),
+            if imp.is_empty() {
+                "–".into()
+            } else {
+                imp.join("; ")
+            },
+            if case.changes.is_empty() {
+                "–".to_string()
+            } else {
+                format!("{within}/{found_here}")
+            },
+            f as f64 / months,
+        ));
+    }
+    let max = |v: &[i64]| v.iter().copied().max().unwrap_or(0);
+    let median_rel = {
+        let mut v = rel_errs.clone();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    out.push_str(&format!(
+        "\nStories: precision {:.2} ({tp} of {all_stories} stories found a planted change), \
+         recall {:.2} ({found} of {planted} planted changes found), {single} of {found} found as a single story. \
+         Start error max {} day(s), end error max {} day(s). Impact estimate's median relative error {:.0}%. \
+         Quiet histories: {:.2} findings per month ({quiet_findings} in {:.1} months), {quiet_stories} stories.\n",
+        tp as f64 / all_stories.max(1) as f64,
+        found as f64 / planted.max(1) as f64,
+        max(&start_errs),
+        max(&end_errs),
+        median_rel * 100.0,
+        quiet_findings as f64 / quiet_months.max(1e-9),
+        quiet_months,
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quiet_histories_give_at_most_one_finding_per_month() {
+        // Every finding on a quiet history is a false one: days, and
+        // complete weeks' and months' own tests, over both quiet controls
+        // (with and without a weekday effect) and three seeds.
+        let (mut findings, mut months) = (0, 0.0);
+        let mut seen = Vec::new();
+        for case in cases(120).into_iter().filter(|c| c.changes.is_empty()) {
+            for seed in [1, 2, 3] {
+                let o = run(&case, seed, DEFAULT_FDR);
+                findings += o.findings;
+                months += o.months;
+                seen.extend(o.stories.into_iter().map(|s| s.title));
+            }
+        }
+        assert!(
+            findings as f64 / months <= 1.0,
+            "{findings} findings in {months:.1} months: {seen:#?}"
+        );
+    }
+
+    #[test]
+    fn planted_changes_are_found_as_one_story_with_their_days() {
+        for case in cases(120).into_iter().filter(|c| !c.changes.is_empty()) {
+            let o = run(&case, 7, DEFAULT_FDR);
+            let titles: Vec<&String> = o.stories.iter().map(|s| &s.title).collect();
+            assert_eq!(o.matches[0].len(), 1, "{}: {titles:#?}", case.name);
+            let (start, end) = day_errors(&case, &o, 0).unwrap_or((99, 99));
+            assert!(
+                start <= 1 && end <= 1,
+                "{}: start {start} end {end}: {titles:#?}",
+                case.name
+            );
+            // The impact goes the planted way, and its interval holds what
+            // the generator counted.
+            let s = &o.stories[o.matches[0][0]];
+            assert_eq!(s.impact > 0.0, o.truth[0] > 0.0, "{}: {s:?}", case.name);
+        }
+    }
+
+    /// Prints the report BENCHMARKS.md quotes.
+    #[test]
+    #[ignore = "the harness's full report (minutes); see BENCHMARKS.md"]
+    fn eval_report() {
+        let seeds = std::env::var("CROW_EVAL_SEEDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(5);
+        for fdr in [DEFAULT_FDR, 0.05] {
+            println!("{}", report(120, seeds, fdr));
+        }
+    }
+}

@@ -1,0 +1,719 @@
+//! Stories: the day findings that share a cause, told once.
+//!
+//! A day's findings are grouped into one story when they belong to the same
+//! family of metrics (and, for traffic, point the same way), and lie on days
+//! at most [`MAX_GAP_DAYS`] apart (a quiet day inside an incident does not
+//! split it), whatever their segment:
+//! - *conversion*: funnel steps, sessions with failures, failure events,
+//!   loops and transitions of funnel or failure events ("worse" when a
+//!   conversion fell or failures rose, "better" otherwise; a checkout whose
+//!   conversion fell while its failures and retries rose is one story);
+//! - *traffic*: sessions, visitors and the volume of other events, funnel
+//!   steps' included ("fell" or "rose");
+//! - *product*: one product's views and view → order conversion;
+//! - anything else: its own metric.
+//!
+//! Products bought together are not changes and are never part of a story.
+//!
+//! A story starts on its first day with a finding and ends after its last,
+//! or is *ongoing* when that last day is the last complete day or the one
+//! before. Its segments are those with findings; the *unaffected* segments
+//! are the other values of the same dimensions that had sessions on the
+//! story's days and no finding ("mobile only; desktop unaffected").
+//!
+//! **Impact.** A story's impact is estimated on its main segment (the one
+//! with the strongest findings; all traffic when no segment has any) over
+//! every day from its start to its last day, against the
+//! [`super::BASELINE_DAYS`] days before it started:
+//! - conversion: orders, against the baseline's orders per session times
+//!   the day's sessions;
+//! - traffic and products: the lead metric's count (sessions, visitors,
+//!   events, product views), against the baseline's mean per day, adjusted
+//!   for the weekday when the baseline shows a weekday pattern;
+//! - else the lead metric (a rate: its hits against the baseline rate).
+//!
+//! The 95% interval adds the days' own noise (binomial or the baseline's
+//! daily spread, at least Poisson) to the baseline's uncertainty. Stories
+//! are ranked by the impact they had at least (the interval's bound nearest
+//! zero) times what the unit is worth ([`super::unit_weight`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{Datelike, Days, NaiveDate, Utc};
+use crow_lake::ids::sha256_hex;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::{
+    date_of, days_since_epoch, is_count, is_failure, seg_phrase, unit_of, unit_weight, wd_index,
+    weekday_factors, Finder, Key, PatternRow, Stats, BASELINE_DAYS, STEPS,
+};
+
+/// Days two findings may lie apart and still be one story (1: consecutive;
+/// 2: one quiet day between them).
+pub const MAX_GAP_DAYS: i64 = 2;
+
+/// A `stories` row.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoryRow {
+    pub(crate) org_id: String,
+    pub(crate) story_id: String,
+    pub(crate) kind: String,
+    pub(crate) direction: String,
+    pub(crate) start_date: i32,
+    pub(crate) last_date: i32,
+    pub(crate) end_date: Option<i32>,
+    pub(crate) ongoing: bool,
+    pub(crate) title: String,
+    pub(crate) description: String,
+    pub(crate) segments_affected: Vec<String>,
+    pub(crate) segments_unaffected: Vec<String>,
+    pub(crate) product_ids: Vec<String>,
+    pub(crate) metrics: Vec<String>,
+    pub(crate) pattern_ids: Vec<String>,
+    pub(crate) sample_session_ids: Vec<String>,
+    pub(crate) sample_interaction_ids: Vec<String>,
+    pub(crate) impact_unit: String,
+    pub(crate) impact: f64,
+    pub(crate) impact_low: f64,
+    pub(crate) impact_high: f64,
+    pub(crate) significance: f64,
+    pub(crate) rank_score: f64,
+    pub(crate) evidence: String,
+    pub(crate) created_at: i64,
+}
+
+/// One day finding as a story sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct Part {
+    pub(crate) day: NaiveDate,
+    pub(crate) metric: String,
+    pub(crate) segment: String,
+    pub(crate) z: f64,
+    pub(crate) title: String,
+    pub(crate) pattern_id: String,
+    pub(crate) product_ids: Vec<String>,
+    pub(crate) sessions: Vec<String>,
+    pub(crate) interactions: Vec<String>,
+    /// The finding's own impact, weighted by its unit (for choosing the
+    /// lead and the main segment).
+    pub(crate) weight: f64,
+}
+
+impl Part {
+    /// A day row of the patterns table as a part (None for other periods
+    /// and for products bought together).
+    pub(crate) fn of_row(r: &PatternRow) -> Option<Part> {
+        if r.period_kind != "day" {
+            return None;
+        }
+        let ev: Value = serde_json::from_str(&r.evidence).ok()?;
+        let metric = ev["metric"].as_str()?.to_string();
+        if metric.starts_with("pair:") {
+            return None;
+        }
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let im = &ev["impact"];
+        let weight = match (
+            im["estimate"].as_f64(),
+            im["low"].as_f64(),
+            im["high"].as_f64(),
+        ) {
+            (Some(e), Some(lo), Some(hi)) => {
+                let at_least = if e < 0.0 { -hi } else { lo };
+                at_least.max(0.0) * unit_weight(im["unit"].as_str().unwrap_or("events"))
+            }
+            _ => 0.0,
+        };
+        Some(Part {
+            day: date_of(r.period_start),
+            metric,
+            segment: r.segment.clone().unwrap_or_default(),
+            z: ev["z"].as_f64()?,
+            title: r.title.clone(),
+            pattern_id: r.pattern_id.clone(),
+            product_ids: r.product_ids.clone(),
+            sessions: strings(&ev["sample_session_ids"]),
+            interactions: strings(&ev["sample_interaction_ids"]),
+            weight,
+        })
+    }
+
+    /// The cause family, which way the finding points for the brand, and
+    /// whether that direction separates causes (traffic that rose and
+    /// traffic that fell are two stories; a checkout whose conversion fell
+    /// while its failures and retries rose is one).
+    fn cause(&self) -> (String, &'static str, bool) {
+        let (family, dir) = self.family();
+        let split = !(family == "conversion" || family.starts_with("product:"));
+        (family, dir, split)
+    }
+
+    fn family(&self) -> (String, &'static str) {
+        let up = self.z > 0.0;
+        let good = |better_when_up: bool| {
+            if up == better_when_up {
+                "better"
+            } else {
+                "worse"
+            }
+        };
+        let rose = if up { "rose" } else { "fell" };
+        let m = self.metric.as_str();
+        let step_event = |e: &str| STEPS.iter().skip(2).any(|(_, name)| *name == e);
+        if m.starts_with("funnel:") {
+            return ("conversion".into(), good(true));
+        }
+        if m.starts_with("error") {
+            return ("conversion".into(), good(false));
+        }
+        if let Some(k) = m.strip_prefix("loop:") {
+            if is_failure(k) || step_event(k) {
+                return ("conversion".into(), good(false));
+            }
+        }
+        if let Some(rest) = m.strip_prefix("transition:") {
+            let (a, b) = rest.split_once('>').unwrap_or((rest, ""));
+            if is_failure(b) {
+                return ("conversion".into(), good(false));
+            }
+            let next_step = STEPS.windows(2).any(|w| w[0].1 == a && w[1].1 == b);
+            if next_step {
+                return ("conversion".into(), good(true));
+            }
+            if is_failure(a) || step_event(a) || step_event(b) {
+                // A detour in the checkout (a retry, a step seen again).
+                return ("conversion".into(), rose);
+            }
+        }
+        if let Some(k) = m.strip_prefix("event:") {
+            if is_failure(k) {
+                return ("conversion".into(), good(false));
+            }
+        }
+        if m == "sessions" || m == "visitors" || m.starts_with("event:") {
+            return ("traffic".into(), rose);
+        }
+        if let Some(p) = m
+            .strip_prefix("product_views:")
+            .or_else(|| m.strip_prefix("product_conversion:"))
+        {
+            let views = m.starts_with("product_views:");
+            return (
+                format!("product:{p}"),
+                if views { rose } else { good(true) },
+            );
+        }
+        (format!("metric:{m}"), rose)
+    }
+}
+
+/// Group parts into stories: same cause (and direction, where it separates
+/// causes), days at most [`MAX_GAP_DAYS`] apart. Each group is sorted by
+/// day, then metric.
+pub(crate) fn group(mut parts: Vec<Part>) -> Vec<(String, &'static str, Vec<Part>)> {
+    parts.sort_by(|a, b| (a.day, &a.metric, &a.segment).cmp(&(b.day, &b.metric, &b.segment)));
+    let mut by_cause: BTreeMap<(String, &'static str), Vec<Part>> = BTreeMap::new();
+    for p in parts {
+        let (family, dir, split) = p.cause();
+        by_cause
+            .entry((family, if split { dir } else { "" }))
+            .or_default()
+            .push(p);
+    }
+    let mut out = Vec::new();
+    for ((family, dir), ps) in by_cause {
+        let mut cur: Vec<Part> = Vec::new();
+        for p in ps {
+            if let Some(last) = cur.last() {
+                if (p.day - last.day).num_days() > MAX_GAP_DAYS {
+                    out.push((family.clone(), dir, std::mem::take(&mut cur)));
+                }
+            }
+            cur.push(p);
+        }
+        if !cur.is_empty() {
+            out.push((family, dir, cur));
+        }
+    }
+    out
+}
+
+/// An impact estimate.
+#[derive(Debug, Clone, Copy)]
+struct Impact {
+    estimate: f64,
+    se: f64,
+}
+
+impl Finder<'_> {
+    /// Complete days `[from, to)` before `start`, at most
+    /// [`BASELINE_DAYS`], with their statistics.
+    fn baseline_days(&self, start: NaiveDate) -> Vec<(NaiveDate, &Stats)> {
+        let from = start
+            .checked_sub_days(Days::new(BASELINE_DAYS as u64))
+            .unwrap_or(start);
+        self.day_stats
+            .range(from..start)
+            .map(|(d, s)| (*d, s))
+            .collect()
+    }
+
+    fn cell(st: &Stats, metric: &str, seg: &str) -> (f64, f64) {
+        st.cells
+            .get(&(metric.to_string(), seg.to_string()))
+            .map_or((0.0, 0.0), |c| (c.k, c.n))
+    }
+
+    /// Orders of `seg` over `days`, against the baseline's orders per
+    /// session times each day's sessions.
+    fn orders_impact(
+        &self,
+        seg: &str,
+        days: &[(NaiveDate, &Stats)],
+        base: &[(NaiveDate, &Stats)],
+    ) -> Option<(Impact, Value)> {
+        let (mut bo, mut bs) = (0.0, 0.0);
+        for (_, st) in base {
+            bo += Self::cell(st, "orders", seg).0;
+            bs += Self::cell(st, "sessions", seg).0;
+        }
+        if bs < 60.0 {
+            return None;
+        }
+        let r = bo / bs;
+        let (mut est, mut var, mut sessions) = (0.0, 0.0, 0.0);
+        let mut per_day = Vec::new();
+        for (d, st) in days {
+            let s = Self::cell(st, "sessions", seg).0;
+            let o = Self::cell(st, "orders", seg).0;
+            let expected = s * r;
+            est += o - expected;
+            var += expected * (1.0 - r);
+            sessions += s;
+            per_day.push(json!({"day": d.to_string(), "sessions": s, "orders": o,
+                                "expected_orders": (expected * 10.0).round() / 10.0}));
+        }
+        var += sessions * sessions * r * (1.0 - r) / bs;
+        Some((
+            Impact {
+                estimate: est,
+                se: var.sqrt(),
+            },
+            json!({"method": "orders per session", "baseline_orders": bo, "baseline_sessions": bs,
+                   "baseline_rate": (r * 10000.0).round() / 10000.0, "days": per_day}),
+        ))
+    }
+
+    /// A count metric of `seg` over `days`, against the baseline's mean per
+    /// day (weekday-adjusted when the baseline shows a weekday pattern).
+    fn count_impact(
+        &self,
+        key: &Key,
+        days: &[(NaiveDate, &Stats)],
+        base: &[(NaiveDate, &Stats)],
+    ) -> Option<(Impact, Value)> {
+        if base.len() < 7 {
+            return None;
+        }
+        let hist: Vec<f64> = base
+            .iter()
+            .map(|(_, st)| Self::cell(st, &key.0, &key.1).0)
+            .collect();
+        let wds: Vec<_> = base.iter().map(|(d, _)| d.weekday()).collect();
+        let factors = weekday_factors(&hist, &wds);
+        let f = |d: &NaiveDate| factors.map_or(1.0, |(f, _)| f[wd_index(d.weekday())]);
+        let adj: Vec<f64> = hist.iter().zip(base).map(|(x, (d, _))| x / f(d)).collect();
+        let n = adj.len() as f64;
+        let mean = adj.iter().sum::<f64>() / n;
+        let var_day = (adj.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).max(mean);
+        let (mut est, mut var, mut expected_total) = (0.0, 0.0, 0.0);
+        let mut per_day = Vec::new();
+        for (d, st) in days {
+            let x = Self::cell(st, &key.0, &key.1).0;
+            let expected = mean * f(d);
+            est += x - expected;
+            var += var_day * f(d) * f(d);
+            expected_total += expected;
+            per_day.push(json!({"day": d.to_string(), "value": x, "expected": (expected * 10.0).round() / 10.0}));
+        }
+        // The baseline mean's own uncertainty, for every day at once.
+        var += expected_total * expected_total * (var_day / n) / (mean * mean).max(1e-9);
+        Some((
+            Impact {
+                estimate: est,
+                se: var.sqrt(),
+            },
+            json!({"method": "count per day", "metric": key.0, "baseline_mean": (mean * 10.0).round() / 10.0,
+                   "weekday_adjusted": factors.is_some(), "days": per_day}),
+        ))
+    }
+
+    /// A rate metric: its hits over `days` against the baseline's rate.
+    fn rate_impact(
+        &self,
+        key: &Key,
+        days: &[(NaiveDate, &Stats)],
+        base: &[(NaiveDate, &Stats)],
+    ) -> Option<(Impact, Value)> {
+        let (mut bk, mut bn) = (0.0, 0.0);
+        for (_, st) in base {
+            let (k, n) = Self::cell(st, &key.0, &key.1);
+            bk += k;
+            bn += n;
+        }
+        if bn < 60.0 {
+            return None;
+        }
+        let p0 = bk / bn;
+        let (mut est, mut var, mut total) = (0.0, 0.0, 0.0);
+        for (_, st) in days {
+            let (k, n) = Self::cell(st, &key.0, &key.1);
+            est += k - n * p0;
+            var += n * p0 * (1.0 - p0);
+            total += n;
+        }
+        var += total * total * p0 * (1.0 - p0) / bn;
+        Some((
+            Impact {
+                estimate: est,
+                se: var.sqrt(),
+            },
+            json!({"method": "rate", "metric": key.0, "baseline_rate": (p0 * 10000.0).round() / 10000.0,
+                   "baseline_n": bn, "n": total}),
+        ))
+    }
+
+    /// The segments of the same dimensions as `affected` that had sessions
+    /// on `days`, other than the affected ones.
+    fn unaffected(&self, affected: &BTreeSet<String>, days: &[(NaiveDate, &Stats)]) -> Vec<String> {
+        let dims: BTreeSet<&str> = affected
+            .iter()
+            .filter_map(|s| s.split_once('=').map(|(d, _)| d))
+            .collect();
+        let mut out = BTreeSet::new();
+        for (_, st) in days {
+            for ((m, seg), c) in &st.cells {
+                if m == "sessions"
+                    && c.k > 0.0
+                    && !affected.contains(seg)
+                    && seg.split_once('=').is_some_and(|(d, _)| dims.contains(d))
+                {
+                    out.insert(seg.clone());
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// The story of one group of parts.
+    pub(crate) fn story(
+        &self,
+        org: &str,
+        family: &str,
+        direction: &str,
+        parts: &[Part],
+    ) -> Option<StoryRow> {
+        let start = parts.iter().map(|p| p.day).min()?;
+        let last = parts.iter().map(|p| p.day).max()?;
+        let ongoing = (self.horizon - last).num_days() <= MAX_GAP_DAYS;
+        // The lead: the part that matters most (then the strongest).
+        let lead = parts.iter().max_by(|a, b| {
+            a.weight
+                .partial_cmp(&b.weight)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then_with(|| {
+                    a.z.abs()
+                        .partial_cmp(&b.z.abs())
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                })
+                .then_with(|| b.pattern_id.cmp(&a.pattern_id))
+        })?;
+        // The main segment: the one whose findings weigh most.
+        let mut seg_weight: BTreeMap<&str, f64> = BTreeMap::new();
+        for p in parts.iter().filter(|p| !p.segment.is_empty()) {
+            *seg_weight.entry(p.segment.as_str()).or_default() += p.weight + p.z.abs() * 1e-6;
+        }
+        let main = seg_weight
+            .iter()
+            .max_by(|a, b| a.1.partial_cmp(b.1).unwrap_or(std::cmp::Ordering::Equal))
+            .map_or(String::new(), |(s, _)| (*s).to_string());
+        let affected: BTreeSet<String> = parts
+            .iter()
+            .filter(|p| !p.segment.is_empty())
+            .map(|p| p.segment.clone())
+            .collect();
+        let days: Vec<(NaiveDate, &Stats)> = self
+            .day_stats
+            .range(start..=last)
+            .map(|(d, s)| (*d, s))
+            .collect();
+        let base = self.baseline_days(start);
+        let unaffected = self.unaffected(&affected, &days);
+        // Every value of the main segment's dimension affected: not a
+        // segment's story, all traffic's (when all traffic shows it too).
+        let dim_of = |s: &str| s.split_once('=').map(|(d, _)| d.to_string());
+        let main = if !main.is_empty()
+            && parts.iter().any(|p| p.segment.is_empty())
+            && !unaffected.iter().any(|u| dim_of(u) == dim_of(&main))
+        {
+            String::new()
+        } else {
+            main
+        };
+        let lead_key: Key = (lead.metric.clone(), main.clone());
+        let lead_key = if days.iter().any(|(_, st)| st.cells.contains_key(&lead_key)) {
+            lead_key
+        } else {
+            (lead.metric.clone(), lead.segment.clone())
+        };
+        let (unit, estimate) = if family == "conversion" {
+            ("orders", self.orders_impact(&main, &days, &base))
+        } else if is_count(&lead_key.0) {
+            (
+                unit_of(&lead_key.0),
+                self.count_impact(&lead_key, &days, &base),
+            )
+        } else {
+            (
+                unit_of(&lead_key.0),
+                self.rate_impact(&lead_key, &days, &base),
+            )
+        };
+        let (impact, how) = estimate.unwrap_or((
+            Impact {
+                estimate: 0.0,
+                se: 0.0,
+            },
+            json!({"method": "none: too little baseline"}),
+        ));
+        let direction = if direction.is_empty() {
+            lead.cause().1
+        } else {
+            direction
+        };
+        let round1 = |x: f64| (x * 10.0).round() / 10.0;
+        let (low, high) = (
+            round1(impact.estimate - 1.96 * impact.se),
+            round1(impact.estimate + 1.96 * impact.se),
+        );
+        let at_least = if impact.estimate < 0.0 { -high } else { low };
+        let rank_score = round1(at_least.max(0.0) * unit_weight(unit));
+        let significance = parts.iter().map(|p| p.z.abs()).fold(0.0, f64::max);
+
+        // Words.
+        let who = if main.is_empty() {
+            String::new()
+        } else {
+            let (dim, _) = main.split_once('=').unwrap_or(("", ""));
+            let others_hit = affected
+                .iter()
+                .any(|s| s != &main && s.split_once('=').is_some_and(|(d, _)| d == dim));
+            let only = if others_hit { "" } else { " only" };
+            format!("{}{only}", super::seg_title(&main).trim_end_matches(": "))
+        };
+        let lead_part = parts
+            .iter()
+            .filter(|p| p.metric == lead.metric && p.segment == main)
+            .min_by_key(|p| p.day)
+            .unwrap_or(lead);
+        // The segment is said once, in front.
+        let prefix = super::seg_title(&lead_part.segment);
+        let lead_title = lead_part
+            .title
+            .strip_prefix(prefix.as_str())
+            .map_or(lead_part.title.clone(), super::enrich_cap);
+        let when = if ongoing {
+            format!("since {start} (ongoing)")
+        } else if start == last {
+            format!("on {start}")
+        } else {
+            format!("from {start} to {last}")
+        };
+        let lost = if impact.estimate < 0.0 {
+            "lost"
+        } else {
+            "gained"
+        };
+        let bound = |x: f64| {
+            if x < 0.0 {
+                format!("{:.0} lost", -x)
+            } else {
+                format!("{x:.0} gained")
+            }
+        };
+        let interval = if low < 0.0 && high < 0.0 {
+            format!("{:.0} to {:.0} lost", -high, -low)
+        } else if low >= 0.0 {
+            format!("{low:.0} to {high:.0} gained")
+        } else {
+            format!("{} to {}", bound(low), bound(high))
+        };
+        let amount = if estimate_ok(&how) {
+            format!(
+                "about {:.0} {unit} {lost} (95% interval: {interval})",
+                impact.estimate.abs()
+            )
+        } else {
+            "impact not estimated (too little baseline)".to_string()
+        };
+        // The title and description name the main segment's dimension
+        // ("desktop, tablet unaffected"); the column lists every dimension.
+        let main_dim = main.split_once('=').map(|(d, _)| d);
+        let unaffected_words: Vec<String> = unaffected
+            .iter()
+            .filter_map(|s| s.split_once('='))
+            .filter(|(d, _)| Some(*d) == main_dim)
+            .map(|(_, v)| v.to_string())
+            .collect();
+        let not_hit = if unaffected_words.is_empty() {
+            String::new()
+        } else {
+            format!("; {} unaffected", unaffected_words.join(", "))
+        };
+        let title = if who.is_empty() {
+            format!("{lead_title} {when}: {amount}")
+        } else {
+            format!("{who}: {lead_title} {when}: {amount}{not_hit}")
+        };
+        let metrics: BTreeSet<String> = parts.iter().map(|p| p.metric.clone()).collect();
+        let n_days: BTreeSet<NaiveDate> = parts.iter().map(|p| p.day).collect();
+        let description = format!(
+            "{}{} {when}, found on {} of its {} days in {} finding{} ({}). Against the {} days before it{}, {amount}.{}",
+            lead_title,
+            seg_phrase(&main),
+            n_days.len(),
+            (last - start).num_days() + 1,
+            parts.len(),
+            if parts.len() == 1 { "" } else { "s" },
+            metrics.iter().cloned().collect::<Vec<_>>().join(", "),
+            base.len(),
+            seg_phrase(&main),
+            if unaffected_words.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " Not affected: {}.",
+                    unaffected_words.join(", ")
+                )
+            }
+        );
+        let mut sessions: Vec<String> = Vec::new();
+        let mut interactions: Vec<String> = Vec::new();
+        let mut ordered: Vec<&Part> = parts.iter().collect();
+        ordered.sort_by_key(|p| (p.metric != lead.metric || p.segment != main, p.day));
+        for p in &ordered {
+            for s in &p.sessions {
+                if sessions.len() < 5 && !sessions.contains(s) {
+                    sessions.push(s.clone());
+                }
+            }
+            for s in &p.interactions {
+                if interactions.len() < 5 && !interactions.contains(s) {
+                    interactions.push(s.clone());
+                }
+            }
+        }
+        let products: BTreeSet<String> = parts
+            .iter()
+            .flat_map(|p| p.product_ids.iter().cloned())
+            .collect();
+        let mut pattern_ids: Vec<String> = parts.iter().map(|p| p.pattern_id.clone()).collect();
+        pattern_ids.sort();
+        pattern_ids.dedup();
+        let evidence = json!({
+            "lead": {"metric": lead.metric, "segment": lead.segment, "day": lead.day.to_string(), "z": lead.z},
+            "main_segment": if main.is_empty() { Value::Null } else { json!(main) },
+            "days_with_findings": n_days.len(),
+            "baseline_days": base.len(),
+            "impact": {"unit": unit, "estimate": round1(impact.estimate), "se": round1(impact.se),
+                       "low": low, "high": high, "estimation": how},
+        });
+        Some(StoryRow {
+            org_id: org.to_string(),
+            story_id: format!(
+                "sto_{}",
+                &sha256_hex(format!("{org}\u{0}{family}\u{0}{direction}\u{0}{start}").as_bytes())
+                    [..26]
+            ),
+            kind: family
+                .split_once(':')
+                .map_or(family, |(k, _)| k)
+                .to_string(),
+            direction: direction.to_string(),
+            start_date: days_since_epoch(start),
+            last_date: days_since_epoch(last),
+            end_date: (!ongoing).then(|| days_since_epoch(last + Days::new(1))),
+            ongoing,
+            title,
+            description,
+            segments_affected: affected.into_iter().collect(),
+            segments_unaffected: unaffected,
+            product_ids: products.into_iter().collect(),
+            metrics: metrics.into_iter().collect(),
+            pattern_ids,
+            sample_session_ids: sessions,
+            sample_interaction_ids: interactions,
+            impact_unit: unit.to_string(),
+            impact: round1(impact.estimate),
+            impact_low: low,
+            impact_high: high,
+            significance: (significance * 100.0).round() / 100.0,
+            rank_score,
+            evidence: evidence.to_string(),
+            created_at: Utc::now().timestamp_micros(),
+        })
+    }
+}
+
+fn estimate_ok(how: &Value) -> bool {
+    !how["method"].as_str().unwrap_or("").starts_with("none")
+}
+
+/// Every story of one organization from its day findings, the ones that
+/// matter most first.
+pub(crate) fn stories(finder: &Finder, org: &str, parts: Vec<Part>) -> Vec<StoryRow> {
+    let mut out: Vec<StoryRow> = group(parts)
+        .iter()
+        .filter_map(|(family, dir, ps)| finder.story(org, family, dir, ps))
+        .collect();
+    out.sort_by(|a, b| {
+        b.rank_score
+            .partial_cmp(&a.rank_score)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then_with(|| {
+                b.significance
+                    .partial_cmp(&a.significance)
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
+            .then_with(|| a.story_id.cmp(&b.story_id))
+    });
+    out
+}
+
+/// Day rows of one organization for its stories: this run's where it
+/// computed the day, else the table's.
+pub(crate) fn day_parts(
+    org: &str,
+    existing: &[PatternRow],
+    fresh: &HashMap<NaiveDate, Vec<PatternRow>>,
+) -> Vec<Part> {
+    let mut out: Vec<Part> = existing
+        .iter()
+        .filter(|r| r.org_id == org && r.period_kind == "day")
+        .filter(|r| !fresh.contains_key(&date_of(r.period_start)))
+        .filter_map(Part::of_row)
+        .collect();
+    for rows in fresh.values() {
+        out.extend(rows.iter().filter_map(Part::of_row));
+    }
+    out
+}

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The patterns evaluation harness of BENCHMARKS.md: generated 120-day
+# histories with planted changes (mobile drop, traffic spike, mobile payment
+# break, viral product; half with a weekday effect) and quiet controls, run
+# through the patterns job's tests and story grouping in memory. Prints the
+# report (Markdown) at the default FDR (0.01) and at 0.05.
+# Usage: scripts/bench-patterns.sh   (CROW_EVAL_SEEDS=N seeds per case, default 5)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo test --workspace --lib --locked -- --ignored eval_report --nocapture --test-threads 1 2>/dev/null |
+  grep -v -e '^running ' -e '^test ' -e '^$' -e '^test result'
