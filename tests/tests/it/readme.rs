@@ -188,7 +188,10 @@ fn readme_walkthrough() {
         // What each step promises, checked where the README says it.
         if line == "crow demo" {
             assert!(
-                stdout.contains("Top patterns of the week") && stdout.contains("The invoice of"),
+                stdout.contains("Top stories of the week")
+                    && stdout.contains("Top findings of the week")
+                    && stdout.contains("Mobile only: Payment")
+                    && stdout.contains("The invoice of"),
                 "{stdout}"
             );
         }
