@@ -405,7 +405,7 @@ pub async fn revoke_session(
 }
 
 /// CSRF for cookie sessions: a request that may change something (not
-/// GET/HEAD/OPTIONS), carries the session cookie and no API key, must send
+/// GET/HEAD/OPTIONS), carries the session cookie and no bearer key, must send
 /// the session's CSRF token in `X-CSRF-Token`. Sign-in and accepting a
 /// token have no session yet and are exempt.
 pub async fn csrf_guard(req: Request, next: Next) -> Response {
@@ -413,7 +413,9 @@ pub async fn csrf_guard(req: Request, next: Next) -> Response {
     let path = req.uri().path();
     let exempt = path == "/api/v1/auth/login" || path == "/api/v1/auth/accept";
     let headers = req.headers();
-    if !safe && !exempt && headers.get(header::AUTHORIZATION).is_none() {
+    // Exactly the requests `authenticate` admits by cookie: those without
+    // a bearer key (any other Authorization header does not exempt one).
+    if !safe && !exempt && auth::bearer(headers).is_none() {
         if let Some(secret) = auth::cookie(headers, SESSION_COOKIE) {
             let want = csrf_token(secret);
             let sent = headers

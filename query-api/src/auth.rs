@@ -264,7 +264,7 @@ impl RateLimiter {
 }
 
 /// The bearer secret of a request.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, secret) = v.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {
@@ -306,15 +306,9 @@ pub async fn authenticate(
     if !key.is_valid_at(Utc::now()) {
         return Err(ApiError::unauthorized("this API key has expired"));
     }
-    if let Err(wait) = limiter.check(&key.key_id) {
-        let mut e = ApiError::new(
-            axum::http::StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("rate limit of this API key exceeded; retry in {wait} s"),
-        );
-        e.retry_after = Some(wait);
-        return Err(e);
-    }
+    limiter
+        .check(&key.key_id)
+        .map_err(|wait| rate_limited("of this API key", wait))?;
     let scope = key.scope();
     if scope < needed {
         return Err(ApiError::new(
@@ -335,6 +329,17 @@ pub async fn authenticate(
     })
 }
 
+/// 429 `rate_limited` with `Retry-After`.
+fn rate_limited(whose: &str, wait: u64) -> ApiError {
+    let mut e = ApiError::new(
+        axum::http::StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("rate limit {whose} exceeded; retry in {wait} s"),
+    );
+    e.retry_after = Some(wait);
+    e
+}
+
 /// A signed-in user's principal from their session cookie.
 async fn session_principal(
     keys: &KeyCache,
@@ -352,15 +357,9 @@ async fn session_principal(
     if !session.is_live(now, keys.session_idle) || user.status != "active" || org_disabled {
         return Err(ended());
     }
-    if let Err(wait) = limiter.check(&user.user_id) {
-        let mut e = ApiError::new(
-            axum::http::StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("rate limit exceeded; retry in {wait} s"),
-        );
-        e.retry_after = Some(wait);
-        return Err(e);
-    }
+    limiter
+        .check(&user.user_id)
+        .map_err(|wait| rate_limited("of this user", wait))?;
     let role = user.role();
     let scope = role.scope();
     if scope < needed {

@@ -607,6 +607,22 @@ pub async fn create(
         schema,
     };
     tokio::spawn(job.run());
+    let audited = crate::users::audit(
+        &st.lake,
+        crate::users::Audit {
+            org_id: &p.org_id,
+            actor: &p.actor(),
+            action: "export.create",
+            target: Some(&id),
+            outcome: "ok",
+            detail: serde_json::to_value(&answer).ok(),
+            ..crate::users::Audit::default()
+        },
+    )
+    .await;
+    if let Err(e) = audited {
+        tracing::error!(error = %e, "could not write the audit log");
+    }
     Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
 

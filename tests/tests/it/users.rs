@@ -217,6 +217,20 @@ async fn invite_sign_in_csrf_throttle_disable_and_audit() {
         (403, Some("csrf_token_missing")),
         "{body}"
     );
+    // Another Authorization scheme does not excuse the token.
+    let r = http
+        .post(a.url("/api/v1/sql"))
+        .header(COOKIE, jar.header())
+        .header("Authorization", "Basic eDp5")
+        .json(&json!({"sql": "select 1 as x"}))
+        .send()
+        .await
+        .expect("sql");
+    assert_eq!(
+        r.status().as_u16(),
+        403,
+        "a cookie with a Basic header still needs the CSRF token"
+    );
     let forged = Jar {
         csrf: "0".repeat(32),
         ..jar.clone()
@@ -590,6 +604,29 @@ async fn every_endpoint_answers_every_role_and_scope_as_documented() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // Each export started is in the audit log, with who started it.
+    let audited = b.crow_json(&[
+        "sql",
+        "select actor from audit_log where action = 'export.create' order by actor",
+    ]);
+    let actors: Vec<&str> = audited
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            r["actor"]
+                .as_str()
+                .unwrap_or("")
+                .split(':')
+                .next()
+                .unwrap_or("")
+        })
+        .collect();
+    assert_eq!(
+        actors,
+        ["key", "key", "user", "user", "user"],
+        "export and admin keys, analyst, admin and owner: {audited}"
+    );
 }
 
 /// A webhook receiver: answers 500 to the first request, 200 after, and
