@@ -184,86 +184,18 @@ pub async fn run(lake: &Lake, cmd: OrgsCommand) -> Result<()> {
             context,
             context_file,
             format,
-        } => {
-            let o = resolve(lake, &org).await?;
-            let context = match context_file {
-                Some(path) => Some(std::fs::read_to_string(&path).map_err(|e| {
-                    anyhow::anyhow!("cannot read --context-file {}: {e}", path.display())
-                })?),
-                None => context,
-            };
-            if name.is_none() && domain.is_none() && context.is_none() {
-                bail!("nothing to change: give --name, --domain, --context or --context-file");
-            }
-            let change = OrgUpdate {
-                name,
-                domain,
-                context,
-            };
-            let o = orgs::update(lake, &o.org_id, &change).await?;
-            crate::users::audit_cli(
-                lake,
-                &o.org_id,
-                "org.update",
-                &o.org_id,
-                serde_json::json!({}),
-            )
-            .await;
-            output::print_object(format.format, SHOWN, &shown(&o))
-        }
+        } => update(lake, &org, name, domain, context, context_file, format).await,
         OrgsCommand::RotateKey {
             org,
             grace_hours,
             format,
-        } => {
-            let o = resolve(lake, &org).await?;
-            let grace = chrono::Duration::hours(i64::from(grace_hours));
-            let key = orgs::rotate_write_key_with_grace(lake, &o.org_id, grace).await?;
-            crate::users::audit_cli(
-                lake,
-                &o.org_id,
-                "org.rotate_write_key",
-                &o.org_id,
-                serde_json::json!({"grace_hours": grace_hours}),
-            )
-            .await;
-            let until = (grace_hours > 0).then(|| chrono::Utc::now() + grace);
-            let obj = serde_json::json!({
-                "org_id": o.org_id, "write_key": key, "previous_key_valid_until": until,
-            });
-            output::print_object(
-                format.format,
-                &["org_id", "write_key", "previous_key_valid_until"],
-                &obj,
-            )
-        }
+        } => rotate_key(lake, &org, grace_hours, format).await,
         OrgsCommand::Webhook {
             org,
             url,
             off,
             format,
-        } => {
-            let o = resolve(lake, &org).await?;
-            let url = if off { None } else { url };
-            let secret = orgs::set_webhook(lake, &o.org_id, url.as_deref()).await?;
-            crate::users::audit_cli(
-                lake,
-                &o.org_id,
-                "org.webhook",
-                &o.org_id,
-                serde_json::json!({"url": url}),
-            )
-            .await;
-            if format.format != Format::Json && secret.is_some() {
-                eprintln!("The signing secret is shown once: keep it to verify X-Crow-Signature.");
-            }
-            let obj = serde_json::json!({"org_id": o.org_id, "webhook_url": url, "webhook_secret": secret});
-            output::print_object(
-                format.format,
-                &["org_id", "webhook_url", "webhook_secret"],
-                &obj,
-            )
-        }
+        } => webhook(lake, &org, if off { None } else { url }, format).await,
         OrgsCommand::Disable { org, format } => status(lake, &org, false, format.format).await,
         OrgsCommand::Enable { org, format } => status(lake, &org, true, format.format).await,
         OrgsCommand::Delete { org, yes, format } => {
@@ -283,6 +215,91 @@ pub async fn run(lake: &Lake, cmd: OrgsCommand) -> Result<()> {
             output::print_rows(format.format, &["table", "rows_deleted"], &rows)
         }
     }
+}
+
+/// `crow orgs update`: change fields in place.
+async fn update(
+    lake: &Lake,
+    org: &str,
+    name: Option<String>,
+    domain: Option<String>,
+    context: Option<String>,
+    context_file: Option<std::path::PathBuf>,
+    format: FormatArg,
+) -> Result<()> {
+    let org = resolve(lake, org).await?;
+    let context =
+        match context_file {
+            Some(path) => Some(std::fs::read_to_string(&path).map_err(|e| {
+                anyhow::anyhow!("cannot read --context-file {}: {e}", path.display())
+            })?),
+            None => context,
+        };
+    if name.is_none() && domain.is_none() && context.is_none() {
+        bail!("nothing to change: give --name, --domain, --context or --context-file");
+    }
+    let change = OrgUpdate {
+        name,
+        domain,
+        context,
+    };
+    let o = orgs::update(lake, &org.org_id, &change).await?;
+    crate::users::audit_cli(
+        lake,
+        &o.org_id,
+        "org.update",
+        &o.org_id,
+        serde_json::json!({}),
+    )
+    .await;
+    output::print_object(format.format, SHOWN, &shown(&o))
+}
+
+/// `crow orgs rotate-key`: a new write key; the old one for the grace.
+async fn rotate_key(lake: &Lake, org: &str, grace_hours: u32, format: FormatArg) -> Result<()> {
+    let o = resolve(lake, org).await?;
+    let grace = chrono::Duration::hours(i64::from(grace_hours));
+    let key = orgs::rotate_write_key_with_grace(lake, &o.org_id, grace).await?;
+    crate::users::audit_cli(
+        lake,
+        &o.org_id,
+        "org.rotate_write_key",
+        &o.org_id,
+        serde_json::json!({"grace_hours": grace_hours}),
+    )
+    .await;
+    let until = (grace_hours > 0).then(|| chrono::Utc::now() + grace);
+    let obj = serde_json::json!({
+        "org_id": o.org_id, "write_key": key, "previous_key_valid_until": until,
+    });
+    output::print_object(
+        format.format,
+        &["org_id", "write_key", "previous_key_valid_until"],
+        &obj,
+    )
+}
+
+/// `crow orgs webhook`: set (printing the secret once) or remove it.
+async fn webhook(lake: &Lake, org: &str, url: Option<String>, format: FormatArg) -> Result<()> {
+    let o = resolve(lake, org).await?;
+    let secret = orgs::set_webhook(lake, &o.org_id, url.as_deref()).await?;
+    crate::users::audit_cli(
+        lake,
+        &o.org_id,
+        "org.webhook",
+        &o.org_id,
+        serde_json::json!({"url": url}),
+    )
+    .await;
+    if format.format != Format::Json && secret.is_some() {
+        eprintln!("The signing secret is shown once: keep it to verify X-Crow-Signature.");
+    }
+    let obj = serde_json::json!({"org_id": o.org_id, "webhook_url": url, "webhook_secret": secret});
+    output::print_object(
+        format.format,
+        &["org_id", "webhook_url", "webhook_secret"],
+        &obj,
+    )
 }
 
 async fn status(lake: &Lake, org: &str, active: bool, format: Format) -> Result<()> {

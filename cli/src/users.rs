@@ -141,50 +141,16 @@ pub async fn run(lake: &Lake, cfg: &crow_schemas::config::Config, cmd: UsersComm
             password_stdin,
             format,
         } => {
-            let role: Role = role.parse()?;
-            let org = crate::orgs::resolve(lake, &org).await?;
-            let password = if password_stdin {
-                let mut p = String::new();
-                std::io::stdin().read_to_string(&mut p)?;
-                let p = p.trim_end_matches(['\n', '\r']).to_string();
-                if p.is_empty() {
-                    bail!("--password-stdin read an empty password");
-                }
-                Some(p)
-            } else {
-                None
-            };
-            let invited = users::create(
+            create(
                 lake,
-                &org.org_id,
+                &org,
                 &email,
-                role,
-                name.as_deref(),
-                password.as_deref(),
+                &role,
+                name,
+                password_stdin,
+                format.format,
             )
-            .await?;
-            let u = &invited.user;
-            audit_cli(
-                lake,
-                &u.org_id,
-                "user.create",
-                &u.user_id,
-                serde_json::json!({"email": u.email, "role": u.role}),
-            )
-            .await;
-            let mut obj = u.public_json();
-            obj["invitation_token"] = serde_json::json!(invited.token);
-            if format.format != Format::Json && invited.token.is_some() {
-                {
-                    eprintln!(
-                        "The invitation token is shown once and works once, for {} hours: the user sets a password with POST /api/v1/auth/accept {{\"token\", \"password\"}}.",
-                        users::TOKEN_LIFETIME_HOURS
-                    );
-                }
-            }
-            let mut cols = COLUMNS.to_vec();
-            cols.push("invitation_token");
-            output::print_object(format.format, &cols, &obj)
+            .await
         }
         UsersCommand::List { org, format } => {
             let org_id = match org {
@@ -275,6 +241,66 @@ pub async fn run(lake: &Lake, cfg: &crow_schemas::config::Config, cmd: UsersComm
             output::print_object(format.format, &["id", "sessions_revoked"], &obj)
         }
     }
+}
+
+/// `crow users create`: an invited user (token shown once), or an active
+/// one with the password read from stdin.
+async fn create(
+    lake: &Lake,
+    org: &str,
+    email: &str,
+    role: &str,
+    name: Option<String>,
+    password_stdin: bool,
+    format: Format,
+) -> Result<()> {
+    let role: Role = role.parse()?;
+    let org = crate::orgs::resolve(lake, org).await?;
+    let password = if password_stdin {
+        Some(read_password_stdin()?)
+    } else {
+        None
+    };
+    let invited = users::create(
+        lake,
+        &org.org_id,
+        email,
+        role,
+        name.as_deref(),
+        password.as_deref(),
+    )
+    .await?;
+    let u = &invited.user;
+    audit_cli(
+        lake,
+        &u.org_id,
+        "user.create",
+        &u.user_id,
+        serde_json::json!({"email": u.email, "role": u.role}),
+    )
+    .await;
+    let mut obj = u.public_json();
+    obj["invitation_token"] = serde_json::json!(invited.token);
+    if format != Format::Json && invited.token.is_some() {
+        eprintln!(
+            "The invitation token is shown once and works once, for {} hours: the user sets a password with POST /api/v1/auth/accept {{\"token\", \"password\"}}.",
+            users::TOKEN_LIFETIME_HOURS
+        );
+    }
+    let mut cols = COLUMNS.to_vec();
+    cols.push("invitation_token");
+    output::print_object(format, &cols, &obj)
+}
+
+/// The password on stdin (its final line break removed; empty refused).
+fn read_password_stdin() -> Result<String> {
+    let mut p = String::new();
+    std::io::stdin().read_to_string(&mut p)?;
+    let p = p.trim_end_matches(['\n', '\r']).to_string();
+    if p.is_empty() {
+        bail!("--password-stdin read an empty password");
+    }
+    Ok(p)
 }
 
 async fn status(lake: &Lake, user: &str, disabled: bool, format: Format) -> Result<()> {

@@ -229,27 +229,7 @@ impl Scheduler {
                 st.retry_at = Some(retry_at);
                 st.error = Some(e.to_string().chars().take(2000).collect());
                 if attempt >= max {
-                    // Out of retries: tell the organizations' admins (the
-                    // error itself stays with operators, in job_runs).
-                    let notice = crow_lake::notify::Notice {
-                        kind: "job_failed",
-                        title: format!("The scheduled {job} job failed {attempt} times"),
-                        body: Some(format!(
-                            "Its run for {} was given up after {attempt} attempts; data it produces may be late until the next slot succeeds. Operators see the error with `crow jobs runs --job {job}`.",
-                            slot.format("%Y-%m-%d %H:%M UTC")
-                        )),
-                        link: None,
-                    };
-                    match crow_lake::notify::notify_role(&self.lake, None, "admin", &notice).await {
-                        Ok(n) => tracing::info!(
-                            job,
-                            users = n,
-                            "scheduler: gave up on the slot; admins notified"
-                        ),
-                        Err(ne) => {
-                            tracing::warn!(job, error = %ne, "could not write the job failure notification")
-                        }
-                    }
+                    self.notify_given_up(job, slot, attempt).await;
                     Outcome::Done
                 } else {
                     Outcome::Wait
@@ -271,6 +251,30 @@ impl Scheduler {
             }
         }
         Ok(outcome)
+    }
+
+    /// Out of retries: tell the organizations' admins (the error itself
+    /// stays with operators, in `job_runs`).
+    async fn notify_given_up(&self, job: &str, slot: DateTime<Utc>, attempt: i32) {
+        let notice = crow_lake::notify::Notice {
+            kind: "job_failed",
+            title: format!("The scheduled {job} job failed {attempt} times"),
+            body: Some(format!(
+                "Its run for {} was given up after {attempt} attempts; data it produces may be late until the next slot succeeds. Operators see the error with `crow jobs runs --job {job}`.",
+                slot.format("%Y-%m-%d %H:%M UTC")
+            )),
+            link: None,
+        };
+        match crow_lake::notify::notify_role(&self.lake, None, "admin", &notice).await {
+            Ok(n) => tracing::info!(
+                job,
+                users = n,
+                "scheduler: gave up on the slot; admins notified"
+            ),
+            Err(e) => {
+                tracing::warn!(job, error = %e, "could not write the job failure notification")
+            }
+        }
     }
 
     /// Run `job` once, incrementally; a short summary.

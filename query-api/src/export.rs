@@ -607,15 +607,22 @@ pub async fn create(
         schema,
     };
     tokio::spawn(job.run());
+    audit_created(&st.lake, &p, &answer).await;
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+}
+
+/// `export.create` in the audit log (a failure to write it is logged; the
+/// export already runs).
+async fn audit_created(lake: &crow_lake::Lake, p: &crate::auth::Principal, status: &ExportStatus) {
     let audited = crate::users::audit(
-        &st.lake,
+        lake,
         crate::users::Audit {
             org_id: &p.org_id,
             actor: &p.actor(),
             action: "export.create",
-            target: Some(&id),
+            target: Some(&status.id),
             outcome: "ok",
-            detail: serde_json::to_value(&answer).ok(),
+            detail: serde_json::to_value(status).ok(),
             ..crate::users::Audit::default()
         },
     )
@@ -623,7 +630,6 @@ pub async fn create(
     if let Err(e) = audited {
         tracing::error!(error = %e, "could not write the audit log");
     }
-    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
 
 const RUNNING: &str = "running";
