@@ -2,7 +2,8 @@
 //!
 //! Segment HTTP Tracking API: `POST /v1/batch` (and `/v1/import`),
 //! `/v1/track`, `/v1/page`, `/v1/screen`, `/v1/identify`, `/v1/group`,
-//! `/v1/alias`; CROW's own `POST /v1/social/captures` and
+//! `/v1/alias` (and Analytics.js's short forms `/v1/t`, `/v1/p`, …), the
+//! settings Analytics.js loads (`GET /v1/projects/{writeKey}/settings`); CROW's own `POST /v1/social/captures` and
 //! `POST /v1/cctv/transcripts`; `/healthz`, `/readyz`, `/metrics` and the
 //! browser SDK at `/sdk/crow.js`.
 //!
@@ -176,6 +177,7 @@ pub fn router(state: Arc<IngestState>) -> Router {
         .route("/v1/social/captures", post(social))
         .route("/v1/cctv/transcripts", post(cctv))
         .route("/v1/{kind}", post(single))
+        .route("/v1/projects/{write_key}/settings", get(project_settings))
         .route("/sdk/crow.js", get(sdk))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -709,6 +711,65 @@ async fn single(
     let prepared = prepare_web(&state, &org, &[event], &defaults, ip_hash, now);
     commit(&state, prepared.records, started).await?;
     Ok(respond(prepared.accepted, prepared.rejected, true))
+}
+
+/// The settings the official Segment browser library (Analytics.js 2.0,
+/// `@segment/analytics-next`) loads from its `cdnURL` before sending
+/// anything: only the Segment.io destination, pointed back at this
+/// collector (`apiHost` from the request's `Host`, `protocol` from a
+/// trusted proxy's `X-Forwarded-Proto`), and the library's own telemetry
+/// to Segment turned off. An unknown write key is refused like an event.
+async fn project_settings(
+    State(state): State<Arc<IngestState>>,
+    Path(write_key): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, Refusal> {
+    authorize(&state, &HeaderMap::new(), Some(&write_key)).await?;
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
+        .ok_or_else(|| {
+            refuse(
+                &state,
+                StatusCode::BAD_REQUEST,
+                "invalid_host",
+                "the request needs a valid Host header (it becomes the library's apiHost)",
+            )
+        })?;
+    let behind_proxy = state.trusted_proxies.iter().any(|r| r.contains(peer.ip()));
+    let protocol = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .filter(|p| behind_proxy && matches!(*p, "http" | "https"))
+        .unwrap_or("http");
+    let settings = json!({
+        "integrations": {"Segment.io": {
+            "apiKey": write_key,
+            "apiHost": format!("{host}/v1"),
+            "protocol": protocol,
+            "unbundledIntegrations": [],
+            "addBundledMetadata": true,
+            "maybeBundledConfigIds": {},
+        }},
+        "plan": {"track": {"__default": {"enabled": true, "integrations": {}}}},
+        "edgeFunction": {},
+        "analyticsNextEnabled": true,
+        "middlewareSettings": {},
+        "enabledMiddleware": {},
+        "metrics": {"sampleRate": 0.0},
+        "legacyVideoPluginsEnabled": false,
+        "remotePlugins": [],
+    });
+    let mut r = Json(settings).into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(r)
 }
 
 async fn social(

@@ -779,6 +779,68 @@ async fn browser_sdk_in_chromium() {
     );
 }
 
+/// The official Segment browser library, given only `cdnURL`, loads its
+/// settings from the collector and sends its events there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_analytics_js_in_chromium() {
+    let b = Backend::local();
+    let (_, key) = create_org(&b, "Analytics.js Co");
+    let wal = tempfile::tempdir().expect("wal");
+    let server = Server::start(&b, wal.path(), &[("CROW_INGEST_FLUSH_INTERVAL_MS", "300")]);
+    let base = format!("http://{}", server.addr);
+    // The settings endpoint refuses a key it does not know.
+    let http = reqwest::Client::new();
+    let r = http
+        .get(format!("{base}/v1/projects/wk_nobody/settings"))
+        .send()
+        .await
+        .expect("settings");
+    assert_eq!(r.status(), 401);
+    let out = python("segment_browser.py", &[&base, &key]);
+    let out: Value = serde_json::from_str(&out).expect("the script prints JSON");
+    let anon = out["anonymousId"]
+        .as_str()
+        .expect("anonymousId")
+        .to_string();
+    assert!(!anon.is_empty());
+    let lake = b.lake().await;
+    let q = format!("select count(*) from raw_web_events where anonymous_id = '{anon}'");
+    wait_count(&lake, &q, 3, Duration::from_secs(20)).await;
+    let rows = query(
+        &lake,
+        &format!("select type, event, user_id, page_path, product_id, device_type, strpos(context, '\"analytics.js\"') > 0 as from_ajs from raw_web_events where anonymous_id = '{anon}' order by occurred_at"),
+    )
+    .await;
+    let got: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{}:{}",
+                r["type"].as_str().unwrap_or(""),
+                r["event"]
+                    .as_str()
+                    .or(r["user_id"].as_str())
+                    .or(r["page_path"].as_str())
+                    .unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "page:/product/aria",
+            "track:Product Viewed",
+            "identify:shopper-7"
+        ]
+    );
+    assert_eq!(rows[1]["product_id"], "nw-1001");
+    assert_eq!(rows[0]["device_type"], "desktop");
+    assert_eq!(
+        rows[0]["from_ajs"], true,
+        "context.library.name is the library's"
+    );
+}
+
 /// `crow serve` with no `CROW_LOG` logs CROW's own crates at info and every
 /// library at warn: the Delta and DataFusion libraries' info lines (every
 /// commit, every scan) stay out of the log.
