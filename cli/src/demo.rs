@@ -113,6 +113,10 @@ pub async fn run(
     }
     bar.inc(1);
 
+    // The demo brand's owner exists before the jobs run, so the patterns
+    // job's notification of the strongest story reaches them.
+    let (email, password) = demo_owner(lake, &org_id).await?;
+
     // CROW's main job: sessions, then AI-written interactions (incremental,
     // so running the demo again only processes what is new).
     bar.set_message("sessionizing");
@@ -163,6 +167,7 @@ pub async fn run(
             trigger: crow_jobs::Trigger::Cli,
             now,
             fdr: cfg.jobs.patterns.fdr,
+            notify_min_significance: cfg.jobs.patterns.notify_min_significance,
         },
         &quiet,
     )
@@ -270,7 +275,6 @@ pub async fn run(
         let (schema, batches) = lake.sql(&week).await?;
         output::line("\nTop findings of the week, beneath the stories (crow sql \"select * from patterns\" for all):")?;
         output::print_batches(format, &schema, &batches)?;
-        let (email, password) = demo_owner(lake, &org_id).await?;
         output::line(format!(
             "\nSign in as the demo brand's owner (a new password each demo run): `crow serve`, then\n  curl -c cookies localhost:8080/api/v1/auth/login -d '{{\"email\": \"{email}\", \"password\": \"{password}\"}}'"
         ))?;

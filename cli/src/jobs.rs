@@ -184,6 +184,7 @@ pub async fn run(lake: &Lake, cfg: &Config, args: RunArgs) -> Result<()> {
                 trigger,
                 now,
                 fdr: cfg.jobs.patterns.fdr,
+                notify_min_significance: cfg.jobs.patterns.notify_min_significance,
             };
             serde_json::to_value(crow_jobs::patterns::run(lake, provider, &opts, &progress).await?)?
         }

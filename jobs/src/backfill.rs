@@ -68,6 +68,7 @@ pub async fn run_job(
                 trigger,
                 now,
                 fdr: cfg.jobs.patterns.fdr,
+                notify_min_significance: cfg.jobs.patterns.notify_min_significance,
             };
             json(&patterns::run(lake, provider, &opts, progress).await?)
         }

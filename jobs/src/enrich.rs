@@ -300,6 +300,9 @@ pub struct Report {
     pub input_tokens: u64,
     /// Completion tokens spent by this run.
     pub output_tokens: u64,
+    /// Organizations whose daily token budget ran out in this run (their
+    /// admins are notified, once a day).
+    pub over_budget: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -422,7 +425,28 @@ pub async fn run(
     let result = enrich_window(lake, provider, opts, window, &run_id, progress)
         .await
         .map(|report| Report { run_id, ..report });
-    run.record(result, |r| (r.sessions, r.interactions)).await
+    let report = run.record(result, |r| (r.sessions, r.interactions)).await?;
+    notify_over_budget(lake, &report.over_budget, opts.daily_token_budget).await;
+    Ok(report)
+}
+
+/// Tell each organization's admins that its AI budget for today is used
+/// up, once a day (the link names the day). Failures are logged only.
+async fn notify_over_budget(lake: &Lake, orgs: &[String], budget: u64) {
+    let today = Utc::now().date_naive();
+    for org in orgs {
+        let notice = crow_lake::notify::Notice {
+            kind: "ai_budget_exhausted",
+            title: format!("The AI token budget for {today} is used up"),
+            body: Some(format!(
+                "Sessions get no interaction until tomorrow's budget ({budget} tokens, `ai.daily_token_budget`); they are enriched by the first run after it resets."
+            )),
+            link: Some(format!("/api/v1/usage?from={today}")),
+        };
+        if let Err(e) = crow_lake::notify::notify_role_once(lake, org, "admin", &notice).await {
+            tracing::warn!(org, error = %e, "enrich: could not notify the exhausted budget");
+        }
+    }
 }
 
 /// The incremental window: from the enrich watermark — moved back to the
@@ -788,6 +812,9 @@ async fn enrich_window(
             }),
             Err((code, reason)) => {
                 report.failures += 1;
+                if code == "ai_budget_exhausted" && !report.over_budget.contains(&s.org_id) {
+                    report.over_budget.push(s.org_id.clone());
+                }
                 tracing::warn!(session = %s.session_id, code, %reason, "enrich: session left for the next run");
                 failed.push(FailedRow {
                     org_id: Some(s.org_id.clone()),

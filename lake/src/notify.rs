@@ -97,6 +97,36 @@ pub async fn notify_role(
     notify_users(lake, &to, notice).await
 }
 
+/// Like [`notify_role`] for one organization, once per notice: nothing is
+/// written when the organization already has a notification of this kind
+/// with this link (a job that recomputes a day, or a retried export, tells
+/// no one twice). The notice must carry a link; it is the notice's identity.
+pub async fn notify_role_once(
+    lake: &Lake,
+    org_id: &str,
+    min_role: &str,
+    notice: &Notice<'_>,
+) -> Result<usize> {
+    let Some(link) = notice.link.as_deref() else {
+        return notify_role(lake, Some(org_id), min_role, notice).await;
+    };
+    let seen = lake
+        .dataframe(NOTIFICATIONS.name)
+        .await?
+        .filter(
+            col("org_id")
+                .eq(lit(org_id))
+                .and(col("kind").eq(lit(notice.kind)))
+                .and(col("link").eq(lit(link))),
+        )?
+        .count()
+        .await?;
+    if seen > 0 {
+        return Ok(0);
+    }
+    notify_role(lake, Some(org_id), min_role, notice).await
+}
+
 /// Notify these `(org_id, user_id)` users.
 pub async fn notify_users(
     lake: &Lake,

@@ -604,6 +604,7 @@ pub async fn create(
         cancel,
         done,
         slot,
+        user: p.user.as_ref().map(|u| u.user_id.clone()),
         schema,
     };
     tokio::spawn(job.run());
@@ -648,6 +649,8 @@ struct Job {
     cancel: watch::Receiver<bool>,
     done: watch::Sender<bool>,
     slot: Slot,
+    /// The signed-in user who started it (told when it ends); none for keys.
+    user: Option<String>,
     // Keeps the tenant schema (and so its loaded views) alive while running.
     schema: Arc<TenantSchema>,
 }
@@ -674,6 +677,7 @@ impl Job {
             mut cancel,
             done,
             slot,
+            user,
             schema,
         } = self;
         let id = status.id.clone();
@@ -761,11 +765,44 @@ impl Job {
             if let Err(e) = save_status(&lake, &org, &status).await {
                 tracing::error!(export = %id, error = %e, "saving export status failed");
             }
+            if let Some(user) = user {
+                notify_ended(&lake, &org, &user, &status).await;
+            }
         }
         // Free the place before announcing the end: whoever waited for it
         // may start another export at once.
         drop(slot);
         done.send_replace(true);
+    }
+}
+
+/// Tell the user who started an export that it is ready (or failed). A
+/// cancelled export tells no one: its user cancelled it.
+async fn notify_ended(lake: &Lake, org: &str, user: &str, status: &ExportStatus) {
+    let (kind, title) = match status.status.as_str() {
+        SUCCEEDED => (
+            "export_ready",
+            format!(
+                "Your {} export is ready ({} rows)",
+                status.format.extension(),
+                status.rows.unwrap_or(0)
+            ),
+        ),
+        FAILED => (
+            "export_failed",
+            format!("Your {} export failed", status.format.extension()),
+        ),
+        _ => return,
+    };
+    let notice = crow_lake::notify::Notice {
+        kind,
+        title,
+        body: status.error.clone(),
+        link: Some(format!("/api/v1/exports/{}", status.id)),
+    };
+    let to = [(org.to_string(), user.to_string())];
+    if let Err(e) = crow_lake::notify::notify_users(lake, &to, &notice).await {
+        tracing::warn!(export = %status.id, error = %e, "could not notify the export's end");
     }
 }
 

@@ -130,6 +130,11 @@ fn listing(summary: &str, item: &str, params: &[&str]) -> Value {
                 "Period kind.",
                 json!({"type": "string", "enum": ["day", "week", "month", "year", "all"]}),
             ),
+            "id" => qparam(
+                "id",
+                "Only the row with this id.",
+                json!({"type": "string", "minLength": 1}),
+            ),
             "limit" => qparam(
                 "limit",
                 "Page size (default 100); outside 1..=api.max_page_size is a 400.",
@@ -268,11 +273,11 @@ pub fn document() -> Value {
                 "summary": "The key's organization.", "security": [{"bearer": []}],
                 "responses": responses("200", json_ok("The organization.", json!({"$ref": "#/components/schemas/Organization"})), &[401, 404, 429]),
             }},
-            "/api/v1/products": listing("The product catalog.", "Product", &["product", "limit", "cursor"]),
-            "/api/v1/sessions": listing("Sessions.", "Session", &["from", "to", "channel", "product", "limit", "cursor"]),
-            "/api/v1/interactions": listing("Interactions.", "Interaction", &["from", "to", "channel", "product", "limit", "cursor"]),
-            "/api/v1/insights": listing("Patterns by period.", "Insight", &["period_kind", "from", "to", "product", "limit", "cursor"]),
-            "/api/v1/stories": listing("Stories: findings that share a cause, with their start, end or ongoing, segments and estimated impact (`from`/`to` on the start day).", "Story", &["from", "to", "product", "limit", "cursor"]),
+            "/api/v1/products": listing("The product catalog.", "Product", &["id", "product", "limit", "cursor"]),
+            "/api/v1/sessions": listing("Sessions.", "Session", &["id", "from", "to", "channel", "product", "limit", "cursor"]),
+            "/api/v1/interactions": listing("Interactions.", "Interaction", &["id", "from", "to", "channel", "product", "limit", "cursor"]),
+            "/api/v1/insights": listing("Patterns by period.", "Insight", &["id", "period_kind", "from", "to", "product", "limit", "cursor"]),
+            "/api/v1/stories": listing("Stories: findings that share a cause, with their start, end or ongoing, segments and estimated impact (`from`/`to` on the start day).", "Story", &["id", "from", "to", "product", "limit", "cursor"]),
             "/api/v1/usage": listing("Daily usage and its priced amount, by day.", "Usage", &["from", "to", "limit", "cursor"]),
             "/api/v1/audit": audit,
             "/api/v1/exports": {"post": {

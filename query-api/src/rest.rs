@@ -45,6 +45,8 @@ pub struct ListParams {
     pub limit: Option<String>,
     /// Cursor from the previous page's `next_cursor`.
     pub cursor: Option<String>,
+    /// Only the row with this id (its key column: `story_id`, …).
+    pub id: Option<String>,
 }
 
 struct Listing {
@@ -224,6 +226,14 @@ async fn list(
             ))
         }
         _ => {}
+    }
+    if let Some(id) = &p.id {
+        let id = if l.id_is_date {
+            parse_time("id", id, true)?
+        } else {
+            ScalarValue::Utf8(Some(id.clone()))
+        };
+        filters.push(col(l.id_col).eq(lit(id)));
     }
     // Keyset paging: the cursor holds the last row's key; rows are ordered
     // by it (ids are time-ordered where the table has time).

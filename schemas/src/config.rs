@@ -283,13 +283,23 @@ pub struct PatternsConfig {
     /// be chance). Between 0 and 0.5; the default 0.01 keeps quiet data to
     /// about half a false finding per month (BENCHMARKS.md).
     pub fdr: f64,
+    /// A new, ongoing story at least this significant (its largest |z|)
+    /// notifies every user of its organization (once per story, and by its
+    /// webhook). 0 turns these notifications off.
+    pub notify_min_significance: f64,
 }
 
 impl Default for PatternsConfig {
     fn default() -> Self {
-        Self { fdr: 0.01 }
+        Self {
+            fdr: 0.01,
+            notify_min_significance: DEFAULT_NOTIFY_MIN_SIGNIFICANCE,
+        }
     }
 }
+
+/// Default of `jobs.patterns.notify_min_significance`.
+pub const DEFAULT_NOTIFY_MIN_SIGNIFICANCE: f64 = 6.0;
 
 /// AI provider settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -689,6 +699,13 @@ impl Config {
         let fdr = self.jobs.patterns.fdr;
         if !(fdr > 0.0 && fdr <= 0.5) {
             return Err(err("jobs.patterns.fdr", "must be above 0 and at most 0.5"));
+        }
+        let n = self.jobs.patterns.notify_min_significance;
+        if !(n.is_finite() && n >= 0.0) {
+            return Err(err(
+                "jobs.patterns.notify_min_significance",
+                "must be 0 (off) or a positive |z|, such as 6",
+            ));
         }
         if !matches!(self.ai.provider.as_str(), "offline" | "gemini" | "openai") {
             return Err(err(
@@ -1162,6 +1179,12 @@ mod tests {
             let e = Config::load(None, env(&[("CROW_JOBS_PATTERNS_FDR", bad)])).unwrap_err();
             assert_eq!(e.key, "jobs.patterns.fdr", "{e}");
         }
+        let e = Config::load(
+            None,
+            env(&[("CROW_JOBS_PATTERNS_NOTIFY_MIN_SIGNIFICANCE", "-1")]),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "jobs.patterns.notify_min_significance", "{e}");
     }
 
     #[test]

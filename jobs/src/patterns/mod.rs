@@ -156,6 +156,9 @@ pub struct Options {
     pub now: DateTime<Utc>,
     /// False discovery rate of one period's tests (Benjamini–Hochberg).
     pub fdr: f64,
+    /// Notify an organization's users of a new ongoing story at least this
+    /// significant (0: never).
+    pub notify_min_significance: f64,
 }
 
 /// What a run did.
@@ -2190,11 +2193,39 @@ async fn compute(
         &["created_at"],
     )
     .await?;
+    notify_strong_stories(lake, &story_rows, opts.notify_min_significance).await;
     if !failed.is_empty() {
         let b = rows_to_batch(&FAILED_EVENTS, &failed)?;
         lake.append(FAILED_EVENTS.name, vec![b]).await?;
     }
     Ok(report)
+}
+
+/// Tell every user of an organization about each ongoing story at least
+/// `min` significant, once per story (its link is its identity, so a
+/// recomputed day tells no one twice). A backfill of old days notifies
+/// nothing: only ongoing stories are news. Failures are logged, never fail
+/// the run (the patterns are written already).
+async fn notify_strong_stories(lake: &Lake, stories: &[stories::StoryRow], min: f64) {
+    if min <= 0.0 {
+        return;
+    }
+    for s in stories
+        .iter()
+        .filter(|s| s.ongoing && s.significance >= min)
+    {
+        let notice = crow_lake::notify::Notice {
+            kind: "strong_pattern",
+            title: s.title.clone(),
+            body: Some(s.description.clone()),
+            link: Some(format!("/api/v1/stories?id={}", s.story_id)),
+        };
+        if let Err(e) =
+            crow_lake::notify::notify_role_once(lake, &s.org_id, "viewer", &notice).await
+        {
+            tracing::warn!(story = %s.story_id, error = %e, "patterns: could not notify the story");
+        }
+    }
 }
 
 /// The findings that matter most first (their impact at least, by what

@@ -1056,6 +1056,32 @@ async fn every_listing_pages_to_its_end_and_refuses_bad_paging() {
             assert_eq!(unique.len(), seen.len(), "{path} limit {limit}: {seen:?}");
             assert_eq!(seen.len(), want, "{path} limit {limit}: {seen:?}");
         }
+        // `?id=` is one row of the caller's organization, and nothing of
+        // another's.
+        let (_, page) = w.get(&w.key_a, &format!("{path}?limit=1")).await;
+        let id = page["data"][0][key].as_str().expect("an id").to_string();
+        let url = format!("{path}?id={id}");
+        let (s, one) = w.get(&w.key_a, &url).await;
+        assert_eq!(s, 200, "{url}: {one}");
+        assert_eq!(
+            one["data"].as_array().map(Vec::len),
+            Some(1),
+            "{url}: {one}"
+        );
+        assert_eq!(one["data"][0][key], id.as_str(), "{url}: {one}");
+        if key != "usage_date" {
+            let none: Value = w
+                .http
+                .get(w.server.url(&url))
+                .bearer_auth(&w.key_b)
+                .send()
+                .await
+                .expect("GET")
+                .json()
+                .await
+                .expect("JSON");
+            assert_eq!(none["data"], json!([]), "{url} for another org: {none}");
+        }
     }
 
     // The billing client's case: usage from a day, two per page.

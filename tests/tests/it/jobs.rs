@@ -1351,6 +1351,27 @@ fn patterns_find_the_planted_incident_on_the_right_days_and_segment() {
     ]);
     assert_eq!(b.crow_json(&["sql", q]), first);
     assert_eq!(b.crow_json(&["sql", sq]), first_stories);
+
+    // The demo owner heard of the incident, once: the one ongoing story
+    // above `jobs.patterns.notify_min_significance`, linked to it; the
+    // recomputation above told no one again.
+    let top = b.crow_json(&[
+        "sql",
+        "SELECT story_id FROM stories ORDER BY rank_score DESC, significance DESC LIMIT 1",
+    ]);
+    let noted = b.crow_json(&[
+        "sql",
+        "SELECT n.kind, n.title, n.link, u.email FROM notifications n JOIN users u USING (user_id) ORDER BY n.created_at",
+    ]);
+    assert_eq!(
+        noted,
+        json!([{
+            "kind": "strong_pattern",
+            "title": story["title"],
+            "link": format!("/api/v1/stories?id={}", top[0]["story_id"].as_str().unwrap_or("")),
+            "email": "owner@northwind-audio.example",
+        }])
+    );
 }
 
 /// Metrics the demo never changes on purpose: when one of them "fell" in a

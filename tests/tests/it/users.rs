@@ -791,3 +791,101 @@ async fn notifications_reach_the_webhook_signed_and_retried() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// An export started by a signed-in user tells that user when it is ready
+/// (linked to its status); one started with an API key tells no one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_export_notifies_the_user_who_started_it() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    b.crow_json(&["orgs", "create", "--name", "Exporters"]);
+    crow_stdin(
+        &b,
+        &[
+            "users",
+            "create",
+            "--org",
+            "Exporters",
+            "--email",
+            "e@example.com",
+            "--role",
+            "analyst",
+            "--password-stdin",
+            "--format",
+            "json",
+        ],
+        "export password 1\n",
+    );
+    let key = b.crow_json(&["keys", "create", "--org", "Exporters", "--scope", "export"]);
+    let key = key["secret"].as_str().expect("secret").to_string();
+    let wal = tempfile::tempdir().expect("wal");
+    let s = Server::start(&b, wal.path(), &[]);
+    let http = reqwest::Client::new();
+    let (st, _, jar) = login(&http, &s, "e@example.com", "export password 1").await;
+    assert_eq!(st, 200);
+    let body = json!({"table": "products", "format": "csv"});
+    let r = http
+        .post(s.url("/api/v1/exports"))
+        .header(COOKIE, jar.header())
+        .header("X-CSRF-Token", &jar.csrf)
+        .json(&body)
+        .send()
+        .await
+        .expect("export");
+    assert_eq!(r.status().as_u16(), 202);
+    let id = r.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let by_key = http
+        .post(s.url("/api/v1/exports"))
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .expect("export");
+    assert_eq!(by_key.status().as_u16(), 202);
+    let by_key = by_key.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let start = Instant::now();
+    let ready = loop {
+        let (st, list) = get(&http, &s, "/api/v1/notifications", &jar).await;
+        assert_eq!(st, 200, "{list}");
+        let found = list["data"]
+            .as_array()
+            .and_then(|ns| ns.iter().find(|n| n["kind"] == "export_ready").cloned());
+        if let Some(n) = found {
+            break n;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no export_ready notification: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let link = format!("/api/v1/exports/{id}");
+    assert_eq!(ready["link"], link.as_str(), "{ready}");
+    let (st, status) = get(&http, &s, &link, &jar).await;
+    assert_eq!(
+        (st, status["status"].as_str()),
+        (200, Some("succeeded")),
+        "{status}"
+    );
+    // The key's export ended too, and no one was told of it.
+    let start = Instant::now();
+    loop {
+        let (_, st) = get(&http, &s, &format!("/api/v1/exports/{by_key}"), &jar).await;
+        if st["status"] == "succeeded" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{st}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let all = b.crow_json(&[
+        "sql",
+        "select kind, link from notifications where kind like 'export%'",
+    ]);
+    assert_eq!(all, json!([{"kind": "export_ready", "link": link}]));
+}
