@@ -845,6 +845,12 @@ async fn enrich_caches_answers_records_failures_and_retries_them_next_run() {
         "We sell headphones.",
     ]);
     let org = org["org_id"].as_str().expect("org").to_string();
+    // An admin, to hear of the exhausted budget; an analyst, who does not.
+    for (email, role) in [("admin@shop.example", "admin"), ("ann@shop.example", "analyst")] {
+        b.crow_json(&[
+            "users", "create", "--org", "Shop", "--email", email, "--role", role,
+        ]);
+    }
     let lake = b.lake().await;
     land_web(
         &lake,
@@ -1023,6 +1029,29 @@ async fn enrich_caches_answers_records_failures_and_retries_them_next_run() {
         "SELECT count(*) AS n FROM failed_events WHERE reason_code = 'ai_budget_exhausted'",
     ]);
     assert_eq!(failed, json!([{"n": 3}]));
+    // The admin heard of it, once a day: the same run again tells no one.
+    let budget_env = [
+        ("CROW_AI_PROVIDER", "gemini"),
+        ("CROW_AI_MODEL", "gemini-other"),
+        ("CROW_AI_BASE_URL", base.as_str()),
+        ("GEMINI_API_KEY", "k"),
+        ("CROW_AI_DAILY_TOKEN_BUDGET", "100"),
+    ];
+    crow_env_json(
+        &b,
+        &["jobs", "run", "enrich", "--from", "2026-03-10", "--to", "2026-03-11"],
+        &budget_env,
+    );
+    let told = b.crow_json(&[
+        "sql",
+        "SELECT u.email, n.kind, n.link FROM notifications n JOIN users u USING (user_id)",
+    ]);
+    let today = Utc::now().date_naive();
+    assert_eq!(
+        told,
+        json!([{"email": "admin@shop.example", "kind": "ai_budget_exhausted",
+                "link": format!("/api/v1/usage?from={today}")}])
+    );
 }
 
 /// A small shop served here: robots.txt, a gzipped sitemap behind an
