@@ -225,6 +225,9 @@ impl KeyCache {
     }
 }
 
+/// Buckets kept before full ones are forgotten.
+const MAX_BUCKETS: usize = 50_000;
+
 /// Token buckets, one per key.
 pub struct RateLimiter {
     per_second: f64,
@@ -249,6 +252,13 @@ impl RateLimiter {
         let Ok(mut b) = self.buckets.lock() else {
             return Ok(());
         };
+        // Forget buckets that have refilled (they would start full anyway),
+        // so many callers — hostile ones with many addresses too — cannot
+        // grow the map without bound.
+        if b.len() >= MAX_BUCKETS {
+            let (rate, burst) = (self.per_second, self.burst);
+            b.retain(|_, (t, l)| *t + now.duration_since(*l).as_secs_f64() * rate < burst);
+        }
         let (tokens, last) = b.entry(key.to_string()).or_insert((self.burst, now));
         *tokens =
             (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second).min(self.burst);
@@ -330,7 +340,7 @@ pub async fn authenticate(
 }
 
 /// 429 `rate_limited` with `Retry-After`.
-fn rate_limited(whose: &str, wait: u64) -> ApiError {
+pub(crate) fn rate_limited(whose: &str, wait: u64) -> ApiError {
     let mut e = ApiError::new(
         axum::http::StatusCode::TOO_MANY_REQUESTS,
         "rate_limited",

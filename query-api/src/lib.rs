@@ -68,6 +68,9 @@ pub struct ApiState {
     pub login_by_email: auth::RateLimiter,
     /// Sign-in attempts per client address: 30 at once, then one every 2 s.
     pub login_by_ip: auth::RateLimiter,
+    /// Requests without credentials, per client address
+    /// (`api.public_rate_limit_*`).
+    pub public_by_ip: auth::RateLimiter,
     /// Telemetry.
     pub metrics: Arc<metrics::ApiMetrics>,
     /// Memory pool (spilling) and disk manager shared by every query.
@@ -106,6 +109,10 @@ impl ApiState {
             keys,
             login_by_email: auth::RateLimiter::new(1.0 / 60.0, 5),
             login_by_ip: auth::RateLimiter::new(0.5, 30),
+            public_by_ip: auth::RateLimiter::new(
+                cfg.public_rate_limit_per_second,
+                cfg.public_rate_limit_burst,
+            ),
             limiter: auth::RateLimiter::new(cfg.rate_limit_per_second, cfg.rate_limit_burst),
             metrics: Arc::new(metrics::ApiMetrics::default()),
             runtime,
@@ -178,9 +185,38 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .layer(axum::middleware::from_fn(account::csrf_guard))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            public_limit,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             count_requests,
         ))
         .with_state(state)
+}
+
+/// Requests that carry no credentials — neither an API key nor a session
+/// cookie: sign-in, invitations, health, the OpenAPI document, public
+/// pages, unknown paths — share one token bucket per client address
+/// (`api.public_rate_limit_per_second`, `api.public_rate_limit_burst`),
+/// answered 429 `rate_limited` with `Retry-After` beyond it. Credentialed
+/// requests are limited per key or user instead ([`auth::authenticate`]).
+/// The address is the connection's: behind a proxy every client shares the
+/// proxy's, so the default is generous.
+pub async fn public_limit(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    let credentialed =
+        auth::bearer(headers).is_some() || auth::cookie(headers, auth::SESSION_COOKIE).is_some();
+    if !credentialed {
+        let ip = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip().to_string())
+            .unwrap_or_default();
+        if let Err(wait) = st.public_by_ip.check(&ip) {
+            return auth::rate_limited("of this address", wait).into_response();
+        }
+    }
+    next.run(req).await
 }
 
 async fn not_found(req: Request) -> Response {

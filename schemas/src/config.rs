@@ -382,6 +382,11 @@ pub struct ApiConfig {
     pub rate_limit_per_second: f64,
     /// Burst size of the per-key token bucket.
     pub rate_limit_burst: u32,
+    /// Sustained requests per second allowed per client address for
+    /// requests without credentials (sign-in, health, public pages, …).
+    pub public_rate_limit_per_second: f64,
+    /// Burst size of the per-address bucket of requests without credentials.
+    pub public_rate_limit_burst: u32,
     /// A SQL query (planning, execution and streaming) is cancelled after
     /// this many seconds.
     pub query_timeout_seconds: u64,
@@ -439,6 +444,8 @@ impl Default for ApiConfig {
             cookie_secure: false,
             rate_limit_per_second: 10.0,
             rate_limit_burst: 50,
+            public_rate_limit_per_second: 20.0,
+            public_rate_limit_burst: 200,
             query_timeout_seconds: 60,
             max_result_rows: 1_000_000,
             memory_limit_mb: 1024,
@@ -805,8 +812,20 @@ impl ApiConfig {
                 "must be a positive number",
             ));
         }
+        if !self.public_rate_limit_per_second.is_finite()
+            || self.public_rate_limit_per_second <= 0.0
+        {
+            return Err(err(
+                "api.public_rate_limit_per_second",
+                "must be a positive number",
+            ));
+        }
         for (key, v) in [
             ("api.rate_limit_burst", u64::from(self.rate_limit_burst)),
+            (
+                "api.public_rate_limit_burst",
+                u64::from(self.public_rate_limit_burst),
+            ),
             ("api.query_timeout_seconds", self.query_timeout_seconds),
             ("api.max_result_rows", self.max_result_rows),
             ("api.memory_limit_mb", self.memory_limit_mb),

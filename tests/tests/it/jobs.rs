@@ -846,7 +846,10 @@ async fn enrich_caches_answers_records_failures_and_retries_them_next_run() {
     ]);
     let org = org["org_id"].as_str().expect("org").to_string();
     // An admin, to hear of the exhausted budget; an analyst, who does not.
-    for (email, role) in [("admin@shop.example", "admin"), ("ann@shop.example", "analyst")] {
+    for (email, role) in [
+        ("admin@shop.example", "admin"),
+        ("ann@shop.example", "analyst"),
+    ] {
         b.crow_json(&[
             "users", "create", "--org", "Shop", "--email", email, "--role", role,
         ]);
@@ -1039,7 +1042,15 @@ async fn enrich_caches_answers_records_failures_and_retries_them_next_run() {
     ];
     crow_env_json(
         &b,
-        &["jobs", "run", "enrich", "--from", "2026-03-10", "--to", "2026-03-11"],
+        &[
+            "jobs",
+            "run",
+            "enrich",
+            "--from",
+            "2026-03-10",
+            "--to",
+            "2026-03-11",
+        ],
         &budget_env,
     );
     let told = b.crow_json(&[

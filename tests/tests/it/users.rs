@@ -889,3 +889,70 @@ async fn a_finished_export_notifies_the_user_who_started_it() {
     ]);
     assert_eq!(all, json!([{"kind": "export_ready", "link": link}]));
 }
+
+/// Requests without credentials share one bucket per address: beyond it,
+/// 429 `rate_limited` with Retry-After, whatever the endpoint; a request
+/// with a key is counted against the key instead, and still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_requests_are_limited_per_address() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    b.crow_json(&["orgs", "create", "--name", "Public"]);
+    let key = b.crow_json(&["keys", "create", "--org", "Public"]);
+    let key = key["secret"].as_str().expect("secret").to_string();
+    let wal = tempfile::tempdir().expect("wal");
+    let s = Server::start(
+        &b,
+        wal.path(),
+        &[
+            ("CROW_API_PUBLIC_RATE_LIMIT_PER_SECOND", "0.01"),
+            ("CROW_API_PUBLIC_RATE_LIMIT_BURST", "40"),
+        ],
+    );
+    let http = reqwest::Client::new();
+    // Spend what is left of the bucket (the start-up's readiness checks
+    // took some) on public endpoints.
+    let mut served = 0;
+    let refused = loop {
+        let r = http
+            .get(s.url("/api/v1/openapi.json"))
+            .send()
+            .await
+            .expect("get");
+        if r.status().as_u16() == 429 {
+            break r;
+        }
+        assert_eq!(r.status().as_u16(), 200);
+        served += 1;
+        assert!(served <= 40, "never limited");
+    };
+    let wait: u64 = refused
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!(wait >= 1, "{wait}");
+    let body: Value = refused.json().await.expect("problem");
+    assert_eq!(body["code"], "rate_limited", "{body}");
+    // Every public endpoint shares the bucket: sign-in, health, unknown paths.
+    let r = http
+        .post(s.url("/api/v1/auth/login"))
+        .json(&json!({"email": "a@example.com", "password": "whatever it is"}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status().as_u16(), 429);
+    for path in ["/api/v1/health", "/api/v1/no-such-thing"] {
+        let r = http.get(s.url(path)).send().await.expect("get");
+        assert_eq!(r.status().as_u16(), 429, "{path}");
+    }
+    // A key's requests are not public ones.
+    let r = http
+        .get(s.url("/api/v1/organization"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 200);
+}
