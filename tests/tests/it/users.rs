@@ -193,6 +193,36 @@ async fn invite_sign_in_csrf_throttle_disable_and_audit() {
     );
     let (st, _) = accept("inv_made_up".into(), "another password 2").await;
     assert_eq!(st, 400);
+    // A token past its expiry is refused like a used one. (Time passes in
+    // the lake: the token's `expires_at` is moved 25 hours back.)
+    let late = b.crow_json(&[
+        "users",
+        "create",
+        "--org",
+        "Acme",
+        "--email",
+        "late@example.com",
+        "--role",
+        "viewer",
+    ]);
+    let late = late["invitation_token"].as_str().expect("token").to_string();
+    let lake = b.lake().await;
+    let (_, aged) = lake
+        .sql(
+            "SELECT * REPLACE (expires_at - INTERVAL '25 hours' AS expires_at) FROM user_tokens \
+             WHERE user_id = (SELECT user_id FROM users WHERE email = 'late@example.com')",
+        )
+        .await
+        .expect("aged token");
+    lake.merge("user_tokens", aged, &["token_id"])
+        .await
+        .expect("merge");
+    let (st, body) = accept(late, "late password 123").await;
+    assert_eq!(
+        (st, body["code"].as_str()),
+        (400, Some("invalid_token")),
+        "an expired invitation: {body}"
+    );
 
     // Wrong password and unknown e-mail: the same answer.
     let (st1, wrong, _) = login(&http, &a, "ann@example.com", "not the password").await;
