@@ -24,6 +24,7 @@ pub mod error;
 pub mod export;
 pub mod guard;
 pub mod keys;
+pub mod manage;
 pub mod metrics;
 pub mod openapi;
 pub mod rest;
@@ -143,7 +144,24 @@ impl ApiState {
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/api/v1/sql", post(sql_handler))
-        .route("/api/v1/organization", get(rest::organization))
+        .route(
+            "/api/v1/organization",
+            get(rest::organization).patch(manage::update_org),
+        )
+        .route(
+            "/api/v1/users",
+            get(manage::list_users).post(manage::create_user),
+        )
+        .route(
+            "/api/v1/users/{id}",
+            axum::routing::patch(manage::update_user),
+        )
+        .route("/api/v1/users/{id}/reset", post(manage::reset_user))
+        .route(
+            "/api/v1/keys",
+            get(manage::list_keys).post(manage::create_key),
+        )
+        .route("/api/v1/keys/{id}/revoke", post(manage::revoke_key))
         .route("/api/v1/products", get(rest::products))
         .route("/api/v1/sessions", get(rest::sessions))
         .route("/api/v1/interactions", get(rest::interactions))

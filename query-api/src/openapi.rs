@@ -201,6 +201,7 @@ pub fn document() -> Value {
                 "org_id",
                 "name",
                 "domain",
+                "context",
                 "status",
                 "created_at",
                 "updated_at",
@@ -252,7 +253,7 @@ pub fn document() -> Value {
     );
     audit["get"]["responses"]["403"] =
         problem("Needs an admin key, or a signed-in admin or owner (insufficient_scope, insufficient_role).");
-    json!({
+    let mut doc = json!({
         "openapi": "3.0.3",
         "info": {"title": "CROW query API", "version": env!("CARGO_PKG_VERSION"),
             "description": "Tenant-isolated, read-only access to one organization's CROW tables."},
@@ -350,7 +351,95 @@ pub fn document() -> Value {
                               "503": problem("The lake is unreachable.")},
             }},
         }
-    })
+    });
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for (path, ops) in management_paths() {
+            match (paths.get_mut(&path), ops) {
+                (Some(Value::Object(have)), Value::Object(more)) => have.extend(more),
+                (_, ops) => {
+                    paths.insert(path, ops);
+                }
+            }
+        }
+    }
+    doc
+}
+
+/// Members, keys and settings (`crate::manage`): admin keys, signed-in
+/// admins and owners.
+fn management_paths() -> Map<String, Value> {
+    let admin = [
+        {
+            let mut s = Map::new();
+            s.insert("bearer".into(), json!([]));
+            s
+        },
+        {
+            let mut s = Map::new();
+            s.insert("cookie".into(), json!([]));
+            s
+        },
+    ];
+    let obj = |props: Value, required: &[&str]| {
+        json!({"required": true, "content": {"application/json": {"schema": {
+            "type": "object", "additionalProperties": false, "required": required, "properties": props}}}})
+    };
+    let id_param =
+        json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    let any = json!({"type": "object"});
+    let role = json!({"type": "string", "enum": ["viewer", "analyst", "admin", "owner"]});
+    let list = |what: &str| {
+        json_ok(
+            what,
+            json!({"type": "object", "properties": {"data": {"type": "array", "items": {"type": "object"}}}}),
+        )
+    };
+    let paths = json!({
+        "/api/v1/organization": {"patch": {
+            "summary": "Change the organization's name, domain or context text (the text given to the AI provider; \"\" clears domain and context). Needs admin.",
+            "security": admin,
+            "requestBody": obj(json!({"name": {"type": "string"}, "domain": {"type": "string"}, "context": {"type": "string"}}), &[]),
+            "responses": responses("200", json_ok("The organization.", any.clone()), &[400, 401, 403, 429]),
+        }},
+        "/api/v1/users": {"get": {
+            "summary": "The organization's users (never password hashes). Needs admin.", "security": admin,
+            "responses": responses("200", list("Users."), &[401, 403, 429]),
+        }, "post": {
+            "summary": "Invite a user: the answer carries the one-time `invitation_token`, once. Owners are invited by owners only.",
+            "security": admin,
+            "requestBody": obj(json!({"email": {"type": "string"}, "role": role, "display_name": {"type": "string"}}), &["email", "role"]),
+            "responses": responses("201", json_ok("The user, invited.", any.clone()), &[400, 401, 403, 429]),
+        }},
+        "/api/v1/users/{id}": {"patch": {
+            "summary": "Change a user's role and/or disable (ending their sessions) or enable them. Owners are managed by owners only; the last active owner stays (409 `last_owner`).",
+            "security": admin, "parameters": id_param,
+            "requestBody": obj(json!({"role": role, "disabled": {"type": "boolean"}}), &[]),
+            "responses": responses("200", json_ok("The user.", any.clone()), &[400, 401, 403, 404, 409, 429]),
+        }},
+        "/api/v1/users/{id}/reset": {"post": {
+            "summary": "A one-time password-reset token for the user (`reset_token`, once); their sessions end.",
+            "security": admin, "parameters": id_param,
+            "responses": responses("200", json_ok("The token.", any.clone()), &[401, 403, 404, 409, 429]),
+        }},
+        "/api/v1/keys": {"get": {
+            "summary": "The organization's API keys (never secrets or hashes). Needs admin.", "security": admin,
+            "responses": responses("200", list("Keys."), &[401, 403, 429]),
+        }, "post": {
+            "summary": "Create an API key: the answer carries its `secret`, once. `expires_days` absent: api.key_default_expiry_days; 0: never.",
+            "security": admin,
+            "requestBody": obj(json!({"scope": {"type": "string", "enum": ["read", "export", "admin"]}, "name": {"type": "string"},
+                "expires_days": {"type": "integer", "minimum": 0, "maximum": 36500}}), &["scope"]),
+            "responses": responses("201", json_ok("The key and its secret.", any.clone()), &[400, 401, 403, 429]),
+        }},
+        "/api/v1/keys/{id}/revoke": {"post": {
+            "summary": "Revoke an API key of the organization.", "security": admin, "parameters": id_param,
+            "responses": responses("200", json_ok("The key, revoked.", any), &[401, 403, 404, 429]),
+        }},
+    });
+    match paths {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
 }
 
 #[cfg(test)]

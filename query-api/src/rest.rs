@@ -281,6 +281,7 @@ pub async fn organization(
             "org_id",
             "name",
             "domain",
+            "context",
             "status",
             "created_at",
             "updated_at",

@@ -205,7 +205,10 @@ async fn invite_sign_in_csrf_throttle_disable_and_audit() {
         "--role",
         "viewer",
     ]);
-    let late = late["invitation_token"].as_str().expect("token").to_string();
+    let late = late["invitation_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
     let lake = b.lake().await;
     let (_, aged) = lake
         .sql(
@@ -506,6 +509,14 @@ const MATRIX: &[(&str, &str, Rule)] = &[
     ("post", "/api/v1/notifications/{id}/read", user_only),
     ("get", "/api/v1/health", public),
     ("get", "/api/v1/openapi.json", public),
+    ("patch", "/api/v1/organization", admin),
+    ("get", "/api/v1/users", admin),
+    ("post", "/api/v1/users", admin),
+    ("patch", "/api/v1/users/{id}", admin),
+    ("post", "/api/v1/users/{id}/reset", admin),
+    ("get", "/api/v1/keys", admin),
+    ("post", "/api/v1/keys", admin),
+    ("post", "/api/v1/keys/{id}/revoke", admin),
     // Last: it ends the caller's session.
     ("post", "/api/v1/auth/logout", user_only),
 ];
@@ -592,9 +603,10 @@ async fn every_endpoint_answers_every_role_and_scope_as_documented() {
             let mut req = match *method {
                 "get" => http.get(&url),
                 "delete" => http.delete(&url),
+                "patch" => http.patch(&url),
                 _ => http.post(&url),
             };
-            if *method == "post" {
+            if *method == "post" || *method == "patch" {
                 let body = match *path {
                     "/api/v1/sql" => json!({"sql": "select 1 as x"}),
                     "/api/v1/exports" => json!({"table": "products", "format": "csv"}),
@@ -985,4 +997,336 @@ async fn public_requests_are_limited_per_address() {
         .await
         .expect("get");
     assert_eq!(r.status().as_u16(), 200);
+}
+
+/// Send `method path` with the caller's cookie and CSRF token.
+async fn call(
+    http: &reqwest::Client,
+    s: &Server,
+    jar: &Jar,
+    method: reqwest::Method,
+    path: &str,
+    body: Value,
+) -> (u16, Value) {
+    let r = http
+        .request(method, s.url(path))
+        .header(COOKIE, jar.header())
+        .header("X-CSRF-Token", &jar.csrf)
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// An admin manages members, keys and settings through the API with the
+/// CLI's rules: owners are managed by owners only, the last owner stays,
+/// changes bite at once, another organization's users and keys do not
+/// exist, secrets are shown once, and every change is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_manage_members_keys_and_settings_through_the_api() {
+    use reqwest::Method;
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    for org in ["Shop", "Elsewhere"] {
+        b.crow_json(&["orgs", "create", "--name", org]);
+    }
+    let mut ids = std::collections::HashMap::new();
+    for (org, email, role) in [
+        ("Shop", "owner@shop.example", "owner"),
+        ("Shop", "admin@shop.example", "admin"),
+        ("Shop", "ann@shop.example", "analyst"),
+        ("Elsewhere", "else@else.example", "admin"),
+    ] {
+        let u = crow_stdin(
+            &b,
+            &[
+                "users",
+                "create",
+                "--org",
+                org,
+                "--email",
+                email,
+                "--role",
+                role,
+                "--password-stdin",
+                "--format",
+                "json",
+            ],
+            "member password 1\n",
+        );
+        ids.insert(email, u["id"].as_str().expect("id").to_string());
+    }
+    let other_key = b.crow_json(&["keys", "create", "--org", "Elsewhere"]);
+    let other_key = other_key["id"].as_str().expect("id").to_string();
+    let wal = tempfile::tempdir().expect("wal");
+    let s = Server::start(&b, wal.path(), &[]);
+    let http = reqwest::Client::new();
+    let sign_in = |email: &'static str| {
+        let (http, s) = (http.clone(), &s);
+        async move {
+            let (st, body, jar) = login(&http, s, email, "member password 1").await;
+            assert_eq!(st, 200, "{body}");
+            jar
+        }
+    };
+    let admin = sign_in("admin@shop.example").await;
+    let owner = sign_in("owner@shop.example").await;
+    let ann = sign_in("ann@shop.example").await;
+
+    // Invite: the token is in the answer once, and works.
+    let (st, invited) = call(
+        &http,
+        &s,
+        &admin,
+        Method::POST,
+        "/api/v1/users",
+        json!({"email": "Vic@Shop.example", "role": "viewer"}),
+    )
+    .await;
+    assert_eq!(st, 201, "{invited}");
+    let token = invited["invitation_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let r = http
+        .post(s.url("/api/v1/auth/accept"))
+        .json(&json!({"token": token, "password": "viewer password 1"}))
+        .send()
+        .await
+        .expect("accept");
+    assert_eq!(r.status().as_u16(), 200);
+    let (st, listed) = get(&http, &s, "/api/v1/users", &admin).await;
+    assert_eq!(st, 200, "{listed}");
+    let emails: Vec<&str> = listed["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|u| u["email"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        emails,
+        [
+            "owner@shop.example",
+            "admin@shop.example",
+            "ann@shop.example",
+            "vic@shop.example"
+        ]
+    );
+    assert!(!listed.to_string().contains("argon2"), "{listed}");
+
+    // Owners are managed by owners only; the last owner stays.
+    let owner_id = ids["owner@shop.example"].clone();
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/api/v1/users".to_string(),
+            json!({"email": "o2@shop.example", "role": "owner"}),
+        ),
+        (
+            Method::PATCH,
+            format!("/api/v1/users/{owner_id}"),
+            json!({"role": "viewer"}),
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/users/{owner_id}/reset"),
+            json!({}),
+        ),
+    ] {
+        let (st, body) = call(&http, &s, &admin, method, &path, body).await;
+        assert_eq!(
+            (st, body["code"].as_str()),
+            (403, Some("insufficient_role")),
+            "{path}: {body}"
+        );
+    }
+    let (st, body) = call(
+        &http,
+        &s,
+        &owner,
+        Method::PATCH,
+        &format!("/api/v1/users/{owner_id}"),
+        json!({"role": "admin"}),
+    )
+    .await;
+    assert_eq!(
+        (st, body["code"].as_str()),
+        (409, Some("last_owner")),
+        "{body}"
+    );
+
+    // A role change and a disable bite at once.
+    let ann_id = ids["ann@shop.example"].clone();
+    let export = json!({"table": "products", "format": "csv"});
+    let (st, _) = call(
+        &http,
+        &s,
+        &ann,
+        Method::POST,
+        "/api/v1/exports",
+        export.clone(),
+    )
+    .await;
+    assert_eq!(st, 202);
+    let (st, body) = call(
+        &http,
+        &s,
+        &admin,
+        Method::PATCH,
+        &format!("/api/v1/users/{ann_id}"),
+        json!({"role": "viewer"}),
+    )
+    .await;
+    assert_eq!((st, body["role"].as_str()), (200, Some("viewer")), "{body}");
+    let (st, _) = call(&http, &s, &ann, Method::POST, "/api/v1/exports", export).await;
+    assert_eq!(st, 403, "a viewer cannot export");
+    let (st, _) = call(
+        &http,
+        &s,
+        &admin,
+        Method::PATCH,
+        &format!("/api/v1/users/{ann_id}"),
+        json!({"disabled": true}),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let (st, _) = get(&http, &s, "/api/v1/auth/me", &ann).await;
+    assert_eq!(st, 401, "a disabled user's session has ended");
+
+    // Keys: the secret once, it works, listing shows no secret, revoking bites.
+    let (st, key) = call(
+        &http,
+        &s,
+        &admin,
+        Method::POST,
+        "/api/v1/keys",
+        json!({"scope": "read", "name": "dashboard"}),
+    )
+    .await;
+    assert_eq!(st, 201, "{key}");
+    let secret = key["secret"].as_str().expect("secret").to_string();
+    let key_id = key["id"].as_str().expect("id").to_string();
+    assert!(
+        key["expires_at"].is_string(),
+        "the default expiry applies: {key}"
+    );
+    let org = |k: String| {
+        let http = http.clone();
+        let url = s.url("/api/v1/organization");
+        async move {
+            http.get(url)
+                .bearer_auth(k)
+                .send()
+                .await
+                .expect("get")
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(org(secret.clone()).await, 200);
+    let (_, keys) = get(&http, &s, "/api/v1/keys", &admin).await;
+    assert!(!keys.to_string().contains(&secret), "{keys}");
+    assert_eq!(
+        keys["data"].as_array().map(Vec::len),
+        Some(1),
+        "only this org's keys: {keys}"
+    );
+    let (st, _) = call(
+        &http,
+        &s,
+        &admin,
+        Method::POST,
+        &format!("/api/v1/keys/{key_id}/revoke"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        org(secret).await,
+        401,
+        "a revoked key is refused at once here"
+    );
+
+    // Another organization's users and keys do not exist here.
+    let other_user = ids["else@else.example"].clone();
+    for (method, path, body) in [
+        (
+            Method::PATCH,
+            format!("/api/v1/users/{other_user}"),
+            json!({"disabled": true}),
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/users/{other_user}/reset"),
+            json!({}),
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/keys/{other_key}/revoke"),
+            json!({}),
+        ),
+    ] {
+        let (st, body) = call(&http, &s, &admin, method, &path, body).await;
+        assert_eq!(st, 404, "{path}: {body}");
+    }
+    let other = b.crow_json(&[
+        "sql",
+        &format!(
+        "select count(*) as n from api_keys where key_id = '{other_key}' and revoked_at is null"),
+    ]);
+    assert_eq!(other, json!([{"n": 1}]));
+
+    // Settings: the context text the AI provider gets.
+    let (st, body) = call(
+        &http,
+        &s,
+        &admin,
+        Method::PATCH,
+        "/api/v1/organization",
+        json!({"context": "We sell speakers and headphones."}),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let (_, shown) = get(&http, &s, "/api/v1/organization", &admin).await;
+    assert_eq!(
+        shown["context"], "We sell speakers and headphones.",
+        "{shown}"
+    );
+    let (st, body) = call(
+        &http,
+        &s,
+        &admin,
+        Method::PATCH,
+        "/api/v1/organization",
+        json!({"name": "Elsewhere"}),
+    )
+    .await;
+    assert_eq!(
+        (st, body["code"].as_str()),
+        (400, Some("invalid_request")),
+        "names are unique: {body}"
+    );
+
+    // Every change is audited with its actor.
+    let admin_actor = format!("user:{}", ids["admin@shop.example"]);
+    let audited = b.crow_json(&["sql", &format!(
+        "select distinct action from audit_log where actor = '{admin_actor}' and outcome = 'ok' order by action")]);
+    let actions: Vec<&str> = audited
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["action"].as_str().unwrap_or(""))
+        .collect();
+    for a in [
+        "key.create",
+        "key.revoke",
+        "org.update",
+        "user.create",
+        "user.disable",
+        "user.role",
+    ] {
+        assert!(actions.contains(&a), "{a} in {actions:?}");
+    }
 }
