@@ -157,7 +157,7 @@ impl KeyCache {
                 .filter(|o| o.status != "active")
                 .map(|o| o.org_id)
                 .collect();
-            m.sessions = crate::users::sessions(&self.lake, None)
+            m.sessions = crate::users::live_sessions(&self.lake)
                 .await?
                 .into_iter()
                 .map(|s| (s.session_hash.clone(), s))

@@ -563,6 +563,23 @@ pub async fn sessions(lake: &Lake, user_id: Option<&str>) -> Result<Vec<UserSess
     batches_to_rows(&batches)
 }
 
+/// Every session that may still be used: not revoked and not past its
+/// absolute end (idle time is checked per request). What servers cache:
+/// ended sessions, however many, cost them nothing.
+pub async fn live_sessions(lake: &Lake) -> Result<Vec<UserSession>> {
+    let now = datafusion::scalar::ScalarValue::TimestampMicrosecond(
+        Some(Utc::now().timestamp_micros()),
+        Some("UTC".into()),
+    );
+    let batches = lake
+        .dataframe(USER_SESSIONS.name)
+        .await?
+        .filter(col("revoked_at").is_null().and(col("expires_at").gt(lit(now))))?
+        .collect()
+        .await?;
+    batches_to_rows(&batches)
+}
+
 /// Revoke a user's open sessions (all, or the one with `session_id`).
 /// Returns how many were revoked.
 pub async fn revoke_sessions(
