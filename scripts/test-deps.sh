@@ -10,10 +10,14 @@ venv="${CROWTEST_VENV:-$root/.venv}"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv" >&2
 fi
-want="deltalake==1.6.6 polars==2.1.0 pyarrow moto[server]==5.* segment-analytics-python==2.4.0 rudder-sdk-python==2.1.9 playwright==1.65.2 schemathesis==4.32.5"
+# Every Python package and what it pulls in, pinned with hashes
+# (tests/py/requirements.lock, made from tests/py/requirements.in): a new
+# release upstream cannot change what the tests run with.
+lock="$root/tests/py/requirements.lock"
+want="$(sha256sum "$lock" | cut -d' ' -f1)"
 stamp="$venv/.crow-deps"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  "$venv/bin/pip" install --quiet --disable-pip-version-check $want >&2
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --require-hashes -r "$lock" >&2
   echo "$want" > "$stamp"
 fi
 # The official Segment and RudderStack Node SDKs (the README's snippets run
