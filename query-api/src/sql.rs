@@ -206,6 +206,13 @@ pub fn df_error(e: &DataFusionError, schema: Option<&TenantSchema>) -> ApiError 
         return ApiError::from_lake("resolving a table for a query", &f);
     }
     match e.find_root() {
+        DataFusionError::Plan(m) if unknown_table(m).is_some() => {
+            let name = unknown_table(m).unwrap_or_default();
+            ApiError::bad_request(
+                "unknown_table",
+                format!("there is no table `{name}` (SHOW TABLES lists the tables you can read)"),
+            )
+        }
         DataFusionError::Plan(_)
         | DataFusionError::SQL(..)
         | DataFusionError::SchemaError(..)
@@ -218,6 +225,13 @@ pub fn df_error(e: &DataFusionError, schema: Option<&TenantSchema>) -> ApiError 
         DataFusionError::ResourcesExhausted(m) => resources_exhausted(m),
         _ => ApiError::internal("query failed", e),
     }
+}
+
+/// The table a planner's "table '…' not found" names (its last part: the
+/// catalog and schema are CROW's own).
+fn unknown_table(m: &str) -> Option<&str> {
+    let name = m.strip_prefix("table '")?.strip_suffix("' not found")?;
+    Some(name.rsplit('.').next().unwrap_or(name))
 }
 
 fn resources_exhausted(m: &str) -> ApiError {

@@ -574,7 +574,11 @@ pub async fn live_sessions(lake: &Lake) -> Result<Vec<UserSession>> {
     let batches = lake
         .dataframe(USER_SESSIONS.name)
         .await?
-        .filter(col("revoked_at").is_null().and(col("expires_at").gt(lit(now))))?
+        .filter(
+            col("revoked_at")
+                .is_null()
+                .and(col("expires_at").gt(lit(now))),
+        )?
         .collect()
         .await?;
     batches_to_rows(&batches)
