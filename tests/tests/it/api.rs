@@ -731,6 +731,27 @@ async fn exports(w: &World, dir: &Path) {
     }
     let (s, _) = w.get(&w.key_b, &format!("/api/v1/exports/{id}")).await;
     assert_eq!(s, 403, "a read key cannot see exports");
+    // Another organization's export key: the export does not exist for it.
+    let export_b =
+        w.b.crow_json(&["keys", "create", "--org", &w.org_b, "--scope", "export"]);
+    let export_b = export_b["secret"].as_str().expect("secret").to_string();
+    for path in [
+        format!("/api/v1/exports/{id}"),
+        format!("/api/v1/exports/{id}/download"),
+    ] {
+        let r = w
+            .http
+            .get(w.server.url(&path))
+            .bearer_auth(&export_b)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(
+            r.status().as_u16(),
+            404,
+            "{path} with another org's export key"
+        );
+    }
     let r = w
         .http
         .get(w.server.url(&format!("/api/v1/exports/{id}/download")))
