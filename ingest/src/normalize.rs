@@ -1157,7 +1157,16 @@ mod tests {
             assert_eq!(normalize(&e, None, &c).unwrap_err().code, code, "{e}");
         }
         // The endpoint's type applies when the event has none.
-        assert!(normalize(&json!({"event":"x","userId":"u"}), Some("track"), &c).is_ok());
+        let row = normalize(&json!({"event":"x","userId":"u"}), Some("track"), &c)
+            .expect("a track event from the endpoint's type");
+        assert_eq!(
+            (
+                row.kind.as_ref(),
+                row.event.as_deref(),
+                row.user_id.as_deref()
+            ),
+            ("track", Some("x"), Some("u"))
+        );
     }
 
     #[test]

@@ -1062,9 +1062,18 @@ mod tests {
     #[test]
     fn validation_accepts_good_answers_and_names_what_is_wrong() {
         let good = r#"{"description":"Viewed Aria.","intent":"research","sentiment":"neutral","outcome":"browsed","product_ids":["p1"],"confidence":0.8}"#;
-        assert!(validate(good, &cands()).is_ok());
+        let a = validate(good, &cands()).expect("a good answer");
+        assert_eq!(
+            (
+                a.description.as_str(),
+                a.intent.as_str(),
+                a.product_ids.clone()
+            ),
+            ("Viewed Aria.", "research", vec!["p1".to_string()])
+        );
+        assert!((a.confidence - 0.8).abs() < 1e-9);
         let fenced = format!("```json\n{good}\n```");
-        assert!(validate(&fenced, &cands()).is_ok());
+        assert_eq!(validate(&fenced, &cands()), Ok(a), "fences are stripped");
         let bad_intent = good.replace("research", "shopping");
         assert!(validate(&bad_intent, &cands())
             .unwrap_err()
@@ -1072,7 +1081,7 @@ mod tests {
         let unknown = good.replace("[\"p1\"]", "[\"p9\"]");
         assert!(validate(&unknown, &cands()).unwrap_err().contains("p9"));
         let truncated = &good[..good.len() - 10];
-        assert!(validate(truncated, &cands()).is_err());
+        assert!(validate(truncated, &cands()).unwrap_err().contains("JSON"));
         let two = good.replace("[\"p1\"]", "[\"p9\",\"p1\",\"p8\",\"p9\"]");
         match check(&two, &cands()) {
             Check::Repairable { value, why } => {

@@ -414,14 +414,19 @@ mod tests {
     #[test]
     fn token_bucket_refuses_past_the_burst_then_refills() {
         let l = RateLimiter::new(1000.0, 2);
-        assert!(l.check("a").is_ok());
-        assert!(l.check("a").is_ok());
-        assert!(l.check("b").is_ok(), "buckets are per key");
+        assert_eq!(l.check("a"), Ok(()));
+        assert_eq!(l.check("a"), Ok(()));
+        assert_eq!(l.check("b"), Ok(()), "buckets are per key");
         std::thread::sleep(Duration::from_millis(5));
-        assert!(l.check("a").is_ok(), "refilled");
+        assert_eq!(l.check("a"), Ok(()), "refilled");
         let slow = RateLimiter::new(0.1, 1);
-        assert!(slow.check("a").is_ok());
+        assert_eq!(slow.check("a"), Ok(()));
+        // Empty: one token takes 10 s at 0.1 per second.
         assert_eq!(slow.check("a"), Err(10));
+        assert_eq!(slow.check("b"), Ok(()));
+        let burst = RateLimiter::new(0.1, 3);
+        let got: Vec<_> = (0..4).map(|_| burst.check("k")).collect();
+        assert_eq!(got, [Ok(()), Ok(()), Ok(()), Err(10)], "exactly the burst");
     }
 
     #[test]

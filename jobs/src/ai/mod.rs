@@ -551,10 +551,18 @@ mod tests {
     #[test]
     fn backoff_grows_and_is_capped() {
         let p = RetryPolicy::new(5);
-        for r in 0..10 {
-            let b = p.backoff(r);
-            assert!(b <= p.cap, "{b:?}");
+        // Retry r waits between half and all of 500 ms × 2^r (full jitter),
+        // capped at 30 s.
+        for r in 0..10u32 {
+            let exp = Duration::from_millis(500 * (1u64 << r)).min(p.cap);
+            for _ in 0..50 {
+                let b = p.backoff(r);
+                assert!(
+                    b >= exp / 2 && b <= exp,
+                    "retry {r}: {b:?} outside {exp:?}/2..={exp:?}"
+                );
+            }
         }
-        assert!(p.backoff(0) <= Duration::from_millis(500));
+        assert!(p.backoff(20) <= p.cap);
     }
 }
