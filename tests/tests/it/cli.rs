@@ -219,12 +219,56 @@ fn demo_lands_a_week_exactly_once_and_maintenance_works() {
     assert_eq!(v0[0]["n"], 0);
     let hist = b.crow_json(&["history", "raw_web_events"]);
     assert_eq!(hist[0]["operation"], "WRITE");
+    // Three more imports leave the catalog in four small files; optimize
+    // compacts them into one, leaving them for vacuum.
+    let files = |b: &Backend| {
+        let t = b.crow_json(&["tables"]);
+        t.as_array()
+            .expect("tables")
+            .iter()
+            .find(|r| r["table"] == "products")
+            .map(|r| r["files"].clone())
+            .expect("products")
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    for i in 1..=3 {
+        let f = dir.path().join(format!("p{i}.jsonl"));
+        std::fs::write(
+            &f,
+            format!("{{\"sku\":\"X-{i}\",\"name\":\"Extra {i}\",\"price\":{i}}}\n"),
+        )
+        .expect("write");
+        b.crow_json(&[
+            "products",
+            "import",
+            "--org",
+            "Northwind Audio",
+            &f.to_string_lossy(),
+        ]);
+    }
+    assert_eq!(files(&b), 4);
+    let catalog = b.crow_json(&["sql", "select count(*) as n from products"]);
     let opt = b.crow_json(&["optimize", "products"]);
-    assert_eq!(opt[0]["table"], "products");
+    assert_eq!(
+        (
+            &opt[0]["table"],
+            &opt[0]["files_removed"],
+            &opt[0]["files_added"]
+        ),
+        (
+            &serde_json::json!("products"),
+            &serde_json::json!(4),
+            &serde_json::json!(1)
+        ),
+        "{opt}"
+    );
+    assert_eq!(files(&b), 1);
     // A dry run lists each file it would delete; the vacuum deletes
     // exactly those, and nothing is left to delete after it.
     let would = b.crow_json(&["vacuum", "products", "--retention-hours", "0", "--dry-run"]);
     let would = would.as_array().expect("rows").clone();
+    // The four compacted files, and any an import's merge replaced.
+    assert!(would.len() >= 4, "{would:?}");
     assert!(
         would.iter().all(|r| r["table"] == "products"
             && r["file"].as_str().is_some_and(|f| f.ends_with(".parquet"))),
@@ -235,8 +279,20 @@ fn demo_lands_a_week_exactly_once_and_maintenance_works() {
     assert_eq!(vac[0]["files_deleted"], would.len(), "{vac}");
     let again = b.crow_json(&["vacuum", "products", "--retention-hours", "0", "--dry-run"]);
     assert_eq!(again, serde_json::json!([]), "nothing left to delete");
+    assert_eq!(
+        b.crow_json(&["sql", "select count(*) as n from products"]),
+        catalog
+    );
+    // A checkpoint writes its Parquet file at the table's version.
     let cp = b.crow_json(&["checkpoint", "raw_web_events"]);
     assert_eq!(cp[0]["table"], "raw_web_events");
+    let v = cp[0]["checkpoint_version"].as_u64().expect("version");
+    let log = std::path::Path::new(&b.uri).join("raw_web_events/_delta_log");
+    assert!(
+        log.join(format!("{v:020}.checkpoint.parquet")).exists(),
+        "{}",
+        log.display()
+    );
     assert_eq!(
         b.crow_json(&["sql", q]),
         first,
