@@ -361,14 +361,26 @@ async fn bad_input_is_refused_clearly_and_nothing_is_lost() {
     assert!(failed.iter().any(|f| f["payload"] == "\"not an object\""));
     assert!(failed.iter().any(|f| f["reason_code"] == "too_deep"));
 
-    let metrics = http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    // The flusher counts a segment once it is committed and retired, just
+    // after its rows became visible: read the metrics once it has.
+    let started = Instant::now();
+    let metrics = loop {
+        let m = http
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        if m.contains("crow_ingest_rows_committed_total{table=\"failed_events\"} 6")
+            && m.contains("crow_ingest_wal_pending_bytes 0")
+        {
+            break m;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(
         metrics.contains("crow_ingest_events_rejected_total{reason=\"missing_identity\"} 2"),
         "{metrics}"
@@ -381,8 +393,35 @@ async fn bad_input_is_refused_clearly_and_nothing_is_lost() {
         metrics.contains("crow_ingest_requests_refused_total{reason=\"invalid_write_key\"} 1"),
         "{metrics}"
     );
-    assert!(metrics.contains("crow_ingest_wal_fsyncs_total"));
-    assert!(metrics.contains("crow_ingest_flush_seconds_count"));
+    // Values that moved with this traffic, not just names: the 9 rows (3
+    // accepted, 6 failed) went through the WAL and were committed, with at
+    // least one fsync and one flush, and nothing is left pending.
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    assert_eq!(
+        value("crow_ingest_rows_committed_total{table=\"raw_web_events\"}"),
+        3.0
+    );
+    assert_eq!(value("crow_ingest_wal_records_total"), 9.0, "{metrics}");
+    assert!(value("crow_ingest_wal_fsyncs_total") >= 1.0, "{metrics}");
+    assert!(
+        value("crow_ingest_wal_written_bytes_total") > 0.0,
+        "{metrics}"
+    );
+    assert!(value("crow_ingest_flush_seconds_count") >= 1.0, "{metrics}");
+    assert!(
+        value("crow_ingest_segments_flushed_total") >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        value("crow_ingest_segments_quarantined_total"),
+        0.0,
+        "{metrics}"
+    );
 
     // An oversized event in a batch is rejected with its messageId, so an
     // SDK can match the rejection.
