@@ -791,6 +791,7 @@ impl Lake {
             .optimize()
             .with_type(OptimizeType::Compact)
             .with_target_size(NonZeroU64::new(128 * 1024 * 1024).unwrap_or(NonZeroU64::MIN))
+            .with_writer_properties(writer_properties(name))
             .with_commit_properties(self.commit_props())
             .await
             .map_err(|e| Error::delta(name, e))?;
@@ -1103,28 +1104,38 @@ pub const PAYLOAD_COLUMNS: &[&str] = &[
     "evidence",
 ];
 
-/// How CROW's Parquet files are written: delta-rs's defaults (Snappy,
-/// dictionaries, page statistics), except for the JSON payload columns of
-/// `table` ([`PAYLOAD_COLUMNS`]), which get neither statistics nor
-/// dictionaries: no query prunes on their min/max, and they are most of a
-/// raw row's bytes.
-fn writer_properties(table: &str) -> parquet::file::properties::WriterProperties {
+/// How CROW's Parquet files are written, chosen by measurement on the
+/// 10 M-event generator (BENCHMARKS.md, "Storage"): ZSTD level 3 instead of
+/// Snappy; dictionaries on every column, the JSON payload columns
+/// ([`PAYLOAD_COLUMNS`]) included (they repeat heavily across a site's
+/// events), but no statistics for those (no query prunes on their min/max);
+/// timestamps delta-encoded instead of dictionary-encoded (they are nearly
+/// sorted and nearly unique). Together about a third of the bytes of Snappy
+/// without payload dictionaries, for fresh and compacted files alike.
+pub fn writer_properties(table: &str) -> parquet::file::properties::WriterProperties {
+    use parquet::basic::{Compression, Encoding, ZstdLevel};
     use parquet::file::properties::{EnabledStatistics, WriterProperties};
     use parquet::schema::types::ColumnPath;
     let mut b = WriterProperties::builder()
         .set_created_by(format!("crow {}", env!("CARGO_PKG_VERSION")))
-        .set_compression(parquet::basic::Compression::SNAPPY);
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(ZSTD_LEVEL).unwrap_or_default(),
+        ));
     if let Some(def) = crow_schemas::table(table) {
-        for c in def
-            .columns
-            .iter()
-            .filter(|c| PAYLOAD_COLUMNS.contains(&c.name))
-        {
+        for c in def.columns {
             let path = ColumnPath::from(c.name);
-            b = b
-                .set_column_dictionary_enabled(path.clone(), false)
-                .set_column_statistics_enabled(path, EnabledStatistics::None);
+            if PAYLOAD_COLUMNS.contains(&c.name) {
+                b = b.set_column_statistics_enabled(path, EnabledStatistics::None);
+            } else if c.ty == crow_schemas::ColumnType::Timestamp {
+                b = b
+                    .set_column_dictionary_enabled(path.clone(), false)
+                    .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
+            }
         }
     }
     b.build()
 }
+
+/// ZSTD level of CROW's Parquet files (level 6 saved 3 % more bytes than 3
+/// for a slower write; BENCHMARKS.md).
+const ZSTD_LEVEL: i32 = 3;
