@@ -52,10 +52,10 @@ pub async fn run(
     let api = if only == Some(Only::Ingest) {
         None
     } else {
-        Some(
-            crow_query_api::ApiState::new(lake.clone(), cfg.api.clone())
-                .context("starting the query API")?,
-        )
+        let api = crow_query_api::ApiState::new(lake.clone(), cfg.api.clone())
+            .context("starting the query API")?;
+        api.set_ai(crow_jobs::ai::from_config(&cfg.ai).context("the AI provider of ask")?);
+        Some(api)
     };
     let body = crow_query_api::BodyLimits {
         max_bytes: crow_query_api::api_body_limit(&cfg.api),
