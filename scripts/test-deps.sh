@@ -2,7 +2,7 @@
 # Installs what CROW's tests need on a fresh machine, idempotently:
 # a Python virtualenv with the independent Delta readers (deltalake, polars,
 # pyarrow), moto's S3-compatible server and schemathesis (the query API's
-# property-based tester), the Segment and RudderStack Node SDKs (npm, under
+# property-based tester), the official MCP client (mcp), the Segment and RudderStack Node SDKs (npm, under
 # the venv) and Chromium. Prints the venv's path.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -10,7 +10,7 @@ venv="${CROWTEST_VENV:-$root/.venv}"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv" >&2
 fi
-want="deltalake==1.6.6 polars==2.1.0 pyarrow moto[server]==5.* segment-analytics-python==2.4.0 rudder-sdk-python==2.1.9 playwright==1.65.2 schemathesis==4.32.5"
+want="deltalake==1.6.6 polars==2.1.0 pyarrow moto[server]==5.* segment-analytics-python==2.4.0 rudder-sdk-python==2.1.9 playwright==1.65.2 schemathesis==4.32.5 mcp==2.3.0"
 stamp="$venv/.crow-deps"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check $want >&2

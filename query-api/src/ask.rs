@@ -387,17 +387,18 @@ pub async fn handler(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: 
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let req: AskRequest =
-        match serde_json::from_slice(&body) {
-            Ok(r) => r,
-            Err(e) => return ApiError::bad_request(
+    let req: AskRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return ApiError::bad_request(
                 "invalid_body",
                 format!(
                     "the body must be JSON like {{\"question\": \"top products by views\"}}: {e}"
                 ),
             )
-            .into_response(),
-        };
+            .into_response()
+        }
+    };
     let r = ask(&st, &p, &req).await;
     audit_ask(&st, &p, "ask", &req.question, &r).await;
     match r {
