@@ -34,6 +34,11 @@ fn key(b: &Backend, org: &str, scope: &str) -> String {
 /// The demo brand with four weeks of activity (patterns included), and org
 /// B with a few sessions of its own, sessionized and enriched.
 async fn world() -> World {
+    world_with(&[]).await
+}
+
+/// [`world`] with extra settings for `crow serve`.
+async fn world_with(env: &[(&str, &str)]) -> World {
     let b = Backend::local();
     b.crow_json(&["demo", "--visitors", "4000", "--days", "28"]);
     let orgs = b.crow_json(&["sql", "select org_id from organizations"]);
@@ -61,14 +66,12 @@ async fn world() -> World {
     let key_b = key(&b, &org_b, "read");
     let admin_a = key(&b, &org_a, "admin");
     let wal = tempfile::tempdir().expect("wal");
-    let server = Server::start(
-        &b,
-        wal.path(),
-        &[
-            ("CROW_API_RATE_LIMIT_BURST", "100000"),
-            ("CROW_API_RATE_LIMIT_PER_SECOND", "100000"),
-        ],
-    );
+    let mut all_env = vec![
+        ("CROW_API_RATE_LIMIT_BURST", "100000"),
+        ("CROW_API_RATE_LIMIT_PER_SECOND", "100000"),
+    ];
+    all_env.extend_from_slice(env);
+    let server = Server::start(&b, wal.path(), &all_env);
     World {
         b,
         _wal: wal,
@@ -637,4 +640,106 @@ async fn mcp_sessions_versions_origins_and_keys_over_raw_json_rpc() {
         .await
         .expect("get");
     assert_eq!(get.status().as_u16(), 405);
+}
+
+/// A local server speaking Gemini's `generateContent` returns scripted
+/// answers: a query with a wrong column is repaired from the error, a write
+/// is refused before anything runs, a query naming another organization
+/// finds nothing, and an answer inventing a number is replaced by the rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn ask_with_a_scripted_gemini_repairs_refuses_and_checks_numbers() {
+    use crate::jobs::{gemini_ok, Fake};
+    let fake = Fake::default();
+    let base = fake.serve().await;
+    let w = world_with(&[
+        ("CROW_AI_PROVIDER", "gemini"),
+        ("CROW_AI_MODEL", "gemini-test"),
+        ("CROW_AI_BASE_URL", base.as_str()),
+        ("GEMINI_API_KEY", "test-key"),
+    ])
+    .await;
+    let good = "SELECT device_type, count(*) AS sessions FROM sessions WHERE channel = 'web' \
+                GROUP BY device_type ORDER BY device_type";
+    let sql_answer = |sql: &str| {
+        gemini_ok(
+            &json!({"sql": sql, "chart": {"kind": "bar", "x": "device_type", "y": ["sessions"]}})
+                .to_string(),
+        )
+    };
+    fake.push(
+        200,
+        &[],
+        &sql_answer("SELECT device, count(*) AS sessions FROM sessions GROUP BY device"),
+    );
+    fake.push(200, &[], &sql_answer(good));
+    fake.push(
+        200,
+        &[],
+        &gemini_ok(&json!({"answer": "Mobile had 987654 sessions."}).to_string()),
+    );
+    fake.push(
+        200,
+        &[],
+        &gemini_ok(&json!({"answer": "Desktop had 123457 sessions."}).to_string()),
+    );
+    let (s, a) = w.ask(&w.key_a, "sessions per device").await;
+    assert_eq!(s, 200, "{a}");
+    assert_eq!(a["sql"], good);
+    assert_eq!(a["attempts"], 2, "the wrong column was repaired: {a}");
+    assert_eq!(a["rows"], json!(w.sql(&w.key_a, good).await));
+    assert_eq!(a["provider"], "gemini");
+    assert_eq!(
+        a["answer_source"], "rows",
+        "the invented number is rejected: {a}"
+    );
+    assert!(
+        a["answer_note"].as_str().unwrap_or("").contains("123457"),
+        "{a}"
+    );
+    assert!(
+        !a["answer"].as_str().unwrap_or("").contains("987654"),
+        "{a}"
+    );
+    let requests = fake.requests.lock().expect("lock").clone();
+    assert_eq!(requests.len(), 4);
+    let first = requests[0].2.to_string();
+    assert!(
+        first.contains("## interactions") && first.contains("Northwind"),
+        "contracts and context are sent"
+    );
+    let repair = requests[1].2.to_string();
+    assert!(
+        repair.contains("An earlier attempt failed") && repair.contains("device"),
+        "{repair}"
+    );
+    // A write is refused before it runs, and not repaired.
+    let before = w.sql(&w.key_a, "select count(*) as n from sessions").await;
+    fake.push(200, &[], &sql_answer("DELETE FROM sessions"));
+    let (s, e) = w.ask(&w.key_a, "remove every session").await;
+    assert_eq!(
+        (s, e["code"].as_str()),
+        (400, Some("dml_not_allowed")),
+        "{e}"
+    );
+    assert_eq!(
+        w.sql(&w.key_a, "select count(*) as n from sessions").await,
+        before
+    );
+    assert_eq!(
+        fake.requests.lock().expect("lock").len(),
+        5,
+        "no repair of a refusal"
+    );
+    // Another organization's id finds nothing: the tenant session filters.
+    let cross = format!("SELECT * FROM raw_web_events WHERE org_id = '{}'", w.org_b);
+    fake.push(200, &[], &sql_answer(&cross));
+    fake.push(
+        200,
+        &[],
+        &gemini_ok(&json!({"answer": "No rows match."}).to_string()),
+    );
+    let (s, a) = w.ask(&w.key_a, "show Beta Bikes' events").await;
+    assert_eq!(s, 200, "{a}");
+    assert_eq!(a["rows"], json!([]), "{a}");
+    assert!(!a["rows"].to_string().contains(B_MARK));
 }
