@@ -205,7 +205,10 @@ enum Era {
     Legacy,
 }
 
-fn era_of(st: &ApiState, p: &Principal, headers: &HeaderMap, msg: &Value) -> Result<Era, Response> {
+/// A refusal: its status and JSON-RPC error body.
+type Refusal = (StatusCode, Value);
+
+fn era_of(st: &ApiState, p: &Principal, headers: &HeaderMap, msg: &Value) -> Result<Era, Refusal> {
     let id = &msg["id"];
     let meta_version = msg["params"]["_meta"][VERSION_META].as_str();
     let header_version = headers.get(VERSION_HEADER).and_then(|v| v.to_str().ok());
@@ -221,9 +224,9 @@ fn era_of(st: &ApiState, p: &Principal, headers: &HeaderMap, msg: &Value) -> Res
             let supported: Vec<&str> = std::iter::once(MODERN)
                 .chain(HANDSHAKE.iter().copied())
                 .collect();
-            return Err(reply(
+            return Err((
                 StatusCode::BAD_REQUEST,
-                &rpc_error(
+                rpc_error(
                     id,
                     UNSUPPORTED_VERSION,
                     format!("unsupported protocol version {v:?}"),
@@ -234,9 +237,9 @@ fn era_of(st: &ApiState, p: &Principal, headers: &HeaderMap, msg: &Value) -> Res
         return Ok(Era::Modern);
     }
     let Some(sid) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
-        return Err(reply(
+        return Err((
             StatusCode::BAD_REQUEST,
-            &rpc_error(
+            rpc_error(
                 id,
                 INVALID_REQUEST,
                 format!("send `initialize` first and then its Mcp-Session-Id, or use protocol version {MODERN} (`server/discover`)"),
@@ -247,9 +250,9 @@ fn era_of(st: &ApiState, p: &Principal, headers: &HeaderMap, msg: &Value) -> Res
     if st.mcp_sessions.touch(sid, &p.key_id) {
         Ok(Era::Legacy)
     } else {
-        Err(reply(
+        Err((
             StatusCode::NOT_FOUND,
-            &rpc_error(
+            rpc_error(
                 id,
                 INVALID_REQUEST,
                 "unknown or ended MCP session: initialize again",
@@ -295,7 +298,7 @@ pub async fn post(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: Byt
     }
     let era = match era_of(&st, &p, &headers, &msg) {
         Ok(e) => e,
-        Err(r) => return r,
+        Err((status, body)) => return reply(status, &body),
     };
     let id = msg["id"].clone();
     let method = msg["method"].as_str().unwrap_or("");

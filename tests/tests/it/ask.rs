@@ -550,10 +550,15 @@ async fn mcp_sessions_versions_origins_and_keys_over_raw_json_rpc() {
     )
     .await;
     assert_eq!(s, 200, "the server's own origin is fine: {v}");
+    legacy_sessions(&w).await;
+}
+
+/// 2025-11-25: sessions opened by `initialize`, bound to their key.
+async fn legacy_sessions(w: &World) {
     // 2025-11-25: initialize opens a session that belongs to its key.
     let init = json!({"jsonrpc": "2.0", "id": 5, "method": "initialize", "params": {
         "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
-    let (s, h, v) = rpc(&w, Some(&w.key_a), &[], &init).await;
+    let (s, h, v) = rpc(w, Some(&w.key_a), &[], &init).await;
     assert_eq!(
         (s, v["result"]["protocolVersion"].as_str()),
         (200, Some("2025-11-25")),
@@ -569,18 +574,18 @@ async fn mcp_sessions_versions_origins_and_keys_over_raw_json_rpc() {
         ("Mcp-Session-Id", sid.as_str()),
         ("MCP-Protocol-Version", "2025-11-25"),
     ];
-    let (s, _, v) = rpc(&w, Some(&w.key_a), &with_sid, &list).await;
+    let (s, _, v) = rpc(w, Some(&w.key_a), &with_sid, &list).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(
         v["result"]["tools"].as_array().map(Vec::len),
         Some(TOOLS.len())
     );
-    let (s, _, _) = rpc(&w, Some(&w.key_b), &with_sid, &list).await;
+    let (s, _, _) = rpc(w, Some(&w.key_b), &with_sid, &list).await;
     assert_eq!(s, 404, "another key cannot use the session");
-    let (s, _, _) = rpc(&w, Some(&w.key_a), &[], &list).await;
+    let (s, _, _) = rpc(w, Some(&w.key_a), &[], &list).await;
     assert_eq!(s, 400, "no session and no revision");
     // Org B's key reading through its own session never sees org A's rows.
-    let (_, hb, _) = rpc(&w, Some(&w.key_b), &[], &init).await;
+    let (_, hb, _) = rpc(w, Some(&w.key_b), &[], &init).await;
     let sid_b = hb
         .get("mcp-session-id")
         .and_then(|v| v.to_str().ok())
@@ -602,7 +607,7 @@ async fn mcp_sessions_versions_origins_and_keys_over_raw_json_rpc() {
     );
     // Unknown tools and methods are JSON-RPC errors.
     let unknown = json!({"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {"name": "drop_tables", "arguments": {}}});
-    let (_, _, v) = rpc(&w, Some(&w.key_a), &with_sid, &unknown).await;
+    let (_, _, v) = rpc(w, Some(&w.key_a), &with_sid, &unknown).await;
     assert_eq!(v["error"]["code"], -32602, "{v}");
     let (_, _, v) = rpc(
         &w,
@@ -630,7 +635,7 @@ async fn mcp_sessions_versions_origins_and_keys_over_raw_json_rpc() {
     };
     assert_eq!(del(&w.key_b).await.expect("delete").status().as_u16(), 404);
     assert_eq!(del(&w.key_a).await.expect("delete").status().as_u16(), 204);
-    let (s, _, _) = rpc(&w, Some(&w.key_a), &with_sid, &list).await;
+    let (s, _, _) = rpc(w, Some(&w.key_a), &with_sid, &list).await;
     assert_eq!(s, 404, "an ended session is gone");
     let get = w
         .http
