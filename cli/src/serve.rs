@@ -54,7 +54,17 @@ pub async fn run(
     } else {
         let api = crow_query_api::ApiState::new(lake.clone(), cfg.api.clone())
             .context("starting the query API")?;
-        api.set_ai(crow_jobs::ai::from_config(&cfg.ai).context("the AI provider of ask")?);
+        match crow_jobs::ai::from_config(&cfg.ai) {
+            Ok(p) => api.set_ai(p),
+            Err(e) => {
+                // The collector, SQL and the jobs' own failures don't depend
+                // on it: ask answers 502 with the reason instead.
+                tracing::warn!(error = %e, "ask has no AI provider");
+                api.set_ai(std::sync::Arc::new(crow_query_api::ask::Unavailable(
+                    e.to_string(),
+                )));
+            }
+        }
         Some(api)
     };
     let body = crow_query_api::BodyLimits {

@@ -86,6 +86,30 @@ pub struct AskAnswer {
     pub output_tokens: u64,
 }
 
+/// The provider when the configured one cannot be built (e.g. a missing
+/// API key): every question is answered 502 `ai_failed` with the reason, and
+/// the rest of the server keeps working.
+#[derive(Debug)]
+pub struct Unavailable(pub String);
+
+#[async_trait::async_trait]
+impl crow_jobs::ai::Provider for Unavailable {
+    fn name(&self) -> &str {
+        "unavailable"
+    }
+
+    fn model(&self) -> &str {
+        ""
+    }
+
+    async fn generate(
+        &self,
+        _req: &crow_jobs::ai::AiRequest,
+    ) -> Result<crow_jobs::ai::AiAnswer, crow_jobs::ai::AiError> {
+        Err(crow_jobs::ai::AiError::Fatal(self.0.clone()))
+    }
+}
+
 /// The tables a caller can read: admin-only tables only for admins.
 pub fn visible_tables(admin: bool) -> impl Iterator<Item = &'static TableDef> {
     crow_schemas::ALL_TABLES

@@ -748,3 +748,45 @@ async fn ask_with_a_scripted_gemini_repairs_refuses_and_checks_numbers() {
     assert_eq!(a["rows"], json!([]), "{a}");
     assert!(!a["rows"].to_string().contains(B_MARK));
 }
+
+/// A provider that cannot be built (Gemini without its key) does not stop
+/// the server: SQL still works and ask answers 502 with the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn ask_without_a_usable_provider_says_why_and_the_server_runs() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    let org = b.crow_json(&["orgs", "create", "--name", "Keyless"]);
+    let key = key(&b, org["org_id"].as_str().expect("org"), "read");
+    let wal = tempfile::tempdir().expect("wal");
+    let server = Server::start(
+        &b,
+        wal.path(),
+        &[("CROW_AI_PROVIDER", "gemini"), ("GEMINI_API_KEY", "")],
+    );
+    let http = reqwest::Client::new();
+    let r = http
+        .post(server.url("/api/v1/ask"))
+        .bearer_auth(&key)
+        .json(&json!({"question": "conversion by device"}))
+        .send()
+        .await
+        .expect("ask");
+    assert_eq!(r.status().as_u16(), 502);
+    let e: Value = r.json().await.expect("problem");
+    assert_eq!(e["code"], "ai_failed", "{e}");
+    assert!(
+        e["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("GEMINI_API_KEY"),
+        "{e}"
+    );
+    let r = http
+        .post(server.url("/api/v1/sql"))
+        .bearer_auth(&key)
+        .json(&json!({"sql": "select count(*) as n from organizations"}))
+        .send()
+        .await
+        .expect("sql");
+    assert_eq!(r.status().as_u16(), 200);
+}
