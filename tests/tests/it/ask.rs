@@ -594,7 +594,7 @@ async fn legacy_sessions(w: &World) {
     let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
         "name": "run_sql", "arguments": {"sql": "select distinct org_id from raw_web_events"}}});
     let (s, _, v) = rpc(
-        &w,
+        w,
         Some(&w.key_b),
         &[("Mcp-Session-Id", sid_b.as_str())],
         &call,
@@ -610,7 +610,7 @@ async fn legacy_sessions(w: &World) {
     let (_, _, v) = rpc(w, Some(&w.key_a), &with_sid, &unknown).await;
     assert_eq!(v["error"]["code"], -32602, "{v}");
     let (_, _, v) = rpc(
-        &w,
+        w,
         Some(&w.key_a),
         &with_sid,
         &json!({"jsonrpc": "2.0", "id": 9, "method": "sampling/createMessage"}),
@@ -619,7 +619,7 @@ async fn legacy_sessions(w: &World) {
     assert_eq!(v["error"]["code"], -32601, "{v}");
     // Notifications are accepted without an answer; DELETE ends the session.
     let (s, _, _) = rpc(
-        &w,
+        w,
         Some(&w.key_a),
         &with_sid,
         &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
