@@ -296,6 +296,18 @@ pub async fn post(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: Byt
         // Notifications (initialized, cancelled, …) need no answer.
         return StatusCode::ACCEPTED.into_response();
     }
+    let header_method = headers.get("mcp-method").and_then(|v| v.to_str().ok());
+    if header_method.is_some_and(|m| msg["method"] != m) {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            &rpc_error(
+                &msg["id"],
+                INVALID_REQUEST,
+                "the Mcp-Method header does not match the body's method",
+                None,
+            ),
+        );
+    }
     let era = match era_of(&st, &p, &headers, &msg) {
         Ok(e) => e,
         Err((status, body)) => return reply(status, &body),

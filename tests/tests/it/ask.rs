@@ -524,6 +524,15 @@ async fn mcp_sessions_versions_origins_and_keys_over_raw_json_rpc() {
     assert!(v["error"]["data"]["supported"]
         .as_array()
         .is_some_and(|a| a.contains(&json!("2026-07-28"))));
+    // The Mcp-Method header must name the body's method.
+    let (s, _, v) = rpc(
+        &w,
+        Some(&w.key_a),
+        &[("Mcp-Method", "tools/call")],
+        &modern("tools/list", 2),
+    )
+    .await;
+    assert_eq!((s, v["error"]["code"].as_i64()), (400, Some(-32600)), "{v}");
     // No key, a bad key, a foreign origin: refused.
     let (s, h, _) = rpc(&w, None, &[], &modern("tools/list", 3)).await;
     assert_eq!(s, 401);
