@@ -250,8 +250,28 @@ struct Spend {
     output: u64,
 }
 
+/// Steps of a question as they happen: (`sql` | `repair` | `rows`, data).
+pub type Progress = tokio::sync::mpsc::UnboundedSender<(&'static str, Value)>;
+
 /// Answer `req` for `p`.
 pub async fn ask(st: &Arc<ApiState>, p: &Principal, req: &AskRequest) -> ApiResult<AskAnswer> {
+    ask_streaming(st, p, req, None).await
+}
+
+/// [`ask`], telling `progress` each step: the query about to run, a
+/// repair and why, the rows.
+pub async fn ask_streaming(
+    st: &Arc<ApiState>,
+    p: &Principal,
+    req: &AskRequest,
+    progress: Option<&Progress>,
+) -> ApiResult<AskAnswer> {
+    let emit = |event: &'static str, data: Value| {
+        if let Some(tx) = progress {
+            // A client that went away stops listening, not the question.
+            let _ = tx.send((event, data));
+        }
+    };
     let question = req.question.trim();
     if question.is_empty() || question.chars().count() > MAX_QUESTION_CHARS {
         return Err(ApiError::bad_request(
@@ -294,9 +314,11 @@ pub async fn ask(st: &Arc<ApiState>, p: &Principal, req: &AskRequest) -> ApiResu
                     .unwrap_or_else(|| "the AI provider wrote no query for this question".into()),
             ));
         }
+        emit("sql", json!({"sql": plan.sql, "attempt": errors.len() + 1}));
         match tenant_rows(st, p, &plan.sql, ASK_MAX_ROWS).await {
             Ok(found) => break (plan, found),
             Err(e) if repairable(&e) && errors.len() < MAX_REPAIRS => {
+                emit("repair", json!({"error": e.detail}));
                 errors.push((plan.sql.clone(), e.detail));
             }
             Err(mut e) => {
@@ -310,6 +332,10 @@ pub async fn ask(st: &Arc<ApiState>, p: &Principal, req: &AskRequest) -> ApiResu
         rows,
         truncated,
     } = found;
+    emit(
+        "rows",
+        json!({"columns": columns, "rows": rows, "truncated": truncated}),
+    );
     let (answer, answer_source, answer_note) = words(
         st, question, &plan.sql, &columns, &rows, truncated, &mut spend,
     )
@@ -405,7 +431,8 @@ fn chart(suggested: Option<&Value>, rows: &[Value]) -> Value {
     }
 }
 
-/// `POST /api/v1/ask`.
+/// `POST /api/v1/ask`; with `Accept: text/event-stream`, as events
+/// ([`stream`]).
 pub async fn handler(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: Bytes) -> Response {
     let p = match crate::auth::authenticate(&st.keys, &st.limiter, &headers, Scope::Read).await {
         Ok(p) => p,
@@ -423,12 +450,47 @@ pub async fn handler(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: 
             .into_response()
         }
     };
+    let streams = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/event-stream"));
+    if streams {
+        return stream(st, p, req);
+    }
     let r = ask(&st, &p, &req).await;
     audit_ask(&st, &p, "ask", &req.question, &r).await;
     match r {
         Ok(a) => axum::Json(a).into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+/// The answer as server-sent events: `sql` (the query about to run),
+/// `repair` (why it is asked again), `rows`, then `answer` (the whole
+/// answer, as without streaming) or `error` (a problem document).
+fn stream(st: Arc<ApiState>, p: Principal, req: AskRequest) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let r = ask_streaming(&st, &p, &req, Some(&tx)).await;
+        audit_ask(&st, &p, "ask", &req.question, &r).await;
+        let last = match r {
+            Ok(a) => ("answer", serde_json::to_value(&a).unwrap_or_default()),
+            Err(e) => (
+                "error",
+                serde_json::to_value(e.problem()).unwrap_or_default(),
+            ),
+        };
+        let _ = tx.send(last);
+    });
+    let events = futures::stream::unfold(rx, |mut rx| async move {
+        let (event, data) = rx.recv().await?;
+        let e = Event::default().event(event).data(data.to_string());
+        Some((Ok::<_, std::convert::Infallible>(e), rx))
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 /// `ask` (or an MCP tool call) in the audit log; a failure to write it is

@@ -99,6 +99,13 @@ fn json_ok(desc: &str, schema: Value) -> Value {
     json!({"description": desc, "content": {"application/json": {"schema": schema}}})
 }
 
+/// The answer of `/api/v1/ask`: JSON, or server-sent events with
+/// `Accept: text/event-stream`.
+fn ask_ok(schema: Value) -> Value {
+    json!({"description": "The answer; with `Accept: text/event-stream`, events `sql`, `repair`, `rows`, then `answer` (this object) or `error` (a problem).",
+        "content": {"application/json": {"schema": schema}, "text/event-stream": {"schema": {"type": "string"}}}})
+}
+
 fn qparam(name: &str, desc: &str, schema: Value) -> Value {
     json!({"name": name, "in": "query", "required": false, "description": desc, "schema": schema})
 }
@@ -273,7 +280,7 @@ pub fn document() -> Value {
                     "required": ["question"], "additionalProperties": false,
                     "properties": {"question": {"type": "string"},
                                    "conversation": {"type": "array", "items": {}, "description": "Earlier turns, oldest first (at most 20)."}}}}}},
-                "responses": responses("200", json_ok("The answer.", json!({"type": "object",
+                "responses": responses("200", ask_ok(json!({"type": "object",
                     "required": ["question", "sql", "columns", "rows", "truncated", "chart", "answer", "answer_source"],
                     "properties": {"question": {"type": "string"}, "sql": {"type": "string"},
                         "columns": {"type": "array", "items": {"type": "string"}},

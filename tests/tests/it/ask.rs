@@ -117,6 +117,35 @@ impl World {
             .await
     }
 
+    /// `POST /api/v1/ask` as server-sent events: (event, data) in order.
+    async fn ask_events(&self, question: &str) -> Vec<(String, Value)> {
+        let r = self
+            .http
+            .post(self.server.url("/api/v1/ask"))
+            .bearer_auth(&self.key_a)
+            .header("Accept", "text/event-stream")
+            .json(&json!({ "question": question }))
+            .send()
+            .await
+            .expect("ask");
+        assert_eq!(r.status().as_u16(), 200);
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap_or("")
+            .starts_with("text/event-stream"));
+        let text = r.text().await.expect("events");
+        text.split("\n\n")
+            .filter_map(|block| {
+                let event = block.lines().find_map(|l| l.strip_prefix("event: "))?;
+                let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
+                Some((
+                    event.to_string(),
+                    serde_json::from_str(data).expect("event data"),
+                ))
+            })
+            .collect()
+    }
+
     /// Org A's answer must not carry org B's rows or id.
     fn assert_no_b(&self, what: &str, v: &impl std::fmt::Display) {
         let text = v.to_string();
@@ -240,6 +269,18 @@ async fn ask_answers_every_offline_shape_with_its_reference_rows() {
     // Org B's key gets org B's products, and org A's never does.
     let (_, beta) = w.ask(&w.key_b, "top 5 products by views").await;
     assert!(beta["rows"].to_string().contains(B_MARK), "{beta}");
+    // Streamed: the query, the rows, then the same answer.
+    let events = w.ask_events("conversion by device").await;
+    let names: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(names, ["sql", "rows", "answer"], "{events:?}");
+    assert_eq!(events[1].1["rows"], api["rows"]);
+    assert_eq!(events[2].1["rows"], api["rows"]);
+    let events = w.ask_events("why did sales drop last week?").await;
+    assert_eq!(
+        events.last().map(|(e, v)| (e.as_str(), v["code"].clone())),
+        Some(("error", json!("question_not_supported"))),
+        "{events:?}"
+    );
     // A question outside the offline shapes is refused plainly.
     let (s, e) = w.ask(&w.key_a, "why did sales drop last week?").await;
     assert_eq!(s, 422, "{e}");
