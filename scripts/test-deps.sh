@@ -2,8 +2,9 @@
 # Installs what CROW's tests need on a fresh machine, idempotently:
 # a Python virtualenv with the independent Delta readers (deltalake, polars,
 # pyarrow), moto's S3-compatible server and schemathesis (the query API's
-# property-based tester), the Segment and RudderStack Node SDKs (npm, under
-# the venv), the Segment browser library and Chromium. Prints the venv's path.
+# property-based tester), the official MCP client (mcp), the Segment and
+# RudderStack Node SDKs (npm, under the venv), the Segment browser library
+# and Chromium. Prints the venv's path.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${CROWTEST_VENV:-$root/.venv}"

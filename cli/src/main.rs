@@ -1,5 +1,6 @@
 //! `crow`: CROW's command line.
 
+mod ask;
 mod backfill;
 mod bench;
 mod billing;
@@ -56,6 +57,18 @@ enum Command {
     Init(FormatArg),
     /// Each table with its version, files, rows and bytes.
     Tables(FormatArg),
+    /// Ask a question about an organization's data in plain language: the
+    /// AI provider (`ai.provider`) writes one SQL query, which runs in the
+    /// organization's tenant session like `/api/v1/sql`.
+    Ask {
+        /// The question, e.g. "top 5 products by views".
+        question: String,
+        /// Organization id or name.
+        #[arg(long)]
+        org: String,
+        #[command(flatten)]
+        format: FormatArg,
+    },
     /// Run SQL over the lake.
     Sql {
         /// The query.
@@ -423,6 +436,14 @@ async fn run(cli: Cli) -> Result<()> {
                 ],
                 &rows,
             )
+        }
+        Command::Ask {
+            question,
+            org,
+            format,
+        } => {
+            let lake = open_lake(&cfg).await?;
+            ask::run(&lake, &cfg, &org, &question, format.format).await
         }
         Command::Sql {
             query,

@@ -52,10 +52,20 @@ pub async fn run(
     let api = if only == Some(Only::Ingest) {
         None
     } else {
-        Some(
-            crow_query_api::ApiState::new(lake.clone(), cfg.api.clone())
-                .context("starting the query API")?,
-        )
+        let api = crow_query_api::ApiState::new(lake.clone(), cfg.api.clone())
+            .context("starting the query API")?;
+        match crow_jobs::ai::from_config(&cfg.ai) {
+            Ok(p) => api.set_ai(p),
+            Err(e) => {
+                // The collector, SQL and the jobs' own failures don't depend
+                // on it: ask answers 502 with the reason instead.
+                tracing::warn!(error = %e, "ask has no AI provider");
+                api.set_ai(std::sync::Arc::new(crow_query_api::ask::Unavailable(
+                    e.to_string(),
+                )));
+            }
+        }
+        Some(api)
     };
     let body = crow_query_api::BodyLimits {
         max_bytes: crow_query_api::api_body_limit(&cfg.api),

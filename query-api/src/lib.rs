@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod account;
+pub mod ask;
 pub mod auth;
 pub mod body;
 pub mod bounded;
@@ -25,6 +26,8 @@ pub mod export;
 pub mod guard;
 pub mod keys;
 pub mod manage;
+pub mod mcp;
+pub mod mcp_tools;
 pub mod metrics;
 pub mod openapi;
 pub mod rest;
@@ -82,6 +85,10 @@ pub struct ApiState {
     pub slots: slots::Slots,
     /// API exports running in this server.
     pub exports: export::Exports,
+    /// The AI provider of `ask` (offline until [`ApiState::set_ai`]).
+    ai: std::sync::OnceLock<Arc<dyn crow_jobs::ai::Provider>>,
+    /// MCP sessions of the 2025-11-25 revision.
+    pub mcp_sessions: mcp::Sessions,
 }
 
 impl ApiState {
@@ -123,9 +130,27 @@ impl ApiState {
                 cfg.max_concurrent_queries_per_org,
             ),
             exports: export::Exports::default(),
+            ai: std::sync::OnceLock::new(),
+            mcp_sessions: mcp::Sessions::default(),
             lake,
             cfg,
         }))
+    }
+
+    /// Use `provider` for `ask` (once; later calls are ignored).
+    pub fn set_ai(&self, provider: Arc<dyn crow_jobs::ai::Provider>) {
+        let _ = self.ai.set(provider);
+    }
+
+    /// The AI provider of `ask`.
+    pub fn ai(&self) -> Arc<dyn crow_jobs::ai::Provider> {
+        self.ai
+            .get_or_init(|| {
+                Arc::new(crow_jobs::ai::offline::Offline::new(
+                    crow_jobs::ai::offline::MODEL,
+                ))
+            })
+            .clone()
     }
 
     fn query_timeout(&self) -> Duration {
@@ -144,6 +169,8 @@ impl ApiState {
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/api/v1/sql", post(sql_handler))
+        .route("/api/v1/ask", post(ask::handler))
+        .route("/mcp", post(mcp::post).get(mcp::get).delete(mcp::delete))
         .route(
             "/api/v1/organization",
             get(rest::organization).patch(manage::update_org),
@@ -304,6 +331,35 @@ async fn run_sql(st: &Arc<ApiState>, headers: &HeaderMap, body: &[u8]) -> ApiRes
     let limit = usize::try_from(st.cfg.max_result_rows.saturating_add(1)).unwrap_or(usize::MAX);
     let query = sql::RunningQuery::start(st, ctx, schema, req.sql, Some(limit), deadline).await?;
     sql::respond(st, query, format, started, permits).await
+}
+
+/// One call in the audit log (`outcome` 'ok' or 'failed'); a failure to
+/// write it is logged, never answered.
+pub async fn audit_call(
+    st: &ApiState,
+    p: &auth::Principal,
+    action: &str,
+    target: &str,
+    ok: bool,
+    detail: serde_json::Value,
+) {
+    let actor = p.actor();
+    let audited = users::audit(
+        &st.lake,
+        crow_lake::audit::Audit {
+            org_id: &p.org_id,
+            actor: &actor,
+            action,
+            target: Some(target),
+            outcome: if ok { "ok" } else { "failed" },
+            detail: Some(detail),
+            ..Default::default()
+        },
+    )
+    .await;
+    if let Err(e) = audited {
+        tracing::error!(error = %e, "could not write the audit log");
+    }
 }
 
 /// Record batches as JSON row objects (nulls explicit).

@@ -75,7 +75,9 @@ fn errors(codes: &[u16]) -> Map<String, Value> {
             406 => "No supported result format in `Accept`.",
             408 => "The query ran past the timeout.",
             409 => "The export is not in a state that allows this (see `code`).",
+            422 => "The question cannot be answered by the configured AI provider (question_not_supported).",
             429 => "Rate limit or concurrent-export limit exceeded; see Retry-After.",
+            502 => "The AI provider failed or gave no usable query (ai_failed).",
             _ => "Error.",
         };
         let mut p = problem(d);
@@ -95,6 +97,13 @@ fn responses(ok_code: &str, ok: Value, errs: &[u16]) -> Value {
 
 fn json_ok(desc: &str, schema: Value) -> Value {
     json!({"description": desc, "content": {"application/json": {"schema": schema}}})
+}
+
+/// The answer of `/api/v1/ask`: JSON, or server-sent events with
+/// `Accept: text/event-stream`.
+fn ask_ok(schema: Value) -> Value {
+    json!({"description": "The answer; with `Accept: text/event-stream`, events `sql`, `repair`, `rows`, then `answer` (this object) or `error` (a problem).",
+        "content": {"application/json": {"schema": schema}, "text/event-stream": {"schema": {"type": "string"}}}})
 }
 
 fn qparam(name: &str, desc: &str, schema: Value) -> Value {
@@ -269,6 +278,22 @@ pub fn document() -> Value {
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SqlRequest"}}}},
                 "responses": responses("200", json!({"description": "The result, in the format `Accept` asks for.", "content": sql_ok}),
                     &[400, 401, 403, 406, 408, 429]),
+            }},
+            "/api/v1/ask": {"post": {
+                "summary": "Ask a question in plain language: the AI provider (`ai.provider`) writes one read-only SQL query, which runs like /api/v1/sql in the key's organization; failed queries are repaired at most twice. The answer carries the SQL, its rows (at most 100; `truncated` says when there were more), a suggested chart and a short answer whose every number appears in the rows (else the rows rendered in words, `answer_source` = rows). The offline provider answers a fixed set of question shapes and answers 422 `question_not_supported` for others.",
+                "security": [{"bearer": []}],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object",
+                    "required": ["question"], "additionalProperties": false,
+                    "properties": {"question": {"type": "string"},
+                                   "conversation": {"type": "array", "items": {}, "description": "Earlier turns, oldest first (at most 20)."}}}}}},
+                "responses": responses("200", ask_ok(json!({"type": "object",
+                    "required": ["question", "sql", "columns", "rows", "truncated", "chart", "answer", "answer_source"],
+                    "properties": {"question": {"type": "string"}, "sql": {"type": "string"},
+                        "columns": {"type": "array", "items": {"type": "string"}},
+                        "rows": {"type": "array", "items": {"type": "object"}}, "truncated": {"type": "boolean"},
+                        "chart": {"type": "object"}, "answer": {"type": "string"},
+                        "answer_source": {"type": "string", "enum": ["model", "rows"]}}})),
+                    &[400, 401, 403, 408, 422, 429, 502]),
             }},
             "/api/v1/organization": {"get": {
                 "summary": "The key's organization.", "security": [{"bearer": []}],
@@ -450,6 +475,7 @@ mod tests {
         let text = d.to_string();
         for p in [
             "/api/v1/sql",
+            "/api/v1/ask",
             "/api/v1/interactions",
             "/api/v1/exports/{id}/download",
             "/api/v1/auth/login",

@@ -465,7 +465,7 @@ fn panicked(e: Option<tokio::task::JoinError>) -> ApiError {
     ApiError::internal("a query failed unexpectedly", &why)
 }
 
-fn query_timeout(state: &ApiState) -> ApiError {
+pub(crate) fn query_timeout(state: &ApiState) -> ApiError {
     ApiError::new(
         StatusCode::REQUEST_TIMEOUT,
         "query_timeout",

@@ -17,6 +17,7 @@
 //! cache and the per-org token budget live in the jobs that call it (see
 //! [`crate::enrich`]).
 
+pub mod ask;
 pub mod gemini;
 pub mod offline;
 pub mod openai;

@@ -71,6 +71,16 @@ impl Provider for Offline {
                     output_tokens: 0,
                 })
             }
+            Some("ask_sql") => Ok(AiAnswer {
+                text: super::ask::offline_sql_answer(&req.input).to_string(),
+                input_tokens: 0,
+                output_tokens: 0,
+            }),
+            Some("ask_answer") => Ok(AiAnswer {
+                text: super::ask::offline_words(&req.input).to_string(),
+                input_tokens: 0,
+                output_tokens: 0,
+            }),
             other => Err(AiError::Fatal(format!(
                 "offline: no writer for task {other:?}"
             ))),

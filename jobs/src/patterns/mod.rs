@@ -2790,8 +2790,17 @@ fn normalise_number(s: &str) -> String {
     }
 }
 
-fn allowed_numbers(prompt: &str) -> BTreeSet<String> {
-    numbers(prompt).into_iter().collect()
+/// The numbers a text may cite: every number written in `facts`.
+pub fn allowed_numbers(facts: &str) -> BTreeSet<String> {
+    numbers(facts).into_iter().collect()
+}
+
+/// Every number written in `text` is one of `allowed` (see [`numbers`]).
+pub fn check_numbers(text: &str, allowed: &BTreeSet<String>) -> std::result::Result<(), String> {
+    match numbers(text).into_iter().find(|x| !allowed.contains(x)) {
+        Some(x) => Err(format!("the number {x} is not in the evidence")),
+        None => Ok(()),
+    }
 }
 
 /// A narrative is valid when it is the expected JSON and every number in it
@@ -2810,11 +2819,8 @@ pub fn validate_narrative(
     if n.title.trim().is_empty() || n.description.trim().is_empty() {
         return Err("empty title or description".into());
     }
-    for x in numbers(&n.title).into_iter().chain(numbers(&n.description)) {
-        if !allowed.contains(&x) {
-            return Err(format!("the number {x} is not in the evidence"));
-        }
-    }
+    check_numbers(&n.title, allowed)?;
+    check_numbers(&n.description, allowed)?;
     Ok((n.title, n.description))
 }
 

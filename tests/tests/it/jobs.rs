@@ -347,18 +347,18 @@ async fn cctv_camera_hours_and_social_runs_are_sessions() {
 
 /// A fake model server speaking one provider's wire format, answering from
 /// a script and recording every request.
-type Headers = Vec<(String, String)>;
+pub(crate) type Headers = Vec<(String, String)>;
 
 #[derive(Clone, Default)]
-struct Fake {
+pub(crate) struct Fake {
     script: Arc<Mutex<VecDeque<(u16, Headers, String)>>>,
     /// Answer once the script is used up.
     fallback: Arc<Mutex<Option<(u16, String)>>>,
-    requests: Arc<Mutex<Vec<(String, Headers, Value)>>>,
+    pub(crate) requests: Arc<Mutex<Vec<(String, Headers, Value)>>>,
 }
 
 impl Fake {
-    fn push(&self, status: u16, headers: &[(&str, &str)], body: &str) {
+    pub(crate) fn push(&self, status: u16, headers: &[(&str, &str)], body: &str) {
         self.script.lock().expect("lock").push_back((
             status,
             headers
@@ -373,7 +373,7 @@ impl Fake {
         self.requests.lock().expect("lock").len()
     }
 
-    async fn serve(&self) -> String {
+    pub(crate) async fn serve(&self) -> String {
         use axum::extract::State;
         use axum::http::{HeaderMap, StatusCode, Uri};
         use axum::response::IntoResponse;
@@ -428,7 +428,7 @@ impl Fake {
 
 const GOOD: &str = r#"{"description":"Viewed a product and left.","intent":"browse","sentiment":"neutral","outcome":"browsed","product_ids":[],"confidence":0.6}"#;
 
-fn gemini_ok(text: &str) -> String {
+pub(crate) fn gemini_ok(text: &str) -> String {
     json!({
         "candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP"}],
         "usageMetadata": {"promptTokenCount": 120, "candidatesTokenCount": 30, "totalTokenCount": 150}

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
+mod ask;
 mod cli;
 mod exports;
 mod hardening;

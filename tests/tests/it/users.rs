@@ -488,6 +488,7 @@ type Rule = fn(Who) -> Expect;
 
 const MATRIX: &[(&str, &str, Rule)] = &[
     ("post", "/api/v1/sql", data),
+    ("post", "/api/v1/ask", data),
     ("get", "/api/v1/organization", data),
     ("get", "/api/v1/products", data),
     ("get", "/api/v1/sessions", data),
@@ -609,6 +610,7 @@ async fn every_endpoint_answers_every_role_and_scope_as_documented() {
             if *method == "post" || *method == "patch" {
                 let body = match *path {
                     "/api/v1/sql" => json!({"sql": "select 1 as x"}),
+                    "/api/v1/ask" => json!({"question": "conversion by device"}),
                     "/api/v1/exports" => json!({"table": "products", "format": "csv"}),
                     _ => json!({}),
                 };
