@@ -297,7 +297,7 @@ async fn forwarded_for_counts_only_from_trusted_proxies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_keys_do_not_list_admin_keys_and_keys_expire_by_default() {
-    let w = hostile_world(&[]).await;
+    let w = hostile_world(&[("CROW_API_KEY_CACHE_SECONDS", "1")]).await;
     let admin =
         w.b.crow_json(&["keys", "create", "--org", &w.org_a, "--scope", "admin"]);
     let admin_secret = admin["secret"].as_str().expect("secret").to_string();
@@ -337,4 +337,46 @@ async fn read_keys_do_not_list_admin_keys_and_keys_expire_by_default() {
     assert_eq!(r.status(), 200);
     let rows: Value = r.json().await.expect("json");
     assert_eq!(rows, json!([{"n": 1}]), "an admin key sees the admin keys");
+
+    // A key past its expiry is refused, saying so. (Time passes in the
+    // lake: the 7-day key's `expires_at` is moved 8 days back.)
+    let short_secret = short["secret"].as_str().expect("secret").to_string();
+    let ask = |secret: String| {
+        let (http, url) = (w.http.clone(), w.server.url("/api/v1/organization"));
+        async move {
+            let r = http.get(url).bearer_auth(secret).send().await.expect("get");
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    assert_eq!(ask(short_secret.clone()).await.0, 200);
+    let lake = w.b.lake().await;
+    let (_, aged) = lake
+        .sql(&format!(
+            "SELECT * REPLACE (expires_at - INTERVAL '8 days' AS expires_at) FROM api_keys WHERE key_id = '{}'",
+            short["id"].as_str().expect("id")
+        ))
+        .await
+        .expect("aged key");
+    lake.merge("api_keys", aged, &["key_id"])
+        .await
+        .expect("merge");
+    // Servers see the new expiry when they reload keys (here within 1 s).
+    let started = std::time::Instant::now();
+    let (status, body) = loop {
+        let (status, body) = ask(short_secret.clone()).await;
+        if status != 200 || started.elapsed() > std::time::Duration::from_secs(10) {
+            break (status, body);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("expired")),
+        "{body}"
+    );
 }
