@@ -527,3 +527,69 @@ async fn older_schema_evolves_local() {
 async fn older_schema_evolves_s3() {
     older_schema_evolves(Backend::s3()).await;
 }
+
+/// Writers that replace the same day at once conflict (each read the table
+/// before the others committed): the losers re-read and retry, so every
+/// write lands whole and the day ends as exactly one writer's rows. With no
+/// retries allowed, a lost race is an error, never a silent loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lost_commit_races_are_retried_and_exhaustion_is_an_error() {
+    let b = Backend::local();
+    let lake = b.lake().await;
+    lake.init().await.expect("init");
+    let day = "event_date = '2026-03-02'";
+    let race = |lake: Lake, round: &'static str| async move {
+        let tasks: Vec<_> = (0..6)
+            .map(|w| {
+                let lake = lake.clone();
+                tokio::spawn(async move {
+                    let rows = events("o1", &format!("{round}{w}"), 2, 10 + w);
+                    lake.replace_where("raw_web_events", day, vec![batch(&rows)])
+                        .await
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.expect("task"));
+        }
+        out
+    };
+    let before = crow_lake::commit_retries_total();
+    let results = race(lake.clone(), "w").await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert!(
+        crow_lake::commit_retries_total() > before,
+        "six writers replacing one day at once: at least one lost a race and retried"
+    );
+    // The day holds one writer's rows, whole: 10 + w rows, all of prefix w<w>.
+    let rows = query_rows(
+        &lake,
+        "select count(*) as n, count(distinct split_part(message_id, '-', 1)) as writers \
+         from raw_web_events where event_date = '2026-03-02'",
+    )
+    .await;
+    assert_eq!(rows[0]["writers"], 1, "{rows:?}");
+    let n = rows[0]["n"].as_i64().unwrap_or(0);
+    assert!((10..16).contains(&n), "{rows:?}");
+
+    // No retries: some of the racing writers fail with a conflict.
+    let mut cfg = b.lake_config();
+    cfg.commit_retries = 0;
+    let strict = Lake::open(&cfg).await.expect("open");
+    let results = race(strict, "s").await;
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(ToString::to_string))
+        .collect();
+    assert!(!failed.is_empty(), "with no retries a lost race fails");
+    assert!(
+        results.iter().any(Result::is_ok),
+        "one writer wins: {failed:?}"
+    );
+}
+
+async fn query_rows(lake: &Lake, sql: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    let (_, batches) = lake.sql(sql).await.expect("query");
+    batches_to_json(&batches).expect("json")
+}
