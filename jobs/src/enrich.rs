@@ -509,6 +509,78 @@ async fn enrich_window(
         .map(|o| format!(" AND org_id = {}", str_lit(o)))
         .unwrap_or_default();
     let ctx = lake.session().await?;
+    let inputs = load_inputs(&ctx, window, &org_cond).await?;
+    let (pname, model) = (provider.name().to_string(), provider.model().to_string());
+    let cacheable = provider.cacheable();
+    let (cache, used) = if cacheable {
+        load_cache(&ctx, &pname, &model, &org_cond).await?
+    } else {
+        (HashMap::new(), HashMap::new())
+    };
+    let caller = Caller {
+        provider: provider.as_ref(),
+        opts,
+        cache,
+        used: Mutex::new(used),
+        pname: pname.clone(),
+        model: model.clone(),
+        cacheable,
+    };
+
+    progress.phase(
+        &format!("enriching sessions with {pname}/{model}"),
+        inputs.sessions.len() as u64,
+    );
+    let mut report = Report {
+        provider: pname.clone(),
+        model: model.clone(),
+        window_start: Some(window.start),
+        window_end: Some(window.end),
+        sessions: inputs.sessions.len() as u64,
+        ..Report::default()
+    };
+    let run = RunInfo {
+        run_id,
+        pname: &pname,
+        model: &model,
+        now: Utc::now(),
+    };
+    let Inputs {
+        sessions,
+        orgs,
+        catalog,
+    } = inputs;
+    let caller = &caller;
+    let tasks = sessions.into_iter().map(|s| {
+        let org = orgs.get(&s.org_id).cloned();
+        let products = catalog.get(&s.org_id).map(Vec::as_slice).unwrap_or(&[]);
+        let candidates = candidates(&s, products);
+        caller.enrich(s, org, candidates)
+    });
+    let mut stream = futures::stream::iter(tasks).buffer_unordered(opts.concurrency.max(1));
+    let mut out = Collected::default();
+    while let Some(done) = stream.next().await {
+        progress.inc(1);
+        out.add(done, &mut report, &run);
+    }
+    progress.phase("writing interactions", 0);
+    write_outputs(lake, window, &org_cond, out, &mut report).await?;
+    Ok(report)
+}
+
+/// What one run reads: the window's sessions, the organizations and their
+/// catalogs.
+struct Inputs {
+    sessions: Vec<SessionIn>,
+    orgs: HashMap<String, OrgIn>,
+    catalog: HashMap<String, Vec<ProductIn>>,
+}
+
+async fn load_inputs(
+    ctx: &crow_lake::datafusion::prelude::SessionContext,
+    window: Window,
+    org_cond: &str,
+) -> Result<Inputs> {
     let sql = format!(
         "SELECT org_id, session_id, channel, visitor_id, source_ref, started_at, ended_at,
                 device_type, traffic_source, is_returning, product_ids, timeline, source_ids
@@ -517,8 +589,7 @@ async fn enrich_window(
         ts_lit(window.start),
         ts_lit(window.end)
     );
-    let batches = ctx.sql(&sql).await?.collect().await?;
-    let sessions: Vec<SessionIn> = batches_to_rows(&batches)?;
+    let sessions: Vec<SessionIn> = batches_to_rows(&ctx.sql(&sql).await?.collect().await?)?;
     let orgs: HashMap<String, OrgIn> = batches_to_rows::<OrgIn>(
         &ctx.sql("SELECT org_id, name, context FROM organizations")
             .await?
@@ -539,191 +610,187 @@ async fn enrich_window(
     )? {
         catalog.entry(p.org_id.clone()).or_default().push(p);
     }
+    Ok(Inputs {
+        sessions,
+        orgs,
+        catalog,
+    })
+}
 
-    let (pname, model) = (provider.name().to_string(), provider.model().to_string());
-    let cacheable = provider.cacheable();
-    let mut cache: HashMap<String, CacheRow> = HashMap::new();
-    let mut used: HashMap<String, u64> = HashMap::new();
-    if cacheable {
-        let rows: Vec<CacheRow> = batches_to_rows(
-            &ctx.sql(&format!(
-                "SELECT * FROM llm_cache WHERE provider = {} AND model = {} {org_cond}",
-                str_lit(&pname),
-                str_lit(&model)
-            ))
-            .await?
-            .collect()
-            .await?,
-        )?;
-        let today = Utc::now()
-            .duration_trunc(Duration::days(1))
-            .unwrap_or_else(|_| Utc::now());
-        #[derive(Deserialize)]
-        struct Used {
-            org_id: String,
-            t: Option<i64>,
-        }
-        for u in batches_to_rows::<Used>(
-            &ctx.sql(&format!(
-                "SELECT org_id, CAST(sum(input_tokens + output_tokens) AS BIGINT) AS t FROM llm_cache
-                 WHERE created_at >= {} GROUP BY org_id",
-                ts_lit(today)
-            ))
-            .await?
-            .collect()
-            .await?,
-        )? {
-            used.insert(u.org_id, u.t.unwrap_or(0).max(0) as u64);
-        }
-        cache = rows.into_iter().map(|r| (r.cache_key.clone(), r)).collect();
+/// The provider's cached answers (by cache key) and each organization's
+/// tokens spent today.
+async fn load_cache(
+    ctx: &crow_lake::datafusion::prelude::SessionContext,
+    pname: &str,
+    model: &str,
+    org_cond: &str,
+) -> Result<(HashMap<String, CacheRow>, HashMap<String, u64>)> {
+    let rows: Vec<CacheRow> = batches_to_rows(
+        &ctx.sql(&format!(
+            "SELECT * FROM llm_cache WHERE provider = {} AND model = {} {org_cond}",
+            str_lit(pname),
+            str_lit(model)
+        ))
+        .await?
+        .collect()
+        .await?,
+    )?;
+    let today = Utc::now()
+        .duration_trunc(Duration::days(1))
+        .unwrap_or_else(|_| Utc::now());
+    #[derive(Deserialize)]
+    struct Used {
+        org_id: String,
+        t: Option<i64>,
     }
-    let used = Arc::new(Mutex::new(used));
-    let cache = Arc::new(cache);
+    let mut used = HashMap::new();
+    for u in batches_to_rows::<Used>(
+        &ctx.sql(&format!(
+            "SELECT org_id, CAST(sum(input_tokens + output_tokens) AS BIGINT) AS t FROM llm_cache
+             WHERE created_at >= {} GROUP BY org_id",
+            ts_lit(today)
+        ))
+        .await?
+        .collect()
+        .await?,
+    )? {
+        used.insert(u.org_id, u.t.unwrap_or(0).max(0) as u64);
+    }
+    Ok((
+        rows.into_iter().map(|r| (r.cache_key.clone(), r)).collect(),
+        used,
+    ))
+}
 
-    progress.phase(
-        &format!("enriching sessions with {pname}/{model}"),
-        sessions.len() as u64,
-    );
-    let n_sessions = sessions.len() as u64;
-    let now = Utc::now();
-    let tasks = sessions.into_iter().map(|s| {
-        let provider = provider.clone();
-        let cache = cache.clone();
-        let used = used.clone();
-        let org = orgs.get(&s.org_id).cloned();
-        let products = catalog.get(&s.org_id).map(Vec::as_slice).unwrap_or(&[]);
-        let candidates = candidates(&s, products);
+/// What every session's enrichment shares.
+struct Caller<'a> {
+    provider: &'a dyn Provider,
+    opts: &'a Options,
+    cache: HashMap<String, CacheRow>,
+    /// Tokens spent today per organization (the budget).
+    used: Mutex<HashMap<String, u64>>,
+    pname: String,
+    model: String,
+    cacheable: bool,
+}
+
+impl Caller<'_> {
+    /// One session's interaction: from the cache, refused by the budget,
+    /// or from the provider (with its repairs and retries).
+    async fn enrich(&self, s: SessionIn, org: Option<OrgIn>, candidates: Vec<Candidate>) -> Done {
         let schema = answer_schema_for(&candidates);
-        let (pname, model) = (pname.clone(), model.clone());
-        async move {
-            let input = build_input(&s, org.as_ref(), candidates);
-            let (system, prompt) = render_prompt(&input);
-            let prompt_hash = sha256_hex(
-                format!("{PROMPT_VERSION}\u{0}{system}\u{0}{prompt}\u{0}{schema}").as_bytes(),
-            );
-            let cache_key = sha256_hex(format!("{pname}\u{0}{model}\u{0}{prompt_hash}").as_bytes());
-            if let Some(hit) = cache.get(&cache_key) {
-                if let Ok(answer) = validate(&hit.response, &input.candidates) {
-                    return Done {
-                        session: s,
-                        prompt_hash,
-                        result: Ok(answer),
-                        tokens: (
-                            hit.input_tokens.max(0) as u64,
-                            hit.output_tokens.max(0) as u64,
-                        ),
-                        spent: (0, 0),
-                        calls: 0,
-                        cache_row: None,
-                        cached: true,
-                        bad_answer: None,
-                        transient_retries: 0,
-                        reasks: 0,
-                        note: None,
-                    };
-                }
-            }
-            if opts.daily_token_budget > 0 {
-                let spent = used
-                    .lock()
-                    .map(|u| u.get(&s.org_id).copied().unwrap_or(0))
-                    .unwrap_or(0);
-                if spent >= opts.daily_token_budget {
-                    return Done {
-                        session: s,
-                        prompt_hash,
-                        result: Err((
-                            "ai_budget_exhausted",
-                            format!(
-                                "the organization used {spent} of its {} AI tokens today",
-                                opts.daily_token_budget
-                            ),
-                        )),
-                        tokens: (0, 0),
-                        spent: (0, 0),
-                        calls: 0,
-                        cache_row: None,
-                        cached: false,
-                        bad_answer: None,
-                        transient_retries: 0,
-                        reasks: 0,
-                        note: None,
-                    };
-                }
-            }
-            let req = AiRequest {
-                system,
-                prompt,
-                schema,
-                input: serde_json::to_value(&input).unwrap_or_default(),
-            };
-            let cands = input.candidates.clone();
-            let out =
-                call_checked(provider.as_ref(), &req, opts.policy, |t| check(t, &cands)).await;
-            // A kept answer with dropped ids: the note, the dropped ids and
-            // the model's own text.
-            let note = match (&out.note, &out.text) {
-                (Some(why), Some(text)) => {
-                    let dropped = parse_answer(text)
-                        .map(|a| unknown_ids(&a, &cands))
-                        .unwrap_or_default();
-                    Some((why.clone(), dropped, text.clone()))
-                }
-                _ => None,
-            };
-            if let Ok(mut u) = used.lock() {
-                *u.entry(s.org_id.clone()).or_default() += out.input_tokens + out.output_tokens;
-            }
-            let cache_row = match (&out.value, &out.text) {
-                (Ok(answer), Some(text)) if cacheable => Some(CacheRow {
-                    org_id: s.org_id.clone(),
-                    cache_key,
-                    provider: pname.clone(),
-                    model: model.clone(),
-                    prompt_hash: prompt_hash.clone(),
-                    // A repaired answer is cached repaired: a re-run reuses
-                    // it without asking or noting again.
-                    response: if note.is_some() {
-                        serde_json::to_string(answer).unwrap_or_else(|_| text.clone())
-                    } else {
-                        text.clone()
-                    },
-                    input_tokens: out.input_tokens as i64,
-                    output_tokens: out.output_tokens as i64,
-                    created_at: Utc::now(),
-                }),
-                _ => None,
-            };
-            Done {
-                session: s,
-                prompt_hash,
-                result: out.value,
-                tokens: (out.input_tokens, out.output_tokens),
-                spent: (out.input_tokens, out.output_tokens),
-                calls: out.calls,
-                cache_row,
-                cached: false,
-                bad_answer: out.last_bad_answer,
-                transient_retries: out.transient_retries,
-                reasks: out.reasks,
-                note,
+        let input = build_input(&s, org.as_ref(), candidates);
+        let (system, prompt) = render_prompt(&input);
+        let prompt_hash = sha256_hex(
+            format!("{PROMPT_VERSION}\u{0}{system}\u{0}{prompt}\u{0}{schema}").as_bytes(),
+        );
+        let cache_key =
+            sha256_hex(format!("{}\u{0}{}\u{0}{prompt_hash}", self.pname, self.model).as_bytes());
+        if let Some(hit) = self.cache.get(&cache_key) {
+            if let Ok(answer) = validate(&hit.response, &input.candidates) {
+                let tokens = (
+                    hit.input_tokens.max(0) as u64,
+                    hit.output_tokens.max(0) as u64,
+                );
+                return Done::without_call(s, prompt_hash, Ok(answer), tokens, true);
             }
         }
-    });
-    let mut stream = futures::stream::iter(tasks).buffer_unordered(opts.concurrency.max(1));
-    let mut report = Report {
-        provider: pname.clone(),
-        model: model.clone(),
-        window_start: Some(window.start),
-        window_end: Some(window.end),
-        sessions: n_sessions,
-        ..Report::default()
-    };
-    let mut rows = Vec::new();
-    let mut cache_rows = Vec::new();
-    let mut failed = Vec::new();
-    while let Some(done) = stream.next().await {
-        progress.inc(1);
+        let budget = self.opts.daily_token_budget;
+        if budget > 0 {
+            let spent = self
+                .used
+                .lock()
+                .map(|u| u.get(&s.org_id).copied().unwrap_or(0))
+                .unwrap_or(0);
+            if spent >= budget {
+                let why = format!("the organization used {spent} of its {budget} AI tokens today");
+                return Done::without_call(
+                    s,
+                    prompt_hash,
+                    Err(("ai_budget_exhausted", why)),
+                    (0, 0),
+                    false,
+                );
+            }
+        }
+        let req = AiRequest {
+            system,
+            prompt,
+            schema,
+            input: serde_json::to_value(&input).unwrap_or_default(),
+        };
+        let cands = input.candidates;
+        let out = call_checked(self.provider, &req, self.opts.policy, |t| check(t, &cands)).await;
+        // A kept answer with dropped ids: the note, the dropped ids and
+        // the model's own text.
+        let note = match (&out.note, &out.text) {
+            (Some(why), Some(text)) => {
+                let dropped = parse_answer(text)
+                    .map(|a| unknown_ids(&a, &cands))
+                    .unwrap_or_default();
+                Some((why.clone(), dropped, text.clone()))
+            }
+            _ => None,
+        };
+        if let Ok(mut u) = self.used.lock() {
+            *u.entry(s.org_id.clone()).or_default() += out.input_tokens + out.output_tokens;
+        }
+        let cache_row = match (&out.value, &out.text) {
+            (Ok(answer), Some(text)) if self.cacheable => Some(CacheRow {
+                org_id: s.org_id.clone(),
+                cache_key,
+                provider: self.pname.clone(),
+                model: self.model.clone(),
+                prompt_hash: prompt_hash.clone(),
+                // A repaired answer is cached repaired: a re-run reuses
+                // it without asking or noting again.
+                response: if note.is_some() {
+                    serde_json::to_string(answer).unwrap_or_else(|_| text.clone())
+                } else {
+                    text.clone()
+                },
+                input_tokens: out.input_tokens as i64,
+                output_tokens: out.output_tokens as i64,
+                created_at: Utc::now(),
+            }),
+            _ => None,
+        };
+        Done {
+            session: s,
+            prompt_hash,
+            result: out.value,
+            tokens: (out.input_tokens, out.output_tokens),
+            spent: (out.input_tokens, out.output_tokens),
+            calls: out.calls,
+            cache_row,
+            cached: false,
+            bad_answer: out.last_bad_answer,
+            transient_retries: out.transient_retries,
+            reasks: out.reasks,
+            note,
+        }
+    }
+}
+
+/// The run, as recorded on its rows.
+struct RunInfo<'a> {
+    run_id: &'a str,
+    pname: &'a str,
+    model: &'a str,
+    now: DateTime<Utc>,
+}
+
+/// What a run writes.
+#[derive(Default)]
+struct Collected {
+    rows: Vec<InteractionRow>,
+    cache_rows: Vec<CacheRow>,
+    failed: Vec<FailedRow>,
+}
+
+impl Collected {
+    /// Count one session's outcome and keep its rows.
+    fn add(&mut self, done: Done, report: &mut Report, run: &RunInfo<'_>) {
         report.provider_calls += u64::from(done.calls);
         report.transient_retries += u64::from(done.transient_retries);
         report.reasks += u64::from(done.reasks);
@@ -733,9 +800,10 @@ async fn enrich_window(
             report.cache_hits += 1;
         }
         if let Some(c) = done.cache_row {
-            cache_rows.push(c);
+            self.cache_rows.push(c);
         }
         let s = done.session;
+        let (pname, model, now) = (run.pname, run.model, run.now);
         let interaction_id = format!(
             "int_{}",
             &sha256_hex(format!("{}\u{0}{pname}\u{0}{model}", s.session_id).as_bytes())[..26]
@@ -744,44 +812,35 @@ async fn enrich_window(
             report.validation_notes += 1;
             report.dropped_product_ids += dropped.len() as u64;
             tracing::info!(session = %s.session_id, %why, "enrich: kept the interaction without unknown product ids");
-            failed.push(FailedRow {
-                org_id: Some(s.org_id.clone()),
-                failure_id: crow_lake::ids::new_id("fail"),
-                source: format!("job:{JOB}"),
-                channel: Some(s.channel.clone()),
-                message_id: Some(s.session_id.clone()),
-                reason_code: UNKNOWN_PRODUCTS_DROPPED.into(),
-                reason: format!(
-                    "interaction kept without the product ids that are not among the candidates: {why} (after {} re-ask{})",
-                    done.reasks,
-                    if done.reasks == 1 { "" } else { "s" }
-                )
-                .chars()
-                .take(2000)
-                .collect(),
-                payload: Some(
-                    json!({
-                        "note": "validation",
-                        "session_id": s.session_id,
-                        "interaction_id": interaction_id,
-                        "run_id": run_id,
-                        "provider": pname,
-                        "model": model,
-                        "prompt_hash": done.prompt_hash,
-                        "dropped_product_ids": dropped,
-                        "kept_product_ids": a.product_ids,
-                        "reasks": done.reasks,
-                        "transient_retries": done.transient_retries,
-                        "answer": text,
-                    })
-                    .to_string(),
-                ),
-                failed_at: now.timestamp_micros(),
-                event_date: (now.timestamp_micros().div_euclid(86_400_000_000)) as i32,
+            let reason = format!(
+                "interaction kept without the product ids that are not among the candidates: {why} (after {} re-ask{})",
+                done.reasks,
+                if done.reasks == 1 { "" } else { "s" }
+            );
+            let payload = json!({
+                "note": "validation",
+                "session_id": s.session_id,
+                "interaction_id": interaction_id,
+                "run_id": run.run_id,
+                "provider": pname,
+                "model": model,
+                "prompt_hash": done.prompt_hash,
+                "dropped_product_ids": dropped,
+                "kept_product_ids": a.product_ids,
+                "reasks": done.reasks,
+                "transient_retries": done.transient_retries,
+                "answer": text,
             });
+            self.failed.push(failed_row(
+                &s,
+                UNKNOWN_PRODUCTS_DROPPED,
+                &reason,
+                payload,
+                now,
+            ));
         }
         match done.result {
-            Ok(a) => rows.push(InteractionRow {
+            Ok(a) => self.rows.push(InteractionRow {
                 interaction_id,
                 org_id: s.org_id,
                 session_id: s.session_id,
@@ -795,8 +854,8 @@ async fn enrich_window(
                 product_ids: a.product_ids,
                 confidence: Some(a.confidence),
                 source_ids: s.source_ids,
-                provider: pname.clone(),
-                model: model.clone(),
+                provider: pname.to_string(),
+                model: model.to_string(),
                 prompt_version: PROMPT_VERSION.into(),
                 prompt_hash: done.prompt_hash,
                 input_tokens: done.tokens.0 as i64,
@@ -816,35 +875,59 @@ async fn enrich_window(
                     report.over_budget.push(s.org_id.clone());
                 }
                 tracing::warn!(session = %s.session_id, code, %reason, "enrich: session left for the next run");
-                failed.push(FailedRow {
-                    org_id: Some(s.org_id.clone()),
-                    failure_id: crow_lake::ids::new_id("fail"),
-                    source: format!("job:{JOB}"),
-                    channel: Some(s.channel.clone()),
-                    message_id: Some(s.session_id.clone()),
-                    reason_code: code.into(),
-                    reason: reason.chars().take(2000).collect(),
-                    payload: Some(
-                        json!({
-                            "session_id": s.session_id,
-                            "run_id": run_id,
-                            "provider": pname,
-                            "model": model,
-                            "prompt_hash": done.prompt_hash,
-                            "answer": done.bad_answer,
-                            "reasks": done.reasks,
-                            "transient_retries": done.transient_retries,
-                        })
-                        .to_string(),
-                    ),
-                    failed_at: now.timestamp_micros(),
-                    event_date: (now.timestamp_micros().div_euclid(86_400_000_000)) as i32,
+                let payload = json!({
+                    "session_id": s.session_id,
+                    "run_id": run.run_id,
+                    "provider": pname,
+                    "model": model,
+                    "prompt_hash": done.prompt_hash,
+                    "answer": done.bad_answer,
+                    "reasks": done.reasks,
+                    "transient_retries": done.transient_retries,
                 });
+                self.failed
+                    .push(failed_row(&s, code, &reason, payload, now));
             }
         }
     }
-    progress.phase("writing interactions", 0);
-    // Paid answers are kept first, whatever happens next.
+}
+
+/// A `failed_events` row about a session.
+fn failed_row(
+    s: &SessionIn,
+    code: &str,
+    reason: &str,
+    payload: serde_json::Value,
+    now: DateTime<Utc>,
+) -> FailedRow {
+    FailedRow {
+        org_id: Some(s.org_id.clone()),
+        failure_id: crow_lake::ids::new_id("fail"),
+        source: format!("job:{JOB}"),
+        channel: Some(s.channel.clone()),
+        message_id: Some(s.session_id.clone()),
+        reason_code: code.into(),
+        reason: reason.chars().take(2000).collect(),
+        payload: Some(payload.to_string()),
+        failed_at: now.timestamp_micros(),
+        event_date: (now.timestamp_micros().div_euclid(86_400_000_000)) as i32,
+    }
+}
+
+/// Keep paid answers first, then replace the window's interactions (only
+/// when they changed) and record the failures.
+async fn write_outputs(
+    lake: &Lake,
+    window: Window,
+    org_cond: &str,
+    out: Collected,
+    report: &mut Report,
+) -> Result<()> {
+    let Collected {
+        mut rows,
+        cache_rows,
+        failed,
+    } = out;
     if !cache_rows.is_empty() {
         let b = rows_to_batch(&LLM_CACHE, &cache_rows)?;
         lake.merge(LLM_CACHE.name, vec![b], &["cache_key"]).await?;
@@ -872,7 +955,7 @@ async fn enrich_window(
         let b = rows_to_batch(&FAILED_EVENTS, &failed)?;
         lake.append(FAILED_EVENTS.name, vec![b]).await?;
     }
-    Ok(report)
+    Ok(())
 }
 
 struct Done {
@@ -894,6 +977,33 @@ struct Done {
     /// Set when unknown product ids were dropped: the note, the dropped
     /// ids and the model's answer.
     note: Option<(String, Vec<String>, String)>,
+}
+
+impl Done {
+    /// A session answered without calling the provider: from the cache, or
+    /// refused (the budget).
+    fn without_call(
+        session: SessionIn,
+        prompt_hash: String,
+        result: std::result::Result<Answer, (&'static str, String)>,
+        tokens: (u64, u64),
+        cached: bool,
+    ) -> Done {
+        Done {
+            session,
+            prompt_hash,
+            result,
+            tokens,
+            spent: (0, 0),
+            calls: 0,
+            cache_row: None,
+            cached,
+            bad_answer: None,
+            transient_retries: 0,
+            reasks: 0,
+            note: None,
+        }
+    }
 }
 
 /// Candidate products for a session: ids and SKUs it referenced, product
