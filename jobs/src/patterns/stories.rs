@@ -425,27 +425,8 @@ impl Finder<'_> {
         let start = parts.iter().map(|p| p.day).min()?;
         let last = parts.iter().map(|p| p.day).max()?;
         let ongoing = (self.horizon - last).num_days() <= MAX_GAP_DAYS;
-        // The lead: the part that matters most (then the strongest).
-        let lead = parts.iter().max_by(|a, b| {
-            a.weight
-                .partial_cmp(&b.weight)
-                .unwrap_or(std::cmp::Ordering::Equal)
-                .then_with(|| {
-                    a.z.abs()
-                        .partial_cmp(&b.z.abs())
-                        .unwrap_or(std::cmp::Ordering::Equal)
-                })
-                .then_with(|| b.pattern_id.cmp(&a.pattern_id))
-        })?;
-        // The main segment: the one whose findings weigh most.
-        let mut seg_weight: BTreeMap<&str, f64> = BTreeMap::new();
-        for p in parts.iter().filter(|p| !p.segment.is_empty()) {
-            *seg_weight.entry(p.segment.as_str()).or_default() += p.weight + p.z.abs() * 1e-6;
-        }
-        let main = seg_weight
-            .iter()
-            .max_by(|a, b| a.1.partial_cmp(b.1).unwrap_or(std::cmp::Ordering::Equal))
-            .map_or(String::new(), |(s, _)| (*s).to_string());
+        let lead = lead_of(parts)?;
+        let main = heaviest_segment(parts);
         let affected: BTreeSet<String> = parts
             .iter()
             .filter(|p| !p.segment.is_empty())
@@ -531,37 +512,9 @@ impl Finder<'_> {
             .title
             .strip_prefix(prefix.as_str())
             .map_or(lead_part.title.clone(), super::enrich_cap);
-        let when = if ongoing {
-            format!("since {start} (ongoing)")
-        } else if start == last {
-            format!("on {start}")
-        } else {
-            format!("from {start} to {last}")
-        };
-        let lost = if impact.estimate < 0.0 {
-            "lost"
-        } else {
-            "gained"
-        };
-        let bound = |x: f64| {
-            if x < 0.0 {
-                format!("{:.0} lost", -x)
-            } else {
-                format!("{x:.0} gained")
-            }
-        };
-        let interval = if low < 0.0 && high < 0.0 {
-            format!("{:.0} to {:.0} lost", -high, -low)
-        } else if low >= 0.0 {
-            format!("{low:.0} to {high:.0} gained")
-        } else {
-            format!("{} to {}", bound(low), bound(high))
-        };
+        let when = when_words(start, last, ongoing);
         let amount = if estimate_ok(&how) {
-            format!(
-                "about {:.0} {unit} {lost} (95% interval: {interval})",
-                impact.estimate.abs()
-            )
+            amount_words(impact.estimate, low, high, unit)
         } else {
             "impact not estimated (too little baseline)".to_string()
         };
@@ -606,22 +559,7 @@ impl Finder<'_> {
                 )
             }
         );
-        let mut sessions: Vec<String> = Vec::new();
-        let mut interactions: Vec<String> = Vec::new();
-        let mut ordered: Vec<&Part> = parts.iter().collect();
-        ordered.sort_by_key(|p| (p.metric != lead.metric || p.segment != main, p.day));
-        for p in &ordered {
-            for s in &p.sessions {
-                if sessions.len() < 5 && !sessions.contains(s) {
-                    sessions.push(s.clone());
-                }
-            }
-            for s in &p.interactions {
-                if interactions.len() < 5 && !interactions.contains(s) {
-                    interactions.push(s.clone());
-                }
-            }
-        }
+        let (sessions, interactions) = samples(parts, lead, &main);
         let products: BTreeSet<String> = parts
             .iter()
             .flat_map(|p| p.product_ids.iter().cloned())
@@ -672,6 +610,89 @@ impl Finder<'_> {
             created_at: Utc::now().timestamp_micros(),
         })
     }
+}
+
+/// The part that matters most (then the strongest, then the first id).
+fn lead_of(parts: &[Part]) -> Option<&Part> {
+    parts.iter().max_by(|a, b| {
+        a.weight
+            .partial_cmp(&b.weight)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then_with(|| {
+                a.z.abs()
+                    .partial_cmp(&b.z.abs())
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
+            .then_with(|| b.pattern_id.cmp(&a.pattern_id))
+    })
+}
+
+/// The segment whose findings weigh most ("" when none has a segment).
+fn heaviest_segment(parts: &[Part]) -> String {
+    let mut seg_weight: BTreeMap<&str, f64> = BTreeMap::new();
+    for p in parts.iter().filter(|p| !p.segment.is_empty()) {
+        *seg_weight.entry(p.segment.as_str()).or_default() += p.weight + p.z.abs() * 1e-6;
+    }
+    seg_weight
+        .iter()
+        .max_by(|a, b| a.1.partial_cmp(b.1).unwrap_or(std::cmp::Ordering::Equal))
+        .map_or(String::new(), |(s, _)| (*s).to_string())
+}
+
+/// "since D (ongoing)", "on D" or "from D to E".
+fn when_words(start: NaiveDate, last: NaiveDate, ongoing: bool) -> String {
+    if ongoing {
+        format!("since {start} (ongoing)")
+    } else if start == last {
+        format!("on {start}")
+    } else {
+        format!("from {start} to {last}")
+    }
+}
+
+/// "about N UNIT lost (95% interval: A to B lost)", and the like.
+fn amount_words(estimate: f64, low: f64, high: f64, unit: &str) -> String {
+    let lost = if estimate < 0.0 { "lost" } else { "gained" };
+    let bound = |x: f64| {
+        if x < 0.0 {
+            format!("{:.0} lost", -x)
+        } else {
+            format!("{x:.0} gained")
+        }
+    };
+    let interval = if low < 0.0 && high < 0.0 {
+        format!("{:.0} to {:.0} lost", -high, -low)
+    } else if low >= 0.0 {
+        format!("{low:.0} to {high:.0} gained")
+    } else {
+        format!("{} to {}", bound(low), bound(high))
+    };
+    format!(
+        "about {:.0} {unit} {lost} (95% interval: {interval})",
+        estimate.abs()
+    )
+}
+
+/// Up to five sample sessions and interactions, the lead metric in the
+/// main segment's first.
+fn samples(parts: &[Part], lead: &Part, main: &str) -> (Vec<String>, Vec<String>) {
+    let mut sessions: Vec<String> = Vec::new();
+    let mut interactions: Vec<String> = Vec::new();
+    let mut ordered: Vec<&Part> = parts.iter().collect();
+    ordered.sort_by_key(|p| (p.metric != lead.metric || p.segment != main, p.day));
+    for p in &ordered {
+        for s in &p.sessions {
+            if sessions.len() < 5 && !sessions.contains(s) {
+                sessions.push(s.clone());
+            }
+        }
+        for s in &p.interactions {
+            if interactions.len() < 5 && !interactions.contains(s) {
+                interactions.push(s.clone());
+            }
+        }
+    }
+    (sessions, interactions)
 }
 
 fn estimate_ok(how: &Value) -> bool {
