@@ -3,7 +3,8 @@
 # a Python virtualenv with the independent Delta readers (deltalake, polars,
 # pyarrow), moto's S3-compatible server and schemathesis (the query API's
 # property-based tester), the Segment and RudderStack Node SDKs (npm, under
-# the venv) and Chromium. Prints the venv's path.
+# the venv), axe-core (npm: the dashboard test injects it into each page)
+# and Chromium. Prints the venv's path.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${CROWTEST_VENV:-$root/.venv}"
@@ -18,7 +19,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 # The official Segment and RudderStack Node SDKs (the README's snippets run
 # as written), in the venv's folder.
-node_want="@segment/analytics-node@3.1.0 @rudderstack/rudder-sdk-node@3.0.13"
+node_want="@segment/analytics-node@3.1.0 @rudderstack/rudder-sdk-node@3.0.13 axe-core@4.14.1"
 node_stamp="$venv/node/.crow-deps"
 if [ ! -f "$node_stamp" ] || [ "$(cat "$node_stamp")" != "$node_want" ]; then
   mkdir -p "$venv/node"

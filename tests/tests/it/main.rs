@@ -4,6 +4,7 @@
 
 mod api;
 mod cli;
+mod dashboard;
 mod exports;
 mod hardening;
 mod hostile;

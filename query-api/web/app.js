@@ -1,0 +1,539 @@
+// The CROW dashboard (issue 16): Preact + htm, no build step. Every number
+// comes from the query API (`POST /api/v1/sql`, tenant-scoped by the
+// signed-in user's organization) or its REST resources; the SQL is in this
+// file, so what the page shows is what that SQL says over the same lake.
+import { h, render } from "preact";
+import { useEffect, useRef, useState } from "preact/hooks";
+import htm from "htm";
+import uPlot from "uplot";
+
+const html = htm.bind(h);
+
+// ---------------------------------------------------------------- the API
+
+class Problem extends Error {
+  constructor(status, detail) {
+    super(detail);
+    this.status = status;
+  }
+}
+
+function csrfToken() {
+  const m = document.cookie.match(/(?:^|;\s*)crow_csrf=([^;]+)/);
+  return m ? decodeURIComponent(m[1]) : "";
+}
+
+function toSignIn() {
+  const next = location.pathname + location.search;
+  location.assign("/login?next=" + encodeURIComponent(next));
+}
+
+async function call(path, init = {}) {
+  const headers = { Accept: "application/json", ...(init.headers || {}) };
+  if (init.method && init.method !== "GET") headers["X-CSRF-Token"] = csrfToken();
+  for (let attempt = 0; ; attempt++) {
+    let r;
+    try {
+      r = await fetch(path, { ...init, headers, credentials: "same-origin" });
+    } catch (_) {
+      throw new Problem(0, "The server could not be reached. Check that crow serve is running; the page retries by itself.");
+    }
+    if (r.status === 401) {
+      toSignIn();
+      throw new Problem(401, "Your session has ended: sign in again.");
+    }
+    if (r.status === 429 && attempt < 3) {
+      const wait = Number(r.headers.get("Retry-After")) || 1;
+      await new Promise((ok) => setTimeout(ok, Math.min(wait, 5) * 1000));
+      continue;
+    }
+    let body = null;
+    try {
+      body = await r.json();
+    } catch (_) {
+      body = null;
+    }
+    if (!r.ok) {
+      const detail = body && body.detail ? body.detail : `the server answered HTTP ${r.status}`;
+      throw new Problem(r.status, detail);
+    }
+    return body;
+  }
+}
+
+const get = (path) => call(path);
+const sql = (query) =>
+  call("/api/v1/sql", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ sql: query }),
+  });
+
+// At most `n` requests at once (the API allows a few concurrent queries
+// per user; more would wait in 429s).
+async function pool(tasks, n = 3) {
+  const out = new Array(tasks.length);
+  let next = 0;
+  async function worker() {
+    while (next < tasks.length) {
+      const i = next++;
+      out[i] = await tasks[i]();
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(n, tasks.length) }, worker));
+  return out;
+}
+
+// ----------------------------------------------------------- formatting
+
+const locale = navigator.language || "en";
+const num = (v, d = 0) =>
+  v == null || Number.isNaN(v) ? "–" : Number(v).toLocaleString(locale, { maximumFractionDigits: d, minimumFractionDigits: d });
+const when = (d) => d.toLocaleString(locale, { dateStyle: "medium", timeStyle: "short" });
+const utc = (d) => d.toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC");
+const sqlText = (s) => "'" + String(s).replace(/'/g, "''") + "'";
+
+function change(cur, prev) {
+  if (prev == null || cur == null) return null;
+  if (prev === 0) return cur === 0 ? 0 : null;
+  return (cur - prev) / Math.abs(prev);
+}
+
+// ------------------------------------------------------------ URL state
+
+const RANGES = [
+  { id: "24h", label: "Last 24 hours", hours: 24 },
+  { id: "7d", label: "Last 7 days", hours: 24 * 7 },
+  { id: "30d", label: "Last 30 days", hours: 24 * 30 },
+  { id: "90d", label: "Last 90 days", hours: 24 * 90 },
+];
+
+function urlParam(name, fallback) {
+  return new URLSearchParams(location.search).get(name) || fallback;
+}
+
+function setUrlParam(name, value) {
+  const u = new URL(location.href);
+  u.searchParams.set(name, value);
+  history.replaceState(null, "", u);
+}
+
+function rangeOf(id) {
+  return RANGES.find((r) => r.id === id) || RANGES[1];
+}
+
+// Seconds between refreshes: `?refresh=N` (at least 2), else 10.
+function refreshSeconds() {
+  const n = Number(urlParam("refresh", "10"));
+  return Number.isFinite(n) && n >= 2 ? n : 10;
+}
+
+// The period shown and the one before it, ending now (whole seconds).
+function bounds(range) {
+  const to = new Date(Math.floor(Date.now() / 1000) * 1000);
+  const from = new Date(to.getTime() - range.hours * 3600 * 1000);
+  const prev = new Date(from.getTime() - range.hours * 3600 * 1000);
+  return { to, from, prev };
+}
+
+// ------------------------------------------------------------- the data
+
+// One query per figure family; each reads the period and the one before.
+function overviewQueries(b) {
+  const [P, F, T] = [b.prev, b.from, b.to].map((d) => sqlText(d.toISOString()));
+  const cur = (col) => `${col} >= ${F}`;
+  return {
+    web: `SELECT
+        sum(CASE WHEN ${cur("occurred_at")} THEN 1 ELSE 0 END) AS events,
+        sum(CASE WHEN occurred_at < ${F} THEN 1 ELSE 0 END) AS events_prev,
+        count(DISTINCT CASE WHEN ${cur("occurred_at")} THEN anonymous_id END) AS visitors,
+        count(DISTINCT CASE WHEN occurred_at < ${F} THEN anonymous_id END) AS visitors_prev,
+        sum(CASE WHEN ${cur("occurred_at")} AND event = 'Order Completed' THEN 1 ELSE 0 END) AS orders,
+        sum(CASE WHEN occurred_at < ${F} AND event = 'Order Completed' THEN 1 ELSE 0 END) AS orders_prev,
+        sum(CASE WHEN ${cur("occurred_at")} AND event = 'Order Completed' THEN revenue ELSE 0 END) AS revenue,
+        sum(CASE WHEN occurred_at < ${F} AND event = 'Order Completed' THEN revenue ELSE 0 END) AS revenue_prev,
+        count(DISTINCT CASE WHEN event = 'Order Completed' THEN currency END) AS currencies,
+        max(CASE WHEN event = 'Order Completed' THEN currency END) AS currency
+      FROM raw_web_events WHERE occurred_at >= ${P} AND occurred_at < ${T}`,
+    sessions: `SELECT channel,
+        sum(CASE WHEN ${cur("started_at")} THEN 1 ELSE 0 END) AS sessions,
+        sum(CASE WHEN started_at < ${F} THEN 1 ELSE 0 END) AS sessions_prev,
+        sum(CASE WHEN ${cur("started_at")} AND converted THEN 1 ELSE 0 END) AS converted,
+        sum(CASE WHEN started_at < ${F} AND converted THEN 1 ELSE 0 END) AS converted_prev
+      FROM sessions WHERE started_at >= ${P} AND started_at < ${T} GROUP BY channel ORDER BY channel`,
+    interactions: `SELECT channel,
+        sum(CASE WHEN ${cur("started_at")} THEN 1 ELSE 0 END) AS interactions,
+        sum(CASE WHEN started_at < ${F} THEN 1 ELSE 0 END) AS interactions_prev
+      FROM interactions WHERE started_at >= ${P} AND started_at < ${T} GROUP BY channel ORDER BY channel`,
+    series: `SELECT CAST(to_unixtime(date_trunc('hour', occurred_at)) AS BIGINT) AS hour,
+        count(*) AS events,
+        sum(CASE WHEN event = 'Order Completed' THEN 1 ELSE 0 END) AS orders
+      FROM raw_web_events WHERE ${cur("occurred_at")} AND occurred_at < ${T} GROUP BY 1 ORDER BY 1`,
+    sessionSeries: `SELECT CAST(to_unixtime(date_trunc('hour', started_at)) AS BIGINT) AS hour, count(*) AS sessions
+      FROM sessions WHERE ${cur("started_at")} AND started_at < ${T} GROUP BY 1 ORDER BY 1`,
+    products: `WITH t AS (
+        SELECT product_id,
+          sum(CASE WHEN event = 'Product Viewed' THEN 1 ELSE 0 END) AS views,
+          sum(CASE WHEN event = 'Product Added' THEN 1 ELSE 0 END) AS adds
+        FROM raw_web_events
+        WHERE ${cur("occurred_at")} AND occurred_at < ${T} AND product_id IS NOT NULL
+        GROUP BY product_id)
+      SELECT t.product_id, coalesce(p.name, t.product_id) AS name, t.views, t.adds
+      FROM t LEFT JOIN products p ON p.product_id = t.product_id
+      ORDER BY t.views DESC, t.adds DESC, t.product_id LIMIT 10`,
+    stories: `SELECT story_id, title, description, direction, kind, ongoing, impact, impact_unit,
+        CAST(start_date AS VARCHAR) AS start_date, CAST(last_date AS VARCHAR) AS last_date
+      FROM stories ORDER BY last_date DESC, rank_score DESC, story_id LIMIT 5`,
+    latest: `SELECT interaction_id, channel, CAST(to_unixtime(started_at) AS BIGINT) AS started,
+        description, outcome, sentiment
+      FROM interactions WHERE ${cur("started_at")} AND started_at < ${T}
+      ORDER BY started_at DESC, interaction_id LIMIT 8`,
+  };
+}
+
+const n0 = (v) => (v == null ? 0 : Number(v));
+
+function sumBy(rows, col) {
+  return rows.reduce((s, r) => s + n0(r[col]), 0);
+}
+
+function kpis(r) {
+  const w = r.web[0] || {};
+  const sessions = sumBy(r.sessions, "sessions");
+  const sessionsPrev = sumBy(r.sessions, "sessions_prev");
+  const conv = sessions ? sumBy(r.sessions, "converted") / sessions : null;
+  const convPrev = sessionsPrev ? sumBy(r.sessions, "converted_prev") / sessionsPrev : null;
+  const split = (rows, col) => rows.filter((x) => n0(x[col]) > 0).map((x) => `${x.channel} ${num(x[col])}`).join(" · ");
+  const currency = n0(w.currencies) === 1 ? w.currency : null;
+  return [
+    { id: "events", label: "Events", value: n0(w.events), prev: n0(w.events_prev) },
+    { id: "visitors", label: "Visitors", value: n0(w.visitors), prev: n0(w.visitors_prev) },
+    { id: "sessions", label: "Sessions", value: sessions, prev: sessionsPrev, split: split(r.sessions, "sessions") },
+    {
+      id: "interactions", label: "Interactions", value: sumBy(r.interactions, "interactions"),
+      prev: sumBy(r.interactions, "interactions_prev"), split: split(r.interactions, "interactions"),
+    },
+    { id: "conversion", label: "Conversion rate", value: conv, prev: convPrev, percent: true },
+    { id: "orders", label: "Orders", value: n0(w.orders), prev: n0(w.orders_prev) },
+    { id: "revenue", label: currency ? `Revenue (${currency})` : "Revenue", value: n0(w.revenue), prev: n0(w.revenue_prev), digits: 2 },
+  ];
+}
+
+async function loadOverview(range) {
+  const b = bounds(range);
+  const q = overviewQueries(b);
+  const names = Object.keys(q);
+  const rows = await pool(names.map((k) => () => sql(q[k])));
+  const r = Object.fromEntries(names.map((k, i) => [k, rows[i] || []]));
+  return { bounds: b, range, kpis: kpis(r), ...r };
+}
+
+// ---------------------------------------------------------------- views
+
+function Kpi({ k }) {
+  const c = change(k.value, k.prev);
+  const shown = k.percent ? (k.value == null ? "–" : num(k.value * 100, 1) + " %") : num(k.value, k.digits || 0);
+  const raw = k.value == null ? "" : String(k.percent ? Math.round(k.value * 1e6) / 1e6 : k.value);
+  let text = "no data in the period before";
+  if (c === 0) text = "no change vs the period before";
+  else if (c != null) text = `${c > 0 ? "▲" : "▼"} ${num(Math.abs(c) * 100, 1)} % vs the period before`;
+  return html`<li class="kpi" data-testid=${"kpi-" + k.id} data-value=${raw}>
+    <h2>${k.label}</h2>
+    <p class="value">${shown}</p>
+    <p class=${"change" + (c > 0 ? " up" : c < 0 ? " down" : "")}>${text}</p>
+    ${k.split ? html`<p class="split">${k.split}</p>` : null}
+  </li>`;
+}
+
+// Hourly rows → buckets in the user's time zone (hours for a day, else days).
+function buckets(rows, cols, hourly) {
+  const map = new Map();
+  for (const r of rows) {
+    const d = new Date(n0(r.hour) * 1000);
+    if (!hourly) d.setHours(0, 0, 0, 0);
+    const t = d.getTime() / 1000;
+    const acc = map.get(t) || Object.fromEntries(cols.map((c) => [c, 0]));
+    for (const c of cols) acc[c] += n0(r[c]);
+    map.set(t, acc);
+  }
+  return map;
+}
+
+function seriesData(data) {
+  const hourly = data.range.hours <= 48;
+  const web = buckets(data.series, ["events", "orders"], hourly);
+  const ses = buckets(data.sessionSeries, ["sessions"], hourly);
+  const times = [...new Set([...web.keys(), ...ses.keys()])].sort((a, b) => a - b);
+  return [
+    times,
+    times.map((t) => (web.get(t) || {}).events || 0),
+    times.map((t) => (ses.get(t) || {}).sessions || 0),
+    times.map((t) => (web.get(t) || {}).orders || 0),
+  ];
+}
+
+function Chart({ data, label }) {
+  const box = useRef(null);
+  const plot = useRef(null);
+  useEffect(() => {
+    const el = box.current;
+    if (!el) return undefined;
+    const width = () => Math.max(260, el.clientWidth);
+    const opts = {
+      width: width(),
+      height: 260,
+      scales: { x: { time: true } },
+      axes: [{}, { label: "Events, sessions", size: 70 }, { label: "Orders", scale: "n", side: 1, size: 50, grid: { show: false } }],
+      series: [
+        {},
+        { label: "Events", stroke: "#1d4ed8", width: 2 },
+        { label: "Sessions", stroke: "#0f766e", width: 2 },
+        { label: "Orders", stroke: "#b45309", width: 2, scale: "n" },
+      ],
+    };
+    plot.current = new uPlot(opts, data, el);
+    const onResize = () => plot.current && plot.current.setSize({ width: width(), height: 260 });
+    window.addEventListener("resize", onResize);
+    return () => {
+      window.removeEventListener("resize", onResize);
+      plot.current && plot.current.destroy();
+      plot.current = null;
+    };
+  }, []);
+  useEffect(() => {
+    plot.current && plot.current.setData(data);
+  }, [data]);
+  return html`<figure class="chart-figure">
+    <figcaption class="visually-hidden">${label}</figcaption>
+    <div class="chart" ref=${box} data-testid="series-chart"></div>
+  </figure>`;
+}
+
+function TopProducts({ rows }) {
+  if (!rows.length) return html`<p class="status">No product was viewed in this period.</p>`;
+  return html`<table data-testid="top-products">
+    <caption class="visually-hidden">Most viewed products in the period</caption>
+    <thead><tr><th scope="col">Product</th><th scope="col" class="num">Views</th><th scope="col" class="num">Added to cart</th></tr></thead>
+    <tbody>
+      ${rows.map(
+        (p) => html`<tr data-testid="top-product" data-product-id=${p.product_id} data-views=${n0(p.views)} data-adds=${n0(p.adds)}>
+          <td>${p.name}</td><td class="num">${num(p.views)}</td><td class="num">${num(p.adds)}</td>
+        </tr>`,
+      )}
+    </tbody>
+  </table>`;
+}
+
+function Stories({ rows }) {
+  if (!rows.length) return html`<p class="status">No patterns found yet: they appear after the patterns job has run over a few days of data.</p>`;
+  return html`<ul class="list" data-testid="stories">
+    ${rows.map(
+      (s) => html`<li data-testid="story">
+        <strong>${s.title}</strong>
+        <div class="meta"><span class=${"tag " + s.direction}>${s.direction}</span> ${s.kind} · ${s.start_date}${s.ongoing ? " – ongoing" : s.last_date !== s.start_date ? " – " + s.last_date : ""}</div>
+        <p>${s.description}</p>
+      </li>`,
+    )}
+  </ul>`;
+}
+
+function Latest({ rows }) {
+  if (!rows.length) return html`<p class="status">No interactions in this period yet: they are written when sessions close and the enrich job runs.</p>`;
+  return html`<ul class="list" data-testid="latest-interactions">
+    ${rows.map((i) => {
+      const d = new Date(n0(i.started) * 1000);
+      return html`<li>
+        <div class="meta"><time datetime=${d.toISOString()} title=${utc(d)}>${when(d)}</time> · ${i.channel}${i.outcome ? " · " + i.outcome.replace(/_/g, " ") : ""}</div>
+        <p>${i.description}</p>
+      </li>`;
+    })}
+  </ul>`;
+}
+
+function RangePicker({ value, onChange }) {
+  return html`<label for="range">Time range</label>
+    <select id="range" value=${value} onChange=${(e) => onChange(e.target.value)}>
+      ${RANGES.map((r) => html`<option value=${r.id}>${r.label}</option>`)}
+    </select>`;
+}
+
+function Overview() {
+  const [rangeId, setRangeId] = useState(rangeOf(urlParam("range", "7d")).id);
+  const [data, setData] = useState(null);
+  const [error, setError] = useState(null);
+  const [loads, setLoads] = useState(0);
+  useEffect(() => {
+    let stop = false;
+    let timer = null;
+    const range = rangeOf(rangeId);
+    async function tick() {
+      try {
+        const d = await loadOverview(range);
+        if (stop) return;
+        setData(d);
+        setError(null);
+        setLoads((n) => n + 1);
+      } catch (e) {
+        if (!stop) setError(e.message);
+      }
+      if (!stop) timer = setTimeout(tick, refreshSeconds() * 1000);
+    }
+    tick();
+    return () => {
+      stop = true;
+      clearTimeout(timer);
+    };
+  }, [rangeId]);
+  const pick = (id) => {
+    setUrlParam("range", id);
+    setData(null);
+    setRangeId(id);
+  };
+  const b = data && data.bounds;
+  return html`<div class="page" data-testid="overview" data-state=${data ? "ready" : error ? "error" : "loading"}
+      data-loads=${loads} data-from=${b ? b.from.toISOString() : ""} data-to=${b ? b.to.toISOString() : ""}>
+    <div class="toolbar">
+      <h1>Overview</h1>
+      <div class="controls">
+        <${RangePicker} value=${rangeId} onChange=${pick} />
+        <span class="updated" aria-live="polite">${b ? `Updated ${b.to.toLocaleTimeString(locale)}` : ""}</span>
+      </div>
+    </div>
+    ${error ? html`<p class="error" role="alert">Could not load the overview: ${error}. It retries every ${refreshSeconds()} s.</p>` : null}
+    ${!data
+      ? !error && html`<p class="status" role="status">Loading the overview…</p>`
+      : html`
+        <ul class="kpis" aria-label="Key figures">${data.kpis.map((k) => html`<${Kpi} k=${k} />`)}</ul>
+        <div class="grid">
+          <section class="panel wide" aria-labelledby="h-series">
+            <h2 id="h-series">Events, sessions and orders (${data.range.hours <= 48 ? "per hour" : "per day"}, your time zone)</h2>
+            ${data.series.length
+              ? html`<${Chart} data=${seriesData(data)} label="Events, sessions and orders over the period" />`
+              : html`<p class="status">No events in this period. Send some to the collector, or pick a longer range.</p>`}
+          </section>
+          <section class="panel" aria-labelledby="h-products">
+            <h2 id="h-products">Top products</h2>
+            <${TopProducts} rows=${data.products} />
+          </section>
+          <section class="panel" aria-labelledby="h-stories">
+            <h2 id="h-stories">Latest patterns</h2>
+            <${Stories} rows=${data.stories} />
+          </section>
+          <section class="panel wide" aria-labelledby="h-latest">
+            <h2 id="h-latest">Latest interactions</h2>
+            <${Latest} rows=${data.latest} />
+          </section>
+        </div>`}
+  </div>`;
+}
+
+function Settings({ me }) {
+  const org = me.organization || {};
+  return html`<div class="page" data-testid="settings">
+    <div class="toolbar"><h1>Settings</h1></div>
+    <section class="panel">
+      <h2>Organization</h2>
+      <p>${org.name} <span class="meta">(${org.id})</span></p>
+      <p class="meta">Keys, members and roles are managed with the <code>crow</code> command for now (<code>crow keys</code>, <code>crow users</code>); their pages come next.</p>
+    </section>
+  </div>`;
+}
+
+// ------------------------------------------------------------ the shell
+
+const isAdmin = (me) => ["owner", "admin"].includes(me.user && me.user.role);
+
+function route() {
+  const p = location.pathname.replace(/\/+$/, "");
+  if (p === "/app/settings") return "settings";
+  return "overview";
+}
+
+function Bell() {
+  const [unread, setUnread] = useState(null);
+  useEffect(() => {
+    let stop = false;
+    let timer = null;
+    async function tick() {
+      try {
+        const r = await get("/api/v1/notifications?limit=1");
+        if (!stop) setUnread(n0(r.unread));
+      } catch (_) {
+        // The bell is not worth an error of its own.
+      }
+      if (!stop) timer = setTimeout(tick, 60000);
+    }
+    tick();
+    return () => {
+      stop = true;
+      clearTimeout(timer);
+    };
+  }, []);
+  const label = unread == null ? "Notifications" : `Notifications: ${unread} unread`;
+  return html`<span class="bell" data-testid="bell" data-unread=${unread == null ? "" : unread} title=${label}>
+    <svg aria-hidden="true" width="18" height="18" viewBox="0 0 24 24" fill="none" stroke="currentColor" stroke-width="2"><path d="M6 8a6 6 0 0 1 12 0c0 7 3 9 3 9H3s3-2 3-9"/><path d="M10.3 21a1.94 1.94 0 0 0 3.4 0"/></svg>
+    <span class="visually-hidden">Notifications: </span><span class="badge">${unread == null ? "…" : unread}</span><span class="visually-hidden"> unread</span>
+  </span>`;
+}
+
+function Shell({ me }) {
+  const [page, setPage] = useState(route());
+  useEffect(() => {
+    const onPop = () => setPage(route());
+    window.addEventListener("popstate", onPop);
+    return () => window.removeEventListener("popstate", onPop);
+  }, []);
+  const go = (e, path) => {
+    e.preventDefault();
+    history.pushState(null, "", path + location.search);
+    setPage(route());
+  };
+  const signOut = async () => {
+    try {
+      await call("/api/v1/auth/logout", { method: "POST" });
+    } finally {
+      location.assign("/login");
+    }
+  };
+  useEffect(() => {
+    document.title = (page === "settings" ? "Settings" : "Overview") + " — CROW";
+  }, [page]);
+  const admin = isAdmin(me);
+  const link = (path, id, label) =>
+    html`<a href=${path} aria-current=${page === id ? "page" : null} onClick=${(e) => go(e, path)}>${label}</a>`;
+  return html`<header class="topbar">
+      <a class="brand" href="/app/"><img src=${document.querySelector("link[rel=icon]").href} alt="" width="28" height="28" /> CROW</a>
+      <nav aria-label="Dashboard">
+        ${link("/app/", "overview", "Overview")}
+        ${admin ? link("/app/settings", "settings", "Settings") : null}
+      </nav>
+      <div class="controls">
+        <${Bell} />
+        <span class="who" data-testid="who">${me.user.email} · ${me.user.role} · ${(me.organization || {}).name || ""}</span>
+        <button class="button" type="button" onClick=${signOut}>Sign out</button>
+      </div>
+    </header>
+    <main id="main">
+      ${page === "settings"
+        ? admin
+          ? html`<${Settings} me=${me} />`
+          : html`<div class="page"><p class="error" role="alert">Settings are for admins of the organization: ask one of them.</p></div>`
+        : html`<${Overview} />`}
+    </main>`;
+}
+
+async function start() {
+  const root = document.getElementById("root");
+  try {
+    const me = await get("/api/v1/auth/me");
+    root.textContent = "";
+    render(html`<${Shell} me=${me} />`, root);
+  } catch (e) {
+    if (e.status !== 401) {
+      root.innerHTML = "";
+      render(html`<main class="page"><p class="error" role="alert">Could not open the dashboard: ${e.message}. Reload the page to try again.</p></main>`, root);
+    }
+  }
+}
+
+start();

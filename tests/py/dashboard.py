@@ -1,0 +1,219 @@
+"""Drive CROW's dashboard in headless Chromium (Debian's, via Playwright).
+
+usage: dashboard.py BASE_URL OWNER_EMAIL OWNER_PASSWORD VIEWER_TOKEN WRITE_KEY AXE_JS OUT_DIR
+
+Against `crow serve` at BASE_URL: the landing page and the sign-in page;
+the owner signs in through /login and the overview renders; its figures
+and top products are read from the page (data-testid attributes) as they
+were first drawn; events sent to the collector then appear on the overview
+without a reload; the owner reaches Settings; a viewer accepts an
+invitation through /login?token=… and sees no Settings. On every page:
+no console errors, no failed requests, no HTTP error answers, no serious
+or critical axe-core violations, and screenshots at 375 px and 1440 px
+that are not blank or all one colour (written to OUT_DIR).
+
+Prints one JSON object: {"first": snapshot, "live": snapshot, ...} where a
+snapshot is the overview's period bounds, KPI values and top products, for
+the Rust test to compare with SQL over the same lake.
+"""
+import base64
+import json
+import os
+import sys
+import time
+import urllib.request
+import uuid
+
+from playwright.sync_api import sync_playwright
+
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+class Watch:
+    """Everything that went wrong on a page: console errors, uncaught
+    exceptions, failed requests and HTTP error answers."""
+
+    def __init__(self, page):
+        self.problems = []
+        page.on("console", lambda m: m.type == "error" and self.problems.append(f"console: {m.text}"))
+        page.on("pageerror", lambda e: self.problems.append(f"uncaught: {e}"))
+        page.on("requestfailed", lambda r: self.problems.append(f"failed: {r.url} {r.failure}"))
+        page.on("response", lambda r: r.status >= 400 and self.problems.append(f"HTTP {r.status}: {r.url}"))
+
+    def check(self, where):
+        assert not self.problems, f"{where}: {self.problems}"
+
+
+def axe(page, axe_js, where):
+    page.add_script_tag(path=axe_js)
+    found = page.evaluate("""async () => {
+        const r = await axe.run(document, {resultTypes: ['violations']});
+        return r.violations.filter(v => v.impact === 'serious' || v.impact === 'critical')
+            .map(v => ({id: v.id, impact: v.impact, help: v.help,
+                        nodes: v.nodes.slice(0, 3).map(n => n.target.join(' '))}));
+    }""")
+    assert not found, f"axe-core on {where}: {json.dumps(found, indent=1)}"
+
+
+def distinct_colours(page, png):
+    """How many colours a PNG has (sampled), counted by the browser itself."""
+    url = "data:image/png;base64," + base64.b64encode(png).decode()
+    return page.evaluate("""async (url) => {
+        const img = new Image();
+        img.src = url;
+        await img.decode();
+        const c = document.createElement('canvas');
+        c.width = img.width; c.height = img.height;
+        const g = c.getContext('2d');
+        g.drawImage(img, 0, 0);
+        const d = g.getImageData(0, 0, c.width, c.height).data;
+        const seen = new Set();
+        for (let i = 0; i < d.length; i += 4 * 7) seen.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
+        return seen.size;
+    }""", url)
+
+
+def screenshots(page, out, name, ready=None):
+    for width in (1440, 375):
+        page.set_viewport_size({"width": width, "height": 900})
+        if ready:
+            page.wait_for_selector(ready, timeout=20000)
+        page.wait_for_timeout(300)
+        png = page.screenshot(full_page=True)
+        path = os.path.join(out, f"{name}-{width}.png")
+        with open(path, "wb") as f:
+            f.write(png)
+        colours = distinct_colours(page, png)
+        assert colours > 8, f"{path} is blank or one colour ({colours} colours)"
+        # Nothing wider than the screen: no sideways scrolling on a phone.
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 1, f"{name} at {width} px is {overflow} px wider than the screen"
+    page.set_viewport_size({"width": 1440, "height": 900})
+
+
+def snapshot(page):
+    return page.evaluate("""() => {
+        const o = document.querySelector('[data-testid=overview]');
+        const kpis = {};
+        for (const k of document.querySelectorAll('[data-testid^=kpi-]')) {
+            kpis[k.dataset.testid.slice(4)] = k.dataset.value === '' ? null : Number(k.dataset.value);
+        }
+        const products = [...document.querySelectorAll('[data-testid=top-product]')].map(r => ({
+            product_id: r.dataset.productId, views: Number(r.dataset.views), adds: Number(r.dataset.adds)}));
+        return {from: o.dataset.from, to: o.dataset.to, loads: Number(o.dataset.loads), kpis, products};
+    }""")
+
+
+def send_events(base, key, n):
+    anon = "live-" + uuid.uuid4().hex[:12]
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    batch = [{"type": "track", "event": "Product Viewed", "anonymousId": anon, "timestamp": now,
+              "messageId": f"{anon}-{i}", "properties": {"product_id": "live-product", "name": "Live"}}
+             for i in range(n)]
+    req = urllib.request.Request(base + "/v1/batch", data=json.dumps({"batch": batch}).encode(),
+                                 headers={"Content-Type": "application/json",
+                                          "Authorization": "Basic " + base64.b64encode((key + ":").encode()).decode()})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 200, r.status
+
+
+def public_pages(browser, base, axe_js, out):
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    w = Watch(page)
+    page.goto(base + "/")
+    assert "CROW" in page.title()
+    for sel in ['meta[name=description]', 'meta[property="og:title"]', 'meta[property="og:description"]',
+                'meta[name="twitter:card"]']:
+        assert page.locator(sel).get_attribute("content"), f"the landing page lacks {sel}"
+    axe(page, axe_js, "/")
+    screenshots(page, out, "landing")
+    page.goto(base + "/login")
+    axe(page, axe_js, "/login")
+    screenshots(page, out, "login")
+    w.check("landing and sign-in")
+    # A wrong password is said in words, on the page.
+    page.fill("#email", "nobody@example.com")
+    page.fill("#password", "not the password")
+    page.click("#submit")
+    page.wait_for_function("document.getElementById('message').textContent.length > 0")
+    assert "do not match" in page.inner_text("#message")
+    w.problems = [p for p in w.problems if "401" not in p]
+    w.check("a wrong password")
+    page.close()
+
+
+def owner_flow(browser, base, email, password, key, axe_js, out):
+    ctx = browser.new_context(viewport={"width": 1440, "height": 900})
+    page = ctx.new_page()
+    w = Watch(page)
+    page.goto(base + "/login?next=/app/%3Frefresh%3D2")
+    page.fill("#email", email)
+    page.fill("#password", password)
+    page.click("#submit")
+    page.wait_for_url("**/app/?refresh=2", timeout=20000)
+    page.wait_for_selector("[data-testid=overview][data-state=ready]", timeout=30000)
+    page.wait_for_selector("[data-testid=series-chart] canvas", timeout=10000)
+    first = snapshot(page)
+    assert page.locator("[data-testid=who]").inner_text().startswith(email)
+    assert page.get_by_role("link", name="Settings").count() == 1, "an owner sees Settings"
+    axe(page, axe_js, "/app/")
+    screenshots(page, out, "overview", "[data-testid=overview][data-state=ready]")
+    # New events appear without a reload (the page polls every 2 s here).
+    page.evaluate("window.__sameDocument = true")
+    before = first["kpis"]["events"]
+    send_events(base, key, 3)
+    page.wait_for_function(f"""() => {{
+        const k = document.querySelector('[data-testid=kpi-events]');
+        return k && Number(k.dataset.value) >= {before} + 3;
+    }}""", timeout=30000)
+    assert page.evaluate("window.__sameDocument === true"), "the page was reloaded"
+    live = snapshot(page)
+    # The time range is in the URL.
+    page.select_option("#range", "30d")
+    page.wait_for_function("new URL(location.href).searchParams.get('range') === '30d'")
+    page.wait_for_selector("[data-testid=overview][data-state=ready]", timeout=30000)
+    # Settings, through the navigation.
+    page.get_by_role("link", name="Settings").click()
+    page.wait_for_selector("[data-testid=settings]")
+    axe(page, axe_js, "/app/settings")
+    screenshots(page, out, "settings", "[data-testid=settings]")
+    w.check("the owner's dashboard")
+    ctx.close()
+    return first, live
+
+
+def viewer_flow(browser, base, token, axe_js, out):
+    ctx = browser.new_context(viewport={"width": 1440, "height": 900})
+    page = ctx.new_page()
+    w = Watch(page)
+    page.goto(base + "/login?token=" + token)
+    assert page.locator("#confirm").is_visible(), "an invitation asks for the password twice"
+    page.fill("#password", "viewer password 1")
+    page.fill("#confirm", "viewer password 1")
+    page.click("#submit")
+    page.wait_for_url("**/app/", timeout=20000)
+    page.wait_for_selector("[data-testid=overview][data-state=ready]", timeout=30000)
+    assert page.get_by_role("link", name="Settings").count() == 0, "a viewer sees no Settings"
+    page.goto(base + "/app/settings")
+    page.wait_for_selector("text=Settings are for admins")
+    assert page.locator("[data-testid=settings]").count() == 0
+    w.check("the viewer's dashboard")
+    ctx.close()
+
+
+def main():
+    base, email, password, token, key, axe_js, out = sys.argv[1:8]
+    base = base.rstrip("/")
+    os.makedirs(out, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
+        public_pages(browser, base, axe_js, out)
+        first, live = owner_flow(browser, base, email, password, key, axe_js, out)
+        viewer_flow(browser, base, token, axe_js, out)
+        browser.close()
+    print(json.dumps({"first": first, "live": live}))
+
+
+if __name__ == "__main__":
+    main()
