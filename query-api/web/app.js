@@ -357,7 +357,7 @@ function RangePicker({ value, onChange }) {
     </select>`;
 }
 
-function Overview() {
+function Overview({ go }) {
   const [rangeId, setRangeId] = useState(rangeOf(urlParam("range", "7d")).id);
   const [data, setData] = useState(null);
   const [error, setError] = useState(null);
@@ -418,12 +418,157 @@ function Overview() {
           <section class="panel" aria-labelledby="h-stories">
             <h2 id="h-stories">Latest patterns</h2>
             <${Stories} rows=${data.stories} />
+            <p><a href="/app/patterns" onClick=${(e) => go(e, "/app/patterns")}>All patterns, by day, week, month and year</a></p>
           </section>
           <section class="panel wide" aria-labelledby="h-latest">
             <h2 id="h-latest">Latest interactions</h2>
             <${Latest} rows=${data.latest} />
           </section>
         </div>`}
+  </div>`;
+}
+
+// ------------------------------------------------------------- patterns
+
+const PERIODS = [
+  { id: "day", label: "Day" },
+  { id: "week", label: "Week" },
+  { id: "month", label: "Month" },
+  { id: "year", label: "Year" },
+  { id: "all", label: "All time" },
+];
+
+const isDate = (s) => /^\d{4}-\d{2}-\d{2}$/.test(s || "");
+
+// A date (YYYY-MM-DD, a UTC calendar day) in words, in the user's locale.
+const day = (s) => new Date(s + "T00:00:00Z").toLocaleDateString(locale, { timeZone: "UTC", dateStyle: "medium" });
+
+function periodWords(kind, start, end) {
+  if (kind === "all") return "All time";
+  if (kind === "day") return day(start);
+  const last = new Date(new Date(end + "T00:00:00Z").getTime() - 86400000).toISOString().slice(0, 10);
+  return `${day(start)} – ${day(last)}`;
+}
+
+async function loadPatterns(kind, start) {
+  const starts = (
+    await sql(`SELECT DISTINCT CAST(period_start AS VARCHAR) AS s FROM patterns
+      WHERE period_kind = ${sqlText(kind)} ORDER BY s DESC`)
+  ).map((r) => r.s);
+  const at = starts.includes(start) ? start : starts[0];
+  if (!at) return { kind, starts, at: null, rows: [] };
+  const rows = await sql(`SELECT pattern_id, kind, segment, title, description, significance, support,
+      provisional, product_ids, evidence, CAST(period_end AS VARCHAR) AS period_end
+    FROM patterns WHERE period_kind = ${sqlText(kind)} AND period_start = CAST(${sqlText(at)} AS DATE)
+    ORDER BY significance DESC, pattern_id LIMIT 50`);
+  return { kind, starts, at, rows };
+}
+
+function parseEvidence(text) {
+  try {
+    return JSON.parse(text || "{}");
+  } catch (_) {
+    return {};
+  }
+}
+
+// The value and its baseline: per-day counts (mean ± 1 sd) or rates.
+function evidenceFigures(ev) {
+  const st = ev.statistics || {};
+  if (typeof st.value === "number" && typeof st.baseline_mean === "number") {
+    return { value: st.value, base: st.baseline_mean, sd: st.baseline_sd || 0, unit: "per day", fmt: (v) => num(v, 1) };
+  }
+  if (st.value && st.baseline && typeof st.value.rate === "number") {
+    return { value: st.value.rate, base: st.baseline.rate, sd: 0, unit: "rate", fmt: (v) => num(v * 100, 1) + " %" };
+  }
+  return null;
+}
+
+function EvidenceChart({ ev }) {
+  const f = evidenceFigures(ev);
+  if (!f) return html`<p class="meta">No figures to draw for this finding.</p>`;
+  const W = 320, H = 120, pad = 90;
+  const top = Math.max(f.value, f.base + f.sd, 1e-9) * 1.1;
+  const x = (v) => pad + (v / top) * (W - pad - 50);
+  const label = `This period ${f.fmt(f.value)} against a baseline of ${f.fmt(f.base)}${f.sd ? " ± " + f.fmt(f.sd) : ""} (${f.unit})`;
+  return html`<svg class="evidence" data-testid="evidence-chart" viewBox=${`0 0 ${W} ${H}`} role="img" aria-label=${label} width="100%" style="max-width: 24rem">
+    <text x="0" y="36" font-size="12" fill="#374151">This period</text>
+    <rect x=${pad} y="22" width=${Math.max(1, x(f.value) - pad)} height="22" fill="#1d4ed8"></rect>
+    <text x=${x(f.value) + 4} y="38" font-size="12" fill="#111827">${f.fmt(f.value)}</text>
+    <text x="0" y="86" font-size="12" fill="#374151">Baseline</text>
+    <rect x=${pad} y="72" width=${Math.max(1, x(f.base) - pad)} height="22" fill="#9ca3af"></rect>
+    ${f.sd ? html`<line x1=${x(Math.max(0, f.base - f.sd))} x2=${x(f.base + f.sd)} y1="83" y2="83" stroke="#111827" stroke-width="2"></line>` : null}
+    <text x=${x(f.base + f.sd) + 4} y="88" font-size="12" fill="#111827">${f.fmt(f.base)}</text>
+  </svg>`;
+}
+
+function Pattern({ p }) {
+  const ev = parseEvidence(p.evidence);
+  const carried = (ev.from_periods || []).map((s) => s.split(":")).filter((x) => isDate(x[1]));
+  const products = Array.isArray(p.product_ids) ? p.product_ids : [];
+  return html`<li class="panel pattern" data-testid="pattern">
+    <h2>${p.title}</h2>
+    <p class="meta">
+      ${p.segment ? html`<span class="tag">${p.segment.replace("=", ": ")}</span> ` : "All traffic · "}
+      ${p.kind} · significance z = ${num(Math.abs(n0(p.significance)), 1)}${ev.p_value != null ? ` (p ${ev.p_value < 1e-4 ? "< 0.0001" : "= " + num(ev.p_value, 4)})` : ""}
+      · ${num(p.support)} supporting${p.provisional ? " · provisional: the period is not over" : ""}
+    </p>
+    <p>${p.description}</p>
+    <${EvidenceChart} ev=${ev} />
+    ${carried.length ? html`<p class="meta">Days that carried it: ${carried.map(([k, s]) => (k === "day" ? day(s) : `${k} of ${day(s)}`)).join(", ")}</p>` : null}
+    ${products.length ? html`<p class="meta">Products: ${products.join(", ")}</p>` : null}
+  </li>`;
+}
+
+function Patterns() {
+  const [kind, setKind] = useState(PERIODS.some((x) => x.id === urlParam("period", "")) ? urlParam("period", "") : "week");
+  const [start, setStart] = useState(urlParam("start", ""));
+  const [data, setData] = useState(null);
+  const [error, setError] = useState(null);
+  useEffect(() => {
+    let stop = false;
+    setError(null);
+    loadPatterns(kind, start)
+      .then((d) => !stop && setData(d))
+      .catch((e) => !stop && setError(e.message));
+    return () => {
+      stop = true;
+    };
+  }, [kind, start]);
+  const pickKind = (k) => {
+    setUrlParam("period", k);
+    setUrlParam("start", "");
+    setData(null);
+    setStart("");
+    setKind(k);
+  };
+  const goTo = (s) => {
+    setUrlParam("start", s);
+    setStart(s);
+  };
+  const i = data && data.at ? data.starts.indexOf(data.at) : -1;
+  const older = i >= 0 ? data.starts[i + 1] : null;
+  const newer = i > 0 ? data.starts[i - 1] : null;
+  const end = data && data.rows[0] ? data.rows[0].period_end : null;
+  return html`<div class="page" data-testid="patterns" data-state=${data ? "ready" : error ? "error" : "loading"}>
+    <div class="toolbar">
+      <h1>Patterns</h1>
+      <div class="controls">
+        <label for="period">Period</label>
+        <select id="period" value=${kind} onChange=${(e) => pickKind(e.target.value)}>
+          ${PERIODS.map((x) => html`<option value=${x.id}>${x.label}</option>`)}
+        </select>
+        <button class="button" type="button" disabled=${!older} onClick=${() => goTo(older)}>← Earlier</button>
+        <button class="button" type="button" disabled=${!newer} onClick=${() => goTo(newer)}>Later →</button>
+      </div>
+    </div>
+    ${error ? html`<p class="error" role="alert">Could not load the patterns: ${error}. Reload the page to try again.</p>` : null}
+    ${!data
+      ? !error && html`<p class="status" role="status">Loading the patterns…</p>`
+      : !data.at
+        ? html`<p class="status">No ${kind === "all" ? "all-time" : kind} patterns yet: the patterns job finds them once there are enough days of data to compare with.</p>`
+        : html`<p class="meta" data-testid="period-shown">${end ? periodWords(kind, data.at, end) : day(data.at)} · ${data.rows.length} finding${data.rows.length === 1 ? "" : "s"}, strongest first</p>
+          <ul class="list patterns">${data.rows.map((p) => html`<${Pattern} p=${p} />`)}</ul>`}
   </div>`;
 }
 
@@ -446,6 +591,7 @@ const isAdmin = (me) => ["owner", "admin"].includes(me.user && me.user.role);
 function route() {
   const p = location.pathname.replace(/\/+$/, "");
   if (p === "/app/settings") return "settings";
+  if (p === "/app/patterns") return "patterns";
   return "overview";
 }
 
@@ -496,7 +642,8 @@ function Shell({ me }) {
     }
   };
   useEffect(() => {
-    document.title = (page === "settings" ? "Settings" : "Overview") + " — CROW";
+    document.title = { settings: "Settings", patterns: "Patterns" }[page] || "Overview";
+    document.title += " — CROW";
   }, [page]);
   const admin = isAdmin(me);
   const link = (path, id, label) =>
@@ -505,6 +652,7 @@ function Shell({ me }) {
       <a class="brand" href="/app/"><img src=${document.querySelector("link[rel=icon]").href} alt="" width="28" height="28" /> CROW</a>
       <nav aria-label="Dashboard">
         ${link("/app/", "overview", "Overview")}
+        ${link("/app/patterns", "patterns", "Patterns")}
         ${admin ? link("/app/settings", "settings", "Settings") : null}
       </nav>
       <div class="controls">
@@ -514,11 +662,13 @@ function Shell({ me }) {
       </div>
     </header>
     <main id="main">
-      ${page === "settings"
+      ${page === "patterns"
+        ? html`<${Patterns} />`
+        : page === "settings"
         ? admin
           ? html`<${Settings} me=${me} />`
           : html`<div class="page"><p class="error" role="alert">Settings are for admins of the organization: ask one of them.</p></div>`
-        : html`<${Overview} />`}
+        : html`<${Overview} go=${go} />`}
     </main>`;
 }
 

@@ -6,7 +6,8 @@ Against `crow serve` at BASE_URL: the landing page and the sign-in page;
 the owner signs in through /login and the overview renders; its figures
 and top products are read from the page (data-testid attributes) as they
 were first drawn; events sent to the collector then appear on the overview
-without a reload; the owner reaches Settings; a viewer accepts an
+without a reload; the patterns page draws each finding's evidence and moves between
+periods; the owner reaches Settings; a viewer accepts an
 invitation through /login?token=… and sees no Settings. On every page:
 no console errors, no failed requests, no HTTP error answers, no serious
 or critical axe-core violations, and screenshots at 375 px and 1440 px
@@ -173,6 +174,7 @@ def owner_flow(browser, base, email, password, key, axe_js, out):
     page.select_option("#range", "30d")
     page.wait_for_function("new URL(location.href).searchParams.get('range') === '30d'")
     page.wait_for_selector("[data-testid=overview][data-state=ready]", timeout=30000)
+    patterns = patterns_page(page, axe_js, out)
     # Settings, through the navigation.
     page.get_by_role("link", name="Settings").click()
     page.wait_for_selector("[data-testid=settings]")
@@ -180,7 +182,34 @@ def owner_flow(browser, base, email, password, key, axe_js, out):
     screenshots(page, out, "settings", "[data-testid=settings]")
     w.check("the owner's dashboard")
     ctx.close()
-    return first, live
+    return first, live, patterns
+
+
+def patterns_page(page, axe_js, out):
+    """The latest week's patterns, each with its evidence drawn; the period
+    picker and the navigation between periods live in the URL."""
+    page.get_by_role("link", name="Patterns", exact=True).click()
+    page.wait_for_selector("[data-testid=patterns][data-state=ready]", timeout=30000)
+    assert page.locator("[data-testid=pattern]").count() > 0, "the demo's latest week has patterns"
+    drawn = page.evaluate("""() => [...document.querySelectorAll('[data-testid=pattern]')].map(p => {
+        const svg = p.querySelector('[data-testid=evidence-chart]');
+        return !!svg && [...svg.querySelectorAll('rect')].filter(r => r.getBBox().width > 1).length === 2;
+    })""")
+    assert all(drawn), f"every pattern's evidence is drawn: {drawn}"
+    shown = {
+        "kind": "week",
+        "titles": page.eval_on_selector_all("[data-testid=pattern] h2", "hs => hs.map(h => h.textContent)"),
+    }
+    axe(page, axe_js, "/app/patterns")
+    screenshots(page, out, "patterns", "[data-testid=patterns][data-state=ready]")
+    page.select_option("#period", "day")
+    page.wait_for_function("new URL(location.href).searchParams.get('period') === 'day'")
+    page.wait_for_selector("[data-testid=patterns][data-state=ready] [data-testid=period-shown]", timeout=30000)
+    latest = page.inner_text("[data-testid=period-shown]")
+    page.get_by_role("button", name="← Earlier").click()
+    page.wait_for_function("new URL(location.href).searchParams.get('start')")
+    page.wait_for_function(f"document.querySelector('[data-testid=period-shown]').textContent !== {json.dumps(latest)}")
+    return shown
 
 
 def viewer_flow(browser, base, token, axe_js, out):
@@ -209,10 +238,10 @@ def main():
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
         public_pages(browser, base, axe_js, out)
-        first, live = owner_flow(browser, base, email, password, key, axe_js, out)
+        first, live, patterns = owner_flow(browser, base, email, password, key, axe_js, out)
         viewer_flow(browser, base, token, axe_js, out)
         browser.close()
-    print(json.dumps({"first": first, "live": live}))
+    print(json.dumps({"first": first, "live": live, "patterns": patterns}))
 
 
 if __name__ == "__main__":

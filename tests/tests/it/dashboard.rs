@@ -2,7 +2,8 @@
 //! `tests/py/dashboard.py`), on a lake filled by `crow demo` and the
 //! collector: sign-in through /login, an overview whose figures and top
 //! products equal SQL over the same lake (and not another organization's
-//! rows), new events appearing without a reload, an invitation accepted in
+//! rows), new events appearing without a reload, the latest week's
+//! patterns with their evidence drawn, an invitation accepted in
 //! the browser, Settings hidden from a viewer, no console errors or failed
 //! requests, no serious axe-core violations, screenshots at 375 and 1440 px
 //! that are not blank; and the assets: hashed, cached, gzip, a first load
@@ -222,7 +223,8 @@ async fn send_other_org_events(http: &reqwest::Client, s: &Server, key: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_in_chromium() {
     let b = Backend::local();
-    b.crow_json(&["demo", "--visitors", "400", "--days", "14"]);
+    // Enough visitors and days for the patterns job to find something.
+    b.crow_json(&["demo", "--visitors", "3000", "--days", "21"]);
     let org = crow_ingest::generate::BRAND_NAME;
     let key = b.crow_json(&["orgs", "rotate-key", org]);
     let write_key = key["write_key"].as_str().expect("write_key").to_string();
@@ -304,7 +306,25 @@ async fn dashboard_in_chromium() {
         num(&seen["live"]["kpis"]["events"]) >= num(&seen["first"]["kpis"]["events"]) + 3.0,
         "{seen}"
     );
-    for page in ["landing", "login", "overview", "settings"] {
+    let titles: Vec<String> = sql(
+        &http,
+        &server,
+        &api_key,
+        "SELECT title FROM patterns WHERE period_kind = 'week'
+           AND period_start = (SELECT max(period_start) FROM patterns WHERE period_kind = 'week')
+         ORDER BY significance DESC, pattern_id LIMIT 50",
+    )
+    .await
+    .iter()
+    .map(|r| r["title"].as_str().unwrap_or("").to_string())
+    .collect();
+    assert!(!titles.is_empty());
+    assert_eq!(
+        seen["patterns"]["titles"],
+        json!(titles),
+        "the latest week's patterns, strongest first"
+    );
+    for page in ["landing", "login", "overview", "patterns", "settings"] {
         for w in [375, 1440] {
             assert!(out.join(format!("{page}-{w}.png")).exists());
         }
