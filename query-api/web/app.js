@@ -204,7 +204,8 @@ function kpis(r) {
   const conv = sessions ? sumBy(r.sessions, "converted") / sessions : null;
   const convPrev = sessionsPrev ? sumBy(r.sessions, "converted_prev") / sessionsPrev : null;
   const split = (rows, col) => rows.filter((x) => n0(x[col]) > 0).map((x) => `${x.channel} ${num(x[col])}`).join(" · ");
-  const currency = n0(w.currencies) === 1 ? w.currency : null;
+  const currencies = n0(w.currencies);
+  const revenueLabel = currencies === 1 ? `Revenue (${w.currency})` : currencies > 1 ? "Revenue (mixed currencies)" : "Revenue";
   return [
     { id: "events", label: "Events", value: n0(w.events), prev: n0(w.events_prev) },
     { id: "visitors", label: "Visitors", value: n0(w.visitors), prev: n0(w.visitors_prev) },
@@ -215,7 +216,7 @@ function kpis(r) {
     },
     { id: "conversion", label: "Conversion rate", value: conv, prev: convPrev, percent: true },
     { id: "orders", label: "Orders", value: n0(w.orders), prev: n0(w.orders_prev) },
-    { id: "revenue", label: currency ? `Revenue (${currency})` : "Revenue", value: n0(w.revenue), prev: n0(w.revenue_prev), digits: 2 },
+    { id: "revenue", label: revenueLabel, value: n0(w.revenue), prev: n0(w.revenue_prev), digits: 2 },
   ];
 }
 

@@ -106,6 +106,40 @@ def snapshot(page):
     }""")
 
 
+def landed_in(page, anon, snap):
+    """How many of `anon`'s events fall in the snapshot's period, by SQL
+    through the API with the page's own session."""
+    q = (f"SELECT count(*) AS n FROM raw_web_events WHERE anonymous_id = '{anon}' "
+         f"AND occurred_at >= '{snap['from']}' AND occurred_at < '{snap['to']}'")
+    return page.evaluate("""async (q) => {
+        const csrf = (document.cookie.match(/crow_csrf=([^;]+)/) || [])[1] || '';
+        const r = await fetch('/api/v1/sql', {method: 'POST', body: JSON.stringify({sql: q}),
+            headers: {'Content-Type': 'application/json', 'X-CSRF-Token': csrf}});
+        return (await r.json())[0].n;
+    }""", q)
+
+
+def wait_for_live(page, anon):
+    """The overview, refreshed by itself, once its period holds the events
+    just sent. (The period slides with the clock, so older events leave it:
+    the figures are compared with SQL over the page's own bounds.)"""
+    deadline = time.time() + 30
+    while True:
+        snap = snapshot(page)
+        if landed_in(page, anon, snap) == 3:
+            break
+        assert time.time() < deadline, f"the events never landed: {snap}"
+        page.wait_for_timeout(500)
+    # They have landed: the page's next refresh, which starts after now,
+    # must count them.
+    page.wait_for_function(f"Number(document.querySelector('[data-testid=overview]').dataset.loads) > {snap['loads'] + 1}",
+                           timeout=30000)
+    snap = snapshot(page)
+    assert landed_in(page, anon, snap) == 3, snap
+    snap["anon"] = anon
+    return snap
+
+
 def send_events(base, key, n):
     anon = "live-" + uuid.uuid4().hex[:12]
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -117,6 +151,7 @@ def send_events(base, key, n):
                                           "Authorization": "Basic " + base64.b64encode((key + ":").encode()).decode()})
     with urllib.request.urlopen(req, timeout=10) as r:
         assert r.status == 200, r.status
+    return anon
 
 
 def public_pages(browser, base, axe_js, out):
@@ -130,6 +165,13 @@ def public_pages(browser, base, axe_js, out):
     axe(page, axe_js, "/")
     screenshots(page, out, "landing")
     page.goto(base + "/login")
+    # Keyboard: the first Tab reaches the e-mail field, with a visible focus ring.
+    page.keyboard.press("Tab")
+    focus = page.evaluate("""() => {
+        const e = document.activeElement, st = getComputedStyle(e);
+        return {id: e.id, outline: st.outlineStyle, width: parseFloat(st.outlineWidth)};
+    }""")
+    assert focus["id"] == "email" and focus["outline"] != "none" and focus["width"] >= 2, focus
     axe(page, axe_js, "/login")
     screenshots(page, out, "login")
     w.check("landing and sign-in")
@@ -141,6 +183,11 @@ def public_pages(browser, base, axe_js, out):
     assert "do not match" in page.inner_text("#message")
     w.problems = [p for p in w.problems if "401" not in p]
     w.check("a wrong password")
+    page.close()
+    # Signed out, the app sends you to sign in (and back afterwards).
+    page = browser.new_page()
+    page.goto(base + "/app/patterns?period=day")
+    page.wait_for_url("**/login?next=%2Fapp%2Fpatterns%3Fperiod%3Dday", timeout=10000)
     page.close()
 
 
@@ -162,14 +209,9 @@ def owner_flow(browser, base, email, password, key, axe_js, out):
     screenshots(page, out, "overview", "[data-testid=overview][data-state=ready]")
     # New events appear without a reload (the page polls every 2 s here).
     page.evaluate("window.__sameDocument = true")
-    before = first["kpis"]["events"]
-    send_events(base, key, 3)
-    page.wait_for_function(f"""() => {{
-        const k = document.querySelector('[data-testid=kpi-events]');
-        return k && Number(k.dataset.value) >= {before} + 3;
-    }}""", timeout=30000)
+    anon = send_events(base, key, 3)
+    live = wait_for_live(page, anon)
     assert page.evaluate("window.__sameDocument === true"), "the page was reloaded"
-    live = snapshot(page)
     # The time range is in the URL.
     page.select_option("#range", "30d")
     page.wait_for_function("new URL(location.href).searchParams.get('range') === '30d'")
@@ -227,7 +269,12 @@ def viewer_flow(browser, base, token, axe_js, out):
     page.goto(base + "/app/settings")
     page.wait_for_selector("text=Settings are for admins")
     assert page.locator("[data-testid=settings]").count() == 0
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url("**/login", timeout=10000)
     w.check("the viewer's dashboard")
+    # The session is over: the app asks to sign in again.
+    page.goto(base + "/app/")
+    page.wait_for_url("**/login?next=**", timeout=10000)
     ctx.close()
 
 
