@@ -338,14 +338,14 @@ function Stories({ rows }) {
   </ul>`;
 }
 
-function Latest({ rows }) {
+function Latest({ rows, go }) {
   if (!rows.length) return html`<p class="status">No interactions in this period yet: they are written when sessions close and the enrich job runs.</p>`;
   return html`<ul class="list" data-testid="latest-interactions">
     ${rows.map((i) => {
       const d = new Date(n0(i.started) * 1000);
       return html`<li>
         <div class="meta"><time datetime=${d.toISOString()} title=${utc(d)}>${when(d)}</time> · ${i.channel}${i.outcome ? " · " + i.outcome.replace(/_/g, " ") : ""}</div>
-        <p>${i.description}</p>
+        <p>${i.description} <a href=${"/app/interactions?id=" + i.interaction_id} onClick=${(e) => go(e, "/app/interactions?id=" + i.interaction_id)}>Open<span class="visually-hidden"> the interaction of ${when(d)}</span></a></p>
       </li>`;
     })}
   </ul>`;
@@ -423,9 +423,218 @@ function Overview({ go }) {
           </section>
           <section class="panel wide" aria-labelledby="h-latest">
             <h2 id="h-latest">Latest interactions</h2>
-            <${Latest} rows=${data.latest} />
+            <${Latest} rows=${data.latest} go=${go} />
           </section>
         </div>`}
+  </div>`;
+}
+
+// --------------------------------------------------------- interactions
+
+const PAGE = 25;
+const CHANNELS = ["web", "social", "cctv"];
+
+// The list's filters as SQL conditions (values quoted, never pasted raw).
+function interactionFilters(f, b) {
+  const w = [`started_at >= ${sqlText(b.from.toISOString())}`, `started_at < ${sqlText(b.to.toISOString())}`];
+  if (CHANNELS.includes(f.channel)) w.push(`channel = ${sqlText(f.channel)}`);
+  if (f.outcome) w.push(`outcome = ${sqlText(f.outcome)}`);
+  if (f.product) w.push(`array_has(product_ids, ${sqlText(f.product)})`);
+  if (f.q) w.push(`strpos(lower(description), ${sqlText(f.q.toLowerCase())}) > 0`);
+  return w;
+}
+
+async function loadInteractions(f, b, after) {
+  const w = interactionFilters(f, b);
+  if (after) {
+    w.push(`(CAST(started_at AS BIGINT) < ${Number(after.t)} OR (CAST(started_at AS BIGINT) = ${Number(after.t)} AND interaction_id > ${sqlText(after.id)}))`);
+  }
+  return sql(`SELECT interaction_id, channel, CAST(started_at AS BIGINT) AS t, outcome, sentiment, description
+    FROM interactions WHERE ${w.join(" AND ")}
+    ORDER BY started_at DESC, interaction_id LIMIT ${PAGE + 1}`);
+}
+
+async function loadInteraction(id) {
+  const rows = await sql(`SELECT i.interaction_id, i.session_id, i.channel, CAST(i.started_at AS BIGINT) AS t,
+      i.description, i.intent, i.sentiment, i.outcome, i.product_ids, i.confidence, i.provider, i.model,
+      i.prompt_version, i.source_ids, s.timeline, s.device_type, s.traffic_source
+    FROM interactions i LEFT JOIN sessions s ON s.session_id = i.session_id
+    WHERE i.interaction_id = ${sqlText(id)}`);
+  const it = rows[0];
+  if (!it) return null;
+  const ids = Array.isArray(it.product_ids) ? it.product_ids : [];
+  it.products = ids.length
+    ? await sql(`SELECT product_id, name, url FROM products WHERE product_id IN (${ids.map(sqlText).join(", ")}) ORDER BY name`)
+    : [];
+  try {
+    it.steps = JSON.parse(it.timeline || "[]");
+  } catch (_) {
+    it.steps = [];
+  }
+  return it;
+}
+
+const gap = (s) => (s < 60 ? `${Math.round(s)} s` : s < 3600 ? `${Math.round(s / 60)} min` : `${num(s / 3600, 1)} h`);
+
+function Timeline({ it }) {
+  const start = n0(it.t) / 1000;
+  let prev = 0;
+  return html`<ol class="timeline" data-testid="timeline">
+    ${it.steps.map(([off, kind, detail]) => {
+      const d = new Date(start + n0(off) * 1000);
+      const g = n0(off) - prev;
+      prev = n0(off);
+      return html`<li data-testid="step">
+        <time datetime=${d.toISOString()} title=${utc(d)}>${d.toLocaleTimeString(locale)}</time>
+        ${g > 0 ? html` <span class="meta">(+${gap(g)})</span>` : null}
+        <strong> ${kind}</strong>${detail ? html` <span>${detail}</span>` : null}
+      </li>`;
+    })}
+  </ol>`;
+}
+
+function InteractionDetail({ id, onClose }) {
+  const [it, setIt] = useState(undefined);
+  const [error, setError] = useState(null);
+  useEffect(() => {
+    setIt(undefined);
+    loadInteraction(id).then(setIt, (e) => setError(e.message));
+  }, [id]);
+  const head = useRef(null);
+  useEffect(() => {
+    if (it && head.current) head.current.focus();
+  }, [it]);
+  if (error) return html`<p class="error" role="alert">Could not open the interaction: ${error}.</p>`;
+  if (it === undefined) return html`<p class="status" role="status">Opening the interaction…</p>`;
+  if (it === null) return html`<p class="status">No interaction has this id in your organization.</p>`;
+  const d = new Date(n0(it.t) / 1000);
+  const sources = Array.isArray(it.source_ids) ? it.source_ids.length : 0;
+  return html`<section class="panel detail" data-testid="interaction" data-id=${it.interaction_id} aria-labelledby="h-detail">
+    <div class="toolbar">
+      <h2 id="h-detail" tabindex="-1" ref=${head}>Interaction of <time datetime=${d.toISOString()} title=${utc(d)}>${when(d)}</time></h2>
+      <button class="button" type="button" onClick=${onClose}>Close</button>
+    </div>
+    <p>${it.description}</p>
+    <p class="meta">${it.channel}${it.device_type ? " · " + it.device_type : ""}${it.traffic_source ? " · from " + it.traffic_source : ""}${it.intent ? " · intent: " + it.intent : ""}${it.sentiment ? " · " + it.sentiment : ""}${it.outcome ? " · " + it.outcome.replace(/_/g, " ") : ""}</p>
+    <div class="grid">
+      <div>
+        <h3>The session, step by step</h3>
+        ${it.steps.length ? html`<${Timeline} it=${it} />` : html`<p class="status">The session's timeline is not in the lake (its session row is missing).</p>`}
+      </div>
+      <div>
+        <h3>Products</h3>
+        ${it.products.length
+          ? html`<ul>${it.products.map((p) => html`<li>${p.url ? html`<a href=${p.url} rel="noopener noreferrer">${p.name}</a>` : p.name} <span class="meta">${p.product_id}</span></li>`)}</ul>`
+          : html`<p class="meta">No catalog product.</p>`}
+        <h3>How it was written</h3>
+        <p class="meta">${it.provider} / ${it.model}, prompt ${it.prompt_version}${it.confidence != null ? `, confidence ${num(it.confidence, 2)}` : ""}</p>
+        <p class="meta">From session <code>${it.session_id}</code> and ${num(sources)} source event${sources === 1 ? "" : "s"}; interaction <code>${it.interaction_id}</code>.</p>
+      </div>
+    </div>
+  </section>`;
+}
+
+function Interactions() {
+  const read = () => ({
+    range: rangeOf(urlParam("range", "7d")).id,
+    channel: urlParam("channel", ""),
+    outcome: urlParam("outcome", ""),
+    product: urlParam("product", ""),
+    q: urlParam("q", ""),
+  });
+  const [f, setF] = useState(read());
+  const [rows, setRows] = useState(null);
+  const [more, setMore] = useState(false);
+  const [error, setError] = useState(null);
+  const [open, setOpen] = useState(urlParam("id", ""));
+  const [shownBounds, setBounds] = useState(null);
+  useEffect(() => {
+    let stop = false;
+    const b = bounds(rangeOf(f.range));
+    setRows(null);
+    setError(null);
+    loadInteractions(f, b, null).then(
+      (r) => {
+        if (stop) return;
+        setBounds(b);
+        setMore(r.length > PAGE);
+        setRows(r.slice(0, PAGE));
+      },
+      (e) => !stop && setError(e.message),
+    );
+    return () => {
+      stop = true;
+    };
+  }, [f]);
+  const apply = (e) => {
+    e.preventDefault();
+    const form = e.target;
+    const next = {
+      range: form.range.value,
+      channel: form.channel.value,
+      outcome: form.outcome.value,
+      product: form.product.value.trim(),
+      q: form.q.value.trim(),
+    };
+    for (const [k, v] of Object.entries(next)) setUrlParam(k, v);
+    setF(next);
+  };
+  const older = async () => {
+    const last = rows[rows.length - 1];
+    try {
+      const r = await loadInteractions(f, shownBounds, { t: last.t, id: last.interaction_id });
+      setMore(r.length > PAGE);
+      setRows(rows.concat(r.slice(0, PAGE)));
+    } catch (e) {
+      setError(e.message);
+    }
+  };
+  const show = (id) => {
+    setUrlParam("id", id);
+    setOpen(id);
+  };
+  const close = () => {
+    setUrlParam("id", "");
+    setOpen("");
+  };
+  return html`<div class="page" data-testid="interactions" data-state=${rows ? "ready" : error ? "error" : "loading"}
+      data-from=${shownBounds ? shownBounds.from.toISOString() : ""} data-to=${shownBounds ? shownBounds.to.toISOString() : ""}>
+    <div class="toolbar"><h1>Interactions</h1></div>
+    <form class="filters controls" onSubmit=${apply} aria-label="Filter the interactions">
+      <label for="range">Time range</label>
+      <select id="range" name="range" value=${f.range}>${RANGES.map((r) => html`<option value=${r.id}>${r.label}</option>`)}</select>
+      <label for="channel">Channel</label>
+      <select id="channel" name="channel" value=${f.channel}>
+        <option value="">All</option>${CHANNELS.map((c) => html`<option value=${c}>${c}</option>`)}
+      </select>
+      <label for="outcome">Outcome</label>
+      <select id="outcome" name="outcome" value=${f.outcome}>
+        <option value="">All</option>
+        ${["purchased", "abandoned_checkout", "abandoned_cart", "browsed", "bounced"].map((o) => html`<option value=${o}>${o.replace(/_/g, " ")}</option>`)}
+      </select>
+      <label for="product">Product id</label>
+      <input id="product" name="product" value=${f.product} size="10" />
+      <label for="q">Text</label>
+      <input id="q" name="q" type="search" value=${f.q} size="14" />
+      <button class="button primary" type="submit">Show</button>
+    </form>
+    ${open ? html`<${InteractionDetail} id=${open} onClose=${close} />` : null}
+    ${error ? html`<p class="error" role="alert">Could not load the interactions: ${error}. Change the filters or reload the page.</p>` : null}
+    ${!rows
+      ? !error && html`<p class="status" role="status">Loading the interactions…</p>`
+      : !rows.length
+        ? html`<p class="status">No interaction matches these filters in this period.</p>`
+        : html`<ul class="list panel" data-testid="interaction-list">
+            ${rows.map((i) => {
+              const d = new Date(n0(i.t) / 1000);
+              return html`<li data-testid="interaction-row" data-id=${i.interaction_id}>
+                <div class="meta"><time datetime=${d.toISOString()} title=${utc(d)}>${when(d)}</time> · ${i.channel}${i.outcome ? " · " + i.outcome.replace(/_/g, " ") : ""}</div>
+                <p>${i.description}</p>
+                <button class="button" type="button" onClick=${() => show(i.interaction_id)}>Open<span class="visually-hidden"> the interaction of ${when(d)}</span></button>
+              </li>`;
+            })}
+          </ul>
+          ${more ? html`<p><button class="button" type="button" onClick=${older}>Older interactions</button></p>` : html`<p class="meta">That is all in this period.</p>`}`}
   </div>`;
 }
 
@@ -593,6 +802,7 @@ function route() {
   const p = location.pathname.replace(/\/+$/, "");
   if (p === "/app/settings") return "settings";
   if (p === "/app/patterns") return "patterns";
+  if (p === "/app/interactions") return "interactions";
   return "overview";
 }
 
@@ -632,7 +842,7 @@ function Shell({ me }) {
   }, []);
   const go = (e, path) => {
     e.preventDefault();
-    history.pushState(null, "", path + location.search);
+    history.pushState(null, "", path.includes("?") ? path : path + location.search);
     setPage(route());
   };
   const signOut = async () => {
@@ -643,7 +853,7 @@ function Shell({ me }) {
     }
   };
   useEffect(() => {
-    document.title = { settings: "Settings", patterns: "Patterns" }[page] || "Overview";
+    document.title = { settings: "Settings", patterns: "Patterns", interactions: "Interactions" }[page] || "Overview";
     document.title += " — CROW";
   }, [page]);
   const admin = isAdmin(me);
@@ -653,6 +863,7 @@ function Shell({ me }) {
       <a class="brand" href="/app/"><img src=${document.querySelector("link[rel=icon]").href} alt="" width="28" height="28" /> CROW</a>
       <nav aria-label="Dashboard">
         ${link("/app/", "overview", "Overview")}
+        ${link("/app/interactions", "interactions", "Interactions")}
         ${link("/app/patterns", "patterns", "Patterns")}
         ${admin ? link("/app/settings", "settings", "Settings") : null}
       </nav>
@@ -665,6 +876,8 @@ function Shell({ me }) {
     <main id="main">
       ${page === "patterns"
         ? html`<${Patterns} />`
+        : page === "interactions"
+        ? html`<${Interactions} />`
         : page === "settings"
         ? admin
           ? html`<${Settings} me=${me} />`

@@ -6,7 +6,8 @@ Against `crow serve` at BASE_URL: the landing page and the sign-in page;
 the owner signs in through /login and the overview renders; its figures
 and top products are read from the page (data-testid attributes) as they
 were first drawn; events sent to the collector then appear on the overview
-without a reload; the patterns page draws each finding's evidence and moves between
+without a reload; the interactions page lists, pages and opens one as a timeline;
+the patterns page draws each finding's evidence and moves between
 periods; the owner reaches Settings; a viewer accepts an
 invitation through /login?token=… and sees no Settings. On every page:
 no console errors, no failed requests, no HTTP error answers, no serious
@@ -216,6 +217,7 @@ def owner_flow(browser, base, email, password, key, axe_js, out):
     page.select_option("#range", "30d")
     page.wait_for_function("new URL(location.href).searchParams.get('range') === '30d'")
     page.wait_for_selector("[data-testid=overview][data-state=ready]", timeout=30000)
+    interactions = interactions_page(page, axe_js, out)
     patterns = patterns_page(page, axe_js, out)
     # Settings, through the navigation.
     page.get_by_role("link", name="Settings").click()
@@ -224,7 +226,37 @@ def owner_flow(browser, base, email, password, key, axe_js, out):
     screenshots(page, out, "settings", "[data-testid=settings]")
     w.check("the owner's dashboard")
     ctx.close()
-    return first, live, patterns
+    return first, live, patterns, interactions
+
+
+def interactions_page(page, axe_js, out):
+    """The list (filters in the URL, cursor paging), and one interaction
+    opened: its session as a timeline."""
+    page.get_by_role("link", name="Interactions", exact=True).click()
+    page.wait_for_selector("[data-testid=interactions][data-state=ready]", timeout=30000)
+    ids = lambda: page.eval_on_selector_all("[data-testid=interaction-row]", "rs => rs.map(r => r.dataset.id)")
+    first_page = ids()
+    assert len(first_page) == 25, first_page
+    bounds = lambda: {k: page.get_attribute("[data-testid=interactions]", "data-" + k) for k in ("from", "to")}
+    listed = bounds()
+    page.get_by_role("button", name="Older interactions").click()
+    page.wait_for_function("document.querySelectorAll('[data-testid=interaction-row]').length > 25", timeout=30000)
+    two_pages = ids()
+    assert two_pages[:25] == first_page and len(set(two_pages)) == len(two_pages), "paging adds, never repeats"
+    page.locator("[data-testid=interaction-row] button").first.click()
+    page.wait_for_selector("[data-testid=timeline]", timeout=30000)
+    opened = {"id": page.get_attribute("[data-testid=interaction]", "data-id"),
+              "steps": page.locator("[data-testid=step]").count()}
+    assert opened["id"] == first_page[0] and f"id={opened['id']}" in page.url, opened
+    axe(page, axe_js, "/app/interactions")
+    screenshots(page, out, "interactions", "[data-testid=timeline]")
+    # Filters: purchased only, in the URL.
+    page.select_option("#outcome", "purchased")
+    page.get_by_role("button", name="Show").click()
+    page.wait_for_function("new URL(location.href).searchParams.get('outcome') === 'purchased'")
+    page.wait_for_selector("[data-testid=interactions][data-state=ready]", timeout=30000)
+    return {"listed": listed, "first_page": first_page, "two_pages": two_pages, "opened": opened,
+            "purchased": {"ids": ids(), **bounds()}}
 
 
 def patterns_page(page, axe_js, out):
@@ -285,10 +317,10 @@ def main():
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
         public_pages(browser, base, axe_js, out)
-        first, live, patterns = owner_flow(browser, base, email, password, key, axe_js, out)
+        first, live, patterns, interactions = owner_flow(browser, base, email, password, key, axe_js, out)
         viewer_flow(browser, base, token, axe_js, out)
         browser.close()
-    print(json.dumps({"first": first, "live": live, "patterns": patterns}))
+    print(json.dumps({"first": first, "live": live, "patterns": patterns, "interactions": interactions}))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 //! `tests/py/dashboard.py`), on a lake filled by `crow demo` and the
 //! collector: sign-in through /login, an overview whose figures and top
 //! products equal SQL over the same lake (and not another organization's
-//! rows), new events appearing without a reload, the latest week's
+//! rows), new events appearing without a reload, the interactions list
+//! (paged, filtered) and one opened as its session's timeline, the latest week's
 //! patterns with their evidence drawn, an invitation accepted in
 //! the browser, Settings hidden from a viewer, no console errors or failed
 //! requests, no serious axe-core violations, screenshots at 375 and 1440 px
@@ -135,6 +136,47 @@ async fn assert_overview_is_sql(http: &reqwest::Client, s: &Server, key: &str, s
         .collect();
     assert!(!want.is_empty());
     assert_eq!(shown, want, "top products on the page vs SQL");
+}
+
+/// The interactions page lists what SQL lists, newest first, in pages of
+/// 25; the one opened shows every step of its session's timeline.
+async fn assert_interactions_are_sql(http: &reqwest::Client, s: &Server, key: &str, seen: &Value) {
+    let ids = |rows: Vec<Value>| -> Vec<String> {
+        rows.iter()
+            .map(|r| r["interaction_id"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let list = |b: &Value, extra: &str, n: usize| {
+        format!(
+            "SELECT interaction_id FROM interactions
+             WHERE started_at >= '{}' AND started_at < '{}' {extra}
+             ORDER BY started_at DESC, interaction_id LIMIT {n}",
+            b["from"].as_str().unwrap_or(""),
+            b["to"].as_str().unwrap_or("")
+        )
+    };
+    let want = ids(sql(http, s, key, &list(&seen["listed"], "", 50)).await);
+    assert_eq!(seen["two_pages"], json!(want), "two pages of interactions");
+    let p = &seen["purchased"];
+    let want = ids(sql(http, s, key, &list(p, "AND outcome = 'purchased'", 25)).await);
+    assert!(!want.is_empty());
+    assert_eq!(p["ids"], json!(want), "purchased only");
+    let opened = &seen["opened"];
+    let timeline = sql(
+        http,
+        s,
+        key,
+        &format!(
+            "SELECT s.timeline FROM interactions i JOIN sessions s ON s.session_id = i.session_id
+             WHERE i.interaction_id = '{}'",
+            opened["id"].as_str().unwrap_or("")
+        ),
+    )
+    .await;
+    let steps: Vec<Value> =
+        serde_json::from_str(timeline[0]["timeline"].as_str().unwrap_or("")).expect("timeline");
+    assert!(!steps.is_empty());
+    assert_eq!(num(&opened["steps"]), steps.len() as f64, "{opened}");
 }
 
 /// Pages are no-cache; assets are hashed, immutable and gzip; the first
@@ -338,7 +380,15 @@ async fn dashboard_in_chromium() {
         json!(titles),
         "the latest week's patterns, strongest first"
     );
-    for page in ["landing", "login", "overview", "patterns", "settings"] {
+    assert_interactions_are_sql(&http, &server, &api_key, &seen["interactions"]).await;
+    for page in [
+        "landing",
+        "login",
+        "overview",
+        "interactions",
+        "patterns",
+        "settings",
+    ] {
         for w in [375, 1440] {
             assert!(out.join(format!("{page}-{w}.png")).exists());
         }
