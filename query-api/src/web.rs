@@ -146,17 +146,14 @@ fn send(s: &Served, headers: &HeaderMap, cache: &'static str) -> Response {
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim() == s.etag));
-    let accepts_gzip = headers
+    let gzip_ok = headers
         .get(header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|e| e.trim().split(';').next() == Some("gzip") && !e.contains("q=0"))
-        });
+        .is_some_and(accepts_gzip);
     let mut resp = if fresh {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        match (&s.gzip, accepts_gzip) {
+        match (&s.gzip, gzip_ok) {
             (Some(g), true) => {
                 let mut r = g.clone().into_response();
                 r.headers_mut()
@@ -185,6 +182,19 @@ fn send(s: &Served, headers: &HeaderMap, cache: &'static str) -> Response {
         );
     }
     resp
+}
+
+/// Whether an `Accept-Encoding` value admits gzip (`gzip`, `gzip;q=0.5`;
+/// not `gzip;q=0`).
+fn accepts_gzip(value: &str) -> bool {
+    value.split(',').any(|e| {
+        let mut parts = e.split(';').map(str::trim);
+        let coding = parts.next().unwrap_or("");
+        let q = parts
+            .find_map(|p| p.strip_prefix("q="))
+            .map_or(1.0, |q| q.parse::<f32>().unwrap_or(0.0));
+        coding.eq_ignore_ascii_case("gzip") && q > 0.0
+    })
 }
 
 fn page(name: &'static str, headers: &HeaderMap) -> Response {
@@ -252,5 +262,22 @@ mod tests {
             "uPlot.min..css".len() + 8
         );
         assert!(asset_url("app.js").is_some_and(|u| u.starts_with("/assets/app.")));
+    }
+
+    #[test]
+    fn gzip_is_sent_only_when_accepted() {
+        for (v, want) in [
+            ("gzip", true),
+            ("gzip, deflate, br", true),
+            ("br;q=1.0, gzip;q=0.5", true),
+            ("GZIP", true),
+            ("gzip;q=0", false),
+            ("gzip;q=0.0", false),
+            ("deflate, br", false),
+            ("x-gzip", false),
+            ("", false),
+        ] {
+            assert_eq!(accepts_gzip(v), want, "{v}");
+        }
     }
 }
