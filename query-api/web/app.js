@@ -638,6 +638,94 @@ function Interactions() {
   </div>`;
 }
 
+// ------------------------------------------------------------- products
+
+// The catalog, each product with what happened to it in the period.
+function productsQuery(b) {
+  const [F, T] = [b.from, b.to].map((d) => sqlText(d.toISOString()));
+  return `WITH ev AS (
+      SELECT product_id,
+        sum(CASE WHEN event = 'Product Viewed' THEN 1 ELSE 0 END) AS views,
+        sum(CASE WHEN event = 'Product Added' THEN 1 ELSE 0 END) AS adds
+      FROM raw_web_events WHERE occurred_at >= ${F} AND occurred_at < ${T} AND product_id IS NOT NULL
+      GROUP BY product_id),
+    it AS (
+      SELECT pid AS product_id, count(*) AS interactions,
+        sum(CASE WHEN outcome = 'purchased' THEN 1 ELSE 0 END) AS purchased
+      FROM (SELECT unnest(product_ids) AS pid, outcome FROM interactions
+            WHERE started_at >= ${F} AND started_at < ${T})
+      GROUP BY pid),
+    pa AS (
+      SELECT pid AS product_id, count(*) AS patterns
+      FROM (SELECT unnest(product_ids) AS pid FROM patterns) GROUP BY pid)
+    SELECT p.product_id, p.name, p.category, p.price, p.currency, p.url,
+      coalesce(ev.views, 0) AS views, coalesce(ev.adds, 0) AS adds,
+      coalesce(it.interactions, 0) AS interactions, coalesce(it.purchased, 0) AS purchased,
+      coalesce(pa.patterns, 0) AS patterns
+    FROM products p
+      LEFT JOIN ev ON ev.product_id = p.product_id
+      LEFT JOIN it ON it.product_id = p.product_id
+      LEFT JOIN pa ON pa.product_id = p.product_id
+    ORDER BY views DESC, p.product_id
+    LIMIT 500`;
+}
+
+function Products() {
+  const [rangeId, setRangeId] = useState(rangeOf(urlParam("range", "7d")).id);
+  const [data, setData] = useState(null);
+  const [error, setError] = useState(null);
+  useEffect(() => {
+    let stop = false;
+    const b = bounds(rangeOf(rangeId));
+    setData(null);
+    setError(null);
+    sql(productsQuery(b)).then(
+      (rows) => !stop && setData({ b, rows }),
+      (e) => !stop && setError(e.message),
+    );
+    return () => {
+      stop = true;
+    };
+  }, [rangeId]);
+  const pick = (id) => {
+    setUrlParam("range", id);
+    setRangeId(id);
+  };
+  return html`<div class="page" data-testid="products" data-state=${data ? "ready" : error ? "error" : "loading"}
+      data-from=${data ? data.b.from.toISOString() : ""} data-to=${data ? data.b.to.toISOString() : ""}>
+    <div class="toolbar">
+      <h1>Products</h1>
+      <div class="controls"><${RangePicker} value=${rangeId} onChange=${pick} /></div>
+    </div>
+    ${error ? html`<p class="error" role="alert">Could not load the products: ${error}. Reload the page to try again.</p>` : null}
+    ${!data
+      ? !error && html`<p class="status" role="status">Loading the catalog…</p>`
+      : !data.rows.length
+        ? html`<p class="status">The catalog is empty: import it with <code>crow products import</code>.</p>`
+        : html`<div class="panel scroll" tabindex="0" role="region" aria-label="Products table (scrolls sideways on a small screen)">
+          <table data-testid="product-table">
+            <caption class="visually-hidden">The catalog with each product's activity in the period</caption>
+            <thead><tr>
+              <th scope="col">Product</th><th scope="col">Category</th><th scope="col" class="num">Price</th>
+              <th scope="col" class="num">Views</th><th scope="col" class="num">Added to cart</th>
+              <th scope="col" class="num">Interactions</th><th scope="col" class="num">Purchased in</th>
+              <th scope="col" class="num">Patterns (all time)</th>
+            </tr></thead>
+            <tbody>${data.rows.map(
+              (p) => html`<tr data-testid="product-row" data-product-id=${p.product_id} data-views=${n0(p.views)}
+                  data-adds=${n0(p.adds)} data-interactions=${n0(p.interactions)} data-purchased=${n0(p.purchased)} data-patterns=${n0(p.patterns)}>
+                <td>${p.url ? html`<a href=${p.url} rel="noopener noreferrer">${p.name}</a>` : p.name} <span class="meta">${p.product_id}</span></td>
+                <td>${p.category || ""}</td>
+                <td class="num">${p.price == null ? "" : num(p.price, 2) + (p.currency ? " " + p.currency : "")}</td>
+                <td class="num">${num(p.views)}</td><td class="num">${num(p.adds)}</td>
+                <td class="num"><a href=${"/app/interactions?product=" + encodeURIComponent(p.product_id) + "&range=" + rangeId}>${num(p.interactions)}</a></td>
+                <td class="num">${num(p.purchased)}</td><td class="num">${num(p.patterns)}</td>
+              </tr>`,
+            )}</tbody>
+          </table></div>`}
+  </div>`;
+}
+
 // ------------------------------------------------------------- patterns
 
 const PERIODS = [
@@ -803,6 +891,7 @@ function route() {
   if (p === "/app/settings") return "settings";
   if (p === "/app/patterns") return "patterns";
   if (p === "/app/interactions") return "interactions";
+  if (p === "/app/products") return "products";
   return "overview";
 }
 
@@ -853,7 +942,7 @@ function Shell({ me }) {
     }
   };
   useEffect(() => {
-    document.title = { settings: "Settings", patterns: "Patterns", interactions: "Interactions" }[page] || "Overview";
+    document.title = { settings: "Settings", patterns: "Patterns", interactions: "Interactions", products: "Products" }[page] || "Overview";
     document.title += " — CROW";
   }, [page]);
   const admin = isAdmin(me);
@@ -865,6 +954,7 @@ function Shell({ me }) {
         ${link("/app/", "overview", "Overview")}
         ${link("/app/interactions", "interactions", "Interactions")}
         ${link("/app/patterns", "patterns", "Patterns")}
+        ${link("/app/products", "products", "Products")}
         ${admin ? link("/app/settings", "settings", "Settings") : null}
       </nav>
       <div class="controls">
@@ -878,6 +968,8 @@ function Shell({ me }) {
         ? html`<${Patterns} />`
         : page === "interactions"
         ? html`<${Interactions} />`
+        : page === "products"
+        ? html`<${Products} />`
         : page === "settings"
         ? admin
           ? html`<${Settings} me=${me} />`

@@ -7,7 +7,8 @@ the owner signs in through /login and the overview renders; its figures
 and top products are read from the page (data-testid attributes) as they
 were first drawn; events sent to the collector then appear on the overview
 without a reload; the interactions page lists, pages and opens one as a timeline;
-the patterns page draws each finding's evidence and moves between
+the products page lists the catalog with its activity; the patterns
+page draws each finding's evidence and moves between
 periods; the owner reaches Settings; a viewer accepts an
 invitation through /login?token=… and sees no Settings. On every page:
 no console errors, no failed requests, no HTTP error answers, no serious
@@ -219,6 +220,7 @@ def owner_flow(browser, base, email, password, key, axe_js, out):
     page.wait_for_selector("[data-testid=overview][data-state=ready]", timeout=30000)
     interactions = interactions_page(page, axe_js, out)
     patterns = patterns_page(page, axe_js, out)
+    products = products_page(page, axe_js, out)
     # Settings, through the navigation.
     page.get_by_role("link", name="Settings").click()
     page.wait_for_selector("[data-testid=settings]")
@@ -226,7 +228,7 @@ def owner_flow(browser, base, email, password, key, axe_js, out):
     screenshots(page, out, "settings", "[data-testid=settings]")
     w.check("the owner's dashboard")
     ctx.close()
-    return first, live, patterns, interactions
+    return first, live, patterns, interactions, products
 
 
 def interactions_page(page, axe_js, out):
@@ -257,6 +259,20 @@ def interactions_page(page, axe_js, out):
     page.wait_for_selector("[data-testid=interactions][data-state=ready]", timeout=30000)
     return {"listed": listed, "first_page": first_page, "two_pages": two_pages, "opened": opened,
             "purchased": {"ids": ids(), **bounds()}}
+
+
+def products_page(page, axe_js, out):
+    """The catalog with each product's activity in the period."""
+    page.get_by_role("link", name="Products", exact=True).click()
+    page.wait_for_selector("[data-testid=products][data-state=ready]", timeout=30000)
+    rows = page.evaluate("""() => [...document.querySelectorAll('[data-testid=product-row]')].map(r => ({
+        product_id: r.dataset.productId, views: Number(r.dataset.views), adds: Number(r.dataset.adds),
+        interactions: Number(r.dataset.interactions), purchased: Number(r.dataset.purchased),
+        patterns: Number(r.dataset.patterns)}))""")
+    assert rows, "the demo has a catalog"
+    axe(page, axe_js, "/app/products")
+    screenshots(page, out, "products", "[data-testid=products][data-state=ready]")
+    return {"rows": rows, **{k: page.get_attribute("[data-testid=products]", "data-" + k) for k in ("from", "to")}}
 
 
 def patterns_page(page, axe_js, out):
@@ -317,10 +333,11 @@ def main():
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
         public_pages(browser, base, axe_js, out)
-        first, live, patterns, interactions = owner_flow(browser, base, email, password, key, axe_js, out)
+        first, live, patterns, interactions, products = owner_flow(browser, base, email, password, key, axe_js, out)
         viewer_flow(browser, base, token, axe_js, out)
         browser.close()
-    print(json.dumps({"first": first, "live": live, "patterns": patterns, "interactions": interactions}))
+    print(json.dumps({"first": first, "live": live, "patterns": patterns, "interactions": interactions,
+                      "products": products}))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 //! collector: sign-in through /login, an overview whose figures and top
 //! products equal SQL over the same lake (and not another organization's
 //! rows), new events appearing without a reload, the interactions list
-//! (paged, filtered) and one opened as its session's timeline, the latest week's
+//! (paged, filtered) and one opened as its session's timeline, the catalog
+//! with each product's activity, the latest week's
 //! patterns with their evidence drawn, an invitation accepted in
 //! the browser, Settings hidden from a viewer, no console errors or failed
 //! requests, no serious axe-core violations, screenshots at 375 and 1440 px
@@ -177,6 +178,63 @@ async fn assert_interactions_are_sql(http: &reqwest::Client, s: &Server, key: &s
         serde_json::from_str(timeline[0]["timeline"].as_str().unwrap_or("")).expect("timeline");
     assert!(!steps.is_empty());
     assert_eq!(num(&opened["steps"]), steps.len() as f64, "{opened}");
+}
+
+/// The products page: every catalog product with its views, adds to cart,
+/// interactions, purchases and patterns, as SQL counts them.
+async fn assert_products_are_sql(http: &reqwest::Client, s: &Server, key: &str, seen: &Value) {
+    let (from, to) = (
+        seen["from"].as_str().unwrap_or(""),
+        seen["to"].as_str().unwrap_or(""),
+    );
+    let catalog = sql(http, s, key, "SELECT product_id FROM products").await;
+    let events = sql(
+        http,
+        s,
+        key,
+        &format!(
+            "SELECT product_id, count(*) FILTER (WHERE event = 'Product Viewed') AS views,
+                    count(*) FILTER (WHERE event = 'Product Added') AS adds
+             FROM raw_web_events WHERE occurred_at >= '{from}' AND occurred_at < '{to}'
+             GROUP BY product_id"
+        ),
+    )
+    .await;
+    let rows = seen["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), catalog.len(), "every catalog product is listed");
+    let mut last_views = f64::MAX;
+    for r in rows {
+        let pid = r["product_id"].as_str().expect("product_id");
+        let ev = events.iter().find(|e| e["product_id"] == pid);
+        let (views, adds) = ev.map_or((0.0, 0.0), |e| (num(&e["views"]), num(&e["adds"])));
+        assert_eq!((num(&r["views"]), num(&r["adds"])), (views, adds), "{pid}");
+        assert!(views <= last_views, "most viewed first");
+        last_views = views;
+        let q = |extra: &str| {
+            format!(
+                "SELECT count(*) AS n FROM interactions WHERE array_has(product_ids, '{pid}')
+                 AND started_at >= '{from}' AND started_at < '{to}' {extra}"
+            )
+        };
+        let n = sql(http, s, key, &q("")).await;
+        let bought = sql(http, s, key, &q("AND outcome = 'purchased'")).await;
+        let pats = sql(
+            http,
+            s,
+            key,
+            &format!("SELECT count(*) AS n FROM patterns WHERE array_has(product_ids, '{pid}')"),
+        )
+        .await;
+        assert_eq!(
+            (
+                num(&r["interactions"]),
+                num(&r["purchased"]),
+                num(&r["patterns"])
+            ),
+            (num(&n[0]["n"]), num(&bought[0]["n"]), num(&pats[0]["n"])),
+            "{pid}"
+        );
+    }
 }
 
 /// Pages are no-cache; assets are hashed, immutable and gzip; the first
@@ -381,11 +439,13 @@ async fn dashboard_in_chromium() {
         "the latest week's patterns, strongest first"
     );
     assert_interactions_are_sql(&http, &server, &api_key, &seen["interactions"]).await;
+    assert_products_are_sql(&http, &server, &api_key, &seen["products"]).await;
     for page in [
         "landing",
         "login",
         "overview",
         "interactions",
+        "products",
         "patterns",
         "settings",
     ] {
