@@ -726,6 +726,174 @@ function Products() {
   </div>`;
 }
 
+// ---------------------------------------------------------- SQL console
+
+const HISTORY_KEY = "crow.sql.history";
+const GRID_PAGE = 50;
+
+function history_() {
+  try {
+    const h = JSON.parse(localStorage.getItem(HISTORY_KEY) || "[]");
+    return Array.isArray(h) ? h : [];
+  } catch (_) {
+    return [];
+  }
+}
+
+function remember(q) {
+  const h = [q, ...history_().filter((x) => x !== q)].slice(0, 20);
+  try {
+    localStorage.setItem(HISTORY_KEY, JSON.stringify(h));
+  } catch (_) {
+    // Private mode: no history.
+  }
+  return h;
+}
+
+// A chart for the result: a line over time when the first column is a
+// date or time, bars when it is text; the numeric columns after it.
+function chartOf(rows) {
+  if (rows.length < 2) return null;
+  const cols = Object.keys(rows[0]);
+  if (cols.length < 2) return null;
+  const numeric = cols.slice(1).filter((c) => rows.every((r) => r[c] == null || typeof r[c] === "number"));
+  if (!numeric.length) return null;
+  const first = rows.map((r) => r[cols[0]]);
+  const isTime = first.every((v) => typeof v === "string" && /^\d{4}-\d{2}-\d{2}/.test(v));
+  const isText = first.every((v) => typeof v === "string");
+  if (!isTime && !isText) return null;
+  return { kind: isTime ? "line" : "bar", x: cols[0], ys: numeric.slice(0, 4) };
+}
+
+const COLOURS = ["#1d4ed8", "#0f766e", "#b45309", "#7c3aed"];
+
+function ResultChart({ rows, spec }) {
+  const box = useRef(null);
+  useEffect(() => {
+    const el = box.current;
+    if (!el) return undefined;
+    const xs = spec.kind === "line" ? rows.map((r) => Date.parse(r[spec.x]) / 1000) : rows.map((_, i) => i);
+    const order = xs.map((_, i) => i).sort((a, b) => xs[a] - xs[b]);
+    const data = [order.map((i) => xs[i]), ...spec.ys.map((c) => order.map((i) => rows[i][c]))];
+    const bars = spec.kind === "bar" ? uPlot.paths.bars({ size: [0.6, 60] }) : undefined;
+    const plot = new uPlot(
+      {
+        width: Math.max(260, el.clientWidth),
+        height: 260,
+        scales: { x: { time: spec.kind === "line" } },
+        axes: [spec.kind === "bar" ? { values: (u, ticks) => ticks.map((t) => String(rows[order[t]] ? rows[order[t]][spec.x] : "").slice(0, 14)) } : {}, {}],
+        series: [{}, ...spec.ys.map((c, i) => ({ label: c, stroke: COLOURS[i], fill: bars ? COLOURS[i] + "99" : undefined, paths: bars, width: 2 }))],
+      },
+      data,
+      el,
+    );
+    const onResize = () => plot.setSize({ width: Math.max(260, el.clientWidth), height: 260 });
+    window.addEventListener("resize", onResize);
+    return () => {
+      window.removeEventListener("resize", onResize);
+      plot.destroy();
+    };
+  }, [rows, spec]);
+  return html`<figure class="chart-figure"><figcaption class="visually-hidden">${spec.ys.join(", ")} by ${spec.x}</figcaption>
+    <div class="chart" ref=${box} data-testid="result-chart"></div></figure>`;
+}
+
+function Grid({ rows }) {
+  const [page, setPage] = useState(0);
+  useEffect(() => setPage(0), [rows]);
+  const cols = Object.keys(rows[0] || {});
+  const pages = Math.max(1, Math.ceil(rows.length / GRID_PAGE));
+  const shown = rows.slice(page * GRID_PAGE, (page + 1) * GRID_PAGE);
+  const cell = (v) => (v == null ? "∅" : typeof v === "object" ? JSON.stringify(v) : typeof v === "number" ? v.toLocaleString(locale, { maximumFractionDigits: 6 }) : String(v));
+  return html`<div class="panel scroll" tabindex="0" role="region" aria-label="Result rows">
+    <table data-testid="result-grid">
+      <caption class="visually-hidden">The query's result</caption>
+      <thead><tr>${cols.map((c) => html`<th scope="col">${c}</th>`)}</tr></thead>
+      <tbody>${shown.map((r) => html`<tr data-testid="result-row">${cols.map((c) => html`<td class=${typeof r[c] === "number" ? "num" : ""}>${cell(r[c])}</td>`)}</tr>`)}</tbody>
+    </table>
+    ${pages > 1
+      ? html`<p class="controls">
+          <button class="button" type="button" disabled=${page === 0} onClick=${() => setPage(page - 1)}>Previous rows</button>
+          <span>Rows ${num(page * GRID_PAGE + 1)}–${num(Math.min(rows.length, (page + 1) * GRID_PAGE))} of ${num(rows.length)}</span>
+          <button class="button" type="button" disabled=${page >= pages - 1} onClick=${() => setPage(page + 1)}>Next rows</button>
+        </p>`
+      : null}
+  </div>`;
+}
+
+function Tables({ onPick }) {
+  const [cols, setCols] = useState(null);
+  useEffect(() => {
+    sql(`SELECT table_name, column_name, data_type FROM information_schema.columns
+      WHERE table_schema = 'public' ORDER BY table_name, ordinal_position`).then(setCols, () => setCols([]));
+  }, []);
+  if (!cols) return html`<p class="status">Loading the tables…</p>`;
+  const tables = [...new Set(cols.map((c) => c.table_name))];
+  return html`<nav aria-label="Tables and columns" class="tables" data-testid="tables">
+    ${tables.map(
+      (t) => html`<details>
+        <summary>${t}</summary>
+        <button class="linkish" type="button" onClick=${() => onPick(`SELECT * FROM ${t} LIMIT 100`)}>Query ${t}</button>
+        <ul>${cols.filter((c) => c.table_name === t).map((c) => html`<li><code>${c.column_name}</code> <span class="meta">${c.data_type}</span></li>`)}</ul>
+      </details>`,
+    )}
+  </nav>`;
+}
+
+function Console() {
+  const [q, setQ] = useState(urlParam("q", "SELECT event_date, count(*) AS events FROM raw_web_events GROUP BY event_date ORDER BY event_date"));
+  const [res, setRes] = useState(null);
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState(null);
+  const [hist, setHist] = useState(history_());
+  const run = async (e) => {
+    if (e) e.preventDefault();
+    setBusy(true);
+    setError(null);
+    const started = performance.now();
+    try {
+      const rows = await sql(q);
+      setRes({ rows, ms: performance.now() - started });
+      setHist(remember(q));
+      setUrlParam("q", q);
+    } catch (err) {
+      setRes(null);
+      setError(err.message);
+    } finally {
+      setBusy(false);
+    }
+  };
+  const spec = res ? chartOf(res.rows) : null;
+  return html`<div class="page" data-testid="console" data-state=${busy ? "running" : res ? "ready" : error ? "error" : "idle"}>
+    <div class="toolbar"><h1>SQL</h1></div>
+    <div class="grid">
+      <div>
+        <form onSubmit=${run} class="panel">
+          <label for="sql">Query (your organization's tables; read-only)</label>
+          <textarea id="sql" rows="6" spellcheck="false" value=${q} onInput=${(e) => setQ(e.target.value)}
+            onKeyDown=${(e) => (e.ctrlKey || e.metaKey) && e.key === "Enter" && run(e)}></textarea>
+          <p class="controls"><button class="button primary" type="submit" disabled=${busy}>${busy ? "Running…" : "Run"}</button>
+            <span class="meta">Ctrl+Enter runs it.</span></p>
+        </form>
+        ${error ? html`<p class="error" role="alert">The query failed: ${error}</p>` : null}
+        ${res
+          ? html`<p class="meta" role="status">${num(res.rows.length)} row${res.rows.length === 1 ? "" : "s"} in ${num(res.ms / 1000, 2)} s</p>
+            ${spec ? html`<${ResultChart} rows=${res.rows} spec=${spec} />` : null}
+            ${res.rows.length ? html`<${Grid} rows=${res.rows} />` : html`<p class="status">No rows.</p>`}`
+          : null}
+      </div>
+      <div>
+        <section class="panel"><h2>Tables</h2><${Tables} onPick=${setQ} /></section>
+        <section class="panel"><h2>History</h2>
+          ${hist.length
+            ? html`<ul class="list">${hist.map((h) => html`<li><button class="linkish" type="button" onClick=${() => setQ(h)}><code>${h.length > 90 ? h.slice(0, 90) + "…" : h}</code></button></li>`)}</ul>`
+            : html`<p class="meta">Queries you run are kept here, in this browser.</p>`}
+        </section>
+      </div>
+    </div>
+  </div>`;
+}
+
 // ------------------------------------------------------------- patterns
 
 const PERIODS = [
@@ -892,6 +1060,7 @@ function route() {
   if (p === "/app/patterns") return "patterns";
   if (p === "/app/interactions") return "interactions";
   if (p === "/app/products") return "products";
+  if (p === "/app/sql") return "sql";
   return "overview";
 }
 
@@ -942,7 +1111,7 @@ function Shell({ me }) {
     }
   };
   useEffect(() => {
-    document.title = { settings: "Settings", patterns: "Patterns", interactions: "Interactions", products: "Products" }[page] || "Overview";
+    document.title = { settings: "Settings", patterns: "Patterns", interactions: "Interactions", products: "Products", sql: "SQL" }[page] || "Overview";
     document.title += " — CROW";
   }, [page]);
   const admin = isAdmin(me);
@@ -955,6 +1124,7 @@ function Shell({ me }) {
         ${link("/app/interactions", "interactions", "Interactions")}
         ${link("/app/patterns", "patterns", "Patterns")}
         ${link("/app/products", "products", "Products")}
+        ${link("/app/sql", "sql", "SQL")}
         ${admin ? link("/app/settings", "settings", "Settings") : null}
       </nav>
       <div class="controls">
@@ -970,6 +1140,8 @@ function Shell({ me }) {
         ? html`<${Interactions} />`
         : page === "products"
         ? html`<${Products} />`
+        : page === "sql"
+        ? html`<${Console} />`
         : page === "settings"
         ? admin
           ? html`<${Settings} me=${me} />`

@@ -4,7 +4,7 @@
 //! products equal SQL over the same lake (and not another organization's
 //! rows), new events appearing without a reload, the interactions list
 //! (paged, filtered) and one opened as its session's timeline, the catalog
-//! with each product's activity, the latest week's
+//! with each product's activity, the SQL console, the latest week's
 //! patterns with their evidence drawn, an invitation accepted in
 //! the browser, Settings hidden from a viewer, no console errors or failed
 //! requests, no serious axe-core violations, screenshots at 375 and 1440 px
@@ -200,6 +200,23 @@ async fn assert_products_are_sql(http: &reqwest::Client, s: &Server, key: &str, 
         ),
     )
     .await;
+    // Interactions and patterns naming each product, counted here.
+    let named = sql(
+        http,
+        s,
+        key,
+        &format!(
+            "SELECT product_ids, outcome FROM interactions
+             WHERE started_at >= '{from}' AND started_at < '{to}'"
+        ),
+    )
+    .await;
+    let patterns = sql(http, s, key, "SELECT product_ids FROM patterns").await;
+    let names = |r: &Value, pid: &str| {
+        r["product_ids"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|p| p == pid))
+    };
     let rows = seen["rows"].as_array().expect("rows");
     assert_eq!(rows.len(), catalog.len(), "every catalog product is listed");
     let mut last_views = f64::MAX;
@@ -210,28 +227,19 @@ async fn assert_products_are_sql(http: &reqwest::Client, s: &Server, key: &str, 
         assert_eq!((num(&r["views"]), num(&r["adds"])), (views, adds), "{pid}");
         assert!(views <= last_views, "most viewed first");
         last_views = views;
-        let q = |extra: &str| {
-            format!(
-                "SELECT count(*) AS n FROM interactions WHERE array_has(product_ids, '{pid}')
-                 AND started_at >= '{from}' AND started_at < '{to}' {extra}"
-            )
-        };
-        let n = sql(http, s, key, &q("")).await;
-        let bought = sql(http, s, key, &q("AND outcome = 'purchased'")).await;
-        let pats = sql(
-            http,
-            s,
-            key,
-            &format!("SELECT count(*) AS n FROM patterns WHERE array_has(product_ids, '{pid}')"),
-        )
-        .await;
+        let n = named.iter().filter(|i| names(i, pid)).count() as f64;
+        let bought = named
+            .iter()
+            .filter(|i| names(i, pid) && i["outcome"] == "purchased")
+            .count() as f64;
+        let pats = patterns.iter().filter(|p| names(p, pid)).count() as f64;
         assert_eq!(
             (
                 num(&r["interactions"]),
                 num(&r["purchased"]),
                 num(&r["patterns"])
             ),
-            (num(&n[0]["n"]), num(&bought[0]["n"]), num(&pats[0]["n"])),
+            (n, bought, pats),
             "{pid}"
         );
     }
@@ -440,12 +448,33 @@ async fn dashboard_in_chromium() {
     );
     assert_interactions_are_sql(&http, &server, &api_key, &seen["interactions"]).await;
     assert_products_are_sql(&http, &server, &api_key, &seen["products"]).await;
+    // The console showed the rows its query returns (first grid page).
+    let c = &seen["console"];
+    let want = sql(
+        &http,
+        &server,
+        &api_key,
+        c["query"].as_str().expect("query"),
+    )
+    .await;
+    let shown = c["rows"].as_array().expect("rows");
+    assert!(!want.is_empty());
+    assert_eq!(shown.len(), want.len().min(50), "{c}");
+    for (row, w) in shown.iter().zip(&want) {
+        assert_eq!(row[0], w["event_date"], "{c}");
+        assert_eq!(
+            row[1].as_str().map(|t| t.replace([',', '\u{a0}', ' '], "")),
+            Some(w["events"].to_string()),
+            "{c}"
+        );
+    }
     for page in [
         "landing",
         "login",
         "overview",
         "interactions",
         "products",
+        "sql",
         "patterns",
         "settings",
     ] {
