@@ -841,7 +841,7 @@ function Tables({ onPick }) {
 }
 
 function Console() {
-  const [q, setQ] = useState(urlParam("q", "SELECT event_date, count(*) AS events FROM raw_web_events GROUP BY event_date ORDER BY event_date"));
+  const [q, setQ] = useState(urlParam("sql", "SELECT event_date, count(*) AS events FROM raw_web_events GROUP BY event_date ORDER BY event_date"));
   const [res, setRes] = useState(null);
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState(null);
@@ -855,7 +855,7 @@ function Console() {
       const rows = await sql(q);
       setRes({ rows, ms: performance.now() - started });
       setHist(remember(q));
-      setUrlParam("q", q);
+      setUrlParam("sql", q);
     } catch (err) {
       setRes(null);
       setError(err.message);
