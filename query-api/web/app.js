@@ -894,6 +894,84 @@ function Console() {
   </div>`;
 }
 
+// -------------------------------------------------------------- billing
+
+const isMonth = (m) => /^\d{4}-\d{2}$/.test(m || "");
+
+async function loadUsage(month) {
+  const months = (
+    await sql(`SELECT DISTINCT substr(CAST(usage_date AS VARCHAR), 1, 7) AS m FROM usage_daily ORDER BY m DESC`)
+  ).map((r) => r.m);
+  const m = months.includes(month) ? month : months[0];
+  if (!m) return { months, m: null, rows: [] };
+  const [y, mo] = m.split("-").map(Number);
+  const next = mo === 12 ? `${y + 1}-01` : `${y}-${String(mo + 1).padStart(2, "0")}`;
+  const rows = await sql(`SELECT CAST(usage_date AS VARCHAR) AS day, events, sessions, interactions, patterns,
+      ai_input_tokens, ai_output_tokens, amount_micros, currency
+    FROM usage_daily WHERE usage_date >= CAST(${sqlText(m + "-01")} AS DATE) AND usage_date < CAST(${sqlText(next + "-01")} AS DATE)
+    ORDER BY usage_date`);
+  return { months, m, rows };
+}
+
+const USAGE_COLS = [
+  ["events", "Events"],
+  ["sessions", "Sessions"],
+  ["interactions", "Interactions"],
+  ["patterns", "Patterns"],
+  ["ai_input_tokens", "AI input tokens"],
+  ["ai_output_tokens", "AI output tokens"],
+];
+
+function Billing() {
+  const [month, setMonth] = useState(isMonth(urlParam("month", "")) ? urlParam("month", "") : "");
+  const [data, setData] = useState(null);
+  const [error, setError] = useState(null);
+  useEffect(() => {
+    let stop = false;
+    loadUsage(month).then(
+      (d) => !stop && setData(d),
+      (e) => !stop && setError(e.message),
+    );
+    return () => {
+      stop = true;
+    };
+  }, [month]);
+  const pick = (m) => {
+    setUrlParam("month", m);
+    setMonth(m);
+  };
+  const total = (c) => (data ? data.rows.reduce((t, r) => t + n0(r[c]), 0) : 0);
+  const currencies = data ? [...new Set(data.rows.map((r) => r.currency))] : [];
+  const money = (micros) => num(micros / 1e6, 6) + (currencies.length === 1 ? " " + currencies[0] : "");
+  return html`<div class="page" data-testid="billing" data-state=${data ? "ready" : error ? "error" : "loading"}
+      data-month=${data && data.m ? data.m : ""} data-total-micros=${data ? total("amount_micros") : ""}>
+    <div class="toolbar">
+      <h1>Usage and billing</h1>
+      ${data && data.months.length
+        ? html`<div class="controls"><label for="month">Month</label>
+            <select id="month" value=${data.m} onChange=${(e) => pick(e.target.value)}>
+              ${data.months.map((m) => html`<option value=${m}>${m}</option>`)}
+            </select></div>`
+        : null}
+    </div>
+    ${error ? html`<p class="error" role="alert">Could not load the usage: ${error}. Reload the page to try again.</p>` : null}
+    ${!data
+      ? !error && html`<p class="status" role="status">Loading the usage…</p>`
+      : !data.m
+        ? html`<p class="status">No usage yet: the billing job rolls it up each day.</p>`
+        : html`<p class="big" data-testid="month-total">${money(total("amount_micros"))}</p>
+          <p class="meta">The month so far: the sum of its days' priced amounts (<code>crow billing report --month ${data.m}</code> shows the invoice's line items).</p>
+          <div class="panel scroll" tabindex="0" role="region" aria-label="Usage per day">
+          <table data-testid="usage-table">
+            <caption class="visually-hidden">Usage per day in ${data.m}</caption>
+            <thead><tr><th scope="col">Day (UTC)</th>${USAGE_COLS.map(([, l]) => html`<th scope="col" class="num">${l}</th>`)}<th scope="col" class="num">Amount</th></tr></thead>
+            <tbody>${data.rows.map((r) => html`<tr data-testid="usage-row" data-day=${r.day} data-amount-micros=${n0(r.amount_micros)}>
+              <td>${day(r.day)}</td>${USAGE_COLS.map(([c]) => html`<td class="num">${num(r[c])}</td>`)}<td class="num">${money(n0(r.amount_micros))}</td></tr>`)}</tbody>
+            <tfoot><tr><th scope="row">Total</th>${USAGE_COLS.map(([c]) => html`<td class="num">${num(total(c))}</td>`)}<td class="num">${money(total("amount_micros"))}</td></tr></tfoot>
+          </table></div>`}
+  </div>`;
+}
+
 // ------------------------------------------------------------- patterns
 
 const PERIODS = [
@@ -1061,6 +1139,7 @@ function route() {
   if (p === "/app/interactions") return "interactions";
   if (p === "/app/products") return "products";
   if (p === "/app/sql") return "sql";
+  if (p === "/app/billing") return "billing";
   return "overview";
 }
 
@@ -1111,7 +1190,7 @@ function Shell({ me }) {
     }
   };
   useEffect(() => {
-    document.title = { settings: "Settings", patterns: "Patterns", interactions: "Interactions", products: "Products", sql: "SQL" }[page] || "Overview";
+    document.title = { settings: "Settings", patterns: "Patterns", interactions: "Interactions", products: "Products", sql: "SQL", billing: "Billing" }[page] || "Overview";
     document.title += " — CROW";
   }, [page]);
   const admin = isAdmin(me);
@@ -1125,6 +1204,7 @@ function Shell({ me }) {
         ${link("/app/patterns", "patterns", "Patterns")}
         ${link("/app/products", "products", "Products")}
         ${link("/app/sql", "sql", "SQL")}
+        ${link("/app/billing", "billing", "Billing")}
         ${admin ? link("/app/settings", "settings", "Settings") : null}
       </nav>
       <div class="controls">
@@ -1142,6 +1222,8 @@ function Shell({ me }) {
         ? html`<${Products} />`
         : page === "sql"
         ? html`<${Console} />`
+        : page === "billing"
+        ? html`<${Billing} />`
         : page === "settings"
         ? admin
           ? html`<${Settings} me=${me} />`

@@ -8,7 +8,7 @@ and top products are read from the page (data-testid attributes) as they
 were first drawn; events sent to the collector then appear on the overview
 without a reload; the interactions page lists, pages and opens one as a timeline;
 the products page lists the catalog with its activity; the SQL console
-runs a query and draws it; the patterns
+runs a query and draws it; billing shows the month's usage; the patterns
 page draws each finding's evidence and moves between
 periods; the owner reaches Settings; a viewer accepts an
 invitation through /login?token=… and sees no Settings. On every page:
@@ -231,6 +231,7 @@ def owner_flow(browser, base, email, password, key, axe_js, out):
     patterns = patterns_page(page, axe_js, out)
     products = products_page(page, axe_js, out)
     console = console_page(page, w, axe_js, out)
+    billing = billing_page(page, axe_js, out)
     # Settings, through the navigation.
     page.get_by_role("link", name="Settings").click()
     page.wait_for_selector("[data-testid=settings]")
@@ -238,7 +239,7 @@ def owner_flow(browser, base, email, password, key, axe_js, out):
     screenshots(page, out, "settings", "[data-testid=settings]")
     w.check("the owner's dashboard")
     ctx.close()
-    return first, live, patterns, interactions, products, console
+    return first, live, patterns, interactions, products, console, billing
 
 
 def interactions_page(page, axe_js, out):
@@ -306,6 +307,18 @@ def console_page(page, watch, axe_js, out):
     return {"query": query, "rows": rows}
 
 
+def billing_page(page, axe_js, out):
+    """Usage per day and the month's total."""
+    page.get_by_role("link", name="Billing", exact=True).click()
+    page.wait_for_selector("[data-testid=billing][data-state=ready] [data-testid=usage-table]", timeout=30000)
+    axe(page, axe_js, "/app/billing")
+    screenshots(page, out, "billing", "[data-testid=billing][data-state=ready]")
+    totals = page.eval_on_selector_all("[data-testid=usage-table] tfoot td", "ts => ts.map(t => t.textContent)")
+    return {"month": page.get_attribute("[data-testid=billing]", "data-month"),
+            "total_micros": int(page.get_attribute("[data-testid=billing]", "data-total-micros")),
+            "days": page.locator("[data-testid=usage-row]").count(), "totals": totals}
+
+
 def patterns_page(page, axe_js, out):
     """The latest week's patterns, each with its evidence drawn; the period
     picker and the navigation between periods live in the URL."""
@@ -364,11 +377,12 @@ def main():
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
         public_pages(browser, base, axe_js, out)
-        first, live, patterns, interactions, products, console = owner_flow(browser, base, email, password, key, axe_js, out)
+        first, live, patterns, interactions, products, console, billing = owner_flow(browser, base, email, password, key, axe_js, out)
         viewer_flow(browser, base, token, axe_js, out)
         browser.close()
     print(json.dumps({"first": first, "live": live, "patterns": patterns, "interactions": interactions,
-                      "products": products, "console": console}))
+                      "products": products, "console": console,
+                      "billing": billing}))
 
 
 if __name__ == "__main__":

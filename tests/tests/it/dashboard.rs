@@ -4,7 +4,8 @@
 //! products equal SQL over the same lake (and not another organization's
 //! rows), new events appearing without a reload, the interactions list
 //! (paged, filtered) and one opened as its session's timeline, the catalog
-//! with each product's activity, the SQL console, the latest week's
+//! with each product's activity, the SQL console, billing as `crow billing
+//! report` has it, the latest week's
 //! patterns with their evidence drawn, an invitation accepted in
 //! the browser, Settings hidden from a viewer, no console errors or failed
 //! requests, no serious axe-core violations, screenshots at 375 and 1440 px
@@ -448,6 +449,33 @@ async fn dashboard_in_chromium() {
     );
     assert_interactions_are_sql(&http, &server, &api_key, &seen["interactions"]).await;
     assert_products_are_sql(&http, &server, &api_key, &seen["products"]).await;
+    // Billing: the same numbers as `crow billing report`.
+    let bill = &seen["billing"];
+    let month = bill["month"].as_str().expect("month");
+    let report = b.crow_json(&["billing", "report", "--month", month, "--org", org]);
+    let inv = &report[0];
+    assert_eq!(bill["total_micros"], inv["total_micros"], "{bill} vs {inv}");
+    assert_eq!(bill["days"], inv["days"], "{bill} vs {inv}");
+    let shown: Vec<String> = bill["totals"]
+        .as_array()
+        .expect("totals")
+        .iter()
+        .take(6)
+        .map(|t| t.as_str().unwrap_or("").replace([',', '\u{a0}', ' '], ""))
+        .collect();
+    let u = &inv["usage"];
+    let want: Vec<String> = [
+        "events",
+        "sessions",
+        "interactions",
+        "patterns",
+        "ai_input_tokens",
+        "ai_output_tokens",
+    ]
+    .iter()
+    .map(|k| u[*k].to_string())
+    .collect();
+    assert_eq!(shown, want, "{bill} vs {inv}");
     // The console showed the rows its query returns (first grid page).
     let c = &seen["console"];
     let want = sql(
@@ -475,6 +503,7 @@ async fn dashboard_in_chromium() {
         "interactions",
         "products",
         "sql",
+        "billing",
         "patterns",
         "settings",
     ] {
