@@ -3,7 +3,8 @@
 # a Python virtualenv with the independent Delta readers (deltalake, polars,
 # pyarrow), moto's S3-compatible server and schemathesis (the query API's
 # property-based tester), the official MCP client (mcp), the Segment and
-# RudderStack Node SDKs (npm, under the venv), the Segment browser library
+# RudderStack Node SDKs (npm, under the venv), the Segment browser library,
+# axe-core (npm: the dashboard test injects it into each page)
 # and Chromium. Prints the venv's path.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -23,7 +24,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 # The official Segment and RudderStack Node SDKs (the README's snippets run
 # as written), in the venv's folder.
-node_want="@segment/analytics-node@3.1.0 @rudderstack/rudder-sdk-node@3.0.13 @segment/analytics-next@1.84.3"
+node_want="@segment/analytics-node@3.1.0 @rudderstack/rudder-sdk-node@3.0.13 @segment/analytics-next@1.84.3 axe-core@4.14.1"
 node_stamp="$venv/node/.crow-deps"
 if [ ! -f "$node_stamp" ] || [ "$(cat "$node_stamp")" != "$node_want" ]; then
   mkdir -p "$venv/node"

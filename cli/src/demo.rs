@@ -275,9 +275,6 @@ pub async fn run(
         let (schema, batches) = lake.sql(&week).await?;
         output::line("\nTop findings of the week, beneath the stories (crow sql \"select * from patterns\" for all):")?;
         output::print_batches(format, &schema, &batches)?;
-        output::line(format!(
-            "\nSign in as the demo brand's owner (a new password each demo run): `crow serve`, then\n  curl -c cookies localhost:8080/api/v1/auth/login -d '{{\"email\": \"{email}\", \"password\": \"{password}\"}}'"
-        ))?;
         // One invoice per month the generated activity touched: from the
         // first generated day to the last (yesterday).
         let last_day = today.pred_opt().unwrap_or(today);
@@ -295,7 +292,30 @@ pub async fn run(
                 None => break,
             };
         }
+        print_sign_in(lake, cfg, &email, &password)?;
     }
+    Ok(())
+}
+
+/// The last lines of the demo: how to open the dashboard on this lake, and
+/// the demo owner's sign-in.
+fn print_sign_in(lake: &Lake, cfg: &Config, email: &str, password: &str) -> Result<()> {
+    let port = cfg.server.listen.rsplit(':').next().unwrap_or("8080");
+    let uri = lake.uri();
+    let plain = uri
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._:-+@=".contains(c));
+    let uri = if plain {
+        uri.to_string()
+    } else {
+        format!("'{}'", uri.replace('\'', r"'\''"))
+    };
+    output::line(format!(
+        "\nOpen the dashboard: serve this lake with\n  crow --lake {uri} serve\nthen open http://localhost:{port}/login and sign in as the demo brand's owner (a new password each demo run):\n  e-mail: {email}\n  password: {password}"
+    ))?;
+    output::line(format!(
+        "Sign in as the demo brand's owner from a script instead:\n  curl -c cookies localhost:{port}/api/v1/auth/login -d '{{\"email\": \"{email}\", \"password\": \"{password}\"}}'"
+    ))?;
     Ok(())
 }
 

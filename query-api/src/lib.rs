@@ -36,6 +36,7 @@ pub mod slots;
 pub mod sql;
 pub mod tenant;
 pub mod users;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -165,7 +166,8 @@ impl ApiState {
 }
 
 /// The API's routes, all under `/api/v1/` (mounted by `crow serve` beside
-/// the collector). `/metrics` is not among them: see [`ApiState::metrics`].
+/// the collector), and the dashboard's pages and assets ([`web`]).
+/// `/metrics` is not among them: see [`ApiState::metrics`].
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/api/v1/sql", post(sql_handler))
@@ -221,6 +223,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/api/v1/openapi.json",
             get(|| async { axum::Json(openapi::document()) }),
         )
+        .merge(web::routes())
         .fallback(not_found)
         // `bounded_body` (mounted by `crow serve`) reads bodies within this
         // bound and answers 413 as problem+json; this keeps extractors in step.

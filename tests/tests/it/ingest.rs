@@ -661,7 +661,7 @@ async fn backpressure_answers_503_with_retry_after() {
     assert_eq!(ready.status(), 503);
 }
 
-fn python(script: &str, args: &[&str]) -> String {
+pub fn python(script: &str, args: &[&str]) -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("py")
         .join(script);

@@ -5,6 +5,7 @@
 mod api;
 mod ask;
 mod cli;
+mod dashboard;
 mod exports;
 mod hardening;
 mod hostile;

@@ -1,0 +1,1249 @@
+// The CROW dashboard (issue 16): Preact + htm, no build step. Every number
+// comes from the query API (`POST /api/v1/sql`, tenant-scoped by the
+// signed-in user's organization) or its REST resources; the SQL is in this
+// file, so what the page shows is what that SQL says over the same lake.
+import { h, render } from "preact";
+import { useEffect, useRef, useState } from "preact/hooks";
+import htm from "htm";
+import uPlot from "uplot";
+
+const html = htm.bind(h);
+
+// ---------------------------------------------------------------- the API
+
+class Problem extends Error {
+  constructor(status, detail) {
+    super(detail);
+    this.status = status;
+  }
+}
+
+function csrfToken() {
+  const m = document.cookie.match(/(?:^|;\s*)crow_csrf=([^;]+)/);
+  return m ? decodeURIComponent(m[1]) : "";
+}
+
+function toSignIn() {
+  const next = location.pathname + location.search;
+  location.assign("/login?next=" + encodeURIComponent(next));
+}
+
+async function call(path, init = {}) {
+  const headers = { Accept: "application/json", ...(init.headers || {}) };
+  if (init.method && init.method !== "GET") headers["X-CSRF-Token"] = csrfToken();
+  for (let attempt = 0; ; attempt++) {
+    let r;
+    try {
+      r = await fetch(path, { ...init, headers, credentials: "same-origin" });
+    } catch (_) {
+      throw new Problem(0, "The server could not be reached. Check that crow serve is running; the page retries by itself.");
+    }
+    if (r.status === 401) {
+      toSignIn();
+      throw new Problem(401, "Your session has ended: sign in again.");
+    }
+    if (r.status === 429 && attempt < 3) {
+      const wait = Number(r.headers.get("Retry-After")) || 1;
+      await new Promise((ok) => setTimeout(ok, Math.min(wait, 5) * 1000));
+      continue;
+    }
+    let body = null;
+    try {
+      body = await r.json();
+    } catch (_) {
+      body = null;
+    }
+    if (!r.ok) {
+      const detail = body && body.detail ? body.detail : `the server answered HTTP ${r.status}`;
+      throw new Problem(r.status, detail);
+    }
+    return body;
+  }
+}
+
+const get = (path) => call(path);
+const sql = (query) =>
+  call("/api/v1/sql", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ sql: query }),
+  });
+
+// At most `n` requests at once (the API allows a few concurrent queries
+// per user; more would wait in 429s).
+async function pool(tasks, n = 3) {
+  const out = new Array(tasks.length);
+  let next = 0;
+  async function worker() {
+    while (next < tasks.length) {
+      const i = next++;
+      out[i] = await tasks[i]();
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(n, tasks.length) }, worker));
+  return out;
+}
+
+// ----------------------------------------------------------- formatting
+
+const locale = navigator.language || "en";
+const num = (v, d = 0) =>
+  v == null || Number.isNaN(v) ? "–" : Number(v).toLocaleString(locale, { maximumFractionDigits: d, minimumFractionDigits: d });
+const when = (d) => d.toLocaleString(locale, { dateStyle: "medium", timeStyle: "short" });
+const utc = (d) => d.toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC");
+const sqlText = (s) => "'" + String(s).replace(/'/g, "''") + "'";
+
+function change(cur, prev) {
+  if (prev == null || cur == null) return null;
+  if (prev === 0) return cur === 0 ? 0 : null;
+  return (cur - prev) / Math.abs(prev);
+}
+
+// ------------------------------------------------------------ URL state
+
+const RANGES = [
+  { id: "24h", label: "Last 24 hours", hours: 24 },
+  { id: "7d", label: "Last 7 days", hours: 24 * 7 },
+  { id: "30d", label: "Last 30 days", hours: 24 * 30 },
+  { id: "90d", label: "Last 90 days", hours: 24 * 90 },
+];
+
+function urlParam(name, fallback) {
+  return new URLSearchParams(location.search).get(name) || fallback;
+}
+
+function setUrlParam(name, value) {
+  const u = new URL(location.href);
+  u.searchParams.set(name, value);
+  history.replaceState(null, "", u);
+}
+
+function rangeOf(id) {
+  return RANGES.find((r) => r.id === id) || RANGES[1];
+}
+
+// Seconds between refreshes: `?refresh=N` (at least 2), else 10.
+function refreshSeconds() {
+  const n = Number(urlParam("refresh", "10"));
+  return Number.isFinite(n) && n >= 2 ? n : 10;
+}
+
+// The period shown and the one before it, ending now (whole seconds).
+function bounds(range) {
+  const to = new Date(Math.floor(Date.now() / 1000) * 1000);
+  const from = new Date(to.getTime() - range.hours * 3600 * 1000);
+  const prev = new Date(from.getTime() - range.hours * 3600 * 1000);
+  return { to, from, prev };
+}
+
+// ------------------------------------------------------------- the data
+
+// One query per figure family; each reads the period and the one before.
+function overviewQueries(b) {
+  const [P, F, T] = [b.prev, b.from, b.to].map((d) => sqlText(d.toISOString()));
+  const cur = (col) => `${col} >= ${F}`;
+  return {
+    web: `SELECT
+        sum(CASE WHEN ${cur("occurred_at")} THEN 1 ELSE 0 END) AS events,
+        sum(CASE WHEN occurred_at < ${F} THEN 1 ELSE 0 END) AS events_prev,
+        count(DISTINCT CASE WHEN ${cur("occurred_at")} THEN anonymous_id END) AS visitors,
+        count(DISTINCT CASE WHEN occurred_at < ${F} THEN anonymous_id END) AS visitors_prev,
+        sum(CASE WHEN ${cur("occurred_at")} AND event = 'Order Completed' THEN 1 ELSE 0 END) AS orders,
+        sum(CASE WHEN occurred_at < ${F} AND event = 'Order Completed' THEN 1 ELSE 0 END) AS orders_prev,
+        sum(CASE WHEN ${cur("occurred_at")} AND event = 'Order Completed' THEN revenue ELSE 0 END) AS revenue,
+        sum(CASE WHEN occurred_at < ${F} AND event = 'Order Completed' THEN revenue ELSE 0 END) AS revenue_prev,
+        count(DISTINCT CASE WHEN event = 'Order Completed' THEN currency END) AS currencies,
+        max(CASE WHEN event = 'Order Completed' THEN currency END) AS currency
+      FROM raw_web_events WHERE occurred_at >= ${P} AND occurred_at < ${T}`,
+    sessions: `SELECT channel,
+        sum(CASE WHEN ${cur("started_at")} THEN 1 ELSE 0 END) AS sessions,
+        sum(CASE WHEN started_at < ${F} THEN 1 ELSE 0 END) AS sessions_prev,
+        sum(CASE WHEN ${cur("started_at")} AND converted THEN 1 ELSE 0 END) AS converted,
+        sum(CASE WHEN started_at < ${F} AND converted THEN 1 ELSE 0 END) AS converted_prev
+      FROM sessions WHERE started_at >= ${P} AND started_at < ${T} GROUP BY channel ORDER BY channel`,
+    interactions: `SELECT channel,
+        sum(CASE WHEN ${cur("started_at")} THEN 1 ELSE 0 END) AS interactions,
+        sum(CASE WHEN started_at < ${F} THEN 1 ELSE 0 END) AS interactions_prev
+      FROM interactions WHERE started_at >= ${P} AND started_at < ${T} GROUP BY channel ORDER BY channel`,
+    series: `SELECT CAST(to_unixtime(date_trunc('hour', occurred_at)) AS BIGINT) AS hour,
+        count(*) AS events,
+        sum(CASE WHEN event = 'Order Completed' THEN 1 ELSE 0 END) AS orders
+      FROM raw_web_events WHERE ${cur("occurred_at")} AND occurred_at < ${T} GROUP BY 1 ORDER BY 1`,
+    sessionSeries: `SELECT CAST(to_unixtime(date_trunc('hour', started_at)) AS BIGINT) AS hour, count(*) AS sessions
+      FROM sessions WHERE ${cur("started_at")} AND started_at < ${T} GROUP BY 1 ORDER BY 1`,
+    products: `WITH t AS (
+        SELECT product_id,
+          sum(CASE WHEN event = 'Product Viewed' THEN 1 ELSE 0 END) AS views,
+          sum(CASE WHEN event = 'Product Added' THEN 1 ELSE 0 END) AS adds
+        FROM raw_web_events
+        WHERE ${cur("occurred_at")} AND occurred_at < ${T} AND product_id IS NOT NULL
+        GROUP BY product_id)
+      SELECT t.product_id, coalesce(p.name, t.product_id) AS name, t.views, t.adds
+      FROM t LEFT JOIN products p ON p.product_id = t.product_id
+      ORDER BY t.views DESC, t.adds DESC, t.product_id LIMIT 10`,
+    stories: `SELECT story_id, title, description, direction, kind, ongoing, impact, impact_unit,
+        CAST(start_date AS VARCHAR) AS start_date, CAST(last_date AS VARCHAR) AS last_date
+      FROM stories ORDER BY last_date DESC, rank_score DESC, story_id LIMIT 5`,
+    latest: `SELECT interaction_id, channel, CAST(to_unixtime(started_at) AS BIGINT) AS started,
+        description, outcome, sentiment
+      FROM interactions WHERE ${cur("started_at")} AND started_at < ${T}
+      ORDER BY started_at DESC, interaction_id LIMIT 8`,
+  };
+}
+
+const n0 = (v) => (v == null ? 0 : Number(v));
+
+function sumBy(rows, col) {
+  return rows.reduce((s, r) => s + n0(r[col]), 0);
+}
+
+function kpis(r) {
+  const w = r.web[0] || {};
+  const sessions = sumBy(r.sessions, "sessions");
+  const sessionsPrev = sumBy(r.sessions, "sessions_prev");
+  const conv = sessions ? sumBy(r.sessions, "converted") / sessions : null;
+  const convPrev = sessionsPrev ? sumBy(r.sessions, "converted_prev") / sessionsPrev : null;
+  const split = (rows, col) => rows.filter((x) => n0(x[col]) > 0).map((x) => `${x.channel} ${num(x[col])}`).join(" · ");
+  const currencies = n0(w.currencies);
+  const revenueLabel = currencies === 1 ? `Revenue (${w.currency})` : currencies > 1 ? "Revenue (mixed currencies)" : "Revenue";
+  return [
+    { id: "events", label: "Events", value: n0(w.events), prev: n0(w.events_prev) },
+    { id: "visitors", label: "Visitors", value: n0(w.visitors), prev: n0(w.visitors_prev) },
+    { id: "sessions", label: "Sessions", value: sessions, prev: sessionsPrev, split: split(r.sessions, "sessions") },
+    {
+      id: "interactions", label: "Interactions", value: sumBy(r.interactions, "interactions"),
+      prev: sumBy(r.interactions, "interactions_prev"), split: split(r.interactions, "interactions"),
+    },
+    { id: "conversion", label: "Conversion rate", value: conv, prev: convPrev, percent: true },
+    { id: "orders", label: "Orders", value: n0(w.orders), prev: n0(w.orders_prev) },
+    { id: "revenue", label: revenueLabel, value: n0(w.revenue), prev: n0(w.revenue_prev), digits: 2 },
+  ];
+}
+
+async function loadOverview(range) {
+  const b = bounds(range);
+  const q = overviewQueries(b);
+  const names = Object.keys(q);
+  const rows = await pool(names.map((k) => () => sql(q[k])));
+  const r = Object.fromEntries(names.map((k, i) => [k, rows[i] || []]));
+  return { bounds: b, range, kpis: kpis(r), ...r };
+}
+
+// ---------------------------------------------------------------- views
+
+function Kpi({ k }) {
+  const c = change(k.value, k.prev);
+  const shown = k.percent ? (k.value == null ? "–" : num(k.value * 100, 1) + " %") : num(k.value, k.digits || 0);
+  const raw = k.value == null ? "" : String(k.percent ? Math.round(k.value * 1e6) / 1e6 : k.value);
+  let text = "no data in the period before";
+  if (c === 0) text = "no change vs the period before";
+  else if (c != null) text = `${c > 0 ? "▲" : "▼"} ${num(Math.abs(c) * 100, 1)} % vs the period before`;
+  return html`<li class="kpi" data-testid=${"kpi-" + k.id} data-value=${raw}>
+    <h2>${k.label}</h2>
+    <p class="value">${shown}</p>
+    <p class=${"change" + (c > 0 ? " up" : c < 0 ? " down" : "")}>${text}</p>
+    ${k.split ? html`<p class="split">${k.split}</p>` : null}
+  </li>`;
+}
+
+// Hourly rows → buckets in the user's time zone (hours for a day, else days).
+function buckets(rows, cols, hourly) {
+  const map = new Map();
+  for (const r of rows) {
+    const d = new Date(n0(r.hour) * 1000);
+    if (!hourly) d.setHours(0, 0, 0, 0);
+    const t = d.getTime() / 1000;
+    const acc = map.get(t) || Object.fromEntries(cols.map((c) => [c, 0]));
+    for (const c of cols) acc[c] += n0(r[c]);
+    map.set(t, acc);
+  }
+  return map;
+}
+
+function seriesData(data) {
+  const hourly = data.range.hours <= 48;
+  const web = buckets(data.series, ["events", "orders"], hourly);
+  const ses = buckets(data.sessionSeries, ["sessions"], hourly);
+  const times = [...new Set([...web.keys(), ...ses.keys()])].sort((a, b) => a - b);
+  return [
+    times,
+    times.map((t) => (web.get(t) || {}).events || 0),
+    times.map((t) => (ses.get(t) || {}).sessions || 0),
+    times.map((t) => (web.get(t) || {}).orders || 0),
+  ];
+}
+
+function Chart({ data, label }) {
+  const box = useRef(null);
+  const plot = useRef(null);
+  useEffect(() => {
+    const el = box.current;
+    if (!el) return undefined;
+    const width = () => Math.max(260, el.clientWidth);
+    const opts = {
+      width: width(),
+      height: 260,
+      scales: { x: { time: true } },
+      axes: [{}, { label: "Events, sessions", size: 70 }, { label: "Orders", scale: "n", side: 1, size: 50, grid: { show: false } }],
+      series: [
+        {},
+        { label: "Events", stroke: "#1d4ed8", width: 2 },
+        { label: "Sessions", stroke: "#0f766e", width: 2 },
+        { label: "Orders", stroke: "#b45309", width: 2, scale: "n" },
+      ],
+    };
+    plot.current = new uPlot(opts, data, el);
+    const onResize = () => plot.current && plot.current.setSize({ width: width(), height: 260 });
+    window.addEventListener("resize", onResize);
+    return () => {
+      window.removeEventListener("resize", onResize);
+      plot.current && plot.current.destroy();
+      plot.current = null;
+    };
+  }, []);
+  useEffect(() => {
+    plot.current && plot.current.setData(data);
+  }, [data]);
+  return html`<figure class="chart-figure">
+    <figcaption class="visually-hidden">${label}</figcaption>
+    <div class="chart" ref=${box} data-testid="series-chart"></div>
+  </figure>`;
+}
+
+function TopProducts({ rows }) {
+  if (!rows.length) return html`<p class="status">No product was viewed in this period.</p>`;
+  return html`<table data-testid="top-products">
+    <caption class="visually-hidden">Most viewed products in the period</caption>
+    <thead><tr><th scope="col">Product</th><th scope="col" class="num">Views</th><th scope="col" class="num">Added to cart</th></tr></thead>
+    <tbody>
+      ${rows.map(
+        (p) => html`<tr data-testid="top-product" data-product-id=${p.product_id} data-views=${n0(p.views)} data-adds=${n0(p.adds)}>
+          <td>${p.name}</td><td class="num">${num(p.views)}</td><td class="num">${num(p.adds)}</td>
+        </tr>`,
+      )}
+    </tbody>
+  </table>`;
+}
+
+function Stories({ rows }) {
+  if (!rows.length) return html`<p class="status">No patterns found yet: they appear after the patterns job has run over a few days of data.</p>`;
+  return html`<ul class="list" data-testid="stories">
+    ${rows.map(
+      (s) => html`<li data-testid="story">
+        <strong>${s.title}</strong>
+        <div class="meta"><span class=${"tag " + s.direction}>${s.direction}</span> ${s.kind} · ${s.start_date}${s.ongoing ? " – ongoing" : s.last_date !== s.start_date ? " – " + s.last_date : ""}</div>
+        <p>${s.description}</p>
+      </li>`,
+    )}
+  </ul>`;
+}
+
+function Latest({ rows, go }) {
+  if (!rows.length) return html`<p class="status">No interactions in this period yet: they are written when sessions close and the enrich job runs.</p>`;
+  return html`<ul class="list" data-testid="latest-interactions">
+    ${rows.map((i) => {
+      const d = new Date(n0(i.started) * 1000);
+      return html`<li>
+        <div class="meta"><time datetime=${d.toISOString()} title=${utc(d)}>${when(d)}</time> · ${i.channel}${i.outcome ? " · " + i.outcome.replace(/_/g, " ") : ""}</div>
+        <p>${i.description} <a href=${"/app/interactions?id=" + i.interaction_id} onClick=${(e) => go(e, "/app/interactions?id=" + i.interaction_id)}>Open<span class="visually-hidden"> the interaction of ${when(d)}</span></a></p>
+      </li>`;
+    })}
+  </ul>`;
+}
+
+function RangePicker({ value, onChange }) {
+  return html`<label for="range">Time range</label>
+    <select id="range" value=${value} onChange=${(e) => onChange(e.target.value)}>
+      ${RANGES.map((r) => html`<option value=${r.id}>${r.label}</option>`)}
+    </select>`;
+}
+
+function Overview({ go }) {
+  const [rangeId, setRangeId] = useState(rangeOf(urlParam("range", "7d")).id);
+  const [data, setData] = useState(null);
+  const [error, setError] = useState(null);
+  const [loads, setLoads] = useState(0);
+  useEffect(() => {
+    let stop = false;
+    let timer = null;
+    const range = rangeOf(rangeId);
+    async function tick() {
+      try {
+        const d = await loadOverview(range);
+        if (stop) return;
+        setData(d);
+        setError(null);
+        setLoads((n) => n + 1);
+      } catch (e) {
+        if (!stop) setError(e.message);
+      }
+      if (!stop) timer = setTimeout(tick, refreshSeconds() * 1000);
+    }
+    tick();
+    return () => {
+      stop = true;
+      clearTimeout(timer);
+    };
+  }, [rangeId]);
+  const pick = (id) => {
+    setUrlParam("range", id);
+    setData(null);
+    setRangeId(id);
+  };
+  const b = data && data.bounds;
+  return html`<div class="page" data-testid="overview" data-state=${data ? "ready" : error ? "error" : "loading"}
+      data-loads=${loads} data-from=${b ? b.from.toISOString() : ""} data-to=${b ? b.to.toISOString() : ""}>
+    <div class="toolbar">
+      <h1>Overview</h1>
+      <div class="controls">
+        <${RangePicker} value=${rangeId} onChange=${pick} />
+        <span class="updated" aria-live="polite">${b ? `Updated ${b.to.toLocaleTimeString(locale)}` : ""}</span>
+      </div>
+    </div>
+    ${error ? html`<p class="error" role="alert">Could not load the overview: ${error}. It retries every ${refreshSeconds()} s.</p>` : null}
+    ${!data
+      ? !error && html`<p class="status" role="status">Loading the overview…</p>`
+      : html`
+        <ul class="kpis" aria-label="Key figures">${data.kpis.map((k) => html`<${Kpi} k=${k} />`)}</ul>
+        <div class="grid">
+          <section class="panel wide" aria-labelledby="h-series">
+            <h2 id="h-series">Events, sessions and orders (${data.range.hours <= 48 ? "per hour" : "per day"}, your time zone)</h2>
+            ${data.series.length
+              ? html`<${Chart} data=${seriesData(data)} label="Events, sessions and orders over the period" />`
+              : html`<p class="status">No events in this period. Send some to the collector, or pick a longer range.</p>`}
+          </section>
+          <section class="panel" aria-labelledby="h-products">
+            <h2 id="h-products">Top products</h2>
+            <${TopProducts} rows=${data.products} />
+          </section>
+          <section class="panel" aria-labelledby="h-stories">
+            <h2 id="h-stories">Latest patterns</h2>
+            <${Stories} rows=${data.stories} />
+            <p><a href="/app/patterns" onClick=${(e) => go(e, "/app/patterns")}>All patterns, by day, week, month and year</a></p>
+          </section>
+          <section class="panel wide" aria-labelledby="h-latest">
+            <h2 id="h-latest">Latest interactions</h2>
+            <${Latest} rows=${data.latest} go=${go} />
+          </section>
+        </div>`}
+  </div>`;
+}
+
+// --------------------------------------------------------- interactions
+
+const PAGE = 25;
+const CHANNELS = ["web", "social", "cctv"];
+
+// The list's filters as SQL conditions (values quoted, never pasted raw).
+function interactionFilters(f, b) {
+  const w = [`started_at >= ${sqlText(b.from.toISOString())}`, `started_at < ${sqlText(b.to.toISOString())}`];
+  if (CHANNELS.includes(f.channel)) w.push(`channel = ${sqlText(f.channel)}`);
+  if (f.outcome) w.push(`outcome = ${sqlText(f.outcome)}`);
+  if (f.product) w.push(`array_has(product_ids, ${sqlText(f.product)})`);
+  if (f.q) w.push(`strpos(lower(description), ${sqlText(f.q.toLowerCase())}) > 0`);
+  return w;
+}
+
+async function loadInteractions(f, b, after) {
+  const w = interactionFilters(f, b);
+  if (after) {
+    w.push(`(CAST(started_at AS BIGINT) < ${Number(after.t)} OR (CAST(started_at AS BIGINT) = ${Number(after.t)} AND interaction_id > ${sqlText(after.id)}))`);
+  }
+  return sql(`SELECT interaction_id, channel, CAST(started_at AS BIGINT) AS t, outcome, sentiment, description
+    FROM interactions WHERE ${w.join(" AND ")}
+    ORDER BY started_at DESC, interaction_id LIMIT ${PAGE + 1}`);
+}
+
+async function loadInteraction(id) {
+  const rows = await sql(`SELECT i.interaction_id, i.session_id, i.channel, CAST(i.started_at AS BIGINT) AS t,
+      i.description, i.intent, i.sentiment, i.outcome, i.product_ids, i.confidence, i.provider, i.model,
+      i.prompt_version, i.source_ids, s.timeline, s.device_type, s.traffic_source
+    FROM interactions i LEFT JOIN sessions s ON s.session_id = i.session_id
+    WHERE i.interaction_id = ${sqlText(id)}`);
+  const it = rows[0];
+  if (!it) return null;
+  const ids = Array.isArray(it.product_ids) ? it.product_ids : [];
+  it.products = ids.length
+    ? await sql(`SELECT product_id, name, url FROM products WHERE product_id IN (${ids.map(sqlText).join(", ")}) ORDER BY name`)
+    : [];
+  try {
+    it.steps = JSON.parse(it.timeline || "[]");
+  } catch (_) {
+    it.steps = [];
+  }
+  return it;
+}
+
+const gap = (s) => (s < 60 ? `${Math.round(s)} s` : s < 3600 ? `${Math.round(s / 60)} min` : `${num(s / 3600, 1)} h`);
+
+function Timeline({ it }) {
+  const start = n0(it.t) / 1000;
+  let prev = 0;
+  return html`<ol class="timeline" data-testid="timeline">
+    ${it.steps.map(([off, kind, detail]) => {
+      const d = new Date(start + n0(off) * 1000);
+      const g = n0(off) - prev;
+      prev = n0(off);
+      return html`<li data-testid="step">
+        <time datetime=${d.toISOString()} title=${utc(d)}>${d.toLocaleTimeString(locale)}</time>
+        ${g > 0 ? html` <span class="meta">(+${gap(g)})</span>` : null}
+        <strong> ${kind}</strong>${detail ? html` <span>${detail}</span>` : null}
+      </li>`;
+    })}
+  </ol>`;
+}
+
+function InteractionDetail({ id, onClose }) {
+  const [it, setIt] = useState(undefined);
+  const [error, setError] = useState(null);
+  useEffect(() => {
+    setIt(undefined);
+    loadInteraction(id).then(setIt, (e) => setError(e.message));
+  }, [id]);
+  const head = useRef(null);
+  useEffect(() => {
+    if (it && head.current) head.current.focus();
+  }, [it]);
+  if (error) return html`<p class="error" role="alert">Could not open the interaction: ${error}.</p>`;
+  if (it === undefined) return html`<p class="status" role="status">Opening the interaction…</p>`;
+  if (it === null) return html`<p class="status">No interaction has this id in your organization.</p>`;
+  const d = new Date(n0(it.t) / 1000);
+  const sources = Array.isArray(it.source_ids) ? it.source_ids.length : 0;
+  return html`<section class="panel detail" data-testid="interaction" data-id=${it.interaction_id} aria-labelledby="h-detail">
+    <div class="toolbar">
+      <h2 id="h-detail" tabindex="-1" ref=${head}>Interaction of <time datetime=${d.toISOString()} title=${utc(d)}>${when(d)}</time></h2>
+      <button class="button" type="button" onClick=${onClose}>Close</button>
+    </div>
+    <p>${it.description}</p>
+    <p class="meta">${it.channel}${it.device_type ? " · " + it.device_type : ""}${it.traffic_source ? " · from " + it.traffic_source : ""}${it.intent ? " · intent: " + it.intent : ""}${it.sentiment ? " · " + it.sentiment : ""}${it.outcome ? " · " + it.outcome.replace(/_/g, " ") : ""}</p>
+    <div class="grid">
+      <div>
+        <h3>The session, step by step</h3>
+        ${it.steps.length ? html`<${Timeline} it=${it} />` : html`<p class="status">The session's timeline is not in the lake (its session row is missing).</p>`}
+      </div>
+      <div>
+        <h3>Products</h3>
+        ${it.products.length
+          ? html`<ul>${it.products.map((p) => html`<li>${p.url ? html`<a href=${p.url} rel="noopener noreferrer">${p.name}</a>` : p.name} <span class="meta">${p.product_id}</span></li>`)}</ul>`
+          : html`<p class="meta">No catalog product.</p>`}
+        <h3>How it was written</h3>
+        <p class="meta">${it.provider} / ${it.model}, prompt ${it.prompt_version}${it.confidence != null ? `, confidence ${num(it.confidence, 2)}` : ""}</p>
+        <p class="meta">From session <code>${it.session_id}</code> and ${num(sources)} source event${sources === 1 ? "" : "s"}; interaction <code>${it.interaction_id}</code>.</p>
+      </div>
+    </div>
+  </section>`;
+}
+
+function Interactions() {
+  const read = () => ({
+    range: rangeOf(urlParam("range", "7d")).id,
+    channel: urlParam("channel", ""),
+    outcome: urlParam("outcome", ""),
+    product: urlParam("product", ""),
+    q: urlParam("q", ""),
+  });
+  const [f, setF] = useState(read());
+  const [rows, setRows] = useState(null);
+  const [more, setMore] = useState(false);
+  const [error, setError] = useState(null);
+  const [open, setOpen] = useState(urlParam("id", ""));
+  const [shownBounds, setBounds] = useState(null);
+  useEffect(() => {
+    let stop = false;
+    const b = bounds(rangeOf(f.range));
+    setRows(null);
+    setError(null);
+    loadInteractions(f, b, null).then(
+      (r) => {
+        if (stop) return;
+        setBounds(b);
+        setMore(r.length > PAGE);
+        setRows(r.slice(0, PAGE));
+      },
+      (e) => !stop && setError(e.message),
+    );
+    return () => {
+      stop = true;
+    };
+  }, [f]);
+  const apply = (e) => {
+    e.preventDefault();
+    const form = e.target;
+    const next = {
+      range: form.range.value,
+      channel: form.channel.value,
+      outcome: form.outcome.value,
+      product: form.product.value.trim(),
+      q: form.q.value.trim(),
+    };
+    for (const [k, v] of Object.entries(next)) setUrlParam(k, v);
+    setF(next);
+  };
+  const older = async () => {
+    const last = rows[rows.length - 1];
+    try {
+      const r = await loadInteractions(f, shownBounds, { t: last.t, id: last.interaction_id });
+      setMore(r.length > PAGE);
+      setRows(rows.concat(r.slice(0, PAGE)));
+    } catch (e) {
+      setError(e.message);
+    }
+  };
+  const show = (id) => {
+    setUrlParam("id", id);
+    setOpen(id);
+  };
+  const close = () => {
+    setUrlParam("id", "");
+    setOpen("");
+  };
+  return html`<div class="page" data-testid="interactions" data-state=${rows ? "ready" : error ? "error" : "loading"}
+      data-from=${shownBounds ? shownBounds.from.toISOString() : ""} data-to=${shownBounds ? shownBounds.to.toISOString() : ""}>
+    <div class="toolbar"><h1>Interactions</h1></div>
+    <form class="filters controls" onSubmit=${apply} aria-label="Filter the interactions">
+      <label for="range">Time range</label>
+      <select id="range" name="range" value=${f.range}>${RANGES.map((r) => html`<option value=${r.id}>${r.label}</option>`)}</select>
+      <label for="channel">Channel</label>
+      <select id="channel" name="channel" value=${f.channel}>
+        <option value="">All</option>${CHANNELS.map((c) => html`<option value=${c}>${c}</option>`)}
+      </select>
+      <label for="outcome">Outcome</label>
+      <select id="outcome" name="outcome" value=${f.outcome}>
+        <option value="">All</option>
+        ${["purchased", "abandoned_checkout", "abandoned_cart", "browsed", "bounced"].map((o) => html`<option value=${o}>${o.replace(/_/g, " ")}</option>`)}
+      </select>
+      <label for="product">Product id</label>
+      <input id="product" name="product" value=${f.product} size="10" />
+      <label for="q">Text</label>
+      <input id="q" name="q" type="search" value=${f.q} size="14" />
+      <button class="button primary" type="submit">Show</button>
+    </form>
+    ${open ? html`<${InteractionDetail} id=${open} onClose=${close} />` : null}
+    ${error ? html`<p class="error" role="alert">Could not load the interactions: ${error}. Change the filters or reload the page.</p>` : null}
+    ${!rows
+      ? !error && html`<p class="status" role="status">Loading the interactions…</p>`
+      : !rows.length
+        ? html`<p class="status">No interaction matches these filters in this period.</p>`
+        : html`<ul class="list panel" data-testid="interaction-list">
+            ${rows.map((i) => {
+              const d = new Date(n0(i.t) / 1000);
+              return html`<li data-testid="interaction-row" data-id=${i.interaction_id}>
+                <div class="meta"><time datetime=${d.toISOString()} title=${utc(d)}>${when(d)}</time> · ${i.channel}${i.outcome ? " · " + i.outcome.replace(/_/g, " ") : ""}</div>
+                <p>${i.description}</p>
+                <button class="button" type="button" onClick=${() => show(i.interaction_id)}>Open<span class="visually-hidden"> the interaction of ${when(d)}</span></button>
+              </li>`;
+            })}
+          </ul>
+          ${more ? html`<p><button class="button" type="button" onClick=${older}>Older interactions</button></p>` : html`<p class="meta">That is all in this period.</p>`}`}
+  </div>`;
+}
+
+// ------------------------------------------------------------- products
+
+// The catalog, each product with what happened to it in the period.
+function productsQuery(b) {
+  const [F, T] = [b.from, b.to].map((d) => sqlText(d.toISOString()));
+  return `WITH ev AS (
+      SELECT product_id,
+        sum(CASE WHEN event = 'Product Viewed' THEN 1 ELSE 0 END) AS views,
+        sum(CASE WHEN event = 'Product Added' THEN 1 ELSE 0 END) AS adds
+      FROM raw_web_events WHERE occurred_at >= ${F} AND occurred_at < ${T} AND product_id IS NOT NULL
+      GROUP BY product_id),
+    it AS (
+      SELECT pid AS product_id, count(*) AS interactions,
+        sum(CASE WHEN outcome = 'purchased' THEN 1 ELSE 0 END) AS purchased
+      FROM (SELECT unnest(product_ids) AS pid, outcome FROM interactions
+            WHERE started_at >= ${F} AND started_at < ${T})
+      GROUP BY pid),
+    pa AS (
+      SELECT pid AS product_id, count(*) AS patterns
+      FROM (SELECT unnest(product_ids) AS pid FROM patterns) GROUP BY pid)
+    SELECT p.product_id, p.name, p.category, p.price, p.currency, p.url,
+      coalesce(ev.views, 0) AS views, coalesce(ev.adds, 0) AS adds,
+      coalesce(it.interactions, 0) AS interactions, coalesce(it.purchased, 0) AS purchased,
+      coalesce(pa.patterns, 0) AS patterns
+    FROM products p
+      LEFT JOIN ev ON ev.product_id = p.product_id
+      LEFT JOIN it ON it.product_id = p.product_id
+      LEFT JOIN pa ON pa.product_id = p.product_id
+    ORDER BY views DESC, p.product_id
+    LIMIT 500`;
+}
+
+function Products() {
+  const [rangeId, setRangeId] = useState(rangeOf(urlParam("range", "7d")).id);
+  const [data, setData] = useState(null);
+  const [error, setError] = useState(null);
+  useEffect(() => {
+    let stop = false;
+    const b = bounds(rangeOf(rangeId));
+    setData(null);
+    setError(null);
+    sql(productsQuery(b)).then(
+      (rows) => !stop && setData({ b, rows }),
+      (e) => !stop && setError(e.message),
+    );
+    return () => {
+      stop = true;
+    };
+  }, [rangeId]);
+  const pick = (id) => {
+    setUrlParam("range", id);
+    setRangeId(id);
+  };
+  return html`<div class="page" data-testid="products" data-state=${data ? "ready" : error ? "error" : "loading"}
+      data-from=${data ? data.b.from.toISOString() : ""} data-to=${data ? data.b.to.toISOString() : ""}>
+    <div class="toolbar">
+      <h1>Products</h1>
+      <div class="controls"><${RangePicker} value=${rangeId} onChange=${pick} /></div>
+    </div>
+    ${error ? html`<p class="error" role="alert">Could not load the products: ${error}. Reload the page to try again.</p>` : null}
+    ${!data
+      ? !error && html`<p class="status" role="status">Loading the catalog…</p>`
+      : !data.rows.length
+        ? html`<p class="status">The catalog is empty: import it with <code>crow products import</code>.</p>`
+        : html`<div class="panel scroll" tabindex="0" role="region" aria-label="Products table (scrolls sideways on a small screen)">
+          <table data-testid="product-table">
+            <caption class="visually-hidden">The catalog with each product's activity in the period</caption>
+            <thead><tr>
+              <th scope="col">Product</th><th scope="col">Category</th><th scope="col" class="num">Price</th>
+              <th scope="col" class="num">Views</th><th scope="col" class="num">Added to cart</th>
+              <th scope="col" class="num">Interactions</th><th scope="col" class="num">Purchased in</th>
+              <th scope="col" class="num">Patterns (all time)</th>
+            </tr></thead>
+            <tbody>${data.rows.map(
+              (p) => html`<tr data-testid="product-row" data-product-id=${p.product_id} data-views=${n0(p.views)}
+                  data-adds=${n0(p.adds)} data-interactions=${n0(p.interactions)} data-purchased=${n0(p.purchased)} data-patterns=${n0(p.patterns)}>
+                <td>${p.url ? html`<a href=${p.url} rel="noopener noreferrer">${p.name}</a>` : p.name} <span class="meta">${p.product_id}</span></td>
+                <td>${p.category || ""}</td>
+                <td class="num">${p.price == null ? "" : num(p.price, 2) + (p.currency ? " " + p.currency : "")}</td>
+                <td class="num">${num(p.views)}</td><td class="num">${num(p.adds)}</td>
+                <td class="num"><a href=${"/app/interactions?product=" + encodeURIComponent(p.product_id) + "&range=" + rangeId}>${num(p.interactions)}</a></td>
+                <td class="num">${num(p.purchased)}</td><td class="num">${num(p.patterns)}</td>
+              </tr>`,
+            )}</tbody>
+          </table></div>`}
+  </div>`;
+}
+
+// ---------------------------------------------------------- SQL console
+
+const HISTORY_KEY = "crow.sql.history";
+const GRID_PAGE = 50;
+
+function history_() {
+  try {
+    const h = JSON.parse(localStorage.getItem(HISTORY_KEY) || "[]");
+    return Array.isArray(h) ? h : [];
+  } catch (_) {
+    return [];
+  }
+}
+
+function remember(q) {
+  const h = [q, ...history_().filter((x) => x !== q)].slice(0, 20);
+  try {
+    localStorage.setItem(HISTORY_KEY, JSON.stringify(h));
+  } catch (_) {
+    // Private mode: no history.
+  }
+  return h;
+}
+
+// A chart for the result: a line over time when the first column is a
+// date or time, bars when it is text; the numeric columns after it.
+function chartOf(rows) {
+  if (rows.length < 2) return null;
+  const cols = Object.keys(rows[0]);
+  if (cols.length < 2) return null;
+  const numeric = cols.slice(1).filter((c) => rows.every((r) => r[c] == null || typeof r[c] === "number"));
+  if (!numeric.length) return null;
+  const first = rows.map((r) => r[cols[0]]);
+  const isTime = first.every((v) => typeof v === "string" && /^\d{4}-\d{2}-\d{2}/.test(v));
+  const isText = first.every((v) => typeof v === "string");
+  if (!isTime && !isText) return null;
+  return { kind: isTime ? "line" : "bar", x: cols[0], ys: numeric.slice(0, 4) };
+}
+
+const COLOURS = ["#1d4ed8", "#0f766e", "#b45309", "#7c3aed"];
+
+function ResultChart({ rows, spec }) {
+  const box = useRef(null);
+  useEffect(() => {
+    const el = box.current;
+    if (!el) return undefined;
+    const xs = spec.kind === "line" ? rows.map((r) => Date.parse(r[spec.x]) / 1000) : rows.map((_, i) => i);
+    const order = xs.map((_, i) => i).sort((a, b) => xs[a] - xs[b]);
+    const data = [order.map((i) => xs[i]), ...spec.ys.map((c) => order.map((i) => rows[i][c]))];
+    const bars = spec.kind === "bar" ? uPlot.paths.bars({ size: [0.6, 60] }) : undefined;
+    const plot = new uPlot(
+      {
+        width: Math.max(260, el.clientWidth),
+        height: 260,
+        scales: { x: { time: spec.kind === "line" } },
+        axes: [spec.kind === "bar" ? { values: (u, ticks) => ticks.map((t) => String(rows[order[t]] ? rows[order[t]][spec.x] : "").slice(0, 14)) } : {}, {}],
+        series: [{}, ...spec.ys.map((c, i) => ({ label: c, stroke: COLOURS[i], fill: bars ? COLOURS[i] + "99" : undefined, paths: bars, width: 2 }))],
+      },
+      data,
+      el,
+    );
+    const onResize = () => plot.setSize({ width: Math.max(260, el.clientWidth), height: 260 });
+    window.addEventListener("resize", onResize);
+    return () => {
+      window.removeEventListener("resize", onResize);
+      plot.destroy();
+    };
+  }, [rows, spec]);
+  return html`<figure class="chart-figure"><figcaption class="visually-hidden">${spec.ys.join(", ")} by ${spec.x}</figcaption>
+    <div class="chart" ref=${box} data-testid="result-chart"></div></figure>`;
+}
+
+function Grid({ rows }) {
+  const [page, setPage] = useState(0);
+  useEffect(() => setPage(0), [rows]);
+  const cols = Object.keys(rows[0] || {});
+  const pages = Math.max(1, Math.ceil(rows.length / GRID_PAGE));
+  const shown = rows.slice(page * GRID_PAGE, (page + 1) * GRID_PAGE);
+  const cell = (v) => (v == null ? "∅" : typeof v === "object" ? JSON.stringify(v) : typeof v === "number" ? v.toLocaleString(locale, { maximumFractionDigits: 6 }) : String(v));
+  return html`<div class="panel scroll" tabindex="0" role="region" aria-label="Result rows">
+    <table data-testid="result-grid">
+      <caption class="visually-hidden">The query's result</caption>
+      <thead><tr>${cols.map((c) => html`<th scope="col">${c}</th>`)}</tr></thead>
+      <tbody>${shown.map((r) => html`<tr data-testid="result-row">${cols.map((c) => html`<td class=${typeof r[c] === "number" ? "num" : ""}>${cell(r[c])}</td>`)}</tr>`)}</tbody>
+    </table>
+    ${pages > 1
+      ? html`<p class="controls">
+          <button class="button" type="button" disabled=${page === 0} onClick=${() => setPage(page - 1)}>Previous rows</button>
+          <span>Rows ${num(page * GRID_PAGE + 1)}–${num(Math.min(rows.length, (page + 1) * GRID_PAGE))} of ${num(rows.length)}</span>
+          <button class="button" type="button" disabled=${page >= pages - 1} onClick=${() => setPage(page + 1)}>Next rows</button>
+        </p>`
+      : null}
+  </div>`;
+}
+
+function Tables({ onPick }) {
+  const [cols, setCols] = useState(null);
+  useEffect(() => {
+    sql(`SELECT table_name, column_name, data_type FROM information_schema.columns
+      WHERE table_schema = 'public' ORDER BY table_name, ordinal_position`).then(setCols, () => setCols([]));
+  }, []);
+  if (!cols) return html`<p class="status">Loading the tables…</p>`;
+  const tables = [...new Set(cols.map((c) => c.table_name))];
+  return html`<nav aria-label="Tables and columns" class="tables" data-testid="tables">
+    ${tables.map(
+      (t) => html`<details>
+        <summary>${t}</summary>
+        <button class="linkish" type="button" onClick=${() => onPick(`SELECT * FROM ${t} LIMIT 100`)}>Query ${t}</button>
+        <ul>${cols.filter((c) => c.table_name === t).map((c) => html`<li><code>${c.column_name}</code> <span class="meta">${c.data_type}</span></li>`)}</ul>
+      </details>`,
+    )}
+  </nav>`;
+}
+
+function Console() {
+  const [q, setQ] = useState(urlParam("sql", "SELECT event_date, count(*) AS events FROM raw_web_events GROUP BY event_date ORDER BY event_date"));
+  const [res, setRes] = useState(null);
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState(null);
+  const [hist, setHist] = useState(history_());
+  const run = async (e) => {
+    if (e) e.preventDefault();
+    setBusy(true);
+    setError(null);
+    const started = performance.now();
+    try {
+      const rows = await sql(q);
+      setRes({ rows, ms: performance.now() - started });
+      setHist(remember(q));
+      setUrlParam("sql", q);
+    } catch (err) {
+      setRes(null);
+      setError(err.message);
+    } finally {
+      setBusy(false);
+    }
+  };
+  const spec = res ? chartOf(res.rows) : null;
+  return html`<div class="page" data-testid="console" data-state=${busy ? "running" : res ? "ready" : error ? "error" : "idle"}>
+    <div class="toolbar"><h1>SQL</h1></div>
+    <div class="grid">
+      <div>
+        <form onSubmit=${run} class="panel">
+          <label for="sql">Query (your organization's tables; read-only)</label>
+          <textarea id="sql" rows="6" spellcheck="false" value=${q} onInput=${(e) => setQ(e.target.value)}
+            onKeyDown=${(e) => (e.ctrlKey || e.metaKey) && e.key === "Enter" && run(e)}></textarea>
+          <p class="controls"><button class="button primary" type="submit" disabled=${busy}>${busy ? "Running…" : "Run"}</button>
+            <span class="meta">Ctrl+Enter runs it.</span></p>
+        </form>
+        ${error ? html`<p class="error" role="alert">The query failed: ${error}</p>` : null}
+        ${res
+          ? html`<p class="meta" role="status">${num(res.rows.length)} row${res.rows.length === 1 ? "" : "s"} in ${num(res.ms / 1000, 2)} s</p>
+            ${spec ? html`<${ResultChart} rows=${res.rows} spec=${spec} />` : null}
+            ${res.rows.length ? html`<${Grid} rows=${res.rows} />` : html`<p class="status">No rows.</p>`}`
+          : null}
+      </div>
+      <div>
+        <section class="panel"><h2>Tables</h2><${Tables} onPick=${setQ} /></section>
+        <section class="panel"><h2>History</h2>
+          ${hist.length
+            ? html`<ul class="list">${hist.map((h) => html`<li><button class="linkish" type="button" onClick=${() => setQ(h)}><code>${h.length > 90 ? h.slice(0, 90) + "…" : h}</code></button></li>`)}</ul>`
+            : html`<p class="meta">Queries you run are kept here, in this browser.</p>`}
+        </section>
+      </div>
+    </div>
+  </div>`;
+}
+
+// -------------------------------------------------------------- billing
+
+const isMonth = (m) => /^\d{4}-\d{2}$/.test(m || "");
+
+async function loadUsage(month) {
+  const months = (
+    await sql(`SELECT DISTINCT substr(CAST(usage_date AS VARCHAR), 1, 7) AS m FROM usage_daily ORDER BY m DESC`)
+  ).map((r) => r.m);
+  const m = months.includes(month) ? month : months[0];
+  if (!m) return { months, m: null, rows: [] };
+  const [y, mo] = m.split("-").map(Number);
+  const next = mo === 12 ? `${y + 1}-01` : `${y}-${String(mo + 1).padStart(2, "0")}`;
+  const rows = await sql(`SELECT CAST(usage_date AS VARCHAR) AS day, events, sessions, interactions, patterns,
+      ai_input_tokens, ai_output_tokens, amount_micros, currency
+    FROM usage_daily WHERE usage_date >= CAST(${sqlText(m + "-01")} AS DATE) AND usage_date < CAST(${sqlText(next + "-01")} AS DATE)
+    ORDER BY usage_date`);
+  return { months, m, rows };
+}
+
+const USAGE_COLS = [
+  ["events", "Events"],
+  ["sessions", "Sessions"],
+  ["interactions", "Interactions"],
+  ["patterns", "Patterns"],
+  ["ai_input_tokens", "AI input tokens"],
+  ["ai_output_tokens", "AI output tokens"],
+];
+
+function Billing() {
+  const [month, setMonth] = useState(isMonth(urlParam("month", "")) ? urlParam("month", "") : "");
+  const [data, setData] = useState(null);
+  const [error, setError] = useState(null);
+  useEffect(() => {
+    let stop = false;
+    loadUsage(month).then(
+      (d) => !stop && setData(d),
+      (e) => !stop && setError(e.message),
+    );
+    return () => {
+      stop = true;
+    };
+  }, [month]);
+  const pick = (m) => {
+    setUrlParam("month", m);
+    setMonth(m);
+  };
+  const total = (c) => (data ? data.rows.reduce((t, r) => t + n0(r[c]), 0) : 0);
+  const currencies = data ? [...new Set(data.rows.map((r) => r.currency))] : [];
+  const money = (micros) => num(micros / 1e6, 6) + (currencies.length === 1 ? " " + currencies[0] : "");
+  return html`<div class="page" data-testid="billing" data-state=${data ? "ready" : error ? "error" : "loading"}
+      data-month=${data && data.m ? data.m : ""} data-total-micros=${data ? total("amount_micros") : ""}>
+    <div class="toolbar">
+      <h1>Usage and billing</h1>
+      ${data && data.months.length
+        ? html`<div class="controls"><label for="month">Month</label>
+            <select id="month" value=${data.m} onChange=${(e) => pick(e.target.value)}>
+              ${data.months.map((m) => html`<option value=${m}>${m}</option>`)}
+            </select></div>`
+        : null}
+    </div>
+    ${error ? html`<p class="error" role="alert">Could not load the usage: ${error}. Reload the page to try again.</p>` : null}
+    ${!data
+      ? !error && html`<p class="status" role="status">Loading the usage…</p>`
+      : !data.m
+        ? html`<p class="status">No usage yet: the billing job rolls it up each day.</p>`
+        : html`<p class="big" data-testid="month-total">${money(total("amount_micros"))}</p>
+          <p class="meta">The month so far: the sum of its days' priced amounts (<code>crow billing report --month ${data.m}</code> shows the invoice's line items).</p>
+          <div class="panel scroll" tabindex="0" role="region" aria-label="Usage per day">
+          <table data-testid="usage-table">
+            <caption class="visually-hidden">Usage per day in ${data.m}</caption>
+            <thead><tr><th scope="col">Day (UTC)</th>${USAGE_COLS.map(([, l]) => html`<th scope="col" class="num">${l}</th>`)}<th scope="col" class="num">Amount</th></tr></thead>
+            <tbody>${data.rows.map((r) => html`<tr data-testid="usage-row" data-day=${r.day} data-amount-micros=${n0(r.amount_micros)}>
+              <td>${day(r.day)}</td>${USAGE_COLS.map(([c]) => html`<td class="num">${num(r[c])}</td>`)}<td class="num">${money(n0(r.amount_micros))}</td></tr>`)}</tbody>
+            <tfoot><tr><th scope="row">Total</th>${USAGE_COLS.map(([c]) => html`<td class="num">${num(total(c))}</td>`)}<td class="num">${money(total("amount_micros"))}</td></tr></tfoot>
+          </table></div>`}
+  </div>`;
+}
+
+// ------------------------------------------------------------- patterns
+
+const PERIODS = [
+  { id: "day", label: "Day" },
+  { id: "week", label: "Week" },
+  { id: "month", label: "Month" },
+  { id: "year", label: "Year" },
+  { id: "all", label: "All time" },
+];
+
+const isDate = (s) => /^\d{4}-\d{2}-\d{2}$/.test(s || "");
+
+// A date (YYYY-MM-DD, a UTC calendar day) in words, in the user's locale.
+const day = (s) => new Date(s + "T00:00:00Z").toLocaleDateString(locale, { timeZone: "UTC", dateStyle: "medium" });
+
+function periodWords(kind, start, end) {
+  if (kind === "all") return "All time";
+  if (kind === "day") return day(start);
+  const last = new Date(new Date(end + "T00:00:00Z").getTime() - 86400000).toISOString().slice(0, 10);
+  return `${day(start)} – ${day(last)}`;
+}
+
+async function loadPatterns(kind, start) {
+  const starts = (
+    await sql(`SELECT DISTINCT CAST(period_start AS VARCHAR) AS s FROM patterns
+      WHERE period_kind = ${sqlText(kind)} ORDER BY s DESC`)
+  ).map((r) => r.s);
+  const at = starts.includes(start) ? start : starts[0];
+  if (!at) return { kind, starts, at: null, rows: [] };
+  const rows = await sql(`SELECT pattern_id, kind, segment, title, description, significance, support,
+      provisional, product_ids, evidence, CAST(period_end AS VARCHAR) AS period_end
+    FROM patterns WHERE period_kind = ${sqlText(kind)} AND period_start = CAST(${sqlText(at)} AS DATE)
+    ORDER BY significance DESC, pattern_id LIMIT 50`);
+  return { kind, starts, at, rows };
+}
+
+function parseEvidence(text) {
+  try {
+    return JSON.parse(text || "{}");
+  } catch (_) {
+    return {};
+  }
+}
+
+// The value and its baseline: per-day counts (mean ± 1 sd) or rates.
+function evidenceFigures(ev) {
+  const st = ev.statistics || {};
+  if (typeof st.value === "number" && typeof st.baseline_mean === "number") {
+    return { value: st.value, base: st.baseline_mean, sd: st.baseline_sd || 0, unit: "per day", fmt: (v) => num(v, 1) };
+  }
+  if (st.value && st.baseline && typeof st.value.rate === "number") {
+    return { value: st.value.rate, base: st.baseline.rate, sd: 0, unit: "rate", fmt: (v) => num(v * 100, 1) + " %" };
+  }
+  return null;
+}
+
+function EvidenceChart({ ev }) {
+  const f = evidenceFigures(ev);
+  if (!f) return html`<p class="meta">No figures to draw for this finding.</p>`;
+  const W = 320, H = 120, pad = 90;
+  const top = Math.max(f.value, f.base + f.sd, 1e-9) * 1.1;
+  const x = (v) => pad + (v / top) * (W - pad - 50);
+  const label = `This period ${f.fmt(f.value)} against a baseline of ${f.fmt(f.base)}${f.sd ? " ± " + f.fmt(f.sd) : ""} (${f.unit})`;
+  return html`<svg class="evidence" data-testid="evidence-chart" viewBox=${`0 0 ${W} ${H}`} role="img" aria-label=${label} width="100%" style="max-width: 24rem">
+    <text x="0" y="36" font-size="12" fill="#374151">This period</text>
+    <rect x=${pad} y="22" width=${Math.max(1, x(f.value) - pad)} height="22" fill="#1d4ed8"></rect>
+    <text x=${x(f.value) + 4} y="38" font-size="12" fill="#111827">${f.fmt(f.value)}</text>
+    <text x="0" y="86" font-size="12" fill="#374151">Baseline</text>
+    <rect x=${pad} y="72" width=${Math.max(1, x(f.base) - pad)} height="22" fill="#9ca3af"></rect>
+    ${f.sd ? html`<line x1=${x(Math.max(0, f.base - f.sd))} x2=${x(f.base + f.sd)} y1="83" y2="83" stroke="#111827" stroke-width="2"></line>` : null}
+    <text x=${x(f.base + f.sd) + 4} y="88" font-size="12" fill="#111827">${f.fmt(f.base)}</text>
+  </svg>`;
+}
+
+function Pattern({ p }) {
+  const ev = parseEvidence(p.evidence);
+  const carried = (ev.from_periods || []).map((s) => s.split(":")).filter((x) => isDate(x[1]));
+  const products = Array.isArray(p.product_ids) ? p.product_ids : [];
+  return html`<li class="panel pattern" data-testid="pattern">
+    <h2>${p.title}</h2>
+    <p class="meta">
+      ${p.segment ? html`<span class="tag">${p.segment.replace("=", ": ")}</span> ` : "All traffic · "}
+      ${p.kind} · significance z = ${num(Math.abs(n0(p.significance)), 1)}${ev.p_value != null ? ` (p ${ev.p_value < 1e-4 ? "< 0.0001" : "= " + num(ev.p_value, 4)})` : ""}
+      · ${num(p.support)} supporting${p.provisional ? " · provisional: the period is not over" : ""}
+    </p>
+    <p>${p.description}</p>
+    <${EvidenceChart} ev=${ev} />
+    ${carried.length ? html`<p class="meta">Days that carried it: ${carried.map(([k, s]) => (k === "day" ? day(s) : `${k} of ${day(s)}`)).join(", ")}</p>` : null}
+    ${products.length ? html`<p class="meta">Products: ${products.join(", ")}</p>` : null}
+  </li>`;
+}
+
+function Patterns() {
+  const [kind, setKind] = useState(PERIODS.some((x) => x.id === urlParam("period", "")) ? urlParam("period", "") : "week");
+  const [start, setStart] = useState(urlParam("start", ""));
+  const [data, setData] = useState(null);
+  const [error, setError] = useState(null);
+  useEffect(() => {
+    let stop = false;
+    setError(null);
+    loadPatterns(kind, start)
+      .then((d) => !stop && setData(d))
+      .catch((e) => !stop && setError(e.message));
+    return () => {
+      stop = true;
+    };
+  }, [kind, start]);
+  const pickKind = (k) => {
+    setUrlParam("period", k);
+    setUrlParam("start", "");
+    setData(null);
+    setStart("");
+    setKind(k);
+  };
+  const goTo = (s) => {
+    setUrlParam("start", s);
+    setStart(s);
+  };
+  const i = data && data.at ? data.starts.indexOf(data.at) : -1;
+  const older = i >= 0 ? data.starts[i + 1] : null;
+  const newer = i > 0 ? data.starts[i - 1] : null;
+  const end = data && data.rows[0] ? data.rows[0].period_end : null;
+  return html`<div class="page" data-testid="patterns" data-state=${data ? "ready" : error ? "error" : "loading"}>
+    <div class="toolbar">
+      <h1>Patterns</h1>
+      <div class="controls">
+        <label for="period">Period</label>
+        <select id="period" value=${kind} onChange=${(e) => pickKind(e.target.value)}>
+          ${PERIODS.map((x) => html`<option value=${x.id}>${x.label}</option>`)}
+        </select>
+        <button class="button" type="button" disabled=${!older} onClick=${() => goTo(older)}>← Earlier</button>
+        <button class="button" type="button" disabled=${!newer} onClick=${() => goTo(newer)}>Later →</button>
+      </div>
+    </div>
+    ${error ? html`<p class="error" role="alert">Could not load the patterns: ${error}. Reload the page to try again.</p>` : null}
+    ${!data
+      ? !error && html`<p class="status" role="status">Loading the patterns…</p>`
+      : !data.at
+        ? html`<p class="status">No ${kind === "all" ? "all-time" : kind} patterns yet: the patterns job finds them once there are enough days of data to compare with.</p>`
+        : html`<p class="meta" data-testid="period-shown">${end ? periodWords(kind, data.at, end) : day(data.at)} · ${data.rows.length} finding${data.rows.length === 1 ? "" : "s"}, strongest first</p>
+          <ul class="list patterns">${data.rows.map((p) => html`<${Pattern} p=${p} />`)}</ul>`}
+  </div>`;
+}
+
+function Settings({ me }) {
+  const org = me.organization || {};
+  return html`<div class="page" data-testid="settings">
+    <div class="toolbar"><h1>Settings</h1></div>
+    <section class="panel">
+      <h2>Organization</h2>
+      <p>${org.name} <span class="meta">(${org.id})</span></p>
+      <p class="meta">Keys, members and roles are managed with the <code>crow</code> command for now (<code>crow keys</code>, <code>crow users</code>); their pages come next.</p>
+    </section>
+  </div>`;
+}
+
+// ------------------------------------------------------------ the shell
+
+const isAdmin = (me) => ["owner", "admin"].includes(me.user && me.user.role);
+
+function route() {
+  const p = location.pathname.replace(/\/+$/, "");
+  if (p === "/app/settings") return "settings";
+  if (p === "/app/patterns") return "patterns";
+  if (p === "/app/interactions") return "interactions";
+  if (p === "/app/products") return "products";
+  if (p === "/app/sql") return "sql";
+  if (p === "/app/billing") return "billing";
+  return "overview";
+}
+
+function Bell() {
+  const [unread, setUnread] = useState(null);
+  useEffect(() => {
+    let stop = false;
+    let timer = null;
+    async function tick() {
+      try {
+        const r = await get("/api/v1/notifications?limit=1");
+        if (!stop) setUnread(n0(r.unread));
+      } catch (_) {
+        // The bell is not worth an error of its own.
+      }
+      if (!stop) timer = setTimeout(tick, 60000);
+    }
+    tick();
+    return () => {
+      stop = true;
+      clearTimeout(timer);
+    };
+  }, []);
+  const label = unread == null ? "Notifications" : `Notifications: ${unread} unread`;
+  return html`<span class="bell" data-testid="bell" data-unread=${unread == null ? "" : unread} title=${label}>
+    <svg aria-hidden="true" width="18" height="18" viewBox="0 0 24 24" fill="none" stroke="currentColor" stroke-width="2"><path d="M6 8a6 6 0 0 1 12 0c0 7 3 9 3 9H3s3-2 3-9"/><path d="M10.3 21a1.94 1.94 0 0 0 3.4 0"/></svg>
+    <span class="visually-hidden">Notifications: </span><span class="badge">${unread == null ? "…" : unread}</span><span class="visually-hidden"> unread</span>
+  </span>`;
+}
+
+function Shell({ me }) {
+  const [page, setPage] = useState(route());
+  useEffect(() => {
+    const onPop = () => setPage(route());
+    window.addEventListener("popstate", onPop);
+    return () => window.removeEventListener("popstate", onPop);
+  }, []);
+  const go = (e, path) => {
+    e.preventDefault();
+    history.pushState(null, "", path.includes("?") ? path : path + location.search);
+    setPage(route());
+  };
+  const signOut = async () => {
+    try {
+      await call("/api/v1/auth/logout", { method: "POST" });
+    } finally {
+      location.assign("/login");
+    }
+  };
+  useEffect(() => {
+    document.title = { settings: "Settings", patterns: "Patterns", interactions: "Interactions", products: "Products", sql: "SQL", billing: "Billing" }[page] || "Overview";
+    document.title += " — CROW";
+  }, [page]);
+  const admin = isAdmin(me);
+  const link = (path, id, label) =>
+    html`<a href=${path} aria-current=${page === id ? "page" : null} onClick=${(e) => go(e, path)}>${label}</a>`;
+  return html`<header class="topbar">
+      <a class="brand" href="/app/"><img src=${document.querySelector("link[rel=icon]").href} alt="" width="28" height="28" /> CROW</a>
+      <nav aria-label="Dashboard">
+        ${link("/app/", "overview", "Overview")}
+        ${link("/app/interactions", "interactions", "Interactions")}
+        ${link("/app/patterns", "patterns", "Patterns")}
+        ${link("/app/products", "products", "Products")}
+        ${link("/app/sql", "sql", "SQL")}
+        ${link("/app/billing", "billing", "Billing")}
+        ${admin ? link("/app/settings", "settings", "Settings") : null}
+      </nav>
+      <div class="controls">
+        <${Bell} />
+        <span class="who" data-testid="who">${me.user.email} · ${me.user.role} · ${(me.organization || {}).name || ""}</span>
+        <button class="button" type="button" onClick=${signOut}>Sign out</button>
+      </div>
+    </header>
+    <main id="main">
+      ${page === "patterns"
+        ? html`<${Patterns} />`
+        : page === "interactions"
+        ? html`<${Interactions} />`
+        : page === "products"
+        ? html`<${Products} />`
+        : page === "sql"
+        ? html`<${Console} />`
+        : page === "billing"
+        ? html`<${Billing} />`
+        : page === "settings"
+        ? admin
+          ? html`<${Settings} me=${me} />`
+          : html`<div class="page"><p class="error" role="alert">Settings are for admins of the organization: ask one of them.</p></div>`
+        : html`<${Overview} go=${go} />`}
+    </main>`;
+}
+
+async function start() {
+  const root = document.getElementById("root");
+  try {
+    const me = await get("/api/v1/auth/me");
+    root.textContent = "";
+    render(html`<${Shell} me=${me} />`, root);
+  } catch (e) {
+    if (e.status !== 401) {
+      root.innerHTML = "";
+      render(html`<main class="page"><p class="error" role="alert">Could not open the dashboard: ${e.message}. Reload the page to try again.</p></main>`, root);
+    }
+  }
+}
+
+start();

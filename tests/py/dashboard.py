@@ -1,0 +1,389 @@
+"""Drive CROW's dashboard in headless Chromium (Debian's, via Playwright).
+
+usage: dashboard.py BASE_URL OWNER_EMAIL OWNER_PASSWORD VIEWER_TOKEN WRITE_KEY AXE_JS OUT_DIR
+
+Against `crow serve` at BASE_URL: the landing page and the sign-in page;
+the owner signs in through /login and the overview renders; its figures
+and top products are read from the page (data-testid attributes) as they
+were first drawn; events sent to the collector then appear on the overview
+without a reload; the interactions page lists, pages and opens one as a timeline;
+the products page lists the catalog with its activity; the SQL console
+runs a query and draws it; billing shows the month's usage; the patterns
+page draws each finding's evidence and moves between
+periods; the owner reaches Settings; a viewer accepts an
+invitation through /login?token=… and sees no Settings. On every page:
+no console errors, no failed requests, no HTTP error answers, no serious
+or critical axe-core violations, and screenshots at 375 px and 1440 px
+that are not blank or all one colour (written to OUT_DIR).
+
+Prints one JSON object: {"first": snapshot, "live": snapshot, ...} where a
+snapshot is the overview's period bounds, KPI values and top products, for
+the Rust test to compare with SQL over the same lake.
+"""
+import base64
+import json
+import os
+import sys
+import time
+import urllib.request
+import uuid
+
+from playwright.sync_api import sync_playwright
+
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+class Watch:
+    """Everything that went wrong on a page: console errors, uncaught
+    exceptions, failed requests and HTTP error answers."""
+
+    def __init__(self, page):
+        self.problems = []
+        page.on("console", lambda m: m.type == "error" and self.problems.append(f"console: {m.text}"))
+        page.on("pageerror", lambda e: self.problems.append(f"uncaught: {e}"))
+        page.on("requestfailed", lambda r: self.problems.append(f"failed: {r.url} {r.failure}"))
+        page.on("response", lambda r: r.status >= 400 and self.problems.append(f"HTTP {r.status}: {r.url}"))
+
+    def check(self, where):
+        assert not self.problems, f"{where}: {self.problems}"
+
+
+def axe(page, axe_js, where):
+    page.add_script_tag(path=axe_js)
+    found = page.evaluate("""async () => {
+        const r = await axe.run(document, {resultTypes: ['violations']});
+        return r.violations.filter(v => v.impact === 'serious' || v.impact === 'critical')
+            .map(v => ({id: v.id, impact: v.impact, help: v.help,
+                        nodes: v.nodes.slice(0, 3).map(n => n.target.join(' '))}));
+    }""")
+    assert not found, f"axe-core on {where}: {json.dumps(found, indent=1)}"
+
+
+def distinct_colours(page, png):
+    """How many colours a PNG has (sampled), counted by the browser itself."""
+    url = "data:image/png;base64," + base64.b64encode(png).decode()
+    return page.evaluate("""async (url) => {
+        const img = new Image();
+        img.src = url;
+        await img.decode();
+        const c = document.createElement('canvas');
+        c.width = img.width; c.height = img.height;
+        const g = c.getContext('2d');
+        g.drawImage(img, 0, 0);
+        const d = g.getImageData(0, 0, c.width, c.height).data;
+        const seen = new Set();
+        for (let i = 0; i < d.length; i += 4 * 7) seen.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
+        return seen.size;
+    }""", url)
+
+
+def screenshots(page, out, name, ready=None):
+    for width in (1440, 375):
+        page.set_viewport_size({"width": width, "height": 900})
+        if ready:
+            page.wait_for_selector(ready, timeout=20000)
+        page.wait_for_timeout(300)
+        png = page.screenshot(full_page=True)
+        path = os.path.join(out, f"{name}-{width}.png")
+        with open(path, "wb") as f:
+            f.write(png)
+        colours = distinct_colours(page, png)
+        assert colours > 8, f"{path} is blank or one colour ({colours} colours)"
+        # Nothing wider than the screen: no sideways scrolling on a phone.
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 1, f"{name} at {width} px is {overflow} px wider than the screen"
+    page.set_viewport_size({"width": 1440, "height": 900})
+
+
+def snapshot(page):
+    return page.evaluate("""() => {
+        const o = document.querySelector('[data-testid=overview]');
+        const kpis = {};
+        for (const k of document.querySelectorAll('[data-testid^=kpi-]')) {
+            kpis[k.dataset.testid.slice(4)] = k.dataset.value === '' ? null : Number(k.dataset.value);
+        }
+        const products = [...document.querySelectorAll('[data-testid=top-product]')].map(r => ({
+            product_id: r.dataset.productId, views: Number(r.dataset.views), adds: Number(r.dataset.adds)}));
+        return {from: o.dataset.from, to: o.dataset.to, loads: Number(o.dataset.loads), kpis, products};
+    }""")
+
+
+def landed_in(page, anon, snap):
+    """How many of `anon`'s events fall in the snapshot's period, by SQL
+    through the API with the page's own session."""
+    q = (f"SELECT count(*) AS n FROM raw_web_events WHERE anonymous_id = '{anon}' "
+         f"AND occurred_at >= '{snap['from']}' AND occurred_at < '{snap['to']}'")
+    return page.evaluate("""async (q) => {
+        const csrf = (document.cookie.match(/crow_csrf=([^;]+)/) || [])[1] || '';
+        const r = await fetch('/api/v1/sql', {method: 'POST', body: JSON.stringify({sql: q}),
+            headers: {'Content-Type': 'application/json', 'X-CSRF-Token': csrf}});
+        return (await r.json())[0].n;
+    }""", q)
+
+
+def wait_for_live(page, anon):
+    """The overview, refreshed by itself, once its period holds the events
+    just sent. (The period slides with the clock, so older events leave it:
+    the figures are compared with SQL over the page's own bounds.)"""
+    deadline = time.time() + 30
+    while True:
+        snap = snapshot(page)
+        if landed_in(page, anon, snap) == 3:
+            break
+        assert time.time() < deadline, f"the events never landed: {snap}"
+        page.wait_for_timeout(500)
+    # They have landed: the page's next refresh, which starts after now,
+    # must count them.
+    page.wait_for_function(f"Number(document.querySelector('[data-testid=overview]').dataset.loads) > {snap['loads'] + 1}",
+                           timeout=30000)
+    snap = snapshot(page)
+    assert landed_in(page, anon, snap) == 3, snap
+    snap["anon"] = anon
+    return snap
+
+
+def send_events(base, key, n):
+    anon = "live-" + uuid.uuid4().hex[:12]
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    batch = [{"type": "track", "event": "Product Viewed", "anonymousId": anon, "timestamp": now,
+              "messageId": f"{anon}-{i}", "properties": {"product_id": "live-product", "name": "Live"}}
+             for i in range(n)]
+    req = urllib.request.Request(base + "/v1/batch", data=json.dumps({"batch": batch}).encode(),
+                                 headers={"Content-Type": "application/json",
+                                          "Authorization": "Basic " + base64.b64encode((key + ":").encode()).decode()})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 200, r.status
+    return anon
+
+
+def public_pages(browser, base, axe_js, out):
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    w = Watch(page)
+    page.goto(base + "/")
+    assert "CROW" in page.title()
+    for sel in ['meta[name=description]', 'meta[property="og:title"]', 'meta[property="og:description"]',
+                'meta[name="twitter:card"]']:
+        assert page.locator(sel).get_attribute("content"), f"the landing page lacks {sel}"
+    axe(page, axe_js, "/")
+    screenshots(page, out, "landing")
+    page.goto(base + "/login")
+    # Keyboard: the first Tab reaches the e-mail field, with a visible focus ring.
+    page.keyboard.press("Tab")
+    focus = page.evaluate("""() => {
+        const e = document.activeElement, st = getComputedStyle(e);
+        return {id: e.id, outline: st.outlineStyle, width: parseFloat(st.outlineWidth)};
+    }""")
+    assert focus["id"] == "email" and focus["outline"] != "none" and focus["width"] >= 2, focus
+    axe(page, axe_js, "/login")
+    screenshots(page, out, "login")
+    w.check("landing and sign-in")
+    # A wrong password is said in words, on the page.
+    page.fill("#email", "nobody@example.com")
+    page.fill("#password", "not the password")
+    page.click("#submit")
+    page.wait_for_function("document.getElementById('message').textContent.length > 0")
+    assert "do not match" in page.inner_text("#message")
+    w.problems = [p for p in w.problems if "401" not in p]
+    w.check("a wrong password")
+    page.close()
+    # Signed out, the app sends you to sign in (and back afterwards).
+    page = browser.new_page()
+    page.goto(base + "/app/patterns?period=day")
+    page.wait_for_url("**/login?next=%2Fapp%2Fpatterns%3Fperiod%3Dday", timeout=10000)
+    page.close()
+
+
+def owner_flow(browser, base, email, password, key, axe_js, out):
+    # A user far from UTC: dates are shown in their zone, UTC on hover.
+    ctx = browser.new_context(viewport={"width": 1440, "height": 900}, timezone_id="Asia/Kolkata", locale="en-IN")
+    page = ctx.new_page()
+    w = Watch(page)
+    page.goto(base + "/login?next=/app/%3Frefresh%3D2")
+    page.fill("#email", email)
+    page.fill("#password", password)
+    page.click("#submit")
+    page.wait_for_url("**/app/?refresh=2", timeout=20000)
+    page.wait_for_selector("[data-testid=overview][data-state=ready]", timeout=30000)
+    page.wait_for_selector("[data-testid=series-chart] canvas", timeout=10000)
+    first = snapshot(page)
+    shown = page.evaluate("""() => {
+        const t = document.querySelector('[data-testid=latest-interactions] time');
+        const d = new Date(t.getAttribute('datetime'));
+        return {text: t.textContent, title: t.title,
+                want: d.toLocaleString('en-IN', {dateStyle: 'medium', timeStyle: 'short', timeZone: 'Asia/Kolkata'})};
+    }""")
+    assert shown["text"] == shown["want"] and shown["title"].endswith(" UTC"), shown
+    assert page.locator("[data-testid=who]").inner_text().startswith(email)
+    assert page.get_by_role("link", name="Settings").count() == 1, "an owner sees Settings"
+    axe(page, axe_js, "/app/")
+    screenshots(page, out, "overview", "[data-testid=overview][data-state=ready]")
+    # New events appear without a reload (the page polls every 2 s here).
+    page.evaluate("window.__sameDocument = true")
+    anon = send_events(base, key, 3)
+    live = wait_for_live(page, anon)
+    assert page.evaluate("window.__sameDocument === true"), "the page was reloaded"
+    # The time range is in the URL.
+    page.select_option("#range", "30d")
+    page.wait_for_function("new URL(location.href).searchParams.get('range') === '30d'")
+    page.wait_for_selector("[data-testid=overview][data-state=ready]", timeout=30000)
+    interactions = interactions_page(page, axe_js, out)
+    patterns = patterns_page(page, axe_js, out)
+    products = products_page(page, axe_js, out)
+    console = console_page(page, w, axe_js, out)
+    billing = billing_page(page, axe_js, out)
+    # Settings, through the navigation.
+    page.get_by_role("link", name="Settings").click()
+    page.wait_for_selector("[data-testid=settings]")
+    axe(page, axe_js, "/app/settings")
+    screenshots(page, out, "settings", "[data-testid=settings]")
+    w.check("the owner's dashboard")
+    ctx.close()
+    return first, live, patterns, interactions, products, console, billing
+
+
+def interactions_page(page, axe_js, out):
+    """The list (filters in the URL, cursor paging), and one interaction
+    opened: its session as a timeline."""
+    page.get_by_role("link", name="Interactions", exact=True).click()
+    page.wait_for_selector("[data-testid=interactions][data-state=ready]", timeout=30000)
+    ids = lambda: page.eval_on_selector_all("[data-testid=interaction-row]", "rs => rs.map(r => r.dataset.id)")
+    first_page = ids()
+    assert len(first_page) == 25, first_page
+    bounds = lambda: {k: page.get_attribute("[data-testid=interactions]", "data-" + k) for k in ("from", "to")}
+    listed = bounds()
+    page.get_by_role("button", name="Older interactions").click()
+    page.wait_for_function("document.querySelectorAll('[data-testid=interaction-row]').length > 25", timeout=30000)
+    two_pages = ids()
+    assert two_pages[:25] == first_page and len(set(two_pages)) == len(two_pages), "paging adds, never repeats"
+    page.locator("[data-testid=interaction-row] button").first.click()
+    page.wait_for_selector("[data-testid=timeline]", timeout=30000)
+    opened = {"id": page.get_attribute("[data-testid=interaction]", "data-id"),
+              "steps": page.locator("[data-testid=step]").count()}
+    assert opened["id"] == first_page[0] and f"id={opened['id']}" in page.url, opened
+    axe(page, axe_js, "/app/interactions")
+    screenshots(page, out, "interactions", "[data-testid=timeline]")
+    # Filters: purchased only, in the URL.
+    page.select_option("#outcome", "purchased")
+    page.get_by_role("button", name="Show").click()
+    page.wait_for_function("new URL(location.href).searchParams.get('outcome') === 'purchased'")
+    page.wait_for_selector("[data-testid=interactions][data-state=ready]", timeout=30000)
+    return {"listed": listed, "first_page": first_page, "two_pages": two_pages, "opened": opened,
+            "purchased": {"ids": ids(), **bounds()}}
+
+
+def products_page(page, axe_js, out):
+    """The catalog with each product's activity in the period."""
+    page.get_by_role("link", name="Products", exact=True).click()
+    page.wait_for_selector("[data-testid=products][data-state=ready]", timeout=30000)
+    rows = page.evaluate("""() => [...document.querySelectorAll('[data-testid=product-row]')].map(r => ({
+        product_id: r.dataset.productId, views: Number(r.dataset.views), adds: Number(r.dataset.adds),
+        interactions: Number(r.dataset.interactions), purchased: Number(r.dataset.purchased),
+        patterns: Number(r.dataset.patterns)}))""")
+    assert rows, "the demo has a catalog"
+    axe(page, axe_js, "/app/products")
+    screenshots(page, out, "products", "[data-testid=products][data-state=ready]")
+    return {"rows": rows, **{k: page.get_attribute("[data-testid=products]", "data-" + k) for k in ("from", "to")}}
+
+
+def console_page(page, watch, axe_js, out):
+    """The SQL console runs its example, shows the rows and a chart; a bad
+    query is answered in words."""
+    page.get_by_role("link", name="SQL", exact=True).click()
+    page.wait_for_selector("[data-testid=tables] summary", timeout=30000)
+    assert "raw_web_events" in page.inner_text("[data-testid=tables]")
+    query = page.input_value("#sql")
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.wait_for_selector("[data-testid=console][data-state=ready] [data-testid=result-chart] canvas", timeout=30000)
+    rows = page.eval_on_selector_all("[data-testid=result-row]", "rs => rs.map(r => [...r.cells].map(c => c.textContent))")
+    axe(page, axe_js, "/app/sql")
+    screenshots(page, out, "sql", "[data-testid=console][data-state=ready]")
+    page.fill("#sql", "SELECT no_such_column FROM raw_web_events")
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.wait_for_selector("[data-testid=console][data-state=error] .error", timeout=30000)
+    assert "no_such_column" in page.inner_text("[data-testid=console] .error")
+    # That 400 was the point: it is not a failure of the page.
+    watch.problems = [p for p in watch.problems if "400" not in p]
+    return {"query": query, "rows": rows}
+
+
+def billing_page(page, axe_js, out):
+    """Usage per day and the month's total."""
+    page.get_by_role("link", name="Billing", exact=True).click()
+    page.wait_for_selector("[data-testid=billing][data-state=ready] [data-testid=usage-table]", timeout=30000)
+    axe(page, axe_js, "/app/billing")
+    screenshots(page, out, "billing", "[data-testid=billing][data-state=ready]")
+    totals = page.eval_on_selector_all("[data-testid=usage-table] tfoot td", "ts => ts.map(t => t.textContent)")
+    return {"month": page.get_attribute("[data-testid=billing]", "data-month"),
+            "total_micros": int(page.get_attribute("[data-testid=billing]", "data-total-micros")),
+            "days": page.locator("[data-testid=usage-row]").count(), "totals": totals}
+
+
+def patterns_page(page, axe_js, out):
+    """The latest week's patterns, each with its evidence drawn; the period
+    picker and the navigation between periods live in the URL."""
+    page.get_by_role("link", name="Patterns", exact=True).click()
+    page.wait_for_selector("[data-testid=patterns][data-state=ready]", timeout=30000)
+    assert page.locator("[data-testid=pattern]").count() > 0, "the demo's latest week has patterns"
+    drawn = page.evaluate("""() => [...document.querySelectorAll('[data-testid=pattern]')].map(p => {
+        const svg = p.querySelector('[data-testid=evidence-chart]');
+        return !!svg && [...svg.querySelectorAll('rect')].filter(r => r.getBBox().width > 1).length === 2;
+    })""")
+    assert all(drawn), f"every pattern's evidence is drawn: {drawn}"
+    shown = {
+        "kind": "week",
+        "titles": page.eval_on_selector_all("[data-testid=pattern] h2", "hs => hs.map(h => h.textContent)"),
+    }
+    axe(page, axe_js, "/app/patterns")
+    screenshots(page, out, "patterns", "[data-testid=patterns][data-state=ready]")
+    page.select_option("#period", "day")
+    page.wait_for_function("new URL(location.href).searchParams.get('period') === 'day'")
+    page.wait_for_selector("[data-testid=patterns][data-state=ready] [data-testid=period-shown]", timeout=30000)
+    latest = page.inner_text("[data-testid=period-shown]")
+    page.get_by_role("button", name="← Earlier").click()
+    page.wait_for_function("new URL(location.href).searchParams.get('start')")
+    page.wait_for_function(f"document.querySelector('[data-testid=period-shown]').textContent !== {json.dumps(latest)}")
+    return shown
+
+
+def viewer_flow(browser, base, token, axe_js, out):
+    ctx = browser.new_context(viewport={"width": 1440, "height": 900})
+    page = ctx.new_page()
+    w = Watch(page)
+    page.goto(base + "/login?token=" + token)
+    assert page.locator("#confirm").is_visible(), "an invitation asks for the password twice"
+    page.fill("#password", "viewer password 1")
+    page.fill("#confirm", "viewer password 1")
+    page.click("#submit")
+    page.wait_for_url("**/app/", timeout=20000)
+    page.wait_for_selector("[data-testid=overview][data-state=ready]", timeout=30000)
+    assert page.get_by_role("link", name="Settings").count() == 0, "a viewer sees no Settings"
+    page.goto(base + "/app/settings")
+    page.wait_for_selector("text=Settings are for admins")
+    assert page.locator("[data-testid=settings]").count() == 0
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url("**/login", timeout=10000)
+    w.check("the viewer's dashboard")
+    # The session is over: the app asks to sign in again.
+    page.goto(base + "/app/")
+    page.wait_for_url("**/login?next=**", timeout=10000)
+    ctx.close()
+
+
+def main():
+    base, email, password, token, key, axe_js, out = sys.argv[1:8]
+    base = base.rstrip("/")
+    os.makedirs(out, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
+        public_pages(browser, base, axe_js, out)
+        first, live, patterns, interactions, products, console, billing = owner_flow(browser, base, email, password, key, axe_js, out)
+        viewer_flow(browser, base, token, axe_js, out)
+        browser.close()
+    print(json.dumps({"first": first, "live": live, "patterns": patterns, "interactions": interactions,
+                      "products": products, "console": console,
+                      "billing": billing}))
+
+
+if __name__ == "__main__":
+    main()

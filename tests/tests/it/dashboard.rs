@@ -1,0 +1,534 @@
+//! The dashboard served by `crow serve`, in Debian's Chromium (Playwright,
+//! `tests/py/dashboard.py`), on a lake filled by `crow demo` and the
+//! collector: sign-in through /login, an overview whose figures and top
+//! products equal SQL over the same lake (and not another organization's
+//! rows), new events appearing without a reload, the interactions list
+//! (paged, filtered) and one opened as its session's timeline, the catalog
+//! with each product's activity, the SQL console, billing as `crow billing
+//! report` has it, the latest week's
+//! patterns with their evidence drawn, an invitation accepted in
+//! the browser, Settings hidden from a viewer, no console errors or failed
+//! requests, no serious axe-core violations, screenshots at 375 and 1440 px
+//! that are not blank; and the assets: hashed, cached, gzip, a first load
+//! under 300 KB.
+
+use std::time::Duration;
+
+use reqwest::header::{ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING};
+use serde_json::{json, Value};
+
+use crate::support::{Backend, Server};
+
+async fn sql(http: &reqwest::Client, s: &Server, key: &str, q: &str) -> Vec<Value> {
+    let r = http
+        .post(s.url("/api/v1/sql"))
+        .bearer_auth(key)
+        .json(&json!({ "sql": q }))
+        .send()
+        .await
+        .expect("sql");
+    let status = r.status();
+    let body: Value = r.json().await.expect("json");
+    assert!(status.is_success(), "{q}: {body}");
+    body.as_array().cloned().unwrap_or_default()
+}
+
+fn num(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(0.0)
+}
+
+/// The overview as the page drew it equals SQL over the same period.
+async fn assert_overview_is_sql(http: &reqwest::Client, s: &Server, key: &str, snap: &Value) {
+    let (from, to) = (
+        snap["from"].as_str().expect("from"),
+        snap["to"].as_str().expect("to"),
+    );
+    let range = |col: &str| format!("{col} >= '{from}' AND {col} < '{to}'");
+    let web = &sql(
+        http,
+        s,
+        key,
+        &format!(
+            "SELECT count(*) AS events, count(DISTINCT anonymous_id) AS visitors,
+                    count(*) FILTER (WHERE event = 'Order Completed') AS orders,
+                    coalesce(sum(revenue) FILTER (WHERE event = 'Order Completed'), 0) AS revenue
+             FROM raw_web_events WHERE {}",
+            range("occurred_at")
+        ),
+    )
+    .await[0];
+    let ses = &sql(
+        http,
+        s,
+        key,
+        &format!(
+            "SELECT count(*) AS n, count(*) FILTER (WHERE converted) AS converted FROM sessions WHERE {}",
+            range("started_at")
+        ),
+    )
+    .await[0];
+    let int = &sql(
+        http,
+        s,
+        key,
+        &format!(
+            "SELECT count(*) AS n FROM interactions WHERE {}",
+            range("started_at")
+        ),
+    )
+    .await[0];
+    let k = &snap["kpis"];
+    assert!(num(&web["events"]) > 0.0, "the period has events: {snap}");
+    for (name, want) in [
+        ("events", &web["events"]),
+        ("visitors", &web["visitors"]),
+        ("orders", &web["orders"]),
+        ("sessions", &ses["n"]),
+        ("interactions", &int["n"]),
+    ] {
+        assert_eq!(
+            num(&k[name]),
+            num(want),
+            "{name} on the page vs SQL: {snap}"
+        );
+    }
+    assert!(
+        (num(&k["revenue"]) - num(&web["revenue"])).abs() < 1e-6,
+        "revenue: {snap} vs {web}"
+    );
+    let conv = num(&ses["converted"]) / num(&ses["n"]).max(1.0);
+    assert!(
+        (num(&k["conversion"]) - conv).abs() < 1e-5,
+        "conversion: {snap} vs {ses}"
+    );
+    let top = sql(
+        http,
+        s,
+        key,
+        &format!(
+            "SELECT product_id, count(*) FILTER (WHERE event = 'Product Viewed') AS views,
+                    count(*) FILTER (WHERE event = 'Product Added') AS adds
+             FROM raw_web_events WHERE {} AND product_id IS NOT NULL
+             GROUP BY product_id ORDER BY views DESC, adds DESC, product_id LIMIT 10",
+            range("occurred_at")
+        ),
+    )
+    .await;
+    let shown: Vec<(String, f64, f64)> = snap["products"]
+        .as_array()
+        .expect("products")
+        .iter()
+        .map(|p| {
+            (
+                p["product_id"].as_str().unwrap_or("").to_string(),
+                num(&p["views"]),
+                num(&p["adds"]),
+            )
+        })
+        .collect();
+    let want: Vec<(String, f64, f64)> = top
+        .iter()
+        .map(|p| {
+            (
+                p["product_id"].as_str().unwrap_or("").to_string(),
+                num(&p["views"]),
+                num(&p["adds"]),
+            )
+        })
+        .collect();
+    assert!(!want.is_empty());
+    assert_eq!(shown, want, "top products on the page vs SQL");
+}
+
+/// The interactions page lists what SQL lists, newest first, in pages of
+/// 25; the one opened shows every step of its session's timeline.
+async fn assert_interactions_are_sql(http: &reqwest::Client, s: &Server, key: &str, seen: &Value) {
+    let ids = |rows: Vec<Value>| -> Vec<String> {
+        rows.iter()
+            .map(|r| r["interaction_id"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let list = |b: &Value, extra: &str, n: usize| {
+        format!(
+            "SELECT interaction_id FROM interactions
+             WHERE started_at >= '{}' AND started_at < '{}' {extra}
+             ORDER BY started_at DESC, interaction_id LIMIT {n}",
+            b["from"].as_str().unwrap_or(""),
+            b["to"].as_str().unwrap_or("")
+        )
+    };
+    let want = ids(sql(http, s, key, &list(&seen["listed"], "", 50)).await);
+    assert_eq!(seen["two_pages"], json!(want), "two pages of interactions");
+    let p = &seen["purchased"];
+    let want = ids(sql(http, s, key, &list(p, "AND outcome = 'purchased'", 25)).await);
+    assert!(!want.is_empty());
+    assert_eq!(p["ids"], json!(want), "purchased only");
+    let opened = &seen["opened"];
+    let timeline = sql(
+        http,
+        s,
+        key,
+        &format!(
+            "SELECT s.timeline FROM interactions i JOIN sessions s ON s.session_id = i.session_id
+             WHERE i.interaction_id = '{}'",
+            opened["id"].as_str().unwrap_or("")
+        ),
+    )
+    .await;
+    let steps: Vec<Value> =
+        serde_json::from_str(timeline[0]["timeline"].as_str().unwrap_or("")).expect("timeline");
+    assert!(!steps.is_empty());
+    assert_eq!(num(&opened["steps"]), steps.len() as f64, "{opened}");
+}
+
+/// The products page: every catalog product with its views, adds to cart,
+/// interactions, purchases and patterns, as SQL counts them.
+async fn assert_products_are_sql(http: &reqwest::Client, s: &Server, key: &str, seen: &Value) {
+    let (from, to) = (
+        seen["from"].as_str().unwrap_or(""),
+        seen["to"].as_str().unwrap_or(""),
+    );
+    let catalog = sql(http, s, key, "SELECT product_id FROM products").await;
+    let events = sql(
+        http,
+        s,
+        key,
+        &format!(
+            "SELECT product_id, count(*) FILTER (WHERE event = 'Product Viewed') AS views,
+                    count(*) FILTER (WHERE event = 'Product Added') AS adds
+             FROM raw_web_events WHERE occurred_at >= '{from}' AND occurred_at < '{to}'
+             GROUP BY product_id"
+        ),
+    )
+    .await;
+    // Interactions and patterns naming each product, counted here.
+    let named = sql(
+        http,
+        s,
+        key,
+        &format!(
+            "SELECT product_ids, outcome FROM interactions
+             WHERE started_at >= '{from}' AND started_at < '{to}'"
+        ),
+    )
+    .await;
+    let patterns = sql(http, s, key, "SELECT product_ids FROM patterns").await;
+    let names = |r: &Value, pid: &str| {
+        r["product_ids"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|p| p == pid))
+    };
+    let rows = seen["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), catalog.len(), "every catalog product is listed");
+    let mut last_views = f64::MAX;
+    for r in rows {
+        let pid = r["product_id"].as_str().expect("product_id");
+        let ev = events.iter().find(|e| e["product_id"] == pid);
+        let (views, adds) = ev.map_or((0.0, 0.0), |e| (num(&e["views"]), num(&e["adds"])));
+        assert_eq!((num(&r["views"]), num(&r["adds"])), (views, adds), "{pid}");
+        assert!(views <= last_views, "most viewed first");
+        last_views = views;
+        let n = named.iter().filter(|i| names(i, pid)).count() as f64;
+        let bought = named
+            .iter()
+            .filter(|i| names(i, pid) && i["outcome"] == "purchased")
+            .count() as f64;
+        let pats = patterns.iter().filter(|p| names(p, pid)).count() as f64;
+        assert_eq!(
+            (
+                num(&r["interactions"]),
+                num(&r["purchased"]),
+                num(&r["patterns"])
+            ),
+            (n, bought, pats),
+            "{pid}"
+        );
+    }
+}
+
+/// Pages are no-cache; assets are hashed, immutable and gzip; the first
+/// load of the app is at most 300 KB compressed.
+async fn assert_assets(http: &reqwest::Client, s: &Server) {
+    let mut total = 0usize;
+    let page = http
+        .get(s.url("/app/"))
+        .header(ACCEPT_ENCODING, "gzip")
+        .send()
+        .await
+        .expect("app");
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()[CACHE_CONTROL], "no-cache");
+    let plain = http
+        .get(s.url("/app/"))
+        .send()
+        .await
+        .expect("app")
+        .text()
+        .await
+        .expect("html");
+    total += page.bytes().await.expect("body").len();
+    let assets: Vec<String> = plain
+        .split("\"/assets/")
+        .skip(1)
+        .filter_map(|p| p.split('"').next())
+        .map(str::to_string)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert!(assets.len() >= 6, "{plain}");
+    for a in &assets {
+        let parts: Vec<&str> = a.split('.').collect();
+        assert!(
+            parts.len() >= 3 && parts[parts.len() - 2].len() == 8,
+            "{a} has a content hash in its name"
+        );
+        let r = http
+            .get(s.url(&format!("/assets/{a}")))
+            .header(ACCEPT_ENCODING, "gzip, deflate")
+            .send()
+            .await
+            .expect("asset");
+        assert_eq!(r.status(), 200, "{a}");
+        assert_eq!(
+            r.headers()[CACHE_CONTROL],
+            "public, max-age=31536000, immutable"
+        );
+        if a.ends_with(".js") && !a.starts_with("favicon") {
+            assert_eq!(r.headers()[CONTENT_ENCODING], "gzip", "{a}");
+        }
+        total += r.bytes().await.expect("asset").len();
+    }
+    assert!(
+        total <= 300_000,
+        "the first load is {total} bytes compressed"
+    );
+    let gone = http
+        .get(s.url("/assets/app.00000000.js"))
+        .send()
+        .await
+        .expect("asset");
+    assert_eq!(gone.status(), 404);
+}
+
+async fn send_other_org_events(http: &reqwest::Client, s: &Server, key: &str) {
+    let now = chrono::Utc::now().to_rfc3339();
+    let batch: Vec<Value> = (0..4)
+        .map(|i| {
+            json!({"type": "track", "event": "Product Viewed", "anonymousId": "other-visitor",
+                        "messageId": format!("other-{i}"), "timestamp": now,
+                        "properties": {"product_id": "nw-1001"}})
+        })
+        .collect();
+    let r = http
+        .post(s.url("/v1/batch"))
+        .basic_auth(key, Some(""))
+        .json(&json!({ "batch": batch }))
+        .send()
+        .await
+        .expect("batch");
+    assert!(r.status().is_success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_in_chromium() {
+    let b = Backend::local();
+    // Enough visitors and days for the patterns job to find something.
+    b.crow_json(&["demo", "--visitors", "3000", "--days", "21"]);
+    let org = crow_ingest::generate::BRAND_NAME;
+    let key = b.crow_json(&["orgs", "rotate-key", org]);
+    let write_key = key["write_key"].as_str().expect("write_key").to_string();
+    let api_key = b.crow_json(&["keys", "create", "--org", org]);
+    let api_key = api_key["secret"].as_str().expect("secret").to_string();
+    let other = b.crow_json(&["orgs", "create", "--name", "Other Co"]);
+    let other_key = other["write_key"].as_str().expect("write_key").to_string();
+    crate::users::crow_stdin(
+        &b,
+        &[
+            "users",
+            "create",
+            "--org",
+            org,
+            "--email",
+            "ops@northwind-audio.example",
+            "--role",
+            "owner",
+            "--password-stdin",
+            "--format",
+            "json",
+        ],
+        "owner password 123\n",
+    );
+    let viewer = b.crow_json(&[
+        "users",
+        "create",
+        "--org",
+        org,
+        "--email",
+        "viewer@northwind-audio.example",
+        "--role",
+        "viewer",
+    ]);
+    let token = viewer["invitation_token"].as_str().expect("token");
+
+    let wal = tempfile::tempdir().expect("wal");
+    let server = Server::start(&b, wal.path(), &[("CROW_INGEST_FLUSH_INTERVAL_MS", "300")]);
+    let http = reqwest::Client::new();
+    assert_assets(&http, &server).await;
+    // Another organization's visitor, now: the overview must not count it.
+    send_other_org_events(&http, &server, &other_key).await;
+    let lake = b.lake().await;
+    crate::ingest::wait_count(
+        &lake,
+        "select count(*) from raw_web_events where anonymous_id = 'other-visitor'",
+        4,
+        Duration::from_secs(20),
+    )
+    .await;
+
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
+    let axe = crate::support::python()
+        .parent()
+        .and_then(std::path::Path::parent)
+        .map(|venv| venv.join("node/node_modules/axe-core/axe.min.js"))
+        .expect("the venv folder");
+    assert!(
+        axe.exists(),
+        "{} is missing: run scripts/test-deps.sh",
+        axe.display()
+    );
+    let printed = crate::ingest::python(
+        "dashboard.py",
+        &[
+            &format!("http://{}", server.addr),
+            "ops@northwind-audio.example",
+            "owner password 123",
+            token,
+            &write_key,
+            &axe.to_string_lossy(),
+            &out.to_string_lossy(),
+        ],
+    );
+    let seen: Value = serde_json::from_str(&printed).expect("the script's JSON");
+    assert_overview_is_sql(&http, &server, &api_key, &seen["first"]).await;
+    assert_overview_is_sql(&http, &server, &api_key, &seen["live"]).await;
+    // The live figures are SQL over a period that holds the events sent
+    // while the page was open.
+    let live = &seen["live"];
+    let sent = sql(
+        &http,
+        &server,
+        &api_key,
+        &format!(
+            "SELECT count(*) AS n FROM raw_web_events WHERE anonymous_id = '{}'
+               AND occurred_at >= '{}' AND occurred_at < '{}'",
+            live["anon"].as_str().expect("anon"),
+            live["from"].as_str().expect("from"),
+            live["to"].as_str().expect("to")
+        ),
+    )
+    .await;
+    assert_eq!(sent[0]["n"], 3, "{live}");
+    assert!(num(&live["loads"]) > num(&seen["first"]["loads"]), "{seen}");
+    let titles: Vec<String> = sql(
+        &http,
+        &server,
+        &api_key,
+        "SELECT title FROM patterns WHERE period_kind = 'week'
+           AND period_start = (SELECT max(period_start) FROM patterns WHERE period_kind = 'week')
+         ORDER BY significance DESC, pattern_id LIMIT 50",
+    )
+    .await
+    .iter()
+    .map(|r| r["title"].as_str().unwrap_or("").to_string())
+    .collect();
+    assert!(!titles.is_empty());
+    assert_eq!(
+        seen["patterns"]["titles"],
+        json!(titles),
+        "the latest week's patterns, strongest first"
+    );
+    assert_interactions_are_sql(&http, &server, &api_key, &seen["interactions"]).await;
+    assert_products_are_sql(&http, &server, &api_key, &seen["products"]).await;
+    // Billing: the same numbers as `crow billing report`.
+    let bill = &seen["billing"];
+    let month = bill["month"].as_str().expect("month");
+    let report = b.crow_json(&["billing", "report", "--month", month, "--org", org]);
+    let inv = &report[0];
+    assert_eq!(bill["total_micros"], inv["total_micros"], "{bill} vs {inv}");
+    assert_eq!(bill["days"], inv["days"], "{bill} vs {inv}");
+    let shown: Vec<String> = bill["totals"]
+        .as_array()
+        .expect("totals")
+        .iter()
+        .take(6)
+        .map(|t| t.as_str().unwrap_or("").replace([',', '\u{a0}', ' '], ""))
+        .collect();
+    let u = &inv["usage"];
+    let want: Vec<String> = [
+        "events",
+        "sessions",
+        "interactions",
+        "patterns",
+        "ai_input_tokens",
+        "ai_output_tokens",
+    ]
+    .iter()
+    .map(|k| u[*k].to_string())
+    .collect();
+    assert_eq!(shown, want, "{bill} vs {inv}");
+    // The console showed the rows its query returns (first grid page).
+    let c = &seen["console"];
+    let want = sql(
+        &http,
+        &server,
+        &api_key,
+        c["query"].as_str().expect("query"),
+    )
+    .await;
+    let shown = c["rows"].as_array().expect("rows");
+    assert!(!want.is_empty());
+    assert_eq!(shown.len(), want.len().min(50), "{c}");
+    for (row, w) in shown.iter().zip(&want) {
+        assert_eq!(row[0], w["event_date"], "{c}");
+        assert_eq!(
+            row[1].as_str().map(|t| t.replace([',', '\u{a0}', ' '], "")),
+            Some(w["events"].to_string()),
+            "{c}"
+        );
+    }
+    for page in [
+        "landing",
+        "login",
+        "overview",
+        "interactions",
+        "products",
+        "sql",
+        "billing",
+        "patterns",
+        "settings",
+    ] {
+        for w in [375, 1440] {
+            assert!(out.join(format!("{page}-{w}.png")).exists());
+        }
+    }
+    // The viewer's password was set in the browser; the API refuses what
+    // the UI hides from a viewer (the whole matrix is in users.rs).
+    let (st, _, jar) = crate::users::login(
+        &http,
+        &server,
+        "viewer@northwind-audio.example",
+        "viewer password 1",
+    )
+    .await;
+    assert_eq!(st, 200);
+    let r = http
+        .get(server.url("/api/v1/audit"))
+        .header(
+            reqwest::header::COOKIE,
+            format!("crow_session={}", jar.session),
+        )
+        .send()
+        .await
+        .expect("audit");
+    assert_eq!(r.status(), 403);
+}
