@@ -81,16 +81,16 @@ async fn member(st: &ApiState, p: &Principal, id: &str) -> ApiResult<User> {
 }
 
 /// `GET /api/v1/users`: the organization's users, oldest first.
-pub async fn list_users(State(st): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
-    let run = async {
-        let p = admin(&st, &headers).await?;
-        let all = users::list(&st.lake, Some(&p.org_id))
-            .await
-            .map_err(lake_err("listing users"))?;
-        let data: Vec<Value> = all.iter().map(User::public_json).collect();
-        Ok::<_, ApiError>(Json(json!({ "data": data })).into_response())
-    };
-    run.await.unwrap_or_else(IntoResponse::into_response)
+pub async fn list_users(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let p = admin(&st, &headers).await?;
+    let all = users::list(&st.lake, Some(&p.org_id))
+        .await
+        .map_err(lake_err("listing users"))?;
+    let data: Vec<Value> = all.iter().map(User::public_json).collect();
+    Ok(Json(json!({ "data": data })).into_response())
 }
 
 #[derive(Deserialize)]
@@ -112,42 +112,39 @@ pub async fn create_user(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
     bytes: Bytes,
-) -> Response {
-    let run = async {
-        let p = admin(&st, &headers).await?;
-        let req: NewUser = body(
-            &bytes,
-            r#"{"email": "…", "role": "viewer|analyst|admin|owner", "display_name"?: "…"}"#,
-        )?;
-        let role = parse_role(&req.role)?;
-        if role == Role::Owner && !is_owner(&p) {
-            return Err(owners_only());
-        }
-        let invited = users::create(
-            &st.lake,
-            &p.org_id,
-            &req.email,
-            role,
-            req.display_name.as_deref(),
-            None,
-        )
-        .await
-        .map_err(lake_err("creating a user"))?;
-        let u = &invited.user;
-        audit(
-            &st,
-            &p,
-            "user.create",
-            &u.user_id,
-            json!({"email": u.email, "role": u.role}),
-        )
-        .await;
-        let mut out = u.public_json();
-        out["invitation_token"] = json!(invited.token);
-        out["token_expires_in_hours"] = json!(users::TOKEN_LIFETIME_HOURS);
-        Ok((StatusCode::CREATED, Json(out)).into_response())
-    };
-    run.await.unwrap_or_else(IntoResponse::into_response)
+) -> ApiResult<Response> {
+    let p = admin(&st, &headers).await?;
+    let req: NewUser = body(
+        &bytes,
+        r#"{"email": "…", "role": "viewer|analyst|admin|owner", "display_name"?: "…"}"#,
+    )?;
+    let role = parse_role(&req.role)?;
+    if role == Role::Owner && !is_owner(&p) {
+        return Err(owners_only());
+    }
+    let invited = users::create(
+        &st.lake,
+        &p.org_id,
+        &req.email,
+        role,
+        req.display_name.as_deref(),
+        None,
+    )
+    .await
+    .map_err(lake_err("creating a user"))?;
+    let u = &invited.user;
+    audit(
+        &st,
+        &p,
+        "user.create",
+        &u.user_id,
+        json!({"email": u.email, "role": u.role}),
+    )
+    .await;
+    let mut out = u.public_json();
+    out["invitation_token"] = json!(invited.token);
+    out["token_expires_in_hours"] = json!(users::TOKEN_LIFETIME_HOURS);
+    Ok((StatusCode::CREATED, Json(out)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -174,49 +171,46 @@ pub async fn update_user(
     Path(id): Path<String>,
     headers: HeaderMap,
     bytes: Bytes,
-) -> Response {
-    let run = async {
-        let p = admin(&st, &headers).await?;
-        let req: UserChange = body(&bytes, r#"{"role"?: "analyst", "disabled"?: true}"#)?;
-        let target = member(&st, &p, &id).await?;
-        let role = req.role.as_deref().map(parse_role).transpose()?;
-        let touches_owner = target.role() == Role::Owner || role == Some(Role::Owner);
-        if touches_owner && !is_owner(&p) {
-            return Err(owners_only());
-        }
-        let demotes = role.is_some_and(|r| r != Role::Owner) || req.disabled == Some(true);
-        if target.role() == Role::Owner && demotes && other_owners(&st, &p, &id).await? == 0 {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "last_owner",
-                "this is the organization's last active owner: make someone else owner first",
-            ));
-        }
-        if req.disabled == Some(true) && p.user.as_ref().is_some_and(|u| u.user_id == id) {
-            return Err(ApiError::bad_request(
-                "invalid_request",
-                "you cannot disable yourself",
-            ));
-        }
-        let mut user = target;
-        if let Some(r) = role {
-            user = users::set_role(&st.lake, &id, r)
-                .await
-                .map_err(lake_err("changing a role"))?;
-            audit(&st, &p, "user.role", &id, json!({"role": user.role})).await;
-        }
-        if let Some(d) = req.disabled {
-            user = users::set_disabled(&st.lake, &id, d)
-                .await
-                .map_err(lake_err("changing a user's status"))?;
-            let action = if d { "user.disable" } else { "user.enable" };
-            audit(&st, &p, action, &id, json!({})).await;
-        }
-        // Role and status changes bite at once on this server.
-        st.keys.invalidate().await;
-        Ok(Json(user.public_json()).into_response())
-    };
-    run.await.unwrap_or_else(IntoResponse::into_response)
+) -> ApiResult<Response> {
+    let p = admin(&st, &headers).await?;
+    let req: UserChange = body(&bytes, r#"{"role"?: "analyst", "disabled"?: true}"#)?;
+    let target = member(&st, &p, &id).await?;
+    let role = req.role.as_deref().map(parse_role).transpose()?;
+    let touches_owner = target.role() == Role::Owner || role == Some(Role::Owner);
+    if touches_owner && !is_owner(&p) {
+        return Err(owners_only());
+    }
+    let demotes = role.is_some_and(|r| r != Role::Owner) || req.disabled == Some(true);
+    if target.role() == Role::Owner && demotes && other_owners(&st, &p, &id).await? == 0 {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "last_owner",
+            "this is the organization's last active owner: make someone else owner first",
+        ));
+    }
+    if req.disabled == Some(true) && p.user.as_ref().is_some_and(|u| u.user_id == id) {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "you cannot disable yourself",
+        ));
+    }
+    let mut user = target;
+    if let Some(r) = role {
+        user = users::set_role(&st.lake, &id, r)
+            .await
+            .map_err(lake_err("changing a role"))?;
+        audit(&st, &p, "user.role", &id, json!({"role": user.role})).await;
+    }
+    if let Some(d) = req.disabled {
+        user = users::set_disabled(&st.lake, &id, d)
+            .await
+            .map_err(lake_err("changing a user's status"))?;
+        let action = if d { "user.disable" } else { "user.enable" };
+        audit(&st, &p, action, &id, json!({})).await;
+    }
+    // Role and status changes bite at once on this server.
+    st.keys.invalidate().await;
+    Ok(Json(user.public_json()).into_response())
 }
 
 /// `POST /api/v1/users/{id}/reset`: a one-time password-reset token for
@@ -225,47 +219,41 @@ pub async fn reset_user(
     State(st): State<Arc<ApiState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Response {
-    let run = async {
-        let p = admin(&st, &headers).await?;
-        let user = member(&st, &p, &id).await?;
-        if user.role() == Role::Owner && !is_owner(&p) {
-            return Err(owners_only());
-        }
-        if user.status == "disabled" {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "user_disabled",
-                "this user is disabled: enable them first",
-            ));
-        }
-        let token = users::issue_token(&st.lake, &user, "reset")
-            .await
-            .map_err(lake_err("issuing a reset token"))?;
-        audit(&st, &p, "user.reset_password", &id, json!({})).await;
-        Ok(Json(json!({
-            "id": user.user_id,
-            "email": user.email,
-            "reset_token": token,
-            "token_expires_in_hours": users::TOKEN_LIFETIME_HOURS,
-        }))
-        .into_response())
-    };
-    run.await.unwrap_or_else(IntoResponse::into_response)
+) -> ApiResult<Response> {
+    let p = admin(&st, &headers).await?;
+    let user = member(&st, &p, &id).await?;
+    if user.role() == Role::Owner && !is_owner(&p) {
+        return Err(owners_only());
+    }
+    if user.status == "disabled" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "user_disabled",
+            "this user is disabled: enable them first",
+        ));
+    }
+    let token = users::issue_token(&st.lake, &user, "reset")
+        .await
+        .map_err(lake_err("issuing a reset token"))?;
+    audit(&st, &p, "user.reset_password", &id, json!({})).await;
+    Ok(Json(json!({
+        "id": user.user_id,
+        "email": user.email,
+        "reset_token": token,
+        "token_expires_in_hours": users::TOKEN_LIFETIME_HOURS,
+    }))
+    .into_response())
 }
 
 /// `GET /api/v1/keys`: the organization's API keys (never their secrets or
 /// hashes), oldest first.
-pub async fn list_keys(State(st): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
-    let run = async {
-        let p = admin(&st, &headers).await?;
-        let all = crate::keys::list(&st.lake, Some(&p.org_id))
-            .await
-            .map_err(lake_err("listing keys"))?;
-        let data: Vec<Value> = all.iter().map(crate::keys::ApiKey::public_json).collect();
-        Ok::<_, ApiError>(Json(json!({ "data": data })).into_response())
-    };
-    run.await.unwrap_or_else(IntoResponse::into_response)
+pub async fn list_keys(State(st): State<Arc<ApiState>>, headers: HeaderMap) -> ApiResult<Response> {
+    let p = admin(&st, &headers).await?;
+    let all = crate::keys::list(&st.lake, Some(&p.org_id))
+        .await
+        .map_err(lake_err("listing keys"))?;
+    let data: Vec<Value> = all.iter().map(crate::keys::ApiKey::public_json).collect();
+    Ok(Json(json!({ "data": data })).into_response())
 }
 
 #[derive(Deserialize)]
@@ -282,40 +270,37 @@ pub async fn create_key(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
     bytes: Bytes,
-) -> Response {
-    let run = async {
-        let p = admin(&st, &headers).await?;
-        let req: NewKey = body(
-            &bytes,
-            r#"{"scope": "read|export|admin", "name"?: "…", "expires_days"?: 90}"#,
-        )?;
-        let scope: Scope = req
-            .scope
-            .parse()
-            .map_err(|e: crow_lake::Error| ApiError::bad_request("invalid_scope", e.to_string()))?;
-        let days = match req.expires_days.unwrap_or(st.cfg.key_default_expiry_days) {
-            0 => None,
-            d => Some(d),
-        };
-        let created = crate::keys::create(&st.lake, &p.org_id, scope, days, req.name.as_deref())
-            .await
-            .map_err(lake_err("creating a key"))?;
-        // The new key works at once on this server.
-        st.keys.invalidate().await;
-        let k = &created.key;
-        audit(
-            &st,
-            &p,
-            "key.create",
-            &k.key_id,
-            json!({"scope": k.scope, "name": k.name}),
-        )
-        .await;
-        let mut out = k.public_json();
-        out["secret"] = json!(created.secret);
-        Ok::<_, ApiError>((StatusCode::CREATED, Json(out)).into_response())
+) -> ApiResult<Response> {
+    let p = admin(&st, &headers).await?;
+    let req: NewKey = body(
+        &bytes,
+        r#"{"scope": "read|export|admin", "name"?: "…", "expires_days"?: 90}"#,
+    )?;
+    let scope: Scope = req
+        .scope
+        .parse()
+        .map_err(|e: crow_lake::Error| ApiError::bad_request("invalid_scope", e.to_string()))?;
+    let days = match req.expires_days.unwrap_or(st.cfg.key_default_expiry_days) {
+        0 => None,
+        d => Some(d),
     };
-    run.await.unwrap_or_else(IntoResponse::into_response)
+    let created = crate::keys::create(&st.lake, &p.org_id, scope, days, req.name.as_deref())
+        .await
+        .map_err(lake_err("creating a key"))?;
+    // The new key works at once on this server.
+    st.keys.invalidate().await;
+    let k = &created.key;
+    audit(
+        &st,
+        &p,
+        "key.create",
+        &k.key_id,
+        json!({"scope": k.scope, "name": k.name}),
+    )
+    .await;
+    let mut out = k.public_json();
+    out["secret"] = json!(created.secret);
+    Ok((StatusCode::CREATED, Json(out)).into_response())
 }
 
 /// `POST /api/v1/keys/{id}/revoke`: revoke a key of the organization
@@ -324,27 +309,24 @@ pub async fn revoke_key(
     State(st): State<Arc<ApiState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Response {
-    let run = async {
-        let p = admin(&st, &headers).await?;
-        let ours = crate::keys::list(&st.lake, Some(&p.org_id))
-            .await
-            .map_err(lake_err("loading keys"))?
-            .iter()
-            .any(|k| k.key_id == id);
-        if !ours {
-            return Err(ApiError::not_found(format!(
-                "no API key `{id}` in your organization"
-            )));
-        }
-        let key = crate::keys::revoke(&st.lake, &id)
-            .await
-            .map_err(lake_err("revoking a key"))?;
-        st.keys.invalidate().await;
-        audit(&st, &p, "key.revoke", &id, json!({})).await;
-        Ok(Json(key.public_json()).into_response())
-    };
-    run.await.unwrap_or_else(IntoResponse::into_response)
+) -> ApiResult<Response> {
+    let p = admin(&st, &headers).await?;
+    let ours = crate::keys::list(&st.lake, Some(&p.org_id))
+        .await
+        .map_err(lake_err("loading keys"))?
+        .iter()
+        .any(|k| k.key_id == id);
+    if !ours {
+        return Err(ApiError::not_found(format!(
+            "no API key `{id}` in your organization"
+        )));
+    }
+    let key = crate::keys::revoke(&st.lake, &id)
+        .await
+        .map_err(lake_err("revoking a key"))?;
+    st.keys.invalidate().await;
+    audit(&st, &p, "key.revoke", &id, json!({})).await;
+    Ok(Json(key.public_json()).into_response())
 }
 
 #[derive(Deserialize)]
@@ -362,40 +344,35 @@ pub async fn update_org(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
     bytes: Bytes,
-) -> Response {
-    let run = async {
-        let p = admin(&st, &headers).await?;
-        let req: OrgChange = body(&bytes, r#"{"name"?: "…", "domain"?: "…", "context"?: "…"}"#)?;
-        let change = crow_lake::orgs::OrgUpdate {
-            name: req.name,
-            domain: req.domain,
-            context: req.context,
-        };
-        let org = crow_lake::orgs::update(&st.lake, &p.org_id, &change)
-            .await
-            .map_err(lake_err("changing the organization"))?;
-        audit(
-            &st,
-            &p,
-            "org.update",
-            &p.org_id,
-            json!({"name": org.name, "domain": org.domain, "context_chars": org.context.as_deref().map_or(0, |c| c.chars().count())}),
-        )
-        .await;
-        let ts =
-            |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        Ok::<_, ApiError>(
-            Json(json!({
-                "org_id": org.org_id,
-                "name": org.name,
-                "domain": org.domain,
-                "context": org.context,
-                "status": org.status,
-                "created_at": ts(org.created_at),
-                "updated_at": ts(org.updated_at),
-            }))
-            .into_response(),
-        )
+) -> ApiResult<Response> {
+    let p = admin(&st, &headers).await?;
+    let req: OrgChange = body(&bytes, r#"{"name"?: "…", "domain"?: "…", "context"?: "…"}"#)?;
+    let change = crow_lake::orgs::OrgUpdate {
+        name: req.name,
+        domain: req.domain,
+        context: req.context,
     };
-    run.await.unwrap_or_else(IntoResponse::into_response)
+    let org = crow_lake::orgs::update(&st.lake, &p.org_id, &change)
+        .await
+        .map_err(lake_err("changing the organization"))?;
+    audit(
+        &st,
+        &p,
+        "org.update",
+        &p.org_id,
+        json!({"name": org.name, "domain": org.domain, "context_chars": org.context.as_deref().map_or(0, |c| c.chars().count())}),
+    )
+    .await;
+    let ts =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    Ok(Json(json!({
+        "org_id": org.org_id,
+        "name": org.name,
+        "domain": org.domain,
+        "context": org.context,
+        "status": org.status,
+        "created_at": ts(org.created_at),
+        "updated_at": ts(org.updated_at),
+    }))
+    .into_response())
 }
