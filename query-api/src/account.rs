@@ -218,49 +218,43 @@ pub async fn accept(
     headers: HeaderMap,
     ext: axum::http::Extensions,
     bytes: Bytes,
-) -> Response {
-    let run = async {
-        let req: Accept = body(&bytes, r#"{"token": "…", "password": "…"}"#)?;
-        let (ip_hash, ua) = client(&headers, &ext);
-        st.login_by_ip.check(&ip_hash).map_err(too_many)?;
-        let done = users::set_password_with_token(&st.lake, &req.token, &req.password)
-            .await
-            .map_err(|e| match e {
-                crow_lake::Error::Invalid(m) => ApiError::bad_request("invalid_password", m),
-                other => ApiError::from_lake("setting a password", &other),
-            })?;
-        match done {
-            Ok(user) => {
-                st.keys.invalidate().await;
-                audit(
-                    &st,
-                    Audit {
-                        org_id: &user.org_id,
-                        actor: &format!("user:{}", user.user_id),
-                        action: "user.password_set",
-                        target: Some(&user.user_id),
-                        outcome: "ok",
-                        ip_hash: Some(&ip_hash),
-                        user_agent: ua.as_deref(),
-                        detail: None,
-                    },
-                )
-                .await;
-                Ok(Json(json!({"user": user.public_json()})).into_response())
-            }
-            Err(why) => Err(ApiError::bad_request(
-                "invalid_token",
-                match why {
-                    TokenRefusal::Expired => "this link has expired: ask for a new one",
-                    TokenRefusal::Used => "this link has been used already: ask for a new one",
-                    TokenRefusal::Unknown => "this link is not valid",
+) -> ApiResult<Response> {
+    let req: Accept = body(&bytes, r#"{"token": "…", "password": "…"}"#)?;
+    let (ip_hash, ua) = client(&headers, &ext);
+    st.login_by_ip.check(&ip_hash).map_err(too_many)?;
+    let done = users::set_password_with_token(&st.lake, &req.token, &req.password)
+        .await
+        .map_err(|e| match e {
+            crow_lake::Error::Invalid(m) => ApiError::bad_request("invalid_password", m),
+            other => ApiError::from_lake("setting a password", &other),
+        })?;
+    match done {
+        Ok(user) => {
+            st.keys.invalidate().await;
+            audit(
+                &st,
+                Audit {
+                    org_id: &user.org_id,
+                    actor: &format!("user:{}", user.user_id),
+                    action: "user.password_set",
+                    target: Some(&user.user_id),
+                    outcome: "ok",
+                    ip_hash: Some(&ip_hash),
+                    user_agent: ua.as_deref(),
+                    detail: None,
                 },
-            )),
+            )
+            .await;
+            Ok(Json(json!({"user": user.public_json()})).into_response())
         }
-    };
-    match run.await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
+        Err(why) => Err(ApiError::bad_request(
+            "invalid_token",
+            match why {
+                TokenRefusal::Expired => "this link has expired: ask for a new one",
+                TokenRefusal::Used => "this link has been used already: ask for a new one",
+                TokenRefusal::Unknown => "this link is not valid",
+            },
+        )),
     }
 }
 
@@ -275,89 +269,77 @@ async fn signed_in(st: &ApiState, headers: &HeaderMap) -> ApiResult<Principal> {
 }
 
 /// `GET /api/v1/auth/me`.
-pub async fn me(State(st): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
-    let run = async {
-        let p = signed_in(&st, &headers).await?;
-        let user = p
-            .user
-            .as_ref()
-            .map(|u| u.user_id.clone())
-            .unwrap_or_default();
-        let user = users::find(&st.lake, &user)
-            .await
-            .map_err(|e| ApiError::from_lake("reading the user", &e))?;
-        let org = crow_lake::orgs::get(&st.lake, &p.org_id)
-            .await
-            .map_err(|e| ApiError::from_lake("reading the organization", &e))?;
-        Ok::<_, ApiError>(Json(json!({
-            "user": user.public_json(),
-            "organization": org.map(|o| json!({"id": o.org_id, "name": o.name})),
-            "session_id": p.user.map(|u| u.session_id),
-        })))
-    };
-    match run.await {
-        Ok(r) => r.into_response(),
-        Err(e) => e.into_response(),
-    }
+pub async fn me(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
+    let p = signed_in(&st, &headers).await?;
+    let user = p
+        .user
+        .as_ref()
+        .map(|u| u.user_id.clone())
+        .unwrap_or_default();
+    let user = users::find(&st.lake, &user)
+        .await
+        .map_err(|e| ApiError::from_lake("reading the user", &e))?;
+    let org = crow_lake::orgs::get(&st.lake, &p.org_id)
+        .await
+        .map_err(|e| ApiError::from_lake("reading the organization", &e))?;
+    Ok(Json(json!({
+        "user": user.public_json(),
+        "organization": org.map(|o| json!({"id": o.org_id, "name": o.name})),
+        "session_id": p.user.map(|u| u.session_id),
+    })))
 }
 
 /// `POST /api/v1/auth/logout`: end this session, clear the cookies.
-pub async fn logout(State(st): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
-    let run = async {
-        let p = signed_in(&st, &headers).await?;
-        let Some(u) = &p.user else {
-            return Err(ApiError::unauthorized("not signed in"));
-        };
-        users::revoke_sessions(&st.lake, &u.user_id, Some(&u.session_id))
-            .await
-            .map_err(|e| ApiError::from_lake("ending the session", &e))?;
-        st.keys.invalidate().await;
-        audit(
-            &st,
-            Audit {
-                org_id: &p.org_id,
-                actor: &p.actor(),
-                action: "auth.logout",
-                target: Some(&u.session_id),
-                outcome: "ok",
-                ..Audit::default()
-            },
-        )
-        .await;
-        let mut resp = StatusCode::NO_CONTENT.into_response();
-        for c in [
-            format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0"),
-            format!("{CSRF_COOKIE}=; Path=/; SameSite=Strict; Max-Age=0"),
-        ] {
-            if let Ok(v) = HeaderValue::from_str(&c) {
-                resp.headers_mut().append(header::SET_COOKIE, v);
-            }
-        }
-        Ok(resp)
+pub async fn logout(State(st): State<Arc<ApiState>>, headers: HeaderMap) -> ApiResult<Response> {
+    let p = signed_in(&st, &headers).await?;
+    let Some(u) = &p.user else {
+        return Err(ApiError::unauthorized("not signed in"));
     };
-    match run.await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
+    users::revoke_sessions(&st.lake, &u.user_id, Some(&u.session_id))
+        .await
+        .map_err(|e| ApiError::from_lake("ending the session", &e))?;
+    st.keys.invalidate().await;
+    audit(
+        &st,
+        Audit {
+            org_id: &p.org_id,
+            actor: &p.actor(),
+            action: "auth.logout",
+            target: Some(&u.session_id),
+            outcome: "ok",
+            ..Audit::default()
+        },
+    )
+    .await;
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    for c in [
+        format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0"),
+        format!("{CSRF_COOKIE}=; Path=/; SameSite=Strict; Max-Age=0"),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&c) {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
     }
+    Ok(resp)
 }
 
 /// `GET /api/v1/auth/sessions`: the signed-in user's sessions.
-pub async fn my_sessions(State(st): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
-    let run = async {
-        let p = signed_in(&st, &headers).await?;
-        let user = p.user.map(|u| u.user_id).unwrap_or_default();
-        let list = users::sessions(&st.lake, Some(&user))
-            .await
-            .map_err(|e| ApiError::from_lake("listing sessions", &e))?;
-        let now = chrono::Utc::now();
-        Ok::<_, ApiError>(Json(json!({
-            "data": list.iter().map(|s| s.public_json(now, st.keys.session_idle)).collect::<Vec<_>>(),
-        })))
-    };
-    match run.await {
-        Ok(r) => r.into_response(),
-        Err(e) => e.into_response(),
-    }
+pub async fn my_sessions(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
+    let p = signed_in(&st, &headers).await?;
+    let user = p.user.map(|u| u.user_id).unwrap_or_default();
+    let list = users::sessions(&st.lake, Some(&user))
+        .await
+        .map_err(|e| ApiError::from_lake("listing sessions", &e))?;
+    let now = chrono::Utc::now();
+    Ok(Json(json!({
+        "data": list.iter().map(|s| s.public_json(now, st.keys.session_idle)).collect::<Vec<_>>(),
+    })))
 }
 
 /// `POST /api/v1/auth/sessions/{id}/revoke`: end one of the user's sessions.
@@ -365,43 +347,37 @@ pub async fn revoke_session(
     State(st): State<Arc<ApiState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Response {
-    let run = async {
-        let p = signed_in(&st, &headers).await?;
-        let user = p
-            .user
-            .as_ref()
-            .map(|u| u.user_id.clone())
-            .unwrap_or_default();
-        let n = users::revoke_sessions(&st.lake, &user, Some(&id))
-            .await
-            .map_err(|e| ApiError::from_lake("revoking a session", &e))?;
-        if n == 0 {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no open session of yours has this id",
-            ));
-        }
-        st.keys.invalidate().await;
-        audit(
-            &st,
-            Audit {
-                org_id: &p.org_id,
-                actor: &p.actor(),
-                action: "auth.session_revoke",
-                target: Some(&id),
-                outcome: "ok",
-                ..Audit::default()
-            },
-        )
-        .await;
-        Ok(StatusCode::NO_CONTENT.into_response())
-    };
-    match run.await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
+) -> ApiResult<Response> {
+    let p = signed_in(&st, &headers).await?;
+    let user = p
+        .user
+        .as_ref()
+        .map(|u| u.user_id.clone())
+        .unwrap_or_default();
+    let n = users::revoke_sessions(&st.lake, &user, Some(&id))
+        .await
+        .map_err(|e| ApiError::from_lake("revoking a session", &e))?;
+    if n == 0 {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no open session of yours has this id",
+        ));
     }
+    st.keys.invalidate().await;
+    audit(
+        &st,
+        Audit {
+            org_id: &p.org_id,
+            actor: &p.actor(),
+            action: "auth.session_revoke",
+            target: Some(&id),
+            outcome: "ok",
+            ..Audit::default()
+        },
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// CSRF for cookie sessions: a request that may change something (not
@@ -449,49 +425,43 @@ pub async fn notifications(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
     q: Result<axum::extract::Query<NotificationParams>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let run = async {
-        let axum::extract::Query(q) =
-            q.map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))?;
-        let p = signed_in(&st, &headers).await?;
-        let user = p.user.map(|u| u.user_id).unwrap_or_default();
-        let limit = crate::rest::page_size(q.limit.as_deref(), st.cfg.max_page_size)?;
-        let start = match &q.cursor {
-            Some(c) => crate::rest::decode_cursor("notifications", c)?
-                .parse::<usize>()
-                .map_err(|_| {
-                    ApiError::bad_request(
-                        "invalid_parameter",
-                        "`cursor` is not a cursor of this listing",
-                    )
-                })?,
-            None => 0,
-        };
-        let all = crow_lake::notify::for_user(&st.lake, &user)
-            .await
-            .map_err(|e| ApiError::from_lake("reading notifications", &e))?;
-        let unread = all.iter().filter(|n| n.read_at.is_none()).count();
-        let ts =
-            |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let page: Vec<serde_json::Value> = all
-            .iter()
-            .skip(start)
-            .take(limit)
-            .map(|n| {
-                json!({"id": n.notification_id, "kind": n.kind, "title": n.title, "body": n.body,
-                       "link": n.link, "created_at": ts(n.created_at), "read_at": n.read_at.map(ts)})
-            })
-            .collect();
-        let next = (start + limit < all.len())
-            .then(|| crate::rest::encode_cursor("notifications", &(start + limit).to_string()));
-        Ok::<_, ApiError>(Json(
-            json!({"data": page, "unread": unread, "next_cursor": next}),
-        ))
+) -> ApiResult<Json<serde_json::Value>> {
+    let axum::extract::Query(q) =
+        q.map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))?;
+    let p = signed_in(&st, &headers).await?;
+    let user = p.user.map(|u| u.user_id).unwrap_or_default();
+    let limit = crate::rest::page_size(q.limit.as_deref(), st.cfg.max_page_size)?;
+    let start = match &q.cursor {
+        Some(c) => crate::rest::decode_cursor("notifications", c)?
+            .parse::<usize>()
+            .map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_parameter",
+                    "`cursor` is not a cursor of this listing",
+                )
+            })?,
+        None => 0,
     };
-    match run.await {
-        Ok(r) => r.into_response(),
-        Err(e) => e.into_response(),
-    }
+    let all = crow_lake::notify::for_user(&st.lake, &user)
+        .await
+        .map_err(|e| ApiError::from_lake("reading notifications", &e))?;
+    let unread = all.iter().filter(|n| n.read_at.is_none()).count();
+    let ts =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let page: Vec<serde_json::Value> = all
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|n| {
+            json!({"id": n.notification_id, "kind": n.kind, "title": n.title, "body": n.body,
+                   "link": n.link, "created_at": ts(n.created_at), "read_at": n.read_at.map(ts)})
+        })
+        .collect();
+    let next = (start + limit < all.len())
+        .then(|| crate::rest::encode_cursor("notifications", &(start + limit).to_string()));
+    Ok(Json(
+        json!({"data": page, "unread": unread, "next_cursor": next}),
+    ))
 }
 
 /// `POST /api/v1/notifications/{id}/read` (`all` marks every one read).
@@ -499,25 +469,19 @@ pub async fn notification_read(
     State(st): State<Arc<ApiState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Response {
-    let run = async {
-        let p = signed_in(&st, &headers).await?;
-        let user = p.user.map(|u| u.user_id).unwrap_or_default();
-        let which = (id != "all").then_some(id.as_str());
-        let n = crow_lake::notify::mark_read(&st.lake, &user, which)
-            .await
-            .map_err(|e| ApiError::from_lake("marking notifications read", &e))?;
-        if n == 0 && which.is_some() {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no unread notification of yours has this id",
-            ));
-        }
-        Ok(Json(json!({"marked_read": n})).into_response())
-    };
-    match run.await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
+) -> ApiResult<Response> {
+    let p = signed_in(&st, &headers).await?;
+    let user = p.user.map(|u| u.user_id).unwrap_or_default();
+    let which = (id != "all").then_some(id.as_str());
+    let n = crow_lake::notify::mark_read(&st.lake, &user, which)
+        .await
+        .map_err(|e| ApiError::from_lake("marking notifications read", &e))?;
+    if n == 0 && which.is_some() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no unread notification of yours has this id",
+        ));
     }
+    Ok(Json(json!({"marked_read": n})).into_response())
 }
