@@ -119,6 +119,67 @@ pub async fn run(
 
     // CROW's main job: sessions, then AI-written interactions (incremental,
     // so running the demo again only processes what is new).
+    let prices = crow_jobs::billing::Prices::from_config(&cfg.billing)?;
+    let (sessions, enriched, patterns) = run_jobs(lake, cfg, now, &prices, &bar).await?;
+    bar.finish_and_clear();
+
+    eprintln!(
+        "{} demo brand {} ({org_id}): {} products, {} events {} for {} .. {}",
+        if write_key.is_some() {
+            "created"
+        } else {
+            "using"
+        },
+        generate::BRAND_NAME,
+        products.len(),
+        events.len(),
+        if landed {
+            "landed"
+        } else {
+            "were already in the lake"
+        },
+        first_day,
+        today.pred_opt().unwrap_or(today),
+    );
+    if let Some(k) = shown_key {
+        eprintln!("ingest write key (shown once): {k}");
+    }
+    eprintln!(
+        "sessionize wrote {} sessions ({} still open); enrich wrote {} interactions with {}/{} ({} failures)",
+        sessions.sessions,
+        sessions.open_sessions,
+        enriched.interactions,
+        enriched.provider,
+        enriched.model,
+        enriched.failures
+    );
+    eprintln!(
+        "patterns wrote {} findings ({} day, {} week, {} month, {} year, {} all time) and {} stories",
+        patterns.patterns, patterns.day, patterns.week, patterns.month, patterns.year, patterns.all, patterns.stories
+    );
+    eprintln!("lake: {}", lake.uri());
+    print_days(lake, format, &org_id).await?;
+    if format == Format::Table {
+        print_findings(lake, format, &org_id).await?;
+        print_invoices(lake, &org_id, first_day, today, &prices).await?;
+        print_sign_in(lake, cfg, &email, &password)?;
+    }
+    Ok(())
+}
+
+/// The demo's jobs, as the scheduler runs them: sessionize, enrich,
+/// patterns and billing, each incremental.
+async fn run_jobs(
+    lake: &Lake,
+    cfg: &Config,
+    now: DateTime<Utc>,
+    prices: &crow_jobs::billing::Prices,
+    bar: &ProgressBar,
+) -> Result<(
+    crow_jobs::sessionize::Report,
+    crow_jobs::enrich::Report,
+    crow_jobs::patterns::Report,
+)> {
     bar.set_message("sessionizing");
     let quiet: crow_jobs::ProgressRef = std::sync::Arc::new(crow_jobs::NoProgress);
     let sessions = crow_jobs::sessionize::run(
@@ -174,7 +235,6 @@ pub async fn run(
     .await?;
     bar.inc(1);
     bar.set_message("billing");
-    let prices = crow_jobs::billing::Prices::from_config(&cfg.billing)?;
     crow_jobs::billing::run(
         lake,
         &crow_jobs::billing::Options {
@@ -188,43 +248,12 @@ pub async fn run(
     )
     .await?;
     bar.inc(1);
-    bar.finish_and_clear();
+    Ok((sessions, enriched, patterns))
+}
 
-    eprintln!(
-        "{} demo brand {} ({org_id}): {} products, {} events {} for {} .. {}",
-        if write_key.is_some() {
-            "created"
-        } else {
-            "using"
-        },
-        generate::BRAND_NAME,
-        products.len(),
-        events.len(),
-        if landed {
-            "landed"
-        } else {
-            "were already in the lake"
-        },
-        first_day,
-        today.pred_opt().unwrap_or(today),
-    );
-    if let Some(k) = shown_key {
-        eprintln!("ingest write key (shown once): {k}");
-    }
-    eprintln!(
-        "sessionize wrote {} sessions ({} still open); enrich wrote {} interactions with {}/{} ({} failures)",
-        sessions.sessions,
-        sessions.open_sessions,
-        enriched.interactions,
-        enriched.provider,
-        enriched.model,
-        enriched.failures
-    );
-    eprintln!(
-        "patterns wrote {} findings ({} day, {} week, {} month, {} year, {} all time) and {} stories",
-        patterns.patterns, patterns.day, patterns.week, patterns.month, patterns.year, patterns.all, patterns.stories
-    );
-    eprintln!("lake: {}", lake.uri());
+/// The demo brand's activity per day: events, funnel steps, orders,
+/// revenue, sessions and interactions.
+async fn print_days(lake: &Lake, format: Format, org_id: &str) -> Result<()> {
     let sql = format!(
         "WITH r AS (
            SELECT event_date AS d, count(*) AS events, count(DISTINCT anonymous_id) AS visitors,
@@ -246,53 +275,67 @@ pub async fn run(
     );
     let (schema, batches) = lake.sql(&sql).await?;
     output::print_batches(format, &schema, &batches)?;
-    if format == Format::Table {
-        let sample = format!(
-            "SELECT CAST(started_at AS VARCHAR) AS started_at, outcome, description FROM interactions
-             WHERE org_id = '{org_id}' AND outcome IN ('purchased', 'abandoned_checkout', 'abandoned_cart')
-             ORDER BY started_at DESC LIMIT 5"
-        );
-        let (schema, batches) = lake.sql(&sample).await?;
-        output::line("\nLatest interactions (crow sql \"select * from interactions\" for all):")?;
-        output::print_batches(format, &schema, &batches)?;
-        // Stories first: what happened this week, by what it cost or gained.
-        let stories = format!(
-            "SELECT CAST(start_date AS VARCHAR) AS since, CASE WHEN ongoing THEN 'ongoing' ELSE CAST(last_date AS VARCHAR) END AS until,
-                    kind, title
-             FROM stories WHERE org_id = '{org_id}'
-               AND last_date >= (SELECT max(period_start) FROM patterns WHERE org_id = '{org_id}' AND period_kind = 'week')
-             ORDER BY rank_score DESC, significance DESC LIMIT 5"
-        );
-        let (schema, batches) = lake.sql(&stories).await?;
-        output::line("\nTop stories of the week (crow sql \"select * from stories\" for all):")?;
-        output::print_batches(format, &schema, &batches)?;
-        let week = format!(
-            "SELECT CAST(period_start AS VARCHAR) AS week_of, provisional, kind, segment, title, round(significance, 1) AS z
-             FROM patterns WHERE org_id = '{org_id}' AND period_kind = 'week'
-               AND period_start = (SELECT max(period_start) FROM patterns WHERE org_id = '{org_id}' AND period_kind = 'week')
-             ORDER BY significance DESC LIMIT 8"
-        );
-        let (schema, batches) = lake.sql(&week).await?;
-        output::line("\nTop findings of the week, beneath the stories (crow sql \"select * from patterns\" for all):")?;
-        output::print_batches(format, &schema, &batches)?;
-        // One invoice per month the generated activity touched: from the
-        // first generated day to the last (yesterday).
-        let last_day = today.pred_opt().unwrap_or(today);
-        let mut month_start = first_day.with_day(1).unwrap_or(first_day);
-        while month_start <= last_day {
-            let month = month_start.format("%Y-%m").to_string();
-            let invoices =
-                crow_jobs::billing::invoices(lake, &month, Some(&org_id), &prices).await?;
-            output::line(format!(
-                "\nThe invoice of {month} (crow billing report --month {month}):"
-            ))?;
-            crate::billing::print_table(&invoices, &month)?;
-            month_start = match month_start.checked_add_months(chrono::Months::new(1)) {
-                Some(next) => next,
-                None => break,
-            };
-        }
-        print_sign_in(lake, cfg, &email, &password)?;
+    Ok(())
+}
+
+/// The latest interactions, the week's top stories and the findings
+/// beneath them.
+async fn print_findings(lake: &Lake, format: Format, org_id: &str) -> Result<()> {
+    let sample = format!(
+        "SELECT CAST(started_at AS VARCHAR) AS started_at, outcome, description FROM interactions
+         WHERE org_id = '{org_id}' AND outcome IN ('purchased', 'abandoned_checkout', 'abandoned_cart')
+         ORDER BY started_at DESC LIMIT 5"
+    );
+    let (schema, batches) = lake.sql(&sample).await?;
+    output::line("\nLatest interactions (crow sql \"select * from interactions\" for all):")?;
+    output::print_batches(format, &schema, &batches)?;
+    // Stories first: what happened this week, by what it cost or gained.
+    let stories = format!(
+        "SELECT CAST(start_date AS VARCHAR) AS since, CASE WHEN ongoing THEN 'ongoing' ELSE CAST(last_date AS VARCHAR) END AS until,
+                kind, title
+         FROM stories WHERE org_id = '{org_id}'
+           AND last_date >= (SELECT max(period_start) FROM patterns WHERE org_id = '{org_id}' AND period_kind = 'week')
+         ORDER BY rank_score DESC, significance DESC LIMIT 5"
+    );
+    let (schema, batches) = lake.sql(&stories).await?;
+    output::line("\nTop stories of the week (crow sql \"select * from stories\" for all):")?;
+    output::print_batches(format, &schema, &batches)?;
+    let week = format!(
+        "SELECT CAST(period_start AS VARCHAR) AS week_of, provisional, kind, segment, title, round(significance, 1) AS z
+         FROM patterns WHERE org_id = '{org_id}' AND period_kind = 'week'
+           AND period_start = (SELECT max(period_start) FROM patterns WHERE org_id = '{org_id}' AND period_kind = 'week')
+         ORDER BY significance DESC LIMIT 8"
+    );
+    let (schema, batches) = lake.sql(&week).await?;
+    output::line("\nTop findings of the week, beneath the stories (crow sql \"select * from patterns\" for all):")?;
+    output::print_batches(format, &schema, &batches)?;
+    Ok(())
+}
+
+/// One invoice per month the generated activity touched: from the first
+/// generated day to the last (yesterday).
+async fn print_invoices(
+    lake: &Lake,
+    org_id: &str,
+    first_day: chrono::NaiveDate,
+    today: chrono::NaiveDate,
+    prices: &crow_jobs::billing::Prices,
+) -> Result<()> {
+    // One invoice per month the generated activity touched: from the
+    // first generated day to the last (yesterday).
+    let last_day = today.pred_opt().unwrap_or(today);
+    let mut month_start = first_day.with_day(1).unwrap_or(first_day);
+    while month_start <= last_day {
+        let month = month_start.format("%Y-%m").to_string();
+        let invoices = crow_jobs::billing::invoices(lake, &month, Some(org_id), prices).await?;
+        output::line(format!(
+            "\nThe invoice of {month} (crow billing report --month {month}):"
+        ))?;
+        crate::billing::print_table(&invoices, &month)?;
+        month_start = match month_start.checked_add_months(chrono::Months::new(1)) {
+            Some(next) => next,
+            None => break,
+        };
     }
     Ok(())
 }
