@@ -10,6 +10,7 @@ mod export;
 mod http;
 mod jobs;
 mod keys;
+mod maint;
 mod orgs;
 mod output;
 mod products;
@@ -403,40 +404,8 @@ async fn open_lake(cfg: &Config) -> Result<Lake> {
 async fn run(cli: Cli) -> Result<()> {
     let cfg = load_config(&cli)?;
     match cli.command {
-        Command::Init(f) => {
-            let lake = open_lake(&cfg).await?;
-            let report = lake.init().await?;
-            let rows: Vec<serde_json::Value> = report
-                .iter()
-                .map(|(t, created)| {
-                    serde_json::json!({"table": t, "status": if *created { "created" } else { "exists" }})
-                })
-                .collect();
-            output::print_rows(f.format, &["table", "status"], &rows)
-        }
-        Command::Tables(f) => {
-            let lake = open_lake(&cfg).await?;
-            let mut rows = Vec::new();
-            for def in crow_schemas::ALL_TABLES {
-                let s = lake.stats(def.name).await?;
-                rows.push(serde_json::json!({
-                    "table": def.name, "schema_version": def.version, "version": s.version,
-                    "files": s.files, "rows": s.rows, "bytes": s.bytes,
-                }));
-            }
-            output::print_rows(
-                f.format,
-                &[
-                    "table",
-                    "schema_version",
-                    "version",
-                    "files",
-                    "rows",
-                    "bytes",
-                ],
-                &rows,
-            )
-        }
+        Command::Init(f) => maint::init(&open_lake(&cfg).await?, f.format).await,
+        Command::Tables(f) => maint::tables(&open_lake(&cfg).await?, f.format).await,
         Command::Ask {
             question,
             org,
@@ -452,60 +421,15 @@ async fn run(cli: Cli) -> Result<()> {
             format,
         } => {
             let lake = open_lake(&cfg).await?;
-            let ctx = match as_of {
-                Some(t) => {
-                    let ts = crow_schemas::time::parse_time("--as-of", &t)?;
-                    lake.session_as_of(crow_lake::AsOf::Timestamp(ts)).await?
-                }
-                None => {
-                    let mut pins = Vec::new();
-                    for v in &versions {
-                        let (t, n) = v
-                            .split_once('=')
-                            .and_then(|(t, n)| n.parse::<u64>().ok().map(|n| (t, n)))
-                            .with_context(|| {
-                                format!("--table-version `{v}` is not TABLE=VERSION")
-                            })?;
-                        pins.push((t.to_string(), crow_lake::AsOf::Version(n)));
-                    }
-                    lake.session_with(&pins).await?
-                }
-            };
-            let (schema, batches) = crow_lake::run_read_only(&ctx, &query).await?;
-            output::print_batches(format.format, &schema, &batches)
+            maint::sql(&lake, &query, as_of.as_deref(), &versions, format.format).await
         }
         Command::History {
             table,
             limit,
             format,
-        } => {
-            let lake = open_lake(&cfg).await?;
-            let rows = lake.history(&table, limit).await?;
-            output::print_rows(
-                format.format,
-                &[
-                    "version",
-                    "timestamp",
-                    "operation",
-                    "rows_added",
-                    "files_added",
-                    "files_removed",
-                ],
-                &rows,
-            )
-        }
+        } => maint::history(&open_lake(&cfg).await?, &table, limit, format.format).await,
         Command::Optimize { table, format } => {
-            let lake = open_lake(&cfg).await?;
-            let mut rows = Vec::new();
-            for t in tables_arg(table.as_deref())? {
-                let m = lake.optimize(t).await?;
-                rows.push(serde_json::json!({"table": t, "files_removed": m.files_removed, "files_added": m.files_added, "version": m.version}));
-            }
-            output::print_rows(
-                format.format,
-                &["table", "files_removed", "files_added", "version"],
-                &rows,
-            )
+            maint::optimize(&open_lake(&cfg).await?, table.as_deref(), format.format).await
         }
         Command::Vacuum {
             table,
@@ -514,34 +438,17 @@ async fn run(cli: Cli) -> Result<()> {
             format,
         } => {
             let lake = open_lake(&cfg).await?;
-            let mut rows = Vec::new();
-            for t in tables_arg(table.as_deref())? {
-                let files = lake.vacuum(t, retention_hours, dry_run).await?;
-                if dry_run {
-                    // What would go, file by file, for a person to check.
-                    rows.extend(
-                        files
-                            .iter()
-                            .map(|f| serde_json::json!({"table": t, "file": f})),
-                    );
-                } else {
-                    rows.push(serde_json::json!({"table": t, "files_deleted": files.len()}));
-                }
-            }
-            if dry_run {
-                output::print_rows(format.format, &["table", "file"], &rows)
-            } else {
-                output::print_rows(format.format, &["table", "files_deleted"], &rows)
-            }
+            maint::vacuum(
+                &lake,
+                table.as_deref(),
+                retention_hours,
+                dry_run,
+                format.format,
+            )
+            .await
         }
         Command::Checkpoint { table, format } => {
-            let lake = open_lake(&cfg).await?;
-            let mut rows = Vec::new();
-            for t in tables_arg(table.as_deref())? {
-                let v = lake.checkpoint(t).await?;
-                rows.push(serde_json::json!({"table": t, "checkpoint_version": v}));
-            }
-            output::print_rows(format.format, &["table", "checkpoint_version"], &rows)
+            maint::checkpoint(&open_lake(&cfg).await?, table.as_deref(), format.format).await
         }
         Command::Orgs(cmd) => {
             let lake = open_lake(&cfg).await?;
@@ -661,16 +568,5 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Config(ConfigCommand::Default) => {
             output::text(&crow_schemas::config::default_toml())
         }
-    }
-}
-
-fn tables_arg(table: Option<&str>) -> Result<Vec<&'static str>> {
-    match table {
-        Some(t) => {
-            let def = crow_schemas::table(t)
-                .ok_or_else(|| crow_lake::Error::UnknownTable(t.to_string()))?;
-            Ok(vec![def.name])
-        }
-        None => Ok(crow_schemas::ALL_TABLES.iter().map(|d| d.name).collect()),
     }
 }
