@@ -1116,15 +1116,169 @@ function Patterns() {
   </div>`;
 }
 
+const send = (method, path, body) =>
+  call(path, { method, headers: { "Content-Type": "application/json" }, body: JSON.stringify(body || {}) });
+
+// A secret or one-time link, shown once with what to do with it.
+function Shown({ what, value, testid }) {
+  return value
+    ? html`<p class="notice" role="status" data-testid=${testid}>${what} (shown once; copy it now):${" "}<code data-testid=${testid + "-value"}>${value}</code></p>`
+    : null;
+}
+
+function OrgSettings() {
+  const [org, setOrg] = useState(null);
+  const [saved, setSaved] = useState(null);
+  const [error, setError] = useState(null);
+  useEffect(() => {
+    get("/api/v1/organization").then(setOrg, (e) => setError(e.message));
+  }, []);
+  if (!org) return error ? html`<p class="error" role="alert">${error}</p>` : html`<p class="status">Loading…</p>`;
+  const save = async (e) => {
+    e.preventDefault();
+    setError(null);
+    try {
+      const o = await send("PATCH", "/api/v1/organization", { name: org.name, domain: org.domain || "", context: org.context || "" });
+      setOrg(o);
+      setSaved(new Date());
+    } catch (err) {
+      setError(err.message);
+    }
+  };
+  const field = (k) => (e) => setOrg({ ...org, [k]: e.target.value });
+  return html`<form class="panel" onSubmit=${save} data-testid="org-settings">
+    <h2>Organization</h2>
+    <label for="org-name">Name</label>
+    <input id="org-name" value=${org.name} onInput=${field("name")} required />
+    <label for="org-domain">Web domain</label>
+    <input id="org-domain" value=${org.domain || ""} onInput=${field("domain")} />
+    <label for="org-context">About the brand (given to the AI that writes interactions and answers)</label>
+    <textarea id="org-context" rows="4" value=${org.context || ""} onInput=${field("context")}></textarea>
+    <p class="controls"><button class="button primary" type="submit">Save</button>
+      ${saved ? html`<span class="meta" role="status" data-testid="org-saved">Saved.</span>` : null}</p>
+    ${error ? html`<p class="error" role="alert">Not saved: ${error}</p>` : null}
+  </form>`;
+}
+
+const ROLES = ["viewer", "analyst", "admin", "owner"];
+
+function Members({ me }) {
+  const [users, setUsers] = useState(null);
+  const [error, setError] = useState(null);
+  const [invite, setInvite] = useState({ email: "", role: "viewer" });
+  const [link, setLink] = useState(null);
+  const load = () => get("/api/v1/users").then((r) => setUsers(r.data), (e) => setError(e.message));
+  useEffect(load, []);
+  const act = async (method, path, body) => {
+    setError(null);
+    try {
+      const r = await send(method, path, body);
+      await load();
+      return r;
+    } catch (err) {
+      setError(err.message);
+      return null;
+    }
+  };
+  const onInvite = async (e) => {
+    e.preventDefault();
+    const r = await act("POST", "/api/v1/users", invite);
+    if (r) {
+      setLink(location.origin + "/login?token=" + encodeURIComponent(r.invitation_token));
+      setInvite({ email: "", role: invite.role });
+    }
+  };
+  const self = me.user && me.user.id;
+  return html`<section class="panel" data-testid="members">
+    <h2>Members</h2>
+    ${users
+      ? html`<div class="scroll"><table><thead><tr><th scope="col">E-mail</th><th scope="col">Role</th><th scope="col">Status</th><th scope="col"><span class="visually-hidden">Actions</span></th></tr></thead>
+        <tbody>${users.map((u) => html`<tr data-testid="member" data-email=${u.email}>
+          <td>${u.email}</td>
+          <td><label class="visually-hidden" for=${"role-" + u.id}>Role of ${u.email}</label>
+            <select id=${"role-" + u.id} value=${u.role} disabled=${u.id === self}
+              onChange=${(e) => act("PATCH", "/api/v1/users/" + u.id, { role: e.target.value })}>
+              ${ROLES.map((r) => html`<option value=${r}>${r}</option>`)}</select></td>
+          <td>${u.status}</td>
+          <td>${u.id === self
+            ? html`<span class="meta">you</span>`
+            : html`<button class="button" type="button"
+                onClick=${() => act("PATCH", "/api/v1/users/" + u.id, { disabled: u.status !== "disabled" })}>
+                ${u.status === "disabled" ? "Enable" : "Disable"}</button>`}</td>
+        </tr>`)}</tbody></table></div>`
+      : html`<p class="status">Loading…</p>`}
+    <form onSubmit=${onInvite} class="inline">
+      <label for="invite-email">Invite by e-mail</label>
+      <input id="invite-email" type="email" required value=${invite.email} onInput=${(e) => setInvite({ ...invite, email: e.target.value })} />
+      <label for="invite-role">Role</label>
+      <select id="invite-role" value=${invite.role} onChange=${(e) => setInvite({ ...invite, role: e.target.value })}>
+        ${ROLES.map((r) => html`<option value=${r}>${r}</option>`)}</select>
+      <button class="button primary" type="submit">Invite</button>
+    </form>
+    <${Shown} what="Send this sign-up link to the new member; it works once, for 24 hours" value=${link} testid="invite-link" />
+    ${error ? html`<p class="error" role="alert">${error}</p>` : null}
+  </section>`;
+}
+
+function ApiKeys() {
+  const [keys, setKeys] = useState(null);
+  const [error, setError] = useState(null);
+  const [form, setForm] = useState({ name: "", scope: "read" });
+  const [secret, setSecret] = useState(null);
+  const load = () => get("/api/v1/keys").then((r) => setKeys(r.data), (e) => setError(e.message));
+  useEffect(load, []);
+  const create = async (e) => {
+    e.preventDefault();
+    setError(null);
+    try {
+      const k = await send("POST", "/api/v1/keys", form);
+      setSecret(k.secret);
+      await load();
+    } catch (err) {
+      setError(err.message);
+    }
+  };
+  const revoke = async (id) => {
+    setError(null);
+    try {
+      await send("POST", "/api/v1/keys/" + id + "/revoke");
+      await load();
+    } catch (err) {
+      setError(err.message);
+    }
+  };
+  const day = (t) => (t ? new Date(t).toLocaleDateString(locale, { dateStyle: "medium" }) : "never");
+  return html`<section class="panel" data-testid="api-keys">
+    <h2>API keys</h2>
+    ${keys
+      ? html`<div class="scroll"><table><thead><tr><th scope="col">Name</th><th scope="col">Scope</th><th scope="col">Starts with</th><th scope="col">Expires</th><th scope="col"><span class="visually-hidden">Actions</span></th></tr></thead>
+        <tbody>${keys.map((k) => html`<tr data-testid="api-key" data-id=${k.id} data-revoked=${k.revoked_at ? "yes" : "no"}>
+          <td>${k.name || html`<span class="meta">unnamed</span>`}</td><td>${k.scope}</td><td><code>${k.prefix}…</code></td>
+          <td>${day(k.expires_at)}</td>
+          <td>${k.revoked_at
+            ? html`<span class="meta">revoked</span>`
+            : html`<button class="button" type="button" onClick=${() => revoke(k.id)}>Revoke</button>`}</td>
+        </tr>`)}</tbody></table></div>`
+      : html`<p class="status">Loading…</p>`}
+    <form onSubmit=${create} class="inline">
+      <label for="key-name">New key's name</label>
+      <input id="key-name" value=${form.name} onInput=${(e) => setForm({ ...form, name: e.target.value })} />
+      <label for="key-scope">Scope</label>
+      <select id="key-scope" value=${form.scope} onChange=${(e) => setForm({ ...form, scope: e.target.value })}>
+        <option value="read">read</option><option value="export">export</option><option value="admin">admin</option></select>
+      <button class="button primary" type="submit">Create key</button>
+    </form>
+    <${Shown} what="The new key's secret" value=${secret} testid="key-secret" />
+    ${error ? html`<p class="error" role="alert">${error}</p>` : null}
+  </section>`;
+}
+
 function Settings({ me }) {
-  const org = me.organization || {};
   return html`<div class="page" data-testid="settings">
     <div class="toolbar"><h1>Settings</h1></div>
-    <section class="panel">
-      <h2>Organization</h2>
-      <p>${org.name} <span class="meta">(${org.id})</span></p>
-      <p class="meta">Keys, members and roles are managed with the <code>crow</code> command for now (<code>crow keys</code>, <code>crow users</code>); their pages come next.</p>
-    </section>
+    <${OrgSettings} />
+    <${Members} me=${me} />
+    <${ApiKeys} />
   </div>`;
 }
 

@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 
@@ -92,7 +93,11 @@ def screenshots(page, out, name, ready=None):
         assert colours > 8, f"{path} is blank or one colour ({colours} colours)"
         # Nothing wider than the screen: no sideways scrolling on a phone.
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
-        assert overflow <= 1, f"{name} at {width} px is {overflow} px wider than the screen"
+        if overflow > 1:
+            wide = page.evaluate("""() => [...document.querySelectorAll('body *')]
+                .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1)
+                .slice(-5).map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))""")
+            raise AssertionError(f"{name} at {width} px is {overflow} px wider than the screen: {wide}")
     page.set_viewport_size({"width": 1440, "height": 900})
 
 
@@ -235,11 +240,50 @@ def owner_flow(browser, base, email, password, key, axe_js, out):
     # Settings, through the navigation.
     page.get_by_role("link", name="Settings").click()
     page.wait_for_selector("[data-testid=settings]")
+    settings_page(page, base)
     axe(page, axe_js, "/app/settings")
     screenshots(page, out, "settings", "[data-testid=settings]")
     w.check("the owner's dashboard")
     ctx.close()
     return first, live, patterns, interactions, products, console, billing
+
+
+def settings_page(page, base):
+    """An owner edits the brand's context, creates an API key (its secret
+    shown once works against the API), invites a member (a one-time
+    sign-up link) and revokes the key (refused at once)."""
+    page.wait_for_selector("[data-testid=org-settings]")
+    context = "We sell headphones and speakers; test edit " + str(int(time.time()))
+    page.fill("#org-context", context)
+    page.get_by_role("button", name="Save").click()
+    page.wait_for_selector("[data-testid=org-saved]")
+    page.fill("#key-name", "dashboard test")
+    page.select_option("#key-scope", "read")
+    page.get_by_role("button", name="Create key").click()
+    secret = page.wait_for_selector("[data-testid=key-secret-value]").inner_text()
+    assert secret.startswith("ck_"), secret
+
+    def organization(key):
+        req = urllib.request.Request(base + "/api/v1/organization", headers={"Authorization": "Bearer " + key})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, None
+
+    status, org = organization(secret)
+    assert status == 200 and org["context"] == context, (status, org)
+    page.fill("#invite-email", "new.analyst@northwind-audio.example")
+    page.select_option("#invite-role", "analyst")
+    page.get_by_role("button", name="Invite").click()
+    link = page.wait_for_selector("[data-testid=invite-link-value]").inner_text()
+    assert "/login?token=inv_" in link, link
+    page.wait_for_selector("[data-testid=member][data-email='new.analyst@northwind-audio.example']")
+    row = page.locator("[data-testid=api-key]", has_text="dashboard test")
+    row.get_by_role("button", name="Revoke").click()
+    page.wait_for_selector("[data-testid=api-key][data-revoked=yes]")
+    status, _ = organization(secret)
+    assert status == 401, status
 
 
 def interactions_page(page, axe_js, out):
