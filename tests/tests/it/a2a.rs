@@ -92,11 +92,14 @@ async fn rpc(
 async fn a2a_agent_with_the_official_client_across_servers_and_tenants() {
     let w = world().await;
     let base = w.server.url("");
-    official_client(&w, &base).await;
-    v03_json_rpc(&w, &base).await;
+    let (id, want) = official_client(&w, &base).await;
+    across_servers_and_tenants(&w, &base, &id, &want).await;
+    let id = v03_send_get_cancel(&w, &base).await;
+    v03_input_stream_and_errors(&w, &base, &id).await;
 }
 
-async fn official_client(w: &World, base: &str) {
+/// The card, then the SDK's flow; returns the answered task's id and rows.
+async fn official_client(w: &World, base: &str) -> (String, Vec<Value>) {
     // The card is public and says where and how to call.
     let card: Value = w
         .http
@@ -175,10 +178,16 @@ async fn official_client(w: &World, base: &str) {
     let listed = out["listed"]["tasks"].as_array().expect("tasks");
     assert_eq!(listed.len(), 5, "{}", out["listed"]);
 
+    let id = answered["id"].as_str().expect("task id").to_string();
+    (id, want)
+}
+
+/// A second server on the same lake, org B's key, bad keys, the rows of
+/// `a2a_tasks` and the audit log.
+async fn across_servers_and_tenants(w: &World, base: &str, id: &str, want: &[Value]) {
     // A second server on the same lake reads the task back.
     let wal2 = tempfile::tempdir().expect("wal");
     let second = Server::start(&w.b, wal2.path(), &[]);
-    let id = answered["id"].as_str().expect("task id");
     let (code, got) = client(&second.url(""), &w.key_a, "get", id);
     assert_eq!(code, 0, "{got}");
     assert_eq!(got["task"]["status"]["state"], "TASK_STATE_COMPLETED");
@@ -224,18 +233,20 @@ async fn official_client(w: &World, base: &str) {
     );
 }
 
+/// A 0.3 message.
+fn msg(text: &str, task: Option<&str>) -> Value {
+    let mut m = json!({"kind": "message", "messageId": "m1", "role": "user",
+                       "parts": [{"kind": "text", "text": text}]});
+    if let Some(t) = task {
+        m["taskId"] = json!(t);
+    }
+    m
+}
+
 /// The 0.3 names over raw JSON-RPC: `kind` discriminators, lower-case
 /// states, results not wrapped; a non-blocking send polled to the end; a
 /// task waiting for input continued; the JSON-RPC errors.
-async fn v03_json_rpc(w: &World, base: &str) {
-    let msg = |text: &str, task: Option<&str>| {
-        let mut m = json!({"kind": "message", "messageId": "m1", "role": "user",
-                           "parts": [{"kind": "text", "text": text}]});
-        if let Some(t) = task {
-            m["taskId"] = json!(t);
-        }
-        m
-    };
+async fn v03_send_get_cancel(w: &World, base: &str) -> String {
     let key = Some(w.key_a.as_str());
     let (s, r) = rpc(
         w,
@@ -292,7 +303,12 @@ async fn v03_json_rpc(w: &World, base: &str) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(state, "completed");
+    id
+}
 
+/// 0.3: a task waiting for input continued, streaming, JSON-RPC errors.
+async fn v03_input_stream_and_errors(w: &World, base: &str, id: &str) {
+    let key = Some(w.key_a.as_str());
     // A message without text waits for input; the next message continues it.
     let (_, r) = rpc(
         w,
