@@ -57,6 +57,9 @@ const INTERNAL: i64 = -32603;
 const TASK_NOT_FOUND: i64 = -32001;
 const TASK_NOT_CANCELABLE: i64 = -32002;
 const UNSUPPORTED: i64 = -32004;
+const VERSION_NOT_SUPPORTED: i64 = -32009;
+/// The header a 1.0 client names its protocol version in.
+const VERSION_HEADER: &str = "a2a-version";
 
 const WORKING: &str = "TASK_STATE_WORKING";
 const INPUT_REQUIRED: &str = "TASK_STATE_INPUT_REQUIRED";
@@ -404,6 +407,19 @@ pub async fn post(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: Byt
         );
         return axum::Json(rpc_reply(&id, Err(e))).into_response();
     };
+    let version = headers
+        .get(VERSION_HEADER)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_string());
+    let major_minor = |v: &str| v.split('.').take(2).collect::<Vec<_>>().join(".");
+    if let Some(v) =
+        version.filter(|v| !v.is_empty() && !["1.0", "0.3"].contains(&major_minor(v).as_str()))
+    {
+        let e = rpc_err(
+            VERSION_NOT_SUPPORTED,
+            format!("A2A-Version {v} is not supported; this agent speaks 1.0 and 0.3"),
+        );
+        return axum::Json(rpc_reply(&id, Err(e))).into_response();
+    }
     let params = req.get("params").cloned().unwrap_or(json!({}));
     let r = match method {
         "SendMessage" => send(&st, &p, &params, Wire::V1).await,

@@ -143,13 +143,28 @@ async fn official_client(w: &World, base: &str) -> (String, Vec<Value>) {
     assert!(!status_text(answered).is_empty());
     assert_eq!(answered["history"][0]["role"], "ROLE_USER");
     w.assert_no_b("a2a answer", answered);
-    // The follow-up stays in its context; a question the offline provider
-    // has no shape for is rejected, saying a real model is needed.
-    assert_eq!(out["follow_up"]["contextId"], answered["contextId"]);
-    for t in [&out["follow_up"], &out["unsupported"]] {
-        assert_eq!(t["status"]["state"], "TASK_STATE_REJECTED", "{t}");
-        assert!(status_text(t).contains("real model"), "{t}");
-    }
+    // The follow-up is read with the question before it (same context);
+    // a question the offline provider has no shape for is rejected, saying
+    // a real model is needed.
+    let follow = &out["follow_up"];
+    assert_eq!(follow["contextId"], answered["contextId"]);
+    assert_eq!(
+        follow["status"]["state"], "TASK_STATE_COMPLETED",
+        "{follow}"
+    );
+    let mobile = w
+        .sql(
+            &w.key_a,
+            "SELECT product_id, max(product_name) AS name, count(*) AS views FROM raw_web_events \
+             WHERE event = 'Product Viewed' AND device_type = 'mobile' AND product_id IS NOT NULL \
+             GROUP BY 1 ORDER BY 3 DESC, 1 LIMIT 5",
+        )
+        .await;
+    assert!(!mobile.is_empty() && mobile != want);
+    assert_eq!(norm(&answer_data(follow)["rows"]), norm(&json!(mobile)));
+    let t = &out["unsupported"];
+    assert_eq!(t["status"]["state"], "TASK_STATE_REJECTED", "{t}");
+    assert!(status_text(t).contains("real model"), "{t}");
     // Streaming: the task, a status per query, the artifact, the end.
     let events = out["stream_events"].as_array().expect("events");
     assert!(events[0]["task"]["id"].is_string(), "{events:?}");
@@ -390,4 +405,17 @@ async fn v03_input_stream_and_errors(w: &World, base: &str, id: &str) {
     assert_eq!(v["error"]["code"], -32700, "{v}");
     let (s, _) = rpc(w, base, None, "tasks/get", json!({"id": id})).await;
     assert_eq!(s, 401);
+    let r: Value = w
+        .http
+        .post(format!("{base}/a2a"))
+        .bearer_auth(&w.key_a)
+        .header("A2A-Version", "9.9")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "GetTask", "params": {"id": id}}))
+        .send()
+        .await
+        .expect("version")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(r["error"]["code"], -32009, "{r}");
 }
