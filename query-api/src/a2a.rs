@@ -44,8 +44,10 @@ use crate::ApiState;
 pub const PATH: &str = "/a2a";
 /// Earlier questions of a context sent along with a new one.
 const CONTEXT_TURNS: usize = 10;
-/// Longest `contextId` a caller may choose.
+/// Longest `contextId` or `messageId` a caller may choose.
 const MAX_CONTEXT_ID: usize = 200;
+/// Longest message text, in characters (Ask CROW's longest question).
+const MAX_TEXT: usize = 2000;
 /// Largest `pageSize` of `ListTasks`.
 const MAX_PAGE: usize = 100;
 
@@ -584,6 +586,21 @@ async fn prepare(st: &ApiState, p: &Principal, params: &Value) -> Result<Prepare
         ));
     }
     let text = message_text(m);
+    if text.chars().count() > MAX_TEXT {
+        return Err(rpc_err(
+            INVALID_PARAMS,
+            format!("a message's text must be at most {MAX_TEXT} characters"),
+        ));
+    }
+    if m["messageId"]
+        .as_str()
+        .is_some_and(|id| id.chars().count() > MAX_CONTEXT_ID)
+    {
+        return Err(rpc_err(
+            INVALID_PARAMS,
+            format!("`messageId` must be at most {MAX_CONTEXT_ID} characters"),
+        ));
+    }
     let mut row = match m["taskId"].as_str().filter(|s| !s.is_empty()) {
         Some(id) => {
             let row = task_of(st, &p.org_id, id).await?;

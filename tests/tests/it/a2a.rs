@@ -393,6 +393,16 @@ async fn v03_input_stream_and_errors(w: &World, base: &str, id: &str) {
     assert_eq!(r["error"]["code"], -32601, "{r}");
     let (_, r) = rpc(w, base, key, "GetTask", json!({})).await;
     assert_eq!(r["error"]["code"], -32602, "{r}");
+    let long = "x".repeat(2001);
+    let (_, r) = rpc(
+        w,
+        base,
+        key,
+        "message/send",
+        json!({"message": msg(&long, None)}),
+    )
+    .await;
+    assert_eq!(r["error"]["code"], -32602, "{r}");
     let r = w
         .http
         .post(format!("{base}/a2a"))
