@@ -15,6 +15,7 @@
 //!   logged, never sent.
 #![warn(missing_docs)]
 
+pub mod a2a;
 pub mod account;
 pub mod ask;
 pub mod auth;
@@ -173,6 +174,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/sql", post(sql_handler))
         .route("/api/v1/ask", post(ask::handler))
         .route("/mcp", post(mcp::post).get(mcp::get).delete(mcp::delete))
+        .route(a2a::PATH, post(a2a::post))
+        .route("/.well-known/agent-card.json", get(a2a::card))
         .route(
             "/api/v1/organization",
             get(rest::organization).patch(manage::update_org),

@@ -32,6 +32,7 @@ pub const ADMIN_ONLY_TABLES: &[&str] = &[
     "user_tokens",
     "audit_log",
     "notifications",
+    "a2a_tasks",
 ];
 
 /// A table's point in history for one query.

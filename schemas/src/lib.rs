@@ -932,6 +932,27 @@ pub const NOTIFICATIONS: TableDef = TableDef {
     secret_columns: &[],
 };
 
+/// `a2a_tasks`: the tasks of the A2A agent (`/a2a`).
+pub const A2A_TASKS: TableDef = TableDef {
+    name: "a2a_tasks",
+    version: 1,
+    doc: "One row per task of the Agent2Agent endpoint (`/a2a`): a message from another agent, answered through Ask CROW. Kept so any `crow serve` on the lake answers `GetTask`.",
+    columns: &[
+        req("org_id", Text, "Organization of the key that sent the message."),
+        req("task_id", Text, "Task id (`tsk_` + 26 characters)."),
+        req("context_id", Text, "Conversation the task belongs to (`ctx_` + 26 characters, or the caller's)."),
+        req("key_id", Text, "The API key that sent the message."),
+        req("state", Text, "'TASK_STATE_WORKING', 'TASK_STATE_INPUT_REQUIRED', 'TASK_STATE_COMPLETED', 'TASK_STATE_FAILED', 'TASK_STATE_REJECTED' or 'TASK_STATE_CANCELED'."),
+        opt("question", Text, "The question asked (the text of the last user message)."),
+        opt("sql", Text, "The query that answered it."),
+        req("task", Text, "The whole task (status, history, artifacts) as A2A 1.0 JSON."),
+        req("created_at", Timestamp, "When the task was created."),
+        req("updated_at", Timestamp, "When it last changed."),
+    ],
+    partition_by: &[],
+    secret_columns: &[],
+};
+
 /// Every table, in creation order.
 pub const ALL_TABLES: &[TableDef] = &[
     ORGANIZATIONS,
@@ -953,6 +974,7 @@ pub const ALL_TABLES: &[TableDef] = &[
     USER_TOKENS,
     AUDIT_LOG,
     NOTIFICATIONS,
+    A2A_TASKS,
 ];
 
 /// The table named `name`, if it is one of CROW's.

@@ -116,7 +116,8 @@ pub fn sql_request(
         system: SQL_SYSTEM.to_string(),
         prompt,
         schema: sql_schema(),
-        input: json!({"task": "ask_sql", "question": question, "attempt": errors.len()}),
+        input: json!({"task": "ask_sql", "question": question, "attempt": errors.len(),
+                      "earlier": earlier_questions(conversation)}),
     }
 }
 
@@ -172,10 +173,57 @@ pub fn render_rows(columns: &[String], rows: &[Value], truncated: bool) -> Strin
     format!("{}{more}.", shown.join("; "))
 }
 
+/// The questions of earlier turns (`{"question": …}`), oldest first.
+fn earlier_questions(conversation: &[Value]) -> Vec<String> {
+    conversation
+        .iter()
+        .filter_map(|t| t.get("question").and_then(Value::as_str))
+        .map(str::to_string)
+        .collect()
+}
+
+/// How a follow-up question starts ("and on mobile?").
+const FOLLOW_UPS: &[&str] = &["and ", "what about ", "how about ", "same for "];
+
+fn is_follow_up(q: &str) -> bool {
+    let q = q.trim().to_lowercase();
+    FOLLOW_UPS.iter().any(|f| q.starts_with(f))
+}
+
+/// The question as the offline provider reads it: a follow-up ("and on
+/// mobile?", "what about the last 30 days?") is read after the earlier
+/// questions back to the last one that was not a follow-up, and where they
+/// disagree the later words win ("conversion by device" then "and by
+/// traffic source?" is conversion by traffic source).
+pub fn offline_question(question: &str, earlier: &[String]) -> String {
+    if !is_follow_up(question) || earlier.is_empty() {
+        return question.to_string();
+    }
+    let mut chain: Vec<&str> = Vec::new();
+    for q in earlier.iter().rev() {
+        chain.push(q);
+        if !is_follow_up(q) {
+            break;
+        }
+    }
+    chain.reverse();
+    chain.push(question);
+    chain.join(" ")
+}
+
 /// The offline provider's answer to an `ask_sql` request.
 pub fn offline_sql_answer(input: &Value) -> Value {
     let question = input.get("question").and_then(Value::as_str).unwrap_or("");
-    match offline_sql(question) {
+    let earlier: Vec<String> = input
+        .get("earlier")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    match offline_sql(&offline_question(question, &earlier)) {
         Some((sql, chart)) => json!({"sql": sql, "chart": chart}),
         None => json!({
             "sql": "",
@@ -209,16 +257,37 @@ pub fn offline_words(input: &Value) -> Value {
     json!({"answer": render_rows(&columns, &rows, truncated)})
 }
 
-/// The first whole number in `q`, within `lo..=hi`.
+/// The last whole number in `q` (a follow-up's number wins), within
+/// `lo..=hi`.
 fn number_in(q: &str, lo: u32, hi: u32) -> Option<u32> {
     q.split(|c: char| !c.is_ascii_digit())
-        .find(|s| !s.is_empty())
+        .rfind(|s| !s.is_empty())
         .and_then(|s| s.parse::<u32>().ok())
         .map(|n| n.clamp(lo, hi))
 }
 
 fn has(q: &str, words: &[&str]) -> bool {
     words.iter().any(|w| q.contains(w))
+}
+
+/// Whether the last of `a`'s words comes after the last of `b`'s (a word
+/// absent from `q` comes nowhere).
+fn later(q: &str, a: &[&str], b: &[&str]) -> bool {
+    let last = |ws: &[&str]| ws.iter().filter_map(|w| q.rfind(w)).max();
+    match (last(a), last(b)) {
+        (Some(x), Some(y)) => x > y,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+/// A device named in a question ("on mobile"), as an SQL condition.
+fn device_filter(q: &str) -> String {
+    ["mobile", "desktop", "tablet"]
+        .into_iter()
+        .rfind(|d| q.contains(d))
+        .map(|d| format!(" AND device_type = '{d}'"))
+        .unwrap_or_default()
 }
 
 /// A product named in a question, reduced to characters that are safe in
@@ -260,10 +329,12 @@ pub fn offline_sql(question: &str) -> Option<(String, Value)> {
             json!({"kind": "table"}),
         ));
     }
+    let dev = device_filter(&q);
     if has(&q, &["conversion", "convert"]) {
-        let dim = if has(&q, &["device"]) {
+        let sources: &[&str] = &["source", "traffic", "referr"];
+        let dim = if has(&q, &["device"]) && !later(&q, sources, &["device"]) {
             "device_type"
-        } else if has(&q, &["source", "traffic", "referr"]) {
+        } else if has(&q, sources) {
             "traffic_source"
         } else {
             return None;
@@ -272,7 +343,7 @@ pub fn offline_sql(question: &str) -> Option<(String, Value)> {
             format!(
                 "SELECT {dim}, count(*) AS sessions, sum(CASE WHEN converted THEN 1 ELSE 0 END) AS orders, \
                  round(100.0 * sum(CASE WHEN converted THEN 1 ELSE 0 END) / count(*), 2) AS conversion_pct \
-                 FROM sessions WHERE channel = 'web' GROUP BY {dim} ORDER BY sessions DESC, {dim}"
+                 FROM sessions WHERE channel = 'web'{dev} GROUP BY {dim} ORDER BY sessions DESC, {dim}"
             ),
             json!({"kind": "bar", "x": dim, "y": ["conversion_pct"]}),
         ));
@@ -281,21 +352,22 @@ pub fn offline_sql(question: &str) -> Option<(String, Value)> {
         && has(&q, &["day", "trend", "daily"])
     {
         let n = number_in(&q, 1, 366).unwrap_or(7);
-        if has(&q, &["revenue", "sales"]) {
+        let events: &[&str] = &["event", "traffic", "activity"];
+        if has(&q, &["revenue", "sales"]) && !later(&q, events, &["revenue", "sales"]) {
             return Some((
                 format!(
                     "SELECT CAST(event_date AS VARCHAR) AS day, count(*) AS orders, round(sum(revenue), 2) AS revenue \
-                     FROM raw_web_events WHERE event = 'Order Completed' \
+                     FROM raw_web_events WHERE event = 'Order Completed'{dev} \
                      AND event_date > current_date() - INTERVAL '{n} days' GROUP BY event_date ORDER BY day"
                 ),
                 json!({"kind": "line", "x": "day", "y": ["revenue"]}),
             ));
         }
-        if has(&q, &["event", "traffic", "activity"]) {
+        if has(&q, events) {
             return Some((
                 format!(
                     "SELECT CAST(event_date AS VARCHAR) AS day, count(*) AS events FROM raw_web_events \
-                     WHERE event_date > current_date() - INTERVAL '{n} days' GROUP BY event_date ORDER BY day"
+                     WHERE event_date > current_date(){dev} - INTERVAL '{n} days' GROUP BY event_date ORDER BY day"
                 ),
                 json!({"kind": "line", "x": "day", "y": ["events"]}),
             ));
@@ -304,22 +376,24 @@ pub fn offline_sql(question: &str) -> Option<(String, Value)> {
     }
     if has(&q, &["product"]) && has(&q, &["top", "most", "best", "popular"]) {
         let n = number_in(&q, 1, 100).unwrap_or(10);
-        if has(&q, &["order", "sold", "selling", "purchase", "bought"]) {
+        let orders: &[&str] = &["order", "sold", "selling", "purchase", "bought"];
+        let views: &[&str] = &["view", "popular", "seen"];
+        if has(&q, orders) && !later(&q, views, orders) {
             return Some((
                 format!(
                     "SELECT s.product_id, p.name, count(*) AS orders FROM \
-                     (SELECT unnest(product_ids) AS product_id FROM sessions WHERE converted) s \
+                     (SELECT unnest(product_ids) AS product_id FROM sessions WHERE converted{dev}) s \
                      LEFT JOIN products p ON p.product_id = s.product_id \
                      GROUP BY s.product_id, p.name ORDER BY orders DESC, s.product_id LIMIT {n}"
                 ),
                 json!({"kind": "bar", "x": "name", "y": ["orders"]}),
             ));
         }
-        if has(&q, &["view", "popular", "seen"]) {
+        if has(&q, views) {
             return Some((
                 format!(
                     "SELECT product_id, max(product_name) AS name, count(*) AS views FROM raw_web_events \
-                     WHERE event = 'Product Viewed' AND product_id IS NOT NULL \
+                     WHERE event = 'Product Viewed'{dev} AND product_id IS NOT NULL \
                      GROUP BY product_id ORDER BY views DESC, product_id LIMIT {n}"
                 ),
                 json!({"kind": "bar", "x": "name", "y": ["views"]}),
@@ -355,6 +429,38 @@ mod tests {
         assert!(!sql.contains("x'"), "{sql}");
         let (sql, _) = offline_sql("top 5 products by views").unwrap();
         assert!(sql.ends_with("LIMIT 5"), "{sql}");
+    }
+
+    #[test]
+    fn a_follow_up_is_read_with_the_questions_before_it() {
+        let earlier = ["conversion by device".to_string()];
+        let q = offline_question("and by traffic source?", &earlier);
+        let (sql, _) = offline_sql(&q).unwrap();
+        assert!(sql.starts_with("SELECT traffic_source"), "{sql}");
+        let earlier = [
+            "top 5 products by views".to_string(),
+            "and on mobile?".to_string(),
+        ];
+        let (sql, _) = offline_sql(&offline_question("what about 3?", &earlier)).unwrap();
+        assert!(
+            sql.contains("device_type = 'mobile'") && sql.ends_with("LIMIT 3"),
+            "{sql}"
+        );
+        assert!(sql.contains("views"), "{sql}");
+        // Not a follow-up, or nothing before it: the question alone.
+        assert_eq!(
+            offline_question("conversion by device", &earlier),
+            "conversion by device"
+        );
+        assert!(offline_sql(&offline_question("and on mobile?", &[])).is_none());
+        // The earlier words stay in force unless later ones change them.
+        let earlier = ["revenue trend over the last 7 days".to_string()];
+        let (sql, _) =
+            offline_sql(&offline_question("and over the last 30 days?", &earlier)).unwrap();
+        assert!(
+            sql.contains("revenue") && sql.contains("'30 days'"),
+            "{sql}"
+        );
     }
 
     #[test]

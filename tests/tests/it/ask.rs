@@ -12,18 +12,18 @@ use serde_json::{json, Value};
 use crate::support::{land_web, python, Backend, Server};
 
 /// Marks org B's rows.
-const B_MARK: &str = "BETAMARK";
+pub(crate) const B_MARK: &str = "BETAMARK";
 
-struct World {
-    b: Backend,
+pub(crate) struct World {
+    pub(crate) b: Backend,
     _wal: tempfile::TempDir,
-    server: Server,
-    org_a: String,
-    org_b: String,
-    key_a: String,
-    key_b: String,
-    admin_a: String,
-    http: reqwest::Client,
+    pub(crate) server: Server,
+    pub(crate) org_a: String,
+    pub(crate) org_b: String,
+    pub(crate) key_a: String,
+    pub(crate) key_b: String,
+    pub(crate) admin_a: String,
+    pub(crate) http: reqwest::Client,
 }
 
 fn key(b: &Backend, org: &str, scope: &str) -> String {
@@ -33,7 +33,7 @@ fn key(b: &Backend, org: &str, scope: &str) -> String {
 
 /// The demo brand with four weeks of activity (patterns included), and org
 /// B with a few sessions of its own, sessionized and enriched.
-async fn world() -> World {
+pub(crate) async fn world() -> World {
     world_with(&[]).await
 }
 
@@ -86,7 +86,7 @@ async fn world_with(env: &[(&str, &str)]) -> World {
 }
 
 impl World {
-    async fn post(&self, path: &str, key: Option<&str>, body: &Value) -> (u16, Value) {
+    pub(crate) async fn post(&self, path: &str, key: Option<&str>, body: &Value) -> (u16, Value) {
         let mut r = self.http.post(self.server.url(path)).json(body);
         if let Some(k) = key {
             r = r.bearer_auth(k);
@@ -104,7 +104,7 @@ impl World {
         )
     }
 
-    async fn sql(&self, key: &str, sql: &str) -> Vec<Value> {
+    pub(crate) async fn sql(&self, key: &str, sql: &str) -> Vec<Value> {
         let (s, v) = self
             .post("/api/v1/sql", Some(key), &json!({ "sql": sql }))
             .await;
@@ -147,7 +147,7 @@ impl World {
     }
 
     /// Org A's answer must not carry org B's rows or id.
-    fn assert_no_b(&self, what: &str, v: &impl std::fmt::Display) {
+    pub(crate) fn assert_no_b(&self, what: &str, v: &impl std::fmt::Display) {
         let text = v.to_string();
         assert!(
             !text.contains(B_MARK) && !text.contains(&self.org_b),
@@ -178,7 +178,7 @@ impl World {
 }
 
 /// The offline provider's question shapes and hand-written reference SQL.
-const SHAPES: &[(&str, &str, &str)] = &[
+pub(crate) const SHAPES: &[(&str, &str, &str)] = &[
     (
         "Top 5 products by views",
         "bar",

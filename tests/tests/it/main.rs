@@ -2,6 +2,7 @@
 //! the real `crow` binary, independent readers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod a2a;
 mod api;
 mod ask;
 mod cli;
