@@ -47,7 +47,8 @@ struct Accept {
     password: String,
 }
 
-fn body<T: serde::de::DeserializeOwned>(bytes: &[u8], shape: &str) -> ApiResult<T> {
+/// A JSON body, or 400 `invalid_body` showing the expected `shape`.
+pub(crate) fn body<T: serde::de::DeserializeOwned>(bytes: &[u8], shape: &str) -> ApiResult<T> {
     serde_json::from_slice(bytes).map_err(|e| {
         ApiError::bad_request(
             "invalid_body",

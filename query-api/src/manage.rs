@@ -20,20 +20,12 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::account::body;
 use crate::auth::{self, Principal};
 use crate::error::{ApiError, ApiResult};
 use crate::keys::Scope;
 use crate::users::{self, Role, User};
 use crate::ApiState;
-
-fn body<T: serde::de::DeserializeOwned>(bytes: &[u8], shape: &str) -> ApiResult<T> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_body",
-            format!("the body must be JSON like {shape}: {e}"),
-        )
-    })
-}
 
 async fn admin(st: &ApiState, headers: &HeaderMap) -> ApiResult<Principal> {
     auth::authenticate(&st.keys, &st.limiter, headers, Scope::Admin).await
@@ -55,19 +47,9 @@ fn is_owner(p: &Principal) -> bool {
     p.user.as_ref().is_some_and(|u| u.role == Role::Owner)
 }
 
+/// A change that succeeded, in the audit log.
 async fn audit(st: &ApiState, p: &Principal, action: &str, target: &str, detail: Value) {
-    let entry = users::Audit {
-        org_id: &p.org_id,
-        actor: &p.actor(),
-        action,
-        target: Some(target),
-        outcome: "ok",
-        detail: Some(detail),
-        ..users::Audit::default()
-    };
-    if let Err(e) = users::audit(&st.lake, entry).await {
-        tracing::error!(error = %e, "could not write the audit log");
-    }
+    crate::audit_call(st, p, action, target, true, detail).await;
 }
 
 /// The user `id` of the caller's organization (404 otherwise).
