@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use crow_lake::batch::{batches_to_rows, rows_to_batch, ts_micros};
@@ -37,7 +37,6 @@ use serde_json::{json, Value};
 use crate::ask::{AskAnswer, AskRequest, Progress};
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
-use crate::keys::Scope;
 use crate::ApiState;
 
 /// The JSON-RPC endpoint's path.
@@ -380,16 +379,9 @@ fn rpc_reply(id: &Value, r: Result<Value, RpcErr>) -> Value {
 
 /// `POST /a2a`: one JSON-RPC request.
 pub async fn post(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: Bytes) -> Response {
-    if crate::auth::bearer(&headers).is_none() {
-        let mut r = ApiError::unauthorized("send an API key as `Authorization: Bearer SECRET`")
-            .into_response();
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return r;
-    }
-    let p = match crate::auth::authenticate(&st.keys, &st.limiter, &headers, Scope::Read).await {
+    let p = match crate::auth::agent_caller(&st, &headers, "/a2a").await {
         Ok(p) => p,
-        Err(e) => return e.into_response(),
+        Err(r) => return r,
     };
     let req: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,

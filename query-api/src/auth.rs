@@ -439,3 +439,53 @@ mod tests {
         assert_eq!(bearer(&h), None);
     }
 }
+
+/// Whether a request's `Origin`, when it sends one, is this server's own
+/// host: the agent endpoints (`/mcp`, `/a2a`) refuse calls made from another
+/// site's pages (DNS rebinding, a browser carrying a stored key).
+fn origin_ok(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let (Ok(origin), Some(host)) = (
+        origin.to_str(),
+        headers.get(header::HOST).and_then(|h| h.to_str().ok()),
+    ) else {
+        return false;
+    };
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    authority.is_some_and(|a| a.eq_ignore_ascii_case(host))
+}
+
+/// The caller of an agent endpoint (`/mcp`, `/a2a`): a bearer API key with
+/// read scope, from a request that no other site's page sent. Refusals are
+/// whole responses (403 `forbidden_origin`; 401 with `WWW-Authenticate`).
+pub async fn agent_caller(
+    st: &crate::ApiState,
+    headers: &HeaderMap,
+    endpoint: &str,
+) -> Result<Principal, axum::response::Response> {
+    use axum::response::IntoResponse;
+    if !origin_ok(headers) {
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "forbidden_origin",
+            format!("requests to {endpoint} from another site's pages are refused"),
+        )
+        .into_response());
+    }
+    if bearer(headers).is_none() {
+        let mut r = ApiError::unauthorized("send an API key as `Authorization: Bearer SECRET`")
+            .into_response();
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+        return Err(r);
+    }
+    authenticate(&st.keys, &st.limiter, headers, Scope::Read)
+        .await
+        .map_err(IntoResponse::into_response)
+}

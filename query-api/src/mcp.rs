@@ -131,45 +131,6 @@ fn reply(status: StatusCode, body: &Value) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// Refuse a request whose `Origin` is not this server's own host.
-fn origin_ok(headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return true;
-    };
-    let (Ok(origin), Some(host)) = (
-        origin.to_str(),
-        headers.get(header::HOST).and_then(|h| h.to_str().ok()),
-    ) else {
-        return false;
-    };
-    let authority = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"));
-    authority.is_some_and(|a| a.eq_ignore_ascii_case(host))
-}
-
-/// Authenticate the bearer key; a problem response when it is refused.
-async fn caller(st: &ApiState, headers: &HeaderMap) -> Result<Principal, Response> {
-    if !origin_ok(headers) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden_origin",
-            "requests to /mcp from another site's pages are refused",
-        )
-        .into_response());
-    }
-    if crate::auth::bearer(headers).is_none() {
-        let mut r = ApiError::unauthorized("send an API key as `Authorization: Bearer SECRET`")
-            .into_response();
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return Err(r);
-    }
-    crate::auth::authenticate(&st.keys, &st.limiter, headers, Scope::Read)
-        .await
-        .map_err(IntoResponse::into_response)
-}
-
 /// `GET /mcp`: no server-initiated stream is offered.
 pub async fn get() -> Response {
     let mut r = (
@@ -184,7 +145,7 @@ pub async fn get() -> Response {
 
 /// `DELETE /mcp`: end a session.
 pub async fn delete(State(st): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
-    let p = match caller(&st, &headers).await {
+    let p = match crate::auth::agent_caller(&st, &headers, "/mcp").await {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -264,7 +225,7 @@ fn era_of(st: &ApiState, p: &Principal, headers: &HeaderMap, msg: &Value) -> Res
 
 /// `POST /mcp`: one JSON-RPC message.
 pub async fn post(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let p = match caller(&st, &headers).await {
+    let p = match crate::auth::agent_caller(&st, &headers, "/mcp").await {
         Ok(p) => p,
         Err(r) => return r,
     };

@@ -428,4 +428,23 @@ async fn v03_input_stream_and_errors(w: &World, base: &str, id: &str) {
         .await
         .expect("json");
     assert_eq!(r["error"]["code"], -32009, "{r}");
+    // A page of another site may not drive the agent with a key it holds;
+    // the server's own origin may.
+    for (origin, want) in [("http://evil.example", 403), (base, 200)] {
+        let r = w
+            .http
+            .post(format!("{base}/a2a"))
+            .bearer_auth(&w.key_a)
+            .header("Origin", origin)
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "GetTask", "params": {"id": id}}))
+            .send()
+            .await
+            .expect("origin");
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap_or_default();
+        assert_eq!(status, want, "Origin {origin}: {body}");
+        if want == 403 {
+            assert!(body.contains("forbidden_origin"), "{body}");
+        }
+    }
 }
