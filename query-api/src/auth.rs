@@ -407,39 +407,6 @@ async fn session_principal(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_bucket_refuses_past_the_burst_then_refills() {
-        let l = RateLimiter::new(1000.0, 2);
-        assert_eq!(l.check("a"), Ok(()));
-        assert_eq!(l.check("a"), Ok(()));
-        assert_eq!(l.check("b"), Ok(()), "buckets are per key");
-        std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(l.check("a"), Ok(()), "refilled");
-        let slow = RateLimiter::new(0.1, 1);
-        assert_eq!(slow.check("a"), Ok(()));
-        // Empty: one token takes 10 s at 0.1 per second.
-        assert_eq!(slow.check("a"), Err(10));
-        assert_eq!(slow.check("b"), Ok(()));
-        let burst = RateLimiter::new(0.1, 3);
-        let got: Vec<_> = (0..4).map(|_| burst.check("k")).collect();
-        assert_eq!(got, [Ok(()), Ok(()), Ok(()), Err(10)], "exactly the burst");
-    }
-
-    #[test]
-    fn bearer_parsing() {
-        let mut h = HeaderMap::new();
-        assert_eq!(bearer(&h), None);
-        h.insert(header::AUTHORIZATION, "Bearer ck_abc".parse().unwrap());
-        assert_eq!(bearer(&h), Some("ck_abc"));
-        h.insert(header::AUTHORIZATION, "Basic ck_abc".parse().unwrap());
-        assert_eq!(bearer(&h), None);
-    }
-}
-
 /// Whether a request's `Origin`, when it sends one, is this server's own
 /// host: the agent endpoints (`/mcp`, `/a2a`) refuse calls made from another
 /// site's pages (DNS rebinding, a browser carrying a stored key).
@@ -488,4 +455,37 @@ pub async fn agent_caller(
     authenticate(&st.keys, &st.limiter, headers, Scope::Read)
         .await
         .map_err(IntoResponse::into_response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_bucket_refuses_past_the_burst_then_refills() {
+        let l = RateLimiter::new(1000.0, 2);
+        assert_eq!(l.check("a"), Ok(()));
+        assert_eq!(l.check("a"), Ok(()));
+        assert_eq!(l.check("b"), Ok(()), "buckets are per key");
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(l.check("a"), Ok(()), "refilled");
+        let slow = RateLimiter::new(0.1, 1);
+        assert_eq!(slow.check("a"), Ok(()));
+        // Empty: one token takes 10 s at 0.1 per second.
+        assert_eq!(slow.check("a"), Err(10));
+        assert_eq!(slow.check("b"), Ok(()));
+        let burst = RateLimiter::new(0.1, 3);
+        let got: Vec<_> = (0..4).map(|_| burst.check("k")).collect();
+        assert_eq!(got, [Ok(()), Ok(()), Ok(()), Err(10)], "exactly the burst");
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, "Bearer ck_abc".parse().unwrap());
+        assert_eq!(bearer(&h), Some("ck_abc"));
+        h.insert(header::AUTHORIZATION, "Basic ck_abc".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+    }
 }

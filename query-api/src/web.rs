@@ -70,6 +70,8 @@ struct Served {
     plain: Bytes,
     gzip: Option<Bytes>,
     etag: String,
+    /// A page's Content-Security-Policy (assets have none).
+    csp: Option<HeaderValue>,
 }
 
 impl Served {
@@ -79,10 +81,55 @@ impl Served {
         Served {
             ctype,
             etag: format!("\"{}\"", &hash[..16]),
+            csp: (ctype == HTML)
+                .then(|| HeaderValue::from_str(&csp(&String::from_utf8_lossy(&body))).ok())
+                .flatten(),
             plain: Bytes::from(body),
             gzip: gzip.map(Bytes::from),
         }
     }
+}
+
+/// The Content-Security-Policy of a page: scripts, styles, images and
+/// requests only from this server, no frames, no plugins, no `<base>`, forms
+/// posting only here. The page's inline scripts (the import map) are allowed
+/// by their SHA-256, so an injected inline script never runs.
+fn csp(page: &str) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let mut script_src = String::from("'self'");
+    for inline in inline_scripts(page) {
+        let digest = sha2::Sha256::digest(inline.as_bytes());
+        let b64 = base64::engine::general_purpose::STANDARD.encode(digest);
+        script_src.push_str(&format!(" 'sha256-{b64}'"));
+    }
+    format!(
+        "default-src 'self'; script-src {script_src}; style-src 'self'; img-src 'self' data:; \
+         connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
+         frame-ancestors 'none'"
+    )
+}
+
+/// The text of each `<script>` without a `src` in a page.
+fn inline_scripts(page: &str) -> Vec<&str> {
+    let mut found = Vec::new();
+    let mut rest = page;
+    while let Some(at) = rest.find("<script") {
+        let after = &rest[at..];
+        let Some(tag_end) = after.find('>') else {
+            break;
+        };
+        let tag = &after[..tag_end];
+        let body = &after[tag_end + 1..];
+        let Some(close) = body.find("</script>") else {
+            break;
+        };
+        if !tag.contains(" src=") {
+            found.push(&body[..close]);
+        }
+        rest = &body[close..];
+    }
+    found
 }
 
 fn gzip(body: &[u8]) -> Option<Vec<u8>> {
@@ -174,6 +221,9 @@ fn send(s: &Served, headers: &HeaderMap, cache: &'static str) -> Response {
     if let Ok(v) = HeaderValue::from_str(&s.etag) {
         h.insert(header::ETAG, v);
     }
+    if let Some(csp) = &s.csp {
+        h.insert(header::CONTENT_SECURITY_POLICY, csp.clone());
+    }
     if s.ctype == HTML {
         h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
         h.insert(
@@ -262,6 +312,36 @@ mod tests {
             "uPlot.min..css".len() + 8
         );
         assert!(asset_url("app.js").is_some_and(|u| u.starts_with("/assets/app.")));
+    }
+
+    #[test]
+    fn pages_allow_exactly_their_own_inline_scripts() {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let page = "<script type=\"importmap\">{\"a\": 1}</script>\n\
+                    <script type=\"module\" src=\"/assets/app.js\"></script><script>x()</script>";
+        assert_eq!(inline_scripts(page), vec!["{\"a\": 1}", "x()"]);
+        let b = built();
+        let app = &b.pages["app.html"];
+        let csp = app.csp.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+        let text = String::from_utf8_lossy(&app.plain);
+        let map = inline_scripts(&text);
+        assert_eq!(
+            map.len(),
+            1,
+            "the app page has one inline script, its import map"
+        );
+        let want = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(map[0]));
+        assert!(
+            csp.contains(&format!("script-src 'self' 'sha256-{want}';")),
+            "{csp}"
+        );
+        assert!(csp.contains("frame-ancestors 'none'") && csp.contains("object-src 'none'"));
+        assert!(!csp.contains("unsafe"), "{csp}");
+        for (name, p) in &b.pages {
+            assert!(p.csp.is_some(), "{name} has a CSP");
+        }
+        assert!(b.assets.values().all(|a| a.csp.is_none()));
     }
 
     #[test]

@@ -50,8 +50,22 @@ class Watch:
         assert not self.problems, f"{where}: {self.problems}"
 
 
+
+def wait_js(page, expr, timeout=10000):
+    """Wait until the JavaScript expression `expr` is truthy in the page.
+    (Playwright's wait_for_function evaluates its text with the page's
+    eval, which the Content-Security-Policy rightly forbids; evaluate()
+    goes through DevTools.)"""
+    deadline = time.monotonic() + timeout / 1000
+    while not page.evaluate(f"() => Boolean({expr})"):
+        assert time.monotonic() < deadline, f"timed out waiting for {expr}"
+        time.sleep(0.1)
+
 def axe(page, axe_js, where):
-    page.add_script_tag(path=axe_js)
+    # Through DevTools, not a <script> tag: the pages' Content-Security-Policy
+    # refuses inline scripts it does not know (that is what it is for).
+    with open(axe_js, encoding="utf-8") as f:
+        page.evaluate(f.read() + "\n;0")
     found = page.evaluate("""async () => {
         const r = await axe.run(document, {resultTypes: ['violations']});
         return r.violations.filter(v => v.impact === 'serious' || v.impact === 'critical')
@@ -140,7 +154,7 @@ def wait_for_live(page, anon):
         page.wait_for_timeout(500)
     # They have landed: the page's next refresh, which starts after now,
     # must count them.
-    page.wait_for_function(f"Number(document.querySelector('[data-testid=overview]').dataset.loads) > {snap['loads'] + 1}",
+    wait_js(page, f"Number(document.querySelector('[data-testid=overview]').dataset.loads) > {snap['loads'] + 1}",
                            timeout=30000)
     snap = snapshot(page)
     assert landed_in(page, anon, snap) == 3, snap
@@ -165,8 +179,13 @@ def send_events(base, key, n):
 def public_pages(browser, base, axe_js, out):
     page = browser.new_page(viewport={"width": 1440, "height": 900})
     w = Watch(page)
-    page.goto(base + "/")
+    landing = page.goto(base + "/")
     assert "CROW" in page.title()
+    # Every page carries a Content-Security-Policy: scripts from this server
+    # only (an inline script only by its hash), no framing; the Watch above
+    # fails the test if the policy blocks anything the pages need.
+    csp = landing.headers.get("content-security-policy", "")
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp, csp
     for sel in ['meta[name=description]', 'meta[property="og:title"]', 'meta[property="og:description"]',
                 'meta[name="twitter:card"]']:
         assert page.locator(sel).get_attribute("content"), f"the landing page lacks {sel}"
@@ -187,7 +206,7 @@ def public_pages(browser, base, axe_js, out):
     page.fill("#email", "nobody@example.com")
     page.fill("#password", "not the password")
     page.click("#submit")
-    page.wait_for_function("document.getElementById('message').textContent.length > 0")
+    wait_js(page, "document.getElementById('message').textContent.length > 0")
     assert "do not match" in page.inner_text("#message")
     w.problems = [p for p in w.problems if "401" not in p]
     w.check("a wrong password")
@@ -230,7 +249,7 @@ def owner_flow(browser, base, email, password, key, axe_js, out):
     assert page.evaluate("window.__sameDocument === true"), "the page was reloaded"
     # The time range is in the URL.
     page.select_option("#range", "30d")
-    page.wait_for_function("new URL(location.href).searchParams.get('range') === '30d'")
+    wait_js(page, "new URL(location.href).searchParams.get('range') === '30d'")
     page.wait_for_selector("[data-testid=overview][data-state=ready]", timeout=30000)
     interactions = interactions_page(page, axe_js, out)
     patterns = patterns_page(page, axe_js, out)
@@ -297,7 +316,7 @@ def interactions_page(page, axe_js, out):
     bounds = lambda: {k: page.get_attribute("[data-testid=interactions]", "data-" + k) for k in ("from", "to")}
     listed = bounds()
     page.get_by_role("button", name="Older interactions").click()
-    page.wait_for_function("document.querySelectorAll('[data-testid=interaction-row]').length > 25", timeout=30000)
+    wait_js(page, "document.querySelectorAll('[data-testid=interaction-row]').length > 25", timeout=30000)
     two_pages = ids()
     assert two_pages[:25] == first_page and len(set(two_pages)) == len(two_pages), "paging adds, never repeats"
     page.locator("[data-testid=interaction-row] button").first.click()
@@ -310,7 +329,7 @@ def interactions_page(page, axe_js, out):
     # Filters: purchased only, in the URL.
     page.select_option("#outcome", "purchased")
     page.get_by_role("button", name="Show").click()
-    page.wait_for_function("new URL(location.href).searchParams.get('outcome') === 'purchased'")
+    wait_js(page, "new URL(location.href).searchParams.get('outcome') === 'purchased'")
     page.wait_for_selector("[data-testid=interactions][data-state=ready]", timeout=30000)
     return {"listed": listed, "first_page": first_page, "two_pages": two_pages, "opened": opened,
             "purchased": {"ids": ids(), **bounds()}}
@@ -381,12 +400,12 @@ def patterns_page(page, axe_js, out):
     axe(page, axe_js, "/app/patterns")
     screenshots(page, out, "patterns", "[data-testid=patterns][data-state=ready]")
     page.select_option("#period", "day")
-    page.wait_for_function("new URL(location.href).searchParams.get('period') === 'day'")
+    wait_js(page, "new URL(location.href).searchParams.get('period') === 'day'")
     page.wait_for_selector("[data-testid=patterns][data-state=ready] [data-testid=period-shown]", timeout=30000)
     latest = page.inner_text("[data-testid=period-shown]")
     page.get_by_role("button", name="← Earlier").click()
-    page.wait_for_function("new URL(location.href).searchParams.get('start')")
-    page.wait_for_function(f"document.querySelector('[data-testid=period-shown]').textContent !== {json.dumps(latest)}")
+    wait_js(page, "new URL(location.href).searchParams.get('start')")
+    wait_js(page, f"document.querySelector('[data-testid=period-shown]').textContent !== {json.dumps(latest)}")
     return shown
 
 
