@@ -87,7 +87,12 @@
 //! events ("Payment Info Entered" → "Order Completed") measures the same
 //! thing as the funnel step between them: when both are found for all
 //! traffic, the funnel step is kept and the transition becomes its
-//! supporting evidence (`same_fact` in the statistics).
+//! supporting evidence (`same_fact` in the statistics). A segment that
+//! explains a change of all traffic is the same fact too: when all traffic
+//! and one segment moved the same way and the rest of the traffic (all
+//! traffic without that segment, tested against its own baseline) stayed
+//! flat (|z| < 2), the segment's row ("Mobile: … fell") is kept, with the
+//! all-traffic finding as its evidence (`explains_whole`).
 //!
 //! **Failures name their cause.** A failure finding names the failing
 //! events and the funnel step at which they occur (the last step reached
@@ -2345,6 +2350,132 @@ fn one_fact(fs: Vec<Finding>) -> Vec<Finding> {
     out
 }
 
+/// The segment label of "all traffic except one segment" (never stored).
+const REST: &str = "rest";
+
+/// The rest of the traffic "did not move" when its own test's |z| stays
+/// under this: not even nominally significant (5%, two-sided), far below a
+/// finding's bar, so a whole change is put on one segment only when the
+/// rest is plainly flat.
+const REST_MAX_Z: f64 = 2.0;
+
+/// One fact, one row, across segments: when all traffic and one segment
+/// moved the same way on a metric, and the rest of the traffic (all traffic
+/// without that segment, tested like any segment against its own baseline)
+/// did not move, the segment explains the whole change. The segment's row
+/// is the clearer statement ("Mobile: … fell"), so it stays, with the
+/// all-traffic finding as its supporting evidence (`explains_whole`); the
+/// all-traffic row is dropped. A segment explains the whole only when it is
+/// the one finding of its dimension for that metric: two devices that both
+/// moved are a change of the whole.
+fn segment_explains_whole(
+    fs: Vec<Finding>,
+    cur: &Stats,
+    base: &[&Stats],
+    ctx: &TestCtx,
+) -> Vec<Finding> {
+    let dim = |seg: &str| seg.split('=').next().unwrap_or_default().to_string();
+    let mut explained: BTreeMap<String, (String, Value)> = BTreeMap::new();
+    for w in fs
+        .iter()
+        .filter(|f| f.segment.is_empty() && !f.metric.starts_with("pair:"))
+    {
+        let mut segs: Vec<&Finding> = fs
+            .iter()
+            .filter(|s| s.metric == w.metric && !s.segment.is_empty())
+            .collect();
+        segs.sort_by(|a, b| b.z.abs().total_cmp(&a.z.abs()));
+        let explains = segs.iter().find(|s| {
+            s.z.signum() == w.z.signum()
+                && segs
+                    .iter()
+                    .filter(|o| dim(&o.segment) == dim(&s.segment))
+                    .count()
+                    == 1
+                && rest_unchanged(&w.metric, &s.segment, cur, base, ctx)
+        });
+        if let Some(s) = explains {
+            let whole = json!({"metric": w.metric, "title": w.title,
+                "z": (w.z * 100.0).round() / 100.0, "statistics": w.facts});
+            explained.insert(w.metric.clone(), (s.segment.clone(), whole));
+        }
+    }
+    if explained.is_empty() {
+        return fs;
+    }
+    fs.into_iter()
+        .filter(|f| !(f.segment.is_empty() && explained.contains_key(&f.metric)))
+        .map(|mut f| {
+            if let Some((seg, whole)) = explained.get(&f.metric) {
+                if *seg == f.segment {
+                    if let Some(o) = f.facts.as_object_mut() {
+                        o.insert("explains_whole".into(), whole.clone());
+                    }
+                }
+            }
+            f
+        })
+        .collect()
+}
+
+/// Whether all traffic without `seg` shows no change on `metric`: the rest,
+/// tested against its own baseline like any segment, stays under
+/// [`REST_MAX_Z`].
+fn rest_unchanged(metric: &str, seg: &str, cur: &Stats, base: &[&Stats], ctx: &TestCtx) -> bool {
+    let key: Key = (metric.to_string(), REST.to_string());
+    let whole_key: Key = (metric.to_string(), String::new());
+    let seg_key: Key = (metric.to_string(), seg.to_string());
+    let rest = |st: &Stats| -> Stats {
+        let mut out = Stats {
+            sessions: st.sessions,
+            days: st.days,
+            ..Stats::default()
+        };
+        if let Some(w) = st.cells.get(&whole_key) {
+            let s = st.cells.get(&seg_key).copied().unwrap_or_default();
+            out.cells.insert(
+                key.clone(),
+                Cell {
+                    k: (w.k - s.k).max(0.0),
+                    n: (w.n - s.n).max(0.0),
+                },
+            );
+        }
+        out
+    };
+    let cur_rest = rest(cur);
+    let base_rest: Vec<Stats> = base.iter().map(|b| rest(b)).collect();
+    let base_refs: Vec<&Stats> = base_rest.iter().collect();
+    let season_cur: Vec<(Weekday, Stats)> = ctx
+        .season
+        .as_ref()
+        .map(|s| s.cur.iter().map(|(w, st)| (*w, rest(st))).collect())
+        .unwrap_or_default();
+    // The days left out of the whole's baseline (earlier incidents) are
+    // left out of the rest's too.
+    let flagged: Flagged = ctx
+        .flagged
+        .and_then(|f| f.get(&whole_key))
+        .map(|days| HashMap::from([(key.clone(), days.clone())]))
+        .unwrap_or_default();
+    let ctx2 = TestCtx {
+        when: ctx.when.clone(),
+        baseline: ctx.baseline.clone(),
+        per_day: ctx.per_day,
+        min_base: ctx.min_base,
+        span: ctx.span,
+        names: ctx.names,
+        visitor_type: ctx.visitor_type,
+        season: ctx.season.as_ref().map(|s| Season {
+            base: s.base.clone(),
+            base_days: s.base_days.clone(),
+            cur: season_cur.iter().map(|(w, st)| (*w, st)).collect(),
+        }),
+        flagged: Some(&flagged),
+    };
+    test_metric(&key, &cur_rest, &base_refs, &ctx2).is_none_or(|f| f.z.abs() < REST_MAX_Z)
+}
+
 /// One organization's complete days, and the tests over them.
 struct Finder<'a> {
     day_stats: BTreeMap<NaiveDate, Stats>,
@@ -2432,7 +2563,8 @@ impl<'a> Finder<'a> {
             .collect();
         fs.extend(pairs(cur, ctx));
         let tests = fs.len();
-        benjamini_hochberg(fs, self.fdr, tests)
+        let fs = benjamini_hochberg(fs, self.fdr, tests);
+        segment_explains_whole(one_fact(fs), cur, base, ctx)
     }
 
     /// A complete day against the 28 days before it.
@@ -2461,7 +2593,7 @@ impl<'a> Finder<'a> {
             }),
             flagged: Some(&flagged),
         };
-        let fs = top(one_fact(self.findings(cur, &base, &ctx)));
+        let fs = top(self.findings(cur, &base, &ctx));
         drop(flagged);
         // Exactly the findings written: a later run that reads this day
         // from the table leaves out the same baseline days.
@@ -2557,6 +2689,82 @@ impl<'a> Finder<'a> {
         self.findings(&cur, &base_refs, &ctx)
     }
 
+    /// The parent's own evidence for the days `[a, b)` of its part: these
+    /// days against the parent's other complete days and the 28 days before
+    /// them (the baseline, and the test's context).
+    fn confirm_ctx<'s>(
+        &'s self,
+        p: &Period,
+        (a, b): (NaiveDate, NaiveDate),
+        flagged: &'s Flagged,
+    ) -> (Vec<&'s Stats>, TestCtx<'s>) {
+        // The parent's own evidence: these days against the parent's
+        // other complete days and the 28 days before them.
+        let from = a
+            .checked_sub_days(Days::new(BASELINE_DAYS as u64))
+            .unwrap_or(a)
+            .max(self.first_data);
+        let to = p.end.min(self.horizon);
+        let (base, base_days): (Vec<&Stats>, Vec<NaiveDate>) = self
+            .day_stats
+            .range(from..to)
+            .filter(|(d, _)| **d < a || **d >= b)
+            .map(|(d, s)| (s, *d))
+            .unzip();
+        let cur_days: Vec<(Weekday, &Stats)> = self
+            .day_stats
+            .range(a..b)
+            .map(|(d, s)| (d.weekday(), s))
+            .collect();
+        let ctx = TestCtx {
+            when: span_phrase(a, b),
+            baseline: format!(
+                "over the other complete days from {from} to {}",
+                to.pred_opt().unwrap_or(to)
+            ),
+            per_day: true,
+            min_base: 7,
+            span: (a, b),
+            names: self.names,
+            visitor_type: self.visitor_type(from),
+            season: Some(Season {
+                base: base_days.iter().map(Datelike::weekday).collect(),
+                base_days,
+                cur: cur_days,
+            }),
+            flagged: Some(flagged),
+        };
+        (base, ctx)
+    }
+
+    /// One fact, one row, in a roll-up: an all-traffic finding and one
+    /// segment's finding of the same metric, both carried up (from
+    /// different parts, or one the period's own and one a part's), are told
+    /// once when the rest of the traffic was flat over the all-traffic
+    /// finding's days (see [`segment_explains_whole`]).
+    fn explain_wholes(&self, p: &Period, fs: Vec<Finding>) -> Vec<Finding> {
+        let wholes: Vec<(String, (NaiveDate, NaiveDate))> = fs
+            .iter()
+            .filter(|f| f.segment.is_empty() && !f.metric.starts_with("pair:"))
+            .map(|f| (f.metric.clone(), f.span))
+            .collect();
+        let mut fs = fs;
+        let flagged = self.flagged.borrow();
+        for (metric, span) in wholes {
+            let Some(cur) = self.span(span.0, span.1) else {
+                continue;
+            };
+            let (base, ctx) = self.confirm_ctx(p, span, &flagged);
+            let (same, rest): (Vec<Finding>, Vec<Finding>) = fs
+                .into_iter()
+                .partition(|f| f.metric == metric && !f.metric.starts_with("pair:"));
+            let mut same = segment_explains_whole(same, &cur, &base, &ctx);
+            same.extend(rest);
+            fs = same;
+        }
+        fs
+    }
+
     /// The period's own findings, plus its parts' findings that the
     /// period's own data confirms (per metric and segment: the own test if
     /// it found it, else the strongest confirmation), strongest first.
@@ -2578,42 +2786,7 @@ impl<'a> Finder<'a> {
             let Some(cur) = self.span(a, b) else {
                 continue;
             };
-            // The parent's own evidence: these days against the parent's
-            // other complete days and the 28 days before them.
-            let from = a
-                .checked_sub_days(Days::new(BASELINE_DAYS as u64))
-                .unwrap_or(a)
-                .max(self.first_data);
-            let to = p.end.min(self.horizon);
-            let (base, base_days): (Vec<&Stats>, Vec<NaiveDate>) = self
-                .day_stats
-                .range(from..to)
-                .filter(|(d, _)| **d < a || **d >= b)
-                .map(|(d, s)| (s, *d))
-                .unzip();
-            let cur_days: Vec<(Weekday, &Stats)> = self
-                .day_stats
-                .range(a..b)
-                .map(|(d, s)| (d.weekday(), s))
-                .collect();
-            let ctx = TestCtx {
-                when: span_phrase(a, b),
-                baseline: format!(
-                    "over the other complete days from {from} to {}",
-                    to.pred_opt().unwrap_or(to)
-                ),
-                per_day: true,
-                min_base: 7,
-                span: (a, b),
-                names: self.names,
-                visitor_type: self.visitor_type(from),
-                season: Some(Season {
-                    base: base_days.iter().map(Datelike::weekday).collect(),
-                    base_days,
-                    cur: cur_days,
-                }),
-                flagged: Some(&flagged),
-            };
+            let (base, ctx) = self.confirm_ctx(p, (a, b), &flagged);
             // The confirmations are one family with every metric these
             // days could test.
             let tests = cur.cells.keys().filter(|k| testable(&k.0)).count();
@@ -2679,7 +2852,7 @@ impl<'a> Finder<'a> {
                 );
             }
         }
-        top(one_fact(out))
+        top(self.explain_wholes(p, one_fact(out)))
     }
 }
 

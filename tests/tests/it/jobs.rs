@@ -1512,6 +1512,33 @@ fn assert_honest_periods(b: &Backend, clock: DateTime<Utc>) {
             );
         }
     }
+    // One fact, one row across segments: the payment incident is mobile's,
+    // and the rest of the traffic is flat, so no period states both "Payment
+    // → order conversion fell" for all traffic and for mobile; the mobile row
+    // carries the all-traffic finding as its evidence.
+    let mut explained = 0;
+    for r in rows.iter().filter(|r| r["segment"] == "device_type=mobile") {
+        let ev = evidence(r);
+        let m = ev["metric"].as_str().unwrap_or("").to_string();
+        let (k, s) = (
+            r["period_kind"].as_str().unwrap_or("").to_string(),
+            r["s"].as_str().unwrap_or("").to_string(),
+        );
+        if m == "funnel:payment>order" || m == "error_sessions" {
+            assert!(
+                !seen.contains(&(k.clone(), s.clone(), m.clone())),
+                "at {clock}: {k} {s} states {m} for all traffic and for mobile"
+            );
+        }
+        if let Some(w) = ev["statistics"].get("explains_whole") {
+            assert_eq!(w["metric"], json!(m), "at {clock}: {r}");
+            explained += 1;
+        }
+    }
+    assert!(
+        explained > 0,
+        "at {clock}: mobile explains the whole's change on some day"
+    );
     // The demo's "top patterns of the week": the payment incident leads,
     // and no volume artefact is among them.
     let week = b.crow_json(&[
