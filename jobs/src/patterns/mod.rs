@@ -356,6 +356,8 @@ struct Sess {
     /// Failure events with the funnel step reached before each (index
     /// into [`STEPS`]; None before the funnel).
     failures: Vec<(String, Option<usize>)>,
+    /// Revenue of the session's orders, when they carried one.
+    revenue: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -444,6 +446,7 @@ impl Sess {
             bought: Vec::new(),
             steps: [false; 5],
             failures: Vec::new(),
+            revenue: None,
         };
         let mut added = Vec::new();
         let mut reached: Option<usize> = None;
@@ -466,6 +469,17 @@ impl Sess {
             }
             if is_failure(kind) {
                 s.failures.push((kind.clone(), reached));
+            }
+            // "order o-1 249.00": the order's revenue, when the event had one.
+            if kind == "Order Completed" {
+                if let Some(v) = detail
+                    .strip_prefix("order ")
+                    .and_then(|d| d.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .filter(|v| v.is_finite() && *v >= 0.0)
+                {
+                    s.revenue = Some(s.revenue.unwrap_or(0.0) + v);
+                }
             }
             s.kinds.push(kind.clone());
         }
@@ -612,6 +626,12 @@ impl Stats {
                 }
                 if s.steps[4] {
                     st.add("orders".into(), seg, 1.0, 0.0, None);
+                    // Revenue of the orders that carried one (k: the sum,
+                    // n: how many), and its squares (for the spread).
+                    if let Some(r) = s.revenue {
+                        st.add("revenue".into(), seg, r, 1.0, None);
+                        st.add("revenue_sq".into(), seg, r * r, 1.0, None);
+                    }
                 }
             }
             // Overall only: events, failures, transitions, loops, products.
@@ -916,7 +936,9 @@ fn testable(metric: &str) -> bool {
         || metric.starts_with("bought:")
         || metric.starts_with("pair:")
         || metric.starts_with("error_at:")
-        || metric == "orders")
+        || metric == "orders"
+        || metric == "revenue"
+        || metric == "revenue_sq")
 }
 
 fn kind_of(metric: &str) -> &'static str {
@@ -2021,6 +2043,27 @@ async fn compute(
         .await?,
     )?;
 
+    // Each organization's currency: its catalog's most common one (order
+    // events carry amounts, the catalog says in what).
+    #[derive(Deserialize)]
+    struct Currency {
+        org_id: String,
+        currency: String,
+    }
+    let currencies: HashMap<String, String> = batches_to_rows::<Currency>(
+        &ctx.sql(&format!(
+            "SELECT org_id, currency FROM products WHERE currency IS NOT NULL {org_cond} \
+             GROUP BY org_id, currency ORDER BY org_id, count(*) DESC, currency"
+        ))
+        .await?
+        .collect()
+        .await?,
+    )?
+    .into_iter()
+    .rev()
+    .map(|r| (r.org_id, r.currency))
+    .collect();
+
     progress.phase("finding patterns", by_org.len() as u64);
     let mut rows: Vec<PatternRow> = Vec::new();
     let mut story_rows: Vec<stories::StoryRow> = Vec::new();
@@ -2028,7 +2071,8 @@ async fn compute(
     for (org, sessions) in &by_org {
         orgs_done.push(org.clone());
         let first_data = sessions.iter().map(|s| s.day).min().unwrap_or(first_day);
-        let finder = Finder::new(sessions, first_data, horizon, &names, opts.fdr);
+        let mut finder = Finder::new(sessions, first_data, horizon, &names, opts.fdr);
+        finder.currency = currencies.get(org).cloned();
         // Days before this run's: their findings, from the table.
         let earlier: Vec<PatternRow> = existing
             .iter()
@@ -2484,6 +2528,9 @@ struct Finder<'a> {
     names: &'a HashMap<String, String>,
     /// False discovery rate of one period's tests.
     fdr: f64,
+    /// The organization's currency (revenue impacts), when its catalog
+    /// names one.
+    currency: Option<String>,
     /// Days with a finding, per metric and segment (days are computed in
     /// order; earlier days' findings come from the table).
     flagged: std::cell::RefCell<Flagged>,
@@ -2523,6 +2570,7 @@ impl<'a> Finder<'a> {
             horizon,
             names,
             fdr,
+            currency: None,
             flagged: std::cell::RefCell::new(HashMap::new()),
         }
     }

@@ -53,6 +53,10 @@ use super::{
 /// 2: one quiet day between them).
 pub const MAX_GAP_DAYS: i64 = 2;
 
+/// Baseline orders with a revenue needed to put a revenue on orders lost
+/// or gained.
+const MIN_VALUED_ORDERS: f64 = 10.0;
+
 /// A `stories` row.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StoryRow {
@@ -303,14 +307,59 @@ impl Finder<'_> {
                                 "expected_orders": (expected * 10.0).round() / 10.0}));
         }
         var += sessions * sessions * r * (1.0 - r) / bs;
+        let mut how = json!({"method": "orders per session", "baseline_orders": bo,
+            "baseline_sessions": bs, "baseline_rate": (r * 10000.0).round() / 10000.0,
+            "days": per_day});
+        if let (Some(rev), Some(o)) = (
+            self.revenue_impact(seg, base, est, var),
+            how.as_object_mut(),
+        ) {
+            o.insert("revenue".into(), rev);
+        }
         Some((
             Impact {
                 estimate: est,
                 se: var.sqrt(),
             },
-            json!({"method": "orders per session", "baseline_orders": bo, "baseline_sessions": bs,
-                   "baseline_rate": (r * 10000.0).round() / 10000.0, "days": per_day}),
+            how,
         ))
+    }
+
+    /// The revenue of `orders` (± `var`) orders lost or gained: times the
+    /// baseline's average order value, whose own uncertainty (the spread of
+    /// order values over how many there were) adds to the interval. None
+    /// when fewer than [`MIN_VALUED_ORDERS`] baseline orders carried a
+    /// revenue.
+    fn revenue_impact(
+        &self,
+        seg: &str,
+        base: &[(NaiveDate, &Stats)],
+        orders: f64,
+        var: f64,
+    ) -> Option<Value> {
+        let (mut sum, mut n, mut sq) = (0.0, 0.0, 0.0);
+        for (_, st) in base {
+            let (k, m) = Self::cell(st, "revenue", seg);
+            sum += k;
+            n += m;
+            sq += Self::cell(st, "revenue_sq", seg).0;
+        }
+        if n < MIN_VALUED_ORDERS {
+            return None;
+        }
+        let aov = sum / n;
+        let var_aov = ((sq / n - aov * aov).max(0.0)) / n;
+        let estimate = orders * aov;
+        let se = (var * aov * aov + orders * orders * var_aov).sqrt();
+        let round0 = |x: f64| x.round();
+        Some(json!({
+            "estimate": round0(estimate),
+            "low": round0(estimate - 1.96 * se),
+            "high": round0(estimate + 1.96 * se),
+            "average_order_value": (aov * 100.0).round() / 100.0,
+            "baseline_valued_orders": n,
+            "currency": self.currency,
+        }))
     }
 
     /// A count metric of `seg` over `days`, against the baseline's mean per
@@ -514,7 +563,7 @@ impl Finder<'_> {
             .map_or(lead_part.title.clone(), super::enrich_cap);
         let when = when_words(start, last, ongoing);
         let amount = if estimate_ok(&how) {
-            amount_words(impact.estimate, low, high, unit)
+            amount_words(impact.estimate, low, high, unit) + &revenue_words(&how["revenue"])
         } else {
             "impact not estimated (too little baseline)".to_string()
         };
@@ -539,24 +588,22 @@ impl Finder<'_> {
         };
         let metrics: BTreeSet<String> = parts.iter().map(|p| p.metric.clone()).collect();
         let n_days: BTreeSet<NaiveDate> = parts.iter().map(|p| p.day).collect();
+        // The narrative leads with what it cost or brought, and for whom.
         let description = format!(
-            "{}{} {when}, found on {} of its {} days in {} finding{} ({}). Against the {} days before it{}, {amount}.{}",
-            lead_title,
+            "{}{} {when}, against the {} days before it: {lead_title}. Found on {} of its {} days \
+             in {} finding{} ({}).{}",
+            super::enrich_cap(&amount),
             seg_phrase(&main),
+            base.len(),
             n_days.len(),
             (last - start).num_days() + 1,
             parts.len(),
             if parts.len() == 1 { "" } else { "s" },
             metrics.iter().cloned().collect::<Vec<_>>().join(", "),
-            base.len(),
-            seg_phrase(&main),
             if unaffected_words.is_empty() {
                 String::new()
             } else {
-                format!(
-                    " Not affected: {}.",
-                    unaffected_words.join(", ")
-                )
+                format!(" Not affected: {}.", unaffected_words.join(", "))
             }
         );
         let (sessions, interactions) = samples(parts, lead, &main);
@@ -671,6 +718,47 @@ fn amount_words(estimate: f64, low: f64, high: f64, unit: &str) -> String {
         "about {:.0} {unit} {lost} (95% interval: {interval})",
         estimate.abs()
     )
+}
+
+/// ", about 16,630 USD of revenue lost (95% interval: 13,100 to 20,160)": the
+/// revenue of orders lost or gained, when it was estimated.
+fn revenue_words(rev: &Value) -> String {
+    let (Some(e), Some(lo), Some(hi)) = (
+        rev["estimate"].as_f64(),
+        rev["low"].as_f64(),
+        rev["high"].as_f64(),
+    ) else {
+        return String::new();
+    };
+    let cur = rev["currency"]
+        .as_str()
+        .map_or(String::new(), |c| format!(" {c}"));
+    let (lo, hi) = if e < 0.0 { (-hi, -lo) } else { (lo, hi) };
+    format!(
+        ", about {}{cur} of revenue {} (95% interval: {} to {})",
+        thousands(e.abs()),
+        if e < 0.0 { "lost" } else { "gained" },
+        thousands(lo),
+        thousands(hi)
+    )
+}
+
+/// 16630.4 → "16,630"; -120 → "-120".
+fn thousands(x: f64) -> String {
+    let v = x.round() as i64;
+    let digits = v.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if v < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
 }
 
 /// Up to five sample sessions and interactions, the lead metric in the

@@ -1567,7 +1567,7 @@ fn assert_honest_periods(b: &Backend, clock: DateTime<Utc>) {
     // The demo's stories of the week: the mobile payment story leads.
     let stories = b.crow_json(&[
         "sql",
-        "SELECT kind, segments_affected, impact_unit, impact, title FROM stories          WHERE last_date >= (SELECT max(period_start) FROM patterns WHERE period_kind = 'week')          ORDER BY rank_score DESC, significance DESC LIMIT 5",
+        "SELECT kind, segments_affected, impact_unit, impact, title, description, evidence FROM stories          WHERE last_date >= (SELECT max(period_start) FROM patterns WHERE period_kind = 'week')          ORDER BY rank_score DESC, significance DESC LIMIT 5",
     ]);
     let lead = &stories[0];
     assert_eq!(lead["kind"], "conversion", "at {clock}: {stories}");
@@ -1581,6 +1581,32 @@ fn assert_honest_periods(b: &Backend, clock: DateTime<Utc>) {
     assert!(
         lead["impact"].as_f64().unwrap_or(0.0) < 0.0,
         "at {clock}: {stories}"
+    );
+    // The orders lost are put in revenue, in the catalog's currency (the
+    // demo's orders carry their total; its products are priced in USD), and
+    // the narrative leads with the impact and the segment.
+    let rev = &evidence(lead)["impact"]["estimation"]["revenue"];
+    assert_eq!(rev["currency"], "USD", "at {clock}: {rev}");
+    let (est, low, high) = (
+        rev["estimate"].as_f64().unwrap_or(0.0),
+        rev["low"].as_f64().unwrap_or(0.0),
+        rev["high"].as_f64().unwrap_or(0.0),
+    );
+    let aov = rev["average_order_value"].as_f64().unwrap_or(0.0);
+    let orders = lead["impact"].as_f64().unwrap_or(0.0);
+    assert!(low < est && est < high && high < 0.0, "at {clock}: {rev}");
+    assert!(
+        (est - orders * aov).abs() <= 1.0,
+        "at {clock}: revenue is orders times the average order value: {rev}"
+    );
+    let title = lead["title"].as_str().unwrap_or("");
+    assert!(title.contains("USD of revenue lost"), "at {clock}: {title}");
+    let description = lead["description"].as_str().unwrap_or("");
+    assert!(
+        description.starts_with("About ")
+            && description.contains("orders lost")
+            && description.contains(" on mobile "),
+        "at {clock}: {description}"
     );
 }
 
