@@ -463,6 +463,46 @@ impl Finder<'_> {
         out.into_iter().collect()
     }
 
+    /// What a story cost or brought, on its main segment: orders for
+    /// conversion, else its lead metric (a count or a rate); the unit, the
+    /// estimate and how it was made.
+    fn impact_of(
+        &self,
+        family: &str,
+        lead: &Part,
+        main: &str,
+        days: &[(NaiveDate, &Stats)],
+        base: &[(NaiveDate, &Stats)],
+    ) -> (&'static str, Impact, Value) {
+        let lead_key: Key = (lead.metric.clone(), main.to_string());
+        let lead_key = if days.iter().any(|(_, st)| st.cells.contains_key(&lead_key)) {
+            lead_key
+        } else {
+            (lead.metric.clone(), lead.segment.clone())
+        };
+        let (unit, estimate) = if family == "conversion" {
+            ("orders", self.orders_impact(main, days, base))
+        } else if is_count(&lead_key.0) {
+            (
+                unit_of(&lead_key.0),
+                self.count_impact(&lead_key, days, base),
+            )
+        } else {
+            (
+                unit_of(&lead_key.0),
+                self.rate_impact(&lead_key, days, base),
+            )
+        };
+        let (impact, how) = estimate.unwrap_or((
+            Impact {
+                estimate: 0.0,
+                se: 0.0,
+            },
+            json!({"method": "none: too little baseline"}),
+        ));
+        (unit, impact, how)
+    }
+
     /// The story of one group of parts.
     pub(crate) fn story(
         &self,
@@ -499,32 +539,7 @@ impl Finder<'_> {
         } else {
             main
         };
-        let lead_key: Key = (lead.metric.clone(), main.clone());
-        let lead_key = if days.iter().any(|(_, st)| st.cells.contains_key(&lead_key)) {
-            lead_key
-        } else {
-            (lead.metric.clone(), lead.segment.clone())
-        };
-        let (unit, estimate) = if family == "conversion" {
-            ("orders", self.orders_impact(&main, &days, &base))
-        } else if is_count(&lead_key.0) {
-            (
-                unit_of(&lead_key.0),
-                self.count_impact(&lead_key, &days, &base),
-            )
-        } else {
-            (
-                unit_of(&lead_key.0),
-                self.rate_impact(&lead_key, &days, &base),
-            )
-        };
-        let (impact, how) = estimate.unwrap_or((
-            Impact {
-                estimate: 0.0,
-                se: 0.0,
-            },
-            json!({"method": "none: too little baseline"}),
-        ));
+        let (unit, impact, how) = self.impact_of(family, lead, &main, &days, &base);
         let direction = if direction.is_empty() {
             lead.cause().1
         } else {
@@ -539,73 +554,26 @@ impl Finder<'_> {
         let rank_score = round1(at_least.max(0.0) * unit_weight(unit));
         let significance = parts.iter().map(|p| p.z.abs()).fold(0.0, f64::max);
 
-        // Words.
-        let who = if main.is_empty() {
-            String::new()
-        } else {
-            let (dim, _) = main.split_once('=').unwrap_or(("", ""));
-            let others_hit = affected
-                .iter()
-                .any(|s| s != &main && s.split_once('=').is_some_and(|(d, _)| d == dim));
-            let only = if others_hit { "" } else { " only" };
-            format!("{}{only}", super::seg_title(&main).trim_end_matches(": "))
-        };
-        let lead_part = parts
-            .iter()
-            .filter(|p| p.metric == lead.metric && p.segment == main)
-            .min_by_key(|p| p.day)
-            .unwrap_or(lead);
-        // The segment is said once, in front.
-        let prefix = super::seg_title(&lead_part.segment);
-        let lead_title = lead_part
-            .title
-            .strip_prefix(prefix.as_str())
-            .map_or(lead_part.title.clone(), super::enrich_cap);
         let when = when_words(start, last, ongoing);
         let amount = if estimate_ok(&how) {
             amount_words(impact.estimate, low, high, unit) + &revenue_words(&how["revenue"])
         } else {
             "impact not estimated (too little baseline)".to_string()
         };
-        // The title and description name the main segment's dimension
-        // ("desktop, tablet unaffected"); the column lists every dimension.
-        let main_dim = main.split_once('=').map(|(d, _)| d);
-        let unaffected_words: Vec<String> = unaffected
-            .iter()
-            .filter_map(|s| s.split_once('='))
-            .filter(|(d, _)| Some(*d) == main_dim)
-            .map(|(_, v)| v.to_string())
-            .collect();
-        let not_hit = if unaffected_words.is_empty() {
-            String::new()
-        } else {
-            format!("; {} unaffected", unaffected_words.join(", "))
-        };
-        let title = if who.is_empty() {
-            format!("{lead_title} {when}: {amount}")
-        } else {
-            format!("{who}: {lead_title} {when}: {amount}{not_hit}")
-        };
+        let (title, description) = Words {
+            parts,
+            lead,
+            main: &main,
+            affected: &affected,
+            unaffected: &unaffected,
+            when,
+            amount,
+            base_days: base.len(),
+            span_days: (last - start).num_days() + 1,
+        }
+        .title_and_description();
         let metrics: BTreeSet<String> = parts.iter().map(|p| p.metric.clone()).collect();
         let n_days: BTreeSet<NaiveDate> = parts.iter().map(|p| p.day).collect();
-        // The narrative leads with what it cost or brought, and for whom.
-        let description = format!(
-            "{}{} {when}, against the {} days before it: {lead_title}. Found on {} of its {} days \
-             in {} finding{} ({}).{}",
-            super::enrich_cap(&amount),
-            seg_phrase(&main),
-            base.len(),
-            n_days.len(),
-            (last - start).num_days() + 1,
-            parts.len(),
-            if parts.len() == 1 { "" } else { "s" },
-            metrics.iter().cloned().collect::<Vec<_>>().join(", "),
-            if unaffected_words.is_empty() {
-                String::new()
-            } else {
-                format!(" Not affected: {}.", unaffected_words.join(", "))
-            }
-        );
         let (sessions, interactions) = samples(parts, lead, &main);
         let products: BTreeSet<String> = parts
             .iter()
@@ -624,11 +592,7 @@ impl Finder<'_> {
         });
         Some(StoryRow {
             org_id: org.to_string(),
-            story_id: format!(
-                "sto_{}",
-                &sha256_hex(format!("{org}\u{0}{family}\u{0}{direction}\u{0}{start}").as_bytes())
-                    [..26]
-            ),
+            story_id: story_id(org, family, direction, start),
             kind: family
                 .split_once(':')
                 .map_or(family, |(k, _)| k)
@@ -656,6 +620,107 @@ impl Finder<'_> {
             evidence: evidence.to_string(),
             created_at: Utc::now().timestamp_micros(),
         })
+    }
+}
+
+/// A story's id: the same organization, family, direction and first day
+/// is the same story on every run (a re-run rewrites it in place).
+fn story_id(org: &str, family: &str, direction: &str, start: NaiveDate) -> String {
+    let key = format!("{org}\u{0}{family}\u{0}{direction}\u{0}{start}");
+    format!("sto_{}", &sha256_hex(key.as_bytes())[..26])
+}
+
+/// What a story's title and description are made of.
+struct Words<'a> {
+    parts: &'a [Part],
+    lead: &'a Part,
+    main: &'a str,
+    affected: &'a BTreeSet<String>,
+    unaffected: &'a [String],
+    /// "since 2026-11-25 (ongoing)".
+    when: String,
+    /// "about 134 orders lost (95% interval: …)".
+    amount: String,
+    base_days: usize,
+    span_days: i64,
+}
+
+impl Words<'_> {
+    /// The title names the segment, the change, when, and the impact; the
+    /// description leads with the impact and the segment.
+    fn title_and_description(self) -> (String, String) {
+        let Words {
+            parts,
+            lead,
+            main,
+            affected,
+            unaffected,
+            when,
+            amount,
+            base_days,
+            span_days,
+        } = self;
+        let who = if main.is_empty() {
+            String::new()
+        } else {
+            let (dim, _) = main.split_once('=').unwrap_or(("", ""));
+            let others_hit = affected
+                .iter()
+                .any(|s| s != main && s.split_once('=').is_some_and(|(d, _)| d == dim));
+            let only = if others_hit { "" } else { " only" };
+            format!("{}{only}", super::seg_title(main).trim_end_matches(": "))
+        };
+        let lead_part = parts
+            .iter()
+            .filter(|p| p.metric == lead.metric && p.segment == main)
+            .min_by_key(|p| p.day)
+            .unwrap_or(lead);
+        // The segment is said once, in front.
+        let prefix = super::seg_title(&lead_part.segment);
+        let lead_title = lead_part
+            .title
+            .strip_prefix(prefix.as_str())
+            .map_or(lead_part.title.clone(), super::enrich_cap);
+        // The title and description name the main segment's dimension
+        // ("desktop, tablet unaffected"); the column lists every dimension.
+        let main_dim = main.split_once('=').map(|(d, _)| d);
+        let unaffected_words: Vec<String> = unaffected
+            .iter()
+            .filter_map(|s| s.split_once('='))
+            .filter(|(d, _)| Some(*d) == main_dim)
+            .map(|(_, v)| v.to_string())
+            .collect();
+        let not_hit = if unaffected_words.is_empty() {
+            String::new()
+        } else {
+            format!("; {} unaffected", unaffected_words.join(", "))
+        };
+        let title = if who.is_empty() {
+            format!("{lead_title} {when}: {amount}")
+        } else {
+            format!("{who}: {lead_title} {when}: {amount}{not_hit}")
+        };
+        let metrics: BTreeSet<&str> = parts.iter().map(|p| p.metric.as_str()).collect();
+        let n_days: BTreeSet<NaiveDate> = parts.iter().map(|p| p.day).collect();
+        // The narrative leads with what it cost or brought, and for whom.
+        let description = format!(
+            "{}{} {when}, against the {} days before it: {lead_title}. Found on {} of its {} days \
+             in {} finding{} ({}).{}",
+            super::enrich_cap(&amount),
+            seg_phrase(main),
+            base_days,
+            n_days.len(),
+            span_days,
+            parts.len(),
+            if parts.len() == 1 { "" } else { "s" },
+            metrics.iter().cloned().collect::<Vec<_>>().join(", "),
+            if unaffected_words.is_empty() {
+                String::new()
+            } else {
+                format!(" Not affected: {}.", unaffected_words.join(", "))
+            }
+        );
+        (title, description)
     }
 }
 
