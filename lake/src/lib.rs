@@ -674,6 +674,21 @@ impl Lake {
         batches: Vec<RecordBatch>,
         keys: &[&str],
     ) -> Result<(u64, u64)> {
+        self.merge_if(name, batches, keys, None).await
+    }
+
+    /// [`Lake::merge`], updating a matched row only when `update_if` (SQL
+    /// over `target.` and `source.` columns) holds for it: a compare-and-set
+    /// on rows. The condition is checked against the table the commit
+    /// lands on: a concurrent writer that rewrote the row makes this commit
+    /// conflict, and the retry reads the row again.
+    pub async fn merge_if(
+        &self,
+        name: &str,
+        batches: Vec<RecordBatch>,
+        keys: &[&str],
+        update_if: Option<&str>,
+    ) -> Result<(u64, u64)> {
         let def = def(name)?;
         let batches = non_empty(batches);
         if batches.is_empty() {
@@ -708,6 +723,9 @@ impl Lake {
                 .with_target_alias("target")
                 .with_commit_properties(self.commit_props())
                 .when_matched_update(|mut u| {
+                    if let Some(cond) = update_if {
+                        u = u.predicate(cond.to_string());
+                    }
                     for c in updated {
                         u = u.update(*c, format!("source.\"{c}\""));
                     }

@@ -164,6 +164,31 @@ async fn save(st: &ApiState, row: &TaskRow) -> Result<(), RpcErr> {
     Ok(())
 }
 
+/// Save a task unless it has ended meanwhile (an answer racing a cancel,
+/// a cancel racing an answer, on this server or another): the update
+/// applies only to a stored task that is still open, atomically with the
+/// commit. False when the stored task had already ended.
+async fn save_if_open(st: &ApiState, row: &TaskRow) -> Result<bool, RpcErr> {
+    let batch = rows_to_batch(&A2A_TASKS, std::slice::from_ref(row))
+        .map_err(lake_err("saving the task"))?;
+    let ended = TERMINAL
+        .iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (inserted, updated) = st
+        .lake
+        .merge_if(
+            A2A_TASKS.name,
+            vec![batch],
+            &["task_id"],
+            Some(&format!("target.state NOT IN ({ended})")),
+        )
+        .await
+        .map_err(lake_err("saving the task"))?;
+    Ok(inserted + updated > 0)
+}
+
 /// The organization's tasks (of one context, when given), newest first.
 async fn tasks_of(
     st: &ApiState,
@@ -529,7 +554,13 @@ async fn cancel(st: &ApiState, p: &Principal, params: &Value, wire: Wire) -> Res
         ));
     }
     row.set_status(CANCELED, Some("Canceled at the client's request."));
-    save(st, &row).await?;
+    if !save_if_open(st, &row).await? {
+        let now = task_of(st, &p.org_id, id).await?;
+        return Err(rpc_err(
+            TASK_NOT_CANCELABLE,
+            format!("task {id} is already {}", v03_state(&now.state)),
+        ));
+    }
     crate::audit_call(
         st,
         p,
@@ -719,12 +750,10 @@ async fn answer(
         }
         Err(e) => row.set_status(FAILED, Some(&e.detail)),
     }
-    if let Ok(now) = task_of(st, &p.org_id, &row.task_id).await {
-        if now.state == CANCELED {
-            return Ok(now);
-        }
+    if !save_if_open(st, &row).await? {
+        // Canceled meanwhile: the cancel stands.
+        return task_of(st, &p.org_id, &row.task_id).await;
     }
-    save(st, &row).await?;
     let detail = json!({"task_id": row.task_id, "context_id": row.context_id, "state": row.state,
                         "sql": row.sql});
     crate::audit_call(

@@ -318,6 +318,38 @@ async fn v03_send_get_cancel(w: &World, base: &str) -> String {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(state, "completed");
+
+    // A cancel racing a background answer: whichever lands first stands.
+    // A cancel that succeeded is never overwritten by the answer, and a
+    // refused one means the task had ended.
+    for _ in 0..3 {
+        let (_, r) = rpc(w, base, key, "message/send",
+            json!({"message": msg("best selling products", None), "configuration": {"blocking": false}})).await;
+        let id3 = r["result"]["id"].as_str().expect("id").to_string();
+        let (_, c) = rpc(w, base, key, "tasks/cancel", json!({"id": id3})).await;
+        let canceled = c["result"]["status"]["state"] == "canceled";
+        assert!(canceled || c["error"]["code"] == -32002, "{c}");
+        let mut state = String::new();
+        for _ in 0..120 {
+            let (_, g) = rpc(w, base, key, "tasks/get", json!({"id": id3})).await;
+            state = g["result"]["status"]["state"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            if state != "working" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        if canceled {
+            // Past the answer's time: still canceled.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let (_, g) = rpc(w, base, key, "tasks/get", json!({"id": id3})).await;
+            assert_eq!(g["result"]["status"]["state"], "canceled", "{g}");
+        } else {
+            assert_eq!(state, "completed", "a refused cancel: the task had ended");
+        }
+    }
     id
 }
 
