@@ -15,6 +15,7 @@ mod orgs;
 mod output;
 mod products;
 mod serve;
+mod social;
 mod users;
 
 use std::path::PathBuf;
@@ -141,6 +142,10 @@ enum Command {
     /// The product catalog: import, crawl, list.
     #[command(subcommand)]
     Products(products::ProductsCommand),
+    /// The social channel: an organization's sources (feeds, hashtags,
+    /// subreddits, searches) and collector runs.
+    #[command(subcommand)]
+    Social(social::SocialCommand),
     /// Recompute a range of days with a job and the jobs downstream of it
     /// (sessionize → enrich → patterns → billing).
     Backfill(backfill::BackfillArgs),
@@ -552,6 +557,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Jobs(jobs::JobsCommand::Failures(format)) => {
             let lake = open_lake(&cfg).await?;
             jobs::failures(&lake, format.format).await
+        }
+        Command::Social(cmd) => {
+            let lake = open_lake(&cfg).await?;
+            social::run(&lake, &cfg, cmd).await
         }
         Command::Products(cmd) => {
             let lake = open_lake(&cfg).await?;
