@@ -138,6 +138,44 @@ async fn hn_search() -> Response {
     .into_response()
 }
 
+async fn youtube_feed(Query(q): Query<std::collections::HashMap<String, String>>) -> Response {
+    if q.get("channel_id").map(String::as_str) != Some("UCnorthwind") {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    xml(r#"<?xml version="1.0" encoding="UTF-8"?>
+<feed xmlns:yt="http://www.youtube.com/xml/schemas/2015" xmlns:media="http://search.yahoo.com/mrss/" xmlns="http://www.w3.org/2005/Atom">
+<title>Northwind</title><link rel="alternate" href="https://www.youtube.com/channel/UCnorthwind"/>
+<entry><id>yt:video:v1</id><yt:videoId>v1</yt:videoId><title>Zenith Turntable unboxing</title>
+<link rel="alternate" href="https://www.youtube.com/watch?v=v1"/>
+<author><name>Northwind</name></author><published>2026-11-28T09:00:00+00:00</published>
+<media:group><media:title>Zenith Turntable unboxing</media:title><media:description>We open the box.</media:description>
+<media:community><media:starRating count="40" average="5.00" min="1" max="5"/><media:statistics views="1200"/></media:community>
+</media:group></entry></feed>"#.into())
+}
+
+async fn bluesky_feed(Query(q): Query<std::collections::HashMap<String, String>>) -> Response {
+    let post = |rkey: &str, text: &str| {
+        json!({"post": {
+            "uri": format!("at://did:plc:erin/app.bsky.feed.post/{rkey}"), "cid": "bafy",
+            "author": {"did": "did:plc:erin", "handle": "erin.example"},
+            "record": {"$type": "app.bsky.feed.post", "text": text, "createdAt": "2026-11-30T08:00:00.000Z"},
+            "replyCount": 1, "repostCount": 0, "likeCount": 9, "indexedAt": "2026-11-30T08:00:01.000Z"}})
+    };
+    let page = match (
+        q.get("actor").map(String::as_str),
+        q.get("cursor").map(String::as_str),
+    ) {
+        (Some("erin.example"), None) => {
+            json!({"feed": [post("3k1", "My Aria Headphones arrived")], "cursor": "c1"})
+        }
+        (Some("erin.example"), Some("c1")) => {
+            json!({"feed": [post("3k0", "Ordered Aria Headphones")]})
+        }
+        _ => return StatusCode::BAD_REQUEST.into_response(),
+    };
+    axum::Json(page).into_response()
+}
+
 async fn platforms() -> (String, St) {
     let st: St = Arc::new(Platforms::default());
     let app = Router::new()
@@ -147,6 +185,8 @@ async fn platforms() -> (String, St) {
         .route("/api/v1/timelines/tag/{tag}", get(mastodon_tag))
         .route("/r/headphones/new.json", get(reddit_new))
         .route("/api/v1/search_by_date", get(hn_search))
+        .route("/feeds/videos.xml", get(youtube_feed))
+        .route("/xrpc/app.bsky.feed.getAuthorFeed", get(bluesky_feed))
         .with_state(st.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -290,6 +330,8 @@ async fn runs_capture_each_item_once_edits_as_versions_and_record_failures() {
         ("hackernews", "aria headphones"),
         ("rss", private.as_str()),
         ("rss", missing.as_str()),
+        ("youtube", "UCnorthwind"),
+        ("bluesky", "@erin.example"),
     ] {
         let s = crow(
             &b,
@@ -335,7 +377,7 @@ async fn runs_capture_each_item_once_edits_as_versions_and_record_failures() {
     // failing sources recorded, the rest landed.
     let started = Instant::now();
     let r = crow(&b, &env, &["social", "run", "--org", "Northwind"]).await;
-    assert_eq!(r["captured"], 8, "{r:#}");
+    assert_eq!(r["captured"], 11, "{r:#}");
     assert_eq!(r["skipped"], 2, "{r:#}");
     assert_eq!(r["failed_sources"], 2, "{r:#}");
     assert_eq!(r["versions"], 0, "{r:#}");
@@ -391,12 +433,14 @@ async fn runs_capture_each_item_once_edits_as_versions_and_record_failures() {
         "SELECT platform, url, canonical_url, author, text, metrics, run_id FROM raw_social_captures ORDER BY platform, canonical_url",
     ]);
     let caps = caps.as_array().expect("rows");
-    assert_eq!(caps.len(), 8, "{caps:#?}");
+    assert_eq!(caps.len(), 11, "{caps:#?}");
     assert!(caps.iter().all(|c| c["run_id"] == run1.as_str()));
     let platforms: Vec<&str> = caps.iter().filter_map(|c| c["platform"].as_str()).collect();
     assert_eq!(
         platforms,
         [
+            "bluesky",
+            "bluesky",
             "hackernews",
             "mastodon",
             "mastodon",
@@ -404,9 +448,28 @@ async fn runs_capture_each_item_once_edits_as_versions_and_record_failures() {
             "reddit",
             "reddit",
             "rss",
-            "rss"
+            "rss",
+            "youtube"
         ]
     );
+    // Bluesky's at:// post, as its web link; YouTube's statistics as reach.
+    assert!(caps
+        .iter()
+        .any(|c| c["url"] == "https://bsky.app/profile/erin.example/post/3k1"));
+    let video = caps
+        .iter()
+        .find(|c| c["platform"] == "youtube")
+        .expect("video");
+    assert_eq!(video["url"], "https://www.youtube.com/watch?v=v1");
+    assert!(
+        video["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("We open the box"),
+        "{video}"
+    );
+    let m: Value = serde_json::from_str(video["metrics"].as_str().expect("metrics")).expect("json");
+    assert_eq!(m, json!({"views": 1200, "likes": 40}));
     let aria = caps
         .iter()
         .find(|c| c["canonical_url"] == "https://blog.example/posts/aria")
@@ -439,7 +502,7 @@ async fn runs_capture_each_item_once_edits_as_versions_and_record_failures() {
     let r = crow(&b, &env, &["social", "run", "--org", "Northwind"]).await;
     assert_eq!(
         (r["captured"].as_i64(), r["unchanged"].as_i64()),
-        (Some(0), Some(8)),
+        (Some(0), Some(11)),
         "{r:#}"
     );
 
@@ -492,7 +555,7 @@ async fn runs_capture_each_item_once_edits_as_versions_and_record_failures() {
             .await
             .as_array()
             .map(Vec::len),
-        Some(5)
+        Some(7)
     );
 }
 
@@ -519,7 +582,7 @@ async fn rest_is_tenant_isolated(b: &Backend, northwind_src: &str) {
         }
     };
     let a = get(read_a.clone(), "").await;
-    assert_eq!(a["data"].as_array().map(Vec::len), Some(6), "{a}");
+    assert_eq!(a["data"].as_array().map(Vec::len), Some(8), "{a}");
     let one = get(read_a.clone(), "?limit=2").await;
     assert_eq!(one["data"].as_array().map(Vec::len), Some(2), "{one}");
     assert!(one["next_cursor"].is_string(), "{one}");
