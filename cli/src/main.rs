@@ -479,6 +479,9 @@ async fn run(cli: Cli) -> Result<()> {
             if !shown.lake.s3.secret_access_key.is_empty() {
                 shown.lake.s3.secret_access_key = "********".into();
             }
+            if !shown.social.bluesky_app_password.is_empty() {
+                shown.social.bluesky_app_password = "********".into();
+            }
             output::text(&shown.to_toml())
         }
         Command::Bench(BenchCommand::Generate { events, days, seed }) => {

@@ -22,7 +22,8 @@ pub enum SocialCommand {
         kind: String,
         /// rss: a feed URL; youtube: a channel (UC…) or playlist (PL…) id;
         /// mastodon: `#tag` or `@account`; reddit: `r/sub` or a query;
-        /// hackernews: a query; bluesky: `@handle`.
+        /// hackernews: a query; bluesky: `@handle` or a query (search needs
+        /// social.bluesky_identifier and social.bluesky_app_password).
         #[arg(long)]
         target: String,
         /// Cron expression (UTC) of its scheduled runs, or `off`

@@ -552,6 +552,15 @@ pub struct SocialConfig {
     pub youtube_url: String,
     /// Bluesky AppView (public, no session: author feeds).
     pub bluesky_url: String,
+    /// Bluesky PDS where post search signs in (`createSession`) and
+    /// searches (`searchPosts`).
+    pub bluesky_pds_url: String,
+    /// Bluesky handle or e-mail for post search (empty: no search).
+    pub bluesky_identifier: String,
+    /// A Bluesky app password (Settings → App passwords, never the account
+    /// password) for post search. Prefer `CROW_SOCIAL_BLUESKY_APP_PASSWORD`
+    /// to keeping it in a file; `crow config show` masks it.
+    pub bluesky_app_password: String,
     /// Items read per source and run at most (pages are followed up to it).
     pub max_items_per_source: usize,
     /// Pages read per source and run at most.
@@ -573,6 +582,9 @@ impl Default for SocialConfig {
             hackernews_url: "https://hn.algolia.com".into(),
             youtube_url: "https://www.youtube.com".into(),
             bluesky_url: "https://public.api.bsky.app".into(),
+            bluesky_pds_url: "https://bsky.social".into(),
+            bluesky_identifier: String::new(),
+            bluesky_app_password: String::new(),
             max_items_per_source: 200,
             max_pages_per_source: 5,
             min_interval_ms: 1000,
@@ -591,6 +603,7 @@ impl SocialConfig {
             ("social.hackernews_url", &self.hackernews_url),
             ("social.youtube_url", &self.youtube_url),
             ("social.bluesky_url", &self.bluesky_url),
+            ("social.bluesky_pds_url", &self.bluesky_pds_url),
         ] {
             if !(v.starts_with("http://") || v.starts_with("https://")) {
                 return Err(err(key, "must be an http:// or https:// URL"));

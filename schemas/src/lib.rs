@@ -962,7 +962,7 @@ pub const SOCIAL_SOURCES: TableDef = TableDef {
         req("org_id", Text, "Organization."),
         req("source_id", Text, "Source id (`src_` + 26 characters)."),
         req("kind", Text, "'rss', 'mastodon', 'reddit', 'hackernews', 'youtube' or 'bluesky'."),
-        req("target", Text, "What to read: a feed URL, `#tag` or `@account`, `r/sub` or a query, a channel id, a handle."),
+        req("target", Text, "What to read: a feed URL, `#tag` or `@account`, `r/sub` or a query, a channel or playlist id, `@handle` or a query."),
         req("enabled", Bool, "Whether scheduled and manual runs read it."),
         req("schedule", Text, "Cron expression (UTC) of its scheduled runs; 'off' for manual runs only."),
         req("created_at", Timestamp, "When it was added."),

@@ -506,9 +506,51 @@ impl Adapter for HackerNews {
     }
 }
 
-// ---- Bluesky (AppView, public author feeds) ----
+// ---- Bluesky: author feeds (public AppView), post search (a session) ----
 
 struct Bluesky;
+
+/// A Bluesky post view (`app.bsky.feed.defs#postView`) as an item.
+fn bluesky_item(p: &Value) -> Option<Item> {
+    let uri = p.get("uri").and_then(Value::as_str)?;
+    let handle = p.pointer("/author/handle").and_then(Value::as_str)?;
+    let rkey = uri.rsplit('/').next().unwrap_or(uri);
+    let mut metrics = Map::new();
+    metric(&mut metrics, "likes", p.get("likeCount"));
+    metric(&mut metrics, "replies", p.get("replyCount"));
+    metric(&mut metrics, "reposts", p.get("repostCount"));
+    Some(Item {
+        url: format!("https://bsky.app/profile/{handle}/post/{rkey}"),
+        author: Some(handle.to_string()),
+        published_at: time_of(p.pointer("/record/createdAt")),
+        text: p
+            .pointer("/record/text")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+        metrics,
+    })
+}
+
+/// Sign in with the configured app password; the access token.
+async fn bluesky_session(http: &Fetcher, cfg: &SocialConfig) -> Result<String, String> {
+    if cfg.bluesky_identifier.is_empty() || cfg.bluesky_app_password.is_empty() {
+        return Err("Bluesky post search needs an app-password session: set social.bluesky_identifier and social.bluesky_app_password".into());
+    }
+    let url = format!(
+        "{}/xrpc/com.atproto.server.createSession",
+        base(&cfg.bluesky_pds_url)
+    );
+    let body = serde_json::json!({
+        "identifier": cfg.bluesky_identifier,
+        "password": cfg.bluesky_app_password,
+    });
+    let s = http.post_json("bluesky", &url, &body).await?;
+    s.get("accessJwt")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| format!("POST {url}: no accessJwt in the answer"))
+}
 
 #[async_trait]
 impl Adapter for Bluesky {
@@ -517,10 +559,10 @@ impl Adapter for Bluesky {
     }
 
     fn check(&self, target: &str) -> Result<(), String> {
-        if target.starts_with('@') && target.len() > 1 {
-            return Ok(());
+        if target.trim().trim_start_matches('@').is_empty() {
+            return Err("a Bluesky target is `@handle` (an author feed) or a search query (needs social.bluesky_identifier and an app password)".into());
         }
-        Err("a Bluesky target is `@handle` (an author feed; post search needs an app-password session, not supported yet)".into())
+        Ok(())
     }
 
     async fn collect(
@@ -529,12 +571,26 @@ impl Adapter for Bluesky {
         cfg: &SocialConfig,
         target: &str,
     ) -> Result<Collected, String> {
-        let root = base(&cfg.bluesky_url);
-        let actor = target.trim_start_matches('@');
-        let first = format!(
-            "{root}/xrpc/app.bsky.feed.getAuthorFeed?actor={}&limit=100",
-            enc(actor)
-        );
+        let (first, list_key, token) = match target.strip_prefix('@') {
+            Some(actor) => (
+                format!(
+                    "{}/xrpc/app.bsky.feed.getAuthorFeed?actor={}&limit=100",
+                    base(&cfg.bluesky_url),
+                    enc(actor)
+                ),
+                "feed",
+                None,
+            ),
+            None => (
+                format!(
+                    "{}/xrpc/app.bsky.feed.searchPosts?q={}&sort=latest&limit=100",
+                    base(&cfg.bluesky_pds_url),
+                    enc(target)
+                ),
+                "posts",
+                Some(bluesky_session(http, cfg).await?),
+            ),
+        };
         let mut out = Collected::default();
         let mut cursor: Option<String> = None;
         for _ in 0..cfg.max_pages_per_source {
@@ -542,44 +598,25 @@ impl Adapter for Bluesky {
                 Some(c) => format!("{first}&cursor={}", enc(c)),
                 None => first.clone(),
             };
-            let page = http.get_json("bluesky", &url, None).await?;
-            let feed = page
-                .get("feed")
+            let page = http.get_json("bluesky", &url, token.as_deref()).await?;
+            let posts = page
+                .get(list_key)
                 .and_then(Value::as_array)
-                .ok_or_else(|| format!("GET {url}: not a Bluesky feed"))?;
-            for f in feed {
+                .ok_or_else(|| format!("GET {url}: not a Bluesky `{list_key}` list"))?;
+            for f in posts {
                 if out.full(cfg) {
                     return Ok(out);
                 }
-                let p = f.get("post").unwrap_or(f);
-                let uri = p.get("uri").and_then(Value::as_str);
-                let handle = p.pointer("/author/handle").and_then(Value::as_str);
-                let (Some(uri), Some(handle)) = (uri, handle) else {
-                    out.skip("a post without a uri or an author", f);
-                    continue;
-                };
-                let rkey = uri.rsplit('/').next().unwrap_or(uri);
-                let mut metrics = Map::new();
-                metric(&mut metrics, "likes", p.get("likeCount"));
-                metric(&mut metrics, "replies", p.get("replyCount"));
-                metric(&mut metrics, "reposts", p.get("repostCount"));
-                out.items.push(Item {
-                    url: format!("https://bsky.app/profile/{handle}/post/{rkey}"),
-                    author: Some(handle.to_string()),
-                    published_at: time_of(p.pointer("/record/createdAt")),
-                    text: p
-                        .pointer("/record/text")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string(),
-                    metrics,
-                });
+                match bluesky_item(f.get("post").unwrap_or(f)) {
+                    Some(item) => out.items.push(item),
+                    None => out.skip("a post without a uri or an author", f),
+                }
             }
             cursor = page
                 .get("cursor")
                 .and_then(Value::as_str)
                 .map(str::to_string);
-            if cursor.is_none() || feed.is_empty() {
+            if cursor.is_none() || posts.is_empty() {
                 break;
             }
         }

@@ -121,6 +121,31 @@ impl Fetcher {
         serde_json::from_slice(&body).map_err(|e| format!("GET {url}: not JSON: {e}"))
     }
 
+    /// POST a JSON body to `url` as `platform` (paced, one attempt) and
+    /// parse the JSON answer.
+    pub async fn post_json(
+        &self,
+        platform: &str,
+        url: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        self.pace(platform).await;
+        let resp = self
+            .client
+            .post(url)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| format!("POST {url}: {e}"))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(format!("POST {url}: HTTP {status}"));
+        }
+        resp.json()
+            .await
+            .map_err(|e| format!("POST {url}: not JSON: {e}"))
+    }
+
     /// Whether robots.txt of `url`'s origin lets us fetch it (no robots.txt,
     /// or one that cannot be read: allowed).
     pub async fn allowed(&self, platform: &str, url: &str) -> Result<bool, String> {

@@ -176,6 +176,55 @@ async fn bluesky_feed(Query(q): Query<std::collections::HashMap<String, String>>
     axum::Json(page).into_response()
 }
 
+async fn bluesky_session(axum::Json(b): axum::Json<Value>) -> Response {
+    if b == json!({"identifier": "northwind.example", "password": "abcd-efgh-ijkl-mnop"}) {
+        return axum::Json(json!({"accessJwt": "jwt-1", "refreshJwt": "r-1", "handle": "northwind.example", "did": "did:plc:nw"})).into_response();
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        axum::Json(
+            json!({"error": "AuthenticationRequired", "message": "Invalid identifier or password"}),
+        ),
+    )
+        .into_response()
+}
+
+async fn bluesky_search(
+    headers: axum::http::HeaderMap,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    if headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        != Some("Bearer jwt-1")
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"error": "AuthMissing"})),
+        )
+            .into_response();
+    }
+    let post = |rkey: &str, text: &str| {
+        json!({"uri": format!("at://did:plc:finn/app.bsky.feed.post/{rkey}"), "cid": "bafy",
+               "author": {"did": "did:plc:finn", "handle": "finn.example"},
+               "record": {"text": text, "createdAt": "2026-11-30T09:00:00.000Z"},
+               "likeCount": 3, "replyCount": 0, "repostCount": 1})
+    };
+    let page = match (
+        q.get("q").map(String::as_str),
+        q.get("cursor").map(String::as_str),
+    ) {
+        (Some("aria headphones"), None) => {
+            json!({"posts": [post("s2", "Aria Headphones are great")], "cursor": "p2", "hitsTotal": 2})
+        }
+        (Some("aria headphones"), Some("p2")) => {
+            json!({"posts": [post("s1", "Aria Headphones or not?")], "hitsTotal": 2})
+        }
+        _ => json!({"posts": []}),
+    };
+    axum::Json(page).into_response()
+}
+
 async fn platforms() -> (String, St) {
     let st: St = Arc::new(Platforms::default());
     let app = Router::new()
@@ -187,6 +236,11 @@ async fn platforms() -> (String, St) {
         .route("/api/v1/search_by_date", get(hn_search))
         .route("/feeds/videos.xml", get(youtube_feed))
         .route("/xrpc/app.bsky.feed.getAuthorFeed", get(bluesky_feed))
+        .route(
+            "/xrpc/com.atproto.server.createSession",
+            axum::routing::post(bluesky_session),
+        )
+        .route("/xrpc/app.bsky.feed.searchPosts", get(bluesky_search))
         .with_state(st.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -206,6 +260,7 @@ fn social_env(base: &str) -> Vec<(String, String)> {
         ("CROW_SOCIAL_HACKERNEWS_URL", base),
         ("CROW_SOCIAL_YOUTUBE_URL", base),
         ("CROW_SOCIAL_BLUESKY_URL", base),
+        ("CROW_SOCIAL_BLUESKY_PDS_URL", base),
         ("CROW_SOCIAL_MIN_INTERVAL_MS", "10"),
         ("CROW_SOCIAL_MAX_RETRY_AFTER_SECONDS", "5"),
     ]
@@ -559,6 +614,83 @@ async fn runs_capture_each_item_once_edits_as_versions_and_record_failures() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bluesky_search_signs_in_with_an_app_password() {
+    let (base, _st) = platforms().await;
+    let mut env = social_env(&base);
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    b.crow_json(&["orgs", "create", "--name", "Northwind"]);
+    crow(
+        &b,
+        &[],
+        &[
+            "social",
+            "add",
+            "--org",
+            "Northwind",
+            "--kind",
+            "bluesky",
+            "--target",
+            "aria headphones",
+        ],
+    )
+    .await;
+    // Without credentials the source fails, saying what is missing.
+    let r = crow(&b, &env, &["social", "run", "--org", "Northwind"]).await;
+    assert_eq!(
+        (r["captured"].as_i64(), r["failed_sources"].as_i64()),
+        (Some(0), Some(1)),
+        "{r:#}"
+    );
+    let err = r["sources"][0]["error"].as_str().unwrap_or_default();
+    assert!(err.contains("social.bluesky_app_password"), "{err}");
+    // A wrong app password is refused by the PDS.
+    env.push((
+        "CROW_SOCIAL_BLUESKY_IDENTIFIER".into(),
+        "northwind.example".into(),
+    ));
+    env.push(("CROW_SOCIAL_BLUESKY_APP_PASSWORD".into(), "wrong".into()));
+    let r = crow(&b, &env, &["social", "run", "--org", "Northwind"]).await;
+    let err = r["sources"][0]["error"].as_str().unwrap_or_default();
+    assert!(err.contains("createSession: HTTP 401"), "{err}");
+    // The right one: both pages of the search, by cursor.
+    env.pop();
+    env.push((
+        "CROW_SOCIAL_BLUESKY_APP_PASSWORD".into(),
+        "abcd-efgh-ijkl-mnop".into(),
+    ));
+    let r = crow(&b, &env, &["social", "run", "--org", "Northwind"]).await;
+    assert_eq!(
+        (r["captured"].as_i64(), r["failed_sources"].as_i64()),
+        (Some(2), Some(0)),
+        "{r:#}"
+    );
+    let urls = b.crow_json(&["sql", "SELECT url FROM raw_social_captures ORDER BY url"]);
+    assert_eq!(
+        urls,
+        json!([{"url": "https://bsky.app/profile/finn.example/post/s1"}, {"url": "https://bsky.app/profile/finn.example/post/s2"}])
+    );
+    // `crow config show` never prints the app password.
+    let mut cmd = std::process::Command::new(crow_bin());
+    cmd.args(["config", "show"])
+        .env_remove("CROW_CONFIG")
+        .env_remove("CROW_LAKE");
+    for (k, v) in &env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("config show");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !text.contains("abcd-efgh-ijkl-mnop"),
+        "{text}"
+    );
+    assert!(
+        text.contains("bluesky_app_password = \"********\""),
+        "{text}"
+    );
+}
+
 async fn rest_is_tenant_isolated(b: &Backend, northwind_src: &str) {
     let key = |org: &str, scope: &str| {
         b.crow_json(&["keys", "create", "--org", org, "--scope", scope])["secret"]
@@ -616,7 +748,7 @@ async fn rest_is_tenant_isolated(b: &Backend, northwind_src: &str) {
     let r = http
         .post(s.url("/api/v1/social/sources"))
         .bearer_auth(&admin_b)
-        .json(&json!({"kind": "bluesky", "target": "a search"}))
+        .json(&json!({"kind": "bluesky", "target": "@"}))
         .send()
         .await
         .expect("post");
