@@ -15,6 +15,7 @@ mod orgs;
 mod output;
 mod products;
 mod serve;
+mod social;
 mod users;
 
 use std::path::PathBuf;
@@ -141,6 +142,10 @@ enum Command {
     /// The product catalog: import, crawl, list.
     #[command(subcommand)]
     Products(products::ProductsCommand),
+    /// The social channel: an organization's sources (feeds, hashtags,
+    /// subreddits, searches) and collector runs.
+    #[command(subcommand)]
+    Social(social::SocialCommand),
     /// Recompute a range of days with a job and the jobs downstream of it
     /// (sessionize → enrich → patterns → billing).
     Backfill(backfill::BackfillArgs),
@@ -474,6 +479,9 @@ async fn run(cli: Cli) -> Result<()> {
             if !shown.lake.s3.secret_access_key.is_empty() {
                 shown.lake.s3.secret_access_key = "********".into();
             }
+            if !shown.social.bluesky_app_password.is_empty() {
+                shown.social.bluesky_app_password = "********".into();
+            }
             output::text(&shown.to_toml())
         }
         Command::Bench(BenchCommand::Generate { events, days, seed }) => {
@@ -552,6 +560,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Jobs(jobs::JobsCommand::Failures(format)) => {
             let lake = open_lake(&cfg).await?;
             jobs::failures(&lake, format.format).await
+        }
+        Command::Social(cmd) => {
+            let lake = open_lake(&cfg).await?;
+            social::run(&lake, &cfg, cmd).await
         }
         Command::Products(cmd) => {
             let lake = open_lake(&cfg).await?;

@@ -12,6 +12,8 @@
 //! - [`scheduler`]: cron schedules inside `crow serve`, one run at a time
 //!   per job across servers through a [`lease`] in the lake.
 //! - [`backfill`]: recompute a range of days, cascading downstream.
+//! - [`social`]: the social collector: sources, platform adapters, dedupe,
+//!   one run = one session.
 //! - [`catalog`]: the product catalog: import from CSV / JSON lines, crawl
 //!   a site's sitemap for schema.org products.
 #![warn(missing_docs)]
@@ -26,6 +28,7 @@ pub mod patterns;
 pub mod runs;
 pub mod scheduler;
 pub mod sessionize;
+pub mod social;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! time per job across every server of a lake.
 //!
 //! Each tick (`schedule.tick_seconds`, with a little random jitter) the
-//! scheduler looks at the jobs in chain order — sessionize, enrich,
+//! scheduler looks at the jobs in chain order — social, sessionize, enrich,
 //! patterns, billing, optimize, checkpoint — and runs those with a due
 //! *slot* (the latest cron time not yet handled; missed slots collapse into
 //! one). To run a slot it takes the job's [`lease`](crate::lease) in the
@@ -38,7 +38,8 @@ use crate::lease::{LeaseState, Leases};
 use crate::{backfill, runs, NoProgress, ProgressRef, Result, Trigger, Window};
 
 /// Jobs the scheduler runs, in the order it runs due jobs.
-pub const JOBS: [&str; 7] = [
+pub const JOBS: [&str; 8] = [
+    "social",
     "sessionize",
     "enrich",
     "patterns",
@@ -281,6 +282,9 @@ impl Scheduler {
     async fn run_job(&self, job: &str, slot: DateTime<Utc>) -> Result<String> {
         let progress: ProgressRef = Arc::new(NoProgress);
         match job {
+            crate::social::JOB => crate::social::run_scheduled(&self.lake, &self.cfg, slot)
+                .await
+                .map(|r| summary(&r)),
             "optimize" | "checkpoint" | "vacuum" => {
                 let w = Window {
                     start: slot,
@@ -440,6 +444,7 @@ pub async fn status(lake: &Lake, cfg: &Config, now: DateTime<Utc>) -> Result<Vec
     let mut out = Vec::new();
     for (job, cron) in jobs {
         let expr = match job {
+            "social" => &cfg.schedule.social,
             "sessionize" => &cfg.schedule.sessionize,
             "enrich" => &cfg.schedule.enrich,
             "patterns" => &cfg.schedule.patterns,

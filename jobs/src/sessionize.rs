@@ -1491,7 +1491,7 @@ async fn social(
     let (a, b) = (ts_lit(read_start), ts_lit(read_end));
     let sql = format!(
         "SELECT * FROM (
-           SELECT org_id, capture_id, run_id, platform, url, author, captured_at, text,
+           SELECT org_id, capture_id, run_id, platform, url, author, captured_at, text, metrics,
                   row_number() OVER (PARTITION BY org_id, capture_id ORDER BY received_at) AS rn
            FROM raw_social_captures
            WHERE captured_at >= {a} AND captured_at < {b} {org})
@@ -1508,6 +1508,7 @@ async fn social(
         author: Option<String>,
         at: i64,
         text: Option<String>,
+        reach: String,
     }
     let mut groups: Vec<((String, String), Vec<Cap>)> = Vec::new();
     for batch in &batches {
@@ -1521,6 +1522,7 @@ async fn social(
             text(batch, "author")?,
             text(batch, "text")?,
         );
+        let metrics = text(batch, "metrics")?;
         let at = micros(batch, "captured_at")?;
         for i in 0..batch.num_rows() {
             let key = (o.value(i).to_string(), r.value(i).to_string());
@@ -1531,6 +1533,7 @@ async fn social(
                 author: opt_str(&au, i),
                 at: at.value(i),
                 text: opt_str(&t, i),
+                reach: reach(opt_str(&metrics, i).as_deref()),
             };
             match groups.last_mut() {
                 Some((k, v)) if *k == key => v.push(cap),
@@ -1560,7 +1563,7 @@ async fn social(
                 serde_json::json!([
                     (c.at - started) / 1_000_000,
                     c.platform,
-                    format!("@{who}: {}", truncate(body, 500))
+                    format!("@{who}: {}{}", truncate(body, 500), c.reach)
                 ])
             })
             .collect();
@@ -1588,6 +1591,27 @@ async fn social(
         })?;
     }
     Ok(())
+}
+
+/// A capture's engagement, as the timeline shows it: ` (likes 5, replies
+/// 2, reposts 3)` from its `metrics` JSON (empty when it has none).
+fn reach(metrics: Option<&str>) -> String {
+    let Some(m) = metrics.and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok()) else {
+        return String::new();
+    };
+    let parts: Vec<String> = ["likes", "replies", "reposts", "score", "views"]
+        .iter()
+        .filter_map(|k| {
+            m.get(*k)
+                .and_then(serde_json::Value::as_i64)
+                .map(|n| format!("{k} {n}"))
+        })
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join(", "))
+    }
 }
 
 /// Replace the window's sessions (of one org, or all) with `rows`.

@@ -34,6 +34,7 @@ pub mod openapi;
 pub mod rest;
 pub mod runtime;
 pub mod slots;
+pub mod social;
 pub mod sql;
 pub mod tenant;
 pub mod users;
@@ -195,6 +196,14 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/api/v1/keys/{id}/revoke", post(manage::revoke_key))
         .route("/api/v1/products", get(rest::products))
+        .route(
+            "/api/v1/social/sources",
+            get(rest::social_sources).post(social::add_source),
+        )
+        .route(
+            "/api/v1/social/sources/{id}",
+            axum::routing::delete(social::remove_source),
+        )
         .route("/api/v1/sessions", get(rest::sessions))
         .route("/api/v1/interactions", get(rest::interactions))
         .route("/api/v1/insights", get(rest::insights))

@@ -224,6 +224,7 @@ pub fn document() -> Value {
         ("Insight", "patterns"),
         ("Story", "stories"),
         ("Usage", "usage_daily"),
+        ("SocialSource", "social_sources"),
         ("Audit", "audit_log"),
     ] {
         schemas.insert(name.into(), row_schema(table, None));
@@ -455,6 +456,20 @@ fn management_paths() -> Map<String, Value> {
             "requestBody": obj(json!({"scope": {"type": "string", "enum": ["read", "export", "admin"]}, "name": {"type": "string"},
                 "expires_days": {"type": "integer", "minimum": 0, "maximum": 36500}}), &["scope"]),
             "responses": responses("201", json_ok("The key and its secret.", any.clone()), &[400, 401, 403, 429]),
+        }},
+        "/api/v1/social/sources": {
+            "get": listing("The social sources the collector reads (needs scope read).", "SocialSource", &["id", "limit", "cursor"])["get"].clone(),
+            "post": {
+                "summary": "Add a social source (needs admin). kind: rss (a feed URL), youtube (a channel or playlist id), mastodon (`#tag` or `@account`), reddit (`r/sub` or a query), hackernews (a query), bluesky (`@handle`, or a query: needs social.bluesky_identifier and an app password); schedule: a cron expression (UTC) or `off`, default hourly. The same kind and target twice is a 400.",
+                "security": admin,
+                "requestBody": obj(json!({"kind": {"type": "string", "enum": ["rss", "youtube", "mastodon", "reddit", "hackernews", "bluesky"]},
+                    "target": {"type": "string"}, "schedule": {"type": "string"}}), &["kind", "target"]),
+                "responses": responses("201", json_ok("The source.", any.clone()), &[400, 401, 403, 429]),
+            },
+        },
+        "/api/v1/social/sources/{id}": {"delete": {
+            "summary": "Remove a social source of the organization (what it captured stays). Needs admin.", "security": admin, "parameters": id_param,
+            "responses": responses("200", json_ok("Removed.", any.clone()), &[401, 403, 404, 429]),
         }},
         "/api/v1/keys/{id}/revoke": {"post": {
             "summary": "Revoke an API key of the organization.", "security": admin, "parameters": id_param,

@@ -423,6 +423,22 @@ listing!(
     }
 );
 
+listing!(
+    social_sources,
+    "`GET /api/v1/social/sources`: the social sources the collector reads, by id.",
+    Listing {
+        table: "social_sources",
+        time_col: None,
+        time_is_date: false,
+        id_col: "source_id",
+        id_is_date: false,
+        channel: false,
+        product: ProductFilter::None,
+        period_kind: false,
+        needs: Scope::Read,
+    }
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

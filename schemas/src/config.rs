@@ -59,6 +59,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// The scheduler inside `crow serve`.
     pub schedule: ScheduleConfig,
+    /// The social collector: platform endpoints, limits, credentials.
+    pub social: SocialConfig,
 }
 
 /// Lake location and storage options.
@@ -497,6 +499,9 @@ pub struct ScheduleConfig {
     pub patterns: String,
     /// Usage → `usage_daily`.
     pub billing: String,
+    /// Collect every organization's due social sources (each source has
+    /// its own cron; this is how often they are looked at).
+    pub social: String,
     /// Compact small files of every table.
     pub optimize: String,
     /// Checkpoint the Delta log of every table.
@@ -521,6 +526,7 @@ impl Default for ScheduleConfig {
             enrich: "*/5 * * * *".into(),
             patterns: "15 0 * * *".into(),
             billing: "0 * * * *".into(),
+            social: "* * * * *".into(),
             optimize: "0 3 * * *".into(),
             checkpoint: "30 3 * * *".into(),
             vacuum: "0 4 * * 0".into(),
@@ -529,11 +535,111 @@ impl Default for ScheduleConfig {
     }
 }
 
+/// The social collector (`crow social`, the scheduler's `social` job).
+///
+/// Every platform's base URL is a setting, so a proxy, a self-hosted
+/// instance or a test server can stand in for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SocialConfig {
+    /// Mastodon instance whose public API is read (hashtags, accounts).
+    pub mastodon_url: String,
+    /// Reddit's public JSON listings.
+    pub reddit_url: String,
+    /// Hacker News search (Algolia).
+    pub hackernews_url: String,
+    /// YouTube, for channel and playlist feeds.
+    pub youtube_url: String,
+    /// Bluesky AppView (public, no session: author feeds).
+    pub bluesky_url: String,
+    /// Bluesky PDS where post search signs in (`createSession`) and
+    /// searches (`searchPosts`).
+    pub bluesky_pds_url: String,
+    /// Bluesky handle or e-mail for post search (empty: no search).
+    pub bluesky_identifier: String,
+    /// A Bluesky app password (Settings → App passwords, never the account
+    /// password) for post search. Prefer `CROW_SOCIAL_BLUESKY_APP_PASSWORD`
+    /// to keeping it in a file; `crow config show` masks it.
+    pub bluesky_app_password: String,
+    /// Items read per source and run at most (pages are followed up to it).
+    pub max_items_per_source: usize,
+    /// Pages read per source and run at most.
+    pub max_pages_per_source: usize,
+    /// Minimum milliseconds between two requests to one platform.
+    pub min_interval_ms: u64,
+    /// Longest `Retry-After` honoured on a 429/503, in seconds; a longer
+    /// one fails the source for this run.
+    pub max_retry_after_seconds: u64,
+    /// Seconds before a request times out.
+    pub timeout_seconds: u64,
+}
+
+impl Default for SocialConfig {
+    fn default() -> Self {
+        Self {
+            mastodon_url: "https://mastodon.social".into(),
+            reddit_url: "https://www.reddit.com".into(),
+            hackernews_url: "https://hn.algolia.com".into(),
+            youtube_url: "https://www.youtube.com".into(),
+            bluesky_url: "https://public.api.bsky.app".into(),
+            bluesky_pds_url: "https://bsky.social".into(),
+            bluesky_identifier: String::new(),
+            bluesky_app_password: String::new(),
+            max_items_per_source: 200,
+            max_pages_per_source: 5,
+            min_interval_ms: 1000,
+            max_retry_after_seconds: 60,
+            timeout_seconds: 20,
+        }
+    }
+}
+
+impl SocialConfig {
+    /// Check the collector's values (keys named `social.*`).
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, v) in [
+            ("social.mastodon_url", &self.mastodon_url),
+            ("social.reddit_url", &self.reddit_url),
+            ("social.hackernews_url", &self.hackernews_url),
+            ("social.youtube_url", &self.youtube_url),
+            ("social.bluesky_url", &self.bluesky_url),
+            ("social.bluesky_pds_url", &self.bluesky_pds_url),
+        ] {
+            if !(v.starts_with("http://") || v.starts_with("https://")) {
+                return Err(err(key, "must be an http:// or https:// URL"));
+            }
+        }
+        in_range(&[
+            (
+                "social.max_items_per_source",
+                self.max_items_per_source as u64,
+                100_000,
+            ),
+            (
+                "social.max_pages_per_source",
+                self.max_pages_per_source as u64,
+                1000,
+            ),
+            ("social.timeout_seconds", self.timeout_seconds, 600),
+            (
+                "social.max_retry_after_seconds",
+                self.max_retry_after_seconds,
+                3600,
+            ),
+        ])?;
+        if self.min_interval_ms > 60_000 {
+            return Err(err("social.min_interval_ms", "must be at most 60000"));
+        }
+        Ok(())
+    }
+}
+
 impl ScheduleConfig {
     /// Each schedulable job with its schedule (None: disabled), in the
     /// order the scheduler runs them when several are due.
     pub fn jobs(&self) -> Result<Vec<(&'static str, Option<cron::Cron>)>, ConfigError> {
         [
+            ("social", &self.social),
             ("sessionize", &self.sessionize),
             ("enrich", &self.enrich),
             ("patterns", &self.patterns),
@@ -678,6 +784,7 @@ impl Config {
             ));
         }
         self.server.validate()?;
+        self.social.validate()?;
         if self.ingest.max_event_bytes == 0
             || self.ingest.max_event_bytes > self.ingest.max_request_bytes
         {
@@ -1173,7 +1280,14 @@ mod tests {
         let on: Vec<&str> = jobs.iter().filter(|j| j.1.is_some()).map(|j| j.0).collect();
         assert_eq!(
             on,
-            ["sessionize", "enrich", "optimize", "checkpoint", "vacuum"]
+            [
+                "social",
+                "sessionize",
+                "enrich",
+                "optimize",
+                "checkpoint",
+                "vacuum"
+            ]
         );
         let e = Config::load(Some("[schedule]\nbilling = \"0 25 * * *\"\n"), env(&[])).unwrap_err();
         assert_eq!(e.key, "schedule.billing", "{e}");

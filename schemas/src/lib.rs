@@ -953,6 +953,49 @@ pub const A2A_TASKS: TableDef = TableDef {
     secret_columns: &[],
 };
 
+/// `social_sources`: what the social collector reads, per organization.
+pub const SOCIAL_SOURCES: TableDef = TableDef {
+    name: "social_sources",
+    version: 1,
+    doc: "One row per social source an organization collects from (a feed, a hashtag, a subreddit, a search): its kind, target and schedule, and how its last run went.",
+    columns: &[
+        req("org_id", Text, "Organization."),
+        req("source_id", Text, "Source id (`src_` + 26 characters)."),
+        req("kind", Text, "'rss', 'mastodon', 'reddit', 'hackernews', 'youtube' or 'bluesky'."),
+        req("target", Text, "What to read: a feed URL, `#tag` or `@account`, `r/sub` or a query, a channel or playlist id, `@handle` or a query."),
+        req("enabled", Bool, "Whether scheduled and manual runs read it."),
+        req("schedule", Text, "Cron expression (UTC) of its scheduled runs; 'off' for manual runs only."),
+        req("created_at", Timestamp, "When it was added."),
+        req("updated_at", Timestamp, "When it last changed."),
+        opt("last_run_at", Timestamp, "When it was last read."),
+        opt("last_run_id", Text, "The run (session) that last read it."),
+        opt("last_status", Text, "'ok', 'partial' (some items skipped) or 'failed'."),
+        opt("last_error", Text, "Why the last run failed or skipped items."),
+        opt("last_captured", Int64, "Captures the last run landed from it."),
+    ],
+    partition_by: &[],
+    secret_columns: &[],
+};
+
+/// `social_seen`: what the social collector has captured, for dedupe.
+pub const SOCIAL_SEEN: TableDef = TableDef {
+    name: "social_seen",
+    version: 1,
+    doc: "One row per version of a captured post or page: a link is captured once, and again (a new version linked to the first) only when its content changed.",
+    columns: &[
+        req("org_id", Text, "Organization."),
+        req("canonical_url", Text, "Canonical URL (lower-case scheme and host, no tracking parameters, fragment or trailing slash, redirectors unwrapped)."),
+        req("content_hash", Text, "SHA-256 of the captured text."),
+        req("capture_id", Text, "The capture of this version (`raw_social_captures.capture_id`)."),
+        req("first_capture_id", Text, "The capture of the first version."),
+        req("version", Int32, "1 for the first capture, then 2, 3, … for each edit."),
+        req("run_id", Text, "The run that captured it."),
+        req("seen_at", Timestamp, "When it was captured."),
+    ],
+    partition_by: &[],
+    secret_columns: &[],
+};
+
 /// Every table, in creation order.
 pub const ALL_TABLES: &[TableDef] = &[
     ORGANIZATIONS,
@@ -975,6 +1018,8 @@ pub const ALL_TABLES: &[TableDef] = &[
     AUDIT_LOG,
     NOTIFICATIONS,
     A2A_TASKS,
+    SOCIAL_SOURCES,
+    SOCIAL_SEEN,
 ];
 
 /// The table named `name`, if it is one of CROW's.

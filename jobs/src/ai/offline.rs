@@ -427,6 +427,42 @@ fn has_any(text: &str, words: &[&str]) -> usize {
     words.iter().filter(|w| text.contains(*w)).count()
 }
 
+/// Social posts' engagement summed over the session: `; reach: 12 likes,
+/// 4 replies, 6 reposts` from the ` (likes 5, replies 2, …)` the
+/// sessionizer appends to each post (empty when none has any).
+fn reach(input: &EnrichInput) -> String {
+    let keys = ["likes", "replies", "reposts"];
+    let mut sums = [0i64; 3];
+    let mut any = false;
+    for (_, _, d) in &input.timeline {
+        let Some(inner) = d
+            .trim_end()
+            .strip_suffix(')')
+            .and_then(|t| t.rsplit_once(" (").map(|(_, m)| m))
+        else {
+            continue;
+        };
+        for part in inner.split(", ") {
+            let Some((k, v)) = part.split_once(' ') else {
+                continue;
+            };
+            if let (Some(i), Ok(n)) = (keys.iter().position(|x| *x == k), v.parse::<i64>()) {
+                sums[i] += n;
+                any = true;
+            }
+        }
+    }
+    if !any {
+        return String::new();
+    }
+    let parts: Vec<String> = keys
+        .iter()
+        .zip(sums)
+        .map(|(k, n)| format!("{n} {k}"))
+        .collect();
+    format!("; reach: {}", parts.join(", "))
+}
+
 /// CCTV and social sessions: what the text says about which products.
 fn transcript(input: &EnrichInput) -> Answer {
     let text: String = input
@@ -495,8 +531,9 @@ fn transcript(input: &EnrichInput) -> Answer {
         let platform = input.visitor_id.as_deref().unwrap_or("social media");
         (
             format!(
-                "{n} {platform} post{} captured in one run mention {mentions}; the tone was {sentiment}.",
-                if n == 1 { "" } else { "s" }
+                "{n} {platform} post{} captured in one run mention {mentions}; the tone was {sentiment}{}.",
+                if n == 1 { "" } else { "s" },
+                reach(input)
             ),
             "engagement",
             if product_ids.is_empty() {
@@ -554,6 +591,33 @@ mod tests {
                 cand("p2", "Nimbus Headphones", "Audio > Headphones"),
             ],
         }
+    }
+
+    #[test]
+    fn social_posts_name_products_and_sum_their_reach() {
+        let mut i = input(vec![
+            (
+                0,
+                "mastodon",
+                "@bob: Love my Aria Headphones (likes 5, replies 2, reposts 3)",
+            ),
+            (
+                10,
+                "mastodon",
+                "@ann: the Aria Headphones are great (likes 1)",
+            ),
+        ]);
+        i.channel = "social".into();
+        i.visitor_id = Some("mastodon".into());
+        let a = transcript(&i);
+        assert_eq!(a.product_ids, vec!["p1".to_string()]);
+        assert_eq!(a.sentiment, "positive");
+        assert!(
+            a.description
+                .contains("reach: 6 likes, 2 replies, 3 reposts"),
+            "{}",
+            a.description
+        );
     }
 
     #[test]

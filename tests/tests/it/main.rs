@@ -17,5 +17,6 @@ mod orgs;
 mod readers;
 mod readme;
 mod schedule;
+mod social;
 mod support;
 mod users;

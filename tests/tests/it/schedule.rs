@@ -625,6 +625,7 @@ async fn two_servers(b: Backend) {
         vec![
             ("CROW_SCHEDULE_ENABLED", "true"),
             ("CROW_SCHEDULE_TICK_SECONDS", "1"),
+            ("CROW_SCHEDULE_SOCIAL", "off"),
             ("CROW_SCHEDULE_LEASE_SECONDS", "6"),
             ("CROW_SCHEDULE_SESSIONIZE", every),
             ("CROW_SCHEDULE_ENRICH", every),
@@ -764,6 +765,7 @@ async fn failed_runs_are_retried_with_backoff() {
         &[
             ("CROW_SCHEDULE_ENABLED", "true"),
             ("CROW_SCHEDULE_TICK_SECONDS", "1"),
+            ("CROW_SCHEDULE_SOCIAL", "off"),
             ("CROW_SCHEDULE_LEASE_SECONDS", "6"),
             ("CROW_SCHEDULE_MAX_ATTEMPTS", "3"),
             ("CROW_SCHEDULE_RETRY_BASE_SECONDS", "2"),
@@ -861,6 +863,7 @@ async fn vacuum_runs_on_its_schedule_and_keeps_the_retention() {
         &[
             ("CROW_SCHEDULE_ENABLED", "true"),
             ("CROW_SCHEDULE_TICK_SECONDS", "1"),
+            ("CROW_SCHEDULE_SOCIAL", "off"),
             ("CROW_SCHEDULE_SESSIONIZE", "off"),
             ("CROW_SCHEDULE_ENRICH", "off"),
             ("CROW_SCHEDULE_PATTERNS", "off"),

@@ -518,6 +518,9 @@ const MATRIX: &[(&str, &str, Rule)] = &[
     ("get", "/api/v1/keys", admin),
     ("post", "/api/v1/keys", admin),
     ("post", "/api/v1/keys/{id}/revoke", admin),
+    ("get", "/api/v1/social/sources", data),
+    ("post", "/api/v1/social/sources", admin),
+    ("delete", "/api/v1/social/sources/{id}", admin),
     // Last: it ends the caller's session.
     ("post", "/api/v1/auth/logout", user_only),
 ];

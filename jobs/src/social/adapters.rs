@@ -1,0 +1,625 @@
+//! Platform adapters behind one trait: each turns a source's target into
+//! items, following the platform's cursor up to the configured bounds.
+//!
+//! Every base URL comes from `social.*`; the response formats are the
+//! platforms' published public APIs.
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use crow_schemas::config::SocialConfig;
+use serde_json::{Map, Value};
+use url::form_urlencoded::byte_serialize;
+
+use super::fetch::Fetcher;
+
+/// One post or page as read from a platform.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    /// Where it lives.
+    pub url: String,
+    /// Author handle or name.
+    pub author: Option<String>,
+    /// When it was published.
+    pub published_at: Option<DateTime<Utc>>,
+    /// Its text (title and body).
+    pub text: String,
+    /// Engagement the platform reports: likes, replies, reposts, score, views.
+    pub metrics: Map<String, Value>,
+}
+
+/// An item that could not be read, with why and what it was.
+#[derive(Debug, Clone)]
+pub struct Skipped {
+    /// Why it was skipped.
+    pub reason: String,
+    /// The item as received.
+    pub payload: String,
+}
+
+/// What one source yielded.
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// Items read.
+    pub items: Vec<Item>,
+    /// Items skipped (malformed).
+    pub skipped: Vec<Skipped>,
+}
+
+impl Collected {
+    fn skip(&mut self, reason: impl Into<String>, payload: &Value) {
+        self.skipped.push(Skipped {
+            reason: reason.into(),
+            payload: payload.to_string().chars().take(4000).collect(),
+        });
+    }
+
+    fn full(&self, cfg: &SocialConfig) -> bool {
+        self.items.len() >= cfg.max_items_per_source
+    }
+}
+
+/// A platform.
+#[async_trait]
+pub trait Adapter: Send + Sync {
+    /// The platform's name in `raw_social_captures.platform`.
+    fn platform(&self) -> &'static str;
+    /// Check a target when a source is added.
+    fn check(&self, target: &str) -> Result<(), String>;
+    /// Read `target`'s recent items.
+    async fn collect(
+        &self,
+        http: &Fetcher,
+        cfg: &SocialConfig,
+        target: &str,
+    ) -> Result<Collected, String>;
+}
+
+/// Source kinds, for help texts and errors.
+pub const KINDS: &[&str] = &[
+    "rss",
+    "youtube",
+    "mastodon",
+    "reddit",
+    "hackernews",
+    "bluesky",
+];
+
+/// The adapter of `kind`.
+pub fn adapter(kind: &str) -> Result<Box<dyn Adapter>, String> {
+    Ok(match kind {
+        "rss" => Box::new(Feed { youtube: false }),
+        "youtube" => Box::new(Feed { youtube: true }),
+        "mastodon" => Box::new(Mastodon),
+        "reddit" => Box::new(Reddit),
+        "hackernews" => Box::new(HackerNews),
+        "bluesky" => Box::new(Bluesky),
+        other => {
+            return Err(format!(
+                "unknown source kind `{other}` (one of {})",
+                KINDS.join(", ")
+            ))
+        }
+    })
+}
+
+fn enc(s: &str) -> String {
+    byte_serialize(s.as_bytes()).collect()
+}
+
+fn base(u: &str) -> &str {
+    u.trim_end_matches('/')
+}
+
+/// Text of HTML: tags dropped, the common entities decoded, whitespace
+/// collapsed (post bodies are small fragments, not pages).
+pub fn html_text(html: &str) -> String {
+    let mut out = String::with_capacity(html.len());
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => {
+                in_tag = true;
+                out.push(' ');
+            }
+            '>' if in_tag => in_tag = false,
+            c if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    let out = out
+        .replace("&amp;", "&")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&apos;", "'")
+        .replace("&nbsp;", " ");
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn metric(m: &mut Map<String, Value>, name: &str, v: Option<&Value>) {
+    if let Some(n) = v.and_then(Value::as_i64) {
+        m.insert(name.into(), Value::from(n));
+    }
+}
+
+fn time_of(v: Option<&Value>) -> Option<DateTime<Utc>> {
+    match v? {
+        Value::String(s) => DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.with_timezone(&Utc)),
+        Value::Number(n) => n
+            .as_f64()
+            .and_then(|f| Utc.timestamp_opt(f as i64, 0).single()),
+        _ => None,
+    }
+}
+
+// ---- RSS / Atom (and YouTube's feeds) ----
+
+struct Feed {
+    youtube: bool,
+}
+
+#[async_trait]
+impl Adapter for Feed {
+    fn platform(&self) -> &'static str {
+        if self.youtube {
+            "youtube"
+        } else {
+            "rss"
+        }
+    }
+
+    fn check(&self, target: &str) -> Result<(), String> {
+        if self.youtube {
+            let id = target.split_once(':').map_or(target, |(_, id)| id);
+            if id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err("a YouTube target is a channel id (UC…) or a playlist id (PL…), optionally `channel:` / `playlist:` first".into());
+            }
+            return Ok(());
+        }
+        match url::Url::parse(target) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(()),
+            _ => Err(format!("`{target}` is not an http(s) feed URL")),
+        }
+    }
+
+    async fn collect(
+        &self,
+        http: &Fetcher,
+        cfg: &SocialConfig,
+        target: &str,
+    ) -> Result<Collected, String> {
+        let url = if self.youtube {
+            let (field, id) = match target.split_once(':') {
+                Some(("playlist", id)) => ("playlist_id", id),
+                Some((_, id)) => ("channel_id", id),
+                None if target.starts_with("PL") => ("playlist_id", target),
+                None => ("channel_id", target),
+            };
+            format!(
+                "{}/feeds/videos.xml?{field}={}",
+                base(&cfg.youtube_url),
+                enc(id)
+            )
+        } else {
+            target.to_string()
+        };
+        if !http.allowed(self.platform(), &url).await? {
+            return Err(format!("robots.txt disallows {url}"));
+        }
+        let body = http.get(self.platform(), &url, None).await?;
+        let entries = super::feed::parse(&body).map_err(|e| format!("{url} is not a feed: {e}"))?;
+        let mut out = Collected::default();
+        for e in entries {
+            if out.full(cfg) {
+                break;
+            }
+            let Some(link) = e.link.clone() else {
+                out.skip(
+                    "a feed entry without a link",
+                    &serde_json::json!({"id": e.id.trim(), "title": e.title.trim()}),
+                );
+                continue;
+            };
+            let body = if e.summary.trim().is_empty() {
+                &e.content
+            } else {
+                &e.summary
+            };
+            let text = [&e.title, body, &e.media_description]
+                .into_iter()
+                .map(|t| html_text(t))
+                .filter(|t| !t.is_empty())
+                .collect::<Vec<_>>()
+                .join("\n");
+            let mut metrics = Map::new();
+            if let Some(v) = e.views {
+                metrics.insert("views".into(), Value::from(v));
+            }
+            if let Some(v) = e.likes {
+                metrics.insert("likes".into(), Value::from(v));
+            }
+            let author = e.author.trim();
+            out.items.push(Item {
+                url: link,
+                author: (!author.is_empty()).then(|| author.to_string()),
+                published_at: e.published.or(e.updated),
+                text,
+                metrics,
+            });
+        }
+        Ok(out)
+    }
+}
+
+// ---- Mastodon ----
+
+struct Mastodon;
+
+#[async_trait]
+impl Adapter for Mastodon {
+    fn platform(&self) -> &'static str {
+        "mastodon"
+    }
+
+    fn check(&self, target: &str) -> Result<(), String> {
+        match target.chars().next() {
+            Some('#') | Some('@') if target.len() > 1 => Ok(()),
+            _ => {
+                Err("a Mastodon target is `#hashtag` or `@account` (or `@account@instance`)".into())
+            }
+        }
+    }
+
+    async fn collect(
+        &self,
+        http: &Fetcher,
+        cfg: &SocialConfig,
+        target: &str,
+    ) -> Result<Collected, String> {
+        let root = base(&cfg.mastodon_url);
+        let first = if let Some(tag) = target.strip_prefix('#') {
+            format!("{root}/api/v1/timelines/tag/{}?limit=40", enc(tag))
+        } else {
+            let acct = target.trim_start_matches('@');
+            let who = http
+                .get_json(
+                    "mastodon",
+                    &format!("{root}/api/v1/accounts/lookup?acct={}", enc(acct)),
+                    None,
+                )
+                .await?;
+            let id = who
+                .get("id")
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("no Mastodon account `{acct}`"))?;
+            format!("{root}/api/v1/accounts/{}/statuses?limit=40", enc(id))
+        };
+        let mut out = Collected::default();
+        let mut max_id: Option<String> = None;
+        for _ in 0..cfg.max_pages_per_source {
+            let url = match &max_id {
+                Some(m) => format!("{first}&max_id={}", enc(m)),
+                None => first.clone(),
+            };
+            let page = http.get_json("mastodon", &url, None).await?;
+            let statuses = page
+                .as_array()
+                .ok_or_else(|| format!("GET {url}: not a list of statuses"))?;
+            if statuses.is_empty() {
+                break;
+            }
+            for s in statuses {
+                if out.full(cfg) {
+                    return Ok(out);
+                }
+                let id = s.get("id").and_then(Value::as_str);
+                let link = s
+                    .get("url")
+                    .and_then(Value::as_str)
+                    .or_else(|| s.get("uri").and_then(Value::as_str));
+                let (Some(id), Some(link)) = (id, link) else {
+                    out.skip("a status without an id or a url", s);
+                    continue;
+                };
+                max_id = Some(id.to_string());
+                let mut metrics = Map::new();
+                metric(&mut metrics, "likes", s.get("favourites_count"));
+                metric(&mut metrics, "replies", s.get("replies_count"));
+                metric(&mut metrics, "reposts", s.get("reblogs_count"));
+                out.items.push(Item {
+                    url: link.to_string(),
+                    author: s
+                        .pointer("/account/acct")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
+                    published_at: time_of(s.get("created_at")),
+                    text: html_text(s.get("content").and_then(Value::as_str).unwrap_or("")),
+                    metrics,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+// ---- Reddit ----
+
+struct Reddit;
+
+#[async_trait]
+impl Adapter for Reddit {
+    fn platform(&self) -> &'static str {
+        "reddit"
+    }
+
+    fn check(&self, target: &str) -> Result<(), String> {
+        if target.trim().is_empty() {
+            return Err("a Reddit target is `r/subreddit` or a search query".into());
+        }
+        Ok(())
+    }
+
+    async fn collect(
+        &self,
+        http: &Fetcher,
+        cfg: &SocialConfig,
+        target: &str,
+    ) -> Result<Collected, String> {
+        let root = base(&cfg.reddit_url);
+        let first = match target
+            .strip_prefix("r/")
+            .or_else(|| target.strip_prefix("/r/"))
+        {
+            Some(sub) => format!("{root}/r/{}/new.json?limit=100&raw_json=1", enc(sub)),
+            None => format!(
+                "{root}/search.json?q={}&sort=new&limit=100&raw_json=1",
+                enc(target)
+            ),
+        };
+        let mut out = Collected::default();
+        let mut after: Option<String> = None;
+        for _ in 0..cfg.max_pages_per_source {
+            let url = match &after {
+                Some(a) => format!("{first}&after={}", enc(a)),
+                None => first.clone(),
+            };
+            let page = http.get_json("reddit", &url, None).await?;
+            let children = page
+                .pointer("/data/children")
+                .and_then(Value::as_array)
+                .ok_or_else(|| format!("GET {url}: not a Reddit listing"))?;
+            for c in children {
+                if out.full(cfg) {
+                    return Ok(out);
+                }
+                let d = c.get("data").unwrap_or(c);
+                let Some(permalink) = d.get("permalink").and_then(Value::as_str) else {
+                    out.skip("a post without a permalink", c);
+                    continue;
+                };
+                let title = d.get("title").and_then(Value::as_str).unwrap_or("");
+                let body = d.get("selftext").and_then(Value::as_str).unwrap_or("");
+                let mut metrics = Map::new();
+                metric(&mut metrics, "score", d.get("score"));
+                metric(&mut metrics, "likes", d.get("ups"));
+                metric(&mut metrics, "replies", d.get("num_comments"));
+                out.items.push(Item {
+                    url: format!("{root}{permalink}"),
+                    author: d.get("author").and_then(Value::as_str).map(str::to_string),
+                    published_at: time_of(d.get("created_utc")),
+                    text: [title, body]
+                        .iter()
+                        .filter(|s| !s.is_empty())
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                    metrics,
+                });
+            }
+            after = page
+                .pointer("/data/after")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            if after.is_none() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+// ---- Hacker News (Algolia search) ----
+
+struct HackerNews;
+
+#[async_trait]
+impl Adapter for HackerNews {
+    fn platform(&self) -> &'static str {
+        "hackernews"
+    }
+
+    fn check(&self, target: &str) -> Result<(), String> {
+        if target.trim().is_empty() {
+            return Err("a Hacker News target is a search query".into());
+        }
+        Ok(())
+    }
+
+    async fn collect(
+        &self,
+        http: &Fetcher,
+        cfg: &SocialConfig,
+        target: &str,
+    ) -> Result<Collected, String> {
+        let root = base(&cfg.hackernews_url);
+        let mut out = Collected::default();
+        for page_no in 0..cfg.max_pages_per_source {
+            let url = format!(
+                "{root}/api/v1/search_by_date?query={}&tags=(story,comment)&hitsPerPage=100&page={page_no}",
+                enc(target)
+            );
+            let page = http.get_json("hackernews", &url, None).await?;
+            let hits = page
+                .get("hits")
+                .and_then(Value::as_array)
+                .ok_or_else(|| format!("GET {url}: not an Algolia search answer"))?;
+            for h in hits {
+                if out.full(cfg) {
+                    return Ok(out);
+                }
+                let Some(id) = h.get("objectID").and_then(Value::as_str) else {
+                    out.skip("a hit without an objectID", h);
+                    continue;
+                };
+                let text = ["title", "story_text", "comment_text"]
+                    .iter()
+                    .filter_map(|k| h.get(*k).and_then(Value::as_str))
+                    .map(html_text)
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                let mut metrics = Map::new();
+                metric(&mut metrics, "likes", h.get("points"));
+                metric(&mut metrics, "replies", h.get("num_comments"));
+                out.items.push(Item {
+                    url: format!("https://news.ycombinator.com/item?id={id}"),
+                    author: h.get("author").and_then(Value::as_str).map(str::to_string),
+                    published_at: time_of(h.get("created_at"))
+                        .or_else(|| time_of(h.get("created_at_i"))),
+                    text,
+                    metrics,
+                });
+            }
+            let pages = page.get("nbPages").and_then(Value::as_u64).unwrap_or(0);
+            if page_no as u64 + 1 >= pages {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+// ---- Bluesky: author feeds (public AppView), post search (a session) ----
+
+struct Bluesky;
+
+/// A Bluesky post view (`app.bsky.feed.defs#postView`) as an item.
+fn bluesky_item(p: &Value) -> Option<Item> {
+    let uri = p.get("uri").and_then(Value::as_str)?;
+    let handle = p.pointer("/author/handle").and_then(Value::as_str)?;
+    let rkey = uri.rsplit('/').next().unwrap_or(uri);
+    let mut metrics = Map::new();
+    metric(&mut metrics, "likes", p.get("likeCount"));
+    metric(&mut metrics, "replies", p.get("replyCount"));
+    metric(&mut metrics, "reposts", p.get("repostCount"));
+    Some(Item {
+        url: format!("https://bsky.app/profile/{handle}/post/{rkey}"),
+        author: Some(handle.to_string()),
+        published_at: time_of(p.pointer("/record/createdAt")),
+        text: p
+            .pointer("/record/text")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+        metrics,
+    })
+}
+
+/// Sign in with the configured app password; the access token.
+async fn bluesky_session(http: &Fetcher, cfg: &SocialConfig) -> Result<String, String> {
+    if cfg.bluesky_identifier.is_empty() || cfg.bluesky_app_password.is_empty() {
+        return Err("Bluesky post search needs an app-password session: set social.bluesky_identifier and social.bluesky_app_password".into());
+    }
+    let url = format!(
+        "{}/xrpc/com.atproto.server.createSession",
+        base(&cfg.bluesky_pds_url)
+    );
+    let body = serde_json::json!({
+        "identifier": cfg.bluesky_identifier,
+        "password": cfg.bluesky_app_password,
+    });
+    let s = http.post_json("bluesky", &url, &body).await?;
+    s.get("accessJwt")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| format!("POST {url}: no accessJwt in the answer"))
+}
+
+#[async_trait]
+impl Adapter for Bluesky {
+    fn platform(&self) -> &'static str {
+        "bluesky"
+    }
+
+    fn check(&self, target: &str) -> Result<(), String> {
+        if target.trim().trim_start_matches('@').is_empty() {
+            return Err("a Bluesky target is `@handle` (an author feed) or a search query (needs social.bluesky_identifier and an app password)".into());
+        }
+        Ok(())
+    }
+
+    async fn collect(
+        &self,
+        http: &Fetcher,
+        cfg: &SocialConfig,
+        target: &str,
+    ) -> Result<Collected, String> {
+        let (first, list_key, token) = match target.strip_prefix('@') {
+            Some(actor) => (
+                format!(
+                    "{}/xrpc/app.bsky.feed.getAuthorFeed?actor={}&limit=100",
+                    base(&cfg.bluesky_url),
+                    enc(actor)
+                ),
+                "feed",
+                None,
+            ),
+            None => (
+                format!(
+                    "{}/xrpc/app.bsky.feed.searchPosts?q={}&sort=latest&limit=100",
+                    base(&cfg.bluesky_pds_url),
+                    enc(target)
+                ),
+                "posts",
+                Some(bluesky_session(http, cfg).await?),
+            ),
+        };
+        let mut out = Collected::default();
+        let mut cursor: Option<String> = None;
+        for _ in 0..cfg.max_pages_per_source {
+            let url = match &cursor {
+                Some(c) => format!("{first}&cursor={}", enc(c)),
+                None => first.clone(),
+            };
+            let page = http.get_json("bluesky", &url, token.as_deref()).await?;
+            let posts = page
+                .get(list_key)
+                .and_then(Value::as_array)
+                .ok_or_else(|| format!("GET {url}: not a Bluesky `{list_key}` list"))?;
+            for f in posts {
+                if out.full(cfg) {
+                    return Ok(out);
+                }
+                match bluesky_item(f.get("post").unwrap_or(f)) {
+                    Some(item) => out.items.push(item),
+                    None => out.skip("a post without a uri or an author", f),
+                }
+            }
+            cursor = page
+                .get("cursor")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            if cursor.is_none() || posts.is_empty() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
