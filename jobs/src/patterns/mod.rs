@@ -1042,6 +1042,26 @@ struct TestCtx<'a> {
 /// Days with a finding, per metric and segment.
 type Flagged = HashMap<Key, BTreeSet<NaiveDate>>;
 
+impl<'a> TestCtx<'a> {
+    /// The same test over other weekdays and left-out days.
+    fn with<'b>(&self, season: Option<Season<'b>>, flagged: Option<&'b Flagged>) -> TestCtx<'b>
+    where
+        'a: 'b,
+    {
+        TestCtx {
+            when: self.when.clone(),
+            baseline: self.baseline.clone(),
+            per_day: self.per_day,
+            min_base: self.min_base,
+            span: self.span,
+            names: self.names,
+            visitor_type: self.visitor_type,
+            season,
+            flagged,
+        }
+    }
+}
+
 /// Test one metric against a baseline of single days, leaving out the
 /// baseline days that are outliers themselves (an incident a few days ago
 /// must not hide one still going on): see [`robust_mask`].
@@ -1062,15 +1082,8 @@ fn test_metric(key: &Key, cur: &Stats, base: &[&Stats], ctx: &TestCtx) -> Option
         return test_metric_on(key, cur, base, ctx);
     }
     let kept = |i: usize| keep[i];
-    let ctx2 = TestCtx {
-        when: ctx.when.clone(),
-        baseline: ctx.baseline.clone(),
-        per_day: ctx.per_day,
-        min_base: ctx.min_base,
-        span: ctx.span,
-        names: ctx.names,
-        visitor_type: ctx.visitor_type,
-        season: Some(Season {
+    let ctx2 = ctx.with(
+        Some(Season {
             base: (0..base.len())
                 .filter(|i| kept(*i))
                 .map(|i| season.base[i])
@@ -1081,8 +1094,8 @@ fn test_metric(key: &Key, cur: &Stats, base: &[&Stats], ctx: &TestCtx) -> Option
                 .collect(),
             cur: season.cur.clone(),
         }),
-        flagged: None,
-    };
+        None,
+    );
     let base2: Vec<&Stats> = (0..base.len())
         .filter(|i| kept(*i))
         .map(|i| base[i])
@@ -2502,21 +2515,14 @@ fn rest_unchanged(metric: &str, seg: &str, cur: &Stats, base: &[&Stats], ctx: &T
         .and_then(|f| f.get(&whole_key))
         .map(|days| HashMap::from([(key.clone(), days.clone())]))
         .unwrap_or_default();
-    let ctx2 = TestCtx {
-        when: ctx.when.clone(),
-        baseline: ctx.baseline.clone(),
-        per_day: ctx.per_day,
-        min_base: ctx.min_base,
-        span: ctx.span,
-        names: ctx.names,
-        visitor_type: ctx.visitor_type,
-        season: ctx.season.as_ref().map(|s| Season {
+    let ctx2 = ctx.with(
+        ctx.season.as_ref().map(|s| Season {
             base: s.base.clone(),
             base_days: s.base_days.clone(),
             cur: season_cur.iter().map(|(w, st)| (*w, st)).collect(),
         }),
-        flagged: Some(&flagged),
-    };
+        Some(&flagged),
+    );
     test_metric(&key, &cur_rest, &base_refs, &ctx2).is_none_or(|f| f.z.abs() < REST_MAX_Z)
 }
 

@@ -305,19 +305,7 @@ async fn v03_send_get_cancel(w: &World, base: &str) -> String {
         json!({"message": msg("best selling products", None), "configuration": {"blocking": false}})).await;
     assert_eq!(r["result"]["status"]["state"], "working", "{r}");
     let id2 = r["result"]["id"].as_str().expect("id").to_string();
-    let mut state = String::new();
-    for _ in 0..120 {
-        let (_, g) = rpc(w, base, key, "tasks/get", json!({"id": id2})).await;
-        state = g["result"]["status"]["state"]
-            .as_str()
-            .unwrap_or("")
-            .to_string();
-        if state != "working" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert_eq!(state, "completed");
+    assert_eq!(settled(w, base, &id2).await, "completed");
 
     // A cancel racing a background answer: whichever lands first stands.
     // A cancel that succeeded is never overwritten by the answer, and a
@@ -329,18 +317,7 @@ async fn v03_send_get_cancel(w: &World, base: &str) -> String {
         let (_, c) = rpc(w, base, key, "tasks/cancel", json!({"id": id3})).await;
         let canceled = c["result"]["status"]["state"] == "canceled";
         assert!(canceled || c["error"]["code"] == -32002, "{c}");
-        let mut state = String::new();
-        for _ in 0..120 {
-            let (_, g) = rpc(w, base, key, "tasks/get", json!({"id": id3})).await;
-            state = g["result"]["status"]["state"]
-                .as_str()
-                .unwrap_or("")
-                .to_string();
-            if state != "working" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        let state = settled(w, base, &id3).await;
         if canceled {
             // Past the answer's time: still canceled.
             tokio::time::sleep(Duration::from_secs(3)).await;
@@ -351,6 +328,24 @@ async fn v03_send_get_cancel(w: &World, base: &str) -> String {
         }
     }
     id
+}
+
+/// Org A's task `id` polled (0.3 `tasks/get`) until it is no longer
+/// working, for up to 30 s: its state.
+async fn settled(w: &World, base: &str, id: &str) -> String {
+    let mut state = String::new();
+    for _ in 0..120 {
+        let (_, g) = rpc(w, base, Some(&w.key_a), "tasks/get", json!({"id": id})).await;
+        state = g["result"]["status"]["state"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if state != "working" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    state
 }
 
 /// 0.3: a task waiting for input continued, streaming, JSON-RPC errors.
