@@ -150,7 +150,7 @@ def main(cfg):
     client = fl.FlightClient(uri)
     header = client.authenticate_basic_token(cfg["key_a_id"], key_a)
     assert header == (b"authorization", f"Bearer {key_a}".encode()), header
-    report["wrong_user"] = failure(lambda: client.authenticate_basic_token("ak_nobody", key_a))
+    report["wrong_user"] = failure(lambda: client.authenticate_basic_token("key_nobody", key_a))
 
     # Raw Flight: a ticket from org A's GetFlightInfo, redeemed by A and B.
     as_a = fl.FlightCallOptions(headers=[header])

@@ -212,7 +212,7 @@ async fn flight_sql_answers_like_the_http_api_and_keeps_tenants_apart() {
     // An unknown key, and a revoked one (within api.key_cache_seconds).
     let unknown = client(
         "refused",
-        &json!({"flight": flight, "key_id": "ak_nobody", "key": "ck_not_a_key"}),
+        &json!({"flight": flight, "key_id": "key_nobody", "key": "ck_not_a_key"}),
     );
     assert!(
         unknown["adbc"]
