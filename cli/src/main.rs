@@ -7,6 +7,7 @@ mod billing;
 mod demo;
 mod error;
 mod export;
+mod flight;
 mod http;
 mod jobs;
 mod keys;
@@ -197,6 +198,10 @@ enum Command {
         /// with the scheduler.
         #[arg(long, env = "CROW_SERVE_ONLY", value_enum)]
         only: Option<serve::Only>,
+        /// Also serve Arrow Flight SQL on this address (default:
+        /// server.flight_listen; empty: off).
+        #[arg(long)]
+        flight_listen: Option<String>,
     },
 }
 
@@ -513,8 +518,13 @@ async fn run(cli: Cli) -> Result<()> {
             listen,
             wal_dir,
             only,
+            flight_listen,
         } => {
             let lake = open_lake(&cfg).await?;
+            let mut cfg = cfg;
+            if let Some(f) = flight_listen {
+                cfg.server.flight_listen = f;
+            }
             serve::run(lake, cfg, listen, wal_dir, only).await
         }
         Command::Keys(KeysCommand::Create {

@@ -36,6 +36,7 @@ pub async fn run(
             cfg.server.listen
         )
     })?;
+    let flight_addr = crate::flight::address(&cfg.server.flight_listen, only)?;
     lake.init().await.context("preparing the lake")?;
     let wal_dir = wal_dir.unwrap_or_else(|| crow_ingest::service::wal_dir(&cfg.ingest, &lake));
     let collector = if only == Some(Only::Api) {
@@ -105,6 +106,7 @@ pub async fn run(
         tracing::info!("scheduler off (--only api or schedule.enabled = false)");
         None
     };
+    let flight = crate::flight::start(flight_addr, api.as_ref()).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -124,6 +126,7 @@ pub async fn run(
         shutdown_signal(),
     )
     .await;
+    crate::flight::stop(flight).await;
     if let Some((stop, thread)) = scheduler {
         tracing::info!("shutting down: stopping the scheduler (a running job is finished first)");
         let _ = stop.send(true);

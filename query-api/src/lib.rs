@@ -24,6 +24,7 @@ pub mod bounded;
 pub mod concat_op;
 pub mod error;
 pub mod export;
+pub mod flight;
 pub mod guard;
 pub mod keys;
 pub mod manage;
@@ -156,7 +157,7 @@ impl ApiState {
             .clone()
     }
 
-    fn query_timeout(&self) -> Duration {
+    pub(crate) fn query_timeout(&self) -> Duration {
         Duration::from_secs(self.cfg.query_timeout_seconds)
     }
 
@@ -328,23 +329,7 @@ async fn run_sql(st: &Arc<ApiState>, headers: &HeaderMap, body: &[u8]) -> ApiRes
     })?;
     let format = sql::ResultFormat::negotiate(headers)?;
     let (as_of, pins) = sql::pins(&req)?;
-    let permits = st.slots.acquire(&p.key_id, &p.org_id)?;
-    let (ctx, schema) = tenant::tenant_context_with(
-        &st.lake,
-        st.runtime.clone(),
-        &p.org_id,
-        as_of,
-        pins,
-        8192,
-        st.function_cap(),
-    );
-    if p.scope == Scope::Admin {
-        schema.show_admin_keys();
-    }
-    tracing::debug!(org = %p.org_id, key = %p.key_id, "sql query");
-    let deadline = tokio::time::Instant::from_std(started) + st.query_timeout();
-    let limit = usize::try_from(st.cfg.max_result_rows.saturating_add(1)).unwrap_or(usize::MAX);
-    let query = sql::RunningQuery::start(st, ctx, schema, req.sql, Some(limit), deadline).await?;
+    let (query, permits) = sql::start_for(st, &p, req.sql, as_of, pins, started).await?;
     sql::respond(st, query, format, started, permits).await
 }
 

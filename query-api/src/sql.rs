@@ -357,6 +357,75 @@ pub async fn plan_query(
         .map_err(|e| df_error(&e, Some(schema)))
 }
 
+/// The tenant session of a caller: only `p`'s organization's rows, with
+/// admin-only rows for admin keys. Every protocol (HTTP, Flight SQL) opens
+/// its sessions here.
+pub fn tenant_session(
+    state: &ApiState,
+    p: &crate::auth::Principal,
+    as_of: AsOf,
+    pins: Pins,
+) -> (SessionContext, Arc<TenantSchema>) {
+    let (ctx, schema) = crate::tenant::tenant_context_with(
+        &state.lake,
+        state.runtime.clone(),
+        &p.org_id,
+        as_of,
+        pins,
+        8192,
+        state.function_cap(),
+    );
+    if p.scope == crate::keys::Scope::Admin {
+        schema.show_admin_keys();
+    }
+    (ctx, schema)
+}
+
+/// Start `p`'s query as `POST /api/v1/sql` does: the caller's concurrency
+/// slots (held by the returned [`Permits`] until the answer is sent), their
+/// tenant session, the query timeout counted from `started`, and at most
+/// `api.max_result_rows` + 1 rows (one more than allowed, so a result that is
+/// too large is noticed, never silently cut).
+pub async fn start_for(
+    state: &Arc<ApiState>,
+    p: &crate::auth::Principal,
+    sql: String,
+    as_of: AsOf,
+    pins: Pins,
+    started: std::time::Instant,
+) -> ApiResult<(RunningQuery, Permits)> {
+    let permits = state.slots.acquire(&p.key_id, &p.org_id)?;
+    let (ctx, schema) = tenant_session(state, p, as_of, pins);
+    tracing::debug!(org = %p.org_id, key = %p.key_id, "sql query");
+    let deadline = tokio::time::Instant::from_std(started) + state.query_timeout();
+    let limit = usize::try_from(state.cfg.max_result_rows.saturating_add(1)).unwrap_or(usize::MAX);
+    let query = RunningQuery::start(state, ctx, schema, sql, Some(limit), deadline).await?;
+    Ok((query, permits))
+}
+
+/// The schema of `p`'s query's result, planned (with every refusal of
+/// [`plan_query`]) but not run; within the caller's slots and the query
+/// timeout.
+pub async fn result_schema(
+    state: &Arc<ApiState>,
+    p: &crate::auth::Principal,
+    sql: String,
+) -> ApiResult<SchemaRef> {
+    let _permits = state.slots.acquire(&p.key_id, &p.org_id)?;
+    let (ctx, schema) = tenant_session(state, p, AsOf::Latest, Pins::new());
+    let deadline = tokio::time::Instant::now() + state.query_timeout();
+    let st = state.clone();
+    let mut task = state.query_rt.spawn(async move {
+        let df = plan_query(&st, &ctx, &schema, &sql).await?;
+        Ok::<SchemaRef, ApiError>(Arc::new(df.schema().as_arrow().clone()))
+    });
+    match tokio::time::timeout_at(deadline, task.join()).await {
+        Err(_) => Err(query_timeout(state)),
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(panicked(Some(e))),
+    }
+}
+
 /// Batches between the query runtime and the response: a few, so a slow
 /// client holds back the query instead of filling memory.
 const CHANNEL_BATCHES: usize = 2;
@@ -535,7 +604,7 @@ pub async fn respond(
     Ok(r)
 }
 
-fn too_large(max_rows: u64) -> ApiError {
+pub(crate) fn too_large(max_rows: u64) -> ApiError {
     ApiError::bad_request(
         "result_too_large",
         format!(
@@ -746,7 +815,7 @@ fn plain_type(t: &DataType) -> DataType {
     }
 }
 
-fn plain_schema(schema: &SchemaRef) -> SchemaRef {
+pub(crate) fn plain_schema(schema: &SchemaRef) -> SchemaRef {
     Arc::new(Schema::new_with_metadata(
         schema
             .fields()
@@ -761,7 +830,7 @@ fn plain_schema(schema: &SchemaRef) -> SchemaRef {
 }
 
 /// `b` with its columns cast to `schema`'s types.
-fn cast_to(b: &RecordBatch, schema: &SchemaRef) -> EncResult<RecordBatch> {
+pub(crate) fn cast_to(b: &RecordBatch, schema: &SchemaRef) -> EncResult<RecordBatch> {
     let columns = b
         .columns()
         .iter()

@@ -149,6 +149,9 @@ pub struct ServerConfig {
     /// others only with `Authorization: Bearer <metrics_token>`. Empty: no
     /// remote reader.
     pub metrics_token: String,
+    /// Listen address of the Arrow Flight SQL service (`crow serve
+    /// --flight-listen`). Empty: off.
+    pub flight_listen: String,
 }
 
 impl Default for ServerConfig {
@@ -159,6 +162,7 @@ impl Default for ServerConfig {
             header_read_timeout_seconds: 30,
             body_read_timeout_seconds: 30,
             metrics_token: String::new(),
+            flight_listen: String::new(),
         }
     }
 }
@@ -170,6 +174,17 @@ impl ServerConfig {
             return Err(err(
                 "server.listen",
                 format!("`{}` is not an address like 127.0.0.1:8080", self.listen),
+            ));
+        }
+        if !self.flight_listen.is_empty()
+            && self.flight_listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(err(
+                "server.flight_listen",
+                format!(
+                    "`{}` is not an address like 127.0.0.1:50051 (or empty: off)",
+                    self.flight_listen
+                ),
             ));
         }
         in_range(&[
@@ -1227,6 +1242,8 @@ mod tests {
         assert_eq!(e.key, "ai.provider");
         let e = Config::load(Some("[server]\nlisten = \"here\"\n"), env(&[])).unwrap_err();
         assert_eq!(e.key, "server.listen");
+        let e = Config::load(Some("[server]\nflight_listen = \"x\"\n"), env(&[])).unwrap_err();
+        assert_eq!(e.key, "server.flight_listen");
         let e = Config::load(None, env(&[("CROW_LAKE_S3_ALLOW_HTTP", "perhaps")])).unwrap_err();
         assert_eq!(e.key, "CROW_LAKE_S3_ALLOW_HTTP");
         let e = Config::load(None, env(&[("CROW_API_KEY_CACHE_SECONDS", "600")])).unwrap_err();

@@ -8,6 +8,7 @@ mod ask;
 mod cli;
 mod dashboard;
 mod exports;
+mod flight;
 mod hardening;
 mod hostile;
 mod ingest;

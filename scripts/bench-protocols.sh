@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The protocol benchmark of BENCHMARKS.md ("Query API: one large result,
+# protocol by protocol"), in one run on this machine:
+#  1. a fresh lake in a temp folder with one organization and a read key
+#     (the result is synthetic — generate_series — so no data is landed);
+#  2. `crow serve --only api --flight-listen …` on free local ports, with
+#     api.max_result_rows and api.query_timeout_seconds raised for it;
+#  3. scripts/bench/protocols.py: the same ROWS-row result through Arrow
+#     Flight SQL (ADBC), HTTP Arrow IPC and HTTP JSON; rows per second each.
+# Usage: scripts/bench-protocols.sh   (ROWS=1000000 for a quick run;
+#        JSON_ROWS=… for the JSON size (default 2000000); RUNS=3 for the best
+#        of 3; CROWTEST_BIN=PATH to use an already built binary instead of
+#        building in release; CROWTEST_VENV=DIR for a venv that has the
+#        packages already)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROWS="${ROWS:-10000000}"
+JSON_ROWS="${JSON_ROWS:-2000000}"
+RUNS="${RUNS:-1}"
+venv="${CROWTEST_VENV:-.venv}"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+py="$venv/bin/python"
+"$py" -c 'import adbc_driver_flightsql, pyarrow, requests' 2>/dev/null \
+  || "$venv/bin/pip" install -q adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0 pyarrow requests
+if [ -n "${CROWTEST_BIN:-}" ]; then
+  crow="$CROWTEST_BIN"
+else
+  cargo build --release --locked --bin crow
+  crow="$PWD/target/release/crow"
+fi
+work="$(mktemp -d)"
+server=""
+cleanup() {
+  if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+lake="$work/lake"
+"$crow" --lake "$lake" init >/dev/null
+org=$("$crow" --lake "$lake" orgs create --name "Bench Protocols" --format json \
+  | "$py" -c 'import json,sys; print(json.load(sys.stdin)["org_id"])')
+key=$("$crow" --lake "$lake" keys create --org "$org" --scope read --name bench-protocols --format json \
+  | "$py" -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
+free_port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+fport=$(free_port)
+CROW_API_MAX_RESULT_ROWS=$(( ROWS > JSON_ROWS ? ROWS : JSON_ROWS )) CROW_API_QUERY_TIMEOUT_SECONDS=3600 \
+  "$crow" --lake "$lake" serve --only api --listen "127.0.0.1:$port" \
+  --flight-listen "127.0.0.1:$fport" --wal-dir "$work/wal" >"$work/serve.log" 2>&1 &
+server=$!
+for _ in $(seq 1 100); do
+  curl -sf -o /dev/null "http://127.0.0.1:$port/api/v1/openapi.json" && break
+  kill -0 "$server" 2>/dev/null || { cat "$work/serve.log" >&2; exit 1; }
+  sleep 0.2
+done
+echo "$ROWS rows (JSON: $JSON_ROWS), 4 columns; $(nproc) cores; best of $RUNS"
+echo
+"$py" scripts/bench/protocols.py "http://127.0.0.1:$port" "grpc://127.0.0.1:$fport" "$key" \
+  --rows "$ROWS" --json-rows "$JSON_ROWS" --runs "$RUNS"

@@ -1,0 +1,185 @@
+"""CROW's Arrow Flight SQL service through real clients: the ADBC Flight SQL
+driver (adbc-driver-flightsql, the Go driver behind polars and pandas) and
+pyarrow.flight (raw Flight calls, to hold tickets).
+
+Usage: flight_client.py MODE CONFIG_JSON
+  main     queries, prepared statements, metadata and refusals (CONFIG has
+           flight, http, key_a_id, key_a, key_b, b_marks, tables, refused
+           queries); prints a JSON report
+  refused  CONFIG's `key` is refused by both clients (revoked or unknown)
+
+Every check asserts here; the Rust test (tests/it/flight.rs) checks the
+report too.
+"""
+
+import json
+import sys
+import urllib.request
+
+import adbc_driver_flightsql.dbapi as flight_sql
+import polars as pl
+import pyarrow as pa
+import pyarrow.flight as fl
+from adbc_driver_flightsql import DatabaseOptions
+
+
+def adbc(uri, secret):
+    """An ADBC connection that sends the key as a bearer header."""
+    return flight_sql.connect(
+        uri, db_kwargs={DatabaseOptions.AUTHORIZATION_HEADER.value: f"Bearer {secret}"}
+    )
+
+
+def adbc_basic(uri, key_id, secret):
+    """An ADBC connection that handshakes with user = key id, password = secret."""
+    return flight_sql.connect(uri, db_kwargs={"username": key_id, "password": secret})
+
+
+def http_arrow(base, secret, sql):
+    """The same query through POST /api/v1/sql as Arrow IPC (plain types)."""
+    req = urllib.request.Request(
+        base + "/api/v1/sql",
+        data=json.dumps({"sql": sql}).encode(),
+        headers={
+            "Authorization": f"Bearer {secret}",
+            "Content-Type": "application/json",
+            "Accept": "application/vnd.apache.arrow.stream; view_types=false",
+        },
+    )
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return pa.ipc.open_stream(r.read()).read_all()
+
+
+def query(conn, sql):
+    with conn.cursor() as cur:
+        cur.execute(sql)
+        return cur.fetch_arrow_table()
+
+
+def failure(fn):
+    """The error `fn` raises, as text (type and message); fails if none."""
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - every client error type counts
+        return f"{type(e).__name__}: {e}"
+    raise AssertionError("expected a refusal, got an answer")
+
+
+def pb(field, data):
+    """A length-delimited protobuf field."""
+    n, out = len(data), bytearray([field << 3 | 2])
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out) + data
+
+
+def statement_cmd(sql):
+    """Any(CommandStatementQuery{query = sql}), as Flight SQL clients send it."""
+    url = b"type.googleapis.com/arrow.flight.protocol.sql.CommandStatementQuery"
+    return pb(1, url) + pb(2, pb(1, sql.encode()))
+
+
+def no_marks(where, table, marks):
+    text = json.dumps(table.to_pylist(), default=str)
+    for m in marks:
+        assert m not in text, f"{where}: another organization's rows leak ({m})"
+
+
+def main(cfg):
+    uri, base = cfg["flight"], cfg["http"]
+    key_a, key_b, marks = cfg["key_a"], cfg["key_b"], cfg["b_marks"]
+    report = {}
+    q = "select * from raw_web_events order by message_id"
+
+    # A query: ADBC (bearer header) equals the HTTP API's answer.
+    with adbc(uri, key_a) as conn:
+        got = query(conn, q)
+        want = http_arrow(base, key_a, q)
+        assert got.num_rows == want.num_rows and got.num_rows > 0, (got.num_rows, want.num_rows)
+        assert got.schema.equals(want.schema), f"{got.schema}\n!=\n{want.schema}"
+        assert got.equals(want), "Flight SQL and /api/v1/sql answer differently"
+        report["rows"] = got.num_rows
+        no_marks("query", got, marks)
+
+        # A prepared statement (CreatePreparedStatement, then its
+        # GetFlightInfo and DoGet, then ClosePreparedStatement).
+        with conn.cursor() as cur:
+            cur.adbc_prepare(q)
+            cur.execute(q)
+            prepared = cur.fetch_arrow_table()
+        assert prepared.equals(want), "a prepared statement answers differently"
+        report["prepared_rows"] = prepared.num_rows
+
+        # Metadata: catalogs, schemas, tables (with schemas), table types, info.
+        objects = conn.adbc_get_objects(depth="all").read_all().to_pylist()
+        assert [c["catalog_name"] for c in objects] == ["datafusion"], objects
+        schemas = objects[0]["catalog_db_schemas"]
+        assert [s["db_schema_name"] for s in schemas] == ["public"], schemas
+        tables = sorted(t["table_name"] for t in schemas[0]["db_schema_tables"])
+        assert tables == sorted(cfg["tables"]), tables
+        report["tables"] = tables
+        raw = next(t for t in schemas[0]["db_schema_tables"] if t["table_name"] == "raw_web_events")
+        columns = [c["column_name"] for c in raw["table_columns"]]
+        assert columns == want.schema.names, columns
+        table_schema = conn.adbc_get_table_schema("raw_web_events")
+        assert table_schema.equals(want.schema), f"{table_schema}\n!=\n{want.schema}"
+        keys_schema = conn.adbc_get_table_schema("api_keys")
+        assert "key_hash" not in keys_schema.names, keys_schema.names
+        assert conn.adbc_get_table_types() == ["TABLE"], conn.adbc_get_table_types()
+        info = conn.adbc_get_info()
+        assert info.get("vendor_name") == "CROW", info
+        report["vendor"] = info["vendor_name"]
+
+        # polars through the ADBC connection.
+        frame = pl.read_database("select count(*) as n from raw_web_events", connection=conn)
+        report["polars_count"] = int(frame["n"][0])
+
+        # Hostile SQL: never another organization's rows.
+        for sql in cfg["hostile"]:
+            no_marks(sql, query(conn, sql), marks)
+        report["hostile"] = len(cfg["hostile"])
+
+        # Refused statements: the gRPC code and CROW's message.
+        report["refused"] = {sql: failure(lambda s=sql: query(conn, s)) for sql in cfg["refused"]}
+
+    # The handshake: basic auth with the key id and secret (ADBC and pyarrow).
+    with adbc_basic(uri, cfg["key_a_id"], key_a) as conn:
+        assert query(conn, q).equals(want), "after a handshake"
+    client = fl.FlightClient(uri)
+    header = client.authenticate_basic_token(cfg["key_a_id"], key_a)
+    assert header == (b"authorization", f"Bearer {key_a}".encode()), header
+    report["wrong_user"] = failure(lambda: client.authenticate_basic_token("key_nobody", key_a))
+
+    # Raw Flight: a ticket from org A's GetFlightInfo, redeemed by A and B.
+    as_a = fl.FlightCallOptions(headers=[header])
+    as_b = fl.FlightCallOptions(headers=[(b"authorization", f"Bearer {key_b}".encode())])
+    flight_info = client.get_flight_info(fl.FlightDescriptor.for_command(statement_cmd(q)), as_a)
+    assert flight_info.schema.equals(want.schema), flight_info.schema
+    ticket = flight_info.endpoints[0].ticket
+    assert client.do_get(ticket, as_a).read_all().equals(want), "ticket redeemed by org A"
+    report["foreign_ticket"] = failure(lambda: client.do_get(ticket, as_b).read_all())
+    report["no_key"] = failure(
+        lambda: client.get_flight_info(fl.FlightDescriptor.for_command(statement_cmd(q)))
+    )
+    print(json.dumps(report))
+
+
+def refused(cfg):
+    """A key (revoked, unknown) is refused by ADBC and by pyarrow."""
+    uri = cfg["flight"]
+    out = {}
+
+    def adbc_query():
+        with adbc(uri, cfg["key"]) as conn:
+            query(conn, "select 1")
+
+    out["adbc"] = failure(adbc_query)
+    client = fl.FlightClient(uri)
+    out["handshake"] = failure(lambda: client.authenticate_basic_token(cfg["key_id"], cfg["key"]))
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    {"main": main, "refused": refused}[sys.argv[1]](json.loads(sys.argv[2]))
