@@ -1037,10 +1037,10 @@ function EvidenceChart({ ev }) {
   const label = `This period ${f.fmt(f.value)} against a baseline of ${f.fmt(f.base)}${f.sd ? " ± " + f.fmt(f.sd) : ""} (${f.unit})`;
   return html`<svg class="evidence" data-testid="evidence-chart" viewBox=${`0 0 ${W} ${H}`} role="img" aria-label=${label} width="100%" style="max-width: 24rem">
     <text x="0" y="36" font-size="12" fill="#374151">This period</text>
-    <rect x=${pad} y="22" width=${Math.max(1, x(f.value) - pad)} height="22" fill="#1d4ed8"></rect>
+    <rect x=${pad} y="22" width=${Math.max(1, x(f.value) - pad)} height="22" fill="#1d4ed8" data-value=${f.value}></rect>
     <text x=${x(f.value) + 4} y="38" font-size="12" fill="#111827">${f.fmt(f.value)}</text>
     <text x="0" y="86" font-size="12" fill="#374151">Baseline</text>
-    <rect x=${pad} y="72" width=${Math.max(1, x(f.base) - pad)} height="22" fill="#9ca3af"></rect>
+    <rect x=${pad} y="72" width=${Math.max(1, x(f.base) - pad)} height="22" fill="#9ca3af" data-value=${f.base}></rect>
     ${f.sd ? html`<line x1=${x(Math.max(0, f.base - f.sd))} x2=${x(f.base + f.sd)} y1="83" y2="83" stroke="#111827" stroke-width="2"></line>` : null}
     <text x=${x(f.base + f.sd) + 4} y="88" font-size="12" fill="#111827">${f.fmt(f.base)}</text>
   </svg>`;

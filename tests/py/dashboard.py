@@ -388,11 +388,15 @@ def patterns_page(page, axe_js, out):
     page.get_by_role("link", name="Patterns", exact=True).click()
     page.wait_for_selector("[data-testid=patterns][data-state=ready]", timeout=30000)
     assert page.locator("[data-testid=pattern]").count() > 0, "the demo's latest week has patterns"
+    # Two bars, this period and the baseline, each as long as its value: a
+    # value above zero is a visible bar, a zero ("fell to 0%") a hairline.
     drawn = page.evaluate("""() => [...document.querySelectorAll('[data-testid=pattern]')].map(p => {
         const svg = p.querySelector('[data-testid=evidence-chart]');
-        return !!svg && [...svg.querySelectorAll('rect')].filter(r => r.getBBox().width > 1).length === 2;
+        const bars = svg ? [...svg.querySelectorAll('rect')] : [];
+        return bars.length === 2 && bars.every(r =>
+            (Number(r.dataset.value) > 0) === (r.getBBox().width > 1));
     })""")
-    assert all(drawn), f"every pattern's evidence is drawn: {drawn}"
+    assert all(drawn), f"every pattern's evidence is drawn: {drawn} {page.eval_on_selector_all('[data-testid=pattern]', 'ps => ps.map(p => p.textContent.slice(0, 300))')}"
     shown = {
         "kind": "week",
         "titles": page.eval_on_selector_all("[data-testid=pattern] h2", "hs => hs.map(h => h.textContent)"),
