@@ -192,6 +192,11 @@ enum Command {
         /// with the scheduler.
         #[arg(long, env = "CROW_SERVE_ONLY", value_enum)]
         only: Option<serve::Only>,
+        /// Also serve the Postgres wire protocol on this address (default:
+        /// server.pg_listen, empty: off), for psql, BI tools and Postgres
+        /// drivers; user = key id or organization id, password = API key.
+        #[arg(long)]
+        pg_listen: Option<String>,
     },
 }
 
@@ -505,9 +510,10 @@ async fn run(cli: Cli) -> Result<()> {
             listen,
             wal_dir,
             only,
+            pg_listen,
         } => {
             let lake = open_lake(&cfg).await?;
-            serve::run(lake, cfg, listen, wal_dir, only).await
+            serve::run(lake, cfg, listen, wal_dir, only, pg_listen).await
         }
         Command::Keys(KeysCommand::Create {
             org,

@@ -31,6 +31,7 @@ pub mod mcp;
 pub mod mcp_tools;
 pub mod metrics;
 pub mod openapi;
+pub mod pg;
 pub mod rest;
 pub mod runtime;
 pub mod slots;
@@ -155,8 +156,35 @@ impl ApiState {
             .clone()
     }
 
-    fn query_timeout(&self) -> Duration {
+    pub(crate) fn query_timeout(&self) -> Duration {
         Duration::from_secs(self.cfg.query_timeout_seconds)
+    }
+
+    /// The tenant session a SQL query of `p` runs in (HTTP and Postgres
+    /// wire alike): `p`'s organization's views, the shared memory pool, the
+    /// function output cap; `api_keys` shows admin keys to admin keys only.
+    pub fn tenant_session(
+        &self,
+        p: &auth::Principal,
+        as_of: crow_lake::AsOf,
+        pins: tenant::Pins,
+    ) -> (
+        datafusion::prelude::SessionContext,
+        Arc<tenant::TenantSchema>,
+    ) {
+        let (ctx, schema) = tenant::tenant_context_with(
+            &self.lake,
+            self.runtime.clone(),
+            &p.org_id,
+            as_of,
+            pins,
+            8192,
+            self.function_cap(),
+        );
+        if p.scope == Scope::Admin {
+            schema.show_admin_keys();
+        }
+        (ctx, schema)
     }
 
     /// Largest output of one function call, in bytes.
@@ -320,18 +348,7 @@ async fn run_sql(st: &Arc<ApiState>, headers: &HeaderMap, body: &[u8]) -> ApiRes
     let format = sql::ResultFormat::negotiate(headers)?;
     let (as_of, pins) = sql::pins(&req)?;
     let permits = st.slots.acquire(&p.key_id, &p.org_id)?;
-    let (ctx, schema) = tenant::tenant_context_with(
-        &st.lake,
-        st.runtime.clone(),
-        &p.org_id,
-        as_of,
-        pins,
-        8192,
-        st.function_cap(),
-    );
-    if p.scope == Scope::Admin {
-        schema.show_admin_keys();
-    }
+    let (ctx, schema) = st.tenant_session(&p, as_of, pins);
     tracing::debug!(org = %p.org_id, key = %p.key_id, "sql query");
     let deadline = tokio::time::Instant::from_std(started) + st.query_timeout();
     let limit = usize::try_from(st.cfg.max_result_rows.saturating_add(1)).unwrap_or(usize::MAX);

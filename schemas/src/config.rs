@@ -147,6 +147,14 @@ pub struct ServerConfig {
     /// others only with `Authorization: Bearer <metrics_token>`. Empty: no
     /// remote reader.
     pub metrics_token: String,
+    /// Listen address of the Postgres-wire listener (`crow serve
+    /// --pg-listen`). Empty: off.
+    pub pg_listen: String,
+    /// TLS certificate chain (PEM) of the Postgres-wire listener. With
+    /// `pg_tls_key`, clients may (and off loopback must) use TLS.
+    pub pg_tls_cert: String,
+    /// TLS private key (PEM) of the Postgres-wire listener.
+    pub pg_tls_key: String,
 }
 
 impl Default for ServerConfig {
@@ -157,6 +165,9 @@ impl Default for ServerConfig {
             header_read_timeout_seconds: 30,
             body_read_timeout_seconds: 30,
             metrics_token: String::new(),
+            pg_listen: String::new(),
+            pg_tls_cert: String::new(),
+            pg_tls_key: String::new(),
         }
     }
 }
@@ -187,6 +198,26 @@ impl ServerConfig {
             return Err(err(
                 "server.metrics_token",
                 "must be at least 16 characters (or empty)",
+            ));
+        }
+        if !self.pg_listen.is_empty() && self.pg_listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(err(
+                "server.pg_listen",
+                format!(
+                    "`{}` is not an address like 127.0.0.1:5432 (or empty: off)",
+                    self.pg_listen
+                ),
+            ));
+        }
+        if self.pg_tls_cert.is_empty() != self.pg_tls_key.is_empty() {
+            let missing = if self.pg_tls_cert.is_empty() {
+                "server.pg_tls_cert"
+            } else {
+                "server.pg_tls_key"
+            };
+            return Err(err(
+                missing,
+                "server.pg_tls_cert and server.pg_tls_key are set together (PEM files)",
             ));
         }
         Ok(())
