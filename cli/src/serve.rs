@@ -112,7 +112,9 @@ pub async fn run(
     let pg = match &api {
         Some(a) => start_pg(&cfg, a).await?,
         None if !cfg.server.pg_listen.is_empty() => {
-            anyhow::bail!("--pg-listen (server.pg_listen) needs the query API: not with --only ingest")
+            anyhow::bail!(
+                "--pg-listen (server.pg_listen) needs the query API: not with --only ingest"
+            )
         }
         None => None,
     };
@@ -176,7 +178,11 @@ async fn start_pg(
         .await
         .with_context(|| format!("cannot listen on {addr} (server.pg_listen)"))?;
     let local = listener.local_addr()?;
-    let secure = if tls.is_some() { "TLS" } else { "no TLS: loopback clients only" };
+    let secure = if tls.is_some() {
+        "TLS"
+    } else {
+        "no TLS: loopback clients only"
+    };
     tracing::info!(%local, secure, "Postgres wire listening");
     eprintln!("crow serve Postgres wire on postgresql://{local} ({secure})");
     let max = usize::try_from(cfg.server.max_connections).unwrap_or(usize::MAX);

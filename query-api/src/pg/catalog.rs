@@ -27,8 +27,14 @@ fn table(columns: Vec<(&str, ArrayRef)>) -> Option<Arc<MemTable>> {
         .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
         .collect();
     let schema = Arc::new(Schema::new(fields));
-    let batch = RecordBatch::try_new(schema.clone(), columns.into_iter().map(|(_, a)| a).collect()).ok()?;
-    MemTable::try_new(schema, vec![vec![batch]]).ok().map(Arc::new)
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        columns.into_iter().map(|(_, a)| a).collect(),
+    )
+    .ok()?;
+    MemTable::try_new(schema, vec![vec![batch]])
+        .ok()
+        .map(Arc::new)
 }
 
 fn text(v: Vec<String>) -> ArrayRef {
@@ -56,7 +62,11 @@ fn tables() -> Vec<(&'static str, Option<Arc<MemTable>>)> {
         ("oid", int(vec![11, PUBLIC_OID, 13_000])),
         (
             "nspname",
-            text(vec!["pg_catalog".into(), "public".into(), "information_schema".into()]),
+            text(vec![
+                "pg_catalog".into(),
+                "public".into(),
+                "information_schema".into(),
+            ]),
         ),
         ("nspowner", int(vec![10, 10, 10])),
     ]);
@@ -81,13 +91,19 @@ fn tables() -> Vec<(&'static str, Option<Arc<MemTable>>)> {
     let rows = attrelid.len();
     let pg_class = table(vec![
         ("oid", int(oids.clone())),
-        ("relname", text(defs.iter().map(|d| d.name.to_string()).collect())),
+        (
+            "relname",
+            text(defs.iter().map(|d| d.name.to_string()).collect()),
+        ),
         ("relnamespace", int(vec![PUBLIC_OID; n])),
         ("relkind", text(vec!["r".into(); n])),
         ("relowner", int(vec![10; n])),
         ("relam", int(vec![2; n])),
         ("relpersistence", text(vec!["p".into(); n])),
-        ("relispartition", Arc::new(BooleanArray::from(vec![false; n]))),
+        (
+            "relispartition",
+            Arc::new(BooleanArray::from(vec![false; n])),
+        ),
         ("relhasindex", Arc::new(BooleanArray::from(vec![false; n]))),
         ("relnatts", int32(natts)),
         ("reltuples", int(vec![-1; n])),
@@ -98,7 +114,10 @@ fn tables() -> Vec<(&'static str, Option<Arc<MemTable>>)> {
         ("atttypid", int(atttypid)),
         ("attnum", int32(attnum)),
         ("attnotnull", Arc::new(BooleanArray::from(attnotnull))),
-        ("attisdropped", Arc::new(BooleanArray::from(vec![false; rows]))),
+        (
+            "attisdropped",
+            Arc::new(BooleanArray::from(vec![false; rows])),
+        ),
         ("atttypmod", int32(vec![-1; rows])),
         ("atthasdef", Arc::new(BooleanArray::from(vec![false; rows]))),
         ("attgenerated", text(vec![String::new(); rows])),
@@ -122,14 +141,20 @@ fn tables() -> Vec<(&'static str, Option<Arc<MemTable>>)> {
     ];
     let pg_type_table = table(vec![
         ("oid", int(types.iter().map(|t| t.0).collect())),
-        ("typname", text(types.iter().map(|t| t.1.to_string()).collect())),
+        (
+            "typname",
+            text(types.iter().map(|t| t.1.to_string()).collect()),
+        ),
         ("typnamespace", int(vec![11; types.len()])),
         ("typtype", text(vec!["b".into(); types.len()])),
         ("typrelid", int(vec![0; types.len()])),
         ("typelem", int(vec![0; types.len()])),
         ("typbasetype", int(vec![0; types.len()])),
     ]);
-    let pg_am = table(vec![("oid", int(vec![2])), ("amname", text(vec!["heap".into()]))]);
+    let pg_am = table(vec![
+        ("oid", int(vec![2])),
+        ("amname", text(vec!["heap".into()])),
+    ]);
     let pg_database = table(vec![
         ("oid", int(vec![16_383])),
         ("datname", text(vec!["crow".into()])),
@@ -169,7 +194,11 @@ fn add_functions(ctx: &SessionContext) {
         vec![DataType::Int64],
         DataType::Utf8,
         Volatility::Stable,
-        Arc::new(|_: &[ColumnarValue]| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some("crow".into()))))),
+        Arc::new(|_: &[ColumnarValue]| {
+            Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(
+                "crow".into(),
+            ))))
+        }),
     ));
     ctx.register_udf(create_udf(
         "pg_table_is_visible",
@@ -244,6 +273,9 @@ mod tests {
             rewrite("select pg_catalog.version(), x from pg_catalog.pg_class c where pg_catalog.pg_table_is_visible (c.oid)"),
             "select version(), x from pg_catalog.pg_class c where pg_table_is_visible (c.oid)"
         );
-        assert_eq!(rewrite("a OPERATOR(pg_catalog.~) '^x$' COLLATE pg_catalog.default"), "a ~ '^x$'");
+        assert_eq!(
+            rewrite("a OPERATOR(pg_catalog.~) '^x$' COLLATE pg_catalog.default"),
+            "a ~ '^x$'"
+        );
     }
 }

@@ -63,12 +63,23 @@ pub fn arrow_type(t: &Type) -> Option<DataType> {
 }
 
 /// The row description of a result.
-pub fn fields(schema: &arrow::datatypes::Schema, format: impl Fn(usize) -> FieldFormat) -> Vec<FieldInfo> {
+pub fn fields(
+    schema: &arrow::datatypes::Schema,
+    format: impl Fn(usize) -> FieldFormat,
+) -> Vec<FieldInfo> {
     schema
         .fields()
         .iter()
         .enumerate()
-        .map(|(i, f)| FieldInfo::new(f.name().clone(), None, None, pg_type(f.data_type()), format(i)))
+        .map(|(i, f)| {
+            FieldInfo::new(
+                f.name().clone(),
+                None,
+                None,
+                pg_type(f.data_type()),
+                format(i),
+            )
+        })
         .collect()
 }
 
@@ -184,12 +195,14 @@ pub fn rows(batch: &RecordBatch, fields: &[FieldInfo]) -> PgWireResult<Vec<DataR
 fn micros(a: &ArrayRef, row: usize) -> Option<i64> {
     use arrow::datatypes::*;
     Some(match a.data_type() {
-        DataType::Timestamp(TimeUnit::Second, _) => {
-            a.as_primitive::<TimestampSecondType>().value(row).saturating_mul(1_000_000)
-        }
-        DataType::Timestamp(TimeUnit::Millisecond, _) => {
-            a.as_primitive::<TimestampMillisecondType>().value(row).saturating_mul(1_000)
-        }
+        DataType::Timestamp(TimeUnit::Second, _) => a
+            .as_primitive::<TimestampSecondType>()
+            .value(row)
+            .saturating_mul(1_000_000),
+        DataType::Timestamp(TimeUnit::Millisecond, _) => a
+            .as_primitive::<TimestampMillisecondType>()
+            .value(row)
+            .saturating_mul(1_000),
         DataType::Timestamp(TimeUnit::Microsecond, _) => {
             a.as_primitive::<TimestampMicrosecondType>().value(row)
         }
@@ -204,7 +217,9 @@ fn days(a: &ArrayRef, row: usize) -> Option<i32> {
     use arrow::datatypes::*;
     match a.data_type() {
         DataType::Date32 => Some(a.as_primitive::<Date32Type>().value(row)),
-        DataType::Date64 => i32::try_from(a.as_primitive::<Date64Type>().value(row) / 86_400_000).ok(),
+        DataType::Date64 => {
+            i32::try_from(a.as_primitive::<Date64Type>().value(row) / 86_400_000).ok()
+        }
         _ => None,
     }
 }
@@ -223,7 +238,11 @@ fn float_text(v: f64, buf: &mut BytesMut) {
 fn text(a: &ArrayRef, row: usize, f: Option<&ArrayFormatter>, buf: &mut BytesMut) {
     use arrow::datatypes::*;
     match a.data_type() {
-        DataType::Boolean => buf.put_slice(if a.as_boolean().value(row) { b"t" } else { b"f" }),
+        DataType::Boolean => buf.put_slice(if a.as_boolean().value(row) {
+            b"t"
+        } else {
+            b"f"
+        }),
         DataType::Float64 => float_text(a.as_primitive::<Float64Type>().value(row), buf),
         DataType::Float32 => float_text(f64::from(a.as_primitive::<Float32Type>().value(row)), buf),
         DataType::Timestamp(_, tz) => {
@@ -272,10 +291,18 @@ fn binary(a: &ArrayRef, row: usize, buf: &mut BytesMut) -> PgWireResult<()> {
         DataType::Float32 => buf.put_f32(a.as_primitive::<Float32Type>().value(row)),
         DataType::Float64 => buf.put_f64(a.as_primitive::<Float64Type>().value(row)),
         DataType::Date32 | DataType::Date64 => {
-            buf.put_i32(days(a, row).unwrap_or_default().saturating_sub(PG_EPOCH_DAYS));
+            buf.put_i32(
+                days(a, row)
+                    .unwrap_or_default()
+                    .saturating_sub(PG_EPOCH_DAYS),
+            );
         }
         DataType::Timestamp(..) => {
-            buf.put_i64(micros(a, row).unwrap_or_default().saturating_sub(PG_EPOCH_MICROS));
+            buf.put_i64(
+                micros(a, row)
+                    .unwrap_or_default()
+                    .saturating_sub(PG_EPOCH_MICROS),
+            );
         }
         DataType::Binary => buf.put_slice(a.as_binary::<i32>().value(row)),
         DataType::LargeBinary => buf.put_slice(a.as_binary::<i64>().value(row)),
@@ -293,7 +320,12 @@ fn binary(a: &ArrayRef, row: usize, buf: &mut BytesMut) -> PgWireResult<()> {
 
 /// A parameter's value: `raw` in text or binary format, declared (or
 /// inferred) as `t`, read as `target`.
-pub fn param(raw: Option<&[u8]>, binary_format: bool, t: &Type, target: &DataType) -> PgWireResult<ScalarValue> {
+pub fn param(
+    raw: Option<&[u8]>,
+    binary_format: bool,
+    t: &Type,
+    target: &DataType,
+) -> PgWireResult<ScalarValue> {
     let Some(raw) = raw else {
         return ScalarValue::try_from(target).map_err(|e| PgWireError::ApiError(Box::new(e)));
     };
@@ -326,19 +358,26 @@ pub fn param(raw: Option<&[u8]>, binary_format: bool, t: &Type, target: &DataTyp
             ))),
             Type::TEXT | Type::VARCHAR | Type::NAME | Type::BPCHAR | Type::UNKNOWN | Type::JSON => {
                 ScalarValue::Utf8(Some(
-                    std::str::from_utf8(raw).map_err(|_| bad("not UTF-8"))?.to_string(),
+                    std::str::from_utf8(raw)
+                        .map_err(|_| bad("not UTF-8"))?
+                        .to_string(),
                 ))
             }
             _ => {
                 return Err(user_error(
                     "0A000",
-                    format!("parameters of type {} are only accepted in text format", t.name()),
+                    format!(
+                        "parameters of type {} are only accepted in text format",
+                        t.name()
+                    ),
                 ))
             }
         }
     } else {
         ScalarValue::Utf8(Some(
-            std::str::from_utf8(raw).map_err(|_| bad("not UTF-8"))?.to_string(),
+            std::str::from_utf8(raw)
+                .map_err(|_| bad("not UTF-8"))?
+                .to_string(),
         ))
     };
     if value.data_type() == *target {

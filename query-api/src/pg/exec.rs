@@ -134,7 +134,9 @@ fn fixed_response(f: &Fixed) -> Response {
                 FieldFormat::Text,
             )]);
             let mut enc = DataRowEncoder::new(fields.clone());
-            let row = enc.encode_field(&Some(value.as_str())).map(|()| enc.take_row());
+            let row = enc
+                .encode_field(&Some(value.as_str()))
+                .map(|()| enc.take_row());
             let mut r = QueryResponse::new(fields, futures::stream::iter(vec![row]));
             r.set_command_tag("SHOW");
             Response::Query(r)
@@ -168,7 +170,9 @@ fn add_pg_functions(ctx: &SessionContext) {
             DataType::Utf8,
             Volatility::Stable,
             Arc::new(move |_: &[ColumnarValue]| {
-                Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(value.clone()))))
+                Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(
+                    value.clone(),
+                ))))
             }),
         )
     };
@@ -261,11 +265,21 @@ impl QueryParser for Parser {
                     .get(&format!("${i}"))
                     .cloned()
                     .flatten()
-                    .or_else(|| types.get(i - 1).cloned().flatten().and_then(|t| encode::arrow_type(&t)))
+                    .or_else(|| {
+                        types
+                            .get(i - 1)
+                            .cloned()
+                            .flatten()
+                            .and_then(|t| encode::arrow_type(&t))
+                    })
                     .unwrap_or(DataType::Utf8)
             })
             .collect();
-        Ok(Some(Prepared::Query { sql, params, schema }))
+        Ok(Some(Prepared::Query {
+            sql,
+            params,
+            schema,
+        }))
     }
 
     fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
@@ -366,7 +380,10 @@ impl Rows {
                     self.done = true;
                     return Some(Err(user_error(
                         "57014",
-                        format!("the query ran longer than {} s and was cancelled", self.timeout),
+                        format!(
+                            "the query ran longer than {} s and was cancelled",
+                            self.timeout
+                        ),
                     )));
                 }
                 Ok(None) => self.done = true,
@@ -434,7 +451,10 @@ impl Queries {
             max_rows: st.cfg.max_result_rows,
             deadline,
             timeout: st.cfg.query_timeout_seconds,
-            handle: client.session_extensions().get::<Arc<ConnectionHandle>>().map(|h| (*h).clone()),
+            handle: client
+                .session_extensions()
+                .get::<Arc<ConnectionHandle>>()
+                .map(|h| (*h).clone()),
             cancel: None,
             done: false,
             _permits: permits,
@@ -473,7 +493,9 @@ impl SimpleQueryHandler for Queries {
             session_of(client)?;
             return Ok(vec![fixed_response(&f)]);
         }
-        Ok(vec![self.run(client, query, None, |_| FieldFormat::Text).await?])
+        Ok(vec![
+            self.run(client, query, None, |_| FieldFormat::Text).await?,
+        ])
     }
 }
 

@@ -32,8 +32,8 @@ use futures::Sink;
 use pgwire::api::auth::cleartext::CleartextPasswordAuth;
 use pgwire::api::auth::mechanism::AuthMechanismFactory;
 use pgwire::api::auth::{
-    protocol_negotiation, save_startup_parameters_to_metadata, AuthDriver, AuthOutcome,
-    AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
+    protocol_negotiation, save_startup_parameters_to_metadata, AuthDriver, AuthOutcome, AuthSource,
+    DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
 };
 use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::{ClientInfo, ConnectionManager, PgWireServerHandlers};
@@ -151,7 +151,11 @@ fn is_loopback(addr: std::net::SocketAddr) -> bool {
 
 #[async_trait]
 impl StartupHandler for Startup {
-    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
@@ -233,8 +237,8 @@ pub fn tls_acceptor(cert: &str, key: &str) -> Result<TlsAcceptor, String> {
             "server.pg_tls_cert `{cert}` holds no PEM certificate"
         ));
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("server.pg_tls_key `{key}`: {e}"))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("server.pg_tls_key `{key}`: {e}"))?;
     // Both ring and aws-lc-rs are in the build: name the provider.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)

@@ -75,7 +75,12 @@ pub(crate) struct World {
 }
 
 impl World {
-    pub(crate) async fn post_sql(&self, key: &str, body: Value, accept: Option<&str>) -> reqwest::Response {
+    pub(crate) async fn post_sql(
+        &self,
+        key: &str,
+        body: Value,
+        accept: Option<&str>,
+    ) -> reqwest::Response {
         let mut r = self
             .http
             .post(self.server.url("/api/v1/sql"))
