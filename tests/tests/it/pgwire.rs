@@ -119,20 +119,28 @@ async fn pg_wire_matches_http_and_keeps_the_tenant_boundary() {
     ])
     .await;
 
+    psql_checks(&w);
+    psycopg_matches_http(&w).await;
+    hostile_sql_replayed(&w);
+    revoked_while_open(&w);
+}
+
+/// psql: sign-in, `\dt`, a query, `version()`, refusals and SQLSTATEs.
+fn psql_checks(w: &World) {
     // psql: the organization as user name, the API key as password.
-    let (ok, out, err) = psql(&w, &w.org_a, &w.key_a, "select count(*) from interactions");
+    let (ok, out, err) = psql(w, &w.org_a, &w.key_a, "select count(*) from interactions");
     assert!(ok, "{err}");
     assert_eq!(out, w.a_rows.to_string());
-    let (ok, out, err) = psql(&w, &w.org_a, &w.key_a, "select version()");
+    let (ok, out, err) = psql(w, &w.org_a, &w.key_a, "select version()");
     assert!(ok && out.starts_with("PostgreSQL 16"), "{out} {err}");
-    let (ok, out, err) = psql(&w, &w.org_a, &w.key_a, "\\dt");
+    let (ok, out, err) = psql(w, &w.org_a, &w.key_a, "\\dt");
     assert!(ok, "{err}");
     let listed: Vec<&str> = out.lines().collect();
     assert!(listed.contains(&"public|interactions|table|crow"), "{out}");
     assert_eq!(listed.len(), crow_schemas::ALL_TABLES.len(), "{out}");
-    let (ok, _, err) = psql(&w, &w.org_a, "crow_wrong_secret", "select 1");
+    let (ok, _, err) = psql(w, &w.org_a, "crow_wrong_secret", "select 1");
     assert!(!ok && err.contains("unknown API key"), "{err}");
-    let (ok, _, err) = psql(&w, &w.org_b, &w.key_a, "select 1");
+    let (ok, _, err) = psql(w, &w.org_b, &w.key_a, "select 1");
     assert!(
         !ok && err.contains("user name must be"),
         "another org's name: {err}"
@@ -142,15 +150,19 @@ async fn pg_wire_matches_http_and_keeps_the_tenant_boundary() {
         ("insert into products (org_id) values ('x')", "42501"),
         ("select * from no_such_table", "42P01"),
     ] {
-        let (ok, _, err) = psql(&w, &w.org_a, &w.key_a, sql);
+        let (ok, _, err) = psql(w, &w.org_a, &w.key_a, sql);
         assert!(
             !ok && err.contains(state),
             "`{sql}` must fail with {state}: {err}"
         );
     }
+}
 
+/// psycopg: rows and types equal to HTTP's (text and binary), parameters,
+/// a streamed large result, cancel.
+async fn psycopg_matches_http(w: &World) {
     // psycopg: the same rows and values as the HTTP API, text and binary.
-    let d = dsn(&w, &w.org_a, &w.key_a);
+    let d = dsn(w, &w.org_a, &w.key_a);
     let sql = "select * from interactions order by interaction_id";
     let http: Vec<Value> = w
         .post_sql(&w.key_a, json!({ "sql": sql }), None)
@@ -162,7 +174,7 @@ async fn pg_wire_matches_http_and_keeps_the_tenant_boundary() {
     let want: Vec<Value> = http.iter().map(normalise).collect();
     for cmd in ["query", "binary"] {
         let got = client(&d, cmd, &[sql]);
-        assert_no_leak(&w, cmd, &got);
+        assert_no_leak(w, cmd, &got);
         let rows = got["rows"].as_array().expect("rows");
         assert_eq!(rows, &want, "{cmd}: pg rows differ from HTTP's");
         let oid = |c: &str| {
@@ -219,7 +231,11 @@ async fn pg_wire_matches_http_and_keeps_the_tenant_boundary() {
     assert_eq!(got["sqlstate"], "57014", "{got}");
     assert!(got["seconds"].as_f64().expect("seconds") < 10.0, "{got}");
     assert_eq!(got["after"], 42);
+}
 
+/// The HTTP suite's hostile SQL through psycopg.
+fn hostile_sql_replayed(w: &World) {
+    let d = dsn(w, &w.org_a, &w.key_a);
     // The HTTP suite's hostile reads: only org A's rows.
     let reads = [
         "select a.org_id, b.message_id from raw_web_events a cross join raw_web_events b".to_string(),
@@ -238,7 +254,7 @@ async fn pg_wire_matches_http_and_keeps_the_tenant_boundary() {
     ];
     let reads: Vec<&str> = reads.iter().map(String::as_str).collect();
     let got = client(&d, "refused", &reads);
-    assert_no_leak(&w, "hostile reads", &got);
+    assert_no_leak(w, "hostile reads", &got);
     for r in got.as_array().expect("results") {
         assert!(r["sqlstate"].is_null(), "a read failed: {r}");
     }
@@ -274,7 +290,7 @@ async fn pg_wire_matches_http_and_keeps_the_tenant_boundary() {
     ];
     let sqls: Vec<&str> = writes.iter().map(|(s, _)| s.as_str()).collect();
     let got = client(&d, "refused", &sqls);
-    assert_no_leak(&w, "refusals", &got);
+    assert_no_leak(w, "refusals", &got);
     for ((sql, state), r) in writes.iter().zip(got.as_array().expect("results")) {
         let s = r["sqlstate"]
             .as_str()
@@ -284,7 +300,9 @@ async fn pg_wire_matches_http_and_keeps_the_tenant_boundary() {
     assert!(!stolen.exists(), "COPY must not write");
     let got = client(&d, "query", &["select count(*) as n from products"]);
     assert_eq!(got["rows"], json!([{ "n": w.a_rows }]));
+}
 
+fn revoked_while_open(w: &World) {
     // A key revoked while its connection is open is refused at its next
     // statement within the key cache's TTL (2 s here). The key id works as
     // the user name too.
@@ -294,7 +312,7 @@ async fn pg_wire_matches_http_and_keeps_the_tenant_boundary() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/pg_client.py");
     let mut child = Command::new(python())
         .arg(script)
-        .args(["revoke", &dsn(&w, id, secret)])
+        .args(["revoke", &dsn(w, id, secret)])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -320,7 +338,7 @@ async fn pg_wire_matches_http_and_keeps_the_tenant_boundary() {
         "{got}"
     );
     assert!(revoked.elapsed() < Duration::from_secs(2 + 5), "{got}");
-    let (ok, _, err) = psql(&w, id, secret, "select 1");
+    let (ok, _, err) = psql(w, id, secret, "select 1");
     assert!(!ok && err.contains("revoked"), "{err}");
 }
 
