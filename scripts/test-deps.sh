@@ -34,10 +34,12 @@ fi
 # Debian's Chromium for the browser SDK test (driven by Playwright, which
 # must not download a browser of its own).
 # curl: the README walkthrough test runs the README's curl examples.
-if ! command -v chromium >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1; then
+# postgresql-client: psql against `crow serve --pg-listen` (tests/it/pgwire.rs).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1 \
+  || ! command -v psql >/dev/null 2>&1; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   log="$(mktemp)"
-  if ! ($sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium curl) >"$log" 2>&1; then
+  if ! ($sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium curl postgresql-client) >"$log" 2>&1; then
     cat "$log" >&2; exit 1
   fi
   rm -f "$log"

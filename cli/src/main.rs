@@ -202,6 +202,11 @@ enum Command {
         /// server.flight_listen; empty: off).
         #[arg(long)]
         flight_listen: Option<String>,
+        /// Also serve the Postgres wire protocol on this address (default:
+        /// server.pg_listen, empty: off), for psql, BI tools and Postgres
+        /// drivers; user = key id or organization id, password = API key.
+        #[arg(long)]
+        pg_listen: Option<String>,
     },
 }
 
@@ -519,13 +524,14 @@ async fn run(cli: Cli) -> Result<()> {
             wal_dir,
             only,
             flight_listen,
+            pg_listen,
         } => {
             let lake = open_lake(&cfg).await?;
             let mut cfg = cfg;
             if let Some(f) = flight_listen {
                 cfg.server.flight_listen = f;
             }
-            serve::run(lake, cfg, listen, wal_dir, only).await
+            serve::run(lake, cfg, listen, wal_dir, only, pg_listen).await
         }
         Command::Keys(KeysCommand::Create {
             org,

@@ -26,9 +26,13 @@ pub async fn run(
     listen: Option<String>,
     wal_dir: Option<PathBuf>,
     only: Option<Only>,
+    pg_listen: Option<String>,
 ) -> Result<()> {
     if let Some(l) = listen {
         cfg.server.listen = l;
+    }
+    if let Some(l) = pg_listen {
+        cfg.server.pg_listen = l;
     }
     let addr: SocketAddr = cfg.server.listen.parse().with_context(|| {
         format!(
@@ -107,6 +111,15 @@ pub async fn run(
         None
     };
     let flight = crate::flight::start(flight_addr, api.as_ref()).await?;
+    let pg = match &api {
+        Some(a) => start_pg(&cfg, a).await?,
+        None if !cfg.server.pg_listen.is_empty() => {
+            anyhow::bail!(
+                "--pg-listen (server.pg_listen) needs the query API: not with --only ingest"
+            )
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -127,6 +140,9 @@ pub async fn run(
     )
     .await;
     crate::flight::stop(flight).await;
+    if let Some(pg) = pg {
+        pg.abort();
+    }
     if let Some((stop, thread)) = scheduler {
         tracing::info!("shutting down: stopping the scheduler (a running job is finished first)");
         let _ = stop.send(true);
@@ -137,6 +153,49 @@ pub async fn run(
         c.shutdown().await;
     }
     Ok(())
+}
+
+/// Start the Postgres-wire listener (`server.pg_listen`), if configured.
+async fn start_pg(
+    cfg: &Config,
+    api: &std::sync::Arc<crow_query_api::ApiState>,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    if cfg.server.pg_listen.is_empty() {
+        return Ok(None);
+    }
+    let addr: SocketAddr = cfg.server.pg_listen.parse().with_context(|| {
+        format!(
+            "--pg-listen `{}` is not an address like 127.0.0.1:5432",
+            cfg.server.pg_listen
+        )
+    })?;
+    let tls = if cfg.server.pg_tls_cert.is_empty() {
+        None
+    } else {
+        Some(
+            crow_query_api::pg::tls_acceptor(&cfg.server.pg_tls_cert, &cfg.server.pg_tls_key)
+                .map_err(anyhow::Error::msg)?,
+        )
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (server.pg_listen)"))?;
+    let local = listener.local_addr()?;
+    let secure = if tls.is_some() {
+        "TLS"
+    } else {
+        "no TLS: loopback clients only"
+    };
+    tracing::info!(%local, secure, "Postgres wire listening");
+    eprintln!("crow serve Postgres wire on postgresql://{local} ({secure})");
+    let max = usize::try_from(cfg.server.max_connections).unwrap_or(usize::MAX);
+    Ok(Some(tokio::spawn(crow_query_api::pg::serve(
+        listener,
+        api.clone(),
+        tls,
+        max,
+        std::future::pending(),
+    ))))
 }
 
 /// Start the scheduler on a thread with its own runtime; returns its stop

@@ -299,6 +299,18 @@ pub async fn authenticate(
             )),
         };
     };
+    authenticate_key(keys, limiter, secret, needed).await
+}
+
+/// Authenticate an API key's secret (given as a Bearer token, or as the
+/// password of a Postgres-wire connection): known, not revoked or expired,
+/// its organization enabled, within its rate limit and of scope `needed`.
+pub async fn authenticate_key(
+    keys: &KeyCache,
+    limiter: &RateLimiter,
+    secret: &str,
+    needed: Scope,
+) -> ApiResult<Principal> {
     let key = keys
         .lookup(secret)
         .await

@@ -32,6 +32,7 @@ pub mod mcp;
 pub mod mcp_tools;
 pub mod metrics;
 pub mod openapi;
+pub mod pg;
 pub mod rest;
 pub mod runtime;
 pub mod slots;
@@ -159,6 +160,33 @@ impl ApiState {
 
     pub(crate) fn query_timeout(&self) -> Duration {
         Duration::from_secs(self.cfg.query_timeout_seconds)
+    }
+
+    /// The tenant session a SQL query of `p` runs in (HTTP and Postgres
+    /// wire alike): `p`'s organization's views, the shared memory pool, the
+    /// function output cap; `api_keys` shows admin keys to admin keys only.
+    pub fn tenant_session(
+        &self,
+        p: &auth::Principal,
+        as_of: crow_lake::AsOf,
+        pins: tenant::Pins,
+    ) -> (
+        datafusion::prelude::SessionContext,
+        Arc<tenant::TenantSchema>,
+    ) {
+        let (ctx, schema) = tenant::tenant_context_with(
+            &self.lake,
+            self.runtime.clone(),
+            &p.org_id,
+            as_of,
+            pins,
+            8192,
+            self.function_cap(),
+        );
+        if p.scope == Scope::Admin {
+            schema.show_admin_keys();
+        }
+        (ctx, schema)
     }
 
     /// Largest output of one function call, in bytes.

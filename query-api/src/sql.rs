@@ -366,19 +366,7 @@ pub fn tenant_session(
     as_of: AsOf,
     pins: Pins,
 ) -> (SessionContext, Arc<TenantSchema>) {
-    let (ctx, schema) = crate::tenant::tenant_context_with(
-        &state.lake,
-        state.runtime.clone(),
-        &p.org_id,
-        as_of,
-        pins,
-        8192,
-        state.function_cap(),
-    );
-    if p.scope == crate::keys::Scope::Admin {
-        schema.show_admin_keys();
-    }
-    (ctx, schema)
+    state.tenant_session(p, as_of, pins)
 }
 
 /// Start `p`'s query as `POST /api/v1/sql` does: the caller's concurrency
@@ -453,12 +441,32 @@ impl RunningQuery {
         limit: Option<usize>,
         deadline: tokio::time::Instant,
     ) -> ApiResult<Self> {
+        Self::start_with_params(state, ctx, schema, sql, None, limit, deadline).await
+    }
+
+    /// [`RunningQuery::start`] with values for the statement's `$1`, `$2`, …
+    /// placeholders (prepared statements of the Postgres wire).
+    pub async fn start_with_params(
+        state: &Arc<ApiState>,
+        ctx: SessionContext,
+        schema: Arc<TenantSchema>,
+        sql: String,
+        params: Option<datafusion::common::ParamValues>,
+        limit: Option<usize>,
+        deadline: tokio::time::Instant,
+    ) -> ApiResult<Self> {
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let (tx, rx) = tokio::sync::mpsc::channel(CHANNEL_BATCHES);
         let st = state.clone();
         let mut task = state.query_rt.spawn(async move {
             let started = async {
                 let df = plan_query(&st, &ctx, &schema, &sql).await?;
+                let df = match params {
+                    Some(p) => df
+                        .with_param_values(p)
+                        .map_err(|e| df_error(&e, Some(&schema)))?,
+                    None => df,
+                };
                 let df = match limit {
                     Some(n) => df
                         .limit(0, Some(n))

@@ -152,6 +152,14 @@ pub struct ServerConfig {
     /// Listen address of the Arrow Flight SQL service (`crow serve
     /// --flight-listen`). Empty: off.
     pub flight_listen: String,
+    /// Listen address of the Postgres-wire listener (`crow serve
+    /// --pg-listen`). Empty: off.
+    pub pg_listen: String,
+    /// TLS certificate chain (PEM) of the Postgres-wire listener. With
+    /// `pg_tls_key`, clients may (and off loopback must) use TLS.
+    pub pg_tls_cert: String,
+    /// TLS private key (PEM) of the Postgres-wire listener.
+    pub pg_tls_key: String,
 }
 
 impl Default for ServerConfig {
@@ -163,6 +171,9 @@ impl Default for ServerConfig {
             body_read_timeout_seconds: 30,
             metrics_token: String::new(),
             flight_listen: String::new(),
+            pg_listen: String::new(),
+            pg_tls_cert: String::new(),
+            pg_tls_key: String::new(),
         }
     }
 }
@@ -204,6 +215,26 @@ impl ServerConfig {
             return Err(err(
                 "server.metrics_token",
                 "must be at least 16 characters (or empty)",
+            ));
+        }
+        if !self.pg_listen.is_empty() && self.pg_listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(err(
+                "server.pg_listen",
+                format!(
+                    "`{}` is not an address like 127.0.0.1:5432 (or empty: off)",
+                    self.pg_listen
+                ),
+            ));
+        }
+        if self.pg_tls_cert.is_empty() != self.pg_tls_key.is_empty() {
+            let missing = if self.pg_tls_cert.is_empty() {
+                "server.pg_tls_cert"
+            } else {
+                "server.pg_tls_key"
+            };
+            return Err(err(
+                missing,
+                "server.pg_tls_cert and server.pg_tls_key are set together (PEM files)",
             ));
         }
         Ok(())

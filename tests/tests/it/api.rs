@@ -16,10 +16,10 @@ use crate::support::{python, Backend, Server};
 
 /// Text that appears in every text column of org B's rows: if it ever shows
 /// up in an answer to org A's key, isolation is broken.
-const B_MARK: &str = "BETAMARK";
+pub(crate) const B_MARK: &str = "BETAMARK";
 
 /// Tables that get rows of both organizations.
-const DATA_TABLES: &[&str] = &[
+pub(crate) const DATA_TABLES: &[&str] = &[
     "products",
     "raw_web_events",
     "raw_social_captures",
@@ -59,23 +59,28 @@ fn row(def: &TableDef, org: Option<&str>, tag: &str, i: usize) -> Value {
     Value::Object(m)
 }
 
-struct World {
-    b: Backend,
+pub(crate) struct World {
+    pub(crate) b: Backend,
     _wal: tempfile::TempDir,
-    server: Server,
-    org_a: String,
-    org_b: String,
-    key_a: String,
-    key_b: String,
+    pub(crate) server: Server,
+    pub(crate) org_a: String,
+    pub(crate) org_b: String,
+    pub(crate) key_a: String,
+    pub(crate) key_b: String,
     /// Everything that must never reach org A's key.
-    forbidden: Vec<String>,
+    pub(crate) forbidden: Vec<String>,
     /// Rows org A owns per table.
-    a_rows: usize,
-    http: reqwest::Client,
+    pub(crate) a_rows: usize,
+    pub(crate) http: reqwest::Client,
 }
 
 impl World {
-    async fn post_sql(&self, key: &str, body: Value, accept: Option<&str>) -> reqwest::Response {
+    pub(crate) async fn post_sql(
+        &self,
+        key: &str,
+        body: Value,
+        accept: Option<&str>,
+    ) -> reqwest::Response {
         let mut r = self
             .http
             .post(self.server.url("/api/v1/sql"))
@@ -154,7 +159,7 @@ impl World {
     }
 }
 
-async fn world(server_env: &[(&str, &str)]) -> World {
+pub(crate) async fn world(server_env: &[(&str, &str)]) -> World {
     world_on(Backend::local(), server_env).await
 }
 

@@ -15,6 +15,7 @@ mod ingest;
 mod jobs;
 mod lake;
 mod orgs;
+mod pgwire;
 mod readers;
 mod readme;
 mod schedule;

@@ -1,0 +1,182 @@
+"""psycopg 3 against `crow serve --pg-listen` (driven by tests/tests/it/pgwire.rs).
+
+Usage: pg_client.py COMMAND DSN [ARGS...]; prints one JSON document.
+
+  query DSN SQL [PARAMS_JSON]   rows of a (parameterised) query, text results
+  binary DSN SQL [PARAMS_JSON]  the same with binary results
+  stream DSN SQL                stream a large result; row count and sum
+  cancel DSN SQL                cancel SQL after 1 s from another thread
+  refused DSN SQL...            each statement's SQLSTATE and message
+  revoke DSN                    print "ready", wait for a line on stdin, then
+                                query until refused (at most 20 s)
+  tls DSN                       whether the connection uses TLS, and a query
+  selfsigned - DIR              write a self-signed cert.pem/key.pem for
+                                127.0.0.1 into DIR (cryptography)
+"""
+
+import datetime
+import decimal
+import json
+import sys
+import threading
+import time
+
+import psycopg
+
+
+def plain(v):
+    if isinstance(v, datetime.datetime):
+        if v.tzinfo is None:
+            v = v.replace(tzinfo=datetime.timezone.utc)
+        delta = v - datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+        return {"micros": delta // datetime.timedelta(microseconds=1)}
+    if isinstance(v, datetime.date):
+        return v.isoformat()
+    if isinstance(v, decimal.Decimal):
+        return float(v)
+    if isinstance(v, (list, tuple)):
+        return [plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: plain(x) for k, x in v.items()}
+    return v
+
+
+def run_query(dsn, sql, params, binary):
+    # Not autocommit: psycopg sends BEGIN first, as applications do.
+    with psycopg.connect(dsn) as conn:
+        with conn.cursor(binary=binary) as cur:
+            cur.execute(sql, params)
+            cols = [d.name for d in cur.description]
+            oids = [d.type_code for d in cur.description]
+            rows = [dict(zip(cols, (plain(v) for v in r))) for r in cur.fetchall()]
+    return {"columns": cols, "oids": oids, "rows": rows}
+
+
+def stream(dsn, sql):
+    n, total, started = 0, 0, time.time()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with conn.cursor() as cur:
+            for row in cur.stream(sql):
+                n += 1
+                total += row[0]
+    return {"rows": n, "sum": total, "seconds": time.time() - started}
+
+
+def cancel(dsn, sql):
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        timer = threading.Timer(1.0, conn.cancel_safe)
+        timer.start()
+        started = time.time()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+                out = {"sqlstate": None, "rows": cur.fetchall()}
+        except psycopg.Error as e:
+            out = {"sqlstate": e.sqlstate, "message": str(e)}
+        out["seconds"] = time.time() - started
+        timer.cancel()
+        # The connection still works after a cancel.
+        with conn.cursor() as cur:
+            cur.execute("select 41 + 1 as x")
+            out["after"] = cur.fetchone()[0]
+    return out
+
+
+def refused(dsn, statements):
+    out = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for sql in statements:
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(sql)
+                    rows = cur.fetchall() if cur.description else []
+                out.append({"sql": sql, "sqlstate": None, "rows": [[plain(v) for v in r] for r in rows]})
+            except psycopg.Error as e:
+                out.append({"sql": sql, "sqlstate": e.sqlstate, "message": str(e)})
+    return out
+
+
+def revoke(dsn):
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("select 1").fetchall()
+        print("ready", flush=True)
+        sys.stdin.readline()
+        started = time.time()
+        while time.time() - started < 20:
+            try:
+                conn.execute("select 1").fetchall()
+            except psycopg.Error as e:
+                return {"sqlstate": e.sqlstate, "message": str(e), "seconds": time.time() - started}
+            time.sleep(0.25)
+    return {"sqlstate": None, "seconds": time.time() - started}
+
+
+def tls(dsn):
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        n = conn.execute("select 40 + 2").fetchone()[0]
+        return {"ssl_in_use": conn.pgconn.ssl_in_use, "answer": n}
+
+
+def selfsigned(folder):
+    import ipaddress
+    import os
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    with open(os.path.join(folder, "cert.pem"), "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(os.path.join(folder, "key.pem"), "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return {"ok": True}
+
+
+def main():
+    cmd, dsn, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+    if cmd in ("query", "binary"):
+        params = json.loads(args[1]) if len(args) > 1 else None
+        out = run_query(dsn, args[0], params, cmd == "binary")
+    elif cmd == "stream":
+        out = stream(dsn, args[0])
+    elif cmd == "cancel":
+        out = cancel(dsn, args[0])
+    elif cmd == "refused":
+        out = refused(dsn, args)
+    elif cmd == "revoke":
+        out = revoke(dsn)
+    elif cmd == "tls":
+        out = tls(dsn)
+    elif cmd == "selfsigned":
+        out = selfsigned(args[0])
+    else:
+        raise SystemExit(f"unknown command {cmd}")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,409 @@
+//! The Postgres wire protocol (`crow serve --pg-listen`) with real clients:
+//! Debian's `psql` and psycopg 3 (tests/py/pg_client.py). Results equal
+//! `/api/v1/sql`'s; the tenant boundary, refusals, revocation, cancel and
+//! parameters hold as on the HTTP path.
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::api::{world, World};
+use crate::support::python;
+
+/// The Postgres address `crow serve` printed.
+fn pg_addr(w: &World) -> (String, String) {
+    let logs = w.server.logs.lock().expect("logs");
+    let addr = logs
+        .iter()
+        .find_map(|l| l.split("Postgres wire on postgresql://").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no Postgres listener in the log: {logs:?}"))
+        .to_string();
+    let (host, port) = addr.rsplit_once(':').expect("host:port");
+    (host.to_string(), port.to_string())
+}
+
+fn dsn(w: &World, user: &str, password: &str) -> String {
+    let (host, port) = pg_addr(w);
+    format!("host={host} port={port} user={user} password={password} dbname=crow sslmode=disable")
+}
+
+/// `psql -c SQL` as `user` with `password`: (success, stdout, stderr).
+fn psql(w: &World, user: &str, password: &str, sql: &str) -> (bool, String, String) {
+    let (host, port) = pg_addr(w);
+    let out = Command::new("psql")
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-v",
+            "VERBOSITY=verbose",
+        ])
+        .arg(format!(
+            "host={host} port={port} user={user} dbname=crow sslmode=disable"
+        ))
+        .args(["-c", sql])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("psql (postgresql-client; scripts/test-deps.sh installs it)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// tests/py/pg_client.py COMMAND DSN ARGS…: its JSON output.
+fn client(dsn: &str, cmd: &str, args: &[&str]) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/pg_client.py");
+    let out = Command::new(python())
+        .arg(script)
+        .args([cmd, dsn])
+        .args(args)
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "pg_client.py {cmd} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from pg_client.py")
+}
+
+/// HTTP JSON values as psycopg's are printed: timestamps as micros.
+fn normalise(v: &Value) -> Value {
+    match v {
+        Value::String(s) => match chrono::DateTime::parse_from_rfc3339(s) {
+            Ok(t) => json!({"micros": t.timestamp_micros()}),
+            Err(_) => v.clone(),
+        },
+        Value::Array(a) => Value::Array(a.iter().map(normalise).collect()),
+        Value::Object(o) => {
+            Value::Object(o.iter().map(|(k, v)| (k.clone(), normalise(v))).collect())
+        }
+        _ => v.clone(),
+    }
+}
+
+/// Assert no answer (rows, messages) leaks org B or a secret; the echoed
+/// statements themselves are left out (some name org B on purpose).
+fn assert_no_leak(w: &World, what: &str, v: &Value) {
+    let mut v = v.clone();
+    if let Some(results) = v.as_array_mut() {
+        for r in results {
+            if let Some(o) = r.as_object_mut() {
+                o.remove("sql");
+            }
+        }
+    }
+    let text = v.to_string();
+    for f in &w.forbidden {
+        assert!(!text.contains(f.as_str()), "{what} leaks `{f}`: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_wire_matches_http_and_keeps_the_tenant_boundary() {
+    let w = world(&[
+        ("CROW_API_KEY_CACHE_SECONDS", "2"),
+        ("CROW_API_RATE_LIMIT_BURST", "100000"),
+        ("CROW_API_RATE_LIMIT_PER_SECOND", "100000"),
+        ("CROW_API_QUERY_TIMEOUT_SECONDS", "30"),
+        ("CROW_SERVER_PG_LISTEN", "127.0.0.1:0"),
+    ])
+    .await;
+
+    psql_checks(&w);
+    psycopg_matches_http(&w).await;
+    hostile_sql_replayed(&w);
+    revoked_while_open(&w);
+}
+
+/// psql: sign-in, `\dt`, a query, `version()`, refusals and SQLSTATEs.
+fn psql_checks(w: &World) {
+    // psql: the organization as user name, the API key as password.
+    let (ok, out, err) = psql(w, &w.org_a, &w.key_a, "select count(*) from interactions");
+    assert!(ok, "{err}");
+    assert_eq!(out, w.a_rows.to_string());
+    let (ok, out, err) = psql(w, &w.org_a, &w.key_a, "select version()");
+    assert!(ok && out.starts_with("PostgreSQL 16"), "{out} {err}");
+    let (ok, out, err) = psql(w, &w.org_a, &w.key_a, "\\dt");
+    assert!(ok, "{err}");
+    let listed: Vec<&str> = out.lines().collect();
+    assert!(listed.contains(&"public|interactions|table|crow"), "{out}");
+    assert_eq!(listed.len(), crow_schemas::ALL_TABLES.len(), "{out}");
+    let (ok, _, err) = psql(w, &w.org_a, "crow_wrong_secret", "select 1");
+    assert!(!ok && err.contains("unknown API key"), "{err}");
+    let (ok, _, err) = psql(w, &w.org_b, &w.key_a, "select 1");
+    assert!(
+        !ok && err.contains("user name must be"),
+        "another org's name: {err}"
+    );
+    for (sql, state) in [
+        ("drop table products", "42501"),
+        ("insert into products (org_id) values ('x')", "42501"),
+        ("select * from no_such_table", "42P01"),
+    ] {
+        let (ok, _, err) = psql(w, &w.org_a, &w.key_a, sql);
+        assert!(
+            !ok && err.contains(state),
+            "`{sql}` must fail with {state}: {err}"
+        );
+    }
+}
+
+/// psycopg: rows and types equal to HTTP's (text and binary), parameters,
+/// a streamed large result, cancel.
+async fn psycopg_matches_http(w: &World) {
+    // psycopg: the same rows and values as the HTTP API, text and binary.
+    let d = dsn(w, &w.org_a, &w.key_a);
+    let sql = "select * from interactions order by interaction_id";
+    let http: Vec<Value> = w
+        .post_sql(&w.key_a, json!({ "sql": sql }), None)
+        .await
+        .json()
+        .await
+        .expect("rows");
+    assert_eq!(http.len(), w.a_rows);
+    let want: Vec<Value> = http.iter().map(normalise).collect();
+    for cmd in ["query", "binary"] {
+        let got = client(&d, cmd, &[sql]);
+        assert_no_leak(w, cmd, &got);
+        let rows = got["rows"].as_array().expect("rows");
+        assert_eq!(rows, &want, "{cmd}: pg rows differ from HTTP's");
+        let oid = |c: &str| {
+            let i = got["columns"]
+                .as_array()
+                .and_then(|cs| cs.iter().position(|x| x == c))
+                .expect("column");
+            got["oids"][i].as_u64().expect("oid")
+        };
+        // timestamptz, int8, float8, text, json (lists), date.
+        assert_eq!(
+            [
+                oid("started_at"),
+                oid("input_tokens"),
+                oid("confidence"),
+                oid("description"),
+                oid("product_ids"),
+                oid("session_date")
+            ],
+            [1184, 20, 701, 25, 114, 1082],
+            "{cmd}"
+        );
+    }
+
+    // Parameters ($1, $2) of the extended protocol.
+    let got = client(
+        &d,
+        "query",
+        &[
+            "select interaction_id, input_tokens from interactions \
+             where input_tokens >= %s and channel = %s order by input_tokens",
+            "[2, \"web\"]",
+        ],
+    );
+    let tokens: Vec<i64> = got["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["input_tokens"].as_i64())
+        .collect();
+    assert_eq!(tokens, vec![2, 3]);
+
+    // A large result streams through.
+    let got = client(&d, "stream", &["select value from range(0, 300000)"]);
+    assert_eq!(got["rows"], 300_000);
+    assert_eq!(got["sum"], 300_000u64 * 299_999 / 2);
+
+    // Cancel a long query; the connection stays usable.
+    let got = client(
+        &d,
+        "cancel",
+        &["select sum(a.value * b.value) as s from range(0, 200000) a cross join range(0, 200000) b"],
+    );
+    assert_eq!(got["sqlstate"], "57014", "{got}");
+    assert!(got["seconds"].as_f64().expect("seconds") < 10.0, "{got}");
+    assert_eq!(got["after"], 42);
+}
+
+/// The HTTP suite's hostile SQL through psycopg.
+fn hostile_sql_replayed(w: &World) {
+    let d = dsn(w, &w.org_a, &w.key_a);
+    // The HTTP suite's hostile reads: only org A's rows.
+    let reads = [
+        "select a.org_id, b.message_id from raw_web_events a cross join raw_web_events b".to_string(),
+        "select * from products union all select * from products".to_string(),
+        "with x as (select * from sessions), y as (select * from x) select * from y".to_string(),
+        "select * from datafusion.public.raw_web_events".to_string(),
+        format!("select * from raw_web_events where org_id = '{}' or 1 = 1", w.org_b),
+        "select * from failed_events where org_id is null".to_string(),
+        "select * from organizations".to_string(),
+        "select * from api_keys".to_string(),
+        "select table_name from information_schema.tables".to_string(),
+        // Grafana's $__timeFilter(started_at).
+        "select count(*) from interactions where started_at BETWEEN '2026-11-01T00:00:00Z' AND '2026-12-01T00:00:00Z'".to_string(),
+        // psql's \dt.
+        "SELECT n.nspname as \"Schema\", c.relname as \"Name\", CASE c.relkind WHEN 'r' THEN 'table' WHEN 'v' THEN 'view' END as \"Type\", pg_catalog.pg_get_userbyid(c.relowner) as \"Owner\" FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace LEFT JOIN pg_catalog.pg_am am ON am.oid = c.relam WHERE c.relkind IN ('r','p','') AND n.nspname <> 'pg_catalog' AND n.nspname !~ '^pg_toast' AND n.nspname <> 'information_schema' AND pg_catalog.pg_table_is_visible(c.oid) ORDER BY 1,2".to_string(),
+    ];
+    let reads: Vec<&str> = reads.iter().map(String::as_str).collect();
+    let got = client(&d, "refused", &reads);
+    assert_no_leak(w, "hostile reads", &got);
+    for r in got.as_array().expect("results") {
+        assert!(r["sqlstate"].is_null(), "a read failed: {r}");
+    }
+    // Writes, files and statements are refused, with their SQLSTATE.
+    let lake_dir = w.b.uri.clone();
+    let stolen = Path::new(&lake_dir).join("stolen.csv");
+    let writes = [
+        (
+            format!(
+                "create external table x stored as parquet location '{lake_dir}/raw_web_events'"
+            ),
+            "42501",
+        ),
+        ("create table t as select 1".to_string(), "42501"),
+        ("drop table products".to_string(), "42501"),
+        (
+            format!(
+                "copy (select * from raw_web_events) to '{}'",
+                stolen.display()
+            ),
+            "42501",
+        ),
+        ("delete from products".to_string(), "42501"),
+        ("explain select * from raw_web_events".to_string(), "42501"),
+        (
+            format!("select * from read_parquet('{lake_dir}/x.parquet')"),
+            "42",
+        ),
+        (
+            format!("select * from '{lake_dir}/raw_web_events'"),
+            "42P01",
+        ),
+    ];
+    let sqls: Vec<&str> = writes.iter().map(|(s, _)| s.as_str()).collect();
+    let got = client(&d, "refused", &sqls);
+    assert_no_leak(w, "refusals", &got);
+    for ((sql, state), r) in writes.iter().zip(got.as_array().expect("results")) {
+        let s = r["sqlstate"]
+            .as_str()
+            .unwrap_or_else(|| panic!("`{sql}` ran: {r}"));
+        assert!(s.starts_with(state), "`{sql}`: {s}, want {state}: {r}");
+    }
+    assert!(!stolen.exists(), "COPY must not write");
+    let got = client(&d, "query", &["select count(*) as n from products"]);
+    assert_eq!(got["rows"], json!([{ "n": w.a_rows }]));
+}
+
+fn revoked_while_open(w: &World) {
+    // A key revoked while its connection is open is refused at its next
+    // statement within the key cache's TTL (2 s here). The key id works as
+    // the user name too.
+    let kc = w.b.crow_json(&["keys", "create", "--org", &w.org_a]);
+    let id = kc["id"].as_str().expect("id");
+    let secret = kc["secret"].as_str().expect("secret");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/pg_client.py");
+    let mut child = Command::new(python())
+        .arg(script)
+        .args(["revoke", &dsn(w, id, secret)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("ready");
+    assert_eq!(line.trim(), "ready");
+    w.b.crow_json(&["keys", "revoke", id]);
+    let revoked = Instant::now();
+    let mut stdin = child.stdin.take().expect("stdin");
+    writeln!(stdin).expect("go");
+    drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).expect("result");
+    let _ = child.wait();
+    let got: Value = serde_json::from_str(rest.trim()).expect("JSON");
+    assert_eq!(got["sqlstate"], "28000", "{got}");
+    assert!(
+        got["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("revoked")),
+        "{got}"
+    );
+    assert!(revoked.elapsed() < Duration::from_secs(2 + 5), "{got}");
+    let (ok, _, err) = psql(w, id, secret, "select 1");
+    assert!(!ok && err.contains("revoked"), "{err}");
+}
+
+/// With `server.pg_tls_cert`/`_key`, clients connect over TLS (and verify
+/// the certificate); a bad path is a startup error naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_wire_over_tls() {
+    let certs = tempfile::tempdir().expect("dir");
+    let folder = certs.path().display().to_string();
+    client("-", "selfsigned", &[&folder]);
+    let cert = certs.path().join("cert.pem").display().to_string();
+    let key = certs.path().join("key.pem").display().to_string();
+    let w = world(&[
+        ("CROW_SERVER_PG_LISTEN", "127.0.0.1:0"),
+        ("CROW_SERVER_PG_TLS_CERT", &cert),
+        ("CROW_SERVER_PG_TLS_KEY", &key),
+    ])
+    .await;
+    let (host, port) = pg_addr(&w);
+    let d = format!(
+        "host={host} port={port} user={} password={} dbname=crow sslmode=verify-full sslrootcert={cert}",
+        w.org_a, w.key_a
+    );
+    let got = client(&d, "tls", &[]);
+    assert_eq!(got, json!({"ssl_in_use": true, "answer": 42}));
+
+    // Bad settings fail at startup, naming the key.
+    for (env, named) in [
+        (
+            vec![
+                ("CROW_SERVER_PG_TLS_CERT", "/nonexistent/cert.pem"),
+                ("CROW_SERVER_PG_TLS_KEY", key.as_str()),
+            ],
+            "server.pg_tls_cert",
+        ),
+        (
+            vec![("CROW_SERVER_PG_TLS_CERT", cert.as_str())],
+            "server.pg_tls_key",
+        ),
+        (
+            vec![("CROW_SERVER_PG_LISTEN", "nowhere")],
+            "server.pg_listen",
+        ),
+    ] {
+        let mut cmd = Command::new(crate::support::crow_bin());
+        cmd.args([
+            "--lake",
+            &w.b.uri,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--only",
+            "api",
+        ])
+        .env_remove("CROW_CONFIG")
+        .env_remove("CROW_LAKE")
+        .env("CROW_SERVER_PG_LISTEN", "127.0.0.1:0");
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("crow serve");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(named),
+            "{env:?}: {err}"
+        );
+    }
+}
