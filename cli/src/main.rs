@@ -416,6 +416,36 @@ async fn open_lake(cfg: &Config) -> Result<Lake> {
     Ok(Lake::open(&cfg.lake).await?)
 }
 
+/// `crow keys create|list|revoke`.
+async fn keys_command(cfg: &Config, cmd: KeysCommand) -> Result<()> {
+    match cmd {
+        KeysCommand::Create {
+            org,
+            scope,
+            expires,
+            never_expires,
+            name,
+            format,
+        } => {
+            let lake = open_lake(cfg).await?;
+            let expires = match (expires, never_expires, cfg.api.key_default_expiry_days) {
+                (Some(d), _, _) => Some(d),
+                (None, true, _) | (None, false, 0) => None,
+                (None, false, d) => Some(d),
+            };
+            keys::create(&lake, &org, &scope, expires, name.as_deref(), format.format).await
+        }
+        KeysCommand::List { org, format } => {
+            let lake = open_lake(cfg).await?;
+            keys::list(&lake, org.as_deref(), format.format).await
+        }
+        KeysCommand::Revoke { id, format } => {
+            let lake = open_lake(cfg).await?;
+            keys::revoke(&lake, &id, format.format).await
+        }
+    }
+}
+
 async fn run(cli: Cli) -> Result<()> {
     let cfg = load_config(&cli)?;
     match cli.command {
@@ -527,36 +557,13 @@ async fn run(cli: Cli) -> Result<()> {
             pg_listen,
         } => {
             let lake = open_lake(&cfg).await?;
-            let mut cfg = cfg;
-            if let Some(f) = flight_listen {
-                cfg.server.flight_listen = f;
-            }
-            serve::run(lake, cfg, listen, wal_dir, only, pg_listen).await
-        }
-        Command::Keys(KeysCommand::Create {
-            org,
-            scope,
-            expires,
-            never_expires,
-            name,
-            format,
-        }) => {
-            let lake = open_lake(&cfg).await?;
-            let expires = match (expires, never_expires, cfg.api.key_default_expiry_days) {
-                (Some(d), _, _) => Some(d),
-                (None, true, _) | (None, false, 0) => None,
-                (None, false, d) => Some(d),
+            let protocols = serve::Protocols {
+                flight_listen,
+                pg_listen,
             };
-            keys::create(&lake, &org, &scope, expires, name.as_deref(), format.format).await
+            serve::run(lake, cfg, listen, wal_dir, only, protocols).await
         }
-        Command::Keys(KeysCommand::List { org, format }) => {
-            let lake = open_lake(&cfg).await?;
-            keys::list(&lake, org.as_deref(), format.format).await
-        }
-        Command::Keys(KeysCommand::Revoke { id, format }) => {
-            let lake = open_lake(&cfg).await?;
-            keys::revoke(&lake, &id, format.format).await
-        }
+        Command::Keys(cmd) => keys_command(&cfg, cmd).await,
         Command::Export(args) => {
             let lake = open_lake(&cfg).await?;
             export::run(&lake, args).await

@@ -20,18 +20,28 @@ pub enum Only {
     Ingest,
 }
 
+/// `--flight-listen` and `--pg-listen`, when given (they override
+/// `server.flight_listen` and `server.pg_listen`).
+pub struct Protocols {
+    pub flight_listen: Option<String>,
+    pub pg_listen: Option<String>,
+}
+
 pub async fn run(
     lake: Lake,
     mut cfg: Config,
     listen: Option<String>,
     wal_dir: Option<PathBuf>,
     only: Option<Only>,
-    pg_listen: Option<String>,
+    protocols: Protocols,
 ) -> Result<()> {
     if let Some(l) = listen {
         cfg.server.listen = l;
     }
-    if let Some(l) = pg_listen {
+    if let Some(l) = protocols.flight_listen {
+        cfg.server.flight_listen = l;
+    }
+    if let Some(l) = protocols.pg_listen {
         cfg.server.pg_listen = l;
     }
     let addr: SocketAddr = cfg.server.listen.parse().with_context(|| {
@@ -57,20 +67,7 @@ pub async fn run(
     let api = if only == Some(Only::Ingest) {
         None
     } else {
-        let api = crow_query_api::ApiState::new(lake.clone(), cfg.api.clone())
-            .context("starting the query API")?;
-        match crow_jobs::ai::from_config(&cfg.ai) {
-            Ok(p) => api.set_ai(p),
-            Err(e) => {
-                // The collector, SQL and the jobs' own failures don't depend
-                // on it: ask answers 502 with the reason instead.
-                tracing::warn!(error = %e, "ask has no AI provider");
-                api.set_ai(std::sync::Arc::new(crow_query_api::ask::Unavailable(
-                    e.to_string(),
-                )));
-            }
-        }
-        Some(api)
+        Some(query_api(&lake, &cfg)?)
     };
     let body = crow_query_api::BodyLimits {
         max_bytes: crow_query_api::api_body_limit(&cfg.api),
@@ -110,16 +107,7 @@ pub async fn run(
         tracing::info!("scheduler off (--only api or schedule.enabled = false)");
         None
     };
-    let flight = crate::flight::start(flight_addr, api.as_ref()).await?;
-    let pg = match &api {
-        Some(a) => start_pg(&cfg, a).await?,
-        None if !cfg.server.pg_listen.is_empty() => {
-            anyhow::bail!(
-                "--pg-listen (server.pg_listen) needs the query API: not with --only ingest"
-            )
-        }
-        None => None,
-    };
+    let analyst = Analyst::start(&cfg, flight_addr, api.as_ref()).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -139,10 +127,7 @@ pub async fn run(
         shutdown_signal(),
     )
     .await;
-    crate::flight::stop(flight).await;
-    if let Some(pg) = pg {
-        pg.abort();
-    }
+    analyst.stop().await;
     if let Some((stop, thread)) = scheduler {
         tracing::info!("shutting down: stopping the scheduler (a running job is finished first)");
         let _ = stop.send(true);
@@ -153,6 +138,60 @@ pub async fn run(
         c.shutdown().await;
     }
     Ok(())
+}
+
+/// The query API's state, with the configured AI provider for ask (or,
+/// when it cannot be made, one that answers 502 with the reason: the
+/// collector, SQL and the jobs do not depend on it).
+fn query_api(lake: &Lake, cfg: &Config) -> Result<std::sync::Arc<crow_query_api::ApiState>> {
+    let api = crow_query_api::ApiState::new(lake.clone(), cfg.api.clone())
+        .context("starting the query API")?;
+    match crow_jobs::ai::from_config(&cfg.ai) {
+        Ok(p) => api.set_ai(p),
+        Err(e) => {
+            // The collector, SQL and the jobs' own failures don't depend
+            // on it: ask answers 502 with the reason instead.
+            tracing::warn!(error = %e, "ask has no AI provider");
+            api.set_ai(std::sync::Arc::new(crow_query_api::ask::Unavailable(
+                e.to_string(),
+            )));
+        }
+    }
+    Ok(api)
+}
+
+/// The analysts' protocols beside HTTP, each off unless configured: Arrow
+/// Flight SQL and the Postgres wire, both over the query API's state.
+struct Analyst {
+    flight: Option<crate::flight::Running>,
+    pg: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Analyst {
+    async fn start(
+        cfg: &Config,
+        flight_addr: Option<SocketAddr>,
+        api: Option<&std::sync::Arc<crow_query_api::ApiState>>,
+    ) -> Result<Analyst> {
+        let flight = crate::flight::start(flight_addr, api).await?;
+        let pg = match api {
+            Some(a) => start_pg(cfg, a).await?,
+            None if !cfg.server.pg_listen.is_empty() => {
+                anyhow::bail!(
+                    "--pg-listen (server.pg_listen) needs the query API: not with --only ingest"
+                )
+            }
+            None => None,
+        };
+        Ok(Analyst { flight, pg })
+    }
+
+    async fn stop(self) {
+        crate::flight::stop(self.flight).await;
+        if let Some(pg) = self.pg {
+            pg.abort();
+        }
+    }
 }
 
 /// Start the Postgres-wire listener (`server.pg_listen`), if configured.

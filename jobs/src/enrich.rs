@@ -384,18 +384,19 @@ struct CacheRow {
     created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
-struct FailedRow {
-    org_id: Option<String>,
-    failure_id: String,
-    source: String,
-    channel: Option<String>,
-    message_id: Option<String>,
-    reason_code: String,
-    reason: String,
-    payload: Option<String>,
-    failed_at: i64,
-    event_date: i32,
+/// A `failed_events` row, as the jobs write them.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct FailedRow {
+    pub(crate) org_id: Option<String>,
+    pub(crate) failure_id: String,
+    pub(crate) source: String,
+    pub(crate) channel: Option<String>,
+    pub(crate) message_id: Option<String>,
+    pub(crate) reason_code: String,
+    pub(crate) reason: String,
+    pub(crate) payload: Option<String>,
+    pub(crate) failed_at: i64,
+    pub(crate) event_date: i32,
 }
 
 /// Run the enrich job with `provider`.

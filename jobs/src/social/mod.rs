@@ -36,6 +36,7 @@ use crow_schemas::config::{Config, SocialConfig};
 use crow_schemas::{FAILED_EVENTS, RAW_SOCIAL_CAPTURES, SOCIAL_SEEN, SOCIAL_SOURCES};
 use serde::{Deserialize, Serialize};
 
+use crate::enrich::FailedRow;
 use crate::{runs, Error, Result, Trigger, Window};
 
 /// The job's name in the run ledger and the scheduler.
@@ -282,21 +283,6 @@ struct SeenRow {
     run_id: String,
     #[serde(with = "ts_micros")]
     seen_at: DateTime<Utc>,
-}
-
-/// A `failed_events` row.
-#[derive(Debug, Clone, Serialize)]
-struct FailedRow {
-    org_id: Option<String>,
-    failure_id: String,
-    source: String,
-    channel: Option<String>,
-    message_id: Option<String>,
-    reason_code: String,
-    reason: String,
-    payload: Option<String>,
-    failed_at: i64,
-    event_date: i32,
 }
 
 fn day(t: DateTime<Utc>) -> i32 {
