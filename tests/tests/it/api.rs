@@ -423,14 +423,23 @@ async fn isolation_under_hostile_sql() {
         let rows: Vec<Value> = serde_json::from_str(&text).expect("rows");
         assert_eq!(rows.len(), w.a_rows, "{body}");
     }
-    let (s, text) = w
-        .hostile(json!({"sql": "select * from products", "versions": {"products": 99}}))
-        .await;
-    assert_eq!(s, 400, "{text}");
-    let (s, _) = w
-        .hostile(json!({"sql": "select 1", "as_of": "yesterday"}))
-        .await;
-    assert_eq!(s, 400);
+    // A version past the table's latest (refused while planning), and a
+    // time that is not one: each refused with its documented code.
+    for (body, code) in [
+        (
+            json!({"sql": "select * from products", "versions": {"products": 99}}),
+            "invalid_query",
+        ),
+        (
+            json!({"sql": "select 1", "as_of": "yesterday"}),
+            "invalid_as_of",
+        ),
+    ] {
+        let (s, text) = w.hostile(body.clone()).await;
+        assert_eq!(s, 400, "{body}: {text}");
+        let p: Value = serde_json::from_str(&text).expect("problem");
+        assert_eq!(p["code"], code, "{body}: {text}");
+    }
 
     // Org B's key sees B's rows and not A's.
     let r = w
@@ -639,6 +648,8 @@ async fn keys_formats_rest_exports_and_metrics() {
         .post_sql(&w.key_a, q.clone(), Some("application/xml"))
         .await;
     assert_eq!(r.status(), 406);
+    let p: Value = r.json().await.expect("problem");
+    assert_eq!(p["code"], "not_acceptable", "{p}");
 
     // REST resources, filtered by the key's org.
     let (s, org) = w.get(&w.key_a, "/api/v1/organization").await;

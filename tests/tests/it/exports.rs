@@ -335,7 +335,13 @@ async fn delete_cancels_a_running_export_of_its_own_org_only() {
         .send()
         .await
         .expect("download");
-    assert_eq!(r.status(), 409);
+    let ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body: Value = r.json().await.expect("problem");
+    problem(ct.as_deref(), &body, 409, "export_not_ready");
 
     // A finished export cannot be cancelled; its file stays.
     let done = w

@@ -93,6 +93,35 @@ async fn slow_clients_are_timed_out_on_every_route() {
     w.still_serving("slow clients").await;
 }
 
+/// The collector answers a request whose body stalls with 408
+/// `request_timeout` after its fixed 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_collector_body_gets_request_timeout() {
+    let b = Backend::local();
+    let (_, key) = crate::ingest::create_org(&b, "Slow Co");
+    let wal = tempfile::tempdir().expect("wal");
+    let server = Server::start(&b, wal.path(), &[]);
+    let head = format!(
+        "POST /v1/batch HTTP/1.1\r\nHost: crow\r\nAuthorization: {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{{\"batch\": [",
+        crate::ingest::basic(&key)
+    );
+    let a = raw(&server.addr, head.as_bytes(), Duration::from_secs(45)).await;
+    assert!(
+        a.text.starts_with("HTTP/1.1 408"),
+        "got {:?} after {:?}",
+        a.text,
+        a.after
+    );
+    assert!(
+        a.text.contains("\"code\":\"request_timeout\""),
+        "{}",
+        a.text
+    );
+    // Not before the 30 s (the 408 came from the timeout, not a parse error).
+    assert!(a.after >= Duration::from_secs(29), "{:?}", a.after);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_api_bodies_get_problem_json_413() {
     let mut w = hostile_world(&[]).await;
@@ -309,9 +338,20 @@ async fn read_keys_do_not_list_admin_keys_and_keys_expire_by_default() {
     let never =
         w.b.crow_json(&["keys", "create", "--org", &w.org_a, "--never-expires"]);
     assert_eq!(never["expires_at"], Value::Null, "{never}");
+    // `--expires 7`: seven days from its creation (shown to the second).
+    let before = chrono::Utc::now() - chrono::Duration::seconds(1);
     let short =
         w.b.crow_json(&["keys", "create", "--org", &w.org_a, "--expires", "7"]);
-    assert!(short["expires_at"].is_string(), "{short}");
+    let after = chrono::Utc::now();
+    let short_expires = short["expires_at"].as_str().expect("an expiry");
+    let short_expires = chrono::DateTime::parse_from_rfc3339(short_expires)
+        .expect("time")
+        .with_timezone(&chrono::Utc);
+    let week = chrono::Duration::days(7);
+    assert!(
+        before + week <= short_expires && short_expires <= after + week,
+        "{short}: not 7 days after {before}..{after}"
+    );
 
     let (status, rows) = w.sql("select scope from api_keys order by scope").await;
     assert_eq!(status, 200, "{rows}");

@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Datelike, TimeZone, Utc};
+use chrono::{DateTime, Datelike, TimeZone, Timelike, Utc};
 use crow_lake::batch::rows_to_batch;
 use serde_json::{json, Value};
 
@@ -1202,17 +1202,29 @@ async fn products_crawl_import_and_list() {
     );
 }
 
-fn day_offset(days: i64) -> chrono::NaiveDate {
-    Utc::now().date_naive() - chrono::Duration::days(days)
+/// The test's one clock, read once and passed as `--now` to every `crow`
+/// invocation that takes it: a run crossing midnight UTC still sees one
+/// "today" (whole seconds, as `--now` is written).
+fn test_clock() -> (DateTime<Utc>, String) {
+    let now = Utc::now()
+        .with_nanosecond(0)
+        .expect("a whole second is a valid time");
+    (now, rfc3339(now))
+}
+
+/// The UTC day `days` before `now`'s.
+fn day_offset(now: DateTime<Utc>, days: i64) -> chrono::NaiveDate {
+    now.date_naive() - chrono::Duration::days(days)
 }
 
 #[test]
 fn patterns_find_the_planted_incident_on_the_right_days_and_segment() {
     let b = Backend::local();
     // Five weeks; mobile payments fail during the last seven days.
-    let out = b.crow_json(&["demo", "--visitors", "12000", "--days", "35"]);
+    let (clock, now) = test_clock();
+    let out = b.crow_json(&["demo", "--visitors", "12000", "--days", "35", "--now", &now]);
     assert!(out.as_array().map(Vec::len).unwrap_or(0) >= 35, "{out}");
-    let (incident_from, today) = (day_offset(7), day_offset(0));
+    let (incident_from, today) = (day_offset(clock, 7), day_offset(clock, 0));
     let rows = b.crow_json(&[
         "sql",
         "SELECT CAST(period_start AS VARCHAR) AS d, segment, evidence FROM patterns \
@@ -1317,7 +1329,7 @@ fn patterns_find_the_planted_incident_on_the_right_days_and_segment() {
              AND array_has(product_ids, '{viral}') AND evidence LIKE '%product_views%' ORDER BY d"
         ),
     ]);
-    assert_eq!(trend[0]["d"], day_offset(12).to_string(), "{trend}");
+    assert_eq!(trend[0]["d"], day_offset(clock, 12).to_string(), "{trend}");
 
     // One story tells the incident: mobile (desktop unaffected), from its
     // first day, ongoing, with the orders it lost; it leads the stories.
@@ -1384,10 +1396,10 @@ fn patterns_find_the_planted_incident_on_the_right_days_and_segment() {
     let sq = "SELECT * EXCLUDE (created_at) FROM stories ORDER BY story_id";
     let first = b.crow_json(&["sql", q]);
     let first_stories = b.crow_json(&["sql", sq]);
-    let from = day_offset(35).to_string();
+    let from = day_offset(clock, 35).to_string();
     let to = today.to_string();
     b.crow_json(&[
-        "jobs", "run", "patterns", "--from", &from, "--to", &to, "--quiet",
+        "jobs", "run", "patterns", "--from", &from, "--to", &to, "--now", &now, "--quiet",
     ]);
     assert_eq!(b.crow_json(&["sql", q]), first);
     assert_eq!(b.crow_json(&["sql", sq]), first_stories);
@@ -1427,7 +1439,7 @@ const VOLUME_ARTEFACTS: [&str; 5] = [
 /// The latest day before today that satisfies `f`, at `h:m` UTC: a clock in
 /// the past (the collector refuses activity from the future).
 fn recent_clock(f: impl Fn(chrono::NaiveDate) -> bool, h: u32, m: u32) -> DateTime<Utc> {
-    let mut d = day_offset(1);
+    let mut d = day_offset(Utc::now(), 1);
     while !f(d) {
         d -= chrono::Duration::days(1);
     }
@@ -1658,7 +1670,7 @@ fn a_provisional_period_becomes_final_and_reruns_change_nothing() {
     let b = Backend::local();
     // Sunday evening: the week (Monday–Saturday complete) is in progress.
     let sunday = recent_clock(
-        |d| d.weekday() == chrono::Weekday::Sun && d <= day_offset(2),
+        |d| d.weekday() == chrono::Weekday::Sun && d <= day_offset(Utc::now(), 2),
         23,
         30,
     );
@@ -1731,7 +1743,8 @@ fn a_provisional_period_becomes_final_and_reruns_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pattern_narratives_by_a_model_cannot_invent_numbers() {
     let b = Backend::local();
-    b.crow_json(&["demo", "--visitors", "9000", "--days", "28"]);
+    let (clock, now) = test_clock();
+    b.crow_json(&["demo", "--visitors", "9000", "--days", "28", "--now", &now]);
     let n = b.crow_json(&["sql", "SELECT count(*) AS n FROM patterns"])[0]["n"]
         .as_u64()
         .unwrap_or(0);
@@ -1747,13 +1760,12 @@ async fn pattern_narratives_by_a_model_cannot_invent_numbers() {
         ("CROW_AI_BASE_URL", base.as_str()),
         ("CROW_AI_MODEL", "writer"),
     ];
-    let from = day_offset(28).to_string();
-    let to = day_offset(0).to_string();
-    let r = crow_env_json(
-        &b,
-        &["jobs", "run", "patterns", "--from", &from, "--to", &to],
-        &env,
-    );
+    let from = day_offset(clock, 28).to_string();
+    let to = day_offset(clock, 0).to_string();
+    let window = [
+        "jobs", "run", "patterns", "--from", &from, "--to", &to, "--now", &now,
+    ];
+    let r = crow_env_json(&b, &window, &env);
     assert_eq!(r["narratives"], 0, "{r}");
     assert_eq!(r["narrative_failures"], r["patterns"], "{r}");
     let kept = b.crow_json(&["sql", "SELECT DISTINCT provider FROM patterns"]);
@@ -1770,11 +1782,7 @@ async fn pattern_narratives_by_a_model_cannot_invent_numbers() {
     // A faithful narrative is used, and the prompt carries the evidence.
     let faithful = json!({"title": "Mobile payments are failing", "description": "Far fewer mobile payments turned into orders than before."}).to_string();
     *fake.fallback.lock().expect("lock") = Some((200, openai_ok(&faithful)));
-    let r = crow_env_json(
-        &b,
-        &["jobs", "run", "patterns", "--from", &from, "--to", &to],
-        &env,
-    );
+    let r = crow_env_json(&b, &window, &env);
     assert_eq!(r["narratives"], r["patterns"], "{r}");
     let rows = b.crow_json(&[
         "sql",
@@ -1870,8 +1878,9 @@ fn independent_sessions(rows: &[Value], from_us: i64, to_us: i64) -> usize {
 #[test]
 fn sessions_match_an_independent_computation_and_reruns_change_nothing() {
     let b = Backend::local();
-    b.crow_json(&["demo", "--visitors", "600", "--days", "10"]);
-    let (from, to) = (day_offset(10), day_offset(1));
+    let (clock, now) = test_clock();
+    b.crow_json(&["demo", "--visitors", "600", "--days", "10", "--now", &now]);
+    let (from, to) = (day_offset(clock, 10), day_offset(clock, 1));
     let (from_s, to_s) = (from.to_string(), to.to_string());
     let window = [
         "jobs",
@@ -1881,6 +1890,8 @@ fn sessions_match_an_independent_computation_and_reruns_change_nothing() {
         &from_s,
         "--to",
         &to_s,
+        "--now",
+        &now,
         "--quiet",
     ];
     b.crow_json(&window);
@@ -1941,8 +1952,9 @@ fn sessions_match_an_independent_computation_and_reruns_change_nothing() {
 #[test]
 fn sessionize_under_a_small_memory_limit_spills_and_writes_the_same_sessions() {
     let b = Backend::local();
-    b.crow_json(&["demo", "--visitors", "600", "--days", "10"]);
-    let (from, to) = (day_offset(10), day_offset(1));
+    let (clock, now) = test_clock();
+    b.crow_json(&["demo", "--visitors", "600", "--days", "10", "--now", &now]);
+    let (from, to) = (day_offset(clock, 10), day_offset(clock, 1));
     let (from_s, to_s) = (from.to_string(), to.to_string());
     let window = [
         "jobs",
@@ -1952,6 +1964,8 @@ fn sessionize_under_a_small_memory_limit_spills_and_writes_the_same_sessions() {
         &from_s,
         "--to",
         &to_s,
+        "--now",
+        &now,
     ];
     let roomy = crow_env_json(&b, &window, &[]);
     assert_eq!(roomy["spill_count"].as_u64(), Some(0), "{roomy}");

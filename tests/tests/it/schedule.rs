@@ -915,3 +915,143 @@ async fn vacuum_runs_on_its_schedule_and_keeps_the_retention() {
     assert_eq!(vacuum["schedule"], "0 4 * * 0", "the default: {status}");
     assert_eq!(vacuum["last_status"], "succeeded", "{status}");
 }
+
+/// `crow serve --only api` runs no scheduler even with the schedule on,
+/// and serves no collector; `--only ingest` with the same settings runs
+/// the scheduler and the collector but serves no `/api/v1/*`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_api_runs_no_scheduler_and_only_ingest_serves_no_api() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    let created = b.crow_json(&["orgs", "create", "--name", "Split Co"]);
+    let org = created["org_id"].as_str().expect("org").to_string();
+    let write_key = created["write_key"].as_str().expect("key").to_string();
+    let api_key = b.crow_json(&["keys", "create", "--org", "Split Co"])["secret"]
+        .as_str()
+        .expect("secret")
+        .to_string();
+    // Yesterday's activity, so a scheduled sessionize has work and writes
+    // a ledger row.
+    let lake = b.lake().await;
+    let yesterday = Utc::now().date_naive() - chrono::Days::new(1);
+    land_web(
+        &lake,
+        &org,
+        &day_events("split", yesterday, 3),
+        Utc::now() - chrono::Duration::hours(3),
+    )
+    .await;
+
+    // Sessionize every 2 s, everything else off.
+    let env = |host: &'static str, only: &'static str| {
+        vec![
+            ("CROW_SCHEDULE_ENABLED", "true"),
+            ("CROW_SCHEDULE_TICK_SECONDS", "1"),
+            ("CROW_SCHEDULE_LEASE_SECONDS", "6"),
+            ("CROW_SCHEDULE_SESSIONIZE", "*/2 * * * * *"),
+            ("CROW_SCHEDULE_ENRICH", "off"),
+            ("CROW_SCHEDULE_PATTERNS", "off"),
+            ("CROW_SCHEDULE_BILLING", "off"),
+            ("CROW_SCHEDULE_SOCIAL", "off"),
+            ("CROW_SCHEDULE_OPTIMIZE", "off"),
+            ("CROW_SCHEDULE_CHECKPOINT", "off"),
+            ("CROW_SCHEDULE_VACUUM", "off"),
+            ("CROW_SERVE_ONLY", only),
+            ("HOSTNAME", host),
+        ]
+    };
+    let http = reqwest::Client::new();
+    let event = json!({"batch": [page("split-live", "split-live-visitor", Utc::now() - chrono::Duration::minutes(1))]});
+    let logs = |s: &Server| -> Vec<String> {
+        s.logs
+            .lock()
+            .expect("logs")
+            .iter()
+            .map(|l| strip_ansi(l))
+            .collect()
+    };
+
+    // --only api: the API answers, the collector is not there, and over
+    // several schedule slots nothing is scheduled.
+    let wal_a = tempfile::tempdir().expect("tmp");
+    let mut api = Server::start(&b, wal_a.path(), &env("api-only", "api"));
+    let r = http
+        .get(api.url("/api/v1/organization"))
+        .bearer_auth(&api_key)
+        .send()
+        .await
+        .expect("organization");
+    assert_eq!(r.status(), 200, "the API is served");
+    let r = http
+        .post(api.url("/v1/batch"))
+        .basic_auth(&write_key, Some(""))
+        .json(&event)
+        .send()
+        .await
+        .expect("batch");
+    assert_eq!(r.status(), 404, "no collector with --only api");
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    api.stop();
+    let api_logs = logs(&api);
+    assert!(
+        api_logs.iter().any(|l| l.contains("scheduler off")),
+        "{api_logs:#?}"
+    );
+    assert!(
+        !api_logs
+            .iter()
+            .any(|l| l.contains("scheduler started") || l.contains("scheduler: run started")),
+        "--only api ran the scheduler: {api_logs:#?}"
+    );
+    assert!(
+        scheduled_runs(&b).is_empty(),
+        "--only api wrote scheduled runs"
+    );
+
+    // --only ingest, same settings: the scheduler runs (a scheduled
+    // sessionize lands in the ledger), the collector accepts events, and
+    // no /api/v1/* route exists.
+    let wal_b = tempfile::tempdir().expect("tmp");
+    let mut ingest = Server::start(&b, wal_b.path(), &env("ingest-only", "ingest"));
+    for path in ["/api/v1/organization", "/api/v1/openapi.json"] {
+        let r = http
+            .get(ingest.url(path))
+            .bearer_auth(&api_key)
+            .send()
+            .await
+            .expect("api");
+        assert_eq!(r.status(), 404, "{path} with --only ingest");
+    }
+    let r = http
+        .post(ingest.url("/api/v1/sql"))
+        .bearer_auth(&api_key)
+        .json(&json!({"sql": "select 1"}))
+        .send()
+        .await
+        .expect("sql");
+    assert_eq!(r.status(), 404, "/api/v1/sql with --only ingest");
+    let r = http
+        .post(ingest.url("/v1/batch"))
+        .basic_auth(&write_key, Some(""))
+        .json(&event)
+        .send()
+        .await
+        .expect("batch");
+    assert_eq!(r.status(), 200, "the collector accepts events");
+    let t0 = Instant::now();
+    let runs = loop {
+        let runs = scheduled_runs(&b);
+        if !runs.is_empty() || t0.elapsed() > Duration::from_secs(30) {
+            break runs;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    ingest.stop();
+    assert!(
+        runs.iter()
+            .any(|r| r.job == "sessionize" && r.host == "ingest-only"),
+        "the same settings without --only api schedule runs: {runs:#?} {:#?}",
+        logs(&ingest)
+    );
+    assert!(runs.iter().all(|r| r.host == "ingest-only"), "{runs:#?}");
+}

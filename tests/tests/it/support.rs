@@ -240,7 +240,8 @@ impl Server {
         .env_remove("CROW_CONFIG")
         .env_remove("CROW_LAKE")
         .env("CROW_LOG", "info")
-        // Tests that want the scheduler turn it on (tests/it/schedule.rs).
+        // Tests that want the scheduler turn it on (tests/it/schedule.rs):
+        // their `env` below overrides this.
         .env("CROW_SCHEDULE_ENABLED", "false")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
