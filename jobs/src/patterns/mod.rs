@@ -120,6 +120,7 @@ use serde_json::{json, Value};
 #[cfg(test)]
 mod eval;
 mod stories;
+mod trend;
 
 use crate::ai::{call_validated, AiRequest, Provider, RetryPolicy};
 use crate::{enrich, runs, str_lit, Error, ProgressRef, Result, Trigger, Window};
@@ -1881,7 +1882,7 @@ fn to_row(
         kind: f.kind.to_string(),
         segment: (!f.segment.is_empty()).then(|| f.segment.clone()),
         title: f.title.clone(),
-        description: f.description.clone(),
+        description: described(f),
         product_ids: f.product_ids.clone(),
         support: f.support,
         significance: Some((f.z.abs() * 100.0).round() / 100.0),
@@ -1891,6 +1892,28 @@ fn to_row(
         created_at: Utc::now().timestamp_micros(),
         provisional: Some(provisional),
     }
+}
+
+/// A finding's description, led by its impact and the segment it hit when
+/// the impact's 95% interval excludes no change ("About 23 fewer orders
+/// than typical on mobile (95% interval: 12 to 34). Conversion from …").
+fn described(f: &Finding) -> String {
+    let (low, high) = (f.impact - 1.96 * f.impact_se, f.impact + 1.96 * f.impact_se);
+    if f.impact == 0.0 || (low < 0.0) != (high < 0.0) {
+        return f.description.clone();
+    }
+    let (more, a, b) = if f.impact > 0.0 {
+        ("more", low, high)
+    } else {
+        ("fewer", -high, -low)
+    };
+    format!(
+        "About {:.0} {more} {} than typical{} (95% interval: {a:.0} to {b:.0}). {}",
+        f.impact.abs(),
+        f.unit,
+        seg_phrase(&f.segment),
+        f.description
+    )
 }
 
 /// A finding of a part (child period), as its parent re-tests it: which
@@ -1903,6 +1926,8 @@ struct ChildRef {
     z: f64,
     /// "day:2026-11-25", "week:2026-11-23", …
     label: String,
+    /// A trend finding (the week to a day), not the period's own test.
+    trend: bool,
 }
 
 impl ChildRef {
@@ -1926,6 +1951,7 @@ impl ChildRef {
             span,
             z,
             label: format!("{}:{}", r.period_kind, ps),
+            trend: ev["statistics"]["trend"].is_object(),
         })
     }
 }
@@ -2540,6 +2566,10 @@ struct Finder<'a> {
     /// Days with a finding, per metric and segment (days are computed in
     /// order; earlier days' findings come from the table).
     flagged: std::cell::RefCell<Flagged>,
+    /// Days with a finding of the day's own test (not a trend's), in any
+    /// metric or segment: incidents, left out of a trend test's week and
+    /// baseline (an incident seen in one segment echoes in others).
+    own_flagged: std::cell::RefCell<BTreeSet<NaiveDate>>,
 }
 
 impl<'a> Finder<'a> {
@@ -2578,6 +2608,7 @@ impl<'a> Finder<'a> {
             fdr,
             currency: None,
             flagged: std::cell::RefCell::new(HashMap::new()),
+            own_flagged: std::cell::RefCell::new(BTreeSet::new()),
         }
     }
 
@@ -2647,8 +2678,16 @@ impl<'a> Finder<'a> {
             }),
             flagged: Some(&flagged),
         };
-        let fs = top(self.findings(cur, &base, &ctx));
+        let mut fs = self.findings(cur, &base, &ctx);
         drop(flagged);
+        // Slow changes the day alone does not show: the week to the day
+        // (a day with findings of its own is an incident, not part of it).
+        if !fs.is_empty() {
+            self.own_flagged.borrow_mut().insert(p.start);
+        }
+        let trend = self.trend(p, &fs);
+        fs.extend(trend);
+        let fs = top(fs);
         // Exactly the findings written: a later run that reads this day
         // from the table leaves out the same baseline days.
         self.flag(p.start, &fs);
@@ -2659,7 +2698,11 @@ impl<'a> Finder<'a> {
     /// day out of later baselines (an incident is not what is normal).
     fn flag(&self, day: NaiveDate, fs: &[Finding]) {
         let mut flagged = self.flagged.borrow_mut();
+        let mut own = self.own_flagged.borrow_mut();
         for f in fs {
+            if f.facts.get("trend").is_none() {
+                own.insert(day);
+            }
             flagged
                 .entry((f.metric.clone(), f.segment.clone()))
                 .or_default()
@@ -2671,12 +2714,17 @@ impl<'a> Finder<'a> {
     /// not compute).
     fn flag_rows(&self, rows: &[PatternRow]) {
         let mut flagged = self.flagged.borrow_mut();
+        let mut own = self.own_flagged.borrow_mut();
         for r in rows.iter().filter(|r| r.period_kind == "day") {
             if let Some(c) = ChildRef::of_row(r) {
+                let day = date_of(r.period_start);
+                if !c.trend {
+                    own.insert(day);
+                }
                 flagged
                     .entry((c.metric, c.segment))
                     .or_default()
-                    .insert(date_of(r.period_start));
+                    .insert(day);
             }
         }
     }

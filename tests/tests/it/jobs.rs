@@ -1227,10 +1227,19 @@ fn patterns_find_the_planted_incident_on_the_right_days_and_segment() {
     let (incident_from, today) = (day_offset(clock, 7), day_offset(clock, 0));
     let rows = b.crow_json(&[
         "sql",
-        "SELECT CAST(period_start AS VARCHAR) AS d, segment, evidence FROM patterns \
+        "SELECT CAST(period_start AS VARCHAR) AS d, segment, description, evidence FROM patterns \
          WHERE period_kind = 'day' AND evidence LIKE '%\"funnel:payment>order\"%' ORDER BY d",
     ]);
     let rows = rows.as_array().expect("rows");
+    // Each finding's narrative leads with what it cost, for whom.
+    for r in rows.iter().filter(|r| r["segment"] == "device_type=mobile") {
+        let description = r["description"].as_str().unwrap_or("");
+        assert!(
+            description.starts_with("About ")
+                && description.contains(" fewer orders than typical on mobile (95% interval: "),
+            "{description}"
+        );
+    }
     let mobile_days: BTreeSet<String> = rows
         .iter()
         .filter(|r| r["segment"] == "device_type=mobile")

@@ -1,0 +1,270 @@
+//! Slow changes: a rate that creeps up or down a little every day never
+//! stands out on one day against the 28 days before it (the baseline moves
+//! along with it, and a small segment's day has too few sessions). The
+//! trend test pools the week to a day — every weekday once — against the 28
+//! days before that week, for the rates the day's own test did not find,
+//! and estimates when the change began (its *onset*) from the cumulative
+//! excess over the baseline rate. A story built from trend findings starts
+//! at the onset, so its impact counts the change's early days too.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{Datelike, Days, NaiveDate, Weekday};
+use serde_json::json;
+
+use super::{
+    benjamini_hochberg, is_count, one_fact, segment_explains_whole, test_metric, testable, Finder,
+    Finding, Key, Period, Season, Stats, TestCtx, BASELINE_DAYS, MIN_CHANGE,
+};
+
+/// Days a trend test pools: the week to the day, so every weekday counts
+/// once and a weekday effect cannot pass for a change.
+pub const TREND_DAYS: u64 = 7;
+
+/// What a trend finding's title adds: " over the 7 days to 2026-03-05".
+pub(super) const TITLE_WINDOW: &str = " over the 7 days to ";
+
+/// Days of the week that must not be incidents (days the day tests found
+/// anything on, in any metric or segment): an abrupt incident the day tests
+/// found is not a trend, nor is the week after it, nor its echo in other
+/// segments.
+const TREND_MIN_DAYS: usize = 4;
+
+impl Finder<'_> {
+    /// The trend findings of day `p`: the week to it against the 28 days
+    /// before the week, for every rate `found` (the day's own findings)
+    /// does not hold, corrected together (Benjamini–Hochberg at the job's
+    /// FDR). Each carries `statistics.trend` with its window and onset.
+    pub(super) fn trend(&self, p: &Period, found: &[Finding]) -> Vec<Finding> {
+        let d = p.start;
+        let (Some(w0), true) = (
+            d.checked_sub_days(Days::new(TREND_DAYS - 1)),
+            d < self.horizon,
+        ) else {
+            return Vec::new();
+        };
+        let Some(b0) = w0.checked_sub_days(Days::new(BASELINE_DAYS as u64)) else {
+            return Vec::new();
+        };
+        if b0 < self.first_data {
+            return Vec::new();
+        }
+        let window: Vec<(NaiveDate, &Stats)> =
+            self.day_stats.range(w0..=d).map(|(d, s)| (*d, s)).collect();
+        if window.len() < TREND_DAYS as usize {
+            return Vec::new();
+        }
+        let skip: BTreeSet<Key> = found
+            .iter()
+            .map(|f| (f.metric.clone(), f.segment.clone()))
+            .collect();
+        let mut keys: BTreeSet<&Key> = BTreeSet::new();
+        for (_, st) in &window {
+            keys.extend(
+                st.cells
+                    .keys()
+                    .filter(|k| !is_count(&k.0) && testable(&k.0) && !skip.contains(*k)),
+            );
+        }
+        let flagged = self.flagged.borrow();
+        let own = self.own_flagged.borrow();
+        // The week pooled, per set of days left out (most keys leave out
+        // none: one pooled week serves them all).
+        let mut pooled: BTreeMap<Vec<NaiveDate>, Stats> = BTreeMap::new();
+        let mut tests = 0;
+        let mut fs = Vec::new();
+        let when = format!("over the {TREND_DAYS} days to {d}");
+        let baseline = format!("over the {BASELINE_DAYS} days before them");
+        for key in keys {
+            // Incidents (days the day tests found anything on) are neither
+            // the week's trend nor the baseline's normal.
+            let incident = |day: &NaiveDate| own.contains(day);
+            let days: Vec<NaiveDate> = window
+                .iter()
+                .map(|(day, _)| *day)
+                .filter(|day| !incident(day))
+                .collect();
+            if days.len() < TREND_MIN_DAYS {
+                continue;
+            }
+            let (base, base_days): (Vec<&Stats>, Vec<NaiveDate>) = self
+                .day_stats
+                .range(b0..w0)
+                .filter(|(day, _)| !incident(day))
+                .map(|(d, s)| (s, *d))
+                .unzip();
+            let cur = pooled.entry(days.clone()).or_insert_with(|| {
+                let mut st = Stats::default();
+                for (day, s) in &window {
+                    if days.contains(day) {
+                        st.merge(s);
+                    }
+                }
+                st
+            });
+            let cur_days: Vec<(Weekday, &Stats)> = window
+                .iter()
+                .filter(|(day, _)| days.contains(day))
+                .map(|(day, s)| (day.weekday(), *s))
+                .collect();
+            let ctx = self.trend_ctx(&when, &baseline, (w0, d), &base_days, cur_days, &flagged);
+            tests += 1;
+            let Some(mut f) = test_metric(key, cur, &base, &ctx) else {
+                continue;
+            };
+            f.notable = sustained_notable(&f);
+            if still_going(key, &window, &f) {
+                let onset = self.onset(key, b0, d);
+                f.title = format!("{}{TITLE_WINDOW}{d}", f.title);
+                if let Some(o) = f.facts.as_object_mut() {
+                    o.insert(
+                        "trend".into(),
+                        json!({"window": {"start": w0.to_string(), "end": d.to_string()},
+                               "days_left_out": TREND_DAYS as usize - days.len(),
+                               "onset": onset.to_string(), "onset_method": "step or ramp, least squares"}),
+                    );
+                }
+                fs.push(f);
+            }
+        }
+        let fs = benjamini_hochberg(fs, self.fdr, tests);
+        // The same equivalences as the day's own tests, over the whole week.
+        let Some(whole) = pooled.get(&window.iter().map(|(d, _)| *d).collect::<Vec<_>>()) else {
+            return one_fact(fs);
+        };
+        let (base, base_days): (Vec<&Stats>, Vec<NaiveDate>) =
+            self.day_stats.range(b0..w0).map(|(d, s)| (s, *d)).unzip();
+        let cur_days = window.iter().map(|(d, s)| (d.weekday(), *s)).collect();
+        let ctx = self.trend_ctx(&when, &baseline, (w0, d), &base_days, cur_days, &flagged);
+        segment_explains_whole(one_fact(fs), whole, &base, &ctx)
+    }
+
+    fn trend_ctx<'s>(
+        &'s self,
+        when: &str,
+        baseline: &str,
+        (w0, d): (NaiveDate, NaiveDate),
+        base_days: &[NaiveDate],
+        cur: Vec<(Weekday, &'s Stats)>,
+        flagged: &'s super::Flagged,
+    ) -> TestCtx<'s> {
+        TestCtx {
+            when: when.to_string(),
+            baseline: baseline.to_string(),
+            per_day: true,
+            min_base: 14,
+            span: (w0, d + Days::new(1)),
+            names: self.names,
+            visitor_type: self.visitor_type(base_days.first().copied().unwrap_or(w0)),
+            season: Some(Season {
+                base: base_days.iter().map(Datelike::weekday).collect(),
+                base_days: base_days.to_vec(),
+                cur,
+            }),
+            flagged: Some(flagged),
+        }
+    }
+
+    /// When a change of `key` that shows on `[from, to]` began: the day
+    /// that best splits the daily rates into "as before" and "changed",
+    /// where the change is either a step or a steady ramp (whichever fits
+    /// better, by least squares weighted by each day's trials). Neither fit
+    /// depends on the baseline's estimate of the old rate, so a baseline a
+    /// little off does not move the onset.
+    fn onset(&self, key: &Key, from: NaiveDate, to: NaiveDate) -> NaiveDate {
+        let days: Vec<(NaiveDate, f64, f64)> = self
+            .day_stats
+            .range(from..=to)
+            .filter_map(|(d, st)| {
+                let c = st.cells.get(key).copied().unwrap_or_default();
+                (c.n > 0.0).then(|| (*d, c.k / c.n, c.n))
+            })
+            .collect();
+        let mut best = (f64::INFINITY, to);
+        // At least a week before the onset, and one day from it on.
+        for t in 7..days.len() {
+            let (before, after) = days.split_at(t);
+            let sse_step = flat_sse(before) + flat_sse(after);
+            let sse_ramp = ramp_sse(&days, t);
+            let sse = sse_step.min(sse_ramp);
+            if sse < best.0 {
+                best = (sse, days[t].0);
+            }
+        }
+        best.1
+    }
+}
+
+/// Whether a week's change of a rate is large enough to matter: by at
+/// least [`MIN_CHANGE`] of its rarer side (a checkout converting 76% instead
+/// of 84% lost half again as many buyers: the misses grew by 50%; failures
+/// in 0.9% of sessions instead of 0.1% grew ninefold) and by half a
+/// percentage point. A day's test asks for 30% of the rate itself and 3
+/// points, which only a large change on one day's few sessions can show; a
+/// week that held a smaller change all along is worth telling.
+fn sustained_notable(f: &Finding) -> bool {
+    let rate = |v: &serde_json::Value| v["rate"].as_f64();
+    let (Some(p1), Some(p0)) = (rate(&f.facts["value"]), rate(&f.facts["baseline"])) else {
+        return f.notable;
+    };
+    let d = (p1 - p0).abs();
+    d >= 0.005 && d / p0.min(1.0 - p0).max(0.02) >= MIN_CHANGE
+}
+
+/// Days at the end of the week that must still show the change.
+const RECENT_DAYS: usize = 2;
+
+/// Whether the last [`RECENT_DAYS`] of the week still show the change the
+/// week does (the same direction, |z| ≥ 2 against the week's baseline
+/// rate): the week after an incident ended still holds its days, but its
+/// last days no longer move.
+fn still_going(key: &Key, window: &[(NaiveDate, &Stats)], f: &Finding) -> bool {
+    let p0 = f.facts["baseline"]["rate"].as_f64().unwrap_or(0.0);
+    let (mut k, mut n) = (0.0, 0.0);
+    for (_, st) in window.iter().rev().take(RECENT_DAYS) {
+        let c = st.cells.get(key).copied().unwrap_or_default();
+        k += c.k;
+        n += c.n;
+    }
+    if n <= 0.0 || p0 <= 0.0 || p0 >= 1.0 {
+        return false;
+    }
+    let z = (k / n - p0) / (p0 * (1.0 - p0) / n).sqrt();
+    z.abs() >= 2.0 && (z > 0.0) == (f.z > 0.0)
+}
+
+/// Weighted squared error of daily rates `(day, rate, weight)` around
+/// their weighted mean.
+fn flat_sse(days: &[(NaiveDate, f64, f64)]) -> f64 {
+    let w: f64 = days.iter().map(|d| d.2).sum();
+    if w <= 0.0 {
+        return 0.0;
+    }
+    let mean = days.iter().map(|d| d.1 * d.2).sum::<f64>() / w;
+    days.iter().map(|d| d.2 * (d.1 - mean).powi(2)).sum()
+}
+
+/// Weighted squared error of the best "flat, then a straight ramp from day
+/// `t` on" fit: rate = a + b·max(0, days since day `t`), by weighted
+/// least squares.
+fn ramp_sse(days: &[(NaiveDate, f64, f64)], t: usize) -> f64 {
+    let x = |i: usize| (days[i].0 - days[t].0).num_days().max(0) as f64;
+    let (mut sw, mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for (i, (_, y, w)) in days.iter().enumerate() {
+        sw += w;
+        sx += w * x(i);
+        sy += w * y;
+        sxx += w * x(i) * x(i);
+        sxy += w * x(i) * y;
+    }
+    let det = sw * sxx - sx * sx;
+    if sw <= 0.0 || det.abs() < 1e-12 {
+        return f64::INFINITY;
+    }
+    let b = (sw * sxy - sx * sy) / det;
+    let a = (sy - b * sx) / sw;
+    days.iter()
+        .enumerate()
+        .map(|(i, (_, y, w))| w * (y - a - b * x(i)).powi(2))
+        .sum()
+}
