@@ -1520,3 +1520,191 @@ async fn slots_missed_while_busy_collapse_into_one_local() {
     );
     assert_enriched_once(&b);
 }
+
+/// A server that cannot renew its lease in time abandons its run: with the
+/// job's lease folder unwritable in the middle of a run (replaced by a
+/// file), renewals fail, and once the lease has expired the run is given
+/// up — its held provider call dropped, nothing enriched. With the folder
+/// back, the same slot runs again as attempt 2 and succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_lease_cannot_be_renewed_is_abandoned_local() {
+    let b = lake_with_sessions().await;
+    let ai = GatedAi::start();
+    let (cron, slot) = slot_in(4);
+    let wal = tempfile::tempdir().expect("tmp");
+    let mut server = start_server(&b, wal.path(), &gated_env(&ai, &cron, "off", "serve-r"));
+    assert!(Utc::now() < slot, "the server started before the slot");
+    wait_for("the run to reach the provider", 30, || {
+        (ai.calls() >= 1 && !starts_of(&server, "enrich").is_empty()).then_some(())
+    })
+    .await;
+    let leases = std::path::Path::new(&b.uri).join("_leases");
+    let (dir, away) = (leases.join("enrich"), leases.join("enrich.away"));
+    std::fs::rename(&dir, &away).expect("move the lease folder away");
+    std::fs::write(&dir, b"not a folder").expect("a file in its place");
+    // Renewals may have landed before the folder went: the lease lasts
+    // until the latest expiry written.
+    let expiry = std::fs::read_dir(&away)
+        .expect("states")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| serde_json::from_slice::<Value>(&std::fs::read(e.path()).ok()?).ok())
+        .map(|s| ts(&s["expires_at"]))
+        .max()
+        .expect("a state");
+    wait_for("the run to be abandoned", 30, || {
+        log_lines(&server)
+            .iter()
+            .any(|l| l.contains("scheduler: run failed") && l.contains("run abandoned"))
+            .then_some(())
+    })
+    .await;
+    assert!(
+        Utc::now() >= expiry,
+        "abandoned before the lease expired at {expiry}"
+    );
+    assert!(
+        log_lines(&server)
+            .iter()
+            .any(|l| l.contains("could not renew the lease")),
+        "renewals failed first"
+    );
+    assert_eq!(
+        sql(&b, "SELECT count(*) AS n FROM interactions")[0]["n"],
+        json!(0),
+        "the abandoned run wrote nothing"
+    );
+    assert_eq!(
+        enrich_runs(&b),
+        [("serve-r".to_string(), "running".to_string(), 1)]
+    );
+
+    // The lake is back: the same slot's second attempt runs and succeeds.
+    ai.open();
+    std::fs::remove_file(&dir).expect("remove the file");
+    std::fs::rename(&away, &dir).expect("the lease folder back");
+    wait_for("the second attempt to succeed", 60, || {
+        enrich_runs(&b)
+            .iter()
+            .any(|r| r.1 == "succeeded")
+            .then_some(())
+    })
+    .await;
+    server.stop();
+    let slot_text = slot.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    assert_eq!(
+        starts_of(&server, "enrich"),
+        [(slot_text.clone(), 1), (slot_text, 2)]
+    );
+    assert_eq!(
+        enrich_runs(&b),
+        [
+            ("serve-r".to_string(), "running".to_string(), 1),
+            ("serve-r".to_string(), "succeeded".to_string(), 2)
+        ]
+    );
+    assert_enriched_once(&b);
+}
+
+/// A backfill that fails part-way stops at the failing step and names it,
+/// with the steps before it done and none after it run; running the same
+/// backfill again finishes it, and the tables hold each session,
+/// interaction and usage day once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_that_failed_part_way_is_finished_by_running_it_again() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    let org = b.crow_json(&["orgs", "create", "--name", "Resume Co"])["org_id"]
+        .as_str()
+        .expect("org")
+        .to_string();
+    let lake = b.lake().await;
+    let mut events = Vec::new();
+    for (i, day) in ["2026-02-02", "2026-02-03", "2026-02-04"]
+        .iter()
+        .enumerate()
+    {
+        events.extend(day_events(&format!("r{i}"), d(day), 3 + i));
+    }
+    land_web(
+        &lake,
+        &org,
+        &events,
+        Utc::now() - chrono::Duration::hours(3),
+    )
+    .await;
+    let args = [
+        "backfill",
+        "sessionize",
+        "--from",
+        "2026-02-02",
+        "--to",
+        "2026-02-05",
+        "--quiet",
+    ];
+
+    // Gemini without a key: enrich cannot start, after sessionize's three
+    // days are done.
+    let out = std::process::Command::new(crate::support::crow_bin())
+        .arg("--lake")
+        .arg(&b.uri)
+        .args(args)
+        .env_remove("CROW_CONFIG")
+        .env_remove("CROW_LAKE")
+        .env("CROW_AI_PROVIDER", "gemini")
+        .env("GEMINI_API_KEY", "")
+        .output()
+        .expect("run crow");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the backfill failed: {stderr}");
+    assert!(
+        stderr.contains("backfill stopped at enrich [2026-02-02T00:00:00Z, 2026-02-03T00:00:00Z)"),
+        "the error names the step: {stderr}"
+    );
+    assert!(stderr.contains("GEMINI_API_KEY"), "{stderr}");
+    assert_eq!(
+        backfill_runs(&b),
+        BTreeMap::from([("sessionize".to_string(), 3)]),
+        "sessionize done, nothing after enrich run"
+    );
+    let half = snapshot(&b);
+    assert_eq!(half.0.len(), 3 + 4 + 5, "{:?}", half.0);
+    assert!(half.1.is_empty() && half.2.is_empty(), "{half:?}");
+
+    // The same backfill again, the provider working: finished.
+    let steps = b.crow_json(&args);
+    assert_eq!(steps.as_array().expect("steps").len(), 8, "{steps}");
+    assert_eq!(
+        backfill_runs(&b),
+        BTreeMap::from([
+            ("billing".to_string(), 1),
+            ("enrich".to_string(), 3),
+            ("patterns".to_string(), 1),
+            ("sessionize".to_string(), 6)
+        ])
+    );
+    let done = snapshot(&b);
+    assert_eq!(done.0, half.0, "the sessions replaced, not doubled");
+    assert_eq!(done.1.len(), 12, "every session enriched once");
+    let enriched: BTreeSet<String> = done.1.iter().map(|r| r["session_id"].to_string()).collect();
+    assert_eq!(enriched.len(), 12);
+    let usage: Vec<(String, i64, i64, i64)> = done
+        .2
+        .iter()
+        .map(|r| {
+            (
+                r["d"].as_str().expect("d").to_string(),
+                int(&r["events"]),
+                int(&r["sessions"]),
+                int(&r["interactions"]),
+            )
+        })
+        .collect();
+    assert_eq!(
+        usage,
+        [
+            ("2026-02-02".to_string(), 9, 3, 3),
+            ("2026-02-03".to_string(), 12, 4, 4),
+            ("2026-02-04".to_string(), 15, 5, 5)
+        ]
+    );
+}
