@@ -19,6 +19,9 @@
 //! create-only writes of the lease's next state, so exactly one server runs
 //! each slot and no two run the same job at once. A server that loses its
 //! lease while running (it could not renew in time) abandons the run.
+//! The ledger rows of an abandoned attempt, and of one whose server died,
+//! are recorded `failed` by the server that gives it up or takes the
+//! expired lease over.
 //! Every run is in `job_runs` with trigger `schedule` and its attempt
 //! number. Scheduled runs are incremental: each job starts from its
 //! watermark.
@@ -189,6 +192,15 @@ impl Scheduler {
             tracing::debug!(job, %slot, "scheduler: another server took the lease first");
             return Ok(Outcome::Wait);
         }
+        if let Some(l) = cur.as_ref().filter(|l| l.state == "running") {
+            // The lease expired under a run (held() was false): its server
+            // died or gave the run up. Its ledger rows say so.
+            let error = format!(
+                "abandoned: the lease of {} expired during attempt {} (its server died or could not renew it)",
+                l.holder, l.attempt
+            );
+            self.fail_abandoned(l, &error).await;
+        }
         tracing::info!(job, slot = %slot.format("%Y-%m-%dT%H:%M:%SZ"), attempt, holder = %self.holder, "scheduler: run started");
         let started = std::time::Instant::now();
         let state = Arc::new(Mutex::new(state));
@@ -209,6 +221,12 @@ impl Scheduler {
         };
         let _ = stop_tx.send(true);
         let _ = renewer.await;
+        if *lost_rx.borrow() {
+            if let Err(e) = &result {
+                let mine = state.lock().await.clone();
+                self.fail_abandoned(&mine, &e.to_string()).await;
+            }
+        }
         let mut st = state.lock().await;
         let now = Utc::now();
         st.seq += 1;
@@ -252,6 +270,33 @@ impl Scheduler {
             }
         }
         Ok(outcome)
+    }
+
+    /// Record the runs of the attempt of `lease` that its end left
+    /// `running` as failed (best effort: a warning if the ledger cannot be
+    /// written).
+    async fn fail_abandoned(&self, lease: &LeaseState, error: &str) {
+        // holder is host/pid/random.
+        let host = lease.holder.rsplitn(3, '/').nth(2).unwrap_or_default();
+        match runs::fail_abandoned(
+            &self.lake,
+            &lease.job,
+            host,
+            lease.attempt,
+            lease.slot,
+            lease.expires_at,
+            error,
+        )
+        .await
+        {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!(job = %lease.job, holder = %lease.holder, attempt = lease.attempt, runs = n, "scheduler: recorded an abandoned run as failed")
+            }
+            Err(e) => {
+                tracing::warn!(job = %lease.job, error = %e, "scheduler: could not record an abandoned run")
+            }
+        }
     }
 
     /// Out of retries: tell the organizations' admins (the error itself

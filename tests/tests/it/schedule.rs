@@ -1261,6 +1261,19 @@ fn enrich_runs(b: &Backend) -> Vec<(String, String, i64)> {
     .collect()
 }
 
+/// The error of the scheduled enrich run of `attempt`.
+fn enrich_error(b: &Backend, attempt: i64) -> String {
+    sql(
+        b,
+        &format!(
+            "SELECT error FROM job_runs WHERE job = 'enrich' AND \"trigger\" = 'schedule' AND attempt = {attempt}"
+        ),
+    )[0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// Every state of a job's lease in a local lake, by sequence number.
 fn lease_states(b: &Backend, job: &str) -> Vec<Value> {
     let dir = std::path::Path::new(&b.uri).join("_leases").join(job);
@@ -1299,8 +1312,9 @@ fn assert_enriched_once(b: &Backend) {
 /// A server killed (SIGKILL) in the middle of a scheduled run leaves its
 /// lease to expire; a second server then takes the same slot over as
 /// attempt 2 — not before the lease expired — and the slot's job completes
-/// once: the ledger shows the dead server's attempt still `running` and the
-/// survivor's success, and every session has one interaction.
+/// once: the ledger shows the dead server's attempt `failed` (recorded by
+/// the survivor, "abandoned") and the survivor's success, and every session
+/// has one interaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_servers_lease_is_taken_over_after_it_expires_local() {
     let b = lake_with_sessions().await;
@@ -1375,10 +1389,15 @@ async fn a_dead_servers_lease_is_taken_over_after_it_expires_local() {
     assert_eq!(
         enrich_runs(&b),
         [
-            (dead_host.to_string(), "running".to_string(), 1),
+            (dead_host.to_string(), "failed".to_string(), 1),
             (survivor_host.to_string(), "succeeded".to_string(), 2)
         ],
-        "the dead server's attempt, then the survivor's"
+        "the dead server's attempt, recorded failed by the survivor, then the survivor's"
+    );
+    let error = enrich_error(&b, 1);
+    assert!(
+        error.starts_with(&format!("abandoned: the lease of {dead_host}/")),
+        "{error}"
     );
     assert_enriched_once(&b);
     let last = lease_states(&b, "enrich").pop().expect("a state");
@@ -1524,7 +1543,8 @@ async fn slots_missed_while_busy_collapse_into_one_local() {
 /// A server that cannot renew its lease in time abandons its run: with the
 /// job's lease folder unwritable in the middle of a run (replaced by a
 /// file), renewals fail, and once the lease has expired the run is given
-/// up — its held provider call dropped, nothing enriched. With the folder
+/// up — its held provider call dropped, nothing enriched, the run recorded
+/// `failed`. With the folder
 /// back, the same slot runs again as attempt 2 and succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_whose_lease_cannot_be_renewed_is_abandoned_local() {
@@ -1575,8 +1595,11 @@ async fn a_run_whose_lease_cannot_be_renewed_is_abandoned_local() {
     );
     assert_eq!(
         enrich_runs(&b),
-        [("serve-r".to_string(), "running".to_string(), 1)]
+        [("serve-r".to_string(), "failed".to_string(), 1)],
+        "the abandoned run is recorded failed"
     );
+    let error = enrich_error(&b, 1);
+    assert!(error.contains("run abandoned"), "{error}");
 
     // The lake is back: the same slot's second attempt runs and succeeds.
     ai.open();
@@ -1598,7 +1621,7 @@ async fn a_run_whose_lease_cannot_be_renewed_is_abandoned_local() {
     assert_eq!(
         enrich_runs(&b),
         [
-            ("serve-r".to_string(), "running".to_string(), 1),
+            ("serve-r".to_string(), "failed".to_string(), 1),
             ("serve-r".to_string(), "succeeded".to_string(), 2)
         ]
     );
