@@ -1319,7 +1319,7 @@ fn assert_enriched_once(b: &Backend) {
 async fn a_dead_servers_lease_is_taken_over_after_it_expires_local() {
     let b = lake_with_sessions().await;
     let ai = GatedAi::start();
-    let (cron, slot) = slot_in(6);
+    let (cron, slot) = slot_in(8);
     let wal_a = tempfile::tempdir().expect("tmp");
     let wal_b = tempfile::tempdir().expect("tmp");
     let mut servers = vec![
@@ -1483,7 +1483,7 @@ async fn sigterm_lets_the_running_job_finish_and_starts_no_other_local() {
 }
 
 /// Slots that pass while a run is busy collapse into one: with enrich
-/// every 2 s and a run held for more than three slots, the next run is for
+/// every 2 s and a run held for more than four slots, the next run is for
 /// the latest slot, and none of the slots in between ever starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slots_missed_while_busy_collapse_into_one_local() {
@@ -1504,7 +1504,7 @@ async fn slots_missed_while_busy_collapse_into_one_local() {
     let first_slot = ts(&json!(first.0));
     // Hold the run until three more slots have passed.
     wait_for("three slots to pass", 30, || {
-        (Utc::now() >= first_slot + chrono::Duration::milliseconds(7_500)).then_some(())
+        (Utc::now() >= first_slot + chrono::Duration::milliseconds(8_500)).then_some(())
     })
     .await;
     let opened = Utc::now();
@@ -1523,10 +1523,16 @@ async fn slots_missed_while_busy_collapse_into_one_local() {
         slots[1] > opened - chrono::Duration::seconds(2),
         "the next run is the latest slot: {starts:?} (gate opened {opened})"
     );
-    for missed in 1..=3 {
-        let m = first_slot + chrono::Duration::seconds(2 * missed);
+    // Slots that passed at least 2 s before the run ended (at least three:
+    // +2 s, +4 s, +6 s) never start.
+    let mut missed = 0;
+    let mut m = first_slot + chrono::Duration::seconds(2);
+    while m < opened - chrono::Duration::seconds(2) {
         assert!(!slots.contains(&m), "the missed slot {m} ran: {starts:?}");
+        missed += 1;
+        m += chrono::Duration::seconds(2);
     }
+    assert!(missed >= 3, "{missed} slots missed");
     assert!(starts.iter().all(|s| s.1 == 1), "{starts:?}");
     assert_eq!(
         enrich_runs(&b)
