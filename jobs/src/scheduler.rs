@@ -5,7 +5,8 @@
 //! scheduler looks at the jobs in chain order — social, sessionize, enrich,
 //! patterns, billing, optimize, checkpoint — and runs those with a due
 //! *slot* (the latest cron time not yet handled; missed slots collapse into
-//! one). To run a slot it takes the job's [`lease`](crate::lease) in the
+//! one, also those missed while the server was down: at start-up a job
+//! whose lease shows an earlier slot runs its latest slot at once). To run a slot it takes the job's [`lease`](crate::lease) in the
 //! lake:
 //! - a lease held by another server (running, not expired) means wait;
 //! - a lease whose state is for a later slot, or for this slot and
@@ -108,6 +109,23 @@ impl Scheduler {
             .map(|(j, c)| (*j, c.next_after(start)))
             .collect();
         let mut pending: HashMap<&'static str, DateTime<Utc>> = HashMap::new();
+        // Slots missed while no server ran the scheduler collapse into one
+        // too: a job that ran on this lake before runs its latest slot
+        // since then at once. (A job never run waits for its first slot.)
+        for (job, cron) in &self.jobs {
+            match self.leases.current(job).await {
+                Ok(Some(l)) => {
+                    if let Some(slot) = latest_slot(cron, l.slot, start) {
+                        tracing::info!(job, last = %l.slot, slot = %slot, "scheduler: slots missed while down, running the latest");
+                        pending.insert(job, slot);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(job, error = %e, "scheduler: could not read the lease; waiting for the next slot")
+                }
+            }
+        }
         let tick = StdDuration::from_secs(self.cfg.schedule.tick_seconds.max(1));
         loop {
             for (job, cron) in &self.jobs {
@@ -409,6 +427,26 @@ impl Scheduler {
     }
 }
 
+/// The latest slot of `cron` in `(after, t]`, looking back from `t` in
+/// widening windows (an hour, a day, 35 days, a year) so that a frequent
+/// schedule does not walk every slot since `after`.
+fn latest_slot(cron: &Cron, after: DateTime<Utc>, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    for back in [
+        Duration::hours(1),
+        Duration::days(1),
+        Duration::days(35),
+        Duration::days(366),
+    ] {
+        if let Some(slot) = cron.last_in(after.max(t - back), t) {
+            return Some(slot);
+        }
+        if after >= t - back {
+            return None;
+        }
+    }
+    None
+}
+
 fn summary(report: &serde_json::Value) -> String {
     report
         .as_object()
@@ -513,4 +551,30 @@ pub async fn status(lake: &Lake, cfg: &Config, now: DateTime<Utc>) -> Result<Vec
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn latest_slot_looks_back_from_t() {
+        let t = Utc.with_ymd_and_hms(2026, 3, 10, 12, 0, 5).unwrap();
+        let every2 = Cron::parse("*/2 * * * * *").unwrap();
+        // Down for two days: the latest slot, found without walking them all.
+        assert_eq!(
+            latest_slot(&every2, t - Duration::days(2), t),
+            Some(Utc.with_ymd_and_hms(2026, 3, 10, 12, 0, 4).unwrap())
+        );
+        // The last slot run is the latest: nothing missed.
+        assert_eq!(latest_slot(&every2, t - Duration::seconds(1), t), None);
+        // Weekly (Sundays 04:00), last run eight days ago: the Sunday since.
+        let weekly = Cron::parse("0 4 * * 0").unwrap();
+        assert_eq!(
+            latest_slot(&weekly, t - Duration::days(8), t),
+            Some(Utc.with_ymd_and_hms(2026, 3, 8, 4, 0, 0).unwrap())
+        );
+        assert_eq!(latest_slot(&weekly, t - Duration::days(2), t), None);
+    }
 }

@@ -1737,3 +1737,67 @@ async fn a_backfill_that_failed_part_way_is_finished_by_running_it_again() {
         ]
     );
 }
+
+/// Slots missed while no server ran collapse into one as well: a server
+/// started after enrich's schedule passed several slots since the job's last
+/// run runs the latest of them right away — one run, for a slot before it
+/// started — and none of the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_missed_while_down_collapse_into_one_run_at_start_local() {
+    let b = lake_with_sessions().await;
+    let ai = GatedAi::start();
+    ai.open();
+    let env = gated_env(&ai, "*/2 * * * * *", "off", "serve-d");
+    let wal_1 = tempfile::tempdir().expect("tmp");
+    let mut first = start_server(&b, wal_1.path(), &env);
+    wait_for("a first scheduled run to succeed", 30, || {
+        enrich_runs(&b)
+            .iter()
+            .any(|r| r.1 == "succeeded")
+            .then_some(())
+    })
+    .await;
+    first.stop();
+    let last = lease_states(&b, "enrich").pop().expect("a state");
+    assert_eq!(last["state"], "succeeded", "{last}");
+    let last_slot = ts(&last["slot"]);
+    // Down across three slots.
+    wait_for("three slots to pass", 30, || {
+        (Utc::now() >= last_slot + chrono::Duration::milliseconds(7_500)).then_some(())
+    })
+    .await;
+    let wal_2 = tempfile::tempdir().expect("tmp");
+    let mut second = start_server(&b, wal_2.path(), &env);
+    let starts = wait_for("a run on start-up", 30, || {
+        let s = starts_of(&second, "enrich");
+        (!s.is_empty()).then_some(s)
+    })
+    .await;
+    second.stop();
+    let logs = log_lines(&second);
+    let up = logs
+        .iter()
+        .find(|l| l.contains("scheduler started"))
+        .and_then(|l| l.split_whitespace().next())
+        .map(|t| ts(&json!(t)))
+        .expect("the scheduler's start time");
+    let first_slot = ts(&json!(starts[0].0));
+    assert!(
+        first_slot <= up && first_slot > up - chrono::Duration::seconds(2),
+        "the first run is for the latest slot before start-up ({up}): {starts:?}"
+    );
+    assert!(
+        first_slot >= last_slot + chrono::Duration::seconds(6),
+        "three slots were missed (+2 s, +4 s, +6 s): last {last_slot}, {starts:?}"
+    );
+    assert_eq!(
+        starts.iter().filter(|s| ts(&json!(s.0)) <= up).count(),
+        1,
+        "one run for the missed slots: {starts:?}"
+    );
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("slots missed while down, running the latest")),
+        "{logs:#?}"
+    );
+}
