@@ -2,7 +2,12 @@
 //! SQL counts over the underlying tables, billing and backfills are
 //! idempotent, two `crow serve` processes on one lake run each job slot
 //! once and never the same job at the same time, failed runs are retried
-//! with backoff.
+//! with backoff; a dead server's lease is taken over once it expired, a run
+//! whose lease cannot be renewed is abandoned, SIGTERM lets the run in
+//! progress finish, slots missed while busy or down collapse into one, and a
+//! backfill that failed part-way is finished by running it again. The lease
+//! tests hold a scheduled enrich run open with a provider that answers only
+//! when the test says so.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
