@@ -148,6 +148,47 @@ impl Run {
     }
 }
 
+/// Record as `failed`, with `error`, the runs of `job` that a scheduled
+/// attempt left `running` when its lease ended without it: rows of trigger
+/// `schedule` and attempt `attempt` started on `host` between `since` (the
+/// attempt's slot) and `until` (when its lease expired: no other server can
+/// have started a run before). Its server died, or gave the run up when it could not
+/// renew the lease; the lease guarantees no such run is still under way.
+/// Returns how many rows changed.
+pub async fn fail_abandoned(
+    lake: &Lake,
+    job: &str,
+    host: &str,
+    attempt: i32,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    error: &str,
+) -> Result<usize> {
+    let cond = format!(
+        "job = {} AND status = 'running' AND \"trigger\" = 'schedule' AND host = {} AND attempt = {attempt} AND started_at >= {} AND started_at <= {}",
+        str_lit(job),
+        str_lit(host),
+        crate::ts_lit(since),
+        crate::ts_lit(until)
+    );
+    let now = Utc::now();
+    let records: Vec<RunRecord> = query(lake, &cond, 10_000)
+        .await?
+        .into_iter()
+        .map(|mut r| {
+            r.status = "failed".into();
+            r.finished_at = Some(now);
+            r.error = Some(error.chars().take(4000).collect());
+            r
+        })
+        .collect();
+    if !records.is_empty() {
+        let batch = rows_to_batch(&JOB_RUNS, &records)?;
+        lake.merge(JOB_RUNS.name, vec![batch], &["run_id"]).await?;
+    }
+    Ok(records.len())
+}
+
 /// Runs matching a SQL condition over `job_runs`, newest first.
 pub async fn query(lake: &Lake, condition: &str, limit: usize) -> Result<Vec<RunRecord>> {
     let sql =

@@ -5,7 +5,8 @@
 //! scheduler looks at the jobs in chain order — social, sessionize, enrich,
 //! patterns, billing, optimize, checkpoint — and runs those with a due
 //! *slot* (the latest cron time not yet handled; missed slots collapse into
-//! one). To run a slot it takes the job's [`lease`](crate::lease) in the
+//! one, also those missed while the server was down: at start-up a job
+//! whose lease shows an earlier slot runs its latest slot at once). To run a slot it takes the job's [`lease`](crate::lease) in the
 //! lake:
 //! - a lease held by another server (running, not expired) means wait;
 //! - a lease whose state is for a later slot, or for this slot and
@@ -19,6 +20,9 @@
 //! create-only writes of the lease's next state, so exactly one server runs
 //! each slot and no two run the same job at once. A server that loses its
 //! lease while running (it could not renew in time) abandons the run.
+//! The ledger rows of an abandoned attempt, and of one whose server died,
+//! are recorded `failed` by the server that gives it up or takes the
+//! expired lease over.
 //! Every run is in `job_runs` with trigger `schedule` and its attempt
 //! number. Scheduled runs are incremental: each job starts from its
 //! watermark.
@@ -105,6 +109,23 @@ impl Scheduler {
             .map(|(j, c)| (*j, c.next_after(start)))
             .collect();
         let mut pending: HashMap<&'static str, DateTime<Utc>> = HashMap::new();
+        // Slots missed while no server ran the scheduler collapse into one
+        // too: a job that ran on this lake before runs its latest slot
+        // since then at once. (A job never run waits for its first slot.)
+        for (job, cron) in &self.jobs {
+            match self.leases.current(job).await {
+                Ok(Some(l)) => {
+                    if let Some(slot) = latest_slot(cron, l.slot, start) {
+                        tracing::info!(job, last = %l.slot, slot = %slot, "scheduler: slots missed while down, running the latest");
+                        pending.insert(job, slot);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(job, error = %e, "scheduler: could not read the lease; waiting for the next slot")
+                }
+            }
+        }
         let tick = StdDuration::from_secs(self.cfg.schedule.tick_seconds.max(1));
         loop {
             for (job, cron) in &self.jobs {
@@ -189,6 +210,15 @@ impl Scheduler {
             tracing::debug!(job, %slot, "scheduler: another server took the lease first");
             return Ok(Outcome::Wait);
         }
+        if let Some(l) = cur.as_ref().filter(|l| l.state == "running") {
+            // The lease expired under a run (held() was false): its server
+            // died or gave the run up. Its ledger rows say so.
+            let error = format!(
+                "abandoned: the lease of {} expired during attempt {} (its server died or could not renew it)",
+                l.holder, l.attempt
+            );
+            self.fail_abandoned(l, &error).await;
+        }
         tracing::info!(job, slot = %slot.format("%Y-%m-%dT%H:%M:%SZ"), attempt, holder = %self.holder, "scheduler: run started");
         let started = std::time::Instant::now();
         let state = Arc::new(Mutex::new(state));
@@ -209,6 +239,12 @@ impl Scheduler {
         };
         let _ = stop_tx.send(true);
         let _ = renewer.await;
+        if *lost_rx.borrow() {
+            if let Err(e) = &result {
+                let mine = state.lock().await.clone();
+                self.fail_abandoned(&mine, &e.to_string()).await;
+            }
+        }
         let mut st = state.lock().await;
         let now = Utc::now();
         st.seq += 1;
@@ -252,6 +288,33 @@ impl Scheduler {
             }
         }
         Ok(outcome)
+    }
+
+    /// Record the runs of the attempt of `lease` that its end left
+    /// `running` as failed (best effort: a warning if the ledger cannot be
+    /// written).
+    async fn fail_abandoned(&self, lease: &LeaseState, error: &str) {
+        // holder is host/pid/random.
+        let host = lease.holder.rsplitn(3, '/').nth(2).unwrap_or_default();
+        match runs::fail_abandoned(
+            &self.lake,
+            &lease.job,
+            host,
+            lease.attempt,
+            lease.slot,
+            lease.expires_at,
+            error,
+        )
+        .await
+        {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!(job = %lease.job, holder = %lease.holder, attempt = lease.attempt, runs = n, "scheduler: recorded an abandoned run as failed")
+            }
+            Err(e) => {
+                tracing::warn!(job = %lease.job, error = %e, "scheduler: could not record an abandoned run")
+            }
+        }
     }
 
     /// Out of retries: tell the organizations' admins (the error itself
@@ -364,6 +427,26 @@ impl Scheduler {
     }
 }
 
+/// The latest slot of `cron` in `(after, t]`, looking back from `t` in
+/// widening windows (an hour, a day, 35 days, a year) so that a frequent
+/// schedule does not walk every slot since `after`.
+fn latest_slot(cron: &Cron, after: DateTime<Utc>, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    for back in [
+        Duration::hours(1),
+        Duration::days(1),
+        Duration::days(35),
+        Duration::days(366),
+    ] {
+        if let Some(slot) = cron.last_in(after.max(t - back), t) {
+            return Some(slot);
+        }
+        if after >= t - back {
+            return None;
+        }
+    }
+    None
+}
+
 fn summary(report: &serde_json::Value) -> String {
     report
         .as_object()
@@ -468,4 +551,30 @@ pub async fn status(lake: &Lake, cfg: &Config, now: DateTime<Utc>) -> Result<Vec
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn latest_slot_looks_back_from_t() {
+        let t = Utc.with_ymd_and_hms(2026, 3, 10, 12, 0, 5).unwrap();
+        let every2 = Cron::parse("*/2 * * * * *").unwrap();
+        // Down for two days: the latest slot, found without walking them all.
+        assert_eq!(
+            latest_slot(&every2, t - Duration::days(2), t),
+            Some(Utc.with_ymd_and_hms(2026, 3, 10, 12, 0, 4).unwrap())
+        );
+        // The last slot run is the latest: nothing missed.
+        assert_eq!(latest_slot(&every2, t - Duration::seconds(1), t), None);
+        // Weekly (Sundays 04:00), last run eight days ago: the Sunday since.
+        let weekly = Cron::parse("0 4 * * 0").unwrap();
+        assert_eq!(
+            latest_slot(&weekly, t - Duration::days(8), t),
+            Some(Utc.with_ymd_and_hms(2026, 3, 8, 4, 0, 0).unwrap())
+        );
+        assert_eq!(latest_slot(&weekly, t - Duration::days(2), t), None);
+    }
 }

@@ -2,7 +2,12 @@
 //! SQL counts over the underlying tables, billing and backfills are
 //! idempotent, two `crow serve` processes on one lake run each job slot
 //! once and never the same job at the same time, failed runs are retried
-//! with backoff.
+//! with backoff; a dead server's lease is taken over once it expired, a run
+//! whose lease cannot be renewed is abandoned, SIGTERM lets the run in
+//! progress finish, slots missed while busy or down collapse into one, and a
+//! backfill that failed part-way is finished by running it again. The lease
+//! tests hold a scheduled enrich run open with a provider that answers only
+//! when the test says so.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -1054,4 +1059,750 @@ async fn only_api_runs_no_scheduler_and_only_ingest_serves_no_api() {
         logs(&ingest)
     );
     assert!(runs.iter().all(|r| r.host == "ingest-only"), "{runs:#?}");
+}
+
+/// An enrichment answer every session accepts.
+const ANSWER: &str = r#"{"description":"Viewed a product and left.","intent":"browse","sentiment":"neutral","outcome":"browsed","product_ids":[],"confidence":0.6}"#;
+
+/// A Gemini-speaking AI provider that holds every request until
+/// [`GatedAi::open`]: a scheduled enrich run lasts exactly as long as the
+/// test wants, and a request arriving shows the run is under way. It runs
+/// on its own thread and runtime so that blocking test code cannot stall
+/// it.
+struct GatedAi {
+    base: String,
+    gate: tokio::sync::watch::Sender<bool>,
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl GatedAi {
+    fn start() -> GatedAi {
+        use std::sync::atomic::Ordering;
+        let (gate, rx) = tokio::sync::watch::channel(false);
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        let (tx, addr) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                tx.send(listener.local_addr().expect("addr")).expect("send");
+                let app = axum::Router::new().fallback(move || {
+                    let mut rx = rx.clone();
+                    let counted = counted.clone();
+                    async move {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        // Until the gate opens (or the test is over).
+                        let _ = rx.wait_for(|open| *open).await;
+                        (
+                            [("content-type", "application/json")],
+                            crate::jobs::gemini_ok(ANSWER),
+                        )
+                    }
+                });
+                let _ = axum::serve(listener, app).await;
+            });
+        });
+        let addr = addr
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the AI provider listens");
+        GatedAi {
+            base: format!("http://{addr}"),
+            gate,
+            calls,
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Answer the held request and every later one at once.
+    fn open(&self) {
+        self.gate.send_replace(true);
+    }
+}
+
+/// A local lake with yesterday's sessions of three visitors, not enriched
+/// yet: a scheduled enrich has three provider calls to make.
+async fn lake_with_sessions() -> Backend {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    let org = b.crow_json(&["orgs", "create", "--name", "Lease Co"])["org_id"]
+        .as_str()
+        .expect("org")
+        .to_string();
+    let lake = b.lake().await;
+    let yesterday = Utc::now().date_naive() - chrono::Days::new(1);
+    land_web(
+        &lake,
+        &org,
+        &day_events("lease", yesterday, 3),
+        Utc::now() - chrono::Duration::hours(3),
+    )
+    .await;
+    b.crow_json(&["jobs", "run", "sessionize", "--quiet"]);
+    assert_eq!(
+        sql(&b, "SELECT count(*) AS n FROM sessions")[0]["n"],
+        json!(3)
+    );
+    b
+}
+
+/// A cron expression (with seconds) whose only slot of the day is `secs`
+/// from now, and that slot.
+fn slot_in(secs: i64) -> (String, DateTime<Utc>) {
+    use chrono::{SubsecRound, Timelike};
+    let t = (Utc::now() + chrono::Duration::seconds(secs)).trunc_subsecs(0);
+    (
+        format!("{} {} {} * * *", t.second(), t.minute(), t.hour()),
+        t,
+    )
+}
+
+/// `crow serve` settings: the scheduler on with a 6 s lease and 1 s ticks,
+/// enrich and billing on the given schedules through the gated provider
+/// (one call at a time), every other job off.
+fn gated_env(ai: &GatedAi, enrich: &str, billing: &str, host: &str) -> Vec<(String, String)> {
+    [
+        ("CROW_SCHEDULE_ENABLED", "true"),
+        ("CROW_SCHEDULE_TICK_SECONDS", "1"),
+        ("CROW_SCHEDULE_LEASE_SECONDS", "6"),
+        ("CROW_SCHEDULE_SOCIAL", "off"),
+        ("CROW_SCHEDULE_SESSIONIZE", "off"),
+        ("CROW_SCHEDULE_ENRICH", enrich),
+        ("CROW_SCHEDULE_PATTERNS", "off"),
+        ("CROW_SCHEDULE_BILLING", billing),
+        ("CROW_SCHEDULE_OPTIMIZE", "off"),
+        ("CROW_SCHEDULE_CHECKPOINT", "off"),
+        ("CROW_SCHEDULE_VACUUM", "off"),
+        ("CROW_AI_PROVIDER", "gemini"),
+        ("CROW_AI_MODEL", "gemini-test"),
+        ("CROW_AI_BASE_URL", ai.base.as_str()),
+        ("GEMINI_API_KEY", "test-key"),
+        ("CROW_AI_CONCURRENCY", "1"),
+        ("HOSTNAME", host),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+fn start_server(b: &Backend, wal: &std::path::Path, env: &[(String, String)]) -> Server {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Server::start(b, wal, &env)
+}
+
+/// A server's log lines without colours.
+fn log_lines(s: &Server) -> Vec<String> {
+    s.logs
+        .lock()
+        .expect("logs")
+        .iter()
+        .map(|l| strip_ansi(l))
+        .collect()
+}
+
+/// `name=value` of a log line.
+fn log_field(line: &str, name: &str) -> Option<String> {
+    line.split(&format!(" {name}="))
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .map(|s| s.trim_matches('"').to_string())
+}
+
+/// `(slot, attempt)` of every scheduled start of `job` in a server's log.
+fn starts_of(s: &Server, job: &str) -> Vec<(String, i64)> {
+    log_lines(s)
+        .iter()
+        .filter(|l| l.contains("scheduler: run started"))
+        .filter(|l| log_field(l, "job").as_deref() == Some(job))
+        .map(|l| {
+            (
+                log_field(l, "slot").expect("slot"),
+                log_field(l, "attempt")
+                    .and_then(|a| a.parse().ok())
+                    .expect("attempt"),
+            )
+        })
+        .collect()
+}
+
+/// Poll `f` every 200 ms until it gives a value, for at most `secs`.
+async fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "waited {secs} s for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Scheduled enrich runs: `(host, status, attempt)`, oldest first.
+fn enrich_runs(b: &Backend) -> Vec<(String, String, i64)> {
+    sql(
+        b,
+        "SELECT host, status, attempt FROM job_runs \
+         WHERE job = 'enrich' AND \"trigger\" = 'schedule' ORDER BY started_at",
+    )
+    .iter()
+    .map(|r| {
+        (
+            r["host"].as_str().unwrap_or_default().to_string(),
+            r["status"].as_str().expect("status").to_string(),
+            int(&r["attempt"]),
+        )
+    })
+    .collect()
+}
+
+/// The error of the scheduled enrich run of `attempt`.
+fn enrich_error(b: &Backend, attempt: i64) -> String {
+    sql(
+        b,
+        &format!(
+            "SELECT error FROM job_runs WHERE job = 'enrich' AND \"trigger\" = 'schedule' AND attempt = {attempt}"
+        ),
+    )[0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Every state of a job's lease in a local lake, by sequence number.
+fn lease_states(b: &Backend, job: &str) -> Vec<Value> {
+    let dir = std::path::Path::new(&b.uri).join("_leases").join(job);
+    let mut states: Vec<Value> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .map(|e| {
+            serde_json::from_slice(&std::fs::read(e.path()).expect("read")).expect("lease json")
+        })
+        .collect();
+    states.sort_by_key(|s| s["seq"].as_u64());
+    states
+}
+
+fn ts(v: &Value) -> DateTime<Utc> {
+    v.as_str()
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_else(|| panic!("not a time: {v}"))
+}
+
+/// Each session enriched exactly once.
+fn assert_enriched_once(b: &Backend) {
+    let r = &sql(
+        b,
+        "SELECT count(*) AS n, count(DISTINCT session_id) AS s FROM interactions",
+    )[0];
+    assert_eq!(
+        (int(&r["n"]), int(&r["s"])),
+        (3, 3),
+        "one interaction per session"
+    );
+}
+
+/// A server killed (SIGKILL) in the middle of a scheduled run leaves its
+/// lease to expire; a second server then takes the same slot over as
+/// attempt 2 — not before the lease expired — and the slot's job completes
+/// once: the ledger shows the dead server's attempt `failed` (recorded by
+/// the survivor, "abandoned") and the survivor's success, and every session
+/// has one interaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_servers_lease_is_taken_over_after_it_expires_local() {
+    let b = lake_with_sessions().await;
+    let ai = GatedAi::start();
+    let (cron, slot) = slot_in(8);
+    let wal_a = tempfile::tempdir().expect("tmp");
+    let wal_b = tempfile::tempdir().expect("tmp");
+    let mut servers = vec![
+        start_server(&b, wal_a.path(), &gated_env(&ai, &cron, "off", "serve-a")),
+        start_server(&b, wal_b.path(), &gated_env(&ai, &cron, "off", "serve-b")),
+    ];
+    assert!(Utc::now() < slot, "both servers started before the slot");
+    let slot_text = slot.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    // Whichever server won the slot is in the middle of its run: its first
+    // provider call is held.
+    let holder = wait_for("a server to start the slot's run", 30, || {
+        (ai.calls() >= 1)
+            .then(|| {
+                servers
+                    .iter()
+                    .position(|s| !starts_of(s, "enrich").is_empty())
+            })
+            .flatten()
+    })
+    .await;
+    assert_eq!(
+        starts_of(&servers[holder], "enrich"),
+        [(slot_text.clone(), 1)]
+    );
+    let mut dead = servers.remove(holder);
+    let survivor = servers.remove(0);
+    let (dead_host, survivor_host) = if holder == 0 {
+        ("serve-a", "serve-b")
+    } else {
+        ("serve-b", "serve-a")
+    };
+    dead.kill9();
+    // The survivor retries the same slot as attempt 2 once the lease
+    // expired.
+    wait_for("the survivor to take the lease over", 30, || {
+        (!starts_of(&survivor, "enrich").is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(starts_of(&survivor, "enrich"), [(slot_text.clone(), 2)]);
+    let states = lease_states(&b, "enrich");
+    let holder_of = |s: &Value| s["holder"].as_str().expect("holder").to_string();
+    let dead_expiry = states
+        .iter()
+        .filter(|s| holder_of(s).starts_with(dead_host))
+        .map(|s| ts(&s["expires_at"]))
+        .max()
+        .expect("the dead server's states");
+    let taken = states
+        .iter()
+        .find(|s| holder_of(s).starts_with(survivor_host))
+        .expect("the survivor's state");
+    assert!(
+        ts(&taken["written_at"]) >= dead_expiry,
+        "taken over before the lease expired: {states:#?}"
+    );
+    assert_eq!(taken["attempt"], 2, "{taken}");
+    ai.open();
+    wait_for("the survivor's run to succeed", 60, || {
+        enrich_runs(&b)
+            .iter()
+            .any(|r| r.1 == "succeeded")
+            .then_some(())
+    })
+    .await;
+    let mut survivor = survivor;
+    survivor.stop();
+    assert_eq!(
+        enrich_runs(&b),
+        [
+            (dead_host.to_string(), "failed".to_string(), 1),
+            (survivor_host.to_string(), "succeeded".to_string(), 2)
+        ],
+        "the dead server's attempt, recorded failed by the survivor, then the survivor's"
+    );
+    let error = enrich_error(&b, 1);
+    assert!(
+        error.starts_with(&format!("abandoned: the lease of {dead_host}/")),
+        "{error}"
+    );
+    assert_enriched_once(&b);
+    let last = lease_states(&b, "enrich").pop().expect("a state");
+    assert_eq!(
+        (last["state"].as_str(), last["attempt"].as_i64()),
+        (Some("succeeded"), Some(2)),
+        "{last}"
+    );
+    assert!(holder_of(&last).starts_with(survivor_host), "{last}");
+    assert_eq!(ts(&last["slot"]), slot);
+}
+
+/// SIGTERM while a scheduled run is under way: the process stays up until
+/// the run has finished and recorded its success, then exits cleanly; a job
+/// due at the same slot behind it (billing) is not started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_running_job_finish_and_starts_no_other_local() {
+    let b = lake_with_sessions().await;
+    let ai = GatedAi::start();
+    let (cron, slot) = slot_in(4);
+    let wal = tempfile::tempdir().expect("tmp");
+    let mut server = start_server(&b, wal.path(), &gated_env(&ai, &cron, &cron, "serve-t"));
+    assert!(Utc::now() < slot, "the server started before the slot");
+    wait_for("the run to reach the provider", 30, || {
+        (ai.calls() >= 1 && !starts_of(&server, "enrich").is_empty()).then_some(())
+    })
+    .await;
+    let status = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(server.child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    wait_for("the server to begin shutting down", 30, || {
+        log_lines(&server)
+            .iter()
+            .any(|l| l.contains("shutting down: stopping the scheduler"))
+            .then_some(())
+    })
+    .await;
+    assert!(
+        server.child.try_wait().expect("try_wait").is_none(),
+        "crow serve exited with a run in progress"
+    );
+    assert!(enrich_runs(&b).iter().all(|r| r.1 == "running"));
+    ai.open();
+    let exit = wait_for("crow serve to exit", 60, || {
+        server.child.try_wait().expect("try_wait")
+    })
+    .await;
+    assert!(exit.success(), "{exit:?}");
+    assert_eq!(
+        enrich_runs(&b),
+        [("serve-t".to_string(), "succeeded".to_string(), 1)]
+    );
+    assert_enriched_once(&b);
+    let logs = log_lines(&server);
+    let at = |needle: &str| {
+        logs.iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in {logs:#?}"))
+    };
+    assert!(at("scheduler: run succeeded") < at("scheduler stopped"));
+    assert_eq!(
+        starts_of(&server, "billing"),
+        [],
+        "billing was due at the same slot but the server was stopping"
+    );
+    assert!(
+        scheduled_runs(&b).iter().all(|r| r.job == "enrich"),
+        "{:?}",
+        scheduled_runs(&b)
+    );
+    let last = lease_states(&b, "enrich").pop().expect("a state");
+    assert_eq!(last["state"], "succeeded", "{last}");
+    assert!(
+        std::path::Path::new(&b.uri)
+            .join("_leases/billing")
+            .read_dir()
+            .map_or(true, |mut d| d.next().is_none()),
+        "billing's lease was never taken"
+    );
+}
+
+/// Slots that pass while a run is busy collapse into one: with enrich
+/// every 2 s and a run held for more than four slots, the next run is for
+/// the latest slot, and none of the slots in between ever starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_missed_while_busy_collapse_into_one_local() {
+    let b = lake_with_sessions().await;
+    let ai = GatedAi::start();
+    let wal = tempfile::tempdir().expect("tmp");
+    let mut server = start_server(
+        &b,
+        wal.path(),
+        &gated_env(&ai, "*/2 * * * * *", "off", "serve-c"),
+    );
+    let first = wait_for("the first run to reach the provider", 30, || {
+        (ai.calls() >= 1)
+            .then(|| starts_of(&server, "enrich").first().cloned())
+            .flatten()
+    })
+    .await;
+    let first_slot = ts(&json!(first.0));
+    // Hold the run until three more slots have passed.
+    wait_for("three slots to pass", 30, || {
+        (Utc::now() >= first_slot + chrono::Duration::milliseconds(8_500)).then_some(())
+    })
+    .await;
+    let opened = Utc::now();
+    ai.open();
+    let starts = wait_for("two more runs", 30, || {
+        let s = starts_of(&server, "enrich");
+        (s.len() >= 3).then_some(s)
+    })
+    .await;
+    server.stop();
+    let slots: Vec<DateTime<Utc>> = starts.iter().map(|s| ts(&json!(s.0))).collect();
+    assert_eq!(slots[0], first_slot);
+    // The run after the busy one is for the latest slot by its end, not for
+    // the first one it missed.
+    assert!(
+        slots[1] > opened - chrono::Duration::seconds(2),
+        "the next run is the latest slot: {starts:?} (gate opened {opened})"
+    );
+    // Slots that passed at least 2 s before the run ended (at least three:
+    // +2 s, +4 s, +6 s) never start.
+    let mut missed = 0;
+    let mut m = first_slot + chrono::Duration::seconds(2);
+    while m < opened - chrono::Duration::seconds(2) {
+        assert!(!slots.contains(&m), "the missed slot {m} ran: {starts:?}");
+        missed += 1;
+        m += chrono::Duration::seconds(2);
+    }
+    assert!(missed >= 3, "{missed} slots missed");
+    assert!(starts.iter().all(|s| s.1 == 1), "{starts:?}");
+    assert_eq!(
+        enrich_runs(&b)
+            .iter()
+            .filter(|r| r.1 == "succeeded")
+            .count(),
+        1,
+        "the later runs found nothing to do: {:?}",
+        enrich_runs(&b)
+    );
+    assert_enriched_once(&b);
+}
+
+/// A server that cannot renew its lease in time abandons its run: with the
+/// job's lease folder unwritable in the middle of a run (replaced by a
+/// file), renewals fail, and once the lease has expired the run is given
+/// up — its held provider call dropped, nothing enriched, the run recorded
+/// `failed`. With the folder
+/// back, the same slot runs again as attempt 2 and succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_lease_cannot_be_renewed_is_abandoned_local() {
+    let b = lake_with_sessions().await;
+    let ai = GatedAi::start();
+    let (cron, slot) = slot_in(4);
+    let wal = tempfile::tempdir().expect("tmp");
+    let mut server = start_server(&b, wal.path(), &gated_env(&ai, &cron, "off", "serve-r"));
+    assert!(Utc::now() < slot, "the server started before the slot");
+    wait_for("the run to reach the provider", 30, || {
+        (ai.calls() >= 1 && !starts_of(&server, "enrich").is_empty()).then_some(())
+    })
+    .await;
+    let leases = std::path::Path::new(&b.uri).join("_leases");
+    let (dir, away) = (leases.join("enrich"), leases.join("enrich.away"));
+    std::fs::rename(&dir, &away).expect("move the lease folder away");
+    std::fs::write(&dir, b"not a folder").expect("a file in its place");
+    // Renewals may have landed before the folder went: the lease lasts
+    // until the latest expiry written.
+    let expiry = std::fs::read_dir(&away)
+        .expect("states")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| serde_json::from_slice::<Value>(&std::fs::read(e.path()).ok()?).ok())
+        .map(|s| ts(&s["expires_at"]))
+        .max()
+        .expect("a state");
+    wait_for("the run to be abandoned", 30, || {
+        log_lines(&server)
+            .iter()
+            .any(|l| l.contains("scheduler: run failed") && l.contains("run abandoned"))
+            .then_some(())
+    })
+    .await;
+    assert!(
+        Utc::now() >= expiry,
+        "abandoned before the lease expired at {expiry}"
+    );
+    assert!(
+        log_lines(&server)
+            .iter()
+            .any(|l| l.contains("could not renew the lease")),
+        "renewals failed first"
+    );
+    assert_eq!(
+        sql(&b, "SELECT count(*) AS n FROM interactions")[0]["n"],
+        json!(0),
+        "the abandoned run wrote nothing"
+    );
+    assert_eq!(
+        enrich_runs(&b),
+        [("serve-r".to_string(), "failed".to_string(), 1)],
+        "the abandoned run is recorded failed"
+    );
+    let error = enrich_error(&b, 1);
+    assert!(error.contains("run abandoned"), "{error}");
+
+    // The lake is back: the same slot's second attempt runs and succeeds.
+    ai.open();
+    std::fs::remove_file(&dir).expect("remove the file");
+    std::fs::rename(&away, &dir).expect("the lease folder back");
+    wait_for("the second attempt to succeed", 60, || {
+        enrich_runs(&b)
+            .iter()
+            .any(|r| r.1 == "succeeded")
+            .then_some(())
+    })
+    .await;
+    server.stop();
+    let slot_text = slot.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    assert_eq!(
+        starts_of(&server, "enrich"),
+        [(slot_text.clone(), 1), (slot_text, 2)]
+    );
+    assert_eq!(
+        enrich_runs(&b),
+        [
+            ("serve-r".to_string(), "failed".to_string(), 1),
+            ("serve-r".to_string(), "succeeded".to_string(), 2)
+        ]
+    );
+    assert_enriched_once(&b);
+}
+
+/// A backfill that fails part-way stops at the failing step and names it,
+/// with the steps before it done and none after it run; running the same
+/// backfill again finishes it, and the tables hold each session,
+/// interaction and usage day once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_that_failed_part_way_is_finished_by_running_it_again() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    let org = b.crow_json(&["orgs", "create", "--name", "Resume Co"])["org_id"]
+        .as_str()
+        .expect("org")
+        .to_string();
+    let lake = b.lake().await;
+    let mut events = Vec::new();
+    for (i, day) in ["2026-02-02", "2026-02-03", "2026-02-04"]
+        .iter()
+        .enumerate()
+    {
+        events.extend(day_events(&format!("r{i}"), d(day), 3 + i));
+    }
+    land_web(
+        &lake,
+        &org,
+        &events,
+        Utc::now() - chrono::Duration::hours(3),
+    )
+    .await;
+    let args = [
+        "backfill",
+        "sessionize",
+        "--from",
+        "2026-02-02",
+        "--to",
+        "2026-02-05",
+        "--quiet",
+    ];
+
+    // Gemini without a key: enrich cannot start, after sessionize's three
+    // days are done.
+    let out = std::process::Command::new(crate::support::crow_bin())
+        .arg("--lake")
+        .arg(&b.uri)
+        .args(args)
+        .env_remove("CROW_CONFIG")
+        .env_remove("CROW_LAKE")
+        .env("CROW_AI_PROVIDER", "gemini")
+        .env("GEMINI_API_KEY", "")
+        .output()
+        .expect("run crow");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the backfill failed: {stderr}");
+    assert!(
+        stderr.contains("backfill stopped at enrich [2026-02-02T00:00:00Z, 2026-02-03T00:00:00Z)"),
+        "the error names the step: {stderr}"
+    );
+    assert!(stderr.contains("GEMINI_API_KEY"), "{stderr}");
+    assert_eq!(
+        backfill_runs(&b),
+        BTreeMap::from([("sessionize".to_string(), 3)]),
+        "sessionize done, nothing after enrich run"
+    );
+    let half = snapshot(&b);
+    assert_eq!(half.0.len(), 3 + 4 + 5, "{:?}", half.0);
+    assert!(half.1.is_empty() && half.2.is_empty(), "{half:?}");
+
+    // The same backfill again, the provider working: finished.
+    let steps = b.crow_json(&args);
+    assert_eq!(steps.as_array().expect("steps").len(), 8, "{steps}");
+    assert_eq!(
+        backfill_runs(&b),
+        BTreeMap::from([
+            ("billing".to_string(), 1),
+            ("enrich".to_string(), 3),
+            ("patterns".to_string(), 1),
+            ("sessionize".to_string(), 6)
+        ])
+    );
+    let done = snapshot(&b);
+    assert_eq!(done.0, half.0, "the sessions replaced, not doubled");
+    assert_eq!(done.1.len(), 12, "every session enriched once");
+    let enriched: BTreeSet<String> = done.1.iter().map(|r| r["session_id"].to_string()).collect();
+    assert_eq!(enriched.len(), 12);
+    let usage: Vec<(String, i64, i64, i64)> = done
+        .2
+        .iter()
+        .map(|r| {
+            (
+                r["d"].as_str().expect("d").to_string(),
+                int(&r["events"]),
+                int(&r["sessions"]),
+                int(&r["interactions"]),
+            )
+        })
+        .collect();
+    assert_eq!(
+        usage,
+        [
+            ("2026-02-02".to_string(), 9, 3, 3),
+            ("2026-02-03".to_string(), 12, 4, 4),
+            ("2026-02-04".to_string(), 15, 5, 5)
+        ]
+    );
+}
+
+/// Slots missed while no server ran collapse into one as well: a server
+/// started after enrich's schedule passed several slots since the job's last
+/// run runs the latest of them right away — one run, for a slot before it
+/// started — and none of the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_missed_while_down_collapse_into_one_run_at_start_local() {
+    let b = lake_with_sessions().await;
+    let ai = GatedAi::start();
+    ai.open();
+    let env = gated_env(&ai, "*/2 * * * * *", "off", "serve-d");
+    let wal_1 = tempfile::tempdir().expect("tmp");
+    let mut first = start_server(&b, wal_1.path(), &env);
+    wait_for("a first scheduled run to succeed", 30, || {
+        enrich_runs(&b)
+            .iter()
+            .any(|r| r.1 == "succeeded")
+            .then_some(())
+    })
+    .await;
+    first.stop();
+    let last = lease_states(&b, "enrich").pop().expect("a state");
+    assert_eq!(last["state"], "succeeded", "{last}");
+    let last_slot = ts(&last["slot"]);
+    // Down across three slots.
+    wait_for("three slots to pass", 30, || {
+        (Utc::now() >= last_slot + chrono::Duration::milliseconds(7_500)).then_some(())
+    })
+    .await;
+    let wal_2 = tempfile::tempdir().expect("tmp");
+    let mut second = start_server(&b, wal_2.path(), &env);
+    let starts = wait_for("a run on start-up", 30, || {
+        let s = starts_of(&second, "enrich");
+        (!s.is_empty()).then_some(s)
+    })
+    .await;
+    second.stop();
+    let logs = log_lines(&second);
+    let up = logs
+        .iter()
+        .find(|l| l.contains("scheduler started"))
+        .and_then(|l| l.split_whitespace().next())
+        .map(|t| ts(&json!(t)))
+        .expect("the scheduler's start time");
+    let first_slot = ts(&json!(starts[0].0));
+    assert!(
+        first_slot <= up && first_slot > up - chrono::Duration::seconds(2),
+        "the first run is for the latest slot before start-up ({up}): {starts:?}"
+    );
+    assert!(
+        first_slot >= last_slot + chrono::Duration::seconds(6),
+        "three slots were missed (+2 s, +4 s, +6 s): last {last_slot}, {starts:?}"
+    );
+    assert_eq!(
+        starts.iter().filter(|s| ts(&json!(s.0)) <= up).count(),
+        1,
+        "one run for the missed slots: {starts:?}"
+    );
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("slots missed while down, running the latest")),
+        "{logs:#?}"
+    );
 }
