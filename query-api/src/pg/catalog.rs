@@ -638,6 +638,7 @@ fn add_functions(ctx: &SessionContext, rels: &[(i64, &'static crow_schemas::Tabl
         "pg_get_statisticsobjdef_columns",
         "pg_get_partkeydef",
         "shobj_description",
+        "pg_size_pretty",
     ] {
         ctx.register_udf(pg_fn(name, DataType::Utf8, Answer::Null));
     }

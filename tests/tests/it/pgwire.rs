@@ -168,6 +168,9 @@ fn psql_checks(w: &World) {
             "`{row}` not in \\d interactions: {out}"
         );
     }
+    // `\dt+`: the table's documentation as its description.
+    let (ok, out, err) = psql(w, &w.org_a, &w.key_a, "\\dt+ interactions");
+    assert!(ok && out.contains(def.doc), "{out} {err}");
     // Secret columns are not described; unknown tables are not found.
     let (ok, out, err) = psql(w, &w.org_a, &w.key_a, "\\d api_keys");
     assert!(ok, "{err}");
