@@ -15,15 +15,23 @@
 //! Authentication: `authorization: Bearer <API key secret>` on every call,
 //! or a Handshake with basic auth (user = key id, password = secret) that
 //! answers the bearer token to send — the secret itself, so the server keeps
-//! no token state and a revocation reaches handshaken clients too.
+//! no token state and a revocation reaches handshaken clients too. The key
+//! is checked by [`Authenticated`], a layer in front of the whole
+//! FlightService, before any request is decoded: a caller without a valid
+//! key gets `Unauthenticated` for every call (unknown commands, garbage
+//! tickets, unimplemented methods alike), so it learns nothing of what the
+//! service offers. Only Handshake passes through, to check its basic auth.
 //!
 //! Statements are stateless: a ticket or prepared-statement handle carries
 //! the organization and the SQL. It is redeemed only by a key of that
 //! organization, and always runs in the redeeming caller's own tenant
 //! session, so a forged handle reaches nothing the caller's SQL could not.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
@@ -51,7 +59,9 @@ use crow_lake::AsOf;
 use futures::{Stream, StreamExt};
 use prost::Message;
 use serde::{Deserialize, Serialize};
+use tonic::codegen::Service;
 use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::server::NamedService;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::auth::{self, Principal};
@@ -78,7 +88,12 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let service = FlightServiceServer::new(FlightSql { state });
+    let service = Authenticated {
+        inner: FlightServiceServer::new(FlightSql {
+            state: state.clone(),
+        }),
+        state,
+    };
     tonic::transport::Server::builder()
         .trace_fn(|req| tracing::info_span!("flight_sql", call = %req.uri().path()))
         .add_service(service)
@@ -87,6 +102,86 @@ pub async fn serve(
             shutdown,
         )
         .await
+}
+
+/// The FlightService's methods, as counted in the request metrics (any
+/// other path is counted as `unknown`: callers choose no label).
+const METHODS: &[&str] = &[
+    "Handshake",
+    "ListFlights",
+    "GetFlightInfo",
+    "PollFlightInfo",
+    "GetSchema",
+    "DoGet",
+    "DoPut",
+    "DoExchange",
+    "DoAction",
+    "ListActions",
+];
+
+/// The FlightService behind a key check: every call but Handshake is
+/// authenticated (as [`FlightSql::principal`] does) before the service
+/// decodes anything; the caller's [`Principal`] travels in the request's
+/// extensions so the handlers do not check (and rate-limit) it twice.
+#[derive(Clone)]
+pub struct Authenticated {
+    inner: FlightServiceServer<FlightSql>,
+    state: Arc<ApiState>,
+}
+
+impl NamedService for Authenticated {
+    const NAME: &'static str = <FlightServiceServer<FlightSql> as NamedService>::NAME;
+}
+
+type HttpResponse = axum::http::Response<tonic::body::Body>;
+
+impl Service<axum::http::Request<tonic::body::Body>> for Authenticated {
+    type Response = HttpResponse;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Service::<axum::http::Request<tonic::body::Body>>::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, mut req: axum::http::Request<tonic::body::Body>) -> Self::Future {
+        let mut inner = self.inner.clone();
+        let state = self.state.clone();
+        Box::pin(async move {
+            let method = req.uri().path().rsplit('/').next().unwrap_or("");
+            let method = METHODS.iter().find(|m| **m == method).copied();
+            if method != Some("Handshake") {
+                let mut headers = HeaderMap::new();
+                if let Some(v) = req.headers().get(header::AUTHORIZATION) {
+                    headers.insert(header::AUTHORIZATION, v.clone());
+                }
+                match check_key(&state, &headers).await {
+                    Ok(p) => {
+                        req.extensions_mut().insert(p);
+                    }
+                    Err(e) => {
+                        let call = method.unwrap_or("unknown");
+                        state
+                            .metrics
+                            .request(&format!("flight_sql:{call}"), e.status.as_u16());
+                        return Ok(status(e).into_http());
+                    }
+                }
+            }
+            inner.call(req).await
+        })
+    }
+}
+
+/// The caller of `headers` (only its `authorization`), by its bearer key.
+async fn check_key(state: &ApiState, headers: &HeaderMap) -> ApiResult<Principal> {
+    if headers.is_empty() {
+        return Err(ApiError::unauthorized(
+            "send an API key as `authorization: Bearer SECRET`, or handshake with the key id \
+             as user name and the secret as password",
+        ));
+    }
+    auth::authenticate(&state.keys, &state.limiter, headers, Scope::Read).await
 }
 
 /// The Flight SQL service.
@@ -265,16 +360,21 @@ impl FlightSql {
         Self { state }
     }
 
-    /// The caller of a request, by its bearer key.
-    async fn principal(&self, md: &MetadataMap) -> ApiResult<Principal> {
-        let headers = auth_headers(md);
-        if headers.is_empty() {
-            return Err(ApiError::unauthorized(
-                "send an API key as `authorization: Bearer SECRET`, or handshake with the key id \
-                 as user name and the secret as password",
-            ));
+    /// The caller of a request: as [`Authenticated`] found it, or (when
+    /// the service is used without that layer) by its bearer key.
+    fn principal<T>(
+        &self,
+        request: &Request<T>,
+    ) -> impl Future<Output = ApiResult<Principal>> + Send + '_ {
+        // Read now: a request's body (a stream) need not be `Sync`.
+        let known = request.extensions().get::<Principal>().cloned();
+        let headers = auth_headers(request.metadata());
+        async move {
+            match known {
+                Some(p) => Ok(p),
+                None => check_key(&self.state, &headers).await,
+            }
         }
-        auth::authenticate(&self.state.keys, &self.state.limiter, &headers, Scope::Read).await
     }
 
     /// Count a call in the API's request metrics and answer it.
@@ -290,7 +390,7 @@ impl FlightSql {
     async fn handshake_token(&self, md: &MetadataMap) -> ApiResult<String> {
         let headers = auth_headers(md);
         if let Some(secret) = auth::bearer(&headers) {
-            self.principal(md).await?;
+            check_key(&self.state, &headers).await?;
             return Ok(secret.to_string());
         }
         let refused = || {
@@ -331,7 +431,7 @@ impl FlightSql {
         sql: Option<String>,
         handle_bytes: Option<&[u8]>,
     ) -> ApiResult<FlightInfo> {
-        let p = self.principal(request.metadata()).await?;
+        let p = self.principal(&request).await?;
         let sql = match (sql, handle_bytes) {
             (Some(s), _) => s,
             (None, Some(h)) => redeem(&p, h)?,
@@ -353,7 +453,7 @@ impl FlightSql {
         ticket: &[u8],
     ) -> ApiResult<DoGetStream> {
         let started = Instant::now();
-        let p = self.principal(request.metadata()).await?;
+        let p = self.principal(&request).await?;
         let sql = redeem(&p, ticket)?;
         let (query, permits) =
             sql::start_for(&self.state, &p, sql, AsOf::Latest, Pins::new(), started).await?;
@@ -387,7 +487,7 @@ impl FlightSql {
         schema: SchemaRef,
         ticket: Vec<u8>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let r = match self.principal(request.metadata()).await {
+        let r = match self.principal(&request).await {
             Ok(_) => info(&schema, ticket, request.into_inner()),
             Err(e) => Err(e),
         };
@@ -396,8 +496,8 @@ impl FlightSql {
 
     /// `GetTables`: the tables of the caller's tenant session, with their
     /// schemas (as queries return them) when asked.
-    async fn tables(&self, q: CommandGetTables, md: &MetadataMap) -> ApiResult<DoGetStream> {
-        let p = self.principal(md).await?;
+    async fn tables<T>(&self, q: CommandGetTables, request: &Request<T>) -> ApiResult<DoGetStream> {
+        let p = self.principal(request).await?;
         let (include, pattern) = (q.include_schema, q.table_name_filter_pattern.clone());
         let mut builder = q.into_builder();
         let (ctx, tenant) = sql::tenant_session(&self.state, &p, AsOf::Latest, Pins::new());
@@ -493,7 +593,7 @@ impl FlightSqlService for FlightSql {
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let r = async {
-            let p = self.principal(request.metadata()).await?;
+            let p = self.principal(&request).await?;
             let schema = sql::result_schema(&self.state, &p, query.query.clone()).await?;
             let IpcMessage(dataset_schema) =
                 SchemaAsIpc::new(&sql::plain_schema(&schema), &IpcWriteOptions::default())
@@ -515,7 +615,7 @@ impl FlightSqlService for FlightSql {
         request: Request<Action>,
     ) -> Result<(), Status> {
         let r = async {
-            let p = self.principal(request.metadata()).await?;
+            let p = self.principal(&request).await?;
             redeem(&p, &query.prepared_statement_handle).map(|_| ())
         }
         .await;
@@ -527,7 +627,7 @@ impl FlightSqlService for FlightSql {
         _cmd: CommandStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let r = self.read_only(request.metadata()).await;
+        let r = self.read_only(&request).await;
         self.done("DoPut", r)
     }
 
@@ -536,7 +636,7 @@ impl FlightSqlService for FlightSql {
         _cmd: CommandStatementIngest,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let r = self.read_only(request.metadata()).await;
+        let r = self.read_only(&request).await;
         self.done("DoPut", r)
     }
 
@@ -596,7 +696,7 @@ impl FlightSqlService for FlightSql {
         query: CommandGetCatalogs,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let r = match self.principal(request.metadata()).await {
+        let r = match self.principal(&request).await {
             Ok(_) => {
                 let mut b = query.into_builder();
                 b.append(CATALOG);
@@ -612,7 +712,7 @@ impl FlightSqlService for FlightSql {
         query: CommandGetDbSchemas,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let r = match self.principal(request.metadata()).await {
+        let r = match self.principal(&request).await {
             Ok(_) => {
                 let mut b = query.into_builder();
                 b.append(CATALOG, SCHEMA);
@@ -628,7 +728,7 @@ impl FlightSqlService for FlightSql {
         query: CommandGetTables,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let r = self.tables(query, request.metadata()).await;
+        let r = self.tables(query, &request).await;
         self.done("DoGet", r).map(Response::new)
     }
 
@@ -637,7 +737,7 @@ impl FlightSqlService for FlightSql {
         query: CommandGetTableTypes,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let r = match self.principal(request.metadata()).await {
+        let r = match self.principal(&request).await {
             Ok(_) => {
                 let mut b = query.into_builder();
                 b.append("TABLE");
@@ -653,7 +753,7 @@ impl FlightSqlService for FlightSql {
         query: CommandGetSqlInfo,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let r = match self.principal(request.metadata()).await {
+        let r = match self.principal(&request).await {
             Ok(_) => sql_info()
                 .map_err(|e| ApiError::internal("SqlInfo", &e))
                 .and_then(|data| one_batch(query.into_builder(&data).build())),
@@ -668,8 +768,8 @@ impl FlightSqlService for FlightSql {
 impl FlightSql {
     /// Writes are refused (after authentication, so a stranger learns
     /// nothing).
-    async fn read_only(&self, md: &MetadataMap) -> ApiResult<i64> {
-        self.principal(md).await?;
+    async fn read_only<T>(&self, request: &Request<T>) -> ApiResult<i64> {
+        self.principal(request).await?;
         self.state.metrics.refused("dml_not_allowed");
         Err(ApiError::bad_request(
             "dml_not_allowed",

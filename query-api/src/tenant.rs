@@ -38,6 +38,16 @@ pub const ADMIN_ONLY_TABLES: &[&str] = &[
 /// A table's point in history for one query.
 pub type Pins = HashMap<String, AsOf>;
 
+/// The columns a tenant's view of `def` has, in order: all but its secret
+/// ones (what `pg_catalog` and the like describe).
+pub fn view_columns(
+    def: &'static crow_schemas::TableDef,
+) -> impl Iterator<Item = &'static crow_schemas::ColumnDef> {
+    def.columns
+        .iter()
+        .filter(|c| !def.secret_columns.contains(&c.name))
+}
+
 /// The `public` schema of a tenant session: CROW's tables, org-filtered.
 #[derive(Debug)]
 pub struct TenantSchema {
@@ -84,12 +94,7 @@ impl TenantSchema {
         // plan is built; it is dropped before the query runs.
         let private = SessionContext::new();
         self.lake.register(&private, "raw", name, as_of).await?;
-        let columns: Vec<&str> = def
-            .columns
-            .iter()
-            .map(|c| c.name)
-            .filter(|c| !def.secret_columns.contains(c))
-            .collect();
+        let columns: Vec<&str> = view_columns(def).map(|c| c.name).collect();
         let df = private
             .table("raw")
             .await?

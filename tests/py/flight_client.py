@@ -81,6 +81,54 @@ def statement_cmd(sql):
     return pb(1, url) + pb(2, pb(1, sql.encode()))
 
 
+def probes(client, headers):
+    """Unknown and garbage calls, unimplemented methods: each call's answer
+    (`ok`, or the error's type and message), sending `headers`."""
+    opts = fl.FlightCallOptions(headers=headers, timeout=20)
+    unknown = pb(1, b"type.googleapis.com/crow.NoSuchCommand") + pb(2, b"x")
+    schema = pa.schema([("x", pa.int64())])
+
+    def put(cmd):
+        writer, _ = client.do_put(fl.FlightDescriptor.for_command(cmd), schema, opts)
+        writer.write_table(pa.table({"x": [1]}))
+        writer.close()
+
+    def exchange():
+        writer, reader = client.do_exchange(fl.FlightDescriptor.for_command(unknown), opts)
+        writer.done_writing()
+        reader.read_all()
+        writer.close()
+
+    calls = {
+        "info_unknown_command": lambda: client.get_flight_info(
+            fl.FlightDescriptor.for_command(unknown), opts
+        ),
+        "info_garbage": lambda: client.get_flight_info(
+            fl.FlightDescriptor.for_command(b"\xff garbage"), opts
+        ),
+        "get_garbage_ticket": lambda: client.do_get(fl.Ticket(b"\xff garbage"), opts).read_all(),
+        "get_unknown_command": lambda: client.do_get(fl.Ticket(unknown), opts).read_all(),
+        "action_unknown": lambda: list(client.do_action(fl.Action("crow.nothing", b""), opts)),
+        "put_update": lambda: put(
+            pb(1, b"type.googleapis.com/arrow.flight.protocol.sql.CommandStatementUpdate")
+            + pb(2, pb(1, b"delete from products"))
+        ),
+        "put_unknown_command": lambda: put(unknown),
+        "list_flights": lambda: list(client.list_flights(options=opts)),
+        "list_actions": lambda: list(client.list_actions(opts)),
+        "get_schema": lambda: client.get_schema(fl.FlightDescriptor.for_command(unknown), opts),
+        "exchange": exchange,
+    }
+    out = {}
+    for name, call in calls.items():
+        try:
+            call()
+            out[name] = "ok"
+        except Exception as e:  # noqa: BLE001 - every client error type counts
+            out[name] = f"{type(e).__name__}: {e}"
+    return out
+
+
 def no_marks(where, table, marks):
     text = json.dumps(table.to_pylist(), default=str)
     for m in marks:
@@ -163,6 +211,11 @@ def main(cfg):
     report["no_key"] = failure(
         lambda: client.get_flight_info(fl.FlightDescriptor.for_command(statement_cmd(q)))
     )
+    # Unknown and garbage calls: Unauthenticated without a key, before
+    # anything is decoded; with a key, their own answers.
+    report["probes_no_key"] = probes(client, [])
+    report["probes_bad_key"] = probes(client, [(b"authorization", b"Bearer ck_not_a_key")])
+    report["probes_key"] = probes(client, [header])
     print(json.dumps(report))
 
 

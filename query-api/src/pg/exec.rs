@@ -67,6 +67,10 @@ pub enum Fixed {
     End(&'static str),
     /// `SHOW` of a session parameter.
     Show(String, String),
+    /// No rows, with these (text) columns: a catalog query every branch
+    /// of which reads a catalog CROW keeps empty
+    /// ([`super::catalog::empty_answer`]).
+    Empty(Vec<String>),
 }
 
 /// Session parameters drivers ask for, and CROW's fixed values.
@@ -116,7 +120,7 @@ pub fn fixed(sql: &str) -> Option<Fixed> {
             let (name, value) = PARAMETERS.iter().find(|(n, _)| *n == name)?;
             Fixed::Show((*name).to_string(), (*value).to_string())
         }
-        _ => return None,
+        _ => return super::catalog::empty_answer(sql).map(Fixed::Empty),
     })
 }
 
@@ -141,7 +145,19 @@ fn fixed_response(f: &Fixed) -> Response {
             r.set_command_tag("SHOW");
             Response::Query(r)
         }
+        Fixed::Empty(columns) => {
+            let fields = Arc::new(empty_fields(columns, |_| FieldFormat::Text));
+            Response::Query(QueryResponse::new(fields, futures::stream::empty()))
+        }
     }
+}
+
+fn empty_fields(columns: &[String], format: impl Fn(usize) -> FieldFormat) -> Vec<FieldInfo> {
+    columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| FieldInfo::new(c.clone(), None, None, Type::TEXT, format(i)))
+        .collect()
 }
 
 /// A parsed statement of the extended protocol.
@@ -236,7 +252,7 @@ impl QueryParser for Parser {
         let p = recheck(&self.st, &session).await?;
         let (ctx, schema) = self.st.tenant_session(&p, AsOf::Latest, Default::default());
         add_pg_functions(&ctx);
-        super::catalog::register(&ctx);
+        super::catalog::register(&ctx, schema.as_ref());
         let sql = super::catalog::rewrite(sql);
         let st = self.st.clone();
         let text = sql.clone();
@@ -302,6 +318,9 @@ impl QueryParser for Parser {
                 Type::TEXT,
                 column_format.map_or(FieldFormat::Text, |f| f.format_for(0)),
             )],
+            Prepared::Fixed(Fixed::Empty(columns)) => empty_fields(columns, |i| {
+                column_format.map_or(FieldFormat::Text, |f| f.format_for(i))
+            }),
             Prepared::Fixed(_) => vec![],
             Prepared::Query { schema, .. } => encode::fields(schema, |i| {
                 column_format.map_or(FieldFormat::Text, |f| f.format_for(i))
@@ -426,7 +445,7 @@ impl Queries {
         let started = std::time::Instant::now();
         let (ctx, schema) = st.tenant_session(&p, AsOf::Latest, Default::default());
         add_pg_functions(&ctx);
-        super::catalog::register(&ctx);
+        super::catalog::register(&ctx, schema.as_ref());
         tracing::debug!(org = %p.org_id, key = %p.key_id, "pg query");
         let deadline = tokio::time::Instant::from_std(started) + st.query_timeout();
         let limit = usize::try_from(st.cfg.max_result_rows.saturating_add(1)).unwrap_or(usize::MAX);

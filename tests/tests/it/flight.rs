@@ -183,6 +183,40 @@ async fn flight_sql_answers_like_the_http_api_and_keeps_tenants_apart() {
         no_key.contains("Unauthenticated") || no_key.contains("UNAUTHENTICATED"),
         "{no_key}"
     );
+    // Every call is authenticated before anything is decoded: without a
+    // key (or with an unknown one) unknown commands, garbage tickets and
+    // unimplemented methods all answer Unauthenticated, and tell nothing.
+    for who in ["probes_no_key", "probes_bad_key"] {
+        let probes = report[who].as_object().expect("probes");
+        assert_eq!(probes.len(), 11, "{report}");
+        for (call, e) in probes {
+            let e = e.as_str().unwrap_or("");
+            assert!(
+                e.contains("Flight returned unauthenticated error")
+                    && !e.contains("request is invalid")
+                    && !e.contains("implemented")
+                    && !e.contains("DecodeError"),
+                "{who} {call} must be Unauthenticated and say nothing else: {e}"
+            );
+        }
+    }
+    // With a key, each keeps its own answer.
+    for (call, want) in [
+        ("info_unknown_command", "unimplemented error"),
+        ("info_garbage", "invalid argument error"),
+        ("get_garbage_ticket", "invalid argument error"),
+        ("get_unknown_command", "unimplemented error"),
+        ("action_unknown", "invalid argument error"),
+        ("put_update", "read-only"),
+        ("put_unknown_command", "unimplemented error"),
+        ("list_flights", "unimplemented error"),
+        ("list_actions", "ok"),
+        ("get_schema", "unimplemented error"),
+        ("exchange", "unimplemented error"),
+    ] {
+        let got = report["probes_key"][call].as_str().unwrap_or("");
+        assert!(got.contains(want), "{call} with a key: {got}, want {want}");
+    }
     assert!(
         report["wrong_user"]
             .as_str()
@@ -206,6 +240,13 @@ async fn flight_sql_answers_like_the_http_api_and_keeps_tenants_apart() {
         assert!(
             metrics.contains(&format!("route=\"flight_sql:{call}\",status=\"200\"")),
             "{call} not counted: {metrics}"
+        );
+    }
+    // Calls refused before the service are counted too.
+    for call in ["ListFlights", "DoPut", "DoExchange"] {
+        assert!(
+            metrics.contains(&format!("route=\"flight_sql:{call}\",status=\"401\"")),
+            "{call} refusal not counted: {metrics}"
         );
     }
 

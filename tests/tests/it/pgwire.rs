@@ -138,6 +138,59 @@ fn psql_checks(w: &World) {
     let listed: Vec<&str> = out.lines().collect();
     assert!(listed.contains(&"public|interactions|table|crow"), "{out}");
     assert_eq!(listed.len(), crow_schemas::ALL_TABLES.len(), "{out}");
+    // `\d TABLE`: the tenant view's columns, their Postgres types and
+    // nullability (psql's catalog queries through pg_catalog).
+    let (ok, out, err) = psql(w, &w.org_a, &w.key_a, "\\d interactions");
+    assert!(ok, "{err}");
+    let rows: Vec<&str> = out.lines().collect();
+    let def = crow_schemas::table("interactions").expect("interactions");
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r.split('|').next().unwrap_or(""))
+        .collect();
+    let want: Vec<&str> = def
+        .columns
+        .iter()
+        .map(|c| c.name)
+        .filter(|c| !def.secret_columns.contains(c))
+        .collect();
+    assert_eq!(names, want, "{out}");
+    for row in [
+        "org_id|text||not null|",
+        "started_at|timestamp with time zone||not null|",
+        "confidence|double precision|||",
+        "input_tokens|bigint||not null|",
+        "product_ids|json||not null|",
+        "session_date|date||not null|",
+    ] {
+        assert!(
+            rows.contains(&row),
+            "`{row}` not in \\d interactions: {out}"
+        );
+    }
+    // `\dt+`: the table's documentation as its description.
+    let (ok, out, err) = psql(w, &w.org_a, &w.key_a, "\\dt+ interactions");
+    assert!(ok && out.contains(def.doc), "{out} {err}");
+    // Secret columns are not described; unknown tables are not found.
+    let (ok, out, err) = psql(w, &w.org_a, &w.key_a, "\\d api_keys");
+    assert!(ok, "{err}");
+    let keys = crow_schemas::table("api_keys").expect("api_keys");
+    let described: Vec<&str> = out
+        .lines()
+        .map(|r| r.split('|').next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        described.len(),
+        keys.columns.len() - keys.secret_columns.len()
+    );
+    for secret in keys.secret_columns {
+        assert!(!described.contains(secret), "{secret}: {out}");
+    }
+    let (_, out, err) = psql(w, &w.org_a, &w.key_a, "\\d no_such_table");
+    assert!(
+        err.contains("Did not find any relation named \"no_such_table\""),
+        "{out} {err}"
+    );
     let (ok, _, err) = psql(w, &w.org_a, "crow_wrong_secret", "select 1");
     assert!(!ok && err.contains("unknown API key"), "{err}");
     let (ok, _, err) = psql(w, &w.org_b, &w.key_a, "select 1");
