@@ -544,11 +544,7 @@ impl Finder<'_> {
         direction: &str,
         parts: &[Part],
     ) -> Option<StoryRow> {
-        // A slow change starts where its trend findings say it began (the
-        // day tests miss its first days): the earliest onset any of them
-        // estimated (each fits the days up to its own; on the harness's
-        // drifts the earliest came closest — see BENCHMARKS.md).
-        let start = parts.iter().map(|p| p.onset.unwrap_or(p.day)).min()?;
+        let start = story_start(parts)?;
         let last = parts.iter().map(|p| p.day).max()?;
         let ongoing = (self.horizon - last).num_days() <= MAX_GAP_DAYS;
         let lead = lead_of(parts)?;
@@ -658,6 +654,14 @@ impl Finder<'_> {
             created_at: Utc::now().timestamp_micros(),
         })
     }
+}
+
+/// A story's first day: its first part's, or where its trend findings say
+/// a slow change began (the day tests miss its first days) — the earliest
+/// onset any of them estimated (each fits the days up to its own; on the
+/// harness's drifts the earliest came closest: see BENCHMARKS.md).
+fn story_start(parts: &[Part]) -> Option<NaiveDate> {
+    parts.iter().map(|p| p.onset.unwrap_or(p.day)).min()
 }
 
 /// A story's id: the same organization, family, direction and first day

@@ -114,7 +114,7 @@ impl Finder<'_> {
             };
             f.notable = sustained_notable(&f);
             if still_going(key, &window, &f) {
-                let onset = self.onset(key, b0, d);
+                let onset = self.onset(key, (b0, d), &own);
                 f.title = format!("{}{TITLE_WINDOW}{d}", f.title);
                 if let Some(o) = f.facts.as_object_mut() {
                     o.insert(
@@ -170,11 +170,19 @@ impl Finder<'_> {
     /// where the change is either a step or a steady ramp (whichever fits
     /// better, by least squares weighted by each day's trials). Neither fit
     /// depends on the baseline's estimate of the old rate, so a baseline a
-    /// little off does not move the onset.
-    fn onset(&self, key: &Key, from: NaiveDate, to: NaiveDate) -> NaiveDate {
+    /// little off does not move the onset. Incidents (`left_out`) are left
+    /// out of the fit, as out of the test: a trend does not begin inside an
+    /// incident the day tests found.
+    fn onset(
+        &self,
+        key: &Key,
+        (from, to): (NaiveDate, NaiveDate),
+        left_out: &BTreeSet<NaiveDate>,
+    ) -> NaiveDate {
         let days: Vec<(NaiveDate, f64, f64)> = self
             .day_stats
             .range(from..=to)
+            .filter(|(d, _)| !left_out.contains(d))
             .filter_map(|(d, st)| {
                 let c = st.cells.get(key).copied().unwrap_or_default();
                 (c.n > 0.0).then(|| (*d, c.k / c.n, c.n))
