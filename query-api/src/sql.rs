@@ -474,18 +474,21 @@ impl RunningQuery {
                     None => df,
                 };
                 let out: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-                let stream = df
-                    .execute_stream()
+                let task_ctx = Arc::new(df.task_ctx());
+                let plan = df
+                    .create_physical_plan()
                     .await
                     .map_err(|e| df_error(&e, Some(&schema)))?;
-                Ok::<_, ApiError>((out, stream))
+                let stream = datafusion::physical_plan::execute_stream(plan.clone(), task_ctx)
+                    .map_err(|e| df_error(&e, Some(&schema)))?;
+                Ok::<_, ApiError>((out, plan, stream))
             };
-            let mut stream = match started.await {
-                Ok((out, stream)) => {
+            let (plan, mut stream) = match started.await {
+                Ok((out, plan, stream)) => {
                     if ready_tx.send(Ok(out)).is_err() {
                         return;
                     }
-                    stream
+                    (plan, stream)
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -496,9 +499,14 @@ impl RunningQuery {
                 let b = b.map_err(|e| exec_error(&e, Some(&schema)));
                 let failed = b.is_err();
                 if tx.send(b).await.is_err() || failed {
-                    return;
+                    break;
                 }
             }
+            // What went past the memory pool, for /metrics (also when the
+            // query failed or its caller left: it spilled all the same).
+            drop(stream);
+            let (files, bytes) = crow_lake::plan_spills(&plan);
+            st.metrics.spilled(files, bytes);
             // Keeps the tenant schema (and so its loaded views) alive while
             // streaming.
             drop(schema);

@@ -494,6 +494,26 @@ async fn keys_formats_rest_exports_and_metrics() {
         vec![json!({"g": 3_000_000})],
         "3M groups in a 32 MiB pool"
     );
+    // It fit because it spilled: /metrics counts the files and bytes.
+    let m = w
+        .http
+        .get(w.server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let counter = |name: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {m}"))
+    };
+    assert!(counter("crow_api_query_spill_files_total") >= 1, "{m}");
+    assert!(
+        counter("crow_api_query_spilled_bytes_total") > 32 * 1024 * 1024 / 4,
+        "{m}"
+    );
 
     // Authentication failures are 401 problem documents.
     for auth in [None, Some("Bearer ck_doesnotexist"), Some("Basic abc")] {
