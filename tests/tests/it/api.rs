@@ -494,6 +494,40 @@ async fn keys_formats_rest_exports_and_metrics() {
         vec![json!({"g": 3_000_000})],
         "3M groups in a 32 MiB pool"
     );
+    // A result that breaks the row cap after the answer started is
+    // aborted: the client's read fails, in every text format, rather than
+    // ending in a well-formed but truncated document. (A 20 KB literal
+    // makes the planner use batches of about 400 rows, 8 MB each: the
+    // first is past the 4 MB fetched before the status line, the third
+    // past the cap of 1000 rows.)
+    let wide = format!(
+        "select value, '{}' as s from generate_series(1, 5000)",
+        "x".repeat(20_000)
+    );
+    for accept in ["application/json", "text/csv", "application/x-ndjson"] {
+        let r = w
+            .post_sql(&w.key_a, json!({ "sql": wide }), Some(accept))
+            .await;
+        assert_eq!(r.status(), 200, "{accept}: the answer had started");
+        let body = r.bytes().await;
+        // The same rows within the cap read whole: the failure above is the
+        // abort, not the size.
+        let whole = w
+            .post_sql(
+                &w.key_a,
+                json!({ "sql": format!("{wide} limit 1000") }),
+                Some(accept),
+            )
+            .await;
+        assert_eq!(whole.status(), 200, "{accept}");
+        let whole = whole.bytes().await.expect("a complete result");
+        assert!(whole.len() > 20_000_000, "{accept}: {}", whole.len());
+        assert!(
+            body.is_err(),
+            "{accept}: a result past the row cap read as complete ({} bytes)",
+            body.map(|b| b.len()).unwrap_or(0)
+        );
+    }
     // It fit because it spilled: /metrics counts the files and bytes.
     let m = w
         .http
