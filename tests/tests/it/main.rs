@@ -12,6 +12,7 @@ mod exports;
 mod flight;
 mod hardening;
 mod hostile;
+mod import;
 mod ingest;
 mod jobs;
 mod lake;
