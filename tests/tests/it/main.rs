@@ -5,6 +5,7 @@
 mod a2a;
 mod api;
 mod ask;
+mod ask_bench;
 mod chats;
 mod cli;
 mod dashboard;
