@@ -345,4 +345,32 @@ async fn chats_follow_up_store_turns_and_stay_with_their_owner() {
     assert_eq!(count(w.sql(&w.admin_a, &q).await), 0);
     let (_, l) = call(&w, Ok(&alice), M::GET, "/api/v1/chats", None).await;
     assert_eq!(l["data"].as_array().map(Vec::len), Some(1), "{l}");
+
+    // A chat started streamed: the chat first, then the answer, stored.
+    let r = w
+        .http
+        .post(w.server.url("/api/v1/chats"))
+        .header(COOKIE, alice.header())
+        .header("X-CSRF-Token", &alice.csrf)
+        .header("Accept", "text/event-stream")
+        .json(&json!({"question": "top 3 products by views"}))
+        .send()
+        .await
+        .expect("post");
+    let text = r.text().await.expect("events");
+    let first = text.split("\n\n").next().unwrap_or("");
+    assert!(first.starts_with("event: chat"), "{text}");
+    let (_, l) = call(&w, Ok(&alice), M::GET, "/api/v1/chats?limit=1", None).await;
+    assert_eq!(l["data"][0]["title"], "top 3 products by views", "{l}");
+    assert_eq!(l["data"][0]["message_count"], 2, "{l}");
+    // Signed in by cookie, a change needs the CSRF token.
+    let r = w
+        .http
+        .post(w.server.url("/api/v1/chats"))
+        .header(COOKIE, alice.header())
+        .json(&json!({"title": "no token"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 403);
 }
