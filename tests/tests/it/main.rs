@@ -5,7 +5,9 @@
 mod a2a;
 mod api;
 mod ask;
+mod ask_bench;
 mod bench;
+mod chats;
 mod cli;
 mod dashboard;
 mod exports;
