@@ -334,7 +334,14 @@ fn path_between(events: &[String], start: &str, end: &str) -> Option<String> {
 
 /// The funnel page's step counts (in total and per device) and its top
 /// paths equal the same definitions computed here, session by session.
-async fn assert_funnel_is_sql(http: &reqwest::Client, s: &Server, key: &str, seen: &Value) {
+/// Returns the sessions that reached the last step in order, and those
+/// that have every step's event in any order.
+async fn assert_funnel_is_sql(
+    http: &reqwest::Client,
+    s: &Server,
+    key: &str,
+    seen: &Value,
+) -> (usize, usize) {
     let from = seen["from"].as_str().expect("from");
     let to = seen["to"].as_str().expect("to");
     let sessions = session_events(http, s, key, from, to).await;
@@ -389,6 +396,15 @@ async fn assert_funnel_is_sql(http: &reqwest::Client, s: &Server, key: &str, see
         .map(|(p, n)| json!({"path": p, "sessions": n}))
         .collect();
     assert_eq!(seen["paths"], json!(want), "the top paths vs SQL");
+    let in_order = sessions
+        .values()
+        .filter(|(_, ev)| reached(ev, &steps) == steps.len())
+        .count();
+    let any_order = sessions
+        .values()
+        .filter(|(_, ev)| steps.iter().all(|s| ev.contains(s)))
+        .count();
+    (in_order, any_order)
 }
 
 /// Pages are no-cache; assets are hashed, immutable and gzip; the first
@@ -614,7 +630,11 @@ async fn dashboard_in_chromium() {
     assert_products_are_sql(&http, &server, &api_key, &seen["products"]).await;
     let funnels = &seen["funnels"];
     assert_funnel_is_sql(&http, &server, &api_key, &funnels["split"]).await;
-    assert_funnel_is_sql(&http, &server, &api_key, &funnels["linked"]).await;
+    let linked = assert_funnel_is_sql(&http, &server, &api_key, &funnels["linked"]).await;
+    assert!(
+        0 < linked.0 && linked.0 < linked.1,
+        "the shared funnel's last step (a product page after a product view) is reached by fewer sessions in order than in any order: {linked:?}"
+    );
     assert!(num(&funnels["bell"]["unread"]) >= 2.0, "{funnels}");
     // Billing: the same numbers as `crow billing report`.
     let bill = &seen["billing"];
