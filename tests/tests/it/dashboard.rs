@@ -248,6 +248,9 @@ async fn assert_products_are_sql(http: &reqwest::Client, s: &Server, key: &str, 
     }
 }
 
+/// Session id → (device, event names in order).
+type SessionEvents = std::collections::BTreeMap<String, (String, Vec<String>)>;
+
 /// Each web session that started in `[from, to)`: its device and its
 /// events' names in order (time, then message id), as the funnel page
 /// names them ("Page: Home" for a page view; no identify calls).
@@ -257,7 +260,7 @@ async fn session_events(
     key: &str,
     from: &str,
     to: &str,
-) -> std::collections::BTreeMap<String, (String, Vec<String>)> {
+) -> SessionEvents {
     let rows = sql(
         http,
         s,
@@ -272,8 +275,9 @@ async fn session_events(
     )
     .await;
     let mut seen = std::collections::BTreeSet::new();
-    let mut by: std::collections::BTreeMap<String, (String, Vec<(i64, String, String)>)> =
-        Default::default();
+    // Per session: its device and (time, message id, name) of each event.
+    type Timed = Vec<(i64, String, String)>;
+    let mut by: std::collections::BTreeMap<String, (String, Timed)> = Default::default();
     for r in &rows {
         let text = |k: &str| r[k].as_str().unwrap_or("").to_string();
         let id = text("session_id");
