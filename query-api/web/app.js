@@ -743,6 +743,7 @@ const SPLITS = [
 ];
 const DEFAULT_STEPS = ["Product Viewed", "Product Added", "Checkout Started", "Order Completed"];
 const MAX_STEPS = 6;
+const PATH_TOPS = [5, 10, 20, 50];
 
 // The web sessions that started in the period, and each one's events in
 // order (time, then message id), read through the session's lineage
@@ -907,6 +908,7 @@ function readFunnelState() {
     split: SPLITS.some((x) => x.id === p.get("split")) ? p.get("split") : "",
     start: p.get("path_start") || "",
     end: p.get("path_end") || "",
+    top: PATH_TOPS.includes(Number(p.get("paths_top"))) ? Number(p.get("paths_top")) : 10,
   };
 }
 
@@ -914,7 +916,7 @@ function writeFunnelState(f) {
   const u = new URL(location.href);
   u.searchParams.delete("step");
   for (const s of f.steps) u.searchParams.append("step", s);
-  for (const [k, v] of [["range", f.range], ["split", f.split], ["path_start", f.start], ["path_end", f.end]]) {
+  for (const [k, v] of [["range", f.range], ["split", f.split], ["path_start", f.start], ["path_end", f.end], ["paths_top", f.top === 10 ? "" : String(f.top)]]) {
     if (v) u.searchParams.set(k, v);
     else u.searchParams.delete(k);
   }
@@ -959,14 +961,14 @@ function Paths({ b, names, f, onChange }) {
     setRows(null);
     setError(null);
     if (!f.start || !f.end) return undefined;
-    sql(pathsQuery(b, f.start, f.end, 10)).then(
+    sql(pathsQuery(b, f.start, f.end, f.top)).then(
       (r) => !stop && setRows(r),
       (e) => !stop && setError(e.message),
     );
     return () => {
       stop = true;
     };
-  }, [b, f.start, f.end]);
+  }, [b, f.start, f.end, f.top]);
   const opts = names.map((r) => html`<option value=${r.name}>${r.name}</option>`);
   const total = rows && rows[0] ? n0(rows[0].total) : 0;
   return html`<section class="panel wide" aria-labelledby="h-paths" data-testid="paths" data-state=${rows ? "ready" : error ? "error" : "loading"}>
@@ -976,8 +978,12 @@ function Paths({ b, names, f, onChange }) {
       <select id="path-start" value=${f.start} onChange=${(e) => onChange({ start: e.target.value })}>${opts}</select>
       <label for="path-end">to</label>
       <select id="path-end" value=${f.end} onChange=${(e) => onChange({ end: e.target.value })}>${opts}</select>
+      <label for="path-top">Show</label>
+      <select id="path-top" value=${f.top} onChange=${(e) => onChange({ top: Number(e.target.value) })}>
+        ${PATH_TOPS.map((n) => html`<option value=${n}>top ${n}</option>`)}
+      </select>
     </div>
-    <p class="meta">In each session that has both: the events from its first “${f.start}” to the first “${f.end}” after it (in order; an event repeated in a row counts once). The ten most common, of ${num(total)} session${total === 1 ? "" : "s"}.</p>
+    <p class="meta">In each session that has both: the events from its first “${f.start}” to the first “${f.end}” after it (in order; an event repeated in a row counts once). The ${f.top} most common, of ${num(total)} session${total === 1 ? "" : "s"}.</p>
     ${error ? html`<p class="error" role="alert">Could not load the paths: ${error}. Pick other events or reload the page.</p>` : null}
     ${!rows
       ? !error && html`<p class="status" role="status">Loading the paths…</p>`

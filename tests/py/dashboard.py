@@ -387,6 +387,7 @@ def funnel_rows(page):
             seg: r.dataset.seg, counts: r.dataset.counts.split(',').map(Number)})),
         start: document.querySelector('#path-start').value,
         end: document.querySelector('#path-end').value,
+        top: Number(document.querySelector('#path-top').value),
         paths: [...document.querySelectorAll('[data-testid=path]')].map(r => ({
             path: r.dataset.path, sessions: Number(r.dataset.sessions)})),
     })""")
@@ -414,12 +415,12 @@ def funnels_page(page, axe_js, out):
     # Other steps (a product page after a product was viewed: a second
     # product, so order matters) and a path's ends, opened as a link.
     page.goto(url.split("?", 1)[0] + "?range=30d&step=Page%3A+Home&step=Product+Viewed&step=Page%3A+Product"
-              "&path_start=Cart+Viewed&path_end=Order+Completed")
+              "&path_start=Cart+Viewed&path_end=Order+Completed&paths_top=5")
     page.wait_for_selector("[data-testid=funnels][data-state=ready] [data-testid=funnel-step]", timeout=30000)
     page.wait_for_selector("[data-testid=paths][data-state=ready]", timeout=30000)
     linked = funnel_rows(page)
     assert [s["step"] for s in linked["steps"]] == ["Page: Home", "Product Viewed", "Page: Product"], linked
-    assert page.input_value("#range") == "30d"
+    assert page.input_value("#range") == "30d" and page.input_value("#path-top") == "5"
     return {"split": shown, "linked": linked}
 
 
@@ -521,6 +522,24 @@ def viewer_flow(browser, base, token, axe_js, out):
     page.wait_for_url("**/app/", timeout=20000)
     page.wait_for_selector("[data-testid=overview][data-state=ready]", timeout=30000)
     assert page.get_by_role("link", name="Settings").count() == 0, "a viewer sees no Settings"
+    # A viewer runs SQL but is not offered an export (the API refuses it too).
+    page.goto(base + "/app/sql")
+    page.wait_for_selector("[data-testid=tables] summary", timeout=30000)
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.wait_for_selector("[data-testid=console][data-state=ready]", timeout=30000)
+    page.wait_for_selector("text=Exporting a result needs the analyst role")
+    assert page.locator("[data-testid=export]").count() == 0
+    status = page.evaluate("""async () => {
+        const csrf = (document.cookie.match(/crow_csrf=([^;]+)/) || [])[1] || '';
+        const r = await fetch('/api/v1/exports', {method: 'POST', headers: {'Content-Type': 'application/json',
+            'X-CSRF-Token': csrf}, body: JSON.stringify({sql: 'SELECT 1 AS one', format: 'csv'})});
+        await r.text();
+        return r.status;
+    }""")
+    assert status == 403, status
+    # That refusal was the point: not a failure of the page.
+    w.problems = [p for p in w.problems if not ("HTTP 403" in p and "/api/v1/exports" in p)
+                  and "status of 403" not in p]
     page.goto(base + "/app/settings")
     page.wait_for_selector("text=Settings are for admins")
     assert page.locator("[data-testid=settings]").count() == 0

@@ -394,7 +394,7 @@ async fn assert_funnel_is_sql(
     }
     let mut top: Vec<(String, u64)> = paths.into_iter().collect();
     top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    top.truncate(10);
+    top.truncate(seen["top"].as_u64().unwrap_or(10) as usize);
     let want: Vec<Value> = top
         .iter()
         .map(|(p, n)| json!({"path": p, "sessions": n}))
