@@ -20,8 +20,8 @@ RUNS="${RUNS:-1}"
 venv="${CROWTEST_VENV:-.venv}"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 py="$venv/bin/python"
-"$py" -c 'import adbc_driver_flightsql, pyarrow, requests' 2>/dev/null \
-  || "$venv/bin/pip" install -q adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0 pyarrow requests
+"$py" -c 'import adbc_driver_flightsql, pyarrow, requests, psycopg' 2>/dev/null \
+  || "$venv/bin/pip" install -q adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0 pyarrow requests 'psycopg[binary]==3.3.9'
 if [ -n "${CROWTEST_BIN:-}" ]; then
   crow="$CROWTEST_BIN"
 else
@@ -44,9 +44,10 @@ key=$("$crow" --lake "$lake" keys create --org "$org" --scope read --name bench-
 free_port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 port=$(free_port)
 fport=$(free_port)
+pport=$(free_port)
 CROW_API_MAX_RESULT_ROWS=$(( ROWS > JSON_ROWS ? ROWS : JSON_ROWS )) CROW_API_QUERY_TIMEOUT_SECONDS=3600 \
   "$crow" --lake "$lake" serve --only api --listen "127.0.0.1:$port" \
-  --flight-listen "127.0.0.1:$fport" --wal-dir "$work/wal" >"$work/serve.log" 2>&1 &
+  --flight-listen "127.0.0.1:$fport" --pg-listen "127.0.0.1:$pport" --wal-dir "$work/wal" >"$work/serve.log" 2>&1 &
 server=$!
 for _ in $(seq 1 100); do
   curl -sf -o /dev/null "http://127.0.0.1:$port/api/v1/openapi.json" && break
@@ -56,4 +57,4 @@ done
 echo "$ROWS rows (JSON: $JSON_ROWS), 4 columns; $(nproc) cores; best of $RUNS"
 echo
 "$py" scripts/bench/protocols.py "http://127.0.0.1:$port" "grpc://127.0.0.1:$fport" "$key" \
-  --rows "$ROWS" --json-rows "$JSON_ROWS" --runs "$RUNS"
+  --rows "$ROWS" --json-rows "$JSON_ROWS" --runs "$RUNS" --pg "127.0.0.1:$pport" --org "$org"

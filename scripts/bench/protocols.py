@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One large result fetched through each of CROW's protocols, in one run:
-Arrow Flight SQL (the ADBC driver), and `POST /api/v1/sql` as an Arrow IPC
-stream and as JSON. Rows per second each (client wall time: the request,
+Arrow Flight SQL (the ADBC driver), `POST /api/v1/sql` as an Arrow IPC
+stream and as JSON, and the Postgres wire (psycopg, binary cursor). Rows per second each (client wall time: the request,
 the transfer and decoding into the client's objects — a pyarrow Table for
 Arrow, Python dicts for JSON).
 
@@ -10,13 +10,11 @@ The result is synthetic, so no lake is needed: ROWS rows of four columns
 `generate_series`, computed by the same tenant session as any query.
 
 usage: protocols.py API_URL FLIGHT_URI KEY [--rows N] [--json-rows N]
-       [--runs N]
+       [--runs N] [--pg HOST:PORT --org ORG_ID]
 
 JSON holds every row as a Python dict (about 0.5 KB each), so it is
-measured on --json-rows rows (default 2,000,000) unless told otherwise.
-
-Slot for the Postgres wire (issue 18 item 1): add a fetch function for it
-(psycopg, binary cursor) to PROTOCOLS and its address to the arguments.
+measured on --json-rows rows (default 2,000,000) unless told otherwise; so
+is the Postgres wire, whose client holds every row as a Python tuple.
 """
 import argparse
 import json
@@ -61,10 +59,22 @@ def http(args, rows, accept):
     return len(json.loads(r.content))
 
 
+def postgres(args, rows):
+    import psycopg
+
+    host, port = args.pg.rsplit(":", 1)
+    dsn = f"host={host} port={port} dbname=crow user={args.org} password={args.key}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with conn.cursor(binary=True) as cur:
+            cur.execute(sql(rows))
+            return len(cur.fetchall())
+
+
 PROTOCOLS = [
     ("Arrow Flight SQL (ADBC)", "rows", flight),
     ("HTTP Arrow IPC", "rows", lambda a, n: http(a, n, "application/vnd.apache.arrow.stream")),
     ("HTTP JSON", "json_rows", lambda a, n: http(a, n, "application/json")),
+    ("Postgres wire (psycopg, binary)", "json_rows", postgres),
 ]
 
 
@@ -76,11 +86,15 @@ def main():
     p.add_argument("--rows", type=int, default=10_000_000)
     p.add_argument("--json-rows", type=int, default=2_000_000)
     p.add_argument("--runs", type=int, default=1)
+    p.add_argument("--pg", help="HOST:PORT of crow serve --pg-listen")
+    p.add_argument("--org", help="organization id (the Postgres user name)")
     args = p.parse_args()
     print("| protocol | rows | seconds | rows/s |")
     print("|---|---:|---:|---:|")
     results = {}
     for name, size, fetch in PROTOCOLS:
+        if fetch is postgres and not args.pg:
+            continue
         n = getattr(args, size)
         best = None
         for _ in range(args.runs):

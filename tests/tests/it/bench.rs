@@ -89,7 +89,12 @@ fn the_protocol_and_storage_benchmarks_run() {
         "bench-protocols.sh",
         &[("ROWS", "20000"), ("JSON_ROWS", "20000")],
     );
-    for protocol in ["Arrow Flight SQL", "HTTP Arrow IPC", "HTTP JSON"] {
+    for protocol in [
+        "Arrow Flight SQL",
+        "HTTP Arrow IPC",
+        "HTTP JSON",
+        "Postgres wire",
+    ] {
         assert!(
             out.lines()
                 .any(|l| l.starts_with(&format!("| {protocol}")) && l.contains("20,000")),
