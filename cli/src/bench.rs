@@ -25,6 +25,43 @@ pub struct BenchArgs {
     pub seconds: u64,
 }
 
+/// `crow bench ingest --url URL --write-key KEY`: the same load against a
+/// collector that runs elsewhere (e.g. a `crow serve` that also answers
+/// queries); acknowledged requests and latency only, since the lake behind
+/// it is not this process's to watch.
+pub async fn ingest_remote(url: &str, write_key: &str, args: BenchArgs) -> Result<()> {
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{write_key}:"))
+    );
+    let url = format!("{}/v1/batch", url.trim_end_matches('/'));
+    crate::output::line(format_args!(
+        "| batch | clients | requests | 503s | events/s | p50 ms | p99 ms |"
+    ))?;
+    crate::output::line(format_args!("|---:|---:|---:|---:|---:|---:|---:|"))?;
+    for &batch in &args.batches {
+        let payloads: Vec<Vec<u8>> = (0..64).map(|i| payload(batch, i)).collect();
+        let l = load(
+            &url,
+            &auth,
+            &payloads,
+            args.concurrency,
+            Duration::from_secs(args.seconds),
+        )
+        .await?;
+        crate::output::line(format_args!(
+            "| {batch} | {} | {} | {} | {:.0} | {:.2} | {:.2} |",
+            args.concurrency,
+            l.requests,
+            l.refused,
+            (l.requests * batch) as f64 / l.seconds,
+            l.p50,
+            l.p99,
+        ))?;
+    }
+    Ok(())
+}
+
 pub async fn ingest(cfg: Config, lake_given: bool, args: BenchArgs) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let mut cfg = cfg;

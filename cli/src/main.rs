@@ -300,6 +300,13 @@ enum BenchCommand {
         /// Seconds per batch size.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Load a collector that runs elsewhere (its base URL, e.g.
+        /// http://127.0.0.1:8080) instead of one in this process.
+        #[arg(long, requires = "write_key")]
+        url: Option<String>,
+        /// The write key for --url.
+        #[arg(long)]
+        write_key: Option<String>,
     },
 }
 
@@ -549,6 +556,25 @@ async fn run(cli: Cli) -> Result<()> {
             batch,
             clients,
             seconds,
+            url: Some(url),
+            write_key,
+        }) => {
+            bench::ingest_remote(
+                &url,
+                write_key.as_deref().unwrap_or_default(),
+                bench::BenchArgs {
+                    batches: batch,
+                    concurrency: clients.max(1),
+                    seconds: seconds.max(1),
+                },
+            )
+            .await
+        }
+        Command::Bench(BenchCommand::Ingest {
+            batch,
+            clients,
+            seconds,
+            ..
         }) => {
             bench::ingest(
                 cfg,

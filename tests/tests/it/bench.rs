@@ -105,3 +105,14 @@ fn the_protocol_and_storage_benchmarks_run() {
     assert!(out.contains("CROW as flushed:"), "{out}");
     assert!(out.contains("CROW compacted:"), "{out}");
 }
+
+#[test]
+fn the_isolation_benchmark_runs() {
+    let out = script(
+        "bench-isolation.sh",
+        &[("SECONDS_PER_RUN", "2"), ("ROWS", "1000000")],
+    );
+    assert_eq!(table_rows(&out, "10 | 16").len(), 2, "{out}");
+    assert!(out.contains("p99 ratio"), "{out}");
+    assert!(out.contains("heavy queries answered"), "{out}");
+}
