@@ -32,9 +32,12 @@ pub struct QueryRuntime {
 }
 
 impl QueryRuntime {
-    /// Start the runtime with one worker per core.
-    pub fn start() -> std::io::Result<Self> {
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    /// Start the runtime with `threads` workers (0: one per core).
+    pub fn start(threads: usize) -> std::io::Result<Self> {
+        let workers = match threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
         let (tx, rx) = std_mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()

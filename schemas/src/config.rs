@@ -450,6 +450,10 @@ pub struct ApiConfig {
     pub memory_limit_mb: u64,
     /// Folder for spill files. Empty: the OS temp folder.
     pub spill_dir: String,
+    /// Threads that plan and run SQL queries (all protocols), apart from
+    /// the collector's. 0: one per core. Fewer than the cores leave the
+    /// rest to the collector's acknowledgements under heavy queries.
+    pub query_threads: u64,
     /// Largest page of a REST listing.
     pub max_page_size: u32,
     /// Longest SQL statement accepted, in bytes.
@@ -502,6 +506,7 @@ impl Default for ApiConfig {
             query_timeout_seconds: 60,
             max_result_rows: 1_000_000,
             memory_limit_mb: 1024,
+            query_threads: 0,
             spill_dir: String::new(),
             max_page_size: 1000,
             max_sql_bytes: 1024 * 1024,
@@ -980,6 +985,9 @@ impl ApiConfig {
                 "api.public_rate_limit_per_second",
                 "must be a positive number",
             ));
+        }
+        if self.query_threads > 1024 {
+            return Err(err("api.query_threads", "must be 0 (one per core) to 1024"));
         }
         for (key, v) in [
             ("api.rate_limit_burst", u64::from(self.rate_limit_burst)),
