@@ -18,6 +18,26 @@ pub struct ApiMetrics {
     query_sum_micros: AtomicU64,
     query_count: AtomicU64,
     refused: Mutex<BTreeMap<String, u64>>,
+    /// The SQL result cache's counters ([`crate::cache`]).
+    pub cache: CacheStats,
+}
+
+/// Counters and gauges of the SQL result cache.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    /// Answers served from the cache.
+    pub hits: AtomicU64,
+    /// Cacheable queries not in the cache (run, then stored if they fit).
+    pub misses: AtomicU64,
+    /// Queries not looked up: the cache is off or the query is not
+    /// deterministic.
+    pub bypasses: AtomicU64,
+    /// Entries dropped to make room.
+    pub evictions: AtomicU64,
+    /// Bytes held (answers and keys).
+    pub bytes: AtomicU64,
+    /// Answers held.
+    pub entries: AtomicU64,
 }
 
 impl Default for ApiMetrics {
@@ -28,6 +48,7 @@ impl Default for ApiMetrics {
             query_sum_micros: AtomicU64::new(0),
             query_count: AtomicU64::new(0),
             refused: Mutex::new(BTreeMap::new()),
+            cache: CacheStats::default(),
         }
     }
 }
@@ -97,6 +118,55 @@ impl ApiMetrics {
             self.query_sum_micros.load(Ordering::Relaxed) as f64 / 1e6
         );
         let _ = writeln!(out, "{name}_count {n}");
+        self.render_cache(&mut out);
         out
+    }
+
+    fn render_cache(&self, out: &mut String) {
+        let c = &self.cache;
+        for (name, kind, help, v) in [
+            (
+                "hits_total",
+                "counter",
+                "SQL answers served from the result cache.",
+                &c.hits,
+            ),
+            (
+                "misses_total",
+                "counter",
+                "Cacheable SQL queries not found in the result cache.",
+                &c.misses,
+            ),
+            (
+                "bypass_total",
+                "counter",
+                "SQL queries that skipped the result cache (cache off, or not deterministic).",
+                &c.bypasses,
+            ),
+            (
+                "evictions_total",
+                "counter",
+                "Result cache entries dropped to make room.",
+                &c.evictions,
+            ),
+            (
+                "bytes",
+                "gauge",
+                "Bytes held by the result cache.",
+                &c.bytes,
+            ),
+            (
+                "entries",
+                "gauge",
+                "Answers held by the result cache.",
+                &c.entries,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP crow_api_result_cache_{name} {help}\n# TYPE crow_api_result_cache_{name} {kind}\ncrow_api_result_cache_{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
     }
 }
