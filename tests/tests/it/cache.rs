@@ -189,6 +189,14 @@ async fn result_cache_is_never_stale_nor_shared() {
     let o2 = ask(&w, s, &w.key_a, old.clone(), None).await;
     assert_eq!((o2.cache.as_str(), &o2.body), ("hit", &first.body));
 
+    // Text functions (bounded in API sessions) are deterministic.
+    let upper = json!({ "sql": "select upper(product_id) || '!' as u from products order by u" });
+    assert_eq!(
+        ask(&w, s, &w.key_a, upper.clone(), None).await.cache,
+        "miss"
+    );
+    assert_eq!(ask(&w, s, &w.key_a, upper.clone(), None).await.cache, "hit");
+
     // Queries whose answer may change without a commit are never cached.
     let m2 = counters(&w, s).await;
     for (sql, f) in [
@@ -296,6 +304,36 @@ async fn result_cache_follows_visibility_and_configuration() {
             "miss"
         );
     }
+
+    // An answer cut short mid-stream (past api.max_result_rows after the
+    // first 4 MB went out) is never stored: the next ask runs again and
+    // fails again, never a hit with the partial body.
+    let wal = tempfile::tempdir().expect("wal");
+    let capped = Server::start(&w.b, wal.path(), &[("CROW_API_MAX_RESULT_ROWS", "50000")]);
+    let long =
+        json!({ "sql": "select value, repeat('x', 100) as pad from generate_series(1, 60000)" });
+    for _ in 0..2 {
+        let r = w
+            .http
+            .post(capped.url("/api/v1/sql"))
+            .bearer_auth(&w.key_a)
+            .json(&long)
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(
+            r.status().as_u16(),
+            200,
+            "the cap is passed after the answer started"
+        );
+        let cache = r
+            .headers()
+            .get("x-crow-cache")
+            .map(|v| v.as_bytes().to_vec());
+        assert_eq!(cache.as_deref(), Some(&b"miss"[..]));
+        assert!(r.bytes().await.is_err(), "the answer must be cut short");
+    }
+    assert_eq!(counters(&w, &capped).await[..2], [0, 2]);
 
     // A malformed setting names its field.
     let out = std::process::Command::new(crate::support::crow_bin())
