@@ -188,42 +188,6 @@ async fn result_cache_is_never_stale_nor_shared() {
     assert_eq!((o1.cache.as_str(), &o1.body), ("miss", &first.body));
     let o2 = ask(&w, s, &w.key_a, old.clone(), None).await;
     assert_eq!((o2.cache.as_str(), &o2.body), ("hit", &first.body));
-
-    // Text functions (bounded in API sessions) are deterministic.
-    let upper = json!({ "sql": "select upper(product_id) || '!' as u from products order by u" });
-    assert_eq!(
-        ask(&w, s, &w.key_a, upper.clone(), None).await.cache,
-        "miss"
-    );
-    assert_eq!(ask(&w, s, &w.key_a, upper.clone(), None).await.cache, "hit");
-
-    // Queries whose answer may change without a commit are never cached.
-    let m2 = counters(&w, s).await;
-    for (sql, f) in [
-        ("select count(*) as n, now() as t from products", "now()"),
-        (
-            "select product_id from products where random() < 2",
-            "random()",
-        ),
-        ("select current_date as d", "current_date()"),
-        ("select uuid() as u", "uuid()"),
-        (
-            "select (select max(product_id) || uuid() from products) as x",
-            "uuid()",
-        ),
-    ] {
-        for _ in 0..2 {
-            let a = ask(&w, s, &w.key_a, json!({ "sql": sql }), None).await;
-            assert_eq!(a.cache, "bypass", "{sql}");
-            assert!(
-                a.reason.contains(f),
-                "{sql}: reason `{}` names {f}",
-                a.reason
-            );
-        }
-    }
-    let m3 = counters(&w, s).await;
-    assert_eq!(delta(m2, m3), [0, 0, 10, 0], "ten bypasses, nothing else");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,6 +229,23 @@ async fn result_cache_follows_visibility_and_configuration() {
     }
     assert_eq!(counters(&w, &off).await, [0, 0, 3, 0, 0]);
 
+    // A malformed setting names its field.
+    let out = std::process::Command::new(crate::support::crow_bin())
+        .args(["config", "show"])
+        .env_remove("CROW_CONFIG")
+        .env("CROW_API_RESULT_CACHE_MAX_ENTRY_MB", "0")
+        .output()
+        .expect("crow config show");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("api.result_cache_max_entry_mb"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn result_cache_is_bounded_and_keeps_only_complete_answers() {
+    let w = world(&[]).await;
     // A small cache: the least recently used answer leaves to make room,
     // bytes stay within the bound, an answer above the entry cap is not
     // kept.
@@ -334,17 +315,45 @@ async fn result_cache_follows_visibility_and_configuration() {
         assert!(r.bytes().await.is_err(), "the answer must be cut short");
     }
     assert_eq!(counters(&w, &capped).await[..2], [0, 2]);
+}
 
-    // A malformed setting names its field.
-    let out = std::process::Command::new(crate::support::crow_bin())
-        .args(["config", "show"])
-        .env_remove("CROW_CONFIG")
-        .env("CROW_API_RESULT_CACHE_MAX_ENTRY_MB", "0")
-        .output()
-        .expect("crow config show");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("api.result_cache_max_entry_mb"),
-        "{err}"
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn result_cache_skips_queries_that_are_not_deterministic() {
+    let w = world(&[]).await;
+    let s = &w.server;
+    // Text functions (bounded in API sessions) are deterministic.
+    let upper = json!({ "sql": "select upper(product_id) || '!' as u from products order by u" });
+    assert_eq!(
+        ask(&w, s, &w.key_a, upper.clone(), None).await.cache,
+        "miss"
     );
+    assert_eq!(ask(&w, s, &w.key_a, upper.clone(), None).await.cache, "hit");
+
+    // Queries whose answer may change without a commit are never cached.
+    let m2 = counters(&w, s).await;
+    for (sql, f) in [
+        ("select count(*) as n, now() as t from products", "now()"),
+        (
+            "select product_id from products where random() < 2",
+            "random()",
+        ),
+        ("select current_date as d", "current_date()"),
+        ("select uuid() as u", "uuid()"),
+        (
+            "select (select max(product_id) || uuid() from products) as x",
+            "uuid()",
+        ),
+    ] {
+        for _ in 0..2 {
+            let a = ask(&w, s, &w.key_a, json!({ "sql": sql }), None).await;
+            assert_eq!(a.cache, "bypass", "{sql}");
+            assert!(
+                a.reason.contains(f),
+                "{sql}: reason `{}` names {f}",
+                a.reason
+            );
+        }
+    }
+    let m3 = counters(&w, s).await;
+    assert_eq!(delta(m2, m3), [0, 0, 10, 0], "ten bypasses, nothing else");
 }
