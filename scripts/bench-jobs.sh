@@ -6,17 +6,24 @@
 #     memory of each (measured as separate processes);
 #  2. enrichment against a local OpenAI-compatible server answering after
 #     300 ms, at concurrency 16, against the ideal concurrency / latency.
-# Usage: scripts/bench-jobs.sh   (EVENTS=1000000 for a quick run)
+# Usage: scripts/bench-jobs.sh   (EVENTS=1000000 for a quick run; SESSIONS=N
+#        sessions to enrich; CROWTEST_BIN=PATH to use an already built binary
+#        instead of building in release; CROWTEST_VENV=DIR for a venv that has
+#        DuckDB already)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS="${EVENTS:-10000000}"
 SESSIONS="${SESSIONS:-2000}"
-venv=.venv
+venv="${CROWTEST_VENV:-.venv}"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/pip" install -q duckdb==2.0.0
+"$venv/bin/python" -c 'import duckdb' 2>/dev/null || "$venv/bin/pip" install -q duckdb==2.0.0
 py="$venv/bin/python"
-cargo build --release --locked --bin crow
-crow="$PWD/target/release/crow"
+if [ -n "${CROWTEST_BIN:-}" ]; then
+  crow="$CROWTEST_BIN"
+else
+  cargo build --release --locked --bin crow
+  crow="$PWD/target/release/crow"
+fi
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 lake="$work/lake"

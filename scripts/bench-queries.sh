@@ -13,15 +13,17 @@
 # Usage: scripts/bench-queries.sh   (EVENTS=1000000 for a quick run;
 #        RUNS=5, ONLY=Q05,Q13 to pick queries; KEEP_LAKE=DIR to keep the lake
 #        there for EXPLAIN ANALYZE with `crow --lake DIR sql …`;
-#        CROWTEST_BIN=PATH to use an already built binary instead of building)
+#        CROWTEST_BIN=PATH to use an already built binary instead of building;
+#        CROWTEST_VENV=DIR for a venv that has the packages already)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS="${EVENTS:-10000000}"
 RUNS="${RUNS:-3}"
 ONLY="${ONLY:-}"
-venv=.venv
+venv="${CROWTEST_VENV:-.venv}"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/pip" install -q duckdb==2.0.0 pyarrow requests
+"$venv/bin/python" -c 'import duckdb, pyarrow, requests' 2>/dev/null \
+  || "$venv/bin/pip" install -q duckdb==2.0.0 pyarrow requests
 py="$venv/bin/python"
 if [ -n "${CROWTEST_BIN:-}" ]; then
   crow="$CROWTEST_BIN"

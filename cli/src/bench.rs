@@ -42,8 +42,10 @@ pub async fn ingest(cfg: Config, lake_given: bool, args: BenchArgs) -> Result<()
     let collector = Collector::start(lake.clone(), cfg.ingest.clone(), wal_dir).await?;
     let (addr, server) = collector.serve_on_loopback().await?;
     let url = format!("http://{addr}/v1/batch");
-    println!("| batch | clients | requests | 503s | events/s | p50 ms | p99 ms | drain s | committed events/s | JSON-parse ceiling events/s | ratio |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    crate::output::line(format_args!("| batch | clients | requests | 503s | events/s | p50 ms | p99 ms | drain s | committed events/s | JSON-parse ceiling events/s | ratio |"))?;
+    crate::output::line(format_args!(
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    ))?;
     for &batch in &args.batches {
         let payloads: Vec<Vec<u8>> = (0..64).map(|i| payload(batch, i)).collect();
         let ceiling = parse_ceiling(&payloads, batch);
@@ -62,7 +64,7 @@ pub async fn ingest(cfg: Config, lake_given: bool, args: BenchArgs) -> Result<()
         let drain = drain.elapsed().as_secs_f64();
         let events = (l.requests * batch) as f64;
         let events_per_s = events / l.seconds;
-        println!(
+        crate::output::line(format_args!(
             "| {batch} | {} | {} | {} | {events_per_s:.0} | {:.2} | {:.2} | {drain:.2} | {:.0} | {ceiling:.0} | {:.2} |",
             args.concurrency,
             l.requests,
@@ -71,7 +73,7 @@ pub async fn ingest(cfg: Config, lake_given: bool, args: BenchArgs) -> Result<()
             l.p99,
             events / (l.seconds + drain),
             events_per_s / ceiling
-        );
+        ))?;
     }
     // Visibility: one acknowledged event, then poll SQL until it shows.
     let http = reqwest::Client::new();
@@ -108,11 +110,11 @@ pub async fn ingest(cfg: Config, lake_given: bool, args: BenchArgs) -> Result<()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!(
+    crate::output::line(format_args!(
         "\nack → visible to `crow sql`: {:.2} s (flush interval {} ms)",
         sent.elapsed().as_secs_f64(),
         cfg.ingest.flush_interval_ms
-    );
+    ))?;
     server.abort();
     collector.shutdown().await;
     Ok(())
@@ -352,7 +354,7 @@ pub async fn generate(lake: &Lake, events: u64, days: u32, seed: u64) -> Result<
         "to": today.to_string(),
         "lake": lake.uri(),
     });
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    crate::output::line(format_args!("{}", serde_json::to_string_pretty(&out)?))?;
     Ok(())
 }
 
@@ -475,16 +477,18 @@ pub async fn enrich(
     let again = enrich::run(&lake, provider, &again_opts, &quiet).await?;
     let cached_s = started.elapsed().as_secs_f64();
     server.abort();
-    println!("| sessions | latency ms | concurrency | max in flight | seconds | ideal seconds | efficiency | sessions/s | cached re-run s | provider calls on re-run |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    println!(
+    crate::output::line(format_args!("| sessions | latency ms | concurrency | max in flight | seconds | ideal seconds | efficiency | sessions/s | cached re-run s | provider calls on re-run |"))?;
+    crate::output::line(format_args!(
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    ))?;
+    crate::output::line(format_args!(
         "| {} | {latency_ms} | {concurrency} | {} | {elapsed:.2} | {ideal:.2} | {:.0}% | {:.1} | {cached_s:.2} | {} |",
         r.sessions,
         max_in_flight.load(Ordering::Relaxed),
         100.0 * ideal / elapsed,
         r.sessions as f64 / elapsed,
         calls.load(Ordering::Relaxed) - calls_first,
-    );
+    ))?;
     eprintln!(
         "sessionized {} sessions; enrich wrote {} interactions ({} failures); the re-run hit the cache {} times",
         s.sessions, r.interactions, r.failures, again.cache_hits

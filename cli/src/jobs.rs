@@ -204,7 +204,7 @@ pub async fn run(lake: &Lake, cfg: &Config, args: RunArgs) -> Result<()> {
     // nothing, so say why instead. JSON and CSV keep the report's shape.
     let idle = report["run_id"].as_str() == Some("") && report["window_start"].is_null();
     if idle && args.format.format == Format::Table {
-        println!("{}", nothing_to_do(args.job));
+        crate::output::line(format_args!("{}", nothing_to_do(args.job)))?;
         return Ok(());
     }
     print_report(args.format.format, &report)?;

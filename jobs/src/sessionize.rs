@@ -576,22 +576,6 @@ fn writer_context(runtime: &Arc<RuntimeEnv>, pool_bytes: usize) -> SessionContex
     ctx
 }
 
-/// Spill files and bytes of every operator of an executed plan.
-fn spills(plan: &Arc<dyn ExecutionPlan>) -> (u64, u64) {
-    let (mut count, mut bytes) = plan.metrics().map_or((0, 0), |m| {
-        (
-            m.spill_count().unwrap_or(0) as u64,
-            m.spilled_bytes().unwrap_or(0) as u64,
-        )
-    });
-    for child in plan.children() {
-        let (c, b) = spills(child);
-        count += c;
-        bytes += b;
-    }
-    (count, bytes)
-}
-
 /// Run the sessionize job.
 pub async fn run(lake: &Lake, opts: &Options, progress: &ProgressRef) -> Result<Report> {
     let org = opts.org.as_deref();
@@ -1059,7 +1043,7 @@ async fn web(
         read += part.events;
         built.merge(part)?;
     }
-    let (count, bytes) = spills(&sorted);
+    let (count, bytes) = crow_lake::plan_spills(&sorted);
     built.spill_count += count;
     built.spilled_bytes += bytes;
     built.duplicates += total.saturating_sub(read);

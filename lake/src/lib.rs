@@ -1046,6 +1046,24 @@ pub async fn run_read_only(
     Ok((schema, batches))
 }
 
+/// Spill files and bytes of every operator of an executed plan (read
+/// once its stream has ended: the sorts, aggregations and joins that went
+/// past their memory pool's share).
+pub fn plan_spills(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> (u64, u64) {
+    let (mut count, mut bytes) = plan.metrics().map_or((0, 0), |m| {
+        (
+            m.spill_count().unwrap_or(0) as u64,
+            m.spilled_bytes().unwrap_or(0) as u64,
+        )
+    });
+    for child in plan.children() {
+        let (c, b) = plan_spills(child);
+        count += c;
+        bytes += b;
+    }
+    (count, bytes)
+}
+
 /// The session configuration of every context the lake makes: the
 /// information schema on, one partition per core.
 pub fn session_config() -> SessionConfig {

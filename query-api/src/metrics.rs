@@ -18,6 +18,8 @@ pub struct ApiMetrics {
     query_sum_micros: AtomicU64,
     query_count: AtomicU64,
     refused: Mutex<BTreeMap<String, u64>>,
+    spill_files: AtomicU64,
+    spilled_bytes: AtomicU64,
     /// The SQL result cache's counters ([`crate::cache`]).
     pub cache: CacheStats,
 }
@@ -48,6 +50,8 @@ impl Default for ApiMetrics {
             query_sum_micros: AtomicU64::new(0),
             query_count: AtomicU64::new(0),
             refused: Mutex::new(BTreeMap::new()),
+            spill_files: AtomicU64::new(0),
+            spilled_bytes: AtomicU64::new(0),
             cache: CacheStats::default(),
         }
     }
@@ -66,6 +70,12 @@ impl ApiMetrics {
         if let Ok(mut m) = self.refused.lock() {
             *m.entry(code.to_string()).or_default() += 1;
         }
+    }
+
+    /// Count what one query spilled to disk past its memory pool.
+    pub fn spilled(&self, files: u64, bytes: u64) {
+        self.spill_files.fetch_add(files, Ordering::Relaxed);
+        self.spilled_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Record how long a query took until its first result batch.
@@ -98,6 +108,16 @@ impl ApiMetrics {
                 let _ = writeln!(out, "crow_api_sql_refused_total{{code=\"{code}\"}} {n}");
             }
         }
+        let _ = writeln!(
+            out,
+            "# HELP crow_api_query_spill_files_total Files queries spilled to disk past the memory pool (api.memory_limit_mb).\n# TYPE crow_api_query_spill_files_total counter\ncrow_api_query_spill_files_total {}",
+            self.spill_files.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP crow_api_query_spilled_bytes_total Bytes queries spilled to disk past the memory pool.\n# TYPE crow_api_query_spilled_bytes_total counter\ncrow_api_query_spilled_bytes_total {}",
+            self.spilled_bytes.load(Ordering::Relaxed)
+        );
         let name = "crow_api_query_seconds";
         let _ = writeln!(
             out,

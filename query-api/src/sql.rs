@@ -544,19 +544,23 @@ impl RunningQuery {
                 if let Cached::Hit(_) = cached {
                     return Ok::<_, ApiError>((out, cached, None));
                 }
-                let stream = df
-                    .execute_stream()
+                let task_ctx = Arc::new(df.task_ctx());
+                let plan = df
+                    .create_physical_plan()
                     .await
                     .map_err(|e| df_error(&e, Some(&schema)))?;
-                Ok::<_, ApiError>((out, cached, Some(stream)))
+                let stream = datafusion::physical_plan::execute_stream(plan.clone(), task_ctx)
+                    .map_err(|e| df_error(&e, Some(&schema)))?;
+                Ok::<_, ApiError>((out, cached, Some((plan, stream))))
             };
-            let mut stream = match started.await {
-                Ok((out, cached, stream)) => {
+            let (plan, mut stream) = match started.await {
+                Ok((out, cached, running)) => {
                     if ready_tx.send(Ok((out, cached))).is_err() {
                         return;
                     }
-                    match stream {
-                        Some(s) => s,
+                    match running {
+                        Some(r) => r,
+                        // A hit: nothing runs.
                         None => return,
                     }
                 }
@@ -569,9 +573,14 @@ impl RunningQuery {
                 let b = b.map_err(|e| exec_error(&e, Some(&schema)));
                 let failed = b.is_err();
                 if tx.send(b).await.is_err() || failed {
-                    return;
+                    break;
                 }
             }
+            // What went past the memory pool, for /metrics (also when the
+            // query failed or its caller left: it spilled all the same).
+            drop(stream);
+            let (files, bytes) = crow_lake::plan_spills(&plan);
+            st.metrics.spilled(files, bytes);
             // Keeps the tenant schema (and so its loaded views) alive while
             // streaming.
             drop(schema);

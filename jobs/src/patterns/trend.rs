@@ -7,7 +7,7 @@
 //! excess over the baseline rate. A story built from trend findings starts
 //! at the onset, so its impact counts the change's early days too.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use chrono::{Datelike, Days, NaiveDate, Weekday};
 use serde_json::json;
@@ -68,48 +68,42 @@ impl Finder<'_> {
         }
         let flagged = self.flagged.borrow();
         let own = self.own_flagged.borrow();
-        // The week pooled, per set of days left out (most keys leave out
-        // none: one pooled week serves them all).
-        let mut pooled: BTreeMap<Vec<NaiveDate>, Stats> = BTreeMap::new();
-        let mut tests = 0;
-        let mut fs = Vec::new();
+        // Incidents (days the day tests found anything on, any metric or
+        // segment) are neither the week's trend nor the baseline's normal:
+        // the same days are left out for every key.
+        let days: Vec<NaiveDate> = window
+            .iter()
+            .map(|(day, _)| *day)
+            .filter(|day| !own.contains(day))
+            .collect();
+        if days.len() < TREND_MIN_DAYS {
+            return Vec::new();
+        }
+        let (base, base_days): (Vec<&Stats>, Vec<NaiveDate>) = self
+            .day_stats
+            .range(b0..w0)
+            .filter(|(day, _)| !own.contains(day))
+            .map(|(d, s)| (s, *d))
+            .unzip();
+        let mut cur = Stats::default();
+        for (day, s) in &window {
+            if days.contains(day) {
+                cur.merge(s);
+            }
+        }
+        let cur_days: Vec<(Weekday, &Stats)> = window
+            .iter()
+            .filter(|(day, _)| days.contains(day))
+            .map(|(day, s)| (day.weekday(), *s))
+            .collect();
         let when = format!("over the {TREND_DAYS} days to {d}");
         let baseline = format!("over the {BASELINE_DAYS} days before them");
+        let ctx = self.trend_ctx(&when, &baseline, (w0, d), &base_days, cur_days, &flagged);
+        let mut tests = 0;
+        let mut fs = Vec::new();
         for key in keys {
-            // Incidents (days the day tests found anything on) are neither
-            // the week's trend nor the baseline's normal.
-            let incident = |day: &NaiveDate| own.contains(day);
-            let days: Vec<NaiveDate> = window
-                .iter()
-                .map(|(day, _)| *day)
-                .filter(|day| !incident(day))
-                .collect();
-            if days.len() < TREND_MIN_DAYS {
-                continue;
-            }
-            let (base, base_days): (Vec<&Stats>, Vec<NaiveDate>) = self
-                .day_stats
-                .range(b0..w0)
-                .filter(|(day, _)| !incident(day))
-                .map(|(d, s)| (s, *d))
-                .unzip();
-            let cur = pooled.entry(days.clone()).or_insert_with(|| {
-                let mut st = Stats::default();
-                for (day, s) in &window {
-                    if days.contains(day) {
-                        st.merge(s);
-                    }
-                }
-                st
-            });
-            let cur_days: Vec<(Weekday, &Stats)> = window
-                .iter()
-                .filter(|(day, _)| days.contains(day))
-                .map(|(day, s)| (day.weekday(), *s))
-                .collect();
-            let ctx = self.trend_ctx(&when, &baseline, (w0, d), &base_days, cur_days, &flagged);
             tests += 1;
-            let Some(mut f) = test_metric(key, cur, &base, &ctx) else {
+            let Some(mut f) = test_metric(key, &cur, &base, &ctx) else {
                 continue;
             };
             f.notable = sustained_notable(&f);
@@ -128,15 +122,9 @@ impl Finder<'_> {
             }
         }
         let fs = benjamini_hochberg(fs, self.fdr, tests);
-        // The same equivalences as the day's own tests, over the whole week.
-        let Some(whole) = pooled.get(&window.iter().map(|(d, _)| *d).collect::<Vec<_>>()) else {
-            return one_fact(fs);
-        };
-        let (base, base_days): (Vec<&Stats>, Vec<NaiveDate>) =
-            self.day_stats.range(b0..w0).map(|(d, s)| (s, *d)).unzip();
-        let cur_days = window.iter().map(|(d, s)| (d.weekday(), *s)).collect();
-        let ctx = self.trend_ctx(&when, &baseline, (w0, d), &base_days, cur_days, &flagged);
-        segment_explains_whole(one_fact(fs), whole, &base, &ctx)
+        // The same equivalences as the day's own tests, over the same week
+        // and baseline the trends were tested on.
+        segment_explains_whole(one_fact(fs), &cur, &base, &ctx)
     }
 
     fn trend_ctx<'s>(

@@ -494,6 +494,60 @@ async fn keys_formats_rest_exports_and_metrics() {
         vec![json!({"g": 3_000_000})],
         "3M groups in a 32 MiB pool"
     );
+    // A result that breaks the row cap after the answer started is
+    // aborted: the client's read fails, in every text format, rather than
+    // ending in a well-formed but truncated document. (A 20 KB literal
+    // makes the planner use batches of about 400 rows, 8 MB each: the
+    // first is past the 4 MB fetched before the status line, the third
+    // past the cap of 1000 rows.)
+    let wide = format!(
+        "select value, '{}' as s from generate_series(1, 5000)",
+        "x".repeat(20_000)
+    );
+    for accept in ["application/json", "text/csv", "application/x-ndjson"] {
+        let r = w
+            .post_sql(&w.key_a, json!({ "sql": wide }), Some(accept))
+            .await;
+        assert_eq!(r.status(), 200, "{accept}: the answer had started");
+        let body = r.bytes().await;
+        // The same rows within the cap read whole: the failure above is the
+        // abort, not the size.
+        let whole = w
+            .post_sql(
+                &w.key_a,
+                json!({ "sql": format!("{wide} limit 1000") }),
+                Some(accept),
+            )
+            .await;
+        assert_eq!(whole.status(), 200, "{accept}");
+        let whole = whole.bytes().await.expect("a complete result");
+        assert!(whole.len() > 20_000_000, "{accept}: {}", whole.len());
+        assert!(
+            body.is_err(),
+            "{accept}: a result past the row cap read as complete ({} bytes)",
+            body.map(|b| b.len()).unwrap_or(0)
+        );
+    }
+    // It fit because it spilled: /metrics counts the files and bytes.
+    let m = w
+        .http
+        .get(w.server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let counter = |name: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {m}"))
+    };
+    assert!(counter("crow_api_query_spill_files_total") >= 1, "{m}");
+    assert!(
+        counter("crow_api_query_spilled_bytes_total") > 32 * 1024 * 1024 / 4,
+        "{m}"
+    );
 
     // Authentication failures are 401 problem documents.
     for auth in [None, Some("Bearer ck_doesnotexist"), Some("Basic abc")] {

@@ -315,6 +315,7 @@ async fn deep_and_wide_statements_are_refused_or_answered_never_fatal() {
             "",
         ));
     }
+    let mut refused: std::collections::BTreeMap<String, usize> = Default::default();
     for (sql, status, code) in &cases {
         let label = format!("{}… ({} bytes)", &sql[..sql.len().min(60)], sql.len());
         let (s, body) = w.sql(sql).await;
@@ -325,7 +326,32 @@ async fn deep_and_wide_statements_are_refused_or_answered_never_fatal() {
         if *status == 400 {
             assert_eq!(body["status"], 400, "{label}: problem+json {body}");
         }
+        if let Some(c) = body["code"].as_str() {
+            *refused.entry(c.to_string()).or_default() += 1;
+        }
         w.still_serving(&label).await;
+    }
+    // The guard's refusals are counted by code, one per refused statement
+    // (the parser's own refusals of deep nesting are `invalid_query`, not
+    // counted: that is a query the caller got wrong, not one refused).
+    let m = w
+        .http
+        .get(w.server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for code in ["query_too_complex", "query_too_large"] {
+        let want = refused.get(code).copied().unwrap_or(0);
+        assert!(want > 0, "{code}: {refused:?}");
+        assert!(
+            m.contains(&format!(
+                "crow_api_sql_refused_total{{code=\"{code}\"}} {want}\n"
+            )),
+            "{code} refused {want} times: {m}"
+        );
     }
     // Exports plan through the same guard (an export key is not needed to
     // be refused before anything runs: the read key gets 403, never a crash).

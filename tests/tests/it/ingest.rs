@@ -468,6 +468,49 @@ async fn bad_input_is_refused_clearly_and_nothing_is_lost() {
         0.0,
         "{metrics}"
     );
+    assert_eq!(value("crow_ingest_wal_pending_segments"), 0.0, "{metrics}");
+    // One durable ack per request whose events (accepted or failed) went
+    // to the WAL: the mixed batch, the too-deep batch, the track without a
+    // user and the good track after the refusals. Every one is under the
+    // histogram's last bucket and took some time.
+    assert_eq!(value("crow_ingest_ack_seconds_count"), 4.0, "{metrics}");
+    assert_eq!(
+        value("crow_ingest_ack_seconds_bucket{le=\"+Inf\"}"),
+        4.0,
+        "{metrics}"
+    );
+    assert!(value("crow_ingest_ack_seconds_sum") > 0.0, "{metrics}");
+    // Each new client is one accepted connection (reqwest keeps one open
+    // per client): three fresh clients and the reader of the metrics add
+    // exactly four.
+    let connections = |m: &str| -> f64 {
+        m.lines()
+            .find_map(|l| {
+                l.strip_prefix("crow_http_connections_accepted_total ")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no crow_http_connections_accepted_total in {m}"))
+    };
+    let before = connections(&metrics);
+    for _ in 0..3 {
+        let r = reqwest::Client::new()
+            .get(server.url("/healthz"))
+            .send()
+            .await
+            .expect("healthz");
+        assert_eq!(r.status(), 200);
+    }
+    let after = reqwest::Client::new()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(connections(&after) - before, 4.0, "{after}");
 
     // An oversized event in a batch is rejected with its messageId, so an
     // SDK can match the rejection.

@@ -5,6 +5,7 @@
 mod a2a;
 mod api;
 mod ask;
+mod bench;
 mod cache;
 mod cli;
 mod dashboard;

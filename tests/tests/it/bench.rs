@@ -1,0 +1,102 @@
+//! The benchmarks' own commands (scripts/bench-*.sh, as BENCHMARKS.md gives
+//! them) run at a tiny size against the dev binary and the test venv, so
+//! they cannot rot: each must finish and print its table, and every
+//! comparison it makes with its peer (DuckDB's rows, DuckDB's sessions)
+//! must hold. The numbers themselves are not judged here; BENCHMARKS.md
+//! records them from full-size runs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::support::{crow_bin, python};
+
+/// The test venv (scripts/test-deps.sh), where the peers are installed.
+fn venv() -> PathBuf {
+    python()
+        .parent()
+        .and_then(Path::parent)
+        .expect("the venv folder")
+        .to_path_buf()
+}
+
+/// Run `scripts/NAME` with `env`; its stdout (it must succeed).
+fn script(name: &str, env: &[(&str, &str)]) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new("bash")
+        .arg(root.join("scripts").join(name))
+        .env("CROWTEST_BIN", crow_bin())
+        .env("CROWTEST_VENV", venv())
+        .env("PYTHON", python())
+        .envs(env.iter().copied())
+        .output()
+        .expect("bash");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{name} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Rows of the Markdown table in `out` whose first cell starts with `first`.
+fn table_rows<'a>(out: &'a str, first: &str) -> Vec<Vec<&'a str>> {
+    out.lines()
+        .filter(|l| l.starts_with(&format!("| {first}")))
+        .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
+        .collect()
+}
+
+#[test]
+fn the_query_benchmark_runs_and_agrees_with_duckdb() {
+    let out = script("bench-queries.sh", &[("EVENTS", "20000"), ("RUNS", "1")]);
+    let rows = table_rows(&out, "Q");
+    assert_eq!(rows.len(), 18, "{out}");
+    for r in &rows {
+        assert!(
+            r.last().is_some_and(|same| same.starts_with("yes")),
+            "{r:?}\n{out}"
+        );
+    }
+    assert!(out.contains("Geometric mean of the ratios"), "{out}");
+}
+
+#[test]
+fn the_job_benchmarks_run_and_find_duckdbs_sessions() {
+    let out = script("bench-jobs.sh", &[("EVENTS", "20000"), ("SESSIONS", "32")]);
+    let crow = table_rows(&out, "CROW");
+    assert_eq!(crow.len(), 1, "{out}");
+    assert_eq!(crow[0].last().copied(), Some("yes"), "same sessions: {out}");
+    assert!(out.contains("enrich: 32 sessions"), "{out}");
+}
+
+#[test]
+fn the_sessionize_benchmark_runs_under_a_small_pool() {
+    let out = script(
+        "bench-sessionize.sh",
+        &[("EVENTS", "20000"), ("LIMITS", "64")],
+    );
+    let rows = table_rows(&out, "jobs.memory_limit_mb=64");
+    assert_eq!(rows.len(), 1, "{out}");
+    let sessions: u64 = rows[0][3].replace(',', "").parse().expect("sessions");
+    assert!(sessions > 0, "{out}");
+}
+
+#[test]
+fn the_protocol_and_storage_benchmarks_run() {
+    let out = script(
+        "bench-protocols.sh",
+        &[("ROWS", "20000"), ("JSON_ROWS", "20000")],
+    );
+    for protocol in ["Arrow Flight SQL", "HTTP Arrow IPC", "HTTP JSON"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("| {protocol}")) && l.contains("20,000")),
+            "{protocol}: {out}"
+        );
+    }
+    let out = script("bench-storage.sh", &[("EVENTS", "20000")]);
+    assert!(out.contains("CROW as flushed:"), "{out}");
+    assert!(out.contains("CROW compacted:"), "{out}");
+}
