@@ -8,16 +8,16 @@
 #  3. run scripts/bench/cache.py: one dashboard query sent RUNS times (default
 #     20) to each; prints first-call, median and p95 latency in ms and the
 #     X-Crow-Cache answers, and checks the answers are identical.
-# Usage: scripts/bench-cache.sh  (EVENTS=…, RUNS=…; VENV=DIR for another
+# Usage: scripts/bench-cache.sh  (EVENTS=…, RUNS=…; CROWTEST_VENV=DIR for another
 #        virtualenv; CROWTEST_BIN=PATH to use
 #        an already built binary instead of building the release one)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS="${EVENTS:-1000000}"
 RUNS="${RUNS:-20}"
-venv="${VENV:-.venv}"
+venv="${CROWTEST_VENV:-.venv}"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/pip" install -q requests
+"$venv/bin/python" -c 'import requests' 2>/dev/null || "$venv/bin/pip" install -q requests
 py="$venv/bin/python"
 if [ -n "${CROWTEST_BIN:-}" ]; then
   crow="$CROWTEST_BIN"
