@@ -9,6 +9,7 @@ mod error;
 mod export;
 mod flight;
 mod http;
+mod import;
 mod jobs;
 mod keys;
 mod maint;
@@ -137,6 +138,9 @@ enum Command {
     Keys(KeysCommand),
     /// Export a table (one organization's rows) to Parquet, CSV or JSON lines.
     Export(export::ExportArgs),
+    /// Import historical events (Segment's archive format: JSON lines,
+    /// gzip'd or not) exactly once per file, bad lines to failed_events.
+    Import(import::ImportArgs),
     /// Batch jobs: sessionize, enrich, patterns, billing (run now, status).
     #[command(subcommand)]
     Jobs(jobs::JobsCommand),
@@ -276,6 +280,13 @@ enum BenchCommand {
         /// Concurrent provider calls.
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
+    },
+    /// Bulk import rate against plain serde_json parsing the same
+    /// decompressed file (a generated Segment archive, a temp lake).
+    Import {
+        /// Events in the generated archive.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
     },
     /// Durable ingest throughput and latency over real HTTP (a collector in
     /// this process, over a temp lake unless --lake is given).
@@ -528,6 +539,7 @@ async fn run(cli: Cli) -> Result<()> {
             let lake = open_lake(&cfg).await?;
             bench::generate(&lake, events, days, seed).await
         }
+        Command::Bench(BenchCommand::Import { events }) => bench::import(&cfg, events.max(1)).await,
         Command::Bench(BenchCommand::Enrich {
             sessions,
             latency_ms,
@@ -567,6 +579,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Export(args) => {
             let lake = open_lake(&cfg).await?;
             export::run(&lake, args).await
+        }
+        Command::Import(args) => {
+            let lake = open_lake(&cfg).await?;
+            import::run(&lake, &cfg, args).await
         }
         Command::Jobs(jobs::JobsCommand::Run(args)) => {
             let lake = open_lake(&cfg).await?;

@@ -14,6 +14,7 @@
 pub mod channels;
 pub mod flush;
 pub mod generate;
+pub mod import;
 pub mod metrics;
 pub mod normalize;
 pub mod rowcodec;

@@ -1,6 +1,6 @@
 //! Starting and stopping the collector: WAL + flusher + routes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +37,17 @@ pub fn wal_dir(cfg: &IngestConfig, lake: &Lake) -> PathBuf {
     }
 }
 
+/// The salt IPs are hashed with: `ingest.ip_salt`, or the one kept in the
+/// WAL folder (made on first use), so hashes stay comparable across
+/// restarts and with `crow import`.
+pub fn ip_salt(cfg: &IngestConfig, wal_dir: &Path) -> std::io::Result<String> {
+    if cfg.ip_salt.is_empty() {
+        load_or_create_salt(wal_dir)
+    } else {
+        Ok(cfg.ip_salt.clone())
+    }
+}
+
 impl Collector {
     /// Open the WAL (recovering what an earlier run left), start the flusher
     /// and build the routes.
@@ -45,11 +56,7 @@ impl Collector {
         cfg: IngestConfig,
         wal_dir: PathBuf,
     ) -> std::io::Result<Collector> {
-        let ip_salt = if cfg.ip_salt.is_empty() {
-            load_or_create_salt(&wal_dir)?
-        } else {
-            cfg.ip_salt.clone()
-        };
+        let ip_salt = ip_salt(&cfg, &wal_dir)?;
         let collector_id =
             load_or_create(&wal_dir, "collector-id", || crow_lake::ids::new_id("col"))?;
         let interval = Duration::from_millis(cfg.flush_interval_ms.max(10));

@@ -22,6 +22,7 @@ pub mod auth;
 pub mod body;
 pub mod bounded;
 pub mod cache;
+pub mod chats;
 pub mod concat_op;
 pub mod error;
 pub mod export;
@@ -265,6 +266,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/api/v1/auth/sessions/{id}/revoke",
             post(account::revoke_session),
         )
+        .route("/api/v1/chats", get(chats::list).post(chats::create))
+        .route(
+            "/api/v1/chats/{id}",
+            get(chats::open).patch(chats::rename).delete(chats::delete),
+        )
+        .route("/api/v1/chats/{id}/messages", post(chats::post_message))
         .route("/api/v1/notifications", get(account::notifications))
         .route(
             "/api/v1/notifications/{id}/read",

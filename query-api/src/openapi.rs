@@ -381,7 +381,7 @@ pub fn document() -> Value {
         }
     });
     if let Some(paths) = doc["paths"].as_object_mut() {
-        for (path, ops) in management_paths() {
+        for (path, ops) in management_paths().into_iter().chain(chat_paths()) {
             match (paths.get_mut(&path), ops) {
                 (Some(Value::Object(have)), Value::Object(more)) => have.extend(more),
                 (_, ops) => {
@@ -476,6 +476,78 @@ fn management_paths() -> Map<String, Value> {
         "/api/v1/keys/{id}/revoke": {"post": {
             "summary": "Revoke an API key of the organization.", "security": admin, "parameters": id_param,
             "responses": responses("200", json_ok("The key, revoked.", any), &[401, 403, 404, 429]),
+        }},
+    });
+    match paths {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+/// `/api/v1/chats` ([`crate::chats`]): signed-in users only; an API key
+/// is answered 403 `user_required`.
+fn chat_paths() -> Map<String, Value> {
+    let user = json!([{"cookie": []}]);
+    let id_param =
+        json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    let chat = json!({"type": "object", "required": ["id", "title", "message_count", "created_at", "updated_at"],
+        "properties": {"id": {"type": "string"}, "title": {"type": "string"}, "message_count": {"type": "integer"},
+            "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"}}});
+    let message = json!({"type": "object", "required": ["id", "seq", "role", "question"],
+        "description": "A question (`role` user) or its answer (`role` assistant: `sql`, `row_count`, `columns`, `truncated`, `rows`, `chart`, `answer`, tokens and `duration_ms`, or `error` {code, detail} when it could not be answered).",
+        "properties": {"id": {"type": "string"}, "seq": {"type": "integer"}, "role": {"type": "string", "enum": ["user", "assistant"]},
+            "question": {"type": "string"}}});
+    let with_messages = json!({"type": "object", "required": ["chat", "messages"],
+        "properties": {"chat": chat, "messages": {"type": "array", "items": message}}});
+    let turn_ok = |desc: &str| {
+        json!({"description": format!("{desc} With `Accept: text/event-stream`: events `chat`, `sql`, `repair`, `rows`, then `answer` (as /api/v1/ask) or `error` (a problem), then `message` (this object, once stored)."),
+            "content": {"application/json": {"schema": with_messages.clone()}, "text/event-stream": {"schema": {"type": "string"}}}})
+    };
+    let errs = |ok: &str, body: Value, codes: &[u16]| {
+        let mut r = responses(ok, body, codes);
+        r["403"] = problem("An API key has no chats (user_required), or no or wrong CSRF token.");
+        r["404"] = problem("No chat of yours has this id.");
+        r
+    };
+    let body = |props: Value, required: &[&str]| {
+        json!({"required": true, "content": {"application/json": {"schema": {
+            "type": "object", "additionalProperties": false, "required": required, "properties": props}}}})
+    };
+    let paths = json!({
+        "/api/v1/chats": {
+            "get": {
+                "summary": "The signed-in user's chats, most recently changed first.", "security": user,
+                "parameters": [qparam("limit", "Page size.", json!({"type": "string"})), qparam("cursor", "The previous page's next_cursor.", json!({"type": "string"}))],
+                "responses": errs("200", json_ok("Chats.", json!({"type": "object", "required": ["data", "next_cursor"],
+                    "properties": {"data": {"type": "array", "items": chat}, "next_cursor": {"type": "string", "nullable": true}}})), &[400, 401, 403, 429]),
+            },
+            "post": {
+                "summary": "Start a chat, answering its first `question` when given (its title is the question unless `title` is given). Needs `X-CSRF-Token`.", "security": user,
+                "requestBody": {"required": false, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false,
+                    "properties": {"title": {"type": "string"}, "question": {"type": "string"}}}}}},
+                "responses": errs("201", turn_ok("The chat and its messages."), &[400, 401, 403, 429]),
+            }
+        },
+        "/api/v1/chats/{id}": {
+            "get": {
+                "summary": "One of the signed-in user's chats with all its messages, in order.", "security": user, "parameters": id_param,
+                "responses": errs("200", json_ok("The chat.", with_messages.clone()), &[401, 403, 404, 429]),
+            },
+            "patch": {
+                "summary": "Rename a chat. Needs `X-CSRF-Token`.", "security": user, "parameters": id_param,
+                "requestBody": body(json!({"title": {"type": "string"}}), &["title"]),
+                "responses": errs("200", json_ok("The chat.", json!({"type": "object", "properties": {"chat": chat}})), &[400, 401, 403, 404, 429]),
+            },
+            "delete": {
+                "summary": "Delete a chat and its messages. Needs `X-CSRF-Token`.", "security": user, "parameters": id_param,
+                "responses": errs("204", json!({"description": "Deleted."}), &[401, 403, 404, 429]),
+            }
+        },
+        "/api/v1/chats/{id}/messages": {"post": {
+            "summary": "Ask a question in a chat: answered like /api/v1/ask with the chat's earlier turns as the conversation (a follow-up such as \"and on mobile?\" uses them); the question and its answer are stored. A question that cannot be answered is stored too, its reply's `error` saying why. Needs `X-CSRF-Token`.",
+            "security": user, "parameters": id_param,
+            "requestBody": body(json!({"question": {"type": "string"}}), &["question"]),
+            "responses": errs("200", turn_ok("The chat, the question and its answer."), &[400, 401, 403, 404, 409, 429]),
         }},
     });
     match paths {

@@ -33,6 +33,8 @@ pub const ADMIN_ONLY_TABLES: &[&str] = &[
     "audit_log",
     "notifications",
     "a2a_tasks",
+    "chats",
+    "chat_messages",
 ];
 
 /// A table's point in history for one query.

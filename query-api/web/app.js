@@ -726,6 +726,370 @@ function Products() {
   </div>`;
 }
 
+// ------------------------------------------------------ funnels and paths
+
+// A web session's events, each named as the funnel names it: a track
+// call by its event ('Product Viewed'), a page or screen view by its name
+// ('Page: Home'); identify, group and alias calls are not steps.
+const EVENT_NAME = `CASE e.type WHEN 'track' THEN e.event
+    WHEN 'page' THEN 'Page: ' || coalesce(e.name, 'unnamed')
+    WHEN 'screen' THEN 'Screen: ' || coalesce(e.name, 'unnamed') END`;
+
+const SPLITS = [
+  { id: "", label: "Nothing", col: "'all'" },
+  { id: "device", label: "Device", col: "coalesce(device_type, 'unknown')" },
+  { id: "source", label: "Traffic source", col: "coalesce(traffic_source, 'unknown')" },
+  { id: "returning", label: "New or returning", col: "CASE WHEN is_returning THEN 'returning' WHEN NOT is_returning THEN 'new' ELSE 'unknown' END" },
+];
+const DEFAULT_STEPS = ["Product Viewed", "Product Added", "Checkout Started", "Order Completed"];
+const MAX_STEPS = 6;
+const PATH_TOPS = [5, 10, 20, 50];
+
+// The web sessions that started in the period, and each one's events in
+// order (time, then message id), read through the session's lineage
+// (`source_ids`, the message ids it was built from).
+function sessionEvents(b, names) {
+  const [F, T] = [b.from, b.to].map((d) => sqlText(d.toISOString()));
+  const inPeriod = `channel = 'web' AND started_at >= ${F} AND started_at < ${T}`;
+  const only = names ? `WHERE name IN (${names.map(sqlText).join(", ")})` : "WHERE name IS NOT NULL";
+  return {
+    inPeriod,
+    ctes: `ids AS (SELECT session_id, unnest(source_ids) AS message_id FROM sessions WHERE ${inPeriod}),
+    ev0 AS (SELECT DISTINCT ids.session_id, e.message_id, e.occurred_at, ${EVENT_NAME} AS name
+      FROM ids JOIN raw_web_events e ON e.message_id = ids.message_id
+      WHERE e.event_date >= CAST(${sqlText(b.from.toISOString().slice(0, 10))} AS DATE)),
+    ev AS (SELECT session_id, name, row_number() OVER (PARTITION BY session_id ORDER BY occurred_at, message_id) AS seq
+      FROM ev0 ${only})`,
+  };
+}
+
+// Per hour of session start and split value: the sessions, and how many
+// reached each step in order (step k: the first step-k event after the
+// step k−1 event the session reached).
+function funnelQuery(b, steps, split) {
+  const s = sessionEvents(b, [...new Set(steps)]);
+  const col = (SPLITS.find((x) => x.id === split) || SPLITS[0]).col;
+  const reach = steps.map((name, i) =>
+    i === 0
+      ? `s1 AS (SELECT session_id, min(seq) AS seq FROM ev WHERE name = ${sqlText(name)} GROUP BY session_id)`
+      : `s${i + 1} AS (SELECT ev.session_id, min(ev.seq) AS seq FROM ev JOIN s${i} ON ev.session_id = s${i}.session_id
+          WHERE ev.name = ${sqlText(name)} AND ev.seq > s${i}.seq GROUP BY ev.session_id)`,
+  );
+  return `WITH ses AS (SELECT session_id, CAST(to_unixtime(date_trunc('hour', started_at)) AS BIGINT) AS hour, ${col} AS seg
+      FROM sessions WHERE ${s.inPeriod}),
+    ${s.ctes},
+    ${reach.join(",\n    ")}
+    SELECT ses.hour, ses.seg, count(*) AS sessions, ${steps.map((_, i) => `count(s${i + 1}.session_id) AS step${i + 1}`).join(", ")}
+    FROM ses ${steps.map((_, i) => `LEFT JOIN s${i + 1} ON s${i + 1}.session_id = ses.session_id`).join(" ")}
+    GROUP BY ses.hour, ses.seg ORDER BY ses.hour, ses.seg`;
+}
+
+// The most common paths from a session's first `start` event to its first
+// `end` event after it: the events between, repeats in a row shown once.
+function pathsQuery(b, start, end, top) {
+  const s = sessionEvents(b, null);
+  return `WITH ${s.ctes},
+    ev1 AS (SELECT session_id, name, seq, lag(name) OVER (PARTITION BY session_id ORDER BY seq) AS prev FROM ev),
+    ev2 AS (SELECT session_id, name, seq FROM ev1 WHERE prev IS NULL OR prev <> name),
+    a AS (SELECT session_id, min(seq) AS seq FROM ev2 WHERE name = ${sqlText(start)} GROUP BY session_id),
+    z AS (SELECT ev2.session_id, a.seq AS a, min(ev2.seq) AS z FROM ev2 JOIN a ON ev2.session_id = a.session_id
+      WHERE ev2.name = ${sqlText(end)} AND ev2.seq > a.seq GROUP BY ev2.session_id, a.seq),
+    p AS (SELECT z.session_id, array_to_string(array_agg(ev2.name ORDER BY ev2.seq), ' → ') AS path, count(*) AS steps
+      FROM z JOIN ev2 ON ev2.session_id = z.session_id AND ev2.seq > z.a AND ev2.seq < z.z GROUP BY z.session_id)
+    SELECT coalesce(p.path, '') AS path, coalesce(max(p.steps), 0) AS steps, count(*) AS sessions,
+      sum(count(*)) OVER () AS total
+    FROM z LEFT JOIN p ON p.session_id = z.session_id
+    GROUP BY 1 ORDER BY sessions DESC, path LIMIT ${Math.max(1, Math.min(50, Number(top) || 10))}`;
+}
+
+function eventNamesQuery(b) {
+  const [F, T] = [b.from, b.to].map((d) => sqlText(d.toISOString()));
+  return `SELECT name, count(*) AS events FROM (SELECT ${EVENT_NAME} AS name FROM raw_web_events e
+      WHERE e.occurred_at >= ${F} AND e.occurred_at < ${T}) WHERE name IS NOT NULL
+    GROUP BY name ORDER BY events DESC, name LIMIT 200`;
+}
+
+// Hourly rows → totals per step, per split value and per day.
+function funnelFigures(rows, n, hourly) {
+  const stepCols = Array.from({ length: n }, (_, i) => "step" + (i + 1));
+  const add = (acc, r) => {
+    acc.sessions += n0(r.sessions);
+    stepCols.forEach((c, i) => (acc.steps[i] += n0(r[c])));
+    return acc;
+  };
+  const empty = () => ({ sessions: 0, steps: new Array(n).fill(0) });
+  const total = rows.reduce(add, empty());
+  const segs = new Map();
+  for (const r of rows) segs.set(r.seg, add(segs.get(r.seg) || empty(), r));
+  const bySeg = [...segs.entries()].map(([seg, v]) => ({ seg, ...v })).sort((a, b) => b.steps[0] - a.steps[0] || (a.seg < b.seg ? -1 : 1));
+  const t = buckets(rows, ["step1", "step" + n], hourly);
+  const times = [...t.keys()].sort((a, b) => a - b);
+  const rate = (v) => (v.step1 ? (v["step" + n] / v.step1) * 100 : null);
+  const series = [times, times.map((x) => t.get(x).step1), times.map((x) => t.get(x)["step" + n]), times.map((x) => rate(t.get(x)))];
+  return { total, bySeg, series };
+}
+
+const pct = (a, b) => (b ? num((a / b) * 100, 1) + " %" : "–");
+
+function FunnelTable({ steps, fig }) {
+  const first = fig.total.steps[0];
+  return html`<div class="scroll" tabindex="0" role="region" aria-label="The funnel's steps"><table data-testid="funnel">
+    <caption class="visually-hidden">Sessions reaching each step, in order</caption>
+    <thead><tr><th scope="col">Step</th><th scope="col" class="num">Sessions</th><th scope="col">Of step 1</th>
+      <th scope="col" class="num">From the step before</th><th scope="col" class="num">Dropped off</th></tr></thead>
+    <tbody>${steps.map((s, i) => {
+      const c = fig.total.steps[i];
+      const before = i ? fig.total.steps[i - 1] : null;
+      const share = first ? c / first : 0;
+      return html`<tr data-testid="funnel-step" data-step=${s} data-count=${c}>
+        <th scope="row">${i + 1}. ${s}</th><td class="num">${num(c)}</td>
+        <td><span class="bar" style=${`width: ${Math.round(share * 60)}%`}></span> ${pct(c, first)}</td>
+        <td class="num">${i ? pct(c, before) : "–"}</td>
+        <td class="num">${i ? `${num(before - c)} (${pct(before - c, before)})` : "–"}</td>
+      </tr>`;
+    })}</tbody>
+  </table></div>`;
+}
+
+function SplitTable({ steps, fig, split }) {
+  const label = (SPLITS.find((x) => x.id === split) || SPLITS[0]).label;
+  return html`<div class="scroll" tabindex="0" role="region" aria-label=${"The funnel by " + label.toLowerCase()}>
+    <table data-testid="funnel-split">
+      <caption class="visually-hidden">Sessions reaching each step by ${label.toLowerCase()}</caption>
+      <thead><tr><th scope="col">${label}</th>${steps.map((s, i) => html`<th scope="col" class="num">${i + 1}. ${s}</th>`)}<th scope="col" class="num">Conversion</th></tr></thead>
+      <tbody>${fig.bySeg.map((g) => html`<tr data-testid="funnel-segment" data-seg=${g.seg} data-counts=${g.steps.join(",")}>
+        <th scope="row">${g.seg}</th>${g.steps.map((c) => html`<td class="num">${num(c)}</td>`)}<td class="num">${pct(g.steps[steps.length - 1], g.steps[0])}</td>
+      </tr>`)}</tbody>
+    </table>
+  </div>`;
+}
+
+function FunnelChart({ data, hourly }) {
+  const box = useRef(null);
+  useEffect(() => {
+    const el = box.current;
+    if (!el) return undefined;
+    const width = () => Math.max(260, el.clientWidth);
+    const plot = new uPlot(
+      {
+        width: width(),
+        height: 240,
+        scales: { x: { time: true }, pct: { range: [0, 100] } },
+        axes: [{}, { label: "Sessions", size: 60 }, { label: "Conversion %", scale: "pct", side: 1, size: 50, grid: { show: false } }],
+        series: [
+          {},
+          { label: "Reached step 1", stroke: "#1d4ed8", width: 2 },
+          { label: "Reached the last step", stroke: "#0f766e", width: 2 },
+          { label: "Conversion %", stroke: "#b45309", width: 2, scale: "pct", dash: [6, 4] },
+        ],
+      },
+      data,
+      el,
+    );
+    const onResize = () => plot.setSize({ width: width(), height: 240 });
+    window.addEventListener("resize", onResize);
+    return () => {
+      window.removeEventListener("resize", onResize);
+      plot.destroy();
+    };
+  }, [data]);
+  return html`<figure class="chart-figure">
+    <figcaption class="visually-hidden">Sessions reaching the first and last step, and the conversion between them, ${hourly ? "per hour" : "per day"}</figcaption>
+    <div class="chart" ref=${box} data-testid="funnel-chart"></div>
+  </figure>`;
+}
+
+function readFunnelState() {
+  const p = new URLSearchParams(location.search);
+  const steps = p.getAll("step").filter(Boolean).slice(0, MAX_STEPS);
+  return {
+    range: rangeOf(p.get("range") || "7d").id,
+    steps,
+    split: SPLITS.some((x) => x.id === p.get("split")) ? p.get("split") : "",
+    start: p.get("path_start") || "",
+    end: p.get("path_end") || "",
+    top: PATH_TOPS.includes(Number(p.get("paths_top"))) ? Number(p.get("paths_top")) : 10,
+  };
+}
+
+function writeFunnelState(f) {
+  const u = new URL(location.href);
+  u.searchParams.delete("step");
+  for (const s of f.steps) u.searchParams.append("step", s);
+  for (const [k, v] of [["range", f.range], ["split", f.split], ["path_start", f.start], ["path_end", f.end], ["paths_top", f.top === 10 ? "" : String(f.top)]]) {
+    if (v) u.searchParams.set(k, v);
+    else u.searchParams.delete(k);
+  }
+  history.replaceState(null, "", u);
+}
+
+// Steps to start with when the URL names none: the shop's funnel if its
+// events exist, else the three most frequent events.
+function defaultSteps(names) {
+  const have = names.map((r) => r.name);
+  const shop = DEFAULT_STEPS.filter((s) => have.includes(s));
+  return shop.length >= 2 ? shop : have.slice(0, 3);
+}
+
+function StepPicker({ steps, names, onChange }) {
+  const set = (i, v) => onChange(steps.map((s, j) => (j === i ? v : s)));
+  const options = (cur) => {
+    const list = names.map((r) => r.name);
+    return (list.includes(cur) || !cur ? list : [cur, ...list]).map((n) => html`<option value=${n}>${n}</option>`);
+  };
+  return html`<ol class="steps">
+    ${steps.map(
+      (s, i) => html`<li>
+        <label for=${"step-" + i}>Step ${i + 1}</label>
+        <select id=${"step-" + i} value=${s} onChange=${(e) => set(i, e.target.value)}>${options(s)}</select>
+        ${steps.length > 2
+          ? html`<button class="button" type="button" onClick=${() => onChange(steps.filter((_, j) => j !== i))}>Remove<span class="visually-hidden"> step ${i + 1}</span></button>`
+          : null}
+      </li>`,
+    )}
+  </ol>
+  ${steps.length < MAX_STEPS
+    ? html`<button class="button" type="button" onClick=${() => onChange([...steps, (names[0] || {}).name || ""])}>Add a step</button>`
+    : null}`;
+}
+
+function Paths({ b, names, f, onChange }) {
+  const [rows, setRows] = useState(null);
+  const [error, setError] = useState(null);
+  useEffect(() => {
+    let stop = false;
+    setRows(null);
+    setError(null);
+    if (!f.start || !f.end) return undefined;
+    sql(pathsQuery(b, f.start, f.end, f.top)).then(
+      (r) => !stop && setRows(r),
+      (e) => !stop && setError(e.message),
+    );
+    return () => {
+      stop = true;
+    };
+  }, [b, f.start, f.end, f.top]);
+  const opts = names.map((r) => html`<option value=${r.name}>${r.name}</option>`);
+  const total = rows && rows[0] ? n0(rows[0].total) : 0;
+  return html`<section class="panel wide" aria-labelledby="h-paths" data-testid="paths" data-state=${rows ? "ready" : error ? "error" : "loading"}>
+    <h2 id="h-paths">Most common paths</h2>
+    <div class="controls">
+      <label for="path-start">From</label>
+      <select id="path-start" value=${f.start} onChange=${(e) => onChange({ start: e.target.value })}>${opts}</select>
+      <label for="path-end">to</label>
+      <select id="path-end" value=${f.end} onChange=${(e) => onChange({ end: e.target.value })}>${opts}</select>
+      <label for="path-top">Show</label>
+      <select id="path-top" value=${f.top} onChange=${(e) => onChange({ top: Number(e.target.value) })}>
+        ${PATH_TOPS.map((n) => html`<option value=${n}>top ${n}</option>`)}
+      </select>
+    </div>
+    <p class="meta">In each session that has both: the events from its first “${f.start}” to the first “${f.end}” after it (in order; an event repeated in a row counts once). The ${f.top} most common, of ${num(total)} session${total === 1 ? "" : "s"}.</p>
+    ${error ? html`<p class="error" role="alert">Could not load the paths: ${error}. Pick other events or reload the page.</p>` : null}
+    ${!rows
+      ? !error && html`<p class="status" role="status">Loading the paths…</p>`
+      : !rows.length
+        ? html`<p class="status">No session went from “${f.start}” to “${f.end}” in this period.</p>`
+        : html`<ol class="list paths" data-testid="path-list">${rows.map(
+            (r) => html`<li data-testid="path" data-path=${r.path} data-sessions=${n0(r.sessions)}>
+              <strong>${num(r.sessions)}</strong> <span class="meta">(${pct(n0(r.sessions), total)})</span>:${" "}
+              ${f.start} → ${r.path ? html`<span>${r.path}</span> → ` : html`<em>straight</em> → `}${f.end}
+            </li>`,
+          )}</ol>`}
+  </section>`;
+}
+
+async function loadFunnel(b, steps, split) {
+  const rows = await sql(funnelQuery(b, steps, split));
+  return { rows, fig: funnelFigures(rows, steps.length, b.hours <= 48) };
+}
+
+function Funnels() {
+  const [f, setF] = useState(readFunnelState());
+  const [b, setB] = useState(() => ({ ...bounds(rangeOf(f.range)), hours: rangeOf(f.range).hours }));
+  const [names, setNames] = useState(null);
+  const [data, setData] = useState(null);
+  const [error, setError] = useState(null);
+  const update = (patch) => {
+    const next = { ...f, ...patch };
+    writeFunnelState(next);
+    setF(next);
+    if (patch.range) setB({ ...bounds(rangeOf(patch.range)), hours: rangeOf(patch.range).hours });
+  };
+  useEffect(() => {
+    let stop = false;
+    setNames(null);
+    sql(eventNamesQuery(b)).then(
+      (r) => {
+        if (stop) return;
+        setNames(r);
+        const steps = f.steps.length >= 2 ? f.steps : defaultSteps(r);
+        update({ steps, start: f.start || steps[0] || "", end: f.end || steps[steps.length - 1] || "" });
+      },
+      (e) => !stop && setError(e.message),
+    );
+    return () => {
+      stop = true;
+    };
+  }, [b]);
+  const key = JSON.stringify([f.steps, f.split]);
+  useEffect(() => {
+    let stop = false;
+    if (!names || f.steps.length < 2) return undefined;
+    setData(null);
+    setError(null);
+    loadFunnel(b, f.steps, f.split).then(
+      (d) => !stop && setData(d),
+      (e) => !stop && setError(e.message),
+    );
+    return () => {
+      stop = true;
+    };
+  }, [b, names, key]);
+  const last = f.steps.length;
+  return html`<div class="page" data-testid="funnels" data-state=${data ? "ready" : error ? "error" : "loading"}
+      data-from=${b.from.toISOString()} data-to=${b.to.toISOString()}>
+    <div class="toolbar">
+      <h1>Funnels and paths</h1>
+      <div class="controls"><${RangePicker} value=${f.range} onChange=${(id) => update({ range: id })} /></div>
+    </div>
+    <p class="meta help" data-testid="funnel-help">A funnel counts <strong>web sessions that started in the period</strong>. A session reaches step 1 when it has step 1's event; it reaches step <em>k</em> when, after the event that took it to step <em>k</em>−1, it has step <em>k</em>'s event (other events may come between; events are ordered by time). Page views are named “Page: ” and the page's name. Conversion is the share of step 1's sessions that reach the last step.</p>
+    ${!names
+      ? !error && html`<p class="status" role="status">Loading the events…</p>`
+      : !names.length
+        ? html`<p class="status">No web events in this period: send some to the collector, or pick a longer range.</p>`
+        : html`<div class="grid">
+          <section class="panel" aria-labelledby="h-funnel">
+            <h2 id="h-funnel">The funnel</h2>
+            ${error ? html`<p class="error" role="alert">Could not compute the funnel: ${error}. Change the steps or reload the page.</p>` : null}
+            ${!data
+              ? !error && html`<p class="status" role="status">Computing the funnel…</p>`
+              : html`<p class="big" data-testid="funnel-conversion">${pct(data.fig.total.steps[last - 1], data.fig.total.steps[0])}</p>
+                <p class="meta">of the ${num(data.fig.total.steps[0])} sessions that reached step 1 reached step ${last}; ${num(data.fig.total.sessions)} web sessions started in the period.</p>
+                <${FunnelTable} steps=${f.steps} fig=${data.fig} />`}
+          </section>
+          <section class="panel" aria-labelledby="h-steps">
+            <h2 id="h-steps">Steps</h2>
+            <${StepPicker} steps=${f.steps} names=${names} onChange=${(steps) => update({ steps })} />
+            <p class="controls">
+              <label for="split">Split by</label>
+              <select id="split" value=${f.split} onChange=${(e) => update({ split: e.target.value })}>
+                ${SPLITS.map((x) => html`<option value=${x.id}>${x.label}</option>`)}
+              </select>
+            </p>
+          </section>
+          ${data && f.split ? html`<section class="panel wide" aria-labelledby="h-split"><h2 id="h-split">Split</h2><${SplitTable} steps=${f.steps} fig=${data.fig} split=${f.split} /></section>` : null}
+          ${data
+            ? html`<section class="panel wide" aria-labelledby="h-time">
+                <h2 id="h-time">Over time (by the session's start, ${b.hours <= 48 ? "per hour" : "per day"}, your time zone)</h2>
+                ${data.fig.series[0].length ? html`<${FunnelChart} data=${data.fig.series} hourly=${b.hours <= 48} />` : html`<p class="status">No sessions in this period.</p>`}
+              </section>`
+            : null}
+          <${Paths} b=${b} names=${names} f=${f} onChange=${update} />
+        </div>`}
+  </div>`;
+}
+
+
 // ---------------------------------------------------------- SQL console
 
 const HISTORY_KEY = "crow.sql.history";
@@ -840,7 +1204,55 @@ function Tables({ onPick }) {
   </nav>`;
 }
 
-function Console() {
+const canExport = (me) => ["analyst", "admin", "owner"].includes(me && me.user && me.user.role);
+
+// The query's whole result as a file, through the exports API: started,
+// its status checked every second, then a link to download it.
+function Export({ q, me }) {
+  const [job, setJob] = useState(null);
+  const [error, setError] = useState(null);
+  useEffect(() => {
+    setJob(null);
+    setError(null);
+  }, [q]);
+  useEffect(() => {
+    if (!job || job.status !== "running") return undefined;
+    const t = setTimeout(async () => {
+      try {
+        setJob(await get("/api/v1/exports/" + encodeURIComponent(job.id)));
+      } catch (e) {
+        setError(e.message);
+      }
+    }, 1000);
+    return () => clearTimeout(t);
+  }, [job]);
+  if (!canExport(me)) return html`<p class="meta">Exporting a result needs the analyst role or above.</p>`;
+  const start = async (format) => {
+    setError(null);
+    setJob(null);
+    try {
+      setJob(await send("POST", "/api/v1/exports", { sql: q, format }));
+    } catch (e) {
+      setError(e.message);
+    }
+  };
+  const running = job && job.status === "running";
+  return html`<div class="controls" data-testid="export" data-status=${job ? job.status : ""}>
+    <span>Export the whole result:</span>
+    <button class="button" type="button" disabled=${running} onClick=${() => start("csv")}>CSV</button>
+    <button class="button" type="button" disabled=${running} onClick=${() => start("parquet")}>Parquet</button>
+    <span role="status">
+      ${running ? "Exporting…" : null}
+      ${job && job.status === "succeeded"
+        ? html`<a data-testid="export-download" href=${"/api/v1/exports/" + encodeURIComponent(job.id) + "/download"} download="">Download the ${job.format === "csv" ? "CSV" : "Parquet"} file (${num(job.rows)} rows)</a>`
+        : null}
+      ${job && (job.status === "failed" || job.status === "cancelled") ? html`<span class="error">The export ${job.status}: ${job.error || "no reason given"}</span>` : null}
+    </span>
+    ${error ? html`<p class="error" role="alert">Could not export: ${error}</p>` : null}
+  </div>`;
+}
+
+function Console({ me }) {
   const [q, setQ] = useState(urlParam("sql", "SELECT event_date, count(*) AS events FROM raw_web_events GROUP BY event_date ORDER BY event_date"));
   const [res, setRes] = useState(null);
   const [busy, setBusy] = useState(false);
@@ -853,7 +1265,7 @@ function Console() {
     const started = performance.now();
     try {
       const rows = await sql(q);
-      setRes({ rows, ms: performance.now() - started });
+      setRes({ rows, q, ms: performance.now() - started });
       setHist(remember(q));
       setUrlParam("sql", q);
     } catch (err) {
@@ -878,6 +1290,7 @@ function Console() {
         ${error ? html`<p class="error" role="alert">The query failed: ${error}</p>` : null}
         ${res
           ? html`<p class="meta" role="status">${num(res.rows.length)} row${res.rows.length === 1 ? "" : "s"} in ${num(res.ms / 1000, 2)} s</p>
+            <${Export} q=${res.q} me=${me} />
             ${spec ? html`<${ResultChart} rows=${res.rows} spec=${spec} />` : null}
             ${res.rows.length ? html`<${Grid} rows=${res.rows} />` : html`<p class="status">No rows.</p>`}`
           : null}
@@ -1292,20 +1705,55 @@ function route() {
   if (p === "/app/patterns") return "patterns";
   if (p === "/app/interactions") return "interactions";
   if (p === "/app/products") return "products";
+  if (p === "/app/funnels") return "funnels";
   if (p === "/app/sql") return "sql";
   if (p === "/app/billing") return "billing";
   return "overview";
 }
 
+const BELL_PAGE = 20;
+
+// One notification: read or not, with its link when it is a dashboard page.
+function Notice({ n, onRead }) {
+  const d = new Date(n.created_at);
+  const unread = !n.read_at;
+  return html`<li class=${unread ? "unread" : ""} data-testid="notification" data-id=${n.id} data-read=${unread ? "no" : "yes"}>
+    <div class="meta">${unread ? html`<span class="tag">Unread</span> ` : null}<time datetime=${d.toISOString()} title=${utc(d)}>${when(d)}</time></div>
+    <strong>${n.title}</strong>
+    ${n.body ? html`<p>${n.body}</p>` : null}
+    ${n.link && n.link.startsWith("/app") ? html`<p><a href=${n.link}>Open</a></p>` : n.link ? html`<p class="meta">See <code>${n.link}</code></p>` : null}
+    ${unread ? html`<button class="button" type="button" onClick=${() => onRead(n.id)}>Mark read<span class="visually-hidden">: ${n.title}</span></button>` : null}
+  </li>`;
+}
+
 function Bell() {
   const [unread, setUnread] = useState(null);
+  const [open, setOpen] = useState(false);
+  const [list, setList] = useState(null);
+  const [next, setNext] = useState(null);
+  const [error, setError] = useState(null);
+  const [at, setAt] = useState(null);
+  const button = useRef(null);
+  const box = useRef(null);
+  // Under the bell, as near its right edge as the screen allows (the bar
+  // wraps on narrow screens, so the bell is not always on the right).
+  const place = () => {
+    if (!button.current) return;
+    const r = button.current.getBoundingClientRect();
+    const width = Math.min(416, window.innerWidth - 16);
+    const left = Math.max(8, Math.min(r.right - width, window.innerWidth - width - 8));
+    setAt({ top: r.bottom + 6 + "px", left: left + "px", width: width + "px" });
+  };
+  const refresh = async () => {
+    const r = await get("/api/v1/notifications?limit=1");
+    setUnread(n0(r.unread));
+  };
   useEffect(() => {
     let stop = false;
     let timer = null;
     async function tick() {
       try {
-        const r = await get("/api/v1/notifications?limit=1");
-        if (!stop) setUnread(n0(r.unread));
+        if (!stop) await refresh();
       } catch (_) {
         // The bell is not worth an error of its own.
       }
@@ -1317,11 +1765,68 @@ function Bell() {
       clearTimeout(timer);
     };
   }, []);
+  const load = async (cursor) => {
+    setError(null);
+    try {
+      const r = await get(`/api/v1/notifications?limit=${BELL_PAGE}${cursor ? "&cursor=" + encodeURIComponent(cursor) : ""}`);
+      setUnread(n0(r.unread));
+      setList((cur) => (cursor && cur ? cur.concat(r.data) : r.data));
+      setNext(r.next_cursor || null);
+    } catch (e) {
+      setError(e.message);
+    }
+  };
+  const close = (focus) => {
+    setOpen(false);
+    if (focus && button.current) button.current.focus();
+  };
+  useEffect(() => {
+    if (!open) return undefined;
+    load(null);
+    place();
+    window.addEventListener("resize", place);
+    const onKey = (e) => e.key === "Escape" && close(true);
+    const onClick = (e) => box.current && !box.current.contains(e.target) && close(false);
+    document.addEventListener("keydown", onKey);
+    document.addEventListener("mousedown", onClick);
+    return () => {
+      document.removeEventListener("keydown", onKey);
+      document.removeEventListener("mousedown", onClick);
+      window.removeEventListener("resize", place);
+    };
+  }, [open]);
+  const read = async (id) => {
+    setError(null);
+    try {
+      await send("POST", `/api/v1/notifications/${encodeURIComponent(id)}/read`);
+      const at = new Date().toISOString();
+      setList((cur) => (cur || []).map((n) => (id === "all" || n.id === id ? { ...n, read_at: n.read_at || at } : n)));
+      await refresh();
+    } catch (e) {
+      setError(e.message);
+    }
+  };
   const label = unread == null ? "Notifications" : `Notifications: ${unread} unread`;
-  return html`<span class="bell" data-testid="bell" data-unread=${unread == null ? "" : unread} title=${label}>
-    <svg aria-hidden="true" width="18" height="18" viewBox="0 0 24 24" fill="none" stroke="currentColor" stroke-width="2"><path d="M6 8a6 6 0 0 1 12 0c0 7 3 9 3 9H3s3-2 3-9"/><path d="M10.3 21a1.94 1.94 0 0 0 3.4 0"/></svg>
-    <span class="visually-hidden">Notifications: </span><span class="badge">${unread == null ? "…" : unread}</span><span class="visually-hidden"> unread</span>
-  </span>`;
+  return html`<div class="bell-box" ref=${box}>
+    <button type="button" class="bell" ref=${button} data-testid="bell" data-unread=${unread == null ? "" : unread}
+        aria-expanded=${open ? "true" : "false"} aria-controls="notifications" title=${label} onClick=${() => (open ? close(false) : setOpen(true))}>
+      <svg aria-hidden="true" width="18" height="18" viewBox="0 0 24 24" fill="none" stroke="currentColor" stroke-width="2"><path d="M6 8a6 6 0 0 1 12 0c0 7 3 9 3 9H3s3-2 3-9"/><path d="M10.3 21a1.94 1.94 0 0 0 3.4 0"/></svg>
+      <span class="visually-hidden">Notifications: </span><span class="badge">${unread == null ? "…" : unread}</span><span class="visually-hidden"> unread</span>
+    </button>
+    ${open
+      ? html`<section id="notifications" class="bell-panel" style=${at || {}} aria-label="Notifications" data-testid="notifications">
+          <div class="toolbar"><h2>Notifications</h2>
+            <button class="button" type="button" disabled=${!unread} onClick=${() => read("all")}>Mark all read</button></div>
+          ${error ? html`<p class="error" role="alert">${error}. Try again in a moment.</p>` : null}
+          ${!list
+            ? !error && html`<p class="status" role="status">Loading…</p>`
+            : !list.length
+              ? html`<p class="status">No notifications: failed jobs, new sign-ins and finished exports are told here.</p>`
+              : html`<ul class="list">${list.map((n) => html`<${Notice} n=${n} onRead=${read} />`)}</ul>`}
+          ${next ? html`<p><button class="button" type="button" onClick=${() => load(next)}>Older notifications</button></p>` : null}
+        </section>`
+      : null}
+  </div>`;
 }
 
 function Shell({ me }) {
@@ -1344,7 +1849,7 @@ function Shell({ me }) {
     }
   };
   useEffect(() => {
-    document.title = { settings: "Settings", patterns: "Patterns", interactions: "Interactions", products: "Products", sql: "SQL", billing: "Billing" }[page] || "Overview";
+    document.title = { settings: "Settings", patterns: "Patterns", interactions: "Interactions", products: "Products", funnels: "Funnels and paths", sql: "SQL", billing: "Billing" }[page] || "Overview";
     document.title += " — CROW";
   }, [page]);
   const admin = isAdmin(me);
@@ -1356,6 +1861,7 @@ function Shell({ me }) {
         ${link("/app/", "overview", "Overview")}
         ${link("/app/interactions", "interactions", "Interactions")}
         ${link("/app/patterns", "patterns", "Patterns")}
+        ${link("/app/funnels", "funnels", "Funnels")}
         ${link("/app/products", "products", "Products")}
         ${link("/app/sql", "sql", "SQL")}
         ${link("/app/billing", "billing", "Billing")}
@@ -1374,8 +1880,10 @@ function Shell({ me }) {
         ? html`<${Interactions} />`
         : page === "products"
         ? html`<${Products} />`
+        : page === "funnels"
+        ? html`<${Funnels} />`
         : page === "sql"
-        ? html`<${Console} />`
+        ? html`<${Console} me=${me} />`
         : page === "billing"
         ? html`<${Billing} />`
         : page === "settings"

@@ -270,6 +270,10 @@ pub struct IngestConfig {
     /// A request from any other peer is hashed by its own address, whatever
     /// it claims. Empty: `X-Forwarded-For` is ignored.
     pub trusted_proxies: Vec<String>,
+    /// `crow import`: lines committed together (one Delta commit per table
+    /// and chunk; a re-run after a crash lands only the chunks not
+    /// committed yet).
+    pub import_chunk_events: usize,
 }
 
 impl Default for IngestConfig {
@@ -290,6 +294,7 @@ impl Default for IngestConfig {
                 "fbclid".into(),
             ],
             trusted_proxies: Vec::new(),
+            import_chunk_events: 200_000,
         }
     }
 }
@@ -851,6 +856,9 @@ impl Config {
             if let Err(e) = crate::net::IpRange::parse(p) {
                 return Err(err("ingest.trusted_proxies", e));
             }
+        }
+        if !(1..=10_000_000).contains(&self.ingest.import_chunk_events) {
+            return Err(err("ingest.import_chunk_events", "must be 1–10000000"));
         }
         if self.ingest.flush_max_rows == 0 {
             return Err(err("ingest.flush_max_rows", "must be positive"));

@@ -953,6 +953,57 @@ pub const A2A_TASKS: TableDef = TableDef {
     secret_columns: &[],
 };
 
+/// `chats`: a signed-in user's conversations with Ask CROW.
+pub const CHATS: TableDef = TableDef {
+    name: "chats",
+    version: 1,
+    doc: "One row per chat: a signed-in user's conversation with Ask CROW (`/api/v1/chats`). Only its owner opens it through the API; through SQL only admins see it, like the audit log that records the same questions.",
+    columns: &[
+        req("org_id", Text, "The owner's organization."),
+        req("chat_id", Text, "Chat id (`cht_` + 26 characters)."),
+        req("user_id", Text, "The user who owns it; nobody else opens it through the API."),
+        req("title", Text, "Its title: the first question (cut to 80 characters) until renamed."),
+        req("message_count", Int64, "Messages in it (a question and its answer are two)."),
+        req("created_at", Timestamp, "When it was created."),
+        req("updated_at", Timestamp, "When it last changed (a message, a rename)."),
+    ],
+    partition_by: &[],
+    secret_columns: &[],
+};
+
+/// `chat_messages`: the questions and answers of chats.
+pub const CHAT_MESSAGES: TableDef = TableDef {
+    name: "chat_messages",
+    version: 1,
+    doc: "One row per message of a chat: the user's question, or the assistant's answer to it with its SQL, a summary of its result (rows, columns, truncation), the rows shown, the answer in words, timing and tokens, or the error that stopped it.",
+    columns: &[
+        req("org_id", Text, "The chat owner's organization."),
+        req("chat_id", Text, "The chat (`chats.chat_id`)."),
+        req("message_id", Text, "Message id (`cmg_` + 26 characters)."),
+        req("seq", Int64, "Its place in the chat: 1, 2, 3, … (a question, then its answer)."),
+        req("role", Text, "'user' (a question) or 'assistant' (its answer)."),
+        req("question", Text, "The question (on an answer: the question it answers)."),
+        opt("sql", Text, "The query that answered it."),
+        opt("row_count", Int64, "Rows the answer shows."),
+        opt("columns", TextList, "The result's columns, in order."),
+        opt("truncated", Bool, "Whether more rows existed than the answer shows."),
+        opt("rows", Text, "The rows shown (at most 100), as JSON."),
+        opt("chart", Text, "The suggested chart, as JSON."),
+        opt("answer", Text, "The answer in words; every number in it appears in the rows."),
+        opt("answer_source", Text, "'model' (the provider's checked words) or 'rows' (rendered from the rows)."),
+        opt("provider", Text, "The AI provider that answered."),
+        opt("model", Text, "Its model."),
+        opt("input_tokens", Int64, "Prompt tokens spent (0 when the provider reports none)."),
+        opt("output_tokens", Int64, "Completion tokens spent."),
+        opt("duration_ms", Int64, "How long answering took, in milliseconds."),
+        opt("error_code", Text, "Why there is no answer: the problem's code (e.g. `question_not_supported`)."),
+        opt("error", Text, "The problem's detail."),
+        req("created_at", Timestamp, "When it was written."),
+    ],
+    partition_by: &[],
+    secret_columns: &[],
+};
+
 /// `social_sources`: what the social collector reads, per organization.
 pub const SOCIAL_SOURCES: TableDef = TableDef {
     name: "social_sources",
@@ -1020,6 +1071,8 @@ pub const ALL_TABLES: &[TableDef] = &[
     A2A_TASKS,
     SOCIAL_SOURCES,
     SOCIAL_SEEN,
+    CHATS,
+    CHAT_MESSAGES,
 ];
 
 /// The table named `name`, if it is one of CROW's.

@@ -7,7 +7,10 @@ the owner signs in through /login and the overview renders; its figures
 and top products are read from the page (data-testid attributes) as they
 were first drawn; events sent to the collector then appear on the overview
 without a reload; the interactions page lists, pages and opens one as a timeline;
-the products page lists the catalog with its activity; the SQL console
+the products page lists the catalog with its activity; the funnels page
+computes a funnel (split by device, over time) and the paths between two
+events, its steps in the URL; the bell lists the owner's notifications and
+marks them read; the SQL console
 runs a query and draws it; billing shows the month's usage; the patterns
 page draws each finding's evidence and moves between
 periods; the owner reaches Settings; a viewer accepts an
@@ -242,6 +245,7 @@ def owner_flow(browser, base, email, password, key, axe_js, out):
     assert page.get_by_role("link", name="Settings").count() == 1, "an owner sees Settings"
     axe(page, axe_js, "/app/")
     screenshots(page, out, "overview", "[data-testid=overview][data-state=ready]")
+    notified = bell(page, axe_js, out)
     # New events appear without a reload (the page polls every 2 s here).
     page.evaluate("window.__sameDocument = true")
     anon = send_events(base, key, 3)
@@ -254,6 +258,7 @@ def owner_flow(browser, base, email, password, key, axe_js, out):
     interactions = interactions_page(page, axe_js, out)
     patterns = patterns_page(page, axe_js, out)
     products = products_page(page, axe_js, out)
+    funnels = funnels_page(page, axe_js, out)
     console = console_page(page, w, axe_js, out)
     billing = billing_page(page, axe_js, out)
     # Settings, through the navigation.
@@ -264,7 +269,7 @@ def owner_flow(browser, base, email, password, key, axe_js, out):
     screenshots(page, out, "settings", "[data-testid=settings]")
     w.check("the owner's dashboard")
     ctx.close()
-    return first, live, patterns, interactions, products, console, billing
+    return first, live, patterns, interactions, products, console, billing, {**funnels, "bell": notified}
 
 
 def settings_page(page, base):
@@ -335,6 +340,90 @@ def interactions_page(page, axe_js, out):
             "purchased": {"ids": ids(), **bounds()}}
 
 
+def unread_by_api(page):
+    return page.evaluate("""async () => (await (await fetch('/api/v1/notifications')).json()).unread""")
+
+
+def bell(page, axe_js, out):
+    """The bell opens the signed-in user's notifications from the keyboard
+    (Escape closes it and gives the focus back); marking one read, then all,
+    drops the count, on the page and in the API."""
+    wait_js(page, "Number(document.querySelector('[data-testid=bell]').dataset.unread) > 0", timeout=20000)
+    unread = int(page.get_attribute("[data-testid=bell]", "data-unread"))
+    assert unread == unread_by_api(page), unread
+    page.focus("[data-testid=bell]")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("[data-testid=notifications] [data-testid=notification]", timeout=10000)
+    assert page.get_attribute("[data-testid=bell]", "aria-expanded") == "true"
+    listed = page.locator("[data-testid=notification][data-read=no]").count()
+    assert listed == unread, (listed, unread)
+    axe(page, axe_js, "the notifications")
+    screenshots(page, out, "notifications", "[data-testid=notifications] [data-testid=notification]")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("[data-testid=notifications]", state="detached", timeout=5000)
+    assert page.get_attribute("[data-testid=bell]", "aria-expanded") == "false"
+    assert page.evaluate("document.activeElement.dataset.testid") == "bell", "the focus returns to the bell"
+    page.click("[data-testid=bell]")
+    first = page.locator("[data-testid=notification][data-read=no]").first
+    first.get_by_role("button", name="Mark read").click()
+    wait_js(page, f"document.querySelector('[data-testid=bell]').dataset.unread === '{unread - 1}'", timeout=10000)
+    assert unread_by_api(page) == unread - 1
+    assert page.locator("[data-testid=notification][data-read=yes]").count() == 1
+    page.get_by_role("button", name="Mark all read").click()
+    wait_js(page, "document.querySelector('[data-testid=bell]').dataset.unread === '0'", timeout=10000)
+    assert unread_by_api(page) == 0
+    assert page.locator("[data-testid=notification][data-read=no]").count() == 0
+    page.keyboard.press("Escape")
+    return {"unread": unread}
+
+
+def funnel_rows(page):
+    return page.evaluate("""() => ({
+        from: document.querySelector('[data-testid=funnels]').dataset.from,
+        to: document.querySelector('[data-testid=funnels]').dataset.to,
+        steps: [...document.querySelectorAll('[data-testid=funnel-step]')].map(r => ({
+            step: r.dataset.step, count: Number(r.dataset.count)})),
+        segments: [...document.querySelectorAll('[data-testid=funnel-segment]')].map(r => ({
+            seg: r.dataset.seg, counts: r.dataset.counts.split(',').map(Number)})),
+        start: document.querySelector('#path-start').value,
+        end: document.querySelector('#path-end').value,
+        top: Number(document.querySelector('#path-top').value),
+        paths: [...document.querySelectorAll('[data-testid=path]')].map(r => ({
+            path: r.dataset.path, sessions: Number(r.dataset.sessions)})),
+    })""")
+
+
+def funnels_page(page, axe_js, out):
+    """The funnel builder (its default steps, split by device, all in the
+    URL), the funnel's chart over time, and the paths between its first and
+    last step; a second step list from the URL alone."""
+    page.get_by_role("link", name="Funnels", exact=True).click()
+    page.wait_for_selector("[data-testid=funnels][data-state=ready] [data-testid=funnel-step]", timeout=30000)
+    page.wait_for_selector("[data-testid=funnel-chart] canvas", timeout=10000)
+    page.select_option("#split", "device")
+    wait_js(page, "new URL(location.href).searchParams.get('split') === 'device'")
+    page.wait_for_selector("[data-testid=funnels][data-state=ready] [data-testid=funnel-segment]", timeout=30000)
+    page.wait_for_selector("[data-testid=paths][data-state=ready] [data-testid=path]", timeout=30000)
+    shown = funnel_rows(page)
+    assert len(shown["steps"]) >= 2 and shown["steps"][0]["count"] > 0, shown
+    axe(page, axe_js, "/app/funnels")
+    screenshots(page, out, "funnels", "[data-testid=funnels][data-state=ready]")
+    # A shared link: steps, split and range come from the URL alone.
+    url = page.url
+    params = dict(p.split("=", 1) for p in url.split("?", 1)[1].split("&"))
+    assert params.get("split") == "device" and url.count("step=") == len(shown["steps"]), url
+    # Other steps (a product page after a product was viewed: a second
+    # product, so order matters) and a path's ends, opened as a link.
+    page.goto(url.split("?", 1)[0] + "?range=30d&step=Page%3A+Home&step=Product+Viewed&step=Page%3A+Product"
+              "&path_start=Cart+Viewed&path_end=Order+Completed&paths_top=5")
+    page.wait_for_selector("[data-testid=funnels][data-state=ready] [data-testid=funnel-step]", timeout=30000)
+    page.wait_for_selector("[data-testid=paths][data-state=ready]", timeout=30000)
+    linked = funnel_rows(page)
+    assert [s["step"] for s in linked["steps"]] == ["Page: Home", "Product Viewed", "Page: Product"], linked
+    assert page.input_value("#range") == "30d" and page.input_value("#path-top") == "5"
+    return {"split": shown, "linked": linked}
+
+
 def products_page(page, axe_js, out):
     """The catalog with each product's activity in the period."""
     page.get_by_role("link", name="Products", exact=True).click()
@@ -359,6 +448,14 @@ def console_page(page, watch, axe_js, out):
     page.get_by_role("button", name="Run", exact=True).click()
     page.wait_for_selector("[data-testid=console][data-state=ready] [data-testid=result-chart] canvas", timeout=30000)
     rows = page.eval_on_selector_all("[data-testid=result-row]", "rs => rs.map(r => [...r.cells].map(c => c.textContent))")
+    # The whole result as a CSV file, through the exports API.
+    page.locator("[data-testid=export]").get_by_role("button", name="CSV").click()
+    link = page.wait_for_selector("[data-testid=export-download]", timeout=60000)
+    with page.expect_download(timeout=30000) as d:
+        link.click()
+    path = d.value.path()
+    with open(path, encoding="utf-8") as f:
+        exported = f.read().splitlines()
     axe(page, axe_js, "/app/sql")
     screenshots(page, out, "sql", "[data-testid=console][data-state=ready]")
     page.fill("#sql", "SELECT no_such_column FROM raw_web_events")
@@ -367,7 +464,7 @@ def console_page(page, watch, axe_js, out):
     assert "no_such_column" in page.inner_text("[data-testid=console] .error")
     # That 400 was the point: it is not a failure of the page.
     watch.problems = [p for p in watch.problems if "400" not in p]
-    return {"query": query, "rows": rows}
+    return {"query": query, "rows": rows, "exported": exported}
 
 
 def billing_page(page, axe_js, out):
@@ -425,6 +522,24 @@ def viewer_flow(browser, base, token, axe_js, out):
     page.wait_for_url("**/app/", timeout=20000)
     page.wait_for_selector("[data-testid=overview][data-state=ready]", timeout=30000)
     assert page.get_by_role("link", name="Settings").count() == 0, "a viewer sees no Settings"
+    # A viewer runs SQL but is not offered an export (the API refuses it too).
+    page.goto(base + "/app/sql")
+    page.wait_for_selector("[data-testid=tables] summary", timeout=30000)
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.wait_for_selector("[data-testid=console][data-state=ready]", timeout=30000)
+    page.wait_for_selector("text=Exporting a result needs the analyst role")
+    assert page.locator("[data-testid=export]").count() == 0
+    status = page.evaluate("""async () => {
+        const csrf = (document.cookie.match(/crow_csrf=([^;]+)/) || [])[1] || '';
+        const r = await fetch('/api/v1/exports', {method: 'POST', headers: {'Content-Type': 'application/json',
+            'X-CSRF-Token': csrf}, body: JSON.stringify({sql: 'SELECT 1 AS one', format: 'csv'})});
+        await r.text();
+        return r.status;
+    }""")
+    assert status == 403, status
+    # That refusal was the point: not a failure of the page.
+    w.problems = [p for p in w.problems if not ("HTTP 403" in p and "/api/v1/exports" in p)
+                  and "status of 403" not in p]
     page.goto(base + "/app/settings")
     page.wait_for_selector("text=Settings are for admins")
     assert page.locator("[data-testid=settings]").count() == 0
@@ -444,12 +559,12 @@ def main():
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
         public_pages(browser, base, axe_js, out)
-        first, live, patterns, interactions, products, console, billing = owner_flow(browser, base, email, password, key, axe_js, out)
+        first, live, patterns, interactions, products, console, billing, funnels = owner_flow(browser, base, email, password, key, axe_js, out)
         viewer_flow(browser, base, token, axe_js, out)
         browser.close()
     print(json.dumps({"first": first, "live": live, "patterns": patterns, "interactions": interactions,
                       "products": products, "console": console,
-                      "billing": billing}))
+                      "billing": billing, "funnels": funnels}))
 
 
 if __name__ == "__main__":

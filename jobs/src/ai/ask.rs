@@ -367,7 +367,7 @@ pub fn offline_sql(question: &str) -> Option<(String, Value)> {
             return Some((
                 format!(
                     "SELECT CAST(event_date AS VARCHAR) AS day, count(*) AS events FROM raw_web_events \
-                     WHERE event_date > current_date(){dev} - INTERVAL '{n} days' GROUP BY event_date ORDER BY day"
+                     WHERE event_date > current_date() - INTERVAL '{n} days'{dev} GROUP BY event_date ORDER BY day"
                 ),
                 json!({"kind": "line", "x": "day", "y": ["events"]}),
             ));
@@ -429,6 +429,12 @@ mod tests {
         assert!(!sql.contains("x'"), "{sql}");
         let (sql, _) = offline_sql("top 5 products by views").unwrap();
         assert!(sql.ends_with("LIMIT 5"), "{sql}");
+        // A device narrows every shape with its own condition.
+        let (sql, _) = offline_sql("events over the last 7 days on mobile").unwrap();
+        assert!(
+            sql.contains("INTERVAL '7 days' AND device_type = 'mobile' GROUP BY"),
+            "{sql}"
+        );
     }
 
     #[test]

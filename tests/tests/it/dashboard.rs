@@ -4,7 +4,9 @@
 //! products equal SQL over the same lake (and not another organization's
 //! rows), new events appearing without a reload, the interactions list
 //! (paged, filtered) and one opened as its session's timeline, the catalog
-//! with each product's activity, the SQL console, billing as `crow billing
+//! with each product's activity, a funnel (split by device) and its paths
+//! as counted session by session here, the notifications bell (listed, marked
+//! read), the SQL console, billing as `crow billing
 //! report` has it, the latest week's
 //! patterns with their evidence drawn, an invitation accepted in
 //! the browser, Settings hidden from a viewer, no console errors or failed
@@ -246,6 +248,169 @@ async fn assert_products_are_sql(http: &reqwest::Client, s: &Server, key: &str, 
     }
 }
 
+/// Session id → (device, event names in order).
+type SessionEvents = std::collections::BTreeMap<String, (String, Vec<String>)>;
+
+/// Each web session that started in `[from, to)`: its device and its
+/// events' names in order (time, then message id), as the funnel page
+/// names them ("Page: Home" for a page view; no identify calls).
+async fn session_events(
+    http: &reqwest::Client,
+    s: &Server,
+    key: &str,
+    from: &str,
+    to: &str,
+) -> SessionEvents {
+    let rows = sql(
+        http,
+        s,
+        key,
+        &format!(
+            "SELECT s.session_id, coalesce(s.device_type, 'unknown') AS device, e.message_id,
+                    CAST(e.occurred_at AS BIGINT) AS t, e.type, e.event, e.name
+             FROM (SELECT session_id, device_type, unnest(source_ids) AS mid FROM sessions
+                   WHERE channel = 'web' AND started_at >= '{from}' AND started_at < '{to}') s
+             LEFT JOIN raw_web_events e ON e.message_id = s.mid"
+        ),
+    )
+    .await;
+    let mut seen = std::collections::BTreeSet::new();
+    // Per session: its device and (time, message id, name) of each event.
+    type Timed = Vec<(i64, String, String)>;
+    let mut by: std::collections::BTreeMap<String, (String, Timed)> = Default::default();
+    for r in &rows {
+        let text = |k: &str| r[k].as_str().unwrap_or("").to_string();
+        let id = text("session_id");
+        let entry = by
+            .entry(id.clone())
+            .or_insert_with(|| (text("device"), vec![]));
+        let name = match r["type"].as_str() {
+            Some("track") => r["event"].as_str().map(str::to_string),
+            Some("page") => Some(format!("Page: {}", r["name"].as_str().unwrap_or("unnamed"))),
+            Some("screen") => Some(format!(
+                "Screen: {}",
+                r["name"].as_str().unwrap_or("unnamed")
+            )),
+            _ => None,
+        };
+        if let Some(name) = name {
+            if seen.insert((id, text("message_id"))) {
+                entry
+                    .1
+                    .push((r["t"].as_i64().unwrap_or(0), text("message_id"), name));
+            }
+        }
+    }
+    by.into_iter()
+        .map(|(id, (device, mut ev))| {
+            ev.sort();
+            (id, (device, ev.into_iter().map(|e| e.2).collect()))
+        })
+        .collect()
+}
+
+/// How far a session gets through `steps`, each after the one before.
+fn reached(events: &[String], steps: &[String]) -> usize {
+    events.iter().fold(0, |k, e| {
+        if k < steps.len() && *e == steps[k] {
+            k + 1
+        } else {
+            k
+        }
+    })
+}
+
+/// The events between a session's first `start` and the first `end` after
+/// it, repeats in a row once; None when it has not both.
+fn path_between(events: &[String], start: &str, end: &str) -> Option<String> {
+    let mut once: Vec<&String> = events.iter().collect();
+    once.dedup();
+    let a = once.iter().position(|e| *e == start)?;
+    let z = a + 1 + once[a + 1..].iter().position(|e| *e == end)?;
+    Some(
+        once[a + 1..z]
+            .iter()
+            .map(|e| e.as_str())
+            .collect::<Vec<_>>()
+            .join(" → "),
+    )
+}
+
+/// The funnel page's step counts (in total and per device) and its top
+/// paths equal the same definitions computed here, session by session.
+/// Returns the sessions that reached the last step in order, and those
+/// that have every step's event in any order.
+async fn assert_funnel_is_sql(
+    http: &reqwest::Client,
+    s: &Server,
+    key: &str,
+    seen: &Value,
+) -> (usize, usize) {
+    let from = seen["from"].as_str().expect("from");
+    let to = seen["to"].as_str().expect("to");
+    let sessions = session_events(http, s, key, from, to).await;
+    let steps: Vec<String> = seen["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|x| x["step"].as_str().unwrap_or("").to_string())
+        .collect();
+    let count = |device: Option<&str>| -> Vec<f64> {
+        (1..=steps.len())
+            .map(|k| {
+                sessions
+                    .values()
+                    .filter(|(d, ev)| device.is_none_or(|w| d == w) && reached(ev, &steps) >= k)
+                    .count() as f64
+            })
+            .collect()
+    };
+    let shown: Vec<f64> = seen["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|x| num(&x["count"]))
+        .collect();
+    assert!(shown[0] > 0.0, "{seen}");
+    assert_eq!(shown, count(None), "the funnel's steps vs SQL: {seen}");
+    for seg in seen["segments"].as_array().expect("segments") {
+        let counts: Vec<f64> = seg["counts"]
+            .as_array()
+            .expect("counts")
+            .iter()
+            .map(num)
+            .collect();
+        assert_eq!(counts, count(seg["seg"].as_str()), "{seg}");
+    }
+    let mut paths: std::collections::BTreeMap<String, u64> = Default::default();
+    let (start, end) = (
+        seen["start"].as_str().expect("start"),
+        seen["end"].as_str().expect("end"),
+    );
+    for (_, ev) in sessions.values() {
+        if let Some(p) = path_between(ev, start, end) {
+            *paths.entry(p).or_default() += 1;
+        }
+    }
+    let mut top: Vec<(String, u64)> = paths.into_iter().collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    top.truncate(seen["top"].as_u64().unwrap_or(10) as usize);
+    let want: Vec<Value> = top
+        .iter()
+        .map(|(p, n)| json!({"path": p, "sessions": n}))
+        .collect();
+    assert_eq!(seen["paths"], json!(want), "the top paths vs SQL");
+    let in_order = sessions
+        .values()
+        .filter(|(_, ev)| reached(ev, &steps) == steps.len())
+        .count();
+    let any_order = sessions
+        .values()
+        .filter(|(_, ev)| steps.iter().all(|s| ev.contains(s)))
+        .count();
+    (in_order, any_order)
+}
+
 /// Pages are no-cache; assets are hashed, immutable and gzip; the first
 /// load of the app is at most 300 KB compressed.
 async fn assert_assets(http: &reqwest::Client, s: &Server) {
@@ -373,6 +538,24 @@ async fn dashboard_in_chromium() {
     let wal = tempfile::tempdir().expect("wal");
     let server = Server::start(&b, wal.path(), &[("CROW_INGEST_FLUSH_INTERVAL_MS", "300")]);
     let http = reqwest::Client::new();
+    // The owner signs in from two devices: the second is a notification,
+    // for the bell (so is the browser's sign-in after them).
+    let (st, _, _) = crate::users::login(
+        &http,
+        &server,
+        "ops@northwind-audio.example",
+        "owner password 123",
+    )
+    .await;
+    assert_eq!(st, 200);
+    let r = http
+        .post(server.url("/api/v1/auth/login"))
+        .header("User-Agent", "A new phone/1.0")
+        .json(&json!({"email": "ops@northwind-audio.example", "password": "owner password 123"}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status(), 200);
     assert_assets(&http, &server).await;
     // Another organization's visitor, now: the overview must not count it.
     send_other_org_events(&http, &server, &other_key).await;
@@ -449,6 +632,14 @@ async fn dashboard_in_chromium() {
     );
     assert_interactions_are_sql(&http, &server, &api_key, &seen["interactions"]).await;
     assert_products_are_sql(&http, &server, &api_key, &seen["products"]).await;
+    let funnels = &seen["funnels"];
+    assert_funnel_is_sql(&http, &server, &api_key, &funnels["split"]).await;
+    let linked = assert_funnel_is_sql(&http, &server, &api_key, &funnels["linked"]).await;
+    assert!(
+        0 < linked.0 && linked.0 < linked.1,
+        "the shared funnel's last step (a product page after a product view) is reached by fewer sessions in order than in any order: {linked:?}"
+    );
+    assert!(num(&funnels["bell"]["unread"]) >= 2.0, "{funnels}");
     // Billing: the same numbers as `crow billing report`.
     let bill = &seen["billing"];
     let month = bill["month"].as_str().expect("month");
@@ -496,12 +687,27 @@ async fn dashboard_in_chromium() {
             "{c}"
         );
     }
+    // The export downloaded from the console is the query's whole result.
+    let exported: Vec<&str> = c["exported"]
+        .as_array()
+        .expect("exported")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let mut lines = vec!["event_date,events".to_string()];
+    lines.extend(
+        want.iter()
+            .map(|w| format!("{},{}", w["event_date"].as_str().unwrap_or(""), w["events"])),
+    );
+    assert_eq!(exported, lines, "the exported CSV vs the query");
     for page in [
         "landing",
         "login",
         "overview",
         "interactions",
         "products",
+        "funnels",
+        "notifications",
         "sql",
         "billing",
         "patterns",

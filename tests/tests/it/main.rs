@@ -5,14 +5,17 @@
 mod a2a;
 mod api;
 mod ask;
+mod ask_bench;
 mod bench;
 mod cache;
+mod chats;
 mod cli;
 mod dashboard;
 mod exports;
 mod flight;
 mod hardening;
 mod hostile;
+mod import;
 mod ingest;
 mod jobs;
 mod lake;

@@ -5,7 +5,8 @@
 //! from the binary. Placeholders a reader fills in are filled the same way:
 //! `wk_…` with the write key the last `orgs create` printed, `$KEY` with the
 //! secret the last `keys create` printed, `$NEXT` with the last answer's
-//! `next_cursor`, and the default address with the server's.
+//! `next_cursor`, `cht_…` with the last chat id answered, and the default
+//! address with the server's.
 //!
 //! Left out, by design: `scripts/test.sh` (this is it) and the R2 block
 //! (it needs an R2 account).
@@ -122,6 +123,7 @@ fn readme_walkthrough() {
     let mut server: Option<Server> = None;
     let (mut write_key, mut key, mut next) = (String::new(), String::new(), String::new());
     let mut invitation = String::new();
+    let mut chat = String::new();
     let mut ran = 0;
     for cmd in &cmds {
         if cmd.starts_with("scripts/test.sh")
@@ -152,6 +154,11 @@ fn readme_walkthrough() {
             "`{line}` needs an invitation token no earlier command printed"
         );
         line = line.replace("inv_…", &invitation);
+        assert!(
+            !line.contains("cht_…") || !chat.is_empty(),
+            "`{line}` needs a chat id no earlier command printed"
+        );
+        line = line.replace("cht_…", &chat);
         let out = Command::new("sh")
             .arg("-c")
             .arg(&line)
@@ -180,6 +187,9 @@ fn readme_walkthrough() {
             }
             if let Some(t) = v["invitation_token"].as_str() {
                 invitation = t.to_string();
+            }
+            if let Some(c) = v["chat"]["id"].as_str() {
+                chat = c.to_string();
             }
             if v.get("next_cursor").is_some() {
                 next = v["next_cursor"].as_str().unwrap_or("").to_string();
@@ -237,6 +247,17 @@ fn readme_walkthrough() {
                     "{stdout}"
                 );
             }
+        }
+        if line.contains("/messages") && line.contains("and on mobile?") {
+            let v = json.as_ref().unwrap_or_else(|| panic!("{stdout}"));
+            let sql = v["messages"][1]["sql"].as_str().unwrap_or("");
+            assert!(
+                sql.contains("device_type = 'mobile'"),
+                "the follow-up uses the chat's first question: {stdout}"
+            );
+        }
+        if line.contains("-X DELETE") && line.contains("/api/v1/chats/") {
+            assert_eq!(stdout.trim(), "204", "{line}");
         }
         if line.contains("/api/v1/auth/me") {
             let v = json.as_ref().unwrap_or_else(|| panic!("{stdout}"));

@@ -20,7 +20,7 @@ pub struct Jar {
 }
 
 impl Jar {
-    fn header(&self) -> String {
+    pub(crate) fn header(&self) -> String {
         format!("crow_session={}; crow_csrf={}", self.session, self.csrf)
     }
 }
@@ -477,6 +477,16 @@ fn user_only(w: Who) -> Expect {
     }
 }
 
+/// Chats: any signed-in user; a key is authenticated but owns none (403
+/// `user_required`).
+fn chats(w: Who) -> Expect {
+    match w {
+        Who::Nobody => Expect::Unauthorized,
+        Who::ReadKey | Who::ExportKey | Who::AdminKey => Expect::Forbidden,
+        _ => Expect::Allowed,
+    }
+}
+
 fn public(_: Who) -> Expect {
     Expect::Allowed
 }
@@ -508,6 +518,12 @@ const MATRIX: &[(&str, &str, Rule)] = &[
     ("post", "/api/v1/auth/sessions/{id}/revoke", user_only),
     ("get", "/api/v1/notifications", user_only),
     ("post", "/api/v1/notifications/{id}/read", user_only),
+    ("get", "/api/v1/chats", chats),
+    ("post", "/api/v1/chats", chats),
+    ("get", "/api/v1/chats/{id}", chats),
+    ("patch", "/api/v1/chats/{id}", chats),
+    ("delete", "/api/v1/chats/{id}", chats),
+    ("post", "/api/v1/chats/{id}/messages", chats),
     ("get", "/api/v1/health", public),
     ("get", "/api/v1/openapi.json", public),
     ("patch", "/api/v1/organization", admin),
@@ -644,7 +660,7 @@ async fn every_endpoint_answers_every_role_and_scope_as_documented() {
             }
             if got == Expect::Forbidden {
                 let code = body["code"].as_str().unwrap_or("");
-                if !["insufficient_scope", "insufficient_role"].contains(&code) {
+                if !["insufficient_scope", "insufficient_role", "user_required"].contains(&code) {
                     wrong.push(format!("{who:?} {path}: 403 without a stable code: {body}"));
                 }
             }
