@@ -40,7 +40,8 @@ oid=$(echo "$org" | "$py" -c 'import json,sys; print(json.load(sys.stdin)["org_i
 key=$("$crow" --lake "$lake" keys create --org "$oid" --scope read --format json \
   | "$py" -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
 port=$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-CROW_API_QUERY_TIMEOUT_SECONDS=3600 CROW_API_RATE_LIMIT_BURST=100000 \
+# The result cache is off: the heavy query runs anew each time.
+CROW_API_RESULT_CACHE_MB=0 CROW_API_QUERY_TIMEOUT_SECONDS=3600 CROW_API_RATE_LIMIT_BURST=100000 \
   "$crow" --lake "$lake" serve --listen "127.0.0.1:$port" --wal-dir "$work/wal" >"$work/serve.log" 2>&1 &
 server=$!
 for _ in $(seq 1 100); do

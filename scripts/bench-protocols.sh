@@ -45,6 +45,8 @@ free_port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0
 port=$(free_port)
 fport=$(free_port)
 pport=$(free_port)
+# The result cache is off: each run streams its answer anew.
+CROW_API_RESULT_CACHE_MB=0 \
 CROW_API_MAX_RESULT_ROWS=$(( ROWS > JSON_ROWS ? ROWS : JSON_ROWS )) CROW_API_QUERY_TIMEOUT_SECONDS=3600 \
   "$crow" --lake "$lake" serve --only api --listen "127.0.0.1:$port" \
   --flight-listen "127.0.0.1:$fport" --pg-listen "127.0.0.1:$pport" --wal-dir "$work/wal" >"$work/serve.log" 2>&1 &

@@ -936,14 +936,16 @@ impl Lake {
     }
 
     /// Register table `name` as `alias` in `ctx` as of a point in time. A
-    /// time before the table existed gives an empty table.
+    /// time before the table existed gives an empty table. Returns the Delta
+    /// version registered — the snapshot the registered provider reads —
+    /// or `None` for that empty table.
     pub async fn register(
         &self,
         ctx: &SessionContext,
         alias: &str,
         name: &str,
         as_of: AsOf,
-    ) -> Result<()> {
+    ) -> Result<Option<u64>> {
         // A version is checked against the latest before anything loads it:
         // loading a version far beyond the log lists and probes without end.
         if let AsOf::Version(v) = as_of {
@@ -958,10 +960,12 @@ impl Lake {
             AsOf::Latest => self.table_for_read(name).await,
             _ => self.table_as_of(name, as_of).await,
         };
-        let provider: Arc<dyn datafusion::catalog::TableProvider> = match loaded {
-            Ok(t) => t.table_provider().await?,
+        let (provider, version): (Arc<dyn datafusion::catalog::TableProvider>, _) = match loaded {
+            Ok(t) => (t.table_provider().await?, t.version()),
             Err(e) => match as_of {
-                AsOf::Timestamp(ts) if self.created_after(name, ts).await? => empty_provider(name)?,
+                AsOf::Timestamp(ts) if self.created_after(name, ts).await? => {
+                    (empty_provider(name)?, None)
+                }
                 AsOf::Version(v) => {
                     let latest = self.table(name).await?.version().unwrap_or(0);
                     return Err(Error::Invalid(format!(
@@ -972,7 +976,7 @@ impl Lake {
             },
         };
         ctx.register_table(alias, provider)?;
-        Ok(())
+        Ok(version)
     }
 
     /// Whether table `name`'s first commit is after `ts`.

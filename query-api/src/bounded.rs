@@ -460,6 +460,16 @@ fn bounded_names() -> Vec<String> {
     fns.iter().map(|f| f.name().to_string()).collect()
 }
 
+/// The volatility of `f` as the function it computes: a [`Bounded`]
+/// wrapper's own signature says volatile (so it is not folded at planning
+/// time), but it computes its inner function.
+pub fn volatility(f: &ScalarUDF) -> Volatility {
+    match f.inner().downcast_ref::<Bounded>() {
+        Some(b) => b.inner.signature().volatility,
+        None => f.signature().volatility,
+    }
+}
+
 /// Replace the text, binary and list functions of a session being built by
 /// bounded ones (output at most `cap` bytes per call).
 pub fn bound_functions(builder: &mut SessionStateBuilder, cap: usize) {

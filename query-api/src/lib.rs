@@ -21,6 +21,7 @@ pub mod ask;
 pub mod auth;
 pub mod body;
 pub mod bounded;
+pub mod cache;
 pub mod chats;
 pub mod concat_op;
 pub mod error;
@@ -95,6 +96,8 @@ pub struct ApiState {
     ai: std::sync::OnceLock<Arc<dyn crow_jobs::ai::Provider>>,
     /// MCP sessions of the 2025-11-25 revision.
     pub mcp_sessions: mcp::Sessions,
+    /// Answers of `POST /api/v1/sql` by query, tenant and table versions.
+    pub result_cache: Arc<cache::ResultCache>,
 }
 
 impl ApiState {
@@ -120,7 +123,15 @@ impl ApiState {
             auth::KeyCache::new(lake.clone(), Duration::from_secs(cfg.key_cache_seconds));
         keys.session_idle =
             chrono::Duration::minutes(i64::try_from(cfg.session_idle_minutes).unwrap_or(720));
+        let metrics = Arc::new(metrics::ApiMetrics::default());
+        let mb = |n: u64| usize::try_from(n.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
+        let result_cache = Arc::new(cache::ResultCache::new(
+            mb(cfg.result_cache_mb),
+            mb(cfg.result_cache_max_entry_mb),
+            metrics.clone(),
+        ));
         Ok(Arc::new(ApiState {
+            result_cache,
             keys,
             login_by_email: auth::RateLimiter::new(1.0 / 60.0, 5),
             login_by_ip: auth::RateLimiter::new(0.5, 30),
@@ -129,7 +140,7 @@ impl ApiState {
                 cfg.public_rate_limit_burst,
             ),
             limiter: auth::RateLimiter::new(cfg.rate_limit_per_second, cfg.rate_limit_burst),
-            metrics: Arc::new(metrics::ApiMetrics::default()),
+            metrics,
             runtime,
             query_rt,
             slots: slots::Slots::new(
@@ -365,7 +376,8 @@ async fn run_sql(st: &Arc<ApiState>, headers: &HeaderMap, body: &[u8]) -> ApiRes
     })?;
     let format = sql::ResultFormat::negotiate(headers)?;
     let (as_of, pins) = sql::pins(&req)?;
-    let (query, permits) = sql::start_for(st, &p, req.sql, as_of, pins, started).await?;
+    let (query, permits) =
+        sql::start_cached_for(st, &p, req.sql, as_of, pins, started, Some(format)).await?;
     sql::respond(st, query, format, started, permits).await
 }
 

@@ -20,6 +20,26 @@ pub struct ApiMetrics {
     refused: Mutex<BTreeMap<String, u64>>,
     spill_files: AtomicU64,
     spilled_bytes: AtomicU64,
+    /// The SQL result cache's counters ([`crate::cache`]).
+    pub cache: CacheStats,
+}
+
+/// Counters and gauges of the SQL result cache.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    /// Answers served from the cache.
+    pub hits: AtomicU64,
+    /// Cacheable queries not in the cache (run, then stored if they fit).
+    pub misses: AtomicU64,
+    /// Queries not looked up: the cache is off or the query is not
+    /// deterministic.
+    pub bypasses: AtomicU64,
+    /// Entries dropped to make room.
+    pub evictions: AtomicU64,
+    /// Bytes held (answers and keys).
+    pub bytes: AtomicU64,
+    /// Answers held.
+    pub entries: AtomicU64,
 }
 
 impl Default for ApiMetrics {
@@ -32,6 +52,7 @@ impl Default for ApiMetrics {
             refused: Mutex::new(BTreeMap::new()),
             spill_files: AtomicU64::new(0),
             spilled_bytes: AtomicU64::new(0),
+            cache: CacheStats::default(),
         }
     }
 }
@@ -117,6 +138,55 @@ impl ApiMetrics {
             self.query_sum_micros.load(Ordering::Relaxed) as f64 / 1e6
         );
         let _ = writeln!(out, "{name}_count {n}");
+        self.render_cache(&mut out);
         out
+    }
+
+    fn render_cache(&self, out: &mut String) {
+        let c = &self.cache;
+        for (name, kind, help, v) in [
+            (
+                "hits_total",
+                "counter",
+                "SQL answers served from the result cache.",
+                &c.hits,
+            ),
+            (
+                "misses_total",
+                "counter",
+                "Cacheable SQL queries not found in the result cache.",
+                &c.misses,
+            ),
+            (
+                "bypass_total",
+                "counter",
+                "SQL queries that skipped the result cache (cache off, or not deterministic).",
+                &c.bypasses,
+            ),
+            (
+                "evictions_total",
+                "counter",
+                "Result cache entries dropped to make room.",
+                &c.evictions,
+            ),
+            (
+                "bytes",
+                "gauge",
+                "Bytes held by the result cache.",
+                &c.bytes,
+            ),
+            (
+                "entries",
+                "gauge",
+                "Answers held by the result cache.",
+                &c.entries,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP crow_api_result_cache_{name} {help}\n# TYPE crow_api_result_cache_{name} {kind}\ncrow_api_result_cache_{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
     }
 }

@@ -277,7 +277,9 @@ pub fn document() -> Value {
                 "summary": "Run one read-only SQL query over the key's organization's rows.",
                 "security": [{"bearer": []}],
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SqlRequest"}}}},
-                "responses": responses("200", json!({"description": "The result, in the format `Accept` asks for.", "content": sql_ok}),
+                "responses": responses("200", json!({"description": "The result, in the format `Accept` asks for.", "content": sql_ok,
+                    "headers": {"X-Crow-Cache": {"schema": {"type": "string", "enum": ["hit", "miss", "bypass"]},
+                        "description": "Whether the answer came from the result cache (`hit`), was computed and may be kept (`miss`), or is not cached (`bypass`: the cache is off, or the query calls a function like now() or random(); X-Crow-Cache-Reason says which)."}}}),
                     &[400, 401, 403, 406, 408, 429]),
             }},
             "/api/v1/ask": {"post": {

@@ -27,6 +27,7 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use futures::StreamExt;
 use serde::Deserialize;
 
+use crate::cache::{CacheKey, Cached, Lookup, ResultCache};
 use crate::error::{ApiError, ApiResult};
 use crate::guard;
 use crate::runtime::QueryTask;
@@ -296,6 +297,18 @@ pub async fn plan_query(
     schema: &TenantSchema,
     sql: &str,
 ) -> ApiResult<DataFrame> {
+    plan_normalized(state, ctx, schema, sql).await.map(|p| p.0)
+}
+
+/// [`plan_query`], and the statement normalized: parsed and printed again
+/// (the same text for statements that differ only in whitespace, comments
+/// or keyword case).
+pub async fn plan_normalized(
+    state: &ApiState,
+    ctx: &SessionContext,
+    schema: &TenantSchema,
+    sql: &str,
+) -> ApiResult<(DataFrame, String)> {
     if sql.trim().is_empty() {
         return Err(ApiError::bad_request("invalid_query", "`sql` is empty"));
     }
@@ -311,6 +324,7 @@ pub async fn plan_query(
         .sql_to_statement(sql, &dialect)
         .map_err(|e| df_error(&e, Some(schema)))?;
     guard::check_statement(&statement, &limits).map_err(refused)?;
+    let normalized = statement.to_string();
     // Literals are repeated per row outside the memory pool: with large
     // ones, smaller batches keep each batch's copies within the function
     // output cap (api.max_function_output_mb).
@@ -352,9 +366,11 @@ pub async fn plan_query(
             format!("only read-only queries are allowed: {}", e.find_root()),
         ));
     }
-    ctx.execute_logical_plan(plan)
+    let df = ctx
+        .execute_logical_plan(plan)
         .await
-        .map_err(|e| df_error(&e, Some(schema)))
+        .map_err(|e| df_error(&e, Some(schema)))?;
+    Ok((df, normalized))
 }
 
 /// The tenant session of a caller: only `p`'s organization's rows, with
@@ -382,12 +398,36 @@ pub async fn start_for(
     pins: Pins,
     started: std::time::Instant,
 ) -> ApiResult<(RunningQuery, Permits)> {
+    start_cached_for(state, p, sql, as_of, pins, started, None).await
+}
+
+/// [`start_for`], looking the planned query up in the result cache
+/// ([`crate::cache`]) when `format` is given (the answer's format, part of
+/// the key): on a hit the query is planned (which brings every table it
+/// reads up to date) but not run, and [`RunningQuery::cached`] holds the
+/// answer.
+pub async fn start_cached_for(
+    state: &Arc<ApiState>,
+    p: &crate::auth::Principal,
+    sql: String,
+    as_of: AsOf,
+    pins: Pins,
+    started: std::time::Instant,
+    format: Option<ResultFormat>,
+) -> ApiResult<(RunningQuery, Permits)> {
     let permits = state.slots.acquire(&p.key_id, &p.org_id)?;
+    let lookup = format.map(|f| Lookup {
+        format: format!("{f:?}"),
+        as_of,
+        pins: pins.clone(),
+    });
     let (ctx, schema) = tenant_session(state, p, as_of, pins);
     tracing::debug!(org = %p.org_id, key = %p.key_id, "sql query");
     let deadline = tokio::time::Instant::from_std(started) + state.query_timeout();
     let limit = usize::try_from(state.cfg.max_result_rows.saturating_add(1)).unwrap_or(usize::MAX);
-    let query = RunningQuery::start(state, ctx, schema, sql, Some(limit), deadline).await?;
+    let query =
+        RunningQuery::start_inner(state, ctx, schema, sql, None, Some(limit), deadline, lookup)
+            .await?;
     Ok((query, permits))
 }
 
@@ -424,6 +464,9 @@ const CHANNEL_BATCHES: usize = 2;
 pub struct RunningQuery {
     /// The result's schema.
     pub schema: SchemaRef,
+    /// What the result cache said ([`Cached::Off`] unless asked). On a hit
+    /// nothing runs and no batch comes.
+    pub cached: Cached,
     rx: tokio::sync::mpsc::Receiver<Result<RecordBatch, ApiError>>,
     task: QueryTask<()>,
     done: bool,
@@ -455,12 +498,36 @@ impl RunningQuery {
         limit: Option<usize>,
         deadline: tokio::time::Instant,
     ) -> ApiResult<Self> {
+        Self::start_inner(state, ctx, schema, sql, params, limit, deadline, None).await
+    }
+
+    /// [`RunningQuery::start_with_params`], looking the planned query up in
+    /// the result cache with `lookup`.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_inner(
+        state: &Arc<ApiState>,
+        ctx: SessionContext,
+        schema: Arc<TenantSchema>,
+        sql: String,
+        params: Option<datafusion::common::ParamValues>,
+        limit: Option<usize>,
+        deadline: tokio::time::Instant,
+        lookup: Option<Lookup>,
+    ) -> ApiResult<Self> {
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let (tx, rx) = tokio::sync::mpsc::channel(CHANNEL_BATCHES);
         let st = state.clone();
         let mut task = state.query_rt.spawn(async move {
             let started = async {
-                let df = plan_query(&st, &ctx, &schema, &sql).await?;
+                let (df, normalized) = plan_normalized(&st, &ctx, &schema, &sql).await?;
+                // Looked up after planning: the key holds the versions of
+                // the tables the plan reads.
+                let cached = match &lookup {
+                    Some(l) => st
+                        .result_cache
+                        .probe(l, &normalized, df.logical_plan(), &schema),
+                    None => Cached::Off,
+                };
                 let df = match params {
                     Some(p) => df
                         .with_param_values(p)
@@ -474,6 +541,9 @@ impl RunningQuery {
                     None => df,
                 };
                 let out: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+                if let Cached::Hit(_) = cached {
+                    return Ok::<_, ApiError>((out, cached, None));
+                }
                 let task_ctx = Arc::new(df.task_ctx());
                 let plan = df
                     .create_physical_plan()
@@ -481,14 +551,18 @@ impl RunningQuery {
                     .map_err(|e| df_error(&e, Some(&schema)))?;
                 let stream = datafusion::physical_plan::execute_stream(plan.clone(), task_ctx)
                     .map_err(|e| df_error(&e, Some(&schema)))?;
-                Ok::<_, ApiError>((out, plan, stream))
+                Ok::<_, ApiError>((out, cached, Some((plan, stream))))
             };
             let (plan, mut stream) = match started.await {
-                Ok((out, plan, stream)) => {
-                    if ready_tx.send(Ok(out)).is_err() {
+                Ok((out, cached, running)) => {
+                    if ready_tx.send(Ok((out, cached))).is_err() {
                         return;
                     }
-                    (plan, stream)
+                    match running {
+                        Some(r) => r,
+                        // A hit: nothing runs.
+                        None => return,
+                    }
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -512,7 +586,7 @@ impl RunningQuery {
             drop(schema);
         });
         let ready = tokio::time::timeout_at(deadline, ready_rx).await;
-        let out = match ready {
+        let (out, cached) = match ready {
             Err(_) => return Err(query_timeout(state)),
             Ok(Ok(r)) => r?,
             // The task ended without answering: it panicked.
@@ -520,6 +594,7 @@ impl RunningQuery {
         };
         Ok(Self {
             schema: out,
+            cached,
             rx,
             task,
             done: false,
@@ -573,6 +648,21 @@ pub async fn respond(
     started: std::time::Instant,
     permits: Permits,
 ) -> ApiResult<Response> {
+    let cached = std::mem::replace(&mut query.cached, Cached::Off);
+    let tee = match cached {
+        Cached::Hit(body) => {
+            state.metrics.query_seconds(started.elapsed().as_secs_f64());
+            let mut r = Response::new(Body::from(body));
+            set_headers(&mut r, format, &Cached::Hit(Bytes::new()));
+            return Ok(r);
+        }
+        Cached::Miss(ref key) => Some(Tee {
+            key: key.clone(),
+            chunks: Vec::new(),
+            bytes: 0,
+        }),
+        _ => None,
+    };
     let max_rows = state.cfg.max_result_rows;
     let deadline = tokio::time::Instant::from_std(started) + state.query_timeout();
     let out_schema = query.schema.clone();
@@ -607,17 +697,41 @@ pub async fn respond(
         max_rows,
         deadline,
         started: false,
+        finished: false,
+        tee,
+        cache: state.result_cache.clone(),
         _permits: permits,
     };
     let body = futures::stream::unfold(streamer, |mut s| async move {
         s.next_chunk().await.map(|c| (c, s))
     });
     let mut r = Response::new(Body::from_stream(body));
-    r.headers_mut().insert(
+    set_headers(&mut r, format, &cached);
+    Ok(r)
+}
+
+/// The content type and `X-Crow-Cache` (`hit`, `miss` or `bypass`; for a
+/// bypass because of the query, `X-Crow-Cache-Reason` says why).
+fn set_headers(r: &mut Response, format: ResultFormat, cached: &Cached) {
+    let h = r.headers_mut();
+    h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(format.media_type()),
     );
-    Ok(r)
+    h.insert("x-crow-cache", HeaderValue::from_static(cached.header()));
+    if let Cached::Bypass(why) = cached {
+        if let Ok(v) = HeaderValue::from_str(why) {
+            h.insert("x-crow-cache-reason", v);
+        }
+    }
+}
+
+/// The chunks of an answer being streamed, kept for the result cache
+/// while they fit in an entry.
+struct Tee {
+    key: CacheKey,
+    chunks: Vec<Bytes>,
+    bytes: usize,
 }
 
 pub(crate) fn too_large(max_rows: u64) -> ApiError {
@@ -638,6 +752,11 @@ struct Streamer {
     max_rows: u64,
     deadline: tokio::time::Instant,
     started: bool,
+    /// The encoder's closing bytes were produced: the answer is complete.
+    finished: bool,
+    /// A copy of the answer for the result cache (a miss that still fits).
+    tee: Option<Tee>,
+    cache: Arc<ResultCache>,
     // The query's concurrency slots, held until the answer is sent.
     _permits: Permits,
 }
@@ -649,7 +768,33 @@ impl Streamer {
         Some(Err(std::io::Error::other(why.to_string())))
     }
 
+    /// The next chunk of the body, copied for the result cache while the
+    /// answer fits an entry; a complete answer is stored with its last
+    /// chunk, one that fails is not.
     async fn next_chunk(&mut self) -> Option<Result<Bytes, std::io::Error>> {
+        let chunk = self.next_encoded().await;
+        match &chunk {
+            Some(Ok(b)) => {
+                if let Some(t) = &mut self.tee {
+                    t.bytes += b.len();
+                    if t.bytes > self.cache.entry_cap() {
+                        self.tee = None;
+                    } else if !b.is_empty() {
+                        t.chunks.push(b.clone());
+                    }
+                }
+                if self.finished {
+                    if let Some(t) = self.tee.take() {
+                        self.cache.put(t.key, Bytes::from(t.chunks.concat()));
+                    }
+                }
+            }
+            Some(Err(_)) | None => self.tee = None,
+        }
+        chunk
+    }
+
+    async fn next_encoded(&mut self) -> Option<Result<Bytes, std::io::Error>> {
         loop {
             let enc = self.enc.as_mut()?;
             if !self.started {
@@ -664,7 +809,10 @@ impl Streamer {
                 None if self.ended => {
                     let enc = self.enc.take()?;
                     return match enc.finish() {
-                        Ok(b) => Some(Ok(b)),
+                        Ok(b) => {
+                            self.finished = true;
+                            Some(Ok(b))
+                        }
                         Err(e) => self.abort(&format!("encoding failed: {e}")),
                     };
                 }

@@ -10,7 +10,7 @@
 //! are registered and URL tables are off, so `SELECT * FROM 'file.parquet'`
 //! and `read_parquet(...)` resolve to nothing.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -63,6 +63,11 @@ pub struct TenantSchema {
     /// The first storage failure while resolving a table (logged and
     /// answered as a server error, never shown to the client).
     pub failure: Mutex<Option<crow_lake::Error>>,
+    /// The Delta version each resolved table's view reads (`None`: the
+    /// table did not exist at the time asked for: an empty table). Taken
+    /// from the very snapshot the view scans, so it is what a query planned
+    /// in this session reads.
+    read: Mutex<BTreeMap<String, Option<u64>>>,
 }
 
 impl TenantSchema {
@@ -75,7 +80,27 @@ impl TenantSchema {
             loaded: tokio::sync::Mutex::new(HashMap::new()),
             admin_keys_visible: std::sync::atomic::AtomicBool::new(false),
             failure: Mutex::new(None),
+            read: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The organization whose rows this session shows.
+    pub fn org_id(&self) -> &str {
+        &self.org_id
+    }
+
+    /// Whether admin-only rows are visible ([`TenantSchema::show_admin_keys`]).
+    pub fn admin(&self) -> bool {
+        self.admin_keys_visible
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Every table resolved so far and the Delta version its view reads.
+    /// After a query is planned, these are the versions it reads: tables
+    /// are resolved while planning, each once per session. `None` if the
+    /// record was lost (a panic while it was held).
+    pub fn versions_read(&self) -> Option<BTreeMap<String, Option<u64>>> {
+        self.read.lock().ok().map(|m| m.clone())
     }
 
     /// Let `api_keys` show the organization's admin keys too. By default
@@ -95,7 +120,10 @@ impl TenantSchema {
         // A private context holds the raw provider only while the view's
         // plan is built; it is dropped before the query runs.
         let private = SessionContext::new();
-        self.lake.register(&private, "raw", name, as_of).await?;
+        let version = self.lake.register(&private, "raw", name, as_of).await?;
+        if let Ok(mut read) = self.read.lock() {
+            read.insert(name.to_string(), version);
+        }
         let columns: Vec<&str> = view_columns(def).map(|c| c.name).collect();
         let df = private
             .table("raw")

@@ -471,6 +471,12 @@ pub struct ApiConfig {
     /// for one batch of rows, in MiB; a call that would produce more fails
     /// before it allocates.
     pub max_function_output_mb: u64,
+    /// Memory for answers of `POST /api/v1/sql` kept for repeated queries
+    /// (keyed by the query, the tenant and the versions of the tables it
+    /// reads), in MiB; 0 turns the cache off.
+    pub result_cache_mb: u64,
+    /// Largest answer the result cache keeps, in MiB (1..=1024).
+    pub result_cache_max_entry_mb: u64,
     /// SQL queries one API key may run at a time.
     pub max_concurrent_queries_per_key: u64,
     /// SQL queries one organization may run at a time.
@@ -514,6 +520,8 @@ impl Default for ApiConfig {
             max_in_list: 10_000,
             max_expression_nodes: 100_000,
             max_function_output_mb: 64,
+            result_cache_mb: 64,
+            result_cache_max_entry_mb: 8,
             max_concurrent_queries_per_key: 4,
             max_concurrent_queries_per_org: 8,
             export_timeout_seconds: 600,
@@ -1035,7 +1043,18 @@ impl ApiConfig {
                 self.export_retry_after_seconds,
                 3600,
             ),
+            (
+                "api.result_cache_max_entry_mb",
+                self.result_cache_max_entry_mb,
+                1024,
+            ),
         ])?;
+        if self.result_cache_mb > 1024 * 1024 {
+            return Err(err(
+                "api.result_cache_mb",
+                "must be at most 1048576 (1 TiB); 0 turns the cache off",
+            ));
+        }
         Ok(())
     }
 }

@@ -38,7 +38,7 @@ const BASE_MICROS: i64 = 1_794_960_000_000_000; // 2026-11-18T00:00:00Z
 const BASE_DAY: i64 = BASE_MICROS / 86_400_000_000;
 
 /// One row of `def` for organization `org` (tag marks its text).
-fn row(def: &TableDef, org: Option<&str>, tag: &str, i: usize) -> Value {
+pub(crate) fn row(def: &TableDef, org: Option<&str>, tag: &str, i: usize) -> Value {
     let mut m = Map::new();
     for c in def.columns {
         let v = match (c.name, c.ty) {

@@ -116,3 +116,13 @@ fn the_isolation_benchmark_runs() {
     assert!(out.contains("p99 ratio"), "{out}");
     assert!(out.contains("heavy queries answered"), "{out}");
 }
+
+#[test]
+fn the_result_cache_benchmark_runs_and_hits() {
+    let out = script("bench-cache.sh", &[("EVENTS", "20000"), ("RUNS", "4")]);
+    let rows = table_rows(&out, "with");
+    assert_eq!(rows.len(), 2, "{out}");
+    assert_eq!(rows[0][0], "without cache", "{out}");
+    assert_eq!(rows[0][5], "bypass 4", "{out}");
+    assert_eq!(rows[1][5], "hit 3, miss 1", "{out}");
+}
