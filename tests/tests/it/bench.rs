@@ -126,3 +126,21 @@ fn the_result_cache_benchmark_runs_and_hits() {
     assert_eq!(rows[0][5], "bypass 4", "{out}");
     assert_eq!(rows[1][5], "hit 3, miss 1", "{out}");
 }
+
+#[test]
+fn the_dashboard_benchmark_times_both_pages_on_the_demo_lake() {
+    let out = script("bench-dashboard.sh", &[("RUNS", "1")]);
+    for page in ["overview", "patterns"] {
+        let rows = table_rows(&out, page);
+        assert_eq!(rows.len(), 1, "{page}: {out}");
+        let r = &rows[0];
+        let drawn: f64 = r[1].parse().expect("drawn ms");
+        let charts: u64 = r[6].parse().expect("charts");
+        let requests: u64 = r[7].parse().expect("API requests");
+        assert!(drawn > 0.0, "{page}: {out}");
+        // The demo's overview draws its time series; its latest week has
+        // patterns, each with its evidence chart; both pages ask the API.
+        assert!(charts >= 1, "{page} drew no chart: {out}");
+        assert!(requests >= 2, "{page}: {out}");
+    }
+}

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The dashboard benchmark of BENCHMARKS.md ("Dashboard: time to a drawn
+# page"), in one run on this machine:
+#  1. a temp lake: the demo (`crow demo`, its owner's sign-in as it prints
+#     it) by default; with EVENTS=N, N generated web events over 28 days
+#     (`crow bench generate`), an owner created with `crow users create`, and
+#     the sessionize, enrich (offline provider) and patterns jobs run over it;
+#  2. `crow serve --only api` on a free local port;
+#  3. scripts/bench/dashboard.py: headless Chromium (Debian's, through
+#     Playwright) signs in and times navigation start → last chart drawn on
+#     the overview and the patterns page, best of RUNS after a warm-up, with
+#     the API requests behind each; prints a Markdown table.
+# Usage: scripts/bench-dashboard.sh   (EVENTS=1000000 for a generated lake;
+#        RUNS=5; KEEP_LAKE=DIR to build the lake there and keep it;
+#        LAKE=DIR EMAIL=… PASSWORD=… to time an existing lake instead;
+#        CROWTEST_BIN=PATH to use an already built binary instead of building
+#        in release; CROWTEST_VENV=DIR for a venv that has Playwright already)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EVENTS="${EVENTS:-}"
+RUNS="${RUNS:-3}"
+venv="${CROWTEST_VENV:-.venv}"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/python" -c 'import playwright' 2>/dev/null || "$venv/bin/pip" install -q playwright
+py="$venv/bin/python"
+[ -x /usr/bin/chromium ] || { echo "needs Debian's Chromium at /usr/bin/chromium (apt-get install chromium)" >&2; exit 2; }
+if [ -n "${CROWTEST_BIN:-}" ]; then
+  crow="$CROWTEST_BIN"
+else
+  cargo build --release --locked --bin crow
+  crow="$PWD/target/release/crow"
+fi
+work="$(mktemp -d)"
+server=""
+cleanup() {
+  if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+exec 3>&2
+timed() { # timed WHAT COMMAND…: run it, say how long it took on the script's stderr
+  local what="$1" started
+  shift
+  started=$(date +%s)
+  "$@"
+  echo "$what in $(( $(date +%s) - started )) s" >&3
+}
+if [ -n "${LAKE:-}" ]; then
+  lake="$LAKE"
+  email="${EMAIL:?LAKE needs EMAIL and PASSWORD: an owner or member of its organization}"
+  password="${PASSWORD:?LAKE needs EMAIL and PASSWORD}"
+  what="the lake at $lake"
+else
+  lake="${KEEP_LAKE:-$work/lake}"
+  [ ! -e "$lake/raw_web_events" ] || { echo "$lake already holds a lake; KEEP_LAKE must be a new folder" >&2; exit 2; }
+  if [ -z "$EVENTS" ]; then
+    echo "building the demo lake ..." >&2
+    timed "demo built" "$crow" --lake "$lake" demo >"$work/demo.out" 2>"$work/demo.err" \
+      || { cat "$work/demo.err" >&2; exit 1; }
+    email=$(sed -n 's/^ *e-mail: //p' "$work/demo.out" | head -1)
+    password=$(sed -n 's/^ *password: //p' "$work/demo.out" | head -1)
+    [ -n "$email" ] && [ -n "$password" ] || { echo "crow demo printed no sign-in" >&2; exit 1; }
+    what="the demo lake ($(sed -n 's/^created demo brand .*: //p' "$work/demo.err" | head -1))"
+  else
+    "$crow" --lake "$lake" init >/dev/null
+    echo "generating $EVENTS events ..." >&2
+    timed "generated" "$crow" --lake "$lake" bench generate --events "$EVENTS" --days 28 >"$work/gen.json"
+    org=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["org_id"])' "$work/gen.json")
+    email="owner@bench.example"
+    password="bench owner password"
+    echo "$password" | "$crow" --lake "$lake" users create --org "$org" --email "$email" --role owner \
+      --password-stdin --format json >/dev/null
+    for job in sessionize enrich patterns; do
+      timed "$job" "$crow" --lake "$lake" jobs run "$job" --quiet --format json >"$work/$job.json"
+    done
+    what="a generated lake of $EVENTS events over 28 days"
+  fi
+fi
+port=$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# The result cache is off: each timed visit runs its queries (a dashboard
+# revisited within the same table versions would be served from it).
+CROW_API_RESULT_CACHE_MB=0 "$crow" --lake "$lake" serve --only api --listen "127.0.0.1:$port" --wal-dir "$work/wal" \
+  >"$work/serve.log" 2>&1 &
+server=$!
+for _ in $(seq 1 100); do
+  curl -sf -o /dev/null "http://127.0.0.1:$port/api/v1/openapi.json" && break
+  kill -0 "$server" 2>/dev/null || { cat "$work/serve.log" >&2; exit 1; }
+  sleep 0.2
+done
+events=$("$crow" --lake "$lake" sql --format csv "SELECT count(*) AS n FROM raw_web_events" 2>/dev/null \
+  | tail -1 | "$py" -c 'import sys; print(f"{int(sys.stdin.read()):,}")' 2>/dev/null || echo "?")
+echo
+echo "Dashboard on $what: $events raw web events; $(nproc) cores;" \
+  "Chromium $(/usr/bin/chromium --version 2>/dev/null | awk '{print $2}'), headless, 1440×900;" \
+  "best of $RUNS after one warm-up visit"
+echo
+status=0
+"$py" scripts/bench/dashboard.py "http://127.0.0.1:$port" "$email" "$password" --runs "$RUNS" || status=$?
+[ "$status" = 0 ] || echo "the benchmark failed; server log: $(tail -5 "$work/serve.log")" >&2
+exit "$status"
