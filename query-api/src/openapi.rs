@@ -106,6 +106,18 @@ fn ask_ok(schema: Value) -> Value {
         "content": {"application/json": {"schema": schema}, "text/event-stream": {"schema": {"type": "string"}}}})
 }
 
+/// The `steps` of a planned `/api/v1/ask` answer.
+fn ask_steps() -> Value {
+    json!({"type": "array", "description": "A planned answer's steps, the week's findings last; absent for a single query.",
+        "items": {"type": "object", "required": ["question", "sql", "by", "columns", "rows", "row_count", "truncated", "attempts"],
+            "properties": {"question": {"type": "string"}, "sql": {"type": "string"},
+                "by": {"type": "string", "enum": ["provider", "crow"]},
+                "columns": {"type": "array", "items": {"type": "string"}},
+                "rows": {"type": "array", "items": {"type": "object"}}, "row_count": {"type": "integer"},
+                "truncated": {"type": "boolean"}, "attempts": {"type": "integer"},
+                "error": {"type": "object", "description": "Why the step has no rows: `code` and `detail`."}}}})
+}
+
 fn qparam(name: &str, desc: &str, schema: Value) -> Value {
     json!({"name": name, "in": "query", "required": false, "description": desc, "schema": schema})
 }
@@ -294,14 +306,7 @@ pub fn document() -> Value {
                         "rows": {"type": "array", "items": {"type": "object"}}, "truncated": {"type": "boolean"},
                         "chart": {"type": "object"}, "answer": {"type": "string"},
                         "answer_source": {"type": "string", "enum": ["model", "rows"]},
-                        "steps": {"type": "array", "description": "A planned answer's steps, the week's findings last; absent for a single query.",
-                            "items": {"type": "object", "required": ["question", "sql", "by", "columns", "rows", "row_count", "truncated", "attempts"],
-                                "properties": {"question": {"type": "string"}, "sql": {"type": "string"},
-                                    "by": {"type": "string", "enum": ["provider", "crow"]},
-                                    "columns": {"type": "array", "items": {"type": "string"}},
-                                    "rows": {"type": "array", "items": {"type": "object"}}, "row_count": {"type": "integer"},
-                                    "truncated": {"type": "boolean"}, "attempts": {"type": "integer"},
-                                    "error": {"type": "object", "description": "Why the step has no rows: `code` and `detail`."}}}}}})),
+                        "steps": ask_steps()}})),
                     &[400, 401, 403, 408, 422, 429, 502]),
             }},
             "/api/v1/organization": {"get": {
