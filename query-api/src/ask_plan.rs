@@ -32,7 +32,8 @@ use crate::ApiState;
 
 /// Rows a step carries at most (`truncated` says when there were more).
 pub const STEP_MAX_ROWS: usize = 50;
-/// The time a whole plan may take, repairs and the analyst excluded.
+/// The time a plan's steps may take together (their repairs included;
+/// the analyst step is not counted).
 pub const PLAN_BUDGET: Duration = Duration::from_secs(120);
 
 /// One sub-question of a plan, as the provider wrote it.
