@@ -37,6 +37,24 @@ pub async fn run(
         return output::text(&format!("{}\n", serde_json::to_string_pretty(&a)?));
     }
     output::line(&a.answer)?;
+    for (i, step) in a.steps.iter().enumerate() {
+        output::line(format!(
+            "\nStep {}: {}\nSQL: {}\n",
+            i + 1,
+            step.question,
+            step.sql
+        ))?;
+        match &step.error {
+            Some(e) => output::line(format!("(failed: {})", e["detail"].as_str().unwrap_or("")))?,
+            None => {
+                let columns: Vec<&str> = step.columns.iter().map(String::as_str).collect();
+                output::print_rows(format, &columns, &step.rows)?;
+            }
+        }
+    }
+    if !a.steps.is_empty() {
+        return Ok(());
+    }
     output::line(format!("\nSQL: {}\n", a.sql))?;
     let columns: Vec<String> = a
         .rows

@@ -855,6 +855,7 @@ async fn stream(st: Arc<ApiState>, p: Principal, id: Value, params: Value, wire:
                 let text = match step {
                     "sql" => format!("Running: {}", data["sql"].as_str().unwrap_or("")),
                     "repair" => format!("Repairing: {}", data["error"].as_str().unwrap_or("")),
+                    "step" => format!("Answered: {}", data["question"].as_str().unwrap_or("")),
                     _ => continue,
                 };
                 let m = agent_message(&working.context_id, &working.task_id, &text);

@@ -11,6 +11,9 @@
 //! repaired and never runs. The answer in words is checked like the pattern
 //! narratives: every number in it must appear in the rows (or the question);
 //! a rejected answer is replaced by a plain rendering of the rows.
+//!
+//! A broad question may be answered by a plan of several queries and an
+//! analyst step instead ([`crate::ask_plan`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -84,6 +87,11 @@ pub struct AskAnswer {
     pub input_tokens: u64,
     /// Completion tokens spent.
     pub output_tokens: u64,
+    /// For a planned answer ([`crate::ask_plan`]): its steps, the week's
+    /// findings last; the fields above are then the first answered step's.
+    /// Absent for a single query.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<crate::ask_plan::Step>,
 }
 
 /// The provider when the configured one cannot be built (e.g. a missing
@@ -225,29 +233,46 @@ async fn org_context(st: &Arc<ApiState>, p: &Principal) -> String {
     }
 }
 
+/// The provider's reply to the SQL step: one query, a plan of
+/// sub-queries, or an empty `sql` with the reason.
 #[derive(Debug, Deserialize)]
-struct SqlPlan {
-    sql: String,
+pub(crate) struct SqlPlan {
+    #[serde(default)]
+    pub sql: String,
     #[serde(default)]
     reason: Option<String>,
     #[serde(default)]
     chart: Option<Value>,
+    #[serde(default)]
+    plan: Vec<crate::ask_plan::SubQuery>,
 }
 
-fn parse_plan(text: &str) -> Result<SqlPlan, String> {
-    serde_json::from_str(text.trim()).map_err(|e| format!("not the expected JSON: {e}"))
+pub(crate) fn parse_plan(text: &str) -> Result<SqlPlan, String> {
+    let p: SqlPlan =
+        serde_json::from_str(text.trim()).map_err(|e| format!("not the expected JSON: {e}"))?;
+    let max = prompts::MAX_PLAN_STEPS;
+    if p.plan.len() > max {
+        return Err(format!(
+            "a plan has at most {max} steps, not {}",
+            p.plan.len()
+        ));
+    }
+    if p.plan.iter().any(|s| s.sql.trim().is_empty()) {
+        return Err("every step of a plan needs a query".into());
+    }
+    Ok(p)
 }
 
 /// Errors the provider may repair: the query did not plan or failed while
 /// running. Refusals (writes, DDL, SET), limits and timeouts are final.
-fn repairable(e: &ApiError) -> bool {
+pub(crate) fn repairable(e: &ApiError) -> bool {
     matches!(e.code, "invalid_query" | "query_failed")
 }
 
 /// Tokens and the provider, kept across the steps of one question.
-struct Spend {
-    input: u64,
-    output: u64,
+pub(crate) struct Spend {
+    pub input: u64,
+    pub output: u64,
 }
 
 /// Steps of a question as they happen: (`sql` | `repair` | `rows`, data).
@@ -259,7 +284,8 @@ pub async fn ask(st: &Arc<ApiState>, p: &Principal, req: &AskRequest) -> ApiResu
 }
 
 /// [`ask`], telling `progress` each step: the query about to run, a
-/// repair and why, the rows.
+/// repair and why, the rows — or, for a planned answer, each `step` as it
+/// finishes (and its repairs).
 pub async fn ask_streaming(
     st: &Arc<ApiState>,
     p: &Principal,
@@ -306,6 +332,16 @@ pub async fn ask_streaming(
                 format!("the AI provider gave no usable query: {why}"),
             )
         })?;
+        if !plan.plan.is_empty() {
+            let c = crate::ask_plan::PlanCtx {
+                st,
+                p,
+                contracts: &contracts,
+                context: &context,
+                progress,
+            };
+            return crate::ask_plan::answer(&c, question, &plan.plan, spend).await;
+        }
         if plan.sql.trim().is_empty() {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -355,6 +391,7 @@ pub async fn ask_streaming(
         input_tokens: spend.input,
         output_tokens: spend.output,
         rows,
+        steps: Vec::new(),
     })
 }
 
@@ -400,7 +437,7 @@ async fn words(
 
 /// The provider's chart when its columns exist, else one chosen from the
 /// rows: a line over a day column, bars of a number by a label, a table.
-fn chart(suggested: Option<&Value>, rows: &[Value]) -> Value {
+pub(crate) fn chart(suggested: Option<&Value>, rows: &[Value]) -> Value {
     let Some(first) = rows.first().and_then(Value::as_object) else {
         return json!({"kind": "table"});
     };
@@ -466,8 +503,9 @@ pub async fn handler(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: 
 }
 
 /// The answer as server-sent events: `sql` (the query about to run),
-/// `repair` (why it is asked again), `rows`, then `answer` (the whole
-/// answer, as without streaming) or `error` (a problem document).
+/// `repair` (why it is asked again), `rows` — or for a planned answer one
+/// `step` per step (with its `index`) — then `answer` (the whole answer, as
+/// without streaming) or `error` (a problem document).
 fn stream(st: Arc<ApiState>, p: Principal, req: AskRequest) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -504,7 +542,9 @@ pub async fn audit_ask(
 ) {
     let target: String = target.chars().take(200).collect();
     let detail = match r {
-        Ok(a) => json!({"sql": a.sql, "rows": a.rows.len(), "attempts": a.attempts}),
+        Ok(a) => {
+            json!({"sql": a.sql, "rows": a.rows.len(), "attempts": a.attempts, "steps": a.steps.len()})
+        }
         Err(e) => json!({"code": e.code}),
     };
     crate::audit_call(st, p, action, &target, r.is_ok(), detail).await;

@@ -18,6 +18,7 @@
 pub mod a2a;
 pub mod account;
 pub mod ask;
+pub mod ask_plan;
 pub mod auth;
 pub mod body;
 pub mod bounded;

@@ -102,8 +102,20 @@ fn json_ok(desc: &str, schema: Value) -> Value {
 /// The answer of `/api/v1/ask`: JSON, or server-sent events with
 /// `Accept: text/event-stream`.
 fn ask_ok(schema: Value) -> Value {
-    json!({"description": "The answer; with `Accept: text/event-stream`, events `sql`, `repair`, `rows`, then `answer` (this object) or `error` (a problem).",
+    json!({"description": "The answer; with `Accept: text/event-stream`, events `sql`, `repair`, `rows` (a planned answer: one `step` per step instead), then `answer` (this object) or `error` (a problem).",
         "content": {"application/json": {"schema": schema}, "text/event-stream": {"schema": {"type": "string"}}}})
+}
+
+/// The `steps` of a planned `/api/v1/ask` answer.
+fn ask_steps() -> Value {
+    json!({"type": "array", "description": "A planned answer's steps, the week's findings last; absent for a single query.",
+        "items": {"type": "object", "required": ["question", "sql", "by", "columns", "rows", "row_count", "truncated", "attempts"],
+            "properties": {"question": {"type": "string"}, "sql": {"type": "string"},
+                "by": {"type": "string", "enum": ["provider", "crow"]},
+                "columns": {"type": "array", "items": {"type": "string"}},
+                "rows": {"type": "array", "items": {"type": "object"}}, "row_count": {"type": "integer"},
+                "truncated": {"type": "boolean"}, "attempts": {"type": "integer"},
+                "error": {"type": "object", "description": "Why the step has no rows: `code` and `detail`."}}}})
 }
 
 fn qparam(name: &str, desc: &str, schema: Value) -> Value {
@@ -283,7 +295,7 @@ pub fn document() -> Value {
                     &[400, 401, 403, 406, 408, 429]),
             }},
             "/api/v1/ask": {"post": {
-                "summary": "Ask a question in plain language: the AI provider (`ai.provider`) writes one read-only SQL query, which runs like /api/v1/sql in the key's organization; failed queries are repaired at most twice. The answer carries the SQL, its rows (at most 100; `truncated` says when there were more), a suggested chart and a short answer whose every number appears in the rows (else the rows rendered in words, `answer_source` = rows). The offline provider answers a fixed set of question shapes and answers 422 `question_not_supported` for others.",
+                "summary": "Ask a question in plain language: the AI provider (`ai.provider`) writes one read-only SQL query, which runs like /api/v1/sql in the key's organization; failed queries are repaired at most twice. The answer carries the SQL, its rows (at most 100; `truncated` says when there were more), a suggested chart and a short answer whose every number appears in the rows (else the rows rendered in words, `answer_source` = rows). A broad question may instead be answered by a plan: the provider writes 1 to 4 sub-questions, each run like a single query (a refused step carries its error, the others run), CROW adds this week's patterns and stories, and an analyst step answers from all steps' rows (`steps`; `sql`, `columns` and `rows` are then the first answered step's). The offline provider answers a fixed set of question shapes (and plans \"why did orders/sessions/revenue/conversion drop or rise last week?\") and answers 422 `question_not_supported` for others.",
                 "security": [{"bearer": []}],
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object",
                     "required": ["question"], "additionalProperties": false,
@@ -295,7 +307,8 @@ pub fn document() -> Value {
                         "columns": {"type": "array", "items": {"type": "string"}},
                         "rows": {"type": "array", "items": {"type": "object"}}, "truncated": {"type": "boolean"},
                         "chart": {"type": "object"}, "answer": {"type": "string"},
-                        "answer_source": {"type": "string", "enum": ["model", "rows"]}}})),
+                        "answer_source": {"type": "string", "enum": ["model", "rows"]},
+                        "steps": ask_steps()}})),
                     &[400, 401, 403, 408, 422, 429, 502]),
             }},
             "/api/v1/organization": {"get": {

@@ -70,7 +70,7 @@ async def flow(base, http):
     out["answered"] = t
     _, t2 = await send(client, message("and on mobile?", context_id=t["contextId"]))
     out["follow_up"] = t2
-    _, t3 = await send(client, message("why did sales drop last week?"))
+    _, t3 = await send(client, message("what is the meaning of life?"))
     out["unsupported"] = t3
     streaming = await create_client(card, ClientConfig(httpx_client=http, streaming=True))
     events, _ = await send(streaming, message("conversion by device"))

@@ -17,8 +17,18 @@
 //! | interactions about a product | "interactions about Aurora headphones" |
 //! | this week's patterns | "this week's patterns", "what patterns this week" |
 //!
+//! And one broad shape it answers with a plan of several queries
+//! ([`offline_plan`]): "why did orders drop last week?" — sessions, orders,
+//! revenue (or sales) or conversion; drop, rise or "what changed".
+//!
 //! Anything else gets an empty `sql` and a `reason` saying it needs a real
 //! model (`ai.provider` = gemini or openai).
+//!
+//! **Plans.** For a broad question the SQL step may answer
+//! `{"sql": "", "plan": [{"question": …, "sql": …}, …]}` — 1 to
+//! [`MAX_PLAN_STEPS`] sub-questions, each with one read-only query. CROW runs
+//! each like a single question's query, adds [`WEEK_FINDINGS_SQL`] as a last
+//! step, and asks the analyst step ([`analyst_request`]) for the answer.
 
 use serde_json::{json, Value};
 
@@ -31,6 +41,15 @@ pub fn sql_schema() -> Value {
         "properties": {
             "sql": {"type": "string", "description": "One read-only SQL query; empty when the question cannot be answered from the tables."},
             "reason": {"type": "string", "description": "Why the question cannot be answered, when `sql` is empty."},
+            "plan": {
+                "type": "array",
+                "description": "For a broad why/what-changed question instead of `sql`: 2 to 4 sub-questions, each with one read-only SQL query.",
+                "items": {
+                    "type": "object",
+                    "properties": {"question": {"type": "string"}, "sql": {"type": "string"}},
+                    "required": ["question", "sql"]
+                }
+            },
             "chart": {
                 "type": "object",
                 "properties": {
@@ -62,7 +81,32 @@ PostgreSQL-like dialect) that answers the question from the organization's table
 Every table already holds only this organization's rows: never filter on or mention other \
 organizations. Only SELECT (WITH … SELECT) is allowed. Prefer aggregates with a LIMIT; \
 name result columns plainly. Answer JSON {\"sql\": …, \"chart\": {\"kind\": bar|line|table|number, \
-\"x\": column, \"y\": [columns]}}; when the tables cannot answer, {\"sql\": \"\", \"reason\": …}.";
+\"x\": column, \"y\": [columns]}}; when the tables cannot answer, {\"sql\": \"\", \"reason\": …}. \
+For a broad question (why did something change, what changed) you may instead split it: \
+{\"sql\": \"\", \"plan\": [{\"question\": …, \"sql\": …}, …]} with 2 to 4 sub-questions, each with one \
+read-only query (e.g. the metric this week against last, by day, by device, by traffic source); \
+this week's patterns and stories are added for you.";
+
+const ANALYST_SYSTEM: &str = "You are CROW's analyst. A broad question was split into steps, each \
+a query with its rows (a step may have failed). Answer the question in three to five plain sentences \
+from the steps' rows only: what changed, where it changed most, and which of this week's patterns or \
+stories may explain it. Copy every number exactly as it appears in the rows; do not compute, round or \
+invent numbers. Answer JSON {\"answer\": …}.";
+
+/// Most sub-questions in a plan (CROW adds one step: the week's findings).
+pub const MAX_PLAN_STEPS: usize = 4;
+
+/// The step CROW adds to every plan: this week's patterns and the stories
+/// of the last seven days, stories first.
+pub const WEEK_FINDINGS_QUESTION: &str = "this week's patterns and stories";
+
+/// The query of [`WEEK_FINDINGS_QUESTION`].
+pub const WEEK_FINDINGS_SQL: &str = "SELECT source, title FROM (\
+SELECT 'pattern' AS source, title, significance AS score FROM patterns WHERE period_kind = 'week' \
+AND period_start = (SELECT max(period_start) FROM patterns WHERE period_kind = 'week') \
+UNION ALL SELECT 'story' AS source, title, rank_score AS score FROM stories \
+WHERE last_date >= current_date() - INTERVAL '7 days') \
+ORDER BY source DESC, score DESC NULLS LAST, title LIMIT 10";
 
 const ANSWER_SYSTEM: &str = "You are CROW's analyst. Answer the question in two or three plain \
 sentences from the query's rows only. Copy every number exactly as it appears in the rows; \
@@ -144,6 +188,272 @@ pub fn answer_request(
     }
 }
 
+/// The request for the analyst step of a plan: the question and each
+/// step's question, columns and rows (at most 20 a step) or error.
+pub fn analyst_request(question: &str, steps: &[Value]) -> AiRequest {
+    let shown: Vec<Value> = steps
+        .iter()
+        .map(|s| {
+            let rows: Vec<&Value> = s["rows"]
+                .as_array()
+                .map(|r| r.iter().take(20).collect())
+                .unwrap_or_default();
+            json!({"question": s["question"], "sql": s["sql"], "columns": s["columns"],
+                   "rows": rows, "row_count": s["row_count"], "truncated": s["truncated"],
+                   "error": s.get("error").and_then(|e| e.get("detail")).cloned()})
+        })
+        .collect();
+    let mut prompt = format!("Question: {question}\n");
+    for (i, s) in shown.iter().enumerate() {
+        prompt.push_str(&format!(
+            "\nStep {}: {}\nSQL: {}\n{}\n",
+            i + 1,
+            s["question"].as_str().unwrap_or(""),
+            s["sql"].as_str().unwrap_or(""),
+            match s["error"].as_str() {
+                Some(e) => format!("Failed: {e}"),
+                None => format!("Rows: {}", s["rows"]),
+            }
+        ));
+    }
+    AiRequest {
+        system: ANALYST_SYSTEM.to_string(),
+        prompt,
+        schema: answer_schema(),
+        input: json!({"task": "ask_analyst", "question": question, "steps": shown}),
+    }
+}
+
+/// Which way a broad question looks.
+#[derive(Clone, Copy, PartialEq)]
+enum Direction {
+    Drop,
+    Rise,
+    Change,
+}
+
+fn direction(q: &str) -> Direction {
+    if has(
+        q,
+        &[
+            "drop", "fall", "fell", "down", "declin", "decreas", "lower", "worse",
+        ],
+    ) {
+        Direction::Drop
+    } else if has(
+        q,
+        &[
+            "rise", "rose", " up", "increas", "grow", "higher", "jump", "better",
+        ],
+    ) {
+        Direction::Rise
+    } else {
+        Direction::Change
+    }
+}
+
+/// A metric the offline planner knows: its column name, table, date
+/// column, value over the rows matching `{w}`, source column and filter.
+struct Metric {
+    name: &'static str,
+    table: &'static str,
+    date: &'static str,
+    value: &'static str,
+    source: &'static str,
+    filter: &'static str,
+}
+
+const SESSIONS: Metric = Metric {
+    name: "sessions",
+    table: "sessions",
+    date: "session_date",
+    value: "count(*) FILTER (WHERE {w})",
+    source: "traffic_source",
+    filter: "channel = 'web'",
+};
+const ORDERS: Metric = Metric {
+    name: "orders",
+    value: "count(*) FILTER (WHERE converted AND {w})",
+    ..SESSIONS
+};
+const CONVERSION: Metric = Metric {
+    name: "conversion_pct",
+    value: "round(100.0 * count(*) FILTER (WHERE converted AND {w}) / nullif(count(*) FILTER (WHERE {w}), 0), 2)",
+    ..SESSIONS
+};
+const REVENUE: Metric = Metric {
+    name: "revenue",
+    table: "raw_web_events",
+    date: "event_date",
+    value: "round(sum(revenue) FILTER (WHERE {w}), 2)",
+    source: "coalesce(campaign_source, 'direct')",
+    filter: "event = 'Order Completed'",
+};
+
+/// The offline planner's sub-questions for "why did <metric> drop/rise
+/// last week?" (or "what changed in <metric>?"): the metric over the last
+/// seven complete days against the seven before, by day, by device and by
+/// traffic source (largest fall first for a drop, largest rise for a rise,
+/// largest change either way otherwise). `None` for any other question.
+pub fn offline_plan(question: &str) -> Option<Vec<(String, String)>> {
+    let q = question.to_lowercase();
+    if !has(&q, &["why", "what changed", "what happened", "explain"]) {
+        return None;
+    }
+    let m = if has(&q, &["conversion", "convert"]) {
+        CONVERSION
+    } else if has(&q, &["revenue", "sales"]) {
+        REVENUE
+    } else if has(&q, &["order", "purchase"]) {
+        ORDERS
+    } else if has(&q, &["session", "traffic", "visit"]) {
+        SESSIONS
+    } else {
+        return None;
+    };
+    let dir = direction(&q);
+    let this = format!(
+        "{d} >= current_date() - INTERVAL '7 days' AND {d} < current_date()",
+        d = m.date
+    );
+    let last = format!(
+        "{d} >= current_date() - INTERVAL '14 days' AND {d} < current_date() - INTERVAL '7 days'",
+        d = m.date
+    );
+    let both = format!(
+        "{} AND {d} >= current_date() - INTERVAL '14 days' AND {d} < current_date()",
+        m.filter,
+        d = m.date
+    );
+    let value = |w: &str| m.value.replace("{w}", w);
+    let compare = |dim: &str, label: &str| -> String {
+        let (sel, group, order) = if dim.is_empty() {
+            (String::new(), String::new(), String::new())
+        } else {
+            let order = match dir {
+                Direction::Drop => "change_pct ASC NULLS LAST",
+                Direction::Rise => "change_pct DESC NULLS LAST",
+                Direction::Change => "abs(change_pct) DESC NULLS LAST",
+            };
+            (
+                format!("{dim} AS {label}, "),
+                format!(" GROUP BY {dim}"),
+                format!(" ORDER BY {order}, {label} LIMIT 10"),
+            )
+        };
+        let lab = if label.is_empty() {
+            String::new()
+        } else {
+            format!("{label}, ")
+        };
+        format!(
+            "SELECT {lab}this_week, last_week, round(100.0 * (this_week - last_week) / nullif(last_week, 0), 1) AS change_pct \
+             FROM (SELECT {sel}{} AS this_week, {} AS last_week FROM {} WHERE {both}{group}){order}",
+            value(&this),
+            value(&last),
+            m.table
+        )
+    };
+    let name = m.name.trim_end_matches("_pct");
+    let by_day = format!(
+        "SELECT CAST({d} AS VARCHAR) AS day, {} AS {} FROM {} WHERE {both} GROUP BY {d} ORDER BY day",
+        m.value.replace("{w}", "true"),
+        m.name,
+        m.table,
+        d = m.date
+    );
+    Some(vec![
+        (
+            format!("{name} in the last seven complete days against the seven before"),
+            compare("", ""),
+        ),
+        (format!("{name} by day over the last two weeks"), by_day),
+        (
+            format!("{name} by device, this week against last"),
+            compare("device_type", "device_type"),
+        ),
+        (
+            format!("{name} by traffic source, this week against last"),
+            compare(m.source, "traffic_source"),
+        ),
+    ])
+}
+
+/// A value as the rows show it (strings bare, null as "none").
+fn shown(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "none".into(),
+        other => other.to_string(),
+    }
+}
+
+/// The offline analyst: from the steps of [`offline_plan`] (recognised by
+/// their columns), the totals, the segment that moved most in each
+/// comparison, and the week's findings — every number copied from a row.
+/// It does not reason about causes: it lists the findings beside the
+/// figures and leaves the reading to the person.
+pub fn offline_analyst(input: &Value) -> Value {
+    let question = input["question"].as_str().unwrap_or("").to_lowercase();
+    let most = match direction(&question) {
+        Direction::Drop => "the lowest change",
+        Direction::Rise => "the highest change",
+        Direction::Change => "the largest change",
+    };
+    let empty = Vec::new();
+    let steps = input["steps"].as_array().unwrap_or(&empty);
+    let mut out: Vec<String> = Vec::new();
+    let mut failed = false;
+    for s in steps {
+        if !s["error"].is_null() {
+            failed = true;
+            continue;
+        }
+        let cols: Vec<&str> = s["columns"]
+            .as_array()
+            .map(|c| c.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let rows = s["rows"].as_array().unwrap_or(&empty);
+        let what = s["question"].as_str().unwrap_or("");
+        if cols == ["source", "title"] {
+            let titles: Vec<String> = rows.iter().take(5).map(|r| shown(&r["title"])).collect();
+            out.push(if titles.is_empty() {
+                "No patterns or stories were found this week.".into()
+            } else {
+                format!("This week's findings: {}.", titles.join("; "))
+            });
+        } else if cols == ["this_week", "last_week", "change_pct"] {
+            if let Some(r) = rows.first() {
+                out.push(format!(
+                    "{what}: {} against {} (change {}%).",
+                    shown(&r["this_week"]),
+                    shown(&r["last_week"]),
+                    shown(&r["change_pct"])
+                ));
+            }
+        } else if cols.len() == 4 && cols[1..] == ["this_week", "last_week", "change_pct"] {
+            // The rows come ordered by the change the question asks about.
+            if let Some(r) = rows.first() {
+                out.push(format!(
+                    "By {}, {most} was {} ({} against {}, change {}%).",
+                    cols[0].replace('_', " "),
+                    shown(&r[cols[0]]),
+                    shown(&r["this_week"]),
+                    shown(&r["last_week"]),
+                    shown(&r["change_pct"])
+                ));
+            }
+        }
+    }
+    if failed {
+        out.push("Some steps could not be answered (see the steps).".into());
+    }
+    if out.is_empty() {
+        out.push("The steps found no rows to answer from.".into());
+    }
+    json!({"answer": out.join(" ")})
+}
+
 /// The rows in plain words, columns in order: the fallback answer, and
 /// the offline provider's answer. Numbers appear exactly as in the rows.
 pub fn render_rows(columns: &[String], rows: &[Value], truncated: bool) -> String {
@@ -223,13 +533,21 @@ pub fn offline_sql_answer(input: &Value) -> Value {
                 .collect()
         })
         .unwrap_or_default();
-    match offline_sql(&offline_question(question, &earlier)) {
+    let read = offline_question(question, &earlier);
+    if let Some(plan) = offline_plan(&read) {
+        let plan: Vec<Value> = plan
+            .into_iter()
+            .map(|(question, sql)| json!({"question": question, "sql": sql}))
+            .collect();
+        return json!({"sql": "", "plan": plan});
+    }
+    match offline_sql(&read) {
         Some((sql, chart)) => json!({"sql": sql, "chart": chart}),
         None => json!({
             "sql": "",
             "reason": "the offline provider answers only these question shapes: top products by views or orders, \
                        conversion by device or source, events or revenue over the last N days, interactions about a product, \
-                       this week's patterns; this question needs a real model (set ai.provider to gemini or openai)"
+                       this week's patterns, why orders, sessions, revenue or conversion dropped or rose last week; this question needs a real model (set ai.provider to gemini or openai)"
         }),
     }
 }
@@ -467,6 +785,65 @@ mod tests {
             sql.contains("revenue") && sql.contains("'30 days'"),
             "{sql}"
         );
+    }
+
+    #[test]
+    fn broad_questions_get_a_plan_and_the_analyst_cites_only_rows() {
+        for q in [
+            "why did orders drop last week?",
+            "Why did sales fall last week",
+            "why did conversion rise?",
+            "what changed in sessions last week?",
+        ] {
+            let plan = offline_plan(q).unwrap_or_else(|| panic!("{q}"));
+            assert_eq!(plan.len(), MAX_PLAN_STEPS, "{q}");
+            assert!(
+                matches!(offline_sql_answer(&json!({"question": q}))["plan"].as_array(), Some(p) if p.len() == 4),
+                "{q}"
+            );
+        }
+        for q in [
+            "why is the sky blue?",
+            "orders last week",
+            "top products by orders",
+        ] {
+            assert!(offline_plan(q).is_none(), "{q}");
+        }
+        let plan = offline_plan("why did orders rise last week?").unwrap();
+        assert!(plan[2].1.contains("change_pct DESC"), "{}", plan[2].1);
+        assert!(
+            plan[3].1.contains("GROUP BY traffic_source"),
+            "{}",
+            plan[3].1
+        );
+        let steps = json!([
+            {"question": "orders in the last seven complete days against the seven before",
+             "columns": ["this_week", "last_week", "change_pct"],
+             "rows": [{"this_week": 80, "last_week": 100, "change_pct": -20.0}]},
+            {"question": "orders by device", "columns": ["device_type", "this_week", "last_week", "change_pct"],
+             "rows": [{"device_type": "mobile", "this_week": 30, "last_week": 50, "change_pct": -40.0}]},
+            {"question": "broken", "columns": [], "rows": [], "error": "failed after 30 s"},
+            {"question": WEEK_FINDINGS_QUESTION, "columns": ["source", "title"],
+             "rows": [{"source": "story", "title": "Mobile checkout failures cost 12 orders"}]},
+        ]);
+        let input = json!({"question": "why did orders drop last week?", "steps": steps});
+        let text = offline_analyst(&input)["answer"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let allowed = crate::patterns::allowed_numbers(&steps.to_string());
+        assert!(
+            crate::patterns::check_numbers(&text, &allowed).is_ok(),
+            "{text}"
+        );
+        for part in [
+            "80 against 100",
+            "the lowest change was mobile",
+            "Mobile checkout",
+            "could not be answered",
+        ] {
+            assert!(text.contains(part), "{part}: {text}");
+        }
     }
 
     #[test]

@@ -81,6 +81,11 @@ impl Provider for Offline {
                 input_tokens: 0,
                 output_tokens: 0,
             }),
+            Some("ask_analyst") => Ok(AiAnswer {
+                text: super::ask::offline_analyst(&req.input).to_string(),
+                input_tokens: 0,
+                output_tokens: 0,
+            }),
             other => Err(AiError::Fatal(format!(
                 "offline: no writer for task {other:?}"
             ))),

@@ -275,20 +275,21 @@ async fn ask_answers_every_offline_shape_with_its_reference_rows() {
     assert_eq!(names, ["sql", "rows", "answer"], "{events:?}");
     assert_eq!(events[1].1["rows"], api["rows"]);
     assert_eq!(events[2].1["rows"], api["rows"]);
-    let events = w.ask_events("why did sales drop last week?").await;
+    let events = w.ask_events("what is the meaning of life?").await;
     assert_eq!(
         events.last().map(|(e, v)| (e.as_str(), v["code"].clone())),
         Some(("error", json!("question_not_supported"))),
         "{events:?}"
     );
     // A question outside the offline shapes is refused plainly.
-    let (s, e) = w.ask(&w.key_a, "why did sales drop last week?").await;
+    let (s, e) = w.ask(&w.key_a, "what is the meaning of life?").await;
     assert_eq!(s, 422, "{e}");
     assert_eq!(e["code"], "question_not_supported");
     assert!(
         e["detail"].as_str().unwrap_or("").contains("real model"),
         "{e}"
     );
+    check_offline_plan(&w).await;
     // Bad input and no key.
     let (s, e) = w
         .post("/api/v1/ask", Some(&w.key_a), &json!({"q": "x"}))
@@ -327,6 +328,88 @@ async fn ask_answers_every_offline_shape_with_its_reference_rows() {
         audited[0]["n"].as_i64() >= Some(SHAPES.len() as i64 + 1),
         "{audited:?}"
     );
+}
+
+/// Every number of `answer` appears in some step's rows or the question.
+fn numbers_from_steps(question: &str, a: &Value) -> Result<(), String> {
+    let mut facts = question.to_string();
+    for s in a["steps"].as_array().into_iter().flatten() {
+        facts.push_str(&format!(" {} {}", s["rows"], s["row_count"]));
+    }
+    let allowed = crow_jobs::patterns::allowed_numbers(&facts);
+    crow_jobs::patterns::check_numbers(a["answer"].as_str().unwrap_or(""), &allowed)
+}
+
+/// "Why did orders drop last week?" offline: a plan of four queries and
+/// the week's findings, each step's rows those of its SQL through
+/// /api/v1/sql, an answer citing only their numbers, in the caller's
+/// organization only; streamed as one `step` event a step.
+async fn check_offline_plan(w: &World) {
+    let q = "why did orders drop last week?";
+    let (s, a) = w.ask(&w.key_a, q).await;
+    assert_eq!(s, 200, "{a}");
+    let steps = a["steps"].as_array().expect("steps").clone();
+    assert_eq!(steps.len(), 5, "{a}");
+    assert_eq!(steps[4]["by"], "crow");
+    assert_eq!(steps[4]["question"], "this week's patterns and stories");
+    for st in &steps {
+        assert!(st.get("error").is_none(), "{st}");
+        let sql = st["sql"].as_str().expect("sql");
+        let expected = w.sql(&w.key_a, sql).await;
+        assert_eq!(st["rows"], json!(expected), "{sql}");
+        assert_eq!(st["row_count"], expected.len(), "{sql}");
+        assert_eq!(st["truncated"], false);
+    }
+    for st in &steps[..4] {
+        assert!(!st["rows"].as_array().expect("rows").is_empty(), "{st}");
+    }
+    assert_eq!(
+        steps[0]["rows"][0].as_object().map(|o| o.len()),
+        Some(3),
+        "this week, last week, change: {}",
+        steps[0]
+    );
+    assert_eq!(steps[2]["columns"][0], "device_type");
+    assert_eq!(steps[3]["columns"][0], "traffic_source");
+    // The old fields are the first step's; the answer cites the steps.
+    assert_eq!(a["sql"], steps[0]["sql"]);
+    assert_eq!(a["rows"], steps[0]["rows"]);
+    assert_eq!(a["answer_source"], "model", "{a}");
+    numbers_from_steps(q, &a).unwrap_or_else(|e| panic!("{e}: {a}"));
+    let this_week = steps[0]["rows"][0]["this_week"].to_string();
+    let answer = a["answer"].as_str().unwrap_or("");
+    assert!(answer.contains(&this_week), "{answer}");
+    assert!(answer.contains("By device type"), "{answer}");
+    w.assert_no_b(q, &a);
+    // Org B's key: the same plan over org B's rows only.
+    let (s, bq) = w.ask(&w.key_b, "why did sessions drop last week?").await;
+    assert_eq!(s, 200, "{bq}");
+    let (_, aq) = w.ask(&w.key_a, "why did sessions drop last week?").await;
+    let b0 = &bq["steps"][0];
+    let sql = b0["sql"].as_str().expect("sql");
+    assert_eq!(b0["rows"], json!(w.sql(&w.key_b, sql).await));
+    assert_eq!(aq["steps"][0]["rows"], json!(w.sql(&w.key_a, sql).await));
+    assert_ne!(
+        b0["rows"], aq["steps"][0]["rows"],
+        "org B's figures are its own"
+    );
+    w.assert_no_b("sessions", &aq);
+    // Streamed: one `step` event a step, then the same answer.
+    let events = w.ask_events(q).await;
+    let names: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(
+        names,
+        ["step", "step", "step", "step", "step", "answer"],
+        "{events:?}"
+    );
+    for (i, (_, data)) in events[..5].iter().enumerate() {
+        assert_eq!(data["index"], i);
+        assert_eq!(data["rows"], steps[i]["rows"]);
+    }
+    assert_eq!(events[5].1["steps"], json!(steps));
+    // The CLI plans the same.
+    let cli = w.b.crow_json(&["ask", q, "--org", &w.org_a]);
+    assert_eq!(cli["steps"], json!(steps));
 }
 
 const TOOLS: &[&str] = &[
@@ -797,6 +880,66 @@ async fn ask_with_a_scripted_gemini_repairs_refuses_and_checks_numbers() {
     assert_eq!(s, 200, "{a}");
     assert_eq!(a["rows"], json!([]), "{a}");
     assert!(!a["rows"].to_string().contains(B_MARK));
+    scripted_plan(&w, &fake, good, &before).await;
+}
+
+/// A scripted plan: a good step, a write (refused, never run, not
+/// repaired), another organization's rows (filtered away); the others
+/// answered, and an analyst inventing a number is replaced by the rows.
+async fn scripted_plan(w: &World, fake: &crate::jobs::Fake, good: &str, before: &[Value]) {
+    use crate::jobs::gemini_ok;
+    let cross = format!(
+        "SELECT count(*) AS events FROM raw_web_events WHERE org_id = '{}' OR product_id LIKE '{B_MARK}%'",
+        w.org_b
+    );
+    let plan = json!({"sql": "", "plan": [
+        {"question": "sessions by device", "sql": good},
+        {"question": "clean up", "sql": "DELETE FROM sessions"},
+        {"question": "Beta Bikes' events", "sql": cross},
+    ]});
+    let calls = fake.requests.lock().expect("lock").len();
+    fake.push(200, &[], &gemini_ok(&plan.to_string()));
+    for _ in 0..2 {
+        fake.push(
+            200,
+            &[],
+            &gemini_ok(&json!({"answer": "Mobile fell by 4242 sessions."}).to_string()),
+        );
+    }
+    let q = "why did sessions drop last week?";
+    let (s, a) = w.ask(&w.key_a, q).await;
+    assert_eq!(s, 200, "{a}");
+    let steps = a["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 4, "{a}");
+    assert_eq!(steps[0]["rows"], json!(w.sql(&w.key_a, good).await));
+    assert_eq!(steps[1]["error"]["code"], "dml_not_allowed", "{a}");
+    assert_eq!(steps[1]["rows"], json!([]));
+    assert_eq!(steps[1]["attempts"], 1, "a refusal is not repaired");
+    assert_eq!(steps[2]["rows"], json!([{"events": 0}]), "{a}");
+    assert_eq!(steps[3]["by"], "crow");
+    assert_eq!(
+        w.sql(&w.key_a, "select count(*) as n from sessions").await,
+        before,
+        "the write never ran"
+    );
+    assert_eq!(a["answer_source"], "rows", "{a}");
+    assert!(
+        a["answer_note"].as_str().unwrap_or("").contains("4242"),
+        "{a}"
+    );
+    assert!(!a["answer"].as_str().unwrap_or("").contains("4242"), "{a}");
+    numbers_from_steps(q, &a).unwrap_or_else(|e| panic!("{e}: {a}"));
+    for st in steps {
+        w.assert_no_b("a step's rows", &st["rows"]);
+    }
+    w.assert_no_b("the answer", &a["answer"]);
+    let requests = fake.requests.lock().expect("lock").clone();
+    assert_eq!(requests.len(), calls + 3, "plan, analyst, one re-ask");
+    let analyst = requests[calls + 1].2.to_string();
+    assert!(
+        analyst.contains("Step 2: clean up") && analyst.contains("Failed:"),
+        "{analyst}"
+    );
 }
 
 /// A provider that cannot be built (Gemini without its key) does not stop
