@@ -1144,7 +1144,8 @@ function ResultChart({ rows, spec }) {
       {
         width: Math.max(260, el.clientWidth),
         height: 260,
-        scales: { x: { time: spec.kind === "line" } },
+        // Bars start at zero, so their lengths compare.
+        scales: { x: { time: spec.kind === "line" }, y: bars ? { range: (u, lo, hi) => [Math.min(0, lo), hi > 0 ? hi * 1.05 : 1] } : {} },
         axes: [spec.kind === "bar" ? { values: (u, ticks) => ticks.map((t) => String(rows[order[t]] ? rows[order[t]][spec.x] : "").slice(0, 14)) } : {}, {}],
         series: [{}, ...spec.ys.map((c, i) => ({ label: c, stroke: COLOURS[i], fill: bars ? COLOURS[i] + "99" : undefined, paths: bars, width: 2 }))],
       },
@@ -2009,6 +2010,15 @@ function ChatHead({ chat, onRenamed, onDeleted, onBack }) {
   </div>`;
 }
 
+// A chat's questions and answers, and the one being answered.
+function ChatMessages({ messages, live }) {
+  const q = (text) => html`<li class="chat-q"><span class="visually-hidden">You asked: </span>${text}</li>`;
+  return html`<ol class="list chat-messages" data-testid="chat-messages">
+    ${messages.map((m) => (m.role === "user" ? q(m.question) : html`<${Answer} a=${m} />`))}
+    ${live ? html`${q(live.question)}<${Answer} a=${live} live=${true} />` : null}
+  </ol>`;
+}
+
 // What a stream's events make of the answer being written.
 function liveStep(a, name, d) {
   if (name === "sql") return { ...a, sql: d.sql };
@@ -2108,6 +2118,12 @@ function ChatPanel({ onClose }) {
     if (input.current) input.current.focus();
   };
   const messages = open ? open.messages : [];
+  // The latest question in view as it is answered.
+  const asked = messages.length + (live ? 1 : 0);
+  useEffect(() => {
+    const qs = box.current ? box.current.querySelectorAll(".chat-q") : [];
+    if (qs.length && asked) qs[qs.length - 1].scrollIntoView({ block: "start" });
+  }, [asked]);
   return html`<aside id="chat-panel" class="chat-panel" ref=${box} role="dialog" aria-labelledby="chat-panel-title" data-testid="chat-panel"
       data-state=${live ? (live.error ? "error" : "asking") : "idle"}>
     <div class="toolbar"><h2 id="chat-panel-title">Ask CROW</h2>
@@ -2116,18 +2132,15 @@ function ChatPanel({ onClose }) {
     <p class="meta">Questions in plain words about your organization's data, answered with SQL over your tables: the numbers come from the rows.</p>
     ${open
       ? html`<${ChatHead} chat=${open.chat} onRenamed=${renamed} onDeleted=${deleted} onBack=${fresh} />
-        <ol class="list chat-messages" data-testid="chat-messages">
-          ${messages.map((m) => (m.role === "user" ? html`<li class="chat-q"><span class="visually-hidden">You asked: </span>${m.question}</li>` : html`<${Answer} a=${m} />`))}
-          ${live ? html`<li class="chat-q"><span class="visually-hidden">You asked: </span>${live.question}</li><${Answer} a=${live} live=${true} />` : null}
-        </ol>`
+        <${ChatMessages} messages=${messages} live=${live} />`
       : html`<section aria-labelledby="chat-list-title"><h3 id="chat-list-title">Your chats</h3>
           <${ChatList} chats=${chats} next=${next} error=${listError} onOpen=${show} onMore=${() => load(next)} /></section>
-        ${live ? html`<ol class="list chat-messages"><li class="chat-q">${live.question}</li><${Answer} a=${live} live=${true} /></ol>` : null}`}
+        ${live ? html`<${ChatMessages} messages=${[]} live=${live} />` : null}`}
     <p class="visually-hidden" role="status">${status}</p>
     ${status && !live ? html`<p class="meta" data-testid="chat-status">${status}</p>` : null}
     <form class="chat-ask" onSubmit=${ask}>
       <label for="chat-question">${open ? "A follow-up question" : "Your question"}</label>
-      <textarea id="chat-question" ref=${input} rows="2" maxlength="2000" required value=${question} placeholder="top products by views"
+      <textarea id="chat-question" ref=${input} rows="2" maxlength="2000" required value=${question} placeholder=${open ? "and on mobile?" : "top products by views"}
         onInput=${(e) => setQuestion(e.target.value)} onKeyDown=${(e) => e.key === "Enter" && !e.shiftKey && !e.isComposing && ask(e)}></textarea>
       <p class="controls"><button class="button primary" type="submit" disabled=${!!live && !live.error}>${live && !live.error ? "Answering…" : "Ask"}</button>
         <span class="meta">Enter asks; Shift+Enter for a new line.</span></p>

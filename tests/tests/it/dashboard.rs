@@ -482,7 +482,13 @@ fn plain(s: &str) -> String {
 
 /// The rows a chat answer showed are its own SQL's rows, re-run through
 /// `/api/v1/sql` (the first 20, in order, every column).
-async fn assert_chat_rows(http: &reqwest::Client, s: &Server, key: &str, sql_text: &str, shown: &Value) {
+async fn assert_chat_rows(
+    http: &reqwest::Client,
+    s: &Server,
+    key: &str,
+    sql_text: &str,
+    shown: &Value,
+) {
     let want = sql(http, s, key, sql_text).await;
     let (head, shown) = shown
         .as_array()
