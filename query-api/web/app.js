@@ -1146,7 +1146,8 @@ function ResultChart({ rows, spec }) {
         height: 260,
         // Bars start at zero, so their lengths compare.
         scales: { x: { time: spec.kind === "line" }, y: bars ? { range: (u, lo, hi) => [Math.min(0, lo), hi > 0 ? hi * 1.05 : 1] } : {} },
-        axes: [spec.kind === "bar" ? { values: (u, ticks) => ticks.map((t) => String(rows[order[t]] ? rows[order[t]][spec.x] : "").slice(0, 14)) } : {}, {}],
+        // Bars' labels at least 90 px apart (every other one on a phone).
+        axes: [spec.kind === "bar" ? { space: 90, values: (u, ticks) => ticks.map((t) => String(rows[order[t]] ? rows[order[t]][spec.x] : "").slice(0, 14)) } : {}, {}],
         series: [{}, ...spec.ys.map((c, i) => ({ label: c, stroke: COLOURS[i], fill: bars ? COLOURS[i] + "99" : undefined, paths: bars, width: 2 }))],
       },
       data,
