@@ -3,7 +3,7 @@
 // signed-in user's organization) or its REST resources; the SQL is in this
 // file, so what the page shows is what that SQL says over the same lake.
 import { h, render } from "preact";
-import { useEffect, useRef, useState } from "preact/hooks";
+import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import htm from "htm";
 import uPlot from "uplot";
 
@@ -1144,8 +1144,10 @@ function ResultChart({ rows, spec }) {
       {
         width: Math.max(260, el.clientWidth),
         height: 260,
-        scales: { x: { time: spec.kind === "line" } },
-        axes: [spec.kind === "bar" ? { values: (u, ticks) => ticks.map((t) => String(rows[order[t]] ? rows[order[t]][spec.x] : "").slice(0, 14)) } : {}, {}],
+        // Bars start at zero, so their lengths compare.
+        scales: { x: { time: spec.kind === "line" }, y: bars ? { range: (u, lo, hi) => [Math.min(0, lo), hi > 0 ? hi * 1.05 : 1] } : {} },
+        // Bars' labels at least 90 px apart (every other one on a phone).
+        axes: [spec.kind === "bar" ? { space: 90, values: (u, ticks) => ticks.map((t) => String(rows[order[t]] ? rows[order[t]][spec.x] : "").slice(0, 14)) } : {}, {}],
         series: [{}, ...spec.ys.map((c, i) => ({ label: c, stroke: COLOURS[i], fill: bars ? COLOURS[i] + "99" : undefined, paths: bars, width: 2 }))],
       },
       data,
@@ -1829,8 +1831,332 @@ function Bell() {
   </div>`;
 }
 
+// ------------------------------------------------------------- Ask CROW
+
+// POST `body` to `path` asking for server-sent events; `onEvent(name,
+// data)` for each. Errors before the stream are thrown as for `call`.
+async function streamed(path, body, onEvent) {
+  const headers = { "Content-Type": "application/json", Accept: "text/event-stream", "X-CSRF-Token": csrfToken() };
+  let r;
+  try {
+    r = await fetch(path, { method: "POST", headers, body: JSON.stringify(body), credentials: "same-origin" });
+  } catch (_) {
+    throw new Problem(0, "The server could not be reached. Check that crow serve is running, then ask again.");
+  }
+  if (r.status === 401) {
+    toSignIn();
+    throw new Problem(401, "Your session has ended: sign in again.");
+  }
+  if (!r.ok) {
+    let detail = null;
+    try {
+      detail = (await r.json()).detail;
+    } catch (_) {
+      detail = null;
+    }
+    if (r.status === 429) detail = "Ask CROW is busy with your other questions: wait a moment and ask again";
+    throw new Problem(r.status, detail || `the server answered HTTP ${r.status}`);
+  }
+  const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += value.replace(/\r\n/g, "\n");
+    let end;
+    while ((end = buf.indexOf("\n\n")) >= 0) {
+      const frame = buf.slice(0, end);
+      buf = buf.slice(end + 2);
+      let name = "message";
+      const data = [];
+      for (const line of frame.split("\n")) {
+        if (line.startsWith("event:")) name = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+      }
+      if (!data.length) continue; // a keep-alive
+      try {
+        onEvent(name, JSON.parse(data.join("\n")));
+      } catch (_) {
+        // Not JSON: not one of ours.
+      }
+    }
+  }
+}
+
+const CHAT_ROWS = 20;
+const CHAT_PAGE = 20;
+
+// Words for a problem that stopped an answer, with what to do.
+function problemWords(e) {
+  const detail = (e && (e.detail || e.message)) || "something went wrong";
+  if (e && e.code === "question_not_supported") return `Ask CROW cannot answer this yet: ${detail}. Try “top products by views” or “conversion by device”.`;
+  if (e && e.code === "ai_failed") return `The AI provider failed: ${detail}. Ask again in a moment.`;
+  return `No answer: ${detail}.`;
+}
+
+// The answer's chart (`{kind, x, y}` from the API) as the console draws
+// it, when it is a line or bars of numbers.
+function chatChart(chart, rows) {
+  if (!chart || !["bar", "line"].includes(chart.kind) || !chart.x || rows.length < 2) return null;
+  const ys = (chart.y || []).filter((c) => rows.every((r) => r[c] == null || typeof r[c] === "number"));
+  if (!ys.length) return null;
+  const kind = chart.kind === "line" && rows.every((r) => /^\d{4}-\d{2}-\d{2}/.test(String(r[chart.x]))) ? "line" : "bar";
+  return { kind, x: chart.x, ys: ys.slice(0, 4) };
+}
+
+function ChatRows({ a }) {
+  const rows = a.rows || [];
+  const cols = a.columns && a.columns.length ? a.columns : Object.keys(rows[0] || {});
+  const shown = rows.slice(0, CHAT_ROWS);
+  const total = a.row_count == null ? rows.length : a.row_count;
+  const cell = (v) => (v == null ? "∅" : typeof v === "object" ? JSON.stringify(v) : typeof v === "number" ? v.toLocaleString(locale, { maximumFractionDigits: 6 }) : String(v));
+  if (!rows.length) return html`<p class="meta">The query returned no rows.</p>`;
+  return html`<div class="scroll chat-rows" tabindex="0" role="region" aria-label="Rows of the answer">
+    <table data-testid="chat-rows">
+      <caption class="visually-hidden">The rows behind the answer</caption>
+      <thead><tr>${cols.map((c) => html`<th scope="col">${c}</th>`)}</tr></thead>
+      <tbody>${shown.map((r) => html`<tr data-testid="chat-row">${cols.map((c) => html`<td class=${typeof r[c] === "number" ? "num" : ""}>${cell(r[c])}</td>`)}</tr>`)}</tbody>
+    </table>
+    ${total > shown.length || a.truncated
+      ? html`<p class="meta">${num(shown.length)} of ${num(total)}${a.truncated ? "+" : ""} rows shown: run the SQL in the console for all of them.</p>`
+      : null}
+  </div>`;
+}
+
+// One answer: its SQL, rows, chart and words (or why there are none).
+function Answer({ a, live }) {
+  const rows = a.rows || [];
+  // Memoized: a new spec would draw the chart again on every keystroke.
+  const spec = useMemo(() => (a.answer != null ? chatChart(a.chart, rows) : null), [a]);
+  const state = a.error ? "error" : live ? "streaming" : "done";
+  return html`<li class="chat-a" data-testid="chat-answer" data-state=${state} data-sql=${a.sql || ""}>
+    ${a.sql
+      ? html`<details open=${live}><summary>SQL${a.repairs ? ` (repaired ${a.repairs}×)` : ""}</summary><pre data-testid="chat-sql"><code>${a.sql}</code></pre></details>`
+      : live && !a.error
+        ? html`<p class="meta">Writing the SQL…</p>`
+        : null}
+    ${a.rows ? html`<${ChatRows} a=${a} />` : live && a.sql && !a.error ? html`<p class="meta">Running it…</p>` : null}
+    ${spec ? html`<${ResultChart} rows=${rows} spec=${spec} />` : null}
+    ${a.answer != null ? html`<p class="chat-words" data-testid="chat-answer-text">${a.answer}</p>` : null}
+    ${a.error ? html`<p class="error" data-testid="chat-error">${problemWords(a.error)}</p>` : null}
+  </li>`;
+}
+
+function ChatList({ chats, next, error, onOpen, onMore }) {
+  if (error) return html`<p class="error" role="alert">Your chats could not be listed: ${error}. Close and open the panel to try again.</p>`;
+  if (!chats) return html`<p class="status" role="status">Loading your chats…</p>`;
+  if (!chats.length) return html`<p class="meta">No chats yet: ask a question below to start one.</p>`;
+  return html`<ul class="list chat-list" data-testid="chat-list">
+      ${chats.map((c) => {
+        const d = new Date(c.updated_at);
+        return html`<li><button class="linkish" type="button" data-testid="chat-item" data-id=${c.id} onClick=${() => onOpen(c.id)}>${c.title}</button>
+          <div class="meta"><time datetime=${d.toISOString()} title=${utc(d)}>${when(d)}</time> · ${num(c.message_count / 2)} question${c.message_count === 2 ? "" : "s"}</div></li>`;
+      })}
+    </ul>
+    ${next ? html`<p><button class="button" type="button" onClick=${onMore}>Older chats</button></p>` : null}`;
+}
+
+// The open chat's title with rename and delete.
+function ChatHead({ chat, onRenamed, onDeleted, onBack }) {
+  const [mode, setMode] = useState(null);
+  const [title, setTitle] = useState(chat.title);
+  const [error, setError] = useState(null);
+  const field = useRef(null);
+  useEffect(() => {
+    setMode(null);
+    setTitle(chat.title);
+    setError(null);
+  }, [chat.id]);
+  useEffect(() => {
+    if (mode === "rename" && field.current) field.current.focus();
+  }, [mode]);
+  const rename = async (e) => {
+    e.preventDefault();
+    setError(null);
+    try {
+      const r = await send("PATCH", `/api/v1/chats/${encodeURIComponent(chat.id)}`, { title });
+      setMode(null);
+      onRenamed(r.chat);
+    } catch (err) {
+      setError(err.message);
+    }
+  };
+  const remove = async () => {
+    setError(null);
+    try {
+      await call(`/api/v1/chats/${encodeURIComponent(chat.id)}`, { method: "DELETE" });
+      onDeleted(chat.id);
+    } catch (err) {
+      setError(err.message);
+    }
+  };
+  return html`<div class="chat-head">
+    <p><button class="linkish" type="button" onClick=${onBack}>← All chats</button></p>
+    ${mode === "rename"
+      ? html`<form class="inline" onSubmit=${rename}>
+          <label for="chat-title-input">Chat title</label>
+          <input id="chat-title-input" ref=${field} maxlength="200" required value=${title} onInput=${(e) => setTitle(e.target.value)} />
+          <button class="button primary" type="submit">Save</button>
+          <button class="button" type="button" onClick=${() => setMode(null)}>Cancel</button>
+        </form>`
+      : html`<h3 data-testid="chat-title">${chat.title}</h3>
+        ${mode === "delete"
+          ? html`<p class="notice" role="alert">Delete this chat and its answers for good?${" "}
+              <button class="button" type="button" data-testid="chat-delete-confirm" onClick=${remove}>Delete</button>${" "}
+              <button class="button" type="button" onClick=${() => setMode(null)}>Keep it</button></p>`
+          : html`<p class="controls">
+              <button class="button" type="button" onClick=${() => setMode("rename")}>Rename<span class="visually-hidden"> the chat</span></button>
+              <button class="button" type="button" onClick=${() => setMode("delete")}>Delete<span class="visually-hidden"> the chat</span></button></p>`}`}
+    ${error ? html`<p class="error" role="alert">${error}. Try again.</p>` : null}
+  </div>`;
+}
+
+// A chat's questions and answers, and the one being answered.
+function ChatMessages({ messages, live }) {
+  const q = (text) => html`<li class="chat-q"><span class="visually-hidden">You asked: </span>${text}</li>`;
+  return html`<ol class="list chat-messages" data-testid="chat-messages">
+    ${messages.map((m) => (m.role === "user" ? q(m.question) : html`<${Answer} a=${m} />`))}
+    ${live ? html`${q(live.question)}<${Answer} a=${live} live=${true} />` : null}
+  </ol>`;
+}
+
+// What a stream's events make of the answer being written.
+function liveStep(a, name, d) {
+  if (name === "sql") return { ...a, sql: d.sql };
+  if (name === "repair") return { ...a, repairs: (a.repairs || 0) + 1 };
+  if (name === "rows") return { ...a, rows: d.rows, columns: d.columns, truncated: d.truncated, row_count: (d.rows || []).length };
+  if (name === "answer") return { ...a, sql: d.sql, rows: d.rows, columns: d.columns, truncated: d.truncated, row_count: d.rows.length, chart: d.chart, answer: d.answer };
+  if (name === "error") return { ...a, error: { code: d.code, detail: d.detail || d.title } };
+  return a;
+}
+
+// The side panel: the user's chats, the open one and the question box.
+function ChatPanel({ onClose }) {
+  const [chats, setChats] = useState(null);
+  const [next, setNext] = useState(null);
+  const [listError, setListError] = useState(null);
+  const [open, setOpen] = useState(null); // {chat, messages}
+  const [live, setLive] = useState(null); // {question, ...answer so far}
+  const [question, setQuestion] = useState("");
+  const [status, setStatus] = useState("");
+  const box = useRef(null);
+  const input = useRef(null);
+  const load = async (cursor) => {
+    setListError(null);
+    try {
+      const r = await get(`/api/v1/chats?limit=${CHAT_PAGE}${cursor ? "&cursor=" + encodeURIComponent(cursor) : ""}`);
+      setChats((cur) => (cursor && cur ? cur.concat(r.data) : r.data));
+      setNext(r.next_cursor || null);
+    } catch (e) {
+      setListError(e.message);
+    }
+  };
+  useEffect(() => {
+    load(null);
+    if (input.current) input.current.focus();
+    const onKey = (e) => e.key === "Escape" && onClose();
+    document.addEventListener("keydown", onKey);
+    return () => document.removeEventListener("keydown", onKey);
+  }, []);
+  const show = async (id) => {
+    setStatus("Opening the chat…");
+    try {
+      setOpen(await get(`/api/v1/chats/${encodeURIComponent(id)}`));
+      setStatus("");
+      if (input.current) input.current.focus();
+    } catch (e) {
+      setStatus(`The chat could not be opened: ${e.message}.`);
+    }
+  };
+  const ask = async (e) => {
+    e.preventDefault();
+    const q = question.trim();
+    if (!q || (live && !live.error)) return;
+    let a = { question: q };
+    setLive(a);
+    setStatus("Ask CROW is answering…");
+    let chat = open && open.chat;
+    const path = chat ? `/api/v1/chats/${encodeURIComponent(chat.id)}/messages` : "/api/v1/chats";
+    let stored = null;
+    try {
+      await streamed(path, { question: q }, (name, d) => {
+        if (name === "chat" && !chat) {
+          chat = d.chat;
+          setOpen({ chat, messages: [] });
+        } else if (name === "message") {
+          stored = d;
+        } else {
+          a = liveStep(a, name, d);
+          setLive(a);
+        }
+      });
+      if (!stored) throw new Problem(0, a.error ? a.error.detail : "the answer stopped before it was stored; ask again");
+      setOpen((cur) => ({ chat: stored.chat, messages: ((cur && cur.messages) || []).concat(stored.messages) }));
+      setLive(null);
+      setQuestion("");
+      setStatus(a.error ? "Ask CROW could not answer that question." : "Answered.");
+      load(null);
+    } catch (err) {
+      setLive({ ...a, error: { detail: err.message } });
+      setStatus("No answer.");
+    }
+  };
+  const renamed = (chat) => {
+    setOpen((cur) => ({ ...cur, chat }));
+    load(null);
+  };
+  const deleted = (id) => {
+    setOpen(null);
+    setLive(null);
+    setChats((cur) => (cur || []).filter((c) => c.id !== id));
+    setStatus("The chat was deleted.");
+    if (input.current) input.current.focus();
+  };
+  const fresh = () => {
+    setOpen(null);
+    setLive(null);
+    setStatus("");
+    if (input.current) input.current.focus();
+  };
+  const messages = open ? open.messages : [];
+  // The latest question in view as it is answered.
+  const asked = messages.length + (live ? 1 : 0);
+  useEffect(() => {
+    const qs = box.current ? box.current.querySelectorAll(".chat-q") : [];
+    if (qs.length && asked) qs[qs.length - 1].scrollIntoView({ block: "start" });
+  }, [asked]);
+  return html`<aside id="chat-panel" class="chat-panel" ref=${box} role="dialog" aria-labelledby="chat-panel-title" data-testid="chat-panel"
+      data-state=${live ? (live.error ? "error" : "asking") : "idle"}>
+    <div class="toolbar"><h2 id="chat-panel-title">Ask CROW</h2>
+      <p class="controls"><button class="button" type="button" data-testid="chat-new" onClick=${fresh}>New chat</button>
+        <button class="button" type="button" data-testid="chat-close" onClick=${onClose}>Close<span class="visually-hidden"> Ask CROW</span></button></p></div>
+    <p class="meta">Questions in plain words about your organization's data, answered with SQL over your tables: the numbers come from the rows.</p>
+    ${open
+      ? html`<${ChatHead} chat=${open.chat} onRenamed=${renamed} onDeleted=${deleted} onBack=${fresh} />
+        <${ChatMessages} messages=${messages} live=${live} />`
+      : html`<section aria-labelledby="chat-list-title"><h3 id="chat-list-title">Your chats</h3>
+          <${ChatList} chats=${chats} next=${next} error=${listError} onOpen=${show} onMore=${() => load(next)} /></section>
+        ${live ? html`<${ChatMessages} messages=${[]} live=${live} />` : null}`}
+    <p class="visually-hidden" role="status">${status}</p>
+    ${status && !live ? html`<p class="meta" data-testid="chat-status">${status}</p>` : null}
+    <form class="chat-ask" onSubmit=${ask}>
+      <label for="chat-question">${open ? "A follow-up question" : "Your question"}</label>
+      <textarea id="chat-question" ref=${input} rows="2" maxlength="2000" required value=${question} placeholder=${open ? "and on mobile?" : "top products by views"}
+        onInput=${(e) => setQuestion(e.target.value)} onKeyDown=${(e) => e.key === "Enter" && !e.shiftKey && !e.isComposing && ask(e)}></textarea>
+      <p class="controls"><button class="button primary" type="submit" disabled=${!!live && !live.error}>${live && !live.error ? "Answering…" : "Ask"}</button>
+        <span class="meta">Enter asks; Shift+Enter for a new line.</span></p>
+    </form>
+  </aside>`;
+}
+
 function Shell({ me }) {
   const [page, setPage] = useState(route());
+  const [asking, setAsking] = useState(false);
+  const askButton = useRef(null);
+  const closeAsk = () => {
+    setAsking(false);
+    if (askButton.current) askButton.current.focus();
+  };
   useEffect(() => {
     const onPop = () => setPage(route());
     window.addEventListener("popstate", onPop);
@@ -1868,6 +2194,8 @@ function Shell({ me }) {
         ${admin ? link("/app/settings", "settings", "Settings") : null}
       </nav>
       <div class="controls">
+        <button type="button" class="button ask" ref=${askButton} data-testid="ask-open" aria-expanded=${asking ? "true" : "false"}
+          aria-controls="chat-panel" onClick=${() => (asking ? closeAsk() : setAsking(true))}>Ask CROW</button>
         <${Bell} />
         <span class="who" data-testid="who">${me.user.email} · ${me.user.role} · ${(me.organization || {}).name || ""}</span>
         <button class="button" type="button" onClick=${signOut}>Sign out</button>
@@ -1891,7 +2219,8 @@ function Shell({ me }) {
           ? html`<${Settings} me=${me} />`
           : html`<div class="page"><p class="error" role="alert">Settings are for admins of the organization: ask one of them.</p></div>`
         : html`<${Overview} go=${go} />`}
-    </main>`;
+    </main>
+    ${asking ? html`<${ChatPanel} onClose=${closeAsk} />` : null}`;
 }
 
 async function start() {

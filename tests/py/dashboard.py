@@ -10,7 +10,8 @@ without a reload; the interactions page lists, pages and opens one as a timeline
 the products page lists the catalog with its activity; the funnels page
 computes a funnel (split by device, over time) and the paths between two
 events, its steps in the URL; the bell lists the owner's notifications and
-marks them read; the SQL console
+marks them read; Ask CROW's panel answers a question and a follow-up
+(streamed), tells a refusal in words, lists, renames and deletes the chat; the SQL console
 runs a query and draws it; billing shows the month's usage; the patterns
 page draws each finding's evidence and moves between
 periods; the owner reaches Settings; a viewer accepts an
@@ -261,6 +262,7 @@ def owner_flow(browser, base, email, password, key, axe_js, out):
     funnels = funnels_page(page, axe_js, out)
     console = console_page(page, w, axe_js, out)
     billing = billing_page(page, axe_js, out)
+    chat = chat_panel(page, axe_js, out)
     # Settings, through the navigation.
     page.get_by_role("link", name="Settings").click()
     page.wait_for_selector("[data-testid=settings]")
@@ -269,7 +271,7 @@ def owner_flow(browser, base, email, password, key, axe_js, out):
     screenshots(page, out, "settings", "[data-testid=settings]")
     w.check("the owner's dashboard")
     ctx.close()
-    return first, live, patterns, interactions, products, console, billing, {**funnels, "bell": notified}
+    return first, live, patterns, interactions, products, console, billing, {**funnels, "bell": notified}, chat
 
 
 def settings_page(page, base):
@@ -467,6 +469,93 @@ def console_page(page, watch, axe_js, out):
     return {"query": query, "rows": rows, "exported": exported}
 
 
+def chats_by_api(page):
+    return page.evaluate("""async () => (await (await fetch('/api/v1/chats')).json()).data""")
+
+
+def answers_done(page):
+    return page.locator("[data-testid=chat-answer]:not([data-state=streaming])").count()
+
+
+def ask_in_panel(page, question, answers):
+    """Ask `question` in the open panel (Enter sends it), streamed, and wait
+    until the chat holds `answers` stored answers."""
+    page.fill("#chat-question", question)
+    with page.expect_response(lambda r: "/api/v1/chats" in r.url and r.request.method == "POST") as resp:
+        page.press("#chat-question", "Enter")
+    r = resp.value
+    assert r.request.headers.get("accept") == "text/event-stream", r.request.headers
+    assert r.headers.get("content-type", "").startswith("text/event-stream"), r.headers
+    wait_js(page, f"document.querySelectorAll('[data-testid=chat-messages] [data-testid=chat-answer]:not([data-state=streaming])').length === {answers}"
+               " && document.querySelector('[data-testid=chat-panel]').dataset.state === 'idle'", timeout=60000)
+    last = page.locator("[data-testid=chat-answer]").nth(answers - 1)
+    return last
+
+
+def chat_rows(answer):
+    """The answer's table as shown: its header, then its rows."""
+    return answer.locator("[data-testid=chat-rows] tr").evaluate_all("rs => rs.map(r => [...r.cells].map(c => c.textContent))")
+
+
+def chat_panel(page, axe_js, out):
+    """Ask CROW from the top bar: a question streamed into a new chat (its
+    SQL, rows, chart and words), a follow-up in the same chat, a question
+    the offline provider cannot answer told in words; Escape closes the
+    panel and gives the focus back; after a reload the chat is listed,
+    reopened, renamed and deleted."""
+    page.focus("[data-testid=ask-open]")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("[data-testid=chat-panel]", timeout=10000)
+    assert page.get_attribute("[data-testid=ask-open]", "aria-expanded") == "true"
+    assert page.evaluate("document.activeElement.id") == "chat-question", "the focus goes to the question"
+    first = ask_in_panel(page, "top products by views", 1)
+    assert first.get_attribute("data-state") == "done", first.inner_text()
+    sql_text = first.get_attribute("data-sql")
+    rows = chat_rows(first)
+    words = first.locator("[data-testid=chat-answer-text]").inner_text()
+    page.wait_for_selector("[data-testid=chat-panel] [data-testid=result-chart] canvas", timeout=10000)
+    assert page.locator("[data-testid=chat-title]").inner_text() == "top products by views"
+    follow = ask_in_panel(page, "and on mobile?", 2)
+    assert follow.get_attribute("data-state") == "done", follow.inner_text()
+    mobile_sql = follow.get_attribute("data-sql")
+    mobile_rows = chat_rows(follow)
+    refused = ask_in_panel(page, "what is the meaning of life?", 3)
+    assert refused.get_attribute("data-state") == "error"
+    refusal = refused.locator("[data-testid=chat-error]").inner_text()
+    assert "real model" in refusal, refusal
+    axe(page, axe_js, "the Ask CROW panel")
+    screenshots(page, out, "chat", "[data-testid=chat-panel][data-state=idle] [data-testid=chat-answer]")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("[data-testid=chat-panel]", state="detached", timeout=5000)
+    assert page.get_attribute("[data-testid=ask-open]", "aria-expanded") == "false"
+    assert page.evaluate("document.activeElement.dataset.testid") == "ask-open", "the focus returns to the button"
+    # After a reload: listed (newest first), reopened with its answers.
+    chat_id = chats_by_api(page)[0]["id"]
+    page.reload()
+    page.click("[data-testid=ask-open]")
+    item = page.wait_for_selector(f"[data-testid=chat-item][data-id={chat_id}]", timeout=20000)
+    assert page.locator("[data-testid=chat-item]").first.get_attribute("data-id") == chat_id
+    assert item.inner_text() == "top products by views"
+    item.click()
+    page.locator("[data-testid=chat-messages] [data-testid=chat-answer]").nth(2).wait_for(timeout=20000)
+    assert page.locator("[data-testid=chat-answer]").nth(1).get_attribute("data-sql") == mobile_sql
+    # Rename, then delete.
+    page.get_by_role("button", name="Rename the chat").click()
+    page.fill("#chat-title-input", "Top products, all and mobile")
+    page.get_by_role("button", name="Save", exact=True).click()
+    page.wait_for_selector("[data-testid=chat-title]:has-text('Top products, all and mobile')", timeout=10000)
+    listed = {c["id"]: c["title"] for c in chats_by_api(page)}
+    assert listed.get(chat_id) == "Top products, all and mobile", listed
+    page.get_by_role("button", name="Delete the chat").click()
+    page.click("[data-testid=chat-delete-confirm]")
+    page.wait_for_selector("[data-testid=chat-status]:has-text('deleted')", timeout=10000)
+    assert page.locator(f"[data-testid=chat-item][data-id={chat_id}]").count() == 0
+    assert chat_id not in [c["id"] for c in chats_by_api(page)]
+    page.keyboard.press("Escape")
+    return {"sql": sql_text, "rows": rows, "words": words, "mobile_sql": mobile_sql, "mobile_rows": mobile_rows,
+            "refusal": refusal}
+
+
 def billing_page(page, axe_js, out):
     """Usage per day and the month's total."""
     page.get_by_role("link", name="Billing", exact=True).click()
@@ -559,12 +648,12 @@ def main():
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
         public_pages(browser, base, axe_js, out)
-        first, live, patterns, interactions, products, console, billing, funnels = owner_flow(browser, base, email, password, key, axe_js, out)
+        first, live, patterns, interactions, products, console, billing, funnels, chat = owner_flow(browser, base, email, password, key, axe_js, out)
         viewer_flow(browser, base, token, axe_js, out)
         browser.close()
     print(json.dumps({"first": first, "live": live, "patterns": patterns, "interactions": interactions,
                       "products": products, "console": console,
-                      "billing": billing, "funnels": funnels}))
+                      "billing": billing, "funnels": funnels, "chat": chat}))
 
 
 if __name__ == "__main__":

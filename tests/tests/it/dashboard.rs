@@ -475,6 +475,75 @@ async fn assert_assets(http: &reqwest::Client, s: &Server) {
     assert_eq!(gone.status(), 404);
 }
 
+/// A cell as the page shows it, without the locale's digit grouping.
+fn plain(s: &str) -> String {
+    s.replace([',', '\u{a0}', '\u{202f}', ' '], "")
+}
+
+/// The rows a chat answer showed are its own SQL's rows, re-run through
+/// `/api/v1/sql` (the first 20, in order, every column).
+async fn assert_chat_rows(
+    http: &reqwest::Client,
+    s: &Server,
+    key: &str,
+    sql_text: &str,
+    shown: &Value,
+) {
+    let want = sql(http, s, key, sql_text).await;
+    let (head, shown) = shown
+        .as_array()
+        .and_then(|t| t.split_first())
+        .expect("a header and rows");
+    let cols: Vec<&str> = head
+        .as_array()
+        .expect("header")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(!want.is_empty(), "{sql_text}");
+    assert_eq!(shown.len(), want.len().min(20), "{sql_text}: {shown:?}");
+    for (row, w) in shown.iter().zip(&want) {
+        let cells: Vec<String> = row
+            .as_array()
+            .expect("cells")
+            .iter()
+            .map(|c| plain(c.as_str().unwrap_or("")))
+            .collect();
+        let values: Vec<String> = cols
+            .iter()
+            .map(|c| match &w[*c] {
+                Value::String(t) => plain(t),
+                Value::Null => "∅".to_string(),
+                v => v.to_string(),
+            })
+            .collect();
+        assert_eq!(cells, values, "{sql_text}");
+    }
+}
+
+/// Ask CROW's panel: the first answer is the top products by views, the
+/// follow-up the same on mobile, both with the rows their SQL returns; the
+/// refusal says a real model is needed.
+async fn assert_chat_is_sql(http: &reqwest::Client, s: &Server, key: &str, chat: &Value) {
+    let first = chat["sql"].as_str().expect("sql");
+    assert!(first.contains("'Product Viewed'"), "{chat}");
+    assert!(!first.contains("mobile"), "{chat}");
+    assert_chat_rows(http, s, key, first, &chat["rows"]).await;
+    let mobile = chat["mobile_sql"].as_str().expect("mobile sql");
+    assert!(
+        mobile.contains("'Product Viewed'") && mobile.contains("device_type = 'mobile'"),
+        "the follow-up is read with the first question: {chat}"
+    );
+    assert_chat_rows(http, s, key, mobile, &chat["mobile_rows"]).await;
+    assert_ne!(chat["rows"], chat["mobile_rows"], "{chat}");
+    let words = chat["words"].as_str().expect("words");
+    let top = chat["rows"][1][0].as_str().expect("the top product's id");
+    assert!(
+        words.contains(top),
+        "the answer names the top product: {chat}"
+    );
+}
+
 async fn send_other_org_events(http: &reqwest::Client, s: &Server, key: &str) {
     let now = chrono::Utc::now().to_rfc3339();
     let batch: Vec<Value> = (0..4)
@@ -700,6 +769,7 @@ async fn dashboard_in_chromium() {
             .map(|w| format!("{},{}", w["event_date"].as_str().unwrap_or(""), w["events"])),
     );
     assert_eq!(exported, lines, "the exported CSV vs the query");
+    assert_chat_is_sql(&http, &server, &api_key, &seen["chat"]).await;
     for page in [
         "landing",
         "login",
@@ -712,6 +782,7 @@ async fn dashboard_in_chromium() {
         "billing",
         "patterns",
         "settings",
+        "chat",
     ] {
         for w in [375, 1440] {
             assert!(out.join(format!("{page}-{w}.png")).exists());
