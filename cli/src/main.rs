@@ -542,51 +542,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             output::text(&shown.to_toml())
         }
-        Command::Bench(BenchCommand::Generate { events, days, seed }) => {
-            let lake = open_lake(&cfg).await?;
-            bench::generate(&lake, events, days, seed).await
-        }
-        Command::Bench(BenchCommand::Import { events }) => bench::import(&cfg, events.max(1)).await,
-        Command::Bench(BenchCommand::Enrich {
-            sessions,
-            latency_ms,
-            concurrency,
-        }) => bench::enrich(cfg, sessions.max(1), latency_ms, concurrency.max(1)).await,
-        Command::Bench(BenchCommand::Ingest {
-            batch,
-            clients,
-            seconds,
-            url: Some(url),
-            write_key,
-        }) => {
-            bench::ingest_remote(
-                &url,
-                write_key.as_deref().unwrap_or_default(),
-                bench::BenchArgs {
-                    batches: batch,
-                    concurrency: clients.max(1),
-                    seconds: seconds.max(1),
-                },
-            )
-            .await
-        }
-        Command::Bench(BenchCommand::Ingest {
-            batch,
-            clients,
-            seconds,
-            ..
-        }) => {
-            bench::ingest(
-                cfg,
-                cli.lake.is_some(),
-                bench::BenchArgs {
-                    batches: batch,
-                    concurrency: clients.max(1),
-                    seconds: seconds.max(1),
-                },
-            )
-            .await
-        }
+        Command::Bench(cmd) => bench_command(&cfg, cli.lake.is_some(), cmd).await,
         Command::Serve {
             listen,
             wal_dir,
@@ -644,6 +600,57 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Config(ConfigCommand::Default) => {
             output::text(&crow_schemas::config::default_toml())
+        }
+    }
+}
+
+/// `crow bench …`: the benchmarks' own commands (BENCHMARKS.md).
+async fn bench_command(cfg: &Config, lake_given: bool, cmd: BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Generate { events, days, seed } => {
+            let lake = open_lake(cfg).await?;
+            bench::generate(&lake, events, days, seed).await
+        }
+        BenchCommand::Import { events } => bench::import(cfg, events.max(1)).await,
+        BenchCommand::Enrich {
+            sessions,
+            latency_ms,
+            concurrency,
+        } => bench::enrich(cfg.clone(), sessions.max(1), latency_ms, concurrency.max(1)).await,
+        BenchCommand::Ingest {
+            batch,
+            clients,
+            seconds,
+            url: Some(url),
+            write_key,
+        } => {
+            bench::ingest_remote(
+                &url,
+                write_key.as_deref().unwrap_or_default(),
+                bench::BenchArgs {
+                    batches: batch,
+                    concurrency: clients.max(1),
+                    seconds: seconds.max(1),
+                },
+            )
+            .await
+        }
+        BenchCommand::Ingest {
+            batch,
+            clients,
+            seconds,
+            ..
+        } => {
+            bench::ingest(
+                cfg.clone(),
+                lake_given,
+                bench::BenchArgs {
+                    batches: batch,
+                    concurrency: clients.max(1),
+                    seconds: seconds.max(1),
+                },
+            )
+            .await
         }
     }
 }

@@ -412,16 +412,7 @@ async fn words(
     );
     let allowed: BTreeSet<String> = crow_jobs::patterns::allowed_numbers(&facts);
     let areq = prompts::answer_request(question, sql, columns, rows, truncated);
-    let check = |text: &str| -> Result<String, String> {
-        let v: Value =
-            serde_json::from_str(text.trim()).map_err(|e| format!("not the expected JSON: {e}"))?;
-        let answer = v["answer"].as_str().unwrap_or("").trim().to_string();
-        if answer.is_empty() {
-            return Err("empty answer".into());
-        }
-        crow_jobs::patterns::check_numbers(&answer, &allowed)?;
-        Ok(answer)
-    };
+    let check = |text: &str| checked_answer(text, &allowed);
     let out = call_validated(st.ai().as_ref(), &areq, RetryPolicy::new(1), check).await;
     spend.input += out.input_tokens;
     spend.output += out.output_tokens;
@@ -548,4 +539,18 @@ pub async fn audit_ask(
         Err(e) => json!({"code": e.code}),
     };
     crate::audit_call(st, p, action, &target, r.is_ok(), detail).await;
+}
+
+/// The words of a provider's `{"answer": …}` reply, if every number in them
+/// is one of `allowed` (the rows' and the question's): the check of a single
+/// answer and of a planned one's analyst step alike.
+pub(crate) fn checked_answer(text: &str, allowed: &BTreeSet<String>) -> Result<String, String> {
+    let v: Value =
+        serde_json::from_str(text.trim()).map_err(|e| format!("not the expected JSON: {e}"))?;
+    let answer = v["answer"].as_str().unwrap_or("").trim().to_string();
+    if answer.is_empty() {
+        return Err("empty answer".into());
+    }
+    crow_jobs::patterns::check_numbers(&answer, allowed)?;
+    Ok(answer)
 }

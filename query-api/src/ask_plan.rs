@@ -267,16 +267,7 @@ async fn analyst(
         .map(|s| serde_json::to_value(s).unwrap_or_default())
         .collect();
     let areq = prompts::analyst_request(question, &values);
-    let check = |text: &str| -> Result<String, String> {
-        let v: Value =
-            serde_json::from_str(text.trim()).map_err(|e| format!("not the expected JSON: {e}"))?;
-        let answer = v["answer"].as_str().unwrap_or("").trim().to_string();
-        if answer.is_empty() {
-            return Err("empty answer".into());
-        }
-        crow_jobs::patterns::check_numbers(&answer, &allowed)?;
-        Ok(answer)
-    };
+    let check = |text: &str| crate::ask::checked_answer(text, &allowed);
     let out = call_validated(st.ai().as_ref(), &areq, RetryPolicy::new(1), check).await;
     spend.input += out.input_tokens;
     spend.output += out.output_tokens;
