@@ -3,29 +3,86 @@
 #  1. land EVENTS generated web events (default 1 million, 28 days) in a
 #     temp lake with `crow bench generate` (the collector's flush-sized files);
 #  2. bytes per event of raw_web_events as flushed;
-#  3. `crow optimize` + `crow vacuum --retention-hours 0`, bytes per event
+#  3. scripts/bench/storage_settings.py: the same rows under other writer
+#     settings (pyarrow), to compare CROW's choice with the alternatives;
+#  4. `crow optimize` + `crow vacuum --retention-hours 0`, bytes per event
 #     compacted;
-#  4. scripts/bench/storage_settings.py: the same rows under other writer
-#     settings (pyarrow), to compare CROW's choice with the alternatives.
+#  5. the analyst query set (scripts/bench/queries.py) on three layouts of
+#     the same rows — as flushed under CROW's former settings (Snappy, no
+#     payload dictionaries; rewritten by scripts/bench/relayout.py), as
+#     flushed now, compacted now — through CROW and DuckDB, so smaller can
+#     be checked not to mean slower (QUERY_RUNS=0 skips it).
+#     (SETTINGS=0 skips step 3, which holds the whole table in memory)
+#  6. with DEMO_VISITORS=N: a `crow demo` lake's bytes per table, per web
+#     event.
 # Usage: scripts/bench-storage.sh   (EVENTS=10000000 for the full size;
 #        CROWTEST_BIN=PATH to use an already built binary)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS="${EVENTS:-1000000}"
+QUERY_RUNS="${QUERY_RUNS:-3}"
+DEMO_VISITORS="${DEMO_VISITORS:-0}"
 crow="${CROWTEST_BIN:-target/debug/crow}"
 [ -x "$crow" ] || cargo build --locked --bin crow
 venv="${CROWTEST_VENV:-.venv}"
 [ -x "$venv/bin/python" ] || bash scripts/test-deps.sh >/dev/null
+py="$venv/bin/python"
 work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-"$crow" --lake "$work/lake" bench generate --events "$EVENTS" --days 28 >/dev/null
-bytes() { find "$work/lake/raw_web_events" -name '*.parquet' -printf '%s\n' | awk '{s+=$1} END {print s}'; }
-files() { find "$work/lake/raw_web_events" -name '*.parquet' | wc -l; }
-fresh="$(bytes)"; fresh_files="$(files)"
-"$venv/bin/python" scripts/bench/storage_settings.py "$work/lake"
-"$crow" --lake "$work/lake" optimize raw_web_events >/dev/null
-"$crow" --lake "$work/lake" vacuum raw_web_events --retention-hours 0 >/dev/null
-compacted="$(bytes)"; compacted_files="$(files)"
+source scripts/bench/lib.sh
+trap 'bench_stop_all; rm -rf "$work"' EXIT
+lake="$work/lake"
+"$crow" --lake "$lake" bench generate --events "$EVENTS" --days 28 >"$work/gen.json"
+org=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["org_id"])' "$work/gen.json")
+key=$("$crow" --lake "$lake" keys create --org "$org" --scope read --name bench-storage --format json \
+  | "$py" -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
+bytes() { find "$1/raw_web_events" -name '*.parquet' -not -path '*/_delta_log/*' -printf '%s\n' | awk '{s+=$1} END {print s}'; }
+files() { find "$1/raw_web_events" -name '*.parquet' -not -path '*/_delta_log/*' | wc -l; }
+fresh="$(bytes "$lake")"; fresh_files="$(files "$lake")"
+[ "${SETTINGS:-1}" = 0 ] || "$py" scripts/bench/storage_settings.py "$lake"
+if [ "$QUERY_RUNS" != 0 ]; then
+  cp -a "$lake" "$work/before"
+  "$py" scripts/bench/relayout.py "$work/before/raw_web_events"
+  cp -a "$lake" "$work/flushed"
+fi
+"$crow" --lake "$lake" optimize raw_web_events >/dev/null
+"$crow" --lake "$lake" vacuum raw_web_events --retention-hours 0 >/dev/null
+compacted="$(bytes "$lake")"; compacted_files="$(files "$lake")"
 awk -v n="$EVENTS" -v f="$fresh" -v ff="$fresh_files" -v c="$compacted" -v cf="$compacted_files" 'BEGIN {
   printf "CROW as flushed:   %d files, %.1f bytes/event\n", ff, f / n
   printf "CROW compacted:    %d files, %.1f bytes/event\n", cf, c / n }'
+if [ "$QUERY_RUNS" != 0 ]; then
+  before="$(bytes "$work/before")"
+  awk -v n="$EVENTS" -v b="$before" 'BEGIN { printf "former settings:   %.1f bytes/event (as flushed)\n\n", b / n }'
+  specs=()
+  for layout in before flushed compacted; do
+    dir="$work/$layout"; [ "$layout" = compacted ] && dir="$lake"
+    # The result cache is off: every run reads the files.
+    bench_start_api "$layout" "$dir" CROW_API_RESULT_CACHE_MB=0
+    specs+=("$layout=$url=$dir/raw_web_events")
+  done
+  PYTHONPATH=scripts/bench "$py" scripts/bench/layouts.py "$key" "${specs[@]}" --org "$org" --runs "$QUERY_RUNS"
+  bench_stop_all
+fi
+if [ "$DEMO_VISITORS" != 0 ]; then
+  "$crow" --lake "$work/demo" demo --visitors "$DEMO_VISITORS" --days 28 >/dev/null 2>&1
+  "$py" - "$work/demo" <<'PY'
+import os, sys
+from deltalake import DeltaTable
+lake = sys.argv[1]
+def live(table):  # the live files of the table's latest version, from its log
+    adds = DeltaTable(f"{lake}/{table}").get_add_actions(flatten=True)
+    return sum(adds.column("size_bytes").to_pylist()), sum(adds.column("num_records").to_pylist())
+web = live("raw_web_events")[1]
+print(f"demo lake: {web} web events\n")
+print("| table | rows | bytes | bytes per row | bytes per web event |\n|---|---:|---:|---:|---:|")
+total = 0
+for t in sorted(os.listdir(lake)):
+    if not os.path.isdir(f"{lake}/{t}/_delta_log"):
+        continue
+    b, n = live(t)
+    total += b
+    if n:
+        print(f"| {t} | {n} | {b} | {b / n:.1f} | {b / web:.2f} |")
+print(f"| all tables | | {total} | | {total / web:.2f} |")
+PY
+fi

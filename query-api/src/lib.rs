@@ -104,8 +104,10 @@ pub struct ApiState {
 impl ApiState {
     /// Build the shared state.
     pub fn new(lake: Lake, cfg: ApiConfig) -> datafusion::error::Result<Arc<ApiState>> {
-        let query_rt =
-            runtime::QueryRuntime::start(usize::try_from(cfg.query_threads).unwrap_or(0))?;
+        let query_rt = runtime::QueryRuntime::start(
+            usize::try_from(cfg.query_threads).unwrap_or(0),
+            i32::try_from(cfg.query_nice).unwrap_or(0),
+        )?;
         let disk = if cfg.spill_dir.is_empty() {
             DiskManagerBuilder::default().with_mode(DiskManagerMode::OsTmpDirectory)
         } else {

@@ -8,6 +8,12 @@
 //!   statement guard ([`crate::guard`]) bounds the depth, and these threads'
 //!   stacks ([`QUERY_STACK_BYTES`], reserved, touched only as used) hold far
 //!   more than the guard lets through.
+//! - **Acks first.** On Linux the query threads (workers and blocking
+//!   threads alike) run at a nice value (`api.query_nice`, 10 by default):
+//!   when the collector's acknowledgements or the HTTP runtime want a core
+//!   a query holds, the kernel gives it to them; when nothing else runs,
+//!   queries take every core. Measured with `scripts/bench-isolation.sh`
+//!   (BENCHMARKS.md, acks while a heavy query runs).
 //! - **A failing query fails alone.** A query is a task: a panic in it ends
 //!   that task, and the request gets a 500; dropping the request (timeout,
 //!   client gone) aborts the task, which stops the query at its next yield.
@@ -32,14 +38,16 @@ pub struct QueryRuntime {
 }
 
 impl QueryRuntime {
-    /// Start the runtime with `threads` workers (0: one per core).
-    pub fn start(threads: usize) -> std::io::Result<Self> {
+    /// Start the runtime with `threads` workers (0: one per core), each
+    /// thread at nice value `nice` (Linux; 0 leaves the priority alone).
+    pub fn start(threads: usize, nice: i32) -> std::io::Result<Self> {
         let workers = match threads {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
         let (tx, rx) = std_mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let base = thread_nice();
         std::thread::Builder::new()
             .name("crow-query-rt".into())
             .spawn(move || {
@@ -48,6 +56,7 @@ impl QueryRuntime {
                     .max_blocking_threads(64)
                     .thread_stack_size(QUERY_STACK_BYTES)
                     .thread_name("crow-query")
+                    .on_thread_start(move || lower_priority(base, nice))
                     .enable_all()
                     .build();
                 match rt {
@@ -86,6 +95,56 @@ impl Drop for QueryRuntime {
     fn drop(&mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
+        }
+    }
+}
+
+/// The calling thread's nice value (Linux; 0 elsewhere or if unknown).
+fn thread_nice() -> i32 {
+    #[cfg(target_os = "linux")]
+    return rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap_or(0);
+    #[cfg(not(target_os = "linux"))]
+    0
+}
+
+/// Give the calling thread nice value `base + nice`, at most 19 (a
+/// per-thread attribute on Linux; `base` is the value of the thread that
+/// built the runtime, so threads a query thread starts — blocking ones —
+/// get the same value, not twice the step). Failing to is not fatal: the
+/// thread keeps its priority and the reason is logged.
+fn lower_priority(base: i32, nice: i32) {
+    #[cfg(target_os = "linux")]
+    if nice > 0 {
+        let tid = Some(rustix::thread::gettid());
+        if let Err(e) = rustix::process::setpriority_process(tid, (base + nice).min(19)) {
+            tracing::warn!(nice, error = %e, "query thread keeps its priority");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (base, nice);
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_threads_run_at_the_configured_nice_value() {
+        let base = thread_nice();
+        for (nice, want) in [(7, (base + 7).min(19)), (0, base)] {
+            let rt = QueryRuntime::start(1, nice).expect("runtime");
+            let (tx, rx) = std_mpsc::channel();
+            let worker = tx.clone();
+            let _task = rt.spawn(async move {
+                let _ = worker.send(thread_nice());
+                // Blocking threads are the runtime's too.
+                let _ = tokio::task::spawn_blocking(move || tx.send(thread_nice())).await;
+            });
+            let on_worker = rx.recv().expect("worker's nice value");
+            let on_blocking = rx.recv().expect("blocking thread's nice value");
+            assert_eq!((on_worker, on_blocking), (want, want), "nice {nice}");
+            // The thread that started the runtime is not lowered.
+            assert_eq!(thread_nice(), base);
         }
     }
 }

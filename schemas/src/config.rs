@@ -454,6 +454,11 @@ pub struct ApiConfig {
     /// the collector's. 0: one per core. Fewer than the cores leave the
     /// rest to the collector's acknowledgements under heavy queries.
     pub query_threads: u64,
+    /// Added to the nice value of the query threads (0–19; Linux): above 0 they
+    /// yield the CPU to the collector's acknowledgements, HTTP serving and
+    /// the scheduler's jobs whenever both want it, and take all of it when
+    /// nothing else runs. 0: queries compete equally.
+    pub query_nice: u64,
     /// Largest page of a REST listing.
     pub max_page_size: u32,
     /// Longest SQL statement accepted, in bytes.
@@ -513,6 +518,7 @@ impl Default for ApiConfig {
             max_result_rows: 1_000_000,
             memory_limit_mb: 1024,
             query_threads: 0,
+            query_nice: 10,
             spill_dir: String::new(),
             max_page_size: 1000,
             max_sql_bytes: 1024 * 1024,
@@ -996,6 +1002,9 @@ impl ApiConfig {
         }
         if self.query_threads > 1024 {
             return Err(err("api.query_threads", "must be 0 (one per core) to 1024"));
+        }
+        if self.query_nice > 19 {
+            return Err(err("api.query_nice", "must be 0 to 19"));
         }
         for (key, v) in [
             ("api.rate_limit_burst", u64::from(self.rate_limit_burst)),
