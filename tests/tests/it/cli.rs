@@ -1,6 +1,6 @@
 //! The `crow` CLI, run as a user would, on both backends.
 
-use crate::support::Backend;
+use crate::support::{both_backends, Backend};
 
 fn init_then_sql(b: Backend) {
     let created = b.crow_json(&["init"]);
@@ -75,15 +75,7 @@ fn init_then_sql(b: Backend) {
     );
 }
 
-#[test]
-fn init_then_sql_local() {
-    init_then_sql(Backend::local());
-}
-
-#[test]
-fn init_then_sql_s3() {
-    init_then_sql(Backend::s3());
-}
+both_backends!(sync init_then_sql => init_then_sql);
 
 #[test]
 fn errors_are_one_clear_line() {

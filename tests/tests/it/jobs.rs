@@ -10,7 +10,7 @@ use chrono::{DateTime, Datelike, TimeZone, Timelike, Utc};
 use crow_lake::batch::rows_to_batch;
 use serde_json::{json, Value};
 
-use crate::support::{crow_bin, land_web, Backend};
+use crate::support::{both_backends, crow_bin, land_web, Backend};
 
 /// Run `crow` with extra environment variables.
 fn crow_env(b: &Backend, args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -107,15 +107,7 @@ fn sessions(b: &Backend, filter: &str) -> Vec<Value> {
     v.as_array().expect("rows").clone()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sessionize_gap_stitching_dedup_windows_and_late_events_local() {
-    sessionize_rules(Backend::local()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sessionize_gap_stitching_dedup_windows_and_late_events_s3() {
-    sessionize_rules(Backend::s3()).await;
-}
+both_backends!(sessionize_gap_stitching_dedup_windows_and_late_events => sessionize_rules);
 
 async fn sessionize_rules(b: Backend) {
     b.crow_ok(&["init"]);
@@ -832,9 +824,9 @@ async fn enrich_keeps_interactions_with_unknown_products_dropped_and_counts_retr
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn enrich_caches_answers_records_failures_and_retries_them_next_run() {
-    let b = Backend::local();
+both_backends!(enrich_caches_answers_records_failures_and_retries_them_next_run => enrich_caches_and_retries);
+
+async fn enrich_caches_and_retries(b: Backend) {
     b.crow_ok(&["init"]);
     let org = b.crow_json(&[
         "orgs",
@@ -1118,9 +1110,9 @@ async fn shop() -> (String, Arc<Mutex<Vec<(String, String)>>>) {
     (base, log)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn products_crawl_import_and_list() {
-    let b = Backend::local();
+both_backends!(products_crawl_import_and_list => products_crawl_import);
+
+async fn products_crawl_import(b: Backend) {
     b.crow_ok(&["init"]);
     b.crow_json(&["orgs", "create", "--name", "Shop"]);
     // The catalog import: a CSV first (Aria with an old price).
@@ -1884,9 +1876,14 @@ fn independent_sessions(rows: &[Value], from_us: i64, to_us: i64) -> usize {
     n
 }
 
+// Local only (37 s on S3): sessionize's reruns on S3 are checked by
+// sessionize_gap_stitching_dedup_windows_and_late_events.
 #[test]
 fn sessions_match_an_independent_computation_and_reruns_change_nothing() {
-    let b = Backend::local();
+    sessions_match_independent(Backend::local());
+}
+
+fn sessions_match_independent(b: Backend) {
     let (clock, now) = test_clock();
     b.crow_json(&["demo", "--visitors", "600", "--days", "10", "--now", &now]);
     let (from, to) = (day_offset(clock, 10), day_offset(clock, 1));
