@@ -1194,6 +1194,97 @@ async fn products_crawl_import(b: Backend) {
     );
 }
 
+/// A shop whose robots.txt asks for `Crawl-delay: 0.5`, with a sitemap of
+/// four product pages; the time each request arrived.
+async fn slow_shop() -> (String, Arc<Mutex<Vec<(String, Instant)>>>) {
+    use axum::extract::State;
+    use axum::http::Uri;
+    use axum::response::IntoResponse;
+    type Log = Arc<Mutex<Vec<(String, Instant)>>>;
+    let log: Log = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    async fn handle(
+        State((log, base)): State<(Log, String)>,
+        uri: Uri,
+    ) -> axum::response::Response {
+        log.lock()
+            .expect("lock")
+            .push((uri.path().to_string(), Instant::now()));
+        match uri.path() {
+            "/robots.txt" => {
+                format!("User-agent: *\nCrawl-delay: 0.5\nSitemap: {base}/sitemap.xml\n")
+                    .into_response()
+            }
+            "/sitemap.xml" => {
+                let urls: String = (1..=4)
+                    .map(|i| format!("<url><loc>{base}/p/{i}</loc></url>"))
+                    .collect();
+                format!("<urlset>{urls}</urlset>").into_response()
+            }
+            p => {
+                let name = p.trim_start_matches("/p/");
+                let body = format!(
+                    r#"<script type="application/ld+json">{{"@type":"Product","name":"Item {name}","sku":"S-{name}"}}</script>"#
+                );
+                ([("content-type", "text/html")], body).into_response()
+            }
+        }
+    }
+    let app = axum::Router::new()
+        .fallback(handle)
+        .with_state((log.clone(), base.clone()));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (base, log)
+}
+
+/// robots.txt's `Crawl-delay` raises `--interval-ms`: with four pages
+/// allowed at once and 20 ms asked for, every request after robots.txt
+/// arrives at least the site's 0.5 s after the one before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crawl_delay_spaces_every_request() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    b.crow_json(&["orgs", "create", "--name", "Shop"]);
+    let (base, log) = slow_shop().await;
+    let r = b.crow_json(&[
+        "products",
+        "crawl",
+        &base,
+        "--org",
+        "Shop",
+        "--interval-ms",
+        "20",
+        "--concurrency",
+        "4",
+    ]);
+    assert_eq!(r["inserted"].as_u64(), Some(4), "{r}");
+    let requests = log.lock().expect("lock").clone();
+    let paths: Vec<&str> = requests.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths.len(),
+        6,
+        "robots.txt, the sitemap, four pages: {paths:?}"
+    );
+    assert_eq!(paths[..2], ["/robots.txt", "/sitemap.xml"]);
+    // Arrival times, not send times: a few milliseconds of scheduling
+    // between the crawler's timer and the server's clock are allowed.
+    let delay = Duration::from_millis(500) - Duration::from_millis(10);
+    for pair in requests[1..].windows(2) {
+        let gap = pair[1].1.duration_since(pair[0].1);
+        assert!(
+            gap >= delay,
+            "{} came {gap:?} after {}: {paths:?}",
+            pair[1].0,
+            pair[0].0
+        );
+    }
+}
+
 /// The test's one clock, read once and passed as `--now` to every `crow`
 /// invocation that takes it: a run crossing midnight UTC still sees one
 /// "today" (whole seconds, as `--now` is written).
