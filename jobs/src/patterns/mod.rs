@@ -120,6 +120,8 @@ use serde_json::{json, Value};
 #[cfg(test)]
 mod eval;
 mod stories;
+#[cfg(test)]
+mod thresholds;
 mod trend;
 
 use crate::ai::{call_validated, AiRequest, Provider, RetryPolicy};

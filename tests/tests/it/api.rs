@@ -12,7 +12,7 @@ use crow_lake::object_store::ObjectStoreExt;
 use crow_schemas::{ColumnType, TableDef};
 use serde_json::{json, Map, Value};
 
-use crate::support::{python, Backend, Server};
+use crate::support::{both_backends, python, Backend, Server};
 
 /// Text that appears in every text column of org B's rows: if it ever shows
 /// up in an answer to org A's key, isolation is broken.
@@ -126,6 +126,13 @@ impl World {
     async fn rows(&self, sql: &str) -> Vec<Value> {
         let (status, text) = self.hostile(json!({ "sql": sql })).await;
         assert_eq!(status, 200, "{sql}: {text}");
+        serde_json::from_str(&text).expect("rows")
+    }
+
+    /// The rows of a 200 answer to `body` (SQL with time travel).
+    async fn rows_of(&self, body: Value) -> Vec<Value> {
+        let (status, text) = self.hostile(body.clone()).await;
+        assert_eq!(status, 200, "{body}: {text}");
         serde_json::from_str(&text).expect("rows")
     }
 
@@ -745,7 +752,7 @@ async fn keys_formats_rest_exports_and_metrics() {
     assert_eq!(s, 400, "{bad}");
     assert_eq!(bad["code"], "invalid_parameter");
 
-    exports(&w, dir.path()).await;
+    // Exports: reads_time_travel_and_exports, on both backends.
 
     // Metrics: the collector's and the API's on one /metrics.
     let m = w
@@ -1053,15 +1060,52 @@ fn read_parquet(path: &Path, column: &str) -> Vec<String> {
     v
 }
 
-/// Exports on an S3 lake: the API writes into the lake's `_exports/` area on
-/// S3, the CLI to an s3:// URL; pyarrow reads back exactly org A's rows.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exports_on_s3() {
-    let w = world_on(Backend::s3(), &[("CROW_API_RATE_LIMIT_BURST", "100000")]).await;
+both_backends!(reads_time_travel_and_exports => reads_time_travel_and_exports);
+
+/// Reads, time travel and exports through the API on each backend: the API
+/// writes exports into the lake's `_exports/` area (on S3 too), the CLI to a
+/// file or an s3:// URL, and pyarrow reads back exactly org A's rows; after
+/// one more commit, `versions` and `as_of` read the table as it was.
+async fn reads_time_travel_and_exports(b: Backend) {
+    let w = world_on(b, &[("CROW_API_RATE_LIMIT_BURST", "100000")]).await;
     let dir = tempfile::tempdir().expect("dir");
     exports(&w, dir.path()).await;
     let rows = w.rows("select count(*) as n from sessions").await;
     assert_eq!(rows, vec![json!({"n": w.a_rows})]);
+
+    let before = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let lake = w.b.lake().await;
+    let def = crow_schemas::table("raw_web_events").expect("table");
+    let extra = rows_to_batch(def, &[row(def, Some(&w.org_a), "alpha", 7)]).expect("batch");
+    let version = lake
+        .append("raw_web_events", vec![extra])
+        .await
+        .expect("append");
+    let world = &w;
+    let count = |body: Value| async move {
+        let rows = world.rows_of(body).await;
+        rows[0]["n"].as_u64().expect("a count") as usize
+    };
+    let q = "select count(*) as n from raw_web_events";
+    assert_eq!(
+        count(json!({ "sql": q })).await,
+        w.a_rows + 1,
+        "{}",
+        w.b.name
+    );
+    assert_eq!(
+        count(json!({"sql": q, "versions": {"raw_web_events": version - 1}})).await,
+        w.a_rows,
+        "{}: the version before the append",
+        w.b.name
+    );
+    assert_eq!(
+        count(json!({"sql": q, "as_of": before.to_rfc3339()})).await,
+        w.a_rows,
+        "{}: the time before the append",
+        w.b.name
+    );
 }
 
 /// A property-based API tester (schemathesis) against the running server,

@@ -1,6 +1,6 @@
 //! The `crow` CLI, run as a user would, on both backends.
 
-use crate::support::Backend;
+use crate::support::{both_backends, Backend};
 
 fn init_then_sql(b: Backend) {
     let created = b.crow_json(&["init"]);
@@ -75,15 +75,7 @@ fn init_then_sql(b: Backend) {
     );
 }
 
-#[test]
-fn init_then_sql_local() {
-    init_then_sql(Backend::local());
-}
-
-#[test]
-fn init_then_sql_s3() {
-    init_then_sql(Backend::s3());
-}
+both_backends!(sync init_then_sql => init_then_sql);
 
 #[test]
 fn errors_are_one_clear_line() {
@@ -181,6 +173,41 @@ fn demo_lands_a_week_exactly_once_and_maintenance_works() {
     let first = b.crow_json(&["sql", q]);
     assert_eq!(first[0]["n"], events);
     assert_eq!(first[0]["n"], first[0]["d"]);
+    // The generator's own numbers, not the lake's: the same options as the
+    // demo's (seed 7, the week before the clock, no incidents under 21
+    // days) give exactly the events the lake holds, by id, and its orders.
+    let today = chrono::DateTime::parse_from_rfc3339(&clock)
+        .expect("clock")
+        .date_naive();
+    let generated = crow_ingest::generate::events(&crow_ingest::generate::GenerateOptions {
+        visitors: 120,
+        first_day: today - chrono::Duration::days(7),
+        days: 7,
+        seed: 7,
+        incidents: Vec::new(),
+    });
+    let generated_ids: std::collections::BTreeSet<String> = generated
+        .iter()
+        .map(|e| e["messageId"].as_str().expect("messageId").to_string())
+        .collect();
+    let lake_ids: std::collections::BTreeSet<String> = b
+        .crow_json(&["sql", "select message_id from raw_web_events"])
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["message_id"].as_str().expect("message_id").to_string())
+        .collect();
+    assert_eq!(generated.len(), generated_ids.len());
+    assert_eq!(events, generated.len() as i64, "the demo's daily events");
+    assert!(
+        lake_ids == generated_ids,
+        "the lake holds exactly the generated events"
+    );
+    let generated_orders = generated
+        .iter()
+        .filter(|e| e["event"] == "Order Completed")
+        .count();
+    assert_eq!(orders, generated_orders as i64, "the demo's daily orders");
     // Again: the same demo lands exactly once.
     let shown = b.crow_ok(&demo);
     assert_eq!(b.crow_json(&["sql", q]), first);
@@ -194,9 +221,6 @@ fn demo_lands_a_week_exactly_once_and_maintenance_works() {
     assert_eq!(owner[0]["role"], "owner", "{owner}");
     assert_eq!(owner[0]["status"], "active", "{owner}");
     // It prints the invoice of every month its week touched.
-    let today = chrono::DateTime::parse_from_rfc3339(&clock)
-        .expect("clock")
-        .date_naive();
     for back in [7, 1] {
         let month = (today - chrono::Duration::days(back))
             .format("%Y-%m")

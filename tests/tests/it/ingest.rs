@@ -9,7 +9,7 @@ use crow_lake::batch::batches_to_json;
 use crow_lake::Lake;
 use serde_json::{json, Value};
 
-use crate::support::{Backend, Server};
+use crate::support::{both_backends, Backend, Server};
 
 /// Create an organization with the CLI; returns (org_id, write_key).
 pub fn create_org(b: &Backend, name: &str) -> (String, String) {
@@ -632,15 +632,7 @@ async fn kill9(b: Backend) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill9_loses_no_acknowledged_event_local() {
-    kill9(Backend::local()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill9_loses_no_acknowledged_event_s3() {
-    kill9(Backend::s3()).await;
-}
+both_backends!(kill9_loses_no_acknowledged_event => kill9);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn social_and_cctv_land() {

@@ -10,7 +10,7 @@ use chrono::{DateTime, Datelike, TimeZone, Timelike, Utc};
 use crow_lake::batch::rows_to_batch;
 use serde_json::{json, Value};
 
-use crate::support::{crow_bin, land_web, Backend};
+use crate::support::{both_backends, crow_bin, land_web, Backend};
 
 /// Run `crow` with extra environment variables.
 fn crow_env(b: &Backend, args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -107,15 +107,7 @@ fn sessions(b: &Backend, filter: &str) -> Vec<Value> {
     v.as_array().expect("rows").clone()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sessionize_gap_stitching_dedup_windows_and_late_events_local() {
-    sessionize_rules(Backend::local()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sessionize_gap_stitching_dedup_windows_and_late_events_s3() {
-    sessionize_rules(Backend::s3()).await;
-}
+both_backends!(sessionize_gap_stitching_dedup_windows_and_late_events => sessionize_rules);
 
 async fn sessionize_rules(b: Backend) {
     b.crow_ok(&["init"]);
@@ -832,9 +824,9 @@ async fn enrich_keeps_interactions_with_unknown_products_dropped_and_counts_retr
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn enrich_caches_answers_records_failures_and_retries_them_next_run() {
-    let b = Backend::local();
+both_backends!(enrich_caches_answers_records_failures_and_retries_them_next_run => enrich_caches_and_retries);
+
+async fn enrich_caches_and_retries(b: Backend) {
     b.crow_ok(&["init"]);
     let org = b.crow_json(&[
         "orgs",
@@ -1118,9 +1110,9 @@ async fn shop() -> (String, Arc<Mutex<Vec<(String, String)>>>) {
     (base, log)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn products_crawl_import_and_list() {
-    let b = Backend::local();
+both_backends!(products_crawl_import_and_list => products_crawl_import);
+
+async fn products_crawl_import(b: Backend) {
     b.crow_ok(&["init"]);
     b.crow_json(&["orgs", "create", "--name", "Shop"]);
     // The catalog import: a CSV first (Aria with an old price).
@@ -1200,6 +1192,97 @@ async fn products_crawl_import_and_list() {
             .map(Vec::len),
         Some(2)
     );
+}
+
+/// A shop whose robots.txt asks for `Crawl-delay: 0.5`, with a sitemap of
+/// four product pages; the time each request arrived.
+async fn slow_shop() -> (String, Arc<Mutex<Vec<(String, Instant)>>>) {
+    use axum::extract::State;
+    use axum::http::Uri;
+    use axum::response::IntoResponse;
+    type Log = Arc<Mutex<Vec<(String, Instant)>>>;
+    let log: Log = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    async fn handle(
+        State((log, base)): State<(Log, String)>,
+        uri: Uri,
+    ) -> axum::response::Response {
+        log.lock()
+            .expect("lock")
+            .push((uri.path().to_string(), Instant::now()));
+        match uri.path() {
+            "/robots.txt" => {
+                format!("User-agent: *\nCrawl-delay: 0.5\nSitemap: {base}/sitemap.xml\n")
+                    .into_response()
+            }
+            "/sitemap.xml" => {
+                let urls: String = (1..=4)
+                    .map(|i| format!("<url><loc>{base}/p/{i}</loc></url>"))
+                    .collect();
+                format!("<urlset>{urls}</urlset>").into_response()
+            }
+            p => {
+                let name = p.trim_start_matches("/p/");
+                let body = format!(
+                    r#"<script type="application/ld+json">{{"@type":"Product","name":"Item {name}","sku":"S-{name}"}}</script>"#
+                );
+                ([("content-type", "text/html")], body).into_response()
+            }
+        }
+    }
+    let app = axum::Router::new()
+        .fallback(handle)
+        .with_state((log.clone(), base.clone()));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (base, log)
+}
+
+/// robots.txt's `Crawl-delay` raises `--interval-ms`: with four pages
+/// allowed at once and 20 ms asked for, every request after robots.txt
+/// arrives at least the site's 0.5 s after the one before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crawl_delay_spaces_every_request() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    b.crow_json(&["orgs", "create", "--name", "Shop"]);
+    let (base, log) = slow_shop().await;
+    let r = b.crow_json(&[
+        "products",
+        "crawl",
+        &base,
+        "--org",
+        "Shop",
+        "--interval-ms",
+        "20",
+        "--concurrency",
+        "4",
+    ]);
+    assert_eq!(r["inserted"].as_u64(), Some(4), "{r}");
+    let requests = log.lock().expect("lock").clone();
+    let paths: Vec<&str> = requests.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths.len(),
+        6,
+        "robots.txt, the sitemap, four pages: {paths:?}"
+    );
+    assert_eq!(paths[..2], ["/robots.txt", "/sitemap.xml"]);
+    // Arrival times, not send times: a few milliseconds of scheduling
+    // between the crawler's timer and the server's clock are allowed.
+    let delay = Duration::from_millis(500) - Duration::from_millis(10);
+    for pair in requests[1..].windows(2) {
+        let gap = pair[1].1.duration_since(pair[0].1);
+        assert!(
+            gap >= delay,
+            "{} came {gap:?} after {}: {paths:?}",
+            pair[1].0,
+            pair[0].0
+        );
+    }
 }
 
 /// The test's one clock, read once and passed as `--now` to every `crow`
@@ -1884,9 +1967,14 @@ fn independent_sessions(rows: &[Value], from_us: i64, to_us: i64) -> usize {
     n
 }
 
+// Local only (37 s on S3): sessionize's reruns on S3 are checked by
+// sessionize_gap_stitching_dedup_windows_and_late_events.
 #[test]
 fn sessions_match_an_independent_computation_and_reruns_change_nothing() {
-    let b = Backend::local();
+    sessions_match_independent(Backend::local());
+}
+
+fn sessions_match_independent(b: Backend) {
     let (clock, now) = test_clock();
     b.crow_json(&["demo", "--visitors", "600", "--days", "10", "--now", &now]);
     let (from, to) = (day_offset(clock, 10), day_offset(clock, 1));

@@ -7,7 +7,7 @@ use crow_lake::{AsOf, Lake};
 use crow_schemas::RAW_WEB_EVENTS;
 use serde_json::json;
 
-use crate::support::Backend;
+use crate::support::{both_backends, Backend};
 
 pub fn events(org: &str, prefix: &str, day: u32, n: usize) -> Vec<RawWebEventRow<'static>> {
     let received: DateTime<Utc> = Utc
@@ -297,15 +297,7 @@ async fn suite(b: Backend) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lake_suite_local() {
-    suite(Backend::local()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lake_suite_s3() {
-    suite(Backend::s3()).await;
-}
+both_backends!(lake_suite => suite);
 
 /// A long-running reader (the API, the scheduler) keeps snapshots; it must
 /// still see every commit other writers make, including optimize/vacuum.
@@ -342,15 +334,7 @@ async fn cached_reader(b: Backend) {
     assert_eq!(count(&reader, q).await, 25, "{}", b.name);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cached_reader_sees_every_commit_local() {
-    cached_reader(Backend::local()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cached_reader_sees_every_commit_s3() {
-    cached_reader(Backend::s3()).await;
-}
+both_backends!(cached_reader_sees_every_commit => cached_reader);
 
 const CHILD_BATCHES: usize = 8;
 const CHILD_ROWS: usize = 25;
@@ -404,15 +388,7 @@ async fn concurrent(b: Backend) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_writers_local() {
-    concurrent(Backend::local()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_writers_s3() {
-    concurrent(Backend::s3()).await;
-}
+both_backends!(concurrent_writers => concurrent);
 
 /// The writer process of `concurrent_writers_*` (run by them, not alone).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -518,23 +494,15 @@ async fn older_schema_evolves(b: Backend) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn older_schema_evolves_local() {
-    older_schema_evolves(Backend::local()).await;
-}
+both_backends!(older_schema_evolves => older_schema_evolves);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn older_schema_evolves_s3() {
-    older_schema_evolves(Backend::s3()).await;
-}
+both_backends!(lost_commit_races_are_retried_and_exhaustion_is_an_error => lost_races);
 
 /// Writers that replace the same day at once conflict (each read the table
 /// before the others committed): the losers re-read and retry, so every
 /// write lands whole and the day ends as exactly one writer's rows. With no
 /// retries allowed, a lost race is an error, never a silent loss.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn lost_commit_races_are_retried_and_exhaustion_is_an_error() {
-    let b = Backend::local();
+async fn lost_races(b: Backend) {
     let lake = b.lake().await;
     lake.init().await.expect("init");
     let day = "event_date = '2026-03-02'";
@@ -560,7 +528,8 @@ async fn lost_commit_races_are_retried_and_exhaustion_is_an_error() {
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert!(
         crow_lake::commit_retries_total() > before,
-        "six writers replacing one day at once: at least one lost a race and retried"
+        "{}: six writers replacing one day at once: at least one lost a race and retried",
+        b.name
     );
     // The day holds one writer's rows, whole: 10 + w rows, all of prefix w<w>.
     let rows = query_rows(
@@ -582,7 +551,11 @@ async fn lost_commit_races_are_retried_and_exhaustion_is_an_error() {
         .iter()
         .filter_map(|r| r.as_ref().err().map(ToString::to_string))
         .collect();
-    assert!(!failed.is_empty(), "with no retries a lost race fails");
+    assert!(
+        !failed.is_empty(),
+        "{}: with no retries a lost race fails",
+        b.name
+    );
     assert!(
         results.iter().any(Result::is_ok),
         "one writer wins: {failed:?}"

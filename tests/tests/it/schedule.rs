@@ -16,7 +16,7 @@ use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use crow_lake::batch::rows_to_batch;
 use serde_json::{json, Value};
 
-use crate::support::{land_web, Backend, Server};
+use crate::support::{both_backends, land_web, Backend, Server};
 
 fn page(id: &str, anon: &str, at: DateTime<Utc>) -> Value {
     json!({
@@ -78,15 +78,7 @@ fn table_version(b: &Backend, table: &str) -> i64 {
         .expect("table listed")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn billing_reconciles_with_sql_and_is_idempotent_local() {
-    billing_reconciles(Backend::local()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn billing_reconciles_with_sql_and_is_idempotent_s3() {
-    billing_reconciles(Backend::s3()).await;
-}
+both_backends!(billing_reconciles_with_sql_and_is_idempotent => billing_reconciles);
 
 async fn billing_reconciles(b: Backend) {
     b.crow_ok(&["init"]);
@@ -590,15 +582,7 @@ fn scheduled_runs(b: &Backend) -> Vec<RunRow> {
     .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_servers_run_each_job_slot_once_local() {
-    two_servers(Backend::local()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_servers_run_each_job_slot_once_s3() {
-    two_servers(Backend::s3()).await;
-}
+both_backends!(two_servers_run_each_job_slot_once => two_servers);
 
 async fn two_servers(b: Backend) {
     b.crow_ok(&["init"]);
@@ -1128,10 +1112,9 @@ impl GatedAi {
     }
 }
 
-/// A local lake with yesterday's sessions of three visitors, not enriched
+/// A lake on `b` with yesterday's sessions of three visitors, not enriched
 /// yet: a scheduled enrich has three provider calls to make.
-async fn lake_with_sessions() -> Backend {
-    let b = Backend::local();
+async fn lake_with_sessions(b: Backend) -> Backend {
     b.crow_ok(&["init"]);
     let org = b.crow_json(&["orgs", "create", "--name", "Lease Co"])["org_id"]
         .as_str()
@@ -1279,17 +1262,31 @@ fn enrich_error(b: &Backend, attempt: i64) -> String {
         .to_string()
 }
 
-/// Every state of a job's lease in a local lake, by sequence number.
-fn lease_states(b: &Backend, job: &str) -> Vec<Value> {
-    let dir = std::path::Path::new(&b.uri).join("_leases").join(job);
-    let mut states: Vec<Value> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-        .map(|e| {
-            serde_json::from_slice(&std::fs::read(e.path()).expect("read")).expect("lease json")
-        })
-        .collect();
+/// Every state of a job's lease, by sequence number, read from the lake's
+/// store (a folder or S3).
+async fn lease_states(b: &Backend, job: &str) -> Vec<Value> {
+    use crow_lake::object_store::ObjectStoreExt;
+    let lake = b.lake().await;
+    let url = lake.url_of(&format!("_leases/{job}/")).expect("url");
+    let (store, dir) = lake.store_for(&url).expect("store");
+    let listed = store
+        .list_with_delimiter(Some(&dir))
+        .await
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    let mut states = Vec::new();
+    for meta in listed.objects {
+        if !meta.location.as_ref().ends_with(".json") {
+            continue;
+        }
+        let bytes = store
+            .get(&meta.location)
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("bytes");
+        states.push(serde_json::from_slice::<Value>(&bytes).expect("lease json"));
+    }
     states.sort_by_key(|s| s["seq"].as_u64());
     states
 }
@@ -1314,15 +1311,16 @@ fn assert_enriched_once(b: &Backend) {
     );
 }
 
+both_backends!(a_dead_servers_lease_is_taken_over_after_it_expires => dead_servers_lease);
+
 /// A server killed (SIGKILL) in the middle of a scheduled run leaves its
 /// lease to expire; a second server then takes the same slot over as
 /// attempt 2 — not before the lease expired — and the slot's job completes
 /// once: the ledger shows the dead server's attempt `failed` (recorded by
 /// the survivor, "abandoned") and the survivor's success, and every session
 /// has one interaction.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_servers_lease_is_taken_over_after_it_expires_local() {
-    let b = lake_with_sessions().await;
+async fn dead_servers_lease(b: Backend) {
+    let b = lake_with_sessions(b).await;
     let ai = GatedAi::start();
     let (cron, slot) = slot_in(8);
     let wal_a = tempfile::tempdir().expect("tmp");
@@ -1364,7 +1362,7 @@ async fn a_dead_servers_lease_is_taken_over_after_it_expires_local() {
     })
     .await;
     assert_eq!(starts_of(&survivor, "enrich"), [(slot_text.clone(), 2)]);
-    let states = lease_states(&b, "enrich");
+    let states = lease_states(&b, "enrich").await;
     let holder_of = |s: &Value| s["holder"].as_str().expect("holder").to_string();
     let dead_expiry = states
         .iter()
@@ -1405,7 +1403,7 @@ async fn a_dead_servers_lease_is_taken_over_after_it_expires_local() {
         "{error}"
     );
     assert_enriched_once(&b);
-    let last = lease_states(&b, "enrich").pop().expect("a state");
+    let last = lease_states(&b, "enrich").await.pop().expect("a state");
     assert_eq!(
         (last["state"].as_str(), last["attempt"].as_i64()),
         (Some("succeeded"), Some(2)),
@@ -1415,12 +1413,18 @@ async fn a_dead_servers_lease_is_taken_over_after_it_expires_local() {
     assert_eq!(ts(&last["slot"]), slot);
 }
 
+// Local only: signal handling does not depend on the backend, and the
+// lease and ledger writes it checks run on S3 in the tests around it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_running_job_finish_and_starts_no_other_local() {
+    sigterm_finishes_the_run(Backend::local()).await;
+}
+
 /// SIGTERM while a scheduled run is under way: the process stays up until
 /// the run has finished and recorded its success, then exits cleanly; a job
 /// due at the same slot behind it (billing) is not started.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_lets_the_running_job_finish_and_starts_no_other_local() {
-    let b = lake_with_sessions().await;
+async fn sigterm_finishes_the_run(b: Backend) {
+    let b = lake_with_sessions(b).await;
     let ai = GatedAi::start();
     let (cron, slot) = slot_in(4);
     let wal = tempfile::tempdir().expect("tmp");
@@ -1476,13 +1480,11 @@ async fn sigterm_lets_the_running_job_finish_and_starts_no_other_local() {
         "{:?}",
         scheduled_runs(&b)
     );
-    let last = lease_states(&b, "enrich").pop().expect("a state");
+    let last = lease_states(&b, "enrich").await.pop().expect("a state");
     assert_eq!(last["state"], "succeeded", "{last}");
-    assert!(
-        std::path::Path::new(&b.uri)
-            .join("_leases/billing")
-            .read_dir()
-            .map_or(true, |mut d| d.next().is_none()),
+    assert_eq!(
+        lease_states(&b, "billing").await,
+        Vec::<Value>::new(),
         "billing's lease was never taken"
     );
 }
@@ -1492,7 +1494,7 @@ async fn sigterm_lets_the_running_job_finish_and_starts_no_other_local() {
 /// the latest slot, and none of the slots in between ever starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slots_missed_while_busy_collapse_into_one_local() {
-    let b = lake_with_sessions().await;
+    let b = lake_with_sessions(Backend::local()).await;
     let ai = GatedAi::start();
     let wal = tempfile::tempdir().expect("tmp");
     let mut server = start_server(
@@ -1559,7 +1561,7 @@ async fn slots_missed_while_busy_collapse_into_one_local() {
 /// back, the same slot runs again as attempt 2 and succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_whose_lease_cannot_be_renewed_is_abandoned_local() {
-    let b = lake_with_sessions().await;
+    let b = lake_with_sessions(Backend::local()).await;
     let ai = GatedAi::start();
     let (cron, slot) = slot_in(4);
     let wal = tempfile::tempdir().expect("tmp");
@@ -1743,13 +1745,14 @@ async fn a_backfill_that_failed_part_way_is_finished_by_running_it_again() {
     );
 }
 
+both_backends!(slots_missed_while_down_collapse_into_one_run_at_start => slots_missed_while_down);
+
 /// Slots missed while no server ran collapse into one as well: a server
 /// started after enrich's schedule passed several slots since the job's last
 /// run runs the latest of them right away — one run, for a slot before it
 /// started — and none of the others.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slots_missed_while_down_collapse_into_one_run_at_start_local() {
-    let b = lake_with_sessions().await;
+async fn slots_missed_while_down(b: Backend) {
+    let b = lake_with_sessions(b).await;
     let ai = GatedAi::start();
     ai.open();
     let env = gated_env(&ai, "*/2 * * * * *", "off", "serve-d");
@@ -1763,7 +1766,7 @@ async fn slots_missed_while_down_collapse_into_one_run_at_start_local() {
     })
     .await;
     first.stop();
-    let last = lease_states(&b, "enrich").pop().expect("a state");
+    let last = lease_states(&b, "enrich").await.pop().expect("a state");
     assert_eq!(last["state"], "succeeded", "{last}");
     let last_slot = ts(&last["slot"]);
     // Down across three slots.

@@ -6,6 +6,42 @@ use std::process::{Command, Output};
 use crow_lake::Lake;
 use crow_schemas::config::LakeConfig;
 
+/// One test on both lake backends, by construction: `both_backends!(name
+/// => body)` makes the module `name` with the tests `local` (a temp folder)
+/// and `s3` (a fresh prefix on the local S3-compatible server), each calling
+/// `body(Backend)` of the enclosing module — `async fn body(b: Backend)`, or
+/// with `sync`, a plain `fn` run as a `#[test]`. `cargo test ::s3` runs
+/// every S3 case.
+macro_rules! both_backends {
+    ($name:ident => $body:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn local() {
+                super::$body($crate::support::Backend::local()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn s3() {
+                super::$body($crate::support::Backend::s3()).await;
+            }
+        }
+    };
+    (sync $name:ident => $body:ident) => {
+        mod $name {
+            #[test]
+            fn local() {
+                super::$body($crate::support::Backend::local());
+            }
+
+            #[test]
+            fn s3() {
+                super::$body($crate::support::Backend::s3());
+            }
+        }
+    };
+}
+pub(crate) use both_backends;
+
 /// A lake location under test: a temp folder or a prefix on the local
 /// S3-compatible server that the test command started.
 pub struct Backend {
