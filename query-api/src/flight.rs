@@ -199,15 +199,18 @@ fn tls_incoming(
                     Ok(Ok(stream)) => {
                         let _ = tx.send(TlsConn { stream, peer }).await;
                     }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "flight: TLS handshake failed"),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "flight: TLS handshake failed")
+                    }
                     Err(_) => tracing::debug!(%peer, "flight: TLS handshake timed out"),
                 }
             });
         }
     });
-    futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|c| (Ok(c), rx))
-    })
+    futures::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|c| (Ok(c), rx)) },
+    )
 }
 
 /// The FlightService's methods, as counted in the request metrics (any
@@ -339,8 +342,9 @@ impl Handle {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(b64)
             .map_err(|_| bad())?;
-        let mut reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
-            .map_err(|_| bad())?;
+        let mut reader =
+            arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+                .map_err(|_| bad())?;
         let batch = reader.next().ok_or_else(bad)?.map_err(|_| bad())?;
         let values = batch
             .columns()
@@ -436,10 +440,7 @@ fn bind(batches: &[RecordBatch], types: &[Option<DataType>]) -> ApiResult<Option
     for (i, (c, t)) in batch.columns().iter().zip(types).enumerate() {
         let c = match t {
             Some(t) if t != c.data_type() => arrow::compute::cast(c, t).map_err(|e| {
-                ApiError::bad_request(
-                    "invalid_parameters",
-                    format!("parameter ${}: {e}", i + 1),
-                )
+                ApiError::bad_request("invalid_parameters", format!("parameter ${}: {e}", i + 1))
             })?,
             _ => c.clone(),
         };

@@ -450,9 +450,17 @@ async fn start_inner_for(
     tracing::debug!(org = %p.org_id, key = %p.key_id, "sql query");
     let deadline = tokio::time::Instant::from_std(started) + state.query_timeout();
     let limit = usize::try_from(state.cfg.max_result_rows.saturating_add(1)).unwrap_or(usize::MAX);
-    let query =
-        RunningQuery::start_inner(state, ctx, schema, sql, params, Some(limit), deadline, lookup)
-            .await?;
+    let query = RunningQuery::start_inner(
+        state,
+        ctx,
+        schema,
+        sql,
+        params,
+        Some(limit),
+        deadline,
+        lookup,
+    )
+    .await?;
     Ok((query, permits))
 }
 

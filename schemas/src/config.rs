@@ -240,7 +240,7 @@ impl ServerConfig {
             if cert.is_empty() != key.is_empty() {
                 let missing = if cert.is_empty() { "cert" } else { "key" };
                 return Err(err(
-                    &format!("server.{what}_tls_{missing}"),
+                    format!("server.{what}_tls_{missing}"),
                     format!(
                         "server.{what}_tls_cert and server.{what}_tls_key are set together (PEM files)"
                     ),

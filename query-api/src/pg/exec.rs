@@ -418,10 +418,12 @@ fn prepared_statement(
         .statements
         .lock()
         .map_err(|_| user_error("XX000", "prepared statements unavailable"))?;
-    stmts
-        .get(name)
-        .cloned()
-        .ok_or_else(|| user_error("26000", format!("prepared statement \"{name}\" does not exist")))
+    stmts.get(name).cloned().ok_or_else(|| {
+        user_error(
+            "26000",
+            format!("prepared statement \"{name}\" does not exist"),
+        )
+    })
 }
 
 /// A running query's rows, batch by batch, within the row cap and the
@@ -524,7 +526,12 @@ impl Queries {
         client: &C,
         sql: &str,
         params: Option<ParamValues>,
-    ) -> PgWireResult<(RunningQuery, Permits, tokio::time::Instant, std::time::Instant)>
+    ) -> PgWireResult<(
+        RunningQuery,
+        Permits,
+        tokio::time::Instant,
+        std::time::Instant,
+    )>
     where
         C: ClientInfo + Sync + ?Sized,
     {
@@ -711,7 +718,9 @@ impl ExtendedQueryHandler for Queries {
                 };
                 let formats = portal.result_column_format.clone();
                 let r = self
-                    .session(&*client, cmd.clone(), values, move |i| formats.format_for(i))
+                    .session(&*client, cmd.clone(), values, move |i| {
+                        formats.format_for(i)
+                    })
                     .await?;
                 match cmd {
                     Command::Declare { name, sql, .. } => {
@@ -892,7 +901,14 @@ fn execute_values(stmt: &session::Statement, args: &[Option<String>]) -> PgWireR
         .params
         .iter()
         .zip(args)
-        .map(|(t, v)| encode::param(v.as_deref().map(str::as_bytes), false, &encode::pg_type(t), t))
+        .map(|(t, v)| {
+            encode::param(
+                v.as_deref().map(str::as_bytes),
+                false,
+                &encode::pg_type(t),
+                t,
+            )
+        })
         .collect::<PgWireResult<Vec<_>>>()?;
     Ok(ParamValues::from(values))
 }

@@ -242,7 +242,8 @@ pub fn tls_config(cert: &str, key: &str, setting: &str) -> Result<rustls::Server
     if certs.is_empty() {
         return Err(format!("{setting}_cert `{cert}` holds no PEM certificate"));
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{setting}_key `{key}`: {e}"))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{setting}_key `{key}`: {e}"))?;
     // Both ring and aws-lc-rs are in the build: name the provider.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     rustls::ServerConfig::builder_with_provider(provider)

@@ -28,7 +28,10 @@ pub enum Command {
     /// `PREPARE name [(types)] AS sql`.
     Prepare { name: String, sql: String },
     /// `EXECUTE name [(args)]`: each argument a literal, as written.
-    Execute { name: String, args: Vec<Option<String>> },
+    Execute {
+        name: String,
+        args: Vec<Option<String>>,
+    },
     /// `DEALLOCATE [PREPARE] name | ALL` (`None`: all).
     Deallocate(Option<String>),
     /// `DECLARE name … CURSOR [WITH[OUT] HOLD] FOR sql`.
@@ -121,7 +124,9 @@ fn parse_prepare(rest: &str) -> PgWireResult<Command> {
     let (name, mut rest) = word(rest).ok_or_else(|| syntax("PREPARE name AS query"))?;
     if let Some(types) = rest.trim_start().strip_prefix('(') {
         // The declared types: the planner infers them from the query.
-        let close = types.find(')').ok_or_else(|| syntax("PREPARE name (types) AS query"))?;
+        let close = types
+            .find(')')
+            .ok_or_else(|| syntax("PREPARE name (types) AS query"))?;
         rest = &types[close + 1..];
     }
     match word(rest) {
@@ -163,10 +168,9 @@ fn literals(list: &str) -> PgWireResult<Vec<Option<String>>> {
                 Value::Number(n, _) => Ok(Some(n.clone())),
                 Value::SingleQuotedString(s)
                 | Value::EscapedStringLiteral(s)
-                | Value::DollarQuotedString(datafusion::sql::sqlparser::ast::DollarQuotedString {
-                    value: s,
-                    ..
-                }) => Ok(Some(s.clone())),
+                | Value::DollarQuotedString(
+                    datafusion::sql::sqlparser::ast::DollarQuotedString { value: s, .. },
+                ) => Ok(Some(s.clone())),
                 Value::Boolean(b) => Ok(Some(b.to_string())),
                 Value::Null => Ok(None),
                 _ => Err(not_literal(e)),
@@ -347,7 +351,9 @@ pub struct Conn {
 
 /// The connection state of `client`.
 pub fn conn(client: &(impl pgwire::api::ClientInfo + ?Sized)) -> Arc<Conn> {
-    client.session_extensions().get_or_insert_with(Conn::default)
+    client
+        .session_extensions()
+        .get_or_insert_with(Conn::default)
 }
 
 #[cfg(test)]
@@ -408,7 +414,10 @@ mod tests {
             }
         );
         assert_eq!(p("close all"), Command::Close(None));
-        assert_eq!(p("deallocate prepare x"), Command::Deallocate(Some("x".into())));
+        assert_eq!(
+            p("deallocate prepare x"),
+            Command::Deallocate(Some("x".into()))
+        );
         assert!(matches!(parse("fetch backward 2 from c"), Some(Err(_))));
         assert!(matches!(parse("execute q(now())"), Some(Err(_))));
         assert!(parse("select 1").is_none());

@@ -372,15 +372,26 @@ async fn flight_sql_over_tls() {
         ),
     ] {
         let mut cmd = Command::new(crate::support::crow_bin());
-        cmd.args(["--lake", &b.uri, "serve", "--listen", "127.0.0.1:0", "--only", "api"])
-            .env_remove("CROW_CONFIG")
-            .env_remove("CROW_LAKE")
-            .env("CROW_SERVER_FLIGHT_LISTEN", "127.0.0.1:0");
+        cmd.args([
+            "--lake",
+            &b.uri,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--only",
+            "api",
+        ])
+        .env_remove("CROW_CONFIG")
+        .env_remove("CROW_LAKE")
+        .env("CROW_SERVER_FLIGHT_LISTEN", "127.0.0.1:0");
         for (k, v) in &env {
             cmd.env(k, v);
         }
         let out = cmd.output().expect("crow serve");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains(named), "{env:?}: {err}");
+        assert!(
+            !out.status.success() && err.contains(named),
+            "{env:?}: {err}"
+        );
     }
 }
