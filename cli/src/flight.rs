@@ -32,12 +32,23 @@ pub fn address(listen: &str, only: Option<Only>) -> Result<Option<SocketAddr>> {
 
 /// Bind and start the service (when an address is set and the API runs).
 pub async fn start(
+    cfg: &crow_schemas::config::Config,
     addr: Option<SocketAddr>,
     api: Option<&Arc<crow_query_api::ApiState>>,
 ) -> Result<Option<Running>> {
     let (Some(addr), Some(api)) = (addr, api) else {
         return Ok(None);
     };
+    let server = &cfg.server;
+    let tls = if server.flight_tls_cert.is_empty() {
+        None
+    } else {
+        Some(
+            crow_query_api::flight::tls_acceptor(&server.flight_tls_cert, &server.flight_tls_key)
+                .map_err(anyhow::Error::msg)?,
+        )
+    };
+    let scheme = if tls.is_some() { "grpc+tls" } else { "grpc" };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (server.flight_listen)"))?;
@@ -48,12 +59,12 @@ pub async fn start(
         let shutdown = async move {
             let _ = stopped.changed().await;
         };
-        if let Err(e) = crow_query_api::flight::serve(api, listener, shutdown).await {
+        if let Err(e) = crow_query_api::flight::serve(api, listener, tls, shutdown).await {
             tracing::error!(error = %e, "the Flight SQL service failed");
         }
     });
     tracing::info!(%local, "Arrow Flight SQL listening");
-    eprintln!("crow serve: Arrow Flight SQL on grpc://{local}");
+    eprintln!("crow serve: Arrow Flight SQL on {scheme}://{local}");
     Ok(Some(Running { stop, task }))
 }
 

@@ -173,7 +173,7 @@ impl Analyst {
         flight_addr: Option<SocketAddr>,
         api: Option<&std::sync::Arc<crow_query_api::ApiState>>,
     ) -> Result<Analyst> {
-        let flight = crate::flight::start(flight_addr, api).await?;
+        let flight = crate::flight::start(cfg, flight_addr, api).await?;
         let pg = match api {
             Some(a) => start_pg(cfg, a).await?,
             None if !cfg.server.pg_listen.is_empty() => {

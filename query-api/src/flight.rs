@@ -27,6 +27,7 @@
 //! organization, and always runs in the redeeming caller's own tenant
 //! session, so a forged handle reaches nothing the caller's SQL could not.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -35,7 +36,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::ipc::writer::IpcWriteOptions;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
@@ -46,8 +47,8 @@ use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
     ActionCreatePreparedStatementResult, CommandGetCatalogs, CommandGetDbSchemas,
     CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
-    CommandStatementIngest, CommandStatementQuery, CommandStatementUpdate, ProstMessageExt,
-    SqlInfo, TicketStatementQuery,
+    CommandStatementIngest, CommandStatementQuery, CommandStatementUpdate,
+    DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
     Action, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
@@ -56,7 +57,8 @@ use arrow_flight::{
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use base64::Engine;
 use crow_lake::AsOf;
-use futures::{Stream, StreamExt};
+use datafusion::common::{ParamValues, ScalarValue};
+use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use tonic::codegen::Service;
@@ -82,10 +84,12 @@ type DoGetStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send 
 type HandshakeStream =
     Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send + 'static>>;
 
-/// Serve Flight SQL on `listener` until `shutdown` completes.
+/// Serve Flight SQL on `listener` until `shutdown` completes; over TLS
+/// only when `tls` is given (see [`tls_acceptor`]).
 pub async fn serve(
     state: Arc<ApiState>,
     listener: tokio::net::TcpListener,
+    tls: Option<crate::pg::TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let service = Authenticated {
@@ -94,14 +98,119 @@ pub async fn serve(
         }),
         state,
     };
-    tonic::transport::Server::builder()
-        .trace_fn(|req| tracing::info_span!("flight_sql", call = %req.uri().path()))
-        .add_service(service)
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
-            shutdown,
-        )
-        .await
+    let mut server = tonic::transport::Server::builder()
+        .trace_fn(|req| tracing::info_span!("flight_sql", call = %req.uri().path()));
+    let router = server.add_service(service);
+    match tls {
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    shutdown,
+                )
+                .await
+        }
+        Some(acceptor) => {
+            router
+                .serve_with_incoming_shutdown(tls_incoming(listener, acceptor), shutdown)
+                .await
+        }
+    }
+}
+
+/// The TLS acceptor of the Flight SQL listener (`server.flight_tls_cert`
+/// and `_key`): HTTP/2 negotiated by ALPN, as gRPC clients require.
+pub fn tls_acceptor(cert: &str, key: &str) -> Result<crate::pg::TlsAcceptor, String> {
+    let mut config = crate::pg::tls_config(cert, key, "server.flight_tls")?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(crate::pg::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A TLS connection of the Flight SQL listener.
+struct TlsConn {
+    stream: pgwire::tokio::tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    peer: std::net::SocketAddr,
+}
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = std::net::SocketAddr;
+
+    fn connect_info(&self) -> std::net::SocketAddr {
+        self.peer
+    }
+}
+
+impl tokio::io::AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// The TLS connections of `listener`: each handshake runs on its own task
+/// (at most 10 s), so a slow or failing client holds up no other.
+fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    acceptor: crate::pg::TlsAcceptor,
+) -> impl Stream<Item = std::io::Result<TlsConn>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<TlsConn>(16);
+    tokio::spawn(async move {
+        loop {
+            let (socket, peer) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "flight: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if tx.is_closed() {
+                return;
+            }
+            let _ = socket.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let handshake = tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    acceptor.accept(socket),
+                );
+                match handshake.await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(TlsConn { stream, peer }).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "flight: TLS handshake failed")
+                    }
+                    Err(_) => tracing::debug!(%peer, "flight: TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    futures::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|c| (Ok(c), rx)) },
+    )
 }
 
 /// The FlightService's methods, as counted in the request metrics (any
@@ -190,24 +299,70 @@ pub struct FlightSql {
 }
 
 /// What a ticket or prepared-statement handle holds.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Handle {
     /// The organization whose key issued it.
     org: String,
     /// The query.
     sql: String,
+    /// Time travel, as `POST /api/v1/sql`'s `as_of` (the `x-crow-as-of`
+    /// header of the call that planned it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    as_of: Option<String>,
+    /// Time travel, as `POST /api/v1/sql`'s `versions` (`x-crow-versions`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    versions: BTreeMap<String, u64>,
+    /// Values bound to the query's `$1`, `$2`, … (`DoPut` of a prepared
+    /// statement): one row, as an Arrow IPC stream in base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    params: Option<String>,
 }
 
-fn handle(p: &Principal, sql: &str) -> ApiResult<Vec<u8>> {
-    serde_json::to_vec(&Handle {
-        org: p.org_id.clone(),
-        sql: sql.to_string(),
-    })
-    .map_err(|e| ApiError::internal("encoding a Flight SQL handle", &e))
+impl Handle {
+    /// The tables' time travel.
+    fn pins(&self) -> ApiResult<(AsOf, Pins)> {
+        sql::pins(&sql::SqlRequest {
+            sql: String::new(),
+            as_of: self.as_of.clone(),
+            versions: self.versions.clone(),
+        })
+    }
+
+    /// The bound parameters, if any.
+    fn params(&self) -> ApiResult<Option<ParamValues>> {
+        let Some(b64) = &self.params else {
+            return Ok(None);
+        };
+        let bad = || {
+            ApiError::bad_request(
+                "invalid_ticket",
+                "this statement handle's parameters are not readable",
+            )
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|_| bad())?;
+        let mut reader =
+            arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+                .map_err(|_| bad())?;
+        let batch = reader.next().ok_or_else(bad)?.map_err(|_| bad())?;
+        let values = batch
+            .columns()
+            .iter()
+            .map(|c| ScalarValue::try_from_array(c, 0).map_err(|_| bad()))
+            .collect::<ApiResult<Vec<_>>>()?;
+        Ok(Some(ParamValues::from(values)))
+    }
 }
 
-/// The query of a ticket or handle, if it was issued to `p`'s organization.
-fn redeem(p: &Principal, bytes: &[u8]) -> ApiResult<String> {
+fn handle(p: &Principal, mut h: Handle) -> ApiResult<Vec<u8>> {
+    h.org = p.org_id.clone();
+    serde_json::to_vec(&h).map_err(|e| ApiError::internal("encoding a Flight SQL handle", &e))
+}
+
+/// The handle of a ticket or statement, if it was issued to `p`'s
+/// organization.
+fn redeem(p: &Principal, bytes: &[u8]) -> ApiResult<Handle> {
     let h: Handle = serde_json::from_slice(bytes).map_err(|_| {
         ApiError::bad_request(
             "invalid_ticket",
@@ -221,7 +376,109 @@ fn redeem(p: &Principal, bytes: &[u8]) -> ApiResult<String> {
             "this ticket or statement handle belongs to another organization",
         ));
     }
-    Ok(h.sql)
+    Ok(h)
+}
+
+/// A query's handle with the time travel of a call's `x-crow-as-of` and
+/// `x-crow-versions` (a JSON object of table versions) metadata, checked
+/// as `POST /api/v1/sql` checks its `as_of` and `versions`.
+fn new_handle(md: &MetadataMap, sql: String) -> ApiResult<Handle> {
+    let text = |name: &str| -> ApiResult<Option<String>> {
+        md.get(name)
+            .map(|v| {
+                v.to_str().map(str::to_string).map_err(|_| {
+                    ApiError::bad_request("invalid_as_of", format!("`{name}` is not text"))
+                })
+            })
+            .transpose()
+    };
+    let versions = match text("x-crow-versions")? {
+        None => BTreeMap::new(),
+        Some(v) => serde_json::from_str(&v).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_version",
+                format!("`x-crow-versions` must be a JSON object like {{\"products\": 3}}: {e}"),
+            )
+        })?,
+    };
+    let h = Handle {
+        org: String::new(),
+        sql,
+        as_of: text("x-crow-as-of")?,
+        versions,
+        params: None,
+    };
+    h.pins()?;
+    Ok(h)
+}
+
+/// One row of values for a prepared statement's parameters, cast to the
+/// types the planner inferred for them, as a handle's `params`.
+fn bind(batches: &[RecordBatch], types: &[Option<DataType>]) -> ApiResult<Option<String>> {
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) else {
+        return Ok(None);
+    };
+    if rows != 1 {
+        return Err(ApiError::bad_request(
+            "invalid_parameters",
+            format!("bind one row of parameters to a query, not {rows}"),
+        ));
+    }
+    if batch.num_columns() != types.len() {
+        return Err(ApiError::bad_request(
+            "invalid_parameters",
+            format!(
+                "the statement has {} parameters; {} were bound",
+                types.len(),
+                batch.num_columns()
+            ),
+        ));
+    }
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for (i, (c, t)) in batch.columns().iter().zip(types).enumerate() {
+        let c = match t {
+            Some(t) if t != c.data_type() => arrow::compute::cast(c, t).map_err(|e| {
+                ApiError::bad_request("invalid_parameters", format!("parameter ${}: {e}", i + 1))
+            })?,
+            _ => c.clone(),
+        };
+        fields.push(arrow::datatypes::Field::new(
+            format!("${}", i + 1),
+            c.data_type().clone(),
+            true,
+        ));
+        columns.push(c.slice(0, 1));
+    }
+    let one = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .map_err(|e| ApiError::internal("binding parameters", &e))?;
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut buf, &one.schema())
+            .map_err(|e| ApiError::internal("binding parameters", &e))?;
+        w.write(&one)
+            .and_then(|()| w.finish())
+            .map_err(|e| ApiError::internal("binding parameters", &e))?;
+    }
+    Ok(Some(base64::engine::general_purpose::STANDARD.encode(buf)))
+}
+
+/// The parameter schema of a prepared statement (unknown types as text).
+fn parameter_schema(types: &[Option<DataType>]) -> Schema {
+    Schema::new(
+        types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                arrow::datatypes::Field::new(
+                    format!("${}", i + 1),
+                    t.clone().unwrap_or(DataType::Utf8),
+                    true,
+                )
+            })
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// CROW's error as a gRPC status, with CROW's message and its code in the
@@ -432,14 +689,14 @@ impl FlightSql {
         handle_bytes: Option<&[u8]>,
     ) -> ApiResult<FlightInfo> {
         let p = self.principal(&request).await?;
-        let sql = match (sql, handle_bytes) {
-            (Some(s), _) => s,
+        let h = match (sql, handle_bytes) {
+            (Some(s), _) => new_handle(request.metadata(), s)?,
             (None, Some(h)) => redeem(&p, h)?,
             (None, None) => return Err(ApiError::bad_request("invalid_query", "no query")),
         };
-        let schema = sql::result_schema(&self.state, &p, sql.clone()).await?;
+        let (schema, _) = sql::result_schema_at(&self.state, &p, h.sql.clone(), h.pins()?).await?;
         let ticket = TicketStatementQuery {
-            statement_handle: handle(&p, &sql)?.into(),
+            statement_handle: handle(&p, h)?.into(),
         }
         .as_any()
         .encode_to_vec();
@@ -454,9 +711,10 @@ impl FlightSql {
     ) -> ApiResult<DoGetStream> {
         let started = Instant::now();
         let p = self.principal(&request).await?;
-        let sql = redeem(&p, ticket)?;
+        let h = redeem(&p, ticket)?;
+        let (pins, params) = (h.pins()?, h.params()?);
         let (query, permits) =
-            sql::start_for(&self.state, &p, sql, AsOf::Latest, Pins::new(), started).await?;
+            sql::start_params_for(&self.state, &p, h.sql, pins, started, params).await?;
         let schema = sql::plain_schema(&query.schema);
         let batches = Batches {
             deadline: tokio::time::Instant::from_std(started) + self.state.query_timeout(),
@@ -477,6 +735,28 @@ impl FlightSql {
             .build(stream)
             .map(|r| r.map_err(Status::from));
         Ok(Box::pin(flight))
+    }
+
+    /// `DoPut` of a prepared statement's parameters: a new handle holding
+    /// them (the service keeps no state).
+    async fn bind_parameters(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> ApiResult<DoPutPreparedStatementResult> {
+        let p = self.principal(&request).await?;
+        let mut h = redeem(&p, &cmd.prepared_statement_handle)?;
+        let stream = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
+            request.into_inner().map(|r| r.map_err(FlightError::from)),
+        );
+        let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| {
+            ApiError::bad_request("invalid_parameters", format!("reading parameters: {e}"))
+        })?;
+        let (_, types) = sql::result_schema_at(&self.state, &p, h.sql.clone(), h.pins()?).await?;
+        h.params = bind(&batches, &types)?;
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(handle(&p, h)?.into()),
+        })
     }
 
     /// `GetFlightInfo` of a metadata command: its schema, and the command
@@ -594,15 +874,23 @@ impl FlightSqlService for FlightSql {
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let r = async {
             let p = self.principal(&request).await?;
-            let schema = sql::result_schema(&self.state, &p, query.query.clone()).await?;
-            let IpcMessage(dataset_schema) =
-                SchemaAsIpc::new(&sql::plain_schema(&schema), &IpcWriteOptions::default())
+            let h = new_handle(request.metadata(), query.query.clone())?;
+            let (schema, types) =
+                sql::result_schema_at(&self.state, &p, query.query.clone(), h.pins()?).await?;
+            let ipc = |schema: &Schema| -> ApiResult<_> {
+                let IpcMessage(bytes) = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
                     .try_into()
                     .map_err(|e| ApiError::internal("encoding a Flight SQL schema", &e))?;
+                Ok(bytes)
+            };
             Ok(ActionCreatePreparedStatementResult {
-                prepared_statement_handle: handle(&p, &query.query)?.into(),
-                dataset_schema,
-                parameter_schema: Default::default(),
+                prepared_statement_handle: handle(&p, h)?.into(),
+                dataset_schema: ipc(&sql::plain_schema(&schema))?,
+                parameter_schema: if types.is_empty() {
+                    Default::default()
+                } else {
+                    ipc(&parameter_schema(&types))?
+                },
             })
         }
         .await;
@@ -620,6 +908,15 @@ impl FlightSqlService for FlightSql {
         }
         .await;
         self.done("ClosePreparedStatement", r)
+    }
+
+    async fn do_put_prepared_statement_query(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let r = self.bind_parameters(cmd, request).await;
+        self.done("DoPut", r)
     }
 
     async fn do_put_statement_update(

@@ -415,19 +415,52 @@ pub async fn start_cached_for(
     started: std::time::Instant,
     format: Option<ResultFormat>,
 ) -> ApiResult<(RunningQuery, Permits)> {
-    let permits = state.slots.acquire(&p.key_id, &p.org_id)?;
     let lookup = format.map(|f| Lookup {
         format: format!("{f:?}"),
         as_of,
         pins: pins.clone(),
     });
+    start_inner_for(state, p, sql, (as_of, pins), started, None, lookup).await
+}
+
+/// [`start_for`] with values for the query's `$1`, `$2`, … placeholders
+/// (Flight SQL's prepared statements with bound parameters).
+pub async fn start_params_for(
+    state: &Arc<ApiState>,
+    p: &crate::auth::Principal,
+    sql: String,
+    (as_of, pins): (AsOf, Pins),
+    started: std::time::Instant,
+    params: Option<datafusion::common::ParamValues>,
+) -> ApiResult<(RunningQuery, Permits)> {
+    start_inner_for(state, p, sql, (as_of, pins), started, params, None).await
+}
+
+async fn start_inner_for(
+    state: &Arc<ApiState>,
+    p: &crate::auth::Principal,
+    sql: String,
+    (as_of, pins): (AsOf, Pins),
+    started: std::time::Instant,
+    params: Option<datafusion::common::ParamValues>,
+    lookup: Option<Lookup>,
+) -> ApiResult<(RunningQuery, Permits)> {
+    let permits = state.slots.acquire(&p.key_id, &p.org_id)?;
     let (ctx, schema) = tenant_session(state, p, as_of, pins);
     tracing::debug!(org = %p.org_id, key = %p.key_id, "sql query");
     let deadline = tokio::time::Instant::from_std(started) + state.query_timeout();
     let limit = usize::try_from(state.cfg.max_result_rows.saturating_add(1)).unwrap_or(usize::MAX);
-    let query =
-        RunningQuery::start_inner(state, ctx, schema, sql, None, Some(limit), deadline, lookup)
-            .await?;
+    let query = RunningQuery::start_inner(
+        state,
+        ctx,
+        schema,
+        sql,
+        params,
+        Some(limit),
+        deadline,
+        lookup,
+    )
+    .await?;
     Ok((query, permits))
 }
 
@@ -439,13 +472,38 @@ pub async fn result_schema(
     p: &crate::auth::Principal,
     sql: String,
 ) -> ApiResult<SchemaRef> {
+    result_schema_at(state, p, sql, (AsOf::Latest, Pins::new()))
+        .await
+        .map(|(schema, _)| schema)
+}
+
+/// [`result_schema`] of the tables as of a time or versions, with the
+/// types of the query's `$1`, `$2`, … placeholders (`None`: not inferred).
+pub async fn result_schema_at(
+    state: &Arc<ApiState>,
+    p: &crate::auth::Principal,
+    sql: String,
+    (as_of, pins): (AsOf, Pins),
+) -> ApiResult<(SchemaRef, Vec<Option<DataType>>)> {
     let _permits = state.slots.acquire(&p.key_id, &p.org_id)?;
-    let (ctx, schema) = tenant_session(state, p, AsOf::Latest, Pins::new());
+    let (ctx, schema) = tenant_session(state, p, as_of, pins);
     let deadline = tokio::time::Instant::now() + state.query_timeout();
     let st = state.clone();
     let mut task = state.query_rt.spawn(async move {
         let df = plan_query(&st, &ctx, &schema, &sql).await?;
-        Ok::<SchemaRef, ApiError>(Arc::new(df.schema().as_arrow().clone()))
+        let inferred = df
+            .logical_plan()
+            .get_parameter_types()
+            .map_err(|e| df_error(&e, Some(&schema)))?;
+        let n = inferred
+            .keys()
+            .filter_map(|k| k.strip_prefix('$')?.parse::<usize>().ok())
+            .max()
+            .unwrap_or(0);
+        let params = (1..=n)
+            .map(|i| inferred.get(&format!("${i}")).cloned().flatten())
+            .collect();
+        Ok::<_, ApiError>((Arc::new(df.schema().as_arrow().clone()), params))
     });
     match tokio::time::timeout_at(deadline, task.join()).await {
         Err(_) => Err(query_timeout(state)),

@@ -160,6 +160,11 @@ pub struct ServerConfig {
     pub pg_tls_cert: String,
     /// TLS private key (PEM) of the Postgres-wire listener.
     pub pg_tls_key: String,
+    /// TLS certificate chain (PEM) of the Arrow Flight SQL listener. With
+    /// `flight_tls_key`, it serves `grpc+tls://` only.
+    pub flight_tls_cert: String,
+    /// TLS private key (PEM) of the Arrow Flight SQL listener.
+    pub flight_tls_key: String,
 }
 
 impl Default for ServerConfig {
@@ -174,6 +179,8 @@ impl Default for ServerConfig {
             pg_listen: String::new(),
             pg_tls_cert: String::new(),
             pg_tls_key: String::new(),
+            flight_tls_cert: String::new(),
+            flight_tls_key: String::new(),
         }
     }
 }
@@ -226,16 +233,19 @@ impl ServerConfig {
                 ),
             ));
         }
-        if self.pg_tls_cert.is_empty() != self.pg_tls_key.is_empty() {
-            let missing = if self.pg_tls_cert.is_empty() {
-                "server.pg_tls_cert"
-            } else {
-                "server.pg_tls_key"
-            };
-            return Err(err(
-                missing,
-                "server.pg_tls_cert and server.pg_tls_key are set together (PEM files)",
-            ));
+        for (cert, key, what) in [
+            (&self.pg_tls_cert, &self.pg_tls_key, "pg"),
+            (&self.flight_tls_cert, &self.flight_tls_key, "flight"),
+        ] {
+            if cert.is_empty() != key.is_empty() {
+                let missing = if cert.is_empty() { "cert" } else { "key" };
+                return Err(err(
+                    format!("server.{what}_tls_{missing}"),
+                    format!(
+                        "server.{what}_tls_cert and server.{what}_tls_key are set together (PEM files)"
+                    ),
+                ));
+            }
         }
         Ok(())
     }

@@ -7,6 +7,10 @@ Usage: flight_client.py MODE CONFIG_JSON
            flight, http, key_a_id, key_a, key_b, b_marks, tables, refused
            queries); prints a JSON report
   refused  CONFIG's `key` is refused by both clients (revoked or unknown)
+  travel   time travel (`x-crow-as-of` call header) equals /api/v1/sql's
+           `as_of` (CONFIG has flight, http, key_a, as_of)
+  tls      over TLS (CONFIG has flight as grpc+tls://, key_a, cert): a
+           query verifying the certificate, and one that does not trust it
 
 Every check asserts here; the Rust test (tests/it/flight.rs) checks the
 report too.
@@ -35,11 +39,14 @@ def adbc_basic(uri, key_id, secret):
     return flight_sql.connect(uri, db_kwargs={"username": key_id, "password": secret})
 
 
-def http_arrow(base, secret, sql):
+def http_arrow(base, secret, sql, as_of=None):
     """The same query through POST /api/v1/sql as Arrow IPC (plain types)."""
+    body = {"sql": sql}
+    if as_of is not None:
+        body["as_of"] = as_of
     req = urllib.request.Request(
         base + "/api/v1/sql",
-        data=json.dumps({"sql": sql}).encode(),
+        data=json.dumps(body).encode(),
         headers={
             "Authorization": f"Bearer {secret}",
             "Content-Type": "application/json",
@@ -192,6 +199,8 @@ def main(cfg):
         # Refused statements: the gRPC code and CROW's message.
         report["refused"] = {sql: failure(lambda s=sql: query(conn, s)) for sql in cfg["refused"]}
 
+        bound_parameters(conn, base, key_a, cfg, report)
+
     # The handshake: basic auth with the key id and secret (ADBC and pyarrow).
     with adbc_basic(uri, cfg["key_a_id"], key_a) as conn:
         assert query(conn, q).equals(want), "after a handshake"
@@ -219,6 +228,110 @@ def main(cfg):
     print(json.dumps(report))
 
 
+def bound_parameters(conn, base, key_a, cfg, report):
+    """Prepared statements with bound parameters (ADBC binds them with a
+    DoPut of a parameter batch): the same rows as the query with literals;
+    a parameter is a value, never SQL, and never reaches another org."""
+    pq = (
+        "select message_id, user_id from raw_web_events"
+        " where user_id = $1 or message_id = $2 order by message_id"
+    )
+    with conn.cursor() as cur:
+        cur.execute(pq, parameters=("alpha-user-3", "alpha-m07"))
+        bound = cur.fetch_arrow_table()
+    literal = http_arrow(
+        base,
+        key_a,
+        "select message_id, user_id from raw_web_events"
+        " where user_id = 'alpha-user-3' or message_id = 'alpha-m07' order by message_id",
+    )
+    assert bound.equals(literal), f"{bound}\n!=\n{literal}"
+    report["bound_rows"] = bound.num_rows
+    counts = []
+    cq = "select count(*) as n from raw_web_events where user_id = $1 and $2 >= 0"
+    with conn.cursor() as cur:
+        cur.adbc_prepare(cq)
+        for v in ("alpha-user-1", cfg["b_user"], "x' or '1'='1"):
+            cur.execute(cq, parameters=(v, 1))
+            counts.append(cur.fetch_arrow_table()["n"][0].as_py())
+    report["bound_counts"] = counts
+
+    def write():
+        with conn.cursor() as cur:
+            cur.execute("delete from products where org_id = $1", parameters=("x",))
+
+    report["bound_write"] = failure(write)
+
+    def two_rows():
+        with conn.cursor() as cur:
+            cur.adbc_prepare(cq)
+            cur.executemany(cq, [("a", 1), ("b", 2)])
+            cur.fetch_arrow_table()
+
+    report["bound_two_rows"] = failure(two_rows)
+
+
+def adbc_with_headers(uri, secret, headers):
+    kwargs = {DatabaseOptions.AUTHORIZATION_HEADER.value: f"Bearer {secret}"}
+    for k, v in headers.items():
+        kwargs[DatabaseOptions.RPC_CALL_HEADER_PREFIX.value + k] = v
+    return flight_sql.connect(uri, db_kwargs=kwargs)
+
+
+def travel(cfg):
+    """`x-crow-as-of` gives the answer of /api/v1/sql's `as_of`, for a
+    statement and for a prepared statement with a bound parameter."""
+    uri, base, key, as_of = cfg["flight"], cfg["http"], cfg["key_a"], cfg["as_of"]
+    q = "select * from raw_web_events order by message_id"
+    out = {}
+    with adbc_with_headers(uri, key, {}) as conn:
+        out["latest"] = query(conn, q).num_rows
+    with adbc_with_headers(uri, key, {"x-crow-as-of": as_of}) as conn:
+        got = query(conn, q)
+        want = http_arrow(base, key, q, as_of)
+        assert got.equals(want), f"as_of: {got.num_rows} != {want.num_rows}"
+        out["as_of"] = got.num_rows
+        with conn.cursor() as cur:
+            cur.execute("select count(*) as n from raw_web_events where user_id like $1", parameters=("%",))
+            out["as_of_prepared"] = cur.fetch_arrow_table()["n"][0].as_py()
+    with adbc_with_headers(uri, key, {"x-crow-as-of": "not a time"}) as conn:
+        out["bad_as_of"] = failure(lambda: query(conn, q))
+    print(json.dumps(out))
+
+
+def tls(cfg):
+    """A query over TLS, the certificate verified; a client that does not
+    trust the certificate is refused."""
+    uri, key = cfg["flight"], cfg["key_a"]
+    with open(cfg["cert"]) as f:
+        root = f.read()
+    out = {}
+    kwargs = {
+        DatabaseOptions.AUTHORIZATION_HEADER.value: f"Bearer {key}",
+        DatabaseOptions.TLS_ROOT_CERTS.value: root,
+    }
+    with flight_sql.connect(uri, db_kwargs=kwargs) as conn:
+        out["answer"] = query(conn, "select 40 + 2 as x")["x"][0].as_py()
+    client = fl.FlightClient(uri, tls_root_certs=root.encode())
+    opts = fl.FlightCallOptions(headers=[(b"authorization", f"Bearer {key}".encode())])
+    info = client.get_flight_info(fl.FlightDescriptor.for_command(statement_cmd("select 1 as one")), opts)
+    out["pyarrow"] = client.do_get(info.endpoints[0].ticket, opts).read_all()["one"][0].as_py()
+
+    def untrusted():
+        with adbc(uri, key) as conn:
+            query(conn, "select 1")
+
+    out["untrusted"] = failure(untrusted)
+    plain = uri.replace("grpc+tls://", "grpc://")
+
+    def plaintext():
+        with adbc(plain, key) as conn:
+            query(conn, "select 1")
+
+    out["plaintext"] = failure(plaintext)
+    print(json.dumps(out))
+
+
 def refused(cfg):
     """A key (revoked, unknown) is refused by ADBC and by pyarrow."""
     uri = cfg["flight"]
@@ -235,4 +348,4 @@ def refused(cfg):
 
 
 if __name__ == "__main__":
-    {"main": main, "refused": refused}[sys.argv[1]](json.loads(sys.argv[2]))
+    {"main": main, "refused": refused, "travel": travel, "tls": tls}[sys.argv[1]](json.loads(sys.argv[2]))

@@ -10,6 +10,13 @@ Usage: pg_client.py COMMAND DSN [ARGS...]; prints one JSON document.
   revoke DSN                    print "ready", wait for a line on stdin, then
                                 query until refused (at most 20 s)
   tls DSN                       whether the connection uses TLS, and a query
+  cursor DSN SQL ITERSIZE [binary] [PARAMS_JSON]
+                                a psycopg named (server-side) cursor in a
+                                transaction: its rows, fetched ITERSIZE at a time
+  steps DSN SQL...              each statement on one connection (autocommit,
+                                simple protocol, as typed): rows or SQLSTATE
+  reflect DSN                   SQLAlchemy's PostgreSQL dialect reflects the
+                                tables (names, columns, keys, indexes, comments)
   selfsigned - DIR              write a self-signed cert.pem/key.pem for
                                 127.0.0.1 into DIR (cryptography)
 """
@@ -111,6 +118,77 @@ def revoke(dsn):
     return {"sqlstate": None, "seconds": time.time() - started}
 
 
+def cursor(dsn, sql, itersize, binary, params):
+    fetches = 0
+    with psycopg.connect(dsn) as conn:
+        with conn.cursor("crow cursor", binary=binary) as cur:
+            cur.itersize = itersize
+            cur.execute(sql, params)
+            cols = [d.name for d in cur.description]
+            rows = []
+            while True:
+                got = cur.fetchmany(itersize)
+                fetches += 1
+                if not got:
+                    break
+                rows.extend(dict(zip(cols, (plain(v) for v in r))) for r in got)
+        conn.commit()
+    return {"columns": cols, "rows": rows, "fetches": fetches}
+
+
+def reflect(dsn):
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(dsn))
+    insp = sqlalchemy.inspect(engine)
+    out = {
+        "schemas": insp.get_schema_names(),
+        "default_schema": insp.default_schema_name,
+        "tables": insp.get_table_names(),
+        "views": insp.get_view_names(),
+        "tables_detail": {},
+    }
+    def attempt(fn):
+        try:
+            return {"ok": fn()}
+        except Exception as e:  # noqa: BLE001 - every failure is reported
+            return {"error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
+
+    for t in ("interactions", "api_keys"):
+        out["tables_detail"][t] = {
+            "columns": attempt(lambda t=t: [
+                {"name": c["name"], "type": str(c["type"]), "nullable": c["nullable"],
+                 "comment": c.get("comment")}
+                for c in insp.get_columns(t)
+            ]),
+            "pk": attempt(lambda t=t: insp.get_pk_constraint(t)),
+            "fks": attempt(lambda t=t: insp.get_foreign_keys(t)),
+            "indexes": attempt(lambda t=t: insp.get_indexes(t)),
+            "unique": attempt(lambda t=t: insp.get_unique_constraints(t)),
+            "comment": attempt(lambda t=t: insp.get_table_comment(t)),
+        }
+    out["has_table"] = insp.has_table("interactions")
+    out["has_no_table"] = insp.has_table("no_such_table")
+    with engine.connect() as c:
+        out["count"] = c.execute(sqlalchemy.text("select count(*) from interactions")).scalar()
+    engine.dispose()
+    return out
+
+
+def steps(dsn, statements):
+    out = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for sql in statements:
+            try:
+                cur = conn.execute(sql)
+                rows = cur.fetchall() if cur.description else []
+                out.append({"sql": sql, "sqlstate": None, "status": cur.statusmessage,
+                            "rows": [[plain(v) for v in r] for r in rows]})
+            except psycopg.Error as e:
+                out.append({"sql": sql, "sqlstate": e.sqlstate, "message": str(e)})
+    return out
+
+
 def tls(dsn):
     with psycopg.connect(dsn, autocommit=True) as conn:
         n = conn.execute("select 40 + 2").fetchone()[0]
@@ -169,6 +247,14 @@ def main():
         out = refused(dsn, args)
     elif cmd == "revoke":
         out = revoke(dsn)
+    elif cmd == "cursor":
+        binary = len(args) > 2 and args[2] == "binary"
+        params = json.loads(args[3]) if len(args) > 3 else None
+        out = cursor(dsn, args[0], int(args[1]), binary, params)
+    elif cmd == "steps":
+        out = steps(dsn, args)
+    elif cmd == "reflect":
+        out = reflect(dsn)
     elif cmd == "tls":
         out = tls(dsn)
     elif cmd == "selfsigned":

@@ -643,6 +643,8 @@ fn add_functions(ctx: &SessionContext, rels: &[(i64, &'static crow_schemas::Tabl
         ctx.register_udf(pg_fn(name, DataType::Utf8, Answer::Null));
     }
     for name in [
+        "to_regtype",
+        "to_regclass",
         "pg_table_size",
         "pg_relation_size",
         "pg_total_relation_size",
@@ -692,7 +694,10 @@ const CASTS: &[(&str, &str)] = &[
 /// casts to catalog types (`::pg_catalog.regclass`, `::oid`, …) to text
 /// or bigint.
 pub fn rewrite(sql: &str) -> String {
-    let mut s = sql
+    let mut s = qualify_catalogs(sql)
+        // SQLAlchemy's schema listing (`NOT LIKE 'pg/_%' ESCAPE '/'`): the
+        // planner takes only `\` as escape; unescaped, `_` matches itself.
+        .replace(" ESCAPE '/'", "")
         .replace("OPERATOR(pg_catalog.~)", "~")
         .replace(" COLLATE pg_catalog.default", "");
     if s.contains("::") {
@@ -1121,6 +1126,47 @@ fn column_name(e: &datafusion::sql::sqlparser::ast::Expr) -> String {
     }
 }
 
+/// `FROM pg_type` → `FROM pg_catalog.pg_type`: Postgres finds its catalogs
+/// without a schema (psycopg's type lookups name them so).
+fn qualify_catalogs(sql: &str) -> String {
+    let lower = sql.to_ascii_lowercase();
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut last = 0;
+    let bytes = lower.as_bytes();
+    let mut i = 0;
+    while i < lower.len() {
+        let rest = &lower[i..];
+        let kw = if rest.starts_with("from") || rest.starts_with("join") {
+            4
+        } else {
+            0
+        };
+        let word_start = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
+        if kw > 0 && word_start {
+            let after = &rest[kw..];
+            let name_at = after.len() - after.trim_start().len();
+            let name = &after[name_at..];
+            if name_at > 0 && name.starts_with("pg_") {
+                let len = name
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(name.len());
+                let next = name[len..].trim_start();
+                if !next.starts_with('.') && !next.starts_with('(') {
+                    let at = i + kw + name_at;
+                    out.push_str(&sql[last..at]);
+                    out.push_str("pg_catalog.");
+                    last = at;
+                }
+            }
+            i += kw;
+            continue;
+        }
+        i += rest.chars().next().map_or(1, char::len_utf8);
+    }
+    out.push_str(&sql[last..]);
+    out
+}
+
 /// `s` with each cast `from` (not followed by more of an identifier)
 /// replaced by `to`.
 fn replace_cast(s: &str, from: &str, to: &str) -> String {
@@ -1197,6 +1243,23 @@ mod tests {
             "SELECT * FROM interactions",
         ] {
             assert_eq!(empty_answer(not_empty), None, "{not_empty}");
+        }
+    }
+
+    #[test]
+    fn unqualified_catalogs_are_qualified() {
+        assert_eq!(
+            qualify_catalogs("SELECT typname FROM pg_type t JOIN pg_namespace n ON true, x FROM\n pg_class"),
+            "SELECT typname FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON true, x FROM\n pg_catalog.pg_class"
+        );
+        for same in [
+            "select * from pg_catalog.pg_type",
+            "select * from pg_tables_of_mine.x",
+            "select * from interactions",
+            "select pg_type from t",
+            "select * from unnest(pg_x(1))",
+        ] {
+            assert_eq!(qualify_catalogs(same), same);
         }
     }
 

@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, SchemaRef};
 use async_trait::async_trait;
 use crow_lake::AsOf;
@@ -22,6 +23,7 @@ use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::data::DataRow;
 use pgwire::messages::PgWireBackendMessage;
 
+use super::session::{self, Command, Cursor};
 use super::{encode, recheck, user_error, Session};
 use crate::error::ApiError;
 use crate::slots::Permits;
@@ -109,10 +111,13 @@ pub fn fixed(sql: &str) -> Option<Fixed> {
         "set" => Fixed::Tag("SET"),
         "reset" => Fixed::Tag("RESET"),
         "discard" => Fixed::Tag("DISCARD ALL"),
-        "deallocate" => Fixed::Tag("DEALLOCATE"),
         "unlisten" => Fixed::Tag("UNLISTEN"),
         "begin" => Fixed::Begin,
         "start" if s.starts_with("start transaction") => Fixed::Begin,
+        // Savepoints (psycopg's nested transactions): nothing to undo.
+        "savepoint" => Fixed::Tag("SAVEPOINT"),
+        "release" => Fixed::Tag("RELEASE"),
+        "rollback" if s.starts_with("rollback to ") => Fixed::Tag("ROLLBACK"),
         "commit" | "end" => Fixed::End("COMMIT"),
         "rollback" | "abort" => Fixed::End("ROLLBACK"),
         "show" => {
@@ -174,6 +179,17 @@ pub enum Prepared {
         params: Vec<DataType>,
         /// The result's schema.
         schema: SchemaRef,
+    },
+    /// A statement about SQL-level prepared statements or cursors
+    /// ([`session`]), with the types of its `$n` parameters (of a
+    /// `DECLARE`'s query) and its result's schema (of `FETCH`, `EXECUTE`).
+    Session {
+        /// The statement.
+        cmd: Command,
+        /// Parameter `$i+1`'s type.
+        params: Vec<DataType>,
+        /// The result's schema, if it has rows.
+        schema: Option<SchemaRef>,
     },
 }
 
@@ -248,6 +264,63 @@ impl QueryParser for Parser {
         if let Some(f) = fixed(sql) {
             return Ok(Some(Prepared::Fixed(f)));
         }
+        if let Some(cmd) = session::parse(sql) {
+            return self.parse_session(client, cmd?, types).await.map(Some);
+        }
+        let (sql, params, schema) = self.plan(client, sql, types).await?;
+        Ok(Some(Prepared::Query {
+            sql,
+            params,
+            schema,
+        }))
+    }
+
+    fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
+        Ok(match stmt {
+            Prepared::Fixed(_) => vec![],
+            Prepared::Query { params, .. } | Prepared::Session { params, .. } => {
+                params.iter().map(encode::pg_type).collect()
+            }
+        })
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &Prepared,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        let format = |i: usize| column_format.map_or(FieldFormat::Text, |f| f.format_for(i));
+        Ok(match stmt {
+            Prepared::Fixed(Fixed::Show(name, _)) => vec![FieldInfo::new(
+                name.clone(),
+                None,
+                None,
+                Type::TEXT,
+                format(0),
+            )],
+            Prepared::Fixed(Fixed::Empty(columns)) => empty_fields(columns, format),
+            Prepared::Fixed(_) | Prepared::Session { schema: None, .. } => vec![],
+            Prepared::Query { schema, .. }
+            | Prepared::Session {
+                schema: Some(schema),
+                ..
+            } => encode::fields(schema, format),
+        })
+    }
+}
+
+impl Parser {
+    /// Plan `sql` in the caller's tenant session: the SQL as it runs, its
+    /// parameters' types and its result's schema.
+    async fn plan<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<(String, Vec<DataType>, SchemaRef)>
+    where
+        C: ClientInfo + ?Sized,
+    {
         let session = session_of(client)?;
         let p = recheck(&self.st, &session).await?;
         let (ctx, schema) = self.st.tenant_session(&p, AsOf::Latest, Default::default());
@@ -291,42 +364,66 @@ impl QueryParser for Parser {
                     .unwrap_or(DataType::Utf8)
             })
             .collect();
-        Ok(Some(Prepared::Query {
-            sql,
+        Ok((sql, params, schema))
+    }
+
+    /// A session statement of the extended protocol: the parameters of a
+    /// `DECLARE`'s query, the result of a `FETCH` (the cursor's) or an
+    /// `EXECUTE` (the prepared statement's).
+    async fn parse_session<C>(
+        &self,
+        client: &C,
+        cmd: Command,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Prepared>
+    where
+        C: ClientInfo + ?Sized,
+    {
+        let (params, schema) = match &cmd {
+            Command::Declare { sql, .. } => {
+                let (_, params, _) = self.plan(client, sql, types).await?;
+                (params, None)
+            }
+            Command::Fetch { name, skip, .. } => {
+                let conn = session::conn(client);
+                let cursors = conn.cursors.lock().await;
+                let c = cursors.get(name).ok_or_else(|| no_cursor(name))?;
+                (vec![], (!skip).then(|| c.schema.clone()))
+            }
+            Command::Execute { name, .. } => {
+                let stmt = prepared_statement(client, name)?;
+                let (_, _, schema) = self.plan(client, &stmt.sql, &[]).await?;
+                (vec![], Some(schema))
+            }
+            _ => (vec![], None),
+        };
+        Ok(Prepared::Session {
+            cmd,
             params,
             schema,
-        }))
-    }
-
-    fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
-        Ok(match stmt {
-            Prepared::Fixed(_) => vec![],
-            Prepared::Query { params, .. } => params.iter().map(encode::pg_type).collect(),
         })
     }
+}
 
-    fn get_result_schema(
-        &self,
-        stmt: &Prepared,
-        column_format: Option<&Format>,
-    ) -> PgWireResult<Vec<FieldInfo>> {
-        Ok(match stmt {
-            Prepared::Fixed(Fixed::Show(name, _)) => vec![FieldInfo::new(
-                name.clone(),
-                None,
-                None,
-                Type::TEXT,
-                column_format.map_or(FieldFormat::Text, |f| f.format_for(0)),
-            )],
-            Prepared::Fixed(Fixed::Empty(columns)) => empty_fields(columns, |i| {
-                column_format.map_or(FieldFormat::Text, |f| f.format_for(i))
-            }),
-            Prepared::Fixed(_) => vec![],
-            Prepared::Query { schema, .. } => encode::fields(schema, |i| {
-                column_format.map_or(FieldFormat::Text, |f| f.format_for(i))
-            }),
-        })
-    }
+fn no_cursor(name: &str) -> PgWireError {
+    user_error("34000", format!("cursor \"{name}\" does not exist"))
+}
+
+fn prepared_statement(
+    client: &(impl ClientInfo + ?Sized),
+    name: &str,
+) -> PgWireResult<session::Statement> {
+    let conn = session::conn(client);
+    let stmts = conn
+        .statements
+        .lock()
+        .map_err(|_| user_error("XX000", "prepared statements unavailable"))?;
+    stmts.get(name).cloned().ok_or_else(|| {
+        user_error(
+            "26000",
+            format!("prepared statement \"{name}\" does not exist"),
+        )
+    })
 }
 
 /// A running query's rows, batch by batch, within the row cap and the
@@ -422,16 +519,19 @@ impl Rows {
 }
 
 impl Queries {
-    /// Run `sql` for `client`'s key: re-checked, within its slots, in a
-    /// fresh tenant session. Returns once the first rows are ready (so
-    /// planning and a slow first batch can be cancelled and time out).
-    async fn run<C>(
+    /// Start `sql` for `client`'s key: re-checked, within its slots, in a
+    /// fresh tenant session (planned and refused as on the HTTP path).
+    async fn start<C>(
         &self,
         client: &C,
         sql: &str,
         params: Option<ParamValues>,
-        format: impl Fn(usize) -> FieldFormat + Send,
-    ) -> PgWireResult<Response>
+    ) -> PgWireResult<(
+        RunningQuery,
+        Permits,
+        tokio::time::Instant,
+        std::time::Instant,
+    )>
     where
         C: ClientInfo + Sync + ?Sized,
     {
@@ -460,6 +560,24 @@ impl Queries {
         )
         .await
         .map_err(|e| api_error(&e))?;
+        Ok((query, permits, deadline, started))
+    }
+
+    /// Run `sql` for `client`'s key ([`Queries::start`]). Returns once the
+    /// first rows are ready (so planning and a slow first batch can be
+    /// cancelled and time out).
+    async fn run<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        params: Option<ParamValues>,
+        format: impl Fn(usize) -> FieldFormat + Send,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Sync + ?Sized,
+    {
+        let st = &self.st;
+        let (query, permits, deadline, started) = self.start(client, sql, params).await?;
         let fields = Arc::new(encode::fields(&query.schema, format));
         encode::check_formats(&fields)?;
         let mut rows = Rows {
@@ -510,7 +628,19 @@ impl SimpleQueryHandler for Queries {
     {
         if let Some(f) = fixed(query) {
             session_of(client)?;
+            if matches!(f, Fixed::End(_)) {
+                end_transaction(&*client).await;
+            }
             return Ok(vec![fixed_response(&f)]);
+        }
+        if let Some(cmd) = session::parse(query) {
+            let r = self
+                .session(&*client, cmd?, None, |_| FieldFormat::Text)
+                .await?;
+            if let Some(name) = closed_portal(query) {
+                client.portal_store().rm_portal(&name);
+            }
+            return Ok(vec![r]);
         }
         Ok(vec![
             self.run(client, query, None, |_| FieldFormat::Text).await?,
@@ -574,7 +704,56 @@ impl ExtendedQueryHandler for Queries {
     {
         let stmt = portal.statement.clone();
         match &stmt.statement {
-            Prepared::Fixed(f) => Ok(fixed_response(f)),
+            Prepared::Fixed(f) => {
+                if matches!(f, Fixed::End(_)) {
+                    end_transaction(&*client).await;
+                }
+                Ok(fixed_response(f))
+            }
+            Prepared::Session { cmd, params, .. } => {
+                let values = if params.is_empty() {
+                    None
+                } else {
+                    Some(param_values(portal, &stmt, params)?)
+                };
+                let formats = portal.result_column_format.clone();
+                let r = self
+                    .session(&*client, cmd.clone(), values, move |i| {
+                        formats.format_for(i)
+                    })
+                    .await?;
+                match cmd {
+                    Command::Declare { name, sql, .. } => {
+                        // psycopg describes a declared cursor as a portal.
+                        let schema = session::conn(&*client)
+                            .cursors
+                            .lock()
+                            .await
+                            .get(name)
+                            .map(|c| c.schema.clone());
+                        if let Some(schema) = schema {
+                            let stmt = StoredStatement::new(
+                                String::new(),
+                                Prepared::Query {
+                                    sql: sql.clone(),
+                                    params: vec![],
+                                    schema,
+                                },
+                                vec![],
+                            );
+                            client
+                                .portal_store()
+                                .put_portal(Arc::new(Portal::new_cursor(
+                                    name.clone(),
+                                    Arc::new(stmt),
+                                )));
+                        }
+                    }
+                    Command::Close(Some(name)) => client.portal_store().rm_portal(name),
+                    _ => {}
+                }
+                Ok(r)
+            }
             Prepared::Query { sql, params, .. } => {
                 let values = param_values(portal, &stmt, params)?;
                 let formats = portal.result_column_format.clone();
@@ -583,4 +762,153 @@ impl ExtendedQueryHandler for Queries {
             }
         }
     }
+}
+
+/// The cursor a `CLOSE name` statement closes (its portal goes too).
+fn closed_portal(sql: &str) -> Option<String> {
+    match session::parse(sql) {
+        Some(Ok(Command::Close(Some(name)))) => Some(name),
+        _ => None,
+    }
+}
+
+/// `COMMIT`/`ROLLBACK`: cursors declared `WITHOUT HOLD` are closed.
+async fn end_transaction(client: &(impl ClientInfo + ?Sized)) {
+    let conn = session::conn(client);
+    conn.cursors.lock().await.retain(|_, c| c.hold);
+}
+
+impl Queries {
+    /// Run a session statement ([`session::Command`]) for `client`.
+    async fn session<C>(
+        &self,
+        client: &C,
+        cmd: Command,
+        params: Option<ParamValues>,
+        format: impl Fn(usize) -> FieldFormat + Send,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Sync + ?Sized,
+    {
+        let conn = session::conn(client);
+        let tag = |t: &str| Ok(Response::Execution(Tag::new(t)));
+        match cmd {
+            Command::Prepare { name, sql } => {
+                let (_, params, _) = self.parser.plan(client, &sql, &[]).await?;
+                let mut stmts = conn
+                    .statements
+                    .lock()
+                    .map_err(|_| user_error("XX000", "prepared statements unavailable"))?;
+                if stmts.contains_key(&name) {
+                    return Err(user_error(
+                        "42P05",
+                        format!("prepared statement \"{name}\" already exists"),
+                    ));
+                }
+                stmts.insert(name, session::Statement { sql, params });
+                tag("PREPARE")
+            }
+            Command::Execute { name, args } => {
+                let stmt = prepared_statement(client, &name)?;
+                let values = execute_values(&stmt, &args)?;
+                self.run(client, &stmt.sql, Some(values), format).await
+            }
+            Command::Deallocate(name) => {
+                let mut stmts = conn
+                    .statements
+                    .lock()
+                    .map_err(|_| user_error("XX000", "prepared statements unavailable"))?;
+                match name {
+                    // A protocol-level statement's name (psycopg's) is
+                    // not an error either: the driver keeps those.
+                    Some(n) => {
+                        stmts.remove(&n);
+                    }
+                    None => stmts.clear(),
+                }
+                tag("DEALLOCATE")
+            }
+            Command::Declare { name, hold, sql } => {
+                if conn.cursors.lock().await.contains_key(&name) {
+                    return Err(user_error(
+                        "42P03",
+                        format!("cursor \"{name}\" already exists"),
+                    ));
+                }
+                let (query, permits, deadline, _) = self.start(client, &sql, params).await?;
+                let cursor = Cursor {
+                    schema: query.schema.clone(),
+                    hold,
+                    query,
+                    pending: VecDeque::new(),
+                    rows: 0,
+                    max_rows: self.st.cfg.max_result_rows,
+                    deadline,
+                    timeout: self.st.cfg.query_timeout_seconds,
+                    done: false,
+                    _permits: permits,
+                };
+                conn.cursors.lock().await.insert(name, cursor);
+                tag("DECLARE CURSOR")
+            }
+            Command::Fetch { name, count, skip } => {
+                // The key is re-checked at every FETCH, as at every statement.
+                recheck(&self.st, session_of(client)?.as_ref()).await?;
+                let mut cursors = conn.cursors.lock().await;
+                let c = cursors.get_mut(&name).ok_or_else(|| no_cursor(&name))?;
+                let batches = c.fetch(count).await?;
+                let n: usize = batches.iter().map(RecordBatch::num_rows).sum();
+                if skip {
+                    return Ok(Response::Execution(Tag::new("MOVE").with_rows(n)));
+                }
+                let fields = Arc::new(encode::fields(&c.schema, format));
+                encode::check_formats(&fields)?;
+                let mut rows = Vec::with_capacity(n);
+                for b in &batches {
+                    rows.extend(encode::rows(b, &fields)?.into_iter().map(Ok));
+                }
+                let mut r = QueryResponse::new(fields, futures::stream::iter(rows));
+                r.set_command_tag("FETCH");
+                Ok(Response::Query(r))
+            }
+            Command::Close(name) => {
+                let mut cursors = conn.cursors.lock().await;
+                match name {
+                    Some(n) => {
+                        cursors.remove(&n).ok_or_else(|| no_cursor(&n))?;
+                    }
+                    None => cursors.clear(),
+                }
+                tag("CLOSE CURSOR")
+            }
+        }
+    }
+}
+
+/// `EXECUTE`'s literal values as the prepared statement's parameters.
+fn execute_values(stmt: &session::Statement, args: &[Option<String>]) -> PgWireResult<ParamValues> {
+    if args.len() != stmt.params.len() {
+        return Err(user_error(
+            "42601",
+            format!(
+                "the prepared statement takes {} values; {} were given",
+                stmt.params.len(),
+                args.len()
+            ),
+        ));
+    }
+    let values = stmt
+        .params
+        .iter()
+        .zip(args)
+        .map(|(t, v)| {
+            encode::param(
+                v.as_deref().map(str::as_bytes),
+                false,
+                &encode::pg_type(t),
+                t,
+            )
+        })
+        .collect::<PgWireResult<Vec<_>>>()?;
+    Ok(ParamValues::from(values))
 }

@@ -23,6 +23,7 @@
 mod catalog;
 mod encode;
 mod exec;
+mod session;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -227,27 +228,30 @@ impl PgWireServerHandlers for Handlers {
 
 /// The TLS acceptor of `cert` (PEM chain) and `key` (PEM private key).
 pub fn tls_acceptor(cert: &str, key: &str) -> Result<TlsAcceptor, String> {
+    tls_config(cert, key, "server.pg_tls").map(|c| TlsAcceptor::from(Arc::new(c)))
+}
+
+/// The rustls server configuration of `cert` (PEM chain) and `key` (PEM
+/// private key), errors naming the settings `{setting}_cert`/`_key`.
+pub fn tls_config(cert: &str, key: &str, setting: &str) -> Result<rustls::ServerConfig, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("server.pg_tls_cert `{cert}`: {e}"))?;
+        .map_err(|e| format!("{setting}_cert `{cert}`: {e}"))?;
     if certs.is_empty() {
-        return Err(format!(
-            "server.pg_tls_cert `{cert}` holds no PEM certificate"
-        ));
+        return Err(format!("{setting}_cert `{cert}` holds no PEM certificate"));
     }
     let key =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("server.pg_tls_key `{key}`: {e}"))?;
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{setting}_key `{key}`: {e}"))?;
     // Both ring and aws-lc-rs are in the build: name the provider.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS: {e}"))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| format!("server.pg_tls_cert / server.pg_tls_key: {e}"))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+        .map_err(|e| format!("{setting}_cert / {setting}_key: {e}"))
 }
 
 /// Serve the Postgres wire protocol on `listener` until `shutdown`

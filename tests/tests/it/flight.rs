@@ -142,6 +142,7 @@ async fn flight_sql_answers_like_the_http_api_and_keeps_tenants_apart() {
         "key_a": secret(&ka),
         "key_b": secret(&kb),
         "b_marks": [B_MARK, org_b],
+        "b_user": format!("{B_MARK}-user-1"),
         "tables": tables,
         "hostile": hostile,
         "refused": refused,
@@ -153,6 +154,13 @@ async fn flight_sql_answers_like_the_http_api_and_keeps_tenants_apart() {
     assert_eq!(report["polars_count"], 20, "{report}");
     assert_eq!(report["vendor"], "CROW");
     assert_eq!(report["hostile"], hostile.len());
+    // Bound parameters: the literal query's rows; a value is never SQL and
+    // never reaches org B; writes and multi-row binds are refused.
+    assert_eq!(report["bound_rows"], 2, "{report}");
+    assert_eq!(report["bound_counts"], json!([1, 0, 0]), "{report}");
+    let e = report["bound_write"].as_str().unwrap_or("");
+    assert!(e.contains("not allowed"), "{e}");
+    assert!(report["bound_two_rows"].is_string(), "{report}");
     let why = |q: &str| report["refused"][q].as_str().unwrap_or("").to_string();
     for q in &refused[..8] {
         let e = why(q);
@@ -250,6 +258,21 @@ async fn flight_sql_answers_like_the_http_api_and_keeps_tenants_apart() {
         );
     }
 
+    // Time travel: `x-crow-as-of` answers as /api/v1/sql's `as_of`.
+    let before_more = Utc::now();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    land_web(&lake, &org_a, &events("later"), Utc::now()).await;
+    let travel = client(
+        "travel",
+        &json!({"flight": flight, "http": server.url(""), "key_a": secret(&ka),
+                "as_of": before_more.to_rfc3339()}),
+    );
+    assert_eq!(travel["latest"], 40, "{travel}");
+    assert_eq!(travel["as_of"], 20, "{travel}");
+    assert_eq!(travel["as_of_prepared"], 20, "{travel}");
+    let bad = travel["bad_as_of"].as_str().unwrap_or("");
+    assert!(bad.contains("as_of"), "{bad}");
+
     // An unknown key, and a revoked one (within api.key_cache_seconds).
     let unknown = client(
         "refused",
@@ -289,4 +312,86 @@ fn flight_listen_must_be_an_address() {
         err.contains("server.flight_listen") && err.contains("nowhere"),
         "{err}"
     );
+}
+
+/// With `server.flight_tls_cert`/`_key` the listener speaks TLS only:
+/// ADBC and pyarrow verify the certificate; a client that does not trust
+/// it, or one without TLS, gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flight_sql_over_tls() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    let org = b.crow_json(&["orgs", "create", "--name", "Alpha Audio"])["org_id"]
+        .as_str()
+        .expect("org")
+        .to_string();
+    let key = b.crow_json(&["keys", "create", "--org", &org, "--scope", "read"]);
+    let certs = tempfile::tempdir().expect("dir");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/pg_client.py");
+    let made = Command::new(python())
+        .arg(script)
+        .args(["selfsigned", "-", &certs.path().display().to_string()])
+        .output()
+        .expect("python");
+    assert!(made.status.success(), "{made:?}");
+    let cert = certs.path().join("cert.pem").display().to_string();
+    let pem_key = certs.path().join("key.pem").display().to_string();
+    let wal = tempfile::tempdir().expect("wal");
+    let server = Server::start(
+        &b,
+        wal.path(),
+        &[
+            ("CROW_SERVER_FLIGHT_LISTEN", "127.0.0.1:0"),
+            ("CROW_SERVER_FLIGHT_TLS_CERT", &cert),
+            ("CROW_SERVER_FLIGHT_TLS_KEY", &pem_key),
+        ],
+    );
+    let addr = flight_addr(&server);
+    assert!(addr.starts_with("grpc+tls://"), "{addr}");
+    let got = client(
+        "tls",
+        &json!({"flight": addr, "key_a": key["secret"], "cert": cert}),
+    );
+    assert_eq!(got["answer"], 42, "{got}");
+    assert_eq!(got["pyarrow"], 1, "{got}");
+    for how in ["untrusted", "plaintext"] {
+        assert!(got[how].is_string(), "{how} must fail: {got}");
+    }
+    // Half a TLS setting, or a bad file, is a startup error naming it.
+    for (env, named) in [
+        (
+            vec![("CROW_SERVER_FLIGHT_TLS_CERT", cert.as_str())],
+            "server.flight_tls_key",
+        ),
+        (
+            vec![
+                ("CROW_SERVER_FLIGHT_TLS_CERT", "/nonexistent/cert.pem"),
+                ("CROW_SERVER_FLIGHT_TLS_KEY", pem_key.as_str()),
+            ],
+            "server.flight_tls_cert",
+        ),
+    ] {
+        let mut cmd = Command::new(crate::support::crow_bin());
+        cmd.args([
+            "--lake",
+            &b.uri,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--only",
+            "api",
+        ])
+        .env_remove("CROW_CONFIG")
+        .env_remove("CROW_LAKE")
+        .env("CROW_SERVER_FLIGHT_LISTEN", "127.0.0.1:0");
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("crow serve");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(named),
+            "{env:?}: {err}"
+        );
+    }
 }

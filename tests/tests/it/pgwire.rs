@@ -59,6 +59,27 @@ fn psql(w: &World, user: &str, password: &str, sql: &str) -> (bool, String, Stri
     )
 }
 
+/// `psql -q` with one `-c` per statement, on one connection.
+fn psql_many(w: &World, user: &str, password: &str, sqls: &[&str]) -> (bool, String, String) {
+    let (host, port) = pg_addr(w);
+    let mut cmd = Command::new("psql");
+    cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+        .arg(format!(
+            "host={host} port={port} user={user} dbname=crow sslmode=disable"
+        ))
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10");
+    for sql in sqls {
+        cmd.args(["-c", sql]);
+    }
+    let out = cmd.output().expect("psql");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
 /// tests/py/pg_client.py COMMAND DSN ARGS…: its JSON output.
 fn client(dsn: &str, cmd: &str, args: &[&str]) -> Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/pg_client.py");
@@ -122,6 +143,9 @@ async fn pg_wire_matches_http_and_keeps_the_tenant_boundary() {
     psql_checks(&w);
     psycopg_matches_http(&w).await;
     hostile_sql_replayed(&w);
+    prepared_statements_and_cursors(&w).await;
+    hostile_sessions(&w);
+    sqlalchemy_reflects(&w);
     revoked_while_open(&w);
 }
 
@@ -459,4 +483,202 @@ async fn pg_wire_over_tls() {
             "{env:?}: {err}"
         );
     }
+}
+
+/// SQL-level `PREPARE`/`EXECUTE`/`DEALLOCATE` (psql) and cursors (psql's
+/// `DECLARE`/`FETCH`/`CLOSE`, psycopg's named cursors): the same rows as
+/// the HTTP API.
+async fn prepared_statements_and_cursors(w: &World) {
+    let web: Vec<Value> = w
+        .post_sql(
+            &w.key_a,
+            json!({ "sql": "select count(*) as n from interactions where channel = 'web'" }),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .expect("rows");
+    let web = web[0]["n"].as_i64().expect("n");
+    assert!(web > 0);
+    let (ok, out, err) = psql_many(
+        w,
+        &w.org_a,
+        &w.key_a,
+        &[
+            "PREPARE by_channel (text) AS select count(*) from interactions where channel = $1",
+            "EXECUTE by_channel('web')",
+            "EXECUTE by_channel ( 'no such channel' );",
+            "DEALLOCATE by_channel",
+            "PREPARE by_channel AS select $1::bigint + 1",
+            "EXECUTE by_channel(41)",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, format!("{web}\n0\n42"));
+    let (ok, _, err) = psql_many(
+        w,
+        &w.org_a,
+        &w.key_a,
+        &["PREPARE p AS select 1", "DEALLOCATE p", "EXECUTE p"],
+    );
+    assert!(!ok && err.contains("\"p\" does not exist"), "{err}");
+    // psql: a cursor in a transaction, fetched in pieces.
+    let (ok, out, err) = psql_many(
+        w,
+        &w.org_a,
+        &w.key_a,
+        &[
+            "BEGIN",
+            "DECLARE c CURSOR FOR select value from range(0, 10) order by value",
+            "FETCH 3 FROM c",
+            "MOVE FORWARD 2 IN c",
+            "FETCH NEXT FROM c",
+            "FETCH ALL FROM c",
+            "FETCH 5 FROM c",
+            "CLOSE c",
+            "COMMIT",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "0\n1\n2\n5\n6\n7\n8\n9");
+
+    // psycopg's named cursor: DECLARE (extended protocol, a described
+    // portal), FETCH FORWARD n; text and binary; parameters.
+    let d = dsn(w, &w.org_a, &w.key_a);
+    let sql = "select * from interactions order by interaction_id";
+    let http: Vec<Value> = w
+        .post_sql(&w.key_a, json!({ "sql": sql }), None)
+        .await
+        .json()
+        .await
+        .expect("rows");
+    let want: Vec<Value> = http.iter().map(normalise).collect();
+    for mode in ["text", "binary"] {
+        let got = client(&d, "cursor", &[sql, "2", mode]);
+        assert_no_leak(w, "cursor", &got);
+        assert_eq!(got["rows"].as_array().expect("rows"), &want, "{mode}");
+        // Two rows a FETCH, and one more that comes back empty.
+        assert_eq!(got["fetches"], want.len().div_ceil(2) + 1, "{mode}");
+    }
+    let got = client(
+        &d,
+        "cursor",
+        &[
+            "select input_tokens from interactions where input_tokens >= %s and channel = %s order by 1",
+            "1",
+            "text",
+            "[2, \"web\"]",
+        ],
+    );
+    assert_eq!(
+        got["rows"],
+        json!([{ "input_tokens": 2 }, { "input_tokens": 3 }])
+    );
+    let got = client(
+        &d,
+        "cursor",
+        &["select value from range(0, 25000)", "1000", "binary"],
+    );
+    let values: Vec<i64> = got["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["value"].as_i64())
+        .collect();
+    assert_eq!(values, (0..25_000).collect::<Vec<i64>>());
+    assert_eq!(got["fetches"], 26);
+}
+
+/// The hostile cases through prepared statements and cursors: another
+/// organization's rows never come back, writes and files are refused.
+fn hostile_sessions(w: &World) {
+    let d = dsn(w, &w.org_a, &w.key_a);
+    let org_b = format!("EXECUTE by_org('{}')", w.org_b);
+    let org_a = format!("EXECUTE by_org('{}')", w.org_a);
+    let lake_dir = w.b.uri.clone();
+    let stolen = Path::new(&lake_dir).join("stolen2.csv");
+    let copy = format!(
+        "DECLARE w CURSOR FOR copy (select * from raw_web_events) to '{}'",
+        stolen.display()
+    );
+    let steps = [
+        ("PREPARE by_org AS select org_id from raw_web_events where org_id = $1", None),
+        (org_b.as_str(), None),
+        ("EXECUTE by_org('x'' or ''1''=''1')", None),
+        (org_a.as_str(), None),
+        ("PREPARE w AS delete from products", Some("42501")),
+        ("PREPARE w AS drop table products", Some("42501")),
+        ("PREPARE w AS select * from api_keys_secret", Some("42P01")),
+        (
+            "DECLARE c CURSOR WITH HOLD FOR select a.org_id from raw_web_events a cross join raw_web_events b",
+            None,
+        ),
+        ("FETCH ALL FROM c", None),
+        ("CLOSE c", None),
+        ("FETCH 1 FROM c", Some("34000")),
+        ("DECLARE w CURSOR FOR delete from products", Some("42501")),
+        ("DECLARE w CURSOR FOR create table t as select 1", Some("42501")),
+        (copy.as_str(), Some("42501")),
+        ("DECLARE w CURSOR FOR select * from organizations", None),
+        ("FETCH ALL IN w", None),
+        ("FETCH BACKWARD 1 FROM w", Some("0A000")),
+        ("EXECUTE never_prepared", Some("26000")),
+        ("EXECUTE by_org(now())", Some("0A000")),
+    ];
+    let sqls: Vec<&str> = steps.iter().map(|(s, _)| *s).collect();
+    let got = client(&d, "steps", &sqls);
+    assert_no_leak(w, "sessions", &got);
+    let got = got.as_array().expect("results");
+    for ((sql, state), r) in steps.iter().zip(got) {
+        match state {
+            None => assert!(r["sqlstate"].is_null(), "`{sql}` failed: {r}"),
+            Some(s) => assert_eq!(r["sqlstate"], *s, "`{sql}`: {r}"),
+        }
+    }
+    assert_eq!(got[1]["rows"], json!([]), "org B's rows by parameter");
+    assert_eq!(got[2]["rows"], json!([]), "a parameter is a value, not SQL");
+    let own = got[3]["rows"].as_array().expect("rows");
+    assert!(!own.is_empty());
+    let fetched = got[8]["rows"].as_array().expect("rows");
+    assert!(!fetched.is_empty());
+    for r in own.iter().chain(fetched) {
+        assert_eq!(r[0], json!(w.org_a), "{r}");
+    }
+    // The tenant view of organizations: only org A's row.
+    let orgs = got[15]["rows"].as_array().expect("rows");
+    assert_eq!(orgs.len(), 1, "{orgs:?}");
+    assert!(!stolen.exists(), "COPY must not write");
+}
+
+/// SQLAlchemy's PostgreSQL dialect lists the tenant's schemas and tables
+/// through pg_catalog (as Superset and other SQLAlchemy-based tools do
+/// first), and queries through its engine. Its per-table reflection
+/// (`get_columns`, keys, indexes: casts to `OID`/`REGCLASS`,
+/// `json_build_object`, `pg_opclass`) does not work yet.
+fn sqlalchemy_reflects(w: &World) {
+    let d = dsn(w, &w.org_a, &w.key_a);
+    let got = client(&d, "reflect", &[]);
+    assert_no_leak(w, "reflection", &got);
+    assert_eq!(got["default_schema"], "public");
+    assert!(
+        got["schemas"]
+            .as_array()
+            .is_some_and(|s| s.contains(&json!("public"))),
+        "{got}"
+    );
+    let mut want: Vec<&str> = crow_schemas::ALL_TABLES.iter().map(|t| t.name).collect();
+    want.sort_unstable();
+    let mut tables: Vec<&str> = got["tables"]
+        .as_array()
+        .expect("tables")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    tables.sort_unstable();
+    assert_eq!(tables, want);
+    assert_eq!(got["views"], json!([]));
+    assert_eq!(got["count"], w.a_rows);
+    assert_eq!(got["has_table"], true);
+    assert_eq!(got["has_no_table"], false);
 }
