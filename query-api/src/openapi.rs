@@ -268,6 +268,32 @@ pub fn document() -> Value {
     );
     let id_param =
         json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    let insight_days = json!({"get": {
+        "summary": "The metric of each pattern of one period (the 50 most significant) day by day, as the patterns job counts it, from 28 days before the period to 7 days after it (ending before today; at most 120 days): `measure` count (`value` = `k`) or rate (`value` = `k` / `n`, null without trials). 404 when the period has no patterns.",
+        "security": [{"bearer": []}],
+        "parameters": [{"name": "period_kind", "in": "query", "required": true, "schema": {"type": "string"}, "description": "day, week, month, year or all."},
+                       {"name": "period_start", "in": "query", "required": true, "schema": {"type": "string", "format": "date"}}],
+        "responses": responses("200", json_ok("The days.", json!({"type": "object", "required": ["period", "from", "to", "patterns"],
+            "properties": {"period": {"type": "object"}, "from": {"type": "string", "format": "date"}, "to": {"type": "string", "format": "date"},
+                "patterns": {"type": "array", "items": {"type": "object", "required": ["pattern_id", "metric", "measure", "days"],
+                    "properties": {"pattern_id": {"type": "string"}, "metric": {"type": "string"},
+                        "segment": {"type": "string", "nullable": true}, "measure": {"type": "string", "enum": ["count", "rate"]},
+                        "days": {"type": "array", "items": {"type": "object", "required": ["date", "k", "n", "value"],
+                            "properties": {"date": {"type": "string", "format": "date"}, "k": {"type": "number"}, "n": {"type": "number"},
+                                "value": {"type": "number", "nullable": true}}}}}}}}})), &[400, 401, 403, 404, 429]),
+    }});
+    let invoice = json!({"get": {
+        "summary": "The organization's invoice of a month with its line items, as `crow billing report --month` prices it (the server's [billing] price book); 404 for a month without usage.",
+        "security": [{"bearer": []}],
+        "parameters": [{"name": "month", "in": "query", "required": true, "schema": {"type": "string"}, "description": "YYYY-MM."}],
+        "responses": responses("200", json_ok("The invoice.", json!({"type": "object",
+            "required": ["org_id", "month", "currency", "usage", "days", "lines", "total_micros"],
+            "properties": {"org_id": {"type": "string"}, "month": {"type": "string"}, "currency": {"type": "string"},
+                "usage": {"type": "object"}, "days": {"type": "integer"}, "total_micros": {"type": "integer"},
+                "lines": {"type": "array", "items": {"type": "object", "required": ["item", "quantity", "per", "unit_price_micros", "amount_micros"],
+                    "properties": {"item": {"type": "string"}, "quantity": {"type": "integer"}, "per": {"type": "integer"},
+                        "unit_price_micros": {"type": "integer"}, "amount_micros": {"type": "integer"}}}}}})), &[400, 401, 403, 404, 429]),
+    }});
     let mut audit = listing(
         "The organization's audit log (admin keys, admin and owner users).",
         "Audit",
@@ -319,6 +345,8 @@ pub fn document() -> Value {
             "/api/v1/sessions": listing("Sessions.", "Session", &["id", "from", "to", "channel", "product", "limit", "cursor"]),
             "/api/v1/interactions": listing("Interactions.", "Interaction", &["id", "from", "to", "channel", "product", "limit", "cursor"]),
             "/api/v1/insights": listing("Patterns by period.", "Insight", &["id", "period_kind", "from", "to", "product", "limit", "cursor"]),
+            "/api/v1/insights/days": insight_days,
+            "/api/v1/invoice": invoice,
             "/api/v1/stories": listing("Stories: findings that share a cause, with their start, end or ongoing, segments and estimated impact (`from`/`to` on the start day).", "Story", &["id", "from", "to", "product", "limit", "cursor"]),
             "/api/v1/usage": listing("Daily usage and its priced amount, by day.", "Usage", &["from", "to", "limit", "cursor"]),
             "/api/v1/audit": audit,
