@@ -449,6 +449,7 @@ def products_page(page, axe_js, out):
         patterns: Number(r.dataset.patterns)}))""")
     assert trend, "the product has days"
     axe(page, axe_js, "/app/products?product=…")
+    screenshots(page, out, "product-trend", "[data-testid=product-trend][data-state=ready]")
     return {"rows": rows, "trend": {"product_id": pick["product_id"], "days": trend},
             **{k: page.get_attribute("[data-testid=products]", "data-" + k) for k in ("from", "to")}}
 
@@ -530,8 +531,8 @@ def chat_panel(page, axe_js, out):
     assert page.locator("[data-testid=chat-title]").inner_text() == "top products by views"
     # The first answer as a reader sees it (README's screenshot of the panel).
     page.wait_for_timeout(300)
-    with open(os.path.join(out, "chat-answer-1440.png"), "wb") as f:
-        f.write(page.screenshot())
+    with open(os.path.join(out, "chat-answer-1440.jpg"), "wb") as f:
+        f.write(page.screenshot(type="jpeg", quality=80))
     follow = ask_in_panel(page, "and on mobile?", 2)
     assert follow.get_attribute("data-state") == "done", follow.inner_text()
     mobile_sql = follow.get_attribute("data-sql")
@@ -617,6 +618,8 @@ def patterns_page(page, axe_js, out):
     })""")
     assert days and all(d["drawn"] for d in days), f"every pattern's evidence is drawn over its days: {days}"
     assert any(d["baseline"] for d in days), days
+    with open(os.path.join(out, "patterns-readme-1440.jpg"), "wb") as f:
+        f.write(page.screenshot(type="jpeg", quality=80))
     shown = {
         "kind": "week",
         "titles": page.eval_on_selector_all("[data-testid=pattern] h2", "hs => hs.map(h => h.textContent)"),

@@ -973,7 +973,12 @@ fn metric_sql(metric: &str, seg: &str) -> Option<String> {
             format!("count(*) FILTER (WHERE {a} AND {b})"),
             format!("count(*) FILTER (WHERE {a})"),
         )
-    } else if let Some(kind) = metric.strip_prefix("event:").filter(|_| seg.is_empty()) {
+    } else if let Some(kind) = metric
+        .strip_prefix("event:")
+        .or_else(|| metric.strip_prefix("error:"))
+        .filter(|_| seg.is_empty())
+    {
+        // A failure's count is its events' count.
         let needle = format!(",\"{kind}\",");
         (
             format!(
