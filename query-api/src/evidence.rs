@@ -69,8 +69,8 @@ pub async fn days(
     headers: HeaderMap,
     q: Result<Query<DaysParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))?;
     let p = crate::auth::authenticate(&st.keys, &st.limiter, &headers, Scope::Read).await?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))?;
     let start = NaiveDate::parse_from_str(&q.period_start, "%Y-%m-%d").map_err(|_| {
         ApiError::bad_request(
             "invalid_parameter",
