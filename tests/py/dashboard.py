@@ -7,14 +7,15 @@ the owner signs in through /login and the overview renders; its figures
 and top products are read from the page (data-testid attributes) as they
 were first drawn; events sent to the collector then appear on the overview
 without a reload; the interactions page lists, pages and opens one as a timeline;
-the products page lists the catalog with its activity; the funnels page
+the products page lists the catalog with its activity and draws one
+product over time; the funnels page
 computes a funnel (split by device, over time) and the paths between two
 events, its steps in the URL; the bell lists the owner's notifications and
 marks them read; Ask CROW's panel answers a question and a follow-up
 (streamed), tells a refusal in words, lists, renames and deletes the chat; the SQL console
-runs a query and draws it; billing shows the month's usage; the patterns
-page draws each finding's evidence and moves between
-periods; the owner reaches Settings; a viewer accepts an
+runs a query and draws it; billing shows the month's usage and invoice; the
+patterns page draws each finding's metric over the days around its period
+and moves between periods; the owner reaches Settings; a viewer accepts an
 invitation through /login?token=… and sees no Settings. On every page:
 no console errors, no failed requests, no HTTP error answers, no serious
 or critical axe-core violations, and screenshots at 375 px and 1440 px

@@ -4,11 +4,12 @@
 //! products equal SQL over the same lake (and not another organization's
 //! rows), new events appearing without a reload, the interactions list
 //! (paged, filtered) and one opened as its session's timeline, the catalog
-//! with each product's activity, a funnel (split by device) and its paths
+//! with each product's activity and one product per day (equal to SQL), a funnel (split by device) and its paths
 //! as counted session by session here, the notifications bell (listed, marked
-//! read), the SQL console, billing as `crow billing
-//! report` has it, the latest week's
-//! patterns with their evidence drawn, an invitation accepted in
+//! read), the SQL console, billing and its invoice's line items as `crow
+//! billing report` has them, the latest week's patterns with their evidence
+//! drawn over the days around the week (each day equal to SQL over
+//! `sessions`; the days endpoint 404 for another organization), an invitation accepted in
 //! the browser, Settings hidden from a viewer, no console errors or failed
 //! requests, no serious axe-core violations, screenshots at 375 and 1440 px
 //! that are not blank; and the assets: hashed, cached, gzip, a first load
