@@ -146,6 +146,7 @@ pub async fn run(
 fn query_api(lake: &Lake, cfg: &Config) -> Result<std::sync::Arc<crow_query_api::ApiState>> {
     let api = crow_query_api::ApiState::new(lake.clone(), cfg.api.clone())
         .context("starting the query API")?;
+    api.set_prices(crow_jobs::billing::Prices::from_config(&cfg.billing)?);
     match crow_jobs::ai::from_config(&cfg.ai) {
         Ok(p) => api.set_ai(p),
         Err(e) => {

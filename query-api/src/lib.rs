@@ -26,9 +26,11 @@ pub mod cache;
 pub mod chats;
 pub mod concat_op;
 pub mod error;
+pub mod evidence;
 pub mod export;
 pub mod flight;
 pub mod guard;
+pub mod invoice;
 pub mod keys;
 pub mod manage;
 pub mod mcp;
@@ -99,6 +101,9 @@ pub struct ApiState {
     pub mcp_sessions: mcp::Sessions,
     /// Answers of `POST /api/v1/sql` by query, tenant and table versions.
     pub result_cache: Arc<cache::ResultCache>,
+    /// The price book of `GET /api/v1/invoice` (`[billing]`; the default
+    /// book until [`ApiState::set_prices`]).
+    pub prices: std::sync::OnceLock<crow_jobs::billing::Prices>,
 }
 
 impl ApiState {
@@ -152,6 +157,7 @@ impl ApiState {
             ),
             exports: export::Exports::default(),
             ai: std::sync::OnceLock::new(),
+            prices: std::sync::OnceLock::new(),
             mcp_sessions: mcp::Sessions::default(),
             lake,
             cfg,
@@ -161,6 +167,11 @@ impl ApiState {
     /// Use `provider` for `ask` (once; later calls are ignored).
     pub fn set_ai(&self, provider: Arc<dyn crow_jobs::ai::Provider>) {
         let _ = self.ai.set(provider);
+    }
+
+    /// Price invoices with `prices` (once; later calls are ignored).
+    pub fn set_prices(&self, prices: crow_jobs::billing::Prices) {
+        let _ = self.prices.set(prices);
     }
 
     /// The AI provider of `ask`.
@@ -252,8 +263,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/sessions", get(rest::sessions))
         .route("/api/v1/interactions", get(rest::interactions))
         .route("/api/v1/insights", get(rest::insights))
+        .route("/api/v1/insights/days", get(evidence::days))
         .route("/api/v1/stories", get(rest::stories))
         .route("/api/v1/usage", get(rest::usage))
+        .route("/api/v1/invoice", get(invoice::invoice))
         .route("/api/v1/audit", get(rest::audit))
         .route("/api/v1/exports", post(export::create))
         .route(

@@ -394,7 +394,11 @@ pub fn document() -> Value {
         }
     });
     if let Some(paths) = doc["paths"].as_object_mut() {
-        for (path, ops) in management_paths().into_iter().chain(chat_paths()) {
+        for (path, ops) in management_paths()
+            .into_iter()
+            .chain(chat_paths())
+            .chain(dashboard_paths())
+        {
             match (paths.get_mut(&path), ops) {
                 (Some(Value::Object(have)), Value::Object(more)) => have.extend(more),
                 (_, ops) => {
@@ -497,6 +501,41 @@ fn management_paths() -> Map<String, Value> {
     }
 }
 
+/// `/api/v1/insights/days` ([`crate::evidence`]) and `/api/v1/invoice`
+/// ([`crate::invoice`]): reads the dashboard draws.
+fn dashboard_paths() -> Map<String, Value> {
+    let insight_days = json!({"get": {
+        "summary": "The metric of each pattern of one period (the 50 most significant) day by day, as the patterns job counts it, from 28 days before the period to 7 days after it (ending before today; at most 120 days): `measure` count (`value` = `k`) or rate (`value` = `k` / `n`, null without trials). 404 when the period has no patterns.",
+        "security": [{"bearer": []}],
+        "parameters": [{"name": "period_kind", "in": "query", "required": true, "schema": {"type": "string"}, "description": "day, week, month, year or all."},
+                       {"name": "period_start", "in": "query", "required": true, "schema": {"type": "string", "format": "date"}}],
+        "responses": responses("200", json_ok("The days.", json!({"type": "object", "required": ["period", "from", "to", "patterns"],
+            "properties": {"period": {"type": "object"}, "from": {"type": "string", "format": "date"}, "to": {"type": "string", "format": "date"},
+                "patterns": {"type": "array", "items": {"type": "object", "required": ["pattern_id", "metric", "measure", "days"],
+                    "properties": {"pattern_id": {"type": "string"}, "metric": {"type": "string"},
+                        "segment": {"type": "string", "nullable": true}, "measure": {"type": "string", "enum": ["count", "rate"]},
+                        "days": {"type": "array", "items": {"type": "object", "required": ["date", "k", "n", "value"],
+                            "properties": {"date": {"type": "string", "format": "date"}, "k": {"type": "number"}, "n": {"type": "number"},
+                                "value": {"type": "number", "nullable": true}}}}}}}}})), &[400, 401, 403, 404, 429]),
+    }});
+    let invoice = json!({"get": {
+        "summary": "The organization's invoice of a month with its line items, as `crow billing report --month` prices it (the server's [billing] price book); 404 for a month without usage.",
+        "security": [{"bearer": []}],
+        "parameters": [{"name": "month", "in": "query", "required": true, "schema": {"type": "string"}, "description": "YYYY-MM."}],
+        "responses": responses("200", json_ok("The invoice.", json!({"type": "object",
+            "required": ["org_id", "month", "currency", "usage", "days", "lines", "total_micros"],
+            "properties": {"org_id": {"type": "string"}, "month": {"type": "string"}, "currency": {"type": "string"},
+                "usage": {"type": "object"}, "days": {"type": "integer"}, "total_micros": {"type": "integer"},
+                "lines": {"type": "array", "items": {"type": "object", "required": ["item", "quantity", "per", "unit_price_micros", "amount_micros"],
+                    "properties": {"item": {"type": "string"}, "quantity": {"type": "integer"}, "per": {"type": "integer"},
+                        "unit_price_micros": {"type": "integer"}, "amount_micros": {"type": "integer"}}}}}})), &[400, 401, 403, 404, 429]),
+    }});
+    let mut m = Map::new();
+    m.insert("/api/v1/insights/days".into(), insight_days);
+    m.insert("/api/v1/invoice".into(), invoice);
+    m
+}
+
 /// `/api/v1/chats` ([`crate::chats`]): signed-in users only; an API key
 /// is answered 403 `user_required`.
 fn chat_paths() -> Map<String, Value> {
@@ -578,6 +617,8 @@ mod tests {
         for p in [
             "/api/v1/sql",
             "/api/v1/ask",
+            "/api/v1/insights/days",
+            "/api/v1/invoice",
             "/api/v1/interactions",
             "/api/v1/exports/{id}/download",
             "/api/v1/auth/login",

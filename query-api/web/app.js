@@ -670,6 +670,111 @@ function productsQuery(b) {
     LIMIT 500`;
 }
 
+// One product per UTC day in the period: views and carts (its events),
+// orders (sessions with an order that had it in the cart), interactions
+// naming it, and day patterns naming it.
+function productDaysQuery(b, pid) {
+  const [F, T] = [b.from, b.to].map((d) => sqlText(d.toISOString()));
+  const P = sqlText(pid);
+  const added = (end) => sqlText(`%,"Product Added","${pid}${end}%`);
+  return `WITH ev AS (
+      SELECT CAST(CAST(occurred_at AS DATE) AS VARCHAR) AS day,
+        sum(CASE WHEN event = 'Product Viewed' THEN 1 ELSE 0 END) AS views,
+        sum(CASE WHEN event = 'Product Added' THEN 1 ELSE 0 END) AS carts
+      FROM raw_web_events WHERE occurred_at >= ${F} AND occurred_at < ${T} AND product_id = ${P} GROUP BY 1),
+    od AS (
+      SELECT CAST(session_date AS VARCHAR) AS day, count(*) AS orders FROM sessions
+      WHERE started_at >= ${F} AND started_at < ${T} AND converted
+        AND (timeline LIKE ${added(" ")} OR timeline LIKE ${added('"')}) GROUP BY 1),
+    it AS (
+      SELECT CAST(CAST(started_at AS DATE) AS VARCHAR) AS day, count(*) AS interactions FROM interactions
+      WHERE started_at >= ${F} AND started_at < ${T} AND array_has(product_ids, ${P}) GROUP BY 1),
+    pa AS (
+      SELECT CAST(period_start AS VARCHAR) AS day, count(*) AS patterns FROM patterns
+      WHERE period_kind = 'day' AND period_start >= CAST(CAST(${F} AS TIMESTAMP) AS DATE) AND period_start < CAST(CAST(${T} AS TIMESTAMP) AS DATE)
+        AND array_has(product_ids, ${P}) GROUP BY 1),
+    days AS (SELECT day FROM ev UNION SELECT day FROM od UNION SELECT day FROM it UNION SELECT day FROM pa)
+    SELECT days.day, coalesce(ev.views, 0) AS views, coalesce(ev.carts, 0) AS carts, coalesce(od.orders, 0) AS orders,
+      coalesce(it.interactions, 0) AS interactions, coalesce(pa.patterns, 0) AS patterns
+    FROM days LEFT JOIN ev ON ev.day = days.day LEFT JOIN od ON od.day = days.day
+      LEFT JOIN it ON it.day = days.day LEFT JOIN pa ON pa.day = days.day
+    ORDER BY days.day`;
+}
+
+const TREND = [
+  ["views", "Views", "#1d4ed8"],
+  ["carts", "Added to cart", "#0f766e"],
+  ["orders", "Orders", "#b45309"],
+  ["interactions", "Interactions", "#7c3aed"],
+  ["patterns", "Day patterns", "#be123c"],
+];
+
+function TrendChart({ rows }) {
+  const box = useRef(null);
+  useEffect(() => {
+    const el = box.current;
+    if (!el || !rows.length) return undefined;
+    const data = [rows.map((r) => Date.parse(r.day + "T00:00:00Z") / 1000), ...TREND.map(([c]) => rows.map((r) => n0(r[c])))];
+    const plot = new uPlot(
+      {
+        width: Math.max(260, el.clientWidth),
+        height: 240,
+        scales: { x: { time: true } },
+        axes: [{}, { size: 50 }],
+        series: [{}, ...TREND.map(([, label, stroke]) => ({ label, stroke, width: 2 }))],
+      },
+      data,
+      el,
+    );
+    const onResize = () => plot.setSize({ width: Math.max(260, el.clientWidth), height: 240 });
+    window.addEventListener("resize", onResize);
+    return () => {
+      window.removeEventListener("resize", onResize);
+      plot.destroy();
+    };
+  }, [rows]);
+  return html`<figure class="chart-figure"><figcaption class="visually-hidden">The product's views, carts, orders, interactions and patterns per day</figcaption>
+    <div class="chart" ref=${box} data-testid="product-chart"></div></figure>`;
+}
+
+function ProductTrend({ b, product, onClose }) {
+  const [rows, setRows] = useState(null);
+  const [error, setError] = useState(null);
+  useEffect(() => {
+    let stop = false;
+    setRows(null);
+    setError(null);
+    sql(productDaysQuery(b, product.product_id)).then(
+      (r) => !stop && setRows(r),
+      (e) => !stop && setError(e.message),
+    );
+    return () => {
+      stop = true;
+    };
+  }, [b, product.product_id]);
+  return html`<section class="panel" aria-labelledby="trend-title" data-testid="product-trend" data-product-id=${product.product_id}
+      data-state=${rows ? "ready" : error ? "error" : "loading"}>
+    <div class="toolbar"><h2 id="trend-title">${product.name} over time</h2>
+      <button class="button" type="button" onClick=${onClose}>Close</button></div>
+    <p class="meta">Per UTC day in the period. Orders: sessions that ended in an order with the product in the cart; patterns: day findings naming it.</p>
+    ${error ? html`<p class="error" role="alert">Could not load the product's days: ${error}. Reload the page to try again.</p>` : null}
+    ${!rows
+      ? !error && html`<p class="status" role="status">Loading the product's days…</p>`
+      : !rows.length
+        ? html`<p class="status">Nothing happened to this product in the period.</p>`
+        : html`<${TrendChart} rows=${rows} />
+          <details><summary>Figures per day</summary>
+          <div class="scroll" tabindex="0" role="region" aria-label="The product's figures per day">
+          <table data-testid="product-days">
+            <caption class="visually-hidden">${product.name} per day</caption>
+            <thead><tr><th scope="col">Day (UTC)</th>${TREND.map(([, l]) => html`<th scope="col" class="num">${l}</th>`)}</tr></thead>
+            <tbody>${rows.map((r) => html`<tr data-testid="product-day" data-day=${r.day} data-views=${n0(r.views)} data-carts=${n0(r.carts)}
+                data-orders=${n0(r.orders)} data-interactions=${n0(r.interactions)} data-patterns=${n0(r.patterns)}>
+              <td>${day(r.day)}</td>${TREND.map(([c]) => html`<td class="num">${num(r[c])}</td>`)}</tr>`)}</tbody>
+          </table></div></details>`}
+  </section>`;
+}
+
 function Products() {
   const [rangeId, setRangeId] = useState(rangeOf(urlParam("range", "7d")).id);
   const [data, setData] = useState(null);
@@ -691,6 +796,12 @@ function Products() {
     setUrlParam("range", id);
     setRangeId(id);
   };
+  const [open, setOpen] = useState(urlParam("product", ""));
+  const show = (pid) => {
+    setUrlParam("product", pid);
+    setOpen(pid);
+  };
+  const opened = data && open ? data.rows.find((p) => p.product_id === open) : null;
   return html`<div class="page" data-testid="products" data-state=${data ? "ready" : error ? "error" : "loading"}
       data-from=${data ? data.b.from.toISOString() : ""} data-to=${data ? data.b.to.toISOString() : ""}>
     <div class="toolbar">
@@ -702,7 +813,8 @@ function Products() {
       ? !error && html`<p class="status" role="status">Loading the catalog…</p>`
       : !data.rows.length
         ? html`<p class="status">The catalog is empty: import it with <code>crow products import</code>.</p>`
-        : html`<div class="panel scroll" tabindex="0" role="region" aria-label="Products table (scrolls sideways on a small screen)">
+        : html`${opened ? html`<${ProductTrend} b=${data.b} product=${opened} onClose=${() => show("")} />` : null}
+          <div class="panel scroll" tabindex="0" role="region" aria-label="Products table (scrolls sideways on a small screen)">
           <table data-testid="product-table">
             <caption class="visually-hidden">The catalog with each product's activity in the period</caption>
             <thead><tr>
@@ -714,7 +826,9 @@ function Products() {
             <tbody>${data.rows.map(
               (p) => html`<tr data-testid="product-row" data-product-id=${p.product_id} data-views=${n0(p.views)}
                   data-adds=${n0(p.adds)} data-interactions=${n0(p.interactions)} data-purchased=${n0(p.purchased)} data-patterns=${n0(p.patterns)}>
-                <td>${p.url ? html`<a href=${p.url} rel="noopener noreferrer">${p.name}</a>` : p.name} <span class="meta">${p.product_id}</span></td>
+                <td>${p.url ? html`<a href=${p.url} rel="noopener noreferrer">${p.name}</a>` : p.name} <span class="meta">${p.product_id}</span>
+                  <button class="button small" type="button" data-testid="product-open" aria-label=${"Show " + p.name + " over time"}
+                    onClick=${() => show(p.product_id)}>Over time</button></td>
                 <td>${p.category || ""}</td>
                 <td class="num">${p.price == null ? "" : num(p.price, 2) + (p.currency ? " " + p.currency : "")}</td>
                 <td class="num">${num(p.views)}</td><td class="num">${num(p.adds)}</td>
@@ -1321,11 +1435,14 @@ async function loadUsage(month) {
   if (!m) return { months, m: null, rows: [] };
   const [y, mo] = m.split("-").map(Number);
   const next = mo === 12 ? `${y + 1}-01` : `${y}-${String(mo + 1).padStart(2, "0")}`;
-  const rows = await sql(`SELECT CAST(usage_date AS VARCHAR) AS day, events, sessions, interactions, patterns,
+  const [rows, invoice] = await Promise.all([
+    sql(`SELECT CAST(usage_date AS VARCHAR) AS day, events, sessions, interactions, patterns,
       ai_input_tokens, ai_output_tokens, amount_micros, currency
     FROM usage_daily WHERE usage_date >= CAST(${sqlText(m + "-01")} AS DATE) AND usage_date < CAST(${sqlText(next + "-01")} AS DATE)
-    ORDER BY usage_date`);
-  return { months, m, rows };
+    ORDER BY usage_date`),
+    get(`/api/v1/invoice?month=${encodeURIComponent(m)}`),
+  ]);
+  return { months, m, rows, invoice };
 }
 
 const USAGE_COLS = [
@@ -1336,6 +1453,35 @@ const USAGE_COLS = [
   ["ai_input_tokens", "AI input tokens"],
   ["ai_output_tokens", "AI output tokens"],
 ];
+
+const ITEM_WORDS = {
+  events: "Events",
+  interactions: "Interactions",
+  patterns: "Patterns (daily findings)",
+  ai_input_tokens: "AI input tokens",
+  ai_output_tokens: "AI output tokens",
+};
+
+// The month's invoice with its line items (`GET /api/v1/invoice`).
+function Invoice({ inv }) {
+  const money = (micros) => num(micros / 1e6, 6) + " " + inv.currency;
+  return html`<section class="panel" aria-labelledby="invoice-title" data-testid="invoice" data-total-micros=${inv.total_micros}>
+    <h2 id="invoice-title">Invoice for ${inv.month}</h2>
+    <p class="meta">${day(inv.period_start)} – ${day(addDays(inv.period_end, -1))} · ${num(inv.days)} day${inv.days === 1 ? "" : "s"} with usage · ${num(inv.usage.sessions)} sessions metered, not priced</p>
+    <div class="scroll" tabindex="0" role="region" aria-label="Invoice line items">
+    <table>
+      <caption class="visually-hidden">Line items of the invoice for ${inv.month}</caption>
+      <thead><tr><th scope="col">Item</th><th scope="col" class="num">Quantity</th><th scope="col" class="num">Unit price</th><th scope="col" class="num">Amount</th></tr></thead>
+      <tbody>${inv.lines.map(
+        (l) => html`<tr data-testid="invoice-line" data-item=${l.item} data-quantity=${l.quantity} data-per=${l.per}
+            data-unit-price-micros=${l.unit_price_micros} data-amount-micros=${l.amount_micros}>
+          <td>${ITEM_WORDS[l.item] || l.item}</td><td class="num">${num(l.quantity)}</td>
+          <td class="num">${money(l.unit_price_micros)}${l.per > 1 ? ` per ${num(l.per)}` : ""}</td><td class="num">${money(l.amount_micros)}</td></tr>`,
+      )}</tbody>
+      <tfoot><tr><th scope="row" colspan="3">Total</th><td class="num" data-testid="invoice-total">${money(inv.total_micros)}</td></tr></tfoot>
+    </table></div>
+  </section>`;
+}
 
 function Billing() {
   const [month, setMonth] = useState(isMonth(urlParam("month", "")) ? urlParam("month", "") : "");
@@ -1375,7 +1521,9 @@ function Billing() {
       : !data.m
         ? html`<p class="status">No usage yet: the billing job rolls it up each day.</p>`
         : html`<p class="big" data-testid="month-total">${money(total("amount_micros"))}</p>
-          <p class="meta">The month so far: the sum of its days' priced amounts (<code>crow billing report --month ${data.m}</code> shows the invoice's line items).</p>
+          <p class="meta">The month so far: the sum of its days' priced amounts. The invoice below prices the month's quantities line by line (as <code>crow billing report --month ${data.m}</code> does), so its total can differ by the rounding of per-1,000 lines.</p>
+          <${Invoice} inv=${data.invoice} />
+          <h2>Usage per day</h2>
           <div class="panel scroll" tabindex="0" role="region" aria-label="Usage per day">
           <table data-testid="usage-table">
             <caption class="visually-hidden">Usage per day in ${data.m}</caption>
@@ -1443,29 +1591,106 @@ function evidenceFigures(ev) {
   return null;
 }
 
-function EvidenceChart({ ev }) {
-  const f = evidenceFigures(ev);
-  if (!f) return html`<p class="meta">No figures to draw for this finding.</p>`;
-  const W = 320, H = 120, pad = 90;
-  const top = Math.max(f.value, f.base + f.sd, 1e-9) * 1.1;
-  const x = (v) => pad + (v / top) * (W - pad - 50);
-  const label = `This period ${f.fmt(f.value)} against a baseline of ${f.fmt(f.base)}${f.sd ? " ± " + f.fmt(f.sd) : ""} (${f.unit})`;
-  return html`<svg class="evidence" data-testid="evidence-chart" viewBox=${`0 0 ${W} ${H}`} role="img" aria-label=${label} width="100%" style="max-width: 24rem">
-    <text x="0" y="36" font-size="12" fill="#374151">This period</text>
-    <rect x=${pad} y="22" width=${Math.max(1, x(f.value) - pad)} height="22" fill="#1d4ed8" data-value=${f.value}></rect>
-    <text x=${x(f.value) + 4} y="38" font-size="12" fill="#111827">${f.fmt(f.value)}</text>
-    <text x="0" y="86" font-size="12" fill="#374151">Baseline</text>
-    <rect x=${pad} y="72" width=${Math.max(1, x(f.base) - pad)} height="22" fill="#9ca3af" data-value=${f.base}></rect>
-    ${f.sd ? html`<line x1=${x(Math.max(0, f.base - f.sd))} x2=${x(f.base + f.sd)} y1="83" y2="83" stroke="#111827" stroke-width="2"></line>` : null}
-    <text x=${x(f.base + f.sd) + 4} y="88" font-size="12" fill="#111827">${f.fmt(f.base)}</text>
-  </svg>`;
+// Dates (YYYY-MM-DD) from `start` for `n` days.
+function addDays(s, n) {
+  return new Date(new Date(s + "T00:00:00Z").getTime() + n * 86400000).toISOString().slice(0, 10);
 }
 
-function Pattern({ p }) {
+// The days the parts a finding was confirmed from cover ("day:2026-11-03",
+// "week:2026-11-02", …).
+function partDays(labels) {
+  const out = new Set();
+  for (const l of labels || []) {
+    const [k, s] = String(l).split(":");
+    if (!isDate(s)) continue;
+    let end = addDays(s, k === "week" ? 7 : 1);
+    if (k === "month" || k === "year") {
+      const d = new Date(s + "T00:00:00Z");
+      if (k === "month") d.setUTCMonth(d.getUTCMonth() + 1);
+      else d.setUTCFullYear(d.getUTCFullYear() + 1);
+      end = d.toISOString().slice(0, 10);
+    }
+    for (let d = s; d < end; d = addDays(d, 1)) out.add(d);
+  }
+  return out;
+}
+
+// Which days of the period carried a finding: the days of the parts it was
+// confirmed from, else the period's days on its side of the baseline.
+function carriedDays(ev, series, period, f) {
+  const parts = partDays(ev.from_periods);
+  if (parts.size) return parts;
+  const up = Number(ev.z) >= 0;
+  const out = new Set();
+  if (!f) return out;
+  for (const d of series.days) {
+    if (d.date < period.start || d.date >= period.end || d.value == null) continue;
+    if (up ? d.value > f.base : d.value < f.base) out.add(d.date);
+  }
+  return out;
+}
+
+// The metric day by day over the days around the period, against its
+// baseline (mean ± 1 sd, or the baseline rate); the period shaded, its own
+// figure a line across it, the days that carried the finding filled.
+function EvidenceChart({ ev, series, period }) {
+  const f = evidenceFigures(ev);
+  if (!series) return html`<p class="meta" role="status">Drawing the days…</p>`;
+  const days = series.days;
+  if (!days.length) return html`<p class="meta">No days to draw for this finding.</p>`;
+  const rate = series.measure === "rate";
+  const fmt = rate ? (v) => num(v * 100, 1) + " %" : (v) => num(v, 1);
+  const carried = carriedDays(ev, series, period, f);
+  const W = 640, H = 190, L = 52, R = 10, T = 10, B = 28;
+  const vals = days.map((d) => d.value).filter((v) => v != null);
+  const top = Math.max(...vals, f ? f.value : 0, f ? f.base + f.sd : 0, 1e-9) * 1.1;
+  const step = (W - L - R) / days.length;
+  const x = (i) => L + (i + 0.5) * step;
+  const y = (v) => T + (1 - v / top) * (H - T - B);
+  const inPeriod = days.map((d, i) => [d, i]).filter(([d]) => d.date >= period.start && d.date < period.end);
+  const p0 = inPeriod.length ? inPeriod[0][1] : -1;
+  const p1 = inPeriod.length ? inPeriod[inPeriod.length - 1][1] : -1;
+  let path = "";
+  let pen = false;
+  days.forEach((d, i) => {
+    if (d.value == null) {
+      pen = false;
+      return;
+    }
+    path += `${pen ? "L" : "M"}${x(i).toFixed(1)},${y(d.value).toFixed(1)}`;
+    pen = true;
+  });
+  const label = `${series.metric}${series.segment ? " (" + series.segment + ")" : ""} per day from ${day(days[0].date)} to ${day(days[days.length - 1].date)}`
+    + (f ? `: this period ${fmt(f.value)} against a baseline of ${fmt(f.base)}${f.sd ? " ± " + fmt(f.sd) : ""}` : "")
+    + (carried.size ? `; carried by ${carried.size} day${carried.size === 1 ? "" : "s"}` : "");
+  return html`<svg class="evidence" data-testid="evidence-chart" data-metric=${series.metric} data-segment=${series.segment || ""}
+      data-measure=${series.measure} viewBox=${`0 0 ${W} ${H}`} role="img" aria-label=${label} width="100%">
+    ${p0 >= 0 ? html`<rect data-testid="period-band" x=${x(p0) - step / 2} y=${T} width=${(p1 - p0 + 1) * step} height=${H - T - B} fill="#eff6ff"></rect>` : null}
+    ${f && f.sd ? html`<rect x=${L} width=${W - L - R} y=${y(f.base + f.sd)} height=${Math.max(0, y(Math.max(0, f.base - f.sd)) - y(f.base + f.sd))} fill="#e5e7eb" opacity="0.7"></rect>` : null}
+    ${f ? html`<line data-testid="baseline" data-value=${f.base} x1=${L} x2=${W - R} y1=${y(f.base)} y2=${y(f.base)} stroke="#6b7280" stroke-dasharray="4 3"></line>` : null}
+    ${f && p0 >= 0 ? html`<line data-testid="period-value" data-value=${f.value} x1=${x(p0) - step / 2} x2=${x(p1) + step / 2} y1=${y(f.value)} y2=${y(f.value)} stroke="#b45309" stroke-width="2"></line>` : null}
+    <path d=${path} fill="none" stroke="#1d4ed8" stroke-width="1.5"></path>
+    ${days.map((d, i) =>
+      d.value == null
+        ? null
+        : html`<circle data-testid="day-point" data-date=${d.date} data-value=${d.value} data-k=${d.k} data-n=${d.n}
+            data-carried=${carried.has(d.date) ? "1" : "0"} cx=${x(i)} cy=${y(d.value)} r=${carried.has(d.date) ? 4 : 2.5}
+            fill=${carried.has(d.date) ? "#b45309" : "#1d4ed8"}><title>${day(d.date)}: ${fmt(d.value)}${rate ? ` (${num(d.k)} of ${num(d.n)})` : ""}</title></circle>`,
+    )}
+    <line x1=${L} x2=${W - R} y1=${H - B} y2=${H - B} stroke="#9ca3af"></line>
+    <text x=${L - 4} y=${T + 10} font-size="11" fill="#374151" text-anchor="end">${fmt(top / 1.1)}</text>
+    <text x=${L - 4} y=${H - B} font-size="11" fill="#374151" text-anchor="end">0</text>
+    <text x=${L} y=${H - 8} font-size="11" fill="#374151">${day(days[0].date)}</text>
+    <text x=${W - R} y=${H - 8} font-size="11" fill="#374151" text-anchor="end">${day(days[days.length - 1].date)}</text>
+  </svg>
+  <p class="meta legend"><span class="key key-day"></span> per day · <span class="key key-base"></span> baseline${f && f.sd ? " (band: ± 1 sd)" : ""} · <span class="key key-period"></span> this period${f ? ` (${fmt(f.value)})` : ""} · <span class="key key-carried"></span> days that carried it</p>
+  ${carried.size ? html`<p class="meta" data-testid="carried">Days that carried it: ${[...carried].sort().map(day).join(", ")}</p>` : null}`;
+}
+
+function Pattern({ p, series, period }) {
   const ev = parseEvidence(p.evidence);
-  const carried = (ev.from_periods || []).map((s) => s.split(":")).filter((x) => isDate(x[1]));
   const products = Array.isArray(p.product_ids) ? p.product_ids : [];
-  return html`<li class="panel pattern" data-testid="pattern">
+  return html`<li class="panel pattern" data-testid="pattern" data-pattern-id=${p.pattern_id} data-days=${series ? "ready" : "loading"}>
     <h2>${p.title}</h2>
     <p class="meta">
       ${p.segment ? html`<span class="tag">${p.segment.replace("=", ": ")}</span> ` : "All traffic · "}
@@ -1473,8 +1698,7 @@ function Pattern({ p }) {
       · ${num(p.support)} supporting${p.provisional ? " · provisional: the period is not over" : ""}
     </p>
     <p>${p.description}</p>
-    <${EvidenceChart} ev=${ev} />
-    ${carried.length ? html`<p class="meta">Days that carried it: ${carried.map(([k, s]) => (k === "day" ? day(s) : `${k} of ${day(s)}`)).join(", ")}</p>` : null}
+    <${EvidenceChart} ev=${ev} series=${series} period=${period} />
     ${products.length ? html`<p class="meta">Products: ${products.join(", ")}</p>` : null}
   </li>`;
 }
@@ -1484,16 +1708,26 @@ function Patterns() {
   const [start, setStart] = useState(urlParam("start", ""));
   const [data, setData] = useState(null);
   const [error, setError] = useState(null);
+  const [days, setDays] = useState(null);
   useEffect(() => {
     let stop = false;
     setError(null);
+    setDays(null);
     loadPatterns(kind, start)
-      .then((d) => !stop && setData(d))
+      .then((d) => {
+        if (stop) return;
+        setData(d);
+        if (!d.at) return;
+        get(`/api/v1/insights/days?period_kind=${encodeURIComponent(kind)}&period_start=${encodeURIComponent(d.at)}`)
+          .then((r) => !stop && setDays(r))
+          .catch((e) => !stop && setError(e.message));
+      })
       .catch((e) => !stop && setError(e.message));
     return () => {
       stop = true;
     };
   }, [kind, start]);
+  const seriesOf = (id) => (days ? days.patterns.find((x) => x.pattern_id === id) || { days: [], metric: "", measure: "count" } : null);
   const pickKind = (k) => {
     setUrlParam("period", k);
     setUrlParam("start", "");
@@ -1527,7 +1761,8 @@ function Patterns() {
       : !data.at
         ? html`<p class="status">No ${kind === "all" ? "all-time" : kind} patterns yet: the patterns job finds them once there are enough days of data to compare with.</p>`
         : html`<p class="meta" data-testid="period-shown">${end ? periodWords(kind, data.at, end) : day(data.at)} · ${data.rows.length} finding${data.rows.length === 1 ? "" : "s"}, strongest first</p>
-          <ul class="list patterns">${data.rows.map((p) => html`<${Pattern} p=${p} />`)}</ul>`}
+          <ul class="list patterns">${data.rows.map((p) => html`<${Pattern} p=${p} series=${seriesOf(p.pattern_id)}
+            period=${{ start: data.at, end: p.period_end }} />`)}</ul>`}
   </div>`;
 }
 

@@ -16,8 +16,9 @@ checks on every animation frame and records the first frame at which
     uPlot canvas with a non-zero size and at least one painted pixel, and
     there is at least one (the benchmark fails on a lake whose period is
     empty: a page with no chart would be timed too fast);
-  - patterns: every finding's evidence chart (an SVG) has both its bars laid
-    out (a non-zero box).
+  - patterns: every finding has its days (GET /api/v1/insights/days) and
+    its evidence chart (an SVG) has its daily points laid out (a non-zero
+    box).
 The phases of the best run, from the page's Resource Timing: "boot" is
 navigation start to the first API request (HTML, CSS, JS modules),
 "API" from there to the last API answer received before the page was
@@ -66,10 +67,12 @@ DRAWN = r"""
       }
       return {charts: charts.length, items: root.querySelectorAll('[data-testid=top-product]').length};
     }
+    const pats = [...root.querySelectorAll('[data-testid=pattern]')];
+    if (pats.some((p) => p.dataset.days !== 'ready')) return null;
     const svgs = [...root.querySelectorAll('[data-testid=evidence-chart]')];
     for (const s of svgs) {
-      const bars = [...s.querySelectorAll('rect')];
-      if (bars.length !== 2 || !bars.every((r) => r.getBoundingClientRect().width > 0)) return null;
+      const pts = [...s.querySelectorAll('[data-testid=day-point]')];
+      if (!pts.length || !pts.every((c) => c.getBoundingClientRect().width > 0)) return null;
     }
     return {charts: svgs.length, items: root.querySelectorAll('[data-testid=pattern]').length};
   }

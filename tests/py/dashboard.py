@@ -7,14 +7,15 @@ the owner signs in through /login and the overview renders; its figures
 and top products are read from the page (data-testid attributes) as they
 were first drawn; events sent to the collector then appear on the overview
 without a reload; the interactions page lists, pages and opens one as a timeline;
-the products page lists the catalog with its activity; the funnels page
+the products page lists the catalog with its activity and draws one
+product over time; the funnels page
 computes a funnel (split by device, over time) and the paths between two
 events, its steps in the URL; the bell lists the owner's notifications and
 marks them read; Ask CROW's panel answers a question and a follow-up
 (streamed), tells a refusal in words, lists, renames and deletes the chat; the SQL console
-runs a query and draws it; billing shows the month's usage; the patterns
-page draws each finding's evidence and moves between
-periods; the owner reaches Settings; a viewer accepts an
+runs a query and draws it; billing shows the month's usage and invoice; the
+patterns page draws each finding's metric over the days around its period
+and moves between periods; the owner reaches Settings; a viewer accepts an
 invitation through /login?token=… and sees no Settings. On every page:
 no console errors, no failed requests, no HTTP error answers, no serious
 or critical axe-core violations, and screenshots at 375 px and 1440 px
@@ -437,7 +438,21 @@ def products_page(page, axe_js, out):
     assert rows, "the demo has a catalog"
     axe(page, axe_js, "/app/products")
     screenshots(page, out, "products", "[data-testid=products][data-state=ready]")
-    return {"rows": rows, **{k: page.get_attribute("[data-testid=products]", "data-" + k) for k in ("from", "to")}}
+    # One product over time: the one most patterns name (ties: most viewed).
+    pick = max(rows, key=lambda r: (r["patterns"], r["views"]))
+    page.click(f"[data-testid=product-row][data-product-id='{pick['product_id']}'] [data-testid=product-open]")
+    wait_js(page, f"new URL(location.href).searchParams.get('product') === {json.dumps(pick['product_id'])}")
+    page.wait_for_selector("[data-testid=product-trend][data-state=ready] [data-testid=product-chart] canvas", timeout=30000)
+    page.click("[data-testid=product-trend] summary")
+    trend = page.evaluate("""() => [...document.querySelectorAll('[data-testid=product-day]')].map(r => ({
+        day: r.dataset.day, views: Number(r.dataset.views), carts: Number(r.dataset.carts),
+        orders: Number(r.dataset.orders), interactions: Number(r.dataset.interactions),
+        patterns: Number(r.dataset.patterns)}))""")
+    assert trend, "the product has days"
+    axe(page, axe_js, "/app/products?product=…")
+    screenshots(page, out, "product-trend", "[data-testid=product-trend][data-state=ready]")
+    return {"rows": rows, "trend": {"product_id": pick["product_id"], "days": trend},
+            **{k: page.get_attribute("[data-testid=products]", "data-" + k) for k in ("from", "to")}}
 
 
 def console_page(page, watch, axe_js, out):
@@ -515,6 +530,10 @@ def chat_panel(page, axe_js, out):
     words = first.locator("[data-testid=chat-answer-text]").inner_text()
     page.wait_for_selector("[data-testid=chat-panel] [data-testid=result-chart] canvas", timeout=10000)
     assert page.locator("[data-testid=chat-title]").inner_text() == "top products by views"
+    # The first answer as a reader sees it (README's screenshot of the panel).
+    page.wait_for_timeout(300)
+    with open(os.path.join(out, "chat-answer-1440.jpg"), "wb") as f:
+        f.write(page.screenshot(type="jpeg", quality=80))
     follow = ask_in_panel(page, "and on mobile?", 2)
     assert follow.get_attribute("data-state") == "done", follow.inner_text()
     mobile_sql = follow.get_attribute("data-sql")
@@ -557,7 +576,7 @@ def chat_panel(page, axe_js, out):
 
 
 def billing_page(page, axe_js, out):
-    """Usage per day and the month's total."""
+    """Usage per day, the month's total and its invoice's line items."""
     page.get_by_role("link", name="Billing", exact=True).click()
     page.wait_for_selector("[data-testid=billing][data-state=ready] [data-testid=usage-table]", timeout=30000)
     axe(page, axe_js, "/app/billing")
@@ -565,7 +584,12 @@ def billing_page(page, axe_js, out):
     totals = page.eval_on_selector_all("[data-testid=usage-table] tfoot td", "ts => ts.map(t => t.textContent)")
     return {"month": page.get_attribute("[data-testid=billing]", "data-month"),
             "total_micros": int(page.get_attribute("[data-testid=billing]", "data-total-micros")),
-            "days": page.locator("[data-testid=usage-row]").count(), "totals": totals}
+            "days": page.locator("[data-testid=usage-row]").count(), "totals": totals,
+            "invoice": {"total_micros": int(page.get_attribute("[data-testid=invoice]", "data-total-micros")),
+                        "lines": page.eval_on_selector_all("[data-testid=invoice-line]", """ls => ls.map(l => ({
+                            item: l.dataset.item, quantity: Number(l.dataset.quantity), per: Number(l.dataset.per),
+                            unit_price_micros: Number(l.dataset.unitPriceMicros),
+                            amount_micros: Number(l.dataset.amountMicros)}))""")}}
 
 
 def patterns_page(page, axe_js, out):
@@ -574,18 +598,34 @@ def patterns_page(page, axe_js, out):
     page.get_by_role("link", name="Patterns", exact=True).click()
     page.wait_for_selector("[data-testid=patterns][data-state=ready]", timeout=30000)
     assert page.locator("[data-testid=pattern]").count() > 0, "the demo's latest week has patterns"
-    # Two bars, this period and the baseline, each as long as its value: a
-    # value above zero is a visible bar, a zero ("fell to 0%") a hairline.
-    drawn = page.evaluate("""() => [...document.querySelectorAll('[data-testid=pattern]')].map(p => {
+    # Each finding's metric drawn day by day over the days around the
+    # period: a point per day with data (its value, k and n for the Rust
+    # test to compare with SQL), the line through them, the baseline, the
+    # period shaded; the days that carried it are marked.
+    wait_js(page, "[...document.querySelectorAll('[data-testid=pattern]')].every(p => p.dataset.days === 'ready')", 60000)
+    days = page.evaluate("""() => [...document.querySelectorAll('[data-testid=pattern]')].map(p => {
         const svg = p.querySelector('[data-testid=evidence-chart]');
-        const bars = svg ? [...svg.querySelectorAll('rect')] : [];
-        return bars.length === 2 && bars.every(r =>
-            (Number(r.dataset.value) > 0) === (r.getBBox().width > 1));
+        if (!svg) return {id: p.dataset.patternId, drawn: false};
+        const pts = [...svg.querySelectorAll('[data-testid=day-point]')];
+        const path = svg.querySelector('path');
+        return {id: p.dataset.patternId, metric: svg.dataset.metric, segment: svg.dataset.segment,
+                measure: svg.dataset.measure,
+                drawn: pts.length > 0 && pts.every(c => c.getBBox().width > 0) && path.getTotalLength() > 0
+                    && svg.querySelector('[data-testid=period-band]').getBBox().width > 0,
+                baseline: !!svg.querySelector('[data-testid=baseline]'),
+                carried: pts.filter(c => c.dataset.carried === '1').map(c => c.dataset.date),
+                points: pts.map(c => ({date: c.dataset.date, value: Number(c.dataset.value),
+                                       k: Number(c.dataset.k), n: Number(c.dataset.n)}))};
     })""")
-    assert all(drawn), f"every pattern's evidence is drawn: {drawn} {page.eval_on_selector_all('[data-testid=pattern]', 'ps => ps.map(p => p.textContent.slice(0, 300))')}"
+    assert days and all(d["drawn"] for d in days), f"every pattern's evidence is drawn over its days: {days}"
+    assert any(d["baseline"] for d in days), days
+    with open(os.path.join(out, "patterns-readme-1440.jpg"), "wb") as f:
+        f.write(page.screenshot(type="jpeg", quality=80))
     shown = {
         "kind": "week",
         "titles": page.eval_on_selector_all("[data-testid=pattern] h2", "hs => hs.map(h => h.textContent)"),
+        "start": page.evaluate("new URL(location.href).searchParams.get('start')"),
+        "days": days,
     }
     axe(page, axe_js, "/app/patterns")
     screenshots(page, out, "patterns", "[data-testid=patterns][data-state=ready]")

@@ -117,6 +117,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+mod days;
 #[cfg(test)]
 mod eval;
 mod stories;
@@ -126,6 +127,7 @@ mod trend;
 
 use crate::ai::{call_validated, AiRequest, Provider, RetryPolicy};
 use crate::{enrich, runs, str_lit, Error, ProgressRef, Result, Trigger, Window};
+pub use days::{daily_metrics, is_daily_count, DayFigure};
 
 /// Name of the job in the ledger.
 pub const JOB: &str = "patterns";

@@ -4,11 +4,12 @@
 //! products equal SQL over the same lake (and not another organization's
 //! rows), new events appearing without a reload, the interactions list
 //! (paged, filtered) and one opened as its session's timeline, the catalog
-//! with each product's activity, a funnel (split by device) and its paths
+//! with each product's activity and one product per day (equal to SQL), a funnel (split by device) and its paths
 //! as counted session by session here, the notifications bell (listed, marked
-//! read), the SQL console, billing as `crow billing
-//! report` has it, the latest week's
-//! patterns with their evidence drawn, an invitation accepted in
+//! read), the SQL console, billing and its invoice's line items as `crow
+//! billing report` has them, the latest week's patterns with their evidence
+//! drawn over the days around the week (each day equal to SQL over
+//! `sessions`; the days endpoint 404 for another organization), an invitation accepted in
 //! the browser, Settings hidden from a viewer, no console errors or failed
 //! requests, no serious axe-core violations, screenshots at 375 and 1440 px
 //! that are not blank; and the assets: hashed, cached, gzip, a first load
@@ -246,6 +247,103 @@ async fn assert_products_are_sql(http: &reqwest::Client, s: &Server, key: &str, 
             "{pid}"
         );
     }
+}
+
+/// One product over time, as the page drew it: per UTC day its views and
+/// carts (its events), orders (converted sessions whose timeline adds it to
+/// the cart, read here), interactions and day patterns naming it.
+async fn assert_product_trend_is_sql(http: &reqwest::Client, s: &Server, key: &str, seen: &Value) {
+    let (from, to) = (
+        seen["from"].as_str().unwrap_or(""),
+        seen["to"].as_str().unwrap_or(""),
+    );
+    let t = &seen["trend"];
+    let pid = t["product_id"].as_str().expect("product");
+    let mut want: std::collections::BTreeMap<String, [f64; 5]> = Default::default();
+    let range = |c: &str| format!("{c} >= '{from}' AND {c} < '{to}'");
+    for r in sql(http, s, key, &format!(
+        "SELECT CAST(CAST(occurred_at AS DATE) AS VARCHAR) AS d,
+                count(*) FILTER (WHERE event = 'Product Viewed') AS v, count(*) FILTER (WHERE event = 'Product Added') AS c
+         FROM raw_web_events WHERE product_id = '{pid}' AND {} GROUP BY 1", range("occurred_at"))).await
+    {
+        let e = want.entry(r["d"].as_str().unwrap_or("").into()).or_default();
+        e[0] = num(&r["v"]);
+        e[1] = num(&r["c"]);
+    }
+    for r in sql(
+        http,
+        s,
+        key,
+        &format!(
+        "SELECT CAST(session_date AS VARCHAR) AS d, timeline FROM sessions WHERE converted AND {}",
+        range("started_at")),
+    )
+    .await
+    {
+        let tl: Vec<(i64, String, String)> =
+            serde_json::from_str(r["timeline"].as_str().unwrap_or("[]")).unwrap_or_default();
+        if tl
+            .iter()
+            .any(|(_, k, d)| k == "Product Added" && d.split(' ').next() == Some(pid))
+        {
+            want.entry(r["d"].as_str().unwrap_or("").into())
+                .or_default()[2] += 1.0;
+        }
+    }
+    for r in sql(http, s, key, &format!(
+        "SELECT CAST(CAST(started_at AS DATE) AS VARCHAR) AS d, product_ids FROM interactions WHERE {}",
+        range("started_at"))).await
+    {
+        if r["product_ids"].as_array().is_some_and(|a| a.iter().any(|p| p == pid)) {
+            want.entry(r["d"].as_str().unwrap_or("").into()).or_default()[3] += 1.0;
+        }
+    }
+    for r in sql(
+        http,
+        s,
+        key,
+        &format!(
+            "SELECT CAST(period_start AS VARCHAR) AS d, product_ids FROM patterns
+         WHERE period_kind = 'day' AND period_start >= CAST(CAST('{from}' AS TIMESTAMP) AS DATE)
+           AND period_start < CAST(CAST('{to}' AS TIMESTAMP) AS DATE)"
+        ),
+    )
+    .await
+    {
+        if r["product_ids"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|p| p == pid))
+        {
+            want.entry(r["d"].as_str().unwrap_or("").into())
+                .or_default()[4] += 1.0;
+        }
+    }
+    want.retain(|_, v| v.iter().any(|x| *x > 0.0));
+    let shown: std::collections::BTreeMap<String, [f64; 5]> = t["days"]
+        .as_array()
+        .expect("days")
+        .iter()
+        .map(|d| {
+            let f = |c: &str| num(&d[c]);
+            (
+                d["day"].as_str().unwrap_or("").to_string(),
+                [
+                    f("views"),
+                    f("carts"),
+                    f("orders"),
+                    f("interactions"),
+                    f("patterns"),
+                ],
+            )
+        })
+        .filter(|(_, v)| v.iter().any(|x| *x > 0.0))
+        .collect();
+    assert_eq!(shown, want, "{pid} per day");
+    let total = |i: usize| want.values().map(|v| v[i]).sum::<f64>();
+    assert!(
+        total(0) > 0.0 && total(2) > 0.0 && total(3) > 0.0,
+        "{want:?}"
+    );
 }
 
 /// Session id → (device, event names in order).
@@ -575,6 +673,11 @@ async fn dashboard_in_chromium() {
     let api_key = api_key["secret"].as_str().expect("secret").to_string();
     let other = b.crow_json(&["orgs", "create", "--name", "Other Co"]);
     let other_key = other["write_key"].as_str().expect("write_key").to_string();
+    let other_api_key = b.crow_json(&["keys", "create", "--org", "Other Co"]);
+    let other_api_key = other_api_key["secret"]
+        .as_str()
+        .expect("secret")
+        .to_string();
     crate::users::crow_stdin(
         &b,
         &[
@@ -699,8 +802,10 @@ async fn dashboard_in_chromium() {
         json!(titles),
         "the latest week's patterns, strongest first"
     );
+    assert_pattern_days_are_sql(&http, &server, &api_key, &other_api_key, &seen["patterns"]).await;
     assert_interactions_are_sql(&http, &server, &api_key, &seen["interactions"]).await;
     assert_products_are_sql(&http, &server, &api_key, &seen["products"]).await;
+    assert_product_trend_is_sql(&http, &server, &api_key, &seen["products"]).await;
     let funnels = &seen["funnels"];
     assert_funnel_is_sql(&http, &server, &api_key, &funnels["split"]).await;
     let linked = assert_funnel_is_sql(&http, &server, &api_key, &funnels["linked"]).await;
@@ -736,6 +841,22 @@ async fn dashboard_in_chromium() {
     .map(|k| u[*k].to_string())
     .collect();
     assert_eq!(shown, want, "{bill} vs {inv}");
+    // The month's invoice: the report's line items and total.
+    let lines: Vec<Value> = inv["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .map(|l| {
+            json!({"item": l["item"], "quantity": l["quantity"], "per": l["per"],
+                "unit_price_micros": l["unit_price_micros"], "amount_micros": l["amount_micros"]})
+        })
+        .collect();
+    assert!(lines.len() >= 5, "{inv}");
+    assert_eq!(bill["invoice"]["lines"], json!(lines), "{bill} vs {inv}");
+    assert_eq!(
+        bill["invoice"]["total_micros"], inv["total_micros"],
+        "{bill} vs {inv}"
+    );
     // The console showed the rows its query returns (first grid page).
     let c = &seen["console"];
     let want = sql(
@@ -808,4 +929,161 @@ async fn dashboard_in_chromium() {
         .await
         .expect("audit");
     assert_eq!(r.status(), 403);
+}
+
+/// The SQL condition of a pattern's segment over `sessions`.
+fn segment_sql(seg: &str) -> Option<String> {
+    let lit = |v: &str| format!("'{}'", v.replace('\'', "''"));
+    Some(match seg.split_once('=') {
+        None if seg.is_empty() => "TRUE".to_string(),
+        Some(("device_type", v)) => format!("channel = 'web' AND device_type = {}", lit(v)),
+        Some(("traffic_source", v)) => format!("channel = 'web' AND traffic_source = {}", lit(v)),
+        Some(("visitor_type", "new")) => "channel = 'web' AND is_returning = false".into(),
+        Some(("visitor_type", "returning")) => "channel = 'web' AND is_returning = true".into(),
+        Some(("channel", v)) => format!("channel = {}", lit(v)),
+        _ => return None,
+    })
+}
+
+/// A session's timeline holds an event of this kind (a timeline is
+/// `[[offset,"kind","detail"],…]`: a kind sits between two commas).
+fn has_kind(kind: &str) -> String {
+    format!("timeline LIKE '%,\"{kind}\",%'")
+}
+
+/// SQL of a pattern's metric per day, as (k, n) by `day` (n = 0 for a
+/// count), for the metrics SQL can count from `sessions` alone.
+fn metric_sql(metric: &str, seg: &str) -> Option<String> {
+    const STEPS: [(&str, &str); 5] = [
+        ("view", "Product Viewed"),
+        ("cart", "Product Added"),
+        ("checkout", "Checkout Started"),
+        ("payment", "Payment Info Entered"),
+        ("order", "Order Completed"),
+    ];
+    let cond = segment_sql(seg)?;
+    let step = |k: &str| STEPS.iter().find(|s| s.0 == k).map(|s| has_kind(s.1));
+    let (k, n) = if metric == "sessions" {
+        ("count(*)".to_string(), "0".to_string())
+    } else if let Some((a, b)) = metric
+        .strip_prefix("funnel:")
+        .and_then(|r| r.split_once('>'))
+    {
+        let (a, b) = (step(a)?, step(b)?);
+        (
+            format!("count(*) FILTER (WHERE {a} AND {b})"),
+            format!("count(*) FILTER (WHERE {a})"),
+        )
+    } else if let Some(kind) = metric
+        .strip_prefix("event:")
+        .or_else(|| metric.strip_prefix("error:"))
+        .filter(|_| seg.is_empty())
+    {
+        // A failure's count is its events' count.
+        let needle = format!(",\"{kind}\",");
+        (
+            format!(
+                "coalesce(sum((length(timeline) - length(replace(timeline, '{needle}', ''))) / {}), 0)",
+                needle.chars().count()
+            ),
+            "0".to_string(),
+        )
+    } else {
+        return None;
+    };
+    Some(format!(
+        "SELECT CAST(session_date AS VARCHAR) AS day, CAST({k} AS DOUBLE) AS k, CAST({n} AS DOUBLE) AS n
+         FROM sessions WHERE {cond} GROUP BY session_date"
+    ))
+}
+
+/// Each pattern's evidence chart drew its metric day by day: 28 days
+/// before the period to 7 after (or yesterday), one point per day with
+/// data, each equal to SQL over the same lake; and the days endpoint is
+/// tenant-scoped (another organization's key finds no such patterns).
+async fn assert_pattern_days_are_sql(
+    http: &reqwest::Client,
+    s: &Server,
+    key: &str,
+    other_key: &str,
+    seen: &Value,
+) {
+    let start = &sql(
+        http,
+        s,
+        key,
+        "SELECT CAST(max(period_start) AS VARCHAR) AS s FROM patterns WHERE period_kind = 'week'",
+    )
+    .await[0]["s"];
+    let start = start.as_str().expect("the latest week");
+    let first_day = chrono::NaiveDate::parse_from_str(start, "%Y-%m-%d").expect("date")
+        - chrono::Duration::days(28);
+    let url = format!("/api/v1/insights/days?period_kind=week&period_start={start}");
+    let mine = http
+        .get(s.url(&url))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("days");
+    assert_eq!(mine.status(), 200);
+    let body: Value = mine.json().await.expect("json");
+    assert_eq!(body["from"], first_day.to_string(), "{body}");
+    let to = body["to"].as_str().expect("to");
+    let pats = seen["days"].as_array().expect("days");
+    assert_eq!(
+        body["patterns"].as_array().map(Vec::len),
+        Some(pats.len()),
+        "{body}"
+    );
+    let mut checked = 0;
+    for p in pats {
+        let pts = p["points"].as_array().expect("points");
+        let Some(q) = metric_sql(
+            p["metric"].as_str().unwrap_or(""),
+            p["segment"].as_str().unwrap_or(""),
+        ) else {
+            continue;
+        };
+        let want: std::collections::HashMap<String, (f64, f64)> = sql(http, s, key, &q)
+            .await
+            .iter()
+            .map(|r| {
+                (
+                    r["day"].as_str().unwrap_or("").to_string(),
+                    (num(&r["k"]), num(&r["n"])),
+                )
+            })
+            .collect();
+        let rate = p["measure"] == "rate";
+        // A point on every day of the window, but a rate's days without
+        // trials.
+        let mut days = 0;
+        let mut d = first_day;
+        while d.to_string().as_str() < to {
+            let n = want.get(&d.to_string()).map_or(0.0, |w| w.1);
+            days += usize::from(!rate || n > 0.0);
+            d += chrono::Duration::days(1);
+        }
+        assert_eq!(pts.len(), days, "{p}");
+        for pt in pts {
+            let d = pt["date"].as_str().expect("date");
+            let (k, n) = want.get(d).copied().unwrap_or((0.0, 0.0));
+            assert_eq!((num(&pt["k"]), num(&pt["n"])), (k, n), "{d} of {p}");
+            let v = if rate { k / n } else { k };
+            assert!((num(&pt["value"]) - v).abs() < 1e-9, "{d}: {v} of {p}");
+            checked += 1;
+        }
+    }
+    assert!(
+        checked > 20,
+        "the latest week has a sessions, funnel or event pattern to check: {pats:?}"
+    );
+    // Tenant-scoped: another organization has no patterns of that week.
+    let theirs = http
+        .get(s.url(&url))
+        .bearer_auth(other_key)
+        .send()
+        .await
+        .expect("days");
+    assert_eq!(theirs.status(), 404);
 }

@@ -504,6 +504,8 @@ const MATRIX: &[(&str, &str, Rule)] = &[
     ("get", "/api/v1/sessions", data),
     ("get", "/api/v1/interactions", data),
     ("get", "/api/v1/insights", data),
+    ("get", "/api/v1/insights/days", data),
+    ("get", "/api/v1/invoice", data),
     ("get", "/api/v1/usage", data),
     ("get", "/api/v1/stories", data),
     ("get", "/api/v1/audit", admin),

@@ -1,0 +1,98 @@
+//! A finding's metric day by day, as the patterns job counts it: the
+//! dashboard draws a pattern's evidence over the days around its period
+//! (issue 16). The same code reads the sessions and counts them
+//! ([`Sess::from_row`], [`Stats::of_day`]), so a drawn day is the figure the
+//! job compared.
+
+use std::collections::BTreeMap;
+
+use chrono::NaiveDate;
+use crow_lake::batch::batches_to_rows;
+use crow_lake::Lake;
+use futures::StreamExt;
+use serde::Serialize;
+
+use super::{is_count, Sess, SessionIn, Stats};
+use crate::{str_lit, Result};
+
+/// One day of a metric in one segment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DayFigure {
+    /// The UTC day.
+    pub date: NaiveDate,
+    /// The count, or the hits of a rate.
+    pub k: f64,
+    /// A rate's trials (0 for a count).
+    pub n: f64,
+    /// What is drawn: the count, or `k / n` (None when `n` is 0).
+    pub value: Option<f64>,
+}
+
+/// Whether a metric is drawn as a count per day (else as a rate, `k / n`).
+pub fn is_daily_count(metric: &str) -> bool {
+    is_count(metric)
+        || metric == "orders"
+        || metric.starts_with("error_at:")
+        || metric.starts_with("bought:")
+        || metric.starts_with("pair:")
+}
+
+/// Metrics (metric, segment; "" for all traffic) of organization `org` on
+/// every day from `from` to `to` (exclusive), days without sessions
+/// included (a count of 0, a rate of none): one series per metric, in order.
+pub async fn daily_metrics(
+    lake: &Lake,
+    org: &str,
+    metrics: &[(String, String)],
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Vec<Vec<DayFigure>>> {
+    let sql = format!(
+        "SELECT org_id, session_id, channel, CAST(session_date AS VARCHAR) AS session_date, visitor_id,
+                device_type, traffic_source, is_returning, timeline
+         FROM sessions WHERE org_id = {} AND session_date >= DATE '{from}' AND session_date < DATE '{to}'",
+        str_lit(org)
+    );
+    let ctx = lake.session().await?;
+    let mut by_day: BTreeMap<NaiveDate, Vec<Sess>> = BTreeMap::new();
+    let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
+    while let Some(b) = stream.next().await {
+        for r in batches_to_rows::<SessionIn>(std::slice::from_ref(&b?))? {
+            if let Some(s) = Sess::from_row(r) {
+                by_day.entry(s.day).or_default().push(s);
+            }
+        }
+    }
+    let mut out = vec![Vec::new(); metrics.len()];
+    let mut d = from;
+    while d < to {
+        let sessions: Vec<&Sess> = by_day
+            .get(&d)
+            .map(|v| v.iter().collect())
+            .unwrap_or_default();
+        let stats = Stats::of_day(&sessions);
+        for (series, key) in out.iter_mut().zip(metrics) {
+            let cell = stats.cells.get(key).copied().unwrap_or_default();
+            series.push(figure(d, &key.0, cell.k, cell.n));
+        }
+        d = d.succ_opt().unwrap_or(to);
+    }
+    Ok(out)
+}
+
+fn figure(date: NaiveDate, metric: &str, k: f64, n: f64) -> DayFigure {
+    let count = is_daily_count(metric);
+    let value = if count {
+        Some(k)
+    } else if n > 0.0 {
+        Some(k / n)
+    } else {
+        None
+    };
+    DayFigure {
+        date,
+        k,
+        n: if count { 0.0 } else { n },
+        value,
+    }
+}
