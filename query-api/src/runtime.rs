@@ -39,7 +39,8 @@ pub struct QueryRuntime {
 
 impl QueryRuntime {
     /// Start the runtime with `threads` workers (0: one per core), each
-    /// thread at nice value `nice` (Linux; 0 leaves the priority alone).
+    /// thread's nice value `nice` above the calling thread's (Linux; 0
+    /// leaves the priority alone).
     pub fn start(threads: usize, nice: i32) -> std::io::Result<Self> {
         let workers = match threads {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
