@@ -557,6 +557,17 @@ impl Pacer {
         };
         tokio::time::sleep_until(slot).await;
     }
+
+    /// Widen the spacing to at least `interval`, counting from the last
+    /// request already made (robots.txt's `Crawl-delay` also spaces the
+    /// request that follows robots.txt itself).
+    fn widen(&mut self, interval: Duration) {
+        if interval <= self.interval {
+            return;
+        }
+        *self.next.get_mut() += interval - self.interval;
+        self.interval = interval;
+    }
 }
 
 async fn fetch(
@@ -641,7 +652,7 @@ pub async fn crawl(
         }
     };
     if let Some(d) = robots.crawl_delay {
-        pacer.interval = pacer.interval.max(d);
+        pacer.widen(d);
     }
     let mut report = CrawlReport::default();
     let mut queue: Vec<(String, usize)> =
