@@ -15,8 +15,9 @@ Usage: pg_client.py COMMAND DSN [ARGS...]; prints one JSON document.
                                 transaction: its rows, fetched ITERSIZE at a time
   steps DSN SQL...              each statement on one connection (autocommit,
                                 simple protocol, as typed): rows or SQLSTATE
-  reflect DSN                   SQLAlchemy's PostgreSQL dialect reflects the
-                                tables (names, columns, keys, indexes, comments)
+  reflect DSN                   SQLAlchemy's PostgreSQL dialect reflects every
+                                table (inspector calls, MetaData.reflect, an
+                                autoloaded Table queried through)
   selfsigned - DIR              write a self-signed cert.pem/key.pem for
                                 127.0.0.1 into DIR (cryptography)
 """
@@ -137,10 +138,20 @@ def cursor(dsn, sql, itersize, binary, params):
 
 
 def reflect(dsn):
+    """What Superset-style tools read: the inspector's every per-table
+    call, MetaData.reflect() and an autoloaded Table queried through."""
     import sqlalchemy
 
     engine = sqlalchemy.create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(dsn))
     insp = sqlalchemy.inspect(engine)
+
+    def typename(t):
+        return t.compile(dialect=engine.dialect)
+
+    def columns(cols):
+        return [{"name": c["name"], "type": typename(c["type"]), "nullable": c["nullable"],
+                 "default": c["default"], "comment": c.get("comment")} for c in cols]
+
     out = {
         "schemas": insp.get_schema_names(),
         "default_schema": insp.default_schema_name,
@@ -148,29 +159,29 @@ def reflect(dsn):
         "views": insp.get_view_names(),
         "tables_detail": {},
     }
-    def attempt(fn):
-        try:
-            return {"ok": fn()}
-        except Exception as e:  # noqa: BLE001 - every failure is reported
-            return {"error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
-
-    for t in ("interactions", "api_keys"):
+    for t in out["tables"]:
         out["tables_detail"][t] = {
-            "columns": attempt(lambda t=t: [
-                {"name": c["name"], "type": str(c["type"]), "nullable": c["nullable"],
-                 "comment": c.get("comment")}
-                for c in insp.get_columns(t)
-            ]),
-            "pk": attempt(lambda t=t: insp.get_pk_constraint(t)),
-            "fks": attempt(lambda t=t: insp.get_foreign_keys(t)),
-            "indexes": attempt(lambda t=t: insp.get_indexes(t)),
-            "unique": attempt(lambda t=t: insp.get_unique_constraints(t)),
-            "comment": attempt(lambda t=t: insp.get_table_comment(t)),
+            "columns": columns(insp.get_columns(t)),
+            "pk": insp.get_pk_constraint(t),
+            "fks": insp.get_foreign_keys(t),
+            "indexes": insp.get_indexes(t),
+            "unique": insp.get_unique_constraints(t),
+            "checks": insp.get_check_constraints(t),
+            "comment": insp.get_table_comment(t),
+            "options": insp.get_table_options(t),
         }
+    md = sqlalchemy.MetaData()
+    md.reflect(bind=engine)
+    out["metadata"] = {
+        name: [[c.name, typename(c.type)] for c in table.columns] for name, table in md.tables.items()
+    }
+    table = sqlalchemy.Table("interactions", sqlalchemy.MetaData(), autoload_with=engine)
+    out["autoload"] = [[c.name, typename(c.type)] for c in table.columns]
     out["has_table"] = insp.has_table("interactions")
     out["has_no_table"] = insp.has_table("no_such_table")
     with engine.connect() as c:
-        out["count"] = c.execute(sqlalchemy.text("select count(*) from interactions")).scalar()
+        out["count"] = c.execute(sqlalchemy.select(sqlalchemy.func.count()).select_from(table)).scalar()
+        out["orgs"] = c.execute(sqlalchemy.select(table.c.org_id).distinct()).scalars().all()
     engine.dispose()
     return out
 

@@ -8,10 +8,15 @@
 //! are the session's `public` tables ([`SchemaProvider::table_names`]), their
 //! columns those of the tenant's views ([`crate::tenant::view_columns`]:
 //! secret columns left out), with the tables' and columns' documentation as
-//! their comments. It holds no row of any table, and nothing that differs
-//! between organizations. CROW has no indexes, constraints, defaults,
-//! inheritance, policies, statistics objects or publications: those
-//! catalogs exist (so the queries plan) and are empty.
+//! their comments (`pg_description`). It holds no row of any table, and
+//! nothing that differs between organizations. CROW has no indexes,
+//! constraints, defaults, inheritance, policies, statistics objects or
+//! publications: those catalogs exist (so the queries plan) and are empty.
+//! Every table is a `MemTable` built per statement: nothing writes to it.
+//!
+//! [`rewrite`] adapts what tools send to what the planner reads, and
+//! [`empty_answer`] answers the catalog queries that can only find rows in
+//! an empty catalog.
 
 use std::sync::Arc;
 
@@ -35,6 +40,12 @@ const PUBLIC_OID: i64 = 2200;
 const FIRST_OID: i64 = 16_384;
 /// The `default` collation's oid (of text columns), as in Postgres.
 const DEFAULT_COLLATION: i64 = 100;
+/// `information_schema`'s namespace oid.
+const INFORMATION_SCHEMA_OID: i64 = 13_000;
+/// The `heap` access method's oid, as in Postgres.
+const HEAP_OID: i64 = 2;
+/// `pg_class`'s own oid (`'pg_catalog.pg_class'::regclass`), as in Postgres.
+const PG_CLASS_OID: i64 = 1259;
 
 /// A column of a catalog table.
 enum Col {
@@ -44,6 +55,8 @@ enum Col {
     Int16(Vec<i16>),
     Bool(Vec<bool>),
     Float(Vec<f32>),
+    /// `n` NULL text arrays (`text[]`).
+    NullTextList(usize),
 }
 
 impl Col {
@@ -55,6 +68,10 @@ impl Col {
             Col::Int16(v) => Arc::new(Int16Array::from(v)),
             Col::Bool(v) => Arc::new(BooleanArray::from(v)),
             Col::Float(v) => Arc::new(Float32Array::from(v)),
+            Col::NullTextList(n) => arrow::array::new_null_array(
+                &DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))),
+                n,
+            ),
         }
     }
 
@@ -67,6 +84,7 @@ impl Col {
             Col::Int16(_) => Col::Int16(vec![]),
             Col::Bool(_) => Col::Bool(vec![]),
             Col::Float(_) => Col::Float(vec![]),
+            Col::NullTextList(_) => Col::NullTextList(0),
         }
     }
 }
@@ -133,24 +151,47 @@ fn relations(public: &dyn SchemaProvider) -> Vec<(i64, &'static crow_schemas::Ta
 fn tables(
     rels: &[(i64, &'static crow_schemas::TableDef)],
 ) -> Vec<(&'static str, Option<Arc<MemTable>>)> {
-    let n = rels.len();
-    let pg_namespace = table(vec![
-        ("oid", Col::Int(vec![11, PUBLIC_OID, 13_000])),
+    let (pg_attribute, natts) = attributes(rels);
+    let mut out = vec![
+        ("pg_namespace", namespaces()),
+        ("pg_class", classes(rels, natts)),
+        ("pg_attribute", pg_attribute),
+        ("pg_type", types()),
+        ("pg_description", descriptions(rels)),
+    ];
+    out.extend(fixed_catalogs());
+    out.extend(empty_catalogs());
+    out
+}
+
+/// `pg_namespace`: Postgres' own schemas and `public`.
+fn namespaces() -> Option<Arc<MemTable>> {
+    table(vec![
+        (
+            "oid",
+            Col::Int(vec![11, PUBLIC_OID, INFORMATION_SCHEMA_OID]),
+        ),
         (
             "nspname",
             text(["pg_catalog", "public", "information_schema"]),
         ),
         ("nspowner", Col::Int(vec![10, 10, 10])),
         ("nspacl", nulls(3)),
-    ]);
+    ])
+}
 
+/// `pg_attribute`: the tenant views' columns (secret columns left out),
+/// and each relation's number of columns.
+fn attributes(
+    rels: &[(i64, &'static crow_schemas::TableDef)],
+) -> (Option<Arc<MemTable>>, Vec<i16>) {
     let mut natts = Vec::new();
     let (mut attrelid, mut attname, mut atttypid, mut attlen, mut attnum) =
         (vec![], vec![], vec![], vec![], vec![]);
     let (mut attnotnull, mut attcollation, mut attstorage) = (vec![], vec![], vec![]);
     for (oid, def) in rels {
         let cols: Vec<_> = crate::tenant::view_columns(def).collect();
-        natts.push(cols.len() as i16);
+        natts.push(i16::try_from(cols.len()).unwrap_or(i16::MAX));
         for (i, c) in cols.iter().enumerate() {
             let ty = i64::from(pg_type(&c.ty.data_type()).oid());
             let len = TYPES.iter().find(|t| t.0 == ty).map_or(-1, |t| t.2);
@@ -158,7 +199,7 @@ fn tables(
             attname.push(c.name.to_string());
             atttypid.push(ty);
             attlen.push(len);
-            attnum.push(i as i16 + 1);
+            attnum.push(i16::try_from(i + 1).unwrap_or(i16::MAX));
             attnotnull.push(!c.nullable);
             let is_text = matches!(ty, 25 | 1043);
             attcollation.push(if is_text { DEFAULT_COLLATION } else { 0 });
@@ -166,41 +207,7 @@ fn tables(
         }
     }
     let rows = attrelid.len();
-    let oids: Vec<i64> = rels.iter().map(|r| r.0).collect();
-    let pg_class = table(vec![
-        ("oid", Col::Int(oids.clone())),
-        ("relname", text(rels.iter().map(|r| r.1.name))),
-        ("relnamespace", Col::Int(vec![PUBLIC_OID; n])),
-        ("reltype", Col::Int(vec![0; n])),
-        ("reloftype", Col::Int(vec![0; n])),
-        ("relowner", Col::Int(vec![10; n])),
-        ("relam", Col::Int(vec![2; n])),
-        ("relfilenode", Col::Int(oids)),
-        ("reltablespace", Col::Int(vec![0; n])),
-        ("relpages", Col::Int32(vec![0; n])),
-        ("reltuples", Col::Float(vec![-1.0; n])),
-        ("relallvisible", Col::Int32(vec![0; n])),
-        ("reltoastrelid", Col::Int(vec![0; n])),
-        ("relhasindex", Col::Bool(vec![false; n])),
-        ("relisshared", Col::Bool(vec![false; n])),
-        ("relpersistence", text(vec!["p"; n])),
-        ("relkind", text(vec!["r"; n])),
-        ("relnatts", Col::Int16(natts)),
-        ("relchecks", Col::Int16(vec![0; n])),
-        ("relhasrules", Col::Bool(vec![false; n])),
-        ("relhastriggers", Col::Bool(vec![false; n])),
-        ("relhassubclass", Col::Bool(vec![false; n])),
-        ("relrowsecurity", Col::Bool(vec![false; n])),
-        ("relforcerowsecurity", Col::Bool(vec![false; n])),
-        ("relispopulated", Col::Bool(vec![true; n])),
-        ("relreplident", text(vec!["n"; n])),
-        ("relispartition", Col::Bool(vec![false; n])),
-        ("relrewrite", Col::Int(vec![0; n])),
-        ("relacl", nulls(n)),
-        ("reloptions", nulls(n)),
-        ("relpartbound", nulls(n)),
-    ]);
-    let pg_attribute = table(vec![
+    let t = table(vec![
         ("attrelid", Col::Int(attrelid)),
         ("attname", text(attname)),
         ("atttypid", Col::Int(atttypid)),
@@ -224,8 +231,57 @@ fn tables(
         ("attoptions", nulls(rows)),
         ("attfdwoptions", nulls(rows)),
     ]);
+    (t, natts)
+}
+
+/// `pg_class`: one ordinary table per relation of the tenant session, with
+/// `natts[i]` columns; no storage options (`reloptions` NULL).
+fn classes(
+    rels: &[(i64, &'static crow_schemas::TableDef)],
+    natts: Vec<i16>,
+) -> Option<Arc<MemTable>> {
+    let n = rels.len();
+    let oids: Vec<i64> = rels.iter().map(|r| r.0).collect();
+    table(vec![
+        ("oid", Col::Int(oids.clone())),
+        ("relname", text(rels.iter().map(|r| r.1.name))),
+        ("relnamespace", Col::Int(vec![PUBLIC_OID; n])),
+        ("reltype", Col::Int(vec![0; n])),
+        ("reloftype", Col::Int(vec![0; n])),
+        ("relowner", Col::Int(vec![10; n])),
+        ("relam", Col::Int(vec![HEAP_OID; n])),
+        ("relfilenode", Col::Int(oids)),
+        ("reltablespace", Col::Int(vec![0; n])),
+        ("relpages", Col::Int32(vec![0; n])),
+        ("reltuples", Col::Float(vec![-1.0; n])),
+        ("relallvisible", Col::Int32(vec![0; n])),
+        ("reltoastrelid", Col::Int(vec![0; n])),
+        ("relhasindex", Col::Bool(vec![false; n])),
+        ("relisshared", Col::Bool(vec![false; n])),
+        ("relpersistence", text(vec!["p"; n])),
+        ("relkind", text(vec!["r"; n])),
+        ("relnatts", Col::Int16(natts)),
+        ("relchecks", Col::Int16(vec![0; n])),
+        ("relhasrules", Col::Bool(vec![false; n])),
+        ("relhastriggers", Col::Bool(vec![false; n])),
+        ("relhassubclass", Col::Bool(vec![false; n])),
+        ("relrowsecurity", Col::Bool(vec![false; n])),
+        ("relforcerowsecurity", Col::Bool(vec![false; n])),
+        ("relispopulated", Col::Bool(vec![true; n])),
+        ("relreplident", text(vec!["n"; n])),
+        ("relispartition", Col::Bool(vec![false; n])),
+        ("relrewrite", Col::Int(vec![0; n])),
+        ("relacl", nulls(n)),
+        ("reloptions", Col::NullTextList(n)),
+        ("relpartbound", nulls(n)),
+    ])
+}
+
+/// `pg_type`: the types of CROW's columns.
+fn types() -> Option<Arc<MemTable>> {
     let t = TYPES.len();
-    let pg_type_table = table(vec![
+    let collation = |c: &str| if c == "S" { DEFAULT_COLLATION } else { 0 };
+    table(vec![
         ("oid", Col::Int(TYPES.iter().map(|t| t.0).collect())),
         ("typname", text(TYPES.iter().map(|t| t.1))),
         ("typnamespace", Col::Int(vec![11; t])),
@@ -248,70 +304,106 @@ fn tables(
         ("typndims", Col::Int32(vec![0; t])),
         (
             "typcollation",
-            Col::Int(
-                TYPES
-                    .iter()
-                    .map(|t| if t.3 == "S" { DEFAULT_COLLATION } else { 0 })
-                    .collect(),
-            ),
+            Col::Int(TYPES.iter().map(|t| collation(t.3)).collect()),
         ),
         ("typdefault", nulls(t)),
-    ]);
-    let pg_collation = table(vec![
-        ("oid", Col::Int(vec![DEFAULT_COLLATION, 950])),
-        ("collname", text(["default", "C"])),
-        ("collnamespace", Col::Int(vec![11, 11])),
-    ]);
-    let pg_am = table(vec![
-        ("oid", Col::Int(vec![2])),
-        ("amname", text(["heap"])),
-        ("amtype", text(["t"])),
-    ]);
-    let pg_database = table(vec![
-        ("oid", Col::Int(vec![16_383])),
-        ("datname", text(["crow"])),
-        ("datdba", Col::Int(vec![10])),
-        ("encoding", Col::Int32(vec![6])),
-        ("datallowconn", Col::Bool(vec![true])),
-        ("datistemplate", Col::Bool(vec![false])),
-    ]);
-    let pg_roles = table(vec![
-        ("oid", Col::Int(vec![10])),
-        ("rolname", text(["crow"])),
-        ("rolsuper", Col::Bool(vec![false])),
-    ]);
-    let pg_tablespace = table(vec![
-        ("oid", Col::Int(vec![1663])),
-        ("spcname", text(["pg_default"])),
-    ]);
+    ])
+}
+
+/// `pg_description`: each relation's documentation (`objsubid` 0) and its
+/// columns' (`objsubid` = `attnum`), as Postgres keeps `COMMENT ON`.
+fn descriptions(rels: &[(i64, &'static crow_schemas::TableDef)]) -> Option<Arc<MemTable>> {
+    let (mut objoid, mut objsubid, mut description) = (vec![], vec![], vec![]);
+    for (oid, def) in rels {
+        let docs = std::iter::once(def.doc).chain(crate::tenant::view_columns(def).map(|c| c.doc));
+        for (sub, doc) in docs.enumerate() {
+            if !doc.is_empty() {
+                objoid.push(*oid);
+                objsubid.push(i64::try_from(sub).unwrap_or(i64::MAX));
+                description.push(doc.to_string());
+            }
+        }
+    }
+    let n = objoid.len();
+    table(vec![
+        ("objoid", Col::Int(objoid)),
+        ("classoid", Col::Int(vec![PG_CLASS_OID; n])),
+        ("objsubid", Col::Int(objsubid)),
+        ("description", text(description)),
+    ])
+}
+
+/// The small catalogs with fixed rows: collations, access methods, the
+/// database, its role and tablespace.
+fn fixed_catalogs() -> Vec<(&'static str, Option<Arc<MemTable>>)> {
+    vec![
+        (
+            "pg_collation",
+            table(vec![
+                ("oid", Col::Int(vec![DEFAULT_COLLATION, 950])),
+                ("collname", text(["default", "C"])),
+                ("collnamespace", Col::Int(vec![11, 11])),
+            ]),
+        ),
+        (
+            "pg_am",
+            table(vec![
+                ("oid", Col::Int(vec![HEAP_OID, 403])),
+                ("amname", text(["heap", "btree"])),
+                ("amtype", text(["t", "i"])),
+            ]),
+        ),
+        (
+            "pg_database",
+            table(vec![
+                ("oid", Col::Int(vec![16_383])),
+                ("datname", text(["crow"])),
+                ("datdba", Col::Int(vec![10])),
+                ("encoding", Col::Int32(vec![6])),
+                ("datallowconn", Col::Bool(vec![true])),
+                ("datistemplate", Col::Bool(vec![false])),
+            ]),
+        ),
+        (
+            "pg_roles",
+            table(vec![
+                ("oid", Col::Int(vec![10])),
+                ("rolname", text(["crow"])),
+                ("rolsuper", Col::Bool(vec![false])),
+            ]),
+        ),
+        (
+            "pg_tablespace",
+            table(vec![
+                ("oid", Col::Int(vec![1663])),
+                ("spcname", text(["pg_default"])),
+            ]),
+        ),
+    ]
+}
+
+/// The catalogs CROW has no rows for (no indexes, constraints, defaults,
+/// inheritance, policies, …): their columns, empty.
+fn empty_catalogs() -> Vec<(&'static str, Option<Arc<MemTable>>)> {
     let (i, s, b, x) = (
         || Col::Int(vec![]),
         || text(Vec::<String>::new()),
         || Col::Bool(vec![]),
         || Col::Int16(vec![]),
     );
-    vec![
-        ("pg_namespace", pg_namespace),
-        ("pg_class", pg_class),
-        ("pg_attribute", pg_attribute),
-        ("pg_type", pg_type_table),
-        ("pg_collation", pg_collation),
-        ("pg_am", pg_am),
-        ("pg_database", pg_database),
-        ("pg_roles", pg_roles),
-        ("pg_tablespace", pg_tablespace),
+    let catalogs: Vec<(&'static str, Vec<(&str, Col)>)> = vec![
         (
             "pg_attrdef",
-            empty(vec![
+            vec![
                 ("oid", i()),
                 ("adrelid", i()),
                 ("adnum", x()),
                 ("adbin", s()),
-            ]),
+            ],
         ),
         (
             "pg_index",
-            empty(vec![
+            vec![
                 ("indexrelid", i()),
                 ("indrelid", i()),
                 ("indnatts", x()),
@@ -327,13 +419,15 @@ fn tables(
                 ("indislive", b()),
                 ("indisreplident", b()),
                 ("indkey", s()),
+                ("indclass", s()),
+                ("indoption", s()),
                 ("indexprs", s()),
                 ("indpred", s()),
-            ]),
+            ],
         ),
         (
             "pg_constraint",
-            empty(vec![
+            vec![
                 ("oid", i()),
                 ("conname", s()),
                 ("connamespace", i()),
@@ -355,20 +449,20 @@ fn tables(
                 ("conkey", s()),
                 ("confkey", s()),
                 ("conbin", s()),
-            ]),
+            ],
         ),
         (
             "pg_inherits",
-            empty(vec![
+            vec![
                 ("inhrelid", i()),
                 ("inhparent", i()),
                 ("inhseqno", i()),
                 ("inhdetachpending", b()),
-            ]),
+            ],
         ),
         (
             "pg_policy",
-            empty(vec![
+            vec![
                 ("oid", i()),
                 ("polname", s()),
                 ("polrelid", i()),
@@ -377,11 +471,11 @@ fn tables(
                 ("polroles", s()),
                 ("polqual", s()),
                 ("polwithcheck", s()),
-            ]),
+            ],
         ),
         (
             "pg_statistic_ext",
-            empty(vec![
+            vec![
                 ("oid", i()),
                 ("stxrelid", i()),
                 ("stxname", s()),
@@ -390,11 +484,11 @@ fn tables(
                 ("stxstattarget", i()),
                 ("stxkeys", s()),
                 ("stxkind", s()),
-            ]),
+            ],
         ),
         (
             "pg_publication",
-            empty(vec![
+            vec![
                 ("oid", i()),
                 ("pubname", s()),
                 ("pubowner", i()),
@@ -404,72 +498,68 @@ fn tables(
                 ("pubdelete", b()),
                 ("pubtruncate", b()),
                 ("pubviaroot", b()),
-            ]),
+            ],
         ),
         (
             "pg_publication_rel",
-            empty(vec![
+            vec![
                 ("oid", i()),
                 ("prpubid", i()),
                 ("prrelid", i()),
                 ("prqual", s()),
                 ("prattrs", s()),
-            ]),
+            ],
         ),
         (
             "pg_publication_namespace",
-            empty(vec![("oid", i()), ("pnpubid", i()), ("pnnspid", i())]),
+            vec![("oid", i()), ("pnpubid", i()), ("pnnspid", i())],
         ),
         (
             "pg_trigger",
-            empty(vec![
+            vec![
                 ("oid", i()),
                 ("tgrelid", i()),
                 ("tgparentid", i()),
                 ("tgname", s()),
                 ("tgenabled", s()),
                 ("tgisinternal", b()),
-            ]),
+            ],
         ),
         (
             "pg_rewrite",
-            empty(vec![
+            vec![
                 ("oid", i()),
                 ("rulename", s()),
                 ("ev_class", i()),
                 ("ev_type", s()),
                 ("ev_enabled", s()),
                 ("is_instead", b()),
-            ]),
-        ),
-        (
-            "pg_description",
-            empty(vec![
-                ("objoid", i()),
-                ("classoid", i()),
-                ("objsubid", i()),
-                ("description", s()),
-            ]),
+            ],
         ),
         (
             "pg_foreign_table",
-            empty(vec![
-                ("ftrelid", i()),
-                ("ftserver", i()),
-                ("ftoptions", s()),
-            ]),
+            vec![("ftrelid", i()), ("ftserver", i()), ("ftoptions", s())],
         ),
         (
             "pg_partitioned_table",
-            empty(vec![("partrelid", i()), ("partstrat", s())]),
+            vec![("partrelid", i()), ("partstrat", s())],
         ),
         (
             "pg_sequence",
-            empty(vec![("seqrelid", i()), ("seqtypid", i())]),
+            vec![
+                ("seqrelid", i()),
+                ("seqtypid", i()),
+                ("seqstart", i()),
+                ("seqincrement", i()),
+                ("seqmax", i()),
+                ("seqmin", i()),
+                ("seqcache", i()),
+                ("seqcycle", b()),
+            ],
         ),
         (
             "pg_depend",
-            empty(vec![
+            vec![
                 ("classid", i()),
                 ("objid", i()),
                 ("objsubid", i()),
@@ -477,9 +567,33 @@ fn tables(
                 ("refobjid", i()),
                 ("refobjsubid", i()),
                 ("deptype", s()),
-            ]),
+            ],
         ),
-    ]
+        (
+            "pg_opclass",
+            vec![
+                ("oid", i()),
+                ("opcmethod", i()),
+                ("opcname", s()),
+                ("opcnamespace", i()),
+                ("opcdefault", b()),
+                ("opcintype", i()),
+            ],
+        ),
+        (
+            "pg_enum",
+            vec![
+                ("oid", i()),
+                ("enumtypid", i()),
+                ("enumsortorder", Col::Float(vec![])),
+                ("enumlabel", s()),
+            ],
+        ),
+    ];
+    catalogs
+        .into_iter()
+        .map(|(name, cols)| (name, empty(cols)))
+        .collect()
 }
 
 /// Postgres' name of a type oid (`format_type`).
@@ -515,6 +629,15 @@ enum Answer {
     ColDescription(Vec<Vec<&'static str>>),
     /// `obj_description(oid[, catalog])`: the table's documentation.
     ObjDescription(Vec<&'static str>),
+    /// `CAST(x AS REGCLASS)` ([`rewrite`] calls this with `x` as text): the
+    /// oid of the relation named `x` (a catalog's or the session's table,
+    /// optionally schema-qualified), or `x` itself if it is a number.
+    RegClass(Vec<(String, i64)>),
+    /// `json_build_object(key, value, …)`: a JSON object's text.
+    JsonObject,
+    /// `pattern ESCAPE 'c'` ([`rewrite`]): the `LIKE` pattern with `\` as
+    /// its escape character instead of `c`.
+    LikePattern,
 }
 
 /// A catalog function that takes any arguments.
@@ -590,8 +713,191 @@ impl ScalarUDFImpl for PgFn {
             Answer::ObjDescription(docs) => {
                 texts(&|oid, _| docs.get(table_of(oid)?).copied().filter(|d| !d.is_empty()))
             }
+            Answer::RegClass(names) => {
+                let a = strings(&args.args, 0, rows)?;
+                let out: Int64Array = (0..rows)
+                    .map(|r| {
+                        (!a.is_null(r))
+                            .then(|| regclass(a.value(r), names))
+                            .flatten()
+                    })
+                    .collect();
+                Ok(ColumnarValue::Array(Arc::new(out)))
+            }
+            Answer::JsonObject => json_objects(&args.args, rows),
+            Answer::LikePattern => {
+                let (p, e) = (strings(&args.args, 0, rows)?, strings(&args.args, 1, rows)?);
+                let out: StringArray = (0..rows)
+                    .map(|r| {
+                        let esc = (!e.is_null(r)).then(|| e.value(r).chars().next()).flatten();
+                        (!p.is_null(r)).then(|| like_pattern(p.value(r), esc))
+                    })
+                    .collect();
+                Ok(ColumnarValue::Array(Arc::new(out)))
+            }
         }
     }
+}
+
+/// The `i`-th argument as text (NULL where it has none).
+fn strings(args: &[ColumnarValue], i: usize, rows: usize) -> DfResult<StringArray> {
+    let Some(arg) = args.get(i) else {
+        return Ok(StringArray::from(vec![None::<&str>; rows]));
+    };
+    let a = arrow::compute::cast(&arg.to_array(rows)?, &DataType::Utf8)?;
+    Ok(a.as_any()
+        .downcast_ref::<StringArray>()
+        .cloned()
+        .unwrap_or_else(|| StringArray::from(vec![None::<&str>; rows])))
+}
+
+/// Postgres' oids of the catalogs tools name in `'pg_catalog.x'::regclass`.
+const CATALOG_OIDS: &[(&str, i64)] = &[
+    ("pg_class", PG_CLASS_OID),
+    ("pg_attribute", 1249),
+    ("pg_type", 1247),
+    ("pg_proc", 1255),
+    ("pg_namespace", 2615),
+    ("pg_constraint", 2606),
+    ("pg_description", 2609),
+    ("pg_index", 2610),
+    ("pg_attrdef", 2604),
+    ("pg_collation", 3456),
+    ("pg_am", 2601),
+    ("pg_database", 1262),
+    ("pg_trigger", 2620),
+    ("pg_rewrite", 2618),
+    ("pg_inherits", 2611),
+    ("pg_opclass", 2616),
+    ("pg_sequence", 2224),
+    ("pg_depend", 2608),
+    ("pg_policy", 3256),
+    ("pg_statistic_ext", 3381),
+    ("pg_tablespace", 1213),
+    ("pg_enum", 3501),
+];
+
+/// The oid `'name'::regclass` names: a number is itself; `pg_catalog.x`
+/// and `public.x` (quoted or not) are looked up in `names`.
+fn regclass(name: &str, names: &[(String, i64)]) -> Option<i64> {
+    let name = name.trim();
+    if let Ok(oid) = name.parse::<i64>() {
+        return Some(oid);
+    }
+    let (schema, rel) = match name.rsplit_once('.') {
+        Some((s, r)) => (Some(s.trim_matches('"')), r.trim_matches('"')),
+        None => (None, name.trim_matches('"')),
+    };
+    let found = |n: &(String, i64)| (n.0 == rel).then_some(n.1);
+    match schema {
+        Some("pg_catalog") => CATALOG_OIDS.iter().find(|c| c.0 == rel).map(|c| c.1),
+        Some("public") => names.iter().find_map(found),
+        Some(_) => None,
+        None => names
+            .iter()
+            .find_map(found)
+            .or_else(|| CATALOG_OIDS.iter().find(|c| c.0 == rel).map(|c| c.1)),
+    }
+}
+
+/// `pattern` with escape character `esc` rewritten to use `\`, the only
+/// escape character the planner's `LIKE` takes.
+fn like_pattern(pattern: &str, esc: Option<char>) -> String {
+    let Some(esc) = esc.filter(|c| *c != '\\') else {
+        return pattern.to_string();
+    };
+    let mut out = String::with_capacity(pattern.len() + 4);
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        if c == esc {
+            match chars.next() {
+                Some(next) => {
+                    out.push('\\');
+                    out.push(next);
+                }
+                None => out.push(c),
+            }
+        } else if c == '\\' {
+            out.push_str("\\\\");
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `json_build_object(k1, v1, k2, v2, …)` per row: booleans and numbers as
+/// JSON's, NULL as null, other values as their text.
+fn json_objects(args: &[ColumnarValue], rows: usize) -> DfResult<ColumnarValue> {
+    use serde_json::Value;
+    let arrays = args
+        .iter()
+        .map(|a| a.to_array(rows))
+        .collect::<DfResult<Vec<_>>>()?;
+    let mut values: Vec<Vec<Value>> = Vec::with_capacity(arrays.len());
+    for a in &arrays {
+        let column: Vec<Value> = match a.data_type() {
+            DataType::Boolean => {
+                let b = arrow::compute::cast(a, &DataType::Boolean)?;
+                let b = b.as_any().downcast_ref::<BooleanArray>().cloned();
+                (0..rows)
+                    .map(|r| match &b {
+                        Some(b) if !b.is_null(r) => Value::Bool(b.value(r)),
+                        _ => Value::Null,
+                    })
+                    .collect()
+            }
+            t if t.is_integer() => {
+                let n = ints(
+                    std::slice::from_ref(&ColumnarValue::Array(a.clone())),
+                    0,
+                    rows,
+                )?;
+                (0..rows)
+                    .map(|r| {
+                        if n.is_null(r) {
+                            Value::Null
+                        } else {
+                            Value::from(n.value(r))
+                        }
+                    })
+                    .collect()
+            }
+            _ => {
+                let s = strings(
+                    std::slice::from_ref(&ColumnarValue::Array(a.clone())),
+                    0,
+                    rows,
+                )?;
+                (0..rows)
+                    .map(|r| {
+                        if s.is_null(r) {
+                            Value::Null
+                        } else {
+                            Value::from(s.value(r))
+                        }
+                    })
+                    .collect()
+            }
+        };
+        values.push(column);
+    }
+    let out: StringArray = (0..rows)
+        .map(|r| {
+            let mut object = serde_json::Map::new();
+            for pair in values.chunks(2) {
+                if let [k, v] = pair {
+                    let key = match &k[r] {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    object.insert(key, v[r].clone());
+                }
+            }
+            Some(Value::Object(object).to_string())
+        })
+        .collect();
+    Ok(ColumnarValue::Array(Arc::new(out)))
 }
 
 fn add_functions(ctx: &SessionContext, rels: &[(i64, &'static crow_schemas::TableDef)]) {
@@ -656,7 +962,29 @@ fn add_functions(ctx: &SessionContext, rels: &[(i64, &'static crow_schemas::Tabl
         DataType::Boolean,
         Answer::Bool(false),
     ));
+    for name in ["pg_collation_is_visible", "pg_type_is_visible"] {
+        ctx.register_udf(pg_fn(name, DataType::Boolean, Answer::Bool(true)));
+    }
+    for name in ["pg_get_serial_sequence", "pg_get_ruledef"] {
+        ctx.register_udf(pg_fn(name, DataType::Utf8, Answer::Null));
+    }
+    let names = rels
+        .iter()
+        .map(|(oid, d)| (d.name.to_string(), *oid))
+        .collect();
+    ctx.register_udf(pg_fn(REGCLASS_FN, DataType::Int64, Answer::RegClass(names)));
+    ctx.register_udf(pg_fn(
+        "json_build_object",
+        DataType::Utf8,
+        Answer::JsonObject,
+    ));
+    ctx.register_udf(pg_fn(LIKE_PATTERN_FN, DataType::Utf8, Answer::LikePattern));
 }
+
+/// The function [`rewrite`] calls for `CAST(x AS REGCLASS)`.
+const REGCLASS_FN: &str = "crow_regclass";
+/// The function [`rewrite`] calls for a `LIKE` pattern's `ESCAPE`.
+const LIKE_PATTERN_FN: &str = "crow_like_pattern";
 
 /// Register `pg_catalog` and its functions in a tenant session whose
 /// `public` schema is `public`.
@@ -695,9 +1023,6 @@ const CASTS: &[(&str, &str)] = &[
 /// or bigint.
 pub fn rewrite(sql: &str) -> String {
     let mut s = qualify_catalogs(sql)
-        // SQLAlchemy's schema listing (`NOT LIKE 'pg/_%' ESCAPE '/'`): the
-        // planner takes only `\` as escape; unescaped, `_` matches itself.
-        .replace(" ESCAPE '/'", "")
         .replace("OPERATOR(pg_catalog.~)", "~")
         .replace(" COLLATE pg_catalog.default", "");
     if s.contains("::") {
@@ -721,33 +1046,43 @@ pub fn rewrite(sql: &str) -> String {
     }
     out.push_str(&s);
     if sql.contains("pg_catalog.") {
-        if let Some(aggregated) = aggregate_scalar_subqueries(&out) {
-            return aggregated;
+        if let Some(rewritten) = rewrite_catalog_ast(&out) {
+            return rewritten;
         }
     }
     out
 }
 
-/// Catalog queries' scalar subqueries, made plannable: their one value
-/// aggregated (`(SELECT max(c.collname) FROM …)`), and the conditions the
-/// planner cannot decorrelate moved out of them — ones on the outer row
-/// only (`AND a.atthasdef`), and comparisons other than `=` of an outer
-/// and an inner value (`a.attcollation <> t.typcollation`, compared with
-/// that value found by the remaining conditions) — into `CASE WHEN … THEN
-/// (SELECT …) END`. Postgres refuses a scalar subquery that finds two rows;
-/// for at most one row these are the same. `None` if there is nothing to
-/// change, or the SQL does not parse.
-fn aggregate_scalar_subqueries(sql: &str) -> Option<String> {
-    use datafusion::sql::sqlparser::ast::visit_expressions_mut;
+/// Catalog queries, made plannable expression by expression (innermost
+/// first): `None` if nothing changed, or the SQL does not parse.
+/// - a scalar subquery that answers no rows whatever the data
+///   ([`query_is_empty`]: SQLAlchemy's column defaults and identity
+///   options, read from `pg_attrdef` and `pg_sequence`) is NULL, as
+///   Postgres answers it;
+/// - other scalar subqueries are aggregated ([`plannable_subquery`]);
+/// - catalog casts and `LIKE … ESCAPE` become functions ([`catalog_cast`],
+///   [`like_escape`]);
+/// - a parameter passed straight to a function is text
+///   ([`typed_parameters`]);
+/// - storage options CROW never has are NULL ([`no_storage_options`]).
+fn rewrite_catalog_ast(sql: &str) -> Option<String> {
+    use datafusion::sql::sqlparser::ast::{visit_expressions_mut, Expr};
     use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
     use datafusion::sql::sqlparser::parser::Parser;
     let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
     let mut changed = false;
     let _ = visit_expressions_mut(&mut statements, |e| {
-        if let Some(new) = plannable_subquery(e) {
+        let new = match &*e {
+            Expr::Subquery(q) if query_is_empty(q) => parse_expr("NULL"),
+            other => plannable_subquery(other)
+                .or_else(|| catalog_cast(other))
+                .or_else(|| no_storage_options(other)),
+        };
+        if let Some(new) = new {
             *e = new;
             changed = true;
         }
+        changed |= like_escape(e) | typed_parameters(e);
         std::ops::ControlFlow::<()>::Continue(())
     });
     changed.then(|| {
@@ -757,6 +1092,146 @@ fn aggregate_scalar_subqueries(sql: &str) -> Option<String> {
             .collect::<Vec<_>>()
             .join("; ")
     })
+}
+
+/// One expression of Postgres' SQL.
+fn parse_expr(text: &str) -> Option<datafusion::sql::sqlparser::ast::Expr> {
+    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+    Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(text)
+        .and_then(|mut p| p.parse_expr())
+        .ok()
+}
+
+/// Casts to Postgres' catalog types, in any spelling (`CAST(x AS
+/// REGCLASS)`, `x::OID`): `regclass` → the relation's oid
+/// ([`Answer::RegClass`]), `oid` → `BIGINT`, `regtype`, `regnamespace`,
+/// `regproc` and `name` → `TEXT`.
+fn catalog_cast(
+    e: &datafusion::sql::sqlparser::ast::Expr,
+) -> Option<datafusion::sql::sqlparser::ast::Expr> {
+    use datafusion::sql::sqlparser::ast::{DataType as SqlType, Expr};
+    let Expr::Cast {
+        expr, data_type, ..
+    } = e
+    else {
+        return None;
+    };
+    let ty = match data_type {
+        SqlType::Regclass => "regclass".to_string(),
+        SqlType::Custom(name, _) => name
+            .0
+            .last()?
+            .to_string()
+            .trim_matches('"')
+            .to_ascii_lowercase(),
+        _ => return None,
+    };
+    match ty.as_str() {
+        "regclass" => parse_expr(&format!("{REGCLASS_FN}(CAST({expr} AS TEXT))")),
+        "oid" => parse_expr(&format!("CAST({expr} AS BIGINT)")),
+        "regtype" | "regnamespace" | "regproc" | "name" => {
+            parse_expr(&format!("CAST({expr} AS TEXT)"))
+        }
+        _ => None,
+    }
+}
+
+/// `x LIKE p ESCAPE 'c'` → `x LIKE crow_like_pattern(p, 'c')` (SQLAlchemy's
+/// `startswith(…, autoescape=True)`, of its schema listing): the planner
+/// takes only `\` as escape character. Whether `e` changed.
+fn like_escape(e: &mut datafusion::sql::sqlparser::ast::Expr) -> bool {
+    use datafusion::sql::sqlparser::ast::Expr;
+    let (Expr::Like {
+        pattern,
+        escape_char,
+        ..
+    }
+    | Expr::ILike {
+        pattern,
+        escape_char,
+        ..
+    }) = e
+    else {
+        return false;
+    };
+    let Some(esc) = escape_char.take() else {
+        return false;
+    };
+    match parse_expr(&format!("{LIKE_PATTERN_FN}({pattern}, {esc})")) {
+        Some(p) => {
+            **pattern = p;
+            true
+        }
+        None => {
+            *escape_char = Some(esc);
+            false
+        }
+    }
+}
+
+/// A bare parameter passed to a function (`pg_get_constraintdef(oid, $1)`)
+/// has no type the planner can infer: it is read as text, as the
+/// extended protocol's untyped parameters are. Whether `e` changed.
+fn typed_parameters(e: &mut datafusion::sql::sqlparser::ast::Expr) -> bool {
+    use datafusion::sql::sqlparser::ast::{
+        Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Value,
+    };
+    let Expr::Function(f) = e else { return false };
+    let FunctionArguments::List(list) = &mut f.args else {
+        return false;
+    };
+    let mut changed = false;
+    for arg in &mut list.args {
+        if let FunctionArg::Unnamed(FunctionArgExpr::Expr(a)) = arg {
+            if matches!(a, Expr::Value(v) if matches!(v.value, Value::Placeholder(_))) {
+                if let Some(cast) = parse_expr(&format!("CAST({a} AS TEXT)")) {
+                    *a = cast;
+                    changed = true;
+                }
+            }
+        }
+    }
+    changed
+}
+
+/// psql's `\d+` lists a table's storage options and its TOAST table's as
+/// `c.reloptions || array(select 'toast.' || x from unnest(tc.reloptions)
+/// x)`, a correlated set-returning subquery the planner lacks. CROW has no
+/// storage options (`reloptions` is NULL), so that array is
+/// `tc.reloptions` itself.
+fn no_storage_options(
+    e: &datafusion::sql::sqlparser::ast::Expr,
+) -> Option<datafusion::sql::sqlparser::ast::Expr> {
+    use datafusion::sql::sqlparser::ast::{Expr, FunctionArguments, SetExpr, TableFactor};
+    let Expr::Function(f) = e else { return None };
+    let FunctionArguments::Subquery(q) = &f.args else {
+        return None;
+    };
+    if !f.name.to_string().eq_ignore_ascii_case("array") {
+        return None;
+    }
+    let SetExpr::Select(s) = q.body.as_ref() else {
+        return None;
+    };
+    let [from] = s.from.as_slice() else {
+        return None;
+    };
+    let TableFactor::UNNEST { array_exprs, .. } = &from.relation else {
+        return None;
+    };
+    let [options] = array_exprs.as_slice() else {
+        return None;
+    };
+    let is_options = match options {
+        Expr::Identifier(i) => i.value.eq_ignore_ascii_case("reloptions"),
+        Expr::CompoundIdentifier(p) => p
+            .last()
+            .is_some_and(|i| i.value.eq_ignore_ascii_case("reloptions")),
+        _ => false,
+    };
+    (is_options && from.joins.is_empty()).then(|| options.clone())
 }
 
 /// The qualifiers (`a` of `a.attname`) `e` refers to; `""` for an
@@ -806,8 +1281,15 @@ fn conjuncts(
     }
 }
 
-/// [`aggregate_scalar_subqueries`] of one expression, if it is a scalar
-/// subquery to change.
+/// The scalar subquery of a catalog query made plannable: its one value
+/// aggregated (`(SELECT max(c.collname) FROM …)`), and the conditions the
+/// planner cannot decorrelate moved out of it — ones on the outer row
+/// only (`AND a.atthasdef`), and comparisons other than `=` of an outer
+/// and an inner value (`a.attcollation <> t.typcollation`, compared with
+/// that value found by the remaining conditions) — into `CASE WHEN … THEN
+/// (SELECT …) END`. Postgres refuses a scalar subquery that finds two rows;
+/// for at most one row these are the same. `None` for any other expression
+/// ([`rewrite_catalog_ast`]).
 fn plannable_subquery(
     e: &datafusion::sql::sqlparser::ast::Expr,
 ) -> Option<datafusion::sql::sqlparser::ast::Expr> {
@@ -953,6 +1435,9 @@ const EMPTY: &[&str] = &[
     "pg_foreign_table",
     "pg_partitioned_table",
     "pg_sequence",
+    "pg_depend",
+    "pg_opclass",
+    "pg_enum",
 ];
 
 /// Whether an expression calls an aggregate function (outside its
@@ -1011,16 +1496,13 @@ const AGGREGATES: &[&str] = &[
     "every",
 ];
 
-/// The columns of a query that must answer no rows, because every branch
-/// of it (`UNION`) is a plain select (no aggregate, `GROUP BY` or
-/// `HAVING`) that inner-joins an empty catalog (`FROM pg_catalog.pg_policy
-/// pol`, `… JOIN pg_catalog.pg_inherits i`): psql's `\d` asks for
-/// policies, statistics objects, publications and inheritance this way,
-/// with functions (`array(select …)`) the planner lacks.
+/// The columns of a catalog query that answers no rows whatever the data
+/// ([`query_is_empty`]): psql's `\d` asks for policies, statistics
+/// objects, publications and inheritance, SQLAlchemy for keys and indexes,
+/// with functions (`array(select …)`, `unnest`, `generate_subscripts`)
+/// the planner lacks.
 pub fn empty_answer(sql: &str) -> Option<Vec<String>> {
-    use datafusion::sql::sqlparser::ast::{
-        GroupByExpr, JoinOperator, SelectItem, SetExpr, Statement, TableFactor, Visit,
-    };
+    use datafusion::sql::sqlparser::ast::{SelectItem, Statement};
     use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
     use datafusion::sql::sqlparser::parser::Parser;
     if !sql.contains("pg_catalog.") {
@@ -1030,76 +1512,11 @@ pub fn empty_answer(sql: &str) -> Option<Vec<String>> {
     let [Statement::Query(q)] = statements.as_slice() else {
         return None;
     };
-    fn branches<'a>(
-        body: &'a SetExpr,
-        out: &mut Vec<&'a datafusion::sql::sqlparser::ast::Select>,
-    ) -> bool {
-        match body {
-            SetExpr::Select(s) => {
-                out.push(s);
-                true
-            }
-            SetExpr::SetOperation { left, right, .. } => {
-                branches(left, out) && branches(right, out)
-            }
-            SetExpr::Query(q) => branches(&q.body, out),
-            _ => false,
-        }
-    }
-    let mut selects = Vec::new();
-    if q.with.is_some() || !branches(&q.body, &mut selects) {
+    if !query_is_empty(q) {
         return None;
     }
-    let is_empty_catalog = |f: &TableFactor| match f {
-        TableFactor::Table { name, .. } => {
-            let parts: Vec<String> = name.0.iter().map(|p| p.to_string()).collect();
-            matches!(parts.as_slice(), [s, t] if s == "pg_catalog" && EMPTY.contains(&t.as_str()))
-        }
-        _ => false,
-    };
-    for s in &selects {
-        let grouped = !matches!(&s.group_by, GroupByExpr::Expressions(g, _) if g.is_empty());
-        if grouped || s.having.is_some() {
-            return None;
-        }
-        let aggregate = s.projection.iter().any(|item| match item {
-            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
-                let mut v = Aggregates::default();
-                let _ = e.visit(&mut v);
-                v.found
-            }
-            _ => false,
-        });
-        if aggregate {
-            return None;
-        }
-        // An empty table in the FROM list, or inner-joined to it; other
-        // joins only LEFT ones (which keep an empty left side empty).
-        let inner = |j: &JoinOperator| {
-            matches!(
-                j,
-                JoinOperator::Inner(_) | JoinOperator::Join(_) | JoinOperator::CrossJoin(_)
-            )
-        };
-        let only_left = s.from.iter().all(|t| {
-            t.joins.iter().all(|j| {
-                inner(&j.join_operator)
-                    || matches!(
-                        j.join_operator,
-                        JoinOperator::Left(_) | JoinOperator::LeftOuter(_)
-                    )
-            })
-        });
-        let reads_empty = s.from.iter().any(|t| {
-            is_empty_catalog(&t.relation)
-                || t.joins
-                    .iter()
-                    .any(|j| inner(&j.join_operator) && is_empty_catalog(&j.relation))
-        });
-        if !reads_empty || !only_left {
-            return None;
-        }
-    }
+    let mut selects = Vec::new();
+    branches(&q.body, &mut selects);
     let first = selects.first()?;
     Some(
         first
@@ -1112,6 +1529,93 @@ pub fn empty_answer(sql: &str) -> Option<Vec<String>> {
             })
             .collect(),
     )
+}
+
+/// The plain selects a query's body is made of (`UNION`s of them), or
+/// false if it holds anything else.
+fn branches<'a>(
+    body: &'a datafusion::sql::sqlparser::ast::SetExpr,
+    out: &mut Vec<&'a datafusion::sql::sqlparser::ast::Select>,
+) -> bool {
+    use datafusion::sql::sqlparser::ast::SetExpr;
+    match body {
+        SetExpr::Select(s) => {
+            out.push(s);
+            true
+        }
+        SetExpr::SetOperation { left, right, .. } => branches(left, out) && branches(right, out),
+        SetExpr::Query(q) => branches(&q.body, out),
+        _ => false,
+    }
+}
+
+/// Whether a query answers no rows whatever the data: it has no `WITH`,
+/// and every branch of it is [`select_is_empty`].
+fn query_is_empty(q: &datafusion::sql::sqlparser::ast::Query) -> bool {
+    let mut selects = Vec::new();
+    q.with.is_none()
+        && branches(&q.body, &mut selects)
+        && selects.iter().all(|s| select_is_empty(s))
+}
+
+/// Whether a plain select answers no rows: it reads an empty relation (a
+/// catalog CROW keeps empty, or a subquery that answers none) in its FROM
+/// list or inner-joined to it, its other joins are LEFT ones (which keep
+/// an empty left side empty), and it does not aggregate over all rows
+/// (`count(*)` of nothing is one row; grouped, nothing is no rows).
+fn select_is_empty(s: &datafusion::sql::sqlparser::ast::Select) -> bool {
+    use datafusion::sql::sqlparser::ast::{GroupByExpr, JoinOperator, SelectItem, Visit};
+    let grouped = !matches!(&s.group_by, GroupByExpr::Expressions(g, _) if g.is_empty());
+    let aggregate = s.having.is_some()
+        || s.projection.iter().any(|item| match item {
+            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                let mut v = Aggregates::default();
+                let _ = e.visit(&mut v);
+                v.found
+            }
+            _ => false,
+        });
+    if aggregate && !grouped {
+        return false;
+    }
+    let inner = |j: &JoinOperator| {
+        matches!(
+            j,
+            JoinOperator::Inner(_) | JoinOperator::Join(_) | JoinOperator::CrossJoin(_)
+        )
+    };
+    let only_left = s.from.iter().all(|t| {
+        t.joins.iter().all(|j| {
+            inner(&j.join_operator)
+                || matches!(
+                    j.join_operator,
+                    JoinOperator::Left(_) | JoinOperator::LeftOuter(_)
+                )
+        })
+    });
+    let reads_empty = s.from.iter().any(|t| {
+        factor_is_empty(&t.relation)
+            || t.joins
+                .iter()
+                .any(|j| inner(&j.join_operator) && factor_is_empty(&j.relation))
+    });
+    reads_empty && only_left
+}
+
+/// Whether a FROM item has no rows: a catalog CROW keeps empty, or a
+/// subquery that answers none.
+fn factor_is_empty(f: &datafusion::sql::sqlparser::ast::TableFactor) -> bool {
+    use datafusion::sql::sqlparser::ast::TableFactor;
+    match f {
+        TableFactor::Table {
+            name, args: None, ..
+        } => {
+            let parts: Vec<String> = name.0.iter().map(|p| p.to_string()).collect();
+            matches!(parts.as_slice(), [s, t] if s == "pg_catalog" && EMPTY.contains(&t.as_str()))
+        }
+        TableFactor::Derived { subquery, .. } => query_is_empty(subquery),
+        _ => false,
+    }
 }
 
 /// Postgres' name of an unnamed result column.
@@ -1210,8 +1714,13 @@ mod tests {
         );
         // psql's `\d`: outer-only and non-equality conditions move out.
         assert_eq!(
-            rewrite("SELECT (SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid, true) FROM pg_catalog.pg_attrdef d WHERE d.adrelid = a.attrelid AND d.adnum = a.attnum AND a.atthasdef), (SELECT c.collname FROM pg_catalog.pg_collation c, pg_catalog.pg_type t WHERE c.oid = a.attcollation AND t.oid = a.atttypid AND a.attcollation <> t.typcollation) FROM pg_catalog.pg_attribute a"),
-            "SELECT CASE WHEN (a.atthasdef) THEN (SELECT max(pg_get_expr(d.adbin, d.adrelid, true)) FROM pg_catalog.pg_attrdef d WHERE d.adrelid = a.attrelid AND d.adnum = a.attnum) END, CASE WHEN (a.attcollation <> (SELECT max(t.typcollation) FROM pg_catalog.pg_collation c, pg_catalog.pg_type t WHERE c.oid = a.attcollation AND t.oid = a.atttypid)) THEN (SELECT max(c.collname) FROM pg_catalog.pg_collation c, pg_catalog.pg_type t WHERE c.oid = a.attcollation AND t.oid = a.atttypid) END FROM pg_catalog.pg_attribute a"
+            rewrite("SELECT (SELECT d.description FROM pg_catalog.pg_description d WHERE d.objoid = a.attrelid AND d.objsubid = a.attnum AND a.atthasdef), (SELECT c.collname FROM pg_catalog.pg_collation c, pg_catalog.pg_type t WHERE c.oid = a.attcollation AND t.oid = a.atttypid AND a.attcollation <> t.typcollation) FROM pg_catalog.pg_attribute a"),
+            "SELECT CASE WHEN (a.atthasdef) THEN (SELECT max(d.description) FROM pg_catalog.pg_description d WHERE d.objoid = a.attrelid AND d.objsubid = a.attnum) END, CASE WHEN (a.attcollation <> (SELECT max(t.typcollation) FROM pg_catalog.pg_collation c, pg_catalog.pg_type t WHERE c.oid = a.attcollation AND t.oid = a.atttypid)) THEN (SELECT max(c.collname) FROM pg_catalog.pg_collation c, pg_catalog.pg_type t WHERE c.oid = a.attcollation AND t.oid = a.atttypid) END FROM pg_catalog.pg_attribute a"
+        );
+        // A subquery of a catalog CROW keeps empty is NULL, as it answers.
+        assert_eq!(
+            rewrite("SELECT CASE WHEN a.atthasdef THEN (SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) FROM pg_catalog.pg_attrdef d WHERE a.atthasdef AND d.adrelid = a.attrelid) ELSE NULL END, (SELECT count(*) FROM pg_catalog.pg_attrdef) FROM pg_catalog.pg_attribute a"),
+            "SELECT CASE WHEN a.atthasdef THEN NULL ELSE NULL END, (SELECT count(*) FROM pg_catalog.pg_attrdef) FROM pg_catalog.pg_attribute a"
         );
         // Other queries are left as they are.
         let q = "select (select x from t where t.a = u.a) from u";
@@ -1241,6 +1750,87 @@ mod tests {
             "SELECT c.relname FROM pg_catalog.pg_inherits i RIGHT JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid",
             "SELECT pubname FROM pg_catalog.pg_publication UNION SELECT relname FROM pg_catalog.pg_class",
             "SELECT * FROM interactions",
+        ] {
+            assert_eq!(empty_answer(not_empty), None, "{not_empty}");
+        }
+    }
+
+    #[test]
+    fn sqlalchemy_reflection_is_made_plannable() {
+        // Casts to catalog types in any spelling, parameters of functions,
+        // `LIKE … ESCAPE`.
+        assert_eq!(
+            rewrite("SELECT pg_catalog.pg_class.oid FROM pg_catalog.pg_class LEFT OUTER JOIN pg_catalog.pg_description ON pg_catalog.pg_description.classoid = CAST($1 AS REGCLASS) WHERE CAST(pg_catalog.pg_class.oid AS OID) > $2::OID AND pg_catalog.pg_get_constraintdef(pg_catalog.pg_class.oid, $3) IS NULL"),
+            "SELECT pg_catalog.pg_class.oid FROM pg_catalog.pg_class LEFT OUTER JOIN pg_catalog.pg_description ON pg_catalog.pg_description.classoid = crow_regclass(CAST($1 AS TEXT)) WHERE CAST(pg_catalog.pg_class.oid AS BIGINT) > CAST($2 AS BIGINT) AND pg_get_constraintdef(pg_catalog.pg_class.oid, CAST($3 AS TEXT)) IS NULL"
+        );
+        assert_eq!(
+            rewrite("SELECT pg_catalog.pg_namespace.nspname FROM pg_catalog.pg_namespace WHERE pg_catalog.pg_namespace.nspname NOT LIKE $1::VARCHAR || '%' ESCAPE '/'"),
+            "SELECT pg_catalog.pg_namespace.nspname FROM pg_catalog.pg_namespace WHERE pg_catalog.pg_namespace.nspname NOT LIKE crow_like_pattern($1::VARCHAR || '%', '/')"
+        );
+        assert_eq!(like_pattern("pg/_", Some('/')), "pg\\_");
+        assert_eq!(like_pattern("a\\b//c/", Some('/')), "a\\\\b\\/c/");
+        assert_eq!(like_pattern("x_%", None), "x_%");
+        // psql's `\d+`: storage options.
+        assert_eq!(
+            rewrite("SELECT pg_catalog.array_to_string(c.reloptions || array(select 'toast.' || x from pg_catalog.unnest(tc.reloptions) x), ', ') FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_class tc ON (c.reltoastrelid = tc.oid)"),
+            "SELECT array_to_string(c.reloptions || tc.reloptions, ', ') FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_class tc ON (c.reltoastrelid = tc.oid)"
+        );
+    }
+
+    #[test]
+    fn regclass_names_catalogs_and_the_sessions_tables() {
+        let names = vec![("interactions".to_string(), FIRST_OID)];
+        assert_eq!(regclass("pg_catalog.pg_class", &names), Some(PG_CLASS_OID));
+        assert_eq!(regclass("pg_constraint", &names), Some(2606));
+        assert_eq!(
+            regclass("\"public\".\"interactions\"", &names),
+            Some(FIRST_OID)
+        );
+        assert_eq!(regclass("16384", &names), Some(16_384));
+        assert_eq!(regclass("public.pg_class", &names), None);
+        assert_eq!(regclass("other.interactions", &names), None);
+        assert_eq!(regclass("api_keys_secret", &names), None);
+    }
+
+    #[test]
+    fn json_build_object_of_rows() {
+        let args = [
+            ColumnarValue::Scalar(ScalarValue::Utf8(Some("name".into()))),
+            ColumnarValue::Array(Arc::new(StringArray::from(vec![Some("C"), None]))),
+            ColumnarValue::Scalar(ScalarValue::Utf8(Some("n".into()))),
+            ColumnarValue::Scalar(ScalarValue::Int64(Some(2))),
+            ColumnarValue::Scalar(ScalarValue::Utf8(Some("b".into()))),
+            ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))),
+        ];
+        let ColumnarValue::Array(out) = json_objects(&args, 2).expect("json") else {
+            panic!("an array");
+        };
+        let out = out.as_any().downcast_ref::<StringArray>().expect("text");
+        let row = |i: usize| serde_json::from_str::<serde_json::Value>(out.value(i)).expect("JSON");
+        assert_eq!(row(0), serde_json::json!({"name": "C", "n": 2, "b": true}));
+        assert_eq!(row(1), serde_json::json!({"name": null, "n": 2, "b": true}));
+    }
+
+    #[test]
+    fn sqlalchemy_key_and_index_queries_answer_empty() {
+        // get_pk_constraint's: grouped over a join with an empty subquery.
+        let pk = "SELECT attr.conrelid, array_agg(CAST(attr.attname AS TEXT) ORDER BY attr.ord) AS cols, attr.conname, min(attr.description) AS description FROM (SELECT con.conrelid AS conrelid, con.conname AS conname, con.description AS description, con.ord AS ord, pg_catalog.pg_attribute.attname AS attname FROM pg_catalog.pg_attribute JOIN (SELECT pg_catalog.pg_constraint.conrelid AS conrelid, pg_catalog.pg_constraint.conname AS conname, unnest(pg_catalog.pg_index.indkey) AS attnum, generate_subscripts(pg_catalog.pg_index.indkey, $1::INTEGER) AS ord, pg_catalog.pg_description.description AS description FROM pg_catalog.pg_constraint JOIN pg_catalog.pg_index ON pg_catalog.pg_constraint.conindid = pg_catalog.pg_index.indexrelid LEFT OUTER JOIN pg_catalog.pg_description ON pg_catalog.pg_description.objoid = pg_catalog.pg_constraint.oid WHERE pg_catalog.pg_constraint.contype = $2::VARCHAR AND pg_catalog.pg_constraint.conrelid IN ($3, $4)) AS con ON pg_catalog.pg_attribute.attnum = con.attnum AND pg_catalog.pg_attribute.attrelid = con.conrelid WHERE con.conrelid IN ($5, $6)) AS attr GROUP BY attr.conrelid, attr.conname ORDER BY attr.conrelid, attr.conname";
+        assert_eq!(
+            empty_answer(pk),
+            Some(vec![
+                "conrelid".into(),
+                "cols".into(),
+                "conname".into(),
+                "description".into()
+            ])
+        );
+        // Not empty: an aggregate over all rows, a derived table that has
+        // rows, a LEFT join keeping the real catalog's rows.
+        for not_empty in [
+            "SELECT count(*) FROM (SELECT c.conname FROM pg_catalog.pg_constraint c) AS x",
+            "SELECT x.relname FROM pg_catalog.pg_index i RIGHT JOIN (SELECT relname FROM pg_catalog.pg_class) AS x ON true",
+            "SELECT x.relname FROM (SELECT relname FROM pg_catalog.pg_class) AS x GROUP BY x.relname",
+            "SELECT c.relname, con.conname FROM pg_catalog.pg_class c LEFT OUTER JOIN pg_catalog.pg_constraint con ON c.oid = con.conrelid",
         ] {
             assert_eq!(empty_answer(not_empty), None, "{not_empty}");
         }

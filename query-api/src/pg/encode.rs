@@ -172,7 +172,9 @@ pub fn rows(batch: &RecordBatch, fields: &[FieldInfo]) -> PgWireResult<Vec<DataR
                     }
                     None => false,
                 },
-                Column::Plain(a) if a.is_null(row) => false,
+                // A NULL literal's column (`DataType::Null`) has no null
+                // buffer: each of its values is NULL all the same.
+                Column::Plain(a) if a.is_null(row) || a.data_type() == &DataType::Null => false,
                 Column::Plain(a) => {
                     if f.format() == FieldFormat::Binary {
                         binary(a, row, &mut buf)?;

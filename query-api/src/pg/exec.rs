@@ -100,6 +100,7 @@ const PARAMETERS: &[(&str, &str)] = &[
     ("application_name", ""),
     ("bytea_output", "hex"),
     ("statement_timeout", "0"),
+    ("default_table_access_method", "heap"),
 ];
 
 /// What `sql` is, if it is answered without running anything.
@@ -218,6 +219,41 @@ fn add_pg_functions(ctx: &SessionContext) {
     ));
     ctx.register_udf(text("current_schema", "public".into()));
     ctx.register_udf(text("current_database", "crow".into()));
+    ctx.register_udf(create_udf(
+        "current_setting",
+        vec![DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(current_setting),
+    ));
+}
+
+/// `current_setting(name)`: a session parameter of [`PARAMETERS`], or
+/// NULL for one CROW has not.
+fn current_setting(args: &[ColumnarValue]) -> datafusion::common::Result<ColumnarValue> {
+    let setting = |name: &str| {
+        let name = name.trim().to_ascii_lowercase();
+        PARAMETERS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| (*v).to_string())
+    };
+    Ok(match args.first() {
+        Some(ColumnarValue::Scalar(ScalarValue::Utf8(name))) => {
+            ColumnarValue::Scalar(ScalarValue::Utf8(name.as_deref().and_then(setting)))
+        }
+        Some(ColumnarValue::Array(a)) => {
+            let names = a
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .cloned()
+                .unwrap_or_else(|| arrow::array::StringArray::from(vec![None::<&str>; a.len()]));
+            let out: arrow::array::StringArray =
+                names.iter().map(|n| n.and_then(setting)).collect();
+            ColumnarValue::Array(Arc::new(out))
+        }
+        _ => ColumnarValue::Scalar(ScalarValue::Utf8(None)),
+    })
 }
 
 /// The handler of both query protocols.

@@ -145,7 +145,6 @@ async fn pg_wire_matches_http_and_keeps_the_tenant_boundary() {
     hostile_sql_replayed(&w);
     prepared_statements_and_cursors(&w).await;
     hostile_sessions(&w);
-    sqlalchemy_reflects(&w);
     revoked_while_open(&w);
 }
 
@@ -195,6 +194,43 @@ fn psql_checks(w: &World) {
     // `\dt+`: the table's documentation as its description.
     let (ok, out, err) = psql(w, &w.org_a, &w.key_a, "\\dt+ interactions");
     assert!(ok && out.contains(def.doc), "{out} {err}");
+    // `\d+ TABLE`: also each column's storage and documentation.
+    let (ok, out, err) = psql(w, &w.org_a, &w.key_a, "\\d+ interactions");
+    assert!(ok, "{err}");
+    let rows: Vec<&str> = out.lines().collect();
+    let plus: Vec<&str> = rows
+        .iter()
+        .map(|r| r.split('|').next().unwrap_or(""))
+        .collect();
+    assert_eq!(plus, want, "{out}");
+    for c in def.columns.iter().filter(|c| want.contains(&c.name)) {
+        let row = rows
+            .iter()
+            .find(|r| r.split('|').next() == Some(c.name))
+            .unwrap_or_else(|| panic!("{}: {out}", c.name));
+        assert!(row.ends_with(&format!("|{}", c.doc)), "{row}");
+    }
+    let started = def
+        .columns
+        .iter()
+        .find(|c| c.name == "started_at")
+        .expect("started_at");
+    let row = format!(
+        "started_at|timestamp with time zone||not null||plain|||{}",
+        started.doc
+    );
+    assert!(rows.contains(&row.as_str()), "`{row}` not in {out}");
+    let org = def
+        .columns
+        .iter()
+        .find(|c| c.name == "org_id")
+        .expect("org_id");
+    let row = format!("org_id|text||not null||extended|||{}", org.doc);
+    assert!(rows.contains(&row.as_str()), "`{row}` not in {out}");
+    // `\dn`: the schemas as Postgres lists them (its own hidden).
+    let (ok, out, err) = psql(w, &w.org_a, &w.key_a, "\\dn");
+    assert!(ok, "{err}");
+    assert_eq!(out, "public|crow");
     // Secret columns are not described; unknown tables are not found.
     let (ok, out, err) = psql(w, &w.org_a, &w.key_a, "\\d api_keys");
     assert!(ok, "{err}");
@@ -651,22 +687,46 @@ fn hostile_sessions(w: &World) {
     assert!(!stolen.exists(), "COPY must not write");
 }
 
-/// SQLAlchemy's PostgreSQL dialect lists the tenant's schemas and tables
-/// through pg_catalog (as Superset and other SQLAlchemy-based tools do
-/// first), and queries through its engine. Its per-table reflection
-/// (`get_columns`, keys, indexes: casts to `OID`/`REGCLASS`,
-/// `json_build_object`, `pg_opclass`) does not work yet.
-fn sqlalchemy_reflects(w: &World) {
+/// SQLAlchemy's Postgres type of a column `information_schema.columns`
+/// reports as the Arrow type `t`.
+fn sqlalchemy_type(t: &str) -> &'static str {
+    match t {
+        "Boolean" => "BOOLEAN",
+        "Int8" | "Int16" => "SMALLINT",
+        "Int32" => "INTEGER",
+        "Int64" => "BIGINT",
+        "Float32" => "REAL",
+        "Float64" => "DOUBLE PRECISION",
+        "Utf8" | "LargeUtf8" | "Utf8View" => "TEXT",
+        // Partition columns, read dictionary-encoded: text on the wire.
+        t if t.starts_with("Dictionary(") && t.ends_with(", Utf8)") => "TEXT",
+        "Date32" => "DATE",
+        t if t.starts_with("Timestamp(") && t.contains("UTC") => "TIMESTAMP WITH TIME ZONE",
+        t if t.starts_with("Timestamp(") => "TIMESTAMP WITHOUT TIME ZONE",
+        t if t.starts_with("List(") || t.starts_with("Struct(") || t.starts_with("Map(") => "JSON",
+        _ => "unmapped",
+    }
+}
+
+/// SQLAlchemy's PostgreSQL dialect reflects every table of the tenant
+/// session as Superset-style tools do — the inspector's per-table calls,
+/// `MetaData.reflect()`, an autoloaded `Table` queried through — with the
+/// names and types `information_schema.columns` reports over HTTP, the
+/// tables' and columns' documentation as comments, no keys or indexes,
+/// no secret column and nothing of another organization. Its schema
+/// listing is Postgres' (`pg_catalog` hidden).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_wire_reflects_through_sqlalchemy() {
+    let w = &world(&[
+        ("CROW_API_RATE_LIMIT_BURST", "100000"),
+        ("CROW_API_RATE_LIMIT_PER_SECOND", "100000"),
+        ("CROW_SERVER_PG_LISTEN", "127.0.0.1:0"),
+    ])
+    .await;
     let d = dsn(w, &w.org_a, &w.key_a);
     let got = client(&d, "reflect", &[]);
     assert_no_leak(w, "reflection", &got);
     assert_eq!(got["default_schema"], "public");
-    assert!(
-        got["schemas"]
-            .as_array()
-            .is_some_and(|s| s.contains(&json!("public"))),
-        "{got}"
-    );
     let mut want: Vec<&str> = crow_schemas::ALL_TABLES.iter().map(|t| t.name).collect();
     want.sort_unstable();
     let mut tables: Vec<&str> = got["tables"]
@@ -678,7 +738,94 @@ fn sqlalchemy_reflects(w: &World) {
     tables.sort_unstable();
     assert_eq!(tables, want);
     assert_eq!(got["views"], json!([]));
+
+    // Each table's columns: names and types as information_schema's.
+    let http: Vec<Value> = w
+        .post_sql(
+            &w.key_a,
+            json!({ "sql": "select table_name, column_name, data_type from information_schema.columns where table_schema = 'public' order by table_name, ordinal_position" }),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .expect("rows");
+    let unmapped: Vec<&Value> = http
+        .iter()
+        .filter(|r| sqlalchemy_type(r["data_type"].as_str().unwrap_or("")) == "unmapped")
+        .collect();
+    assert!(unmapped.is_empty(), "{unmapped:?}");
+    let mut expected: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
+    for r in &http {
+        let table = r["table_name"].as_str().expect("table").to_string();
+        let ty = sqlalchemy_type(r["data_type"].as_str().expect("type"));
+        expected
+            .entry(table)
+            .or_default()
+            .push(json!([r["column_name"], ty]));
+    }
+    assert_eq!(expected.len(), want.len(), "{http:?}");
+    let detail = &got["tables_detail"];
+    for (table, columns) in &expected {
+        let t = &detail[table.as_str()];
+        let reflected: Vec<Value> = t["columns"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{table}: {t}"))
+            .iter()
+            .map(|c| json!([c["name"], c["type"]]))
+            .collect();
+        assert_eq!(&reflected, columns, "{table}");
+        assert_eq!(&got["metadata"][table.as_str()], &json!(columns), "{table}");
+        // CROW has no keys, indexes, constraints or defaults.
+        assert_eq!(t["pk"]["constrained_columns"], json!([]), "{table}: {t}");
+        assert!(t["pk"]["name"].is_null(), "{table}: {t}");
+        for none in ["fks", "indexes", "unique", "checks"] {
+            assert_eq!(t[none], json!([]), "{table} {none}");
+        }
+        let def = crow_schemas::table(table).expect("a CROW table");
+        let doc = (!def.doc.is_empty()).then_some(def.doc);
+        assert_eq!(t["comment"], json!({ "text": doc }), "{table}");
+        let docs: Vec<Value> = def
+            .columns
+            .iter()
+            .filter(|c| !def.secret_columns.contains(&c.name))
+            .map(|c| json!((!c.doc.is_empty()).then_some(c.doc)))
+            .collect();
+        let comments: Vec<Value> = t["columns"]
+            .as_array()
+            .expect("columns")
+            .iter()
+            .map(|c| c["comment"].clone())
+            .collect();
+        assert_eq!(comments, docs, "{table}");
+        for c in t["columns"].as_array().expect("columns") {
+            assert!(c["default"].is_null(), "{table}: {c}");
+        }
+    }
+    let started = detail["interactions"]["columns"]
+        .as_array()
+        .expect("columns")
+        .iter()
+        .find(|c| c["name"] == "started_at")
+        .cloned()
+        .expect("started_at");
+    assert_eq!(started["type"], "TIMESTAMP WITH TIME ZONE");
+    assert_eq!(started["nullable"], false);
+    // The secret column is not reflected.
+    let keys: Vec<&str> = detail["api_keys"]["columns"]
+        .as_array()
+        .expect("api_keys")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert!(!keys.is_empty() && !keys.contains(&"key_hash"), "{keys:?}");
+    assert!(!got.to_string().contains("key_hash"));
+    // The autoloaded table, and a query through it: org A's rows only.
+    assert_eq!(got["autoload"], json!(expected["interactions"]));
     assert_eq!(got["count"], w.a_rows);
+    assert_eq!(got["orgs"], json!([w.org_a]));
     assert_eq!(got["has_table"], true);
     assert_eq!(got["has_no_table"], false);
+    // Schemas as Postgres lists them to SQLAlchemy: `pg_catalog` hidden.
+    assert_eq!(got["schemas"], json!(["information_schema", "public"]));
 }
