@@ -609,33 +609,6 @@ fn chat_paths() -> Map<String, Value> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn document_names_every_route_and_no_secret() {
-        let d = super::document();
-        let text = d.to_string();
-        for p in [
-            "/api/v1/sql",
-            "/api/v1/ask",
-            "/api/v1/insights/days",
-            "/api/v1/invoice",
-            "/api/v1/interactions",
-            "/api/v1/exports/{id}/download",
-            "/api/v1/auth/login",
-            "/api/v1/auth/me",
-        ] {
-            assert!(d["paths"].get(p).is_some(), "{p}");
-        }
-        assert!(d["paths"]["/api/v1/exports/{id}"].get("delete").is_some());
-        assert!(!text.contains("key_hash") && !text.contains("write_key_hash"));
-        assert_eq!(
-            d["components"]["schemas"]["Session"]["properties"]["product_ids"]["type"],
-            "array"
-        );
-    }
-}
-
 /// `/api/v1/saved-queries` ([`crate::saved`]): signed-in users only; an
 /// API key is answered 403 `user_required`.
 fn saved_query_paths() -> Map<String, Value> {
@@ -698,5 +671,32 @@ fn saved_query_paths() -> Map<String, Value> {
     match paths {
         Value::Object(m) => m,
         _ => Map::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn document_names_every_route_and_no_secret() {
+        let d = super::document();
+        let text = d.to_string();
+        for p in [
+            "/api/v1/sql",
+            "/api/v1/ask",
+            "/api/v1/insights/days",
+            "/api/v1/invoice",
+            "/api/v1/interactions",
+            "/api/v1/exports/{id}/download",
+            "/api/v1/auth/login",
+            "/api/v1/auth/me",
+        ] {
+            assert!(d["paths"].get(p).is_some(), "{p}");
+        }
+        assert!(d["paths"]["/api/v1/exports/{id}"].get("delete").is_some());
+        assert!(!text.contains("key_hash") && !text.contains("write_key_hash"));
+        assert_eq!(
+            d["components"]["schemas"]["Session"]["properties"]["product_ids"]["type"],
+            "array"
+        );
     }
 }
