@@ -40,6 +40,7 @@ pub mod openapi;
 pub mod pg;
 pub mod rest;
 pub mod runtime;
+pub mod saved;
 pub mod slots;
 pub mod social;
 pub mod sql;
@@ -289,6 +290,14 @@ pub fn router(state: Arc<ApiState>) -> Router {
             get(chats::open).patch(chats::rename).delete(chats::delete),
         )
         .route("/api/v1/chats/{id}/messages", post(chats::post_message))
+        .route(
+            "/api/v1/saved-queries",
+            get(saved::list).post(saved::create),
+        )
+        .route(
+            "/api/v1/saved-queries/{id}",
+            get(saved::get).patch(saved::update).delete(saved::delete),
+        )
         .route("/api/v1/notifications", get(account::notifications))
         .route(
             "/api/v1/notifications/{id}/read",

@@ -397,6 +397,7 @@ pub fn document() -> Value {
         for (path, ops) in management_paths()
             .into_iter()
             .chain(chat_paths())
+            .chain(saved_query_paths())
             .chain(dashboard_paths())
         {
             match (paths.get_mut(&path), ops) {
@@ -601,6 +602,71 @@ fn chat_paths() -> Map<String, Value> {
             "requestBody": body(json!({"question": {"type": "string"}}), &["question"]),
             "responses": errs("200", turn_ok("The chat, the question and its answer."), &[400, 401, 403, 404, 409, 429]),
         }},
+    });
+    match paths {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+/// `/api/v1/saved-queries` ([`crate::saved`]): signed-in users only; an
+/// API key is answered 403 `user_required`.
+fn saved_query_paths() -> Map<String, Value> {
+    let user = json!([{"cookie": []}]);
+    let id_param =
+        json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    let saved = json!({"type": "object", "required": ["id", "name", "sql", "created_at", "updated_at"],
+        "properties": {"id": {"type": "string"}, "name": {"type": "string"}, "sql": {"type": "string"},
+            "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"}}});
+    let one = json!({"type": "object", "required": ["saved_query"], "properties": {"saved_query": saved}});
+    let errs = |ok: &str, body: Value, codes: &[u16]| {
+        let mut r = responses(ok, body, codes);
+        r["403"] =
+            problem("An API key has no saved queries (user_required), or no or wrong CSRF token.");
+        if codes.contains(&404) {
+            r["404"] = problem("No saved query of yours has this id.");
+        }
+        if codes.contains(&409) {
+            r["409"] = problem("You already have a saved query of this name (name_taken), or keep the most allowed (too_many_saved_queries).");
+        }
+        r
+    };
+    let limits = format!(
+        "`name`: 1 to {} characters, unique among yours (400 invalid_name, 409 name_taken); `sql`: 1 to {} characters (400 invalid_sql).",
+        crate::saved::MAX_NAME,
+        crate::saved::MAX_SQL
+    );
+    let paths = json!({
+        "/api/v1/saved-queries": {
+            "get": {
+                "summary": format!("The signed-in user's saved queries, most recently changed first (all of them: at most {}).", crate::saved::MAX_PER_USER),
+                "security": user,
+                "responses": errs("200", json_ok("Saved queries.", json!({"type": "object", "required": ["data"],
+                    "properties": {"data": {"type": "array", "items": saved}}})), &[401, 403, 429]),
+            },
+            "post": {
+                "summary": format!("Save a query under a name. {limits} Needs `X-CSRF-Token`."), "security": user,
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false,
+                    "required": ["name", "sql"], "properties": {"name": {"type": "string"}, "sql": {"type": "string"}}}}}},
+                "responses": errs("201", json_ok("The saved query.", one.clone()), &[400, 401, 403, 409, 429]),
+            }
+        },
+        "/api/v1/saved-queries/{id}": {
+            "get": {
+                "summary": "One of the signed-in user's saved queries.", "security": user, "parameters": id_param,
+                "responses": errs("200", json_ok("The saved query.", one.clone()), &[401, 403, 404, 429]),
+            },
+            "patch": {
+                "summary": format!("Rename a saved query, change its SQL, or both. {limits} Needs `X-CSRF-Token`."), "security": user, "parameters": id_param,
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false,
+                    "properties": {"name": {"type": "string"}, "sql": {"type": "string"}}}}}},
+                "responses": errs("200", json_ok("The saved query.", one), &[400, 401, 403, 404, 409, 429]),
+            },
+            "delete": {
+                "summary": "Delete a saved query. Needs `X-CSRF-Token`.", "security": user, "parameters": id_param,
+                "responses": errs("204", json!({"description": "Deleted."}), &[401, 403, 404, 429]),
+            }
+        },
     });
     match paths {
         Value::Object(m) => m,

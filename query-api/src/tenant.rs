@@ -35,6 +35,7 @@ pub const ADMIN_ONLY_TABLES: &[&str] = &[
     "a2a_tasks",
     "chats",
     "chat_messages",
+    "saved_queries",
 ];
 
 /// A table's point in history for one query.

@@ -1206,27 +1206,33 @@ function Funnels() {
 
 // ---------------------------------------------------------- SQL console
 
-const HISTORY_KEY = "crow.sql.history";
 const GRID_PAGE = 50;
+const HISTORY_SIZE = 20;
 
-function history_() {
+// The queries a user ran, most recent first: kept in this browser, under
+// the user's id, so two people sharing a browser each see their own.
+const historyKey = (me) => "crow.sql.history." + ((me && me.user && me.user.id) || "anonymous");
+
+function history_(me) {
   try {
-    const h = JSON.parse(localStorage.getItem(HISTORY_KEY) || "[]");
-    return Array.isArray(h) ? h : [];
+    const h = JSON.parse(localStorage.getItem(historyKey(me)) || "[]");
+    return Array.isArray(h) ? h.filter((x) => typeof x === "string") : [];
   } catch (_) {
     return [];
   }
 }
 
-function remember(q) {
-  const h = [q, ...history_().filter((x) => x !== q)].slice(0, 20);
+function remember(me, q) {
+  const h = [q, ...history_(me).filter((x) => x !== q)].slice(0, HISTORY_SIZE);
   try {
-    localStorage.setItem(HISTORY_KEY, JSON.stringify(h));
+    localStorage.setItem(historyKey(me), JSON.stringify(h));
   } catch (_) {
     // Private mode: no history.
   }
   return h;
 }
+
+const short = (q) => (q.length > 90 ? q.slice(0, 90) + "…" : q);
 
 // A chart for the result: a line over time when the first column is a
 // date or time, bars when it is text; the numeric columns after it.
@@ -1368,12 +1374,106 @@ function Export({ q, me }) {
   </div>`;
 }
 
+// The user's saved queries (`/api/v1/saved-queries`): open one into the
+// editor, rename it, delete it (asked twice).
+function SavedItem({ q, onOpen, onChanged, setError }) {
+  const [renaming, setRenaming] = useState(false);
+  const [name, setName] = useState(q.name);
+  const [confirming, setConfirming] = useState(false);
+  const path = "/api/v1/saved-queries/" + encodeURIComponent(q.id);
+  const rename = async (e) => {
+    e.preventDefault();
+    try {
+      await send("PATCH", path, { name });
+      setRenaming(false);
+      onChanged();
+    } catch (err) {
+      setError(`Could not rename “${q.name}”: ${err.message}`);
+    }
+  };
+  const remove = async () => {
+    try {
+      await call(path, { method: "DELETE" });
+      onChanged();
+    } catch (err) {
+      setError(`Could not delete “${q.name}”: ${err.message}`);
+    }
+  };
+  if (renaming) {
+    return html`<li data-testid="saved-query" data-name=${q.name}><form class="controls" onSubmit=${rename}>
+      <label for=${"rename-" + q.id} class="visually-hidden">New name for ${q.name}</label>
+      <input id=${"rename-" + q.id} value=${name} maxlength="200" required onInput=${(e) => setName(e.target.value)} />
+      <button class="button" type="submit">Save name</button>
+      <button class="button" type="button" onClick=${() => setRenaming(false)}>Cancel</button></form></li>`;
+  }
+  return html`<li data-testid="saved-query" data-name=${q.name}>
+    <button class="linkish" type="button" title=${q.sql} onClick=${() => onOpen(q.sql)}>${q.name}</button>
+    <span class="controls">
+      <button class="button" type="button" aria-label=${"Rename " + q.name} onClick=${() => { setName(q.name); setRenaming(true); }}>Rename</button>
+      ${confirming
+        ? html`<span>Delete it?</span>
+          <button class="button" type="button" aria-label=${"Yes, delete " + q.name} onClick=${remove}>Yes, delete</button>
+          <button class="button" type="button" onClick=${() => setConfirming(false)}>Keep</button>`
+        : html`<button class="button" type="button" aria-label=${"Delete " + q.name} onClick=${() => setConfirming(true)}>Delete</button>`}
+    </span></li>`;
+}
+
+function SavedQueries({ q, onOpen }) {
+  const [list, setList] = useState(null);
+  const [name, setName] = useState("");
+  const [error, setError] = useState(null);
+  const [saved, setSaved] = useState(null);
+  const load = async () => {
+    try {
+      setList((await get("/api/v1/saved-queries")).data);
+    } catch (err) {
+      setList([]);
+      setError("Could not load your saved queries: " + err.message);
+    }
+  };
+  useEffect(() => {
+    load();
+  }, []);
+  const save = async (e) => {
+    e.preventDefault();
+    setError(null);
+    setSaved(null);
+    try {
+      const r = await send("POST", "/api/v1/saved-queries", { name, sql: q });
+      setSaved(r.saved_query.name);
+      setName("");
+      await load();
+    } catch (err) {
+      setError("Could not save the query: " + err.message);
+    }
+  };
+  const changed = () => {
+    setError(null);
+    setSaved(null);
+    load();
+  };
+  return html`<section class="panel" data-testid="saved-queries" data-state=${list ? "ready" : "loading"}><h2>Saved queries</h2>
+    <form class="controls" onSubmit=${save}>
+      <label for="save-name">Save the editor's query as</label>
+      <input id="save-name" value=${name} maxlength="200" required placeholder="Orders by day" onInput=${(e) => setName(e.target.value)} />
+      <button class="button" type="submit" disabled=${!q.trim()}>Save query</button>
+    </form>
+    <p role="status" class="meta">${saved ? `Saved as “${saved}”.` : ""}</p>
+    ${error ? html`<p class="error" role="alert">${error}</p>` : null}
+    ${!list
+      ? html`<p class="status">Loading your saved queries…</p>`
+      : list.length
+        ? html`<ul class="list saved">${list.map((s) => html`<${SavedItem} key=${s.id} q=${s} onOpen=${onOpen} onChanged=${changed} setError=${setError} />`)}</ul>`
+        : html`<p class="meta">No saved queries yet: name the query in the editor and save it. Only you see them.</p>`}
+  </section>`;
+}
+
 function Console({ me }) {
   const [q, setQ] = useState(urlParam("sql", "SELECT event_date, count(*) AS events FROM raw_web_events GROUP BY event_date ORDER BY event_date"));
   const [res, setRes] = useState(null);
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState(null);
-  const [hist, setHist] = useState(history_());
+  const [hist, setHist] = useState(history_(me));
   const run = async (e) => {
     if (e) e.preventDefault();
     setBusy(true);
@@ -1382,7 +1482,7 @@ function Console({ me }) {
     try {
       const rows = await sql(q);
       setRes({ rows, q, ms: performance.now() - started });
-      setHist(remember(q));
+      setHist(remember(me, q));
       setUrlParam("sql", q);
     } catch (err) {
       setRes(null);
@@ -1412,12 +1512,13 @@ function Console({ me }) {
           : null}
       </div>
       <div>
-        <section class="panel"><h2>Tables</h2><${Tables} onPick=${setQ} /></section>
-        <section class="panel"><h2>History</h2>
+        <${SavedQueries} q=${q} onOpen=${setQ} />
+        <section class="panel" data-testid="history"><h2>History</h2>
           ${hist.length
-            ? html`<ul class="list">${hist.map((h) => html`<li><button class="linkish" type="button" onClick=${() => setQ(h)}><code>${h.length > 90 ? h.slice(0, 90) + "…" : h}</code></button></li>`)}</ul>`
-            : html`<p class="meta">Queries you run are kept here, in this browser.</p>`}
+            ? html`<ul class="list">${hist.map((h) => html`<li><button class="linkish" type="button" title=${h} onClick=${() => setQ(h)}><code>${short(h)}</code></button></li>`)}</ul>`
+            : html`<p class="meta">The last ${HISTORY_SIZE} queries you run are kept here, most recent first, in this browser.</p>`}
         </section>
+        <section class="panel"><h2>Tables</h2><${Tables} onPick=${setQ} /></section>
       </div>
     </div>
   </div>`;

@@ -1047,6 +1047,24 @@ pub const SOCIAL_SEEN: TableDef = TableDef {
     secret_columns: &[],
 };
 
+/// `saved_queries`: a signed-in user's named SQL queries.
+pub const SAVED_QUERIES: TableDef = TableDef {
+    name: "saved_queries",
+    version: 1,
+    doc: "One row per saved query: a signed-in user's named SQL, kept for the dashboard's SQL console (`/api/v1/saved-queries`). Only its owner lists, opens, changes or deletes it through the API; through SQL only admins see it, like chats.",
+    columns: &[
+        req("org_id", Text, "The owner's organization."),
+        req("query_id", Text, "Saved query id (`sqy_` + 26 characters)."),
+        req("user_id", Text, "The user who owns it; nobody else opens it through the API."),
+        req("name", Text, "Its name (1 to 200 characters, unique among the owner's saved queries)."),
+        req("sql", Text, "The query (at most 20,000 characters)."),
+        req("created_at", Timestamp, "When it was saved."),
+        req("updated_at", Timestamp, "When it last changed (a rename, new SQL)."),
+    ],
+    partition_by: &[],
+    secret_columns: &[],
+};
+
 /// Every table, in creation order.
 pub const ALL_TABLES: &[TableDef] = &[
     ORGANIZATIONS,
@@ -1073,6 +1091,7 @@ pub const ALL_TABLES: &[TableDef] = &[
     SOCIAL_SEEN,
     CHATS,
     CHAT_MESSAGES,
+    SAVED_QUERIES,
 ];
 
 /// The table named `name`, if it is one of CROW's.

@@ -13,7 +13,8 @@ computes a funnel (split by device, over time) and the paths between two
 events, its steps in the URL; the bell lists the owner's notifications and
 marks them read; Ask CROW's panel answers a question and a follow-up
 (streamed), tells a refusal in words, lists, renames and deletes the chat; the SQL console
-runs a query and draws it; billing shows the month's usage and invoice; the
+runs a query and draws it, saves it, opens it after a reload and runs it
+again, renames and deletes it; billing shows the month's usage and invoice; the
 patterns page draws each finding's metric over the days around its period
 and moves between periods; the owner reaches Settings; a viewer accepts an
 invitation through /login?token=… and sees no Settings. On every page:
@@ -481,7 +482,51 @@ def console_page(page, watch, axe_js, out):
     assert "no_such_column" in page.inner_text("[data-testid=console] .error")
     # That 400 was the point: it is not a failure of the page.
     watch.problems = [p for p in watch.problems if "400" not in p]
-    return {"query": query, "rows": rows, "exported": exported}
+    saved = saved_queries(page, watch, axe_js, query)
+    return {"query": query, "rows": rows, "exported": exported, **saved}
+
+
+def saved_queries(page, watch, axe_js, query):
+    """The example query is saved under a name (a second save under the
+    same name is refused in words); after a reload it is listed, and the
+    history still has the query; opened into the editor and run, it shows
+    its rows; renamed, then deleted (asked twice), it is gone from the
+    API too."""
+    page.fill("#sql", query)
+    page.fill("#save-name", "Events per day")
+    page.get_by_role("button", name="Save query", exact=True).click()
+    page.wait_for_selector("[data-testid=saved-query][data-name='Events per day']", timeout=15000)
+    page.fill("#save-name", "Events per day")
+    page.get_by_role("button", name="Save query", exact=True).click()
+    page.wait_for_selector("[data-testid=saved-queries] .error", timeout=15000)
+    assert "already have a saved query" in page.inner_text("[data-testid=saved-queries] .error")
+    watch.problems = [p for p in watch.problems if not ("409" in p and "saved-queries" in p) and "status of 409" not in p]
+    before = len(watch.problems)
+    page.reload()
+    page.wait_for_selector("[data-testid=saved-queries][data-state=ready] [data-testid=saved-query]", timeout=30000)
+    # Requests the reload cut short are not failures of the page.
+    watch.problems = watch.problems[:before] + [p for p in watch.problems[before:] if "ERR_ABORTED" not in p]
+    history = page.inner_text("[data-testid=history]")
+    assert query[:60] in history, history
+    page.fill("#sql", "SELECT 1 AS one")
+    page.locator("[data-testid=saved-query][data-name='Events per day']").get_by_role("button", name="Events per day", exact=True).click()
+    assert page.input_value("#sql") == query
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.wait_for_selector("[data-testid=console][data-state=ready] [data-testid=result-chart] canvas", timeout=30000)
+    saved_rows = page.eval_on_selector_all("[data-testid=result-row]", "rs => rs.map(r => [...r.cells].map(c => c.textContent))")
+    page.get_by_role("button", name="Rename Events per day", exact=True).click()
+    page.fill("[data-testid=saved-query] input", "Daily events")
+    page.get_by_role("button", name="Save name", exact=True).click()
+    page.wait_for_selector("[data-testid=saved-query][data-name='Daily events']", timeout=15000)
+    axe(page, axe_js, "/app/sql (saved queries)")
+    listed = page.evaluate("""async () => (await (await fetch('/api/v1/saved-queries')).json()).data""")
+    assert [(q["name"], q["sql"]) for q in listed] == [("Daily events", query)], listed
+    page.get_by_role("button", name="Delete Daily events", exact=True).click()
+    page.get_by_role("button", name="Yes, delete Daily events", exact=True).click()
+    page.wait_for_selector("text=No saved queries yet", timeout=15000)
+    listed = page.evaluate("""async () => (await (await fetch('/api/v1/saved-queries')).json()).data""")
+    assert listed == [], listed
+    return {"saved_rows": saved_rows}
 
 
 def chats_by_api(page):

@@ -2,7 +2,8 @@
 //! dashboard draws a pattern's evidence over the days around its period
 //! (issue 16). The same code reads the sessions and counts them
 //! ([`Sess::from_row`], [`Stats::of_day`]), so a drawn day is the figure the
-//! job compared.
+//! job compared; only the metrics asked for are counted
+//! ([`Stats::of_day_only`]).
 
 use std::collections::BTreeMap;
 
@@ -12,7 +13,7 @@ use crow_lake::Lake;
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::{is_count, Sess, SessionIn, Stats};
+use super::{is_count, Only, Sess, SessionIn, Stats};
 use crate::{str_lit, Result};
 
 /// One day of a metric in one segment.
@@ -63,6 +64,8 @@ pub async fn daily_metrics(
             }
         }
     }
+    // Only the metrics asked for are counted (the job counts them all).
+    let only = std::sync::Arc::new(Only::new(metrics));
     let mut out = vec![Vec::new(); metrics.len()];
     let mut d = from;
     while d < to {
@@ -70,7 +73,7 @@ pub async fn daily_metrics(
             .get(&d)
             .map(|v| v.iter().collect())
             .unwrap_or_default();
-        let stats = Stats::of_day(&sessions);
+        let stats = Stats::of_day_only(&sessions, Some(only.clone()));
         for (series, key) in out.iter_mut().zip(metrics) {
             let cell = stats.cells.get(key).copied().unwrap_or_default();
             series.push(figure(d, &key.0, cell.k, cell.n));

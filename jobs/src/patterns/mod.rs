@@ -105,7 +105,7 @@
 //! the facts' numbers — otherwise the statistical text is kept and the
 //! rejection is recorded in `failed_events`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, Days, Months, NaiveDate, Utc, Weekday};
@@ -527,6 +527,48 @@ struct Stats {
     sessions: u64,
     /// Days with data merged into these stats (counts are compared per day).
     days: f64,
+    /// When set, only these metrics are kept (and only the work they need
+    /// is done); when not, every metric.
+    only: Option<Arc<Only>>,
+}
+
+/// The metrics [`Stats::of_day_only`] counts: the keys asked for (with what
+/// they are computed from) and their families, so whole groups of metrics
+/// nobody asked for are not even formed. Each metric is counted by the
+/// same code either way, so its figures are the same.
+#[derive(Debug, Default)]
+struct Only {
+    keys: HashSet<Key>,
+    /// `event:`, `funnel:`, `sessions`, … (a metric's name up to its `:`).
+    families: HashSet<String>,
+    /// Whether any key is of a segment (else only all traffic is counted).
+    segmented: bool,
+}
+
+/// A metric's family: its name up to and including the first `:`.
+fn family(metric: &str) -> &str {
+    metric.find(':').map_or(metric, |i| &metric[..=i])
+}
+
+impl Only {
+    fn new(metrics: &[Key]) -> Only {
+        let mut o = Only::default();
+        for (m, seg) in metrics {
+            // A transition is a rate of the transitions out of its source.
+            if let Some((from, _)) = m
+                .strip_prefix("transition:")
+                .and_then(|r| r.split_once('>'))
+            {
+                o.keys
+                    .insert((format!("transitions_from:{from}"), seg.clone()));
+                o.families.insert("transitions_from:".into());
+            }
+            o.families.insert(family(m).to_string());
+            o.segmented |= !seg.is_empty();
+            o.keys.insert((m.clone(), seg.clone()));
+        }
+        o
+    }
 }
 
 fn is_count(metric: &str) -> bool {
@@ -539,6 +581,9 @@ fn is_count(metric: &str) -> bool {
 impl Stats {
     fn add(&mut self, metric: String, seg: &str, k: f64, n: f64, sample: Option<(&str, bool)>) {
         let key = (metric, seg.to_string());
+        if self.only.as_ref().is_some_and(|o| !o.keys.contains(&key)) {
+            return;
+        }
         let c = self.cells.entry(key.clone()).or_default();
         c.k += k;
         c.n += n;
@@ -575,9 +620,24 @@ impl Stats {
     }
 
     fn of_day(sessions: &[&Sess]) -> Stats {
+        Self::of_day_only(sessions, None)
+    }
+
+    /// [`Stats::of_day`], keeping only the metrics of `only` (all when
+    /// None) and skipping the work of the families it does not name.
+    fn of_day_only(sessions: &[&Sess], only: Option<Arc<Only>>) -> Stats {
+        let wants = |f: &str| only.as_ref().is_none_or(|o| o.families.contains(f));
+        let segmented = only.as_ref().is_none_or(|o| o.segmented);
+        let (funnel, errors_at, orders) = (wants("funnel:"), wants("error_at:"), wants("orders"));
+        let (events, errors, loops) = (wants("event:"), wants("error:"), wants("loop:"));
+        let transitions = wants("transition:") || wants("transitions_from:");
+        let products = wants("product_views:") || wants("product_conversion:");
+        let bought = wants("bought:") || wants("pair:");
+        let revenue = wants("revenue") || wants("revenue_sq");
         let mut st = Stats {
             sessions: sessions.len() as u64,
             days: 1.0,
+            only: only.clone(),
             ..Stats::default()
         };
         let mut visitors = BTreeSet::new();
@@ -586,13 +646,13 @@ impl Stats {
                 visitors.insert(v.as_str());
             }
             let segs: Vec<&str> = std::iter::once("")
-                .chain(s.segments.iter().map(String::as_str))
+                .chain(s.segments.iter().map(String::as_str).filter(|_| segmented))
                 .collect();
             for seg in &segs {
                 st.add("sessions".into(), seg, 1.0, 0.0, Some((&s.id, true)));
                 // Funnel steps, step to step and view to order.
                 for i in 0..4 {
-                    if s.steps[i] {
+                    if funnel && s.steps[i] {
                         let hit = s.steps[i + 1];
                         st.add(
                             format!("funnel:{}>{}", STEPS[i].0, STEPS[i + 1].0),
@@ -603,7 +663,7 @@ impl Stats {
                         );
                     }
                 }
-                if s.steps[0] {
+                if funnel && s.steps[0] {
                     let hit = s.steps[4];
                     st.add(
                         "funnel:view>order".into(),
@@ -623,13 +683,13 @@ impl Stats {
                 );
                 // Which failure, at which step: sessions per (event, step).
                 let mut at: BTreeSet<String> = BTreeSet::new();
-                for (f, step) in &s.failures {
+                for (f, step) in s.failures.iter().filter(|_| errors_at) {
                     at.insert(format!("error_at:{f}@{}", step_key(*step)));
                 }
                 for m in at {
                     st.add(m, seg, 1.0, 0.0, None);
                 }
-                if s.steps[4] {
+                if (orders || revenue) && s.steps[4] {
                     st.add("orders".into(), seg, 1.0, 0.0, None);
                     // Revenue of the orders that carried one (k: the sum,
                     // n: how many), and its squares (for the spread).
@@ -641,14 +701,14 @@ impl Stats {
             }
             // Overall only: events, failures, transitions, loops, products.
             let mut kinds_seen = BTreeSet::new();
-            for k in &s.kinds {
+            for k in s.kinds.iter().filter(|_| events || loops) {
                 st.add(format!("event:{k}"), "", 1.0, 0.0, None);
                 kinds_seen.insert(k.as_str());
             }
-            for (f, _) in &s.failures {
+            for (f, _) in s.failures.iter().filter(|_| errors) {
                 st.add(format!("error:{f}"), "", 1.0, 0.0, Some((&s.id, true)));
             }
-            for w in s.kinds.windows(2) {
+            for w in s.kinds.windows(2).filter(|_| transitions) {
                 if w[0] == w[1] {
                     continue;
                 }
@@ -662,8 +722,8 @@ impl Stats {
                 );
                 st.add(format!("transitions_from:{}", w[0]), "", 1.0, 0.0, None);
             }
-            let looped = s.loop_kind();
-            for k in kinds_seen {
+            let looped = if loops { s.loop_kind() } else { None };
+            for k in kinds_seen.into_iter().filter(|_| loops) {
                 if k == "page" || k == "screen" {
                     continue;
                 }
@@ -676,7 +736,7 @@ impl Stats {
                     Some((&s.id, hit)),
                 );
             }
-            for p in &s.viewed {
+            for p in s.viewed.iter().filter(|_| products) {
                 st.add(
                     format!("product_views:{p}"),
                     "",
@@ -693,7 +753,7 @@ impl Stats {
                     Some((&s.id, hit)),
                 );
             }
-            for (i, a) in s.bought.iter().enumerate() {
+            for (i, a) in s.bought.iter().enumerate().filter(|_| bought) {
                 st.add(format!("bought:{a}"), "", 1.0, 0.0, None);
                 for b in s.bought.iter().skip(i + 1) {
                     let (x, y) = if a < b { (a, b) } else { (b, a) };
@@ -3137,6 +3197,88 @@ mod tests {
         assert!((poisson_p(0.0, 3.0) - 2.0 * (-3f64).exp()).abs() < 1e-9);
         assert!((binomial_p(10.0, 10.0, 0.5) - 2.0 / 1024.0).abs() < 1e-9);
         assert!((z_of_p(0.05) - 1.96).abs() < 0.01);
+    }
+
+    /// Sessions of every kind the metrics look at: funnels, failures,
+    /// loops, transitions, products bought together, revenue, segments.
+    fn day_sessions() -> Vec<Sess> {
+        let t = |events: &[(&str, &str)]| {
+            let v: Vec<(i64, String, String)> = events
+                .iter()
+                .enumerate()
+                .map(|(i, (k, d))| (i as i64, k.to_string(), d.to_string()))
+                .collect();
+            serde_json::to_string(&v).unwrap()
+        };
+        let row = |id: &str, channel: &str, device: &str, ret: bool, timeline: String| SessionIn {
+            org_id: "org".into(),
+            session_id: id.into(),
+            channel: channel.into(),
+            session_date: "2026-11-20".into(),
+            visitor_id: Some(format!("v-{}", id.len() % 3)),
+            device_type: Some(device.into()),
+            traffic_source: Some("search".into()),
+            is_returning: Some(ret),
+            timeline,
+        };
+        let buy = [
+            ("page", "/"),
+            ("Product Viewed", "p1 Headphones"),
+            ("Product Viewed", "p2 Cable"),
+            ("Product Added", "p1"),
+            ("Product Added", "p2"),
+            ("Checkout Started", ""),
+            ("Payment Info Entered", ""),
+            ("Order Completed", "order o-1 249.00"),
+        ];
+        let fail = [
+            ("Product Viewed", "p1 Headphones"),
+            ("Product Added", "p1"),
+            ("Checkout Started", ""),
+            ("Payment Failed", "card"),
+            ("Payment Failed", "card"),
+            ("Payment Failed", "card"),
+        ];
+        let browse = [
+            ("page", "/"),
+            ("Product Viewed", "p3 Stand"),
+            ("page", "/b"),
+        ];
+        vec![
+            row("s1", "web", "mobile", false, t(&buy)),
+            row("s22", "web", "desktop", true, t(&fail)),
+            row("s333", "web", "mobile", true, t(&browse)),
+            row("s4444", "cctv", "", false, t(&browse)),
+            row("s5", "web", "tablet", false, t(&buy)),
+        ]
+        .into_iter()
+        .filter_map(Sess::from_row)
+        .collect()
+    }
+
+    #[test]
+    fn a_metric_counted_alone_is_counted_as_among_all() {
+        let sessions = day_sessions();
+        let refs: Vec<&Sess> = sessions.iter().collect();
+        let all = Stats::of_day(&refs);
+        assert!(all.cells.len() > 40, "{}", all.cells.len());
+        for (key, want) in &all.cells {
+            let only = Arc::new(Only::new(std::slice::from_ref(key)));
+            let alone = Stats::of_day_only(&refs, Some(only));
+            let got = alone.cells.get(key).copied().unwrap_or_default();
+            assert_eq!((got.k, got.n), (want.k, want.n), "{key:?}");
+        }
+        // A few asked together: each as among all, nothing else kept.
+        let keys: Vec<Key> = all.cells.keys().take(7).cloned().collect();
+        let some = Stats::of_day_only(&refs, Some(Arc::new(Only::new(&keys))));
+        for k in &keys {
+            let (got, want) = (some.cells[k], all.cells[k]);
+            assert_eq!((got.k, got.n), (want.k, want.n), "{k:?}");
+        }
+        assert!(some
+            .cells
+            .keys()
+            .all(|k| keys.contains(k) || k.0.starts_with("transitions_from:")));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! (paged, filtered) and one opened as its session's timeline, the catalog
 //! with each product's activity and one product per day (equal to SQL), a funnel (split by device) and its paths
 //! as counted session by session here, the notifications bell (listed, marked
-//! read), the SQL console, billing and its invoice's line items as `crow
+//! read), the SQL console (a saved query reopened after a reload shows the
+//! same rows), billing and its invoice's line items as `crow
 //! billing report` has them, the latest week's patterns with their evidence
 //! drawn over the days around the week (each day equal to SQL over
 //! `sessions`; the days endpoint 404 for another organization), an invitation accepted in
@@ -877,6 +878,8 @@ async fn dashboard_in_chromium() {
             "{c}"
         );
     }
+    // The saved query, opened after a reload and run, showed the same rows.
+    assert_eq!(c["saved_rows"], c["rows"], "{c}");
     // The export downloaded from the console is the query's whole result.
     let exported: Vec<&str> = c["exported"]
         .as_array()

@@ -23,6 +23,7 @@ mod orgs;
 mod pgwire;
 mod readers;
 mod readme;
+mod saved_queries;
 mod schedule;
 mod social;
 mod support;

@@ -477,8 +477,8 @@ fn user_only(w: Who) -> Expect {
     }
 }
 
-/// Chats: any signed-in user; a key is authenticated but owns none (403
-/// `user_required`).
+/// Chats and saved queries: any signed-in user; a key is authenticated but
+/// owns none (403 `user_required`).
 fn chats(w: Who) -> Expect {
     match w {
         Who::Nobody => Expect::Unauthorized,
@@ -526,6 +526,11 @@ const MATRIX: &[(&str, &str, Rule)] = &[
     ("patch", "/api/v1/chats/{id}", chats),
     ("delete", "/api/v1/chats/{id}", chats),
     ("post", "/api/v1/chats/{id}/messages", chats),
+    ("get", "/api/v1/saved-queries", chats),
+    ("post", "/api/v1/saved-queries", chats),
+    ("get", "/api/v1/saved-queries/{id}", chats),
+    ("patch", "/api/v1/saved-queries/{id}", chats),
+    ("delete", "/api/v1/saved-queries/{id}", chats),
     ("get", "/api/v1/health", public),
     ("get", "/api/v1/openapi.json", public),
     ("patch", "/api/v1/organization", admin),

@@ -1,0 +1,347 @@
+//! Saved queries (`/api/v1/saved-queries`) against a live `crow serve`:
+//! a signed-in user saves, lists, opens, renames, changes and deletes their
+//! queries; every other user — of the same organization (an admin too) or
+//! another — gets 404; an API key gets 403 `user_required`; names and SQL
+//! are checked and limited; through SQL only admins see the table, and
+//! only their organization's rows; every write is in the audit log.
+
+use reqwest::header::COOKIE;
+use reqwest::Method as M;
+use serde_json::{json, Value};
+
+use crate::support::{Backend, Server};
+use crate::users::{crow_stdin, login, Jar};
+
+const PASSWORD: &str = "saved password 1";
+
+struct World {
+    b: Backend,
+    _wal: tempfile::TempDir,
+    server: Server,
+    http: reqwest::Client,
+}
+
+impl World {
+    /// A signed-in user of `org`.
+    async fn user(&self, org: &str, email: &str, role: &str) -> Jar {
+        crow_stdin(
+            &self.b,
+            &[
+                "users",
+                "create",
+                "--org",
+                org,
+                "--email",
+                email,
+                "--role",
+                role,
+                "--password-stdin",
+                "--format",
+                "json",
+            ],
+            &format!("{PASSWORD}\n"),
+        );
+        let (s, body, jar) = login(&self.http, &self.server, email, PASSWORD).await;
+        assert_eq!(s, 200, "{body}");
+        jar
+    }
+
+    /// A request as the user of `jar` (with the CSRF token), or with `key`.
+    async fn call(
+        &self,
+        who: Result<&Jar, &str>,
+        method: M,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut r = self.http.request(method, self.server.url(path));
+        r = match who {
+            Ok(jar) => r
+                .header(COOKIE, jar.header())
+                .header("X-CSRF-Token", &jar.csrf),
+            Err(key) => r.bearer_auth(key),
+        };
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.expect("request");
+        let status = r.status().as_u16();
+        let text = r.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// The rows `sql` answers the caller.
+    async fn sql(&self, who: Result<&Jar, &str>, sql: &str) -> Vec<Value> {
+        let (s, v) = self
+            .call(who, M::POST, "/api/v1/sql", Some(json!({ "sql": sql })))
+            .await;
+        assert_eq!(s, 200, "{sql}: {v}");
+        v.as_array().expect("rows").clone()
+    }
+}
+
+fn key(b: &Backend, org: &str, scope: &str) -> String {
+    let k = b.crow_json(&["keys", "create", "--org", org, "--scope", scope]);
+    k["secret"].as_str().expect("secret").to_string()
+}
+
+fn names(list: &Value) -> Vec<String> {
+    list["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|q| q["name"].as_str().expect("name").to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saved_queries_are_checked_and_stay_with_their_owner() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    let org_a = b.crow_json(&["orgs", "create", "--name", "Alpha"])["org_id"]
+        .as_str()
+        .expect("org")
+        .to_string();
+    let org_b = b.crow_json(&["orgs", "create", "--name", "Beta"])["org_id"]
+        .as_str()
+        .expect("org")
+        .to_string();
+    let read_key = key(&b, &org_a, "read");
+    let admin_key = key(&b, &org_a, "admin");
+    let wal = tempfile::tempdir().expect("wal");
+    let server = Server::start(&b, wal.path(), &[]);
+    let w = World {
+        b,
+        _wal: wal,
+        server,
+        http: reqwest::Client::new(),
+    };
+    let alice = w.user(&org_a, "alice@alpha.example", "analyst").await;
+    let bob = w.user(&org_a, "bob@alpha.example", "admin").await;
+    let carol = w.user(&org_b, "carol@beta.example", "owner").await;
+    let base = "/api/v1/saved-queries";
+
+    // Saved, listed and opened by its owner.
+    let sql = "SELECT 41 + 1 AS answer";
+    let (s, v) = w
+        .call(
+            Ok(&alice),
+            M::POST,
+            base,
+            Some(json!({"name": "  The answer ", "sql": sql})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let q = &v["saved_query"];
+    let id = q["id"].as_str().expect("id").to_string();
+    assert!(id.starts_with("sqy_"), "{id}");
+    assert_eq!(
+        (q["name"].as_str(), q["sql"].as_str()),
+        (Some("The answer"), Some(sql))
+    );
+    let (s, one) = w
+        .call(Ok(&alice), M::GET, &format!("{base}/{id}"), None)
+        .await;
+    assert_eq!(s, 200, "{one}");
+    assert_eq!(one["saved_query"], *q);
+    let (s, v) = w
+        .call(
+            Ok(&alice),
+            M::POST,
+            base,
+            Some(json!({"name": "Orgs", "sql": "SELECT name FROM organizations"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, list) = w.call(Ok(&alice), M::GET, base, None).await;
+    assert_eq!(s, 200, "{list}");
+    assert_eq!(names(&list), ["Orgs", "The answer"], "newest first");
+
+    // Nobody else: the same org's admin and another org's owner get 404 and
+    // an empty list; changing or deleting it fails the same way.
+    for other in [&bob, &carol] {
+        let (s, v) = w.call(Ok(other), M::GET, base, None).await;
+        assert_eq!((s, names(&v).len()), (200, 0), "{v}");
+        let path = format!("{base}/{id}");
+        for (m, body) in [
+            (M::GET, None),
+            (M::PATCH, Some(json!({"name": "mine now"}))),
+            (M::DELETE, None),
+        ] {
+            let (s, v) = w.call(Ok(other), m.clone(), &path, body).await;
+            assert_eq!(s, 404, "{m} {path}: {v}");
+            assert_eq!(v["code"], "not_found", "{v}");
+        }
+    }
+
+    // An API key, read or admin, has no saved queries.
+    for k in [&read_key, &admin_key] {
+        for (m, path, body) in [
+            (M::GET, base.to_string(), None),
+            (
+                M::POST,
+                base.to_string(),
+                Some(json!({"name": "k", "sql": "SELECT 1"})),
+            ),
+            (M::GET, format!("{base}/{id}"), None),
+            (M::DELETE, format!("{base}/{id}"), None),
+        ] {
+            let (s, v) = w.call(Err(k.as_str()), m.clone(), &path, body).await;
+            assert_eq!(s, 403, "{m} {path}: {v}");
+            assert_eq!(v["code"], "user_required", "{v}");
+        }
+    }
+
+    // Without the CSRF token a cookie session cannot write.
+    let r = w
+        .http
+        .post(w.server.url(base))
+        .header(COOKIE, alice.header())
+        .json(&json!({"name": "no csrf", "sql": "SELECT 1"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 403);
+
+    // Checked input, with a code that says what is wrong.
+    let long_name = "n".repeat(201);
+    let long_sql = format!("SELECT '{}'", "x".repeat(20_000));
+    for (body, status, code) in [
+        (json!({"name": "", "sql": "SELECT 1"}), 400, "invalid_name"),
+        (
+            json!({"name": long_name, "sql": "SELECT 1"}),
+            400,
+            "invalid_name",
+        ),
+        (
+            json!({"name": "tab\there", "sql": "SELECT 1"}),
+            400,
+            "invalid_name",
+        ),
+        (json!({"name": "blank", "sql": "  \n "}), 400, "invalid_sql"),
+        (json!({"name": "long", "sql": long_sql}), 400, "invalid_sql"),
+        (json!({"name": "x"}), 400, "invalid_body"),
+        (
+            json!({"name": "x", "sql": "SELECT 1", "owner": "bob"}),
+            400,
+            "invalid_body",
+        ),
+        (
+            json!({"name": "Orgs", "sql": "SELECT 2"}),
+            409,
+            "name_taken",
+        ),
+    ] {
+        let (s, v) = w.call(Ok(&alice), M::POST, base, Some(body.clone())).await;
+        assert_eq!((s, v["code"].as_str()), (status, Some(code)), "{body}: {v}");
+    }
+    let at = format!("{base}/{id}");
+    for (body, status, code) in [
+        (json!({}), 400, "invalid_body"),
+        (json!({"name": "Orgs"}), 409, "name_taken"),
+        (json!({"sql": ""}), 400, "invalid_sql"),
+    ] {
+        let (s, v) = w.call(Ok(&alice), M::PATCH, &at, Some(body.clone())).await;
+        assert_eq!((s, v["code"].as_str()), (status, Some(code)), "{body}: {v}");
+    }
+    let (s, v) = w
+        .call(Ok(&alice), M::GET, &format!("{base}/sqy_x'--"), None)
+        .await;
+    assert_eq!(s, 404, "{v}");
+
+    // Renamed, then its SQL changed: kept, and now the newest.
+    let (s, v) = w
+        .call(Ok(&alice), M::PATCH, &at, Some(json!({"name": "Answer"})))
+        .await;
+    assert_eq!(
+        (s, v["saved_query"]["sql"].as_str()),
+        (200, Some(sql)),
+        "{v}"
+    );
+    let (s, v) = w
+        .call(
+            Ok(&alice),
+            M::PATCH,
+            &at,
+            Some(json!({"sql": "SELECT 42 AS answer"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, list) = w.call(Ok(&alice), M::GET, base, None).await;
+    assert_eq!(names(&list), ["Answer", "Orgs"], "{list}");
+    assert_eq!(list["data"][0]["sql"], "SELECT 42 AS answer");
+
+    // Through SQL: an analyst sees the table empty, her admin sees her
+    // organization's rows only, another organization's owner only theirs.
+    let (s, v) = w
+        .call(
+            Ok(&carol),
+            M::POST,
+            base,
+            Some(json!({"name": "Orgs", "sql": "SELECT 1"})),
+        )
+        .await;
+    assert_eq!(s, 201, "the same name in another user's list: {v}");
+    assert!(w
+        .sql(Ok(&alice), "SELECT * FROM saved_queries")
+        .await
+        .is_empty());
+    let seen = w
+        .sql(
+            Ok(&bob),
+            "SELECT name, sql FROM saved_queries ORDER BY name",
+        )
+        .await;
+    assert_eq!(
+        seen,
+        [
+            json!({"name": "Answer", "sql": "SELECT 42 AS answer"}),
+            json!({"name": "Orgs", "sql": "SELECT name FROM organizations"})
+        ]
+    );
+    let seen = w
+        .sql(Ok(&carol), "SELECT name, sql FROM saved_queries")
+        .await;
+    assert_eq!(seen, [json!({"name": "Orgs", "sql": "SELECT 1"})]);
+
+    // Deleted: gone for its owner too.
+    let (s, v) = w.call(Ok(&alice), M::DELETE, &at, None).await;
+    assert_eq!(s, 204, "{v}");
+    let (s, _) = w.call(Ok(&alice), M::GET, &at, None).await;
+    assert_eq!(s, 404);
+    let (_, list) = w.call(Ok(&alice), M::GET, base, None).await;
+    assert_eq!(names(&list), ["Orgs"]);
+
+    // Every write is in the audit log, with the user who made it.
+    let audited = w
+        .sql(
+            Err(&admin_key),
+            "SELECT action, actor, target FROM audit_log WHERE action LIKE 'saved_query.%' ORDER BY at",
+        )
+        .await;
+    let actions: Vec<&str> = audited
+        .iter()
+        .filter_map(|r| r["action"].as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "saved_query.create",
+            "saved_query.create",
+            "saved_query.update",
+            "saved_query.update",
+            "saved_query.delete"
+        ],
+        "{audited:?}"
+    );
+    assert!(
+        audited
+            .iter()
+            .all(|r| r["actor"].as_str().is_some_and(|a| a.starts_with("user:"))),
+        "{audited:?}"
+    );
+    assert_eq!(audited[4]["target"], json!(id));
+}
