@@ -6,14 +6,16 @@ use clap::Args;
 use crow_lake::Lake;
 use crow_schemas::config::Config;
 
-use crate::jobs::{progress, resolve_org, JobName};
+use crow_jobs::{JobContext, JobName};
+
+use crate::jobs::{chain_job, progress, resolve_org};
 use crate::FormatArg;
 
 #[derive(Debug, Args)]
 pub struct BackfillArgs {
     /// The first job to recompute; the jobs after it (sessionize → enrich →
     /// patterns → billing) follow unless --no-cascade.
-    #[arg(value_enum)]
+    #[arg(value_parser = chain_job())]
     pub job: JobName,
     /// First UTC day (inclusive), YYYY-MM-DD.
     #[arg(long)]
@@ -45,7 +47,8 @@ pub async fn run(lake: &Lake, cfg: &Config, args: BackfillArgs) -> Result<()> {
         cascade: !args.no_cascade,
     };
     let (progress, pb) = progress(args.quiet);
-    let result = crow_jobs::backfill::run(lake, cfg, &opts, &progress).await;
+    let ctx = JobContext::new(lake.clone(), cfg.clone()).with_progress(progress);
+    let result = crow_jobs::backfill::run(&ctx, &opts).await;
     pb.finish_and_clear();
     let steps = result?;
     let rows: Vec<serde_json::Value> = steps

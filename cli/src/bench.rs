@@ -404,7 +404,8 @@ pub async fn enrich(
     latency_ms: u64,
     concurrency: usize,
 ) -> Result<()> {
-    use crow_jobs::{ai, enrich, sessionize, NoProgress, ProgressRef, Trigger};
+    use crow_jobs::job::run;
+    use crow_jobs::{ai, enrich, sessionize, JobContext, Request};
     let tmp = tempfile::tempdir()?;
     let mut cfg = cfg;
     cfg.lake.uri = tmp.path().join("lake").display().to_string();
@@ -437,18 +438,16 @@ pub async fn enrich(
     let batch = crow_lake::batch::rows_to_batch(&crow_schemas::RAW_WEB_EVENTS, &rows)?;
     lake.append(crow_schemas::RAW_WEB_EVENTS.name, vec![batch])
         .await?;
-    let quiet: ProgressRef = Arc::new(NoProgress);
-    let s = sessionize::run(
-        &lake,
-        &sessionize::Options {
-            org: None,
-            window: None,
-            gap: chrono::Duration::minutes(60),
-            now: chrono::Utc::now(),
-            trigger: Trigger::Cli,
-            memory_limit_mb: crow_schemas::config::JobsConfig::default().memory_limit_mb,
-        },
-        &quiet,
+    // The bench's own settings: hour-long sessions, the default memory,
+    // two retries per call, `concurrency` calls at once, no token budget.
+    cfg.jobs.session_gap_minutes = 60;
+    cfg.jobs.memory_limit_mb = crow_schemas::config::JobsConfig::default().memory_limit_mb;
+    cfg.ai.max_retries = 2;
+    cfg.ai.concurrency = concurrency;
+    cfg.ai.daily_token_budget = 0;
+    let s = run::<sessionize::Sessionize>(
+        &JobContext::new(lake.clone(), cfg.clone()),
+        &Request::incremental(),
     )
     .await?;
 
@@ -488,30 +487,19 @@ pub async fn enrich(
         None,
         Duration::from_secs(30),
     )?);
-    let opts = enrich::Options {
-        org: None,
-        window: None,
-        trigger: Trigger::Cli,
-        policy: ai::RetryPolicy::new(2),
-        concurrency,
-        daily_token_budget: 0,
-    };
+    let ctx = JobContext::new(lake.clone(), cfg.clone()).with_provider(provider);
     let started = Instant::now();
-    let r = enrich::run(&lake, provider.clone(), &opts, &quiet).await?;
+    let r = run::<enrich::Enrich>(&ctx, &Request::incremental()).await?;
     let elapsed = started.elapsed().as_secs_f64();
     let ideal = r.sessions as f64 * latency_ms as f64 / 1000.0 / concurrency as f64;
     let calls_first = calls.load(Ordering::Relaxed);
     // Again over the same window: every answer comes from the cache.
-    let again_opts = enrich::Options {
-        window: Some(crow_jobs::Window {
-            start: r.window_start.context("window")?,
-            end: r.window_end.context("window")?,
-        }),
-        trigger: Trigger::Backfill,
-        ..opts
+    let window = crow_jobs::Window {
+        start: r.window_start.context("window")?,
+        end: r.window_end.context("window")?,
     };
     let started = Instant::now();
-    let again = enrich::run(&lake, provider, &again_opts, &quiet).await?;
+    let again = run::<enrich::Enrich>(&ctx, &Request::new(None, Some(window))).await?;
     let cached_s = started.elapsed().as_secs_f64();
     server.abort();
     crate::output::line(format_args!("| sessions | latency ms | concurrency | max in flight | seconds | ideal seconds | efficiency | sessions/s | cached re-run s | provider calls on re-run |"))?;

@@ -120,7 +120,7 @@ pub async fn run(
     // CROW's main job: sessions, then AI-written interactions (incremental,
     // so running the demo again only processes what is new).
     let prices = crow_jobs::billing::Prices::from_config(&cfg.billing)?;
-    let (sessions, enriched, patterns) = run_jobs(lake, cfg, now, &prices, &bar).await?;
+    let (sessions, enriched, patterns) = run_jobs(lake, cfg, now, &bar).await?;
     bar.finish_and_clear();
 
     eprintln!(
@@ -168,85 +168,36 @@ pub async fn run(
 }
 
 /// The demo's jobs, as the scheduler runs them: sessionize, enrich,
-/// patterns and billing, each incremental.
+/// patterns and billing, each incremental, through the job runner.
 async fn run_jobs(
     lake: &Lake,
     cfg: &Config,
     now: DateTime<Utc>,
-    prices: &crow_jobs::billing::Prices,
     bar: &ProgressBar,
 ) -> Result<(
     crow_jobs::sessionize::Report,
     crow_jobs::enrich::Report,
     crow_jobs::patterns::Report,
 )> {
+    use crow_jobs::job::run;
+    let ctx = crow_jobs::JobContext::new(lake.clone(), cfg.clone()).at(now);
+    let req = crow_jobs::Request::incremental();
     bar.set_message("sessionizing");
-    let quiet: crow_jobs::ProgressRef = std::sync::Arc::new(crow_jobs::NoProgress);
-    let sessions = crow_jobs::sessionize::run(
-        lake,
-        &crow_jobs::sessionize::Options {
-            org: None,
-            window: None,
-            gap: chrono::Duration::minutes(i64::from(cfg.jobs.session_gap_minutes)),
-            now,
-            trigger: crow_jobs::Trigger::Cli,
-            memory_limit_mb: cfg.jobs.memory_limit_mb,
-        },
-        &quiet,
-    )
-    .await?;
+    let sessions = run::<crow_jobs::sessionize::Sessionize>(&ctx, &req).await?;
     bar.inc(1);
-    let provider = crow_jobs::ai::from_config(&cfg.ai)?;
+    let provider = ctx.provider()?;
     bar.set_message(format!(
         "enriching sessions ({}/{})",
         provider.name(),
         provider.model()
     ));
-    let enriched = crow_jobs::enrich::run(
-        lake,
-        provider,
-        &crow_jobs::enrich::Options {
-            org: None,
-            window: None,
-            trigger: crow_jobs::Trigger::Cli,
-            policy: crow_jobs::ai::RetryPolicy::new(cfg.ai.max_retries),
-            concurrency: cfg.ai.concurrency,
-            daily_token_budget: cfg.ai.daily_token_budget,
-        },
-        &quiet,
-    )
-    .await?;
+    let enriched = run::<crow_jobs::enrich::Enrich>(&ctx, &req).await?;
     bar.inc(1);
     bar.set_message("finding patterns");
-    let provider = crow_jobs::ai::from_config(&cfg.ai)?;
-    let patterns = crow_jobs::patterns::run(
-        lake,
-        provider,
-        &crow_jobs::patterns::Options {
-            org: None,
-            window: None,
-            trigger: crow_jobs::Trigger::Cli,
-            now,
-            fdr: cfg.jobs.patterns.fdr,
-            notify_min_significance: cfg.jobs.patterns.notify_min_significance,
-        },
-        &quiet,
-    )
-    .await?;
+    let patterns = run::<crow_jobs::patterns::Patterns>(&ctx, &req).await?;
     bar.inc(1);
     bar.set_message("billing");
-    crow_jobs::billing::run(
-        lake,
-        &crow_jobs::billing::Options {
-            org: None,
-            window: None,
-            trigger: crow_jobs::Trigger::Cli,
-            now,
-            prices: prices.clone(),
-        },
-        &quiet,
-    )
-    .await?;
+    run::<crow_jobs::billing::Billing>(&ctx, &req).await?;
     bar.inc(1);
     Ok((sessions, enriched, patterns))
 }

@@ -4,8 +4,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use chrono::{NaiveDate, SubsecRound, Utc};
-use clap::{Args, Subcommand, ValueEnum};
-use crow_jobs::{ai, enrich, runs, sessionize, ProgressRef, Trigger, Window};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::{Args, Subcommand};
+use crow_jobs::job::{self, JobContext, JobName, Request};
+use crow_jobs::{runs, ProgressRef, Window};
 use crow_lake::Lake;
 use crow_schemas::config::Config;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -26,7 +28,7 @@ pub enum JobsCommand {
     /// error).
     Runs {
         /// Only this job's runs.
-        #[arg(long, value_enum)]
+        #[arg(long, value_parser = chain_job())]
         job: Option<JobName>,
         /// Show this many runs.
         #[arg(long, default_value_t = 20)]
@@ -38,34 +40,21 @@ pub enum JobsCommand {
     Failures(FormatArg),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum JobName {
-    /// Raw events of all channels → sessions.
-    Sessionize,
-    /// Sessions → AI-written interactions.
-    Enrich,
-    /// Sessions and interactions → patterns per day, week, month, year, all.
-    Patterns,
-    /// Usage per organization per day → usage_daily (priced).
-    Billing,
-}
-
-impl JobName {
-    /// The job's name in the ledger.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobName::Sessionize => sessionize::JOB,
-            JobName::Enrich => enrich::JOB,
-            JobName::Patterns => crow_jobs::patterns::JOB,
-            JobName::Billing => crow_jobs::billing::JOB,
-        }
-    }
+/// Parses a job of the chain (the jobs `crow jobs run` and `crow backfill`
+/// run): crow-jobs' [`JobName`], each shown with what it does.
+pub fn chain_job() -> impl TypedValueParser<Value = JobName> {
+    PossibleValuesParser::new(
+        crow_jobs::job::chain()
+            .into_iter()
+            .map(|j| PossibleValue::new(j.as_str()).help(j.about())),
+    )
+    .try_map(|s| s.parse::<JobName>())
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The job.
-    #[arg(value_enum)]
+    #[arg(value_parser = chain_job())]
     pub job: JobName,
     /// First UTC day of the window (inclusive), YYYY-MM-DD.
     #[arg(long, requires = "to")]
@@ -145,60 +134,14 @@ pub async fn run(lake: &Lake, cfg: &Config, args: RunArgs) -> Result<()> {
         (Some(f), Some(t)) => Some(Window::days(f, t)?),
         _ => None,
     };
-    let trigger = if window.is_some() {
-        Trigger::Backfill
-    } else {
-        Trigger::Cli
-    };
     let now = args.now.unwrap_or_else(Utc::now).trunc_subsecs(6);
     let (progress, pb) = progress(args.quiet);
-    let report = match args.job {
-        JobName::Sessionize => {
-            let opts = sessionize::Options {
-                org,
-                window,
-                gap: chrono::Duration::minutes(i64::from(cfg.jobs.session_gap_minutes)),
-                now,
-                trigger,
-                memory_limit_mb: cfg.jobs.memory_limit_mb,
-            };
-            serde_json::to_value(sessionize::run(lake, &opts, &progress).await?)?
-        }
-        JobName::Enrich => {
-            let provider = ai::from_config(&cfg.ai)?;
-            let opts = enrich::Options {
-                org,
-                window,
-                trigger,
-                policy: ai::RetryPolicy::new(cfg.ai.max_retries),
-                concurrency: cfg.ai.concurrency,
-                daily_token_budget: cfg.ai.daily_token_budget,
-            };
-            serde_json::to_value(enrich::run(lake, provider, &opts, &progress).await?)?
-        }
-        JobName::Patterns => {
-            let provider = ai::from_config(&cfg.ai)?;
-            let opts = crow_jobs::patterns::Options {
-                org,
-                window,
-                trigger,
-                now,
-                fdr: cfg.jobs.patterns.fdr,
-                notify_min_significance: cfg.jobs.patterns.notify_min_significance,
-            };
-            serde_json::to_value(crow_jobs::patterns::run(lake, provider, &opts, &progress).await?)?
-        }
-        JobName::Billing => {
-            let opts = crow_jobs::billing::Options {
-                org,
-                window,
-                trigger,
-                now,
-                prices: crow_jobs::billing::Prices::from_config(&cfg.billing)?,
-            };
-            serde_json::to_value(crow_jobs::billing::run(lake, &opts, &progress).await?)?
-        }
-    };
+    let ctx = JobContext::new(lake.clone(), cfg.clone())
+        .at(now)
+        .with_progress(progress);
+    let report = job::builtin(args.job)
+        .run(&ctx, &Request::new(org, window))
+        .await?;
     pb.finish_and_clear();
     // Nothing to do (no run was started): a table of blanks would say
     // nothing, so say why instead. JSON and CSV keep the report's shape.
@@ -228,15 +171,9 @@ pub async fn run(lake: &Lake, cfg: &Config, args: RunArgs) -> Result<()> {
 
 /// What `jobs run JOB` says when the job found nothing to do.
 fn nothing_to_do(job: JobName) -> String {
-    let why = match job {
-        JobName::Sessionize => "there is no raw activity to sessionize yet",
-        JobName::Enrich => "no session closed since its last run",
-        JobName::Patterns => "no complete day since its last run",
-        JobName::Billing => "there is no new activity to meter",
-    };
     format!(
-        "nothing to do: {} ran no window because {why} (see `crow jobs status`; --from/--to recomputes chosen days)",
-        job.as_str()
+        "nothing to do: {job} ran no window because {} (see `crow jobs status`; --from/--to recomputes chosen days)",
+        job::builtin(job).idle()
     )
 }
 
@@ -300,7 +237,7 @@ pub async fn status(lake: &Lake, cfg: &Config, format: Format) -> Result<()> {
     let mut rows = Vec::new();
     for j in crow_jobs::scheduler::status(lake, cfg, now).await? {
         let lease = j.lease.as_ref();
-        let chained = crow_jobs::backfill::CHAIN.contains(&j.job.as_str());
+        let chained = job::chain().iter().any(|c| c.as_str() == j.job);
         let (watermark, last_success) = if chained {
             let w = runs::watermark(lake, &j.job).await?;
             let last = runs::last_succeeded(lake, &j.job).await?;

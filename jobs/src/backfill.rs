@@ -1,6 +1,7 @@
 //! Backfills: recompute a range of days, cascading downstream.
 //!
-//! The job chain is sessionize → enrich → patterns → billing. A backfill of
+//! The job chain is sessionize → enrich → patterns → billing: the jobs
+//! with a [`Split`], in [`JobName`](crate::JobName) order. A backfill of
 //! a job recomputes the range with it and then (unless cascading is off)
 //! with every job after it, each over explicit windows (trigger
 //! `backfill`): sessionize and enrich day by day, patterns and billing once
@@ -11,92 +12,16 @@
 //! Watermarks are left alone.
 
 use chrono::{DateTime, Duration, NaiveDate, SubsecRound, Utc};
-use crow_lake::Lake;
-use crow_schemas::config::Config;
 use serde::Serialize;
 use std::sync::Arc;
 
-use crate::{
-    ai, billing, enrich, patterns, sessionize, Error, NoProgress, ProgressRef, Result, Trigger,
-    Window,
-};
-
-/// The jobs in dependency order.
-pub const CHAIN: [&str; 4] = [sessionize::JOB, enrich::JOB, patterns::JOB, billing::JOB];
-
-/// Run one job of the chain (or `optimize` / `checkpoint` through the
-/// scheduler) with the configured settings; its report as JSON.
-pub async fn run_job(
-    lake: &Lake,
-    cfg: &Config,
-    job: &str,
-    org: Option<String>,
-    window: Option<Window>,
-    trigger: Trigger,
-    progress: &ProgressRef,
-) -> Result<serde_json::Value> {
-    let now = Utc::now().trunc_subsecs(6);
-    match job {
-        sessionize::JOB => {
-            let opts = sessionize::Options {
-                org,
-                window,
-                gap: Duration::minutes(i64::from(cfg.jobs.session_gap_minutes)),
-                now,
-                trigger,
-                memory_limit_mb: cfg.jobs.memory_limit_mb,
-            };
-            json(&sessionize::run(lake, &opts, progress).await?)
-        }
-        enrich::JOB => {
-            let provider = ai::from_config(&cfg.ai)?;
-            let opts = enrich::Options {
-                org,
-                window,
-                trigger,
-                policy: ai::RetryPolicy::new(cfg.ai.max_retries),
-                concurrency: cfg.ai.concurrency,
-                daily_token_budget: cfg.ai.daily_token_budget,
-            };
-            json(&enrich::run(lake, provider, &opts, progress).await?)
-        }
-        patterns::JOB => {
-            let provider = ai::from_config(&cfg.ai)?;
-            let opts = patterns::Options {
-                org,
-                window,
-                trigger,
-                now,
-                fdr: cfg.jobs.patterns.fdr,
-                notify_min_significance: cfg.jobs.patterns.notify_min_significance,
-            };
-            json(&patterns::run(lake, provider, &opts, progress).await?)
-        }
-        billing::JOB => {
-            let opts = billing::Options {
-                org,
-                window,
-                trigger,
-                now,
-                prices: billing::Prices::from_config(&cfg.billing)?,
-            };
-            json(&billing::run(lake, &opts, progress).await?)
-        }
-        other => Err(Error::Invalid(format!(
-            "unknown job `{other}` (one of {})",
-            CHAIN.join(", ")
-        ))),
-    }
-}
-
-fn json<T: Serialize>(report: &T) -> Result<serde_json::Value> {
-    serde_json::to_value(report).map_err(|e| Error::Invalid(format!("job report: {e}")))
-}
+use crate::job::{AnyJob, JobContext, Registry, Request, Split};
+use crate::{Error, NoProgress, ProgressRef, Result, Trigger, Window};
 
 /// What to backfill.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The first job.
+    /// The first job (its name in the ledger).
     pub job: String,
     /// First day (inclusive).
     pub from: NaiveDate,
@@ -123,24 +48,36 @@ pub struct Step {
     pub report: serde_json::Value,
 }
 
-/// The steps a backfill runs: (job, window), in order.
-pub fn plan(opts: &Options) -> Result<Vec<(&'static str, Window)>> {
+/// The steps a backfill runs over `registry`'s chain: (job, window), in
+/// order.
+pub fn plan<'r>(
+    registry: &'r Registry,
+    opts: &Options,
+) -> Result<Vec<(&'r Arc<dyn AnyJob>, Window)>> {
     let whole = Window::days(opts.from, opts.to)?;
-    let first = CHAIN.iter().position(|j| *j == opts.job).ok_or_else(|| {
-        Error::Invalid(format!(
-            "cannot backfill `{}`: one of {}",
-            opts.job,
-            CHAIN.join(", ")
-        ))
-    })?;
-    let jobs: Vec<&'static str> = if opts.cascade {
-        CHAIN[first..].to_vec()
+    let chain = registry.chain();
+    let first = chain
+        .iter()
+        .position(|j| j.name() == opts.job)
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "cannot backfill `{}`: one of {}",
+                opts.job,
+                chain
+                    .iter()
+                    .map(|j| j.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+    let jobs = if opts.cascade {
+        &chain[first..]
     } else {
-        vec![CHAIN[first]]
+        &chain[first..=first]
     };
     let mut steps = Vec::new();
-    for job in jobs {
-        if job == sessionize::JOB || job == enrich::JOB {
+    for &job in jobs {
+        if job.split() == Some(Split::Days) {
             let mut d = opts.from;
             while d < opts.to {
                 let next = d + Duration::days(1);
@@ -154,37 +91,42 @@ pub fn plan(opts: &Options) -> Result<Vec<(&'static str, Window)>> {
     Ok(steps)
 }
 
-/// Run a backfill; `progress` counts steps.
-pub async fn run(
-    lake: &Lake,
-    cfg: &Config,
-    opts: &Options,
-    progress: &ProgressRef,
-) -> Result<Vec<Step>> {
-    let steps = plan(opts)?;
+/// Run a backfill of the built-in jobs; `ctx.progress` counts steps.
+pub async fn run(ctx: &JobContext, opts: &Options) -> Result<Vec<Step>> {
+    run_with(&Registry::builtin(), ctx, opts).await
+}
+
+/// Run a backfill over `registry`'s chain; `ctx.progress` counts steps.
+/// Every step runs through the job runner with trigger `backfill`, its own
+/// clock and no progress of its own.
+pub async fn run_with(registry: &Registry, ctx: &JobContext, opts: &Options) -> Result<Vec<Step>> {
+    let steps = plan(registry, opts)?;
+    let progress = ctx.progress.clone();
     progress.phase("backfill", steps.len() as u64);
     let quiet: ProgressRef = Arc::new(NoProgress);
     let mut done = Vec::new();
     for (job, window) in steps {
-        progress.message(&format!("{job} {window}"));
-        let report = run_job(
-            lake,
-            cfg,
-            job,
-            opts.org.clone(),
-            Some(window),
-            Trigger::Backfill,
-            &quiet,
-        )
-        .await
-        .map_err(|e| {
+        let name = job.name();
+        progress.message(&format!("{name} {window}"));
+        let step_ctx = ctx
+            .clone()
+            .at(Utc::now().trunc_subsecs(6))
+            .with_progress(quiet.clone());
+        let req = Request {
+            org: opts.org.clone(),
+            window: Some(window),
+            trigger: Trigger::Backfill,
+            attempt: 1,
+            slot: None,
+        };
+        let report = job.run(&step_ctx, &req).await.map_err(|e| {
             Error::Invalid(format!(
-                "backfill stopped at {job} {window} (the steps before it are done; run the same backfill again to finish): {e}"
+                "backfill stopped at {name} {window} (the steps before it are done; run the same backfill again to finish): {e}"
             ))
         })?;
-        tracing::info!(job, %window, "backfill step done");
+        tracing::info!(job = name, %window, "backfill step done");
         done.push(Step {
-            job: job.to_string(),
+            job: name.to_string(),
             window_start: window.start,
             window_end: window.end,
             run_id: report["run_id"].as_str().unwrap_or_default().to_string(),
@@ -212,8 +154,9 @@ mod tests {
             org: None,
             cascade: true,
         };
-        let p = plan(&o).unwrap();
-        let jobs: Vec<&str> = p.iter().map(|s| s.0).collect();
+        let registry = Registry::builtin();
+        let p = plan(&registry, &o).unwrap();
+        let jobs: Vec<&str> = p.iter().map(|s| s.0.name()).collect();
         assert_eq!(
             jobs,
             [
@@ -237,14 +180,12 @@ mod tests {
         );
         o.job = "patterns".into();
         o.cascade = false;
-        assert_eq!(plan(&o).unwrap().len(), 1);
+        assert_eq!(plan(&registry, &o).unwrap().len(), 1);
         o.job = "optimize".into();
-        assert!(plan(&o)
-            .unwrap_err()
-            .to_string()
-            .contains("cannot backfill"));
+        let e = plan(&registry, &o).map(|p| p.len()).unwrap_err();
+        assert!(e.to_string().contains("cannot backfill"), "{e}");
         o.job = "billing".into();
         o.to = o.from;
-        assert!(plan(&o).is_err());
+        assert!(plan(&registry, &o).map(|p| p.len()).is_err());
     }
 }

@@ -48,10 +48,11 @@ use crow_schemas::config::BillingConfig;
 use crow_schemas::USAGE_DAILY;
 use serde::{Deserialize, Serialize};
 
+use crate::job::{Job, JobContext, Planned, Request, Split};
 use crate::{runs, str_lit, ts_lit, Error, ProgressRef, Result, Trigger, Window};
 
 /// Name of the job in the ledger.
-pub const JOB: &str = "billing";
+pub const JOB: &str = crate::JobName::Billing.as_str();
 /// How long before the previous run's start a received event still counts
 /// as possibly unseen (collector flush delay).
 const LATE_ALLOWANCE_MINUTES: i64 = 10;
@@ -250,29 +251,62 @@ fn date_lit(t: DateTime<Utc>) -> String {
     format!("DATE '{}'", t.date_naive().format("%Y-%m-%d"))
 }
 
-/// Run the billing job.
-pub async fn run(lake: &Lake, opts: &Options, progress: &ProgressRef) -> Result<Report> {
-    let org = opts.org.as_deref();
-    let window = match opts.window {
-        Some(w) => Window {
-            start: midnight(w.start),
-            end: midnight(w.end - Duration::microseconds(1)) + Duration::days(1),
-        },
-        None => incremental_window(lake, org, opts.now).await?,
-    };
-    let run = runs::start(lake, JOB, org, window, opts.trigger, 1).await?;
-    match compute(lake, opts, window, progress).await {
-        Ok(mut report) => {
-            report.run_id = run.id().to_string();
-            run.succeed(report.days, report.rows).await?;
-            Ok(report)
-        }
-        Err(e) => {
-            if let Err(le) = run.fail(&e.to_string()).await {
-                tracing::error!(error = %le, "could not record the failed run");
-            }
-            Err(e)
-        }
+/// The billing job, configured for one run.
+#[derive(Debug)]
+pub struct Billing {
+    opts: Options,
+}
+
+#[async_trait::async_trait]
+impl Job for Billing {
+    const NAME: &'static str = JOB;
+    const SPLIT: Option<Split> = Some(Split::Whole);
+    const IDLE: &'static str = "there is no new activity to meter";
+    type Plan = Window;
+    type Report = Report;
+
+    fn build(ctx: &JobContext, req: &Request) -> Result<Self> {
+        Ok(Billing {
+            opts: Options {
+                org: req.org.clone(),
+                window: req.window,
+                trigger: req.trigger,
+                now: ctx.now,
+                prices: Prices::from_config(&ctx.config.billing)?,
+            },
+        })
+    }
+
+    /// An explicit window widened to whole days; else from the earliest
+    /// changed day to the end of today (billing always has a window).
+    async fn plan(&self, ctx: &JobContext, _req: &Request) -> Result<Planned<Window, Report>> {
+        let window = match self.opts.window {
+            Some(w) => Window {
+                start: midnight(w.start),
+                end: midnight(w.end - Duration::microseconds(1)) + Duration::days(1),
+            },
+            None => incremental_window(&ctx.lake, self.opts.org.as_deref(), self.opts.now).await?,
+        };
+        Ok(Planned::Run {
+            window,
+            plan: window,
+        })
+    }
+
+    async fn compute(
+        &self,
+        ctx: &JobContext,
+        _req: &Request,
+        window: Window,
+        run_id: &str,
+    ) -> Result<(Window, Report)> {
+        let mut report = compute(&ctx.lake, &self.opts, window, &ctx.progress).await?;
+        report.run_id = run_id.to_string();
+        Ok((window, report))
+    }
+
+    fn rows(r: &Report) -> (u64, u64) {
+        (r.days, r.rows)
     }
 }
 

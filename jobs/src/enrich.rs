@@ -37,6 +37,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use async_trait::async_trait;
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use crow_lake::batch::{batches_to_rows, rows_to_batch, ts_micros};
 use crow_lake::ids::sha256_hex;
@@ -47,10 +48,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::ai::{call_checked, AiRequest, Check, Provider, RetryPolicy};
+use crate::job::{Job, JobContext, Planned, Request, Split};
 use crate::{runs, sessionize, str_lit, ts_lit, ProgressRef, Result, Trigger, Window};
 
 /// Name of the job in the ledger.
-pub const JOB: &str = "enrich";
+pub const JOB: &str = crate::JobName::Enrich.as_str();
 /// Version of the prompt template; part of every prompt hash.
 pub const PROMPT_VERSION: &str = "enrich-v1";
 /// Candidate products given to the model per session.
@@ -399,36 +401,97 @@ pub(crate) struct FailedRow {
     pub(crate) event_date: i32,
 }
 
-/// Run the enrich job with `provider`.
-pub async fn run(
-    lake: &Lake,
+/// The enrich job, configured for one run with its AI provider.
+pub struct Enrich {
     provider: Arc<dyn Provider>,
-    opts: &Options,
-    progress: &ProgressRef,
-) -> Result<Report> {
-    let org = opts.org.as_deref();
-    let window = match opts.window {
-        Some(w) => w,
-        None => match incremental_window(lake, org).await? {
+    opts: Options,
+}
+
+impl std::fmt::Debug for Enrich {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enrich")
+            .field("provider", &self.provider.name())
+            .field("opts", &self.opts)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl Job for Enrich {
+    const NAME: &'static str = JOB;
+    const SPLIT: Option<Split> = Some(Split::Days);
+    const IDLE: &'static str = "no session closed since its last run";
+    type Plan = Window;
+    type Report = Report;
+
+    fn build(ctx: &JobContext, req: &Request) -> Result<Self> {
+        let ai = &ctx.config.ai;
+        Ok(Enrich {
+            provider: ctx.provider()?,
+            opts: Options {
+                org: req.org.clone(),
+                window: req.window,
+                trigger: req.trigger,
+                policy: RetryPolicy::new(ai.max_retries),
+                concurrency: ai.concurrency,
+                daily_token_budget: ai.daily_token_budget,
+            },
+        })
+    }
+
+    async fn plan(&self, ctx: &JobContext, _req: &Request) -> Result<Planned<Window, Report>> {
+        let window = match self.opts.window {
             Some(w) => w,
-            None => {
-                tracing::info!("enrich: no new sessions");
-                return Ok(Report {
-                    provider: provider.name().into(),
-                    model: provider.model().into(),
-                    ..Report::default()
-                });
-            }
-        },
-    };
-    let run = runs::start(lake, JOB, org, window, opts.trigger, 1).await?;
-    let run_id = run.id().to_string();
-    let result = enrich_window(lake, provider, opts, window, &run_id, progress)
-        .await
-        .map(|report| Report { run_id, ..report });
-    let report = run.record(result, |r| (r.sessions, r.interactions)).await?;
-    notify_over_budget(lake, &report.over_budget, opts.daily_token_budget).await;
-    Ok(report)
+            None => match incremental_window(&ctx.lake, self.opts.org.as_deref()).await? {
+                Some(w) => w,
+                None => {
+                    tracing::info!("enrich: no new sessions");
+                    return Ok(Planned::Nothing(Report {
+                        provider: self.provider.name().into(),
+                        model: self.provider.model().into(),
+                        ..Report::default()
+                    }));
+                }
+            },
+        };
+        Ok(Planned::Run {
+            window,
+            plan: window,
+        })
+    }
+
+    async fn compute(
+        &self,
+        ctx: &JobContext,
+        _req: &Request,
+        window: Window,
+        run_id: &str,
+    ) -> Result<(Window, Report)> {
+        let report = enrich_window(
+            &ctx.lake,
+            self.provider.clone(),
+            &self.opts,
+            window,
+            run_id,
+            &ctx.progress,
+        )
+        .await?;
+        Ok((
+            window,
+            Report {
+                run_id: run_id.to_string(),
+                ..report
+            },
+        ))
+    }
+
+    fn rows(r: &Report) -> (u64, u64) {
+        (r.sessions, r.interactions)
+    }
+
+    async fn finished(&self, ctx: &JobContext, report: &Report) {
+        notify_over_budget(&ctx.lake, &report.over_budget, self.opts.daily_token_budget).await;
+    }
 }
 
 /// Tell each organization's admins that its AI budget for today is used

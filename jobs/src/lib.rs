@@ -6,11 +6,14 @@
 //! records every execution and derives the watermarks that incremental runs
 //! start from.
 //!
+//! - [`job`]: the job framework — [`JobName`], the [`Job`] trait, the
+//!   [`JobContext`] jobs run with and the one runner that records every run.
 //! - [`sessionize`]: raw events of all channels → `sessions`.
 //! - [`enrich`]: sessions → AI-written `interactions`, through [`ai`].
 //! - [`billing`]: usage per org per day → `usage_daily`, monthly invoices.
 //! - [`scheduler`]: cron schedules inside `crow serve`, one run at a time
 //!   per job across servers through a [`lease`] in the lake.
+//! - [`maintenance`]: optimize, checkpoint and vacuum every table.
 //! - [`backfill`]: recompute a range of days, cascading downstream.
 //! - [`social`]: the social collector: sources, platform adapters, dedupe,
 //!   one run = one session.
@@ -23,12 +26,16 @@ pub mod backfill;
 pub mod billing;
 pub mod catalog;
 pub mod enrich;
+pub mod job;
 pub mod lease;
+pub mod maintenance;
 pub mod patterns;
 pub mod runs;
 pub mod scheduler;
 pub mod sessionize;
 pub mod social;
+
+pub use job::{AnyJob, Job, JobContext, JobName, Registry, Request};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use std::sync::Arc;

@@ -38,20 +38,9 @@ use crow_schemas::config::Config;
 use serde::Serialize;
 use tokio::sync::{watch, Mutex};
 
+use crate::job::{AnyJob, JobContext, Registry, Request};
 use crate::lease::{LeaseState, Leases};
-use crate::{backfill, runs, NoProgress, ProgressRef, Result, Trigger, Window};
-
-/// Jobs the scheduler runs, in the order it runs due jobs.
-pub const JOBS: [&str; 8] = [
-    "social",
-    "sessionize",
-    "enrich",
-    "patterns",
-    "billing",
-    "optimize",
-    "checkpoint",
-    "vacuum",
-];
+use crate::{runs, Result};
 
 /// The scheduler of one server.
 pub struct Scheduler {
@@ -59,7 +48,8 @@ pub struct Scheduler {
     cfg: Config,
     leases: Leases,
     holder: String,
-    jobs: Vec<(&'static str, Cron)>,
+    jobs: Vec<(Arc<dyn AnyJob>, Cron)>,
+    shutdown: Option<watch::Receiver<bool>>,
 }
 
 enum Outcome {
@@ -80,39 +70,58 @@ pub fn holder_id() -> String {
 }
 
 impl Scheduler {
-    /// A scheduler over `lake` with `cfg.schedule`.
+    /// A scheduler over `lake` running the built-in jobs on
+    /// `cfg.schedule`'s crons.
     pub fn new(lake: Lake, cfg: Config) -> Result<Scheduler> {
-        let jobs = cfg
+        let registry = Registry::builtin();
+        let mut jobs = Vec::new();
+        for (name, cron) in cfg
             .schedule
             .jobs()
             .map_err(|e| crate::Error::Invalid(e.to_string()))?
-            .into_iter()
-            .filter_map(|(j, c)| c.map(|c| (j, c)))
-            .collect();
+        {
+            if let (Some(job), Some(cron)) = (registry.get(name.as_str()), cron) {
+                jobs.push((job.clone(), cron));
+            }
+        }
+        Scheduler::with_jobs(lake, cfg, jobs)
+    }
+
+    /// A scheduler over `lake` running `jobs` (in this order when several
+    /// are due) on their crons, with `cfg.schedule`'s tick, leases and
+    /// retries.
+    pub fn with_jobs(
+        lake: Lake,
+        cfg: Config,
+        jobs: Vec<(Arc<dyn AnyJob>, Cron)>,
+    ) -> Result<Scheduler> {
         Ok(Scheduler {
             leases: Leases::open(&lake)?,
             lake,
             cfg,
             holder: holder_id(),
             jobs,
+            shutdown: None,
         })
     }
 
     /// Run until `shutdown` turns true. A run in progress is finished first.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        self.shutdown = Some(shutdown.clone());
         let start = Utc::now();
-        let names: Vec<&str> = self.jobs.iter().map(|j| j.0).collect();
+        let names: Vec<&str> = self.jobs.iter().map(|j| j.0.name()).collect();
         tracing::info!(holder = %self.holder, jobs = ?names, "scheduler started");
         let mut next: HashMap<&'static str, Option<DateTime<Utc>>> = self
             .jobs
             .iter()
-            .map(|(j, c)| (*j, c.next_after(start)))
+            .map(|(j, c)| (j.name(), c.next_after(start)))
             .collect();
         let mut pending: HashMap<&'static str, DateTime<Utc>> = HashMap::new();
         // Slots missed while no server ran the scheduler collapse into one
         // too: a job that ran on this lake before runs its latest slot
         // since then at once. (A job never run waits for its first slot.)
         for (job, cron) in &self.jobs {
+            let job = job.name();
             match self.leases.current(job).await {
                 Ok(Some(l)) => {
                     if let Some(slot) = latest_slot(cron, l.slot, start) {
@@ -132,26 +141,27 @@ impl Scheduler {
                 if *shutdown.borrow() {
                     break;
                 }
+                let name = job.name();
                 let now = Utc::now();
-                if let Some(Some(n)) = next.get(job).copied() {
+                if let Some(Some(n)) = next.get(name).copied() {
                     if now >= n {
                         let slot = cron.last_in(n - Duration::seconds(1), now).unwrap_or(n);
-                        if let Some(old) = pending.insert(job, slot) {
-                            tracing::info!(job, missed = %old, slot = %slot, "scheduler: slot missed, running the latest");
+                        if let Some(old) = pending.insert(name, slot) {
+                            tracing::info!(job = name, missed = %old, slot = %slot, "scheduler: slot missed, running the latest");
                         }
-                        next.insert(job, cron.next_after(now));
+                        next.insert(name, cron.next_after(now));
                     }
                 }
-                let Some(slot) = pending.get(job).copied() else {
+                let Some(slot) = pending.get(name).copied() else {
                     continue;
                 };
-                match self.try_slot(job, slot).await {
+                match self.try_slot(job.as_ref(), slot).await {
                     Ok(Outcome::Done) => {
-                        pending.remove(job);
+                        pending.remove(name);
                     }
                     Ok(Outcome::Wait) => {}
                     Err(e) => {
-                        tracing::warn!(job, error = %e, "scheduler: could not check the lease; trying again")
+                        tracing::warn!(job = name, error = %e, "scheduler: could not check the lease; trying again")
                     }
                 }
             }
@@ -169,7 +179,8 @@ impl Scheduler {
         }
     }
 
-    async fn try_slot(&self, job: &'static str, slot: DateTime<Utc>) -> Result<Outcome> {
+    async fn try_slot(&self, runner: &dyn AnyJob, slot: DateTime<Utc>) -> Result<Outcome> {
+        let job = runner.name();
         let s = &self.cfg.schedule;
         let max = s.max_attempts.max(1) as i32;
         let now = Utc::now();
@@ -232,7 +243,7 @@ impl Scheduler {
             lost_tx,
         ));
         let result = tokio::select! {
-            r = crate::with_attempt(attempt, self.run_job(job, slot)) => r,
+            r = self.run_job(runner, slot, attempt) => r,
             _ = lost_rx.wait_for(|l| *l) => Err(crate::Error::Invalid(format!(
                 "lost the lease of {job} (could not renew it in time); run abandoned"
             ))),
@@ -341,89 +352,15 @@ impl Scheduler {
         }
     }
 
-    /// Run `job` once, incrementally; a short summary.
-    async fn run_job(&self, job: &str, slot: DateTime<Utc>) -> Result<String> {
-        let progress: ProgressRef = Arc::new(NoProgress);
-        match job {
-            crate::social::JOB => crate::social::run_scheduled(&self.lake, &self.cfg, slot)
-                .await
-                .map(|r| summary(&r)),
-            "optimize" | "checkpoint" | "vacuum" => {
-                let w = Window {
-                    start: slot,
-                    end: slot,
-                };
-                let run = runs::start(&self.lake, job, None, w, Trigger::Schedule, 1).await?;
-                let mut done = 0u64;
-                let mut changed = 0u64;
-                let mut result = Ok(());
-                for def in crow_schemas::ALL_TABLES {
-                    let r = match job {
-                        "optimize" => self
-                            .lake
-                            .optimize(def.name)
-                            .await
-                            .map(|m| changed += m.files_removed),
-                        "vacuum" => self
-                            .lake
-                            .vacuum(def.name, self.cfg.schedule.vacuum_retention_hours, false)
-                            .await
-                            .map(|files| changed += files.len() as u64),
-                        _ => self.lake.checkpoint(def.name).await.map(|_| ()),
-                    };
-                    match r {
-                        Ok(()) => done += 1,
-                        Err(e) => {
-                            result = Err(crate::Error::from(e));
-                            break;
-                        }
-                    }
-                }
-                match result {
-                    Ok(()) => {
-                        run.succeed(done, changed).await?;
-                        Ok(format!("{done} tables"))
-                    }
-                    Err(e) => {
-                        if let Err(le) = run.fail(&e.to_string()).await {
-                            tracing::error!(error = %le, "could not record the failed run");
-                        }
-                        Err(e)
-                    }
-                }
-            }
-            _ => {
-                match backfill::run_job(
-                    &self.lake,
-                    &self.cfg,
-                    job,
-                    None,
-                    None,
-                    Trigger::Schedule,
-                    &progress,
-                )
-                .await
-                {
-                    Ok(report) => Ok(summary(&report)),
-                    Err(e) => {
-                        // Failures before the job recorded its run (an AI
-                        // provider that cannot be set up) are recorded here.
-                        if !matches!(e, crate::Error::Lake(_) | crate::Error::Query(_)) {
-                            let w = Window {
-                                start: slot,
-                                end: slot,
-                            };
-                            if let Ok(run) =
-                                runs::start(&self.lake, job, None, w, Trigger::Schedule, 1).await
-                            {
-                                let _ = run.fail(&e.to_string()).await;
-                            }
-                        }
-                        Err(e)
-                    }
-                }
-            }
+    /// Run `job` once, incrementally, through the job runner (which records
+    /// the run with its attempt); a short summary.
+    async fn run_job(&self, job: &dyn AnyJob, slot: DateTime<Utc>, attempt: i32) -> Result<String> {
+        let mut ctx = JobContext::new(self.lake.clone(), self.cfg.clone());
+        if let Some(shutdown) = &self.shutdown {
+            ctx = ctx.with_shutdown(shutdown.clone());
         }
+        let report = job.run(&ctx, &Request::scheduled(slot, attempt)).await?;
+        Ok(summary(&report))
     }
 }
 
@@ -526,20 +463,10 @@ pub async fn status(lake: &Lake, cfg: &Config, now: DateTime<Utc>) -> Result<Vec
         .map_err(|e| crate::Error::Invalid(e.to_string()))?;
     let mut out = Vec::new();
     for (job, cron) in jobs {
-        let expr = match job {
-            "social" => &cfg.schedule.social,
-            "sessionize" => &cfg.schedule.sessionize,
-            "enrich" => &cfg.schedule.enrich,
-            "patterns" => &cfg.schedule.patterns,
-            "billing" => &cfg.schedule.billing,
-            "optimize" => &cfg.schedule.optimize,
-            "vacuum" => &cfg.schedule.vacuum,
-            _ => &cfg.schedule.checkpoint,
-        };
         out.push(JobSchedule {
-            job: job.to_string(),
+            job: job.as_str().to_string(),
             schedule: if cron.is_some() {
-                expr.clone()
+                cfg.schedule.expr(job).to_string()
             } else {
                 "off".into()
             },
@@ -547,7 +474,7 @@ pub async fn status(lake: &Lake, cfg: &Config, now: DateTime<Utc>) -> Result<Vec
                 .as_ref()
                 .filter(|_| cfg.schedule.enabled)
                 .and_then(|c| c.next_after(now)),
-            lease: leases.current(job).await?,
+            lease: leases.current(job.as_str()).await?,
         });
     }
     Ok(out)

@@ -82,11 +82,12 @@ use futures::StreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::job::{Job, JobContext, Planned, Request, Split};
 use crate::runs;
 use crate::{str_lit, ts_lit, Error, ProgressRef, Result, Trigger, Window};
 
 /// Name of the job in the ledger.
-pub const JOB: &str = "sessionize";
+pub const JOB: &str = crate::JobName::Sessionize.as_str();
 /// Timeline entries kept per session; longer sessions end with a
 /// `truncated` entry.
 pub const MAX_TIMELINE: usize = 300;
@@ -576,36 +577,72 @@ fn writer_context(runtime: &Arc<RuntimeEnv>, pool_bytes: usize) -> SessionContex
     ctx
 }
 
-/// Run the sessionize job.
-pub async fn run(lake: &Lake, opts: &Options, progress: &ProgressRef) -> Result<Report> {
-    let org = opts.org.as_deref();
-    let (mut run, from, explicit_end, late_days) = match opts.window {
-        Some(w) => {
-            let run = runs::start(lake, JOB, org, w, opts.trigger, 1).await?;
-            (run, w.start, Some(w.end), Vec::new())
+/// The sessionize job, configured for one run.
+#[derive(Debug)]
+pub struct Sessionize {
+    opts: Options,
+}
+
+/// Where a run starts, where an explicit window ends, and the days late
+/// events moved it back to.
+type Start = (DateTime<Utc>, Option<DateTime<Utc>>, Vec<NaiveDate>);
+
+#[async_trait::async_trait]
+impl Job for Sessionize {
+    const NAME: &'static str = JOB;
+    const SPLIT: Option<Split> = Some(Split::Days);
+    const IDLE: &'static str = "there is no raw activity to sessionize yet";
+    type Plan = Start;
+    type Report = Report;
+
+    fn build(ctx: &JobContext, req: &Request) -> Result<Self> {
+        let cfg = &ctx.config.jobs;
+        Ok(Sessionize {
+            opts: Options {
+                org: req.org.clone(),
+                window: req.window,
+                gap: Duration::minutes(i64::from(cfg.session_gap_minutes)),
+                now: ctx.now,
+                trigger: req.trigger,
+                memory_limit_mb: cfg.memory_limit_mb,
+            },
+        })
+    }
+
+    async fn plan(&self, ctx: &JobContext, _req: &Request) -> Result<Planned<Start, Report>> {
+        if let Some(w) = self.opts.window {
+            return Ok(Planned::Run {
+                window: w,
+                plan: (w.start, Some(w.end), Vec::new()),
+            });
         }
-        None => {
-            let (from, late_days) = match incremental_start(lake, org).await? {
-                Some(s) => s,
-                None => {
-                    tracing::info!("sessionize: no raw activity yet, nothing to do");
-                    return Ok(Report::default());
-                }
-            };
-            let w = Window {
+        let Some((from, late_days)) =
+            incremental_start(&ctx.lake, self.opts.org.as_deref()).await?
+        else {
+            tracing::info!("sessionize: no raw activity yet, nothing to do");
+            return Ok(Planned::Nothing(Report::default()));
+        };
+        Ok(Planned::Run {
+            window: Window {
                 start: from,
                 end: from,
-            };
-            let run = runs::start(lake, JOB, org, w, opts.trigger, 1).await?;
-            (run, from, None, late_days)
-        }
-    };
-    let run_id = run.id().to_string();
-    let result = async {
+            },
+            plan: (from, None, late_days),
+        })
+    }
+
+    async fn compute(
+        &self,
+        ctx: &JobContext,
+        _req: &Request,
+        (from, explicit_end, late_days): Start,
+        run_id: &str,
+    ) -> Result<(Window, Report)> {
+        let (lake, opts, progress) = (&ctx.lake, &self.opts, &ctx.progress);
         let (window, built, inside, ordered) =
-            sessionize(lake, opts, from, explicit_end, progress, &run_id).await?;
+            sessionize(lake, opts, from, explicit_end, progress, run_id).await?;
         let mut report = Report {
-            run_id: run_id.clone(),
+            run_id: run_id.to_string(),
             window_start: Some(window.start),
             window_end: Some(window.end),
             events_read: built.events,
@@ -633,16 +670,13 @@ pub async fn run(lake: &Lake, opts: &Options, progress: &ProgressRef) -> Result<
             }
         }
         progress.phase("writing sessions", 0);
-        write(lake, org, window, ordered).await?;
+        write(lake, opts.org.as_deref(), window, ordered).await?;
         Ok((window, report))
     }
-    .await;
-    if let Ok((window, _)) = &result {
-        run.set_window(*window);
+
+    fn rows(r: &Report) -> (u64, u64) {
+        (r.events_read, r.sessions)
     }
-    run.record(result, |(_, r)| (r.events_read, r.sessions))
-        .await
-        .map(|(_, r)| r)
 }
 
 /// Where an incremental run starts: the watermark, moved back to midnight

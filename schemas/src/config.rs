@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::JobName;
+
 pub mod cron;
 
 /// A configuration error, always naming the offending key.
@@ -715,30 +717,36 @@ impl SocialConfig {
 }
 
 impl ScheduleConfig {
-    /// Each schedulable job with its schedule (None: disabled), in the
-    /// order the scheduler runs them when several are due.
-    pub fn jobs(&self) -> Result<Vec<(&'static str, Option<cron::Cron>)>, ConfigError> {
-        [
-            ("social", &self.social),
-            ("sessionize", &self.sessionize),
-            ("enrich", &self.enrich),
-            ("patterns", &self.patterns),
-            ("billing", &self.billing),
-            ("optimize", &self.optimize),
-            ("checkpoint", &self.checkpoint),
-            ("vacuum", &self.vacuum),
-        ]
-        .into_iter()
-        .map(|(job, expr)| {
-            let e = expr.trim();
-            if e.is_empty() || e.eq_ignore_ascii_case("off") {
-                return Ok((job, None));
-            }
-            cron::Cron::parse(e)
-                .map(|c| (job, Some(c)))
-                .map_err(|m| err(format!("schedule.{job}"), m))
-        })
-        .collect()
+    /// The cron expression configured for `job` (`""` or `"off"`:
+    /// disabled).
+    pub fn expr(&self, job: JobName) -> &str {
+        match job {
+            JobName::Social => &self.social,
+            JobName::Sessionize => &self.sessionize,
+            JobName::Enrich => &self.enrich,
+            JobName::Patterns => &self.patterns,
+            JobName::Billing => &self.billing,
+            JobName::Optimize => &self.optimize,
+            JobName::Checkpoint => &self.checkpoint,
+            JobName::Vacuum => &self.vacuum,
+        }
+    }
+
+    /// Each job with its parsed schedule (None: disabled); iterating the
+    /// map gives the order the scheduler runs them in when several are due.
+    pub fn jobs(&self) -> Result<BTreeMap<JobName, Option<cron::Cron>>, ConfigError> {
+        JobName::ALL
+            .into_iter()
+            .map(|job| {
+                let e = self.expr(job).trim();
+                if e.is_empty() || e.eq_ignore_ascii_case("off") {
+                    return Ok((job, None));
+                }
+                cron::Cron::parse(e)
+                    .map(|c| (job, Some(c)))
+                    .map_err(|m| err(format!("schedule.{job}"), m))
+            })
+            .collect()
     }
 }
 
@@ -1379,7 +1387,11 @@ mod tests {
         assert!(!c.schedule.enabled);
         assert_eq!(c.schedule.lease_seconds, 6);
         let jobs = c.schedule.jobs().unwrap();
-        let on: Vec<&str> = jobs.iter().filter(|j| j.1.is_some()).map(|j| j.0).collect();
+        let on: Vec<&str> = jobs
+            .iter()
+            .filter(|j| j.1.is_some())
+            .map(|j| j.0.as_str())
+            .collect();
         assert_eq!(
             on,
             [

@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod job;
 pub mod net;
 pub mod time;
 
@@ -25,6 +26,7 @@ use std::sync::Arc;
 
 pub use arrow_schema;
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+pub use job::JobName;
 
 /// The logical type of a column, mapped to one Arrow type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -126,11 +126,12 @@ mod thresholds;
 mod trend;
 
 use crate::ai::{call_validated, AiRequest, Provider, RetryPolicy};
+use crate::job::{Job, JobContext, Planned, Request, Split};
 use crate::{enrich, runs, str_lit, Error, ProgressRef, Result, Trigger, Window};
 pub use days::{daily_metrics, is_daily_count, DayFigure};
 
 /// Name of the job in the ledger.
-pub const JOB: &str = "patterns";
+pub const JOB: &str = crate::JobName::Patterns.as_str();
 /// Days in a day's baseline.
 pub const BASELINE_DAYS: i64 = 28;
 /// Minimum |z| of a finding, whatever the multiple-testing correction
@@ -202,29 +203,88 @@ pub struct Report {
     pub narrative_failures: u64,
 }
 
-/// Run the patterns job.
-pub async fn run(
-    lake: &Lake,
+/// The patterns job, configured for one run with its AI provider.
+pub struct Patterns {
     provider: Arc<dyn Provider>,
-    opts: &Options,
-    progress: &ProgressRef,
-) -> Result<Report> {
-    let window = match opts.window {
-        Some(w) => w,
-        None => match incremental_window(lake, opts).await? {
+    opts: Options,
+}
+
+impl std::fmt::Debug for Patterns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Patterns")
+            .field("provider", &self.provider.name())
+            .field("opts", &self.opts)
+            .finish()
+    }
+}
+
+#[async_trait::async_trait]
+impl Job for Patterns {
+    const NAME: &'static str = JOB;
+    const SPLIT: Option<Split> = Some(Split::Whole);
+    const IDLE: &'static str = "no complete day since its last run";
+    type Plan = Window;
+    type Report = Report;
+
+    fn build(ctx: &JobContext, req: &Request) -> Result<Self> {
+        let cfg = &ctx.config.jobs.patterns;
+        Ok(Patterns {
+            provider: ctx.provider()?,
+            opts: Options {
+                org: req.org.clone(),
+                window: req.window,
+                trigger: req.trigger,
+                now: ctx.now,
+                fdr: cfg.fdr,
+                notify_min_significance: cfg.notify_min_significance,
+            },
+        })
+    }
+
+    async fn plan(&self, ctx: &JobContext, _req: &Request) -> Result<Planned<Window, Report>> {
+        let window = match self.opts.window {
             Some(w) => w,
-            None => {
-                tracing::info!("patterns: no complete day to compute");
-                return Ok(Report::default());
-            }
-        },
-    };
-    let run = runs::start(lake, JOB, opts.org.as_deref(), window, opts.trigger, 1).await?;
-    let run_id = run.id().to_string();
-    let result = compute(lake, provider, opts, window, progress)
-        .await
-        .map(|report| Report { run_id, ..report });
-    run.record(result, |r| (r.sessions_read, r.patterns)).await
+            None => match incremental_window(&ctx.lake, &self.opts).await? {
+                Some(w) => w,
+                None => {
+                    tracing::info!("patterns: no complete day to compute");
+                    return Ok(Planned::Nothing(Report::default()));
+                }
+            },
+        };
+        Ok(Planned::Run {
+            window,
+            plan: window,
+        })
+    }
+
+    async fn compute(
+        &self,
+        ctx: &JobContext,
+        _req: &Request,
+        window: Window,
+        run_id: &str,
+    ) -> Result<(Window, Report)> {
+        let report = compute(
+            &ctx.lake,
+            self.provider.clone(),
+            &self.opts,
+            window,
+            &ctx.progress,
+        )
+        .await?;
+        Ok((
+            window,
+            Report {
+                run_id: run_id.to_string(),
+                ..report
+            },
+        ))
+    }
+
+    fn rows(r: &Report) -> (u64, u64) {
+        (r.sessions_read, r.patterns)
+    }
 }
 
 /// Complete days since the watermark: from the patterns watermark (or the
@@ -2244,11 +2304,15 @@ async fn compute(
         let mut policy = RetryPolicy::new(2);
         policy.base = std::time::Duration::from_millis(100);
         type Narrative = std::result::Result<(String, String), String>;
-        let results: Vec<(usize, Narrative)> =
-            futures::stream::iter(rows.iter().enumerate().map(|(i, r)| {
+        // The calls are collected first: a lazy `map` closure over borrowed
+        // rows would make the job's future not provably `Send`.
+        let calls: Vec<_> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
                 let provider = provider.clone();
+                let req = narrative_request(r);
                 async move {
-                    let req = narrative_request(r);
                     let allowed = allowed_numbers(&req.prompt);
                     let out = call_validated(provider.as_ref(), &req, policy, |t| {
                         validate_narrative(t, &allowed)
@@ -2257,7 +2321,9 @@ async fn compute(
                     progress.inc(1);
                     (i, out.value.map_err(|(_, why)| why))
                 }
-            }))
+            })
+            .collect();
+        let results: Vec<(usize, Narrative)> = futures::stream::iter(calls)
             .buffer_unordered(4)
             .collect()
             .await;

@@ -37,10 +37,11 @@ use crow_schemas::{FAILED_EVENTS, RAW_SOCIAL_CAPTURES, SOCIAL_SEEN, SOCIAL_SOURC
 use serde::{Deserialize, Serialize};
 
 use crate::enrich::FailedRow;
+use crate::job::{Job, JobContext, Planned, Request};
 use crate::{runs, Error, Result, Trigger, Window};
 
 /// The job's name in the run ledger and the scheduler.
-pub const JOB: &str = "social";
+pub const JOB: &str = crate::JobName::Social.as_str();
 /// A new source's schedule unless one is given: hourly.
 pub const DEFAULT_SCHEDULE: &str = "0 * * * *";
 
@@ -585,59 +586,106 @@ fn due(src: &Source, slot: DateTime<Utc>) -> bool {
     src.enabled && cron.last_in(since, slot).is_some()
 }
 
+/// What a scheduled `social` run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ScheduledReport {
+    /// Organizations with a due source.
+    pub organizations: u64,
+    /// Due sources collected.
+    pub sources: u64,
+    /// Captures landed.
+    pub captured: u64,
+    /// Sources that failed (absent when nothing was due).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_sources: Option<u64>,
+}
+
 /// The scheduler's `social` job: for each active organization, its due
 /// sources as one run. The run id derives from the organization and the
 /// slot, so a retried slot lands nothing twice. A slot with no due source
 /// is not recorded in the run ledger (like any run with nothing to do).
-/// Returns a summary.
-pub async fn run_scheduled(
-    lake: &Lake,
-    cfg: &Config,
-    slot: DateTime<Utc>,
-) -> Result<serde_json::Value> {
-    let mut work = Vec::new();
-    for org in crow_lake::orgs::list(lake).await? {
-        if org.status != "active" {
-            continue;
-        }
-        let due: Vec<Source> = list(lake, &org.org_id)
-            .await?
-            .into_iter()
-            .filter(|s| due(s, slot))
-            .collect();
-        if !due.is_empty() {
-            work.push((org.org_id, due));
-        }
+#[derive(Debug)]
+pub struct SocialJob {
+    cfg: SocialConfig,
+}
+
+/// Organizations with their due sources.
+type Due = Vec<(String, Vec<Source>)>;
+
+#[async_trait::async_trait]
+impl Job for SocialJob {
+    const NAME: &'static str = JOB;
+    const IDLE: &'static str = "no social source was due";
+    type Plan = (DateTime<Utc>, Due);
+    type Report = ScheduledReport;
+
+    fn build(ctx: &JobContext, _req: &Request) -> Result<Self> {
+        Ok(SocialJob {
+            cfg: ctx.config.social.clone(),
+        })
     }
-    if work.is_empty() {
-        return Ok(serde_json::json!({"organizations": 0, "sources": 0, "captured": 0}));
+
+    async fn plan(
+        &self,
+        ctx: &JobContext,
+        req: &Request,
+    ) -> Result<Planned<Self::Plan, ScheduledReport>> {
+        let slot = req.slot.unwrap_or(ctx.now);
+        let mut work = Vec::new();
+        for org in crow_lake::orgs::list(&ctx.lake).await? {
+            if org.status != "active" {
+                continue;
+            }
+            let due: Vec<Source> = list(&ctx.lake, &org.org_id)
+                .await?
+                .into_iter()
+                .filter(|s| due(s, slot))
+                .collect();
+            if !due.is_empty() {
+                work.push((org.org_id, due));
+            }
+        }
+        if work.is_empty() {
+            return Ok(Planned::Nothing(ScheduledReport::default()));
+        }
+        Ok(Planned::Run {
+            window: Window {
+                start: slot,
+                end: slot,
+            },
+            plan: (slot, work),
+        })
     }
-    let window = Window {
-        start: slot,
-        end: slot,
-    };
-    let run = runs::start(lake, JOB, None, window, Trigger::Schedule, 1).await?;
-    let result = async {
-        let (mut sources, mut captured, mut failed) = (0u64, 0u64, 0u64);
-        let orgs = work.len();
+
+    async fn compute(
+        &self,
+        ctx: &JobContext,
+        _req: &Request,
+        (slot, work): Self::Plan,
+        _run_id: &str,
+    ) -> Result<(Window, ScheduledReport)> {
+        let mut report = ScheduledReport {
+            organizations: work.len() as u64,
+            failed_sources: Some(0),
+            ..ScheduledReport::default()
+        };
         for (org_id, due) in work {
             let key = format!("{org_id}|{}", slot.timestamp_micros());
             let run_id = format!("srun_{}", &crow_lake::ids::sha256_hex(key.as_bytes())[..26]);
-            sources += due.len() as u64;
-            let r = run_org(lake, &cfg.social, &org_id, due, &run_id).await?;
-            captured += r.captured as u64;
-            failed += r.failed_sources as u64;
+            report.sources += due.len() as u64;
+            let r = run_org(&ctx.lake, &self.cfg, &org_id, due, &run_id).await?;
+            report.captured += r.captured as u64;
+            report.failed_sources =
+                Some(report.failed_sources.unwrap_or(0) + r.failed_sources as u64);
         }
-        Ok::<_, Error>(serde_json::json!({
-            "organizations": orgs, "sources": sources, "captured": captured, "failed_sources": failed,
-        }))
+        let window = Window {
+            start: slot,
+            end: slot,
+        };
+        Ok((window, report))
     }
-    .await;
-    run.record(result, |t| {
-        (
-            t["sources"].as_u64().unwrap_or(0),
-            t["captured"].as_u64().unwrap_or(0),
-        )
-    })
-    .await
+
+    fn rows(r: &ScheduledReport) -> (u64, u64) {
+        (r.sources, r.captured)
+    }
 }

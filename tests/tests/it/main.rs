@@ -13,6 +13,7 @@ mod cli;
 mod dashboard;
 mod exports;
 mod flight;
+mod framework;
 mod hardening;
 mod hostile;
 mod import;
