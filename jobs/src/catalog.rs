@@ -541,32 +541,49 @@ fn pattern_matches(pat: &str, path: &str) -> bool {
 }
 
 /// Spaces requests at least `interval` apart.
+///
+/// Once robots.txt asks for a `Crawl-delay`, pacing is strict: the next
+/// request starts only `interval` after the previous one was answered, so
+/// the site sees the delay between arrivals however the crawler's tasks
+/// are scheduled (a slot reserved ahead could otherwise be sent late and
+/// its successor on time).
 struct Pacer {
     interval: Duration,
     next: tokio::sync::Mutex<tokio::time::Instant>,
+    strict: bool,
 }
 
 impl Pacer {
-    async fn wait(&self) {
-        let slot = {
-            let mut next = self.next.lock().await;
-            let now = tokio::time::Instant::now();
-            let slot = (*next).max(now);
-            *next = slot + self.interval;
-            slot
-        };
+    /// Wait for this request's turn. Under strict pacing the turn is held
+    /// (the returned guard) until the request has been answered.
+    async fn wait(&self) -> Option<tokio::sync::MutexGuard<'_, tokio::time::Instant>> {
+        let mut next = self.next.lock().await;
+        let slot = (*next).max(tokio::time::Instant::now());
+        if self.strict {
+            tokio::time::sleep_until(slot).await;
+            return Some(next);
+        }
+        *next = slot + self.interval;
+        drop(next);
         tokio::time::sleep_until(slot).await;
+        None
     }
 
-    /// Widen the spacing to at least `interval`, counting from the last
-    /// request already made (robots.txt's `Crawl-delay` also spaces the
-    /// request that follows robots.txt itself).
-    fn widen(&mut self, interval: Duration) {
-        if interval <= self.interval {
-            return;
+    /// The request of a held turn has been answered (or failed).
+    fn done(&self, held: Option<tokio::sync::MutexGuard<'_, tokio::time::Instant>>) {
+        if let Some(mut next) = held {
+            *next = tokio::time::Instant::now() + self.interval;
         }
-        *self.next.get_mut() += interval - self.interval;
-        self.interval = interval;
+    }
+
+    /// robots.txt's `Crawl-delay`: at least `delay` between requests,
+    /// strictly, counting from the last request already made.
+    fn crawl_delay(&mut self, delay: Duration) {
+        if delay > self.interval {
+            *self.next.get_mut() += delay - self.interval;
+            self.interval = delay;
+        }
+        self.strict = true;
     }
 }
 
@@ -575,8 +592,10 @@ async fn fetch(
     pacer: &Pacer,
     url: &str,
 ) -> std::result::Result<Vec<u8>, String> {
-    pacer.wait().await;
-    let resp = client.get(url).send().await.map_err(|e| e.to_string())?;
+    let turn = pacer.wait().await;
+    let sent = client.get(url).send().await;
+    pacer.done(turn);
+    let resp = sent.map_err(|e| e.to_string())?;
     let status = resp.status();
     if !status.is_success() {
         return Err(format!("HTTP {status}"));
@@ -642,6 +661,7 @@ pub async fn crawl(
     let mut pacer = Pacer {
         interval: opts.min_interval,
         next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+        strict: false,
     };
     progress.phase("reading robots.txt and sitemaps", 0);
     let robots = match fetch(&client, &pacer, &format!("{origin}/robots.txt")).await {
@@ -652,7 +672,7 @@ pub async fn crawl(
         }
     };
     if let Some(d) = robots.crawl_delay {
-        pacer.widen(d);
+        pacer.crawl_delay(d);
     }
     let mut report = CrawlReport::default();
     let mut queue: Vec<(String, usize)> =

@@ -1245,7 +1245,8 @@ async fn slow_shop() -> (String, Arc<Mutex<Vec<(String, Instant)>>>) {
 /// robots.txt's `Crawl-delay` raises `--interval-ms`: with four pages
 /// allowed at once and 20 ms asked for, every request — the sitemap right
 /// after robots.txt too — arrives at least the site's 0.5 s after the one
-/// before.
+/// before, however late the crawler's tasks run (a request starts only
+/// the delay after the previous one was answered).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crawl_delay_spaces_every_request() {
     let b = Backend::local();
