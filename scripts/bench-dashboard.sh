@@ -11,7 +11,8 @@
 #     the overview and the patterns page, best of RUNS after a warm-up, with
 #     the API requests behind each; prints a Markdown table.
 # Usage: scripts/bench-dashboard.sh   (EVENTS=1000000 for a generated lake;
-#        RUNS=5; KEEP_LAKE=DIR to build the lake there and keep it;
+#        DEMO_ARGS="--visitors 3000 --days 21" for a smaller demo (the
+#        suite's tiny run); RUNS=5; KEEP_LAKE=DIR to build the lake there and keep it;
 #        LAKE=DIR EMAIL=… PASSWORD=… to time an existing lake instead;
 #        CROWTEST_BIN=PATH to use an already built binary instead of building
 #        in release; CROWTEST_VENV=DIR for a venv that has Playwright already)
@@ -19,6 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS="${EVENTS:-}"
 RUNS="${RUNS:-3}"
+read -r -a demo_args <<<"${DEMO_ARGS:-}"
 venv="${CROWTEST_VENV:-.venv}"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -c 'import playwright' 2>/dev/null || "$venv/bin/pip" install -q playwright
@@ -55,7 +57,7 @@ else
   [ ! -e "$lake/raw_web_events" ] || { echo "$lake already holds a lake; KEEP_LAKE must be a new folder" >&2; exit 2; }
   if [ -z "$EVENTS" ]; then
     echo "building the demo lake ..." >&2
-    timed "demo built" "$crow" --lake "$lake" demo >"$work/demo.out" 2>"$work/demo.err" \
+    timed "demo built" "$crow" --lake "$lake" demo "${demo_args[@]}" >"$work/demo.out" 2>"$work/demo.err" \
       || { cat "$work/demo.err" >&2; exit 1; }
     email=$(sed -n 's/^ *e-mail: //p' "$work/demo.out" | head -1)
     password=$(sed -n 's/^ *password: //p' "$work/demo.out" | head -1)

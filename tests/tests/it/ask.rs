@@ -31,15 +31,36 @@ fn key(b: &Backend, org: &str, scope: &str) -> String {
     k["secret"].as_str().expect("secret").to_string()
 }
 
-/// The demo brand with four weeks of activity (patterns included), and org
-/// B with a few sessions of its own, sessionized and enriched.
-pub(crate) async fn world() -> World {
-    world_with(&[]).await
+/// The lake every [`World`] starts from, built once per test process: the
+/// demo brand with four weeks of activity (patterns included), org B with a
+/// few sessions of its own, sessionized and enriched, and the three keys.
+/// Each world works on its own copy, so tests never share writes; building
+/// it once saves a demo and two job runs per test.
+struct Template {
+    _dir: tempfile::TempDir,
+    lake: std::path::PathBuf,
+    org_a: String,
+    org_b: String,
+    key_a: String,
+    key_b: String,
+    admin_a: String,
 }
 
-/// [`world`] with extra settings for `crow serve`.
-async fn world_with(env: &[(&str, &str)]) -> World {
-    let b = Backend::local();
+static TEMPLATE: tokio::sync::OnceCell<Template> = tokio::sync::OnceCell::const_new();
+
+async fn template() -> &'static Template {
+    TEMPLATE.get_or_init(build_template).await
+}
+
+async fn build_template() -> Template {
+    // Under the target's scratch folder, not /tmp: a static is never
+    // dropped, so the folder outlives the test process.
+    let dir = tempfile::Builder::new()
+        .prefix("ask-world-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("template dir");
+    let lake_dir = dir.path().join("lake");
+    let b = Backend::at(&lake_dir);
     b.crow_json(&["demo", "--visitors", "4000", "--days", "28"]);
     let orgs = b.crow_json(&["sql", "select org_id from organizations"]);
     let org_a = orgs[0]["org_id"].as_str().expect("demo org").to_string();
@@ -62,9 +83,28 @@ async fn world_with(env: &[(&str, &str)]) -> World {
     land_web(&lake, &org_b, &events, Utc::now()).await;
     b.crow_json(&["jobs", "run", "sessionize", "--quiet"]);
     b.crow_json(&["jobs", "run", "enrich", "--quiet"]);
-    let key_a = key(&b, &org_a, "read");
-    let key_b = key(&b, &org_b, "read");
-    let admin_a = key(&b, &org_a, "admin");
+    Template {
+        key_a: key(&b, &org_a, "read"),
+        key_b: key(&b, &org_b, "read"),
+        admin_a: key(&b, &org_a, "admin"),
+        _dir: dir,
+        lake: lake_dir,
+        org_a,
+        org_b,
+    }
+}
+
+/// The demo brand and org B (see [`Template`]) on a lake of the test's own,
+/// served by `crow serve`.
+pub(crate) async fn world() -> World {
+    world_with(&[]).await
+}
+
+/// [`world`] with extra settings for `crow serve`.
+async fn world_with(env: &[(&str, &str)]) -> World {
+    let t = template().await;
+    let b = Backend::local();
+    crate::support::copy_dir(&t.lake, std::path::Path::new(&b.uri));
     let wal = tempfile::tempdir().expect("wal");
     let mut all_env = vec![
         ("CROW_API_RATE_LIMIT_BURST", "100000"),
@@ -76,11 +116,11 @@ async fn world_with(env: &[(&str, &str)]) -> World {
         b,
         _wal: wal,
         server,
-        org_a,
-        org_b,
-        key_a,
-        key_b,
-        admin_a,
+        org_a: t.org_a.clone(),
+        org_b: t.org_b.clone(),
+        key_a: t.key_a.clone(),
+        key_b: t.key_b.clone(),
+        admin_a: t.admin_a.clone(),
         http: reqwest::Client::new(),
     }
 }

@@ -51,6 +51,20 @@ pub struct Backend {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// Copies the folder `from` (a local lake, say) to `to`, recursively.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create copy");
+    for entry in std::fs::read_dir(from).expect("read folder") {
+        let entry = entry.expect("folder entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy file");
+        }
+    }
+}
+
 impl Backend {
     pub fn local() -> Backend {
         let dir = tempfile::tempdir().expect("temp dir");
