@@ -26,6 +26,7 @@ pub mod backfill;
 pub mod billing;
 pub mod catalog;
 pub mod enrich;
+pub mod html;
 pub mod job;
 pub mod lease;
 pub mod maintenance;

@@ -82,6 +82,7 @@ pub const KINDS: &[&str] = &[
     "reddit",
     "hackernews",
     "bluesky",
+    "web",
 ];
 
 /// The adapter of `kind`.
@@ -93,6 +94,7 @@ pub fn adapter(kind: &str) -> Result<Box<dyn Adapter>, String> {
         "reddit" => Box::new(Reddit),
         "hackernews" => Box::new(HackerNews),
         "bluesky" => Box::new(Bluesky),
+        "web" => Box::new(WebPage),
         other => {
             return Err(format!(
                 "unknown source kind `{other}` (one of {})",
@@ -110,31 +112,9 @@ fn base(u: &str) -> &str {
     u.trim_end_matches('/')
 }
 
-/// Text of HTML: tags dropped, the common entities decoded, whitespace
-/// collapsed (post bodies are small fragments, not pages).
-pub fn html_text(html: &str) -> String {
-    let mut out = String::with_capacity(html.len());
-    let mut in_tag = false;
-    for c in html.chars() {
-        match c {
-            '<' => {
-                in_tag = true;
-                out.push(' ');
-            }
-            '>' if in_tag => in_tag = false,
-            c if !in_tag => out.push(c),
-            _ => {}
-        }
-    }
-    let out = out
-        .replace("&amp;", "&")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&apos;", "'")
-        .replace("&nbsp;", " ");
-    out.split_whitespace().collect::<Vec<_>>().join(" ")
+/// Text of an HTML fragment (a post body), through the HTML parser.
+fn html_text(html: &str) -> String {
+    crate::html::text(html)
 }
 
 fn metric(m: &mut Map<String, Value>, name: &str, v: Option<&Value>) {
@@ -620,6 +600,64 @@ impl Adapter for Bluesky {
                 break;
             }
         }
+        Ok(out)
+    }
+}
+
+// ---- Any web page ----
+
+/// One page (an article, a review, a forum thread): fetched as robots.txt
+/// allows and reduced to its main text, title, author and date by
+/// Readability's algorithm ([`crate::html::article`]). Each run reads the
+/// page again; the collector's content hash captures it again only when its
+/// text changed (as a new version).
+struct WebPage;
+
+#[async_trait]
+impl Adapter for WebPage {
+    fn platform(&self) -> &'static str {
+        "web"
+    }
+
+    fn check(&self, target: &str) -> Result<(), String> {
+        match url::Url::parse(target) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+            _ => Err(format!("`{target}` is not an http(s) page URL")),
+        }
+    }
+
+    async fn collect(
+        &self,
+        http: &Fetcher,
+        _cfg: &SocialConfig,
+        target: &str,
+    ) -> Result<Collected, String> {
+        if !http.allowed(self.platform(), target).await? {
+            return Err(format!("robots.txt disallows {target}"));
+        }
+        let body = http.get(self.platform(), target, None).await?;
+        let html = String::from_utf8_lossy(&body);
+        let a = crate::html::article(&html, target)?;
+        let canonical = crate::html::Page::parse(&html)
+            .canonical()
+            .and_then(|c| url::Url::parse(target).ok()?.join(&c).ok())
+            .map_or_else(|| target.to_string(), |u| u.to_string());
+        let text = if a.title.is_empty() || a.text.starts_with(&a.title) {
+            a.text
+        } else {
+            format!("{}\n{}", a.title, a.text)
+        };
+        let mut out = Collected::default();
+        out.items.push(Item {
+            url: canonical,
+            author: a.byline,
+            published_at: a
+                .published
+                .as_deref()
+                .and_then(|p| time_of(Some(&Value::String(p.to_string())))),
+            text,
+            metrics: Map::new(),
+        });
         Ok(out)
     }
 }

@@ -934,3 +934,174 @@ async fn a_scheduled_run_becomes_a_session_and_interactions_naming_products() {
         "later scheduled runs captured nothing again"
     );
 }
+
+/// A review as a blog serves it: navigation, a cookie banner, the article
+/// (its second paragraph changes when `edited`), comments and a footer.
+fn review_page(edited: bool) -> String {
+    let verdict = if edited {
+        "Update: after a month the Aria Headphones' left channel failed, and the shop replaced them within a week."
+    } else {
+        "After a month the Aria Headphones still sound as good as the first day, and the case survived a fall."
+    };
+    let para = "The Aria Headphones are the first pair I have worn for a whole flight without \
+                noticing them. Their noise cancelling takes the engine drone down to a hum, and \
+                the battery lasted the trip there and back with an evening of music to spare. ";
+    format!(
+        r#"<!doctype html><html lang="en"><head><title>Aria Headphones, a month in | Sound Notes</title>
+<meta name="author" content="Dana Reviewer">
+<meta property="article:published_time" content="2026-11-20T09:30:00Z">
+<meta property="og:site_name" content="Sound Notes">
+<link rel="canonical" href="/reviews/aria-headphones"></head>
+<body><nav class="menu"><a href="/">Home</a> <a href="/deals">Deals of the week</a></nav>
+<div class="cookie-banner">We use cookies. Accept all cookies?</div>
+<article><h1>Aria Headphones, a month in</h1><p>{para}{para}</p><p>{verdict} {para}</p></article>
+<section class="comments"><h3>Comments</h3><p>First!</p></section>
+<footer>Copyright Sound Notes. Subscribe to our newsletter.</footer></body></html>"#
+    )
+}
+
+/// `web` sources: a page is read for its main text, title, author and date
+/// (Readability, not the page's navigation or footer); a page whose content
+/// only script builds fails with the reason, as does one robots.txt
+/// disallows; the next run captures nothing new; an edit is version 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_pages_are_read_for_their_main_text() {
+    let edited = Arc::new(AtomicBool::new(false));
+    let e2 = edited.clone();
+    let app = Router::new()
+        .route("/robots.txt", get(robots))
+        .route(
+            "/reviews/aria",
+            get(move || {
+                let edited = e2.load(Ordering::SeqCst);
+                async move { axum::response::Html(review_page(edited)) }
+            }),
+        )
+        .route(
+            "/app",
+            get(|| async {
+                axum::response::Html(
+                    "<html><head><title>Shop</title></head><body><div id=root></div>\
+                     <script src=/bundle.js></script></body></html>",
+                )
+            }),
+        )
+        .route(
+            "/private/notes",
+            get(|| async { axum::response::Html(review_page(false)) }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let env = social_env(&base);
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    b.crow_json(&["orgs", "create", "--name", "Northwind"]);
+    let e = crow_err(
+        &b,
+        &[
+            "social",
+            "add",
+            "--org",
+            "Northwind",
+            "--kind",
+            "web",
+            "--target",
+            "ftp://x/y",
+        ],
+    )
+    .await;
+    assert!(e.contains("not an http(s) page URL"), "{e}");
+    for path in ["/reviews/aria", "/app", "/private/notes"] {
+        let target = format!("{base}{path}");
+        crow(
+            &b,
+            &[],
+            &[
+                "social",
+                "add",
+                "--org",
+                "Northwind",
+                "--kind",
+                "web",
+                "--target",
+                &target,
+            ],
+        )
+        .await;
+    }
+
+    let r = crow(&b, &env, &["social", "run", "--org", "Northwind"]).await;
+    assert_eq!(
+        (r["captured"].as_i64(), r["failed_sources"].as_i64()),
+        (Some(1), Some(2)),
+        "{r:#}"
+    );
+    let caps = b.crow_json(&[
+        "sql",
+        "SELECT platform, url, canonical_url, author, CAST(published_at AS VARCHAR) AS published, text \
+         FROM raw_social_captures",
+    ]);
+    let cap = &caps[0];
+    assert_eq!(caps.as_array().map(Vec::len), Some(1), "{caps:#}");
+    assert_eq!(cap["platform"], "web");
+    assert_eq!(cap["url"], format!("{base}/reviews/aria-headphones"));
+    assert_eq!(cap["author"], "Dana Reviewer");
+    assert_eq!(cap["published"], "2026-11-20T09:30:00");
+    let text = cap["text"].as_str().unwrap_or_default();
+    assert!(text.starts_with("Aria Headphones, a month in\n"), "{text}");
+    assert!(
+        text.contains("whole flight without noticing them"),
+        "{text}"
+    );
+    assert!(text.contains("still sound as good"), "{text}");
+    for boilerplate in [
+        "Deals of the week",
+        "Accept all cookies",
+        "Subscribe",
+        "First!",
+    ] {
+        assert!(!text.contains(boilerplate), "{boilerplate}: {text}");
+    }
+    let list = crow(&b, &[], &["social", "list", "--org", "Northwind"]).await;
+    let errors: Vec<&str> = list
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|s| s["last_error"].as_str())
+        .collect();
+    assert!(
+        errors.iter().any(|e| e.contains("no main content at")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("robots.txt disallows")),
+        "{errors:?}"
+    );
+
+    let r = crow(&b, &env, &["social", "run", "--org", "Northwind"]).await;
+    assert_eq!(r["captured"], 0, "{r:#}");
+    edited.store(true, Ordering::SeqCst);
+    let r = crow(&b, &env, &["social", "run", "--org", "Northwind"]).await;
+    assert_eq!(
+        (r["captured"].as_i64(), r["versions"].as_i64()),
+        (Some(1), Some(1)),
+        "{r:#}"
+    );
+    let latest = b.crow_json(&[
+        "sql",
+        "SELECT c.text FROM social_seen s JOIN raw_social_captures c ON c.capture_id = s.capture_id \
+         WHERE s.version = 2",
+    ]);
+    assert!(
+        latest[0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("left channel failed"),
+        "{latest}"
+    );
+}
