@@ -610,25 +610,25 @@ impl Job for Sessionize {
     }
 
     async fn plan(&self, ctx: &JobContext, _req: &Request) -> Result<Planned<Start, Report>> {
-        if let Some(w) = self.opts.window {
-            return Ok(Planned::Run {
-                window: w,
-                plan: (w.start, Some(w.end), Vec::new()),
-            });
-        }
-        let Some((from, late_days)) =
-            incremental_start(&ctx.lake, self.opts.org.as_deref()).await?
-        else {
-            tracing::info!("sessionize: no raw activity yet, nothing to do");
-            return Ok(Planned::Nothing(Report::default()));
+        // An explicit window ends where it says; an incremental one starts
+        // at the watermark and learns its end while running.
+        let explicit = self
+            .opts
+            .window
+            .map(|w| (w, (w.start, Some(w.end), Vec::new())));
+        let incremental = async {
+            let start = incremental_start(&ctx.lake, self.opts.org.as_deref()).await;
+            start.map(|s| {
+                s.map(|(from, late_days)| {
+                    let window = Window {
+                        start: from,
+                        end: from,
+                    };
+                    (window, (from, None, late_days))
+                })
+            })
         };
-        Ok(Planned::Run {
-            window: Window {
-                start: from,
-                end: from,
-            },
-            plan: (from, None, late_days),
-        })
+        Self::plan_window(explicit, incremental, Report::default()).await
     }
 
     async fn compute(

@@ -242,20 +242,16 @@ impl Job for Patterns {
     }
 
     async fn plan(&self, ctx: &JobContext, _req: &Request) -> Result<Planned<Window, Report>> {
-        let window = match self.opts.window {
-            Some(w) => w,
-            None => match incremental_window(&ctx.lake, &self.opts).await? {
-                Some(w) => w,
-                None => {
-                    tracing::info!("patterns: no complete day to compute");
-                    return Ok(Planned::Nothing(Report::default()));
-                }
-            },
+        let incremental = async {
+            let w = incremental_window(&ctx.lake, &self.opts).await;
+            w.map(|w| w.map(|w| (w, w)))
         };
-        Ok(Planned::Run {
-            window,
-            plan: window,
-        })
+        Self::plan_window(
+            self.opts.window.map(|w| (w, w)),
+            incremental,
+            Report::default(),
+        )
+        .await
     }
 
     async fn compute(
