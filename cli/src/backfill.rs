@@ -40,7 +40,7 @@ pub async fn run(lake: &Lake, cfg: &Config, args: BackfillArgs) -> Result<()> {
     lake.init().await.context("preparing the lake")?;
     let org = resolve_org(lake, args.org.as_deref()).await?;
     let opts = crow_jobs::backfill::Options {
-        job: args.job.as_str().to_string(),
+        job: args.job,
         from: args.from,
         to: args.to,
         org,

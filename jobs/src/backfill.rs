@@ -16,13 +16,15 @@ use serde::Serialize;
 use std::sync::Arc;
 
 use crate::job::{AnyJob, JobContext, Registry, Request, Split};
-use crate::{Error, NoProgress, ProgressRef, Result, Trigger, Window};
+use crate::{Error, JobName, NoProgress, ProgressRef, Result, Trigger, Window};
 
-/// What to backfill.
+/// What to backfill. `J` names the first job: a built-in [`JobName`]
+/// (what `crow backfill` parses, and all [`run`] knows), or — over a
+/// registry of one's own ([`run_with`]) — a registered job's name (`&str`).
 #[derive(Debug, Clone)]
-pub struct Options {
-    /// The first job (its name in the ledger).
-    pub job: String,
+pub struct Options<J = JobName> {
+    /// The first job.
+    pub job: J,
     /// First day (inclusive).
     pub from: NaiveDate,
     /// Day after the last (exclusive).
@@ -50,19 +52,19 @@ pub struct Step {
 
 /// The steps a backfill runs over `registry`'s chain: (job, window), in
 /// order.
-pub fn plan<'r>(
+pub fn plan<'r, J: AsRef<str>>(
     registry: &'r Registry,
-    opts: &Options,
+    opts: &Options<J>,
 ) -> Result<Vec<(&'r Arc<dyn AnyJob>, Window)>> {
+    let first_job = opts.job.as_ref();
     let whole = Window::days(opts.from, opts.to)?;
     let chain = registry.chain();
     let first = chain
         .iter()
-        .position(|j| j.name() == opts.job)
+        .position(|j| j.name() == first_job)
         .ok_or_else(|| {
             Error::Invalid(format!(
-                "cannot backfill `{}`: one of {}",
-                opts.job,
+                "cannot backfill `{first_job}`: one of {}",
                 chain
                     .iter()
                     .map(|j| j.name())
@@ -99,7 +101,11 @@ pub async fn run(ctx: &JobContext, opts: &Options) -> Result<Vec<Step>> {
 /// Run a backfill over `registry`'s chain; `ctx.progress` counts steps.
 /// Every step runs through the job runner with trigger `backfill`, its own
 /// clock and no progress of its own.
-pub async fn run_with(registry: &Registry, ctx: &JobContext, opts: &Options) -> Result<Vec<Step>> {
+pub async fn run_with<J: AsRef<str>>(
+    registry: &Registry,
+    ctx: &JobContext,
+    opts: &Options<J>,
+) -> Result<Vec<Step>> {
     let steps = plan(registry, opts)?;
     let progress = ctx.progress.clone();
     progress.phase("backfill", steps.len() as u64);
@@ -148,7 +154,7 @@ mod tests {
     #[test]
     fn plans_cascade_day_by_day() {
         let mut o = Options {
-            job: "sessionize".into(),
+            job: JobName::Sessionize,
             from: d("2026-03-10"),
             to: d("2026-03-13"),
             org: None,
@@ -178,13 +184,13 @@ mod tests {
             p[7].1,
             Window::days(d("2026-03-10"), d("2026-03-13")).unwrap()
         );
-        o.job = "patterns".into();
+        o.job = JobName::Patterns;
         o.cascade = false;
         assert_eq!(plan(&registry, &o).unwrap().len(), 1);
-        o.job = "optimize".into();
+        o.job = JobName::Optimize;
         let e = plan(&registry, &o).map(|p| p.len()).unwrap_err();
         assert!(e.to_string().contains("cannot backfill"), "{e}");
-        o.job = "billing".into();
+        o.job = JobName::Billing;
         o.to = o.from;
         assert!(plan(&registry, &o).map(|p| p.len()).is_err());
     }

@@ -280,17 +280,20 @@ impl Job for Billing {
     /// An explicit window widened to whole days; else from the earliest
     /// changed day to the end of today (billing always has a window).
     async fn plan(&self, ctx: &JobContext, _req: &Request) -> Result<Planned<Window, Report>> {
-        let window = match self.opts.window {
-            Some(w) => Window {
+        // Billing meters whole days: an explicit window grows to them, and
+        // the incremental window always ends with today.
+        let explicit = self.opts.window.map(|w| {
+            let days = Window {
                 start: midnight(w.start),
                 end: midnight(w.end - Duration::microseconds(1)) + Duration::days(1),
-            },
-            None => incremental_window(&ctx.lake, self.opts.org.as_deref(), self.opts.now).await?,
+            };
+            (days, days)
+        });
+        let incremental = async {
+            let w = incremental_window(&ctx.lake, self.opts.org.as_deref(), self.opts.now).await;
+            w.map(|w| Some((w, w)))
         };
-        Ok(Planned::Run {
-            window,
-            plan: window,
-        })
+        Self::plan_window(explicit, incremental, Report::default()).await
     }
 
     async fn compute(

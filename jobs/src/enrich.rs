@@ -440,24 +440,16 @@ impl Job for Enrich {
     }
 
     async fn plan(&self, ctx: &JobContext, _req: &Request) -> Result<Planned<Window, Report>> {
-        let window = match self.opts.window {
-            Some(w) => w,
-            None => match incremental_window(&ctx.lake, self.opts.org.as_deref()).await? {
-                Some(w) => w,
-                None => {
-                    tracing::info!("enrich: no new sessions");
-                    return Ok(Planned::Nothing(Report {
-                        provider: self.provider.name().into(),
-                        model: self.provider.model().into(),
-                        ..Report::default()
-                    }));
-                }
-            },
+        let incremental = async {
+            let w = incremental_window(&ctx.lake, self.opts.org.as_deref()).await;
+            w.map(|w| w.map(|w| (w, w)))
         };
-        Ok(Planned::Run {
-            window,
-            plan: window,
-        })
+        let idle = Report {
+            provider: self.provider.name().into(),
+            model: self.provider.model().into(),
+            ..Report::default()
+        };
+        Self::plan_window(self.opts.window.map(|w| (w, w)), incremental, idle).await
     }
 
     async fn compute(

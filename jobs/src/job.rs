@@ -24,6 +24,7 @@
 //! backfills ([`backfill::run_with`](crate::backfill::run_with)) and the
 //! runner unchanged.
 
+use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
@@ -224,7 +225,8 @@ pub trait Job: Sized + Send + Sync + 'static {
     /// starts.
     fn build(ctx: &JobContext, req: &Request) -> Result<Self>;
 
-    /// The window to run over, or nothing to do.
+    /// The window to run over, or nothing to do. A job over windows of
+    /// time builds this on [`Job::plan_window`].
     async fn plan(
         &self,
         ctx: &JobContext,
@@ -246,6 +248,36 @@ pub trait Job: Sized + Send + Sync + 'static {
 
     /// After the run was recorded as succeeded (notifications).
     async fn finished(&self, _ctx: &JobContext, _report: &Self::Report) {}
+
+    /// The planning the jobs over windows of time share: the run's
+    /// `explicit` window (and its plan) when it has one, else the
+    /// incremental window from the watermarks that `incremental` finds —
+    /// awaited only then. When it finds none there is nothing to do: logged
+    /// with [`Job::IDLE`] and reported as `idle`. A job's [`Job::plan`]
+    /// keeps only what differs: how it finds its incremental window and
+    /// what it hands to [`Job::compute`].
+    fn plan_window<I>(
+        explicit: Option<(Window, Self::Plan)>,
+        incremental: I,
+        idle: Self::Report,
+    ) -> impl Future<Output = Result<Planned<Self::Plan, Self::Report>>> + Send
+    where
+        I: Future<Output = Result<Option<(Window, Self::Plan)>>> + Send,
+    {
+        async move {
+            let found = match explicit {
+                Some(e) => Some(e),
+                None => incremental.await?,
+            };
+            Ok(match found {
+                Some((window, plan)) => Planned::Run { window, plan },
+                None => {
+                    tracing::info!(job = Self::NAME, "nothing to do: {}", Self::IDLE);
+                    Planned::Nothing(idle)
+                }
+            })
+        }
+    }
 }
 
 /// Run `J` once: the one runner (see the [module documentation](self)).

@@ -23,17 +23,17 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use crow_lake::batch::{batches_to_rows, rows_to_batch, ts_micros};
+use crow_lake::batch::{rows_to_batch, ts_micros};
 use crow_lake::ids::new_id;
 use crow_schemas::{CHATS, CHAT_MESSAGES};
-use datafusion::prelude::{col, lit, Expr};
+use datafusion::prelude::{col, lit};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::ask::{AskAnswer, AskRequest, Progress};
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
-use crate::keys::Scope;
+use crate::owned::{body_or_empty, clean_text, lake_err, ts, Owned, OwnedRow};
 use crate::ApiState;
 
 /// Earlier answered turns sent along with a new question.
@@ -87,16 +87,33 @@ struct MessageRow {
     created_at: DateTime<Utc>,
 }
 
-fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
 impl ChatRow {
     fn json(&self) -> Value {
         json!({"id": self.chat_id, "title": self.title, "message_count": self.message_count,
                "created_at": ts(self.created_at), "updated_at": ts(self.updated_at)})
     }
 }
+
+impl OwnedRow for ChatRow {
+    fn id(&self) -> &str {
+        &self.chat_id
+    }
+
+    fn updated_at(&self) -> DateTime<Utc> {
+        self.updated_at
+    }
+}
+
+/// Chats as owned rows.
+const CHAT: Owned = Owned {
+    table: &CHATS,
+    id_col: "chat_id",
+    prefix: "cht",
+    noun: "chat",
+    plural: "chats",
+    api_key_hint: "sign in, or ask with POST /api/v1/ask and send earlier turns in `conversation`",
+    reading: "reading chats",
+};
 
 impl MessageRow {
     fn json(&self) -> Value {
@@ -130,106 +147,17 @@ impl MessageRow {
     }
 }
 
-fn lake_err(what: &'static str) -> impl Fn(crow_lake::Error) -> ApiError {
-    move |e| ApiError::from_lake(what, &e)
-}
-
-fn df_err(what: &'static str) -> impl Fn(datafusion::error::DataFusionError) -> ApiError {
-    move |e| ApiError::internal(what, &e)
-}
-
-fn not_found() -> ApiError {
-    ApiError::not_found("no chat of yours has this id")
-}
-
-/// The caller and their user id: a signed-in user (any role). An API key
-/// is authenticated but owns no chats: 403 `user_required`.
-async fn owner(st: &ApiState, headers: &HeaderMap) -> ApiResult<(Principal, String)> {
-    let p = crate::auth::authenticate(&st.keys, &st.limiter, headers, Scope::Read).await?;
-    match p.user.as_ref().map(|u| u.user_id.clone()) {
-        Some(user) => Ok((p, user)),
-        None => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "user_required",
-            "chats belong to signed-in users and an API key has none: sign in, or ask with \
-             POST /api/v1/ask and send earlier turns in `conversation`",
-        )),
-    }
-}
-
-/// Whether `id` can be a chat id (so it is safe inside a predicate).
-fn valid_id(id: &str) -> bool {
-    id.strip_prefix("cht_").is_some_and(|rest| {
-        rest.len() == 26
-            && rest
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-    })
-}
-
-async fn read<T: serde::de::DeserializeOwned>(
-    st: &ApiState,
-    table: &str,
-    filter: Expr,
-) -> ApiResult<Vec<T>> {
-    let batches = st
-        .lake
-        .dataframe(table)
-        .await
-        .map_err(lake_err("reading chats"))?
-        .filter(filter)
-        .map_err(df_err("reading chats"))?
-        .collect()
-        .await
-        .map_err(df_err("reading chats"))?;
-    batches_to_rows(&batches).map_err(lake_err("reading chats"))
-}
-
-/// The user's chats, newest first.
-async fn chats_of(st: &ApiState, p: &Principal, user: &str) -> ApiResult<Vec<ChatRow>> {
-    let mut rows: Vec<ChatRow> = read(
-        st,
-        CHATS.name,
-        col("org_id")
-            .eq(lit(p.org_id.as_str()))
-            .and(col("user_id").eq(lit(user))),
-    )
-    .await?;
-    rows.sort_by(|a, b| {
-        b.updated_at
-            .cmp(&a.updated_at)
-            .then(b.chat_id.cmp(&a.chat_id))
-    });
-    Ok(rows)
-}
-
-/// The user's chat `id`; 404 for any other.
-async fn chat_of(st: &ApiState, p: &Principal, user: &str, id: &str) -> ApiResult<ChatRow> {
-    if !valid_id(id) {
-        return Err(not_found());
-    }
-    let rows: Vec<ChatRow> = read(
-        st,
-        CHATS.name,
-        col("org_id")
-            .eq(lit(p.org_id.as_str()))
-            .and(col("user_id").eq(lit(user)))
-            .and(col("chat_id").eq(lit(id))),
-    )
-    .await?;
-    rows.into_iter().next().ok_or_else(not_found)
-}
-
 /// A chat's messages, in order.
 async fn messages_of(st: &ApiState, chat: &ChatRow) -> ApiResult<Vec<MessageRow>> {
-    let mut rows: Vec<MessageRow> = read(
-        st,
-        CHAT_MESSAGES.name,
-        col("org_id")
-            .eq(lit(chat.org_id.as_str()))
-            .and(col("chat_id").eq(lit(chat.chat_id.as_str()))),
-    )
-    .await?;
+    let mut rows: Vec<MessageRow> = CHAT
+        .read(
+            st,
+            CHAT_MESSAGES.name,
+            col("org_id")
+                .eq(lit(chat.org_id.as_str()))
+                .and(col("chat_id").eq(lit(chat.chat_id.as_str()))),
+        )
+        .await?;
     rows.sort_by(|a, b| {
         a.seq
             .cmp(&b.seq)
@@ -240,43 +168,13 @@ async fn messages_of(st: &ApiState, chat: &ChatRow) -> ApiResult<Vec<MessageRow>
 }
 
 async fn save_chat(st: &ApiState, chat: &ChatRow, if_count: Option<i64>) -> ApiResult<bool> {
-    let batch = rows_to_batch(&CHATS, std::slice::from_ref(chat)).map_err(lake_err("saving"))?;
     let cond = if_count.map(|n| format!("target.message_count = {n}"));
-    let (ins, upd) = st
-        .lake
-        .merge_if(CHATS.name, vec![batch], &["chat_id"], cond.as_deref())
+    CHAT.save(st, chat, cond.as_deref(), "saving the chat")
         .await
-        .map_err(lake_err("saving the chat"))?;
-    Ok(ins + upd > 0)
-}
-
-/// The JSON body of a request, or 400 `invalid_body` saying what to send.
-fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes, like: &str) -> ApiResult<T> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return serde_json::from_str("{}").map_err(|e| {
-            ApiError::bad_request(
-                "invalid_body",
-                format!("the body must be JSON like {like}: {e}"),
-            )
-        });
-    }
-    serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_body",
-            format!("the body must be JSON like {like}: {e}"),
-        )
-    })
 }
 
 fn clean_title(t: &str) -> ApiResult<String> {
-    let t = t.trim();
-    if t.is_empty() || t.chars().count() > MAX_TITLE || t.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
-            "invalid_title",
-            format!("`title` must be 1 to {MAX_TITLE} characters, without control characters"),
-        ));
-    }
-    Ok(t.to_string())
+    clean_text(t, "title", "invalid_title", MAX_TITLE)
 }
 
 fn title_from(question: &str) -> String {
@@ -314,7 +212,7 @@ pub async fn list(
     headers: HeaderMap,
     q: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    let (p, user) = owner(&st, &headers).await?;
+    let (p, user) = CHAT.owner(&st, &headers).await?;
     let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))?;
     let limit = crate::rest::page_size(q.limit.as_deref(), st.cfg.max_page_size)?;
     // The cursor is the last chat shown: its change time and id.
@@ -333,7 +231,7 @@ pub async fn list(
         }
         None => None,
     };
-    let all = chats_of(&st, &p, &user).await?;
+    let all: Vec<ChatRow> = CHAT.all_of(&st, &p, &user).await?;
     let rest: Vec<&ChatRow> = all
         .iter()
         .filter(|c| match &after {
@@ -370,8 +268,9 @@ pub async fn create(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> ApiResult<Response> {
-    let (p, user) = owner(&st, &headers).await?;
-    let b: CreateBody = body(&bytes, r#"{"title": "…", "question": "…"} (both optional)"#)?;
+    let (p, user) = CHAT.owner(&st, &headers).await?;
+    let b: CreateBody =
+        body_or_empty(&bytes, r#"{"title": "…", "question": "…"} (both optional)"#)?;
     let question = b
         .question
         .as_deref()
@@ -417,8 +316,8 @@ pub async fn open(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let (p, user) = owner(&st, &headers).await?;
-    let chat = chat_of(&st, &p, &user, &id).await?;
+    let (p, user) = CHAT.owner(&st, &headers).await?;
+    let chat = CHAT.one_of::<ChatRow>(&st, &p, &user, &id).await?;
     let messages: Vec<Value> = messages_of(&st, &chat)
         .await?
         .iter()
@@ -441,9 +340,9 @@ pub async fn rename(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> ApiResult<Response> {
-    let (p, user) = owner(&st, &headers).await?;
-    let mut chat = chat_of(&st, &p, &user, &id).await?;
-    let b: RenameBody = body(&bytes, r#"{"title": "Conversion questions"}"#)?;
+    let (p, user) = CHAT.owner(&st, &headers).await?;
+    let mut chat = CHAT.one_of::<ChatRow>(&st, &p, &user, &id).await?;
+    let b: RenameBody = body_or_empty(&bytes, r#"{"title": "Conversion questions"}"#)?;
     chat.title = clean_title(&b.title)?;
     chat.updated_at = Utc::now();
     save_chat(&st, &chat, None).await?;
@@ -456,14 +355,10 @@ pub async fn delete(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let (p, user) = owner(&st, &headers).await?;
-    let chat = chat_of(&st, &p, &user, &id).await?;
+    let (p, user) = CHAT.owner(&st, &headers).await?;
+    let chat = CHAT.one_of::<ChatRow>(&st, &p, &user, &id).await?;
     // `valid_id` made the id safe inside the predicate; the org id is ours.
-    let pred = format!(
-        "org_id = '{}' AND chat_id = '{}'",
-        chat.org_id.replace('\'', "''"),
-        chat.chat_id
-    );
+    let pred = CHAT.row_predicate(&chat.org_id, &chat.chat_id);
     st.lake
         .delete_where(CHAT_MESSAGES.name, &pred)
         .await
@@ -494,9 +389,9 @@ pub async fn post_message(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> ApiResult<Response> {
-    let (p, user) = owner(&st, &headers).await?;
-    let chat = chat_of(&st, &p, &user, &id).await?;
-    let b: MessageBody = body(&bytes, r#"{"question": "and on mobile?"}"#)?;
+    let (p, user) = CHAT.owner(&st, &headers).await?;
+    let chat = CHAT.one_of::<ChatRow>(&st, &p, &user, &id).await?;
+    let b: MessageBody = body_or_empty(&bytes, r#"{"question": "and on mobile?"}"#)?;
     let question = b.question.trim().to_string();
     check_question(&question)?;
     if chat.message_count + 2 > MAX_MESSAGES {
@@ -656,13 +551,14 @@ async fn reserve(
             reply.seq = seen + 2;
             return Ok(next);
         }
-        let again: Vec<ChatRow> = read(
-            st,
-            CHATS.name,
-            col("chat_id").eq(lit(chat.chat_id.as_str())),
-        )
-        .await?;
-        chat = again.into_iter().next().ok_or_else(not_found)?;
+        let again: Vec<ChatRow> = CHAT
+            .read(
+                st,
+                CHATS.name,
+                col("chat_id").eq(lit(chat.chat_id.as_str())),
+            )
+            .await?;
+        chat = again.into_iter().next().ok_or_else(|| CHAT.not_found())?;
     }
     Err(ApiError::new(
         StatusCode::CONFLICT,
@@ -710,13 +606,13 @@ mod tests {
 
     #[test]
     fn ids_titles_and_turns() {
-        assert!(valid_id(&new_id("cht")));
+        assert!(CHAT.valid_id(&new_id("cht")));
         for bad in [
             "cht_x",
             "tsk_0123456789abcdefghjkmnpqrs",
             "cht_0123456789abcdefghjkmnpq'r",
         ] {
-            assert!(!valid_id(bad), "{bad}");
+            assert!(!CHAT.valid_id(bad), "{bad}");
         }
         assert_eq!(
             title_from("  conversion by device "),

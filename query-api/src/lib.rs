@@ -37,6 +37,7 @@ pub mod mcp;
 pub mod mcp_tools;
 pub mod metrics;
 pub mod openapi;
+mod owned;
 pub mod pg;
 pub mod rest;
 pub mod runtime;

@@ -20,16 +20,14 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use crow_lake::batch::{batches_to_rows, rows_to_batch, ts_micros};
+use crow_lake::batch::ts_micros;
 use crow_lake::ids::new_id;
 use crow_schemas::SAVED_QUERIES;
-use datafusion::prelude::{col, lit, Expr};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
-use crate::keys::Scope;
+use crate::owned::{body, clean_text, lake_err, ts, Owned, OwnedRow};
 use crate::ApiState;
 
 /// Longest name, in characters.
@@ -53,10 +51,6 @@ struct SavedRow {
     updated_at: DateTime<Utc>,
 }
 
-fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
 impl SavedRow {
     fn json(&self) -> Value {
         json!({"id": self.query_id, "name": self.name, "sql": self.sql,
@@ -64,113 +58,30 @@ impl SavedRow {
     }
 }
 
-fn lake_err(what: &'static str) -> impl Fn(crow_lake::Error) -> ApiError {
-    move |e| ApiError::from_lake(what, &e)
-}
+impl OwnedRow for SavedRow {
+    fn id(&self) -> &str {
+        &self.query_id
+    }
 
-fn df_err(what: &'static str) -> impl Fn(datafusion::error::DataFusionError) -> ApiError {
-    move |e| ApiError::internal(what, &e)
-}
-
-fn not_found() -> ApiError {
-    ApiError::not_found("no saved query of yours has this id")
-}
-
-/// The caller and their user id: a signed-in user (any role). An API key
-/// is authenticated but owns no saved queries: 403 `user_required`.
-async fn owner(st: &ApiState, headers: &HeaderMap) -> ApiResult<(Principal, String)> {
-    let p = crate::auth::authenticate(&st.keys, &st.limiter, headers, Scope::Read).await?;
-    match p.user.as_ref().map(|u| u.user_id.clone()) {
-        Some(user) => Ok((p, user)),
-        None => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "user_required",
-            "saved queries belong to signed-in users and an API key has none: sign in to \
-             the dashboard, or keep the SQL in your program",
-        )),
+    fn updated_at(&self) -> DateTime<Utc> {
+        self.updated_at
     }
 }
 
-/// Whether `id` can be a saved query id (so it is safe inside a predicate).
-fn valid_id(id: &str) -> bool {
-    id.strip_prefix("sqy_").is_some_and(|rest| {
-        rest.len() == 26
-            && rest
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-    })
-}
-
-async fn read(st: &ApiState, filter: Expr) -> ApiResult<Vec<SavedRow>> {
-    let batches = st
-        .lake
-        .dataframe(SAVED_QUERIES.name)
-        .await
-        .map_err(lake_err("reading saved queries"))?
-        .filter(filter)
-        .map_err(df_err("reading saved queries"))?
-        .collect()
-        .await
-        .map_err(df_err("reading saved queries"))?;
-    batches_to_rows(&batches).map_err(lake_err("reading saved queries"))
-}
-
-fn mine(p: &Principal, user: &str) -> Expr {
-    col("org_id")
-        .eq(lit(p.org_id.as_str()))
-        .and(col("user_id").eq(lit(user)))
-}
-
-/// The user's saved queries, most recently changed first.
-async fn all_of(st: &ApiState, p: &Principal, user: &str) -> ApiResult<Vec<SavedRow>> {
-    let mut rows = read(st, mine(p, user)).await?;
-    rows.sort_by(|a, b| {
-        b.updated_at
-            .cmp(&a.updated_at)
-            .then(b.query_id.cmp(&a.query_id))
-    });
-    Ok(rows)
-}
-
-/// The user's saved query `id`; 404 for any other.
-async fn one_of(st: &ApiState, p: &Principal, user: &str, id: &str) -> ApiResult<SavedRow> {
-    if !valid_id(id) {
-        return Err(not_found());
-    }
-    let rows = read(st, mine(p, user).and(col("query_id").eq(lit(id)))).await?;
-    rows.into_iter().next().ok_or_else(not_found)
-}
-
-async fn save(st: &ApiState, row: &SavedRow) -> ApiResult<()> {
-    let batch =
-        rows_to_batch(&SAVED_QUERIES, std::slice::from_ref(row)).map_err(lake_err("saving"))?;
-    st.lake
-        .merge_if(SAVED_QUERIES.name, vec![batch], &["query_id"], None)
-        .await
-        .map_err(lake_err("saving the query"))?;
-    Ok(())
-}
-
-/// The JSON body of a request, or 400 `invalid_body` saying what to send.
-fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes, like: &str) -> ApiResult<T> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_body",
-            format!("the body must be JSON like {like}: {e}"),
-        )
-    })
-}
+/// Saved queries as owned rows.
+const SAVED: Owned = Owned {
+    table: &SAVED_QUERIES,
+    id_col: "query_id",
+    prefix: "sqy",
+    noun: "saved query",
+    plural: "saved queries",
+    api_key_hint: "sign in to the dashboard, or keep the SQL in your program",
+    reading: "reading saved queries",
+};
 
 /// A name as stored (trimmed), or 400 `invalid_name`.
 fn clean_name(n: &str) -> ApiResult<String> {
-    let n = n.trim();
-    if n.is_empty() || n.chars().count() > MAX_NAME || n.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
-            "invalid_name",
-            format!("`name` must be 1 to {MAX_NAME} characters, without control characters"),
-        ));
-    }
-    Ok(n.to_string())
+    clean_text(n, "name", "invalid_name", MAX_NAME)
 }
 
 /// SQL as stored (as sent), or 400 `invalid_sql`.
@@ -204,8 +115,9 @@ fn check_unique(all: &[SavedRow], name: &str, except: Option<&str>) -> ApiResult
 /// recently changed first (all of them: a user keeps at most
 /// [`MAX_PER_USER`]).
 pub async fn list(State(st): State<Arc<ApiState>>, headers: HeaderMap) -> ApiResult<Response> {
-    let (p, user) = owner(&st, &headers).await?;
-    let data: Vec<Value> = all_of(&st, &p, &user)
+    let (p, user) = SAVED.owner(&st, &headers).await?;
+    let data: Vec<Value> = SAVED
+        .all_of::<SavedRow>(&st, &p, &user)
         .await?
         .iter()
         .map(SavedRow::json)
@@ -227,11 +139,11 @@ pub async fn create(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> ApiResult<Response> {
-    let (p, user) = owner(&st, &headers).await?;
+    let (p, user) = SAVED.owner(&st, &headers).await?;
     let b: CreateBody = body(&bytes, r#"{"name": "Orders by day", "sql": "SELECT …"}"#)?;
     let name = clean_name(&b.name)?;
     let sql = clean_sql(&b.sql)?;
-    let all = all_of(&st, &p, &user).await?;
+    let all = SAVED.all_of::<SavedRow>(&st, &p, &user).await?;
     if all.len() >= MAX_PER_USER {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -250,7 +162,7 @@ pub async fn create(
         created_at: now,
         updated_at: now,
     };
-    save(&st, &row).await?;
+    SAVED.save(&st, &row, None, "saving the query").await?;
     crate::audit_call(
         &st,
         &p,
@@ -273,8 +185,8 @@ pub async fn get(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let (p, user) = owner(&st, &headers).await?;
-    let row = one_of(&st, &p, &user, &id).await?;
+    let (p, user) = SAVED.owner(&st, &headers).await?;
+    let row = SAVED.one_of::<SavedRow>(&st, &p, &user, &id).await?;
     Ok(axum::Json(json!({"saved_query": row.json()})).into_response())
 }
 
@@ -296,8 +208,8 @@ pub async fn update(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> ApiResult<Response> {
-    let (p, user) = owner(&st, &headers).await?;
-    let mut row = one_of(&st, &p, &user, &id).await?;
+    let (p, user) = SAVED.owner(&st, &headers).await?;
+    let mut row = SAVED.one_of::<SavedRow>(&st, &p, &user, &id).await?;
     let b: UpdateBody = body(
         &bytes,
         r#"{"name": "Orders by day"} or {"sql": "SELECT …"}"#,
@@ -310,14 +222,18 @@ pub async fn update(
     }
     if let Some(n) = &b.name {
         let name = clean_name(n)?;
-        check_unique(&all_of(&st, &p, &user).await?, &name, Some(&row.query_id))?;
+        check_unique(
+            &SAVED.all_of::<SavedRow>(&st, &p, &user).await?,
+            &name,
+            Some(&row.query_id),
+        )?;
         row.name = name;
     }
     if let Some(s) = &b.sql {
         row.sql = clean_sql(s)?;
     }
     row.updated_at = Utc::now();
-    save(&st, &row).await?;
+    SAVED.save(&st, &row, None, "saving the query").await?;
     crate::audit_call(
         &st,
         &p,
@@ -336,14 +252,10 @@ pub async fn delete(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let (p, user) = owner(&st, &headers).await?;
-    let row = one_of(&st, &p, &user, &id).await?;
+    let (p, user) = SAVED.owner(&st, &headers).await?;
+    let row = SAVED.one_of::<SavedRow>(&st, &p, &user, &id).await?;
     // `valid_id` made the id safe inside the predicate; the org id is ours.
-    let pred = format!(
-        "org_id = '{}' AND query_id = '{}'",
-        row.org_id.replace('\'', "''"),
-        row.query_id
-    );
+    let pred = SAVED.row_predicate(&row.org_id, &row.query_id);
     st.lake
         .delete_where(SAVED_QUERIES.name, &pred)
         .await
@@ -366,9 +278,9 @@ mod tests {
 
     #[test]
     fn ids_names_and_sql() {
-        assert!(valid_id(&new_id("sqy")));
+        assert!(SAVED.valid_id(&new_id("sqy")));
         for bad in ["sqy_x", &new_id("cht"), "sqy_0123456789abcdefghjkmnpq'r"] {
-            assert!(!valid_id(bad), "{bad}");
+            assert!(!SAVED.valid_id(bad), "{bad}");
         }
         assert_eq!(
             clean_name("  Orders by day ").ok().as_deref(),

@@ -132,7 +132,7 @@ async fn a_toy_job_runs_under_the_runner_backfill_and_scheduler() {
     // Backfills: the toy is in the chain (after the built-in jobs) and
     // split by day like sessionize.
     let opts = crow_jobs::backfill::Options {
-        job: "toy".into(),
+        job: "toy",
         from: d("2026-03-10"),
         to: d("2026-03-13"),
         org: None,
@@ -163,7 +163,10 @@ async fn a_toy_job_runs_under_the_runner_backfill_and_scheduler() {
         "{backfilled:?}"
     );
     // Built-in backfills do not know it.
-    let e = crow_jobs::backfill::run(&ctx, &opts).await.unwrap_err();
+    let builtin = Registry::builtin();
+    let e = crow_jobs::backfill::run_with(&builtin, &ctx, &opts)
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("cannot backfill `toy`"), "{e}");
 
     // The scheduler: every two seconds, under a lease, recorded with trigger
