@@ -532,16 +532,8 @@ async fn run(cli: Cli) -> Result<()> {
             let now = now.unwrap_or_else(chrono::Utc::now);
             demo::run(&lake, &cfg, visitors, days, seed, now, format.format).await
         }
-        Command::Config(ConfigCommand::Show) => {
-            let mut shown = cfg.clone();
-            if !shown.lake.s3.secret_access_key.is_empty() {
-                shown.lake.s3.secret_access_key = "********".into();
-            }
-            if !shown.social.bluesky_app_password.is_empty() {
-                shown.social.bluesky_app_password = "********".into();
-            }
-            output::text(&shown.to_toml())
-        }
+        // Every secret prints as `***` (crow_schemas::Secret).
+        Command::Config(ConfigCommand::Show) => output::text(&cfg.to_toml()),
         Command::Bench(cmd) => bench_command(&cfg, cli.lake.is_some(), cmd).await,
         Command::Serve {
             listen,

@@ -265,7 +265,7 @@ fn start_scheduler(
 
 /// Who may read `/metrics`, and what it adds to the collector's.
 struct MetricsAccess {
-    token: String,
+    token: crow_schemas::Secret,
     api: Option<std::sync::Arc<crow_query_api::metrics::ApiMetrics>>,
     conns: std::sync::Arc<crate::http::ConnStats>,
 }
@@ -290,7 +290,7 @@ async fn guard_metrics(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let token_ok = !access.token.is_empty()
-        && bearer.is_some_and(|b| constant_time_eq(b.as_bytes(), access.token.as_bytes()));
+        && bearer.is_some_and(|b| constant_time_eq(b.as_bytes(), access.token.expose().as_bytes()));
     let local = peer.ip().is_loopback()
         || matches!(peer.ip(), std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()));
     if !local && !token_ok {

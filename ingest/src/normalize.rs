@@ -953,6 +953,11 @@ fn strip_query_cow<'a>(url: Cow<'a, str>, params: &[String]) -> Cow<'a, str> {
 }
 
 /// Remove the named query parameters (or all, with `*`) from a URL.
+///
+/// A parameter's name is compared after form decoding (`%XX` escapes and
+/// `+`, as a server would read it) and without regard to ASCII case, so
+/// `em%61il=` and `EMAIL=` go under a rule for `email`; every copy of a
+/// repeated parameter goes. Kept parameters keep their exact text.
 pub fn strip_query(url: &str, params: &[String]) -> String {
     if params.is_empty() {
         return url.to_string();
@@ -970,8 +975,10 @@ pub fn strip_query(url: &str, params: &[String]) -> String {
         query
             .split('&')
             .filter(|kv| {
-                let key = kv.split('=').next().unwrap_or_default();
-                !kv.is_empty() && !params.iter().any(|p| p.eq_ignore_ascii_case(key))
+                let Some((key, _)) = url::form_urlencoded::parse(kv.as_bytes()).next() else {
+                    return false;
+                };
+                !params.iter().any(|p| p.eq_ignore_ascii_case(&key))
             })
             .collect()
     };
@@ -1357,6 +1364,54 @@ mod tests {
             .code,
             "invalid_timestamp"
         );
+    }
+
+    /// A rule matches the parameter's name as a server decodes it: escaped,
+    /// `+`-encoded, in any case, and every copy of it.
+    #[test]
+    fn strip_query_decodes_names() {
+        let p = vec!["email".to_string(), "first name".to_string()];
+        for (sent, kept) in [
+            ("https://a/b?em%61il=x%40y.z&q=1", "https://a/b?q=1"),
+            ("https://a/b?%65%6D%61%69%6C=x&q=1", "https://a/b?q=1"),
+            ("https://a/b?EMAIL=x&q=1", "https://a/b?q=1"),
+            ("https://a/b?Em%41il=x&q=1#f", "https://a/b?q=1#f"),
+            (
+                "https://a/b?email=1&q=1&email=2&em%61il=3",
+                "https://a/b?q=1",
+            ),
+            ("https://a/b?email&q=%65mail", "https://a/b?q=%65mail"),
+            (
+                "https://a/b?first+name=Ann&first%20name=Bo&last=C",
+                "https://a/b?last=C",
+            ),
+            ("https://a/b?q=1&&email=x", "https://a/b?q=1"),
+            // Only one level of decoding, as a server does: `%2561` is `%61`.
+            ("https://a/b?em%2561il=x", "https://a/b?em%2561il=x"),
+            (
+                "https://a/b?emails=x&e-mail=y",
+                "https://a/b?emails=x&e-mail=y",
+            ),
+        ] {
+            assert_eq!(strip_query(sent, &p), kept, "{sent}");
+        }
+    }
+
+    /// Through the normaliser: the page URL, the referrer and every copy in
+    /// the stored context lose an encoded `email`.
+    #[test]
+    fn encoded_names_are_stripped_from_stored_events() {
+        let c = ctx("2026-01-01T11:00:10Z");
+        let e = json!({"type":"page","anonymousId":"a","messageId":"m",
+            "context":{"page":{"url":"https://x.test/p?em%61il=a%40b.c&q=1",
+                "referrer":"https://r.test/?EM%41IL=a%40b.c",
+                "search":"?Email=a%40b.c"}}});
+        let r = normalize(&e, None, &c).unwrap();
+        assert_eq!(r.page_url.as_deref(), Some("https://x.test/p?q=1"));
+        assert_eq!(r.page_referrer.as_deref(), Some("https://r.test/"));
+        let context = r.context.as_deref().unwrap_or_default();
+        assert!(!context.contains("a%40b.c"), "{context}");
+        assert!(context.contains("https://x.test/p?q=1"), "{context}");
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub fn ip_salt(cfg: &IngestConfig, wal_dir: &Path) -> std::io::Result<String> {
     if cfg.ip_salt.is_empty() {
         load_or_create_salt(wal_dir)
     } else {
-        Ok(cfg.ip_salt.clone())
+        Ok(cfg.ip_salt.expose().to_string())
     }
 }
 

@@ -102,7 +102,7 @@ pub enum AsOf {
 }
 
 /// A lake: a root URI plus the storage options to reach it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Lake {
     root: Url,
     display: String,
@@ -111,6 +111,19 @@ pub struct Lake {
     /// Latest snapshots of the tables read through this lake (shared by its
     /// clones), brought up to date incrementally on every read.
     snapshots: Arc<tokio::sync::Mutex<HashMap<String, DeltaTable>>>,
+}
+
+/// The storage options hold credentials: only their names are printed.
+impl std::fmt::Debug for Lake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut option_names: Vec<&String> = self.options.keys().collect();
+        option_names.sort();
+        f.debug_struct("Lake")
+            .field("root", &self.root.as_str())
+            .field("option_names", &option_names)
+            .field("commit_retries", &self.commit_retries)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Lake {
@@ -130,12 +143,12 @@ impl Lake {
             };
             put("AWS_ENDPOINT_URL", &s3.endpoint);
             put("AWS_REGION", &s3.region);
-            put("AWS_ACCESS_KEY_ID", &s3.access_key_id);
-            put("AWS_SECRET_ACCESS_KEY", &s3.secret_access_key);
+            put("AWS_ACCESS_KEY_ID", s3.access_key_id.expose());
+            put("AWS_SECRET_ACCESS_KEY", s3.secret_access_key.expose());
             if s3.allow_http {
                 put("AWS_ALLOW_HTTP", "true");
             }
-            put("aws_conditional_put", &s3.conditional_put);
+            put("aws_conditional_put", s3.conditional_put.as_str());
             if s3.path_style {
                 put("aws_virtual_hosted_style_request", "false");
             }
@@ -162,7 +175,7 @@ impl Lake {
                 .or_insert_with(|| "us-east-1".into());
         }
         for (k, v) in &cfg.options {
-            options.insert(k.clone(), v.clone());
+            options.insert(k.clone(), v.expose().to_string());
         }
         Ok(Lake {
             display: if root.scheme() == "file" {

@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::JobName;
+use crate::secret::serialize_exposed;
+use crate::{JobName, Secret};
 
 pub mod cron;
 
@@ -76,7 +77,9 @@ pub struct LakeConfig {
     /// standard `AWS_*` environment variables.
     pub s3: S3Config,
     /// Extra object_store / delta-rs storage options, passed through as is.
-    pub options: BTreeMap<String, String>,
+    /// They may hold credentials, so every value is a secret (`***` in
+    /// `crow config show`).
+    pub options: BTreeMap<String, Secret>,
     /// How often a writer retries a commit that lost an optimistic
     /// concurrency race before giving up.
     pub commit_retries: u32,
@@ -102,16 +105,17 @@ pub struct S3Config {
     pub endpoint: String,
     /// Region (`auto` for R2). Empty: `AWS_REGION`, else `us-east-1`.
     pub region: String,
-    /// Access key id. Empty: `AWS_ACCESS_KEY_ID`.
-    pub access_key_id: String,
+    /// Access key id. Empty: `AWS_ACCESS_KEY_ID`. A secret (`***` when shown).
+    pub access_key_id: Secret,
     /// Secret access key. Empty: `AWS_SECRET_ACCESS_KEY`. Prefer the
     /// environment variable to keeping secrets in a file.
-    pub secret_access_key: String,
+    pub secret_access_key: Secret,
     /// Allow plain HTTP endpoints (local test servers). Also `AWS_ALLOW_HTTP`.
     pub allow_http: bool,
     /// Commit safety without DynamoDB: `etag` uses conditional writes
-    /// (If-Match / If-None-Match), which R2 and current S3 support.
-    pub conditional_put: String,
+    /// (If-Match / If-None-Match), which R2 and current S3 support;
+    /// `disabled` turns them off; `""` leaves the storage client's default.
+    pub conditional_put: ConditionalPut,
     /// Use path-style requests (`endpoint/bucket/key`), needed by many local
     /// S3-compatible servers.
     pub path_style: bool,
@@ -122,11 +126,37 @@ impl Default for S3Config {
         Self {
             endpoint: String::new(),
             region: String::new(),
-            access_key_id: String::new(),
-            secret_access_key: String::new(),
+            access_key_id: Secret::default(),
+            secret_access_key: Secret::default(),
             allow_http: false,
-            conditional_put: "etag".into(),
+            conditional_put: ConditionalPut::Etag,
             path_style: false,
+        }
+    }
+}
+
+/// `lake.s3.conditional_put`: how commits are kept safe on S3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConditionalPut {
+    /// `""`: no option is passed; the storage client's default applies.
+    #[serde(rename = "")]
+    ClientDefault,
+    /// `etag`: conditional writes (If-Match / If-None-Match).
+    #[serde(rename = "etag")]
+    Etag,
+    /// `disabled`: no conditional writes.
+    #[serde(rename = "disabled")]
+    Disabled,
+}
+
+impl ConditionalPut {
+    /// The value as written in the configuration (and passed to the
+    /// storage client as `aws_conditional_put`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionalPut::ClientDefault => "",
+            ConditionalPut::Etag => "etag",
+            ConditionalPut::Disabled => "disabled",
         }
     }
 }
@@ -149,8 +179,8 @@ pub struct ServerConfig {
     pub body_read_timeout_seconds: u64,
     /// Who may read `/metrics`: clients on this machine (loopback) always;
     /// others only with `Authorization: Bearer <metrics_token>`. Empty: no
-    /// remote reader.
-    pub metrics_token: String,
+    /// remote reader. A secret (`***` when shown).
+    pub metrics_token: Secret,
     /// Listen address of the Arrow Flight SQL service (`crow serve
     /// --flight-listen`). Empty: off.
     pub flight_listen: String,
@@ -176,7 +206,7 @@ impl Default for ServerConfig {
             max_connections: 1024,
             header_read_timeout_seconds: 30,
             body_read_timeout_seconds: 30,
-            metrics_token: String::new(),
+            metrics_token: Secret::default(),
             flight_listen: String::new(),
             pg_listen: String::new(),
             pg_tls_cert: String::new(),
@@ -220,7 +250,7 @@ impl ServerConfig {
                 3600,
             ),
         ])?;
-        if !self.metrics_token.is_empty() && self.metrics_token.len() < 16 {
+        if !self.metrics_token.is_empty() && self.metrics_token.expose().len() < 16 {
             return Err(err(
                 "server.metrics_token",
                 "must be at least 16 characters (or empty)",
@@ -272,8 +302,8 @@ pub struct IngestConfig {
     /// Retry-After instead of growing.
     pub max_pending_bytes: u64,
     /// Salt for hashing client IPs (raw IPs are never stored). Empty: a random
-    /// salt kept beside the WAL.
-    pub ip_salt: String,
+    /// salt kept beside the WAL. A secret (`***` when shown).
+    pub ip_salt: Secret,
     /// URL query parameters removed from page URLs and referrers before
     /// storage (exact names; `*` removes every query string).
     pub strip_query_params: Vec<String>,
@@ -297,7 +327,7 @@ impl Default for IngestConfig {
             flush_interval_ms: 2_000,
             flush_max_rows: 50_000,
             max_pending_bytes: 256 * 1024 * 1024,
-            ip_salt: String::new(),
+            ip_salt: Secret::default(),
             strip_query_params: vec![
                 "email".into(),
                 "token".into(),
@@ -371,7 +401,7 @@ pub const DEFAULT_NOTIFY_MIN_SIGNIFICANCE: f64 = 6.0;
 #[serde(default, deny_unknown_fields)]
 pub struct AiConfig {
     /// `offline` (deterministic, no network), `gemini` or `openai`.
-    pub provider: String,
+    pub provider: AiProvider,
     /// Model name. Empty: the provider's default.
     pub model: String,
     /// Base URL of the provider's API. Empty: the provider's public endpoint.
@@ -388,13 +418,43 @@ pub struct AiConfig {
 impl Default for AiConfig {
     fn default() -> Self {
         Self {
-            provider: "offline".into(),
+            provider: AiProvider::Offline,
             model: String::new(),
             base_url: String::new(),
             concurrency: 8,
             max_retries: 4,
             daily_token_budget: 0,
         }
+    }
+}
+
+/// `ai.provider`: which model answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AiProvider {
+    /// `offline`: deterministic answers, no network.
+    Offline,
+    /// `gemini`: Google Gemini (`GEMINI_API_KEY`).
+    Gemini,
+    /// `openai`: the OpenAI API or a compatible server (`OPENAI_API_KEY`).
+    #[serde(rename = "openai")]
+    OpenAi,
+}
+
+impl AiProvider {
+    /// The name as written in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AiProvider::Offline => "offline",
+            AiProvider::Gemini => "gemini",
+            AiProvider::OpenAi => "openai",
+        }
+    }
+}
+
+impl std::fmt::Display for AiProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -642,7 +702,7 @@ pub struct SocialConfig {
     /// A Bluesky app password (Settings → App passwords, never the account
     /// password) for post search. Prefer `CROW_SOCIAL_BLUESKY_APP_PASSWORD`
     /// to keeping it in a file; `crow config show` masks it.
-    pub bluesky_app_password: String,
+    pub bluesky_app_password: Secret,
     /// Items read per source and run at most (pages are followed up to it).
     pub max_items_per_source: usize,
     /// Pages read per source and run at most.
@@ -666,7 +726,7 @@ impl Default for SocialConfig {
             bluesky_url: "https://public.api.bsky.app".into(),
             bluesky_pds_url: "https://bsky.social".into(),
             bluesky_identifier: String::new(),
-            bluesky_app_password: String::new(),
+            bluesky_app_password: Secret::default(),
             max_items_per_source: 200,
             max_pages_per_source: 5,
             min_interval_ms: 1000,
@@ -798,10 +858,13 @@ impl Config {
         K: AsRef<str>,
         V: AsRef<str>,
     {
-        let mut tree = toml::Value::try_from(&self).map_err(|e| err("config", e.to_string()))?;
+        // Secrets go into the tree as their values (and come back out of
+        // it): the tree is only this round trip, never printed.
+        let mut tree = serialize_exposed(|| toml::Value::try_from(&self))
+            .map_err(|e| err("config", e.to_string()))?;
         let mut leaves = Vec::new();
         collect_leaves(&tree, &mut Vec::new(), &mut leaves);
-        let mut changed = false;
+        let mut applied: Vec<(Vec<String>, String, String)> = Vec::new();
         for (k, v) in env {
             let (k, v) = (k.as_ref(), v.as_ref());
             let Some(rest) = k.strip_prefix("CROW_") else {
@@ -841,12 +904,36 @@ impl Config {
                 ));
             };
             set_leaf(&mut tree, &path, k, v)?;
-            changed = true;
+            applied.push((path, k.to_string(), v.to_string()));
         }
-        if !changed {
+        if applied.is_empty() {
             return Ok(self);
         }
-        tree.try_into::<Config>().map_err(|e| toml_error(&e))
+        tree.try_into::<Config>()
+            .map_err(|e| self.env_error(&applied, &e))
+    }
+
+    /// The error of a `CROW_*` value the configuration could not take (such
+    /// as an unknown `ai.provider`), naming its key: the variables are
+    /// tried one at a time until one fails.
+    fn env_error(
+        &self,
+        applied: &[(Vec<String>, String, String)],
+        e: &toml::de::Error,
+    ) -> ConfigError {
+        for (path, env_key, raw) in applied {
+            let failed = serialize_exposed(|| toml::Value::try_from(self))
+                .ok()
+                .and_then(|mut tree| {
+                    set_leaf(&mut tree, path, env_key, raw).ok()?;
+                    tree.try_into::<Config>().err()
+                });
+            if let Some(e) = failed {
+                let what = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+                return err(path.join("."), format!("{what} (from {env_key})"));
+            }
+        }
+        toml_error(e)
     }
 
     /// Check values that parse but make no sense.
@@ -861,15 +948,6 @@ impl Config {
                     format!("unsupported scheme `{scheme}://` (use a folder, file://, or s3://)"),
                 ));
             }
-        }
-        if !matches!(
-            self.lake.s3.conditional_put.as_str(),
-            "" | "etag" | "disabled"
-        ) {
-            return Err(err(
-                "lake.s3.conditional_put",
-                "must be `etag` or `disabled`",
-            ));
         }
         self.server.validate()?;
         self.social.validate()?;
@@ -910,15 +988,6 @@ impl Config {
             return Err(err(
                 "jobs.patterns.notify_min_significance",
                 "must be 0 (off) or a positive |z|, such as 6",
-            ));
-        }
-        if !matches!(self.ai.provider.as_str(), "offline" | "gemini" | "openai") {
-            return Err(err(
-                "ai.provider",
-                format!(
-                    "`{}` is not one of offline, gemini, openai",
-                    self.ai.provider
-                ),
             ));
         }
         if self.ai.concurrency == 0 {
@@ -1240,7 +1309,8 @@ pub fn default_toml() -> String {
 }
 
 impl Config {
-    /// This configuration as a TOML document.
+    /// This configuration as a TOML document, every set [`Secret`] shown
+    /// as `***` (so it is for people, not for loading back).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_default()
     }
@@ -1261,7 +1331,7 @@ mod tests {
     fn defaults_validate() {
         let c = Config::load(None, env(&[])).unwrap();
         assert_eq!(c.lake.uri, "./crow-data");
-        assert_eq!(c.ai.provider, "offline");
+        assert_eq!(c.ai.provider, AiProvider::Offline);
         assert_eq!(c.jobs.session_gap_minutes, 60);
         assert_eq!(c.jobs.memory_limit_mb, 2048);
     }
@@ -1289,12 +1359,12 @@ mod tests {
             c.ingest.wal_dir, "/var/lib/crow/wal",
             "CROW_WAL_DIR is ingest.wal_dir"
         );
-        assert_eq!(c.ai.provider, "gemini");
+        assert_eq!(c.ai.provider, AiProvider::Gemini);
         assert_eq!(c.ai.concurrency, 16);
         assert_eq!(c.lake.uri, "s3://bucket/p");
         assert!(c.lake.s3.allow_http);
         assert_eq!(c.ingest.strip_query_params, vec!["a", "b"]);
-        assert_eq!(c.lake.options["aws_s3_addressing_style"], "path");
+        assert_eq!(c.lake.options["aws_s3_addressing_style"].expose(), "path");
         let c = Config::load(
             Some("[api]\nkey_cache_seconds = 30\n"),
             env(&[
@@ -1331,8 +1401,52 @@ mod tests {
         assert_eq!(e.key, "ai.providr", "{e}");
         let e = Config::load(None, env(&[("CROW_AI_CONCURRENCY", "lots")])).unwrap_err();
         assert_eq!(e.key, "CROW_AI_CONCURRENCY");
+        // A value that is not one of a setting's names: the key, the value
+        // and the names allowed, from the file and from the environment.
         let e = Config::load(None, env(&[("CROW_AI_PROVIDER", "skynet")])).unwrap_err();
         assert_eq!(e.key, "ai.provider");
+        assert_eq!(
+            e.message,
+            "unknown variant `skynet`, expected one of `offline`, `gemini`, `openai` (from CROW_AI_PROVIDER)"
+        );
+        let e = Config::load(Some("[ai]\nprovider = \"OpenAI\"\n"), env(&[])).unwrap_err();
+        assert_eq!(e.key, "ai.provider", "{e}");
+        assert!(
+            e.message
+                .contains("`OpenAI`, expected one of `offline`, `gemini`, `openai`"),
+            "{e}"
+        );
+        let e = Config::load(
+            Some("[lake.s3]\nconditional_put = \"etag\"\n"),
+            env(&[
+                ("CROW_AI_MODEL", "m"),
+                ("CROW_LAKE_S3_CONDITIONAL_PUT", "always"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "lake.s3.conditional_put", "{e}");
+        assert!(
+            e.message
+                .contains("`always`, expected one of ``, `etag`, `disabled`"),
+            "{e}"
+        );
+        for (value, want) in [
+            ("", ConditionalPut::ClientDefault),
+            ("etag", ConditionalPut::Etag),
+            ("disabled", ConditionalPut::Disabled),
+        ] {
+            let c = Config::load(None, env(&[("CROW_LAKE_S3_CONDITIONAL_PUT", value)])).unwrap();
+            assert_eq!(c.lake.s3.conditional_put, want);
+        }
+        for (value, want) in [
+            ("offline", AiProvider::Offline),
+            ("gemini", AiProvider::Gemini),
+            ("openai", AiProvider::OpenAi),
+        ] {
+            let c = Config::load(None, env(&[("CROW_AI_PROVIDER", value)])).unwrap();
+            assert_eq!(c.ai.provider, want);
+            assert!(c.to_toml().contains(&format!("provider = \"{value}\"")));
+        }
         let e = Config::load(Some("[server]\nlisten = \"here\"\n"), env(&[])).unwrap_err();
         assert_eq!(e.key, "server.listen");
         let e = Config::load(Some("[server]\nflight_listen = \"x\"\n"), env(&[])).unwrap_err();
@@ -1443,9 +1557,63 @@ mod tests {
             if name.contains("r2") {
                 assert!(c.lake.uri.starts_with("s3://"));
                 assert_eq!(c.lake.s3.region, "auto");
-                assert_eq!(c.lake.s3.conditional_put, "etag");
+                assert_eq!(c.lake.s3.conditional_put, ConditionalPut::Etag);
             }
         }
+    }
+
+    /// Secrets from the file and from `CROW_*` keep their values through
+    /// loading (the environment is applied through a TOML tree) and are
+    /// never printed.
+    #[test]
+    fn secrets_load_and_never_print() {
+        let file = "[lake.s3]\nsecret_access_key = \"file-s3-secret\"\n\
+                    [lake.options]\naws_session_token = \"file-session-token\"\n\
+                    [ingest]\nip_salt = \"file-ip-salt\"\n";
+        let c = Config::load(
+            Some(file),
+            env(&[
+                ("CROW_LAKE_S3_ACCESS_KEY_ID", "env-access-key"),
+                ("CROW_SERVER_METRICS_TOKEN", "env-metrics-token-0123456789"),
+                ("CROW_SOCIAL_BLUESKY_APP_PASSWORD", "env-app-password"),
+                (
+                    "CROW_LAKE_OPTIONS_AZURE_STORAGE_ACCOUNT_KEY",
+                    "env-azure-key",
+                ),
+            ]),
+        )
+        .unwrap();
+        let values = [
+            (c.lake.s3.secret_access_key.expose(), "file-s3-secret"),
+            (
+                c.lake.options["aws_session_token"].expose(),
+                "file-session-token",
+            ),
+            (c.ingest.ip_salt.expose(), "file-ip-salt"),
+            (c.lake.s3.access_key_id.expose(), "env-access-key"),
+            (
+                c.server.metrics_token.expose(),
+                "env-metrics-token-0123456789",
+            ),
+            (c.social.bluesky_app_password.expose(), "env-app-password"),
+            (
+                c.lake.options["azure_storage_account_key"].expose(),
+                "env-azure-key",
+            ),
+        ];
+        for (got, want) in values {
+            assert_eq!(got, want);
+        }
+        for text in [c.to_toml(), format!("{c:?}"), format!("{c:#?}")] {
+            for (_, v) in values {
+                assert!(!text.contains(v), "{v} printed: {text}");
+            }
+        }
+        let shown = c.to_toml();
+        assert!(shown.contains("ip_salt = \"***\""), "{shown}");
+        assert!(shown.contains("aws_session_token = \"***\""), "{shown}");
+        let e = Config::load(None, env(&[("CROW_SERVER_METRICS_TOKEN", "short")])).unwrap_err();
+        assert_eq!(e.key, "server.metrics_token", "{e}");
     }
 
     #[test]

@@ -20,6 +20,7 @@
 pub mod config;
 pub mod job;
 pub mod net;
+pub mod secret;
 pub mod time;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 pub use arrow_schema;
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 pub use job::JobName;
+pub use secret::Secret;
 
 /// The logical type of a column, mapped to one Arrow type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,7 +24,7 @@ pub struct Gemini {
     client: reqwest::Client,
     url: String,
     model: String,
-    key: String,
+    key: crow_schemas::Secret,
 }
 
 impl std::fmt::Debug for Gemini {
@@ -44,7 +44,7 @@ impl Gemini {
             client,
             url: format!("{base}/v1beta/models/{model}:generateContent"),
             model: model.to_string(),
-            key: key.to_string(),
+            key: key.into(),
         })
     }
 }
@@ -112,7 +112,7 @@ impl Provider for Gemini {
         let http = self
             .client
             .post(&self.url)
-            .header("x-goog-api-key", &self.key)
+            .header("x-goog-api-key", self.key.expose())
             .json(&body);
         let v = post_json(http, "gemini").await?;
         parse_response(&v)

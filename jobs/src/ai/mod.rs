@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use crow_schemas::config::AiConfig;
+use crow_schemas::config::{AiConfig, AiProvider};
 use serde_json::Value;
 
 use crate::{Error, Result};
@@ -109,9 +109,9 @@ pub fn from_config(cfg: &AiConfig) -> Result<Arc<dyn Provider>> {
         }
     };
     let timeout = Duration::from_secs(120);
-    match cfg.provider.as_str() {
-        "offline" => Ok(Arc::new(offline::Offline::new(&model(offline::MODEL)))),
-        "gemini" => {
+    match cfg.provider {
+        AiProvider::Offline => Ok(Arc::new(offline::Offline::new(&model(offline::MODEL)))),
+        AiProvider::Gemini => {
             let key = std::env::var("GEMINI_API_KEY").unwrap_or_default();
             if key.is_empty() {
                 return Err(Error::Ai(
@@ -125,7 +125,7 @@ pub fn from_config(cfg: &AiConfig) -> Result<Arc<dyn Provider>> {
                 timeout,
             )?))
         }
-        "openai" => {
+        AiProvider::OpenAi => {
             let key = std::env::var("OPENAI_API_KEY")
                 .ok()
                 .filter(|k| !k.is_empty());
@@ -136,9 +136,6 @@ pub fn from_config(cfg: &AiConfig) -> Result<Arc<dyn Provider>> {
                 timeout,
             )?))
         }
-        other => Err(Error::Invalid(format!(
-            "ai.provider: unknown provider `{other}` (expected offline, gemini or openai)"
-        ))),
     }
 }
 

@@ -23,7 +23,7 @@ pub struct OpenAi {
     client: reqwest::Client,
     url: String,
     model: String,
-    key: Option<String>,
+    key: Option<crow_schemas::Secret>,
 }
 
 impl std::fmt::Debug for OpenAi {
@@ -43,7 +43,7 @@ impl OpenAi {
             client,
             url: format!("{base}/chat/completions"),
             model: model.to_string(),
-            key: key.map(str::to_string),
+            key: key.map(crow_schemas::Secret::from),
         })
     }
 }
@@ -73,7 +73,7 @@ impl Provider for OpenAi {
         });
         let mut http = self.client.post(&self.url).json(&body);
         if let Some(k) = &self.key {
-            http = http.bearer_auth(k);
+            http = http.bearer_auth(k.expose());
         }
         let v = post_json(http, "openai").await?;
         parse_response(&v)

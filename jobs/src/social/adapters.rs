@@ -523,7 +523,7 @@ async fn bluesky_session(http: &Fetcher, cfg: &SocialConfig) -> Result<String, S
     );
     let body = serde_json::json!({
         "identifier": cfg.bluesky_identifier,
-        "password": cfg.bluesky_app_password,
+        "password": cfg.bluesky_app_password.expose(),
     });
     let s = http.post_json("bluesky", &url, &body).await?;
     s.get("accessJwt")

@@ -852,6 +852,78 @@ fn config_default_round_trips_and_show_masks_secrets() {
     );
 }
 
+/// `crow config show` prints no secret, whether it came from the file or
+/// from a `CROW_*` variable (nor do its logs at debug level), while every
+/// other setting shows as set.
+#[test]
+fn config_show_prints_no_secret() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("crow.toml");
+    let text = "[lake.s3]\n\
+                endpoint = \"http://file-endpoint.example\"\n\
+                access_key_id = \"FILEACCESSKEYID\"\n\
+                secret_access_key = \"file-s3-secret-value\"\n\
+                [lake.options]\n\
+                aws_session_token = \"file-session-token-value\"\n\
+                [ingest]\n\
+                ip_salt = \"file-ip-salt-value\"\n\
+                [ai]\n\
+                model = \"file-model-name\"\n\
+                [social]\n\
+                bluesky_identifier = \"file-handle.example\"\n\
+                bluesky_app_password = \"overridden-by-env-value\"\n";
+    std::fs::write(&file, text).expect("write");
+    let secrets_env = [
+        ("CROW_SERVER_METRICS_TOKEN", "env-metrics-token-value-0123"),
+        ("CROW_SOCIAL_BLUESKY_APP_PASSWORD", "env-app-password-value"),
+        (
+            "CROW_LAKE_OPTIONS_GOOGLE_SERVICE_ACCOUNT_KEY",
+            "env-gcs-key-value",
+        ),
+        ("CROW_LAKE_S3_SECRET_ACCESS_KEY", "env-s3-secret-value"),
+    ];
+    let mut env = secrets_env.to_vec();
+    env.extend([("CROW_API_RATE_LIMIT_BURST", "7"), ("CROW_LOG", "debug")]);
+    let out = crow_with(
+        &["--config", &file.to_string_lossy(), "config", "show"],
+        &env,
+    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{shown}{logs}");
+    let file_secrets = [
+        "FILEACCESSKEYID",
+        "file-s3-secret-value",
+        "file-session-token-value",
+        "file-ip-salt-value",
+        "overridden-by-env-value",
+    ];
+    for secret in file_secrets
+        .iter()
+        .chain(secrets_env.iter().map(|(_, v)| v))
+    {
+        assert!(!shown.contains(secret), "{secret} in the output: {shown}");
+        assert!(!logs.contains(secret), "{secret} in the logs: {logs}");
+    }
+    for line in [
+        "access_key_id = \"***\"",
+        "secret_access_key = \"***\"",
+        "aws_session_token = \"***\"",
+        "google_service_account_key = \"***\"",
+        "ip_salt = \"***\"",
+        "metrics_token = \"***\"",
+        "bluesky_app_password = \"***\"",
+        // Everything else shows as it is.
+        "endpoint = \"http://file-endpoint.example\"",
+        "model = \"file-model-name\"",
+        "bluesky_identifier = \"file-handle.example\"",
+        "rate_limit_burst = 7",
+        "provider = \"offline\"",
+    ] {
+        assert!(shown.lines().any(|l| l == line), "no `{line}` in: {shown}");
+    }
+}
+
 /// `crow sql --as-of` reads every table as it was at that time.
 #[test]
 fn sql_as_of_reads_the_past() {

@@ -685,10 +685,7 @@ async fn bluesky_search_signs_in_with_an_app_password() {
         out.status.success() && !text.contains("abcd-efgh-ijkl-mnop"),
         "{text}"
     );
-    assert!(
-        text.contains("bluesky_app_password = \"********\""),
-        "{text}"
-    );
+    assert!(text.contains("bluesky_app_password = \"***\""), "{text}");
 }
 
 async fn rest_is_tenant_isolated(b: &Backend, northwind_src: &str) {

@@ -115,8 +115,8 @@ impl Backend {
         for (k, v) in &self.env {
             match k.as_str() {
                 "AWS_ENDPOINT_URL" => cfg.s3.endpoint = v.clone(),
-                "AWS_ACCESS_KEY_ID" => cfg.s3.access_key_id = v.clone(),
-                "AWS_SECRET_ACCESS_KEY" => cfg.s3.secret_access_key = v.clone(),
+                "AWS_ACCESS_KEY_ID" => cfg.s3.access_key_id = v.as_str().into(),
+                "AWS_SECRET_ACCESS_KEY" => cfg.s3.secret_access_key = v.as_str().into(),
                 "AWS_REGION" => cfg.s3.region = v.clone(),
                 "AWS_ALLOW_HTTP" => cfg.s3.allow_http = true,
                 _ => {}
