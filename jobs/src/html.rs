@@ -195,18 +195,19 @@ mod tests {
         let body = "The Aria headphones kept their charge for a whole week of commuting. \
                     Their noise cancelling made the underground quiet enough to read. ";
         let html = format!(
-            r#"<html><head><title>Aria review | Sound Blog</title>
+            r#"<html><head><title>Aria headphones, a month in | Sound Blog</title>
             <meta name="author" content="Sam Reviewer">
             <meta property="article:published_time" content="2026-11-20T09:30:00Z">
             <meta property="og:site_name" content="Sound Blog"></head>
             <body><nav><a href="/">Home</a> <a href="/about">About</a></nav>
-            <article><h1>Aria review</h1><p>{}</p><p>{}</p></article>
+            <article><h1>Aria headphones, a month in</h1><p>{}</p><p>{}</p></article>
             <footer>Copyright Sound Blog. Subscribe to our newsletter.</footer></body></html>"#,
             body.repeat(3),
             body.repeat(2)
         );
         let a = article(&html, "https://blog.example/aria").expect("article");
-        assert_eq!(a.title, "Aria review");
+        // The site's name after the separator is not part of the title.
+        assert_eq!(a.title, "Aria headphones, a month in");
         assert_eq!(a.byline.as_deref(), Some("Sam Reviewer"));
         assert_eq!(a.published.as_deref(), Some("2026-11-20T09:30:00Z"));
         assert_eq!(a.site_name.as_deref(), Some("Sound Blog"));

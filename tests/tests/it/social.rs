@@ -1048,7 +1048,7 @@ async fn web_pages_are_read_for_their_main_text() {
     assert_eq!(cap["platform"], "web");
     assert_eq!(cap["url"], format!("{base}/reviews/aria-headphones"));
     assert_eq!(cap["author"], "Dana Reviewer");
-    assert_eq!(cap["published"], "2026-11-20T09:30:00");
+    assert_eq!(cap["published"], "2026-11-20T09:30:00Z");
     let text = cap["text"].as_str().unwrap_or_default();
     assert!(text.starts_with("Aria Headphones, a month in\n"), "{text}");
     assert!(
