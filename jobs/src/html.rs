@@ -123,34 +123,43 @@ const MAX_ELEMENTS: usize = 20_000;
 /// there is none: a page with too little text, e.g. one that builds its
 /// content with script, gives an error, not an empty article.
 pub fn article(html: &str, url: &str) -> Result<Article, String> {
-    let cfg = dom_smoothie::Config {
-        max_elements_to_parse: MAX_ELEMENTS,
-        text_mode: dom_smoothie::TextMode::Formatted,
-        ..Default::default()
-    };
-    let mut r = dom_smoothie::Readability::new(html, Some(url), Some(cfg))
-        .map_err(|e| format!("reading {url}: {e}"))?;
-    let a = r
-        .parse()
-        .map_err(|e| format!("no main content at {url}: {e}"))?;
-    let text = a
-        .text_content
-        .lines()
-        .map(collapse)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("\n");
-    if text.is_empty() {
-        return Err(format!("no main content at {url}: the page has no text"));
+    Page::parse(html).article(url)
+}
+
+impl Page {
+    /// [`article`] of this page, parsed once: read what else the page
+    /// offers (its canonical link) first, since Readability takes the
+    /// document apart.
+    pub fn article(self, url: &str) -> Result<Article, String> {
+        let cfg = dom_smoothie::Config {
+            max_elements_to_parse: MAX_ELEMENTS,
+            text_mode: dom_smoothie::TextMode::Formatted,
+            ..Default::default()
+        };
+        let mut r = dom_smoothie::Readability::with_document(self.doc, Some(url), Some(cfg))
+            .map_err(|e| format!("reading {url}: {e}"))?;
+        let a = r
+            .parse()
+            .map_err(|e| format!("no main content at {url}: {e}"))?;
+        let text = a
+            .text_content
+            .lines()
+            .map(collapse)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("\n");
+        if text.is_empty() {
+            return Err(format!("no main content at {url}: the page has no text"));
+        }
+        let nonempty = |s: Option<String>| s.map(|s| collapse(&s)).filter(|s| !s.is_empty());
+        Ok(Article {
+            title: collapse(&a.title),
+            byline: nonempty(a.byline),
+            published: nonempty(a.published_time),
+            site_name: nonempty(a.site_name),
+            text,
+        })
     }
-    let nonempty = |s: Option<String>| s.map(|s| collapse(&s)).filter(|s| !s.is_empty());
-    Ok(Article {
-        title: collapse(&a.title),
-        byline: nonempty(a.byline),
-        published: nonempty(a.published_time),
-        site_name: nonempty(a.site_name),
-        text,
-    })
 }
 
 #[cfg(test)]

@@ -636,12 +636,12 @@ impl Adapter for WebPage {
             return Err(format!("robots.txt disallows {target}"));
         }
         let body = http.get(self.platform(), target, None).await?;
-        let html = String::from_utf8_lossy(&body);
-        let a = crate::html::article(&html, target)?;
-        let canonical = crate::html::Page::parse(&html)
+        let page = crate::html::Page::parse(&String::from_utf8_lossy(&body));
+        let canonical = page
             .canonical()
             .and_then(|c| url::Url::parse(target).ok()?.join(&c).ok())
             .map_or_else(|| target.to_string(), |u| u.to_string());
+        let a = page.article(target)?;
         let text = if a.title.is_empty() || a.text.starts_with(&a.title) {
             a.text
         } else {
@@ -654,7 +654,8 @@ impl Adapter for WebPage {
             published_at: a
                 .published
                 .as_deref()
-                .and_then(|p| time_of(Some(&Value::String(p.to_string())))),
+                .and_then(|p| DateTime::parse_from_rfc3339(p).ok())
+                .map(|t| t.with_timezone(&Utc)),
             text,
             metrics: Map::new(),
         });
