@@ -278,7 +278,8 @@ async fn a_data_path(b: &Backend) -> String {
     format!("{table}/{name}")
 }
 
-/// Whether the file or object at `uri` (a path or an s3:// URL) exists.
+/// Whether anything is at `uri` (a path or an s3:// URL): a file or a
+/// folder, on S3 an object or objects under it as a prefix.
 async fn lake_object_exists(b: &Backend, uri: &str) -> bool {
     if !uri.starts_with("s3://") {
         return Path::new(uri).exists();
@@ -287,7 +288,13 @@ async fn lake_object_exists(b: &Backend, uri: &str) -> bool {
     let (store, path) = lake.store_for(&uri.parse().expect("url")).expect("store");
     match store.head(&path).await {
         Ok(_) => true,
-        Err(crow_lake::object_store::Error::NotFound { .. }) => false,
+        Err(crow_lake::object_store::Error::NotFound { .. }) => {
+            let under = store
+                .list_with_delimiter(Some(&path))
+                .await
+                .unwrap_or_else(|e| panic!("list {uri}: {e}"));
+            !under.objects.is_empty() || !under.common_prefixes.is_empty()
+        }
         Err(e) => panic!("HEAD {uri}: {e}"),
     }
 }
