@@ -491,11 +491,17 @@ impl Robots {
                 _ => in_agents = false,
             }
         }
-        let pick = groups
-            .iter()
-            .find(|g| g.0.iter().any(|a| a != "*" && token.contains(a.as_str())))
-            .or_else(|| groups.iter().find(|g| g.0.iter().any(|a| a == "*")));
-        let (rules, crawl_delay) = pick.map(|g| (g.1.clone(), g.2)).unwrap_or_default();
+        // Every group naming us, else every `*` group, combined into one
+        // (RFC 9309 §2.2.1); the first Crawl-delay given among them.
+        let ours = |g: &&Group| g.0.iter().any(|a| a != "*" && token.contains(a.as_str()));
+        let star = |g: &&Group| g.0.iter().any(|a| a == "*");
+        let picked: Vec<&Group> = if groups.iter().any(|g| ours(&g)) {
+            groups.iter().filter(ours).collect()
+        } else {
+            groups.iter().filter(star).collect()
+        };
+        let rules = picked.iter().flat_map(|g| g.1.iter().cloned()).collect();
+        let crawl_delay = picked.iter().find_map(|g| g.2);
         Robots {
             rules,
             crawl_delay,
@@ -525,20 +531,30 @@ fn pattern_matches(pat: &str, path: &str) -> bool {
         None => (pat, false),
     };
     let parts: Vec<&str> = pat.split('*').collect();
-    let mut pos = 0;
-    for (i, part) in parts.iter().enumerate() {
-        if i == 0 {
-            if !path.starts_with(part) {
-                return false;
-            }
-            pos = part.len();
-        } else if let Some(found) = path[pos..].find(part) {
-            pos += found + part.len();
-        } else {
-            return false;
+    let Some((first, rest)) = parts.split_first() else {
+        return true;
+    };
+    if !path.starts_with(first) {
+        return false;
+    }
+    let mut pos = first.len();
+    // The parts between stars, each at its leftmost place after the one
+    // before; with `$`, the last part must then end the path (leftmost
+    // is not enough: `/a*b$` matches `/abab`).
+    let (middle, last) = match rest.split_last() {
+        Some((last, middle)) if anchored => (middle, Some(*last)),
+        _ => (rest, None),
+    };
+    for part in middle {
+        match path[pos..].find(part) {
+            Some(found) => pos += found + part.len(),
+            None => return false,
         }
     }
-    !anchored || pos == path.len() || (parts.len() > 1 && parts.last() == Some(&""))
+    match last {
+        Some(last) => path[pos..].ends_with(last),
+        None => !anchored || pos == path.len(),
+    }
 }
 
 /// Spaces requests at least `interval` apart.

@@ -65,10 +65,10 @@ fn field(text: &str, name: &str, min: u32, max: u32) -> Result<(u64, bool), Stri
             // `a/n` means from a to the end in steps of n.
             (a, if part.contains('/') { max } else { a })
         };
-        let mut v = lo;
-        while v <= hi {
+        // `lo..=hi` in steps of `step`; a step past `u32::MAX` ends it
+        // (wrapping round would set values below `lo`).
+        for v in (lo..=hi).step_by(usize::try_from(step).unwrap_or(usize::MAX)) {
             bits |= 1 << v;
-            v += step;
         }
     }
     Ok((bits, text != "*"))

@@ -2,6 +2,10 @@
 //! isolation under hostile SQL, read-only enforcement, key revocation within
 //! the cache bound, rate limits, result formats, REST resources, exports read
 //! back by pyarrow, metrics and `--only api`.
+//!
+//! Every case runs on both lake backends (a local folder and the local
+//! S3-compatible server) through `both_backends!`: each one serves answers
+//! read from the lake, so none is purely about HTTP or auth parsing.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -242,12 +246,69 @@ async fn world_on(b: Backend, server_env: &[(&str, &str)]) -> World {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn isolation_under_hostile_sql() {
-    let w = world(&[
-        ("CROW_API_KEY_CACHE_SECONDS", "2"),
-        ("CROW_API_RATE_LIMIT_BURST", "100000"),
-    ])
+/// A data path of `raw_web_events` as its backend names it: a file or
+/// folder in the table's folder, or an object under its S3 prefix.
+async fn a_data_path(b: &Backend) -> String {
+    let table = format!("{}/raw_web_events", b.uri);
+    if !b.uri.starts_with("s3://") {
+        return std::fs::read_dir(&table)
+            .expect("table dir")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.is_dir() || p.extension().is_some_and(|x| x == "parquet"))
+            .expect("a data path")
+            .display()
+            .to_string();
+    }
+    let lake = b.lake().await;
+    let (store, prefix) = lake.store_for(&table.parse().expect("url")).expect("store");
+    let listed = store
+        .list_with_delimiter(Some(&prefix))
+        .await
+        .expect("list the table");
+    let name = listed
+        .objects
+        .iter()
+        .map(|o| &o.location)
+        .find(|l| l.extension() == Some("parquet"))
+        .or(listed.common_prefixes.first())
+        .and_then(|l| l.filename())
+        .expect("a data path")
+        .to_string();
+    format!("{table}/{name}")
+}
+
+/// Whether anything is at `uri` (a path or an s3:// URL): a file or a
+/// folder, on S3 an object or objects under it as a prefix.
+async fn lake_object_exists(b: &Backend, uri: &str) -> bool {
+    if !uri.starts_with("s3://") {
+        return Path::new(uri).exists();
+    }
+    let lake = b.lake().await;
+    let (store, path) = lake.store_for(&uri.parse().expect("url")).expect("store");
+    match store.head(&path).await {
+        Ok(_) => true,
+        Err(crow_lake::object_store::Error::NotFound { .. }) => {
+            let under = store
+                .list_with_delimiter(Some(&path))
+                .await
+                .unwrap_or_else(|e| panic!("list {uri}: {e}"));
+            !under.objects.is_empty() || !under.common_prefixes.is_empty()
+        }
+        Err(e) => panic!("HEAD {uri}: {e}"),
+    }
+}
+
+both_backends!(isolation_under_hostile_sql => isolation_under_hostile_sql);
+
+async fn isolation_under_hostile_sql(b: Backend) {
+    let w = world_on(
+        b,
+        &[
+            ("CROW_API_KEY_CACHE_SECONDS", "2"),
+            ("CROW_API_RATE_LIMIT_BURST", "100000"),
+        ],
+    )
     .await;
     let lake_dir = w.b.uri.clone();
 
@@ -338,14 +399,7 @@ async fn isolation_under_hostile_sql() {
     assert!(!described.contains(&"key_hash"), "{described:?}");
 
     // Files and file-reading functions resolve to nothing.
-    let parquet = std::fs::read_dir(Path::new(&lake_dir).join("raw_web_events"))
-        .expect("table dir")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.is_dir() || p.extension().is_some_and(|x| x == "parquet"))
-        .expect("a data path")
-        .display()
-        .to_string();
+    let parquet = a_data_path(&w.b).await;
     for (q, code) in [
         (format!("select * from '{parquet}'"), "unknown_table"),
         (
@@ -374,7 +428,7 @@ async fn isolation_under_hostile_sql() {
     }
 
     // Writes and statements are refused, and nothing is written.
-    let copy_target = Path::new(&lake_dir).join("stolen.csv");
+    let copy_target = format!("{lake_dir}/stolen.csv");
     for (q, code) in [
         (
             format!(
@@ -389,10 +443,7 @@ async fn isolation_under_hostile_sql() {
         ),
         ("drop table products".to_string(), "ddl_not_allowed"),
         (
-            format!(
-                "copy (select * from raw_web_events) to '{}'",
-                copy_target.display()
-            ),
+            format!("copy (select * from raw_web_events) to '{copy_target}'"),
             "dml_not_allowed",
         ),
         (
@@ -413,7 +464,10 @@ async fn isolation_under_hostile_sql() {
     ] {
         assert_eq!(w.refused(&q).await, code, "`{q}`");
     }
-    assert!(!copy_target.exists(), "COPY must not write");
+    assert!(
+        !lake_object_exists(&w.b, &copy_target).await,
+        "COPY must not write"
+    );
     let after = w.rows("select count(*) as n from products").await;
     assert_eq!(after, vec![json!({"n": w.a_rows})]);
     assert_eq!(w.refused("select 1; select 2").await, "invalid_query");
@@ -461,15 +515,19 @@ async fn isolation_under_hostile_sql() {
     assert_eq!(rows, vec![json!({"org_id": w.org_b})]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keys_formats_rest_exports_and_metrics() {
-    let w = world(&[
-        ("CROW_API_KEY_CACHE_SECONDS", "2"),
-        ("CROW_API_RATE_LIMIT_BURST", "100000"),
-        ("CROW_API_QUERY_TIMEOUT_SECONDS", "3"),
-        ("CROW_API_MAX_RESULT_ROWS", "1000"),
-        ("CROW_API_MEMORY_LIMIT_MB", "32"),
-    ])
+both_backends!(keys_formats_rest_exports_and_metrics => keys_formats_rest_and_metrics);
+
+async fn keys_formats_rest_and_metrics(b: Backend) {
+    let w = world_on(
+        b,
+        &[
+            ("CROW_API_KEY_CACHE_SECONDS", "2"),
+            ("CROW_API_RATE_LIMIT_BURST", "100000"),
+            ("CROW_API_QUERY_TIMEOUT_SECONDS", "3"),
+            ("CROW_API_MAX_RESULT_ROWS", "1000"),
+            ("CROW_API_MEMORY_LIMIT_MB", "32"),
+        ],
+    )
     .await;
 
     // Limits: timeout, row cap, and a memory pool that spills.
@@ -973,9 +1031,9 @@ async fn exports(w: &World, dir: &Path) {
     assert!(!text.contains("key_hash"), "exports never hold secrets");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rate_limit_and_only_api() {
-    let b = Backend::local();
+both_backends!(rate_limit_and_only_api => rate_limit_and_only_api);
+
+async fn rate_limit_and_only_api(b: Backend) {
     b.crow_ok(&["init"]);
     let org = b.crow_json(&["orgs", "create", "--name", "Gamma"]);
     let key = b.crow_json(&["keys", "create", "--org", "Gamma"]);
@@ -1108,12 +1166,13 @@ async fn reads_time_travel_and_exports(b: Backend) {
     );
 }
 
+both_backends!(openapi_conformance_under_schemathesis => openapi_conformance);
+
 /// A property-based API tester (schemathesis) against the running server,
 /// driven by the served OpenAPI document: no 5xx, every status, content type,
 /// header and body as documented.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openapi_conformance_under_schemathesis() {
-    let w = world(&[("CROW_API_RATE_LIMIT_BURST", "1000000")]).await;
+async fn openapi_conformance(b: Backend) {
+    let w = world_on(b, &[("CROW_API_RATE_LIMIT_BURST", "1000000")]).await;
     let doc: Value = reqwest::get(w.server.url("/api/v1/openapi.json"))
         .await
         .expect("openapi")
@@ -1162,13 +1221,14 @@ async fn openapi_conformance_under_schemathesis() {
     assert!(text.contains("passed"), "{text}");
 }
 
+both_backends!(every_listing_pages_to_its_end_and_refuses_bad_paging => every_listing_pages_to_its_end);
+
 /// Every listing pages the same way: walked to its end at several page sizes
 /// it yields each of the organization's rows exactly once (as many as SQL
 /// counts), `next_cursor` is set exactly when more rows follow, and a bad
 /// `limit` or `cursor` is a clear 400 problem, never a silent first page.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_listing_pages_to_its_end_and_refuses_bad_paging() {
-    let w = world(&[("CROW_API_RATE_LIMIT_BURST", "100000")]).await;
+async fn every_listing_pages_to_its_end(b: Backend) {
+    let w = world_on(b, &[("CROW_API_RATE_LIMIT_BURST", "100000")]).await;
     let listings = [
         ("/api/v1/products", "products", "product_id"),
         ("/api/v1/sessions", "sessions", "session_id"),

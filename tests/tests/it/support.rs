@@ -107,6 +107,17 @@ impl Backend {
         }
     }
 
+    /// Another lake beside this one, on the same backend: `<uri>-<suffix>`
+    /// (in the same temp folder or bucket; it lives as long as `self`).
+    pub fn beside(&self, suffix: &str) -> Backend {
+        Backend {
+            name: self.name,
+            uri: format!("{}-{suffix}", self.uri),
+            env: self.env.clone(),
+            _dir: None,
+        }
+    }
+
     pub fn lake_config(&self) -> LakeConfig {
         let mut cfg = LakeConfig {
             uri: self.uri.clone(),
