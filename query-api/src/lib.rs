@@ -30,6 +30,7 @@ pub mod evidence;
 pub mod export;
 pub mod flight;
 pub mod guard;
+pub mod history;
 pub mod invoice;
 pub mod keys;
 pub mod manage;
@@ -253,6 +254,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
             get(manage::list_keys).post(manage::create_key),
         )
         .route("/api/v1/keys/{id}/revoke", post(manage::revoke_key))
+        .route("/api/v1/organization/write-key", get(manage::write_key))
+        .route(
+            "/api/v1/organization/write-key/rotate",
+            post(manage::rotate_write_key),
+        )
         .route("/api/v1/products", get(rest::products))
         .route(
             "/api/v1/social/sources",
@@ -294,6 +300,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route(
             "/api/v1/saved-queries",
             get(saved::list).post(saved::create),
+        )
+        .route(
+            "/api/v1/query-history",
+            get(history::list)
+                .post(history::record)
+                .delete(history::clear),
         )
         .route(
             "/api/v1/saved-queries/{id}",

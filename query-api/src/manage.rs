@@ -358,3 +358,80 @@ pub async fn update_org(
     }))
     .into_response())
 }
+
+/// Longest grace a rotated-out write key is given, in hours (30 days).
+pub const MAX_GRACE_HOURS: u32 = 720;
+
+/// The organization's write key as it can be shown: its first characters
+/// and, while the key it replaced is still accepted, until when.
+fn write_key_json(o: &crow_lake::orgs::Organization) -> Value {
+    let now = chrono::Utc::now();
+    let previous = o
+        .previous_write_key_expires_at
+        .filter(|until| o.previous_write_key_hash.is_some() && *until > now);
+    json!({
+        "prefix": o.write_key_prefix,
+        "previous_key_valid_until": previous.map(crate::owned::ts),
+    })
+}
+
+/// The caller's organization (404 if it no longer exists).
+async fn own_org(st: &ApiState, p: &Principal) -> ApiResult<crow_lake::orgs::Organization> {
+    crow_lake::orgs::get(&st.lake, &p.org_id)
+        .await
+        .map_err(lake_err("reading the organization"))?
+        .ok_or_else(|| ApiError::not_found("your organization no longer exists"))
+}
+
+/// `GET /api/v1/organization/write-key`: the collector's write key of the
+/// organization — its first characters only (the lake keeps a hash).
+pub async fn write_key(State(st): State<Arc<ApiState>>, headers: HeaderMap) -> ApiResult<Response> {
+    let p = admin(&st, &headers).await?;
+    Ok(Json(write_key_json(&own_org(&st, &p).await?)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rotate {
+    /// Hours the current key keeps working (absent: 24; 0: refused at once).
+    grace_hours: Option<u32>,
+}
+
+/// `POST /api/v1/organization/write-key/rotate` `{"grace_hours"?}`: a new
+/// write key for the collector, in the answer once; the current key keeps
+/// working for the grace (24 hours unless given; 0 revokes it at once, as
+/// soon as collectors refresh their key cache, within 30 s).
+pub async fn rotate_write_key(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> ApiResult<Response> {
+    let p = admin(&st, &headers).await?;
+    let req: Rotate = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Rotate { grace_hours: None }
+    } else {
+        body(&bytes, r#"{"grace_hours"?: 24}"#)?
+    };
+    let hours = req.grace_hours.unwrap_or(24);
+    if hours > MAX_GRACE_HOURS {
+        return Err(ApiError::bad_request(
+            "invalid_grace",
+            format!("`grace_hours` must be 0 to {MAX_GRACE_HOURS} (this is {hours})"),
+        ));
+    }
+    let grace = chrono::Duration::hours(i64::from(hours));
+    let key = crow_lake::orgs::rotate_write_key_with_grace(&st.lake, &p.org_id, grace)
+        .await
+        .map_err(lake_err("rotating the write key"))?;
+    audit(
+        &st,
+        &p,
+        "org.rotate_write_key",
+        &p.org_id,
+        json!({"grace_hours": hours}),
+    )
+    .await;
+    let mut out = write_key_json(&own_org(&st, &p).await?);
+    out["write_key"] = json!(key);
+    Ok((StatusCode::CREATED, Json(out)).into_response())
+}

@@ -398,6 +398,7 @@ pub fn document() -> Value {
             .into_iter()
             .chain(chat_paths())
             .chain(saved_query_paths())
+            .chain(query_history_paths())
             .chain(dashboard_paths())
         {
             match (paths.get_mut(&path), ops) {
@@ -493,7 +494,19 @@ fn management_paths() -> Map<String, Value> {
         }},
         "/api/v1/keys/{id}/revoke": {"post": {
             "summary": "Revoke an API key of the organization.", "security": admin, "parameters": id_param,
-            "responses": responses("200", json_ok("The key, revoked.", any), &[401, 403, 404, 429]),
+            "responses": responses("200", json_ok("The key, revoked.", any.clone()), &[401, 403, 404, 429]),
+        }},
+        "/api/v1/organization/write-key": {"get": {
+            "summary": "The collector's write key of the organization: its first characters (`prefix`) and, while the key it replaced is still accepted, `previous_key_valid_until`. Needs admin.",
+            "security": admin,
+            "responses": responses("200", json_ok("The write key, without its secret.", any.clone()), &[401, 403, 404, 429]),
+        }},
+        "/api/v1/organization/write-key/rotate": {"post": {
+            "summary": format!("A new write key for the collector: the answer carries it in `write_key`, once. The current key keeps working for `grace_hours` (absent: 24; 0: refused at once, within the collector's 30 s key cache; at most {}). Needs admin.", crate::manage::MAX_GRACE_HOURS),
+            "security": admin,
+            "requestBody": {"required": false, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false,
+                "properties": {"grace_hours": {"type": "integer", "minimum": 0, "maximum": crate::manage::MAX_GRACE_HOURS}}}}}},
+            "responses": responses("201", json_ok("The new write key, once.", any), &[400, 401, 403, 404, 429]),
         }},
     });
     match paths {
@@ -665,6 +678,47 @@ fn saved_query_paths() -> Map<String, Value> {
             "delete": {
                 "summary": "Delete a saved query. Needs `X-CSRF-Token`.", "security": user, "parameters": id_param,
                 "responses": errs("204", json!({"description": "Deleted."}), &[401, 403, 404, 429]),
+            }
+        },
+    });
+    match paths {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+/// `/api/v1/query-history` ([`crate::history`]): signed-in users only; an
+/// API key is answered 403 `user_required`.
+fn query_history_paths() -> Map<String, Value> {
+    let user = json!([{"cookie": []}]);
+    let entry = json!({"type": "object", "required": ["id", "sql", "ok", "error", "ran_at"],
+        "properties": {"id": {"type": "string"}, "sql": {"type": "string"},
+            "ok": {"type": "boolean"}, "error": {"type": "string", "nullable": true},
+            "ran_at": {"type": "string", "format": "date-time"}}});
+    let errs = |ok: &str, body: Value, codes: &[u16]| {
+        let mut r = responses(ok, body, codes);
+        r["403"] =
+            problem("An API key has no query history (user_required), or no or wrong CSRF token.");
+        r
+    };
+    let paths = json!({
+        "/api/v1/query-history": {
+            "get": {
+                "summary": format!("The SQL the signed-in user ran in the dashboard's console, most recently run first, one entry per distinct SQL (at most {}).", crate::history::MAX_PER_USER),
+                "security": user,
+                "responses": errs("200", json_ok("The history.", json!({"type": "object", "required": ["data"],
+                    "properties": {"data": {"type": "array", "items": entry}}})), &[401, 403, 429]),
+            },
+            "post": {
+                "summary": format!("Record that the user ran this SQL now and how it ended (it is not run): `error` is the failed run's message (cut to {} characters), absent or null when it answered; the same SQL moves to the top with this outcome; past {} entries the oldest is dropped. `sql`: 1 to {} characters (400 invalid_sql). Needs `X-CSRF-Token`.", crate::history::MAX_ERROR, crate::history::MAX_PER_USER, crate::history::MAX_SQL),
+                "security": user,
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false,
+                    "required": ["sql"], "properties": {"sql": {"type": "string"}, "error": {"type": "string", "nullable": true}}}}}},
+                "responses": errs("201", json_ok("The entry.", json!({"type": "object", "required": ["entry"], "properties": {"entry": entry}})), &[400, 401, 403, 429]),
+            },
+            "delete": {
+                "summary": "Forget every query the user ran. Needs `X-CSRF-Token`.", "security": user,
+                "responses": errs("204", json!({"description": "Cleared."}), &[401, 403, 429]),
             }
         },
     });

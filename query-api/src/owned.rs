@@ -224,11 +224,19 @@ impl Owned {
     /// [`Owned::valid_id`] (it came from a row [`Owned::one_of`] found), the
     /// organization id is quoted.
     pub fn row_predicate(&self, org_id: &str, id: &str) -> String {
+        self.rows_predicate(org_id, &[id])
+    }
+
+    /// The delete predicate of rows `ids` of `org_id`, as
+    /// [`Owned::row_predicate`]; the ids are quoted too.
+    pub fn rows_predicate(&self, org_id: &str, ids: &[&str]) -> String {
+        let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
+        let ids: Vec<String> = ids.iter().map(|i| quote(i)).collect();
         format!(
-            "org_id = '{}' AND {} = '{}'",
-            org_id.replace('\'', "''"),
+            "org_id = {} AND {} IN ({})",
+            quote(org_id),
             self.id_col,
-            id
+            ids.join(", ")
         )
     }
 }

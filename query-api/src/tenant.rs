@@ -36,6 +36,7 @@ pub const ADMIN_ONLY_TABLES: &[&str] = &[
     "chats",
     "chat_messages",
     "saved_queries",
+    "query_history",
 ];
 
 /// A table's point in history for one query.

@@ -1207,31 +1207,6 @@ function Funnels() {
 // ---------------------------------------------------------- SQL console
 
 const GRID_PAGE = 50;
-const HISTORY_SIZE = 20;
-
-// The queries a user ran, most recent first: kept in this browser, under
-// the user's id, so two people sharing a browser each see their own.
-const historyKey = (me) => "crow.sql.history." + ((me && me.user && me.user.id) || "anonymous");
-
-function history_(me) {
-  try {
-    const h = JSON.parse(localStorage.getItem(historyKey(me)) || "[]");
-    return Array.isArray(h) ? h.filter((x) => typeof x === "string") : [];
-  } catch (_) {
-    return [];
-  }
-}
-
-function remember(me, q) {
-  const h = [q, ...history_(me).filter((x) => x !== q)].slice(0, HISTORY_SIZE);
-  try {
-    localStorage.setItem(historyKey(me), JSON.stringify(h));
-  } catch (_) {
-    // Private mode: no history.
-  }
-  return h;
-}
-
 const short = (q) => (q.length > 90 ? q.slice(0, 90) + "…" : q);
 
 // A chart for the result: a line over time when the first column is a
@@ -1468,28 +1443,78 @@ function SavedQueries({ q, onOpen }) {
   </section>`;
 }
 
+// The queries the user ran (`/api/v1/query-history`): kept on the server
+// per user, so they follow them to any browser; one click puts one back in
+// the editor. `stamp` changes after each run, which reloads the list.
+function History({ stamp, onOpen }) {
+  const [list, setList] = useState(null);
+  const [error, setError] = useState(null);
+  const [confirming, setConfirming] = useState(false);
+  const load = async () => {
+    try {
+      setList((await get("/api/v1/query-history")).data);
+      setError(null);
+    } catch (err) {
+      setList([]);
+      setError("Could not load your query history: " + err.message);
+    }
+  };
+  useEffect(() => {
+    load();
+  }, [stamp]);
+  const clear = async () => {
+    setConfirming(false);
+    try {
+      await call("/api/v1/query-history", { method: "DELETE" });
+      await load();
+    } catch (err) {
+      setError("Could not clear your history: " + err.message);
+    }
+  };
+  return html`<section class="panel" data-testid="history" data-state=${list ? "ready" : "loading"}><h2>History</h2>
+    ${error ? html`<p class="error" role="alert">${error}</p>` : null}
+    ${!list
+      ? html`<p class="status">Loading your history…</p>`
+      : list.length
+        ? html`<ul class="list history">${list.map((h) => html`<li data-testid="history-entry" data-sql=${h.sql} data-ok=${h.ok ? "yes" : "no"}><button class="linkish" type="button"
+            title=${h.sql} onClick=${() => onOpen(h.sql)}><code>${short(h.sql)}</code></button>
+            ${h.ok ? null : html`<span class="error history-error" title=${h.error}>Failed: ${short(h.error || "")}</span>`}
+            <time class="meta" datetime=${h.ran_at} title=${utc(new Date(h.ran_at))}>${when(new Date(h.ran_at))}</time></li>`)}</ul>
+          <p class="controls">${confirming
+            ? html`<span>Forget all ${num(list.length)}?</span>
+              <button class="button" type="button" onClick=${clear}>Yes, clear</button>
+              <button class="button" type="button" onClick=${() => setConfirming(false)}>Keep</button>`
+            : html`<button class="button" type="button" onClick=${() => setConfirming(true)}>Clear history</button>`}</p>`
+        : html`<p class="meta">The queries you run are kept here, most recent first (the last 50), on any browser you sign in from. Only you see them.</p>`}
+  </section>`;
+}
+
 function Console({ me }) {
   const [q, setQ] = useState(urlParam("sql", "SELECT event_date, count(*) AS events FROM raw_web_events GROUP BY event_date ORDER BY event_date"));
   const [res, setRes] = useState(null);
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState(null);
-  const [hist, setHist] = useState(history_(me));
+  const [ran, setRan] = useState(0);
   const run = async (e) => {
     if (e) e.preventDefault();
     setBusy(true);
     setError(null);
     const started = performance.now();
+    let failed = null;
     try {
       const rows = await sql(q);
       setRes({ rows, q, ms: performance.now() - started });
-      setHist(remember(me, q));
       setUrlParam("sql", q);
     } catch (err) {
+      failed = err.message || String(err);
       setRes(null);
-      setError(err.message);
-    } finally {
-      setBusy(false);
+      setError(failed);
     }
+    // Kept in the user's history on the server, a failed run with its
+    // error; a failure to record it does not hide the result.
+    await send("POST", "/api/v1/query-history", { sql: q, error: failed }).catch(() => null);
+    setRan((n) => n + 1);
+    setBusy(false);
   };
   const spec = res ? chartOf(res.rows) : null;
   return html`<div class="page" data-testid="console" data-state=${busy ? "running" : res ? "ready" : error ? "error" : "idle"}>
@@ -1513,11 +1538,7 @@ function Console({ me }) {
       </div>
       <div>
         <${SavedQueries} q=${q} onOpen=${setQ} />
-        <section class="panel" data-testid="history"><h2>History</h2>
-          ${hist.length
-            ? html`<ul class="list">${hist.map((h) => html`<li><button class="linkish" type="button" title=${h} onClick=${() => setQ(h)}><code>${short(h)}</code></button></li>`)}</ul>`
-            : html`<p class="meta">The last ${HISTORY_SIZE} queries you run are kept here, most recent first, in this browser.</p>`}
-        </section>
+        <${History} stamp=${ran} onOpen=${setQ} />
         <section class="panel"><h2>Tables</h2><${Tables} onPick=${setQ} /></section>
       </div>
     </div>
@@ -2024,12 +2045,54 @@ function ApiKeys() {
   </section>`;
 }
 
+// The collector's write key (what a site's tracking snippet and server
+// send with their events): its first characters; a new one is shown once;
+// the current one keeps working for the grace chosen (none: refused at
+// once, within the collector's 30 s key cache).
+function WriteKey() {
+  const [key, setKey] = useState(null);
+  const [error, setError] = useState(null);
+  const [grace, setGrace] = useState("24");
+  const [secret, setSecret] = useState(null);
+  const load = () => get("/api/v1/organization/write-key").then(setKey, (e) => setError(e.message));
+  useEffect(load, []);
+  const rotate = async (e) => {
+    e.preventDefault();
+    setError(null);
+    try {
+      const k = await send("POST", "/api/v1/organization/write-key/rotate", { grace_hours: Number(grace) });
+      setSecret(k.write_key);
+      setKey(k);
+    } catch (err) {
+      setError(err.message);
+    }
+  };
+  const until = key && key.previous_key_valid_until;
+  return html`<section class="panel" data-testid="write-key">
+    <h2>Write key</h2>
+    <p class="meta">The collector accepts events sent with this key (in the tracking snippet and your servers' calls to <code>/v1/track</code>).</p>
+    ${key
+      ? html`<p>Current key: <code data-testid="write-key-prefix">${key.prefix}…</code>
+          ${until ? html` · the previous key works until <time datetime=${until} title=${utc(new Date(until))}>${when(new Date(until))}</time>` : null}</p>`
+      : error ? null : html`<p class="status">Loading…</p>`}
+    <form onSubmit=${rotate} class="inline">
+      <label for="write-key-grace">The current key keeps working</label>
+      <select id="write-key-grace" value=${grace} onChange=${(e) => setGrace(e.target.value)}>
+        <option value="24">for 24 hours</option><option value="168">for 7 days</option><option value="0">no longer: revoke it now</option></select>
+      <button class="button primary" type="submit">New write key</button>
+    </form>
+    <${Shown} what="The new write key" value=${secret} testid="write-key-secret" />
+    ${error ? html`<p class="error" role="alert">${error}</p>` : null}
+  </section>`;
+}
+
 function Settings({ me }) {
   return html`<div class="page" data-testid="settings">
     <div class="toolbar"><h1>Settings</h1></div>
     <${OrgSettings} />
     <${Members} me=${me} />
     <${ApiKeys} />
+    <${WriteKey} />
   </div>`;
 }
 

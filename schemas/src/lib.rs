@@ -1069,6 +1069,23 @@ pub const SAVED_QUERIES: TableDef = TableDef {
     secret_columns: &[],
 };
 
+/// `query_history`: the SQL a signed-in user ran in the dashboard's console.
+pub const QUERY_HISTORY: TableDef = TableDef {
+    name: "query_history",
+    version: 1,
+    doc: "One row per distinct query a signed-in user ran in the dashboard's SQL console (`/api/v1/query-history`), so their history follows them to any browser. Running the same SQL again moves it to the top with that run's outcome (a failed run keeps its error); a user keeps the 50 most recent. Only its owner lists or clears it through the API; through SQL only admins see it, like saved queries.",
+    columns: &[
+        req("org_id", Text, "The owner's organization."),
+        req("entry_id", Text, "History entry id (`qhe_` + 26 characters)."),
+        req("user_id", Text, "The user who ran it; nobody else lists it through the API."),
+        req("sql", Text, "The query as run (at most 20,000 characters)."),
+        opt("error", Text, "Why its last run failed (at most 2,000 characters); null when it answered."),
+        req("ran_at", Timestamp, "When the user last ran it."),
+    ],
+    partition_by: &[],
+    secret_columns: &[],
+};
+
 /// Every table, in creation order.
 pub const ALL_TABLES: &[TableDef] = &[
     ORGANIZATIONS,
@@ -1096,6 +1113,7 @@ pub const ALL_TABLES: &[TableDef] = &[
     CHATS,
     CHAT_MESSAGES,
     SAVED_QUERIES,
+    QUERY_HISTORY,
 ];
 
 /// The table named `name`, if it is one of CROW's.

@@ -263,12 +263,14 @@ def owner_flow(browser, base, email, password, key, axe_js, out):
     products = products_page(page, axe_js, out)
     funnels = funnels_page(page, axe_js, out)
     console = console_page(page, w, axe_js, out)
+    console.update(history_elsewhere(browser, base, email, password, axe_js))
     billing = billing_page(page, axe_js, out)
     chat = chat_panel(page, axe_js, out)
     # Settings, through the navigation.
     page.get_by_role("link", name="Settings").click()
     page.wait_for_selector("[data-testid=settings]")
     settings_page(page, base)
+    write_key_settings(page, base, key)
     axe(page, axe_js, "/app/settings")
     screenshots(page, out, "settings", "[data-testid=settings]")
     w.check("the owner's dashboard")
@@ -312,6 +314,38 @@ def settings_page(page, base):
     page.wait_for_selector("[data-testid=api-key][data-revoked=yes]")
     status, _ = organization(secret)
     assert status == 401, status
+
+
+def collector_status(base, key):
+    """What the collector answers an empty batch sent with `key` (nothing
+    is written either way)."""
+    req = urllib.request.Request(base + "/v1/batch", data=json.dumps({"batch": []}).encode(),
+                                 headers={"Content-Type": "application/json",
+                                          "Authorization": "Basic " + base64.b64encode((key + ":").encode()).decode()})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def write_key_settings(page, base, key):
+    """The owner sees the write key's first characters, makes a new one
+    revoking the current at once: the new key is shown once and the
+    collector accepts it; the old one is refused (within the collector's
+    30 s key cache)."""
+    assert page.inner_text("[data-testid=write-key-prefix]") == key[:8] + "…"
+    assert collector_status(base, key) not in (401, 403)
+    page.select_option("#write-key-grace", "0")
+    page.get_by_role("button", name="New write key").click()
+    new_key = page.wait_for_selector("[data-testid=write-key-secret-value]").inner_text()
+    assert new_key.startswith("wk") and new_key != key, new_key
+    wait_js(page, f"document.querySelector('[data-testid=write-key-prefix]')?.textContent === {json.dumps(new_key[:8] + '…')}")
+    deadline = time.time() + 45
+    while collector_status(base, key) != 401:
+        assert time.time() < deadline, "the revoked write key is still accepted"
+        time.sleep(0.5)
+    assert collector_status(base, new_key) not in (401, 403)
 
 
 def interactions_page(page, axe_js, out):
@@ -501,13 +535,23 @@ def saved_queries(page, watch, axe_js, query):
     page.wait_for_selector("[data-testid=saved-queries] .error", timeout=15000)
     assert "already have a saved query" in page.inner_text("[data-testid=saved-queries] .error")
     watch.problems = [p for p in watch.problems if not ("409" in p and "saved-queries" in p) and "status of 409" not in p]
+    # A second query run: it heads the history (kept on the server).
+    page.fill("#sql", "SELECT 1 AS one")
+    page.get_by_role("button", name="Run", exact=True).click()
+    wait_js(page, "document.querySelector('[data-testid=history] [data-testid=history-entry]')?.dataset.sql === 'SELECT 1 AS one'", timeout=30000)
     before = len(watch.problems)
     page.reload()
     page.wait_for_selector("[data-testid=saved-queries][data-state=ready] [data-testid=saved-query]", timeout=30000)
+    page.wait_for_selector("[data-testid=history][data-state=ready] [data-testid=history-entry]", timeout=30000)
     # Requests the reload cut short are not failures of the page.
     watch.problems = watch.problems[:before] + [p for p in watch.problems[before:] if "ERR_ABORTED" not in p]
-    history = page.inner_text("[data-testid=history]")
-    assert query[:60] in history, history
+    history = history_shown(page)
+    bad = "SELECT no_such_column FROM raw_web_events"
+    assert history == ["SELECT 1 AS one", bad, query], history
+    # The failed run is kept with its error, in words.
+    failed = page.locator("[data-testid=history-entry][data-ok=no]")
+    assert failed.count() == 1 and failed.get_attribute("data-sql") == bad, failed.count()
+    assert "Failed:" in failed.inner_text() and "no_such_column" in failed.inner_text(), failed.inner_text()
     page.fill("#sql", "SELECT 1 AS one")
     page.locator("[data-testid=saved-query][data-name='Events per day']").get_by_role("button", name="Events per day", exact=True).click()
     assert page.input_value("#sql") == query
@@ -527,6 +571,47 @@ def saved_queries(page, watch, axe_js, query):
     listed = page.evaluate("""async () => (await (await fetch('/api/v1/saved-queries')).json()).data""")
     assert listed == [], listed
     return {"saved_rows": saved_rows}
+
+
+def history_shown(page):
+    return page.eval_on_selector_all("[data-testid=history-entry]", "es => es.map(e => e.dataset.sql)")
+
+
+def history_elsewhere(browser, base, email, password, axe_js):
+    """Another browser (nothing shared with the first but the server) signed
+    in as the same user, on a phone: the console lists the queries run in
+    the first, as `query_history` holds them (SQL over the lake, newest
+    first); one opens into the editor; "Clear history" (asked first)
+    empties it, on the server too."""
+    ctx = browser.new_context(viewport={"width": 375, "height": 800})
+    page = ctx.new_page()
+    w = Watch(page)
+    page.goto(base + "/login?next=/app/sql")
+    page.fill("#email", email)
+    page.fill("#password", password)
+    page.click("#submit")
+    page.wait_for_url("**/app/sql", timeout=20000)
+    page.wait_for_selector("[data-testid=history][data-state=ready] [data-testid=history-entry]", timeout=30000)
+    shown = history_shown(page)
+    oks = page.eval_on_selector_all("[data-testid=history-entry]", "es => es.map(e => e.dataset.ok)")
+    in_lake = page.evaluate("""async () => {
+        const me = await (await fetch('/api/v1/auth/me')).json();
+        const csrf = (document.cookie.match(/crow_csrf=([^;]+)/) || [])[1] || '';
+        const q = `SELECT sql FROM query_history WHERE user_id = '${me.user.id}' ORDER BY ran_at DESC, entry_id DESC`;
+        const r = await fetch('/api/v1/sql', {method: 'POST', body: JSON.stringify({sql: q}),
+            headers: {'Content-Type': 'application/json', 'X-CSRF-Token': csrf}});
+        return (await r.json()).map(x => x.sql);
+    }""")
+    axe(page, axe_js, "/app/sql (history on another browser)")
+    page.locator("[data-testid=history-entry]").nth(1).get_by_role("button").first.click()
+    opened = page.input_value("#sql")
+    page.get_by_role("button", name="Clear history", exact=True).click()
+    page.get_by_role("button", name="Yes, clear", exact=True).click()
+    page.wait_for_selector("[data-testid=history][data-state=ready] >> text=Only you see them", timeout=15000)
+    after = page.evaluate("""async () => (await (await fetch('/api/v1/query-history')).json()).data""")
+    w.check("the console's history on another browser")
+    ctx.close()
+    return {"history_elsewhere": shown, "history_ok": oks, "history_in_lake": in_lake, "history_opened": opened, "history_after_clear": after}
 
 
 def chats_by_api(page):
@@ -713,6 +798,18 @@ def viewer_flow(browser, base, token, axe_js, out):
     assert status == 403, status
     # That refusal was the point: not a failure of the page.
     w.problems = [p for p in w.problems if not ("HTTP 403" in p and "/api/v1/exports" in p)
+                  and "status of 403" not in p]
+    # Nor the collector's write key: neither read nor replaced.
+    refused = page.evaluate("""async () => {
+        const csrf = (document.cookie.match(/crow_csrf=([^;]+)/) || [])[1] || '';
+        const get = await fetch('/api/v1/organization/write-key');
+        const post = await fetch('/api/v1/organization/write-key/rotate', {method: 'POST',
+            headers: {'Content-Type': 'application/json', 'X-CSRF-Token': csrf}, body: JSON.stringify({grace_hours: 0})});
+        return [get.status, (await get.json()).code, post.status, (await post.json()).code];
+    }""")
+    assert refused == [403, "insufficient_role", 403, "insufficient_role"], refused
+    # Those refusals were the point too.
+    w.problems = [p for p in w.problems if not ("HTTP 403" in p and "/api/v1/organization/write-key" in p)
                   and "status of 403" not in p]
     page.goto(base + "/app/settings")
     page.wait_for_selector("text=Settings are for admins")

@@ -7,11 +7,14 @@
 //! with each product's activity and one product per day (equal to SQL), a funnel (split by device) and its paths
 //! as counted session by session here, the notifications bell (listed, marked
 //! read), the SQL console (a saved query reopened after a reload shows the
-//! same rows), billing and its invoice's line items as `crow
+//! same rows; its history, on another browser, equal to `query_history`,
+//! a failed run kept with its error), billing and its invoice's line items as `crow
 //! billing report` has them, the latest week's patterns with their evidence
 //! drawn over the days around the week (each day equal to SQL over
 //! `sessions`; the days endpoint 404 for another organization), an invitation accepted in
-//! the browser, Settings hidden from a viewer, no console errors or failed
+//! the browser, Settings' write key replaced and the old one refused by the
+//! collector, Settings hidden from a viewer (and the write-key API refusing
+//! them), no console errors or failed
 //! requests, no serious axe-core violations, screenshots at 375 and 1440 px
 //! that are not blank; and the assets: hashed, cached, gzip, a first load
 //! under 300 KB.
@@ -880,6 +883,20 @@ async fn dashboard_in_chromium() {
     }
     // The saved query, opened after a reload and run, showed the same rows.
     assert_eq!(c["saved_rows"], c["rows"], "{c}");
+    // The history followed the owner to another browser: the queries run
+    // in the first, newest first, as `query_history` holds them; one opened
+    // into the editor; cleared, it is empty on the server too.
+    // The failed one is kept with its error.
+    let ran = json!([
+        c["query"],
+        "SELECT 1 AS one",
+        "SELECT no_such_column FROM raw_web_events"
+    ]);
+    assert_eq!(c["history_elsewhere"], ran, "{c}");
+    assert_eq!(c["history_ok"], json!(["yes", "yes", "no"]), "{c}");
+    assert_eq!(c["history_in_lake"], c["history_elsewhere"], "{c}");
+    assert_eq!(c["history_opened"], "SELECT 1 AS one", "{c}");
+    assert_eq!(c["history_after_clear"], json!([]), "{c}");
     // The export downloaded from the console is the query's whole result.
     let exported: Vec<&str> = c["exported"]
         .as_array()

@@ -22,6 +22,7 @@ mod jobs;
 mod lake;
 mod orgs;
 mod pgwire;
+mod query_history;
 mod readers;
 mod readme;
 mod saved_queries;

@@ -231,3 +231,101 @@ async fn organization_lifecycle_rotate_disable_update_delete() {
     ]);
     assert_eq!(left, json!([{"mine": 0, "theirs": 1, "orgs": 1}]));
 }
+
+/// The write key through the API (what the dashboard's Settings use): an
+/// admin reads its prefix, rotates it without grace (the new key is in the
+/// answer once and works; the old one is refused) and with one (both
+/// work); a read key is refused; another organization's key is untouched;
+/// the rotations are audited. Viewers are refused in the users matrix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_key_rotates_through_the_api_for_admins_only() {
+    let b = Backend::local();
+    let (org, first_key) = create_org(&b, "Keys Co");
+    let other = b.crow_json(&["orgs", "create", "--name", "Other Co"]);
+    let other_key = other["write_key"].as_str().expect("key").to_string();
+    let admin = b.crow_json(&["keys", "create", "--org", &org, "--scope", "admin"]);
+    let admin = admin["secret"].as_str().expect("secret").to_string();
+    let read = b.crow_json(&["keys", "create", "--org", &org, "--scope", "read"]);
+    let read = read["secret"].as_str().expect("secret").to_string();
+    let wal = tempfile::tempdir().expect("wal");
+    let server = Server::start(
+        &b,
+        wal.path(),
+        &[
+            ("CROW_INGEST_FLUSH_INTERVAL_MS", "300"),
+            ("CROW_SCHEDULE_ENABLED", "false"),
+        ],
+    );
+    let http = reqwest::Client::new();
+    let call = |key: &str, path: &str, body: Option<Value>| {
+        let r = match body {
+            Some(b) => http.post(server.url(path)).json(&b),
+            None => http.get(server.url(path)),
+        }
+        .bearer_auth(key);
+        async move {
+            let r = r.send().await.expect("request");
+            let s = r.status().as_u16();
+            (s, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (s, v) = call(&admin, "/api/v1/organization/write-key", None).await;
+    assert_eq!(
+        (s, v["prefix"].as_str()),
+        (200, Some(&first_key[..8])),
+        "{v}"
+    );
+    assert_eq!(v["previous_key_valid_until"], Value::Null, "{v}");
+    assert_eq!(track(&http, &server, &first_key, "w-1").await, 200);
+
+    // A read key may not; a grace past 30 days is refused; nothing changed.
+    let rotate = "/api/v1/organization/write-key/rotate";
+    let (s, v) = call(&read, rotate, Some(json!({"grace_hours": 0}))).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (403, Some("insufficient_scope")),
+        "{v}"
+    );
+    let (s, v) = call(&admin, rotate, Some(json!({"grace_hours": 721}))).await;
+    assert_eq!((s, v["code"].as_str()), (400, Some("invalid_grace")), "{v}");
+    let (s, v) = call(&admin, rotate, Some(json!({"grace": 1}))).await;
+    assert_eq!((s, v["code"].as_str()), (400, Some("invalid_body")), "{v}");
+    assert_eq!(track(&http, &server, &first_key, "w-2").await, 200);
+
+    // Without grace: the new key works, the old one is refused.
+    let (s, v) = call(&admin, rotate, Some(json!({"grace_hours": 0}))).await;
+    assert_eq!(s, 201, "{v}");
+    let second = v["write_key"].as_str().expect("write_key").to_string();
+    assert!(second.starts_with("wk") && second != first_key, "{v}");
+    assert_eq!(v["prefix"].as_str(), Some(&second[..8]), "{v}");
+    eventually("the new key", 200, || track(&http, &server, &second, "w-3")).await;
+    eventually("the revoked key", 401, || {
+        track(&http, &server, &first_key, "w-4")
+    })
+    .await;
+    assert_eq!(track(&http, &server, &other_key, "w-5").await, 200);
+
+    // With the default grace (24 h): both work; the grace is shown.
+    let (s, v) = call(&admin, rotate, Some(json!({}))).await;
+    assert_eq!(s, 201, "{v}");
+    let third = v["write_key"].as_str().expect("write_key").to_string();
+    assert!(v["previous_key_valid_until"].is_string(), "{v}");
+    eventually("the third key", 200, || {
+        track(&http, &server, &third, "w-6")
+    })
+    .await;
+    assert_eq!(track(&http, &server, &second, "w-7").await, 200, "grace");
+    let (_, v) = call(&admin, "/api/v1/organization/write-key", None).await;
+    assert_eq!(v["prefix"].as_str(), Some(&third[..8]), "{v}");
+    assert!(v["write_key"].is_null(), "never shown again: {v}");
+
+    let (s, v) = call(
+        &admin,
+        "/api/v1/sql",
+        Some(json!({"sql": "SELECT detail FROM audit_log WHERE action = 'org.rotate_write_key' ORDER BY at"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v.as_array().map(Vec::len), Some(2), "{v}");
+    assert!(org.starts_with("org_"), "{org}");
+}

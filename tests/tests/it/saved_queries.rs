@@ -14,16 +14,30 @@ use crate::users::{crow_stdin, login, Jar};
 
 const PASSWORD: &str = "saved password 1";
 
-struct World {
-    b: Backend,
+pub(crate) struct World {
+    pub(crate) b: Backend,
     _wal: tempfile::TempDir,
-    server: Server,
-    http: reqwest::Client,
+    pub(crate) server: Server,
+    pub(crate) http: reqwest::Client,
 }
 
 impl World {
+    /// `crow init`, then `crow serve` with `env` and no rate limit to speak of.
+    pub(crate) fn start(b: Backend, env: &[(&str, &str)]) -> World {
+        let wal = tempfile::tempdir().expect("wal");
+        let mut env = env.to_vec();
+        env.push(("CROW_API_RATE_LIMIT_BURST", "100000"));
+        let server = Server::start(&b, wal.path(), &env);
+        World {
+            b,
+            _wal: wal,
+            server,
+            http: reqwest::Client::new(),
+        }
+    }
+
     /// A signed-in user of `org`.
-    async fn user(&self, org: &str, email: &str, role: &str) -> Jar {
+    pub(crate) async fn user(&self, org: &str, email: &str, role: &str) -> Jar {
         crow_stdin(
             &self.b,
             &[
@@ -47,7 +61,7 @@ impl World {
     }
 
     /// A request as the user of `jar` (with the CSRF token), or with `key`.
-    async fn call(
+    pub(crate) async fn call(
         &self,
         who: Result<&Jar, &str>,
         method: M,
@@ -74,7 +88,7 @@ impl World {
     }
 
     /// The rows `sql` answers the caller.
-    async fn sql(&self, who: Result<&Jar, &str>, sql: &str) -> Vec<Value> {
+    pub(crate) async fn sql(&self, who: Result<&Jar, &str>, sql: &str) -> Vec<Value> {
         let (s, v) = self
             .call(who, M::POST, "/api/v1/sql", Some(json!({ "sql": sql })))
             .await;
@@ -83,7 +97,7 @@ impl World {
     }
 }
 
-fn key(b: &Backend, org: &str, scope: &str) -> String {
+pub(crate) fn key(b: &Backend, org: &str, scope: &str) -> String {
     let k = b.crow_json(&["keys", "create", "--org", org, "--scope", scope]);
     k["secret"].as_str().expect("secret").to_string()
 }
@@ -344,4 +358,48 @@ async fn saved_queries_are_checked_and_stay_with_their_owner() {
         "{audited:?}"
     );
     assert_eq!(audited[4]["target"], json!(id));
+}
+
+/// A user keeps at most 200 saved queries: the 201st is refused with 409
+/// `too_many_saved_queries` and saves nothing; another user of the same
+/// organization is not limited by hers; after deleting one she saves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_keeps_at_most_200_saved_queries() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    let org = b.crow_json(&["orgs", "create", "--name", "Alpha"])["org_id"]
+        .as_str()
+        .expect("org")
+        .to_string();
+    let w = World::start(b, &[]);
+    let alice = w.user(&org, "alice@alpha.example", "analyst").await;
+    let bob = w.user(&org, "bob@alpha.example", "analyst").await;
+    let base = "/api/v1/saved-queries";
+    for i in 0..200 {
+        let body = json!({"name": format!("q{i:03}"), "sql": format!("SELECT {i}")});
+        let (s, v) = w.call(Ok(&alice), M::POST, base, Some(body)).await;
+        assert_eq!(s, 201, "query {i}: {v}");
+    }
+    let over = json!({"name": "one too many", "sql": "SELECT 200"});
+    let (s, v) = w.call(Ok(&alice), M::POST, base, Some(over.clone())).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (409, Some("too_many_saved_queries")),
+        "{v}"
+    );
+    let (_, list) = w.call(Ok(&alice), M::GET, base, None).await;
+    let have = names(&list);
+    assert_eq!(have.len(), 200, "{list}");
+    assert!(!have.iter().any(|n| n == "one too many"));
+    // Hers, not the organization's: Bob saves his first.
+    let (s, v) = w.call(Ok(&bob), M::POST, base, Some(over.clone())).await;
+    assert_eq!(s, 201, "{v}");
+    // One deleted: room for one more.
+    let id = list["data"][0]["id"].as_str().expect("id").to_string();
+    let (s, v) = w
+        .call(Ok(&alice), M::DELETE, &format!("{base}/{id}"), None)
+        .await;
+    assert_eq!(s, 204, "{v}");
+    let (s, v) = w.call(Ok(&alice), M::POST, base, Some(over)).await;
+    assert_eq!(s, 201, "{v}");
 }

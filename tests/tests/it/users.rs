@@ -477,7 +477,7 @@ fn user_only(w: Who) -> Expect {
     }
 }
 
-/// Chats and saved queries: any signed-in user; a key is authenticated but
+/// Chats, saved queries and query history: any signed-in user; a key is authenticated but
 /// owns none (403 `user_required`).
 fn chats(w: Who) -> Expect {
     match w {
@@ -531,6 +531,9 @@ const MATRIX: &[(&str, &str, Rule)] = &[
     ("get", "/api/v1/saved-queries/{id}", chats),
     ("patch", "/api/v1/saved-queries/{id}", chats),
     ("delete", "/api/v1/saved-queries/{id}", chats),
+    ("get", "/api/v1/query-history", chats),
+    ("post", "/api/v1/query-history", chats),
+    ("delete", "/api/v1/query-history", chats),
     ("get", "/api/v1/health", public),
     ("get", "/api/v1/openapi.json", public),
     ("patch", "/api/v1/organization", admin),
@@ -541,6 +544,8 @@ const MATRIX: &[(&str, &str, Rule)] = &[
     ("get", "/api/v1/keys", admin),
     ("post", "/api/v1/keys", admin),
     ("post", "/api/v1/keys/{id}/revoke", admin),
+    ("get", "/api/v1/organization/write-key", admin),
+    ("post", "/api/v1/organization/write-key/rotate", admin),
     ("get", "/api/v1/social/sources", data),
     ("post", "/api/v1/social/sources", admin),
     ("delete", "/api/v1/social/sources/{id}", admin),
