@@ -335,8 +335,16 @@ pub async fn generate(lake: &Lake, events: u64, days: u32, seed: u64) -> Result<
         }
     };
     crow_lake::products::upsert(lake, &generate::catalog_products(&org_id)).await?;
-    let today = chrono::Utc::now().date_naive();
-    let first_day = today
+    // The data ends at the start of yesterday, not today: a run shortly
+    // after midnight UTC would otherwise still hold the last evening's
+    // sessions open (they are within one gap of the clock), and a peer that
+    // knows no clock would count them; the comparison would depend on the
+    // time of day.
+    let to = chrono::Utc::now()
+        .date_naive()
+        .pred_opt()
+        .context("date out of range")?;
+    let first_day = to
         .checked_sub_days(chrono::Days::new(u64::from(days.max(1))))
         .context("date out of range")?;
     let bar = ProgressBar::new(events).with_style(
@@ -388,7 +396,7 @@ pub async fn generate(lake: &Lake, events: u64, days: u32, seed: u64) -> Result<
         "events": landed,
         "visitors": visitors,
         "from": first_day.to_string(),
-        "to": today.to_string(),
+        "to": to.to_string(),
         "lake": lake.uri(),
     });
     crate::output::line(format_args!("{}", serde_json::to_string_pretty(&out)?))?;

@@ -164,7 +164,8 @@ enum Command {
         /// Visitors to generate (over all days).
         #[arg(long, default_value_t = 12_000)]
         visitors: usize,
-        /// Days of activity, ending yesterday (21 or more plant incidents).
+        /// Days of activity, ending the day before yesterday (so no session
+        /// of the data is still open whatever the time of day).(21 or more plant incidents).
         #[arg(long, default_value_t = 35)]
         days: u32,
         /// Random seed (same seed, same data).
@@ -261,7 +262,8 @@ enum BenchCommand {
         /// Events to land.
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
-        /// Days of activity, ending yesterday.
+        /// Days of activity, ending the day before yesterday (so no session
+        /// of the data is still open whatever the time of day).
         #[arg(long, default_value_t = 28)]
         days: u32,
         /// Random seed.
