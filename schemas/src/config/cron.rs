@@ -5,8 +5,10 @@
 //! frequent jobs). Each field is `*`, a number, a range `a-b`, a step
 //! `*/n`, `a-b/n` or `a/n`, or a comma-separated list of those. Day of week
 //! is 0–7 (0 and 7 are Sunday). As in crontab, when both day-of-month and
-//! day-of-week are restricted, a day matching either matches. All times are
-//! UTC.
+//! day-of-week are restricted, a day matching either matches; a field that
+//! begins with `*` (`*`, `*/2`) counts as unrestricted there, so
+//! `0 0 */2 * 1` is a Monday that is also an odd day of the month, as
+//! cron(8) reads it. All times are UTC.
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveTime, Timelike, Utc};
 
@@ -71,7 +73,9 @@ fn field(text: &str, name: &str, min: u32, max: u32) -> Result<(u64, bool), Stri
             bits |= 1 << v;
         }
     }
-    Ok((bits, text != "*"))
+    // crontab(5): a day field beginning with `*` is not "restricted" for
+    // the day-of-month OR day-of-week rule, even with a step.
+    Ok((bits, !text.starts_with('*')))
 }
 
 impl Cron {
@@ -230,6 +234,13 @@ mod tests {
         assert_eq!(
             c.next_after(at(2026, 3, 10, 0, 0, 0)),
             Some(at(2026, 3, 16, 0, 0, 0))
+        );
+        // A field beginning with `*` is unrestricted for that rule, step or
+        // not (crontab(5)): odd days that are Mondays, not either.
+        let c = Cron::parse("0 0 */2 * 1").unwrap();
+        assert_eq!(
+            c.next_after(at(2026, 3, 10, 0, 0, 0)),
+            Some(at(2026, 3, 23, 0, 0, 0))
         );
         assert_eq!(
             Cron::parse("0 0 31 2 *")
