@@ -205,26 +205,24 @@ async fn run_jobs(
 /// The demo brand's activity per day: events, funnel steps, orders,
 /// revenue, sessions and interactions.
 async fn print_days(lake: &Lake, format: Format, org_id: &str) -> Result<()> {
-    let sql = format!(
-        "WITH r AS (
+    let sql = "WITH r AS (
            SELECT event_date AS d, count(*) AS events, count(DISTINCT anonymous_id) AS visitors,
              sum(CASE WHEN event = 'Product Viewed' THEN 1 ELSE 0 END) AS product_views,
              sum(CASE WHEN event = 'Product Added' THEN 1 ELSE 0 END) AS adds_to_cart,
              sum(CASE WHEN event = 'Checkout Started' THEN 1 ELSE 0 END) AS checkouts,
              sum(CASE WHEN event = 'Order Completed' THEN 1 ELSE 0 END) AS orders,
              round(sum(CASE WHEN event = 'Order Completed' THEN revenue ELSE 0 END), 2) AS revenue
-           FROM raw_web_events WHERE org_id = '{org_id}' GROUP BY event_date),
+           FROM raw_web_events WHERE org_id = $1 GROUP BY event_date),
          s AS (SELECT session_date AS d, count(*) AS sessions FROM sessions
-               WHERE org_id = '{org_id}' GROUP BY session_date),
+               WHERE org_id = $1 GROUP BY session_date),
          i AS (SELECT session_date AS d, count(*) AS interactions,
                  sum(CASE WHEN outcome IN ('abandoned_cart', 'abandoned_checkout') THEN 1 ELSE 0 END) AS abandoned
-               FROM interactions WHERE org_id = '{org_id}' GROUP BY session_date)
+               FROM interactions WHERE org_id = $1 GROUP BY session_date)
          SELECT r.d AS event_date, events, visitors, product_views, adds_to_cart, checkouts, orders,
                 revenue, COALESCE(s.sessions, 0) AS sessions, COALESCE(i.interactions, 0) AS interactions,
                 COALESCE(i.abandoned, 0) AS abandoned
-         FROM r LEFT JOIN s ON r.d = s.d LEFT JOIN i ON r.d = i.d ORDER BY r.d"
-    );
-    let (schema, batches) = lake.sql(&sql).await?;
+         FROM r LEFT JOIN s ON r.d = s.d LEFT JOIN i ON r.d = i.d ORDER BY r.d";
+    let (schema, batches) = lake.sql_with(sql, vec![org_id.into()]).await?;
     output::print_batches(format, &schema, &batches)?;
     Ok(())
 }
@@ -232,32 +230,30 @@ async fn print_days(lake: &Lake, format: Format, org_id: &str) -> Result<()> {
 /// The latest interactions, the week's top stories and the findings
 /// beneath them.
 async fn print_findings(lake: &Lake, format: Format, org_id: &str) -> Result<()> {
-    let sample = format!(
+    let org = || vec![org_id.into()];
+    let sample =
         "SELECT CAST(started_at AS VARCHAR) AS started_at, outcome, description FROM interactions
-         WHERE org_id = '{org_id}' AND outcome IN ('purchased', 'abandoned_checkout', 'abandoned_cart')
-         ORDER BY started_at DESC LIMIT 5"
-    );
-    let (schema, batches) = lake.sql(&sample).await?;
+         WHERE org_id = $1 AND outcome IN ('purchased', 'abandoned_checkout', 'abandoned_cart')
+         ORDER BY started_at DESC LIMIT 5";
+    let (schema, batches) = lake.sql_with(sample, org()).await?;
     output::line("\nLatest interactions (crow sql \"select * from interactions\" for all):")?;
     output::print_batches(format, &schema, &batches)?;
     // Stories first: what happened this week, by what it cost or gained.
-    let stories = format!(
+    let stories =
         "SELECT CAST(start_date AS VARCHAR) AS since, CASE WHEN ongoing THEN 'ongoing' ELSE CAST(last_date AS VARCHAR) END AS until,
                 kind, title
-         FROM stories WHERE org_id = '{org_id}'
-           AND last_date >= (SELECT max(period_start) FROM patterns WHERE org_id = '{org_id}' AND period_kind = 'week')
-         ORDER BY rank_score DESC, significance DESC LIMIT 5"
-    );
-    let (schema, batches) = lake.sql(&stories).await?;
+         FROM stories WHERE org_id = $1
+           AND last_date >= (SELECT max(period_start) FROM patterns WHERE org_id = $1 AND period_kind = 'week')
+         ORDER BY rank_score DESC, significance DESC LIMIT 5";
+    let (schema, batches) = lake.sql_with(stories, org()).await?;
     output::line("\nTop stories of the week (crow sql \"select * from stories\" for all):")?;
     output::print_batches(format, &schema, &batches)?;
-    let week = format!(
+    let week =
         "SELECT CAST(period_start AS VARCHAR) AS week_of, provisional, kind, segment, title, round(significance, 1) AS z
-         FROM patterns WHERE org_id = '{org_id}' AND period_kind = 'week'
-           AND period_start = (SELECT max(period_start) FROM patterns WHERE org_id = '{org_id}' AND period_kind = 'week')
-         ORDER BY significance DESC LIMIT 8"
-    );
-    let (schema, batches) = lake.sql(&week).await?;
+         FROM patterns WHERE org_id = $1 AND period_kind = 'week'
+           AND period_start = (SELECT max(period_start) FROM patterns WHERE org_id = $1 AND period_kind = 'week')
+         ORDER BY significance DESC LIMIT 8";
+    let (schema, batches) = lake.sql_with(week, org()).await?;
     output::line("\nTop findings of the week, beneath the stories (crow sql \"select * from patterns\" for all):")?;
     output::print_batches(format, &schema, &batches)?;
     Ok(())
@@ -337,11 +333,11 @@ async fn demo_owner(lake: &Lake, org_id: &str) -> Result<(String, String)> {
 /// How many of this demo's events (seed) are already in the lake.
 async fn demo_events_landed(lake: &Lake, org_id: &str, seed: u64) -> Result<u64> {
     let (_, batches) = lake
-        .sql(&format!(
+        .sql_with(
             "SELECT count(DISTINCT message_id) AS n FROM raw_web_events
-             WHERE org_id = '{}' AND message_id LIKE 'demo-{seed}-%'",
-            org_id.replace('\'', "''")
-        ))
+             WHERE org_id = $1 AND message_id LIKE $2",
+            vec![org_id.into(), format!("demo-{seed}-%").into()],
+        )
         .await?;
     let rows = crow_lake::batch::batches_to_json(&batches)?;
     Ok(rows

@@ -108,11 +108,11 @@ pub async fn run(lake: &Lake, cmd: ProductsCommand) -> Result<()> {
         ProductsCommand::List { org, format } => {
             let org_id = crow_query_api::keys::resolve_org(lake, &org).await?.org_id;
             let (schema, batches) = lake
-                .sql(&format!(
+                .sql_with(
                     "SELECT product_id, sku, name, category, price, currency, url, source, updated_at
-                     FROM products WHERE org_id = '{}' ORDER BY name, product_id",
-                    org_id.replace('\'', "''")
-                ))
+                     FROM products WHERE org_id = $1 ORDER BY name, product_id",
+                    vec![org_id.as_str().into()],
+                )
                 .await?;
             output::print_batches(format.format, &schema, &batches)
         }

@@ -43,7 +43,8 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, DurationRound, NaiveDate, Utc};
 use crow_lake::batch::{batches_to_rows, rows_to_batch, ts_micros};
-use crow_lake::Lake;
+use crow_lake::datafusion::prelude::{col, lit};
+use crow_lake::{predicate, Lake};
 use crow_schemas::config::BillingConfig;
 use crow_schemas::USAGE_DAILY;
 use serde::{Deserialize, Serialize};
@@ -502,21 +503,15 @@ async fn compute(
         })
         .collect();
     rows.sort_by(|a, b| (a.usage_date, &a.org_id).cmp(&(b.usage_date, &b.org_id)));
-    let org_cond = org
-        .map(|o| format!(" AND org_id = {}", str_lit(o)))
-        .unwrap_or_default();
-    let predicate = format!(
-        "usage_date >= '{}' AND usage_date < '{}'{org_cond}",
-        window.start.date_naive().format("%Y-%m-%d"),
-        window.end.date_naive().format("%Y-%m-%d"),
-    );
+    let predicate = col("usage_date")
+        .gt_eq(predicate::date(window.start.date_naive()))
+        .and(col("usage_date").lt(predicate::date(window.end.date_naive())));
+    let predicate = match org {
+        Some(o) => predicate.and(col("org_id").eq(lit(o))),
+        None => predicate,
+    };
     // Unchanged usage is not rewritten: a second run changes nothing.
     let existing: Vec<UsageRow> = {
-        let sql = format!(
-            "SELECT org_id, CAST(usage_date AS VARCHAR) AS usage_date, events, sessions, interactions,
-                    patterns, ai_input_tokens, ai_output_tokens, amount_micros, currency, computed_at
-             FROM usage_daily WHERE {predicate}"
-        );
         #[derive(Deserialize)]
         struct Stored {
             org_id: String,
@@ -532,7 +527,25 @@ async fn compute(
             #[serde(with = "ts_micros")]
             computed_at: DateTime<Utc>,
         }
-        let (_, batches) = lake.sql(&sql).await?;
+        let batches = lake
+            .dataframe(USAGE_DAILY.name)
+            .await?
+            .filter(predicate.clone())?
+            .select_exprs(&[
+                "org_id",
+                "CAST(usage_date AS VARCHAR) AS usage_date",
+                "events",
+                "sessions",
+                "interactions",
+                "patterns",
+                "ai_input_tokens",
+                "ai_output_tokens",
+                "amount_micros",
+                "currency",
+                "computed_at",
+            ])?
+            .collect()
+            .await?;
         let mut v = Vec::new();
         for s in batches_to_rows::<Stored>(&batches)? {
             let d = NaiveDate::parse_from_str(&s.usage_date, "%Y-%m-%d")

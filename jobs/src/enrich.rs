@@ -620,7 +620,7 @@ async fn enrich_window(
         out.add(done, &mut report, &run);
     }
     progress.phase("writing interactions", 0);
-    write_outputs(lake, window, &org_cond, out, &mut report).await?;
+    write_outputs(lake, window, opts.org.as_deref(), out, &mut report).await?;
     Ok(report)
 }
 
@@ -975,7 +975,7 @@ fn failed_row(
 async fn write_outputs(
     lake: &Lake,
     window: Window,
-    org_cond: &str,
+    org: Option<&str>,
     out: Collected,
     report: &mut Report,
 ) -> Result<()> {
@@ -997,14 +997,7 @@ async fn write_outputs(
         batches.push(rows_to_batch(&INTERACTIONS, chunk)?);
     }
     let last_day = (window.end - Duration::microseconds(1)).date_naive();
-    let predicate = format!(
-        "session_date >= '{}' AND session_date <= '{}' AND started_at >= {} AND started_at < {}{}",
-        window.start.date_naive().format("%Y-%m-%d"),
-        last_day.format("%Y-%m-%d"),
-        ts_lit(window.start),
-        ts_lit(window.end),
-        org_cond
-    );
+    let predicate = crate::window_predicate(window.start.date_naive(), last_day, window, org);
     lake.replace_where_if_changed(INTERACTIONS.name, &predicate, batches, &["created_at"])
         .await?;
     if !failed.is_empty() {

@@ -39,6 +39,7 @@ pub mod social;
 pub use job::{AnyJob, Job, JobContext, JobName, Registry, Request};
 
 use chrono::{DateTime, NaiveDate, Utc};
+use crow_lake::datafusion::prelude::{col, lit, Expr};
 use std::sync::Arc;
 
 /// What can go wrong in a job.
@@ -185,6 +186,27 @@ pub(crate) fn ts_lit(t: DateTime<Utc>) -> String {
 /// SQL string literal (single quotes doubled).
 pub(crate) fn str_lit(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The rows of a job's window in a table partitioned by `session_date`:
+/// `session_date` from `first_day` to `last_day` (the partitions, so a
+/// write touches only those) and `started_at` in `[window.start,
+/// window.end)`, of one organization or all.
+pub(crate) fn window_predicate(
+    first_day: NaiveDate,
+    last_day: NaiveDate,
+    window: Window,
+    org: Option<&str>,
+) -> Expr {
+    use crow_lake::predicate::{date, timestamp};
+    let p = col("session_date")
+        .between(date(first_day), date(last_day))
+        .and(col("started_at").gt_eq(timestamp(window.start)))
+        .and(col("started_at").lt(timestamp(window.end)));
+    match org {
+        Some(o) => p.and(col("org_id").eq(lit(o))),
+        None => p,
+    }
 }
 
 /// The host name recorded with runs.

@@ -8,11 +8,14 @@
 
 use chrono::{DateTime, Utc};
 use crow_lake::batch::{batches_to_rows, rows_to_batch, ts_micros};
+use crow_lake::datafusion::functions_aggregate::expr_fn::max;
+use crow_lake::datafusion::prelude::{col, lit, Expr};
+use crow_lake::predicate::timestamp;
 use crow_lake::Lake;
 use crow_schemas::JOB_RUNS;
 use serde::{Deserialize, Serialize};
 
-use crate::{str_lit, Result, Trigger, Window};
+use crate::{Result, Trigger, Window};
 
 /// One row of `job_runs`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -164,15 +167,14 @@ pub async fn fail_abandoned(
     until: DateTime<Utc>,
     error: &str,
 ) -> Result<usize> {
-    let cond = format!(
-        "job = {} AND status = 'running' AND \"trigger\" = 'schedule' AND host = {} AND attempt = {attempt} AND started_at >= {} AND started_at <= {}",
-        str_lit(job),
-        str_lit(host),
-        crate::ts_lit(since),
-        crate::ts_lit(until)
-    );
+    let cond = of_job(job)
+        .and(col("status").eq(lit("running")))
+        .and(col("trigger").eq(lit("schedule")))
+        .and(col("host").eq(lit(host)))
+        .and(col("attempt").eq(lit(attempt)))
+        .and(col("started_at").between(timestamp(since), timestamp(until)));
     let now = Utc::now();
-    let records: Vec<RunRecord> = query(lake, &cond, 10_000)
+    let records: Vec<RunRecord> = query(lake, cond, 10_000)
         .await?
         .into_iter()
         .map(|mut r| {
@@ -189,33 +191,49 @@ pub async fn fail_abandoned(
     Ok(records.len())
 }
 
-/// Runs matching a SQL condition over `job_runs`, newest first.
-pub async fn query(lake: &Lake, condition: &str, limit: usize) -> Result<Vec<RunRecord>> {
-    let sql =
-        format!("SELECT * FROM job_runs WHERE {condition} ORDER BY started_at DESC LIMIT {limit}");
-    let (_, batches) = lake.sql(&sql).await?;
+/// Runs matching `condition` (an expression over `job_runs`' columns),
+/// newest first.
+pub async fn query(lake: &Lake, condition: Expr, limit: usize) -> Result<Vec<RunRecord>> {
+    let batches = lake
+        .dataframe(JOB_RUNS.name)
+        .await?
+        .filter(condition)?
+        .sort(vec![col("started_at").sort(false, true)])?
+        .limit(0, Some(limit))?
+        .collect()
+        .await?;
     Ok(batches_to_rows(&batches)?)
+}
+
+/// The rows of `job`.
+fn of_job(job: &str) -> Expr {
+    col("job").eq(lit(job))
 }
 
 /// The most recent runs of every job.
 pub async fn recent(lake: &Lake, limit: usize) -> Result<Vec<RunRecord>> {
-    query(lake, "TRUE", limit).await
+    query(lake, lit(true), limit).await
 }
 
 /// The latest `limit` runs of `job`, newest first.
 pub async fn recent_for(lake: &Lake, job: &str, limit: usize) -> Result<Vec<RunRecord>> {
-    query(lake, &format!("job = {}", str_lit(job)), limit).await
+    query(lake, of_job(job), limit).await
 }
 
 /// The watermark of `job`: the end of its last succeeded incremental run
 /// over all organizations.
 pub async fn watermark(lake: &Lake, job: &str) -> Result<Option<DateTime<Utc>>> {
-    let cond = format!(
-        "job = {} AND org_id = '*' AND status = 'succeeded' AND \"trigger\" IN ('cli', 'schedule')",
-        str_lit(job)
-    );
-    let sql = format!("SELECT max(window_end) AS w FROM job_runs WHERE {cond}");
-    let (_, batches) = lake.sql(&sql).await?;
+    let cond = of_job(job)
+        .and(col("org_id").eq(lit("*")))
+        .and(col("status").eq(lit("succeeded")))
+        .and(col("trigger").in_list(vec![lit("cli"), lit("schedule")], false));
+    let batches = lake
+        .dataframe(JOB_RUNS.name)
+        .await?
+        .filter(cond)?
+        .aggregate(vec![], vec![max(col("window_end")).alias("w")])?
+        .collect()
+        .await?;
     #[derive(Deserialize)]
     struct W {
         #[serde(with = "ts_micros::option", default)]
@@ -231,16 +249,14 @@ pub async fn succeeded_since(
     job: &str,
     since: DateTime<Utc>,
 ) -> Result<Vec<RunRecord>> {
-    let cond = format!(
-        "job = {} AND status = 'succeeded' AND finished_at > '{}'",
-        str_lit(job),
-        since.format("%Y-%m-%dT%H:%M:%S%.6fZ")
-    );
-    query(lake, &cond, 10_000).await
+    let cond = of_job(job)
+        .and(col("status").eq(lit("succeeded")))
+        .and(col("finished_at").gt(timestamp(since)));
+    query(lake, cond, 10_000).await
 }
 
 /// The last succeeded run of `job` (any trigger, any org).
 pub async fn last_succeeded(lake: &Lake, job: &str) -> Result<Option<RunRecord>> {
-    let cond = format!("job = {} AND status = 'succeeded'", str_lit(job));
-    Ok(query(lake, &cond, 1).await?.into_iter().next())
+    let cond = of_job(job).and(col("status").eq(lit("succeeded")));
+    Ok(query(lake, cond, 1).await?.into_iter().next())
 }

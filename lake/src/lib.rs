@@ -24,6 +24,7 @@ mod error;
 pub mod ids;
 pub mod notify;
 pub mod orgs;
+pub mod predicate;
 pub mod products;
 pub mod webhook;
 
@@ -41,6 +42,7 @@ use crow_schemas::TableDef;
 pub use datafusion;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::logical_expr::Expr;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 pub use deltalake;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
@@ -438,12 +440,13 @@ impl Lake {
         &self,
         name: &str,
         batches: Vec<RecordBatch>,
-        replace: Option<&str>,
+        replace: Option<&Expr>,
     ) -> Result<u64> {
         if batches.is_empty() {
             return self.table(name).await.map(|t| t.version().unwrap_or(0));
         }
         let batches = &batches;
+        let replace = &replace.map(predicate::to_delta_sql).transpose()?;
         self.with_retries(name, || async move {
             let t = self.table(name).await?;
             let mut w = t
@@ -453,7 +456,7 @@ impl Lake {
             w = match replace {
                 Some(p) => w
                     .with_save_mode(SaveMode::Overwrite)
-                    .with_replace_where(p.to_string()),
+                    .with_replace_where(p.clone()),
                 None => w.with_save_mode(SaveMode::Append),
             };
             let t = w.await.map_err(|e| Error::delta(name, e))?;
@@ -521,14 +524,14 @@ impl Lake {
         .await
     }
 
-    /// Atomically replace the rows matching `predicate` (SQL over the table's
-    /// columns, e.g. `session_date >= '2026-01-01' AND session_date <
-    /// '2026-01-08'`) with `batches`. Every new row must match the predicate.
-    /// With no batches, the matching rows are deleted.
+    /// Atomically replace the rows matching `predicate` (an expression over
+    /// the table's columns, e.g. `col("session_date").gt_eq(date(d))`, see
+    /// [`predicate`]) with `batches`. Every new row must match the
+    /// predicate. With no batches, the matching rows are deleted.
     pub async fn replace_where(
         &self,
         name: &str,
-        predicate: &str,
+        predicate: &Expr,
         batches: Vec<RecordBatch>,
     ) -> Result<u64> {
         let batches = non_empty(batches);
@@ -547,7 +550,7 @@ impl Lake {
     pub async fn replace_where_if_changed(
         &self,
         name: &str,
-        predicate: &str,
+        predicate: &Expr,
         batches: Vec<RecordBatch>,
         ignore: &[&str],
     ) -> Result<bool> {
@@ -571,7 +574,7 @@ impl Lake {
     pub async fn replace_where_if_changed_df(
         &self,
         name: &str,
-        predicate: &str,
+        predicate: &Expr,
         rows: DataFrame,
         ignore: &[&str],
     ) -> Result<bool> {
@@ -590,6 +593,7 @@ impl Lake {
         let (state, plan) = rows.into_parts();
         let session: Arc<dyn datafusion::catalog::Session> = Arc::new(state);
         let (plan, session) = (&plan, &session);
+        let predicate = &predicate::to_delta_sql(predicate)?;
         self.with_retries(name, || async move {
             let t = self.table(name).await?;
             t.write(Vec::new())
@@ -598,7 +602,7 @@ impl Lake {
                 .with_writer_properties(writer_properties(name))
                 .with_commit_properties(self.commit_props())
                 .with_save_mode(SaveMode::Overwrite)
-                .with_replace_where(predicate.to_string())
+                .with_replace_where(predicate.clone())
                 .await
                 .map_err(|e| Error::delta(name, e))?;
             Ok(())
@@ -612,7 +616,7 @@ impl Lake {
     async fn window_holds<S>(
         &self,
         name: &str,
-        predicate: &str,
+        predicate: &Expr,
         new_rows: usize,
         mut new: S,
         ignore: &[&str],
@@ -625,10 +629,7 @@ impl Lake {
         let def = def(name)?;
         let ctx = new_context();
         self.register(&ctx, "t", name, AsOf::Latest).await?;
-        let df = ctx
-            .table("t")
-            .await?
-            .filter(ctx.table("t").await?.parse_sql_expr(predicate)?)?;
+        let df = ctx.table("t").await?.filter(predicate.clone())?;
         let old = df.clone().count().await?;
         if old != new_rows {
             return Ok(false);
@@ -664,13 +665,15 @@ impl Lake {
         Ok(current == wanted)
     }
 
-    /// Delete the rows matching `predicate`. Returns the number deleted.
-    pub async fn delete_where(&self, name: &str, predicate: &str) -> Result<u64> {
+    /// Delete the rows matching `predicate` (an expression over the table's
+    /// columns, see [`predicate`]). Returns the number deleted.
+    pub async fn delete_where(&self, name: &str, predicate: &Expr) -> Result<u64> {
+        let predicate = &predicate::to_delta_sql(predicate)?;
         self.with_retries(name, || async move {
             let t = self.table(name).await?;
             let (_, m) = t
                 .delete()
-                .with_predicate(predicate.to_string())
+                .with_predicate(predicate.clone())
                 .with_commit_properties(self.commit_props())
                 .await
                 .map_err(|e| Error::delta(name, e))?;
@@ -690,8 +693,9 @@ impl Lake {
         self.merge_if(name, batches, keys, None).await
     }
 
-    /// [`Lake::merge`], updating a matched row only when `update_if` (SQL
-    /// over `target.` and `source.` columns) holds for it: a compare-and-set
+    /// [`Lake::merge`], updating a matched row only when `update_if` (an
+    /// expression over `target.` and `source.` columns, e.g.
+    /// `col("target.state").eq(lit("open"))`) holds for it: a compare-and-set
     /// on rows. The condition is checked against the table the commit
     /// lands on: a concurrent writer that rewrote the row makes this commit
     /// conflict, and the retry reads the row again.
@@ -700,7 +704,7 @@ impl Lake {
         name: &str,
         batches: Vec<RecordBatch>,
         keys: &[&str],
-        update_if: Option<&str>,
+        update_if: Option<&Expr>,
     ) -> Result<(u64, u64)> {
         let def = def(name)?;
         let batches = non_empty(batches);
@@ -718,6 +722,7 @@ impl Lake {
             .collect::<Vec<_>>()
             .join(" AND ");
         let (batches, predicate) = (&batches, &predicate);
+        let update_if = &update_if.map(predicate::to_delta_sql).transpose()?;
         // `created_at` keeps its first value when a row is updated.
         let updated: Vec<&str> = def
             .columns
@@ -737,7 +742,7 @@ impl Lake {
                 .with_commit_properties(self.commit_props())
                 .when_matched_update(|mut u| {
                     if let Some(cond) = update_if {
-                        u = u.predicate(cond.to_string());
+                        u = u.predicate(cond.clone());
                     }
                     for c in updated {
                         u = u.update(*c, format!("source.\"{c}\""));
@@ -1013,8 +1018,19 @@ impl Lake {
 
     /// Run a read-only SQL query over the lake (DDL, DML and SET are refused).
     pub async fn sql(&self, query: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        self.sql_with(query, Vec::new()).await
+    }
+
+    /// [`Lake::sql`] with parameters: `$1`, `$2`, … in `query` take the
+    /// values of `params`, in order, as typed values (never spliced into the
+    /// text, so a value needs no quoting).
+    pub async fn sql_with(
+        &self,
+        query: &str,
+        params: Vec<datafusion::common::ScalarValue>,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         let ctx = self.session().await?;
-        run_read_only(&ctx, query).await
+        run_read_only_with(&ctx, query, params).await
     }
 
     /// An object store and path for `url` (a file:// or s3:// URL), with this
@@ -1049,11 +1065,23 @@ pub async fn run_read_only(
     ctx: &SessionContext,
     query: &str,
 ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    run_read_only_with(ctx, query, Vec::new()).await
+}
+
+/// [`run_read_only`] with `$1`, `$2`, … bound to `params`.
+pub async fn run_read_only_with(
+    ctx: &SessionContext,
+    query: &str,
+    params: Vec<datafusion::common::ScalarValue>,
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let opts = SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)
         .with_allow_statements(false);
-    let df = ctx.sql_with_options(query, opts).await?;
+    let mut df = ctx.sql_with_options(query, opts).await?;
+    if !params.is_empty() {
+        df = df.with_param_values(params)?;
+    }
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
     let batches = df.collect().await?;
     Ok((schema, batches))

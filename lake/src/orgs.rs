@@ -274,7 +274,7 @@ pub async fn delete(lake: &Lake, org_id: &str) -> Result<Vec<Deleted>> {
             org.org_id, org.name, org.org_id
         )));
     }
-    let predicate = format!("org_id = '{}'", org.org_id.replace('\'', "''"));
+    let predicate = col("org_id").eq(lit(org.org_id.as_str()));
     let mut out = Vec::new();
     for def in crow_schemas::ALL_TABLES
         .iter()

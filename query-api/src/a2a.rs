@@ -171,18 +171,14 @@ async fn save(st: &ApiState, row: &TaskRow) -> Result<(), RpcErr> {
 async fn save_if_open(st: &ApiState, row: &TaskRow) -> Result<bool, RpcErr> {
     let batch = rows_to_batch(&A2A_TASKS, std::slice::from_ref(row))
         .map_err(lake_err("saving the task"))?;
-    let ended = TERMINAL
-        .iter()
-        .map(|s| format!("'{s}'"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let ended = TERMINAL.iter().map(|s| lit(*s)).collect();
     let (inserted, updated) = st
         .lake
         .merge_if(
             A2A_TASKS.name,
             vec![batch],
             &["task_id"],
-            Some(&format!("target.state NOT IN ({ended})")),
+            Some(&col("target.state").in_list(ended, true)),
         )
         .await
         .map_err(lake_err("saving the task"))?;

@@ -168,9 +168,8 @@ async fn messages_of(st: &ApiState, chat: &ChatRow) -> ApiResult<Vec<MessageRow>
 }
 
 async fn save_chat(st: &ApiState, chat: &ChatRow, if_count: Option<i64>) -> ApiResult<bool> {
-    let cond = if_count.map(|n| format!("target.message_count = {n}"));
-    CHAT.save(st, chat, cond.as_deref(), "saving the chat")
-        .await
+    let cond = if_count.map(|n| col("target.message_count").eq(lit(n)));
+    CHAT.save(st, chat, cond.as_ref(), "saving the chat").await
 }
 
 fn clean_title(t: &str) -> ApiResult<String> {
@@ -357,7 +356,6 @@ pub async fn delete(
 ) -> ApiResult<Response> {
     let (p, user) = CHAT.owner(&st, &headers).await?;
     let chat = CHAT.one_of::<ChatRow>(&st, &p, &user, &id).await?;
-    // `valid_id` made the id safe inside the predicate; the org id is ours.
     let pred = CHAT.row_predicate(&chat.org_id, &chat.chat_id);
     st.lake
         .delete_where(CHAT_MESSAGES.name, &pred)

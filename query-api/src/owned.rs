@@ -207,7 +207,7 @@ impl Owned {
         &self,
         st: &ApiState,
         row: &T,
-        update_if: Option<&str>,
+        update_if: Option<&Expr>,
         what: &'static str,
     ) -> ApiResult<bool> {
         let batch =
@@ -220,23 +220,15 @@ impl Owned {
         Ok(ins + upd > 0)
     }
 
-    /// The delete predicate of row `id` of `org_id`: `id` was checked by
-    /// [`Owned::valid_id`] (it came from a row [`Owned::one_of`] found), the
-    /// organization id is quoted.
-    pub fn row_predicate(&self, org_id: &str, id: &str) -> String {
+    /// The delete predicate of row `id` of `org_id`.
+    pub fn row_predicate(&self, org_id: &str, id: &str) -> Expr {
         self.rows_predicate(org_id, &[id])
     }
 
-    /// The delete predicate of rows `ids` of `org_id`, as
-    /// [`Owned::row_predicate`]; the ids are quoted too.
-    pub fn rows_predicate(&self, org_id: &str, ids: &[&str]) -> String {
-        let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
-        let ids: Vec<String> = ids.iter().map(|i| quote(i)).collect();
-        format!(
-            "org_id = {} AND {} IN ({})",
-            quote(org_id),
-            self.id_col,
-            ids.join(", ")
-        )
+    /// The delete predicate of rows `ids` of `org_id`.
+    pub fn rows_predicate(&self, org_id: &str, ids: &[&str]) -> Expr {
+        col("org_id")
+            .eq(lit(org_id))
+            .and(col(self.id_col).in_list(ids.iter().map(|i| lit(*i)).collect(), false))
     }
 }

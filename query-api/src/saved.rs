@@ -254,7 +254,6 @@ pub async fn delete(
 ) -> ApiResult<Response> {
     let (p, user) = SAVED.owner(&st, &headers).await?;
     let row = SAVED.one_of::<SavedRow>(&st, &p, &user, &id).await?;
-    // `valid_id` made the id safe inside the predicate; the org id is ours.
     let pred = SAVED.row_predicate(&row.org_id, &row.query_id);
     st.lake
         .delete_where(SAVED_QUERIES.name, &pred)

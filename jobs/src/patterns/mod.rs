@@ -110,9 +110,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, Days, Months, NaiveDate, Utc, Weekday};
 use crow_lake::batch::{batches_to_rows, rows_to_batch};
-use crow_lake::datafusion::prelude::SessionContext;
+use crow_lake::datafusion::prelude::{col, lit, Expr, SessionContext};
 use crow_lake::ids::sha256_hex;
-use crow_lake::Lake;
+use crow_lake::{predicate, Lake};
 use crow_schemas::{FAILED_EVENTS, PATTERNS, STORIES};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -729,49 +729,36 @@ async fn write(
     report: &mut Report,
 ) -> Result<()> {
     count_rows(&rows, report);
-    let span = |set: &BTreeSet<Period>, kind: &str| -> String {
+    let span = |set: &BTreeSet<Period>, kind: &str| -> Expr {
+        let kind_is = col("period_kind").eq(lit(kind));
         match (set.iter().next(), set.iter().last()) {
-            (Some(a), Some(b)) => format!(
-                "(period_kind = '{kind}' AND period_start >= DATE '{}' AND period_start <= DATE '{}')",
-                a.start, b.start
+            (Some(a), Some(b)) => kind_is.and(
+                col("period_start").between(predicate::date(a.start), predicate::date(b.start)),
             ),
-            _ => format!("(period_kind = '{kind}' AND FALSE)"),
+            _ => kind_is.and(lit(false)),
         }
     };
     let day_set: BTreeSet<Period> = periods.days.iter().map(|d| Period::day(*d)).collect();
     // Organizations without sessions in range keep their patterns.
-    let org_pred = match &opts.org {
-        Some(o) => format!(" AND org_id = {}", str_lit(o)),
-        None if orgs_done.is_empty() => " AND FALSE".to_string(),
-        None => format!(
-            " AND org_id IN ({})",
-            orgs_done
-                .iter()
-                .map(|o| str_lit(o))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+    let orgs = match &opts.org {
+        Some(o) => col("org_id").eq(lit(o.as_str())),
+        None if orgs_done.is_empty() => lit(false),
+        None => col("org_id").in_list(orgs_done.iter().map(|o| lit(o.as_str())).collect(), false),
     };
-    let predicate = format!(
-        "({} OR {} OR {} OR {} OR period_kind = 'all'){org_pred}",
-        span(&day_set, "day"),
-        span(&periods.weeks, "week"),
-        span(&periods.months, "month"),
-        span(&periods.years, "year"),
-    );
+    let predicate = span(&day_set, "day")
+        .or(span(&periods.weeks, "week"))
+        .or(span(&periods.months, "month"))
+        .or(span(&periods.years, "year"))
+        .or(col("period_kind").eq(lit("all")))
+        .and(orgs.clone());
     let batch = rows_to_batch(&PATTERNS, &rows)?;
     lake.replace_where_if_changed(PATTERNS.name, &predicate, vec![batch], &["created_at"])
         .await?;
     // An organization's stories are rewritten whole from its day findings.
     report.stories = story_rows.len() as u64;
     let batch = rows_to_batch(&STORIES, &story_rows)?;
-    lake.replace_where_if_changed(
-        STORIES.name,
-        &format!("TRUE{org_pred}"),
-        vec![batch],
-        &["created_at"],
-    )
-    .await?;
+    lake.replace_where_if_changed(STORIES.name, &orgs, vec![batch], &["created_at"])
+        .await?;
     notify_strong_stories(lake, &story_rows, opts.notify_min_significance).await;
     Ok(())
 }

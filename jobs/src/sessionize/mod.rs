@@ -433,14 +433,7 @@ async fn write(lake: &Lake, org: Option<&str>, window: Window, rows: DataFrame) 
         return Ok(());
     }
     let last_day = (window.end - Duration::microseconds(1)).date_naive();
-    let predicate = format!(
-        "session_date >= '{}' AND session_date <= '{}' AND started_at >= {} AND started_at < {}{}",
-        window.start.date_naive().format("%Y-%m-%d"),
-        last_day.format("%Y-%m-%d"),
-        ts_lit(window.start),
-        ts_lit(window.end),
-        org_filter(org)
-    );
+    let predicate = crate::window_predicate(window.start.date_naive(), last_day, window, org);
     lake.replace_where_if_changed_df(SESSIONS.name, &predicate, rows, &["job_run_id"])
         .await?;
     Ok(())

@@ -30,6 +30,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use crow_lake::batch::{batches_to_rows, rows_to_batch, ts_micros};
+use crow_lake::datafusion::prelude::{col, lit};
 use crow_lake::Lake;
 use crow_schemas::config::cron::Cron;
 use crow_schemas::config::{Config, SocialConfig};
@@ -108,10 +109,6 @@ pub const SOURCE_COLUMNS: &[&str] = &[
     "updated_at",
 ];
 
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
 /// Parse a source's schedule: a cron expression, or `off`.
 pub fn parse_schedule(expr: &str) -> Result<Option<Cron>> {
     let e = expr.trim();
@@ -125,13 +122,17 @@ pub fn parse_schedule(expr: &str) -> Result<Option<Cron>> {
 
 /// The organization's sources, oldest first.
 pub async fn list(lake: &Lake, org_id: &str) -> Result<Vec<Source>> {
-    let df = lake
-        .sql(&format!(
-            "SELECT * FROM social_sources WHERE org_id = {} ORDER BY created_at, source_id",
-            quote(org_id)
-        ))
+    let batches = lake
+        .dataframe(SOCIAL_SOURCES.name)
+        .await?
+        .filter(col("org_id").eq(lit(org_id)))?
+        .sort(vec![
+            col("created_at").sort(true, false),
+            col("source_id").sort(true, false),
+        ])?
+        .collect()
         .await?;
-    Ok(batches_to_rows(&df.1)?)
+    Ok(batches_to_rows(&batches)?)
 }
 
 /// Add a source. The kind must be known, the target one its adapter
@@ -189,11 +190,9 @@ pub async fn remove(lake: &Lake, org_id: &str, source_id: &str) -> Result<bool> 
     let n = lake
         .delete_where(
             SOCIAL_SOURCES.name,
-            &format!(
-                "org_id = {} AND source_id = {}",
-                quote(org_id),
-                quote(source_id)
-            ),
+            &col("org_id")
+                .eq(lit(org_id))
+                .and(col("source_id").eq(lit(source_id))),
         )
         .await?;
     Ok(n > 0)
@@ -312,11 +311,11 @@ fn failed(run: &RunCtx<'_>, source: &Source, code: &str, reason: &str, payload: 
 type Seen = HashMap<String, (String, i32, HashSet<String>)>;
 
 async fn seen_of(lake: &Lake, org_id: &str) -> Result<Seen> {
-    let (_, batches) = lake
-        .sql(&format!(
-            "SELECT * FROM social_seen WHERE org_id = {}",
-            quote(org_id)
-        ))
+    let batches = lake
+        .dataframe(SOCIAL_SEEN.name)
+        .await?
+        .filter(col("org_id").eq(lit(org_id)))?
+        .collect()
         .await?;
     let rows: Vec<SeenRow> = batches_to_rows(&batches)?;
     let mut seen: Seen = HashMap::new();

@@ -3,11 +3,18 @@
 use chrono::{DateTime, TimeZone, Utc};
 use crow_ingest::normalize::{normalize, NormalizeContext, RawWebEventRow};
 use crow_lake::batch::{batches_to_json, rows_to_batch};
+use crow_lake::datafusion::prelude::{col, lit, Expr};
 use crow_lake::{AsOf, Lake};
 use crow_schemas::RAW_WEB_EVENTS;
 use serde_json::json;
 
 use crate::support::{both_backends, Backend};
+
+/// The rows of one `event_date` (YYYY-MM-DD).
+fn on_day(day: &str) -> Expr {
+    let d = chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").expect("a day");
+    col("event_date").eq(crow_lake::predicate::date(d))
+}
 
 pub fn events(org: &str, prefix: &str, day: u32, n: usize) -> Vec<RawWebEventRow<'static>> {
     let received: DateTime<Utc> = Utc
@@ -109,7 +116,7 @@ async fn suite(b: Backend) {
     // replace-where: exactly one day's rows change
     lake.replace_where(
         "raw_web_events",
-        "event_date = '2026-03-01'",
+        &on_day("2026-03-01"),
         vec![batch(&events("o1", "r", 1, 5))],
     )
     .await
@@ -138,7 +145,7 @@ async fn suite(b: Backend) {
     let bad = lake
         .replace_where(
             "raw_web_events",
-            "event_date = '2026-03-01'",
+            &on_day("2026-03-01"),
             vec![batch(&events("o1", "z", 2, 1))],
         )
         .await;
@@ -154,7 +161,7 @@ async fn suite(b: Backend) {
 
     // delete-where
     let deleted = lake
-        .delete_where("raw_web_events", "message_id like 'x-%'")
+        .delete_where("raw_web_events", &col("message_id").like(lit("x-%")))
         .await
         .expect("delete");
     assert_eq!(deleted, 10);
@@ -323,7 +330,7 @@ async fn cached_reader(b: Backend) {
         .await
         .expect("checkpoint");
     writer
-        .delete_where("raw_web_events", "event_date = '2026-03-01'")
+        .delete_where("raw_web_events", &on_day("2026-03-01"))
         .await
         .expect("delete");
     assert_eq!(count(&reader, q).await, 20, "{}", b.name);
@@ -505,14 +512,13 @@ both_backends!(lost_commit_races_are_retried_and_exhaustion_is_an_error => lost_
 async fn lost_races(b: Backend) {
     let lake = b.lake().await;
     lake.init().await.expect("init");
-    let day = "event_date = '2026-03-02'";
     let race = |lake: Lake, round: &'static str| async move {
         let tasks: Vec<_> = (0..6)
             .map(|w| {
                 let lake = lake.clone();
                 tokio::spawn(async move {
                     let rows = events("o1", &format!("{round}{w}"), 2, 10 + w);
-                    lake.replace_where("raw_web_events", day, vec![batch(&rows)])
+                    lake.replace_where("raw_web_events", &on_day("2026-03-02"), vec![batch(&rows)])
                         .await
                 })
             })

@@ -46,9 +46,13 @@ async fn readers(b: Backend) {
         .expect("append");
     }
     // A replaced window and a deleted row must be invisible to every reader.
-    lake.delete_where("raw_web_events", "message_id = 'm1-1-0'")
-        .await
-        .expect("delete");
+    lake.delete_where(
+        "raw_web_events",
+        &crow_lake::datafusion::prelude::col("message_id")
+            .eq(crow_lake::datafusion::prelude::lit("m1-1-0")),
+    )
+    .await
+    .expect("delete");
     same_rows(&b, &lake, 79).await;
     // More small files in the same partitions, then compaction: the
     // compacted files (written with CROW's settings: ZSTD, dictionaries,
