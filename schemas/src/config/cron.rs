@@ -124,13 +124,34 @@ impl Cron {
         }
     }
 
-    /// The first time matching the schedule strictly after `t` (within
-    /// the next five years; None if the schedule never fires, e.g. 31 Feb).
+    /// The first time matching the schedule strictly after `t`; None if
+    /// the schedule never fires (e.g. 31 February).
+    ///
+    /// The search spans one whole Gregorian cycle (400 years, after which
+    /// dates and weekdays repeat), so None is exact: a day of the month
+    /// that must also fall on a given weekday (`0 0 10 4 */4`: 10 April on
+    /// a Sunday or Thursday) can be six or more years away, and 29 February
+    /// on a given weekday up to 40. Months the schedule excludes are
+    /// skipped whole, so even a schedule that never fires costs a few
+    /// thousand steps.
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        const CYCLE_YEARS: i32 = 400;
         let t = t.with_nanosecond(0)? + Duration::seconds(1);
         let mut day = t.date_naive();
         let mut from = t.time();
-        for _ in 0..(366 * 5) {
+        let end = NaiveDate::from_ymd_opt(day.year().checked_add(CYCLE_YEARS + 1)?, 1, 1)?;
+        while day < end {
+            if self.months & (1 << day.month()) == 0 {
+                // The first day of the next month.
+                let (y, m) = if day.month() == 12 {
+                    (day.year() + 1, 1)
+                } else {
+                    (day.year(), day.month() + 1)
+                };
+                day = NaiveDate::from_ymd_opt(y, m, 1)?;
+                from = NaiveTime::MIN;
+                continue;
+            }
             if self.day_matches(day) {
                 if let Some(time) = self.first_time_from(from) {
                     return Some(day.and_time(time).and_utc());
@@ -241,6 +262,27 @@ mod tests {
         assert_eq!(
             c.next_after(at(2026, 3, 10, 0, 0, 0)),
             Some(at(2026, 3, 23, 0, 0, 0))
+        );
+        // 10 April on a Sunday or Thursday: after 2081 (a Thursday), the
+        // next is 2087, beyond any few-year search window.
+        let c = Cron::parse("* * 10 4 */4").unwrap();
+        assert_eq!(
+            c.next_after(at(2081, 4, 10, 23, 59, 0)),
+            Some(at(2087, 4, 10, 0, 0, 0))
+        );
+        // 29 February on a Sunday (`*/7` is 0 and 7, both Sunday): 2032,
+        // then 2060.
+        let c = Cron::parse("0 0 29 2 */7").unwrap();
+        assert_eq!(
+            c.next_after(at(2032, 3, 1, 0, 0, 0)),
+            Some(at(2060, 2, 29, 0, 0, 0))
+        );
+        // Never: 30 February.
+        assert_eq!(
+            Cron::parse("0 0 30 2 *")
+                .unwrap()
+                .next_after(at(2026, 1, 1, 0, 0, 0)),
+            None
         );
         assert_eq!(
             Cron::parse("0 0 31 2 *")
