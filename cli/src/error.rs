@@ -25,6 +25,30 @@ use crow_lake::datafusion::common::SchemaError;
 use crow_lake::datafusion::error::DataFusionError;
 use crow_lake::datafusion::sql::sqlparser::parser::ParserError;
 
+/// The exit status of a failure that running the same command again,
+/// later, can fix (storage unreachable or throttled, a commit race, a lost
+/// job lease): `EX_TEMPFAIL` of sysexits(3), which cron wrappers and
+/// orchestrators read as "retry".
+pub const TEMPFAIL_EXIT: u8 = 75;
+
+/// Whether `err` is a failure worth retrying unchanged: the first CROW
+/// error in its chain (a job's or the lake's) says so by its kind. Anything
+/// else (bad input, a missing table, corrupt data, a bug) is not.
+pub fn is_retryable(err: &anyhow::Error) -> bool {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<crow_jobs::Error>() {
+            return e.is_retryable();
+        }
+        if let Some(e) = cause.downcast_ref::<crow_lake::Error>() {
+            return matches!(
+                e.kind(),
+                crow_lake::ErrorKind::Conflict | crow_lake::ErrorKind::Unavailable
+            );
+        }
+    }
+    false
+}
+
 /// Columns listed in an unknown-column message before "…".
 const MAX_LISTED: usize = 40;
 
@@ -366,5 +390,41 @@ mod tests {
         ))));
         let other = std::io::Error::from(std::io::ErrorKind::NotFound);
         assert!(!is_broken_pipe(&anyhow::Error::from(other)));
+    }
+
+    #[test]
+    fn retryable_failures_are_told_apart_from_ones_to_fix() {
+        let outage = || {
+            crow_lake::Error::from(crow_lake::object_store::Error::Generic {
+                store: "S3",
+                source: "503 Slow Down".into(),
+            })
+        };
+        // A storage outage, however deep in the chain, and through a
+        // backfill step that stopped on it: retry.
+        let e = anyhow::Error::from(outage()).context("preparing the lake");
+        assert!(is_retryable(&e));
+        let step = crow_jobs::Error::BackfillStopped {
+            step: "enrich".into(),
+            source: Box::new(outage().into()),
+        };
+        assert!(is_retryable(
+            &anyhow::Error::from(step).context("backfilling")
+        ));
+        assert!(is_retryable(&anyhow::Error::from(
+            crow_jobs::Error::LeaseLost {
+                job: "patterns".into()
+            }
+        )));
+        // Input to fix, a missing table, a bug: do not retry unchanged.
+        let bad = crow_jobs::Error::BackfillStopped {
+            step: "billing".into(),
+            source: Box::new(crow_jobs::Error::Invalid("month `x`".into())),
+        };
+        assert!(!is_retryable(&anyhow::Error::from(bad)));
+        assert!(!is_retryable(&anyhow::Error::from(
+            crow_lake::Error::UnknownTable("nope".into())
+        )));
+        assert!(!is_retryable(&anyhow::anyhow!("--from is after --to")));
     }
 }

@@ -391,7 +391,11 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::debug!("the full chain of causes: {e:?}");
             eprintln!("error: {}", error::one_line(&e));
-            ExitCode::FAILURE
+            if error::is_retryable(&e) {
+                ExitCode::from(error::TEMPFAIL_EXIT)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

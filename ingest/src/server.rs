@@ -191,22 +191,106 @@ pub fn router(state: Arc<IngestState>) -> Router {
         .with_state(state)
 }
 
+/// Why a whole request was refused: one variant per stable code, and the
+/// one place its HTTP status and `Retry-After` are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The body is over `ingest.max_request_bytes` (gzip-decoded too).
+    RequestTooLarge,
+    /// One event is over `ingest.max_event_bytes`.
+    EventTooLarge,
+    /// `Content-Encoding: gzip` with a body that does not inflate.
+    InvalidGzip,
+    /// The body is not UTF-8.
+    InvalidUtf8,
+    /// The body is not JSON.
+    InvalidJson,
+    /// The JSON nests deeper than the collector reads.
+    TooDeep,
+    /// A batch without its `batch` array.
+    MissingBatch,
+    /// A list endpoint without its array.
+    MissingItems,
+    /// The SDK's settings need a `Host` header.
+    InvalidHost,
+    /// No write key in the request.
+    MissingWriteKey,
+    /// A write key no organization has.
+    InvalidWriteKey,
+    /// No such endpoint under `/v1/`.
+    NotFound,
+    /// The request took longer than the collector waits.
+    RequestTimeout,
+    /// The WAL is full or behind: retry soon.
+    Backpressure,
+    /// The WAL or the lake cannot take the events now: retry later.
+    Unavailable,
+}
+
+impl Refused {
+    /// The stable code clients and the `crow_ingest_requests_refused_total`
+    /// metric see.
+    pub fn code(self) -> &'static str {
+        match self {
+            Refused::RequestTooLarge => "request_too_large",
+            Refused::EventTooLarge => "event_too_large",
+            Refused::InvalidGzip => "invalid_gzip",
+            Refused::InvalidUtf8 => "invalid_utf8",
+            Refused::InvalidJson => "invalid_json",
+            Refused::TooDeep => "too_deep",
+            Refused::MissingBatch => "missing_batch",
+            Refused::MissingItems => "missing_items",
+            Refused::InvalidHost => "invalid_host",
+            Refused::MissingWriteKey => "missing_write_key",
+            Refused::InvalidWriteKey => "invalid_write_key",
+            Refused::NotFound => "not_found",
+            Refused::RequestTimeout => "request_timeout",
+            Refused::Backpressure => "backpressure",
+            Refused::Unavailable => "unavailable",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Refused::RequestTooLarge | Refused::EventTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refused::InvalidGzip
+            | Refused::InvalidUtf8
+            | Refused::InvalidJson
+            | Refused::TooDeep
+            | Refused::MissingBatch
+            | Refused::MissingItems
+            | Refused::InvalidHost => StatusCode::BAD_REQUEST,
+            Refused::MissingWriteKey | Refused::InvalidWriteKey => StatusCode::UNAUTHORIZED,
+            Refused::NotFound => StatusCode::NOT_FOUND,
+            Refused::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Refused::Backpressure | Refused::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Seconds a client should wait before sending again, when it should:
+    /// backpressure clears as the flusher catches up, an outage takes longer.
+    pub fn retry_after(self) -> Option<u64> {
+        match self {
+            Refused::Backpressure => Some(1),
+            Refused::Unavailable => Some(5),
+            _ => None,
+        }
+    }
+}
+
 /// A whole-request refusal, as JSON with a stable code.
 #[derive(Debug)]
 pub struct Refusal {
-    status: StatusCode,
-    code: &'static str,
+    why: Refused,
     message: String,
-    retry_after: Option<u64>,
 }
 
 impl Refusal {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    fn new(why: Refused, message: impl Into<String>) -> Self {
         Self {
-            status,
-            code,
+            why,
             message: message.into(),
-            retry_after: None,
         }
     }
 }
@@ -214,27 +298,21 @@ impl Refusal {
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         let mut r = (
-            self.status,
-            Json(json!({"success": false, "code": self.code, "message": self.message})),
+            self.why.status(),
+            Json(json!({"success": false, "code": self.why.code(), "message": self.message})),
         )
             .into_response();
-        if let Some(s) = self.retry_after {
-            if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
-                r.headers_mut().insert(header::RETRY_AFTER, v);
-            }
+        if let Some(s) = self.why.retry_after() {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         r
     }
 }
 
-fn refuse(
-    state: &IngestState,
-    status: StatusCode,
-    code: &'static str,
-    message: impl Into<String>,
-) -> Refusal {
-    state.metrics.requests_refused.inc_by(code, 1);
-    Refusal::new(status, code, message)
+fn refuse(state: &IngestState, why: Refused, message: impl Into<String>) -> Refusal {
+    state.metrics.requests_refused.inc_by(why.code(), 1);
+    Refusal::new(why, message)
 }
 
 /// Read the body, at most the request limit (plus slack for gzip framing).
@@ -243,8 +321,7 @@ async fn body_bytes(state: &IngestState, body: Body) -> Result<Bytes, Refusal> {
     axum::body::to_bytes(body, limit + 1024).await.map_err(|_| {
         refuse(
             state,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request_too_large",
+            Refused::RequestTooLarge,
             format!("the request is larger than {limit} bytes"),
         )
     })
@@ -265,8 +342,7 @@ fn read_body(state: &IngestState, headers: &HeaderMap, body: Bytes) -> Result<By
         dec.read_to_end(&mut out).map_err(|e| {
             refuse(
                 state,
-                StatusCode::BAD_REQUEST,
-                "invalid_gzip",
+                Refused::InvalidGzip,
                 format!("the gzip body is invalid: {e}"),
             )
         })?;
@@ -277,8 +353,7 @@ fn read_body(state: &IngestState, headers: &HeaderMap, body: Bytes) -> Result<By
     if raw.len() > limit {
         return Err(refuse(
             state,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request_too_large",
+            Refused::RequestTooLarge,
             format!("the request is larger than {limit} bytes"),
         ));
     }
@@ -287,19 +362,9 @@ fn read_body(state: &IngestState, headers: &HeaderMap, body: Bytes) -> Result<By
 
 fn json_refusal(state: &IngestState, e: &serde_json::Error) -> Refusal {
     if e.to_string().contains("recursion limit") {
-        refuse(
-            state,
-            StatusCode::BAD_REQUEST,
-            "too_deep",
-            "the JSON is nested too deeply",
-        )
+        refuse(state, Refused::TooDeep, "the JSON is nested too deeply")
     } else {
-        refuse(
-            state,
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("invalid JSON: {e}"),
-        )
+        refuse(state, Refused::InvalidJson, format!("invalid JSON: {e}"))
     }
 }
 
@@ -326,29 +391,20 @@ async fn authorize(
     let Some(key) = key else {
         return Err(refuse(
             state,
-            StatusCode::UNAUTHORIZED,
-            "missing_write_key",
+            Refused::MissingWriteKey,
             "a write key is required (HTTP Basic user name, or `writeKey` in the body)",
         ));
     };
     match state.keys.org_for(&key).await {
         Ok(Some(org)) => Ok(org),
-        Ok(None) => Err(refuse(
-            state,
-            StatusCode::UNAUTHORIZED,
-            "invalid_write_key",
-            "unknown write key",
-        )),
+        Ok(None) => Err(refuse(state, Refused::InvalidWriteKey, "unknown write key")),
         Err(e) => {
             tracing::error!(error = %e, "write key lookup failed");
-            let mut r = refuse(
+            Err(refuse(
                 state,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
+                Refused::Unavailable,
                 "the lake is unavailable; retry later",
-            );
-            r.retry_after = Some(5);
-            Err(r)
+            ))
         }
     }
 }
@@ -411,25 +467,19 @@ async fn commit(state: &IngestState, records: WalBatch, started: Instant) -> Res
         }
         Err(WalError::Backpressure) => {
             state.metrics.backpressure.inc();
-            let mut r = refuse(
+            Err(refuse(
                 state,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "backpressure",
+                Refused::Backpressure,
                 "the collector is catching up; retry later",
-            );
-            r.retry_after = Some(1);
-            Err(r)
+            ))
         }
         Err(WalError::Unavailable(e)) => {
             tracing::error!(error = %e, "WAL append failed");
-            let mut r = refuse(
+            Err(refuse(
                 state,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
+                Refused::Unavailable,
                 "the collector cannot store events now; retry later",
-            );
-            r.retry_after = Some(5);
-            Err(r)
+            ))
         }
     }
 }
@@ -611,14 +661,8 @@ struct BatchBody<'a> {
 
 /// The body as text: 400 when it is not UTF-8.
 fn body_text<'b>(state: &IngestState, raw: &'b Bytes) -> Result<&'b str, Refusal> {
-    std::str::from_utf8(raw).map_err(|_| {
-        refuse(
-            state,
-            StatusCode::BAD_REQUEST,
-            "invalid_utf8",
-            "the body is not valid UTF-8",
-        )
-    })
+    std::str::from_utf8(raw)
+        .map_err(|_| refuse(state, Refused::InvalidUtf8, "the body is not valid UTF-8"))
 }
 
 async fn batch(
@@ -637,8 +681,7 @@ async fn batch(
     let Some(events) = parsed.batch else {
         return Err(refuse(
             &state,
-            StatusCode::BAD_REQUEST,
-            "missing_batch",
+            Refused::MissingBatch,
             "`batch` must be an array of events",
         ));
     };
@@ -678,8 +721,7 @@ async fn single(
         _ => {
             return Err(refuse(
                 &state,
-                StatusCode::NOT_FOUND,
-                "not_found",
+                Refused::NotFound,
                 format!("no endpoint /v1/{kind}"),
             ))
         }
@@ -688,8 +730,7 @@ async fn single(
     if raw.len() > state.cfg.max_event_bytes {
         return Err(refuse(
             &state,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "event_too_large",
+            Refused::EventTooLarge,
             format!(
                 "the event is larger than {} bytes",
                 state.cfg.max_event_bytes
@@ -737,8 +778,7 @@ async fn project_settings(
         .ok_or_else(|| {
             refuse(
                 &state,
-                StatusCode::BAD_REQUEST,
-                "invalid_host",
+                Refused::InvalidHost,
                 "the request needs a valid Host header (it becomes the library's apiHost)",
             )
         })?;
@@ -813,8 +853,7 @@ async fn other_channel(
     let Some(items) = parsed.get(list_key).and_then(Value::as_array) else {
         return Err(refuse(
             &state,
-            StatusCode::BAD_REQUEST,
-            "missing_items",
+            Refused::MissingItems,
             format!("`{list_key}` must be an array"),
         ));
     };
@@ -876,12 +915,8 @@ async fn other_channel(
 async fn request_timeout(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     match tokio::time::timeout(Duration::from_secs(30), next.run(req)).await {
         Ok(r) => r,
-        Err(_) => Refusal::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            "the request took longer than 30 s",
-        )
-        .into_response(),
+        Err(_) => Refusal::new(Refused::RequestTimeout, "the request took longer than 30 s")
+            .into_response(),
     }
 }
 
@@ -973,6 +1008,50 @@ mod client_ip_tests {
         assert_eq!(
             client_ip(&HeaderMap::new(), peer("10.0.0.1"), &trusted).as_deref(),
             Some("10.0.0.1")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [Refused; 15] = [
+        Refused::RequestTooLarge,
+        Refused::EventTooLarge,
+        Refused::InvalidGzip,
+        Refused::InvalidUtf8,
+        Refused::InvalidJson,
+        Refused::TooDeep,
+        Refused::MissingBatch,
+        Refused::MissingItems,
+        Refused::InvalidHost,
+        Refused::MissingWriteKey,
+        Refused::InvalidWriteKey,
+        Refused::NotFound,
+        Refused::RequestTimeout,
+        Refused::Backpressure,
+        Refused::Unavailable,
+    ];
+
+    #[test]
+    fn every_refusal_has_its_own_code_and_503s_say_when_to_retry() {
+        let codes: std::collections::BTreeSet<_> = ALL.iter().map(|r| r.code()).collect();
+        assert_eq!(codes.len(), ALL.len(), "codes are distinct");
+        for r in ALL {
+            assert!(r.status().is_client_error() || r.status().is_server_error());
+            assert_eq!(
+                r.retry_after().is_some(),
+                r.status() == StatusCode::SERVICE_UNAVAILABLE,
+                "{}: Retry-After exactly on 503",
+                r.code()
+            );
+        }
+        let resp = Refusal::new(Refused::Backpressure, "busy").into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            resp.headers().get(header::RETRY_AFTER),
+            Some(&HeaderValue::from(1u64))
         );
     }
 }

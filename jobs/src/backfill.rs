@@ -125,11 +125,13 @@ pub async fn run_with<J: AsRef<str>>(
             attempt: 1,
             slot: None,
         };
-        let report = job.run(&step_ctx, &req).await.map_err(|e| {
-            Error::Invalid(format!(
-                "backfill stopped at {name} {window} (the steps before it are done; run the same backfill again to finish): {e}"
-            ))
-        })?;
+        let report = job
+            .run(&step_ctx, &req)
+            .await
+            .map_err(|e| Error::BackfillStopped {
+                step: format!("{name} {window}"),
+                source: Box::new(e),
+            })?;
         tracing::info!(job = name, %window, "backfill step done");
         done.push(Step {
             job: name.to_string(),

@@ -457,7 +457,7 @@ pub async fn usage(
         let batches = ctx.sql(&sql).await?.collect().await?;
         for c in batches_to_rows::<Count>(&batches)? {
             let day = NaiveDate::parse_from_str(&c.d, "%Y-%m-%d")
-                .map_err(|e| Error::Invalid(format!("{what}: day `{}`: {e}", c.d)))?;
+                .map_err(|e| Error::Corrupt(format!("{what}: day `{}`: {e}", c.d)))?;
             let u = out.entry((c.org_id, day)).or_default();
             let n = c.n.unwrap_or(0);
             match what {
@@ -549,7 +549,7 @@ async fn compute(
         let mut v = Vec::new();
         for s in batches_to_rows::<Stored>(&batches)? {
             let d = NaiveDate::parse_from_str(&s.usage_date, "%Y-%m-%d")
-                .map_err(|e| Error::Invalid(format!("usage_daily: day `{}`: {e}", s.usage_date)))?;
+                .map_err(|e| Error::Corrupt(format!("usage_daily: day `{}`: {e}", s.usage_date)))?;
             v.push(UsageRow {
                 org_id: s.org_id,
                 usage_date: epoch_days(d),
@@ -626,7 +626,7 @@ pub struct Invoice {
 
 /// The first day of month `YYYY-MM` and the first day of the next.
 pub fn month_range(month: &str) -> Result<(NaiveDate, NaiveDate)> {
-    let bad = || Error::Invalid(format!("--month `{month}` is not a month like 2026-03"));
+    let bad = || Error::Invalid(format!("month `{month}` is not a month like 2026-03"));
     let (y, m) = month.split_once('-').ok_or_else(bad)?;
     let (y, m): (i32, u32) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
     let start = NaiveDate::from_ymd_opt(y, m, 1).ok_or_else(bad)?;

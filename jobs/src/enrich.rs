@@ -42,6 +42,7 @@ use chrono::{DateTime, Duration, DurationRound, Utc};
 use crow_lake::batch::{batches_to_rows, rows_to_batch, ts_micros};
 use crow_lake::ids::sha256_hex;
 use crow_lake::Lake;
+use crow_schemas::timeline::{self, TimelineEntry};
 use crow_schemas::{FAILED_EVENTS, INTERACTIONS, LLM_CACHE};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -115,8 +116,8 @@ pub struct EnrichInput {
     pub device_type: Option<String>,
     pub traffic_source: Option<String>,
     pub is_returning: Option<bool>,
-    /// `[offset_s, kind, detail]` entries.
-    pub timeline: Vec<(i64, String, String)>,
+    /// The session's timeline (`[offset_s, kind, detail]` entries in JSON).
+    pub timeline: Vec<TimelineEntry>,
     pub candidates: Vec<Candidate>,
 }
 
@@ -610,8 +611,7 @@ async fn enrich_window(
     let tasks = sessions.into_iter().map(|s| {
         let org = orgs.get(&s.org_id).cloned();
         let products = catalog.get(&s.org_id).map(Vec::as_slice).unwrap_or(&[]);
-        let candidates = candidates(&s, products);
-        caller.enrich(s, org, candidates)
+        caller.enrich(s, org, products)
     });
     let mut stream = futures::stream::iter(tasks).buffer_unordered(opts.concurrency.max(1));
     let mut out = Collected::default();
@@ -733,9 +733,25 @@ struct Caller<'a> {
 impl Caller<'_> {
     /// One session's interaction: from the cache, refused by the budget,
     /// or from the provider (with its repairs and retries).
-    async fn enrich(&self, s: SessionIn, org: Option<OrgIn>, candidates: Vec<Candidate>) -> Done {
+    async fn enrich(&self, s: SessionIn, org: Option<OrgIn>, products: &[ProductIn]) -> Done {
+        // A timeline that does not read is the session's failure (in
+        // failed_events with the reason), never an empty session described.
+        let timeline = match timeline::parse(&s.timeline) {
+            Ok(t) => t,
+            Err(e) => {
+                let why = format!("session {}: {e}", s.session_id);
+                return Done::without_call(
+                    s,
+                    String::new(),
+                    Err(("invalid_timeline", why)),
+                    (0, 0),
+                    false,
+                );
+            }
+        };
+        let candidates = candidates(&s, &timeline, products);
         let schema = answer_schema_for(&candidates);
-        let input = build_input(&s, org.as_ref(), candidates);
+        let input = build_input(&s, timeline, org.as_ref(), candidates);
         let (system, prompt) = render_prompt(&input);
         let prompt_hash = sha256_hex(
             format!("{PROMPT_VERSION}\u{0}{system}\u{0}{prompt}\u{0}{schema}").as_bytes(),
@@ -1057,7 +1073,7 @@ impl Done {
 
 /// Candidate products for a session: ids and SKUs it referenced, product
 /// pages it visited, names and SKUs its text mentions.
-fn candidates(s: &SessionIn, products: &[ProductIn]) -> Vec<Candidate> {
+fn candidates(s: &SessionIn, timeline: &[TimelineEntry], products: &[ProductIn]) -> Vec<Candidate> {
     let mut out: Vec<Candidate> = Vec::new();
     let mut add = |p: &ProductIn| {
         if out.len() < MAX_CANDIDATES && !out.iter().any(|c| c.product_id == p.product_id) {
@@ -1080,11 +1096,9 @@ fn candidates(s: &SessionIn, products: &[ProductIn]) -> Vec<Candidate> {
             add(p);
         }
     }
-    let timeline: Vec<(i64, String, String)> =
-        serde_json::from_str(&s.timeline).unwrap_or_default();
     let text = timeline
         .iter()
-        .map(|(_, _, d)| d.to_lowercase())
+        .map(|e| e.detail.to_lowercase())
         .collect::<Vec<_>>()
         .join("\n");
     for p in products {
@@ -1097,7 +1111,7 @@ fn candidates(s: &SessionIn, products: &[ProductIn]) -> Vec<Candidate> {
                 path.len() > 1
                     && timeline
                         .iter()
-                        .any(|(_, k, d)| (k == "page" || k == "screen") && d.to_lowercase() == path)
+                        .any(|e| e.is_view() && e.detail.to_lowercase() == path)
             });
         let name = p.name.to_lowercase();
         let name_hit = name.len() >= 4 && text.contains(&name);
@@ -1112,16 +1126,19 @@ fn candidates(s: &SessionIn, products: &[ProductIn]) -> Vec<Candidate> {
     out
 }
 
-fn build_input(s: &SessionIn, org: Option<&OrgIn>, candidates: Vec<Candidate>) -> EnrichInput {
-    let mut timeline: Vec<(i64, String, String)> =
-        serde_json::from_str(&s.timeline).unwrap_or_default();
+fn build_input(
+    s: &SessionIn,
+    mut timeline: Vec<TimelineEntry>,
+    org: Option<&OrgIn>,
+    candidates: Vec<Candidate>,
+) -> EnrichInput {
     if timeline.len() > MAX_PROMPT_TIMELINE {
         let skipped = timeline.len() - MAX_PROMPT_TIMELINE;
         let tail = timeline.split_off(timeline.len() - 20);
         timeline.truncate(MAX_PROMPT_TIMELINE - 20);
-        timeline.push((
-            tail.first().map_or(0, |t| t.0),
-            "skipped".into(),
+        timeline.push(TimelineEntry::new(
+            tail.first().map_or(0, |t| t.offset_s),
+            "skipped",
             format!("{skipped} entries"),
         ));
         timeline.extend(tail);
@@ -1196,8 +1213,8 @@ pub fn render_prompt(i: &EnrichInput) -> (String, String) {
         ));
     }
     p.push_str("\nTimeline (seconds from start | what | detail):\n");
-    for (o, k, d) in &i.timeline {
-        p.push_str(&format!("{o} | {k} | {d}\n"));
+    for e in &i.timeline {
+        p.push_str(&format!("{} | {} | {}\n", e.offset_s, e.kind, e.detail));
     }
     (system, p)
 }

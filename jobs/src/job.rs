@@ -387,7 +387,7 @@ impl<J: Job> AnyJob for Registered<J> {
 
     async fn run(&self, ctx: &JobContext, req: &Request) -> Result<serde_json::Value> {
         let report = crate::job::run::<J>(ctx, req).await?;
-        serde_json::to_value(&report).map_err(|e| Error::Invalid(format!("job report: {e}")))
+        serde_json::to_value(&report).map_err(|e| Error::Internal(format!("job report: {e}")))
     }
 }
 

@@ -119,7 +119,7 @@ impl Leases {
                 Ok(r) => {
                     let bytes = r.bytes().await.map_err(crow_lake::Error::from)?;
                     let state: LeaseState = serde_json::from_slice(&bytes).map_err(|e| {
-                        Error::Invalid(format!("lease object {path} is not a lease: {e}"))
+                        Error::Corrupt(format!("lease object {path} is not a lease: {e}"))
                     })?;
                     return Ok(Some(state));
                 }
@@ -127,7 +127,7 @@ impl Leases {
                 Err(e) => return Err(crow_lake::Error::from(e).into()),
             }
         }
-        Err(Error::Invalid(format!(
+        Err(Error::Conflict(format!(
             "the lease of {job} changed five times while being read"
         )))
     }
@@ -138,7 +138,7 @@ impl Leases {
     pub async fn write(&self, state: &LeaseState) -> Result<bool> {
         let path = self.dir(&state.job).join(format!("{:020}.json", state.seq));
         let body =
-            serde_json::to_vec(state).map_err(|e| Error::Invalid(format!("lease state: {e}")))?;
+            serde_json::to_vec(state).map_err(|e| Error::Internal(format!("lease state: {e}")))?;
         let opts = PutOptions {
             mode: PutMode::Create,
             ..PutOptions::default()

@@ -60,6 +60,105 @@ pub enum Error {
     /// Input that could not be read (a file, a site).
     #[error("{0}")]
     Input(String),
+    /// A stored row or object that does not read as what it must be (a
+    /// lease object, a stored day, a session's timeline).
+    #[error("{0}")]
+    Corrupt(String),
+    /// Other writers kept changing what this one had to read first (a
+    /// lease under contention): running again can succeed.
+    #[error("{0}")]
+    Conflict(String),
+    /// This server could not renew the job's lease in time, so another may
+    /// take the slot over: the run was abandoned.
+    #[error("lost the lease of {job} (could not renew it in time); run abandoned")]
+    LeaseLost {
+        /// The job.
+        job: String,
+    },
+    /// A backfill step failed; the steps before it are done. Its kind is
+    /// its cause's (a storage outage stays retryable).
+    #[error(
+        "backfill stopped at {step} (the steps before it are done; run the same backfill again to finish): {source}"
+    )]
+    BackfillStopped {
+        /// The job and window of the step.
+        step: String,
+        /// Why it failed.
+        #[source]
+        source: Box<Error>,
+    },
+    /// A broken invariant or a task that died: a bug in CROW.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What kind of failure an [`Error`] is: what a caller can do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The arguments, configuration or input are not usable: fix them.
+    InvalidInput,
+    /// A table, version or object does not exist.
+    NotFound,
+    /// A concurrent writer won a race: running again can succeed.
+    Conflict,
+    /// Storage or a service is unreachable, throttled or out of memory for
+    /// now: running again later can succeed.
+    Unavailable,
+    /// The job's lease was lost; the scheduler retries the slot.
+    LeaseLost,
+    /// Stored data does not read.
+    Corrupt,
+    /// A bug or a broken invariant.
+    Internal,
+}
+
+impl Error {
+    /// The kind of failure.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Lake(e) => lake_kind(e.kind()),
+            Error::Query(e) => query_kind(e),
+            Error::Invalid(_) | Error::Ai(_) | Error::Input(_) => ErrorKind::InvalidInput,
+            Error::Corrupt(_) => ErrorKind::Corrupt,
+            Error::Conflict(_) => ErrorKind::Conflict,
+            Error::LeaseLost { .. } => ErrorKind::LeaseLost,
+            Error::BackfillStopped { source, .. } => source.kind(),
+            Error::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// Whether running the same thing again, unchanged, can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind(),
+            ErrorKind::Conflict | ErrorKind::Unavailable | ErrorKind::LeaseLost
+        )
+    }
+}
+
+fn lake_kind(k: crow_lake::ErrorKind) -> ErrorKind {
+    match k {
+        crow_lake::ErrorKind::InvalidInput => ErrorKind::InvalidInput,
+        crow_lake::ErrorKind::NotFound => ErrorKind::NotFound,
+        crow_lake::ErrorKind::Conflict => ErrorKind::Conflict,
+        crow_lake::ErrorKind::Unavailable => ErrorKind::Unavailable,
+        crow_lake::ErrorKind::Internal => ErrorKind::Internal,
+    }
+}
+
+/// A query of a job is CROW's own SQL: a plan error is a bug, storage and
+/// memory errors pass.
+fn query_kind(e: &crow_lake::datafusion::error::DataFusionError) -> ErrorKind {
+    use crow_lake::datafusion::error::DataFusionError as D;
+    match e {
+        D::ObjectStore(_) | D::IoError(_) | D::ResourcesExhausted(_) => ErrorKind::Unavailable,
+        D::External(inner) => inner
+            .downcast_ref::<crow_lake::Error>()
+            .map_or(ErrorKind::Internal, |l| lake_kind(l.kind())),
+        D::Context(_, inner) | D::Diagnostic(_, inner) => query_kind(inner),
+        D::Shared(inner) => query_kind(inner),
+        _ => ErrorKind::Internal,
+    }
 }
 
 impl From<crow_lake::datafusion::error::DataFusionError> for Error {
@@ -220,4 +319,73 @@ pub(crate) fn host() -> String {
                 .map(|h| h.trim().to_string())
         })
         .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crow_lake::datafusion::error::DataFusionError;
+
+    fn unavailable() -> Error {
+        let gone = crow_lake::object_store::Error::Generic {
+            store: "S3",
+            source: "connection reset".into(),
+        };
+        crow_lake::Error::from(gone).into()
+    }
+
+    #[test]
+    fn a_backfill_step_keeps_its_causes_kind() {
+        let e = unavailable();
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
+        let stopped = Error::BackfillStopped {
+            step: "enrich [2026-02-02T00:00:00Z, 2026-02-03T00:00:00Z)".into(),
+            source: Box::new(e),
+        };
+        assert_eq!(stopped.kind(), ErrorKind::Unavailable);
+        assert!(stopped.is_retryable());
+        assert!(stopped.to_string().starts_with(
+            "backfill stopped at enrich [2026-02-02T00:00:00Z, 2026-02-03T00:00:00Z) (the steps before it are done"
+        ));
+        let bad = Error::BackfillStopped {
+            step: "billing".into(),
+            source: Box::new(Error::Invalid(
+                "month `x` is not a month like 2026-03".into(),
+            )),
+        };
+        assert_eq!(bad.kind(), ErrorKind::InvalidInput);
+        assert!(!bad.is_retryable());
+    }
+
+    #[test]
+    fn kinds_say_what_a_caller_can_do() {
+        assert_eq!(
+            Error::LeaseLost {
+                job: "enrich".into()
+            }
+            .kind(),
+            ErrorKind::LeaseLost
+        );
+        assert!(Error::LeaseLost {
+            job: "enrich".into()
+        }
+        .is_retryable());
+        assert_eq!(Error::Corrupt("lease".into()).kind(), ErrorKind::Corrupt);
+        assert!(!Error::Internal("x".into()).is_retryable());
+        // A query's storage error passes through DataFusion's wrapping.
+        let lake = crow_lake::Error::from(crow_lake::object_store::Error::Generic {
+            store: "S3",
+            source: "503 Slow Down".into(),
+        });
+        let q: Error = DataFusionError::Context(
+            "scan".into(),
+            Box::new(DataFusionError::External(Box::new(lake))),
+        )
+        .into();
+        assert_eq!(q.kind(), ErrorKind::Unavailable);
+        let plan: Error = DataFusionError::Plan("no column x".into()).into();
+        assert_eq!(plan.kind(), ErrorKind::Internal);
+        let oom: Error = DataFusionError::ResourcesExhausted("pool".into()).into();
+        assert!(oom.is_retryable());
+    }
 }

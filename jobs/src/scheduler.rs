@@ -244,9 +244,7 @@ impl Scheduler {
         ));
         let result = tokio::select! {
             r = self.run_job(runner, slot, attempt) => r,
-            _ = lost_rx.wait_for(|l| *l) => Err(crate::Error::Invalid(format!(
-                "lost the lease of {job} (could not renew it in time); run abandoned"
-            ))),
+            _ = lost_rx.wait_for(|l| *l) => Err(crate::Error::LeaseLost { job: job.to_string() }),
         };
         let _ = stop_tx.send(true);
         let _ = renewer.await;
@@ -272,7 +270,7 @@ impl Scheduler {
                     .retry_base_seconds
                     .saturating_mul(1u64 << (attempt - 1).clamp(0, 20));
                 let retry_at = now + Duration::seconds(backoff.min(86_400) as i64);
-                tracing::error!(job, slot = %slot.format("%Y-%m-%dT%H:%M:%SZ"), attempt, error = %e, retry_at = %retry_at, "scheduler: run failed");
+                tracing::error!(job, slot = %slot.format("%Y-%m-%dT%H:%M:%SZ"), attempt, error = %e, kind = ?e.kind(), retry_at = %retry_at, "scheduler: run failed");
                 st.state = "failed".into();
                 st.retry_at = Some(retry_at);
                 st.error = Some(e.to_string().chars().take(2000).collect());

@@ -22,6 +22,7 @@ pub mod job;
 pub mod net;
 pub mod secret;
 pub mod time;
+pub mod timeline;
 
 use std::sync::Arc;
 

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 
 use super::{AiAnswer, AiError, AiRequest, Provider};
 use crate::enrich::{Answer, Candidate, EnrichInput};
+use crow_schemas::timeline::TimelineEntry;
 
 /// The offline provider's model name.
 pub const MODEL: &str = "crow-offline-1";
@@ -173,7 +174,7 @@ fn web(input: &EnrichInput) -> Answer {
     let (mut checkout, mut shipping, mut payment, mut order) = (false, false, false, None);
     let mut failures = Vec::new();
     let mut support = false;
-    for (_, kind, detail) in &input.timeline {
+    for TimelineEntry { kind, detail, .. } in &input.timeline {
         let first = detail.split_whitespace().next().unwrap_or("");
         let product = candidate(input, first).map(|c| c.product_id.clone());
         let k = kind.to_lowercase();
@@ -439,7 +440,7 @@ fn reach(input: &EnrichInput) -> String {
     let keys = ["likes", "replies", "reposts"];
     let mut sums = [0i64; 3];
     let mut any = false;
-    for (_, _, d) in &input.timeline {
+    for TimelineEntry { detail: d, .. } in &input.timeline {
         let Some(inner) = d
             .trim_end()
             .strip_suffix(')')
@@ -473,7 +474,7 @@ fn transcript(input: &EnrichInput) -> Answer {
     let text: String = input
         .timeline
         .iter()
-        .map(|(_, _, d)| d.to_lowercase())
+        .map(|e| e.detail.to_lowercase())
         .collect::<Vec<_>>()
         .join(" \n ");
     let mut product_ids = Vec::new();
@@ -589,7 +590,7 @@ mod tests {
             is_returning: Some(false),
             timeline: timeline
                 .into_iter()
-                .map(|(o, k, d)| (o, k.to_string(), d.to_string()))
+                .map(|(o, k, d)| TimelineEntry::new(o, k, d))
                 .collect(),
             candidates: vec![
                 cand("p1", "Aria Headphones", "Audio > Headphones"),

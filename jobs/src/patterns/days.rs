@@ -59,9 +59,8 @@ pub async fn daily_metrics(
     let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
     while let Some(b) = stream.next().await {
         for r in batches_to_rows::<SessionIn>(std::slice::from_ref(&b?))? {
-            if let Some(s) = Sess::from_row(r) {
-                by_day.entry(s.day).or_default().push(s);
-            }
+            let s = Sess::from_row(r)?;
+            by_day.entry(s.day).or_default().push(s);
         }
     }
     // Only the metrics asked for are counted (the job counts them all).

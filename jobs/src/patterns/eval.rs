@@ -292,7 +292,7 @@ pub fn generate(case: &Case, seed: u64) -> (Vec<Sess>, Vec<f64>) {
                     is_returning: Some(rng.random_bool(0.3)),
                     timeline: json!(t).to_string(),
                 };
-                out.extend(Sess::from_row(row));
+                out.push(Sess::from_row(row).expect("the generator writes valid sessions"));
             }
         }
     }

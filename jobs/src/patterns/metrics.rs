@@ -80,10 +80,19 @@ pub(super) fn is_failure(kind: &str) -> bool {
 }
 
 impl Sess {
-    pub(super) fn from_row(r: SessionIn) -> Option<Sess> {
-        let day = NaiveDate::parse_from_str(&r.session_date, "%Y-%m-%d").ok()?;
-        let timeline: Vec<(i64, String, String)> =
-            serde_json::from_str(&r.timeline).unwrap_or_default();
+    /// A session as the metrics count it. A row that does not read (its
+    /// date or its timeline) is an error naming the session: counting it
+    /// as an empty session, or leaving it out, would change every figure
+    /// of its day without a word.
+    pub(super) fn from_row(r: SessionIn) -> Result<Sess> {
+        let day = NaiveDate::parse_from_str(&r.session_date, "%Y-%m-%d").map_err(|e| {
+            Error::Corrupt(format!(
+                "session {}: session_date `{}` is not a date: {e}",
+                r.session_id, r.session_date
+            ))
+        })?;
+        let timeline = crow_schemas::timeline::parse(&r.timeline)
+            .map_err(|e| Error::Corrupt(format!("session {}: {e}", r.session_id)))?;
         let mut segments = Vec::new();
         if r.channel == "web" {
             if let Some(d) = r.device_type.filter(|d| !d.is_empty()) {
@@ -115,7 +124,7 @@ impl Sess {
         };
         let mut added = Vec::new();
         let mut reached: Option<usize> = None;
-        for (_, kind, detail) in &timeline {
+        for TimelineEntry { kind, detail, .. } in &timeline {
             let first = detail.split_whitespace().next().unwrap_or("").to_string();
             match kind.as_str() {
                 "Product Viewed" if !first.is_empty() && !s.viewed.contains(&first) => {
@@ -151,7 +160,7 @@ impl Sess {
         if s.steps[4] {
             s.bought = added;
         }
-        Some(s)
+        Ok(s)
     }
 
     fn loop_kind(&self) -> Option<&str> {

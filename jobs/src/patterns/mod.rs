@@ -113,6 +113,7 @@ use crow_lake::batch::{batches_to_rows, rows_to_batch};
 use crow_lake::datafusion::prelude::{col, lit, Expr, SessionContext};
 use crow_lake::ids::sha256_hex;
 use crow_lake::{predicate, Lake};
+use crow_schemas::timeline::TimelineEntry;
 use crow_schemas::{FAILED_EVENTS, PATTERNS, STORIES};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -540,9 +541,7 @@ async fn read_sessions(
         progress.inc(b.num_rows() as u64);
         for r in batches_to_rows::<SessionIn>(std::slice::from_ref(&b))? {
             let org = r.org_id.clone();
-            if let Some(s) = Sess::from_row(r) {
-                by_org.entry(org).or_default().push(s);
-            }
+            by_org.entry(org).or_default().push(Sess::from_row(r)?);
         }
     }
     // The scan's order is not stable; samples must be (re-runs are
@@ -893,7 +892,7 @@ mod tests {
             row("s5", "web", "tablet", false, t(&buy)),
         ]
         .into_iter()
-        .filter_map(Sess::from_row)
+        .map(|r| Sess::from_row(r).expect("a valid test row"))
         .collect()
     }
 

@@ -75,15 +75,15 @@ pub(super) async fn cctv(
         let started = segs.iter().map(|s| s.start).min().unwrap_or(h);
         let ended = segs.iter().map(|s| s.end).max().unwrap_or(h);
         let source = format!("{store}/{camera}");
-        let timeline: Vec<serde_json::Value> = segs
+        let timeline: Vec<TimelineEntry> = segs
             .iter()
             .take(MAX_TIMELINE)
             .map(|s| {
-                serde_json::json!([
+                TimelineEntry::new(
                     (s.start - started) / 1_000_000,
                     "segment",
-                    truncate(&s.text, 500)
-                ])
+                    truncate(&s.text, 500),
+                )
             })
             .collect();
         built.out.push(SessionRow {
@@ -103,7 +103,7 @@ pub(super) async fn cctv(
             is_returning: None,
             converted: None,
             source_ref: Some(source),
-            timeline: serde_json::Value::Array(timeline).to_string(),
+            timeline: timeline::to_json(&timeline),
             source_ids: segs.iter().map(|s| s.id.clone()).collect(),
             job_run_id: run_id.to_string(),
             session_date: day_of(started),

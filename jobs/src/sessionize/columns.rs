@@ -6,7 +6,7 @@ use super::*;
 pub(super) fn text(b: &RecordBatch, name: &str) -> Result<crow_lake::arrow::array::StringArray> {
     let c = b
         .column_by_name(name)
-        .ok_or_else(|| Error::Invalid(format!("column {name} missing from the scan")))?;
+        .ok_or_else(|| Error::Internal(format!("column {name} missing from the scan")))?;
     let c = cast(c, &DataType::Utf8)?;
     Ok(c.as_string::<i32>().clone())
 }
@@ -14,7 +14,7 @@ pub(super) fn text(b: &RecordBatch, name: &str) -> Result<crow_lake::arrow::arra
 pub(super) fn micros(b: &RecordBatch, name: &str) -> Result<crow_lake::arrow::array::Int64Array> {
     let c = b
         .column_by_name(name)
-        .ok_or_else(|| Error::Invalid(format!("column {name} missing from the scan")))?;
+        .ok_or_else(|| Error::Internal(format!("column {name} missing from the scan")))?;
     let c = cast(c, &DataType::Int64)?;
     Ok(c.as_primitive::<crow_lake::arrow::datatypes::Int64Type>()
         .clone())
@@ -23,7 +23,7 @@ pub(super) fn micros(b: &RecordBatch, name: &str) -> Result<crow_lake::arrow::ar
 pub(super) fn float(b: &RecordBatch, name: &str) -> Result<crow_lake::arrow::array::Float64Array> {
     let c = b
         .column_by_name(name)
-        .ok_or_else(|| Error::Invalid(format!("column {name} missing from the scan")))?;
+        .ok_or_else(|| Error::Internal(format!("column {name} missing from the scan")))?;
     let c = cast(c, &DataType::Float64)?;
     Ok(c.as_primitive::<crow_lake::arrow::datatypes::Float64Type>()
         .clone())

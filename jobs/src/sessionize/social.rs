@@ -77,17 +77,17 @@ pub(super) async fn social(
         } else {
             Some("mixed".to_string())
         };
-        let timeline: Vec<serde_json::Value> = caps
+        let timeline: Vec<TimelineEntry> = caps
             .iter()
             .take(MAX_TIMELINE)
             .map(|c| {
                 let who = c.author.as_deref().unwrap_or("unknown");
                 let body = c.text.as_deref().unwrap_or(&c.url);
-                serde_json::json!([
+                TimelineEntry::new(
                     (c.at - started) / 1_000_000,
-                    c.platform,
-                    format!("@{who}: {}{}", truncate(body, 500), c.reach)
-                ])
+                    c.platform.clone(),
+                    format!("@{who}: {}{}", truncate(body, 500), c.reach),
+                )
             })
             .collect();
         built.out.push(SessionRow {
@@ -107,7 +107,7 @@ pub(super) async fn social(
             is_returning: None,
             converted: None,
             source_ref: Some(run),
-            timeline: serde_json::Value::Array(timeline).to_string(),
+            timeline: timeline::to_json(&timeline),
             source_ids: caps.iter().map(|c| c.id.clone()).collect(),
             job_run_id: run_id.to_string(),
             session_date: day_of(started),

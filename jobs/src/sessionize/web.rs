@@ -108,7 +108,7 @@ pub(super) async fn web(
     for t in tasks.0.iter_mut() {
         let part = t
             .await
-            .map_err(|e| Error::Invalid(format!("sessionize task failed: {e}")))??;
+            .map_err(|e| Error::Internal(format!("sessionize task failed: {e}")))??;
         read += part.events;
         built.merge(part)?;
     }
@@ -210,7 +210,7 @@ async fn sorted_by_visitor(
         order.push(PhysicalSortExpr::new(physical_col(c, &schema)?, asc));
     }
     let order = LexOrdering::new(order)
-        .ok_or_else(|| Error::Invalid("sessionize: empty sort order".into()))?;
+        .ok_or_else(|| Error::Internal("sessionize: empty sort order".into()))?;
     let sorted: Arc<dyn ExecutionPlan> =
         Arc::new(SortExec::new(order, hashed).with_preserve_partitioning(true));
     Ok((sorted, parts))
@@ -395,14 +395,14 @@ fn web_session(
         if timeline.len() < MAX_TIMELINE {
             let offset = (e.occurred - started) / 1_000_000;
             let (kind, detail) = timeline_entry(e);
-            timeline.push((offset, kind, detail));
+            timeline.push(TimelineEntry::new(offset, kind, detail));
         }
     }
     if events.len() > MAX_TIMELINE {
         let offset = (ended - started) / 1_000_000;
-        timeline.push((
+        timeline.push(TimelineEntry::new(
             offset,
-            "truncated".to_string(),
+            "truncated",
             format!("{} more events", events.len() - MAX_TIMELINE),
         ));
     }
@@ -426,9 +426,7 @@ fn web_session(
         is_returning: Some(is_returning),
         converted: Some(converted),
         source_ref: None,
-        // `[[offset, kind, detail], …]`: tuples serialize as JSON arrays.
-        timeline: serde_json::to_string(&timeline)
-            .map_err(|e| Error::Invalid(format!("session timeline: {e}")))?,
+        timeline: timeline::to_json(&timeline),
         source_ids: events.iter().map(|e| e.message_id.clone()).collect(),
         job_run_id: run_id.to_string(),
         session_date: day_of(started),

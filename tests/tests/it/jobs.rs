@@ -1066,6 +1066,102 @@ async fn enrich_caches_and_retries(b: Backend) {
     );
 }
 
+both_backends!(a_session_whose_timeline_does_not_read_is_a_failure_never_an_empty_session => unreadable_timeline);
+
+/// A `sessions.timeline` that is not `[[offset_s, kind, detail], …]` (a
+/// corrupted or hand-edited row): enrich gives that session no interaction
+/// and records why in `failed_events`; the others are described as usual.
+/// Patterns, whose figures it would silently change, stop with an error
+/// naming the session (exit 1: data to fix, not a failure to retry).
+async fn unreadable_timeline(b: Backend) {
+    b.crow_ok(&["init"]);
+    let org = b.crow_json(&["orgs", "create", "--name", "Shop"]);
+    let org = org["org_id"].as_str().expect("org").to_string();
+    let lake = b.lake().await;
+    land_web(
+        &lake,
+        &org,
+        &[
+            ev("page", "w1", Some("a1"), None, t(10, 0), json!({})),
+            ev("page", "w2", Some("a2"), None, t(11, 0), json!({})),
+            ev("page", "w3", Some("a3"), None, t(12, 0), json!({})),
+        ],
+        t(23, 0),
+    )
+    .await;
+    b.crow_json(&["jobs", "run", "sessionize", "--quiet"]);
+
+    // a2's timeline becomes text the way an old hand-written one read.
+    let (_, batches) = lake
+        .sql("SELECT * FROM sessions")
+        .await
+        .expect("read sessions");
+    let mut rows = crow_lake::batch::batches_to_json(&batches).expect("rows");
+    assert_eq!(rows.len(), 3);
+    let mut broken = String::new();
+    for r in &mut rows {
+        if r["visitor_id"] == "a2" {
+            broken = r["session_id"].as_str().expect("id").to_string();
+            r.insert("timeline".into(), json!("0 page /"));
+        }
+    }
+    assert!(!broken.is_empty());
+    let batch = rows_to_batch(&crow_schemas::SESSIONS, &rows).expect("batch");
+    lake.replace_where(
+        "sessions",
+        &crow_lake::datafusion::prelude::lit(true),
+        vec![batch],
+    )
+    .await
+    .expect("rewrite sessions");
+
+    let r = crow_env_json(&b, &["jobs", "run", "enrich"], &[]);
+    assert_eq!(
+        (
+            r["sessions"].as_u64(),
+            r["interactions"].as_u64(),
+            r["failures"].as_u64()
+        ),
+        (Some(3), Some(2), Some(1)),
+        "{r}"
+    );
+    let failed = b.crow_json(&[
+        "sql",
+        "SELECT reason_code, message_id, reason FROM failed_events WHERE source = 'job:enrich'",
+    ]);
+    let failed = failed.as_array().expect("rows");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["reason_code"], "invalid_timeline");
+    assert_eq!(failed[0]["message_id"], broken.as_str());
+    let reason = failed[0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&broken)
+            && reason.contains("the timeline is not a list of [offset_s, kind, detail]"),
+        "{reason}"
+    );
+    let described = b.crow_json(&["sql", "SELECT session_id FROM interactions"]);
+    let described = described.as_array().expect("rows");
+    assert_eq!(described.len(), 2);
+    assert!(described.iter().all(|d| d["session_id"] != broken.as_str()));
+
+    let out = b.crow(&[
+        "jobs",
+        "run",
+        "patterns",
+        "--from",
+        "2026-03-10",
+        "--to",
+        "2026-03-11",
+        "--quiet",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&broken) && err.contains("the timeline is not a list"),
+        "{err}"
+    );
+}
+
 /// A small shop served here: robots.txt, a gzipped sitemap behind an
 /// index, product pages with JSON-LD or OpenGraph, one disallowed page.
 async fn shop() -> (String, Arc<Mutex<Vec<(String, String)>>>) {
