@@ -17,7 +17,7 @@ pub enum BillingCommand {
     /// book from usage_daily (run `crow jobs run billing` first).
     Report {
         /// The month, YYYY-MM.
-        #[arg(long)]
+        #[arg(long, value_parser = month)]
         month: String,
         /// Only this organization (id or name).
         #[arg(long)]
@@ -25,6 +25,14 @@ pub enum BillingCommand {
         #[command(flatten)]
         format: FormatArg,
     },
+}
+
+/// `--month`, checked where it is parsed (a wrong one is an argument error,
+/// exit 2, before the lake is opened).
+fn month(s: &str) -> std::result::Result<String, String> {
+    crow_jobs::billing::month_range(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
 }
 
 pub async fn run(lake: &Lake, cfg: &Config, cmd: BillingCommand) -> Result<()> {

@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
+use crow_lake::backoff::Backoff;
 use crow_lake::Lake;
 use crow_schemas::config::cron::Cron;
 use crow_schemas::config::Config;
@@ -266,10 +267,12 @@ impl Scheduler {
                 Outcome::Done
             }
             Err(e) => {
-                let backoff = s
-                    .retry_base_seconds
-                    .saturating_mul(1u64 << (attempt - 1).clamp(0, 20));
-                let retry_at = now + Duration::seconds(backoff.min(86_400) as i64);
+                let backoff = Backoff::new(
+                    StdDuration::from_secs(s.retry_base_seconds),
+                    StdDuration::from_secs(86_400),
+                )
+                .delay(u32::try_from(attempt - 1).unwrap_or(0));
+                let retry_at = now + Duration::seconds(backoff.as_secs() as i64);
                 tracing::error!(job, slot = %slot.format("%Y-%m-%dT%H:%M:%SZ"), attempt, error = %e, kind = ?e.kind(), retry_at = %retry_at, "scheduler: run failed");
                 st.state = "failed".into();
                 st.retry_at = Some(retry_at);

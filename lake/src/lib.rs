@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod audit;
+pub mod backoff;
 pub mod batch;
 mod error;
 pub mod ids;
@@ -58,6 +59,12 @@ pub use object_store;
 use url::Url;
 
 static COMMIT_RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The wait before a commit that lost a race runs again: 40 ms doubling to
+/// 1.28 s, plus up to 50 ms so the writers that collided spread out.
+const COMMIT_BACKOFF: backoff::Backoff =
+    backoff::Backoff::new(Duration::from_millis(40), Duration::from_millis(1280))
+        .with_jitter(backoff::Jitter::Add(Duration::from_millis(50)));
 
 /// Operations this process retried after losing a commit race (for metrics).
 pub fn commit_retries_total() -> u64 {
@@ -780,10 +787,9 @@ impl Lake {
                 Err(e) if e.kind() == ErrorKind::Conflict && attempt < self.commit_retries => {
                     attempt += 1;
                     COMMIT_RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let backoff =
-                        20u64.saturating_mul(1 << attempt.min(6)) + rand::random_range(0..50);
                     tracing::debug!(table = name, attempt, error = %e, "commit conflict, retrying");
-                    tokio::time::sleep(Duration::from_millis(backoff)).await;
+                    let retry = u32::try_from(attempt - 1).unwrap_or(u32::MAX);
+                    tokio::time::sleep(COMMIT_BACKOFF.delay(retry)).await;
                 }
                 other => return other,
             }

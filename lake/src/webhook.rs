@@ -14,10 +14,14 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::audit::{audit, Audit};
+use crate::backoff::Backoff;
 use crate::Lake;
 
 /// Attempts of one delivery.
 pub const ATTEMPTS: u32 = 4;
+
+/// The wait between deliveries: 1, 2, 4 s.
+const DELIVERY_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
 
 /// HMAC-SHA256 (RFC 2104) of `msg` under `key`, hex.
 pub fn hmac_sha256_hex(key: &[u8], msg: &[u8]) -> String {
@@ -91,7 +95,7 @@ pub fn deliver(
                 Err(e) => last = e.to_string(),
             }
             if attempt < ATTEMPTS {
-                tokio::time::sleep(Duration::from_secs(1 << (attempt - 1))).await;
+                tokio::time::sleep(DELIVERY_BACKOFF.delay(attempt - 1)).await;
             }
         }
         let (outcome, detail) = match delivered {

@@ -9,8 +9,8 @@
 //!   gateways) with a JSON-schema response format.
 //!
 //! What all providers share lives here: [`call_checked`] retries
-//! transient failures with exponential backoff and full jitter, honouring
-//! `Retry-After`, and re-asks when an answer does not validate; the two
+//! transient failures with exponential backoff (each wait jittered between
+//! half and all of it), honouring `Retry-After`, and re-asks when an answer does not validate; the two
 //! have separate budgets and are counted apart. An answer that can be
 //! repaired (see [`Check::Repairable`]) is asked again once and then kept
 //! repaired, with a note. The response
@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use crow_lake::backoff::{Backoff, Jitter};
 use crow_schemas::config::{AiConfig, AiProvider};
 use serde_json::Value;
 
@@ -145,7 +146,7 @@ pub struct RetryPolicy {
     /// Retries after the first attempt, for each kind apart: transient
     /// errors, and re-asks after invalid answers.
     pub max_retries: u32,
-    /// First backoff; doubles each retry (full jitter).
+    /// First backoff; doubles each retry (jittered in [wait/2, wait]).
     pub base: Duration,
     /// Longest backoff.
     pub cap: Duration,
@@ -166,13 +167,10 @@ impl RetryPolicy {
     }
 
     fn backoff(&self, retry: u32) -> Duration {
-        let exp = self
-            .base
-            .saturating_mul(1u32 << retry.min(16))
-            .min(self.cap);
-        // Full jitter: uniform in [exp/2, exp].
-        let ms = exp.as_millis() as u64;
-        Duration::from_millis(ms / 2 + rand::random_range(0..=ms / 2))
+        // Uniform in [exp/2, exp].
+        Backoff::new(self.base, self.cap)
+            .with_jitter(Jitter::Half)
+            .delay(retry)
     }
 }
 
@@ -549,7 +547,7 @@ mod tests {
     #[test]
     fn backoff_grows_and_is_capped() {
         let p = RetryPolicy::new(5);
-        // Retry r waits between half and all of 500 ms × 2^r (full jitter),
+        // Retry r waits between half and all of 500 ms × 2^r (jittered),
         // capped at 30 s.
         for r in 0..10u32 {
             let exp = Duration::from_millis(500 * (1u64 << r)).min(p.cap);

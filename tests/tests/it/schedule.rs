@@ -351,9 +351,15 @@ async fn billing_reconciles(b: Backend) {
         lines[6].starts_with(&format!("{a},Alpha,2026-03,total,,,,")),
         "{csv}"
     );
+    // A wrong month is an argument error (exit 2) naming the flag and the
+    // value.
     let bad = b.crow(&["billing", "report", "--month", "2026-13"]);
-    assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("--month `2026-13`"));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--month") && err.contains("`2026-13` is not a month like 2026-03"),
+        "{err}"
+    );
 }
 
 /// Sessions, interactions and usage as comparable snapshots.
