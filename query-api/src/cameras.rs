@@ -11,9 +11,13 @@
 //! (`raw_cctv_transcripts.camera_id`), so it is chosen by the organization,
 //! not made here: 1 to [`MAX_ID`] letters, digits, `-`, `_` or `.`; the
 //! store id likewise. An id is unique in its organization: registering it
-//! twice is 409 `camera_exists`, decided by the insert itself (a merge that
-//! never updates), so two registrations racing cannot both succeed. Another
-//! organization's camera, or an id of the wrong shape, is not found.
+//! twice is 409 `camera_exists`. A read answers the common case without
+//! writing; the insert itself decides (a merge on `org_id` and `camera_id`
+//! that never updates: Delta's conflict check makes a racing second insert
+//! retry, match and insert nothing), so two registrations racing cannot
+//! both succeed — a read alone would let them (the integration test races
+//! three). Another organization's camera, or an id of the wrong shape, is
+//! not found.
 
 use std::sync::Arc;
 
