@@ -23,6 +23,7 @@ pub mod auth;
 pub mod body;
 pub mod bounded;
 pub mod cache;
+pub mod cameras;
 pub mod chats;
 pub mod concat_op;
 pub mod error;
@@ -267,6 +268,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route(
             "/api/v1/social/sources/{id}",
             axum::routing::delete(social::remove_source),
+        )
+        .route("/api/v1/cameras", get(rest::cameras).post(cameras::create))
+        .route(
+            "/api/v1/cameras/{id}",
+            axum::routing::delete(cameras::delete),
         )
         .route("/api/v1/sessions", get(rest::sessions))
         .route("/api/v1/interactions", get(rest::interactions))

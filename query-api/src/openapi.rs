@@ -237,6 +237,7 @@ pub fn document() -> Value {
         ("Story", "stories"),
         ("Usage", "usage_daily"),
         ("SocialSource", "social_sources"),
+        ("Camera", "cameras"),
         ("Audit", "audit_log"),
     ] {
         schemas.insert(name.into(), row_schema(table, None));
@@ -400,6 +401,7 @@ pub fn document() -> Value {
             .chain(saved_query_paths())
             .chain(query_history_paths())
             .chain(dashboard_paths())
+            .chain(camera_paths())
         {
             match (paths.get_mut(&path), ops) {
                 (Some(Value::Object(have)), Value::Object(more)) => have.extend(more),
@@ -687,6 +689,49 @@ fn saved_query_paths() -> Map<String, Value> {
     }
 }
 
+/// `/api/v1/cameras` ([`crate::cameras`]): listed with the read scope,
+/// registered and removed by admins.
+fn camera_paths() -> Map<String, Value> {
+    let admin = json!([{"bearer": []}, {"cookie": []}]);
+    let max_id = crate::cameras::MAX_ID;
+    let max_text = crate::cameras::MAX_TEXT;
+    let id = json!({"type": "string", "minLength": 1, "maxLength": max_id, "pattern": "^[A-Za-z0-9._-]+$"});
+    let text = json!({"type": "string", "minLength": 1, "maxLength": max_text});
+    let mut post = responses(
+        "201",
+        json_ok(
+            "The camera, registered.",
+            json!({"$ref": "#/components/schemas/Camera"}),
+        ),
+        &[400, 401, 403, 409, 429],
+    );
+    post["400"] =
+        problem("A field is missing or wrong; `detail` names it (invalid_body, invalid_camera).");
+    post["409"] = problem("The organization already has a camera with this id (camera_exists).");
+    let paths = json!({
+        "/api/v1/cameras": {
+            "get": listing("The CCTV cameras the organization registered, by camera id (needs scope read).", "Camera", &["id", "limit", "cursor"])["get"].clone(),
+            "post": {
+                "summary": format!("Register a CCTV camera (needs admin). `camera_id` and `store_id` are the ids its transcripts carry (1 to {max_id} letters, digits, `-`, `_` or `.`); `name` and `location` are 1 to {max_text} characters. A camera id the organization already has is a 409 `camera_exists`."),
+                "security": admin,
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false,
+                    "required": ["camera_id", "store_id", "name"],
+                    "properties": {"camera_id": id, "store_id": id, "name": text, "location": text}}}}},
+                "responses": post,
+            },
+        },
+        "/api/v1/cameras/{id}": {"delete": {
+            "summary": "Remove a camera of the organization (the transcripts it sent stay). Needs admin.", "security": admin,
+            "parameters": [{"name": "id", "in": "path", "required": true, "description": "The camera id.", "schema": {"type": "string"}}],
+            "responses": responses("204", json!({"description": "Removed."}), &[401, 403, 404, 429]),
+        }},
+    });
+    match paths {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
 /// `/api/v1/query-history` ([`crate::history`]): signed-in users only; an
 /// API key is answered 403 `user_required`.
 fn query_history_paths() -> Map<String, Value> {
@@ -743,10 +788,17 @@ mod tests {
             "/api/v1/exports/{id}/download",
             "/api/v1/auth/login",
             "/api/v1/auth/me",
+            "/api/v1/cameras",
+            "/api/v1/cameras/{id}",
         ] {
             assert!(d["paths"].get(p).is_some(), "{p}");
         }
         assert!(d["paths"]["/api/v1/exports/{id}"].get("delete").is_some());
+        assert!(d["paths"]["/api/v1/cameras"].get("post").is_some());
+        assert_eq!(
+            d["components"]["schemas"]["Camera"]["properties"]["location"]["nullable"],
+            true
+        );
         assert!(!text.contains("key_hash") && !text.contains("write_key_hash"));
         assert_eq!(
             d["components"]["schemas"]["Session"]["properties"]["product_ids"]["type"],

@@ -439,6 +439,22 @@ listing!(
     }
 );
 
+listing!(
+    cameras,
+    "`GET /api/v1/cameras`: the CCTV cameras the organization registered, by camera id.",
+    Listing {
+        table: "cameras",
+        time_col: None,
+        time_is_date: false,
+        id_col: "camera_id",
+        id_is_date: false,
+        channel: false,
+        product: ProductFilter::None,
+        period_kind: false,
+        needs: Scope::Read,
+    }
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

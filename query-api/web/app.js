@@ -138,10 +138,43 @@ function bounds(range) {
 
 // ------------------------------------------------------------- the data
 
+// `col` moved to the browser's wall-clock time over [from, to), so that
+// date_trunc('day', …) of it is the user's local day: the UTC offset, and
+// where it changes in the range (daylight saving), the instant it changes
+// (found to the millisecond), as a CASE.
+function localTime(col, from, to) {
+  const off = (t) => -new Date(t).getTimezoneOffset();
+  const parts = [[from.getTime(), off(from.getTime())]];
+  const step = 15 * 60 * 1000;
+  for (let t = from.getTime() + step; t < to.getTime() + step; t += step) {
+    if (off(t) === parts[parts.length - 1][1]) continue;
+    let [lo, hi] = [t - step, t];
+    while (hi - lo > 1) {
+      const mid = Math.floor((lo + hi) / 2);
+      if (off(mid) === off(hi)) hi = mid;
+      else lo = mid;
+    }
+    parts.push([hi, off(hi)]);
+  }
+  const shifted = (m) => (m >= 0 ? `${col} + INTERVAL '${m} minutes'` : `${col} - INTERVAL '${-m} minutes'`);
+  if (parts.length === 1) return shifted(parts[0][1]);
+  const arms = parts
+    .slice(1)
+    .reverse()
+    .map(([t, m]) => `WHEN ${col} >= ${sqlText(new Date(t).toISOString())} THEN ${shifted(m)}`);
+  return `CASE ${arms.join(" ")} ELSE ${shifted(parts[0][1])} END`;
+}
+
 // One query per figure family; each reads the period and the one before.
-function overviewQueries(b) {
+function overviewQueries(b, hourly) {
   const [P, F, T] = [b.prev, b.from, b.to].map((d) => sqlText(d.toISOString()));
   const cur = (col) => `${col} >= ${F}`;
+  // The bucket of a row: its UTC hour, or its local day as the UTC
+  // midnight of that date (an hour can straddle two local days).
+  const bucket = (col) =>
+    hourly
+      ? `CAST(to_unixtime(date_trunc('hour', ${col})) AS BIGINT) AS hour`
+      : `CAST(to_unixtime(date_trunc('day', ${localTime(col, b.from, b.to)})) AS BIGINT) AS day`;
   return {
     web: `SELECT
         sum(CASE WHEN ${cur("occurred_at")} THEN 1 ELSE 0 END) AS events,
@@ -165,12 +198,17 @@ function overviewQueries(b) {
         sum(CASE WHEN ${cur("started_at")} THEN 1 ELSE 0 END) AS interactions,
         sum(CASE WHEN started_at < ${F} THEN 1 ELSE 0 END) AS interactions_prev
       FROM interactions WHERE started_at >= ${P} AND started_at < ${T} GROUP BY channel ORDER BY channel`,
-    series: `SELECT CAST(to_unixtime(date_trunc('hour', occurred_at)) AS BIGINT) AS hour,
+    series: `SELECT ${bucket("occurred_at")},
         count(*) AS events,
-        sum(CASE WHEN event = 'Order Completed' THEN 1 ELSE 0 END) AS orders
+        count(DISTINCT anonymous_id) AS visitors,
+        sum(CASE WHEN event = 'Order Completed' THEN 1 ELSE 0 END) AS orders,
+        sum(CASE WHEN event = 'Order Completed' THEN revenue ELSE 0 END) AS revenue
       FROM raw_web_events WHERE ${cur("occurred_at")} AND occurred_at < ${T} GROUP BY 1 ORDER BY 1`,
-    sessionSeries: `SELECT CAST(to_unixtime(date_trunc('hour', started_at)) AS BIGINT) AS hour, count(*) AS sessions
+    sessionSeries: `SELECT ${bucket("started_at")}, count(*) AS sessions,
+        sum(CASE WHEN converted THEN 1 ELSE 0 END) AS converted
       FROM sessions WHERE ${cur("started_at")} AND started_at < ${T} GROUP BY 1 ORDER BY 1`,
+    interactionSeries: `SELECT ${bucket("started_at")}, count(*) AS interactions
+      FROM interactions WHERE ${cur("started_at")} AND started_at < ${T} GROUP BY 1 ORDER BY 1`,
     products: `WITH t AS (
         SELECT product_id,
           sum(CASE WHEN event = 'Product Viewed' THEN 1 ELSE 0 END) AS views,
@@ -222,7 +260,7 @@ function kpis(r) {
 
 async function loadOverview(range) {
   const b = bounds(range);
-  const q = overviewQueries(b);
+  const q = overviewQueries(b, range.hours <= 48);
   const names = Object.keys(q);
   const rows = await pool(names.map((k) => () => sql(q[k])));
   const r = Object.fromEntries(names.map((k, i) => [k, rows[i] || []]));
@@ -246,13 +284,21 @@ function Kpi({ k }) {
   </li>`;
 }
 
-// Hourly rows → buckets in the user's time zone (hours for a day, else days).
-function buckets(rows, cols, hourly) {
+// Rows per bucket → a map from the bucket's start (seconds): a local day
+// (its UTC midnight in `day`) as its local midnight; an hour (`hour`) as
+// is, or, unless `hourly`, as the local day it starts in.
+function buckets(rows, cols, hourly = true) {
   const map = new Map();
   for (const r of rows) {
-    const d = new Date(n0(r.hour) * 1000);
-    if (!hourly) d.setHours(0, 0, 0, 0);
-    const t = d.getTime() / 1000;
+    let t;
+    if (r.day != null) {
+      const u = new Date(n0(r.day) * 1000);
+      t = new Date(u.getUTCFullYear(), u.getUTCMonth(), u.getUTCDate()).getTime() / 1000;
+    } else {
+      const d = new Date(n0(r.hour) * 1000);
+      if (!hourly) d.setHours(0, 0, 0, 0);
+      t = d.getTime() / 1000;
+    }
     const acc = map.get(t) || Object.fromEntries(cols.map((c) => [c, 0]));
     for (const c of cols) acc[c] += n0(r[c]);
     map.set(t, acc);
@@ -261,9 +307,8 @@ function buckets(rows, cols, hourly) {
 }
 
 function seriesData(data) {
-  const hourly = data.range.hours <= 48;
-  const web = buckets(data.series, ["events", "orders"], hourly);
-  const ses = buckets(data.sessionSeries, ["sessions"], hourly);
+  const web = buckets(data.series, ["events", "orders"]);
+  const ses = buckets(data.sessionSeries, ["sessions"]);
   const times = [...new Set([...web.keys(), ...ses.keys()])].sort((a, b) => a - b);
   return [
     times,
@@ -271,6 +316,69 @@ function seriesData(data) {
     times.map((t) => (ses.get(t) || {}).sessions || 0),
     times.map((t) => (web.get(t) || {}).orders || 0),
   ];
+}
+
+// Every figure per bucket (hour or local day), on the same times;
+// conversion as converted / sessions of the bucket (none without
+// sessions).
+function kpiSeries(data) {
+  const web = buckets(data.series, ["events", "visitors", "orders", "revenue"]);
+  const ses = buckets(data.sessionSeries, ["sessions", "converted"]);
+  const int = buckets(data.interactionSeries, ["interactions"]);
+  const times = [...new Set([...web.keys(), ...ses.keys(), ...int.keys()])].sort((a, b) => a - b);
+  const of = (m, c) => times.map((t) => (m.get(t) || {})[c] || 0);
+  const sessions = of(ses, "sessions");
+  const converted = of(ses, "converted");
+  return {
+    times,
+    values: {
+      events: of(web, "events"),
+      visitors: of(web, "visitors"),
+      sessions,
+      interactions: of(int, "interactions"),
+      conversion: sessions.map((n, i) => (n ? converted[i] / n : null)),
+      orders: of(web, "orders"),
+      revenue: of(web, "revenue"),
+    },
+  };
+}
+
+// One figure over time: a small chart, its points in `data-points`
+// ([time in seconds, value], for tests and assistive reading).
+function Spark({ k, times, values, hourly }) {
+  const box = useRef(null);
+  const plot = useRef(null);
+  const data = [times, values];
+  useEffect(() => {
+    const el = box.current;
+    if (!el) return undefined;
+    const width = () => Math.max(200, el.clientWidth);
+    const fmt = (v) => (v == null ? "–" : k.percent ? num(v * 100, 1) + " %" : num(v, k.digits || 0));
+    const opts = {
+      width: width(),
+      height: 120,
+      legend: { show: false },
+      scales: { x: { time: true } },
+      axes: [{ space: 60 }, { size: 60, values: (u, vs) => vs.map(fmt) }],
+      series: [{}, { label: k.label, stroke: "#1d4ed8", width: 2, fill: "rgba(29, 78, 216, .08)", spanGaps: false }],
+    };
+    plot.current = new uPlot(opts, data, el);
+    const onResize = () => plot.current && plot.current.setSize({ width: width(), height: 120 });
+    window.addEventListener("resize", onResize);
+    return () => {
+      window.removeEventListener("resize", onResize);
+      plot.current && plot.current.destroy();
+      plot.current = null;
+    };
+  }, []);
+  useEffect(() => {
+    plot.current && plot.current.setData(data);
+  }, [times, values]);
+  const points = JSON.stringify(times.map((t, i) => [t, values[i]]));
+  return html`<figure class="spark" data-testid="figure-series" data-id=${k.id} data-points=${points}>
+    <figcaption>${k.label} <span class="meta">${hourly ? "per hour" : "per day"}</span></figcaption>
+    <div class="chart" ref=${box}></div>
+  </figure>`;
 }
 
 function Chart({ data, label }) {
@@ -411,6 +519,15 @@ function Overview({ go }) {
             ${data.series.length
               ? html`<${Chart} data=${seriesData(data)} label="Events, sessions and orders over the period" />`
               : html`<p class="status">No events in this period. Send some to the collector, or pick a longer range.</p>`}
+          </section>
+          <section class="panel wide" aria-labelledby="h-each">
+            <h2 id="h-each">Each figure ${data.range.hours <= 48 ? "per hour" : "per day"} (your time zone)</h2>
+            ${(() => {
+              const ks = kpiSeries(data);
+              return ks.times.length
+                ? html`<div class="sparks">${data.kpis.map((k) => html`<${Spark} k=${k} times=${ks.times} values=${ks.values[k.id]} hourly=${data.range.hours <= 48} />`)}</div>`
+                : html`<p class="status">Nothing happened in this period.</p>`;
+            })()}
           </section>
           <section class="panel" aria-labelledby="h-products">
             <h2 id="h-products">Top products</h2>
@@ -2086,6 +2203,137 @@ function WriteKey() {
   </section>`;
 }
 
+// Every row of a paged REST listing (`next_cursor` followed to the end).
+async function listAll(path) {
+  const rows = [];
+  let cursor = null;
+  for (let page = 0; page < 50; page++) {
+    const sep = path.includes("?") ? "&" : "?";
+    const r = await get(path + sep + "limit=100" + (cursor ? "&cursor=" + encodeURIComponent(cursor) : ""));
+    rows.push(...r.data);
+    cursor = r.next_cursor;
+    if (!cursor) break;
+  }
+  return rows;
+}
+
+// A small list an admin adds to and removes from: its rows, reloaded after
+// each change, and the error of the last action in words.
+function useManagedList(path) {
+  const [rows, setRows] = useState(null);
+  const [error, setError] = useState(null);
+  const load = () => listAll(path).then(setRows, (e) => setError(e.message));
+  useEffect(() => {
+    load();
+  }, []);
+  const act = async (method, url, body) => {
+    setError(null);
+    try {
+      const r = await send(method, url, body);
+      await load();
+      return r || true;
+    } catch (err) {
+      setError(err.message);
+      return null;
+    }
+  };
+  return { rows, error, act };
+}
+
+// The organization's CCTV cameras (`/api/v1/cameras`): the ids their
+// transcripts carry, the store, a name and where each looks.
+function Cameras() {
+  const { rows, error, act } = useManagedList("/api/v1/cameras");
+  const empty = { camera_id: "", store_id: "", name: "", location: "" };
+  const [form, setForm] = useState(empty);
+  const field = (k) => (e) => setForm({ ...form, [k]: e.target.value });
+  const add = async (e) => {
+    e.preventDefault();
+    const body = { camera_id: form.camera_id, store_id: form.store_id, name: form.name };
+    if (form.location.trim()) body.location = form.location;
+    if (await act("POST", "/api/v1/cameras", body)) setForm(empty);
+  };
+  return html`<section class="panel" data-testid="cameras">
+    <h2>Cameras</h2>
+    <p class="meta">The CCTV cameras of your stores. Their ids are the <code>camera_id</code> and <code>store_id</code> their transcripts carry.</p>
+    ${rows
+      ? rows.length
+        ? html`<div class="scroll"><table><thead><tr><th scope="col">Camera id</th><th scope="col">Store</th><th scope="col">Name</th><th scope="col">Where it looks</th><th scope="col"><span class="visually-hidden">Actions</span></th></tr></thead>
+          <tbody>${rows.map((c) => html`<tr data-testid="camera" data-id=${c.camera_id}>
+            <td><code>${c.camera_id}</code></td><td>${c.store_id}</td><td>${c.name}</td><td>${c.location || html`<span class="meta">—</span>`}</td>
+            <td><button class="button" type="button"
+              onClick=${() => act("DELETE", "/api/v1/cameras/" + encodeURIComponent(c.camera_id))}>Remove<span class="visually-hidden"> camera ${c.camera_id}</span></button></td>
+          </tr>`)}</tbody></table></div>`
+        : html`<p class="status" data-testid="no-cameras">No cameras yet: add the first below.</p>`
+      : error ? null : html`<p class="status">Loading…</p>`}
+    <form onSubmit=${add} class="inline">
+      <label for="camera-id">Camera id</label>
+      <input id="camera-id" required maxlength="64" value=${form.camera_id} onInput=${field("camera_id")} />
+      <label for="camera-store">Store id</label>
+      <input id="camera-store" required maxlength="64" value=${form.store_id} onInput=${field("store_id")} />
+      <label for="camera-name">Name</label>
+      <input id="camera-name" required maxlength="200" value=${form.name} onInput=${field("name")} />
+      <label for="camera-location">Where it looks</label>
+      <input id="camera-location" maxlength="200" value=${form.location} onInput=${field("location")} />
+      <button class="button primary" type="submit">Add camera</button>
+    </form>
+    ${error ? html`<p class="error" role="alert">${error}</p>` : null}
+  </section>`;
+}
+
+const SOCIAL_KINDS = [
+  ["rss", "RSS or Atom feed (its URL)"],
+  ["mastodon", "Mastodon (#tag or @account)"],
+  ["reddit", "Reddit (r/sub or a search)"],
+  ["hackernews", "Hacker News (a search)"],
+  ["youtube", "YouTube (a channel or playlist id)"],
+  ["bluesky", "Bluesky (@handle or a search)"],
+  ["web", "A web page (its URL)"],
+];
+
+// The social sources the collector reads (`/api/v1/social/sources`).
+function SocialSources() {
+  const { rows, error, act } = useManagedList("/api/v1/social/sources");
+  const empty = { kind: "rss", target: "", schedule: "" };
+  const [form, setForm] = useState(empty);
+  const field = (k) => (e) => setForm({ ...form, [k]: e.target.value });
+  const add = async (e) => {
+    e.preventDefault();
+    const body = { kind: form.kind, target: form.target };
+    if (form.schedule.trim()) body.schedule = form.schedule;
+    if (await act("POST", "/api/v1/social/sources", body)) setForm({ ...empty, kind: form.kind });
+  };
+  const last = (s) =>
+    s.last_run_at
+      ? html`<time datetime=${s.last_run_at} title=${utc(new Date(s.last_run_at))}>${when(new Date(s.last_run_at))}</time>: ${s.last_status || "?"}${s.last_error ? " (" + s.last_error + ")" : ""}`
+      : html`<span class="meta">not read yet</span>`;
+  return html`<section class="panel" data-testid="social-sources">
+    <h2>Social sources</h2>
+    <p class="meta">What the social collector reads for your brand: feeds, hashtags, accounts, searches.</p>
+    ${rows
+      ? rows.length
+        ? html`<div class="scroll"><table><thead><tr><th scope="col">Kind</th><th scope="col">Target</th><th scope="col">Schedule (UTC)</th><th scope="col">Last read</th><th scope="col"><span class="visually-hidden">Actions</span></th></tr></thead>
+          <tbody>${rows.map((s) => html`<tr data-testid="social-source" data-id=${s.source_id} data-target=${s.target}>
+            <td>${s.kind}</td><td class="wrap">${s.target}</td><td><code>${s.schedule}</code></td><td>${last(s)}</td>
+            <td><button class="button" type="button"
+              onClick=${() => act("DELETE", "/api/v1/social/sources/" + encodeURIComponent(s.source_id))}>Remove<span class="visually-hidden"> source ${s.target}</span></button></td>
+          </tr>`)}</tbody></table></div>`
+        : html`<p class="status" data-testid="no-social-sources">No social sources yet: add the first below.</p>`
+      : error ? null : html`<p class="status">Loading…</p>`}
+    <form onSubmit=${add} class="inline">
+      <label for="social-kind">Kind</label>
+      <select id="social-kind" value=${form.kind} onChange=${field("kind")}>
+        ${SOCIAL_KINDS.map(([k, label]) => html`<option value=${k}>${label}</option>`)}</select>
+      <label for="social-target">Target</label>
+      <input id="social-target" required maxlength="2000" value=${form.target} onInput=${field("target")} />
+      <label for="social-schedule">Schedule (cron, UTC; empty: hourly; off: manual)</label>
+      <input id="social-schedule" value=${form.schedule} placeholder="0 * * * *" onInput=${field("schedule")} />
+      <button class="button primary" type="submit">Add source</button>
+    </form>
+    ${error ? html`<p class="error" role="alert">${error}</p>` : null}
+  </section>`;
+}
+
 function Settings({ me }) {
   return html`<div class="page" data-testid="settings">
     <div class="toolbar"><h1>Settings</h1></div>
@@ -2093,6 +2341,8 @@ function Settings({ me }) {
     <${Members} me=${me} />
     <${ApiKeys} />
     <${WriteKey} />
+    <${SocialSources} />
+    <${Cameras} />
   </div>`;
 }
 

@@ -1033,6 +1033,23 @@ pub const SOCIAL_SOURCES: TableDef = TableDef {
     secret_columns: &[],
 };
 
+/// `cameras`: the CCTV cameras an organization registered.
+pub const CAMERAS: TableDef = TableDef {
+    name: "cameras",
+    version: 1,
+    doc: "One row per CCTV camera an organization registered (`/api/v1/cameras`, the dashboard's Settings): the id its transcripts carry (`raw_cctv_transcripts.camera_id`), the store it is in, its name and where it looks. Registering a camera does not capture anything yet: the CCTV capture that reads this table comes in its own issue.",
+    columns: &[
+        req("org_id", Text, "Organization."),
+        req("camera_id", Text, "The camera's id, as its transcripts carry it (`raw_cctv_transcripts.camera_id`): 1 to 64 letters, digits, `-`, `_` or `.`, unique in the organization."),
+        req("store_id", Text, "The store it is in, as its transcripts carry it (`raw_cctv_transcripts.store_id`): 1 to 64 letters, digits, `-`, `_` or `.`."),
+        req("name", Text, "Its name, as people call it (1 to 200 characters)."),
+        opt("location", Text, "Where it looks (an entrance, a till, an aisle), at most 200 characters."),
+        req("created_at", Timestamp, "When it was registered."),
+    ],
+    partition_by: &[],
+    secret_columns: &[],
+};
+
 /// `social_seen`: what the social collector has captured, for dedupe.
 pub const SOCIAL_SEEN: TableDef = TableDef {
     name: "social_seen",
@@ -1115,6 +1132,7 @@ pub const ALL_TABLES: &[TableDef] = &[
     CHAT_MESSAGES,
     SAVED_QUERIES,
     QUERY_HISTORY,
+    CAMERAS,
 ];
 
 /// The table named `name`, if it is one of CROW's.

@@ -130,7 +130,11 @@ def snapshot(page):
         }
         const products = [...document.querySelectorAll('[data-testid=top-product]')].map(r => ({
             product_id: r.dataset.productId, views: Number(r.dataset.views), adds: Number(r.dataset.adds)}));
-        return {from: o.dataset.from, to: o.dataset.to, loads: Number(o.dataset.loads), kpis, products};
+        const series = {};
+        for (const f of document.querySelectorAll('[data-testid=figure-series]')) {
+            series[f.dataset.id] = JSON.parse(f.dataset.points);
+        }
+        return {from: o.dataset.from, to: o.dataset.to, loads: Number(o.dataset.loads), kpis, products, series};
     }""")
 
 
@@ -236,6 +240,7 @@ def owner_flow(browser, base, email, password, key, axe_js, out):
     page.wait_for_url("**/app/?refresh=2", timeout=20000)
     page.wait_for_selector("[data-testid=overview][data-state=ready]", timeout=30000)
     page.wait_for_selector("[data-testid=series-chart] canvas", timeout=10000)
+    page.wait_for_selector("[data-testid=figure-series][data-id=revenue] canvas", timeout=10000)
     first = snapshot(page)
     shown = page.evaluate("""() => {
         const t = document.querySelector('[data-testid=latest-interactions] time');
@@ -271,6 +276,7 @@ def owner_flow(browser, base, email, password, key, axe_js, out):
     page.wait_for_selector("[data-testid=settings]")
     settings_page(page, base)
     write_key_settings(page, base, key)
+    social_and_camera_settings(page)
     axe(page, axe_js, "/app/settings")
     screenshots(page, out, "settings", "[data-testid=settings]")
     w.check("the owner's dashboard")
@@ -314,6 +320,42 @@ def settings_page(page, base):
     page.wait_for_selector("[data-testid=api-key][data-revoked=yes]")
     status, _ = organization(secret)
     assert status == 401, status
+
+
+def social_and_camera_settings(page):
+    """The owner adds a social source and two cameras in Settings; they are
+    listed, and listed again after a reload (so they are on the server);
+    the source and one camera are removed. The test compares the camera
+    left (`till-2`) with SQL over `cameras`."""
+    feed = "https://news.example/crow-dashboard-feed.xml"
+    page.select_option("#social-kind", "rss")
+    page.fill("#social-target", feed)
+    page.fill("#social-schedule", "off")
+    page.get_by_role("button", name="Add source").click()
+    page.wait_for_selector(f"[data-testid=social-source][data-target='{feed}']")
+    for cam, store, name, where in [("entrance-1", "store-1", "Entrance", "Main door, looking in"),
+                                    ("till-2", "store-1", "Till 2", "")]:
+        page.fill("#camera-id", cam)
+        page.fill("#camera-store", store)
+        page.fill("#camera-name", name)
+        page.fill("#camera-location", where)
+        page.get_by_role("button", name="Add camera").click()
+        page.wait_for_selector(f"[data-testid=camera][data-id='{cam}']")
+    assert page.input_value("#camera-id") == "", "the form is cleared after adding"
+    page.reload()
+    page.wait_for_selector("[data-testid=camera][data-id='till-2']")
+    cams = page.eval_on_selector_all("[data-testid=camera]", "rs => rs.map(r => r.dataset.id)")
+    assert cams == ["entrance-1", "till-2"], cams
+    row = page.locator("[data-testid=camera][data-id='entrance-1']")
+    assert "Main door, looking in" in row.inner_text(), row.inner_text()
+    page.wait_for_selector(f"[data-testid=social-source][data-target='{feed}']")
+    schedule = page.locator(f"[data-testid=social-source][data-target='{feed}'] code").inner_text()
+    assert schedule == "off", schedule
+    page.get_by_role("button", name="Remove source " + feed).click()
+    page.wait_for_selector(f"[data-testid=social-source][data-target='{feed}']", state="detached")
+    page.get_by_role("button", name="Remove camera entrance-1").click()
+    page.wait_for_selector("[data-testid=camera][data-id='entrance-1']", state="detached")
+    assert page.locator("[data-testid=settings] [role=alert]").count() == 0, page.inner_text("[data-testid=settings]")
 
 
 def collector_status(base, key):

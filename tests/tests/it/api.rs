@@ -1366,3 +1366,305 @@ async fn every_listing_pages_to_its_end(b: Backend) {
         }
     }
 }
+
+both_backends!(cameras_are_registered_listed_removed_by_admins_per_organization => cameras_per_organization);
+
+/// Who calls `/api/v1/cameras`: a key, or a signed-in user (cookie and
+/// CSRF token).
+enum Caller<'a> {
+    Key(&'a str),
+    User(&'a crate::users::Jar),
+}
+
+/// `method path` with `body` as `who`: the status and the JSON answer
+/// (null when there is none, as for 204).
+async fn call_as(
+    w: &World,
+    who: &Caller<'_>,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut r = w.http.request(method, w.server.url(path));
+    r = match who {
+        Caller::Key(k) => r.bearer_auth(k),
+        Caller::User(j) => r
+            .header(reqwest::header::COOKIE, j.header())
+            .header("X-CSRF-Token", &j.csrf),
+    };
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let r = r.send().await.expect("request");
+    let status = r.status().as_u16();
+    let text = r.text().await.expect("body");
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// The camera ids (and names) a caller lists, in order.
+async fn cameras_of(w: &World, who: &Caller<'_>) -> Vec<(String, String)> {
+    let (s, page) = call_as(w, who, reqwest::Method::GET, "/api/v1/cameras", None).await;
+    assert_eq!(s, 200, "{page}");
+    assert!(page["next_cursor"].is_null(), "{page}");
+    page["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|c| {
+            (
+                c["camera_id"].as_str().unwrap_or("").to_string(),
+                c["name"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The camera changes in the audit log, as `key`'s organization's SQL
+/// reads it.
+async fn camera_audit(w: &World, key: &str) -> Vec<Value> {
+    let r = w
+        .post_sql(
+            key,
+            json!({"sql": "select action, target, outcome, actor from audit_log where action like 'camera.%' order by at, action"}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    r.json().await.expect("rows")
+}
+
+/// Cameras over real HTTP: an admin registers, lists and removes them; a
+/// duplicate id is 409 `camera_exists`; bad fields are 400s naming the
+/// field; a non-admin key or a viewer may list but not change them; another
+/// organization sees none of them, cannot remove them and may use the same
+/// id for its own; every change is in the audit log.
+async fn cameras_per_organization(b: Backend) {
+    use reqwest::Method;
+    let w = world_on(b, &[("CROW_API_RATE_LIMIT_BURST", "100000")]).await;
+    let admin_key = |org: &str| {
+        let k =
+            w.b.crow_json(&["keys", "create", "--org", org, "--scope", "admin"]);
+        k["secret"].as_str().expect("secret").to_string()
+    };
+    let (admin_a, admin_b) = (admin_key(&w.org_a), admin_key(&w.org_b));
+    crate::users::crow_stdin(
+        &w.b,
+        &[
+            "users",
+            "create",
+            "--org",
+            &w.org_a,
+            "--email",
+            "viewer@alpha.example",
+            "--role",
+            "viewer",
+            "--password-stdin",
+            "--format",
+            "json",
+        ],
+        "viewer password 1\n",
+    );
+    let (st, me, jar) = crate::users::login(
+        &w.http,
+        &w.server,
+        "viewer@alpha.example",
+        "viewer password 1",
+    )
+    .await;
+    assert_eq!(st, 200, "{me}");
+    let (a, b_, viewer, export_key) = (
+        Caller::Key(&admin_a),
+        Caller::Key(&admin_b),
+        Caller::User(&jar),
+        Caller::Key(&w.key_a),
+    );
+
+    assert!(cameras_of(&w, &a).await.is_empty());
+    let entrance = json!({"camera_id": "entrance-1", "store_id": "store-12",
+                          "name": "Entrance", "location": "Main door, looking in"});
+    let (s, made) = call_as(
+        &w,
+        &a,
+        Method::POST,
+        "/api/v1/cameras",
+        Some(entrance.clone()),
+    )
+    .await;
+    assert_eq!(s, 201, "{made}");
+    assert_eq!(
+        (&made["camera_id"], &made["store_id"], &made["org_id"]),
+        (&json!("entrance-1"), &json!("store-12"), &json!(w.org_a)),
+        "{made}"
+    );
+    let till = json!({"camera_id": "till.2", "store_id": "store-12", "name": "Till 2"});
+    let (s, made) = call_as(&w, &a, Method::POST, "/api/v1/cameras", Some(till)).await;
+    assert_eq!(s, 201, "{made}");
+    assert!(made["location"].is_null(), "{made}");
+    let both = vec![
+        ("entrance-1".to_string(), "Entrance".to_string()),
+        ("till.2".to_string(), "Till 2".to_string()),
+    ];
+    // Listed to the admin, to a non-admin key and to a viewer alike
+    // (`w.get` also checks no answer to org A names org B).
+    assert_eq!(cameras_of(&w, &a).await, both);
+    assert_eq!(cameras_of(&w, &export_key).await, both);
+    assert_eq!(cameras_of(&w, &viewer).await, both);
+    let (s, page) = w.get(&w.key_a, "/api/v1/cameras?id=entrance-1").await;
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(
+        page["data"][0]["location"], "Main door, looking in",
+        "{page}"
+    );
+    assert_eq!(page["data"][0]["org_id"], w.org_a.as_str(), "{page}");
+
+    // The same id again, even with other fields: 409, nothing changed.
+    let mut again = entrance.clone();
+    again["name"] = json!("Another entrance");
+    let (s, p) = call_as(&w, &a, Method::POST, "/api/v1/cameras", Some(again)).await;
+    assert_eq!((s, &p["code"]), (409, &json!("camera_exists")), "{p}");
+    assert_eq!(cameras_of(&w, &a).await, both);
+
+    // Registrations of one new id racing: the insert decides, exactly one
+    // is made (a read before writing alone would let several through).
+    let door = json!({"camera_id": "door-3", "store_id": "store-12", "name": "Door 3"});
+    let post = || call_as(&w, &a, Method::POST, "/api/v1/cameras", Some(door.clone()));
+    let (r1, r2, r3) = tokio::join!(post(), post(), post());
+    let mut codes = vec![r1.0, r2.0, r3.0];
+    codes.sort_unstable();
+    assert_eq!(codes, [201, 409, 409], "{r1:?} {r2:?} {r3:?}");
+    let (s, p) = call_as(&w, &a, Method::DELETE, "/api/v1/cameras/door-3", None).await;
+    assert_eq!(s, 204, "{p}");
+    assert_eq!(cameras_of(&w, &a).await, both);
+
+    // Bad input: 400, the field named.
+    let bad = [
+        (
+            json!({"camera_id": "cam 1", "store_id": "s", "name": "n"}),
+            "invalid_camera",
+            "`camera_id`",
+        ),
+        (
+            json!({"camera_id": "", "store_id": "s", "name": "n"}),
+            "invalid_camera",
+            "`camera_id`",
+        ),
+        (
+            json!({"camera_id": "c", "store_id": "s/1", "name": "n"}),
+            "invalid_camera",
+            "`store_id`",
+        ),
+        (
+            json!({"camera_id": "c", "store_id": "s", "name": "  "}),
+            "invalid_camera",
+            "`name`",
+        ),
+        (
+            json!({"camera_id": "c", "store_id": "s", "name": "n", "location": "x".repeat(201)}),
+            "invalid_camera",
+            "`location`",
+        ),
+        (
+            json!({"camera_id": "c", "store_id": "s"}),
+            "invalid_body",
+            "`name`",
+        ),
+        (
+            json!({"camera_id": "c", "store_id": "s", "name": "n", "zoom": 2}),
+            "invalid_body",
+            "`zoom`",
+        ),
+        (
+            json!({"camera_id": 7, "store_id": "s", "name": "n"}),
+            "invalid_body",
+            "camera_id",
+        ),
+    ];
+    for (body, code, field) in bad {
+        let (s, p) = call_as(&w, &a, Method::POST, "/api/v1/cameras", Some(body.clone())).await;
+        assert_eq!((s, &p["code"]), (400, &json!(code)), "{body}: {p}");
+        assert!(
+            p["detail"].as_str().is_some_and(|d| d.contains(field)),
+            "{body}: the detail names {field}: {p}"
+        );
+    }
+
+    // Not an admin: refused, whether a key or a signed-in viewer.
+    let c = json!({"camera_id": "c", "store_id": "s", "name": "n"});
+    for (who, code) in [
+        (&export_key, "insufficient_scope"),
+        (&viewer, "insufficient_role"),
+    ] {
+        let (s, p) = call_as(&w, who, Method::POST, "/api/v1/cameras", Some(c.clone())).await;
+        assert_eq!((s, &p["code"]), (403, &json!(code)), "{p}");
+        let (s, p) = call_as(&w, who, Method::DELETE, "/api/v1/cameras/entrance-1", None).await;
+        assert_eq!((s, &p["code"]), (403, &json!(code)), "{p}");
+    }
+    assert_eq!(cameras_of(&w, &a).await, both);
+
+    // Another organization sees none, cannot remove one, and has its own
+    // namespace of ids.
+    assert!(cameras_of(&w, &b_).await.is_empty());
+    let (s, p) = call_as(&w, &b_, Method::DELETE, "/api/v1/cameras/entrance-1", None).await;
+    assert_eq!((s, &p["code"]), (404, &json!("not_found")), "{p}");
+    let theirs = json!({"camera_id": "entrance-1", "store_id": "beta-store", "name": format!("{B_MARK} door")});
+    let (s, p) = call_as(&w, &b_, Method::POST, "/api/v1/cameras", Some(theirs)).await;
+    assert_eq!(s, 201, "{p}");
+    assert_eq!(
+        cameras_of(&w, &b_).await,
+        vec![("entrance-1".to_string(), format!("{B_MARK} door"))]
+    );
+    assert_eq!(cameras_of(&w, &a).await, both);
+    // (Both check that no answer to org A names org B.)
+    let (s, page) = w.get(&w.key_a, "/api/v1/cameras").await;
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(
+        w.rows("select camera_id from cameras order by camera_id")
+            .await
+            .len(),
+        2
+    );
+
+    // Removed by its admin: gone for good; removing it again is 404, as is
+    // an id that cannot be one.
+    let (s, p) = call_as(&w, &a, Method::DELETE, "/api/v1/cameras/entrance-1", None).await;
+    assert_eq!(s, 204, "{p}");
+    assert_eq!(cameras_of(&w, &a).await, both[1..].to_vec());
+    for path in [
+        "/api/v1/cameras/entrance-1",
+        "/api/v1/cameras/no%20such%27id",
+    ] {
+        let (s, p) = call_as(&w, &a, Method::DELETE, path, None).await;
+        assert_eq!((s, &p["code"]), (404, &json!("not_found")), "{path}: {p}");
+    }
+    assert_eq!(cameras_of(&w, &b_).await.len(), 1, "org B's camera stays");
+
+    // Each change is in its organization's audit log, with who made it.
+    let log = camera_audit(&w, &admin_a).await;
+    let got: Vec<(&str, &str)> = log
+        .iter()
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap_or(""),
+                r["target"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("camera.create", "entrance-1"),
+            ("camera.create", "till.2"),
+            ("camera.create", "door-3"),
+            ("camera.delete", "door-3"),
+            ("camera.delete", "entrance-1")
+        ],
+        "{log:?}"
+    );
+    assert!(
+        log.iter()
+            .all(|r| r["outcome"] == "ok"
+                && r["actor"].as_str().is_some_and(|a| a.starts_with("key:"))),
+        "{log:?}"
+    );
+    assert_eq!(camera_audit(&w, &admin_b).await.len(), 1);
+}

@@ -1,7 +1,8 @@
 //! The dashboard served by `crow serve`, in Debian's Chromium (Playwright,
 //! `tests/py/dashboard.py`), on a lake filled by `crow demo` and the
-//! collector: sign-in through /login, an overview whose figures and top
-//! products equal SQL over the same lake (and not another organization's
+//! collector: sign-in through /login, an overview whose figures, each
+//! figure per day (in the browser's time zone) and top products equal SQL
+//! over the same lake (and not another organization's
 //! rows), new events appearing without a reload, the interactions list
 //! (paged, filtered) and one opened as its session's timeline, the catalog
 //! with each product's activity and one product per day (equal to SQL), a funnel (split by device) and its paths
@@ -13,7 +14,8 @@
 //! drawn over the days around the week (each day equal to SQL over
 //! `sessions`; the days endpoint 404 for another organization), an invitation accepted in
 //! the browser, Settings' write key replaced and the old one refused by the
-//! collector, Settings hidden from a viewer (and the write-key API refusing
+//! collector, a social source and cameras added and removed in Settings
+//! (the camera left equal to SQL over `cameras`), Settings hidden from a viewer (and the write-key API refusing
 //! them), no console errors or failed
 //! requests, no serious axe-core violations, screenshots at 375 and 1440 px
 //! that are not blank; and the assets: hashed, cached, gzip, a first load
@@ -42,6 +44,123 @@ async fn sql(http: &reqwest::Client, s: &Server, key: &str, q: &str) -> Vec<Valu
 
 fn num(v: &Value) -> f64 {
     v.as_f64().unwrap_or(0.0)
+}
+
+/// Each figure per day as the overview drew it equals SQL over the same
+/// period, day by day. The owner's browser is in Asia/Kolkata (UTC+05:30
+/// all year): a day is a local date, named by its local midnight (seconds).
+async fn assert_series_is_sql(http: &reqwest::Client, s: &Server, key: &str, snap: &Value) {
+    use std::collections::BTreeMap;
+    const IST: i64 = 330 * 60;
+    let (from, to) = (
+        snap["from"].as_str().expect("from"),
+        snap["to"].as_str().expect("to"),
+    );
+    let by_day = |col: &str, figures: &str, table: &str| {
+        format!(
+            "SELECT CAST(to_unixtime(date_trunc('day', {col} + INTERVAL '330 minutes')) AS BIGINT) - {IST} AS t,
+                    {figures}
+             FROM {table} WHERE {col} >= '{from}' AND {col} < '{to}' GROUP BY 1 ORDER BY 1"
+        )
+    };
+    let web = sql(
+        http,
+        s,
+        key,
+        &by_day(
+            "occurred_at",
+            "count(*) AS events, count(DISTINCT anonymous_id) AS visitors,
+             count(*) FILTER (WHERE event = 'Order Completed') AS orders,
+             coalesce(sum(revenue) FILTER (WHERE event = 'Order Completed'), 0) AS revenue",
+            "raw_web_events",
+        ),
+    )
+    .await;
+    let ses = sql(
+        http,
+        s,
+        key,
+        &by_day(
+            "started_at",
+            "count(*) AS sessions, count(*) FILTER (WHERE converted) AS converted",
+            "sessions",
+        ),
+    )
+    .await;
+    let int = sql(
+        http,
+        s,
+        key,
+        &by_day("started_at", "count(*) AS interactions", "interactions"),
+    )
+    .await;
+    // Days with a value (the page draws a zero, SQL has no row).
+    let shown = |id: &str| -> BTreeMap<i64, f64> {
+        snap["series"][id]
+            .as_array()
+            .unwrap_or_else(|| panic!("no series of {id}: {snap}"))
+            .iter()
+            .filter(|p| !p[1].is_null() && num(&p[1]) != 0.0)
+            .map(|p| (p[0].as_i64().expect("a time"), num(&p[1])))
+            .collect()
+    };
+    let want = |rows: &[Value], col: &str| -> BTreeMap<i64, f64> {
+        rows.iter()
+            .filter(|r| num(&r[col]) != 0.0)
+            .map(|r| (r["t"].as_i64().expect("a day"), num(&r[col])))
+            .collect()
+    };
+    assert!(
+        want(&web, "events").len() >= 2,
+        "a week of events has several days: {web:?}"
+    );
+    for (id, rows, col) in [
+        ("events", &web, "events"),
+        ("visitors", &web, "visitors"),
+        ("orders", &web, "orders"),
+        ("sessions", &ses, "sessions"),
+        ("interactions", &int, "interactions"),
+    ] {
+        assert_eq!(
+            shown(id),
+            want(rows, col),
+            "{id} per day on the page vs SQL"
+        );
+    }
+    let (page_rev, sql_rev) = (shown("revenue"), want(&web, "revenue"));
+    assert_eq!(
+        page_rev.keys().collect::<Vec<_>>(),
+        sql_rev.keys().collect::<Vec<_>>(),
+        "revenue days"
+    );
+    for (t, v) in &sql_rev {
+        assert!(
+            (page_rev[t] - v).abs() < 1e-6 * v.abs().max(1.0),
+            "revenue on {t}: {page_rev:?} vs {sql_rev:?}"
+        );
+    }
+    let conv: BTreeMap<i64, f64> = ses
+        .iter()
+        .filter(|r| num(&r["sessions"]) > 0.0 && num(&r["converted"]) > 0.0)
+        .map(|r| {
+            (
+                r["t"].as_i64().expect("a day"),
+                num(&r["converted"]) / num(&r["sessions"]),
+            )
+        })
+        .collect();
+    let page_conv = shown("conversion");
+    assert_eq!(
+        page_conv.keys().collect::<Vec<_>>(),
+        conv.keys().collect::<Vec<_>>(),
+        "conversion days"
+    );
+    for (t, v) in &conv {
+        assert!(
+            (page_conv[t] - v).abs() < 1e-9,
+            "conversion on {t}: {page_conv:?} vs {conv:?}"
+        );
+    }
 }
 
 /// The overview as the page drew it equals SQL over the same period.
@@ -767,9 +886,33 @@ async fn dashboard_in_chromium() {
             &out.to_string_lossy(),
         ],
     );
-    let seen: Value = serde_json::from_str(&printed).expect("the script's JSON");
+    let seen: Value = serde_json::from_str(&printed)
+        .unwrap_or_else(|e| panic!("the script's JSON ({e}): {printed}"));
     assert_overview_is_sql(&http, &server, &api_key, &seen["first"]).await;
+    assert_series_is_sql(&http, &server, &api_key, &seen["first"]).await;
     assert_overview_is_sql(&http, &server, &api_key, &seen["live"]).await;
+    // Settings: of the two cameras added in the browser, the one left is
+    // the organization's only camera, as entered; the social source added
+    // and removed there is gone.
+    let cameras = sql(
+        &http,
+        &server,
+        &api_key,
+        "SELECT camera_id, store_id, name, location FROM cameras ORDER BY camera_id",
+    )
+    .await;
+    assert_eq!(
+        cameras,
+        [json!({"camera_id": "till-2", "store_id": "store-1", "name": "Till 2", "location": null})]
+    );
+    let feeds = sql(
+        &http,
+        &server,
+        &api_key,
+        "SELECT count(*) AS n FROM social_sources WHERE target = 'https://news.example/crow-dashboard-feed.xml'",
+    )
+    .await;
+    assert_eq!(feeds[0]["n"], 0, "{feeds:?}");
     // The live figures are SQL over a period that holds the events sent
     // while the page was open.
     let live = &seen["live"];
