@@ -694,6 +694,12 @@ def chat_panel(page, axe_js, out):
     page.keyboard.press("Enter")
     page.wait_for_selector("[data-testid=chat-panel]", timeout=10000)
     assert page.get_attribute("[data-testid=ask-open]", "aria-expanded") == "true"
+    # The panel moves the focus once it has rendered: wait for it (a slow
+    # machine renders later), then hold it to the question.
+    try:
+        page.wait_for_function("document.activeElement && document.activeElement.id === 'chat-question'", timeout=5000)
+    except Exception:
+        pass
     assert page.evaluate("document.activeElement.id") == "chat-question", "the focus goes to the question"
     first = ask_in_panel(page, "top products by views", 1)
     assert first.get_attribute("data-state") == "done", first.inner_text()

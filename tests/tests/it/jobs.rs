@@ -833,6 +833,25 @@ async fn enrich_keeps_unknown_products(b: Backend) {
     );
 }
 
+/// One page view each by visitors a1, a2 and a3 of `org` on 2026-03-10,
+/// sessionized: three closed sessions.
+async fn three_sessions(b: &Backend, org: &str) -> crow_lake::Lake {
+    let lake = b.lake().await;
+    land_web(
+        &lake,
+        org,
+        &[
+            ev("page", "w1", Some("a1"), None, t(10, 0), json!({})),
+            ev("page", "w2", Some("a2"), None, t(11, 0), json!({})),
+            ev("page", "w3", Some("a3"), None, t(12, 0), json!({})),
+        ],
+        t(23, 0),
+    )
+    .await;
+    b.crow_json(&["jobs", "run", "sessionize", "--quiet"]);
+    lake
+}
+
 both_backends!(enrich_caches_answers_records_failures_and_retries_them_next_run => enrich_caches_and_retries);
 
 async fn enrich_caches_and_retries(b: Backend) {
@@ -855,19 +874,7 @@ async fn enrich_caches_and_retries(b: Backend) {
             "users", "create", "--org", "Shop", "--email", email, "--role", role,
         ]);
     }
-    let lake = b.lake().await;
-    land_web(
-        &lake,
-        &org,
-        &[
-            ev("page", "w1", Some("a1"), None, t(10, 0), json!({})),
-            ev("page", "w2", Some("a2"), None, t(11, 0), json!({})),
-            ev("page", "w3", Some("a3"), None, t(12, 0), json!({})),
-        ],
-        t(23, 0),
-    )
-    .await;
-    b.crow_json(&["jobs", "run", "sessionize", "--quiet"]);
+    three_sessions(&b, &org).await;
 
     // Gemini through a gateway-style base URL; one session's answer stays
     // malformed through every retry.
@@ -1077,19 +1084,7 @@ async fn unreadable_timeline(b: Backend) {
     b.crow_ok(&["init"]);
     let org = b.crow_json(&["orgs", "create", "--name", "Shop"]);
     let org = org["org_id"].as_str().expect("org").to_string();
-    let lake = b.lake().await;
-    land_web(
-        &lake,
-        &org,
-        &[
-            ev("page", "w1", Some("a1"), None, t(10, 0), json!({})),
-            ev("page", "w2", Some("a2"), None, t(11, 0), json!({})),
-            ev("page", "w3", Some("a3"), None, t(12, 0), json!({})),
-        ],
-        t(23, 0),
-    )
-    .await;
-    b.crow_json(&["jobs", "run", "sessionize", "--quiet"]);
+    let lake = three_sessions(&b, &org).await;
 
     // a2's timeline becomes text the way an old hand-written one read.
     let (_, batches) = lake
