@@ -166,6 +166,32 @@ async fn plain_scan_answers_as_delta_scan(b: Backend) {
     );
     assert_eq!(latest[6].len(), 2);
 
+    // Footers go to the runtime's file-metadata cache, one entry per file
+    // read, and a second query over the same files reads none again.
+    let ctx = SessionContext::new();
+    lake.register_scan(&ctx, "p", t, AsOf::Latest, Scan::Auto)
+        .await
+        .expect("register");
+    let files = ctx
+        .table_provider("p")
+        .await
+        .expect("p")
+        .as_ref()
+        .downcast_ref::<PlainParquetTable>()
+        .expect("plain")
+        .num_files();
+    let cache = ctx.runtime_env().cache_manager.get_file_metadata_cache();
+    assert_eq!(cache.len(), 0);
+    answer(&ctx, "select count(*) from p where org_id = 'org-alpha'").await;
+    assert!(files > 1, "{files} files");
+    assert_eq!(cache.len(), files, "one cached footer per file");
+    answer(
+        &ctx,
+        "select max(message_id) from p where org_id = 'org-beta'",
+    )
+    .await;
+    assert_eq!(cache.len(), files);
+
     // An unpartitioned table across a merge (an update of files in place).
     let p = "products";
     lake.append(p, vec![batch(&PRODUCTS, ORG_A, "one", 3)])
