@@ -27,6 +27,7 @@ pub mod notify;
 pub mod orgs;
 pub mod predicate;
 pub mod products;
+pub mod scan;
 pub mod webhook;
 
 use std::collections::HashMap;
@@ -110,6 +111,18 @@ pub enum AsOf {
     Timestamp(DateTime<Utc>),
 }
 
+/// How a registered table is scanned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    /// As plain Parquet ([`scan::PlainParquetTable`]) when
+    /// `lake.plain_parquet_scan` is on and the table's protocol allows it,
+    /// otherwise through delta-rs.
+    Auto,
+    /// Always through delta-rs's provider (the jobs: their sorts spill under
+    /// a memory pool, measured on that scan).
+    Delta,
+}
+
 /// A lake: a root URI plus the storage options to reach it.
 #[derive(Clone)]
 pub struct Lake {
@@ -117,6 +130,9 @@ pub struct Lake {
     display: String,
     options: HashMap<String, String>,
     commit_retries: usize,
+    /// `lake.plain_parquet_scan`: whether [`Scan::Auto`] may read tables as
+    /// plain Parquet.
+    plain_parquet_scan: bool,
     /// Latest snapshots of the tables read through this lake (shared by its
     /// clones), brought up to date incrementally on every read.
     snapshots: Arc<tokio::sync::Mutex<HashMap<String, DeltaTable>>>,
@@ -197,6 +213,7 @@ impl Lake {
             root,
             options,
             commit_retries: cfg.commit_retries as usize,
+            plain_parquet_scan: cfg.plain_parquet_scan,
             snapshots: Arc::default(),
         })
     }
@@ -962,13 +979,59 @@ impl Lake {
     /// Register table `name` as `alias` in `ctx` as of a point in time. A
     /// time before the table existed gives an empty table. Returns the Delta
     /// version registered — the snapshot the registered provider reads —
-    /// or `None` for that empty table.
+    /// or `None` for that empty table. The table is read through delta-rs
+    /// ([`Scan::Delta`]); see [`Lake::register_scan`].
     pub async fn register(
         &self,
         ctx: &SessionContext,
         alias: &str,
         name: &str,
         as_of: AsOf,
+    ) -> Result<Option<u64>> {
+        self.register_scan(ctx, alias, name, as_of, Scan::Delta)
+            .await
+    }
+
+    /// The table provider of a loaded table: a [`scan::PlainParquetTable`]
+    /// of its snapshot when `scan` is [`Scan::Auto`], `lake.plain_parquet_scan`
+    /// is on and the snapshot's protocol allows it
+    /// ([`scan::plain_scan_allowed`]); delta-rs's provider otherwise. Both
+    /// read the same snapshot with the same schema.
+    pub async fn provider_for(
+        &self,
+        table: &DeltaTable,
+        scan: Scan,
+    ) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
+        let delta = table.table_provider().await?;
+        if scan == Scan::Delta || !self.plain_parquet_scan {
+            return Ok(delta);
+        }
+        match crate::scan::plain_scan_allowed(table) {
+            Ok(()) => {
+                let plain = crate::scan::PlainParquetTable::try_new(table, delta.schema())?;
+                tracing::debug!(
+                    table = %table.log_store().root_url(),
+                    version = plain.version(),
+                    files = plain.num_files(),
+                    "plain Parquet scan"
+                );
+                Ok(Arc::new(plain))
+            }
+            Err(why) => {
+                tracing::debug!(table = %table.log_store().root_url(), reason = %why, "read through delta-rs");
+                Ok(delta)
+            }
+        }
+    }
+
+    /// [`Lake::register`] with a choice of scan.
+    pub async fn register_scan(
+        &self,
+        ctx: &SessionContext,
+        alias: &str,
+        name: &str,
+        as_of: AsOf,
+        scan: Scan,
     ) -> Result<Option<u64>> {
         // A version is checked against the latest before anything loads it:
         // loading a version far beyond the log lists and probes without end.
@@ -985,7 +1048,7 @@ impl Lake {
             _ => self.table_as_of(name, as_of).await,
         };
         let (provider, version): (Arc<dyn datafusion::catalog::TableProvider>, _) = match loaded {
-            Ok(t) => (t.table_provider().await?, t.version()),
+            Ok(t) => (self.provider_for(&t, scan).await?, t.version()),
             Err(e) => match as_of {
                 AsOf::Timestamp(ts) if self.created_after(name, ts).await? => {
                     (empty_provider(name)?, None)

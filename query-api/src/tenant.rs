@@ -122,7 +122,12 @@ impl TenantSchema {
         // A private context holds the raw provider only while the view's
         // plan is built; it is dropped before the query runs.
         let private = SessionContext::new();
-        let version = self.lake.register(&private, "raw", name, as_of).await?;
+        // Plain Parquet when the table allows it (`lake.plain_parquet_scan`):
+        // the org filter below is applied above either scan alike.
+        let version = self
+            .lake
+            .register_scan(&private, "raw", name, as_of, crow_lake::Scan::Auto)
+            .await?;
         if let Ok(mut read) = self.read.lock() {
             read.insert(name.to_string(), version);
         }

@@ -83,6 +83,12 @@ pub struct LakeConfig {
     /// How often a writer retries a commit that lost an optimistic
     /// concurrency race before giving up.
     pub commit_retries: u32,
+    /// Read tables for analyst SQL (the query API) as plain Parquet: the
+    /// Delta snapshot's file list handed to DataFusion's Parquet scan, when
+    /// the table's protocol allows it (no deletion vectors, no column
+    /// mapping, no reader feature CROW does not know). Otherwise, and with
+    /// `false`, delta-rs's scan reads it.
+    pub plain_parquet_scan: bool,
 }
 
 impl Default for LakeConfig {
@@ -92,6 +98,7 @@ impl Default for LakeConfig {
             s3: S3Config::default(),
             options: BTreeMap::new(),
             commit_retries: 15,
+            plain_parquet_scan: true,
         }
     }
 }

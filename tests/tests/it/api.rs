@@ -129,7 +129,7 @@ impl World {
         (status, text)
     }
 
-    async fn rows(&self, sql: &str) -> Vec<Value> {
+    pub(crate) async fn rows(&self, sql: &str) -> Vec<Value> {
         let (status, text) = self.hostile(json!({ "sql": sql })).await;
         assert_eq!(status, 200, "{sql}: {text}");
         serde_json::from_str(&text).expect("rows")
@@ -176,7 +176,7 @@ pub(crate) async fn world(server_env: &[(&str, &str)]) -> World {
     world_on(Backend::local(), server_env).await
 }
 
-async fn world_on(b: Backend, server_env: &[(&str, &str)]) -> World {
+pub(crate) async fn world_on(b: Backend, server_env: &[(&str, &str)]) -> World {
     b.crow_ok(&["init"]);
     let a = b.crow_json(&["orgs", "create", "--name", "Alpha Audio"]);
     let bo = b.crow_json(&["orgs", "create", "--name", "Beta Bikes"]);

@@ -26,6 +26,7 @@ mod query_history;
 mod readers;
 mod readme;
 mod saved_queries;
+mod scan;
 mod schedule;
 mod social;
 mod support;

@@ -1,0 +1,380 @@
+//! Reading a Delta table as plain Parquet.
+//!
+//! delta-rs's table provider replays the log through the Delta kernel at
+//! every scan, adds a synthetic file-id column and transforms each batch
+//! above its Parquet scan: what a table with deletion vectors, column mapping
+//! or type widening needs. CROW's tables have none of those, so for them a
+//! [`PlainParquetTable`] hands the snapshot's active files — path, size,
+//! partition values, row count — straight to DataFusion's Parquet scan, as a
+//! `ListingTable` would, without listing the store:
+//!
+//! - **Delta semantics are the snapshot's.** The files read are the add
+//!   actions of the snapshot the table was loaded at (a time-travelled one
+//!   too); a file removed by an overwrite, delete or optimize is not in it.
+//!   Partition values come from the log (typed per the table's schema), not
+//!   from folder names.
+//! - **One predicate.** Filters on partition columns prune whole files here
+//!   (exactly, so DataFusion drops them); every other filter is left to
+//!   DataFusion, which pushes it into the Parquet scan as its one predicate:
+//!   row groups, pages (page index) and bloom filters are pruned with it, and
+//!   rows are filtered while decoding.
+//! - **Footers are read once.** The Parquet metadata of each file is kept in
+//!   the session runtime's file-metadata cache (DataFusion's `CacheManager`),
+//!   keyed by the file's path, so a long-running API server parses a footer
+//!   once across requests. A file's path never changes contents in Delta.
+//! - **Only what it can honour.** [`plain_scan_allowed`] says whether a
+//!   snapshot's protocol can be read this way; otherwise delta-rs reads it.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{Field, FieldRef, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::stats::Precision;
+use datafusion::common::{DFSchema, ScalarValue, Statistics};
+use datafusion::datasource::listing::helpers::{expr_applicable_for_cols, filter_partitioned_file};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion_datasource::TableSchema;
+use deltalake::delta_datafusion::engine::AsObjectStoreUrl;
+use deltalake::DeltaTable;
+use object_store::path::Path;
+use object_store::ObjectMeta;
+
+/// Reader features a plain Parquet scan honours: they change how the log is
+/// read (the snapshot already did that) or which types columns may have
+/// (the Parquet reader reads them), never which rows or columns a data file
+/// holds.
+const HONOURED_READER_FEATURES: &[&str] = &["timestampNtz", "v2Checkpoint", "vacuumProtocolCheck"];
+
+/// Whether a table at this snapshot can be read as plain Parquet: a reader
+/// version of at most 3, no column mapping (`delta.columnMapping.mode` unset
+/// or `none`), and no reader feature outside [`HONOURED_READER_FEATURES`]
+/// (deletion vectors, column mapping, type widening and any feature this
+/// code does not know are not). `Err` says why not.
+pub fn plain_scan_allowed(table: &DeltaTable) -> Result<(), String> {
+    let snap = table.snapshot().map_err(|e| e.to_string())?;
+    let protocol = snap.protocol();
+    if protocol.min_reader_version() > 3 {
+        return Err(format!(
+            "reader version {} is newer than this scan knows",
+            protocol.min_reader_version()
+        ));
+    }
+    if let Some(features) = protocol.reader_features() {
+        if let Some(f) = features
+            .iter()
+            .find(|f| !HONOURED_READER_FEATURES.contains(&f.as_ref()))
+        {
+            return Err(format!("reader feature `{}`", f.as_ref()));
+        }
+    }
+    let mode = snap
+        .metadata()
+        .configuration()
+        .get("delta.columnMapping.mode")
+        .map(|m| m.to_ascii_lowercase());
+    if mode.as_deref().is_some_and(|m| m != "none") {
+        return Err("column mapping".to_string());
+    }
+    Ok(())
+}
+
+/// One active data file of the snapshot.
+#[derive(Debug, Clone)]
+struct DataFile {
+    meta: ObjectMeta,
+    /// Values of the partition columns, in [`PlainParquetTable`]'s
+    /// partition order.
+    partition_values: Vec<ScalarValue>,
+    rows: Option<usize>,
+}
+
+/// A Delta snapshot read as plain Parquet (see the module docs).
+#[derive(Debug)]
+pub struct PlainParquetTable {
+    /// The table's schema, in its Delta column order (what SQL sees).
+    schema: SchemaRef,
+    /// Where each column of `schema` is in the scan's schema (the file
+    /// columns, then the partition columns).
+    scan_index: Vec<usize>,
+    /// The columns stored in the data files.
+    file_schema: SchemaRef,
+    /// The partition columns, in the scan's order.
+    partition_fields: Vec<FieldRef>,
+    files: Vec<DataFile>,
+    table: DeltaTable,
+    version: Option<u64>,
+}
+
+impl PlainParquetTable {
+    /// The provider of `table`'s loaded snapshot, whose SQL schema is
+    /// `schema` (that of delta-rs's provider, so either scan answers with
+    /// the same types). The caller checks [`plain_scan_allowed`] first.
+    pub fn try_new(table: &DeltaTable, schema: SchemaRef) -> crate::Result<Self> {
+        let delta = |e| crate::Error::delta("plain scan", e);
+        let snap = table.snapshot().map_err(delta)?;
+        let partition_columns: Vec<String> = snap.metadata().partition_columns().to_vec();
+        let mut file_fields: Vec<FieldRef> = Vec::new();
+        let mut partition_fields: Vec<FieldRef> = Vec::new();
+        for name in &partition_columns {
+            let field = schema.field_with_name(name)?;
+            partition_fields.push(Arc::new(field.clone()));
+        }
+        for f in schema.fields() {
+            if !partition_columns.contains(f.name()) {
+                file_fields.push(f.clone());
+            }
+        }
+        // The scan's schema is the file columns, then the partition columns.
+        let mut scan_index = Vec::with_capacity(schema.fields().len());
+        let mut next_file_column = 0;
+        for f in schema.fields() {
+            match partition_columns.iter().position(|p| p == f.name()) {
+                Some(i) => scan_index.push(file_fields.len() + i),
+                None => {
+                    scan_index.push(next_file_column);
+                    next_file_column += 1;
+                }
+            }
+        }
+        let root = Path::from_url_path(table.log_store().root_url().path())
+            .map_err(object_store::Error::from)?;
+        let mut files = Vec::new();
+        for view in snap.log_data().iter() {
+            let raw = view.partition_values_map();
+            let partition_values = partition_fields
+                .iter()
+                .map(|field| match raw.get(field.name()) {
+                    Some(Some(v)) => ScalarValue::try_from_string(v.clone(), field.data_type())
+                        .map_err(|e| {
+                            crate::Error::Invalid(format!(
+                                "file {} has partition value `{v}` for {}: {e}",
+                                view.path(),
+                                field.name()
+                            ))
+                        }),
+                    // Missing or null: a null partition value.
+                    _ => Ok(ScalarValue::try_from(field.data_type())?),
+                })
+                .collect::<crate::Result<Vec<_>>>()?;
+            let location = view
+                .object_store_path()
+                .parts()
+                .fold(root.clone(), |p, part| p.join(part));
+            let size = u64::try_from(view.size()).map_err(|_| {
+                crate::Error::Invalid(format!("file {} has a negative size", view.path()))
+            })?;
+            files.push(DataFile {
+                meta: ObjectMeta {
+                    location,
+                    last_modified: view.modification_datetime().map_err(delta)?,
+                    size,
+                    e_tag: None,
+                    version: None,
+                },
+                partition_values,
+                rows: view.num_records(),
+            });
+        }
+        files.sort_by(|a, b| a.meta.location.cmp(&b.meta.location));
+        Ok(Self {
+            schema,
+            scan_index,
+            file_schema: Arc::new(Schema::new(file_fields)),
+            partition_fields,
+            files,
+            table: table.clone(),
+            version: table.version(),
+        })
+    }
+
+    /// The Delta version whose files this provider reads.
+    pub fn version(&self) -> Option<u64> {
+        self.version
+    }
+
+    /// How many data files the snapshot has.
+    pub fn num_files(&self) -> usize {
+        self.files.len()
+    }
+
+    fn partition_names(&self) -> Vec<&str> {
+        self.partition_fields
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect()
+    }
+
+    /// Whether `filter` can be decided from partition values alone.
+    fn is_partition_filter(&self, filter: &Expr) -> bool {
+        let names = self.partition_names();
+        !names.is_empty() && expr_applicable_for_cols(&names, filter)
+    }
+
+    /// The files whose partition values satisfy every filter.
+    fn pruned_files(&self, partition_filters: &[Expr]) -> DfResult<Vec<PartitionedFile>> {
+        let partition_schema = DFSchema::try_from(Schema::new(
+            self.partition_fields
+                .iter()
+                .map(|f| Field::new(f.name(), f.data_type().clone(), true))
+                .collect::<Vec<_>>(),
+        ))?;
+        let mut out = Vec::with_capacity(self.files.len());
+        for f in &self.files {
+            let mut pf = PartitionedFile::new_from_meta(f.meta.clone());
+            pf.partition_values = f.partition_values.clone();
+            let Some(mut pf) = filter_partitioned_file(pf, partition_filters, &partition_schema)?
+            else {
+                continue;
+            };
+            pf.statistics = Some(Arc::new(self.file_statistics(f)));
+            out.push(pf);
+        }
+        Ok(out)
+    }
+
+    /// A file's statistics over the scan's schema: its row count from the
+    /// Delta log, its partition values exactly, nothing claimed about the
+    /// other columns (the Parquet footers have those).
+    fn file_statistics(&self, f: &DataFile) -> Statistics {
+        let rows = f.rows.map_or(Precision::Absent, Precision::Exact);
+        let mut stats = Statistics::new_unknown(&self.file_schema);
+        stats.num_rows = rows;
+        stats.total_byte_size = Precision::Inexact(usize::try_from(f.meta.size).unwrap_or(0));
+        for v in &f.partition_values {
+            let mut c = datafusion::common::ColumnStatistics::new_unknown();
+            if v.is_null() {
+                c.null_count = rows;
+            } else {
+                c.null_count = Precision::Exact(0);
+                c.min_value = Precision::Exact(v.clone());
+                c.max_value = Precision::Exact(v.clone());
+                c.distinct_count = Precision::Exact(1);
+            }
+            stats.column_statistics.push(c);
+        }
+        stats
+    }
+}
+
+/// Split `files` into at most `n` groups of similar byte size.
+fn balanced_groups(files: Vec<PartitionedFile>, n: usize) -> Vec<FileGroup> {
+    let n = n.clamp(1, files.len().max(1));
+    let mut groups: Vec<(u64, Vec<PartitionedFile>)> = (0..n).map(|_| (0, Vec::new())).collect();
+    let mut files = files;
+    files.sort_by_key(|f| std::cmp::Reverse(f.object_meta.size));
+    for f in files {
+        if let Some(g) = groups.iter_mut().min_by_key(|g| g.0) {
+            g.0 += f.object_meta.size;
+            g.1.push(f);
+        }
+    }
+    groups
+        .into_iter()
+        .filter(|g| !g.1.is_empty())
+        .map(|g| FileGroup::new(g.1))
+        .collect()
+}
+
+#[async_trait]
+impl TableProvider for PlainParquetTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if self.is_partition_filter(f) {
+                    TableProviderFilterPushDown::Exact
+                } else {
+                    TableProviderFilterPushDown::Inexact
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let projected: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..self.schema.fields().len()).collect(),
+        };
+        let partition_filters: Vec<Expr> = filters
+            .iter()
+            .filter(|f| self.is_partition_filter(f))
+            .cloned()
+            .collect();
+        let files = self.pruned_files(&partition_filters)?;
+        if files.is_empty() {
+            return Ok(Arc::new(EmptyExec::new(Arc::new(
+                self.schema.project(&projected)?,
+            ))));
+        }
+        // The files' store, registered once in the session's runtime.
+        self.table
+            .update_datafusion_session(state)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let store_url = self.table.log_store().root_url().as_object_store_url();
+        let store = state.runtime_env().object_store(&store_url)?;
+        let metadata_cache = state.runtime_env().cache_manager.get_file_metadata_cache();
+        let mut options = state.table_options().parquet.clone();
+        options.global.enable_page_index = true;
+        options.global.bloom_filter_on_read = true;
+        options.global.pushdown_filters = true;
+        options.global.reorder_filters = true;
+        let table_schema = TableSchema::builder(self.file_schema.clone())
+            .with_table_partition_cols(self.partition_fields.clone())
+            .build();
+        let source = ParquetSource::new(table_schema)
+            .with_table_parquet_options(options)
+            .with_parquet_file_reader_factory(Arc::new(CachedParquetFileReaderFactory::new(
+                store,
+                metadata_cache,
+            )));
+        let rows = files.iter().try_fold(0usize, |acc, f| {
+            match f.statistics.as_ref().map(|s| s.num_rows) {
+                Some(Precision::Exact(n)) => Some(acc + n),
+                _ => None,
+            }
+        });
+        let mut statistics = Statistics::new_unknown(&Schema::new(
+            self.file_schema
+                .fields()
+                .iter()
+                .chain(self.partition_fields.iter())
+                .cloned()
+                .collect::<Vec<_>>(),
+        ));
+        statistics.num_rows = rows.map_or(Precision::Absent, Precision::Exact);
+        let groups = balanced_groups(files, state.config().target_partitions());
+        let scan_projection: Vec<usize> = projected.iter().map(|&i| self.scan_index[i]).collect();
+        let config = FileScanConfigBuilder::new(store_url, Arc::new(source))
+            .with_file_groups(groups)
+            .with_statistics(statistics)
+            .with_projection_indices(Some(scan_projection))?
+            .with_limit(limit)
+            .build();
+        Ok(DataSourceExec::from_data_source(config))
+    }
+}

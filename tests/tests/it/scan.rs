@@ -1,0 +1,337 @@
+//! The plain Parquet scan (`crow_lake::scan`), on every backend: it answers
+//! exactly as delta-rs's scan does — across appends, a delete, an overwrite,
+//! a merge, optimize, a checkpoint and time travel — falls back to delta-rs
+//! for a protocol it cannot honour, and keeps tenants apart in the API.
+
+use std::sync::Arc;
+
+use crow_lake::batch::{batches_to_json, rows_to_batch};
+use crow_lake::datafusion::catalog::TableProvider;
+use crow_lake::datafusion::prelude::{col, SessionContext};
+use crow_lake::deltalake::kernel::TableFeatures;
+use crow_lake::predicate::date;
+use crow_lake::scan::{plain_scan_allowed, PlainParquetTable};
+use crow_lake::{AsOf, Lake, Scan};
+use crow_schemas::{TableDef, PRODUCTS, RAW_WEB_EVENTS};
+use serde_json::{json, Value};
+
+use crate::api::{row, DATA_TABLES};
+use crate::support::{both_backends, Backend};
+
+const ORG_A: &str = "org-alpha";
+const ORG_B: &str = "org-beta";
+
+/// Rows `0..n` of `def` for `org`, their text marked with `tag`
+/// (`event_date` is 2026-11-18 plus `i` days).
+fn batch(def: &TableDef, org: &str, tag: &str, n: usize) -> crow_lake::arrow::array::RecordBatch {
+    let rows: Vec<Value> = (0..n).map(|i| row(def, Some(org), tag, i)).collect();
+    rows_to_batch(def, &rows).expect("batch")
+}
+
+fn day(d: u32) -> chrono::NaiveDate {
+    chrono::NaiveDate::from_ymd_opt(2026, 11, d).expect("date")
+}
+
+/// The rows of `sql` as sorted JSON texts (order-free comparison).
+async fn answer(ctx: &SessionContext, sql: &str) -> Vec<String> {
+    let batches = ctx
+        .sql(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let mut rows: Vec<String> = batches_to_json(&batches)
+        .expect("json")
+        .into_iter()
+        .map(|r| Value::Object(r).to_string())
+        .collect();
+    rows.sort();
+    rows
+}
+
+fn is_plain(p: &Arc<dyn TableProvider>) -> bool {
+    p.as_ref().downcast_ref::<PlainParquetTable>().is_some()
+}
+
+/// A session with `table` as of `as_of` registered twice: `p` through
+/// [`Scan::Auto`] (asserted to be the plain scan), `d` through delta-rs.
+async fn both_scans(lake: &Lake, table: &str, as_of: AsOf) -> SessionContext {
+    let ctx = SessionContext::new();
+    let vp = lake
+        .register_scan(&ctx, "p", table, as_of, Scan::Auto)
+        .await
+        .expect("register plain");
+    let vd = lake
+        .register_scan(&ctx, "d", table, as_of, Scan::Delta)
+        .await
+        .expect("register delta");
+    assert_eq!(vp, vd, "{table} {as_of:?}: both scans read one version");
+    let p = ctx.table_provider("p").await.expect("p");
+    let d = ctx.table_provider("d").await.expect("d");
+    assert!(
+        is_plain(&p),
+        "{table} {as_of:?}: Scan::Auto is the plain scan"
+    );
+    assert!(!is_plain(&d), "{table} {as_of:?}: Scan::Delta is delta-rs");
+    assert_eq!(p.schema(), d.schema(), "{table}: same schema");
+    ctx
+}
+
+/// Every query in `queries` (`{t}` is the table) answers the same through
+/// both scans; returns the answers of the plain scan.
+async fn same_answers(ctx: &SessionContext, queries: &[String]) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for q in queries {
+        let plain = answer(ctx, &q.replace("{t}", "p")).await;
+        let delta = answer(ctx, &q.replace("{t}", "d")).await;
+        assert_eq!(
+            plain, delta,
+            "`{q}`: the plain scan differs from delta-rs's"
+        );
+        out.push(plain);
+    }
+    out
+}
+
+both_backends!(plain_scan_answers_as_delta_scan => plain_scan_answers_as_delta_scan);
+
+async fn plain_scan_answers_as_delta_scan(b: Backend) {
+    let lake = b.lake().await;
+    lake.init().await.expect("init");
+    let t = "raw_web_events";
+    // Three commits of several files over four days (18th to 21st).
+    lake.append(
+        t,
+        vec![
+            batch(&RAW_WEB_EVENTS, ORG_A, "one", 4),
+            batch(&RAW_WEB_EVENTS, ORG_B, "two", 4),
+        ],
+    )
+    .await
+    .expect("append");
+    lake.append(t, vec![batch(&RAW_WEB_EVENTS, ORG_A, "three", 3)])
+        .await
+        .expect("append");
+    let old = lake.stats(t).await.expect("stats").version;
+    // Removed files: a delete of the 19th, an overwrite of the 20th, a
+    // compaction of what remains, a checkpoint, then one more append.
+    lake.delete_where(t, &col("event_date").eq(date(day(19))))
+        .await
+        .expect("delete");
+    // Row 2 of each batch is on the 20th.
+    let day20: Vec<Value> = (0..2)
+        .map(|i| row(&RAW_WEB_EVENTS, Some(ORG_A), &format!("four{i}"), 2))
+        .collect();
+    lake.replace_where(
+        t,
+        &col("event_date").eq(date(day(20))),
+        vec![rows_to_batch(&RAW_WEB_EVENTS, &day20).expect("batch")],
+    )
+    .await
+    .expect("overwrite");
+    lake.optimize(t).await.expect("optimize");
+    lake.checkpoint(t).await.expect("checkpoint");
+    lake.append(t, vec![batch(&RAW_WEB_EVENTS, ORG_B, "five", 2)])
+        .await
+        .expect("append");
+
+    let queries: Vec<String> = [
+        "select * from {t}",
+        "select event_date, org_id, count(*) as n from {t} group by event_date, org_id",
+        "select * from {t} where event_date = DATE '2026-11-20'",
+        "select message_id, event_date from {t} where event_date > DATE '2026-11-18' and org_id = 'org-alpha'",
+        "select count(*) as n from {t} where event_date between DATE '2026-11-19' and DATE '2026-11-20'",
+        "select max(occurred_at) as m, min(message_id) as f from {t} where org_id = 'org-beta'",
+        "select message_id from {t} where event_date = DATE '2026-11-18' order by message_id limit 2",
+        "select event_date, message_id from {t} where event_date >= DATE '2026-11-21' or message_id like 'two%'",
+    ]
+    .iter()
+    .map(|q| q.to_string())
+    .collect();
+
+    let latest = same_answers(&both_scans(&lake, t, AsOf::Latest).await, &queries).await;
+    let before = same_answers(&both_scans(&lake, t, AsOf::Version(old)).await, &queries).await;
+    // The answers are the table's, not merely equal: 4 + 4 + 3 rows before;
+    // then the 19th deleted (3 rows), the 20th replaced by 2 rows, 2 more
+    // (on the 18th and the 19th).
+    assert_eq!(before[0].len(), 11, "{:?}", before[0]);
+    assert_eq!(latest[0].len(), 11 - 3 - 3 + 2 + 2, "{:?}", latest[0]);
+    assert_eq!(before[4], vec![json!({"n": 6}).to_string()]);
+    assert_eq!(latest[4], vec![json!({"n": 3}).to_string()]);
+    assert!(
+        latest[2].iter().all(|r| r.contains("four")),
+        "only the overwrite's rows on the 20th: {:?}",
+        latest[2]
+    );
+    assert_eq!(latest[6].len(), 2);
+
+    // Footers go to the runtime's file-metadata cache, one entry per file
+    // read, and a second query over the same files reads none again.
+    let ctx = SessionContext::new();
+    lake.register_scan(&ctx, "p", t, AsOf::Latest, Scan::Auto)
+        .await
+        .expect("register");
+    let files = ctx
+        .table_provider("p")
+        .await
+        .expect("p")
+        .as_ref()
+        .downcast_ref::<PlainParquetTable>()
+        .expect("plain")
+        .num_files();
+    let cache = ctx.runtime_env().cache_manager.get_file_metadata_cache();
+    assert_eq!(cache.len(), 0);
+    answer(&ctx, "select count(*) from p where org_id = 'org-alpha'").await;
+    assert!(files > 1, "{files} files");
+    assert_eq!(cache.len(), files, "one cached footer per file");
+    answer(
+        &ctx,
+        "select max(message_id) from p where org_id = 'org-beta'",
+    )
+    .await;
+    assert_eq!(cache.len(), files);
+
+    // An unpartitioned table across a merge (an update of files in place).
+    let p = "products";
+    lake.append(p, vec![batch(&PRODUCTS, ORG_A, "one", 3)])
+        .await
+        .expect("append");
+    let changed: Vec<Value> = (0..2)
+        .map(|i| {
+            let mut r = row(&PRODUCTS, Some(ORG_A), "one", i);
+            r["name"] = json!("renamed");
+            r
+        })
+        .collect();
+    let changed = rows_to_batch(&PRODUCTS, &changed).expect("batch");
+    lake.merge(p, vec![changed], &["org_id", "product_id"])
+        .await
+        .expect("merge");
+    let queries: Vec<String> = [
+        "select * from {t}",
+        "select name, count(*) as n from {t} group by name",
+        "select product_id from {t} where name = 'renamed'",
+    ]
+    .iter()
+    .map(|q| q.to_string())
+    .collect();
+    let answers = same_answers(&both_scans(&lake, p, AsOf::Latest).await, &queries).await;
+    assert_eq!(answers[0].len(), 3);
+    assert_eq!(answers[2].len(), 2);
+}
+
+both_backends!(unknown_protocol_falls_back_to_delta => unknown_protocol_falls_back_to_delta);
+
+async fn unknown_protocol_falls_back_to_delta(b: Backend) {
+    let lake = b.lake().await;
+    lake.init().await.expect("init");
+    let t = "raw_web_events";
+    lake.append(t, vec![batch(&RAW_WEB_EVENTS, ORG_A, "one", 3)])
+        .await
+        .expect("append");
+    lake.append(t, vec![batch(&RAW_WEB_EVENTS, ORG_B, "two", 2)])
+        .await
+        .expect("append");
+    let plain_version = lake.stats(t).await.expect("stats").version;
+    let table = lake.table(t).await.expect("table");
+    assert_eq!(plain_scan_allowed(&table), Ok(()));
+
+    // Deletion vectors on: a reader feature the plain scan cannot honour.
+    table
+        .add_feature()
+        .with_feature(TableFeatures::DeletionVectors)
+        .with_allow_protocol_versions_increase(true)
+        .await
+        .expect("add deletion vectors");
+    let table = lake.table(t).await.expect("table");
+    let why = plain_scan_allowed(&table).expect_err("deletion vectors refuse the plain scan");
+    assert!(why.contains("deletionVectors"), "{why}");
+    let provider = lake
+        .provider_for(&table, Scan::Auto)
+        .await
+        .expect("provider");
+    assert!(!is_plain(&provider), "deletion vectors: delta-rs reads it");
+    // It still reads correctly, through delta-rs.
+    let ctx = SessionContext::new();
+    lake.register_scan(&ctx, "t", t, AsOf::Latest, Scan::Auto)
+        .await
+        .expect("register");
+    let rows = answer(&ctx, "select org_id, count(*) as n from t group by org_id").await;
+    let mut want = vec![
+        json!({"org_id": ORG_A, "n": 3}).to_string(),
+        json!({"org_id": ORG_B, "n": 2}).to_string(),
+    ];
+    want.sort();
+    assert_eq!(rows, want);
+    // The version before the feature is still read as plain Parquet.
+    let old = lake
+        .table_as_of(t, AsOf::Version(plain_version))
+        .await
+        .expect("old");
+    assert!(is_plain(
+        &lake.provider_for(&old, Scan::Auto).await.expect("provider")
+    ));
+
+    // `lake.plain_parquet_scan = false` turns it off.
+    let mut cfg = b.lake_config();
+    cfg.plain_parquet_scan = false;
+    let off = Lake::open(&cfg).await.expect("lake");
+    assert!(!is_plain(
+        &off.provider_for(&old, Scan::Auto).await.expect("provider")
+    ));
+}
+
+both_backends!(tenants_stay_apart_with_the_plain_scan => tenants_stay_apart_with_the_plain_scan);
+
+async fn tenants_stay_apart_with_the_plain_scan(b: Backend) {
+    let w = crate::api::world_on(
+        b,
+        &[
+            ("CROW_LAKE_PLAIN_PARQUET_SCAN", "true"),
+            ("CROW_LOG", "info,crow_lake=debug"),
+            ("CROW_API_RATE_LIMIT_BURST", "100000"),
+        ],
+    )
+    .await;
+    // Every table: org A's rows only (each answer is checked for org B's
+    // marks and org ids by `rows`).
+    for t in DATA_TABLES {
+        let rows = w.rows(&format!("select * from {t}")).await;
+        assert_eq!(rows.len(), w.a_rows, "{t}: {rows:?}");
+    }
+    let b_id = w.org_b.clone();
+    for q in [
+        "select * from raw_web_events where event_date >= DATE '2000-01-01'".to_string(),
+        "select org_id, event_date, count(*) as n from raw_web_events group by org_id, event_date"
+            .to_string(),
+        format!("select * from raw_web_events where org_id = '{b_id}'"),
+        format!(
+            "select * from sessions where org_id = '{b_id}' or session_date > DATE '2000-01-01'"
+        ),
+        format!("select * from patterns where period_kind = 'day' or org_id <> '{b_id}'"),
+        "select a.org_id from raw_web_events a join sessions s on a.org_id <> s.org_id".to_string(),
+    ] {
+        let rows = w.rows(&q).await;
+        for r in &rows {
+            if let Some(o) = r.get("org_id").and_then(Value::as_str) {
+                assert_eq!(o, w.org_a, "{q}: {r}");
+            }
+        }
+    }
+    assert!(w
+        .rows(&format!(
+            "select * from raw_web_events where org_id = '{b_id}'"
+        ))
+        .await
+        .is_empty());
+    // The API read the partitioned tables as plain Parquet.
+    let logs = w.server.logs.lock().expect("logs").join("\n");
+    for t in ["raw_web_events", "sessions", "patterns"] {
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("plain Parquet scan") && l.contains(&format!("{t}/"))),
+            "{t} was not read by the plain scan: {logs}"
+        );
+    }
+}
