@@ -267,12 +267,7 @@ impl Scheduler {
                 Outcome::Done
             }
             Err(e) => {
-                let backoff = Backoff::new(
-                    StdDuration::from_secs(s.retry_base_seconds),
-                    StdDuration::from_secs(86_400),
-                )
-                .delay(u32::try_from(attempt - 1).unwrap_or(0));
-                let retry_at = now + Duration::seconds(backoff.as_secs() as i64);
+                let retry_at = retry_at(now, s.retry_base_seconds, attempt);
                 tracing::error!(job, slot = %slot.format("%Y-%m-%dT%H:%M:%SZ"), attempt, error = %e, kind = ?e.kind(), retry_at = %retry_at, "scheduler: run failed");
                 st.state = "failed".into();
                 st.retry_at = Some(retry_at);
@@ -479,6 +474,17 @@ pub async fn status(lake: &Lake, cfg: &Config, now: DateTime<Utc>) -> Result<Vec
         });
     }
     Ok(out)
+}
+
+/// When a failed attempt of a slot is tried again: `retry_base_seconds ×
+/// 2^(attempt-1)` after `now`, at most a day.
+fn retry_at(now: DateTime<Utc>, base_seconds: u64, attempt: i32) -> DateTime<Utc> {
+    let wait = Backoff::new(
+        StdDuration::from_secs(base_seconds),
+        StdDuration::from_secs(86_400),
+    )
+    .delay(u32::try_from(attempt - 1).unwrap_or(0));
+    now + Duration::seconds(wait.as_secs() as i64)
 }
 
 #[cfg(test)]
