@@ -229,9 +229,22 @@
   Crow.prototype._schedule = function (ms) {
     var self = this;
     if (this.timer) return;
-    this.timer = setTimeout(function () { self.timer = null; self.flush(); }, ms);
-    // In Node/Electron main processes, a pending retry must not keep the process alive.
-    if (this.timer && typeof this.timer.unref === "function") this.timer.unref();
+    // A timer may fire a millisecond before the wall clock says it is due
+    // (the event loop's cached time): a Retry-After is a "not before", so
+    // wait out the remainder rather than send early.
+    var due = Date.now() + ms;
+    var arm = function (wait) {
+      self.timer = setTimeout(fire, wait);
+      // In Node/Electron main processes, a pending retry must not keep the process alive.
+      if (self.timer && typeof self.timer.unref === "function") self.timer.unref();
+    };
+    var fire = function () {
+      var left = due - Date.now();
+      if (left > 0) return arm(left);
+      self.timer = null;
+      self.flush();
+    };
+    arm(ms);
   };
 
   // Send what is queued; resolves when the batch is acknowledged or kept for a retry.
