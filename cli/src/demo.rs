@@ -4,6 +4,7 @@
 use anyhow::{Context, Result};
 use chrono::{DateTime, Datelike, Days, SubsecRound, Utc};
 use crow_ingest::generate::{self, GenerateOptions, Incident};
+use crow_lake::datafusion::common::ScalarValue;
 use crow_lake::Lake;
 use crow_schemas::config::Config;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -222,7 +223,7 @@ async fn print_days(lake: &Lake, format: Format, org_id: &str) -> Result<()> {
                 revenue, COALESCE(s.sessions, 0) AS sessions, COALESCE(i.interactions, 0) AS interactions,
                 COALESCE(i.abandoned, 0) AS abandoned
          FROM r LEFT JOIN s ON r.d = s.d LEFT JOIN i ON r.d = i.d ORDER BY r.d";
-    let (schema, batches) = lake.sql_with(sql, vec![org_id.into()]).await?;
+    let (schema, batches) = lake.sql_with(sql, vec![ScalarValue::from(org_id)]).await?;
     output::print_batches(format, &schema, &batches)?;
     Ok(())
 }
@@ -230,7 +231,7 @@ async fn print_days(lake: &Lake, format: Format, org_id: &str) -> Result<()> {
 /// The latest interactions, the week's top stories and the findings
 /// beneath them.
 async fn print_findings(lake: &Lake, format: Format, org_id: &str) -> Result<()> {
-    let org = || vec![org_id.into()];
+    let org = || vec![ScalarValue::from(org_id)];
     let sample =
         "SELECT CAST(started_at AS VARCHAR) AS started_at, outcome, description FROM interactions
          WHERE org_id = $1 AND outcome IN ('purchased', 'abandoned_checkout', 'abandoned_cart')
@@ -336,7 +337,10 @@ async fn demo_events_landed(lake: &Lake, org_id: &str, seed: u64) -> Result<u64>
         .sql_with(
             "SELECT count(DISTINCT message_id) AS n FROM raw_web_events
              WHERE org_id = $1 AND message_id LIKE $2",
-            vec![org_id.into(), format!("demo-{seed}-%").into()],
+            vec![
+                ScalarValue::from(org_id),
+                ScalarValue::from(format!("demo-{seed}-%")),
+            ],
         )
         .await?;
     let rows = crow_lake::batch::batches_to_json(&batches)?;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use crow_jobs::catalog;
+use crow_lake::datafusion::common::ScalarValue;
 use crow_lake::Lake;
 
 use crate::jobs::progress;
@@ -111,7 +112,7 @@ pub async fn run(lake: &Lake, cmd: ProductsCommand) -> Result<()> {
                 .sql_with(
                     "SELECT product_id, sku, name, category, price, currency, url, source, updated_at
                      FROM products WHERE org_id = $1 ORDER BY name, product_id",
-                    vec![org_id.as_str().into()],
+                    vec![ScalarValue::from(org_id.as_str())],
                 )
                 .await?;
             output::print_batches(format.format, &schema, &batches)

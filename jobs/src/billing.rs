@@ -50,7 +50,7 @@ use crow_schemas::USAGE_DAILY;
 use serde::{Deserialize, Serialize};
 
 use crate::job::{Job, JobContext, Planned, Request, Split};
-use crate::{runs, str_lit, ts_lit, Error, ProgressRef, Result, Trigger, Window};
+use crate::{runs, Error, Params, ProgressRef, Result, Trigger, Window};
 
 /// Name of the job in the ledger.
 pub const JOB: &str = crate::JobName::Billing.as_str();
@@ -319,15 +319,17 @@ impl Job for Billing {
 async fn incremental_window(lake: &Lake, org: Option<&str>, now: DateTime<Utc>) -> Result<Window> {
     let today = midnight(now);
     let end = today + Duration::days(1);
-    let org_cond = org
-        .map(|o| format!(" AND org_id = {}", str_lit(o)))
-        .unwrap_or_default();
+    let mut params = Params::default();
+    let org_cond = params.org("org_id", org);
     let last = runs::last_succeeded(lake, JOB).await?;
     let mut start = today;
     let raw_cond = match &last {
         Some(r) => format!(
             "received_at >= {}",
-            ts_lit(r.started_at - Duration::minutes(LATE_ALLOWANCE_MINUTES))
+            params.ts(
+                "since",
+                r.started_at - Duration::minutes(LATE_ALLOWANCE_MINUTES)
+            )
         ),
         None => "TRUE".to_string(),
     };
@@ -341,7 +343,7 @@ async fn incremental_window(lake: &Lake, org: Option<&str>, now: DateTime<Utc>) 
     struct D {
         d: Option<String>,
     }
-    let (_, batches) = lake.sql(&sql).await?;
+    let (_, batches) = params.run(lake, &sql).await?;
     if let Some(d) = batches_to_rows::<D>(&batches)?
         .into_iter()
         .next()
@@ -369,7 +371,7 @@ async fn incremental_window(lake: &Lake, org: Option<&str>, now: DateTime<Utc>) 
                SELECT min(session_date) AS d FROM sessions WHERE TRUE {org_cond}
                UNION ALL SELECT min(period_start) FROM patterns WHERE period_kind = 'day' {org_cond})"
         );
-        let (_, batches) = lake.sql(&sql).await?;
+        let (_, batches) = params.run(lake, &sql).await?;
         if let Some(d) = batches_to_rows::<D>(&batches)?
             .into_iter()
             .next()
@@ -400,9 +402,8 @@ pub async fn usage(
     org: Option<&str>,
     window: Window,
 ) -> Result<BTreeMap<(String, NaiveDate), Usage>> {
-    let org_cond = org
-        .map(|o| format!(" AND org_id = {}", str_lit(o)))
-        .unwrap_or_default();
+    let mut params = Params::default();
+    let org_cond = params.org("org_id", org);
     let range = |col: &str| {
         format!(
             "{col} >= {} AND {col} < {}{org_cond}",
@@ -454,7 +455,7 @@ pub async fn usage(
         ),
     ];
     for (what, sql) in queries {
-        let batches = ctx.sql(&sql).await?.collect().await?;
+        let batches = params.sql(&ctx, &sql).await?.collect().await?;
         for c in batches_to_rows::<Count>(&batches)? {
             let day = NaiveDate::parse_from_str(&c.d, "%Y-%m-%d")
                 .map_err(|e| Error::Corrupt(format!("{what}: day `{}`: {e}", c.d)))?;
@@ -648,9 +649,8 @@ pub async fn invoices(
     prices: &Prices,
 ) -> Result<Vec<Invoice>> {
     let (start, end) = month_range(month)?;
-    let org_cond = org
-        .map(|o| format!(" AND u.org_id = {}", str_lit(o)))
-        .unwrap_or_default();
+    let mut params = Params::default();
+    let org_cond = params.org("u.org_id", org);
     let sql = format!(
         "SELECT u.org_id, CAST(count(*) AS BIGINT) AS days,
                 CAST(sum(u.events) AS BIGINT) AS events, CAST(sum(u.sessions) AS BIGINT) AS sessions,
@@ -670,7 +670,7 @@ pub async fn invoices(
         #[serde(flatten)]
         usage: Usage,
     }
-    let (_, batches) = lake.sql(&sql).await?;
+    let (_, batches) = params.run(lake, &sql).await?;
     let rows: Vec<Row> = batches_to_rows(&batches)?;
     let names: BTreeMap<String, String> = crow_lake::orgs::list(lake)
         .await?

@@ -23,6 +23,7 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crow_lake::datafusion::common::ScalarValue;
 use crow_lake::products::Product;
 use crow_lake::Lake;
 use futures::StreamExt;
@@ -308,11 +309,12 @@ pub fn read_file(path: &std::path::Path, org_id: &str) -> Result<Vec<Incoming>> 
 /// the org's catalog product with the same SKU, else the same URL; else the
 /// SKU; else `p_` + a hash of the URL.
 pub async fn assign_ids(lake: &Lake, org_id: &str, products: &mut [Product]) -> Result<()> {
-    let sql = format!(
-        "SELECT product_id, sku, url FROM products WHERE org_id = {}",
-        crate::str_lit(org_id)
-    );
-    let (_, batches) = lake.sql(&sql).await?;
+    let (_, batches) = lake
+        .sql_with(
+            "SELECT product_id, sku, url FROM products WHERE org_id = $1",
+            vec![ScalarValue::from(org_id)],
+        )
+        .await?;
     #[derive(Deserialize)]
     struct Existing {
         product_id: String,
@@ -374,12 +376,13 @@ pub async fn prepare(lake: &Lake, org_id: &str, incoming: Vec<Incoming>) -> Resu
         i.product.product_id = p.product_id;
     }
     let incoming = dedup_last_wins(incoming);
-    let sql = format!(
-        "SELECT org_id, product_id, sku, name, url, category, brand, price, currency, \
-         description, image_url, source FROM products WHERE org_id = {}",
-        crate::str_lit(org_id)
-    );
-    let (_, batches) = lake.sql(&sql).await?;
+    let (_, batches) = lake
+        .sql_with(
+            "SELECT org_id, product_id, sku, name, url, category, brand, price, currency, \
+             description, image_url, source FROM products WHERE org_id = $1",
+            vec![ScalarValue::from(org_id)],
+        )
+        .await?;
     let stored: Vec<Product> = crow_lake::batch::batches_to_rows(&batches)?;
     let stored: HashMap<&str, &Product> =
         stored.iter().map(|p| (p.product_id.as_str(), p)).collect();

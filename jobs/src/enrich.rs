@@ -50,7 +50,7 @@ use serde_json::json;
 
 use crate::ai::{call_checked, AiRequest, Check, Provider, RetryPolicy};
 use crate::job::{Job, JobContext, Planned, Request, Split};
-use crate::{runs, sessionize, str_lit, ts_lit, ProgressRef, Result, Trigger, Window};
+use crate::{runs, sessionize, Params, ProgressRef, Result, Trigger, Window};
 
 /// Name of the job in the ledger.
 pub const JOB: &str = crate::JobName::Enrich.as_str();
@@ -514,9 +514,8 @@ async fn incremental_window(lake: &Lake, org: Option<&str>) -> Result<Option<Win
     let Some(end) = runs::watermark(lake, sessionize::JOB).await? else {
         return Ok(None);
     };
-    let org_cond = org
-        .map(|o| format!(" AND s.org_id = {}", str_lit(o)))
-        .unwrap_or_default();
+    let mut params = Params::default();
+    let org_cond = params.org("s.org_id", org);
     let mut start = runs::watermark(lake, JOB).await?;
     let last = runs::last_succeeded(lake, JOB).await?;
     let rewritten = match &last {
@@ -531,9 +530,9 @@ async fn incremental_window(lake: &Lake, org: Option<&str>) -> Result<Option<Win
         "SELECT min(s.started_at) AS t FROM sessions s
          WHERE s.started_at < {} {org_cond}
            AND NOT EXISTS (SELECT 1 FROM interactions i WHERE i.session_id = s.session_id)",
-        ts_lit(end)
+        params.ts("end", end)
     );
-    let (_, batches) = lake.sql(&sql).await?;
+    let (_, batches) = params.run(lake, &sql).await?;
     #[derive(Deserialize)]
     struct T {
         #[serde(with = "ts_micros::option", default)]
@@ -560,17 +559,15 @@ async fn enrich_window(
     run_id: &str,
     progress: &ProgressRef,
 ) -> Result<Report> {
-    let org_cond = opts
-        .org
-        .as_deref()
-        .map(|o| format!(" AND org_id = {}", str_lit(o)))
-        .unwrap_or_default();
+    let mut params = Params::default();
+    let org_cond = params.org("org_id", opts.org.as_deref());
+    let org = (org_cond.as_str(), &params);
     let ctx = lake.session().await?;
-    let inputs = load_inputs(&ctx, window, &org_cond).await?;
+    let inputs = load_inputs(&ctx, window, org).await?;
     let (pname, model) = (provider.name().to_string(), provider.model().to_string());
     let cacheable = provider.cacheable();
     let (cache, used) = if cacheable {
-        load_cache(&ctx, &pname, &model, &org_cond).await?
+        load_cache(&ctx, &pname, &model, org).await?
     } else {
         (HashMap::new(), HashMap::new())
     };
@@ -635,17 +632,18 @@ struct Inputs {
 async fn load_inputs(
     ctx: &crow_lake::datafusion::prelude::SessionContext,
     window: Window,
-    org_cond: &str,
+    (org_cond, org_params): (&str, &Params),
 ) -> Result<Inputs> {
+    let mut params = org_params.clone();
     let sql = format!(
         "SELECT org_id, session_id, channel, visitor_id, source_ref, started_at, ended_at,
                 device_type, traffic_source, is_returning, product_ids, timeline, source_ids
          FROM sessions WHERE started_at >= {} AND started_at < {} {org_cond}
          ORDER BY org_id, started_at, session_id",
-        ts_lit(window.start),
-        ts_lit(window.end)
+        params.ts("start", window.start),
+        params.ts("end", window.end)
     );
-    let sessions: Vec<SessionIn> = batches_to_rows(&ctx.sql(&sql).await?.collect().await?)?;
+    let sessions: Vec<SessionIn> = batches_to_rows(&params.sql(ctx, &sql).await?.collect().await?)?;
     let orgs: HashMap<String, OrgIn> = batches_to_rows::<OrgIn>(
         &ctx.sql("SELECT org_id, name, context FROM organizations")
             .await?
@@ -657,7 +655,7 @@ async fn load_inputs(
     .collect();
     let mut catalog: HashMap<String, Vec<ProductIn>> = HashMap::new();
     for p in batches_to_rows::<ProductIn>(
-        &ctx.sql(&format!(
+        &org_params.sql(ctx, &format!(
             "SELECT org_id, product_id, sku, name, url, category, price, currency FROM products WHERE TRUE {org_cond}"
         ))
         .await?
@@ -679,18 +677,15 @@ async fn load_cache(
     ctx: &crow_lake::datafusion::prelude::SessionContext,
     pname: &str,
     model: &str,
-    org_cond: &str,
+    (org_cond, org_params): (&str, &Params),
 ) -> Result<(HashMap<String, CacheRow>, HashMap<String, u64>)> {
-    let rows: Vec<CacheRow> = batches_to_rows(
-        &ctx.sql(&format!(
-            "SELECT * FROM llm_cache WHERE provider = {} AND model = {} {org_cond}",
-            str_lit(pname),
-            str_lit(model)
-        ))
-        .await?
-        .collect()
-        .await?,
-    )?;
+    let mut params = org_params.clone();
+    let sql = format!(
+        "SELECT * FROM llm_cache WHERE provider = {} AND model = {} {org_cond}",
+        params.text("provider", pname),
+        params.text("model", model)
+    );
+    let rows: Vec<CacheRow> = batches_to_rows(&params.sql(ctx, &sql).await?.collect().await?)?;
     let today = Utc::now()
         .duration_trunc(Duration::days(1))
         .unwrap_or_else(|_| Utc::now());
@@ -700,16 +695,13 @@ async fn load_cache(
         t: Option<i64>,
     }
     let mut used = HashMap::new();
-    for u in batches_to_rows::<Used>(
-        &ctx.sql(&format!(
-            "SELECT org_id, CAST(sum(input_tokens + output_tokens) AS BIGINT) AS t FROM llm_cache
-             WHERE created_at >= {} GROUP BY org_id",
-            ts_lit(today)
-        ))
-        .await?
-        .collect()
-        .await?,
-    )? {
+    let mut params = Params::default();
+    let sql = format!(
+        "SELECT org_id, CAST(sum(input_tokens + output_tokens) AS BIGINT) AS t FROM llm_cache
+         WHERE created_at >= {} GROUP BY org_id",
+        params.ts("today", today)
+    );
+    for u in batches_to_rows::<Used>(&params.sql(ctx, &sql).await?.collect().await?)? {
         used.insert(u.org_id, u.t.unwrap_or(0).max(0) as u64);
     }
     Ok((

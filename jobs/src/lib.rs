@@ -39,7 +39,10 @@ pub mod social;
 pub use job::{AnyJob, Job, JobContext, JobName, Registry, Request};
 
 use chrono::{DateTime, NaiveDate, Utc};
-use crow_lake::datafusion::prelude::{col, lit, Expr};
+use crow_lake::arrow::array::RecordBatch;
+use crow_lake::datafusion::common::ScalarValue;
+use crow_lake::datafusion::prelude::{col, lit, DataFrame, Expr, SessionContext};
+use crow_lake::Lake;
 use std::sync::Arc;
 
 /// What can go wrong in a job.
@@ -277,14 +280,57 @@ pub(crate) fn attempt_or(default: i32) -> i32 {
     ATTEMPT.try_with(|a| *a).unwrap_or(default)
 }
 
-/// SQL literal for a timestamp, comparable with CROW's timestamp columns.
-pub(crate) fn ts_lit(t: DateTime<Utc>) -> String {
-    format!("'{}'", t.format("%Y-%m-%dT%H:%M:%S%.6fZ"))
-}
+/// The values of a job's read SQL, bound by name (`$org`, `$since`, …) as
+/// typed values: never spliced into the text, so nothing is quoted by hand
+/// and an organization id cannot change what a query means.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Params(Vec<(String, ScalarValue)>);
 
-/// SQL string literal (single quotes doubled).
-pub(crate) fn str_lit(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+impl Params {
+    /// Bind `name` to a string; its placeholder.
+    pub(crate) fn text(&mut self, name: &str, value: &str) -> String {
+        self.bind(name, ScalarValue::Utf8(Some(value.to_string())))
+    }
+
+    /// Bind `name` to a timestamp (microseconds, UTC, as CROW's timestamp
+    /// columns); its placeholder.
+    pub(crate) fn ts(&mut self, name: &str, t: DateTime<Utc>) -> String {
+        let micros =
+            ScalarValue::TimestampMicrosecond(Some(t.timestamp_micros()), Some("UTC".into()));
+        self.bind(name, micros)
+    }
+
+    /// ` AND {column} = $org` for one organization, nothing for all of them.
+    pub(crate) fn org(&mut self, column: &str, org: Option<&str>) -> String {
+        org.map(|o| format!(" AND {column} = {}", self.text("org", o)))
+            .unwrap_or_default()
+    }
+
+    fn bind(&mut self, name: &str, value: ScalarValue) -> String {
+        match self.0.iter_mut().find(|(n, _)| n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((name.to_string(), value)),
+        }
+        format!("${name}")
+    }
+
+    /// `sql` planned in `ctx` with these values bound.
+    pub(crate) async fn sql(&self, ctx: &SessionContext, sql: &str) -> Result<DataFrame> {
+        let df = ctx.sql(sql).await?;
+        if self.0.is_empty() {
+            return Ok(df);
+        }
+        Ok(df.with_param_values(self.0.clone())?)
+    }
+
+    /// `sql` run read-only on `lake` with these values bound.
+    pub(crate) async fn run(
+        &self,
+        lake: &Lake,
+        sql: &str,
+    ) -> Result<(crow_lake::arrow::datatypes::SchemaRef, Vec<RecordBatch>)> {
+        Ok(lake.sql_with(sql, self.0.clone()).await?)
+    }
 }
 
 /// The rows of a job's window in a table partitioned by `session_date`:
@@ -387,5 +433,67 @@ mod tests {
         assert_eq!(plan.kind(), ErrorKind::Internal);
         let oom: Error = DataFusionError::ResourcesExhausted("pool".into()).into();
         assert!(oom.is_retryable());
+    }
+
+    /// Bound values are data, never SQL: an organization id with quotes and
+    /// comment marks matches only itself, one name bound twice keeps the
+    /// last value, and a timestamp compares with CROW's timestamp columns.
+    #[tokio::test]
+    async fn params_bind_values_never_text() {
+        use crow_lake::arrow::array::{StringArray, TimestampMicrosecondArray};
+        use crow_lake::arrow::datatypes::{Field, Schema};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("org_id", crow_lake::arrow::datatypes::DataType::Utf8, false),
+            Field::new("at", crow_schemas::timestamp_type(), false),
+        ]));
+        let hostile = "o' OR '1'='1 --";
+        let t = |s: i64| s * 1_000_000;
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec!["a", hostile, hostile])),
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![t(10), t(20), t(30)]).with_timezone("UTC"),
+                ),
+            ],
+        )
+        .unwrap();
+        let ctx = SessionContext::new();
+        ctx.register_batch("t", batch).unwrap();
+        let count = |params: Params, sql: String| {
+            let ctx = ctx.clone();
+            async move {
+                let rows = params
+                    .sql(&ctx, &sql)
+                    .await
+                    .unwrap()
+                    .collect()
+                    .await
+                    .unwrap();
+                rows.iter().map(|b| b.num_rows()).sum::<usize>()
+            }
+        };
+        let mut p = Params::default();
+        let sql = format!(
+            "SELECT * FROM t WHERE TRUE{}",
+            p.org("org_id", Some(hostile))
+        );
+        assert_eq!(sql, "SELECT * FROM t WHERE TRUE AND org_id = $org");
+        assert_eq!(count(p, sql).await, 2);
+        let mut p = Params::default();
+        let sql = format!("SELECT * FROM t WHERE TRUE{}", p.org("org_id", None));
+        assert_eq!(count(p, sql).await, 3, "no organization: every row");
+        let mut p = Params::default();
+        p.text("org", "nobody");
+        let sql = format!("SELECT * FROM t WHERE org_id = {}", p.text("org", "a"));
+        assert_eq!(
+            count(p, sql).await,
+            1,
+            "the last value bound to a name wins"
+        );
+        let mut p = Params::default();
+        let since = DateTime::from_timestamp(20, 0).unwrap();
+        let sql = format!("SELECT * FROM t WHERE at >= {}", p.ts("since", since));
+        assert_eq!(count(p, sql).await, 2);
     }
 }

@@ -1087,16 +1087,18 @@ impl Lake {
 
     /// Run a read-only SQL query over the lake (DDL, DML and SET are refused).
     pub async fn sql(&self, query: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-        self.sql_with(query, Vec::new()).await
+        self.sql_with(query, Vec::<datafusion::common::ScalarValue>::new())
+            .await
     }
 
     /// [`Lake::sql`] with parameters: `$1`, `$2`, … in `query` take the
     /// values of `params`, in order, as typed values (never spliced into the
     /// text, so a value needs no quoting).
+    /// Named values (`$org`) bind as pairs of name and value.
     pub async fn sql_with(
         &self,
         query: &str,
-        params: Vec<datafusion::common::ScalarValue>,
+        params: impl Into<datafusion::common::ParamValues>,
     ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         let ctx = self.session().await?;
         run_read_only_with(&ctx, query, params).await
@@ -1134,21 +1136,27 @@ pub async fn run_read_only(
     ctx: &SessionContext,
     query: &str,
 ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-    run_read_only_with(ctx, query, Vec::new()).await
+    run_read_only_with(ctx, query, Vec::<datafusion::common::ScalarValue>::new()).await
 }
 
 /// [`run_read_only`] with `$1`, `$2`, … bound to `params`.
 pub async fn run_read_only_with(
     ctx: &SessionContext,
     query: &str,
-    params: Vec<datafusion::common::ScalarValue>,
+    params: impl Into<datafusion::common::ParamValues>,
 ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    use datafusion::common::ParamValues;
     let opts = SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)
         .with_allow_statements(false);
     let mut df = ctx.sql_with_options(query, opts).await?;
-    if !params.is_empty() {
+    let params = params.into();
+    let none = match &params {
+        ParamValues::List(l) => l.is_empty(),
+        ParamValues::Map(m) => m.is_empty(),
+    };
+    if !none {
         df = df.with_param_values(params)?;
     }
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());

@@ -165,6 +165,18 @@ pub async fn tenant_rows(
     sql: &str,
     cap: usize,
 ) -> ApiResult<Rows> {
+    tenant_rows_with(st, p, sql, None, cap).await
+}
+
+/// [`tenant_rows`] with values for the statement's placeholders (`$1` or
+/// `$name`), bound as typed values rather than spliced into the text.
+pub async fn tenant_rows_with(
+    st: &Arc<ApiState>,
+    p: &Principal,
+    sql: &str,
+    params: Option<crow_lake::datafusion::common::ParamValues>,
+    cap: usize,
+) -> ApiResult<Rows> {
     let started = std::time::Instant::now();
     let _permits = st.slots.acquire(&p.key_id, &p.org_id)?;
     let (ctx, schema) = crate::tenant::tenant_context_with(
@@ -180,11 +192,12 @@ pub async fn tenant_rows(
         schema.show_admin_keys();
     }
     let deadline = tokio::time::Instant::from_std(started) + st.query_timeout();
-    let mut query = crate::sql::RunningQuery::start(
+    let mut query = crate::sql::RunningQuery::start_with_params(
         st,
         ctx,
         schema,
         sql.to_string(),
+        params,
         Some(cap.saturating_add(1)),
         deadline,
     )

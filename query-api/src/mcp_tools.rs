@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use datafusion::common::{ParamValues, ScalarValue};
 use serde_json::{json, Value};
 
 use crate::auth::Principal;
@@ -138,9 +139,9 @@ async fn run(st: &Arc<ApiState>, p: &Principal, name: &str, a: &Value) -> Result
         "search_interactions" => search_interactions(st, p, a).await,
         "get_patterns" => get_patterns(st, p, a).await,
         "list_products" => {
-            let mut w = Vec::new();
+            let (mut w, mut v) = (Vec::new(), Binds::default());
             if let Some(s) = text_arg(a, "search")? {
-                let l = quote(&format!("%{}%", s.to_lowercase()));
+                let l = v.text("search", &format!("%{}%", s.to_lowercase()));
                 w.push(format!(
                     "(lower(name) LIKE {l} OR lower(category) LIKE {l})"
                 ));
@@ -149,7 +150,7 @@ async fn run(st: &Arc<ApiState>, p: &Principal, name: &str, a: &Value) -> Result
                 "SELECT product_id, name, category, brand, price, currency FROM products{} ORDER BY product_id",
                 where_clause(&w)
             );
-            rows(st, p, &sql, limit(a, "limit")?).await
+            rows_with(st, p, &sql, v, limit(a, "limit")?).await
         }
         "get_product" => get_product(st, p, a).await,
         "get_usage" => {
@@ -182,7 +183,18 @@ async fn run(st: &Arc<ApiState>, p: &Principal, name: &str, a: &Value) -> Result
 }
 
 async fn rows(st: &Arc<ApiState>, p: &Principal, sql: &str, cap: u64) -> Result<Value, Failure> {
-    let r = crate::ask::tenant_rows(st, p, sql, cap as usize).await?;
+    rows_with(st, p, sql, Binds::default(), cap).await
+}
+
+/// [`rows`] of `sql` with the values `binds` holds for its placeholders.
+async fn rows_with(
+    st: &Arc<ApiState>,
+    p: &Principal,
+    sql: &str,
+    binds: Binds,
+    cap: u64,
+) -> Result<Value, Failure> {
+    let r = crate::ask::tenant_rows_with(st, p, sql, binds.values(), cap as usize).await?;
     let mut v = json!({"columns": r.columns, "row_count": r.rows.len(), "truncated": r.truncated, "rows": r.rows});
     if r.truncated {
         v["note"] = json!(format!(
@@ -216,9 +228,22 @@ fn limit(a: &Value, name: &str) -> Result<u64, Failure> {
     }
 }
 
-/// A SQL string literal.
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+/// The values of a tool's query, bound to `$name` placeholders as typed
+/// values: an argument is never spliced into the SQL text.
+#[derive(Default)]
+struct Binds(Vec<(String, ScalarValue)>);
+
+impl Binds {
+    /// Bind `name` to the string `value`; its placeholder.
+    fn text(&mut self, name: &str, value: &str) -> String {
+        self.0
+            .push((name.to_string(), ScalarValue::Utf8(Some(value.to_string()))));
+        format!("${name}")
+    }
+
+    fn values(self) -> Option<ParamValues> {
+        (!self.0.is_empty()).then(|| self.0.into())
+    }
 }
 
 fn where_clause(w: &[String]) -> String {
@@ -251,15 +276,18 @@ async fn search_interactions(
     p: &Principal,
     a: &Value,
 ) -> Result<Value, Failure> {
-    let mut w = Vec::new();
+    let (mut w, mut v) = (Vec::new(), Binds::default());
     if let Some(t) = text_arg(a, "text")? {
         w.push(format!(
             "lower(description) LIKE {}",
-            quote(&format!("%{}%", t.to_lowercase()))
+            v.text("text", &format!("%{}%", t.to_lowercase()))
         ));
     }
     if let Some(id) = text_arg(a, "product_id")? {
-        w.push(format!("array_has(product_ids, {})", quote(&id)));
+        w.push(format!(
+            "array_has(product_ids, {})",
+            v.text("product", &id)
+        ));
     }
     if let Some(c) = text_arg(a, "channel")? {
         if !["web", "social", "cctv"].contains(&c.as_str()) {
@@ -267,7 +295,7 @@ async fn search_interactions(
                 "`channel` must be web, social or cctv".into(),
             ));
         }
-        w.push(format!("channel = {}", quote(&c)));
+        w.push(format!("channel = {}", v.text("channel", &c)));
     }
     range(a, "started_at", false, &mut w)?;
     let sql = format!(
@@ -275,7 +303,7 @@ async fn search_interactions(
          intent, sentiment, outcome, product_ids FROM interactions{} ORDER BY started_at DESC, interaction_id",
         where_clause(&w)
     );
-    rows(st, p, &sql, limit(a, "limit")?).await
+    rows_with(st, p, &sql, v, limit(a, "limit")?).await
 }
 
 async fn get_patterns(st: &Arc<ApiState>, p: &Principal, a: &Value) -> Result<Value, Failure> {
@@ -285,7 +313,8 @@ async fn get_patterns(st: &Arc<ApiState>, p: &Principal, a: &Value) -> Result<Va
             "`period_kind` must be day, week, month, year or all".into(),
         ));
     }
-    let mut w = vec![format!("period_kind = {}", quote(&kind))];
+    let mut v = Binds::default();
+    let mut w = vec![format!("period_kind = {}", v.text("kind", &kind))];
     range(a, "period_start", true, &mut w)?;
     let sql = format!(
         "SELECT pattern_id, CAST(period_start AS VARCHAR) AS period_start, CAST(period_end AS VARCHAR) AS period_end, \
@@ -293,13 +322,14 @@ async fn get_patterns(st: &Arc<ApiState>, p: &Principal, a: &Value) -> Result<Va
          ORDER BY period_start DESC, significance DESC NULLS LAST, pattern_id",
         where_clause(&w)
     );
-    rows(st, p, &sql, limit(a, "limit")?).await
+    rows_with(st, p, &sql, v, limit(a, "limit")?).await
 }
 
 async fn get_product(st: &Arc<ApiState>, p: &Principal, a: &Value) -> Result<Value, Failure> {
     let id = text_arg(a, "product_id")?
         .ok_or_else(|| Failure::Params("`product_id` is required".into()))?;
-    let q = quote(&id);
+    let mut v = Binds::default();
+    let q = v.text("id", &id);
     let sql = format!(
         "SELECT product_id, sku, name, category, brand, price, currency, url, description, \
          (SELECT count(*) FROM raw_web_events WHERE product_id = {q} AND event = 'Product Viewed') AS views, \
@@ -307,7 +337,7 @@ async fn get_product(st: &Arc<ApiState>, p: &Principal, a: &Value) -> Result<Val
          (SELECT count(*) FROM interactions WHERE array_has(product_ids, {q})) AS interactions \
          FROM products WHERE product_id = {q}"
     );
-    let found = crate::ask::tenant_rows(st, p, &sql, 1).await?;
+    let found = crate::ask::tenant_rows_with(st, p, &sql, v.values(), 1).await?;
     match found.rows.into_iter().next() {
         Some(row) => Ok(json!({"product": row})),
         None => Err(Failure::Tool(format!(

@@ -14,7 +14,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::{is_count, Only, Sess, SessionIn, Stats};
-use crate::{str_lit, Result};
+use crate::{Params, Result};
 
 /// One day of a metric in one segment.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -48,15 +48,16 @@ pub async fn daily_metrics(
     from: NaiveDate,
     to: NaiveDate,
 ) -> Result<Vec<Vec<DayFigure>>> {
+    let mut params = Params::default();
     let sql = format!(
         "SELECT org_id, session_id, channel, CAST(session_date AS VARCHAR) AS session_date, visitor_id,
                 device_type, traffic_source, is_returning, timeline
          FROM sessions WHERE org_id = {} AND session_date >= DATE '{from}' AND session_date < DATE '{to}'",
-        str_lit(org)
+        params.text("org", org)
     );
     let ctx = lake.session().await?;
     let mut by_day: BTreeMap<NaiveDate, Vec<Sess>> = BTreeMap::new();
-    let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
+    let mut stream = params.sql(&ctx, &sql).await?.execute_stream().await?;
     while let Some(b) = stream.next().await {
         for r in batches_to_rows::<SessionIn>(std::slice::from_ref(&b?))? {
             let s = Sess::from_row(r)?;

@@ -136,7 +136,7 @@ mod trend;
 
 use crate::ai::{call_validated, AiRequest, Provider, RetryPolicy};
 use crate::job::{Job, JobContext, Planned, Request, Split};
-use crate::{enrich, runs, str_lit, Error, ProgressRef, Result, Trigger, Window};
+use crate::{enrich, runs, Error, Params, ProgressRef, Result, Trigger, Window};
 pub use calendar::Period;
 use calendar::*;
 pub use days::{daily_metrics, is_daily_count, DayFigure};
@@ -304,11 +304,15 @@ async fn incremental_window(lake: &Lake, opts: &Options) -> Result<Option<Window
     let start = match runs::watermark(lake, JOB).await? {
         Some(w) => midnight(w),
         None => {
-            let (_, b) = lake
-                .sql(&format!(
-                    "SELECT CAST(min(session_date) AS VARCHAR) AS d FROM sessions WHERE TRUE {}",
-                    org_filter(opts.org.as_deref())
-                ))
+            let mut params = Params::default();
+            let org = params.org("org_id", opts.org.as_deref());
+            let (_, b) = params
+                .run(
+                    lake,
+                    &format!(
+                        "SELECT CAST(min(session_date) AS VARCHAR) AS d FROM sessions WHERE TRUE {org}"
+                    ),
+                )
                 .await?;
             #[derive(Deserialize)]
             struct D {
@@ -328,11 +332,6 @@ async fn incremental_window(lake: &Lake, opts: &Options) -> Result<Option<Window
     // The last complete day is recomputed as its roll-ups fill.
     let start = start.min(end - chrono::Duration::days(1));
     Ok(Some(Window { start, end }).filter(|w| !w.is_empty()))
-}
-
-fn org_filter(org: Option<&str>) -> String {
-    org.map(|o| format!(" AND org_id = {}", str_lit(o)))
-        .unwrap_or_default()
 }
 
 /// The first day that is not complete: the UTC midnight of the run's clock
@@ -462,22 +461,28 @@ impl Inputs {
         progress: &ProgressRef,
     ) -> Result<Inputs> {
         let horizon = periods.horizon;
-        let org_cond = org_filter(org);
+        let mut params = Params::default();
+        let org_cond = params.org("org_id", org);
         let ctx = lake.session().await?;
-        let (by_org, sessions_read) = read_sessions(&ctx, horizon, &org_cond, progress).await?;
+        let (by_org, sessions_read) =
+            read_sessions(&ctx, horizon, (&org_cond, &params), progress).await?;
         #[derive(Deserialize)]
         struct Ids {
             session_id: String,
             interaction_id: String,
         }
         let sid_to_iid: HashMap<String, String> = batches_to_rows::<Ids>(
-            &ctx.sql(&format!(
-                "SELECT session_id, interaction_id FROM interactions
+            &params
+                .sql(
+                    &ctx,
+                    &format!(
+                        "SELECT session_id, interaction_id FROM interactions
                  WHERE session_date < DATE '{horizon}' {org_cond}"
-            ))
-            .await?
-            .collect()
-            .await?,
+                    ),
+                )
+                .await?
+                .collect()
+                .await?,
         )?
         .into_iter()
         .map(|r| (r.session_id, r.interaction_id))
@@ -488,25 +493,29 @@ impl Inputs {
             name: String,
         }
         let names: HashMap<String, String> = batches_to_rows::<Name>(
-            &ctx.sql(&format!(
-                "SELECT product_id, name FROM products WHERE TRUE {org_cond}"
-            ))
-            .await?
-            .collect()
-            .await?,
+            &params
+                .sql(
+                    &ctx,
+                    &format!("SELECT product_id, name FROM products WHERE TRUE {org_cond}"),
+                )
+                .await?
+                .collect()
+                .await?,
         )?
         .into_iter()
         .map(|r| (r.product_id, r.name))
         .collect();
         let existing: Vec<PatternRow> = batches_to_rows(
-            &ctx.sql(&format!(
-                "SELECT * FROM patterns WHERE period_kind <> 'all' {org_cond}"
-            ))
-            .await?
-            .collect()
-            .await?,
+            &params
+                .sql(
+                    &ctx,
+                    &format!("SELECT * FROM patterns WHERE period_kind <> 'all' {org_cond}"),
+                )
+                .await?
+                .collect()
+                .await?,
         )?;
-        let currencies = read_currencies(&ctx, &org_cond).await?;
+        let currencies = read_currencies(&ctx, (&org_cond, &params)).await?;
         Ok(Inputs {
             by_org,
             sessions_read,
@@ -523,7 +532,7 @@ impl Inputs {
 async fn read_sessions(
     ctx: &SessionContext,
     horizon: NaiveDate,
-    org_cond: &str,
+    (org_cond, params): (&str, &Params),
     progress: &ProgressRef,
 ) -> Result<(BTreeMap<String, Vec<Sess>>, u64)> {
     progress.phase("reading sessions", 0);
@@ -533,7 +542,7 @@ async fn read_sessions(
          FROM sessions WHERE session_date < DATE '{horizon}' {org_cond}"
     );
     let mut by_org: BTreeMap<String, Vec<Sess>> = BTreeMap::new();
-    let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
+    let mut stream = params.sql(ctx, &sql).await?.execute_stream().await?;
     let mut sessions_read = 0u64;
     while let Some(b) = stream.next().await {
         let b = b?;
@@ -553,20 +562,28 @@ async fn read_sessions(
 }
 
 /// Each organization's currency: its catalog's most common one.
-async fn read_currencies(ctx: &SessionContext, org_cond: &str) -> Result<HashMap<String, String>> {
+/// `org_cond` is the organization filter whose value `params` binds.
+async fn read_currencies(
+    ctx: &SessionContext,
+    (org_cond, params): (&str, &Params),
+) -> Result<HashMap<String, String>> {
     #[derive(Deserialize)]
     struct Currency {
         org_id: String,
         currency: String,
     }
     Ok(batches_to_rows::<Currency>(
-        &ctx.sql(&format!(
-            "SELECT org_id, currency FROM products WHERE currency IS NOT NULL {org_cond} \
+        &params
+            .sql(
+                ctx,
+                &format!(
+                    "SELECT org_id, currency FROM products WHERE currency IS NOT NULL {org_cond} \
              GROUP BY org_id, currency ORDER BY org_id, count(*) DESC, currency"
-        ))
-        .await?
-        .collect()
-        .await?,
+                ),
+            )
+            .await?
+            .collect()
+            .await?,
     )?
     .into_iter()
     .rev()

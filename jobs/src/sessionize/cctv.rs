@@ -12,8 +12,9 @@ pub(super) async fn cctv(
 ) -> Result<()> {
     // A camera-hour starting before the window start belongs to an earlier
     // window, so the read starts at the hour of `read_start + gap`.
-    let org = org_filter(opts.org.as_deref());
-    let (a, b) = (ts_lit(read_start), ts_lit(read_end));
+    let mut params = Params::default();
+    let org = params.org("org_id", opts.org.as_deref());
+    let (a, b) = (params.ts("start", read_start), params.ts("end", read_end));
     let sql = format!(
         "SELECT * FROM (
            SELECT org_id, segment_id, store_id, camera_id, segment_start, segment_end, text,
@@ -25,7 +26,7 @@ pub(super) async fn cctv(
     );
     let hour = 3_600_000_000i64;
     let read_end = read_end.timestamp_micros();
-    let batches = ctx.sql(&sql).await?.collect().await?;
+    let batches = params.sql(ctx, &sql).await?.collect().await?;
     struct Seg {
         id: String,
         start: i64,

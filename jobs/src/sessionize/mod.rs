@@ -85,7 +85,7 @@ use sha2::{Digest, Sha256};
 
 use crate::job::{Job, JobContext, Planned, Request, Split};
 use crate::runs;
-use crate::{str_lit, ts_lit, Error, ProgressRef, Result, Trigger, Window};
+use crate::{Error, Params, ProgressRef, Result, Trigger, Window};
 
 mod cctv;
 mod columns;

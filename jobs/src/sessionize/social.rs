@@ -10,8 +10,9 @@ pub(super) async fn social(
     run_id: &str,
     built: &mut Built,
 ) -> Result<()> {
-    let org = org_filter(opts.org.as_deref());
-    let (a, b) = (ts_lit(read_start), ts_lit(read_end));
+    let mut params = Params::default();
+    let org = params.org("org_id", opts.org.as_deref());
+    let (a, b) = (params.ts("start", read_start), params.ts("end", read_end));
     let sql = format!(
         "SELECT * FROM (
            SELECT org_id, capture_id, run_id, platform, url, author, captured_at, text, metrics,
@@ -23,7 +24,7 @@ pub(super) async fn social(
     );
     let gap = opts.gap.num_microseconds().unwrap_or(i64::MAX);
     let read_end = read_end.timestamp_micros();
-    let batches = ctx.sql(&sql).await?.collect().await?;
+    let batches = params.sql(ctx, &sql).await?.collect().await?;
     struct Cap {
         id: String,
         platform: String,

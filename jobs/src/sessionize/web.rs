@@ -9,13 +9,14 @@ pub(super) async fn earlier_visitors(
     org: Option<&str>,
     before: DateTime<Utc>,
 ) -> Result<HashSet<String>> {
+    let mut params = Params::default();
     let sql = format!(
         "SELECT DISTINCT org_id, visitor_id FROM sessions
          WHERE channel = 'web' AND visitor_id IS NOT NULL AND started_at < {} {}",
-        ts_lit(before),
-        org_filter(org)
+        params.ts("before", before),
+        params.org("org_id", org)
     );
-    let batches = ctx.sql(&sql).await?.collect().await?;
+    let batches = params.sql(ctx, &sql).await?.collect().await?;
     let mut out = HashSet::new();
     for b in &batches {
         let (o, v) = (text(b, "org_id")?, text(b, "visitor_id")?);
@@ -79,8 +80,8 @@ pub(super) async fn web(
     built: &mut Built,
     progress: &ProgressRef,
 ) -> Result<()> {
-    let (sql, count_sql) = web_sql(opts.org.as_deref(), read_start, read_end);
-    let counted = ctx.sql(&count_sql).await?.collect().await?;
+    let (sql, count_sql, params) = web_sql(opts.org.as_deref(), read_start, read_end);
+    let counted = params.sql(ctx, &count_sql).await?.collect().await?;
     let total = match counted.first().filter(|d| d.num_rows() > 0) {
         Some(d) => micros(d, "n")?.value(0).max(0) as u64,
         None => 0,
@@ -88,7 +89,7 @@ pub(super) async fn web(
 
     let gap = opts.gap.num_microseconds().unwrap_or(i64::MAX);
     let read_end = read_end.timestamp_micros();
-    let (sorted, parts) = sorted_by_visitor(ctx, &sql).await?;
+    let (sorted, parts) = sorted_by_visitor(ctx, params.sql(ctx, &sql).await?).await?;
     let task_ctx = ctx.task_ctx();
     let mut tasks = Tasks(Vec::with_capacity(parts));
     for p in 0..parts {
@@ -121,14 +122,15 @@ pub(super) async fn web(
 
 /// The web events of `[read_start, read_end)` deduplicated (the first
 /// received copy wins) with their stitched visitor, and the count of the
-/// events before deduplication.
+/// events before deduplication, with the values both bind.
 fn web_sql(
     org: Option<&str>,
     read_start: DateTime<Utc>,
     read_end: DateTime<Utc>,
-) -> (String, String) {
-    let org = org_filter(org);
-    let (a, b) = (ts_lit(read_start), ts_lit(read_end));
+) -> (String, String, Params) {
+    let mut params = Params::default();
+    let org = params.org("org_id", org);
+    let (a, b) = (params.ts("start", read_start), params.ts("end", read_end));
     let (da, db) = (
         read_start.date_naive().format("%Y-%m-%d"),
         read_end.date_naive().format("%Y-%m-%d"),
@@ -178,17 +180,17 @@ fn web_sql(
          WHERE event_date >= DATE '{da}' AND event_date <= DATE '{db}'
            AND occurred_at >= {a} AND occurred_at < {b} {org}"
     );
-    (sql, count_sql)
+    (sql, count_sql, params)
 }
 
-/// The plan of `sql` in one partition per core, by visitor: each is
+/// The plan of `query` in one partition per core, by visitor: each is
 /// sorted by visitor and time (spilling under the pool) on its own. The
 /// plan and its partition count.
 async fn sorted_by_visitor(
     ctx: &SessionContext,
-    sql: &str,
+    query: DataFrame,
 ) -> Result<(Arc<dyn ExecutionPlan>, usize)> {
-    let plan = ctx.sql(sql).await?.create_physical_plan().await?;
+    let plan = query.create_physical_plan().await?;
     let schema = plan.schema();
     let parts = ctx.state().config().target_partitions().max(1);
     let hashed: Arc<dyn ExecutionPlan> = Arc::new(RepartitionExec::try_new(

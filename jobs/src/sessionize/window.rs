@@ -10,7 +10,8 @@ pub(super) async fn incremental_start(
     lake: &Lake,
     org: Option<&str>,
 ) -> Result<Option<(DateTime<Utc>, Vec<NaiveDate>)>> {
-    let org_cond = org_filter(org);
+    let mut params = Params::default();
+    let org_cond = params.org("org_id", org);
     let Some(wm) = runs::watermark(lake, JOB).await? else {
         let sql = format!(
             "SELECT min(t) AS t FROM (
@@ -18,7 +19,7 @@ pub(super) async fn incremental_start(
                UNION ALL SELECT min(captured_at) FROM raw_social_captures WHERE TRUE {org_cond}
                UNION ALL SELECT min(segment_start) FROM raw_cctv_transcripts WHERE TRUE {org_cond})"
         );
-        return Ok(min_time(lake, &sql)
+        return Ok(min_time(lake, &sql, &params)
             .await?
             .map(|t| (midnight(t), Vec::new())));
     };
@@ -26,7 +27,7 @@ pub(super) async fn incremental_start(
     let since = last
         .map(|r| r.started_at - Duration::minutes(LATE_ALLOWANCE_MINUTES))
         .unwrap_or(wm);
-    let (since, wm_lit) = (ts_lit(since), ts_lit(wm));
+    let (since, wm_lit) = (params.ts("since", since), params.ts("wm", wm));
     let sql = format!(
         "SELECT DISTINCT d FROM (
            SELECT date_trunc('day', occurred_at) AS d FROM raw_web_events
@@ -37,7 +38,7 @@ pub(super) async fn incremental_start(
              WHERE received_at >= {since} AND segment_start < {wm_lit} {org_cond})
          ORDER BY d"
     );
-    let (_, batches) = lake.sql(&sql).await?;
+    let (_, batches) = params.run(lake, &sql).await?;
     let mut days = Vec::new();
     for b in &batches {
         let c = cast(b.column(0), &DataType::Int64)?;
@@ -65,8 +66,8 @@ pub(super) async fn incremental_start(
     Ok(Some((start, days)))
 }
 
-async fn min_time(lake: &Lake, sql: &str) -> Result<Option<DateTime<Utc>>> {
-    let (_, batches) = lake.sql(sql).await?;
+async fn min_time(lake: &Lake, sql: &str, params: &Params) -> Result<Option<DateTime<Utc>>> {
+    let (_, batches) = params.run(lake, sql).await?;
     for b in &batches {
         if b.num_rows() == 0 {
             continue;
@@ -82,9 +83,4 @@ async fn min_time(lake: &Lake, sql: &str) -> Result<Option<DateTime<Utc>>> {
 
 pub(super) fn midnight(t: DateTime<Utc>) -> DateTime<Utc> {
     t.duration_trunc(Duration::days(1)).unwrap_or(t)
-}
-
-pub(super) fn org_filter(org: Option<&str>) -> String {
-    org.map(|o| format!(" AND org_id = {}", str_lit(o)))
-        .unwrap_or_default()
 }
