@@ -95,3 +95,40 @@ async fn complete(
         "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS}
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One chat completion, as the enrich job's OpenAI client sends it.
+    async fn ask(fake: &FakeProvider) -> serde_json::Value {
+        let r = reqwest::Client::new()
+            .post(format!("{}/chat/completions", fake.base_url()))
+            .json(&json!({"model": "bench-model", "messages": [{"role": "user", "content": "x"}]}))
+            .send()
+            .await
+            .expect("the fake provider answers");
+        assert!(r.status().is_success(), "{}", r.status());
+        r.json().await.expect("a JSON answer")
+    }
+
+    #[tokio::test]
+    async fn answers_a_valid_enrichment_after_the_latency_and_counts_calls() {
+        let fake = FakeProvider::start(Duration::from_millis(50))
+            .await
+            .expect("start");
+        let started = std::time::Instant::now();
+        let (a, b) = tokio::join!(ask(&fake), ask(&fake));
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        for v in [a, b] {
+            let content = v["choices"][0]["message"]["content"]
+                .as_str()
+                .expect("content");
+            let answer: serde_json::Value = serde_json::from_str(content).expect("JSON content");
+            assert_eq!(answer["intent"], "browse");
+            assert_eq!(v["usage"]["prompt_tokens"], PROMPT_TOKENS);
+        }
+        assert_eq!(fake.calls(), 2);
+        assert!((1..=2).contains(&fake.max_in_flight()));
+    }
+}
