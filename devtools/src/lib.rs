@@ -5,9 +5,10 @@
 //! crow-cli`) has no `bench` subcommand and none of this crate: no load
 //! generator, no fake AI provider. `crow-cli`'s `bench` feature (off by
 //! default) pulls this crate in and mounts [`BenchCommand`] as `crow bench`;
-//! the workspace's own build turns the feature on (the test package depends
-//! on `crow-cli` with it), so `target/debug/crow` of `cargo build
-//! --workspace` has it for the tests and `scripts/bench-*.sh`.
+//! the workspace's test build turns the feature on (the test package
+//! dev-depends on `crow-cli` with it), so `target/debug/crow` of `cargo
+//! build --workspace --all-targets` has it for the tests and
+//! `scripts/bench-*.sh`.
 //!
 //! - `ingest_load`: `crow bench ingest`, concurrent HTTP clients against a
 //!   collector in this process or elsewhere;
