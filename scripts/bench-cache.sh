@@ -22,7 +22,7 @@ py="$venv/bin/python"
 if [ -n "${CROWTEST_BIN:-}" ]; then
   crow="$CROWTEST_BIN"
 else
-  cargo build --release --locked --bin crow
+  cargo build --release --locked --bin crow --features crow-cli/bench
   crow="$PWD/target/release/crow"
 fi
 work="$(mktemp -d)"

@@ -8,7 +8,8 @@
 #   CROWTEST_BIN=target/debug/crow BASELINE=/tmp/crow-main LIMITS="2048 512" \
 #     scripts/bench-sessionize.sh
 #
-# CROWTEST_BIN defaults to target/release/crow (build it first); LIMITS are
+# CROWTEST_BIN defaults to target/release/crow (build it first: `cargo
+# build --release --bin crow --features crow-cli/bench`); LIMITS are
 # values of jobs.memory_limit_mb (default: the default). The baseline runs
 # with its own defaults (a build from before the pool ignores the variable).
 set -euo pipefail

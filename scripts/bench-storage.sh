@@ -23,7 +23,11 @@ EVENTS="${EVENTS:-1000000}"
 QUERY_RUNS="${QUERY_RUNS:-3}"
 DEMO_VISITORS="${DEMO_VISITORS:-0}"
 crow="${CROWTEST_BIN:-target/debug/crow}"
-[ -x "$crow" ] || cargo build --locked --bin crow
+# Built with the bench feature unless it already answers `crow bench` (a
+# `cargo build -p crow-cli` binary, the product's, has no benchmark commands).
+if ! { [ -x "$crow" ] && "$crow" bench --help >/dev/null 2>&1; }; then
+  cargo build --locked --bin crow --features crow-cli/bench
+fi
 venv="${CROWTEST_VENV:-.venv}"
 [ -x "$venv/bin/python" ] || bash scripts/test-deps.sh >/dev/null
 py="$venv/bin/python"

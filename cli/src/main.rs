@@ -2,7 +2,6 @@
 
 mod ask;
 mod backfill;
-mod bench;
 mod billing;
 mod demo;
 mod error;
@@ -182,9 +181,12 @@ enum Command {
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    // Only in a `crow` built with the `bench` feature (crow-devtools): the
+    // product binary carries no benchmark fixtures.
     /// Benchmarks (see BENCHMARKS.md).
+    #[cfg(feature = "bench")]
     #[command(subcommand)]
-    Bench(BenchCommand),
+    Bench(crow_devtools::BenchCommand),
     /// Run the server: the collector (Segment-compatible ingest) with its WAL
     /// and flusher, the query API, and the job scheduler.
     Serve {
@@ -251,64 +253,6 @@ enum KeysCommand {
         id: String,
         #[command(flatten)]
         format: FormatArg,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum BenchCommand {
-    /// Land synthetic web events (the demo funnel) into the lake for the
-    /// job benchmarks.
-    Generate {
-        /// Events to land.
-        #[arg(long, default_value_t = 1_000_000)]
-        events: u64,
-        /// Days of activity, ending the day before yesterday (so no session
-        /// of the data is still open whatever the time of day).
-        #[arg(long, default_value_t = 28)]
-        days: u32,
-        /// Random seed.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-    },
-    /// Enrichment throughput against a local OpenAI-compatible server with
-    /// a fixed latency (a temp lake).
-    Enrich {
-        /// About this many sessions.
-        #[arg(long, default_value_t = 500)]
-        sessions: usize,
-        /// Provider latency per call.
-        #[arg(long, default_value_t = 300)]
-        latency_ms: u64,
-        /// Concurrent provider calls.
-        #[arg(long, default_value_t = 16)]
-        concurrency: usize,
-    },
-    /// Bulk import rate against plain serde_json parsing the same
-    /// decompressed file (a generated Segment archive, a temp lake).
-    Import {
-        /// Events in the generated archive.
-        #[arg(long, default_value_t = 1_000_000)]
-        events: u64,
-    },
-    /// Durable ingest throughput and latency over real HTTP (a collector in
-    /// this process, over a temp lake unless --lake is given).
-    Ingest {
-        /// Batch sizes to measure.
-        #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
-        batch: Vec<usize>,
-        /// Concurrent HTTP clients.
-        #[arg(long, default_value_t = 32)]
-        clients: usize,
-        /// Seconds per batch size.
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        /// Load a collector that runs elsewhere (its base URL, e.g.
-        /// http://127.0.0.1:8080) instead of one in this process.
-        #[arg(long, requires = "write_key")]
-        url: Option<String>,
-        /// The write key for --url.
-        #[arg(long)]
-        write_key: Option<String>,
     },
 }
 
@@ -540,7 +484,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         // Every secret prints as `***` (crow_schemas::Secret).
         Command::Config(ConfigCommand::Show) => output::text(&cfg.to_toml()),
-        Command::Bench(cmd) => bench_command(&cfg, cli.lake.is_some(), cmd).await,
+        #[cfg(feature = "bench")]
+        Command::Bench(cmd) => crow_devtools::run(&cfg, cli.lake.is_some(), cmd).await,
         Command::Serve {
             listen,
             wal_dir,
@@ -598,57 +543,6 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Config(ConfigCommand::Default) => {
             output::text(&crow_schemas::config::default_toml())
-        }
-    }
-}
-
-/// `crow bench …`: the benchmarks' own commands (BENCHMARKS.md).
-async fn bench_command(cfg: &Config, lake_given: bool, cmd: BenchCommand) -> Result<()> {
-    match cmd {
-        BenchCommand::Generate { events, days, seed } => {
-            let lake = open_lake(cfg).await?;
-            bench::generate(&lake, events, days, seed).await
-        }
-        BenchCommand::Import { events } => bench::import(cfg, events.max(1)).await,
-        BenchCommand::Enrich {
-            sessions,
-            latency_ms,
-            concurrency,
-        } => bench::enrich(cfg.clone(), sessions.max(1), latency_ms, concurrency.max(1)).await,
-        BenchCommand::Ingest {
-            batch,
-            clients,
-            seconds,
-            url: Some(url),
-            write_key,
-        } => {
-            bench::ingest_remote(
-                &url,
-                write_key.as_deref().unwrap_or_default(),
-                bench::BenchArgs {
-                    batches: batch,
-                    concurrency: clients.max(1),
-                    seconds: seconds.max(1),
-                },
-            )
-            .await
-        }
-        BenchCommand::Ingest {
-            batch,
-            clients,
-            seconds,
-            ..
-        } => {
-            bench::ingest(
-                cfg.clone(),
-                lake_given,
-                bench::BenchArgs {
-                    batches: batch,
-                    concurrency: clients.max(1),
-                    seconds: seconds.max(1),
-                },
-            )
-            .await
         }
     }
 }

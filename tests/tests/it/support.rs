@@ -173,8 +173,9 @@ impl Backend {
     }
 }
 
-/// The `crow` binary built beside this test binary (`cargo build -p
-/// crow-cli` first; scripts/test.sh does).
+/// The `crow` binary built beside this test binary, with `crow bench`
+/// (`cargo build --workspace --all-targets` first, which turns on
+/// crow-cli's `bench` feature; scripts/test.sh does).
 pub fn crow_bin() -> PathBuf {
     if let Ok(p) = std::env::var("CROWTEST_BIN") {
         return PathBuf::from(p);
@@ -185,7 +186,7 @@ pub fn crow_bin() -> PathBuf {
     let bin = dir.join(format!("crow{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.exists(),
-        "{} does not exist: build it with `cargo build -p crow-cli` (scripts/test.sh does)",
+        "{} does not exist: build it with `cargo build --workspace --all-targets` (scripts/test.sh does)",
         bin.display()
     );
     bin
