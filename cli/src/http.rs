@@ -9,12 +9,12 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::Router;
+use crow_schemas::metrics::{register, Counter, Gauge, Registry};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -35,28 +35,32 @@ pub struct Limits {
 /// Connection counters, shown on `/metrics`.
 #[derive(Debug, Default)]
 pub struct ConnStats {
-    open: AtomicU64,
-    accepted: AtomicU64,
-    at_capacity: AtomicU64,
+    open: Gauge,
+    accepted: Counter,
+    at_capacity: Counter,
 }
 
 impl ConnStats {
-    /// Prometheus text.
-    pub fn render(&self) -> String {
-        format!(
-            "# HELP crow_http_connections_open HTTP connections open now.\n\
-             # TYPE crow_http_connections_open gauge\n\
-             crow_http_connections_open {}\n\
-             # HELP crow_http_connections_accepted_total HTTP connections accepted.\n\
-             # TYPE crow_http_connections_accepted_total counter\n\
-             crow_http_connections_accepted_total {}\n\
-             # HELP crow_http_connections_at_capacity_total Times a new connection waited because server.max_connections were open.\n\
-             # TYPE crow_http_connections_at_capacity_total counter\n\
-             crow_http_connections_at_capacity_total {}\n",
-            self.open.load(Ordering::Relaxed),
-            self.accepted.load(Ordering::Relaxed),
-            self.at_capacity.load(Ordering::Relaxed),
-        )
+    /// Register the connection counters into `crow serve`'s registry.
+    pub fn register(&self, r: &mut Registry) {
+        register(
+            r,
+            "crow_http_connections_open",
+            "HTTP connections open now.",
+            self.open.clone(),
+        );
+        register(
+            r,
+            "crow_http_connections_accepted_total",
+            "HTTP connections accepted.",
+            self.accepted.clone(),
+        );
+        register(
+            r,
+            "crow_http_connections_at_capacity_total",
+            "Times a new connection waited because server.max_connections were open.",
+            self.at_capacity.clone(),
+        );
     }
 }
 
@@ -75,7 +79,7 @@ pub async fn serve(
     let mut shutdown = pin!(shutdown);
     loop {
         if slots.available_permits() == 0 {
-            stats.at_capacity.fetch_add(1, Ordering::Relaxed);
+            stats.at_capacity.inc();
             tracing::warn!(
                 max_connections = max,
                 "server.max_connections reached; new connections wait"
@@ -110,8 +114,8 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        stats.accepted.fetch_add(1, Ordering::Relaxed);
-        stats.open.fetch_add(1, Ordering::Relaxed);
+        stats.accepted.inc();
+        stats.open.inc();
         let svc = app
             .clone()
             .map_request(move |mut req: axum::http::Request<Incoming>| {
@@ -130,7 +134,7 @@ pub async fn serve(
                 .is_err()
             {
                 tracing::debug!(%peer, "closing a connection that sent nothing");
-                stats.open.fetch_sub(1, Ordering::Relaxed);
+                stats.open.dec();
                 drop(permit);
                 return;
             }
@@ -158,7 +162,7 @@ pub async fn serve(
                     let _ = conn.as_mut().await;
                 }
             }
-            stats.open.fetch_sub(1, Ordering::Relaxed);
+            stats.open.dec();
             drop(permit);
         });
     }

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use crow_ingest::Collector;
 use crow_lake::Lake;
 use crow_schemas::config::Config;
+use crow_schemas::metrics::{self, Registry};
 
 /// Which part of the server to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -87,20 +88,22 @@ pub async fn run(
                 body,
                 crow_query_api::bounded_body,
             ))
-            .route("/healthz", axum::routing::get(|| async { "ok" }))
-            // Answered by `guard_metrics` below.
-            .route("/metrics", axum::routing::get(|| async { "" })),
+            .route("/healthz", axum::routing::get(|| async { "ok" })),
         (None, None) => anyhow::bail!("nothing to serve"),
     };
     let conns = std::sync::Arc::new(crate::http::ConnStats::default());
-    let app = app.layer(axum::middleware::from_fn_with_state(
-        std::sync::Arc::new(MetricsAccess {
-            token: cfg.server.metrics_token.clone(),
-            api: api.as_ref().map(|a| a.metrics.clone()),
-            conns: conns.clone(),
-        }),
-        guard_metrics,
-    ));
+    let registry = metrics_registry(collector.as_ref(), api.as_deref(), &conns);
+    let app = app
+        .route(
+            "/metrics",
+            axum::routing::get(move || metrics(registry.clone())),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            std::sync::Arc::new(MetricsAccess {
+                token: cfg.server.metrics_token.clone(),
+            }),
+            guard_metrics,
+        ));
     let scheduler = if only != Some(Only::Api) && cfg.schedule.enabled {
         Some(start_scheduler(lake.clone(), cfg.clone())?)
     } else {
@@ -263,17 +266,41 @@ fn start_scheduler(
     Ok((stop, thread))
 }
 
-/// Who may read `/metrics`, and what it adds to the collector's.
+/// The one Prometheus registry of this server: the collector's metrics (if
+/// it runs), then the API's (if it runs), then the connections'.
+fn metrics_registry(
+    collector: Option<&Collector>,
+    api: Option<&crow_query_api::ApiState>,
+    conns: &crate::http::ConnStats,
+) -> std::sync::Arc<Registry> {
+    let mut registry = Registry::default();
+    if let Some(c) = collector {
+        c.register_metrics(&mut registry);
+    }
+    if let Some(a) = api {
+        a.metrics.register(&mut registry);
+    }
+    conns.register(&mut registry);
+    std::sync::Arc::new(registry)
+}
+
+/// `/metrics`: the registry in Prometheus text format (behind
+/// `guard_metrics`).
+async fn metrics(registry: std::sync::Arc<Registry>) -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        metrics::encode(&registry),
+    )
+}
+
+/// Who may read `/metrics`.
 struct MetricsAccess {
     token: crow_schemas::Secret,
-    api: Option<std::sync::Arc<crow_query_api::metrics::ApiMetrics>>,
-    conns: std::sync::Arc<crate::http::ConnStats>,
 }
 
 /// `/metrics`: answered to clients on this machine, and to others only with
 /// `Authorization: Bearer <server.metrics_token>` (403 otherwise, so a
-/// public listener does not publish CROW's internals). The body is the
-/// collector's metrics (if it runs), then the API's, then the connections'.
+/// public listener does not publish CROW's internals).
 async fn guard_metrics(
     axum::extract::State(access): axum::extract::State<std::sync::Arc<MetricsAccess>>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
@@ -300,22 +327,7 @@ async fn guard_metrics(
         )
             .into_response();
     }
-    let r = next.run(req).await;
-    let (mut parts, body) = r.into_parts();
-    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
-    parts.headers.insert(
-        axum::http::header::CONTENT_TYPE,
-        axum::http::HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    let mut text = match axum::body::to_bytes(body, 64 * 1024 * 1024).await {
-        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-        Err(_) => String::new(),
-    };
-    if let Some(m) = &access.api {
-        text.push_str(&m.render());
-    }
-    text.push_str(&access.conns.render());
-    axum::response::Response::from_parts(parts, axum::body::Body::from(text))
+    next.run(req).await
 }
 
 /// Equality that takes the same time wherever the first difference is.

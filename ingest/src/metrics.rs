@@ -1,107 +1,14 @@
-//! The collector's telemetry, rendered in Prometheus text format at
-//! `/metrics`. One place per event counts it; labels are low-cardinality
-//! (channel, reason code, table, status class).
+//! The collector's telemetry, registered into `crow serve`'s one Prometheus
+//! registry ([`Metrics::register`]) and encoded at `/metrics`. One place per
+//! event counts it; labels are low-cardinality (channel, reason code, table).
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crow_schemas::metrics::{register, Reading, Registry};
+pub use crow_schemas::metrics::{Counter, Histogram, LabeledCounter};
 
 use crate::wal::WalStats;
-
-/// A monotonically increasing counter.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    /// Add one.
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-    /// Add `n`.
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-    /// Current value.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// A counter with one label.
-#[derive(Debug, Default)]
-pub struct LabeledCounter(Mutex<BTreeMap<String, u64>>);
-
-impl LabeledCounter {
-    /// Add `n` to the series `label`.
-    pub fn inc_by(&self, label: &str, n: u64) {
-        if let Ok(mut m) = self.0.lock() {
-            *m.entry(label.to_string()).or_default() += n;
-        }
-    }
-    /// Value of one series.
-    pub fn get(&self, label: &str) -> u64 {
-        self.0
-            .lock()
-            .map(|m| m.get(label).copied().unwrap_or(0))
-            .unwrap_or(0)
-    }
-    fn snapshot(&self) -> Vec<(String, u64)> {
-        self.0
-            .lock()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
-            .unwrap_or_default()
-    }
-}
-
-/// A histogram of seconds.
-#[derive(Debug)]
-pub struct Histogram {
-    bounds: &'static [f64],
-    counts: Vec<AtomicU64>,
-    sum_micros: AtomicU64,
-    count: AtomicU64,
-}
-
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            sum_micros: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
-    }
-    /// Record one observation.
-    pub fn observe(&self, secs: f64) {
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            if secs <= *b {
-                c.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.sum_micros
-            .fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{b}\"}} {}",
-                c.load(Ordering::Relaxed)
-            );
-        }
-        let n = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {n}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}",
-            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "{name}_count {n}");
-    }
-}
 
 const LATENCY: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -135,11 +42,11 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self {
-            events_accepted: LabeledCounter::default(),
-            events_rejected: LabeledCounter::default(),
-            requests_refused: LabeledCounter::default(),
+            events_accepted: LabeledCounter::new("channel"),
+            events_rejected: LabeledCounter::new("reason"),
+            requests_refused: LabeledCounter::new("reason"),
             backpressure: Counter::default(),
-            rows_committed: LabeledCounter::default(),
+            rows_committed: LabeledCounter::new("table"),
             segments_flushed: Counter::default(),
             segments_quarantined: Counter::default(),
             flush_failures: Counter::default(),
@@ -150,126 +57,156 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Prometheus text exposition of every metric.
-    pub fn render(&self, wal: &WalStats) -> String {
-        let mut out = String::new();
-        labeled(
-            &mut out,
+    /// Register every collector metric, and the WAL's counters read from
+    /// `wal` at scrape time, into `registry`.
+    pub fn register(&self, registry: &mut Registry, wal: &Arc<WalStats>) {
+        let r = registry;
+        register(
+            r,
             "crow_ingest_events_accepted_total",
             "Events accepted (durable in the WAL).",
-            "channel",
-            &self.events_accepted,
+            self.events_accepted.clone(),
         );
-        labeled(
-            &mut out,
+        register(
+            r,
             "crow_ingest_events_rejected_total",
             "Events rejected, by reason; each is in failed_events.",
-            "reason",
-            &self.events_rejected,
+            self.events_rejected.clone(),
         );
-        labeled(
-            &mut out,
+        register(
+            r,
             "crow_ingest_requests_refused_total",
             "Whole requests refused, by reason.",
-            "reason",
-            &self.requests_refused,
+            self.requests_refused.clone(),
         );
-        counter(
-            &mut out,
+        register(
+            r,
             "crow_ingest_backpressure_total",
             "Requests answered 503 with Retry-After because flushing fell behind.",
-            self.backpressure.get(),
+            self.backpressure.clone(),
         );
-        labeled(
-            &mut out,
+        register(
+            r,
             "crow_ingest_rows_committed_total",
             "Rows committed to the lake, by table.",
-            "table",
-            &self.rows_committed,
+            self.rows_committed.clone(),
         );
-        counter(
-            &mut out,
+        register(
+            r,
             "crow_ingest_segments_flushed_total",
             "WAL segments committed and retired.",
-            self.segments_flushed.get(),
+            self.segments_flushed.clone(),
         );
-        counter(
-            &mut out,
+        register(
+            r,
             "crow_ingest_segments_quarantined_total",
             "WAL segments that could not be decoded, kept aside as <seq>.corrupt.",
-            self.segments_quarantined.get(),
+            self.segments_quarantined.clone(),
         );
-        counter(
-            &mut out,
+        register(
+            r,
             "crow_ingest_flush_failures_total",
             "Flush attempts that failed and were retried.",
-            self.flush_failures.get(),
+            self.flush_failures.clone(),
         );
-        counter(
-            &mut out,
+        register(
+            r,
             "crow_lake_commit_retries_total",
             "Commits retried after losing an optimistic-concurrency race.",
-            crow_lake::commit_retries_total(),
+            Reading::counter(crow_lake::commit_retries_total),
         );
-        gauge(
-            &mut out,
-            "crow_ingest_wal_pending_bytes",
-            "WAL bytes not yet committed to the lake.",
-            wal.pending_bytes.load(Ordering::Relaxed),
-        );
-        gauge(
-            &mut out,
-            "crow_ingest_wal_pending_segments",
-            "WAL segments not yet committed to the lake.",
-            wal.pending_segments.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "crow_ingest_wal_written_bytes_total",
-            "Bytes written to the WAL.",
-            wal.written_bytes.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "crow_ingest_wal_fsyncs_total",
-            "WAL fsyncs (one per group commit).",
-            wal.syncs.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "crow_ingest_wal_records_total",
-            "Records written to the WAL.",
-            wal.records.load(Ordering::Relaxed),
-        );
-        self.flush_seconds.render(
-            &mut out,
+        register_wal(r, wal);
+        register(
+            r,
             "crow_ingest_flush_seconds",
             "Time to commit one WAL segment to the lake.",
+            self.flush_seconds.clone(),
         );
-        self.ack_seconds.render(
-            &mut out,
+        register(
+            r,
             "crow_ingest_ack_seconds",
             "Time from request to durable acknowledgement.",
+            self.ack_seconds.clone(),
         );
-        out
     }
 }
 
-fn counter(out: &mut String, name: &str, help: &str, v: u64) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+/// The WAL's gauges and counters, read from its own atomics.
+fn register_wal(r: &mut Registry, wal: &Arc<WalStats>) {
+    let read = |field: fn(&WalStats) -> &std::sync::atomic::AtomicU64| {
+        let wal = wal.clone();
+        move || field(&wal).load(Ordering::Relaxed)
+    };
+    register(
+        r,
+        "crow_ingest_wal_pending_bytes",
+        "WAL bytes not yet committed to the lake.",
+        Reading::gauge(read(|w| &w.pending_bytes)),
+    );
+    register(
+        r,
+        "crow_ingest_wal_pending_segments",
+        "WAL segments not yet committed to the lake.",
+        Reading::gauge(read(|w| &w.pending_segments)),
+    );
+    register(
+        r,
+        "crow_ingest_wal_written_bytes_total",
+        "Bytes written to the WAL.",
+        Reading::counter(read(|w| &w.written_bytes)),
+    );
+    register(
+        r,
+        "crow_ingest_wal_fsyncs_total",
+        "WAL fsyncs (one per group commit).",
+        Reading::counter(read(|w| &w.syncs)),
+    );
+    register(
+        r,
+        "crow_ingest_wal_records_total",
+        "Records written to the WAL.",
+        Reading::counter(read(|w| &w.records)),
     );
 }
 
-fn gauge(out: &mut String, name: &str, help: &str, v: u64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn labeled(out: &mut String, name: &str, help: &str, label: &str, c: &LabeledCounter) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-    for (k, v) in c.snapshot() {
-        let k = k.replace('\\', "\\\\").replace('"', "\\\"");
-        let _ = writeln!(out, "{name}{{{label}=\"{k}\"}} {v}");
+    /// Every collector metric on `/metrics`, by the name, type and help it
+    /// always had, with the value counted.
+    #[test]
+    fn registers_every_metric_by_its_name() {
+        let m = Metrics::default();
+        let wal = Arc::new(WalStats::default());
+        let mut r = Registry::default();
+        m.register(&mut r, &wal);
+        m.events_accepted.inc_by("web", 3);
+        m.rows_committed.inc_by("raw_web_events", 2);
+        m.backpressure.inc();
+        m.ack_seconds.observe(0.002);
+        wal.pending_bytes.store(42, Ordering::Relaxed);
+        wal.records.store(9, Ordering::Relaxed);
+        let text = crow_schemas::metrics::encode(&r);
+        for line in [
+            "# HELP crow_ingest_events_accepted_total Events accepted (durable in the WAL).\n",
+            "# TYPE crow_ingest_events_accepted_total counter\n",
+            "crow_ingest_events_accepted_total{channel=\"web\"} 3\n",
+            "# TYPE crow_ingest_events_rejected_total counter\n",
+            "crow_ingest_rows_committed_total{table=\"raw_web_events\"} 2\n",
+            "crow_ingest_backpressure_total 1\n",
+            "crow_ingest_segments_quarantined_total 0\n",
+            "crow_lake_commit_retries_total ",
+            "# TYPE crow_ingest_wal_pending_bytes gauge\ncrow_ingest_wal_pending_bytes 42\n",
+            "crow_ingest_wal_records_total 9\n",
+            "# TYPE crow_ingest_ack_seconds histogram\n",
+            "crow_ingest_ack_seconds_bucket{le=\"0.001\"} 0\n",
+            "crow_ingest_ack_seconds_bucket{le=\"0.0025\"} 1\n",
+            "crow_ingest_ack_seconds_bucket{le=\"+Inf\"} 1\n",
+            "crow_ingest_ack_seconds_count 1\n",
+            "crow_ingest_flush_seconds_count 0\n",
+        ] {
+            assert!(text.contains(line), "{line:?} not in {text}");
+        }
     }
 }

@@ -4,8 +4,9 @@
 //! `/v1/track`, `/v1/page`, `/v1/screen`, `/v1/identify`, `/v1/group`,
 //! `/v1/alias` (and Analytics.js's short forms `/v1/t`, `/v1/p`, …), the
 //! settings Analytics.js loads (`GET /v1/projects/{writeKey}/settings`); CROW's own `POST /v1/social/captures` and
-//! `POST /v1/cctv/transcripts`; `/healthz`, `/readyz`, `/metrics` and the
-//! browser SDK at `/sdk/crow.js`.
+//! `POST /v1/cctv/transcripts`; `/healthz`, `/readyz` and the browser SDK
+//! at `/sdk/crow.js`. (`/metrics` is `crow serve`'s: it encodes the one
+//! registry the collector's [`crate::metrics::Metrics`] register into.)
 //!
 //! A request is answered 2xx only after its rows — accepted events and
 //! rejected ones alike — are fsync'd in the WAL. Rejected events go to
@@ -181,7 +182,6 @@ pub fn router(state: Arc<IngestState>) -> Router {
         .route("/sdk/crow.js", get(sdk))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         // Bodies are read with our own bound (see `read_body`), so an
         // oversized request gets the same JSON refusal as every other error.
         .layer(DefaultBodyLimit::disable())
@@ -953,13 +953,6 @@ async fn readyz(State(state): State<Arc<IngestState>>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "the lake is unreachable").into_response();
     }
     (StatusCode::OK, "ready").into_response()
-}
-
-async fn metrics(State(state): State<Arc<IngestState>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(state.wal.stats()),
-    )
 }
 
 #[cfg(test)]

@@ -89,6 +89,12 @@ impl Collector {
         })
     }
 
+    /// Register the collector's metrics (its own and its WAL's) into
+    /// `crow serve`'s registry.
+    pub fn register_metrics(&self, registry: &mut crow_schemas::metrics::Registry) {
+        self.metrics.register(registry, self.wal.stats());
+    }
+
     /// Serve the collector's routes on a free loopback port (for the demo and
     /// the benchmarks, which drive it over real HTTP from the same process).
     pub async fn serve_on_loopback(

@@ -26,7 +26,6 @@
 //! not.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
@@ -150,9 +149,9 @@ impl ResultCache {
         let cached = self.classify(lookup, sql, plan, schema);
         let c = &self.metrics.cache;
         match &cached {
-            Cached::Off | Cached::Bypass(_) => c.bypasses.fetch_add(1, Ordering::Relaxed),
-            Cached::Miss(_) => c.misses.fetch_add(1, Ordering::Relaxed),
-            Cached::Hit(_) => c.hits.fetch_add(1, Ordering::Relaxed),
+            Cached::Off | Cached::Bypass(_) => c.bypasses.inc(),
+            Cached::Miss(_) => c.misses.inc(),
+            Cached::Hit(_) => c.hits.inc(),
         };
         cached
     }
@@ -229,7 +228,7 @@ impl ResultCache {
             };
             if let Some(e) = inner.map.remove(&oldest) {
                 inner.bytes -= e.size;
-                c.evictions.fetch_add(1, Ordering::Relaxed);
+                c.evictions.inc();
             }
         }
         inner.tick += 1;
@@ -237,8 +236,8 @@ impl ResultCache {
         inner.order.insert(tick, key.clone());
         inner.map.insert(key, Entry { body, size, tick });
         inner.bytes += size;
-        c.bytes.store(inner.bytes as u64, Ordering::Relaxed);
-        c.entries.store(inner.map.len() as u64, Ordering::Relaxed);
+        c.bytes.set(inner.bytes as u64);
+        c.entries.set(inner.map.len() as u64);
     }
 }
 
@@ -301,13 +300,13 @@ mod tests {
         for k in ["a", "c", "d"] {
             assert!(c.get(&key(k)).is_some(), "{k} must stay");
         }
-        assert_eq!(m.cache.evictions.load(Ordering::Relaxed), 1);
-        assert_eq!(m.cache.bytes.load(Ordering::Relaxed), 3 * per as u64);
-        assert_eq!(m.cache.entries.load(Ordering::Relaxed), 3);
+        assert_eq!(m.cache.evictions.get(), 1);
+        assert_eq!(m.cache.bytes.get(), 3 * per as u64);
+        assert_eq!(m.cache.entries.get(), 3);
         // Above the entry cap: not kept, nothing evicted.
         c.put(key("e"), Bytes::from(vec![0u8; 101]));
         assert!(c.get(&key("e")).is_none());
-        assert_eq!(m.cache.evictions.load(Ordering::Relaxed), 1);
+        assert_eq!(m.cache.evictions.get(), 1);
     }
 
     #[test]
@@ -316,9 +315,6 @@ mod tests {
         c.put(key("a"), Bytes::from_static(b"one"));
         c.put(key("a"), Bytes::from_static(b"three"));
         assert_eq!(c.get(&key("a")).as_deref(), Some(&b"three"[..]));
-        assert_eq!(
-            m.cache.bytes.load(Ordering::Relaxed),
-            (5 + 1 + ENTRY_OVERHEAD) as u64
-        );
+        assert_eq!(m.cache.bytes.get(), (5 + 1 + ENTRY_OVERHEAD) as u64);
     }
 }

@@ -1,25 +1,26 @@
-//! The API's telemetry in Prometheus text format (appended to `/metrics`).
-//! Labels are low-cardinality: the route template and the status code.
+//! The API's telemetry, registered into `crow serve`'s one Prometheus
+//! registry ([`ApiMetrics::register`]) and encoded at `/metrics`. Labels are
+//! low-cardinality: the route template and the status code.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use crow_schemas::metrics::{
+    register, Counter, Family, Gauge, Histogram, LabeledCounter, NeverEmpty, Registry,
+};
 
 const LATENCY: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// A request's route template and status code.
+type RouteStatus = [(&'static str, String); 2];
+
 /// Every API metric.
 #[derive(Debug)]
 pub struct ApiMetrics {
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
-    query_buckets: Vec<AtomicU64>,
-    query_sum_micros: AtomicU64,
-    query_count: AtomicU64,
-    refused: Mutex<BTreeMap<String, u64>>,
-    spill_files: AtomicU64,
-    spilled_bytes: AtomicU64,
+    requests: Family<RouteStatus, Counter>,
+    query_seconds: Histogram,
+    refused: LabeledCounter,
+    spill_files: Counter,
+    spilled_bytes: Counter,
     /// The SQL result cache's counters ([`crate::cache`]).
     pub cache: CacheStats,
 }
@@ -28,30 +29,28 @@ pub struct ApiMetrics {
 #[derive(Debug, Default)]
 pub struct CacheStats {
     /// Answers served from the cache.
-    pub hits: AtomicU64,
+    pub hits: Counter,
     /// Cacheable queries not in the cache (run, then stored if they fit).
-    pub misses: AtomicU64,
+    pub misses: Counter,
     /// Queries not looked up: the cache is off or the query is not
     /// deterministic.
-    pub bypasses: AtomicU64,
+    pub bypasses: Counter,
     /// Entries dropped to make room.
-    pub evictions: AtomicU64,
+    pub evictions: Counter,
     /// Bytes held (answers and keys).
-    pub bytes: AtomicU64,
+    pub bytes: Gauge,
     /// Answers held.
-    pub entries: AtomicU64,
+    pub entries: Gauge,
 }
 
 impl Default for ApiMetrics {
     fn default() -> Self {
         Self {
-            requests: Mutex::new(BTreeMap::new()),
-            query_buckets: LATENCY.iter().map(|_| AtomicU64::new(0)).collect(),
-            query_sum_micros: AtomicU64::new(0),
-            query_count: AtomicU64::new(0),
-            refused: Mutex::new(BTreeMap::new()),
-            spill_files: AtomicU64::new(0),
-            spilled_bytes: AtomicU64::new(0),
+            requests: Family::default(),
+            query_seconds: Histogram::new(LATENCY),
+            refused: LabeledCounter::new("code"),
+            spill_files: Counter::default(),
+            spilled_bytes: Counter::default(),
             cache: CacheStats::default(),
         }
     }
@@ -60,133 +59,146 @@ impl Default for ApiMetrics {
 impl ApiMetrics {
     /// Count one answered request.
     pub fn request(&self, route: &str, status: u16) {
-        if let Ok(mut m) = self.requests.lock() {
-            *m.entry((route.to_string(), status)).or_default() += 1;
-        }
+        let labels = [("route", route.to_string()), ("status", status.to_string())];
+        self.requests.get_or_create(&labels).inc();
     }
 
     /// Count one refused SQL statement by code.
     pub fn refused(&self, code: &str) {
-        if let Ok(mut m) = self.refused.lock() {
-            *m.entry(code.to_string()).or_default() += 1;
-        }
+        self.refused.inc_by(code, 1);
     }
 
     /// Count what one query spilled to disk past its memory pool.
     pub fn spilled(&self, files: u64, bytes: u64) {
-        self.spill_files.fetch_add(files, Ordering::Relaxed);
-        self.spilled_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.spill_files.inc_by(files);
+        self.spilled_bytes.inc_by(bytes);
     }
 
     /// Record how long a query took until its first result batch.
     pub fn query_seconds(&self, secs: f64) {
-        for (b, c) in LATENCY.iter().zip(&self.query_buckets) {
-            if secs <= *b {
-                c.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.query_sum_micros
-            .fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
-        self.query_count.fetch_add(1, Ordering::Relaxed);
+        self.query_seconds.observe(secs);
     }
 
-    /// Prometheus text.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        out.push_str("# HELP crow_api_requests_total API requests answered, by route and status.\n# TYPE crow_api_requests_total counter\n");
-        if let Ok(m) = self.requests.lock() {
-            for ((route, status), n) in m.iter() {
-                let _ = writeln!(
-                    out,
-                    "crow_api_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-                );
-            }
-        }
-        out.push_str("# HELP crow_api_sql_refused_total SQL statements refused, by code.\n# TYPE crow_api_sql_refused_total counter\n");
-        if let Ok(m) = self.refused.lock() {
-            for (code, n) in m.iter() {
-                let _ = writeln!(out, "crow_api_sql_refused_total{{code=\"{code}\"}} {n}");
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP crow_api_query_spill_files_total Files queries spilled to disk past the memory pool (api.memory_limit_mb).\n# TYPE crow_api_query_spill_files_total counter\ncrow_api_query_spill_files_total {}",
-            self.spill_files.load(Ordering::Relaxed)
+    /// Register every API metric into `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry;
+        register(
+            r,
+            "crow_api_requests_total",
+            "API requests answered, by route and status.",
+            // Never empty, so its help and type are there before the
+            // first request, as they always were.
+            NeverEmpty(self.requests.clone()),
         );
-        let _ = writeln!(
-            out,
-            "# HELP crow_api_query_spilled_bytes_total Bytes queries spilled to disk past the memory pool.\n# TYPE crow_api_query_spilled_bytes_total counter\ncrow_api_query_spilled_bytes_total {}",
-            self.spilled_bytes.load(Ordering::Relaxed)
+        register(
+            r,
+            "crow_api_sql_refused_total",
+            "SQL statements refused, by code.",
+            self.refused.clone(),
         );
-        let name = "crow_api_query_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} SQL query latency until the first result batch.\n# TYPE {name} histogram"
+        register(
+            r,
+            "crow_api_query_spill_files_total",
+            "Files queries spilled to disk past the memory pool (api.memory_limit_mb).",
+            self.spill_files.clone(),
         );
-        for (b, c) in LATENCY.iter().zip(&self.query_buckets) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{b}\"}} {}",
-                c.load(Ordering::Relaxed)
-            );
-        }
-        let n = self.query_count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {n}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}",
-            self.query_sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        register(
+            r,
+            "crow_api_query_spilled_bytes_total",
+            "Bytes queries spilled to disk past the memory pool.",
+            self.spilled_bytes.clone(),
         );
-        let _ = writeln!(out, "{name}_count {n}");
-        self.render_cache(&mut out);
-        out
+        register(
+            r,
+            "crow_api_query_seconds",
+            "SQL query latency until the first result batch.",
+            self.query_seconds.clone(),
+        );
+        self.cache.register(r);
     }
+}
 
-    fn render_cache(&self, out: &mut String) {
-        let c = &self.cache;
-        for (name, kind, help, v) in [
-            (
-                "hits_total",
-                "counter",
-                "SQL answers served from the result cache.",
-                &c.hits,
-            ),
-            (
-                "misses_total",
-                "counter",
-                "Cacheable SQL queries not found in the result cache.",
-                &c.misses,
-            ),
-            (
-                "bypass_total",
-                "counter",
-                "SQL queries that skipped the result cache (cache off, or not deterministic).",
-                &c.bypasses,
-            ),
-            (
-                "evictions_total",
-                "counter",
-                "Result cache entries dropped to make room.",
-                &c.evictions,
-            ),
-            (
-                "bytes",
-                "gauge",
-                "Bytes held by the result cache.",
-                &c.bytes,
-            ),
-            (
-                "entries",
-                "gauge",
-                "Answers held by the result cache.",
-                &c.entries,
-            ),
+impl CacheStats {
+    fn register(&self, r: &mut Registry) {
+        register(
+            r,
+            "crow_api_result_cache_hits_total",
+            "SQL answers served from the result cache.",
+            self.hits.clone(),
+        );
+        register(
+            r,
+            "crow_api_result_cache_misses_total",
+            "Cacheable SQL queries not found in the result cache.",
+            self.misses.clone(),
+        );
+        register(
+            r,
+            "crow_api_result_cache_bypass_total",
+            "SQL queries that skipped the result cache (cache off, or not deterministic).",
+            self.bypasses.clone(),
+        );
+        register(
+            r,
+            "crow_api_result_cache_evictions_total",
+            "Result cache entries dropped to make room.",
+            self.evictions.clone(),
+        );
+        register(
+            r,
+            "crow_api_result_cache_bytes",
+            "Bytes held by the result cache.",
+            self.bytes.clone(),
+        );
+        register(
+            r,
+            "crow_api_result_cache_entries",
+            "Answers held by the result cache.",
+            self.entries.clone(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every API metric on `/metrics`, by the name, type and help it always
+    /// had, with the value counted.
+    #[test]
+    fn registers_every_metric_by_its_name() {
+        let m = ApiMetrics::default();
+        let mut r = Registry::default();
+        m.register(&mut r);
+        m.request("/api/v1/sql", 200);
+        m.request("/api/v1/sql", 200);
+        m.request("/api/v1/sql", 401);
+        m.refused("statement_not_allowed");
+        m.spilled(2, 4096);
+        m.query_seconds(0.007);
+        m.cache.hits.inc();
+        m.cache.bytes.set(300);
+        let text = crow_schemas::metrics::encode(&r);
+        for line in [
+            "# HELP crow_api_requests_total API requests answered, by route and status.\n",
+            "# TYPE crow_api_requests_total counter\n",
+            "crow_api_requests_total{route=\"/api/v1/sql\",status=\"200\"} 2\n",
+            "crow_api_requests_total{route=\"/api/v1/sql\",status=\"401\"} 1\n",
+            "crow_api_sql_refused_total{code=\"statement_not_allowed\"} 1\n",
+            "crow_api_query_spill_files_total 2\n",
+            "crow_api_query_spilled_bytes_total 4096\n",
+            "# TYPE crow_api_query_seconds histogram\n",
+            "crow_api_query_seconds_bucket{le=\"0.005\"} 0\n",
+            "crow_api_query_seconds_bucket{le=\"0.01\"} 1\n",
+            "crow_api_query_seconds_count 1\n",
+            "crow_api_result_cache_hits_total 1\n",
+            "crow_api_result_cache_misses_total 0\n",
+            "crow_api_result_cache_bypass_total 0\n",
+            "crow_api_result_cache_evictions_total 0\n",
+            "# TYPE crow_api_result_cache_bytes gauge\ncrow_api_result_cache_bytes 300\n",
+            "crow_api_result_cache_entries 0\n",
         ] {
-            let _ = writeln!(
-                out,
-                "# HELP crow_api_result_cache_{name} {help}\n# TYPE crow_api_result_cache_{name} {kind}\ncrow_api_result_cache_{name} {}",
-                v.load(Ordering::Relaxed)
-            );
+            assert!(text.contains(line), "{line:?} not in {text}");
         }
     }
 }

@@ -19,6 +19,7 @@
 
 pub mod config;
 pub mod job;
+pub mod metrics;
 pub mod net;
 pub mod secret;
 pub mod time;

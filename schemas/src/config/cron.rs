@@ -9,6 +9,22 @@
 //! begins with `*` (`*`, `*/2`) counts as unrestricted there, so
 //! `0 0 */2 * 1` is a Monday that is also an odd day of the month, as
 //! cron(8) reads it. All times are UTC.
+//!
+//! Ours, not a crate's, for a measured reason (issue 13 item 7): `croner`
+//! 4.0.3 (six optional-seconds fields, OR of the day fields) parsed and
+//! searched the same expressions from 2026-12-04 and changes meanings we
+//! keep. It counts only a bare `*` as unrestricted, so `0 0 */2 * 1` fires
+//! on 2026-12-05 (an odd day, a Saturday) where crontab and this module
+//! wait for a Monday on an odd day (2026-12-07, 2026-12-21), and
+//! `* * 10-10 4-4 */4` fires on 2027-04-01 (a Thursday in April) where
+//! ours waits for a 10 April on a Sunday or Thursday (2031-04-10). It
+//! refuses `a/n` steps (`5/10 * * * *`: "single number steps … are not
+//! allowed"), which we accept. `0 0 30 2 *` takes it 0.58 s (a debug
+//! build) to give up, searching to the year 5000 before an error; ours
+//! answers `None` after one 400-year cycle. It agrees where both day fields
+//! are restricted (`0 0 1 * 1`, `0 0 29 2 0`) and on seconds
+//! (`0 */15 * * * *`), and it would add six crates (`croner`,
+//! `derive_builder` and its two, `strum` and its macros).
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveTime, Timelike, Utc};
 
@@ -211,6 +227,27 @@ mod tests {
 
     fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(y, mo, d, h, mi, s).single().unwrap()
+    }
+
+    /// Our answers the module doc sets against croner's.
+    #[test]
+    fn the_answers_the_module_doc_quotes() {
+        let from = at(2026, 12, 4, 0, 0, 0);
+        let c = Cron::parse("0 0 */2 * 1").unwrap();
+        let first = c.next_after(from);
+        assert_eq!(first, Some(at(2026, 12, 7, 0, 0, 0)));
+        assert_eq!(
+            first.and_then(|t| c.next_after(t)),
+            Some(at(2026, 12, 21, 0, 0, 0))
+        );
+        assert_eq!(
+            Cron::parse("* * 10-10 4-4 */4").unwrap().next_after(from),
+            Some(at(2031, 4, 10, 0, 0, 0))
+        );
+        assert_eq!(
+            Cron::parse("5/10 * * * *").unwrap().next_after(from),
+            Some(at(2026, 12, 4, 0, 5, 0))
+        );
     }
 
     #[test]
