@@ -46,6 +46,7 @@ use crow_lake::batch::{batches_to_rows, rows_to_batch, ts_micros};
 use crow_lake::datafusion::prelude::{col, lit};
 use crow_lake::{predicate, Lake};
 use crow_schemas::config::BillingConfig;
+use crow_schemas::rows::UsageRow;
 use crow_schemas::USAGE_DAILY;
 use serde::{Deserialize, Serialize};
 
@@ -221,23 +222,6 @@ pub struct Report {
     pub amount_micros: i64,
     /// Currency.
     pub currency: String,
-}
-
-/// One `usage_daily` row.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct UsageRow {
-    org_id: String,
-    /// Days since the epoch.
-    usage_date: i32,
-    events: i64,
-    sessions: i64,
-    interactions: i64,
-    patterns: i64,
-    ai_input_tokens: i64,
-    ai_output_tokens: i64,
-    amount_micros: i64,
-    currency: String,
-    computed_at: i64,
 }
 
 fn epoch_days(d: NaiveDate) -> i32 {

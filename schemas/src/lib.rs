@@ -20,6 +20,7 @@
 pub mod config;
 pub mod job;
 pub mod net;
+pub mod rows;
 pub mod secret;
 pub mod time;
 pub mod timeline;

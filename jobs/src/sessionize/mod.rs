@@ -96,7 +96,8 @@ mod window;
 
 use cctv::*;
 use columns::*;
-pub use output::SessionRow;
+/// One row of `sessions`, on its way into the output batches.
+pub use crow_schemas::rows::SessionRow;
 use output::*;
 use social::*;
 use web::*;
