@@ -14,8 +14,9 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::normalize::{days_since_epoch, parse_time, Rejection};
+use crate::normalize::{parse_time, Rejection};
 use crow_schemas::rows::{CctvTranscriptRow, SocialCaptureRow};
+use crow_schemas::time::days_from_time;
 
 fn reject(code: &'static str, reason: impl Into<String>) -> Rejection {
     Rejection {
@@ -88,7 +89,7 @@ pub fn social_row(
         content_hash,
         metrics,
         received_at: now.timestamp_micros(),
-        event_date: days_since_epoch(captured),
+        event_date: days_from_time(captured),
     })
 }
 
@@ -129,6 +130,6 @@ pub fn cctv_row(
             .map(Value::to_string),
         model: text(item, "model", false)?,
         received_at: now.timestamp_micros(),
-        event_date: days_since_epoch(start),
+        event_date: days_from_time(start),
     })
 }

@@ -47,6 +47,7 @@ use crow_lake::datafusion::prelude::{col, lit};
 use crow_lake::{predicate, Lake};
 use crow_schemas::config::BillingConfig;
 use crow_schemas::rows::UsageRow;
+use crow_schemas::time::days_from_date;
 use crow_schemas::USAGE_DAILY;
 use serde::{Deserialize, Serialize};
 
@@ -222,10 +223,6 @@ pub struct Report {
     pub amount_micros: i64,
     /// Currency.
     pub currency: String,
-}
-
-fn epoch_days(d: NaiveDate) -> i32 {
-    d.signed_duration_since(NaiveDate::default()).num_days() as i32
 }
 
 fn midnight(t: DateTime<Utc>) -> DateTime<Utc> {
@@ -474,7 +471,7 @@ async fn compute(
         .iter()
         .map(|((org_id, day), u)| UsageRow {
             org_id: org_id.clone(),
-            usage_date: epoch_days(*day),
+            usage_date: days_from_date(*day),
             events: u.events,
             sessions: u.sessions,
             interactions: u.interactions,
@@ -536,7 +533,7 @@ async fn compute(
                 .map_err(|e| Error::Corrupt(format!("usage_daily: day `{}`: {e}", s.usage_date)))?;
             v.push(UsageRow {
                 org_id: s.org_id,
-                usage_date: epoch_days(d),
+                usage_date: days_from_date(d),
                 events: s.events,
                 sessions: s.sessions,
                 interactions: s.interactions,

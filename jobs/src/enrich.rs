@@ -894,13 +894,7 @@ impl Collected {
                 input_tokens: done.tokens.0 as i64,
                 output_tokens: done.tokens.1 as i64,
                 created_at: now.timestamp_micros(),
-                session_date: s
-                    .started_at
-                    .date_naive()
-                    .signed_duration_since(
-                        chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default(),
-                    )
-                    .num_days() as i32,
+                session_date: crow_schemas::time::days_from_time(s.started_at),
             }),
             Err((code, reason)) => {
                 report.failures += 1;
