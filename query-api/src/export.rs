@@ -35,7 +35,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use crow_lake::object_store::buffered::BufWriter;
 use crow_lake::object_store::path::Path as StorePath;
 use crow_lake::object_store::{ObjectStore, ObjectStoreExt, PutPayload};
