@@ -19,6 +19,7 @@
 
 pub mod config;
 pub mod job;
+pub mod metric;
 pub mod net;
 pub mod rows;
 pub mod secret;

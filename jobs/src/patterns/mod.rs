@@ -113,6 +113,7 @@ use crow_lake::batch::{batches_to_rows, rows_to_batch};
 use crow_lake::datafusion::prelude::{col, lit, Expr, SessionContext};
 use crow_lake::ids::sha256_hex;
 use crow_lake::{predicate, Lake};
+use crow_schemas::metric::Metric;
 use crow_schemas::rows::{FailedEventRow, FailureSource};
 use crow_schemas::time::{date_from_days, days_from_date};
 use crow_schemas::timeline::TimelineEntry;
