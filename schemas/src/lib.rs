@@ -23,6 +23,7 @@ pub mod metric;
 pub mod net;
 pub mod rows;
 pub mod secret;
+pub mod segment;
 pub mod time;
 pub mod timeline;
 
