@@ -1,5 +1,5 @@
-//! Social captures, CCTV transcripts and failed events: their JSON contracts
-//! and rows.
+//! Social captures and CCTV transcripts: their JSON contracts, read into
+//! the rows of `crow_schemas::rows`.
 //!
 //! `POST /v1/social/captures`:
 //! `{"run_id": "…", "captures": [{"platform": "instagram", "url": "…",
@@ -12,91 +12,11 @@
 //! "segment_id"?}]}` — each camera-hour becomes one session.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use serde_json::Value;
 
-use crate::normalize::{days_since_epoch, parse_time, Rejection};
-
-/// A `failed_events` row.
-#[derive(Debug, Clone, Serialize)]
-#[allow(missing_docs)]
-pub struct FailedEventRow {
-    pub org_id: Option<String>,
-    pub failure_id: String,
-    pub source: String,
-    pub channel: Option<String>,
-    pub message_id: Option<String>,
-    pub reason_code: String,
-    pub reason: String,
-    pub payload: Option<String>,
-    pub failed_at: i64,
-    pub event_date: i32,
-}
-
-impl FailedEventRow {
-    /// A failure with its reason and original payload.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        org_id: Option<&str>,
-        source: &str,
-        channel: Option<&str>,
-        message_id: Option<String>,
-        code: &str,
-        reason: &str,
-        payload: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> Self {
-        Self {
-            org_id: org_id.map(str::to_string),
-            failure_id: crow_lake::ids::new_id("fail"),
-            source: source.to_string(),
-            channel: channel.map(str::to_string),
-            message_id,
-            reason_code: code.to_string(),
-            reason: reason.to_string(),
-            payload: payload.map(str::to_string),
-            failed_at: now.timestamp_micros(),
-            event_date: days_since_epoch(now),
-        }
-    }
-}
-
-/// A `raw_social_captures` row.
-#[derive(Debug, Clone, Serialize)]
-#[allow(missing_docs)]
-pub struct SocialCaptureRow {
-    pub org_id: String,
-    pub capture_id: String,
-    pub run_id: String,
-    pub platform: String,
-    pub url: String,
-    pub canonical_url: Option<String>,
-    pub author: Option<String>,
-    pub published_at: Option<i64>,
-    pub captured_at: i64,
-    pub text: Option<String>,
-    pub content_hash: String,
-    pub metrics: Option<String>,
-    pub received_at: i64,
-    pub event_date: i32,
-}
-
-/// A `raw_cctv_transcripts` row.
-#[derive(Debug, Clone, Serialize)]
-#[allow(missing_docs)]
-pub struct CctvTranscriptRow {
-    pub org_id: String,
-    pub segment_id: String,
-    pub store_id: String,
-    pub camera_id: String,
-    pub segment_start: i64,
-    pub segment_end: i64,
-    pub text: String,
-    pub observations: Option<String>,
-    pub model: Option<String>,
-    pub received_at: i64,
-    pub event_date: i32,
-}
+use crate::normalize::{parse_time, Rejection};
+use crow_schemas::rows::{CctvTranscriptRow, SocialCaptureRow};
+use crow_schemas::time::days_from_time;
 
 fn reject(code: &'static str, reason: impl Into<String>) -> Rejection {
     Rejection {
@@ -169,7 +89,7 @@ pub fn social_row(
         content_hash,
         metrics,
         received_at: now.timestamp_micros(),
-        event_date: days_since_epoch(captured),
+        event_date: days_from_time(captured),
     })
 }
 
@@ -210,6 +130,6 @@ pub fn cctv_row(
             .map(Value::to_string),
         model: text(item, "model", false)?,
         received_at: now.timestamp_micros(),
-        event_date: days_since_epoch(start),
+        event_date: days_from_time(start),
     })
 }

@@ -318,16 +318,17 @@ mod tests {
 
     /// A WAL batch of one `failed_events` row (JSON).
     fn failed(message_id: Option<&str>) -> WalBatch {
-        let row = crate::channels::FailedEventRow::new(
-            Some("o1"),
-            "collector",
-            Some("web"),
-            message_id.map(str::to_string),
+        let row = crow_schemas::rows::FailedEventRow::new(
+            crow_lake::ids::new_id("fail"),
+            crow_schemas::rows::FailureSource::Collector,
             "missing_field",
             "why",
-            Some("{}"),
             chrono::Utc::now(),
-        );
+        )
+        .with_org("o1")
+        .with_channel("web")
+        .with_message_id(message_id.map(str::to_string))
+        .with_payload("{}");
         let mut b = WalBatch::default();
         b.push_json(WalTable::FailedEvents, &serde_json::to_vec(&row).unwrap());
         b

@@ -22,8 +22,8 @@ use chrono::{DateTime, Utc};
 use crow_lake::Lake;
 use sha2::{Digest, Sha256};
 
-use crate::channels::FailedEventRow;
 use crate::normalize::{normalize_json, Defaults, NormalizeContext};
+use crow_schemas::rows::{FailedEventRow, FailureSource};
 
 /// What importing one file did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -200,16 +200,19 @@ impl Chunk {
                     .then(|| serde_json::from_str::<MessageIdOnly>(text).ok())
                     .flatten()
                     .and_then(|m| m.message_id);
-                self.failed.push(FailedEventRow::new(
-                    Some(opts.org_id),
-                    "import",
-                    Some("web"),
-                    message_id,
-                    r.code,
-                    &r.reason,
-                    Some(text),
-                    opts.now,
-                ));
+                self.failed.push(
+                    FailedEventRow::new(
+                        crow_lake::ids::new_id("fail"),
+                        FailureSource::Import,
+                        r.code,
+                        r.reason,
+                        opts.now,
+                    )
+                    .with_org(opts.org_id)
+                    .with_channel("web")
+                    .with_message_id(message_id)
+                    .with_payload(text),
+                );
             }
         }
     }

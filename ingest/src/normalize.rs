@@ -17,6 +17,7 @@
 use std::borrow::Cow;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use crow_schemas::time::days_from_time;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -839,7 +840,7 @@ fn build<'a>(
         traits: traits.map(Cow::Borrowed),
         context: context_text,
         integrations: integrations.map(Cow::Borrowed),
-        event_date: days_since_epoch(occurred),
+        event_date: days_from_time(occurred),
     })
 }
 
@@ -864,11 +865,6 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
         .ok()
         .and_then(|d| d.and_hms_opt(0, 0, 0))
         .map(|t| t.and_utc())
-}
-
-/// Days since 1970-01-01 of `t` (a Delta/Arrow `date`).
-pub fn days_since_epoch(t: DateTime<Utc>) -> i32 {
-    t.timestamp().div_euclid(86_400) as i32
 }
 
 /// Salted SHA-256 of an IP address.
@@ -1134,7 +1130,7 @@ mod tests {
         let r = normalize(&past, None, &ctx("2026-01-01T00:00:00Z")).unwrap();
         assert_eq!(
             r.event_date,
-            days_since_epoch(parse_time("2025-03-01T00:00:00Z").unwrap())
+            days_from_time(parse_time("2025-03-01T00:00:00Z").unwrap())
         );
         let fut = json!({"type":"page","userId":"u","timestamp":"2027-03-01T00:00:00Z"});
         let r = normalize(&fut, None, &ctx("2026-01-01T00:00:00Z")).unwrap();

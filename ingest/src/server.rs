@@ -34,10 +34,11 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::sync::RwLock;
 
-use crate::channels::{self, FailedEventRow};
+use crate::channels;
 use crate::metrics::Metrics;
 use crate::normalize::{hash_ip, normalize_json, Defaults, NormalizeContext};
 use crate::wal::{RowFormat, Wal, WalBatch, WalError, WalTable};
+use crow_schemas::rows::{FailedEventRow, FailureSource};
 
 /// The browser SDK, served at `/sdk/crow.js`.
 pub const SDK_JS: &str = include_str!("../sdk/crow.js");
@@ -534,15 +535,16 @@ fn push_failed(
     now: DateTime<Utc>,
 ) {
     let row = FailedEventRow::new(
-        Some(org),
-        "collector",
-        Some(channel),
-        message_id,
+        crow_lake::ids::new_id("fail"),
+        FailureSource::Collector,
         code,
         reason,
-        Some(payload),
         now,
-    );
+    )
+    .with_org(org)
+    .with_channel(channel)
+    .with_message_id(message_id)
+    .with_payload(payload);
     // Serialising a struct of strings and numbers into memory cannot fail.
     let _ = records.push_with(WalTable::FailedEvents, RowFormat::Json, |buf| {
         serde_json::to_writer(buf, &row)

@@ -46,6 +46,8 @@ use crow_lake::batch::{batches_to_rows, rows_to_batch, ts_micros};
 use crow_lake::datafusion::prelude::{col, lit};
 use crow_lake::{predicate, Lake};
 use crow_schemas::config::BillingConfig;
+use crow_schemas::rows::UsageRow;
+use crow_schemas::time::days_from_date;
 use crow_schemas::USAGE_DAILY;
 use serde::{Deserialize, Serialize};
 
@@ -221,27 +223,6 @@ pub struct Report {
     pub amount_micros: i64,
     /// Currency.
     pub currency: String,
-}
-
-/// One `usage_daily` row.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct UsageRow {
-    org_id: String,
-    /// Days since the epoch.
-    usage_date: i32,
-    events: i64,
-    sessions: i64,
-    interactions: i64,
-    patterns: i64,
-    ai_input_tokens: i64,
-    ai_output_tokens: i64,
-    amount_micros: i64,
-    currency: String,
-    computed_at: i64,
-}
-
-fn epoch_days(d: NaiveDate) -> i32 {
-    d.signed_duration_since(NaiveDate::default()).num_days() as i32
 }
 
 fn midnight(t: DateTime<Utc>) -> DateTime<Utc> {
@@ -491,7 +472,7 @@ async fn compute(
         .iter()
         .map(|((org_id, day), u)| UsageRow {
             org_id: org_id.clone(),
-            usage_date: epoch_days(*day),
+            usage_date: days_from_date(*day),
             events: u.events,
             sessions: u.sessions,
             interactions: u.interactions,
@@ -553,7 +534,7 @@ async fn compute(
                 .map_err(|e| Error::Corrupt(format!("usage_daily: day `{}`: {e}", s.usage_date)))?;
             v.push(UsageRow {
                 org_id: s.org_id,
-                usage_date: epoch_days(d),
+                usage_date: days_from_date(d),
                 events: s.events,
                 sessions: s.sessions,
                 interactions: s.interactions,

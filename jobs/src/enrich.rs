@@ -42,6 +42,7 @@ use chrono::{DateTime, Duration, DurationRound, Utc};
 use crow_lake::batch::{batches_to_rows, rows_to_batch, ts_micros};
 use crow_lake::ids::sha256_hex;
 use crow_lake::Lake;
+use crow_schemas::rows::{FailedEventRow, FailureSource, InteractionRow};
 use crow_schemas::timeline::{self, TimelineEntry};
 use crow_schemas::{FAILED_EVENTS, INTERACTIONS, LLM_CACHE};
 use futures::StreamExt;
@@ -348,31 +349,6 @@ struct ProductIn {
     currency: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-struct InteractionRow {
-    org_id: String,
-    interaction_id: String,
-    session_id: String,
-    channel: String,
-    started_at: i64,
-    ended_at: i64,
-    description: String,
-    intent: Option<String>,
-    sentiment: Option<String>,
-    outcome: Option<String>,
-    product_ids: Vec<String>,
-    confidence: Option<f64>,
-    source_ids: Vec<String>,
-    provider: String,
-    model: String,
-    prompt_version: String,
-    prompt_hash: String,
-    input_tokens: i64,
-    output_tokens: i64,
-    created_at: i64,
-    session_date: i32,
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct CacheRow {
     org_id: String,
@@ -385,21 +361,6 @@ struct CacheRow {
     output_tokens: i64,
     #[serde(with = "ts_micros")]
     created_at: DateTime<Utc>,
-}
-
-/// A `failed_events` row, as the jobs write them.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct FailedRow {
-    pub(crate) org_id: Option<String>,
-    pub(crate) failure_id: String,
-    pub(crate) source: String,
-    pub(crate) channel: Option<String>,
-    pub(crate) message_id: Option<String>,
-    pub(crate) reason_code: String,
-    pub(crate) reason: String,
-    pub(crate) payload: Option<String>,
-    pub(crate) failed_at: i64,
-    pub(crate) event_date: i32,
 }
 
 /// The enrich job, configured for one run with its AI provider.
@@ -849,7 +810,7 @@ struct RunInfo<'a> {
 struct Collected {
     rows: Vec<InteractionRow>,
     cache_rows: Vec<CacheRow>,
-    failed: Vec<FailedRow>,
+    failed: Vec<FailedEventRow>,
 }
 
 impl Collected {
@@ -925,13 +886,7 @@ impl Collected {
                 input_tokens: done.tokens.0 as i64,
                 output_tokens: done.tokens.1 as i64,
                 created_at: now.timestamp_micros(),
-                session_date: s
-                    .started_at
-                    .date_naive()
-                    .signed_duration_since(
-                        chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default(),
-                    )
-                    .num_days() as i32,
+                session_date: crow_schemas::time::days_from_time(s.started_at),
             }),
             Err((code, reason)) => {
                 report.failures += 1;
@@ -963,19 +918,18 @@ fn failed_row(
     reason: &str,
     payload: serde_json::Value,
     now: DateTime<Utc>,
-) -> FailedRow {
-    FailedRow {
-        org_id: Some(s.org_id.clone()),
-        failure_id: crow_lake::ids::new_id("fail"),
-        source: format!("job:{JOB}"),
-        channel: Some(s.channel.clone()),
-        message_id: Some(s.session_id.clone()),
-        reason_code: code.into(),
-        reason: reason.chars().take(2000).collect(),
-        payload: Some(payload.to_string()),
-        failed_at: now.timestamp_micros(),
-        event_date: (now.timestamp_micros().div_euclid(86_400_000_000)) as i32,
-    }
+) -> FailedEventRow {
+    FailedEventRow::new(
+        crow_lake::ids::new_id("fail"),
+        FailureSource::Job(crate::JobName::Enrich),
+        code,
+        reason.chars().take(2000).collect::<String>(),
+        now,
+    )
+    .with_org(s.org_id.clone())
+    .with_channel(s.channel.clone())
+    .with_message_id(Some(s.session_id.clone()))
+    .with_payload(payload.to_string())
 }
 
 /// Keep paid answers first, then replace the window's interactions (only

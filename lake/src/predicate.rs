@@ -21,8 +21,9 @@ use crate::{Error, Result};
 
 /// A literal comparable with CROW's `DATE` columns.
 pub fn date(d: NaiveDate) -> Expr {
-    let days = d.signed_duration_since(NaiveDate::default()).num_days();
-    lit(ScalarValue::Date32(i32::try_from(days).ok()))
+    lit(ScalarValue::Date32(Some(
+        crow_schemas::time::days_from_date(d),
+    )))
 }
 
 /// A literal comparable with CROW's timestamp columns (microseconds, UTC).
@@ -40,9 +41,9 @@ pub fn to_delta_sql(expr: &Expr) -> Result<String> {
         .clone()
         .transform(|e| {
             let text = match &e {
-                Expr::Literal(ScalarValue::Date32(Some(d)), _) => NaiveDate::default()
-                    .checked_add_signed(chrono::Duration::days(i64::from(*d)))
-                    .map(|d| d.format("%Y-%m-%d").to_string()),
+                Expr::Literal(ScalarValue::Date32(Some(d)), _) => {
+                    crow_schemas::time::date_from_days(*d).map(|d| d.format("%Y-%m-%d").to_string())
+                }
                 Expr::Literal(ScalarValue::TimestampMicrosecond(Some(us), _), _) => {
                     DateTime::<Utc>::from_timestamp_micros(*us)
                         .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())

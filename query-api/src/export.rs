@@ -35,7 +35,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use crow_lake::object_store::buffered::BufWriter;
 use crow_lake::object_store::path::Path as StorePath;
 use crow_lake::object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -118,10 +118,7 @@ pub fn time_column(table: &str) -> Option<(&'static str, bool)> {
 /// A time bound as a literal of the column's type.
 pub fn bound(t: DateTime<Utc>, is_date: bool) -> ScalarValue {
     if is_date {
-        let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
-        ScalarValue::Date32(
-            i32::try_from(t.date_naive().signed_duration_since(epoch).num_days()).ok(),
-        )
+        ScalarValue::Date32(Some(crow_schemas::time::days_from_time(t)))
     } else {
         ScalarValue::TimestampMicrosecond(Some(t.timestamp_micros()), Some("UTC".into()))
     }

@@ -19,9 +19,12 @@
 
 pub mod config;
 pub mod job;
+pub mod metric;
 pub mod metrics;
 pub mod net;
+pub mod rows;
 pub mod secret;
+pub mod segment;
 pub mod time;
 pub mod timeline;
 

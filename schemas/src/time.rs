@@ -2,6 +2,10 @@
 //! `to`), export requests, `crow export --from/--to`, and time travel
 //! (`as_of`, `--as-of`). Every input accepts the same forms, and a refusal
 //! names the field and those forms.
+//!
+//! Also the one home of "days since the epoch", the value of every `DATE`
+//! column (Arrow `Date32`): [`days_from_date`], [`days_from_time`],
+//! [`days_from_micros`] and back with [`date_from_days`].
 
 use chrono::{DateTime, NaiveDate, Utc};
 
@@ -47,9 +51,52 @@ pub fn parse_time(field: &str, value: &str) -> Result<DateTime<Utc>, TimeError> 
         })
 }
 
+/// Days since 1970-01-01 of `d` (a `DATE` column's value).
+pub fn days_from_date(d: NaiveDate) -> i32 {
+    // Every `NaiveDate` is within ±262,143 years: its day count fits an i32.
+    d.signed_duration_since(NaiveDate::default()).num_days() as i32
+}
+
+/// Days since 1970-01-01 of `t`'s UTC date.
+pub fn days_from_time(t: DateTime<Utc>) -> i32 {
+    days_from_date(t.date_naive())
+}
+
+/// Days since 1970-01-01 of the UTC date of a timestamp in microseconds.
+pub fn days_from_micros(micros: i64) -> i32 {
+    micros.div_euclid(86_400_000_000) as i32
+}
+
+/// The date `days` after 1970-01-01 (`None` beyond chrono's range).
+pub fn date_from_days(days: i32) -> Option<NaiveDate> {
+    NaiveDate::default().checked_add_signed(chrono::Duration::days(i64::from(days)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn days_since_the_epoch_agree_from_dates_times_and_micros() {
+        let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("date");
+        assert_eq!(days_from_date(epoch), 0);
+        let d = NaiveDate::from_ymd_opt(2026, 11, 25).expect("date");
+        assert_eq!(days_from_date(d), 20_782);
+        assert_eq!(date_from_days(20_782), Some(d));
+        let before = NaiveDate::from_ymd_opt(1969, 12, 31).expect("date");
+        assert_eq!(days_from_date(before), -1);
+        for t in [
+            "2026-11-25T00:00:00Z",
+            "2026-11-25T23:59:59.999999Z",
+            "1969-12-31T23:59:59.999999Z",
+            "1970-01-01T00:00:00Z",
+        ] {
+            let t = parse_time("t", t).expect("time");
+            assert_eq!(days_from_time(t), days_from_micros(t.timestamp_micros()));
+            assert_eq!(days_from_time(t), t.timestamp().div_euclid(86_400) as i32);
+            assert_eq!(date_from_days(days_from_time(t)), Some(t.date_naive()));
+        }
+    }
 
     #[test]
     fn times_and_dates_are_read_and_refusals_name_the_field() {

@@ -107,7 +107,7 @@ pub(super) fn de_days<'de, D: serde::Deserializer<'de>>(
             .map(|x| x as i32)
             .ok_or_else(|| serde::de::Error::custom("bad date")),
         Value::String(s) => NaiveDate::parse_from_str(&s, "%Y-%m-%d")
-            .map(days_since_epoch)
+            .map(days_from_date)
             .map_err(serde::de::Error::custom),
         other => Err(serde::de::Error::custom(format!("bad date {other}"))),
     }
@@ -122,16 +122,9 @@ pub(super) fn de_micros<'de, D: serde::Deserializer<'de>>(
     W::deserialize(d).map(|w| w.0.timestamp_micros())
 }
 
-pub(super) fn days_since_epoch(d: NaiveDate) -> i32 {
-    d.signed_duration_since(NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or(d))
-        .num_days() as i32
-}
-
+/// The date of a stored day (1970-01-01 for one beyond chrono's range).
 pub(super) fn date_of(days: i32) -> NaiveDate {
-    NaiveDate::from_ymd_opt(1970, 1, 1)
-        .unwrap_or_default()
-        .checked_add_signed(chrono::Duration::days(i64::from(days)))
-        .unwrap_or_default()
+    date_from_days(days).unwrap_or_default()
 }
 
 /// "on 2026-11-25", "from 2026-11-25 to 2026-11-27" (`[a, b)`).

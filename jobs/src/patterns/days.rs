@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::{is_count, Only, Sess, SessionIn, Stats};
 use crate::{Params, Result};
+use crow_schemas::metric::Metric;
 
 /// One day of a metric in one segment.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -32,10 +33,10 @@ pub struct DayFigure {
 /// Whether a metric is drawn as a count per day (else as a rate, `k / n`).
 pub fn is_daily_count(metric: &str) -> bool {
     is_count(metric)
-        || metric == "orders"
-        || metric.starts_with("error_at:")
-        || metric.starts_with("bought:")
-        || metric.starts_with("pair:")
+        || matches!(
+            metric.parse(),
+            Ok(Metric::Orders | Metric::ErrorAt { .. } | Metric::Bought(_) | Metric::Pair(..))
+        )
 }
 
 /// Metrics (metric, segment; "" for all traffic) of organization `org` on

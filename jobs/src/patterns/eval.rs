@@ -317,7 +317,7 @@ pub struct Outcome {
 }
 
 fn idx(d: i32) -> i64 {
-    i64::from(d) - i64::from(super::days_since_epoch(day0()))
+    i64::from(d) - i64::from(super::days_from_date(day0()))
 }
 
 /// Run one case through the job's tests and stories.

@@ -43,6 +43,15 @@ pub(super) struct SessionIn {
     pub(super) timeline: String,
 }
 
+/// The conversion from funnel step `from` to step `to` (indexes into
+/// [`STEPS`]).
+fn funnel(from: usize, to: usize) -> Metric {
+    Metric::Funnel {
+        from: STEPS[from].0.into(),
+        to: STEPS[to].0.into(),
+    }
+}
+
 /// The funnel step a failure occurs at, as stored in `error_at:` metrics.
 fn step_key(step: Option<usize>) -> &'static str {
     step.and_then(|i| STEPS.get(i)).map_or("start", |s| s.0)
@@ -60,9 +69,11 @@ pub(super) fn failing_events(
         .iter()
         .filter(|((_, s), _)| s == seg)
         .filter_map(|((m, _), c)| {
-            let (event, step) = m.strip_prefix("error_at:")?.rsplit_once('@')?;
+            let Ok(Metric::ErrorAt { event, step }) = m.parse() else {
+                return None;
+            };
             only.is_none_or(|o| o == event)
-                .then(|| (event.to_string(), step.to_string(), c.k))
+                .then_some((event, step, c.k))
         })
         .collect();
     out.sort_by(|a, b| {
@@ -224,13 +235,10 @@ impl Only {
         let mut o = Only::default();
         for (m, seg) in metrics {
             // A transition is a rate of the transitions out of its source.
-            if let Some((from, _)) = m
-                .strip_prefix("transition:")
-                .and_then(|r| r.split_once('>'))
-            {
-                o.keys
-                    .insert((format!("transitions_from:{from}"), seg.clone()));
-                o.families.insert("transitions_from:".into());
+            if let Ok(Metric::Transition { from, .. }) = m.parse() {
+                let base = Metric::TransitionsFrom(from);
+                o.families.insert(base.family().into());
+                o.keys.insert((base.to_string(), seg.clone()));
             }
             o.families.insert(family(m).to_string());
             o.segmented |= !seg.is_empty();
@@ -241,10 +249,10 @@ impl Only {
 }
 
 pub(super) fn is_count(metric: &str) -> bool {
-    metric == "sessions"
-        || metric == "visitors"
-        || metric.starts_with("event:")
-        || metric.starts_with("error:")
+    matches!(
+        metric.parse(),
+        Ok(Metric::Sessions | Metric::Visitors | Metric::Event(_) | Metric::Error(_))
+    )
 }
 
 impl Stats {
@@ -327,7 +335,13 @@ impl Stats {
             }
             st.add_overall(s, &w);
         }
-        st.add("visitors".into(), "", visitors.len() as f64, 0.0, None);
+        st.add(
+            Metric::Visitors.to_string(),
+            "",
+            visitors.len() as f64,
+            0.0,
+            None,
+        );
         st.finish_rates();
         st
     }
@@ -336,13 +350,19 @@ impl Stats {
     /// (and at which step), orders and revenue.
     fn add_segment(&mut self, s: &Sess, seg: &str, w: &Wants) {
         let st = self;
-        st.add("sessions".into(), seg, 1.0, 0.0, Some((&s.id, true)));
+        st.add(
+            Metric::Sessions.to_string(),
+            seg,
+            1.0,
+            0.0,
+            Some((&s.id, true)),
+        );
         // Funnel steps, step to step and view to order.
         for i in 0..4 {
             if w.funnel && s.steps[i] {
                 let hit = s.steps[i + 1];
                 st.add(
-                    format!("funnel:{}>{}", STEPS[i].0, STEPS[i + 1].0),
+                    funnel(i, i + 1).to_string(),
                     seg,
                     f64::from(u8::from(hit)),
                     1.0,
@@ -353,7 +373,7 @@ impl Stats {
         if w.funnel && s.steps[0] {
             let hit = s.steps[4];
             st.add(
-                "funnel:view>order".into(),
+                funnel(0, 4).to_string(),
                 seg,
                 f64::from(u8::from(hit)),
                 1.0,
@@ -362,7 +382,7 @@ impl Stats {
         }
         let failed = !s.failures.is_empty();
         st.add(
-            "error_sessions".into(),
+            Metric::ErrorSessions.to_string(),
             seg,
             f64::from(u8::from(failed)),
             1.0,
@@ -371,18 +391,24 @@ impl Stats {
         // Which failure, at which step: sessions per (event, step).
         let mut at: BTreeSet<String> = BTreeSet::new();
         for (f, step) in s.failures.iter().filter(|_| w.errors_at) {
-            at.insert(format!("error_at:{f}@{}", step_key(*step)));
+            at.insert(
+                Metric::ErrorAt {
+                    event: f.clone(),
+                    step: step_key(*step).into(),
+                }
+                .to_string(),
+            );
         }
         for m in at {
             st.add(m, seg, 1.0, 0.0, None);
         }
         if (w.orders || w.revenue) && s.steps[4] {
-            st.add("orders".into(), seg, 1.0, 0.0, None);
+            st.add(Metric::Orders.to_string(), seg, 1.0, 0.0, None);
             // Revenue of the orders that carried one (k: the sum,
             // n: how many), and its squares (for the spread).
             if let Some(r) = s.revenue {
-                st.add("revenue".into(), seg, r, 1.0, None);
-                st.add("revenue_sq".into(), seg, r * r, 1.0, None);
+                st.add(Metric::Revenue.to_string(), seg, r, 1.0, None);
+                st.add(Metric::RevenueSq.to_string(), seg, r * r, 1.0, None);
             }
         }
     }
@@ -393,25 +419,25 @@ impl Stats {
         let st = self;
         let mut kinds_seen = BTreeSet::new();
         for k in s.kinds.iter().filter(|_| w.events || w.loops) {
-            st.add(format!("event:{k}"), "", 1.0, 0.0, None);
+            st.add(Metric::Event(k.clone()).to_string(), "", 1.0, 0.0, None);
             kinds_seen.insert(k.as_str());
         }
         for (f, _) in s.failures.iter().filter(|_| w.errors) {
-            st.add(format!("error:{f}"), "", 1.0, 0.0, Some((&s.id, true)));
+            let m = Metric::Error(f.clone()).to_string();
+            st.add(m, "", 1.0, 0.0, Some((&s.id, true)));
         }
         for pair in s.kinds.windows(2).filter(|_| w.transitions) {
             if pair[0] == pair[1] {
                 continue;
             }
             // Every transition out of pair[0] counts toward its base.
-            st.add(
-                format!("transition:{}>{}", pair[0], pair[1]),
-                "",
-                1.0,
-                0.0,
-                Some((&s.id, true)),
-            );
-            st.add(format!("transitions_from:{}", pair[0]), "", 1.0, 0.0, None);
+            let transition = Metric::Transition {
+                from: pair[0].clone(),
+                to: pair[1].clone(),
+            };
+            st.add(transition.to_string(), "", 1.0, 0.0, Some((&s.id, true)));
+            let base = Metric::TransitionsFrom(pair[0].clone());
+            st.add(base.to_string(), "", 1.0, 0.0, None);
         }
         let looped = if w.loops { s.loop_kind() } else { None };
         for k in kinds_seen.into_iter().filter(|_| w.loops) {
@@ -420,7 +446,7 @@ impl Stats {
             }
             let hit = looped == Some(k);
             st.add(
-                format!("loop:{k}"),
+                Metric::Loop(k.to_string()).to_string(),
                 "",
                 f64::from(u8::from(hit)),
                 1.0,
@@ -429,7 +455,7 @@ impl Stats {
         }
         for p in s.viewed.iter().filter(|_| w.products) {
             st.add(
-                format!("product_views:{p}"),
+                Metric::ProductViews(p.clone()).to_string(),
                 "",
                 1.0,
                 0.0,
@@ -437,7 +463,7 @@ impl Stats {
             );
             let hit = s.bought.contains(p);
             st.add(
-                format!("product_conversion:{p}"),
+                Metric::ProductConversion(p.clone()).to_string(),
                 "",
                 f64::from(u8::from(hit)),
                 1.0,
@@ -445,10 +471,11 @@ impl Stats {
             );
         }
         for (i, a) in s.bought.iter().enumerate().filter(|_| w.bought) {
-            st.add(format!("bought:{a}"), "", 1.0, 0.0, None);
+            st.add(Metric::Bought(a.clone()).to_string(), "", 1.0, 0.0, None);
             for b in s.bought.iter().skip(i + 1) {
                 let (x, y) = if a < b { (a, b) } else { (b, a) };
-                st.add(format!("pair:{x}|{y}"), "", 1.0, 0.0, Some((&s.id, true)));
+                let m = Metric::Pair(x.clone(), y.clone()).to_string();
+                st.add(m, "", 1.0, 0.0, Some((&s.id, true)));
             }
         }
     }
@@ -459,26 +486,25 @@ impl Stats {
     fn finish_rates(&mut self) {
         let st = self;
         for ((m, _), c) in st.cells.iter_mut() {
-            if m.starts_with("product_views:") {
+            if let Ok(Metric::ProductViews(_)) = m.parse() {
                 c.n = st.sessions as f64;
             }
         }
         let froms: Vec<(Key, Cell)> = st
             .cells
             .iter()
-            .filter(|((m, _), _)| m.starts_with("transitions_from:"))
+            .filter(|((m, _), _)| matches!(m.parse(), Ok(Metric::TransitionsFrom(_))))
             .map(|(k, c)| (k.clone(), *c))
             .collect();
         let mut trans: Vec<(Key, Cell)> = Vec::new();
         for ((m, seg), c) in &st.cells {
-            if let Some(rest) = m.strip_prefix("transition:") {
-                if let Some((from, _)) = rest.split_once('>') {
-                    let base = froms
-                        .iter()
-                        .find(|((fm, _), _)| fm == &format!("transitions_from:{from}"))
-                        .map_or(0.0, |(_, c)| c.k);
-                    trans.push(((m.clone(), seg.clone()), Cell { k: c.k, n: base }));
-                }
+            if let Ok(Metric::Transition { from, .. }) = m.parse() {
+                let base_name = Metric::TransitionsFrom(from).to_string();
+                let base = froms
+                    .iter()
+                    .find(|((fm, _), _)| *fm == base_name)
+                    .map_or(0.0, |(_, c)| c.k);
+                trans.push(((m.clone(), seg.clone()), Cell { k: c.k, n: base }));
             }
         }
         for (k, c) in trans {
@@ -533,46 +559,37 @@ pub fn unit_weight(unit: &str) -> f64 {
 
 /// The unit of a metric's impact.
 pub(super) fn unit_of(metric: &str) -> &'static str {
-    if metric == "visitors" {
-        "visitors"
-    } else if metric.starts_with("event:")
-        || metric.starts_with("error:")
-        || metric.starts_with("transition:")
-    {
-        "events"
-    } else if metric.starts_with("product_views:") {
-        "product views"
-    } else if metric.ends_with(">order")
-        || metric.starts_with("product_conversion:")
-        || metric.starts_with("pair:")
-    {
-        "orders"
-    } else {
-        "sessions"
+    match metric.parse() {
+        Ok(Metric::Visitors) => "visitors",
+        Ok(Metric::Event(_) | Metric::Error(_) | Metric::Transition { .. }) => "events",
+        Ok(Metric::ProductViews(_)) => "product views",
+        Ok(Metric::Funnel { to, .. }) if to == "order" => "orders",
+        Ok(Metric::ProductConversion(_) | Metric::Pair(..)) => "orders",
+        _ => "sessions",
     }
 }
 
 /// Whether a metric is tested (the others are parts of other metrics).
 pub(super) fn testable(metric: &str) -> bool {
-    !(metric.starts_with("transitions_from:")
-        || metric.starts_with("bought:")
-        || metric.starts_with("pair:")
-        || metric.starts_with("error_at:")
-        || metric == "orders"
-        || metric == "revenue"
-        || metric == "revenue_sq")
+    !matches!(
+        metric.parse(),
+        Ok(Metric::TransitionsFrom(_)
+            | Metric::Bought(_)
+            | Metric::Pair(..)
+            | Metric::ErrorAt { .. }
+            | Metric::Orders
+            | Metric::Revenue
+            | Metric::RevenueSq)
+    )
 }
 
+/// The kind of finding a metric's change is (`patterns.kind`).
 pub(super) fn kind_of(metric: &str) -> &'static str {
-    if metric == "sessions" || metric == "visitors" || metric.starts_with("event:") {
-        "volume"
-    } else if metric.starts_with("funnel:") {
-        "funnel"
-    } else if metric.starts_with("transition:") || metric.starts_with("loop:") {
-        "transition"
-    } else if metric.starts_with("error") {
-        "errors"
-    } else {
-        "product_trend"
+    match metric.parse() {
+        Ok(Metric::Sessions | Metric::Visitors | Metric::Event(_)) => "volume",
+        Ok(Metric::Funnel { .. }) => "funnel",
+        Ok(Metric::Transition { .. } | Metric::Loop(_)) => "transition",
+        Ok(Metric::ErrorSessions | Metric::Error(_) | Metric::ErrorAt { .. }) => "errors",
+        _ => "product_trend",
     }
 }

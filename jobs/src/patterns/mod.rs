@@ -113,6 +113,9 @@ use crow_lake::batch::{batches_to_rows, rows_to_batch};
 use crow_lake::datafusion::prelude::{col, lit, Expr, SessionContext};
 use crow_lake::ids::sha256_hex;
 use crow_lake::{predicate, Lake};
+use crow_schemas::metric::Metric;
+use crow_schemas::rows::{FailedEventRow, FailureSource};
+use crow_schemas::time::{date_from_days, days_from_date};
 use crow_schemas::timeline::TimelineEntry;
 use crow_schemas::{FAILED_EVENTS, PATTERNS, STORIES};
 use futures::StreamExt;
@@ -667,7 +670,7 @@ async fn write_narratives(
     rows: &mut [PatternRow],
     report: &mut Report,
     progress: &ProgressRef,
-) -> Vec<Value> {
+) -> Vec<FailedEventRow> {
     let mut failed = Vec::new();
     if provider.name() == "offline" || rows.is_empty() {
         return failed;
@@ -713,19 +716,18 @@ async fn write_narratives(
             }
             Err(why) => {
                 report.narrative_failures += 1;
-                let now = Utc::now();
-                failed.push(json!({
-                    "org_id": rows[i].org_id,
-                    "failure_id": crow_lake::ids::new_id("fail"),
-                    "source": format!("job:{JOB}"),
-                    "channel": Value::Null,
-                    "message_id": rows[i].pattern_id,
-                    "reason_code": "ai_narrative_rejected",
-                    "reason": format!("kept the statistical description: {why}"),
-                    "payload": rows[i].evidence,
-                    "failed_at": now.timestamp_micros(),
-                    "event_date": days_since_epoch(now.date_naive()),
-                }));
+                failed.push(
+                    FailedEventRow::new(
+                        crow_lake::ids::new_id("fail"),
+                        FailureSource::Job(crate::JobName::Patterns),
+                        "ai_narrative_rejected",
+                        format!("kept the statistical description: {why}"),
+                        Utc::now(),
+                    )
+                    .with_org(rows[i].org_id.clone())
+                    .with_message_id(Some(rows[i].pattern_id.clone()))
+                    .with_payload(rows[i].evidence.clone()),
+                );
             }
         }
     }

@@ -76,8 +76,8 @@ pub(super) fn to_row(
             )[..26]
         ),
         period_kind: period.kind.to_string(),
-        period_start: days_since_epoch(period.start),
-        period_end: days_since_epoch(period.end),
+        period_start: days_from_date(period.start),
+        period_end: days_from_date(period.end),
         kind: f.kind.to_string(),
         segment: (!f.segment.is_empty()).then(|| f.segment.clone()),
         title: f.title.clone(),
@@ -142,7 +142,7 @@ pub(super) fn child_refs(
     existing: &[PatternRow],
     new_rows: &BTreeMap<Period, Vec<PatternRow>>,
 ) -> Vec<ChildRef> {
-    let (ps, pe) = (days_since_epoch(parent.start), days_since_epoch(parent.end));
+    let (ps, pe) = (days_from_date(parent.start), days_from_date(parent.end));
     let fresh: Vec<&Period> = new_rows
         .keys()
         .filter(|p| p.kind == child_kind && p.start < parent.end && p.end > parent.start)
@@ -155,7 +155,7 @@ pub(super) fn child_refs(
             && r.period_end > ps
             && !fresh
                 .iter()
-                .any(|p| days_since_epoch(p.start) == r.period_start)
+                .any(|p| days_from_date(p.start) == r.period_start)
         {
             out.extend(ChildRef::of_row(r));
         }

@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{
-    date_of, days_since_epoch, is_count, is_failure, seg_phrase, unit_of, unit_weight, wd_index,
+    date_of, days_from_date, is_count, is_failure, seg_phrase, unit_of, unit_weight, wd_index,
     weekday_factors, Finder, Key, PatternRow, Stats, BASELINE_DAYS, STEPS,
 };
 
@@ -631,9 +631,9 @@ impl Finder<'_> {
                 .map_or(family, |(k, _)| k)
                 .to_string(),
             direction: direction.to_string(),
-            start_date: days_since_epoch(start),
-            last_date: days_since_epoch(last),
-            end_date: (!ongoing).then(|| days_since_epoch(last + Days::new(1))),
+            start_date: days_from_date(start),
+            last_date: days_from_date(last),
+            end_date: (!ongoing).then(|| days_from_date(last + Days::new(1))),
             ongoing,
             title,
             description,

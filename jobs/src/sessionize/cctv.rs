@@ -107,7 +107,7 @@ pub(super) async fn cctv(
             timeline: timeline::to_json(&timeline),
             source_ids: segs.iter().map(|s| s.id.clone()).collect(),
             job_run_id: run_id.to_string(),
-            session_date: day_of(started),
+            session_date: days_from_micros(started),
         })?;
     }
     Ok(())

@@ -46,7 +46,3 @@ pub(super) fn session_id(org: &str, channel: &str, key: &str, start: i64) -> Str
     let hex = hex::encode(h.finalize());
     format!("ses_{}", &hex[..26])
 }
-
-pub(super) fn day_of(micros: i64) -> i32 {
-    micros.div_euclid(86_400_000_000) as i32
-}

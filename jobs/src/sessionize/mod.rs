@@ -77,6 +77,7 @@ use crow_lake::datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use crow_lake::datafusion::prelude::{col, lit, DataFrame, SessionContext};
 use crow_lake::deltalake::delta_datafusion::DeltaSessionContext;
 use crow_lake::Lake;
+use crow_schemas::time::days_from_micros;
 use crow_schemas::timeline::{self, TimelineEntry};
 use crow_schemas::SESSIONS;
 use futures::StreamExt;
@@ -96,7 +97,8 @@ mod window;
 
 use cctv::*;
 use columns::*;
-pub use output::SessionRow;
+/// One row of `sessions`, on its way into the output batches.
+pub use crow_schemas::rows::SessionRow;
 use output::*;
 use social::*;
 use web::*;

@@ -4,32 +4,6 @@
 
 use super::*;
 
-/// One row of `sessions`, on its way into [`SessionBatches`].
-#[derive(Debug, Clone)]
-#[allow(missing_docs)]
-pub struct SessionRow {
-    pub org_id: String,
-    pub session_id: String,
-    pub channel: &'static str,
-    pub visitor_id: Option<String>,
-    pub user_id: Option<String>,
-    pub anonymous_ids: Option<Vec<String>>,
-    pub started_at: i64,
-    pub ended_at: i64,
-    pub event_count: i64,
-    pub page_views: Option<i64>,
-    pub product_ids: Option<Vec<String>>,
-    pub device_type: Option<String>,
-    pub traffic_source: Option<String>,
-    pub is_returning: Option<bool>,
-    pub converted: Option<bool>,
-    pub source_ref: Option<String>,
-    pub timeline: String,
-    pub source_ids: Vec<String>,
-    pub job_run_id: String,
-    pub session_date: i32,
-}
-
 /// Sessions computed over one read of the raw tables (by one task, or
 /// merged from all of them).
 pub(super) struct Built {

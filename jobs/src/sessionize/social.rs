@@ -111,7 +111,7 @@ pub(super) async fn social(
             timeline: timeline::to_json(&timeline),
             source_ids: caps.iter().map(|c| c.id.clone()).collect(),
             job_run_id: run_id.to_string(),
-            session_date: day_of(started),
+            session_date: days_from_micros(started),
         })?;
     }
     Ok(())

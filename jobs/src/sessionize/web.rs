@@ -431,7 +431,7 @@ fn web_session(
         timeline: timeline::to_json(&timeline),
         source_ids: events.iter().map(|e| e.message_id.clone()).collect(),
         job_run_id: run_id.to_string(),
-        session_date: day_of(started),
+        session_date: days_from_micros(started),
     })
 }
 

@@ -28,7 +28,7 @@ pub mod fetch;
 
 use std::collections::{HashMap, HashSet};
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use crow_lake::batch::{batches_to_rows, rows_to_batch, ts_micros};
 use crow_lake::datafusion::prelude::{col, lit};
 use crow_lake::Lake;
@@ -37,9 +37,10 @@ use crow_schemas::config::{Config, SocialConfig};
 use crow_schemas::{FAILED_EVENTS, RAW_SOCIAL_CAPTURES, SOCIAL_SEEN, SOCIAL_SOURCES};
 use serde::{Deserialize, Serialize};
 
-use crate::enrich::FailedRow;
 use crate::job::{Job, JobContext, Planned, Request};
 use crate::{runs, Error, Result, Trigger, Window};
+use crow_schemas::rows::{FailedEventRow, FailureSource, SocialCaptureRow};
+use crow_schemas::time::days_from_time;
 
 /// The job's name in the run ledger and the scheduler.
 pub const JOB: &str = crate::JobName::Social.as_str();
@@ -252,25 +253,6 @@ pub struct RunReport {
     pub sources: Vec<SourceReport>,
 }
 
-/// A `raw_social_captures` row.
-#[derive(Debug, Clone, Serialize)]
-struct CaptureRow {
-    org_id: String,
-    capture_id: String,
-    run_id: String,
-    platform: String,
-    url: String,
-    canonical_url: Option<String>,
-    author: Option<String>,
-    published_at: Option<i64>,
-    captured_at: i64,
-    text: Option<String>,
-    content_hash: String,
-    metrics: Option<String>,
-    received_at: i64,
-    event_date: i32,
-}
-
 /// A `social_seen` row.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct SeenRow {
@@ -285,25 +267,25 @@ struct SeenRow {
     seen_at: DateTime<Utc>,
 }
 
-fn day(t: DateTime<Utc>) -> i32 {
-    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
-    (t.date_naive() - epoch).num_days() as i32
-}
-
-fn failed(run: &RunCtx<'_>, source: &Source, code: &str, reason: &str, payload: &str) -> FailedRow {
-    let now = run.now;
-    FailedRow {
-        org_id: Some(run.org_id.to_string()),
-        failure_id: crow_lake::ids::new_id("fail"),
-        source: format!("job:{JOB}"),
-        channel: Some("social".into()),
-        message_id: Some(source.source_id.clone()),
-        reason_code: code.into(),
-        reason: reason.chars().take(2000).collect(),
-        payload: Some(payload.to_string()),
-        failed_at: now.timestamp_micros(),
-        event_date: day(now),
-    }
+/// A `failed_events` row about one source of the run.
+fn failed(
+    run: &RunCtx<'_>,
+    source: &Source,
+    code: &str,
+    reason: &str,
+    payload: &str,
+) -> FailedEventRow {
+    FailedEventRow::new(
+        crow_lake::ids::new_id("fail"),
+        FailureSource::Job(crate::JobName::Social),
+        code,
+        reason.chars().take(2000).collect::<String>(),
+        run.now,
+    )
+    .with_org(run.org_id)
+    .with_channel("social")
+    .with_message_id(Some(source.source_id.clone()))
+    .with_payload(payload)
 }
 
 /// What the organization captured before: canonical URL → (first capture,
@@ -332,9 +314,9 @@ async fn seen_of(lake: &Lake, org_id: &str) -> Result<Seen> {
 /// A run's rows to land.
 #[derive(Default)]
 struct Landing {
-    captures: Vec<CaptureRow>,
+    captures: Vec<SocialCaptureRow>,
     seen: Vec<SeenRow>,
-    failures: Vec<FailedRow>,
+    failures: Vec<FailedEventRow>,
 }
 
 /// Who and when of a run.
@@ -382,7 +364,7 @@ impl Landing {
             metrics.insert("version".into(), version.into());
             metrics.insert("first_capture_id".into(), first.clone().into());
         }
-        self.captures.push(CaptureRow {
+        self.captures.push(SocialCaptureRow {
             org_id: org_id.to_string(),
             capture_id: capture_id.clone(),
             run_id: run_id.to_string(),
@@ -396,7 +378,7 @@ impl Landing {
             content_hash: hash.clone(),
             metrics: (!metrics.is_empty()).then(|| serde_json::Value::Object(metrics).to_string()),
             received_at: now.timestamp_micros(),
-            event_date: day(now),
+            event_date: days_from_time(now),
         });
         self.seen.push(SeenRow {
             org_id: org_id.to_string(),
