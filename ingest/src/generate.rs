@@ -9,6 +9,7 @@
 //! checkout, so anonymous ids stitch to user ids.
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
+use crow_schemas::segment::SegmentEvent;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -372,7 +373,7 @@ pub fn events(opts: &GenerateOptions) -> Vec<Value> {
                     &mut rng,
                     &mut t,
                     user_id.as_deref(),
-                    json!({"type": "track", "event": "Products Searched", "properties": {"query": q}}),
+                    json!({"type": "track", "event": SegmentEvent::ProductsSearched.as_str(), "properties": {"query": q}}),
                 );
             }
             if rng.random_bool(0.18) {
@@ -401,7 +402,7 @@ pub fn events(opts: &GenerateOptions) -> Vec<Value> {
                     &mut rng,
                     &mut t,
                     user_id.as_deref(),
-                    json!({"type": "track", "event": "Product Viewed", "properties": product_props(p, 1)}),
+                    json!({"type": "track", "event": SegmentEvent::ProductViewed.as_str(), "properties": product_props(p, 1)}),
                 );
             }
             if !rng.random_bool(if device == "mobile" { 0.30 } else { 0.36 }) {
@@ -413,7 +414,7 @@ pub fn events(opts: &GenerateOptions) -> Vec<Value> {
                 &mut rng,
                 &mut t,
                 user_id.as_deref(),
-                json!({"type": "track", "event": "Product Added", "properties": product_props(chosen, qty)}),
+                json!({"type": "track", "event": SegmentEvent::ProductAdded.as_str(), "properties": product_props(chosen, qty)}),
             );
             let mut cart = vec![(chosen, qty)];
             if rng.random_bool(0.25) {
@@ -422,7 +423,7 @@ pub fn events(opts: &GenerateOptions) -> Vec<Value> {
                     &mut rng,
                     &mut t,
                     user_id.as_deref(),
-                    json!({"type": "track", "event": "Product Added", "properties": product_props(acc, 1)}),
+                    json!({"type": "track", "event": SegmentEvent::ProductAdded.as_str(), "properties": product_props(acc, 1)}),
                 );
                 cart.push((acc, 1));
             }
@@ -430,7 +431,7 @@ pub fn events(opts: &GenerateOptions) -> Vec<Value> {
                 &mut rng,
                 &mut t,
                 user_id.as_deref(),
-                json!({"type": "track", "event": "Cart Viewed", "properties": {"products": cart.iter().map(|(p, q)| product_props(p, *q)).collect::<Vec<_>>()}}),
+                json!({"type": "track", "event": SegmentEvent::CartViewed.as_str(), "properties": {"products": cart.iter().map(|(p, q)| product_props(p, *q)).collect::<Vec<_>>()}}),
             );
             if !rng.random_bool(0.62) {
                 continue;
@@ -440,7 +441,7 @@ pub fn events(opts: &GenerateOptions) -> Vec<Value> {
                 &mut rng,
                 &mut t,
                 user_id.as_deref(),
-                json!({"type": "track", "event": "Checkout Started", "properties": {"value": total, "currency": "USD", "products": cart.iter().map(|(p, q)| product_props(p, *q)).collect::<Vec<_>>()}}),
+                json!({"type": "track", "event": SegmentEvent::CheckoutStarted.as_str(), "properties": {"value": total, "currency": "USD", "products": cart.iter().map(|(p, q)| product_props(p, *q)).collect::<Vec<_>>()}}),
             );
             if user_id.is_none() {
                 let uid = format!("user-{v:06}");
@@ -456,7 +457,7 @@ pub fn events(opts: &GenerateOptions) -> Vec<Value> {
                 &mut rng,
                 &mut t,
                 user_id.as_deref(),
-                json!({"type": "track", "event": "Checkout Step Viewed", "properties": {"step": 2, "shipping_method": "standard"}}),
+                json!({"type": "track", "event": SegmentEvent::CheckoutStepViewed.as_str(), "properties": {"step": 2, "shipping_method": "standard"}}),
             );
             if !rng.random_bool(0.75) {
                 continue;
@@ -465,7 +466,7 @@ pub fn events(opts: &GenerateOptions) -> Vec<Value> {
                 &mut rng,
                 &mut t,
                 user_id.as_deref(),
-                json!({"type": "track", "event": "Payment Info Entered", "properties": {"step": 3, "payment_method": "card"}}),
+                json!({"type": "track", "event": SegmentEvent::PaymentInfoEntered.as_str(), "properties": {"step": 3, "payment_method": "card"}}),
             );
             if opts.payment_outage(day, device) && !rng.random_bool(0.08) {
                 // Declined, retried, declined again: the shopper gives up.
@@ -493,7 +494,7 @@ pub fn events(opts: &GenerateOptions) -> Vec<Value> {
                 &mut rng,
                 &mut t,
                 user_id.as_deref(),
-                json!({"type": "track", "event": "Order Completed", "properties": {
+                json!({"type": "track", "event": SegmentEvent::OrderCompleted.as_str(), "properties": {
                 "order_id": order_id, "total": total, "revenue": total, "currency": "USD",
                 "products": cart.iter().map(|(p, q)| product_props(p, *q)).collect::<Vec<_>>()}}),
             );

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 
 use super::{AiAnswer, AiError, AiRequest, Provider};
 use crate::enrich::{Answer, Candidate, EnrichInput};
+use crow_schemas::segment::SegmentEvent as E;
 use crow_schemas::timeline::TimelineEntry;
 
 /// The offline provider's model name.
@@ -178,30 +179,30 @@ fn web(input: &EnrichInput) -> Answer {
         let first = detail.split_whitespace().next().unwrap_or("");
         let product = candidate(input, first).map(|c| c.product_id.clone());
         let k = kind.to_lowercase();
-        match kind.as_str() {
-            "page" | "screen" => push_unique(&mut pages, detail),
-            "Products Searched" => {
+        match E::from_name(kind) {
+            None if kind == "page" || kind == "screen" => push_unique(&mut pages, detail),
+            Some(E::ProductsSearched) => {
                 if let Some(q) = detail.strip_prefix("query=") {
                     push_unique(&mut searches, q);
                 }
             }
-            "Product Viewed" | "Product Clicked" => {
+            Some(E::ProductViewed | E::ProductClicked) => {
                 if let Some(p) = product {
                     push_unique(&mut viewed, &p);
                 }
             }
-            "Product Added" => {
+            Some(E::ProductAdded) => {
                 if let Some(p) = product {
                     push_unique(&mut added, &p);
                 }
             }
-            "Product Removed" => {
+            Some(E::ProductRemoved) => {
                 if let Some(p) = product {
                     push_unique(&mut removed, &p);
                 }
             }
-            "Checkout Started" => checkout = true,
-            "Checkout Step Viewed" | "Checkout Step Completed" => {
+            Some(E::CheckoutStarted) => checkout = true,
+            Some(E::CheckoutStepViewed | E::CheckoutStepCompleted) => {
                 checkout = true;
                 if detail.contains("shipping") || detail.contains("step=2") {
                     shipping = true;
@@ -210,11 +211,11 @@ fn web(input: &EnrichInput) -> Answer {
                     payment = true;
                 }
             }
-            "Payment Info Entered" => {
+            Some(E::PaymentInfoEntered) => {
                 checkout = true;
                 payment = true;
             }
-            "Order Completed" => {
+            Some(E::OrderCompleted) => {
                 order = Some(detail.clone());
                 for id in added.iter().chain(viewed.iter()) {
                     push_unique(&mut ordered, id);

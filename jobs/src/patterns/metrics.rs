@@ -4,12 +4,13 @@
 
 use super::*;
 
+/// The funnel: each step's short name (in metric names) and its event.
 pub(super) const STEPS: [(&str, &str); 5] = [
-    ("view", "Product Viewed"),
-    ("cart", "Product Added"),
-    ("checkout", "Checkout Started"),
-    ("payment", "Payment Info Entered"),
-    ("order", "Order Completed"),
+    ("view", SegmentEvent::ProductViewed.as_str()),
+    ("cart", SegmentEvent::ProductAdded.as_str()),
+    ("checkout", SegmentEvent::CheckoutStarted.as_str()),
+    ("payment", SegmentEvent::PaymentInfoEntered.as_str()),
+    ("order", SegmentEvent::OrderCompleted.as_str()),
 ];
 
 /// A session as the patterns job sees it.
@@ -137,11 +138,15 @@ impl Sess {
         let mut reached: Option<usize> = None;
         for TimelineEntry { kind, detail, .. } in &timeline {
             let first = detail.split_whitespace().next().unwrap_or("").to_string();
-            match kind.as_str() {
-                "Product Viewed" if !first.is_empty() && !s.viewed.contains(&first) => {
+            match SegmentEvent::from_name(kind) {
+                Some(SegmentEvent::ProductViewed)
+                    if !first.is_empty() && !s.viewed.contains(&first) =>
+                {
                     s.viewed.push(first)
                 }
-                "Product Added" if !first.is_empty() && !added.contains(&first) => {
+                Some(SegmentEvent::ProductAdded)
+                    if !first.is_empty() && !added.contains(&first) =>
+                {
                     added.push(first)
                 }
                 _ => {}
@@ -156,7 +161,7 @@ impl Sess {
                 s.failures.push((kind.clone(), reached));
             }
             // "order o-1 249.00": the order's revenue, when the event had one.
-            if kind == "Order Completed" {
+            if kind == SegmentEvent::OrderCompleted.as_str() {
                 if let Some(v) = detail
                     .strip_prefix("order ")
                     .and_then(|d| d.split_whitespace().nth(1))

@@ -115,6 +115,7 @@ use crow_lake::ids::sha256_hex;
 use crow_lake::{predicate, Lake};
 use crow_schemas::metric::Metric;
 use crow_schemas::rows::{FailedEventRow, FailureSource};
+use crow_schemas::segment::SegmentEvent;
 use crow_schemas::time::{date_from_days, days_from_date};
 use crow_schemas::timeline::TimelineEntry;
 use crow_schemas::{FAILED_EVENTS, PATTERNS, STORIES};

@@ -77,6 +77,7 @@ use crow_lake::datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use crow_lake::datafusion::prelude::{col, lit, DataFrame, SessionContext};
 use crow_lake::deltalake::delta_datafusion::DeltaSessionContext;
 use crow_lake::Lake;
+use crow_schemas::segment::SegmentEvent;
 use crow_schemas::time::days_from_micros;
 use crow_schemas::timeline::{self, TimelineEntry};
 use crow_schemas::SESSIONS;

@@ -391,7 +391,7 @@ fn web_session(
         if e.kind == "page" || e.kind == "screen" {
             page_views += 1;
         }
-        if e.event.as_deref() == Some("Order Completed") {
+        if e.event.as_deref() == Some(SegmentEvent::OrderCompleted.as_str()) {
             converted = true;
         }
         if timeline.len() < MAX_TIMELINE {
