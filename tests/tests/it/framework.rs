@@ -91,6 +91,10 @@ async fn a_toy_job_runs_under_the_runner_backfill_and_scheduler() {
     let lake = b.lake().await;
     lake.init().await.expect("init");
     let mut cfg = Config::default();
+    // The scheduler's built-in jobs know the collector's WAL folder; keep it
+    // out of the working directory.
+    let wal = tempfile::tempdir().expect("wal folder");
+    cfg.ingest.wal_dir = wal.path().display().to_string();
     cfg.schedule.tick_seconds = 1;
     cfg.schedule.lease_seconds = 6;
     let ctx = JobContext::new(lake.clone(), cfg.clone());
