@@ -165,71 +165,128 @@ fn shared_category(input: &EnrichInput, ids: &[String]) -> Option<String> {
     }
 }
 
-fn web(input: &EnrichInput) -> Answer {
-    let mut viewed = Vec::new();
-    let mut added = Vec::new();
-    let mut removed = Vec::new();
-    let mut ordered = Vec::new();
-    let mut searches = Vec::new();
-    let mut pages = Vec::new();
-    let (mut checkout, mut shipping, mut payment, mut order) = (false, false, false, None);
-    let mut failures = Vec::new();
-    let mut support = false;
-    for TimelineEntry { kind, detail, .. } in &input.timeline {
-        let first = detail.split_whitespace().next().unwrap_or("");
-        let product = candidate(input, first).map(|c| c.product_id.clone());
-        let k = kind.to_lowercase();
-        match E::from_name(kind) {
-            None if kind == "page" || kind == "screen" => push_unique(&mut pages, detail),
-            Some(E::ProductsSearched) => {
-                if let Some(q) = detail.strip_prefix("query=") {
-                    push_unique(&mut searches, q);
+/// What a web session's timeline shows, read in one pass: the products
+/// viewed, added, removed and ordered, searches, pages, how far checkout
+/// went, the order, failures and whether help was sought.
+#[derive(Default)]
+struct Seen {
+    viewed: Vec<String>,
+    added: Vec<String>,
+    removed: Vec<String>,
+    ordered: Vec<String>,
+    searches: Vec<String>,
+    pages: Vec<String>,
+    checkout: bool,
+    shipping: bool,
+    payment: bool,
+    order: Option<String>,
+    failures: Vec<String>,
+    support: bool,
+}
+
+impl Seen {
+    fn read(input: &EnrichInput) -> Seen {
+        let Seen {
+            mut viewed,
+            mut added,
+            mut removed,
+            mut ordered,
+            mut searches,
+            mut pages,
+            mut checkout,
+            mut shipping,
+            mut payment,
+            mut order,
+            mut failures,
+            mut support,
+        } = Seen::default();
+        for TimelineEntry { kind, detail, .. } in &input.timeline {
+            let first = detail.split_whitespace().next().unwrap_or("");
+            let product = candidate(input, first).map(|c| c.product_id.clone());
+            let k = kind.to_lowercase();
+            match E::from_name(kind) {
+                None if kind == "page" || kind == "screen" => push_unique(&mut pages, detail),
+                Some(E::ProductsSearched) => {
+                    if let Some(q) = detail.strip_prefix("query=") {
+                        push_unique(&mut searches, q);
+                    }
                 }
-            }
-            Some(E::ProductViewed | E::ProductClicked) => {
-                if let Some(p) = product {
-                    push_unique(&mut viewed, &p);
+                Some(E::ProductViewed | E::ProductClicked) => {
+                    if let Some(p) = product {
+                        push_unique(&mut viewed, &p);
+                    }
                 }
-            }
-            Some(E::ProductAdded) => {
-                if let Some(p) = product {
-                    push_unique(&mut added, &p);
+                Some(E::ProductAdded) => {
+                    if let Some(p) = product {
+                        push_unique(&mut added, &p);
+                    }
                 }
-            }
-            Some(E::ProductRemoved) => {
-                if let Some(p) = product {
-                    push_unique(&mut removed, &p);
+                Some(E::ProductRemoved) => {
+                    if let Some(p) = product {
+                        push_unique(&mut removed, &p);
+                    }
                 }
-            }
-            Some(E::CheckoutStarted) => checkout = true,
-            Some(E::CheckoutStepViewed | E::CheckoutStepCompleted) => {
-                checkout = true;
-                if detail.contains("shipping") || detail.contains("step=2") {
-                    shipping = true;
+                Some(E::CheckoutStarted) => checkout = true,
+                Some(E::CheckoutStepViewed | E::CheckoutStepCompleted) => {
+                    checkout = true;
+                    if detail.contains("shipping") || detail.contains("step=2") {
+                        shipping = true;
+                    }
+                    if detail.contains("payment") || detail.contains("step=3") {
+                        payment = true;
+                    }
                 }
-                if detail.contains("payment") || detail.contains("step=3") {
+                Some(E::PaymentInfoEntered) => {
+                    checkout = true;
                     payment = true;
                 }
-            }
-            Some(E::PaymentInfoEntered) => {
-                checkout = true;
-                payment = true;
-            }
-            Some(E::OrderCompleted) => {
-                order = Some(detail.clone());
-                for id in added.iter().chain(viewed.iter()) {
-                    push_unique(&mut ordered, id);
+                Some(E::OrderCompleted) => {
+                    order = Some(detail.clone());
+                    for id in added.iter().chain(viewed.iter()) {
+                        push_unique(&mut ordered, id);
+                    }
                 }
+                _ if k.contains("fail") || k.contains("error") || k.contains("declin") => {
+                    failures.push(kind.clone());
+                }
+                _ if k.contains("support") || k.contains("contact") || k.contains("help") => {
+                    support = true;
+                }
+                _ => {}
             }
-            _ if k.contains("fail") || k.contains("error") || k.contains("declin") => {
-                failures.push(kind.clone());
-            }
-            _ if k.contains("support") || k.contains("contact") || k.contains("help") => {
-                support = true;
-            }
-            _ => {}
+        }
+        Seen {
+            viewed,
+            added,
+            removed,
+            ordered,
+            searches,
+            pages,
+            checkout,
+            shipping,
+            payment,
+            order,
+            failures,
+            support,
         }
     }
+}
+
+fn web(input: &EnrichInput) -> Answer {
+    let Seen {
+        viewed,
+        added,
+        removed,
+        ordered,
+        searches,
+        pages,
+        checkout,
+        shipping,
+        payment,
+        order,
+        failures,
+        support,
+    } = Seen::read(input);
     // What was bought: what was in the cart (less what was removed).
     let cart: Vec<String> = added
         .iter()
