@@ -15,23 +15,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS="${EVENTS:-1000000}"
 RUNS="${RUNS:-20}"
-venv="${CROWTEST_VENV:-.venv}"
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/python" -c 'import requests' 2>/dev/null || "$venv/bin/pip" install -q requests
-py="$venv/bin/python"
-if [ -n "${CROWTEST_BIN:-}" ]; then
-  crow="$CROWTEST_BIN"
-else
-  cargo build --release --locked --bin crow --features crow-cli/bench
-  crow="$PWD/target/release/crow"
-fi
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source scripts/bench/lib.sh
+bench_venv requests requests
+bench_crow
+bench_work
 lake="$work/lake"
 "$crow" --lake "$lake" init >/dev/null
 echo "generating $EVENTS events ..." >&2
@@ -39,20 +26,8 @@ echo "generating $EVENTS events ..." >&2
 org=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["org_id"])' "$work/gen.json")
 key=$("$crow" --lake "$lake" keys create --org "$org" --scope read --name bench-cache --format json \
   | "$py" -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
-start() { # name, cache MiB → prints the URL
-  local port
-  port=$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  CROW_API_RESULT_CACHE_MB="$2" "$crow" --lake "$lake" serve --only api --listen "127.0.0.1:$port" \
-    --wal-dir "$work/wal-$1" >"$work/serve-$1.log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 1 100); do
-    curl -sf -o /dev/null "http://127.0.0.1:$port/api/v1/openapi.json" && break
-    sleep 0.2
-  done
-  url="http://127.0.0.1:$port"
-}
-start on 64; on="$url"
-start off 0; off="$url"
+bench_start_api on "$lake" CROW_API_RESULT_CACHE_MB=64; on="$url"
+bench_start_api off "$lake" CROW_API_RESULT_CACHE_MB=0; off="$url"
 echo "| server | first call (ms) | median of the other $((RUNS - 1)) (ms) | p95 (ms) | all $RUNS (ms) | X-Crow-Cache |"
 echo "|---|---|---|---|---|---|"
 "$py" scripts/bench/cache.py "$key" "$on" "$off" --runs "$RUNS"

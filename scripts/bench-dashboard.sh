@@ -21,24 +21,11 @@ cd "$(dirname "$0")/.."
 EVENTS="${EVENTS:-}"
 RUNS="${RUNS:-3}"
 read -r -a demo_args <<<"${DEMO_ARGS:-}"
-venv="${CROWTEST_VENV:-.venv}"
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/python" -c 'import playwright' 2>/dev/null || "$venv/bin/pip" install -q playwright
-py="$venv/bin/python"
+source scripts/bench/lib.sh
+bench_venv playwright playwright
 [ -x /usr/bin/chromium ] || { echo "needs Debian's Chromium at /usr/bin/chromium (apt-get install chromium)" >&2; exit 2; }
-if [ -n "${CROWTEST_BIN:-}" ]; then
-  crow="$CROWTEST_BIN"
-else
-  cargo build --release --locked --bin crow --features crow-cli/bench
-  crow="$PWD/target/release/crow"
-fi
-work="$(mktemp -d)"
-server=""
-cleanup() {
-  if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_crow
+bench_work
 exec 3>&2
 timed() { # timed WHAT COMMAND…: run it, say how long it took on the script's stderr
   local what="$1" started
@@ -78,17 +65,9 @@ else
     what="a generated lake of $EVENTS events over 28 days"
   fi
 fi
-port=$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 # The result cache is off: each timed visit runs its queries (a dashboard
 # revisited within the same table versions would be served from it).
-CROW_API_RESULT_CACHE_MB=0 "$crow" --lake "$lake" serve --only api --listen "127.0.0.1:$port" --wal-dir "$work/wal" \
-  >"$work/serve.log" 2>&1 &
-server=$!
-for _ in $(seq 1 100); do
-  curl -sf -o /dev/null "http://127.0.0.1:$port/api/v1/openapi.json" && break
-  kill -0 "$server" 2>/dev/null || { cat "$work/serve.log" >&2; exit 1; }
-  sleep 0.2
-done
+bench_start_api api "$lake" CROW_API_RESULT_CACHE_MB=0
 events=$("$crow" --lake "$lake" sql --format csv "SELECT count(*) AS n FROM raw_web_events" 2>/dev/null \
   | tail -1 | "$py" -c 'import sys; print(f"{int(sys.stdin.read()):,}")' 2>/dev/null || echo "?")
 echo
@@ -97,6 +76,6 @@ echo "Dashboard on $what: $events raw web events; $(nproc) cores;" \
   "best of $RUNS after one warm-up visit"
 echo
 status=0
-"$py" scripts/bench/dashboard.py "http://127.0.0.1:$port" "$email" "$password" --runs "$RUNS" || status=$?
-[ "$status" = 0 ] || echo "the benchmark failed; server log: $(tail -5 "$work/serve.log")" >&2
+"$py" scripts/bench/dashboard.py "$url" "$email" "$password" --runs "$RUNS" || status=$?
+[ "$status" = 0 ] || echo "the benchmark failed; server log: $(tail -5 "$work/serve-api.log")" >&2
 exit "$status"

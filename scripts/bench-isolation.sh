@@ -17,21 +17,11 @@ clients="${CLIENTS:-16}"
 queries="${QUERIES:-1}"
 rows="${ROWS:-30000000}"
 py="${PYTHON:-python3}"
-if [ -n "${CROWTEST_BIN:-}" ]; then
-  crow="$CROWTEST_BIN"
-else
-  cargo build --release --locked --bin crow --features crow-cli/bench
-  crow="$PWD/target/release/crow"
-fi
-work="$(mktemp -d)"
-server=""
+source scripts/bench/lib.sh
+bench_crow
+bench_work
 loops=()
-cleanup() {
-  for l in "${loops[@]}"; do kill "$l" 2>/dev/null || true; done
-  if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
+trap 'for l in "${loops[@]}"; do kill "$l" 2>/dev/null || true; done; bench_stop_all; rm -rf "$work"' EXIT
 lake="$work/lake"
 "$crow" --lake "$lake" init >/dev/null
 org=$("$crow" --lake "$lake" orgs create --name "Bench Isolation" --format json)
@@ -39,17 +29,10 @@ wk=$(echo "$org" | "$py" -c 'import json,sys; print(json.load(sys.stdin)["write_
 oid=$(echo "$org" | "$py" -c 'import json,sys; print(json.load(sys.stdin)["org_id"])')
 key=$("$crow" --lake "$lake" keys create --org "$oid" --scope read --format json \
   | "$py" -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
-port=$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(bench_free_port)
 # The result cache is off: the heavy query runs anew each time.
-CROW_API_RESULT_CACHE_MB=0 CROW_API_QUERY_TIMEOUT_SECONDS=3600 CROW_API_RATE_LIMIT_BURST=100000 \
-  "$crow" --lake "$lake" serve --listen "127.0.0.1:$port" --wal-dir "$work/wal" >"$work/serve.log" 2>&1 &
-server=$!
-for _ in $(seq 1 100); do
-  curl -sf -o /dev/null "http://127.0.0.1:$port/healthz" && break
-  kill -0 "$server" 2>/dev/null || { cat "$work/serve.log" >&2; exit 1; }
-  sleep 0.2
-done
-url="http://127.0.0.1:$port"
+bench_serve both "$port" CROW_API_RESULT_CACHE_MB=0 CROW_API_QUERY_TIMEOUT_SECONDS=3600 \
+  CROW_API_RATE_LIMIT_BURST=100000 -- --lake "$lake" serve --listen "127.0.0.1:$port" --wal-dir "$work/wal"
 echo "acks alone: batches of $batch events, $clients clients, $secs s"
 "$crow" bench ingest --url "$url" --write-key "$wk" --batch "$batch" --clients "$clients" \
   --seconds "$secs" | tee "$work/alone.md"

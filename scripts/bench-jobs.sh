@@ -14,18 +14,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS="${EVENTS:-10000000}"
 SESSIONS="${SESSIONS:-2000}"
-venv="${CROWTEST_VENV:-.venv}"
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/python" -c 'import duckdb' 2>/dev/null || "$venv/bin/pip" install -q duckdb==2.0.0
-py="$venv/bin/python"
-if [ -n "${CROWTEST_BIN:-}" ]; then
-  crow="$CROWTEST_BIN"
-else
-  cargo build --release --locked --bin crow --features crow-cli/bench
-  crow="$PWD/target/release/crow"
-fi
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+source scripts/bench/lib.sh
+bench_venv duckdb duckdb==2.0.0
+bench_crow
+bench_work
 lake="$work/lake"
 "$crow" --lake "$lake" init >/dev/null
 echo "generating $EVENTS events ..." >&2

@@ -17,45 +17,25 @@ cd "$(dirname "$0")/.."
 ROWS="${ROWS:-10000000}"
 JSON_ROWS="${JSON_ROWS:-2000000}"
 RUNS="${RUNS:-1}"
-venv="${CROWTEST_VENV:-.venv}"
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-py="$venv/bin/python"
-"$py" -c 'import adbc_driver_flightsql, pyarrow, requests, psycopg' 2>/dev/null \
-  || "$venv/bin/pip" install -q adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0 pyarrow requests 'psycopg[binary]==3.3.9'
-if [ -n "${CROWTEST_BIN:-}" ]; then
-  crow="$CROWTEST_BIN"
-else
-  cargo build --release --locked --bin crow --features crow-cli/bench
-  crow="$PWD/target/release/crow"
-fi
-work="$(mktemp -d)"
-server=""
-cleanup() {
-  if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source scripts/bench/lib.sh
+bench_venv 'adbc_driver_flightsql, pyarrow, requests, psycopg' \
+  adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0 pyarrow requests 'psycopg[binary]==3.3.9'
+bench_crow
+bench_work
 lake="$work/lake"
 "$crow" --lake "$lake" init >/dev/null
 org=$("$crow" --lake "$lake" orgs create --name "Bench Protocols" --format json \
   | "$py" -c 'import json,sys; print(json.load(sys.stdin)["org_id"])')
 key=$("$crow" --lake "$lake" keys create --org "$org" --scope read --name bench-protocols --format json \
   | "$py" -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
-free_port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-port=$(free_port)
-fport=$(free_port)
-pport=$(free_port)
+port=$(bench_free_port)
+fport=$(bench_free_port)
+pport=$(bench_free_port)
 # The result cache is off: each run streams its answer anew.
-CROW_API_RESULT_CACHE_MB=0 \
-CROW_API_MAX_RESULT_ROWS=$(( ROWS > JSON_ROWS ? ROWS : JSON_ROWS )) CROW_API_QUERY_TIMEOUT_SECONDS=3600 \
-  "$crow" --lake "$lake" serve --only api --listen "127.0.0.1:$port" \
-  --flight-listen "127.0.0.1:$fport" --pg-listen "127.0.0.1:$pport" --wal-dir "$work/wal" >"$work/serve.log" 2>&1 &
-server=$!
-for _ in $(seq 1 100); do
-  curl -sf -o /dev/null "http://127.0.0.1:$port/api/v1/openapi.json" && break
-  kill -0 "$server" 2>/dev/null || { cat "$work/serve.log" >&2; exit 1; }
-  sleep 0.2
-done
+bench_serve api "$port" CROW_API_RESULT_CACHE_MB=0 \
+  CROW_API_MAX_RESULT_ROWS=$(( ROWS > JSON_ROWS ? ROWS : JSON_ROWS )) CROW_API_QUERY_TIMEOUT_SECONDS=3600 \
+  -- --lake "$lake" serve --only api --listen "127.0.0.1:$port" \
+  --flight-listen "127.0.0.1:$fport" --pg-listen "127.0.0.1:$pport" --wal-dir "$work/wal"
 echo "$ROWS rows (JSON: $JSON_ROWS), 4 columns; $(nproc) cores; best of $RUNS"
 echo
 "$py" scripts/bench/protocols.py "http://127.0.0.1:$port" "grpc://127.0.0.1:$fport" "$key" \

@@ -20,24 +20,10 @@ cd "$(dirname "$0")/.."
 EVENTS="${EVENTS:-10000000}"
 RUNS="${RUNS:-3}"
 ONLY="${ONLY:-}"
-venv="${CROWTEST_VENV:-.venv}"
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/python" -c 'import duckdb, pyarrow, requests' 2>/dev/null \
-  || "$venv/bin/pip" install -q duckdb==2.0.0 pyarrow requests
-py="$venv/bin/python"
-if [ -n "${CROWTEST_BIN:-}" ]; then
-  crow="$CROWTEST_BIN"
-else
-  cargo build --release --locked --bin crow --features crow-cli/bench
-  crow="$PWD/target/release/crow"
-fi
-work="$(mktemp -d)"
-server=""
-cleanup() {
-  if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source scripts/bench/lib.sh
+bench_venv 'duckdb, pyarrow, requests' duckdb==2.0.0 pyarrow requests
+bench_crow
+bench_work
 lake="${KEEP_LAKE:-$work/lake}"
 [ ! -e "$lake/raw_web_events" ] || { echo "$lake already holds a lake; KEEP_LAKE must be a new folder" >&2; exit 2; }
 "$crow" --lake "$lake" init >/dev/null
@@ -48,17 +34,9 @@ echo "generated in $(( $(date +%s) - started )) s" >&2
 org=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["org_id"])' "$work/gen.json")
 key=$("$crow" --lake "$lake" keys create --org "$org" --scope read --name bench-queries --format json \
   | "$py" -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
-port=$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 # The result cache is off: every run computes its answer (best of RUNS of
 # the engine, not of the cache; scripts/bench-cache.sh measures the cache).
-CROW_API_RESULT_CACHE_MB=0 "$crow" --lake "$lake" serve --only api --listen "127.0.0.1:$port" \
-  --wal-dir "$work/wal" >"$work/serve.log" 2>&1 &
-server=$!
-for _ in $(seq 1 100); do
-  curl -sf -o /dev/null "http://127.0.0.1:$port/api/v1/openapi.json" && break
-  kill -0 "$server" 2>/dev/null || { cat "$work/serve.log" >&2; exit 1; }
-  sleep 0.2
-done
+bench_start_api api "$lake" CROW_API_RESULT_CACHE_MB=0
 files=$(find "$lake/raw_web_events" -name '*.parquet' -not -path '*/_delta_log/*' | wc -l)
 mib=$(du -sm "$lake/raw_web_events" | cut -f1)
 commits=$(find "$lake/raw_web_events/_delta_log" -name '*.json' | wc -l)
@@ -68,7 +46,7 @@ echo "$EVENTS events, 28 days, $files Parquet files, $mib MiB, $commits Delta co
   "best of $RUNS after one warm-up"
 echo
 status=0
-"$py" scripts/bench/queries.py "http://127.0.0.1:$port" "$key" "$lake/raw_web_events" "$org" \
+"$py" scripts/bench/queries.py "$url" "$key" "$lake/raw_web_events" "$org" \
   --runs "$RUNS" --only "$ONLY" || status=$?
-[ "$status" = 0 ] || echo "some results differ or failed (see above); server log: $(tail -5 "$work/serve.log")" >&2
+[ "$status" = 0 ] || echo "some results differ or failed (see above); server log: $(tail -5 "$work/serve-api.log")" >&2
 exit "$status"

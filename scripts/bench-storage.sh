@@ -31,9 +31,8 @@ fi
 venv="${CROWTEST_VENV:-.venv}"
 [ -x "$venv/bin/python" ] || bash scripts/test-deps.sh >/dev/null
 py="$venv/bin/python"
-work="$(mktemp -d)"
 source scripts/bench/lib.sh
-trap 'bench_stop_all; rm -rf "$work"' EXIT
+bench_work
 lake="$work/lake"
 "$crow" --lake "$lake" bench generate --events "$EVENTS" --days 28 >"$work/gen.json"
 org=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["org_id"])' "$work/gen.json")

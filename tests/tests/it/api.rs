@@ -18,7 +18,7 @@ use crow_lake::object_store::ObjectStoreExt;
 use crow_schemas::{ColumnType, TableDef};
 use serde_json::{json, Map, Value};
 
-use crate::support::{both_backends, python, Backend, Server};
+use crate::support::{both_backends, metric_value, python, Backend, Server};
 
 /// Text that appears in every text column of org B's rows: if it ever shows
 /// up in an answer to org A's key, isolation is broken.
@@ -603,23 +603,13 @@ async fn keys_formats_rest_and_metrics(b: Backend) {
         );
     }
     // It fit because it spilled: /metrics counts the files and bytes.
-    let m = w
-        .http
-        .get(w.server.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    let counter = |name: &str| -> u64 {
-        m.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {m}"))
-    };
-    assert!(counter("crow_api_query_spill_files_total") >= 1, "{m}");
+    let m = w.server.metrics(&w.http).await;
     assert!(
-        counter("crow_api_query_spilled_bytes_total") > 32 * 1024 * 1024 / 4,
+        metric_value(&m, "crow_api_query_spill_files_total") >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric_value(&m, "crow_api_query_spilled_bytes_total") > (32 * 1024 * 1024 / 4) as f64,
         "{m}"
     );
 
@@ -822,15 +812,7 @@ async fn keys_formats_rest_and_metrics(b: Backend) {
     // Exports: reads_time_travel_and_exports, on both backends.
 
     // Metrics: the collector's and the API's on one /metrics.
-    let m = w
-        .http
-        .get(w.server.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let m = w.server.metrics(&w.http).await;
     assert!(m.contains("crow_ingest_"), "{m}");
     assert!(
         m.contains("crow_api_requests_total{route=\"/api/v1/sql\",status=\"200\"}"),
@@ -1094,14 +1076,7 @@ async fn rate_limit_and_only_api(b: Backend) {
         .await
         .expect("send");
     assert_eq!(r.status(), 404);
-    let m = http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let m = server.metrics(&http).await;
     assert!(
         m.contains("crow_api_requests_total{route=\"/api/v1/organization\",status=\"429\"} 2"),
         "{m}"

@@ -10,7 +10,7 @@ use crow_lake::batch::rows_to_batch;
 use serde_json::{json, Value};
 
 use crate::api::{row, world, World, B_MARK};
-use crate::support::Server;
+use crate::support::{metric_value, Server};
 
 /// One answer: status, `X-Crow-Cache`, `X-Crow-Cache-Reason`, body.
 struct Answer {
@@ -54,24 +54,8 @@ async fn ask(w: &World, server: &Server, key: &str, body: Value, accept: Option<
 
 /// The result cache's metrics: hits, misses, bypasses, evictions, bytes.
 async fn counters(w: &World, server: &Server) -> [u64; 5] {
-    let text = w
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    let value = |name: &str| -> u64 {
-        let line = format!("crow_api_result_cache_{name} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(line.as_str()))
-            .unwrap_or_else(|| panic!("/metrics lacks {line}: {text}"))
-            .trim()
-            .parse()
-            .expect("a count")
-    };
+    let text = server.metrics(&w.http).await;
+    let value = |name: &str| metric_value(&text, &format!("crow_api_result_cache_{name}")) as u64;
     [
         value("hits_total"),
         value("misses_total"),

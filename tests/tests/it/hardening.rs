@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 
 use crate::hostile::hostile_world;
 use crate::ingest::{basic, create_org, query};
-use crate::support::{Backend, Server};
+use crate::support::{metric_value, Backend, Server};
 
 /// What a raw connection got back before the server closed it (or `wait`
 /// passed).
@@ -186,21 +186,9 @@ async fn open_connections_are_capped_and_freed_by_the_header_timeout() {
         .expect("served once a slot frees");
     assert_eq!(r.status(), 200);
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
-    let metrics = w
-        .http
-        .get(w.server.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    let at_capacity = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("crow_http_connections_at_capacity_total "))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or_else(|| panic!("no connection metrics: {metrics}"));
-    assert!(at_capacity >= 1, "{metrics}");
+    let metrics = w.server.metrics(&w.http).await;
+    let at_capacity = metric_value(&metrics, "crow_http_connections_at_capacity_total");
+    assert!(at_capacity >= 1.0, "{metrics}");
     drop(idle);
     w.still_serving("a full server").await;
 }

@@ -334,15 +334,7 @@ async fn deep_and_wide_statements_are_refused_or_answered_never_fatal() {
     // The guard's refusals are counted by code, one per refused statement
     // (the parser's own refusals of deep nesting are `invalid_query`, not
     // counted: that is a query the caller got wrong, not one refused).
-    let m = w
-        .http
-        .get(w.server.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let m = w.server.metrics(&w.http).await;
     for code in ["query_too_complex", "query_too_large"] {
         let want = refused.get(code).copied().unwrap_or(0);
         assert!(want > 0, "{code}: {refused:?}");

@@ -9,7 +9,7 @@ use crow_lake::batch::batches_to_json;
 use crow_lake::Lake;
 use serde_json::{json, Value};
 
-use crate::support::{both_backends, Backend, Server};
+use crate::support::{both_backends, metric_value, Backend, Server};
 
 /// Create an organization with the CLI; returns (org_id, write_key).
 pub fn create_org(b: &Backend, name: &str) -> (String, String) {
@@ -411,14 +411,7 @@ async fn bad_input_is_refused_clearly_and_nothing_is_lost() {
     // after its rows became visible: read the metrics once it has.
     let started = Instant::now();
     let metrics = loop {
-        let m = http
-            .get(server.url("/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
+        let m = server.metrics(&http).await;
         if m.contains("crow_ingest_rows_committed_total{table=\"failed_events\"} 6")
             && m.contains("crow_ingest_wal_pending_bytes 0")
         {
@@ -483,16 +476,7 @@ async fn bad_input_is_refused_clearly_and_nothing_is_lost() {
     // Each new client is one accepted connection (reqwest keeps one open
     // per client): three fresh clients and the reader of the metrics add
     // exactly four.
-    let connections = |m: &str| -> f64 {
-        m.lines()
-            .find_map(|l| {
-                l.strip_prefix("crow_http_connections_accepted_total ")?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or_else(|| panic!("no crow_http_connections_accepted_total in {m}"))
-    };
+    let connections = |m: &str| metric_value(m, "crow_http_connections_accepted_total");
     let before = connections(&metrics);
     for _ in 0..3 {
         let r = reqwest::Client::new()
@@ -502,14 +486,7 @@ async fn bad_input_is_refused_clearly_and_nothing_is_lost() {
             .expect("healthz");
         assert_eq!(r.status(), 200);
     }
-    let after = reqwest::Client::new()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let after = server.metrics(&reqwest::Client::new()).await;
     assert_eq!(connections(&after) - before, 4.0, "{after}");
 
     // An oversized event in a batch is rejected with its messageId, so an
@@ -729,14 +706,7 @@ async fn backpressure_answers_503_with_retry_after() {
         Some("1"),
         "backpressure clears as the flusher catches up: retry in a second"
     );
-    let m = http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let m = server.metrics(&http).await;
     assert!(m.contains("crow_ingest_backpressure_total 1"), "{m}");
     let ready = http
         .get(server.url("/readyz"))

@@ -339,6 +339,18 @@ impl Server {
         Server { child, addr, logs }
     }
 
+    /// The Prometheus text the server's `/metrics` answers (from this
+    /// machine, so no token is needed).
+    pub async fn metrics(&self, http: &reqwest::Client) -> String {
+        http.get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("/metrics text")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -396,4 +408,19 @@ pub async fn land_web(
     lake.append("raw_web_events", vec![batch])
         .await
         .expect("append");
+}
+
+/// The value of `series` (a metric's name with its labels, as `/metrics`
+/// prints them) in the Prometheus `text`; panics, quoting the text, when the
+/// series is not there.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("/metrics lacks {series}: {text}"))
 }
