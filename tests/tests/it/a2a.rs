@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::ask::{world, World, SHAPES};
-use crate::support::{python, Server};
+use crate::support::{post_json, python, Server};
 
 /// Run tests/py/a2a_client.py against `base`: (exit code, its JSON).
 fn client(base: &str, key: &str, mode: &str, arg: &str) -> (i32, Value) {
@@ -68,24 +68,8 @@ async fn rpc(
     method: &str,
     params: Value,
 ) -> (u16, Value) {
-    let mut r = w
-        .http
-        .post(format!("{base}/a2a"))
-        .json(&json!({"jsonrpc": "2.0", "id": "r1", "method": method, "params": params}));
-    if let Some(k) = key {
-        r = r.bearer_auth(k);
-    }
-    let r = r
-        .timeout(Duration::from_secs(120))
-        .send()
-        .await
-        .expect("a2a");
-    let status = r.status().as_u16();
-    let text = r.text().await.expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    let body = json!({"jsonrpc": "2.0", "id": "r1", "method": method, "params": params});
+    post_json(&w.http, &format!("{base}/a2a"), key, &body).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1429,22 +1429,12 @@ async fn cameras_per_organization(b: Backend) {
         k["secret"].as_str().expect("secret").to_string()
     };
     let (admin_a, admin_b) = (admin_key(&w.org_a), admin_key(&w.org_b));
-    crate::users::crow_stdin(
+    crate::users::create_user(
         &w.b,
-        &[
-            "users",
-            "create",
-            "--org",
-            &w.org_a,
-            "--email",
-            "viewer@alpha.example",
-            "--role",
-            "viewer",
-            "--password-stdin",
-            "--format",
-            "json",
-        ],
-        "viewer password 1\n",
+        &w.org_a,
+        "viewer@alpha.example",
+        "viewer",
+        "viewer password 1",
     );
     let (st, me, jar) = crate::users::login(
         &w.http,

@@ -4,12 +4,11 @@
 //! A's key — through SQL, the MCP tools or ask.
 
 use std::process::Command;
-use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::{json, Value};
 
-use crate::support::{land_web, python, Backend, Server};
+use crate::support::{land_web, post_json, python, Backend, Server};
 
 /// Marks org B's rows.
 pub(crate) const B_MARK: &str = "BETAMARK";
@@ -127,21 +126,7 @@ async fn world_with(env: &[(&str, &str)]) -> World {
 
 impl World {
     pub(crate) async fn post(&self, path: &str, key: Option<&str>, body: &Value) -> (u16, Value) {
-        let mut r = self.http.post(self.server.url(path)).json(body);
-        if let Some(k) = key {
-            r = r.bearer_auth(k);
-        }
-        let r = r
-            .timeout(Duration::from_secs(120))
-            .send()
-            .await
-            .expect("request");
-        let status = r.status().as_u16();
-        let text = r.text().await.expect("body");
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        post_json(&self.http, &self.server.url(path), key, body).await
     }
 
     pub(crate) async fn sql(&self, key: &str, sql: &str) -> Vec<Value> {

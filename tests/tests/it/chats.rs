@@ -8,7 +8,7 @@ use reqwest::header::COOKIE;
 use serde_json::{json, Value};
 
 use crate::ask::{world, World, SHAPES};
-use crate::users::{crow_stdin, login, Jar};
+use crate::users::{call_as, signed_in, Jar};
 
 const PASSWORD: &str = "chat password 1";
 
@@ -20,26 +20,7 @@ const MOBILE_REFERENCE: &str = "SELECT device_type, count(*) AS sessions, \
 
 /// A signed-in user of `org`.
 async fn user(w: &World, org: &str, email: &str, role: &str) -> Jar {
-    crow_stdin(
-        &w.b,
-        &[
-            "users",
-            "create",
-            "--org",
-            org,
-            "--email",
-            email,
-            "--role",
-            role,
-            "--password-stdin",
-            "--format",
-            "json",
-        ],
-        &format!("{PASSWORD}\n"),
-    );
-    let (s, body, jar) = login(&w.http, &w.server, email, PASSWORD).await;
-    assert_eq!(s, 200, "{body}");
-    jar
+    signed_in(&w.b, &w.http, &w.server, (org, email, role), PASSWORD).await
 }
 
 /// A request as the user of `jar` (with the CSRF token), or with `key`.
@@ -50,23 +31,7 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut r = w.http.request(method, w.server.url(path));
-    r = match who {
-        Ok(jar) => r
-            .header(COOKIE, jar.header())
-            .header("X-CSRF-Token", &jar.csrf),
-        Err(key) => r.bearer_auth(key),
-    };
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let r = r.send().await.expect("request");
-    let status = r.status().as_u16();
-    let text = r.text().await.expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    call_as(&w.http, &w.server, who, (method, path), body).await
 }
 
 /// A question in a chat as server-sent events: (event, data) in order.

@@ -801,22 +801,12 @@ async fn dashboard_in_chromium() {
         .as_str()
         .expect("secret")
         .to_string();
-    crate::users::crow_stdin(
+    crate::users::create_user(
         &b,
-        &[
-            "users",
-            "create",
-            "--org",
-            org,
-            "--email",
-            "ops@northwind-audio.example",
-            "--role",
-            "owner",
-            "--password-stdin",
-            "--format",
-            "json",
-        ],
-        "owner password 123\n",
+        org,
+        "ops@northwind-audio.example",
+        "owner",
+        "owner password 123",
     );
     let viewer = b.crow_json(&[
         "users",

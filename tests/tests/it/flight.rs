@@ -371,27 +371,11 @@ async fn flight_sql_over_tls() {
             "server.flight_tls_cert",
         ),
     ] {
-        let mut cmd = Command::new(crate::support::crow_bin());
-        cmd.args([
-            "--lake",
-            &b.uri,
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--only",
-            "api",
-        ])
-        .env_remove("CROW_CONFIG")
-        .env_remove("CROW_LAKE")
-        .env("CROW_SERVER_FLIGHT_LISTEN", "127.0.0.1:0");
-        for (k, v) in &env {
-            cmd.env(k, v);
-        }
-        let out = cmd.output().expect("crow serve");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success() && err.contains(named),
-            "{env:?}: {err}"
+        crate::support::serve_refuses(
+            &b,
+            ("CROW_SERVER_FLIGHT_LISTEN", "127.0.0.1:0"),
+            &env,
+            named,
         );
     }
 }

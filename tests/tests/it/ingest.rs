@@ -9,7 +9,7 @@ use crow_lake::batch::batches_to_json;
 use crow_lake::Lake;
 use serde_json::{json, Value};
 
-use crate::support::{both_backends, metric_value, Backend, Server};
+use crate::support::{both_backends, metric_value, strip_ansi, Backend, Server};
 
 /// Create an organization with the CLI; returns (org_id, write_key).
 pub fn create_org(b: &Backend, name: &str) -> (String, String) {
@@ -1000,24 +1000,6 @@ async fn serve_logs_only_crow_at_info_by_default() {
     }
     assert!(crow_info > 0, "CROW's own info lines are kept: {logs:#?}");
     assert!(logs.len() < 60, "a few lines, not a flood: {logs:#?}");
-}
-
-/// A log line without its colour codes.
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// One collector per WAL folder, end to end: a second `crow serve` on a

@@ -496,28 +496,7 @@ async fn pg_wire_over_tls() {
             "server.pg_listen",
         ),
     ] {
-        let mut cmd = Command::new(crate::support::crow_bin());
-        cmd.args([
-            "--lake",
-            &w.b.uri,
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--only",
-            "api",
-        ])
-        .env_remove("CROW_CONFIG")
-        .env_remove("CROW_LAKE")
-        .env("CROW_SERVER_PG_LISTEN", "127.0.0.1:0");
-        for (k, v) in &env {
-            cmd.env(k, v);
-        }
-        let out = cmd.output().expect("crow serve");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success() && err.contains(named),
-            "{env:?}: {err}"
-        );
+        crate::support::serve_refuses(&w.b, ("CROW_SERVER_PG_LISTEN", "127.0.0.1:0"), &env, named);
     }
 }
 

@@ -10,7 +10,7 @@ use reqwest::Method as M;
 use serde_json::{json, Value};
 
 use crate::support::{Backend, Server};
-use crate::users::{crow_stdin, login, Jar};
+use crate::users::{call_as, signed_in, Jar};
 
 const PASSWORD: &str = "saved password 1";
 
@@ -38,26 +38,14 @@ impl World {
 
     /// A signed-in user of `org`.
     pub(crate) async fn user(&self, org: &str, email: &str, role: &str) -> Jar {
-        crow_stdin(
+        signed_in(
             &self.b,
-            &[
-                "users",
-                "create",
-                "--org",
-                org,
-                "--email",
-                email,
-                "--role",
-                role,
-                "--password-stdin",
-                "--format",
-                "json",
-            ],
-            &format!("{PASSWORD}\n"),
-        );
-        let (s, body, jar) = login(&self.http, &self.server, email, PASSWORD).await;
-        assert_eq!(s, 200, "{body}");
-        jar
+            &self.http,
+            &self.server,
+            (org, email, role),
+            PASSWORD,
+        )
+        .await
     }
 
     /// A request as the user of `jar` (with the CSRF token), or with `key`.
@@ -68,23 +56,7 @@ impl World {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut r = self.http.request(method, self.server.url(path));
-        r = match who {
-            Ok(jar) => r
-                .header(COOKIE, jar.header())
-                .header("X-CSRF-Token", &jar.csrf),
-            Err(key) => r.bearer_auth(key),
-        };
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let r = r.send().await.expect("request");
-        let status = r.status().as_u16();
-        let text = r.text().await.expect("body");
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        call_as(&self.http, &self.server, who, (method, path), body).await
     }
 
     /// The rows `sql` answers the caller.

@@ -16,7 +16,7 @@ use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use crow_lake::batch::rows_to_batch;
 use serde_json::{json, Value};
 
-use crate::support::{both_backends, land_web, Backend, Server};
+use crate::support::{both_backends, land_web, strip_ansi, Backend, Server};
 
 fn page(id: &str, anon: &str, at: DateTime<Utc>) -> Value {
     json!({
@@ -537,23 +537,6 @@ fn started(logs: &[String]) -> Vec<(String, String)> {
             (field("job"), field("slot"))
         })
         .collect()
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[derive(Debug)]

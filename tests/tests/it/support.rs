@@ -424,3 +424,80 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
         })
         .unwrap_or_else(|| panic!("/metrics lacks {series}: {text}"))
 }
+
+/// A response's status and body: the body as JSON, or as a JSON string when
+/// it is not JSON.
+pub async fn answer(r: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = r.status().as_u16();
+    let text = r.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+/// POST `body` as JSON to `url`, with the API key `key` when given (two
+/// minutes at most): see [`answer`].
+pub async fn post_json(
+    http: &reqwest::Client,
+    url: &str,
+    key: Option<&str>,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let mut r = http.post(url).json(body);
+    if let Some(k) = key {
+        r = r.bearer_auth(k);
+    }
+    let r = r
+        .timeout(std::time::Duration::from_secs(120))
+        .send()
+        .await
+        .expect("request");
+    answer(r).await
+}
+
+/// A log line without its colour codes.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `crow serve --only api` on `b`, with `listener` (a protocol's listen
+/// setting) and then the settings `env`, fails at startup with an error
+/// naming `named`.
+pub fn serve_refuses(b: &Backend, listener: (&str, &str), env: &[(&str, &str)], named: &str) {
+    let mut cmd = Command::new(crow_bin());
+    cmd.args([
+        "--lake",
+        &b.uri,
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--only",
+        "api",
+    ])
+    .env_remove("CROW_CONFIG")
+    .env_remove("CROW_LAKE")
+    .env(listener.0, listener.1);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("crow serve");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(named),
+        "{env:?}: {err}"
+    );
+}

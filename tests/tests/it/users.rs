@@ -77,6 +77,65 @@ async fn sql(http: &reqwest::Client, s: &Server, jar: &Jar, csrf: bool, q: &str)
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// `crow users create` of `email` in `org` with `role`, the password given
+/// on standard input; the created user as JSON.
+pub fn create_user(b: &Backend, org: &str, email: &str, role: &str, password: &str) -> Value {
+    crow_stdin(
+        b,
+        &[
+            "users",
+            "create",
+            "--org",
+            org,
+            "--email",
+            email,
+            "--role",
+            role,
+            "--password-stdin",
+            "--format",
+            "json",
+        ],
+        &format!("{password}\n"),
+    )
+}
+
+/// A new `role` user of `org` (see [`create_user`]), signed in: its jar.
+pub(crate) async fn signed_in(
+    b: &Backend,
+    http: &reqwest::Client,
+    server: &Server,
+    (org, email, role): (&str, &str, &str),
+    password: &str,
+) -> Jar {
+    create_user(b, org, email, role, password);
+    let (s, body, jar) = login(http, server, email, password).await;
+    assert_eq!(s, 200, "{body}");
+    jar
+}
+
+/// A request as the user of `jar` (with the CSRF token), or with the API
+/// key `key`: the status and the body (as a JSON string when it is not
+/// JSON).
+pub(crate) async fn call_as(
+    http: &reqwest::Client,
+    server: &Server,
+    who: Result<&Jar, &str>,
+    (method, path): (reqwest::Method, &str),
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut r = http.request(method, server.url(path));
+    r = match who {
+        Ok(jar) => r
+            .header(reqwest::header::COOKIE, jar.header())
+            .header("X-CSRF-Token", &jar.csrf),
+        Err(key) => r.bearer_auth(key),
+    };
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    crate::support::answer(r.send().await.expect("request")).await
+}
+
 pub fn crow_stdin(b: &Backend, args: &[&str], stdin: &str) -> Value {
     use std::io::Write;
     let mut child = std::process::Command::new(crate::support::crow_bin())
@@ -127,22 +186,12 @@ async fn invite_sign_in_csrf_throttle_disable_and_audit() {
         .as_str()
         .expect("token")
         .to_string();
-    let owner = crow_stdin(
+    let owner = create_user(
         &b,
-        &[
-            "users",
-            "create",
-            "--org",
-            "Acme",
-            "--email",
-            "olga@example.com",
-            "--role",
-            "owner",
-            "--password-stdin",
-            "--format",
-            "json",
-        ],
-        "owner password 123\n",
+        "Acme",
+        "olga@example.com",
+        "owner",
+        "owner password 123",
     );
     assert_eq!(owner["status"], "active");
     assert_eq!(owner["invitation_token"], Value::Null);
@@ -615,23 +664,7 @@ async fn every_endpoint_answers_every_role_and_scope_as_documented() {
         (Who::Owner, "owner"),
     ] {
         let email = format!("{role}@matrix.example");
-        crow_stdin(
-            &b,
-            &[
-                "users",
-                "create",
-                "--org",
-                "Matrix",
-                "--email",
-                &email,
-                "--role",
-                role,
-                "--password-stdin",
-                "--format",
-                "json",
-            ],
-            "matrix password 1\n",
-        );
+        create_user(&b, "Matrix", &email, role, "matrix password 1");
         let (st, body, jar) = login(&http, &s, &email, "matrix password 1").await;
         assert_eq!(st, 200, "{body}");
         callers.push((who, None, Some(jar)));
@@ -772,23 +805,7 @@ async fn notifications_reach_the_webhook_signed_and_retried() {
     let hook = b.crow_json(&["orgs", "webhook", "Hooked", "--url", &url]);
     let secret = hook["webhook_secret"].as_str().expect("secret").to_string();
     assert!(secret.starts_with("whsec_"), "{hook}");
-    crow_stdin(
-        &b,
-        &[
-            "users",
-            "create",
-            "--org",
-            "Hooked",
-            "--email",
-            "h@example.com",
-            "--role",
-            "owner",
-            "--password-stdin",
-            "--format",
-            "json",
-        ],
-        "hooked password 1\n",
-    );
+    create_user(&b, "Hooked", "h@example.com", "owner", "hooked password 1");
     let wal = tempfile::tempdir().expect("wal");
     let s = Server::start(&b, wal.path(), &[]);
     let http = reqwest::Client::new();
@@ -883,22 +900,12 @@ async fn a_finished_export_notifies_the_user_who_started_it() {
     let b = Backend::local();
     b.crow_ok(&["init"]);
     b.crow_json(&["orgs", "create", "--name", "Exporters"]);
-    crow_stdin(
+    create_user(
         &b,
-        &[
-            "users",
-            "create",
-            "--org",
-            "Exporters",
-            "--email",
-            "e@example.com",
-            "--role",
-            "analyst",
-            "--password-stdin",
-            "--format",
-            "json",
-        ],
-        "export password 1\n",
+        "Exporters",
+        "e@example.com",
+        "analyst",
+        "export password 1",
     );
     let key = b.crow_json(&["keys", "create", "--org", "Exporters", "--scope", "export"]);
     let key = key["secret"].as_str().expect("secret").to_string();
@@ -1081,23 +1088,7 @@ async fn admins_manage_members_keys_and_settings_through_the_api() {
         ("Shop", "ann@shop.example", "analyst"),
         ("Elsewhere", "else@else.example", "admin"),
     ] {
-        let u = crow_stdin(
-            &b,
-            &[
-                "users",
-                "create",
-                "--org",
-                org,
-                "--email",
-                email,
-                "--role",
-                role,
-                "--password-stdin",
-                "--format",
-                "json",
-            ],
-            "member password 1\n",
-        );
+        let u = create_user(&b, org, email, role, "member password 1");
         ids.insert(email, u["id"].as_str().expect("id").to_string());
     }
     let other_key = b.crow_json(&["keys", "create", "--org", "Elsewhere"]);
