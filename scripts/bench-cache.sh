@@ -20,12 +20,9 @@ bench_venv requests requests
 bench_crow
 bench_work
 lake="$work/lake"
-"$crow" --lake "$lake" init >/dev/null
-echo "generating $EVENTS events ..." >&2
-"$crow" --lake "$lake" bench generate --events "$EVENTS" --days 28 >"$work/gen.json"
-org=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["org_id"])' "$work/gen.json")
-key=$("$crow" --lake "$lake" keys create --org "$org" --scope read --name bench-cache --format json \
-  | "$py" -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
+bench_generate "$lake"
+org=$(bench_field "$work/gen.json" org_id)
+key=$(bench_read_key "$lake" "$org" bench-cache)
 bench_start_api on "$lake" CROW_API_RESULT_CACHE_MB=64; on="$url"
 bench_start_api off "$lake" CROW_API_RESULT_CACHE_MB=0; off="$url"
 echo "| server | first call (ms) | median of the other $((RUNS - 1)) (ms) | p95 (ms) | all $RUNS (ms) | X-Crow-Cache |"

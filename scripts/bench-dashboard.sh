@@ -54,7 +54,7 @@ else
     "$crow" --lake "$lake" init >/dev/null
     echo "generating $EVENTS events ..." >&2
     timed "generated" "$crow" --lake "$lake" bench generate --events "$EVENTS" --days 28 >"$work/gen.json"
-    org=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["org_id"])' "$work/gen.json")
+    org=$(bench_field "$work/gen.json" org_id)
     email="owner@bench.example"
     password="bench owner password"
     echo "$password" | "$crow" --lake "$lake" users create --org "$org" --email "$email" --role owner \

@@ -19,12 +19,10 @@ bench_venv duckdb duckdb==2.0.0
 bench_crow
 bench_work
 lake="$work/lake"
-"$crow" --lake "$lake" init >/dev/null
-echo "generating $EVENTS events ..." >&2
-"$crow" --lake "$lake" bench generate --events "$EVENTS" --days 28 >"$work/gen.json"
-from=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["from"])' "$work/gen.json")
-to=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["to"])' "$work/gen.json")
-visitors=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["visitors"])' "$work/gen.json")
+bench_generate "$lake"
+from=$(bench_field "$work/gen.json" from)
+to=$(bench_field "$work/gen.json" to)
+visitors=$(bench_field "$work/gen.json" visitors)
 parquet_mib=$(du -sm "$lake/raw_web_events" | cut -f1)
 echo "sessionizing with crow ..." >&2
 "$py" scripts/bench/measure.py "$crow" --lake "$lake" jobs run sessionize --from "$from" --to "$to" \

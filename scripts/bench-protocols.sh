@@ -26,8 +26,7 @@ lake="$work/lake"
 "$crow" --lake "$lake" init >/dev/null
 org=$("$crow" --lake "$lake" orgs create --name "Bench Protocols" --format json \
   | "$py" -c 'import json,sys; print(json.load(sys.stdin)["org_id"])')
-key=$("$crow" --lake "$lake" keys create --org "$org" --scope read --name bench-protocols --format json \
-  | "$py" -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
+key=$(bench_read_key "$lake" "$org" bench-protocols)
 port=$(bench_free_port)
 fport=$(bench_free_port)
 pport=$(bench_free_port)

@@ -26,14 +26,9 @@ bench_crow
 bench_work
 lake="${KEEP_LAKE:-$work/lake}"
 [ ! -e "$lake/raw_web_events" ] || { echo "$lake already holds a lake; KEEP_LAKE must be a new folder" >&2; exit 2; }
-"$crow" --lake "$lake" init >/dev/null
-echo "generating $EVENTS events ..." >&2
-started=$(date +%s)
-"$crow" --lake "$lake" bench generate --events "$EVENTS" --days 28 >"$work/gen.json"
-echo "generated in $(( $(date +%s) - started )) s" >&2
-org=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["org_id"])' "$work/gen.json")
-key=$("$crow" --lake "$lake" keys create --org "$org" --scope read --name bench-queries --format json \
-  | "$py" -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
+bench_generate "$lake"
+org=$(bench_field "$work/gen.json" org_id)
+key=$(bench_read_key "$lake" "$org" bench-queries)
 # The result cache is off: every run computes its answer (best of RUNS of
 # the engine, not of the cache; scripts/bench-cache.sh measures the cache).
 bench_start_api api "$lake" CROW_API_RESULT_CACHE_MB=0

@@ -35,9 +35,8 @@ source scripts/bench/lib.sh
 bench_work
 lake="$work/lake"
 "$crow" --lake "$lake" bench generate --events "$EVENTS" --days 28 >"$work/gen.json"
-org=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["org_id"])' "$work/gen.json")
-key=$("$crow" --lake "$lake" keys create --org "$org" --scope read --name bench-storage --format json \
-  | "$py" -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
+org=$(bench_field "$work/gen.json" org_id)
+key=$(bench_read_key "$lake" "$org" bench-storage)
 bytes() { find "$1/raw_web_events" -name '*.parquet' -not -path '*/_delta_log/*' -printf '%s\n' | awk '{s+=$1} END {print s}'; }
 files() { find "$1/raw_web_events" -name '*.parquet' -not -path '*/_delta_log/*' | wc -l; }
 fresh="$(bytes "$lake")"; fresh_files="$(files "$lake")"

@@ -16,6 +16,12 @@
 #   bench_start_api NAME LAKE [VAR=VALUE ...]  → `crow serve --only api` on
 #       LAKE on a free port through bench_serve, e.g. with
 #       CROW_API_RESULT_CACHE_MB=0.
+#   bench_generate LAKE            → a new lake at LAKE holding $EVENTS
+#       generated web events over 28 days (`crow bench generate`); its
+#       summary (org_id, from, to, visitors, …) in $work/gen.json.
+#   bench_field FILE KEY           → prints KEY of the JSON object in FILE.
+#   bench_read_key LAKE ORG NAME   → prints the secret of a new read-scope
+#       API key NAME of ORG.
 bench_pids=()
 
 bench_venv() {
@@ -67,6 +73,24 @@ bench_start_api() {
   port=$(bench_free_port)
   bench_serve "$name" "$port" "$@" -- --lake "$lake" serve --only api \
     --listen "127.0.0.1:$port" --wal-dir "$work/wal-$name"
+}
+
+bench_generate() {
+  local lake="$1" started
+  "$crow" --lake "$lake" init >/dev/null
+  echo "generating $EVENTS events ..." >&2
+  started=$(date +%s)
+  "$crow" --lake "$lake" bench generate --events "$EVENTS" --days 28 >"$work/gen.json"
+  echo "generated in $(( $(date +%s) - started )) s" >&2
+}
+
+bench_field() {
+  "${py:-python3}" -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"
+}
+
+bench_read_key() {
+  "$crow" --lake "$1" keys create --org "$2" --scope read --name "$3" --format json \
+    | "${py:-python3}" -c 'import json,sys; print(json.load(sys.stdin)["secret"])'
 }
 
 bench_stop_all() {
