@@ -1120,11 +1120,9 @@ async fn unreadable_timeline(b: Backend) {
         (Some(3), Some(2), Some(1)),
         "{r}"
     );
-    let failed = b.crow_json(&[
-        "sql",
+    let failed = b.sql_rows(
         "SELECT reason_code, message_id, reason FROM failed_events WHERE source = 'job:enrich'",
-    ]);
-    let failed = failed.as_array().expect("rows");
+    );
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert_eq!(failed[0]["reason_code"], "invalid_timeline");
     assert_eq!(failed[0]["message_id"], broken.as_str());
@@ -1134,8 +1132,7 @@ async fn unreadable_timeline(b: Backend) {
             && reason.contains("the timeline is not a list of [offset_s, kind, detail]"),
         "{reason}"
     );
-    let described = b.crow_json(&["sql", "SELECT session_id FROM interactions"]);
-    let described = described.as_array().expect("rows");
+    let described = b.sql_rows("SELECT session_id FROM interactions");
     assert_eq!(described.len(), 2);
     assert!(described.iter().all(|d| d["session_id"] != broken.as_str()));
 
@@ -1410,12 +1407,10 @@ fn patterns_find_planted_incident(b: Backend) {
     let out = b.crow_json(&["demo", "--visitors", "12000", "--days", "35", "--now", &now]);
     assert!(out.as_array().map(Vec::len).unwrap_or(0) >= 35, "{out}");
     let (incident_from, today) = (day_offset(clock, 7), day_offset(clock, 0));
-    let rows = b.crow_json(&[
-        "sql",
+    let rows = b.sql_rows(
         "SELECT CAST(period_start AS VARCHAR) AS d, segment, description, evidence FROM patterns \
          WHERE period_kind = 'day' AND evidence LIKE '%\"funnel:payment>order\"%' ORDER BY d",
-    ]);
-    let rows = rows.as_array().expect("rows");
+    );
     // Each finding's narrative leads with what it cost, for whom.
     for r in rows.iter().filter(|r| r["segment"] == "device_type=mobile") {
         let description = r["description"].as_str().unwrap_or("");
@@ -1484,13 +1479,11 @@ fn patterns_find_planted_incident(b: Backend) {
     );
 
     // The roll-ups carry it: every week touching the incident, and its month.
-    let carried = b.crow_json(&[
-        "sql",
+    let carried = b.sql_rows(
         "SELECT period_kind, CAST(period_start AS VARCHAR) AS s FROM patterns \
          WHERE segment = 'device_type=mobile' AND evidence LIKE '%\"funnel:payment>order\"%' \
            AND period_kind IN ('week', 'month', 'year', 'all') ORDER BY period_kind, s",
-    ]);
-    let carried = carried.as_array().expect("rows");
+    );
     let kinds: BTreeSet<&str> = carried
         .iter()
         .filter_map(|r| r["period_kind"].as_str())
@@ -1655,14 +1648,10 @@ fn assert_honest_periods(b: &Backend, clock: DateTime<Utc>) {
     let date = |v: &Value| {
         chrono::NaiveDate::parse_from_str(v.as_str().unwrap_or(""), "%Y-%m-%d").expect("date")
     };
-    let rows = b.crow_json(&[
-        "sql",
-        "SELECT period_kind, CAST(period_start AS VARCHAR) AS s, CAST(period_end AS VARCHAR) AS e, \
-         provisional, segment, title, evidence FROM patterns ORDER BY period_kind, s, significance DESC",
-    ]);
-    let rows = rows.as_array().expect("rows");
+    let rows = b.sql_rows("SELECT period_kind, CAST(period_start AS VARCHAR) AS s, CAST(period_end AS VARCHAR) AS e, \
+         provisional, segment, title, evidence FROM patterns ORDER BY period_kind, s, significance DESC");
     assert!(!rows.is_empty(), "at {clock}: patterns found");
-    for r in rows {
+    for r in &rows {
         let ev = evidence(r);
         let kind = r["period_kind"].as_str().unwrap_or("");
         let end = date(&r["e"]);
@@ -1747,13 +1736,11 @@ fn assert_honest_periods(b: &Backend, clock: DateTime<Utc>) {
     );
     // The demo's "top patterns of the week": the payment incident leads,
     // and no volume artefact is among them.
-    let week = b.crow_json(&[
-        "sql",
+    let week = b.sql_rows(
         "SELECT title, evidence FROM patterns WHERE period_kind = 'week' \
            AND period_start = (SELECT max(period_start) FROM patterns WHERE period_kind = 'week') \
          ORDER BY significance DESC LIMIT 8",
-    ]);
-    let week = week.as_array().expect("rows");
+    );
     assert!(!week.is_empty(), "at {clock}: the week has findings");
     let metrics: Vec<String> = week
         .iter()

@@ -483,11 +483,7 @@ async fn runs_capture_each_item_once_edits_as_versions_and_record_failures() {
         "{errors:?}"
     );
 
-    let caps = b.crow_json(&[
-        "sql",
-        "SELECT platform, url, canonical_url, author, text, metrics, run_id FROM raw_social_captures ORDER BY platform, canonical_url",
-    ]);
-    let caps = caps.as_array().expect("rows");
+    let caps = b.sql_rows("SELECT platform, url, canonical_url, author, text, metrics, run_id FROM raw_social_captures ORDER BY platform, canonical_url");
     assert_eq!(caps.len(), 11, "{caps:#?}");
     assert!(caps.iter().all(|c| c["run_id"] == run1.as_str()));
     let platforms: Vec<&str> = caps.iter().filter_map(|c| c["platform"].as_str()).collect();
@@ -569,13 +565,11 @@ async fn runs_capture_each_item_once_edits_as_versions_and_record_failures() {
         (Some(1), Some(1)),
         "{r:#}"
     );
-    let seen = b.crow_json(&[
-        "sql",
+    let seen = b.sql_rows(
         "SELECT s.version, s.first_capture_id, c.text, c.capture_id FROM social_seen s \
          JOIN raw_social_captures c ON c.capture_id = s.capture_id \
          WHERE s.canonical_url = 'https://blog.example/posts/aria' ORDER BY s.version",
-    ]);
-    let seen = seen.as_array().expect("rows");
+    );
     assert_eq!(seen.len(), 2, "{seen:#?}");
     assert_eq!(seen[1]["version"], 2);
     assert_eq!(seen[1]["first_capture_id"], seen[0]["capture_id"]);
@@ -759,16 +753,7 @@ async fn rest_is_tenant_isolated(b: &Backend, northwind_src: &str) {
         "{body}"
     );
     // B's key sees none of A's captures through SQL.
-    let r: Value = http
-        .post(s.url("/api/v1/sql"))
-        .bearer_auth(&admin_b)
-        .json(&json!({"sql": "SELECT (SELECT count(*) FROM raw_social_captures) AS caps, (SELECT count(*) FROM social_seen) AS seen, (SELECT count(*) FROM social_sources) AS sources"}))
-        .send()
-        .await
-        .expect("sql")
-        .json()
-        .await
-        .expect("json");
+    let r: Value = crate::support::sql_over_http(&http, &s, &admin_b, "SELECT (SELECT count(*) FROM raw_social_captures) AS caps, (SELECT count(*) FROM social_seen) AS seen, (SELECT count(*) FROM social_sources) AS sources").await;
     assert_eq!(r, json!([{"caps": 0, "seen": 0, "sources": 1}]), "{r}");
 }
 

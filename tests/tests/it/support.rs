@@ -171,6 +171,14 @@ impl Backend {
         let out = self.crow_ok(&a);
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("crow {a:?}: not JSON ({e}): {out}"))
     }
+
+    /// The rows `crow sql` answers `sql` (as JSON objects).
+    pub fn sql_rows(&self, sql: &str) -> Vec<serde_json::Value> {
+        match self.crow_json(&["sql", sql]) {
+            serde_json::Value::Array(rows) => rows,
+            other => panic!("crow sql {sql}: not a list of rows: {other}"),
+        }
+    }
 }
 
 /// The `crow` binary built beside this test binary, with `crow bench`
@@ -500,4 +508,23 @@ pub fn serve_refuses(b: &Backend, listener: (&str, &str), env: &[(&str, &str)], 
         !out.status.success() && err.contains(named),
         "{env:?}: {err}"
     );
+}
+
+/// The rows `sql` answers over `POST /api/v1/sql` of `server` with the API
+/// key `key`, as JSON.
+pub async fn sql_over_http(
+    http: &reqwest::Client,
+    server: &Server,
+    key: &str,
+    sql: &str,
+) -> serde_json::Value {
+    http.post(server.url("/api/v1/sql"))
+        .bearer_auth(key)
+        .json(&serde_json::json!({ "sql": sql }))
+        .send()
+        .await
+        .expect("POST /api/v1/sql")
+        .json()
+        .await
+        .expect("rows as JSON")
 }

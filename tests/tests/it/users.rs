@@ -811,16 +811,13 @@ async fn notifications_reach_the_webhook_signed_and_retried() {
     let http = reqwest::Client::new();
     // The secret is never readable through the API, even by an admin key.
     let admin = b.crow_json(&["keys", "create", "--org", "Hooked", "--scope", "admin"]);
-    let shown: Value = http
-        .post(s.url("/api/v1/sql"))
-        .bearer_auth(admin["secret"].as_str().expect("secret"))
-        .json(&json!({"sql": "select * from organizations"}))
-        .send()
-        .await
-        .expect("sql")
-        .json()
-        .await
-        .expect("json");
+    let shown: Value = crate::support::sql_over_http(
+        &http,
+        &s,
+        admin["secret"].as_str().expect("secret"),
+        "select * from organizations",
+    )
+    .await;
     assert!(shown[0]["webhook_url"].is_string(), "{shown}");
     assert!(
         shown[0].get("webhook_secret").is_none() && !shown.to_string().contains(&secret),
