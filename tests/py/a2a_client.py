@@ -14,7 +14,6 @@ Prints one JSON object. A refused call prints {"error": ...} and exits 3.
 
 import asyncio
 import copy
-import json
 import sys
 
 import httpx
@@ -30,6 +29,8 @@ from a2a.types.a2a_pb2 import (
     Role,
     SendMessageRequest,
 )
+
+from crowtest import print_outcome
 
 
 def as_dict(m):
@@ -105,14 +106,7 @@ async def run(base, key, mode, arg):
 def main():
     base, key, mode = sys.argv[1], sys.argv[2], sys.argv[3]
     arg = sys.argv[4] if len(sys.argv) > 4 else ""
-    try:
-        out = asyncio.run(run(base, key, mode, arg))
-    except BaseException as e:  # noqa: BLE001 - the refusal is the result
-        while getattr(e, "exceptions", None):
-            e = e.exceptions[0]
-        print(json.dumps({"error": f"{type(e).__name__}: {e}"}))
-        sys.exit(3)
-    print(json.dumps(out))
+    print_outcome(lambda: asyncio.run(run(base, key, mode, arg)))
 
 
 if __name__ == "__main__":

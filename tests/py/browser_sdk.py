@@ -12,9 +12,10 @@ import http.server
 import sys
 import threading
 import time
-import urllib.request
 
 from playwright.sync_api import sync_playwright
+
+from crowtest import accepted
 
 PAGE = """<!doctype html>
 <html><head><title>Northwind Shop</title>
@@ -29,15 +30,6 @@ PAGE = """<!doctype html>
 <button id="nav" onclick="history.pushState({{}}, '', '/cart')">cart</button>
 </body></html>
 """
-
-
-def accepted(collector):
-    """Web events the collector has accepted so far (its /metrics)."""
-    with urllib.request.urlopen(collector + "/metrics", timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith('crow_ingest_events_accepted_total{channel="web"}'):
-                return int(float(line.split()[-1]))
-    return 0
 
 
 def main():

@@ -18,6 +18,8 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
+from crowtest import print_outcome
+
 
 async def run(url, key, mode, calls):
     headers = {"Authorization": f"Bearer {key}"} if key else None
@@ -46,14 +48,7 @@ async def run(url, key, mode, calls):
 
 def main():
     url, key, mode, calls = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-    try:
-        out = asyncio.run(run(url, key, mode, calls))
-    except BaseException as e:  # noqa: BLE001 - the refusal is the result
-        while getattr(e, "exceptions", None):
-            e = e.exceptions[0]
-        print(json.dumps({"error": f"{type(e).__name__}: {e}"}))
-        sys.exit(3)
-    print(json.dumps(out))
+    print_outcome(lambda: asyncio.run(run(url, key, mode, calls)))
 
 
 if __name__ == "__main__":

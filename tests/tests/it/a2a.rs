@@ -4,30 +4,16 @@
 //! client (protocol 1.0), a second server on the same lake, the 0.3 method
 //! names over raw JSON-RPC, keys and tenant isolation, the audit log.
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::ask::{world, World, SHAPES};
-use crate::support::{post_json, python, Server};
+use crate::support::{post_json, Server};
 
 /// Run tests/py/a2a_client.py against `base`: (exit code, its JSON).
 fn client(base: &str, key: &str, mode: &str, arg: &str) -> (i32, Value) {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("py/a2a_client.py");
-    let out = Command::new(python())
-        .arg(script)
-        .args([base, key, mode, arg])
-        .output()
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let v = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "a2a_client.py printed no JSON ({e}): {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code().unwrap_or(-1), v)
+    crate::support::python_client("a2a_client.py", &[base, key, mode, arg])
 }
 
 /// Numbers as f64 (the SDK's protobuf `Value` carries every number as a

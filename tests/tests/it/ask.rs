@@ -3,12 +3,10 @@
 //! organization (org B) whose rows carry a mark that must never reach org
 //! A's key — through SQL, the MCP tools or ask.
 
-use std::process::Command;
-
 use chrono::Utc;
 use serde_json::{json, Value};
 
-use crate::support::{land_web, post_json, python, Backend, Server};
+use crate::support::{land_web, post_json, Backend, Server};
 
 /// Marks org B's rows.
 pub(crate) const B_MARK: &str = "BETAMARK";
@@ -182,23 +180,8 @@ impl World {
 
     /// Run tests/py/mcp_client.py: (exit code, its JSON).
     fn mcp_client(&self, key: &str, mode: &str, calls: &Value) -> (i32, Value) {
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("py/mcp_client.py");
-        let out = Command::new(python())
-            .arg(script)
-            .arg(self.server.url("/mcp"))
-            .arg(key)
-            .arg(mode)
-            .arg(calls.to_string())
-            .output()
-            .expect("run python");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let v = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-            panic!(
-                "mcp_client.py printed no JSON ({e}): {stdout}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        (out.status.code().unwrap_or(-1), v)
+        let (url, calls) = (self.server.url("/mcp"), calls.to_string());
+        crate::support::python_client("mcp_client.py", &[&url, key, mode, &calls])
     }
 }
 

@@ -528,3 +528,25 @@ pub async fn sql_over_http(
         .await
         .expect("rows as JSON")
 }
+
+/// Run the client `tests/py/SCRIPT` with `args`: its exit code and the JSON
+/// it printed (the clients print one JSON document, an `{"error": …}` one
+/// with exit code 3 when the server refused them).
+pub fn python_client(script: &str, args: &[&str]) -> (i32, serde_json::Value) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("py")
+        .join(script);
+    let out = Command::new(python())
+        .arg(path)
+        .args(args)
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "{script} printed no JSON ({e}): {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), v)
+}
