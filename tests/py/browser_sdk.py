@@ -8,14 +8,12 @@ to the cart, navigates like a single-page app, queues one more event and
 closes the page, so that the page-hide beacon must deliver it. Prints the
 visitor's anonymousId.
 """
-import http.server
 import sys
-import threading
 import time
 
 from playwright.sync_api import sync_playwright
 
-from crowtest import accepted
+from crowtest import accepted, chromium, serve_pages
 
 PAGE = """<!doctype html>
 <html><head><title>Northwind Shop</title>
@@ -36,27 +34,10 @@ def main():
     collector, key = sys.argv[1].rstrip("/"), sys.argv[2]
     html = PAGE.format(collector=collector, key=key).encode()
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.end_headers()
-            self.wfile.write(html)
-
-        def log_message(self, *args):
-            pass
-
-    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=site.serve_forever, daemon=True).start()
-    origin = f"http://127.0.0.1:{site.server_address[1]}"
+    origin, stop_site = serve_pages(lambda _path: (html, "text/html"))
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-        )
+        browser = chromium(p)
         page = browser.new_page()
         page.goto(origin + "/product/aria")
         page.click("#view")
@@ -78,7 +59,7 @@ def main():
         while accepted(collector) <= before and time.time() < deadline:
             time.sleep(0.1)
         browser.close()
-    site.shutdown()
+    stop_site()
     print(anon)
 
 

@@ -11,17 +11,15 @@ the page then sends a page view, a product view and an identify. Fails if
 any request to the collector fails or is refused. Prints the visitor's
 anonymousId.
 """
-import http.server
 import json
 import mimetypes
 import pathlib
 import sys
-import threading
 import time
 
 from playwright.sync_api import sync_playwright
 
-from crowtest import accepted
+from crowtest import accepted, chromium, serve_pages
 
 PAGE = """<!doctype html>
 <html><head><title>Northwind Shop</title>
@@ -50,37 +48,19 @@ def main():
         sys.exit(f"{umd} is missing: run scripts/test-deps.sh")
     html = PAGE.format(collector=collector, key=key).encode()
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            if self.path.startswith("/ajs/"):
-                f = umd / self.path[len("/ajs/"):].split("?")[0]
-                if f.resolve().parent != umd.resolve() or not f.is_file():
-                    self.send_error(404)
-                    return
-                body = f.read_bytes()
-                ctype = mimetypes.guess_type(f.name)[0] or "application/javascript"
-            else:
-                body, ctype = html, "text/html"
-            self.send_response(200)
-            self.send_header("Content-Type", ctype)
-            self.end_headers()
-            self.wfile.write(body)
+    def page(path):
+        if not path.startswith("/ajs/"):
+            return html, "text/html"
+        f = umd / path[len("/ajs/"):].split("?")[0]
+        if f.resolve().parent != umd.resolve() or not f.is_file():
+            return None
+        return f.read_bytes(), mimetypes.guess_type(f.name)[0] or "application/javascript"
 
-        def log_message(self, *args):
-            pass
-
-    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=site.serve_forever, daemon=True).start()
-    origin = f"http://127.0.0.1:{site.server_address[1]}"
+    origin, stop_site = serve_pages(page)
 
     failures = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-        )
+        browser = chromium(p)
         page = browser.new_page()
         page.on("requestfailed", lambda r: failures.append(f"{r.url}: {r.failure}"))
         page.on("response", lambda r: r.status >= 400 and failures.append(f"{r.url}: HTTP {r.status}"))
@@ -91,7 +71,7 @@ def main():
         while accepted(collector) < before + 3 and time.time() < deadline:
             time.sleep(0.1)
         browser.close()
-    site.shutdown()
+    stop_site()
     if failures:
         sys.exit("requests failed:\n" + "\n".join(failures))
     print(json.dumps({"anonymousId": anon}))

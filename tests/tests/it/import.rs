@@ -123,13 +123,9 @@ async fn a_segment_archive_imports_exactly_once_with_bad_lines_kept() {
             async move { body }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let url = format!("http://{addr}/archive.jsonl.gz");
-    let missing = format!("http://{addr}/nope.gz");
+    let base = crate::support::serve_app(app).await;
+    let url = format!("{base}/archive.jsonl.gz");
+    let missing = format!("{base}/nope.gz");
     let b2 = Backend::at(std::path::Path::new(&b.uri));
     let r = tokio::task::spawn_blocking(move || import(&b2, &[&url], &[]))
         .await

@@ -416,14 +416,7 @@ impl Fake {
         let app = axum::Router::new()
             .fallback(handle)
             .with_state(self.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        format!("http://{addr}")
+        crate::support::serve_app(app).await
     }
 }
 

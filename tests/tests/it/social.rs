@@ -242,14 +242,7 @@ async fn platforms() -> (String, St) {
         )
         .route("/xrpc/app.bsky.feed.searchPosts", get(bluesky_search))
         .with_state(st.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (format!("http://{addr}"), st)
+    (crate::support::serve_app(app).await, st)
 }
 
 /// The collector's settings pointing every platform at `base`.
@@ -972,13 +965,7 @@ async fn web_pages_are_read_for_their_main_text() {
             "/private/notes",
             get(|| async { axum::response::Html(review_page(false)) }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let base = crate::support::serve_app(app).await;
     let env = social_env(&base);
     let b = Backend::local();
     b.crow_ok(&["init"]);

@@ -550,3 +550,16 @@ pub fn python_client(script: &str, args: &[&str]) -> (i32, serde_json::Value) {
     });
     (out.status.code().unwrap_or(-1), v)
 }
+
+/// Serve `app` on a free local port for the rest of the test: its base URL
+/// (`http://127.0.0.1:PORT`).
+pub async fn serve_app(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
+}
