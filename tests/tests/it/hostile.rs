@@ -294,8 +294,8 @@ async fn deep_and_wide_statements_are_refused_or_answered_never_fatal() {
                 "query_too_complex",
             ));
         }
-        // Deep CASE and subquery nesting are refused by the parser or
-        // the guard, never fatal.
+        // Deep CASE and subquery nesting are refused by the parser (its
+        // recursion limit: a query the caller got wrong), never fatal.
         cases.push((
             format!(
                 "select {}1{}",
@@ -303,7 +303,7 @@ async fn deep_and_wide_statements_are_refused_or_answered_never_fatal() {
                 " end".repeat(n.min(2000))
             ),
             400,
-            "",
+            "invalid_query",
         ));
         cases.push((
             format!(
@@ -312,7 +312,7 @@ async fn deep_and_wide_statements_are_refused_or_answered_never_fatal() {
                 ")".repeat(n.min(2000))
             ),
             400,
-            "",
+            "invalid_query",
         ));
     }
     let mut refused: std::collections::BTreeMap<String, usize> = Default::default();
@@ -345,17 +345,21 @@ async fn deep_and_wide_statements_are_refused_or_answered_never_fatal() {
             "{code} refused {want} times: {m}"
         );
     }
-    // Exports plan through the same guard (an export key is not needed to
-    // be refused before anything runs: the read key gets 403, never a crash).
-    let r = w
-        .http
-        .post(w.server.url("/api/v1/exports"))
-        .bearer_auth(&w.key_a)
-        .json(&json!({"sql": format!("select {}", chain("1", "+", 5000)), "format": "csv"}))
-        .send()
-        .await
-        .expect("export");
-    assert!(r.status().is_client_error(), "{}", r.status());
+    // Exports plan through the same guard: an export key's deep query is
+    // refused before anything runs; the read key is refused its scope.
+    let export_key =
+        w.b.crow_json(&["keys", "create", "--org", &w.org_a, "--scope", "export"]);
+    let export_key = export_key["secret"].as_str().expect("secret").to_string();
+    let deep = json!({"sql": format!("select {}", chain("1", "+", 5000)), "format": "csv"});
+    for (key, status, code) in [
+        (&export_key, 400, "query_too_complex"),
+        (&w.key_a, 403, "insufficient_scope"),
+    ] {
+        let (s, body) =
+            crate::support::post_json(&w.http, &w.server.url("/api/v1/exports"), Some(key), &deep)
+                .await;
+        assert_eq!((s, body["code"].as_str()), (status, Some(code)), "{body}");
+    }
     w.still_serving("a deep export").await;
 }
 

@@ -706,6 +706,12 @@ async fn backpressure_answers_503_with_retry_after() {
         Some("1"),
         "backpressure clears as the flusher catches up: retry in a second"
     );
+    let body: Value = r.json().await.expect("JSON body");
+    assert_eq!(
+        (&body["success"], body["code"].as_str()),
+        (&json!(false), Some("backpressure")),
+        "{body}"
+    );
     let m = server.metrics(&http).await;
     assert!(m.contains("crow_ingest_backpressure_total 1"), "{m}");
     let ready = http

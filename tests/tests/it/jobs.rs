@@ -1398,7 +1398,11 @@ fn patterns_find_planted_incident(b: Backend) {
     // Five weeks; mobile payments fail during the last seven days.
     let (clock, now) = test_clock();
     let out = b.crow_json(&["demo", "--visitors", "12000", "--days", "35", "--now", &now]);
-    assert!(out.as_array().map(Vec::len).unwrap_or(0) >= 35, "{out}");
+    assert_eq!(
+        out.as_array().map(Vec::len),
+        Some(35),
+        "one line per day: {out}"
+    );
     let (incident_from, today) = (day_offset(clock, 7), day_offset(clock, 0));
     let rows = b.sql_rows(
         "SELECT CAST(period_start AS VARCHAR) AS d, segment, description, evidence FROM patterns \

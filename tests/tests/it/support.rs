@@ -563,3 +563,17 @@ pub async fn serve_app(app: axum::Router) -> String {
     });
     format!("http://{addr}")
 }
+
+/// The Retry-After values a token bucket can answer when its next token was
+/// `refill_s` seconds away at the first request and the requests took
+/// `elapsed` (measured around them, so at least the server's own time): the
+/// remaining wait rounded up, never under a second. One value, `refill_s`
+/// rounded up, while `elapsed` is under a second.
+pub fn retry_after_range(
+    refill_s: f64,
+    elapsed: std::time::Duration,
+) -> std::ops::RangeInclusive<u64> {
+    let hi = refill_s.ceil() as u64;
+    let lo = (refill_s - elapsed.as_secs_f64()).ceil().max(1.0) as u64;
+    lo.min(hi)..=hi
+}

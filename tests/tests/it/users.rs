@@ -343,7 +343,9 @@ async fn invite_sign_in_csrf_throttle_disable_and_audit() {
     }
 
     // Throttling: five failures for one e-mail, then 429 with Retry-After,
-    // even with the right password.
+    // even with the right password: five attempts at once, then one a
+    // minute.
+    let started = Instant::now();
     for _ in 0..6 {
         login(&http, &a, "olga@example.com", "wrong password!").await;
     }
@@ -354,7 +356,18 @@ async fn invite_sign_in_csrf_throttle_disable_and_audit() {
         .await
         .expect("login");
     assert_eq!(r.status().as_u16(), 429);
-    assert!(r.headers().get("retry-after").is_some());
+    let retry_after = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let want = crate::support::retry_after_range(60.0, started.elapsed());
+    assert!(
+        retry_after.is_some_and(|s| want.contains(&s)),
+        "{retry_after:?}, not in {want:?}"
+    );
+    let problem: Value = r.json().await.expect("problem");
+    assert_eq!(problem["code"], "too_many_attempts", "{problem}");
     // Another server has its own buckets; the owner signs in there.
     let (st, _, owner_jar) = login(&http, &other, "olga@example.com", "owner password 123").await;
     assert_eq!(st, 200);
@@ -1224,6 +1237,49 @@ async fn admins_manage_members_keys_and_settings_through_the_api() {
     assert_eq!(st, 200);
     let (st, _) = get(&http, &s, "/api/v1/auth/me", &ann).await;
     assert_eq!(st, 401, "a disabled user's session has ended");
+    // A disabled user's password is not reset (enable them first).
+    let (st, body) = call(
+        &http,
+        &s,
+        &admin,
+        Method::POST,
+        &format!("/api/v1/users/{ann_id}/reset"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        (st, body["code"].as_str()),
+        (409, Some("user_disabled")),
+        "{body}"
+    );
+    // Roles and scopes outside the documented ones are named as such.
+    for (method, path, body, code) in [
+        (
+            Method::POST,
+            "/api/v1/users".to_string(),
+            json!({"email": "x@shop.example", "role": "superuser"}),
+            "invalid_role",
+        ),
+        (
+            Method::PATCH,
+            format!("/api/v1/users/{ann_id}"),
+            json!({"role": "root"}),
+            "invalid_role",
+        ),
+        (
+            Method::POST,
+            "/api/v1/keys".to_string(),
+            json!({"scope": "write", "name": "nope"}),
+            "invalid_scope",
+        ),
+    ] {
+        let (st, answer) = call(&http, &s, &admin, method, &path, body).await;
+        assert_eq!(
+            (st, answer["code"].as_str()),
+            (400, Some(code)),
+            "{path}: {answer}"
+        );
+    }
 
     // Keys: the secret once, it works, listing shows no secret, revoking bites.
     let (st, key) = call(
