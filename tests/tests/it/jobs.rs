@@ -1377,6 +1377,101 @@ async fn crawl_delay_spaces(b: Backend) {
     }
 }
 
+/// `--max-pages` takes the first pages the sitemap lists and no more;
+/// `--timeout` gives up on a page that does not answer in time (an error of
+/// the crawl, named on stderr) while the others are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crawl_max_pages_and_timeout() {
+    use axum::extract::State;
+    use axum::http::Uri;
+    use axum::response::IntoResponse;
+    type Log = Arc<Mutex<Vec<String>>>;
+    type Base = Arc<std::sync::OnceLock<String>>;
+    async fn handle(State((log, base)): State<(Log, Base)>, uri: Uri) -> axum::response::Response {
+        let base = base.get().cloned().unwrap_or_default();
+        log.lock().expect("lock").push(uri.path().to_string());
+        match uri.path() {
+            "/robots.txt" => "User-agent: *\nAllow: /\n".into_response(),
+            "/sitemap.xml" => {
+                let urls: String = (1..=5)
+                    .map(|i| format!("<url><loc>{base}/p/{i}</loc></url>"))
+                    .collect();
+                format!("<urlset>{urls}</urlset>").into_response()
+            }
+            p => {
+                let name = p.trim_start_matches("/p/");
+                if name == "2" {
+                    // Longer than the crawl's --timeout of 1 s, shorter
+                    // than the default 20 s: kept if --timeout is ignored.
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                }
+                let body = format!(
+                    r#"<script type="application/ld+json">{{"@type":"Product","name":"Item {name}","sku":"S-{name}"}}</script>"#
+                );
+                ([("content-type", "text/html")], body).into_response()
+            }
+        }
+    }
+    let (log, base_cell): (Log, Base) = Default::default();
+    let base = crate::support::serve_app(
+        axum::Router::new()
+            .fallback(handle)
+            .with_state((log.clone(), base_cell.clone())),
+    )
+    .await;
+    // The sitemap lists absolute page URLs, as sitemaps do.
+    base_cell.set(base.clone()).expect("set once");
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    b.crow_json(&["orgs", "create", "--name", "Shop"]);
+    let b2 = Backend::at(std::path::Path::new(&b.uri));
+    let base2 = base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        b2.crow(&[
+            "products",
+            "crawl",
+            &base2,
+            "--org",
+            "Shop",
+            "--interval-ms",
+            "0",
+            "--concurrency",
+            "3",
+            "--max-pages",
+            "3",
+            "--timeout",
+            "1",
+            "--format",
+            "json",
+        ])
+    })
+    .await
+    .expect("crawl");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let r: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(r["inserted"].as_u64(), Some(2), "pages 1 and 3: {r}");
+    let mut fetched = log.lock().expect("lock").clone();
+    fetched.sort();
+    assert_eq!(
+        fetched,
+        ["/p/1", "/p/2", "/p/3", "/robots.txt", "/sitemap.xml"],
+        "the first three pages of five, no more"
+    );
+    assert!(
+        err.contains("/p/2") && err.contains("fetched 2;") && err.contains("1 error(s)"),
+        "{err}"
+    );
+    let names: Vec<String> = b
+        .crow_json(&["products", "list", "--org", "Shop"])
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|p| p["name"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(names, ["Item 1", "Item 3"]);
+}
+
 /// The test's one clock, read once and passed as `--now` to every `crow`
 /// invocation that takes it: a run crossing midnight UTC still sees one
 /// "today" (whole seconds, as `--now` is written).
