@@ -137,6 +137,44 @@ test("honours Retry-After before retrying", async () => {
   await until(() => crow.queue.length === 0);
 });
 
+test("honours a real server's Retry-After over HTTP", async () => {
+  // A collector stand-in on a local port: the first batch is refused with
+  // 429 and `retry-after: 2` (a real response's lower-case header, read
+  // through fetch's Headers), the next is acknowledged.
+  const http = require("node:http");
+  const arrivals = [];
+  const server = http.createServer((req, res) => {
+    let body = "";
+    req.on("data", (c) => (body += c));
+    req.on("end", () => {
+      arrivals.push({ at: Date.now(), path: req.url, auth: req.headers.authorization, batch: JSON.parse(body).batch });
+      if (arrivals.length === 1) {
+        res.writeHead(429, { "content-type": "application/json", "retry-after": "2" });
+        res.end('{"success":false,"code":"rate_limited"}');
+      } else {
+        res.writeHead(200, { "content-type": "application/json" });
+        res.end('{"success":true}');
+      }
+    });
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  try {
+    const crow = fresh();
+    // No `fetch` option: the runtime's own fetch.
+    crow.load({ writeKey: "wk_http", host: `http://127.0.0.1:${server.address().port}`, storage: memory(), flushAt: 1 });
+    crow.track("Over HTTP");
+    await until(() => arrivals.length === 2 && crow.queue.length === 0);
+    const waited = arrivals[1].at - arrivals[0].at;
+    assert.ok(waited >= 2000, `retried after ${waited} ms, asked 2 s (its own backoff would be under 1 s)`);
+    assert.strictEqual(arrivals[0].path, "/v1/batch");
+    assert.strictEqual(arrivals[0].auth, "Basic " + Buffer.from("wk_http:").toString("base64"));
+    assert.deepStrictEqual(arrivals[1].batch.map((e) => e.event), ["Over HTTP"]);
+    assert.strictEqual(arrivals[1].batch[0].messageId, arrivals[0].batch[0].messageId, "the same event, retried");
+  } finally {
+    server.close();
+  }
+});
+
 test("gives up after maxRetries and keeps the queue for later", async () => {
   const crow = fresh();
   const storage = memory();
