@@ -178,3 +178,57 @@ fn the_dashboard_benchmark_times_both_pages_on_the_demo_lake() {
         assert!(requests >= 2, "{page}: {out}");
     }
 }
+
+/// `crow bench` with `args`, from a scratch folder (the commands make their
+/// own temp lakes); its stdout (it must succeed).
+fn crow_bench(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("scratch");
+    let out = Command::new(crow_bin())
+        .arg("bench")
+        .args(args)
+        .current_dir(dir.path())
+        .env_remove("CROW_CONFIG")
+        .env_remove("CROW_LAKE")
+        .output()
+        .expect("crow bench");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "crow bench {args:?} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn the_bulk_import_benchmark_runs_and_accounts_for_every_event() {
+    // The command itself fails unless imported + failed = the archive's
+    // events; here it must also print its one row for that size.
+    let out = crow_bench(&["import", "--events", "2000"]);
+    let rows = table_rows(&out, "2000 |");
+    assert_eq!(rows.len(), 1, "{out}");
+    assert_eq!(rows[0].len(), 6, "{out}");
+}
+
+#[test]
+fn the_ingest_benchmark_runs_its_own_collector() {
+    // The standalone form (a collector in the process over a temp lake):
+    // one row per batch size, nothing refused, and the probe event
+    // becomes visible to SQL.
+    let out = crow_bench(&[
+        "ingest",
+        "--batch",
+        "1,10",
+        "--clients",
+        "2",
+        "--seconds",
+        "1",
+    ]);
+    for batch in ["1", "10"] {
+        let rows = table_rows(&out, &format!("{batch} | 2 |"));
+        assert_eq!(rows.len(), 1, "{out}");
+        assert_eq!(rows[0][3], "0", "no 503s at this load: {out}");
+    }
+    assert!(out.contains("ack → visible to `crow sql`"), "{out}");
+}
