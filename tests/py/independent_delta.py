@@ -5,10 +5,11 @@ usage: independent_delta.py TABLE_DIR CROW_PARQUET
 The table's log is replayed here, from the Delta protocol alone: the last
 checkpoint (`_delta_log/_last_checkpoint`, single- or multi-part Parquet)
 and then every JSON commit after it, in order, keeping the `add` actions no
-later `remove` cancels. The live files are then read twice, by pyarrow
-(datasets over the file list) and by DuckDB (`read_parquet` of the list),
-with the partition values the log gives each file added as columns. Both
-must hold exactly the rows of CROW_PARQUET (`crow export TABLE --format
+later `remove` cancels. The live files are then read three times, by
+pyarrow (datasets over the file list), by DuckDB (`read_parquet` of the
+list) and by polars (its own Parquet reader, `read_parquet`; polars'
+`read_delta` would go through delta-rs), with the partition values the log
+gives each file added as columns. Each must hold exactly the rows of CROW_PARQUET (`crow export TABLE --format
 parquet`: CROW's own reading of the table), on the columns CROW exports
 (secret columns are never exported). Prints a JSON summary; exits 1 with
 the first difference otherwise.
@@ -21,6 +22,7 @@ import os
 import sys
 
 import duckdb
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -99,9 +101,9 @@ def with_partitions(tbl, values, kinds):
 def no_views(t):
     """The type with view types (how some writers record text in the
     file's Arrow schema) replaced by the plain ones: the values are equal."""
-    if pa.types.is_string_view(t):
+    if pa.types.is_string_view(t) or pa.types.is_large_string(t):
         return pa.string()
-    if pa.types.is_binary_view(t):
+    if pa.types.is_binary_view(t) or pa.types.is_large_binary(t):
         return pa.binary()
     if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_list_view(t):
         return pa.list_(no_views(t.value_type))
@@ -152,31 +154,32 @@ def main():
         if not os.path.exists(path):
             raise SystemExit(f"{table}: the log's live file {path} is missing (vacuumed?)")
 
-    parts = [plain_table(with_partitions(pq.read_table(p), values, kinds)) for p, values in files]
-    got = rows(pa.concat_tables(parts, promote_options="permissive"), cols) if parts else []
-    if got != want:
-        diff = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-        raise SystemExit(f"pyarrow: {len(got)} rows, CROW {len(want)}; first difference at {diff}: "
-                         f"{got[diff] if diff < len(got) else None} vs {want[diff] if diff < len(want) else None}")
-
     con = duckdb.connect()
-    dparts = []
-    for path, values in files:
+
+    def duckdb_read(path):
         t = con.sql(f"select * from read_parquet('{path}')").arrow()
-        if isinstance(t, pa.RecordBatchReader):
-            t = t.read_all()
-        dparts.append(plain_table(with_partitions(t, values, kinds)))
-    dgot = rows(pa.concat_tables(dparts, promote_options="permissive"), cols) if dparts else []
-    if dgot != want:
-        diff = next((i for i, (a, b) in enumerate(zip(dgot, want)) if a != b), min(len(dgot), len(want)))
-        raise SystemExit(f"duckdb: {len(dgot)} rows, CROW {len(want)}; first difference at {diff}: "
-                         f"{dgot[diff] if diff < len(dgot) else None} vs {want[diff] if diff < len(want) else None}")
+        return t.read_all() if isinstance(t, pa.RecordBatchReader) else t
+
+    readers = [
+        ("pyarrow", pq.read_table),
+        ("duckdb", duckdb_read),
+        ("polars", lambda path: pl.read_parquet(path).to_arrow()),
+    ]
+    for name, read in readers:
+        parts = [plain_table(with_partitions(read(p), values, kinds)) for p, values in files]
+        got = rows(pa.concat_tables(parts, promote_options="permissive"), cols) if parts else []
+        if got != want:
+            diff = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+            raise SystemExit(f"{name}: {len(got)} rows, CROW {len(want)}; first difference at {diff}: "
+                             f"{got[diff] if diff < len(got) else None} vs "
+                             f"{want[diff] if diff < len(want) else None}")
 
     lists = [f.name for f in crow.schema if pa.types.is_list(f.type) or pa.types.is_large_list(f.type)
              or pa.types.is_list_view(f.type)]
     on_disk = [p for p in glob.glob(os.path.join(table, "**", "*.parquet"), recursive=True)
                if "_delta_log" not in p]
-    print(json.dumps({"rows": len(want), "files": len(files), "files_on_disk": len(on_disk),
+    print(json.dumps({"readers": [name for name, _ in readers],
+                      "rows": len(want), "files": len(files), "files_on_disk": len(on_disk),
                       "checkpoint": checkpoint,
                       "commits_after_checkpoint": commits_after, "list_columns": lists}))
 

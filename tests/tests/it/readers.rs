@@ -2,7 +2,7 @@
 //! `deltalake` package and polars) with identical rows.
 
 use crow_lake::batch::{batches_to_json, rows_to_batch};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::lake::events;
 use crate::support::{python_read, Backend};
@@ -109,8 +109,9 @@ async fn python_readers_s3() {
 
 /// Every table of a demo lake read without delta-rs: the log replayed from
 /// the Delta protocol alone (checkpoint, then the JSON commits after it),
-/// the live files read by pyarrow and by DuckDB with the log's partition
-/// values (`tests/py/independent_delta.py`), equal to CROW's own export of
+/// the live files read by pyarrow, DuckDB and polars' own Parquet reader
+/// with the log's partition values (`tests/py/independent_delta.py`),
+/// equal to CROW's own export of
 /// each table — after a checkpoint, more writes (new small files in the
 /// demo's partitions, a key), compaction and a vacuum that deleted the
 /// replaced files.
@@ -176,6 +177,11 @@ fn every_table_reads_the_same_without_delta_rs_after_checkpoint_optimize_and_vac
         let v: Value = serde_json::from_slice(&r.stdout).expect("summary");
         // The vacuum left exactly the live files.
         assert_eq!(v["files"], v["files_on_disk"], "{table}: {v}");
+        assert_eq!(
+            v["readers"],
+            json!(["pyarrow", "duckdb", "polars"]),
+            "{table}: {v}"
+        );
         seen.insert(table, v);
     }
     assert_eq!(seen.len(), crow_schemas::ALL_TABLES.len(), "{seen:?}");
