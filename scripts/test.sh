@@ -3,6 +3,8 @@
 #
 #   scripts/test.sh            # lint + build + all tests
 #   CROWTEST_SKIP_LINT=1 scripts/test.sh   # skip fmt/clippy while iterating
+#   CROWTEST_TIMINGS=1 scripts/test.sh     # also write cargo's build timings
+#                                          # (target/cargo-timings/*.html)
 #
 # It installs the Python test dependencies into .venv (independent Delta
 # readers: deltalake, polars; the S3 server: moto), starts a local
@@ -52,7 +54,7 @@ bash scripts/test-deps.sh >"$deps_out" 2>"$deps_err" &
 deps_pid=$!
 
 echo "== build (with clippy's lints unless CROWTEST_SKIP_LINT is set)"
-if ! cargo build --workspace --all-targets --locked; then
+if ! cargo build --workspace --all-targets --locked ${CROWTEST_TIMINGS:+--timings}; then
   kill "$deps_pid" 2>/dev/null || true
   exit 1
 fi
