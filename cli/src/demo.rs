@@ -11,6 +11,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::output::{self, Format};
 
+/// `crow demo`: create the demo brand and its catalog, send its generated
+/// activity through the collector, run the jobs, and print what they found.
+// Long on purpose: the demo's script, one progress-bar step after another
+// (each step is its own function), then its summary.
 pub async fn run(
     lake: &Lake,
     cfg: &Config,
@@ -28,31 +32,13 @@ pub async fn run(
             "--now {now} is in the future: the collector would not accept activity from it"
         );
     }
-    let bar = ProgressBar::new(9).with_style(
-        ProgressStyle::with_template("{spinner} [{pos}/{len}] {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
-    bar.enable_steady_tick(std::time::Duration::from_millis(120));
-
+    let bar = progress_bar();
     bar.set_message("creating the lake");
     lake.init().await?;
     bar.inc(1);
 
     bar.set_message("organization");
-    let (org_id, write_key) =
-        match crow_lake::orgs::find_by_name(lake, generate::BRAND_NAME).await? {
-            Some(o) => (o.org_id, None),
-            None => {
-                let c = crow_lake::orgs::create(
-                    lake,
-                    generate::BRAND_NAME,
-                    Some(generate::BRAND_DOMAIN),
-                    Some(generate::BRAND_CONTEXT),
-                )
-                .await?;
-                (c.org.org_id, Some(c.write_key))
-            }
-        };
+    let (org_id, write_key) = demo_org(lake).await?;
     bar.inc(1);
 
     bar.set_message("product catalog");
@@ -65,53 +51,17 @@ pub async fn run(
     let first_day = today
         .checked_sub_days(Days::new(u64::from(days.max(1))))
         .context("date out of range")?;
-    // Three weeks or more of activity get incidents for the patterns job
-    // to find: a week of failing mobile payments (the last week) and a
-    // product going viral for three days before it.
-    let incidents = if days >= 21 {
-        vec![
-            Incident::MobilePaymentOutage {
-                from_day: days - 7,
-                days: 7,
-            },
-            Incident::ViralProduct {
-                product: 7,
-                from_day: days - 12,
-                days: 3,
-            },
-        ]
-    } else {
-        Vec::new()
-    };
     let events = generate::events(&GenerateOptions {
         visitors,
         first_day,
         days: days.max(1),
         seed,
-        incidents,
+        incidents: incidents(days),
     });
     bar.inc(1);
 
-    // Through the real collector (durable WAL, exactly-once flusher), unless
-    // this demo already landed.
-    let landed_before = demo_events_landed(lake, &org_id, seed).await?;
-    let landed = landed_before < events.len() as u64;
-    let mut shown_key = write_key.clone();
-    if landed {
-        let write_key = match write_key.clone() {
-            Some(k) => k,
-            None => {
-                let k = crow_lake::orgs::rotate_write_key(lake, &org_id).await?;
-                shown_key = Some(k.clone());
-                k
-            }
-        };
-        bar.set_message(format!(
-            "sending {} events through the collector",
-            events.len()
-        ));
-        send_through_collector(lake, cfg, &write_key, &events).await?;
-    }
+    let (landed, shown_key) =
+        land_events(lake, cfg, &org_id, seed, write_key.clone(), &events, &bar).await?;
     bar.inc(1);
 
     // The demo brand's owner exists before the jobs run, so the patterns
@@ -145,6 +95,33 @@ pub async fn run(
     if let Some(k) = shown_key {
         eprintln!("ingest write key (shown once): {k}");
     }
+    print_job_reports(&sessions, &enriched, &patterns);
+    eprintln!("lake: {}", lake.uri());
+    print_days(lake, format, &org_id).await?;
+    if format == Format::Table {
+        print_findings(lake, format, &org_id).await?;
+        print_invoices(lake, &org_id, first_day, today, &prices).await?;
+        print_sign_in(lake, cfg, &email, &password)?;
+    }
+    Ok(())
+}
+
+/// The demo's progress bar: nine steps, ticking while a step runs.
+fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::new(9).with_style(
+        ProgressStyle::with_template("{spinner} [{pos}/{len}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
+/// What the demo's jobs wrote, one line per job family.
+fn print_job_reports(
+    sessions: &crow_jobs::sessionize::Report,
+    enriched: &crow_jobs::enrich::Report,
+    patterns: &crow_jobs::patterns::Report,
+) {
     eprintln!(
         "sessionize wrote {} sessions ({} still open); enrich wrote {} interactions with {}/{} ({} failures)",
         sessions.sessions,
@@ -158,14 +135,81 @@ pub async fn run(
         "patterns wrote {} findings ({} day, {} week, {} month, {} year, {} all time) and {} stories",
         patterns.patterns, patterns.day, patterns.week, patterns.month, patterns.year, patterns.all, patterns.stories
     );
-    eprintln!("lake: {}", lake.uri());
-    print_days(lake, format, &org_id).await?;
-    if format == Format::Table {
-        print_findings(lake, format, &org_id).await?;
-        print_invoices(lake, &org_id, first_day, today, &prices).await?;
-        print_sign_in(lake, cfg, &email, &password)?;
+}
+
+/// The demo brand's organization: found by name, or created (then with
+/// its new write key).
+async fn demo_org(lake: &Lake) -> Result<(String, Option<String>)> {
+    Ok(
+        match crow_lake::orgs::find_by_name(lake, generate::BRAND_NAME).await? {
+            Some(o) => (o.org_id, None),
+            None => {
+                let c = crow_lake::orgs::create(
+                    lake,
+                    generate::BRAND_NAME,
+                    Some(generate::BRAND_DOMAIN),
+                    Some(generate::BRAND_CONTEXT),
+                )
+                .await?;
+                (c.org.org_id, Some(c.write_key))
+            }
+        },
+    )
+}
+
+/// The incidents of `days` of activity: three weeks or more get incidents
+/// for the patterns job to find — a week of failing mobile payments (the
+/// last week) and a product going viral for three days before it.
+fn incidents(days: u32) -> Vec<Incident> {
+    if days >= 21 {
+        vec![
+            Incident::MobilePaymentOutage {
+                from_day: days - 7,
+                days: 7,
+            },
+            Incident::ViralProduct {
+                product: 7,
+                from_day: days - 12,
+                days: 3,
+            },
+        ]
+    } else {
+        Vec::new()
     }
-    Ok(())
+}
+
+/// Send `events` through the real collector (durable WAL, exactly-once
+/// flusher), unless this demo already landed. Returns whether they were
+/// sent, and the write key to show (a new one when the organization
+/// existed and its key had to be rotated to send).
+async fn land_events(
+    lake: &Lake,
+    cfg: &Config,
+    org_id: &str,
+    seed: u64,
+    write_key: Option<String>,
+    events: &[serde_json::Value],
+    bar: &ProgressBar,
+) -> Result<(bool, Option<String>)> {
+    let landed_before = demo_events_landed(lake, org_id, seed).await?;
+    let landed = landed_before < events.len() as u64;
+    let mut shown_key = write_key.clone();
+    if landed {
+        let write_key = match write_key {
+            Some(k) => k,
+            None => {
+                let k = crow_lake::orgs::rotate_write_key(lake, org_id).await?;
+                shown_key = Some(k.clone());
+                k
+            }
+        };
+        bar.set_message(format!(
+            "sending {} events through the collector",
+            events.len()
+        ));
+        send_through_collector(lake, cfg, &write_key, events).await?;
+    }
+    Ok((landed, shown_key))
 }
 
 /// The demo's jobs, as the scheduler runs them: sessionize, enrich,

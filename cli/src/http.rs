@@ -19,8 +19,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 
 /// Limits of the loop (from `server.*`).
@@ -116,59 +116,75 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         stats.accepted.inc();
         stats.open.inc();
-        let svc = app
-            .clone()
-            .map_request(move |mut req: axum::http::Request<Incoming>| {
-                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                req
-            });
-        let mut closing = closing_rx.clone();
-        let stats = stats.clone();
-        tokio::spawn(async move {
-            // hyper's header timeout starts with the first byte (the version
-            // sniffing of the auto builder waits for it unbounded): a client
-            // that connects and says nothing is closed here.
-            let mut first = [0u8; 1];
-            if tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut first))
-                .await
-                .is_err()
-            {
-                tracing::debug!(%peer, "closing a connection that sent nothing");
-                stats.open.dec();
-                drop(permit);
-                return;
-            }
-            let mut builder = Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout);
-            builder.http2().timer(TokioTimer::new());
-            let mut conn = pin!(builder.serve_connection_with_upgrades(
-                TokioIo::new(stream),
-                TowerToHyperService::new(svc)
-            ));
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                }
-                () = async {
-                    // The guard `wait_for` returns must not live across an await.
-                    let _ = closing.wait_for(|c| *c).await;
-                } => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.as_mut().await;
-                }
-            }
-            stats.open.dec();
-            drop(permit);
-        });
+        tokio::spawn(connection(
+            stream,
+            peer,
+            app.clone(),
+            limits,
+            closing_rx.clone(),
+            stats.clone(),
+            permit,
+        ));
     }
     let _ = closing.send(true);
     // Every connection holds a slot until it is done: wait for all of them.
     let _ = slots
         .acquire_many(u32::try_from(max).unwrap_or(u32::MAX))
         .await;
+}
+
+/// Serve one accepted connection (its peer address given to handlers as
+/// `ConnectInfo`) until it ends, or until the server closes — then let it
+/// finish its request; `permit` (its slot) is released when it is done.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    limits: Limits,
+    mut closing: watch::Receiver<bool>,
+    stats: Arc<ConnStats>,
+    permit: OwnedSemaphorePermit,
+) {
+    let svc = app.map_request(move |mut req: axum::http::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+        req
+    });
+    // hyper's header timeout starts with the first byte (the version
+    // sniffing of the auto builder waits for it unbounded): a client
+    // that connects and says nothing is closed here.
+    let mut first = [0u8; 1];
+    if tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut first))
+        .await
+        .is_err()
+    {
+        tracing::debug!(%peer, "closing a connection that sent nothing");
+        stats.open.dec();
+        drop(permit);
+        return;
+    }
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let mut conn =
+        pin!(builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc)));
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        () = async {
+            // The guard `wait_for` returns must not live across an await.
+            let _ = closing.wait_for(|c| *c).await;
+        } => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.as_mut().await;
+        }
+    }
+    stats.open.dec();
+    drop(permit);
 }

@@ -414,6 +414,21 @@ async fn keys_command(cfg: &Config, cmd: KeysCommand) -> Result<()> {
     }
 }
 
+/// `crow jobs …`: run a job, or read the jobs' status, runs and failures.
+async fn jobs_command(cfg: &Config, cmd: jobs::JobsCommand) -> Result<()> {
+    let lake = open_lake(cfg).await?;
+    match cmd {
+        jobs::JobsCommand::Run(args) => jobs::run(&lake, cfg, args).await,
+        jobs::JobsCommand::Status(format) => jobs::status(&lake, cfg, format.format).await,
+        jobs::JobsCommand::Runs { job, limit, format } => {
+            jobs::list_runs(&lake, job, limit, format.format).await
+        }
+        jobs::JobsCommand::Failures(format) => jobs::failures(&lake, format.format).await,
+    }
+}
+
+// Long on purpose: one match arm per `crow` subcommand, each a call into
+// the module that implements it.
 async fn run(cli: Cli) -> Result<()> {
     let cfg = load_config(&cli)?;
     match cli.command {
@@ -424,8 +439,14 @@ async fn run(cli: Cli) -> Result<()> {
             org,
             format,
         } => {
-            let lake = open_lake(&cfg).await?;
-            ask::run(&lake, &cfg, &org, &question, format.format).await
+            ask::run(
+                &open_lake(&cfg).await?,
+                &cfg,
+                &org,
+                &question,
+                format.format,
+            )
+            .await
         }
         Command::Sql {
             query,
@@ -463,14 +484,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Checkpoint { table, format } => {
             maint::checkpoint(&open_lake(&cfg).await?, table.as_deref(), format.format).await
         }
-        Command::Orgs(cmd) => {
-            let lake = open_lake(&cfg).await?;
-            orgs::run(&lake, cmd).await
-        }
-        Command::Users(cmd) => {
-            let lake = open_lake(&cfg).await?;
-            users::run(&lake, &cfg, cmd).await
-        }
+        Command::Orgs(cmd) => orgs::run(&open_lake(&cfg).await?, cmd).await,
+        Command::Users(cmd) => users::run(&open_lake(&cfg).await?, &cfg, cmd).await,
         Command::Demo {
             visitors,
             days,
@@ -501,46 +516,13 @@ async fn run(cli: Cli) -> Result<()> {
             serve::run(lake, cfg, listen, wal_dir, only, protocols).await
         }
         Command::Keys(cmd) => keys_command(&cfg, cmd).await,
-        Command::Export(args) => {
-            let lake = open_lake(&cfg).await?;
-            export::run(&lake, args).await
-        }
-        Command::Import(args) => {
-            let lake = open_lake(&cfg).await?;
-            import::run(&lake, &cfg, args).await
-        }
-        Command::Jobs(jobs::JobsCommand::Run(args)) => {
-            let lake = open_lake(&cfg).await?;
-            jobs::run(&lake, &cfg, args).await
-        }
-        Command::Jobs(jobs::JobsCommand::Status(format)) => {
-            let lake = open_lake(&cfg).await?;
-            jobs::status(&lake, &cfg, format.format).await
-        }
-        Command::Jobs(jobs::JobsCommand::Runs { job, limit, format }) => {
-            let lake = open_lake(&cfg).await?;
-            jobs::list_runs(&lake, job, limit, format.format).await
-        }
-        Command::Jobs(jobs::JobsCommand::Failures(format)) => {
-            let lake = open_lake(&cfg).await?;
-            jobs::failures(&lake, format.format).await
-        }
-        Command::Social(cmd) => {
-            let lake = open_lake(&cfg).await?;
-            social::run(&lake, &cfg, cmd).await
-        }
-        Command::Products(cmd) => {
-            let lake = open_lake(&cfg).await?;
-            products::run(&lake, cmd).await
-        }
-        Command::Backfill(args) => {
-            let lake = open_lake(&cfg).await?;
-            backfill::run(&lake, &cfg, args).await
-        }
-        Command::Billing(cmd) => {
-            let lake = open_lake(&cfg).await?;
-            billing::run(&lake, &cfg, cmd).await
-        }
+        Command::Export(args) => export::run(&open_lake(&cfg).await?, args).await,
+        Command::Import(args) => import::run(&open_lake(&cfg).await?, &cfg, args).await,
+        Command::Jobs(cmd) => jobs_command(&cfg, cmd).await,
+        Command::Social(cmd) => social::run(&open_lake(&cfg).await?, &cfg, cmd).await,
+        Command::Products(cmd) => products::run(&open_lake(&cfg).await?, cmd).await,
+        Command::Backfill(args) => backfill::run(&open_lake(&cfg).await?, &cfg, args).await,
+        Command::Billing(cmd) => billing::run(&open_lake(&cfg).await?, &cfg, cmd).await,
         Command::Config(ConfigCommand::Default) => {
             output::text(&crow_schemas::config::default_toml())
         }

@@ -149,30 +149,7 @@ pub async fn run(lake: &Lake, cmd: OrgsCommand) -> Result<()> {
                 &obj,
             )
         }
-        OrgsCommand::List(f) => {
-            let rows: Vec<serde_json::Value> = orgs::list(lake)
-                .await?
-                .iter()
-                .map(|o| {
-                    serde_json::json!({
-                        "org_id": o.org_id, "name": o.name, "domain": o.domain, "status": o.status,
-                        "write_key_prefix": o.write_key_prefix, "created_at": o.created_at,
-                    })
-                })
-                .collect();
-            output::print_rows(
-                f.format,
-                &[
-                    "org_id",
-                    "name",
-                    "domain",
-                    "status",
-                    "write_key_prefix",
-                    "created_at",
-                ],
-                &rows,
-            )
-        }
+        OrgsCommand::List(f) => list(lake, f.format).await,
         OrgsCommand::Show { org, format } => {
             let o = resolve(lake, &org).await?;
             output::print_object(format.format, SHOWN, &shown(&o))
@@ -198,23 +175,53 @@ pub async fn run(lake: &Lake, cmd: OrgsCommand) -> Result<()> {
         } => webhook(lake, &org, if off { None } else { url }, format).await,
         OrgsCommand::Disable { org, format } => status(lake, &org, false, format.format).await,
         OrgsCommand::Enable { org, format } => status(lake, &org, true, format.format).await,
-        OrgsCommand::Delete { org, yes, format } => {
-            let o = resolve(lake, &org).await?;
-            if !yes {
-                bail!(
-                    "deleting {} (`{}`) removes all its rows from every table and cannot be undone; add --yes to confirm",
-                    o.org_id,
-                    o.name
-                );
-            }
-            let deleted = orgs::delete(lake, &o.org_id).await?;
-            let rows: Vec<serde_json::Value> = deleted
-                .iter()
-                .map(|d| serde_json::json!({"table": d.table, "rows_deleted": d.rows}))
-                .collect();
-            output::print_rows(format.format, &["table", "rows_deleted"], &rows)
-        }
+        OrgsCommand::Delete { org, yes, format } => delete(lake, &org, yes, format.format).await,
     }
+}
+
+/// `crow orgs list`: every organization (never a write key, only its prefix).
+async fn list(lake: &Lake, format: Format) -> Result<()> {
+    let rows: Vec<serde_json::Value> = orgs::list(lake)
+        .await?
+        .iter()
+        .map(|o| {
+            serde_json::json!({
+                "org_id": o.org_id, "name": o.name, "domain": o.domain, "status": o.status,
+                "write_key_prefix": o.write_key_prefix, "created_at": o.created_at,
+            })
+        })
+        .collect();
+    output::print_rows(
+        format,
+        &[
+            "org_id",
+            "name",
+            "domain",
+            "status",
+            "write_key_prefix",
+            "created_at",
+        ],
+        &rows,
+    )
+}
+
+/// `crow orgs delete`: remove the organization's rows from every table,
+/// only when confirmed (`yes`); prints the rows deleted per table.
+async fn delete(lake: &Lake, org: &str, yes: bool, format: Format) -> Result<()> {
+    let o = resolve(lake, org).await?;
+    if !yes {
+        bail!(
+            "deleting {} (`{}`) removes all its rows from every table and cannot be undone; add --yes to confirm",
+            o.org_id,
+            o.name
+        );
+    }
+    let deleted = orgs::delete(lake, &o.org_id).await?;
+    let rows: Vec<serde_json::Value> = deleted
+        .iter()
+        .map(|d| serde_json::json!({"table": d.table, "rows_deleted": d.rows}))
+        .collect();
+    output::print_rows(format, &["table", "rows_deleted"], &rows)
 }
 
 /// `crow orgs update`: change fields in place.

@@ -28,6 +28,22 @@ pub struct Protocols {
     pub pg_listen: Option<String>,
 }
 
+impl Protocols {
+    /// Override the configured addresses with the flags given (`listen`
+    /// is `--listen`).
+    fn apply(self, cfg: &mut Config, listen: Option<String>) {
+        if let Some(l) = listen {
+            cfg.server.listen = l;
+        }
+        if let Some(l) = self.flight_listen {
+            cfg.server.flight_listen = l;
+        }
+        if let Some(l) = self.pg_listen {
+            cfg.server.pg_listen = l;
+        }
+    }
+}
+
 pub async fn run(
     lake: Lake,
     mut cfg: Config,
@@ -36,15 +52,7 @@ pub async fn run(
     only: Option<Only>,
     protocols: Protocols,
 ) -> Result<()> {
-    if let Some(l) = listen {
-        cfg.server.listen = l;
-    }
-    if let Some(l) = protocols.flight_listen {
-        cfg.server.flight_listen = l;
-    }
-    if let Some(l) = protocols.pg_listen {
-        cfg.server.pg_listen = l;
-    }
+    protocols.apply(&mut cfg, listen);
     let addr: SocketAddr = cfg.server.listen.parse().with_context(|| {
         format!(
             "--listen `{}` is not an address like 127.0.0.1:8080",
@@ -70,40 +78,8 @@ pub async fn run(
     } else {
         Some(query_api(&lake, &cfg)?)
     };
-    let body = crow_query_api::BodyLimits {
-        max_bytes: crow_query_api::api_body_limit(&cfg.api),
-        read_timeout: std::time::Duration::from_secs(cfg.server.body_read_timeout_seconds),
-    };
-    let app = match (&collector, &api) {
-        (Some(c), Some(a)) => {
-            c.router
-                .clone()
-                .merge(crow_query_api::router(a.clone()).layer(
-                    axum::middleware::from_fn_with_state(body, crow_query_api::bounded_body),
-                ))
-        }
-        (Some(c), None) => c.router.clone(),
-        (None, Some(a)) => crow_query_api::router(a.clone())
-            .layer(axum::middleware::from_fn_with_state(
-                body,
-                crow_query_api::bounded_body,
-            ))
-            .route("/healthz", axum::routing::get(|| async { "ok" })),
-        (None, None) => anyhow::bail!("nothing to serve"),
-    };
     let conns = std::sync::Arc::new(crate::http::ConnStats::default());
-    let registry = metrics_registry(collector.as_ref(), api.as_deref(), &conns);
-    let app = app
-        .route(
-            "/metrics",
-            axum::routing::get(move || metrics(registry.clone())),
-        )
-        .layer(axum::middleware::from_fn_with_state(
-            std::sync::Arc::new(MetricsAccess {
-                token: cfg.server.metrics_token.clone(),
-            }),
-            guard_metrics,
-        ));
+    let app = app(&cfg, collector.as_ref(), api.as_ref(), &conns)?;
     let scheduler = if only != Some(Only::Api) && cfg.schedule.enabled {
         Some(start_scheduler(lake.clone(), cfg.clone())?)
     } else {
@@ -141,6 +117,50 @@ pub async fn run(
         c.shutdown().await;
     }
     Ok(())
+}
+
+/// What `crow serve` answers: the collector's routes and/or the query
+/// API's (its request bodies bounded; alone, with its own `/healthz`),
+/// and `/metrics` behind the metrics token.
+fn app(
+    cfg: &Config,
+    collector: Option<&Collector>,
+    api: Option<&std::sync::Arc<crow_query_api::ApiState>>,
+    conns: &std::sync::Arc<crate::http::ConnStats>,
+) -> Result<axum::Router> {
+    let body = crow_query_api::BodyLimits {
+        max_bytes: crow_query_api::api_body_limit(&cfg.api),
+        read_timeout: std::time::Duration::from_secs(cfg.server.body_read_timeout_seconds),
+    };
+    let app = match (collector, api) {
+        (Some(c), Some(a)) => {
+            c.router
+                .clone()
+                .merge(crow_query_api::router(a.clone()).layer(
+                    axum::middleware::from_fn_with_state(body, crow_query_api::bounded_body),
+                ))
+        }
+        (Some(c), None) => c.router.clone(),
+        (None, Some(a)) => crow_query_api::router(a.clone())
+            .layer(axum::middleware::from_fn_with_state(
+                body,
+                crow_query_api::bounded_body,
+            ))
+            .route("/healthz", axum::routing::get(|| async { "ok" })),
+        (None, None) => anyhow::bail!("nothing to serve"),
+    };
+    let registry = metrics_registry(collector, api.map(std::sync::Arc::as_ref), conns);
+    Ok(app
+        .route(
+            "/metrics",
+            axum::routing::get(move || metrics(registry.clone())),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            std::sync::Arc::new(MetricsAccess {
+                token: cfg.server.metrics_token.clone(),
+            }),
+            guard_metrics,
+        )))
 }
 
 /// The query API's state, with the configured AI provider for ask (or,

@@ -103,51 +103,57 @@ pub async fn run(lake: &Lake, cfg: &Config, cmd: SocialCommand) -> Result<()> {
         SocialCommand::Run { org, format } => {
             let org_id = crow_query_api::keys::resolve_org(lake, &org).await?.org_id;
             let report = social::run_now(lake, cfg, &org_id).await?;
-            if format.format == output::Format::Json {
-                return output::print_object(
-                    format.format,
-                    &[
-                        "org_id",
-                        "run_id",
-                        "fetched",
-                        "captured",
-                        "versions",
-                        "unchanged",
-                        "skipped",
-                        "failed_sources",
-                        "sources",
-                    ],
-                    &serde_json::to_value(&report)?,
-                );
-            }
-            let rows: Vec<serde_json::Value> = report
-                .sources
-                .iter()
-                .map(|s| serde_json::to_value(s).unwrap_or_default())
-                .collect();
-            output::print_rows(
-                format.format,
-                &[
-                    "source_id",
-                    "kind",
-                    "target",
-                    "status",
-                    "fetched",
-                    "captured",
-                    "skipped",
-                    "error",
-                ],
-                &rows,
-            )?;
-            output::line(format!(
-                "run {}: {} captured ({} new versions), {} unchanged, {} skipped, {} source(s) failed",
-                report.run_id,
-                report.captured,
-                report.versions,
-                report.unchanged,
-                report.skipped,
-                report.failed_sources
-            ))
+            print_report(&report, format.format)
         }
     }
+}
+
+/// `crow social run`'s report: as one object in JSON, else a row per
+/// source and a summary line.
+fn print_report(report: &social::RunReport, format: output::Format) -> Result<()> {
+    if format == output::Format::Json {
+        return output::print_object(
+            format,
+            &[
+                "org_id",
+                "run_id",
+                "fetched",
+                "captured",
+                "versions",
+                "unchanged",
+                "skipped",
+                "failed_sources",
+                "sources",
+            ],
+            &serde_json::to_value(report)?,
+        );
+    }
+    let rows: Vec<serde_json::Value> = report
+        .sources
+        .iter()
+        .map(|s| serde_json::to_value(s).unwrap_or_default())
+        .collect();
+    output::print_rows(
+        format,
+        &[
+            "source_id",
+            "kind",
+            "target",
+            "status",
+            "fetched",
+            "captured",
+            "skipped",
+            "error",
+        ],
+        &rows,
+    )?;
+    output::line(format!(
+        "run {}: {} captured ({} new versions), {} unchanged, {} skipped, {} source(s) failed",
+        report.run_id,
+        report.captured,
+        report.versions,
+        report.unchanged,
+        report.skipped,
+        report.failed_sources
+    ))
 }

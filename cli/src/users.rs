@@ -152,18 +152,7 @@ pub async fn run(lake: &Lake, cfg: &crow_schemas::config::Config, cmd: UsersComm
             )
             .await
         }
-        UsersCommand::List { org, format } => {
-            let org_id = match org {
-                Some(o) => Some(crate::orgs::resolve(lake, &o).await?.org_id),
-                None => None,
-            };
-            let rows: Vec<serde_json::Value> = users::list(lake, org_id.as_deref())
-                .await?
-                .iter()
-                .map(|u| u.public_json())
-                .collect();
-            output::print_rows(format.format, COLUMNS, &rows)
-        }
+        UsersCommand::List { org, format } => list(lake, org.as_deref(), format.format).await,
         UsersCommand::SetRole { user, role, format } => {
             let role: Role = role.parse()?;
             let u = users::set_role(lake, &user, role).await?;
@@ -180,48 +169,9 @@ pub async fn run(lake: &Lake, cfg: &crow_schemas::config::Config, cmd: UsersComm
         UsersCommand::Disable { user, format } => status(lake, &user, true, format.format).await,
         UsersCommand::Enable { user, format } => status(lake, &user, false, format.format).await,
         UsersCommand::ResetPassword { user, format } => {
-            let u = users::find(lake, &user).await?;
-            if u.status == "disabled" {
-                bail!("user {} is disabled: enable them first", u.email);
-            }
-            let token = users::issue_token(lake, &u, "reset").await?;
-            audit_cli(
-                lake,
-                &u.org_id,
-                "user.reset_password",
-                &u.user_id,
-                serde_json::json!({}),
-            )
-            .await;
-            let obj = serde_json::json!({"id": u.user_id, "email": u.email, "reset_token": token});
-            output::print_object(format.format, &["id", "email", "reset_token"], &obj)
+            reset_password(lake, &user, format.format).await
         }
-        UsersCommand::Sessions { user, format } => {
-            let u = users::find(lake, &user).await?;
-            let now = chrono::Utc::now();
-            let idle = chrono::Duration::minutes(
-                i64::try_from(cfg.api.session_idle_minutes).unwrap_or(720),
-            );
-            let rows: Vec<serde_json::Value> = users::sessions(lake, Some(&u.user_id))
-                .await?
-                .iter()
-                .map(|s| s.public_json(now, idle))
-                .collect();
-            output::print_rows(
-                format.format,
-                &[
-                    "id",
-                    "user_id",
-                    "status",
-                    "created_at",
-                    "last_seen_at",
-                    "expires_at",
-                    "revoked_at",
-                    "user_agent",
-                ],
-                &rows,
-            )
-        }
+        UsersCommand::Sessions { user, format } => sessions(lake, cfg, &user, format.format).await,
         UsersCommand::RevokeSessions {
             user,
             session,
@@ -241,6 +191,72 @@ pub async fn run(lake: &Lake, cfg: &crow_schemas::config::Config, cmd: UsersComm
             output::print_object(format.format, &["id", "sessions_revoked"], &obj)
         }
     }
+}
+
+/// `crow users list`: the users (of one organization, by id or name).
+async fn list(lake: &Lake, org: Option<&str>, format: Format) -> Result<()> {
+    let org_id = match org {
+        Some(o) => Some(crate::orgs::resolve(lake, o).await?.org_id),
+        None => None,
+    };
+    let rows: Vec<serde_json::Value> = users::list(lake, org_id.as_deref())
+        .await?
+        .iter()
+        .map(|u| u.public_json())
+        .collect();
+    output::print_rows(format, COLUMNS, &rows)
+}
+
+/// `crow users reset-password`: a reset token for an enabled user (shown
+/// once), audited.
+async fn reset_password(lake: &Lake, user: &str, format: Format) -> Result<()> {
+    let u = users::find(lake, user).await?;
+    if u.status == "disabled" {
+        bail!("user {} is disabled: enable them first", u.email);
+    }
+    let token = users::issue_token(lake, &u, "reset").await?;
+    audit_cli(
+        lake,
+        &u.org_id,
+        "user.reset_password",
+        &u.user_id,
+        serde_json::json!({}),
+    )
+    .await;
+    let obj = serde_json::json!({"id": u.user_id, "email": u.email, "reset_token": token});
+    output::print_object(format, &["id", "email", "reset_token"], &obj)
+}
+
+/// `crow users sessions`: a user's dashboard sessions and their status.
+async fn sessions(
+    lake: &Lake,
+    cfg: &crow_schemas::config::Config,
+    user: &str,
+    format: Format,
+) -> Result<()> {
+    let u = users::find(lake, user).await?;
+    let now = chrono::Utc::now();
+    let idle =
+        chrono::Duration::minutes(i64::try_from(cfg.api.session_idle_minutes).unwrap_or(720));
+    let rows: Vec<serde_json::Value> = users::sessions(lake, Some(&u.user_id))
+        .await?
+        .iter()
+        .map(|s| s.public_json(now, idle))
+        .collect();
+    output::print_rows(
+        format,
+        &[
+            "id",
+            "user_id",
+            "status",
+            "created_at",
+            "last_seen_at",
+            "expires_at",
+            "revoked_at",
+            "user_agent",
+        ],
+        &rows,
+    )
 }
 
 /// `crow users create`: an invited user (token shown once), or an active

@@ -35,25 +35,15 @@ pub(crate) struct LoadArgs {
 /// queries); acknowledged requests and latency only, since the lake behind
 /// it is not this process's to watch.
 pub(crate) async fn run_remote(url: &str, write_key: &str, args: LoadArgs) -> Result<()> {
-    let auth = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{write_key}:"))
-    );
+    let auth = basic_auth(write_key);
     let url = format!("{}/v1/batch", url.trim_end_matches('/'));
     crate::output::line(format_args!(
         "| batch | clients | requests | 503s | events/s | p50 ms | p99 ms |"
     ))?;
     crate::output::line(format_args!("|---:|---:|---:|---:|---:|---:|---:|"))?;
     for &batch in &args.batches {
-        let payloads: Vec<Vec<u8>> = (0..64).map(|i| payload(batch, i)).collect();
-        let l = load(
-            &url,
-            &auth,
-            &payloads,
-            args.concurrency,
-            Duration::from_secs(args.seconds),
-        )
-        .await?;
+        let payloads = payloads(batch);
+        let l = load(&url, &auth, &payloads, &args).await?;
         crate::output::line(format_args!(
             "| {batch} | {} | {} | {} | {:.0} | {:.2} | {:.2} |",
             args.concurrency,
@@ -79,10 +69,7 @@ pub(crate) async fn run(cfg: Config, lake_given: bool, args: LoadArgs) -> Result
     let lake = Lake::open(&cfg.lake).await?;
     lake.init().await?;
     let org = crow_lake::orgs::create(&lake, "Bench Co", None, None).await?;
-    let auth = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{}:", org.write_key))
-    );
+    let auth = basic_auth(&org.write_key);
     let wal_dir = tmp.path().join("wal");
     let collector = Collector::start(lake.clone(), cfg.ingest.clone(), wal_dir).await?;
     let (addr, server) = collector.serve_on_loopback().await?;
@@ -92,16 +79,9 @@ pub(crate) async fn run(cfg: Config, lake_given: bool, args: LoadArgs) -> Result
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     ))?;
     for &batch in &args.batches {
-        let payloads: Vec<Vec<u8>> = (0..64).map(|i| payload(batch, i)).collect();
+        let payloads = payloads(batch);
         let ceiling = parse_ceiling(&payloads, batch);
-        let l = load(
-            &url,
-            &auth,
-            &payloads,
-            args.concurrency,
-            Duration::from_secs(args.seconds),
-        )
-        .await?;
+        let l = load(&url, &auth, &payloads, &args).await?;
         // Until every acknowledged event is committed to the lake: the
         // sustained rate counts the flusher's backlog too.
         let drain = Instant::now();
@@ -120,15 +100,35 @@ pub(crate) async fn run(cfg: Config, lake_given: bool, args: LoadArgs) -> Result
             events_per_s / ceiling
         ))?;
     }
-    // Visibility: one acknowledged event, then poll SQL until it shows.
+    let visible = ack_to_visible(&lake, &url, &auth).await?;
+    crate::output::line(format_args!(
+        "\nack → visible to `crow sql`: {visible:.2} s (flush interval {} ms)",
+        cfg.ingest.flush_interval_ms
+    ))?;
+    server.abort();
+    collector.shutdown().await;
+    Ok(())
+}
+
+/// The `Authorization` header of a write key.
+fn basic_auth(write_key: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{write_key}:"))
+    )
+}
+
+/// Seconds from one acknowledged event to SQL over `lake` seeing it
+/// (polled; an error after 60 s).
+async fn ack_to_visible(lake: &Lake, url: &str, auth: &str) -> Result<f64> {
     let http = reqwest::Client::new();
     let id = format!("visibility-{}", uuid::Uuid::new_v4());
     let body =
         json!({"batch": [{"type": "track", "event": "Visible", "userId": "u", "messageId": id}]});
     let sent = Instant::now();
     let r = http
-        .post(&url)
-        .header("Authorization", &auth)
+        .post(url)
+        .header("Authorization", auth)
         .json(&body)
         .send()
         .await?;
@@ -155,14 +155,12 @@ pub(crate) async fn run(cfg: Config, lake_given: bool, args: LoadArgs) -> Result
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    crate::output::line(format_args!(
-        "\nack → visible to `crow sql`: {:.2} s (flush interval {} ms)",
-        sent.elapsed().as_secs_f64(),
-        cfg.ingest.flush_interval_ms
-    ))?;
-    server.abort();
-    collector.shutdown().await;
-    Ok(())
+    Ok(sent.elapsed().as_secs_f64())
+}
+
+/// The 64 payloads of one batch size, sent in turn.
+fn payloads(batch: usize) -> Vec<Vec<u8>> {
+    (0..64).map(|i| payload(batch, i)).collect()
 }
 
 /// One Segment batch body of `batch` product views with empty message ids
@@ -226,16 +224,11 @@ struct Load {
     seconds: f64,
 }
 
-/// `clients` concurrent clients posting `payloads` in turn to `url` for
-/// `duration`, each event with its own message id; 503 refusals are
-/// counted and backed off, any other failure ends the run.
-async fn load(
-    url: &str,
-    auth: &str,
-    payloads: &[Vec<u8>],
-    clients: usize,
-    duration: Duration,
-) -> Result<Load> {
+/// `args.concurrency` concurrent clients posting `payloads` in turn to
+/// `url` for `args.seconds`, each event with its own message id; 503
+/// refusals are counted and backed off, any other failure ends the run.
+async fn load(url: &str, auth: &str, payloads: &[Vec<u8>], args: &LoadArgs) -> Result<Load> {
+    let duration = Duration::from_secs(args.seconds);
     let refused = Arc::new(AtomicU64::new(0));
     // Each payload cut at its events' empty message ids, so every request
     // can give every event its own id without searching the text.
@@ -254,52 +247,16 @@ async fn load(
     let started = Instant::now();
     let mut tasks = Vec::new();
     let run = Arc::new(uuid::Uuid::new_v4().simple().to_string());
-    for c in 0..clients {
-        let (url, auth, payloads, run, refused) = (
-            url.to_string(),
-            auth.to_string(),
-            payloads.clone(),
-            run.clone(),
-            refused.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let http = reqwest::Client::new();
-            let mut lat = Vec::new();
-            let mut n = 0usize;
-            while started.elapsed() < duration {
-                // A unique message id per event, so the lake holds real rows.
-                let parts = &payloads[n % payloads.len()];
-                let mut body = String::with_capacity(
-                    parts.iter().map(String::len).sum::<usize>() + parts.len() * 64,
-                );
-                for (i, part) in parts.iter().enumerate() {
-                    if i > 0 {
-                        use std::fmt::Write as _;
-                        let _ = write!(body, "\"messageId\":\"{run}-{c}-{n}-{i}\"");
-                    }
-                    body.push_str(part);
-                }
-                n += 1;
-                let t = Instant::now();
-                match http
-                    .post(&url)
-                    .header("Authorization", &auth)
-                    .header("Content-Type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                {
-                    Ok(r) if r.status().is_success() => lat.push(t.elapsed()),
-                    Ok(r) if r.status().as_u16() == 503 => {
-                        refused.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(100)).await
-                    }
-                    Ok(r) => anyhow::bail!("unexpected status {}", r.status()),
-                    Err(e) => return Err(e).context("request failed"),
-                }
-            }
-            Ok(lat)
-        }));
+    for c in 0..args.concurrency {
+        let client = Client {
+            url: url.to_string(),
+            auth: auth.to_string(),
+            payloads: payloads.clone(),
+            run: run.clone(),
+            refused: refused.clone(),
+            id: c,
+        };
+        tasks.push(tokio::spawn(client.send_until(started + duration)));
     }
     let mut all = Vec::new();
     for t in tasks {
@@ -318,6 +275,67 @@ async fn load(
         p99: pct(0.99),
         seconds: secs,
     })
+}
+
+/// One of [`load`]'s concurrent clients.
+struct Client {
+    url: String,
+    auth: String,
+    /// The payloads, cut at their events' message ids.
+    payloads: Arc<Vec<Vec<String>>>,
+    /// This load run's id, part of every message id.
+    run: Arc<String>,
+    refused: Arc<AtomicU64>,
+    /// The client's number, part of its message ids.
+    id: usize,
+}
+
+impl Client {
+    /// Post the payloads in turn until `until`; the latency of every
+    /// acknowledged request.
+    async fn send_until(self, until: Instant) -> Result<Vec<Duration>> {
+        let http = reqwest::Client::new();
+        let mut lat = Vec::new();
+        let mut n = 0usize;
+        while Instant::now() < until {
+            let body = self.body(n);
+            n += 1;
+            let t = Instant::now();
+            match http
+                .post(&self.url)
+                .header("Authorization", &self.auth)
+                .header("Content-Type", "application/json")
+                .body(body)
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => lat.push(t.elapsed()),
+                Ok(r) if r.status().as_u16() == 503 => {
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Ok(r) => anyhow::bail!("unexpected status {}", r.status()),
+                Err(e) => return Err(e).context("request failed"),
+            }
+        }
+        Ok(lat)
+    }
+
+    /// Request `n`'s body: a unique message id per event, so the lake
+    /// holds real rows.
+    fn body(&self, n: usize) -> String {
+        use std::fmt::Write as _;
+        let parts = &self.payloads[n % self.payloads.len()];
+        let mut body =
+            String::with_capacity(parts.iter().map(String::len).sum::<usize>() + parts.len() * 64);
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                let _ = write!(body, "\"messageId\":\"{}-{}-{n}-{i}\"", self.run, self.id);
+            }
+            body.push_str(part);
+        }
+        body
+    }
 }
 
 /// Until the collector's WAL holds nothing uncommitted (at most 120 s).

@@ -15,10 +15,10 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::normalize::{parse_time, Rejection};
-use crow_schemas::rows::{CctvTranscriptRow, SocialCaptureRow};
+use crow_schemas::rows::{CctvTranscriptRow, FailureCode, SocialCaptureRow};
 use crow_schemas::time::days_from_time;
 
-fn reject(code: &'static str, reason: impl Into<String>) -> Rejection {
+fn reject(code: FailureCode, reason: impl Into<String>) -> Rejection {
     Rejection {
         code,
         reason: reason.into(),
@@ -29,10 +29,14 @@ fn text(item: &Value, key: &str, required: bool) -> Result<Option<String>, Rejec
     match item.get(key) {
         Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.clone())),
         None | Some(Value::Null) | Some(Value::String(_)) if !required => Ok(None),
-        None | Some(Value::Null) | Some(Value::String(_)) => {
-            Err(reject("missing_field", format!("`{key}` is required")))
-        }
-        Some(_) => Err(reject("invalid_field", format!("`{key}` must be a string"))),
+        None | Some(Value::Null) | Some(Value::String(_)) => Err(reject(
+            FailureCode::MissingField,
+            format!("`{key}` is required"),
+        )),
+        Some(_) => Err(reject(
+            FailureCode::InvalidField,
+            format!("`{key}` must be a string"),
+        )),
     }
 }
 
@@ -41,7 +45,7 @@ fn time(item: &Value, key: &str) -> Result<Option<DateTime<Utc>>, Rejection> {
         None => Ok(None),
         Some(s) => parse_time(&s).map(Some).ok_or_else(|| {
             reject(
-                "invalid_timestamp",
+                FailureCode::InvalidTimestamp,
                 format!("`{key}` is not an ISO-8601 time"),
             )
         }),
@@ -56,7 +60,10 @@ pub fn social_row(
     now: DateTime<Utc>,
 ) -> Result<SocialCaptureRow, Rejection> {
     if !item.is_object() {
-        return Err(reject("not_an_object", "a capture must be a JSON object"));
+        return Err(reject(
+            FailureCode::NotAnObject,
+            "a capture must be a JSON object",
+        ));
     }
     let run_id = match run_id {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
@@ -71,7 +78,12 @@ pub fn social_row(
     let metrics = match item.get("metrics") {
         None | Some(Value::Null) => None,
         Some(m @ Value::Object(_)) => Some(m.to_string()),
-        Some(_) => return Err(reject("invalid_field", "`metrics` must be an object")),
+        Some(_) => {
+            return Err(reject(
+                FailureCode::InvalidField,
+                "`metrics` must be an object",
+            ))
+        }
     };
     let content_hash = crow_lake::ids::sha256_hex(body.as_deref().unwrap_or(&url).as_bytes());
     Ok(SocialCaptureRow {
@@ -100,17 +112,20 @@ pub fn cctv_row(
     now: DateTime<Utc>,
 ) -> Result<CctvTranscriptRow, Rejection> {
     if !item.is_object() {
-        return Err(reject("not_an_object", "a segment must be a JSON object"));
+        return Err(reject(
+            FailureCode::NotAnObject,
+            "a segment must be a JSON object",
+        ));
     }
     let store_id = text(item, "store_id", true)?.unwrap_or_default();
     let camera_id = text(item, "camera_id", true)?.unwrap_or_default();
     let start = time(item, "segment_start")?
-        .ok_or_else(|| reject("missing_field", "`segment_start` is required"))?;
+        .ok_or_else(|| reject(FailureCode::MissingField, "`segment_start` is required"))?;
     let end = time(item, "segment_end")?
-        .ok_or_else(|| reject("missing_field", "`segment_end` is required"))?;
+        .ok_or_else(|| reject(FailureCode::MissingField, "`segment_end` is required"))?;
     if end < start {
         return Err(reject(
-            "invalid_field",
+            FailureCode::InvalidField,
             "`segment_end` is before `segment_start`",
         ));
     }

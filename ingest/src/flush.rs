@@ -9,6 +9,7 @@
 //! skip it, so nothing lands twice and nothing acknowledged is lost.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -86,86 +87,17 @@ impl Flusher {
     /// lake outage) catches up with fewer, larger commits. Exactly once
     /// still holds per segment: before committing a table, the rows of
     /// segments at or below that table's recorded version are left out.
-    pub async fn flush_sealed(&self) -> Result<u64, crow_lake::Error> {
+    pub async fn flush_sealed(&self) -> crate::Result<u64> {
         let mut total = 0;
         let mut sealed = self.wal.sealed_segments()?.into_iter().peekable();
         while sealed.peek().is_some() {
             let started = Instant::now();
-            let mut group = Vec::new();
-            let mut bytes = 0u64;
-            while let Some((seq, path)) = sealed.next_if(|(_, p)| {
-                let len = std::fs::metadata(p).map_or(0, |m| m.len());
-                let fits = group.is_empty() || bytes + len <= GROUP_BYTES;
-                if fits {
-                    bytes += len;
-                }
-                fits
-            }) {
-                group.push((seq, path));
-            }
+            let group = next_group(&mut sealed);
             let Some(last_seq) = group.last().map(|(seq, _)| *seq) else {
                 break;
             };
-            let decoded = tokio::task::spawn_blocking(move || {
-                group
-                    .into_iter()
-                    .map(|(seq, path)| {
-                        let tables = decode_segment(&path);
-                        (seq, path, tables)
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .await
-            .map_err(|e| crow_lake::Error::Invalid(format!("WAL decoder panicked: {e}")))?;
-            let mut by_table: BTreeMap<WalTable, Vec<(u64, RecordBatch)>> = BTreeMap::new();
-            let mut flushed = Vec::new();
-            for (seq, path, tables) in decoded {
-                match tables {
-                    Ok(tables) => {
-                        for (table, batch) in tables {
-                            by_table.entry(table).or_default().push((seq, batch));
-                        }
-                        flushed.push(path);
-                    }
-                    Err(e) => {
-                        // A segment that cannot be read back (disk corruption,
-                        // or a bug) must not block every later one: set it
-                        // aside, loudly.
-                        let kept = path.with_extension("corrupt");
-                        tracing::error!(seq, error = %e, kept = %kept.display(),
-                            "WAL segment cannot be decoded; quarantined for inspection");
-                        self.metrics.segments_quarantined.inc();
-                        self.wal.quarantine(&path, &kept)?;
-                    }
-                }
-            }
-            for (table, parts) in by_table {
-                let name = table.table_name();
-                let done = self.lake.app_version(name, &self.app_id).await?;
-                let (skipped, fresh): (Vec<_>, Vec<_>) = parts
-                    .into_iter()
-                    .partition(|(seq, _)| done.is_some_and(|d| d >= *seq as i64));
-                for (seq, _) in &skipped {
-                    tracing::info!(
-                        seq,
-                        table = name,
-                        "segment already committed (replay): skipped"
-                    );
-                }
-                if fresh.is_empty() {
-                    continue;
-                }
-                let batch = cluster(fresh.into_iter().map(|(_, b)| b).collect())?;
-                let n = batch.num_rows() as u64;
-                if self
-                    .lake
-                    .append_once(name, vec![batch], &self.app_id, last_seq as i64)
-                    .await?
-                {
-                    total += n;
-                    self.metrics.rows_committed.inc_by(name, n);
-                }
-            }
+            let (by_table, flushed) = self.decode_group(group).await?;
+            total += self.commit_group(by_table, last_seq).await?;
             self.wal.mark_flushed(last_seq)?;
             for path in &flushed {
                 self.wal.retire(path)?;
@@ -177,6 +109,110 @@ impl Flusher {
         }
         Ok(total)
     }
+
+    /// Decode a group's segments off the async runtime: each table's
+    /// batches with the segment they came from, and the segments read. A
+    /// segment that cannot be read back (disk corruption, or a bug) must
+    /// not block every later one: it is set aside, loudly.
+    async fn decode_group(&self, group: Vec<(u64, PathBuf)>) -> crate::Result<Decoded> {
+        let decoded = tokio::task::spawn_blocking(move || {
+            group
+                .into_iter()
+                .map(|(seq, path)| {
+                    let tables = decode_segment(&path);
+                    (seq, path, tables)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|source| crate::Error::Panicked {
+            task: "WAL decoder",
+            source,
+        })?;
+        let mut by_table: BTreeMap<WalTable, Vec<(u64, RecordBatch)>> = BTreeMap::new();
+        let mut flushed = Vec::new();
+        for (seq, path, tables) in decoded {
+            match tables {
+                Ok(tables) => {
+                    for (table, batch) in tables {
+                        by_table.entry(table).or_default().push((seq, batch));
+                    }
+                    flushed.push(path);
+                }
+                Err(e) => {
+                    let kept = path.with_extension("corrupt");
+                    tracing::error!(seq, error = %e, kept = %kept.display(),
+                        "WAL segment cannot be decoded; quarantined for inspection");
+                    self.metrics.segments_quarantined.inc();
+                    self.wal.quarantine(&path, &kept)?;
+                }
+            }
+        }
+        Ok((by_table, flushed))
+    }
+
+    /// Commit each table's parts as one batch with the group's last segment
+    /// as the transaction version, leaving out segments the table already
+    /// committed (a replay). Returns the rows committed.
+    async fn commit_group(
+        &self,
+        by_table: BTreeMap<WalTable, Vec<(u64, RecordBatch)>>,
+        last_seq: u64,
+    ) -> Result<u64, crow_lake::Error> {
+        let mut total = 0;
+        for (table, parts) in by_table {
+            let name = table.table_name();
+            let done = self.lake.app_version(name, &self.app_id).await?;
+            let (skipped, fresh): (Vec<_>, Vec<_>) = parts
+                .into_iter()
+                .partition(|(seq, _)| done.is_some_and(|d| d >= *seq as i64));
+            for (seq, _) in &skipped {
+                tracing::info!(
+                    seq,
+                    table = name,
+                    "segment already committed (replay): skipped"
+                );
+            }
+            if fresh.is_empty() {
+                continue;
+            }
+            let batch = cluster(fresh.into_iter().map(|(_, b)| b).collect())?;
+            let n = batch.num_rows() as u64;
+            if self
+                .lake
+                .append_once(name, vec![batch], &self.app_id, last_seq as i64)
+                .await?
+            {
+                total += n;
+                self.metrics.rows_committed.inc_by(name, n);
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// A group's decoded rows by table (with each batch's segment), and the
+/// segments that were read.
+type Decoded = (BTreeMap<WalTable, Vec<(u64, RecordBatch)>>, Vec<PathBuf>);
+
+/// The next sealed segments to commit together: at least one, then more
+/// while the group stays within [`GROUP_BYTES`].
+fn next_group(
+    sealed: &mut std::iter::Peekable<std::vec::IntoIter<(u64, PathBuf)>>,
+) -> Vec<(u64, PathBuf)> {
+    let mut group = Vec::new();
+    let mut bytes = 0u64;
+    while let Some((seq, path)) = sealed.next_if(|(_, p)| {
+        let len = std::fs::metadata(p).map_or(0, |m| m.len());
+        let fits = group.is_empty() || bytes + len <= GROUP_BYTES;
+        if fits {
+            bytes += len;
+        }
+        fits
+    }) {
+        group.push((seq, path));
+    }
+    group
 }
 
 /// The most segment bytes committed together.
@@ -321,7 +357,7 @@ mod tests {
         let row = crow_schemas::rows::FailedEventRow::new(
             crow_lake::ids::new_id("fail"),
             crow_schemas::rows::FailureSource::Collector,
-            "missing_field",
+            crow_schemas::rows::FailureCode::MissingField,
             "why",
             chrono::Utc::now(),
         )

@@ -267,20 +267,58 @@ pub fn catalog_products(org_id: &str) -> Vec<crow_lake::products::Product> {
 pub fn events(opts: &GenerateOptions) -> Vec<Value> {
     let products = catalog();
     let mut rng = StdRng::seed_from_u64(opts.seed);
-    let mut out = Vec::new();
-    let mut msg = 0u64;
-    let devices = [("desktop", 0.48), ("mobile", 0.44), ("tablet", 0.08)];
-    let sources = [
-        ("google", "cpc", 0.35),
-        ("instagram", "social", 0.2),
-        ("newsletter", "email", 0.15),
-        ("", "", 0.3),
-    ];
+    let mut stream = Stream {
+        opts,
+        products: &products,
+        msg: 0,
+        out: Vec::new(),
+    };
     for v in 0..opts.visitors {
-        let anon = format!("anon-{:08x}-{v:06}", rng.random::<u32>());
-        let device = pick(&mut rng, &devices.map(|(d, w)| (d, w)));
+        let mut visitor = Visitor::new(&mut rng, v);
+        // 1 visit for most, up to 3 for returning visitors.
+        let visits = match rng.random_range(0..100) {
+            0..=71 => 1,
+            72..=91 => 2,
+            _ => 3,
+        };
+        let mut days: Vec<u32> = (0..visits)
+            .map(|_| rng.random_range(0..opts.days.max(1)))
+            .collect();
+        days.sort_unstable();
+        for day in days {
+            if let Some(t) = visit_start(&mut rng, opts, day) {
+                stream.visit(&mut rng, &mut visitor, day, t);
+            }
+        }
+    }
+    stream.out
+}
+
+/// Where a visitor comes from and on what, drawn once per visitor; the user
+/// id is set when they identify at checkout and kept for later visits.
+struct Visitor {
+    index: usize,
+    anon: String,
+    device: &'static str,
+    source: &'static str,
+    medium: &'static str,
+    ua: &'static str,
+    user_id: Option<String>,
+}
+
+impl Visitor {
+    fn new(rng: &mut StdRng, index: usize) -> Self {
+        let devices = [("desktop", 0.48), ("mobile", 0.44), ("tablet", 0.08)];
+        let sources = [
+            ("google", "cpc", 0.35),
+            ("instagram", "social", 0.2),
+            ("newsletter", "email", 0.15),
+            ("", "", 0.3),
+        ];
+        let anon = format!("anon-{:08x}-{index:06}", rng.random::<u32>());
+        let device = pick(rng, &devices.map(|(d, w)| (d, w)));
         let (source, medium) = {
-            let i = pick_index(&mut rng, &sources.map(|s| s.2));
+            let i = pick_index(rng, &sources.map(|s| s.2));
             (sources[i].0, sources[i].1)
         };
         let ua = match device {
@@ -288,219 +326,274 @@ pub fn events(opts: &GenerateOptions) -> Vec<Value> {
             "tablet" => "Mozilla/5.0 (iPad; CPU OS 18_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148",
             _ => "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/131.0 Safari/537.36",
         };
-        // 1 visit for most, up to 3 for returning visitors.
-        let visits = match rng.random_range(0..100) {
-            0..=71 => 1,
-            72..=91 => 2,
-            _ => 3,
-        };
-        let mut user_id: Option<String> = None;
-        let mut days: Vec<u32> = (0..visits)
-            .map(|_| rng.random_range(0..opts.days.max(1)))
-            .collect();
-        days.sort_unstable();
-        for day in days {
-            let Some(date) = opts
-                .first_day
-                .checked_add_days(chrono::Days::new(u64::from(day)))
-            else {
-                continue;
-            };
-            let Some(start) = date.and_hms_opt(0, 0, 0) else {
-                continue;
-            };
-            // Traffic peaks in the evening.
-            let hour = pick_index(&mut rng, &HOUR_WEIGHTS) as i64;
-            let mut t: DateTime<Utc> = start.and_utc()
-                + Duration::hours(hour)
-                + Duration::seconds(rng.random_range(0..3600));
-            let mut emit = |rng: &mut StdRng,
-                            t: &mut DateTime<Utc>,
-                            user_id: Option<&str>,
-                            body: Value| {
-                msg += 1;
-                let mut e = body;
-                let page_url = e
-                    .get("properties")
-                    .and_then(|p| p.get("url"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                let Some(obj) = e.as_object_mut() else { return };
-                obj.insert(
-                    "messageId".into(),
-                    json!(format!("demo-{}-{msg:09}", opts.seed)),
-                );
-                obj.insert("anonymousId".into(), json!(anon));
-                if let Some(u) = user_id {
-                    obj.insert("userId".into(), json!(u));
-                }
-                obj.insert(
-                    "timestamp".into(),
-                    json!(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
-                );
-                let mut context = json!({
-                    "userAgent": ua,
-                    "device": {"type": device},
-                    "library": {"name": "crow.js", "version": "0.1.0"},
-                    "page": {"url": page_url, "referrer": if source == "google" { "https://www.google.com/" } else { "" }},
-                });
-                if !source.is_empty() {
-                    context["campaign"] =
-                        json!({"source": source, "medium": medium, "name": "autumn-sale"});
-                }
-                obj.insert("context".into(), context);
-                out.push(e);
-                *t += Duration::seconds(rng.random_range(8..150));
-            };
-            let home = format!("https://{BRAND_DOMAIN}/");
-            emit(
-                &mut rng,
-                &mut t,
-                user_id.as_deref(),
-                json!({"type": "page", "name": "Home", "properties": {"url": home, "path": "/", "title": BRAND_NAME}}),
-            );
-            // Interest: a category, sometimes via search.
-            let mut focus = rng.random_range(0..products.len());
-            if let Some(p) = opts.viral(day) {
-                if p < products.len() && rng.random_bool(0.33) {
-                    focus = p;
-                }
-            }
-            if rng.random_bool(0.35) {
-                let q = products[focus].category.to_ascii_lowercase();
-                emit(
-                    &mut rng,
-                    &mut t,
-                    user_id.as_deref(),
-                    json!({"type": "track", "event": SegmentEvent::ProductsSearched.as_str(), "properties": {"query": q}}),
-                );
-            }
-            if rng.random_bool(0.18) {
-                continue; // bounced
-            }
-            let similar: Vec<&DemoProduct> = products
-                .iter()
-                .filter(|p| p.category == products[focus].category)
-                .collect();
-            let n_views = rng.random_range(1..=3.min(similar.len()));
-            let mut viewed = Vec::new();
-            for i in 0..n_views {
-                let p = similar[(focus + i) % similar.len()];
-                viewed.push(p);
-                let path = p
-                    .url
-                    .trim_start_matches(&format!("https://{BRAND_DOMAIN}"))
-                    .to_string();
-                emit(
-                    &mut rng,
-                    &mut t,
-                    user_id.as_deref(),
-                    json!({"type": "page", "name": "Product", "properties": {"url": p.url, "path": path, "title": p.name}}),
-                );
-                emit(
-                    &mut rng,
-                    &mut t,
-                    user_id.as_deref(),
-                    json!({"type": "track", "event": SegmentEvent::ProductViewed.as_str(), "properties": product_props(p, 1)}),
-                );
-            }
-            if !rng.random_bool(if device == "mobile" { 0.30 } else { 0.36 }) {
-                continue;
-            }
-            let chosen = viewed[rng.random_range(0..viewed.len())];
-            let qty = if rng.random_bool(0.85) { 1 } else { 2 };
-            emit(
-                &mut rng,
-                &mut t,
-                user_id.as_deref(),
-                json!({"type": "track", "event": SegmentEvent::ProductAdded.as_str(), "properties": product_props(chosen, qty)}),
-            );
-            let mut cart = vec![(chosen, qty)];
-            if rng.random_bool(0.25) {
-                let acc = &products[rng.random_range(10..15)];
-                emit(
-                    &mut rng,
-                    &mut t,
-                    user_id.as_deref(),
-                    json!({"type": "track", "event": SegmentEvent::ProductAdded.as_str(), "properties": product_props(acc, 1)}),
-                );
-                cart.push((acc, 1));
-            }
-            emit(
-                &mut rng,
-                &mut t,
-                user_id.as_deref(),
-                json!({"type": "track", "event": SegmentEvent::CartViewed.as_str(), "properties": {"products": cart.iter().map(|(p, q)| product_props(p, *q)).collect::<Vec<_>>()}}),
-            );
-            if !rng.random_bool(0.62) {
-                continue;
-            }
-            let total: f64 = cart.iter().map(|(p, q)| p.price * f64::from(*q)).sum();
-            emit(
-                &mut rng,
-                &mut t,
-                user_id.as_deref(),
-                json!({"type": "track", "event": SegmentEvent::CheckoutStarted.as_str(), "properties": {"value": total, "currency": "USD", "products": cart.iter().map(|(p, q)| product_props(p, *q)).collect::<Vec<_>>()}}),
-            );
-            if user_id.is_none() {
-                let uid = format!("user-{v:06}");
-                user_id = Some(uid.clone());
-                emit(
-                    &mut rng,
-                    &mut t,
-                    user_id.as_deref(),
-                    json!({"type": "identify", "traits": {"email_domain": "example.com", "plan": "guest"}}),
-                );
-            }
-            emit(
-                &mut rng,
-                &mut t,
-                user_id.as_deref(),
-                json!({"type": "track", "event": SegmentEvent::CheckoutStepViewed.as_str(), "properties": {"step": 2, "shipping_method": "standard"}}),
-            );
-            if !rng.random_bool(0.75) {
-                continue;
-            }
-            emit(
-                &mut rng,
-                &mut t,
-                user_id.as_deref(),
-                json!({"type": "track", "event": SegmentEvent::PaymentInfoEntered.as_str(), "properties": {"step": 3, "payment_method": "card"}}),
-            );
-            if opts.payment_outage(day, device) && !rng.random_bool(0.08) {
-                // Declined, retried, declined again: the shopper gives up.
-                for _ in 0..rng.random_range(2..=3) {
-                    emit(
-                        &mut rng,
-                        &mut t,
-                        user_id.as_deref(),
-                        json!({"type": "track", "event": "Payment Failed", "properties": {"reason": "processor_error"}}),
-                    );
-                }
-                continue;
-            }
-            if !rng.random_bool(0.85) {
-                emit(
-                    &mut rng,
-                    &mut t,
-                    user_id.as_deref(),
-                    json!({"type": "track", "event": "Payment Failed", "properties": {"reason": "card_declined"}}),
-                );
-                continue;
-            }
-            let order_id = format!("ord-{}-{v:06}-{day}", opts.seed);
-            emit(
-                &mut rng,
-                &mut t,
-                user_id.as_deref(),
-                json!({"type": "track", "event": SegmentEvent::OrderCompleted.as_str(), "properties": {
-                "order_id": order_id, "total": total, "revenue": total, "currency": "USD",
-                "products": cart.iter().map(|(p, q)| product_props(p, *q)).collect::<Vec<_>>()}}),
-            );
+        Self {
+            index,
+            anon,
+            device,
+            source,
+            medium,
+            ua,
+            user_id: None,
         }
     }
-    out
+}
+
+/// When a visit on `day` (of the range) starts: an hour drawn from
+/// [`HOUR_WEIGHTS`] (traffic peaks in the evening) and a random second.
+fn visit_start(rng: &mut StdRng, opts: &GenerateOptions, day: u32) -> Option<DateTime<Utc>> {
+    let date = opts
+        .first_day
+        .checked_add_days(chrono::Days::new(u64::from(day)))?;
+    let start = date.and_hms_opt(0, 0, 0)?;
+    let hour = pick_index(rng, &HOUR_WEIGHTS) as i64;
+    Some(start.and_utc() + Duration::hours(hour) + Duration::seconds(rng.random_range(0..3600)))
+}
+
+/// The events generated so far, with what every visit draws from.
+struct Stream<'a> {
+    opts: &'a GenerateOptions,
+    products: &'a [DemoProduct],
+    /// Events emitted so far (numbers the message ids).
+    msg: u64,
+    out: Vec<Value>,
+}
+
+impl<'a> Stream<'a> {
+    /// Add one event of `visitor` at `t` (with its message id, identity,
+    /// time and context), then move `t` on by a few seconds to minutes.
+    fn emit(&mut self, rng: &mut StdRng, t: &mut DateTime<Utc>, visitor: &Visitor, body: Value) {
+        self.msg += 1;
+        let mut e = body;
+        let page_url = e
+            .get("properties")
+            .and_then(|p| p.get("url"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let Some(obj) = e.as_object_mut() else { return };
+        obj.insert(
+            "messageId".into(),
+            json!(format!("demo-{}-{:09}", self.opts.seed, self.msg)),
+        );
+        obj.insert("anonymousId".into(), json!(visitor.anon));
+        if let Some(u) = visitor.user_id.as_deref() {
+            obj.insert("userId".into(), json!(u));
+        }
+        obj.insert(
+            "timestamp".into(),
+            json!(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        );
+        let source = visitor.source;
+        let mut context = json!({
+            "userAgent": visitor.ua,
+            "device": {"type": visitor.device},
+            "library": {"name": "crow.js", "version": "0.1.0"},
+            "page": {"url": page_url, "referrer": if source == "google" { "https://www.google.com/" } else { "" }},
+        });
+        if !source.is_empty() {
+            context["campaign"] =
+                json!({"source": source, "medium": visitor.medium, "name": "autumn-sale"});
+        }
+        obj.insert("context".into(), context);
+        self.out.push(e);
+        *t += Duration::seconds(rng.random_range(8..150));
+    }
+
+    /// One visit on `day` from `t`: the home page, an interest (sometimes
+    /// searched), product views, and for some a cart and a checkout.
+    fn visit(&mut self, rng: &mut StdRng, visitor: &mut Visitor, day: u32, mut t: DateTime<Utc>) {
+        let products = self.products;
+        let home = format!("https://{BRAND_DOMAIN}/");
+        self.emit(
+            rng,
+            &mut t,
+            visitor,
+            json!({"type": "page", "name": "Home", "properties": {"url": home, "path": "/", "title": BRAND_NAME}}),
+        );
+        // Interest: a category, sometimes via search.
+        let mut focus = rng.random_range(0..products.len());
+        if let Some(p) = self.opts.viral(day) {
+            if p < products.len() && rng.random_bool(0.33) {
+                focus = p;
+            }
+        }
+        if rng.random_bool(0.35) {
+            let q = products[focus].category.to_ascii_lowercase();
+            self.emit(
+                rng,
+                &mut t,
+                visitor,
+                json!({"type": "track", "event": SegmentEvent::ProductsSearched.as_str(), "properties": {"query": q}}),
+            );
+        }
+        if rng.random_bool(0.18) {
+            return; // bounced
+        }
+        let viewed = self.view_products(rng, &mut t, visitor, focus);
+        if !rng.random_bool(if visitor.device == "mobile" {
+            0.30
+        } else {
+            0.36
+        }) {
+            return;
+        }
+        let cart = self.fill_cart(rng, &mut t, visitor, &viewed);
+        if !rng.random_bool(0.62) {
+            return;
+        }
+        self.check_out(rng, &mut t, visitor, day, &cart);
+    }
+
+    /// One to three products of the focus product's category viewed (a
+    /// page and a `Product Viewed` each); returns them.
+    fn view_products(
+        &mut self,
+        rng: &mut StdRng,
+        t: &mut DateTime<Utc>,
+        visitor: &Visitor,
+        focus: usize,
+    ) -> Vec<&'a DemoProduct> {
+        let products = self.products;
+        let similar: Vec<&DemoProduct> = products
+            .iter()
+            .filter(|p| p.category == products[focus].category)
+            .collect();
+        let n_views = rng.random_range(1..=3.min(similar.len()));
+        let mut viewed = Vec::new();
+        for i in 0..n_views {
+            let p = similar[(focus + i) % similar.len()];
+            viewed.push(p);
+            let path = p
+                .url
+                .trim_start_matches(&format!("https://{BRAND_DOMAIN}"))
+                .to_string();
+            self.emit(
+                rng,
+                t,
+                visitor,
+                json!({"type": "page", "name": "Product", "properties": {"url": p.url, "path": path, "title": p.name}}),
+            );
+            self.emit(
+                rng,
+                t,
+                visitor,
+                json!({"type": "track", "event": SegmentEvent::ProductViewed.as_str(), "properties": product_props(p, 1)}),
+            );
+        }
+        viewed
+    }
+
+    /// One viewed product added (sometimes twice), sometimes an accessory
+    /// too, then the cart viewed; returns the cart (product, quantity).
+    fn fill_cart(
+        &mut self,
+        rng: &mut StdRng,
+        t: &mut DateTime<Utc>,
+        visitor: &Visitor,
+        viewed: &[&'a DemoProduct],
+    ) -> Vec<(&'a DemoProduct, u32)> {
+        let chosen = viewed[rng.random_range(0..viewed.len())];
+        let qty = if rng.random_bool(0.85) { 1 } else { 2 };
+        self.emit(
+            rng,
+            t,
+            visitor,
+            json!({"type": "track", "event": SegmentEvent::ProductAdded.as_str(), "properties": product_props(chosen, qty)}),
+        );
+        let mut cart = vec![(chosen, qty)];
+        if rng.random_bool(0.25) {
+            let acc = &self.products[rng.random_range(10..15)];
+            self.emit(
+                rng,
+                t,
+                visitor,
+                json!({"type": "track", "event": SegmentEvent::ProductAdded.as_str(), "properties": product_props(acc, 1)}),
+            );
+            cart.push((acc, 1));
+        }
+        self.emit(
+            rng,
+            t,
+            visitor,
+            json!({"type": "track", "event": SegmentEvent::CartViewed.as_str(), "properties": {"products": cart.iter().map(|(p, q)| product_props(p, *q)).collect::<Vec<_>>()}}),
+        );
+        cart
+    }
+
+    /// The checkout of `cart`: started, the visitor identifies (once),
+    /// shipping, payment, and — unless the payment fails (always mostly
+    /// during a mobile payment outage) — the order.
+    fn check_out(
+        &mut self,
+        rng: &mut StdRng,
+        t: &mut DateTime<Utc>,
+        visitor: &mut Visitor,
+        day: u32,
+        cart: &[(&DemoProduct, u32)],
+    ) {
+        let total: f64 = cart.iter().map(|(p, q)| p.price * f64::from(*q)).sum();
+        self.emit(
+            rng,
+            t,
+            visitor,
+            json!({"type": "track", "event": SegmentEvent::CheckoutStarted.as_str(), "properties": {"value": total, "currency": "USD", "products": cart.iter().map(|(p, q)| product_props(p, *q)).collect::<Vec<_>>()}}),
+        );
+        let v = visitor.index;
+        if visitor.user_id.is_none() {
+            visitor.user_id = Some(format!("user-{v:06}"));
+            self.emit(
+                rng,
+                t,
+                visitor,
+                json!({"type": "identify", "traits": {"email_domain": "example.com", "plan": "guest"}}),
+            );
+        }
+        self.emit(
+            rng,
+            t,
+            visitor,
+            json!({"type": "track", "event": SegmentEvent::CheckoutStepViewed.as_str(), "properties": {"step": 2, "shipping_method": "standard"}}),
+        );
+        if !rng.random_bool(0.75) {
+            return;
+        }
+        self.emit(
+            rng,
+            t,
+            visitor,
+            json!({"type": "track", "event": SegmentEvent::PaymentInfoEntered.as_str(), "properties": {"step": 3, "payment_method": "card"}}),
+        );
+        if self.opts.payment_outage(day, visitor.device) && !rng.random_bool(0.08) {
+            // Declined, retried, declined again: the shopper gives up.
+            for _ in 0..rng.random_range(2..=3) {
+                self.emit(
+                    rng,
+                    t,
+                    visitor,
+                    json!({"type": "track", "event": "Payment Failed", "properties": {"reason": "processor_error"}}),
+                );
+            }
+            return;
+        }
+        if !rng.random_bool(0.85) {
+            self.emit(
+                rng,
+                t,
+                visitor,
+                json!({"type": "track", "event": "Payment Failed", "properties": {"reason": "card_declined"}}),
+            );
+            return;
+        }
+        let order_id = format!("ord-{}-{v:06}-{day}", self.opts.seed);
+        self.emit(
+            rng,
+            t,
+            visitor,
+            json!({"type": "track", "event": SegmentEvent::OrderCompleted.as_str(), "properties": {
+            "order_id": order_id, "total": total, "revenue": total, "currency": "USD",
+            "products": cart.iter().map(|(p, q)| product_props(p, *q)).collect::<Vec<_>>()}}),
+        );
+    }
 }
 
 /// Relative traffic by hour of day (UTC).

@@ -23,7 +23,7 @@ use crow_lake::Lake;
 use sha2::{Digest, Sha256};
 
 use crate::normalize::{normalize_json, Defaults, NormalizeContext};
-use crow_schemas::rows::{FailedEventRow, FailureSource};
+use crow_schemas::rows::{FailedEventRow, FailureCode, FailureSource};
 
 /// What importing one file did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -94,7 +94,7 @@ pub async fn import_bytes(
     name: &str,
     data: &[u8],
     progress: &(dyn Fn(u64) + Sync),
-) -> Result<ImportReport, ImportError> {
+) -> crate::Result<ImportReport> {
     let started = std::time::Instant::now();
     let sha = hex::encode(Sha256::digest(data));
     let app_id = format!("import:{}:{sha}", opts.org_id);
@@ -196,7 +196,7 @@ impl Chunk {
                 self.ends.push(self.buf.len());
             }
             Err(r) => {
-                let message_id = (r.code != "too_deep")
+                let message_id = (r.code != FailureCode::TooDeep)
                     .then(|| serde_json::from_str::<MessageIdOnly>(text).ok())
                     .flatten()
                     .and_then(|m| m.message_id);

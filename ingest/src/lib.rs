@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod channels;
+pub mod error;
 pub mod flush;
 pub mod generate;
 pub mod import;
@@ -22,4 +23,5 @@ pub mod server;
 pub mod service;
 pub mod wal;
 
+pub use error::{Error, ErrorKind, Result};
 pub use service::Collector;

@@ -17,6 +17,7 @@
 use std::borrow::Cow;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use crow_schemas::rows::FailureCode;
 use crow_schemas::time::days_from_time;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -35,13 +36,13 @@ pub const MAX_DEPTH: usize = 128;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Rejection {
     /// Stable machine-readable code.
-    pub code: &'static str,
+    pub code: FailureCode,
     /// Human-readable reason.
     pub reason: String,
 }
 
 impl Rejection {
-    fn new(code: &'static str, reason: impl Into<String>) -> Self {
+    fn new(code: FailureCode, reason: impl Into<String>) -> Self {
         Self {
             code,
             reason: reason.into(),
@@ -369,7 +370,7 @@ impl<'de> Deserialize<'de> for Members<'de> {
 }
 
 fn members(text: &str) -> Result<Members<'_>, Rejection> {
-    serde_json::from_str(text).map_err(|e| Rejection::new("invalid_json", e.to_string()))
+    serde_json::from_str(text).map_err(|e| Rejection::new(FailureCode::InvalidJson, e.to_string()))
 }
 
 /// Write an object of `(key, raw value)` members: keys in their order,
@@ -545,20 +546,23 @@ pub fn normalize_json<'a>(
     ctx: &'a NormalizeContext<'_>,
 ) -> Result<RawWebEventRow<'a>, Rejection> {
     if nested_deeper_than(text, MAX_DEPTH) {
-        return Err(Rejection::new("too_deep", "the event is nested too deeply"));
+        return Err(Rejection::new(
+            FailureCode::TooDeep,
+            "the event is nested too deeply",
+        ));
     }
     if !text.trim_ascii_start().starts_with('{') {
         return Err(Rejection::new(
-            "not_an_object",
+            FailureCode::NotAnObject,
             "an event must be a JSON object",
         ));
     }
     if has_surrogate_escape(text) {
         serde_json::from_str::<Value>(text)
-            .map_err(|e| Rejection::new("invalid_json", e.to_string()))?;
+            .map_err(|e| Rejection::new(FailureCode::InvalidJson, e.to_string()))?;
     }
-    let (fields, _) =
-        pick(text, &EVENT_KEYS).map_err(|e| Rejection::new("invalid_json", e.to_string()))?;
+    let (fields, _) = pick(text, &EVENT_KEYS)
+        .map_err(|e| Rejection::new(FailureCode::InvalidJson, e.to_string()))?;
     match defaults.context.map(|c| Raw(c).scalar()) {
         Some(Scalar::Object(batch)) => {
             // The batch's context fills in the event's: merge, then read the
@@ -620,7 +624,7 @@ fn build<'a>(
             .copied()
             .ok_or_else(|| {
                 Rejection::new(
-                    "invalid_type",
+                    FailureCode::InvalidType,
                     format!("`type` must be one of {}", TYPES.join(", ")),
                 )
             })?,
@@ -628,27 +632,37 @@ fn build<'a>(
             .iter()
             .find(|k| k.eq_ignore_ascii_case(d))
             .copied()
-            .ok_or_else(|| Rejection::new("invalid_type", format!("unknown type {d:?}")))?,
+            .ok_or_else(|| {
+                Rejection::new(FailureCode::InvalidType, format!("unknown type {d:?}"))
+            })?,
         (None | Some(Scalar::Null), None) => {
-            return Err(Rejection::new("missing_type", "`type` is required"))
+            return Err(Rejection::new(
+                FailureCode::MissingType,
+                "`type` is required",
+            ))
         }
-        (Some(_), _) => return Err(Rejection::new("invalid_type", "`type` must be a string")),
+        (Some(_), _) => {
+            return Err(Rejection::new(
+                FailureCode::InvalidType,
+                "`type` must be a string",
+            ))
+        }
     };
     let text = |key: &str, raw: Option<Raw<'a>>, max: usize| -> Result<Text<'a>, Rejection> {
         match raw.map(Raw::scalar) {
             None | Some(Scalar::Null) => Ok(None),
             Some(Scalar::Str(s)) if s.is_empty() => Ok(None),
             Some(Scalar::Str(s)) if s.len() > max => Err(Rejection::new(
-                "field_too_long",
+                FailureCode::FieldTooLong,
                 format!("`{key}` is longer than {max} bytes"),
             )),
             Some(Scalar::Str(s)) => Ok(Some(s)),
             // Segment accepts numeric ids and stringifies them.
-            Some(Scalar::Num(n)) => number_text(n)
-                .map(Some)
-                .ok_or_else(|| Rejection::new("invalid_json", format!("`{key}` is out of range"))),
+            Some(Scalar::Num(n)) => number_text(n).map(Some).ok_or_else(|| {
+                Rejection::new(FailureCode::InvalidJson, format!("`{key}` is out of range"))
+            }),
             Some(_) => Err(Rejection::new(
-                "invalid_field",
+                FailureCode::InvalidField,
                 format!("`{key}` must be a string"),
             )),
         }
@@ -658,7 +672,7 @@ fn build<'a>(
     let user_id = text("userId", user_id, 512)?;
     if anonymous_id.is_none() && user_id.is_none() {
         return Err(Rejection::new(
-            "missing_identity",
+            FailureCode::MissingIdentity,
             "`anonymousId` or `userId` is required",
         ));
     }
@@ -669,17 +683,20 @@ fn build<'a>(
     let previous_id = text("previousId", previous_id, ANY)?;
     match kind {
         "track" if event_name.is_none() => {
-            return Err(Rejection::new("missing_field", "track events need `event`"))
+            return Err(Rejection::new(
+                FailureCode::MissingField,
+                "track events need `event`",
+            ))
         }
         "group" if group_id.is_none() => {
             return Err(Rejection::new(
-                "missing_field",
+                FailureCode::MissingField,
                 "group calls need `groupId`",
             ))
         }
         "alias" if previous_id.is_none() || user_id.is_none() => {
             return Err(Rejection::new(
-                "missing_field",
+                FailureCode::MissingField,
                 "alias calls need `previousId` and `userId`",
             ))
         }
@@ -690,7 +707,7 @@ fn build<'a>(
             None | Some(Scalar::Null) => Ok(None),
             Some(Scalar::Object(t)) => Ok(Some(t)),
             Some(_) => Err(Rejection::new(
-                "invalid_field",
+                FailureCode::InvalidField,
                 format!("`{key}` must be an object"),
             )),
         }
@@ -705,12 +722,12 @@ fn build<'a>(
             None | Some(Scalar::Null) => Ok(None),
             Some(Scalar::Str(s)) => parse_time(&s).map(Some).ok_or_else(|| {
                 Rejection::new(
-                    "invalid_timestamp",
+                    FailureCode::InvalidTimestamp,
                     format!("`{key}` is not an ISO-8601 time: {s:?}"),
                 )
             }),
             Some(_) => Err(Rejection::new(
-                "invalid_timestamp",
+                FailureCode::InvalidTimestamp,
                 format!("`{key}` must be an ISO-8601 string"),
             )),
         }
@@ -721,7 +738,7 @@ fn build<'a>(
     let mut occurred = match (original, sent_at) {
         (Some(t), Some(s)) => received.checked_sub_signed(s - t).ok_or_else(|| {
             Rejection::new(
-                "invalid_timestamp",
+                FailureCode::InvalidTimestamp,
                 "`timestamp` and `sentAt` are too far apart",
             )
         })?,
@@ -739,9 +756,8 @@ fn build<'a>(
     };
 
     let ([ip, user_agent, device, campaign, page], context_repeats) = match context {
-        Some(c) => {
-            pick(c, &CONTEXT_KEYS).map_err(|e| Rejection::new("invalid_json", e.to_string()))?
-        }
+        Some(c) => pick(c, &CONTEXT_KEYS)
+            .map_err(|e| Rejection::new(FailureCode::InvalidJson, e.to_string()))?,
         None => ([None; 5], false),
     };
     let ([device_type], _) = pick_in(device, &["type"]);
@@ -752,9 +768,8 @@ fn build<'a>(
         [p_product_id, p_sku, p_name, p_price, p_quantity, p_category, p_currency, p_order_id, p_revenue, p_total, p_url, p_path, p_referrer, p_title],
         _,
     ) = match properties {
-        Some(p) => {
-            pick(p, &PROPERTY_KEYS).map_err(|e| Rejection::new("invalid_json", e.to_string()))?
-        }
+        Some(p) => pick(p, &PROPERTY_KEYS)
+            .map_err(|e| Rejection::new(FailureCode::InvalidJson, e.to_string()))?,
         None => ([None; 14], false),
     };
     let strip = |u: Text<'a>| u.map(|u| strip_query_cow(u, ctx.strip_query_params));
@@ -1142,19 +1157,31 @@ mod tests {
     fn invalid_events_say_why() {
         let c = ctx("2026-01-01T00:00:00Z");
         let cases = [
-            (json!([1]), "not_an_object"),
-            (json!({"type":"track","anonymousId":"a"}), "missing_field"),
-            (json!({"type":"track","event":"x"}), "missing_identity"),
-            (json!({"type":"bogus","userId":"u"}), "invalid_type"),
+            (json!([1]), FailureCode::NotAnObject),
+            (
+                json!({"type":"track","anonymousId":"a"}),
+                FailureCode::MissingField,
+            ),
+            (
+                json!({"type":"track","event":"x"}),
+                FailureCode::MissingIdentity,
+            ),
+            (
+                json!({"type":"bogus","userId":"u"}),
+                FailureCode::InvalidType,
+            ),
             (
                 json!({"type":"page","userId":"u","timestamp":"yesterday"}),
-                "invalid_timestamp",
+                FailureCode::InvalidTimestamp,
             ),
             (
                 json!({"type":"page","userId":"u","properties":[1]}),
-                "invalid_field",
+                FailureCode::InvalidField,
             ),
-            (json!({"type":"alias","userId":"u"}), "missing_field"),
+            (
+                json!({"type":"alias","userId":"u"}),
+                FailureCode::MissingField,
+            ),
         ];
         for (e, code) in cases {
             assert_eq!(normalize(&e, None, &c).unwrap_err().code, code, "{e}");
@@ -1283,7 +1310,7 @@ mod tests {
             normalize_json(&event, &Defaults::default(), &c)
                 .unwrap_err()
                 .code,
-            "too_deep"
+            FailureCode::TooDeep
         );
         // A repeated key: the last one wins.
         let r = normalize_json(
@@ -1324,7 +1351,7 @@ mod tests {
         ] {
             assert_eq!(
                 normalize_json(text, &d, &c).unwrap_err().code,
-                "invalid_json",
+                FailureCode::InvalidJson,
                 "{text}"
             );
         }
@@ -1347,7 +1374,7 @@ mod tests {
             normalize_json(r#"{"type":"page","userId":1e400}"#, &d, &c)
                 .unwrap_err()
                 .code,
-            "invalid_json"
+            FailureCode::InvalidJson
         );
         // Times so far apart that the skew correction overflows: refused, no panic.
         assert_eq!(
@@ -1358,7 +1385,7 @@ mod tests {
             )
             .unwrap_err()
             .code,
-            "invalid_timestamp"
+            FailureCode::InvalidTimestamp
         );
     }
 

@@ -36,9 +36,9 @@ use tokio::sync::RwLock;
 
 use crate::channels;
 use crate::metrics::Metrics;
-use crate::normalize::{hash_ip, normalize_json, Defaults, NormalizeContext};
+use crate::normalize::{hash_ip, normalize_json, Defaults, NormalizeContext, Rejection};
 use crate::wal::{RowFormat, Wal, WalBatch, WalError, WalTable};
-use crow_schemas::rows::{FailedEventRow, FailureSource};
+use crow_schemas::rows::{FailedEventRow, FailureCode, FailureSource};
 
 /// The browser SDK, served at `/sdk/crow.js`.
 pub const SDK_JS: &str = include_str!("../sdk/crow.js");
@@ -453,7 +453,7 @@ struct Rejected {
     index: usize,
     #[serde(rename = "messageId", skip_serializing_if = "Option::is_none")]
     message_id: Option<String>,
-    code: &'static str,
+    code: FailureCode,
     reason: String,
 }
 
@@ -517,38 +517,89 @@ fn respond(accepted: usize, rejected: Vec<Rejected>, single: bool) -> Response {
         .into_response()
 }
 
+/// What a request's items became: WAL records (accepted rows, and a
+/// `failed_events` row per rejected item), and the answer's counts.
 struct Prepared {
     records: WalBatch,
     accepted: usize,
     rejected: Vec<Rejected>,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn push_failed(
-    records: &mut WalBatch,
-    org: &str,
-    channel: &str,
-    message_id: Option<String>,
-    code: &'static str,
-    reason: &str,
-    payload: &str,
+/// The items of one request to one organization on one channel, as they
+/// are accepted or rejected.
+struct Intake<'a> {
+    state: &'a IngestState,
+    org: &'a str,
+    channel: &'static str,
     now: DateTime<Utc>,
-) {
-    let row = FailedEventRow::new(
-        crow_lake::ids::new_id("fail"),
-        FailureSource::Collector,
-        code,
-        reason,
-        now,
-    )
-    .with_org(org)
-    .with_channel(channel)
-    .with_message_id(message_id)
-    .with_payload(payload);
-    // Serialising a struct of strings and numbers into memory cannot fail.
-    let _ = records.push_with(WalTable::FailedEvents, RowFormat::Json, |buf| {
-        serde_json::to_writer(buf, &row)
-    });
+    out: Prepared,
+}
+
+impl<'a> Intake<'a> {
+    fn new(
+        state: &'a IngestState,
+        org: &'a str,
+        channel: &'static str,
+        now: DateTime<Utc>,
+        records: WalBatch,
+    ) -> Self {
+        Self {
+            state,
+            org,
+            channel,
+            now,
+            out: Prepared {
+                records,
+                accepted: 0,
+                rejected: Vec::new(),
+            },
+        }
+    }
+
+    /// Item `index` (its message id, if known, and its `payload` as
+    /// received) was rejected for `r`: counted, recorded in
+    /// `failed_events`, and listed in the answer.
+    fn reject(&mut self, index: usize, message_id: Option<String>, r: Rejection, payload: &str) {
+        self.state
+            .metrics
+            .events_rejected
+            .inc_by(r.code.as_str(), 1);
+        let row = FailedEventRow::new(
+            crow_lake::ids::new_id("fail"),
+            FailureSource::Collector,
+            r.code,
+            r.reason.as_str(),
+            self.now,
+        )
+        .with_org(self.org)
+        .with_channel(self.channel)
+        .with_message_id(message_id.clone())
+        .with_payload(payload);
+        // Serialising a struct of strings and numbers into memory cannot fail.
+        let _ = self
+            .out
+            .records
+            .push_with(WalTable::FailedEvents, RowFormat::Json, |buf| {
+                serde_json::to_writer(buf, &row)
+            });
+        self.out.rejected.push(Rejected {
+            index,
+            message_id,
+            code: r.code,
+            reason: r.reason,
+        });
+    }
+
+    /// The records and counts, the accepted items counted.
+    fn finish(self) -> Prepared {
+        if self.out.accepted > 0 {
+            self.state
+                .metrics
+                .events_accepted
+                .inc_by(self.channel, self.out.accepted as u64);
+        }
+        self.out
+    }
 }
 
 fn prepare_web(
@@ -567,18 +618,15 @@ fn prepare_web(
         ip_salt: &state.ip_salt,
     };
     let bytes: usize = events.iter().map(|e| e.get().len()).sum();
-    let mut out = Prepared {
-        records: WalBatch::with_capacity(bytes + events.len() * 256),
-        accepted: 0,
-        rejected: Vec::new(),
-    };
+    let records = WalBatch::with_capacity(bytes + events.len() * 256);
+    let mut intake = Intake::new(state, org, "web", now, records);
     for (index, raw) in events.iter().enumerate() {
         let text = raw.get();
         // The batch's context is part of every event it fills in.
         let size = text.len() + defaults.context.map_or(0, str::len);
         let result = if size > state.cfg.max_event_bytes {
-            Err(crate::normalize::Rejection {
-                code: "event_too_large",
+            Err(Rejection {
+                code: FailureCode::EventTooLarge,
                 reason: format!(
                     "the event is larger than {} bytes",
                     state.cfg.max_event_bytes
@@ -589,50 +637,30 @@ fn prepare_web(
         };
         match result {
             Ok(row) => {
-                let _ = out
-                    .records
-                    .push_with(WalTable::RawWebEvents, RowFormat::Binary, |buf| {
+                let _ = intake.out.records.push_with(
+                    WalTable::RawWebEvents,
+                    RowFormat::Binary,
+                    |buf| {
                         row.encode(buf);
                         Ok::<(), std::convert::Infallible>(())
-                    });
-                out.accepted += 1;
+                    },
+                );
+                intake.out.accepted += 1;
             }
             Err(r) => {
-                state.metrics.events_rejected.inc_by(r.code, 1);
                 // The message id, when the event is an object that has one
                 // (an oversized event too: SDKs match rejections by it; the
                 // rest of it is skipped unparsed, and the request's size is
                 // bounded already).
-                let message_id = (r.code != "too_deep")
+                let message_id = (r.code != FailureCode::TooDeep)
                     .then(|| serde_json::from_str::<MessageIdOnly>(text).ok())
                     .flatten()
                     .and_then(|m| m.message_id);
-                push_failed(
-                    &mut out.records,
-                    org,
-                    "web",
-                    message_id.clone(),
-                    r.code,
-                    &r.reason,
-                    text,
-                    now,
-                );
-                out.rejected.push(Rejected {
-                    index,
-                    message_id,
-                    code: r.code,
-                    reason: r.reason,
-                });
+                intake.reject(index, message_id, r, text);
             }
         }
     }
-    if out.accepted > 0 {
-        state
-            .metrics
-            .events_accepted
-            .inc_by("web", out.accepted as u64);
-    }
-    out
+    intake.finish()
 }
 
 /// Only the message id of an event (every other field is skipped unparsed).
@@ -859,9 +887,7 @@ async fn other_channel(
             format!("`{list_key}` must be an array"),
         ));
     };
-    let mut records = WalBatch::default();
-    let mut accepted = 0;
-    let mut rejected = Vec::new();
+    let mut intake = Intake::new(&state, &org, channel, now, WalBatch::default());
     for (index, item) in items.iter().enumerate() {
         let row = match channel {
             "social" => {
@@ -871,11 +897,10 @@ async fn other_channel(
         };
         match row {
             Ok(json) => {
-                records.push_json(table, &json);
-                accepted += 1;
+                intake.out.records.push_json(table, &json);
+                intake.out.accepted += 1;
             }
             Err(r) => {
-                state.metrics.events_rejected.inc_by(r.code, 1);
                 let id = item
                     .get(if channel == "social" {
                         "capture_id"
@@ -884,33 +909,13 @@ async fn other_channel(
                     })
                     .and_then(Value::as_str)
                     .map(str::to_string);
-                push_failed(
-                    &mut records,
-                    &org,
-                    channel,
-                    id.clone(),
-                    r.code,
-                    &r.reason,
-                    &item.to_string(),
-                    now,
-                );
-                rejected.push(Rejected {
-                    index,
-                    message_id: id,
-                    code: r.code,
-                    reason: r.reason,
-                });
+                intake.reject(index, id, r, &item.to_string());
             }
         }
     }
-    if accepted > 0 {
-        state
-            .metrics
-            .events_accepted
-            .inc_by(channel, accepted as u64);
-    }
-    commit(&state, records, started).await?;
-    Ok(respond(accepted, rejected, false))
+    let prepared = intake.finish();
+    commit(&state, prepared.records, started).await?;
+    Ok(respond(prepared.accepted, prepared.rejected, false))
 }
 
 /// Answer 408 when a request (including reading its body) takes over 30 s.
@@ -922,9 +927,9 @@ async fn request_timeout(req: axum::extract::Request, next: axum::middleware::Ne
     }
 }
 
-fn encode<T: Serialize>(row: &T) -> Result<Vec<u8>, crate::normalize::Rejection> {
-    serde_json::to_vec(row).map_err(|e| crate::normalize::Rejection {
-        code: "internal",
+fn encode<T: Serialize>(row: &T) -> Result<Vec<u8>, Rejection> {
+    serde_json::to_vec(row).map_err(|e| Rejection {
+        code: FailureCode::Internal,
         reason: format!("could not encode the row: {e}"),
     })
 }

@@ -40,9 +40,9 @@ pub fn wal_dir(cfg: &IngestConfig, lake: &Lake) -> PathBuf {
 /// The salt IPs are hashed with: `ingest.ip_salt`, or the one kept in the
 /// WAL folder (made on first use), so hashes stay comparable across
 /// restarts and with `crow import`.
-pub fn ip_salt(cfg: &IngestConfig, wal_dir: &Path) -> std::io::Result<String> {
+pub fn ip_salt(cfg: &IngestConfig, wal_dir: &Path) -> crate::Result<String> {
     if cfg.ip_salt.is_empty() {
-        load_or_create_salt(wal_dir)
+        Ok(load_or_create_salt(wal_dir)?)
     } else {
         Ok(cfg.ip_salt.expose().to_string())
     }
@@ -55,7 +55,7 @@ impl Collector {
         lake: Lake,
         cfg: IngestConfig,
         wal_dir: PathBuf,
-    ) -> std::io::Result<Collector> {
+    ) -> crate::Result<Collector> {
         let ip_salt = ip_salt(&cfg, &wal_dir)?;
         let collector_id =
             load_or_create(&wal_dir, "collector-id", || crow_lake::ids::new_id("col"))?;
@@ -99,7 +99,7 @@ impl Collector {
     /// the benchmarks, which drive it over real HTTP from the same process).
     pub async fn serve_on_loopback(
         &self,
-    ) -> std::io::Result<(
+    ) -> crate::Result<(
         std::net::SocketAddr,
         tokio::task::JoinHandle<std::io::Result<()>>,
     )> {

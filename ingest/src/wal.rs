@@ -164,6 +164,21 @@ pub enum WalError {
     Unavailable(String),
 }
 
+impl WalError {
+    fn writer_stopped() -> Self {
+        WalError::Unavailable("the WAL writer stopped".into())
+    }
+}
+
+/// The writer's answer to a request: done once fsync'd (or sealed).
+async fn writer_answer(done: oneshot::Receiver<Result<(), String>>) -> Result<(), WalError> {
+    match done.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(WalError::Unavailable(e)),
+        Err(_) => Err(WalError::writer_stopped()),
+    }
+}
+
 /// WAL settings.
 #[derive(Debug, Clone)]
 pub struct WalOptions {
@@ -294,15 +309,9 @@ impl Wal {
         }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(WalError::Backpressure),
-            Err(TrySendError::Disconnected(_)) => {
-                return Err(WalError::Unavailable("the WAL writer stopped".into()))
-            }
+            Err(TrySendError::Disconnected(_)) => return Err(WalError::writer_stopped()),
         }
-        match done.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(WalError::Unavailable(e)),
-            Err(_) => Err(WalError::Unavailable("the WAL writer stopped".into())),
-        }
+        writer_answer(done).await
     }
 
     /// Seal the active segment now (e.g. before shutdown), so the flusher
@@ -322,16 +331,10 @@ impl Wal {
                     req = r;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                Err(TrySendError::Disconnected(_)) => {
-                    return Err(WalError::Unavailable("the WAL writer stopped".into()))
-                }
+                Err(TrySendError::Disconnected(_)) => return Err(WalError::writer_stopped()),
             }
         }
-        match done.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(WalError::Unavailable(e)),
-            Err(_) => Err(WalError::Unavailable("the WAL writer stopped".into())),
-        }
+        writer_answer(done).await
     }
 
     /// The counters.

@@ -61,7 +61,8 @@ pub const PROMPT_VERSION: &str = "enrich-v1";
 pub const MAX_CANDIDATES: usize = 20;
 /// Reason code of the validation note written when unknown product ids
 /// were dropped from a kept interaction.
-pub const UNKNOWN_PRODUCTS_DROPPED: &str = "ai_unknown_products_dropped";
+pub const UNKNOWN_PRODUCTS_DROPPED: crow_schemas::rows::FailureCode =
+    crow_schemas::rows::FailureCode::AiUnknownProductsDropped;
 /// Timeline entries put into a prompt.
 pub const MAX_PROMPT_TIMELINE: usize = 120;
 
@@ -696,7 +697,7 @@ impl Caller<'_> {
                 return Done::without_call(
                     s,
                     String::new(),
-                    Err(("invalid_timeline", why)),
+                    Err((crow_schemas::rows::FailureCode::InvalidTimeline, why)),
                     (0, 0),
                     false,
                 );
@@ -732,7 +733,7 @@ impl Caller<'_> {
                 return Done::without_call(
                     s,
                     prompt_hash,
-                    Err(("ai_budget_exhausted", why)),
+                    Err((crow_schemas::rows::FailureCode::AiBudgetExhausted, why)),
                     (0, 0),
                     false,
                 );
@@ -890,10 +891,12 @@ impl Collected {
             }),
             Err((code, reason)) => {
                 report.failures += 1;
-                if code == "ai_budget_exhausted" && !report.over_budget.contains(&s.org_id) {
+                if code == crow_schemas::rows::FailureCode::AiBudgetExhausted
+                    && !report.over_budget.contains(&s.org_id)
+                {
                     report.over_budget.push(s.org_id.clone());
                 }
-                tracing::warn!(session = %s.session_id, code, %reason, "enrich: session left for the next run");
+                tracing::warn!(session = %s.session_id, %code, %reason, "enrich: session left for the next run");
                 let payload = json!({
                     "session_id": s.session_id,
                     "run_id": run.run_id,
@@ -914,7 +917,7 @@ impl Collected {
 /// A `failed_events` row about a session.
 fn failed_row(
     s: &SessionIn,
-    code: &str,
+    code: crow_schemas::rows::FailureCode,
     reason: &str,
     payload: serde_json::Value,
     now: DateTime<Utc>,
@@ -972,7 +975,7 @@ async fn write_outputs(
 struct Done {
     session: SessionIn,
     prompt_hash: String,
-    result: std::result::Result<Answer, (&'static str, String)>,
+    result: std::result::Result<Answer, (crow_schemas::rows::FailureCode, String)>,
     /// Tokens recorded on the interaction (the original call's, for hits).
     tokens: (u64, u64),
     /// Tokens this run spent.
@@ -996,7 +999,7 @@ impl Done {
     fn without_call(
         session: SessionIn,
         prompt_hash: String,
-        result: std::result::Result<Answer, (&'static str, String)>,
+        result: std::result::Result<Answer, (crow_schemas::rows::FailureCode, String)>,
         tokens: (u64, u64),
         cached: bool,
     ) -> Done {

@@ -943,12 +943,31 @@ impl Config {
         toml_error(e)
     }
 
-    /// Check values that parse but make no sense.
+    /// Check values that parse but make no sense (section by section; the
+    /// first problem found is the one reported).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.lake.uri.trim().is_empty() {
+        self.lake.validate()?;
+        self.server.validate()?;
+        self.social.validate()?;
+        self.ingest.validate()?;
+        self.jobs.validate()?;
+        if self.ai.concurrency == 0 {
+            return Err(err("ai.concurrency", "must be positive"));
+        }
+        self.billing.validate_currency()?;
+        self.schedule.validate()?;
+        self.api.validate()?;
+        self.billing.validate_prices()
+    }
+}
+
+impl LakeConfig {
+    /// Check `lake.uri`: not empty, and a scheme CROW can open.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.uri.trim().is_empty() {
             return Err(err("lake.uri", "must not be empty"));
         }
-        if let Some((scheme, _)) = self.lake.uri.split_once("://") {
+        if let Some((scheme, _)) = self.uri.split_once("://") {
             if !matches!(scheme, "file" | "s3" | "s3a" | "memory") {
                 return Err(err(
                     "lake.uri",
@@ -956,102 +975,83 @@ impl Config {
                 ));
             }
         }
-        self.server.validate()?;
-        self.social.validate()?;
-        if self.ingest.max_event_bytes == 0
-            || self.ingest.max_event_bytes > self.ingest.max_request_bytes
-        {
+        Ok(())
+    }
+}
+
+impl IngestConfig {
+    /// Check the collector's values (keys named `ingest.*`).
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_event_bytes == 0 || self.max_event_bytes > self.max_request_bytes {
             return Err(err(
                 "ingest.max_event_bytes",
                 "must be positive and at most ingest.max_request_bytes",
             ));
         }
-        for p in &self.ingest.trusted_proxies {
+        for p in &self.trusted_proxies {
             if let Err(e) = crate::net::IpRange::parse(p) {
                 return Err(err("ingest.trusted_proxies", e));
             }
         }
-        if !(1..=10_000_000).contains(&self.ingest.import_chunk_events) {
+        if !(1..=10_000_000).contains(&self.import_chunk_events) {
             return Err(err("ingest.import_chunk_events", "must be 1–10000000"));
         }
-        if self.ingest.flush_max_rows == 0 {
+        if self.flush_max_rows == 0 {
             return Err(err("ingest.flush_max_rows", "must be positive"));
         }
-        if self.jobs.session_gap_minutes == 0 {
+        Ok(())
+    }
+}
+
+impl JobsConfig {
+    /// Check the jobs' values (keys named `jobs.*`).
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.session_gap_minutes == 0 {
             return Err(err("jobs.session_gap_minutes", "must be positive"));
         }
-        if !(16..=1 << 20).contains(&self.jobs.memory_limit_mb) {
+        if !(16..=1 << 20).contains(&self.memory_limit_mb) {
             return Err(err(
                 "jobs.memory_limit_mb",
                 "must be between 16 and 1048576",
             ));
         }
-        let fdr = self.jobs.patterns.fdr;
+        let fdr = self.patterns.fdr;
         if !(fdr > 0.0 && fdr <= 0.5) {
             return Err(err("jobs.patterns.fdr", "must be above 0 and at most 0.5"));
         }
-        let n = self.jobs.patterns.notify_min_significance;
+        let n = self.patterns.notify_min_significance;
         if !(n.is_finite() && n >= 0.0) {
             return Err(err(
                 "jobs.patterns.notify_min_significance",
                 "must be 0 (off) or a positive |z|, such as 6",
             ));
         }
-        if self.ai.concurrency == 0 {
-            return Err(err("ai.concurrency", "must be positive"));
-        }
-        if self.billing.currency.len() != 3
-            || !self
-                .billing
-                .currency
-                .chars()
-                .all(|c| c.is_ascii_uppercase())
-        {
+        Ok(())
+    }
+}
+
+impl BillingConfig {
+    /// Check `billing.currency`: an ISO 4217 code.
+    fn validate_currency(&self) -> Result<(), ConfigError> {
+        if self.currency.len() != 3 || !self.currency.chars().all(|c| c.is_ascii_uppercase()) {
             return Err(err(
                 "billing.currency",
                 "must be an ISO 4217 code such as USD",
             ));
         }
-        self.schedule.jobs()?;
-        in_range(&[
-            ("schedule.tick_seconds", self.schedule.tick_seconds, 3600),
-            (
-                "schedule.lease_seconds",
-                self.schedule.lease_seconds,
-                86_400,
-            ),
-            (
-                "schedule.max_attempts",
-                u64::from(self.schedule.max_attempts),
-                100,
-            ),
-            (
-                "schedule.retry_base_seconds",
-                self.schedule.retry_base_seconds,
-                86_400,
-            ),
-        ])?;
-        if self.schedule.lease_seconds < 3 {
-            return Err(err("schedule.lease_seconds", "must be at least 3"));
-        }
-        if !(24..=100_000).contains(&self.schedule.vacuum_retention_hours) {
-            return Err(err(
-                "schedule.vacuum_retention_hours",
-                "must be between 24 and 100000 (a scheduled vacuum never deletes files a running job or a reader of the last day may need)",
-            ));
-        }
-        self.api.validate()?;
+        Ok(())
+    }
+
+    /// Check the prices: each a non-negative number.
+    fn validate_prices(&self) -> Result<(), ConfigError> {
         for (key, v) in [
-            ("billing.per_interaction", self.billing.per_interaction),
-            ("billing.per_pattern", self.billing.per_pattern),
-            ("billing.per_1000_events", self.billing.per_1000_events),
-            (
-                "billing.per_1000_input_tokens",
-                self.billing.per_1000_input_tokens,
-            ),
+            ("billing.per_interaction", self.per_interaction),
+            ("billing.per_pattern", self.per_pattern),
+            ("billing.per_1000_events", self.per_1000_events),
+            ("billing.per_1000_input_tokens", self.per_1000_input_tokens),
             (
                 "billing.per_1000_output_tokens",
-                self.billing.per_1000_output_tokens,
+                self.per_1000_output_tokens,
             ),
         ] {
             if !v.is_finite() || v < 0.0 {
@@ -1062,8 +1062,38 @@ impl Config {
     }
 }
 
+impl ScheduleConfig {
+    /// Check the schedules (every cron parses) and the scheduler's values
+    /// (keys named `schedule.*`).
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.jobs()?;
+        in_range(&[
+            ("schedule.tick_seconds", self.tick_seconds, 3600),
+            ("schedule.lease_seconds", self.lease_seconds, 86_400),
+            ("schedule.max_attempts", u64::from(self.max_attempts), 100),
+            (
+                "schedule.retry_base_seconds",
+                self.retry_base_seconds,
+                86_400,
+            ),
+        ])?;
+        if self.lease_seconds < 3 {
+            return Err(err("schedule.lease_seconds", "must be at least 3"));
+        }
+        if !(24..=100_000).contains(&self.vacuum_retention_hours) {
+            return Err(err(
+                "schedule.vacuum_retention_hours",
+                "must be between 24 and 100000 (a scheduled vacuum never deletes files a running job or a reader of the last day may need)",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl ApiConfig {
     /// Check the query API's values (keys named `api.*`).
+    // Long on purpose: one flat list of per-key bounds, in the order the
+    // errors are reported; splitting it would only scatter the table.
     fn validate(&self) -> Result<(), ConfigError> {
         if !(1..=60).contains(&self.key_cache_seconds) {
             return Err(err("api.key_cache_seconds", "must be between 1 and 60"));

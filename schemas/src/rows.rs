@@ -36,6 +36,91 @@ impl std::fmt::Display for FailureSource {
     }
 }
 
+/// Defines [`FailureCode`] from one list of `Variant => "stored string"`
+/// with a doc line each, so the enum, its strings and `ALL` cannot drift.
+macro_rules! failure_codes {
+    ($($(#[doc = $doc:literal])+ $variant:ident => $code:literal,)+) => {
+        /// Why something was rejected, as stored in the `reason_code` column
+        /// of `failed_events` (stable and machine-readable; the strings never
+        /// change once written). The human-readable text goes in `reason`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum FailureCode {
+            $($(#[doc = $doc])+ $variant,)+
+        }
+
+        impl FailureCode {
+            /// Every code, in declaration order.
+            pub const ALL: &'static [FailureCode] = &[$(FailureCode::$variant,)+];
+
+            /// The stored string, e.g. `missing_field`.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(FailureCode::$variant => $code,)+
+                }
+            }
+        }
+    };
+}
+
+failure_codes! {
+    /// An event is larger than the collector's per-event limit.
+    EventTooLarge => "event_too_large",
+    /// A text field is longer than its limit.
+    FieldTooLong => "field_too_long",
+    /// The collector could not encode a row it accepted (a bug).
+    Internal => "internal",
+    /// A field has the wrong type or an unusable value.
+    InvalidField => "invalid_field",
+    /// The text is not valid JSON (or a number no float holds).
+    InvalidJson => "invalid_json",
+    /// A timestamp does not parse or cannot be corrected.
+    InvalidTimestamp => "invalid_timestamp",
+    /// The event's `type` is unknown or not a string.
+    InvalidType => "invalid_type",
+    /// A required field is missing.
+    MissingField => "missing_field",
+    /// An event has neither `userId` nor `anonymousId`.
+    MissingIdentity => "missing_identity",
+    /// An event has no `type` and its endpoint gives none.
+    MissingType => "missing_type",
+    /// An item is JSON but not an object.
+    NotAnObject => "not_an_object",
+    /// The JSON is nested deeper than the collector accepts.
+    TooDeep => "too_deep",
+    /// A session's stored timeline does not read (enrich).
+    InvalidTimeline => "invalid_timeline",
+    /// The organization's daily AI token budget is used up (enrich).
+    AiBudgetExhausted => "ai_budget_exhausted",
+    /// A kept interaction lost product ids that were not candidates (enrich).
+    AiUnknownProductsDropped => "ai_unknown_products_dropped",
+    /// The AI provider failed without a more specific reason.
+    AiError => "ai_error",
+    /// The AI provider refused the request.
+    AiRequestRefused => "ai_request_refused",
+    /// The AI provider could not be reached or kept failing.
+    AiUnavailable => "ai_unavailable",
+    /// The AI provider's answer did not pass validation, even after re-asks.
+    AiMalformedOutput => "ai_malformed_output",
+    /// A pattern's AI narrative was rejected; the statistical text was kept.
+    AiNarrativeRejected => "ai_narrative_rejected",
+    /// A social source could not be fetched (social).
+    SourceFailed => "source_failed",
+    /// A social source returned an item that does not read (social).
+    MalformedItem => "malformed_item",
+}
+
+impl std::fmt::Display for FailureCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for FailureCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// A `failed_events` row ([`crate::FAILED_EVENTS`]): anything the collector
 /// or a job could not accept, with the reason. Built with
 /// [`FailedEventRow::new`] and the `with_*` setters.
@@ -61,7 +146,7 @@ impl FailedEventRow {
     pub fn new(
         failure_id: String,
         source: FailureSource,
-        code: &str,
+        code: FailureCode,
         reason: impl Into<String>,
         now: DateTime<Utc>,
     ) -> Self {
@@ -71,7 +156,7 @@ impl FailedEventRow {
             source: source.to_string(),
             channel: None,
             message_id: None,
-            reason_code: code.to_string(),
+            reason_code: code.as_str().to_string(),
             reason: reason.into(),
             payload: None,
             failed_at: now.timestamp_micros(),
@@ -274,11 +359,49 @@ mod tests {
     }
 
     #[test]
+    fn failure_codes_keep_their_stored_strings() {
+        // These strings are in every lake already written: never change one.
+        let want = [
+            "event_too_large",
+            "field_too_long",
+            "internal",
+            "invalid_field",
+            "invalid_json",
+            "invalid_timestamp",
+            "invalid_type",
+            "missing_field",
+            "missing_identity",
+            "missing_type",
+            "not_an_object",
+            "too_deep",
+            "invalid_timeline",
+            "ai_budget_exhausted",
+            "ai_unknown_products_dropped",
+            "ai_error",
+            "ai_request_refused",
+            "ai_unavailable",
+            "ai_malformed_output",
+            "ai_narrative_rejected",
+            "source_failed",
+            "malformed_item",
+        ];
+        let got: Vec<&str> = FailureCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(got, want);
+        for c in FailureCode::ALL {
+            assert_eq!(c.to_string(), c.as_str());
+            assert_eq!(
+                serde_json::to_value(c).unwrap(),
+                Value::String(c.as_str().into())
+            );
+        }
+    }
+
+    #[test]
     fn failed_event_rows_match_their_contract() {
         let sparse = FailedEventRow::new(
             "fail_1".into(),
             FailureSource::Collector,
-            "missing_field",
+            FailureCode::MissingField,
             "why",
             now(),
         );

@@ -198,7 +198,7 @@ pub enum Check<T> {
 #[derive(Debug)]
 pub struct Outcome<T> {
     /// The validated value, or (reason code, reason).
-    pub value: std::result::Result<T, (&'static str, String)>,
+    pub value: std::result::Result<T, (crow_schemas::rows::FailureCode, String)>,
     /// The accepted answer text (for the cache); for a repaired value, the
     /// model's text before the repair.
     pub text: Option<String>,
@@ -262,7 +262,7 @@ where
     F: Fn(&str) -> Check<T>,
 {
     let mut out = Outcome {
-        value: Err(("ai_error", String::new())),
+        value: Err((crow_schemas::rows::FailureCode::AiError, String::new())),
         text: None,
         last_bad_answer: None,
         input_tokens: 0,
@@ -321,7 +321,7 @@ where
                     return keep_repaired(out, repaired);
                 }
                 let why = explain(why, &out, None, last_transient.as_deref());
-                out.value = Err(("ai_request_refused", why));
+                out.value = Err((crow_schemas::rows::FailureCode::AiRequestRefused, why));
                 return out;
             }
             Err(AiError::Transient {
@@ -339,7 +339,7 @@ where
                             ra.as_secs()
                         );
                         let why = explain(why, &out, last_invalid.as_deref(), None);
-                        out.value = Err(("ai_unavailable", why));
+                        out.value = Err((crow_schemas::rows::FailureCode::AiUnavailable, why));
                         return out;
                     }
                     Some(ra) => Next::Transient(ra),
@@ -354,7 +354,7 @@ where
                         return keep_repaired(out, repaired);
                     }
                     let why = explain(why, &out, None, last_transient.as_deref());
-                    out.value = Err(("ai_malformed_output", why));
+                    out.value = Err((crow_schemas::rows::FailureCode::AiMalformedOutput, why));
                     return out;
                 }
                 let wait = policy.backoff(out.reasks);
@@ -377,7 +377,7 @@ where
                         last_invalid.as_deref(),
                         None,
                     );
-                    out.value = Err(("ai_unavailable", why));
+                    out.value = Err((crow_schemas::rows::FailureCode::AiUnavailable, why));
                     return out;
                 }
                 out.transient_retries += 1;

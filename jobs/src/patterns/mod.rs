@@ -721,7 +721,7 @@ async fn write_narratives(
                     FailedEventRow::new(
                         crow_lake::ids::new_id("fail"),
                         FailureSource::Job(crate::JobName::Patterns),
-                        "ai_narrative_rejected",
+                        crow_schemas::rows::FailureCode::AiNarrativeRejected,
                         format!("kept the statistical description: {why}"),
                         Utc::now(),
                     )

@@ -271,7 +271,7 @@ struct SeenRow {
 fn failed(
     run: &RunCtx<'_>,
     source: &Source,
-    code: &str,
+    code: crow_schemas::rows::FailureCode,
     reason: &str,
     payload: &str,
 ) -> FailedEventRow {
@@ -429,18 +429,26 @@ async fn read_source(
             sr.status = "failed".into();
             sr.error = Some(e.clone());
             let payload = serde_json::json!({"kind": src.kind, "target": src.target}).to_string();
-            landing
-                .failures
-                .push(failed(run, src, "source_failed", &e, &payload));
+            landing.failures.push(failed(
+                run,
+                src,
+                crow_schemas::rows::FailureCode::SourceFailed,
+                &e,
+                &payload,
+            ));
             return sr;
         }
     };
     sr.fetched = c.items.len();
     sr.skipped = c.skipped.len();
     for s in &c.skipped {
-        landing
-            .failures
-            .push(failed(run, src, "malformed_item", &s.reason, &s.payload));
+        landing.failures.push(failed(
+            run,
+            src,
+            crow_schemas::rows::FailureCode::MalformedItem,
+            &s.reason,
+            &s.payload,
+        ));
     }
     if let Some(first) = c.skipped.first() {
         sr.status = "partial".into();

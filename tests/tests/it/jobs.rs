@@ -519,7 +519,7 @@ async fn gemini_client_retries_429_503_and_malformed_answers() {
     .await;
     assert_eq!(out.calls, 1);
     assert_eq!(
-        out.value.as_ref().err().map(|e| e.0),
+        out.value.as_ref().err().map(|e| e.0.as_str()),
         Some("ai_request_refused")
     );
     fake.push(429, &[("retry-after", "3600")], "{}");
@@ -529,7 +529,7 @@ async fn gemini_client_retries_429_503_and_malformed_answers() {
     .await;
     assert_eq!(out.calls, 1);
     assert_eq!(
-        out.value.as_ref().err().map(|e| e.0),
+        out.value.as_ref().err().map(|e| e.0.as_str()),
         Some("ai_unavailable")
     );
 }
