@@ -268,18 +268,7 @@ fn component_schemas() -> Map<String, Value> {
     );
     schemas.insert(
         "Organization".into(),
-        row_schema(
-            "organizations",
-            Some(&[
-                "org_id",
-                "name",
-                "domain",
-                "context",
-                "status",
-                "created_at",
-                "updated_at",
-            ]),
-        ),
+        row_schema("organizations", Some(crate::rest::ORGANIZATION_COLUMNS)),
     );
     for (name, table) in [
         ("Product", "products"),

@@ -1343,30 +1343,31 @@ fn plannable_subquery(
         conjuncts(w, &mut all);
     }
     let split = SplitConditions::of(all, &inner);
-    let rest = split
-        .kept
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let rest = joined(&split.kept, " AND ");
+    let kept = if rest.is_empty() {
+        None
+    } else {
+        Some(parse_pg_expr(rest.clone())?)
+    };
     if split.outer_only.is_empty() && split.compared.is_empty() {
-        select.selection = if rest.is_empty() {
-            None
-        } else {
-            Some(parse_pg_expr(rest)?)
-        };
+        select.selection = kept;
         return Some(Expr::Subquery(q));
     }
     let conditions = split.moved_out(select, &rest);
-    select.selection = if rest.is_empty() {
-        None
-    } else {
-        Some(parse_pg_expr(rest)?)
-    };
+    select.selection = kept;
     parse_pg_expr(format!(
         "CASE WHEN {} THEN ({q}) END",
         conditions.join(" AND ")
     ))
+}
+
+/// `items` as text, separated by `sep`.
+fn joined<T: std::fmt::Display>(items: &[T], sep: &str) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(sep)
 }
 
 /// `text` parsed as one Postgres expression.
@@ -1463,12 +1464,7 @@ impl SplitConditions {
         select: &datafusion::sql::sqlparser::ast::Select,
         rest: &str,
     ) -> Vec<String> {
-        let from = select
-            .from
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
+        let from = joined(&select.from, ", ");
         let filter = if rest.is_empty() {
             String::new()
         } else {
