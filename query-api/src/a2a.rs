@@ -594,50 +594,14 @@ fn message_text(m: &Value) -> String {
         .to_string()
 }
 
+/// What a message without `parts` is told, with an example message.
+const MESSAGE_REQUIRED: &str = "`message` with `parts` is required, e.g. {\"message\": {\"messageId\": \"1\", \"role\": \"ROLE_USER\", \"parts\": [{\"text\": \"top 5 products by views\"}]}}";
+
 /// Open (or continue) the task of the message in `params`.
 async fn prepare(st: &ApiState, p: &Principal, params: &Value) -> Result<Prepared, RpcErr> {
     let m = &params["message"];
-    if !m.is_object() || !m["parts"].is_array() {
-        return Err(rpc_err(
-            INVALID_PARAMS,
-            "`message` with `parts` is required, e.g. {\"message\": {\"messageId\": \"1\", \
-             \"role\": \"ROLE_USER\", \"parts\": [{\"text\": \"top 5 products by views\"}]}}",
-        ));
-    }
-    let text = message_text(m);
-    if text.chars().count() > MAX_TEXT {
-        return Err(rpc_err(
-            INVALID_PARAMS,
-            format!("a message's text must be at most {MAX_TEXT} characters"),
-        ));
-    }
-    if m["messageId"]
-        .as_str()
-        .is_some_and(|id| id.chars().count() > MAX_CONTEXT_ID)
-    {
-        return Err(rpc_err(
-            INVALID_PARAMS,
-            format!("`messageId` must be at most {MAX_CONTEXT_ID} characters"),
-        ));
-    }
-    let mut row = match m["taskId"].as_str().filter(|s| !s.is_empty()) {
-        Some(id) => {
-            let row = task_of(st, &p.org_id, id).await?;
-            if row.state != INPUT_REQUIRED {
-                return Err(rpc_err(
-                    UNSUPPORTED,
-                    format!(
-                        "task {id} is {} and takes no more messages; send a new message with \
-                         contextId {} to follow up",
-                        v03_state(&row.state),
-                        row.context_id
-                    ),
-                ));
-            }
-            row
-        }
-        None => new_row(p, m["contextId"].as_str())?,
-    };
+    let text = checked_text(m)?;
+    let mut row = open_task(st, p, m).await?;
     let user = json!({
         "messageId": m["messageId"].as_str().map(str::to_string).unwrap_or_else(|| new_id("msg")),
         "role": "ROLE_USER", "parts": [{"text": text}],
@@ -655,7 +619,68 @@ async fn prepare(st: &ApiState, p: &Principal, params: &Value) -> Result<Prepare
     } else {
         text
     };
-    let mut earlier: Vec<Value> = tasks_of(st, &p.org_id, Some(&row.context_id))
+    let conversation = earlier_turns(st, &p.org_id, &row).await?;
+    row.question = Some(question.clone());
+    row.set_status(WORKING, None);
+    Ok(Prepared {
+        row,
+        ask: Some(AskRequest {
+            question,
+            conversation,
+        }),
+    })
+}
+
+/// The text of message `m`, once its shape, its text's length and its
+/// `messageId`'s length are checked.
+fn checked_text(m: &Value) -> Result<String, RpcErr> {
+    if !m.is_object() || !m["parts"].is_array() {
+        return Err(rpc_err(INVALID_PARAMS, MESSAGE_REQUIRED));
+    }
+    let text = message_text(m);
+    if text.chars().count() > MAX_TEXT {
+        return Err(rpc_err(
+            INVALID_PARAMS,
+            format!("a message's text must be at most {MAX_TEXT} characters"),
+        ));
+    }
+    if m["messageId"]
+        .as_str()
+        .is_some_and(|id| id.chars().count() > MAX_CONTEXT_ID)
+    {
+        return Err(rpc_err(
+            INVALID_PARAMS,
+            format!("`messageId` must be at most {MAX_CONTEXT_ID} characters"),
+        ));
+    }
+    Ok(text)
+}
+
+/// The task message `m` continues (`taskId`: it must be waiting for input),
+/// or a new one in its `contextId` (or a new context).
+async fn open_task(st: &ApiState, p: &Principal, m: &Value) -> Result<TaskRow, RpcErr> {
+    let Some(id) = m["taskId"].as_str().filter(|s| !s.is_empty()) else {
+        return new_row(p, m["contextId"].as_str());
+    };
+    let row = task_of(st, &p.org_id, id).await?;
+    if row.state != INPUT_REQUIRED {
+        return Err(rpc_err(
+            UNSUPPORTED,
+            format!(
+                "task {id} is {} and takes no more messages; send a new message with \
+                 contextId {} to follow up",
+                v03_state(&row.state),
+                row.context_id
+            ),
+        ));
+    }
+    Ok(row)
+}
+
+/// The last completed turns of `row`'s context (other tasks, at most
+/// [`CONTEXT_TURNS`]), oldest first, as the question and SQL of each.
+async fn earlier_turns(st: &ApiState, org_id: &str, row: &TaskRow) -> Result<Vec<Value>, RpcErr> {
+    let mut earlier: Vec<Value> = tasks_of(st, org_id, Some(&row.context_id))
         .await?
         .into_iter()
         .filter(|r| r.state == COMPLETED && r.task_id != row.task_id)
@@ -663,15 +688,7 @@ async fn prepare(st: &ApiState, p: &Principal, params: &Value) -> Result<Prepare
         .map(|r| json!({"question": r.question, "sql": r.sql}))
         .collect();
     earlier.reverse();
-    row.question = Some(question.clone());
-    row.set_status(WORKING, None);
-    Ok(Prepared {
-        row,
-        ask: Some(AskRequest {
-            question,
-            conversation: earlier,
-        }),
-    })
+    Ok(earlier)
 }
 
 fn new_row(p: &Principal, context_id: Option<&str>) -> Result<TaskRow, RpcErr> {

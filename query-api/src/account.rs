@@ -99,6 +99,49 @@ async fn audit(st: &ApiState, a: Audit<'_>) {
     }
 }
 
+/// A user's own successful `action` on `target` in the audit log.
+async fn audit_user(
+    st: &ApiState,
+    user: &users::User,
+    action: &str,
+    target: &str,
+    ip_hash: &str,
+    user_agent: Option<&str>,
+) {
+    audit(
+        st,
+        Audit {
+            org_id: &user.org_id,
+            actor: &format!("user:{}", user.user_id),
+            action,
+            target: Some(target),
+            outcome: "ok",
+            ip_hash: Some(ip_hash),
+            user_agent,
+            detail: None,
+        },
+    )
+    .await;
+}
+
+/// Tell `user` of a sign-in from a device (User-Agent `ua`) they never
+/// signed in from before (a failure to write it is logged).
+async fn notify_new_device(st: &ApiState, user: &users::User, ua: Option<&str>) {
+    let notice = crow_lake::notify::Notice {
+        kind: "new_sign_in",
+        title: "New sign-in to your account".into(),
+        body: Some(format!(
+            "A sign-in from a new device ({}). If it was not you, revoke it in your sessions and reset your password.",
+            ua.unwrap_or("unknown browser")
+        )),
+        link: Some("/api/v1/auth/sessions".into()),
+    };
+    let to = [(user.org_id.clone(), user.user_id.clone())];
+    if let Err(e) = crow_lake::notify::notify_users(&st.lake, &to, &notice).await {
+        tracing::warn!(error = %e, "could not write a sign-in notification");
+    }
+}
+
 /// `POST /api/v1/auth/login`.
 pub async fn login(
     State(st): State<Arc<ApiState>>,
@@ -156,40 +199,35 @@ async fn do_login(
         .await
         .map_err(|e| ApiError::from_lake("checking a sign-in", &e))?;
     if !earlier.is_empty() && !earlier.iter().any(|s| s.user_agent == ua) {
-        let notice = crow_lake::notify::Notice {
-            kind: "new_sign_in",
-            title: "New sign-in to your account".into(),
-            body: Some(format!(
-                "A sign-in from a new device ({}). If it was not you, revoke it in your sessions and reset your password.",
-                ua.as_deref().unwrap_or("unknown browser")
-            )),
-            link: Some("/api/v1/auth/sessions".into()),
-        };
-        let to = [(user.org_id.clone(), user.user_id.clone())];
-        if let Err(e) = crow_lake::notify::notify_users(&st.lake, &to, &notice).await {
-            tracing::warn!(error = %e, "could not write a sign-in notification");
-        }
+        notify_new_device(st, &user, ua.as_deref()).await;
     }
     let lifetime = chrono::Duration::hours(i64::try_from(st.cfg.session_max_hours).unwrap_or(168));
     let (session, secret) =
         users::open_session(&st.lake, &user, lifetime, Some(ip_hash.clone()), ua.clone())
             .await
             .map_err(|e| ApiError::from_lake("opening a session", &e))?;
-    audit(
+    audit_user(
         st,
-        Audit {
-            org_id: &user.org_id,
-            actor: &format!("user:{}", user.user_id),
-            action: "auth.login",
-            target: Some(&session.session_id),
-            outcome: "ok",
-            ip_hash: Some(&ip_hash),
-            user_agent: ua.as_deref(),
-            detail: None,
-        },
+        &user,
+        "auth.login",
+        &session.session_id,
+        &ip_hash,
+        ua.as_deref(),
     )
     .await;
-    let csrf = csrf_token(&secret);
+    Ok(signed_in_response(st, headers, &user, &session, &secret))
+}
+
+/// The answer to a sign-in: the user, session and CSRF token, with the
+/// session and CSRF cookies set.
+fn signed_in_response(
+    st: &ApiState,
+    headers: &HeaderMap,
+    user: &users::User,
+    session: &users::UserSession,
+    secret: &str,
+) -> Response {
+    let csrf = csrf_token(secret);
     let max_age = st.cfg.session_max_hours.saturating_mul(3600);
     let sec = if secure(st, headers) { "; Secure" } else { "" };
     let mut resp = Json(json!({
@@ -210,7 +248,7 @@ async fn do_login(
             resp.headers_mut().append(header::SET_COOKIE, v);
         }
     }
-    Ok(resp)
+    resp
 }
 
 /// `POST /api/v1/auth/accept`: set a password with a one-time token.
@@ -232,18 +270,13 @@ pub async fn accept(
     match done {
         Ok(user) => {
             st.keys.invalidate().await;
-            audit(
+            audit_user(
                 &st,
-                Audit {
-                    org_id: &user.org_id,
-                    actor: &format!("user:{}", user.user_id),
-                    action: "user.password_set",
-                    target: Some(&user.user_id),
-                    outcome: "ok",
-                    ip_hash: Some(&ip_hash),
-                    user_agent: ua.as_deref(),
-                    detail: None,
-                },
+                &user,
+                "user.password_set",
+                &user.user_id,
+                &ip_hash,
+                ua.as_deref(),
             )
             .await;
             Ok(Json(json!({"user": user.public_json()})).into_response())

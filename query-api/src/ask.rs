@@ -179,18 +179,7 @@ pub async fn tenant_rows_with(
 ) -> ApiResult<Rows> {
     let started = std::time::Instant::now();
     let _permits = st.slots.acquire(&p.key_id, &p.org_id)?;
-    let (ctx, schema) = crate::tenant::tenant_context_with(
-        &st.lake,
-        st.runtime.clone(),
-        &p.org_id,
-        AsOf::Latest,
-        Pins::new(),
-        8192,
-        st.function_cap(),
-    );
-    if p.scope == Scope::Admin {
-        schema.show_admin_keys();
-    }
+    let (ctx, schema) = st.tenant_session(p, AsOf::Latest, Pins::new());
     let deadline = tokio::time::Instant::from_std(started) + st.query_timeout();
     let mut query = crate::sql::RunningQuery::start_with_params(
         st,
@@ -305,25 +294,8 @@ pub async fn ask_streaming(
     req: &AskRequest,
     progress: Option<&Progress>,
 ) -> ApiResult<AskAnswer> {
-    let emit = |event: &'static str, data: Value| {
-        if let Some(tx) = progress {
-            // A client that went away stops listening, not the question.
-            let _ = tx.send((event, data));
-        }
-    };
-    let question = req.question.trim();
-    if question.is_empty() || question.chars().count() > MAX_QUESTION_CHARS {
-        return Err(ApiError::bad_request(
-            "invalid_question",
-            format!("`question` must be 1 to {MAX_QUESTION_CHARS} characters"),
-        ));
-    }
-    if req.conversation.len() > MAX_TURNS {
-        return Err(ApiError::bad_request(
-            "invalid_conversation",
-            format!("send at most {MAX_TURNS} earlier turns in `conversation`"),
-        ));
-    }
+    let emit = |event: &'static str, data: Value| crate::ask_plan::send(progress, event, data);
+    let question = checked_question(req)?;
     let provider = st.ai();
     let admin = p.scope == Scope::Admin;
     let contracts: String = visible_tables(admin).map(contract_markdown).collect();
@@ -338,13 +310,7 @@ pub async fn ask_streaming(
         let out = call_validated(provider.as_ref(), &areq, RetryPolicy::new(1), parse_plan).await;
         spend.input += out.input_tokens;
         spend.output += out.output_tokens;
-        let plan = out.value.map_err(|(_, why)| {
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "ai_failed",
-                format!("the AI provider gave no usable query: {why}"),
-            )
-        })?;
+        let plan = out.value.map_err(|(_, why)| no_usable_query(&why))?;
         if !plan.plan.is_empty() {
             let c = crate::ask_plan::PlanCtx {
                 st,
@@ -356,12 +322,7 @@ pub async fn ask_streaming(
             return crate::ask_plan::answer(&c, question, &plan.plan, spend).await;
         }
         if plan.sql.trim().is_empty() {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "question_not_supported",
-                plan.reason
-                    .unwrap_or_else(|| "the AI provider wrote no query for this question".into()),
-            ));
+            return Err(not_supported(plan.reason));
         }
         emit("sql", json!({"sql": plan.sql, "attempt": errors.len() + 1}));
         match tenant_rows(st, p, &plan.sql, ASK_MAX_ROWS).await {
@@ -406,6 +367,44 @@ pub async fn ask_streaming(
         rows,
         steps: Vec::new(),
     })
+}
+
+/// `req`'s question, trimmed, once it and the conversation are within
+/// bounds.
+fn checked_question(req: &AskRequest) -> ApiResult<&str> {
+    let question = req.question.trim();
+    if question.is_empty() || question.chars().count() > MAX_QUESTION_CHARS {
+        return Err(ApiError::bad_request(
+            "invalid_question",
+            format!("`question` must be 1 to {MAX_QUESTION_CHARS} characters"),
+        ));
+    }
+    if req.conversation.len() > MAX_TURNS {
+        return Err(ApiError::bad_request(
+            "invalid_conversation",
+            format!("send at most {MAX_TURNS} earlier turns in `conversation`"),
+        ));
+    }
+    Ok(question)
+}
+
+/// The 422 for a question the provider wrote no query for (`reason`: its
+/// own words).
+fn not_supported(reason: Option<String>) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "question_not_supported",
+        reason.unwrap_or_else(|| "the AI provider wrote no query for this question".into()),
+    )
+}
+
+/// The 502 for a provider that wrote no usable query (`why`).
+fn no_usable_query(why: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "ai_failed",
+        format!("the AI provider gave no usable query: {why}"),
+    )
 }
 
 /// The answer in words, checked; the rows rendered when it is rejected.
@@ -511,7 +510,6 @@ pub async fn handler(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: 
 /// `step` per step (with its `index`) — then `answer` (the whole answer, as
 /// without streaming) or `error` (a problem document).
 fn stream(st: Arc<ApiState>, p: Principal, req: AskRequest) -> Response {
-    use axum::response::sse::{Event, KeepAlive, Sse};
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let r = ask_streaming(&st, &p, &req, Some(&tx)).await;
@@ -525,6 +523,15 @@ fn stream(st: Arc<ApiState>, p: Principal, req: AskRequest) -> Response {
         };
         let _ = tx.send(last);
     });
+    event_stream(rx)
+}
+
+/// Server-sent events, one per (event, data) received from `rx`, until
+/// every sender is gone.
+pub(crate) fn event_stream(
+    rx: tokio::sync::mpsc::UnboundedReceiver<(&'static str, Value)>,
+) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
     let events = futures::stream::unfold(rx, |mut rx| async move {
         let (event, data) = rx.recv().await?;
         let e = Event::default().event(event).data(data.to_string());

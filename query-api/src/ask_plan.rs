@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::ask::{
-    parse_plan, repairable, tenant_rows, AskAnswer, Progress, Spend, ASK_MAX_ROWS, MAX_REPAIRS,
+    parse_plan, repairable, tenant_rows, AskAnswer, Progress, Rows, Spend, ASK_MAX_ROWS,
+    MAX_REPAIRS,
 };
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
@@ -69,8 +70,10 @@ pub struct Step {
     pub error: Option<Value>,
 }
 
-fn send(progress: Option<&Progress>, event: &'static str, data: Value) {
+/// Tell `progress`, if any, of `event` with `data`.
+pub(crate) fn send(progress: Option<&Progress>, event: &'static str, data: Value) {
     if let Some(tx) = progress {
+        // A client that went away stops listening, not the question.
         let _ = tx.send((event, data));
     }
 }
@@ -93,6 +96,20 @@ fn budget_error() -> ApiError {
             PLAN_BUDGET.as_secs()
         ),
     )
+}
+
+/// The rows of one step's query `sql`, within the plan's `deadline`.
+async fn step_rows(c: &PlanCtx<'_>, sql: &str, deadline: tokio::time::Instant) -> ApiResult<Rows> {
+    if sql.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "the step has no query",
+        ));
+    }
+    match tokio::time::timeout_at(deadline, tenant_rows(c.st, c.p, sql, STEP_MAX_ROWS)).await {
+        Ok(r) => r,
+        Err(_) => Err(budget_error()),
+    }
 }
 
 /// Run one step with at most `repairs` repairs; its error, when it failed.
@@ -121,20 +138,7 @@ async fn run_step(
     let err = loop {
         step.sql = sql.clone();
         step.attempts = errors.len() + 1;
-        let r = if sql.is_empty() {
-            Err(ApiError::bad_request(
-                "invalid_query",
-                "the step has no query",
-            ))
-        } else {
-            match tokio::time::timeout_at(deadline, tenant_rows(c.st, c.p, &sql, STEP_MAX_ROWS))
-                .await
-            {
-                Ok(r) => r,
-                Err(_) => Err(budget_error()),
-            }
-        };
-        let e = match r {
+        let e = match step_rows(c, &sql, deadline).await {
             Ok(found) => {
                 step.row_count = found.rows.len();
                 step.columns = found.columns;

@@ -569,7 +569,6 @@ async fn reserve(
 /// or `error` (as `/api/v1/ask`), then `message` (the chat and the two
 /// stored messages) once stored.
 fn stream(st: Arc<ApiState>, p: Principal, chat: ChatRow, question: String) -> Response {
-    use axum::response::sse::{Event, KeepAlive, Sse};
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let _ = tx.send(("chat", json!({"chat": chat.json()})));
     tokio::spawn(async move {
@@ -588,14 +587,7 @@ fn stream(st: Arc<ApiState>, p: Principal, chat: ChatRow, question: String) -> R
             }
         }
     });
-    let events = futures::stream::unfold(rx, |mut rx| async move {
-        let (event, data) = rx.recv().await?;
-        let e = Event::default().event(event).data(data.to_string());
-        Some((Ok::<_, std::convert::Infallible>(e), rx))
-    });
-    Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response()
+    crate::ask::event_stream(rx)
 }
 
 #[cfg(test)]

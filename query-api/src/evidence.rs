@@ -18,7 +18,6 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use chrono::{Days, NaiveDate, Utc};
-use crow_lake::AsOf;
 use datafusion::prelude::{col, lit};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -26,7 +25,6 @@ use serde_json::{json, Value};
 use crate::error::{ApiError, ApiResult};
 use crate::keys::Scope;
 use crate::sql::df_error;
-use crate::tenant::{tenant_context, Pins};
 use crate::ApiState;
 
 /// Days before the period that are drawn (the job's day baseline).
@@ -80,39 +78,7 @@ pub async fn days(
             ),
         )
     })?;
-    let (ctx, schema) = tenant_context(
-        &st.lake,
-        st.runtime.clone(),
-        &p.org_id,
-        AsOf::Latest,
-        Pins::new(),
-        8192,
-    );
-    let fail = |e: datafusion::error::DataFusionError| df_error(&e, Some(&schema));
-    let batches = ctx
-        .sql(
-            "SELECT pattern_id, significance, CAST(period_end AS VARCHAR) AS period_end, evidence,
-                    period_kind, CAST(period_start AS VARCHAR) AS period_start FROM patterns",
-        )
-        .await
-        .map_err(fail)?
-        .filter(
-            col("period_kind")
-                .eq(lit(q.period_kind.as_str()))
-                .and(col("period_start").eq(lit(start.to_string()))),
-        )
-        .map_err(fail)?
-        .sort(vec![
-            col("significance").sort(false, true),
-            col("pattern_id").sort(true, true),
-        ])
-        .map_err(fail)?
-        .limit(0, Some(MAX_PATTERNS))
-        .map_err(fail)?
-        .collect()
-        .await
-        .map_err(fail)?;
-    let rows = crate::json_rows(&batches)?;
+    let rows = period_patterns(&st, &p.org_id, &q.period_kind, start).await?;
     let Some(first) = rows.first() else {
         return Err(ApiError::not_found(format!(
             "no {} patterns from {start} in your organization",
@@ -157,6 +123,42 @@ pub async fn days(
         "to": to.to_string(),
         "patterns": patterns,
     })))
+}
+
+/// The most significant patterns (at most [`MAX_PATTERNS`]) of the period
+/// `period_kind` starting on `start`, as JSON rows.
+async fn period_patterns(
+    st: &ApiState,
+    org_id: &str,
+    period_kind: &str,
+    start: NaiveDate,
+) -> ApiResult<Vec<Value>> {
+    let (ctx, schema) = st.latest_session(org_id, false);
+    let fail = |e: datafusion::error::DataFusionError| df_error(&e, Some(&schema));
+    let batches = ctx
+        .sql(
+            "SELECT pattern_id, significance, CAST(period_end AS VARCHAR) AS period_end, evidence,
+                    period_kind, CAST(period_start AS VARCHAR) AS period_start FROM patterns",
+        )
+        .await
+        .map_err(fail)?
+        .filter(
+            col("period_kind")
+                .eq(lit(period_kind))
+                .and(col("period_start").eq(lit(start.to_string()))),
+        )
+        .map_err(fail)?
+        .sort(vec![
+            col("significance").sort(false, true),
+            col("pattern_id").sort(true, true),
+        ])
+        .map_err(fail)?
+        .limit(0, Some(MAX_PATTERNS))
+        .map_err(fail)?
+        .collect()
+        .await
+        .map_err(fail)?;
+    crate::json_rows(&batches)
 }
 
 #[cfg(test)]

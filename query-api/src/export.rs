@@ -39,7 +39,7 @@ use chrono::{DateTime, Utc};
 use crow_lake::object_store::buffered::BufWriter;
 use crow_lake::object_store::path::Path as StorePath;
 use crow_lake::object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use crow_lake::{AsOf, Lake};
+use crow_lake::Lake;
 use datafusion::prelude::{col, lit, DataFrame};
 use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
@@ -50,7 +50,7 @@ use tokio::sync::watch;
 use crate::error::{ApiError, ApiResult};
 use crate::keys::Scope;
 use crate::sql::{Encoder, ResultFormat};
-use crate::tenant::{tenant_context, Pins, TenantSchema};
+use crate::tenant::TenantSchema;
 use crate::ApiState;
 
 /// Any export failure.
@@ -492,88 +492,19 @@ pub async fn create(
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
     let p = crate::auth::authenticate(&st.keys, &st.limiter, &headers, Scope::Export).await?;
-    let req: ExportRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_body",
-            format!("the body must be JSON like {{\"table\": \"sessions\", \"format\": \"parquet\"}}: {e}"),
-        )
-    })?;
-    let time = |name: &str, v: &Option<String>| {
-        v.as_deref()
-            .map(|v| crow_schemas::time::parse_time(name, v))
-            .transpose()
-            .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))
-    };
-    let (from, to) = (time("from", &req.from)?, time("to", &req.to)?);
+    let (req, (from, to)) = parse_request(&body)?;
     // A place among the organization's running exports first: a refused
     // export costs no planning.
     let id = crow_lake::ids::new_id("exp");
     let max = usize::try_from(st.cfg.max_concurrent_exports_per_org).unwrap_or(usize::MAX);
     let Some((slot, cancel, done)) = st.exports.reserve(&p.org_id, &id, max) else {
         tracing::info!(org = %p.org_id, max, "export refused: too many running");
-        let mut e = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_exports",
-            format!(
-                "{max} exports of this organization are running \
-                 (api.max_concurrent_exports_per_org); wait for one to finish or cancel one"
-            ),
-        );
-        e.retry_after = Some(st.cfg.export_retry_after_seconds);
-        return Err(e);
+        return Err(too_many_exports(max, st.cfg.export_retry_after_seconds));
     };
-    let (ctx, schema) = tenant_context(
-        &st.lake,
-        st.runtime.clone(),
-        &p.org_id,
-        AsOf::Latest,
-        Pins::new(),
-        8192,
-    );
-    if p.scope == crate::keys::Scope::Admin {
-        schema.show_admin_keys();
-    }
+    let (ctx, schema) = st.latest_session(&p.org_id, p.scope == Scope::Admin);
     // Plan now, so a bad table or query is a 400 here rather than a failed
     // export later.
-    let plan = async {
-        match (&req.table, &req.sql) {
-            (Some(t), None) => {
-                if crow_schemas::table(t).is_none() {
-                    return Err(ApiError::bad_request(
-                        "unknown_table",
-                        format!("`{t}` is not a CROW table"),
-                    ));
-                }
-                let df = ctx
-                    .table(t.as_str())
-                    .await
-                    .map_err(|e| crate::sql::df_error(&e, Some(&schema)))?;
-                in_range(df, t, from, to).map_err(|e| crate::sql::df_error(&e, Some(&schema)))
-            }
-            (None, Some(q)) => {
-                if from.is_some() || to.is_some() {
-                    return Err(ApiError::bad_request(
-                        "invalid_body",
-                        "`from`/`to` apply to table exports; put the range in the query",
-                    ));
-                }
-                crate::sql::plan_query(&st, &ctx, &schema, q).await
-            }
-            _ => Err(ApiError::bad_request(
-                "invalid_body",
-                "give exactly one of `table` or `sql`",
-            )),
-        }
-    };
-    let df = tokio::time::timeout(Duration::from_secs(st.cfg.query_timeout_seconds), plan)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "query_timeout",
-                "planning the query took too long",
-            )
-        })??;
+    let df = plan_export(&st, &ctx, &schema, &req, from, to).await?;
     let status = ExportStatus {
         id: id.clone(),
         status: RUNNING.into(),
@@ -607,6 +538,92 @@ pub async fn create(
     tokio::spawn(job.run());
     audit_created(&st.lake, &p, &answer).await;
     Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+}
+
+/// The `from` and `to` times of a table export's range.
+type TimeRange = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+/// An export request's body, and its `from` and `to` times.
+fn parse_request(body: &[u8]) -> ApiResult<(ExportRequest, TimeRange)> {
+    let req: ExportRequest = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_body",
+            format!("the body must be JSON like {{\"table\": \"sessions\", \"format\": \"parquet\"}}: {e}"),
+        )
+    })?;
+    let time = |name: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(|v| crow_schemas::time::parse_time(name, v))
+            .transpose()
+            .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))
+    };
+    let range = (time("from", &req.from)?, time("to", &req.to)?);
+    Ok((req, range))
+}
+
+/// The 429 for an organization already running `max` exports.
+fn too_many_exports(max: usize, retry_after: u64) -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_exports",
+        format!(
+            "{max} exports of this organization are running \
+             (api.max_concurrent_exports_per_org); wait for one to finish or cancel one"
+        ),
+    );
+    e.retry_after = Some(retry_after);
+    e
+}
+
+/// The export's rows, planned (within `api.query_timeout_seconds`): a
+/// table in `from`..`to`, or a query.
+async fn plan_export(
+    st: &ApiState,
+    ctx: &datafusion::prelude::SessionContext,
+    schema: &TenantSchema,
+    req: &ExportRequest,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+) -> ApiResult<DataFrame> {
+    let plan = async {
+        match (&req.table, &req.sql) {
+            (Some(t), None) => {
+                if crow_schemas::table(t).is_none() {
+                    return Err(ApiError::bad_request(
+                        "unknown_table",
+                        format!("`{t}` is not a CROW table"),
+                    ));
+                }
+                let df = ctx
+                    .table(t.as_str())
+                    .await
+                    .map_err(|e| crate::sql::df_error(&e, Some(schema)))?;
+                in_range(df, t, from, to).map_err(|e| crate::sql::df_error(&e, Some(schema)))
+            }
+            (None, Some(q)) => {
+                if from.is_some() || to.is_some() {
+                    return Err(ApiError::bad_request(
+                        "invalid_body",
+                        "`from`/`to` apply to table exports; put the range in the query",
+                    ));
+                }
+                crate::sql::plan_query(st, ctx, schema, q).await
+            }
+            _ => Err(ApiError::bad_request(
+                "invalid_body",
+                "give exactly one of `table` or `sql`",
+            )),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(st.cfg.query_timeout_seconds), plan)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "query_timeout",
+                "planning the query took too long",
+            )
+        })?
 }
 
 /// `export.create` in the audit log (a failure to write it is logged; the
@@ -702,59 +719,8 @@ impl Job {
         };
         drop(schema);
         status.finished_at = Some(Utc::now());
-        let mut keep_file = false;
-        let mut save = true;
-        match &end {
-            Some((End::Finished(Ok(Ok(w))), store, path)) => {
-                // Cancelled through another server just now: stay cancelled.
-                if cancelled_in_lake(&lake, &org, &id).await {
-                    save = false;
-                } else {
-                    keep_file = true;
-                    status.status = SUCCEEDED.into();
-                    status.rows = Some(w.rows);
-                    status.bytes = Some(store.head(path).await.map_or(w.bytes, |m| m.size));
-                    status.download_url = Some(format!("/api/v1/exports/{id}/download"));
-                }
-            }
-            Some((End::Finished(Ok(Err(e))), ..))
-                if matches!(e, WriteError::TooManyRows(_) | WriteError::TooManyBytes(_)) =>
-            {
-                tracing::info!(export = %id, org = %org, reason = %e, "export stopped at a limit");
-                status.status = FAILED.into();
-                status.error = Some(e.to_string());
-            }
-            Some((End::Finished(r), ..)) => {
-                match r {
-                    Ok(Err(e)) => tracing::error!(export = %id, error = %e, "export failed"),
-                    Err(e) => tracing::error!(export = %id, error = %e, "export task failed"),
-                    Ok(Ok(_)) => {}
-                }
-                status.status = FAILED.into();
-                status.error = Some("the export failed; it has been logged".into());
-            }
-            Some((End::TimedOut, ..)) => {
-                tracing::info!(export = %id, org = %org, "export timed out");
-                status.status = FAILED.into();
-                status.error = Some(format!(
-                    "the export ran longer than {timeout_seconds} s \
-                     (api.export_timeout_seconds) and was stopped"
-                ));
-            }
-            Some((End::Cancelled, ..)) => {
-                tracing::info!(export = %id, org = %org, "export cancelled");
-                status.status = CANCELLED.into();
-                status.error = Some(cancelled_reason(&id));
-            }
-            Some((End::CancelledElsewhere, ..)) => {
-                tracing::info!(export = %id, org = %org, "export cancelled through another server");
-                save = false;
-            }
-            None => {
-                status.status = FAILED.into();
-                status.error = Some("the export failed; it has been logged".into());
-            }
-        }
+        let Settled { keep_file, save } =
+            settle(&lake, &org, &id, end.as_ref(), &mut status, timeout_seconds).await;
         if let (false, Some((_, store, path))) = (keep_file, &end) {
             remove_data(store.as_ref(), path, &id).await;
         }
@@ -771,6 +737,79 @@ impl Job {
         drop(slot);
         done.send_replace(true);
     }
+}
+
+/// What becomes of an ended export: whether its file stays, whether its
+/// status is saved (not when it was cancelled through another server).
+struct Settled {
+    keep_file: bool,
+    save: bool,
+}
+
+/// Record in `status` how export `id` ended (`end` with its file's place;
+/// `None` when no place could be found for it).
+async fn settle(
+    lake: &Lake,
+    org: &str,
+    id: &str,
+    end: Option<&(End, Arc<dyn ObjectStore>, StorePath)>,
+    status: &mut ExportStatus,
+    timeout_seconds: u64,
+) -> Settled {
+    let mut keep_file = false;
+    let mut save = true;
+    match end {
+        Some((End::Finished(Ok(Ok(w))), store, path)) => {
+            // Cancelled through another server just now: stay cancelled.
+            if cancelled_in_lake(lake, org, id).await {
+                save = false;
+            } else {
+                keep_file = true;
+                status.status = SUCCEEDED.into();
+                status.rows = Some(w.rows);
+                status.bytes = Some(store.head(path).await.map_or(w.bytes, |m| m.size));
+                status.download_url = Some(format!("/api/v1/exports/{id}/download"));
+            }
+        }
+        Some((End::Finished(Ok(Err(e))), ..))
+            if matches!(e, WriteError::TooManyRows(_) | WriteError::TooManyBytes(_)) =>
+        {
+            tracing::info!(export = %id, org = %org, reason = %e, "export stopped at a limit");
+            status.status = FAILED.into();
+            status.error = Some(e.to_string());
+        }
+        Some((End::Finished(r), ..)) => {
+            match r {
+                Ok(Err(e)) => tracing::error!(export = %id, error = %e, "export failed"),
+                Err(e) => tracing::error!(export = %id, error = %e, "export task failed"),
+                Ok(Ok(_)) => {}
+            }
+            status.status = FAILED.into();
+            status.error = Some("the export failed; it has been logged".into());
+        }
+        Some((End::TimedOut, ..)) => {
+            tracing::info!(export = %id, org = %org, "export timed out");
+            status.status = FAILED.into();
+            status.error = Some(format!(
+                "the export ran longer than {timeout_seconds} s \
+                 (api.export_timeout_seconds) and was stopped"
+            ));
+        }
+        Some((End::Cancelled, ..)) => {
+            tracing::info!(export = %id, org = %org, "export cancelled");
+            status.status = CANCELLED.into();
+            status.error = Some(cancelled_reason(id));
+        }
+        Some((End::CancelledElsewhere, ..)) => {
+            tracing::info!(export = %id, org = %org, "export cancelled through another server");
+            save = false;
+        }
+        None => {
+            status.status = FAILED.into();
+            status.error = Some("the export failed; it has been logged".into());
+        }
+    }
+    Settled { keep_file, save }
 }
 
 /// Tell the user who started an export that it is ready (or failed). A

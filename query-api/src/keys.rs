@@ -172,12 +172,23 @@ pub async fn create(
 
 /// Every key (of one organization, if given), oldest first.
 pub async fn list(lake: &Lake, org_id: Option<&str>) -> Result<Vec<ApiKey>> {
-    let mut df = lake.dataframe(API_KEYS.name).await?;
-    if let Some(o) = org_id {
-        df = df.filter(col("org_id").eq(lit(o)))?;
+    rows_by_creation(lake, API_KEYS.name, org_id.map(|o| ("org_id", o)), true).await
+}
+
+/// Every row of `table` (only those whose column `only.0` is `only.1`, if
+/// given) by `created_at`, oldest or newest first.
+pub(crate) async fn rows_by_creation<T: serde::de::DeserializeOwned>(
+    lake: &Lake,
+    table: &str,
+    only: Option<(&str, &str)>,
+    oldest_first: bool,
+) -> Result<Vec<T>> {
+    let mut df = lake.dataframe(table).await?;
+    if let Some((c, v)) = only {
+        df = df.filter(col(c).eq(lit(v)))?;
     }
     let batches = df
-        .sort(vec![col("created_at").sort(true, true)])?
+        .sort(vec![col("created_at").sort(oldest_first, true)])?
         .collect()
         .await?;
     batches_to_rows(&batches)

@@ -205,16 +205,58 @@ impl ApiState {
         datafusion::prelude::SessionContext,
         Arc<tenant::TenantSchema>,
     ) {
-        let (ctx, schema) = tenant::tenant_context_with(
-            &self.lake,
-            self.runtime.clone(),
+        self.session_over(
             &p.org_id,
             as_of,
             pins,
-            8192,
             self.function_cap(),
+            p.scope == Scope::Admin,
+        )
+    }
+
+    /// A session over `org_id`'s latest rows with the default function
+    /// output cap ([`tenant::tenant_context`]), as REST listings, exports
+    /// and insight days read; `admin` shows admin keys in `api_keys`.
+    pub(crate) fn latest_session(
+        &self,
+        org_id: &str,
+        admin: bool,
+    ) -> (
+        datafusion::prelude::SessionContext,
+        Arc<tenant::TenantSchema>,
+    ) {
+        self.session_over(
+            org_id,
+            crow_lake::AsOf::Latest,
+            tenant::Pins::new(),
+            tenant::DEFAULT_FUNCTION_CAP,
+            admin,
+        )
+    }
+
+    /// A session over `org_id`'s rows ([`tenant::tenant_context_with`],
+    /// batches of 8,192 rows); `admin` shows admin keys in `api_keys`.
+    fn session_over(
+        &self,
+        org_id: &str,
+        as_of: crow_lake::AsOf,
+        pins: tenant::Pins,
+        function_cap: usize,
+        admin: bool,
+    ) -> (
+        datafusion::prelude::SessionContext,
+        Arc<tenant::TenantSchema>,
+    ) {
+        let (ctx, schema) = tenant::tenant_context_with(
+            &self.lake,
+            self.runtime.clone(),
+            org_id,
+            as_of,
+            pins,
+            8192,
+            function_cap,
         );
-        if p.scope == Scope::Admin {
+        if admin {
             schema.show_admin_keys();
         }
         (ctx, schema)
@@ -230,6 +272,8 @@ impl ApiState {
 /// The API's routes, all under `/api/v1/` (mounted by `crow serve` beside
 /// the collector), and the dashboard's pages and assets ([`web`]).
 /// `/metrics` is not among them: see [`ApiState::metrics`].
+// Long on purpose: the route table, one `.route` per path, read top to bottom
+// beside the OpenAPI document; splitting it would hide which paths exist.
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/api/v1/sql", post(sql_handler))

@@ -229,46 +229,11 @@ pub async fn post(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: Byt
         Ok(p) => p,
         Err(r) => return r,
     };
-    let msg: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            return reply(
-                StatusCode::BAD_REQUEST,
-                &rpc_error(&Value::Null, PARSE_ERROR, format!("not JSON: {e}"), None),
-            )
-        }
+    let msg = match request_of(&headers, &body) {
+        Ok(m) => m,
+        Err((status, Some(error))) => return reply(status, &error),
+        Err((status, None)) => return status.into_response(),
     };
-    if !msg.is_object() || msg["jsonrpc"] != "2.0" || !msg["method"].is_string() {
-        if msg.get("result").is_some() || msg.get("error").is_some() {
-            // A response to a request we never send.
-            return StatusCode::ACCEPTED.into_response();
-        }
-        return reply(
-            StatusCode::BAD_REQUEST,
-            &rpc_error(
-                &msg["id"],
-                INVALID_REQUEST,
-                "send one JSON-RPC 2.0 request object",
-                None,
-            ),
-        );
-    }
-    if msg.get("id").is_none() {
-        // Notifications (initialized, cancelled, …) need no answer.
-        return StatusCode::ACCEPTED.into_response();
-    }
-    let header_method = headers.get("mcp-method").and_then(|v| v.to_str().ok());
-    if header_method.is_some_and(|m| msg["method"] != m) {
-        return reply(
-            StatusCode::BAD_REQUEST,
-            &rpc_error(
-                &msg["id"],
-                INVALID_REQUEST,
-                "the Mcp-Method header does not match the body's method",
-                None,
-            ),
-        );
-    }
     let era = match era_of(&st, &p, &headers, &msg) {
         Ok(e) => e,
         Err((status, body)) => return reply(status, &body),
@@ -309,6 +274,59 @@ pub async fn post(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: Byt
         }
         Err((code, m)) => reply(StatusCode::OK, &rpc_error(&id, code, m, None)),
     }
+}
+
+/// The JSON-RPC request in `body`, or the status (and JSON-RPC error) to
+/// answer when there is none to run: 400 for a body that is not one
+/// request (or whose `Mcp-Method` header disagrees), 202 with no body for a
+/// notification or a response.
+fn request_of(headers: &HeaderMap, body: &[u8]) -> Result<Value, (StatusCode, Option<Value>)> {
+    let msg: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                Some(rpc_error(
+                    &Value::Null,
+                    PARSE_ERROR,
+                    format!("not JSON: {e}"),
+                    None,
+                )),
+            ))
+        }
+    };
+    if !msg.is_object() || msg["jsonrpc"] != "2.0" || !msg["method"].is_string() {
+        if msg.get("result").is_some() || msg.get("error").is_some() {
+            // A response to a request we never send.
+            return Err((StatusCode::ACCEPTED, None));
+        }
+        return Err((
+            StatusCode::BAD_REQUEST,
+            Some(rpc_error(
+                &msg["id"],
+                INVALID_REQUEST,
+                "send one JSON-RPC 2.0 request object",
+                None,
+            )),
+        ));
+    }
+    if msg.get("id").is_none() {
+        // Notifications (initialized, cancelled, …) need no answer.
+        return Err((StatusCode::ACCEPTED, None));
+    }
+    let header_method = headers.get("mcp-method").and_then(|v| v.to_str().ok());
+    if header_method.is_some_and(|m| msg["method"] != m) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            Some(rpc_error(
+                &msg["id"],
+                INVALID_REQUEST,
+                "the Mcp-Method header does not match the body's method",
+                None,
+            )),
+        ));
+    }
+    Ok(msg)
 }
 
 fn cacheable(mut v: Value, modern: bool) -> Value {

@@ -176,6 +176,53 @@ fn listing(summary: &str, item: &str, params: &[&str]) -> Value {
 
 /// The OpenAPI document.
 pub fn document() -> Value {
+    let mut paths = Map::new();
+    for (path, ops) in query_paths()
+        .into_iter()
+        .chain(export_paths())
+        .chain(auth_paths())
+        .chain(management_paths())
+        .chain(chat_paths())
+        .chain(saved_query_paths())
+        .chain(query_history_paths())
+        .chain(dashboard_paths())
+        .chain(camera_paths())
+    {
+        match (paths.get_mut(&path), ops) {
+            (Some(Value::Object(have)), Value::Object(more)) => have.extend(more),
+            (_, ops) => {
+                paths.insert(path, ops);
+            }
+        }
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "CROW query API", "version": env!("CARGO_PKG_VERSION"),
+            "description": "Tenant-isolated, read-only access to one organization's CROW tables."},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                "cookie": {"type": "apiKey", "in": "cookie", "name": "crow_session"}},
+            "schemas": component_schemas(),
+        },
+        "paths": paths,
+    })
+}
+
+/// The `{id}` path parameter.
+fn id_param() -> Value {
+    json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}])
+}
+
+/// The object of a `json!` literal (an empty map for anything else).
+fn into_map(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+/// The media types `/api/v1/sql` answers in, with the schema of each.
+fn sql_result_content() -> Map<String, Value> {
     let formats = [
         ResultFormat::Json,
         ResultFormat::Ndjson,
@@ -198,6 +245,11 @@ pub fn document() -> Value {
         };
         sql_ok.insert(media, json!({"schema": schema}));
     }
+    sql_ok
+}
+
+/// `components.schemas`: the problem, request and row schemas.
+fn component_schemas() -> Map<String, Value> {
     let tables: Vec<&str> = crow_schemas::ALL_TABLES.iter().map(|t| t.name).collect();
     let mut schemas = Map::new();
     schemas.insert(
@@ -216,18 +268,7 @@ pub fn document() -> Value {
     );
     schemas.insert(
         "Organization".into(),
-        row_schema(
-            "organizations",
-            Some(&[
-                "org_id",
-                "name",
-                "domain",
-                "context",
-                "status",
-                "created_at",
-                "updated_at",
-            ]),
-        ),
+        row_schema("organizations", Some(crate::rest::ORGANIZATION_COLUMNS)),
     );
     for (name, table) in [
         ("Product", "products"),
@@ -267,8 +308,12 @@ pub fn document() -> Value {
             "finished_at": {"type": "string", "format": "date-time", "nullable": true},
             "download_url": {"type": "string", "nullable": true}}}),
     );
-    let id_param =
-        json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    schemas
+}
+
+/// SQL, ask, the organization and the table listings.
+fn query_paths() -> Map<String, Value> {
+    let sql_ok = sql_result_content();
     let mut audit = listing(
         "The organization's audit log (admin keys, admin and owner users).",
         "Audit",
@@ -276,165 +321,142 @@ pub fn document() -> Value {
     );
     audit["get"]["responses"]["403"] =
         problem("Needs an admin key, or a signed-in admin or owner (insufficient_scope, insufficient_role).");
-    let mut doc = json!({
-        "openapi": "3.0.3",
-        "info": {"title": "CROW query API", "version": env!("CARGO_PKG_VERSION"),
-            "description": "Tenant-isolated, read-only access to one organization's CROW tables."},
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
-                "cookie": {"type": "apiKey", "in": "cookie", "name": "crow_session"}},
-            "schemas": schemas,
-        },
-        "paths": {
-            "/api/v1/sql": {"post": {
-                "summary": "Run one read-only SQL query over the key's organization's rows.",
-                "security": [{"bearer": []}],
-                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SqlRequest"}}}},
-                "responses": responses("200", json!({"description": "The result, in the format `Accept` asks for.", "content": sql_ok,
-                    "headers": {"X-Crow-Cache": {"schema": {"type": "string", "enum": ["hit", "miss", "bypass"]},
-                        "description": "Whether the answer came from the result cache (`hit`), was computed and may be kept (`miss`), or is not cached (`bypass`: the cache is off, or the query calls a function like now() or random(); X-Crow-Cache-Reason says which)."}}}),
-                    &[400, 401, 403, 406, 408, 429]),
-            }},
-            "/api/v1/ask": {"post": {
-                "summary": "Ask a question in plain language: the AI provider (`ai.provider`) writes one read-only SQL query, which runs like /api/v1/sql in the key's organization; failed queries are repaired at most twice. The answer carries the SQL, its rows (at most 100; `truncated` says when there were more), a suggested chart and a short answer whose every number appears in the rows (else the rows rendered in words, `answer_source` = rows). A broad question may instead be answered by a plan: the provider writes 1 to 4 sub-questions, each run like a single query (a refused step carries its error, the others run), CROW adds this week's patterns and stories, and an analyst step answers from all steps' rows (`steps`; `sql`, `columns` and `rows` are then the first answered step's). The offline provider answers a fixed set of question shapes (and plans \"why did orders/sessions/revenue/conversion drop or rise last week?\") and answers 422 `question_not_supported` for others.",
-                "security": [{"bearer": []}],
-                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object",
-                    "required": ["question"], "additionalProperties": false,
-                    "properties": {"question": {"type": "string"},
-                                   "conversation": {"type": "array", "items": {}, "description": "Earlier turns, oldest first (at most 20)."}}}}}},
-                "responses": responses("200", ask_ok(json!({"type": "object",
-                    "required": ["question", "sql", "columns", "rows", "truncated", "chart", "answer", "answer_source"],
-                    "properties": {"question": {"type": "string"}, "sql": {"type": "string"},
-                        "columns": {"type": "array", "items": {"type": "string"}},
-                        "rows": {"type": "array", "items": {"type": "object"}}, "truncated": {"type": "boolean"},
-                        "chart": {"type": "object"}, "answer": {"type": "string"},
-                        "answer_source": {"type": "string", "enum": ["model", "rows"]},
-                        "steps": ask_steps()}})),
-                    &[400, 401, 403, 408, 422, 429, 502]),
-            }},
-            "/api/v1/organization": {"get": {
-                "summary": "The key's organization.", "security": [{"bearer": []}],
-                "responses": responses("200", json_ok("The organization.", json!({"$ref": "#/components/schemas/Organization"})), &[401, 404, 429]),
-            }},
-            "/api/v1/products": listing("The product catalog.", "Product", &["id", "product", "limit", "cursor"]),
-            "/api/v1/sessions": listing("Sessions.", "Session", &["id", "from", "to", "channel", "product", "limit", "cursor"]),
-            "/api/v1/interactions": listing("Interactions.", "Interaction", &["id", "from", "to", "channel", "product", "limit", "cursor"]),
-            "/api/v1/insights": listing("Patterns by period.", "Insight", &["id", "period_kind", "from", "to", "product", "limit", "cursor"]),
-            "/api/v1/stories": listing("Stories: findings that share a cause, with their start, end or ongoing, segments and estimated impact (`from`/`to` on the start day).", "Story", &["id", "from", "to", "product", "limit", "cursor"]),
-            "/api/v1/usage": listing("Daily usage and its priced amount, by day.", "Usage", &["from", "to", "limit", "cursor"]),
-            "/api/v1/audit": audit,
-            "/api/v1/exports": {"post": {
-                "summary": "Start an export of a table or query (needs scope export). Bounded by api.export_timeout_seconds, api.export_max_rows and api.export_max_bytes; beyond api.max_concurrent_exports_per_org running exports, 429.", "security": [{"bearer": []}],
-                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ExportRequest"}}}},
-                "responses": responses("202", json_ok("Started.", json!({"$ref": "#/components/schemas/ExportStatus"})), &[400, 401, 403, 408, 429]),
-            }},
-            "/api/v1/exports/{id}": {"get": {
-                "summary": "An export's status.", "security": [{"bearer": []}], "parameters": id_param,
-                "responses": responses("200", json_ok("Status.", json!({"$ref": "#/components/schemas/ExportStatus"})), &[401, 403, 404, 429]),
-            }, "delete": {
-                "summary": "Cancel a running export: it stops, its data is removed, its status becomes `cancelled` (409 `export_finished` once it succeeded or failed).",
-                "security": [{"bearer": []}], "parameters": id_param,
-                "responses": responses("200", json_ok("The cancelled export's status.", json!({"$ref": "#/components/schemas/ExportStatus"})), &[401, 403, 404, 409, 429]),
-            }},
-            "/api/v1/exports/{id}/download": {"get": {
-                "summary": "Download a finished export.", "security": [{"bearer": []}], "parameters": id_param,
-                "responses": responses("200", json!({"description": "The file.", "content": {
-                    "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
-                    "text/csv": {"schema": {"type": "string"}},
-                    "application/x-ndjson": {"schema": {"type": "string"}}}}), &[401, 403, 404, 409, 429]),
-            }},
-            "/api/v1/auth/login": {"post": {
-                "summary": "Sign in with e-mail and password: sets the `crow_session` (HttpOnly) and `crow_csrf` cookies and answers the CSRF token to send as `X-CSRF-Token` on cookie-authenticated mutations. A wrong password and an unknown e-mail get the same 401; attempts are limited per e-mail and per address (429).",
-                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object",
-                    "required": ["email", "password"], "additionalProperties": false,
-                    "properties": {"email": {"type": "string"}, "password": {"type": "string"}}}}}},
-                "responses": responses("200", json_ok("Signed in.", json!({"type": "object"})), &[400, 401, 429]),
-            }},
-            "/api/v1/auth/accept": {"post": {
-                "summary": "Set a password with a one-time invitation or reset token (`crow users create`, `crow users reset-password`).",
-                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object",
-                    "required": ["token", "password"], "additionalProperties": false,
-                    "properties": {"token": {"type": "string"}, "password": {"type": "string"}}}}}},
-                "responses": responses("200", json_ok("The user, now active.", json!({"type": "object"})), &[400, 429]),
-            }},
-            "/api/v1/auth/logout": {"post": {
-                "summary": "End the signed-in session (needs `X-CSRF-Token`).", "security": [{"cookie": []}],
-                "responses": {"204": {"description": "Signed out; cookies cleared."},
-                              "401": problem("Not signed in."), "403": problem("No or wrong CSRF token.")},
-            }},
-            "/api/v1/auth/me": {"get": {
-                "summary": "The signed-in user, their organization and session.", "security": [{"cookie": []}],
-                "responses": responses("200", json_ok("The user.", json!({"type": "object"})), &[401, 429]),
-            }},
-            "/api/v1/auth/sessions": {"get": {
-                "summary": "The signed-in user's sessions.", "security": [{"cookie": []}],
-                "responses": responses("200", json_ok("Sessions.", json!({"type": "object"})), &[401, 429]),
-            }},
-            "/api/v1/auth/sessions/{id}/revoke": {"post": {
-                "summary": "End one of the signed-in user's sessions (needs `X-CSRF-Token`).", "security": [{"cookie": []}],
-                "parameters": id_param,
-                "responses": {"204": {"description": "Revoked."}, "401": problem("Not signed in."),
-                              "403": problem("No or wrong CSRF token."), "404": problem("No open session of yours has this id."),
-                              "429": problem("Rate limited.")},
-            }},
-            "/api/v1/notifications": {"get": {
-                "summary": "The signed-in user's notifications, unread first, then newest first.", "security": [{"cookie": []}],
-                "parameters": [qparam("limit", "Page size.", json!({"type": "string"})), qparam("cursor", "The previous page's next_cursor.", json!({"type": "string"}))],
-                "responses": responses("200", json_ok("Notifications.", json!({"type": "object"})), &[400, 401, 429]),
-            }},
-            "/api/v1/notifications/{id}/read": {"post": {
-                "summary": "Mark a notification read (`all`: every one). Needs `X-CSRF-Token`.", "security": [{"cookie": []}],
-                "parameters": id_param,
-                "responses": responses("200", json_ok("How many were marked.", json!({"type": "object"})), &[401, 403, 404, 429]),
-            }},
-            "/api/v1/health": {"get": {
-                "summary": "Whether the API can read the lake.",
-                "responses": {"200": json_ok("Healthy.", json!({"type": "object"})),
-                              "503": problem("The lake is unreachable.")},
-            }},
-        }
-    });
-    if let Some(paths) = doc["paths"].as_object_mut() {
-        for (path, ops) in management_paths()
-            .into_iter()
-            .chain(chat_paths())
-            .chain(saved_query_paths())
-            .chain(query_history_paths())
-            .chain(dashboard_paths())
-            .chain(camera_paths())
-        {
-            match (paths.get_mut(&path), ops) {
-                (Some(Value::Object(have)), Value::Object(more)) => have.extend(more),
-                (_, ops) => {
-                    paths.insert(path, ops);
-                }
-            }
-        }
-    }
-    doc
+    into_map(json!({
+        "/api/v1/sql": {"post": {
+            "summary": "Run one read-only SQL query over the key's organization's rows.",
+            "security": [{"bearer": []}],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SqlRequest"}}}},
+            "responses": responses("200", json!({"description": "The result, in the format `Accept` asks for.", "content": sql_ok,
+                "headers": {"X-Crow-Cache": {"schema": {"type": "string", "enum": ["hit", "miss", "bypass"]},
+                    "description": "Whether the answer came from the result cache (`hit`), was computed and may be kept (`miss`), or is not cached (`bypass`: the cache is off, or the query calls a function like now() or random(); X-Crow-Cache-Reason says which)."}}}),
+                &[400, 401, 403, 406, 408, 429]),
+        }},
+        "/api/v1/ask": {"post": {
+            "summary": "Ask a question in plain language: the AI provider (`ai.provider`) writes one read-only SQL query, which runs like /api/v1/sql in the key's organization; failed queries are repaired at most twice. The answer carries the SQL, its rows (at most 100; `truncated` says when there were more), a suggested chart and a short answer whose every number appears in the rows (else the rows rendered in words, `answer_source` = rows). A broad question may instead be answered by a plan: the provider writes 1 to 4 sub-questions, each run like a single query (a refused step carries its error, the others run), CROW adds this week's patterns and stories, and an analyst step answers from all steps' rows (`steps`; `sql`, `columns` and `rows` are then the first answered step's). The offline provider answers a fixed set of question shapes (and plans \"why did orders/sessions/revenue/conversion drop or rise last week?\") and answers 422 `question_not_supported` for others.",
+            "security": [{"bearer": []}],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object",
+                "required": ["question"], "additionalProperties": false,
+                "properties": {"question": {"type": "string"},
+                               "conversation": {"type": "array", "items": {}, "description": "Earlier turns, oldest first (at most 20)."}}}}}},
+            "responses": responses("200", ask_ok(json!({"type": "object",
+                "required": ["question", "sql", "columns", "rows", "truncated", "chart", "answer", "answer_source"],
+                "properties": {"question": {"type": "string"}, "sql": {"type": "string"},
+                    "columns": {"type": "array", "items": {"type": "string"}},
+                    "rows": {"type": "array", "items": {"type": "object"}}, "truncated": {"type": "boolean"},
+                    "chart": {"type": "object"}, "answer": {"type": "string"},
+                    "answer_source": {"type": "string", "enum": ["model", "rows"]},
+                    "steps": ask_steps()}})),
+                &[400, 401, 403, 408, 422, 429, 502]),
+        }},
+        "/api/v1/organization": {"get": {
+            "summary": "The key's organization.", "security": [{"bearer": []}],
+            "responses": responses("200", json_ok("The organization.", json!({"$ref": "#/components/schemas/Organization"})), &[401, 404, 429]),
+        }},
+        "/api/v1/products": listing("The product catalog.", "Product", &["id", "product", "limit", "cursor"]),
+        "/api/v1/sessions": listing("Sessions.", "Session", &["id", "from", "to", "channel", "product", "limit", "cursor"]),
+        "/api/v1/interactions": listing("Interactions.", "Interaction", &["id", "from", "to", "channel", "product", "limit", "cursor"]),
+        "/api/v1/insights": listing("Patterns by period.", "Insight", &["id", "period_kind", "from", "to", "product", "limit", "cursor"]),
+        "/api/v1/stories": listing("Stories: findings that share a cause, with their start, end or ongoing, segments and estimated impact (`from`/`to` on the start day).", "Story", &["id", "from", "to", "product", "limit", "cursor"]),
+        "/api/v1/usage": listing("Daily usage and its priced amount, by day.", "Usage", &["from", "to", "limit", "cursor"]),
+        "/api/v1/audit": audit,
+    }))
+}
+
+/// Starting, watching, cancelling and downloading exports.
+fn export_paths() -> Map<String, Value> {
+    let id_param = id_param();
+    into_map(json!({
+        "/api/v1/exports": {"post": {
+            "summary": "Start an export of a table or query (needs scope export). Bounded by api.export_timeout_seconds, api.export_max_rows and api.export_max_bytes; beyond api.max_concurrent_exports_per_org running exports, 429.", "security": [{"bearer": []}],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ExportRequest"}}}},
+            "responses": responses("202", json_ok("Started.", json!({"$ref": "#/components/schemas/ExportStatus"})), &[400, 401, 403, 408, 429]),
+        }},
+        "/api/v1/exports/{id}": {"get": {
+            "summary": "An export's status.", "security": [{"bearer": []}], "parameters": id_param,
+            "responses": responses("200", json_ok("Status.", json!({"$ref": "#/components/schemas/ExportStatus"})), &[401, 403, 404, 429]),
+        }, "delete": {
+            "summary": "Cancel a running export: it stops, its data is removed, its status becomes `cancelled` (409 `export_finished` once it succeeded or failed).",
+            "security": [{"bearer": []}], "parameters": id_param,
+            "responses": responses("200", json_ok("The cancelled export's status.", json!({"$ref": "#/components/schemas/ExportStatus"})), &[401, 403, 404, 409, 429]),
+        }},
+        "/api/v1/exports/{id}/download": {"get": {
+            "summary": "Download a finished export.", "security": [{"bearer": []}], "parameters": id_param,
+            "responses": responses("200", json!({"description": "The file.", "content": {
+                "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
+                "text/csv": {"schema": {"type": "string"}},
+                "application/x-ndjson": {"schema": {"type": "string"}}}}), &[401, 403, 404, 409, 429]),
+        }},
+    }))
+}
+
+/// Signing in and out, the signed-in user's sessions and notifications,
+/// and health.
+fn auth_paths() -> Map<String, Value> {
+    let id_param = id_param();
+    into_map(json!({
+        "/api/v1/auth/login": {"post": {
+            "summary": "Sign in with e-mail and password: sets the `crow_session` (HttpOnly) and `crow_csrf` cookies and answers the CSRF token to send as `X-CSRF-Token` on cookie-authenticated mutations. A wrong password and an unknown e-mail get the same 401; attempts are limited per e-mail and per address (429).",
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object",
+                "required": ["email", "password"], "additionalProperties": false,
+                "properties": {"email": {"type": "string"}, "password": {"type": "string"}}}}}},
+            "responses": responses("200", json_ok("Signed in.", json!({"type": "object"})), &[400, 401, 429]),
+        }},
+        "/api/v1/auth/accept": {"post": {
+            "summary": "Set a password with a one-time invitation or reset token (`crow users create`, `crow users reset-password`).",
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object",
+                "required": ["token", "password"], "additionalProperties": false,
+                "properties": {"token": {"type": "string"}, "password": {"type": "string"}}}}}},
+            "responses": responses("200", json_ok("The user, now active.", json!({"type": "object"})), &[400, 429]),
+        }},
+        "/api/v1/auth/logout": {"post": {
+            "summary": "End the signed-in session (needs `X-CSRF-Token`).", "security": [{"cookie": []}],
+            "responses": {"204": {"description": "Signed out; cookies cleared."},
+                          "401": problem("Not signed in."), "403": problem("No or wrong CSRF token.")},
+        }},
+        "/api/v1/auth/me": {"get": {
+            "summary": "The signed-in user, their organization and session.", "security": [{"cookie": []}],
+            "responses": responses("200", json_ok("The user.", json!({"type": "object"})), &[401, 429]),
+        }},
+        "/api/v1/auth/sessions": {"get": {
+            "summary": "The signed-in user's sessions.", "security": [{"cookie": []}],
+            "responses": responses("200", json_ok("Sessions.", json!({"type": "object"})), &[401, 429]),
+        }},
+        "/api/v1/auth/sessions/{id}/revoke": {"post": {
+            "summary": "End one of the signed-in user's sessions (needs `X-CSRF-Token`).", "security": [{"cookie": []}],
+            "parameters": id_param,
+            "responses": {"204": {"description": "Revoked."}, "401": problem("Not signed in."),
+                          "403": problem("No or wrong CSRF token."), "404": problem("No open session of yours has this id."),
+                          "429": problem("Rate limited.")},
+        }},
+        "/api/v1/notifications": {"get": {
+            "summary": "The signed-in user's notifications, unread first, then newest first.", "security": [{"cookie": []}],
+            "parameters": [qparam("limit", "Page size.", json!({"type": "string"})), qparam("cursor", "The previous page's next_cursor.", json!({"type": "string"}))],
+            "responses": responses("200", json_ok("Notifications.", json!({"type": "object"})), &[400, 401, 429]),
+        }},
+        "/api/v1/notifications/{id}/read": {"post": {
+            "summary": "Mark a notification read (`all`: every one). Needs `X-CSRF-Token`.", "security": [{"cookie": []}],
+            "parameters": id_param,
+            "responses": responses("200", json_ok("How many were marked.", json!({"type": "object"})), &[401, 403, 404, 429]),
+        }},
+        "/api/v1/health": {"get": {
+            "summary": "Whether the API can read the lake.",
+            "responses": {"200": json_ok("Healthy.", json!({"type": "object"})),
+                          "503": problem("The lake is unreachable.")},
+        }},
+    }))
 }
 
 /// Members, keys and settings (`crate::manage`): admin keys, signed-in
 /// admins and owners.
+// Long on purpose: one declarative block of the document (the paths of one
+// area, each a JSON literal); splitting it would only scatter the literal.
 fn management_paths() -> Map<String, Value> {
-    let admin = [
-        {
-            let mut s = Map::new();
-            s.insert("bearer".into(), json!([]));
-            s
-        },
-        {
-            let mut s = Map::new();
-            s.insert("cookie".into(), json!([]));
-            s
-        },
-    ];
+    let admin = json!([{"bearer": []}, {"cookie": []}]);
     let obj = |props: Value, required: &[&str]| {
         json!({"required": true, "content": {"application/json": {"schema": {
             "type": "object", "additionalProperties": false, "required": required, "properties": props}}}})
     };
-    let id_param =
-        json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    let id_param = id_param();
     let any = json!({"type": "object"});
     let role = json!({"type": "string", "enum": ["viewer", "analyst", "admin", "owner"]});
     let list = |what: &str| {
@@ -511,10 +533,7 @@ fn management_paths() -> Map<String, Value> {
             "responses": responses("201", json_ok("The new write key, once.", any), &[400, 401, 403, 404, 429]),
         }},
     });
-    match paths {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    }
+    into_map(paths)
 }
 
 /// `/api/v1/insights/days` ([`crate::evidence`]) and `/api/v1/invoice`
@@ -556,8 +575,7 @@ fn dashboard_paths() -> Map<String, Value> {
 /// is answered 403 `user_required`.
 fn chat_paths() -> Map<String, Value> {
     let user = json!([{"cookie": []}]);
-    let id_param =
-        json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    let id_param = id_param();
     let chat = json!({"type": "object", "required": ["id", "title", "message_count", "created_at", "updated_at"],
         "properties": {"id": {"type": "string"}, "title": {"type": "string"}, "message_count": {"type": "integer"},
             "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"}}});
@@ -618,18 +636,14 @@ fn chat_paths() -> Map<String, Value> {
             "responses": errs("200", turn_ok("The chat, the question and its answer."), &[400, 401, 403, 404, 409, 429]),
         }},
     });
-    match paths {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    }
+    into_map(paths)
 }
 
 /// `/api/v1/saved-queries` ([`crate::saved`]): signed-in users only; an
 /// API key is answered 403 `user_required`.
 fn saved_query_paths() -> Map<String, Value> {
     let user = json!([{"cookie": []}]);
-    let id_param =
-        json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    let id_param = id_param();
     let saved = json!({"type": "object", "required": ["id", "name", "sql", "created_at", "updated_at"],
         "properties": {"id": {"type": "string"}, "name": {"type": "string"}, "sql": {"type": "string"},
             "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"}}});
@@ -683,10 +697,7 @@ fn saved_query_paths() -> Map<String, Value> {
             }
         },
     });
-    match paths {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    }
+    into_map(paths)
 }
 
 /// `/api/v1/cameras` ([`crate::cameras`]): listed with the read scope,
@@ -726,10 +737,7 @@ fn camera_paths() -> Map<String, Value> {
             "responses": responses("204", json!({"description": "Removed."}), &[401, 403, 404, 429]),
         }},
     });
-    match paths {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    }
+    into_map(paths)
 }
 
 /// `/api/v1/query-history` ([`crate::history`]): signed-in users only; an
@@ -767,10 +775,7 @@ fn query_history_paths() -> Map<String, Value> {
             }
         },
     });
-    match paths {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    }
+    into_map(paths)
 }
 
 #[cfg(test)]

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use crow_lake::AsOf;
 use datafusion::prelude::{col, lit, DataFrame, Expr, SessionContext};
 use datafusion::scalar::ScalarValue;
 use serde::Deserialize;
@@ -23,7 +22,7 @@ use serde_json::{json, Value};
 use crate::error::{ApiError, ApiResult};
 use crate::keys::Scope;
 use crate::sql::df_error;
-use crate::tenant::{tenant_context, Pins, TenantSchema};
+use crate::tenant::TenantSchema;
 use crate::ApiState;
 
 /// Query parameters of the listings.
@@ -80,18 +79,7 @@ async fn context(
     needs: Scope,
 ) -> ApiResult<(SessionContext, Arc<TenantSchema>)> {
     let p = crate::auth::authenticate(&st.keys, &st.limiter, headers, needs).await?;
-    let (ctx, schema) = tenant_context(
-        &st.lake,
-        st.runtime.clone(),
-        &p.org_id,
-        AsOf::Latest,
-        Pins::new(),
-        8192,
-    );
-    if needs == Scope::Admin {
-        schema.show_admin_keys();
-    }
-    Ok((ctx, schema))
+    Ok(st.latest_session(&p.org_id, needs == Scope::Admin))
 }
 
 fn parse_time(name: &str, v: &str, as_date: bool) -> ApiResult<ScalarValue> {
@@ -172,6 +160,32 @@ async fn list(
     let fail = |e: datafusion::error::DataFusionError| df_error(&e, Some(&schema));
     let mut df: DataFrame = ctx.table(l.table).await.map_err(fail)?;
     let limit = page_size(p.limit.as_deref(), st.cfg.max_page_size)?;
+    let filters = filters(&l, &p)?;
+    for f in filters {
+        df = df.filter(f).map_err(fail)?;
+    }
+    let df = df
+        .sort(vec![col(l.id_col).sort(true, false)])
+        .map_err(fail)?
+        .limit(0, Some(limit + 1))
+        .map_err(fail)?;
+    let batches = df.collect().await.map_err(fail)?;
+    let mut rows = crate::json_rows(&batches)?;
+    let next = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last()
+            .and_then(|r| r.get(l.id_col))
+            .and_then(Value::as_str)
+            .map(|id| encode_cursor(l.table, id))
+    } else {
+        None
+    };
+    Ok(Json(json!({"data": rows, "next_cursor": next})))
+}
+
+/// The conditions `p` asks of listing `l`: time range, channel, product,
+/// period kind, id and the cursor's keyset; 400 for a filter `l` has not.
+fn filters(l: &Listing, p: &ListParams) -> ApiResult<Vec<Expr>> {
     let mut filters: Vec<Expr> = Vec::new();
     if let Some(tc) = l.time_col {
         if let Some(f) = &p.from {
@@ -246,27 +260,20 @@ async fn list(
         };
         filters.push(col(l.id_col).gt(lit(last)));
     }
-    for f in filters {
-        df = df.filter(f).map_err(fail)?;
-    }
-    let df = df
-        .sort(vec![col(l.id_col).sort(true, false)])
-        .map_err(fail)?
-        .limit(0, Some(limit + 1))
-        .map_err(fail)?;
-    let batches = df.collect().await.map_err(fail)?;
-    let mut rows = crate::json_rows(&batches)?;
-    let next = if rows.len() > limit {
-        rows.truncate(limit);
-        rows.last()
-            .and_then(|r| r.get(l.id_col))
-            .and_then(Value::as_str)
-            .map(|id| encode_cursor(l.table, id))
-    } else {
-        None
-    };
-    Ok(Json(json!({"data": rows, "next_cursor": next})))
+    Ok(filters)
 }
+
+/// The columns of `organizations` `GET /api/v1/organization` answers (and
+/// the OpenAPI document's `Organization` describes).
+pub(crate) const ORGANIZATION_COLUMNS: &[&str] = &[
+    "org_id",
+    "name",
+    "domain",
+    "context",
+    "status",
+    "created_at",
+    "updated_at",
+];
 
 /// `GET /api/v1/organization`: the key's own organization.
 pub async fn organization(
@@ -277,15 +284,7 @@ pub async fn organization(
     let fail = |e: datafusion::error::DataFusionError| df_error(&e, Some(&schema));
     let df = ctx.table("organizations").await.map_err(fail)?;
     let batches = df
-        .select_columns(&[
-            "org_id",
-            "name",
-            "domain",
-            "context",
-            "status",
-            "created_at",
-            "updated_at",
-        ])
+        .select_columns(ORGANIZATION_COLUMNS)
         .map_err(fail)?
         .limit(0, Some(1))
         .map_err(fail)?

@@ -37,6 +37,26 @@ pub const MAX_SQL: usize = 20_000;
 /// Saved queries one user keeps at most.
 pub const MAX_PER_USER: usize = 200;
 
+/// Store `row` and write `action` on it in the audit log.
+async fn save_audited(
+    st: &ApiState,
+    p: &crate::auth::Principal,
+    row: &SavedRow,
+    action: &str,
+) -> ApiResult<()> {
+    SAVED.save(st, row, None, "saving the query").await?;
+    crate::audit_call(
+        st,
+        p,
+        action,
+        &row.query_id,
+        true,
+        json!({"name": row.name}),
+    )
+    .await;
+    Ok(())
+}
+
 /// One row of `saved_queries`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct SavedRow {
@@ -162,16 +182,7 @@ pub async fn create(
         created_at: now,
         updated_at: now,
     };
-    SAVED.save(&st, &row, None, "saving the query").await?;
-    crate::audit_call(
-        &st,
-        &p,
-        "saved_query.create",
-        &row.query_id,
-        true,
-        json!({"name": row.name}),
-    )
-    .await;
+    save_audited(&st, &p, &row, "saved_query.create").await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({"saved_query": row.json()})),
@@ -233,16 +244,7 @@ pub async fn update(
         row.sql = clean_sql(s)?;
     }
     row.updated_at = Utc::now();
-    SAVED.save(&st, &row, None, "saving the query").await?;
-    crate::audit_call(
-        &st,
-        &p,
-        "saved_query.update",
-        &row.query_id,
-        true,
-        json!({"name": row.name}),
-    )
-    .await;
+    save_audited(&st, &p, &row, "saved_query.update").await?;
     Ok(axum::Json(json!({"saved_query": row.json()})).into_response())
 }
 

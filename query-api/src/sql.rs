@@ -530,6 +530,64 @@ pub struct RunningQuery {
     done: bool,
 }
 
+/// A query planned and, unless the result cache has it, started: its
+/// output schema, what the cache said, and the physical plan with its
+/// stream (`None` for a hit: nothing runs).
+type Started = (
+    SchemaRef,
+    Cached,
+    Option<(
+        Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        datafusion::physical_plan::SendableRecordBatchStream,
+    )>,
+);
+
+/// Plan `sql` (with `params` bound and at most `limit` rows), look it up in
+/// the result cache with `lookup`, and start it unless that is a hit.
+async fn plan_and_start(
+    st: &Arc<ApiState>,
+    ctx: &SessionContext,
+    schema: &TenantSchema,
+    sql: &str,
+    params: Option<datafusion::common::ParamValues>,
+    limit: Option<usize>,
+    lookup: Option<Lookup>,
+) -> ApiResult<Started> {
+    let (df, normalized) = plan_normalized(st, ctx, schema, sql).await?;
+    // Looked up after planning: the key holds the versions of
+    // the tables the plan reads.
+    let cached = match &lookup {
+        Some(l) => st
+            .result_cache
+            .probe(l, &normalized, df.logical_plan(), schema),
+        None => Cached::Off,
+    };
+    let df = match params {
+        Some(p) => df
+            .with_param_values(p)
+            .map_err(|e| df_error(&e, Some(schema)))?,
+        None => df,
+    };
+    let df = match limit {
+        Some(n) => df
+            .limit(0, Some(n))
+            .map_err(|e| df_error(&e, Some(schema)))?,
+        None => df,
+    };
+    let out: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    if let Cached::Hit(_) = cached {
+        return Ok((out, cached, None));
+    }
+    let task_ctx = Arc::new(df.task_ctx());
+    let plan = df
+        .create_physical_plan()
+        .await
+        .map_err(|e| df_error(&e, Some(schema)))?;
+    let stream = datafusion::physical_plan::execute_stream(plan.clone(), task_ctx)
+        .map_err(|e| df_error(&e, Some(schema)))?;
+    Ok((out, cached, Some((plan, stream))))
+}
+
 impl RunningQuery {
     /// Plan `sql` and start it on the query runtime, with at most `limit`
     /// rows. Returns once the query is planned and executing, or has
@@ -576,41 +634,7 @@ impl RunningQuery {
         let (tx, rx) = tokio::sync::mpsc::channel(CHANNEL_BATCHES);
         let st = state.clone();
         let mut task = state.query_rt.spawn(async move {
-            let started = async {
-                let (df, normalized) = plan_normalized(&st, &ctx, &schema, &sql).await?;
-                // Looked up after planning: the key holds the versions of
-                // the tables the plan reads.
-                let cached = match &lookup {
-                    Some(l) => st
-                        .result_cache
-                        .probe(l, &normalized, df.logical_plan(), &schema),
-                    None => Cached::Off,
-                };
-                let df = match params {
-                    Some(p) => df
-                        .with_param_values(p)
-                        .map_err(|e| df_error(&e, Some(&schema)))?,
-                    None => df,
-                };
-                let df = match limit {
-                    Some(n) => df
-                        .limit(0, Some(n))
-                        .map_err(|e| df_error(&e, Some(&schema)))?,
-                    None => df,
-                };
-                let out: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-                if let Cached::Hit(_) = cached {
-                    return Ok::<_, ApiError>((out, cached, None));
-                }
-                let task_ctx = Arc::new(df.task_ctx());
-                let plan = df
-                    .create_physical_plan()
-                    .await
-                    .map_err(|e| df_error(&e, Some(&schema)))?;
-                let stream = datafusion::physical_plan::execute_stream(plan.clone(), task_ctx)
-                    .map_err(|e| df_error(&e, Some(&schema)))?;
-                Ok::<_, ApiError>((out, cached, Some((plan, stream))))
-            };
+            let started = plan_and_start(&st, &ctx, &schema, &sql, params, limit, lookup);
             let (plan, mut stream) = match started.await {
                 Ok((out, cached, running)) => {
                     if ready_tx.send(Ok((out, cached))).is_err() {

@@ -287,15 +287,7 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
 
 /// Every user (of one organization, if given), oldest first.
 pub async fn list(lake: &Lake, org_id: Option<&str>) -> Result<Vec<User>> {
-    let mut df = lake.dataframe(USERS.name).await?;
-    if let Some(o) = org_id {
-        df = df.filter(col("org_id").eq(lit(o)))?;
-    }
-    let batches = df
-        .sort(vec![col("created_at").sort(true, true)])?
-        .collect()
-        .await?;
-    batches_to_rows(&batches)
+    crate::keys::rows_by_creation(lake, USERS.name, org_id.map(|o| ("org_id", o)), true).await
 }
 
 /// The user with this id or e-mail.
@@ -552,15 +544,8 @@ pub async fn open_session(
 
 /// Every session (of one user, if given), newest first.
 pub async fn sessions(lake: &Lake, user_id: Option<&str>) -> Result<Vec<UserSession>> {
-    let mut df = lake.dataframe(USER_SESSIONS.name).await?;
-    if let Some(u) = user_id {
-        df = df.filter(col("user_id").eq(lit(u)))?;
-    }
-    let batches = df
-        .sort(vec![col("created_at").sort(false, true)])?
-        .collect()
-        .await?;
-    batches_to_rows(&batches)
+    let only = user_id.map(|u| ("user_id", u));
+    crate::keys::rows_by_creation(lake, USER_SESSIONS.name, only, false).await
 }
 
 /// Every session that may still be used: not revoked and not past its

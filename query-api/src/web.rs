@@ -21,7 +21,7 @@ use axum::body::Bytes;
 use axum::extract::Path;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::get;
+use axum::routing::{get, MethodRouter};
 use axum::Router;
 
 /// A file as written in `query-api/web/`.
@@ -269,24 +269,17 @@ async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Response {
 /// The dashboard's routes (pages and assets), with the API's state type.
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
-        .route(
-            "/",
-            get(|h: HeaderMap| async move { page("index.html", &h) }),
-        )
-        .route(
-            "/login",
-            get(|h: HeaderMap| async move { page("login.html", &h) }),
-        )
+        .route("/", page_route("index.html"))
+        .route("/login", page_route("login.html"))
         .route("/app", get(|| async { Redirect::permanent("/app/") }))
-        .route(
-            "/app/",
-            get(|h: HeaderMap| async move { page("app.html", &h) }),
-        )
-        .route(
-            "/app/{*rest}",
-            get(|h: HeaderMap| async move { page("app.html", &h) }),
-        )
+        .route("/app/", page_route("app.html"))
+        .route("/app/{*rest}", page_route("app.html"))
         .route("/assets/{name}", get(asset))
+}
+
+/// `GET` of the page `file`.
+fn page_route<S: Clone + Send + Sync + 'static>(file: &'static str) -> MethodRouter<S> {
+    get(move |h: HeaderMap| async move { page(file, &h) })
 }
 
 #[cfg(test)]

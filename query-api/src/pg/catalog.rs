@@ -382,217 +382,240 @@ fn fixed_catalogs() -> Vec<(&'static str, Option<Arc<MemTable>>)> {
     ]
 }
 
+/// The type of a column of an empty catalog: `I` int8, `S` text, `B` bool,
+/// `X` int2, `F` float4.
+#[derive(Clone, Copy)]
+enum Kind {
+    I,
+    S,
+    B,
+    X,
+    F,
+}
+
+impl Kind {
+    fn col(self) -> Col {
+        match self {
+            Kind::I => Col::Int(vec![]),
+            Kind::S => text(Vec::<String>::new()),
+            Kind::B => Col::Bool(vec![]),
+            Kind::X => Col::Int16(vec![]),
+            Kind::F => Col::Float(vec![]),
+        }
+    }
+}
+
 /// The catalogs CROW has no rows for (no indexes, constraints, defaults,
-/// inheritance, policies, …): their columns, empty.
-fn empty_catalogs() -> Vec<(&'static str, Option<Arc<MemTable>>)> {
-    let (i, s, b, x) = (
-        || Col::Int(vec![]),
-        || text(Vec::<String>::new()),
-        || Col::Bool(vec![]),
-        || Col::Int16(vec![]),
-    );
-    let catalogs: Vec<(&'static str, Vec<(&str, Col)>)> = vec![
+/// inheritance, policies, …): their names and columns.
+const EMPTY_CATALOGS: &[(&str, &[(&str, Kind)])] = {
+    use Kind::{B, F, I, S, X};
+    &[
         (
             "pg_attrdef",
-            vec![
-                ("oid", i()),
-                ("adrelid", i()),
-                ("adnum", x()),
-                ("adbin", s()),
-            ],
+            &[("oid", I), ("adrelid", I), ("adnum", X), ("adbin", S)],
         ),
         (
             "pg_index",
-            vec![
-                ("indexrelid", i()),
-                ("indrelid", i()),
-                ("indnatts", x()),
-                ("indnkeyatts", x()),
-                ("indisunique", b()),
-                ("indnullsnotdistinct", b()),
-                ("indisprimary", b()),
-                ("indisexclusion", b()),
-                ("indimmediate", b()),
-                ("indisclustered", b()),
-                ("indisvalid", b()),
-                ("indisready", b()),
-                ("indislive", b()),
-                ("indisreplident", b()),
-                ("indkey", s()),
-                ("indclass", s()),
-                ("indoption", s()),
-                ("indexprs", s()),
-                ("indpred", s()),
+            &[
+                ("indexrelid", I),
+                ("indrelid", I),
+                ("indnatts", X),
+                ("indnkeyatts", X),
+                ("indisunique", B),
+                ("indnullsnotdistinct", B),
+                ("indisprimary", B),
+                ("indisexclusion", B),
+                ("indimmediate", B),
+                ("indisclustered", B),
+                ("indisvalid", B),
+                ("indisready", B),
+                ("indislive", B),
+                ("indisreplident", B),
+                ("indkey", S),
+                ("indclass", S),
+                ("indoption", S),
+                ("indexprs", S),
+                ("indpred", S),
             ],
         ),
         (
             "pg_constraint",
-            vec![
-                ("oid", i()),
-                ("conname", s()),
-                ("connamespace", i()),
-                ("contype", s()),
-                ("condeferrable", b()),
-                ("condeferred", b()),
-                ("convalidated", b()),
-                ("conrelid", i()),
-                ("contypid", i()),
-                ("conindid", i()),
-                ("conparentid", i()),
-                ("confrelid", i()),
-                ("confupdtype", s()),
-                ("confdeltype", s()),
-                ("confmatchtype", s()),
-                ("conislocal", b()),
-                ("coninhcount", x()),
-                ("connoinherit", b()),
-                ("conkey", s()),
-                ("confkey", s()),
-                ("conbin", s()),
+            &[
+                ("oid", I),
+                ("conname", S),
+                ("connamespace", I),
+                ("contype", S),
+                ("condeferrable", B),
+                ("condeferred", B),
+                ("convalidated", B),
+                ("conrelid", I),
+                ("contypid", I),
+                ("conindid", I),
+                ("conparentid", I),
+                ("confrelid", I),
+                ("confupdtype", S),
+                ("confdeltype", S),
+                ("confmatchtype", S),
+                ("conislocal", B),
+                ("coninhcount", X),
+                ("connoinherit", B),
+                ("conkey", S),
+                ("confkey", S),
+                ("conbin", S),
             ],
         ),
         (
             "pg_inherits",
-            vec![
-                ("inhrelid", i()),
-                ("inhparent", i()),
-                ("inhseqno", i()),
-                ("inhdetachpending", b()),
+            &[
+                ("inhrelid", I),
+                ("inhparent", I),
+                ("inhseqno", I),
+                ("inhdetachpending", B),
             ],
         ),
         (
             "pg_policy",
-            vec![
-                ("oid", i()),
-                ("polname", s()),
-                ("polrelid", i()),
-                ("polcmd", s()),
-                ("polpermissive", b()),
-                ("polroles", s()),
-                ("polqual", s()),
-                ("polwithcheck", s()),
+            &[
+                ("oid", I),
+                ("polname", S),
+                ("polrelid", I),
+                ("polcmd", S),
+                ("polpermissive", B),
+                ("polroles", S),
+                ("polqual", S),
+                ("polwithcheck", S),
             ],
         ),
         (
             "pg_statistic_ext",
-            vec![
-                ("oid", i()),
-                ("stxrelid", i()),
-                ("stxname", s()),
-                ("stxnamespace", i()),
-                ("stxowner", i()),
-                ("stxstattarget", i()),
-                ("stxkeys", s()),
-                ("stxkind", s()),
+            &[
+                ("oid", I),
+                ("stxrelid", I),
+                ("stxname", S),
+                ("stxnamespace", I),
+                ("stxowner", I),
+                ("stxstattarget", I),
+                ("stxkeys", S),
+                ("stxkind", S),
             ],
         ),
         (
             "pg_publication",
-            vec![
-                ("oid", i()),
-                ("pubname", s()),
-                ("pubowner", i()),
-                ("puballtables", b()),
-                ("pubinsert", b()),
-                ("pubupdate", b()),
-                ("pubdelete", b()),
-                ("pubtruncate", b()),
-                ("pubviaroot", b()),
+            &[
+                ("oid", I),
+                ("pubname", S),
+                ("pubowner", I),
+                ("puballtables", B),
+                ("pubinsert", B),
+                ("pubupdate", B),
+                ("pubdelete", B),
+                ("pubtruncate", B),
+                ("pubviaroot", B),
             ],
         ),
         (
             "pg_publication_rel",
-            vec![
-                ("oid", i()),
-                ("prpubid", i()),
-                ("prrelid", i()),
-                ("prqual", s()),
-                ("prattrs", s()),
+            &[
+                ("oid", I),
+                ("prpubid", I),
+                ("prrelid", I),
+                ("prqual", S),
+                ("prattrs", S),
             ],
         ),
         (
             "pg_publication_namespace",
-            vec![("oid", i()), ("pnpubid", i()), ("pnnspid", i())],
+            &[("oid", I), ("pnpubid", I), ("pnnspid", I)],
         ),
         (
             "pg_trigger",
-            vec![
-                ("oid", i()),
-                ("tgrelid", i()),
-                ("tgparentid", i()),
-                ("tgname", s()),
-                ("tgenabled", s()),
-                ("tgisinternal", b()),
+            &[
+                ("oid", I),
+                ("tgrelid", I),
+                ("tgparentid", I),
+                ("tgname", S),
+                ("tgenabled", S),
+                ("tgisinternal", B),
             ],
         ),
         (
             "pg_rewrite",
-            vec![
-                ("oid", i()),
-                ("rulename", s()),
-                ("ev_class", i()),
-                ("ev_type", s()),
-                ("ev_enabled", s()),
-                ("is_instead", b()),
+            &[
+                ("oid", I),
+                ("rulename", S),
+                ("ev_class", I),
+                ("ev_type", S),
+                ("ev_enabled", S),
+                ("is_instead", B),
             ],
         ),
         (
             "pg_foreign_table",
-            vec![("ftrelid", i()), ("ftserver", i()), ("ftoptions", s())],
+            &[("ftrelid", I), ("ftserver", I), ("ftoptions", S)],
         ),
         (
             "pg_partitioned_table",
-            vec![("partrelid", i()), ("partstrat", s())],
+            &[("partrelid", I), ("partstrat", S)],
         ),
         (
             "pg_sequence",
-            vec![
-                ("seqrelid", i()),
-                ("seqtypid", i()),
-                ("seqstart", i()),
-                ("seqincrement", i()),
-                ("seqmax", i()),
-                ("seqmin", i()),
-                ("seqcache", i()),
-                ("seqcycle", b()),
+            &[
+                ("seqrelid", I),
+                ("seqtypid", I),
+                ("seqstart", I),
+                ("seqincrement", I),
+                ("seqmax", I),
+                ("seqmin", I),
+                ("seqcache", I),
+                ("seqcycle", B),
             ],
         ),
         (
             "pg_depend",
-            vec![
-                ("classid", i()),
-                ("objid", i()),
-                ("objsubid", i()),
-                ("refclassid", i()),
-                ("refobjid", i()),
-                ("refobjsubid", i()),
-                ("deptype", s()),
+            &[
+                ("classid", I),
+                ("objid", I),
+                ("objsubid", I),
+                ("refclassid", I),
+                ("refobjid", I),
+                ("refobjsubid", I),
+                ("deptype", S),
             ],
         ),
         (
             "pg_opclass",
-            vec![
-                ("oid", i()),
-                ("opcmethod", i()),
-                ("opcname", s()),
-                ("opcnamespace", i()),
-                ("opcdefault", b()),
-                ("opcintype", i()),
+            &[
+                ("oid", I),
+                ("opcmethod", I),
+                ("opcname", S),
+                ("opcnamespace", I),
+                ("opcdefault", B),
+                ("opcintype", I),
             ],
         ),
         (
             "pg_enum",
-            vec![
-                ("oid", i()),
-                ("enumtypid", i()),
-                ("enumsortorder", Col::Float(vec![])),
-                ("enumlabel", s()),
+            &[
+                ("oid", I),
+                ("enumtypid", I),
+                ("enumsortorder", F),
+                ("enumlabel", S),
             ],
         ),
-    ];
-    catalogs
-        .into_iter()
-        .map(|(name, cols)| (name, empty(cols)))
+    ]
+};
+
+/// The catalogs CROW has no rows for (no indexes, constraints, defaults,
+/// inheritance, policies, …): their columns, empty.
+fn empty_catalogs() -> Vec<(&'static str, Option<Arc<MemTable>>)> {
+    EMPTY_CATALOGS
+        .iter()
+        .map(|(name, cols)| {
+            (
+                *name,
+                empty(cols.iter().map(|(c, k)| (*c, k.col())).collect()),
+            )
+        })
         .collect()
 }
 
@@ -1293,11 +1316,7 @@ fn conjuncts(
 fn plannable_subquery(
     e: &datafusion::sql::sqlparser::ast::Expr,
 ) -> Option<datafusion::sql::sqlparser::ast::Expr> {
-    use datafusion::sql::sqlparser::ast::{
-        BinaryOperator, Expr, GroupByExpr, SelectItem, SetExpr, TableFactor,
-    };
-    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-    use datafusion::sql::sqlparser::parser::Parser;
+    use datafusion::sql::sqlparser::ast::{Expr, GroupByExpr, SelectItem, SetExpr};
     let Expr::Subquery(q) = e else { return None };
     let mut q = q.clone();
     let SetExpr::Select(select) = q.body.as_mut() else {
@@ -1312,19 +1331,58 @@ fn plannable_subquery(
     else {
         return None;
     };
-    let parse = |text: String| {
-        Parser::new(&PostgreSqlDialect {})
-            .try_with_sql(&text)
-            .and_then(|mut p| p.parse_expr())
-            .ok()
-    };
     let aggregated = matches!(&*x, Expr::Function(f)
         if AGGREGATES.contains(&f.name.to_string().to_ascii_lowercase().as_str()));
     if aggregated {
         return None;
     }
-    *x = parse(format!("max({x})"))?;
-    // The subquery's own names: its tables' aliases (or names).
+    *x = parse_pg_expr(format!("max({x})"))?;
+    let inner = subquery_names(select);
+    let mut all = Vec::new();
+    if let Some(w) = select.selection.take() {
+        conjuncts(w, &mut all);
+    }
+    let split = SplitConditions::of(all, &inner);
+    let rest = joined(&split.kept, " AND ");
+    let kept = if rest.is_empty() {
+        None
+    } else {
+        Some(parse_pg_expr(rest.clone())?)
+    };
+    if split.outer_only.is_empty() && split.compared.is_empty() {
+        select.selection = kept;
+        return Some(Expr::Subquery(q));
+    }
+    let conditions = split.moved_out(select, &rest);
+    select.selection = kept;
+    parse_pg_expr(format!(
+        "CASE WHEN {} THEN ({q}) END",
+        conditions.join(" AND ")
+    ))
+}
+
+/// `items` as text, separated by `sep`.
+fn joined<T: std::fmt::Display>(items: &[T], sep: &str) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
+/// `text` parsed as one Postgres expression.
+fn parse_pg_expr(text: String) -> Option<datafusion::sql::sqlparser::ast::Expr> {
+    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+    Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&text)
+        .and_then(|mut p| p.parse_expr())
+        .ok()
+}
+
+/// A subquery's own names: its tables' aliases (or names), lowercase.
+fn subquery_names(select: &datafusion::sql::sqlparser::ast::Select) -> Vec<String> {
+    use datafusion::sql::sqlparser::ast::TableFactor;
     let mut inner: Vec<String> = Vec::new();
     for t in &select.from {
         for f in std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation)) {
@@ -1337,86 +1395,93 @@ fn plannable_subquery(
             }
         }
     }
-    let is_inner = |qs: &[String]| qs.iter().all(|q| q.is_empty() || inner.contains(q));
-    let is_outer =
-        |qs: &[String]| !qs.is_empty() && qs.iter().all(|q| !q.is_empty() && !inner.contains(q));
-    let mut all = Vec::new();
-    if let Some(w) = select.selection.take() {
-        conjuncts(w, &mut all);
-    }
-    let (mut kept, mut outer_only, mut compared) = (Vec::new(), Vec::new(), Vec::new());
-    for c in all {
-        let qs = qualifiers(&c);
-        if is_outer(&qs) {
-            outer_only.push(c);
-            continue;
-        }
-        match &c {
-            Expr::BinaryOp { left, op, right }
-                if *op != BinaryOperator::Eq
-                    && matches!(
-                        op,
-                        BinaryOperator::NotEq
-                            | BinaryOperator::Lt
-                            | BinaryOperator::LtEq
-                            | BinaryOperator::Gt
-                            | BinaryOperator::GtEq
-                    ) =>
-            {
-                let (l, r) = (qualifiers(left), qualifiers(right));
-                if is_outer(&l) && is_inner(&r) {
-                    compared.push((left.to_string(), op.to_string(), right.to_string(), false));
-                } else if is_inner(&l) && is_outer(&r) {
-                    compared.push((right.to_string(), op.to_string(), left.to_string(), true));
-                } else {
-                    kept.push(c);
-                }
-            }
-            _ => kept.push(c),
-        }
-    }
-    let rest = kept
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(" AND ");
-    if outer_only.is_empty() && compared.is_empty() {
-        select.selection = if rest.is_empty() {
-            None
-        } else {
-            Some(parse(rest)?)
+    inner
+}
+
+/// A scalar subquery's conditions, sorted by what [`plannable_subquery`]
+/// does with them.
+struct SplitConditions {
+    /// Conditions that stay in the subquery.
+    kept: Vec<datafusion::sql::sqlparser::ast::Expr>,
+    /// Conditions on the outer row only.
+    outer_only: Vec<datafusion::sql::sqlparser::ast::Expr>,
+    /// Comparisons other than `=` of an outer and an inner value: (outer
+    /// side, operator, inner side, whether the inner side was on the left).
+    compared: Vec<(String, String, String, bool)>,
+}
+
+impl SplitConditions {
+    /// Sort `all` by the names they use (`inner`: the subquery's own).
+    fn of(all: Vec<datafusion::sql::sqlparser::ast::Expr>, inner: &[String]) -> Self {
+        use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr};
+        let is_inner = |qs: &[String]| qs.iter().all(|q| q.is_empty() || inner.contains(q));
+        let is_outer = |qs: &[String]| {
+            !qs.is_empty() && qs.iter().all(|q| !q.is_empty() && !inner.contains(q))
         };
-        return Some(Expr::Subquery(q));
+        let (mut kept, mut outer_only, mut compared) = (Vec::new(), Vec::new(), Vec::new());
+        for c in all {
+            let qs = qualifiers(&c);
+            if is_outer(&qs) {
+                outer_only.push(c);
+                continue;
+            }
+            match &c {
+                Expr::BinaryOp { left, op, right }
+                    if *op != BinaryOperator::Eq
+                        && matches!(
+                            op,
+                            BinaryOperator::NotEq
+                                | BinaryOperator::Lt
+                                | BinaryOperator::LtEq
+                                | BinaryOperator::Gt
+                                | BinaryOperator::GtEq
+                        ) =>
+                {
+                    let (l, r) = (qualifiers(left), qualifiers(right));
+                    if is_outer(&l) && is_inner(&r) {
+                        compared.push((left.to_string(), op.to_string(), right.to_string(), false));
+                    } else if is_inner(&l) && is_outer(&r) {
+                        compared.push((right.to_string(), op.to_string(), left.to_string(), true));
+                    } else {
+                        kept.push(c);
+                    }
+                }
+                _ => kept.push(c),
+            }
+        }
+        SplitConditions {
+            kept,
+            outer_only,
+            compared,
+        }
     }
-    let from = select
-        .from
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ");
-    let filter = if rest.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {rest}")
-    };
-    let mut conditions: Vec<String> = outer_only.iter().map(|c| format!("({c})")).collect();
-    for (outer, op, inner_side, flipped) in compared {
-        let found = format!("(SELECT max({inner_side}) FROM {from}{filter})");
-        conditions.push(if flipped {
-            format!("({found} {op} {outer})")
+
+    /// The conditions moved out of the subquery into its `CASE WHEN`: the
+    /// outer-only ones, and each comparison against the inner value found
+    /// by the subquery's `FROM` and remaining conditions (`rest`).
+    fn moved_out(
+        self,
+        select: &datafusion::sql::sqlparser::ast::Select,
+        rest: &str,
+    ) -> Vec<String> {
+        let from = joined(&select.from, ", ");
+        let filter = if rest.is_empty() {
+            String::new()
         } else {
-            format!("({outer} {op} {found})")
-        });
+            format!(" WHERE {rest}")
+        };
+        let mut conditions: Vec<String> =
+            self.outer_only.iter().map(|c| format!("({c})")).collect();
+        for (outer, op, inner_side, flipped) in self.compared {
+            let found = format!("(SELECT max({inner_side}) FROM {from}{filter})");
+            conditions.push(if flipped {
+                format!("({found} {op} {outer})")
+            } else {
+                format!("({outer} {op} {found})")
+            });
+        }
+        conditions
     }
-    select.selection = if rest.is_empty() {
-        None
-    } else {
-        Some(parse(rest)?)
-    };
-    parse(format!(
-        "CASE WHEN {} THEN ({q}) END",
-        conditions.join(" AND ")
-    ))
 }
 
 /// The catalogs CROW keeps empty.

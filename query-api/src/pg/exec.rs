@@ -441,6 +441,14 @@ impl Parser {
     }
 }
 
+/// A query stopped after `seconds` (`api.query_timeout_seconds`).
+pub(super) fn timed_out(seconds: u64) -> PgWireError {
+    user_error(
+        "57014",
+        format!("the query ran longer than {seconds} s and was cancelled"),
+    )
+}
+
 fn no_cursor(name: &str) -> PgWireError {
     user_error("34000", format!("cursor \"{name}\" does not exist"))
 }
@@ -530,13 +538,7 @@ impl Rows {
             match next {
                 Err(_) => {
                     self.done = true;
-                    return Some(Err(user_error(
-                        "57014",
-                        format!(
-                            "the query ran longer than {} s and was cancelled",
-                            self.timeout
-                        ),
-                    )));
+                    return Some(Err(timed_out(self.timeout)));
                 }
                 Ok(None) => self.done = true,
                 Ok(Some(Err(e))) => {
@@ -865,47 +867,10 @@ impl Queries {
                 tag("DEALLOCATE")
             }
             Command::Declare { name, hold, sql } => {
-                if conn.cursors.lock().await.contains_key(&name) {
-                    return Err(user_error(
-                        "42P03",
-                        format!("cursor \"{name}\" already exists"),
-                    ));
-                }
-                let (query, permits, deadline, _) = self.start(client, &sql, params).await?;
-                let cursor = Cursor {
-                    schema: query.schema.clone(),
-                    hold,
-                    query,
-                    pending: VecDeque::new(),
-                    rows: 0,
-                    max_rows: self.st.cfg.max_result_rows,
-                    deadline,
-                    timeout: self.st.cfg.query_timeout_seconds,
-                    done: false,
-                    _permits: permits,
-                };
-                conn.cursors.lock().await.insert(name, cursor);
-                tag("DECLARE CURSOR")
+                self.declare(client, &conn, name, hold, &sql, params).await
             }
             Command::Fetch { name, count, skip } => {
-                // The key is re-checked at every FETCH, as at every statement.
-                recheck(&self.st, session_of(client)?.as_ref()).await?;
-                let mut cursors = conn.cursors.lock().await;
-                let c = cursors.get_mut(&name).ok_or_else(|| no_cursor(&name))?;
-                let batches = c.fetch(count).await?;
-                let n: usize = batches.iter().map(RecordBatch::num_rows).sum();
-                if skip {
-                    return Ok(Response::Execution(Tag::new("MOVE").with_rows(n)));
-                }
-                let fields = Arc::new(encode::fields(&c.schema, format));
-                encode::check_formats(&fields)?;
-                let mut rows = Vec::with_capacity(n);
-                for b in &batches {
-                    rows.extend(encode::rows(b, &fields)?.into_iter().map(Ok));
-                }
-                let mut r = QueryResponse::new(fields, futures::stream::iter(rows));
-                r.set_command_tag("FETCH");
-                Ok(Response::Query(r))
+                self.fetch(client, &conn, &name, count, skip, format).await
             }
             Command::Close(name) => {
                 let mut cursors = conn.cursors.lock().await;
@@ -918,6 +883,77 @@ impl Queries {
                 tag("CLOSE CURSOR")
             }
         }
+    }
+
+    /// `DECLARE name CURSOR FOR sql`: start the query and keep it, unread,
+    /// as the connection's cursor `name`.
+    async fn declare<C>(
+        &self,
+        client: &C,
+        conn: &session::Conn,
+        name: String,
+        hold: bool,
+        sql: &str,
+        params: Option<ParamValues>,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Sync + ?Sized,
+    {
+        if conn.cursors.lock().await.contains_key(&name) {
+            return Err(user_error(
+                "42P03",
+                format!("cursor \"{name}\" already exists"),
+            ));
+        }
+        let (query, permits, deadline, _) = self.start(client, sql, params).await?;
+        let cursor = Cursor {
+            schema: query.schema.clone(),
+            hold,
+            query,
+            pending: VecDeque::new(),
+            rows: 0,
+            max_rows: self.st.cfg.max_result_rows,
+            deadline,
+            timeout: self.st.cfg.query_timeout_seconds,
+            done: false,
+            _permits: permits,
+        };
+        conn.cursors.lock().await.insert(name, cursor);
+        Ok(Response::Execution(Tag::new("DECLARE CURSOR")))
+    }
+
+    /// `FETCH`/`MOVE`: the next `count` rows of cursor `name` (all left
+    /// with `None`), sent, or only counted when `skip`.
+    async fn fetch<C>(
+        &self,
+        client: &C,
+        conn: &session::Conn,
+        name: &str,
+        count: Option<u64>,
+        skip: bool,
+        format: impl Fn(usize) -> FieldFormat + Send,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Sync + ?Sized,
+    {
+        // The key is re-checked at every FETCH, as at every statement.
+        recheck(&self.st, session_of(client)?.as_ref()).await?;
+        let mut cursors = conn.cursors.lock().await;
+        let c = cursors.get_mut(name).ok_or_else(|| no_cursor(name))?;
+        let batches = c.fetch(count).await?;
+        let n: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        if skip {
+            return Ok(Response::Execution(Tag::new("MOVE").with_rows(n)));
+        }
+        let fields = Arc::new(encode::fields(&c.schema, format));
+        encode::check_formats(&fields)?;
+        let mut rows = Vec::with_capacity(n);
+        for b in &batches {
+            rows.extend(encode::rows(b, &fields)?.into_iter().map(Ok));
+        }
+        let mut r = QueryResponse::new(fields, futures::stream::iter(rows));
+        r.set_command_tag("FETCH");
+        Ok(Response::Query(r))
     }
 }
 

@@ -302,13 +302,7 @@ impl Cursor {
             match tokio::time::timeout_at(self.deadline, self.query.next()).await {
                 Err(_) => {
                     self.done = true;
-                    return Err(user_error(
-                        "57014",
-                        format!(
-                            "the query ran longer than {} s and was cancelled",
-                            self.timeout
-                        ),
-                    ));
+                    return Err(super::exec::timed_out(self.timeout));
                 }
                 Ok(None) => self.done = true,
                 Ok(Some(Err(e))) => {
