@@ -574,6 +574,12 @@ pub(super) fn unit_of(metric: &str) -> &'static str {
     }
 }
 
+/// Whether a metric is a pair of products bought together (a finding with
+/// no baseline, never part of a change).
+pub(super) fn is_pair(metric: &str) -> bool {
+    matches!(metric.parse(), Ok(Metric::Pair(..)))
+}
+
 /// Whether a metric is tested (the others are parts of other metrics).
 pub(super) fn testable(metric: &str) -> bool {
     !matches!(

@@ -461,7 +461,7 @@ impl<'a> Finder<'a> {
     fn explain_wholes(&self, p: &Period, fs: Vec<Finding>) -> Vec<Finding> {
         let wholes: Vec<(String, (NaiveDate, NaiveDate))> = fs
             .iter()
-            .filter(|f| f.segment.is_empty() && !f.metric.starts_with("pair:"))
+            .filter(|f| f.segment.is_empty() && !is_pair(&f.metric))
             .map(|f| (f.metric.clone(), f.span))
             .collect();
         let mut fs = fs;
@@ -473,7 +473,7 @@ impl<'a> Finder<'a> {
             let (base, ctx) = self.confirm_ctx(p, span, &flagged);
             let (same, rest): (Vec<Finding>, Vec<Finding>) = fs
                 .into_iter()
-                .partition(|f| f.metric == metric && !f.metric.starts_with("pair:"));
+                .partition(|f| f.metric == metric && !is_pair(&f.metric));
             let mut same = segment_explains_whole(same, &cur, &base, &ctx);
             same.extend(rest);
             fs = same;
@@ -498,7 +498,7 @@ impl<'a> Finder<'a> {
         for c in children {
             let a = c.span.0.max(p.start).max(self.first_data);
             let b = c.span.1.min(p.end).min(self.horizon);
-            if a < b && !c.metric.starts_with("pair:") {
+            if a < b && !is_pair(&c.metric) {
                 by_span.entry((a, b)).or_default().push(c);
             }
         }
