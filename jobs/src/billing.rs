@@ -51,7 +51,7 @@ use crow_schemas::time::days_from_date;
 use crow_schemas::USAGE_DAILY;
 use serde::{Deserialize, Serialize};
 
-use crate::job::{Job, JobContext, Planned, Request, Split};
+use crate::job::{Job, JobContext, Planned, Request, RunWindow, Split};
 use crate::{runs, Error, Params, ProgressRef, Result, Trigger, Window};
 
 /// Name of the job in the ledger.
@@ -207,12 +207,9 @@ pub struct Options {
 /// What a run did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
-    /// The run id.
-    pub run_id: String,
-    /// Window start.
-    pub window_start: Option<DateTime<Utc>>,
-    /// Window end.
-    pub window_end: Option<DateTime<Utc>>,
+    /// The run and its window.
+    #[serde(flatten)]
+    pub run: RunWindow,
     /// Days recomputed.
     pub days: u64,
     /// `usage_daily` rows in the window (org × day with any usage).
@@ -286,7 +283,7 @@ impl Job for Billing {
         run_id: &str,
     ) -> Result<(Window, Report)> {
         let mut report = compute(&ctx.lake, &self.opts, window, &ctx.progress).await?;
-        report.run_id = run_id.to_string();
+        report.run.run_id = run_id.to_string();
         Ok((window, report))
     }
 
@@ -484,9 +481,7 @@ async fn compute(
             .all(|(a, b)| same_but_computed_at(a, b));
     let days = (window.end - window.start).num_days().max(0) as u64;
     let report = Report {
-        run_id: String::new(),
-        window_start: Some(window.start),
-        window_end: Some(window.end),
+        run: RunWindow::of(window),
         days,
         rows: rows.len() as u64,
         written: !same,

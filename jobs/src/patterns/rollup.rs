@@ -503,45 +503,9 @@ impl<'a> Finder<'a> {
             }
         }
         let flagged = self.flagged.borrow();
-        for ((a, b), cs) in by_span {
-            let Some(cur) = self.span(a, b) else {
-                continue;
-            };
-            let (base, ctx) = self.confirm_ctx(p, (a, b), &flagged);
-            // The confirmations are one family with every metric these
-            // days could test.
-            let tests = cur.cells.keys().filter(|k| testable(&k.0)).count();
-            let mut tested: Vec<(Finding, &ChildRef)> = Vec::new();
-            for c in cs {
-                let key = (c.metric.clone(), c.segment.clone());
-                if let Some(f) = test_metric(&key, &cur, &base, &ctx) {
-                    tested.push((f, c));
-                }
-            }
-            let refs: Vec<(String, String, String, f64)> = tested
-                .iter()
-                .map(|(f, c)| (f.metric.clone(), f.segment.clone(), c.label.clone(), c.z))
-                .collect();
-            let kept = benjamini_hochberg(
-                tested.into_iter().map(|(f, _)| f).collect(),
-                self.fdr,
-                tests,
-            );
-            for mut f in kept {
-                let Some(c) = refs
-                    .iter()
-                    .find(|r| r.0 == f.metric && r.1 == f.segment)
-                    .map(|r| ChildLabel {
-                        label: r.2.clone(),
-                        z: r.3,
-                    })
-                else {
-                    continue;
-                };
+        for (span, cs) in by_span {
+            for (mut f, c) in self.confirmed(p, span, &cs, &flagged) {
                 let key = (f.metric.clone(), f.segment.clone());
-                if (f.z > 0.0) != (c.z > 0.0) {
-                    continue;
-                }
                 f.own = false;
                 f.children = vec![c.label.clone()];
                 match by_key.get_mut(&key) {
@@ -574,5 +538,54 @@ impl<'a> Finder<'a> {
             }
         }
         top(self.explain_wholes(p, one_fact(out)))
+    }
+
+    /// The findings of parts `cs` over their days `[a, b)` that the
+    /// parent's own data confirms: each re-tested on these days against
+    /// the parent's other days (see [`Finder::confirm_ctx`]), corrected
+    /// together with every metric these days could test, in the part's
+    /// direction; each with the part it came from.
+    fn confirmed(
+        &self,
+        p: &Period,
+        (a, b): (NaiveDate, NaiveDate),
+        cs: &[&ChildRef],
+        flagged: &Flagged,
+    ) -> Vec<(Finding, ChildLabel)> {
+        let Some(cur) = self.span(a, b) else {
+            return Vec::new();
+        };
+        let (base, ctx) = self.confirm_ctx(p, (a, b), flagged);
+        // The confirmations are one family with every metric these
+        // days could test.
+        let tests = cur.cells.keys().filter(|k| testable(&k.0)).count();
+        let mut tested: Vec<(Finding, &ChildRef)> = Vec::new();
+        for &c in cs {
+            let key = (c.metric.clone(), c.segment.clone());
+            if let Some(f) = test_metric(&key, &cur, &base, &ctx) {
+                tested.push((f, c));
+            }
+        }
+        let refs: Vec<(String, String, String, f64)> = tested
+            .iter()
+            .map(|(f, c)| (f.metric.clone(), f.segment.clone(), c.label.clone(), c.z))
+            .collect();
+        let kept = benjamini_hochberg(
+            tested.into_iter().map(|(f, _)| f).collect(),
+            self.fdr,
+            tests,
+        );
+        kept.into_iter()
+            .filter_map(|f| {
+                let c = refs
+                    .iter()
+                    .find(|r| r.0 == f.metric && r.1 == f.segment)
+                    .map(|r| ChildLabel {
+                        label: r.2.clone(),
+                        z: r.3,
+                    })?;
+                ((f.z > 0.0) == (c.z > 0.0)).then_some((f, c))
+            })
+            .collect()
     }
 }
