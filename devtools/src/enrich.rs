@@ -58,8 +58,8 @@ pub(crate) async fn run(
     let calls_first = fake.calls();
     // Again over the same window: every answer comes from the cache.
     let window = crow_jobs::Window {
-        start: r.window_start.context("window")?,
-        end: r.window_end.context("window")?,
+        start: r.run.window_start.context("window")?,
+        end: r.run.window_end.context("window")?,
     };
     let started = Instant::now();
     let again = run_job::<enrich::Enrich>(&ctx, &Request::new(None, Some(window))).await?;

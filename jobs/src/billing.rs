@@ -43,7 +43,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, DurationRound, NaiveDate, Utc};
 use crow_lake::batch::{batches_to_rows, rows_to_batch, ts_micros};
-use crow_lake::datafusion::prelude::{col, lit};
+use crow_lake::datafusion::prelude::{col, lit, Expr};
 use crow_lake::{predicate, Lake};
 use crow_schemas::config::BillingConfig;
 use crow_schemas::rows::UsageRow;
@@ -51,7 +51,7 @@ use crow_schemas::time::days_from_date;
 use crow_schemas::USAGE_DAILY;
 use serde::{Deserialize, Serialize};
 
-use crate::job::{Job, JobContext, Planned, Request, Split};
+use crate::job::{Job, JobContext, Planned, Request, RunWindow, Split};
 use crate::{runs, Error, Params, ProgressRef, Result, Trigger, Window};
 
 /// Name of the job in the ledger.
@@ -207,12 +207,9 @@ pub struct Options {
 /// What a run did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
-    /// The run id.
-    pub run_id: String,
-    /// Window start.
-    pub window_start: Option<DateTime<Utc>>,
-    /// Window end.
-    pub window_end: Option<DateTime<Utc>>,
+    /// The run and its window.
+    #[serde(flatten)]
+    pub run: RunWindow,
     /// Days recomputed.
     pub days: u64,
     /// `usage_daily` rows in the window (org × day with any usage).
@@ -286,7 +283,7 @@ impl Job for Billing {
         run_id: &str,
     ) -> Result<(Window, Report)> {
         let mut report = compute(&ctx.lake, &self.opts, window, &ctx.progress).await?;
-        report.run_id = run_id.to_string();
+        report.run.run_id = run_id.to_string();
         Ok((window, report))
     }
 
@@ -320,19 +317,8 @@ async fn incremental_window(lake: &Lake, org: Option<&str>, now: DateTime<Utc>) 
            UNION ALL SELECT min(event_date) FROM raw_social_captures WHERE {raw_cond} {org_cond}
            UNION ALL SELECT min(event_date) FROM raw_cctv_transcripts WHERE {raw_cond} {org_cond})"
     );
-    #[derive(Deserialize)]
-    struct D {
-        d: Option<String>,
-    }
-    let (_, batches) = params.run(lake, &sql).await?;
-    if let Some(d) = batches_to_rows::<D>(&batches)?
-        .into_iter()
-        .next()
-        .and_then(|d| d.d)
-    {
-        if let Ok(d) = NaiveDate::parse_from_str(&d, "%Y-%m-%d") {
-            start = start.min(d.and_time(chrono::NaiveTime::MIN).and_utc());
-        }
+    if let Some(d) = first_day(lake, &params, &sql).await? {
+        start = start.min(d);
     }
     if let Some(last) = &last {
         let since = last.started_at - Duration::minutes(LATE_ALLOWANCE_MINUTES);
@@ -352,18 +338,27 @@ async fn incremental_window(lake: &Lake, org: Option<&str>, now: DateTime<Utc>) 
                SELECT min(session_date) AS d FROM sessions WHERE TRUE {org_cond}
                UNION ALL SELECT min(period_start) FROM patterns WHERE period_kind = 'day' {org_cond})"
         );
-        let (_, batches) = params.run(lake, &sql).await?;
-        if let Some(d) = batches_to_rows::<D>(&batches)?
-            .into_iter()
-            .next()
-            .and_then(|d| d.d)
-        {
-            if let Ok(d) = NaiveDate::parse_from_str(&d, "%Y-%m-%d") {
-                start = start.min(d.and_time(chrono::NaiveTime::MIN).and_utc());
-            }
+        if let Some(d) = first_day(lake, &params, &sql).await? {
+            start = start.min(d);
         }
     }
     Ok(Window { start, end })
+}
+
+/// The midnight of the day `sql` answers (one row, a column `d` of
+/// `YYYY-MM-DD` text); None when it answers no day.
+async fn first_day(lake: &Lake, params: &Params, sql: &str) -> Result<Option<DateTime<Utc>>> {
+    #[derive(Deserialize)]
+    struct D {
+        d: Option<String>,
+    }
+    let (_, batches) = params.run(lake, sql).await?;
+    Ok(batches_to_rows::<D>(&batches)?
+        .into_iter()
+        .next()
+        .and_then(|d| d.d)
+        .and_then(|d| NaiveDate::parse_from_str(&d, "%Y-%m-%d").ok())
+        .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc()))
 }
 
 #[derive(Debug, Deserialize)]
@@ -458,6 +453,8 @@ pub async fn usage(
     Ok(out)
 }
 
+/// Meter the whole days of `window` and replace them in `usage_daily`
+/// unless the rows are the stored ones already.
 async fn compute(
     lake: &Lake,
     opts: &Options,
@@ -467,24 +464,7 @@ async fn compute(
     let org = opts.org.as_deref();
     progress.phase("metering usage", 0);
     let usage = usage(lake, org, window).await?;
-    let computed_at = opts.now.timestamp_micros();
-    let mut rows: Vec<UsageRow> = usage
-        .iter()
-        .map(|((org_id, day), u)| UsageRow {
-            org_id: org_id.clone(),
-            usage_date: days_from_date(*day),
-            events: u.events,
-            sessions: u.sessions,
-            interactions: u.interactions,
-            patterns: u.patterns,
-            ai_input_tokens: u.ai_input_tokens,
-            ai_output_tokens: u.ai_output_tokens,
-            amount_micros: total(&line_items(u, &opts.prices)),
-            currency: opts.prices.currency.clone(),
-            computed_at,
-        })
-        .collect();
-    rows.sort_by(|a, b| (a.usage_date, &a.org_id).cmp(&(b.usage_date, &b.org_id)));
+    let rows = usage_rows(&usage, &opts.prices, opts.now.timestamp_micros());
     let predicate = col("usage_date")
         .gt_eq(predicate::date(window.start.date_naive()))
         .and(col("usage_date").lt(predicate::date(window.end.date_naive())));
@@ -493,77 +473,15 @@ async fn compute(
         None => predicate,
     };
     // Unchanged usage is not rewritten: a second run changes nothing.
-    let existing: Vec<UsageRow> = {
-        #[derive(Deserialize)]
-        struct Stored {
-            org_id: String,
-            usage_date: String,
-            events: i64,
-            sessions: i64,
-            interactions: i64,
-            patterns: i64,
-            ai_input_tokens: i64,
-            ai_output_tokens: i64,
-            amount_micros: i64,
-            currency: String,
-            #[serde(with = "ts_micros")]
-            computed_at: DateTime<Utc>,
-        }
-        let batches = lake
-            .dataframe(USAGE_DAILY.name)
-            .await?
-            .filter(predicate.clone())?
-            .select_exprs(&[
-                "org_id",
-                "CAST(usage_date AS VARCHAR) AS usage_date",
-                "events",
-                "sessions",
-                "interactions",
-                "patterns",
-                "ai_input_tokens",
-                "ai_output_tokens",
-                "amount_micros",
-                "currency",
-                "computed_at",
-            ])?
-            .collect()
-            .await?;
-        let mut v = Vec::new();
-        for s in batches_to_rows::<Stored>(&batches)? {
-            let d = NaiveDate::parse_from_str(&s.usage_date, "%Y-%m-%d")
-                .map_err(|e| Error::Corrupt(format!("usage_daily: day `{}`: {e}", s.usage_date)))?;
-            v.push(UsageRow {
-                org_id: s.org_id,
-                usage_date: days_from_date(d),
-                events: s.events,
-                sessions: s.sessions,
-                interactions: s.interactions,
-                patterns: s.patterns,
-                ai_input_tokens: s.ai_input_tokens,
-                ai_output_tokens: s.ai_output_tokens,
-                amount_micros: s.amount_micros,
-                currency: s.currency,
-                computed_at: s.computed_at.timestamp_micros(),
-            });
-        }
-        v.sort_by(|a, b| (a.usage_date, &a.org_id).cmp(&(b.usage_date, &b.org_id)));
-        v
-    };
+    let existing = stored_rows(lake, predicate.clone()).await?;
     let same = existing.len() == rows.len()
-        && existing.iter().zip(&rows).all(|(a, b)| {
-            UsageRow {
-                computed_at: 0,
-                ..a.clone()
-            } == UsageRow {
-                computed_at: 0,
-                ..b.clone()
-            }
-        });
+        && existing
+            .iter()
+            .zip(&rows)
+            .all(|(a, b)| same_but_computed_at(a, b));
     let days = (window.end - window.start).num_days().max(0) as u64;
     let report = Report {
-        run_id: String::new(),
-        window_start: Some(window.start),
-        window_end: Some(window.end),
+        run: RunWindow::of(window),
         days,
         rows: rows.len() as u64,
         written: !same,
@@ -579,6 +497,102 @@ async fn compute(
         tracing::info!(%window, "billing: usage unchanged, nothing written");
     }
     Ok(report)
+}
+
+/// The `usage_daily` rows of metered usage, priced, in (day, org) order.
+fn usage_rows(
+    usage: &BTreeMap<(String, NaiveDate), Usage>,
+    prices: &Prices,
+    computed_at: i64,
+) -> Vec<UsageRow> {
+    let mut rows: Vec<UsageRow> = usage
+        .iter()
+        .map(|((org_id, day), u)| UsageRow {
+            org_id: org_id.clone(),
+            usage_date: days_from_date(*day),
+            events: u.events,
+            sessions: u.sessions,
+            interactions: u.interactions,
+            patterns: u.patterns,
+            ai_input_tokens: u.ai_input_tokens,
+            ai_output_tokens: u.ai_output_tokens,
+            amount_micros: total(&line_items(u, prices)),
+            currency: prices.currency.clone(),
+            computed_at,
+        })
+        .collect();
+    rows.sort_by(|a, b| (a.usage_date, &a.org_id).cmp(&(b.usage_date, &b.org_id)));
+    rows
+}
+
+/// The stored `usage_daily` rows that `predicate` selects, in (day, org)
+/// order.
+async fn stored_rows(lake: &Lake, predicate: Expr) -> Result<Vec<UsageRow>> {
+    #[derive(Deserialize)]
+    struct Stored {
+        org_id: String,
+        usage_date: String,
+        events: i64,
+        sessions: i64,
+        interactions: i64,
+        patterns: i64,
+        ai_input_tokens: i64,
+        ai_output_tokens: i64,
+        amount_micros: i64,
+        currency: String,
+        #[serde(with = "ts_micros")]
+        computed_at: DateTime<Utc>,
+    }
+    let batches = lake
+        .dataframe(USAGE_DAILY.name)
+        .await?
+        .filter(predicate)?
+        .select_exprs(&[
+            "org_id",
+            "CAST(usage_date AS VARCHAR) AS usage_date",
+            "events",
+            "sessions",
+            "interactions",
+            "patterns",
+            "ai_input_tokens",
+            "ai_output_tokens",
+            "amount_micros",
+            "currency",
+            "computed_at",
+        ])?
+        .collect()
+        .await?;
+    let mut v = Vec::new();
+    for s in batches_to_rows::<Stored>(&batches)? {
+        let d = NaiveDate::parse_from_str(&s.usage_date, "%Y-%m-%d")
+            .map_err(|e| Error::Corrupt(format!("usage_daily: day `{}`: {e}", s.usage_date)))?;
+        v.push(UsageRow {
+            org_id: s.org_id,
+            usage_date: days_from_date(d),
+            events: s.events,
+            sessions: s.sessions,
+            interactions: s.interactions,
+            patterns: s.patterns,
+            ai_input_tokens: s.ai_input_tokens,
+            ai_output_tokens: s.ai_output_tokens,
+            amount_micros: s.amount_micros,
+            currency: s.currency,
+            computed_at: s.computed_at.timestamp_micros(),
+        });
+    }
+    v.sort_by(|a, b| (a.usage_date, &a.org_id).cmp(&(b.usage_date, &b.org_id)));
+    Ok(v)
+}
+
+/// Whether two rows are equal apart from when they were computed.
+fn same_but_computed_at(a: &UsageRow, b: &UsageRow) -> bool {
+    UsageRow {
+        computed_at: 0,
+        ..a.clone()
+    } == UsageRow {
+        computed_at: 0,
+        ..b.clone()
+    }
 }
 
 /// One organization's invoice for a month.

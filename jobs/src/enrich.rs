@@ -50,7 +50,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::ai::{call_checked, AiRequest, Check, Provider, RetryPolicy};
-use crate::job::{Job, JobContext, Planned, Request, Split};
+use crate::job::{Job, JobContext, Planned, Request, RunWindow, Split};
 use crate::{runs, sessionize, Params, ProgressRef, Result, Trigger, Window};
 
 /// Name of the job in the ledger.
@@ -270,12 +270,9 @@ pub struct Options {
 /// What a run did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
-    /// The run id (empty when there was nothing to do).
-    pub run_id: String,
-    /// Window start.
-    pub window_start: Option<DateTime<Utc>>,
-    /// Window end.
-    pub window_end: Option<DateTime<Utc>>,
+    /// The run and its window.
+    #[serde(flatten)]
+    pub run: RunWindow,
     /// Provider.
     pub provider: String,
     /// Model.
@@ -434,7 +431,10 @@ impl Job for Enrich {
         Ok((
             window,
             Report {
-                run_id: run_id.to_string(),
+                run: RunWindow {
+                    run_id: run_id.to_string(),
+                    ..report.run
+                },
                 ..report
             },
         ))
@@ -550,8 +550,7 @@ async fn enrich_window(
     let mut report = Report {
         provider: pname.clone(),
         model: model.clone(),
-        window_start: Some(window.start),
-        window_end: Some(window.end),
+        run: RunWindow::of(window),
         sessions: inputs.sessions.len() as u64,
         ..Report::default()
     };

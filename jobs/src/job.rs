@@ -205,6 +205,30 @@ pub enum Planned<P, R> {
     Nothing(R),
 }
 
+/// The run and the window a report is about: the first fields of the
+/// jobs' reports, which flatten it (`#[serde(flatten)]`), so their JSON
+/// starts with `run_id`, `window_start` and `window_end`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunWindow {
+    /// The run id (empty when there was nothing to do).
+    pub run_id: String,
+    /// Window start.
+    pub window_start: Option<DateTime<Utc>>,
+    /// Window end.
+    pub window_end: Option<DateTime<Utc>>,
+}
+
+impl RunWindow {
+    /// A run over `window`, its id not yet given.
+    pub fn of(window: Window) -> RunWindow {
+        RunWindow {
+            run_id: String::new(),
+            window_start: Some(window.start),
+            window_end: Some(window.end),
+        }
+    }
+}
+
 /// A batch job. See the [module documentation](self).
 #[async_trait]
 pub trait Job: Sized + Send + Sync + 'static {

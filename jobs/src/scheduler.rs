@@ -180,30 +180,18 @@ impl Scheduler {
         }
     }
 
+    /// Handle `slot` of `runner`'s job once: take the lease when the slot
+    /// is due (a first attempt, a retry after its backoff, an expired
+    /// lease), run the job holding it, and record how the attempt ended.
     async fn try_slot(&self, runner: &dyn AnyJob, slot: DateTime<Utc>) -> Result<Outcome> {
         let job = runner.name();
         let s = &self.cfg.schedule;
         let max = s.max_attempts.max(1) as i32;
         let now = Utc::now();
         let cur = self.leases.current(job).await?;
-        let (seq, attempt) = match &cur {
-            None => (0, 1),
-            Some(l) if l.slot > slot => return Ok(Outcome::Done),
-            Some(l) if l.held(now) => return Ok(Outcome::Wait),
-            Some(l) if l.slot == slot => {
-                if l.state == "succeeded" {
-                    return Ok(Outcome::Done);
-                }
-                if l.attempt >= max {
-                    tracing::error!(job, %slot, attempts = l.attempt, "scheduler: giving up on this slot");
-                    return Ok(Outcome::Done);
-                }
-                if l.state == "failed" && l.retry_at.is_some_and(|r| now < r) {
-                    return Ok(Outcome::Wait);
-                }
-                (l.seq + 1, l.attempt + 1)
-            }
-            Some(l) => (l.seq + 1, 1),
+        let (seq, attempt) = match next_attempt(cur.as_ref(), job, slot, now, max) {
+            Ok(next) => next,
+            Err(outcome) => return Ok(outcome),
         };
         let ttl = Duration::seconds(s.lease_seconds.max(3) as i64);
         let state = LeaseState {
@@ -234,27 +222,7 @@ impl Scheduler {
         tracing::info!(job, slot = %slot.format("%Y-%m-%dT%H:%M:%SZ"), attempt, holder = %self.holder, "scheduler: run started");
         let started = std::time::Instant::now();
         let state = Arc::new(Mutex::new(state));
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let (lost_tx, mut lost_rx) = watch::channel(false);
-        let renewer = tokio::spawn(renew(
-            self.leases.clone(),
-            state.clone(),
-            ttl,
-            stop_rx,
-            lost_tx,
-        ));
-        let result = tokio::select! {
-            r = self.run_job(runner, slot, attempt) => r,
-            _ = lost_rx.wait_for(|l| *l) => Err(crate::Error::LeaseLost { job: job.to_string() }),
-        };
-        let _ = stop_tx.send(true);
-        let _ = renewer.await;
-        if *lost_rx.borrow() {
-            if let Err(e) = &result {
-                let mine = state.lock().await.clone();
-                self.fail_abandoned(&mine, &e.to_string()).await;
-            }
-        }
+        let (result, lost) = self.run_holding(runner, &state, ttl).await;
         let mut st = state.lock().await;
         let now = Utc::now();
         st.seq += 1;
@@ -280,21 +248,66 @@ impl Scheduler {
                 }
             }
         };
-        if !*lost_rx.borrow() {
-            match self.leases.write(&st).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::warn!(
-                        job,
-                        "scheduler: the lease changed hands before the run ended"
-                    )
-                }
-                Err(e) => {
-                    tracing::warn!(job, error = %e, "scheduler: could not release the lease; it expires on its own")
-                }
-            }
+        if !lost {
+            self.release(&st).await;
         }
         Ok(outcome)
+    }
+
+    /// Run the slot of the lease in `state`, renewing the lease while the
+    /// job runs; the job's summary or error, and whether the lease was lost
+    /// (the run is then abandoned, and its ledger rows say so).
+    async fn run_holding(
+        &self,
+        runner: &dyn AnyJob,
+        state: &Arc<Mutex<LeaseState>>,
+        ttl: Duration,
+    ) -> (Result<String>, bool) {
+        let (slot, attempt) = {
+            let st = state.lock().await;
+            (st.slot, st.attempt)
+        };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (lost_tx, mut lost_rx) = watch::channel(false);
+        let renewer = tokio::spawn(renew(
+            self.leases.clone(),
+            state.clone(),
+            ttl,
+            stop_rx,
+            lost_tx,
+        ));
+        let result = tokio::select! {
+            r = self.run_job(runner, slot, attempt) => r,
+            _ = lost_rx.wait_for(|l| *l) => Err(crate::Error::LeaseLost { job: runner.name().to_string() }),
+        };
+        let _ = stop_tx.send(true);
+        let _ = renewer.await;
+        let lost = *lost_rx.borrow();
+        if lost {
+            if let Err(e) = &result {
+                let mine = state.lock().await.clone();
+                self.fail_abandoned(&mine, &e.to_string()).await;
+            }
+        }
+        (result, lost)
+    }
+
+    /// Write the attempt's final state (best effort: a lease not released
+    /// expires on its own).
+    async fn release(&self, st: &LeaseState) {
+        let job = st.job.as_str();
+        match self.leases.write(st).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(
+                    job,
+                    "scheduler: the lease changed hands before the run ended"
+                )
+            }
+            Err(e) => {
+                tracing::warn!(job, error = %e, "scheduler: could not release the lease; it expires on its own")
+            }
+        }
     }
 
     /// Record the runs of the attempt of `lease` that its end left
@@ -357,6 +370,39 @@ impl Scheduler {
         }
         let report = job.run(&ctx, &Request::scheduled(slot, attempt)).await?;
         Ok(summary(&report))
+    }
+}
+
+/// The lease sequence number and attempt with which to run `slot` of
+/// `job`, given its lease `cur` at `now`; or why not now: the slot is
+/// handled (run already, by any server, or given up after `max`
+/// attempts), or it must wait (the lease is held, or a failed attempt's
+/// backoff has not passed).
+fn next_attempt(
+    cur: Option<&LeaseState>,
+    job: &str,
+    slot: DateTime<Utc>,
+    now: DateTime<Utc>,
+    max: i32,
+) -> std::result::Result<(u64, i32), Outcome> {
+    match cur {
+        None => Ok((0, 1)),
+        Some(l) if l.slot > slot => Err(Outcome::Done),
+        Some(l) if l.held(now) => Err(Outcome::Wait),
+        Some(l) if l.slot == slot => {
+            if l.state == "succeeded" {
+                return Err(Outcome::Done);
+            }
+            if l.attempt >= max {
+                tracing::error!(job, %slot, attempts = l.attempt, "scheduler: giving up on this slot");
+                return Err(Outcome::Done);
+            }
+            if l.state == "failed" && l.retry_at.is_some_and(|r| now < r) {
+                return Err(Outcome::Wait);
+            }
+            Ok((l.seq + 1, l.attempt + 1))
+        }
+        Some(l) => Ok((l.seq + 1, 1)),
     }
 }
 

@@ -229,58 +229,7 @@ pub fn generate(case: &Case, seed: u64) -> (Vec<Sess>, Vec<f64>) {
             }
             for n in 0..poisson(&mut rng, lambda) {
                 let id = format!("s-{d}-{device}-{n}");
-                let mut t: Vec<(i64, String, String)> = Vec::new();
-                let mut ev = |k: &str, detail: String| {
-                    t.push((t.len() as i64, k.to_string(), detail));
-                };
-                for _ in 0..rng.random_range(1..4) {
-                    ev("page", String::new());
-                }
-                let mut viewed = Vec::new();
-                if rng.random_bool(0.7) {
-                    for _ in 0..rng.random_range(1..3) {
-                        viewed.push(rng.random_range(0..PRODUCTS));
-                    }
-                }
-                if let Some(i) = active(Plant::Viral) {
-                    if rng.random_bool(0.3) {
-                        viewed.push(VIRAL);
-                        truth[i] += 1.0;
-                    }
-                }
-                viewed.dedup();
-                for p in &viewed {
-                    ev("Product Viewed", format!("p-{p:02}"));
-                }
-                let cart = if case.weekday_effect && weekend {
-                    0.39
-                } else {
-                    0.3
-                };
-                if !viewed.is_empty() && rng.random_bool(cart) {
-                    ev("Product Added", format!("p-{:02}", viewed[0]));
-                    if rng.random_bool(0.55) {
-                        ev("Checkout Started", String::new());
-                        if rng.random_bool(0.8) {
-                            ev("Payment Info Entered", String::new());
-                            let (broken, fail_p) = failing(case, d, device, &active);
-                            let fails = rng.random_bool(fail_p);
-                            if fails {
-                                for _ in 0..rng.random_range(1..3) {
-                                    ev("Payment Failed", String::new());
-                                }
-                            }
-                            let ordered = !fails && rng.random_bool(0.85);
-                            if ordered {
-                                ev("Order Completed", String::new());
-                            }
-                            if let Some(i) = broken {
-                                // Orders against the usual 1% failures.
-                                truth[i] -= 0.85 * 0.99 - f64::from(u8::from(ordered));
-                            }
-                        }
-                    }
-                }
+                let t = timeline(&mut rng, case, (d, device, weekend), &active, &mut truth);
                 let row = SessionIn {
                     org_id: "org".into(),
                     session_id: id,
@@ -298,6 +247,71 @@ pub fn generate(case: &Case, seed: u64) -> (Vec<Sess>, Vec<f64>) {
     }
     out.sort_by(|a, b| (a.day, &a.id).cmp(&(b.day, &b.id)));
     (out, truth)
+}
+
+/// One session's timeline on day `d` from `device` (on a weekend or not):
+/// pages, products viewed and the funnel as far as it goes, the changes
+/// `active` that day adding what they cost or added to `truth`.
+fn timeline(
+    rng: &mut StdRng,
+    case: &Case,
+    (d, device, weekend): (u32, &str, bool),
+    active: &dyn Fn(Plant) -> Option<usize>,
+    truth: &mut [f64],
+) -> Vec<(i64, String, String)> {
+    let mut t: Vec<(i64, String, String)> = Vec::new();
+    let mut ev = |k: &str, detail: String| {
+        t.push((t.len() as i64, k.to_string(), detail));
+    };
+    for _ in 0..rng.random_range(1..4) {
+        ev("page", String::new());
+    }
+    let mut viewed = Vec::new();
+    if rng.random_bool(0.7) {
+        for _ in 0..rng.random_range(1..3) {
+            viewed.push(rng.random_range(0..PRODUCTS));
+        }
+    }
+    if let Some(i) = active(Plant::Viral) {
+        if rng.random_bool(0.3) {
+            viewed.push(VIRAL);
+            truth[i] += 1.0;
+        }
+    }
+    viewed.dedup();
+    for p in &viewed {
+        ev("Product Viewed", format!("p-{p:02}"));
+    }
+    let cart = if case.weekday_effect && weekend {
+        0.39
+    } else {
+        0.3
+    };
+    if !viewed.is_empty() && rng.random_bool(cart) {
+        ev("Product Added", format!("p-{:02}", viewed[0]));
+        if rng.random_bool(0.55) {
+            ev("Checkout Started", String::new());
+            if rng.random_bool(0.8) {
+                ev("Payment Info Entered", String::new());
+                let (broken, fail_p) = failing(case, d, device, active);
+                let fails = rng.random_bool(fail_p);
+                if fails {
+                    for _ in 0..rng.random_range(1..3) {
+                        ev("Payment Failed", String::new());
+                    }
+                }
+                let ordered = !fails && rng.random_bool(0.85);
+                if ordered {
+                    ev("Order Completed", String::new());
+                }
+                if let Some(i) = broken {
+                    // Orders against the usual 1% failures.
+                    truth[i] -= 0.85 * 0.99 - f64::from(u8::from(ordered));
+                }
+            }
+        }
+    }
+    t
 }
 
 /// What a case gave.
@@ -439,54 +453,36 @@ pub fn report(days: u32, seeds: u64, fdr: f64) -> String {
          | case | stories | matching | start err (days) | end err (days) | impact (story vs truth) | in 95% interval | findings/month |\n\
          |---|---:|---:|---:|---:|---|---:|---:|\n"
     );
-    let (mut tp, mut all_stories, mut found, mut planted) = (0usize, 0usize, 0usize, 0usize);
-    let (mut quiet_findings, mut quiet_months, mut quiet_stories) = (0usize, 0.0, 0usize);
-    let mut single = 0usize;
-    let (mut start_errs, mut end_errs, mut rel_errs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut totals = Totals::default();
     for case in cases(days) {
-        let (mut n_st, mut n_match, mut f, mut months) = (0, 0, 0, 0.0);
-        let (mut se, mut ee, mut imp, mut within) = (Vec::new(), Vec::new(), Vec::new(), 0);
+        let mut row = CaseRow::default();
         for seed in 0..seeds {
             let o = run(&case, 1000 + seed, fdr);
-            n_st += o.stories.len();
-            f += o.findings;
-            months += o.months;
-            all_stories += o.stories.len();
-            if case.changes.is_empty() {
-                quiet_findings += o.findings;
-                quiet_months += o.months;
-                quiet_stories += o.stories.len();
-            }
-            let mut matched: Vec<usize> = o.matches.iter().flatten().copied().collect();
-            matched.sort_unstable();
-            matched.dedup();
-            tp += matched.len();
-            n_match += matched.len();
-            for i in 0..case.changes.len() {
-                planted += 1;
-                if o.matches[i].is_empty() {
-                    continue;
-                }
-                found += 1;
-                if o.matches[i].len() == 1 {
-                    single += 1;
-                }
-                if let Some((s, e)) = day_errors(&case, &o, i) {
-                    se.push(s);
-                    ee.push(e);
-                    start_errs.push(s);
-                    end_errs.push(e);
-                }
-                let st = &o.stories[o.matches[i][0]];
-                imp.push(format!("{:.0} vs {:.0}", st.impact, o.truth[i]));
-                if st.impact_low <= o.truth[i] && o.truth[i] <= st.impact_high {
-                    within += 1;
-                }
-                if o.truth[i].abs() > 0.0 {
-                    rel_errs.push(((st.impact - o.truth[i]) / o.truth[i]).abs());
-                }
-            }
+            totals.add(&case, &o, &mut row);
         }
+        out.push_str(&row.line(&case));
+    }
+    out.push_str(&totals.summary());
+    out
+}
+
+/// One case's line of the report, over its seeds.
+#[derive(Debug, Default)]
+struct CaseRow {
+    stories: usize,
+    matching: usize,
+    findings: usize,
+    months: f64,
+    start_errs: Vec<i64>,
+    end_errs: Vec<i64>,
+    /// "story vs truth" of each change found.
+    impacts: Vec<String>,
+    /// Changes whose truth lies in the story's 95% interval.
+    within: usize,
+}
+
+impl CaseRow {
+    fn line(&self, case: &Case) -> String {
         let mean = |v: &[i64]| {
             if v.is_empty() {
                 "–".to_string()
@@ -494,45 +490,127 @@ pub fn report(days: u32, seeds: u64, fdr: f64) -> String {
                 format!("{:.1}", v.iter().sum::<i64>() as f64 / v.len() as f64)
             }
         };
-        let found_here = se.len();
-        out.push_str(&format!(
-            "| {} | {n_st} | {n_match} | {} | {} | {} | {} | {:.2} |\n",
+        let found_here = self.start_errs.len();
+        format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {:.2} |\n",
             case.name,
-            mean(&se),
-            mean(&ee),
-            if imp.is_empty() {
+            self.stories,
+            self.matching,
+            mean(&self.start_errs),
+            mean(&self.end_errs),
+            if self.impacts.is_empty() {
                 "–".into()
             } else {
-                imp.join("; ")
+                self.impacts.join("; ")
             },
             if case.changes.is_empty() {
                 "–".to_string()
             } else {
-                format!("{within}/{found_here}")
+                format!("{}/{found_here}", self.within)
             },
-            f as f64 / months,
-        ));
+            self.findings as f64 / self.months,
+        )
     }
-    let max = |v: &[i64]| v.iter().copied().max().unwrap_or(0);
-    let median_rel = {
-        let mut v = rel_errs.clone();
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-        v.get(v.len() / 2).copied().unwrap_or(0.0)
-    };
-    out.push_str(&format!(
-        "\nStories: precision {:.2} ({tp} of {all_stories} stories found a planted change), \
-         recall {:.2} ({found} of {planted} planted changes found), {single} of {found} found as a single story. \
-         Start error max {} day(s), end error max {} day(s). Impact estimate's median relative error {:.0}%. \
-         Quiet histories: {:.2} findings per month ({quiet_findings} in {:.1} months), {quiet_stories} stories.\n",
-        tp as f64 / all_stories.max(1) as f64,
-        found as f64 / planted.max(1) as f64,
-        max(&start_errs),
-        max(&end_errs),
-        median_rel * 100.0,
-        quiet_findings as f64 / quiet_months.max(1e-9),
-        quiet_months,
-    ));
-    out
+}
+
+/// The report's totals over every case and seed.
+#[derive(Debug, Default)]
+struct Totals {
+    /// Stories that found a planted change.
+    tp: usize,
+    all_stories: usize,
+    /// Planted changes found, and planted.
+    found: usize,
+    planted: usize,
+    /// Changes found as a single story.
+    single: usize,
+    quiet_findings: usize,
+    quiet_months: f64,
+    quiet_stories: usize,
+    start_errs: Vec<i64>,
+    end_errs: Vec<i64>,
+    /// Relative errors of the impact estimates.
+    rel_errs: Vec<f64>,
+}
+
+impl Totals {
+    /// One seed's outcome `o` of `case`, counted in its `row` and here.
+    fn add(&mut self, case: &Case, o: &Outcome, row: &mut CaseRow) {
+        row.stories += o.stories.len();
+        row.findings += o.findings;
+        row.months += o.months;
+        self.all_stories += o.stories.len();
+        if case.changes.is_empty() {
+            self.quiet_findings += o.findings;
+            self.quiet_months += o.months;
+            self.quiet_stories += o.stories.len();
+        }
+        let mut matched: Vec<usize> = o.matches.iter().flatten().copied().collect();
+        matched.sort_unstable();
+        matched.dedup();
+        self.tp += matched.len();
+        row.matching += matched.len();
+        for i in 0..case.changes.len() {
+            self.planted += 1;
+            if o.matches[i].is_empty() {
+                continue;
+            }
+            self.found += 1;
+            if o.matches[i].len() == 1 {
+                self.single += 1;
+            }
+            if let Some((s, e)) = day_errors(case, o, i) {
+                row.start_errs.push(s);
+                row.end_errs.push(e);
+                self.start_errs.push(s);
+                self.end_errs.push(e);
+            }
+            let st = &o.stories[o.matches[i][0]];
+            row.impacts
+                .push(format!("{:.0} vs {:.0}", st.impact, o.truth[i]));
+            if st.impact_low <= o.truth[i] && o.truth[i] <= st.impact_high {
+                row.within += 1;
+            }
+            if o.truth[i].abs() > 0.0 {
+                self.rel_errs
+                    .push(((st.impact - o.truth[i]) / o.truth[i]).abs());
+            }
+        }
+    }
+
+    /// The report's closing paragraph.
+    fn summary(&self) -> String {
+        let max = |v: &[i64]| v.iter().copied().max().unwrap_or(0);
+        let median_rel = {
+            let mut v = self.rel_errs.clone();
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+            v.get(v.len() / 2).copied().unwrap_or(0.0)
+        };
+        let Totals {
+            tp,
+            all_stories,
+            found,
+            planted,
+            single,
+            quiet_findings,
+            quiet_months,
+            quiet_stories,
+            ..
+        } = *self;
+        format!(
+            "\nStories: precision {:.2} ({tp} of {all_stories} stories found a planted change), \
+             recall {:.2} ({found} of {planted} planted changes found), {single} of {found} found as a single story. \
+             Start error max {} day(s), end error max {} day(s). Impact estimate's median relative error {:.0}%. \
+             Quiet histories: {:.2} findings per month ({quiet_findings} in {:.1} months), {quiet_stories} stories.\n",
+            tp as f64 / all_stories.max(1) as f64,
+            found as f64 / planted.max(1) as f64,
+            max(&self.start_errs),
+            max(&self.end_errs),
+            median_rel * 100.0,
+            quiet_findings as f64 / quiet_months.max(1e-9),
+            quiet_months,
+        )
+    }
 }
 
 #[cfg(test)]

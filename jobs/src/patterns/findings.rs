@@ -64,14 +64,30 @@ pub(super) fn top(mut fs: Vec<Finding>) -> Vec<Finding> {
     fs
 }
 
-/// The transition that states the same fact as a funnel step (the two
-/// consecutive funnel events), as that step's metric.
-fn funnel_of_transition(rest: &str) -> Option<String> {
-    let (a, b) = rest.split_once('>')?;
+/// The funnel step that states the same fact as the transition `a` → `b`
+/// (two consecutive funnel events), as that step's metric.
+fn funnel_of_transition(a: &str, b: &str) -> Option<String> {
     STEPS
         .windows(2)
         .find(|w| w[0].1 == a && w[1].1 == b)
-        .map(|w| format!("funnel:{}>{}", w[0].0, w[1].0))
+        .map(|w| {
+            Metric::Funnel {
+                from: w[0].0.into(),
+                to: w[1].0.into(),
+            }
+            .to_string()
+        })
+}
+
+/// The all-traffic metric that states the same fact as `metric`: a funnel
+/// step for the transition between its two events, a failure event's
+/// failures for its volume.
+fn same_fact_as(metric: &str) -> Option<String> {
+    match metric.parse() {
+        Ok(Metric::Transition { from, to }) => funnel_of_transition(&from, &to),
+        Ok(Metric::Event(k)) => Some(Metric::Error(k).to_string()),
+        _ => None,
+    }
 }
 
 /// One fact, one row (all traffic): a transition between consecutive
@@ -84,23 +100,18 @@ pub(super) fn one_fact(fs: Vec<Finding>) -> Vec<Finding> {
         .iter()
         .filter(|f| {
             f.segment.is_empty()
-                && (f.metric.starts_with("funnel:") || f.metric.starts_with("error:"))
+                && matches!(
+                    f.metric.parse(),
+                    Ok(Metric::Funnel { .. } | Metric::Error(_))
+                )
         })
         .map(|f| f.metric.clone())
         .collect();
     let mut same: BTreeMap<String, Value> = BTreeMap::new();
     let mut out = Vec::with_capacity(fs.len());
     for f in fs {
-        let equivalent = f
-            .metric
-            .strip_prefix("transition:")
-            .and_then(funnel_of_transition)
-            .or_else(|| {
-                f.metric
-                    .strip_prefix("event:")
-                    .map(|k| format!("error:{k}"))
-            })
-            .filter(|m| f.segment.is_empty() && funnels.contains(m));
+        let equivalent =
+            same_fact_as(&f.metric).filter(|m| f.segment.is_empty() && funnels.contains(m));
         match equivalent {
             Some(m) => {
                 same.insert(
@@ -149,7 +160,7 @@ pub(super) fn segment_explains_whole(
     let mut explained: BTreeMap<String, (String, Value)> = BTreeMap::new();
     for w in fs
         .iter()
-        .filter(|f| f.segment.is_empty() && !f.metric.starts_with("pair:"))
+        .filter(|f| f.segment.is_empty() && !is_pair(&f.metric))
     {
         let mut segs: Vec<&Finding> = fs
             .iter()

@@ -91,6 +91,30 @@ pub(super) fn is_failure(kind: &str) -> bool {
     k.contains("fail") || k.contains("error") || k.contains("declin")
 }
 
+/// The segments of a session: a web session's device type, traffic
+/// source and new vs returning visitor (those it has), another channel's
+/// session its channel.
+fn segments_of(r: &SessionIn) -> Vec<String> {
+    let mut segments = Vec::new();
+    if r.channel == "web" {
+        if let Some(d) = r.device_type.as_ref().filter(|d| !d.is_empty()) {
+            segments.push(format!("device_type={d}"));
+        }
+        if let Some(s) = r.traffic_source.as_ref().filter(|s| !s.is_empty()) {
+            segments.push(format!("traffic_source={s}"));
+        }
+        if let Some(ret) = r.is_returning {
+            segments.push(format!(
+                "visitor_type={}",
+                if ret { "returning" } else { "new" }
+            ));
+        }
+    } else {
+        segments.push(format!("channel={}", r.channel));
+    }
+    segments
+}
+
 impl Sess {
     /// A session as the metrics count it. A row that does not read (its
     /// date or its timeline) is an error naming the session: counting it
@@ -105,23 +129,7 @@ impl Sess {
         })?;
         let timeline = crow_schemas::timeline::parse(&r.timeline)
             .map_err(|e| Error::Corrupt(format!("session {}: {e}", r.session_id)))?;
-        let mut segments = Vec::new();
-        if r.channel == "web" {
-            if let Some(d) = r.device_type.filter(|d| !d.is_empty()) {
-                segments.push(format!("device_type={d}"));
-            }
-            if let Some(s) = r.traffic_source.filter(|s| !s.is_empty()) {
-                segments.push(format!("traffic_source={s}"));
-            }
-            if let Some(ret) = r.is_returning {
-                segments.push(format!(
-                    "visitor_type={}",
-                    if ret { "returning" } else { "new" }
-                ));
-            }
-        } else {
-            segments.push(format!("channel={}", r.channel));
-        }
+        let segments = segments_of(&r);
         let mut s = Sess {
             id: r.session_id,
             day,
@@ -224,28 +232,26 @@ pub(super) struct Stats {
 #[derive(Debug, Default)]
 pub(super) struct Only {
     pub(super) keys: HashSet<Key>,
-    /// `event:`, `funnel:`, `sessions`, … (a metric's name up to its `:`).
+    /// `event:`, `funnel:`, `sessions`, … (the asked metrics'
+    /// [`Metric::family`]; a name that is no metric has none).
     families: HashSet<String>,
     /// Whether any key is of a segment (else only all traffic is counted).
     segmented: bool,
-}
-
-/// A metric's family: its name up to and including the first `:`.
-pub(super) fn family(metric: &str) -> &str {
-    metric.find(':').map_or(metric, |i| &metric[..=i])
 }
 
 impl Only {
     pub(super) fn new(metrics: &[Key]) -> Only {
         let mut o = Only::default();
         for (m, seg) in metrics {
-            // A transition is a rate of the transitions out of its source.
-            if let Ok(Metric::Transition { from, .. }) = m.parse() {
-                let base = Metric::TransitionsFrom(from);
-                o.families.insert(base.family().into());
-                o.keys.insert((base.to_string(), seg.clone()));
+            if let Ok(metric) = m.parse::<Metric>() {
+                o.families.insert(metric.family().into());
+                // A transition is a rate of the transitions out of its source.
+                if let Metric::Transition { from, .. } = metric {
+                    let base = Metric::TransitionsFrom(from);
+                    o.families.insert(base.family().into());
+                    o.keys.insert((base.to_string(), seg.clone()));
+                }
             }
-            o.families.insert(family(m).to_string());
             o.segmented |= !seg.is_empty();
             o.keys.insert((m.clone(), seg.clone()));
         }
@@ -572,6 +578,12 @@ pub(super) fn unit_of(metric: &str) -> &'static str {
         Ok(Metric::ProductConversion(_) | Metric::Pair(..)) => "orders",
         _ => "sessions",
     }
+}
+
+/// Whether a metric is a pair of products bought together (a finding with
+/// no baseline, never part of a change).
+pub(super) fn is_pair(metric: &str) -> bool {
+    matches!(metric.parse(), Ok(Metric::Pair(..)))
 }
 
 /// Whether a metric is tested (the others are parts of other metrics).

@@ -139,7 +139,7 @@ mod thresholds;
 mod trend;
 
 use crate::ai::{call_validated, AiRequest, Provider, RetryPolicy};
-use crate::job::{Job, JobContext, Planned, Request, Split};
+use crate::job::{Job, JobContext, Planned, Request, RunWindow, Split};
 use crate::{enrich, runs, Error, Params, ProgressRef, Result, Trigger, Window};
 pub use calendar::Period;
 use calendar::*;
@@ -190,12 +190,9 @@ pub struct Options {
 /// What a run did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
-    /// The run id (empty when there was nothing to do).
-    pub run_id: String,
-    /// Window start.
-    pub window_start: Option<DateTime<Utc>>,
-    /// Window end.
-    pub window_end: Option<DateTime<Utc>>,
+    /// The run and its window.
+    #[serde(flatten)]
+    pub run: RunWindow,
     /// Sessions read (window, its periods and baselines).
     pub sessions_read: u64,
     /// Patterns written, all period kinds.
@@ -276,7 +273,7 @@ impl Job for Patterns {
         window: Window,
         run_id: &str,
     ) -> Result<(Window, Report)> {
-        let report = compute(
+        let mut report = compute(
             &ctx.lake,
             self.provider.clone(),
             &self.opts,
@@ -284,13 +281,8 @@ impl Job for Patterns {
             &ctx.progress,
         )
         .await?;
-        Ok((
-            window,
-            Report {
-                run_id: run_id.to_string(),
-                ..report
-            },
-        ))
+        report.run.run_id = run_id.to_string();
+        Ok((window, report))
     }
 
     fn rows(r: &Report) -> (u64, u64) {
@@ -372,8 +364,7 @@ async fn compute(
         .take_while(|d| *d <= last_day && *d < horizon)
         .collect();
     let mut report = Report {
-        window_start: Some(window.start),
-        window_end: Some(window.end),
+        run: RunWindow::of(window),
         ..Report::default()
     };
     if days.is_empty() {

@@ -461,7 +461,7 @@ impl<'a> Finder<'a> {
     fn explain_wholes(&self, p: &Period, fs: Vec<Finding>) -> Vec<Finding> {
         let wholes: Vec<(String, (NaiveDate, NaiveDate))> = fs
             .iter()
-            .filter(|f| f.segment.is_empty() && !f.metric.starts_with("pair:"))
+            .filter(|f| f.segment.is_empty() && !is_pair(&f.metric))
             .map(|f| (f.metric.clone(), f.span))
             .collect();
         let mut fs = fs;
@@ -473,7 +473,7 @@ impl<'a> Finder<'a> {
             let (base, ctx) = self.confirm_ctx(p, span, &flagged);
             let (same, rest): (Vec<Finding>, Vec<Finding>) = fs
                 .into_iter()
-                .partition(|f| f.metric == metric && !f.metric.starts_with("pair:"));
+                .partition(|f| f.metric == metric && !is_pair(&f.metric));
             let mut same = segment_explains_whole(same, &cur, &base, &ctx);
             same.extend(rest);
             fs = same;
@@ -498,50 +498,14 @@ impl<'a> Finder<'a> {
         for c in children {
             let a = c.span.0.max(p.start).max(self.first_data);
             let b = c.span.1.min(p.end).min(self.horizon);
-            if a < b && !c.metric.starts_with("pair:") {
+            if a < b && !is_pair(&c.metric) {
                 by_span.entry((a, b)).or_default().push(c);
             }
         }
         let flagged = self.flagged.borrow();
-        for ((a, b), cs) in by_span {
-            let Some(cur) = self.span(a, b) else {
-                continue;
-            };
-            let (base, ctx) = self.confirm_ctx(p, (a, b), &flagged);
-            // The confirmations are one family with every metric these
-            // days could test.
-            let tests = cur.cells.keys().filter(|k| testable(&k.0)).count();
-            let mut tested: Vec<(Finding, &ChildRef)> = Vec::new();
-            for c in cs {
-                let key = (c.metric.clone(), c.segment.clone());
-                if let Some(f) = test_metric(&key, &cur, &base, &ctx) {
-                    tested.push((f, c));
-                }
-            }
-            let refs: Vec<(String, String, String, f64)> = tested
-                .iter()
-                .map(|(f, c)| (f.metric.clone(), f.segment.clone(), c.label.clone(), c.z))
-                .collect();
-            let kept = benjamini_hochberg(
-                tested.into_iter().map(|(f, _)| f).collect(),
-                self.fdr,
-                tests,
-            );
-            for mut f in kept {
-                let Some(c) = refs
-                    .iter()
-                    .find(|r| r.0 == f.metric && r.1 == f.segment)
-                    .map(|r| ChildLabel {
-                        label: r.2.clone(),
-                        z: r.3,
-                    })
-                else {
-                    continue;
-                };
+        for (span, cs) in by_span {
+            for (mut f, c) in self.confirmed(p, span, &cs, &flagged) {
                 let key = (f.metric.clone(), f.segment.clone());
-                if (f.z > 0.0) != (c.z > 0.0) {
-                    continue;
-                }
                 f.own = false;
                 f.children = vec![c.label.clone()];
                 match by_key.get_mut(&key) {
@@ -574,5 +538,54 @@ impl<'a> Finder<'a> {
             }
         }
         top(self.explain_wholes(p, one_fact(out)))
+    }
+
+    /// The findings of parts `cs` over their days `[a, b)` that the
+    /// parent's own data confirms: each re-tested on these days against
+    /// the parent's other days (see [`Finder::confirm_ctx`]), corrected
+    /// together with every metric these days could test, in the part's
+    /// direction; each with the part it came from.
+    fn confirmed(
+        &self,
+        p: &Period,
+        (a, b): (NaiveDate, NaiveDate),
+        cs: &[&ChildRef],
+        flagged: &Flagged,
+    ) -> Vec<(Finding, ChildLabel)> {
+        let Some(cur) = self.span(a, b) else {
+            return Vec::new();
+        };
+        let (base, ctx) = self.confirm_ctx(p, (a, b), flagged);
+        // The confirmations are one family with every metric these
+        // days could test.
+        let tests = cur.cells.keys().filter(|k| testable(&k.0)).count();
+        let mut tested: Vec<(Finding, &ChildRef)> = Vec::new();
+        for &c in cs {
+            let key = (c.metric.clone(), c.segment.clone());
+            if let Some(f) = test_metric(&key, &cur, &base, &ctx) {
+                tested.push((f, c));
+            }
+        }
+        let refs: Vec<(String, String, String, f64)> = tested
+            .iter()
+            .map(|(f, c)| (f.metric.clone(), f.segment.clone(), c.label.clone(), c.z))
+            .collect();
+        let kept = benjamini_hochberg(
+            tested.into_iter().map(|(f, _)| f).collect(),
+            self.fdr,
+            tests,
+        );
+        kept.into_iter()
+            .filter_map(|f| {
+                let c = refs
+                    .iter()
+                    .find(|r| r.0 == f.metric && r.1 == f.segment)
+                    .map(|r| ChildLabel {
+                        label: r.2.clone(),
+                        z: r.3,
+                    })?;
+                ((f.z > 0.0) == (c.z > 0.0)).then_some((f, c))
+            })
+            .collect()
     }
 }

@@ -450,12 +450,59 @@ pub(super) fn test_metric_on(
     if base.len() < ctx.min_base || (!ctx.visitor_type && seg.starts_with("visitor_type=")) {
         return None;
     }
+    // The metric's identity, read once (None: a name that is no metric,
+    // told by its text).
+    let parsed: Option<Metric> = metric.parse().ok();
     if is_count(metric) {
         let t = count_test(key, cur, base, ctx)?;
-        Some(count_finding(key, cur, ctx, &t))
+        Some(count_finding(key, parsed.as_ref(), cur, ctx, &t))
     } else {
         let t = rate_test(key, cur, base, ctx)?;
-        rate_finding(key, cur, base, ctx, &t)
+        rate_finding(key, parsed.as_ref()?, cur, base, ctx, &t)
+    }
+}
+
+/// What a test found, before it is a [`Finding`] of its metric.
+struct Found {
+    z: f64,
+    /// The sessions (or count) the finding rests on.
+    support: f64,
+    notable: bool,
+    /// The difference from the baseline over the span, and its standard
+    /// error.
+    impact: (f64, f64),
+    title: String,
+    description: String,
+    product_ids: Vec<String>,
+    facts: Value,
+}
+
+impl Found {
+    /// The finding of `key` in `cur`: its kind and unit by its metric, the
+    /// sample sessions of its direction.
+    fn finding(self, key: &Key, cur: &Stats, ctx: &TestCtx) -> Finding {
+        let (metric, seg) = key;
+        let samples = cur.samples.get(key).cloned().unwrap_or_default();
+        Finding {
+            kind: kind_of(metric),
+            metric: metric.clone(),
+            segment: seg.clone(),
+            z: self.z,
+            support: self.support as i64,
+            product_ids: self.product_ids,
+            facts: self.facts,
+            title: self.title,
+            description: self.description,
+            samples: if self.z > 0.0 { samples.0 } else { samples.1 },
+            children: Vec::new(),
+            own: true,
+            span: ctx.span,
+            p: p_value(self.z),
+            notable: self.notable,
+            impact: self.impact.0,
+            impact_se: self.impact.1,
+            unit: unit_of(metric),
+        }
     }
 }
 
@@ -547,28 +594,32 @@ fn count_test(key: &Key, cur: &Stats, base: &[&Stats], ctx: &TestCtx) -> Option<
 }
 
 /// A count test as a finding: its title, description and facts.
-fn count_finding(key: &Key, cur: &Stats, ctx: &TestCtx, t: &CountTest) -> Finding {
+fn count_finding(
+    key: &Key,
+    parsed: Option<&Metric>,
+    cur: &Stats,
+    ctx: &TestCtx,
+    t: &CountTest,
+) -> Finding {
     let (metric, seg) = key;
     let CountTest { k, mean, z, .. } = *t;
     let change = (k - mean).abs() / mean.max(1.0);
     let notable = change >= MIN_CHANGE;
     let span_days = if ctx.per_day { cur.days.max(1.0) } else { 1.0 };
     let dir = if z > 0.0 { "rose" } else { "fell" };
-    let what = if metric == "sessions" {
-        format!("Sessions{}", seg_phrase(seg))
-    } else if metric == "visitors" {
-        "Visitors".to_string()
-    } else if let Some(k) = metric.strip_prefix("event:") {
-        format!("\"{k}\" events")
-    } else if let Some(k) = metric.strip_prefix("error:") {
-        let at = failing_events(cur, seg, Some(k))
-            .into_iter()
-            .next()
-            .map(|(_, step, _)| format!(" {}", step_phrase(&step)))
-            .unwrap_or_default();
-        format!("\"{k}\" failures{at}")
-    } else {
-        metric.clone()
+    let what = match parsed {
+        Some(Metric::Sessions) => format!("Sessions{}", seg_phrase(seg)),
+        Some(Metric::Visitors) => "Visitors".to_string(),
+        Some(Metric::Event(k)) => format!("\"{k}\" events"),
+        Some(Metric::Error(k)) => {
+            let at = failing_events(cur, seg, Some(k))
+                .into_iter()
+                .next()
+                .map(|(_, step, _)| format!(" {}", step_phrase(&step)))
+                .unwrap_or_default();
+            format!("\"{k}\" failures{at}")
+        }
+        _ => metric.clone(),
     };
     let (unit, avg) = if ctx.per_day {
         (" per day", "an average of ")
@@ -594,30 +645,20 @@ fn count_finding(key: &Key, cur: &Stats, ctx: &TestCtx, t: &CountTest) -> Findin
     let mut facts = json!({"value": (k * 10.0).round() / 10.0, "baseline_mean": (mean * 10.0).round() / 10.0,
                       "baseline_sd": (t.var.sqrt() * 10.0).round() / 10.0, "baseline_periods": t.periods,
                       "weekday_adjusted": t.weekday_adjusted});
-    if let Some(k) = metric.strip_prefix("error:") {
+    if let Some(Metric::Error(k)) = parsed {
         facts["failing_events"] = failing_json(&failing_events(cur, seg, Some(k)));
     }
-    let samples = cur.samples.get(key).cloned().unwrap_or_default();
-    Finding {
-        kind: kind_of(metric),
-        metric: metric.clone(),
-        segment: seg.clone(),
+    Found {
         z,
-        support: k as i64,
-        product_ids: Vec::new(),
-        facts,
+        support: k,
+        notable,
+        impact: ((k - mean) * span_days, t.se * span_days),
         title,
         description,
-        samples: if z > 0.0 { samples.0 } else { samples.1 },
-        children: Vec::new(),
-        own: true,
-        span: ctx.span,
-        p: p_value(z),
-        notable,
-        impact: (k - mean) * span_days,
-        impact_se: t.se * span_days,
-        unit: unit_of(metric),
+        product_ids: Vec::new(),
+        facts,
     }
+    .finding(key, cur, ctx)
 }
 
 /// A rate tested against the pooled baseline.
@@ -732,12 +773,13 @@ struct RateWords<'a> {
 /// A rate test as a finding (None for a metric with no words).
 fn rate_finding(
     key: &Key,
+    metric: &Metric,
     cur: &Stats,
     base: &[&Stats],
     ctx: &TestCtx,
     t: &RateTest,
 ) -> Option<Finding> {
-    let (metric, seg) = key;
+    let seg = &key.1;
     let RateTest { c, p1, p0, z, .. } = *t;
     let change = (p1 - p0).abs() / p0.max(0.02);
     let notable = change >= MIN_CHANGE && (p1 - p0).abs() >= 0.03;
@@ -758,35 +800,27 @@ fn rate_finding(
     let mut facts = json!({"value": {"k": c.k, "n": c.n, "rate": (p1 * 10000.0).round() / 10000.0},
                   "baseline": {"k": t.bk, "n": t.bn, "rate": (p0 * 10000.0).round() / 10000.0, "periods": base.len(),
                                "weekday_adjusted": t.seasonal}});
-    if metric == "error_sessions" {
+    if *metric == Metric::ErrorSessions {
         facts["failing_events"] = failing_json(&failing_events(cur, seg, None));
     }
-    let samples = cur.samples.get(key).cloned().unwrap_or_default();
-    Some(Finding {
-        kind: kind_of(metric),
-        metric: metric.clone(),
-        segment: seg.clone(),
-        z,
-        support: c.n as i64,
-        product_ids: products,
-        facts,
-        title,
-        description,
-        samples: if z > 0.0 { samples.0 } else { samples.1 },
-        children: Vec::new(),
-        own: true,
-        span: ctx.span,
-        p: p_value(z),
-        notable,
-        impact: (p1 - p0) * c.n,
-        impact_se: t.se * c.n,
-        unit: unit_of(metric),
-    })
+    Some(
+        Found {
+            z,
+            support: c.n,
+            notable,
+            impact: ((p1 - p0) * c.n, t.se * c.n),
+            title,
+            description,
+            product_ids: products,
+            facts,
+        }
+        .finding(key, cur, ctx),
+    )
 }
 
 /// A rate finding's title, description and products, by its metric.
 fn rate_words(
-    metric: &str,
+    metric: &Metric,
     w: &RateWords,
     names: &HashMap<String, String>,
 ) -> Option<(String, String, Vec<String>)> {
@@ -798,9 +832,8 @@ fn rate_words(
         ..
     } = *w;
     let RateTest { c, p1, p0, z, .. } = *w.t;
-    Some(if let Some(rest) = metric.strip_prefix("funnel:") {
-        let (a, b) = rest.split_once('>').unwrap_or((rest, ""));
-        (
+    Some(match metric {
+        Metric::Funnel { from: a, to: b } => (
             format!(
                 "{}{} → {} conversion {dir} to {} (from {})",
                 seg_title(seg),
@@ -822,12 +855,9 @@ fn rate_words(
                 z
             ),
             Vec::new(),
-        )
-    } else if metric == "error_sessions" {
-        error_words(w)
-    } else if let Some(rest) = metric.strip_prefix("transition:") {
-        let (a, b) = rest.split_once('>').unwrap_or((rest, ""));
-        (
+        ),
+        Metric::ErrorSessions => error_words(w),
+        Metric::Transition { from: a, to: b } => (
             format!("\"{a}\" → \"{b}\" {dir} to {} (from {})", pct(p1), pct(p0)),
             format!(
                 "\"{a}\" was followed by \"{b}\" in {} of cases ({:.0} of {:.0}) {when}, against {} {} (z = {:.1}).",
@@ -839,9 +869,8 @@ fn rate_words(
                 z
             ),
             Vec::new(),
-        )
-    } else if let Some(k) = metric.strip_prefix("loop:") {
-        (
+        ),
+        Metric::Loop(k) => (
             format!("\"{k}\" repeated in a loop in {} of sessions (from {})", pct(p1), pct(p0)),
             format!(
                 "{} of sessions with \"{k}\" repeated it three or more times in a row ({:.0} of {:.0}) {when}, against {} {} (z = {:.1}).",
@@ -853,9 +882,8 @@ fn rate_words(
                 z
             ),
             Vec::new(),
-        )
-    } else {
-        return product_words(metric, w, names);
+        ),
+        _ => return product_words(metric, w, names),
     })
 }
 
@@ -916,7 +944,7 @@ fn error_words(w: &RateWords) -> (String, String, Vec<String>) {
 /// The words of a product's views or conversion (None for any other
 /// metric).
 fn product_words(
-    metric: &str,
+    metric: &Metric,
     w: &RateWords,
     names: &HashMap<String, String>,
 ) -> Option<(String, String, Vec<String>)> {
@@ -928,8 +956,11 @@ fn product_words(
     } = *w;
     let RateTest { c, p1, p0, z, .. } = *w.t;
     let name_of = |id: &str| names.get(id).cloned().unwrap_or_else(|| id.to_string());
-    if let Some(pid) = metric.strip_prefix("product_views:") {
-        let name = name_of(pid);
+    let (Metric::ProductViews(pid) | Metric::ProductConversion(pid)) = metric else {
+        return None;
+    };
+    let name = name_of(pid);
+    if let Metric::ProductViews(_) = metric {
         return Some((
             format!(
                 "Views of {name} {dir} to {} of sessions (from {})",
@@ -948,8 +979,6 @@ fn product_words(
             vec![pid.to_string()],
         ));
     }
-    let pid = metric.strip_prefix("product_conversion:")?;
-    let name = name_of(pid);
     let t = if z < 0.0 {
         format!(
             "{name}: viewed but not bought — conversion {dir} to {} (from {})",
@@ -981,27 +1010,22 @@ fn product_words(
 /// Products bought together more often than chance (no baseline needed).
 pub(super) fn pairs(cur: &Stats, ctx: &TestCtx) -> Vec<Finding> {
     let names = ctx.names;
-    let orders = cur
-        .cells
-        .get(&("orders".to_string(), String::new()))
-        .map_or(0.0, |c| c.k);
+    let all_traffic = |m: Metric| {
+        cur.cells
+            .get(&(m.to_string(), String::new()))
+            .map_or(0.0, |c| c.k)
+    };
+    let orders = all_traffic(Metric::Orders);
     let mut out = Vec::new();
     if orders < 20.0 {
         return out;
     }
-    for ((m, seg), c) in &cur.cells {
-        let Some(rest) = m.strip_prefix("pair:") else {
+    for (key, c) in &cur.cells {
+        let Ok(Metric::Pair(a, b)) = key.0.parse() else {
             continue;
         };
-        let Some((a, b)) = rest.split_once('|') else {
-            continue;
-        };
-        let get = |p: &str| {
-            cur.cells
-                .get(&(format!("bought:{p}"), String::new()))
-                .map_or(0.0, |c| c.k)
-        };
-        let expected = get(a) * get(b) / orders;
+        let bought = |p: &str| all_traffic(Metric::Bought(p.to_string()));
+        let expected = bought(&a) * bought(&b) / orders;
         if expected <= 0.0 || c.k < 5.0 {
             continue;
         }
@@ -1012,18 +1036,16 @@ pub(super) fn pairs(cur: &Stats, ctx: &TestCtx) -> Vec<Finding> {
         }
         let notable = lift >= 2.0;
         let (na, nb) = (
-            names.get(a).cloned().unwrap_or_else(|| a.to_string()),
-            names.get(b).cloned().unwrap_or_else(|| b.to_string()),
+            names.get(&a).cloned().unwrap_or_else(|| a.clone()),
+            names.get(&b).cloned().unwrap_or_else(|| b.clone()),
         );
-        out.push(Finding {
-            kind: "product_trend",
-            metric: m.clone(),
-            segment: seg.clone(),
+        // A pair's kind is a product trend, its unit orders; z > 0, so its
+        // samples are the sessions that bought both.
+        let found = Found {
             z,
-            support: c.k as i64,
-            product_ids: vec![a.to_string(), b.to_string()],
-            facts: json!({"orders_with_both": c.k, "expected": (expected * 10.0).round() / 10.0,
-                          "lift": (lift * 10.0).round() / 10.0, "orders": orders}),
+            support: c.k,
+            notable,
+            impact: (c.k - expected, expected.sqrt()),
             title: format!("{na} and {nb} are bought together ({lift:.1}× chance)"),
             description: format!(
                 "{na} and {nb} were bought together in {:.0} of {:.0} orders {}, {lift:.1} times more often than chance would give ({expected:.1}; z = {z:.1}).",
@@ -1031,16 +1053,11 @@ pub(super) fn pairs(cur: &Stats, ctx: &TestCtx) -> Vec<Finding> {
                 orders,
                 ctx.when
             ),
-            samples: cur.samples.get(&(m.clone(), seg.clone())).map(|s| s.0.clone()).unwrap_or_default(),
-            children: Vec::new(),
-            own: true,
-            span: ctx.span,
-            p: p_value(z),
-            notable,
-            impact: c.k - expected,
-            impact_se: expected.sqrt(),
-            unit: "orders",
-        });
+            product_ids: vec![a, b],
+            facts: json!({"orders_with_both": c.k, "expected": (expected * 10.0).round() / 10.0,
+                          "lift": (lift * 10.0).round() / 10.0, "orders": orders}),
+        };
+        out.push(found.finding(key, cur, ctx));
     }
     out
 }

@@ -41,12 +41,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{Datelike, Days, NaiveDate, Utc};
 use crow_lake::ids::sha256_hex;
+use crow_schemas::metric::Metric;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{
-    date_of, days_from_date, is_count, is_failure, seg_phrase, unit_of, unit_weight, wd_index,
-    weekday_factors, Finder, Key, PatternRow, Stats, BASELINE_DAYS, STEPS,
+    date_of, days_from_date, is_count, is_failure, is_pair, seg_phrase, unit_of, unit_weight,
+    wd_index, weekday_factors, Finder, Key, PatternRow, Stats, BASELINE_DAYS, STEPS,
 };
 
 /// Days two findings may lie apart and still be one story (1: consecutive;
@@ -116,7 +117,7 @@ impl Part {
         }
         let ev: Value = serde_json::from_str(&r.evidence).ok()?;
         let metric = ev["metric"].as_str()?.to_string();
-        if metric.starts_with("pair:") {
+        if is_pair(&metric) {
             return None;
         }
         let strings = |v: &Value| -> Vec<String> {
@@ -190,52 +191,34 @@ impl Part {
             }
         };
         let rose = if up { "rose" } else { "fell" };
-        let m = self.metric.as_str();
         let step_event = |e: &str| STEPS.iter().skip(2).any(|(_, name)| *name == e);
-        if m.starts_with("funnel:") {
-            return ("conversion".into(), good(true));
-        }
-        if m.starts_with("error") {
-            return ("conversion".into(), good(false));
-        }
-        if let Some(k) = m.strip_prefix("loop:") {
-            if is_failure(k) || step_event(k) {
-                return ("conversion".into(), good(false));
+        let conversion = |dir: &'static str| ("conversion".to_string(), dir);
+        // A name that is no metric is its own family.
+        let own = || (format!("metric:{}", self.metric), rose);
+        match self.metric.parse() {
+            Ok(Metric::Funnel { .. }) => conversion(good(true)),
+            Ok(Metric::ErrorSessions | Metric::Error(_) | Metric::ErrorAt { .. }) => {
+                conversion(good(false))
             }
-        }
-        if let Some(rest) = m.strip_prefix("transition:") {
-            let (a, b) = rest.split_once('>').unwrap_or((rest, ""));
-            if is_failure(b) {
-                return ("conversion".into(), good(false));
+            Ok(Metric::Loop(k)) if is_failure(&k) || step_event(&k) => conversion(good(false)),
+            Ok(Metric::Transition { from: a, to: b }) => {
+                if is_failure(&b) {
+                    conversion(good(false))
+                } else if STEPS.windows(2).any(|w| w[0].1 == a && w[1].1 == b) {
+                    conversion(good(true))
+                } else if is_failure(&a) || step_event(&a) || step_event(&b) {
+                    // A detour in the checkout (a retry, a step seen again).
+                    conversion(rose)
+                } else {
+                    own()
+                }
             }
-            let next_step = STEPS.windows(2).any(|w| w[0].1 == a && w[1].1 == b);
-            if next_step {
-                return ("conversion".into(), good(true));
-            }
-            if is_failure(a) || step_event(a) || step_event(b) {
-                // A detour in the checkout (a retry, a step seen again).
-                return ("conversion".into(), rose);
-            }
+            Ok(Metric::Event(k)) if is_failure(&k) => conversion(good(false)),
+            Ok(Metric::Sessions | Metric::Visitors | Metric::Event(_)) => ("traffic".into(), rose),
+            Ok(Metric::ProductViews(p)) => (format!("product:{p}"), rose),
+            Ok(Metric::ProductConversion(p)) => (format!("product:{p}"), good(true)),
+            _ => own(),
         }
-        if let Some(k) = m.strip_prefix("event:") {
-            if is_failure(k) {
-                return ("conversion".into(), good(false));
-            }
-        }
-        if m == "sessions" || m == "visitors" || m.starts_with("event:") {
-            return ("traffic".into(), rose);
-        }
-        if let Some(p) = m
-            .strip_prefix("product_views:")
-            .or_else(|| m.strip_prefix("product_conversion:"))
-        {
-            let views = m.starts_with("product_views:");
-            return (
-                format!("product:{p}"),
-                if views { rose } else { good(true) },
-            );
-        }
-        (format!("metric:{m}"), rose)
     }
 }
 
@@ -318,28 +301,29 @@ impl Finder<'_> {
         days: &[(NaiveDate, &Stats)],
         base: &[(NaiveDate, &Stats)],
     ) -> Option<(Impact, Value)> {
+        let (orders, sessions) = (Metric::Orders.to_string(), Metric::Sessions.to_string());
         let (mut bo, mut bs) = (0.0, 0.0);
         for (_, st) in base {
-            bo += Self::cell(st, "orders", seg).0;
-            bs += Self::cell(st, "sessions", seg).0;
+            bo += Self::cell(st, &orders, seg).0;
+            bs += Self::cell(st, &sessions, seg).0;
         }
         if bs < 60.0 {
             return None;
         }
         let r = bo / bs;
-        let (mut est, mut var, mut sessions) = (0.0, 0.0, 0.0);
+        let (mut est, mut var, mut day_sessions) = (0.0, 0.0, 0.0);
         let mut per_day = Vec::new();
         for (d, st) in days {
-            let s = Self::cell(st, "sessions", seg).0;
-            let o = Self::cell(st, "orders", seg).0;
+            let s = Self::cell(st, &sessions, seg).0;
+            let o = Self::cell(st, &orders, seg).0;
             let expected = s * r;
             est += o - expected;
             var += expected * (1.0 - r);
-            sessions += s;
+            day_sessions += s;
             per_day.push(json!({"day": d.to_string(), "sessions": s, "orders": o,
                                 "expected_orders": (expected * 10.0).round() / 10.0}));
         }
-        var += sessions * sessions * r * (1.0 - r) / bs;
+        var += day_sessions * day_sessions * r * (1.0 - r) / bs;
         let mut how = json!({"method": "orders per session", "baseline_orders": bo,
             "baseline_sessions": bs, "baseline_rate": (r * 10000.0).round() / 10000.0,
             "days": per_day});
@@ -370,12 +354,13 @@ impl Finder<'_> {
         orders: f64,
         var: f64,
     ) -> Option<Value> {
+        let (revenue, squares) = (Metric::Revenue.to_string(), Metric::RevenueSq.to_string());
         let (mut sum, mut n, mut sq) = (0.0, 0.0, 0.0);
         for (_, st) in base {
-            let (k, m) = Self::cell(st, "revenue", seg);
+            let (k, m) = Self::cell(st, &revenue, seg);
             sum += k;
             n += m;
-            sq += Self::cell(st, "revenue_sq", seg).0;
+            sq += Self::cell(st, &squares, seg).0;
         }
         if n < MIN_VALUED_ORDERS {
             return None;
@@ -481,10 +466,11 @@ impl Finder<'_> {
             .iter()
             .filter_map(|s| s.split_once('=').map(|(d, _)| d))
             .collect();
+        let sessions = Metric::Sessions.to_string();
         let mut out = BTreeSet::new();
         for (_, st) in days {
             for ((m, seg), c) in &st.cells {
-                if m == "sessions"
+                if *m == sessions
                     && c.k > 0.0
                     && !affected.contains(seg)
                     && seg.split_once('=').is_some_and(|(d, _)| dims.contains(d))
@@ -536,14 +522,9 @@ impl Finder<'_> {
         (unit, impact, how)
     }
 
-    /// The story of one group of parts.
-    pub(crate) fn story(
-        &self,
-        org: &str,
-        family: &str,
-        direction: &str,
-        parts: &[Part],
-    ) -> Option<StoryRow> {
+    /// What a story of `parts` is about: its days, lead part and
+    /// segments, the days' statistics and the baseline before them.
+    fn scope<'p>(&self, parts: &'p [Part]) -> Option<Scope<'_, 'p>> {
         let start = story_start(parts)?;
         let last = parts.iter().map(|p| p.day).max()?;
         let ongoing = (self.horizon - last).num_days() <= MAX_GAP_DAYS;
@@ -572,13 +553,35 @@ impl Finder<'_> {
         } else {
             main
         };
-        let (unit, impact, how) = self.impact_of(family, lead, &main, &days, &base);
+        Some(Scope {
+            parts,
+            start,
+            last,
+            ongoing,
+            lead,
+            main,
+            affected,
+            unaffected,
+            days,
+            base,
+        })
+    }
+
+    /// The story of one group of parts.
+    pub(crate) fn story(
+        &self,
+        org: &str,
+        family: &str,
+        direction: &str,
+        parts: &[Part],
+    ) -> Option<StoryRow> {
+        let sc = self.scope(parts)?;
+        let (unit, impact, how) = self.impact_of(family, sc.lead, &sc.main, &sc.days, &sc.base);
         let direction = if direction.is_empty() {
-            lead.cause().1
+            sc.lead.cause().1
         } else {
             direction
         };
-        let round1 = |x: f64| (x * 10.0).round() / 10.0;
         let (low, high) = (
             round1(impact.estimate - 1.96 * impact.se),
             round1(impact.estimate + 1.96 * impact.se),
@@ -586,61 +589,52 @@ impl Finder<'_> {
         let at_least = if impact.estimate < 0.0 { -high } else { low };
         let rank_score = round1(at_least.max(0.0) * unit_weight(unit));
         let significance = parts.iter().map(|p| p.z.abs()).fold(0.0, f64::max);
-
-        let when = when_words(start, last, ongoing);
         let amount = if estimate_ok(&how) {
             amount_words(impact.estimate, low, high, unit) + &revenue_words(&how["revenue"])
         } else {
             "impact not estimated (too little baseline)".to_string()
         };
-        let (title, description) = Words {
-            parts,
-            lead,
-            main: &main,
-            affected: &affected,
-            unaffected: &unaffected,
-            when,
-            amount,
-            base_days: base.len(),
-            span_days: (last - start).num_days() + 1,
-        }
-        .title_and_description();
-        let metrics: BTreeSet<String> = parts.iter().map(|p| p.metric.clone()).collect();
-        let n_days: BTreeSet<NaiveDate> = parts.iter().map(|p| p.day).collect();
-        let (sessions, interactions) = samples(parts, lead, &main);
-        let products: BTreeSet<String> = parts
-            .iter()
-            .flat_map(|p| p.product_ids.iter().cloned())
-            .collect();
-        let mut pattern_ids: Vec<String> = parts.iter().map(|p| p.pattern_id.clone()).collect();
-        pattern_ids.sort();
-        pattern_ids.dedup();
+        let (title, description) = sc.words(amount).title_and_description();
         let evidence = json!({
-            "lead": {"metric": lead.metric, "segment": lead.segment, "day": lead.day.to_string(), "z": lead.z},
-            "main_segment": if main.is_empty() { Value::Null } else { json!(main) },
-            "days_with_findings": n_days.len(),
-            "baseline_days": base.len(),
+            "lead": {"metric": sc.lead.metric, "segment": sc.lead.segment, "day": sc.lead.day.to_string(), "z": sc.lead.z},
+            "main_segment": if sc.main.is_empty() { Value::Null } else { json!(sc.main) },
+            "days_with_findings": parts.iter().map(|p| p.day).collect::<BTreeSet<_>>().len(),
+            "baseline_days": sc.base.len(),
             "impact": {"unit": unit, "estimate": round1(impact.estimate), "se": round1(impact.se),
                        "low": low, "high": high, "estimation": how},
         });
+        let (sessions, interactions) = samples(parts, sc.lead, &sc.main);
+        let mut pattern_ids: Vec<String> = parts.iter().map(|p| p.pattern_id.clone()).collect();
+        pattern_ids.sort();
+        pattern_ids.dedup();
         Some(StoryRow {
             org_id: org.to_string(),
-            story_id: story_id(org, family, direction, start),
+            story_id: story_id(org, family, direction, sc.start),
             kind: family
                 .split_once(':')
                 .map_or(family, |(k, _)| k)
                 .to_string(),
             direction: direction.to_string(),
-            start_date: days_from_date(start),
-            last_date: days_from_date(last),
-            end_date: (!ongoing).then(|| days_from_date(last + Days::new(1))),
-            ongoing,
+            start_date: days_from_date(sc.start),
+            last_date: days_from_date(sc.last),
+            end_date: (!sc.ongoing).then(|| days_from_date(sc.last + Days::new(1))),
+            ongoing: sc.ongoing,
             title,
             description,
-            segments_affected: affected.into_iter().collect(),
-            segments_unaffected: unaffected,
-            product_ids: products.into_iter().collect(),
-            metrics: metrics.into_iter().collect(),
+            segments_affected: sc.affected.into_iter().collect(),
+            segments_unaffected: sc.unaffected,
+            product_ids: parts
+                .iter()
+                .flat_map(|p| p.product_ids.iter().cloned())
+                .collect::<BTreeSet<String>>()
+                .into_iter()
+                .collect(),
+            metrics: parts
+                .iter()
+                .map(|p| p.metric.clone())
+                .collect::<BTreeSet<String>>()
+                .into_iter()
+                .collect(),
             pattern_ids,
             sample_session_ids: sessions,
             sample_interaction_ids: interactions,
@@ -653,6 +647,43 @@ impl Finder<'_> {
             evidence: evidence.to_string(),
             created_at: Utc::now().timestamp_micros(),
         })
+    }
+}
+
+/// A figure rounded to one decimal.
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// What one story is about (see [`Finder::scope`]).
+struct Scope<'s, 'p> {
+    parts: &'p [Part],
+    start: NaiveDate,
+    last: NaiveDate,
+    ongoing: bool,
+    lead: &'p Part,
+    /// The main segment ("" for all traffic).
+    main: String,
+    affected: BTreeSet<String>,
+    unaffected: Vec<String>,
+    days: Vec<(NaiveDate, &'s Stats)>,
+    base: Vec<(NaiveDate, &'s Stats)>,
+}
+
+impl Scope<'_, '_> {
+    /// The words of the story, with `amount` its impact in words.
+    fn words(&self, amount: String) -> Words<'_> {
+        Words {
+            parts: self.parts,
+            lead: self.lead,
+            main: &self.main,
+            affected: &self.affected,
+            unaffected: &self.unaffected,
+            when: when_words(self.start, self.last, self.ongoing),
+            amount,
+            base_days: self.base.len(),
+            span_days: (self.last - self.start).num_days() + 1,
+        }
     }
 }
 

@@ -54,18 +54,7 @@ impl Finder<'_> {
         if window.len() < TREND_DAYS as usize {
             return Vec::new();
         }
-        let skip: BTreeSet<Key> = found
-            .iter()
-            .map(|f| (f.metric.clone(), f.segment.clone()))
-            .collect();
-        let mut keys: BTreeSet<&Key> = BTreeSet::new();
-        for (_, st) in &window {
-            keys.extend(
-                st.cells
-                    .keys()
-                    .filter(|k| !is_count(&k.0) && testable(&k.0) && !skip.contains(*k)),
-            );
-        }
+        let keys = trend_keys(&window, found);
         let flagged = self.flagged.borrow();
         let own = self.own_flagged.borrow();
         // Incidents (days the day tests found anything on, any metric or
@@ -189,6 +178,24 @@ impl Finder<'_> {
         }
         best.1
     }
+}
+
+/// The rates a trend test asks about: every testable rate of the week's
+/// days that the day's own findings `found` do not hold.
+fn trend_keys<'w>(window: &[(NaiveDate, &'w Stats)], found: &[Finding]) -> BTreeSet<&'w Key> {
+    let skip: BTreeSet<Key> = found
+        .iter()
+        .map(|f| (f.metric.clone(), f.segment.clone()))
+        .collect();
+    let mut keys: BTreeSet<&Key> = BTreeSet::new();
+    for (_, st) in window {
+        keys.extend(
+            st.cells
+                .keys()
+                .filter(|k| !is_count(&k.0) && testable(&k.0) && !skip.contains(*k)),
+        );
+    }
+    keys
 }
 
 /// Whether a week's change of a rate is large enough to matter: by at
