@@ -222,9 +222,43 @@ pub fn read_file(path: &std::path::Path, org_id: &str) -> Result<Vec<Incoming>> 
         .and_then(|e| e.to_str())
         .is_some_and(|e| matches!(e, "jsonl" | "ndjson" | "json"))
         || text.trim_start().starts_with('{');
-    let mut products = Vec::new();
-    let mut errors = Vec::new();
+    let mut read = Rows::default();
     if is_json {
+        read.json_lines(&text, org_id);
+    } else {
+        read.csv(path, &text, org_id)?;
+    }
+    if !read.errors.is_empty() {
+        let shown: Vec<_> = read.errors.iter().take(20).cloned().collect();
+        return Err(Error::Input(format!(
+            "{}: {} bad row(s), nothing imported:\n  {}",
+            path.display(),
+            read.errors.len(),
+            shown.join("\n  ")
+        )));
+    }
+    Ok(read.products)
+}
+
+/// The columns a product file may have (CSV headers, JSON keys), in the
+/// order an error lists them: the ids and `name`, then the optional fields.
+fn columns() -> Vec<&'static str> {
+    let mut all = vec!["product_id", OPTIONAL_FIELDS[0], "name"];
+    all.extend_from_slice(&OPTIONAL_FIELDS[1..]);
+    all
+}
+
+/// The rows of a product file: the products read, and each bad row's line
+/// and reason.
+#[derive(Default)]
+struct Rows {
+    products: Vec<Incoming>,
+    errors: Vec<String>,
+}
+
+impl Rows {
+    /// Read JSON lines (blank lines skipped).
+    fn json_lines(&mut self, text: &str, org_id: &str) {
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
@@ -243,11 +277,14 @@ pub fn read_file(path: &std::path::Path, org_id: &str) -> Result<Vec<Incoming>> 
                     })
                 });
             match read {
-                Ok(p) => products.push(p),
-                Err(e) => errors.push(format!("line {}: {e}", i + 1)),
+                Ok(p) => self.products.push(p),
+                Err(e) => self.errors.push(format!("line {}: {e}", i + 1)),
             }
         }
-    } else {
+    }
+
+    /// Read a CSV file with a header row; an unknown column fails the file.
+    fn csv(&mut self, path: &std::path::Path, text: &str, org_id: &str) -> Result<()> {
         let mut rd = csv::ReaderBuilder::new()
             .trim(csv::Trim::All)
             .from_reader(text.as_bytes());
@@ -255,18 +292,7 @@ pub fn read_file(path: &std::path::Path, org_id: &str) -> Result<Vec<Incoming>> 
             .headers()
             .map_err(|e| Error::Input(format!("{}: bad CSV header: {e}", path.display())))?
             .clone();
-        let known = [
-            "product_id",
-            "sku",
-            "name",
-            "url",
-            "category",
-            "brand",
-            "price",
-            "currency",
-            "description",
-            "image_url",
-        ];
+        let known = columns();
         for h in headers.iter() {
             if !known.contains(&h) {
                 return Err(Error::Input(format!(
@@ -282,45 +308,41 @@ pub fn read_file(path: &std::path::Path, org_id: &str) -> Result<Vec<Incoming>> 
             let rec = match rec {
                 Ok(r) => r,
                 Err(e) => {
-                    errors.push(format!("line {line}: {e}"));
+                    self.errors.push(format!("line {line}: {e}"));
                     continue;
                 }
             };
-            let mut row = ImportRow::default();
-            for (h, v) in headers.iter().zip(rec.iter()) {
-                let v = Some(v.to_string());
-                match h {
-                    "product_id" => row.product_id = v,
-                    "sku" => row.sku = v,
-                    "name" => row.name = v,
-                    "url" => row.url = v,
-                    "category" => row.category = v,
-                    "brand" => row.brand = v,
-                    "price" => row.price = v.map(Value::String),
-                    "currency" => row.currency = v,
-                    "description" => row.description = v,
-                    _ => row.image_url = v,
-                }
-            }
-            match row_to_product(org_id, row, "import") {
-                Ok(product) => products.push(Incoming {
+            match row_to_product(org_id, csv_row(&headers, &rec), "import") {
+                Ok(product) => self.products.push(Incoming {
                     product,
                     carried: carried.clone(),
                 }),
-                Err(e) => errors.push(format!("line {line}: {e}")),
+                Err(e) => self.errors.push(format!("line {line}: {e}")),
             }
         }
+        Ok(())
     }
-    if !errors.is_empty() {
-        let shown: Vec<_> = errors.iter().take(20).cloned().collect();
-        return Err(Error::Input(format!(
-            "{}: {} bad row(s), nothing imported:\n  {}",
-            path.display(),
-            errors.len(),
-            shown.join("\n  ")
-        )));
+}
+
+/// A CSV record as a row, by its (known) headers.
+fn csv_row(headers: &csv::StringRecord, rec: &csv::StringRecord) -> ImportRow {
+    let mut row = ImportRow::default();
+    for (h, v) in headers.iter().zip(rec.iter()) {
+        let v = Some(v.to_string());
+        match h {
+            "product_id" => row.product_id = v,
+            "sku" => row.sku = v,
+            "name" => row.name = v,
+            "url" => row.url = v,
+            "category" => row.category = v,
+            "brand" => row.brand = v,
+            "price" => row.price = v.map(Value::String),
+            "currency" => row.currency = v,
+            "description" => row.description = v,
+            _ => row.image_url = v,
+        }
     }
-    Ok(products)
+    row
 }
 
 /// Give every product its id: an explicit id stays; otherwise the id of
@@ -895,99 +917,129 @@ async fn fetch_products(
 /// The product a page describes: schema.org Product JSON-LD first, else
 /// OpenGraph / product meta tags. None when the page is not a product.
 pub fn extract_product(html: &str, page_url: &str, org_id: &str) -> Option<Product> {
-    let base = Url::parse(page_url).ok();
-    let abs = |u: &str| -> String {
-        base.as_ref()
-            .and_then(|b| b.join(u).ok())
-            .map_or_else(|| u.to_string(), |u| u.to_string())
+    let page = ProductPage {
+        base: Url::parse(page_url).ok(),
+        page: Page::parse(html),
+        page_url,
+        org_id,
     };
-    let page = Page::parse(html);
-    for block in page.json_ld() {
+    for block in page.page.json_ld() {
         let Ok(v) = serde_json::from_str::<Value>(block.trim()) else {
             continue;
         };
         if let Some(p) = find_product(&v) {
-            let name = p["name"].as_str().map(|s| decode_entities(s.trim()))?;
-            let offer = match &p["offers"] {
-                Value::Array(a) => a.first().cloned().unwrap_or(Value::Null),
-                o => o.clone(),
-            };
-            let price = ["price", "lowPrice"].iter().find_map(|k| match &offer[*k] {
-                Value::Number(n) => n.as_f64(),
-                Value::String(s) => s.trim().parse::<f64>().ok(),
-                _ => None,
-            });
-            let image = match &p["image"] {
-                Value::String(s) => Some(s.clone()),
-                Value::Array(a) => a.iter().find_map(|i| {
-                    i.as_str()
-                        .map(str::to_string)
-                        .or_else(|| i["url"].as_str().map(str::to_string))
-                }),
-                Value::Object(o) => o.get("url").and_then(|u| u.as_str()).map(str::to_string),
-                _ => None,
-            };
-            let brand = match &p["brand"] {
-                Value::String(s) => Some(s.clone()),
-                b => b["name"].as_str().map(str::to_string),
-            };
-            let sku = ["sku", "productID", "mpn"]
-                .iter()
-                .find_map(|k| match &p[*k] {
-                    Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
-                    Value::Number(n) => Some(n.to_string()),
-                    _ => None,
-                });
-            let url = p["url"].as_str().map(abs).unwrap_or_else(|| {
-                page.canonical()
-                    .map_or_else(|| page_url.to_string(), |c| abs(&c))
-            });
-            return Some(Product {
-                org_id: org_id.to_string(),
-                product_id: String::new(),
-                sku,
-                name,
-                url: Some(url),
-                category: p["category"].as_str().map(decode_entities),
-                brand,
-                price,
-                currency: offer["priceCurrency"].as_str().map(|c| c.to_uppercase()),
-                description: p["description"].as_str().map(|s| decode_entities(s.trim())),
-                image_url: image.map(|i| abs(&i)),
-                source: "crawl".into(),
-            });
+            return page.json_ld_product(p);
         }
     }
-    let meta = page.meta();
-    let get = |k: &str| meta.get(k).cloned().filter(|v| !v.is_empty());
-    let og_type = get("og:type").unwrap_or_default().to_lowercase();
-    let price = get("product:price:amount")
-        .or_else(|| get("og:price:amount"))
-        .and_then(|p| p.parse::<f64>().ok());
-    if !(og_type.contains("product") || price.is_some()) {
-        return None;
+    page.meta_product()
+}
+
+/// A page read for its product, with what resolves its links.
+struct ProductPage<'a> {
+    base: Option<Url>,
+    page: Page,
+    page_url: &'a str,
+    org_id: &'a str,
+}
+
+impl ProductPage<'_> {
+    /// A link made absolute against the page's URL (as it is when it
+    /// cannot be).
+    fn abs(&self, u: &str) -> String {
+        self.base
+            .as_ref()
+            .and_then(|b| b.join(u).ok())
+            .map_or_else(|| u.to_string(), |u| u.to_string())
     }
-    let name = get("og:title").or_else(|| page.title())?;
-    Some(Product {
-        org_id: org_id.to_string(),
-        product_id: String::new(),
-        sku: get("product:retailer_item_id").or_else(|| get("product:sku")),
-        name,
-        url: Some(
-            get("og:url")
-                .or_else(|| page.canonical())
-                .map_or_else(|| page_url.to_string(), |u| abs(&u)),
-        ),
-        category: get("product:category"),
-        brand: get("product:brand").or_else(|| get("og:site_name")),
-        price,
-        currency: get("product:price:currency")
-            .or_else(|| get("og:price:currency"))
-            .map(|c| c.to_uppercase()),
-        description: get("og:description").or_else(|| get("description")),
-        image_url: get("og:image").map(|i| abs(&i)),
-        source: "crawl".into(),
-    })
+
+    /// The product of a schema.org `Product` object (None without a name).
+    fn json_ld_product(&self, p: &Value) -> Option<Product> {
+        let name = p["name"].as_str().map(|s| decode_entities(s.trim()))?;
+        let offer = match &p["offers"] {
+            Value::Array(a) => a.first().cloned().unwrap_or(Value::Null),
+            o => o.clone(),
+        };
+        let price = ["price", "lowPrice"].iter().find_map(|k| match &offer[*k] {
+            Value::Number(n) => n.as_f64(),
+            Value::String(s) => s.trim().parse::<f64>().ok(),
+            _ => None,
+        });
+        let image = match &p["image"] {
+            Value::String(s) => Some(s.clone()),
+            Value::Array(a) => a.iter().find_map(|i| {
+                i.as_str()
+                    .map(str::to_string)
+                    .or_else(|| i["url"].as_str().map(str::to_string))
+            }),
+            Value::Object(o) => o.get("url").and_then(|u| u.as_str()).map(str::to_string),
+            _ => None,
+        };
+        let brand = match &p["brand"] {
+            Value::String(s) => Some(s.clone()),
+            b => b["name"].as_str().map(str::to_string),
+        };
+        let sku = ["sku", "productID", "mpn"]
+            .iter()
+            .find_map(|k| match &p[*k] {
+                Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            });
+        let url = p["url"].as_str().map(|u| self.abs(u)).unwrap_or_else(|| {
+            self.page
+                .canonical()
+                .map_or_else(|| self.page_url.to_string(), |c| self.abs(&c))
+        });
+        Some(Product {
+            org_id: self.org_id.to_string(),
+            product_id: String::new(),
+            sku,
+            name,
+            url: Some(url),
+            category: p["category"].as_str().map(decode_entities),
+            brand,
+            price,
+            currency: offer["priceCurrency"].as_str().map(|c| c.to_uppercase()),
+            description: p["description"].as_str().map(|s| decode_entities(s.trim())),
+            image_url: image.map(|i| self.abs(&i)),
+            source: "crawl".into(),
+        })
+    }
+
+    /// The product of OpenGraph / product meta tags (None when they do not
+    /// say it is a product, or name none).
+    fn meta_product(&self) -> Option<Product> {
+        let meta = self.page.meta();
+        let get = |k: &str| meta.get(k).cloned().filter(|v| !v.is_empty());
+        let og_type = get("og:type").unwrap_or_default().to_lowercase();
+        let price = get("product:price:amount")
+            .or_else(|| get("og:price:amount"))
+            .and_then(|p| p.parse::<f64>().ok());
+        if !(og_type.contains("product") || price.is_some()) {
+            return None;
+        }
+        let name = get("og:title").or_else(|| self.page.title())?;
+        Some(Product {
+            org_id: self.org_id.to_string(),
+            product_id: String::new(),
+            sku: get("product:retailer_item_id").or_else(|| get("product:sku")),
+            name,
+            url: Some(
+                get("og:url")
+                    .or_else(|| self.page.canonical())
+                    .map_or_else(|| self.page_url.to_string(), |u| self.abs(&u)),
+            ),
+            category: get("product:category"),
+            brand: get("product:brand").or_else(|| get("og:site_name")),
+            price,
+            currency: get("product:price:currency")
+                .or_else(|| get("og:price:currency"))
+                .map(|c| c.to_uppercase()),
+            description: get("og:description").or_else(|| get("description")),
+            image_url: get("og:image").map(|i| self.abs(&i)),
+            source: "crawl".into(),
+        })
+    }
 }
 
 fn is_product_type(t: &Value) -> bool {

@@ -49,7 +49,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::ai::{call_checked, AiRequest, Check, Provider, RetryPolicy};
+use crate::ai::{call_checked, AiRequest, Check, Outcome, Provider, RetryPolicy};
 use crate::job::{Job, JobContext, Planned, Request, RunWindow, Split};
 use crate::{runs, sessionize, Params, ProgressRef, Result, Trigger, Window};
 
@@ -702,17 +702,10 @@ impl Caller<'_> {
                 );
             }
         };
-        let candidates = candidates(&s, &timeline, products);
-        let schema = answer_schema_for(&candidates);
-        let input = build_input(&s, timeline, org.as_ref(), candidates);
-        let (system, prompt) = render_prompt(&input);
-        let prompt_hash = sha256_hex(
-            format!("{PROMPT_VERSION}\u{0}{system}\u{0}{prompt}\u{0}{schema}").as_bytes(),
-        );
-        let cache_key =
-            sha256_hex(format!("{}\u{0}{}\u{0}{prompt_hash}", self.pname, self.model).as_bytes());
-        if let Some(hit) = self.cache.get(&cache_key) {
-            if let Ok(answer) = validate(&hit.response, &input.candidates) {
+        let ask = self.ask(&s, timeline, org.as_ref(), products);
+        let prompt_hash = ask.prompt_hash.clone();
+        if let Some(hit) = self.cache.get(&ask.cache_key) {
+            if let Ok(answer) = validate(&hit.response, &ask.input.candidates) {
                 let tokens = (
                     hit.input_tokens.max(0) as u64,
                     hit.output_tokens.max(0) as u64,
@@ -722,11 +715,7 @@ impl Caller<'_> {
         }
         let budget = self.opts.daily_token_budget;
         if budget > 0 {
-            let spent = self
-                .used
-                .lock()
-                .map(|u| u.get(&s.org_id).copied().unwrap_or(0))
-                .unwrap_or(0);
+            let spent = self.spent_today(&s.org_id);
             if spent >= budget {
                 let why = format!("the organization used {spent} of its {budget} AI tokens today");
                 return Done::without_call(
@@ -738,20 +727,73 @@ impl Caller<'_> {
                 );
             }
         }
+        let Ask {
+            req,
+            input,
+            cache_key,
+            ..
+        } = ask;
+        let cands = input.candidates;
+        let out = call_checked(self.provider, &req, self.opts.policy, |t| check(t, &cands)).await;
+        self.answered(s, prompt_hash, cache_key, &cands, out)
+    }
+
+    /// The request for a session, with the hash of its prompt and its key
+    /// in the response cache.
+    fn ask(
+        &self,
+        s: &SessionIn,
+        timeline: Vec<TimelineEntry>,
+        org: Option<&OrgIn>,
+        products: &[ProductIn],
+    ) -> Ask {
+        let candidates = candidates(s, &timeline, products);
+        let schema = answer_schema_for(&candidates);
+        let input = build_input(s, timeline, org, candidates);
+        let (system, prompt) = render_prompt(&input);
+        let prompt_hash = sha256_hex(
+            format!("{PROMPT_VERSION}\u{0}{system}\u{0}{prompt}\u{0}{schema}").as_bytes(),
+        );
+        let cache_key =
+            sha256_hex(format!("{}\u{0}{}\u{0}{prompt_hash}", self.pname, self.model).as_bytes());
         let req = AiRequest {
             system,
             prompt,
             schema,
             input: serde_json::to_value(&input).unwrap_or_default(),
         };
-        let cands = input.candidates;
-        let out = call_checked(self.provider, &req, self.opts.policy, |t| check(t, &cands)).await;
+        Ask {
+            req,
+            input,
+            prompt_hash,
+            cache_key,
+        }
+    }
+
+    /// Tokens `org` spent today (the budget).
+    fn spent_today(&self, org: &str) -> u64 {
+        self.used
+            .lock()
+            .map(|u| u.get(org).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// The provider answered (or gave up): count the tokens against the
+    /// budget, note dropped ids and keep a paid answer for the cache.
+    fn answered(
+        &self,
+        s: SessionIn,
+        prompt_hash: String,
+        cache_key: String,
+        cands: &[Candidate],
+        out: Outcome<Answer>,
+    ) -> Done {
         // A kept answer with dropped ids: the note, the dropped ids and
         // the model's own text.
         let note = match (&out.note, &out.text) {
             (Some(why), Some(text)) => {
                 let dropped = parse_answer(text)
-                    .map(|a| unknown_ids(&a, &cands))
+                    .map(|a| unknown_ids(&a, cands))
                     .unwrap_or_default();
                 Some((why.clone(), dropped, text.clone()))
             }
@@ -797,6 +839,14 @@ impl Caller<'_> {
     }
 }
 
+/// A session's request to the provider, before it is sent.
+struct Ask {
+    req: AiRequest,
+    input: EnrichInput,
+    prompt_hash: String,
+    cache_key: String,
+}
+
 /// The run, as recorded on its rows.
 struct RunInfo<'a> {
     run_id: &'a str,
@@ -815,7 +865,7 @@ struct Collected {
 
 impl Collected {
     /// Count one session's outcome and keep its rows.
-    fn add(&mut self, done: Done, report: &mut Report, run: &RunInfo<'_>) {
+    fn add(&mut self, mut done: Done, report: &mut Report, run: &RunInfo<'_>) {
         report.provider_calls += u64::from(done.calls);
         report.transient_retries += u64::from(done.transient_retries);
         report.reasks += u64::from(done.reasks);
@@ -824,71 +874,30 @@ impl Collected {
         if done.cached {
             report.cache_hits += 1;
         }
-        if let Some(c) = done.cache_row {
+        if let Some(c) = done.cache_row.take() {
             self.cache_rows.push(c);
         }
-        let s = done.session;
-        let (pname, model, now) = (run.pname, run.model, run.now);
+        let s = &done.session;
+        let (pname, model) = (run.pname, run.model);
         let interaction_id = format!(
             "int_{}",
             &sha256_hex(format!("{}\u{0}{pname}\u{0}{model}", s.session_id).as_bytes())[..26]
         );
-        if let (Ok(a), Some((why, dropped, text))) = (&done.result, &done.note) {
-            report.validation_notes += 1;
-            report.dropped_product_ids += dropped.len() as u64;
-            tracing::info!(session = %s.session_id, %why, "enrich: kept the interaction without unknown product ids");
-            let reason = format!(
-                "interaction kept without the product ids that are not among the candidates: {why} (after {} re-ask{})",
-                done.reasks,
-                if done.reasks == 1 { "" } else { "s" }
-            );
-            let payload = json!({
-                "note": "validation",
-                "session_id": s.session_id,
-                "interaction_id": interaction_id,
-                "run_id": run.run_id,
-                "provider": pname,
-                "model": model,
-                "prompt_hash": done.prompt_hash,
-                "dropped_product_ids": dropped,
-                "kept_product_ids": a.product_ids,
-                "reasks": done.reasks,
-                "transient_retries": done.transient_retries,
-                "answer": text,
-            });
-            self.failed.push(failed_row(
-                &s,
-                UNKNOWN_PRODUCTS_DROPPED,
-                &reason,
-                payload,
-                now,
-            ));
+        if let (Ok(a), Some(note)) = (&done.result, &done.note) {
+            self.kept_without_unknown_ids(&done, a, note, &interaction_id, report, run);
         }
         match done.result {
-            Ok(a) => self.rows.push(InteractionRow {
+            Ok(a) => self.rows.push(interaction_row(
+                done.session,
+                a,
                 interaction_id,
-                org_id: s.org_id,
-                session_id: s.session_id,
-                channel: s.channel,
-                started_at: s.started_at.timestamp_micros(),
-                ended_at: s.ended_at.timestamp_micros(),
-                description: a.description,
-                intent: Some(a.intent),
-                sentiment: Some(a.sentiment),
-                outcome: Some(a.outcome),
-                product_ids: a.product_ids,
-                confidence: Some(a.confidence),
-                source_ids: s.source_ids,
-                provider: pname.to_string(),
-                model: model.to_string(),
-                prompt_version: PROMPT_VERSION.into(),
-                prompt_hash: done.prompt_hash,
-                input_tokens: done.tokens.0 as i64,
-                output_tokens: done.tokens.1 as i64,
-                created_at: now.timestamp_micros(),
-                session_date: crow_schemas::time::days_from_time(s.started_at),
-            }),
+                done.prompt_hash,
+                done.tokens,
+                run,
+            )),
             Err((code, reason)) => {
+                let s = done.session;
+                let now = run.now;
                 report.failures += 1;
                 if code == crow_schemas::rows::FailureCode::AiBudgetExhausted
                     && !report.over_budget.contains(&s.org_id)
@@ -910,6 +919,85 @@ impl Collected {
                     .push(failed_row(&s, code, &reason, payload, now));
             }
         }
+    }
+
+    /// Record the validation note of an answer kept without the product
+    /// ids that are not among the candidates (`note`: why, the dropped ids,
+    /// the model's text).
+    fn kept_without_unknown_ids(
+        &mut self,
+        done: &Done,
+        a: &Answer,
+        (why, dropped, text): &(String, Vec<String>, String),
+        interaction_id: &str,
+        report: &mut Report,
+        run: &RunInfo<'_>,
+    ) {
+        let s = &done.session;
+        let (pname, model, now) = (run.pname, run.model, run.now);
+        report.validation_notes += 1;
+        report.dropped_product_ids += dropped.len() as u64;
+        tracing::info!(session = %s.session_id, %why, "enrich: kept the interaction without unknown product ids");
+        let reason = format!(
+            "interaction kept without the product ids that are not among the candidates: {why} (after {} re-ask{})",
+            done.reasks,
+            if done.reasks == 1 { "" } else { "s" }
+        );
+        let payload = json!({
+            "note": "validation",
+            "session_id": s.session_id,
+            "interaction_id": interaction_id,
+            "run_id": run.run_id,
+            "provider": pname,
+            "model": model,
+            "prompt_hash": done.prompt_hash,
+            "dropped_product_ids": dropped,
+            "kept_product_ids": a.product_ids,
+            "reasks": done.reasks,
+            "transient_retries": done.transient_retries,
+            "answer": text,
+        });
+        self.failed.push(failed_row(
+            s,
+            UNKNOWN_PRODUCTS_DROPPED,
+            &reason,
+            payload,
+            now,
+        ));
+    }
+}
+
+/// The `interactions` row of a session's answer.
+fn interaction_row(
+    s: SessionIn,
+    a: Answer,
+    interaction_id: String,
+    prompt_hash: String,
+    tokens: (u64, u64),
+    run: &RunInfo<'_>,
+) -> InteractionRow {
+    InteractionRow {
+        interaction_id,
+        org_id: s.org_id,
+        session_id: s.session_id,
+        channel: s.channel,
+        started_at: s.started_at.timestamp_micros(),
+        ended_at: s.ended_at.timestamp_micros(),
+        description: a.description,
+        intent: Some(a.intent),
+        sentiment: Some(a.sentiment),
+        outcome: Some(a.outcome),
+        product_ids: a.product_ids,
+        confidence: Some(a.confidence),
+        source_ids: s.source_ids,
+        provider: run.pname.to_string(),
+        model: run.model.to_string(),
+        prompt_version: PROMPT_VERSION.into(),
+        prompt_hash,
+        input_tokens: tokens.0 as i64,
+        output_tokens: tokens.1 as i64,
+        created_at: run.now.timestamp_micros(),
+        session_date: crow_schemas::time::days_from_time(s.started_at),
     }
 }
 

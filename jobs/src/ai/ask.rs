@@ -311,26 +311,75 @@ pub fn offline_plan(question: &str) -> Option<Vec<(String, String)>> {
     } else {
         return None;
     };
-    let dir = direction(&q);
-    let this = format!(
-        "{d} >= current_date() - INTERVAL '7 days' AND {d} < current_date()",
-        d = m.date
-    );
-    let last = format!(
-        "{d} >= current_date() - INTERVAL '14 days' AND {d} < current_date() - INTERVAL '7 days'",
-        d = m.date
-    );
-    let both = format!(
-        "{} AND {d} >= current_date() - INTERVAL '14 days' AND {d} < current_date()",
-        m.filter,
-        d = m.date
-    );
-    let value = |w: &str| m.value.replace("{w}", w);
-    let compare = |dim: &str, label: &str| -> String {
+    let weeks = Weeks::new(m, direction(&q));
+    let name = weeks.m.name.trim_end_matches("_pct");
+    Some(vec![
+        (
+            format!("{name} in the last seven complete days against the seven before"),
+            weeks.compare("", ""),
+        ),
+        (
+            format!("{name} by day over the last two weeks"),
+            weeks.by_day(),
+        ),
+        (
+            format!("{name} by device, this week against last"),
+            weeks.compare("device_type", "device_type"),
+        ),
+        (
+            format!("{name} by traffic source, this week against last"),
+            weeks.compare(weeks.m.source, "traffic_source"),
+        ),
+    ])
+}
+
+/// The SQL of an [`offline_plan`]: one metric over the last seven complete
+/// days (`this`) against the seven before (`last`), over the rows of both
+/// that the metric counts (`both`).
+struct Weeks {
+    m: Metric,
+    dir: Direction,
+    this: String,
+    last: String,
+    both: String,
+}
+
+impl Weeks {
+    fn new(m: Metric, dir: Direction) -> Self {
+        let this = format!(
+            "{d} >= current_date() - INTERVAL '7 days' AND {d} < current_date()",
+            d = m.date
+        );
+        let last = format!(
+            "{d} >= current_date() - INTERVAL '14 days' AND {d} < current_date() - INTERVAL '7 days'",
+            d = m.date
+        );
+        let both = format!(
+            "{} AND {d} >= current_date() - INTERVAL '14 days' AND {d} < current_date()",
+            m.filter,
+            d = m.date
+        );
+        Weeks {
+            m,
+            dir,
+            this,
+            last,
+            both,
+        }
+    }
+
+    fn value(&self, w: &str) -> String {
+        self.m.value.replace("{w}", w)
+    }
+
+    /// This week against last with the change in percent: in total (`dim`
+    /// empty) or by `dim`, shown as `label`, the segments that moved the
+    /// asked way first.
+    fn compare(&self, dim: &str, label: &str) -> String {
         let (sel, group, order) = if dim.is_empty() {
             (String::new(), String::new(), String::new())
         } else {
-            let order = match dir {
+            let order = match self.dir {
                 Direction::Drop => "change_pct ASC NULLS LAST",
                 Direction::Rise => "change_pct DESC NULLS LAST",
                 Direction::Change => "abs(change_pct) DESC NULLS LAST",
@@ -348,35 +397,26 @@ pub fn offline_plan(question: &str) -> Option<Vec<(String, String)>> {
         };
         format!(
             "SELECT {lab}this_week, last_week, round(100.0 * (this_week - last_week) / nullif(last_week, 0), 1) AS change_pct \
-             FROM (SELECT {sel}{} AS this_week, {} AS last_week FROM {} WHERE {both}{group}){order}",
-            value(&this),
-            value(&last),
-            m.table
+             FROM (SELECT {sel}{} AS this_week, {} AS last_week FROM {} WHERE {}{group}){order}",
+            self.value(&self.this),
+            self.value(&self.last),
+            self.m.table,
+            self.both
         )
-    };
-    let name = m.name.trim_end_matches("_pct");
-    let by_day = format!(
-        "SELECT CAST({d} AS VARCHAR) AS day, {} AS {} FROM {} WHERE {both} GROUP BY {d} ORDER BY day",
-        m.value.replace("{w}", "true"),
-        m.name,
-        m.table,
-        d = m.date
-    );
-    Some(vec![
-        (
-            format!("{name} in the last seven complete days against the seven before"),
-            compare("", ""),
-        ),
-        (format!("{name} by day over the last two weeks"), by_day),
-        (
-            format!("{name} by device, this week against last"),
-            compare("device_type", "device_type"),
-        ),
-        (
-            format!("{name} by traffic source, this week against last"),
-            compare(m.source, "traffic_source"),
-        ),
-    ])
+    }
+
+    /// The metric by day over both weeks.
+    fn by_day(&self) -> String {
+        let m = &self.m;
+        format!(
+            "SELECT CAST({d} AS VARCHAR) AS day, {} AS {} FROM {} WHERE {} GROUP BY {d} ORDER BY day",
+            self.value("true"),
+            m.name,
+            m.table,
+            self.both,
+            d = m.date
+        )
+    }
 }
 
 /// A value as the rows show it (strings bare, null as "none").
@@ -624,99 +664,128 @@ fn product_term(q: &str) -> Option<String> {
 pub fn offline_sql(question: &str) -> Option<(String, Value)> {
     let q = question.to_lowercase();
     if has(&q, &["interaction"]) {
-        let term = product_term(&q)?;
-        return Some((
-            format!(
-                "SELECT DISTINCT i.interaction_id, CAST(i.started_at AS VARCHAR) AS started_at, i.channel, i.outcome, \
-                 i.sentiment, i.description FROM (SELECT interaction_id, started_at, channel, outcome, sentiment, \
-                 description, unnest(product_ids) AS product_id FROM interactions) i \
-                 JOIN products p ON p.product_id = i.product_id \
-                 WHERE lower(p.name) LIKE '%{term}%' OR lower(p.product_id) = '{term}' \
-                 ORDER BY started_at DESC, interaction_id LIMIT 50"
-            ),
-            json!({"kind": "table"}),
-        ));
+        return interactions_about(&q);
     }
     if has(&q, &["pattern"]) && has(&q, &["week"]) {
-        return Some((
-            "SELECT CAST(period_start AS VARCHAR) AS week, kind, segment, title, support, \
-             round(significance, 2) AS significance FROM patterns WHERE period_kind = 'week' \
-             AND period_start = (SELECT max(period_start) FROM patterns WHERE period_kind = 'week') \
-             ORDER BY significance DESC NULLS LAST, pattern_id LIMIT 20"
-                .to_string(),
-            json!({"kind": "table"}),
-        ));
+        return Some(this_weeks_patterns());
     }
     let dev = device_filter(&q);
     if has(&q, &["conversion", "convert"]) {
-        let sources: &[&str] = &["source", "traffic", "referr"];
-        let dim = if has(&q, &["device"]) && !later(&q, sources, &["device"]) {
-            "device_type"
-        } else if has(&q, sources) {
-            "traffic_source"
-        } else {
-            return None;
-        };
-        return Some((
-            format!(
-                "SELECT {dim}, count(*) AS sessions, sum(CASE WHEN converted THEN 1 ELSE 0 END) AS orders, \
-                 round(100.0 * sum(CASE WHEN converted THEN 1 ELSE 0 END) / count(*), 2) AS conversion_pct \
-                 FROM sessions WHERE channel = 'web'{dev} GROUP BY {dim} ORDER BY sessions DESC, {dim}"
-            ),
-            json!({"kind": "bar", "x": dim, "y": ["conversion_pct"]}),
-        ));
+        return conversion_by(&q, &dev);
     }
     if has(&q, &["trend", "over the last", "per day", "daily", "last "])
         && has(&q, &["day", "trend", "daily"])
     {
-        let n = number_in(&q, 1, 366).unwrap_or(7);
-        let events: &[&str] = &["event", "traffic", "activity"];
-        if has(&q, &["revenue", "sales"]) && !later(&q, events, &["revenue", "sales"]) {
-            return Some((
-                format!(
-                    "SELECT CAST(event_date AS VARCHAR) AS day, count(*) AS orders, round(sum(revenue), 2) AS revenue \
-                     FROM raw_web_events WHERE event = 'Order Completed'{dev} \
-                     AND event_date > current_date() - INTERVAL '{n} days' GROUP BY event_date ORDER BY day"
-                ),
-                json!({"kind": "line", "x": "day", "y": ["revenue"]}),
-            ));
-        }
-        if has(&q, events) {
-            return Some((
-                format!(
-                    "SELECT CAST(event_date AS VARCHAR) AS day, count(*) AS events FROM raw_web_events \
-                     WHERE event_date > current_date() - INTERVAL '{n} days'{dev} GROUP BY event_date ORDER BY day"
-                ),
-                json!({"kind": "line", "x": "day", "y": ["events"]}),
-            ));
-        }
-        return None;
+        return daily(&q, &dev);
     }
     if has(&q, &["product"]) && has(&q, &["top", "most", "best", "popular"]) {
-        let n = number_in(&q, 1, 100).unwrap_or(10);
-        let orders: &[&str] = &["order", "sold", "selling", "purchase", "bought"];
-        let views: &[&str] = &["view", "popular", "seen"];
-        if has(&q, orders) && !later(&q, views, orders) {
-            return Some((
-                format!(
-                    "SELECT s.product_id, p.name, count(*) AS orders FROM \
-                     (SELECT unnest(product_ids) AS product_id FROM sessions WHERE converted{dev}) s \
-                     LEFT JOIN products p ON p.product_id = s.product_id \
-                     GROUP BY s.product_id, p.name ORDER BY orders DESC, s.product_id LIMIT {n}"
-                ),
-                json!({"kind": "bar", "x": "name", "y": ["orders"]}),
-            ));
-        }
-        if has(&q, views) {
-            return Some((
-                format!(
-                    "SELECT product_id, max(product_name) AS name, count(*) AS views FROM raw_web_events \
-                     WHERE event = 'Product Viewed'{dev} AND product_id IS NOT NULL \
-                     GROUP BY product_id ORDER BY views DESC, product_id LIMIT {n}"
-                ),
-                json!({"kind": "bar", "x": "name", "y": ["views"]}),
-            ));
-        }
+        return top_products(&q, &dev);
+    }
+    None
+}
+
+/// "Interactions about <product>": the interactions naming it.
+fn interactions_about(q: &str) -> Option<(String, Value)> {
+    let term = product_term(q)?;
+    Some((
+        format!(
+            "SELECT DISTINCT i.interaction_id, CAST(i.started_at AS VARCHAR) AS started_at, i.channel, i.outcome, \
+             i.sentiment, i.description FROM (SELECT interaction_id, started_at, channel, outcome, sentiment, \
+             description, unnest(product_ids) AS product_id FROM interactions) i \
+             JOIN products p ON p.product_id = i.product_id \
+             WHERE lower(p.name) LIKE '%{term}%' OR lower(p.product_id) = '{term}' \
+             ORDER BY started_at DESC, interaction_id LIMIT 50"
+        ),
+        json!({"kind": "table"}),
+    ))
+}
+
+/// "This week's patterns": the latest week's patterns.
+fn this_weeks_patterns() -> (String, Value) {
+    (
+        "SELECT CAST(period_start AS VARCHAR) AS week, kind, segment, title, support, \
+         round(significance, 2) AS significance FROM patterns WHERE period_kind = 'week' \
+         AND period_start = (SELECT max(period_start) FROM patterns WHERE period_kind = 'week') \
+         ORDER BY significance DESC NULLS LAST, pattern_id LIMIT 20"
+            .to_string(),
+        json!({"kind": "table"}),
+    )
+}
+
+/// "Conversion by device" or "by traffic source" (the later word wins),
+/// on the device `dev` names.
+fn conversion_by(q: &str, dev: &str) -> Option<(String, Value)> {
+    let sources: &[&str] = &["source", "traffic", "referr"];
+    let dim = if has(q, &["device"]) && !later(q, sources, &["device"]) {
+        "device_type"
+    } else if has(q, sources) {
+        "traffic_source"
+    } else {
+        return None;
+    };
+    Some((
+        format!(
+            "SELECT {dim}, count(*) AS sessions, sum(CASE WHEN converted THEN 1 ELSE 0 END) AS orders, \
+             round(100.0 * sum(CASE WHEN converted THEN 1 ELSE 0 END) / count(*), 2) AS conversion_pct \
+             FROM sessions WHERE channel = 'web'{dev} GROUP BY {dim} ORDER BY sessions DESC, {dim}"
+        ),
+        json!({"kind": "bar", "x": dim, "y": ["conversion_pct"]}),
+    ))
+}
+
+/// "Revenue" or "events over the last N days" (the later word wins), by
+/// day, on the device `dev` names.
+fn daily(q: &str, dev: &str) -> Option<(String, Value)> {
+    let n = number_in(q, 1, 366).unwrap_or(7);
+    let events: &[&str] = &["event", "traffic", "activity"];
+    if has(q, &["revenue", "sales"]) && !later(q, events, &["revenue", "sales"]) {
+        return Some((
+            format!(
+                "SELECT CAST(event_date AS VARCHAR) AS day, count(*) AS orders, round(sum(revenue), 2) AS revenue \
+                 FROM raw_web_events WHERE event = 'Order Completed'{dev} \
+                 AND event_date > current_date() - INTERVAL '{n} days' GROUP BY event_date ORDER BY day"
+            ),
+            json!({"kind": "line", "x": "day", "y": ["revenue"]}),
+        ));
+    }
+    if has(q, events) {
+        return Some((
+            format!(
+                "SELECT CAST(event_date AS VARCHAR) AS day, count(*) AS events FROM raw_web_events \
+                 WHERE event_date > current_date() - INTERVAL '{n} days'{dev} GROUP BY event_date ORDER BY day"
+            ),
+            json!({"kind": "line", "x": "day", "y": ["events"]}),
+        ));
+    }
+    None
+}
+
+/// "Top N products by orders" or "by views" (the later word wins), on the
+/// device `dev` names.
+fn top_products(q: &str, dev: &str) -> Option<(String, Value)> {
+    let n = number_in(q, 1, 100).unwrap_or(10);
+    let orders: &[&str] = &["order", "sold", "selling", "purchase", "bought"];
+    let views: &[&str] = &["view", "popular", "seen"];
+    if has(q, orders) && !later(q, views, orders) {
+        return Some((
+            format!(
+                "SELECT s.product_id, p.name, count(*) AS orders FROM \
+                 (SELECT unnest(product_ids) AS product_id FROM sessions WHERE converted{dev}) s \
+                 LEFT JOIN products p ON p.product_id = s.product_id \
+                 GROUP BY s.product_id, p.name ORDER BY orders DESC, s.product_id LIMIT {n}"
+            ),
+            json!({"kind": "bar", "x": "name", "y": ["orders"]}),
+        ));
+    }
+    if has(q, views) {
+        return Some((
+            format!(
+                "SELECT product_id, max(product_name) AS name, count(*) AS views FROM raw_web_events \
+                 WHERE event = 'Product Viewed'{dev} AND product_id IS NOT NULL \
+                 GROUP BY product_id ORDER BY views DESC, product_id LIMIT {n}"
+            ),
+            json!({"kind": "bar", "x": "name", "y": ["views"]}),
+        ));
     }
     None
 }

@@ -261,140 +261,188 @@ pub async fn call_checked<T, F>(
 where
     F: Fn(&str) -> Check<T>,
 {
-    let mut out = Outcome {
-        value: Err((crow_schemas::rows::FailureCode::AiError, String::new())),
-        text: None,
-        last_bad_answer: None,
-        input_tokens: 0,
-        output_tokens: 0,
-        calls: 0,
-        transient_retries: 0,
-        reasks: 0,
-        note: None,
-    };
-    // A repaired answer kept in reserve: (value, note, text).
-    let mut repaired: Option<(T, String, String)> = None;
-    let mut last_invalid: Option<String> = None;
-    let mut last_transient: Option<String> = None;
+    let mut calls = Calls::new(policy);
     let mut current = req.clone();
-    enum Next {
-        Reask(String),
-        Transient(Duration),
-    }
     loop {
-        out.calls += 1;
+        calls.out.calls += 1;
         let next = match provider.generate(&current).await {
-            Ok(answer) => {
-                out.input_tokens += answer.input_tokens;
-                out.output_tokens += answer.output_tokens;
-                match check(&answer.text) {
-                    Check::Valid(v) => {
-                        out.value = Ok(v);
-                        out.text = Some(answer.text);
-                        return out;
-                    }
-                    Check::Repairable { value, why } => {
-                        tracing::debug!(provider = provider.name(), %why, "answer repairable");
-                        out.last_bad_answer = Some(answer.text.clone());
-                        let asked_again = repaired.is_some();
-                        repaired = Some((value, why.clone(), answer.text));
-                        if asked_again || out.reasks >= policy.max_retries {
-                            return keep_repaired(out, repaired);
-                        }
-                        last_invalid = Some(why.clone());
-                        Next::Reask(why)
-                    }
-                    Check::Invalid(why) => {
-                        tracing::debug!(provider = provider.name(), %why, "answer failed validation");
-                        out.last_bad_answer = Some(answer.text);
-                        last_invalid = Some(why.clone());
-                        Next::Reask(why)
-                    }
+            Ok(answer) => calls.answered(provider.name(), answer, &check),
+            Err(e) => calls.failed(e),
+        };
+        let Some(wait) = next.and_then(|n| calls.again(n, req, &mut current)) else {
+            return calls.out;
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// What [`call_checked`] asks next: again with the reason the answer was
+/// rejected, or the same after a transient error, after this wait.
+enum Next {
+    Reask(String),
+    Transient(Duration),
+}
+
+/// The state of one [`call_checked`]: the outcome so far, a repaired answer
+/// kept in reserve, and the last error of each kind. Each step returns
+/// `None` once the outcome is final.
+struct Calls<T> {
+    policy: RetryPolicy,
+    out: Outcome<T>,
+    /// A repaired answer kept in reserve: (value, note, text).
+    repaired: Option<(T, String, String)>,
+    last_invalid: Option<String>,
+    last_transient: Option<String>,
+}
+
+impl<T> Calls<T> {
+    fn new(policy: RetryPolicy) -> Self {
+        Calls {
+            policy,
+            out: Outcome {
+                value: Err((crow_schemas::rows::FailureCode::AiError, String::new())),
+                text: None,
+                last_bad_answer: None,
+                input_tokens: 0,
+                output_tokens: 0,
+                calls: 0,
+                transient_retries: 0,
+                reasks: 0,
+                note: None,
+            },
+            repaired: None,
+            last_invalid: None,
+            last_transient: None,
+        }
+    }
+
+    /// An answer came: count its tokens and check it.
+    fn answered<F>(&mut self, provider: &str, answer: AiAnswer, check: &F) -> Option<Next>
+    where
+        F: Fn(&str) -> Check<T>,
+    {
+        self.out.input_tokens += answer.input_tokens;
+        self.out.output_tokens += answer.output_tokens;
+        match check(&answer.text) {
+            Check::Valid(v) => {
+                self.out.value = Ok(v);
+                self.out.text = Some(answer.text);
+                None
+            }
+            Check::Repairable { value, why } => {
+                tracing::debug!(provider, %why, "answer repairable");
+                self.out.last_bad_answer = Some(answer.text.clone());
+                let asked_again = self.repaired.is_some();
+                self.repaired = Some((value, why.clone(), answer.text));
+                if asked_again || self.out.reasks >= self.policy.max_retries {
+                    self.keep_repaired();
+                    return None;
                 }
+                self.last_invalid = Some(why.clone());
+                Some(Next::Reask(why))
             }
-            Err(AiError::Malformed(why)) => {
-                last_invalid = Some(why.clone());
-                Next::Reask(why)
+            Check::Invalid(why) => {
+                tracing::debug!(provider, %why, "answer failed validation");
+                self.out.last_bad_answer = Some(answer.text);
+                self.last_invalid = Some(why.clone());
+                Some(Next::Reask(why))
             }
-            Err(AiError::Fatal(why)) => {
-                if repaired.is_some() {
-                    return keep_repaired(out, repaired);
-                }
-                let why = explain(why, &out, None, last_transient.as_deref());
-                out.value = Err((crow_schemas::rows::FailureCode::AiRequestRefused, why));
-                return out;
+        }
+    }
+
+    /// The call failed: a malformed answer is asked again, a refusal is
+    /// final, a transient error is retried after its `Retry-After` (when
+    /// this run can wait that long) or the backoff.
+    fn failed(&mut self, e: AiError) -> Option<Next> {
+        match e {
+            AiError::Malformed(why) => {
+                self.last_invalid = Some(why.clone());
+                Some(Next::Reask(why))
             }
-            Err(AiError::Transient {
+            AiError::Fatal(why) => {
+                let why = explain(why, &self.out, None, self.last_transient.as_deref());
+                self.give_up(crow_schemas::rows::FailureCode::AiRequestRefused, why);
+                None
+            }
+            AiError::Transient {
                 message,
                 retry_after,
-            }) => {
-                last_transient = Some(message.clone());
+            } => {
+                self.last_transient = Some(message.clone());
                 match retry_after {
-                    Some(ra) if ra > policy.max_retry_after => {
-                        if repaired.is_some() {
-                            return keep_repaired(out, repaired);
-                        }
+                    Some(ra) if ra > self.policy.max_retry_after => {
                         let why = format!(
                             "{message} (Retry-After {}s is longer than this run waits)",
                             ra.as_secs()
                         );
-                        let why = explain(why, &out, last_invalid.as_deref(), None);
-                        out.value = Err((crow_schemas::rows::FailureCode::AiUnavailable, why));
-                        return out;
+                        let why = explain(why, &self.out, self.last_invalid.as_deref(), None);
+                        self.give_up(crow_schemas::rows::FailureCode::AiUnavailable, why);
+                        None
                     }
-                    Some(ra) => Next::Transient(ra),
-                    None => Next::Transient(policy.backoff(out.transient_retries)),
+                    Some(ra) => Some(Next::Transient(ra)),
+                    None => Some(Next::Transient(
+                        self.policy.backoff(self.out.transient_retries),
+                    )),
                 }
             }
-        };
+        }
+    }
+
+    /// Ask again as `next` says, within its kind's budget: the wait before
+    /// the next call (a re-ask repeats `req`'s prompt into `current` with
+    /// the reason), or `None` when the budget ran out.
+    fn again(&mut self, next: Next, req: &AiRequest, current: &mut AiRequest) -> Option<Duration> {
         match next {
             Next::Reask(why) => {
-                if out.reasks >= policy.max_retries {
-                    if repaired.is_some() {
-                        return keep_repaired(out, repaired);
-                    }
-                    let why = explain(why, &out, None, last_transient.as_deref());
-                    out.value = Err((crow_schemas::rows::FailureCode::AiMalformedOutput, why));
-                    return out;
+                if self.out.reasks >= self.policy.max_retries {
+                    let why = explain(why, &self.out, None, self.last_transient.as_deref());
+                    self.give_up(crow_schemas::rows::FailureCode::AiMalformedOutput, why);
+                    return None;
                 }
-                let wait = policy.backoff(out.reasks);
-                out.reasks += 1;
+                let wait = self.policy.backoff(self.out.reasks);
+                self.out.reasks += 1;
                 current.prompt = format!(
                     "{}\n\nYour previous answer was not accepted: {why}. Answer again, \
                      following the schema and the instructions exactly.",
                     req.prompt
                 );
-                tokio::time::sleep(wait).await;
+                Some(wait)
             }
             Next::Transient(wait) => {
-                if out.transient_retries >= policy.max_retries {
-                    if repaired.is_some() {
-                        return keep_repaired(out, repaired);
-                    }
+                if self.out.transient_retries >= self.policy.max_retries {
                     let why = explain(
-                        last_transient.clone().unwrap_or_default(),
-                        &out,
-                        last_invalid.as_deref(),
+                        self.last_transient.clone().unwrap_or_default(),
+                        &self.out,
+                        self.last_invalid.as_deref(),
                         None,
                     );
-                    out.value = Err((crow_schemas::rows::FailureCode::AiUnavailable, why));
-                    return out;
+                    self.give_up(crow_schemas::rows::FailureCode::AiUnavailable, why);
+                    return None;
                 }
-                out.transient_retries += 1;
-                tokio::time::sleep(wait).await;
+                self.out.transient_retries += 1;
+                Some(wait)
             }
         }
     }
-}
 
-/// Accept the repaired answer kept in reserve.
-fn keep_repaired<T>(mut out: Outcome<T>, repaired: Option<(T, String, String)>) -> Outcome<T> {
-    if let Some((value, why, text)) = repaired {
-        out.value = Ok(value);
-        out.note = Some(why);
-        out.text = Some(text);
+    /// Stop asking: keep the repaired answer in reserve if there is one,
+    /// else fail with `code` and `why`.
+    fn give_up(&mut self, code: crow_schemas::rows::FailureCode, why: String) {
+        if self.repaired.is_some() {
+            self.keep_repaired();
+        } else {
+            self.out.value = Err((code, why));
+        }
     }
-    out
+
+    /// Accept the repaired answer kept in reserve.
+    fn keep_repaired(&mut self) {
+        if let Some((value, why, text)) = self.repaired.take() {
+            self.out.value = Ok(value);
+            self.out.note = Some(why);
+            self.out.text = Some(text);
+        }
+    }
 }
 
 /// A failure reason with what was tried: the cause, then the re-asks and

@@ -186,207 +186,194 @@ struct Seen {
 
 impl Seen {
     fn read(input: &EnrichInput) -> Seen {
-        let Seen {
-            mut viewed,
-            mut added,
-            mut removed,
-            mut ordered,
-            mut searches,
-            mut pages,
-            mut checkout,
-            mut shipping,
-            mut payment,
-            mut order,
-            mut failures,
-            mut support,
-        } = Seen::default();
-        for TimelineEntry { kind, detail, .. } in &input.timeline {
-            let first = detail.split_whitespace().next().unwrap_or("");
-            let product = candidate(input, first).map(|c| c.product_id.clone());
-            let k = kind.to_lowercase();
-            match E::from_name(kind) {
-                None if kind == "page" || kind == "screen" => push_unique(&mut pages, detail),
-                Some(E::ProductsSearched) => {
-                    if let Some(q) = detail.strip_prefix("query=") {
-                        push_unique(&mut searches, q);
-                    }
-                }
-                Some(E::ProductViewed | E::ProductClicked) => {
-                    if let Some(p) = product {
-                        push_unique(&mut viewed, &p);
-                    }
-                }
-                Some(E::ProductAdded) => {
-                    if let Some(p) = product {
-                        push_unique(&mut added, &p);
-                    }
-                }
-                Some(E::ProductRemoved) => {
-                    if let Some(p) = product {
-                        push_unique(&mut removed, &p);
-                    }
-                }
-                Some(E::CheckoutStarted) => checkout = true,
-                Some(E::CheckoutStepViewed | E::CheckoutStepCompleted) => {
-                    checkout = true;
-                    if detail.contains("shipping") || detail.contains("step=2") {
-                        shipping = true;
-                    }
-                    if detail.contains("payment") || detail.contains("step=3") {
-                        payment = true;
-                    }
-                }
-                Some(E::PaymentInfoEntered) => {
-                    checkout = true;
-                    payment = true;
-                }
-                Some(E::OrderCompleted) => {
-                    order = Some(detail.clone());
-                    for id in added.iter().chain(viewed.iter()) {
-                        push_unique(&mut ordered, id);
-                    }
-                }
-                _ if k.contains("fail") || k.contains("error") || k.contains("declin") => {
-                    failures.push(kind.clone());
-                }
-                _ if k.contains("support") || k.contains("contact") || k.contains("help") => {
-                    support = true;
-                }
-                _ => {}
-            }
+        let mut seen = Seen::default();
+        for entry in &input.timeline {
+            seen.see(input, entry);
         }
-        Seen {
-            viewed,
-            added,
-            removed,
-            ordered,
-            searches,
-            pages,
-            checkout,
-            shipping,
-            payment,
-            order,
-            failures,
-            support,
+        seen
+    }
+
+    /// Take one timeline entry into account.
+    fn see(&mut self, input: &EnrichInput, entry: &TimelineEntry) {
+        let TimelineEntry { kind, detail, .. } = entry;
+        let first = detail.split_whitespace().next().unwrap_or("");
+        let product = candidate(input, first).map(|c| c.product_id.clone());
+        let k = kind.to_lowercase();
+        match E::from_name(kind) {
+            None if kind == "page" || kind == "screen" => push_unique(&mut self.pages, detail),
+            Some(E::ProductsSearched) => {
+                if let Some(q) = detail.strip_prefix("query=") {
+                    push_unique(&mut self.searches, q);
+                }
+            }
+            Some(E::ProductViewed | E::ProductClicked) => {
+                if let Some(p) = product {
+                    push_unique(&mut self.viewed, &p);
+                }
+            }
+            Some(E::ProductAdded) => {
+                if let Some(p) = product {
+                    push_unique(&mut self.added, &p);
+                }
+            }
+            Some(E::ProductRemoved) => {
+                if let Some(p) = product {
+                    push_unique(&mut self.removed, &p);
+                }
+            }
+            Some(E::CheckoutStarted) => self.checkout = true,
+            Some(E::CheckoutStepViewed | E::CheckoutStepCompleted) => {
+                self.checkout = true;
+                if detail.contains("shipping") || detail.contains("step=2") {
+                    self.shipping = true;
+                }
+                if detail.contains("payment") || detail.contains("step=3") {
+                    self.payment = true;
+                }
+            }
+            Some(E::PaymentInfoEntered) => {
+                self.checkout = true;
+                self.payment = true;
+            }
+            Some(E::OrderCompleted) => {
+                self.order = Some(detail.clone());
+                for id in self.added.iter().chain(self.viewed.iter()) {
+                    push_unique(&mut self.ordered, id);
+                }
+            }
+            _ if k.contains("fail") || k.contains("error") || k.contains("declin") => {
+                self.failures.push(kind.clone());
+            }
+            _ if k.contains("support") || k.contains("contact") || k.contains("help") => {
+                self.support = true;
+            }
+            _ => {}
+        }
+    }
+
+    /// What was bought or left: what was in the cart (less what was
+    /// removed).
+    fn cart(&self) -> Vec<String> {
+        self.added
+            .iter()
+            .filter(|p| !self.removed.contains(p))
+            .cloned()
+            .collect()
+    }
+
+    /// What the visitor did, as phrases: searches, products viewed, the
+    /// cart, removals, failures, help.
+    fn activity(&self, input: &EnrichInput, cart: &[String]) -> Vec<String> {
+        let mut parts: Vec<String> = Vec::new();
+        if !self.searches.is_empty() {
+            let qs: Vec<String> = self.searches.iter().map(|q| format!("\"{q}\"")).collect();
+            parts.push(format!("searched for {}", list(&qs)));
+        }
+        let names =
+            |ids: &[String]| -> Vec<String> { ids.iter().map(|i| name_of(input, i)).collect() };
+        let viewed = &self.viewed;
+        match viewed.len() {
+            0 => {}
+            1 => parts.push(format!("viewed {}", name_of(input, &viewed[0]))),
+            n if n <= 4 => {
+                let what = shared_category(input, viewed).unwrap_or_else(|| "products".into());
+                parts.push(format!(
+                    "compared {} {what} ({})",
+                    number_word(n),
+                    list(&names(viewed))
+                ));
+            }
+            n => parts.push(format!("browsed {n} products")),
+        }
+        if !cart.is_empty() {
+            let what = if cart.len() == 1 && viewed.len() > 1 && viewed.contains(&cart[0]) {
+                format!("one ({})", name_of(input, &cart[0]))
+            } else {
+                list(&names(cart))
+            };
+            parts.push(format!("added {what} to the cart"));
+        }
+        if !self.removed.is_empty() {
+            parts.push(format!("removed {}", list(&names(&self.removed))));
+        }
+        for f in &self.failures {
+            parts.push(format!("hit \"{f}\""));
+        }
+        if self.support {
+            parts.push("looked for help".into());
+        }
+        parts
+    }
+
+    /// How the session ended, adding the phrase that says so to `parts`.
+    fn outcome(&self, cart: &[String], parts: &mut Vec<String>) -> &'static str {
+        let pages = &self.pages;
+        if let Some(o) = &self.order {
+            let amount = o
+                .split_whitespace()
+                .nth(2)
+                .map(|a| format!(" for {a}"))
+                .unwrap_or_default();
+            parts.push(format!("completed the order{amount}"));
+            "purchased"
+        } else if self.checkout {
+            let at = if self.payment {
+                "payment"
+            } else if self.shipping {
+                "shipping"
+            } else {
+                "the start of checkout"
+            };
+            parts.push(format!("left at {at}"));
+            "abandoned_checkout"
+        } else if !cart.is_empty() {
+            parts.push("left without checking out".into());
+            "abandoned_cart"
+        } else if self.support {
+            "support"
+        } else if self.viewed.is_empty() && self.searches.is_empty() && pages.len() <= 1 {
+            if let Some(p) = pages.first() {
+                parts.push(format!("opened {p} and left"));
+            }
+            "bounced"
+        } else {
+            if self.viewed.is_empty() && !pages.is_empty() {
+                parts.push(format!(
+                    "read {} pages ({})",
+                    pages.len(),
+                    list(&pages.iter().take(3).cloned().collect::<Vec<_>>())
+                ));
+            }
+            "browsed"
+        }
+    }
+
+    fn intent(&self, cart: &[String]) -> &'static str {
+        if self.order.is_some() || self.checkout || !cart.is_empty() {
+            "purchase"
+        } else if self.support {
+            "support"
+        } else if self.viewed.len() >= 2 || !self.searches.is_empty() {
+            "research"
+        } else {
+            "browse"
+        }
+    }
+
+    fn sentiment(&self) -> &'static str {
+        let order = &self.order;
+        if !self.failures.is_empty() && order.is_none() || self.support && order.is_none() {
+            "negative"
+        } else if order.is_some() {
+            "positive"
+        } else {
+            "neutral"
         }
     }
 }
 
-fn web(input: &EnrichInput) -> Answer {
-    let Seen {
-        viewed,
-        added,
-        removed,
-        ordered,
-        searches,
-        pages,
-        checkout,
-        shipping,
-        payment,
-        order,
-        failures,
-        support,
-    } = Seen::read(input);
-    // What was bought: what was in the cart (less what was removed).
-    let cart: Vec<String> = added
-        .iter()
-        .filter(|p| !removed.contains(p))
-        .cloned()
-        .collect();
-    let mut parts: Vec<String> = Vec::new();
-    if !searches.is_empty() {
-        let qs: Vec<String> = searches.iter().map(|q| format!("\"{q}\"")).collect();
-        parts.push(format!("searched for {}", list(&qs)));
-    }
-    let names = |ids: &[String]| -> Vec<String> { ids.iter().map(|i| name_of(input, i)).collect() };
-    match viewed.len() {
-        0 => {}
-        1 => parts.push(format!("viewed {}", name_of(input, &viewed[0]))),
-        n if n <= 4 => {
-            let what = shared_category(input, &viewed).unwrap_or_else(|| "products".into());
-            parts.push(format!(
-                "compared {} {what} ({})",
-                number_word(n),
-                list(&names(&viewed))
-            ));
-        }
-        n => parts.push(format!("browsed {n} products")),
-    }
-    if !cart.is_empty() {
-        let what = if cart.len() == 1 && viewed.len() > 1 && viewed.contains(&cart[0]) {
-            format!("one ({})", name_of(input, &cart[0]))
-        } else {
-            list(&names(&cart))
-        };
-        parts.push(format!("added {what} to the cart"));
-    }
-    if !removed.is_empty() {
-        parts.push(format!("removed {}", list(&names(&removed))));
-    }
-    for f in &failures {
-        parts.push(format!("hit \"{f}\""));
-    }
-    if support {
-        parts.push("looked for help".into());
-    }
-    let outcome = if let Some(o) = &order {
-        let amount = o
-            .split_whitespace()
-            .nth(2)
-            .map(|a| format!(" for {a}"))
-            .unwrap_or_default();
-        parts.push(format!("completed the order{amount}"));
-        "purchased"
-    } else if checkout {
-        let at = if payment {
-            "payment"
-        } else if shipping {
-            "shipping"
-        } else {
-            "the start of checkout"
-        };
-        parts.push(format!("left at {at}"));
-        "abandoned_checkout"
-    } else if !cart.is_empty() {
-        parts.push("left without checking out".into());
-        "abandoned_cart"
-    } else if support {
-        "support"
-    } else if viewed.is_empty() && searches.is_empty() && pages.len() <= 1 {
-        if let Some(p) = pages.first() {
-            parts.push(format!("opened {p} and left"));
-        }
-        "bounced"
-    } else {
-        if viewed.is_empty() && !pages.is_empty() {
-            parts.push(format!(
-                "read {} pages ({})",
-                pages.len(),
-                list(&pages.iter().take(3).cloned().collect::<Vec<_>>())
-            ));
-        }
-        "browsed"
-    };
-    let intent = if order.is_some() || checkout || !cart.is_empty() {
-        "purchase"
-    } else if support {
-        "support"
-    } else if viewed.len() >= 2 || !searches.is_empty() {
-        "research"
-    } else {
-        "browse"
-    };
-    let sentiment = if !failures.is_empty() && order.is_none() || support && order.is_none() {
-        "negative"
-    } else if order.is_some() {
-        "positive"
-    } else {
-        "neutral"
-    };
-    let mut product_ids = Vec::new();
-    for id in ordered.iter().chain(cart.iter()).chain(viewed.iter()) {
-        push_unique(&mut product_ids, id);
-    }
+/// Who the visitor was: "A returning visitor on mobile from google".
+fn visitor(input: &EnrichInput) -> String {
     let who = match input.is_returning {
         Some(true) => "A returning visitor",
         Some(false) => "A new visitor",
@@ -403,6 +390,23 @@ fn web(input: &EnrichInput) -> Answer {
         .filter(|s| *s != "direct")
         .map(|s| format!(" from {s}"))
         .unwrap_or_default();
+    format!("{who}{device}{source}")
+}
+
+fn web(input: &EnrichInput) -> Answer {
+    let seen = Seen::read(input);
+    let cart = seen.cart();
+    let mut parts = seen.activity(input, &cart);
+    let outcome = seen.outcome(&cart, &mut parts);
+    let mut product_ids = Vec::new();
+    for id in seen
+        .ordered
+        .iter()
+        .chain(cart.iter())
+        .chain(seen.viewed.iter())
+    {
+        push_unique(&mut product_ids, id);
+    }
     let what = if parts.is_empty() {
         format!(
             "had {} events without product activity",
@@ -411,17 +415,17 @@ fn web(input: &EnrichInput) -> Answer {
     } else {
         parts.join(", ")
     };
-    let description = format!("{who}{device}{source} {what}.");
+    let description = format!("{} {what}.", visitor(input));
     let confidence = match outcome {
         "purchased" | "abandoned_checkout" | "abandoned_cart" => 0.9,
-        "browsed" if !viewed.is_empty() => 0.75,
+        "browsed" if !seen.viewed.is_empty() => 0.75,
         "bounced" => 0.6,
         _ => 0.65,
     };
     Answer {
         description,
-        intent: intent.into(),
-        sentiment: sentiment.into(),
+        intent: seen.intent(&cart).into(),
+        sentiment: seen.sentiment().into(),
         outcome: outcome.into(),
         product_ids,
         confidence,
@@ -560,51 +564,18 @@ fn transcript(input: &EnrichInput) -> Answer {
     } else {
         list(&names)
     };
-    let n = input.timeline.len();
     let (description, intent, outcome) = if input.channel == "cctv" {
-        let place = input.source_ref.as_deref().unwrap_or("a camera");
-        let bought = has_any(&text, BOUGHT) > 0;
-        let help = has_any(&text, HELP) > 0;
-        let tried = has_any(&text, TRIED) > 0;
-        let what = if bought {
-            "shoppers bought"
-        } else if tried {
-            "shoppers tried"
-        } else if help {
-            "shoppers asked about"
+        in_store(input, &text, &mentions, sentiment)
+    } else {
+        let outcome = if product_ids.is_empty() {
+            "mentioned"
         } else {
-            "shoppers were near"
+            "engaged"
         };
         (
-            format!(
-                "In-store at {place}: over {n} transcript segment{}, {what} {mentions}; the tone was {sentiment}.",
-                if n == 1 { "" } else { "s" }
-            ),
-            if bought {
-                "purchase"
-            } else if help {
-                "support"
-            } else if tried {
-                "research"
-            } else {
-                "browse"
-            },
-            if bought { "purchased" } else { "engaged" },
-        )
-    } else {
-        let platform = input.visitor_id.as_deref().unwrap_or("social media");
-        (
-            format!(
-                "{n} {platform} post{} captured in one run mention {mentions}; the tone was {sentiment}{}.",
-                if n == 1 { "" } else { "s" },
-                reach(input)
-            ),
+            social_posts(input, &mentions, sentiment),
             "engagement",
-            if product_ids.is_empty() {
-                "mentioned"
-            } else {
-                "engaged"
-            },
+            outcome,
         )
     };
     Answer {
@@ -615,6 +586,58 @@ fn transcript(input: &EnrichInput) -> Answer {
         confidence: if product_ids.is_empty() { 0.5 } else { 0.7 },
         product_ids,
     }
+}
+
+/// A camera-hour's description, intent and outcome from its transcript
+/// `text` (lower case) and the products it `mentions`.
+fn in_store(
+    input: &EnrichInput,
+    text: &str,
+    mentions: &str,
+    sentiment: &str,
+) -> (String, &'static str, &'static str) {
+    let n = input.timeline.len();
+    let place = input.source_ref.as_deref().unwrap_or("a camera");
+    let bought = has_any(text, BOUGHT) > 0;
+    let help = has_any(text, HELP) > 0;
+    let tried = has_any(text, TRIED) > 0;
+    let what = if bought {
+        "shoppers bought"
+    } else if tried {
+        "shoppers tried"
+    } else if help {
+        "shoppers asked about"
+    } else {
+        "shoppers were near"
+    };
+    (
+        format!(
+            "In-store at {place}: over {n} transcript segment{}, {what} {mentions}; the tone was {sentiment}.",
+            if n == 1 { "" } else { "s" }
+        ),
+        if bought {
+            "purchase"
+        } else if help {
+            "support"
+        } else if tried {
+            "research"
+        } else {
+            "browse"
+        },
+        if bought { "purchased" } else { "engaged" },
+    )
+}
+
+/// A collector run's description from the products its posts `mention`
+/// and their reach.
+fn social_posts(input: &EnrichInput, mentions: &str, sentiment: &str) -> String {
+    let n = input.timeline.len();
+    let platform = input.visitor_id.as_deref().unwrap_or("social media");
+    format!(
+        "{n} {platform} post{} captured in one run mention {mentions}; the tone was {sentiment}{}.",
+        if n == 1 { "" } else { "s" },
+        reach(input)
+    )
 }
 
 #[cfg(test)]

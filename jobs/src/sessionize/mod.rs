@@ -391,15 +391,19 @@ async fn sessionize(
     loop {
         let ctx = session().await?;
         let mut built = Built::new(keep, Some(runtime.disk_manager.clone()));
+        let pass = Pass {
+            ctx: &ctx,
+            opts,
+            read_start,
+            read_end,
+            run_id,
+        };
         progress.phase("sessionizing web events", 0);
-        web(
-            &ctx, opts, read_start, read_end, &returning, run_id, &mut built, progress,
-        )
-        .await?;
+        web(&pass, &returning, &mut built, progress).await?;
         progress.phase("sessionizing CCTV transcripts", 0);
-        cctv(&ctx, opts, read_start, read_end, run_id, &mut built).await?;
+        cctv(&pass, &mut built).await?;
         progress.phase("sessionizing social captures", 0);
-        social(&ctx, opts, read_start, read_end, run_id, &mut built).await?;
+        social(&pass, &mut built).await?;
         let end = match explicit_end {
             Some(end) => {
                 let still_open = built
@@ -429,6 +433,30 @@ async fn sessionize(
         // simply not due yet.
         return Ok((Window { start: from, end }, built, inside, ordered));
     }
+}
+
+/// One read of the raw tables, shared by the three channels: the query
+/// context, the run's options, the range of activity read and the run id.
+struct Pass<'a> {
+    ctx: &'a SessionContext,
+    opts: &'a Options,
+    read_start: DateTime<Utc>,
+    read_end: DateTime<Utc>,
+    run_id: &'a str,
+}
+
+/// Append `v` to the last group when that group's key is `key`, else start
+/// a group: rows sorted by key end up one group per key.
+fn group_sorted<K: PartialEq, V>(groups: &mut Vec<(K, Vec<V>)>, key: K, v: V) {
+    match groups.last_mut() {
+        Some((k, vs)) if *k == key => vs.push(v),
+        _ => groups.push((key, vec![v])),
+    }
+}
+
+/// Rows in `batches`.
+fn rows(batches: &[RecordBatch]) -> u64 {
+    batches.iter().map(|b| b.num_rows() as u64).sum()
 }
 
 /// Replace the window's sessions (of one org, or all) with `rows`.

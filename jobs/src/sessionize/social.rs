@@ -2,70 +2,20 @@
 
 use super::*;
 
-pub(super) async fn social(
-    ctx: &SessionContext,
-    opts: &Options,
-    read_start: DateTime<Utc>,
-    read_end: DateTime<Utc>,
-    run_id: &str,
-    built: &mut Built,
-) -> Result<()> {
-    let mut params = Params::default();
-    let org = params.org("org_id", opts.org.as_deref());
-    let (a, b) = (params.ts("start", read_start), params.ts("end", read_end));
-    let sql = format!(
-        "SELECT * FROM (
-           SELECT org_id, capture_id, run_id, platform, url, author, captured_at, text, metrics,
-                  row_number() OVER (PARTITION BY org_id, capture_id ORDER BY received_at) AS rn
-           FROM raw_social_captures
-           WHERE captured_at >= {a} AND captured_at < {b} {org})
-         WHERE rn = 1
-         ORDER BY org_id, run_id, captured_at, capture_id"
-    );
-    let gap = opts.gap.num_microseconds().unwrap_or(i64::MAX);
-    let read_end = read_end.timestamp_micros();
-    let batches = params.sql(ctx, &sql).await?.collect().await?;
-    struct Cap {
-        id: String,
-        platform: String,
-        url: String,
-        author: Option<String>,
-        at: i64,
-        text: Option<String>,
-        reach: String,
-    }
-    let mut groups: Vec<((String, String), Vec<Cap>)> = Vec::new();
-    for batch in &batches {
-        built.events += batch.num_rows() as u64;
-        let (o, id, r, p, u, au, t) = (
-            text(batch, "org_id")?,
-            text(batch, "capture_id")?,
-            text(batch, "run_id")?,
-            text(batch, "platform")?,
-            text(batch, "url")?,
-            text(batch, "author")?,
-            text(batch, "text")?,
-        );
-        let metrics = text(batch, "metrics")?;
-        let at = micros(batch, "captured_at")?;
-        for i in 0..batch.num_rows() {
-            let key = (o.value(i).to_string(), r.value(i).to_string());
-            let cap = Cap {
-                id: id.value(i).to_string(),
-                platform: p.value(i).to_string(),
-                url: u.value(i).to_string(),
-                author: opt_str(&au, i),
-                at: at.value(i),
-                text: opt_str(&t, i),
-                reach: reach(opt_str(&metrics, i).as_deref()),
-            };
-            match groups.last_mut() {
-                Some((k, v)) if *k == key => v.push(cap),
-                _ => groups.push((key, vec![cap])),
-            }
-        }
-    }
-    for ((org, run), caps) in groups {
+pub(super) async fn social(pass: &Pass<'_>, built: &mut Built) -> Result<()> {
+    let batches = pass
+        .first_copies(
+            "raw_social_captures",
+            "capture_id",
+            "captured_at",
+            "org_id, capture_id, run_id, platform, url, author, captured_at, text, metrics",
+            "org_id, run_id, captured_at, capture_id",
+        )
+        .await?;
+    built.events += rows(&batches);
+    let gap = pass.opts.gap.num_microseconds().unwrap_or(i64::MAX);
+    let read_end = pass.read_end.timestamp_micros();
+    for ((org, run), caps) in collector_runs(&batches)? {
         let started = caps.iter().map(|c| c.at).min().unwrap_or(0);
         let ended = caps.iter().map(|c| c.at).max().unwrap_or(0);
         if ended.saturating_add(gap) > read_end {
@@ -110,11 +60,57 @@ pub(super) async fn social(
             source_ref: Some(run),
             timeline: timeline::to_json(&timeline),
             source_ids: caps.iter().map(|c| c.id.clone()).collect(),
-            job_run_id: run_id.to_string(),
+            job_run_id: pass.run_id.to_string(),
             session_date: days_from_micros(started),
         })?;
     }
     Ok(())
+}
+
+/// A captured post.
+struct Cap {
+    id: String,
+    platform: String,
+    url: String,
+    author: Option<String>,
+    at: i64,
+    text: Option<String>,
+    reach: String,
+}
+
+/// Org and collector run.
+type Run = (String, String);
+
+/// The captures of `batches` (sorted by run and time) by collector run.
+fn collector_runs(batches: &[RecordBatch]) -> Result<Vec<(Run, Vec<Cap>)>> {
+    let mut groups = Vec::new();
+    for batch in batches {
+        let (o, id, r, p, u, au, t) = (
+            text(batch, "org_id")?,
+            text(batch, "capture_id")?,
+            text(batch, "run_id")?,
+            text(batch, "platform")?,
+            text(batch, "url")?,
+            text(batch, "author")?,
+            text(batch, "text")?,
+        );
+        let metrics = text(batch, "metrics")?;
+        let at = micros(batch, "captured_at")?;
+        for i in 0..batch.num_rows() {
+            let key = (o.value(i).to_string(), r.value(i).to_string());
+            let cap = Cap {
+                id: id.value(i).to_string(),
+                platform: p.value(i).to_string(),
+                url: u.value(i).to_string(),
+                author: opt_str(&au, i),
+                at: at.value(i),
+                text: opt_str(&t, i),
+                reach: reach(opt_str(&metrics, i).as_deref()),
+            };
+            group_sorted(&mut groups, key, cap);
+        }
+    }
+    Ok(groups)
 }
 
 /// A capture's engagement, as the timeline shows it: ` (likes 5, replies

@@ -69,18 +69,16 @@ pub(super) struct WebEvent {
     pub(super) props: Option<String>,
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn web(
-    ctx: &SessionContext,
-    opts: &Options,
-    read_start: DateTime<Utc>,
-    read_end: DateTime<Utc>,
+    pass: &Pass<'_>,
     returning: &Arc<HashSet<String>>,
-    run_id: &str,
     built: &mut Built,
     progress: &ProgressRef,
 ) -> Result<()> {
-    let (sql, count_sql, params) = web_sql(opts.org.as_deref(), read_start, read_end);
+    let Pass {
+        ctx, opts, run_id, ..
+    } = *pass;
+    let (sql, count_sql, params) = web_sql(opts.org.as_deref(), pass.read_start, pass.read_end);
     let counted = params.sql(ctx, &count_sql).await?.collect().await?;
     let total = match counted.first().filter(|d| d.num_rows() > 0) {
         Some(d) => micros(d, "n")?.value(0).max(0) as u64,
@@ -88,7 +86,7 @@ pub(super) async fn web(
     };
 
     let gap = opts.gap.num_microseconds().unwrap_or(i64::MAX);
-    let read_end = read_end.timestamp_micros();
+    let read_end = pass.read_end.timestamp_micros();
     let (sorted, parts) = sorted_by_visitor(ctx, params.sql(ctx, &sql).await?).await?;
     let task_ctx = ctx.task_ctx();
     let mut tasks = Tasks(Vec::with_capacity(parts));
@@ -254,77 +252,84 @@ impl WebSplit {
             built.events += batch.num_rows() as u64;
             let org_c = text(&batch, "org_id")?;
             let visitor = text(&batch, "visitor_id")?;
-            let message_id = text(&batch, "message_id")?;
-            let kind = text(&batch, "type")?;
-            let event = text(&batch, "event")?;
-            let name = text(&batch, "name")?;
-            let user_id = text(&batch, "user_id")?;
-            let anonymous_id = text(&batch, "anonymous_id")?;
-            let occurred = micros(&batch, "occurred_at")?;
-            let page_path = text(&batch, "page_path")?;
-            let page_url = text(&batch, "page_url")?;
-            let referrer = text(&batch, "page_referrer")?;
-            let device_type = text(&batch, "device_type")?;
-            let campaign_source = text(&batch, "campaign_source")?;
-            let product_id = text(&batch, "product_id")?;
-            let product_sku = text(&batch, "product_sku")?;
-            let product_name = text(&batch, "product_name")?;
-            let order_id = text(&batch, "order_id")?;
-            let revenue = float(&batch, "revenue")?;
-            let props = text(&batch, "props")?;
+            let event_at = web_events(&batch)?;
             for i in 0..batch.num_rows() {
                 let (o, v) = (org_c.value(i), visitor.value(i));
                 if cur_key.as_ref().is_none_or(|(co, cv)| co != o || cv != v) {
-                    if let Some((co, cv)) = cur_key.take() {
-                        flush_visitor(
-                            &co,
-                            &cv,
-                            std::mem::take(&mut events),
-                            self.gap,
-                            self.read_end,
-                            &self.returning,
-                            &self.run_id,
-                            &mut built,
-                        )?;
+                    if let Some(key) = cur_key.take() {
+                        self.flush(key, std::mem::take(&mut events), &mut built)?;
                     }
                     cur_key = Some((o.to_string(), v.to_string()));
                 }
-                events.push(WebEvent {
-                    message_id: message_id.value(i).to_string(),
-                    kind: kind.value(i).to_string(),
-                    event: opt_str(&event, i),
-                    name: opt_str(&name, i),
-                    user_id: opt_str(&user_id, i),
-                    anonymous_id: opt_str(&anonymous_id, i),
-                    occurred: occurred.value(i),
-                    page_path: opt_str(&page_path, i),
-                    page_url: opt_str(&page_url, i),
-                    referrer: opt_str(&referrer, i),
-                    device_type: opt_str(&device_type, i),
-                    campaign_source: opt_str(&campaign_source, i),
-                    product_id: opt_str(&product_id, i),
-                    product_sku: opt_str(&product_sku, i),
-                    product_name: opt_str(&product_name, i),
-                    order_id: opt_str(&order_id, i),
-                    revenue: revenue.is_valid(i).then(|| revenue.value(i)),
-                    props: opt_str(&props, i),
-                });
+                events.push(event_at(i));
             }
         }
-        if let Some((co, cv)) = cur_key.take() {
-            flush_visitor(
-                &co,
-                &cv,
-                events,
-                self.gap,
-                self.read_end,
-                &self.returning,
-                &self.run_id,
-                &mut built,
-            )?;
+        if let Some(key) = cur_key.take() {
+            self.flush(key, events, &mut built)?;
         }
         Ok(built)
     }
+
+    /// Split the events of one visitor (`(org, visitor)`) into sessions.
+    fn flush(
+        &self,
+        (org, visitor): (String, String),
+        events: Vec<WebEvent>,
+        built: &mut Built,
+    ) -> Result<()> {
+        flush_visitor(
+            &org,
+            &visitor,
+            events,
+            self.gap,
+            self.read_end,
+            &self.returning,
+            &self.run_id,
+            built,
+        )
+    }
+}
+
+/// The web events of a batch, by row (its columns are looked up once).
+fn web_events(batch: &RecordBatch) -> Result<impl Fn(usize) -> WebEvent> {
+    let message_id = text(batch, "message_id")?;
+    let kind = text(batch, "type")?;
+    let event = text(batch, "event")?;
+    let name = text(batch, "name")?;
+    let user_id = text(batch, "user_id")?;
+    let anonymous_id = text(batch, "anonymous_id")?;
+    let occurred = micros(batch, "occurred_at")?;
+    let page_path = text(batch, "page_path")?;
+    let page_url = text(batch, "page_url")?;
+    let referrer = text(batch, "page_referrer")?;
+    let device_type = text(batch, "device_type")?;
+    let campaign_source = text(batch, "campaign_source")?;
+    let product_id = text(batch, "product_id")?;
+    let product_sku = text(batch, "product_sku")?;
+    let product_name = text(batch, "product_name")?;
+    let order_id = text(batch, "order_id")?;
+    let revenue = float(batch, "revenue")?;
+    let props = text(batch, "props")?;
+    Ok(move |i| WebEvent {
+        message_id: message_id.value(i).to_string(),
+        kind: kind.value(i).to_string(),
+        event: opt_str(&event, i),
+        name: opt_str(&name, i),
+        user_id: opt_str(&user_id, i),
+        anonymous_id: opt_str(&anonymous_id, i),
+        occurred: occurred.value(i),
+        page_path: opt_str(&page_path, i),
+        page_url: opt_str(&page_url, i),
+        referrer: opt_str(&referrer, i),
+        device_type: opt_str(&device_type, i),
+        campaign_source: opt_str(&campaign_source, i),
+        product_id: opt_str(&product_id, i),
+        product_sku: opt_str(&product_sku, i),
+        product_name: opt_str(&product_name, i),
+        order_id: opt_str(&order_id, i),
+        revenue: revenue.is_valid(i).then(|| revenue.value(i)),
+        props: opt_str(&props, i),
+    })
 }
 
 /// Split one visitor's time-ordered events into sessions.

@@ -84,3 +84,34 @@ async fn min_time(lake: &Lake, sql: &str, params: &Params) -> Result<Option<Date
 pub(super) fn midnight(t: DateTime<Utc>) -> DateTime<Utc> {
     t.duration_trunc(Duration::days(1)).unwrap_or(t)
 }
+
+impl Pass<'_> {
+    /// The rows of `table` whose `time` falls in the read range, one per
+    /// `(org_id, id)` (the first received copy wins): `columns` and `rn`,
+    /// sorted by `order`.
+    pub(super) async fn first_copies(
+        &self,
+        table: &str,
+        id: &str,
+        time: &str,
+        columns: &str,
+        order: &str,
+    ) -> Result<Vec<RecordBatch>> {
+        let mut params = Params::default();
+        let org = params.org("org_id", self.opts.org.as_deref());
+        let (a, b) = (
+            params.ts("start", self.read_start),
+            params.ts("end", self.read_end),
+        );
+        let sql = format!(
+            "SELECT * FROM (
+               SELECT {columns},
+                      row_number() OVER (PARTITION BY org_id, {id} ORDER BY received_at) AS rn
+               FROM {table}
+               WHERE {time} >= {a} AND {time} < {b} {org})
+             WHERE rn = 1
+             ORDER BY {order}"
+        );
+        Ok(params.sql(self.ctx, &sql).await?.collect().await?)
+    }
+}

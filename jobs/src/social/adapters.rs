@@ -56,6 +56,59 @@ impl Collected {
     fn full(&self, cfg: &SocialConfig) -> bool {
         self.items.len() >= cfg.max_items_per_source
     }
+
+    /// Add the items `item` reads from `entries` (an entry it cannot read
+    /// is skipped, `why`) until the source is full; false once it is.
+    fn fill(
+        &mut self,
+        cfg: &SocialConfig,
+        entries: &[Value],
+        why: &str,
+        mut item: impl FnMut(&Value) -> Option<Item>,
+    ) -> bool {
+        for e in entries {
+            if self.full(cfg) {
+                return false;
+            }
+            match item(e) {
+                Some(i) => self.items.push(i),
+                None => self.skip(why, e),
+            }
+        }
+        true
+    }
+}
+
+/// Follow a platform's listing from `first`, up to
+/// `social.max_pages_per_source` pages: `read` adds a page's items and
+/// says where the next page is (`None`: this was the last one, or the
+/// source is full).
+async fn pages(
+    http: &Fetcher,
+    cfg: &SocialConfig,
+    platform: &str,
+    bearer: Option<&str>,
+    first: &str,
+    mut read: impl FnMut(&str, &Value, &mut Collected) -> Result<Option<String>, String> + Send,
+) -> Result<Collected, String> {
+    let mut out = Collected::default();
+    let mut url = first.to_string();
+    for _ in 0..cfg.max_pages_per_source {
+        let page = http.get_json(platform, &url, bearer).await?;
+        match read(&url, &page, &mut out)? {
+            Some(next) => url = next,
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+/// Check that a target is not blank.
+fn not_blank(target: &str, what: &str) -> Result<(), String> {
+    if target.trim().is_empty() {
+        return Err(what.into());
+    }
+    Ok(())
 }
 
 /// A platform.
@@ -281,52 +334,50 @@ impl Adapter for Mastodon {
                 .ok_or_else(|| format!("no Mastodon account `{acct}`"))?;
             format!("{root}/api/v1/accounts/{}/statuses?limit=40", enc(id))
         };
-        let mut out = Collected::default();
         let mut max_id: Option<String> = None;
-        for _ in 0..cfg.max_pages_per_source {
-            let url = match &max_id {
-                Some(m) => format!("{first}&max_id={}", enc(m)),
-                None => first.clone(),
-            };
-            let page = http.get_json("mastodon", &url, None).await?;
+        pages(http, cfg, "mastodon", None, &first, |url, page, out| {
             let statuses = page
                 .as_array()
                 .ok_or_else(|| format!("GET {url}: not a list of statuses"))?;
             if statuses.is_empty() {
-                break;
+                return Ok(None);
             }
-            for s in statuses {
-                if out.full(cfg) {
-                    return Ok(out);
-                }
-                let id = s.get("id").and_then(Value::as_str);
-                let link = s
-                    .get("url")
-                    .and_then(Value::as_str)
-                    .or_else(|| s.get("uri").and_then(Value::as_str));
-                let (Some(id), Some(link)) = (id, link) else {
-                    out.skip("a status without an id or a url", s);
-                    continue;
-                };
+            let more = out.fill(cfg, statuses, "a status without an id or a url", |s| {
+                let (id, item) = mastodon_item(s)?;
                 max_id = Some(id.to_string());
-                let mut metrics = Map::new();
-                metric(&mut metrics, "likes", s.get("favourites_count"));
-                metric(&mut metrics, "replies", s.get("replies_count"));
-                metric(&mut metrics, "reposts", s.get("reblogs_count"));
-                out.items.push(Item {
-                    url: link.to_string(),
-                    author: s
-                        .pointer("/account/acct")
-                        .and_then(Value::as_str)
-                        .map(str::to_string),
-                    published_at: time_of(s.get("created_at")),
-                    text: html_text(s.get("content").and_then(Value::as_str).unwrap_or("")),
-                    metrics,
-                });
-            }
-        }
-        Ok(out)
+                Some(item)
+            });
+            Ok(more.then(|| match &max_id {
+                Some(m) => format!("{first}&max_id={}", enc(m)),
+                None => first.clone(),
+            }))
+        })
+        .await
     }
+}
+
+/// A Mastodon status as an item, with its id (the listing's cursor).
+fn mastodon_item(s: &Value) -> Option<(&str, Item)> {
+    let id = s.get("id").and_then(Value::as_str)?;
+    let link = s
+        .get("url")
+        .and_then(Value::as_str)
+        .or_else(|| s.get("uri").and_then(Value::as_str))?;
+    let mut metrics = Map::new();
+    metric(&mut metrics, "likes", s.get("favourites_count"));
+    metric(&mut metrics, "replies", s.get("replies_count"));
+    metric(&mut metrics, "reposts", s.get("reblogs_count"));
+    let item = Item {
+        url: link.to_string(),
+        author: s
+            .pointer("/account/acct")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        published_at: time_of(s.get("created_at")),
+        text: html_text(s.get("content").and_then(Value::as_str).unwrap_or("")),
+        metrics,
+    };
+    Some((id, item))
 }
 
 // ---- Reddit ----
@@ -340,10 +391,7 @@ impl Adapter for Reddit {
     }
 
     fn check(&self, target: &str) -> Result<(), String> {
-        if target.trim().is_empty() {
-            return Err("a Reddit target is `r/subreddit` or a search query".into());
-        }
-        Ok(())
+        not_blank(target, "a Reddit target is `r/subreddit` or a search query")
     }
 
     async fn collect(
@@ -363,56 +411,44 @@ impl Adapter for Reddit {
                 enc(target)
             ),
         };
-        let mut out = Collected::default();
-        let mut after: Option<String> = None;
-        for _ in 0..cfg.max_pages_per_source {
-            let url = match &after {
-                Some(a) => format!("{first}&after={}", enc(a)),
-                None => first.clone(),
-            };
-            let page = http.get_json("reddit", &url, None).await?;
+        pages(http, cfg, "reddit", None, &first, |url, page, out| {
             let children = page
                 .pointer("/data/children")
                 .and_then(Value::as_array)
                 .ok_or_else(|| format!("GET {url}: not a Reddit listing"))?;
-            for c in children {
-                if out.full(cfg) {
-                    return Ok(out);
-                }
-                let d = c.get("data").unwrap_or(c);
-                let Some(permalink) = d.get("permalink").and_then(Value::as_str) else {
-                    out.skip("a post without a permalink", c);
-                    continue;
-                };
-                let title = d.get("title").and_then(Value::as_str).unwrap_or("");
-                let body = d.get("selftext").and_then(Value::as_str).unwrap_or("");
-                let mut metrics = Map::new();
-                metric(&mut metrics, "score", d.get("score"));
-                metric(&mut metrics, "likes", d.get("ups"));
-                metric(&mut metrics, "replies", d.get("num_comments"));
-                out.items.push(Item {
-                    url: format!("{root}{permalink}"),
-                    author: d.get("author").and_then(Value::as_str).map(str::to_string),
-                    published_at: time_of(d.get("created_utc")),
-                    text: [title, body]
-                        .iter()
-                        .filter(|s| !s.is_empty())
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                    metrics,
-                });
+            if !out.fill(cfg, children, "a post without a permalink", |c| {
+                reddit_item(root, c.get("data").unwrap_or(c))
+            }) {
+                return Ok(None);
             }
-            after = page
-                .pointer("/data/after")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            if after.is_none() {
-                break;
-            }
-        }
-        Ok(out)
+            let after = page.pointer("/data/after").and_then(Value::as_str);
+            Ok(after.map(|a| format!("{first}&after={}", enc(a))))
+        })
+        .await
     }
+}
+
+/// A Reddit post (a listing child's `data`) as an item.
+fn reddit_item(root: &str, d: &Value) -> Option<Item> {
+    let permalink = d.get("permalink").and_then(Value::as_str)?;
+    let title = d.get("title").and_then(Value::as_str).unwrap_or("");
+    let body = d.get("selftext").and_then(Value::as_str).unwrap_or("");
+    let mut metrics = Map::new();
+    metric(&mut metrics, "score", d.get("score"));
+    metric(&mut metrics, "likes", d.get("ups"));
+    metric(&mut metrics, "replies", d.get("num_comments"));
+    Some(Item {
+        url: format!("{root}{permalink}"),
+        author: d.get("author").and_then(Value::as_str).map(str::to_string),
+        published_at: time_of(d.get("created_utc")),
+        text: [title, body]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n"),
+        metrics,
+    })
 }
 
 // ---- Hacker News (Algolia search) ----
@@ -426,10 +462,7 @@ impl Adapter for HackerNews {
     }
 
     fn check(&self, target: &str) -> Result<(), String> {
-        if target.trim().is_empty() {
-            return Err("a Hacker News target is a search query".into());
-        }
-        Ok(())
+        not_blank(target, "a Hacker News target is a search query")
     }
 
     async fn collect(
@@ -439,51 +472,52 @@ impl Adapter for HackerNews {
         target: &str,
     ) -> Result<Collected, String> {
         let root = base(&cfg.hackernews_url);
-        let mut out = Collected::default();
-        for page_no in 0..cfg.max_pages_per_source {
-            let url = format!(
+        let url_of = |page_no: usize| {
+            format!(
                 "{root}/api/v1/search_by_date?query={}&tags=(story,comment)&hitsPerPage=100&page={page_no}",
                 enc(target)
-            );
-            let page = http.get_json("hackernews", &url, None).await?;
+            )
+        };
+        let (first, mut page_no) = (url_of(0), 0);
+        pages(http, cfg, "hackernews", None, &first, |url, page, out| {
             let hits = page
                 .get("hits")
                 .and_then(Value::as_array)
                 .ok_or_else(|| format!("GET {url}: not an Algolia search answer"))?;
-            for h in hits {
-                if out.full(cfg) {
-                    return Ok(out);
-                }
-                let Some(id) = h.get("objectID").and_then(Value::as_str) else {
-                    out.skip("a hit without an objectID", h);
-                    continue;
-                };
-                let text = ["title", "story_text", "comment_text"]
-                    .iter()
-                    .filter_map(|k| h.get(*k).and_then(Value::as_str))
-                    .map(html_text)
-                    .filter(|s| !s.is_empty())
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                let mut metrics = Map::new();
-                metric(&mut metrics, "likes", h.get("points"));
-                metric(&mut metrics, "replies", h.get("num_comments"));
-                out.items.push(Item {
-                    url: format!("https://news.ycombinator.com/item?id={id}"),
-                    author: h.get("author").and_then(Value::as_str).map(str::to_string),
-                    published_at: time_of(h.get("created_at"))
-                        .or_else(|| time_of(h.get("created_at_i"))),
-                    text,
-                    metrics,
-                });
+            if !out.fill(cfg, hits, "a hit without an objectID", hn_item) {
+                return Ok(None);
             }
-            let pages = page.get("nbPages").and_then(Value::as_u64).unwrap_or(0);
-            if page_no as u64 + 1 >= pages {
-                break;
+            let nb_pages = page.get("nbPages").and_then(Value::as_u64).unwrap_or(0);
+            if page_no as u64 + 1 >= nb_pages {
+                return Ok(None);
             }
-        }
-        Ok(out)
+            page_no += 1;
+            Ok(Some(url_of(page_no)))
+        })
+        .await
     }
+}
+
+/// An Algolia search hit (a story or a comment) as an item.
+fn hn_item(h: &Value) -> Option<Item> {
+    let id = h.get("objectID").and_then(Value::as_str)?;
+    let text = ["title", "story_text", "comment_text"]
+        .iter()
+        .filter_map(|k| h.get(*k).and_then(Value::as_str))
+        .map(html_text)
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut metrics = Map::new();
+    metric(&mut metrics, "likes", h.get("points"));
+    metric(&mut metrics, "replies", h.get("num_comments"));
+    Some(Item {
+        url: format!("https://news.ycombinator.com/item?id={id}"),
+        author: h.get("author").and_then(Value::as_str).map(str::to_string),
+        published_at: time_of(h.get("created_at")).or_else(|| time_of(h.get("created_at_i"))),
+        text,
+        metrics,
+    })
 }
 
 // ---- Bluesky: author feeds (public AppView), post search (a session) ----
@@ -571,36 +605,23 @@ impl Adapter for Bluesky {
                 Some(bluesky_session(http, cfg).await?),
             ),
         };
-        let mut out = Collected::default();
-        let mut cursor: Option<String> = None;
-        for _ in 0..cfg.max_pages_per_source {
-            let url = match &cursor {
-                Some(c) => format!("{first}&cursor={}", enc(c)),
-                None => first.clone(),
-            };
-            let page = http.get_json("bluesky", &url, token.as_deref()).await?;
+        let bearer = token.as_deref();
+        pages(http, cfg, "bluesky", bearer, &first, |url, page, out| {
             let posts = page
                 .get(list_key)
                 .and_then(Value::as_array)
                 .ok_or_else(|| format!("GET {url}: not a Bluesky `{list_key}` list"))?;
-            for f in posts {
-                if out.full(cfg) {
-                    return Ok(out);
-                }
-                match bluesky_item(f.get("post").unwrap_or(f)) {
-                    Some(item) => out.items.push(item),
-                    None => out.skip("a post without a uri or an author", f),
-                }
+            if !out.fill(cfg, posts, "a post without a uri or an author", |f| {
+                bluesky_item(f.get("post").unwrap_or(f))
+            }) {
+                return Ok(None);
             }
-            cursor = page
-                .get("cursor")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            if cursor.is_none() || posts.is_empty() {
-                break;
-            }
-        }
-        Ok(out)
+            let cursor = page.get("cursor").and_then(Value::as_str);
+            Ok(cursor
+                .filter(|_| !posts.is_empty())
+                .map(|c| format!("{first}&cursor={}", enc(c))))
+        })
+        .await
     }
 }
 
