@@ -343,33 +343,45 @@ function kpiSeries(data) {
   };
 }
 
-// One figure over time: a small chart, its points in `data-points`
-// ([time in seconds, value], for tests and assistive reading).
-function Spark({ k, times, values, hourly }) {
-  const box = useRef(null);
+// A uPlot chart drawn in the element `box` refers to, made anew when `deps`
+// change: `make()` gives its options (without a size) and data, or nothing
+// to draw nothing. It is as wide as its box (`minWidth` at least) and
+// `height` high, follows the window's size, and is destroyed with the
+// component. Returns the ref to the live chart (for `setData`).
+function useUPlot(box, { height, minWidth }, make, deps) {
   const plot = useRef(null);
-  const data = [times, values];
   useEffect(() => {
     const el = box.current;
-    if (!el) return undefined;
-    const width = () => Math.max(200, el.clientWidth);
-    const fmt = (v) => (v == null ? "–" : k.percent ? num(v * 100, 1) + " %" : num(v, k.digits || 0));
-    const opts = {
-      width: width(),
-      height: 120,
-      legend: { show: false },
-      scales: { x: { time: true } },
-      axes: [{ space: 60 }, { size: 60, values: (u, vs) => vs.map(fmt) }],
-      series: [{}, { label: k.label, stroke: "#1d4ed8", width: 2, fill: "rgba(29, 78, 216, .08)", spanGaps: false }],
-    };
-    plot.current = new uPlot(opts, data, el);
-    const onResize = () => plot.current && plot.current.setSize({ width: width(), height: 120 });
+    const made = el && make();
+    if (!made) return undefined;
+    const [options, data] = made;
+    const width = () => Math.max(minWidth, el.clientWidth);
+    plot.current = new uPlot({ ...options, width: width(), height }, data, el);
+    const onResize = () => plot.current && plot.current.setSize({ width: width(), height });
     window.addEventListener("resize", onResize);
     return () => {
       window.removeEventListener("resize", onResize);
       plot.current && plot.current.destroy();
       plot.current = null;
     };
+  }, deps);
+  return plot;
+}
+
+// One figure over time: a small chart, its points in `data-points`
+// ([time in seconds, value], for tests and assistive reading).
+function Spark({ k, times, values, hourly }) {
+  const box = useRef(null);
+  const data = [times, values];
+  const plot = useUPlot(box, { height: 120, minWidth: 200 }, () => {
+    const fmt = (v) => (v == null ? "–" : k.percent ? num(v * 100, 1) + " %" : num(v, k.digits || 0));
+    const opts = {
+      legend: { show: false },
+      scales: { x: { time: true } },
+      axes: [{ space: 60 }, { size: 60, values: (u, vs) => vs.map(fmt) }],
+      series: [{}, { label: k.label, stroke: "#1d4ed8", width: 2, fill: "rgba(29, 78, 216, .08)", spanGaps: false }],
+    };
+    return [opts, data];
   }, []);
   useEffect(() => {
     plot.current && plot.current.setData(data);
@@ -383,14 +395,8 @@ function Spark({ k, times, values, hourly }) {
 
 function Chart({ data, label }) {
   const box = useRef(null);
-  const plot = useRef(null);
-  useEffect(() => {
-    const el = box.current;
-    if (!el) return undefined;
-    const width = () => Math.max(260, el.clientWidth);
+  const plot = useUPlot(box, { height: 260, minWidth: 260 }, () => {
     const opts = {
-      width: width(),
-      height: 260,
       scales: { x: { time: true } },
       axes: [{}, { label: "Events, sessions", size: 70 }, { label: "Orders", scale: "n", side: 1, size: 50, grid: { show: false } }],
       series: [
@@ -400,14 +406,7 @@ function Chart({ data, label }) {
         { label: "Orders", stroke: "#b45309", width: 2, scale: "n" },
       ],
     };
-    plot.current = new uPlot(opts, data, el);
-    const onResize = () => plot.current && plot.current.setSize({ width: width(), height: 260 });
-    window.addEventListener("resize", onResize);
-    return () => {
-      window.removeEventListener("resize", onResize);
-      plot.current && plot.current.destroy();
-      plot.current = null;
-    };
+    return [opts, data];
   }, []);
   useEffect(() => {
     plot.current && plot.current.setData(data);
@@ -828,27 +827,15 @@ const TREND = [
 
 function TrendChart({ rows }) {
   const box = useRef(null);
-  useEffect(() => {
-    const el = box.current;
-    if (!el || !rows.length) return undefined;
+  useUPlot(box, { height: 240, minWidth: 260 }, () => {
+    if (!rows.length) return null;
     const data = [rows.map((r) => Date.parse(r.day + "T00:00:00Z") / 1000), ...TREND.map(([c]) => rows.map((r) => n0(r[c])))];
-    const plot = new uPlot(
-      {
-        width: Math.max(260, el.clientWidth),
-        height: 240,
-        scales: { x: { time: true } },
-        axes: [{}, { size: 50 }],
-        series: [{}, ...TREND.map(([, label, stroke]) => ({ label, stroke, width: 2 }))],
-      },
-      data,
-      el,
-    );
-    const onResize = () => plot.setSize({ width: Math.max(260, el.clientWidth), height: 240 });
-    window.addEventListener("resize", onResize);
-    return () => {
-      window.removeEventListener("resize", onResize);
-      plot.destroy();
+    const opts = {
+      scales: { x: { time: true } },
+      axes: [{}, { size: 50 }],
+      series: [{}, ...TREND.map(([, label, stroke]) => ({ label, stroke, width: 2 }))],
     };
+    return [opts, data];
   }, [rows]);
   return html`<figure class="chart-figure"><figcaption class="visually-hidden">The product's views, carts, orders, interactions and patterns per day</figcaption>
     <div class="chart" ref=${box} data-testid="product-chart"></div></figure>`;
@@ -1097,32 +1084,18 @@ function SplitTable({ steps, fig, split }) {
 
 function FunnelChart({ data, hourly }) {
   const box = useRef(null);
-  useEffect(() => {
-    const el = box.current;
-    if (!el) return undefined;
-    const width = () => Math.max(260, el.clientWidth);
-    const plot = new uPlot(
-      {
-        width: width(),
-        height: 240,
-        scales: { x: { time: true }, pct: { range: [0, 100] } },
-        axes: [{}, { label: "Sessions", size: 60 }, { label: "Conversion %", scale: "pct", side: 1, size: 50, grid: { show: false } }],
-        series: [
-          {},
-          { label: "Reached step 1", stroke: "#1d4ed8", width: 2 },
-          { label: "Reached the last step", stroke: "#0f766e", width: 2 },
-          { label: "Conversion %", stroke: "#b45309", width: 2, scale: "pct", dash: [6, 4] },
-        ],
-      },
-      data,
-      el,
-    );
-    const onResize = () => plot.setSize({ width: width(), height: 240 });
-    window.addEventListener("resize", onResize);
-    return () => {
-      window.removeEventListener("resize", onResize);
-      plot.destroy();
+  useUPlot(box, { height: 240, minWidth: 260 }, () => {
+    const opts = {
+      scales: { x: { time: true }, pct: { range: [0, 100] } },
+      axes: [{}, { label: "Sessions", size: 60 }, { label: "Conversion %", scale: "pct", side: 1, size: 50, grid: { show: false } }],
+      series: [
+        {},
+        { label: "Reached step 1", stroke: "#1d4ed8", width: 2 },
+        { label: "Reached the last step", stroke: "#0f766e", width: 2 },
+        { label: "Conversion %", stroke: "#b45309", width: 2, scale: "pct", dash: [6, 4] },
+      ],
     };
+    return [opts, data];
   }, [data]);
   return html`<figure class="chart-figure">
     <figcaption class="visually-hidden">Sessions reaching the first and last step, and the conversion between them, ${hourly ? "per hour" : "per day"}</figcaption>
@@ -1345,32 +1318,19 @@ const COLOURS = ["#1d4ed8", "#0f766e", "#b45309", "#7c3aed"];
 
 function ResultChart({ rows, spec }) {
   const box = useRef(null);
-  useEffect(() => {
-    const el = box.current;
-    if (!el) return undefined;
+  useUPlot(box, { height: 260, minWidth: 260 }, () => {
     const xs = spec.kind === "line" ? rows.map((r) => Date.parse(r[spec.x]) / 1000) : rows.map((_, i) => i);
     const order = xs.map((_, i) => i).sort((a, b) => xs[a] - xs[b]);
     const data = [order.map((i) => xs[i]), ...spec.ys.map((c) => order.map((i) => rows[i][c]))];
     const bars = spec.kind === "bar" ? uPlot.paths.bars({ size: [0.6, 60] }) : undefined;
-    const plot = new uPlot(
-      {
-        width: Math.max(260, el.clientWidth),
-        height: 260,
-        // Bars start at zero, so their lengths compare.
-        scales: { x: { time: spec.kind === "line" }, y: bars ? { range: (u, lo, hi) => [Math.min(0, lo), hi > 0 ? hi * 1.05 : 1] } : {} },
-        // Bars' labels at least 90 px apart (every other one on a phone).
-        axes: [spec.kind === "bar" ? { space: 90, values: (u, ticks) => ticks.map((t) => String(rows[order[t]] ? rows[order[t]][spec.x] : "").slice(0, 14)) } : {}, {}],
-        series: [{}, ...spec.ys.map((c, i) => ({ label: c, stroke: COLOURS[i], fill: bars ? COLOURS[i] + "99" : undefined, paths: bars, width: 2 }))],
-      },
-      data,
-      el,
-    );
-    const onResize = () => plot.setSize({ width: Math.max(260, el.clientWidth), height: 260 });
-    window.addEventListener("resize", onResize);
-    return () => {
-      window.removeEventListener("resize", onResize);
-      plot.destroy();
+    const opts = {
+      // Bars start at zero, so their lengths compare.
+      scales: { x: { time: spec.kind === "line" }, y: bars ? { range: (u, lo, hi) => [Math.min(0, lo), hi > 0 ? hi * 1.05 : 1] } : {} },
+      // Bars' labels at least 90 px apart (every other one on a phone).
+      axes: [spec.kind === "bar" ? { space: 90, values: (u, ticks) => ticks.map((t) => String(rows[order[t]] ? rows[order[t]][spec.x] : "").slice(0, 14)) } : {}, {}],
+      series: [{}, ...spec.ys.map((c, i) => ({ label: c, stroke: COLOURS[i], fill: bars ? COLOURS[i] + "99" : undefined, paths: bars, width: 2 }))],
     };
+    return [opts, data];
   }, [rows, spec]);
   return html`<figure class="chart-figure"><figcaption class="visually-hidden">${spec.ys.join(", ")} by ${spec.x}</figcaption>
     <div class="chart" ref=${box} data-testid="result-chart"></div></figure>`;
