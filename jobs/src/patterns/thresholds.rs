@@ -256,3 +256,64 @@ fn every_metric_family_is_a_pattern_kind() {
         assert!(test(m, (300.0, 0.0), (100.0, 0.0), 28).is_none(), "{m}");
     }
 }
+
+/// A week's rate finding: `p1` this week against `p0` in the baseline, its
+/// z of sign `z`.
+fn week(p1: f64, p0: f64, z: f64) -> Finding {
+    let mut f = finding("funnel:payment>order", z, true);
+    f.facts = json!({"value": {"rate": p1}, "baseline": {"rate": p0}});
+    f
+}
+
+#[test]
+fn a_trend_needs_thirty_percent_of_the_rarer_side() {
+    use super::trend::sustained_notable;
+    assert_eq!(MIN_CHANGE, 0.3);
+    // Converting 84%: the rarer side is the 16% who do not; 30% of it is
+    // 4.8 points (exactly 4.8 sits on floating-point rounding either way).
+    assert!(!sustained_notable(&week(0.793, 0.84, -3.0)), "4.7 points");
+    assert!(sustained_notable(&week(0.791, 0.84, -3.0)), "4.9 points");
+    assert!(!sustained_notable(&week(0.887, 0.84, 3.0)), "4.7 points up");
+    assert!(sustained_notable(&week(0.889, 0.84, 3.0)), "4.9 points up");
+    // A rare rate: the rarer side counts as 2% at least, so 0.1% of
+    // sessions failing must reach 0.7% (0.6 points; the half-point floor
+    // is below it, so it never decides).
+    assert!(!sustained_notable(&week(0.0069, 0.001, 3.0)), "0.59 points");
+    assert!(sustained_notable(&week(0.0071, 0.001, 3.0)), "0.61 points");
+}
+
+#[test]
+fn a_trend_must_still_move_on_its_last_two_days() {
+    use super::trend::{still_going, RECENT_DAYS};
+    assert_eq!(RECENT_DAYS, 2);
+    let key: Key = ("funnel:payment>order".into(), String::new());
+    // A week whose first five days moved a lot and whose last two hold
+    // `k` of 200 against a baseline rate of 10%: |z| ≥ 2 needs 29
+    // (z = 2.12); 28 gives z = 1.89.
+    let window_with = |k: f64| -> Vec<Stats> {
+        (0..7)
+            .map(|d| {
+                let mut s = Stats::default();
+                let (k, n) = if d < 5 {
+                    (60.0, 100.0)
+                } else {
+                    (k / 2.0, 100.0)
+                };
+                s.add(key.0.clone(), "", k, n, None);
+                s
+            })
+            .collect()
+    };
+    let going = |k: f64, z: f64| {
+        let stats = window_with(k);
+        let window: Vec<(NaiveDate, &Stats)> = stats
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (day0() + Days::new(i as u64), s))
+            .collect();
+        still_going(&key, &window, &week(0.3, 0.1, z))
+    };
+    assert!(going(29.0, 4.0), "z 2.12, the week's direction");
+    assert!(!going(28.0, 4.0), "z 1.89");
+    assert!(!going(29.0, -4.0), "the other direction");
+}

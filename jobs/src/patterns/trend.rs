@@ -205,7 +205,7 @@ fn trend_keys<'w>(window: &[(NaiveDate, &'w Stats)], found: &[Finding]) -> BTree
 /// percentage point. A day's test asks for 30% of the rate itself and 3
 /// points, which only a large change on one day's few sessions can show; a
 /// week that held a smaller change all along is worth telling.
-fn sustained_notable(f: &Finding) -> bool {
+pub(super) fn sustained_notable(f: &Finding) -> bool {
     let rate = |v: &serde_json::Value| v["rate"].as_f64();
     let (Some(p1), Some(p0)) = (rate(&f.facts["value"]), rate(&f.facts["baseline"])) else {
         return f.notable;
@@ -215,13 +215,13 @@ fn sustained_notable(f: &Finding) -> bool {
 }
 
 /// Days at the end of the week that must still show the change.
-const RECENT_DAYS: usize = 2;
+pub(super) const RECENT_DAYS: usize = 2;
 
 /// Whether the last [`RECENT_DAYS`] of the week still show the change the
 /// week does (the same direction, |z| ≥ 2 against the week's baseline
 /// rate): the week after an incident ended still holds its days, but its
 /// last days no longer move.
-fn still_going(key: &Key, window: &[(NaiveDate, &Stats)], f: &Finding) -> bool {
+pub(super) fn still_going(key: &Key, window: &[(NaiveDate, &Stats)], f: &Finding) -> bool {
     let p0 = f.facts["baseline"]["rate"].as_f64().unwrap_or(0.0);
     let (mut k, mut n) = (0.0, 0.0);
     for (_, st) in window.iter().rev().take(RECENT_DAYS) {

@@ -1493,12 +1493,24 @@ fn patterns_find_planted_incident(b: Backend) {
     // Five weeks; mobile payments fail during the last seven days.
     let (clock, now) = test_clock();
     let out = b.crow_json(&["demo", "--visitors", "12000", "--days", "35", "--now", &now]);
-    assert_eq!(
-        out.as_array().map(Vec::len),
-        Some(35),
-        "one line per day: {out}"
-    );
     let (incident_from, today) = (day_offset(clock, 7), day_offset(clock, 0));
+    // One line per day: the 35 complete days to yesterday, and today's
+    // when a visit ran past midnight into it.
+    let printed: Vec<&str> = out
+        .as_array()
+        .expect("per-day rows")
+        .iter()
+        .filter_map(|d| d["event_date"].as_str())
+        .collect();
+    let complete: Vec<String> = (1..=35)
+        .rev()
+        .map(|d| day_offset(clock, d).to_string())
+        .collect();
+    assert_eq!(printed[..printed.len().min(35)], complete, "{out}");
+    assert!(
+        printed.len() == 35 || printed[35..] == [today.to_string()],
+        "{out}"
+    );
     let rows = b.sql_rows(
         "SELECT CAST(period_start AS VARCHAR) AS d, segment, description, evidence FROM patterns \
          WHERE period_kind = 'day' AND evidence LIKE '%\"funnel:payment>order\"%' ORDER BY d",
