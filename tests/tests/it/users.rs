@@ -1067,16 +1067,7 @@ async fn call(
     path: &str,
     body: Value,
 ) -> (u16, Value) {
-    let r = http
-        .request(method, s.url(path))
-        .header(COOKIE, jar.header())
-        .header("X-CSRF-Token", &jar.csrf)
-        .json(&body)
-        .send()
-        .await
-        .expect("request");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    call_as(http, s, Ok(jar), (method, path), Some(body)).await
 }
 
 /// An admin manages members, keys and settings through the API with the
