@@ -19,25 +19,29 @@ fn venv() -> PathBuf {
         .to_path_buf()
 }
 
-/// Run `scripts/NAME` with `env`; its stdout (it must succeed).
-fn script(name: &str, env: &[(&str, &str)]) -> String {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = Command::new("bash")
-        .arg(root.join("scripts").join(name))
-        .env("CROWTEST_BIN", crow_bin())
-        .env("CROWTEST_VENV", venv())
-        .env("PYTHON", python())
-        .envs(env.iter().copied())
-        .output()
-        .expect("bash");
+/// Run `cmd` (`what` names it in a failure); its stdout (it must succeed).
+fn stdout_of(mut cmd: Command, what: &str) -> String {
+    let out = cmd.output().expect(what);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
-        "{name} failed ({}):\n{stdout}\n{}",
+        "{what} failed ({}):\n{stdout}\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
+}
+
+/// Run `scripts/NAME` with `env`; its stdout (it must succeed).
+fn script(name: &str, env: &[(&str, &str)]) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut cmd = Command::new("bash");
+    cmd.arg(root.join("scripts").join(name))
+        .env("CROWTEST_BIN", crow_bin())
+        .env("CROWTEST_VENV", venv())
+        .env("PYTHON", python())
+        .envs(env.iter().copied());
+    stdout_of(cmd, name)
 }
 
 /// Rows of the Markdown table in `out` whose first cell starts with `first`.
@@ -183,22 +187,13 @@ fn the_dashboard_benchmark_times_both_pages_on_the_demo_lake() {
 /// own temp lakes); its stdout (it must succeed).
 fn crow_bench(args: &[&str]) -> String {
     let dir = tempfile::tempdir().expect("scratch");
-    let out = Command::new(crow_bin())
-        .arg("bench")
+    let mut cmd = Command::new(crow_bin());
+    cmd.arg("bench")
         .args(args)
         .current_dir(dir.path())
         .env_remove("CROW_CONFIG")
-        .env_remove("CROW_LAKE")
-        .output()
-        .expect("crow bench");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "crow bench {args:?} failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+        .env_remove("CROW_LAKE");
+    stdout_of(cmd, &format!("crow bench {args:?}"))
 }
 
 #[test]
