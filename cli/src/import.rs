@@ -1,6 +1,7 @@
 //! `crow import --org ORG FILE_OR_URL…`: historical events in Segment's
-//! archive format (JSON lines, gzip'd or not) through the collector's
-//! normaliser, exactly once per file, with a progress bar.
+//! archive format (JSON lines, gzip'd or not) or Parquet with Segment's
+//! column names, through the collector's normaliser, exactly once per file,
+//! with a progress bar.
 
 use anyhow::{Context, Result};
 use crow_ingest::import::{import_bytes, ImportOptions, ImportReport};
@@ -17,7 +18,8 @@ pub struct ImportArgs {
     #[arg(long)]
     org: String,
     /// Files to import: local paths or http(s) URLs, one Segment event per
-    /// line (JSON lines; gzip'd files are recognised by their content).
+    /// line (JSON lines; gzip'd files are recognised by their content), or
+    /// Parquet with Segment's column names (also recognised by content).
     #[arg(required = true)]
     files: Vec<String>,
     #[command(flatten)]

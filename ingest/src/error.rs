@@ -49,7 +49,9 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Wal(_) | Error::Io(_) => ErrorKind::Retryable,
-            Error::Import(ImportError::Read { .. }) => ErrorKind::InvalidInput,
+            Error::Import(ImportError::Read { .. } | ImportError::Parquet { .. }) => {
+                ErrorKind::InvalidInput
+            }
             Error::Import(ImportError::Lake(e)) | Error::Lake(e) => lake_kind(e),
             Error::Import(ImportError::Task(_)) | Error::Panicked { .. } => ErrorKind::Internal,
         }

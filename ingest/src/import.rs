@@ -1,6 +1,8 @@
 //! Bulk import of historical events: Segment's archive format (JSON lines,
 //! one event per line, usually gzip'd, as Segment's S3/GCS destinations
-//! write them) through the collector's own normaliser and validation.
+//! write them), or Parquet with Segment's column names (each row read as
+//! the event it records: [`crate::segment_parquet`]), through the
+//! collector's own normaliser and validation.
 //!
 //! - **Same rules as the collector.** Every line goes through
 //!   [`normalize_json`]; a line that fails lands in `failed_events` with its
@@ -60,6 +62,14 @@ pub enum ImportError {
     /// The lake refused a commit.
     #[error(transparent)]
     Lake(#[from] crow_lake::Error),
+    /// The file looked like Parquet but could not be read as such.
+    #[error("reading {file} as Parquet: {reason}")]
+    Parquet {
+        /// The file.
+        file: String,
+        /// Why.
+        reason: String,
+    },
     /// A chunk's commit task ended without an answer.
     #[error("an import commit task failed: {0}")]
     Task(String),
@@ -102,8 +112,23 @@ pub async fn import_bytes(
     let failed_table = crow_schemas::FAILED_EVENTS.name;
     let done_raw = lake.app_version(raw, &app_id).await?.unwrap_or(0);
     let done_failed = lake.app_version(failed_table, &app_id).await?.unwrap_or(0);
-    let counted = Counted::new(data);
-    let reader: Box<dyn Read + Send + '_> = if data.starts_with(&[0x1f, 0x8b]) {
+    // A Parquet file is read as the JSON lines of its events; its identity
+    // stays the SHA-256 of the file as given.
+    let converted = if crate::segment_parquet::is_parquet(data) {
+        Some(
+            crate::segment_parquet::to_json_lines(data).map_err(|reason| ImportError::Parquet {
+                file: name.to_string(),
+                reason,
+            })?,
+        )
+    } else {
+        None
+    };
+    let body = converted.as_deref().unwrap_or(data);
+    // How far into the file `at` bytes of `body` are, for the progress bar.
+    let in_file = |at: u64| at.saturating_mul(data.len() as u64) / (body.len() as u64).max(1);
+    let counted = Counted::new(body);
+    let reader: Box<dyn Read + Send + '_> = if body.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::read::MultiGzDecoder::new(&counted))
     } else {
         Box::new(&counted)
@@ -152,7 +177,7 @@ pub async fn import_bytes(
                     .await
             }));
             number += 1;
-            progress(counted.position());
+            progress(in_file(counted.position()));
         }
         if n == 0 {
             break;

@@ -19,6 +19,7 @@ pub mod import;
 pub mod metrics;
 pub mod normalize;
 pub mod rowcodec;
+pub mod segment_parquet;
 pub mod server;
 pub mod service;
 pub mod wal;

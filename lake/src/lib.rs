@@ -21,6 +21,7 @@
 pub mod audit;
 pub mod backoff;
 pub mod batch;
+pub mod cluster;
 mod error;
 pub mod ids;
 pub mod notify;
@@ -843,8 +844,13 @@ impl Lake {
             .collect())
     }
 
-    /// Compact small files into larger ones.
+    /// Compact small files into larger ones; a table with a clustering key
+    /// ([`cluster::cluster_keys`]) has each partition with new files
+    /// rewritten sorted by it ([`cluster`]).
     pub async fn optimize(&self, name: &str) -> Result<OptimizeSummary> {
+        if let Some(keys) = cluster::cluster_keys(name) {
+            return self.cluster(name, keys).await;
+        }
         let t = self.table(name).await?;
         let (t, m) = t
             .optimize()

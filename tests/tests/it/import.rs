@@ -185,3 +185,71 @@ fn an_import_killed_part_way_finishes_exactly_once() {
     let failed = b.crow_json(&["sql", "select count(*) as n from failed_events"]);
     assert_eq!(failed, json!([{"n": 3}]));
 }
+
+/// A Parquet file as Segment's warehouse export writes it (pyarrow, not
+/// CROW, writes it): each row lands as the event it records, through the
+/// collector's rules, exactly once; a row with no identity lands in
+/// `failed_events`; a file that only looks like Parquet is an error that
+/// names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_parquet_imports_like_the_archive() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    b.crow_ok(&["orgs", "create", "--name", "Archive Co"]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("tracks.parquet");
+    let path = file.to_str().expect("path");
+    let (code, wrote) = crate::support::python_client("segment_parquet.py", &[path, "pq", "40"]);
+    assert_eq!((code, wrote), (0, json!({"rows": 41})));
+    let r = import(&b, &[path], &[]);
+    assert_eq!(
+        (&r[0]["lines"], &r[0]["imported"], &r[0]["failed"]),
+        (&json!(41), &json!(40), &json!(1)),
+        "{r:?}"
+    );
+    let events = b.crow_json(&[
+        "sql",
+        "select count(*) as n, count(distinct message_id) as ids, count(distinct anonymous_id) as visitors, \
+         count(distinct event_date) as days, min(event) as event, min(\"type\") as type, \
+         min(page_url) as url, min(user_agent) like '%iPhone OS 18_0%' as agent, \
+         min(campaign_source) as source, \
+         min(product_id) as product, sum(revenue) as revenue, \
+         min(occurred_at) = timestamp '2026-10-01 12:00:00' as first_time \
+         from raw_web_events",
+    ]);
+    assert_eq!(
+        events,
+        json!([{"n": 40, "ids": 40, "visitors": 5, "days": 10, "event": "Order Completed",
+                "type": "track", "url": "https://shop.example/checkout", "agent": true,
+                "source": "newsletter", "product": "sku-7", "revenue": 780.0, "first_time": true}]),
+        "the columns are the event's fields, its context and its properties"
+    );
+    let failed = b.crow_json(&[
+        "sql",
+        "select source, reason_code, message_id from failed_events",
+    ]);
+    assert_eq!(
+        failed,
+        json!([{"source": "import", "reason_code": "missing_identity", "message_id": "pq-anonymous"}])
+    );
+    let again = import(&b, &[path], &[]);
+    assert_eq!(
+        (&again[0]["imported"], &again[0]["already_imported"]),
+        (&json!(0), &json!(41)),
+        "{again:?}"
+    );
+    // Starts and ends like Parquet, is not: an error naming the file, and
+    // nothing lands.
+    let fake = dir.path().join("fake.parquet");
+    std::fs::write(&fake, b"PAR1 not a parquet file PAR1").expect("write");
+    let out = std::process::Command::new(crow_bin())
+        .args(["--lake", &b.uri, "import", "--org", "Archive Co"])
+        .arg(&fake)
+        .output()
+        .expect("crow import");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("fake.parquet") && err.contains("as Parquet"), "{err}");
+    let n = b.crow_json(&["sql", "select count(*) as n from raw_web_events"]);
+    assert_eq!(n, json!([{"n": 40}]));
+}

@@ -572,3 +572,124 @@ async fn query_rows(lake: &Lake, sql: &str) -> Vec<serde_json::Map<String, serde
     let (_, batches) = lake.sql(sql).await.expect("query");
     batches_to_json(&batches).expect("json")
 }
+
+/// The live data files of `raw_web_events`: (tags, bytes) each.
+async fn live_files(lake: &Lake) -> Vec<(std::collections::HashMap<String, Option<String>>, bytes::Bytes)> {
+    let t = lake.table("raw_web_events").await.expect("table");
+    let snap = t.snapshot().expect("snapshot");
+    let mut out = Vec::new();
+    for view in snap.log_data().iter() {
+        // The tags are only on the file's Add action.
+        #[allow(deprecated)]
+        let tags = view.add_action().tags.unwrap_or_default();
+        let data = t
+            .object_store()
+            .get(&view.object_store_path())
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("bytes");
+        out.push((tags, data));
+    }
+    out
+}
+
+/// `optimize` clusters `raw_web_events`: each day's files become one file
+/// sorted by organization, visitor and time, with a bloom filter on the
+/// visitor, holding exactly the rows it had; a day already clustered is not
+/// rewritten, and a day that got a new file is, alone.
+async fn clustered(b: Backend) {
+    use crow_lake::deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use crow_lake::deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
+    use crow_lake::deltalake::parquet::file::serialized_reader::ReadOptionsBuilder;
+    use crow_lake::deltalake::parquet::file::properties::ReaderProperties;
+
+    let lake = b.lake().await;
+    lake.init().await.expect("init");
+    for (org, prefix) in [("o2", "x"), ("o1", "y"), ("o2", "z")] {
+        for day in [1, 2] {
+            lake.append("raw_web_events", vec![batch(&events(org, prefix, day, 40))])
+                .await
+                .expect("append");
+        }
+    }
+    let all = "select * from raw_web_events order by message_id";
+    let rows = |lake: &Lake| {
+        let lake = lake.clone();
+        async move { batches_to_json(&lake.sql(all).await.expect("q").1).expect("json") }
+    };
+    let before = rows(&lake).await;
+    let m = lake.optimize("raw_web_events").await.expect("optimize");
+    assert_eq!((m.files_removed, m.files_added), (6, 2), "{}", b.name);
+    assert_eq!(rows(&lake).await, before, "{}: the same rows", b.name);
+    let files = live_files(&lake).await;
+    assert_eq!(files.len(), 2, "{}", b.name);
+    for (tags, data) in files {
+        assert_eq!(
+            tags.get("crow.clusteredBy"),
+            Some(&Some("org_id,anonymous_id,occurred_at".to_string())),
+            "{}",
+            b.name
+        );
+        let reader = ParquetRecordBatchReaderBuilder::try_new(data.clone())
+            .expect("parquet")
+            .build()
+            .expect("reader");
+        let mut keys: Vec<(String, String, String)> = Vec::new();
+        for batch in reader {
+            let batch = batch.expect("batch");
+            let json = batches_to_json(&[batch]).expect("json");
+            keys.extend(json.iter().map(|r| {
+                (
+                    r["org_id"].to_string(),
+                    r["anonymous_id"].to_string(),
+                    r["occurred_at"].to_string(),
+                )
+            }));
+        }
+        assert_eq!(keys.len(), 120, "{}: a day's rows in one file", b.name);
+        assert!(
+            keys.windows(2).all(|w| w[0] <= w[1]),
+            "{}: sorted by org, visitor, time: {keys:?}",
+            b.name
+        );
+        let options = ReadOptionsBuilder::new()
+            .with_reader_properties(
+                ReaderProperties::builder()
+                    .set_read_bloom_filter(true)
+                    .build(),
+            )
+            .build();
+        let file = SerializedFileReader::new_with_options(data, options).expect("file");
+        let rg = file.get_row_group(0).expect("row group");
+        let idx = rg
+            .metadata()
+            .columns()
+            .iter()
+            .position(|c| c.column_path().string() == "anonymous_id")
+            .expect("anonymous_id column");
+        let bloom = rg.get_column_bloom_filter(idx).expect("a bloom filter on anonymous_id");
+        assert!(bloom.check(&"a3"), "{}", b.name);
+        assert!(!bloom.check(&"no-such-visitor"), "{}", b.name);
+    }
+    // Again: nothing to do.
+    let v = lake.stats("raw_web_events").await.expect("stats").version;
+    let again = lake.optimize("raw_web_events").await.expect("optimize");
+    assert_eq!((again.files_removed, again.files_added), (0, 0), "{}", b.name);
+    assert_eq!(lake.stats("raw_web_events").await.expect("stats").version, v);
+    // A new file on day 2: that day alone is rewritten.
+    lake.append("raw_web_events", vec![batch(&events("o1", "w", 2, 10))])
+        .await
+        .expect("append");
+    let third = lake.optimize("raw_web_events").await.expect("optimize");
+    assert_eq!((third.files_removed, third.files_added), (2, 1), "{}", b.name);
+    assert_eq!(
+        count(&lake, "select count(*) from raw_web_events").await,
+        250,
+        "{}",
+        b.name
+    );
+}
+
+both_backends!(optimize_clusters_raw_web_events => clustered);
