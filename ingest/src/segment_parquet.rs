@@ -153,7 +153,11 @@ fn segment_event(row: Map<String, Value>) -> Value {
         }
     }
     if !event.contains_key("type") {
-        let kind = if event.contains_key("event") { "track" } else { "page" };
+        let kind = if event.contains_key("event") {
+            "track"
+        } else {
+            "page"
+        };
         event.insert("type".into(), Value::from(kind));
     }
     let into = match event.get("type").and_then(Value::as_str) {
@@ -169,10 +173,12 @@ fn segment_event(row: Map<String, Value>) -> Value {
 
 /// `context_x`, `properties_x`, `traits_x`: the object and the key `x`.
 fn prefixed(column: &str) -> Option<(&'static str, &str)> {
-    ["context", "properties", "traits"].into_iter().find_map(|o| {
-        let key = column.strip_prefix(o)?.strip_prefix('_')?;
-        (!key.is_empty()).then_some((o, key))
-    })
+    ["context", "properties", "traits"]
+        .into_iter()
+        .find_map(|o| {
+            let key = column.strip_prefix(o)?.strip_prefix('_')?;
+            (!key.is_empty()).then_some((o, key))
+        })
 }
 
 /// A struct cell is an object already; text holding a JSON object is that
@@ -199,9 +205,7 @@ fn merge(objects: &mut Map<String, Value>, object: &str, path: &[&str], value: V
     let mut at = slot;
     for key in parents {
         let Value::Object(m) = at else { return };
-        at = m
-            .entry(*key)
-            .or_insert_with(|| Value::Object(Map::new()));
+        at = m.entry(*key).or_insert_with(|| Value::Object(Map::new()));
     }
     if let Value::Object(m) = at {
         m.entry(*last).or_insert(value);
@@ -246,19 +250,55 @@ mod tests {
         let ts = TimestampMicrosecondArray::from(vec![Some(1_790_000_000_000_000), None])
             .with_timezone("UTC");
         let data = file(vec![
-            ("id", Arc::new(StringArray::from(vec!["m1", "m2"])) as ArrayRef),
-            ("anonymous_id", Arc::new(StringArray::from(vec![Some("a1"), None]))),
-            ("user_id", Arc::new(StringArray::from(vec![None, Some("u2")]))),
-            ("event", Arc::new(StringArray::from(vec![Some("Order Completed"), None]))),
+            (
+                "id",
+                Arc::new(StringArray::from(vec!["m1", "m2"])) as ArrayRef,
+            ),
+            (
+                "anonymous_id",
+                Arc::new(StringArray::from(vec![Some("a1"), None])),
+            ),
+            (
+                "user_id",
+                Arc::new(StringArray::from(vec![None, Some("u2")])),
+            ),
+            (
+                "event",
+                Arc::new(StringArray::from(vec![Some("Order Completed"), None])),
+            ),
             ("timestamp", Arc::new(ts)),
-            ("context_page_url", Arc::new(StringArray::from(vec!["https://s.example/a", "https://s.example/b"]))),
-            ("context_user_agent", Arc::new(StringArray::from(vec![Some("UA"), None]))),
-            ("context_campaign_source", Arc::new(StringArray::from(vec![Some("news"), None]))),
-            ("context_app_build", Arc::new(StringArray::from(vec![Some("7"), None]))),
-            ("properties_currency", Arc::new(StringArray::from(vec![Some("EUR"), None]))),
+            (
+                "context_page_url",
+                Arc::new(StringArray::from(vec![
+                    "https://s.example/a",
+                    "https://s.example/b",
+                ])),
+            ),
+            (
+                "context_user_agent",
+                Arc::new(StringArray::from(vec![Some("UA"), None])),
+            ),
+            (
+                "context_campaign_source",
+                Arc::new(StringArray::from(vec![Some("news"), None])),
+            ),
+            (
+                "context_app_build",
+                Arc::new(StringArray::from(vec![Some("7"), None])),
+            ),
+            (
+                "properties_currency",
+                Arc::new(StringArray::from(vec![Some("EUR"), None])),
+            ),
             ("revenue", Arc::new(Int64Array::from(vec![Some(42), None]))),
             ("uuid_ts", Arc::new(StringArray::from(vec!["x", "y"]))),
-            ("event_text", Arc::new(StringArray::from(vec!["Order Completed", "Order Completed"]))),
+            (
+                "event_text",
+                Arc::new(StringArray::from(vec![
+                    "Order Completed",
+                    "Order Completed",
+                ])),
+            ),
         ]);
         assert!(is_parquet(&data));
         let got = events(&data);
@@ -289,11 +329,29 @@ mod tests {
     #[test]
     fn object_columns_as_json_text_and_traits_of_identify_calls() {
         let data = file(vec![
-            ("messageId", Arc::new(StringArray::from(vec!["m1", "m2"])) as ArrayRef),
-            ("type", Arc::new(StringArray::from(vec!["identify", "track"]))),
+            (
+                "messageId",
+                Arc::new(StringArray::from(vec!["m1", "m2"])) as ArrayRef,
+            ),
+            (
+                "type",
+                Arc::new(StringArray::from(vec!["identify", "track"])),
+            ),
             ("userId", Arc::new(StringArray::from(vec!["u1", "u1"]))),
-            ("context", Arc::new(StringArray::from(vec![r#"{"page": {"url": "https://s.example/x", "path": "/x"}}"#, "not an object"]))),
-            ("context_page_url", Arc::new(StringArray::from(vec!["https://s.example/flat", "https://s.example/y"]))),
+            (
+                "context",
+                Arc::new(StringArray::from(vec![
+                    r#"{"page": {"url": "https://s.example/x", "path": "/x"}}"#,
+                    "not an object",
+                ])),
+            ),
+            (
+                "context_page_url",
+                Arc::new(StringArray::from(vec![
+                    "https://s.example/flat",
+                    "https://s.example/y",
+                ])),
+            ),
             ("plan", Arc::new(StringArray::from(vec!["pro", "pro"]))),
         ]);
         let got = events(&data);

@@ -172,8 +172,8 @@ impl Lake {
                 },
             )
             .await
-            .map_err(|e| Error::delta(name, e.into()))?;
-        Ok((removed, added, done.version().max(0) as u64))
+            .map_err(|e| Error::delta(name, e))?;
+        Ok((removed, added, done.version()))
     }
 }
 

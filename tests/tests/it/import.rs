@@ -249,7 +249,10 @@ async fn segment_parquet_imports_like_the_archive() {
         .expect("crow import");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
-    assert!(err.contains("fake.parquet") && err.contains("as Parquet"), "{err}");
+    assert!(
+        err.contains("fake.parquet") && err.contains("as Parquet"),
+        "{err}"
+    );
     let n = b.crow_json(&["sql", "select count(*) as n from raw_web_events"]);
     assert_eq!(n, json!([{"n": 40}]));
 }

@@ -574,7 +574,13 @@ async fn query_rows(lake: &Lake, sql: &str) -> Vec<serde_json::Map<String, serde
 }
 
 /// The live data files of `raw_web_events`: (tags, bytes) each.
-async fn live_files(lake: &Lake) -> Vec<(std::collections::HashMap<String, Option<String>>, bytes::Bytes)> {
+async fn live_files(
+    lake: &Lake,
+) -> Vec<(
+    std::collections::HashMap<String, Option<String>>,
+    bytes::Bytes,
+)> {
+    use crow_lake::object_store::ObjectStoreExt;
     let t = lake.table("raw_web_events").await.expect("table");
     let snap = t.snapshot().expect("snapshot");
     let mut out = Vec::new();
@@ -601,9 +607,9 @@ async fn live_files(lake: &Lake) -> Vec<(std::collections::HashMap<String, Optio
 /// rewritten, and a day that got a new file is, alone.
 async fn clustered(b: Backend) {
     use crow_lake::deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use crow_lake::deltalake::parquet::file::properties::ReaderProperties;
     use crow_lake::deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
     use crow_lake::deltalake::parquet::file::serialized_reader::ReadOptionsBuilder;
-    use crow_lake::deltalake::parquet::file::properties::ReaderProperties;
 
     let lake = b.lake().await;
     lake.init().await.expect("init");
@@ -669,21 +675,36 @@ async fn clustered(b: Backend) {
             .iter()
             .position(|c| c.column_path().string() == "anonymous_id")
             .expect("anonymous_id column");
-        let bloom = rg.get_column_bloom_filter(idx).expect("a bloom filter on anonymous_id");
+        let bloom = rg
+            .get_column_bloom_filter(idx)
+            .expect("a bloom filter on anonymous_id");
         assert!(bloom.check(&"a3"), "{}", b.name);
         assert!(!bloom.check(&"no-such-visitor"), "{}", b.name);
     }
     // Again: nothing to do.
     let v = lake.stats("raw_web_events").await.expect("stats").version;
     let again = lake.optimize("raw_web_events").await.expect("optimize");
-    assert_eq!((again.files_removed, again.files_added), (0, 0), "{}", b.name);
-    assert_eq!(lake.stats("raw_web_events").await.expect("stats").version, v);
+    assert_eq!(
+        (again.files_removed, again.files_added),
+        (0, 0),
+        "{}",
+        b.name
+    );
+    assert_eq!(
+        lake.stats("raw_web_events").await.expect("stats").version,
+        v
+    );
     // A new file on day 2: that day alone is rewritten.
     lake.append("raw_web_events", vec![batch(&events("o1", "w", 2, 10))])
         .await
         .expect("append");
     let third = lake.optimize("raw_web_events").await.expect("optimize");
-    assert_eq!((third.files_removed, third.files_added), (2, 1), "{}", b.name);
+    assert_eq!(
+        (third.files_removed, third.files_added),
+        (2, 1),
+        "{}",
+        b.name
+    );
     assert_eq!(
         count(&lake, "select count(*) from raw_web_events").await,
         250,
