@@ -35,7 +35,9 @@ pub struct ProductLine {
     pub category: Option<String>,
 }
 
-/// The answer's JSON Schema for at most `max` queries.
+/// The answer's JSON Schema for at most `max` queries (the bound is in
+/// the description, and [`check_queries`] enforces it: `maxItems` is not
+/// taken by every provider's structured output).
 pub fn queries_schema(max: usize) -> Value {
     json!({
         "type": "object",
@@ -43,11 +45,11 @@ pub fn queries_schema(max: usize) -> Value {
             "queries": {
                 "type": "array",
                 "description": format!("At most {max} distinct web search queries, each at most {MAX_QUERY_CHARS} characters."),
-                "items": {"type": "string"},
-                "maxItems": max
+                "items": {"type": "string"}
             }
         },
-        "required": ["queries"]
+        "required": ["queries"],
+        "additionalProperties": false
     })
 }
 
