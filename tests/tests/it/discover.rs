@@ -30,6 +30,8 @@ struct Seen {
     brave: Mutex<Vec<(String, String, String, String)>>,
     /// Page path → GETs.
     pages: Mutex<HashMap<String, usize>>,
+    /// OpenAI-compatible chat completions: the request bodies.
+    chats: Mutex<Vec<Value>>,
 }
 
 type St = Arc<Seen>;
@@ -199,6 +201,21 @@ async fn brave(
     .into_response()
 }
 
+/// An OpenAI-compatible `POST /v1/chat/completions` whose model proposes
+/// blank, repeated, over-long and too many queries.
+async fn chat(State(st): State<St>, axum::Json(body): axum::Json<Value>) -> Response {
+    st.chats.lock().expect("chats").push(body);
+    let queries = json!({"queries": ["aria hiss", "ARIA   hiss", "", "x".repeat(250),
+                                     "aria battery", "aria case"]});
+    axum::Json(json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1_764_800_000, "model": "gpt-test",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": queries.to_string(), "refusal": null}}],
+        "usage": {"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150}
+    }))
+    .into_response()
+}
+
 async fn broken() -> Response {
     (StatusCode::INTERNAL_SERVER_ERROR, "engine down").into_response()
 }
@@ -210,6 +227,7 @@ async fn server() -> (String, St) {
         .route("/search", get(searxng))
         .route("/res/v1/web/search", get(brave))
         .route("/broken/search", get(broken))
+        .route("/v1/chat/completions", axum::routing::post(chat))
         .fallback(serve_page)
         .with_state(st.clone());
     (crate::support::serve_app(app).await, st)
@@ -596,5 +614,85 @@ async fn discovery_through_brave_search_pages_with_the_subscription_token() {
                        "result_url": format!("{base}/reviews/aria"), "result_title": "Aria review"})
             ),
         ]
+    );
+}
+
+/// With an OpenAI-compatible provider the prompt carries the organization's
+/// context and catalog; an answer with blank, repeated, over-long and too
+/// many queries is asked again once, then kept repaired: exactly the first
+/// `max_queries` usable queries are searched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_proposes_the_queries_from_context_and_catalog_validated() {
+    let (base, st) = server().await;
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    b.crow_json(&[
+        "orgs",
+        "create",
+        "--name",
+        "Northwind",
+        "--context",
+        "Northwind sells headphones to commuters.",
+    ]);
+    import_catalog(&b, "Northwind", "ARIA-1,Aria Headphones,Audio,199,USD\n");
+    crow(
+        &b,
+        &[],
+        &[
+            "social",
+            "add",
+            "--org",
+            "Northwind",
+            "--kind",
+            "discover",
+            "--target",
+            "auto",
+        ],
+    )
+    .await;
+    let ai = format!("{base}/v1");
+    let env = [
+        ("CROW_DISCOVERY_URL", base.as_str()),
+        ("CROW_DISCOVERY_MAX_QUERIES", "2"),
+        ("CROW_AI_PROVIDER", "openai"),
+        ("CROW_AI_MODEL", "gpt-test"),
+        ("CROW_AI_BASE_URL", ai.as_str()),
+        ("OPENAI_API_KEY", "test-key"),
+        ("CROW_SOCIAL_MIN_INTERVAL_MS", "10"),
+    ];
+    let r = crow(&b, &env, &["social", "run", "--org", "Northwind"]).await;
+    assert_eq!(
+        (
+            r["failed_sources"].as_i64(),
+            r["sources"][0]["status"].as_str()
+        ),
+        (Some(0), Some("ok")),
+        "{r:#}"
+    );
+    let searches: Vec<(String, String)> = st.searches.lock().expect("searches").clone();
+    let t = |q: &str| (q.to_string(), "1".to_string());
+    assert_eq!(searches, vec![t("aria hiss"), t("aria battery")]);
+    let chats = st.chats.lock().expect("chats").clone();
+    assert_eq!(chats.len(), 2, "asked again once, then kept repaired");
+    let user = chats[0]["messages"][1]["content"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(user.starts_with("Organization: Northwind\n"), "{user}");
+    assert!(
+        user.contains("About the organization:\nNorthwind sells headphones to commuters.\n"),
+        "{user}"
+    );
+    assert!(user.contains("Aria Headphones | Audio\n"), "{user}");
+    assert!(user.contains("at most 2 search queries"), "{user}");
+    assert_eq!(
+        chats[0]["response_format"]["json_schema"]["schema"]["required"],
+        json!(["queries"])
+    );
+    let again = chats[1]["messages"][1]["content"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        again.contains("Your previous answer was not accepted"),
+        "{again}"
     );
 }
