@@ -17,7 +17,7 @@ use axum::routing::get;
 use axum::Router;
 use serde_json::{json, Value};
 
-use crate::support::{crow_bin, Backend};
+use crate::support::{crow_bin, Backend, Server};
 
 /// What the search and page server saw.
 #[derive(Default)]
@@ -695,4 +695,97 @@ async fn a_model_proposes_the_queries_from_context_and_catalog_validated() {
         again.contains("Your previous answer was not accepted"),
         "{again}"
     );
+}
+
+/// Under `crow serve`: a `discover` source added through `POST
+/// /api/v1/social/sources` (a bad target is a 400) is collected by the
+/// scheduler on its cron, as one run; later slots capture nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_runs_a_discover_source_added_over_rest() {
+    let (base, st) = server().await;
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    b.crow_json(&["orgs", "create", "--name", "Northwind"]);
+    import_catalog(
+        &b,
+        "Northwind",
+        "ARIA-1,Aria Headphones,Audio,199,USD\nNIM-2,Nimbus Speaker,Audio,99,USD\n",
+    );
+    let admin = b.crow_json(&["keys", "create", "--org", "Northwind", "--scope", "admin"])
+        ["secret"]
+        .as_str()
+        .expect("secret")
+        .to_string();
+    let env = [
+        ("CROW_DISCOVERY_URL", base.as_str()),
+        ("CROW_DISCOVERY_RESULTS_PER_QUERY", "3"),
+        ("CROW_SOCIAL_MIN_INTERVAL_MS", "10"),
+        ("CROW_SOCIAL_MAX_RETRY_AFTER_SECONDS", "5"),
+        ("CROW_SCHEDULE_ENABLED", "true"),
+        ("CROW_SCHEDULE_TICK_SECONDS", "1"),
+        ("CROW_SCHEDULE_SOCIAL", "*/2 * * * * *"),
+        ("CROW_SCHEDULE_SESSIONIZE", "off"),
+        ("CROW_SCHEDULE_ENRICH", "off"),
+        ("CROW_SCHEDULE_PATTERNS", "off"),
+        ("CROW_SCHEDULE_BILLING", "off"),
+        ("CROW_SCHEDULE_OPTIMIZE", "off"),
+        ("CROW_SCHEDULE_CHECKPOINT", "off"),
+        ("CROW_SCHEDULE_VACUUM", "off"),
+    ];
+    let wal = tempfile::tempdir().expect("wal");
+    let s = Server::start(&b, wal.path(), &env);
+    let http = reqwest::Client::new();
+    let post = |body: Value| {
+        http.post(s.url("/api/v1/social/sources"))
+            .bearer_auth(&admin)
+            .json(&body)
+            .send()
+    };
+    let bad = post(json!({"kind": "discover", "target": "  "}))
+        .await
+        .expect("post");
+    assert_eq!(bad.status(), 400);
+    let ok = post(json!({"kind": "discover", "target": "auto", "schedule": "*/2 * * * * *"}))
+        .await
+        .expect("post");
+    assert_eq!(ok.status(), 201);
+    let count = || {
+        b.crow_json(&[
+            "sql",
+            "SELECT count(*) AS n, count(DISTINCT run_id) AS runs FROM raw_social_captures",
+        ])
+    };
+    let deadline = Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let c = count();
+        if c[0]["n"].as_i64().unwrap_or(0) >= 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no discovered capture in time: {c}"
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+    // Let a few more slots run: they search again and capture nothing.
+    let searched = st.searches.lock().expect("searches").len();
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while st.searches.lock().expect("searches").len() < searched + 4 {
+        assert!(Instant::now() < deadline, "no later scheduled run");
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    let c = count();
+    assert_eq!(
+        (c[0]["n"].as_i64(), c[0]["runs"].as_i64()),
+        (Some(3), Some(1)),
+        "{c}"
+    );
+    for path in ["/reviews/aria", "/reviews/nimbus", "/forum/aria"] {
+        assert_eq!(page_gets(&st, path), 1, "{path}");
+    }
+    let ledger = b.crow_json(&[
+        "sql",
+        "SELECT count(*) AS n FROM job_runs WHERE job = 'social' AND \"trigger\" = 'schedule' AND status = 'succeeded'",
+    ]);
+    assert!(ledger[0]["n"].as_i64().unwrap_or(0) >= 2, "{ledger}");
 }
