@@ -17,13 +17,16 @@ pub enum SocialCommand {
         /// Organization id or name.
         #[arg(long)]
         org: String,
-        /// rss, youtube, mastodon, reddit, hackernews or bluesky.
+        /// rss, youtube, mastodon, reddit, hackernews, bluesky, web or
+        /// discover.
         #[arg(long)]
         kind: String,
         /// rss: a feed URL; youtube: a channel (UC…) or playlist (PL…) id;
         /// mastodon: `#tag` or `@account`; reddit: `r/sub` or a query;
         /// hackernews: a query; bluesky: `@handle` or a query (search needs
-        /// social.bluesky_identifier and social.bluesky_app_password).
+        /// social.bluesky_identifier and social.bluesky_app_password); web:
+        /// a page URL; discover: `auto` or a topic hint (AI-proposed web
+        /// searches through `[discovery]`).
         #[arg(long)]
         target: String,
         /// Cron expression (UTC) of its scheduled runs, or `off`

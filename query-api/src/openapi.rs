@@ -505,7 +505,7 @@ fn management_paths() -> Map<String, Value> {
         "/api/v1/social/sources": {
             "get": listing("The social sources the collector reads (needs scope read).", "SocialSource", &["id", "limit", "cursor"])["get"].clone(),
             "post": {
-                "summary": "Add a social source (needs admin). kind: rss (a feed URL), youtube (a channel or playlist id), mastodon (`#tag` or `@account`), reddit (`r/sub` or a query), hackernews (a query), bluesky (`@handle`, or a query: needs social.bluesky_identifier and an app password), web (a page URL, reduced to its main text); schedule: a cron expression (UTC) or `off`, default hourly. The same kind and target twice is a 400.",
+                "summary": "Add a social source (needs admin). kind: rss (a feed URL), youtube (a channel or playlist id), mastodon (`#tag` or `@account`), reddit (`r/sub` or a query), hackernews (a query), bluesky (`@handle`, or a query: needs social.bluesky_identifier and an app password), web (a page URL, reduced to its main text), discover (`auto` or a topic: the AI provider proposes web searches from the catalog, `[discovery]` runs them, result pages are read like web); schedule: a cron expression (UTC) or `off`, default hourly. The same kind and target twice is a 400.",
                 "security": admin,
                 "requestBody": obj(json!({"kind": {"type": "string", "enum": crow_jobs::social::adapters::KINDS},
                     "target": {"type": "string"}, "schedule": {"type": "string"}}), &["kind", "target"]),

@@ -52,7 +52,7 @@ pub async fn add_source(
     let p = auth::authenticate(&st.keys, &st.limiter, &headers, Scope::Admin).await?;
     let req: NewSource = body(
         &bytes,
-        r#"{"kind": "rss|youtube|mastodon|reddit|hackernews|bluesky", "target": "…", "schedule"?: "0 * * * *"}"#,
+        r#"{"kind": "rss|youtube|mastodon|reddit|hackernews|bluesky|web|discover", "target": "…", "schedule"?: "0 * * * *"}"#,
     )?;
     let src = social::add(
         &st.lake,

@@ -64,6 +64,9 @@ pub struct Config {
     pub schedule: ScheduleConfig,
     /// The social collector: platform endpoints, limits, credentials.
     pub social: SocialConfig,
+    /// AI-driven discovery (`discover` sources): the web-search provider
+    /// and the bounds of a run.
+    pub discovery: DiscoveryConfig,
 }
 
 /// Lake location and storage options.
@@ -783,6 +786,69 @@ impl SocialConfig {
     }
 }
 
+/// `[discovery]`: how `discover` sources find pages. The AI provider
+/// proposes search queries from the organization's context and catalog;
+/// the search provider configured here runs them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// `searxng` (a SearXNG instance's JSON API) or `brave` (Brave Search API).
+    pub provider: SearchProvider,
+    /// Base URL of the search API. Empty: Brave's public endpoint for
+    /// `brave`; a SearXNG instance has no default and must be named.
+    pub url: String,
+    /// The search API's key: Brave's `X-Subscription-Token`; for SearXNG,
+    /// sent as a bearer token when set (an instance behind an
+    /// authenticating proxy). Prefer `CROW_DISCOVERY_API_KEY`; `crow config
+    /// show` masks it.
+    pub api_key: Secret,
+    /// Result links read per query at most.
+    pub results_per_query: usize,
+    /// Search queries the AI provider may propose per run at most.
+    pub max_queries: usize,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            provider: SearchProvider::Searxng,
+            url: String::new(),
+            api_key: Secret::default(),
+            results_per_query: 10,
+            max_queries: 5,
+        }
+    }
+}
+
+/// `discovery.provider`: which web search runs the proposed queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchProvider {
+    /// `searxng`: `GET {url}/search?q=…&format=json`.
+    Searxng,
+    /// `brave`: `GET {url}/res/v1/web/search?q=…` with `X-Subscription-Token`.
+    Brave,
+}
+
+impl DiscoveryConfig {
+    /// Check discovery's values (keys named `discovery.*`).
+    fn validate(&self) -> Result<(), ConfigError> {
+        let url = self.url.trim();
+        let http = url.starts_with("http://") || url.starts_with("https://");
+        if !url.is_empty() && !http {
+            return Err(err("discovery.url", "must be an http:// or https:// URL"));
+        }
+        in_range(&[
+            (
+                "discovery.results_per_query",
+                self.results_per_query as u64,
+                100,
+            ),
+            ("discovery.max_queries", self.max_queries as u64, 50),
+        ])
+    }
+}
+
 impl ScheduleConfig {
     /// The cron expression configured for `job` (`""` or `"off"`:
     /// disabled).
@@ -949,6 +1015,7 @@ impl Config {
         self.lake.validate()?;
         self.server.validate()?;
         self.social.validate()?;
+        self.discovery.validate()?;
         self.ingest.validate()?;
         self.jobs.validate()?;
         if self.ai.concurrency == 0 {
@@ -1651,6 +1718,35 @@ mod tests {
         assert!(shown.contains("aws_session_token = \"***\""), "{shown}");
         let e = Config::load(None, env(&[("CROW_SERVER_METRICS_TOKEN", "short")])).unwrap_err();
         assert_eq!(e.key, "server.metrics_token", "{e}");
+    }
+
+    /// `[discovery]`: its key is a secret that never prints, a bad value
+    /// names its key, an unknown provider is refused by name.
+    #[test]
+    fn discovery_settings_load_and_name_bad_keys() {
+        let c = Config::load(
+            Some("[discovery]\nprovider = \"brave\"\nmax_queries = 3\n"),
+            env(&[
+                ("CROW_DISCOVERY_API_KEY", "brave-token-value"),
+                ("CROW_DISCOVERY_RESULTS_PER_QUERY", "4"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.discovery.provider, SearchProvider::Brave);
+        assert_eq!(
+            (c.discovery.max_queries, c.discovery.results_per_query),
+            (3, 4)
+        );
+        assert_eq!(c.discovery.api_key.expose(), "brave-token-value");
+        let shown = c.to_toml();
+        assert!(!shown.contains("brave-token-value"), "{shown}");
+        assert!(shown.contains("api_key = \"***\""), "{shown}");
+        let e = Config::load(None, env(&[("CROW_DISCOVERY_MAX_QUERIES", "0")])).unwrap_err();
+        assert_eq!(e.key, "discovery.max_queries", "{e}");
+        let e = Config::load(Some("[discovery]\nurl = \"searx.local\"\n"), env(&[])).unwrap_err();
+        assert_eq!(e.key, "discovery.url", "{e}");
+        let e = Config::load(None, env(&[("CROW_DISCOVERY_PROVIDER", "bing")])).unwrap_err();
+        assert_eq!(e.key, "discovery.provider", "{e}");
     }
 
     #[test]

@@ -88,6 +88,11 @@ impl Provider for Offline {
                 input_tokens: 0,
                 output_tokens: 0,
             }),
+            Some(super::queries::TASK) => Ok(AiAnswer {
+                text: super::queries::offline_queries(&req.input).to_string(),
+                input_tokens: 0,
+                output_tokens: 0,
+            }),
             other => Err(AiError::Fatal(format!(
                 "offline: no writer for task {other:?}"
             ))),

@@ -136,6 +136,7 @@ pub const KINDS: &[&str] = &[
     "hackernews",
     "bluesky",
     "web",
+    "discover",
 ];
 
 /// The adapter of `kind`.
@@ -148,6 +149,7 @@ pub fn adapter(kind: &str) -> Result<Box<dyn Adapter>, String> {
         "hackernews" => Box::new(HackerNews),
         "bluesky" => Box::new(Bluesky),
         "web" => Box::new(WebPage),
+        "discover" => Box::new(Discover),
         other => {
             return Err(format!(
                 "unknown source kind `{other}` (one of {})",
@@ -681,5 +683,33 @@ impl Adapter for WebPage {
             metrics: Map::new(),
         });
         Ok(out)
+    }
+}
+
+// ---- AI-driven discovery ----
+
+/// `discover`: AI-proposed web searches (see [`super::discover`]). Its
+/// reading needs the organization's catalog and `[discovery]`, so the
+/// collector runs it through [`super::discover::collect`]; this adapter
+/// checks targets.
+struct Discover;
+
+#[async_trait]
+impl Adapter for Discover {
+    fn platform(&self) -> &'static str {
+        super::discover::PLATFORM
+    }
+
+    fn check(&self, target: &str) -> Result<(), String> {
+        super::discover::check_target(target)
+    }
+
+    async fn collect(
+        &self,
+        _http: &Fetcher,
+        _cfg: &SocialConfig,
+        _target: &str,
+    ) -> Result<Collected, String> {
+        Err("a discover source is read by the collector's run (it needs the organization's catalog and [discovery])".into())
     }
 }

@@ -73,11 +73,25 @@ impl Fetcher {
         url: &str,
         bearer: Option<&str>,
     ) -> Result<Vec<u8>, String> {
+        self.get_with(platform, url, bearer, &[]).await
+    }
+
+    /// [`Fetcher::get`] with extra request headers (an API key header).
+    pub async fn get_with(
+        &self,
+        platform: &str,
+        url: &str,
+        bearer: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Result<Vec<u8>, String> {
         for attempt in 1..=ATTEMPTS {
             self.pace(platform).await;
             let mut req = self.client.get(url);
             if let Some(t) = bearer {
                 req = req.bearer_auth(t);
+            }
+            for (name, value) in headers {
+                req = req.header(*name, *value);
             }
             let resp = req.send().await.map_err(|e| format!("GET {url}: {e}"))?;
             let status = resp.status();

@@ -23,6 +23,7 @@
 
 pub mod adapters;
 pub mod canon;
+pub mod discover;
 pub mod feed;
 pub mod fetch;
 
@@ -324,6 +325,10 @@ struct RunCtx<'a> {
     org_id: &'a str,
     run_id: &'a str,
     now: DateTime<Utc>,
+    /// The lake, for what `discover` sources read (the org's catalog).
+    lake: &'a Lake,
+    /// `discover` sources' search provider and AI settings.
+    discovery: &'a discover::Discovery,
 }
 
 impl Landing {
@@ -414,12 +419,20 @@ async fn read_source(
         captured: 0,
         skipped: 0,
     };
-    let collected = match adapters::adapter(&src.kind) {
-        Ok(a) => a
-            .collect(http, cfg, &src.target)
+    let collected = if src.kind == discover::KIND {
+        let known = |c: &str| seen.contains_key(c);
+        let (d, org) = (run.discovery, run.org_id);
+        discover::collect(run.lake, http, cfg, d, org, &src.target, &known)
             .await
-            .map(|c| (a.platform(), c)),
-        Err(e) => Err(e),
+            .map(|c| (discover::PLATFORM, c))
+    } else {
+        match adapters::adapter(&src.kind) {
+            Ok(a) => a
+                .collect(http, cfg, &src.target)
+                .await
+                .map(|c| (a.platform(), c)),
+            Err(e) => Err(e),
+        }
     };
     let (platform, c) = match collected {
         Ok(pc) => pc,
@@ -471,6 +484,7 @@ async fn read_source(
 pub async fn run_org(
     lake: &Lake,
     cfg: &SocialConfig,
+    discovery: &discover::Discovery,
     org_id: &str,
     sources: Vec<Source>,
     run_id: &str,
@@ -481,6 +495,8 @@ pub async fn run_org(
         org_id,
         run_id,
         now: Utc::now(),
+        lake,
+        discovery,
     };
     let mut report = RunReport {
         org_id: org_id.to_string(),
@@ -561,7 +577,8 @@ pub async fn run_now(lake: &Lake, cfg: &Config, org_id: &str) -> Result<RunRepor
         .filter(|s| s.enabled)
         .collect();
     let run_id = crow_lake::ids::new_id("srun");
-    let result = run_org(lake, &cfg.social, org_id, sources, &run_id).await;
+    let discovery = discover::Discovery::from_config(cfg);
+    let result = run_org(lake, &cfg.social, &discovery, org_id, sources, &run_id).await;
     run.record(result, |r| (r.fetched as u64, r.captured as u64))
         .await
 }
@@ -596,6 +613,7 @@ pub struct ScheduledReport {
 #[derive(Debug)]
 pub struct SocialJob {
     cfg: SocialConfig,
+    discovery: discover::Discovery,
 }
 
 /// Organizations with their due sources.
@@ -611,6 +629,7 @@ impl Job for SocialJob {
     fn build(ctx: &JobContext, _req: &Request) -> Result<Self> {
         Ok(SocialJob {
             cfg: ctx.config.social.clone(),
+            discovery: discover::Discovery::from_config(&ctx.config),
         })
     }
 
@@ -662,7 +681,7 @@ impl Job for SocialJob {
             let key = format!("{org_id}|{}", slot.timestamp_micros());
             let run_id = format!("srun_{}", &crow_lake::ids::sha256_hex(key.as_bytes())[..26]);
             report.sources += due.len() as u64;
-            let r = run_org(&ctx.lake, &self.cfg, &org_id, due, &run_id).await?;
+            let r = run_org(&ctx.lake, &self.cfg, &self.discovery, &org_id, due, &run_id).await?;
             report.captured += r.captured as u64;
             report.failed_sources =
                 Some(report.failed_sources.unwrap_or(0) + r.failed_sources as u64);
