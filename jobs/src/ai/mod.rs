@@ -21,6 +21,7 @@ pub mod ask;
 pub mod gemini;
 pub mod offline;
 pub mod openai;
+pub mod refine;
 
 use std::sync::Arc;
 use std::time::Duration;

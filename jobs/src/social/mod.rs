@@ -468,14 +468,19 @@ async fn read_source(
 
 /// Read `sources` (of `org_id`) now as run `run_id`, land the new
 /// captures, and record each source's outcome.
+///
+/// `browser` renders `web` pages whose content script builds.
 pub async fn run_org(
     lake: &Lake,
     cfg: &SocialConfig,
+    browser: &crate::browser::Browser,
     org_id: &str,
     sources: Vec<Source>,
     run_id: &str,
 ) -> Result<RunReport> {
-    let http = fetch::Fetcher::new(cfg).map_err(Error::Input)?;
+    let http = fetch::Fetcher::new(cfg)
+        .map_err(Error::Input)?
+        .with_browser(browser.clone());
     let mut seen = seen_of(lake, org_id).await?;
     let run = RunCtx {
         org_id,
@@ -561,7 +566,8 @@ pub async fn run_now(lake: &Lake, cfg: &Config, org_id: &str) -> Result<RunRepor
         .filter(|s| s.enabled)
         .collect();
     let run_id = crow_lake::ids::new_id("srun");
-    let result = run_org(lake, &cfg.social, org_id, sources, &run_id).await;
+    let browser = crate::browser::Browser::from_config(&cfg.browser);
+    let result = run_org(lake, &cfg.social, &browser, org_id, sources, &run_id).await;
     run.record(result, |r| (r.fetched as u64, r.captured as u64))
         .await
 }
@@ -596,6 +602,7 @@ pub struct ScheduledReport {
 #[derive(Debug)]
 pub struct SocialJob {
     cfg: SocialConfig,
+    browser: crate::browser::Browser,
 }
 
 /// Organizations with their due sources.
@@ -611,6 +618,7 @@ impl Job for SocialJob {
     fn build(ctx: &JobContext, _req: &Request) -> Result<Self> {
         Ok(SocialJob {
             cfg: ctx.config.social.clone(),
+            browser: crate::browser::Browser::from_config(&ctx.config.browser),
         })
     }
 
@@ -662,7 +670,7 @@ impl Job for SocialJob {
             let key = format!("{org_id}|{}", slot.timestamp_micros());
             let run_id = format!("srun_{}", &crow_lake::ids::sha256_hex(key.as_bytes())[..26]);
             report.sources += due.len() as u64;
-            let r = run_org(&ctx.lake, &self.cfg, &org_id, due, &run_id).await?;
+            let r = run_org(&ctx.lake, &self.cfg, &self.browser, &org_id, due, &run_id).await?;
             report.captured += r.captured as u64;
             report.failed_sources =
                 Some(report.failed_sources.unwrap_or(0) + r.failed_sources as u64);
