@@ -115,7 +115,7 @@ pub async fn run(lake: &Lake, cfg: &Config, cmd: ProductsCommand) -> Result<()> 
                 eprintln!("warning: {u}: {e}");
             }
             eprintln!(
-                "read {} sitemap(s) listing {} page(s); {} disallowed by robots.txt; fetched {} ({} rendered in Chromium); {} product(s) ({} by AI refinement); {} error(s)",
+                "read {} sitemap(s) listing {} page(s); {} disallowed by robots.txt; fetched {}; {} rendered in Chromium; {} product(s), {} by AI refinement; {} error(s)",
                 report.sitemaps,
                 report.pages_listed,
                 report.disallowed,

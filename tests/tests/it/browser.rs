@@ -203,8 +203,8 @@ async fn crawl_renders_script_pages_and_refines_plain_ones() {
             && err.contains("did not finish within 6 s (browser.timeout_seconds)"),
         "{err}"
     );
-    assert!(err.contains("(1 rendered in Chromium)"), "{err}");
-    assert!(err.contains("2 product(s) (1 by AI refinement)"), "{err}");
+    assert!(err.contains("fetched 4; 1 rendered in Chromium;"), "{err}");
+    assert!(err.contains("2 product(s), 1 by AI refinement;"), "{err}");
     assert!(started.elapsed().as_secs() < 60, "{:?}", started.elapsed());
     let ps = products(&b, &shop);
     assert_eq!(ps.len(), 2, "{ps:?}");
@@ -238,7 +238,7 @@ async fn crawl_renders_script_pages_and_refines_plain_ones() {
         (Some(1), Some(0)),
         "{r} {err}"
     );
-    assert!(err.contains("fetched 4 (0 rendered in Chromium)"), "{err}");
+    assert!(err.contains("fetched 4; 0 rendered in Chromium;"), "{err}");
     let ps = products(&b, &other);
     assert_eq!(ps.len(), 1, "{ps:?}");
     assert_eq!(ps[0]["name"], "Nimbus Desk Lamp");
