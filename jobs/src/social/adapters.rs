@@ -664,7 +664,7 @@ impl Adapter for WebPage {
         let has_scripts = crate::html::Page::parse(&html).has_scripts();
         let browser = http.browser();
         let item = if browser.should_render(target, read.is_ok(), has_scripts) {
-            match browser.render(target, super::fetch::USER_AGENT).await {
+            match http.render(self.platform(), target).await {
                 Ok(dom) => match (web_item(&dom, target), read) {
                     (Ok(i), _) => Ok(i),
                     (Err(_), Ok(i)) => Ok(i),

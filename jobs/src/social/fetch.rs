@@ -67,6 +67,17 @@ impl Fetcher {
         &self.browser
     }
 
+    /// Render `url` in headless Chromium as `platform`, paced like any of
+    /// its requests (robots.txt is the caller's to check first).
+    pub async fn render(
+        &self,
+        platform: &str,
+        url: &str,
+    ) -> Result<String, crate::browser::RenderError> {
+        self.pace(platform).await;
+        self.browser.render(url, USER_AGENT).await
+    }
+
     /// Wait for `platform`'s next request slot.
     async fn pace(&self, platform: &str) {
         let slot = {
