@@ -520,7 +520,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Import(args) => import::run(&open_lake(&cfg).await?, &cfg, args).await,
         Command::Jobs(cmd) => jobs_command(&cfg, cmd).await,
         Command::Social(cmd) => social::run(&open_lake(&cfg).await?, &cfg, cmd).await,
-        Command::Products(cmd) => products::run(&open_lake(&cfg).await?, cmd).await,
+        Command::Products(cmd) => products::run(&open_lake(&cfg).await?, &cfg, cmd).await,
         Command::Backfill(args) => backfill::run(&open_lake(&cfg).await?, &cfg, args).await,
         Command::Billing(cmd) => billing::run(&open_lake(&cfg).await?, &cfg, cmd).await,
         Command::Config(ConfigCommand::Default) => {

@@ -1,13 +1,18 @@
 //! `crow products`: import, crawl and list the product catalog.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
+use crow_jobs::ai::refine::Refiner;
+use crow_jobs::ai::RetryPolicy;
+use crow_jobs::browser::Browser;
 use crow_jobs::catalog;
 use crow_lake::datafusion::common::ScalarValue;
 use crow_lake::Lake;
+use crow_schemas::config::Config;
 
 use crate::jobs::progress;
 use crate::output::{self, Format};
@@ -26,7 +31,9 @@ pub enum ProductsCommand {
         format: FormatArg,
     },
     /// Crawl a site's sitemap for product pages (schema.org Product JSON-LD,
-    /// else OpenGraph) and upsert them. Honours robots.txt.
+    /// else OpenGraph; script-built pages rendered in headless Chromium as
+    /// `browser.render` says; pages without product data refined by the AI
+    /// provider) and upsert them. Honours robots.txt.
     Crawl {
         /// Site URL (its /robots.txt and sitemaps are read) or a sitemap URL.
         url: String,
@@ -46,6 +53,10 @@ pub enum ProductsCommand {
         /// Product pages fetched at most.
         #[arg(long, default_value_t = 5000)]
         max_pages: usize,
+        /// Do not ask the AI provider for the product of a page without
+        /// JSON-LD / OpenGraph product data (such a page is then no product).
+        #[arg(long)]
+        no_ai_refine: bool,
         #[command(flatten)]
         format: FormatArg,
     },
@@ -59,7 +70,7 @@ pub enum ProductsCommand {
     },
 }
 
-pub async fn run(lake: &Lake, cmd: ProductsCommand) -> Result<()> {
+pub async fn run(lake: &Lake, cfg: &Config, cmd: ProductsCommand) -> Result<()> {
     lake.init().await.context("preparing the lake")?;
     match cmd {
         ProductsCommand::Import { file, org, format } => {
@@ -74,14 +85,28 @@ pub async fn run(lake: &Lake, cmd: ProductsCommand) -> Result<()> {
             interval_ms,
             timeout,
             max_pages,
+            no_ai_refine,
             format,
         } => {
             let org_id = crow_query_api::keys::resolve_org(lake, &org).await?.org_id;
+            let refiner = if no_ai_refine {
+                None
+            } else {
+                let provider = crow_jobs::ai::from_config(&cfg.ai)
+                    .context("AI product refinement (pass --no-ai-refine to crawl without it)")?;
+                Some(Arc::new(Refiner::new(
+                    provider,
+                    RetryPolicy::new(cfg.ai.max_retries),
+                    cfg.ai.concurrency,
+                )))
+            };
             let opts = catalog::CrawlOptions {
                 concurrency,
                 min_interval: Duration::from_millis(interval_ms),
                 timeout: Duration::from_secs(timeout),
                 max_pages,
+                browser: Browser::from_config(&cfg.browser),
+                refiner,
             };
             let (progress, pb) = progress(false);
             let report = catalog::crawl(&url, &org_id, &opts, &progress).await?;
@@ -90,12 +115,14 @@ pub async fn run(lake: &Lake, cmd: ProductsCommand) -> Result<()> {
                 eprintln!("warning: {u}: {e}");
             }
             eprintln!(
-                "read {} sitemap(s) listing {} page(s); {} disallowed by robots.txt; fetched {}; {} product(s); {} error(s)",
+                "read {} sitemap(s) listing {} page(s); {} disallowed by robots.txt; fetched {}; {} rendered in Chromium; {} product(s), {} by AI refinement; {} error(s)",
                 report.sitemaps,
                 report.pages_listed,
                 report.disallowed,
                 report.pages_fetched,
+                report.rendered,
                 report.products.len(),
+                report.refined,
                 report.errors.len()
             );
             let errors = report.errors.len();

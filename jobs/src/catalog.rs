@@ -16,7 +16,12 @@
 //! product pages with bounded concurrency, a minimum interval between
 //! requests, timeouts and a clear user agent. Each page yields a product
 //! from schema.org `Product` JSON-LD, else from OpenGraph / product meta
-//! tags.
+//! tags. A page whose static HTML has neither but has scripts is rendered in
+//! headless Chromium ([`crate::browser`], `browser.render`) and read again;
+//! a page that still has no product data is read by the AI provider
+//! ([`crate::ai::refine`]), whose answer is validated against the page's
+//! text. The product's `source` records the path: `crawl`,
+//! `crawl+browser`, `crawl+ai` or `crawl+browser+ai`.
 //!
 //! robots.txt is read by [`Robots`] here, not by a crate, for a measured
 //! reason (issue 13 item 7). `texting_robots` 0.2.2, the candidate that knows
@@ -447,6 +452,12 @@ pub struct CrawlOptions {
     pub timeout: Duration,
     /// Product pages fetched at most.
     pub max_pages: usize,
+    /// Renders a page whose static HTML has no product but has scripts
+    /// (`browser.*`; off by default).
+    pub browser: crate::browser::Browser,
+    /// Extracts a product with the AI provider from a page without
+    /// JSON-LD / OpenGraph product data (none: such a page is no product).
+    pub refiner: Option<Arc<crate::ai::refine::Refiner>>,
 }
 
 impl Default for CrawlOptions {
@@ -456,6 +467,8 @@ impl Default for CrawlOptions {
             min_interval: Duration::from_millis(250),
             timeout: Duration::from_secs(20),
             max_pages: 5_000,
+            browser: crate::browser::Browser::off(),
+            refiner: None,
         }
     }
 }
@@ -471,6 +484,11 @@ pub struct CrawlReport {
     pub disallowed: usize,
     /// Pages fetched.
     pub pages_fetched: usize,
+    /// Pages rendered in headless Chromium (their static HTML had no
+    /// product).
+    pub rendered: usize,
+    /// Products extracted by AI refinement (no JSON-LD / OpenGraph data).
+    pub refined: usize,
     /// Products found.
     #[serde(skip)]
     pub products: Vec<Product>,
@@ -886,31 +904,120 @@ async fn fetch_products(
     progress: &ProgressRef,
     report: &mut CrawlReport,
 ) {
-    let results: Vec<(String, std::result::Result<Option<Product>, String>)> =
-        futures::stream::iter(pages.into_iter().map(|page| {
-            let client = client.clone();
-            let pacer = pacer.clone();
-            async move {
-                let r = fetch(&client, &pacer, &page).await.map(|b| {
-                    let html = String::from_utf8_lossy(&b);
-                    extract_product(&html, &page, org_id)
-                });
-                progress.inc(1);
-                (page, r)
-            }
-        }))
-        .buffer_unordered(opts.concurrency.max(1))
-        .collect()
-        .await;
+    // An error says whether the page was fetched (a render or a
+    // refinement failed) or not.
+    type Read = std::result::Result<PageProduct, (bool, String)>;
+    let results: Vec<(String, Read)> = futures::stream::iter(pages.into_iter().map(|page| {
+        let client = client.clone();
+        let pacer = pacer.clone();
+        async move {
+            let r = match fetch(&client, &pacer, &page).await {
+                Ok(b) => {
+                    let html = String::from_utf8_lossy(&b).into_owned();
+                    product_of_page(&pacer, opts, &page, html, org_id)
+                        .await
+                        .map_err(|e| (true, e))
+                }
+                Err(e) => Err((false, e)),
+            };
+            progress.inc(1);
+            (page, r)
+        }
+    }))
+    .buffer_unordered(opts.concurrency.max(1))
+    .collect()
+    .await;
     for (page, r) in results {
         match r {
-            Ok(Some(p)) => {
+            Ok(p) => {
                 report.pages_fetched += 1;
-                report.products.push(p);
+                report.rendered += usize::from(p.rendered);
+                if let Some(p) = p.product {
+                    report.refined += usize::from(p.source.ends_with("+ai"));
+                    report.products.push(p);
+                }
             }
-            Ok(None) => report.pages_fetched += 1,
-            Err(e) => report.errors.push((page, e)),
+            Err((fetched, e)) => {
+                report.pages_fetched += usize::from(fetched);
+                report.errors.push((page, e));
+            }
         }
+    }
+}
+
+/// What one fetched page gave: its product (if any), and whether it was
+/// rendered.
+struct PageProduct {
+    product: Option<Product>,
+    rendered: bool,
+}
+
+/// The product of a fetched page: from its static HTML; else (when
+/// `opts.browser` says so) from its DOM rendered in headless Chromium; else
+/// by AI refinement of its text. The product's `source` says which:
+/// `crawl`, `crawl+browser`, `crawl+ai`, `crawl+browser+ai`. A render that
+/// fails keeps the static result and, when the page yields no product,
+/// is the page's error; so is a refinement that fails.
+async fn product_of_page(
+    pacer: &Pacer,
+    opts: &CrawlOptions,
+    page: &str,
+    html: String,
+    org_id: &str,
+) -> std::result::Result<PageProduct, String> {
+    let found = extract_product(&html, page, org_id);
+    let has_scripts = Page::parse(&html).has_scripts();
+    let mut out = PageProduct {
+        product: None,
+        rendered: false,
+    };
+    let (mut html, mut render_error) = (html, None);
+    if opts
+        .browser
+        .should_render(page, found.is_some(), has_scripts)
+    {
+        let turn = pacer.wait().await;
+        pacer.done(turn);
+        match opts.browser.render(page, USER_AGENT).await {
+            Ok(dom) => {
+                out.rendered = true;
+                html = dom;
+            }
+            Err(e) => render_error = Some(e.to_string()),
+        }
+    }
+    let lineage = if out.rendered {
+        "crawl+browser"
+    } else {
+        "crawl"
+    };
+    let static_found = found.map(|p| (p, "crawl"));
+    let found = if out.rendered {
+        extract_product(&html, page, org_id)
+            .map(|p| (p, lineage))
+            .or(static_found)
+    } else {
+        static_found
+    };
+    if let Some((mut p, source)) = found {
+        p.source = source.into();
+        out.product = Some(p);
+        return Ok(out);
+    }
+    if let Some(refiner) = &opts.refiner {
+        match refiner.refine(&html, page, org_id).await {
+            Ok(Some(mut p)) => {
+                p.source = format!("{lineage}+ai");
+                out.product = Some(p);
+                return Ok(out);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    match render_error {
+        Some(e) => Err(format!("no product in the static page, and {e}")),
+        None => Ok(out),
     }
 }
 

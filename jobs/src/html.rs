@@ -71,6 +71,29 @@ impl Page {
             .filter(|h| !h.is_empty())
     }
 
+    /// Whether the page has scripts a browser would run (`<script>` without
+    /// a type, or of a JavaScript or module type; JSON-LD and other data
+    /// blocks do not count): only such a page can build content that its
+    /// static HTML lacks.
+    pub fn has_scripts(&self) -> bool {
+        self.doc
+            .select("script")
+            .iter()
+            .any(|s| match s.attr("type") {
+                None => true,
+                Some(t) => {
+                    let t = t.trim().to_ascii_lowercase();
+                    t.is_empty() || t.contains("javascript") || t == "module"
+                }
+            })
+    }
+
+    /// The first `<h1>`'s text, whitespace collapsed.
+    pub fn first_h1(&self) -> Option<String> {
+        let t = collapse(&self.doc.select("h1").first().text());
+        (!t.is_empty()).then_some(t)
+    }
+
     /// The `<title>`, whitespace collapsed.
     pub fn title(&self) -> Option<String> {
         let t = collapse(&self.doc.select("title").text());
@@ -87,6 +110,28 @@ pub fn text(html: &str) -> String {
     let doc = Document::fragment(html);
     doc.select("script, style, noscript, template").remove();
     collapse(&doc.formatted_text())
+}
+
+/// The visible text of a whole page, at most `max_chars` characters:
+/// scripts, styles, navigation, headers and footers left out, one line per
+/// block, whitespace collapsed within lines. Unlike [`Page::article`] it
+/// never fails: a short product page is text too.
+pub fn visible_text(html: &str, max_chars: usize) -> String {
+    let doc = Document::from(html);
+    doc.select("script, style, noscript, template, svg, nav, header, footer, head")
+        .remove();
+    let text = doc.formatted_text();
+    let mut out = String::new();
+    for line in text.lines().map(collapse).filter(|l| !l.is_empty()) {
+        if out.chars().count() + line.chars().count() + 1 > max_chars {
+            break;
+        }
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&line);
+    }
+    out
 }
 
 /// HTML character references in `s` decoded (JSON-LD values often carry

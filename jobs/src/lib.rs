@@ -24,6 +24,7 @@
 pub mod ai;
 pub mod backfill;
 pub mod billing;
+pub mod browser;
 pub mod catalog;
 pub mod enrich;
 pub mod html;

@@ -67,6 +67,9 @@ pub struct Config {
     /// AI-driven discovery (`discover` sources): the web-search provider
     /// and the bounds of a run.
     pub discovery: DiscoveryConfig,
+    /// Rendering script-built pages in headless Chromium (social `web`
+    /// sources and `crow products crawl`).
+    pub browser: BrowserConfig,
 }
 
 /// Lake location and storage options.
@@ -846,6 +849,78 @@ impl DiscoveryConfig {
             ),
             ("discovery.max_queries", self.max_queries as u64, 50),
         ])
+/// `browser.render`: when a fetched page is rendered in headless Chromium.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrowserRender {
+    /// Render a page only when its static HTML yields no usable content
+    /// (no main text, no product) and it has scripts that could build it.
+    Auto,
+    /// Never render: a script-built page yields what its static HTML has.
+    Never,
+    /// Render every page, and read the rendered DOM (the static HTML when
+    /// rendering fails).
+    Always,
+}
+
+/// Headless Chromium for pages whose content script builds (see
+/// `crow_jobs::browser`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrowserConfig {
+    /// `auto` (render when the static page yields nothing and has
+    /// scripts), `never` or `always`.
+    pub render: BrowserRender,
+    /// The Chromium executable (a path, or a name looked up on `PATH`).
+    /// Empty: the first of `chromium`, `chromium-browser`, `google-chrome`,
+    /// `google-chrome-stable` on `PATH`.
+    pub chromium: String,
+    /// Seconds one render may take in all (start, load, scripts, DOM dump);
+    /// a page still rendering then is cut and reported.
+    pub timeout_seconds: u64,
+    /// Milliseconds of virtual time the page's scripts and timers get
+    /// before the DOM is read (Chromium's `--virtual-time-budget`).
+    pub script_budget_ms: u64,
+    /// Pages rendered at once within one crawl or collector run.
+    pub max_concurrent: usize,
+    /// Largest rendered DOM read, in bytes; a larger one is refused.
+    pub max_bytes: u64,
+}
+
+impl Default for BrowserConfig {
+    fn default() -> Self {
+        Self {
+            render: BrowserRender::Auto,
+            chromium: String::new(),
+            timeout_seconds: 30,
+            script_budget_ms: 5000,
+            max_concurrent: 2,
+            max_bytes: 10 << 20,
+        }
+    }
+}
+
+impl BrowserConfig {
+    /// Check the renderer's values (keys named `browser.*`).
+    fn validate(&self) -> Result<(), ConfigError> {
+        in_range(&[
+            ("browser.timeout_seconds", self.timeout_seconds, 600),
+            ("browser.max_concurrent", self.max_concurrent as u64, 64),
+            ("browser.max_bytes", self.max_bytes, 200 << 20),
+        ])?;
+        if self.script_budget_ms >= self.timeout_seconds.saturating_mul(1000) {
+            return Err(err(
+                "browser.script_budget_ms",
+                "must be less than browser.timeout_seconds (in milliseconds)",
+            ));
+        }
+        if self.chromium.trim() != self.chromium {
+            return Err(err(
+                "browser.chromium",
+                "has leading or trailing whitespace",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -1016,6 +1091,7 @@ impl Config {
         self.server.validate()?;
         self.social.validate()?;
         self.discovery.validate()?;
+        self.browser.validate()?;
         self.ingest.validate()?;
         self.jobs.validate()?;
         if self.ai.concurrency == 0 {
@@ -1753,5 +1829,27 @@ mod tests {
     fn default_toml_round_trips() {
         let text = default_toml();
         assert_eq!(Config::from_toml(&text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn browser_settings_are_checked_by_name() {
+        let c = Config::load(
+            Some("[browser]\nrender = \"never\"\nmax_concurrent = 3\n"),
+            env(&[("CROW_BROWSER_TIMEOUT_SECONDS", "9")]),
+        )
+        .unwrap();
+        assert_eq!(c.browser.render, BrowserRender::Never);
+        assert_eq!(
+            (c.browser.max_concurrent, c.browser.timeout_seconds),
+            (3, 9)
+        );
+        let e = Config::load(Some("[browser]\nrender = \"sometimes\"\n"), env(&[])).unwrap_err();
+        assert_eq!(e.key, "browser.render", "{e}");
+        let e = Config::load(Some("[browser]\nmax_concurrent = 0\n"), env(&[])).unwrap_err();
+        assert_eq!(e.key, "browser.max_concurrent", "{e}");
+        let e = Config::load(None, env(&[("CROW_BROWSER_SCRIPT_BUDGET_MS", "30000")])).unwrap_err();
+        assert_eq!(e.key, "browser.script_budget_ms", "{e}");
+        let e = Config::load(None, env(&[("CROW_BROWSER_RENDER", "maybe")])).unwrap_err();
+        assert_eq!(e.key, "browser.render", "{e}");
     }
 }

@@ -278,7 +278,7 @@ pub const PRODUCTS: TableDef = TableDef {
         opt("currency", Text, "ISO 4217 currency of `price`."),
         opt("description", Text, "Product description."),
         opt("image_url", Text, "Main image URL."),
-        req("source", Text, "'import', 'crawl' or 'demo'."),
+        req("source", Text, "'import', 'crawl' or 'demo'; a crawled product read from a page rendered in headless Chromium is 'crawl+browser', one extracted by AI refinement 'crawl+ai' (or 'crawl+browser+ai')."),
         req("created_at", Timestamp, "First seen."),
         req("updated_at", Timestamp, "Last upsert."),
     ],

@@ -22,6 +22,7 @@ pub mod gemini;
 pub mod offline;
 pub mod openai;
 pub mod queries;
+pub mod refine;
 
 use std::sync::Arc;
 use std::time::Duration;

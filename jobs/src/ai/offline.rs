@@ -78,6 +78,11 @@ impl Provider for Offline {
                 input_tokens: 0,
                 output_tokens: 0,
             }),
+            Some(super::refine::TASK) => Ok(AiAnswer {
+                text: super::refine::offline_answer(&req.input).to_string(),
+                input_tokens: 0,
+                output_tokens: 0,
+            }),
             Some("ask_answer") => Ok(AiAnswer {
                 text: super::ask::offline_words(&req.input).to_string(),
                 input_tokens: 0,

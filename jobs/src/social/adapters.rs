@@ -631,9 +631,11 @@ impl Adapter for Bluesky {
 
 /// One page (an article, a review, a forum thread): fetched as robots.txt
 /// allows and reduced to its main text, title, author and date by
-/// Readability's algorithm ([`crate::html::article`]). Each run reads the
-/// page again; the collector's content hash captures it again only when its
-/// text changed (as a new version).
+/// Readability's algorithm ([`crate::html::article`]). A page whose static
+/// HTML has no main text but has scripts is rendered in headless Chromium
+/// (`browser.render`, [`crate::browser`]) and read from its rendered DOM.
+/// Each run reads the page again; the collector's content hash captures it
+/// again only when its text changed (as a new version).
 struct WebPage;
 
 #[async_trait]
@@ -659,29 +661,24 @@ impl Adapter for WebPage {
             return Err(format!("robots.txt disallows {target}"));
         }
         let body = http.get(self.platform(), target, None).await?;
-        let page = crate::html::Page::parse(&String::from_utf8_lossy(&body));
-        let canonical = page
-            .canonical()
-            .and_then(|c| url::Url::parse(target).ok()?.join(&c).ok())
-            .map_or_else(|| target.to_string(), |u| u.to_string());
-        let a = page.article(target)?;
-        let text = if a.title.is_empty() || a.text.starts_with(&a.title) {
-            a.text
+        let html = String::from_utf8_lossy(&body).into_owned();
+        let read = web_item(&html, target);
+        let has_scripts = crate::html::Page::parse(&html).has_scripts();
+        let browser = http.browser();
+        let item = if browser.should_render(target, read.is_ok(), has_scripts) {
+            match http.render(self.platform(), target).await {
+                Ok(dom) => match (web_item(&dom, target), read) {
+                    (Ok(i), _) => Ok(i),
+                    (Err(_), Ok(i)) => Ok(i),
+                    (Err(e), Err(_)) => Err(format!("{e} (rendered in headless Chromium too)")),
+                },
+                Err(e) => read.map_err(|s| format!("{s}; rendering it failed: {e}")),
+            }
         } else {
-            format!("{}\n{}", a.title, a.text)
+            read
         };
         let mut out = Collected::default();
-        out.items.push(Item {
-            url: canonical,
-            author: a.byline,
-            published_at: a
-                .published
-                .as_deref()
-                .and_then(|p| DateTime::parse_from_rfc3339(p).ok())
-                .map(|t| t.with_timezone(&Utc)),
-            text,
-            metrics: Map::new(),
-        });
+        out.items.push(item?);
         Ok(out)
     }
 }
@@ -712,4 +709,31 @@ impl Adapter for Discover {
     ) -> Result<Collected, String> {
         Err("a discover source is read by the collector's run (it needs the organization's catalog and [discovery])".into())
     }
+}
+
+/// The item of a `web` page's HTML (static or rendered): its canonical URL,
+/// main text (title first), author and date; or why it has no main text.
+fn web_item(html: &str, target: &str) -> Result<Item, String> {
+    let page = crate::html::Page::parse(html);
+    let canonical = page
+        .canonical()
+        .and_then(|c| url::Url::parse(target).ok()?.join(&c).ok())
+        .map_or_else(|| target.to_string(), |u| u.to_string());
+    let a = page.article(target)?;
+    let text = if a.title.is_empty() || a.text.starts_with(&a.title) {
+        a.text
+    } else {
+        format!("{}\n{}", a.title, a.text)
+    };
+    Ok(Item {
+        url: canonical,
+        author: a.byline,
+        published_at: a
+            .published
+            .as_deref()
+            .and_then(|p| DateTime::parse_from_rfc3339(p).ok())
+            .map(|t| t.with_timezone(&Utc)),
+        text,
+        metrics: Map::new(),
+    })
 }

@@ -33,6 +33,8 @@ pub struct Fetcher {
     slots: Mutex<HashMap<String, Instant>>,
     /// robots.txt per origin.
     robots: Mutex<HashMap<String, Robots>>,
+    /// Renders `web` pages whose static HTML has no main text.
+    browser: crate::browser::Browser,
 }
 
 impl Fetcher {
@@ -50,7 +52,30 @@ impl Fetcher {
             max_retry_after: Duration::from_secs(cfg.max_retry_after_seconds),
             slots: Mutex::new(HashMap::new()),
             robots: Mutex::new(HashMap::new()),
+            browser: crate::browser::Browser::off(),
         })
+    }
+
+    /// This fetcher, rendering script-built pages with `browser`.
+    pub fn with_browser(mut self, browser: crate::browser::Browser) -> Fetcher {
+        self.browser = browser;
+        self
+    }
+
+    /// The renderer of script-built pages.
+    pub fn browser(&self) -> &crate::browser::Browser {
+        &self.browser
+    }
+
+    /// Render `url` in headless Chromium as `platform`, paced like any of
+    /// its requests (robots.txt is the caller's to check first).
+    pub async fn render(
+        &self,
+        platform: &str,
+        url: &str,
+    ) -> Result<String, crate::browser::RenderError> {
+        self.pace(platform).await;
+        self.browser.render(url, USER_AGENT).await
     }
 
     /// Wait for `platform`'s next request slot.

@@ -481,15 +481,20 @@ async fn read_source(
 
 /// Read `sources` (of `org_id`) now as run `run_id`, land the new
 /// captures, and record each source's outcome.
+///
+/// `browser` renders `web` pages whose content script builds.
 pub async fn run_org(
     lake: &Lake,
     cfg: &SocialConfig,
     discovery: &discover::Discovery,
+    browser: &crate::browser::Browser,
     org_id: &str,
     sources: Vec<Source>,
     run_id: &str,
 ) -> Result<RunReport> {
-    let http = fetch::Fetcher::new(cfg).map_err(Error::Input)?;
+    let http = fetch::Fetcher::new(cfg)
+        .map_err(Error::Input)?
+        .with_browser(browser.clone());
     let mut seen = seen_of(lake, org_id).await?;
     let run = RunCtx {
         org_id,
@@ -578,7 +583,17 @@ pub async fn run_now(lake: &Lake, cfg: &Config, org_id: &str) -> Result<RunRepor
         .collect();
     let run_id = crow_lake::ids::new_id("srun");
     let discovery = discover::Discovery::from_config(cfg);
-    let result = run_org(lake, &cfg.social, &discovery, org_id, sources, &run_id).await;
+    let browser = crate::browser::Browser::from_config(&cfg.browser);
+    let result = run_org(
+        lake,
+        &cfg.social,
+        &discovery,
+        &browser,
+        org_id,
+        sources,
+        &run_id,
+    )
+    .await;
     run.record(result, |r| (r.fetched as u64, r.captured as u64))
         .await
 }
@@ -614,6 +629,7 @@ pub struct ScheduledReport {
 pub struct SocialJob {
     cfg: SocialConfig,
     discovery: discover::Discovery,
+    browser: crate::browser::Browser,
 }
 
 /// Organizations with their due sources.
@@ -630,6 +646,7 @@ impl Job for SocialJob {
         Ok(SocialJob {
             cfg: ctx.config.social.clone(),
             discovery: discover::Discovery::from_config(&ctx.config),
+            browser: crate::browser::Browser::from_config(&ctx.config.browser),
         })
     }
 
@@ -681,7 +698,16 @@ impl Job for SocialJob {
             let key = format!("{org_id}|{}", slot.timestamp_micros());
             let run_id = format!("srun_{}", &crow_lake::ids::sha256_hex(key.as_bytes())[..26]);
             report.sources += due.len() as u64;
-            let r = run_org(&ctx.lake, &self.cfg, &self.discovery, &org_id, due, &run_id).await?;
+            let r = run_org(
+                &ctx.lake,
+                &self.cfg,
+                &self.discovery,
+                &self.browser,
+                &org_id,
+                due,
+                &run_id,
+            )
+            .await?;
             report.captured += r.captured as u64;
             report.failed_sources =
                 Some(report.failed_sources.unwrap_or(0) + r.failed_sources as u64);

@@ -7,6 +7,7 @@ mod api;
 mod ask;
 mod ask_bench;
 mod bench;
+mod browser;
 mod cache;
 mod chats;
 mod cli;
