@@ -849,6 +849,9 @@ impl DiscoveryConfig {
             ),
             ("discovery.max_queries", self.max_queries as u64, 50),
         ])
+    }
+}
+
 /// `browser.render`: when a fetched page is rendered in headless Chromium.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -482,7 +482,8 @@ async fn read_source(
 /// Read `sources` (of `org_id`) now as run `run_id`, land the new
 /// captures, and record each source's outcome.
 ///
-/// `browser` renders `web` pages whose content script builds.
+/// `discovery` runs `discover` sources' searches; `browser` renders `web`
+/// pages whose content script builds.
 pub async fn run_org(
     lake: &Lake,
     cfg: &SocialConfig,
