@@ -25,6 +25,7 @@ pub mod ai;
 pub mod backfill;
 pub mod billing;
 pub mod catalog;
+pub mod embed;
 pub mod enrich;
 pub mod html;
 pub mod job;

@@ -11,6 +11,7 @@ mod cache;
 mod chats;
 mod cli;
 mod dashboard;
+mod embed;
 mod exports;
 mod flight;
 mod framework;
