@@ -560,6 +560,7 @@ async fn enrich_window(
     let free_text = inputs.sessions.iter().any(|s| is_free_text(&s.channel));
     let (semantic, embedding_error) =
         Semantic::for_run(lake, embedder.as_ref(), opts, free_text).await;
+    let products_embedded = semantic.as_ref().map_or(0, |s| s.embedded);
     let (pname, model) = (provider.name().to_string(), provider.model().to_string());
     let cacheable = provider.cacheable();
     let (cache, used) = if cacheable {
@@ -588,6 +589,7 @@ async fn enrich_window(
         run: RunWindow::of(window),
         sessions: inputs.sessions.len() as u64,
         embedding_error,
+        embedded: products_embedded,
         ..Report::default()
     };
     let run = RunInfo {
@@ -652,6 +654,8 @@ struct Semantic {
     k: usize,
     min_score: f64,
     policy: RetryPolicy,
+    /// Products embedded while preparing.
+    embedded: u64,
 }
 
 impl Semantic {
@@ -680,7 +684,8 @@ impl Semantic {
     async fn prepare(lake: &Lake, embedder: Arc<dyn Embedder>, opts: &Options) -> Result<Self> {
         use crate::embed::Kind;
         let org = opts.org.as_deref();
-        crate::embed::sync(lake, embedder.as_ref(), org, &[Kind::Product], opts.policy).await?;
+        let synced =
+            crate::embed::sync(lake, embedder.as_ref(), org, &[Kind::Product], opts.policy).await?;
         let ctx = lake.session().await?;
         let products =
             crate::embed::load_vectors(&ctx, embedder.as_ref(), org, Kind::Product).await?;
@@ -690,6 +695,7 @@ impl Semantic {
             k: opts.similar_candidates,
             min_score: opts.min_similarity,
             policy: opts.policy,
+            embedded: synced.embedded,
         })
     }
 
