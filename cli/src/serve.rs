@@ -170,6 +170,11 @@ fn query_api(lake: &Lake, cfg: &Config) -> Result<std::sync::Arc<crow_query_api:
     let api = crow_query_api::ApiState::new(lake.clone(), cfg.api.clone())
         .context("starting the query API")?;
     api.set_prices(crow_jobs::billing::Prices::from_config(&cfg.billing)?);
+    match crow_jobs::ai::embed::from_config(&cfg.ai.embeddings) {
+        Ok(e) => api.set_embedder(e),
+        // Search then answers with the offline embedder's vectors only.
+        Err(e) => tracing::warn!(error = %e, "search has no embedding provider"),
+    }
     match crow_jobs::ai::from_config(&cfg.ai) {
         Ok(p) => api.set_ai(p),
         Err(e) => {

@@ -39,6 +39,20 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
     },
+    /// Top-10 similarity search over N vectors of `ai.embeddings.dims`
+    /// dimensions: the exact scan in memory, and the search endpoint's
+    /// whole path over a temp lake.
+    Search {
+        /// Vectors searched.
+        #[arg(long, default_value_t = 100_000)]
+        vectors: usize,
+        /// In-memory queries timed.
+        #[arg(long, default_value_t = 200)]
+        queries: usize,
+        /// End-to-end queries through the lake (0: skip that part).
+        #[arg(long, default_value_t = 5)]
+        lake_queries: usize,
+    },
     /// Bulk import rate against plain serde_json parsing the same
     /// decompressed file (a generated Segment archive, a temp lake).
     Import {
@@ -78,6 +92,11 @@ pub async fn run(cfg: &Config, lake_given: bool, cmd: BenchCommand) -> Result<()
             crate::generate::run(&lake, events, days, seed).await
         }
         BenchCommand::Import { events } => crate::import::run(cfg, events.max(1)).await,
+        BenchCommand::Search {
+            vectors,
+            queries,
+            lake_queries,
+        } => crate::search::run(cfg, vectors.max(1), queries.max(1), lake_queries).await,
         BenchCommand::Enrich {
             sessions,
             latency_ms,

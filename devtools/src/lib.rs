@@ -14,7 +14,8 @@
 //!   collector in this process or elsewhere;
 //! - `fake_provider`: the OpenAI-wire server with a fixed latency that
 //!   `crow bench enrich` measures the enrich job against;
-//! - `generate`, `import`, `enrich`: `crow bench generate|import|enrich`.
+//! - `generate`, `import`, `enrich`, `search`: `crow bench
+//!   generate|import|enrich|search`.
 //!
 //! The synthetic brand itself (`crow_ingest::generate`) is not here: `crow
 //! demo`, a user command, is built on it.
@@ -31,5 +32,6 @@ mod generate;
 mod import;
 mod ingest_load;
 mod output;
+mod search;
 
 pub use command::{run, BenchCommand};

@@ -49,6 +49,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::ai::embed::Embedder;
 use crate::ai::{call_checked, AiRequest, Check, Outcome, Provider, RetryPolicy};
 use crate::job::{Job, JobContext, Planned, Request, RunWindow, Split};
 use crate::{runs, sessionize, Params, ProgressRef, Result, Trigger, Window};
@@ -101,6 +102,10 @@ pub struct Candidate {
     pub price: Option<f64>,
     pub currency: Option<String>,
     pub url: Option<String>,
+    /// Cosine similarity of the session's text to the product, when it
+    /// became a candidate by similarity ([`crate::embed`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub similarity: Option<f64>,
 }
 
 /// The structured input of one enrich request.
@@ -265,6 +270,11 @@ pub struct Options {
     pub concurrency: usize,
     /// Tokens per org per UTC day (0: unlimited).
     pub daily_token_budget: u64,
+    /// Catalog candidates by similarity per free-text session
+    /// (`ai.embeddings.candidates`; 0: none).
+    pub similar_candidates: usize,
+    /// Their least cosine similarity (`ai.embeddings.min_score`).
+    pub min_similarity: f64,
 }
 
 /// What a run did.
@@ -305,6 +315,14 @@ pub struct Report {
     /// Organizations whose daily token budget ran out in this run (their
     /// admins are notified, once a day).
     pub over_budget: Vec<String>,
+    /// Entities embedded by this run (products, interactions, social
+    /// captures whose text changed; see [`crate::embed`]).
+    #[serde(default)]
+    pub embedded: u64,
+    /// Why embedding failed, if it did (enrich goes on without the
+    /// similarity candidates, and the next run embeds what is missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -364,6 +382,9 @@ struct CacheRow {
 /// The enrich job, configured for one run with its AI provider.
 pub struct Enrich {
     provider: Arc<dyn Provider>,
+    /// The embedder (None: `[ai.embeddings]` could not be set up; enrich
+    /// runs without similarity candidates).
+    embedder: Option<Arc<dyn Embedder>>,
     opts: Options,
 }
 
@@ -386,8 +407,16 @@ impl Job for Enrich {
 
     fn build(ctx: &JobContext, req: &Request) -> Result<Self> {
         let ai = &ctx.config.ai;
+        let embedder = match crate::ai::embed::from_config(&ai.embeddings) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "enrich runs without embeddings");
+                None
+            }
+        };
         Ok(Enrich {
             provider: ctx.provider()?,
+            embedder,
             opts: Options {
                 org: req.org.clone(),
                 window: req.window,
@@ -395,6 +424,8 @@ impl Job for Enrich {
                 policy: RetryPolicy::new(ai.max_retries),
                 concurrency: ai.concurrency,
                 daily_token_budget: ai.daily_token_budget,
+                similar_candidates: ai.embeddings.candidates,
+                min_similarity: ai.embeddings.min_score,
             },
         })
     }
@@ -421,7 +452,7 @@ impl Job for Enrich {
     ) -> Result<(Window, Report)> {
         let report = enrich_window(
             &ctx.lake,
-            self.provider.clone(),
+            (self.provider.clone(), self.embedder.clone()),
             &self.opts,
             window,
             run_id,
@@ -515,7 +546,7 @@ async fn incremental_window(lake: &Lake, org: Option<&str>) -> Result<Option<Win
 
 async fn enrich_window(
     lake: &Lake,
-    provider: Arc<dyn Provider>,
+    (provider, embedder): (Arc<dyn Provider>, Option<Arc<dyn Embedder>>),
     opts: &Options,
     window: Window,
     run_id: &str,
@@ -526,6 +557,10 @@ async fn enrich_window(
     let org = (org_cond.as_str(), &params);
     let ctx = lake.session().await?;
     let inputs = load_inputs(&ctx, window, org).await?;
+    let free_text = inputs.sessions.iter().any(|s| is_free_text(&s.channel));
+    let (semantic, embedding_error) =
+        Semantic::for_run(lake, embedder.as_ref(), opts, free_text).await;
+    let products_embedded = semantic.as_ref().map_or(0, |s| s.embedded);
     let (pname, model) = (provider.name().to_string(), provider.model().to_string());
     let cacheable = provider.cacheable();
     let (cache, used) = if cacheable {
@@ -541,6 +576,7 @@ async fn enrich_window(
         pname: pname.clone(),
         model: model.clone(),
         cacheable,
+        semantic,
     };
 
     progress.phase(
@@ -552,6 +588,8 @@ async fn enrich_window(
         model: model.clone(),
         run: RunWindow::of(window),
         sessions: inputs.sessions.len() as u64,
+        embedding_error,
+        embedded: products_embedded,
         ..Report::default()
     };
     let run = RunInfo {
@@ -579,7 +617,125 @@ async fn enrich_window(
     }
     progress.phase("writing interactions", 0);
     write_outputs(lake, window, opts.org.as_deref(), out, &mut report).await?;
+    if let Some(e) = &embedder {
+        progress.phase("embedding products, interactions and social captures", 0);
+        embed_after(lake, e.as_ref(), opts, &mut report).await;
+    }
     Ok(report)
+}
+
+/// Embed what changed (the window's interactions, new captures, changed
+/// products) after the interactions were written; a failure is reported,
+/// not fatal: the next run embeds what is missing.
+async fn embed_after(lake: &Lake, e: &dyn Embedder, opts: &Options, report: &mut Report) {
+    let kinds = crate::embed::Kind::ALL;
+    match crate::embed::sync(lake, e, opts.org.as_deref(), &kinds, opts.policy).await {
+        Ok(r) => report.embedded += r.embedded,
+        Err(err) => {
+            tracing::warn!(error = %err, "embedding after enrich failed");
+            report.embedding_error = Some(err.to_string());
+        }
+    }
+}
+
+/// Whether a channel's sessions are free text (social posts, CCTV
+/// transcripts), whose catalog candidates also come by similarity.
+fn is_free_text(channel: &str) -> bool {
+    matches!(channel, "social" | "cctv")
+}
+
+/// Texts of a session embedded to find similar products.
+const MAX_SIMILARITY_TEXTS: usize = 20;
+
+/// Similarity candidates: the embedder and the catalog's vectors.
+struct Semantic {
+    embedder: Arc<dyn Embedder>,
+    products: HashMap<String, crate::embed::VectorSet>,
+    k: usize,
+    min_score: f64,
+    policy: RetryPolicy,
+    /// Products embedded while preparing.
+    embedded: u64,
+}
+
+impl Semantic {
+    /// The similarity candidates of a run with `free_text` sessions, when
+    /// an embedder is configured and candidates are asked for; or why
+    /// there are none (the run goes on with exact matches only).
+    async fn for_run(
+        lake: &Lake,
+        embedder: Option<&Arc<dyn Embedder>>,
+        opts: &Options,
+        free_text: bool,
+    ) -> (Option<Semantic>, Option<String>) {
+        let Some(e) = embedder.filter(|_| free_text && opts.similar_candidates > 0) else {
+            return (None, None);
+        };
+        match Semantic::prepare(lake, e.clone(), opts).await {
+            Ok(s) => (Some(s), None),
+            Err(err) => {
+                tracing::warn!(error = %err, "enrich runs without similarity candidates");
+                (None, Some(err.to_string()))
+            }
+        }
+    }
+
+    /// Embed the catalog products that changed, then read their vectors.
+    async fn prepare(lake: &Lake, embedder: Arc<dyn Embedder>, opts: &Options) -> Result<Self> {
+        use crate::embed::Kind;
+        let org = opts.org.as_deref();
+        let synced =
+            crate::embed::sync(lake, embedder.as_ref(), org, &[Kind::Product], opts.policy).await?;
+        let ctx = lake.session().await?;
+        let products =
+            crate::embed::load_vectors(&ctx, embedder.as_ref(), org, Kind::Product).await?;
+        Ok(Semantic {
+            embedder,
+            products,
+            k: opts.similar_candidates,
+            min_score: opts.min_similarity,
+            policy: opts.policy,
+            embedded: synced.embedded,
+        })
+    }
+
+    /// The products most similar to any text of the session (at least
+    /// `min_score`), best first, at most `k`: (product id, score).
+    async fn similar(&self, s: &SessionIn, timeline: &[TimelineEntry]) -> Vec<(String, f64)> {
+        let Some(set) = self.products.get(&s.org_id) else {
+            return Vec::new();
+        };
+        let texts: Vec<String> = timeline
+            .iter()
+            .map(|e| e.detail.clone())
+            .filter(|d| !d.trim().is_empty())
+            .take(MAX_SIMILARITY_TEXTS)
+            .collect();
+        let vectors =
+            match crate::ai::embed::embed_all(self.embedder.as_ref(), &texts, self.policy).await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(session = %s.session_id, error = %e, "no similarity candidates");
+                    return Vec::new();
+                }
+            };
+        let mut best: Vec<(String, f64)> = Vec::new();
+        for v in &vectors {
+            for (i, score) in set.nearest(v, self.k) {
+                let score = f64::from(score);
+                if score < self.min_score {
+                    continue;
+                }
+                match best.iter_mut().find(|(id, _)| *id == set.ids[i]) {
+                    Some(b) => b.1 = b.1.max(score),
+                    None => best.push((set.ids[i].clone(), score)),
+                }
+            }
+        }
+        best.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        best.truncate(self.k);
+        best
+    }
 }
 
 /// What one run reads: the window's sessions, the organizations and their
@@ -681,6 +837,8 @@ struct Caller<'a> {
     pname: String,
     model: String,
     cacheable: bool,
+    /// Similarity candidates for free-text sessions (None: off).
+    semantic: Option<Semantic>,
 }
 
 impl Caller<'_> {
@@ -702,7 +860,11 @@ impl Caller<'_> {
                 );
             }
         };
-        let ask = self.ask(&s, timeline, org.as_ref(), products);
+        let similar = match &self.semantic {
+            Some(sem) if is_free_text(&s.channel) => sem.similar(&s, &timeline).await,
+            _ => Vec::new(),
+        };
+        let ask = self.ask(&s, timeline, org.as_ref(), (products, &similar));
         let prompt_hash = ask.prompt_hash.clone();
         if let Some(hit) = self.cache.get(&ask.cache_key) {
             if let Ok(answer) = validate(&hit.response, &ask.input.candidates) {
@@ -745,9 +907,10 @@ impl Caller<'_> {
         s: &SessionIn,
         timeline: Vec<TimelineEntry>,
         org: Option<&OrgIn>,
-        products: &[ProductIn],
+        (products, similar): (&[ProductIn], &[(String, f64)]),
     ) -> Ask {
-        let candidates = candidates(s, &timeline, products);
+        let mut candidates = candidates(s, &timeline, products);
+        add_similar(&mut candidates, products, similar);
         let schema = answer_schema_for(&candidates);
         let input = build_input(s, timeline, org, candidates);
         let (system, prompt) = render_prompt(&input);
@@ -1121,6 +1284,7 @@ fn candidates(s: &SessionIn, timeline: &[TimelineEntry], products: &[ProductIn])
                 price: p.price,
                 currency: p.currency.clone(),
                 url: p.url.clone(),
+                similarity: None,
             });
         }
     };
@@ -1160,6 +1324,28 @@ fn candidates(s: &SessionIn, timeline: &[TimelineEntry], products: &[ProductIn])
         }
     }
     out
+}
+
+/// Merge the products similar to the session's text into its candidates
+/// (after the exact matches, up to [`MAX_CANDIDATES`]), with their score.
+fn add_similar(out: &mut Vec<Candidate>, products: &[ProductIn], similar: &[(String, f64)]) {
+    for (id, score) in similar {
+        if out.len() >= MAX_CANDIDATES || out.iter().any(|c| &c.product_id == id) {
+            continue;
+        }
+        if let Some(p) = products.iter().find(|p| &p.product_id == id) {
+            out.push(Candidate {
+                product_id: p.product_id.clone(),
+                name: p.name.clone(),
+                sku: p.sku.clone(),
+                category: p.category.clone(),
+                price: p.price,
+                currency: p.currency.clone(),
+                url: p.url.clone(),
+                similarity: Some((score * 1000.0).round() / 1000.0),
+            });
+        }
+    }
 }
 
 fn build_input(
@@ -1237,8 +1423,12 @@ pub fn render_prompt(i: &EnrichInput) -> (String, String) {
         p.push_str("(none)\n");
     }
     for c in &i.candidates {
+        let similar = c
+            .similarity
+            .map(|x| format!(" (similar to the text: {x:.2})"))
+            .unwrap_or_default();
         p.push_str(&format!(
-            "- {} | {} | {} | {} | {}\n",
+            "- {} | {} | {} | {} | {}{similar}\n",
             c.product_id,
             c.name,
             c.sku.as_deref().unwrap_or("-"),
@@ -1268,6 +1458,7 @@ mod tests {
             price: None,
             currency: None,
             url: None,
+            similarity: None,
         }]
     }
 

@@ -26,6 +26,7 @@ pub mod backfill;
 pub mod billing;
 pub mod browser;
 pub mod catalog;
+pub mod embed;
 pub mod enrich;
 pub mod html;
 pub mod job;

@@ -29,6 +29,7 @@ pub mod orgs;
 pub mod predicate;
 pub mod products;
 pub mod scan;
+pub mod vector;
 pub mod webhook;
 
 use std::collections::HashMap;
@@ -958,6 +959,7 @@ impl Lake {
         runtime: Arc<RuntimeEnv>,
     ) -> Result<SessionContext> {
         let ctx = SessionContext::new_with_config_rt(config, runtime);
+        ctx.register_udf(vector::cosine_udf());
         for def in crow_schemas::ALL_TABLES {
             self.register(&ctx, def.name, def.name, AsOf::Latest)
                 .await?;
@@ -1197,7 +1199,9 @@ pub fn session_config() -> SessionConfig {
 }
 
 fn new_context() -> SessionContext {
-    SessionContext::new_with_config(session_config())
+    let ctx = SessionContext::new_with_config(session_config());
+    ctx.register_udf(vector::cosine_udf());
+    ctx
 }
 
 fn empty_provider(name: &str) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {

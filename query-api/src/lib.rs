@@ -44,6 +44,7 @@ pub mod pg;
 pub mod rest;
 pub mod runtime;
 pub mod saved;
+pub mod search;
 pub mod slots;
 pub mod social;
 pub mod sql;
@@ -101,6 +102,9 @@ pub struct ApiState {
     pub exports: export::Exports,
     /// The AI provider of `ask` (offline until [`ApiState::set_ai`]).
     ai: std::sync::OnceLock<Arc<dyn crow_jobs::ai::Provider>>,
+    /// The embedder of `/api/v1/search` (offline until
+    /// [`ApiState::set_embedder`]).
+    embedder: std::sync::OnceLock<Arc<dyn crow_jobs::ai::embed::Embedder>>,
     /// MCP sessions of the 2025-11-25 revision.
     pub mcp_sessions: mcp::Sessions,
     /// Answers of `POST /api/v1/sql` by query, tenant and table versions.
@@ -161,6 +165,7 @@ impl ApiState {
             ),
             exports: export::Exports::default(),
             ai: std::sync::OnceLock::new(),
+            embedder: std::sync::OnceLock::new(),
             prices: std::sync::OnceLock::new(),
             mcp_sessions: mcp::Sessions::default(),
             lake,
@@ -171,6 +176,21 @@ impl ApiState {
     /// Use `provider` for `ask` (once; later calls are ignored).
     pub fn set_ai(&self, provider: Arc<dyn crow_jobs::ai::Provider>) {
         let _ = self.ai.set(provider);
+    }
+
+    /// Use `e` for search (once; later calls are ignored).
+    pub fn set_embedder(&self, e: Arc<dyn crow_jobs::ai::embed::Embedder>) {
+        let _ = self.embedder.set(e);
+    }
+
+    /// The embedder of search.
+    pub fn embedder(&self) -> Arc<dyn crow_jobs::ai::embed::Embedder> {
+        self.embedder
+            .get_or_init(|| {
+                let dims = crow_schemas::config::EmbeddingsConfig::default().dims;
+                Arc::new(crow_jobs::ai::embed::OfflineEmbedder::new(dims))
+            })
+            .clone()
     }
 
     /// Price invoices with `prices` (once; later calls are ignored).
@@ -305,6 +325,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             post(manage::rotate_write_key),
         )
         .route("/api/v1/products", get(rest::products))
+        .route("/api/v1/search", get(search::handler))
         .route(
             "/api/v1/social/sources",
             get(rest::social_sources).post(social::add_source),

@@ -21,6 +21,7 @@ fn column_schema(c: &crow_schemas::ColumnDef) -> Value {
         T::Timestamp => json!({"type": "string", "format": "date-time"}),
         T::Date => json!({"type": "string", "format": "date"}),
         T::TextList => json!({"type": "array", "items": {"type": "string"}}),
+        T::Float32List => json!({"type": "array", "items": {"type": "number", "format": "float"}}),
     };
     if let Value::Object(m) = &mut s {
         m.insert("description".into(), json!(c.doc));
@@ -353,6 +354,18 @@ fn query_paths() -> Map<String, Value> {
             "responses": responses("200", json_ok("The organization.", json!({"$ref": "#/components/schemas/Organization"})), &[401, 404, 429]),
         }},
         "/api/v1/products": listing("The product catalog.", "Product", &["id", "product", "limit", "cursor"]),
+        "/api/v1/search": {"get": {
+            "summary": "Similarity search over the organization's embeddings (needs scope read): `q` is embedded with [ai.embeddings]'s provider and compared with every vector of `kind` (exact cosine), best first.",
+            "security": [{"bearer": []}],
+            "parameters": [{"name": "q", "in": "query", "required": true, "schema": {"type": "string", "maxLength": crate::search::MAX_QUERY_CHARS}, "description": "The text to search for."},
+                qparam("kind", "product (default), interaction or social_capture.", json!({"type": "string", "enum": ["product", "interaction", "social_capture"]})),
+                qparam("limit", "Results (default 10).", json!({"type": "integer", "minimum": 1, "maximum": crate::search::MAX_LIMIT}))],
+            "responses": responses("200", json_ok("The nearest entities.", json!({"type": "object", "required": ["query", "kind", "provider", "model", "results"],
+                "properties": {"query": {"type": "string"}, "kind": {"type": "string"}, "provider": {"type": "string"}, "model": {"type": "string"},
+                    "results": {"type": "array", "items": {"type": "object", "required": ["id", "score"],
+                        "properties": {"id": {"type": "string"}, "score": {"type": "number"}, "label": {"type": "string", "nullable": true}}}}}})),
+                &[400, 401, 403, 429, 502]),
+        }},
         "/api/v1/sessions": listing("Sessions.", "Session", &["id", "from", "to", "channel", "product", "limit", "cursor"]),
         "/api/v1/interactions": listing("Interactions.", "Interaction", &["id", "from", "to", "channel", "product", "limit", "cursor"]),
         "/api/v1/insights": listing("Patterns by period.", "Insight", &["id", "period_kind", "from", "to", "product", "limit", "cursor"]),

@@ -263,6 +263,7 @@ pub fn tenant_context_with(
         function_cap,
     )));
     let ctx = SessionContext::new_with_state(state);
+    ctx.register_udf(crow_lake::vector::cosine_udf());
     let schema = Arc::new(TenantSchema::new(
         lake.clone(),
         org_id.to_string(),

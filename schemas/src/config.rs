@@ -426,6 +426,8 @@ pub struct AiConfig {
     pub max_retries: u32,
     /// Per-organization daily token budget (0: unlimited).
     pub daily_token_budget: u64,
+    /// Embeddings for semantic product matching and search (`[ai.embeddings]`).
+    pub embeddings: EmbeddingsConfig,
 }
 
 impl Default for AiConfig {
@@ -437,7 +439,74 @@ impl Default for AiConfig {
             concurrency: 8,
             max_retries: 4,
             daily_token_budget: 0,
+            embeddings: EmbeddingsConfig::default(),
         }
+    }
+}
+
+/// `[ai.embeddings]`: the embedding provider of semantic product matching
+/// and `GET /api/v1/search`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddingsConfig {
+    /// `offline` (deterministic hashed words and character trigrams, no
+    /// network), `gemini` (`GEMINI_API_KEY`) or `openai` (an
+    /// OpenAI-compatible `/embeddings`, `OPENAI_API_KEY`).
+    pub provider: AiProvider,
+    /// Model name. Empty: the provider's default.
+    pub model: String,
+    /// Base URL of the provider's API (as `ai.base_url`). Empty: the
+    /// provider's public endpoint.
+    pub base_url: String,
+    /// Dimensions of every vector (8 to 4096).
+    pub dims: usize,
+    /// Texts per provider call (1 to 100).
+    pub batch_size: usize,
+    /// Catalog candidates a free-text session (social, CCTV) gets by
+    /// similarity to its text (0: none).
+    pub candidates: usize,
+    /// Least cosine similarity of such a candidate (-1 to 1).
+    pub min_score: f64,
+}
+
+impl Default for EmbeddingsConfig {
+    fn default() -> Self {
+        Self {
+            provider: AiProvider::Offline,
+            model: String::new(),
+            base_url: String::new(),
+            dims: 256,
+            batch_size: 64,
+            candidates: 5,
+            min_score: 0.3,
+        }
+    }
+}
+
+impl EmbeddingsConfig {
+    /// Check the values (keys named `ai.embeddings.*`).
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(8..=4096).contains(&self.dims) {
+            return Err(err("ai.embeddings.dims", "must be 8–4096"));
+        }
+        if !(1..=100).contains(&self.batch_size) {
+            return Err(err("ai.embeddings.batch_size", "must be 1–100"));
+        }
+        if self.candidates > 50 {
+            return Err(err("ai.embeddings.candidates", "must be at most 50"));
+        }
+        if !(-1.0..=1.0).contains(&self.min_score) {
+            return Err(err("ai.embeddings.min_score", "must be between -1 and 1"));
+        }
+        let b = &self.base_url;
+        let is_url = b.starts_with("http://") || b.starts_with("https://");
+        if !b.is_empty() && !is_url {
+            return Err(err(
+                "ai.embeddings.base_url",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -1100,6 +1169,7 @@ impl Config {
         if self.ai.concurrency == 0 {
             return Err(err("ai.concurrency", "must be positive"));
         }
+        self.ai.embeddings.validate()?;
         self.billing.validate_currency()?;
         self.schedule.validate()?;
         self.api.validate()?;
@@ -1854,5 +1924,37 @@ mod tests {
         assert_eq!(e.key, "browser.script_budget_ms", "{e}");
         let e = Config::load(None, env(&[("CROW_BROWSER_RENDER", "maybe")])).unwrap_err();
         assert_eq!(e.key, "browser.render", "{e}");
+    }
+
+    #[test]
+    fn embedding_settings_load_and_bad_ones_are_named() {
+        let c = Config::load(
+            Some("[ai.embeddings]\nprovider = \"openai\"\ndims = 64\n"),
+            env(&[("CROW_AI_EMBEDDINGS_BATCH_SIZE", "8")]),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.ai.embeddings.provider, AiProvider::OpenAi);
+        assert_eq!((c.ai.embeddings.dims, c.ai.embeddings.batch_size), (64, 8));
+        for (k, v, key) in [
+            ("CROW_AI_EMBEDDINGS_DIMS", "4", "ai.embeddings.dims"),
+            (
+                "CROW_AI_EMBEDDINGS_BATCH_SIZE",
+                "0",
+                "ai.embeddings.batch_size",
+            ),
+            (
+                "CROW_AI_EMBEDDINGS_MIN_SCORE",
+                "1.5",
+                "ai.embeddings.min_score",
+            ),
+            (
+                "CROW_AI_EMBEDDINGS_BASE_URL",
+                "ftp://x",
+                "ai.embeddings.base_url",
+            ),
+        ] {
+            let e = Config::load(None, env(&[(k, v)])).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+        }
     }
 }

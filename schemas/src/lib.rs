@@ -54,6 +54,8 @@ pub enum ColumnType {
     Date,
     /// List of UTF-8 text values.
     TextList,
+    /// List of 32-bit floats (an embedding vector).
+    Float32List,
 }
 
 impl ColumnType {
@@ -70,6 +72,9 @@ impl ColumnType {
             ColumnType::TextList => {
                 DataType::List(Arc::new(Field::new("element", DataType::Utf8, true)))
             }
+            ColumnType::Float32List => {
+                DataType::List(Arc::new(Field::new("element", DataType::Float32, true)))
+            }
         }
     }
 
@@ -84,6 +89,7 @@ impl ColumnType {
             ColumnType::Timestamp => "timestamp (UTC, µs)",
             ColumnType::Date => "date",
             ColumnType::TextList => "array<string>",
+            ColumnType::Float32List => "array<float>",
         }
     }
 }
@@ -1108,6 +1114,27 @@ pub const QUERY_HISTORY: TableDef = TableDef {
     secret_columns: &[],
 };
 
+/// `embeddings`: vectors of products, interactions and social captures.
+pub const EMBEDDINGS: TableDef = TableDef {
+    name: "embeddings",
+    version: 1,
+    doc: "One row per embedded text of an entity (a product, an interaction, a social capture) and embedding model: the vector store behind semantic product matching and `GET /api/v1/search`. An entity whose text changed gets a new row (the latest `created_at` wins); one whose text did not is never embedded again.",
+    columns: &[
+        req("org_id", Text, "Organization."),
+        req("entity_kind", Text, "'product', 'interaction' or 'social_capture'."),
+        req("entity_id", Text, "`product_id`, `interaction_id` or `capture_id`."),
+        req("provider", Text, "Embedding provider: 'offline', 'gemini' or 'openai'."),
+        req("model", Text, "Embedding model."),
+        req("dims", Int32, "Dimensions of `vector`."),
+        req("vector", Float32List, "The embedding, L2-normalised (so a dot product is the cosine similarity)."),
+        req("text_hash", Text, "SHA-256 of provider, model, dimensions and the embedded text: an unchanged entity is not embedded again."),
+        opt("label", Text, "What search shows for it: the product's name, the interaction's description, the capture's text (at most 200 characters)."),
+        req("created_at", Timestamp, "When it was embedded."),
+    ],
+    partition_by: &[],
+    secret_columns: &[],
+};
+
 /// Every table, in creation order.
 pub const ALL_TABLES: &[TableDef] = &[
     ORGANIZATIONS,
@@ -1137,6 +1164,7 @@ pub const ALL_TABLES: &[TableDef] = &[
     SAVED_QUERIES,
     QUERY_HISTORY,
     CAMERAS,
+    EMBEDDINGS,
 ];
 
 /// The table named `name`, if it is one of CROW's.

@@ -322,6 +322,7 @@ mod tests {
             ColumnType::Float64 => v.is_number(),
             ColumnType::Bool => v.is_boolean(),
             ColumnType::TextList => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
+            ColumnType::Float32List => v.as_array().is_some_and(|a| a.iter().all(Value::is_number)),
         }
     }
 

@@ -18,6 +18,7 @@
 //! [`crate::enrich`]).
 
 pub mod ask;
+pub mod embed;
 pub mod gemini;
 pub mod offline;
 pub mod openai;

@@ -560,6 +560,9 @@ fn transcript(input: &EnrichInput) -> Answer {
             push_unique(&mut product_ids, &c.product_id);
         }
     }
+    for id in named_by_similarity(input) {
+        push_unique(&mut product_ids, &id);
+    }
     let (pos, neg) = (has_any(&text, POSITIVE), has_any(&text, NEGATIVE));
     let sentiment = if neg > pos {
         "negative"
@@ -596,6 +599,47 @@ fn transcript(input: &EnrichInput) -> Answer {
         confidence: if product_ids.is_empty() { 0.5 } else { 0.7 },
         product_ids,
     }
+}
+
+/// Least offline similarity between a text and a product's name for the
+/// offline model to say the text names it.
+pub const NAMING_SIMILARITY: f32 = 0.4;
+
+/// Products the session's texts name only by a paraphrase: for each text
+/// that names no candidate exactly, the candidate that came by similarity
+/// ([`Candidate::similarity`]) whose name is nearest to it, if near enough
+/// ([`NAMING_SIMILARITY`], offline vectors: deterministic whatever
+/// embedder found the candidates).
+fn named_by_similarity(input: &EnrichInput) -> Vec<String> {
+    let similar: Vec<&Candidate> = input
+        .candidates
+        .iter()
+        .filter(|c| c.similarity.is_some())
+        .collect();
+    if similar.is_empty() {
+        return Vec::new();
+    }
+    let e = super::embed::OfflineEmbedder::new(256);
+    let names: Vec<Vec<f32>> = similar.iter().map(|c| e.vector(&c.name)).collect();
+    let refs: Vec<&[f32]> = names.iter().map(Vec::as_slice).collect();
+    let mut out = Vec::new();
+    for entry in &input.timeline {
+        let text = entry.detail.to_lowercase();
+        let exact = input.candidates.iter().any(|c| {
+            let name = c.name.to_lowercase();
+            name.len() >= 4 && text.contains(&name)
+        });
+        if exact {
+            continue;
+        }
+        let best = super::embed::top_k(&e.vector(&entry.detail), &refs, 1);
+        if let Some((i, score)) = best.first() {
+            if *score >= NAMING_SIMILARITY {
+                push_unique(&mut out, &similar[*i].product_id);
+            }
+        }
+    }
+    out
 }
 
 /// A camera-hour's description, intent and outcome from its transcript
@@ -663,6 +707,7 @@ mod tests {
             price: Some(199.0),
             currency: Some("USD".into()),
             url: None,
+            similarity: None,
         }
     }
 
@@ -777,5 +822,35 @@ mod tests {
         assert_eq!(a.product_ids, vec!["p1"]);
         assert_eq!(a.sentiment, "positive");
         assert_eq!(a.intent, "research");
+    }
+
+    #[test]
+    fn a_paraphrase_is_named_when_it_came_by_similarity() {
+        let mut i = input(vec![
+            (
+                0,
+                "mastodon",
+                "@fan: these aria noisecancelling headphone are great",
+            ),
+            (5, "mastodon", "@other: the weather is nice"),
+        ]);
+        i.channel = "social".into();
+        i.candidates = vec![
+            cand("p1", "Aria Noise-Cancelling Headphones", "Audio"),
+            cand("p2", "Nimbus Speaker", "Audio"),
+        ];
+        // Without a similarity score, only exact names count.
+        assert!(transcript(&i).product_ids.is_empty());
+        for c in &mut i.candidates {
+            c.similarity = Some(0.5);
+        }
+        let a = transcript(&i);
+        assert_eq!(a.product_ids, ["p1"]);
+        assert!(
+            a.description.contains("Aria Noise-Cancelling Headphones"),
+            "{}",
+            a.description
+        );
+        assert_eq!(transcript(&i), a, "deterministic");
     }
 }

@@ -62,6 +62,7 @@ pub(crate) fn row(def: &TableDef, org: Option<&str>, tag: &str, i: usize) -> Val
             (_, ColumnType::Timestamp) => json!(BASE_MICROS + i as i64 * 3_600_000_000),
             (_, ColumnType::Date) => json!(BASE_DAY + i as i64),
             (_, ColumnType::TextList) => json!([format!("{tag}-prod-{i}")]),
+            (_, ColumnType::Float32List) => json!([1.0, 0.0]),
         };
         m.insert(c.name.to_string(), v);
     }

@@ -227,3 +227,26 @@ fn the_ingest_benchmark_runs_its_own_collector() {
     }
     assert!(out.contains("ack → visible to `crow sql`"), "{out}");
 }
+
+#[test]
+fn the_search_benchmark_runs_both_paths() {
+    // One row per path, each with the number of queries asked for; the
+    // command itself fails unless every query finds its top 10 (in memory)
+    // or hits (through the lake).
+    let out = crow_bench(&[
+        "search",
+        "--vectors",
+        "2000",
+        "--queries",
+        "3",
+        "--lake-queries",
+        "2",
+    ]);
+    assert!(out.contains("vectors: 2000 × 256 dims"), "{out}");
+    let scan = table_rows(&out, "in-memory scan, top 10 |");
+    assert_eq!(scan.len(), 1, "{out}");
+    assert_eq!(scan[0][1], "3", "{out}");
+    let lake = table_rows(&out, "lake read + embed + scan");
+    assert_eq!(lake.len(), 1, "{out}");
+    assert_eq!(lake[0][1], "2", "{out}");
+}

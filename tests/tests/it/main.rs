@@ -13,6 +13,7 @@ mod chats;
 mod cli;
 mod dashboard;
 mod discover;
+mod embed;
 mod exports;
 mod flight;
 mod framework;
