@@ -707,7 +707,7 @@ impl Semantic {
         };
         let texts: Vec<String> = timeline
             .iter()
-            .map(|e| e.detail.clone())
+            .map(|e| crate::sessionize::similarity_text(&s.channel, &e.detail).to_string())
             .filter(|d| !d.trim().is_empty())
             .take(MAX_SIMILARITY_TEXTS)
             .collect();

@@ -632,7 +632,8 @@ fn named_by_similarity(input: &EnrichInput) -> Vec<String> {
         if exact {
             continue;
         }
-        let best = super::embed::top_k(&e.vector(&entry.detail), &refs, 1);
+        let said = crate::sessionize::similarity_text(&input.channel, &entry.detail);
+        let best = super::embed::top_k(&e.vector(said), &refs, 1);
         if let Some((i, score)) = best.first() {
             if *score >= NAMING_SIMILARITY {
                 push_unique(&mut out, &similar[*i].product_id);

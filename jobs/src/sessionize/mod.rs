@@ -96,6 +96,18 @@ mod social;
 mod web;
 mod window;
 
+/// The words of a timeline entry's `detail` that product similarity reads:
+/// a social post's own text, without the author before it and the reach
+/// after it, which say nothing about products and dilute a paraphrase's
+/// similarity; other channels' detail as it is.
+pub fn similarity_text<'a>(channel: &str, detail: &'a str) -> &'a str {
+    if channel == "social" {
+        social::post_text(detail)
+    } else {
+        detail
+    }
+}
+
 use cctv::*;
 use columns::*;
 /// One row of `sessions`, on its way into the output batches.

@@ -115,11 +115,35 @@ fn collector_runs(batches: &[RecordBatch]) -> Result<Vec<(Run, Vec<Cap>)>> {
 
 /// A capture's engagement, as the timeline shows it: ` (likes 5, replies
 /// 2, reposts 3)` from its `metrics` JSON (empty when it has none).
+/// The post's own text in a social timeline detail as [`reach`] and the
+/// session builder write it: `@author: text` and, when the platform gave
+/// any, ` (likes N, replies N, …)`.
+pub(super) fn post_text(detail: &str) -> &str {
+    let body = detail
+        .strip_prefix('@')
+        .and_then(|d| d.split_once(": "))
+        .map_or(detail, |(_, b)| b);
+    match body.rfind(" (") {
+        Some(i)
+            if body.ends_with(')')
+                && REACH_KEYS
+                    .iter()
+                    .any(|k| body[i + 2..].starts_with(&format!("{k} "))) =>
+        {
+            &body[..i]
+        }
+        _ => body,
+    }
+}
+
+/// The reach metrics a social timeline entry ends with, in this order.
+const REACH_KEYS: [&str; 5] = ["likes", "replies", "reposts", "score", "views"];
+
 fn reach(metrics: Option<&str>) -> String {
     let Some(m) = metrics.and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok()) else {
         return String::new();
     };
-    let parts: Vec<String> = ["likes", "replies", "reposts", "score", "views"]
+    let parts: Vec<String> = REACH_KEYS
         .iter()
         .filter_map(|k| {
             m.get(*k)
@@ -131,5 +155,28 @@ fn reach(metrics: Option<&str>) -> String {
         String::new()
     } else {
         format!(" ({})", parts.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod post_text_tests {
+    use super::post_text;
+
+    #[test]
+    fn a_posts_own_text_without_author_and_reach() {
+        assert_eq!(
+            post_text("@alice: My turntable from Zenith arrived today (likes 5, replies 2)"),
+            "My turntable from Zenith arrived today"
+        );
+        assert_eq!(post_text("@bob: just text"), "just text");
+        assert_eq!(
+            post_text("@bob: a remark (in brackets)"),
+            "a remark (in brackets)",
+            "brackets that are not the reach stay"
+        );
+        assert_eq!(
+            post_text("https://x.example/post"),
+            "https://x.example/post"
+        );
     }
 }
