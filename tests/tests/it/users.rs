@@ -574,6 +574,7 @@ const MATRIX: &[(&str, &str, Rule)] = &[
     ("get", "/api/v1/invoice", data),
     ("get", "/api/v1/usage", data),
     ("get", "/api/v1/stories", data),
+    ("get", "/api/v1/search", data),
     ("get", "/api/v1/audit", admin),
     ("post", "/api/v1/exports", export),
     ("get", "/api/v1/exports/{id}", export),
