@@ -153,6 +153,10 @@ pub async fn sync(
             batches_to_rows(&params.sql(&ctx, &sql).await?.collect().await?)?;
         let current = current_hashes(&ctx, e, org, *kind).await?;
         let mut todo: Vec<(Entity, String, String)> = Vec::new();
+        // What this run embeds already (org, id, hash): a set, so a first run
+        // over a long history is linear, not quadratic, in its entities.
+        let mut queued: std::collections::HashSet<(String, String, String)> =
+            std::collections::HashSet::new();
         for ent in entities {
             let Some(text) = ent.text.clone().filter(|t| !t.trim().is_empty()) else {
                 continue;
@@ -160,9 +164,7 @@ pub async fn sync(
             let hash = text_hash(e, &text);
             let key = (ent.org_id.clone(), ent.id.clone());
             let seen = current.get(&key).is_some_and(|h| *h == hash)
-                || todo
-                    .iter()
-                    .any(|(t, _, h)| t.org_id == key.0 && t.id == key.1 && *h == hash);
+                || !queued.insert((key.0, key.1, hash.clone()));
             if seen {
                 report.unchanged += 1;
             } else {
