@@ -112,28 +112,12 @@ pub async fn import_bytes(
     let failed_table = crow_schemas::FAILED_EVENTS.name;
     let done_raw = lake.app_version(raw, &app_id).await?.unwrap_or(0);
     let done_failed = lake.app_version(failed_table, &app_id).await?.unwrap_or(0);
-    // A Parquet file is read as the JSON lines of its events; its identity
-    // stays the SHA-256 of the file as given.
-    let converted = if crate::segment_parquet::is_parquet(data) {
-        Some(
-            crate::segment_parquet::to_json_lines(data).map_err(|reason| ImportError::Parquet {
-                file: name.to_string(),
-                reason,
-            })?,
-        )
-    } else {
-        None
-    };
+    let converted = json_lines_of_parquet(name, data)?;
     let body = converted.as_deref().unwrap_or(data);
     // How far into the file `at` bytes of `body` are, for the progress bar.
     let in_file = |at: u64| at.saturating_mul(data.len() as u64) / (body.len() as u64).max(1);
     let counted = Counted::new(body);
-    let reader: Box<dyn Read + Send + '_> = if body.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::read::MultiGzDecoder::new(&counted))
-    } else {
-        Box::new(&counted)
-    };
-    let mut lines = BufReader::with_capacity(1 << 20, reader);
+    let mut lines = BufReader::with_capacity(1 << 20, decoded(&counted));
     let mut report = ImportReport {
         file: name.to_string(),
         sha256: sha,
@@ -189,6 +173,31 @@ pub async fn import_bytes(
     progress(data.len() as u64);
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The bytes behind `counted`, gunzipped when they are gzip'd (by their
+/// magic number).
+fn decoded<'a>(counted: &'a Counted<'a>) -> Box<dyn Read + Send + 'a> {
+    if counted.data.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::MultiGzDecoder::new(counted))
+    } else {
+        Box::new(counted)
+    }
+}
+
+/// A Parquet file's events as JSON lines ([`crate::segment_parquet`]);
+/// `None` for any other file. Its identity stays the SHA-256 of the file
+/// as given.
+fn json_lines_of_parquet(name: &str, data: &[u8]) -> Result<Option<Vec<u8>>, ImportError> {
+    if !crate::segment_parquet::is_parquet(data) {
+        return Ok(None);
+    }
+    crate::segment_parquet::to_json_lines(data)
+        .map(Some)
+        .map_err(|reason| ImportError::Parquet {
+            file: name.to_string(),
+            reason,
+        })
 }
 
 /// One chunk's rows: good events encoded with the WAL row codec (offsets
