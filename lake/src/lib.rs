@@ -475,9 +475,13 @@ impl Lake {
         let replace = &replace.map(predicate::to_delta_sql).transpose()?;
         self.with_retries(name, || async move {
             let t = self.table(name).await?;
+            let props = match replace {
+                Some(_) => writer_properties(name),
+                None => append_writer_properties(name),
+            };
             let mut w = t
                 .write(batches.clone())
-                .with_writer_properties(writer_properties(name))
+                .with_writer_properties(props)
                 .with_commit_properties(self.commit_props());
             w = match replace {
                 Some(p) => w
@@ -539,7 +543,7 @@ impl Lake {
                     .map_err(|e| Error::delta(name, e))?;
             } else {
                 t.write(batches.clone())
-                    .with_writer_properties(writer_properties(name))
+                    .with_writer_properties(append_writer_properties(name))
                     .with_save_mode(SaveMode::Append)
                     .with_commit_properties(props)
                     .await
@@ -1279,7 +1283,8 @@ pub const PAYLOAD_COLUMNS: &[&str] = &[
 /// events), but no statistics for those (no query prunes on their min/max);
 /// timestamps delta-encoded instead of dictionary-encoded (they are nearly
 /// sorted and nearly unique). Together about a third of the bytes of Snappy
-/// without payload dictionaries, for fresh and compacted files alike.
+/// without payload dictionaries. These are the settings at rest: appends to
+/// a clustered table use [`append_writer_properties`] (Snappy) instead.
 pub fn writer_properties(table: &str) -> parquet::file::properties::WriterProperties {
     use parquet::basic::{Compression, Encoding, ZstdLevel};
     use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -1302,6 +1307,25 @@ pub fn writer_properties(table: &str) -> parquet::file::properties::WriterProper
         }
     }
     b.build()
+}
+
+/// How a table's newly appended files are written. `raw_web_events` — the
+/// collector's flush every few seconds, `crow import`, the generator — is
+/// rewritten whole by the next `optimize` (its days are clustered, see
+/// [`cluster::cluster_keys`]), so its appends are Snappy-compressed: cheaper
+/// to write and to read than ZSTD for the hours until that rewrite, and still
+/// about half the bytes of the former files thanks to the dictionaries
+/// (BENCHMARKS.md, "Storage"). Every other table is written as at rest
+/// ([`writer_properties`]): nothing is sure to rewrite its files.
+pub fn append_writer_properties(table: &str) -> parquet::file::properties::WriterProperties {
+    let at_rest = writer_properties(table);
+    if cluster::cluster_keys(table).is_none() {
+        return at_rest;
+    }
+    at_rest
+        .into_builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .build()
 }
 
 /// ZSTD level of CROW's Parquet files (level 6 saved 3 % more bytes than 3

@@ -626,8 +626,52 @@ async fn clustered(b: Backend) {
         async move { batches_to_json(&lake.sql(all).await.expect("q").1).expect("json") }
     };
     let before = rows(&lake).await;
+    // The appended files are cheap to write (Snappy) but dictionary-encoded;
+    // the clustered rewrite is ZSTD (README, "Storage layout").
+    let codecs = |lake: &Lake| {
+        let lake = lake.clone();
+        async move {
+            let mut seen = std::collections::BTreeSet::new();
+            for (_, data) in live_files(&lake).await {
+                let file = SerializedFileReader::new(data).expect("file");
+                for rg in file.metadata().row_groups() {
+                    for c in rg.columns() {
+                        let dict = c.dictionary_page_offset().is_some();
+                        let name = c.column_path().string();
+                        if ["context", "event", "occurred_at"].contains(&name.as_str()) {
+                            // The codec only: a file does not record ZSTD's level.
+                            let codec = format!("{:?}", c.compression());
+                            let codec = codec.split('(').next().unwrap_or_default();
+                            seen.insert(format!("{name} {codec} dict={dict}"));
+                        }
+                    }
+                }
+            }
+            seen.into_iter().collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        codecs(&lake).await,
+        [
+            "context SNAPPY dict=true",
+            "event SNAPPY dict=true",
+            "occurred_at SNAPPY dict=false"
+        ],
+        "{}",
+        b.name
+    );
     let m = lake.optimize("raw_web_events").await.expect("optimize");
     assert_eq!((m.files_removed, m.files_added), (6, 2), "{}", b.name);
+    assert_eq!(
+        codecs(&lake).await,
+        [
+            "context ZSTD dict=true",
+            "event ZSTD dict=true",
+            "occurred_at ZSTD dict=false"
+        ],
+        "{}",
+        b.name
+    );
     assert_eq!(rows(&lake).await, before, "{}: the same rows", b.name);
     let files = live_files(&lake).await;
     assert_eq!(files.len(), 2, "{}", b.name);
