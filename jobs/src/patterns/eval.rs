@@ -665,7 +665,8 @@ mod tests {
     #[test]
     fn a_slow_drift_is_one_ongoing_story_from_near_its_start() {
         // The trend test (the week to each day) finds the drift the day
-        // tests miss; its onset puts the story's start near the drift's.
+        // tests miss; the onset fitted over all the story's days puts its
+        // start near the drift's.
         let Some(case) = cases(120)
             .into_iter()
             .find(|c| c.changes.first().is_some_and(|ch| !ch.what.abrupt()))
@@ -681,7 +682,7 @@ mod tests {
             assert!(s.ongoing, "seed {seed}: {s:?}");
             let (start, end) = day_errors(&case, &o, 0).unwrap_or((99, 99));
             assert!(
-                start <= 8 && end == 0,
+                start <= 3 && end == 0,
                 "seed {seed}: start {start} end {end}"
             );
             starts.push(start);
@@ -691,7 +692,10 @@ mod tests {
             }
         }
         let mean = starts.iter().sum::<i64>() as f64 / starts.len() as f64;
-        assert!(mean <= 3.5, "start errors {starts:?}");
+        // About 12 mobile payments a day: a day's rate is too noisy to place
+        // a ramp's first days exactly (BENCHMARKS.md: at ten times the
+        // volume the start is within a day).
+        assert!(mean <= 2.0, "start errors {starts:?}");
         assert!(
             held >= 4,
             "the impact interval held the truth {held} times of 5"
