@@ -156,9 +156,26 @@ impl Finder<'_> {
     pub(super) fn onset(
         &self,
         key: &Key,
-        (from, to): (NaiveDate, NaiveDate),
+        span: (NaiveDate, NaiveDate),
         left_out: &BTreeSet<NaiveDate>,
     ) -> NaiveDate {
+        let (step, ramp) = self.change_fits(key, span, left_out);
+        if ramp.0 < step.0 {
+            ramp.1
+        } else {
+            step.1
+        }
+    }
+
+    /// The likeliest step and the likeliest ramp of `key`'s daily rates on
+    /// `[from, to]`, each as (deviance, first changed day); `to` with an
+    /// infinite deviance when the days are too few to split.
+    pub(super) fn change_fits(
+        &self,
+        key: &Key,
+        (from, to): (NaiveDate, NaiveDate),
+        left_out: &BTreeSet<NaiveDate>,
+    ) -> ((f64, NaiveDate), (f64, NaiveDate)) {
         let days: Vec<Day> = self
             .day_stats
             .range(from..=to)
@@ -172,17 +189,20 @@ impl Finder<'_> {
                 })
             })
             .collect();
-        let mut best = (f64::INFINITY, to);
+        let (mut step, mut ramp) = ((f64::INFINITY, to), (f64::INFINITY, to));
         // At least a week before the onset, and one day from it on.
         for t in 7..days.len() {
             let (before, after) = days.split_at(t);
-            let step = flat_deviance(before) + flat_deviance(after);
-            let dev = step.min(ramp_deviance(&days, t));
-            if dev < best.0 {
-                best = (dev, days[t].day);
+            let s = flat_deviance(before) + flat_deviance(after);
+            if s < step.0 {
+                step = (s, days[t].day);
+            }
+            let r = ramp_deviance(&days, t);
+            if r < ramp.0 {
+                ramp = (r, days[t].day);
             }
         }
-        best.1
+        (step, ramp)
     }
 }
 
