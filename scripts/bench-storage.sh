@@ -13,8 +13,11 @@
 #     flushed now, compacted now — through CROW and DuckDB, so smaller can
 #     be checked not to mean slower (QUERY_RUNS=0 skips it).
 #     (SETTINGS=0 skips step 3, which holds the whole table in memory)
-#  6. with DEMO_VISITORS=N: a `crow demo` lake's bytes per table, per web
-#     event.
+#  6. with DEMO_VISITORS=N (or DEMO_VISITORS=readme for the README's
+#     `crow demo` as it is): a demo lake's bytes per table, as written under
+#     CROW's former settings (every table's files rewritten by relayout.py),
+#     as written now, and after `crow optimize` + `crow vacuum` of every
+#     table.
 # Usage: scripts/bench-storage.sh   (EVENTS=10000000 for the full size;
 #        CROWTEST_BIN=PATH to use an already built binary)
 set -euo pipefail
@@ -66,25 +69,39 @@ if [ "$QUERY_RUNS" != 0 ]; then
   bench_stop_all
 fi
 if [ "$DEMO_VISITORS" != 0 ]; then
-  "$crow" --lake "$work/demo" demo --visitors "$DEMO_VISITORS" --days 28 >/dev/null 2>&1
-  "$py" - "$work/demo" <<'PY'
+  demo_args=(--visitors "$DEMO_VISITORS" --days 28)
+  [ "$DEMO_VISITORS" != readme ] || demo_args=()
+  "$crow" --lake "$work/demo" demo "${demo_args[@]}" >/dev/null 2>&1
+  cp -a "$work/demo" "$work/demo-former"
+  for t in "$work"/demo-former/*/; do
+    [ -d "$t/_delta_log" ] && "$py" scripts/bench/relayout.py "$t" 2>/dev/null
+  done
+  cp -a "$work/demo" "$work/demo-optimized"
+  "$crow" --lake "$work/demo-optimized" optimize >/dev/null
+  "$crow" --lake "$work/demo-optimized" vacuum --retention-hours 0 >/dev/null
+  "$py" - "$work/demo-former" "$work/demo" "$work/demo-optimized" <<'PY'
 import os, sys
 from deltalake import DeltaTable
-lake = sys.argv[1]
-def live(table):  # the live files of the table's latest version, from its log
+former, written, optimized = sys.argv[1:4]
+def live(lake, table):  # the live files of the table's latest version, from its log
     adds = DeltaTable(f"{lake}/{table}").get_add_actions(flatten=True)
     return sum(adds.column("size_bytes").to_pylist()), sum(adds.column("num_records").to_pylist())
-web = live("raw_web_events")[1]
-print(f"demo lake: {web} web events\n")
-print("| table | rows | bytes | bytes per row | bytes per web event |\n|---|---:|---:|---:|---:|")
-total = 0
-for t in sorted(os.listdir(lake)):
-    if not os.path.isdir(f"{lake}/{t}/_delta_log"):
+web = live(written, "raw_web_events")[1]
+print(f"demo lake: {web} web events; bytes per row (and per web event, all tables)\n")
+print("| table | rows | former settings | as written | optimized | optimized / former |")
+print("|---|---:|---:|---:|---:|---:|")
+totals = [0, 0, 0]
+for t in sorted(os.listdir(written)):
+    if not os.path.isdir(f"{written}/{t}/_delta_log"):
         continue
-    b, n = live(t)
-    total += b
+    sizes = [live(lake, t) for lake in (former, written, optimized)]
+    n = sizes[1][1]
+    for i, (b, _) in enumerate(sizes):
+        totals[i] += b
     if n:
-        print(f"| {t} | {n} | {b} | {b / n:.1f} | {b / web:.2f} |")
-print(f"| all tables | | {total} | | {total / web:.2f} |")
+        f, w, o = (b / n for b, _ in sizes)
+        print(f"| {t} | {n} | {f:.1f} | {w:.1f} | {o:.1f} | {o / f:.2f} |")
+f, w, o = (b / web for b in totals)
+print(f"| all tables, per web event | {web} | {f:.1f} | {w:.1f} | {o:.1f} | {o / f:.2f} |")
 PY
 fi

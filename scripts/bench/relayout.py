@@ -18,7 +18,10 @@ import sys
 
 import pyarrow.parquet as pq
 
-PAYLOAD = {"properties", "traits", "context", "integrations"}
+# CROW's JSON payload columns (crow_lake::PAYLOAD_COLUMNS): no dictionaries
+# under the former settings.
+PAYLOAD = {"properties", "traits", "context", "integrations", "payload", "metrics",
+           "observations", "timeline", "evidence"}
 
 
 def main():

@@ -118,6 +118,8 @@ pub struct Case {
     pub weekday_effect: bool,
     /// Planted changes (none: a quiet control).
     pub changes: Vec<Change>,
+    /// Sessions a day as a multiple of [`BASE_SESSIONS`] (1 in [`cases`]).
+    pub volume: f64,
 }
 
 const PRODUCTS: usize = 12;
@@ -212,7 +214,7 @@ pub fn generate(case: &Case, seed: u64) -> (Vec<Sess>, Vec<f64>) {
             1.0
         };
         for (device, share) in devices {
-            let mut lambda = BASE_SESSIONS * share * busy;
+            let mut lambda = BASE_SESSIONS * case.volume * share * busy;
             if let Some(i) = active(Plant::Spike) {
                 truth[i] += lambda * 0.7;
                 lambda *= 1.7;
@@ -418,6 +420,7 @@ pub fn cases(days: u32) -> Vec<Case> {
         days,
         weekday_effect,
         changes: Vec::new(),
+        volume: 1.0,
     };
     let planted = |what: Plant, start: u32, end: u32, weekday_effect| Case {
         name: format!(
@@ -432,6 +435,7 @@ pub fn cases(days: u32) -> Vec<Case> {
         days,
         weekday_effect,
         changes: vec![Change { what, start, end }],
+        volume: 1.0,
     };
     vec![
         quiet("quiet", false),
@@ -446,15 +450,18 @@ pub fn cases(days: u32) -> Vec<Case> {
     ]
 }
 
-/// The harness's report over `seeds` seeds, as Markdown.
-pub fn report(days: u32, seeds: u64, fdr: f64) -> String {
+/// The harness's report on `cases` (those of [`cases`], or some of them at another
+/// volume) over `seeds` seeds, as Markdown.
+pub fn report(cases: Vec<Case>, seeds: u64, fdr: f64) -> String {
+    let days = cases.first().map_or(0, |c| c.days);
+    let per_day = BASE_SESSIONS * cases.first().map_or(1.0, |c| c.volume);
     let mut out = format!(
-        "{days}-day histories, {seeds} seeds each, FDR {fdr}, first {WARM_UP} days warm-up.\n\n\
+        "{days}-day histories of about {per_day:.0} sessions a day, {seeds} seeds each, FDR {fdr}, first {WARM_UP} days warm-up.\n\n\
          | case | stories | matching | start err (days) | end err (days) | impact (story vs truth) | in 95% interval | findings/month |\n\
          |---|---:|---:|---:|---:|---|---:|---:|\n"
     );
     let mut totals = Totals::default();
-    for case in cases(days) {
+    for case in cases {
         let mut row = CaseRow::default();
         for seed in 0..seeds {
             let o = run(&case, 1000 + seed, fdr);
@@ -665,7 +672,8 @@ mod tests {
     #[test]
     fn a_slow_drift_is_one_ongoing_story_from_near_its_start() {
         // The trend test (the week to each day) finds the drift the day
-        // tests miss; its onset puts the story's start near the drift's.
+        // tests miss; the onset fitted over all the story's days puts its
+        // start near the drift's.
         let Some(case) = cases(120)
             .into_iter()
             .find(|c| c.changes.first().is_some_and(|ch| !ch.what.abrupt()))
@@ -681,7 +689,7 @@ mod tests {
             assert!(s.ongoing, "seed {seed}: {s:?}");
             let (start, end) = day_errors(&case, &o, 0).unwrap_or((99, 99));
             assert!(
-                start <= 8 && end == 0,
+                start <= 3 && end == 0,
                 "seed {seed}: start {start} end {end}"
             );
             starts.push(start);
@@ -691,7 +699,10 @@ mod tests {
             }
         }
         let mean = starts.iter().sum::<i64>() as f64 / starts.len() as f64;
-        assert!(mean <= 3.5, "start errors {starts:?}");
+        // About 12 mobile payments a day: a day's rate is too noisy to place
+        // a ramp's first days exactly (BENCHMARKS.md: at ten times the
+        // volume the start is within a day).
+        assert!(mean <= 2.0, "start errors {starts:?}");
         assert!(
             held >= 4,
             "the impact interval held the truth {held} times of 5"
@@ -706,8 +717,22 @@ mod tests {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(5);
+        // CROW_EVAL_VOLUME=10 multiplies every case's sessions;
+        // CROW_EVAL_CASES=drift keeps the cases whose name holds it.
+        let volume: f64 = std::env::var("CROW_EVAL_VOLUME")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1.0);
+        let only = std::env::var("CROW_EVAL_CASES").unwrap_or_default();
+        let chosen = || {
+            cases(120)
+                .into_iter()
+                .filter(|c| c.name.contains(&only))
+                .map(|c| Case { volume, ..c })
+                .collect::<Vec<_>>()
+        };
         for fdr in [DEFAULT_FDR, 0.05] {
-            println!("{}", report(120, seeds, fdr));
+            println!("{}", report(chosen(), seeds, fdr));
         }
     }
 }

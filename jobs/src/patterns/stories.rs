@@ -525,8 +525,8 @@ impl Finder<'_> {
     /// What a story of `parts` is about: its days, lead part and
     /// segments, the days' statistics and the baseline before them.
     fn scope<'p>(&self, parts: &'p [Part]) -> Option<Scope<'_, 'p>> {
-        let start = story_start(parts)?;
         let last = parts.iter().map(|p| p.day).max()?;
+        let start = self.story_start(parts, last)?;
         let ongoing = (self.horizon - last).num_days() <= MAX_GAP_DAYS;
         let lead = lead_of(parts)?;
         let main = heaviest_segment(parts);
@@ -687,13 +687,52 @@ impl Scope<'_, '_> {
     }
 }
 
-/// A story's first day: its first part's, or where its trend findings say
-/// a slow change began (the day tests miss its first days) — the earliest
-/// onset any of them estimated (each fits the days up to its own; on the
-/// harness's drifts the earliest came closest: see BENCHMARKS.md).
-fn story_start(parts: &[Part]) -> Option<NaiveDate> {
-    parts.iter().map(|p| p.onset.unwrap_or(p.day)).min()
+impl Finder<'_> {
+    /// A story's first day. A change that grows shows on the day tests
+    /// only once it is large, and each trend finding's own onset fits only
+    /// the days up to it and leaves out the days the day tests found
+    /// anything on (for a growing change, its clearest days). So the daily
+    /// rate the story is about (the one most of its findings name) is
+    /// fitted once over the baseline before its first finding and every day
+    /// to its last, as a step and as a ramp (binomial likelihood): when a
+    /// ramp fits better, the story starts where the ramp begins (never after
+    /// its first finding), placed by all its evidence (BENCHMARKS.md,
+    /// "Patterns: the evaluation harness"). Otherwise — a step, or a story
+    /// of counts — it starts at its first finding, or at the earliest onset
+    /// its trend findings estimated.
+    fn story_start(&self, parts: &[Part], last: NaiveDate) -> Option<NaiveDate> {
+        let found = parts.iter().map(|p| p.day).min()?;
+        let mut keys: BTreeMap<Key, (usize, f64)> = BTreeMap::new();
+        for p in parts.iter().filter(|p| !is_count(&p.metric)) {
+            let e = keys
+                .entry((p.metric.clone(), p.segment.clone()))
+                .or_default();
+            e.0 += 1;
+            e.1 += p.weight;
+        }
+        let first = parts.iter().map(|p| p.onset.unwrap_or(p.day)).min();
+        let Some((key, _)) = keys.into_iter().max_by(|a, b| {
+            (a.1 .0, a.1 .1)
+                .partial_cmp(&(b.1 .0, b.1 .1))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        }) else {
+            return first;
+        };
+        let from = found - Days::new((BASELINE_DAYS as u64) + super::trend::TREND_DAYS);
+        let (step, ramp) = self.change_fits(&key, (from, last), &BTreeSet::new());
+        if ramp.0 + RAMP_MARGIN < step.0 {
+            Some(ramp.1.min(found))
+        } else {
+            first
+        }
+    }
 }
+
+/// How much likelier (in deviance: twice the log-likelihood ratio) a ramp
+/// must be than a step before a story starts where the ramp begins: about
+/// the 5% level of one degree of freedom, so an abrupt change whose days
+/// happen to climb does not start early.
+const RAMP_MARGIN: f64 = 4.0;
 
 /// A story's id: the same organization, family, direction and first day
 /// is the same story on every run (a re-run rewrites it in place).

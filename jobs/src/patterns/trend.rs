@@ -104,7 +104,7 @@ impl Finder<'_> {
                         "trend".into(),
                         json!({"window": {"start": w0.to_string(), "end": d.to_string()},
                                "days_left_out": TREND_DAYS as usize - days.len(),
-                               "onset": onset.to_string(), "onset_method": "step or ramp, least squares"}),
+                               "onset": onset.to_string(), "onset_method": "step or ramp, binomial likelihood"}),
                     );
                 }
                 fs.push(f);
@@ -144,40 +144,74 @@ impl Finder<'_> {
 
     /// When a change of `key` that shows on `[from, to]` began: the day
     /// that best splits the daily rates into "as before" and "changed",
-    /// where the change is either a step or a steady ramp (whichever fits
-    /// better, by least squares weighted by each day's trials). Neither fit
+    /// where the change is either a step or a steady ramp, whichever is
+    /// likelier. Each day counts as the binomial trials it holds (its
+    /// successes out of its sessions), so a day at a rate near 0 or 1, whose
+    /// count varies little, weighs more than a day near one half: the early
+    /// days of a drift away from a rare rate place its onset. Neither fit
     /// depends on the baseline's estimate of the old rate, so a baseline a
     /// little off does not move the onset. Incidents (`left_out`) are left
     /// out of the fit, as out of the test: a trend does not begin inside an
     /// incident the day tests found.
-    fn onset(
+    pub(super) fn onset(
+        &self,
+        key: &Key,
+        span: (NaiveDate, NaiveDate),
+        left_out: &BTreeSet<NaiveDate>,
+    ) -> NaiveDate {
+        let (step, ramp) = self.change_fits(key, span, left_out);
+        if ramp.0 < step.0 {
+            ramp.1
+        } else {
+            step.1
+        }
+    }
+
+    /// The likeliest step and the likeliest ramp of `key`'s daily rates on
+    /// `[from, to]`, each as (deviance, first changed day); `to` with an
+    /// infinite deviance when the days are too few to split.
+    pub(super) fn change_fits(
         &self,
         key: &Key,
         (from, to): (NaiveDate, NaiveDate),
         left_out: &BTreeSet<NaiveDate>,
-    ) -> NaiveDate {
-        let days: Vec<(NaiveDate, f64, f64)> = self
+    ) -> ((f64, NaiveDate), (f64, NaiveDate)) {
+        let days: Vec<Day> = self
             .day_stats
             .range(from..=to)
             .filter(|(d, _)| !left_out.contains(d))
             .filter_map(|(d, st)| {
                 let c = st.cells.get(key).copied().unwrap_or_default();
-                (c.n > 0.0).then(|| (*d, c.k / c.n, c.n))
+                (c.n > 0.0).then_some(Day {
+                    day: *d,
+                    k: c.k,
+                    n: c.n,
+                })
             })
             .collect();
-        let mut best = (f64::INFINITY, to);
+        let (mut step, mut ramp) = ((f64::INFINITY, to), (f64::INFINITY, to));
         // At least a week before the onset, and one day from it on.
         for t in 7..days.len() {
             let (before, after) = days.split_at(t);
-            let sse_step = flat_sse(before) + flat_sse(after);
-            let sse_ramp = ramp_sse(&days, t);
-            let sse = sse_step.min(sse_ramp);
-            if sse < best.0 {
-                best = (sse, days[t].0);
+            let s = flat_deviance(before) + flat_deviance(after);
+            if s < step.0 {
+                step = (s, days[t].day);
+            }
+            let r = ramp_deviance(&days, t);
+            if r < ramp.0 {
+                ramp = (r, days[t].day);
             }
         }
-        best.1
+        (step, ramp)
     }
+}
+
+/// One day of a rate: `k` of `n` trials.
+#[derive(Clone, Copy)]
+struct Day {
+    day: NaiveDate,
+    k: f64,
+    n: f64,
 }
 
 /// The rates a trend test asks about: every testable rate of the week's
@@ -236,38 +270,54 @@ pub(super) fn still_going(key: &Key, window: &[(NaiveDate, &Stats)], f: &Finding
     z.abs() >= 2.0 && (z > 0.0) == (f.z > 0.0)
 }
 
-/// Weighted squared error of daily rates `(day, rate, weight)` around
-/// their weighted mean.
-fn flat_sse(days: &[(NaiveDate, f64, f64)]) -> f64 {
-    let w: f64 = days.iter().map(|d| d.2).sum();
-    if w <= 0.0 {
-        return 0.0;
-    }
-    let mean = days.iter().map(|d| d.1 * d.2).sum::<f64>() / w;
-    days.iter().map(|d| d.2 * (d.1 - mean).powi(2)).sum()
+/// Binomial deviance (minus twice the log-likelihood, up to a constant)
+/// of `k` successes in `n` trials at rate `p`, kept off 0 and 1.
+fn deviance(k: f64, n: f64, p: f64) -> f64 {
+    let p = p.clamp(1e-6, 1.0 - 1e-6);
+    -2.0 * (k * p.ln() + (n - k) * (1.0 - p).ln())
 }
 
-/// Weighted squared error of the best "flat, then a straight ramp from day
-/// `t` on" fit: rate = a + b·max(0, days since day `t`), by weighted
-/// least squares.
-fn ramp_sse(days: &[(NaiveDate, f64, f64)], t: usize) -> f64 {
-    let x = |i: usize| (days[i].0 - days[t].0).num_days().max(0) as f64;
-    let (mut sw, mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0);
-    for (i, (_, y, w)) in days.iter().enumerate() {
-        sw += w;
-        sx += w * x(i);
-        sy += w * y;
-        sxx += w * x(i) * x(i);
-        sxy += w * x(i) * y;
+/// Deviance of days at one common rate (its maximum-likelihood estimate).
+fn flat_deviance(days: &[Day]) -> f64 {
+    let (k, n) = days.iter().fold((0.0, 0.0), |(k, n), d| (k + d.k, n + d.n));
+    if n <= 0.0 {
+        return 0.0;
     }
-    let det = sw * sxx - sx * sx;
-    if sw <= 0.0 || det.abs() < 1e-12 {
+    days.iter().map(|d| deviance(d.k, d.n, k / n)).sum()
+}
+
+/// Deviance of the likeliest "flat, then a straight ramp from day `t` on"
+/// fit: rate = a + b·max(0, days since day `t`), fitted by iteratively
+/// reweighted least squares (each day weighted by its trials over the
+/// binomial variance at the current fit).
+fn ramp_deviance(days: &[Day], t: usize) -> f64 {
+    let x = |i: usize| (days[i].day - days[t].day).num_days().max(0) as f64;
+    let (k, n) = days.iter().fold((0.0, 0.0), |(k, n), d| (k + d.k, n + d.n));
+    if n <= 0.0 {
         return f64::INFINITY;
     }
-    let b = (sw * sxy - sx * sy) / det;
-    let a = (sy - b * sx) / sw;
+    let (mut a, mut b) = (k / n, 0.0);
+    for _ in 0..4 {
+        let (mut sw, mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        for (i, d) in days.iter().enumerate() {
+            let p = (a + b * x(i)).clamp(0.01, 0.99);
+            let w = d.n / (p * (1.0 - p));
+            let y = d.k / d.n;
+            sw += w;
+            sx += w * x(i);
+            sy += w * y;
+            sxx += w * x(i) * x(i);
+            sxy += w * x(i) * y;
+        }
+        let det = sw * sxx - sx * sx;
+        if sw <= 0.0 || det.abs() < 1e-12 {
+            return f64::INFINITY;
+        }
+        b = (sw * sxy - sx * sy) / det;
+        a = (sy - b * sx) / sw;
+    }
     days.iter()
         .enumerate()
-        .map(|(i, (_, y, w))| w * (y - a - b * x(i)).powi(2))
+        .map(|(i, d)| deviance(d.k, d.n, a + b * x(i)))
         .sum()
 }
