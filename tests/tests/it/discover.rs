@@ -17,7 +17,7 @@ use axum::routing::get;
 use axum::Router;
 use serde_json::{json, Value};
 
-use crate::support::{crow_bin, Backend, Server};
+use crate::support::{Backend, Server};
 
 /// What the search and page server saw.
 #[derive(Default)]
@@ -235,28 +235,15 @@ async fn server() -> (String, St) {
 
 /// `crow … --format json` with `env`, off the runtime's threads.
 async fn crow(b: &Backend, env: &[(&str, &str)], args: &[&str]) -> Value {
-    let mut cmd = std::process::Command::new(crow_bin());
-    cmd.arg("--lake")
-        .arg(&b.uri)
-        .args(args)
-        .args(["--format", "json"]);
-    for (k, v) in &b.env {
-        cmd.env(k, v);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.env_remove("CROW_CONFIG").env_remove("CROW_LAKE");
-    let a = format!("{args:?}");
-    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run crow"))
-        .await
-        .expect("join");
-    assert!(
-        out.status.success(),
-        "crow {a} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("crow {a}: not JSON ({e})"))
+    b.crow_json_env(env, args).await
+}
+
+/// `crow social add --kind discover --target auto` for `org`.
+async fn add_discover(b: &Backend, org: &str) -> Value {
+    let args = [
+        "social", "add", "--org", org, "--kind", "discover", "--target", "auto",
+    ];
+    crow(b, &[], &args).await
 }
 
 fn import_catalog(b: &Backend, org: &str, rows: &str) {
@@ -300,21 +287,7 @@ async fn discovery_searches_searxng_and_captures_each_page_once() {
         "NIM-2,Nimbus Speaker,Audio,99,USD\nARIA-1,Aria Headphones,Audio,199,USD\nZEN-3,Zenith Turntable,Audio,499,USD\n",
     );
     import_catalog(&b, "Other", "GAD-9,Secret Gadget,Toys,5,USD\n");
-    let src = crow(
-        &b,
-        &[],
-        &[
-            "social",
-            "add",
-            "--org",
-            "Northwind",
-            "--kind",
-            "discover",
-            "--target",
-            "auto",
-        ],
-    )
-    .await;
+    let src = add_discover(&b, "Northwind").await;
     assert_eq!(
         (src["kind"].as_str(), src["target"].as_str()),
         (Some("discover"), Some("auto"))
@@ -635,21 +608,7 @@ async fn a_model_proposes_the_queries_from_context_and_catalog_validated() {
         "Northwind sells headphones to commuters.",
     ]);
     import_catalog(&b, "Northwind", "ARIA-1,Aria Headphones,Audio,199,USD\n");
-    crow(
-        &b,
-        &[],
-        &[
-            "social",
-            "add",
-            "--org",
-            "Northwind",
-            "--kind",
-            "discover",
-            "--target",
-            "auto",
-        ],
-    )
-    .await;
+    add_discover(&b, "Northwind").await;
     let ai = format!("{base}/v1");
     let env = [
         ("CROW_DISCOVERY_URL", base.as_str()),

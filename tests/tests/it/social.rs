@@ -264,25 +264,7 @@ fn social_env(base: &str) -> Vec<(String, String)> {
 
 /// `crow … --format json` with extra settings, off the runtime's threads.
 async fn crow(b: &Backend, env: &[(String, String)], args: &[&str]) -> Value {
-    let mut cmd = std::process::Command::new(crow_bin());
-    cmd.arg("--lake")
-        .arg(&b.uri)
-        .args(args)
-        .args(["--format", "json"]);
-    for (k, v) in b.env.iter().chain(env) {
-        cmd.env(k, v);
-    }
-    cmd.env_remove("CROW_CONFIG").env_remove("CROW_LAKE");
-    let a = format!("{args:?}");
-    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run crow"))
-        .await
-        .expect("join");
-    assert!(
-        out.status.success(),
-        "crow {a} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("crow {a}: not JSON ({e})"))
+    b.crow_json_env(env, args).await
 }
 
 /// `crow …` expected to fail; its stderr.

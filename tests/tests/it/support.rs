@@ -172,6 +172,37 @@ impl Backend {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("crow {a:?}: not JSON ({e}): {out}"))
     }
 
+    /// `crow … --format json` with extra settings in its environment, off
+    /// the async runtime's threads (for tests that serve HTTP to it).
+    pub async fn crow_json_env<K, V>(&self, env: &[(K, V)], args: &[&str]) -> serde_json::Value
+    where
+        K: AsRef<std::ffi::OsStr>,
+        V: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = Command::new(crow_bin());
+        cmd.arg("--lake")
+            .arg(&self.uri)
+            .args(args)
+            .args(["--format", "json"]);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.env_remove("CROW_CONFIG").env_remove("CROW_LAKE");
+        let a = format!("{args:?}");
+        let out = tokio::task::spawn_blocking(move || cmd.output().expect("run crow"))
+            .await
+            .expect("join");
+        assert!(
+            out.status.success(),
+            "crow {a} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("crow {a}: not JSON ({e})"))
+    }
+
     /// The rows `crow sql` answers `sql` (as JSON objects).
     pub fn sql_rows(&self, sql: &str) -> Vec<serde_json::Value> {
         match self.crow_json(&["sql", sql]) {
