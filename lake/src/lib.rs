@@ -125,6 +125,17 @@ pub enum Scan {
     Delta,
 }
 
+/// One live data file of a table snapshot ([`Lake::live_files`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveFile {
+    /// Path relative to the table's root.
+    pub path: String,
+    /// Size in bytes.
+    pub size: i64,
+    /// Partition column → value (None: null).
+    pub partition_values: std::collections::BTreeMap<String, Option<String>>,
+}
+
 /// A lake: a root URI plus the storage options to reach it.
 #[derive(Clone)]
 pub struct Lake {
@@ -447,6 +458,28 @@ impl Lake {
             rows,
             bytes,
         })
+    }
+
+    /// The live data files of a loaded table's snapshot: a file's path
+    /// (relative to the table), size and partition values. What a reader
+    /// of that snapshot reads; a file is never changed in place, so the
+    /// same list means the same rows.
+    pub fn live_files(table: &DeltaTable) -> Result<Vec<LiveFile>> {
+        let name = table.log_store().root_url().to_string();
+        let snap = table.snapshot().map_err(|e| Error::delta(&name, e))?;
+        Ok(snap
+            .log_data()
+            .iter()
+            .map(|view| LiveFile {
+                path: view.path().to_string(),
+                size: view.size(),
+                partition_values: view
+                    .partition_values_map()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            })
+            .collect())
     }
 
     fn commit_props(&self) -> CommitProperties {

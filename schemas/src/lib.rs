@@ -741,6 +741,61 @@ pub const STORIES: TableDef = TableDef {
     secret_columns: &[],
 };
 
+/// `daily_metrics`: the patterns job's figures per organization and day.
+pub const DAILY_METRICS: TableDef = TableDef {
+    name: "daily_metrics",
+    version: 1,
+    doc: "One row per organization, UTC day, metric and segment: the figure the patterns job tests, counted once from the day's sessions. A daily run counts only the days it has no figures for, or whose `sessions` or `interactions` files changed since (a backfill, a late session, a re-enrichment, a compaction), and reads every other day's figures from here: its cost follows the day, not the history. The dashboard draws a pattern's evidence from the same rows. An organization with no session on a day has no rows for it.",
+    columns: &[
+        req("org_id", Text, "Organization."),
+        req(
+            "metric",
+            Text,
+            "The metric, named as in `patterns.evidence`: 'sessions', 'visitors', 'funnel:view>cart', 'event:Product Viewed', 'error_at:Payment Failed@payment', 'transition:a>b', 'product_views:p-1', 'pair:p-1|p-2', …",
+        ),
+        req(
+            "segment",
+            Text,
+            "Segment, e.g. 'device_type=mobile'; empty for all traffic.",
+        ),
+        req(
+            "k",
+            Float64,
+            "The count, or a rate's hits (revenue: the sum of the orders' amounts).",
+        ),
+        req(
+            "n",
+            Float64,
+            "A rate's trials (a product's views: the day's sessions); 0 for a count.",
+        ),
+        req(
+            "hit_session_ids",
+            TextList,
+            "Up to five sessions counted as hits, in session id order (the samples a finding cites).",
+        ),
+        req(
+            "hit_interaction_ids",
+            TextList,
+            "The interactions of `hit_session_ids`, element by element (null where a session has none).",
+        ),
+        req("miss_session_ids", TextList, "Up to five sessions counted as misses of a rate."),
+        req(
+            "miss_interaction_ids",
+            TextList,
+            "The interactions of `miss_session_ids`, element by element.",
+        ),
+        req(
+            "source_fingerprint",
+            Text,
+            "SHA-256 of the day's live `sessions` and `interactions` files when it was counted: another value now means the day changed and is counted again.",
+        ),
+        req("computed_at", Timestamp, "When the day was counted."),
+        req("metric_date", Date, "UTC day (partition column)."),
+    ],
+    partition_by: &["metric_date"],
+    secret_columns: &[],
+};
+
 /// `usage_daily`: per org per day usage and its priced amount.
 pub const USAGE_DAILY: TableDef = TableDef {
     name: "usage_daily",
@@ -1148,6 +1203,7 @@ pub const ALL_TABLES: &[TableDef] = &[
     INTERACTIONS,
     PATTERNS,
     STORIES,
+    DAILY_METRICS,
     USAGE_DAILY,
     JOB_RUNS,
     LLM_CACHE,

@@ -132,6 +132,7 @@ mod metrics;
 mod narratives;
 mod rollup;
 mod statistics;
+mod store;
 mod stories;
 mod text;
 #[cfg(test)]
@@ -193,8 +194,14 @@ pub struct Report {
     /// The run and its window.
     #[serde(flatten)]
     pub run: RunWindow,
-    /// Sessions read (window, its periods and baselines).
+    /// Sessions read: the days counted in this run (`daily_metrics` keeps
+    /// every other day's figures).
     pub sessions_read: u64,
+    /// Days counted from their sessions (never counted before, or their
+    /// sessions or interactions changed since).
+    pub days_counted: u64,
+    /// Days whose figures were read back from `daily_metrics`.
+    pub days_kept: u64,
     /// Patterns written, all period kinds.
     pub patterns: u64,
     /// Per period kind.
@@ -372,16 +379,19 @@ async fn compute(
         return Ok(report);
     }
     let periods = Periods::of(days, first_day, horizon);
-    let inputs = Inputs::read(lake, &periods, opts.org.as_deref(), progress).await?;
-    report.sessions_read = inputs.sessions_read;
+    let mut inputs = Inputs::read(lake, &periods, opts.org.as_deref(), progress).await?;
+    report.sessions_read = inputs.kept.sessions_read;
+    report.days_counted = inputs.kept.days_counted;
+    report.days_kept = inputs.kept.days_kept;
 
-    progress.phase("finding patterns", inputs.by_org.len() as u64);
+    progress.phase("finding patterns", inputs.kept.by_org.len() as u64);
     let mut rows: Vec<PatternRow> = Vec::new();
     let mut story_rows: Vec<stories::StoryRow> = Vec::new();
     let mut orgs_done: Vec<String> = Vec::new();
-    for (org, sessions) in &inputs.by_org {
+    let by_org = std::mem::take(&mut inputs.kept.by_org);
+    for (org, days) in by_org {
         orgs_done.push(org.clone());
-        let (org_rows, org_stories) = find_org(org, sessions, &inputs, &periods, opts.fdr);
+        let (org_rows, org_stories) = find_org(&org, days, &inputs, &periods, opts.fdr);
         rows.extend(org_rows);
         story_rows.extend(org_stories);
         progress.inc(1);
@@ -430,14 +440,11 @@ impl Periods {
     }
 }
 
-/// What a run reads: every complete day's sessions by organization (the
+/// What a run reads: every complete day's figures by organization (the
 /// periods' baselines, and the parents' own evidence for their parts'
 /// findings), and what the rows refer to.
 struct Inputs {
-    by_org: BTreeMap<String, Vec<Sess>>,
-    sessions_read: u64,
-    /// Interaction ids by session id.
-    sid_to_iid: HashMap<String, String>,
+    kept: store::Kept,
     /// Product names by id.
     names: HashMap<String, String>,
     /// Child patterns already in the table (parts this run does not
@@ -458,30 +465,8 @@ impl Inputs {
         let horizon = periods.horizon;
         let mut params = Params::default();
         let org_cond = params.org("org_id", org);
+        let kept = store::days_before(lake, horizon, org, progress).await?;
         let ctx = lake.session().await?;
-        let (by_org, sessions_read) =
-            read_sessions(&ctx, horizon, (&org_cond, &params), progress).await?;
-        #[derive(Deserialize)]
-        struct Ids {
-            session_id: String,
-            interaction_id: String,
-        }
-        let sid_to_iid: HashMap<String, String> = batches_to_rows::<Ids>(
-            &params
-                .sql(
-                    &ctx,
-                    &format!(
-                        "SELECT session_id, interaction_id FROM interactions
-                 WHERE session_date < DATE '{horizon}' {org_cond}"
-                    ),
-                )
-                .await?
-                .collect()
-                .await?,
-        )?
-        .into_iter()
-        .map(|r| (r.session_id, r.interaction_id))
-        .collect();
         #[derive(Deserialize)]
         struct Name {
             product_id: String,
@@ -512,48 +497,12 @@ impl Inputs {
         )?;
         let currencies = read_currencies(&ctx, (&org_cond, &params)).await?;
         Ok(Inputs {
-            by_org,
-            sessions_read,
-            sid_to_iid,
+            kept,
             names,
             existing,
             currencies,
         })
     }
-}
-
-/// Every complete day's sessions by organization, in a stable order, and
-/// how many were read.
-async fn read_sessions(
-    ctx: &SessionContext,
-    horizon: NaiveDate,
-    (org_cond, params): (&str, &Params),
-    progress: &ProgressRef,
-) -> Result<(BTreeMap<String, Vec<Sess>>, u64)> {
-    progress.phase("reading sessions", 0);
-    let sql = format!(
-        "SELECT org_id, session_id, channel, CAST(session_date AS VARCHAR) AS session_date, visitor_id,
-                device_type, traffic_source, is_returning, timeline
-         FROM sessions WHERE session_date < DATE '{horizon}' {org_cond}"
-    );
-    let mut by_org: BTreeMap<String, Vec<Sess>> = BTreeMap::new();
-    let mut stream = params.sql(ctx, &sql).await?.execute_stream().await?;
-    let mut sessions_read = 0u64;
-    while let Some(b) = stream.next().await {
-        let b = b?;
-        sessions_read += b.num_rows() as u64;
-        progress.inc(b.num_rows() as u64);
-        for r in batches_to_rows::<SessionIn>(std::slice::from_ref(&b))? {
-            let org = r.org_id.clone();
-            by_org.entry(org).or_default().push(Sess::from_row(r)?);
-        }
-    }
-    // The scan's order is not stable; samples must be (re-runs are
-    // idempotent).
-    for v in by_org.values_mut() {
-        v.sort_by(|a, b| (a.day, &a.id).cmp(&(b.day, &b.id)));
-    }
-    Ok((by_org, sessions_read))
 }
 
 /// Each organization's currency: its catalog's most common one.
@@ -590,14 +539,15 @@ async fn read_currencies(
 /// stories.
 fn find_org(
     org: &str,
-    sessions: &[Sess],
+    days: store::OrgDays,
     inputs: &Inputs,
     periods: &Periods,
     fdr: f64,
 ) -> (Vec<PatternRow>, Vec<stories::StoryRow>) {
     let (first_day, horizon, existing) = (periods.first_day, periods.horizon, &inputs.existing);
-    let first_data = sessions.iter().map(|s| s.day).min().unwrap_or(first_day);
-    let mut finder = Finder::new(sessions, first_data, horizon, &inputs.names, fdr);
+    let first_data = days.days.keys().next().copied().unwrap_or(first_day);
+    let interactions = &days.interactions;
+    let mut finder = Finder::of_days(days.days, first_data, horizon, &inputs.names, fdr);
     finder.currency = inputs.currencies.get(org).cloned();
     // Days before this run's: their findings, from the table.
     let earlier: Vec<PatternRow> = existing
@@ -607,7 +557,7 @@ fn find_org(
         .collect();
     finder.flag_rows(&earlier);
     let mut new_rows: BTreeMap<Period, Vec<PatternRow>> = BTreeMap::new();
-    let row = |p: &Period, f: &Finding| to_row(org, p, f, &inputs.sid_to_iid, p.end > horizon);
+    let row = |p: &Period, f: &Finding| to_row(org, p, f, interactions, p.end > horizon);
     // Days.
     for d in &periods.days {
         let p = Period::day(*d);
@@ -640,7 +590,7 @@ fn find_org(
     new_rows.insert(
         all,
         fs.iter()
-            .map(|f| to_row(org, &all, f, &inputs.sid_to_iid, false))
+            .map(|f| to_row(org, &all, f, interactions, false))
             .collect(),
     );
     // Stories from every day's findings (this run's, else the table's).

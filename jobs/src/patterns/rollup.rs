@@ -189,6 +189,7 @@ pub(super) struct Finder<'a> {
 impl<'a> Finder<'a> {
     /// Per-day statistics of every complete day from the first day with
     /// data (a day without sessions is a complete day with none).
+    #[cfg(test)]
     pub(super) fn new(
         sessions: &[Sess],
         first_data: NaiveDate,
@@ -200,17 +201,31 @@ impl<'a> Finder<'a> {
         for s in sessions.iter().filter(|s| s.day < horizon) {
             per_day.entry(s.day).or_default().push(s);
         }
+        let days = per_day
+            .into_iter()
+            .map(|(d, v)| (d, Stats::of_day(&v)))
+            .collect();
+        Self::of_days(days, first_data, horizon, names, fdr)
+    }
+
+    /// A finder over days' statistics counted before (`daily_metrics`):
+    /// every complete day from the first day with data, a day missing
+    /// from `days` being a complete day without sessions.
+    pub(super) fn of_days(
+        mut days: BTreeMap<NaiveDate, Stats>,
+        first_data: NaiveDate,
+        horizon: NaiveDate,
+        names: &'a HashMap<String, String>,
+        fdr: f64,
+    ) -> Finder<'a> {
         let day_stats = first_data
             .iter_days()
             .take_while(|d| *d < horizon)
             .map(|d| {
-                let st = per_day.get(&d).map_or_else(
-                    || Stats {
-                        days: 1.0,
-                        ..Stats::default()
-                    },
-                    |v| Stats::of_day(v),
-                );
+                let st = days.remove(&d).unwrap_or_else(|| Stats {
+                    days: 1.0,
+                    ..Stats::default()
+                });
                 (d, st)
             })
             .collect();

@@ -2035,6 +2035,116 @@ fn provisional_period_becomes_final(b: Backend) {
     assert_eq!(snapshot(), before, "a re-run of the whole range");
 }
 
+both_backends!(daily_runs_count_only_the_days_that_changed_and_keep_the_same_figures => daily_figures_kept);
+
+/// `daily_metrics`: the patterns job counts each day once, reads it back
+/// on later runs, counts again only a day whose sessions changed, and
+/// figures counted afresh are the ones it kept (the patterns and stories
+/// they give are identical, not even a new version).
+async fn daily_figures_kept(b: Backend) {
+    use crow_lake::datafusion::prelude::{col, lit};
+    let (clock, now) = test_clock();
+    b.crow_json(&["demo", "--visitors", "2000", "--days", "21", "--now", &now]);
+    let (from, to) = (day_offset(clock, 21), day_offset(clock, 0));
+    // Sessions per organization, day and device: counted by SQL from the
+    // sessions table, and as the job kept them.
+    let figures = || {
+        let counted = b.sql_rows(&format!(
+            "SELECT org_id, CAST(session_date AS VARCHAR) AS d, device_type AS s, count(*) AS n \
+             FROM sessions WHERE session_date < DATE '{to}' AND channel = 'web' AND device_type <> '' \
+             GROUP BY 1, 2, 3 \
+             UNION ALL SELECT org_id, CAST(session_date AS VARCHAR), 'all', count(*) FROM sessions \
+             WHERE session_date < DATE '{to}' GROUP BY 1, 2 ORDER BY 1, 2, 3"
+        ));
+        let kept = b.sql_rows(
+            "SELECT org_id, CAST(metric_date AS VARCHAR) AS d, \
+             CASE segment WHEN '' THEN 'all' ELSE substr(segment, 13) END AS s, CAST(k AS BIGINT) AS n \
+             FROM daily_metrics WHERE metric = 'sessions' AND (segment = '' OR segment LIKE 'device_type=%') \
+             ORDER BY 1, 2, 3",
+        );
+        (counted, kept)
+    };
+    let (counted, kept) = figures();
+    assert_eq!(kept, counted, "every day counted as SQL counts it");
+    let days: BTreeSet<&str> = kept.iter().filter_map(|r| r["d"].as_str()).collect();
+    assert_eq!(days.len(), 21, "{days:?}");
+    let snapshot = || {
+        (
+            b.crow_json(&[
+                "sql",
+                "SELECT * EXCLUDE (created_at) FROM patterns ORDER BY pattern_id",
+            ]),
+            b.crow_json(&["history", "patterns", "--limit", "1"])[0]["version"].clone(),
+            b.crow_json(&[
+                "sql",
+                "SELECT * EXCLUDE (created_at) FROM stories ORDER BY story_id",
+            ]),
+            b.crow_json(&["history", "stories", "--limit", "1"])[0]["version"].clone(),
+        )
+    };
+    let (from_s, to_s) = (from.to_string(), to.to_string());
+    let run = || {
+        let r = b.crow_json(&[
+            "jobs", "run", "patterns", "--from", &from_s, "--to", &to_s, "--now", &now, "--quiet",
+        ]);
+        (
+            r["days_counted"].clone(),
+            r["days_kept"].clone(),
+            r["sessions_read"].clone(),
+        )
+    };
+    let total = |day: Option<chrono::NaiveDate>| {
+        let only = day
+            .map(|d| format!(" AND session_date = DATE '{d}'"))
+            .unwrap_or_default();
+        b.crow_json(&[
+            "sql",
+            &format!("SELECT count(*) AS n FROM sessions WHERE session_date < DATE '{to}'{only}"),
+        ])[0]["n"]
+            .clone()
+    };
+
+    // A re-run over the whole range reads no session.
+    let before = snapshot();
+    assert_eq!(run(), (json!(0), json!(21), json!(0)));
+    assert_eq!(
+        snapshot(),
+        before,
+        "a re-run from kept figures changes nothing"
+    );
+
+    // One day's sessions change (its mobile sessions go): that day alone
+    // is counted again, and its figures follow.
+    let lake = b.lake().await;
+    let changed = day_offset(clock, 10);
+    let gone = lake
+        .delete_where(
+            "sessions",
+            &col("session_date")
+                .eq(crow_lake::predicate::date(changed))
+                .and(col("device_type").eq(lit("mobile"))),
+        )
+        .await
+        .expect("delete a day's mobile sessions");
+    assert!(gone > 0, "the demo has mobile sessions on {changed}");
+    assert_eq!(run(), (json!(1), json!(20), total(Some(changed))));
+    let (counted, kept) = figures();
+    assert_eq!(kept, counted, "the changed day as SQL counts it now");
+    let after_change = snapshot();
+
+    // Every figure forgotten: all days are counted again, and they give
+    // exactly the patterns and stories the kept figures gave.
+    lake.delete_where("daily_metrics", &lit(true))
+        .await
+        .expect("forget the daily figures");
+    assert_eq!(run(), (json!(21), json!(0), total(None)));
+    assert_eq!(
+        snapshot(),
+        after_change,
+        "figures counted afresh are the kept ones"
+    );
+}
+
 both_backends!(pattern_narratives_by_a_model_cannot_invent_numbers => narratives_cannot_invent_numbers);
 
 async fn narratives_cannot_invent_numbers(b: Backend) {

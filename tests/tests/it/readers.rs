@@ -191,6 +191,7 @@ fn every_table_reads_the_same_without_delta_rs_after_checkpoint_optimize_and_vac
         "interactions",
         "patterns",
         "stories",
+        "daily_metrics",
         "products",
         "usage_daily",
         "job_runs",
@@ -207,7 +208,7 @@ fn every_table_reads_the_same_without_delta_rs_after_checkpoint_optimize_and_vac
         "{}",
         seen["raw_web_events"]
     );
-    for t in ["sessions", "stories"] {
+    for t in ["sessions", "stories", "daily_metrics"] {
         assert!(
             seen[t]["list_columns"]
                 .as_array()
