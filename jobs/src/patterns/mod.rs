@@ -65,6 +65,12 @@
 //! at the horizon is still filling. A day still filling is never computed
 //! and never part of any period's figure.
 //!
+//! **Days are counted once** (the `store` module). A day's figures are
+//! counted from its sessions into `daily_metrics`, stamped with the
+//! fingerprint of the day's `sessions` and `interactions` files; later runs
+//! read them back and count again only a day whose files changed. So a
+//! daily run reads one day of sessions, whatever the history.
+//!
 //! **Roll-ups.** A week is tested the same way from its complete days
 //! pooled, against the same days of the four weeks before (a week in
 //! progress on Monday–Wednesday against the previous Mondays–Wednesdays); a

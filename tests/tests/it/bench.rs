@@ -183,6 +183,28 @@ fn the_dashboard_benchmark_times_both_pages_on_the_demo_lake() {
     }
 }
 
+#[test]
+fn the_daily_patterns_benchmark_counts_one_day_per_run() {
+    let out = script(
+        "bench-daily.sh",
+        &[
+            ("DAYS", "30"),
+            ("VISITORS", "1500"),
+            ("PROBES", "1 30"),
+            ("RUNS", "1"),
+        ],
+    );
+    for (day, kept) in [("1", "0"), ("30", "29")] {
+        let rows = table_rows(&out, &format!("{day} |"));
+        assert_eq!(rows.len(), 1, "day {day}: {out}");
+        let r = &rows[0];
+        // The nightly run counts its own day and keeps every day before.
+        assert_eq!((r[1], r[6], r[7]), ("new", "1", kept), "day {day}: {out}");
+        let read: u64 = r[5].parse().expect("sessions read");
+        assert!(read > 0, "day {day}: {out}");
+    }
+}
+
 /// `crow bench` with `args`, from a scratch folder (the commands make their
 /// own temp lakes); its stdout (it must succeed).
 fn crow_bench(args: &[&str]) -> String {
