@@ -312,10 +312,22 @@ impl Lake {
             AsOf::Timestamp(t) => b.with_timestamp(t),
         };
         b.load().await.map_err(|e| match e {
+            // No table there (an object store says "not a table"; a local
+            // folder that does not exist, "invalid table location"): a lake
+            // not made yet, or made by an older CROW before the table was
+            // added. `crow init` creates it.
             DeltaTableError::NotATable(_) => Error::TableMissing {
                 table: name.to_string(),
                 uri: self.display.clone(),
             },
+            DeltaTableError::KernelError(k)
+                if k.to_string().starts_with("Invalid table location") =>
+            {
+                Error::TableMissing {
+                    table: name.to_string(),
+                    uri: self.display.clone(),
+                }
+            }
             e => Error::delta(name, e),
         })
     }

@@ -421,6 +421,26 @@ fn errors_say_each_cause_once_in_crow_terms() {
         "{line}"
     );
 
+    // A lake made by an older CROW lacks the tables added since: SQL says
+    // which, and how to add them; `crow init` does, and SQL reads again.
+    let folder = std::path::Path::new(&b.uri).join("daily_metrics");
+    std::fs::remove_dir_all(&folder).expect("remove a table's folder");
+    let line = one_error_line(
+        "a table missing",
+        &b.crow(&["sql", "select count(*) from organizations"]),
+        "daily_metrics",
+    );
+    assert!(
+        line.starts_with("error: table `daily_metrics` does not exist in the lake at ")
+            && line.ends_with("(run `crow init`)"),
+        "{line}"
+    );
+    b.crow_ok(&["init"]);
+    assert_eq!(
+        b.crow_json(&["sql", "select count(*) as n from daily_metrics"]),
+        serde_json::json!([{"n": 0}])
+    );
+
     let line = one_error_line("syntax error", &b.crow(&["sql", "selec 1"]), "selec");
     assert_eq!(
         line,
