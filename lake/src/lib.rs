@@ -132,6 +132,11 @@ pub struct LiveFile {
     pub path: String,
     /// Size in bytes.
     pub size: i64,
+    /// When it was written (milliseconds since the epoch).
+    pub modification_time: i64,
+    /// Its deletion vector, when rows of it were deleted in place (a
+    /// writer with deletion vectors on): the same file with other rows.
+    pub deletion_vector: Option<String>,
     /// Partition column → value (None: null).
     pub partition_values: std::collections::BTreeMap<String, Option<String>>,
 }
@@ -473,9 +478,9 @@ impl Lake {
     }
 
     /// The live data files of a loaded table's snapshot: a file's path
-    /// (relative to the table), size and partition values. What a reader
-    /// of that snapshot reads; a file is never changed in place, so the
-    /// same list means the same rows.
+    /// (relative to the table), size, write time, deletion vector and
+    /// partition values. What a reader of that snapshot reads: a file is
+    /// never changed in place, so the same list means the same rows.
     pub fn live_files(table: &DeltaTable) -> Result<Vec<LiveFile>> {
         let name = table.log_store().root_url().to_string();
         let snap = table.snapshot().map_err(|e| Error::delta(&name, e))?;
@@ -485,6 +490,8 @@ impl Lake {
             .map(|view| LiveFile {
                 path: view.path().to_string(),
                 size: view.size(),
+                modification_time: view.modification_time(),
+                deletion_vector: view.deletion_vector_descriptor().map(|d| format!("{d:?}")),
                 partition_values: view
                     .partition_values_map()
                     .iter()

@@ -110,6 +110,7 @@ pub fn time_column(table: &str) -> Option<(&'static str, bool)> {
         "patterns" => ("period_start", true),
         "stories" => ("start_date", true),
         "usage_daily" => ("usage_date", true),
+        "daily_metrics" => ("metric_date", true),
         "organizations" | "api_keys" | "products" | "llm_cache" => ("created_at", false),
         _ => return None,
     })

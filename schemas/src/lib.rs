@@ -766,7 +766,7 @@ pub const DAILY_METRICS: TableDef = TableDef {
         req(
             "n",
             Float64,
-            "A rate's trials (a product's views: the day's sessions); 0 for a count.",
+            "A rate's trials (a product's views: the day's sessions; revenue: the orders that carried an amount); 0 for a count.",
         ),
         req(
             "hit_session_ids",

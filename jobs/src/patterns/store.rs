@@ -85,7 +85,13 @@ impl Sources {
                     )));
                 };
                 let e = files.entry(day).or_default();
-                e.0.push(format!("{tag}\u{0}{}\u{0}{}", f.path, f.size));
+                e.0.push(format!(
+                    "{tag}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
+                    f.path,
+                    f.size,
+                    f.modification_time,
+                    f.deletion_vector.as_deref().unwrap_or("")
+                ));
                 e.1 |= tag == "sessions";
             }
         }
@@ -186,7 +192,8 @@ async fn stored_fingerprints(
 
 /// Bring `daily_metrics` up to date for every day before `horizon` (all
 /// organizations: a day is counted whole), then read back the days of
-/// `org` (all when None).
+/// `org` (all when None). The sessions read that the report gives are
+/// `org`'s only: a run for one organization says nothing of the others.
 pub(super) async fn days_before(
     lake: &Lake,
     horizon: NaiveDate,
@@ -227,7 +234,11 @@ pub(super) async fn days_before(
             let mut rows = Rows::new();
             for d in chunk {
                 let (read, counted) = count_day(&ctx, &sources, *d, now, &mut rows).await?;
-                out.sessions_read += read;
+                out.sessions_read += read
+                    .iter()
+                    .filter(|(o, _)| org.is_none_or(|x| x == o.as_str()))
+                    .map(|(_, n)| n)
+                    .sum::<u64>();
                 out.days_counted += u64::from(counted);
                 progress.inc(1);
             }
@@ -249,16 +260,17 @@ pub(super) async fn days_before(
 }
 
 /// Count day `d` from its sessions into `rows` (every organization).
-/// Returns the sessions read and whether the day had any.
+/// Returns the sessions read per organization and whether the day had
+/// any.
 async fn count_day(
     ctx: &SessionContext,
     sources: &Sources,
     d: NaiveDate,
     now: DateTime<Utc>,
     rows: &mut Rows,
-) -> Result<(u64, bool)> {
+) -> Result<(BTreeMap<String, u64>, bool)> {
     let Some(source) = sources.days.get(&d).filter(|s| s.has_sessions) else {
-        return Ok((0, false));
+        return Ok((BTreeMap::new(), false));
     };
     let sql = format!(
         "SELECT org_id, session_id, channel, CAST(session_date AS VARCHAR) AS session_date, visitor_id,
@@ -266,11 +278,9 @@ async fn count_day(
          FROM sessions WHERE session_date = DATE '{d}'"
     );
     let mut by_org: BTreeMap<String, Vec<Sess>> = BTreeMap::new();
-    let mut read = 0u64;
     let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
     while let Some(b) = stream.next().await {
         let b = b?;
-        read += b.num_rows() as u64;
         for r in batches_to_rows::<SessionIn>(std::slice::from_ref(&b))? {
             let org = r.org_id.clone();
             by_org.entry(org).or_default().push(Sess::from_row(r)?);
@@ -297,6 +307,10 @@ async fn count_day(
     for r in ids {
         iids.insert((r.org_id, r.session_id), r.interaction_id);
     }
+    let read = by_org
+        .iter()
+        .map(|(o, v)| (o.clone(), v.len() as u64))
+        .collect();
     for (org, mut sessions) in by_org {
         // The scan's order is not stable; samples must be.
         sessions.sort_by(|a, b| a.id.cmp(&b.id));
@@ -513,10 +527,17 @@ fn add_rows(b: &RecordBatch, out: &mut BTreeMap<String, OrgDays>) -> Result<()> 
         for (side, (sl, il)) in [(0usize, 1usize), (2, 3)].into_iter().enumerate() {
             let sessions = texts(row, sl);
             let interactions = texts(row, il);
-            for (i, s) in sessions.into_iter().enumerate() {
-                let Some(s) = s else { continue };
-                if let Some(Some(iid)) = interactions.get(i) {
-                    od.interactions.insert(s.clone(), iid.clone());
+            // The two lists are one list of pairs: anything else is a row
+            // this job did not write, never silently read.
+            if sessions.len() != interactions.len() || sessions.iter().any(Option::is_none) {
+                return Err(Error::Corrupt(format!(
+                    "daily_metrics: {day} {} {:?}: sample sessions and their interactions do not pair up",
+                    key.0, key.1
+                )));
+            }
+            for (s, iid) in sessions.into_iter().flatten().zip(interactions) {
+                if let Some(iid) = iid {
+                    od.interactions.insert(s.clone(), iid);
                 }
                 if side == 0 {
                     sample.0.push(s);

@@ -2130,6 +2130,58 @@ async fn daily_figures_kept(b: Backend) {
     assert_eq!(run(), (json!(1), json!(20), total(Some(changed))));
     let (counted, kept) = figures();
     assert_eq!(kept, counted, "the changed day as SQL counts it now");
+
+    // Another day's interactions go (a re-enrichment under way): that day
+    // is counted again, and its samples name no interaction any more.
+    let samples = |d: chrono::NaiveDate| {
+        b.sql_rows(&format!(
+            "SELECT hit_session_ids AS s, hit_interaction_ids AS i FROM daily_metrics \
+             WHERE metric_date = DATE '{d}' AND metric = 'sessions' AND segment = ''"
+        ))
+    };
+    let reenriched = day_offset(clock, 5);
+    let before_samples = samples(reenriched);
+    assert_eq!(before_samples.len(), 1, "{before_samples:?}");
+    let named = before_samples[0]["i"].as_array().expect("interactions");
+    assert!(
+        !named.is_empty() && named.iter().all(Value::is_string),
+        "{before_samples:?}"
+    );
+    lake.delete_where(
+        "interactions",
+        &col("session_date").eq(crow_lake::predicate::date(reenriched)),
+    )
+    .await
+    .expect("delete a day's interactions");
+    assert_eq!(run(), (json!(1), json!(20), total(Some(reenriched))));
+    let after_samples = samples(reenriched);
+    assert_eq!(
+        after_samples[0]["s"], before_samples[0]["s"],
+        "same sessions"
+    );
+    let named = after_samples[0]["i"].as_array().expect("interactions");
+    assert!(
+        named.len() == before_samples[0]["s"].as_array().map_or(0, Vec::len)
+            && named.iter().all(Value::is_null),
+        "{after_samples:?}"
+    );
+
+    // A day whose sessions are all gone has no figures any more.
+    let emptied = day_offset(clock, 15);
+    lake.delete_where(
+        "sessions",
+        &col("session_date").eq(crow_lake::predicate::date(emptied)),
+    )
+    .await
+    .expect("delete a day's sessions");
+    assert_eq!(run(), (json!(0), json!(20), json!(0)));
+    let (counted, kept) = figures();
+    assert_eq!(kept, counted, "no figures for the emptied day");
+    let days: BTreeSet<&str> = kept.iter().filter_map(|r| r["d"].as_str()).collect();
+    assert!(
+        days.len() == 20 && !days.contains(emptied.to_string().as_str()),
+        "{days:?}"
+    );
     let after_change = snapshot();
 
     // Every figure forgotten: all days are counted again, and they give
@@ -2137,7 +2189,7 @@ async fn daily_figures_kept(b: Backend) {
     lake.delete_where("daily_metrics", &lit(true))
         .await
         .expect("forget the daily figures");
-    assert_eq!(run(), (json!(21), json!(0), total(None)));
+    assert_eq!(run(), (json!(20), json!(0), total(None)));
     assert_eq!(
         snapshot(),
         after_change,
