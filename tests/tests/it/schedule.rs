@@ -8,6 +8,11 @@
 //! backfill that failed part-way is finished by running it again. The lease
 //! tests hold a scheduled enrich run open with a provider that answers only
 //! when the test says so.
+//!
+//! Every case runs on both backends through `both_backends!`, except three
+//! whose subject no backend changes: SIGTERM (signal handling), the lease
+//! that cannot be renewed (it turns the local lease folder into a file)
+//! and `--only api` / `--only ingest` (which servers a process starts).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -381,9 +386,9 @@ fn backfill_runs(b: &Backend) -> BTreeMap<String, i64> {
     .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backfill_cascades_and_is_idempotent() {
-    let b = Backend::local();
+both_backends!(backfill_cascades_and_is_idempotent => backfill_cascades_and_is_idempotent_on);
+
+async fn backfill_cascades_and_is_idempotent_on(b: Backend) {
     b.crow_ok(&["init"]);
     let org = b.crow_json(&["orgs", "create", "--name", "Shop"])["org_id"]
         .as_str()
@@ -710,9 +715,9 @@ async fn two_servers(b: Backend) {
     assert_eq!(runs[0]["trigger"], "schedule", "{runs}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_runs_are_retried_with_backoff() {
-    let b = Backend::local();
+both_backends!(failed_runs_are_retried_with_backoff => failed_runs_are_retried_with_backoff_on);
+
+async fn failed_runs_are_retried_with_backoff_on(b: Backend) {
     b.crow_ok(&["init"]);
     // An admin to tell when the job gives up, and a viewer not to.
     b.crow_json(&["orgs", "create", "--name", "Ops Co"]);
@@ -832,12 +837,12 @@ async fn failed_runs_are_retried_with_backoff() {
     );
 }
 
+both_backends!(vacuum_runs_on_its_schedule_and_keeps_the_retention => vacuum_runs_on_its_schedule_and_keeps_the_retention_on);
+
 /// Vacuum is scheduled like optimize and checkpoint: a scheduled run goes
 /// over every table, is recorded in `job_runs`, and deletes a file only
 /// past `schedule.vacuum_retention_hours` (so nothing of a fresh lake).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn vacuum_runs_on_its_schedule_and_keeps_the_retention() {
-    let b = Backend::local();
+async fn vacuum_runs_on_its_schedule_and_keeps_the_retention_on(b: Backend) {
     b.crow_ok(&["init"]);
     b.crow_json(&["orgs", "create", "--name", "Vac"]);
     b.crow_json(&["orgs", "create", "--name", "Vac 2"]);
@@ -1486,12 +1491,13 @@ async fn sigterm_finishes_the_run(b: Backend) {
     );
 }
 
+both_backends!(slots_missed_while_busy_collapse_into_one => slots_missed_while_busy);
+
 /// Slots that pass while a run is busy collapse into one: with enrich
 /// every 2 s and a run held for more than four slots, the next run is for
 /// the latest slot, and none of the slots in between ever starts.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slots_missed_while_busy_collapse_into_one_local() {
-    let b = lake_with_sessions(Backend::local()).await;
+async fn slots_missed_while_busy(b: Backend) {
+    let b = lake_with_sessions(b).await;
     let ai = GatedAi::start();
     let wal = tempfile::tempdir().expect("tmp");
     let mut server = start_server(
@@ -1638,13 +1644,13 @@ async fn a_run_whose_lease_cannot_be_renewed_is_abandoned_local() {
     assert_enriched_once(&b);
 }
 
+both_backends!(a_backfill_that_failed_part_way_is_finished_by_running_it_again => a_backfill_that_failed_part_way_is_finished_by_running_it_again_on);
+
 /// A backfill that fails part-way stops at the failing step and names it,
 /// with the steps before it done and none after it run; running the same
 /// backfill again finishes it, and the tables hold each session,
 /// interaction and usage day once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backfill_that_failed_part_way_is_finished_by_running_it_again() {
-    let b = Backend::local();
+async fn a_backfill_that_failed_part_way_is_finished_by_running_it_again_on(b: Backend) {
     b.crow_ok(&["init"]);
     let org = b.crow_json(&["orgs", "create", "--name", "Resume Co"])["org_id"]
         .as_str()
@@ -1681,6 +1687,7 @@ async fn a_backfill_that_failed_part_way_is_finished_by_running_it_again() {
         .arg("--lake")
         .arg(&b.uri)
         .args(args)
+        .envs(b.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env_remove("CROW_CONFIG")
         .env_remove("CROW_LAKE")
         .env("CROW_AI_PROVIDER", "gemini")
