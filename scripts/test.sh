@@ -92,9 +92,11 @@ echo "== tests"
 # Four test threads on two cores: many tests wait on servers, leases and
 # schedules more than they compute (BENCHMARKS.md, "CI": 592 s against
 # 686 s with the default two). CROWTEST_THREADS=N to change it.
+# --no-fail-fast: a failing test binary does not hide the failures of the
+# binaries after it (the run still fails).
 log="$(mktemp)"
 set +e
-cargo test --workspace --all-targets --locked -- --test-threads "${CROWTEST_THREADS:-4}" "$@" 2>&1 | tee "$log"
+cargo test --workspace --all-targets --locked --no-fail-fast -- --test-threads "${CROWTEST_THREADS:-4}" "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 phase "tests"

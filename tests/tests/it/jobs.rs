@@ -1957,6 +1957,24 @@ fn demo_at_any_time_of_day(root: Backend) {
     }
 }
 
+/// The patterns and stories tables (rows without their write time) and
+/// their latest Delta versions: equal before and after a run that changed
+/// nothing, not even a commit.
+fn patterns_and_stories(b: &Backend) -> (Value, Value, Value, Value) {
+    (
+        b.crow_json(&[
+            "sql",
+            "SELECT * EXCLUDE (created_at) FROM patterns ORDER BY pattern_id",
+        ]),
+        b.crow_json(&["history", "patterns", "--limit", "1"])[0]["version"].clone(),
+        b.crow_json(&[
+            "sql",
+            "SELECT * EXCLUDE (created_at) FROM stories ORDER BY story_id",
+        ]),
+        b.crow_json(&["history", "stories", "--limit", "1"])[0]["version"].clone(),
+    )
+}
+
 both_backends!(sync a_provisional_period_becomes_final_and_reruns_change_nothing => provisional_period_becomes_final);
 
 fn provisional_period_becomes_final(b: Backend) {
@@ -2010,20 +2028,7 @@ fn provisional_period_becomes_final(b: Backend) {
 
     // Re-running patterns, incrementally or over the whole range, leaves
     // the table identical: the same rows, no new Delta version.
-    let snapshot = || {
-        (
-            b.crow_json(&[
-                "sql",
-                "SELECT * EXCLUDE (created_at) FROM patterns ORDER BY pattern_id",
-            ]),
-            b.crow_json(&["history", "patterns", "--limit", "1"])[0]["version"].clone(),
-            b.crow_json(&[
-                "sql",
-                "SELECT * EXCLUDE (created_at) FROM stories ORDER BY story_id",
-            ]),
-            b.crow_json(&["history", "stories", "--limit", "1"])[0]["version"].clone(),
-        )
-    };
+    let snapshot = || patterns_and_stories(&b);
     let before = snapshot();
     b.crow_json(&["jobs", "run", "patterns", "--now", &monday, "--quiet"]);
     assert_eq!(snapshot(), before, "an incremental re-run");
@@ -2068,20 +2073,7 @@ async fn daily_figures_kept(b: Backend) {
     assert_eq!(kept, counted, "every day counted as SQL counts it");
     let days: BTreeSet<&str> = kept.iter().filter_map(|r| r["d"].as_str()).collect();
     assert_eq!(days.len(), 21, "{days:?}");
-    let snapshot = || {
-        (
-            b.crow_json(&[
-                "sql",
-                "SELECT * EXCLUDE (created_at) FROM patterns ORDER BY pattern_id",
-            ]),
-            b.crow_json(&["history", "patterns", "--limit", "1"])[0]["version"].clone(),
-            b.crow_json(&[
-                "sql",
-                "SELECT * EXCLUDE (created_at) FROM stories ORDER BY story_id",
-            ]),
-            b.crow_json(&["history", "stories", "--limit", "1"])[0]["version"].clone(),
-        )
-    };
+    let snapshot = || patterns_and_stories(&b);
     let (from_s, to_s) = (from.to_string(), to.to_string());
     let run = || {
         let r = b.crow_json(&[
