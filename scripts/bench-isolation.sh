@@ -29,10 +29,9 @@ wk=$(echo "$org" | "$py" -c 'import json,sys; print(json.load(sys.stdin)["write_
 oid=$(echo "$org" | "$py" -c 'import json,sys; print(json.load(sys.stdin)["org_id"])')
 key=$("$crow" --lake "$lake" keys create --org "$oid" --scope read --format json \
   | "$py" -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
-port=$(bench_free_port)
 # The result cache is off: the heavy query runs anew each time.
-bench_serve both "$port" CROW_API_RESULT_CACHE_MB=0 CROW_API_QUERY_TIMEOUT_SECONDS=3600 \
-  CROW_API_RATE_LIMIT_BURST=100000 -- --lake "$lake" serve --listen "127.0.0.1:$port" --wal-dir "$work/wal"
+bench_serve both CROW_API_RESULT_CACHE_MB=0 CROW_API_QUERY_TIMEOUT_SECONDS=3600 \
+  CROW_API_RATE_LIMIT_BURST=100000 -- --lake "$lake" serve --listen "127.0.0.1:0" --wal-dir "$work/wal"
 echo "acks alone: batches of $batch events, $clients clients, $secs s"
 "$crow" bench ingest --url "$url" --write-key "$wk" --batch "$batch" --clients "$clients" \
   --seconds "$secs" | tee "$work/alone.md"

@@ -31,7 +31,7 @@ port=$(bench_free_port)
 fport=$(bench_free_port)
 pport=$(bench_free_port)
 # The result cache is off: each run streams its answer anew.
-bench_serve api "$port" CROW_API_RESULT_CACHE_MB=0 \
+bench_serve api CROW_API_RESULT_CACHE_MB=0 \
   CROW_API_MAX_RESULT_ROWS=$(( ROWS > JSON_ROWS ? ROWS : JSON_ROWS )) CROW_API_QUERY_TIMEOUT_SECONDS=3600 \
   -- --lake "$lake" serve --only api --listen "127.0.0.1:$port" \
   --flight-listen "127.0.0.1:$fport" --pg-listen "127.0.0.1:$pport" --wal-dir "$work/wal"

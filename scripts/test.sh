@@ -96,12 +96,19 @@ echo "== tests"
 # binaries after it (the run still fails).
 log="$(mktemp)"
 set +e
-cargo test --workspace --all-targets --locked --no-fail-fast -- --test-threads "${CROWTEST_THREADS:-4}" "$@" 2>&1 | tee "$log"
+# The runner adds libtest's per-test times (scripts/test-runner.sh); a
+# runner changes no compiled unit, so nothing is rebuilt for it.
+cargo test --workspace --all-targets --locked --no-fail-fast \
+  --config "target.'cfg(all())'.runner=['$PWD/scripts/test-runner.sh']" \
+  -- --test-threads "${CROWTEST_THREADS:-4}" "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 phase "tests"
 passed=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) passed.*/\1/' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) failed.*/\1/' | awk '{s+=$1} END {print s+0}')
+echo
+echo "== slowest tests (wall seconds; tests run ${CROWTEST_THREADS:-4} at a time)"
+grep -E '^test .* <[0-9.]+s>$' "$log" | sed -E 's/^test (.*) \.\.\. [a-zA-Z]+ <([0-9.]+)s>$/\2 \1/' | sort -rn | head -n "${CROWTEST_SLOWEST:-25}" | awk '{printf "%8.1f  %s\n", $1, $2}'
 rm -f "$log"
 echo
 echo "$passed passed, $failed failed"

@@ -102,8 +102,10 @@ impl Error {
 }
 
 impl From<datafusion::error::DataFusionError> for Error {
+    /// A lake error raised while DataFusion planned a query (a table loaded
+    /// on first use) comes back as itself.
     fn from(e: datafusion::error::DataFusionError) -> Self {
-        Error::DataFusion(Box::new(e))
+        crate::schema::lake_error_of(e)
     }
 }
 

@@ -29,6 +29,7 @@ pub mod orgs;
 pub mod predicate;
 pub mod products;
 pub mod scan;
+mod schema;
 pub mod vector;
 pub mod webhook;
 
@@ -990,19 +991,19 @@ impl Lake {
         Ok(t.version().unwrap_or(0))
     }
 
-    /// A DataFusion session with every table registered under its name, at
-    /// its latest version.
+    /// A DataFusion session with every table under its name, at its latest
+    /// version. A table is loaded when a query first names it, once per
+    /// session (see `schema.rs`): a query over one table reads one table's
+    /// log, not the whole lake's.
     pub async fn session(&self) -> Result<SessionContext> {
         self.session_as_of(AsOf::Latest).await
     }
 
-    /// A DataFusion session with every table registered as of a time
-    /// (tables that did not exist then are empty).
+    /// A DataFusion session with every table as of a time (tables that did
+    /// not exist then are empty), each loaded when first named.
     pub async fn session_as_of(&self, as_of: AsOf) -> Result<SessionContext> {
         let ctx = new_context();
-        for def in crow_schemas::ALL_TABLES {
-            self.register(&ctx, def.name, def.name, as_of).await?;
-        }
+        self.install_tables(&ctx, as_of, HashMap::new())?;
         Ok(ctx)
     }
 
@@ -1016,28 +1017,58 @@ impl Lake {
     ) -> Result<SessionContext> {
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         ctx.register_udf(vector::cosine_udf());
-        for def in crow_schemas::ALL_TABLES {
-            self.register(&ctx, def.name, def.name, AsOf::Latest)
-                .await?;
-        }
+        self.install_tables(&ctx, AsOf::Latest, HashMap::new())?;
         Ok(ctx)
     }
 
     /// A DataFusion session with every table at its latest version, except
-    /// the tables pinned to a version or time in `pins`.
+    /// the tables pinned to a version or time in `pins`. A pin past a
+    /// table's latest version is refused here, before any query.
     pub async fn session_with(&self, pins: &[(String, AsOf)]) -> Result<SessionContext> {
-        for (t, _) in pins {
+        for (t, as_of) in pins {
             def(t)?;
+            if let AsOf::Version(v) = as_of {
+                self.check_version(t, *v).await?;
+            }
         }
         let ctx = new_context();
-        for def in crow_schemas::ALL_TABLES {
-            let as_of = pins
-                .iter()
-                .find(|(t, _)| t == def.name)
-                .map_or(AsOf::Latest, |(_, a)| *a);
-            self.register(&ctx, def.name, def.name, as_of).await?;
-        }
+        self.install_tables(&ctx, AsOf::Latest, pins.iter().cloned().collect())?;
         Ok(ctx)
+    }
+
+    /// Makes the lake's tables the default schema of `ctx`, each loaded
+    /// when a query first names it ([`schema::LakeSchema`]).
+    fn install_tables(
+        &self,
+        ctx: &SessionContext,
+        as_of: AsOf,
+        pins: HashMap<String, AsOf>,
+    ) -> Result<()> {
+        let state = ctx.state();
+        let names = &state.config().options().catalog;
+        let catalog = ctx.catalog(&names.default_catalog).ok_or_else(|| {
+            Error::Invalid(format!(
+                "the session has no catalog `{}`",
+                names.default_catalog
+            ))
+        })?;
+        catalog.register_schema(
+            &names.default_schema,
+            Arc::new(schema::LakeSchema::new(self.clone(), as_of, pins)),
+        )?;
+        Ok(())
+    }
+
+    /// Refuses version `v` of table `name` when it is past the latest: loading
+    /// a version far beyond the log lists and probes without end.
+    async fn check_version(&self, name: &str, v: u64) -> Result<()> {
+        let latest = self.table_for_read(name).await?.version().unwrap_or(0);
+        if v > latest {
+            return Err(Error::Invalid(format!(
+                "table `{name}` has no version {v} (latest is {latest})"
+            )));
+        }
+        Ok(())
     }
 
     /// Register table `name` as `alias` in `ctx` as of a point in time. A
@@ -1097,21 +1128,29 @@ impl Lake {
         as_of: AsOf,
         scan: Scan,
     ) -> Result<Option<u64>> {
-        // A version is checked against the latest before anything loads it:
-        // loading a version far beyond the log lists and probes without end.
+        let (provider, version) = self.provider_as_of(name, as_of, scan).await?;
+        ctx.register_table(alias, provider)?;
+        Ok(version)
+    }
+
+    /// The provider of table `name` as of a point in time, and the Delta
+    /// version it reads (`None`: a time before the table existed, an empty
+    /// table).
+    pub(crate) async fn provider_as_of(
+        &self,
+        name: &str,
+        as_of: AsOf,
+        scan: Scan,
+    ) -> Result<(Arc<dyn datafusion::catalog::TableProvider>, Option<u64>)> {
+        // A version is checked against the latest before anything loads it.
         if let AsOf::Version(v) = as_of {
-            let latest = self.table_for_read(name).await?.version().unwrap_or(0);
-            if v > latest {
-                return Err(Error::Invalid(format!(
-                    "table `{name}` has no version {v} (latest is {latest})"
-                )));
-            }
+            self.check_version(name, v).await?;
         }
         let loaded = match as_of {
             AsOf::Latest => self.table_for_read(name).await,
             _ => self.table_as_of(name, as_of).await,
         };
-        let (provider, version): (Arc<dyn datafusion::catalog::TableProvider>, _) = match loaded {
+        Ok(match loaded {
             Ok(t) => (self.provider_for(&t, scan).await?, t.version()),
             Err(e) => match as_of {
                 AsOf::Timestamp(ts) if self.created_after(name, ts).await? => {
@@ -1125,9 +1164,7 @@ impl Lake {
                 }
                 _ => return Err(e),
             },
-        };
-        ctx.register_table(alias, provider)?;
-        Ok(version)
+        })
     }
 
     /// Whether table `name`'s first commit is after `ts`.

@@ -8,11 +8,15 @@
 #   bench_work                     → $work: a temporary folder, removed on
 #       exit together with every server in $bench_pids (bench_stop_all).
 #   bench_free_port                → prints a free local TCP port.
-#   bench_serve NAME PORT [VAR=VALUE ...] -- CROW_ARGS...  → runs
-#       `$crow CROW_ARGS...` in the background with the settings in its
-#       environment, logging to $work/serve-NAME.log, and waits until
-#       http://127.0.0.1:PORT/healthz answers (or prints the log and fails
-#       when the server exits); sets $url; the pid joins $bench_pids.
+#   bench_serve NAME [VAR=VALUE ...] -- CROW_ARGS...  → runs
+#       `$crow CROW_ARGS...` (a `serve`) in the background with the settings
+#       in its environment, logging to $work/serve-NAME.log, and waits until
+#       the address that this server logs ("listening on http://…") answers
+#       /healthz; prints the log and fails when the server exits or has not
+#       started in 60 s. Sets $url; the pid joins $bench_pids. Reading the
+#       address from the server's own log, not probing a port chosen
+#       beforehand, means another server that took that port in between
+#       (tests run several at once) is never mistaken for this one.
 #   bench_start_api NAME LAKE [VAR=VALUE ...]  → `crow serve --only api` on
 #       LAKE on a free port through bench_serve, e.g. with
 #       CROW_API_RESULT_CACHE_MB=0.
@@ -52,27 +56,34 @@ bench_free_port() {
 }
 
 bench_serve() {
-  local name="$1" port="$2" settings=()
-  shift 2
+  local name="$1" settings=() log pid addr=""
+  shift
   while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do settings+=("$1"); shift; done
   [ "$#" -gt 0 ] || { echo "bench_serve: no -- before the crow arguments" >&2; return 2; }
   shift
-  env "${settings[@]}" "$crow" "$@" >"$work/serve-$name.log" 2>&1 &
-  bench_pids+=($!)
-  for _ in $(seq 1 150); do
-    curl -sf -o /dev/null "http://127.0.0.1:$port/healthz" && break
-    kill -0 "${bench_pids[-1]}" 2>/dev/null || { cat "$work/serve-$name.log" >&2; return 1; }
+  log="$work/serve-$name.log"
+  env "${settings[@]}" "$crow" "$@" >"$log" 2>&1 &
+  pid=$!
+  bench_pids+=("$pid")
+  for _ in $(seq 1 300); do
+    kill -0 "$pid" 2>/dev/null || { echo "crow serve ($name) exited:" >&2; cat "$log" >&2; return 1; }
+    addr="$(sed -n 's|.*listening on http://\([0-9.:]*\).*|\1|p' "$log" | head -n 1)"
+    if [ -n "$addr" ] && curl -sf -o /dev/null "http://$addr/healthz"; then
+      url="http://$addr"
+      return 0
+    fi
     sleep 0.2
   done
-  url="http://127.0.0.1:$port"
+  echo "crow serve ($name) did not answer in 60 s:" >&2
+  cat "$log" >&2
+  return 1
 }
 
 bench_start_api() {
-  local name="$1" lake="$2" port
+  local name="$1" lake="$2"
   shift 2
-  port=$(bench_free_port)
-  bench_serve "$name" "$port" "$@" -- --lake "$lake" serve --only api \
-    --listen "127.0.0.1:$port" --wal-dir "$work/wal-$name"
+  bench_serve "$name" "$@" -- --lake "$lake" serve --only api \
+    --listen "127.0.0.1:0" --wal-dir "$work/wal-$name"
 }
 
 bench_generate() {

@@ -842,7 +842,11 @@ async fn browser_sdk_in_chromium() {
     wait_count(&lake, &q, 5, Duration::from_secs(20)).await;
     let rows = query(
         &lake,
-        &format!("select type, event, page_path, product_id, device_type, user_agent from raw_web_events where anonymous_id = '{anon}' order by occurred_at"),
+        // In the order the browser made them: its own clock. `occurred_at`
+        // corrects each batch for the client's clock skew as measured when
+        // that batch arrived, so events milliseconds apart in different
+        // batches may swap there.
+        &format!("select type, event, page_path, product_id, device_type, user_agent from raw_web_events where anonymous_id = '{anon}' order by original_timestamp, received_at"),
     )
     .await;
     let kinds: Vec<String> = rows
@@ -908,7 +912,7 @@ async fn segment_analytics_js_in_chromium() {
     wait_count(&lake, &q, 3, Duration::from_secs(20)).await;
     let rows = query(
         &lake,
-        &format!("select type, event, user_id, page_path, product_id, device_type, strpos(context, '\"analytics.js\"') > 0 as from_ajs from raw_web_events where anonymous_id = '{anon}' order by occurred_at"),
+        &format!("select type, event, user_id, page_path, product_id, device_type, strpos(context, '\"analytics.js\"') > 0 as from_ajs from raw_web_events where anonymous_id = '{anon}' order by original_timestamp, received_at"),
     )
     .await;
     let got: Vec<String> = rows

@@ -51,6 +51,32 @@ pub struct Backend {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// Creates `bucket` on the S3 server at `endpoint` (`http://host:port`):
+/// one unsigned `PUT /bucket` over a plain socket, so that sync and async
+/// tests alike can call it (the local server does not check signatures).
+fn create_bucket(endpoint: &str, bucket: &str) {
+    use std::io::{Read, Write};
+    let host = endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut conn = std::net::TcpStream::connect(&host)
+        .unwrap_or_else(|e| panic!("the S3 server at {endpoint}: {e}"));
+    write!(
+        conn,
+        "PUT /{bucket} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send the bucket request");
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer)
+        .expect("read the bucket answer");
+    let status = answer.lines().next().unwrap_or("");
+    assert!(
+        status.split_whitespace().nth(1) == Some("200"),
+        "creating bucket {bucket} on {endpoint}: {status}\n{answer}"
+    );
+}
+
 /// Copies the folder `from` (a local lake, say) to `to`, recursively.
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("create copy");
@@ -86,16 +112,23 @@ impl Backend {
         }
     }
 
-    /// A fresh prefix in the test bucket of the S3 server at
-    /// `CROWTEST_S3_ENDPOINT` (started by `scripts/test.sh`).
+    /// A lake in a bucket of its own on the S3 server at
+    /// `CROWTEST_S3_ENDPOINT` (started by `scripts/test.sh`), at a prefix.
+    ///
+    /// A bucket per test, not a prefix per test in one shared bucket: the
+    /// local server (moto) answers a listing by scanning every key of the
+    /// bucket, so in a shared bucket each test's listings grew with every
+    /// test before it (BENCHMARKS.md, "CI").
     pub fn s3() -> Backend {
         let endpoint = std::env::var("CROWTEST_S3_ENDPOINT").unwrap_or_else(|_| {
             panic!("CROWTEST_S3_ENDPOINT is not set: run the tests with scripts/test.sh, which starts a local S3 server")
         });
-        let bucket = std::env::var("CROWTEST_S3_BUCKET").unwrap_or_else(|_| "crow-test".into());
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let bucket = format!("crow-test-{}", &id[..16]);
+        create_bucket(&endpoint, &bucket);
         Backend {
             name: "s3",
-            uri: format!("s3://{bucket}/{}", uuid::Uuid::new_v4().simple()),
+            uri: format!("s3://{bucket}/{}", &id[16..]),
             env: vec![
                 ("AWS_ENDPOINT_URL".into(), endpoint),
                 ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
