@@ -8,7 +8,7 @@ use crow_schemas::config::LakeConfig;
 
 /// One test on both lake backends, by construction: `both_backends!(name
 /// => body)` makes the module `name` with the tests `local` (a temp folder)
-/// and `s3` (a fresh prefix on the local S3-compatible server), each calling
+/// and `s3` (a bucket of its own on the local S3-compatible server), each calling
 /// `body(Backend)` of the enclosing module — `async fn body(b: Backend)`, or
 /// with `sync`, a plain `fn` run as a `#[test]`. `cargo test ::s3` runs
 /// every S3 case.
