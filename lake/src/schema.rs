@@ -169,3 +169,71 @@ pub(crate) fn lake_error_of(e: DataFusionError) -> Error {
         other => Error::DataFusion(Box::new(other)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crow_schemas::config::LakeConfig;
+    use datafusion::prelude::SessionContext;
+
+    use crate::{Error, Lake};
+
+    async fn count(ctx: &SessionContext, table: &str) -> i64 {
+        let (_, batches) = crate::run_read_only(ctx, &format!("select count(*) as n from {table}"))
+            .await
+            .expect("count");
+        batches[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .expect("a count")
+            .value(0)
+    }
+
+    #[tokio::test]
+    async fn a_session_loads_the_tables_a_query_names_once() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let root = dir.path().join("lake");
+        let lake = Lake::open(&LakeConfig {
+            uri: root.display().to_string(),
+            ..LakeConfig::default()
+        })
+        .await
+        .expect("open");
+        lake.init().await.expect("init");
+        // A table no query names is never loaded: its absence is no error.
+        std::fs::remove_dir_all(root.join("daily_metrics")).expect("remove a table");
+        let ctx = lake.session().await.expect("session");
+        assert_eq!(count(&ctx, "organizations").await, 0);
+        // A table once loaded is that snapshot for the session's life; a
+        // new session reads the new version.
+        crate::orgs::create(&lake, "Alpha", None, None)
+            .await
+            .expect("create an organization");
+        assert_eq!(count(&ctx, "organizations").await, 0);
+        let fresh = lake.session().await.expect("session");
+        assert_eq!(count(&fresh, "organizations").await, 1);
+        // The missing table, named: the lake's own error, through the
+        // planner, not a DataFusion message.
+        let err = crate::run_read_only(&fresh, "select count(*) from daily_metrics")
+            .await
+            .expect_err("a missing table");
+        assert!(
+            matches!(&err, Error::TableMissing { table, .. } if table == "daily_metrics"),
+            "{err}"
+        );
+        // Deregistered and registered again: the session's own table wins.
+        fresh.deregister_table("organizations").expect("deregister");
+        let gone = crate::run_read_only(&fresh, "select * from organizations")
+            .await
+            .expect_err("a deregistered table");
+        assert!(
+            gone.to_string().contains("organizations") && gone.to_string().contains("not found"),
+            "{gone}"
+        );
+        let empty = crate::empty_provider("organizations").expect("empty");
+        fresh
+            .register_table("organizations", empty)
+            .expect("register");
+        assert_eq!(count(&fresh, "organizations").await, 0);
+    }
+}
