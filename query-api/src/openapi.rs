@@ -681,7 +681,7 @@ fn saved_query_paths() -> Map<String, Value> {
     let paths = json!({
         "/api/v1/saved-queries": {
             "get": {
-                "summary": format!("The signed-in user's saved queries, most recently changed first (all of them: at most {}).", crate::saved::MAX_PER_USER),
+                "summary": "The signed-in user's saved queries, most recently changed first (all of them: at most `api.max_saved_queries`, 200 by default).",
                 "security": user,
                 "responses": errs("200", json_ok("Saved queries.", json!({"type": "object", "required": ["data"],
                     "properties": {"data": {"type": "array", "items": saved}}})), &[401, 403, 429]),

@@ -9,7 +9,8 @@
 //!
 //! Names are unique among a user's saved queries (409 `name_taken`), 1 to
 //! [`MAX_NAME`] characters without control characters; the SQL is 1 to
-//! [`MAX_SQL`] characters; a user keeps at most [`MAX_PER_USER`]. Saving
+//! [`MAX_SQL`] characters; a user keeps at most `api.max_saved_queries`
+//! (200 by default). Saving
 //! does not run the query: the console runs it through `POST /api/v1/sql`,
 //! where the tenant's own rows are all it can read.
 
@@ -34,8 +35,6 @@ use crate::ApiState;
 pub const MAX_NAME: usize = 200;
 /// Longest SQL, in characters.
 pub const MAX_SQL: usize = 20_000;
-/// Saved queries one user keeps at most.
-pub const MAX_PER_USER: usize = 200;
 
 /// Store `row` and write `action` on it in the audit log.
 async fn save_audited(
@@ -133,7 +132,7 @@ fn check_unique(all: &[SavedRow], name: &str, except: Option<&str>) -> ApiResult
 
 /// `GET /api/v1/saved-queries`: the signed-in user's saved queries, most
 /// recently changed first (all of them: a user keeps at most
-/// [`MAX_PER_USER`]).
+/// `api.max_saved_queries`).
 pub async fn list(State(st): State<Arc<ApiState>>, headers: HeaderMap) -> ApiResult<Response> {
     let (p, user) = SAVED.owner(&st, &headers).await?;
     let data: Vec<Value> = SAVED
@@ -164,11 +163,12 @@ pub async fn create(
     let name = clean_name(&b.name)?;
     let sql = clean_sql(&b.sql)?;
     let all = SAVED.all_of::<SavedRow>(&st, &p, &user).await?;
-    if all.len() >= MAX_PER_USER {
+    let max = st.cfg.max_saved_queries;
+    if all.len() >= max as usize {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "too_many_saved_queries",
-            format!("you keep at most {MAX_PER_USER} saved queries: delete one first"),
+            format!("you keep at most {max} saved queries: delete one first"),
         ));
     }
     check_unique(&all, &name, None)?;

@@ -615,6 +615,9 @@ pub struct ApiConfig {
     pub query_nice: u64,
     /// Largest page of a REST listing.
     pub max_page_size: u32,
+    /// Saved queries one user keeps at most (the dashboard's SQL console);
+    /// one more is refused with 409 `too_many_saved_queries`.
+    pub max_saved_queries: u32,
     /// Longest SQL statement accepted, in bytes.
     pub max_sql_bytes: u64,
     /// Deepest expression in a statement: nesting and chains of operators
@@ -675,6 +678,7 @@ impl Default for ApiConfig {
             query_nice: 10,
             spill_dir: String::new(),
             max_page_size: 1000,
+            max_saved_queries: 200,
             max_sql_bytes: 1024 * 1024,
             max_expression_depth: 256,
             max_in_list: 10_000,
@@ -1356,6 +1360,7 @@ impl ApiConfig {
             ("api.max_result_rows", self.max_result_rows),
             ("api.memory_limit_mb", self.memory_limit_mb),
             ("api.max_page_size", u64::from(self.max_page_size)),
+            ("api.max_saved_queries", u64::from(self.max_saved_queries)),
             ("api.max_sql_bytes", self.max_sql_bytes),
             ("api.max_expression_depth", self.max_expression_depth),
             ("api.max_in_list", self.max_in_list),

@@ -332,36 +332,56 @@ async fn saved_queries_are_checked_and_stay_with_their_owner() {
     assert_eq!(audited[4]["target"], json!(id));
 }
 
-/// A user keeps at most 200 saved queries: the 201st is refused with 409
-/// `too_many_saved_queries` and saves nothing; another user of the same
-/// organization is not limited by hers; after deleting one she saves again.
+/// A user keeps at most `api.max_saved_queries` saved queries (200 by
+/// default): one more is refused with 409 `too_many_saved_queries` and
+/// saves nothing; another user of the same organization is not limited by
+/// hers; after deleting one she saves again. The server here keeps 12, so
+/// the test makes 12 saves, not 200 (each is two commits).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_user_keeps_at_most_200_saved_queries() {
+async fn a_user_keeps_at_most_the_configured_saved_queries() {
     let b = Backend::local();
     b.crow_ok(&["init"]);
     let org = b.crow_json(&["orgs", "create", "--name", "Alpha"])["org_id"]
         .as_str()
         .expect("org")
         .to_string();
-    let w = World::start(b, &[]);
+    // The default, as `crow config default` prints it.
+    let default = std::process::Command::new(crate::support::crow_bin())
+        .args(["config", "default"])
+        .output()
+        .expect("crow config default");
+    let default = String::from_utf8_lossy(&default.stdout);
+    assert!(
+        default
+            .lines()
+            .any(|l| l.trim() == "max_saved_queries = 200"),
+        "{default}"
+    );
+    let w = World::start(b, &[("CROW_API_MAX_SAVED_QUERIES", "12")]);
     let alice = w.user(&org, "alice@alpha.example", "analyst").await;
     let bob = w.user(&org, "bob@alpha.example", "analyst").await;
     let base = "/api/v1/saved-queries";
-    for i in 0..200 {
+    for i in 0..12 {
         let body = json!({"name": format!("q{i:03}"), "sql": format!("SELECT {i}")});
         let (s, v) = w.call(Ok(&alice), M::POST, base, Some(body)).await;
         assert_eq!(s, 201, "query {i}: {v}");
     }
-    let over = json!({"name": "one too many", "sql": "SELECT 200"});
+    let over = json!({"name": "one too many", "sql": "SELECT 12"});
     let (s, v) = w.call(Ok(&alice), M::POST, base, Some(over.clone())).await;
     assert_eq!(
         (s, v["code"].as_str()),
         (409, Some("too_many_saved_queries")),
         "{v}"
     );
+    assert!(
+        v["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("at most 12 saved queries")),
+        "{v}"
+    );
     let (_, list) = w.call(Ok(&alice), M::GET, base, None).await;
     let have = names(&list);
-    assert_eq!(have.len(), 200, "{list}");
+    assert_eq!(have.len(), 12, "{list}");
     assert!(!have.iter().any(|n| n == "one too many"));
     // Hers, not the organization's: Bob saves his first.
     let (s, v) = w.call(Ok(&bob), M::POST, base, Some(over.clone())).await;
