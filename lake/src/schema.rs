@@ -2,7 +2,7 @@
 //! first names it.
 //!
 //! A [`crate::Lake::session`] used to load every table's snapshot before its
-//! first query: some 25 tables, each a log listing and reads, whatever the
+//! first query: all 29 tables, each a log listing and reads, whatever the
 //! query read. On an object store each of those is a round trip, so a
 //! `crow sql` over one table paid for all of them. [`LakeSchema`] loads a
 //! table when the planner resolves its name, once per session: the session
@@ -20,6 +20,7 @@ use crate::{AsOf, Error, Lake, Scan};
 /// Every table of the lake, each as of its own point in time (latest by
 /// default), loaded on first use. Tables registered into the session by
 /// name take precedence over the lake's, as in any schema.
+#[derive(Debug)]
 pub(crate) struct LakeSchema {
     lake: Lake,
     default_as_of: AsOf,
@@ -52,15 +53,6 @@ impl LakeSchema {
             .lock()
             .ok()
             .and_then(|r| r.get(name).cloned())
-    }
-}
-
-impl std::fmt::Debug for LakeSchema {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LakeSchema")
-            .field("lake", &self.lake)
-            .field("default_as_of", &self.default_as_of)
-            .finish_non_exhaustive()
     }
 }
 
