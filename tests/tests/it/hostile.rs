@@ -576,7 +576,10 @@ async fn concurrent_queries_are_limited_per_key_and_timeouts_stop_the_work() {
 /// with the statement's literals instead, so memory stays bounded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_literals_are_not_broadcast_past_the_memory_limit() {
-    let w = hostile_world(&[]).await;
+    // What this checks is memory, not time: the world's 20 s query timeout
+    // (for the timeout tests) cancelled these two 500 KB-literal scans once
+    // on a CI machine busy with five other tests (26 s; 11-20 s otherwise).
+    let w = hostile_world(&[("CROW_API_QUERY_TIMEOUT_SECONDS", "120")]).await;
     let lake = w.b.lake().await;
     let at = Utc
         .with_ymd_and_hms(2026, 11, 21, 10, 0, 0)
