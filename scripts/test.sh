@@ -109,7 +109,10 @@ passed=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) passed.*/\1/' | 
 failed=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) failed.*/\1/' | awk '{s+=$1} END {print s+0}')
 echo
 echo "== slowest tests (wall seconds; tests run ${CROWTEST_THREADS:-6} at a time)"
-grep -E '^test .* <[0-9.]+s>$' "$log" | sed -E 's/^test (.*) \.\.\. [a-zA-Z]+ <([0-9.]+)s>$/\2 \1/' | sort -rn | head -n "${CROWTEST_SLOWEST:-25}" | awk '{printf "%8.1f  %s\n", $1, $2}'
+# A report only: it never decides the run (no `head`, whose early exit
+# would end `sort` with SIGPIPE and, under pipefail, the script).
+{ grep -E '^test .* <[0-9.]+s>$' "$log" | sed -E 's/^test (.*) \.\.\. [a-zA-Z]+ <([0-9.]+)s>$/\2 \1/' | sort -rn \
+  | awk -v n="${CROWTEST_SLOWEST:-25}" 'NR <= n {printf "%8.1f  %s\n", $1, $2}'; } || true
 rm -f "$log"
 echo
 echo "$passed passed, $failed failed"
