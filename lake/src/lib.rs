@@ -79,6 +79,28 @@ pub fn commit_retries_total() -> u64 {
 /// configuration.
 pub const SCHEMA_VERSION_KEY: &str = "crow.schema.version";
 
+/// The Delta table property that sets how many commits apart the log is
+/// checkpointed (delta-rs writes the checkpoint after the commit).
+pub const CHECKPOINT_INTERVAL_KEY: &str = "delta.checkpointInterval";
+
+/// How many commits apart a table's log is checkpointed. Reading a table
+/// reads its last checkpoint and then every commit after it, one request
+/// each on an object store. The unpartitioned tables — ledgers and
+/// registries such as `job_runs`, `organizations`, `api_keys` — take many
+/// small commits and are read by nearly every command: they checkpoint every
+/// 10 commits, as Delta Lake's own default is, so a read replays at most 9
+/// commits. The date-partitioned event and fact tables hold the most files,
+/// and a checkpoint rewrites every live file's entry: they keep delta-rs's
+/// 100, and their logs are also checkpointed by `crow checkpoint` and
+/// compacted by `crow optimize`.
+pub fn checkpoint_interval(def: &TableDef) -> u64 {
+    if def.partition_by.is_empty() {
+        10
+    } else {
+        100
+    }
+}
+
 /// Size, shape and version of one table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TableStats {
@@ -374,7 +396,13 @@ impl Lake {
             .with_table_name(def.name)
             .with_comment(def.doc)
             .with_raise_if_key_not_exists(false)
-            .with_configuration([(SCHEMA_VERSION_KEY, Some(def.version.to_string()))])
+            .with_configuration([
+                (SCHEMA_VERSION_KEY, Some(def.version.to_string())),
+                (
+                    CHECKPOINT_INTERVAL_KEY,
+                    Some(checkpoint_interval(def).to_string()),
+                ),
+            ])
             .with_save_mode(SaveMode::Ignore)
             .await;
         match res {
@@ -394,25 +422,39 @@ impl Lake {
     /// Bring a table created by an earlier CROW up to its contract: the
     /// columns added since (always nullable, always at the end) are added
     /// to its Delta schema — rows written before read them as null, no data
-    /// file is rewritten — and the schema version is recorded. A table that
-    /// already has every column is left untouched (no commit).
+    /// file is rewritten — and the schema version is recorded; a table with
+    /// no checkpoint interval of its own gets CROW's
+    /// ([`checkpoint_interval`]). A table that already has every column and
+    /// an interval is left untouched (no commit).
     async fn evolve(&self, def: &TableDef, table: DeltaTable) -> Result<()> {
         let target: StructType = def
             .schema()
             .as_ref()
             .try_into_kernel()
             .map_err(|e: arrow::error::ArrowError| Error::Arrow(e))?;
-        let current = table
-            .snapshot()
-            .map_err(|e| Error::delta(def.name, e))?
-            .schema();
+        let snapshot = table.snapshot().map_err(|e| Error::delta(def.name, e))?;
+        let current = snapshot.schema();
+        let has_interval = snapshot
+            .metadata()
+            .configuration()
+            .contains_key(CHECKPOINT_INTERVAL_KEY);
         let missing: Vec<_> = target
             .fields()
             .filter(|f| current.field(f.name()).is_none())
             .cloned()
             .collect();
+        let mut properties = HashMap::new();
+        if !has_interval {
+            properties.insert(
+                CHECKPOINT_INTERVAL_KEY.to_string(),
+                checkpoint_interval(def).to_string(),
+            );
+        }
         if missing.is_empty() {
-            return Ok(());
+            if properties.is_empty() {
+                return Ok(());
+            }
+            return self.set_properties(def.name, table, properties).await;
         }
         if let Some(f) = missing.iter().find(|f| !f.is_nullable()) {
             return Err(Error::Invalid(format!(
@@ -445,18 +487,36 @@ impl Lake {
                 return Err(Error::delta(def.name, e));
             }
         };
-        table
+        properties.insert(SCHEMA_VERSION_KEY.to_string(), def.version.to_string());
+        self.set_properties(def.name, table, properties).await
+    }
+
+    async fn set_properties(
+        &self,
+        name: &str,
+        table: DeltaTable,
+        properties: HashMap<String, String>,
+    ) -> Result<()> {
+        let keys: Vec<String> = properties.keys().cloned().collect();
+        let set = table
             .set_tbl_properties()
-            .with_properties(
-                [(SCHEMA_VERSION_KEY.to_string(), def.version.to_string())]
-                    .into_iter()
-                    .collect(),
-            )
+            .with_properties(properties)
             .with_raise_if_not_exists(false)
             .with_commit_properties(self.commit_props())
-            .await
-            .map_err(|e| Error::delta(def.name, e))?;
-        Ok(())
+            .await;
+        match set {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // Another process set them at the same moment.
+                let again = self.table(name).await?;
+                let snap = again.snapshot().map_err(|e| Error::delta(name, e))?;
+                let config = snap.metadata().configuration();
+                if keys.iter().all(|k| config.contains_key(k)) {
+                    return Ok(());
+                }
+                Err(Error::delta(name, e))
+            }
+        }
     }
 
     /// Version, files, rows and bytes of a table.

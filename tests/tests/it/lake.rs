@@ -499,7 +499,82 @@ async fn older_schema_evolves(b: Backend) {
         "{}: a second init commits nothing (only the append landed)",
         b.name
     );
+    // The table made before CROW set checkpoint intervals got its table's.
+    let t = lake.table("patterns").await.expect("patterns");
+    let snap = t.snapshot().expect("snapshot");
+    assert_eq!(
+        snap.metadata()
+            .configuration()
+            .get(crow_lake::CHECKPOINT_INTERVAL_KEY)
+            .map(String::as_str),
+        Some("100"),
+        "{}",
+        b.name
+    );
 }
+
+/// Every table carries its checkpoint interval: the small, often-committed
+/// tables checkpoint every 10 commits, so reading one replays at most 9
+/// commits after its checkpoint; the partitioned event and fact tables keep
+/// 100.
+async fn checkpoint_intervals(b: Backend) {
+    use crow_lake::object_store::ObjectStoreExt;
+    let lake = b.lake().await;
+    lake.init().await.expect("init");
+    for def in crow_schemas::ALL_TABLES {
+        let t = lake.table(def.name).await.expect("table");
+        let snap = t.snapshot().expect("snapshot");
+        let want = if def.partition_by.is_empty() {
+            "10"
+        } else {
+            "100"
+        };
+        assert_eq!(
+            snap.metadata()
+                .configuration()
+                .get(crow_lake::CHECKPOINT_INTERVAL_KEY)
+                .map(String::as_str),
+            Some(want),
+            "{}: {}",
+            b.name,
+            def.name
+        );
+    }
+    // `social_seen` is at version 0 after init; the ninth append is version
+    // 9, the tenth commit, and delta-rs checkpoints it.
+    for i in 0..9 {
+        let row = json!({"org_id": "o1", "canonical_url": format!("https://example.com/{i}"),
+                         "content_hash": "h", "capture_id": format!("c{i}"),
+                         "first_capture_id": format!("c{i}"), "version": 1, "run_id": "r",
+                         "seen_at": 1_700_000_000_000_000i64});
+        lake.append(
+            "social_seen",
+            vec![rows_to_batch(&crow_schemas::SOCIAL_SEEN, &[row]).expect("batch")],
+        )
+        .await
+        .expect("append");
+    }
+    let t = lake.table("social_seen").await.expect("table");
+    assert_eq!(t.version(), Some(9), "{}", b.name);
+    let store = t.log_store().object_store(None);
+    for file in [
+        "_delta_log/00000000000000000009.checkpoint.parquet",
+        "_delta_log/_last_checkpoint",
+    ] {
+        store
+            .head(&crow_lake::object_store::path::Path::from(file))
+            .await
+            .unwrap_or_else(|e| panic!("{}: {file}: {e}", b.name));
+    }
+    assert_eq!(
+        count(&lake, "select count(*) from social_seen").await,
+        9,
+        "{}",
+        b.name
+    );
+}
+
+both_backends!(small_tables_checkpoint_every_ten_commits => checkpoint_intervals);
 
 both_backends!(older_schema_evolves => older_schema_evolves);
 
