@@ -59,6 +59,11 @@ if ! cargo build --workspace --all-targets --locked ${CROWTEST_TIMINGS:+--timing
   exit 1
 fi
 phase "build (and clippy)"
+# .ci/run: the content of the sources this build compiled, so the next run
+# on this machine reuses it (scripts/ci-sources.py).
+if [ -n "${CROWTEST_SOURCES_LIST:-}" ]; then
+  python3 scripts/ci-sources.py record "$CROWTEST_SOURCES_LIST"
+fi
 
 if ! wait "$deps_pid"; then
   echo "installing the test dependencies failed:" >&2
