@@ -742,6 +742,13 @@ async fn failed_runs_are_retried_with_backoff_on(b: Backend) {
         "viewer",
     ]);
     let wal = tempfile::tempdir().expect("tmp");
+    // Once a minute, at the second that comes 10 s from now (UTC, as
+    // schedules are): the first slot is due soon after the server is up,
+    // not up to a minute later. The three attempts (2 s and 4 s apart) and
+    // the 10 s watch for a fourth all end long before the next slot, so
+    // `jobs status` still shows this slot's outcome.
+    let second = (chrono::Utc::now() + chrono::Duration::seconds(10)).timestamp() % 60;
+    let enrich = format!("{second} * * * * *");
     let mut server = Server::start(
         &b,
         wal.path(),
@@ -753,10 +760,7 @@ async fn failed_runs_are_retried_with_backoff_on(b: Backend) {
             ("CROW_SCHEDULE_MAX_ATTEMPTS", "3"),
             ("CROW_SCHEDULE_RETRY_BASE_SECONDS", "2"),
             ("CROW_SCHEDULE_SESSIONIZE", "off"),
-            // Once a minute: the three attempts (2 s and 4 s apart) and the
-            // 10 s watch for a fourth all end long before the next slot,
-            // so `jobs status` still shows this slot's outcome.
-            ("CROW_SCHEDULE_ENRICH", "0 * * * * *"),
+            ("CROW_SCHEDULE_ENRICH", enrich.as_str()),
             ("CROW_SCHEDULE_PATTERNS", "off"),
             ("CROW_SCHEDULE_BILLING", "off"),
             ("CROW_SCHEDULE_OPTIMIZE", "off"),
@@ -776,7 +780,8 @@ async fn failed_runs_are_retried_with_backoff_on(b: Backend) {
         )
     };
     let mut rows = Vec::new();
-    // The first slot is up to a minute away.
+    // The first slot is about 10 s away (a minute more if the server was
+    // slower than that to start).
     while t0.elapsed() < Duration::from_secs(100) {
         std::thread::sleep(Duration::from_secs(2));
         rows = failed();
