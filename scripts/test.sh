@@ -104,8 +104,9 @@ log="$(mktemp)"; units_log="$(mktemp)"
 runner="target.'cfg(all())'.runner=['$PWD/scripts/test-runner.sh']"
 # The crates' own tests (unit tests and their property tests: every test
 # target but `it`, from cargo's metadata, so a new one is never left out)
-# run beside the `it` binary instead of before it: they take ~25 s of
-# mostly one core (the patterns evaluation), while `it` rarely uses both.
+# run beside the `it` binary instead of before it, at the lowest CPU
+# priority: they take ~25 s of CPU (the patterns evaluation) and fill the
+# moments `it` leaves a core idle, without slowing its timing-bound tests.
 # Each run selects from the whole workspace, so both reuse the build's
 # units; nothing is compiled here.
 # (Every target is a lib, the `crow` bin or a test: no examples or benches.)
@@ -117,7 +118,7 @@ for p in json.load(sys.stdin)["packages"]:
 unit_targets=()
 for t in $names; do unit_targets+=(--test "$t"); done
 set +e
-( cargo test --workspace --lib --bins --examples --benches "${unit_targets[@]}" --locked --no-fail-fast --config "$runner" \
+( nice -n 19 cargo test --workspace --lib --bins --examples --benches "${unit_targets[@]}" --locked --no-fail-fast --config "$runner" \
     -- --test-threads 3 "$@" >"$units_log" 2>&1 ) &
 units_pid=$!
 cargo test --workspace --test it --locked --no-fail-fast --config "$runner" \

@@ -530,9 +530,10 @@ async fn keys_formats_rest_and_metrics(b: Backend) {
             ("CROW_API_KEY_CACHE_SECONDS", "2"),
             ("CROW_API_RATE_LIMIT_BURST", "100000"),
             // Long enough for the spilling 3M-group query below on a
-            // loaded 2-core machine in the dev profile (3 s failed it there);
-            // the 100-billion-row count still times out.
-            ("CROW_API_QUERY_TIMEOUT_SECONDS", "6"),
+            // loaded 2-core machine in the dev profile (3 s failed it there,
+            // and 6 s once under a busier CI run); the 100-billion-row count
+            // still times out.
+            ("CROW_API_QUERY_TIMEOUT_SECONDS", "10"),
             ("CROW_API_MAX_RESULT_ROWS", "1000"),
             ("CROW_API_MEMORY_LIMIT_MB", "32"),
         ],
@@ -549,8 +550,8 @@ async fn keys_formats_rest_and_metrics(b: Backend) {
         )
         .await;
     assert_eq!(r.status(), 408);
-    // Stopped at the timeout, not run to the end.
-    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    // Stopped at the timeout (10 s), not run to the end (hours).
+    assert!(t.elapsed() < Duration::from_secs(25), "{:?}", t.elapsed());
     let p: Value = r.json().await.expect("problem");
     assert_eq!(p["code"], "query_timeout");
     assert_eq!(
