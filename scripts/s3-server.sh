@@ -6,7 +6,7 @@ set -euo pipefail
 venv="$1"
 port="${CROWTEST_S3_PORT:-$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}"
 log="${TMPDIR:-/tmp}/crow-moto-$port.log"
-"$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
+"$venv/bin/python" "$(dirname "$0")/moto-server.py" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
 pid=$!
 for _ in $(seq 1 100); do
   if "$venv/bin/python" - "$port" <<'PY' 2>/dev/null

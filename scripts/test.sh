@@ -100,37 +100,14 @@ echo "== tests"
 # it used 82 % of both cores). CROWTEST_THREADS=N to change it.
 # --no-fail-fast: a failing test binary does not hide the failures of the
 # binaries after it (the run still fails).
-log="$(mktemp)"; units_log="$(mktemp)"
-runner="target.'cfg(all())'.runner=['$PWD/scripts/test-runner.sh']"
-# The crates' own tests (unit tests and their property tests: every test
-# target but `it`, from cargo's metadata, so a new one is never left out)
-# run beside the `it` binary instead of before it, at the lowest CPU
-# priority: they take ~25 s of CPU (the patterns evaluation) and fill the
-# moments `it` leaves a core idle, without slowing its timing-bound tests.
-# Each run selects from the whole workspace, so both reuse the build's
-# units; nothing is compiled here.
-# (Every target is a lib, the `crow` bin or a test: no examples or benches.)
-names="$(cargo metadata --no-deps --format-version 1 --locked | python3 -c 'import json, sys
-for p in json.load(sys.stdin)["packages"]:
-    for t in p["targets"]:
-        if "test" in t["kind"] and t["name"] != "it":
-            print(t["name"])' | sort -u)"
-unit_targets=()
-for t in $names; do unit_targets+=(--test "$t"); done
+log="$(mktemp)"
 set +e
-( nice -n 19 cargo test --workspace --lib --bins --examples --benches "${unit_targets[@]}" --locked --no-fail-fast --config "$runner" \
-    -- --test-threads 3 "$@" >"$units_log" 2>&1 ) &
-units_pid=$!
-cargo test --workspace --test it --locked --no-fail-fast --config "$runner" \
+# The runner adds libtest's per-test times (scripts/test-runner.sh); a
+# runner changes no compiled unit, so nothing is rebuilt for it.
+cargo test --workspace --all-targets --locked --no-fail-fast \
+  --config "target.'cfg(all())'.runner=['$PWD/scripts/test-runner.sh']" \
   -- --test-threads "${CROWTEST_THREADS:-6}" "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
-wait "$units_pid"
-units_status=$?
-echo
-echo "== the crates' own tests (run beside the above)"
-tee -a "$log" <"$units_log"
-rm -f "$units_log"
-if [ "$status" = 0 ]; then status=$units_status; fi
 set -e
 phase "tests"
 passed=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) passed.*/\1/' | awk '{s+=$1} END {print s+0}')
