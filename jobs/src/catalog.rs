@@ -655,13 +655,15 @@ impl Pacer {
     }
 
     /// robots.txt's `Crawl-delay`: at least `delay` between requests,
-    /// strictly, counting from the last request already made.
+    /// strictly. Called as robots.txt has just been answered, so the next
+    /// request waits the whole interval from that answer: counted from when
+    /// robots.txt was sent, a slow answer (a busy site) would shorten the
+    /// gap the site sees between the two arrivals.
     fn crawl_delay(&mut self, delay: Duration) {
-        if delay > self.interval {
-            *self.next.get_mut() += delay - self.interval;
-            self.interval = delay;
-        }
+        self.interval = self.interval.max(delay);
         self.strict = true;
+        let next = self.next.get_mut();
+        *next = (*next).max(tokio::time::Instant::now() + self.interval);
     }
 }
 
@@ -1179,6 +1181,37 @@ fn find_product(v: &Value) -> Option<&Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// robots.txt asks for a 500 ms Crawl-delay and took 300 ms to answer:
+    /// the next request waits 500 ms from the answer, not from when
+    /// robots.txt was sent (the site would see its two arrivals closer
+    /// than it asked).
+    #[tokio::test]
+    async fn crawl_delay_counts_from_the_answer_to_robots_txt() {
+        let mut pacer = Pacer {
+            interval: Duration::from_millis(20),
+            next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+            strict: false,
+        };
+        let turn = pacer.wait().await;
+        pacer.done(turn);
+        tokio::time::sleep(Duration::from_millis(300)).await; // the slow answer
+        pacer.crawl_delay(Duration::from_millis(500));
+        let answered = std::time::Instant::now();
+        let turn = pacer.wait().await;
+        let waited = answered.elapsed();
+        pacer.done(turn);
+        assert!(waited >= Duration::from_millis(500), "{waited:?}");
+        // Strict from then on: each request waits the delay after the last.
+        let done = std::time::Instant::now();
+        let turn = pacer.wait().await;
+        pacer.done(turn);
+        assert!(
+            done.elapsed() >= Duration::from_millis(500),
+            "{:?}",
+            done.elapsed()
+        );
+    }
 
     #[test]
     fn a_partial_row_updates_only_the_fields_it_carries() {

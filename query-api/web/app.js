@@ -23,7 +23,13 @@ function csrfToken() {
   return m ? decodeURIComponent(m[1]) : "";
 }
 
+// Set while signing out: the session ends on the server before the
+// sign-out request is answered, and another request's 401 in that moment
+// must not navigate away and abort it (sign-out goes to /login itself).
+let signingOut = false;
+
 function toSignIn() {
+  if (signingOut) return;
   const next = location.pathname + location.search;
   location.assign("/login?next=" + encodeURIComponent(next));
 }
@@ -2777,6 +2783,7 @@ function Shell({ me }) {
     setPage(route());
   };
   const signOut = async () => {
+    signingOut = true;
     try {
       await call("/api/v1/auth/logout", { method: "POST" });
     } finally {
