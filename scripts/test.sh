@@ -54,7 +54,12 @@ bash scripts/test-deps.sh >"$deps_out" 2>"$deps_err" &
 deps_pid=$!
 
 echo "== build (with clippy's lints unless CROWTEST_SKIP_LINT is set)"
-if ! cargo build --workspace --all-targets --locked ${CROWTEST_TIMINGS:+--timings}; then
+# `--bins --tests`, not `--all-targets`: every binary and every test target
+# whose `test` flag is on. `--all-targets` selects each library's test
+# harness explicitly, even where `[lib] test = false` says it holds no
+# tests (crow-cli's and crow-tests' libraries); the workspace has no
+# benches or examples. The same set of units either way otherwise.
+if ! cargo build --workspace --bins --tests --locked ${CROWTEST_TIMINGS:+--timings}; then
   kill "$deps_pid" 2>/dev/null || true
   exit 1
 fi
@@ -104,7 +109,7 @@ log="$(mktemp)"
 set +e
 # The runner adds libtest's per-test times (scripts/test-runner.sh); a
 # runner changes no compiled unit, so nothing is rebuilt for it.
-cargo test --workspace --all-targets --locked --no-fail-fast \
+cargo test --workspace --tests --locked --no-fail-fast \
   --config "target.'cfg(all())'.runner=['$PWD/scripts/test-runner.sh']" \
   -- --test-threads "${CROWTEST_THREADS:-6}" "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}

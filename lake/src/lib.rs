@@ -91,8 +91,9 @@ pub const CHECKPOINT_INTERVAL_KEY: &str = "delta.checkpointInterval";
 /// 10 commits, as Delta Lake's own default is, so a read replays at most 9
 /// commits. The date-partitioned event and fact tables hold the most files,
 /// and a checkpoint rewrites every live file's entry: they keep delta-rs's
-/// 100, and their logs are also checkpointed by `crow checkpoint` and
-/// compacted by `crow optimize`.
+/// 100, and `crow checkpoint` (the scheduler's nightly maintenance)
+/// checkpoints their logs as well. (`crow optimize` compacts data files,
+/// not the log.)
 pub fn checkpoint_interval(def: &TableDef) -> u64 {
     if def.partition_by.is_empty() {
         10
