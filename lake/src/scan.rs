@@ -22,23 +22,38 @@
 //!   the session runtime's file-metadata cache (DataFusion's `CacheManager`),
 //!   keyed by the file's path, so a long-running API server parses a footer
 //!   once across requests. A file's path never changes contents in Delta.
+//! - **Filters the files prove are not evaluated.** The Delta log keeps
+//!   each file's row count and each column's minimum, maximum and null
+//!   count. A filter `column = value` that every file either satisfies on
+//!   every row (minimum = maximum = value, no nulls) or on none (value
+//!   outside the range) is answered by the file list alone: the files of the
+//!   second kind are skipped and the filter is reported *exact*, so
+//!   DataFusion neither reads the column nor evaluates the filter — and a
+//!   `count(*)` is answered from the row counts. That is the tenant filter
+//!   `org_id = …` of every API query when each file holds one organization
+//!   (a lake of one organization, or a table written per organization). If
+//!   any file holds other values too, or has no statistics, the filter is
+//!   evaluated as usual (and prunes row groups and pages by their own
+//!   statistics: `crow optimize` sorts files by organization).
 //! - **Only what it can honour.** [`plain_scan_allowed`] says whether a
 //!   snapshot's protocol can be read this way; otherwise delta-rs reads it.
 
 use std::sync::Arc;
 
-use arrow::datatypes::{Field, FieldRef, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::stats::Precision;
-use datafusion::common::{DFSchema, ScalarValue, Statistics};
+use datafusion::common::{Column, DFSchema, ScalarValue, Statistics};
 use datafusion::datasource::listing::helpers::{expr_applicable_for_cols, filter_partitioned_file};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::logical_expr::{
+    BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType,
+};
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_datasource::TableSchema;
@@ -94,6 +109,20 @@ struct DataFile {
     /// partition order.
     partition_values: Vec<ScalarValue>,
     rows: Option<usize>,
+    /// The file's position in the snapshot's log data (the order of its
+    /// statistics arrays).
+    log_index: usize,
+}
+
+/// What a file's statistics prove about a filter `column = value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proof {
+    /// Every row satisfies it (minimum = maximum = value, no nulls).
+    All,
+    /// No row does (the value is outside the range, or every row is null).
+    None,
+    /// Some rows may: the filter must be evaluated.
+    Unknown,
 }
 
 /// A Delta snapshot read as plain Parquet (see the module docs).
@@ -111,6 +140,127 @@ pub struct PlainParquetTable {
     files: Vec<DataFile>,
     table: DeltaTable,
     version: Option<u64>,
+    /// Per file column, what its statistics prove for a value (memo of
+    /// [`PlainParquetTable::proofs`], keyed by column and value).
+    proofs: std::sync::Mutex<ProofMemo>,
+}
+
+/// Proofs per `(column, value)`, one per file.
+type ProofMemo = std::collections::HashMap<(String, StatValue), Arc<Vec<Proof>>>;
+
+/// Parsed statistics of one column of one file, kept per process: a
+/// table's files are many, their statistics JSON in the log is parsed only
+/// the first time a filter asks.
+static STATS_CACHE: std::sync::LazyLock<std::sync::Mutex<StatsCache>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// `(table root + file path, column)` → the file's statistics of it.
+type StatsCache = std::collections::HashMap<(String, String), Option<ColumnStats>>;
+
+/// [`STATS_CACHE`]'s bound (about 100 bytes each): past it, it starts over.
+const STATS_CACHE_ENTRIES: usize = 1_000_000;
+
+/// A statistics value of a column type a proof compares exactly: strings
+/// (byte order, as Parquet and Delta order them), integers, booleans.
+/// Timestamps are left out: the log keeps them truncated to milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum StatValue {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+}
+
+impl StatValue {
+    /// A literal compared with a column of `data_type`.
+    fn of_literal(data_type: &DataType, v: &ScalarValue) -> Option<Self> {
+        match data_type {
+            DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 => {
+                v.try_as_str().flatten().map(|s| Self::Str(s.to_string()))
+            }
+            DataType::Boolean => match v {
+                ScalarValue::Boolean(Some(b)) => Some(Self::Bool(*b)),
+                _ => None,
+            },
+            t if t.is_integer() => match v.cast_to(&DataType::Int64).ok()? {
+                ScalarValue::Int64(Some(i)) => Some(Self::Int(i)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// A value of the log's statistics JSON for a column of `data_type`.
+    fn of_json(data_type: &DataType, v: &serde_json::Value) -> Option<Self> {
+        match (data_type, v) {
+            (
+                DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8,
+                serde_json::Value::String(s),
+            ) => Some(Self::Str(s.clone())),
+            (DataType::Boolean, serde_json::Value::Bool(b)) => Some(Self::Bool(*b)),
+            (t, serde_json::Value::Number(n)) if t.is_integer() => n.as_i64().map(Self::Int),
+            _ => None,
+        }
+    }
+}
+
+/// One column's statistics in one file.
+#[derive(Debug, Clone)]
+struct ColumnStats {
+    min: Option<StatValue>,
+    max: Option<StatValue>,
+    nulls: Option<u64>,
+}
+
+impl ColumnStats {
+    /// `column`'s entry of a file's statistics JSON (`minValues`,
+    /// `maxValues`, `nullCount`).
+    fn parse(json: &str, column: &str, data_type: &DataType) -> Option<Self> {
+        let stats: serde_json::Value = serde_json::from_str(json).ok()?;
+        let value = |key: &str| stats.get(key).and_then(|m| m.get(column));
+        Some(Self {
+            min: value("minValues").and_then(|v| StatValue::of_json(data_type, v)),
+            max: value("maxValues").and_then(|v| StatValue::of_json(data_type, v)),
+            nulls: value("nullCount").and_then(serde_json::Value::as_u64),
+        })
+    }
+
+    /// What these statistics of a file of `rows` rows prove about
+    /// `column = value`. Minimum and maximum are bounds (a truncated string
+    /// statistic still bounds the values), so minimum = maximum = value
+    /// with no nulls means every row holds the value.
+    fn prove(&self, value: &StatValue, rows: usize) -> Proof {
+        if self
+            .nulls
+            .is_some_and(|n| usize::try_from(n).is_ok_and(|n| n == rows))
+        {
+            return Proof::None;
+        }
+        let (Some(min), Some(max)) = (&self.min, &self.max) else {
+            return Proof::Unknown;
+        };
+        if value < min || value > max {
+            Proof::None
+        } else if min == value && max == value && self.nulls == Some(0) {
+            Proof::All
+        } else {
+            Proof::Unknown
+        }
+    }
+}
+
+/// `column = literal` (either way round) on a non-null literal.
+fn equality(filter: &Expr) -> Option<(&Column, &ScalarValue)> {
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = filter else {
+        return None;
+    };
+    if *op != Operator::Eq {
+        return None;
+    }
+    let (c, v) = match (left.as_ref(), right.as_ref()) {
+        (Expr::Column(c), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(c)) => (c, v),
+        _ => return None,
+    };
+    (!v.is_null()).then_some((c, v))
 }
 
 impl PlainParquetTable {
@@ -147,7 +297,7 @@ impl PlainParquetTable {
         let root = Path::from_url_path(table.log_store().root_url().path())
             .map_err(object_store::Error::from)?;
         let mut files = Vec::new();
-        for view in snap.log_data().iter() {
+        for (log_index, view) in snap.log_data().iter().enumerate() {
             let raw = view.partition_values_map();
             let partition_values = partition_fields
                 .iter()
@@ -181,6 +331,7 @@ impl PlainParquetTable {
                 },
                 partition_values,
                 rows: view.num_records(),
+                log_index,
             });
         }
         files.sort_by(|a, b| a.meta.location.cmp(&b.meta.location));
@@ -192,7 +343,73 @@ impl PlainParquetTable {
             files,
             table: table.clone(),
             version: table.version(),
+            proofs: Default::default(),
         })
+    }
+
+    /// What each file's statistics (in `self.files` order) prove about
+    /// `column = value` for a string, integer or boolean column stored in
+    /// the files; `None` for other columns.
+    fn proofs(&self, column: &str, value: &ScalarValue) -> Option<Arc<Vec<Proof>>> {
+        let field = self.file_schema.field_with_name(column).ok()?;
+        let value = StatValue::of_literal(field.data_type(), value)?;
+        let key = (column.to_string(), value.clone());
+        if let Some(p) = self.proofs.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Some(p);
+        }
+        let stats = self.column_stats(column, field.data_type())?;
+        let proofs: Vec<Proof> = self
+            .files
+            .iter()
+            .map(|f| match (f.rows, stats.get(f.log_index)) {
+                (Some(rows), Some(Some(c))) => c.prove(&value, rows),
+                _ => Proof::Unknown,
+            })
+            .collect();
+        let proofs = Arc::new(proofs);
+        if let Ok(mut m) = self.proofs.lock() {
+            m.insert(key, proofs.clone());
+        }
+        Some(proofs)
+    }
+
+    /// Each file's statistics of `column`, in log order (`None` where the
+    /// log has none). A file's statistics never change (Delta files are
+    /// immutable), so they are parsed once per process ([`STATS_CACHE`]).
+    fn column_stats(&self, column: &str, data_type: &DataType) -> Option<Vec<Option<ColumnStats>>> {
+        let snap = self.table.snapshot().ok()?;
+        let root = self.table.log_store().root_url().to_string();
+        let mut cache = STATS_CACHE.lock().ok()?;
+        if cache.len() > STATS_CACHE_ENTRIES {
+            cache.clear();
+        }
+        let out = snap
+            .log_data()
+            .iter()
+            .map(|view| {
+                let key = (format!("{root}{}", view.path()), column.to_string());
+                if let Some(c) = cache.get(&key) {
+                    return c.clone();
+                }
+                let c = view
+                    .stats()
+                    .and_then(|json| ColumnStats::parse(&json, column, data_type));
+                cache.insert(key, c.clone());
+                c
+            })
+            .collect();
+        Some(out)
+    }
+
+    /// For a filter the files' statistics decide exactly (every file's
+    /// rows all satisfy it or none does): which files keep rows.
+    fn decided_by_statistics(&self, filter: &Expr) -> Option<Arc<Vec<Proof>>> {
+        let (c, v) = equality(filter)?;
+        let proofs = self.proofs(&c.name, v)?;
+        proofs
+            .iter()
+            .all(|p| *p != Proof::Unknown)
+            .then_some(proofs)
     }
 
     /// The Delta version whose files this provider reads.
@@ -218,8 +435,14 @@ impl PlainParquetTable {
         !names.is_empty() && expr_applicable_for_cols(&names, filter)
     }
 
-    /// The files whose partition values satisfy every filter.
-    fn pruned_files(&self, partition_filters: &[Expr]) -> DfResult<Vec<PartitionedFile>> {
+    /// The files whose partition values satisfy every filter in
+    /// `partition_filters` and whose statistics do not rule out the
+    /// filters `decided` ([`PlainParquetTable::decided_by_statistics`]).
+    fn pruned_files(
+        &self,
+        partition_filters: &[Expr],
+        decided: &[Arc<Vec<Proof>>],
+    ) -> DfResult<Vec<PartitionedFile>> {
         let partition_schema = DFSchema::try_from(Schema::new(
             self.partition_fields
                 .iter()
@@ -227,7 +450,10 @@ impl PlainParquetTable {
                 .collect::<Vec<_>>(),
         ))?;
         let mut out = Vec::with_capacity(self.files.len());
-        for f in &self.files {
+        for (i, f) in self.files.iter().enumerate() {
+            if decided.iter().any(|p| p[i] == Proof::None) {
+                continue;
+            }
             let mut pf = PartitionedFile::new_from_meta(f.meta.clone());
             pf.partition_values = f.partition_values.clone();
             let Some(mut pf) = filter_partitioned_file(pf, partition_filters, &partition_schema)?
@@ -300,7 +526,7 @@ impl TableProvider for PlainParquetTable {
         Ok(filters
             .iter()
             .map(|f| {
-                if self.is_partition_filter(f) {
+                if self.is_partition_filter(f) || self.decided_by_statistics(f).is_some() {
                     TableProviderFilterPushDown::Exact
                 } else {
                     TableProviderFilterPushDown::Inexact
@@ -325,7 +551,14 @@ impl TableProvider for PlainParquetTable {
             .filter(|f| self.is_partition_filter(f))
             .cloned()
             .collect();
-        let files = self.pruned_files(&partition_filters)?;
+        // Filters the statistics decide: DataFusion was told they are exact
+        // (and evaluates them nowhere), so the files they rule out go here.
+        let decided: Vec<Arc<Vec<Proof>>> = filters
+            .iter()
+            .filter(|f| !self.is_partition_filter(f))
+            .filter_map(|f| self.decided_by_statistics(f))
+            .collect();
+        let files = self.pruned_files(&partition_filters, &decided)?;
         if files.is_empty() {
             return Ok(Arc::new(EmptyExec::new(Arc::new(
                 self.schema.project(&projected)?,

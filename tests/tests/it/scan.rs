@@ -221,6 +221,103 @@ async fn plain_scan_answers_as_delta_scan(b: Backend) {
     assert_eq!(answers[2].len(), 2);
 }
 
+/// The physical plan of `sql`, as EXPLAIN prints it.
+async fn plan(ctx: &SessionContext, sql: &str) -> String {
+    let plan = ctx
+        .sql(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .create_physical_plan()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let text = crow_lake::datafusion::physical_plan::displayable(plan.as_ref())
+        .indent(true)
+        .to_string();
+    text
+}
+
+both_backends!(
+    filters_the_file_statistics_decide_are_not_evaluated
+        => filters_the_file_statistics_decide_are_not_evaluated
+);
+
+/// The tenant filter `org_id = …` on files that each hold one organization
+/// is decided by the Delta log's statistics: files of other organizations
+/// are skipped, the filter is evaluated nowhere and `count(*)` comes from
+/// the row counts. Once a file holds two organizations it is evaluated
+/// again. Every answer equals delta-rs's.
+async fn filters_the_file_statistics_decide_are_not_evaluated(b: Backend) {
+    let lake = b.lake().await;
+    lake.init().await.expect("init");
+    let t = "raw_web_events";
+    // One organization per commit, so per file: 5 rows of A, 3 of B.
+    lake.append(t, vec![batch(&RAW_WEB_EVENTS, ORG_A, "one", 5)])
+        .await
+        .expect("append");
+    lake.append(t, vec![batch(&RAW_WEB_EVENTS, ORG_B, "two", 3)])
+        .await
+        .expect("append");
+    let single = lake.stats(t).await.expect("stats").version;
+    let queries: Vec<String> = [
+        "select count(*) as n from {t} where org_id = 'org-alpha'",
+        "select message_id, event_date from {t} where org_id = 'org-beta'",
+        "select count(*) as n from {t} where org_id = 'org-gamma'",
+        "select event_date, count(*) as n from {t} where 'org-alpha' = org_id group by event_date",
+        "select count(*) as n from {t} where org_id = 'org-alpha' and event_date > DATE '2026-11-19'",
+    ]
+    .iter()
+    .map(|q| q.to_string())
+    .collect();
+    let ctx = both_scans(&lake, t, AsOf::Latest).await;
+    let answers = same_answers(&ctx, &queries).await;
+    assert_eq!(answers[0], vec![json!({"n": 5}).to_string()]);
+    assert_eq!(answers[1].len(), 3, "{:?}", answers[1]);
+    assert_eq!(answers[2], vec![json!({"n": 0}).to_string()]);
+    assert_eq!(answers[4], vec![json!({"n": 3}).to_string()]);
+    // Nothing reads or tests org_id: the count is the log's row counts (no
+    // file is scanned at all), and the other scans read only what they
+    // project, from org A's files only.
+    let count = plan(&ctx, "select count(*) from p where org_id = 'org-alpha'").await;
+    assert!(!count.contains("DataSourceExec"), "{count}");
+    let rows = plan(&ctx, "select message_id from p where org_id = 'org-alpha'").await;
+    assert!(
+        rows.contains("DataSourceExec") && !rows.contains("org_id") && !rows.contains("Filter"),
+        "{rows}"
+    );
+    let files_of_a = rows.matches(".parquet").count();
+    assert_eq!(files_of_a, 5, "org A's five files only: {rows}");
+    let none = plan(&ctx, "select message_id from p where org_id = 'org-gamma'").await;
+    assert!(!none.contains("DataSourceExec"), "{none}");
+    // The delta-rs scan still evaluates it (the comparison above is
+    // between two different plans).
+    let delta = plan(&ctx, "select message_id from d where org_id = 'org-alpha'").await;
+    assert!(delta.contains("org_id"), "{delta}");
+
+    // A commit whose files hold both organizations: the filter is
+    // evaluated again, with the same answers.
+    lake.append(
+        t,
+        vec![
+            batch(&RAW_WEB_EVENTS, ORG_A, "mix", 2),
+            batch(&RAW_WEB_EVENTS, ORG_B, "mix", 2),
+        ],
+    )
+    .await
+    .expect("append");
+    let ctx = both_scans(&lake, t, AsOf::Latest).await;
+    let answers = same_answers(&ctx, &queries).await;
+    assert_eq!(answers[0], vec![json!({"n": 7}).to_string()]);
+    assert_eq!(answers[1].len(), 5, "{:?}", answers[1]);
+    let mixed = plan(&ctx, "select message_id from p where org_id = 'org-alpha'").await;
+    assert!(mixed.contains("org_id"), "evaluated again: {mixed}");
+    // The snapshot before it is still decided by its statistics.
+    let ctx = both_scans(&lake, t, AsOf::Version(single)).await;
+    let answers = same_answers(&ctx, &queries).await;
+    assert_eq!(answers[0], vec![json!({"n": 5}).to_string()]);
+    let count = plan(&ctx, "select count(*) from p where org_id = 'org-alpha'").await;
+    assert!(!count.contains("DataSourceExec"), "{count}");
+}
+
 both_backends!(unknown_protocol_falls_back_to_delta => unknown_protocol_falls_back_to_delta);
 
 async fn unknown_protocol_falls_back_to_delta(b: Backend) {
