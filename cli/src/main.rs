@@ -77,7 +77,7 @@ enum Command {
         /// The query.
         query: String,
         /// Time travel: every table as of this time (RFC 3339, e.g.
-        /// 2026-11-28T08:00:00Z).
+        /// 2026-11-28T08:00:00Z), except those `--table-version` pins.
         #[arg(long)]
         as_of: Option<String>,
         /// Time travel: one table at a Delta version, as TABLE=VERSION

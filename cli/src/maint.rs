@@ -51,23 +51,23 @@ pub async fn sql(
     versions: &[String],
     format: Format,
 ) -> Result<()> {
-    let ctx = match as_of {
-        Some(t) => {
-            let ts = crow_schemas::time::parse_time("--as-of", t)?;
-            lake.session_as_of(crow_lake::AsOf::Timestamp(ts)).await?
-        }
-        None => {
-            let mut pins = Vec::new();
-            for v in versions {
-                let (t, n) = v
-                    .split_once('=')
-                    .and_then(|(t, n)| n.parse::<u64>().ok().map(|n| (t, n)))
-                    .with_context(|| format!("--table-version `{v}` is not TABLE=VERSION"))?;
-                pins.push((t.to_string(), crow_lake::AsOf::Version(n)));
-            }
-            lake.session_with(&pins).await?
-        }
+    // Read as the query API reads (plain Parquet where the protocol
+    // allows it, `lake.plain_parquet_scan`).
+    let as_of = match as_of {
+        Some(t) => crow_lake::AsOf::Timestamp(crow_schemas::time::parse_time("--as-of", t)?),
+        None => crow_lake::AsOf::Latest,
     };
+    let mut pins = Vec::new();
+    for v in versions {
+        let (t, n) = v
+            .split_once('=')
+            .and_then(|(t, n)| n.parse::<u64>().ok().map(|n| (t, n)))
+            .with_context(|| format!("--table-version `{v}` is not TABLE=VERSION"))?;
+        pins.push((t.to_string(), crow_lake::AsOf::Version(n)));
+    }
+    let ctx = lake
+        .query_session(as_of, &pins, crow_lake::Scan::Auto)
+        .await?;
     let (schema, batches) = crow_lake::run_read_only(&ctx, query).await?;
     output::print_batches(format, &schema, &batches)
 }

@@ -24,6 +24,7 @@ pub mod batch;
 pub mod cluster;
 mod error;
 pub mod ids;
+pub mod like;
 pub mod notify;
 pub mod orgs;
 pub mod predicate;
@@ -1064,7 +1065,7 @@ impl Lake {
     /// not exist then are empty), each loaded when first named.
     pub async fn session_as_of(&self, as_of: AsOf) -> Result<SessionContext> {
         let ctx = new_context();
-        self.install_tables(&ctx, as_of, HashMap::new())?;
+        self.install_tables(&ctx, as_of, HashMap::new(), Scan::Delta)?;
         Ok(ctx)
     }
 
@@ -1078,7 +1079,8 @@ impl Lake {
     ) -> Result<SessionContext> {
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         ctx.register_udf(vector::cosine_udf());
-        self.install_tables(&ctx, AsOf::Latest, HashMap::new())?;
+        ctx.add_analyzer_rule(Arc::new(like::FastLike::default()));
+        self.install_tables(&ctx, AsOf::Latest, HashMap::new(), Scan::Delta)?;
         Ok(ctx)
     }
 
@@ -1086,6 +1088,20 @@ impl Lake {
     /// the tables pinned to a version or time in `pins`. A pin past a
     /// table's latest version is refused here, before any query.
     pub async fn session_with(&self, pins: &[(String, AsOf)]) -> Result<SessionContext> {
+        self.query_session(AsOf::Latest, pins, Scan::Delta).await
+    }
+
+    /// An analyst's session (`crow sql`): every table as of `as_of`, except
+    /// the tables pinned in `pins`, read with `scan` — [`Scan::Auto`] reads
+    /// them as the query API does (plain Parquet where the protocol allows).
+    /// A pin past a table's latest version is refused here, before any
+    /// query.
+    pub async fn query_session(
+        &self,
+        as_of: AsOf,
+        pins: &[(String, AsOf)],
+        scan: Scan,
+    ) -> Result<SessionContext> {
         for (t, as_of) in pins {
             def(t)?;
             if let AsOf::Version(v) = as_of {
@@ -1093,7 +1109,7 @@ impl Lake {
             }
         }
         let ctx = new_context();
-        self.install_tables(&ctx, AsOf::Latest, pins.iter().cloned().collect())?;
+        self.install_tables(&ctx, as_of, pins.iter().cloned().collect(), scan)?;
         Ok(ctx)
     }
 
@@ -1104,6 +1120,7 @@ impl Lake {
         ctx: &SessionContext,
         as_of: AsOf,
         pins: HashMap<String, AsOf>,
+        scan: Scan,
     ) -> Result<()> {
         let state = ctx.state();
         let names = &state.config().options().catalog;
@@ -1115,7 +1132,7 @@ impl Lake {
         })?;
         catalog.register_schema(
             &names.default_schema,
-            Arc::new(schema::LakeSchema::new(self.clone(), as_of, pins)),
+            Arc::new(schema::LakeSchema::new(self.clone(), as_of, pins, scan)),
         )?;
         Ok(())
     }
@@ -1355,6 +1372,7 @@ pub fn session_config() -> SessionConfig {
 fn new_context() -> SessionContext {
     let ctx = SessionContext::new_with_config(session_config());
     ctx.register_udf(vector::cosine_udf());
+    ctx.add_analyzer_rule(Arc::new(like::FastLike::default()));
     ctx
 }
 

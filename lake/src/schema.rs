@@ -25,6 +25,8 @@ pub(crate) struct LakeSchema {
     lake: Lake,
     default_as_of: AsOf,
     pins: HashMap<String, AsOf>,
+    /// How the tables are read ([`Scan`]).
+    scan: Scan,
     /// Providers loaded so far, one per table for the session's life.
     loaded: tokio::sync::Mutex<HashMap<String, Arc<dyn TableProvider>>>,
     /// Tables registered into the session, and lake tables deregistered.
@@ -33,11 +35,17 @@ pub(crate) struct LakeSchema {
 }
 
 impl LakeSchema {
-    pub(crate) fn new(lake: Lake, default_as_of: AsOf, pins: HashMap<String, AsOf>) -> Self {
+    pub(crate) fn new(
+        lake: Lake,
+        default_as_of: AsOf,
+        pins: HashMap<String, AsOf>,
+        scan: Scan,
+    ) -> Self {
         Self {
             lake,
             default_as_of,
             pins,
+            scan,
             loaded: tokio::sync::Mutex::new(HashMap::new()),
             registered: Mutex::new(HashMap::new()),
             removed: Mutex::new(HashSet::new()),
@@ -97,7 +105,7 @@ impl SchemaProvider for LakeSchema {
         // exist … (run `crow init`)", not a planner message.
         let (provider, _) = self
             .lake
-            .provider_as_of(name, as_of, Scan::Delta)
+            .provider_as_of(name, as_of, self.scan)
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         loaded.insert(name.to_string(), provider.clone());

@@ -432,3 +432,88 @@ async fn tenants_stay_apart_with_the_plain_scan(b: Backend) {
         );
     }
 }
+
+both_backends!(
+    like_with_inner_wildcards_answers_as_a_regex_does
+        => like_with_inner_wildcards_answers_as_a_regex_does
+);
+
+/// `LIKE` patterns with a `%` between other characters are matched by
+/// substring search (`crow_lake::like`) in the lake's sessions, with the
+/// answers of the regular expression the pattern means; patterns it does not
+/// cover stay Arrow's `LIKE`.
+async fn like_with_inner_wildcards_answers_as_a_regex_does(b: Backend) {
+    let lake = b.lake().await;
+    lake.init().await.expect("init");
+    let t = "raw_web_events";
+    // page_url is `{tag}-raw_web_events-page_url-{i}`.
+    lake.append(
+        t,
+        vec![
+            batch(&RAW_WEB_EVENTS, ORG_A, "one", 12),
+            batch(&RAW_WEB_EVENTS, ORG_B, "two", 5),
+        ],
+    )
+    .await
+    .expect("append");
+    let ctx = lake.session().await.expect("session");
+    let count = |sql: String| {
+        let ctx = ctx.clone();
+        async move {
+            let rows = answer(&ctx, &sql).await;
+            let row: Value = serde_json::from_str(&rows[0]).expect("json");
+            row["n"].as_i64().expect("count")
+        }
+    };
+    // (pattern, the regular expression it means, rows it matches)
+    for (pattern, regex, expected) in [
+        ("%e%page%1", "^.*e.*page.*1$", 3),
+        ("one%url%", "^one.*url.*$", 12),
+        ("%w%_%e%", "^.*w.*..*e.*$", 17),
+        ("t%o%-1%", "^t.*o.*-1.*$", 1),
+        ("one%-1", "^one.*-1$", 1),
+        ("%one%two%", "^.*one.*two.*$", 0),
+    ] {
+        let like = count(format!(
+            "select count(*) as n from {t} where page_url like '{pattern}'"
+        ))
+        .await;
+        let re = count(format!(
+            "select count(*) as n from {t} where regexp_like(page_url, '{regex}')"
+        ))
+        .await;
+        assert_eq!((like, re), (expected, expected), "LIKE '{pattern}'");
+        let not_like = count(format!(
+            "select count(*) as n from {t} where page_url not like '{pattern}'"
+        ))
+        .await;
+        assert_eq!(not_like, 17 - expected, "NOT LIKE '{pattern}'");
+    }
+    let rewritten = plan(
+        &ctx,
+        &format!("select page_url from {t} where page_url like '%e%page%1'"),
+    )
+    .await;
+    assert!(
+        rewritten.contains("like(page_url") && !rewritten.contains(" LIKE "),
+        "{rewritten}"
+    );
+    // `_` is a wildcard this does not cover: Arrow's LIKE keeps it.
+    let kept = plan(
+        &ctx,
+        &format!("select page_url from {t} where page_url like '%e%pag_%1'"),
+    )
+    .await;
+    assert!(kept.contains(" LIKE "), "{kept}");
+    // The column keeps the name the LIKE has without the rewrite.
+    let plain = SessionContext::new();
+    lake.register_scan(&plain, t, t, AsOf::Latest, Scan::Auto)
+        .await
+        .expect("register");
+    let q = format!(
+        "select page_url like 'one%-1' from {t} where page_url = 'one-raw_web_events-page_url-1'"
+    );
+    let named = answer(&ctx, &q).await;
+    assert_eq!(named, answer(&plain, &q).await);
+    assert!(named[0].contains("true"), "{named:?}");
+}
