@@ -24,7 +24,6 @@ pub mod batch;
 pub mod cluster;
 mod error;
 pub mod ids;
-pub mod like;
 pub mod notify;
 pub mod orgs;
 pub mod predicate;
@@ -1079,7 +1078,6 @@ impl Lake {
     ) -> Result<SessionContext> {
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         ctx.register_udf(vector::cosine_udf());
-        ctx.add_analyzer_rule(Arc::new(like::FastLike::default()));
         self.install_tables(&ctx, AsOf::Latest, HashMap::new(), Scan::Delta)?;
         Ok(ctx)
     }
@@ -1372,7 +1370,6 @@ pub fn session_config() -> SessionConfig {
 fn new_context() -> SessionContext {
     let ctx = SessionContext::new_with_config(session_config());
     ctx.register_udf(vector::cosine_udf());
-    ctx.add_analyzer_rule(Arc::new(like::FastLike::default()));
     ctx
 }
 

@@ -262,8 +262,6 @@ pub fn tenant_context_with(
     state.add_analyzer_rule(Arc::new(crate::concat_op::BoundStringConcat::new(
         function_cap,
     )));
-    // `LIKE '%a%b%'` by substring search, not a regular expression.
-    state.add_analyzer_rule(Arc::new(crow_lake::like::FastLike::default()));
     let ctx = SessionContext::new_with_state(state);
     ctx.register_udf(crow_lake::vector::cosine_udf());
     let schema = Arc::new(TenantSchema::new(
