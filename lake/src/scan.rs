@@ -33,8 +33,10 @@
 //!   `org_id = …` of every API query when each file holds one organization
 //!   (a lake of one organization, or a table written per organization). If
 //!   any file holds other values too, or has no statistics, the filter is
-//!   evaluated as usual (and prunes row groups and pages by their own
-//!   statistics: `crow optimize` sorts files by organization).
+//!   evaluated as usual — but the files whose range excludes the value are
+//!   still not opened (another tenant's files), and within the rest it
+//!   prunes row groups and pages by their own statistics (`crow optimize`
+//!   sorts files by organization).
 //! - **Only what it can honour.** [`plain_scan_allowed`] says whether a
 //!   snapshot's protocol can be read this way; otherwise delta-rs reads it.
 
@@ -436,12 +438,12 @@ impl PlainParquetTable {
     }
 
     /// The files whose partition values satisfy every filter in
-    /// `partition_filters` and whose statistics do not rule out the
-    /// filters `decided` ([`PlainParquetTable::decided_by_statistics`]).
+    /// `partition_filters` and that no proof in `proofs` rules out
+    /// ([`Proof::None`]).
     fn pruned_files(
         &self,
         partition_filters: &[Expr],
-        decided: &[Arc<Vec<Proof>>],
+        proofs: &[Arc<Vec<Proof>>],
     ) -> DfResult<Vec<PartitionedFile>> {
         let partition_schema = DFSchema::try_from(Schema::new(
             self.partition_fields
@@ -451,7 +453,7 @@ impl PlainParquetTable {
         ))?;
         let mut out = Vec::with_capacity(self.files.len());
         for (i, f) in self.files.iter().enumerate() {
-            if decided.iter().any(|p| p[i] == Proof::None) {
+            if proofs.iter().any(|p| p[i] == Proof::None) {
                 continue;
             }
             let mut pf = PartitionedFile::new_from_meta(f.meta.clone());
@@ -551,14 +553,18 @@ impl TableProvider for PlainParquetTable {
             .filter(|f| self.is_partition_filter(f))
             .cloned()
             .collect();
-        // Filters the statistics decide: DataFusion was told they are exact
-        // (and evaluates them nowhere), so the files they rule out go here.
-        let decided: Vec<Arc<Vec<Proof>>> = filters
+        // Files the statistics rule out for a `column = value` filter are
+        // not scanned. For a filter they decide, DataFusion was told it is
+        // exact (and evaluates it nowhere), so this is where it applies;
+        // for the others (some file holds other values too) DataFusion
+        // still evaluates it, and the files skipped here are only those no
+        // row of which could pass — another tenant's files, say.
+        let ruled_out: Vec<Arc<Vec<Proof>>> = filters
             .iter()
             .filter(|f| !self.is_partition_filter(f))
-            .filter_map(|f| self.decided_by_statistics(f))
+            .filter_map(|f| equality(f).and_then(|(c, v)| self.proofs(&c.name, v)))
             .collect();
-        let files = self.pruned_files(&partition_filters, &decided)?;
+        let files = self.pruned_files(&partition_filters, &ruled_out)?;
         if files.is_empty() {
             return Ok(Arc::new(EmptyExec::new(Arc::new(
                 self.schema.project(&projected)?,
