@@ -1063,9 +1063,7 @@ impl Lake {
     /// A DataFusion session with every table as of a time (tables that did
     /// not exist then are empty), each loaded when first named.
     pub async fn session_as_of(&self, as_of: AsOf) -> Result<SessionContext> {
-        let ctx = new_context();
-        self.install_tables(&ctx, as_of, HashMap::new(), Scan::Delta)?;
-        Ok(ctx)
+        self.query_session(as_of, &[], Scan::Delta).await
     }
 
     /// A DataFusion session like [`Lake::session`], with `config` (start

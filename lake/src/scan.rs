@@ -145,7 +145,14 @@ pub struct PlainParquetTable {
     /// Per file column, what its statistics prove for a value (memo of
     /// [`PlainParquetTable::proofs`], keyed by column and value).
     proofs: std::sync::Mutex<ProofMemo>,
+    /// Each file's statistics per column, in log order (memo of
+    /// [`PlainParquetTable::column_stats`]: a query comparing one column
+    /// with many values reads them once).
+    column_stats: std::sync::Mutex<ColumnStatsMemo>,
 }
+
+/// Statistics per column, one entry per file in log order.
+type ColumnStatsMemo = std::collections::HashMap<String, Arc<Vec<Option<ColumnStats>>>>;
 
 /// Proofs per `(column, value)`, one per file.
 type ProofMemo = std::collections::HashMap<(String, StatValue), Arc<Vec<Proof>>>;
@@ -346,6 +353,7 @@ impl PlainParquetTable {
             table: table.clone(),
             version: table.version(),
             proofs: Default::default(),
+            column_stats: Default::default(),
         })
     }
 
@@ -377,15 +385,28 @@ impl PlainParquetTable {
 
     /// Each file's statistics of `column`, in log order (`None` where the
     /// log has none). A file's statistics never change (Delta files are
-    /// immutable), so they are parsed once per process ([`STATS_CACHE`]).
-    fn column_stats(&self, column: &str, data_type: &DataType) -> Option<Vec<Option<ColumnStats>>> {
+    /// immutable), so they are parsed once per process ([`STATS_CACHE`]),
+    /// and looked up once per provider.
+    fn column_stats(
+        &self,
+        column: &str,
+        data_type: &DataType,
+    ) -> Option<Arc<Vec<Option<ColumnStats>>>> {
+        if let Some(s) = self
+            .column_stats
+            .lock()
+            .ok()
+            .and_then(|m| m.get(column).cloned())
+        {
+            return Some(s);
+        }
         let snap = self.table.snapshot().ok()?;
         let root = self.table.log_store().root_url().to_string();
         let mut cache = STATS_CACHE.lock().ok()?;
         if cache.len() > STATS_CACHE_ENTRIES {
             cache.clear();
         }
-        let out = snap
+        let out: Vec<Option<ColumnStats>> = snap
             .log_data()
             .iter()
             .map(|view| {
@@ -400,6 +421,11 @@ impl PlainParquetTable {
                 c
             })
             .collect();
+        drop(cache);
+        let out = Arc::new(out);
+        if let Ok(mut m) = self.column_stats.lock() {
+            m.insert(column.to_string(), out.clone());
+        }
         Some(out)
     }
 
@@ -559,9 +585,9 @@ impl TableProvider for PlainParquetTable {
         // for the others (some file holds other values too) DataFusion
         // still evaluates it, and the files skipped here are only those no
         // row of which could pass — another tenant's files, say.
+        // (`proofs` answers for columns stored in the files only.)
         let ruled_out: Vec<Arc<Vec<Proof>>> = filters
             .iter()
-            .filter(|f| !self.is_partition_filter(f))
             .filter_map(|f| equality(f).and_then(|(c, v)| self.proofs(&c.name, v)))
             .collect();
         let files = self.pruned_files(&partition_filters, &ruled_out)?;
