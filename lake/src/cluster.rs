@@ -1,14 +1,16 @@
 //! Clustered compaction: `crow optimize` on a table with a clustering key
 //! ([`cluster_keys`]) rewrites each date partition's files into large files
 //! whose rows are sorted by that key — for `raw_web_events` by organization,
-//! visitor and time — with bloom filters on the columns lookups probe.
+//! visitor, time and message id — with bloom filters on the columns lookups probe.
 //!
 //! - **Why sorted.** Every query filters on `org_id`, and the per-visitor
 //!   queries (funnels, paths, sessionization) group or partition by
 //!   `anonymous_id`. In sorted files each row group holds a narrow range of
 //!   both, so the Parquet statistics, page index and bloom filters prune
 //!   row groups and pages of other tenants and other visitors, and the
-//!   visitor's rows sit together.
+//!   visitor's rows sit together. The scan declares that order to
+//!   DataFusion ([`crate::scan`]), which merges the sorted files where a
+//!   window or group-by per visitor needs the order, instead of sorting.
 //! - **Exact and safe beside writers.** A partition's files at the
 //!   snapshot read are replaced in one commit by files holding exactly their
 //!   rows (`dataChange: false`, operation OPTIMIZE). Files a collector
@@ -42,13 +44,25 @@ pub const CLUSTER_TAG: &str = "crow.clusteredBy";
 /// Target size of a clustered file (as for plain compaction).
 pub const TARGET_FILE_BYTES: u64 = 128 * 1024 * 1024;
 
+/// The tables with a clustering key, and the key: the columns their files
+/// are sorted by after `optimize`, each ascending with nulls last.
+const KEYS: &[(&str, &[&str])] = &[(
+    "raw_web_events",
+    &["org_id", "anonymous_id", "occurred_at", "message_id"],
+)];
+
 /// The clustering key of a table, if it has one: the columns its files are
 /// sorted by after `optimize`.
 pub fn cluster_keys(table: &str) -> Option<&'static [&'static str]> {
-    match table {
-        "raw_web_events" => Some(&["org_id", "anonymous_id", "occurred_at"]),
-        _ => None,
-    }
+    KEYS.iter().find(|(t, _)| *t == table).map(|(_, k)| *k)
+}
+
+/// The key a file tagged [`CLUSTER_TAG`] = `tag` is sorted by (each column
+/// ascending, nulls last), if `tag` is a table's current key. Files tagged
+/// with an older key are not taken as sorted (earlier keys were written
+/// with nulls first); the next `crow optimize` rewrites them.
+pub fn sorted_by(tag: &str) -> Option<&'static [&'static str]> {
+    KEYS.iter().map(|(_, k)| *k).find(|k| k.join(",") == tag)
 }
 
 /// Columns of a clustered table written with bloom filters (point lookups
@@ -131,7 +145,9 @@ impl Lake {
                 _ => col(c.as_str()).is_null(),
             })?;
         }
-        let sort = keys.iter().map(|k| col(*k).sort(true, true)).collect();
+        // Ascending, nulls last: the order SQL's `ORDER BY c` asks for, so
+        // the scan can declare it ([`sorted_by`]).
+        let sort = keys.iter().map(|k| col(*k).sort(true, false)).collect();
         let mut rows = df.sort(sort)?.execute_stream().await?;
         let props = snap.table_config();
         let config = deltalake::datafile::writer::WriterConfig::new(

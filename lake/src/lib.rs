@@ -25,6 +25,7 @@ pub mod cluster;
 mod error;
 pub mod ids;
 pub mod notify;
+pub mod order;
 pub mod orgs;
 pub mod predicate;
 pub mod products;
@@ -1360,13 +1361,32 @@ pub fn plan_spills(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> 
 /// The session configuration of every context the lake makes: the
 /// information schema on, one partition per core.
 pub fn session_config() -> SessionConfig {
-    SessionConfig::new()
+    let mut config = SessionConfig::new()
         .with_information_schema(true)
-        .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
+    prefer_existing_sort(&mut config);
+    config
+}
+
+/// Keep the order sorted files arrive in ([`scan`]: files `crow optimize`
+/// wrote are declared sorted) by merging them where a window or group-by
+/// needs it, rather than repartitioning and sorting again. It changes
+/// nothing for a plan whose input declares no order. A
+/// `DATAFUSION_OPTIMIZER_PREFER_EXISTING_SORT` setting wins.
+pub fn prefer_existing_sort(config: &mut SessionConfig) {
+    if std::env::var_os("DATAFUSION_OPTIMIZER_PREFER_EXISTING_SORT").is_none() {
+        config.options_mut().optimizer.prefer_existing_sort = true;
+    }
 }
 
 fn new_context() -> SessionContext {
-    let ctx = SessionContext::new_with_config(session_config());
+    let state = order::with_rules(
+        datafusion::execution::session_state::SessionStateBuilder::new()
+            .with_config(session_config())
+            .with_default_features(),
+    )
+    .build();
+    let ctx = SessionContext::new_with_state(state);
     ctx.register_udf(vector::cosine_udf());
     ctx
 }

@@ -42,6 +42,7 @@
 
 use std::sync::Arc;
 
+use arrow::compute::SortOptions;
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
@@ -56,6 +57,8 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::{
     BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType,
 };
+use datafusion::physical_expr::expressions::Column as PhysicalColumn;
+use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_datasource::TableSchema;
@@ -114,6 +117,9 @@ struct DataFile {
     /// The file's position in the snapshot's log data (the order of its
     /// statistics arrays).
     log_index: usize,
+    /// The columns its rows are sorted by, if `crow optimize` wrote it
+    /// ([`crate::cluster::sorted_by`]).
+    sorted_by: Option<&'static [&'static str]>,
 }
 
 /// What a file's statistics prove about a filter `column = value`.
@@ -165,6 +171,12 @@ static STATS_CACHE: std::sync::LazyLock<std::sync::Mutex<StatsCache>> =
 
 /// `(table root + file path, column)` → the file's statistics of it.
 type StatsCache = std::collections::HashMap<(String, String), Option<ColumnStats>>;
+
+/// At most this many files sorted by a key are declared sorted, each its
+/// own partition ([`PlainParquetTable::sort_order`]); a scan of more (a
+/// long range of days) spreads them over the session's partitions, as for
+/// unsorted files, rather than merging so many streams at once.
+const MAX_SORTED_FILES: usize = 128;
 
 /// [`STATS_CACHE`]'s bound (about 100 bytes each): past it, it starts over.
 const STATS_CACHE_ENTRIES: usize = 1_000_000;
@@ -231,6 +243,17 @@ impl ColumnStats {
             max: value("maxValues").and_then(|v| StatValue::of_json(data_type, v)),
             nulls: value("nullCount").and_then(serde_json::Value::as_u64),
         })
+    }
+
+    /// Whether every row of a file of `rows` rows holds the same non-null
+    /// value. Strings must be shorter than 32 bytes, where no Delta writer
+    /// truncates its statistics (a truncated minimum and maximum could be
+    /// equal for different values).
+    fn is_constant(&self, rows: usize) -> bool {
+        let short = |v: &StatValue| !matches!(v, StatValue::Str(s) if s.len() >= 32);
+        rows > 0
+            && self.nulls == Some(0)
+            && matches!((&self.min, &self.max), (Some(a), Some(b)) if a == b && short(a))
     }
 
     /// What these statistics of a file of `rows` rows prove about
@@ -330,6 +353,15 @@ impl PlainParquetTable {
             let size = u64::try_from(view.size()).map_err(|_| {
                 crate::Error::Invalid(format!("file {} has a negative size", view.path()))
             })?;
+            // The clustering tag is only on the file's Add action.
+            #[allow(deprecated)]
+            let sorted_by = view
+                .add_action()
+                .tags
+                .as_ref()
+                .and_then(|m| m.get(crate::cluster::CLUSTER_TAG))
+                .and_then(|v| v.as_deref())
+                .and_then(crate::cluster::sorted_by);
             files.push(DataFile {
                 meta: ObjectMeta {
                     location,
@@ -341,6 +373,7 @@ impl PlainParquetTable {
                 partition_values,
                 rows: view.num_records(),
                 log_index,
+                sorted_by,
             });
         }
         files.sort_by(|a, b| a.meta.location.cmp(&b.meta.location));
@@ -470,13 +503,14 @@ impl PlainParquetTable {
         &self,
         partition_filters: &[Expr],
         proofs: &[Arc<Vec<Proof>>],
-    ) -> DfResult<Vec<PartitionedFile>> {
+    ) -> DfResult<(Vec<usize>, Vec<PartitionedFile>)> {
         let partition_schema = DFSchema::try_from(Schema::new(
             self.partition_fields
                 .iter()
                 .map(|f| Field::new(f.name(), f.data_type().clone(), true))
                 .collect::<Vec<_>>(),
         ))?;
+        let mut kept = Vec::with_capacity(self.files.len());
         let mut out = Vec::with_capacity(self.files.len());
         for (i, f) in self.files.iter().enumerate() {
             if proofs.iter().any(|p| p[i] == Proof::None) {
@@ -489,9 +523,52 @@ impl PlainParquetTable {
                 continue;
             };
             pf.statistics = Some(Arc::new(self.file_statistics(f)));
+            kept.push(i);
             out.push(pf);
         }
-        Ok(out)
+        Ok((kept, out))
+    }
+
+    /// The order the rows of each of the files `kept` (indices into
+    /// `self.files`) are in, as columns sorted ascending with nulls last:
+    /// when `crow optimize` wrote every one of them sorted by the same key
+    /// ([`crate::cluster`]) and they are at most [`MAX_SORTED_FILES`].
+    /// Leading key columns that hold one value in each file (the
+    /// organization, in files of one tenant) are left out: each file is
+    /// sorted by the rest as well, which is the order per-visitor windows
+    /// and group-bys need.
+    fn sort_order(&self, kept: &[usize]) -> Option<&'static [&'static str]> {
+        let first = self.files.get(*kept.first()?)?.sorted_by?;
+        if kept.len() > MAX_SORTED_FILES
+            || kept.iter().any(|&i| self.files[i].sorted_by != Some(first))
+            || first
+                .iter()
+                .any(|c| self.file_schema.field_with_name(c).is_err())
+        {
+            return None;
+        }
+        let mut columns = first;
+        while let [head, rest @ ..] = columns {
+            if rest.is_empty() {
+                break;
+            }
+            let field = self.file_schema.field_with_name(head).ok()?;
+            let Some(stats) = self.column_stats(head, field.data_type()) else {
+                break;
+            };
+            let constant = kept.iter().all(|&i| {
+                let f = &self.files[i];
+                matches!(
+                    (f.rows, stats.get(f.log_index)),
+                    (Some(rows), Some(Some(c))) if c.is_constant(rows)
+                )
+            });
+            if !constant {
+                break;
+            }
+            columns = rest;
+        }
+        Some(columns)
     }
 
     /// A file's statistics over the scan's schema: its row count from the
@@ -590,7 +667,7 @@ impl TableProvider for PlainParquetTable {
             .iter()
             .filter_map(|f| equality(f).and_then(|(c, v)| self.proofs(&c.name, v)))
             .collect();
-        let files = self.pruned_files(&partition_filters, &ruled_out)?;
+        let (kept, files) = self.pruned_files(&partition_filters, &ruled_out)?;
         if files.is_empty() {
             return Ok(Arc::new(EmptyExec::new(Arc::new(
                 self.schema.project(&projected)?,
@@ -632,13 +709,47 @@ impl TableProvider for PlainParquetTable {
                 .collect::<Vec<_>>(),
         ));
         statistics.num_rows = rows.map_or(Precision::Absent, Precision::Exact);
-        let groups = balanced_groups(files, state.config().target_partitions());
+        // Files sorted by a key are each their own partition, declared
+        // sorted: DataFusion then merges them in order where a query needs
+        // the order (a window or group-by per visitor) instead of sorting
+        // all their rows. Otherwise files are spread over the partitions.
+        let ordering = match self.sort_order(&kept) {
+            Some(columns) => {
+                let scan_schema = Schema::new(
+                    self.file_schema
+                        .fields()
+                        .iter()
+                        .chain(self.partition_fields.iter())
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                );
+                let sort = columns
+                    .iter()
+                    .map(|c| {
+                        Ok(PhysicalSortExpr::new(
+                            Arc::new(PhysicalColumn::new_with_schema(c, &scan_schema)?),
+                            SortOptions {
+                                descending: false,
+                                nulls_first: false,
+                            },
+                        ))
+                    })
+                    .collect::<DfResult<Vec<_>>>()?;
+                LexOrdering::new(sort)
+            }
+            None => None,
+        };
+        let groups = match ordering {
+            Some(_) => files.into_iter().map(|f| FileGroup::new(vec![f])).collect(),
+            None => balanced_groups(files, state.config().target_partitions()),
+        };
         let scan_projection: Vec<usize> = projected.iter().map(|&i| self.scan_index[i]).collect();
         let config = FileScanConfigBuilder::new(store_url, Arc::new(source))
             .with_file_groups(groups)
             .with_statistics(statistics)
             .with_projection_indices(Some(scan_projection))?
             .with_limit(limit)
+            .with_output_ordering(ordering.into_iter().collect())
             .build();
         Ok(DataSourceExec::from_data_source(config))
     }

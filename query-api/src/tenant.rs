@@ -239,7 +239,7 @@ pub fn tenant_context_with(
     // `DATAFUSION_*` variables tune the engine (e.g.
     // `DATAFUSION_EXECUTION_PARQUET_PUSHDOWN_FILTERS=true`); what isolation
     // needs is set after them.
-    let config = SessionConfig::from_env()
+    let mut config = SessionConfig::from_env()
         .unwrap_or_else(|e| {
             tracing::warn!(error = %e, "ignoring invalid DATAFUSION_* settings");
             SessionConfig::new()
@@ -249,10 +249,12 @@ pub fn tenant_context_with(
         .with_default_catalog_and_schema("datafusion", "public")
         .with_batch_size(batch_size)
         .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
+    crow_lake::prefer_existing_sort(&mut config);
     let mut builder = SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(runtime)
         .with_default_features();
+    builder = crow_lake::order::with_rules(builder);
     if let Some(fns) = builder.table_functions() {
         fns.retain(|name, _| ALLOWED_TABLE_FUNCTIONS.contains(&name.as_str()));
     }

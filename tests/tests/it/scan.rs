@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crow_lake::batch::{batches_to_json, rows_to_batch};
 use crow_lake::datafusion::catalog::TableProvider;
+use crow_lake::datafusion::execution::session_state::SessionStateBuilder;
 use crow_lake::datafusion::prelude::{col, SessionContext};
 use crow_lake::deltalake::kernel::TableFeatures;
 use crow_lake::predicate::date;
@@ -57,7 +58,13 @@ fn is_plain(p: &Arc<dyn TableProvider>) -> bool {
 /// A session with `table` as of `as_of` registered twice: `p` through
 /// [`Scan::Auto`] (asserted to be the plain scan), `d` through delta-rs.
 async fn both_scans(lake: &Lake, table: &str, as_of: AsOf) -> SessionContext {
-    let ctx = SessionContext::new();
+    let state = crow_lake::order::with_rules(
+        SessionStateBuilder::new()
+            .with_config(crow_lake::session_config())
+            .with_default_features(),
+    )
+    .build();
+    let ctx = SessionContext::new_with_state(state);
     let vp = lake
         .register_scan(&ctx, "p", table, as_of, Scan::Auto)
         .await
@@ -321,6 +328,180 @@ async fn filters_the_file_statistics_decide_are_not_evaluated(b: Backend) {
     assert_eq!(answers[0], vec![json!({"n": 5}).to_string()]);
     let count = plan(&ctx, "select count(*) from p where org_id = 'org-alpha'").await;
     assert!(!count.contains("DataSourceExec"), "{count}");
+}
+
+both_backends!(sorted_files_are_merged_not_sorted_again => sorted_files_are_merged_not_sorted_again);
+
+/// Events of `org`'s visitors (`visitors`, whose ids are a permutation of
+/// the numbers; visitor 0 anonymous: a null id), 8 each over two days, inserted out of order, with equal times per
+/// visitor so the message id must break ties. `first_day` is the 18th plus
+/// this many days.
+fn visits(org: &str, tag: &str, first_day: i64, visitors: &[usize]) -> Vec<Value> {
+    const BASE_MICROS: i64 = 1_794_960_000_000_000; // 2026-11-18T00:00:00Z
+    let mut rows = Vec::new();
+    for &v in visitors {
+        for k in 0..8usize {
+            let mut r = row(&RAW_WEB_EVENTS, Some(org), tag, k);
+            let day = first_day + (k % 2) as i64;
+            r["anonymous_id"] = if v == 0 {
+                Value::Null
+            } else {
+                json!(format!("{org}-v{:02}", (v * 7) % 12))
+            };
+            r["event_date"] = json!(BASE_MICROS / 86_400_000_000 + day);
+            r["occurred_at"] =
+                json!(BASE_MICROS + day * 86_400_000_000 + ((k * 13 + v) % 3) as i64 * 60_000_000);
+            r["message_id"] = json!(format!("m-{tag}-{}-{}", 7 - k, v));
+            rows.push(r);
+        }
+    }
+    rows
+}
+
+/// Whether a physical plan sorts anywhere.
+fn sorts(plan: &str) -> bool {
+    plan.contains("SortExec")
+}
+
+/// The rows of `sql` in the order returned.
+async fn ordered(ctx: &SessionContext, sql: &str) -> Vec<Value> {
+    let batches = ctx
+        .sql(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    batches_to_json(&batches)
+        .expect("json")
+        .into_iter()
+        .map(Value::Object)
+        .collect()
+}
+
+/// Files `crow optimize` wrote sorted by (organization, visitor, time,
+/// message id) are declared sorted to DataFusion, each its own partition:
+/// a window or `ORDER BY` per visitor merges them instead of sorting, and
+/// answers exactly as delta-rs's scan (which declares no order) and as the
+/// unsorted files did. A leading organization that is one value per file
+/// is left out of the order; where files mix organizations the tenant
+/// filter supplies it. A file not written by optimize turns it off.
+async fn sorted_files_are_merged_not_sorted_again(b: Backend) {
+    let lake = b.lake().await;
+    lake.init().await.expect("init");
+    let t = "raw_web_events";
+    let append = |rows: Vec<Value>| {
+        let lake = lake.clone();
+        async move {
+            let batch = rows_to_batch(&RAW_WEB_EVENTS, &rows).expect("batch");
+            lake.append(t, vec![batch]).await.expect("append");
+        }
+    };
+    // Org A on the 18th and 19th in two commits, org B on the 20th and 21st.
+    append(visits(ORG_A, "a1", 0, &[5, 0, 9, 2, 11, 7])).await;
+    append(visits(ORG_A, "a2", 0, &[3, 10, 1, 8, 4, 6])).await;
+    append(visits(ORG_B, "b1", 2, &[4, 1, 0, 6])).await;
+    let window = "select anonymous_id, message_id, \
+        lag(message_id) over (partition by anonymous_id order by occurred_at, message_id) as prev, \
+        row_number() over (partition by anonymous_id order by occurred_at, message_id) as rn \
+        from {t} where org_id = 'org-alpha'";
+    let queries: Vec<String> = [
+        window,
+        "select anonymous_id, message_id from (select anonymous_id, message_id, \
+         row_number() over (partition by anonymous_id order by occurred_at, message_id) as rn \
+         from {t}) where rn = 1",
+        "select anonymous_id, count(*) as n, min(occurred_at) as first from {t} \
+         where org_id = 'org-beta' group by anonymous_id",
+        "select event_date, count(distinct anonymous_id) as visitors from {t} \
+         where org_id = 'org-alpha' group by event_date",
+    ]
+    .iter()
+    .map(|q| q.to_string())
+    .collect();
+    let in_order = "select anonymous_id, message_id from {t} where org_id = 'org-alpha' \
+        order by anonymous_id, occurred_at, message_id";
+
+    let ctx = both_scans(&lake, t, AsOf::Latest).await;
+    let unsorted = same_answers(&ctx, &queries).await;
+    // 96 events of org A's 12 visitors (one anonymous): 84 have a
+    // previous one. Over both organizations the anonymous rows are one
+    // partition: 11 + 3 visitors with an id, and one without.
+    assert_eq!(unsorted[0].len(), 96);
+    let firsts = |rows: &[String]| rows.iter().filter(|r| !r.contains(r#""prev""#)).count();
+    assert_eq!(firsts(&unsorted[0]), 12);
+    assert_eq!(unsorted[1].len(), 11 + 3 + 1, "{:?}", unsorted[1]);
+    let before = ordered(&ctx, &in_order.replace("{t}", "p")).await;
+    assert_eq!(before, ordered(&ctx, &in_order.replace("{t}", "d")).await);
+    assert_eq!(before.len(), 96);
+    assert!(
+        sorts(&plan(&ctx, &window.replace("{t}", "p")).await),
+        "files as appended are not sorted"
+    );
+
+    // Optimize: a sorted file per day, each of one organization.
+    lake.optimize(t).await.expect("optimize");
+    let ctx = both_scans(&lake, t, AsOf::Latest).await;
+    assert_eq!(same_answers(&ctx, &queries).await, unsorted);
+    assert_eq!(ordered(&ctx, &in_order.replace("{t}", "p")).await, before);
+    // Visitors per day groups by day and visitor, sorted by visitor only:
+    // that aggregate hashes (`crow_lake::order`) rather than emit each
+    // visitor's group early.
+    let per_day = plan(&ctx, &queries[3].replace("{t}", "p")).await;
+    assert!(
+        per_day.contains("Unordered") && !per_day.contains("PartiallySorted"),
+        "{per_day}"
+    );
+    assert_eq!(
+        unsorted[3],
+        vec![
+            json!({"event_date": "2026-11-18", "visitors": 11}).to_string(),
+            json!({"event_date": "2026-11-19", "visitors": 11}).to_string(),
+        ]
+    );
+    for q in queries[..3].iter().chain([&in_order.to_string()]) {
+        let p = plan(&ctx, &q.replace("{t}", "p")).await;
+        assert!(
+            !sorts(&p),
+            "optimized files are merged, not sorted: {q}\n{p}"
+        );
+        assert!(p.matches(".parquet").count() > 1, "{p}");
+    }
+    // delta-rs's scan declares no order: the same queries sort there.
+    assert!(sorts(&plan(&ctx, &window.replace("{t}", "d")).await));
+
+    // A day holding both organizations: files are sorted by organization
+    // first. The tenant filter makes it one value, so those queries still
+    // merge; a window over every organization sorts.
+    append(visits(ORG_B, "b2", 0, &[2, 3])).await;
+    lake.optimize(t).await.expect("optimize");
+    let ctx = both_scans(&lake, t, AsOf::Latest).await;
+    let mixed = same_answers(&ctx, &queries).await;
+    assert_eq!(mixed[0], unsorted[0], "org A's rows did not change");
+    assert_eq!(mixed[1].len(), 11 + 3 + 2 + 1, "{:?}", mixed[1]);
+    assert_eq!(ordered(&ctx, &in_order.replace("{t}", "p")).await, before);
+    assert!(!sorts(&plan(&ctx, &window.replace("{t}", "p")).await));
+    assert!(sorts(&plan(&ctx, &queries[1].replace("{t}", "p")).await));
+
+    // A file the collector appended since is not sorted: no order declared.
+    append(visits(ORG_A, "a3", 1, &[12])).await;
+    let ctx = both_scans(&lake, t, AsOf::Latest).await;
+    let appended = same_answers(&ctx, &queries).await;
+    assert_eq!(appended[0].len(), 96 + 8);
+    assert_eq!(firsts(&appended[0]), 13);
+    assert!(sorts(&plan(&ctx, &window.replace("{t}", "p")).await));
+    let after = ordered(&ctx, &in_order.replace("{t}", "p")).await;
+    assert_eq!(after, ordered(&ctx, &in_order.replace("{t}", "d")).await);
+
+    // Only a table's current key is taken as an order: files of an older
+    // key (written nulls first) are rewritten by the next optimize.
+    assert_eq!(
+        crow_lake::cluster::sorted_by("org_id,anonymous_id,occurred_at,message_id"),
+        crow_lake::cluster::cluster_keys(t)
+    );
+    assert_eq!(
+        crow_lake::cluster::sorted_by("org_id,anonymous_id,occurred_at"),
+        None
+    );
 }
 
 both_backends!(unknown_protocol_falls_back_to_delta => unknown_protocol_falls_back_to_delta);
