@@ -37,6 +37,15 @@
 //!   still not opened (another tenant's files), and within the rest it
 //!   prunes row groups and pages by their own statistics (`crow optimize`
 //!   sorts files by organization).
+//! - **Sorted files are declared sorted.** When every file a scan reads
+//!   was written by `crow optimize` sorted by its table's key
+//!   ([`crate::cluster`]; at most [`MAX_SORTED_FILES`] of them), each file
+//!   is its own partition and the scan declares the order, less the
+//!   leading key columns that hold one value in every file (the
+//!   organization, in files of one tenant). A window, `GROUP BY` or
+//!   `ORDER BY` per visitor then merges the files instead of sorting every
+//!   row ([`crate::order`] keeps aggregates that would only partly use the
+//!   order hashing).
 //! - **Only what it can honour.** [`plain_scan_allowed`] says whether a
 //!   snapshot's protocol can be read this way; otherwise delta-rs reads it.
 
