@@ -605,7 +605,7 @@ impl PlainParquetTable {
 }
 
 /// Split `files` into at most `n` groups of similar byte size.
-fn balanced_groups(files: Vec<PartitionedFile>, n: usize) -> Vec<FileGroup> {
+pub(crate) fn balanced_groups(files: Vec<PartitionedFile>, n: usize) -> Vec<FileGroup> {
     let n = n.clamp(1, files.len().max(1));
     let mut groups: Vec<(u64, Vec<PartitionedFile>)> = (0..n).map(|_| (0, Vec::new())).collect();
     let mut files = files;

@@ -677,7 +677,7 @@ async fn live_files(
 }
 
 /// `optimize` clusters `raw_web_events`: each day's files become one file
-/// sorted by organization, visitor and time, with a bloom filter on the
+/// sorted by organization, visitor, time and message id, with a bloom filter on the
 /// visitor, holding exactly the rows it had; a day already clustered is not
 /// rewritten, and a day that got a new file is, alone.
 async fn clustered(b: Backend) {
@@ -753,7 +753,9 @@ async fn clustered(b: Backend) {
     for (tags, data) in files {
         assert_eq!(
             tags.get("crow.clusteredBy"),
-            Some(&Some("org_id,anonymous_id,occurred_at".to_string())),
+            Some(&Some(
+                "org_id,anonymous_id,occurred_at,message_id".to_string()
+            )),
             "{}",
             b.name
         );
@@ -761,7 +763,7 @@ async fn clustered(b: Backend) {
             .expect("parquet")
             .build()
             .expect("reader");
-        let mut keys: Vec<(String, String, String)> = Vec::new();
+        let mut keys: Vec<(String, String, String, String)> = Vec::new();
         for batch in reader {
             let batch = batch.expect("batch");
             let json = batches_to_json(&[batch]).expect("json");
@@ -770,13 +772,14 @@ async fn clustered(b: Backend) {
                     r["org_id"].to_string(),
                     r["anonymous_id"].to_string(),
                     r["occurred_at"].to_string(),
+                    r["message_id"].to_string(),
                 )
             }));
         }
         assert_eq!(keys.len(), 120, "{}: a day's rows in one file", b.name);
         assert!(
             keys.windows(2).all(|w| w[0] <= w[1]),
-            "{}: sorted by org, visitor, time: {keys:?}",
+            "{}: sorted by org, visitor, time, message id: {keys:?}",
             b.name
         );
         let options = ReadOptionsBuilder::new()

@@ -60,7 +60,8 @@ fn is_plain(p: &Arc<dyn TableProvider>) -> bool {
 async fn both_scans(lake: &Lake, table: &str, as_of: AsOf) -> SessionContext {
     let state = crow_lake::order::with_rules(
         SessionStateBuilder::new()
-            .with_config(crow_lake::session_config())
+            // Two partitions whatever the machine, as CI has.
+            .with_config(crow_lake::session_config().with_target_partitions(2))
             .with_default_features(),
     )
     .build();
@@ -451,6 +452,34 @@ async fn sorted_files_are_merged_not_sorted_again(b: Backend) {
         per_day.contains("Unordered") && !per_day.contains("PartiallySorted"),
         "{per_day}"
     );
+    // Over both organizations (four files, each sorted; two partitions):
+    // where nothing then uses the order, the files are spread over the
+    // partitions again; a window and an aggregate per visitor keep one
+    // sorted partition per file.
+    let spread = [
+        "select event_date, count(distinct anonymous_id) as v from {t} group by event_date",
+        "select event, count(*) as n from {t} group by event",
+    ];
+    let kept = [
+        queries[1].as_str(),
+        "select anonymous_id, count(*) as n from {t} group by anonymous_id",
+    ];
+    for q in spread {
+        let p = plan(&ctx, &q.replace("{t}", "p")).await;
+        assert!(
+            !p.contains("output_ordering") && p.contains("file_groups={2 groups"),
+            "{q}\n{p}"
+        );
+    }
+    for q in kept {
+        let p = plan(&ctx, &q.replace("{t}", "p")).await;
+        assert!(
+            p.contains("output_ordering") && p.contains("file_groups={4 groups"),
+            "{q}\n{p}"
+        );
+    }
+    let both: Vec<String> = spread.iter().chain(&kept).map(|q| q.to_string()).collect();
+    same_answers(&ctx, &both).await;
     assert_eq!(
         unsorted[3],
         vec![
