@@ -709,14 +709,16 @@ impl TableProvider for PlainParquetTable {
                 _ => None,
             }
         });
-        let mut statistics = Statistics::new_unknown(&Schema::new(
+        // The file columns, then the partition columns.
+        let scan_schema = Schema::new(
             self.file_schema
                 .fields()
                 .iter()
                 .chain(self.partition_fields.iter())
                 .cloned()
                 .collect::<Vec<_>>(),
-        ));
+        );
+        let mut statistics = Statistics::new_unknown(&scan_schema);
         statistics.num_rows = rows.map_or(Precision::Absent, Precision::Exact);
         // Files sorted by a key are each their own partition, declared
         // sorted: DataFusion then merges them in order where a query needs
@@ -724,14 +726,6 @@ impl TableProvider for PlainParquetTable {
         // all their rows. Otherwise files are spread over the partitions.
         let ordering = match self.sort_order(&kept) {
             Some(columns) => {
-                let scan_schema = Schema::new(
-                    self.file_schema
-                        .fields()
-                        .iter()
-                        .chain(self.partition_fields.iter())
-                        .cloned()
-                        .collect::<Vec<_>>(),
-                );
                 let sort = columns
                     .iter()
                     .map(|c| {

@@ -35,6 +35,17 @@ fn day(d: u32) -> chrono::NaiveDate {
 
 /// The rows of `sql` as sorted JSON texts (order-free comparison).
 async fn answer(ctx: &SessionContext, sql: &str) -> Vec<String> {
+    let mut rows: Vec<String> = ordered(ctx, sql)
+        .await
+        .iter()
+        .map(Value::to_string)
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// The rows of `sql` in the order returned.
+async fn ordered(ctx: &SessionContext, sql: &str) -> Vec<Value> {
     let batches = ctx
         .sql(sql)
         .await
@@ -42,13 +53,11 @@ async fn answer(ctx: &SessionContext, sql: &str) -> Vec<String> {
         .collect()
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let mut rows: Vec<String> = batches_to_json(&batches)
+    batches_to_json(&batches)
         .expect("json")
         .into_iter()
-        .map(|r| Value::Object(r).to_string())
-        .collect();
-    rows.sort();
-    rows
+        .map(Value::Object)
+        .collect()
 }
 
 fn is_plain(p: &Arc<dyn TableProvider>) -> bool {
@@ -362,22 +371,6 @@ fn visits(org: &str, tag: &str, first_day: i64, visitors: &[usize]) -> Vec<Value
 /// Whether a physical plan sorts anywhere.
 fn sorts(plan: &str) -> bool {
     plan.contains("SortExec")
-}
-
-/// The rows of `sql` in the order returned.
-async fn ordered(ctx: &SessionContext, sql: &str) -> Vec<Value> {
-    let batches = ctx
-        .sql(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .collect()
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    batches_to_json(&batches)
-        .expect("json")
-        .into_iter()
-        .map(Value::Object)
-        .collect()
 }
 
 /// Files `crow optimize` wrote sorted by (organization, visitor, time,
