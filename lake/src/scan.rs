@@ -444,26 +444,42 @@ impl PlainParquetTable {
         }
         let snap = self.table.snapshot().ok()?;
         let root = self.table.log_store().root_url().to_string();
-        let mut cache = STATS_CACHE.lock().ok()?;
-        if cache.len() > STATS_CACHE_ENTRIES {
-            cache.clear();
-        }
-        let out: Vec<Option<ColumnStats>> = snap
-            .log_data()
+        let views: Vec<_> = snap.log_data().iter().collect();
+        let keys: Vec<(String, String)> = views
             .iter()
-            .map(|view| {
-                let key = (format!("{root}{}", view.path()), column.to_string());
-                if let Some(c) = cache.get(&key) {
-                    return c.clone();
-                }
-                let c = view
+            .map(|view| (format!("{root}{}", view.path()), column.to_string()))
+            .collect();
+        // Look up under the process-wide lock, parse the files it misses
+        // without it (a cold table's statistics JSON takes milliseconds that
+        // other tables' first reads would otherwise wait), then store them.
+        let mut found: Vec<Option<Option<ColumnStats>>> = {
+            let cache = STATS_CACHE.lock().ok()?;
+            keys.iter().map(|k| cache.get(k).cloned()).collect()
+        };
+        let parsed: Vec<(usize, Option<ColumnStats>)> = found
+            .iter()
+            .enumerate()
+            .filter(|(_, hit)| hit.is_none())
+            .map(|(i, _)| {
+                let c = views[i]
                     .stats()
                     .and_then(|json| ColumnStats::parse(&json, column, data_type));
-                cache.insert(key, c.clone());
-                c
+                (i, c)
             })
             .collect();
-        drop(cache);
+        if !parsed.is_empty() {
+            let mut cache = STATS_CACHE.lock().ok()?;
+            if cache.len() > STATS_CACHE_ENTRIES {
+                cache.clear();
+            }
+            for (i, c) in &parsed {
+                cache.insert(keys[*i].clone(), c.clone());
+            }
+        }
+        for (i, c) in parsed {
+            found[i] = Some(c);
+        }
+        let out: Vec<Option<ColumnStats>> = found.into_iter().map(Option::flatten).collect();
         let out = Arc::new(out);
         if let Ok(mut m) = self.column_stats.lock() {
             m.insert(column.to_string(), out.clone());
