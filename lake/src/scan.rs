@@ -255,14 +255,14 @@ impl ColumnStats {
     }
 
     /// Whether every row of a file of `rows` rows holds the same non-null
-    /// value. Strings must be shorter than 32 bytes, where no Delta writer
+    /// value: its minimum, which [`ColumnStats::prove`] shows every row
+    /// holds. Strings must be shorter than 32 bytes, where no Delta writer
     /// truncates its statistics (a truncated minimum and maximum could be
     /// equal for different values).
     fn is_constant(&self, rows: usize) -> bool {
-        let short = |v: &StatValue| !matches!(v, StatValue::Str(s) if s.len() >= 32);
-        rows > 0
-            && self.nulls == Some(0)
-            && matches!((&self.min, &self.max), (Some(a), Some(b)) if a == b && short(a))
+        self.min.as_ref().is_some_and(|v| {
+            !matches!(v, StatValue::Str(s) if s.len() >= 32) && self.prove(v, rows) == Proof::All
+        })
     }
 
     /// What these statistics of a file of `rows` rows prove about
