@@ -87,8 +87,10 @@ pub(super) fn midnight(t: DateTime<Utc>) -> DateTime<Utc> {
 
 impl Pass<'_> {
     /// The rows of `table` whose `time` falls in the read range, one per
-    /// `(org_id, id)` (the first received copy wins): `columns` and `rn`,
-    /// sorted by `order`.
+    /// `(org_id, id)` (the first received copy wins): `columns`, sorted by
+    /// `order`. A row is a first copy when its predecessor in the order of
+    /// (org, id, received) is another id (as the web events are
+    /// deduplicated, [`super::web`]).
     pub(super) async fn first_copies(
         &self,
         table: &str,
@@ -104,12 +106,13 @@ impl Pass<'_> {
             params.ts("end", self.read_end),
         );
         let sql = format!(
-            "SELECT * FROM (
+            "SELECT {columns} FROM (
                SELECT {columns},
-                      row_number() OVER (PARTITION BY org_id, {id} ORDER BY received_at) AS rn
+                      lag(org_id) OVER copies AS prev_org, lag({id}) OVER copies AS prev_id
                FROM {table}
-               WHERE {time} >= {a} AND {time} < {b} {org})
-             WHERE rn = 1
+               WHERE {time} >= {a} AND {time} < {b} {org}
+               WINDOW copies AS (ORDER BY org_id, {id}, received_at))
+             WHERE (prev_org IS DISTINCT FROM org_id) OR (prev_id IS DISTINCT FROM {id})
              ORDER BY {order}"
         );
         Ok(params.sql(self.ctx, &sql).await?.collect().await?)

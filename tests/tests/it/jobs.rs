@@ -131,6 +131,10 @@ async fn sessionize_rules(b: Backend) {
         &[
             // Visitor a1: two sessions (a gap of 70 minutes).
             ev("page", "m1", Some("a1"), None, t(10, 0), json!({"properties": {"path": "/"}})),
+            // A copy of m2 that differs: received at the same time but
+            // occurred later, so the copy below is the first and wins
+            // (p1 at 10:10 in the timeline, not p9 at 10:11).
+            ev("track", "m2", Some("a1"), None, t(10, 11), view("p9")),
             ev("track", "m2", Some("a1"), None, t(10, 10), view("p1")),
             ev("track", "m3", Some("a1"), None, t(11, 20), view("p2")),
             // The same message twice (a retried batch): counted once.
@@ -171,7 +175,7 @@ async fn sessionize_rules(b: Backend) {
         "--quiet",
     ]);
     assert_eq!(r["web_sessions"], 3, "{r}");
-    assert_eq!(r["duplicates"], 1, "{r}");
+    assert_eq!(r["duplicates"], 2, "{r}");
     let day = sessions(&b, "session_date = DATE '2026-03-10'");
     assert_eq!(day.len(), 3, "{day:?}");
     assert_eq!(day[0]["visitor_id"], "a1");
