@@ -392,7 +392,8 @@ async fn sessionize(
     // pool, a share of it (several sorts run at once).
     let config = crow_lake::session_config()
         .with_sort_spill_reservation_bytes((10 << 20).min(pool_bytes / 16))
-        .with_sort_in_place_threshold_bytes((1 << 20).min(pool_bytes / 16));
+        .with_sort_in_place_threshold_bytes((1 << 20).min(pool_bytes / 16))
+        .with_batch_size(batch_rows(pool_bytes));
     let session = || lake.session_on(config.clone(), runtime.clone());
     // Who had a session before the window does not depend on how far the
     // read goes: asked once, not per widening.

@@ -319,6 +319,20 @@ pub(super) fn writer_context(runtime: &Arc<RuntimeEnv>, pool_bytes: usize) -> Se
         let execution = &mut state.config_mut().options_mut().execution;
         execution.sort_spill_reservation_bytes = (10 << 20).min(pool_bytes / 16);
         execution.sort_in_place_threshold_bytes = (1 << 20).min(pool_bytes / 16);
+        if let Ok(rows) = crow_lake::datafusion::common::config::ConfigNonZeroUsize::try_new(
+            batch_rows(pool_bytes),
+        ) {
+            execution.batch_size = rows;
+        }
     }
     ctx
+}
+
+/// Rows per batch under a pool of `pool_bytes`: a sort must hold a few of its
+/// input batches within its share of the pool (the fair pool splits it among
+/// every sort and repartition that can spill, eight in a web pass), so a
+/// small pool gets small batches; from 64 MiB up, DataFusion's 8,192. About
+/// 512 bytes a row (a web event with its text).
+pub(super) fn batch_rows(pool_bytes: usize) -> usize {
+    (pool_bytes / 32 / 512).clamp(256, 8192)
 }

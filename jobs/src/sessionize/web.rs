@@ -2,14 +2,17 @@
 //! visitor and inactivity gap, one task per partition.
 
 use super::*;
-use crow_lake::arrow::array::{new_null_array, BooleanArray};
+use crow_lake::arrow::array::{new_null_array, BooleanArray, UInt64Array};
 use crow_lake::arrow::compute::kernels::boolean::or;
 use crow_lake::arrow::compute::kernels::cmp::distinct;
 use crow_lake::arrow::compute::{concat, filter_record_batch};
+use crow_lake::arrow::datatypes::UInt64Type;
 use crow_lake::datafusion::common::tree_node::TreeNodeRecursion;
 use crow_lake::datafusion::physical_expr::expressions::IsNotNullExpr;
 use crow_lake::datafusion::physical_expr::PhysicalExpr;
 use crow_lake::datafusion::physical_plan::filter::FilterExec;
+use crow_lake::datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+use crow_lake::datafusion::physical_plan::union::UnionExec;
 use crow_lake::datafusion::physical_plan::{DisplayAs, DisplayFormatType, PlanProperties};
 
 /// Visitors (org \u{1} visitor) with a web session before `before`.
@@ -87,16 +90,16 @@ pub(super) async fn web(
     let Pass {
         ctx, opts, run_id, ..
     } = *pass;
-    let (sql, count_sql, params) = web_sql(opts.org.as_deref(), pass.read_start, pass.read_end);
-    let counted = params.sql(ctx, &count_sql).await?.collect().await?;
-    let total = match counted.first().filter(|d| d.num_rows() > 0) {
-        Some(d) => micros(d, "n")?.value(0).max(0) as u64,
-        None => 0,
-    };
+    let (sql, keys_sql, params) = web_sql(opts.org.as_deref(), pass.read_start, pass.read_end);
+    let (total, copies, keys_plan) = copied_messages(params.sql(ctx, &keys_sql).await?).await?;
+    let (count, bytes) = crow_lake::plan_spills(&keys_plan);
+    built.spill_count += count;
+    built.spilled_bytes += bytes;
 
     let gap = opts.gap.num_microseconds().unwrap_or(i64::MAX);
     let read_end = pass.read_end.timestamp_micros();
-    let (sorted, parts) = first_copies_by_visitor(ctx, params.sql(ctx, &sql).await?).await?;
+    let (sorted, parts) =
+        first_copies_by_visitor(ctx, params.sql(ctx, &sql).await?, copies).await?;
     let task_ctx = ctx.task_ctx();
     let mut tasks = Tasks(Vec::with_capacity(parts));
     for p in 0..parts {
@@ -129,7 +132,8 @@ pub(super) async fn web(
 
 /// The web events of `[read_start, read_end)` with their stitched visitor
 /// (every copy of a message: [`first_copies_by_visitor`] keeps the first
-/// received), and the count of the events, with the values both bind.
+/// received), and the keys of the same events (org and message id, for
+/// [`copied_messages`]), with the values both bind.
 fn web_sql(
     org: Option<&str>,
     read_start: DateTime<Utc>,
@@ -173,51 +177,183 @@ fn web_sql(
          SELECT base.*, arrow_cast(COALESCE(base.user_id, ids.uid, base.anonymous_id), 'Utf8') AS visitor_id
          FROM base LEFT JOIN ids ON base.org_id = ids.org_id AND base.anonymous_id = ids.anon"
     );
-    let count_sql = format!(
-        "SELECT count(*) AS n FROM raw_web_events
+    let keys_sql = format!(
+        "SELECT arrow_cast(org_id, 'Utf8') AS org_id, arrow_cast(message_id, 'Utf8') AS message_id
+         FROM raw_web_events
          WHERE event_date >= DATE '{da}' AND event_date <= DATE '{db}'
            AND occurred_at >= {a} AND occurred_at < {b} {org}"
     );
-    (sql, count_sql, params)
+    (sql, keys_sql, params)
+}
+
+/// Distinct copied messages above this many (or above a quarter of the
+/// events) take the path that sorts every event by message
+/// ([`Copies::Many`]).
+const FEW_COPIES: usize = 100_000;
+
+/// Which messages of a read have more than one copy, by [`message_keys`].
+pub(super) enum Copies {
+    /// None: every event is its message's only copy.
+    None,
+    /// These keys (64-bit hashes of org and message id; a collision only
+    /// sends another message's events through the exact path too).
+    Few(Arc<HashSet<u64>>),
+    /// Too many to list: every event goes through the sort by message.
+    Many,
+}
+
+/// The number of events of `keys` (their `org_id` and `message_id`) and
+/// which messages have more than one copy: the keys' hashes sorted under
+/// the pool (8 bytes an event), equal neighbours are copies. The plan is
+/// returned for its spill metrics.
+async fn copied_messages(keys: DataFrame) -> Result<(u64, Copies, Arc<dyn ExecutionPlan>)> {
+    let schema: SchemaRef = Arc::new(crow_lake::arrow::datatypes::Schema::new(vec![Field::new(
+        "k",
+        DataType::UInt64,
+        false,
+    )]));
+    let task_ctx = Arc::new(keys.task_ctx());
+    let plan = keys.create_physical_plan().await?;
+    let out = schema.clone();
+    let hashed = Arc::new(MapBatches::new(
+        plan,
+        schema.clone(),
+        "MessageKeys",
+        move |b| {
+            let keys = UInt64Array::from(message_keys(b)?);
+            Ok(RecordBatch::try_new(out.clone(), vec![Arc::new(keys)])?)
+        },
+    ));
+    let order = LexOrdering::new(vec![PhysicalSortExpr::new(
+        physical_col("k", &schema)?,
+        SortOptions::default(),
+    )])
+    .ok_or_else(|| Error::Internal("sessionize: empty sort order".into()))?;
+    let sorted: Arc<dyn ExecutionPlan> = Arc::new(SortPreservingMergeExec::new(
+        order.clone(),
+        Arc::new(SortExec::new(order, hashed).with_preserve_partitioning(true)),
+    ));
+    let mut stream = sorted.execute(0, task_ctx)?;
+    let (mut total, mut last, mut copied, mut many) = (0u64, None::<u64>, HashSet::new(), false);
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        total += batch.num_rows() as u64;
+        let keys = batch.column(0).as_primitive::<UInt64Type>();
+        for &k in keys.values() {
+            if last == Some(k) && !many {
+                copied.insert(k);
+                many = copied.len() > FEW_COPIES;
+            }
+            last = Some(k);
+        }
+    }
+    // Where a quarter of the events or more are copies, reading every event
+    // twice to spare sorting them gains nothing.
+    many |= copied.len() as u64 > total / 4;
+    let copies = if many {
+        Copies::Many
+    } else if copied.is_empty() {
+        Copies::None
+    } else {
+        Copies::Few(Arc::new(copied))
+    };
+    Ok((total, copies, sorted))
+}
+
+/// A 64-bit hash of each row's `(org_id, message_id)` (Utf8 columns; NULL
+/// hashes apart from every text). The same in every pass of a run.
+fn message_keys(batch: &RecordBatch) -> DfResult<Vec<u64>> {
+    use std::hash::{Hash, Hasher};
+    let column = |name: &str| {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_string_opt::<i32>())
+            .ok_or_else(|| DataFusionError::Internal(format!("sessionize: no text column {name}")))
+    };
+    let (org, message) = (column("org_id")?, column("message_id")?);
+    Ok((0..batch.num_rows())
+        .map(|i| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            org.is_valid(i).then(|| org.value(i)).hash(&mut h);
+            message.is_valid(i).then(|| message.value(i)).hash(&mut h);
+            h.finish()
+        })
+        .collect())
 }
 
 /// The plan of `query` (the web events with their visitor, every copy)
 /// deduplicated and in one partition per core by visitor, each sorted by
 /// visitor and time on its own: the plan and its partition count.
 ///
-/// Deduplication: the events are hashed by `(org_id, message_id)`, sorted
-/// by (org, message, received, occurred) and each run of one message is cut
-/// to its first row ([`FirstCopies`]), the first received copy, as
+/// Deduplication keeps the first received copy of each message, as
 /// `row_number() OVER (PARTITION BY org_id, message_id ORDER BY received_at,
-/// occurred_at) = 1` would keep it. That window is not used: partitioned by
-/// a key unique on nearly every row, DataFusion keeps state for and slices
-/// every batch per key, about five times the cost of the whole sort (10 M
-/// events: 24 s against 4.4 s). A copy whose visitor is unknown is dropped
-/// after the deduplication, so it still shadows the later copies. Every sort
-/// spills under the pool.
+/// occurred_at) = 1` would. That window is not used: partitioned by a key
+/// unique on nearly every row, DataFusion keeps state for and slices every
+/// batch per key, about five times the cost of a sort of all the events
+/// (10 M events: 24 s against 4.4 s). Instead, by what [`copied_messages`]
+/// found:
+/// - no copies: nothing to cut;
+/// - a few copied messages: only their events (read apart, in a second scan
+///   of the same query) are hashed by
+///   `(org_id, message_id)`, sorted by (org, message, received, occurred) and
+///   cut to the first row of each message ([`FirstCopies`]); the other
+///   events skip that sort and join them again;
+/// - many: every event takes that path.
+///
+/// A copy whose visitor is unknown is dropped after the cut, so it still
+/// shadows the later copies. Every sort spills under the pool.
 async fn first_copies_by_visitor(
     ctx: &SessionContext,
     query: DataFrame,
+    copies: Copies,
 ) -> Result<(Arc<dyn ExecutionPlan>, usize)> {
-    let plan = query.create_physical_plan().await?;
-    let schema = plan.schema();
     let parts = ctx.state().config().target_partitions().max(1);
-    let by_message = hashed_sort(
-        plan,
-        &["org_id", "message_id"],
-        &["org_id", "message_id", "received_at", "occurred_at"],
-        parts,
-    )?;
-    let first = Arc::new(FirstCopies::new(
-        by_message,
-        vec![
-            physical_col("org_id", &schema)?,
-            physical_col("message_id", &schema)?,
-        ],
-    ));
+    let first = |plan: Arc<dyn ExecutionPlan>| -> Result<Arc<dyn ExecutionPlan>> {
+        let schema = plan.schema();
+        let by_message = hashed_sort(
+            plan,
+            &["org_id", "message_id"],
+            &["org_id", "message_id", "received_at", "occurred_at"],
+            parts,
+        )?;
+        Ok(Arc::new(FirstCopies::new(
+            by_message,
+            vec![
+                physical_col("org_id", &schema)?,
+                physical_col("message_id", &schema)?,
+            ],
+        )))
+    };
+    let deduplicated = match copies {
+        Copies::None => query.create_physical_plan().await?,
+        Copies::Many => first(query.create_physical_plan().await?)?,
+        Copies::Few(keys) => {
+            let plan = query.clone().create_physical_plan().await?;
+            let schema = plan.schema();
+            let only = |copied: bool, plan| {
+                let keys = Arc::clone(&keys);
+                Arc::new(MapBatches::new(
+                    plan,
+                    schema.clone(),
+                    "CopiedMessages",
+                    move |b| {
+                        let mask: BooleanArray = message_keys(b)?
+                            .iter()
+                            .map(|k| Some(keys.contains(k) == copied))
+                            .collect();
+                        Ok(filter_record_batch(b, &mask)?)
+                    },
+                ))
+            };
+            let single = only(false, plan);
+            let copied = first(only(true, query.create_physical_plan().await?))?;
+            UnionExec::try_new(vec![single, copied])?
+        }
+    };
+    let schema = deduplicated.schema();
     let known: Arc<dyn ExecutionPlan> = Arc::new(FilterExec::try_new(
         Arc::new(IsNotNullExpr::new(physical_col("visitor_id", &schema)?)),
-        first,
+        deduplicated,
     )?);
     let sorted = hashed_sort(
         known,
@@ -689,6 +825,118 @@ pub(super) fn truncate(s: &str, max: usize) -> String {
     }
 }
 
+/// Each batch of `input` through `f`, partition by partition: a filter or
+/// a projection of rows that needs no state.
+struct MapBatches {
+    input: Arc<dyn ExecutionPlan>,
+    schema: SchemaRef,
+    name: &'static str,
+    f: MapFn,
+    properties: Arc<PlanProperties>,
+}
+
+type MapFn = Arc<dyn Fn(&RecordBatch) -> DfResult<RecordBatch> + Send + Sync>;
+
+impl MapBatches {
+    fn new(
+        input: Arc<dyn ExecutionPlan>,
+        schema: SchemaRef,
+        name: &'static str,
+        f: impl Fn(&RecordBatch) -> DfResult<RecordBatch> + Send + Sync + 'static,
+    ) -> Self {
+        Self::with_fn(input, schema, name, Arc::new(f))
+    }
+
+    fn with_fn(
+        input: Arc<dyn ExecutionPlan>,
+        schema: SchemaRef,
+        name: &'static str,
+        f: MapFn,
+    ) -> Self {
+        let p = input.properties();
+        // Rows keep their partition; no order or partitioning by columns is
+        // claimed (the schema may differ).
+        let properties = PlanProperties::new(
+            crow_lake::datafusion::physical_expr::EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(p.output_partitioning().partition_count()),
+            p.emission_type,
+            p.boundedness,
+        );
+        Self {
+            input,
+            schema,
+            name,
+            f,
+            properties: Arc::new(properties),
+        }
+    }
+}
+
+impl std::fmt::Debug for MapBatches {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{}", self.name)
+    }
+}
+
+impl DisplayAs for MapBatches {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{}", self.name)
+    }
+}
+
+impl ExecutionPlan for MapBatches {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        match (children.pop(), children.is_empty()) {
+            (Some(input), true) => Ok(Arc::new(Self::with_fn(
+                input,
+                self.schema.clone(),
+                self.name,
+                Arc::clone(&self.f),
+            ))),
+            _ => Err(DataFusionError::Internal(format!(
+                "{} takes one input",
+                self.name
+            ))),
+        }
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let f = Arc::clone(&self.f);
+        let stream = input.map(move |batch| f(&batch?));
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            stream,
+        )))
+    }
+}
+
 #[cfg(test)]
 mod first_copies_tests {
     use super::*;
@@ -772,5 +1020,121 @@ mod first_copies_tests {
         ])
         .await;
         assert_eq!(got, vec![0, 2, 4]);
+    }
+
+    /// The kept row numbers of each path over two partitions of events.
+    async fn paths(
+        rows: &[(&str, &str, i64, i64, Option<&str>)],
+    ) -> (Vec<i64>, Vec<i64>, u64, bool) {
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("org_id", DataType::Utf8, true),
+            Field::new("message_id", DataType::Utf8, true),
+            Field::new("received_at", DataType::Int64, false),
+            Field::new("occurred_at", DataType::Int64, false),
+            Field::new("visitor_id", DataType::Utf8, true),
+            Field::new("row", DataType::Int64, false),
+        ]));
+        let part = |range: std::ops::Range<usize>| {
+            let r = &rows[range.clone()];
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(r.iter().map(|x| Some(x.0)).collect::<StringArray>()),
+                    Arc::new(r.iter().map(|x| Some(x.1)).collect::<StringArray>()),
+                    Arc::new(Int64Array::from(r.iter().map(|x| x.2).collect::<Vec<_>>())),
+                    Arc::new(Int64Array::from(r.iter().map(|x| x.3).collect::<Vec<_>>())),
+                    Arc::new(r.iter().map(|x| x.4).collect::<StringArray>()),
+                    Arc::new(Int64Array::from(
+                        range.map(|i| i as i64).collect::<Vec<_>>(),
+                    )),
+                ],
+            )
+            .expect("batch")
+        };
+        let half = rows.len() / 2;
+        let table = crow_lake::datafusion::datasource::MemTable::try_new(
+            schema.clone(),
+            vec![vec![part(0..half)], vec![part(half..rows.len())]],
+        )
+        .expect("table");
+        let ctx = SessionContext::new_with_config(
+            crow_lake::datafusion::prelude::SessionConfig::new().with_target_partitions(2),
+        );
+        ctx.register_table("t", Arc::new(table)).expect("register");
+        let df = ctx.table("t").await.expect("t");
+        let keys = df
+            .clone()
+            .select_columns(&["org_id", "message_id"])
+            .expect("keys");
+        let (total, copies, _) = copied_messages(keys).await.expect("copies");
+        let few = matches!(copies, Copies::Few(_));
+        let kept = |copies| {
+            let (ctx, df) = (&ctx, df.clone());
+            async move {
+                let (plan, parts) = first_copies_by_visitor(ctx, df, copies)
+                    .await
+                    .expect("plan");
+                let mut out = Vec::new();
+                for p in 0..parts {
+                    let mut stream = plan.execute(p, ctx.task_ctx()).expect("execute");
+                    while let Some(b) = stream.next().await {
+                        let b = b.expect("batch");
+                        let rows = b.column_by_name("row").expect("row");
+                        out.extend(
+                            rows.as_primitive::<crow_lake::arrow::datatypes::Int64Type>()
+                                .values()
+                                .iter()
+                                .copied(),
+                        );
+                    }
+                }
+                out.sort_unstable();
+                out
+            }
+        };
+        let first = kept(copies).await;
+        (first, kept(Copies::Many).await, total, few)
+    }
+
+    #[tokio::test]
+    async fn every_path_keeps_the_first_received_copy_across_partitions() {
+        // (org, message, received, occurred, visitor), row = position.
+        let rows = [
+            ("o1", "m1", 1, 5, Some("v1")), // 0: a later copy of m1
+            ("o2", "m3", 0, 1, Some("v3")), // 1: m3 of another org
+            ("o1", "m2", 0, 1, None),       // 2: m2's first copy, no visitor
+            ("o1", "m4", 0, 3, Some("v1")), // 3: m4, occurred later
+            ("o1", "s1", 0, 1, Some("v1")), // 4..: single events
+            ("o1", "s2", 0, 1, Some("v1")),
+            ("o1", "s3", 0, 1, Some("v1")),
+            ("o1", "s4", 0, 1, Some("v2")),
+            ("o1", "m1", 0, 6, Some("v2")), // 8: m1's first copy
+            ("o1", "m2", 1, 1, Some("v1")), // 9: m2's later copy
+            ("o1", "m3", 0, 2, Some("v1")), // 10: m3 of o1
+            ("o1", "m4", 0, 2, Some("v1")), // 11: m4's first copy
+            ("o1", "s5", 0, 1, Some("v1")),
+            ("o1", "s6", 0, 1, Some("v1")),
+        ];
+        let (few, many, total, was_few) = paths(&rows).await;
+        assert_eq!(total, 14);
+        assert!(was_few, "3 copied messages of 14 events take the few path");
+        let expected = vec![1, 4, 5, 6, 7, 8, 10, 11, 12, 13];
+        assert_eq!(few, expected, "few");
+        assert_eq!(many, expected, "many");
+        // Copies of more than a quarter of the events: every event sorted.
+        let (_, _, _, was_few) = paths(
+            &rows[..4]
+                .iter()
+                .chain(&rows[8..12])
+                .copied()
+                .collect::<Vec<_>>(),
+        )
+        .await;
+        assert!(!was_few);
+        // No copies: every event with a visitor, nothing cut.
+        let (none, many, _, was_few) = paths(&rows[4..8]).await;
+        assert!(!was_few);
+        assert_eq!(none, vec![0, 1, 2, 3]);
+        assert_eq!(many, none);
     }
 }
