@@ -30,11 +30,14 @@
 //!   Explicit windows (`--from/--to`, backfills) always read everything that
 //!   has arrived.
 //!
-//! Execution (web): the deduplicated, stitched events are hash-partitioned
+//! Execution (web): a narrow first pass finds the copied messages (sorted
+//! 64-bit hashes of `(org_id, message_id)`); only their events are sorted by
+//! message and cut to the first received copy (`web::FirstCopies`).
+//! The deduplicated, stitched events are hash-partitioned
 //! by `(org_id, visitor)` into one partition per core; each partition is
 //! sorted by visitor and time on its own and split into sessions by its own
 //! task. The queries run under a memory pool of `jobs.memory_limit_mb`, so
-//! the deduplication window and the sorts spill to the OS temp folder
+//! the sorts spill to the OS temp folder
 //! instead of growing. Session rows are appended straight into Arrow column
 //! builders, finished as batches of [`CHUNK`] rows as visitors complete and
 //! written to a spool file (Arrow IPC, in the runtime's temp folder); a task

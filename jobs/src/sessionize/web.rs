@@ -215,7 +215,7 @@ async fn copied_messages(keys: DataFrame) -> Result<(u64, Copies, Arc<dyn Execut
     let task_ctx = Arc::new(keys.task_ctx());
     let plan = keys.create_physical_plan().await?;
     let out = schema.clone();
-    let hashed = Arc::new(MapBatches::new(
+    let hashed = Arc::new(MapBatches::stateless(
         plan,
         schema.clone(),
         "MessageKeys",
@@ -296,7 +296,7 @@ fn message_keys(batch: &RecordBatch) -> DfResult<Vec<u64>> {
 /// - a few copied messages: only their events (read apart, in a second scan
 ///   of the same query) are hashed by
 ///   `(org_id, message_id)`, sorted by (org, message, received, occurred) and
-///   cut to the first row of each message ([`FirstCopies`]); the other
+///   cut to the first row of each message ([`first_copies`]); the other
 ///   events skip that sort and join them again;
 /// - many: every event takes that path.
 ///
@@ -316,7 +316,7 @@ async fn first_copies_by_visitor(
             &["org_id", "message_id", "received_at", "occurred_at"],
             parts,
         )?;
-        Ok(Arc::new(FirstCopies::new(
+        Ok(Arc::new(first_copies(
             by_message,
             vec![
                 physical_col("org_id", &schema)?,
@@ -332,7 +332,7 @@ async fn first_copies_by_visitor(
             let schema = plan.schema();
             let only = |copied: bool, plan| {
                 let keys = Arc::clone(&keys);
-                Arc::new(MapBatches::new(
+                Arc::new(MapBatches::stateless(
                     plan,
                     schema.clone(),
                     "CopiedMessages",
@@ -399,90 +399,21 @@ fn hashed_sort(
 /// The first row of each run of equal `keys` (NULL equal to NULL) of a
 /// sorted input, per partition: with the input sorted by the keys and then
 /// by preference, the preferred row of each key.
-#[derive(Debug)]
-struct FirstCopies {
-    input: Arc<dyn ExecutionPlan>,
-    keys: Vec<Arc<dyn PhysicalExpr>>,
-    properties: Arc<PlanProperties>,
-}
-
-impl FirstCopies {
-    fn new(input: Arc<dyn ExecutionPlan>, keys: Vec<Arc<dyn PhysicalExpr>>) -> Self {
-        let properties = Arc::clone(input.properties());
-        Self {
-            input,
-            keys,
-            properties,
-        }
-    }
-}
-
-impl DisplayAs for FirstCopies {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "FirstCopies: keys={:?}", self.keys)
-    }
-}
-
-impl ExecutionPlan for FirstCopies {
-    fn name(&self) -> &str {
-        "FirstCopies"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn apply_expressions(
-        &self,
-        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
-    ) -> DfResult<TreeNodeRecursion> {
-        for k in &self.keys {
-            if f(k)? == TreeNodeRecursion::Stop {
-                return Ok(TreeNodeRecursion::Stop);
-            }
-        }
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        match (children.pop(), children.is_empty()) {
-            (Some(input), true) => Ok(Arc::new(Self::new(input, self.keys.clone()))),
-            _ => Err(DataFusionError::Internal(
-                "FirstCopies takes one input".to_string(),
-            )),
-        }
-    }
-
-    fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
-    }
-
-    fn execute(
-        &self,
-        partition: usize,
-        context: Arc<TaskContext>,
-    ) -> DfResult<SendableRecordBatchStream> {
-        let input = self.input.execute(partition, context)?;
-        let keys = self.keys.clone();
+fn first_copies(input: Arc<dyn ExecutionPlan>, keys: Vec<Arc<dyn PhysicalExpr>>) -> MapBatches {
+    let schema = input.schema();
+    MapBatches::new(input, schema, "FirstCopies", move || {
+        let keys = keys.clone();
         // The key of the last row seen, as one-row arrays.
         let mut last: Option<Vec<ArrayRef>> = None;
-        let stream = input.map(move |batch| {
-            let batch = batch?;
+        Box::new(move |batch: &RecordBatch| {
             let n = batch.num_rows();
             if n == 0 {
-                return Ok(batch);
+                return Ok(batch.clone());
             }
             let mut keep: Option<BooleanArray> = None;
             let mut tail = Vec::with_capacity(keys.len());
             for (i, key) in keys.iter().enumerate() {
-                let values = key.evaluate(&batch)?.into_array(n)?;
+                let values = key.evaluate(batch)?.into_array(n)?;
                 // Each row's predecessor: the last row of the batch before
                 // (a NULL before the first row of the partition), then this
                 // batch's rows shifted by one.
@@ -508,13 +439,9 @@ impl ExecutionPlan for FirstCopies {
                 keep = or(&keep, &BooleanArray::from(first))?;
             }
             last = Some(tail);
-            Ok(filter_record_batch(&batch, &keep)?)
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            self.input.schema(),
-            stream,
-        )))
-    }
+            Ok(filter_record_batch(batch, &keep)?)
+        })
+    })
 }
 
 /// Tasks aborted when dropped: an error in one partition, or a cancelled
@@ -825,37 +752,51 @@ pub(super) fn truncate(s: &str, max: usize) -> String {
     }
 }
 
-/// Each batch of `input` through `f`, partition by partition: a filter or
-/// a projection of rows that needs no state.
+/// Each batch of `input` through a function made for each partition (which
+/// may keep state from batch to batch): a filter, a cut or a projection of
+/// rows. No order or partitioning by columns is claimed for the output.
 struct MapBatches {
     input: Arc<dyn ExecutionPlan>,
     schema: SchemaRef,
     name: &'static str,
-    f: MapFn,
+    make: MakeMap,
     properties: Arc<PlanProperties>,
 }
 
-type MapFn = Arc<dyn Fn(&RecordBatch) -> DfResult<RecordBatch> + Send + Sync>;
+type BatchMap = Box<dyn FnMut(&RecordBatch) -> DfResult<RecordBatch> + Send>;
+type MakeMap = Arc<dyn Fn() -> BatchMap + Send + Sync>;
 
 impl MapBatches {
     fn new(
         input: Arc<dyn ExecutionPlan>,
         schema: SchemaRef,
         name: &'static str,
-        f: impl Fn(&RecordBatch) -> DfResult<RecordBatch> + Send + Sync + 'static,
+        make: impl Fn() -> BatchMap + Send + Sync + 'static,
     ) -> Self {
-        Self::with_fn(input, schema, name, Arc::new(f))
+        Self::with_make(input, schema, name, Arc::new(make))
     }
 
-    fn with_fn(
+    /// A map that keeps no state.
+    fn stateless(
         input: Arc<dyn ExecutionPlan>,
         schema: SchemaRef,
         name: &'static str,
-        f: MapFn,
+        f: impl Fn(&RecordBatch) -> DfResult<RecordBatch> + Send + Sync + 'static,
+    ) -> Self {
+        let f = Arc::new(f);
+        Self::new(input, schema, name, move || {
+            let f = Arc::clone(&f);
+            Box::new(move |b: &RecordBatch| f(b))
+        })
+    }
+
+    fn with_make(
+        input: Arc<dyn ExecutionPlan>,
+        schema: SchemaRef,
+        name: &'static str,
+        make: MakeMap,
     ) -> Self {
         let p = input.properties();
-        // Rows keep their partition; no order or partitioning by columns is
-        // claimed (the schema may differ).
         let properties = PlanProperties::new(
             crow_lake::datafusion::physical_expr::EquivalenceProperties::new(schema.clone()),
             Partitioning::UnknownPartitioning(p.output_partitioning().partition_count()),
@@ -866,7 +807,7 @@ impl MapBatches {
             input,
             schema,
             name,
-            f,
+            make,
             properties: Arc::new(properties),
         }
     }
@@ -909,11 +850,11 @@ impl ExecutionPlan for MapBatches {
         mut children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         match (children.pop(), children.is_empty()) {
-            (Some(input), true) => Ok(Arc::new(Self::with_fn(
+            (Some(input), true) => Ok(Arc::new(Self::with_make(
                 input,
                 self.schema.clone(),
                 self.name,
-                Arc::clone(&self.f),
+                Arc::clone(&self.make),
             ))),
             _ => Err(DataFusionError::Internal(format!(
                 "{} takes one input",
@@ -928,7 +869,7 @@ impl ExecutionPlan for MapBatches {
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
         let input = self.input.execute(partition, context)?;
-        let f = Arc::clone(&self.f);
+        let mut f = (self.make)();
         let stream = input.map(move |batch| f(&batch?));
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.schema.clone(),
@@ -982,7 +923,7 @@ mod first_copies_tests {
             physical_col("org_id", &schema).expect("col"),
             physical_col("message_id", &schema).expect("col"),
         ];
-        let plan = FirstCopies::new(source, keys);
+        let plan = first_copies(source, keys);
         let ctx = SessionContext::new();
         let mut stream = plan.execute(0, ctx.task_ctx()).expect("execute");
         let mut out = Vec::new();
