@@ -7,6 +7,10 @@ each visitor's events where the gap exceeds GAP minutes, and write one row
 per session (start, end, events, page views, products, converted, source ids)
 to a Parquet file. Prints the session count as JSON.
 
+It reads every data file of the table's date partitions (not `_delta_log`,
+where checkpoints are Parquet too): right for the benchmarks' append-only
+lakes, which have no removed files.
+
 usage: sessionize_duckdb.py TABLE_DIR FROM TO GAP_MINUTES OUT.parquet
 """
 import json
@@ -20,7 +24,7 @@ con.execute("SET TimeZone = 'UTC'")
 sql = f"""
 COPY (
 WITH raw AS (
-  SELECT * FROM read_parquet('{table}/**/*.parquet', hive_partitioning = true)
+  SELECT * FROM read_parquet('{table}/event_date=*/*.parquet', hive_partitioning = true)
 ),
 links AS (
   SELECT org_id, anonymous_id AS anon, user_id AS uid, occurred_at FROM raw
