@@ -187,7 +187,7 @@ fn web_sql(
 }
 
 /// Distinct copied messages above this many (or above a quarter of the
-/// events) take the path that sorts every event by message
+/// events read) take the path that sorts every event by message
 /// ([`Copies::Many`]).
 const FEW_COPIES: usize = 100_000;
 
@@ -247,8 +247,8 @@ async fn copied_messages(keys: DataFrame) -> Result<(u64, Copies, Arc<dyn Execut
             last = Some(k);
         }
     }
-    // Where a quarter of the events or more are copies, reading every event
-    // twice to spare sorting them gains nothing.
+    // Where the copied messages are more than a quarter of the events,
+    // reading every event twice to spare sorting them gains nothing.
     many |= copied.len() as u64 > total / 4;
     let copies = if many {
         Copies::Many
