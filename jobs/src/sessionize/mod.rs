@@ -391,12 +391,8 @@ async fn sessionize(
     let runtime = job_runtime(opts.memory_limit_mb)?;
     let pool_bytes =
         usize::try_from(opts.memory_limit_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
-    // A sort sets this much aside for merging its spill files; with a small
-    // pool, a share of it (several sorts run at once).
-    let config = crow_lake::session_config()
-        .with_sort_spill_reservation_bytes((10 << 20).min(pool_bytes / 16))
-        .with_sort_in_place_threshold_bytes((1 << 20).min(pool_bytes / 16))
-        .with_batch_size(batch_rows(pool_bytes));
+    let mut config = crow_lake::session_config();
+    size_to_pool(&mut config.options_mut().execution, pool_bytes);
     let session = || lake.session_on(config.clone(), runtime.clone());
     // Who had a session before the window does not depend on how far the
     // read goes: asked once, not per widening.

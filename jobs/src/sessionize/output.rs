@@ -3,6 +3,7 @@
 //! sorted into the table.
 
 use super::*;
+use crow_lake::datafusion::common::config::{ConfigNonZeroUsize, ExecutionOptions};
 
 /// Sessions computed over one read of the raw tables (by one task, or
 /// merged from all of them).
@@ -310,29 +311,30 @@ pub(super) fn job_runtime(mb: u64) -> Result<Arc<RuntimeEnv>> {
 }
 
 /// A session on the job's runtime that the Delta writer can plan with (its
-/// own query planner), with the sort reservations sized to the pool.
+/// own query planner), sized to the pool ([`size_to_pool`]).
 pub(super) fn writer_context(runtime: &Arc<RuntimeEnv>, pool_bytes: usize) -> SessionContext {
     let ctx = DeltaSessionContext::with_runtime_env(runtime.clone()).into_inner();
     {
         let state = ctx.state_ref();
         let mut state = state.write();
-        let execution = &mut state.config_mut().options_mut().execution;
-        execution.sort_spill_reservation_bytes = (10 << 20).min(pool_bytes / 16);
-        execution.sort_in_place_threshold_bytes = (1 << 20).min(pool_bytes / 16);
-        if let Ok(rows) = crow_lake::datafusion::common::config::ConfigNonZeroUsize::try_new(
-            batch_rows(pool_bytes),
-        ) {
-            execution.batch_size = rows;
-        }
+        size_to_pool(&mut state.config_mut().options_mut().execution, pool_bytes);
     }
     ctx
 }
 
-/// Rows per batch under a pool of `pool_bytes`: a sort must hold a few of its
-/// input batches within its share of the pool (the fair pool splits it among
-/// every sort and repartition that can spill, eight in a web pass), so a
-/// small pool gets small batches; from 64 MiB up, DataFusion's 8,192. About
-/// 512 bytes a row (a web event with its text).
-pub(super) fn batch_rows(pool_bytes: usize) -> usize {
-    (pool_bytes / 32 / 512).clamp(256, 8192)
+/// The execution settings of a job's sessions under a pool of `pool_bytes`:
+/// - a sort sets aside for merging its spill files 10 MiB, or with a small
+///   pool a share of it (several sorts run at once), and sorts in place up
+///   to 1 MiB, or that share;
+/// - rows per batch: a sort must hold a few of its input batches within
+///   its share of the pool (the fair pool splits it among every sort and
+///   repartition that can spill, eight in a web pass), so a small pool gets
+///   small batches; from 64 MiB up, DataFusion's 8,192. About 512 bytes a
+///   row (a web event with its text).
+pub(super) fn size_to_pool(execution: &mut ExecutionOptions, pool_bytes: usize) {
+    execution.sort_spill_reservation_bytes = (10 << 20).min(pool_bytes / 16);
+    execution.sort_in_place_threshold_bytes = (1 << 20).min(pool_bytes / 16);
+    if let Ok(rows) = ConfigNonZeroUsize::try_new((pool_bytes / 32 / 512).clamp(256, 8192)) {
+        execution.batch_size = rows;
+    }
 }

@@ -224,11 +224,7 @@ async fn copied_messages(keys: DataFrame) -> Result<(u64, Copies, Arc<dyn Execut
             Ok(RecordBatch::try_new(out.clone(), vec![Arc::new(keys)])?)
         },
     ));
-    let order = LexOrdering::new(vec![PhysicalSortExpr::new(
-        physical_col("k", &schema)?,
-        SortOptions::default(),
-    )])
-    .ok_or_else(|| Error::Internal("sessionize: empty sort order".into()))?;
+    let order = ascending(&schema, &["k"])?;
     let sorted: Arc<dyn ExecutionPlan> = Arc::new(SortPreservingMergeExec::new(
         order.clone(),
         Arc::new(SortExec::new(order, hashed).with_preserve_partitioning(true)),
@@ -381,19 +377,22 @@ fn hashed_sort(
         plan,
         Partitioning::Hash(keys, parts),
     )?);
+    Ok(Arc::new(
+        SortExec::new(ascending(&schema, order)?, hashed).with_preserve_partitioning(true),
+    ))
+}
+
+/// The order by `columns` of `schema`, each ascending with nulls last.
+fn ascending(schema: &SchemaRef, columns: &[&str]) -> Result<LexOrdering> {
     let asc = SortOptions {
         descending: false,
         nulls_first: false,
     };
-    let order = order
+    let order = columns
         .iter()
-        .map(|c| Ok(PhysicalSortExpr::new(physical_col(c, &schema)?, asc)))
+        .map(|c| Ok(PhysicalSortExpr::new(physical_col(c, schema)?, asc)))
         .collect::<DfResult<Vec<_>>>()?;
-    let order = LexOrdering::new(order)
-        .ok_or_else(|| Error::Internal("sessionize: empty sort order".into()))?;
-    Ok(Arc::new(
-        SortExec::new(order, hashed).with_preserve_partitioning(true),
-    ))
+    LexOrdering::new(order).ok_or_else(|| Error::Internal("sessionize: empty sort order".into()))
 }
 
 /// The first row of each run of equal `keys` (NULL equal to NULL) of a
