@@ -22,8 +22,10 @@ pub mod audit;
 pub mod backoff;
 pub mod batch;
 pub mod cluster;
+pub mod counts;
 mod error;
 pub mod ids;
+pub mod like;
 pub mod notify;
 pub mod order;
 pub mod orgs;
@@ -1379,8 +1381,21 @@ pub fn prefer_existing_sort(config: &mut SessionConfig) {
     }
 }
 
+/// CROW's planner rules on top of DataFusion's: `LIKE` patterns matched by
+/// their pieces ([`like`]), counts per partition value read from the file
+/// list ([`counts`]) and scans of sorted files ([`order`]). Every session
+/// that runs users' SQL is built with them.
+pub fn with_planner_rules(
+    builder: datafusion::execution::session_state::SessionStateBuilder,
+) -> datafusion::execution::session_state::SessionStateBuilder {
+    let builder = builder
+        .with_analyzer_rule(Arc::new(like::PiecesLike::default()))
+        .with_physical_optimizer_rule(Arc::new(counts::CountsFromStatistics));
+    order::with_rules(builder)
+}
+
 fn new_context() -> SessionContext {
-    let state = order::with_rules(
+    let state = with_planner_rules(
         datafusion::execution::session_state::SessionStateBuilder::new()
             .with_config(session_config())
             .with_default_features(),

@@ -254,7 +254,7 @@ pub fn tenant_context_with(
         .with_config(config)
         .with_runtime_env(runtime)
         .with_default_features();
-    builder = crow_lake::order::with_rules(builder);
+    builder = crow_lake::with_planner_rules(builder);
     if let Some(fns) = builder.table_functions() {
         fns.retain(|name, _| ALLOWED_TABLE_FUNCTIONS.contains(&name.as_str()));
     }
