@@ -15,14 +15,16 @@
 //! single mode, grouping by plain columns with no grouping sets, whose
 //! aggregates are all `count` of a non-null constant (`count(*)`, `count(1)`)
 //! with no `DISTINCT`, `FILTER` or `ORDER BY`; reading directly a Parquet
-//! scan that projects only partition columns, evaluates no filter and has
-//! no limit; every file with an exact row count (a file split into byte
+//! scan that projects only partition columns, evaluates no filter (but the
+//! dynamic bounds of a `TopK` or join above, which only skip rows that
+//! operator drops anyway) and has no limit; every file with an exact row count (a file split into byte
 //! ranges is counted once). A filter left to evaluate — the tenant filter
 //! on a file that mixes organizations, a `WHERE` on any column the file
 //! statistics do not decide — keeps the scan as it was. The rewrite is kept
 //! only if DataFusion's sanity check of the plan passes.
 
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch};
@@ -35,7 +37,11 @@ use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result;
-use datafusion::physical_expr::expressions::{Column, Literal};
+use datafusion::logical_expr::Operator;
+use datafusion::physical_expr::expressions::{
+    BinaryExpr, Column, DynamicFilterPhysicalExpr, Literal,
+};
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_optimizer::sanity_checker::SanityCheckPlan;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
@@ -96,7 +102,7 @@ fn counted(agg: &AggregateExec) -> Result<Option<Arc<dyn ExecutionPlan>>> {
                     .is_some_and(|l| !l.value().is_null())
             })
     });
-    if !counts_rows || agg.filter_expr().iter().any(Option::is_some) {
+    if !counts_rows || agg.aggr_expr().is_empty() || agg.filter_expr().iter().any(Option::is_some) {
         return Ok(None);
     }
     let group = agg.group_expr();
@@ -112,7 +118,10 @@ fn counted(agg: &AggregateExec) -> Result<Option<Arc<dyn ExecutionPlan>>> {
         return Ok(None);
     };
     if scan.limit.is_some()
-        || scan.file_source.filter().is_some()
+        || scan
+            .file_source
+            .filter()
+            .is_some_and(|f| !only_dynamic(f.as_ref()))
         || scan.file_source.file_type() != "parquet"
     {
         return Ok(None);
@@ -147,10 +156,15 @@ fn counted(agg: &AggregateExec) -> Result<Option<Arc<dyn ExecutionPlan>>> {
         keys.push(i);
     }
     // Sum each distinct key's row counts, each file once.
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
     let mut index: HashMap<Vec<ScalarValue>, usize> = HashMap::new();
     let mut groups: Vec<(Vec<ScalarValue>, i64)> = vec![];
     for file in scan.file_groups.iter().flat_map(|g| g.iter()) {
+        // A file read through an access plan or other extension may not be
+        // read whole.
+        if !file.extensions.is_empty() {
+            return Ok(None);
+        }
         if !seen.insert(file.object_meta.location.clone()) {
             continue;
         }
@@ -160,6 +174,10 @@ fn counted(agg: &AggregateExec) -> Result<Option<Arc<dyn ExecutionPlan>>> {
         let Ok(rows) = i64::try_from(rows) else {
             return Ok(None);
         };
+        // An empty file makes no group (as scanning it would not).
+        if rows == 0 {
+            continue;
+        }
         let mut key = Vec::with_capacity(keys.len());
         for &i in &keys {
             let Some(v) = file.partition_values.get(i) else {
@@ -167,11 +185,16 @@ fn counted(agg: &AggregateExec) -> Result<Option<Arc<dyn ExecutionPlan>>> {
             };
             key.push(v.clone());
         }
-        match index.get(&key) {
-            Some(&g) => groups[g].1 += rows,
-            None => {
-                index.insert(key.clone(), groups.len());
-                groups.push((key, rows));
+        match index.entry(key) {
+            Entry::Occupied(g) => {
+                let Some(sum) = groups[*g.get()].1.checked_add(rows) else {
+                    return Ok(None);
+                };
+                groups[*g.get()].1 = sum;
+            }
+            Entry::Vacant(slot) => {
+                groups.push((slot.key().clone(), rows));
+                slot.insert(groups.len() - 1);
             }
         }
     }
@@ -192,7 +215,10 @@ fn counted(agg: &AggregateExec) -> Result<Option<Arc<dyn ExecutionPlan>>> {
         let array = if groups.is_empty() {
             arrow::array::new_empty_array(field.data_type())
         } else {
-            ScalarValue::iter_to_array(values)?
+            let Ok(array) = ScalarValue::iter_to_array(values) else {
+                return Ok(None);
+            };
+            array
         };
         if array.data_type() != field.data_type() {
             return Ok(None);
@@ -201,8 +227,28 @@ fn counted(agg: &AggregateExec) -> Result<Option<Arc<dyn ExecutionPlan>>> {
     }
     let counts: ArrayRef = Arc::new(Int64Array::from_iter_values(groups.iter().map(|g| g.1)));
     columns.extend(std::iter::repeat_n(counts, aggregates));
-    let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
+    // Anything the schema refuses (a null in a non-nullable key) leaves the
+    // plan as it was.
+    let Ok(batch) = RecordBatch::try_new(Arc::clone(&schema), columns) else {
+        return Ok(None);
+    };
     let exec: Arc<dyn ExecutionPlan> =
         MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None)?;
     Ok(Some(exec))
+}
+
+/// Whether a scan's filter holds only dynamic filters: the bounds a `TopK`
+/// (`ORDER BY … LIMIT`, as the query API's row cap adds) or a hash join
+/// pushes into the scan while it runs, to skip rows the operator above
+/// would drop anyway. The operator still does its own work, so an answer
+/// computed without reading the rows stays exact.
+fn only_dynamic(filter: &dyn PhysicalExpr) -> bool {
+    if filter.downcast_ref::<DynamicFilterPhysicalExpr>().is_some() {
+        return true;
+    }
+    filter.downcast_ref::<BinaryExpr>().is_some_and(|b| {
+        *b.op() == Operator::And
+            && only_dynamic(b.left().as_ref())
+            && only_dynamic(b.right().as_ref())
+    })
 }

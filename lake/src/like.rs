@@ -29,7 +29,7 @@ use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{DataFusionError, Result, ScalarValue};
 use datafusion::logical_expr::expr::{Cast, Like, ScalarFunction};
-use datafusion::logical_expr::utils::{conjunction, split_conjunction_owned};
+use datafusion::logical_expr::utils::{conjunction, split_conjunction, split_conjunction_owned};
 use datafusion::logical_expr::{
     ColumnarValue, Expr, Filter, LogicalPlan, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF,
     ScalarUDFImpl, Signature, Volatility,
@@ -94,7 +94,7 @@ impl PiecesLike {
 /// The pattern of a `LIKE` this module matches: a string constant whose
 /// only wildcard is `%`, at least one of them between two characters, so
 /// that arrow would have compiled a regular expression.
-fn pieces_pattern(like: &Like) -> Option<String> {
+fn pieces_pattern(like: &Like) -> Option<&str> {
     if like.case_insensitive || like.escape_char.is_some() {
         return None;
     }
@@ -104,7 +104,7 @@ fn pieces_pattern(like: &Like) -> Option<String> {
     }
     let inner = pattern.strip_prefix('%').unwrap_or(pattern);
     let inner = inner.strip_suffix('%').unwrap_or(inner);
-    inner.contains('%').then(|| pattern.to_string())
+    inner.contains('%').then_some(pattern)
 }
 
 /// The text of a string constant, also through a cast between string
@@ -141,44 +141,62 @@ fn with_text(e: &Expr, text: String) -> Option<Expr> {
     }
 }
 
-/// A filter whose conjuncts include `x LIKE 'text%…'` (a pattern this
-/// module matches, starting with text) also gets `x LIKE 'text%'`, which
-/// arrow matches as a prefix and the statistics can prune by.
+/// A filter whose conjuncts include `column LIKE 'text%…'` (a pattern this
+/// module matches, starting with text) also gets `column LIKE 'text%'`,
+/// which arrow matches as a prefix and the statistics can prune by. Only
+/// for a column (or a cast of one): any other expression would be
+/// evaluated twice, which changes the answer of a volatile one. The
+/// prefixes come after the conjuncts as written, so a guard written first
+/// still runs first.
 fn keep_prefixes(filter: Filter) -> Result<Transformed<LogicalPlan>> {
-    let conjuncts = split_conjunction_owned(filter.predicate.clone());
-    let mut prefixes = vec![];
-    for c in &conjuncts {
-        let Expr::Like(like) = c else { continue };
-        if like.negated {
-            continue;
-        }
-        let Some(pattern) = pieces_pattern(like) else {
-            continue;
-        };
-        let prefix = pattern.split('%').next().unwrap_or_default();
-        if prefix.is_empty() {
-            continue;
-        }
-        if let Some(p) = with_text(&like.pattern, format!("{prefix}%")) {
-            prefixes.push(Expr::Like(Like::new(
-                false,
-                like.expr.clone(),
-                Box::new(p),
-                None,
-                false,
-            )));
-        }
-    }
+    let prefixes: Vec<Expr> = split_conjunction(&filter.predicate)
+        .into_iter()
+        .filter_map(prefix_of)
+        .collect();
     if prefixes.is_empty() {
         return Ok(Transformed::no(LogicalPlan::Filter(filter)));
     }
-    let Some(predicate) = conjunction(prefixes.into_iter().chain(conjuncts)) else {
-        return Ok(Transformed::no(LogicalPlan::Filter(filter)));
+    let conjuncts = split_conjunction_owned(filter.predicate);
+    let Some(predicate) = conjunction(conjuncts.into_iter().chain(prefixes)) else {
+        return Err(DataFusionError::Internal(
+            "a filter with conjuncts has a predicate".into(),
+        ));
     };
     Ok(Transformed::yes(LogicalPlan::Filter(Filter::try_new(
         predicate,
         filter.input,
     )?)))
+}
+
+/// `column LIKE 'text%'` for a conjunct `column LIKE 'text%…'` that this
+/// module matches.
+fn prefix_of(conjunct: &Expr) -> Option<Expr> {
+    let Expr::Like(like) = conjunct else {
+        return None;
+    };
+    if like.negated || !is_column(&like.expr) {
+        return None;
+    }
+    let prefix = pieces_pattern(like)?.split('%').next().unwrap_or_default();
+    if prefix.is_empty() {
+        return None;
+    }
+    let pattern = with_text(&like.pattern, format!("{prefix}%"))?;
+    Some(Expr::Like(Like::new(
+        false,
+        like.expr.clone(),
+        Box::new(pattern),
+        None,
+        false,
+    )))
+}
+
+fn is_column(e: &Expr) -> bool {
+    match e {
+        Expr::Column(_) => true,
+        Expr::Cast(Cast { expr, .. }) => is_column(expr),
+        _ => false,
+    }
 }
 
 /// `LIKE` (or `NOT LIKE`) with a `%`-only pattern: `f(value, pattern)`.
