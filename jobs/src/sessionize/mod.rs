@@ -50,8 +50,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, DurationRound, NaiveDate, Utc};
 use crow_lake::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanBuilder, Date32Builder, Int64Builder, ListBuilder,
-    RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+    Array, ArrayRef, AsArray, BooleanBuilder, Date32Builder, Float64Array, Int64Array,
+    Int64Builder, ListBuilder, RecordBatch, StringArray, StringBuilder,
+    TimestampMicrosecondBuilder,
 };
 use crow_lake::arrow::compute::cast;
 use crow_lake::arrow::datatypes::{DataType, Field, SchemaRef};
@@ -487,23 +488,23 @@ async fn write(lake: &Lake, org: Option<&str>, window: Window, rows: DataFrame) 
 mod tests {
     use super::*;
 
-    fn ev(id: &str, t: i64) -> WebEvent {
+    fn ev(id: &str, t: i64) -> WebEvent<'_> {
         WebEvent {
-            message_id: id.into(),
-            kind: "track".into(),
-            event: Some("Product Viewed".into()),
+            message_id: id,
+            kind: "track",
+            event: Some("Product Viewed"),
             name: None,
             user_id: None,
-            anonymous_id: Some("a1".into()),
+            anonymous_id: Some("a1"),
             occurred: t,
             page_path: None,
-            page_url: Some("https://shop.example/p/1".into()),
-            referrer: Some("https://www.google.com/".into()),
-            device_type: Some("mobile".into()),
+            page_url: Some("https://shop.example/p/1"),
+            referrer: Some("https://www.google.com/"),
+            device_type: Some("mobile"),
             campaign_source: None,
-            product_id: Some("p1".into()),
+            product_id: Some("p1"),
             product_sku: None,
-            product_name: Some("Headphones".into()),
+            product_name: Some("Headphones"),
             order_id: None,
             revenue: None,
             props: None,
@@ -525,7 +526,7 @@ mod tests {
         flush_visitor(
             "o",
             "a1",
-            events,
+            &events,
             60 * MIN,
             read_end,
             &HashSet::new(),

@@ -59,26 +59,29 @@ const WEB_TEXT_COLUMNS: [&str; 16] = [
     "order_id",
 ];
 
-/// A web event as the sessionizer needs it.
-pub(super) struct WebEvent {
-    pub(super) message_id: String,
-    pub(super) kind: String,
-    pub(super) event: Option<String>,
-    pub(super) name: Option<String>,
-    pub(super) user_id: Option<String>,
-    pub(super) anonymous_id: Option<String>,
+/// A web event as the sessionizer needs it: its text borrowed from the
+/// batch it came in ([`WebColumns`]), nothing copied until a session row
+/// keeps it.
+#[derive(Clone, Copy)]
+pub(super) struct WebEvent<'a> {
+    pub(super) message_id: &'a str,
+    pub(super) kind: &'a str,
+    pub(super) event: Option<&'a str>,
+    pub(super) name: Option<&'a str>,
+    pub(super) user_id: Option<&'a str>,
+    pub(super) anonymous_id: Option<&'a str>,
     pub(super) occurred: i64,
-    pub(super) page_path: Option<String>,
-    pub(super) page_url: Option<String>,
-    pub(super) referrer: Option<String>,
-    pub(super) device_type: Option<String>,
-    pub(super) campaign_source: Option<String>,
-    pub(super) product_id: Option<String>,
-    pub(super) product_sku: Option<String>,
-    pub(super) product_name: Option<String>,
-    pub(super) order_id: Option<String>,
+    pub(super) page_path: Option<&'a str>,
+    pub(super) page_url: Option<&'a str>,
+    pub(super) referrer: Option<&'a str>,
+    pub(super) device_type: Option<&'a str>,
+    pub(super) campaign_source: Option<&'a str>,
+    pub(super) product_id: Option<&'a str>,
+    pub(super) product_sku: Option<&'a str>,
+    pub(super) product_name: Option<&'a str>,
+    pub(super) order_id: Option<&'a str>,
     pub(super) revenue: Option<f64>,
-    pub(super) props: Option<String>,
+    pub(super) props: Option<&'a str>,
 }
 
 pub(super) async fn web(
@@ -472,42 +475,51 @@ impl WebSplit {
     async fn run(mut self) -> Result<Built> {
         let mut built = Built::new(self.keep, self.disk.clone());
         let mut cur_key: Option<(String, String)> = None;
-        let mut events: Vec<WebEvent> = Vec::new();
+        // The batches the current visitor's events are in (the last one is
+        // the batch being read), and those events as (batch, row).
+        let mut batches: Vec<WebColumns> = Vec::new();
+        let mut rows: Vec<(usize, usize)> = Vec::new();
         while let Some(batch) = self.stream.next().await {
             let batch = batch?;
             self.progress.inc(batch.num_rows() as u64);
             built.events += batch.num_rows() as u64;
             let org_c = text(&batch, "org_id")?;
             let visitor = text(&batch, "visitor_id")?;
-            let event_at = web_events(&batch)?;
+            batches.push(WebColumns::new(&batch)?);
             for i in 0..batch.num_rows() {
                 let (o, v) = (org_c.value(i), visitor.value(i));
                 if cur_key.as_ref().is_none_or(|(co, cv)| co != o || cv != v) {
                     if let Some(key) = cur_key.take() {
-                        self.flush(key, std::mem::take(&mut events), &mut built)?;
+                        self.flush(key, &batches, &rows, &mut built)?;
+                        rows.clear();
+                        // Only the batch being read holds events still to come.
+                        batches.drain(..batches.len() - 1);
                     }
                     cur_key = Some((o.to_string(), v.to_string()));
                 }
-                events.push(event_at(i));
+                rows.push((batches.len() - 1, i));
             }
         }
         if let Some(key) = cur_key.take() {
-            self.flush(key, events, &mut built)?;
+            self.flush(key, &batches, &rows, &mut built)?;
         }
         Ok(built)
     }
 
-    /// Split the events of one visitor (`(org, visitor)`) into sessions.
+    /// Split the events of one visitor (`(org, visitor)`, at `rows` of
+    /// `batches`) into sessions.
     fn flush(
         &self,
         (org, visitor): (String, String),
-        events: Vec<WebEvent>,
+        batches: &[WebColumns],
+        rows: &[(usize, usize)],
         built: &mut Built,
     ) -> Result<()> {
+        let events: Vec<WebEvent<'_>> = rows.iter().map(|&(b, i)| batches[b].event(i)).collect();
         flush_visitor(
             &org,
             &visitor,
-            events,
+            &events,
             self.gap,
             self.read_end,
             &self.returning,
@@ -517,46 +529,79 @@ impl WebSplit {
     }
 }
 
-/// The web events of a batch, by row (its columns are looked up once).
-fn web_events(batch: &RecordBatch) -> Result<impl Fn(usize) -> WebEvent> {
-    let message_id = text(batch, "message_id")?;
-    let kind = text(batch, "type")?;
-    let event = text(batch, "event")?;
-    let name = text(batch, "name")?;
-    let user_id = text(batch, "user_id")?;
-    let anonymous_id = text(batch, "anonymous_id")?;
-    let occurred = micros(batch, "occurred_at")?;
-    let page_path = text(batch, "page_path")?;
-    let page_url = text(batch, "page_url")?;
-    let referrer = text(batch, "page_referrer")?;
-    let device_type = text(batch, "device_type")?;
-    let campaign_source = text(batch, "campaign_source")?;
-    let product_id = text(batch, "product_id")?;
-    let product_sku = text(batch, "product_sku")?;
-    let product_name = text(batch, "product_name")?;
-    let order_id = text(batch, "order_id")?;
-    let revenue = float(batch, "revenue")?;
-    let props = text(batch, "props")?;
-    Ok(move |i| WebEvent {
-        message_id: message_id.value(i).to_string(),
-        kind: kind.value(i).to_string(),
-        event: opt_str(&event, i),
-        name: opt_str(&name, i),
-        user_id: opt_str(&user_id, i),
-        anonymous_id: opt_str(&anonymous_id, i),
-        occurred: occurred.value(i),
-        page_path: opt_str(&page_path, i),
-        page_url: opt_str(&page_url, i),
-        referrer: opt_str(&referrer, i),
-        device_type: opt_str(&device_type, i),
-        campaign_source: opt_str(&campaign_source, i),
-        product_id: opt_str(&product_id, i),
-        product_sku: opt_str(&product_sku, i),
-        product_name: opt_str(&product_name, i),
-        order_id: opt_str(&order_id, i),
-        revenue: revenue.is_valid(i).then(|| revenue.value(i)),
-        props: opt_str(&props, i),
-    })
+/// The columns of a batch of web events, looked up and cast once.
+struct WebColumns {
+    message_id: StringArray,
+    kind: StringArray,
+    event: StringArray,
+    name: StringArray,
+    user_id: StringArray,
+    anonymous_id: StringArray,
+    occurred: Int64Array,
+    page_path: StringArray,
+    page_url: StringArray,
+    referrer: StringArray,
+    device_type: StringArray,
+    campaign_source: StringArray,
+    product_id: StringArray,
+    product_sku: StringArray,
+    product_name: StringArray,
+    order_id: StringArray,
+    revenue: Float64Array,
+    props: StringArray,
+}
+
+impl WebColumns {
+    fn new(batch: &RecordBatch) -> Result<Self> {
+        Ok(Self {
+            message_id: text(batch, "message_id")?,
+            kind: text(batch, "type")?,
+            event: text(batch, "event")?,
+            name: text(batch, "name")?,
+            user_id: text(batch, "user_id")?,
+            anonymous_id: text(batch, "anonymous_id")?,
+            occurred: micros(batch, "occurred_at")?,
+            page_path: text(batch, "page_path")?,
+            page_url: text(batch, "page_url")?,
+            referrer: text(batch, "page_referrer")?,
+            device_type: text(batch, "device_type")?,
+            campaign_source: text(batch, "campaign_source")?,
+            product_id: text(batch, "product_id")?,
+            product_sku: text(batch, "product_sku")?,
+            product_name: text(batch, "product_name")?,
+            order_id: text(batch, "order_id")?,
+            revenue: float(batch, "revenue")?,
+            props: text(batch, "props")?,
+        })
+    }
+
+    /// Row `i`, borrowing its text.
+    fn event(&self, i: usize) -> WebEvent<'_> {
+        fn at(a: &StringArray, i: usize) -> Option<&str> {
+            a.is_valid(i).then(|| a.value(i))
+        }
+        let opt = |a| at(a, i);
+        WebEvent {
+            message_id: self.message_id.value(i),
+            kind: self.kind.value(i),
+            event: opt(&self.event),
+            name: opt(&self.name),
+            user_id: opt(&self.user_id),
+            anonymous_id: opt(&self.anonymous_id),
+            occurred: self.occurred.value(i),
+            page_path: opt(&self.page_path),
+            page_url: opt(&self.page_url),
+            referrer: opt(&self.referrer),
+            device_type: opt(&self.device_type),
+            campaign_source: opt(&self.campaign_source),
+            product_id: opt(&self.product_id),
+            product_sku: opt(&self.product_sku),
+            product_name: opt(&self.product_name),
+            order_id: opt(&self.order_id),
+            revenue: self.revenue.is_valid(i).then(|| self.revenue.value(i)),
+            props: opt(&self.props),
+        }
+    }
 }
 
 /// Split one visitor's time-ordered events into sessions.
@@ -564,7 +609,7 @@ fn web_events(batch: &RecordBatch) -> Result<impl Fn(usize) -> WebEvent> {
 pub(super) fn flush_visitor(
     org: &str,
     visitor: &str,
-    events: Vec<WebEvent>,
+    events: &[WebEvent<'_>],
     gap: i64,
     read_end: i64,
     returning: &HashSet<String>,
@@ -596,34 +641,34 @@ pub(super) fn flush_visitor(
 fn web_session(
     org: &str,
     visitor: &str,
-    events: &[WebEvent],
+    events: &[WebEvent<'_>],
     is_returning: bool,
     run_id: &str,
 ) -> Result<SessionRow> {
     let started = events[0].occurred;
     let ended = events[events.len() - 1].occurred;
     let mut anonymous_ids = BTreeSet::new();
-    let mut product_ids: Vec<String> = Vec::new();
+    let mut product_ids: Vec<&str> = Vec::new();
     let mut user_id = None;
     let mut page_views = 0i64;
     let mut converted = false;
     let mut timeline = Vec::with_capacity(events.len().min(MAX_TIMELINE + 1));
     for e in events {
-        if let Some(a) = &e.anonymous_id {
-            anonymous_ids.insert(a.clone());
+        if let Some(a) = e.anonymous_id {
+            anonymous_ids.insert(a);
         }
         if e.user_id.is_some() {
-            user_id.clone_from(&e.user_id);
+            user_id = e.user_id;
         }
-        if let Some(p) = e.product_id.as_ref().or(e.product_sku.as_ref()) {
-            if !product_ids.contains(p) {
-                product_ids.push(p.clone());
+        if let Some(p) = e.product_id.or(e.product_sku) {
+            if !product_ids.contains(&p) {
+                product_ids.push(p);
             }
         }
         if e.kind == "page" || e.kind == "screen" {
             page_views += 1;
         }
-        if e.event.as_deref() == Some(SegmentEvent::OrderCompleted.as_str()) {
+        if e.event == Some(SegmentEvent::OrderCompleted.as_str()) {
             converted = true;
         }
         if timeline.len() < MAX_TIMELINE {
@@ -641,27 +686,30 @@ fn web_session(
         ));
     }
     let first = &events[0];
-    let device_type = events.iter().find_map(|e| e.device_type.clone());
+    let device_type = events
+        .iter()
+        .find_map(|e| e.device_type.map(str::to_string));
     Ok(SessionRow {
         org_id: org.to_string(),
         session_id: session_id(org, "web", visitor, started),
         channel: "web",
         visitor_id: Some(visitor.to_string()),
         user_id: user_id
+            .map(str::to_string)
             .or_else(|| (!anonymous_ids.contains(visitor)).then(|| visitor.to_string())),
-        anonymous_ids: Some(anonymous_ids.into_iter().collect()),
+        anonymous_ids: Some(anonymous_ids.into_iter().map(str::to_string).collect()),
         started_at: started,
         ended_at: ended,
         event_count: events.len() as i64,
         page_views: Some(page_views),
-        product_ids: Some(product_ids),
+        product_ids: Some(product_ids.into_iter().map(str::to_string).collect()),
         device_type,
         traffic_source: Some(traffic_source(first)),
         is_returning: Some(is_returning),
         converted: Some(converted),
         source_ref: None,
         timeline: timeline::to_json(&timeline),
-        source_ids: events.iter().map(|e| e.message_id.clone()).collect(),
+        source_ids: events.iter().map(|e| e.message_id.to_string()).collect(),
         job_run_id: run_id.to_string(),
         session_date: days_from_micros(started),
     })
@@ -669,18 +717,16 @@ fn web_session(
 
 /// utm source, else the referrer's host when it is another site, else
 /// 'direct'.
-pub(super) fn traffic_source(e: &WebEvent) -> String {
-    if let Some(s) = e.campaign_source.as_ref().filter(|s| !s.is_empty()) {
+pub(super) fn traffic_source(e: &WebEvent<'_>) -> String {
+    if let Some(s) = e.campaign_source.filter(|s| !s.is_empty()) {
         return s.to_lowercase();
     }
     let own_host = e
         .page_url
-        .as_deref()
         .and_then(|u| url::Url::parse(u).ok())
         .and_then(|u| u.host_str().map(str::to_string));
     if let Some(host) = e
         .referrer
-        .as_deref()
         .and_then(|r| url::Url::parse(r).ok())
         .and_then(|u| u.host_str().map(str::to_string))
     {
@@ -691,35 +737,32 @@ pub(super) fn traffic_source(e: &WebEvent) -> String {
     "direct".into()
 }
 
-fn timeline_entry(e: &WebEvent) -> (String, String) {
-    match e.kind.as_str() {
+fn timeline_entry(e: &WebEvent<'_>) -> (String, String) {
+    match e.kind {
         "page" | "screen" => (
-            e.kind.clone(),
-            e.page_path
-                .clone()
-                .or_else(|| e.name.clone())
-                .unwrap_or_default(),
+            e.kind.to_string(),
+            e.page_path.or(e.name).unwrap_or_default().to_string(),
         ),
         "track" => {
-            let name = e.event.clone().unwrap_or_else(|| "track".into());
-            let detail = if let Some(order) = &e.order_id {
+            let name = e.event.unwrap_or("track").to_string();
+            let detail = if let Some(order) = e.order_id {
                 match e.revenue {
                     Some(r) => format!("order {order} {r:.2}"),
                     None => format!("order {order}"),
                 }
-            } else if let Some(p) = e.product_id.as_ref().or(e.product_sku.as_ref()) {
-                match &e.product_name {
+            } else if let Some(p) = e.product_id.or(e.product_sku) {
+                match e.product_name {
                     Some(n) => format!("{p} {n}"),
-                    None => p.clone(),
+                    None => p.to_string(),
                 }
-            } else if let Some(props) = &e.props {
+            } else if let Some(props) = e.props {
                 compact_props(props)
             } else {
                 String::new()
             };
             (name, detail)
         }
-        other => (other.to_string(), e.user_id.clone().unwrap_or_default()),
+        other => (other.to_string(), e.user_id.unwrap_or_default().to_string()),
     }
 }
 
