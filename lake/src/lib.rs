@@ -1383,14 +1383,16 @@ pub fn prefer_existing_sort(config: &mut SessionConfig) {
 
 /// CROW's planner rules on top of DataFusion's: `LIKE` patterns matched by
 /// their pieces ([`like`]), counts per partition value read from the file
-/// list ([`counts`]) and scans of sorted files ([`order`]). Every session
+/// list and partial counts by string view ([`counts`]) and scans of sorted
+/// files ([`order`]). Every session
 /// that runs users' SQL is built with them.
 pub fn with_planner_rules(
     builder: datafusion::execution::session_state::SessionStateBuilder,
 ) -> datafusion::execution::session_state::SessionStateBuilder {
     let builder = builder
         .with_analyzer_rule(Arc::new(like::PiecesLike::default()))
-        .with_physical_optimizer_rule(Arc::new(counts::CountsFromStatistics));
+        .with_physical_optimizer_rule(Arc::new(counts::CountsFromStatistics))
+        .with_physical_optimizer_rule(Arc::new(counts::CountsByView));
     order::with_rules(builder)
 }
 
