@@ -67,25 +67,7 @@ impl PhysicalOptimizerRule for CountsFromStatistics {
         plan: Arc<dyn ExecutionPlan>,
         config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let rewritten = Arc::clone(&plan).transform_up(|node| {
-            let Some(agg) = node.downcast_ref::<AggregateExec>() else {
-                return Ok(Transformed::no(node));
-            };
-            match counted(agg)? {
-                Some(answer) => Ok(Transformed::yes(answer)),
-                None => Ok(Transformed::no(node)),
-            }
-        })?;
-        if !rewritten.transformed {
-            return Ok(plan);
-        }
-        match SanityCheckPlan::new().optimize(Arc::clone(&rewritten.data), config) {
-            Ok(checked) => Ok(checked),
-            Err(e) => {
-                tracing::debug!(error = %e, "kept the counting plan as it was");
-                Ok(plan)
-            }
-        }
+        replace_aggregates(plan, config, "counting plan", counted)
     }
 
     fn name(&self) -> &str {
@@ -94,6 +76,37 @@ impl PhysicalOptimizerRule for CountsFromStatistics {
 
     fn schema_check(&self) -> bool {
         true
+    }
+}
+
+/// `plan` with each aggregate that `replace` has a replacement for replaced
+/// (bottom up), kept only if DataFusion's sanity check of the plan's
+/// orderings and distributions passes; otherwise `plan` as it was (`what`
+/// names the rewrite in the debug log).
+fn replace_aggregates(
+    plan: Arc<dyn ExecutionPlan>,
+    config: &ConfigOptions,
+    what: &str,
+    replace: impl Fn(&AggregateExec) -> Result<Option<Arc<dyn ExecutionPlan>>>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let rewritten = Arc::clone(&plan).transform_up(|node| {
+        let Some(agg) = node.downcast_ref::<AggregateExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        match replace(agg)? {
+            Some(new) => Ok(Transformed::yes(new)),
+            None => Ok(Transformed::no(node)),
+        }
+    })?;
+    if !rewritten.transformed {
+        return Ok(plan);
+    }
+    match SanityCheckPlan::new().optimize(Arc::clone(&rewritten.data), config) {
+        Ok(checked) => Ok(checked),
+        Err(e) => {
+            tracing::debug!(error = %e, "kept the {what} as it was");
+            Ok(plan)
+        }
     }
 }
 
@@ -287,25 +300,9 @@ impl PhysicalOptimizerRule for CountsByView {
         plan: Arc<dyn ExecutionPlan>,
         config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let rewritten = Arc::clone(&plan).transform_up(|node| {
-            let Some(agg) = node.downcast_ref::<AggregateExec>() else {
-                return Ok(Transformed::no(node));
-            };
-            match ViewCounts::for_aggregate(agg) {
-                Some(exec) => Ok(Transformed::yes(Arc::new(exec) as Arc<dyn ExecutionPlan>)),
-                None => Ok(Transformed::no(node)),
-            }
-        })?;
-        if !rewritten.transformed {
-            return Ok(plan);
-        }
-        match SanityCheckPlan::new().optimize(Arc::clone(&rewritten.data), config) {
-            Ok(checked) => Ok(checked),
-            Err(e) => {
-                tracing::debug!(error = %e, "kept the partial count as it was");
-                Ok(plan)
-            }
-        }
+        replace_aggregates(plan, config, "partial count", |agg| {
+            Ok(ViewCounts::for_aggregate(agg).map(|e| Arc::new(e) as Arc<dyn ExecutionPlan>))
+        })
     }
 
     fn name(&self) -> &str {
