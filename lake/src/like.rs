@@ -20,6 +20,7 @@
 //! with text also keeps `LIKE 'text%'` beside the function, so the file
 //! and page statistics still prune by that prefix.
 
+use std::cell::OnceCell;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
@@ -366,10 +367,12 @@ impl ViewMemo {
     }
 }
 
-/// A `%`-only pattern split at its `%`s.
+/// A `%`-only pattern split at its `%`s. Each middle piece's searcher is
+/// built when a value first gets that far: a pattern of thousands of pieces
+/// costs nothing for the pieces no value reaches.
 struct Pieces<'a> {
     first: &'a [u8],
-    middle: Vec<Finder<'a>>,
+    middle: Vec<(&'a [u8], OnceCell<Finder<'a>>)>,
     last: &'a [u8],
 }
 
@@ -386,7 +389,7 @@ impl<'a> Pieces<'a> {
             middle: middle
                 .into_iter()
                 .filter(|p| !p.is_empty())
-                .map(Finder::new)
+                .map(|p| (p, OnceCell::new()))
                 .collect(),
             last,
         }
@@ -401,9 +404,9 @@ impl<'a> Pieces<'a> {
         }
         let end = s.len() - self.last.len();
         let mut at = self.first.len();
-        for piece in &self.middle {
-            match piece.find(&s[at..end]) {
-                Some(i) => at += i + piece.needle().len(),
+        for (piece, finder) in &self.middle {
+            match finder.get_or_init(|| Finder::new(*piece)).find(&s[at..end]) {
+                Some(i) => at += i + piece.len(),
                 None => return false,
             }
         }
