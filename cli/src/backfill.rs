@@ -37,7 +37,7 @@ pub struct BackfillArgs {
 }
 
 pub async fn run(lake: &Lake, cfg: &Config, args: BackfillArgs) -> Result<()> {
-    lake.init().await.context("preparing the lake")?;
+    lake.prepare().await.context("preparing the lake")?;
     let org = resolve_org(lake, args.org.as_deref()).await?;
     let opts = crow_jobs::backfill::Options {
         job: args.job,

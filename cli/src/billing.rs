@@ -37,7 +37,7 @@ fn month(s: &str) -> std::result::Result<String, String> {
 
 pub async fn run(lake: &Lake, cfg: &Config, cmd: BillingCommand) -> Result<()> {
     let BillingCommand::Report { month, org, format } = cmd;
-    lake.init().await.context("preparing the lake")?;
+    lake.prepare().await.context("preparing the lake")?;
     let org = resolve_org(lake, org.as_deref()).await?;
     let prices = Prices::from_config(&cfg.billing)?;
     let invoices = invoices(lake, &month, org.as_deref(), &prices).await?;

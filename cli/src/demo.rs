@@ -34,7 +34,7 @@ pub async fn run(
     }
     let bar = progress_bar();
     bar.set_message("creating the lake");
-    lake.init().await?;
+    lake.prepare().await?;
     bar.inc(1);
 
     bar.set_message("organization");

@@ -128,7 +128,7 @@ pub async fn resolve_org(lake: &Lake, org: Option<&str>) -> Result<Option<String
 }
 
 pub async fn run(lake: &Lake, cfg: &Config, args: RunArgs) -> Result<()> {
-    lake.init().await.context("preparing the lake")?;
+    lake.prepare().await.context("preparing the lake")?;
     let org = resolve_org(lake, args.org.as_deref()).await?;
     let window = match (args.from, args.to) {
         (Some(f), Some(t)) => Some(Window::days(f, t)?),
@@ -225,7 +225,7 @@ const STATUS_COLUMNS: &[&str] = &[
 /// watermark (data time) and last success (wall-clock time), its latest
 /// run and the failures it has recorded.
 pub async fn status(lake: &Lake, cfg: &Config, format: Format) -> Result<()> {
-    lake.init().await.context("preparing the lake")?;
+    lake.prepare().await.context("preparing the lake")?;
     let now = Utc::now();
     let (_, batches) = lake
         .sql(
@@ -277,7 +277,7 @@ pub async fn list_runs(
     limit: usize,
     format: Format,
 ) -> Result<()> {
-    lake.init().await.context("preparing the lake")?;
+    lake.prepare().await.context("preparing the lake")?;
     let recent = match job {
         Some(j) => runs::recent_for(lake, j.as_str(), limit).await?,
         None => runs::recent(lake, limit).await?,
@@ -327,7 +327,7 @@ pub async fn list_runs(
 /// and reason (sessions whose enrichment failed are retried on the next
 /// run; notes are kept beside written rows).
 pub async fn failures(lake: &Lake, format: Format) -> Result<()> {
-    lake.init().await.context("preparing the lake")?;
+    lake.prepare().await.context("preparing the lake")?;
     let (_, batches) = lake
         .sql(
             "SELECT substr(source, 5) AS job, reason_code, count(*) AS failures,

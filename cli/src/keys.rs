@@ -27,7 +27,7 @@ pub async fn create(
     format: Format,
 ) -> Result<()> {
     let scope: Scope = scope.parse()?;
-    lake.init().await?;
+    lake.prepare().await?;
     let org = keys::resolve_org(lake, org).await?;
     let created = keys::create(lake, &org.org_id, scope, expires_days, name).await?;
     let k = &created.key;

@@ -71,7 +71,7 @@ pub enum ProductsCommand {
 }
 
 pub async fn run(lake: &Lake, cfg: &Config, cmd: ProductsCommand) -> Result<()> {
-    lake.init().await.context("preparing the lake")?;
+    lake.prepare().await.context("preparing the lake")?;
     match cmd {
         ProductsCommand::Import { file, org, format } => {
             let org_id = crow_query_api::keys::resolve_org(lake, &org).await?.org_id;

@@ -60,7 +60,7 @@ pub async fn run(
         )
     })?;
     let flight_addr = crate::flight::address(&cfg.server.flight_listen, only)?;
-    lake.init().await.context("preparing the lake")?;
+    lake.prepare().await.context("preparing the lake")?;
     let wal_dir = wal_dir.unwrap_or_else(|| crow_ingest::service::wal_dir(&cfg.ingest, &lake));
     let collector = if only == Some(Only::Api) {
         None

@@ -66,7 +66,7 @@ pub enum SocialCommand {
 }
 
 pub async fn run(lake: &Lake, cfg: &Config, cmd: SocialCommand) -> Result<()> {
-    lake.init().await.context("preparing the lake")?;
+    lake.prepare().await.context("preparing the lake")?;
     match cmd {
         SocialCommand::Add {
             org,

@@ -131,7 +131,7 @@ pub async fn audit_cli(
 
 /// Run one `crow users` command.
 pub async fn run(lake: &Lake, cfg: &crow_schemas::config::Config, cmd: UsersCommand) -> Result<()> {
-    lake.init().await?;
+    lake.prepare().await?;
     match cmd {
         UsersCommand::Create {
             org,

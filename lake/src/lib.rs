@@ -105,6 +105,22 @@ pub fn checkpoint_interval(def: &TableDef) -> u64 {
     }
 }
 
+/// Where [`Lake::init`] records, under the lake root, that every table is
+/// as this CROW needs it: `{"marker": 1, "tables": {name: schema version,
+/// …}}` ([`Lake::prepare`] reads it).
+pub const TABLES_MARKER: &str = "_crow/tables.json";
+
+/// The content of [`TABLES_MARKER`] for this CROW's tables. `marker` is
+/// raised when what `init` does to an existing table changes (not only its
+/// columns), so lakes initialised before are checked again.
+fn tables_marker() -> serde_json::Value {
+    let tables: serde_json::Map<String, serde_json::Value> = crow_schemas::ALL_TABLES
+        .iter()
+        .map(|d| (d.name.to_string(), serde_json::json!(d.version)))
+        .collect();
+    serde_json::json!({"marker": 1, "tables": tables})
+}
+
 /// Size, shape and version of one table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TableStats {
@@ -366,12 +382,53 @@ impl Lake {
 
     /// Create every table that does not exist yet. Returns each table with
     /// `true` if this call created it. Running it again changes nothing.
+    ///
+    /// The tables are checked eight at a time (on S3/R2 each is a listing
+    /// and a few reads), and once all are as this CROW needs them, the
+    /// schema version of each is written to [`TABLES_MARKER`], which lets
+    /// [`Lake::prepare`] skip the check.
     pub async fn init(&self) -> Result<Vec<(&'static str, bool)>> {
-        let mut out = Vec::new();
-        for def in crow_schemas::ALL_TABLES {
-            out.push((def.name, self.create_table(def).await?));
-        }
+        use futures::{StreamExt, TryStreamExt};
+        let out: Vec<(&'static str, bool)> = futures::stream::iter(crow_schemas::ALL_TABLES)
+            .map(|def| async move { Ok::<_, Error>((def.name, self.create_table(def).await?)) })
+            .buffered(8)
+            .try_collect()
+            .await?;
+        let (store, path) = self.store_for(&self.url_of(TABLES_MARKER)?)?;
+        object_store::ObjectStoreExt::put(
+            store.as_ref(),
+            &path,
+            serde_json::to_vec(&tables_marker())?.into(),
+        )
+        .await?;
         Ok(out)
+    }
+
+    /// Make sure every table exists at this CROW's schema version, as
+    /// [`Lake::init`] does, at the cost of one read when they do: the
+    /// commands that write to the lake (jobs, keys, users, `crow serve`…)
+    /// call this first. When [`TABLES_MARKER`] lists every table at the
+    /// version this CROW writes, nothing else is read; otherwise (a new
+    /// lake, a lake an older or newer CROW last initialised, a marker that
+    /// cannot be read) the full [`Lake::init`] runs and writes it anew.
+    ///
+    /// A table removed by hand after that is not made again here: reading
+    /// it says "table `x` does not exist … (run `crow init`)".
+    pub async fn prepare(&self) -> Result<()> {
+        let (store, path) = self.store_for(&self.url_of(TABLES_MARKER)?)?;
+        let current = match object_store::ObjectStoreExt::get(store.as_ref(), &path).await {
+            Ok(got) => got
+                .bytes()
+                .await
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .is_some_and(|v| v == tables_marker()),
+            Err(_) => false,
+        };
+        if !current {
+            self.init().await?;
+        }
+        Ok(())
     }
 
     async fn create_table(&self, def: &TableDef) -> Result<bool> {

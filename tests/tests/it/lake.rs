@@ -578,6 +578,109 @@ both_backends!(small_tables_checkpoint_every_ten_commits => checkpoint_intervals
 
 both_backends!(older_schema_evolves => older_schema_evolves);
 
+both_backends!(prepare_checks_the_tables_once_per_schema => prepare_once);
+
+/// `Lake::prepare` (what every writing command runs first) makes a new lake
+/// like `init`, then trusts the tables marker: with the marker current it
+/// reads nothing else, so a table removed afterwards stays missing until
+/// `crow init`; a marker of other schema versions (an older or newer CROW)
+/// or an unreadable one makes it check every table again.
+async fn prepare_once(b: Backend) {
+    use crow_lake::object_store::{ObjectStore, ObjectStoreExt};
+    use futures::TryStreamExt;
+    let lake = b.lake().await;
+    let (store, marker) = lake
+        .store_for(&lake.url_of(crow_lake::TABLES_MARKER).expect("marker url"))
+        .expect("store");
+    let read_marker = || async {
+        let got = store.get(&marker).await.expect("the marker is written");
+        serde_json::from_slice::<serde_json::Value>(&got.bytes().await.expect("bytes"))
+            .expect("the marker is JSON")
+    };
+    lake.prepare().await.expect("prepare a new lake");
+    for def in crow_schemas::ALL_TABLES {
+        lake.table(def.name)
+            .await
+            .unwrap_or_else(|e| panic!("{}: prepare creates {}: {e}", b.name, def.name));
+    }
+    let current = read_marker().await;
+    assert_eq!(current["marker"], 1, "{}", b.name);
+    assert_eq!(
+        current["tables"].as_object().map(|t| t.len()),
+        Some(crow_schemas::ALL_TABLES.len()),
+        "{}",
+        b.name
+    );
+    assert_eq!(
+        current["tables"]["raw_web_events"],
+        serde_json::json!(crow_schemas::RAW_WEB_EVENTS.version),
+        "{}",
+        b.name
+    );
+
+    // Remove a table by hand: with the marker current, prepare does not
+    // look (fresh handles, so no snapshot is cached).
+    let remove_table = |name: &'static str| {
+        let lake = lake.clone();
+        async move {
+            let (store, prefix) = lake
+                .store_for(&lake.url_of(&format!("{name}/")).expect("url"))
+                .expect("store");
+            let paths: Vec<_> = store
+                .list(Some(&prefix))
+                .map_ok(|m| m.location)
+                .try_collect()
+                .await
+                .expect("list");
+            assert!(!paths.is_empty(), "{name} has files");
+            for p in paths {
+                store.delete(&p).await.expect("delete");
+            }
+        }
+    };
+    let missing = || async {
+        matches!(
+            b.lake().await.table("daily_metrics").await,
+            Err(crow_lake::Error::TableMissing { .. })
+        )
+    };
+    remove_table("daily_metrics").await;
+    assert!(missing().await, "{}: the table is gone", b.name);
+    b.lake().await.prepare().await.expect("prepare");
+    assert!(
+        missing().await,
+        "{}: a current marker means no table is checked",
+        b.name
+    );
+
+    // A marker of another CROW's schema versions: every table is checked
+    // (the missing one made again) and the marker rewritten.
+    let mut older = current.clone();
+    older["tables"]["raw_web_events"] = serde_json::json!(0);
+    store
+        .put(&marker, serde_json::to_vec(&older).expect("json").into())
+        .await
+        .expect("write an older marker");
+    b.lake().await.prepare().await.expect("prepare");
+    assert!(!missing().await, "{}: init ran again", b.name);
+    assert_eq!(read_marker().await, current, "{}", b.name);
+
+    // An unreadable marker counts as none.
+    remove_table("daily_metrics").await;
+    store
+        .put(&marker, b"{not json".to_vec().into())
+        .await
+        .expect("write a broken marker");
+    b.lake().await.prepare().await.expect("prepare");
+    assert!(!missing().await, "{}: init ran again", b.name);
+    assert_eq!(read_marker().await, current, "{}", b.name);
+
+    // And `init` always checks every table.
+    remove_table("daily_metrics").await;
+    b.lake().await.init().await.expect("init");
+    assert!(!missing().await, "{}: init makes it again", b.name);
+}
+
 both_backends!(lost_commit_races_are_retried_and_exhaustion_is_an_error => lost_races);
 
 /// Writers that replace the same day at once conflict (each read the table
