@@ -2,9 +2,10 @@
 //!
 //! The whole `api_keys` table (small) is cached by hash and reloaded once it
 //! is older than `api.key_cache_seconds` (at most 60 s), so a revocation is
-//! enforced within that time. An unknown secret reloads the table, at most
-//! ten times a second in all, so a new key works at once and guessing keys
-//! costs few lake reads. Expiry is checked on every request against the
+//! enforced within that time. An unknown secret reloads the table (a
+//! reload that began after the request came), at most ten times a second
+//! in all, so a new key works at once and guessing keys costs few lake
+//! reads (and each guess at least the wait for the next reload). Expiry is checked on every request against the
 //! current time.
 
 use std::collections::HashMap;
@@ -130,48 +131,63 @@ impl KeyCache {
     /// The key with this secret, and whether its organization is disabled.
     async fn lookup(&self, secret: &str) -> crow_lake::Result<Option<(ApiKey, bool)>> {
         let hash = crow_lake::ids::sha256_hex(secret.as_bytes());
-        let miss_reload = self.ttl.min(Duration::from_millis(100));
+        let arrived = Instant::now();
+        let found = |m: &KeyMap| {
+            m.by_hash
+                .get(&hash)
+                .map(|k| (k.clone(), m.disabled_orgs.contains(&k.org_id)))
+        };
         {
             let m = self.inner.read().await;
-            if let Some(loaded) = m.loaded {
-                match m.by_hash.get(&hash) {
-                    Some(k) if loaded.elapsed() < self.ttl => {
-                        return Ok(Some((k.clone(), m.disabled_orgs.contains(&k.org_id))))
-                    }
-                    None if loaded.elapsed() < miss_reload => return Ok(None),
-                    _ => {}
+            if m.loaded.is_some_and(|t| t.elapsed() < self.ttl) {
+                if let Some(hit) = found(&m) {
+                    return Ok(Some(hit));
                 }
             }
         }
-        let mut m = self.inner.write().await;
-        let stale = m.loaded.is_none_or(|t| {
-            t.elapsed() >= self.ttl
-                || (!m.by_hash.contains_key(&hash) && t.elapsed() >= miss_reload)
-        });
-        if stale {
-            let keys = crate::keys::list(&self.lake, None).await?;
-            m.by_hash = keys.into_iter().map(|k| (k.key_hash.clone(), k)).collect();
-            m.disabled_orgs = crow_lake::orgs::list(&self.lake)
-                .await?
-                .into_iter()
-                .filter(|o| o.status != "active")
-                .map(|o| o.org_id)
-                .collect();
-            m.sessions = crate::users::live_sessions(&self.lake)
-                .await?
-                .into_iter()
-                .map(|s| (s.session_hash.clone(), s))
-                .collect();
-            m.users = crate::users::list(&self.lake, None)
-                .await?
-                .into_iter()
-                .map(|u| (u.user_id.clone(), u))
-                .collect();
-            m.loaded = Some(Instant::now());
+        self.reload_since(arrived).await?;
+        Ok(found(&*self.inner.read().await))
+    }
+
+    /// Make sure the cache holds the tables as read by a reload that began
+    /// at or after `arrived`: a key or session made before the request
+    /// came is found, even one made a moment after another request
+    /// reloaded. Reloads for unknown secrets are at most ten a second in
+    /// all: a request waits out the rest of the 100 ms since the last
+    /// reload began, then one reload serves every request waiting.
+    async fn reload_since(&self, arrived: Instant) -> crow_lake::Result<()> {
+        let miss_reload = self.ttl.min(Duration::from_millis(100));
+        let last = self.inner.read().await.loaded;
+        if let Some(since) = last.map(|t| t.elapsed()) {
+            if since < miss_reload {
+                tokio::time::sleep(miss_reload - since).await;
+            }
         }
-        Ok(m.by_hash
-            .get(&hash)
-            .map(|k| (k.clone(), m.disabled_orgs.contains(&k.org_id))))
+        let mut m = self.inner.write().await;
+        if m.loaded.is_some_and(|t| t >= arrived) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let keys = crate::keys::list(&self.lake, None).await?;
+        m.by_hash = keys.into_iter().map(|k| (k.key_hash.clone(), k)).collect();
+        m.disabled_orgs = crow_lake::orgs::list(&self.lake)
+            .await?
+            .into_iter()
+            .filter(|o| o.status != "active")
+            .map(|o| o.org_id)
+            .collect();
+        m.sessions = crate::users::live_sessions(&self.lake)
+            .await?
+            .into_iter()
+            .map(|s| (s.session_hash.clone(), s))
+            .collect();
+        m.users = crate::users::list(&self.lake, None)
+            .await?
+            .into_iter()
+            .map(|u| (u.user_id.clone(), u))
+            .collect();
+        m.loaded = Some(started);
+        Ok(())
     }
 
     /// The session whose cookie secret this is, its user, and whether the
@@ -182,7 +198,7 @@ impl KeyCache {
         secret: &str,
     ) -> crow_lake::Result<Option<(UserSession, User, bool)>> {
         let hash = crow_lake::ids::sha256_hex(secret.as_bytes());
-        let miss_reload = self.ttl.min(Duration::from_millis(100));
+        let arrived = Instant::now();
         let found = |m: &KeyMap| {
             m.sessions.get(&hash).and_then(|s| {
                 m.users
@@ -192,18 +208,14 @@ impl KeyCache {
         };
         {
             let m = self.inner.read().await;
-            if let Some(loaded) = m.loaded {
-                match found(&m) {
-                    Some(hit) if loaded.elapsed() < self.ttl => return Ok(Some(hit)),
-                    None if loaded.elapsed() < miss_reload => return Ok(None),
-                    _ => {}
+            if m.loaded.is_some_and(|t| t.elapsed() < self.ttl) {
+                if let Some(hit) = found(&m) {
+                    return Ok(Some(hit));
                 }
             }
         }
-        // Reload through the key path (one reload serves both).
-        let _ = self.lookup("").await?;
-        let m = self.inner.read().await;
-        Ok(found(&m))
+        self.reload_since(arrived).await?;
+        Ok(found(&*self.inner.read().await))
     }
 
     /// Note in the cache that a session was used now.
@@ -472,6 +484,60 @@ pub async fn agent_caller(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key made right after another request reloaded the cache is found
+    /// at once (the reload that answers it began after the request came),
+    /// and unknown secrets reload at most once per 100 ms.
+    #[tokio::test]
+    async fn a_new_key_works_at_once_and_misses_reload_ten_times_a_second() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let cfg = crow_schemas::config::LakeConfig {
+            uri: dir.path().join("lake").display().to_string(),
+            ..Default::default()
+        };
+        let lake = Lake::open(&cfg).await.expect("open");
+        lake.init().await.expect("init");
+        let org = crow_lake::orgs::create(&lake, "Shop", None, None)
+            .await
+            .expect("org")
+            .org
+            .org_id;
+        let new_key = || crate::keys::create(&lake, &org, Scope::Read, None, None);
+        let cache = KeyCache::new(lake.clone(), Duration::from_secs(60));
+        let first = new_key().await.expect("key");
+        let (k, disabled) = cache
+            .lookup(&first.secret)
+            .await
+            .expect("lookup")
+            .expect("the first key");
+        assert_eq!(
+            (k.key_id.as_str(), disabled),
+            (first.key.key_id.as_str(), false)
+        );
+        for _ in 0..3 {
+            let made = Instant::now();
+            let next = new_key().await.expect("key");
+            let found = cache.lookup(&next.secret).await.expect("lookup");
+            assert_eq!(
+                found.map(|(k, _)| k.key_id),
+                Some(next.key.key_id),
+                "a key made {:?} after the last reload",
+                made.elapsed()
+            );
+        }
+        let before = cache.inner.read().await.loaded.expect("loaded");
+        let t = Instant::now();
+        assert!(cache.lookup("ck_guess_1").await.expect("lookup").is_none());
+        assert!(cache.lookup("ck_guess_2").await.expect("lookup").is_none());
+        let after = cache.inner.read().await.loaded.expect("loaded");
+        assert!(after > before, "an unknown secret reloads");
+        assert!(
+            after.duration_since(before) >= Duration::from_millis(100),
+            "at most one reload per 100 ms ({:?} apart)",
+            after.duration_since(before)
+        );
+        assert!(t.elapsed() >= Duration::from_millis(100));
+    }
 
     #[test]
     fn token_bucket_refuses_past_the_burst_then_refills() {
