@@ -80,12 +80,21 @@ venv="$(tail -n1 "$deps_out")"
 rm -f "$deps_out" "$deps_err"
 phase "test dependencies (after the build)"
 
-echo "== local S3 server"
-read -r s3_pid s3_port < <(bash scripts/s3-server.sh "$venv")
-trap 'kill "$s3_pid" 2>/dev/null || true; report' EXIT
-export CROWTEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
+echo "== local S3 servers"
+# Two server processes (CROWTEST_S3_SERVERS): moto is Python, one core per
+# process, and one process queued the requests of all the S3 tests running
+# at once; each test's lake takes the next server (tests/tests/it/support.rs).
+s3_pids=()
+endpoints=()
+for _ in $(seq 1 "${CROWTEST_S3_SERVERS:-2}"); do
+  read -r s3_pid s3_port < <(bash scripts/s3-server.sh "$venv")
+  s3_pids+=("$s3_pid")
+  endpoints+=("http://127.0.0.1:$s3_port")
+  trap 'kill "${s3_pids[@]}" 2>/dev/null || true; report' EXIT
+done
+export CROWTEST_S3_ENDPOINT="${endpoints[*]}"
 export CROWTEST_PYTHON="$venv/bin/python"
-echo "moto S3 server on $CROWTEST_S3_ENDPOINT"
+echo "moto S3 servers on $CROWTEST_S3_ENDPOINT"
 phase "local S3 server"
 
 echo "== one copy each of the data stack"

@@ -112,17 +112,28 @@ impl Backend {
         }
     }
 
-    /// A lake in a bucket of its own on the S3 server at
+    /// A lake in a bucket of its own on an S3 server of
     /// `CROWTEST_S3_ENDPOINT` (started by `scripts/test.sh`), at a prefix.
     ///
     /// A bucket per test, not a prefix per test in one shared bucket: the
     /// local server (moto) answers a listing by scanning every key of the
     /// bucket, so in a shared bucket each test's listings grew with every
-    /// test before it (BENCHMARKS.md, "CI").
+    /// test before it (BENCHMARKS.md, "CI"). The variable may list several
+    /// servers (separated by spaces): each new lake takes the next one, so
+    /// one server process (one core: moto is Python) does not queue the
+    /// requests of every test running at once.
     pub fn s3() -> Backend {
-        let endpoint = std::env::var("CROWTEST_S3_ENDPOINT").unwrap_or_else(|_| {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let endpoints = std::env::var("CROWTEST_S3_ENDPOINT").unwrap_or_else(|_| {
             panic!("CROWTEST_S3_ENDPOINT is not set: run the tests with scripts/test.sh, which starts a local S3 server")
         });
+        let endpoints: Vec<&str> = endpoints.split_whitespace().collect();
+        assert!(
+            !endpoints.is_empty(),
+            "CROWTEST_S3_ENDPOINT names no server"
+        );
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let endpoint = endpoints[n % endpoints.len()].to_string();
         let id = uuid::Uuid::new_v4().simple().to_string();
         let bucket = format!("crow-test-{}", &id[..16]);
         create_bucket(&endpoint, &bucket);
