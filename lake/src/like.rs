@@ -367,31 +367,75 @@ impl ViewMemo {
     }
 }
 
-/// A `%`-only pattern split at its `%`s. Each middle piece's searcher is
-/// built when a value first gets that far: a pattern of thousands of pieces
-/// costs nothing for the pieces no value reaches.
+/// A `%`-only pattern split at its `%`s. The first [`KEPT_SEARCHERS`]
+/// middle pieces each get a searcher, built when a value first gets that
+/// far; the pieces after them are found by their text, one search each,
+/// when a value gets to them. Making one costs the length of its first and
+/// last pieces and of the first middle ones, not of the whole pattern: the
+/// query API cuts the batches of a query with a large literal to a few rows
+/// ([`datafusion`] calls the function once per batch), and a 20,000-piece
+/// pattern split whole for every batch of 56 rows never finished.
 struct Pieces<'a> {
     first: &'a [u8],
-    middle: Vec<(&'a [u8], OnceCell<Finder<'a>>)>,
+    kept: Vec<(&'a [u8], OnceCell<Finder<'a>>)>,
+    /// The middle pieces after the kept ones, still joined by `%`.
+    rest: &'a [u8],
     last: &'a [u8],
+}
+
+/// Middle pieces of a pattern whose searchers are kept for a batch.
+const KEPT_SEARCHERS: usize = 16;
+
+/// The next non-empty piece of `rest` (pieces joined by `%`) and what
+/// follows it; `None` when only empty pieces are left.
+fn next_piece(mut rest: &[u8]) -> Option<(&[u8], &[u8])> {
+    while !rest.is_empty() {
+        let (piece, after) = match memchr::memchr(b'%', rest) {
+            Some(k) => (&rest[..k], &rest[k + 1..]),
+            None => (rest, &rest[rest.len()..]),
+        };
+        if !piece.is_empty() {
+            return Some((piece, after));
+        }
+        rest = after;
+    }
+    None
 }
 
 impl<'a> Pieces<'a> {
     fn new(pattern: &'a str) -> Self {
-        let mut parts = pattern.split('%').map(str::as_bytes);
-        let first = parts.next().unwrap_or_default();
-        let mut middle: Vec<&[u8]> = parts.collect();
+        Self::keeping(pattern, KEPT_SEARCHERS)
+    }
+
+    /// The pieces of `pattern`, a searcher kept for the first `searchers`
+    /// middle ones.
+    fn keeping(pattern: &'a str, searchers: usize) -> Self {
+        let p = pattern.as_bytes();
         // With no `%` at all the pattern is one piece that must equal the
         // whole value; the rule never sends such a pattern here.
-        let last = middle.pop().unwrap_or_default();
+        let (Some(i), Some(j)) = (memchr::memchr(b'%', p), memchr::memrchr(b'%', p)) else {
+            return Self {
+                first: p,
+                kept: Vec::new(),
+                rest: &[],
+                last: &[],
+            };
+        };
+        let mut rest = if i < j { &p[i + 1..j] } else { &[][..] };
+        let mut kept = Vec::new();
+        while kept.len() < searchers {
+            let Some((piece, after)) = next_piece(rest) else {
+                rest = &[];
+                break;
+            };
+            kept.push((piece, OnceCell::new()));
+            rest = after;
+        }
         Self {
-            first,
-            middle: middle
-                .into_iter()
-                .filter(|p| !p.is_empty())
-                .map(|p| (p, OnceCell::new()))
-                .collect(),
-            last,
+            first: &p[..i],
+            kept,
+            rest,
+            last: &p[j + 1..],
         }
     }
 
@@ -404,11 +448,19 @@ impl<'a> Pieces<'a> {
         }
         let end = s.len() - self.last.len();
         let mut at = self.first.len();
-        for (piece, finder) in &self.middle {
+        for (piece, finder) in &self.kept {
             match finder.get_or_init(|| Finder::new(*piece)).find(&s[at..end]) {
                 Some(i) => at += i + piece.len(),
                 None => return false,
             }
+        }
+        let mut rest = self.rest;
+        while let Some((piece, after)) = next_piece(rest) {
+            match memchr::memmem::find(&s[at..end], piece) {
+                Some(i) => at += i + piece.len(),
+                None => return false,
+            }
+            rest = after;
         }
         true
     }
@@ -473,14 +525,20 @@ mod tests {
                 &StringArray::new_scalar(pattern.as_str()),
             )
             .unwrap_or_else(|e| panic!("{pattern}: {e}"));
-            let pieces = Pieces::new(&pattern);
-            for (i, v) in values.iter().enumerate() {
-                assert_eq!(
-                    pieces.matches(v.as_bytes()),
-                    expected.value(i),
-                    "{v:?} LIKE {pattern:?}"
-                );
+            // With searchers kept for every middle piece, for the first
+            // only, and for none (the pieces past the kept ones of a long
+            // pattern are found by their text).
+            for searchers in [KEPT_SEARCHERS, 1, 0] {
+                let pieces = Pieces::keeping(&pattern, searchers);
+                for (i, v) in values.iter().enumerate() {
+                    assert_eq!(
+                        pieces.matches(v.as_bytes()),
+                        expected.value(i),
+                        "{v:?} LIKE {pattern:?} ({searchers} searchers)"
+                    );
+                }
             }
+            let pieces = Pieces::new(&pattern);
             // The same through the function on views that repeat, as a
             // dictionary page decodes, and on the negation.
             let scalar = ScalarValue::Utf8View(Some(pattern.clone()));
@@ -507,6 +565,29 @@ mod tests {
         }
         // a%b, %a%b, a%b%, %a%b%, a%%b, ... — not a handful.
         assert!(checked > 100, "only {checked} patterns were checked");
+    }
+
+    /// A pattern of 20,000 pieces: made without splitting it whole (only
+    /// the first pieces are kept apart), and matched through the pieces
+    /// after them, in order.
+    #[test]
+    fn a_long_pattern_is_matched_past_its_kept_searchers() {
+        let pieces: Vec<String> = (0..20_000).map(|i| format!("p{i}")).collect();
+        let pattern = format!("start%{}%end", pieces.join("%%"));
+        let p = Pieces::new(&pattern);
+        assert_eq!(p.kept.len(), KEPT_SEARCHERS);
+        let all = format!("start-{}-end", pieces.join("-"));
+        assert!(p.matches(all.as_bytes()));
+        // The last middle piece missing, or two pieces out of order.
+        let short = format!("start-{}-end", pieces[..19_999].join("-"));
+        assert!(!p.matches(short.as_bytes()));
+        let mut swapped = pieces.clone();
+        swapped.swap(10_000, 10_001);
+        assert!(!p.matches(format!("start-{}-end", swapped.join("-")).as_bytes()));
+        // A piece may only be found after the one before it ends.
+        let p = Pieces::keeping("%ab%ba%", 0);
+        assert!(!p.matches(b"aba"));
+        assert!(p.matches(b"abba"));
     }
 
     #[test]
