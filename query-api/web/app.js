@@ -1948,7 +1948,7 @@ function Patterns() {
   const older = i >= 0 ? data.starts[i + 1] : null;
   const newer = i > 0 ? data.starts[i - 1] : null;
   const end = data && data.rows[0] ? data.rows[0].period_end : null;
-  return html`<div class="page" data-testid="patterns" data-state=${data ? "ready" : error ? "error" : "loading"}>
+  return html`<div class="page" data-testid="patterns" data-state=${data ? "ready" : error ? "error" : "loading"} data-days-to=${days ? days.to : ""}>
     <div class="toolbar">
       <h1>Patterns</h1>
       <div class="controls">

@@ -804,6 +804,9 @@ def patterns_page(page, axe_js, out):
         "titles": page.eval_on_selector_all("[data-testid=pattern] h2", "hs => hs.map(h => h.textContent)"),
         "start": page.evaluate("new URL(location.href).searchParams.get('start')"),
         "days": days,
+        # The end of the days' window as the page was answered (the
+        # server's yesterday then: a run may cross midnight UTC).
+        "days_to": page.get_attribute("[data-testid=patterns]", "data-days-to"),
     }
     axe(page, axe_js, "/app/patterns")
     screenshots(page, out, "patterns", "[data-testid=patterns][data-state=ready]")
