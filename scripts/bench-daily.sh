@@ -30,8 +30,12 @@ bench_crow
 bench_work
 base="$work/base"
 lake="$work/lake"
-# The last whole hour: the demo's activity ends the day before it.
+# The last whole hour: the demo's activity ends the day before it. Not
+# midnight itself: the sessions of the day before close a gap after their
+# last event, and a day with open sessions is not counted yet (a run at
+# 01:06 UTC found day 30 empty), so then the hour before.
 clock="$(date -u -d '-1 hour' +%Y-%m-%dT%H:00:00Z)"
+if [ "${clock:11:2}" = 00 ]; then clock="$(date -u -d '-2 hour' +%Y-%m-%dT%H:00:00Z)"; fi
 first="$(date -u -d "${clock:0:10} - $DAYS days" +%Y-%m-%d)"
 echo "building $DAYS days of history ($VISITORS visitors) ..." >&2
 "$py" scripts/bench/measure.py "$crow" --lake "$base" demo --days "$DAYS" --visitors "$VISITORS" \

@@ -306,6 +306,27 @@ fn log_filter(serve: bool) -> tracing_subscriber::EnvFilter {
     tracing_subscriber::EnvFilter::new(filter)
 }
 
+/// Transparent huge pages off for this process, unless the operator set
+/// mimalloc's own `MIMALLOC_ALLOW_THP`. mimalloc asks the kernel for huge
+/// pages on its whole 1 GiB arena (`madvise(MADV_HUGEPAGE)`), so with THP in
+/// `madvise` or `always` mode every first touch of a 2 MiB range zeroes all
+/// of it: a `crow init` spent 80 % of its time in the kernel zeroing pages it
+/// never used (RSS 160 MB instead of 57), the test suite a third of its CPU,
+/// and sessionizing 10 M events ran about a tenth slower (BENCHMARKS.md,
+/// "Huge pages"). Queries in a warm server were the same either way. The
+/// flag is the process's (all threads, kept across `exec`); it only changes
+/// how pages are backed, never what is allocated.
+fn no_huge_pages() {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        // Not worth failing a command for: the kernel may not know the call.
+        tracing::debug!("could not turn transparent huge pages off: {e}");
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -315,6 +336,7 @@ fn main() -> ExitCode {
         .with_env_filter(log_filter(matches!(cli.command, Command::Serve { .. })))
         .with_writer(std::io::stderr)
         .init();
+    no_huge_pages();
     // Large stacks (address space, touched only as used): exports and REST
     // plan user input here; SQL queries run on the query API's own runtime.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
