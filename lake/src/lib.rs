@@ -26,6 +26,7 @@ pub mod counts;
 mod error;
 pub mod ids;
 pub mod like;
+pub mod logcache;
 pub mod notify;
 pub mod order;
 pub mod orgs;
@@ -197,6 +198,10 @@ pub struct Lake {
     /// Latest snapshots of the tables read through this lake (shared by its
     /// clones), brought up to date incrementally on every read.
     snapshots: Arc<tokio::sync::Mutex<HashMap<String, DeltaTable>>>,
+    /// The object store of the lake's root, made on first use and shared by
+    /// every table (and clone of the lake): one HTTP client and connection
+    /// pool on S3/R2, and the commit files read once ([`logcache`]).
+    store: Arc<std::sync::Mutex<Option<Arc<logcache::LogCache>>>>,
 }
 
 /// The storage options hold credentials: only their names are printed.
@@ -276,6 +281,7 @@ impl Lake {
             commit_retries: cfg.commit_retries as usize,
             plain_parquet_scan: cfg.plain_parquet_scan,
             snapshots: Arc::default(),
+            store: Arc::default(),
         })
     }
 
@@ -316,9 +322,41 @@ impl Lake {
 
     fn builder(&self, name: &str) -> Result<DeltaTableBuilder> {
         let url = self.table_url(name)?;
-        Ok(DeltaTableBuilder::from_url(url)
+        let store = self.root_store().map_err(|e| Error::delta(name, e))?;
+        Ok(DeltaTableBuilder::from_url(url.clone())
             .map_err(|e| Error::delta(name, e))?
+            .with_storage_backend(store, url)
             .with_storage_options(self.options.clone()))
+    }
+
+    /// The lake root's object store, as delta-rs would make it for any
+    /// table of the lake (its registered factory for the URL's scheme, with
+    /// the lake's storage options), made once and kept.
+    fn root_store(
+        &self,
+    ) -> std::result::Result<Arc<dyn object_store::ObjectStore>, DeltaTableError> {
+        let mut slot = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = slot.as_ref() {
+            return Ok(Arc::clone(s) as Arc<dyn object_store::ObjectStore>);
+        }
+        let scheme = Url::parse(&format!("{}://", self.root.scheme()))
+            .map_err(|_| DeltaTableError::InvalidTableLocation(self.root.to_string()))?;
+        let factory = deltalake::logstore::object_store_factories()
+            .get(&scheme)
+            .map(|f| Arc::clone(f.value()))
+            .ok_or_else(|| DeltaTableError::InvalidTableLocation(self.root.to_string()))?;
+        let config = deltalake::logstore::StorageConfig::parse_options(self.options.clone())?;
+        let (root, _prefix) = factory.parse_url_opts(&self.root, &config)?;
+        let store = Arc::new(logcache::LogCache::new(root));
+        *slot = Some(Arc::clone(&store));
+        Ok(store)
+    }
+
+    /// Commit-file reads of this lake's tables answered from memory and
+    /// sent to the store ([`logcache`]).
+    pub fn log_reads(&self) -> (u64, u64) {
+        let slot = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        slot.as_ref().map(|s| s.counts()).unwrap_or_default()
     }
 
     /// Load a table at its latest version.
@@ -438,9 +476,16 @@ impl Lake {
                 tokio::fs::create_dir_all(p).await?;
             }
         }
-        let existing = DeltaTable::try_from_url_with_storage_options(url, self.options.clone())
-            .await
+        // As `DeltaTable::try_from_url_with_storage_options`, on the lake's
+        // store: a location with no table yet is one to create.
+        let mut existing = self
+            .builder(def.name)?
+            .build()
             .map_err(|e| Error::delta(def.name, e))?;
+        match existing.load().await {
+            Ok(()) | Err(DeltaTableError::NotATable(_)) => {}
+            Err(e) => return Err(Error::delta(def.name, e)),
+        }
         if existing.version().is_some() {
             self.evolve(def, existing).await?;
             return Ok(false);
@@ -623,8 +668,17 @@ impl Lake {
             .collect())
     }
 
+    /// How every write commits: up to `lake.commit_retries` retries after a
+    /// lost race, and no clean-up of expired log files. delta-rs's clean-up
+    /// after each commit lists the table's whole `_delta_log` (thousands of
+    /// files, a request per thousand, on a table the collector commits to
+    /// every few seconds) to find commits past `delta.logRetentionDuration`;
+    /// [`Lake::checkpoint`] (`crow checkpoint`, nightly on the schedule) does
+    /// it once instead, as Delta Lake does when it writes a checkpoint.
     fn commit_props(&self) -> CommitProperties {
-        CommitProperties::default().with_max_retries(self.commit_retries)
+        CommitProperties::default()
+            .with_max_retries(self.commit_retries)
+            .with_cleanup_expired_logs(Some(false))
     }
 
     /// Append batches to a table (a blind append: never conflicts with other
@@ -1103,12 +1157,28 @@ impl Lake {
         Ok(present)
     }
 
-    /// Write a checkpoint of the table's log at its current version.
+    /// Write a checkpoint of the table's log at its current version, then
+    /// delete the log files the checkpoint makes unneeded that are older than
+    /// the table's `delta.logRetentionDuration` (30 days unless set; not when
+    /// `delta.enableExpiredLogCleanup` is false). Commits leave this to here
+    /// ([`Lake::commit_props`]).
     pub async fn checkpoint(&self, name: &str) -> Result<u64> {
         let t = self.table(name).await?;
         deltalake::checkpoints::create_checkpoint(&t, None)
             .await
             .map_err(|e| Error::delta(name, e))?;
+        let cleanup = t
+            .snapshot()
+            .map(|s| {
+                use deltalake::table::config::TablePropertiesExt;
+                s.table_config().enable_expired_log_cleanup()
+            })
+            .unwrap_or(false);
+        if cleanup {
+            deltalake::checkpoints::cleanup_metadata(&t, None)
+                .await
+                .map_err(|e| Error::delta(name, e))?;
+        }
         Ok(t.version().unwrap_or(0))
     }
 
