@@ -447,19 +447,14 @@ impl ExecutionPlan for ViewCounts {
 
     fn with_new_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        match (children.pop(), children.is_empty()) {
-            (Some(input), true) => Ok(Arc::new(Self::new(
-                input,
-                self.keys.clone(),
-                self.counts,
-                Arc::clone(&self.schema),
-            ))),
-            _ => Err(datafusion::error::DataFusionError::Internal(
-                "ViewCounts takes one input".to_string(),
-            )),
-        }
+        Ok(Arc::new(Self::new(
+            crate::only_child(children, "ViewCounts")?,
+            self.keys.clone(),
+            self.counts,
+            Arc::clone(&self.schema),
+        )))
     }
 
     fn maintains_input_order(&self) -> Vec<bool> {

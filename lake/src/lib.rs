@@ -1436,6 +1436,21 @@ impl Lake {
     }
 }
 
+/// The one input of a single-input operator, from the children
+/// `ExecutionPlan::with_new_children` is given: an internal error naming
+/// `operator` when there is not exactly one.
+pub fn only_child(
+    mut children: Vec<Arc<dyn datafusion::physical_plan::ExecutionPlan>>,
+    operator: &str,
+) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+    match (children.pop(), children.is_empty()) {
+        (Some(input), true) => Ok(input),
+        _ => Err(datafusion::error::DataFusionError::Internal(format!(
+            "{operator} takes one input"
+        ))),
+    }
+}
+
 /// Run a read-only query in `ctx`, collecting the result.
 pub async fn run_read_only(
     ctx: &SessionContext,

@@ -229,14 +229,12 @@ impl ExecutionPlan for Unordered {
 
     fn with_new_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        match (children.pop(), children.is_empty()) {
-            (Some(input), true) => Ok(Arc::new(Self::new(input))),
-            _ => Err(datafusion::error::DataFusionError::Internal(
-                "Unordered takes one input".to_string(),
-            )),
-        }
+        Ok(Arc::new(Self::new(crate::only_child(
+            children,
+            "Unordered",
+        )?)))
     }
 
     fn maintains_input_order(&self) -> Vec<bool> {

@@ -889,20 +889,14 @@ impl ExecutionPlan for MapBatches {
 
     fn with_new_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        match (children.pop(), children.is_empty()) {
-            (Some(input), true) => Ok(Arc::new(Self::with_make(
-                input,
-                self.schema.clone(),
-                self.name,
-                Arc::clone(&self.make),
-            ))),
-            _ => Err(DataFusionError::Internal(format!(
-                "{} takes one input",
-                self.name
-            ))),
-        }
+        Ok(Arc::new(Self::with_make(
+            crow_lake::only_child(children, self.name)?,
+            self.schema.clone(),
+            self.name,
+            Arc::clone(&self.make),
+        )))
     }
 
     fn execute(
