@@ -100,12 +100,10 @@ fn same_object(a: &ObjectMeta, b: &ObjectMeta) -> bool {
 
 /// `…/_delta_log/<20 digits>.json`: a commit, written once and never changed.
 pub fn is_commit_file(path: &Path) -> bool {
-    let mut parts = path.parts().collect::<Vec<_>>().into_iter().rev();
-    let (Some(name), Some(dir)) = (parts.next(), parts.next()) else {
+    let Some((dir, name)) = path.as_ref().rsplit_once('/') else {
         return false;
     };
-    let name = name.as_ref();
-    dir.as_ref() == "_delta_log"
+    (dir == "_delta_log" || dir.ends_with("/_delta_log"))
         && name.len() == 25
         && name.ends_with(".json")
         && name[..20].bytes().all(|b| b.is_ascii_digit())
