@@ -513,6 +513,38 @@ async fn older_schema_evolves(b: Backend) {
     );
 }
 
+/// Delete every file of table `name`, as by hand (on either backend).
+async fn remove_table_by_hand(lake: &Lake, name: &str) {
+    use crow_lake::object_store::ObjectStoreExt;
+    use futures::TryStreamExt;
+    let (store, prefix) = lake
+        .store_for(&lake.table_url(name).expect("url"))
+        .expect("store");
+    let paths: Vec<_> = store
+        .list(Some(&prefix))
+        .map_ok(|m| m.location)
+        .try_collect()
+        .await
+        .expect("list");
+    assert!(!paths.is_empty(), "{name} has files");
+    for p in paths {
+        store.delete(&p).await.expect("delete");
+    }
+}
+
+/// `social_seen` rows for the pages `ids` (one per id), as one batch.
+fn social_seen(ids: std::ops::Range<u32>) -> Vec<arrow::array::RecordBatch> {
+    let rows: Vec<_> = ids
+        .map(|i| {
+            json!({"org_id": "o1", "canonical_url": format!("https://example.com/{i}"),
+                   "content_hash": "h", "capture_id": format!("c{i}"),
+                   "first_capture_id": format!("c{i}"), "version": 1, "run_id": "r",
+                   "seen_at": 1_700_000_000_000_000i64})
+        })
+        .collect();
+    vec![rows_to_batch(&crow_schemas::SOCIAL_SEEN, &rows).expect("batch")]
+}
+
 /// Every table carries its checkpoint interval: the small, often-committed
 /// tables checkpoint every 10 commits, so reading one replays at most 9
 /// commits after its checkpoint; the partitioned event and fact tables keep
@@ -543,16 +575,9 @@ async fn checkpoint_intervals(b: Backend) {
     // `social_seen` is at version 0 after init; the ninth append is version
     // 9, the tenth commit, and delta-rs checkpoints it.
     for i in 0..9 {
-        let row = json!({"org_id": "o1", "canonical_url": format!("https://example.com/{i}"),
-                         "content_hash": "h", "capture_id": format!("c{i}"),
-                         "first_capture_id": format!("c{i}"), "version": 1, "run_id": "r",
-                         "seen_at": 1_700_000_000_000_000i64});
-        lake.append(
-            "social_seen",
-            vec![rows_to_batch(&crow_schemas::SOCIAL_SEEN, &[row]).expect("batch")],
-        )
-        .await
-        .expect("append");
+        lake.append("social_seen", social_seen(i..i + 1))
+            .await
+            .expect("append");
     }
     let t = lake.table("social_seen").await.expect("table");
     assert_eq!(t.version(), Some(9), "{}", b.name);
@@ -588,15 +613,9 @@ async fn checkpoint_intervals(b: Backend) {
             .and_then(|f| f.set_modified(old))
             .expect("set the commit's time back");
     }
-    let row = json!({"org_id": "o1", "canonical_url": "https://example.com/9",
-                     "content_hash": "h", "capture_id": "c9", "first_capture_id": "c9",
-                     "version": 1, "run_id": "r", "seen_at": 1_700_000_000_000_000i64});
-    lake.append(
-        "social_seen",
-        vec![rows_to_batch(&crow_schemas::SOCIAL_SEEN, &[row]).expect("batch")],
-    )
-    .await
-    .expect("append");
+    lake.append("social_seen", social_seen(9..10))
+        .await
+        .expect("append");
     let first = log.join(format!("{:020}.json", 0));
     assert!(first.exists(), "a commit cleaned the log up");
     assert_eq!(
@@ -616,22 +635,11 @@ both_backends!(small_tables_checkpoint_every_ten_commits => checkpoint_intervals
 /// the same name is read as the new table, not from the kept commits of the
 /// old one.
 async fn remade_table(b: Backend) {
-    use crow_lake::object_store::ObjectStoreExt;
-    use futures::TryStreamExt;
     let lake = b.lake().await;
     lake.init().await.expect("init");
-    let seen = |n: usize| {
-        let rows: Vec<_> = (0..n)
-            .map(|i| {
-                json!({"org_id": "o1", "canonical_url": format!("https://example.com/{i}"),
-                       "content_hash": "h", "capture_id": format!("c{i}"),
-                       "first_capture_id": format!("c{i}"), "version": 1, "run_id": "r",
-                       "seen_at": 1_700_000_000_000_000i64})
-            })
-            .collect();
-        vec![rows_to_batch(&crow_schemas::SOCIAL_SEEN, &rows).expect("batch")]
-    };
-    lake.append("social_seen", seen(1)).await.expect("append");
+    lake.append("social_seen", social_seen(0..1))
+        .await
+        .expect("append");
     let files = |t: &crow_lake::deltalake::DeltaTable| -> Vec<String> {
         t.get_file_uris().expect("files").collect()
     };
@@ -652,21 +660,11 @@ async fn remade_table(b: Backend) {
 
     // Delete the table's folder by hand, make it again, write other rows:
     // the same commit names now hold other commits.
-    let (store, prefix) = lake
-        .store_for(&lake.table_url("social_seen").expect("url"))
-        .expect("store");
-    let old: Vec<_> = store
-        .list(Some(&prefix))
-        .map_ok(|m| m.location)
-        .try_collect()
-        .await
-        .expect("list");
-    assert!(!old.is_empty());
-    for f in old {
-        store.delete(&f).await.expect("delete");
-    }
+    remove_table_by_hand(&lake, "social_seen").await;
     lake.init().await.expect("init again");
-    lake.append("social_seen", seen(3)).await.expect("append");
+    lake.append("social_seen", social_seen(0..3))
+        .await
+        .expect("append");
     let t = lake.table("social_seen").await.expect("table");
     assert_eq!(t.version(), Some(1), "{}", b.name);
     let id = t.snapshot().expect("snapshot").metadata().id().to_string();
@@ -692,8 +690,7 @@ both_backends!(prepare_checks_the_tables_once_per_schema => prepare_once);
 /// `crow init`; a marker of other schema versions (an older or newer CROW)
 /// or an unreadable one makes it check every table again.
 async fn prepare_once(b: Backend) {
-    use crow_lake::object_store::{ObjectStore, ObjectStoreExt};
-    use futures::TryStreamExt;
+    use crow_lake::object_store::ObjectStoreExt;
     let lake = b.lake().await;
     let (store, marker) = lake
         .store_for(&lake.url_of(crow_lake::TABLES_MARKER).expect("marker url"))
@@ -726,31 +723,13 @@ async fn prepare_once(b: Backend) {
 
     // Remove a table by hand: with the marker current, prepare does not
     // look (fresh handles, so no snapshot is cached).
-    let remove_table = |name: &'static str| {
-        let lake = lake.clone();
-        async move {
-            let (store, prefix) = lake
-                .store_for(&lake.url_of(&format!("{name}/")).expect("url"))
-                .expect("store");
-            let paths: Vec<_> = store
-                .list(Some(&prefix))
-                .map_ok(|m| m.location)
-                .try_collect()
-                .await
-                .expect("list");
-            assert!(!paths.is_empty(), "{name} has files");
-            for p in paths {
-                store.delete(&p).await.expect("delete");
-            }
-        }
-    };
     let missing = || async {
         matches!(
             b.lake().await.table("daily_metrics").await,
             Err(crow_lake::Error::TableMissing { .. })
         )
     };
-    remove_table("daily_metrics").await;
+    remove_table_by_hand(&lake, "daily_metrics").await;
     assert!(missing().await, "{}: the table is gone", b.name);
     b.lake().await.prepare().await.expect("prepare");
     assert!(
@@ -769,7 +748,7 @@ async fn prepare_once(b: Backend) {
         b"{not json".to_vec(),
     ] {
         if !missing().await {
-            remove_table("daily_metrics").await;
+            remove_table_by_hand(&lake, "daily_metrics").await;
         }
         store
             .put(&marker, written.into())
@@ -781,7 +760,7 @@ async fn prepare_once(b: Backend) {
     }
 
     // And `init` always checks every table.
-    remove_table("daily_metrics").await;
+    remove_table_by_hand(&lake, "daily_metrics").await;
     b.lake().await.init().await.expect("init");
     assert!(!missing().await, "{}: init makes it again", b.name);
 }
