@@ -367,14 +367,14 @@ impl Finder<'_> {
         }
         let aov = sum / n;
         let var_aov = ((sq / n - aov * aov).max(0.0)) / n;
-        let estimate = orders * aov;
+        let (aov_shown, estimate) = revenue_estimate(orders, aov);
         let se = (var * aov * aov + orders * orders * var_aov).sqrt();
         let round0 = |x: f64| x.round();
         Some(json!({
             "estimate": round0(estimate),
             "low": round0(estimate - 1.96 * se),
             "high": round0(estimate + 1.96 * se),
-            "average_order_value": (aov * 100.0).round() / 100.0,
+            "average_order_value": aov_shown,
             "baseline_valued_orders": n,
             "currency": self.currency,
         }))
@@ -653,6 +653,16 @@ impl Finder<'_> {
 /// A figure rounded to one decimal.
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
+}
+
+/// The average order value as shown (to the cent) and the revenue of
+/// `orders` orders at it: the product of the figures the reader is shown
+/// (the orders to a tenth, as a story's impact states them), so the two
+/// multiply out to the estimate. The interval around it keeps the
+/// unrounded figures.
+fn revenue_estimate(orders: f64, aov: f64) -> (f64, f64) {
+    let aov_shown = (aov * 100.0).round() / 100.0;
+    (aov_shown, round1(orders) * aov_shown)
 }
 
 /// What one story is about (see [`Finder::scope`]).
@@ -1007,4 +1017,22 @@ pub(crate) fn day_parts(
         out.extend(rows.iter().filter_map(Part::of_row));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_revenue_estimate_is_the_shown_orders_times_the_shown_order_value() {
+        // 36.73 orders at 178.004: shown as 36.7 orders at 178.00, so
+        // 6,532.60, not the 6,538.08 of the unrounded figures (a reader
+        // multiplying the story's numbers found 5 USD missing).
+        let (aov, estimate) = revenue_estimate(-36.73, 178.004);
+        assert_eq!(aov, 178.0);
+        assert!((estimate - -6532.6).abs() < 1e-9, "{estimate}");
+        assert_eq!(estimate.round(), (round1(-36.73) * aov).round());
+        let (aov, estimate) = revenue_estimate(12.04, 100.004);
+        assert_eq!((aov, estimate), (100.0, 1200.0));
+    }
 }
