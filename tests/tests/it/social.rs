@@ -732,8 +732,8 @@ async fn rest_is_tenant_isolated(b: &Backend, northwind_src: &str) {
     assert_eq!(r, json!([{"caps": 0, "seen": 0, "sources": 1}]), "{r}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scheduled_run_becomes_a_session_and_interactions_naming_products() {
+/// Run from the crate root as `a_scheduled_social_run_…` (main.rs says why).
+pub(crate) async fn a_scheduled_run_becomes_a_session_and_interactions_naming_products() {
     let (base, _st) = platforms().await;
     let b = Backend::local();
     b.crow_ok(&["init"]);

@@ -137,6 +137,11 @@ impl Backend {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let bucket = format!("crow-test-{}", &id[..16]);
         create_bucket(&endpoint, &bucket);
+        // A lake on S3 keeps its collector's WAL in `./crow-wal` unless told
+        // otherwise, and a WAL folder has one collector at a time: two
+        // tests' `crow demo` at once on S3 would share the test process's
+        // folder, and the second is refused. Each S3 lake gets its own.
+        let wal = tempfile::tempdir().expect("a WAL folder");
         Backend {
             name: "s3",
             uri: format!("s3://{bucket}/{}", &id[16..]),
@@ -146,8 +151,9 @@ impl Backend {
                 ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
                 ("AWS_REGION".into(), "us-east-1".into()),
                 ("AWS_ALLOW_HTTP".into(), "true".into()),
+                ("CROW_WAL_DIR".into(), wal.path().display().to_string()),
             ],
-            _dir: None,
+            _dir: Some(wal),
         }
     }
 
