@@ -79,7 +79,7 @@ pub async fn run(
         Some(query_api(&lake, &cfg)?)
     };
     let conns = std::sync::Arc::new(crate::http::ConnStats::default());
-    let app = app(&cfg, collector.as_ref(), api.as_ref(), &conns)?;
+    let app = app(&cfg, &lake, collector.as_ref(), api.as_ref(), &conns)?;
     let scheduler = if only != Some(Only::Api) && cfg.schedule.enabled {
         Some(start_scheduler(lake.clone(), cfg.clone())?)
     } else {
@@ -124,6 +124,7 @@ pub async fn run(
 /// and `/metrics` behind the metrics token.
 fn app(
     cfg: &Config,
+    lake: &Lake,
     collector: Option<&Collector>,
     api: Option<&std::sync::Arc<crow_query_api::ApiState>>,
     conns: &std::sync::Arc<crate::http::ConnStats>,
@@ -149,7 +150,7 @@ fn app(
             .route("/healthz", axum::routing::get(|| async { "ok" })),
         (None, None) => anyhow::bail!("nothing to serve"),
     };
-    let registry = metrics_registry(collector, api.map(std::sync::Arc::as_ref), conns);
+    let registry = metrics_registry(lake, collector, api.map(std::sync::Arc::as_ref), conns);
     Ok(app
         .route(
             "/metrics",
@@ -291,14 +292,32 @@ fn start_scheduler(
     Ok((stop, thread))
 }
 
-/// The one Prometheus registry of this server: the collector's metrics (if
-/// it runs), then the API's (if it runs), then the connections'.
+/// The one Prometheus registry of this server: the lake's commit cache,
+/// the collector's metrics (if it runs), then the API's (if it runs), then
+/// the connections'.
 fn metrics_registry(
+    lake: &Lake,
     collector: Option<&Collector>,
     api: Option<&crow_query_api::ApiState>,
     conns: &crate::http::ConnStats,
 ) -> std::sync::Arc<Registry> {
     let mut registry = Registry::default();
+    // The clones share the lake's one store, so they read what every part
+    // of this server (collector, API, scheduler) read through it.
+    let hits = lake.clone();
+    metrics::register(
+        &mut registry,
+        "crow_lake_commit_cache_hits_total",
+        "Delta commit files answered from the lake's commit cache instead of the store.",
+        metrics::Reading::counter(move || hits.log_reads().0),
+    );
+    let misses = lake.clone();
+    metrics::register(
+        &mut registry,
+        "crow_lake_commit_cache_misses_total",
+        "Delta commit files read from the store (and kept, if they fit).",
+        metrics::Reading::counter(move || misses.log_reads().1),
+    );
     if let Some(c) = collector {
         c.register_metrics(&mut registry);
     }

@@ -845,6 +845,24 @@ async fn keys_formats_rest_and_metrics(b: Backend) {
         [2.0, 1.0, 2.0],
         "{m}"
     );
+    // The lake's commit cache: a table this server has not read yet is
+    // loaded from its commit files, which the counters count (read from
+    // the store, or from memory if another part of the server read them).
+    let commits = |m: &str| {
+        metric_value(m, "crow_lake_commit_cache_hits_total")
+            + metric_value(m, "crow_lake_commit_cache_misses_total")
+    };
+    let before = commits(&m);
+    let r = w
+        .post_sql(
+            &w.key_a,
+            json!({"sql": "select count(*) as n from raw_cctv_transcripts"}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let m = w.server.metrics(&w.http).await;
+    assert!(commits(&m) > before, "{m}");
 }
 
 /// An API export (status, download) and a CLI export with a time range, both
