@@ -22,6 +22,7 @@ pub mod audit;
 pub mod backoff;
 pub mod batch;
 pub mod cluster;
+pub mod coop;
 pub mod counts;
 mod error;
 pub mod ids;
@@ -1526,7 +1527,8 @@ pub fn prefer_existing_sort(config: &mut SessionConfig) {
 /// CROW's planner rules on top of DataFusion's: `LIKE` patterns matched by
 /// their pieces ([`like`]), counts per partition value read from the file
 /// list and partial counts by string view ([`counts`]) and scans of sorted
-/// files ([`order`]). Every session
+/// files ([`order`]), and joins that yield so an aborted query stops
+/// ([`coop`]). Every session
 /// that runs users' SQL is built with them.
 pub fn with_planner_rules(
     builder: datafusion::execution::session_state::SessionStateBuilder,
@@ -1535,7 +1537,8 @@ pub fn with_planner_rules(
         .with_analyzer_rule(Arc::new(like::PiecesLike::default()))
         .with_physical_optimizer_rule(Arc::new(counts::CountsFromStatistics))
         .with_physical_optimizer_rule(Arc::new(counts::CountsByView));
-    order::with_rules(builder)
+    // Last: it only wraps joins, so the other rules see plain plans.
+    order::with_rules(builder).with_physical_optimizer_rule(Arc::new(coop::CooperativeJoins))
 }
 
 fn new_context() -> SessionContext {
