@@ -13,9 +13,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
-# A cold build gains nothing from incremental compilation's bookkeeping
-# (it only speeds up rebuilds of the workspace's own crates); set
-# CARGO_INCREMENTAL=1 to keep it while iterating.
+# A build from nothing gains nothing from incremental compilation's
+# bookkeeping (it only speeds up rebuilds of the workspace's own crates);
+# .ci/run, whose target/ persists between runs, turns it on.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 # Seconds per phase, printed as a table at the end (pass or fail).
