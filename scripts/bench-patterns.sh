@@ -4,9 +4,9 @@
 # break, viral product; half with a weekday effect) and quiet controls, run
 # through the patterns job's tests and story grouping in memory. Prints the
 # report (Markdown) at the default FDR (0.01) and at 0.05.
-# Usage: scripts/bench-patterns.sh   (CROW_EVAL_SEEDS=N seeds per case, default 5;
-#        CROW_EVAL_VOLUME=10 for ten times the sessions a day;
-#        CROW_EVAL_CASES=drift for the cases whose name holds the text)
+# Usage: scripts/bench-patterns.sh   (CROWTEST_EVAL_SEEDS=N seeds per case, default 5;
+#        CROWTEST_EVAL_VOLUME=10 for ten times the sessions a day;
+#        CROWTEST_EVAL_CASES=drift for the cases whose name holds the text)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace --lib --locked -- --ignored eval_report --nocapture --test-threads 1 2>/dev/null |

@@ -80,7 +80,37 @@ pub fn one_line(err: &anyhow::Error) -> String {
     if parts.is_empty() {
         parts.push(err.to_string());
     }
-    tidy(&parts.join(": "))
+    tidy(&s3_answer(&parts.join(": ")))
+}
+
+/// An S3 server's error answer is an XML document, which the object store
+/// puts whole into its error: keep its code and message, and say what to
+/// do about the one a new lake meets first (a bucket that does not exist).
+fn s3_answer(text: &str) -> String {
+    let Some(at) = text.find("<?xml").or_else(|| text.find("<Error>")) else {
+        return text.to_string();
+    };
+    let field = |name: &str| {
+        let open = format!("<{name}>");
+        let start = text[at..].find(&open)? + at + open.len();
+        let len = text[start..].find(&format!("</{name}>"))?;
+        Some(&text[start..start + len])
+    };
+    let head = text[..at].trim_end();
+    let Some(code) = field("Code") else {
+        return text.to_string();
+    };
+    let mut out = format!("{head} {code}");
+    if let Some(message) = field("Message") {
+        out.push_str(&format!(" ({message})"));
+    }
+    if code == "NoSuchBucket" {
+        let bucket = field("BucketName").map_or(String::new(), |b| format!(" `{b}`"));
+        out.push_str(&format!(
+            ": create the bucket{bucket} first, or check the lake URI (`--lake`, `lake.uri`)"
+        ));
+    }
+    out
 }
 
 /// A wrong command line (clap's error) as one line: the message, the
@@ -380,6 +410,30 @@ mod tests {
         let e =
             anyhow::Error::from(Outer(std::io::Error::other("disk on fire"))).context("loading");
         assert_eq!(one_line(&e), "loading: reading x: disk on fire");
+    }
+
+    #[test]
+    fn an_s3_error_document_is_said_in_words() {
+        let store = "Generic S3 error: Error performing list request: Error performing GET \
+            http://127.0.0.1:9000/nobucket?list-type=2 in 10ms - Server returned non-2xx \
+            status code: 404 Not Found: <?xml version=\"1.0\" encoding=\"utf-8\"?>\n\
+            <Error><Code>NoSuchBucket</Code><Message>The specified bucket does not \
+            exist</Message><BucketName>nobucket</BucketName><RequestId>X1</RequestId></Error>";
+        let line = one_line(&anyhow::anyhow!("{store}"));
+        assert_eq!(
+            line,
+            "Generic S3 error: Error performing list request: Error performing GET \
+             http://127.0.0.1:9000/nobucket?list-type=2 in 10ms - Server returned non-2xx \
+             status code: 404 Not Found: NoSuchBucket (The specified bucket does not exist): \
+             create the bucket `nobucket` first, or check the lake URI (`--lake`, `lake.uri`)"
+        );
+        let denied = "403 Forbidden: <Error><Code>AccessDenied</Code><Message>Access \
+            Denied</Message></Error>";
+        assert_eq!(
+            one_line(&anyhow::anyhow!("{denied}")),
+            "403 Forbidden: AccessDenied (Access Denied)"
+        );
+        assert_eq!(one_line(&anyhow::anyhow!("a < b")), "a < b");
     }
 
     #[test]

@@ -283,7 +283,10 @@ const CROW_TARGETS: [&str; 6] = [
 /// at `info` (the Delta and DataFusion libraries log every commit and scan
 /// at info: hundreds of lines a minute). delta-kernel logs an ERROR whenever
 /// it probes a folder that is not a table yet (every `crow init`); the
-/// caller handles that case, so it is off by default.
+/// caller handles that case, so it is off by default. A command other than
+/// `crow serve` says its own error in one line, cause included, so the
+/// kernel's ERROR lines for the same failure (one per table it was loading,
+/// each with the store's whole answer) are off there too.
 fn log_filter(serve: bool) -> tracing_subscriber::EnvFilter {
     if let Ok(v) = std::env::var("CROW_LOG") {
         if !v.trim().is_empty() {
@@ -302,6 +305,8 @@ fn log_filter(serve: bool) -> tracing_subscriber::EnvFilter {
         for t in CROW_TARGETS {
             filter.push_str(&format!(",{t}=info"));
         }
+    } else {
+        filter.push_str(",buoyant_kernel=off");
     }
     tracing_subscriber::EnvFilter::new(filter)
 }
@@ -357,11 +362,18 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::debug!("the full chain of causes: {e:?}");
             eprintln!("error: {}", error::one_line(&e));
-            if error::is_retryable(&e) {
-                ExitCode::from(error::TEMPFAIL_EXIT)
+            let code = if error::is_retryable(&e) {
+                i32::from(error::TEMPFAIL_EXIT)
             } else {
-                ExitCode::FAILURE
-            }
+                1
+            };
+            // Leave without tearing the runtime down: a failed command may
+            // leave work of its own on the blocking threads (the other
+            // tables a lake was loading when one of them failed), and the
+            // delta kernel panics when the runtime it waits on goes away
+            // under it: a panic message after the error, for nothing.
+            // (`exit` still flushes stdout.)
+            std::process::exit(code)
         }
     }
 }

@@ -74,7 +74,8 @@ impl Error {
             Error::Delta { source, .. } => match source.as_ref() {
                 D::VersionAlreadyExists(_) | D::Transaction { .. } => ErrorKind::Conflict,
                 D::NotATable(_) | D::InvalidVersion(_) => ErrorKind::NotFound,
-                D::ObjectStore { .. } => ErrorKind::Unavailable,
+                D::ObjectStore { source } => store_kind(source),
+                D::KernelError(k) => kernel_kind(k),
                 D::Generic(_) | D::SchemaMismatch { .. } => ErrorKind::InvalidInput,
                 _ => ErrorKind::Internal,
             },
@@ -83,7 +84,8 @@ impl Error {
                 ErrorKind::InvalidInput
             }
             Error::TableMissing { .. } => ErrorKind::NotFound,
-            Error::ObjectStore(_) | Error::Io(_) => ErrorKind::Unavailable,
+            Error::ObjectStore(e) => store_kind(e),
+            Error::Io(_) => ErrorKind::Unavailable,
             Error::Arrow(_) | Error::Json(_) => ErrorKind::Internal,
         }
     }
@@ -101,6 +103,44 @@ impl Error {
     }
 }
 
+/// The kind of a delta kernel error: one from the object store (a table's
+/// log listed or read while the store does not answer) is storage being
+/// unavailable, like deltalake's own object-store errors; the rest are the
+/// kernel's to explain.
+fn kernel_kind(e: &delta_kernel::Error) -> ErrorKind {
+    match e {
+        delta_kernel::Error::Backtraced { source, .. } => kernel_kind(source),
+        delta_kernel::Error::ObjectStore(e) => store_kind(e),
+        _ => ErrorKind::Internal,
+    }
+}
+
+/// S3 error codes that say the lake's configuration is wrong (the bucket,
+/// the credentials), which no retry fixes.
+const S3_CONFIG_CODES: [&str; 6] = [
+    "NoSuchBucket",
+    "InvalidBucketName",
+    "AccessDenied",
+    "AllAccessDisabled",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+];
+
+/// The kind of an object-store error: the store not answering, throttling
+/// or failing is unavailable (a retry can succeed); an S3 answer that the
+/// bucket does not exist or the credentials are refused is not (the store
+/// puts that answer's document in its error text, code and all).
+fn store_kind(e: &object_store::Error) -> ErrorKind {
+    let text = e.to_string();
+    if S3_CONFIG_CODES
+        .iter()
+        .any(|c| text.contains(&format!("<Code>{c}</Code>")))
+    {
+        return ErrorKind::Internal;
+    }
+    ErrorKind::Unavailable
+}
+
 impl From<datafusion::error::DataFusionError> for Error {
     /// A lake error raised while DataFusion planned a query (a table loaded
     /// on first use) comes back as itself.
@@ -111,3 +151,44 @@ impl From<datafusion::error::DataFusionError> for Error {
 
 /// Result of the lake.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_down() -> object_store::Error {
+        object_store::Error::Generic {
+            store: "S3",
+            source: "error sending request: connection refused".into(),
+        }
+    }
+
+    /// A table's log that cannot be listed because the store does not
+    /// answer is storage being unavailable (a retry can succeed; the API
+    /// answers 503), however the kernel wraps it; a bucket that does not
+    /// exist and other kernel errors are not.
+    #[test]
+    fn kernel_errors_from_the_store_are_unavailable() {
+        let kernel = |k| Error::delta("t", deltalake::DeltaTableError::KernelError(k));
+        let e = kernel(delta_kernel::Error::ObjectStore(store_down()));
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
+        assert!(e.is_retryable());
+        let e = kernel(delta_kernel::Error::Backtraced {
+            source: Box::new(delta_kernel::Error::ObjectStore(store_down())),
+            backtrace: Box::new(std::backtrace::Backtrace::disabled()),
+        });
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
+        let missing = object_store::Error::Generic {
+            store: "S3",
+            source: "404 Not Found: <?xml version=\"1.0\"?><Error><Code>NoSuchBucket</Code>\
+                <Message>The specified bucket does not exist</Message></Error>"
+                .into(),
+        };
+        let e = kernel(delta_kernel::Error::ObjectStore(missing));
+        assert_eq!(e.kind(), ErrorKind::Internal, "no retry creates a bucket");
+        assert!(!e.is_retryable());
+        let e = kernel(delta_kernel::Error::Generic("a bad log".into()));
+        assert_eq!(e.kind(), ErrorKind::Internal);
+        assert!(!e.is_retryable());
+    }
+}

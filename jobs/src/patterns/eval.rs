@@ -737,17 +737,17 @@ mod tests {
     #[test]
     #[ignore = "the harness's full report (minutes); see BENCHMARKS.md"]
     fn eval_report() {
-        let seeds = std::env::var("CROW_EVAL_SEEDS")
+        let seeds = std::env::var("CROWTEST_EVAL_SEEDS")
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(5);
-        // CROW_EVAL_VOLUME=10 multiplies every case's sessions;
-        // CROW_EVAL_CASES=drift keeps the cases whose name holds it.
-        let volume: f64 = std::env::var("CROW_EVAL_VOLUME")
+        // CROWTEST_EVAL_VOLUME=10 multiplies every case's sessions;
+        // CROWTEST_EVAL_CASES=drift keeps the cases whose name holds it.
+        let volume: f64 = std::env::var("CROWTEST_EVAL_VOLUME")
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(1.0);
-        let only = std::env::var("CROW_EVAL_CASES").unwrap_or_default();
+        let only = std::env::var("CROWTEST_EVAL_CASES").unwrap_or_default();
         let chosen = || {
             cases(120)
                 .into_iter()

@@ -1685,3 +1685,122 @@ async fn cameras_per_organization(b: Backend) {
     );
     assert_eq!(camera_audit(&w, &admin_b).await.len(), 1);
 }
+
+/// A TCP relay to an S3 server that can be cut: storage that stops
+/// answering, for whoever reaches it through the relay (open connections
+/// are dropped, new ones refused).
+struct Relay {
+    url: String,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Relay {
+    async fn start(target: &str) -> Relay {
+        let target = target
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the relay");
+        let url = format!("http://{}", listener.local_addr().expect("relay address"));
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    // Dropping the listener refuses new connections.
+                    _ = stopped.changed() => return,
+                    accepted = listener.accept() => {
+                        let Ok((mut inbound, _)) = accepted else { continue };
+                        let target = target.clone();
+                        let mut stopped = stopped.clone();
+                        tokio::spawn(async move {
+                            let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await
+                            else {
+                                return;
+                            };
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                                _ = stopped.changed() => {}
+                            }
+                        });
+                    }
+                }
+            }
+        });
+        Relay { url, stop }
+    }
+
+    fn cut(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Storage that stops answering under a running API server: a query that
+/// needs it is refused with the documented 503 `unavailable` and a
+/// Retry-After (a retry can succeed; it is no bug of the server, so no
+/// 500 `internal`), and the server keeps answering what needs no storage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_that_stops_answering_is_503_unavailable() {
+    let b = Backend::s3();
+    b.crow_ok(&["init"]);
+    b.crow_json(&["orgs", "create", "--name", "Delta"]);
+    let key = b.crow_json(&["keys", "create", "--org", "Delta", "--scope", "read"]);
+    let key = key["secret"].as_str().expect("secret").to_string();
+    let endpoint = b
+        .env
+        .iter()
+        .find(|(k, _)| k == "AWS_ENDPOINT_URL")
+        .map(|(_, v)| v.clone())
+        .expect("an S3 lake has an endpoint");
+    let relay = Relay::start(&endpoint).await;
+    let wal = tempfile::tempdir().expect("wal");
+    let server = Server::start(
+        &b,
+        wal.path(),
+        &[("CROW_SERVE_ONLY", "api"), ("AWS_ENDPOINT_URL", &relay.url)],
+    );
+    let http = reqwest::Client::new();
+    let sql = |q: &str| {
+        http.post(server.url("/api/v1/sql"))
+            .bearer_auth(&key)
+            .json(&json!({ "sql": q }))
+            .send()
+    };
+    let r = sql("select count(*) as n from raw_web_events")
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+
+    relay.cut();
+    let r = sql("select count(*) as n from sessions")
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 503);
+    let retry_after = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let p: Value = r.json().await.expect("a problem document");
+    assert_eq!(p["code"], "unavailable", "{p}");
+    assert_eq!(retry_after.as_deref(), Some("1"), "{p}");
+    assert!(
+        !p["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("127.0.0.1"),
+        "the cause is logged, not returned: {p}"
+    );
+
+    let r = sql("select 41 + 1 as n").await.expect("send");
+    assert_eq!(r.status(), 200, "still serving");
+    let rows: Value = r.json().await.expect("rows");
+    assert_eq!(rows, json!([{"n": 42}]));
+    let r = http
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(r.status(), 200);
+}

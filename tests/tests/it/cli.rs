@@ -404,6 +404,34 @@ fn one_error_line(what: &str, out: &std::process::Output, needle: &str) -> Strin
     line.to_string()
 }
 
+/// A lake on a bucket that does not exist (a new user's first S3 mistake):
+/// one line that says so and what to do; no log lines of the Delta kernel,
+/// no XML, no panic of a thread the failed command left behind.
+#[test]
+fn a_missing_bucket_is_one_clear_line() {
+    let s3 = Backend::s3();
+    let env: Vec<(&str, &str)> = s3
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let bucket = format!(
+        "crow-missing-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let uri = format!("s3://{bucket}/lake");
+    for args in [vec!["--lake", &uri, "init"], vec!["--lake", &uri, "tables"]] {
+        let out = crow_with(&args, &env);
+        let line = one_error_line("a missing bucket", &out, "NoSuchBucket");
+        assert!(
+            line.contains(&format!("create the bucket `{bucket}` first")) && !line.contains('<'),
+            "{line}"
+        );
+        // 1, not 75 ("retry later"): no retry creates the bucket.
+        assert_eq!(out.status.code(), Some(1), "{line}");
+    }
+}
+
 #[test]
 fn errors_say_each_cause_once_in_crow_terms() {
     let b = Backend::local();

@@ -227,7 +227,11 @@ async fn bad_input_is_refused_clearly_and_nothing_is_lost() {
             {"type": "track", "event": "No identity", "messageId": "bad-2"},
             {"type": "page", "userId": "u", "timestamp": "not a time", "messageId": "bad-3"},
             "not an object",
-            {"type": "track", "event": "Good", "anonymousId": "a", "messageId": "g-2"}
+            {"type": "track", "event": "Good", "anonymousId": "a", "messageId": "g-2"},
+            {"event": "No type", "userId": "u", "messageId": "bad-4"},
+            {"type": "purchase", "userId": "u", "messageId": "bad-5"},
+            {"type": "track", "event": "x", "userId": "u", "properties": "not an object", "messageId": "bad-6"},
+            {"type": "track", "event": "x", "userId": "u".repeat(513), "messageId": "bad-7"}
         ]})
         .to_string()
         .into_bytes(),
@@ -250,7 +254,11 @@ async fn bad_input_is_refused_clearly_and_nothing_is_lost() {
             "missing_field",
             "missing_identity",
             "invalid_timestamp",
-            "not_an_object"
+            "not_an_object",
+            "missing_type",
+            "invalid_type",
+            "invalid_field",
+            "field_too_long"
         ]
     );
 
@@ -357,6 +365,18 @@ async fn bad_input_is_refused_clearly_and_nothing_is_lost() {
         assert!(v["message"].is_string(), "{text}");
     }
 
+    // The SDK settings endpoint builds the library's apiHost from Host:
+    // one that is no host name is refused, not echoed into the script.
+    let r = http
+        .get(server.url(&format!("/v1/projects/{key}/settings")))
+        .header("Host", "evil host\"")
+        .send()
+        .await
+        .expect("settings");
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.expect("a JSON error");
+    assert_eq!(v["code"], "invalid_host", "{v}");
+
     // Still serving, and a good event still lands.
     let r = http
         .get(server.url("/healthz"))
@@ -384,12 +404,12 @@ async fn bad_input_is_refused_clearly_and_nothing_is_lost() {
     )
     .await;
     // Rejected events of authenticated, parseable requests are in failed_events with
-    // reason and payload: 4 from the mixed batch, the absurdly nested batch item, and
+    // reason and payload: 8 from the mixed batch, the absurdly nested batch item, and
     // the single track without a user.
     wait_count(
         &lake,
         "select count(*) from failed_events",
-        6,
+        10,
         Duration::from_secs(20),
     )
     .await;
@@ -406,13 +426,26 @@ async fn bad_input_is_refused_clearly_and_nothing_is_lost() {
         .all(|f| f["reason"].as_str().is_some_and(|r| !r.is_empty())));
     assert!(failed.iter().any(|f| f["payload"] == "\"not an object\""));
     assert!(failed.iter().any(|f| f["reason_code"] == "too_deep"));
+    for (id, code) in [
+        ("bad-4", "missing_type"),
+        ("bad-5", "invalid_type"),
+        ("bad-6", "invalid_field"),
+        ("bad-7", "field_too_long"),
+    ] {
+        assert!(
+            failed
+                .iter()
+                .any(|f| f["message_id"] == id && f["reason_code"] == code),
+            "{id} kept as {code}: {failed:?}"
+        );
+    }
 
     // The flusher counts a segment once it is committed and retired, just
     // after its rows became visible: read the metrics once it has.
     let started = Instant::now();
     let metrics = loop {
         let m = server.metrics(&http).await;
-        if m.contains("crow_ingest_rows_committed_total{table=\"failed_events\"} 6")
+        if m.contains("crow_ingest_rows_committed_total{table=\"failed_events\"} 10")
             && m.contains("crow_ingest_wal_pending_bytes 0")
         {
             break m;
@@ -432,8 +465,8 @@ async fn bad_input_is_refused_clearly_and_nothing_is_lost() {
         metrics.contains("crow_ingest_requests_refused_total{reason=\"invalid_write_key\"} 1"),
         "{metrics}"
     );
-    // Values that moved with this traffic, not just names: the 9 rows (3
-    // accepted, 6 failed) went through the WAL and were committed, with at
+    // Values that moved with this traffic, not just names: the 13 rows (3
+    // accepted, 10 failed) went through the WAL and were committed, with at
     // least one fsync and one flush, and nothing is left pending.
     let value = |name: &str| -> f64 {
         metrics
@@ -445,7 +478,7 @@ async fn bad_input_is_refused_clearly_and_nothing_is_lost() {
         value("crow_ingest_rows_committed_total{table=\"raw_web_events\"}"),
         3.0
     );
-    assert_eq!(value("crow_ingest_wal_records_total"), 9.0, "{metrics}");
+    assert_eq!(value("crow_ingest_wal_records_total"), 13.0, "{metrics}");
     assert!(value("crow_ingest_wal_fsyncs_total") >= 1.0, "{metrics}");
     assert!(
         value("crow_ingest_wal_written_bytes_total") > 0.0,
