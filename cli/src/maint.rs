@@ -84,6 +84,8 @@ pub async fn history(lake: &Lake, table: &str, limit: usize, format: Format) -> 
             "rows_added",
             "files_added",
             "files_removed",
+            "read_version",
+            "retries",
         ],
         &rows,
     )

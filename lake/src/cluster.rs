@@ -177,7 +177,7 @@ impl Lake {
             .map(|a| Action::Add(tagged(a, tag)))
             .collect();
         actions.extend(part.removes.into_iter().map(Action::Remove));
-        let done = CommitBuilder::from(self.commit_props())
+        let done = CommitBuilder::from(self.commit_props(&t))
             .with_actions(actions)
             .build(
                 Some(snap),

@@ -203,6 +203,9 @@ pub struct Lake {
     /// every table (and clone of the lake): one HTTP client and connection
     /// pool on S3/R2, and the commit files read once ([`logcache`]).
     store: Arc<std::sync::Mutex<Option<Arc<logcache::LogCache>>>>,
+    /// Operations of this lake (and its clones) run again after losing a
+    /// commit race; [`commit_retries_total`] counts the whole process's.
+    retried: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The storage options hold credentials: only their names are printed.
@@ -283,7 +286,14 @@ impl Lake {
             plain_parquet_scan: cfg.plain_parquet_scan,
             snapshots: Arc::default(),
             store: Arc::default(),
+            retried: Arc::default(),
         })
+    }
+
+    /// Operations this lake (and its clones) ran again after losing a
+    /// commit race to another writer.
+    pub fn commit_retries(&self) -> u64 {
+        self.retried.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The lake root as given to people (a path for local lakes).
@@ -576,10 +586,11 @@ impl Lake {
             version = def.version,
             "adding the columns of the table's new schema version"
         );
+        let commit = self.commit_props(&table);
         let added = table
             .add_columns()
             .with_fields(missing)
-            .with_commit_properties(self.commit_props())
+            .with_commit_properties(commit)
             .await;
         let table = match added {
             Ok(t) => t,
@@ -605,11 +616,12 @@ impl Lake {
         properties: HashMap<String, String>,
     ) -> Result<()> {
         let keys: Vec<String> = properties.keys().cloned().collect();
+        let commit = self.commit_props(&table);
         let set = table
             .set_tbl_properties()
             .with_properties(properties)
             .with_raise_if_not_exists(false)
-            .with_commit_properties(self.commit_props())
+            .with_commit_properties(commit)
             .await;
         match set {
             Ok(_) => Ok(()),
@@ -676,10 +688,20 @@ impl Lake {
     /// every few seconds) to find commits past `delta.logRetentionDuration`;
     /// [`Lake::checkpoint`] (`crow checkpoint`, nightly on the schedule) does
     /// it once instead, as Delta Lake does when it writes a checkpoint.
-    fn commit_props(&self) -> CommitProperties {
-        CommitProperties::default()
+    ///
+    /// Each commit records the version it was planned against
+    /// (`readVersion`, as Delta Lake's own writers do): a commit whose read
+    /// version is older than the version before it met other writers'
+    /// commits on the way, checked them for conflicts and landed after them
+    /// (`crow history` shows both).
+    fn commit_props(&self, read: &DeltaTable) -> CommitProperties {
+        let props = CommitProperties::default()
             .with_max_retries(self.commit_retries)
-            .with_cleanup_expired_logs(Some(false))
+            .with_cleanup_expired_logs(Some(false));
+        match read.version() {
+            Some(v) => props.with_metadata([("readVersion".to_string(), serde_json::json!(v))]),
+            None => props,
+        }
     }
 
     /// Append batches to a table (a blind append: never conflicts with other
@@ -708,10 +730,11 @@ impl Lake {
                 Some(_) => writer_properties(name),
                 None => append_writer_properties(name),
             };
+            let commit = self.commit_props(&t);
             let mut w = t
                 .write(batches.clone())
                 .with_writer_properties(props)
-                .with_commit_properties(self.commit_props());
+                .with_commit_properties(commit);
             w = match replace {
                 Some(p) => w
                     .with_save_mode(SaveMode::Overwrite)
@@ -759,7 +782,7 @@ impl Lake {
                 return Ok(false);
             }
             let props = self
-                .commit_props()
+                .commit_props(&t)
                 .with_application_transaction(Transaction::new(app_id, version));
             if batches.is_empty() {
                 // Record the transaction even with no rows, so the sequence
@@ -855,11 +878,12 @@ impl Lake {
         let predicate = &predicate::to_delta_sql(predicate)?;
         self.with_retries(name, || async move {
             let t = self.table(name).await?;
+            let commit = self.commit_props(&t);
             t.write(Vec::new())
                 .with_input_plan(plan.clone())
                 .with_session_state(session.clone())
                 .with_writer_properties(writer_properties(name))
-                .with_commit_properties(self.commit_props())
+                .with_commit_properties(commit)
                 .with_save_mode(SaveMode::Overwrite)
                 .with_replace_where(predicate.clone())
                 .await
@@ -930,10 +954,11 @@ impl Lake {
         let predicate = &predicate::to_delta_sql(predicate)?;
         self.with_retries(name, || async move {
             let t = self.table(name).await?;
+            let commit = self.commit_props(&t);
             let (_, m) = t
                 .delete()
                 .with_predicate(predicate.clone())
-                .with_commit_properties(self.commit_props())
+                .with_commit_properties(commit)
                 .await
                 .map_err(|e| Error::delta(name, e))?;
             Ok(m.num_deleted_rows.unwrap_or(0) as u64)
@@ -994,11 +1019,12 @@ impl Lake {
             let t = self.table(name).await?;
             let ctx = SessionContext::new();
             let source = ctx.read_batches(batches.clone())?;
+            let commit = self.commit_props(&t);
             let (_, m) = t
                 .merge(source, predicate.clone())
                 .with_source_alias("source")
                 .with_target_alias("target")
-                .with_commit_properties(self.commit_props())
+                .with_commit_properties(commit)
                 .when_matched_update(|mut u| {
                     if let Some(cond) = update_if {
                         u = u.predicate(cond.clone());
@@ -1039,6 +1065,8 @@ impl Lake {
                 Err(e) if e.kind() == ErrorKind::Conflict && attempt < self.commit_retries => {
                     attempt += 1;
                     COMMIT_RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.retried
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::debug!(table = name, attempt, error = %e, "commit conflict, retrying");
                     let retry = u32::try_from(attempt - 1).unwrap_or(u32::MAX);
                     tokio::time::sleep(COMMIT_BACKOFF.delay(retry)).await;
@@ -1072,6 +1100,11 @@ impl Lake {
                     "rows_added": metric("num_added_rows"),
                     "files_added": metric("num_added_files"),
                     "files_removed": metric("num_removed_files"),
+                    // delta-rs records a commit's lost races (another
+                    // writer's commit at the version it tried) only when
+                    // there were some.
+                    "retries": metrics.get("num_retries").cloned().unwrap_or(serde_json::json!(0)),
+                    "read_version": c.read_version,
                     "parameters": c.operation_parameters,
                 })
             })
@@ -1086,12 +1119,13 @@ impl Lake {
             return self.cluster(name, keys).await;
         }
         let t = self.table(name).await?;
+        let commit = self.commit_props(&t);
         let (t, m) = t
             .optimize()
             .with_type(OptimizeType::Compact)
             .with_target_size(NonZeroU64::new(128 * 1024 * 1024).unwrap_or(NonZeroU64::MIN))
             .with_writer_properties(writer_properties(name))
-            .with_commit_properties(self.commit_props())
+            .with_commit_properties(commit)
             .await
             .map_err(|e| Error::delta(name, e))?;
         Ok(OptimizeSummary {
@@ -1145,12 +1179,13 @@ impl Lake {
         if dry_run || present.is_empty() {
             return Ok(present);
         }
+        let commit = self.commit_props(&t);
         let (_, m) = t
             .vacuum()
             .with_retention_period(retention)
             .with_enforce_retention_duration(false)
             .with_mode(VacuumMode::Full)
-            .with_commit_properties(self.commit_props())
+            .with_commit_properties(commit)
             .await
             .map_err(|e| Error::delta(name, e))?;
         let deleted: std::collections::HashSet<String> = m.files_deleted.into_iter().collect();
