@@ -3,14 +3,14 @@
 //! and the server goes idle; row and byte caps; `DELETE` cancels a running
 //! export (same organization only, through any server over the lake); the
 //! per-organization concurrency limit answers 429 with Retry-After. Whenever
-//! an export does not succeed, only its status file is left.
+//! an export does not succeed, only its status file is left. Each on both
+//! lake backends (the export area is a folder or an S3 prefix).
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{Backend, Server};
+use crate::support::{both_backends, Backend, Server};
 
 /// Never ends: one row per iteration, as fast as the engine can.
 const RUNAWAY: &str =
@@ -27,8 +27,7 @@ struct World {
 }
 
 /// Two organizations with an export key each, and a server with `env`.
-fn world(env: &[(&str, &str)]) -> World {
-    let b = Backend::local();
+fn world(b: Backend, env: &[(&str, &str)]) -> World {
     b.crow_ok(&["init"]);
     let a = b.crow_json(&["orgs", "create", "--name", "Alpha"]);
     b.crow_json(&["orgs", "create", "--name", "Beta"]);
@@ -136,24 +135,29 @@ impl World {
         }
     }
 
-    /// Files in org A's export area.
-    fn files(&self) -> Vec<String> {
-        let dir = Path::new(&self.b.uri).join("_exports").join(&self.org_a);
-        let mut names: Vec<String> = std::fs::read_dir(&dir)
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
+    /// Files in org A's export area (a folder, or a prefix on S3).
+    async fn files(&self) -> Vec<String> {
+        use futures::TryStreamExt;
+        let lake = self.b.lake().await;
+        let url = lake
+            .url_of(&format!("_exports/{}/", self.org_a))
+            .expect("the export area's URL");
+        let (store, prefix) = lake.store_for(&url).expect("store");
+        let mut names: Vec<String> = store
+            .list(Some(&prefix))
+            .map_ok(|m| m.location.filename().unwrap_or_default().to_string())
+            .try_collect()
+            .await
             .unwrap_or_default();
         names.sort();
         names
     }
 
     /// Only the status file of `id` (and other exports' files) is left.
-    fn only_status_left(&self, id: &str) {
+    async fn only_status_left(&self, id: &str) {
         let mine: Vec<String> = self
             .files()
+            .await
             .into_iter()
             .filter(|f| f.starts_with(id))
             .collect();
@@ -211,9 +215,10 @@ fn problem(ct: Option<&str>, body: &Value, status: u16, code: &str) {
     assert_eq!(body["code"], code, "{body}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn runaway_export_times_out_and_the_server_goes_idle() {
-    let w = world(&[("CROW_API_EXPORT_TIMEOUT_SECONDS", "3")]);
+both_backends!(runaway_export_times_out_and_the_server_goes_idle => runaway_export_times_out_and_the_server_goes_idle);
+
+async fn runaway_export_times_out_and_the_server_goes_idle(b: Backend) {
+    let w = world(b, &[("CROW_API_EXPORT_TIMEOUT_SECONDS", "3")]);
     let t0 = Instant::now();
     let id = w
         .started(&w.key_a, json!({"sql": RUNAWAY, "format": "csv"}))
@@ -228,20 +233,24 @@ async fn runaway_export_times_out_and_the_server_goes_idle() {
         "stopped before its timeout"
     );
     assert!(s["rows"].is_null() && s["download_url"].is_null(), "{s}");
-    w.only_status_left(&id);
+    w.only_status_left(&id).await;
     w.idle(&w.server).await;
     // Terminal for good: nothing overwrites it later.
     assert_eq!(w.status(&w.key_a, &id).await, s);
-    w.only_status_left(&id);
+    w.only_status_left(&id).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn row_and_byte_caps_fail_the_export() {
-    let w = world(&[
-        ("CROW_API_EXPORT_MAX_ROWS", "1000"),
-        ("CROW_API_EXPORT_MAX_BYTES", "100000"),
-        ("CROW_API_MAX_CONCURRENT_EXPORTS_PER_ORG", "5"),
-    ]);
+both_backends!(row_and_byte_caps_fail_the_export => row_and_byte_caps_fail_the_export);
+
+async fn row_and_byte_caps_fail_the_export(b: Backend) {
+    let w = world(
+        b,
+        &[
+            ("CROW_API_EXPORT_MAX_ROWS", "1000"),
+            ("CROW_API_EXPORT_MAX_BYTES", "100000"),
+            ("CROW_API_MAX_CONCURRENT_EXPORTS_PER_ORG", "5"),
+        ],
+    );
     let rows = w
         .started(
             &w.key_a,
@@ -286,14 +295,15 @@ async fn row_and_byte_caps_fail_the_export() {
     assert_eq!(s["status"], "succeeded", "{s}");
     assert_eq!(s["rows"], 1000, "{s}");
     for id in [&rows, &bytes, &parquet] {
-        w.only_status_left(id);
+        w.only_status_left(id).await;
     }
-    assert!(w.files().contains(&format!("{fits}.jsonl")));
+    assert!(w.files().await.contains(&format!("{fits}.jsonl")));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delete_cancels_a_running_export_of_its_own_org_only() {
-    let w = world(&[]);
+both_backends!(delete_cancels_a_running_export_of_its_own_org_only => delete_cancels_a_running_export_of_its_own_org_only);
+
+async fn delete_cancels_a_running_export_of_its_own_org_only(b: Backend) {
+    let w = world(b, &[]);
     let id = w
         .started(&w.key_a, json!({"sql": RUNAWAY, "format": "jsonl"}))
         .await;
@@ -321,7 +331,7 @@ async fn delete_cancels_a_running_export_of_its_own_org_only() {
         st["error"].as_str().is_some_and(|e| e.contains("DELETE")),
         "{st}"
     );
-    w.only_status_left(&id);
+    w.only_status_left(&id).await;
     w.idle(&w.server).await;
     assert_eq!(w.status(&w.key_a, &id).await["status"], "cancelled");
 
@@ -354,12 +364,13 @@ async fn delete_cancels_a_running_export_of_its_own_org_only() {
     let (s, ct, body) = w.delete(&w.key_a, &done).await;
     assert_eq!(s, 409, "{body}");
     problem(ct.as_deref(), &body, 409, "export_finished");
-    assert!(w.files().contains(&format!("{done}.csv")));
+    assert!(w.files().await.contains(&format!("{done}.csv")));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delete_through_another_server_stops_the_export() {
-    let w = world(&[]);
+both_backends!(delete_through_another_server_stops_the_export => delete_through_another_server_stops_the_export);
+
+async fn delete_through_another_server_stops_the_export(b: Backend) {
+    let w = world(b, &[]);
     let wal2 = tempfile::tempdir().expect("wal");
     let other = Server::start(
         &w.b,
@@ -376,16 +387,20 @@ async fn delete_through_another_server_stops_the_export() {
     // The server running it notices within its status poll (2 s) and stops.
     tokio::time::sleep(Duration::from_secs(4)).await;
     w.idle(&w.server).await;
-    w.only_status_left(&id);
+    w.only_status_left(&id).await;
     assert_eq!(w.status(&w.key_a, &id).await["status"], "cancelled");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_exports_per_org_are_limited() {
-    let w = world(&[
-        ("CROW_API_MAX_CONCURRENT_EXPORTS_PER_ORG", "1"),
-        ("CROW_API_EXPORT_RETRY_AFTER_SECONDS", "7"),
-    ]);
+both_backends!(concurrent_exports_per_org_are_limited => concurrent_exports_per_org_are_limited);
+
+async fn concurrent_exports_per_org_are_limited(b: Backend) {
+    let w = world(
+        b,
+        &[
+            ("CROW_API_MAX_CONCURRENT_EXPORTS_PER_ORG", "1"),
+            ("CROW_API_EXPORT_RETRY_AFTER_SECONDS", "7"),
+        ],
+    );
     let first = w
         .started(&w.key_a, json!({"sql": RUNAWAY, "format": "csv"}))
         .await;
@@ -429,13 +444,14 @@ async fn concurrent_exports_per_org_are_limited() {
     w.idle(&w.server).await;
 }
 
+both_backends!(csv_and_jsonl_exports_hold_exactly_the_rows => csv_and_jsonl_exports_hold_exactly_the_rows);
+
 /// The rows of a CSV and a JSON-lines export are exactly the query's, read
 /// back the way a user's tools read them (Python's `csv` and `json`):
 /// commas, quotes, line breaks and non-ASCII text survive, nulls are empty
 /// CSV fields and JSON nulls (or absent keys), and numbers keep their values.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn csv_and_jsonl_exports_hold_exactly_the_rows() {
-    let w = world(&[]);
+async fn csv_and_jsonl_exports_hold_exactly_the_rows(b: Backend) {
+    let w = world(b, &[]);
     let sql = "select id, s, f, n from (values \
         (1, 'plain', 1.5, cast(null as varchar)), \
         (2, 'a,b \"quoted\"', -2.25, 'x'), \
