@@ -292,8 +292,8 @@ fn start_scheduler(
     Ok((stop, thread))
 }
 
-/// The one Prometheus registry of this server: the lake's commit cache,
-/// the collector's metrics (if it runs), then the API's (if it runs), then
+/// The one Prometheus registry of this server: the lake's (commit cache,
+/// commit retries: whatever `--only` runs), the collector's metrics (if it runs), then the API's (if it runs), then
 /// the connections'.
 fn metrics_registry(
     lake: &Lake,
@@ -317,6 +317,12 @@ fn metrics_registry(
         "crow_lake_commit_cache_misses_total",
         "Delta commit files read from the store (and kept, if they fit).",
         metrics::Reading::counter(move || misses.log_reads().1),
+    );
+    metrics::register(
+        &mut registry,
+        "crow_lake_commit_retries_total",
+        "Lake operations run again after losing a commit race to another writer.",
+        metrics::Reading::counter(crow_lake::commit_retries_total),
     );
     if let Some(c) = collector {
         c.register_metrics(&mut registry);

@@ -109,12 +109,6 @@ impl Metrics {
             "Flush attempts that failed and were retried.",
             self.flush_failures.clone(),
         );
-        register(
-            r,
-            "crow_lake_commit_retries_total",
-            "Commits retried after losing an optimistic-concurrency race.",
-            Reading::counter(crow_lake::commit_retries_total),
-        );
         register_wal(r, wal);
         register(
             r,
@@ -196,7 +190,6 @@ mod tests {
             "crow_ingest_rows_committed_total{table=\"raw_web_events\"} 2\n",
             "crow_ingest_backpressure_total 1\n",
             "crow_ingest_segments_quarantined_total 0\n",
-            "crow_lake_commit_retries_total ",
             "# TYPE crow_ingest_wal_pending_bytes gauge\ncrow_ingest_wal_pending_bytes 42\n",
             "crow_ingest_wal_records_total 9\n",
             "# TYPE crow_ingest_ack_seconds histogram\n",

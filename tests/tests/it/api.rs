@@ -1803,4 +1803,11 @@ async fn storage_that_stops_answering_is_503_unavailable() {
         .await
         .expect("healthz");
     assert_eq!(r.status(), 200);
+    // The lake's metrics are the server's, whatever `--only` runs.
+    let m = server.metrics(&http).await;
+    assert_eq!(
+        metric_value(&m, "crow_lake_commit_retries_total"),
+        0.0,
+        "{m}"
+    );
 }
