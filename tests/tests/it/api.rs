@@ -18,7 +18,7 @@ use crow_lake::object_store::ObjectStoreExt;
 use crow_schemas::{ColumnType, TableDef};
 use serde_json::{json, Map, Value};
 
-use crate::support::{both_backends, metric_value, python, Backend, Server};
+use crate::support::{both_backends, metric_value, python, Backend, Relay, Server};
 
 /// Text that appears in every text column of org B's rows: if it ever shows
 /// up in an answer to org A's key, isolation is broken.
@@ -1684,56 +1684,6 @@ async fn cameras_per_organization(b: Backend) {
         "{log:?}"
     );
     assert_eq!(camera_audit(&w, &admin_b).await.len(), 1);
-}
-
-/// A TCP relay to an S3 server that can be cut: storage that stops
-/// answering, for whoever reaches it through the relay (open connections
-/// are dropped, new ones refused).
-struct Relay {
-    url: String,
-    stop: tokio::sync::watch::Sender<bool>,
-}
-
-impl Relay {
-    async fn start(target: &str) -> Relay {
-        let target = target
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the relay");
-        let url = format!("http://{}", listener.local_addr().expect("relay address"));
-        let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    // Dropping the listener refuses new connections.
-                    _ = stopped.changed() => return,
-                    accepted = listener.accept() => {
-                        let Ok((mut inbound, _)) = accepted else { continue };
-                        let target = target.clone();
-                        let mut stopped = stopped.clone();
-                        tokio::spawn(async move {
-                            let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await
-                            else {
-                                return;
-                            };
-                            tokio::select! {
-                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                                _ = stopped.changed() => {}
-                            }
-                        });
-                    }
-                }
-            }
-        });
-        Relay { url, stop }
-    }
-
-    fn cut(&self) {
-        let _ = self.stop.send(true);
-    }
 }
 
 /// Storage that stops answering under a running API server: a query that

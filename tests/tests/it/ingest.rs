@@ -9,7 +9,7 @@ use crow_lake::batch::batches_to_json;
 use crow_lake::Lake;
 use serde_json::{json, Value};
 
-use crate::support::{both_backends, metric_value, strip_ansi, Backend, Server};
+use crate::support::{both_backends, metric_value, strip_ansi, Backend, Relay, Server};
 
 /// Create an organization with the CLI; returns (org_id, write_key).
 pub fn create_org(b: &Backend, name: &str) -> (String, String) {
@@ -1141,4 +1141,84 @@ async fn the_wal_folder_is_one_collectors_and_keeps_its_salt() {
         1,
         "one address, one hash across restarts: {hashes:?}"
     );
+}
+
+/// Storage that stops answering does not stop the collector: events of a
+/// write key it knows are still acknowledged (durable in its WAL), and land
+/// in the lake once storage answers again, none lost; a key it cannot check
+/// without storage is refused with 503 `unavailable` and a Retry-After, not
+/// taken for an unknown key (401).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_while_storage_is_down_land_when_it_is_back() {
+    let b = Backend::s3();
+    let (_, key) = create_org(&b, "Outage Co");
+    let endpoint = b
+        .env
+        .iter()
+        .find(|(k, _)| k == "AWS_ENDPOINT_URL")
+        .map(|(_, v)| v.clone())
+        .expect("an S3 lake has an endpoint");
+    let relay = Relay::start(&endpoint).await;
+    let wal = tempfile::tempdir().expect("wal");
+    let server = Server::start(
+        &b,
+        wal.path(),
+        &[
+            ("AWS_ENDPOINT_URL", &relay.url),
+            ("CROW_INGEST_FLUSH_INTERVAL_MS", "200"),
+        ],
+    );
+    let http = reqwest::Client::new();
+    let track = |id: String, key: String| {
+        http.post(server.url("/v1/track"))
+            .header("Authorization", basic(&key))
+            .json(&json!({"event": "Outage", "userId": "u", "messageId": id}))
+            .send()
+    };
+    let r = track("before".into(), key.clone()).await.expect("track");
+    assert_eq!(r.status(), 200);
+    let lake = b.lake().await;
+    let sql = "select count(*) as n from raw_web_events";
+    wait_count(&lake, sql, 1, Duration::from_secs(30)).await;
+
+    relay.cut();
+    for i in 0..3 {
+        let r = track(format!("during-{i}"), key.clone())
+            .await
+            .expect("track");
+        assert_eq!(
+            r.status(),
+            200,
+            "a known key's events are still acknowledged"
+        );
+    }
+    // The key list is re-read for a key not seen in the last second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = track("stranger".into(), "wk_not_checkable".into())
+        .await
+        .expect("track");
+    assert_eq!(r.status(), 503);
+    let retry_after = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let v: Value = r.json().await.expect("a JSON error");
+    assert_eq!(v["code"], "unavailable", "{v}");
+    assert_eq!(retry_after.as_deref(), Some("5"), "{v}");
+    // Nothing of the outage reached the lake yet.
+    assert_eq!(query(&lake, sql).await[0]["n"], 1);
+
+    let _back = relay.restore().await;
+    wait_count(&lake, sql, 4, Duration::from_secs(60)).await;
+    let ids = query(
+        &lake,
+        "select message_id from raw_web_events order by message_id",
+    )
+    .await;
+    let ids: Vec<&str> = ids
+        .iter()
+        .filter_map(|r| r["message_id"].as_str())
+        .collect();
+    assert_eq!(ids, ["before", "during-0", "during-1", "during-2"]);
 }

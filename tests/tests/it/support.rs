@@ -356,6 +356,89 @@ pub fn python_read(
         .collect()
 }
 
+/// A TCP relay to an S3 server that can be cut and restored: storage that
+/// stops answering, for whoever reaches it through the relay (open
+/// connections are dropped, new ones refused), then answers again at the
+/// same address.
+pub struct Relay {
+    pub url: String,
+    addr: std::net::SocketAddr,
+    target: String,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Relay {
+    /// A relay to `target` (`http://host:port`) on a free local port.
+    pub async fn start(target: &str) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the relay");
+        Self::serve(listener, target)
+    }
+
+    fn serve(listener: tokio::net::TcpListener, target: &str) -> Relay {
+        let target = target
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let addr = listener.local_addr().expect("relay address");
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let to = target.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    // Dropping the listener refuses new connections.
+                    _ = stopped.changed() => return,
+                    accepted = listener.accept() => {
+                        let Ok((mut inbound, _)) = accepted else { continue };
+                        let to = to.clone();
+                        let mut stopped = stopped.clone();
+                        tokio::spawn(async move {
+                            let Ok(mut outbound) = tokio::net::TcpStream::connect(&to).await
+                            else {
+                                return;
+                            };
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                                _ = stopped.changed() => {}
+                            }
+                        });
+                    }
+                }
+            }
+        });
+        Relay {
+            url: format!("http://{addr}"),
+            addr,
+            target,
+            stop,
+        }
+    }
+
+    /// Storage stops answering.
+    pub fn cut(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Storage answers again, at the same address (after [`Relay::cut`]).
+    pub async fn restore(&self) -> Relay {
+        let started = std::time::Instant::now();
+        loop {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(l) => return Self::serve(l, &self.target),
+                Err(e) => {
+                    assert!(
+                        started.elapsed() < std::time::Duration::from_secs(10),
+                        "rebinding the relay at {}: {e}",
+                        self.addr
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
 /// A running `crow serve` child process.
 pub struct Server {
     pub child: std::process::Child,
