@@ -1697,13 +1697,7 @@ async fn storage_that_stops_answering_is_503_unavailable() {
     b.crow_json(&["orgs", "create", "--name", "Delta"]);
     let key = b.crow_json(&["keys", "create", "--org", "Delta", "--scope", "read"]);
     let key = key["secret"].as_str().expect("secret").to_string();
-    let endpoint = b
-        .env
-        .iter()
-        .find(|(k, _)| k == "AWS_ENDPOINT_URL")
-        .map(|(_, v)| v.clone())
-        .expect("an S3 lake has an endpoint");
-    let relay = Relay::start(&endpoint).await;
+    let relay = Relay::for_lake(&b).await;
     let wal = tempfile::tempdir().expect("wal");
     let server = Server::start(
         &b,

@@ -1152,13 +1152,7 @@ async fn the_wal_folder_is_one_collectors_and_keeps_its_salt() {
 async fn acks_while_storage_is_down_land_when_it_is_back() {
     let b = Backend::s3();
     let (_, key) = create_org(&b, "Outage Co");
-    let endpoint = b
-        .env
-        .iter()
-        .find(|(k, _)| k == "AWS_ENDPOINT_URL")
-        .map(|(_, v)| v.clone())
-        .expect("an S3 lake has an endpoint");
-    let relay = Relay::start(&endpoint).await;
+    let relay = Relay::for_lake(&b).await;
     let wal = tempfile::tempdir().expect("wal");
     let server = Server::start(
         &b,

@@ -368,6 +368,18 @@ pub struct Relay {
 }
 
 impl Relay {
+    /// A relay to the S3 server of `b` (an S3 lake): its processes reach
+    /// the lake through the relay when given `AWS_ENDPOINT_URL = url`.
+    pub async fn for_lake(b: &Backend) -> Relay {
+        let endpoint = b
+            .env
+            .iter()
+            .find(|(k, _)| k == "AWS_ENDPOINT_URL")
+            .map(|(_, v)| v.clone())
+            .expect("an S3 lake has an endpoint");
+        Self::start(&endpoint).await
+    }
+
     /// A relay to `target` (`http://host:port`) on a free local port.
     pub async fn start(target: &str) -> Relay {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
