@@ -18,7 +18,7 @@ use crow_lake::object_store::ObjectStoreExt;
 use crow_schemas::{ColumnType, TableDef};
 use serde_json::{json, Map, Value};
 
-use crate::support::{both_backends, metric_value, python, Backend, Relay, Server};
+use crate::support::{both_backends, metric_value, python, refused_with, Backend, Relay, Server};
 
 /// Text that appears in every text column of org B's rows: if it ever shows
 /// up in an answer to org A's key, isolation is broken.
@@ -1720,15 +1720,7 @@ async fn storage_that_stops_answering_is_503_unavailable() {
     let r = sql("select count(*) as n from sessions")
         .await
         .expect("send");
-    assert_eq!(r.status(), 503);
-    let retry_after = r
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let p: Value = r.json().await.expect("a problem document");
-    assert_eq!(p["code"], "unavailable", "{p}");
-    assert_eq!(retry_after.as_deref(), Some("1"), "{p}");
+    let p = refused_with(r, 503, "unavailable", "1").await;
     assert!(
         !p["detail"]
             .as_str()

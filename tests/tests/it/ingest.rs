@@ -9,7 +9,9 @@ use crow_lake::batch::batches_to_json;
 use crow_lake::Lake;
 use serde_json::{json, Value};
 
-use crate::support::{both_backends, metric_value, strip_ansi, Backend, Relay, Server};
+use crate::support::{
+    both_backends, metric_value, refused_with, strip_ansi, Backend, Relay, Server,
+};
 
 /// Create an organization with the CLI; returns (org_id, write_key).
 pub fn create_org(b: &Backend, name: &str) -> (String, String) {
@@ -1191,15 +1193,7 @@ async fn acks_while_storage_is_down_land_when_it_is_back() {
     let r = track("stranger".into(), "wk_not_checkable".into())
         .await
         .expect("track");
-    assert_eq!(r.status(), 503);
-    let retry_after = r
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let v: Value = r.json().await.expect("a JSON error");
-    assert_eq!(v["code"], "unavailable", "{v}");
-    assert_eq!(retry_after.as_deref(), Some("5"), "{v}");
+    refused_with(r, 503, "unavailable", "5").await;
     // Nothing of the outage reached the lake yet.
     assert_eq!(query(&lake, sql).await[0]["n"], 1);
 

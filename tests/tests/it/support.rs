@@ -356,6 +356,26 @@ pub fn python_read(
         .collect()
 }
 
+/// A refusal answered with `status` and `Retry-After`: its JSON body (a
+/// problem document or the collector's error), after checking its `code`.
+pub async fn refused_with(
+    r: reqwest::Response,
+    status: u16,
+    code: &str,
+    retry_after: &str,
+) -> serde_json::Value {
+    assert_eq!(r.status().as_u16(), status);
+    let after = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body: serde_json::Value = r.json().await.expect("a JSON error");
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(after.as_deref(), Some(retry_after), "{body}");
+    body
+}
+
 /// A TCP relay to an S3 server that can be cut and restored: storage that
 /// stops answering, for whoever reaches it through the relay (open
 /// connections are dropped, new ones refused), then answers again at the
