@@ -7,7 +7,11 @@
 //! S3-compatible server) through `both_backends!`: each one serves answers
 //! read from the lake, so none is purely about HTTP or auth parsing — but
 //! one, the schemathesis contract run, stays on the local folder for time
-//! (its note says why that loses nothing).
+//! (its note says why that loses nothing). Two run on S3 only because
+//! they break the storage under the server, which a local folder cannot
+//! show the same way: the S3 endpoint stopping to answer
+//! (`storage_that_stops_answering_is_503_unavailable`) and the bucket
+//! deleted (`a_bucket_deleted_under_the_server_is_500_internal`).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -1685,6 +1689,99 @@ async fn cameras_per_organization(b: Backend) {
     );
     assert_eq!(camera_audit(&w, &admin_b).await.len(), 1);
 }
+
+/// A bucket deleted under a running API server is no outage a retry
+/// outlives: a query that needs it is the documented 500 `internal`, with
+/// no Retry-After; its cause (the store's `NoSuchBucket`, the bucket's name)
+/// is in the server's log and not in the answer; the server keeps
+/// answering what needs no storage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_deleted_under_the_server_is_500_internal() {
+    let b = Backend::s3();
+    b.crow_ok(&["init"]);
+    b.crow_json(&["orgs", "create", "--name", "Gone"]);
+    let key = b.crow_json(&["keys", "create", "--org", "Gone", "--scope", "read"]);
+    let key = key["secret"].as_str().expect("secret").to_string();
+    let wal = tempfile::tempdir().expect("wal");
+    let server = Server::start(&b, wal.path(), &[("CROW_SERVE_ONLY", "api")]);
+    let http = reqwest::Client::new();
+    let sql = |q: &str| {
+        http.post(server.url("/api/v1/sql"))
+            .bearer_auth(&key)
+            .json(&json!({ "sql": q }))
+            .send()
+    };
+    let r = sql("select count(*) as n from raw_web_events")
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+
+    let bucket = b
+        .uri
+        .strip_prefix("s3://")
+        .and_then(|r| r.split('/').next())
+        .expect("an S3 lake's bucket")
+        .to_string();
+    let endpoint = b
+        .env
+        .iter()
+        .find(|(k, _)| k == "AWS_ENDPOINT_URL")
+        .map(|(_, v)| v.clone())
+        .expect("the S3 endpoint");
+    let out = std::process::Command::new(python())
+        .args(["-c", DELETE_BUCKET, &endpoint, &bucket])
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let r = sql("select count(*) as n from sessions")
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 500);
+    assert!(r.headers().get("retry-after").is_none(), "{r:?}");
+    let p: Value = r.json().await.expect("a JSON error");
+    assert_eq!(p["code"], "internal", "{p}");
+    let text = p.to_string();
+    assert!(
+        !text.contains("NoSuchBucket") && !text.contains(&bucket),
+        "the cause is logged, not returned: {p}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server
+        .logs
+        .lock()
+        .expect("logs")
+        .iter()
+        .any(|l| l.contains("NoSuchBucket"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the cause is logged: {:?}",
+            server.logs.lock().expect("logs")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let r = sql("select 41 + 1 as n").await.expect("send");
+    assert_eq!(r.status(), 200, "still serving");
+    let rows: Value = r.json().await.expect("rows");
+    assert_eq!(rows, json!([{"n": 42}]));
+}
+
+/// Deletes the bucket `argv[2]` of the S3 server at `argv[1]`, its objects
+/// first (as an operator would).
+const DELETE_BUCKET: &str = r#"
+import sys, boto3
+s3 = boto3.resource("s3", endpoint_url=sys.argv[1], aws_access_key_id="testing",
+                    aws_secret_access_key="testing", region_name="us-east-1")
+bucket = s3.Bucket(sys.argv[2])
+bucket.objects.all().delete()
+bucket.delete()
+"#;
 
 /// Storage that stops answering under a running API server: a query that
 /// needs it is refused with the documented 503 `unavailable` and a

@@ -272,3 +272,64 @@ fn the_search_benchmark_runs_both_paths() {
     assert_eq!(lake.len(), 1, "{out}");
     assert_eq!(lake[0][1], "2", "{out}");
 }
+
+/// The newest unit-test binary of `crow-jobs` beside this one (the test
+/// build makes it with the `it` binary; `cargo test` cannot be run from a
+/// test while cargo holds the build folder).
+fn jobs_unit_tests() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = std::env::current_exe().expect("the test binary");
+    let deps = exe.parent().expect("its folder");
+    std::fs::read_dir(deps)
+        .expect("the deps folder")
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.starts_with("crow_jobs-") && !name.contains('.')
+        })
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            (m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .then(|| (m.modified().ok(), e.path()))
+        })
+        .max()
+        .map(|(_, p)| p)
+        .unwrap_or_else(|| panic!("no crow_jobs unit-test binary in {}", deps.display()))
+}
+
+#[test]
+fn the_patterns_evaluation_prints_its_report() {
+    // One seed of the funnel-break cases, at both false discovery rates:
+    // the report's table has the plain one found as one story from its
+    // first day.
+    let out = script(
+        "bench-patterns.sh",
+        &[
+            (
+                "CROWTEST_EVAL_BIN",
+                &jobs_unit_tests().display().to_string(),
+            ),
+            ("CROWTEST_EVAL_SEEDS", "1"),
+            ("CROWTEST_EVAL_CASES", "funnel break"),
+        ],
+    );
+    // Two cases hold the text: the break with and without a weekday effect.
+    assert_eq!(table_rows(&out, "funnel break").len(), 4, "{out}");
+    let rows: Vec<_> = table_rows(&out, "funnel break")
+        .into_iter()
+        .filter(|r| r[0] == "funnel break (mobile payments fail)")
+        .collect();
+    assert_eq!(rows.len(), 2, "one row per FDR: {out}");
+    for r in rows {
+        assert_eq!(
+            (r[2], r[3]),
+            ("1", "0.0"),
+            "found from its first day: {out}"
+        );
+    }
+    assert_eq!(
+        out.matches("Stories: precision").count(),
+        2,
+        "a summary per FDR: {out}"
+    );
+}

@@ -257,6 +257,12 @@ async fn result_cache_is_bounded_and_keeps_only_complete_answers() {
     let m = counters(&w, &small).await;
     assert_eq!(&m[..4], &[3, 3, 0, 2], "two evictions: {m:?}");
     assert!(m[4] <= 1024 * 1024, "bytes held within 1 MiB: {m:?}");
+    let text = small.metrics(&w.http).await;
+    assert_eq!(
+        metric_value(&text, "crow_api_result_cache_entries"),
+        1.0,
+        "one answer held: {text}"
+    );
     assert_eq!(
         ask(&w, &small, &w.key_a, series(0), None).await.cache,
         "miss",

@@ -1381,11 +1381,12 @@ async fn crawl_delay_spaces(b: Backend) {
     }
 }
 
+both_backends!(crawl_max_pages_and_timeout => crawl_max_pages);
+
 /// `--max-pages` takes the first pages the sitemap lists and no more;
 /// `--timeout` gives up on a page that does not answer in time (an error of
 /// the crawl, named on stderr) while the others are kept.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crawl_max_pages_and_timeout() {
+async fn crawl_max_pages(b: Backend) {
     use axum::extract::State;
     use axum::http::Uri;
     use axum::response::IntoResponse;
@@ -1425,10 +1426,10 @@ async fn crawl_max_pages_and_timeout() {
     .await;
     // The sitemap lists absolute page URLs, as sitemaps do.
     base_cell.set(base.clone()).expect("set once");
-    let b = Backend::local();
+    let b = Arc::new(b);
     b.crow_ok(&["init"]);
     b.crow_json(&["orgs", "create", "--name", "Shop"]);
-    let b2 = Backend::at(std::path::Path::new(&b.uri));
+    let b2 = b.clone();
     let base2 = base.clone();
     let out = tokio::task::spawn_blocking(move || {
         b2.crow(&[
@@ -2506,14 +2507,15 @@ async fn sessionize_small_memory_spills(b: Backend) {
     );
 }
 
+both_backends!(crawl_concurrency_interval_and_refinement => crawl_concurrency);
+
 /// `--concurrency` pages at once and `--interval-ms` between request
 /// starts, as asked (no Crawl-delay here to raise them): pages that take
 /// 1.2 s each are fetched three at a time, never four, the requests spaced
 /// by the interval; with `--concurrency 1`, one at a time. A page with neither JSON-LD nor OpenGraph data becomes a
 /// product through AI refinement (`crawl+ai`, the offline provider), and
 /// with `--no-ai-refine` it does not.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crawl_concurrency_interval_and_refinement() {
+async fn crawl_concurrency(b: Backend) {
     use axum::extract::State;
     use axum::http::Uri;
     use axum::response::IntoResponse;
@@ -2568,12 +2570,12 @@ async fn crawl_concurrency_interval_and_refinement() {
     )
     .await;
     site.base.set(base.clone()).expect("set once");
-    let b = Backend::local();
+    let b = Arc::new(b);
     b.crow_ok(&["init"]);
     b.crow_json(&["orgs", "create", "--name", "Shop"]);
     b.crow_json(&["orgs", "create", "--name", "Strict"]);
     let crawl = |org: &'static str, flags: &'static [&'static str]| {
-        let b = Backend::at(std::path::Path::new(&b.uri));
+        let b = b.clone();
         let base = base.clone();
         tokio::task::spawn_blocking(move || {
             let mut args = vec!["products", "crawl", &base, "--org", org];
