@@ -14,7 +14,10 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 # Every Python package and what it pulls in, pinned with hashes
 # (tests/py/requirements.lock, made from tests/py/requirements.in): a new
-# release upstream cannot change what the tests run with.
+# release upstream cannot change what the tests run with. To change it:
+# edit requirements.in, run the pip-compile command in the lock's header, and
+# drop any `--find-links`/`--index-url` line it copied from the machine's own
+# pip configuration (the lock names packages and hashes only).
 lock="$root/tests/py/requirements.lock"
 want="$(sha256sum "$lock" | cut -d' ' -f1)"
 stamp="$venv/.crow-deps"
