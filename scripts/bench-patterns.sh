@@ -6,7 +6,8 @@
 # report (Markdown) at the default FDR (0.01) and at 0.05.
 # Usage: scripts/bench-patterns.sh   (CROWTEST_EVAL_SEEDS=N seeds per case, default 5;
 #        CROWTEST_EVAL_VOLUME=10 for ten times the sessions a day;
-#        CROWTEST_EVAL_CASES=drift for the cases whose name holds the text;
+#        CROWTEST_EVAL_CASES=drift for the cases whose name holds the text,
+#        or the one case of exactly that name;
 #        CROWTEST_EVAL_BIN=PATH to run an already built unit-test binary of
 #        crow-jobs instead of building it, as the test suite does)
 set -euo pipefail
