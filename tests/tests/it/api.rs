@@ -1690,6 +1690,45 @@ async fn cameras_per_organization(b: Backend) {
     assert_eq!(camera_audit(&w, &admin_b).await.len(), 1);
 }
 
+/// `crow serve --only api` on the S3 lake `b` (with `env`) and a read key
+/// of a new organization: the two storage-failure tests' server.
+struct S3Api {
+    server: Server,
+    _wal: tempfile::TempDir,
+    key: String,
+    http: reqwest::Client,
+}
+
+impl S3Api {
+    fn start(b: &Backend, env: &[(&str, &str)]) -> S3Api {
+        b.crow_ok(&["init"]);
+        b.crow_json(&["orgs", "create", "--name", "Stored"]);
+        let key = b.crow_json(&["keys", "create", "--org", "Stored", "--scope", "read"]);
+        let key = key["secret"].as_str().expect("secret").to_string();
+        let wal = tempfile::tempdir().expect("wal");
+        let mut all = vec![("CROW_SERVE_ONLY", "api")];
+        all.extend_from_slice(env);
+        let server = Server::start(b, wal.path(), &all);
+        S3Api {
+            server,
+            _wal: wal,
+            key,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn sql(
+        &self,
+        q: &str,
+    ) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> {
+        self.http
+            .post(self.server.url("/api/v1/sql"))
+            .bearer_auth(&self.key)
+            .json(&json!({ "sql": q }))
+            .send()
+    }
+}
+
 /// A bucket deleted under a running API server is no outage a retry
 /// outlives: a query that needs it is the documented 500 `internal`, with
 /// no Retry-After; its cause (the store's `NoSuchBucket`, the bucket's name)
@@ -1698,19 +1737,8 @@ async fn cameras_per_organization(b: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bucket_deleted_under_the_server_is_500_internal() {
     let b = Backend::s3();
-    b.crow_ok(&["init"]);
-    b.crow_json(&["orgs", "create", "--name", "Gone"]);
-    let key = b.crow_json(&["keys", "create", "--org", "Gone", "--scope", "read"]);
-    let key = key["secret"].as_str().expect("secret").to_string();
-    let wal = tempfile::tempdir().expect("wal");
-    let server = Server::start(&b, wal.path(), &[("CROW_SERVE_ONLY", "api")]);
-    let http = reqwest::Client::new();
-    let sql = |q: &str| {
-        http.post(server.url("/api/v1/sql"))
-            .bearer_auth(&key)
-            .json(&json!({ "sql": q }))
-            .send()
-    };
+    let api = S3Api::start(&b, &[]);
+    let sql = |q: &'static str| api.sql(q);
     let r = sql("select count(*) as n from raw_web_events")
         .await
         .expect("send");
@@ -1722,14 +1750,8 @@ async fn a_bucket_deleted_under_the_server_is_500_internal() {
         .and_then(|r| r.split('/').next())
         .expect("an S3 lake's bucket")
         .to_string();
-    let endpoint = b
-        .env
-        .iter()
-        .find(|(k, _)| k == "AWS_ENDPOINT_URL")
-        .map(|(_, v)| v.clone())
-        .expect("the S3 endpoint");
     let out = std::process::Command::new(python())
-        .args(["-c", DELETE_BUCKET, &endpoint, &bucket])
+        .args(["-c", DELETE_BUCKET, b.s3_endpoint(), &bucket])
         .output()
         .expect("python");
     assert!(
@@ -1751,7 +1773,8 @@ async fn a_bucket_deleted_under_the_server_is_500_internal() {
         "the cause is logged, not returned: {p}"
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !server
+    while !api
+        .server
         .logs
         .lock()
         .expect("logs")
@@ -1761,7 +1784,7 @@ async fn a_bucket_deleted_under_the_server_is_500_internal() {
         assert!(
             Instant::now() < deadline,
             "the cause is logged: {:?}",
-            server.logs.lock().expect("logs")
+            api.server.logs.lock().expect("logs")
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -1790,24 +1813,10 @@ bucket.delete()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_that_stops_answering_is_503_unavailable() {
     let b = Backend::s3();
-    b.crow_ok(&["init"]);
-    b.crow_json(&["orgs", "create", "--name", "Delta"]);
-    let key = b.crow_json(&["keys", "create", "--org", "Delta", "--scope", "read"]);
-    let key = key["secret"].as_str().expect("secret").to_string();
     let relay = Relay::for_lake(&b).await;
-    let wal = tempfile::tempdir().expect("wal");
-    let server = Server::start(
-        &b,
-        wal.path(),
-        &[("CROW_SERVE_ONLY", "api"), ("AWS_ENDPOINT_URL", &relay.url)],
-    );
-    let http = reqwest::Client::new();
-    let sql = |q: &str| {
-        http.post(server.url("/api/v1/sql"))
-            .bearer_auth(&key)
-            .json(&json!({ "sql": q }))
-            .send()
-    };
+    let api = S3Api::start(&b, &[("AWS_ENDPOINT_URL", &relay.url)]);
+    let (http, server) = (&api.http, &api.server);
+    let sql = |q: &'static str| api.sql(q);
     let r = sql("select count(*) as n from raw_web_events")
         .await
         .expect("send");
@@ -1837,7 +1846,7 @@ async fn storage_that_stops_answering_is_503_unavailable() {
         .expect("healthz");
     assert_eq!(r.status(), 200);
     // The lake's metrics are the server's, whatever `--only` runs.
-    let m = server.metrics(&http).await;
+    let m = server.metrics(http).await;
     assert_eq!(
         metric_value(&m, "crow_lake_commit_retries_total"),
         0.0,

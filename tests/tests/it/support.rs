@@ -157,6 +157,15 @@ impl Backend {
         }
     }
 
+    /// The S3 server of an S3 lake (`http://host:port`).
+    pub fn s3_endpoint(&self) -> &str {
+        self.env
+            .iter()
+            .find(|(k, _)| k == "AWS_ENDPOINT_URL")
+            .map(|(_, v)| v.as_str())
+            .expect("an S3 lake has an endpoint")
+    }
+
     /// Another lake beside this one, on the same backend: `<uri>-<suffix>`
     /// (in the same temp folder or bucket; it lives as long as `self`).
     pub fn beside(&self, suffix: &str) -> Backend {
@@ -391,13 +400,7 @@ impl Relay {
     /// A relay to the S3 server of `b` (an S3 lake): its processes reach
     /// the lake through the relay when given `AWS_ENDPOINT_URL = url`.
     pub async fn for_lake(b: &Backend) -> Relay {
-        let endpoint = b
-            .env
-            .iter()
-            .find(|(k, _)| k == "AWS_ENDPOINT_URL")
-            .map(|(_, v)| v.clone())
-            .expect("an S3 lake has an endpoint");
-        Self::start(&endpoint).await
+        Self::start(b.s3_endpoint()).await
     }
 
     /// A relay to `target` (`http://host:port`) on a free local port.
