@@ -1727,6 +1727,22 @@ impl S3Api {
             .json(&json!({ "sql": q }))
             .send()
     }
+
+    /// The server answers what needs no storage: a query over no table and
+    /// `/healthz`.
+    async fn still_serving(&self) {
+        let r = self.sql("select 41 + 1 as n").await.expect("send");
+        assert_eq!(r.status(), 200, "still serving");
+        let rows: Value = r.json().await.expect("rows");
+        assert_eq!(rows, json!([{"n": 42}]));
+        let r = self
+            .http
+            .get(self.server.url("/healthz"))
+            .send()
+            .await
+            .expect("healthz");
+        assert_eq!(r.status(), 200);
+    }
 }
 
 /// A bucket deleted under a running API server is no outage a retry
@@ -1738,8 +1754,8 @@ impl S3Api {
 async fn a_bucket_deleted_under_the_server_is_500_internal() {
     let b = Backend::s3();
     let api = S3Api::start(&b, &[]);
-    let sql = |q: &'static str| api.sql(q);
-    let r = sql("select count(*) as n from raw_web_events")
+    let r = api
+        .sql("select count(*) as n from raw_web_events")
         .await
         .expect("send");
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
@@ -1760,7 +1776,8 @@ async fn a_bucket_deleted_under_the_server_is_500_internal() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let r = sql("select count(*) as n from sessions")
+    let r = api
+        .sql("select count(*) as n from sessions")
         .await
         .expect("send");
     assert_eq!(r.status(), 500);
@@ -1789,10 +1806,7 @@ async fn a_bucket_deleted_under_the_server_is_500_internal() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let r = sql("select 41 + 1 as n").await.expect("send");
-    assert_eq!(r.status(), 200, "still serving");
-    let rows: Value = r.json().await.expect("rows");
-    assert_eq!(rows, json!([{"n": 42}]));
+    api.still_serving().await;
 }
 
 /// Deletes the bucket `argv[2]` of the S3 server at `argv[1]`, its objects
@@ -1815,15 +1829,15 @@ async fn storage_that_stops_answering_is_503_unavailable() {
     let b = Backend::s3();
     let relay = Relay::for_lake(&b).await;
     let api = S3Api::start(&b, &[("AWS_ENDPOINT_URL", &relay.url)]);
-    let (http, server) = (&api.http, &api.server);
-    let sql = |q: &'static str| api.sql(q);
-    let r = sql("select count(*) as n from raw_web_events")
+    let r = api
+        .sql("select count(*) as n from raw_web_events")
         .await
         .expect("send");
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
 
     relay.cut();
-    let r = sql("select count(*) as n from sessions")
+    let r = api
+        .sql("select count(*) as n from sessions")
         .await
         .expect("send");
     let p = refused_with(r, 503, "unavailable", "1").await;
@@ -1835,18 +1849,9 @@ async fn storage_that_stops_answering_is_503_unavailable() {
         "the cause is logged, not returned: {p}"
     );
 
-    let r = sql("select 41 + 1 as n").await.expect("send");
-    assert_eq!(r.status(), 200, "still serving");
-    let rows: Value = r.json().await.expect("rows");
-    assert_eq!(rows, json!([{"n": 42}]));
-    let r = http
-        .get(server.url("/healthz"))
-        .send()
-        .await
-        .expect("healthz");
-    assert_eq!(r.status(), 200);
+    api.still_serving().await;
     // The lake's metrics are the server's, whatever `--only` runs.
-    let m = server.metrics(http).await;
+    let m = api.server.metrics(&api.http).await;
     assert_eq!(
         metric_value(&m, "crow_lake_commit_retries_total"),
         0.0,
