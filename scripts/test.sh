@@ -132,6 +132,16 @@ echo "== slowest tests (wall seconds; tests run ${CROWTEST_THREADS:-6} at a time
 # would end `sort` with SIGPIPE and, under pipefail, the script).
 { grep -E '^test .* <[0-9.]+s>$' "$log" | sed -E 's/^test (.*) \.\.\. [a-zA-Z]+ <([0-9.]+)s>$/\2 \1/' | sort -rn \
   | awk -v n="${CROWTEST_SLOWEST:-25}" 'NR <= n {printf "%8.1f  %s\n", $1, $2}'; } || true
+if [ "$status" != 0 ]; then
+  # Why each failing test failed, here at the end: a failing test's own
+  # output (a server's log, dumped when it panics) can bury its message.
+  echo
+  echo "== why the failing tests failed (the panic and up to 60 lines of its message)"
+  { sed -E 's/\x1b\[[0-9;]*m//g' "$log" | awk '
+      /^thread .* panicked at / { n = 60; print "--"; print; next }
+      n > 0 && /^(20[0-9][0-9]-[0-9][0-9]-[0-9][0-9]T|note: run with|---- |--- crow serve log ---)/ { n = 0 }
+      n > 0 { print; n-- }'; } || true
+fi
 rm -f "$log"
 echo
 echo "$passed passed, $failed failed"

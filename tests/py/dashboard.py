@@ -862,9 +862,16 @@ def viewer_flow(browser, base, token, axe_js, out):
     # Those refusals were the point too.
     w.problems = [p for p in w.problems if not ("HTTP 403" in p and "/api/v1/organization/write-key" in p)
                   and "status of 403" not in p]
+    before = len(w.problems)
     page.goto(base + "/app/settings")
+    # Requests of the SQL page the navigation cut short are not failures.
+    w.problems = w.problems[:before] + [p for p in w.problems[before:] if "ERR_ABORTED" not in p]
     page.wait_for_selector("text=Settings are for admins")
     assert page.locator("[data-testid=settings]").count() == 0
+    # Nothing of the page's own loading (the bell's count, the account)
+    # still in flight when the session ends: on a loaded machine such a
+    # request was answered 401 or cut short by the sign-out's navigation.
+    page.wait_for_load_state("networkidle")
     page.get_by_role("button", name="Sign out").click()
     page.wait_for_url("**/login", timeout=10000)
     w.check("the viewer's dashboard")
