@@ -37,6 +37,7 @@ pub mod scan;
 mod schema;
 pub mod vector;
 pub mod webhook;
+pub mod window;
 
 use std::collections::HashMap;
 use std::num::NonZeroU64;
@@ -1562,7 +1563,8 @@ pub fn prefer_existing_sort(config: &mut SessionConfig) {
 /// CROW's planner rules on top of DataFusion's: `LIKE` patterns matched by
 /// their pieces ([`like`]), counts per partition value read from the file
 /// list and partial counts by string view ([`counts`]) and scans of sorted
-/// files ([`order`]), and joins that yield so an aborted query stops
+/// files ([`order`]), per-visitor `lag` and `row_number` run by run
+/// ([`window`]), and joins that yield so an aborted query stops
 /// ([`coop`]). Every session
 /// that runs users' SQL is built with them.
 pub fn with_planner_rules(
@@ -1573,7 +1575,9 @@ pub fn with_planner_rules(
         .with_physical_optimizer_rule(Arc::new(counts::CountsFromStatistics))
         .with_physical_optimizer_rule(Arc::new(counts::CountsByView));
     // Last: it only wraps joins, so the other rules see plain plans.
-    order::with_rules(builder).with_physical_optimizer_rule(Arc::new(coop::CooperativeJoins))
+    order::with_rules(builder)
+        .with_physical_optimizer_rule(Arc::new(window::RunWindows))
+        .with_physical_optimizer_rule(Arc::new(coop::CooperativeJoins))
 }
 
 fn new_context() -> SessionContext {

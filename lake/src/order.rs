@@ -118,7 +118,7 @@ fn spread_unused_order(
         // it.
         let by_name = matches!(
             node.name(),
-            "BoundedWindowAggExec" | "WindowAggExec" | "PartialSortExec"
+            "BoundedWindowAggExec" | "WindowAggExec" | "RunWindowExec" | "PartialSortExec"
         );
         uses_order |= sorted_aggregate || ordered_repartition || by_name;
         Ok(if uses_order {

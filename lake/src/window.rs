@@ -1,0 +1,644 @@
+//! Per-visitor windows in one pass over sorted runs.
+//!
+//! `lag(x) OVER (PARTITION BY anonymous_id ORDER BY occurred_at)` and
+//! `row_number() OVER (…)` are how analysts measure the time between a
+//! visitor's events and find a visitor's first touch. DataFusion runs them
+//! in its `BoundedWindowAggExec`, which is general (any frame, any function)
+//! and keeps per-partition state: on the query set's 1 M events its
+//! bookkeeping for ~200,000 visitor partitions cost 237 ms of CPU, where
+//! the sort below it cost 94 ms and the same `lag` without `PARTITION BY`
+//! 87 ms (BENCHMARKS.md, "Query API", the windows' cost).
+//!
+//! Its input is sorted on the partition keys, so every partition is a run
+//! of consecutive rows. For the functions whose value at a row depends only
+//! on the rows before it in its run — `lag` with a constant offset and a
+//! NULL default, and `row_number` — [`RunWindowExec`] computes each batch's
+//! column in a few vectorised passes: the runs' bounds (arrow's
+//! `partition`, which compares neighbouring rows), then a gather. It keeps
+//! from one batch to the next only what the next batch's first run can
+//! need: the last key, that run's row count, and its last `offset` values.
+//! Its memory is therefore constant, whatever the partitions' sizes.
+//!
+//! [`RunWindows`] swaps it in for a `BoundedWindowAggExec` in `Sorted`
+//! mode whose every function is one of those (no `IGNORE NULLS`, not
+//! planned reversed); the node keeps the replaced one's requirements
+//! (input ordering and distribution) and output properties, so the plan
+//! around it is unchanged. Anything else stays with DataFusion.
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{new_null_array, Array, ArrayRef, RecordBatch, UInt64Array};
+use datafusion::arrow::compute::{interleave, partition};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::ScalarValue;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::window::StandardWindowExpr;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::expressions::Literal;
+use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowUDFExpr};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, InputOrderMode, PlanProperties,
+    SendableRecordBatchStream,
+};
+use futures::StreamExt;
+
+/// The largest `lag` offset carried between batches (a larger one stays
+/// with DataFusion).
+const MAX_OFFSET: usize = 1024;
+
+/// A window function [`RunWindowExec`] computes.
+#[derive(Debug, Clone)]
+enum RunFn {
+    /// `row_number()`.
+    RowNumber,
+    /// `lag(expr, offset)` with a NULL default.
+    Lag {
+        expr: Arc<dyn PhysicalExpr>,
+        offset: usize,
+    },
+}
+
+/// The physical optimizer rule (see the module docs).
+#[derive(Debug, Default)]
+pub struct RunWindows;
+
+impl PhysicalOptimizerRule for RunWindows {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| {
+            let Some(w) = node.downcast_ref::<BoundedWindowAggExec>() else {
+                return Ok(Transformed::no(node));
+            };
+            match RunWindowExec::try_from_bounded(w, Arc::clone(&node))? {
+                Some(run) => Ok(Transformed::yes(Arc::new(run) as Arc<dyn ExecutionPlan>)),
+                None => Ok(Transformed::no(node)),
+            }
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "crow_run_windows"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// The function a window expression computes, if [`RunWindowExec`] can.
+fn run_fn(
+    expr: &Arc<dyn datafusion::physical_expr::window::WindowExpr>,
+    input: &SchemaRef,
+) -> Result<Option<RunFn>> {
+    let Some(std) = expr.as_any().downcast_ref::<StandardWindowExpr>() else {
+        return Ok(None);
+    };
+    let Some(udwf) = std
+        .get_standard_func_expr()
+        .as_any()
+        .downcast_ref::<WindowUDFExpr>()
+    else {
+        return Ok(None);
+    };
+    // Neither flag has an accessor: a function planned reversed (a `lag`
+    // over input sorted the other way computes a `lead`) or with IGNORE
+    // NULLS stays with DataFusion.
+    let flags = format!("{udwf:?}");
+    if !flags.contains("is_reversed: false") || !flags.contains("ignore_nulls: false") {
+        return Ok(None);
+    }
+    let field = expr.field()?;
+    match (udwf.fun().name(), udwf.args()) {
+        ("row_number", []) if *field.data_type() == DataType::UInt64 => Ok(Some(RunFn::RowNumber)),
+        ("lag", [value, rest @ ..]) if rest.len() <= 2 => {
+            let offset = match rest.first() {
+                None => Some(1),
+                Some(o) => o.downcast_ref::<Literal>().and_then(|l| match l.value() {
+                    ScalarValue::Int64(Some(n)) => usize::try_from(*n).ok(),
+                    _ => None,
+                }),
+            };
+            let null_default = rest.get(1).is_none_or(|d| {
+                d.downcast_ref::<Literal>()
+                    .is_some_and(|l| l.value().is_null())
+            });
+            match offset {
+                Some(offset @ 1..=MAX_OFFSET)
+                    if null_default && value.data_type(input)? == *field.data_type() =>
+                {
+                    Ok(Some(RunFn::Lag {
+                        expr: Arc::clone(value),
+                        offset,
+                    }))
+                }
+                _ => Ok(None),
+            }
+        }
+        _ => Ok(None),
+    }
+}
+
+/// `row_number` and `lag` over input sorted on the partition keys, run by
+/// run (see the module docs).
+#[derive(Debug)]
+pub struct RunWindowExec {
+    /// The `BoundedWindowAggExec` this node replaces: its requirements and
+    /// output properties are this node's.
+    replaced: Arc<dyn ExecutionPlan>,
+    input: Arc<dyn ExecutionPlan>,
+    partition_by: Vec<Arc<dyn PhysicalExpr>>,
+    fns: Vec<RunFn>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl RunWindowExec {
+    /// The node computing `w`'s functions, if it can (`node` is `w`).
+    fn try_from_bounded(
+        w: &BoundedWindowAggExec,
+        node: Arc<dyn ExecutionPlan>,
+    ) -> Result<Option<Self>> {
+        if w.input_order_mode != InputOrderMode::Sorted || w.window_expr().is_empty() {
+            return Ok(None);
+        }
+        let partition_by = w.window_expr()[0].partition_by().to_vec();
+        let input_schema = w.input().schema();
+        let mut fns = Vec::new();
+        for e in w.window_expr() {
+            let same_keys = e.partition_by().len() == partition_by.len()
+                && e.partition_by()
+                    .iter()
+                    .zip(&partition_by)
+                    .all(|(a, b)| a.eq(b));
+            match run_fn(e, &input_schema)? {
+                Some(f) if same_keys => fns.push(f),
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(Self {
+            input: Arc::clone(w.input()),
+            replaced: node,
+            partition_by,
+            fns,
+            metrics: ExecutionPlanMetricsSet::new(),
+        }))
+    }
+}
+
+impl DisplayAs for RunWindowExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let fns: Vec<String> = self
+            .fns
+            .iter()
+            .map(|f| match f {
+                RunFn::RowNumber => "row_number()".to_string(),
+                RunFn::Lag { expr, offset } => format!("lag({expr}, {offset})"),
+            })
+            .collect();
+        let keys: Vec<String> = self.partition_by.iter().map(|k| k.to_string()).collect();
+        write!(
+            f,
+            "RunWindowExec: [{}] by runs of [{}]",
+            fns.join(", "),
+            keys.join(", ")
+        )
+    }
+}
+
+impl ExecutionPlan for RunWindowExec {
+    fn name(&self) -> &str {
+        "RunWindowExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.replaced.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        self.replaced.apply_expressions(f)
+    }
+
+    fn input_distribution_requirements(
+        &self,
+    ) -> datafusion::physical_plan::InputDistributionRequirements {
+        self.replaced.input_distribution_requirements()
+    }
+
+    fn required_input_ordering(
+        &self,
+    ) -> Vec<Option<datafusion::physical_expr::OrderingRequirements>> {
+        self.replaced.required_input_ordering()
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        self.replaced.benefits_from_input_partitioning()
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        #[allow(deprecated)] // rebuilding from new children is what is wanted
+        let replaced = Arc::clone(&self.replaced).with_new_children(children)?;
+        let Some(w) = replaced.downcast_ref::<BoundedWindowAggExec>() else {
+            return Err(DataFusionError::Internal(
+                "RunWindowExec replaces a BoundedWindowAggExec".into(),
+            ));
+        };
+        match Self::try_from_bounded(w, Arc::clone(&replaced))? {
+            Some(run) => Ok(Arc::new(run)),
+            None => Ok(replaced),
+        }
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let schema = self.schema();
+        let metrics = BaselineMetrics::new(&self.metrics, partition);
+        let mut state = Runs::new(self.partition_by.clone(), self.fns.clone(), schema.clone());
+        let stream = input.map(move |batch| {
+            let batch = batch?;
+            let timer = metrics.elapsed_compute().timer();
+            let out = state.next(&batch);
+            timer.done();
+            if let Ok(b) = &out {
+                metrics.record_output(b.num_rows());
+            }
+            out
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+}
+
+/// What one output partition carries from batch to batch: the last row's
+/// keys, how many rows its run has had, and each `lag`'s last values of
+/// that run (at most its offset, oldest first).
+struct Runs {
+    keys: Vec<Arc<dyn PhysicalExpr>>,
+    fns: Vec<RunFn>,
+    schema: SchemaRef,
+    last_key: Option<Vec<ArrayRef>>,
+    run_rows: u64,
+    tails: Vec<Option<ArrayRef>>,
+}
+
+impl Runs {
+    fn new(keys: Vec<Arc<dyn PhysicalExpr>>, fns: Vec<RunFn>, schema: SchemaRef) -> Self {
+        let tails = vec![None; fns.len()];
+        Self {
+            keys,
+            fns,
+            schema,
+            last_key: None,
+            run_rows: 0,
+            tails,
+        }
+    }
+
+    /// `batch` with the window columns after its own.
+    fn next(&mut self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let n = batch.num_rows();
+        let mut columns = batch.columns().to_vec();
+        if n == 0 {
+            for f in self.schema.fields().iter().skip(columns.len()) {
+                columns.push(new_null_array(f.data_type(), 0));
+            }
+            return Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?);
+        }
+        let keys = self
+            .keys
+            .iter()
+            .map(|k| k.evaluate(batch)?.into_array(n))
+            .collect::<Result<Vec<_>>>()?;
+        let runs = if keys.is_empty() {
+            std::iter::once(0..n).collect()
+        } else {
+            partition(&keys)?.ranges()
+        };
+        // The first run goes on with the previous batch's last one.
+        let continues = match &self.last_key {
+            None => false,
+            Some(last) => same_key(last, &keys)?,
+        };
+        let carried = if continues { self.run_rows } else { 0 };
+        let last_run = runs.last().cloned().unwrap_or(0..n);
+        for (i, f) in self.fns.iter().enumerate() {
+            let column = match f {
+                RunFn::RowNumber => {
+                    let mut v = Vec::with_capacity(n);
+                    for (r, run) in runs.iter().enumerate() {
+                        let base = if r == 0 { carried } else { 0 };
+                        v.extend((1..=run.len() as u64).map(|k| base + k));
+                    }
+                    Arc::new(UInt64Array::from(v)) as ArrayRef
+                }
+                RunFn::Lag { expr, offset } => {
+                    let values = expr.evaluate(batch)?.into_array(n)?;
+                    let tail = if continues {
+                        self.tails[i].clone()
+                    } else {
+                        None
+                    };
+                    let column = lag(&values, tail.as_ref(), &runs, *offset)?;
+                    // The last run's last `offset` values, for the next
+                    // batch (with the carried ones if it is the first run).
+                    let from_tail = if runs.len() == 1 {
+                        tail.as_ref().map_or(0, |t| t.len())
+                    } else {
+                        0
+                    };
+                    let own = last_run.len();
+                    let keep = (from_tail + own).min(*offset);
+                    let mut idx = Vec::with_capacity(keep);
+                    for j in (from_tail + own - keep)..(from_tail + own) {
+                        idx.push(if j < from_tail {
+                            (1, j)
+                        } else {
+                            (0, last_run.start + j - from_tail)
+                        });
+                    }
+                    let mut sources: Vec<&dyn Array> = vec![values.as_ref()];
+                    if let Some(t) = tail.as_ref() {
+                        sources.push(t.as_ref());
+                    }
+                    self.tails[i] = Some(interleave(&sources, &idx)?);
+                    column
+                }
+            };
+            columns.push(column);
+        }
+        self.run_rows = if runs.len() == 1 {
+            carried + n as u64
+        } else {
+            last_run.len() as u64
+        };
+        self.last_key = Some(keys.iter().map(|k| k.slice(n - 1, 1)).collect());
+        // Own the one-row keys, so a kept slice does not hold the batch.
+        if let Some(k) = self.last_key.as_mut() {
+            for a in k.iter_mut() {
+                *a = datafusion::arrow::compute::take(
+                    a.as_ref(),
+                    &datafusion::arrow::array::UInt32Array::from(vec![0u32]),
+                    None,
+                )?;
+            }
+        }
+        Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
+    }
+}
+
+/// Whether the one-row `last` keys equal `keys`' first row (NULLs equal,
+/// as `PARTITION BY` groups them).
+fn same_key(last: &[ArrayRef], keys: &[ArrayRef]) -> Result<bool> {
+    for (a, b) in last.iter().zip(keys) {
+        let cmp =
+            datafusion::arrow::compute::kernels::cmp::distinct(&a.slice(0, 1), &b.slice(0, 1))?;
+        if cmp.value(0) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// `lag(values, offset)` over `runs` of this batch, the first run going on
+/// from `tail` (the previous batch's last values of it, oldest first).
+fn lag(
+    values: &ArrayRef,
+    tail: Option<&ArrayRef>,
+    runs: &[std::ops::Range<usize>],
+    offset: usize,
+) -> Result<ArrayRef> {
+    let nulls = new_null_array(values.data_type(), 1);
+    let t = tail.map_or(0, |t| t.len());
+    let mut idx = Vec::with_capacity(values.len());
+    for (r, run) in runs.iter().enumerate() {
+        for row in run.clone() {
+            let back = row - run.start;
+            idx.push(if back >= offset {
+                (0, row - offset)
+            } else if r == 0 && offset - back <= t {
+                (1, t - (offset - back))
+            } else {
+                (2, 0)
+            });
+        }
+    }
+    let tail_or_nulls = tail.cloned().unwrap_or_else(|| Arc::clone(&nulls));
+    let sources: [&dyn Array; 3] = [values.as_ref(), tail_or_nulls.as_ref(), nulls.as_ref()];
+    Ok(interleave(&sources, &idx)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, StringArray, TimestampMicrosecondArray};
+    use datafusion::arrow::datatypes::{Field, Schema, TimeUnit};
+    use datafusion::datasource::MemTable;
+    use datafusion::execution::session_state::SessionStateBuilder;
+    use datafusion::prelude::{SessionConfig, SessionContext};
+
+    /// Visitors of very different run lengths (one row, a few, hundreds),
+    /// NULL visitors and NULL values, cut into small batches so runs cross
+    /// batch bounds (a run longer than a batch, one that ends at a batch's
+    /// last row), over two input partitions.
+    fn partitions() -> Vec<Vec<RecordBatch>> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("visitor", DataType::Utf8, true),
+            Field::new("device", DataType::Utf8, true),
+            Field::new(
+                "at",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                true,
+            ),
+            Field::new("n", DataType::Int64, true),
+        ]));
+        let mut rows = Vec::new();
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            seed >> 33
+        };
+        for v in 0..400u64 {
+            let len = match v % 7 {
+                0 => 1,
+                1 => 250,
+                2 => 13,
+                _ => 1 + next() % 6,
+            };
+            for _ in 0..len {
+                let visitor = (v % 53 != 0).then(|| format!("v{}", v % 97));
+                let device = ["mobile", "desktop"][(next() % 2) as usize].to_string();
+                let at = (next() % 17 != 0).then(|| (next() % 1_000_000) as i64);
+                let n = (next() % 11 != 0).then(|| next() as i64 % 1000);
+                rows.push((visitor, device, at, n));
+            }
+        }
+        type Row = (Option<String>, String, Option<i64>, Option<i64>);
+        let make = |rows: &[Row]| {
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(StringArray::from(
+                        rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
+                    )) as ArrayRef,
+                    Arc::new(StringArray::from(
+                        rows.iter().map(|r| Some(r.1.clone())).collect::<Vec<_>>(),
+                    )),
+                    Arc::new(
+                        TimestampMicrosecondArray::from(
+                            rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+                        )
+                        .with_timezone("UTC"),
+                    ),
+                    Arc::new(Int64Array::from(
+                        rows.iter().map(|r| r.3).collect::<Vec<_>>(),
+                    )),
+                ],
+            )
+            .expect("batch")
+        };
+        let half = rows.len() / 2;
+        let (a, b) = rows.split_at(half);
+        vec![
+            a.chunks(37).map(&make).collect(),
+            b.chunks(64).map(&make).collect(),
+        ]
+    }
+
+    /// The rows (sorted, as text) and the physical plan of `sql`, with
+    /// CROW's planner rules or DataFusion's alone, in batches of
+    /// `batch_size`.
+    async fn answer(rule: bool, sql: &str, batch_size: usize) -> (Vec<String>, String) {
+        let mut builder = SessionStateBuilder::new()
+            .with_config(
+                SessionConfig::new()
+                    .with_target_partitions(2)
+                    .with_batch_size(batch_size),
+            )
+            .with_default_features();
+        if rule {
+            // As every session that runs users' SQL has it.
+            builder = crate::with_planner_rules(builder);
+        }
+        let ctx = SessionContext::new_with_state(builder.build());
+        let parts = partitions();
+        let table = MemTable::try_new(parts[0][0].schema(), parts).expect("table");
+        ctx.register_table("t", Arc::new(table)).expect("register");
+        let df = ctx.sql(sql).await.expect("plan");
+        let plan = df.clone().create_physical_plan().await.expect("physical");
+        let plan = datafusion::physical_plan::displayable(plan.as_ref())
+            .indent(true)
+            .to_string();
+        let batches = df.collect().await.expect("rows");
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+            .expect("format")
+            .to_string();
+        let mut rows: Vec<String> = text.lines().map(str::to_string).collect();
+        rows.sort();
+        (rows, plan)
+    }
+
+    #[tokio::test]
+    async fn run_windows_answer_as_datafusion() {
+        // Every row of the table is an output row, with a unique ORDER BY
+        // (the rows' own values tie; `n` and `device` break most ties and
+        // the outputs are compared as sorted sets of whole rows, so a tie's
+        // order cannot matter).
+        for (sql, ours) in [
+            (
+                "SELECT visitor, at, n, lag(at) OVER (PARTITION BY visitor ORDER BY at, n, device) AS prev FROM t",
+                true,
+            ),
+            (
+                "SELECT visitor, at, n, lag(n, 3) OVER (PARTITION BY visitor ORDER BY at, n, device) AS p3,
+                        row_number() OVER (PARTITION BY visitor ORDER BY at, n, device) AS rn,
+                        lag(device, 2, NULL) OVER (PARTITION BY visitor ORDER BY at, n, device) AS d2
+                 FROM t",
+                true,
+            ),
+            (
+                "SELECT visitor, device, at, n, lag(n) OVER (PARTITION BY visitor, device ORDER BY at DESC, n, device) AS prev,
+                        row_number() OVER (PARTITION BY visitor, device ORDER BY at DESC, n, device) AS rn
+                 FROM t",
+                true,
+            ),
+            (
+                "SELECT visitor, device, at, n, lag(n, 300) OVER (PARTITION BY visitor ORDER BY at, n, device) AS far FROM t",
+                true,
+            ),
+            (
+                "SELECT visitor, at, n, row_number() OVER (ORDER BY visitor, at, n, device) AS rn,
+                        lag(n) OVER (ORDER BY visitor, at, n, device) AS prev FROM t",
+                true,
+            ),
+            (
+                "SELECT visitor, at, n FROM (SELECT visitor, at, n, row_number() OVER (PARTITION BY visitor ORDER BY at, n, device) AS rn FROM t) s WHERE rn = 1",
+                true,
+            ),
+            // DataFusion's own: a default value, IGNORE NULLS, lead, a
+            // running sum.
+            (
+                "SELECT visitor, at, n, lag(n, 1, -1) OVER (PARTITION BY visitor ORDER BY at, n, device) AS prev FROM t",
+                false,
+            ),
+            (
+                "SELECT visitor, at, n, lag(n) IGNORE NULLS OVER (PARTITION BY visitor ORDER BY at, n, device) AS prev FROM t",
+                false,
+            ),
+            (
+                "SELECT visitor, at, n, lead(n) OVER (PARTITION BY visitor ORDER BY at, n, device) AS next FROM t",
+                false,
+            ),
+            (
+                "SELECT visitor, at, n, lag(n) OVER (PARTITION BY visitor ORDER BY at, n, device) AS prev,
+                        sum(n) OVER (PARTITION BY visitor ORDER BY at, n, device) AS running FROM t",
+                false,
+            ),
+        ] {
+            for batch_size in [5, 64, 8192] {
+                let (want, _) = answer(false, sql, batch_size).await;
+                let (got, plan) = answer(true, sql, batch_size).await;
+                assert_eq!(got, want, "{sql} in batches of {batch_size}\n{plan}");
+                assert_eq!(plan.contains("RunWindowExec"), ours, "{sql}\n{plan}");
+                assert_eq!(
+                    plan.contains("BoundedWindowAggExec"),
+                    !ours,
+                    "{sql}\n{plan}"
+                );
+            }
+            // Every visitor's first row (98 with the NULL one), or every row.
+            assert!(answer(false, sql, 64).await.0.len() > 98, "{sql}");
+        }
+    }
+}
