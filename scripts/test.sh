@@ -139,7 +139,7 @@ if [ "$status" != 0 ]; then
   echo "== why the failing tests failed (the panic and up to 60 lines of its message)"
   { sed -E 's/\x1b\[[0-9;]*m//g' "$log" | awk '
       /^thread .* panicked at / { n = 60; print "--"; print; next }
-      n > 0 && /^(20[0-9][0-9]-[0-9][0-9]-[0-9][0-9]T|note: run with|---- |--- crow serve log ---)/ { n = 0 }
+      n > 0 && /^(20[0-9][0-9]-[0-9][0-9]-[0-9][0-9]T|note: run with|stack backtrace:|---- |--- crow serve log ---)/ { n = 0 }
       n > 0 { print; n-- }'; } || true
 fi
 rm -f "$log"

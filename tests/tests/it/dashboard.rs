@@ -1064,14 +1064,17 @@ async fn dashboard_in_chromium() {
     }
     // The viewer's password was set in the browser; the API refuses what
     // the UI hides from a viewer (the whole matrix is in users.rs).
-    let (st, _, jar) = crate::users::login(
+    let (st, body, jar) = crate::users::login(
         &http,
         &server,
         "viewer@northwind-audio.example",
         "viewer password 1",
     )
     .await;
-    assert_eq!(st, 200);
+    assert_eq!(
+        st, 200,
+        "the viewer signs in with the password set in the browser: {body}"
+    );
     let r = http
         .get(server.url("/api/v1/audit"))
         .header(
@@ -1081,7 +1084,9 @@ async fn dashboard_in_chromium() {
         .send()
         .await
         .expect("audit");
-    assert_eq!(r.status(), 403);
+    let status = r.status();
+    let body = r.text().await.unwrap_or_default();
+    assert_eq!(status, 403, "a viewer reads no audit log: {body}");
 }
 
 /// The SQL condition of a pattern's segment over `sessions`.

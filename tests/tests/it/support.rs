@@ -479,6 +479,10 @@ pub struct Server {
     pub child: std::process::Child,
     pub addr: String,
     pub logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Disconnected when the thread reading the server's log has read it
+    /// all (waited for after a failing test stops the server, so the
+    /// server's last lines are in the dump).
+    log_read: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
 }
 
 impl Server {
@@ -525,7 +529,9 @@ impl Server {
         let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let l = logs.clone();
+        let (read_tx, log_read) = std::sync::mpsc::channel::<()>();
         std::thread::spawn(move || {
+            let _read = read_tx;
             for line in std::io::BufReader::new(stderr)
                 .lines()
                 .map_while(Result::ok)
@@ -543,7 +549,12 @@ impl Server {
                 panic!("crow serve did not start: {:?}", logs.lock().expect("logs"));
             }
         };
-        Server { child, addr, logs }
+        Server {
+            child,
+            addr,
+            logs,
+            log_read: std::sync::Mutex::new(log_read),
+        }
     }
 
     /// The Prometheus text the server's `/metrics` answers (from this
@@ -580,13 +591,19 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
         if std::thread::panicking() {
+            // The server is gone, so its log's pipe ends: every line it
+            // wrote up to the panic is read before the dump (a few seconds
+            // at most, should something else hold the pipe open).
+            if let Ok(read) = self.log_read.lock() {
+                let _ = read.recv_timeout(std::time::Duration::from_secs(5));
+            }
             if let Ok(logs) = self.logs.lock() {
                 eprintln!("--- crow serve log ---\n{}", logs.join("\n"));
             }
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
