@@ -630,9 +630,8 @@ mod tests {
     use super::*;
     use arrow::array::StringViewBuilder;
     use arrow::datatypes::{Field, Schema};
-    use datafusion::datasource::MemTable;
     use datafusion::execution::session_state::SessionStateBuilder;
-    use datafusion::prelude::{SessionConfig, SessionContext};
+    use datafusion::prelude::SessionConfig;
 
     /// A batch of `(k1, k2)` text keys; `dedup` stores each string once (the
     /// views repeat, as a dictionary page decodes), otherwise every value is
@@ -699,20 +698,7 @@ mod tests {
         if rule {
             builder = builder.with_physical_optimizer_rule(Arc::new(CountsByView));
         }
-        let ctx = SessionContext::new_with_state(builder.build());
-        let parts = partitions();
-        let table = MemTable::try_new(parts[0][0].schema(), parts).expect("table");
-        ctx.register_table("t", Arc::new(table)).expect("register");
-        let df = ctx.sql(sql).await.expect("plan");
-        let plan = df.clone().create_physical_plan().await.expect("physical");
-        let plan = datafusion::physical_plan::displayable(plan.as_ref())
-            .indent(true)
-            .to_string();
-        let rows = df.collect().await.expect("rows");
-        let rows = arrow::util::pretty::pretty_format_batches(&rows)
-            .expect("format")
-            .to_string();
-        (rows, plan)
+        crate::testing::answer(builder, partitions(), sql).await
     }
 
     #[tokio::test]

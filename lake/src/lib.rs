@@ -1715,3 +1715,37 @@ pub fn append_writer_properties(table: &str) -> parquet::file::properties::Write
 /// ZSTD level of CROW's Parquet files (level 6 saved 3 % more bytes than 3
 /// for a slower write; BENCHMARKS.md).
 const ZSTD_LEVEL: i32 = 3;
+
+/// Helpers of the planner rules' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use arrow::array::RecordBatch;
+    use datafusion::datasource::MemTable;
+    use datafusion::execution::session_state::SessionStateBuilder;
+    use datafusion::prelude::SessionContext;
+
+    /// `sql` over the table `t` holding `parts` (one `Vec` per input
+    /// partition), in a session built from `builder`: the physical plan
+    /// (indented) and the result as a text table.
+    pub async fn answer(
+        builder: SessionStateBuilder,
+        parts: Vec<Vec<RecordBatch>>,
+        sql: &str,
+    ) -> (String, String) {
+        let ctx = SessionContext::new_with_state(builder.build());
+        let table = MemTable::try_new(parts[0][0].schema(), parts).expect("table");
+        ctx.register_table("t", Arc::new(table)).expect("register");
+        let df = ctx.sql(sql).await.expect("plan");
+        let plan = df.clone().create_physical_plan().await.expect("physical");
+        let plan = datafusion::physical_plan::displayable(plan.as_ref())
+            .indent(true)
+            .to_string();
+        let rows = df.collect().await.expect("rows");
+        let rows = arrow::util::pretty::pretty_format_batches(&rows)
+            .expect("format")
+            .to_string();
+        (rows, plan)
+    }
+}

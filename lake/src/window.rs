@@ -462,9 +462,8 @@ mod tests {
     use super::*;
     use datafusion::arrow::array::{Int64Array, StringArray, TimestampMicrosecondArray};
     use datafusion::arrow::datatypes::{Field, Schema, TimeUnit};
-    use datafusion::datasource::MemTable;
     use datafusion::execution::session_state::SessionStateBuilder;
-    use datafusion::prelude::{SessionConfig, SessionContext};
+    use datafusion::prelude::SessionConfig;
 
     /// Visitors of very different run lengths (one row, a few, hundreds),
     /// NULL visitors and NULL values, cut into small batches so runs cross
@@ -551,19 +550,7 @@ mod tests {
             // As every session that runs users' SQL has it.
             builder = crate::with_planner_rules(builder);
         }
-        let ctx = SessionContext::new_with_state(builder.build());
-        let parts = partitions();
-        let table = MemTable::try_new(parts[0][0].schema(), parts).expect("table");
-        ctx.register_table("t", Arc::new(table)).expect("register");
-        let df = ctx.sql(sql).await.expect("plan");
-        let plan = df.clone().create_physical_plan().await.expect("physical");
-        let plan = datafusion::physical_plan::displayable(plan.as_ref())
-            .indent(true)
-            .to_string();
-        let batches = df.collect().await.expect("rows");
-        let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
-            .expect("format")
-            .to_string();
+        let (text, plan) = crate::testing::answer(builder, partitions(), sql).await;
         let mut rows: Vec<String> = text.lines().map(str::to_string).collect();
         rows.sort();
         (rows, plan)
