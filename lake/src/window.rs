@@ -10,14 +10,16 @@
 //! 87 ms (BENCHMARKS.md, "Query API", the windows' cost).
 //!
 //! Its input is sorted on the partition keys, so every partition is a run
-//! of consecutive rows. For the functions whose value at a row depends only
-//! on the rows before it in its run — `lag` with a constant offset and a
-//! NULL default, and `row_number` — [`RunWindowExec`] computes each batch's
-//! column in a few vectorised passes: the runs' bounds (arrow's
-//! `partition`, which compares neighbouring rows), then a gather. It keeps
-//! from one batch to the next only what the next batch's first run can
-//! need: the last key, that run's row count, and its last `offset` values.
-//! Its memory is therefore constant, whatever the partitions' sizes.
+//! of consecutive rows. For the functions whose value at a row depends
+//! only on a fixed number of rows around it in its run — `row_number`, and
+//! `lag` and `lead` with a constant offset and a NULL default —
+//! [`RunWindowExec`] computes each batch's column in a few vectorised
+//! passes: the runs' bounds (arrow's `partition`, which compares
+//! neighbouring rows), then a gather. It keeps from one batch to the next
+//! only what the next batch's first run can need: the last key, that run's
+//! row count, and its last `offset` values; with a `lead`, a batch waits
+//! for the `offset` rows after it (up to 1,024). Its memory is therefore
+//! bounded, whatever the partitions' sizes.
 //!
 //! [`RunWindows`] swaps it in for a `BoundedWindowAggExec` in `Sorted`
 //! mode whose every function is one of those (no `IGNORE NULLS`, not
@@ -47,10 +49,10 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, InputOrderMode, PlanProperties,
     SendableRecordBatchStream,
 };
-use futures::StreamExt;
+use futures::StreamExt as _;
 
-/// The largest `lag` offset carried between batches (a larger one stays
-/// with DataFusion).
+/// The largest `lag`/`lead` offset carried between batches (a larger one
+/// stays with DataFusion).
 const MAX_OFFSET: usize = 1024;
 
 /// A window function [`RunWindowExec`] computes.
@@ -63,6 +65,22 @@ enum RunFn {
         expr: Arc<dyn PhysicalExpr>,
         offset: usize,
     },
+    /// `lead(expr, offset)` with a NULL default: a batch is emitted once
+    /// the `offset` rows after it have arrived (or the input has ended).
+    Lead {
+        expr: Arc<dyn PhysicalExpr>,
+        offset: usize,
+    },
+}
+
+impl RunFn {
+    /// How many rows after a batch its values can depend on.
+    fn lookahead(&self) -> usize {
+        match self {
+            RunFn::Lead { offset, .. } => *offset,
+            _ => 0,
+        }
+    }
 }
 
 /// The physical optimizer rule (see the module docs).
@@ -121,7 +139,7 @@ fn run_fn(
     let field = expr.field()?;
     match (udwf.fun().name(), udwf.args()) {
         ("row_number", []) if *field.data_type() == DataType::UInt64 => Ok(Some(RunFn::RowNumber)),
-        ("lag", [value, rest @ ..]) if rest.len() <= 2 => {
+        (name @ ("lag" | "lead"), [value, rest @ ..]) if rest.len() <= 2 => {
             let offset = match rest.first() {
                 None => Some(1),
                 Some(o) => o.downcast_ref::<Literal>().and_then(|l| match l.value() {
@@ -137,9 +155,11 @@ fn run_fn(
                 Some(offset @ 1..=MAX_OFFSET)
                     if null_default && value.data_type(input)? == *field.data_type() =>
                 {
-                    Ok(Some(RunFn::Lag {
-                        expr: Arc::clone(value),
-                        offset,
+                    let expr = Arc::clone(value);
+                    Ok(Some(if name == "lag" {
+                        RunFn::Lag { expr, offset }
+                    } else {
+                        RunFn::Lead { expr, offset }
                     }))
                 }
                 _ => Ok(None),
@@ -149,8 +169,8 @@ fn run_fn(
     }
 }
 
-/// `row_number` and `lag` over input sorted on the partition keys, run by
-/// run (see the module docs).
+/// `row_number`, `lag` and `lead` over input sorted on the partition keys,
+/// run by run (see the module docs).
 #[derive(Debug)]
 pub struct RunWindowExec {
     /// The `BoundedWindowAggExec` this node replaces: its requirements and
@@ -203,6 +223,7 @@ impl DisplayAs for RunWindowExec {
             .map(|f| match f {
                 RunFn::RowNumber => "row_number()".to_string(),
                 RunFn::Lag { expr, offset } => format!("lag({expr}, {offset})"),
+                RunFn::Lead { expr, offset } => format!("lead({expr}, {offset})"),
             })
             .collect();
         let keys: Vec<String> = self.partition_by.iter().map(|k| k.to_string()).collect();
@@ -279,23 +300,139 @@ impl ExecutionPlan for RunWindowExec {
     ) -> Result<SendableRecordBatchStream> {
         let input = self.input.execute(partition, context)?;
         let schema = self.schema();
-        let metrics = BaselineMetrics::new(&self.metrics, partition);
-        let mut state = Runs::new(self.partition_by.clone(), self.fns.clone(), schema.clone());
-        let stream = input.map(move |batch| {
-            let batch = batch?;
-            let timer = metrics.elapsed_compute().timer();
-            let out = state.next(&batch);
-            timer.done();
-            if let Ok(b) = &out {
-                metrics.record_output(b.num_rows());
-            }
-            out
-        });
+        let lookahead = self.fns.iter().map(RunFn::lookahead).max().unwrap_or(0);
+        let stream = RunStream {
+            input,
+            runs: Runs::new(self.partition_by.clone(), self.fns.clone(), schema.clone()),
+            pending: std::collections::VecDeque::new(),
+            lookahead,
+            input_done: false,
+            metrics: BaselineMetrics::new(&self.metrics, partition),
+        };
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
         Some(self.metrics.clone_inner())
+    }
+}
+
+/// One output partition's stream: each input batch with its window
+/// columns, in order; with a `lead`, a batch waits until the rows after it
+/// that its values can depend on have arrived (or the input has ended), so
+/// at most that many rows (and the batches holding them) are kept.
+struct RunStream {
+    input: SendableRecordBatchStream,
+    runs: Runs,
+    pending: std::collections::VecDeque<RecordBatch>,
+    lookahead: usize,
+    input_done: bool,
+    metrics: BaselineMetrics,
+}
+
+impl futures::Stream for RunStream {
+    type Item = Result<RecordBatch>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        loop {
+            if !self.pending.is_empty() {
+                let after: usize = self.pending.iter().skip(1).map(RecordBatch::num_rows).sum();
+                if self.input_done || after >= self.lookahead {
+                    let this = &mut *self;
+                    let Some(front) = this.pending.pop_front() else {
+                        continue;
+                    };
+                    let timer = this.metrics.elapsed_compute().timer();
+                    let out = this.runs.next(&front, &this.pending, this.lookahead);
+                    timer.done();
+                    if let Ok(b) = &out {
+                        this.metrics.record_output(b.num_rows());
+                    }
+                    return Poll::Ready(Some(out));
+                }
+            } else if self.input_done {
+                return Poll::Ready(None);
+            }
+            match futures::ready!(self.input.poll_next_unpin(cx)) {
+                Some(Ok(b)) => self.pending.push_back(b),
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => self.input_done = true,
+            }
+        }
+    }
+}
+
+/// The rows after a batch a `lead` can reach: the first `lookahead` rows
+/// of the batches after it, their keys and each `lead`'s values.
+struct Ahead {
+    keys: Vec<ArrayRef>,
+    values: Vec<Option<ArrayRef>>,
+    rows: usize,
+}
+
+impl Ahead {
+    fn new(
+        keys: &[Arc<dyn PhysicalExpr>],
+        fns: &[RunFn],
+        after: &std::collections::VecDeque<RecordBatch>,
+        lookahead: usize,
+    ) -> Result<Self> {
+        let mut slices = Vec::new();
+        let mut left = lookahead;
+        for b in after {
+            if left == 0 {
+                break;
+            }
+            let take = left.min(b.num_rows());
+            slices.push(b.slice(0, take));
+            left -= take;
+        }
+        let rows = lookahead - left;
+        let eval = |e: &Arc<dyn PhysicalExpr>| -> Result<ArrayRef> {
+            let parts = slices
+                .iter()
+                .map(|b| e.evaluate(b)?.into_array(b.num_rows()))
+                .collect::<Result<Vec<_>>>()?;
+            let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+            Ok(datafusion::arrow::compute::concat(&refs)?)
+        };
+        if slices.is_empty() {
+            return Ok(Self {
+                keys: Vec::new(),
+                values: vec![None; fns.len()],
+                rows: 0,
+            });
+        }
+        Ok(Self {
+            keys: keys.iter().map(eval).collect::<Result<_>>()?,
+            values: fns
+                .iter()
+                .map(|f| match f {
+                    RunFn::Lead { expr, .. } => eval(expr).map(Some),
+                    _ => Ok(None),
+                })
+                .collect::<Result<_>>()?,
+            rows,
+        })
+    }
+
+    /// How many of these rows go on with a run whose last row has the
+    /// one-row `last` keys.
+    fn continuing(&self, last: &[ArrayRef]) -> Result<usize> {
+        if self.rows == 0 || !same_key(last, &self.keys)? {
+            return Ok(0);
+        }
+        if self.keys.is_empty() {
+            return Ok(self.rows);
+        }
+        Ok(partition(&self.keys)?
+            .ranges()
+            .first()
+            .map_or(0, |r| r.len()))
     }
 }
 
@@ -324,8 +461,15 @@ impl Runs {
         }
     }
 
-    /// `batch` with the window columns after its own.
-    fn next(&mut self, batch: &RecordBatch) -> Result<RecordBatch> {
+    /// `batch` with the window columns after its own; `after` holds the
+    /// batches that follow it so far (at least `lookahead` rows unless the
+    /// input has ended).
+    fn next(
+        &mut self,
+        batch: &RecordBatch,
+        after: &std::collections::VecDeque<RecordBatch>,
+        lookahead: usize,
+    ) -> Result<RecordBatch> {
         let n = batch.num_rows();
         let mut columns = batch.columns().to_vec();
         if n == 0 {
@@ -351,6 +495,14 @@ impl Runs {
         };
         let carried = if continues { self.run_rows } else { 0 };
         let last_run = runs.last().cloned().unwrap_or(0..n);
+        let ahead = if lookahead > 0 {
+            let ahead = Ahead::new(&self.keys, &self.fns, after, lookahead)?;
+            let last: Vec<ArrayRef> = keys.iter().map(|k| k.slice(n - 1, 1)).collect();
+            let continuing = ahead.continuing(&last)?;
+            Some((ahead, continuing))
+        } else {
+            None
+        };
         for (i, f) in self.fns.iter().enumerate() {
             let column = match f {
                 RunFn::RowNumber => {
@@ -393,6 +545,13 @@ impl Runs {
                     self.tails[i] = Some(interleave(&sources, &idx)?);
                     column
                 }
+                RunFn::Lead { expr, offset } => {
+                    let values = expr.evaluate(batch)?.into_array(n)?;
+                    let next = ahead
+                        .as_ref()
+                        .and_then(|(a, c)| a.values[i].clone().map(|v| (v, *c)));
+                    lead(&values, next.as_ref(), &runs, *offset)?
+                }
             };
             columns.push(column);
         }
@@ -427,6 +586,37 @@ fn same_key(last: &[ArrayRef], keys: &[ArrayRef]) -> Result<bool> {
         }
     }
     Ok(true)
+}
+
+/// `lead(values, offset)` over `runs` of this batch, the last run going on
+/// into the first `continuing` rows of `next` (the values after the batch).
+fn lead(
+    values: &ArrayRef,
+    next: Option<&(ArrayRef, usize)>,
+    runs: &[std::ops::Range<usize>],
+    offset: usize,
+) -> Result<ArrayRef> {
+    let nulls = new_null_array(values.data_type(), 1);
+    let (next_values, continuing) = match next {
+        Some((v, c)) => (Arc::clone(v), *c),
+        None => (Arc::clone(&nulls), 0),
+    };
+    let mut idx = Vec::with_capacity(values.len());
+    for (r, run) in runs.iter().enumerate() {
+        let last = r + 1 == runs.len();
+        for row in run.clone() {
+            let forward = run.end - 1 - row;
+            idx.push(if offset <= forward {
+                (0, row + offset)
+            } else if last && offset - forward - 1 < continuing {
+                (1, offset - forward - 1)
+            } else {
+                (2, 0)
+            });
+        }
+    }
+    let sources: [&dyn Array; 3] = [values.as_ref(), next_values.as_ref(), nulls.as_ref()];
+    Ok(interleave(&sources, &idx)?)
 }
 
 /// `lag(values, offset)` over `runs` of this batch, the first run going on
@@ -593,8 +783,8 @@ mod tests {
                 "SELECT visitor, at, n FROM (SELECT visitor, at, n, row_number() OVER (PARTITION BY visitor ORDER BY at, n, device) AS rn FROM t) s WHERE rn = 1",
                 true,
             ),
-            // DataFusion's own: a default value, IGNORE NULLS, lead, a
-            // running sum.
+            // DataFusion's own: a default value, IGNORE NULLS, a running
+            // sum.
             (
                 "SELECT visitor, at, n, lag(n, 1, -1) OVER (PARTITION BY visitor ORDER BY at, n, device) AS prev FROM t",
                 false,
@@ -604,8 +794,29 @@ mod tests {
                 false,
             ),
             (
-                "SELECT visitor, at, n, lead(n) OVER (PARTITION BY visitor ORDER BY at, n, device) AS next FROM t",
+                "SELECT visitor, at, n, lead(n, 1, 0) OVER (PARTITION BY visitor ORDER BY at, n, device) AS next FROM t",
                 false,
+            ),
+            (
+                "SELECT visitor, at, n, lead(n) OVER (PARTITION BY visitor ORDER BY at, n, device) AS next FROM t",
+                true,
+            ),
+            (
+                "SELECT visitor, device, at, n, lead(at, 3) OVER (PARTITION BY visitor ORDER BY at, n, device) AS a3,
+                        lag(n) OVER (PARTITION BY visitor ORDER BY at, n, device) AS prev,
+                        row_number() OVER (PARTITION BY visitor ORDER BY at, n, device) AS rn,
+                        lead(device, 300) OVER (PARTITION BY visitor ORDER BY at, n, device) AS far
+                 FROM t",
+                true,
+            ),
+            (
+                "SELECT visitor, device, at, n, lead(n, 2) OVER (PARTITION BY visitor, device ORDER BY at DESC, n, device) AS next2
+                 FROM t",
+                true,
+            ),
+            (
+                "SELECT visitor, at, n, lead(n) OVER (ORDER BY visitor, at, n, device) AS next FROM t",
+                true,
             ),
             (
                 "SELECT visitor, at, n, lag(n) OVER (PARTITION BY visitor ORDER BY at, n, device) AS prev,
