@@ -1563,7 +1563,8 @@ pub fn prefer_existing_sort(config: &mut SessionConfig) {
 /// CROW's planner rules on top of DataFusion's: `LIKE` patterns matched by
 /// their pieces ([`like`]), counts per partition value read from the file
 /// list and partial counts by string view ([`counts`]) and scans of sorted
-/// files ([`order`]), per-visitor `lag`, `lead` and `row_number` run by run
+/// files ([`order`]), per-visitor `lag`, `lead`, `row_number` and
+/// `first_value` run by run
 /// ([`window`]), and joins that yield so an aborted query stops
 /// ([`coop`]). Every session
 /// that runs users' SQL is built with them.

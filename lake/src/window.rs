@@ -11,13 +11,14 @@
 //!
 //! Its input is sorted on the partition keys, so every partition is a run
 //! of consecutive rows. For the functions whose value at a row depends
-//! only on a fixed number of rows around it in its run — `row_number`, and
-//! `lag` and `lead` with a constant offset and a NULL default —
+//! only on a fixed number of rows around it in its run — `row_number`,
+//! `lag` and `lead` with a constant offset and a NULL default, and
+//! `first_value` over a frame from the partition's start —
 //! [`RunWindowExec`] computes each batch's column in a few vectorised
 //! passes: the runs' bounds (arrow's `partition`, which compares
 //! neighbouring rows), then a gather. It keeps from one batch to the next
 //! only what the next batch's first run can need: the last key, that run's
-//! row count, and its last `offset` values; with a `lead`, a batch waits
+//! row count, its first value and its last `offset` values; with a `lead`, a batch waits
 //! for the `offset` rows after it (up to 1,024). Its memory is therefore
 //! bounded, whatever the partitions' sizes.
 //!
@@ -38,6 +39,7 @@ use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
+use datafusion::logical_expr::WindowFrameBound;
 use datafusion::physical_expr::window::StandardWindowExpr;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
@@ -71,6 +73,9 @@ enum RunFn {
         expr: Arc<dyn PhysicalExpr>,
         offset: usize,
     },
+    /// `first_value(expr)` over a frame from the partition's start to the
+    /// current row or after it: the run's first value.
+    FirstValue { expr: Arc<dyn PhysicalExpr> },
 }
 
 impl RunFn {
@@ -139,6 +144,24 @@ fn run_fn(
     let field = expr.field()?;
     match (udwf.fun().name(), udwf.args()) {
         ("row_number", []) if *field.data_type() == DataType::UInt64 => Ok(Some(RunFn::RowNumber)),
+        ("first_value", [value]) => {
+            // Every row's frame starts at its partition's first row and
+            // holds at least the row itself.
+            let frame = expr.get_window_frame();
+            let from_start =
+                matches!(&frame.start_bound, WindowFrameBound::Preceding(v) if v.is_null());
+            let to_row = matches!(
+                frame.end_bound,
+                WindowFrameBound::CurrentRow | WindowFrameBound::Following(_)
+            );
+            Ok(
+                (from_start && to_row && value.data_type(input)? == *field.data_type()).then(
+                    || RunFn::FirstValue {
+                        expr: Arc::clone(value),
+                    },
+                ),
+            )
+        }
         (name @ ("lag" | "lead"), [value, rest @ ..]) if rest.len() <= 2 => {
             let offset = match rest.first() {
                 None => Some(1),
@@ -169,8 +192,8 @@ fn run_fn(
     }
 }
 
-/// `row_number`, `lag` and `lead` over input sorted on the partition keys,
-/// run by run (see the module docs).
+/// `row_number`, `lag`, `lead` and `first_value` over input sorted on the
+/// partition keys, run by run (see the module docs).
 #[derive(Debug)]
 pub struct RunWindowExec {
     /// The `BoundedWindowAggExec` this node replaces: its requirements and
@@ -224,6 +247,7 @@ impl DisplayAs for RunWindowExec {
                 RunFn::RowNumber => "row_number()".to_string(),
                 RunFn::Lag { expr, offset } => format!("lag({expr}, {offset})"),
                 RunFn::Lead { expr, offset } => format!("lead({expr}, {offset})"),
+                RunFn::FirstValue { expr } => format!("first_value({expr})"),
             })
             .collect();
         let keys: Vec<String> = self.partition_by.iter().map(|k| k.to_string()).collect();
@@ -445,6 +469,7 @@ struct Runs {
     schema: SchemaRef,
     last_key: Option<Vec<ArrayRef>>,
     run_rows: u64,
+    /// Per function: a `lag`'s last values, a `first_value`'s first one.
     tails: Vec<Option<ArrayRef>>,
 }
 
@@ -543,6 +568,30 @@ impl Runs {
                         sources.push(t.as_ref());
                     }
                     self.tails[i] = Some(interleave(&sources, &idx)?);
+                    column
+                }
+                RunFn::FirstValue { expr } => {
+                    let values = expr.evaluate(batch)?.into_array(n)?;
+                    let first = if continues {
+                        self.tails[i].clone()
+                    } else {
+                        None
+                    };
+                    let mut idx = Vec::with_capacity(n);
+                    for (r, run) in runs.iter().enumerate() {
+                        let from = match (&first, r) {
+                            (Some(_), 0) => (1, 0),
+                            _ => (0, run.start),
+                        };
+                        idx.extend(std::iter::repeat_n(from, run.len()));
+                    }
+                    let mut sources: Vec<&dyn Array> = vec![values.as_ref()];
+                    if let Some(f) = first.as_ref() {
+                        sources.push(f.as_ref());
+                    }
+                    let column = interleave(&sources, &idx)?;
+                    // The last run's first value, copied (one row).
+                    self.tails[i] = Some(interleave(&[column.as_ref()], &[(0, n - 1)])?);
                     column
                 }
                 RunFn::Lead { expr, offset } => {
@@ -783,8 +832,19 @@ mod tests {
                 "SELECT visitor, at, n FROM (SELECT visitor, at, n, row_number() OVER (PARTITION BY visitor ORDER BY at, n, device) AS rn FROM t) s WHERE rn = 1",
                 true,
             ),
+            (
+                "SELECT visitor, device, at, n, first_value(device) OVER (PARTITION BY visitor ORDER BY at, n, device) AS first_device,
+                        first_value(n) OVER (PARTITION BY visitor ORDER BY at, n, device ROWS BETWEEN UNBOUNDED PRECEDING AND 3 FOLLOWING) AS first_n,
+                        row_number() OVER (PARTITION BY visitor ORDER BY at, n, device) AS rn
+                 FROM t",
+                true,
+            ),
+            (
+                "SELECT visitor, device, at, n, first_value(at) OVER (PARTITION BY visitor ORDER BY at DESC, n, device) AS latest FROM t",
+                true,
+            ),
             // DataFusion's own: a default value, IGNORE NULLS, a running
-            // sum.
+            // sum, a frame that does not start at the partition's start.
             (
                 "SELECT visitor, at, n, lag(n, 1, -1) OVER (PARTITION BY visitor ORDER BY at, n, device) AS prev FROM t",
                 false,
@@ -795,6 +855,14 @@ mod tests {
             ),
             (
                 "SELECT visitor, at, n, lead(n, 1, 0) OVER (PARTITION BY visitor ORDER BY at, n, device) AS next FROM t",
+                false,
+            ),
+            (
+                "SELECT visitor, at, n, first_value(n) OVER (PARTITION BY visitor ORDER BY at, n, device ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS f FROM t",
+                false,
+            ),
+            (
+                "SELECT visitor, at, n, first_value(n) IGNORE NULLS OVER (PARTITION BY visitor ORDER BY at, n, device) AS f FROM t",
                 false,
             ),
             (
