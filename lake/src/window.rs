@@ -51,7 +51,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, InputOrderMode, PlanProperties,
     SendableRecordBatchStream,
 };
-use futures::StreamExt as _;
+use futures::StreamExt;
 
 /// The largest `lag`/`lead` offset carried between batches (a larger one
 /// stays with DataFusion).
@@ -99,6 +99,9 @@ impl PhysicalOptimizerRule for RunWindows {
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         plan.transform_up(|node| {
+            if node.name() == "WindowAggExec" {
+                return held_input(node);
+            }
             let Some(w) = node.downcast_ref::<BoundedWindowAggExec>() else {
                 return Ok(Transformed::no(node));
             };
@@ -116,6 +119,105 @@ impl PhysicalOptimizerRule for RunWindows {
 
     fn schema_check(&self) -> bool {
         true
+    }
+}
+
+/// `node` (a `WindowAggExec`) reading its input through [`HeldInput`].
+fn held_input(node: Arc<dyn ExecutionPlan>) -> Result<Transformed<Arc<dyn ExecutionPlan>>> {
+    let children = node.children();
+    let [input] = children.as_slice() else {
+        return Ok(Transformed::no(node));
+    };
+    if input.name() == "HeldInput" {
+        return Ok(Transformed::no(node));
+    }
+    let held: Arc<dyn ExecutionPlan> = Arc::new(HeldInput::new(Arc::clone(input)));
+    #[allow(deprecated)] // rebuilding from new children is what is wanted
+    let node = Arc::clone(&node).with_new_children(vec![held])?;
+    Ok(Transformed::yes(node))
+}
+
+/// Its input's batches as they come, each counted against the query's
+/// memory pool for as long as the stream lives.
+///
+/// DataFusion's `WindowAggExec` — the window operator for frames that
+/// reach the partition's end (`sum(x) OVER (PARTITION BY anonymous_id)`,
+/// `… ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING`) — keeps
+/// every batch of its input until that input ends, and reserves none of it:
+/// such a query grew past `api.memory_limit_mb` (1.6 GB of RSS for 10 M
+/// events). Read through this node, the batches it holds are the node's
+/// reservation (its stream is the operator's input, dropped with it), so
+/// a query that needs more than the pool fails with "resources exhausted"
+/// instead of taking the server's memory.
+#[derive(Debug)]
+pub struct HeldInput {
+    input: Arc<dyn ExecutionPlan>,
+}
+
+impl HeldInput {
+    /// `input`, held to the memory pool.
+    pub fn new(input: Arc<dyn ExecutionPlan>) -> Self {
+        Self { input }
+    }
+}
+
+impl DisplayAs for HeldInput {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "HeldInput: counted in the memory pool")
+    }
+}
+
+impl ExecutionPlan for HeldInput {
+    fn name(&self) -> &str {
+        "HeldInput"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(Self::new(crate::only_child(
+            children,
+            "HeldInput",
+        )?)))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let reservation = datafusion::execution::memory_pool::MemoryConsumer::new(format!(
+            "HeldInput[{partition}]"
+        ))
+        .register(context.memory_pool());
+        let input = self.input.execute(partition, context)?;
+        let schema = input.schema();
+        let stream = input.map(move |batch| {
+            let batch = batch?;
+            reservation.try_grow(batch.get_array_memory_size())?;
+            Ok(batch)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
 }
 
@@ -793,6 +895,69 @@ mod tests {
         let mut rows: Vec<String> = text.lines().map(str::to_string).collect();
         rows.sort();
         (rows, plan)
+    }
+
+    /// A window over whole partitions (DataFusion's `WindowAggExec`, which
+    /// holds its input) answers as DataFusion's when the pool is large
+    /// enough, and fails with "resources exhausted" when it is not,
+    /// instead of growing past it.
+    #[tokio::test]
+    async fn windows_that_hold_their_input_are_held_to_the_pool() {
+        use datafusion::execution::memory_pool::GreedyMemoryPool;
+        use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+        let sql = "SELECT visitor, at, n, sum(n) OVER (PARTITION BY visitor) AS total,
+                          count(*) OVER (PARTITION BY device) AS per_device,
+                          sum(n) OVER () AS all_n FROM t";
+        let session = |pool: Option<usize>, rules: bool| {
+            let mut builder = SessionStateBuilder::new()
+                .with_config(SessionConfig::new().with_target_partitions(2))
+                .with_default_features();
+            if let Some(bytes) = pool {
+                let runtime = RuntimeEnvBuilder::new()
+                    .with_memory_pool(Arc::new(GreedyMemoryPool::new(bytes)))
+                    .build_arc()
+                    .expect("runtime");
+                builder = builder.with_runtime_env(runtime);
+            }
+            if rules {
+                builder = crate::with_planner_rules(builder);
+            }
+            builder
+        };
+        let (want, _) = crate::testing::answer(session(None, false), partitions(), sql).await;
+        let (got, plan) =
+            crate::testing::answer(session(Some(64 << 20), true), partitions(), sql).await;
+        assert!(
+            plan.contains("WindowAggExec") && plan.contains("HeldInput"),
+            "{plan}"
+        );
+        let sorted = |t: &str| {
+            let mut l: Vec<&str> = t.lines().collect();
+            l.sort_unstable();
+            l.join("\n")
+        };
+        assert_eq!(sorted(&got), sorted(&want));
+        // The whole table (about 2,000 rows, no sort before the window)
+        // does not fit in 20 KB: refused.
+        let sql = "SELECT n, sum(n) OVER () AS total FROM t";
+        let ctx = datafusion::prelude::SessionContext::new_with_state(
+            session(Some(20 << 10), true).build(),
+        );
+        let parts = partitions();
+        let table =
+            datafusion::datasource::MemTable::try_new(parts[0][0].schema(), parts).expect("table");
+        ctx.register_table("t", Arc::new(table)).expect("register");
+        let err = ctx
+            .sql(sql)
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .expect_err("more than the pool");
+        assert!(
+            matches!(err.find_root(), DataFusionError::ResourcesExhausted(_)),
+            "{err}"
+        );
     }
 
     #[tokio::test]

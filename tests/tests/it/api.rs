@@ -574,6 +574,14 @@ async fn keys_formats_rest_and_metrics(b: Backend) {
         vec![json!({"g": 3_000_000})],
         "3M groups in a 32 MiB pool"
     );
+    // A window over whole partitions keeps its whole input (DataFusion's
+    // WindowAggExec): it is held to the same pool, so 20 M rows are refused
+    // rather than taking the server's memory.
+    assert_eq!(
+        w.refused("select count(t) as n from (select sum(value) over () as t from generate_series(1, 20000000))")
+            .await,
+        "resources_exhausted"
+    );
     // A result that breaks the row cap after the answer started is
     // aborted: the client's read fails, in every text format, rather than
     // ending in a well-formed but truncated document. (A 9 KB literal
