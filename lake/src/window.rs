@@ -552,11 +552,7 @@ impl Ahead {
         if self.rows == 0 || !same_key(last, &self.keys)? {
             return Ok(0);
         }
-        if self.keys.is_empty() {
-            return Ok(self.rows);
-        }
-        Ok(partition(&self.keys)?
-            .ranges()
+        Ok(runs_of(&self.keys, self.rows)?
             .first()
             .map_or(0, |r| r.len()))
     }
@@ -610,11 +606,7 @@ impl Runs {
             .iter()
             .map(|k| k.evaluate(batch)?.into_array(n))
             .collect::<Result<Vec<_>>>()?;
-        let runs = if keys.is_empty() {
-            std::iter::once(0..n).collect()
-        } else {
-            partition(&keys)?.ranges()
-        };
+        let runs = runs_of(&keys, n)?;
         // The first run goes on with the previous batch's last one.
         let continues = match &self.last_key {
             None => false,
@@ -622,10 +614,14 @@ impl Runs {
         };
         let carried = if continues { self.run_rows } else { 0 };
         let last_run = runs.last().cloned().unwrap_or(0..n);
+        // The last row's keys, copied (a kept slice would hold the batch).
+        let last_key = keys
+            .iter()
+            .map(|k| Ok(interleave(&[k.as_ref()], &[(0, n - 1)])?))
+            .collect::<Result<Vec<_>>>()?;
         let ahead = if lookahead > 0 {
             let ahead = Ahead::new(&self.keys, &self.fns, after, lookahead)?;
-            let last: Vec<ArrayRef> = keys.iter().map(|k| k.slice(n - 1, 1)).collect();
-            let continuing = ahead.continuing(&last)?;
+            let continuing = ahead.continuing(&last_key)?;
             Some((ahead, continuing))
         } else {
             None
@@ -711,19 +707,17 @@ impl Runs {
         } else {
             last_run.len() as u64
         };
-        self.last_key = Some(keys.iter().map(|k| k.slice(n - 1, 1)).collect());
-        // Own the one-row keys, so a kept slice does not hold the batch.
-        if let Some(k) = self.last_key.as_mut() {
-            for a in k.iter_mut() {
-                *a = datafusion::arrow::compute::take(
-                    a.as_ref(),
-                    &datafusion::arrow::array::UInt32Array::from(vec![0u32]),
-                    None,
-                )?;
-            }
-        }
+        self.last_key = Some(last_key);
         Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
     }
+}
+
+/// The runs of equal `keys` in a batch of `n` rows (one run without keys).
+fn runs_of(keys: &[ArrayRef], n: usize) -> Result<Vec<std::ops::Range<usize>>> {
+    if keys.is_empty() {
+        return Ok(std::iter::once(0..n).collect());
+    }
+    Ok(partition(keys)?.ranges())
 }
 
 /// Whether the one-row `last` keys equal `keys`' first row (NULLs equal,
