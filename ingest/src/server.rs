@@ -1054,4 +1054,24 @@ mod tests {
             Some(&HeaderValue::from(1u64))
         );
     }
+
+    /// A social capture or CCTV segment the collector accepted but cannot
+    /// encode (a bug of ours, not the client's) is rejected with the code
+    /// `internal` and serde's reason, and so goes to `failed_events` like
+    /// any rejected event (`Intake::reject`) instead of being lost.
+    #[test]
+    fn a_row_that_cannot_be_encoded_is_an_internal_rejection() {
+        struct Unencodable;
+        impl Serialize for Unencodable {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("no JSON for this"))
+            }
+        }
+        let r = encode(&Unencodable).expect_err("cannot be encoded");
+        assert_eq!(r.code, FailureCode::Internal);
+        assert_eq!(r.code.as_str(), "internal");
+        assert_eq!(r.reason, "could not encode the row: no JSON for this");
+        let ok = encode(&json!({"segment_id": "s1"})).map_err(|r| r.reason);
+        assert_eq!(ok.as_deref(), Ok(&br#"{"segment_id":"s1"}"#[..]));
+    }
 }

@@ -395,3 +395,93 @@ async fn a_user_keeps_at_most_the_configured_saved_queries() {
     let (s, v) = w.call(Ok(&alice), M::POST, base, Some(over)).await;
     assert_eq!(s, 201, "{v}");
 }
+
+/// Renames of one saved query sent at once: each is a merge that rewrites
+/// the row's file, so the commits race and all but one lose. The server's
+/// lake retries the losers (re-reading the row), so every rename answers
+/// 200, the query stays one row, named by one of the renames, every rename
+/// is audited, and the server's `crow_lake_commit_retries_total` counts the
+/// lost races (the metric the README tells operators to watch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renames_at_once_lose_races_that_the_server_retries() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    let org = b.crow_json(&["orgs", "create", "--name", "Alpha"])["org_id"]
+        .as_str()
+        .expect("org")
+        .to_string();
+    let w = World::start(b, &[]);
+    let alice = w.user(&org, "alice@alpha.example", "analyst").await;
+    let bob = w.user(&org, "bob@alpha.example", "admin").await;
+    let base = "/api/v1/saved-queries";
+    let (s, v) = w
+        .call(
+            Ok(&alice),
+            M::POST,
+            base,
+            Some(json!({"name": "raced", "sql": "SELECT 1"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["saved_query"]["id"].as_str().expect("id").to_string();
+    let path = format!("{base}/{id}");
+    let retries = |m: &str| crate::support::metric_value(m, "crow_lake_commit_retries_total");
+    let before = retries(&w.server.metrics(&w.http).await);
+
+    // Eight renames at once, in rounds until one race was lost (the first
+    // round nearly always has one; a round where every commit happened to
+    // find the table as it left it proves nothing).
+    let mut names = Vec::new();
+    let mut after = before;
+    for round in 0..5 {
+        let renames = (0..8).map(|i| {
+            let name = format!("round {round} rename {i}");
+            names.push(name.clone());
+            let (w, alice, path) = (&w, &alice, &path);
+            async move {
+                w.call(Ok(alice), M::PATCH, path, Some(json!({ "name": name })))
+                    .await
+            }
+        });
+        for (s, v) in futures::future::join_all(renames.collect::<Vec<_>>()).await {
+            assert_eq!(
+                s, 200,
+                "a rename that lost a race is retried, not refused: {v}"
+            );
+        }
+        after = retries(&w.server.metrics(&w.http).await);
+        if after > before {
+            break;
+        }
+    }
+    assert!(
+        after > before,
+        "40 renames of one row at once and no commit retried: {before} → {after}"
+    );
+
+    // One row, named by one of the renames, in the API and in the table.
+    let (s, list) = w.call(Ok(&alice), M::GET, base, None).await;
+    assert_eq!(s, 200, "{list}");
+    let data = list["data"].as_array().expect("data");
+    assert_eq!(data.len(), 1, "{list}");
+    let name = data[0]["name"].as_str().expect("name").to_string();
+    assert!(names.contains(&name), "{name} is none of {names:?}");
+    let rows = w
+        .sql(
+            Ok(&bob),
+            &format!("SELECT name FROM saved_queries WHERE query_id = '{id}'"),
+        )
+        .await;
+    assert_eq!(rows, [json!({ "name": name })], "one row per saved query");
+    // Every rename that answered 200 was written, and audited.
+    let audited = w
+        .sql(
+            Ok(&bob),
+            &format!(
+                "SELECT count(*) AS n FROM audit_log \
+                 WHERE action = 'saved_query.update' AND target = '{id}'"
+            ),
+        )
+        .await;
+    assert_eq!(audited, [json!({ "n": names.len() })], "{names:?}");
+}
