@@ -81,11 +81,14 @@ impl ApiError {
             }
             K::Unavailable | K::Conflict => {
                 tracing::warn!(error = %e, "{context}");
-                let mut err = Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "storage is unavailable; retry later",
-                );
+                // A write that lost every commit race it was allowed to
+                // retry (`lake.commit_retries`) says so: the storage is up.
+                let detail = if e.kind() == K::Conflict {
+                    "the table kept changing under this write (concurrent writers); retry"
+                } else {
+                    "storage is unavailable; retry later"
+                };
+                let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail);
                 err.retry_after = Some(1);
                 err
             }

@@ -485,3 +485,101 @@ async fn renames_at_once_lose_races_that_the_server_retries() {
         .await;
     assert_eq!(audited, [json!({ "n": names.len() })], "{names:?}");
 }
+
+/// With no retries allowed (`lake.commit_retries = 0`), a rename that loses
+/// the race is refused — 503 `unavailable`, `Retry-After: 1`, a detail that
+/// names concurrent writers — and writes nothing: the renames that answered
+/// 200 are exactly the ones audited, and the query stays one row named by
+/// one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_retries_a_lost_race_is_refused_and_writes_nothing() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    let org = b.crow_json(&["orgs", "create", "--name", "Alpha"])["org_id"]
+        .as_str()
+        .expect("org")
+        .to_string();
+    let w = World::start(b, &[("CROW_LAKE_COMMIT_RETRIES", "0")]);
+    let alice = w.user(&org, "alice@alpha.example", "analyst").await;
+    let bob = w.user(&org, "bob@alpha.example", "admin").await;
+    let base = "/api/v1/saved-queries";
+    let (s, v) = w
+        .call(
+            Ok(&alice),
+            M::POST,
+            base,
+            Some(json!({"name": "raced", "sql": "SELECT 1"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["saved_query"]["id"].as_str().expect("id").to_string();
+    let url = w.server.url(&format!("{base}/{id}"));
+    let mut written = Vec::new();
+    let mut refused = 0;
+    for round in 0..5 {
+        let renames = (0..8).map(|i| {
+            let name = format!("round {round} rename {i}");
+            let (w, alice, url) = (&w, &alice, &url);
+            async move {
+                let r = w
+                    .http
+                    .patch(url)
+                    .header(COOKIE, alice.header())
+                    .header("X-CSRF-Token", &alice.csrf)
+                    .json(&json!({ "name": name }))
+                    .send()
+                    .await
+                    .expect("patch");
+                let retry_after = r
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let status = r.status().as_u16();
+                let body: Value = r.json().await.expect("json");
+                (name, status, retry_after, body)
+            }
+        });
+        for (name, status, retry_after, body) in
+            futures::future::join_all(renames.collect::<Vec<_>>()).await
+        {
+            match status {
+                200 => written.push(name),
+                503 => {
+                    refused += 1;
+                    assert_eq!(body["code"], "unavailable", "{body}");
+                    assert_eq!(retry_after.as_deref(), Some("1"), "{body}");
+                    assert!(
+                        body["detail"]
+                            .as_str()
+                            .is_some_and(|d| d.contains("concurrent writers")),
+                        "{body}"
+                    );
+                }
+                _ => panic!("{name}: {status} {body}"),
+            }
+        }
+        if refused > 0 {
+            break;
+        }
+    }
+    assert!(
+        refused > 0,
+        "40 renames of one row at once and none lost a race"
+    );
+    let (_, list) = w.call(Ok(&alice), M::GET, base, None).await;
+    let data = list["data"].as_array().expect("data");
+    assert_eq!(data.len(), 1, "{list}");
+    let name = data[0]["name"].as_str().expect("name").to_string();
+    assert!(written.contains(&name), "{name} is none of {written:?}");
+    let audited = w
+        .sql(
+            Ok(&bob),
+            &format!(
+                "SELECT count(*) AS n FROM audit_log \
+                 WHERE action = 'saved_query.update' AND target = '{id}'"
+            ),
+        )
+        .await;
+    assert_eq!(audited, [json!({ "n": written.len() })], "{written:?}");
+}
