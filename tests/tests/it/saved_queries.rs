@@ -396,6 +396,97 @@ async fn a_user_keeps_at_most_the_configured_saved_queries() {
     assert_eq!(s, 201, "{v}");
 }
 
+/// A server started with `env`; Alice (analyst) of a new organization with
+/// one saved query, whose id is returned; Bob, an admin of hers.
+async fn one_saved_query(env: &[(&str, &str)]) -> (World, Jar, Jar, String) {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    let org = b.crow_json(&["orgs", "create", "--name", "Alpha"])["org_id"]
+        .as_str()
+        .expect("org")
+        .to_string();
+    let w = World::start(b, env);
+    let alice = w.user(&org, "alice@alpha.example", "analyst").await;
+    let bob = w.user(&org, "bob@alpha.example", "admin").await;
+    let (s, v) = w
+        .call(
+            Ok(&alice),
+            M::POST,
+            "/api/v1/saved-queries",
+            Some(json!({"name": "raced", "sql": "SELECT 1"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["saved_query"]["id"].as_str().expect("id").to_string();
+    (w, alice, bob, id)
+}
+
+/// Eight renames of saved query `id` at once, named after `round`: each
+/// rename's name, status, `Retry-After` and answer.
+async fn renames_at_once(
+    w: &World,
+    alice: &Jar,
+    id: &str,
+    round: usize,
+) -> Vec<(String, u16, Option<String>, Value)> {
+    let url = w.server.url(&format!("/api/v1/saved-queries/{id}"));
+    let renames = (0..8).map(|i| {
+        let name = format!("round {round} rename {i}");
+        let url = &url;
+        async move {
+            let r = w
+                .http
+                .patch(url)
+                .header(COOKIE, alice.header())
+                .header("X-CSRF-Token", &alice.csrf)
+                .json(&json!({ "name": name }))
+                .send()
+                .await
+                .expect("patch");
+            let retry_after = r
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.expect("json");
+            (name, status, retry_after, body)
+        }
+    });
+    futures::future::join_all(renames.collect::<Vec<_>>()).await
+}
+
+/// After the renames, saved query `id` is one row — in the API and in the
+/// table — named by one of `written`, and exactly the renames in `written`
+/// are in the audit log.
+async fn renamed_by_one_of(w: &World, (alice, bob): (&Jar, &Jar), id: &str, written: &[String]) {
+    let (s, list) = w
+        .call(Ok(alice), M::GET, "/api/v1/saved-queries", None)
+        .await;
+    assert_eq!(s, 200, "{list}");
+    let data = list["data"].as_array().expect("data");
+    assert_eq!(data.len(), 1, "{list}");
+    let name = data[0]["name"].as_str().expect("name").to_string();
+    assert!(written.contains(&name), "{name} is none of {written:?}");
+    let rows = w
+        .sql(
+            Ok(bob),
+            &format!("SELECT name FROM saved_queries WHERE query_id = '{id}'"),
+        )
+        .await;
+    assert_eq!(rows, [json!({ "name": name })], "one row per saved query");
+    let audited = w
+        .sql(
+            Ok(bob),
+            &format!(
+                "SELECT count(*) AS n FROM audit_log \
+                 WHERE action = 'saved_query.update' AND target = '{id}'"
+            ),
+        )
+        .await;
+    assert_eq!(audited, [json!({ "n": written.len() })], "{written:?}");
+}
+
 /// Renames of one saved query sent at once: each is a merge that rewrites
 /// the row's file, so the commits race and all but one lose. The server's
 /// lake retries the losers (re-reading the row), so every rename answers
@@ -404,50 +495,21 @@ async fn a_user_keeps_at_most_the_configured_saved_queries() {
 /// lost races (the metric the README tells operators to watch).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renames_at_once_lose_races_that_the_server_retries() {
-    let b = Backend::local();
-    b.crow_ok(&["init"]);
-    let org = b.crow_json(&["orgs", "create", "--name", "Alpha"])["org_id"]
-        .as_str()
-        .expect("org")
-        .to_string();
-    let w = World::start(b, &[]);
-    let alice = w.user(&org, "alice@alpha.example", "analyst").await;
-    let bob = w.user(&org, "bob@alpha.example", "admin").await;
-    let base = "/api/v1/saved-queries";
-    let (s, v) = w
-        .call(
-            Ok(&alice),
-            M::POST,
-            base,
-            Some(json!({"name": "raced", "sql": "SELECT 1"})),
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
-    let id = v["saved_query"]["id"].as_str().expect("id").to_string();
-    let path = format!("{base}/{id}");
+    let (w, alice, bob, id) = one_saved_query(&[]).await;
     let retries = |m: &str| crate::support::metric_value(m, "crow_lake_commit_retries_total");
     let before = retries(&w.server.metrics(&w.http).await);
-
-    // Eight renames at once, in rounds until one race was lost (the first
-    // round nearly always has one; a round where every commit happened to
-    // find the table as it left it proves nothing).
+    // Rounds until one race was lost (the first round nearly always has
+    // one; a round where every commit happened to find the table as it
+    // left it proves nothing).
     let mut names = Vec::new();
     let mut after = before;
     for round in 0..5 {
-        let renames = (0..8).map(|i| {
-            let name = format!("round {round} rename {i}");
-            names.push(name.clone());
-            let (w, alice, path) = (&w, &alice, &path);
-            async move {
-                w.call(Ok(alice), M::PATCH, path, Some(json!({ "name": name })))
-                    .await
-            }
-        });
-        for (s, v) in futures::future::join_all(renames.collect::<Vec<_>>()).await {
+        for (name, status, _, body) in renames_at_once(&w, &alice, &id, round).await {
             assert_eq!(
-                s, 200,
-                "a rename that lost a race is retried, not refused: {v}"
+                status, 200,
+                "a rename that lost a race is retried, not refused: {body}"
             );
+            names.push(name);
         }
         after = retries(&w.server.metrics(&w.http).await);
         if after > before {
@@ -458,32 +520,7 @@ async fn renames_at_once_lose_races_that_the_server_retries() {
         after > before,
         "40 renames of one row at once and no commit retried: {before} → {after}"
     );
-
-    // One row, named by one of the renames, in the API and in the table.
-    let (s, list) = w.call(Ok(&alice), M::GET, base, None).await;
-    assert_eq!(s, 200, "{list}");
-    let data = list["data"].as_array().expect("data");
-    assert_eq!(data.len(), 1, "{list}");
-    let name = data[0]["name"].as_str().expect("name").to_string();
-    assert!(names.contains(&name), "{name} is none of {names:?}");
-    let rows = w
-        .sql(
-            Ok(&bob),
-            &format!("SELECT name FROM saved_queries WHERE query_id = '{id}'"),
-        )
-        .await;
-    assert_eq!(rows, [json!({ "name": name })], "one row per saved query");
-    // Every rename that answered 200 was written, and audited.
-    let audited = w
-        .sql(
-            Ok(&bob),
-            &format!(
-                "SELECT count(*) AS n FROM audit_log \
-                 WHERE action = 'saved_query.update' AND target = '{id}'"
-            ),
-        )
-        .await;
-    assert_eq!(audited, [json!({ "n": names.len() })], "{names:?}");
+    renamed_by_one_of(&w, (&alice, &bob), &id, &names).await;
 }
 
 /// With no retries allowed (`lake.commit_retries = 0`), a rename that loses
@@ -493,56 +530,11 @@ async fn renames_at_once_lose_races_that_the_server_retries() {
 /// one of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_retries_a_lost_race_is_refused_and_writes_nothing() {
-    let b = Backend::local();
-    b.crow_ok(&["init"]);
-    let org = b.crow_json(&["orgs", "create", "--name", "Alpha"])["org_id"]
-        .as_str()
-        .expect("org")
-        .to_string();
-    let w = World::start(b, &[("CROW_LAKE_COMMIT_RETRIES", "0")]);
-    let alice = w.user(&org, "alice@alpha.example", "analyst").await;
-    let bob = w.user(&org, "bob@alpha.example", "admin").await;
-    let base = "/api/v1/saved-queries";
-    let (s, v) = w
-        .call(
-            Ok(&alice),
-            M::POST,
-            base,
-            Some(json!({"name": "raced", "sql": "SELECT 1"})),
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
-    let id = v["saved_query"]["id"].as_str().expect("id").to_string();
-    let url = w.server.url(&format!("{base}/{id}"));
+    let (w, alice, bob, id) = one_saved_query(&[("CROW_LAKE_COMMIT_RETRIES", "0")]).await;
     let mut written = Vec::new();
     let mut refused = 0;
     for round in 0..5 {
-        let renames = (0..8).map(|i| {
-            let name = format!("round {round} rename {i}");
-            let (w, alice, url) = (&w, &alice, &url);
-            async move {
-                let r = w
-                    .http
-                    .patch(url)
-                    .header(COOKIE, alice.header())
-                    .header("X-CSRF-Token", &alice.csrf)
-                    .json(&json!({ "name": name }))
-                    .send()
-                    .await
-                    .expect("patch");
-                let retry_after = r
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
-                let status = r.status().as_u16();
-                let body: Value = r.json().await.expect("json");
-                (name, status, retry_after, body)
-            }
-        });
-        for (name, status, retry_after, body) in
-            futures::future::join_all(renames.collect::<Vec<_>>()).await
-        {
+        for (name, status, retry_after, body) in renames_at_once(&w, &alice, &id, round).await {
             match status {
                 200 => written.push(name),
                 503 => {
@@ -567,19 +559,5 @@ async fn with_no_retries_a_lost_race_is_refused_and_writes_nothing() {
         refused > 0,
         "40 renames of one row at once and none lost a race"
     );
-    let (_, list) = w.call(Ok(&alice), M::GET, base, None).await;
-    let data = list["data"].as_array().expect("data");
-    assert_eq!(data.len(), 1, "{list}");
-    let name = data[0]["name"].as_str().expect("name").to_string();
-    assert!(written.contains(&name), "{name} is none of {written:?}");
-    let audited = w
-        .sql(
-            Ok(&bob),
-            &format!(
-                "SELECT count(*) AS n FROM audit_log \
-                 WHERE action = 'saved_query.update' AND target = '{id}'"
-            ),
-        )
-        .await;
-    assert_eq!(audited, [json!({ "n": written.len() })], "{written:?}");
+    renamed_by_one_of(&w, (&alice, &bob), &id, &written).await;
 }
