@@ -14,7 +14,8 @@
 //! does not run the query: the console runs it through `POST /api/v1/sql`,
 //! where the tenant's own rows are all it can read.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -116,6 +117,25 @@ fn clean_sql(s: &str) -> ApiResult<String> {
 }
 
 /// 409 `name_taken` when another of the user's saved queries has `name`.
+/// The lock a user's saves take in this process, so that a save's checks
+/// (the cap, a unique name) and its write happen as one: saves sent at once
+/// cannot all pass the checks before any of them is written. (Servers that
+/// share a lake don't share it: two of them can still each pass a check
+/// with a save in flight on the other.)
+fn user_lock(org_id: &str, user: &str) -> Arc<tokio::sync::Mutex<()>> {
+    type Locks = HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>;
+    static LOCKS: LazyLock<std::sync::Mutex<Locks>> = LazyLock::new(Default::default);
+    let mut locks = LOCKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Only the locks someone holds or waits for are kept.
+    locks.retain(|_, l| Arc::strong_count(l) > 1);
+    locks
+        .entry((org_id.to_string(), user.to_string()))
+        .or_default()
+        .clone()
+}
+
 fn check_unique(all: &[SavedRow], name: &str, except: Option<&str>) -> ApiResult<()> {
     let taken = all
         .iter()
@@ -162,6 +182,8 @@ pub async fn create(
     let b: CreateBody = body(&bytes, r#"{"name": "Orders by day", "sql": "SELECT …"}"#)?;
     let name = clean_name(&b.name)?;
     let sql = clean_sql(&b.sql)?;
+    let lock = user_lock(&p.org_id, &user);
+    let _one_at_a_time = lock.lock().await;
     let all = SAVED.all_of::<SavedRow>(&st, &p, &user).await?;
     let max = st.cfg.max_saved_queries;
     if all.len() >= max as usize {
@@ -231,6 +253,12 @@ pub async fn update(
             "send `name`, `sql` or both",
         ));
     }
+    // A new name is checked against the others: one rename at a time.
+    let lock = user_lock(&p.org_id, &user);
+    let _one_at_a_time = match b.name {
+        Some(_) => Some(lock.lock().await),
+        None => None,
+    };
     if let Some(n) = &b.name {
         let name = clean_name(n)?;
         check_unique(

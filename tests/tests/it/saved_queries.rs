@@ -421,17 +421,17 @@ async fn one_saved_query(env: &[(&str, &str)]) -> (World, Jar, Jar, String) {
     (w, alice, bob, id)
 }
 
-/// Eight renames of saved query `id` at once, named after `round`: each
-/// rename's name, status, `Retry-After` and answer.
-async fn renames_at_once(
+/// Eight changes of saved query `id`'s SQL at once, numbered after
+/// `round`: each change's SQL, status, `Retry-After` and answer.
+async fn edits_at_once(
     w: &World,
     alice: &Jar,
     id: &str,
     round: usize,
 ) -> Vec<(String, u16, Option<String>, Value)> {
     let url = w.server.url(&format!("/api/v1/saved-queries/{id}"));
-    let renames = (0..8).map(|i| {
-        let name = format!("round {round} rename {i}");
+    let edits = (0..8).map(|i| {
+        let sql = format!("SELECT {}", round * 10 + i);
         let url = &url;
         async move {
             let r = w
@@ -439,7 +439,7 @@ async fn renames_at_once(
                 .patch(url)
                 .header(COOKIE, alice.header())
                 .header("X-CSRF-Token", &alice.csrf)
-                .json(&json!({ "name": name }))
+                .json(&json!({ "sql": sql }))
                 .send()
                 .await
                 .expect("patch");
@@ -450,31 +450,31 @@ async fn renames_at_once(
                 .map(str::to_string);
             let status = r.status().as_u16();
             let body: Value = r.json().await.expect("json");
-            (name, status, retry_after, body)
+            (sql, status, retry_after, body)
         }
     });
-    futures::future::join_all(renames.collect::<Vec<_>>()).await
+    futures::future::join_all(edits.collect::<Vec<_>>()).await
 }
 
-/// After the renames, saved query `id` is one row — in the API and in the
-/// table — named by one of `written`, and exactly the renames in `written`
-/// are in the audit log.
-async fn renamed_by_one_of(w: &World, (alice, bob): (&Jar, &Jar), id: &str, written: &[String]) {
+/// After the changes, saved query `id` is one row — in the API and in the
+/// table — with one of the SQL texts in `written`, and exactly the changes
+/// in `written` are in the audit log.
+async fn edited_by_one_of(w: &World, (alice, bob): (&Jar, &Jar), id: &str, written: &[String]) {
     let (s, list) = w
         .call(Ok(alice), M::GET, "/api/v1/saved-queries", None)
         .await;
     assert_eq!(s, 200, "{list}");
     let data = list["data"].as_array().expect("data");
     assert_eq!(data.len(), 1, "{list}");
-    let name = data[0]["name"].as_str().expect("name").to_string();
-    assert!(written.contains(&name), "{name} is none of {written:?}");
+    let sql = data[0]["sql"].as_str().expect("sql").to_string();
+    assert!(written.contains(&sql), "{sql} is none of {written:?}");
     let rows = w
         .sql(
             Ok(bob),
-            &format!("SELECT name FROM saved_queries WHERE query_id = '{id}'"),
+            &format!("SELECT sql FROM saved_queries WHERE query_id = '{id}'"),
         )
         .await;
-    assert_eq!(rows, [json!({ "name": name })], "one row per saved query");
+    assert_eq!(rows, [json!({ "sql": sql })], "one row per saved query");
     let audited = w
         .sql(
             Ok(bob),
@@ -487,29 +487,29 @@ async fn renamed_by_one_of(w: &World, (alice, bob): (&Jar, &Jar), id: &str, writ
     assert_eq!(audited, [json!({ "n": written.len() })], "{written:?}");
 }
 
-/// Renames of one saved query sent at once: each is a merge that rewrites
-/// the row's file, so the commits race and all but one lose. The server's
-/// lake retries the losers (re-reading the row), so every rename answers
-/// 200, the query stays one row, named by one of the renames, every rename
-/// is audited, and the server's `crow_lake_commit_retries_total` counts the
-/// lost races (the metric the README tells operators to watch).
+/// Changes of one saved query's SQL sent at once: each is a merge that
+/// rewrites the row's file, so the commits race and all but one lose. The
+/// server's lake retries the losers (re-reading the row), so every change
+/// answers 200, the query stays one row with one of the changes' SQL, every
+/// change is audited, and the server's `crow_lake_commit_retries_total`
+/// counts the lost races (the metric the README tells operators to watch).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn renames_at_once_lose_races_that_the_server_retries() {
+async fn edits_at_once_lose_races_that_the_server_retries() {
     let (w, alice, bob, id) = one_saved_query(&[]).await;
     let retries = |m: &str| crate::support::metric_value(m, "crow_lake_commit_retries_total");
     let before = retries(&w.server.metrics(&w.http).await);
     // Rounds until one race was lost (the first round nearly always has
     // one; a round where every commit happened to find the table as it
     // left it proves nothing).
-    let mut names = Vec::new();
+    let mut written = Vec::new();
     let mut after = before;
     for round in 0..5 {
-        for (name, status, _, body) in renames_at_once(&w, &alice, &id, round).await {
+        for (sql, status, _, body) in edits_at_once(&w, &alice, &id, round).await {
             assert_eq!(
                 status, 200,
-                "a rename that lost a race is retried, not refused: {body}"
+                "a change that lost a race is retried, not refused: {body}"
             );
-            names.push(name);
+            written.push(sql);
         }
         after = retries(&w.server.metrics(&w.http).await);
         if after > before {
@@ -518,14 +518,14 @@ async fn renames_at_once_lose_races_that_the_server_retries() {
     }
     assert!(
         after > before,
-        "40 renames of one row at once and no commit retried: {before} → {after}"
+        "40 changes of one row at once and no commit retried: {before} → {after}"
     );
-    renamed_by_one_of(&w, (&alice, &bob), &id, &names).await;
+    edited_by_one_of(&w, (&alice, &bob), &id, &written).await;
 }
 
-/// With no retries allowed (`lake.commit_retries = 0`), a rename that loses
+/// With no retries allowed (`lake.commit_retries = 0`), a change that loses
 /// the race is refused — 503 `unavailable`, `Retry-After: 1`, a detail that
-/// names concurrent writers — and writes nothing: the renames that answered
+/// names concurrent writers — and writes nothing: the changes that answered
 /// 200 are exactly the ones audited, and the query stays one row named by
 /// one of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -534,9 +534,9 @@ async fn with_no_retries_a_lost_race_is_refused_and_writes_nothing() {
     let mut written = Vec::new();
     let mut refused = 0;
     for round in 0..5 {
-        for (name, status, retry_after, body) in renames_at_once(&w, &alice, &id, round).await {
+        for (sql, status, retry_after, body) in edits_at_once(&w, &alice, &id, round).await {
             match status {
-                200 => written.push(name),
+                200 => written.push(sql),
                 503 => {
                     refused += 1;
                     assert_eq!(body["code"], "unavailable", "{body}");
@@ -548,7 +548,7 @@ async fn with_no_retries_a_lost_race_is_refused_and_writes_nothing() {
                         "{body}"
                     );
                 }
-                _ => panic!("{name}: {status} {body}"),
+                _ => panic!("{sql}: {status} {body}"),
             }
         }
         if refused > 0 {
@@ -557,7 +557,61 @@ async fn with_no_retries_a_lost_race_is_refused_and_writes_nothing() {
     }
     assert!(
         refused > 0,
-        "40 renames of one row at once and none lost a race"
+        "40 changes of one row at once and none lost a race"
     );
-    renamed_by_one_of(&w, (&alice, &bob), &id, &written).await;
+    edited_by_one_of(&w, (&alice, &bob), &id, &written).await;
+}
+
+/// Saves sent at once cannot pass the checks together (a user's saves
+/// take turns in the server): with a cap of 3,
+/// eight different saves at once create exactly 3 (the others 409
+/// `too_many_saved_queries`); after deleting them, four saves of one name
+/// at once create exactly one (the others 409 `name_taken`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saves_at_once_keep_the_cap_and_unique_names() {
+    let b = Backend::local();
+    b.crow_ok(&["init"]);
+    let org = b.crow_json(&["orgs", "create", "--name", "Alpha"])["org_id"]
+        .as_str()
+        .expect("org")
+        .to_string();
+    let w = World::start(b, &[("CROW_API_MAX_SAVED_QUERIES", "3")]);
+    let alice = w.user(&org, "alice@alpha.example", "analyst").await;
+    let base = "/api/v1/saved-queries";
+    let saves = |names: Vec<String>| {
+        let (w, alice) = (&w, &alice);
+        futures::future::join_all(names.into_iter().map(move |name| async move {
+            let body = json!({"name": name, "sql": "SELECT 1"});
+            w.call(Ok(alice), M::POST, base, Some(body)).await
+        }))
+    };
+    let codes = |answers: &[(u16, Value)]| {
+        let mut c: Vec<String> = answers
+            .iter()
+            .map(|(s, v)| format!("{s} {}", v["code"].as_str().unwrap_or("")))
+            .collect();
+        c.sort();
+        c
+    };
+
+    let answers = saves((0..8).map(|i| format!("query {i}")).collect()).await;
+    let mut want = vec!["201 ".to_string(); 3];
+    want.extend(vec!["409 too_many_saved_queries".to_string(); 5]);
+    assert_eq!(codes(&answers), want, "{answers:?}");
+    let (_, list) = w.call(Ok(&alice), M::GET, base, None).await;
+    assert_eq!(names(&list).len(), 3, "{list}");
+
+    for q in list["data"].as_array().expect("data") {
+        let id = q["id"].as_str().expect("id");
+        let (s, v) = w
+            .call(Ok(&alice), M::DELETE, &format!("{base}/{id}"), None)
+            .await;
+        assert_eq!(s, 204, "{v}");
+    }
+    let answers = saves(vec!["the same name".to_string(); 4]).await;
+    let mut want = vec!["201 ".to_string()];
+    want.extend(vec!["409 name_taken".to_string(); 3]);
+    assert_eq!(codes(&answers), want, "{answers:?}");
+    let (_, list) = w.call(Ok(&alice), M::GET, base, None).await;
+    assert_eq!(names(&list), ["the same name"], "{list}");
 }
