@@ -116,7 +116,6 @@ fn clean_sql(s: &str) -> ApiResult<String> {
     Ok(s.to_string())
 }
 
-/// 409 `name_taken` when another of the user's saved queries has `name`.
 /// The lock a user's saves take in this process, so that a save's checks
 /// (the cap, a unique name) and its write happen as one: saves sent at once
 /// cannot all pass the checks before any of them is written. (Servers that
@@ -136,6 +135,7 @@ fn user_lock(org_id: &str, user: &str) -> Arc<tokio::sync::Mutex<()>> {
         .clone()
 }
 
+/// 409 `name_taken` when another of the user's saved queries has `name`.
 fn check_unique(all: &[SavedRow], name: &str, except: Option<&str>) -> ApiResult<()> {
     let taken = all
         .iter()
@@ -182,8 +182,7 @@ pub async fn create(
     let b: CreateBody = body(&bytes, r#"{"name": "Orders by day", "sql": "SELECT …"}"#)?;
     let name = clean_name(&b.name)?;
     let sql = clean_sql(&b.sql)?;
-    let lock = user_lock(&p.org_id, &user);
-    let _one_at_a_time = lock.lock().await;
+    let _one_at_a_time = user_lock(&p.org_id, &user).lock_owned().await;
     let all = SAVED.all_of::<SavedRow>(&st, &p, &user).await?;
     let max = st.cfg.max_saved_queries;
     if all.len() >= max as usize {
@@ -254,9 +253,8 @@ pub async fn update(
         ));
     }
     // A new name is checked against the others: one rename at a time.
-    let lock = user_lock(&p.org_id, &user);
     let _one_at_a_time = match b.name {
-        Some(_) => Some(lock.lock().await),
+        Some(_) => Some(user_lock(&p.org_id, &user).lock_owned().await),
         None => None,
     };
     if let Some(n) = &b.name {

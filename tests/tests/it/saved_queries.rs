@@ -396,9 +396,9 @@ async fn a_user_keeps_at_most_the_configured_saved_queries() {
     assert_eq!(s, 201, "{v}");
 }
 
-/// A server started with `env`; Alice (analyst) of a new organization with
-/// one saved query, whose id is returned; Bob, an admin of hers.
-async fn one_saved_query(env: &[(&str, &str)]) -> (World, Jar, Jar, String) {
+/// A server started with `env` on a new lake with one organization: Alice,
+/// an analyst, and Bob, an admin, signed in.
+async fn alpha(env: &[(&str, &str)]) -> (World, Jar, Jar) {
     let b = Backend::local();
     b.crow_ok(&["init"]);
     let org = b.crow_json(&["orgs", "create", "--name", "Alpha"])["org_id"]
@@ -408,6 +408,12 @@ async fn one_saved_query(env: &[(&str, &str)]) -> (World, Jar, Jar, String) {
     let w = World::start(b, env);
     let alice = w.user(&org, "alice@alpha.example", "analyst").await;
     let bob = w.user(&org, "bob@alpha.example", "admin").await;
+    (w, alice, bob)
+}
+
+/// [`alpha`], with one saved query of Alice's, whose id is returned.
+async fn one_saved_query(env: &[(&str, &str)]) -> (World, Jar, Jar, String) {
+    let (w, alice, bob) = alpha(env).await;
     let (s, v) = w
         .call(
             Ok(&alice),
@@ -569,14 +575,7 @@ async fn with_no_retries_a_lost_race_is_refused_and_writes_nothing() {
 /// at once create exactly one (the others 409 `name_taken`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saves_at_once_keep_the_cap_and_unique_names() {
-    let b = Backend::local();
-    b.crow_ok(&["init"]);
-    let org = b.crow_json(&["orgs", "create", "--name", "Alpha"])["org_id"]
-        .as_str()
-        .expect("org")
-        .to_string();
-    let w = World::start(b, &[("CROW_API_MAX_SAVED_QUERIES", "3")]);
-    let alice = w.user(&org, "alice@alpha.example", "analyst").await;
+    let (w, alice, _) = alpha(&[("CROW_API_MAX_SAVED_QUERIES", "3")]).await;
     let base = "/api/v1/saved-queries";
     let saves = |names: Vec<String>| {
         let (w, alice) = (&w, &alice);
