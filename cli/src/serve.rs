@@ -318,6 +318,20 @@ fn metrics_registry(
         "Delta commit files read from the store (and kept, if they fit).",
         metrics::Reading::counter(move || misses.log_reads().1),
     );
+    let hits = lake.clone();
+    metrics::register(
+        &mut registry,
+        "crow_lake_small_file_cache_hits_total",
+        "Reads of small Parquet files answered from memory (S3/R2 lakes).",
+        metrics::Reading::counter(move || hits.small_file_reads().0),
+    );
+    let misses = lake.clone();
+    metrics::register(
+        &mut registry,
+        "crow_lake_small_file_cache_misses_total",
+        "Small Parquet files read whole from the store to be kept (S3/R2 lakes).",
+        metrics::Reading::counter(move || misses.small_file_reads().1),
+    );
     metrics::register(
         &mut registry,
         "crow_lake_commit_retries_total",

@@ -359,7 +359,14 @@ impl Lake {
             .ok_or_else(|| DeltaTableError::InvalidTableLocation(self.root.to_string()))?;
         let config = deltalake::logstore::StorageConfig::parse_options(self.options.clone())?;
         let (root, _prefix) = factory.parse_url_opts(&self.root, &config)?;
-        let store = Arc::new(logcache::LogCache::new(root));
+        let store = logcache::LogCache::new(root);
+        // Small Parquet files are worth keeping only when a read is a
+        // request over the network.
+        let store = Arc::new(if self.is_local() {
+            store
+        } else {
+            store.keeping_small_files()
+        });
         *slot = Some(Arc::clone(&store));
         Ok(store)
     }
@@ -369,6 +376,13 @@ impl Lake {
     pub fn log_reads(&self) -> (u64, u64) {
         let slot = self.store.lock().unwrap_or_else(|e| e.into_inner());
         slot.as_ref().map(|s| s.counts()).unwrap_or_default()
+    }
+
+    /// Reads of small Parquet files answered from memory, and small files
+    /// read whole from the store ([`logcache`]; both 0 on a local lake).
+    pub fn small_file_reads(&self) -> (u64, u64) {
+        let slot = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        slot.as_ref().map(|s| s.file_counts()).unwrap_or_default()
     }
 
     /// Load a table at its latest version.

@@ -187,6 +187,10 @@ type StatsCache = std::collections::HashMap<(String, String), Option<ColumnStats
 /// unsorted files, rather than merging so many streams at once.
 const MAX_SORTED_FILES: usize = 128;
 
+/// Bytes read from the end of a file for its footer, when the session does
+/// not say (DataFusion's own default).
+const METADATA_SIZE_HINT: usize = 512 * 1024;
+
 /// [`STATS_CACHE`]'s bound (about 100 bytes each): past it, it starts over.
 const STATS_CACHE_ENTRIES: usize = 1_000_000;
 
@@ -713,8 +717,18 @@ impl TableProvider for PlainParquetTable {
         let table_schema = TableSchema::builder(self.file_schema.clone())
             .with_table_partition_cols(self.partition_fields.clone())
             .build();
+        // The footer is read with room to spare (DataFusion's listing
+        // tables do the same; a bare `ParquetSource` reads the last 8 bytes
+        // first, then the footer: one request more per file). For a small
+        // file this first read is the whole file, which the lake's store
+        // keeps on S3/R2 (`logcache`).
+        let metadata_size_hint = options
+            .global
+            .metadata_size_hint
+            .unwrap_or(METADATA_SIZE_HINT);
         let source = ParquetSource::new(table_schema)
             .with_table_parquet_options(options)
+            .with_metadata_size_hint(metadata_size_hint)
             .with_parquet_file_reader_factory(Arc::new(CachedParquetFileReaderFactory::new(
                 store,
                 metadata_cache,

@@ -875,6 +875,39 @@ async fn keys_formats_rest_and_metrics(b: Backend) {
     assert_eq!(r.status(), 200);
     let m = w.server.metrics(&w.http).await;
     assert!(commits(&m) > before, "{m}");
+
+    // Small Parquet files on S3/R2: the server reads each one whole once
+    // and answers every later read of it from memory; a local lake keeps
+    // none. Two queries that read columns of the same files (not answered
+    // by the file statistics, nor by the result cache: other SQL).
+    let small = |m: &str| {
+        [
+            metric_value(m, "crow_lake_small_file_cache_hits_total"),
+            metric_value(m, "crow_lake_small_file_cache_misses_total"),
+        ]
+    };
+    let mut seen = vec![small(&m)];
+    for sql in [
+        "select count(distinct anonymous_id) as n from raw_web_events",
+        "select max(event) as e, min(anonymous_id) as a from raw_web_events",
+    ] {
+        let r = w.post_sql(&w.key_a, json!({ "sql": sql }), None).await;
+        assert_eq!(r.status(), 200, "{sql}");
+        seen.push(small(&w.server.metrics(&w.http).await));
+    }
+    if w.b.name == "s3" {
+        assert!(seen[1][1] > 0.0, "files kept: {seen:?}");
+        assert_eq!(
+            seen[2][1], seen[1][1],
+            "the second query read no file from the store again: {seen:?}"
+        );
+        assert!(
+            seen[2][0] > seen[1][0],
+            "the second query's reads were answered from memory: {seen:?}"
+        );
+    } else {
+        assert_eq!(seen, [[0.0, 0.0]; 3], "a local lake keeps no files");
+    }
 }
 
 /// An API export (status, download) and a CLI export with a time range, both
