@@ -357,6 +357,27 @@ impl LogCache {
         Ok((meta, bytes, attributes))
     }
 
+    /// `ranges` of a small file: from its kept copy, or by reading it whole
+    /// when an earlier read showed it small; `None` when neither.
+    async fn small_file_ranges(
+        &self,
+        files: &Mutex<Kept>,
+        location: &Path,
+        ranges: &[Range<u64>],
+    ) -> Option<StoreResult<Vec<Bytes>>> {
+        if let Some((_, bytes)) = self.kept_file(files, location) {
+            return Some(slices(&bytes, ranges));
+        }
+        if !Self::known_small(files, location) {
+            return None;
+        }
+        Some(
+            self.read_whole(files, location)
+                .await
+                .and_then(|(_, bytes, _)| slices(&bytes, ranges)),
+        )
+    }
+
     /// A read of a Parquet file on a store whose small files are kept.
     async fn get_parquet(
         &self,
@@ -477,12 +498,8 @@ impl ObjectStore for LogCache {
         let Some(files) = self.files.as_ref().filter(|_| is_parquet_file(location)) else {
             return self.inner.get_ranges(location, ranges).await;
         };
-        if let Some((_, bytes)) = self.kept_file(files, location) {
-            return slices(&bytes, ranges);
-        }
-        if Self::known_small(files, location) {
-            let (_, bytes, _) = self.read_whole(files, location).await?;
-            return slices(&bytes, ranges);
+        if let Some(answered) = self.small_file_ranges(files, location, ranges).await {
+            return answered;
         }
         let known = files
             .lock()
@@ -508,12 +525,8 @@ impl ObjectStore for LogCache {
         if rest.is_empty() {
             return Ok(vec![head]);
         }
-        if let Some((_, bytes)) = self.kept_file(files, location) {
-            return slices(&bytes, ranges);
-        }
-        if Self::known_small(files, location) {
-            let (_, bytes, _) = self.read_whole(files, location).await?;
-            return slices(&bytes, ranges);
+        if let Some(answered) = self.small_file_ranges(files, location, ranges).await {
+            return answered;
         }
         let mut out = Vec::with_capacity(ranges.len());
         out.push(head);
