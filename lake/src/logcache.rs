@@ -357,25 +357,31 @@ impl LogCache {
         Ok((meta, bytes, attributes))
     }
 
-    /// `ranges` of a small file: from its kept copy, or by reading it whole
-    /// when an earlier read showed it small; `None` when neither.
+    /// A small file's bytes: its kept copy, or the whole file read (and
+    /// kept) when an earlier read showed it small; `None` when neither.
+    async fn small_file(
+        &self,
+        files: &Mutex<Kept>,
+        location: &Path,
+    ) -> Option<StoreResult<(ObjectMeta, Bytes, object_store::Attributes)>> {
+        if let Some((meta, bytes)) = self.kept_file(files, location) {
+            return Some(Ok((meta, bytes, Default::default())));
+        }
+        if !Self::known_small(files, location) {
+            return None;
+        }
+        Some(self.read_whole(files, location).await)
+    }
+
+    /// `ranges` of a small file, as [`LogCache::small_file`] finds it.
     async fn small_file_ranges(
         &self,
         files: &Mutex<Kept>,
         location: &Path,
         ranges: &[Range<u64>],
     ) -> Option<StoreResult<Vec<Bytes>>> {
-        if let Some((_, bytes)) = self.kept_file(files, location) {
-            return Some(slices(&bytes, ranges));
-        }
-        if !Self::known_small(files, location) {
-            return None;
-        }
-        Some(
-            self.read_whole(files, location)
-                .await
-                .and_then(|(_, bytes, _)| slices(&bytes, ranges)),
-        )
+        let found = self.small_file(files, location).await?;
+        Some(found.and_then(|(_, bytes, _)| slices(&bytes, ranges)))
     }
 
     /// A read of a Parquet file on a store whose small files are kept.
@@ -385,11 +391,8 @@ impl LogCache {
         location: &Path,
         options: GetOptions,
     ) -> StoreResult<GetResult> {
-        if let Some((meta, bytes)) = self.kept_file(files, location) {
-            return answer_range(meta, &bytes, options.range.as_ref(), Default::default());
-        }
-        if Self::known_small(files, location) {
-            let (meta, bytes, attributes) = self.read_whole(files, location).await?;
+        if let Some(found) = self.small_file(files, location).await {
+            let (meta, bytes, attributes) = found?;
             return answer_range(meta, &bytes, options.range.as_ref(), attributes);
         }
         let got = self.inner.get_opts(location, options).await?;
