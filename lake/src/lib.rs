@@ -33,6 +33,7 @@ pub mod order;
 pub mod orgs;
 pub mod predicate;
 pub mod products;
+pub mod pushdown;
 pub mod scan;
 mod schema;
 pub mod vector;

@@ -17,7 +17,8 @@
 //!   (exactly, so DataFusion drops them); every other filter is left to
 //!   DataFusion, which pushes it into the Parquet scan as its one predicate:
 //!   row groups, pages (page index) and bloom filters are pruned with it, and
-//!   rows are filtered while decoding.
+//!   rows are filtered while decoding — or, once the filter is seen to keep
+//!   many rows, above the scan ([`crate::pushdown`]).
 //! - **Footers are read once.** The Parquet metadata of each file is kept in
 //!   the session runtime's file-metadata cache (DataFusion's `CacheManager`),
 //!   keyed by the file's path, so a long-running API server parses a footer
@@ -60,7 +61,9 @@ use datafusion::common::{Column, DFSchema, ScalarValue, Statistics};
 use datafusion::datasource::listing::helpers::{expr_applicable_for_cols, filter_partitioned_file};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::physical_plan::{
+    FileGroup, FileScanConfigBuilder, FileSource, ParquetSource,
+};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::{
@@ -186,6 +189,10 @@ type StatsCache = std::collections::HashMap<(String, String), Option<ColumnStats
 /// long range of days) spreads them over the session's partitions, as for
 /// unsorted files, rather than merging so many streams at once.
 const MAX_SORTED_FILES: usize = 128;
+
+/// The column every CROW table keeps its organization in: the tenant
+/// filter of every API query compares it.
+const TENANT_COLUMN: &str = "org_id";
 
 /// Bytes read from the end of a file for its footer, when the session does
 /// not say (DataFusion's own default).
@@ -709,10 +716,30 @@ impl TableProvider for PlainParquetTable {
         let store_url = self.table.log_store().root_url().as_object_store_url();
         let store = state.runtime_env().object_store(&store_url)?;
         let metadata_cache = state.runtime_env().cache_manager.get_file_metadata_cache();
+        // The filters the scan itself evaluates (not decided by partition
+        // values or file statistics): in the Parquet decoder, or above the
+        // scan once they are seen to keep many rows ([`crate::pushdown`]).
+        // One on the tenant column stays in the decoder, which evaluates it
+        // before any other condition.
+        let row_filters: Vec<&Expr> = filters
+            .iter()
+            .filter(|f| !self.is_partition_filter(f) && self.decided_by_statistics(f).is_none())
+            .collect();
+        let learn = !row_filters.is_empty()
+            && !row_filters
+                .iter()
+                .any(|f| f.column_refs().iter().any(|c| c.name == TENANT_COLUMN));
+        let pushdown_key = learn.then(|| {
+            let texts: Vec<String> = row_filters.iter().map(|f| f.to_string()).collect();
+            crate::pushdown::key(self.table.log_store().root_url().as_str(), &texts)
+        });
+        let push_down = pushdown_key
+            .as_deref()
+            .is_none_or(crate::pushdown::push_down);
         let mut options = state.table_options().parquet.clone();
         options.global.enable_page_index = true;
         options.global.bloom_filter_on_read = true;
-        options.global.pushdown_filters = true;
+        options.global.pushdown_filters = push_down;
         options.global.reorder_filters = true;
         let table_schema = TableSchema::builder(self.file_schema.clone())
             .with_table_partition_cols(self.partition_fields.clone())
@@ -733,6 +760,9 @@ impl TableProvider for PlainParquetTable {
                 store,
                 metadata_cache,
             )));
+        if let (Some(key), true) = (pushdown_key, push_down) {
+            crate::pushdown::watch(key, source.metrics().clone());
+        }
         let rows = files.iter().try_fold(0usize, |acc, f| {
             match f.statistics.as_ref().map(|s| s.num_rows) {
                 Some(Precision::Exact(n)) => Some(acc + n),

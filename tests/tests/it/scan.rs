@@ -784,3 +784,112 @@ async fn tenants_stay_apart_with_the_plain_scan(b: Backend) {
         );
     }
 }
+
+both_backends!(
+    filters_that_keep_many_rows_are_evaluated_above_the_scan
+        => filters_that_keep_many_rows_are_evaluated_above_the_scan
+);
+
+/// A filter seen to keep many of the rows it is evaluated on
+/// (`crow_lake::pushdown`) is evaluated above the scan from the next scan
+/// on; one that keeps few stays in the Parquet decoder; a filter on the
+/// tenant column the statistics do not decide keeps it in the decoder, and
+/// the session setting pushes every filter down. Every answer, before and
+/// after, equals delta-rs's.
+async fn filters_that_keep_many_rows_are_evaluated_above_the_scan(b: Backend) {
+    let lake = b.lake().await;
+    lake.init().await.expect("init");
+    let t = "raw_web_events";
+    // 20,000 events of one organization on one day: half of them `common`,
+    // ten `rare`.
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("date");
+    let event_day = (day(18) - epoch).num_days();
+    let rows: Vec<Value> = (0..20_000)
+        .map(|i| {
+            let mut r = row(&RAW_WEB_EVENTS, Some(ORG_A), "pd", i);
+            r["event_date"] = json!(event_day);
+            r["event"] = json!(match i {
+                0..10 => "rare",
+                _ if i % 2 == 0 => "common",
+                _ => "other",
+            });
+            r
+        })
+        .collect();
+    lake.append(
+        t,
+        vec![rows_to_batch(&RAW_WEB_EVENTS, &rows).expect("batch")],
+    )
+    .await
+    .expect("append");
+    let common = "select count(*) as n, count(distinct anonymous_id) as v from {t} \
+                  where event = 'common'";
+    let rare = "select anonymous_id, occurred_at from {t} where event = 'rare'";
+    let above = |plan: &str| plan.contains("FilterExec");
+    let ctx = both_scans(&lake, t, AsOf::Latest).await;
+    let on_p = |q: &str| q.replace("{t}", "p");
+
+    // First seen: in the decoder. Once run, it has kept half its rows.
+    let first = plan(&ctx, &on_p(common)).await;
+    assert!(!above(&first), "an unknown filter is pushed down: {first}");
+    let answers = same_answers(&ctx, &[common.to_string()]).await;
+    assert_eq!(
+        answers[0],
+        vec![json!({"n": 9_995, "v": 9_995}).to_string()]
+    );
+    let learned = plan(&ctx, &on_p(common)).await;
+    assert!(
+        above(&learned),
+        "50 % kept: evaluated above the scan: {learned}"
+    );
+    assert_eq!(same_answers(&ctx, &[common.to_string()]).await, answers);
+
+    // Ten rows of 20,000 stay in the decoder.
+    let answers = same_answers(&ctx, &[rare.to_string()]).await;
+    assert_eq!(answers[0].len(), 10, "{answers:?}");
+    let selective = plan(&ctx, &on_p(rare)).await;
+    assert!(
+        !above(&selective),
+        "0.05 % kept: in the decoder: {selective}"
+    );
+    assert_eq!(same_answers(&ctx, &[rare.to_string()]).await, answers);
+
+    // The session setting pushes down what was learned to keep above.
+    let state = crow_lake::with_planner_rules(
+        SessionStateBuilder::new()
+            .with_config(
+                crow_lake::session_config()
+                    .with_target_partitions(2)
+                    .set_bool("datafusion.execution.parquet.pushdown_filters", true),
+            )
+            .with_default_features(),
+    )
+    .build();
+    let forced = SessionContext::new_with_state(state);
+    lake.register_scan(&forced, "p", t, AsOf::Latest, Scan::Auto)
+        .await
+        .expect("register");
+    let pushed = plan(&forced, &on_p(common)).await;
+    assert!(!above(&pushed), "pushdown_filters = true: {pushed}");
+
+    // Files holding two organizations: the tenant filter is evaluated, and
+    // with it the whole filter stays in the decoder, however many rows it
+    // keeps.
+    lake.append(
+        t,
+        vec![
+            batch(&RAW_WEB_EVENTS, ORG_A, "mix", 2),
+            batch(&RAW_WEB_EVENTS, ORG_B, "mix", 2),
+        ],
+    )
+    .await
+    .expect("append");
+    let ctx = both_scans(&lake, t, AsOf::Latest).await;
+    let tenant = "select count(*) as n from {t} where org_id = 'org-alpha' and event = 'common'";
+    for _ in 0..3 {
+        let answers = same_answers(&ctx, &[tenant.to_string()]).await;
+        assert_eq!(answers[0], vec![json!({"n": 9_995}).to_string()]);
+        let p = plan(&ctx, &on_p(tenant)).await;
+        assert!(p.contains("org_id") && !above(&p), "{p}");
+    }
+}
