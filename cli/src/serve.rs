@@ -334,6 +334,18 @@ fn metrics_registry(
     );
     metrics::register(
         &mut registry,
+        "crow_lake_scans_filtered_in_decoder_total",
+        "Plain Parquet scans whose own filter was evaluated in the Parquet decoder.",
+        metrics::Reading::counter(|| crow_lake::pushdown::scans().0),
+    );
+    metrics::register(
+        &mut registry,
+        "crow_lake_scans_filtered_above_total",
+        "Plain Parquet scans whose own filter, seen to keep many rows, was evaluated above the scan.",
+        metrics::Reading::counter(|| crow_lake::pushdown::scans().1),
+    );
+    metrics::register(
+        &mut registry,
         "crow_lake_commit_retries_total",
         "Lake operations run again after losing a commit race to another writer.",
         metrics::Reading::counter(crow_lake::commit_retries_total),

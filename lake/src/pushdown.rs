@@ -20,15 +20,17 @@
 //!
 //! Neither can be told from the plan: how many rows `event = …` keeps
 //! depends on the value and the data. So the scan measures it: a scan that
-//! pushes its filter down keeps a handle on the decoder's counters (rows
-//! the row filter matched and pruned, after row-group and page pruning),
-//! and the next scan of the same table with the same filters reads them.
-//! Once a filter is seen to keep more than [`MAX_KEPT`] of the rows it was
-//! evaluated on, over at least [`MIN_ROWS`] rows, later scans of it
-//! evaluate it above the scan; every [`REPROBE`]-th of them pushes it down
-//! again to measure anew, so a filter that becomes selective (the data
-//! changed) goes back into the decoder. A process learns this for its own
-//! scans; a new one starts by pushing down, as before.
+//! pushes its filter down reads its files through a [`Measured`] reader
+//! factory, which, once the query's plan is dropped, reads the decoder's
+//! counters (rows the row filter matched and pruned, after row-group and
+//! page pruning) and remembers for the table and filters what share was
+//! kept — a flag per filter, nothing of the scan itself. Once a filter is
+//! seen to keep more than [`MAX_KEPT`] of the rows it was evaluated on,
+//! over at least [`MIN_ROWS`] rows, later scans of it evaluate it above the
+//! scan; every [`REPROBE`]-th of them pushes it down again to measure anew,
+//! so a filter that becomes selective (the data changed) goes back into the
+//! decoder. A process learns this for its own scans; a new one starts by
+//! pushing down, as before.
 //!
 //! A filter on the tenant column (`org_id`) that the file statistics do not
 //! decide keeps the filter in the decoder, whatever it keeps: there the row
@@ -44,8 +46,12 @@
 //! pushes every filter down whatever was learned.
 
 use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::parquet::ParquetFileReaderFactory;
+use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 
 /// A filter that keeps more than this share of the rows it is evaluated on
@@ -64,14 +70,8 @@ pub const REPROBE: u32 = 32;
 /// At most this many filters are remembered; past it, all are forgotten.
 const MAX_ENTRIES: usize = 10_000;
 
-/// Counters of scans not read yet, per filter.
-const MAX_PENDING: usize = 8;
-
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct Entry {
-    /// The decoder counters of earlier scans that pushed this filter down,
-    /// read (and dropped) by the next scan once they have counted rows.
-    pending: Vec<ExecutionPlanMetricsSet>,
     /// The last measure said: evaluate above the scan.
     above: bool,
     /// Scans planned since `above` was last set.
@@ -79,6 +79,26 @@ struct Entry {
 }
 
 static LEARNED: LazyLock<Mutex<HashMap<String, Entry>>> = LazyLock::new(Default::default);
+
+/// Scans with filters of their own evaluated in the decoder, and above it.
+static IN_DECODER: AtomicU64 = AtomicU64::new(0);
+static ABOVE: AtomicU64 = AtomicU64::new(0);
+
+/// Scans of this process with filters of their own (not decided by
+/// partition values or file statistics): how many evaluated them in the
+/// Parquet decoder, and how many above the scan.
+pub fn scans() -> (u64, u64) {
+    (
+        IN_DECODER.load(Ordering::Relaxed),
+        ABOVE.load(Ordering::Relaxed),
+    )
+}
+
+/// Count a scan with filters of its own, evaluated in the decoder or not.
+pub fn count(in_decoder: bool) {
+    let c = if in_decoder { &IN_DECODER } else { &ABOVE };
+    c.fetch_add(1, Ordering::Relaxed);
+}
 
 /// The key of a scan of `table` (its root URL) with `filters` (the filters
 /// the scan itself evaluates, in any order).
@@ -88,74 +108,123 @@ pub fn key(table: &str, filters: &[String]) -> String {
     format!("{table}\n{}", sorted.join("\n"))
 }
 
-/// Rows the decoder's row filter matched and pruned in a scan's counters.
-fn counted(metrics: &ExecutionPlanMetricsSet) -> (usize, usize) {
-    let set = metrics.clone_inner();
-    let sum = |name| set.sum_by_name(name).map_or(0, |v| v.as_usize());
-    (sum("pushdown_rows_matched"), sum("pushdown_rows_pruned"))
-}
-
 /// Whether the scan keyed `key` pushes its filter into the decoder, from
 /// what earlier scans of it kept. Unknown filters are pushed down.
 pub fn push_down(key: &str) -> bool {
     let Ok(mut learned) = LEARNED.lock() else {
         return true;
     };
-    let Some(entry) = learned.get_mut(key) else {
+    let Some(entry) = learned.get_mut(key).filter(|e| e.above) else {
         return true;
     };
-    let (mut matched, mut pruned) = (0, 0);
-    entry.pending.retain(|m| {
-        let (m, p) = counted(m);
-        matched += m;
-        pruned += p;
-        // Scans that counted nothing may not have run yet.
-        m + p == 0
-    });
-    let evaluated = matched + pruned;
-    if evaluated >= MIN_ROWS {
-        #[allow(clippy::cast_precision_loss)] // a share: precision is not needed
-        let kept = matched as f64 / evaluated as f64;
-        entry.above = kept > MAX_KEPT;
-        entry.since = 0;
-    }
-    if !entry.above {
-        return true;
-    }
     entry.since = entry.since.saturating_add(1);
     entry.since % REPROBE == 0
 }
 
-/// Remember the counters of a scan keyed `key` that pushes its filter down,
-/// for [`push_down`] to read at the next scan of it.
-pub fn watch(key: String, metrics: ExecutionPlanMetricsSet) {
+/// Remember that a scan keyed `key` that pushed its filter down saw it
+/// keep `matched` of `matched + pruned` rows. Fewer than [`MIN_ROWS`]
+/// decide nothing.
+pub fn record(key: &str, matched: usize, pruned: usize) {
+    let evaluated = matched.saturating_add(pruned);
+    if evaluated < MIN_ROWS {
+        return;
+    }
+    #[allow(clippy::cast_precision_loss)] // a share: precision is not needed
+    let above = matched as f64 / evaluated as f64 > MAX_KEPT;
     let Ok(mut learned) = LEARNED.lock() else {
         return;
     };
-    if learned.len() >= MAX_ENTRIES && !learned.contains_key(&key) {
+    if learned.len() >= MAX_ENTRIES && !learned.contains_key(key) {
         learned.clear();
     }
-    let entry = learned.entry(key).or_default();
-    if entry.pending.len() >= MAX_PENDING {
-        entry.pending.remove(0);
+    learned.insert(key.to_string(), Entry { above, since: 0 });
+}
+
+/// A Parquet reader factory that measures what a scan's row filter kept:
+/// when the last plan holding it is dropped (the query has run, or was
+/// only planned), the counters of the scan's metrics go to [`record`].
+#[derive(Debug)]
+pub struct Measured {
+    inner: Arc<dyn ParquetFileReaderFactory>,
+    key: String,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl Measured {
+    /// Read through `inner`, measuring into `key` from `metrics` (the
+    /// scan's own, which its readers count into).
+    pub fn new(
+        inner: Arc<dyn ParquetFileReaderFactory>,
+        key: String,
+        metrics: ExecutionPlanMetricsSet,
+    ) -> Self {
+        Self {
+            inner,
+            key,
+            metrics,
+        }
     }
-    entry.pending.push(metrics);
+}
+
+impl ParquetFileReaderFactory for Measured {
+    fn create_reader(
+        &self,
+        partition_index: usize,
+        partitioned_file: PartitionedFile,
+        metadata_size_hint: Option<usize>,
+        metrics: &ExecutionPlanMetricsSet,
+    ) -> datafusion::error::Result<Box<dyn AsyncFileReader + Send>> {
+        self.inner.create_reader(
+            partition_index,
+            partitioned_file,
+            metadata_size_hint,
+            metrics,
+        )
+    }
+}
+
+impl Drop for Measured {
+    fn drop(&mut self) {
+        let set = self.metrics.clone_inner();
+        let sum = |name| set.sum_by_name(name).map_or(0, |v| v.as_usize());
+        record(
+            &self.key,
+            sum("pushdown_rows_matched"),
+            sum("pushdown_rows_pruned"),
+        );
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datafusion::datasource::physical_plan::parquet::DefaultParquetFileReaderFactory;
     use datafusion::physical_plan::metrics::MetricBuilder;
+    use object_store::memory::InMemory;
 
-    fn scan_counting(matched: usize, pruned: usize) -> ExecutionPlanMetricsSet {
+    /// A scan of `key` that pushed its filter down and kept `matched` of
+    /// `matched + pruned` rows, dropped (its query is over).
+    fn scan_counting(key: &str, matched: usize, pruned: usize) {
         let m = ExecutionPlanMetricsSet::new();
-        MetricBuilder::new(&m)
-            .counter("pushdown_rows_matched", 0)
-            .add(matched);
-        MetricBuilder::new(&m)
-            .counter("pushdown_rows_pruned", 0)
-            .add(pruned);
-        m
+        let factory = Measured::new(
+            Arc::new(DefaultParquetFileReaderFactory::new(Arc::new(
+                InMemory::new(),
+            ))),
+            key.to_string(),
+            m.clone(),
+        );
+        // Two files' counters, as the scan's readers add them.
+        for file in 0..2 {
+            MetricBuilder::new(&m)
+                .with_new_label("filename", format!("f{file}"))
+                .counter("pushdown_rows_matched", 0)
+                .add(matched / 2);
+            MetricBuilder::new(&m)
+                .with_new_label("filename", format!("f{file}"))
+                .counter("pushdown_rows_pruned", 0)
+                .add(pruned / 2);
+        }
+        drop(factory);
     }
 
     #[test]
@@ -164,29 +233,26 @@ mod tests {
         assert_eq!(k, key("memory:///t1", &["a = 1".into(), "b = 2".into()]));
         // Unknown: pushed down.
         assert!(push_down(&k));
-        // Too few rows evaluated decide nothing.
-        watch(k.clone(), scan_counting(4000, 4000));
+        // Too few rows evaluated (a plan only planned counts none) decide
+        // nothing.
+        scan_counting(&k, 4000, 4000);
+        scan_counting(&k, 0, 0);
         assert!(push_down(&k));
-        // A scan planned but not run yet counts nothing and stays pending.
-        let not_run = ExecutionPlanMetricsSet::new();
-        watch(k.clone(), not_run.clone());
-        watch(k.clone(), scan_counting(30_000, 70_000));
+        scan_counting(&k, 30_000, 70_000);
         assert!(!push_down(&k), "30 % kept: above the scan");
         for _ in 2..REPROBE {
             assert!(!push_down(&k));
         }
         assert!(push_down(&k), "every REPROBE-th scan measures again");
-        // The scan planned earlier runs now; with the measuring scan it
-        // shows the filter keeps few rows now.
-        MetricBuilder::new(&not_run)
-            .counter("pushdown_rows_pruned", 0)
-            .add(5_000_000);
-        watch(k.clone(), scan_counting(10, 99_990));
-        assert!(push_down(&k), "selective now: back into the decoder");
+        // That scan finds it selective now: back into the decoder.
+        scan_counting(&k, 10, 99_990);
+        assert!(push_down(&k));
         assert!(push_down(&k));
 
         let other = key("memory:///t2", &["a = 1".into()]);
-        watch(other.clone(), scan_counting(200, 9_800));
+        scan_counting(&other, 200, 9_800);
         assert!(!push_down(&other), "2 % is more than MAX_KEPT");
+        scan_counting(&other, 50, 9_950);
+        assert!(push_down(&other), "0.5 % is not");
     }
 }

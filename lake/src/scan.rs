@@ -60,7 +60,9 @@ use datafusion::common::stats::Precision;
 use datafusion::common::{Column, DFSchema, ScalarValue, Statistics};
 use datafusion::datasource::listing::helpers::{expr_applicable_for_cols, filter_partitioned_file};
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
+use datafusion::datasource::physical_plan::parquet::{
+    CachedParquetFileReaderFactory, ParquetFileReaderFactory,
+};
 use datafusion::datasource::physical_plan::{
     FileGroup, FileScanConfigBuilder, FileSource, ParquetSource,
 };
@@ -725,7 +727,11 @@ impl TableProvider for PlainParquetTable {
             .iter()
             .filter(|f| !self.is_partition_filter(f) && self.decided_by_statistics(f).is_none())
             .collect();
-        let learn = !row_filters.is_empty()
+        // `datafusion.execution.parquet.pushdown_filters` pushes every filter
+        // down (the session's setting wins over the scan's).
+        let forced = state.config_options().execution.parquet.pushdown_filters;
+        let learn = !forced
+            && !row_filters.is_empty()
             && !row_filters
                 .iter()
                 .any(|f| f.column_refs().iter().any(|c| c.name == TENANT_COLUMN));
@@ -736,6 +742,9 @@ impl TableProvider for PlainParquetTable {
         let push_down = pushdown_key
             .as_deref()
             .is_none_or(crate::pushdown::push_down);
+        if !row_filters.is_empty() {
+            crate::pushdown::count(push_down);
+        }
         let mut options = state.table_options().parquet.clone();
         options.global.enable_page_index = true;
         options.global.bloom_filter_on_read = true;
@@ -755,14 +764,21 @@ impl TableProvider for PlainParquetTable {
             .unwrap_or(METADATA_SIZE_HINT);
         let source = ParquetSource::new(table_schema)
             .with_table_parquet_options(options)
-            .with_metadata_size_hint(metadata_size_hint)
-            .with_parquet_file_reader_factory(Arc::new(CachedParquetFileReaderFactory::new(
-                store,
-                metadata_cache,
-            )));
-        if let (Some(key), true) = (pushdown_key, push_down) {
-            crate::pushdown::watch(key, source.metrics().clone());
-        }
+            .with_metadata_size_hint(metadata_size_hint);
+        let reader: Arc<dyn ParquetFileReaderFactory> =
+            Arc::new(CachedParquetFileReaderFactory::new(store, metadata_cache));
+        // A scan that pushes down a filter it may learn about measures
+        // what the filter keeps (into its own metrics, which the readers
+        // count into), reported when the query's plan is dropped.
+        let reader: Arc<dyn ParquetFileReaderFactory> = match (pushdown_key, push_down) {
+            (Some(key), true) => Arc::new(crate::pushdown::Measured::new(
+                reader,
+                key,
+                source.metrics().clone(),
+            )),
+            _ => reader,
+        };
+        let source = source.with_parquet_file_reader_factory(reader);
         let rows = files.iter().try_fold(0usize, |acc, f| {
             match f.statistics.as_ref().map(|s| s.num_rows) {
                 Some(Precision::Exact(n)) => Some(acc + n),

@@ -837,7 +837,12 @@ async fn filters_that_keep_many_rows_are_evaluated_above_the_scan(b: Backend) {
         answers[0],
         vec![json!({"n": 9_995, "v": 9_995}).to_string()]
     );
+    let counted = crow_lake::pushdown::scans().1;
     let learned = plan(&ctx, &on_p(common)).await;
+    assert!(
+        crow_lake::pushdown::scans().1 > counted,
+        "counted on /metrics"
+    );
     assert!(
         above(&learned),
         "50 % kept: evaluated above the scan: {learned}"
