@@ -923,6 +923,56 @@ impl Streamer {
     }
 }
 
+/// `b` with its string and binary view columns copied into buffers of their
+/// own values, where the buffers they point into are mostly other rows'
+/// values: a filter or a limit leaves a view column pointing into the whole
+/// pages it was decoded from (a dozen rows of a visitor's events hold
+/// megabytes of buffers), and the Arrow IPC writer sends every buffer a
+/// column holds. Columns whose buffers are mostly theirs are left as they
+/// are.
+fn compact_views(b: &RecordBatch) -> EncResult<RecordBatch> {
+    use arrow::array::{Array, AsArray};
+    /// Buffers up to this much over what the values use are sent as they are.
+    const SLACK: usize = 64 * 1024;
+    let wasteful = |held: usize, used: usize| held > used.saturating_mul(2).saturating_add(SLACK);
+    let mut changed = false;
+    let columns: Vec<ArrayRef> = b
+        .columns()
+        .iter()
+        .map(|c| match c.data_type() {
+            DataType::Utf8View => {
+                let a = c.as_string_view();
+                let held = a.data_buffers().iter().map(|d| d.len()).sum();
+                if wasteful(held, a.total_buffer_bytes_used()) {
+                    changed = true;
+                    Arc::new(a.gc()) as ArrayRef
+                } else {
+                    c.clone()
+                }
+            }
+            DataType::BinaryView => {
+                let a = c.as_binary_view();
+                let held = a.data_buffers().iter().map(|d| d.len()).sum();
+                if wasteful(held, a.total_buffer_bytes_used()) {
+                    changed = true;
+                    Arc::new(a.gc()) as ArrayRef
+                } else {
+                    c.clone()
+                }
+            }
+            _ => c.clone(),
+        })
+        .collect();
+    if !changed {
+        return Ok(b.clone());
+    }
+    Ok(RecordBatch::try_new_with_options(
+        b.schema(),
+        columns,
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
+    )?)
+}
+
 /// Encodes record batches into one of the result formats, chunk by chunk.
 pub enum Encoder {
     /// JSON array; whether a row was written.
@@ -1004,7 +1054,7 @@ impl Encoder {
             Encoder::Arrow(w, plain) => {
                 match plain {
                     Some(schema) => w.write(&cast_to(b, schema)?)?,
-                    None => w.write(b)?,
+                    None => w.write(&compact_views(b)?)?,
                 }
                 Bytes::from(std::mem::take(w.get_mut()))
             }
@@ -1168,6 +1218,53 @@ fn csv_batch(b: &RecordBatch, schema: &SchemaRef) -> EncResult<RecordBatch> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A few rows filtered out of many long strings go out in an Arrow
+    /// stream of their own size, not of the buffers they were cut from;
+    /// whole columns go as they are, and the values are the same.
+    #[test]
+    fn arrow_results_do_not_carry_the_buffers_rows_were_filtered_from() {
+        use arrow::array::{Array, AsArray, BooleanArray, StringViewArray};
+        let values: Vec<String> = (0..10_000)
+            .map(|i| format!("a value long enough not to be inlined, number {i:05}"))
+            .collect();
+        let all = StringViewArray::from_iter_values(values.iter());
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "v",
+            DataType::Utf8View,
+            false,
+        )]));
+        let whole = RecordBatch::try_new(schema.clone(), vec![Arc::new(all.clone())]).unwrap();
+        let keep = BooleanArray::from_iter((0..10_000).map(|i| Some(i % 1000 == 7)));
+        let few = arrow::compute::filter_record_batch(&whole, &keep).unwrap();
+        assert_eq!(few.num_rows(), 10);
+        let encoded = |b: &RecordBatch| {
+            let mut e = Encoder::new(ResultFormat::Arrow { plain: false }, &schema).unwrap();
+            let mut out = e.start().to_vec();
+            out.extend_from_slice(&e.batch(b).unwrap());
+            out.extend_from_slice(&e.finish().unwrap());
+            out
+        };
+        let small = encoded(&few);
+        assert!(small.len() < 4096, "10 rows took {} bytes", small.len());
+        let read: Vec<RecordBatch> =
+            arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(small), None)
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+        let got: Vec<&str> = read[0]
+            .column(0)
+            .as_string_view()
+            .iter()
+            .flatten()
+            .collect();
+        let want: Vec<String> = (0..10).map(|k| values[k * 1000 + 7].clone()).collect();
+        assert_eq!(got, want);
+        // A whole column is its buffers: sent as it is, not copied.
+        let same = compact_views(&whole).unwrap();
+        assert!(same.column(0).to_data().buffers()[1].ptr_eq(&all.data_buffers()[0]));
+        assert!(encoded(&whole).len() > all.get_buffer_memory_size() / 2);
+    }
 
     fn accept(v: &str) -> ApiResult<ResultFormat> {
         let mut h = HeaderMap::new();
