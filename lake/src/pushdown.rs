@@ -32,6 +32,9 @@
 //! decoder. A process learns this for its own scans; a new one starts by
 //! pushing down, as before.
 //!
+//! What is learned is keyed by the table and all the scan's filters, the
+//! tenant filter included, so organizations never share an entry.
+//!
 //! A filter on the tenant column (`org_id`) that the file statistics do not
 //! decide keeps the filter in the decoder, whatever it keeps: there the row
 //! filter evaluates the tenant comparison (the cheapest) before any other
@@ -100,8 +103,9 @@ pub fn count(in_decoder: bool) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The key of a scan of `table` (its root URL) with `filters` (the filters
-/// the scan itself evaluates, in any order).
+/// The key of a scan of `table` (its root URL) with `filters` (all of the
+/// scan's filters, in any order: with the tenant filter among them, each
+/// organization learns from its own rows).
 pub fn key(table: &str, filters: &[String]) -> String {
     let mut sorted: Vec<&str> = filters.iter().map(String::as_str).collect();
     sorted.sort_unstable();

@@ -735,8 +735,11 @@ impl TableProvider for PlainParquetTable {
             && !row_filters
                 .iter()
                 .any(|f| f.column_refs().iter().any(|c| c.name == TENANT_COLUMN));
+        // Keyed by every filter of the scan, the decided ones too: the
+        // tenant filter on files of one organization is one, so two
+        // organizations never share what was learned from their rows.
         let pushdown_key = learn.then(|| {
-            let texts: Vec<String> = row_filters.iter().map(|f| f.to_string()).collect();
+            let texts: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
             crate::pushdown::key(self.table.log_store().root_url().as_str(), &texts)
         });
         let push_down = pushdown_key

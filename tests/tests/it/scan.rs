@@ -877,6 +877,36 @@ async fn filters_that_keep_many_rows_are_evaluated_above_the_scan(b: Backend) {
     let pushed = plan(&forced, &on_p(common)).await;
     assert!(!above(&pushed), "pushdown_filters = true: {pushed}");
 
+    // Organization B's own file, where `common` is rare: with the tenant
+    // filter decided by the statistics, each organization learns from its
+    // own rows.
+    let rows_b: Vec<Value> = (0..20_000)
+        .map(|i| {
+            let mut r = row(&RAW_WEB_EVENTS, Some(ORG_B), "pdb", i);
+            r["event_date"] = json!(event_day);
+            r["event"] = json!(if i < 10 { "common" } else { "other" });
+            r
+        })
+        .collect();
+    lake.append(
+        t,
+        vec![rows_to_batch(&RAW_WEB_EVENTS, &rows_b).expect("batch")],
+    )
+    .await
+    .expect("append");
+    let ctx = both_scans(&lake, t, AsOf::Latest).await;
+    let of = |org: &str| {
+        format!("select anonymous_id from {{t}} where org_id = '{org}' and event = 'common'")
+    };
+    for (org, kept, learned_above) in [(ORG_A, 9_995, true), (ORG_B, 10, false)] {
+        let q = of(org);
+        let answers = same_answers(&ctx, std::slice::from_ref(&q)).await;
+        assert_eq!(answers[0].len(), kept, "{org}");
+        let p = plan(&ctx, &on_p(&q)).await;
+        assert!(!p.contains("org_id"), "decided by the statistics: {p}");
+        assert_eq!(above(&p), learned_above, "{org}: {p}");
+    }
+
     // Files holding two organizations: the tenant filter is evaluated, and
     // with it the whole filter stays in the decoder, however many rows it
     // keeps.
