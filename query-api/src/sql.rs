@@ -931,36 +931,19 @@ impl Streamer {
 /// column holds. Columns whose buffers are mostly theirs are left as they
 /// are.
 fn compact_views(b: &RecordBatch) -> EncResult<RecordBatch> {
-    use arrow::array::{Array, AsArray};
-    /// Buffers up to this much over what the values use are sent as they are.
-    const SLACK: usize = 64 * 1024;
-    let wasteful = |held: usize, used: usize| held > used.saturating_mul(2).saturating_add(SLACK);
+    use arrow::array::AsArray;
     let mut changed = false;
     let columns: Vec<ArrayRef> = b
         .columns()
         .iter()
-        .map(|c| match c.data_type() {
-            DataType::Utf8View => {
-                let a = c.as_string_view();
-                let held = a.data_buffers().iter().map(|d| d.len()).sum();
-                if wasteful(held, a.total_buffer_bytes_used()) {
-                    changed = true;
-                    Arc::new(a.gc()) as ArrayRef
-                } else {
-                    c.clone()
-                }
-            }
-            DataType::BinaryView => {
-                let a = c.as_binary_view();
-                let held = a.data_buffers().iter().map(|d| d.len()).sum();
-                if wasteful(held, a.total_buffer_bytes_used()) {
-                    changed = true;
-                    Arc::new(a.gc()) as ArrayRef
-                } else {
-                    c.clone()
-                }
-            }
-            _ => c.clone(),
+        .map(|c| {
+            let compact = match c.data_type() {
+                DataType::Utf8View => compacted(c.as_string_view()),
+                DataType::BinaryView => compacted(c.as_binary_view()),
+                _ => None,
+            };
+            changed |= compact.is_some();
+            compact.unwrap_or_else(|| c.clone())
         })
         .collect();
     if !changed {
@@ -971,6 +954,17 @@ fn compact_views(b: &RecordBatch) -> EncResult<RecordBatch> {
         columns,
         &arrow::array::RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
     )?)
+}
+
+/// `a` copied into buffers of its own values, if the buffers it points
+/// into hold more than twice what its values use, plus 64 KiB.
+fn compacted<T: arrow::datatypes::ByteViewType + ?Sized>(
+    a: &arrow::array::GenericByteViewArray<T>,
+) -> Option<ArrayRef> {
+    const SLACK: usize = 64 * 1024;
+    let held: usize = a.data_buffers().iter().map(|d| d.len()).sum();
+    let used = a.total_buffer_bytes_used();
+    (held > used.saturating_mul(2).saturating_add(SLACK)).then(|| Arc::new(a.gc()) as ArrayRef)
 }
 
 /// Encodes record batches into one of the result formats, chunk by chunk.

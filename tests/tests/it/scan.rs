@@ -804,24 +804,26 @@ async fn filters_that_keep_many_rows_are_evaluated_above_the_scan(b: Backend) {
     // ten `rare`.
     let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("date");
     let event_day = (day(18) - epoch).num_days();
-    let rows: Vec<Value> = (0..20_000)
-        .map(|i| {
-            let mut r = row(&RAW_WEB_EVENTS, Some(ORG_A), "pd", i);
-            r["event_date"] = json!(event_day);
-            r["event"] = json!(match i {
-                0..10 => "rare",
-                _ if i % 2 == 0 => "common",
-                _ => "other",
-            });
-            r
-        })
-        .collect();
-    lake.append(
-        t,
-        vec![rows_to_batch(&RAW_WEB_EVENTS, &rows).expect("batch")],
-    )
-    .await
-    .expect("append");
+    // 20,000 events of `org` on one day, the `i`-th named `event(i)`.
+    let one_day = |org: &str, tag: &str, event: fn(usize) -> &'static str| {
+        let rows: Vec<Value> = (0..20_000)
+            .map(|i| {
+                let mut r = row(&RAW_WEB_EVENTS, Some(org), tag, i);
+                r["event_date"] = json!(event_day);
+                r["event"] = json!(event(i));
+                r
+            })
+            .collect();
+        rows_to_batch(&RAW_WEB_EVENTS, &rows).expect("batch")
+    };
+    let events_a: fn(usize) -> &'static str = |i| match i {
+        0..10 => "rare",
+        _ if i % 2 == 0 => "common",
+        _ => "other",
+    };
+    lake.append(t, vec![one_day(ORG_A, "pd", events_a)])
+        .await
+        .expect("append");
     let common = "select count(*) as n, count(distinct anonymous_id) as v from {t} \
                   where event = 'common'";
     let rare = "select anonymous_id, occurred_at from {t} where event = 'rare'";
@@ -880,20 +882,10 @@ async fn filters_that_keep_many_rows_are_evaluated_above_the_scan(b: Backend) {
     // Organization B's own file, where `common` is rare: with the tenant
     // filter decided by the statistics, each organization learns from its
     // own rows.
-    let rows_b: Vec<Value> = (0..20_000)
-        .map(|i| {
-            let mut r = row(&RAW_WEB_EVENTS, Some(ORG_B), "pdb", i);
-            r["event_date"] = json!(event_day);
-            r["event"] = json!(if i < 10 { "common" } else { "other" });
-            r
-        })
-        .collect();
-    lake.append(
-        t,
-        vec![rows_to_batch(&RAW_WEB_EVENTS, &rows_b).expect("batch")],
-    )
-    .await
-    .expect("append");
+    let events_b: fn(usize) -> &'static str = |i| if i < 10 { "common" } else { "other" };
+    lake.append(t, vec![one_day(ORG_B, "pdb", events_b)])
+        .await
+        .expect("append");
     let ctx = both_scans(&lake, t, AsOf::Latest).await;
     let of = |org: &str| {
         format!("select anonymous_id from {{t}} where org_id = '{org}' and event = 'common'")
