@@ -32,17 +32,32 @@
 //! decoder. A process learns this for its own scans; a new one starts by
 //! pushing down, as before.
 //!
-//! What is learned is keyed by the table and all the scan's filters, the
-//! tenant filter included, so organizations never share an entry.
+//! What is learned is keyed by a 128-bit hash of the table and all the
+//! scan's filters, the tenant filter included, so organizations never
+//! share an entry; only filters learned to keep many rows are stored (at
+//! most [`MAX_ENTRIES`], 24 bytes each), and scans whose filters print
+//! longer than [`MAX_KEY_BYTES`] (a long `IN` list) are not learned.
 //!
 //! A filter on the tenant column (`org_id`) that the file statistics do not
-//! decide keeps the filter in the decoder, whatever it keeps: there the row
-//! filter evaluates the tenant comparison (the cheapest) before any other
-//! condition, so no expression of a query is evaluated on another
-//! organization's rows. Above the scan, DataFusion evaluates `a AND b` on
-//! whole batches when `a` keeps most rows. In a lake whose files each hold
-//! one organization (the tenant filter decided by the statistics, as in the
-//! benchmarks) this never applies.
+//! decide keeps the filter in the decoder, whatever it keeps, as before
+//! this module: there each condition is evaluated only on the rows the
+//! conditions before it kept, whereas above the scan DataFusion evaluates
+//! `a AND b` on whole batches when `a` keeps most rows, which would run a
+//! query's expressions on more of another organization's rows. (The
+//! decoder orders conditions by the size of their columns, not tenant
+//! first, so error messages never quote a value either way: README,
+//! "Hardening".) In a lake whose files each hold one organization (the
+//! tenant filter decided by the statistics, as in the benchmarks) this
+//! never applies.
+//!
+//! Two consequences of evaluating above the scan. SQL gives no order to
+//! `AND`: a filter such as `x <> 0 AND 10 / x > 1` may pass in the
+//! decoder (the division sees only rows the first condition kept) and
+//! fail with a division by zero above it; `CASE WHEN x <> 0 THEN 10 / x
+//! END > 1` holds either way. And a join's or a top-k's dynamic filter,
+//! which DataFusion adds to the scan's predicate while it runs, counts in
+//! the measure and is used for pruning only (not row by row) in a scan
+//! learned to keep its filter above.
 //!
 //! The session setting `datafusion.execution.parquet.pushdown_filters`
 //! (`DATAFUSION_EXECUTION_PARQUET_PUSHDOWN_FILTERS=true` for the server)
@@ -70,18 +85,16 @@ pub const MIN_ROWS: usize = 8192;
 /// it down again to measure what it keeps now.
 pub const REPROBE: u32 = 32;
 
-/// At most this many filters are remembered; past it, all are forgotten.
-const MAX_ENTRIES: usize = 10_000;
+/// At most this many filters are remembered as keeping many rows; past it,
+/// all are forgotten (each is measured again by its next scan).
+pub const MAX_ENTRIES: usize = 100_000;
 
-#[derive(Default, Clone, Copy)]
-struct Entry {
-    /// The last measure said: evaluate above the scan.
-    above: bool,
-    /// Scans planned since `above` was last set.
-    since: u32,
-}
+/// Scans whose filters print longer than this are not learned.
+pub const MAX_KEY_BYTES: usize = 4096;
 
-static LEARNED: LazyLock<Mutex<HashMap<String, Entry>>> = LazyLock::new(Default::default);
+/// The filters learned to keep many rows: scans planned since they were
+/// measured.
+static LEARNED: LazyLock<Mutex<HashMap<Key, u32>>> = LazyLock::new(Default::default);
 
 /// Scans with filters of their own evaluated in the decoder, and above it.
 static IN_DECODER: AtomicU64 = AtomicU64::new(0);
@@ -103,32 +116,46 @@ pub fn count(in_decoder: bool) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The key of a scan of `table` (its root URL) with `filters` (all of the
-/// scan's filters, in any order: with the tenant filter among them, each
-/// organization learns from its own rows).
-pub fn key(table: &str, filters: &[String]) -> String {
+/// What is learned about one scan's filters: a hash of the table and the
+/// filters' text.
+pub type Key = u128;
+
+/// The key of a scan of `table` (its root URL) with `filters` (the text of
+/// all of the scan's filters, in any order: with the tenant filter among
+/// them, each organization learns from its own rows); `None` (not learned)
+/// when they are longer than [`MAX_KEY_BYTES`].
+pub fn key(table: &str, filters: &[String]) -> Option<Key> {
+    use std::hash::{Hash, Hasher};
+    if filters.iter().map(String::len).sum::<usize>() > MAX_KEY_BYTES {
+        return None;
+    }
     let mut sorted: Vec<&str> = filters.iter().map(String::as_str).collect();
     sorted.sort_unstable();
-    format!("{table}\n{}", sorted.join("\n"))
+    let half = |seed: u8| {
+        let mut h = std::hash::DefaultHasher::new();
+        (seed, table, &sorted).hash(&mut h);
+        h.finish()
+    };
+    Some((u128::from(half(0)) << 64) | u128::from(half(1)))
 }
 
 /// Whether the scan keyed `key` pushes its filter into the decoder, from
 /// what earlier scans of it kept. Unknown filters are pushed down.
-pub fn push_down(key: &str) -> bool {
+pub fn push_down(key: Key) -> bool {
     let Ok(mut learned) = LEARNED.lock() else {
         return true;
     };
-    let Some(entry) = learned.get_mut(key).filter(|e| e.above) else {
+    let Some(since) = learned.get_mut(&key) else {
         return true;
     };
-    entry.since = entry.since.saturating_add(1);
-    entry.since % REPROBE == 0
+    *since = since.saturating_add(1);
+    *since % REPROBE == 0
 }
 
 /// Remember that a scan keyed `key` that pushed its filter down saw it
 /// keep `matched` of `matched + pruned` rows. Fewer than [`MIN_ROWS`]
 /// decide nothing.
-pub fn record(key: &str, matched: usize, pruned: usize) {
+pub fn record(key: Key, matched: usize, pruned: usize) {
     let evaluated = matched.saturating_add(pruned);
     if evaluated < MIN_ROWS {
         return;
@@ -138,10 +165,14 @@ pub fn record(key: &str, matched: usize, pruned: usize) {
     let Ok(mut learned) = LEARNED.lock() else {
         return;
     };
-    if learned.len() >= MAX_ENTRIES && !learned.contains_key(key) {
+    if !above {
+        learned.remove(&key);
+        return;
+    }
+    if learned.len() >= MAX_ENTRIES && !learned.contains_key(&key) {
         learned.clear();
     }
-    learned.insert(key.to_string(), Entry { above, since: 0 });
+    learned.insert(key, 0);
 }
 
 /// A Parquet reader factory that measures what a scan's row filter kept:
@@ -150,7 +181,7 @@ pub fn record(key: &str, matched: usize, pruned: usize) {
 #[derive(Debug)]
 pub struct Measured {
     inner: Arc<dyn ParquetFileReaderFactory>,
-    key: String,
+    key: Key,
     metrics: ExecutionPlanMetricsSet,
 }
 
@@ -159,7 +190,7 @@ impl Measured {
     /// scan's own, which its readers count into).
     pub fn new(
         inner: Arc<dyn ParquetFileReaderFactory>,
-        key: String,
+        key: Key,
         metrics: ExecutionPlanMetricsSet,
     ) -> Self {
         Self {
@@ -192,7 +223,7 @@ impl Drop for Measured {
         let set = self.metrics.clone_inner();
         let sum = |name| set.sum_by_name(name).map_or(0, |v| v.as_usize());
         record(
-            &self.key,
+            self.key,
             sum("pushdown_rows_matched"),
             sum("pushdown_rows_pruned"),
         );
@@ -208,13 +239,13 @@ mod tests {
 
     /// A scan of `key` that pushed its filter down and kept `matched` of
     /// `matched + pruned` rows, dropped (its query is over).
-    fn scan_counting(key: &str, matched: usize, pruned: usize) {
+    fn scan_counting(key: Key, matched: usize, pruned: usize) {
         let m = ExecutionPlanMetricsSet::new();
         let factory = Measured::new(
             Arc::new(DefaultParquetFileReaderFactory::new(Arc::new(
                 InMemory::new(),
             ))),
-            key.to_string(),
+            key,
             m.clone(),
         );
         // Two files' counters, as the scan's readers add them.
@@ -233,30 +264,42 @@ mod tests {
 
     #[test]
     fn filters_that_keep_many_rows_move_above_the_scan_and_are_measured_again() {
-        let k = key("memory:///t1", &["b = 2".into(), "a = 1".into()]);
-        assert_eq!(k, key("memory:///t1", &["a = 1".into(), "b = 2".into()]));
+        let k = key("memory:///t1", &["b = 2".into(), "a = 1".into()]).unwrap();
+        assert_eq!(
+            Some(k),
+            key("memory:///t1", &["a = 1".into(), "b = 2".into()])
+        );
+        assert_ne!(
+            Some(k),
+            key("memory:///t2", &["a = 1".into(), "b = 2".into()])
+        );
+        assert_ne!(
+            Some(k),
+            key("memory:///t1", &["a = 1".into(), "b = 3".into()])
+        );
+        assert_eq!(key("memory:///t1", &["x".repeat(MAX_KEY_BYTES + 1)]), None);
         // Unknown: pushed down.
-        assert!(push_down(&k));
+        assert!(push_down(k));
         // Too few rows evaluated (a plan only planned counts none) decide
         // nothing.
-        scan_counting(&k, 4000, 4000);
-        scan_counting(&k, 0, 0);
-        assert!(push_down(&k));
-        scan_counting(&k, 30_000, 70_000);
-        assert!(!push_down(&k), "30 % kept: above the scan");
+        scan_counting(k, 4000, 4000);
+        scan_counting(k, 0, 0);
+        assert!(push_down(k));
+        scan_counting(k, 30_000, 70_000);
+        assert!(!push_down(k), "30 % kept: above the scan");
         for _ in 2..REPROBE {
-            assert!(!push_down(&k));
+            assert!(!push_down(k));
         }
-        assert!(push_down(&k), "every REPROBE-th scan measures again");
+        assert!(push_down(k), "every REPROBE-th scan measures again");
         // That scan finds it selective now: back into the decoder.
-        scan_counting(&k, 10, 99_990);
-        assert!(push_down(&k));
-        assert!(push_down(&k));
+        scan_counting(k, 10, 99_990);
+        assert!(push_down(k));
+        assert!(push_down(k));
 
-        let other = key("memory:///t2", &["a = 1".into()]);
-        scan_counting(&other, 200, 9_800);
-        assert!(!push_down(&other), "2 % is more than MAX_KEPT");
-        scan_counting(&other, 50, 9_950);
-        assert!(push_down(&other), "0.5 % is not");
+        let other = key("memory:///t2", &["a = 1".into()]).unwrap();
+        scan_counting(other, 200, 9_800);
+        assert!(!push_down(other), "2 % is more than MAX_KEPT");
+        scan_counting(other, 50, 9_950);
+        assert!(push_down(other), "0.5 % is not");
     }
 }

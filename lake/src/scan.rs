@@ -721,8 +721,8 @@ impl TableProvider for PlainParquetTable {
         // The filters the scan itself evaluates (not decided by partition
         // values or file statistics): in the Parquet decoder, or above the
         // scan once they are seen to keep many rows ([`crate::pushdown`]).
-        // One on the tenant column stays in the decoder, which evaluates it
-        // before any other condition.
+        // One on the tenant column stays in the decoder, where each
+        // condition sees only the rows the ones before it kept.
         let row_filters: Vec<&Expr> = filters
             .iter()
             .filter(|f| !self.is_partition_filter(f) && self.decided_by_statistics(f).is_none())
@@ -738,13 +738,13 @@ impl TableProvider for PlainParquetTable {
         // Keyed by every filter of the scan, the decided ones too: the
         // tenant filter on files of one organization is one, so two
         // organizations never share what was learned from their rows.
-        let pushdown_key = learn.then(|| {
-            let texts: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
-            crate::pushdown::key(self.table.log_store().root_url().as_str(), &texts)
-        });
-        let push_down = pushdown_key
-            .as_deref()
-            .is_none_or(crate::pushdown::push_down);
+        let pushdown_key = learn
+            .then(|| {
+                let texts: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
+                crate::pushdown::key(self.table.log_store().root_url().as_str(), &texts)
+            })
+            .flatten();
+        let push_down = pushdown_key.is_none_or(crate::pushdown::push_down);
         if !row_filters.is_empty() {
             crate::pushdown::count(push_down);
         }
