@@ -528,6 +528,13 @@ impl PlainParquetTable {
             .collect()
     }
 
+    /// Whether `filter` must be evaluated on the rows (DataFusion's
+    /// `Inexact`): neither the partition values nor every file's
+    /// statistics decide it.
+    fn evaluated_on_rows(&self, filter: &Expr) -> bool {
+        !self.is_partition_filter(filter) && self.decided_by_statistics(filter).is_none()
+    }
+
     /// Whether `filter` can be decided from partition values alone.
     fn is_partition_filter(&self, filter: &Expr) -> bool {
         let names = self.partition_names();
@@ -669,10 +676,10 @@ impl TableProvider for PlainParquetTable {
         Ok(filters
             .iter()
             .map(|f| {
-                if self.is_partition_filter(f) || self.decided_by_statistics(f).is_some() {
-                    TableProviderFilterPushDown::Exact
-                } else {
+                if self.evaluated_on_rows(f) {
                     TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Exact
                 }
             })
             .collect())
@@ -725,7 +732,7 @@ impl TableProvider for PlainParquetTable {
         // condition sees only the rows the ones before it kept.
         let row_filters: Vec<&Expr> = filters
             .iter()
-            .filter(|f| !self.is_partition_filter(f) && self.decided_by_statistics(f).is_none())
+            .filter(|f| self.evaluated_on_rows(f))
             .collect();
         // `datafusion.execution.parquet.pushdown_filters` pushes every filter
         // down (the session's setting wins over the scan's).
