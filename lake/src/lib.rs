@@ -71,6 +71,10 @@ use url::Url;
 
 static COMMIT_RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// Fewest retries of a blind append that lost a race for its version
+/// number ([`Lake::append`]), whatever `lake.commit_retries` says.
+const BLIND_APPEND_RETRIES: usize = 15;
+
 /// The wait before a commit that lost a race runs again: 40 ms doubling to
 /// 1.28 s, plus up to 50 ms so the writers that collided spread out.
 const COMMIT_BACKOFF: backoff::Backoff =
@@ -711,8 +715,14 @@ impl Lake {
     /// commits on the way, checked them for conflicts and landed after them
     /// (`crow history` shows both).
     fn commit_props(&self, read: &DeltaTable) -> CommitProperties {
+        self.commit_props_retrying(read, self.commit_retries)
+    }
+
+    /// [`Lake::commit_props`] with `retries` in place of
+    /// `lake.commit_retries`.
+    fn commit_props_retrying(&self, read: &DeltaTable, retries: usize) -> CommitProperties {
         let props = CommitProperties::default()
-            .with_max_retries(self.commit_retries)
+            .with_max_retries(retries)
             .with_cleanup_expired_logs(Some(false));
         match read.version() {
             Some(v) => props.with_metadata([("readVersion".to_string(), serde_json::json!(v))]),
@@ -740,13 +750,24 @@ impl Lake {
         }
         let batches = &batches;
         let replace = &replace.map(predicate::to_delta_sql).transpose()?;
-        self.with_retries(name, || async move {
+        // A blind append loses a race only for its version number: Delta's
+        // conflict rules let it through at the next one, and nothing it
+        // wrote depends on what it read. Refusing it (with
+        // `lake.commit_retries = 0`) would lose rows whose cause already
+        // happened — an audit entry for a change that committed — so it is
+        // retried at least `BLIND_APPEND_RETRIES` times whatever the
+        // setting says.
+        let retries = match replace {
+            Some(_) => self.commit_retries,
+            None => self.commit_retries.max(BLIND_APPEND_RETRIES),
+        };
+        self.with_retries_up_to(name, retries, || async move {
             let t = self.table(name).await?;
             let props = match replace {
                 Some(_) => writer_properties(name),
                 None => append_writer_properties(name),
             };
-            let commit = self.commit_props(&t);
+            let commit = self.commit_props_retrying(&t, retries);
             let mut w = t
                 .write(batches.clone())
                 .with_writer_properties(props)
@@ -1069,8 +1090,23 @@ impl Lake {
         .await
     }
 
-    /// Run `op` again when it lost a race with a concurrent writer.
-    async fn with_retries<T, F, Fut>(&self, name: &str, mut op: F) -> Result<T>
+    /// Run `op` again when it lost a race with a concurrent writer (up to
+    /// `lake.commit_retries` times).
+    async fn with_retries<T, F, Fut>(&self, name: &str, op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        self.with_retries_up_to(name, self.commit_retries, op).await
+    }
+
+    /// [`Lake::with_retries`], up to `retries` times.
+    async fn with_retries_up_to<T, F, Fut>(
+        &self,
+        name: &str,
+        retries: usize,
+        mut op: F,
+    ) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
@@ -1078,7 +1114,7 @@ impl Lake {
         let mut attempt = 0usize;
         loop {
             match op().await {
-                Err(e) if e.kind() == ErrorKind::Conflict && attempt < self.commit_retries => {
+                Err(e) if e.kind() == ErrorKind::Conflict && attempt < retries => {
                     attempt += 1;
                     COMMIT_RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     self.retried
