@@ -48,40 +48,68 @@ pub(crate) async fn run(lake: &Lake, events: u64, days: u32, seed: u64) -> Resul
         .progress_chars("=> "),
     );
     let received_at = chrono::Utc::now();
-    let ctx = NormalizeContext {
-        org_id: &org_id,
-        received_at,
-        ip_hash: None,
-        strip_query_params: &[],
-        ip_salt: "bench",
-    };
     let (mut landed, mut visitors, mut chunk) = (0u64, 0u64, 0u64);
-    // About 8.5 events per visitor; chunks of 50k visitors keep memory flat.
+    let plan = |chunk: u64, visitors: usize, take: usize| Chunk {
+        org_id: org_id.clone(),
+        received_at,
+        first_day,
+        days: days.max(1),
+        seed: seed.wrapping_add(chunk),
+        visitors,
+        take,
+    };
+    let make = |c: Chunk| tokio::task::spawn_blocking(move || c.batch());
+    // Chunks are made (generated, normalised, encoded: a blocking thread
+    // each) ahead of their turn, two at once, while the one before them
+    // commits; the commits stay in order. Ahead of its turn a chunk is made
+    // as a whole one (`FULL` visitors), which it is unless it is one of the
+    // last: a chunk whose turn shows it should have been smaller (fewer
+    // visitors, or more events than remain) is made again as it should
+    // be. So a seed gives the same events in the same commits as making
+    // one chunk after the other.
+    let mut ahead: std::collections::VecDeque<Making> = std::collections::VecDeque::new();
+    let mut committing: Option<tokio::task::JoinHandle<crow_lake::Result<u64>>> = None;
     while landed < events {
         let remaining = events - landed;
-        let n_visitors = ((remaining as f64 / 8.5).ceil() as usize).clamp(1, 50_000);
-        let generated = generate::events(&GenerateOptions {
-            visitors: n_visitors,
-            first_day,
-            days: days.max(1),
-            seed: seed.wrapping_add(chunk),
-            incidents: Vec::new(),
-        });
-        let mut rows = Vec::with_capacity(generated.len());
-        for e in generated.iter().take(remaining as usize) {
-            let row = normalize(e, None, &ctx)
-                .map_err(|r| anyhow::anyhow!("generated event rejected: {}", r.reason))?;
-            rows.push(row);
+        let n_visitors = ((remaining as f64 / EVENTS_PER_VISITOR).ceil() as usize).clamp(1, FULL);
+        // Chunk `chunk + i` is surely whole when a whole chunk more than
+        // `i + 1` of them remains (chunks vary by a few percent).
+        let whole = (FULL as f64 * EVENTS_PER_VISITOR) as u64;
+        while ahead.len() < AHEAD && remaining > (ahead.len() as u64 + 2) * whole {
+            let c = plan(chunk + ahead.len() as u64, FULL, usize::MAX);
+            ahead.push_back(make(c));
         }
-        drop(generated);
-        rows.sort_by_key(|r| r.event_date);
-        let batch = crow_lake::batch::rows_to_batch(&crow_schemas::RAW_WEB_EVENTS, &rows)?;
-        lake.append(crow_schemas::RAW_WEB_EVENTS.name, vec![batch])
-            .await?;
-        landed += rows.len() as u64;
+        let made = match ahead.pop_front() {
+            Some(m) => {
+                let (batch, rows) = m.await.context("generating a chunk")??;
+                (n_visitors == FULL && rows as u64 <= remaining).then_some((batch, rows))
+            }
+            None => None,
+        };
+        let (batch, rows) = match made {
+            Some(made) => made,
+            None => {
+                let take = usize::try_from(remaining).unwrap_or(usize::MAX);
+                make(plan(chunk, n_visitors, take))
+                    .await
+                    .context("generating a chunk")??
+            }
+        };
+        if let Some(c) = committing.take() {
+            c.await.context("committing a chunk")??;
+            bar.set_position(landed);
+        }
+        let lake = lake.clone();
+        committing = Some(tokio::spawn(async move {
+            lake.append(crow_schemas::RAW_WEB_EVENTS.name, vec![batch])
+                .await
+        }));
+        landed += rows as u64;
         visitors += n_visitors as u64;
         chunk += 1;
-        bar.set_position(landed);
+    }
+    if let Some(c) = committing.take() {
+        c.await.context("committing a chunk")??;
     }
     bar.finish_and_clear();
     let out = json!({
@@ -94,4 +122,57 @@ pub(crate) async fn run(lake: &Lake, events: u64, days: u32, seed: u64) -> Resul
     });
     crate::output::line(format_args!("{}", serde_json::to_string_pretty(&out)?))?;
     Ok(())
+}
+
+/// Visitors in a chunk (chunks of 50k visitors keep memory flat).
+const FULL: usize = 50_000;
+/// About this many events per visitor (the demo funnel's average).
+const EVENTS_PER_VISITOR: f64 = 8.5;
+/// Chunks made at once ahead of their turn.
+const AHEAD: usize = 2;
+
+/// A chunk being made: its batch of `raw_web_events` and its row count.
+type Making = tokio::task::JoinHandle<Result<(crow_lake::arrow::record_batch::RecordBatch, usize)>>;
+
+/// One chunk of generated events: who, when, and how many.
+struct Chunk {
+    org_id: String,
+    received_at: chrono::DateTime<chrono::Utc>,
+    first_day: chrono::NaiveDate,
+    days: u32,
+    seed: u64,
+    visitors: usize,
+    /// At most this many events (the last chunk stops at the total).
+    take: usize,
+}
+
+impl Chunk {
+    /// The chunk's events, normalised as the collector does, sorted by day,
+    /// as one batch of `raw_web_events`; and how many rows it holds.
+    fn batch(self) -> Result<(crow_lake::arrow::record_batch::RecordBatch, usize)> {
+        let generated = generate::events(&GenerateOptions {
+            visitors: self.visitors,
+            first_day: self.first_day,
+            days: self.days,
+            seed: self.seed,
+            incidents: Vec::new(),
+        });
+        let ctx = NormalizeContext {
+            org_id: &self.org_id,
+            received_at: self.received_at,
+            ip_hash: None,
+            strip_query_params: &[],
+            ip_salt: "bench",
+        };
+        let mut rows = Vec::with_capacity(generated.len().min(self.take));
+        for e in generated.iter().take(self.take) {
+            let row = normalize(e, None, &ctx)
+                .map_err(|r| anyhow::anyhow!("generated event rejected: {}", r.reason))?;
+            rows.push(row);
+        }
+        drop(generated);
+        rows.sort_by_key(|r| r.event_date);
+        let batch = crow_lake::batch::rows_to_batch(&crow_schemas::RAW_WEB_EVENTS, &rows)?;
+        Ok((batch, rows.len()))
+    }
 }
