@@ -6,6 +6,8 @@
 //! normalization and appended to `raw_web_events` in chunks, under the
 //! organization "Bench Co" (created on the first run, reused after).
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
 use crow_ingest::generate::{self, GenerateOptions};
 use crow_ingest::normalize::{normalize, NormalizeContext};
@@ -47,13 +49,13 @@ pub(crate) async fn run(lake: &Lake, events: u64, days: u32, seed: u64) -> Resul
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
-    let template = Template {
+    let template = Arc::new(Template {
         org_id: org_id.clone(),
         received_at: chrono::Utc::now(),
         first_day,
         days: days.max(1),
         seed,
-    };
+    });
     let landed = land(lake, &template, events, FULL, &bar).await?;
     bar.finish_and_clear();
     let out = json!({
@@ -95,22 +97,17 @@ struct Template {
     seed: u64,
 }
 
-impl Template {
-    /// Chunk `k`: `visitors` visitors, at most `take` events.
-    fn chunk(&self, k: u64, visitors: usize, take: usize) -> Chunk {
-        Chunk {
-            org_id: self.org_id.clone(),
-            received_at: self.received_at,
-            first_day: self.first_day,
-            days: self.days,
-            seed: self.seed.wrapping_add(k),
-            visitors,
-            take,
-        }
+/// Chunk `k` of `template`: `visitors` visitors, at most `take` events.
+fn chunk(template: &Arc<Template>, k: u64, visitors: usize, take: usize) -> Chunk {
+    Chunk {
+        template: Arc::clone(template),
+        k,
+        visitors,
+        take,
     }
 }
 
-/// Visitors of chunk `k`'s turn, when `remaining` events are still to land:
+/// Visitors of a chunk whose turn comes when `remaining` events are still to land:
 /// as many as make the rest at about [`EVENTS_PER_VISITOR`], at most `full`.
 fn visitors_for(remaining: u64, full: usize) -> usize {
     ((remaining as f64 / EVENTS_PER_VISITOR).ceil() as usize).clamp(1, full.max(1))
@@ -128,7 +125,7 @@ fn visitors_for(remaining: u64, full: usize) -> usize {
 /// the same events in the same commits as making one chunk after the other.
 async fn land(
     lake: &Lake,
-    template: &Template,
+    template: &Arc<Template>,
     events: u64,
     full: usize,
     bar: &ProgressBar,
@@ -146,7 +143,7 @@ async fn land(
         let (k, remaining) = (done.chunks, events - done.events);
         let n_visitors = visitors_for(remaining, full);
         while ahead.len() < AHEAD && remaining > (ahead.len() as u64 + 1) * whole {
-            let c = template.chunk(k + ahead.len() as u64, full, usize::MAX);
+            let c = chunk(template, k + ahead.len() as u64, full, usize::MAX);
             ahead.push_back(make(c));
         }
         let made = match ahead.pop_front() {
@@ -166,7 +163,7 @@ async fn land(
             Some(made) => made,
             None => {
                 let take = usize::try_from(remaining).unwrap_or(usize::MAX);
-                make(template.chunk(k, n_visitors, take))
+                make(chunk(template, k, n_visitors, take))
                     .await
                     .context("generating a chunk")??
             }
@@ -200,13 +197,11 @@ const AHEAD: usize = 2;
 /// A chunk being made: its batch of `raw_web_events` and its row count.
 type Making = tokio::task::JoinHandle<Result<(crow_lake::arrow::record_batch::RecordBatch, usize)>>;
 
-/// One chunk of generated events: who, when, and how many.
+/// One chunk of generated events: the run's template, its number (the
+/// generator's seed is the run's plus it), how many visitors and events.
 struct Chunk {
-    org_id: String,
-    received_at: chrono::DateTime<chrono::Utc>,
-    first_day: chrono::NaiveDate,
-    days: u32,
-    seed: u64,
+    template: Arc<Template>,
+    k: u64,
     visitors: usize,
     /// At most this many events (the last chunk stops at the total).
     take: usize,
@@ -216,16 +211,17 @@ impl Chunk {
     /// The chunk's events, normalised as the collector does, sorted by day,
     /// as one batch of `raw_web_events`; and how many rows it holds.
     fn batch(self) -> Result<(crow_lake::arrow::record_batch::RecordBatch, usize)> {
+        let t = &self.template;
         let generated = generate::events(&GenerateOptions {
             visitors: self.visitors,
-            first_day: self.first_day,
-            days: self.days,
-            seed: self.seed,
+            first_day: t.first_day,
+            days: t.days,
+            seed: t.seed.wrapping_add(self.k),
             incidents: Vec::new(),
         });
         let ctx = NormalizeContext {
-            org_id: &self.org_id,
-            received_at: self.received_at,
+            org_id: &t.org_id,
+            received_at: t.received_at,
             ip_hash: None,
             strip_query_params: &[],
             ip_salt: "bench",
@@ -286,13 +282,13 @@ mod tests {
             tempfile::tempdir().expect("dir"),
         );
         let (ahead, one_by_one) = (open(&a).await, open(&b).await);
-        let template = Template {
+        let template = Arc::new(Template {
             org_id: "org_bench".into(),
             received_at: chrono::Utc::now(),
             first_day: chrono::NaiveDate::from_ymd_opt(2026, 3, 1).expect("date"),
             days: 7,
             seed: 3,
-        };
+        });
         // 40 visitors a chunk: about 25 chunks of about 340 events.
         let (events, full) = (8_000u64, 40usize);
         let before = ahead
@@ -321,8 +317,7 @@ mod tests {
         while n < events {
             let remaining = events - n;
             let take = usize::try_from(remaining).expect("take");
-            let (batch, rows) = template
-                .chunk(k, visitors_for(remaining, full), take)
+            let (batch, rows) = chunk(&template, k, visitors_for(remaining, full), take)
                 .batch()
                 .expect("chunk");
             one_by_one
