@@ -20,15 +20,6 @@ pub(super) fn micros(b: &RecordBatch, name: &str) -> Result<crow_lake::arrow::ar
         .clone())
 }
 
-pub(super) fn float(b: &RecordBatch, name: &str) -> Result<crow_lake::arrow::array::Float64Array> {
-    let c = b
-        .column_by_name(name)
-        .ok_or_else(|| Error::Internal(format!("column {name} missing from the scan")))?;
-    let c = cast(c, &DataType::Float64)?;
-    Ok(c.as_primitive::<crow_lake::arrow::datatypes::Float64Type>()
-        .clone())
-}
-
 pub(super) fn opt_str(a: &crow_lake::arrow::array::StringArray, i: usize) -> Option<String> {
     a.is_valid(i).then(|| a.value(i).to_string())
 }

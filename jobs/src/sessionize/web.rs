@@ -2,11 +2,16 @@
 //! visitor and inactivity gap, one task per partition.
 
 use super::*;
-use crow_lake::arrow::array::{new_null_array, BooleanArray, UInt64Array};
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use crow_lake::arrow::array::{
+    new_null_array, BooleanArray, StringViewArray, UInt64Array, UInt8Array,
+};
 use crow_lake::arrow::compute::kernels::boolean::or;
 use crow_lake::arrow::compute::kernels::cmp::distinct;
 use crow_lake::arrow::compute::{concat, filter_record_batch};
-use crow_lake::arrow::datatypes::UInt64Type;
+use crow_lake::arrow::datatypes::{Float64Type, Schema, UInt64Type, UInt8Type};
 use crow_lake::datafusion::common::tree_node::TreeNodeRecursion;
 use crow_lake::datafusion::physical_expr::expressions::IsNotNullExpr;
 use crow_lake::datafusion::physical_expr::PhysicalExpr;
@@ -59,29 +64,45 @@ const WEB_TEXT_COLUMNS: [&str; 16] = [
     "order_id",
 ];
 
-/// A web event as the sessionizer needs it: its text borrowed from the
-/// batch it came in ([`WebColumns`]), nothing copied until a session row
-/// keeps it.
+/// A scanned web event as the narrowing before the sort reads it
+/// ([`narrow`]): its text borrowed from the batch it came in.
+#[derive(Clone, Copy)]
+struct RawEvent<'a> {
+    kind: &'a str,
+    event: Option<&'a str>,
+    name: Option<&'a str>,
+    user_id: Option<&'a str>,
+    page_path: Option<&'a str>,
+    page_url: Option<&'a str>,
+    referrer: Option<&'a str>,
+    campaign_source: Option<&'a str>,
+    product_id: Option<&'a str>,
+    product_sku: Option<&'a str>,
+    product_name: Option<&'a str>,
+    order_id: Option<&'a str>,
+    revenue: Option<f64>,
+    props: Option<&'a str>,
+}
+
+/// A web event as the split needs it: what [`narrow`] made of it before the
+/// sort, borrowed from the sorted batch it came in ([`WebColumns`]),
+/// nothing copied until a session row keeps it.
 #[derive(Clone, Copy)]
 pub(super) struct WebEvent<'a> {
     pub(super) message_id: &'a str,
-    pub(super) kind: &'a str,
-    pub(super) event: Option<&'a str>,
-    pub(super) name: Option<&'a str>,
-    pub(super) user_id: Option<&'a str>,
     pub(super) anonymous_id: Option<&'a str>,
+    pub(super) user_id: Option<&'a str>,
     pub(super) occurred: i64,
-    pub(super) page_path: Option<&'a str>,
-    pub(super) page_url: Option<&'a str>,
-    pub(super) referrer: Option<&'a str>,
     pub(super) device_type: Option<&'a str>,
-    pub(super) campaign_source: Option<&'a str>,
-    pub(super) product_id: Option<&'a str>,
-    pub(super) product_sku: Option<&'a str>,
-    pub(super) product_name: Option<&'a str>,
-    pub(super) order_id: Option<&'a str>,
-    pub(super) revenue: Option<f64>,
-    pub(super) props: Option<&'a str>,
+    /// The product id, else the SKU.
+    pub(super) product: Option<&'a str>,
+    /// The traffic source were the event its session's first.
+    pub(super) source: &'a str,
+    /// Its timeline entry's kind and detail.
+    pub(super) tl_kind: &'a str,
+    pub(super) tl_detail: &'a str,
+    pub(super) page_view: bool,
+    pub(super) converted: bool,
 }
 
 pub(super) async fn web(
@@ -102,7 +123,7 @@ pub(super) async fn web(
     let gap = opts.gap.num_microseconds().unwrap_or(i64::MAX);
     let read_end = pass.read_end.timestamp_micros();
     let (sorted, parts) =
-        first_copies_by_visitor(ctx, params.sql(ctx, &sql).await?, copies).await?;
+        first_copies_by_visitor(ctx, params.sql(ctx, &sql).await?, narrowed, copies).await?;
     let task_ctx = ctx.task_ctx();
     let mut tasks = Tasks(Vec::with_capacity(parts));
     for p in 0..parts {
@@ -149,14 +170,10 @@ fn web_sql(
         read_start.date_naive().format("%Y-%m-%d"),
         read_end.date_naive().format("%Y-%m-%d"),
     );
-    // Text columns as plain Utf8 before the deduplication sort: the scan's
-    // string views keep whole Parquet pages alive, so every sorted batch
-    // would hold (and the memory pool would count) far more than its rows.
-    let texts = WEB_TEXT_COLUMNS
-        .iter()
-        .map(|c| format!("arrow_cast({c}, 'Utf8') AS {c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    // The text columns as the scan made them (string views): [`narrow`]
+    // copies what the sorts carry into plain Utf8 and reads the rest where
+    // they are.
+    let texts = WEB_TEXT_COLUMNS.join(", ");
     let sql = format!(
         "WITH links AS (
            SELECT org_id, anonymous_id AS anon, user_id AS uid, occurred_at FROM raw_web_events
@@ -171,8 +188,8 @@ fn web_sql(
          ),
          base AS (
            SELECT {texts}, occurred_at, received_at, revenue,
-                  arrow_cast(CASE WHEN event IN ('Products Searched', 'Checkout Step Viewed', 'Checkout Step Completed')
-                       THEN properties END, 'Utf8') AS props
+                  CASE WHEN event IN ('Products Searched', 'Checkout Step Viewed', 'Checkout Step Completed')
+                       THEN properties END AS props
            FROM raw_web_events
            WHERE event_date >= DATE '{da}' AND event_date <= DATE '{db}'
              AND occurred_at >= {a} AND occurred_at < {b} {org}
@@ -210,11 +227,7 @@ pub(super) enum Copies {
 /// the pool (8 bytes an event), equal neighbours are copies. The plan is
 /// returned for its spill metrics.
 async fn copied_messages(keys: DataFrame) -> Result<(u64, Copies, Arc<dyn ExecutionPlan>)> {
-    let schema: SchemaRef = Arc::new(crow_lake::arrow::datatypes::Schema::new(vec![Field::new(
-        "k",
-        DataType::UInt64,
-        false,
-    )]));
+    let schema: SchemaRef = Arc::new(Schema::new(vec![Field::new("k", DataType::UInt64, false)]));
     let task_ctx = Arc::new(keys.task_ctx());
     let plan = keys.create_physical_plan().await?;
     let out = schema.clone();
@@ -280,7 +293,11 @@ fn message_keys(batch: &RecordBatch) -> DfResult<Vec<u64>> {
         .collect())
 }
 
-/// The plan of `query` (the web events with their visitor, every copy)
+/// What each scan of the web query goes through first ([`narrowed`]).
+type Prepare = fn(Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>>;
+
+/// The plan of `query` (the web events with their visitor, every copy),
+/// each of its scans through `prepare` (the split's [`narrow`]),
 /// deduplicated and in one partition per core by visitor, each sorted by
 /// visitor and time on its own: the plan and its partition count.
 ///
@@ -304,6 +321,7 @@ fn message_keys(batch: &RecordBatch) -> DfResult<Vec<u64>> {
 async fn first_copies_by_visitor(
     ctx: &SessionContext,
     query: DataFrame,
+    prepare: Prepare,
     copies: Copies,
 ) -> Result<(Arc<dyn ExecutionPlan>, usize)> {
     let parts = ctx.state().config().target_partitions().max(1);
@@ -324,10 +342,10 @@ async fn first_copies_by_visitor(
         )))
     };
     let deduplicated = match copies {
-        Copies::None => query.create_physical_plan().await?,
-        Copies::Many => first(query.create_physical_plan().await?)?,
+        Copies::None => prepare(query.create_physical_plan().await?)?,
+        Copies::Many => first(prepare(query.create_physical_plan().await?)?)?,
         Copies::Few(keys) => {
-            let plan = query.clone().create_physical_plan().await?;
+            let plan = prepare(query.clone().create_physical_plan().await?)?;
             let schema = plan.schema();
             let only = |copied: bool, plan| {
                 let keys = Arc::clone(&keys);
@@ -345,7 +363,7 @@ async fn first_copies_by_visitor(
                 ))
             };
             let single = only(false, plan);
-            let copied = first(only(true, query.create_physical_plan().await?))?;
+            let copied = first(only(true, prepare(query.create_physical_plan().await?)?))?;
             UnionExec::try_new(vec![single, copied])?
         }
     };
@@ -446,6 +464,159 @@ fn first_copies(input: Arc<dyn ExecutionPlan>, keys: Vec<Arc<dyn PhysicalExpr>>)
     })
 }
 
+/// [`WebEvent::page_view`], [`WebEvent::converted`], and an anonymous id
+/// equal to the visitor id (not copied): bits of [`narrow`]'s `flags`.
+const PAGE_VIEW: u8 = 1;
+const CONVERTED: u8 = 2;
+const ANONYMOUS_IS_VISITOR: u8 = 4;
+
+/// Each scanned batch of `plan` (every column of the web query) made into
+/// the columns the sorts carry and the split reads ([`narrow`]).
+fn narrowed(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    let input = plan.schema();
+    let text = |name: &str, nullable| Field::new(name, DataType::Utf8, nullable);
+    let schema: SchemaRef = Arc::new(Schema::new(vec![
+        text("org_id", true),
+        text("message_id", true),
+        text("visitor_id", true),
+        input.field_with_name("occurred_at")?.clone(),
+        input.field_with_name("received_at")?.clone(),
+        text("anonymous_id", true),
+        text("user_id", true),
+        text("device_type", true),
+        text("product", true),
+        text("source", false),
+        text("tl_kind", false),
+        text("tl_detail", false),
+        Field::new("flags", DataType::UInt8, false),
+    ]));
+    let out = schema.clone();
+    Ok(Arc::new(MapBatches::new(
+        plan,
+        schema,
+        "NarrowWebEvents",
+        move || {
+            let out = out.clone();
+            let mut hosts = Hosts::default();
+            Box::new(move |b: &RecordBatch| narrow(b, &out, &mut hosts))
+        },
+    )))
+}
+
+/// A scanned web event made into what the split reads of it, before the
+/// sort by visitor: its keys, ids and device as plain Utf8, its product,
+/// traffic source and timeline entry worked out, and two flags — about half
+/// the bytes of the event's columns, which are the bytes the sort moves,
+/// spills and merges. The session built from these is the one the event's
+/// columns would make.
+fn narrow(b: &RecordBatch, schema: &SchemaRef, hosts: &mut Hosts) -> DfResult<RecordBatch> {
+    let n = b.num_rows();
+    let column = |name: &str| {
+        b.column_by_name(name).ok_or_else(|| {
+            DataFusionError::Internal(format!("sessionize: no column {name} in the web events"))
+        })
+    };
+    let utf8 = |name: &str| -> DfResult<ArrayRef> { Ok(cast(column(name)?, &DataType::Utf8)?) };
+    let t = |name: &str| Texts::of(column(name)?);
+    let (visitor, anonymous) = (t("visitor_id")?, t("anonymous_id")?);
+    let (kind, event, name, user) = (t("type")?, t("event")?, t("name")?, t("user_id")?);
+    let (path, url, referrer, campaign) = (
+        t("page_path")?,
+        t("page_url")?,
+        t("page_referrer")?,
+        t("campaign_source")?,
+    );
+    let (product_id, sku, product_name, order, props) = (
+        t("product_id")?,
+        t("product_sku")?,
+        t("product_name")?,
+        t("order_id")?,
+        t("props")?,
+    );
+    let revenue = cast(column("revenue")?, &DataType::Float64)?;
+    let revenue = revenue.as_primitive::<Float64Type>();
+    let mut anonymous_out = StringBuilder::with_capacity(n, 0);
+    let mut product = StringBuilder::with_capacity(n, 0);
+    let mut source = StringBuilder::with_capacity(n, 8 * n);
+    let mut tl_kind = StringBuilder::with_capacity(n, 8 * n);
+    let mut tl_detail = StringBuilder::with_capacity(n, 16 * n);
+    let mut flags = Vec::with_capacity(n);
+    let order_completed = Some(SegmentEvent::OrderCompleted.as_str());
+    for i in 0..n {
+        let e = RawEvent {
+            kind: kind.get(i).unwrap_or_default(),
+            event: event.get(i),
+            name: name.get(i),
+            user_id: user.get(i),
+            page_path: path.get(i),
+            page_url: url.get(i),
+            referrer: referrer.get(i),
+            campaign_source: campaign.get(i),
+            product_id: product_id.get(i),
+            product_sku: sku.get(i),
+            product_name: product_name.get(i),
+            order_id: order.get(i),
+            revenue: revenue.is_valid(i).then(|| revenue.value(i)),
+            props: props.get(i),
+        };
+        let anon = anonymous.get(i);
+        let is_visitor = anon.is_some() && anon == visitor.get(i);
+        anonymous_out.append_option(anon.filter(|_| !is_visitor));
+        product.append_option(e.product_id.or(e.product_sku));
+        source.append_value(traffic_source(&e, hosts));
+        let (k, d) = timeline_entry(&e);
+        tl_kind.append_value(k);
+        tl_detail.append_value(d);
+        let page_view = e.kind == "page" || e.kind == "screen";
+        flags.push(
+            (u8::from(page_view) * PAGE_VIEW)
+                | (u8::from(e.event == order_completed) * CONVERTED)
+                | (u8::from(is_visitor) * ANONYMOUS_IS_VISITOR),
+        );
+    }
+    Ok(RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            utf8("org_id")?,
+            utf8("message_id")?,
+            utf8("visitor_id")?,
+            Arc::clone(column("occurred_at")?),
+            Arc::clone(column("received_at")?),
+            Arc::new(anonymous_out.finish()),
+            utf8("user_id")?,
+            utf8("device_type")?,
+            Arc::new(product.finish()),
+            Arc::new(source.finish()),
+            Arc::new(tl_kind.finish()),
+            Arc::new(tl_detail.finish()),
+            Arc::new(UInt8Array::from(flags)),
+        ],
+    )?)
+}
+
+/// A text column of a scanned batch as it came: string views, else plain
+/// Utf8 (any other string type cast to it).
+enum Texts {
+    Plain(StringArray),
+    View(StringViewArray),
+}
+
+impl Texts {
+    fn of(c: &ArrayRef) -> DfResult<Self> {
+        Ok(match c.data_type() {
+            DataType::Utf8View => Texts::View(c.as_string_view().clone()),
+            _ => Texts::Plain(cast(c, &DataType::Utf8)?.as_string::<i32>().clone()),
+        })
+    }
+
+    fn get(&self, i: usize) -> Option<&str> {
+        match self {
+            Texts::Plain(a) => a.is_valid(i).then(|| a.value(i)),
+            Texts::View(a) => a.is_valid(i).then(|| a.value(i)),
+        }
+    }
+}
+
 /// Tasks aborted when dropped: an error in one partition, or a cancelled
 /// run, stops the others instead of leaving them sorting.
 struct Tasks<T>(Vec<tokio::task::JoinHandle<T>>);
@@ -529,49 +700,41 @@ impl WebSplit {
     }
 }
 
-/// The columns of a batch of web events, looked up and cast once.
+/// The columns of a sorted batch of narrowed web events ([`narrow`]),
+/// looked up and cast once.
 struct WebColumns {
     message_id: StringArray,
-    kind: StringArray,
-    event: StringArray,
-    name: StringArray,
-    user_id: StringArray,
+    visitor: StringArray,
     anonymous_id: StringArray,
+    user_id: StringArray,
     occurred: Int64Array,
-    page_path: StringArray,
-    page_url: StringArray,
-    referrer: StringArray,
     device_type: StringArray,
-    campaign_source: StringArray,
-    product_id: StringArray,
-    product_sku: StringArray,
-    product_name: StringArray,
-    order_id: StringArray,
-    revenue: Float64Array,
-    props: StringArray,
+    product: StringArray,
+    source: StringArray,
+    tl_kind: StringArray,
+    tl_detail: StringArray,
+    flags: UInt8Array,
 }
 
 impl WebColumns {
     fn new(batch: &RecordBatch) -> Result<Self> {
+        let flags = batch
+            .column_by_name("flags")
+            .and_then(|c| c.as_primitive_opt::<UInt8Type>())
+            .ok_or_else(|| Error::Internal("sessionize: no flags column".into()))?
+            .clone();
         Ok(Self {
             message_id: text(batch, "message_id")?,
-            kind: text(batch, "type")?,
-            event: text(batch, "event")?,
-            name: text(batch, "name")?,
-            user_id: text(batch, "user_id")?,
+            visitor: text(batch, "visitor_id")?,
             anonymous_id: text(batch, "anonymous_id")?,
+            user_id: text(batch, "user_id")?,
             occurred: micros(batch, "occurred_at")?,
-            page_path: text(batch, "page_path")?,
-            page_url: text(batch, "page_url")?,
-            referrer: text(batch, "page_referrer")?,
             device_type: text(batch, "device_type")?,
-            campaign_source: text(batch, "campaign_source")?,
-            product_id: text(batch, "product_id")?,
-            product_sku: text(batch, "product_sku")?,
-            product_name: text(batch, "product_name")?,
-            order_id: text(batch, "order_id")?,
-            revenue: float(batch, "revenue")?,
-            props: text(batch, "props")?,
+            product: text(batch, "product")?,
+            source: text(batch, "source")?,
+            tl_kind: text(batch, "tl_kind")?,
+            tl_detail: text(batch, "tl_detail")?,
+            flags,
         })
     }
 
@@ -581,25 +744,23 @@ impl WebColumns {
             a.is_valid(i).then(|| a.value(i))
         }
         let opt = |a| at(a, i);
+        let flags = self.flags.value(i);
         WebEvent {
             message_id: self.message_id.value(i),
-            kind: self.kind.value(i),
-            event: opt(&self.event),
-            name: opt(&self.name),
+            anonymous_id: if flags & ANONYMOUS_IS_VISITOR != 0 {
+                opt(&self.visitor)
+            } else {
+                opt(&self.anonymous_id)
+            },
             user_id: opt(&self.user_id),
-            anonymous_id: opt(&self.anonymous_id),
             occurred: self.occurred.value(i),
-            page_path: opt(&self.page_path),
-            page_url: opt(&self.page_url),
-            referrer: opt(&self.referrer),
             device_type: opt(&self.device_type),
-            campaign_source: opt(&self.campaign_source),
-            product_id: opt(&self.product_id),
-            product_sku: opt(&self.product_sku),
-            product_name: opt(&self.product_name),
-            order_id: opt(&self.order_id),
-            revenue: self.revenue.is_valid(i).then(|| self.revenue.value(i)),
-            props: opt(&self.props),
+            product: opt(&self.product),
+            source: self.source.value(i),
+            tl_kind: self.tl_kind.value(i),
+            tl_detail: self.tl_detail.value(i),
+            page_view: flags & PAGE_VIEW != 0,
+            converted: flags & CONVERTED != 0,
         }
     }
 }
@@ -660,21 +821,16 @@ fn web_session(
         if e.user_id.is_some() {
             user_id = e.user_id;
         }
-        if let Some(p) = e.product_id.or(e.product_sku) {
+        if let Some(p) = e.product {
             if !product_ids.contains(&p) {
                 product_ids.push(p);
             }
         }
-        if e.kind == "page" || e.kind == "screen" {
-            page_views += 1;
-        }
-        if e.event == Some(SegmentEvent::OrderCompleted.as_str()) {
-            converted = true;
-        }
+        page_views += i64::from(e.page_view);
+        converted |= e.converted;
         if timeline.len() < MAX_TIMELINE {
             let offset = (e.occurred - started) / 1_000_000;
-            let (kind, detail) = timeline_entry(e);
-            timeline.push(TimelineEntry::new(offset, kind, detail));
+            timeline.push(TimelineEntry::new(offset, e.tl_kind, e.tl_detail));
         }
     }
     if events.len() > MAX_TIMELINE {
@@ -704,7 +860,7 @@ fn web_session(
         page_views: Some(page_views),
         product_ids: Some(product_ids.into_iter().map(str::to_string).collect()),
         device_type,
-        traffic_source: Some(traffic_source(first)),
+        traffic_source: Some(first.source.to_string()),
         is_returning: Some(is_returning),
         converted: Some(converted),
         source_ref: None,
@@ -715,54 +871,76 @@ fn web_session(
     })
 }
 
-/// utm source, else the referrer's host when it is another site, else
-/// 'direct'.
-pub(super) fn traffic_source(e: &WebEvent<'_>) -> String {
+/// utm source, else the referrer's host when it is another site (as
+/// `url` parses both), else 'direct'.
+fn traffic_source<'a>(e: &RawEvent<'a>, hosts: &mut Hosts) -> Cow<'a, str> {
     if let Some(s) = e.campaign_source.filter(|s| !s.is_empty()) {
-        return s.to_lowercase();
+        return if s.bytes().any(|c| !c.is_ascii() || c.is_ascii_uppercase()) {
+            Cow::Owned(s.to_lowercase())
+        } else {
+            Cow::Borrowed(s)
+        };
     }
-    let own_host = e
-        .page_url
-        .and_then(|u| url::Url::parse(u).ok())
-        .and_then(|u| u.host_str().map(str::to_string));
-    if let Some(host) = e
-        .referrer
-        .and_then(|r| url::Url::parse(r).ok())
-        .and_then(|u| u.host_str().map(str::to_string))
-    {
-        if Some(&host) != own_host.as_ref() {
-            return host.trim_start_matches("www.").to_string();
+    if let Some(host) = e.referrer.and_then(|r| hosts.of(r)) {
+        let own = e.page_url.and_then(|u| hosts.of(u));
+        if own.as_deref() != Some(&*host) {
+            return Cow::Owned(host.trim_start_matches("www.").to_string());
         }
     }
-    "direct".into()
+    Cow::Borrowed("direct")
 }
 
-fn timeline_entry(e: &WebEvent<'_>) -> (String, String) {
+/// The host of each URL seen, as `url` parses it, kept for the next
+/// events: a partition's events repeat few page URLs and referrers. Bounded:
+/// emptied when it reaches [`Hosts::MAX`] URLs.
+#[derive(Default)]
+struct Hosts(HashMap<Box<str>, Option<Arc<str>>>);
+
+impl Hosts {
+    const MAX: usize = 4096;
+
+    fn of(&mut self, u: &str) -> Option<Arc<str>> {
+        if let Some(host) = self.0.get(u) {
+            return host.clone();
+        }
+        if self.0.len() >= Self::MAX {
+            self.0.clear();
+        }
+        let host: Option<Arc<str>> = url::Url::parse(u)
+            .ok()
+            .and_then(|u| u.host_str().map(Arc::from));
+        self.0.insert(u.into(), host.clone());
+        host
+    }
+}
+
+/// The kind and detail of an event's timeline entry.
+fn timeline_entry<'a>(e: &RawEvent<'a>) -> (&'a str, Cow<'a, str>) {
     match e.kind {
         "page" | "screen" => (
-            e.kind.to_string(),
-            e.page_path.or(e.name).unwrap_or_default().to_string(),
+            e.kind,
+            Cow::Borrowed(e.page_path.or(e.name).unwrap_or_default()),
         ),
         "track" => {
-            let name = e.event.unwrap_or("track").to_string();
+            let name = e.event.unwrap_or("track");
             let detail = if let Some(order) = e.order_id {
-                match e.revenue {
+                Cow::Owned(match e.revenue {
                     Some(r) => format!("order {order} {r:.2}"),
                     None => format!("order {order}"),
-                }
+                })
             } else if let Some(p) = e.product_id.or(e.product_sku) {
                 match e.product_name {
-                    Some(n) => format!("{p} {n}"),
-                    None => p.to_string(),
+                    Some(n) => Cow::Owned(format!("{p} {n}")),
+                    None => Cow::Borrowed(p),
                 }
             } else if let Some(props) = e.props {
-                compact_props(props)
+                Cow::Owned(compact_props(props))
             } else {
-                String::new()
+                Cow::Borrowed("")
             };
             (name, detail)
         }
-        other => (other.to_string(), e.user_id.unwrap_or_default().to_string()),
+        other => (other, Cow::Borrowed(e.user_id.unwrap_or_default())),
     }
 }
 
@@ -1048,7 +1226,7 @@ mod first_copies_tests {
         let kept = |copies| {
             let (ctx, df) = (&ctx, df.clone());
             async move {
-                let (plan, parts) = first_copies_by_visitor(ctx, df, copies)
+                let (plan, parts) = first_copies_by_visitor(ctx, df, Ok, copies)
                     .await
                     .expect("plan");
                 let mut out = Vec::new();
@@ -1113,5 +1291,300 @@ mod first_copies_tests {
         assert!(!was_few);
         assert_eq!(none, vec![0, 1, 2, 3]);
         assert_eq!(many, none);
+    }
+}
+
+#[cfg(test)]
+mod narrow_tests {
+    use super::*;
+    use crow_lake::arrow::array::{Float64Array, StringArray, TimestampMicrosecondArray};
+
+    type Row = [Option<&'static str>; 18];
+
+    /// Raw web events as the web query yields them: the 16 text columns as
+    /// string views, times, revenue, props and the visitor as plain Utf8.
+    fn raw(rows: &[Row], revenue: &[Option<f64>]) -> RecordBatch {
+        let mut fields = Vec::new();
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        for (c, name) in WEB_TEXT_COLUMNS.iter().enumerate() {
+            fields.push(Field::new(*name, DataType::Utf8View, true));
+            columns.push(Arc::new(
+                rows.iter().map(|r| r[c]).collect::<StringViewArray>(),
+            ));
+        }
+        let times = || {
+            Arc::new(
+                TimestampMicrosecondArray::from((0..rows.len() as i64).collect::<Vec<_>>())
+                    .with_timezone("UTC"),
+            )
+        };
+        let time_type = DataType::Timestamp(
+            crow_lake::arrow::datatypes::TimeUnit::Microsecond,
+            Some("UTC".into()),
+        );
+        fields.push(Field::new("occurred_at", time_type.clone(), true));
+        columns.push(times());
+        fields.push(Field::new("received_at", time_type, true));
+        columns.push(times());
+        fields.push(Field::new("revenue", DataType::Float64, true));
+        columns.push(Arc::new(Float64Array::from(revenue.to_vec())));
+        for (c, name) in ["props", "visitor_id"].iter().enumerate() {
+            fields.push(Field::new(*name, DataType::Utf8, true));
+            columns.push(Arc::new(
+                rows.iter().map(|r| r[16 + c]).collect::<StringArray>(),
+            ));
+        }
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("raw batch")
+    }
+
+    /// One raw event: (type, event, name, anonymous, user, path, url,
+    /// referrer, campaign, product id, sku, product name, order, props,
+    /// visitor).
+    #[allow(clippy::too_many_arguments)]
+    fn ev(
+        kind: &'static str,
+        event: Option<&'static str>,
+        name: Option<&'static str>,
+        ids: (Option<&'static str>, Option<&'static str>, &'static str),
+        page: (
+            Option<&'static str>,
+            Option<&'static str>,
+            Option<&'static str>,
+        ),
+        campaign: Option<&'static str>,
+        product: (
+            Option<&'static str>,
+            Option<&'static str>,
+            Option<&'static str>,
+        ),
+        order: Option<&'static str>,
+        props: Option<&'static str>,
+    ) -> Row {
+        let (anonymous, user, visitor) = ids;
+        let (path, url, referrer) = page;
+        [
+            Some("org"),
+            Some("m"),
+            Some(kind),
+            event,
+            name,
+            anonymous,
+            user,
+            path,
+            url,
+            referrer,
+            Some("mobile"),
+            campaign,
+            product.0,
+            product.1,
+            product.2,
+            order,
+            props,
+            Some(visitor),
+        ]
+    }
+
+    #[test]
+    fn a_narrowed_event_reads_as_its_columns_would() {
+        let shop = Some("https://shop.example/p/1");
+        let rows = [
+            // A page view from Google; its anonymous id is the visitor.
+            ev(
+                "page",
+                None,
+                None,
+                (Some("a1"), None, "a1"),
+                (
+                    Some("/p/1"),
+                    shop,
+                    Some("https://www.google.com/search?q=x"),
+                ),
+                None,
+                (None, None, None),
+                None,
+                None,
+            ),
+            // A product viewed, referred by its own site.
+            ev(
+                "track",
+                Some("Product Viewed"),
+                None,
+                (Some("a1"), None, "a1"),
+                (None, shop, Some("https://shop.example/")),
+                None,
+                (Some("p1"), Some("sku-1"), Some("Headphones")),
+                None,
+                None,
+            ),
+            // An order from a campaign, by a known user.
+            ev(
+                "track",
+                Some("Order Completed"),
+                None,
+                (Some("a2"), Some("u1"), "u1"),
+                (None, shop, Some("https://www.google.com/")),
+                Some("NewsLetter"),
+                (None, None, None),
+                Some("o9"),
+                None,
+            ),
+            // A search: its props in the detail.
+            ev(
+                "track",
+                Some("Products Searched"),
+                None,
+                (Some("a2"), Some("u1"), "u1"),
+                (None, None, None),
+                Some("cpc"),
+                (None, None, None),
+                None,
+                Some(r#"{"query":"red shoes","page":2,"step":3}"#),
+            ),
+            // An identify: the user in the detail, no anonymous id.
+            ev(
+                "identify",
+                None,
+                None,
+                (None, Some("u1"), "u1"),
+                (None, None, Some("not a url")),
+                Some(""),
+                (None, None, None),
+                None,
+                None,
+            ),
+            // A screen by name, a product by SKU only.
+            ev(
+                "screen",
+                None,
+                Some("Home"),
+                (Some("a3"), None, "a3"),
+                (None, Some("app://home"), Some("https://Partner.Example/x")),
+                None,
+                (None, Some("sku-7"), None),
+                None,
+                None,
+            ),
+        ];
+        let revenue = [None, None, Some(12.5), None, None, None];
+        let batch = raw(&rows, &revenue);
+        let plan = narrowed(
+            crow_lake::datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
+                &[vec![batch.clone()]],
+                batch.schema(),
+                None,
+            )
+            .expect("source"),
+        )
+        .expect("narrowed");
+        let schema = plan.schema();
+        let mut hosts = Hosts::default();
+        let once = narrow(&batch, &schema, &mut hosts).expect("narrow");
+        // Again with the hosts known: the same columns.
+        assert_eq!(narrow(&batch, &schema, &mut hosts).expect("again"), once);
+        let c = WebColumns::new(&once).expect("columns");
+        let got: Vec<_> = (0..rows.len())
+            .map(|i| {
+                let e = c.event(i);
+                (
+                    e.anonymous_id,
+                    e.user_id,
+                    e.product,
+                    e.source,
+                    e.tl_kind,
+                    e.tl_detail,
+                    e.page_view,
+                    e.converted,
+                    e.device_type,
+                    e.occurred,
+                )
+            })
+            .collect();
+        let m = Some("mobile");
+        assert_eq!(
+            got,
+            vec![
+                (
+                    Some("a1"),
+                    None,
+                    None,
+                    "google.com",
+                    "page",
+                    "/p/1",
+                    true,
+                    false,
+                    m,
+                    0
+                ),
+                (
+                    Some("a1"),
+                    None,
+                    Some("p1"),
+                    "direct",
+                    "Product Viewed",
+                    "p1 Headphones",
+                    false,
+                    false,
+                    m,
+                    1
+                ),
+                (
+                    Some("a2"),
+                    Some("u1"),
+                    None,
+                    "newsletter",
+                    "Order Completed",
+                    "order o9 12.50",
+                    false,
+                    true,
+                    m,
+                    2
+                ),
+                (
+                    Some("a2"),
+                    Some("u1"),
+                    None,
+                    "cpc",
+                    "Products Searched",
+                    "query=red shoes step=3",
+                    false,
+                    false,
+                    m,
+                    3
+                ),
+                (
+                    None,
+                    Some("u1"),
+                    None,
+                    "direct",
+                    "identify",
+                    "u1",
+                    false,
+                    false,
+                    m,
+                    4
+                ),
+                (
+                    Some("a3"),
+                    None,
+                    Some("sku-7"),
+                    "partner.example",
+                    "screen",
+                    "Home",
+                    true,
+                    false,
+                    m,
+                    5
+                ),
+            ]
+        );
+        // The anonymous id equal to the visitor is not copied: a flag.
+        let anonymous = once.column_by_name("anonymous_id").expect("column");
+        assert_eq!(anonymous.null_count(), 4);
+        let flags = once
+            .column_by_name("flags")
+            .expect("flags")
+            .as_primitive::<UInt8Type>();
+        assert_eq!(flags.value(0), PAGE_VIEW | ANONYMOUS_IS_VISITOR);
+        assert_eq!(flags.value(5), PAGE_VIEW | ANONYMOUS_IS_VISITOR);
     }
 }
