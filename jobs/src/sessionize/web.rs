@@ -122,13 +122,15 @@ pub(super) async fn web(
 
     let gap = opts.gap.num_microseconds().unwrap_or(i64::MAX);
     let read_end = pass.read_end.timestamp_micros();
+    let orgs = Arc::new(Orgs::default());
     let (sorted, parts) =
-        first_copies_by_visitor(ctx, params.sql(ctx, &sql).await?, narrowed, copies).await?;
+        first_copies_by_visitor(ctx, params.sql(ctx, &sql).await?, narrowed, copies, &orgs).await?;
     let task_ctx = ctx.task_ctx();
     let mut tasks = Tasks(Vec::with_capacity(parts));
     for p in 0..parts {
         let split = WebSplit {
             stream: sorted.execute(p, task_ctx.clone())?,
+            orgs: Arc::clone(&orgs),
             gap,
             read_end,
             returning: returning.clone(),
@@ -299,7 +301,8 @@ type Prepare = fn(Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>>;
 /// The plan of `query` (the web events with their visitor, every copy),
 /// each of its scans through `prepare` (the split's [`narrow`]),
 /// deduplicated and in one partition per core by visitor, each sorted by
-/// visitor and time on its own: the plan and its partition count.
+/// visitor and time on its own, its org ids numbered in `orgs`
+/// ([`numbered`]): the plan and its partition count.
 ///
 /// Deduplication keeps the first received copy of each message, as
 /// `row_number() OVER (PARTITION BY org_id, message_id ORDER BY received_at,
@@ -323,6 +326,7 @@ async fn first_copies_by_visitor(
     query: DataFrame,
     prepare: Prepare,
     copies: Copies,
+    orgs: &Arc<Orgs>,
 ) -> Result<(Arc<dyn ExecutionPlan>, usize)> {
     let parts = ctx.state().config().target_partitions().max(1);
     let first = |plan: Arc<dyn ExecutionPlan>| -> Result<Arc<dyn ExecutionPlan>> {
@@ -373,12 +377,94 @@ async fn first_copies_by_visitor(
         deduplicated,
     )?);
     let sorted = hashed_sort(
-        known,
-        &["org_id", "visitor_id"],
-        &["org_id", "visitor_id", "occurred_at", "message_id"],
+        numbered(known, orgs)?,
+        &["org", "visitor_id"],
+        &["org", "visitor_id", "occurred_at", "message_id"],
         parts,
     )?;
     Ok((sorted, parts))
+}
+
+/// The org ids of a run's web events by their 64-bit hash: the sort by
+/// visitor carries the hash ([`numbered`]), the split names the org again.
+#[derive(Default)]
+pub(super) struct Orgs(std::sync::Mutex<HashMap<u64, Arc<str>>>);
+
+impl Orgs {
+    /// The hash of `org`, remembered; two orgs of one hash are an error
+    /// (never silently one org).
+    fn number(&self, org: &str) -> DfResult<u64> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        org.hash(&mut h);
+        let n = h.finish();
+        let mut known = self
+            .0
+            .lock()
+            .map_err(|_| DataFusionError::Internal("sessionize: org ids poisoned".into()))?;
+        match known.get(&n) {
+            Some(o) if &**o != org => Err(DataFusionError::Execution(format!(
+                "sessionize: org ids {o} and {org} have the same 64-bit hash"
+            ))),
+            Some(_) => Ok(n),
+            None => {
+                known.insert(n, Arc::from(org));
+                Ok(n)
+            }
+        }
+    }
+
+    /// The org id numbered `n`.
+    fn name(&self, n: u64) -> Result<Arc<str>> {
+        self.0
+            .lock()
+            .map_err(|_| Error::Internal("sessionize: org ids poisoned".into()))?
+            .get(&n)
+            .cloned()
+            .ok_or_else(|| Error::Internal(format!("sessionize: no org id numbered {n}")))
+    }
+}
+
+/// `plan` with its `org_id` as the org's number in `orgs` (a `UInt64`
+/// column `org`: 8 bytes where the sort by visitor would move the whole id
+/// with every event) and without `received_at` (read by the deduplication
+/// only).
+fn numbered(plan: Arc<dyn ExecutionPlan>, orgs: &Arc<Orgs>) -> Result<Arc<dyn ExecutionPlan>> {
+    let input = plan.schema();
+    let org_at = input.index_of("org_id")?;
+    let keep: Vec<usize> = (0..input.fields().len())
+        .filter(|&i| i != org_at && input.field(i).name() != "received_at")
+        .collect();
+    let mut fields = vec![Field::new("org", DataType::UInt64, false)];
+    fields.extend(keep.iter().map(|&i| input.field(i).clone()));
+    let schema: SchemaRef = Arc::new(Schema::new(fields));
+    let (out, orgs) = (schema.clone(), Arc::clone(orgs));
+    Ok(Arc::new(MapBatches::stateless(
+        plan,
+        schema,
+        "NumberedOrgs",
+        move |b| {
+            let org = b
+                .column(org_at)
+                .as_string_opt::<i32>()
+                .ok_or_else(|| DataFusionError::Internal("sessionize: org_id not Utf8".into()))?;
+            // A batch is nearly always one org: hashed once.
+            let mut last: Option<(&str, u64)> = None;
+            let mut numbers = Vec::with_capacity(b.num_rows());
+            for i in 0..b.num_rows() {
+                let o = if org.is_valid(i) { org.value(i) } else { "" };
+                let n = match last {
+                    Some((l, n)) if l == o => n,
+                    _ => orgs.number(o)?,
+                };
+                last = Some((o, n));
+                numbers.push(n);
+            }
+            let mut columns: Vec<ArrayRef> = vec![Arc::new(UInt64Array::from(numbers))];
+            columns.extend(keep.iter().map(|&i| Arc::clone(b.column(i))));
+            Ok(RecordBatch::try_new(out.clone(), columns)?)
+        },
+    )))
 }
 
 /// `plan` hash-partitioned by `keys` into `parts` partitions, each sorted
@@ -633,6 +719,7 @@ impl<T> Drop for Tasks<T> {
 /// into sessions by its own task.
 struct WebSplit {
     pub(super) stream: SendableRecordBatchStream,
+    pub(super) orgs: Arc<Orgs>,
     pub(super) gap: i64,
     pub(super) read_end: i64,
     pub(super) returning: Arc<HashSet<String>>,
@@ -645,7 +732,7 @@ struct WebSplit {
 impl WebSplit {
     async fn run(mut self) -> Result<Built> {
         let mut built = Built::new(self.keep, self.disk.clone());
-        let mut cur_key: Option<(String, String)> = None;
+        let mut cur_key: Option<(u64, String)> = None;
         // The batches the current visitor's events are in (the last one is
         // the batch being read), and those events as (batch, row).
         let mut batches: Vec<WebColumns> = Vec::new();
@@ -654,19 +741,23 @@ impl WebSplit {
             let batch = batch?;
             self.progress.inc(batch.num_rows() as u64);
             built.events += batch.num_rows() as u64;
-            let org_c = text(&batch, "org_id")?;
+            let org_c = batch
+                .column_by_name("org")
+                .and_then(|c| c.as_primitive_opt::<UInt64Type>())
+                .ok_or_else(|| Error::Internal("sessionize: no org column".into()))?
+                .clone();
             let visitor = text(&batch, "visitor_id")?;
             batches.push(WebColumns::new(&batch)?);
             for i in 0..batch.num_rows() {
                 let (o, v) = (org_c.value(i), visitor.value(i));
-                if cur_key.as_ref().is_none_or(|(co, cv)| co != o || cv != v) {
+                if cur_key.as_ref().is_none_or(|(co, cv)| *co != o || cv != v) {
                     if let Some(key) = cur_key.take() {
                         self.flush(key, &batches, &rows, &mut built)?;
                         rows.clear();
                         // Only the batch being read holds events still to come.
                         batches.drain(..batches.len() - 1);
                     }
-                    cur_key = Some((o.to_string(), v.to_string()));
+                    cur_key = Some((o, v.to_string()));
                 }
                 rows.push((batches.len() - 1, i));
             }
@@ -681,14 +772,14 @@ impl WebSplit {
     /// `batches`) into sessions.
     fn flush(
         &self,
-        (org, visitor): (String, String),
+        (org, visitor): (u64, String),
         batches: &[WebColumns],
         rows: &[(usize, usize)],
         built: &mut Built,
     ) -> Result<()> {
         let events: Vec<WebEvent<'_>> = rows.iter().map(|&(b, i)| batches[b].event(i)).collect();
         flush_visitor(
-            &org,
+            &self.orgs.name(org)?,
             &visitor,
             &events,
             self.gap,
@@ -1226,7 +1317,8 @@ mod first_copies_tests {
         let kept = |copies| {
             let (ctx, df) = (&ctx, df.clone());
             async move {
-                let (plan, parts) = first_copies_by_visitor(ctx, df, Ok, copies)
+                let orgs = Arc::new(Orgs::default());
+                let (plan, parts) = first_copies_by_visitor(ctx, df, Ok, copies, &orgs)
                     .await
                     .expect("plan");
                 let mut out = Vec::new();
@@ -1586,5 +1678,24 @@ mod narrow_tests {
             .as_primitive::<UInt8Type>();
         assert_eq!(flags.value(0), PAGE_VIEW | ANONYMOUS_IS_VISITOR);
         assert_eq!(flags.value(5), PAGE_VIEW | ANONYMOUS_IS_VISITOR);
+    }
+}
+
+#[cfg(test)]
+mod orgs_tests {
+    use super::*;
+
+    #[test]
+    fn an_org_keeps_its_number_and_a_number_names_its_org() {
+        let orgs = Orgs::default();
+        let a = orgs.number("org_a").expect("a");
+        assert_eq!(orgs.number("org_a").expect("a again"), a);
+        let b = orgs.number("org_b").expect("b");
+        assert_ne!(a, b);
+        assert_eq!(&*orgs.name(a).expect("name a"), "org_a");
+        assert_eq!(&*orgs.name(b).expect("name b"), "org_b");
+        // A number no org was given is an error, not an empty org.
+        let unknown = (0..).find(|n| *n != a && *n != b).expect("a free number");
+        assert!(orgs.name(unknown).is_err());
     }
 }

@@ -116,6 +116,78 @@ fn sessions(b: &Backend, filter: &str) -> Vec<Value> {
     v.as_array().expect("rows").clone()
 }
 
+both_backends!(two_orgs_with_the_same_visitors_and_messages_sessionize_apart => orgs_apart);
+
+/// Two orgs whose events carry the same message ids and anonymous ids, in
+/// one run: no event of one org deduplicates or joins a session of the
+/// other, and each org's sessions are its own.
+async fn orgs_apart(b: Backend) {
+    b.crow_ok(&["init"]);
+    let mut orgs = Vec::new();
+    for name in ["Shop", "Other Shop"] {
+        let o = b.crow_json(&["orgs", "create", "--name", name]);
+        orgs.push(o["org_id"].as_str().expect("org").to_string());
+    }
+    let lake = b.lake().await;
+    for (k, org) in orgs.iter().enumerate() {
+        let mut events = vec![
+            ev(
+                "page",
+                "m1",
+                Some("a1"),
+                None,
+                t(10, 0),
+                json!({"properties": {"path": "/"}}),
+            ),
+            ev(
+                "track",
+                "m2",
+                Some("a1"),
+                None,
+                t(10, 5),
+                json!({"event": "Product Viewed", "properties": {"product_id": format!("p{k}")}}),
+            ),
+        ];
+        // Only the second org's a1 comes back, after a gap.
+        if k == 1 {
+            events.push(ev("page", "m3", Some("a1"), None, t(12, 0), json!({})));
+        }
+        land_web(&lake, org, &events, t(23, 0)).await;
+    }
+    let r = b.crow_json(&[
+        "jobs",
+        "run",
+        "sessionize",
+        "--from",
+        "2026-03-10",
+        "--to",
+        "2026-03-11",
+        "--quiet",
+    ]);
+    assert_eq!(r["web_sessions"], 3, "{r}");
+    assert_eq!(
+        r["duplicates"], 0,
+        "same ids in two orgs are not copies: {r}"
+    );
+    let mut ids = Vec::new();
+    for (k, org) in orgs.iter().enumerate() {
+        let s = sessions(&b, &format!("org_id = '{org}'"));
+        assert_eq!(s.len(), k + 1, "{org}: {s:?}");
+        assert_eq!(s[0]["visitor_id"], "a1");
+        assert_eq!(s[0]["source_ids"], json!(["m1", "m2"]));
+        assert_eq!(s[0]["product_ids"], json!([format!("p{k}")]));
+        assert_eq!(s[0]["is_returning"], false);
+        if k == 1 {
+            assert_eq!(s[1]["source_ids"], json!(["m3"]));
+            assert_eq!(s[1]["is_returning"], true);
+        }
+        ids.extend(s.iter().map(|x| x["session_id"].clone()));
+    }
+    ids.sort_by_key(|v| v.to_string());
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "session ids are per org");
+}
+
 both_backends!(sessionize_gap_stitching_dedup_windows_and_late_events => sessionize_rules);
 
 async fn sessionize_rules(b: Backend) {
