@@ -38,7 +38,8 @@
 //! timeline entry already worked out, three flags) — about half the bytes
 //! the sorts would otherwise move, spill and merge. The deduplicated,
 //! stitched events are hash-partitioned
-//! by `(org_id, visitor)` into one partition per core; each partition is
+//! by org and visitor (the org as its 64-bit hash, `web::Orgs`, named again
+//! by the split) into one partition per core; each partition is
 //! sorted by visitor and time on its own and split into sessions by its own
 //! task. The queries run under a memory pool of `jobs.memory_limit_mb`, so
 //! the sorts spill to the OS temp folder

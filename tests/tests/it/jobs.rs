@@ -116,6 +116,21 @@ fn sessions(b: &Backend, filter: &str) -> Vec<Value> {
     v.as_array().expect("rows").clone()
 }
 
+/// `crow jobs run sessionize` over 2026-03-10 (an explicit window): its
+/// report.
+fn sessionize_the_10th(b: &Backend) -> Value {
+    b.crow_json(&[
+        "jobs",
+        "run",
+        "sessionize",
+        "--from",
+        "2026-03-10",
+        "--to",
+        "2026-03-11",
+        "--quiet",
+    ])
+}
+
 both_backends!(two_orgs_with_the_same_visitors_and_messages_sessionize_apart => orgs_apart);
 
 /// Two orgs whose events carry the same message ids and anonymous ids, in
@@ -154,16 +169,7 @@ async fn orgs_apart(b: Backend) {
         }
         land_web(&lake, org, &events, t(23, 0)).await;
     }
-    let r = b.crow_json(&[
-        "jobs",
-        "run",
-        "sessionize",
-        "--from",
-        "2026-03-10",
-        "--to",
-        "2026-03-11",
-        "--quiet",
-    ]);
+    let r = sessionize_the_10th(&b);
     assert_eq!(r["web_sessions"], 3, "{r}");
     assert_eq!(
         r["duplicates"], 0,
@@ -236,16 +242,7 @@ async fn sessionize_rules(b: Backend) {
     .await;
 
     // An explicit window: the 10th only.
-    let r = b.crow_json(&[
-        "jobs",
-        "run",
-        "sessionize",
-        "--from",
-        "2026-03-10",
-        "--to",
-        "2026-03-11",
-        "--quiet",
-    ]);
+    let r = sessionize_the_10th(&b);
     assert_eq!(r["web_sessions"], 3, "{r}");
     assert_eq!(r["duplicates"], 2, "{r}");
     let day = sessions(&b, "session_date = DATE '2026-03-10'");
