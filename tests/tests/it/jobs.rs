@@ -265,16 +265,7 @@ async fn sessionize_rules(b: Backend) {
     let ids: Vec<Value> = day.iter().map(|s| s["session_id"].clone()).collect();
 
     // Re-running the window replaces exactly it: same ids, no duplicates.
-    b.crow_json(&[
-        "jobs",
-        "run",
-        "sessionize",
-        "--from",
-        "2026-03-10",
-        "--to",
-        "2026-03-11",
-        "--quiet",
-    ]);
+    sessionize_the_10th(&b);
     let again = sessions(&b, "TRUE");
     assert_eq!(
         again
