@@ -15,6 +15,29 @@ import moto.backends as backends
 _modules = tuple(backends.list_of_moto_modules())
 backends.list_of_moto_modules = lambda: _modules
 
+import threading  # noqa: E402
+
+import moto.s3.responses as s3_responses  # noqa: E402
+
+# moto checks a conditional PUT's If-None-Match / If-Match and then writes,
+# with no lock, on a threaded server: two PUTs of one key with
+# `If-None-Match: *` can both succeed, where S3 and R2 let exactly one. A
+# Delta commit is such a PUT (put-if-absent of the next version), so two
+# writers racing for one version could both be told they won, one commit
+# overwriting the other. Conditional PUTs are made one at a time here.
+_put_object = s3_responses.S3Response.put_object
+_conditional = threading.Lock()
+
+
+def _put_object_atomically(self):
+    if self.headers.get("If-None-Match") or self.headers.get("If-Match"):
+        with _conditional:
+            return _put_object(self)
+    return _put_object(self)
+
+
+s3_responses.S3Response.put_object = _put_object_atomically
+
 from moto.server import main  # noqa: E402  (after the patch, as it must be)
 
 if __name__ == "__main__":
