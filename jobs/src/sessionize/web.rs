@@ -591,7 +591,7 @@ fn narrowed(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
 
 /// A scanned web event made into what the split reads of it, before the
 /// sort by visitor: its keys, ids and device as plain Utf8, its product,
-/// traffic source and timeline entry worked out, and two flags — about half
+/// traffic source and timeline entry worked out, and three flags — about half
 /// the bytes of the event's columns, which are the bytes the sort moves,
 /// spills and merges. The session built from these is the one the event's
 /// columns would make.
